@@ -1,0 +1,159 @@
+"""The one exception tree of gitorch.
+
+Every error gitorch raises on purpose derives from :class:`GitorchError`. Third-party
+errors (gitpython, docker, sqlite3, yaml, jsonschema) are translated where they enter, with
+``raise SomeGitorchError(...) from exc``, so callers handle one tree and users see one clear
+line instead of a traceback.
+
+::
+
+    GitorchError
+    ├── ManifestError                 desired state that cannot be used
+    │   └── ManifestInvalid           carries every Diagnostic found, sorted
+    ├── SourceError                   reading the desired state from Git or a folder
+    │   ├── SourceUnreachable         the remote did not answer (the cache may still be read)
+    │   ├── RefNotFound               branch, tag or commit unknown (or deleted)
+    │   ├── PathNotFound              --path is not a folder in that commit
+    │   └── EmptyRepository           a repository with no commit yet
+    ├── RuntimeDriverError            a node runtime (Docker engine, process driver)
+    │   ├── EngineUnavailable         the engine does not answer (or timed out)
+    │   ├── ImageNotFound             the image is not on the node and cannot be pulled
+    │   ├── PortInUse                 a host port is already taken
+    │   ├── InstanceNotFound          no such replica on that node
+    │   └── ReplicaStartFailed        the replica could not be started
+    ├── StateError                    the embedded state store
+    │   ├── StateLocked               another daemon owns this state directory
+    │   └── StateCorrupt              the store cannot be read or migrated
+    ├── PlanError                     a plan cannot be computed or has changed
+    │   └── PlanChanged               ``apply --expect-plan`` saw a different digest
+    └── ConfigError                   a command-line or daemon setting is wrong
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GitorchError(Exception):
+    """Root of every error gitorch raises on purpose.
+
+    ``detail`` holds optional extra lines shown under the one-line message.
+    """
+
+    def __init__(self, message: str, *, detail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+@dataclass(frozen=True, order=True)
+class Diagnostic:
+    """One problem in the desired state, with the position a user can jump to.
+
+    ``path`` is relative to the repository root (POSIX separators); ``line`` and
+    ``column`` are 1-based; ``field`` is the dotted path of the offending field
+    (``spec.strategy.rollingUpdate.maxSurge``) or ``""`` when the problem is the whole file.
+    The field order makes sorting natural: by file, then line, then column.
+    """
+
+    path: str
+    line: int
+    column: int
+    message: str
+    field: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.message}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "line": self.line,
+            "column": self.column,
+            "field": self.field,
+            "message": self.message,
+        }
+
+
+class ManifestError(GitorchError):
+    """The desired state cannot be used."""
+
+
+class ManifestInvalid(ManifestError):
+    """One or more manifests are invalid; ``diagnostics`` lists every problem, sorted."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | tuple[Diagnostic, ...]) -> None:
+        ordered = tuple(sorted(diagnostics))
+        noun = "problem" if len(ordered) == 1 else "problems"
+        super().__init__(
+            f"{len(ordered)} {noun} in the manifests", detail=tuple(str(d) for d in ordered)
+        )
+        self.diagnostics = ordered
+
+
+class SourceError(GitorchError):
+    """The desired state could not be read from its source."""
+
+
+class SourceUnreachable(SourceError):
+    """The remote repository did not answer; a cached copy may still be readable."""
+
+
+class RefNotFound(SourceError):
+    """The branch, tag or commit does not exist (or no longer exists)."""
+
+
+class PathNotFound(SourceError):
+    """The manifest folder does not exist in the commit that was read."""
+
+
+class EmptyRepository(SourceError):
+    """The repository has no commit yet."""
+
+
+class RuntimeDriverError(GitorchError):
+    """A node runtime failed."""
+
+
+class EngineUnavailable(RuntimeDriverError):
+    """The runtime engine (e.g. dockerd) did not answer in time."""
+
+
+class ImageNotFound(RuntimeDriverError):
+    """The image is not present on the node and could not be pulled."""
+
+
+class PortInUse(RuntimeDriverError):
+    """A host port needed by a replica is already taken."""
+
+
+class InstanceNotFound(RuntimeDriverError):
+    """The runtime has no instance with that id."""
+
+
+class ReplicaStartFailed(RuntimeDriverError):
+    """A replica could not be created or started."""
+
+
+class StateError(GitorchError):
+    """The embedded state store failed."""
+
+
+class StateLocked(StateError):
+    """Another gitorch daemon already owns this state directory."""
+
+
+class StateCorrupt(StateError):
+    """The state store cannot be read or migrated."""
+
+
+class PlanError(GitorchError):
+    """A plan could not be computed."""
+
+
+class PlanChanged(PlanError):
+    """The plan differs from the one reviewers approved (``--expect-plan``)."""
+
+
+class ConfigError(GitorchError):
+    """A command-line option or daemon setting is wrong."""

@@ -1,0 +1,178 @@
+"""The node runtime layer: the one interface gitorch uses to run replicas.
+
+A :class:`Runtime` runs replicas on one node. Drivers (``docker``, ``process``) implement
+it; nothing else in gitorch touches an engine or spawns a workload. Every instance a
+driver creates carries gitorch's labels, so after any restart :meth:`Runtime.list_instances`
+rediscovers exactly what this cluster runs: the runtime is the ground truth of live state.
+
+All methods raise subclasses of :class:`~gitorch.errors.RuntimeDriverError` only, and
+never block for longer than their timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol, runtime_checkable
+
+#: Label keys gitorch puts on every instance it creates.
+LABEL_CLUSTER = "dev.gitorch.cluster"
+LABEL_SERVICE = "dev.gitorch.service"
+LABEL_REPLICA = "dev.gitorch.replica"
+LABEL_REVISION = "dev.gitorch.revision"  # commit sha the replica was created from
+LABEL_SPEC_DIGEST = "dev.gitorch.spec-digest"
+LABEL_NODE = "dev.gitorch.node"
+
+
+@dataclass(frozen=True)
+class PortRequest:
+    """A port the replica listens on; the runtime allocates ``host_port`` on the node."""
+
+    name: str
+    container_port: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A health probe, already resolved to concrete ports.
+
+    Exactly one of ``http_path`` (with ``port``), ``tcp`` (with ``port``) or ``exec_command``.
+    ``port`` is the replica's *container* port; the runtime maps it to where it is reachable.
+    """
+
+    http_path: str | None = None
+    port: int | None = None
+    tcp: bool = False
+    exec_command: tuple[str, ...] = ()
+    timeout_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything a driver needs to create one replica (no gitorch model types inside).
+
+    ``image`` is used by the docker driver; the process driver requires ``command``.
+    ``labels`` must include at least service, replica, revision and spec digest.
+    """
+
+    name: str  # unique per cluster, human readable: "<cluster>-<service>-<replica>"
+    image: str | None
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    ports: tuple[PortRequest, ...] = ()
+    cpu_limit: float | None = None  # cores
+    memory_limit: int | None = None  # bytes
+    labels: Mapping[str, str] = field(default_factory=dict)
+    stop_grace_seconds: float = 10.0
+
+
+class InstanceState(str, Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    UNKNOWN = "unknown"  # the node did not answer: not the same as gone
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    name: str
+    container_port: int
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One replica as the runtime sees it right now."""
+
+    id: str  # runtime id (container id, or "<pid>:<start time>" for processes)
+    name: str
+    node: str
+    state: InstanceState
+    labels: Mapping[str, str]
+    ports: tuple[PortBinding, ...] = ()
+    exit_code: int | None = None
+    restarts: int = 0
+    started_at: float | None = None  # unix time
+    image: str | None = None
+
+    def address(self, port_name: str | None = None) -> str | None:
+        """``host:port`` of the named port (or the first one)."""
+        for binding in self.ports:
+            if port_name is None or binding.name == port_name:
+                return f"{binding.host_ip}:{binding.host_port}"
+        return None
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    cpu_percent: float  # of one core (100.0 == one full core)
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    message: str  # short human text: "HTTP 200", "connection refused", "exit 1"
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Capacity and health of the node a runtime drives."""
+
+    name: str
+    driver: str
+    ready: bool
+    cpu_cores: float
+    memory_bytes: int
+    address: str  # where published ports are reached
+    message: str = ""  # why not ready
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A node's runtime. One instance per node; safe to recreate at any time."""
+
+    node_name: str
+    driver: str
+
+    def node_info(self) -> NodeInfo:
+        """Capacity and health; never raises for an unreachable engine (ready=False)."""
+        ...
+
+    def list_instances(self, cluster: str) -> list[Instance]:
+        """Every instance labelled with ``cluster``, running or not."""
+        ...
+
+    def create(self, spec: ReplicaSpec, cluster: str) -> Instance:
+        """Create and start a replica; return it once the runtime reports it running."""
+        ...
+
+    def stop(self, instance_id: str, grace_seconds: float) -> None:
+        """SIGTERM, wait up to ``grace_seconds``, then kill. Stopping a stopped one is fine."""
+        ...
+
+    def remove(self, instance_id: str) -> None:
+        """Remove a stopped (or running: it is killed first) instance and its resources."""
+        ...
+
+    def inspect(self, instance_id: str) -> Instance:
+        """Current state of one instance; :class:`InstanceNotFound` when it is gone."""
+        ...
+
+    def logs(self, instance_id: str, tail: int = 100) -> str:
+        """The last ``tail`` lines of stdout and stderr."""
+        ...
+
+    def usage(self, instance_id: str) -> ResourceUsage:
+        """Current cpu and memory use."""
+        ...
+
+    def probe(self, instance: Instance, probe: Probe) -> ProbeResult:
+        """Run one health probe against a replica; never raises for a failing replica."""
+        ...
