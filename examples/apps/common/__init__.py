@@ -1,0 +1,1 @@
+"""Shared code of the example shop's apps (stdlib only): see :mod:`common.server`."""
