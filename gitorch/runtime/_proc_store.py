@@ -1,0 +1,165 @@
+"""The process driver's bookkeeping: one ``instance.json`` per replica.
+
+Layout under the driver's ``state_dir``::
+
+    replicas/<name>/instance.json   the record below (mode 0600: it holds the replica's env)
+    replicas/<name>/stdout.log      the replica's stdout (appended)
+    replicas/<name>/stderr.log      the replica's stderr (appended)
+
+Records are written atomically (a temporary file in the same folder, then ``os.replace``),
+so a reader (another daemon, a crash mid-write) sees the old or the new record, never half
+of one. No ``fsync``: a record only has to survive the *daemon* dying, which the page cache
+already guarantees; a power loss also kills every replica, and the new boot id marks all
+old records as exited anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+RECORD_FILE = "instance.json"
+STDOUT_FILE = "stdout.log"
+STDERR_FILE = "stderr.log"
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PortRecord:
+    """A port the replica was given: it listens on ``host_port`` (also in ``$PORT``)."""
+
+    name: str
+    container_port: int
+    host_ip: str
+    host_port: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    """Everything needed to find, identify and probe a replica after a daemon restart.
+
+    A replica is identified by ``(boot_id, pid, start_ticks)``: the kernel never gives the
+    same pid to two processes started in the same clock tick of one boot, so a recycled
+    pid is recognised by its different start time.
+    """
+
+    name: str
+    pid: int
+    start_ticks: int
+    boot_id: str
+    argv: list[str]
+    cmdline: list[str]  # /proc/<pid>/cmdline right after spawn, for humans and debugging
+    cwd: str
+    env: dict[str, str]
+    labels: dict[str, str]
+    ports: list[PortRecord] = field(default_factory=list)
+    created_at: float = 0.0
+    memory_limit: int | None = None
+    cpu_limit: float | None = None
+    stop_grace_seconds: float = 10.0
+    exit_code: int | None = None  # known only while this daemon process was the parent
+    exited_at: float | None = None
+    version: int = RECORD_VERSION
+
+    @property
+    def instance_id(self) -> str:
+        """``"<pid>-<start ticks>"``: stable for the life of the process, never reused."""
+        return f"{self.pid}-{self.start_ticks}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReplicaRecord:
+        ports = [PortRecord(**p) for p in data.get("ports", [])]
+        known = {f for f in cls.__dataclass_fields__ if f != "ports"}
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(ports=ports, **values)
+
+    def exited(self, code: int | None, at: float) -> ReplicaRecord:
+        return replace(self, exit_code=code, exited_at=at)
+
+
+class RecordStore:
+    """Reads and writes replica records under ``<state_dir>/replicas``.
+
+    One lock per store guards read-modify-write of a record against a concurrent
+    ``delete`` (the waiter thread records an exit code while ``remove`` deletes the folder).
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "replicas"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    def claim(self, name: str) -> Path:
+        """Create the replica's folder; raise ``FileExistsError`` if a record is there.
+
+        ``mkdir`` is atomic across processes, so two daemons cannot both claim a name. A
+        folder without a record (a crash between claim and first write) is reused.
+        """
+        folder = self.folder(name)
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if (folder / RECORD_FILE).exists():
+                raise
+        return folder
+
+    def write(self, record: ReplicaRecord) -> None:
+        folder = self.folder(record.name)
+        tmp = folder / f".{RECORD_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+        data = json.dumps(record.to_json(), sort_keys=True).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, folder / RECORD_FILE)
+
+    def read(self, name: str) -> ReplicaRecord | None:
+        """The record of ``name``, or ``None`` if missing or unreadable (being deleted)."""
+        try:
+            with open(self.folder(name) / RECORD_FILE, "rb") as fh:
+                return ReplicaRecord.from_json(json.loads(fh.read()))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (ValueError, TypeError):
+            # Only a hand-edited file can be torn (writes are atomic): skip it, do not crash.
+            return None
+
+    def names(self) -> list[str]:
+        try:
+            return [e.name for e in os.scandir(self.root) if e.is_dir()]
+        except FileNotFoundError:
+            return []
+
+    def all(self) -> list[ReplicaRecord]:
+        records = []
+        for name in self.names():
+            record = self.read(name)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def record_exit(self, name: str, instance_id: str, code: int | None, at: float) -> None:
+        """Store an exit code, unless the record was removed or now names another process."""
+        with self.lock:
+            record = self.read(name)
+            if record is None or record.instance_id != instance_id:
+                return
+            self.write(record.exited(code, at))
+
+    def delete(self, name: str) -> None:
+        """Delete the replica's folder: record *and* logs (like ``docker rm``)."""
+        with self.lock:
+            shutil.rmtree(self.folder(name), ignore_errors=True)
