@@ -38,8 +38,10 @@ What is and is not enforced
   operator-allowed root ``workdir``; anything outside is refused with
   :class:`WorkingDirOutsideRoot`.
 * **Logs.** ``stdout.log`` and ``stderr.log`` are appended by the replica itself (no pump
-  thread). :meth:`ProcessRuntime.logs` returns the last ``tail`` lines of stdout followed
-  by the last ``tail`` lines of stderr: two files cannot be interleaved in time order.
+  thread). Two files cannot be interleaved in time order, so :meth:`ProcessRuntime.logs`
+  reads them as "all of stdout, then all of stderr" and returns the last ``tail`` lines of
+  that (like ``docker logs --tail``, ``tail`` counts lines in total): under a tight
+  ``tail`` the stderr lines win, which is usually what one tails for.
   :meth:`ProcessRuntime.remove` deletes the logs with the record, like ``docker rm``.
 * **Usage.** cpu% is the utime+stime delta of the whole process group since the previous
   :meth:`usage` call on this runtime object (the first call samples over 100 ms); memory is
@@ -184,12 +186,14 @@ class ProcessRuntime:
         return self._to_instance(self._find(instance_id))
 
     def logs(self, instance_id: str, tail: int = 100) -> str:
-        """Last ``tail`` lines of stdout, then last ``tail`` lines of stderr."""
+        """The last ``tail`` lines of "stdout, then stderr" (see the module docstring)."""
         record = self._find(instance_id)
+        if tail <= 0:
+            return ""
         folder = self._store.folder(record.name)
         lines = _proc.tail_lines(folder / STDOUT_FILE, tail)
         lines += _proc.tail_lines(folder / STDERR_FILE, tail)
-        return "".join(line + "\n" for line in lines)
+        return "".join(line + "\n" for line in lines[-tail:])
 
     def usage(self, instance_id: str) -> ResourceUsage:
         """cpu% since the previous call (first call: over 100 ms) and RSS of the group."""
