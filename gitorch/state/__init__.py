@@ -1,1 +1,63 @@
-"""gitorch.state."""
+"""The embedded state store: what gitorch has applied, is rolling out, and has allocated.
+
+A state directory (``--state DIR``, default ``$GITORCH_STATE`` or ``./.gitorch``) holds
+``state.db`` (SQLite in WAL mode, see :mod:`gitorch.state.schema` for its tables and
+migrations) and ``daemon.lock`` (see :mod:`gitorch.state.lock`).
+
+::
+
+    with DaemonLock(state_dir), StateStore(state_dir) as store:    # the daemon
+        with store.transaction():
+            rev = store.record_revision(sha, author=..., services=["web"])
+            store.append_event("revision.started", f"applying {sha[:8]}", revision=sha)
+
+    store = StateStore(state_dir, readonly=True)                   # status, history
+    store.list_revisions(service="web", limit=20)
+
+Every error is a :class:`gitorch.errors.StateError` (``StateLocked``, ``StateCorrupt``,
+or one of :mod:`gitorch.state.errors`).
+"""
+
+from gitorch.state.errors import PortUnavailable, RecordNotFound, StateReadOnly
+from gitorch.state.layout import LOCK_FILE, STATE_DB, resolve_state_dir
+from gitorch.state.lock import DaemonLock, LockOwner, lock_holder, read_owner
+from gitorch.state.records import (
+    AuditEvent,
+    Measurement,
+    MeasurementPhase,
+    NodeCondition,
+    NodeRecord,
+    PortAllocation,
+    RevisionRecord,
+    RevisionResult,
+    RolloutPhase,
+    RolloutRecord,
+)
+from gitorch.state.schema import SCHEMA_VERSION
+from gitorch.state.store import DEFAULT_PORT_RANGE, StateStore
+
+__all__ = [
+    "DEFAULT_PORT_RANGE",
+    "LOCK_FILE",
+    "SCHEMA_VERSION",
+    "STATE_DB",
+    "AuditEvent",
+    "DaemonLock",
+    "LockOwner",
+    "Measurement",
+    "MeasurementPhase",
+    "NodeCondition",
+    "NodeRecord",
+    "PortAllocation",
+    "PortUnavailable",
+    "RecordNotFound",
+    "RevisionRecord",
+    "RevisionResult",
+    "RolloutPhase",
+    "RolloutRecord",
+    "StateReadOnly",
+    "StateStore",
+    "lock_holder",
+    "read_owner",
+    "resolve_state_dir",
+]

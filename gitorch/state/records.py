@@ -1,0 +1,209 @@
+"""The typed records the state store reads and writes.
+
+Records are frozen dataclasses: what the store returns is a snapshot, never a live row.
+Times are unix seconds (float, UTC); JSON columns come back as plain dicts/lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+def iso_time(unix: float | None) -> str | None:
+    """``unix`` as an ISO 8601 UTC string (``None`` stays ``None``), for JSON output."""
+    if unix is None:
+        return None
+    return datetime.fromtimestamp(unix, tz=UTC).isoformat(timespec="milliseconds")
+
+
+class RevisionResult(StrEnum):
+    """Outcome of applying one revision (also used per service)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled-back"
+    IN_PROGRESS = "in-progress"
+
+
+class RolloutPhase(StrEnum):
+    """Where a service's rollout stands (the ``status`` command shows these names)."""
+
+    HEALTHY = "Healthy"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    DEGRADED = "Degraded"
+    ROLLED_BACK = "RolledBack"
+
+
+class NodeCondition(StrEnum):
+    """Last known health of a node."""
+
+    READY = "Ready"
+    NOT_READY = "NotReady"
+    UNKNOWN = "Unknown"  # never seen, or not heard from: not the same as NotReady
+
+
+class MeasurementPhase(StrEnum):
+    """Verdict of one analysis measurement."""
+
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    INCONCLUSIVE = "inconclusive"  # e.g. fewer requests than minRequests
+    ERROR = "error"  # the measurement itself could not be taken
+
+
+@dataclass(frozen=True)
+class RevisionRecord:
+    """One application of a Git revision (the same sha may be applied several times).
+
+    ``id`` orders applications: a higher id was recorded later. ``services`` are the
+    services this application touched; ``service_results`` their individual outcomes.
+    """
+
+    id: int
+    sha: str
+    author: str
+    committed_at: str | None  # ISO 8601 as Git gives it
+    signer: str | None
+    applied_at: float
+    result: RevisionResult
+    reason: str
+    summary: Mapping[str, Any]
+    service_results: Mapping[str, RevisionResult] = field(default_factory=dict)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Names of the services this application touched, sorted."""
+        return tuple(sorted(self.service_results))
+
+    def to_json(self) -> dict[str, object]:
+        """The ``gitorch history --format json`` shape of this record."""
+        return {
+            "id": self.id,
+            "revision": self.sha,
+            "author": self.author,
+            "committedAt": self.committed_at,
+            "appliedAt": iso_time(self.applied_at),
+            "signer": self.signer,
+            "result": self.result.value,
+            "reason": self.reason,
+            "services": {name: res.value for name, res in sorted(self.service_results.items())},
+            "changes": list(self.summary.get("changes", [])),
+            "summary": dict(self.summary),
+        }
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """Where one service's rollout stands, and what to return to if it fails.
+
+    ``spec`` is the JSON of the service spec being rolled out (digest ``spec_digest``);
+    ``previous_spec`` the last one that was healthy, so a rollback needs nothing from Git.
+    """
+
+    service: str
+    revision: str
+    spec_digest: str
+    strategy: str
+    phase: RolloutPhase
+    spec: Mapping[str, Any]
+    step: int | None = None
+    weight: int = 100  # percent of traffic on the new version
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    last_error: str | None = None
+    previous_revision: str | None = None
+    previous_digest: str | None = None
+    previous_spec: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "service": self.service,
+            "revision": self.revision,
+            "specDigest": self.spec_digest,
+            "strategy": self.strategy,
+            "phase": self.phase.value,
+            "step": self.step,
+            "weight": self.weight,
+            "startedAt": iso_time(self.started_at),
+            "updatedAt": iso_time(self.updated_at),
+            "lastError": self.last_error,
+            "previousRevision": self.previous_revision,
+            "previousDigest": self.previous_digest,
+        }
+
+
+@dataclass(frozen=True)
+class PortAllocation:
+    """A host port on a node, given to one owner (``"<replica>/<port name>"``)."""
+
+    node: str
+    host_port: int
+    owner: str
+    allocated_at: float
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node gitorch knows about, with its last observed condition."""
+
+    name: str
+    driver: str
+    endpoint: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    last_seen: float | None = None
+    condition: NodeCondition = NodeCondition.UNKNOWN
+    message: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "driver": self.driver,
+            "endpoint": self.endpoint,
+            "labels": dict(self.labels),
+            "lastSeen": iso_time(self.last_seen),
+            "condition": self.condition.value,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One analysis measurement of one service version."""
+
+    id: int
+    service: str
+    revision: str
+    analysis: str  # which analysis took it ("step-2", "background", "prePromotion")
+    taken_at: float
+    phase: MeasurementPhase
+    value: Mapping[str, Any]
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One entry of the append-only history/audit log."""
+
+    id: int
+    at: float
+    kind: str  # dotted, e.g. "revision.applied", "rollout.rolled-back", "drift.corrected"
+    message: str
+    service: str | None = None
+    revision: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "at": iso_time(self.at),
+            "kind": self.kind,
+            "service": self.service,
+            "revision": self.revision,
+            "message": self.message,
+            "data": dict(self.data),
+        }

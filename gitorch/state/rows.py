@@ -1,0 +1,117 @@
+"""Conversions between database rows and the records of :mod:`gitorch.state.records`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from gitorch.state.records import (
+    AuditEvent,
+    Measurement,
+    MeasurementPhase,
+    NodeCondition,
+    NodeRecord,
+    PortAllocation,
+    RevisionRecord,
+    RevisionResult,
+    RolloutPhase,
+    RolloutRecord,
+)
+
+
+def dump_json(value: Mapping[str, Any] | None) -> str:
+    """Canonical JSON (sorted keys, compact) so equal values are stored byte-identical."""
+    return json.dumps(dict(value or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def load_json(text: str | None) -> dict[str, Any]:
+    """A JSON object column back as a dict (``NULL`` and ``''`` become ``{}``)."""
+    if not text:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def revision(row: sqlite3.Row) -> RevisionRecord:
+    """A ``revisions`` row with its ``service_results`` column (a JSON object)."""
+    per_service = load_json(row["service_results"])
+    return RevisionRecord(
+        id=row["id"],
+        sha=row["sha"],
+        author=row["author"],
+        committed_at=row["committed_at"],
+        signer=row["signer"],
+        applied_at=row["applied_at"],
+        result=RevisionResult(row["result"]),
+        reason=row["reason"],
+        summary=load_json(row["summary"]),
+        service_results={name: RevisionResult(res) for name, res in per_service.items()},
+    )
+
+
+def rollout(row: sqlite3.Row) -> RolloutRecord:
+    previous_spec = row["previous_spec"]
+    return RolloutRecord(
+        service=row["service"],
+        revision=row["revision"],
+        spec_digest=row["spec_digest"],
+        strategy=row["strategy"],
+        phase=RolloutPhase(row["phase"]),
+        spec=load_json(row["spec"]),
+        step=row["step"],
+        weight=row["weight"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        last_error=row["last_error"],
+        previous_revision=row["previous_revision"],
+        previous_digest=row["previous_digest"],
+        previous_spec=None if previous_spec is None else load_json(previous_spec),
+    )
+
+
+def port(row: sqlite3.Row) -> PortAllocation:
+    return PortAllocation(
+        node=row["node"],
+        host_port=row["host_port"],
+        owner=row["owner"],
+        allocated_at=row["allocated_at"],
+    )
+
+
+def node(row: sqlite3.Row) -> NodeRecord:
+    return NodeRecord(
+        name=row["name"],
+        driver=row["driver"],
+        endpoint=row["endpoint"],
+        labels={str(k): str(v) for k, v in load_json(row["labels"]).items()},
+        last_seen=row["last_seen"],
+        condition=NodeCondition(row["condition"]),
+        message=row["message"],
+    )
+
+
+def measurement(row: sqlite3.Row) -> Measurement:
+    return Measurement(
+        id=row["id"],
+        service=row["service"],
+        revision=row["revision"],
+        analysis=row["analysis"],
+        taken_at=row["taken_at"],
+        phase=MeasurementPhase(row["phase"]),
+        value=load_json(row["value"]),
+        message=row["message"],
+    )
+
+
+def audit_event(row: sqlite3.Row) -> AuditEvent:
+    return AuditEvent(
+        id=row["id"],
+        at=row["at"],
+        kind=row["kind"],
+        message=row["message"],
+        service=row["service"],
+        revision=row["revision"],
+        data=load_json(row["data"]),
+    )

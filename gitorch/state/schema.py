@@ -1,0 +1,186 @@
+"""The versioned schema of the state database and how it is migrated.
+
+The schema version is SQLite's ``PRAGMA user_version``: version *N* means the first *N*
+entries of :data:`MIGRATIONS` have been applied. Migrations are only ever appended; an
+applied one is never edited (a fix is a new migration). Every pending migration is applied
+in one ``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash midway
+leaves the database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitorch.errors import StateCorrupt
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: a description and its SQL statements, applied in order."""
+
+    description: str
+    statements: tuple[str, ...]
+
+
+_APPEND_ONLY = "RAISE(ABORT, 'the audit log is append-only')"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "initial schema: revisions, rollouts, ports, nodes, measurements, audit log",
+        (
+            """
+            CREATE TABLE revisions (
+                id           INTEGER PRIMARY KEY AUTOINCREMENT,
+                sha          TEXT NOT NULL,
+                author       TEXT NOT NULL DEFAULT '',
+                committed_at TEXT,
+                signer       TEXT,
+                applied_at   REAL NOT NULL,
+                result       TEXT NOT NULL CHECK (result IN
+                                 ('succeeded', 'failed', 'rolled-back', 'in-progress')),
+                reason       TEXT NOT NULL DEFAULT '',
+                summary      TEXT NOT NULL DEFAULT '{}'
+            )
+            """,
+            "CREATE INDEX revisions_by_result ON revisions (result, id)",
+            "CREATE INDEX revisions_by_sha ON revisions (sha)",
+            # Which services one application touched, and how each fared.
+            """
+            CREATE TABLE revision_services (
+                revision_id INTEGER NOT NULL REFERENCES revisions (id) ON DELETE CASCADE,
+                service     TEXT NOT NULL,
+                result      TEXT NOT NULL CHECK (result IN
+                                ('succeeded', 'failed', 'rolled-back', 'in-progress')),
+                PRIMARY KEY (revision_id, service)
+            ) WITHOUT ROWID
+            """,
+            "CREATE INDEX revision_services_by_service"
+            " ON revision_services (service, result, revision_id)",
+            """
+            CREATE TABLE rollouts (
+                service            TEXT PRIMARY KEY,
+                revision           TEXT NOT NULL,
+                spec_digest        TEXT NOT NULL,
+                strategy           TEXT NOT NULL,
+                phase              TEXT NOT NULL,
+                step               INTEGER,
+                weight             INTEGER NOT NULL DEFAULT 100
+                                       CHECK (weight BETWEEN 0 AND 100),
+                started_at         REAL NOT NULL,
+                updated_at         REAL NOT NULL,
+                last_error         TEXT,
+                previous_revision  TEXT,
+                previous_digest    TEXT,
+                spec               TEXT NOT NULL,
+                previous_spec      TEXT
+            )
+            """,
+            """
+            CREATE TABLE port_allocations (
+                node         TEXT NOT NULL,
+                host_port    INTEGER NOT NULL CHECK (host_port BETWEEN 1 AND 65535),
+                owner        TEXT NOT NULL,
+                allocated_at REAL NOT NULL,
+                PRIMARY KEY (node, host_port),
+                UNIQUE (node, owner)
+            ) WITHOUT ROWID
+            """,
+            "CREATE INDEX port_allocations_by_owner ON port_allocations (owner)",
+            """
+            CREATE TABLE nodes (
+                name      TEXT PRIMARY KEY,
+                driver    TEXT NOT NULL,
+                endpoint  TEXT NOT NULL DEFAULT '',
+                labels    TEXT NOT NULL DEFAULT '{}',
+                last_seen REAL,
+                condition TEXT NOT NULL DEFAULT 'Unknown',
+                message   TEXT NOT NULL DEFAULT ''
+            )
+            """,
+            """
+            CREATE TABLE measurements (
+                id       INTEGER PRIMARY KEY AUTOINCREMENT,
+                service  TEXT NOT NULL,
+                revision TEXT NOT NULL,
+                analysis TEXT NOT NULL DEFAULT '',
+                taken_at REAL NOT NULL,
+                phase    TEXT NOT NULL CHECK (phase IN
+                             ('successful', 'failed', 'inconclusive', 'error')),
+                value    TEXT NOT NULL DEFAULT '{}',
+                message  TEXT NOT NULL DEFAULT ''
+            )
+            """,
+            "CREATE INDEX measurements_by_service ON measurements (service, revision, id)",
+            """
+            CREATE TABLE audit_log (
+                id       INTEGER PRIMARY KEY AUTOINCREMENT,
+                at       REAL NOT NULL,
+                kind     TEXT NOT NULL,
+                service  TEXT,
+                revision TEXT,
+                message  TEXT NOT NULL,
+                data     TEXT NOT NULL DEFAULT '{}'
+            )
+            """,
+            "CREATE INDEX audit_log_by_service ON audit_log (service, id)",
+            # Append-only in the database itself, not only by the absence of an API: any
+            # code (or a person with the sqlite3 shell) trying to rewrite history fails.
+            f"CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log"
+            f" BEGIN SELECT {_APPEND_ONLY}; END",
+            f"CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log"
+            f" BEGIN SELECT {_APPEND_ONLY}; END",
+        ),
+    ),
+)
+
+#: The schema version this code writes and understands.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in the database (0 for a new, empty one)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_not_newer(version: int, known: int, db_path: Path) -> None:
+    """Refuse a database written by a newer gitorch: guessing its meaning could lose data."""
+    if version > known:
+        raise StateCorrupt(
+            f"the state store {db_path} has schema version {version}, "
+            f"but this gitorch only knows versions up to {known}",
+            detail=("it was written by a newer gitorch; upgrade gitorch to use it",),
+        )
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    db_path: Path,
+    migrations: Sequence[Migration] = MIGRATIONS,
+) -> tuple[int, int]:
+    """Apply every pending migration in one transaction; return (version before, after).
+
+    Safe to call from several processes at once: the version is read again under the
+    write lock, so the second caller finds nothing left to do.
+    """
+    known = len(migrations)
+    check_not_newer(schema_version(conn), known, db_path)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        before = schema_version(conn)
+        check_not_newer(before, known, db_path)
+        for migration in migrations[before:]:
+            for statement in migration.statements:
+                conn.execute(statement)
+        if before != known:
+            # PRAGMA does not take parameters; `known` is an int we computed.
+            conn.execute(f"PRAGMA user_version = {known}")
+        conn.execute("COMMIT")
+    except BaseException:
+        # Some errors (SQLITE_FULL, SQLITE_IOERR) already ended the transaction.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return before, known

@@ -1,0 +1,705 @@
+"""The embedded state store: one SQLite database (WAL mode) in the state directory.
+
+Concurrency model, because the daemon is multi-threaded and ``status``/``history`` may run
+in other processes at the same time:
+
+* every thread gets its own connection (SQLite connections must not be shared while in
+  use); :meth:`StateStore.close` closes them all;
+* WAL mode: readers never block the writer and never see a half-written transaction,
+  they keep reading the last committed state;
+* every write runs in :meth:`StateStore.transaction`, which starts with ``BEGIN
+  IMMEDIATE``: the write lock is taken up front, so two writers queue (for up to
+  ``busy_timeout`` seconds) instead of failing halfway with ``SQLITE_BUSY``;
+* multi-row changes made inside one ``with store.transaction():`` commit together or not
+  at all, crash included.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from gitorch.errors import StateError
+from gitorch.state import rows
+from gitorch.state.db import DEFAULT_BUSY_TIMEOUT, connect, error_for, translate
+from gitorch.state.errors import PortUnavailable, RecordNotFound
+from gitorch.state.layout import STATE_DB, ensure_state_dir
+from gitorch.state.records import (
+    AuditEvent,
+    Measurement,
+    MeasurementPhase,
+    NodeCondition,
+    NodeRecord,
+    PortAllocation,
+    RevisionRecord,
+    RevisionResult,
+    RolloutRecord,
+)
+from gitorch.state.schema import (
+    MIGRATIONS,
+    Migration,
+    check_not_newer,
+    migrate,
+    schema_version,
+)
+
+#: Host ports handed out when no port is requested. Below Linux's ephemeral range
+#: (32768-60999), so they do not collide with ports the kernel picks for outgoing
+#: connections or with Docker's own random publishing.
+DEFAULT_PORT_RANGE = (30000, 32767)
+
+# Every revisions query returns the per-service outcomes as one JSON object column, so a
+# list of N revisions is one statement, not 1 + N.
+_REVISION_COLUMNS = """
+    r.id, r.sha, r.author, r.committed_at, r.signer, r.applied_at, r.result, r.reason,
+    r.summary,
+    (SELECT json_group_object(s.service, s.result) FROM revision_services s
+      WHERE s.revision_id = r.id) AS service_results
+"""
+
+Clock = Callable[[], float]
+
+
+class StateStore:
+    """Typed access to gitorch's state directory database.
+
+    ``StateStore(DIR)`` creates ``DIR`` and ``DIR/state.db`` if needed and migrates the
+    schema. ``readonly=True`` (for ``status`` and ``history``) creates and migrates
+    nothing and refuses writes with :class:`~gitorch.state.errors.StateReadOnly`.
+    Opening needs no :class:`~gitorch.state.lock.DaemonLock`; the daemon takes that lock
+    to be the only *reconciler*, not the only reader.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        *,
+        readonly: bool = False,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        clock: Clock = time.time,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.db_path = self.state_dir / STATE_DB
+        self.readonly = readonly
+        self.busy_timeout = busy_timeout
+        self._clock = clock
+        self._local = threading.local()
+        self._conns: dict[threading.Thread, sqlite3.Connection] = {}
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        if readonly:
+            if not self.db_path.is_file():
+                raise StateError(f"no state store at {self.state_dir} (no {STATE_DB} in it)")
+        else:
+            ensure_state_dir(self.state_dir)
+        conn = self._conn()
+        with translate(self.db_path):
+            if readonly:
+                self._check_readable(conn, len(migrations))
+            else:
+                migrate(conn, self.db_path, migrations)
+            self.schema_version = schema_version(conn)
+
+    def _check_readable(self, conn: sqlite3.Connection, known: int) -> None:
+        version = schema_version(conn)
+        check_not_newer(version, known, self.db_path)
+        if version < known:
+            raise StateError(
+                f"the state store {self.db_path} has schema version {version}, "
+                f"this gitorch needs {known}",
+                detail=("run `gitorch apply` or the daemon once to migrate it",),
+            )
+
+    # -- connections and transactions ------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StateError(f"the state store {self.db_path} is closed")
+        conn = connect(self.db_path, busy_timeout=self.busy_timeout, readonly=self.readonly)
+        conn.row_factory = sqlite3.Row
+        with self._conns_lock:
+            # Threads come and go (worker pools); close what dead threads left behind.
+            for thread in [t for t in self._conns if not t.is_alive()]:
+                self._conns.pop(thread).close()
+            self._conns[threading.current_thread()] = conn
+        self._local.conn = conn
+        self._local.depth = 0
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection. Further use raises StateError."""
+        self._closed = True
+        with self._conns_lock:
+            conns = list(self._conns.values())
+            self._conns.clear()
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything written inside commits together, or (on any exception) not at all.
+
+        Nesting is allowed: an inner block is a savepoint, rolled back alone if it raises
+        (and the exception still propagates to the outer block).
+        """
+        conn = self._conn()
+        depth: int = self._local.depth
+        savepoint = f"gitorch_sp{depth}"
+        with translate(self.db_path):
+            conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {savepoint}")
+        self._local.depth = depth + 1
+        try:
+            yield
+        except BaseException:
+            self._local.depth = depth
+            with translate(self.db_path):
+                if depth == 0:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                elif conn.in_transaction:
+                    conn.execute(f"ROLLBACK TO {savepoint}")
+                    conn.execute(f"RELEASE {savepoint}")
+            raise
+        self._local.depth = depth
+        try:
+            conn.execute("COMMIT" if depth == 0 else f"RELEASE {savepoint}")
+        except sqlite3.Error as exc:
+            if depth == 0 and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise error_for(exc, self.db_path) from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with translate(self.db_path):
+            return self._conn().execute(sql, params).fetchall()
+
+    def _query_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with translate(self.db_path):
+            row: sqlite3.Row | None = self._conn().execute(sql, params).fetchone()
+            return row
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run one write; callers hold a transaction (see :meth:`transaction`)."""
+        with translate(self.db_path):
+            return self._conn().execute(sql, params)
+
+    def set_trace(self, callback: Callable[[str], None] | None) -> None:
+        """Call ``callback`` with each SQL statement this thread runs (debugging, tests)."""
+        self._conn().set_trace_callback(callback)
+
+    def _now(self, at: float | None) -> float:
+        return self._clock() if at is None else at
+
+    # -- applied revisions -------------------------------------------------------------
+
+    def record_revision(
+        self,
+        sha: str,
+        *,
+        author: str = "",
+        committed_at: str | None = None,
+        signer: str | None = None,
+        services: Sequence[str] = (),
+        result: RevisionResult = RevisionResult.IN_PROGRESS,
+        reason: str = "",
+        summary: Mapping[str, Any] | None = None,
+        at: float | None = None,
+    ) -> RevisionRecord:
+        """Record that revision ``sha`` is being (or was) applied to ``services``."""
+        applied_at = self._now(at)
+        with self.transaction():
+            cursor = self._execute(
+                "INSERT INTO revisions (sha, author, committed_at, signer, applied_at,"
+                " result, reason, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sha,
+                    author,
+                    committed_at,
+                    signer,
+                    applied_at,
+                    RevisionResult(result).value,
+                    reason,
+                    rows.dump_json(summary),
+                ),
+            )
+            revision_id = cursor.lastrowid
+            assert revision_id is not None  # an INSERT into a rowid table always has one
+            with translate(self.db_path):
+                self._conn().executemany(
+                    "INSERT INTO revision_services (revision_id, service, result) VALUES (?, ?, ?)",
+                    [(revision_id, name, RevisionResult(result).value) for name in services],
+                )
+        return RevisionRecord(
+            id=revision_id,
+            sha=sha,
+            author=author,
+            committed_at=committed_at,
+            signer=signer,
+            applied_at=applied_at,
+            result=RevisionResult(result),
+            reason=reason,
+            summary=dict(summary or {}),
+            service_results={name: RevisionResult(result) for name in services},
+        )
+
+    def finish_revision(
+        self,
+        revision_id: int,
+        result: RevisionResult,
+        *,
+        reason: str = "",
+        summary: Mapping[str, Any] | None = None,
+        service_results: Mapping[str, RevisionResult] | None = None,
+    ) -> RevisionRecord:
+        """Set the outcome of an application. Services not named in ``service_results``
+        take the overall ``result``; ``summary`` replaces the stored one when given."""
+        with self.transaction():
+            cursor = self._execute(
+                "UPDATE revisions SET result = ?, reason = ?,"
+                " summary = COALESCE(?, summary) WHERE id = ?",
+                (
+                    RevisionResult(result).value,
+                    reason,
+                    None if summary is None else rows.dump_json(summary),
+                    revision_id,
+                ),
+            )
+            if cursor.rowcount == 0:
+                raise RecordNotFound(f"no applied revision with id {revision_id}")
+            self._execute(
+                "UPDATE revision_services SET result = ? WHERE revision_id = ?",
+                (RevisionResult(result).value, revision_id),
+            )
+            for name, outcome in (service_results or {}).items():
+                self._execute(
+                    "INSERT INTO revision_services (revision_id, service, result)"
+                    " VALUES (?, ?, ?) ON CONFLICT (revision_id, service)"
+                    " DO UPDATE SET result = excluded.result",
+                    (revision_id, name, RevisionResult(outcome).value),
+                )
+            record = self.get_revision(revision_id)
+        assert record is not None  # updated above, inside the same transaction
+        return record
+
+    def get_revision(self, revision_id: int) -> RevisionRecord | None:
+        """One application by id."""
+        row = self._query_one(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions r WHERE r.id = ?", (revision_id,)
+        )
+        return None if row is None else rows.revision(row)
+
+    def list_revisions(
+        self,
+        *,
+        service: str | None = None,
+        limit: int | None = 100,
+        before_id: int | None = None,
+    ) -> list[RevisionRecord]:
+        """Applications, newest first, in one query; ``service`` keeps those touching it.
+
+        ``before_id`` pages on: pass the smallest id of the previous page.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if service is not None:
+            where.append("r.id IN (SELECT revision_id FROM revision_services WHERE service = ?)")
+            params.append(service)
+        if before_id is not None:
+            where.append("r.id < ?")
+            params.append(before_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        params.append(-1 if limit is None else limit)
+        found = self._query(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions r {clause} ORDER BY r.id DESC LIMIT ?",
+            params,
+        )
+        return [rows.revision(row) for row in found]
+
+    def last_applied_revision(self) -> RevisionRecord | None:
+        """The newest application that succeeded (Flux's ``lastAppliedRevision``)."""
+        row = self._query_one(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions r WHERE r.result = ?"
+            " ORDER BY r.id DESC LIMIT 1",
+            (RevisionResult.SUCCEEDED.value,),
+        )
+        return None if row is None else rows.revision(row)
+
+    def last_attempted_revision(self) -> RevisionRecord | None:
+        """The newest application, whatever its result (in progress included)."""
+        row = self._query_one(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions r ORDER BY r.id DESC LIMIT 1"
+        )
+        return None if row is None else rows.revision(row)
+
+    def last_successful_revision(self, service: str) -> RevisionRecord | None:
+        """The newest application in which ``service`` itself succeeded."""
+        row = self._query_one(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions r WHERE r.id = ("
+            " SELECT MAX(revision_id) FROM revision_services"
+            " WHERE service = ? AND result = ?)",
+            (service, RevisionResult.SUCCEEDED.value),
+        )
+        return None if row is None else rows.revision(row)
+
+    def last_successful_revisions(self) -> dict[str, RevisionRecord]:
+        """For every service ever applied successfully, its newest successful application."""
+        found = self._query(
+            f"SELECT best.service AS for_service, {_REVISION_COLUMNS}"
+            " FROM (SELECT service, MAX(revision_id) AS revision_id FROM revision_services"
+            "       WHERE result = ? GROUP BY service) AS best"
+            " JOIN revisions r ON r.id = best.revision_id ORDER BY best.service",
+            (RevisionResult.SUCCEEDED.value,),
+        )
+        return {row["for_service"]: rows.revision(row) for row in found}
+
+    # -- rollouts ----------------------------------------------------------------------
+
+    def upsert_rollout(self, record: RolloutRecord) -> RolloutRecord:
+        """Store ``record`` as the service's rollout state; return what was stored.
+
+        ``updated_at`` is set to now; a ``started_at`` of 0 also means now.
+        """
+        now = self._clock()
+        stored = replace(record, started_at=record.started_at or now, updated_at=now)
+        with self.transaction():
+            self._execute(
+                "INSERT INTO rollouts (service, revision, spec_digest, strategy, phase, step,"
+                " weight, started_at, updated_at, last_error, previous_revision,"
+                " previous_digest, spec, previous_spec)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (service) DO UPDATE SET"
+                " revision = excluded.revision, spec_digest = excluded.spec_digest,"
+                " strategy = excluded.strategy, phase = excluded.phase,"
+                " step = excluded.step, weight = excluded.weight,"
+                " started_at = excluded.started_at, updated_at = excluded.updated_at,"
+                " last_error = excluded.last_error,"
+                " previous_revision = excluded.previous_revision,"
+                " previous_digest = excluded.previous_digest,"
+                " spec = excluded.spec, previous_spec = excluded.previous_spec",
+                (
+                    stored.service,
+                    stored.revision,
+                    stored.spec_digest,
+                    stored.strategy,
+                    stored.phase.value,
+                    stored.step,
+                    stored.weight,
+                    stored.started_at,
+                    stored.updated_at,
+                    stored.last_error,
+                    stored.previous_revision,
+                    stored.previous_digest,
+                    rows.dump_json(stored.spec),
+                    None if stored.previous_spec is None else rows.dump_json(stored.previous_spec),
+                ),
+            )
+        return stored
+
+    def get_rollout(self, service: str) -> RolloutRecord | None:
+        """The service's rollout state, if it was ever rolled out."""
+        row = self._query_one("SELECT * FROM rollouts WHERE service = ?", (service,))
+        return None if row is None else rows.rollout(row)
+
+    def list_rollouts(self) -> list[RolloutRecord]:
+        """Every service's rollout state, by service name."""
+        return [rows.rollout(row) for row in self._query("SELECT * FROM rollouts ORDER BY service")]
+
+    def delete_rollout(self, service: str) -> bool:
+        """Forget a service's rollout state (the service left Git); True if there was one."""
+        with self.transaction():
+            cursor = self._execute("DELETE FROM rollouts WHERE service = ?", (service,))
+        return cursor.rowcount > 0
+
+    # -- host ports --------------------------------------------------------------------
+
+    def allocate_port(
+        self,
+        node: str,
+        owner: str,
+        *,
+        port: int | None = None,
+        port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
+        at: float | None = None,
+    ) -> PortAllocation:
+        """Give ``owner`` a host port on ``node``: ``port`` if given, else the lowest free
+        one in ``port_range`` (inclusive).
+
+        Idempotent per owner: an owner that already holds a port on the node gets it back
+        (so a crash between allocation and use leaks nothing). Atomic across threads and
+        processes: the check and the insert happen under SQLite's write lock, and the
+        primary key (node, host_port) makes a double allocation impossible anyway.
+        Raises :class:`PortUnavailable` when the port is someone else's or the range is full.
+        """
+        low, high = port_range
+        with self.transaction():
+            held = self._query_one(
+                "SELECT * FROM port_allocations WHERE node = ? AND owner = ?", (node, owner)
+            )
+            if held is not None:
+                if port is None or held["host_port"] == port:
+                    return rows.port(held)
+                raise PortUnavailable(
+                    f"{owner} already holds port {held['host_port']} on node {node};"
+                    f" release it before asking for {port}"
+                )
+            if port is None:
+                port = self._lowest_free_port(node, low, high)
+            else:
+                taken = self._query_one(
+                    "SELECT owner FROM port_allocations WHERE node = ? AND host_port = ?",
+                    (node, port),
+                )
+                if taken is not None:
+                    raise PortUnavailable(
+                        f"port {port} on node {node} is already allocated to {taken['owner']}"
+                    )
+            allocated_at = self._now(at)
+            try:
+                self._conn().execute(
+                    "INSERT INTO port_allocations (node, host_port, owner, allocated_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (node, port, owner, allocated_at),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise PortUnavailable(
+                    f"port {port} on node {node} is not available: {exc}"
+                ) from exc
+            except sqlite3.Error as exc:
+                raise error_for(exc, self.db_path) from exc
+        return PortAllocation(node=node, host_port=port, owner=owner, allocated_at=allocated_at)
+
+    def _lowest_free_port(self, node: str, low: int, high: int) -> int:
+        used = self._query(
+            "SELECT host_port FROM port_allocations"
+            " WHERE node = ? AND host_port BETWEEN ? AND ? ORDER BY host_port",
+            (node, low, high),
+        )
+        candidate = low
+        for row in used:
+            if row["host_port"] != candidate:
+                break
+            candidate += 1
+        if candidate > high:
+            raise PortUnavailable(f"every port from {low} to {high} on node {node} is allocated")
+        return candidate
+
+    def release_port(self, node: str, host_port: int) -> bool:
+        """Free one port; True if it was allocated."""
+        with self.transaction():
+            cursor = self._execute(
+                "DELETE FROM port_allocations WHERE node = ? AND host_port = ?", (node, host_port)
+            )
+        return cursor.rowcount > 0
+
+    def release_owner(self, owner: str) -> int:
+        """Free every port ``owner`` holds, on any node; return how many."""
+        with self.transaction():
+            cursor = self._execute("DELETE FROM port_allocations WHERE owner = ?", (owner,))
+        return cursor.rowcount
+
+    def list_ports(self, node: str | None = None) -> list[PortAllocation]:
+        """Allocated ports (of one node, or all), by node then port."""
+        if node is None:
+            found = self._query("SELECT * FROM port_allocations ORDER BY node, host_port")
+        else:
+            found = self._query(
+                "SELECT * FROM port_allocations WHERE node = ? ORDER BY host_port", (node,)
+            )
+        return [rows.port(row) for row in found]
+
+    # -- nodes -------------------------------------------------------------------------
+
+    def register_node(
+        self,
+        name: str,
+        driver: str,
+        *,
+        endpoint: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> NodeRecord:
+        """Add a node or update its driver, endpoint and labels (its last known
+        condition is kept: registering is not observing)."""
+        with self.transaction():
+            self._execute(
+                "INSERT INTO nodes (name, driver, endpoint, labels) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET driver = excluded.driver,"
+                " endpoint = excluded.endpoint, labels = excluded.labels",
+                (name, driver, endpoint, rows.dump_json(labels)),
+            )
+            record = self.get_node(name)
+        assert record is not None  # inserted or updated just above
+        return record
+
+    def update_node_condition(
+        self,
+        name: str,
+        condition: NodeCondition,
+        *,
+        message: str = "",
+        seen: bool = True,
+        at: float | None = None,
+    ) -> NodeRecord:
+        """Record an observation of a node. ``seen=False`` (the node did not answer)
+        changes the condition but keeps the time it was last heard from."""
+        with self.transaction():
+            cursor = self._execute(
+                "UPDATE nodes SET condition = ?, message = ?,"
+                " last_seen = CASE WHEN ? THEN ? ELSE last_seen END WHERE name = ?",
+                (NodeCondition(condition).value, message, seen, self._now(at), name),
+            )
+            if cursor.rowcount == 0:
+                raise RecordNotFound(f"no node named {name!r} is registered")
+            record = self.get_node(name)
+        assert record is not None
+        return record
+
+    def get_node(self, name: str) -> NodeRecord | None:
+        row = self._query_one("SELECT * FROM nodes WHERE name = ?", (name,))
+        return None if row is None else rows.node(row)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        """Every registered node, by name."""
+        return [rows.node(row) for row in self._query("SELECT * FROM nodes ORDER BY name")]
+
+    def remove_node(self, name: str) -> bool:
+        """Forget a node; True if it was registered."""
+        with self.transaction():
+            cursor = self._execute("DELETE FROM nodes WHERE name = ?", (name,))
+        return cursor.rowcount > 0
+
+    # -- analysis measurements ---------------------------------------------------------
+
+    def add_measurement(
+        self,
+        service: str,
+        revision: str,
+        phase: MeasurementPhase,
+        *,
+        analysis: str = "",
+        value: Mapping[str, Any] | None = None,
+        message: str = "",
+        at: float | None = None,
+    ) -> Measurement:
+        """Store one analysis measurement of ``service`` at ``revision``."""
+        taken_at = self._now(at)
+        with self.transaction():
+            cursor = self._execute(
+                "INSERT INTO measurements (service, revision, analysis, taken_at, phase,"
+                " value, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    service,
+                    revision,
+                    analysis,
+                    taken_at,
+                    MeasurementPhase(phase).value,
+                    rows.dump_json(value),
+                    message,
+                ),
+            )
+        assert cursor.lastrowid is not None
+        return Measurement(
+            id=cursor.lastrowid,
+            service=service,
+            revision=revision,
+            analysis=analysis,
+            taken_at=taken_at,
+            phase=MeasurementPhase(phase),
+            value=dict(value or {}),
+            message=message,
+        )
+
+    def list_measurements(
+        self,
+        service: str,
+        *,
+        revision: str | None = None,
+        analysis: str | None = None,
+        limit: int | None = 1000,
+    ) -> list[Measurement]:
+        """Measurements of a service, oldest first (the order an analysis counts them)."""
+        sql = "SELECT * FROM measurements WHERE service = ?"
+        params: list[Any] = [service]
+        if revision is not None:
+            sql += " AND revision = ?"
+            params.append(revision)
+        if analysis is not None:
+            sql += " AND analysis = ?"
+            params.append(analysis)
+        # The newest `limit`, returned oldest first.
+        sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY id"
+        params.append(-1 if limit is None else limit)
+        return [rows.measurement(row) for row in self._query(sql, params)]
+
+    # -- history / audit log -----------------------------------------------------------
+
+    def append_event(
+        self,
+        kind: str,
+        message: str,
+        *,
+        service: str | None = None,
+        revision: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        at: float | None = None,
+    ) -> AuditEvent:
+        """Append one entry to the audit log (which can never be updated or deleted)."""
+        event_at = self._now(at)
+        with self.transaction():
+            cursor = self._execute(
+                "INSERT INTO audit_log (at, kind, service, revision, message, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (event_at, kind, service, revision, message, rows.dump_json(data)),
+            )
+        assert cursor.lastrowid is not None
+        return AuditEvent(
+            id=cursor.lastrowid,
+            at=event_at,
+            kind=kind,
+            message=message,
+            service=service,
+            revision=revision,
+            data=dict(data or {}),
+        )
+
+    def list_events(
+        self,
+        *,
+        service: str | None = None,
+        kind: str | None = None,
+        after_id: int | None = None,
+        limit: int | None = 100,
+        newest_first: bool = True,
+    ) -> list[AuditEvent]:
+        """Audit entries in one query. ``after_id`` tails the log (entries added since)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if service is not None:
+            where.append("service = ?")
+            params.append(service)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if after_id is not None:
+            where.append("id > ?")
+            params.append(after_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "DESC" if newest_first else "ASC"
+        params.append(-1 if limit is None else limit)
+        found = self._query(f"SELECT * FROM audit_log {clause} ORDER BY id {order} LIMIT ?", params)
+        return [rows.audit_event(row) for row in found]
