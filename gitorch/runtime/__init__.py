@@ -1,1 +1,51 @@
-"""gitorch.runtime."""
+"""gitorch.runtime: the node runtime layer.
+
+:func:`open_runtime` builds the driver a node asks for; :func:`docker_available` tells
+whether a Docker engine answers (the CLI's default driver choice). The drivers themselves
+are imported lazily so that using one never requires the other's dependencies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from gitorch.errors import ConfigError
+from gitorch.runtime.base import Runtime
+
+__all__ = ["docker_available", "open_runtime"]
+
+
+def docker_available(endpoint: str | None = None, timeout: float = 1.0) -> bool:
+    """Whether a Docker engine answers a ping at ``endpoint`` (default: the local socket)."""
+    from gitorch.runtime.docker import docker_available as _available
+
+    return _available(endpoint, timeout)
+
+
+def open_runtime(
+    node_name: str,
+    driver: Literal["docker", "process"] | str,
+    *,
+    endpoint: str | None = None,
+    state_dir: Path | None = None,
+    address: str = "127.0.0.1",
+) -> Runtime:
+    """The :class:`Runtime` for one node.
+
+    ``endpoint`` is the Docker engine URL (docker driver; default the local socket);
+    ``state_dir`` is where the process driver keeps its bookkeeping (required for it).
+    """
+    if driver == "docker":
+        from gitorch.runtime.docker import DEFAULT_ENDPOINT, DockerRuntime
+
+        return DockerRuntime(node_name, endpoint or DEFAULT_ENDPOINT, address=address)
+    if driver == "process":
+        if state_dir is None:
+            raise ConfigError(f"node {node_name}: the process driver needs a state directory")
+        if endpoint:
+            raise ConfigError(f"node {node_name}: the process driver takes no endpoint")
+        from gitorch.runtime.process import ProcessRuntime
+
+        return ProcessRuntime(node_name, Path(state_dir), address=address)
+    raise ConfigError(f"node {node_name}: unknown runtime driver {driver!r} (docker | process)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 #: Label keys gitorch puts on every instance it creates.
@@ -27,11 +27,17 @@ LABEL_NODE = "dev.gitorch.node"
 
 @dataclass(frozen=True)
 class PortRequest:
-    """A port the replica listens on; the runtime allocates ``host_port`` on the node."""
+    """A port the replica listens on; the runtime allocates a host port on the node.
+
+    ``host_port`` pins the host port instead (``None``, the default, lets the runtime pick
+    a free ephemeral one); a pinned port that is already taken raises
+    :class:`~gitorch.errors.PortInUse`.
+    """
 
     name: str
     container_port: int
     protocol: str = "tcp"
+    host_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class ReplicaSpec:
     stop_grace_seconds: float = 10.0
 
 
-class InstanceState(str, Enum):
+class InstanceState(StrEnum):
     CREATED = "created"
     RUNNING = "running"
     EXITED = "exited"

@@ -1,0 +1,576 @@
+"""The Docker driver: replicas are containers on one Docker engine.
+
+Design decisions (also in the class docstring of :class:`DockerRuntime`):
+
+* **Low-level API client, created lazily.** ``docker.APIClient(version="auto")`` asks the
+  engine for its API version when it is built, so building it eagerly would make a
+  :class:`DockerRuntime` impossible to construct while the engine is down. The client is
+  built on first use and rebuilt after a failure, so a restarted engine is picked up by
+  the same runtime object.
+* **Every call has a timeout.** The SDK's socket timeout bounds every HTTP request; calls
+  that legitimately wait longer (stop with a grace period, container wait) extend it by
+  exactly that wait. Connection refused, reset, or timed out all become
+  :class:`~gitorch.errors.EngineUnavailable`.
+* **Docker picks the host port.** Ports are published on ``address`` with host port
+  ``None`` and read back from the container after start. Picking a free port ourselves
+  would race with every other process between our check and Docker's bind; Docker's own
+  allocator binds atomically and retries on collisions. A pinned
+  :attr:`PortRequest.host_port` is honoured and a taken one raises ``PortInUse``.
+* **docker-init (tini) is PID 1.** A workload's own process then keeps the default signal
+  dispositions (PID 1 ignores SIGTERM unless it installs a handler), so SIGTERM behaves as
+  it does under the process driver, and zombies are reaped.
+* **gitorch owns restarts**: restart policy ``"no"``.
+* **Instances are found by labels** (cluster and node), so a new runtime object
+  rediscovers everything; port names travel in a label because Docker has none.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import docker.tls
+import requests.exceptions
+
+from gitorch.errors import (
+    EngineUnavailable,
+    GitorchError,
+    ImageNotFound,
+    InstanceNotFound,
+    PortInUse,
+    ReplicaStartFailed,
+    RuntimeDriverError,
+)
+from gitorch.runtime.base import (
+    LABEL_CLUSTER,
+    LABEL_NODE,
+    Instance,
+    InstanceState,
+    NodeInfo,
+    PortBinding,
+    Probe,
+    ProbeResult,
+    ReplicaSpec,
+    ResourceUsage,
+)
+
+__all__ = ["DEFAULT_ENDPOINT", "LABEL_PORTS", "DockerRuntime", "DockerTLS", "docker_available"]
+
+DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
+
+#: Label holding ``name=containerPort/proto`` pairs: Docker keeps no port names.
+LABEL_PORTS = "dev.gitorch.ports"
+
+_T = TypeVar("_T")
+
+# Docker container names: [a-zA-Z0-9][a-zA-Z0-9_.-]+
+_NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
+_PORT_TAKEN_PATTERNS = ("port is already allocated", "address already in use")
+
+
+@dataclass(frozen=True)
+class DockerTLS:
+    """TLS settings for a ``tcp://`` endpoint (paths to PEM files)."""
+
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+
+    def to_sdk(self) -> docker.tls.TLSConfig:
+        """The docker SDK's TLS configuration for these settings."""
+        cert = None
+        if self.client_cert and self.client_key:
+            cert = (self.client_cert, self.client_key)
+        elif self.client_cert or self.client_key:
+            raise EngineUnavailable("Docker TLS needs both a client certificate and its key")
+        try:
+            return docker.tls.TLSConfig(
+                client_cert=cert,
+                ca_cert=self.ca_cert,
+                verify=self.ca_cert if (self.verify and self.ca_cert) else self.verify,
+            )
+        except docker.errors.TLSParameterError as exc:
+            raise EngineUnavailable(f"invalid Docker TLS settings: {exc}") from exc
+
+
+def _engine_error(endpoint: str, exc: BaseException) -> EngineUnavailable:
+    return EngineUnavailable(
+        f"Docker engine at {endpoint} is not answering: {type(exc).__name__}: {exc}"
+    )
+
+
+def _build_client(
+    endpoint: str, timeout: float, tls: DockerTLS | None, *, version: str = "auto"
+) -> docker.APIClient:
+    """A connected low-level client (``version="auto"`` talks to the engine once)."""
+    tls_config: docker.tls.TLSConfig | bool = tls.to_sdk() if tls is not None else False
+    try:
+        return docker.APIClient(
+            base_url=endpoint,
+            version=version,
+            timeout=timeout,
+            tls=tls_config,
+            # ssh:// through the system ssh binary: no paramiko dependency.
+            use_ssh_client=endpoint.startswith("ssh://"),
+        )
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise _engine_error(endpoint, exc) from exc
+
+
+def docker_available(endpoint: str | None = None, timeout: float = 1.0) -> bool:
+    """Whether a Docker engine answers a ping at ``endpoint`` within ``timeout`` seconds."""
+    try:
+        client = _build_client(endpoint or DEFAULT_ENDPOINT, timeout, None)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (GitorchError, docker.errors.DockerException, requests.exceptions.RequestException):
+        return False
+    except OSError:
+        return False
+
+
+def _container_name(name: str) -> str:
+    cleaned = _NAME_BAD_CHARS.sub("-", name).lstrip("_.-")
+    return cleaned or "gitorch-replica"
+
+
+def _parse_time(value: str | None) -> float | None:
+    """Docker timestamps (RFC 3339 with nanoseconds) to unix time; zero time -> None."""
+    if not value or value.startswith("0001-"):
+        return None
+    # Python's fromisoformat takes at most microseconds: trim the fraction to 6 digits.
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", value)
+    if not match:
+        return None
+    base, frac, zone = match.groups()
+    frac = (frac or "")[:7]
+    zone = "+00:00" if zone == "Z" else zone
+    try:
+        return datetime.fromisoformat(f"{base}{frac}{zone}").timestamp()
+    except ValueError:
+        return None
+
+
+def _encode_ports(spec: ReplicaSpec) -> str:
+    return ",".join(f"{p.name}={p.container_port}/{p.protocol}" for p in spec.ports)
+
+
+def _decode_ports(label: str) -> dict[str, str]:
+    """``"http=8080/tcp,..."`` -> ``{"8080/tcp": "http"}``."""
+    names: dict[str, str] = {}
+    for item in filter(None, label.split(",")):
+        name, _, port = item.partition("=")
+        names[port] = name
+    return names
+
+
+def _port_env(spec: ReplicaSpec) -> dict[str, str]:
+    """PORT (first port) and PORT_<NAME> set to the container port the app must listen on."""
+    env: dict[str, str] = {}
+    for index, port in enumerate(spec.ports):
+        if index == 0:
+            env["PORT"] = str(port.container_port)
+        key = re.sub(r"[^A-Z0-9_]", "_", port.name.upper())
+        env[f"PORT_{key}"] = str(port.container_port)
+    return env
+
+
+def _state_of(status: str) -> InstanceState:
+    if status == "created":
+        return InstanceState.CREATED
+    if status in ("running", "restarting", "paused"):
+        return InstanceState.RUNNING
+    if status in ("exited", "dead", "removing"):
+        return InstanceState.EXITED
+    return InstanceState.UNKNOWN
+
+
+class DockerRuntime:
+    """The :class:`~gitorch.runtime.base.Runtime` of one node backed by a Docker engine.
+
+    ``endpoint`` is ``unix://``, ``tcp://`` (with ``tls``) or ``ssh://`` (through the system
+    ``ssh`` client). ``address`` is the host IP ports are published on and where clients
+    reach them. ``timeout`` bounds every engine call. ``pull`` allows pulling images that
+    are missing on the node (a failing pull reports :class:`ImageNotFound`).
+    """
+
+    driver = "docker"
+
+    def __init__(
+        self,
+        node_name: str,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        address: str = "127.0.0.1",
+        timeout: float = 10.0,
+        tls: DockerTLS | None = None,
+        pull: bool = True,
+    ) -> None:
+        self.node_name = node_name
+        self.endpoint = endpoint
+        self.address = address
+        self.timeout = timeout
+        self.tls = tls
+        self.pull = pull
+        self._client: docker.APIClient | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _api(self) -> docker.APIClient:
+        with self._lock:
+            if self._client is None:
+                self._client = _build_client(self.endpoint, self.timeout, self.tls)
+            return self._client
+
+    def _drop_client(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client = None
+
+    @contextmanager
+    def _translate(self, instance_id: str | None = None) -> Iterator[None]:
+        """Turn SDK and transport errors into gitorch's tree at this one boundary."""
+        try:
+            yield
+        except GitorchError:
+            raise
+        except docker.errors.NotFound as exc:
+            if instance_id is not None:
+                raise InstanceNotFound(
+                    f"no instance {instance_id} on node {self.node_name}"
+                ) from exc
+            raise RuntimeDriverError(f"Docker: {exc.explanation or exc}") from exc
+        except docker.errors.APIError as exc:
+            raise RuntimeDriverError(f"Docker engine error: {exc.explanation or exc}") from exc
+        except (requests.exceptions.RequestException, OSError) as exc:
+            # The connection pool may hold sockets to a dead engine: start afresh next time.
+            self._drop_client()
+            raise _engine_error(self.endpoint, exc) from exc
+        except docker.errors.DockerException as exc:
+            self._drop_client()
+            raise _engine_error(self.endpoint, exc) from exc
+
+    def _call(self, fn: Callable[[docker.APIClient], _T], instance_id: str | None = None) -> _T:
+        with self._translate(instance_id):
+            return fn(self._api())
+
+    # -- Runtime protocol -----------------------------------------------------------------
+
+    def node_info(self) -> NodeInfo:
+        """Capacity from the engine (NCPU, MemTotal); ready=False with a message if down."""
+        try:
+            info = self._call(lambda api: api.info())
+        except RuntimeDriverError as exc:
+            return NodeInfo(
+                name=self.node_name,
+                driver=self.driver,
+                ready=False,
+                cpu_cores=0.0,
+                memory_bytes=0,
+                address=self.address,
+                message=exc.message,
+            )
+        return NodeInfo(
+            name=self.node_name,
+            driver=self.driver,
+            ready=True,
+            cpu_cores=float(info.get("NCPU") or 0),
+            memory_bytes=int(info.get("MemTotal") or 0),
+            address=self.address,
+            message=f"Docker {info.get('ServerVersion', '?')}",
+        )
+
+    def list_instances(self, cluster: str) -> list[Instance]:
+        """Containers labelled with ``cluster`` and this node, running or not."""
+        filters = {"label": [f"{LABEL_CLUSTER}={cluster}", f"{LABEL_NODE}={self.node_name}"]}
+        summaries = self._call(lambda api: api.containers(all=True, filters=filters))
+        found: list[Instance] = []
+        for summary in summaries:
+            try:
+                found.append(self.inspect(summary["Id"]))
+            except InstanceNotFound:
+                continue  # removed between the listing and the inspect
+        found.sort(key=lambda inst: inst.name)
+        return found
+
+    def create(self, spec: ReplicaSpec, cluster: str) -> Instance:
+        """Create and start a container for ``spec``; return it as the engine reports it."""
+        if not spec.image:
+            raise ReplicaStartFailed(f"replica {spec.name}: the docker driver needs an image")
+        self._ensure_image(spec.image)
+        labels = dict(spec.labels)
+        labels[LABEL_CLUSTER] = cluster
+        labels[LABEL_NODE] = self.node_name
+        if spec.ports:
+            labels[LABEL_PORTS] = _encode_ports(spec)
+        env = dict(spec.env)
+        env.update(_port_env(spec))
+        name = _container_name(spec.name)
+
+        def do_create(api: docker.APIClient) -> str:
+            host_config = api.create_host_config(
+                port_bindings={
+                    f"{p.container_port}/{p.protocol}": (self.address, p.host_port)
+                    for p in spec.ports
+                },
+                restart_policy={"Name": "no"},
+                init=True,
+                nano_cpus=int(spec.cpu_limit * 1e9) if spec.cpu_limit else None,
+                mem_limit=spec.memory_limit or None,
+                # No swap beyond the limit: the memory limit is a real ceiling.
+                memswap_limit=spec.memory_limit or None,
+            )
+            created = api.create_container(
+                image=spec.image,
+                name=name,
+                entrypoint=list(spec.command) or None,
+                command=list(spec.args) or None,
+                environment=env,
+                working_dir=spec.working_dir,
+                labels=labels,
+                ports=[(p.container_port, p.protocol) for p in spec.ports],
+                host_config=host_config,
+                detach=True,
+            )
+            return str(created["Id"])
+
+        try:
+            container_id = self._call(do_create)
+        except RuntimeDriverError as exc:
+            if "Conflict" in str(exc.__cause__) or "already in use" in exc.message:
+                raise ReplicaStartFailed(
+                    f"replica {spec.name}: a container named {name} already exists on "
+                    f"node {self.node_name}"
+                ) from exc
+            if type(exc) is RuntimeDriverError:
+                raise ReplicaStartFailed(f"replica {spec.name}: {exc.message}") from exc
+            raise
+        try:
+            self._call(lambda api: api.start(container_id), container_id)
+        except RuntimeDriverError as exc:
+            self._remove_quietly(container_id)
+            if any(pat in exc.message for pat in _PORT_TAKEN_PATTERNS):
+                raise PortInUse(
+                    f"replica {spec.name}: a host port on {self.address} is already taken "
+                    f"({exc.message})"
+                ) from exc
+            if type(exc) is RuntimeDriverError:
+                raise ReplicaStartFailed(f"replica {spec.name}: {exc.message}") from exc
+            raise
+        return self.inspect(container_id)
+
+    def stop(self, instance_id: str, grace_seconds: float) -> None:
+        """SIGTERM, wait up to the grace period, then SIGKILL (the engine does both)."""
+        # The API takes whole seconds; round up so a replica never gets less than its grace.
+        grace = max(0, math.ceil(grace_seconds))
+        # docker-py extends the socket timeout of this request by the grace itself.
+        self._call(lambda api: api.stop(instance_id, timeout=grace), instance_id)
+
+    def remove(self, instance_id: str) -> None:
+        """Remove the container (killing it first if it still runs) and its anonymous volumes."""
+        self._call(lambda api: api.remove_container(instance_id, v=True, force=True), instance_id)
+
+    def inspect(self, instance_id: str) -> Instance:
+        """The container as the engine sees it now."""
+        attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
+        return self._to_instance(attrs)
+
+    def logs(self, instance_id: str, tail: int = 100) -> str:
+        """The last ``tail`` lines of stdout and stderr, interleaved as written."""
+        raw = self._call(
+            lambda api: api.logs(instance_id, stdout=True, stderr=True, tail=tail, stream=False),
+            instance_id,
+        )
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+    def usage(self, instance_id: str) -> ResourceUsage:
+        """CPU (% of one core, over the engine's sample interval) and memory in use."""
+        stats: dict[str, Any] = self._call(
+            lambda api: api.stats(instance_id, stream=False), instance_id
+        )
+        return _usage_from_stats(stats)
+
+    def probe(self, instance: Instance, probe: Probe) -> ProbeResult:
+        """Run one probe; failures are results, only a dead engine (exec) raises."""
+        started = time.monotonic()
+        if probe.exec_command:
+            ok, message = self._exec_probe(instance.id, probe)
+        elif probe.port is None:
+            ok, message = False, "probe has no port"
+        else:
+            target = self._probe_target(instance, probe.port)
+            if target is None:
+                ok, message = False, f"container port {probe.port} is not published"
+            elif probe.http_path is not None:
+                ok, message = http_check(*target, probe.http_path, probe.timeout_seconds)
+            else:
+                ok, message = tcp_check(*target, probe.timeout_seconds)
+        return ProbeResult(ok=ok, message=message, duration_seconds=time.monotonic() - started)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _ensure_image(self, image: str) -> None:
+        try:
+            self._call(lambda api: api.inspect_image(image))
+            return
+        except RuntimeDriverError as exc:
+            if not isinstance(exc.__cause__, docker.errors.NotFound):
+                raise
+        if not self.pull:
+            raise ImageNotFound(f"image {image} is not on node {self.node_name} (pull disabled)")
+        try:
+            self._call(lambda api: api.pull(image))
+        except EngineUnavailable as exc:
+            if not isinstance(exc.__cause__, requests.exceptions.Timeout):
+                raise
+            raise ImageNotFound(
+                f"image {image} is not on node {self.node_name} and pulling it timed out"
+            ) from exc
+        except RuntimeDriverError as exc:
+            raise ImageNotFound(
+                f"image {image} is not on node {self.node_name} and cannot be pulled: {exc.message}"
+            ) from exc
+
+    def _remove_quietly(self, container_id: str) -> None:
+        # The original failure is what the caller must see, not a cleanup error.
+        with suppress(RuntimeDriverError):
+            self.remove(container_id)
+
+    def _probe_target(self, instance: Instance, container_port: int) -> tuple[str, int] | None:
+        for binding in instance.ports:
+            if binding.container_port == container_port:
+                # A wildcard bind is reached on loopback from this host.
+                host = binding.host_ip if binding.host_ip not in ("", "0.0.0.0") else "127.0.0.1"
+                return host, binding.host_port
+        return None
+
+    def _exec_probe(self, instance_id: str, probe: Probe) -> tuple[bool, str]:
+        """exec in the container; the SDK's exec_run has no timeout, so poll the exec."""
+        try:
+            exec_id = self._call(
+                lambda api: api.exec_create(instance_id, list(probe.exec_command))["Id"],
+                instance_id,
+            )
+            self._call(lambda api: api.exec_start(exec_id, detach=True), instance_id)
+            deadline = time.monotonic() + probe.timeout_seconds
+            delay = 0.01
+            while True:
+                state = self._call(lambda api: api.exec_inspect(exec_id), instance_id)
+                if not state.get("Running") and state.get("ExitCode") is not None:
+                    code = int(state["ExitCode"])
+                    return code == 0, f"exit {code}"
+                if time.monotonic() >= deadline:
+                    # Docker cannot cancel an exec; it is left to finish on its own.
+                    return False, f"timed out after {probe.timeout_seconds:g}s"
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        except InstanceNotFound:
+            return False, "container is gone"
+        except EngineUnavailable:
+            raise
+        except RuntimeDriverError as exc:
+            # e.g. "container is not running" or the command does not exist.
+            return False, exc.message
+
+    def _to_instance(self, attrs: Mapping[str, Any]) -> Instance:
+        config = attrs.get("Config") or {}
+        state = attrs.get("State") or {}
+        labels = dict(config.get("Labels") or {})
+        status = _state_of(str(state.get("Status", "")))
+        port_names = _decode_ports(labels.get(LABEL_PORTS, ""))
+        bindings: list[PortBinding] = []
+        published = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        for port_key, name in port_names.items():
+            for host in published.get(port_key) or []:
+                bindings.append(
+                    PortBinding(
+                        name=name,
+                        container_port=int(port_key.split("/")[0]),
+                        host_ip=host.get("HostIp") or self.address,
+                        host_port=int(host["HostPort"]),
+                    )
+                )
+                break  # one binding per port: the one on `address`
+        return Instance(
+            id=str(attrs["Id"]),
+            name=str(attrs.get("Name", "")).lstrip("/"),
+            node=labels.get(LABEL_NODE, self.node_name),
+            state=status,
+            labels=labels,
+            ports=tuple(bindings),
+            exit_code=int(state.get("ExitCode", 0)) if status is InstanceState.EXITED else None,
+            restarts=int(attrs.get("RestartCount") or 0),
+            started_at=_parse_time(state.get("StartedAt")),
+            image=config.get("Image"),
+        )
+
+
+def _usage_from_stats(stats: Mapping[str, Any]) -> ResourceUsage:
+    """CPU% of one core and memory without page cache, computed as ``docker stats`` does."""
+    cpu = stats.get("cpu_stats") or {}
+    pre = stats.get("precpu_stats") or {}
+    cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (
+        pre.get("cpu_usage") or {}
+    ).get("total_usage", 0)
+    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or [])
+    percent = 0.0
+    if cpu_delta > 0 and system_delta > 0 and online:
+        percent = cpu_delta / system_delta * online * 100.0
+    memory = stats.get("memory_stats") or {}
+    detail = memory.get("stats") or {}
+    # cgroup v1 counts page cache ("cache"), v2 "inactive_file": neither is the app's own.
+    cache = detail.get("total_inactive_file", detail.get("inactive_file", detail.get("cache", 0)))
+    used = max(0, int(memory.get("usage", 0)) - int(cache or 0))
+    return ResourceUsage(cpu_percent=max(0.0, percent), memory_bytes=used)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A probe judges the redirect itself (3xx is success); it never follows it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+# No proxies: a probe must reach the replica, not whatever $http_proxy says.
+_PROBE_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+
+def http_check(host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
+    """GET ``http://host:port/path``; 2xx and 3xx are healthy."""
+    url = f"http://{host}:{port}/{path.lstrip('/')}"
+    try:
+        with _PROBE_OPENER.open(url, timeout=timeout) as response:
+            code = int(response.status)
+    except urllib.error.HTTPError as exc:
+        code = int(exc.code)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"GET {url}: {reason}"
+    return 200 <= code < 400, f"HTTP {code}"
+
+
+def tcp_check(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """Open (and close) a TCP connection to ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, "connected"
+    except OSError as exc:
+        return False, f"connect {host}:{port}: {exc.strerror or exc}"
