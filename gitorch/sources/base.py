@@ -35,6 +35,11 @@ class CommitInfo:
     committed_at: str  # ISO 8601 with offset
     message: str
     signer: str | None = None  # signature key/identity when the commit is signed
+    # Added by sources/: git's verdict in words ("good", "bad", "no-public-key", ...;
+    # None when unsigned) and the signing key's long id, for signature policies.
+    # See gitorch/sources/signatures.py.
+    signature_status: str | None = None
+    signature_key: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -70,6 +75,8 @@ class Snapshot:
     root_path: str  # the manifest folder inside the repo ("" for the root)
     files: tuple[ManifestFile, ...]
     problems: tuple[Diagnostic, ...] = ()
+    # Things skipped on purpose that are not errors (a submodule, a symlinked folder).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
