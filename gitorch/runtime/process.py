@@ -484,11 +484,10 @@ class ProcessRuntime:
         if record.boot_id != self._boot_id:
             return InstanceState.EXITED, None
         stat = _proc.read_stat(record.pid)
-        if stat is None or stat.start_ticks != record.start_ticks:
-            return InstanceState.EXITED, None  # gone, or the pid now belongs to someone else
-        if not stat.is_dead:
+        if stat is not None and stat.start_ticks == record.start_ticks and not stat.is_dead:
             return InstanceState.RUNNING, None
-        # A zombie: if it is our child the waiter is recording its code right now.
+        # Gone, a zombie, or the pid now belongs to someone else. If it was our child the
+        # waiter may be between reaping it and writing its code: wait for that.
         with _CHILDREN_LOCK:
             child = _CHILDREN.get(record.instance_id)
         if child is not None:

@@ -1,0 +1,376 @@
+"""Process-driver specifics the shared contract suite cannot express.
+
+PID reuse, re-adoption of replicas whose parent is gone, the working-dir root, rlimits,
+log files, the clean environment, whole-group stops and zombie hygiene. Workloads are
+``sleep``/``sh`` (busybox or coreutils) and tiny python scripts: no Docker needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gitorch.errors import InstanceNotFound, ReplicaStartFailed
+from gitorch.runtime import _proc
+from gitorch.runtime._proc_store import RecordStore, ReplicaRecord
+from gitorch.runtime.base import (
+    LABEL_CLUSTER,
+    LABEL_SERVICE,
+    InstanceState,
+    PortRequest,
+    Probe,
+    ReplicaSpec,
+    Runtime,
+)
+from gitorch.runtime.process import ProcessRuntime, WorkingDirOutsideRoot
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(what: str, fn: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not fn():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as dead)."""
+    stat = _proc.read_stat(pid)
+    return stat is not None and not stat.is_dead
+
+
+def zombie_children() -> list[int]:
+    """Pids of zombies whose parent is this test process."""
+    me = str(os.getpid())
+    zombies = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = text.rpartition(")")[2].split()
+        if fields[0] == "Z" and fields[1] == me:
+            zombies.append(int(entry.name))
+    return zombies
+
+
+@pytest.fixture
+def cluster() -> str:
+    return f"p{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def runtime(state_dir: Path, workdir: Path, cluster: str) -> Iterator[ProcessRuntime]:
+    rt = ProcessRuntime("node-p", state_dir, workdir=workdir)
+    yield rt
+    for instance in ProcessRuntime("node-p", state_dir, workdir=workdir).list_instances(cluster):
+        with contextlib.suppress(InstanceNotFound):
+            rt.remove(instance.id)
+
+
+def spec(name: str, *argv: str, **overrides: object) -> ReplicaSpec:
+    base = ReplicaSpec(
+        name=name,
+        image=None,
+        command=(argv[0],),
+        args=tuple(argv[1:]),
+        labels={LABEL_SERVICE: "svc"},
+        stop_grace_seconds=2.0,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def stranger() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that is NOT a replica, leader of its own group like a replica would be."""
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_recycled_pid_is_exited_and_never_signalled(
+    runtime: ProcessRuntime, state_dir: Path, cluster: str, stranger: subprocess.Popen[bytes]
+) -> None:
+    store = RecordStore(state_dir)
+    real_ticks = _proc.read_stat(stranger.pid)
+    assert real_ticks is not None
+    for name, pid in (("recycled-stranger", stranger.pid), ("recycled-me", os.getpid())):
+        stat = _proc.read_stat(pid)
+        assert stat is not None
+        store.claim(name)
+        # Same pid, same boot, but a start time from before: the pid was recycled.
+        store.write(
+            ReplicaRecord(
+                name=name,
+                pid=pid,
+                start_ticks=stat.start_ticks - 1,
+                boot_id=_proc.boot_id(),
+                argv=["sleep", "60"],
+                cmdline=["sleep", "60"],
+                cwd="/",
+                env={},
+                labels={LABEL_CLUSTER: cluster},
+            )
+        )
+    listed = {i.name: i for i in runtime.list_instances(cluster)}
+    assert set(listed) == {"recycled-stranger", "recycled-me"}
+    for instance in listed.values():
+        assert instance.state is InstanceState.EXITED
+        assert instance.exit_code is None
+        assert runtime.usage(instance.id).memory_bytes == 0
+    runtime.stop(listed["recycled-stranger"].id, 0.1)
+    runtime.remove(listed["recycled-stranger"].id)
+    runtime.stop(listed["recycled-me"].id, 0.1)
+    runtime.remove(listed["recycled-me"].id)
+    assert stranger.poll() is None, "a process that merely reuses the pid was signalled"
+    assert alive(stranger.pid)
+    assert runtime.list_instances(cluster) == []
+
+
+def test_a_replica_outlives_its_creator_and_is_adopted(
+    state_dir: Path, workdir: Path, cluster: str
+) -> None:
+    creator = f"""
+import sys
+from pathlib import Path
+from gitorch.runtime.base import ReplicaSpec
+from gitorch.runtime.process import ProcessRuntime
+rt = ProcessRuntime("node-p", Path(sys.argv[1]), workdir=Path(sys.argv[2]))
+spec = ReplicaSpec(name="{cluster}-adopted", image=None, command=("sleep", "60"))
+print(rt.create(spec, "{cluster}").id)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", creator, str(state_dir), str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    instance_id = done.stdout.strip()
+    pid = int(instance_id.split("-")[0])
+    try:
+        runtime = ProcessRuntime("node-p", state_dir, workdir=workdir)
+        (instance,) = runtime.list_instances(cluster)
+        assert instance.id == instance_id
+        assert instance.state is InstanceState.RUNNING
+        assert alive(pid)
+        started = time.monotonic()
+        runtime.stop(instance_id, 5.0)
+        assert time.monotonic() - started < 2.0  # sleep dies on SIGTERM: no grace wasted
+        assert not alive(pid)
+        after = runtime.inspect(instance_id)
+        # Not our child: the kernel re-parented it, so its exit code cannot be known.
+        assert after.state is InstanceState.EXITED
+        assert after.exit_code is None
+        runtime.remove(instance_id)
+        assert runtime.list_instances(cluster) == []
+    finally:
+        if alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("escape", ["..", "../..", "/etc", "sub/../../x", "link-out"])
+def test_working_dir_outside_the_root_is_refused(
+    runtime: ProcessRuntime, workdir: Path, cluster: str, escape: str
+) -> None:
+    (workdir / "link-out").symlink_to("/tmp")
+    with pytest.raises(WorkingDirOutsideRoot, match="outside the allowed root"):
+        runtime.create(spec(f"{cluster}-esc", "sleep", "60", working_dir=escape), cluster)
+    assert runtime.list_instances(cluster) == []
+    # The refused name was not left claimed.
+    assert not (runtime.state_dir / "replicas" / f"{cluster}-esc").exists()
+
+
+def test_working_dir_inside_the_root_is_the_cwd(
+    runtime: ProcessRuntime, workdir: Path, cluster: str
+) -> None:
+    (workdir / "app" / "data").mkdir(parents=True)
+    default = runtime.create(spec(f"{cluster}-root", "sleep", "60"), cluster)
+    sub = runtime.create(spec(f"{cluster}-sub", "sleep", "60", working_dir="app/data"), cluster)
+    absolute = runtime.create(
+        spec(f"{cluster}-abs", "sleep", "60", working_dir=str(workdir / "app")), cluster
+    )
+    cwd = {i.name: os.readlink(f"/proc/{i.id.split('-')[0]}/cwd") for i in (default, sub, absolute)}
+    assert cwd == {
+        f"{cluster}-root": str(workdir.resolve()),
+        f"{cluster}-sub": str((workdir / "app" / "data").resolve()),
+        f"{cluster}-abs": str((workdir / "app").resolve()),
+    }
+
+
+def _limit(pid: int, label: str) -> str:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith(label):
+            return line[len(label) :].split()[0]
+    raise AssertionError(f"{label} not in /proc/{pid}/limits")
+
+
+def test_memory_limit_becomes_rlimit_as(runtime: ProcessRuntime, cluster: str) -> None:
+    limited = runtime.create(
+        spec(f"{cluster}-lim", "sleep", "60", memory_limit=256 * 1024 * 1024), cluster
+    )
+    free = runtime.create(spec(f"{cluster}-free", "sleep", "60"), cluster)
+    assert _limit(int(limited.id.split("-")[0]), "Max address space") == str(256 * 1024 * 1024)
+    assert _limit(int(free.id.split("-")[0]), "Max address space") == "unlimited"
+
+
+def test_memory_limit_is_enforced_on_allocation(runtime: ProcessRuntime, cluster: str) -> None:
+    hog = "import sys\ntry:\n    b = bytearray(400 * 1024 * 1024)\nexcept MemoryError:\n    sys.exit(7)\n"
+    instance = runtime.create(
+        spec(f"{cluster}-hog", sys.executable, "-c", hog, memory_limit=200 * 1024 * 1024),
+        cluster,
+    )
+    wait_until(
+        "the hog to exit", lambda: runtime.inspect(instance.id).state is InstanceState.EXITED
+    )
+    assert runtime.inspect(instance.id).exit_code == 7
+
+
+def test_logs_go_to_two_files_and_remove_deletes_them(
+    runtime: ProcessRuntime, state_dir: Path, cluster: str
+) -> None:
+    script = "echo out-1; echo err-1 >&2; echo out-2; echo err-2 >&2"
+    instance = runtime.create(spec(f"{cluster}-logs", "sh", "-c", script), cluster)
+    wait_until("exit", lambda: runtime.inspect(instance.id).state is InstanceState.EXITED)
+    folder = state_dir / "replicas" / instance.name
+    assert (folder / "stdout.log").read_text() == "out-1\nout-2\n"
+    assert (folder / "stderr.log").read_text() == "err-1\nerr-2\n"
+    assert runtime.logs(instance.id) == "out-1\nout-2\nerr-1\nerr-2\n"
+    assert runtime.logs(instance.id, tail=3) == "out-2\nerr-1\nerr-2\n"
+    assert runtime.logs(instance.id, tail=0) == ""
+    record = json.loads((folder / "instance.json").read_text())
+    assert record["exit_code"] == 0
+    assert (folder / "instance.json").stat().st_mode & 0o077 == 0  # it holds the env
+    runtime.remove(instance.id)
+    assert not folder.exists()
+
+
+def test_environment_is_clean_plus_spec_plus_ports(
+    runtime: ProcessRuntime, cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITORCH_DAEMON_SECRET", "must-not-leak")
+    instance = runtime.create(
+        spec(
+            f"{cluster}-env",
+            "env",
+            env={"APP_MODE": "blue", "PORT": "1"},
+            ports=(PortRequest("http", 8080), PortRequest("admin-ui", 9090)),
+        ),
+        cluster,
+    )
+    wait_until("exit", lambda: runtime.inspect(instance.id).state is InstanceState.EXITED)
+    env = dict(line.split("=", 1) for line in runtime.logs(instance.id).splitlines())
+    ports = {p.name: p.host_port for p in instance.ports}
+    assert env == {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "APP_MODE": "blue",
+        "PORT": str(ports["http"]),  # gitorch's port wins over the spec's
+        "PORT_HTTP": str(ports["http"]),
+        "PORT_ADMIN_UI": str(ports["admin-ui"]),
+    }
+    assert ports["http"] != ports["admin-ui"]
+
+
+def test_stop_reaches_the_whole_process_group(
+    runtime: ProcessRuntime, workdir: Path, cluster: str
+) -> None:
+    script = "sleep 60 & echo $! > grandchild.pid; wait"
+    instance = runtime.create(spec(f"{cluster}-tree", "sh", "-c", script), cluster)
+    pid_file = workdir / "grandchild.pid"
+    wait_until("the grandchild", lambda: pid_file.exists() and pid_file.read_text().strip() != "")
+    grandchild = int(pid_file.read_text())
+    assert alive(grandchild)
+    runtime.stop(instance.id, 2.0)
+    wait_until("the grandchild to die", lambda: not alive(grandchild), timeout=2.0)
+    assert runtime.inspect(instance.id).state is InstanceState.EXITED
+
+
+def test_exit_codes_are_recorded_and_no_zombie_is_left(
+    runtime: ProcessRuntime, cluster: str
+) -> None:
+    quick = runtime.create(spec(f"{cluster}-exit5", "sh", "-c", "exit 5"), cluster)
+    stubborn = runtime.create(
+        spec(f"{cluster}-stubborn", "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"),
+        cluster,
+    )
+    wait_until("exit 5", lambda: runtime.inspect(quick.id).state is InstanceState.EXITED)
+    runtime.stop(stubborn.id, 0.3)
+    # Read back through a brand-new runtime object: the codes are on disk.
+    fresh = ProcessRuntime("node-p", runtime.state_dir, workdir=runtime.workdir)
+    assert fresh.inspect(quick.id).exit_code == 5
+    assert fresh.inspect(stubborn.id).exit_code == 128 + signal.SIGKILL
+    wait_until("no zombie children", lambda: zombie_children() == [], timeout=2.0)
+
+
+def test_a_name_cannot_be_created_twice(runtime: ProcessRuntime, cluster: str) -> None:
+    runtime.create(spec(f"{cluster}-dup", "sleep", "60"), cluster)
+    with pytest.raises(ReplicaStartFailed, match="already exists"):
+        runtime.create(spec(f"{cluster}-dup", "sleep", "60"), cluster)
+    assert len(runtime.list_instances(cluster)) == 1
+
+
+def test_a_command_that_cannot_start_leaves_nothing(runtime: ProcessRuntime, cluster: str) -> None:
+    with pytest.raises(ReplicaStartFailed, match="cannot start"):
+        runtime.create(spec(f"{cluster}-nope", "/nonexistent/binary"), cluster)
+    with pytest.raises(ReplicaStartFailed, match="needs a command"):
+        runtime.create(ReplicaSpec(name=f"{cluster}-noc", image="x"), cluster)
+    assert runtime.list_instances(cluster) == []
+
+
+def test_usage_counts_a_busy_group(runtime: ProcessRuntime, cluster: str) -> None:
+    busy = runtime.create(spec(f"{cluster}-busy", "sh", "-c", "while :; do :; done"), cluster)
+    runtime.usage(busy.id)  # first sample
+    time.sleep(0.3)
+    usage = runtime.usage(busy.id)
+    assert usage.cpu_percent > 30.0
+    assert usage.memory_bytes > 0
+
+
+def test_exec_probe_times_out_and_uses_the_replica_cwd(
+    runtime: ProcessRuntime, workdir: Path, cluster: str
+) -> None:
+    (workdir / "marker").write_text("x")
+    instance = runtime.create(spec(f"{cluster}-probe", "sleep", "60"), cluster)
+    assert runtime.probe(instance, Probe(exec_command=("test", "-f", "marker"))).ok
+    slow = runtime.probe(instance, Probe(exec_command=("sleep", "5"), timeout_seconds=0.2))
+    assert not slow.ok and "timed out" in slow.message
+    assert slow.duration_seconds < 1.0
+    missing = runtime.probe(instance, Probe(http_path="/", port=1234))
+    assert not missing.ok
+
+
+def test_is_a_runtime(runtime: ProcessRuntime) -> None:
+    assert isinstance(runtime, Runtime)
+    info = runtime.node_info()
+    assert info.ready and info.driver == "process" and info.memory_bytes > 0
