@@ -1,0 +1,67 @@
+"""A separate process for the state store tests: holds locks, races, crashes on purpose.
+
+Usage: ``state_worker.py COMMAND STATE_DIR [ARGS...]``. Not a test module (no test_ prefix).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from gitorch.state import DaemonLock, PortUnavailable, StateStore
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def hold_lock(state_dir: str) -> None:
+    """Take the daemon lock, report it, and keep it until killed."""
+    DaemonLock(state_dir).acquire()
+    say(f"locked {os.getpid()}")
+    time.sleep(600)
+
+
+def allocate(state_dir: str, node: str, prefix: str, count: str, go_file: str) -> None:
+    """Wait for ``go_file``, then allocate ``count`` ports and fight for port 31000."""
+    store = StateStore(state_dir)
+    say("ready")
+    while not Path(go_file).exists():
+        time.sleep(0.002)
+    ports = [store.allocate_port(node, f"{prefix}-{i}/http").host_port for i in range(int(count))]
+    try:
+        contested: int | None = store.allocate_port(node, f"{prefix}-x/http", port=31000).host_port
+    except PortUnavailable:
+        contested = None
+    say(json.dumps({"ports": ports, "contested": contested}))
+
+
+def crash(state_dir: str, mode: str) -> None:
+    """Write two records in one transaction and die at the point ``mode`` names."""
+    store = StateStore(state_dir)
+    with store.transaction():
+        store.record_revision("a" * 40, services=["web"])
+        if mode == "exit-midway":
+            os._exit(3)  # no cleanup, no rollback, no commit: like a crash
+        if mode == "hang-midway":
+            say("midway")
+            time.sleep(600)
+        store.append_event("revision.started", "second write", revision="a" * 40)
+    if mode == "exit-after-commit":
+        os._exit(3)
+    raise SystemExit(f"unknown mode {mode}")
+
+
+def read_count(state_dir: str) -> None:
+    """Open the store read-only and print how many revisions it holds."""
+    store = StateStore(state_dir, readonly=True)
+    say(str(len(store.list_revisions(limit=None))))
+
+
+COMMANDS = {"hold-lock": hold_lock, "allocate": allocate, "crash": crash, "read-count": read_count}
+
+if __name__ == "__main__":
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
