@@ -1,0 +1,199 @@
+"""Noticing, at once, that a local checkout changed: a new commit or an edited file.
+
+:class:`RepositoryWatcher` watches the working tree and the git directory with watchdog
+(inotify on Linux) and calls ``on_change`` on its own worker thread, debounced: a burst of
+events (``git commit`` writes objects, the index, a log and a ref) gives one call, made
+``debounce`` seconds after the burst went quiet (and at the latest ``max_delay`` seconds
+after it began, so a folder that never stops changing is still reported).
+
+What counts: inside the git directory, ``HEAD``, ``packed-refs`` and anything under
+``refs/`` (a commit, a checkout, a fetch, a reset); in the working tree, any file or folder
+whose path has no component starting with "." (that also drops vim's ``.x.swp`` and emacs'
+``.#x``), minus editor backup/temporary names (``x~``, ``#x#``, vim's ``4913`` probe).
+Ignored: ``.git/objects`` churn, lock files, the index, logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import git
+from watchdog.events import (
+    DirModifiedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from gitorch.errors import SourceError
+
+_log = logging.getLogger(__name__)
+
+_EDITOR_TEMP_RE = re.compile(r"(~$|^#.*#$|^4913$|\.sw[a-p]$|\.tmp$|^\.~lock\.)")
+
+
+def _git_dirs(path: Path) -> list[Path]:
+    """The git directory of ``path`` and, for a linked worktree, the common directory that
+    holds the refs; empty for a plain folder."""
+    try:
+        repo = git.Repo(path)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return []
+    try:
+        dirs = {Path(repo.git_dir).resolve(), Path(repo.common_dir).resolve()}
+    finally:
+        repo.close()
+    return sorted(dirs)
+
+
+class _Handler(FileSystemEventHandler):
+    """Filters raw events and pokes the watcher."""
+
+    def __init__(self, watcher: RepositoryWatcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if isinstance(event, DirModifiedEvent):
+            return  # a folder's mtime changes with every file in it; the file event counts
+        paths = [event.src_path]
+        dest = getattr(event, "dest_path", "")
+        if dest:
+            paths.append(dest)
+        if any(self.watcher.relevant(os.fsdecode(p)) for p in paths):
+            self.watcher.poke()
+
+
+class RepositoryWatcher:
+    """Calls ``on_change`` (on a worker thread) when the checkout at ``path`` changes.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. Exceptions raised by
+    ``on_change`` are logged and do not stop the watcher.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        on_change: Callable[[], None],
+        debounce: float = 0.2,
+        *,
+        max_delay: float | None = None,
+    ) -> None:
+        self.path = Path(path).resolve()
+        if not self.path.is_dir():
+            raise SourceError(f"{path}: no such directory to watch")
+        self.on_change = on_change
+        self.debounce = debounce
+        self.max_delay = max_delay if max_delay is not None else max(1.0, 5 * debounce)
+        self.git_dirs = _git_dirs(self.path)
+        self._cond = threading.Condition()
+        self._first_event: float | None = None
+        self._last_event = 0.0
+        self._stopping = False
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._worker: threading.Thread | None = None
+
+    # -- filtering ----------------------------------------------------------------------
+
+    def relevant(self, raw: str) -> bool:
+        """True when a change at path ``raw`` means the repository's content may differ."""
+        path = Path(raw)
+        for gdir in self.git_dirs:
+            if path == gdir or gdir in path.parents:
+                rel = path.relative_to(gdir).as_posix()
+                if rel.endswith(".lock"):
+                    return False
+                return rel in ("HEAD", "packed-refs") or rel.startswith("refs/")
+        try:
+            rel_parts = path.relative_to(self.path).parts
+        except ValueError:
+            return False
+        if not rel_parts:
+            return False
+        if any(part.startswith(".") for part in rel_parts):
+            return False
+        return not _EDITOR_TEMP_RE.search(rel_parts[-1])
+
+    # -- debouncing ---------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Record a relevant event; the worker calls ``on_change`` once things settle."""
+        with self._cond:
+            now = time.monotonic()
+            self._last_event = now
+            if self._first_event is None:
+                self._first_event = now
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._first_event is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                assert self._first_event is not None
+                due = min(self._last_event + self.debounce, self._first_event + self.max_delay)
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue  # re-evaluate: more events may have pushed the deadline
+                self._first_event = None
+            try:
+                self.on_change()
+            except Exception:  # the callback's bug must not kill the watcher
+                _log.exception("repository watcher callback failed")
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> RepositoryWatcher:
+        """Begin watching (idempotent)."""
+        if self._observer is not None:
+            return self
+        self._stopping = False
+        handler = _Handler(self)
+        observer = Observer()
+        observer.schedule(handler, str(self.path), recursive=True)
+        for gdir in self.git_dirs:
+            if gdir != self.path and self.path not in gdir.parents:
+                observer.schedule(handler, str(gdir), recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        self._worker = threading.Thread(
+            target=self._run, name=f"gitorch-watch:{self.path.name}", daemon=True
+        )
+        self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching and wait for the threads (a pending change is dropped)."""
+        observer, worker = self._observer, self._worker
+        self._observer = self._worker = None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=5)
+
+    def __enter__(self) -> RepositoryWatcher:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
