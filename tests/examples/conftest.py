@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,16 +158,28 @@ class RunningContainer:
 @pytest.fixture
 def run_container(example_images: float) -> Iterator[Callable[..., RunningContainer]]:
     """``docker run -d`` an example image with its port published on 127.0.0.1; removed after."""
-    ids: list[str] = []
+    names: list[str] = []
 
     def run(
         image: str, env: Mapping[str, str] | None = None, wait: bool = True
     ) -> RunningContainer:
+        # Our own name, registered before "docker run": a run that fails after creating
+        # the container (e.g. a network error) still leaves nothing behind.
+        name = f"gitorch-example-test-{uuid.uuid4().hex[:12]}"
+        names.append(name)
         env_args = [a for k, v in (env or {}).items() for a in ("-e", f"{k}={v}")]
         cid = docker(
-            "run", "-d", "--label", TEST_LABEL, "-p", "127.0.0.1::8080", *env_args, image
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            TEST_LABEL,
+            "-p",
+            "127.0.0.1::8080",
+            *env_args,
+            image,
         ).stdout.strip()
-        ids.append(cid)
         container = RunningContainer(cid, 0)
         if wait:
             mapping = docker("port", cid, "8080/tcp").stdout.splitlines()[0]
@@ -175,5 +188,5 @@ def run_container(example_images: float) -> Iterator[Callable[..., RunningContai
         return container
 
     yield run
-    if ids:
-        docker("rm", "-f", *ids, check=False)
+    if names:
+        docker("rm", "-f", *names, check=False)
