@@ -31,7 +31,12 @@ def allocate(state_dir: str, node: str, prefix: str, count: str, go_file: str) -
     say("ready")
     while not Path(go_file).exists():
         time.sleep(0.002)
-    ports = [store.allocate_port(node, f"{prefix}-{i}/http").host_port for i in range(int(count))]
+    ports = []
+    for i in range(int(count)):
+        ports.append(store.allocate_port(node, f"{prefix}-{i}/http").host_port)
+        # Let the other racer in between: SQLite's busy handler backs off in sleeps, so
+        # without a pause one process would take every port before the other wakes up.
+        time.sleep(0.001)
     try:
         contested: int | None = store.allocate_port(node, f"{prefix}-x/http", port=31000).host_port
     except PortUnavailable:
