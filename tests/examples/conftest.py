@@ -161,8 +161,12 @@ def run_container(example_images: float) -> Iterator[Callable[..., RunningContai
     names: list[str] = []
 
     def run(
-        image: str, env: Mapping[str, str] | None = None, wait: bool = True
+        image: str,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+        extra: tuple[str, ...] = (),
     ) -> RunningContainer:
+        """``extra``: more ``docker run`` options, e.g. ``("-v", "/host:/data")``."""
         # Our own name, registered before "docker run": a run that fails after creating
         # the container (e.g. a network error) still leaves nothing behind.
         name = f"gitorch-example-test-{uuid.uuid4().hex[:12]}"
@@ -178,6 +182,7 @@ def run_container(example_images: float) -> Iterator[Callable[..., RunningContai
             "-p",
             "127.0.0.1::8080",
             *env_args,
+            *extra,
             image,
         ).stdout.strip()
         container = RunningContainer(cid, 0)

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import Answer, RunningApp, http_get
@@ -163,3 +164,14 @@ def test_port_in_use_exits_1(start_app: StartApp) -> None:
     # The worker loop had started before the bind failed; it must not keep the process alive.
     assert second.proc.returncode == 1
     assert "cannot listen" in out
+
+
+def test_worker_journal_in_data_dir(start_app: StartApp, tmp_path: Path) -> None:
+    running = start_app("worker", {"WORK_INTERVAL_MS": "50", "DATA_DIR": str(tmp_path)})
+    time.sleep(0.3)
+    code, _ = running.terminate()
+
+    lines = (tmp_path / "jobs.log").read_text().splitlines()
+    assert code == 0
+    assert len(lines) >= 2
+    assert lines[0].endswith(")") and " job 1 done (" in lines[0]

@@ -129,6 +129,20 @@ def test_worker_loop_runs_and_feeds_health(run_container: RunContainer) -> None:
     assert "job 2 done" in container.logs()
 
 
+def test_worker_journal_on_a_mounted_volume(run_container: RunContainer, tmp_path: Path) -> None:
+    container = run_container(
+        "gitorch-example/worker:1",
+        {"WORK_INTERVAL_MS": "100", "DATA_DIR": "/data"},
+        extra=("-v", f"{tmp_path}:/data"),
+    )
+    time.sleep(0.4)
+    docker("stop", "-t", "10", container.id)
+
+    lines = (tmp_path / "jobs.log").read_text().splitlines()
+    assert len(lines) >= 2
+    assert " job 1 done (" in lines[0]
+
+
 def test_sigterm_lets_the_request_in_flight_finish(run_container: RunContainer) -> None:
     container = run_container("gitorch-example/web:2", {"SLOW_MS": "700"})
     answers: list[Answer] = []
