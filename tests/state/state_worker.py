@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gitorch.state import DaemonLock, PortUnavailable, StateStore
@@ -60,13 +61,28 @@ def crash(state_dir: str, mode: str) -> None:
     raise SystemExit(f"unknown mode {mode}")
 
 
+def open_new(state_dir: str, go_file: str) -> None:
+    """Wait for ``go_file``, then open (create and migrate) the store and print its version."""
+    while not Path(go_file).exists():
+        time.sleep(0.002)
+    store = StateStore(state_dir)
+    store.append_event("opened", f"by {os.getpid()}")
+    say(str(store.schema_version))
+
+
 def read_count(state_dir: str) -> None:
     """Open the store read-only and print how many revisions it holds."""
     store = StateStore(state_dir, readonly=True)
     say(str(len(store.list_revisions(limit=None))))
 
 
-COMMANDS = {"hold-lock": hold_lock, "allocate": allocate, "crash": crash, "read-count": read_count}
+COMMANDS: dict[str, Callable[..., None]] = {
+    "hold-lock": hold_lock,
+    "open": open_new,
+    "allocate": allocate,
+    "crash": crash,
+    "read-count": read_count,
+}
 
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,8 @@ import pytest
 from gitorch.errors import StateCorrupt, StateError
 from gitorch.state import SCHEMA_VERSION, StateReadOnly, StateStore
 from gitorch.state.schema import MIGRATIONS, Migration, migrate
+
+Spawn = Callable[..., subprocess.Popen[str]]
 
 TABLES = {
     "revisions",
@@ -40,6 +45,24 @@ def test_new_store_creates_every_table_in_wal_mode(state_dir: Path) -> None:
     assert table_names(conn) == TABLES
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_processes_creating_the_same_new_store_at_once_all_succeed(
+    state_dir: Path, tmp_path: Path, spawn: Spawn
+) -> None:
+    go = tmp_path / "go"
+    openers = [spawn("open", str(state_dir), str(go)) for _ in range(3)]
+    time.sleep(0.2)  # let the interpreters start, so they race on creation itself
+    go.touch()
+    for proc in openers:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.strip() == str(SCHEMA_VERSION)
+    with StateStore(state_dir) as store:
+        assert len(store.list_events()) == 3
+    conn = raw(state_dir)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
 
 

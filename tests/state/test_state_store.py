@@ -240,7 +240,7 @@ def test_audit_events_filters_and_tailing(store: StateStore) -> None:
         e3.id,
     ]
     assert store.list_events(kind="revision.started")[0].data == {"n": 1}
-    assert store.list_events(kind="revision.started")[0].to_json()["at"].endswith("+00:00")
+    assert str(store.list_events(kind="revision.started")[0].to_json()["at"]).endswith("+00:00")
 
 
 def test_transaction_commits_all_or_nothing(store: StateStore) -> None:
