@@ -1,0 +1,97 @@
+"""RepositoryWatcher: a commit or an edited file calls back within a second, debounced."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sources_helpers import Checkout
+
+from gitorch.sources.watch import RepositoryWatcher
+
+
+class Calls:
+    """Counts callbacks and lets a test wait for the next one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.threads: set[str] = set()
+        self._cond = threading.Condition()
+
+    def __call__(self) -> None:
+        with self._cond:
+            self.count += 1
+            self.threads.add(threading.current_thread().name)
+            self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> float:
+        """Seconds it took for ``count`` calls; fails the test after ``timeout``."""
+        started = time.monotonic()
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self.count >= count, timeout)
+        assert ok, f"expected {count} call(s) within {timeout}s, got {self.count}"
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def watched(checkout: Checkout) -> Iterator[tuple[Checkout, Calls]]:
+    checkout.write("app/web.yaml", "v: 1\n")
+    checkout.commit("one")
+    calls = Calls()
+    with RepositoryWatcher(checkout.path, calls, debounce=0.1):
+        yield checkout, calls
+
+
+def test_a_commit_calls_back_within_a_second(watched: tuple[Checkout, Calls]) -> None:
+    checkout, calls = watched
+    checkout.git("commit", "-q", "--allow-empty", "-m", "empty commit: only .git changes")
+    assert calls.wait_for(1, timeout=1.0) < 1.0
+    assert calls.threads and threading.current_thread().name not in calls.threads
+
+
+def test_an_edited_file_calls_back_within_a_second(watched: tuple[Checkout, Calls]) -> None:
+    checkout, calls = watched
+    checkout.write("app/web.yaml", "v: 2\n")
+    assert calls.wait_for(1, timeout=1.0) < 1.0
+
+
+def test_a_burst_of_changes_gives_one_call(watched: tuple[Checkout, Calls]) -> None:
+    checkout, calls = watched
+    for i in range(10):
+        checkout.write(f"app/s{i}.yaml", "x: 1\n")
+    calls.wait_for(1, timeout=1.0)
+    time.sleep(0.4)  # longer than the debounce: any second call would have come by now
+    assert calls.count == 1
+
+
+def test_swap_files_and_object_churn_are_ignored(watched: tuple[Checkout, Calls]) -> None:
+    checkout, calls = watched
+    checkout.write("app/.web.yaml.swp", "vim swap")
+    checkout.write("app/web.yaml~", "backup")
+    checkout.write("app/#web.yaml#", "emacs autosave")
+    checkout.write("app/4913", "vim write probe")
+    checkout.git("hash-object", "-w", "app/web.yaml~")  # writes under .git/objects only
+    checkout.git("update-index", "--refresh")  # touches .git/index only
+    time.sleep(0.4)  # four debounce periods: a call would have come by now
+    assert calls.count == 0
+    # And the watcher is still alive.
+    checkout.write("app/web.yaml", "v: 3\n")
+    calls.wait_for(1, timeout=1.0)
+
+
+def test_a_failing_callback_does_not_stop_the_watcher(checkout: Checkout) -> None:
+    calls = Calls()
+
+    def flaky() -> None:
+        calls()
+        if calls.count == 1:
+            raise RuntimeError("boom")
+
+    with RepositoryWatcher(checkout.path, flaky, debounce=0.05):
+        checkout.write("a.yaml", "a: 1\n")
+        calls.wait_for(1, timeout=1.0)
+        time.sleep(0.1)
+        checkout.write("a.yaml", "a: 2\n")
+        calls.wait_for(2, timeout=1.0)
