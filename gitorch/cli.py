@@ -1,0 +1,53 @@
+"""The ``gitorch`` command: argument parsing, dispatch, and error reporting.
+
+A user mistake ends as one clear line on stderr (plus detail lines) and exit code 1,
+never a traceback; ``GITORCH_DEBUG=1`` shows the traceback for bug reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.markup import escape
+
+from gitorch import __version__
+from gitorch.commands import validate
+from gitorch.commands.common import stderr
+from gitorch.errors import GitorchError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gitorch",
+        description="GitOps declarative reconciler for containers: Git in, running services out.",
+        epilog="example:\n  gitorch validate --path examples/repo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gitorch {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    validate.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except GitorchError as exc:
+        if os.environ.get("GITORCH_DEBUG"):
+            raise
+        stderr().print(f"[red]error:[/] {escape(exc.message)}")
+        for line in exc.detail:
+            stderr().print(f"  {escape(line)}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per sub-command: each adds its parser and runs it, returning an exit code."""

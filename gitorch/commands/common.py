@@ -1,0 +1,120 @@
+"""Options and helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from gitorch.sources import Snapshot, Source, open_source
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """``--repo --ref --path --worktree``: where the desired state comes from."""
+    group = parser.add_argument_group("desired state")
+    group.add_argument(
+        "--repo",
+        default=".",
+        metavar="URL_OR_PATH",
+        help="a Git URL (https://, ssh://, file://) or a local checkout (default: .)",
+    )
+    group.add_argument(
+        "--ref", default=None, help="branch, tag or commit (default: the repo's HEAD branch)"
+    )
+    group.add_argument(
+        "--path",
+        default="",
+        metavar="DIR",
+        help="folder inside the repo that holds the manifests (default: the root)",
+    )
+    group.add_argument(
+        "--worktree",
+        action="store_true",
+        help="read the working tree of a local checkout, uncommitted edits included",
+    )
+
+
+def add_state_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        default=None,
+        metavar="DIR",
+        help="state directory (default: $GITORCH_STATE, else ./.gitorch)",
+    )
+
+
+def add_format_option(parser: argparse.ArgumentParser, *choices: str) -> None:
+    parser.add_argument(
+        "--format",
+        default="text",
+        choices=("text", *choices),
+        help="output format (json: machine output on stdout, nothing else)",
+    )
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    chosen = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
+    return Path(chosen)
+
+
+def open_args_source(args: argparse.Namespace) -> Source:
+    return open_source(
+        args.repo,
+        cache_root=state_dir(args) / "cache",
+        worktree=args.worktree,
+        ref=args.ref,
+    )
+
+
+def read_snapshot(args: argparse.Namespace, source: Source | None = None) -> Snapshot:
+    """Fetch (remote sources) and read the manifests at ``--ref``/``--path``.
+
+    An unreachable remote is not fatal when the cache holds the ref: the cached commit is
+    read and a warning goes to stderr.
+    """
+    source = source or open_args_source(args)
+    fetched = source.fetch()
+    if not fetched.reachable:
+        stderr().print(
+            f"[yellow]warning:[/] remote not reachable ({fetched.error}); using the cached copy"
+        )
+    if fetched.history_rewritten:
+        stderr().print(
+            f"[yellow]warning:[/] history rewritten: {fetched.old_sha} is no longer an ancestor of {fetched.new_sha}"
+        )
+    return source.snapshot(args.ref, args.path)
+
+
+_stdout: Console | None = None
+_stderr: Console | None = None
+
+
+def stdout() -> Console:
+    global _stdout
+    if _stdout is None:
+        _stdout = Console(highlight=False, soft_wrap=True)
+    return _stdout
+
+
+def stderr() -> Console:
+    global _stderr
+    if _stderr is None:
+        _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _stderr
+
+
+def print_json(value: Any) -> None:
+    """Machine output: one JSON document on stdout, never coloured."""
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def short(sha: str | None) -> str:
+    if not sha:
+        return "-"
+    return sha[:12] if len(sha) == 40 else sha

@@ -1,0 +1,133 @@
+"""``gitorch validate``: parse and check every manifest; exit 0 valid, 1 invalid."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.markup import escape
+
+from gitorch.commands.common import (
+    add_format_option,
+    add_source_options,
+    add_state_option,
+    open_args_source,
+    print_json,
+    read_snapshot,
+    short,
+    stderr,
+    stdout,
+)
+from gitorch.errors import GitorchError
+from gitorch.manifests import LoadResult, ManifestLoader
+from gitorch.sources import Snapshot
+
+EXAMPLE = """example:
+  gitorch validate --path examples/repo
+  gitorch validate --repo https://git.example.com/shop/deploy.git --ref main --format json
+  gitorch validate --worktree --path examples/repo --watch
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="check every manifest against the schemas and each other",
+        description="Parse and check every manifest against schemas/ and the cross-references "
+        "(dependsOn, volumes, services named in affinity). Reports all problems at once as "
+        "PATH:LINE:COLUMN: field: message. Exit 0 valid, 1 invalid.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_source_options(parser)
+    add_state_option(parser)
+    add_format_option(parser, "json")
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="validate again on every change of a local checkout (commit or edit)",
+    )
+    parser.set_defaults(run=run)
+
+
+def validate_once(args: argparse.Namespace, loader: ManifestLoader) -> tuple[Snapshot, LoadResult]:
+    snapshot = read_snapshot(args)
+    result = loader.load(
+        snapshot.files,
+        revision=snapshot.revision,
+        root_path=snapshot.root_path,
+        problems=snapshot.problems,
+    )
+    return snapshot, result
+
+
+def report(args: argparse.Namespace, snapshot: Snapshot, result: LoadResult) -> int:
+    if args.format == "json":
+        counts = Counter(obj.kind for obj in result.state.objects()) if result.state else Counter()
+        print_json(
+            {
+                "valid": result.ok,
+                "revision": snapshot.revision,
+                "path": snapshot.root_path,
+                "files": len(snapshot.files),
+                "objects": {kind: counts.get(kind, 0) for kind in ("Service", "Node", "Volume")},
+                "diagnostics": [d.to_json() for d in result.diagnostics],
+            }
+        )
+        return 0 if result.ok else 1
+    where = f"{snapshot.root_path or '.'} at {short(snapshot.revision)}"
+    if result.state is not None:
+        counts = Counter(obj.kind for obj in result.state.objects())
+        summary = ", ".join(
+            f"{counts[k]} {k}{'s' if counts[k] != 1 else ''}" for k in ("Service", "Node", "Volume")
+        )
+        stdout().print(
+            f"[green]✓[/] valid: {summary} in {len(snapshot.files)} files ({escape(where)})"
+        )
+        return 0
+    for diagnostic in result.diagnostics:
+        stdout().print(escape(str(diagnostic)))
+    files = len({d.path for d in result.diagnostics})
+    count = len(result.diagnostics)
+    stderr().print(
+        f"[red]✗[/] {count} problem{'s' if count != 1 else ''} in {files} file{'s' if files != 1 else ''} ({escape(where)})"
+    )
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    loader = ManifestLoader()
+    if not args.watch:
+        snapshot, result = validate_once(args, loader)
+        return report(args, snapshot, result)
+    return _watch(args, loader)
+
+
+def _watch(args: argparse.Namespace, loader: ManifestLoader) -> int:
+    from gitorch.sources.watch import RepositoryWatcher
+
+    open_args_source(args)  # fails early for a URL or a missing path
+    root = Path(args.repo)
+    if not root.is_dir():
+        raise GitorchError("--watch needs a local checkout for --repo")
+    changed = threading.Event()
+    changed.set()
+    last_code = 0
+    with RepositoryWatcher(root, changed.set):
+        stderr().print(f"watching {escape(str(root))} (Ctrl-C to stop)")
+        try:
+            while True:
+                if changed.wait(timeout=1.0):
+                    changed.clear()
+                    stderr().print(f"[dim]{time.strftime('%H:%M:%S')}[/]")
+                    try:
+                        snapshot, result = validate_once(args, loader)
+                        last_code = report(args, snapshot, result)
+                    except GitorchError as exc:
+                        stderr().print(f"[red]error:[/] {escape(exc.message)}")
+                        last_code = 1
+        except KeyboardInterrupt:
+            return last_code

@@ -1,0 +1,405 @@
+"""Checks the schema cannot express: within one document, and across the whole repo.
+
+Every check works on schema-valid raw documents (so field paths are the user's own, e.g.
+``spec.ports[1].name``) and yields :class:`Finding` values; the loader turns them into
+positioned diagnostics.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gitorch.manifests.model import Origin
+from gitorch.manifests.quantities import (
+    QuantityError,
+    is_zero_int_or_percent,
+    parse_cpu,
+    parse_memory,
+)
+from gitorch.manifests.yamlload import FieldPath, format_field
+
+_PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+_STRATEGY_BLOCKS = {
+    "RollingUpdate": "rollingUpdate",
+    "BlueGreen": "blueGreen",
+    "Canary": "canary",
+    "ABTest": "abTest",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    origin: Origin
+    path: FieldPath
+    message: str
+    at_key: bool = False
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One schema-valid document."""
+
+    origin: Origin
+    kind: str
+    name: str
+    raw: Mapping[str, Any]
+    valid: bool = True  # False: schema-invalid, kept only so references to it resolve
+
+
+# ---------------------------------------------------------------- one Service
+
+
+def check_service(entry: Entry) -> Iterator[Finding]:
+    spec = entry.raw["spec"]
+    origin = entry.origin
+
+    def at(*path: str | int) -> FieldPath:
+        return ("spec", *path)
+
+    if "image" not in spec and not spec.get("command"):
+        yield Finding(origin, ("spec",), "a Service needs an image (docker) or a command (process)")
+
+    port_names: dict[str, int] = {}
+    container_ports: set[int] = set()
+    for i, port in enumerate(spec.get("ports") or []):
+        if port["name"] in port_names:
+            yield Finding(origin, at("ports", i, "name"), f"duplicate port name '{port['name']}'")
+        port_names.setdefault(port["name"], i)
+        container_ports.add(port["containerPort"])
+
+    def check_port_ref(ref: Any, path: FieldPath, what: str) -> Iterator[Finding]:
+        if isinstance(ref, str) and ref not in port_names:
+            yield Finding(
+                origin, path, f"{what} refers to port '{ref}', which spec.ports does not define"
+            )
+
+    for probe_name in _PROBES:
+        probe = spec.get(probe_name)
+        if not probe:
+            continue
+        handlers = [h for h in ("httpGet", "tcpSocket", "exec") if h in probe]
+        if len(handlers) > 1:
+            yield Finding(
+                origin,
+                at(probe_name),
+                f"{probe_name} has {', '.join(handlers)}: give exactly one of httpGet, tcpSocket or exec",
+            )
+        for handler in ("httpGet", "tcpSocket"):
+            if handler in probe:
+                yield from check_port_ref(
+                    probe[handler]["port"],
+                    at(probe_name, handler, "port"),
+                    f"{probe_name}.{handler}",
+                )
+        if not handlers and len(probe) > 0:
+            yield Finding(
+                origin, at(probe_name), f"{probe_name} needs one of httpGet, tcpSocket or exec"
+            )
+
+    expose = spec.get("expose")
+    if expose is not None:
+        if not port_names:
+            yield Finding(origin, at("expose"), "expose needs at least one port in spec.ports")
+        elif "targetPort" in expose:
+            target = expose["targetPort"]
+            yield from check_port_ref(target, at("expose", "targetPort"), "expose.targetPort")
+            if isinstance(target, int) and target not in container_ports:
+                yield Finding(
+                    origin,
+                    at("expose", "targetPort"),
+                    f"expose.targetPort {target} matches no containerPort in spec.ports",
+                )
+
+    yield from _check_resources(origin, spec)
+    yield from _check_strategy(origin, spec, expose)
+    yield from _check_autoscale(origin, spec)
+
+    names: set[str] = set()
+    for i, mount in enumerate(spec.get("volumes") or []):
+        if mount["name"] in names:
+            yield Finding(
+                origin, at("volumes", i, "name"), f"duplicate volume name '{mount['name']}'"
+            )
+        names.add(mount["name"])
+
+    for name, value in (spec.get("env") or {}).items():
+        if isinstance(value, dict):
+            secret = value["secretFile"]
+            if secret.startswith("/") or ".." in secret.split("/"):
+                yield Finding(
+                    origin,
+                    at("env", name, "secretFile"),
+                    "secretFile must be a relative path inside the operator's secrets directory",
+                )
+    working_dir = spec.get("workingDir")
+    if working_dir is not None and ".." in posixpath.normpath(working_dir).split("/"):
+        yield Finding(origin, at("workingDir"), "workingDir must not climb out with '..'")
+
+
+def _check_resources(origin: Origin, spec: Mapping[str, Any]) -> Iterator[Finding]:
+    resources = spec.get("resources") or {}
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    parsers = {"cpu": parse_cpu, "memory": parse_memory}
+    for name, parse in parsers.items():
+        if name in requests and name in limits:
+            try:
+                if parse(requests[name]) > parse(limits[name]):
+                    yield Finding(
+                        origin,
+                        ("spec", "resources", "requests", name),
+                        f"requests.{name} {requests[name]} is more than limits.{name} {limits[name]}",
+                    )
+            except QuantityError:
+                continue  # the schema already reported the bad quantity
+
+
+def _check_strategy(
+    origin: Origin, spec: Mapping[str, Any], expose: Mapping[str, Any] | None
+) -> Iterator[Finding]:
+    strategy = spec.get("strategy") or {}
+    kind = strategy.get("type", "RollingUpdate")
+    base: FieldPath = ("spec", "strategy")
+    for other_kind, block in _STRATEGY_BLOCKS.items():
+        if block in strategy and other_kind != kind:
+            yield Finding(
+                origin,
+                (*base, block),
+                f"strategy.{block} is set but strategy.type is {kind}",
+                at_key=True,
+            )
+    if kind == "RollingUpdate":
+        rolling = strategy.get("rollingUpdate") or {}
+        surge = rolling.get("maxSurge", "25%")
+        unavailable = rolling.get("maxUnavailable", 0)
+        if is_zero_int_or_percent(surge) and is_zero_int_or_percent(unavailable):
+            where = "maxSurge" if "maxSurge" in rolling else "maxUnavailable"
+            yield Finding(
+                origin,
+                (*base, "rollingUpdate", where),
+                "maxSurge and maxUnavailable cannot both be 0: the rollout could never progress",
+            )
+        for key in ("maxSurge", "maxUnavailable"):
+            value = rolling.get(key)
+            if isinstance(value, str) and int(value.rstrip("%")) > 100:
+                yield Finding(origin, (*base, "rollingUpdate", key), f"{key} {value} is over 100%")
+    traffic_kinds = ("BlueGreen", "Canary", "ABTest")
+    if kind in traffic_kinds and expose is None:
+        yield Finding(
+            origin,
+            (*base, "type"),
+            f"strategy {kind} shifts traffic, so the Service needs spec.expose",
+        )
+    if (
+        kind in ("Canary", "ABTest")
+        and expose is not None
+        and expose.get("protocol", "http") != "http"
+    ):
+        yield Finding(
+            origin,
+            (*base, "type"),
+            f"strategy {kind} needs expose.protocol http (weights and match rules work per request)",
+        )
+    if kind == "Canary":
+        steps = (strategy.get("canary") or {}).get("steps")
+        if not steps:
+            yield Finding(
+                origin, (*base, "canary"), "strategy Canary needs canary.steps (at least one)"
+            )
+        else:
+            yield from _check_canary_steps(origin, (*base, "canary", "steps"), steps)
+    if kind == "ABTest" and not (strategy.get("abTest") or {}).get("match"):
+        yield Finding(origin, (*base, "abTest"), "strategy ABTest needs abTest.match rules")
+    if kind == "BlueGreen":
+        blue = strategy.get("blueGreen") or {}
+        preview = blue.get("previewPort")
+        if preview is not None and expose is not None and preview == expose.get("port"):
+            yield Finding(
+                origin,
+                (*base, "blueGreen", "previewPort"),
+                "previewPort must differ from expose.port",
+            )
+    for rule_index, rule in enumerate((strategy.get("abTest") or {}).get("match") or []):
+        if len(rule) != 1:
+            yield Finding(
+                origin,
+                (*base, "abTest", "match", rule_index),
+                "a match rule has exactly one of header or cookie",
+            )
+        for matcher in rule.values():
+            if ("exact" in matcher) == ("regex" in matcher):
+                yield Finding(
+                    origin,
+                    (*base, "abTest", "match", rule_index),
+                    "a match rule needs exactly one of exact or regex",
+                )
+
+
+def _check_canary_steps(origin: Origin, base: FieldPath, steps: Sequence[Any]) -> Iterator[Finding]:
+    if not any("setWeight" in step for step in steps):
+        yield Finding(origin, base, "canary.steps never sets a weight (add a setWeight step)")
+    last_weight = 0
+    for i, step in enumerate(steps):
+        weight = step.get("setWeight")
+        if weight is None:
+            continue
+        if weight < last_weight:
+            yield Finding(
+                origin,
+                (*base, i, "setWeight"),
+                f"setWeight {weight} is lower than the previous step's {last_weight}",
+            )
+        last_weight = weight
+
+
+def _check_autoscale(origin: Origin, spec: Mapping[str, Any]) -> Iterator[Finding]:
+    auto = spec.get("autoscale")
+    if auto is None:
+        return
+    base: FieldPath = ("spec", "autoscale")
+    if auto.get("minReplicas", 1) > auto["maxReplicas"]:
+        yield Finding(origin, (*base, "minReplicas"), "minReplicas is more than maxReplicas")
+    requests = (spec.get("resources") or {}).get("requests") or {}
+    needs = {
+        "cpu": "targetAverageUtilization",
+        "memory": "targetAverageUtilization",
+        "rps": "targetAverageValue",
+        "prometheus": "targetValue",
+    }
+    for i, metric in enumerate(auto.get("metrics") or []):
+        kind = metric["type"]
+        if needs[kind] not in metric:
+            yield Finding(origin, (*base, "metrics", i), f"a {kind} metric needs {needs[kind]}")
+        if kind == "prometheus" and "query" not in metric:
+            yield Finding(origin, (*base, "metrics", i), "a prometheus metric needs query")
+        if kind in ("cpu", "memory") and kind not in requests:
+            yield Finding(
+                origin,
+                (*base, "metrics", i),
+                f"a {kind} utilization target needs resources.requests.{kind}",
+            )
+
+
+# ---------------------------------------------------------------- the whole repo
+
+
+def check_repo(entries: Sequence[Entry]) -> Iterator[Finding]:
+    """Duplicates and references between documents."""
+    first: dict[tuple[str, str], Entry] = {}
+    for entry in entries:
+        key = (entry.kind, entry.name)
+        if key in first:
+            seen = first[key].origin
+            yield Finding(
+                entry.origin,
+                ("metadata", "name"),
+                f"duplicate {entry.kind} '{entry.name}' (first defined in {seen.path})",
+            )
+        else:
+            first[key] = entry
+    known = {(e.kind, e.name) for e in entries}
+    services = {
+        e.name: e
+        for e in entries
+        if e.kind == "Service" and e.valid and first.get(("Service", e.name)) is e
+    }
+    service_names = {name for kind, name in known if kind == "Service"}
+    volumes = {name for kind, name in known if kind == "Volume"}
+    nodes = {name for kind, name in known if kind == "Node"}
+
+    for _, entry in sorted(services.items()):
+        spec = entry.raw["spec"]
+        for i, dep in enumerate(spec.get("dependsOn") or []):
+            if dep not in service_names:
+                yield Finding(
+                    entry.origin, ("spec", "dependsOn", i), f"depends on unknown Service '{dep}'"
+                )
+        for i, mount in enumerate(spec.get("volumes") or []):
+            if mount["volume"] not in volumes:
+                yield Finding(
+                    entry.origin,
+                    ("spec", "volumes", i, "volume"),
+                    f"unknown Volume '{mount['volume']}'",
+                )
+        placement = spec.get("placement") or {}
+        for field_name in ("serviceAffinity", "serviceAntiAffinity"):
+            for i, term in enumerate(placement.get(field_name) or []):
+                if term["service"] not in service_names:
+                    yield Finding(
+                        entry.origin,
+                        ("spec", "placement", field_name, i, "service"),
+                        f"{field_name} names unknown Service '{term['service']}'",
+                    )
+    yield from _check_cycles(services)
+    yield from _check_ports(services)
+    if nodes:
+        for entry in entries:
+            if entry.kind == "Volume" and entry.valid:
+                node = (entry.raw.get("spec") or {}).get("node")
+                if node is not None and node not in nodes:
+                    yield Finding(entry.origin, ("spec", "node"), f"unknown Node '{node}'")
+
+
+def _check_cycles(services: Mapping[str, Entry]) -> Iterator[Finding]:
+    graph = {
+        name: [d for d in (e.raw["spec"].get("dependsOn") or []) if d in services]
+        for name, e in services.items()
+    }
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+    reported: set[frozenset[str]] = set()
+
+    def visit(name: str, path: list[str]) -> Iterator[Finding]:
+        state[name] = 1
+        path.append(name)
+        for dep in graph[name]:
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep) :]
+                members = frozenset(cycle)
+                if members not in reported:
+                    reported.add(members)
+                    start = min(cycle)
+                    rotated = cycle[cycle.index(start) :] + cycle[: cycle.index(start)]
+                    entry = services[start]
+                    deps = entry.raw["spec"]["dependsOn"]
+                    nxt = rotated[1] if len(rotated) > 1 else start
+                    yield Finding(
+                        entry.origin,
+                        ("spec", "dependsOn", deps.index(nxt)),
+                        "dependency cycle: " + " -> ".join([*rotated, start]),
+                    )
+            elif state.get(dep) is None:
+                yield from visit(dep, path)
+        path.pop()
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            yield from visit(name, [])
+
+
+def _check_ports(services: Mapping[str, Entry]) -> Iterator[Finding]:
+    """Two services cannot listen on the same load-balancer port."""
+    owners: dict[int, str] = {}
+    for name, entry in sorted(services.items()):
+        spec = entry.raw["spec"]
+        claims: list[tuple[int, FieldPath]] = []
+        if "expose" in spec:
+            claims.append((spec["expose"]["port"], ("spec", "expose", "port")))
+        preview = ((spec.get("strategy") or {}).get("blueGreen") or {}).get("previewPort")
+        if preview is not None:
+            claims.append((preview, ("spec", "strategy", "blueGreen", "previewPort")))
+        for port, path in claims:
+            if port in owners and owners[port] != name:
+                yield Finding(
+                    entry.origin,
+                    path,
+                    f"port {port} is already used by Service '{owners[port]}'",
+                )
+            owners.setdefault(port, name)
+
+
+def describe(path: FieldPath) -> str:
+    return format_field(path)

@@ -1,0 +1,376 @@
+"""The typed desired state: one frozen dataclass per kind, defaults applied.
+
+Objects are built only from documents that passed the schema, so construction here
+never guesses. Quantities are normalised (cpu in millicores, memory in bytes, durations
+in seconds). Every object keeps where it came from (:class:`Origin`) and two digests:
+
+* ``digest``: of the whole canonical object; any change a user makes changes it;
+* ``template_digest`` (Services): of what a replica *runs* (image, command, env, ports,
+  resources, probes, volumes...). Replicas carry it as a label; a replica whose label
+  differs from the desired one must be replaced. Changing ``replicas``, ``strategy`` or
+  ``dependsOn`` changes ``digest`` but not ``template_digest``, so it rolls nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a manifest object was defined: file (relative to repo root) and document."""
+
+    path: str
+    document: int  # index of the YAML document in the file, from 0
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str | None = None
+    secret_file: str | None = None  # read at apply time from the operator's secrets dir
+
+    @property
+    def is_secret(self) -> bool:
+        return self.secret_file is not None
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    container_port: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Expose:
+    port: int
+    target_port: str | int  # a port name or number, as written
+    protocol: str = "http"
+
+
+@dataclass(frozen=True)
+class ResourceList:
+    cpu_millis: int | None = None
+    memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    requests: ResourceList = ResourceList()
+    limits: ResourceList = ResourceList()
+
+    @property
+    def qos_class(self) -> str:
+        """Kubernetes' QoS classes: Guaranteed, Burstable or BestEffort."""
+        req, lim = self.requests, self.limits
+        if lim.cpu_millis is not None and lim.memory_bytes is not None:
+            cpu_req = req.cpu_millis if req.cpu_millis is not None else lim.cpu_millis
+            mem_req = req.memory_bytes if req.memory_bytes is not None else lim.memory_bytes
+            if cpu_req == lim.cpu_millis and mem_req == lim.memory_bytes:
+                return "Guaranteed"
+        if any(
+            v is not None
+            for v in (req.cpu_millis, req.memory_bytes, lim.cpu_millis, lim.memory_bytes)
+        ):
+            return "Burstable"
+        return "BestEffort"
+
+
+@dataclass(frozen=True)
+class Probe:
+    http_path: str | None = None
+    http_port: str | int | None = None
+    tcp_port: str | int | None = None
+    exec_command: tuple[str, ...] = ()
+    initial_delay_seconds: int = 0
+    period_seconds: int = 10
+    timeout_seconds: int = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+    @property
+    def handler(self) -> str:
+        if self.http_path is not None:
+            return "httpGet"
+        if self.tcp_port is not None:
+            return "tcpSocket"
+        return "exec"
+
+
+@dataclass(frozen=True)
+class PrometheusQuery:
+    address: str
+    query: str
+    success_condition: str
+
+
+@dataclass(frozen=True)
+class Analysis:
+    interval_seconds: float = 10.0
+    count: int = 3
+    failure_limit: int = 0
+    min_requests: int = 20
+    success_rate: float | None = 0.99
+    max_latency_p99_seconds: float | None = None
+    prometheus: PrometheusQuery | None = None
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    """Exactly one of the three is set."""
+
+    set_weight: int | None = None
+    pause_seconds: float | None = None  # None with is_pause: wait for `gitorch promote`
+    is_pause: bool = False
+    analysis: Analysis | None = None
+
+    def describe(self) -> str:
+        if self.set_weight is not None:
+            return f"setWeight {self.set_weight}%"
+        if self.is_pause:
+            if self.pause_seconds is None:
+                return "pause until `gitorch promote`"
+            from gitorch.manifests.quantities import format_duration
+
+            return f"pause {format_duration(self.pause_seconds)}"
+        return "analysis"
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    header: str | None = None  # header name
+    cookie: str | None = None  # cookie name
+    exact: str | None = None
+    regex: str | None = None
+
+
+@dataclass(frozen=True)
+class RollingUpdate:
+    max_surge: int | str = "25%"
+    max_unavailable: int | str = 0
+
+
+@dataclass(frozen=True)
+class BlueGreen:
+    preview_port: int | None = None
+    auto_promotion_seconds: int | None = None
+    scale_down_delay_seconds: int = 30
+    pre_promotion_analysis: Analysis | None = None
+
+
+@dataclass(frozen=True)
+class Canary:
+    steps: tuple[CanaryStep, ...] = ()
+    analysis: Analysis | None = None
+
+
+@dataclass(frozen=True)
+class ABTest:
+    match: tuple[MatchRule, ...] = ()
+    duration_seconds: float = 600.0
+    analysis: Analysis | None = None
+    promote: bool = True
+
+
+@dataclass(frozen=True)
+class Strategy:
+    type: str = "RollingUpdate"
+    min_ready_seconds: int = 0
+    progress_deadline_seconds: int = 600
+    auto_rollback: bool = True
+    rolling_update: RollingUpdate = RollingUpdate()
+    blue_green: BlueGreen | None = None
+    canary: Canary | None = None
+    ab_test: ABTest | None = None
+
+
+@dataclass(frozen=True)
+class Toleration:
+    key: str | None = None
+    operator: str = "Equal"
+    value: str | None = None
+    effect: str | None = None
+    toleration_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class WeightedMatch:
+    weight: int
+    match: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ServiceAffinityTerm:
+    service: str
+    topology_key: str = "node"
+    required: bool = False
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class SpreadConstraint:
+    topology_key: str
+    max_skew: int = 1
+    when_unsatisfiable: str = "DoNotSchedule"
+
+
+@dataclass(frozen=True)
+class Placement:
+    node_selector: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    node_affinity: tuple[WeightedMatch, ...] = ()
+    service_anti_affinity: tuple[ServiceAffinityTerm, ...] = ()
+    service_affinity: tuple[ServiceAffinityTerm, ...] = ()
+    spread: tuple[SpreadConstraint, ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+    max_per_node: int = 0
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    name: str
+    volume: str
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class AutoscaleMetric:
+    type: str
+    target_average_utilization: int | None = None
+    target_average_value: float | None = None
+    query: str | None = None
+    address: str | None = None
+    target_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    min_replicas: int
+    max_replicas: int
+    metrics: tuple[AutoscaleMetric, ...]
+    scale_down_stabilization_seconds: int = 300
+    scale_up_stabilization_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class Service:
+    """One deployable workload and its stable endpoint."""
+
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    image: str | None
+    command: tuple[str, ...]
+    args: tuple[str, ...]
+    working_dir: str | None
+    env: tuple[EnvVar, ...]
+    replicas: int
+    ports: tuple[Port, ...]
+    expose: Expose | None
+    resources: Resources
+    readiness_probe: Probe | None
+    liveness_probe: Probe | None
+    startup_probe: Probe | None
+    restart_policy: str
+    termination_grace_seconds: int
+    depends_on: tuple[str, ...]
+    drift: str
+    strategy: Strategy
+    placement: Placement
+    volumes: tuple[VolumeMount, ...]
+    autoscale: Autoscale | None
+    canonical: Mapping[str, Any]  # the canonical form (JSON-ready, defaults applied)
+    digest: str
+    template_digest: str
+    origin: Origin
+
+    kind = "Service"
+
+    def port_number(self, ref: str | int) -> int | None:
+        """Container port that a port name or number refers to."""
+        if isinstance(ref, int):
+            return ref
+        for port in self.ports:
+            if port.name == ref:
+                return port.container_port
+        return None
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str | None
+    effect: str
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine gitorch places replicas on."""
+
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    driver: str
+    endpoint: str | None
+    tls: TLSConfig | None
+    address: str
+    capacity: ResourceList  # None fields: ask the runtime
+    taints: tuple[Taint, ...]
+    unschedulable: bool
+    canonical: Mapping[str, Any]
+    digest: str
+    origin: Origin
+
+    kind = "Node"
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    size_bytes: int | None
+    access_mode: str
+    reclaim_policy: str
+    node: str | None
+    canonical: Mapping[str, Any]
+    digest: str
+    origin: Origin
+
+    kind = "Volume"
+
+
+ManifestObject = Service | Node | Volume
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything the repo asks for at one revision, validated."""
+
+    revision: str  # commit sha ("worktree" for uncommitted files)
+    root_path: str
+    services: Mapping[str, Service]
+    nodes: Mapping[str, Node]
+    volumes: Mapping[str, Volume]
+    digest: str  # of all objects' digests: equal digests, equal desired state
+
+    def objects(self) -> list[ManifestObject]:
+        """All objects in a stable order (kind, then name)."""
+        out: list[ManifestObject] = []
+        out.extend(self.nodes[name] for name in sorted(self.nodes))
+        out.extend(self.volumes[name] for name in sorted(self.volumes))
+        out.extend(self.services[name] for name in sorted(self.services))
+        return out
