@@ -113,9 +113,9 @@ def driver_start_to_ready(runtime: Runtime, spec: ReplicaSpec, cluster: str) -> 
 
 
 def spec_for(name: str, **fields: object) -> ReplicaSpec:
+    fields.setdefault("image", None)
     return ReplicaSpec(
         name=name,
-        image=None,
         ports=(PortRequest("http", CONTAINER_PORT),),
         labels={
             LABEL_SERVICE: "bench",
@@ -202,6 +202,7 @@ def docker_image(scratch: Path) -> str:
     module_spec = importlib.util.spec_from_file_location("_runtime_test_images", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses look their module up there
     module_spec.loader.exec_module(module)
     client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=60)
     try:

@@ -13,8 +13,8 @@ What is and is not enforced
   signalled. The recorded cmdline is *not* compared: programs may rewrite their own title
   (nginx, postgres, setproctitle), which would make a live replica look gone and get it
   duplicated; the start time alone is already unambiguous within one boot.
-* **Exit codes.** While this Python process is the parent, one waiter thread per child
-  reaps it the moment it exits (so no zombie is ever left) and writes the exit code to the
+* **Exit codes.** While this Python process is the parent, a reaper thread (one for all
+  children, see :mod:`._proc_reaper`) reaps each child the moment it exits (so no zombie is ever left) and writes the exit code to the
   record. A death by signal N is reported as ``128 + N`` (what a shell and Docker report).
   After a daemon restart the replicas are no longer our children (the kernel re-parents
   them), so when an adopted replica exits its code is unknown: ``exit_code=None``. A
@@ -66,6 +66,7 @@ from pathlib import Path
 
 from gitorch.errors import InstanceNotFound, ReplicaStartFailed, RuntimeDriverError
 from gitorch.runtime import _proc
+from gitorch.runtime._proc_reaper import REAPER
 from gitorch.runtime._proc_store import (
     STDERR_FILE,
     STDOUT_FILE,
@@ -442,22 +443,17 @@ class ProcessRuntime:
         return self._to_instance(record)
 
     def _adopt_child(self, record: ReplicaRecord, popen: subprocess.Popen[bytes]) -> None:
+        instance_id = record.instance_id
         child = _Child(popen=popen, name=record.name)
         with _CHILDREN_LOCK:
-            _CHILDREN[record.instance_id] = child
-        threading.Thread(
-            target=self._reap,
-            args=(record.instance_id, child),
-            name=f"gitorch-reap-{record.name}",
-            daemon=True,
-        ).start()
+            _CHILDREN[instance_id] = child
+        REAPER.watch(popen, lambda returncode: self._record_exit(instance_id, child, returncode))
 
-    def _reap(self, instance_id: str, child: _Child) -> None:
-        """Wait for one child, record its exit code, then tell waiters (order matters:
-        whoever no longer finds the child in ``_CHILDREN`` must find the code on disk)."""
-        code = _exit_status(child.popen.wait())
+    def _record_exit(self, instance_id: str, child: _Child, returncode: int) -> None:
+        """Called by the reaper once the child is reaped. Order matters: whoever no longer
+        finds the child in ``_CHILDREN`` must find its exit code on disk."""
         try:
-            self._store.record_exit(child.name, instance_id, code, time.time())
+            self._store.record_exit(child.name, instance_id, _exit_status(returncode), time.time())
         finally:
             with _CHILDREN_LOCK:
                 _CHILDREN.pop(instance_id, None)

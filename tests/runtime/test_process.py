@@ -8,11 +8,13 @@ log files, the clean environment, whole-group stops and zombie hygiene. Workload
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,6 +52,10 @@ def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie counts as dead)."""
     stat = _proc.read_stat(pid)
     return stat is not None and not stat.is_dead
+
+
+def exited(runtime: Runtime, instance_id: str) -> bool:
+    return runtime.inspect(instance_id).state is InstanceState.EXITED
 
 
 def zombie_children() -> list[int]:
@@ -374,3 +380,16 @@ def test_is_a_runtime(runtime: ProcessRuntime) -> None:
     assert isinstance(runtime, Runtime)
     info = runtime.node_info()
     assert info.ready and info.driver == "process" and info.memory_bytes > 0
+
+
+def test_one_reaper_thread_serves_every_replica(runtime: ProcessRuntime, cluster: str) -> None:
+    runtime.create(spec(f"{cluster}-warm", "true"), cluster)  # the reaper thread exists now
+    before = threading.active_count()
+    quick = [
+        runtime.create(spec(f"{cluster}-q{i}", "sh", "-c", f"exit {i}"), cluster) for i in range(20)
+    ]
+    assert threading.active_count() == before
+    for i, instance in enumerate(quick):
+        wait_until("exit", functools.partial(exited, runtime, instance.id))
+        assert runtime.inspect(instance.id).exit_code == i
+    wait_until("no zombie children", lambda: zombie_children() == [], timeout=2.0)
