@@ -153,3 +153,10 @@ def test_readonly_open_of_an_older_schema_asks_for_a_migration(state_dir: Path) 
     with pytest.raises(StateError, match="needs") as caught:
         StateStore(state_dir, readonly=True, migrations=(*MIGRATIONS, extra))
     assert not isinstance(caught.value, StateCorrupt)
+
+
+def test_an_unopenable_database_path_is_a_state_error(state_dir: Path) -> None:
+    (state_dir / "state.db").mkdir(parents=True)  # a directory where the file should be
+    with pytest.raises(StateError, match="cannot open the state store") as caught:
+        StateStore(state_dir)
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
