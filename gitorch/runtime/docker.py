@@ -345,6 +345,8 @@ class DockerRuntime:
                 environment=env,
                 working_dir=spec.working_dir,
                 labels=labels,
+                # A plain `docker stop` or an engine shutdown also honours the grace period.
+                stop_timeout=max(0, math.ceil(spec.stop_grace_seconds)),
                 ports=[(p.container_port, p.protocol) for p in spec.ports],
                 host_config=host_config,
                 detach=True,

@@ -1,0 +1,477 @@
+"""Docker-only behaviour: failures translated into gitorch errors, limits, endpoints.
+
+The engine-loss tests start a private dockerd of their own (its own socket, data root,
+exec root and containerd; no bridge, no iptables) so that killing it never touches the
+main engine the rest of the suite uses.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitorch.errors import (
+    ConfigError,
+    EngineUnavailable,
+    ImageNotFound,
+    InstanceNotFound,
+    PortInUse,
+)
+from gitorch.runtime import docker_available, open_runtime
+from gitorch.runtime.base import (
+    LABEL_CLUSTER,
+    InstanceState,
+    PortRequest,
+    ReplicaSpec,
+)
+from gitorch.runtime.docker import DockerRuntime, DockerTLS
+
+pytestmark = pytest.mark.docker
+
+MAIN = "unix:///var/run/docker.sock"
+
+
+def _spec(name: str, image: str, **kw: Any) -> ReplicaSpec:
+    return ReplicaSpec(name=name, image=image, labels={"dev.gitorch.service": "t"}, **kw)
+
+
+@pytest.fixture
+def main_runtime(test_images: dict[str, str], cluster: str) -> Iterator[DockerRuntime]:
+    runtime = DockerRuntime("node-test", MAIN, timeout=15.0)
+    yield runtime
+    for instance in runtime.list_instances(cluster):
+        runtime.remove(instance.id)
+
+
+# -- images, ports, limits -------------------------------------------------------------
+
+
+def test_missing_image_is_image_not_found_quickly(
+    main_runtime: DockerRuntime, cluster: str
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(ImageNotFound, match="gitorch-test/no-such-image:9"):
+        main_runtime.create(_spec(f"{cluster}-x", "gitorch-test/no-such-image:9"), cluster)
+    # No registry here: the pull attempt fails at once instead of hanging.
+    assert time.monotonic() - started < 5.0
+    assert main_runtime.list_instances(cluster) == []
+
+
+def test_missing_image_without_pull(test_images: dict[str, str], cluster: str) -> None:
+    runtime = DockerRuntime("node-test", MAIN, pull=False)
+    with pytest.raises(ImageNotFound, match="pull disabled"):
+        runtime.create(_spec(f"{cluster}-x", "gitorch-test/no-such-image:9"), cluster)
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_taken_host_port_is_port_in_use(
+    main_runtime: DockerRuntime, test_images: dict[str, str], cluster: str
+) -> None:
+    with _listening_socket() as taken:
+        port = taken.getsockname()[1]
+        spec = _spec(
+            f"{cluster}-web",
+            test_images["http"],
+            ports=(PortRequest("http", 8080, host_port=port),),
+        )
+        with pytest.raises(PortInUse, match=str(port)):
+            main_runtime.create(spec, cluster)
+    # The half-made container is not left behind.
+    assert main_runtime.list_instances(cluster) == []
+
+
+def test_pinned_free_host_port_is_used(
+    main_runtime: DockerRuntime, test_images: dict[str, str], cluster: str
+) -> None:
+    with _listening_socket() as probe_sock:
+        port = probe_sock.getsockname()[1]  # free once closed
+    spec = _spec(
+        f"{cluster}-web", test_images["http"], ports=(PortRequest("http", 8080, host_port=port),)
+    )
+    instance = main_runtime.create(spec, cluster)
+    assert instance.ports[0].host_port == port
+    assert instance.address("http") == f"127.0.0.1:{port}"
+
+
+def test_limits_are_enforced(
+    main_runtime: DockerRuntime,
+    docker_client: Any,
+    test_images: dict[str, str],
+    cluster: str,
+) -> None:
+    limits = {"cpu_limit": 0.5, "memory_limit": 32 * 2**20}
+    running = main_runtime.create(
+        _spec(f"{cluster}-limited", test_images["stubborn"], **limits), cluster
+    )
+    host_config = docker_client.api.inspect_container(running.id)["HostConfig"]
+    assert host_config["NanoCpus"] == 500_000_000
+    assert host_config["Memory"] == 32 * 2**20
+    assert host_config["RestartPolicy"]["Name"] == "no"
+    assert host_config["Init"] is True
+
+    # Touching 64 MiB under a 32 MiB limit (no swap allowed): the kernel OOM-kills it; the
+    # same command under a 128 MiB limit succeeds, so the limit is what killed it. (Docker's
+    # State.OOMKilled is not asserted: with cgroup v1 its event races the exit and is flaky.)
+    dd = ("dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")
+    hog = main_runtime.create(
+        _spec(f"{cluster}-hog", test_images["stubborn"], command=dd, **limits), cluster
+    )
+    roomy = main_runtime.create(
+        _spec(f"{cluster}-roomy", test_images["stubborn"], command=dd, memory_limit=128 * 2**20),
+        cluster,
+    )
+    assert wait_exit_code(main_runtime, hog.id) == 137
+    assert wait_exit_code(main_runtime, roomy.id) == 0
+
+
+def wait_exit_code(runtime: DockerRuntime, instance_id: str) -> int | None:
+    deadline = time.monotonic() + 10
+    while (state := runtime.inspect(instance_id)).state is not InstanceState.EXITED:
+        assert time.monotonic() < deadline, "the container did not exit"
+        time.sleep(0.05)
+    return state.exit_code
+
+
+def test_containers_read_well_in_docker_ps(
+    main_runtime: DockerRuntime, docker_client: Any, test_images: dict[str, str], cluster: str
+) -> None:
+    instance = main_runtime.create(_spec(f"{cluster}-web-3f9a1c", test_images["graceful"]), cluster)
+    listed = docker_client.api.containers(filters={"label": f"{LABEL_CLUSTER}={cluster}"})
+    assert [c["Names"] for c in listed] == [[f"/{cluster}-web-3f9a1c"]]
+    assert instance.name == f"{cluster}-web-3f9a1c"
+
+
+def test_operations_on_a_gone_container_are_instance_not_found(
+    main_runtime: DockerRuntime,
+) -> None:
+    gone = "0" * 64
+    for call in (
+        lambda: main_runtime.inspect(gone),
+        lambda: main_runtime.stop(gone, 1),
+        lambda: main_runtime.remove(gone),
+        lambda: main_runtime.logs(gone),
+        lambda: main_runtime.usage(gone),
+    ):
+        with pytest.raises(InstanceNotFound):
+            call()
+
+
+# -- endpoints and helpers --------------------------------------------------------------
+
+
+def test_docker_available_and_factory(tmp_path: Path) -> None:
+    assert docker_available() is True
+    assert docker_available(f"unix://{tmp_path}/nothing.sock", timeout=0.5) is False
+    runtime = open_runtime("n1", "docker")
+    assert isinstance(runtime, DockerRuntime) and runtime.node_info().ready
+    with pytest.raises(ConfigError):
+        open_runtime("n1", "podman")
+    with pytest.raises(ConfigError):
+        open_runtime("n1", "process")  # no state dir
+
+
+def test_unreachable_endpoints_never_raise_from_node_info(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    for endpoint in (f"unix://{tmp_path}/nothing.sock", f"tcp://127.0.0.1:{port}"):
+        runtime = DockerRuntime("n1", endpoint, timeout=1.0)
+        started = time.monotonic()
+        info = runtime.node_info()
+        assert time.monotonic() - started < 1.5
+        assert not info.ready
+        assert "not answering" in info.message
+        with pytest.raises(EngineUnavailable):
+            runtime.list_instances("c")
+    # Constructing never contacts the engine (ssh is only constructed: no sshd here).
+    DockerRuntime("n2", "ssh://gitorch@192.0.2.1")
+    DockerRuntime("n3", "tcp://192.0.2.1:2376", tls=DockerTLS(verify=False))
+
+
+# -- a private engine that the tests may kill -----------------------------------------
+
+
+_CONTAINERD_CONFIG = """\
+version = 2
+root = "{root}/ctd/root"
+state = "{root}/ctd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{root}/ctd/ctd.sock"
+[ttrpc]
+  address = "{root}/ctd/ctd.sock.ttrpc"
+[debug]
+  address = "{root}/ctd/debug.sock"
+"""
+
+
+@dataclass
+class ScratchEngine:
+    """A dockerd of our own; SIGKILL, SIGSTOP and restart it at will.
+
+    Its containerd runs separately (as under systemd): a dockerd managing its own
+    containerd takes it down when killed, and the next one then cannot start while the
+    old shims live. Flags avoid the host's shared state: NOT ``--bridge=none`` (a dockerd
+    started with it deletes docker0, which belongs to the main engine) but a bridge of
+    our own; no iptables, no ip forwarding, vfs storage (no overlay mounts to leak).
+    Paths are short: containerd's socket paths must fit in 108 bytes.
+    """
+
+    root: Path
+    tcp_port: int
+    bridge: str
+    proc: subprocess.Popen[bytes] | None = None
+    containerd: subprocess.Popen[bytes] | None = None
+    _logs: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.root}/docker.sock"
+
+    @property
+    def tcp_endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.tcp_port}"
+
+    def _log(self, name: str) -> Any:
+        log = open(self.root / name, "ab")  # noqa: SIM115 (closed in shutdown)
+        self._logs.append(log)
+        return log
+
+    def _tail(self, name: str) -> str:
+        return (self.root / name).read_text(errors="replace")[-2000:]
+
+    def boot(self) -> None:
+        """Bridge, containerd, then dockerd."""
+        self._make_bridge()
+        (self.root / "ctd").mkdir()
+        config = self.root / "ctd" / "config.toml"
+        config.write_text(_CONTAINERD_CONFIG.format(root=self.root))
+        self.containerd = subprocess.Popen(
+            ["containerd", "--config", str(config)],
+            stdout=self._log("containerd.log"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while not (self.root / "ctd" / "ctd.sock").exists():
+            if self.containerd.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"the private containerd did not start:\n{self._tail('containerd.log')}"
+                )
+            time.sleep(0.02)
+        self.start()
+
+    def start(self) -> None:
+        """Start dockerd (again) and wait until it answers."""
+        (self.root / "pid").unlink(missing_ok=True)  # left behind by a SIGKILL
+        argv = [
+            "dockerd",
+            f"--host={self.endpoint}",
+            f"--host={self.tcp_endpoint}",
+            f"--containerd={self.root}/ctd/ctd.sock",
+            f"--data-root={self.root}/data",
+            f"--exec-root={self.root}/exec",
+            f"--pidfile={self.root}/pid",
+            f"--bridge={self.bridge}",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--ip-forward=false",
+            "--storage-driver=vfs",
+        ]
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log("dockerd.log"), stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while not docker_available(self.endpoint, timeout=0.5):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the private dockerd did not start:\n{self._tail('dockerd.log')}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def shutdown(self) -> None:
+        """Stop everything this engine started and remove its files and bridge."""
+        for proc in (self.proc, self.containerd):
+            if proc is None or proc.poll() is not None:
+                continue
+            if proc is self.proc:
+                self.resume()
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for log in self._logs:
+            log.close()
+        # dockerd bind-mounts its data root; a killed one never unmounts it.
+        mounts = [
+            line.split()[1]
+            for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(self.root))
+        ]
+        for mount in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
+
+    def _make_bridge(self) -> None:
+        """A host bridge for the private engine, in a benchmark-only range (RFC 2544)."""
+        subnet = f"198.18.{int(self.bridge[-2:], 16)}.1/24"
+        for argv in (
+            ["ip", "link", "add", self.bridge, "type", "bridge"],
+            ["ip", "addr", "add", subnet, "dev", self.bridge],
+            ["ip", "link", "set", self.bridge, "up"],
+        ):
+            done = subprocess.run(argv, check=False, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.fail(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+
+
+@pytest.fixture(scope="module")
+def scratch_engine(docker_client: Any, test_images: dict[str, str]) -> Iterator[ScratchEngine]:
+    """One private engine for this module's engine-loss tests (each uses its own cluster)."""
+    if shutil.which("dockerd") is None or shutil.which("containerd") is None:
+        pytest.fail("dockerd/containerd are not installed (apt-get install docker.io)")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    engine = ScratchEngine(
+        Path(tempfile.mkdtemp(prefix="gd", dir="/tmp")), port, f"gd{uuid.uuid4().hex[:6]}"
+    )
+    try:
+        engine.boot()
+        import docker
+
+        # Copy the test images over: the private engine has no registry either.
+        client = docker.APIClient(base_url=engine.endpoint, version="auto", timeout=30)
+        for kind in ("stubborn", "graceful"):
+            tarball = b"".join(docker_client.images.get(test_images[kind]).save(named=True))
+            for _ in client.load_image(tarball):  # a lazy stream: loading happens as it is read
+                pass
+        client.close()
+        yield engine
+    finally:
+        if engine.proc is not None and engine.proc.poll() is None:
+            import docker
+
+            client = docker.APIClient(base_url=engine.endpoint, version="auto", timeout=10)
+            for container in client.containers(all=True):
+                client.remove_container(container["Id"], force=True)
+            client.close()
+        engine.shutdown()
+
+
+@pytest.fixture
+def engine(scratch_engine: ScratchEngine) -> ScratchEngine:
+    """The module's private engine, running (restarted if an earlier test left it dead)."""
+    if scratch_engine.proc is None or scratch_engine.proc.poll() is not None:
+        scratch_engine.start()
+    scratch_engine.resume()
+    return scratch_engine
+
+
+def test_engine_killed_and_restarted(
+    engine: ScratchEngine, test_images: dict[str, str], cluster: str
+) -> None:
+    runtime = DockerRuntime("node-scratch", engine.endpoint, timeout=2.0)
+    assert runtime.node_info().ready
+    worker = runtime.create(
+        _spec(f"{cluster}-w", test_images["stubborn"], stop_grace_seconds=1), cluster
+    )
+    assert worker.state is InstanceState.RUNNING
+
+    # Killed while a call is in flight: a stop waiting out a 10 s grace period.
+    outcome: dict[str, BaseException | None] = {}
+
+    def stop_in_flight() -> None:
+        try:
+            runtime.stop(worker.id, grace_seconds=10)
+            outcome["error"] = None
+        except BaseException as exc:  # recorded for the main thread
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=stop_in_flight)
+    caller.start()
+    time.sleep(0.3)  # let the request reach the engine
+    killed_at = time.monotonic()
+    engine.kill()
+    caller.join(timeout=5)
+    assert not caller.is_alive(), "stop() hung after the engine died"
+    assert isinstance(outcome["error"], EngineUnavailable), outcome
+    assert time.monotonic() - killed_at < 3.0
+
+    # Between calls: every call fails fast with EngineUnavailable; node_info reports it.
+    for call in (
+        lambda: runtime.list_instances(cluster),
+        lambda: runtime.inspect(worker.id),
+        lambda: runtime.create(_spec(f"{cluster}-w2", test_images["stubborn"]), cluster),
+    ):
+        started = time.monotonic()
+        with pytest.raises(EngineUnavailable, match="not answering"):
+            call()
+        assert time.monotonic() - started < 2.5
+    info = runtime.node_info()
+    assert not info.ready and "not answering" in info.message
+
+    # Back again: the same runtime object works and still finds its instance.
+    engine.start()
+    assert runtime.node_info().ready
+    listed = runtime.list_instances(cluster)
+    assert [inst.id for inst in listed] == [worker.id]
+    runtime.remove(worker.id)
+    assert runtime.list_instances(cluster) == []
+
+
+def test_hung_engine_times_out(engine: ScratchEngine, cluster: str) -> None:
+    runtime = DockerRuntime("node-scratch", engine.endpoint, timeout=1.0)
+    assert runtime.list_instances(cluster) == []
+    engine.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(EngineUnavailable):
+            runtime.list_instances(cluster)
+        assert time.monotonic() - started < 2.0
+        started = time.monotonic()
+        assert not runtime.node_info().ready
+        assert time.monotonic() - started < 2.0
+    finally:
+        engine.resume()
+    assert runtime.list_instances(cluster) == []
+
+
+def test_tcp_endpoint(engine: ScratchEngine, test_images: dict[str, str], cluster: str) -> None:
+    runtime = DockerRuntime("node-tcp", engine.tcp_endpoint, timeout=5.0)
+    info = runtime.node_info()
+    assert info.ready, info.message
+    instance = runtime.create(_spec(f"{cluster}-g", test_images["graceful"]), cluster)
+    runtime.stop(instance.id, grace_seconds=5)
+    assert runtime.inspect(instance.id).exit_code == 0
