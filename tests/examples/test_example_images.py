@@ -12,7 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import BUILD_SH, Answer, RunningContainer, docker, http_get
+from shop_helpers import (
+    BUILD_SH,
+    Answer,
+    RunningContainer,
+    docker,
+    eventually,
+    http_get,
+    jobs_done,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -85,14 +93,14 @@ def test_fail_mode_errors(run_container: RunContainer) -> None:
 
 
 def test_slow_ms_slows_pages_but_not_health(run_container: RunContainer) -> None:
-    container = run_container("gitorch-example/web:1", {"SLOW_MS": "400"})
+    container = run_container("gitorch-example/web:1", {"SLOW_MS": "1000"})
 
     page = http_get(container.url + "/")
     health = http_get(container.url + "/cgi-bin/healthz")
 
     assert page.status == 200
-    assert page.seconds >= 0.4
-    assert health.seconds < 0.35
+    assert page.seconds >= 1.0
+    assert health.seconds < 0.7  # a CGI forks a few processes: leave room on a busy machine
 
 
 def test_web_calls_api_through_service_env(run_container: RunContainer) -> None:
@@ -120,11 +128,9 @@ def test_api_items(run_container: RunContainer) -> None:
 
 def test_worker_loop_runs_and_feeds_health(run_container: RunContainer) -> None:
     container = run_container("gitorch-example/worker:1", {"WORK_INTERVAL_MS": "100"})
-    time.sleep(0.5)
 
-    page = http_get(container.url + "/")
+    eventually(lambda: jobs_done(http_get(container.url + "/").body) >= 2, what="two jobs")
 
-    assert int(page.body.split("jobs_done=")[1]) >= 2
     assert http_get(container.url + "/cgi-bin/healthz").status == 200
     assert "job 2 done" in container.logs()
 
@@ -135,7 +141,7 @@ def test_worker_journal_on_a_mounted_volume(run_container: RunContainer, tmp_pat
         {"WORK_INTERVAL_MS": "100", "DATA_DIR": "/data"},
         extra=("-v", f"{tmp_path}:/data"),
     )
-    time.sleep(0.4)
+    eventually(lambda: jobs_done(http_get(container.url + "/").body) >= 2, what="two jobs")
     docker("stop", "-t", "10", container.id)
 
     lines = (tmp_path / "jobs.log").read_text().splitlines()

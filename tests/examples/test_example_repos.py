@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import BUILD_SH, EXAMPLES, REPO_ROOT
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
+from shop_helpers import BUILD_SH, EXAMPLES, REPO_ROOT
 
 REPOS = ("repo", "repo-docker")
 SCHEMAS = REPO_ROOT / "schemas"
