@@ -94,8 +94,10 @@ class GitSource:
                         ["config", "--add", "remote.origin.fetch", spec],
                         what=self.display_url,
                     )
-                # The cache is read, never gc'd by accident while a reader is in it.
-                run(repo, ["config", "gc.auto", "0"], what=self.display_url)
+                # Automatic gc (after enough fetches) runs inside the fetch, not as a
+                # detached background process outliving it; it only prunes objects
+                # unreachable for two weeks, so no reader loses a commit it just resolved.
+                run(repo, ["config", "gc.autoDetach", "false"], what=self.display_url)
                 self._update(repo)
             except GitFailed as exc:
                 raise SourceUnreachable(f"{self.display_url}: cannot clone: {exc.line}") from exc
