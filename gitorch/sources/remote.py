@@ -82,7 +82,8 @@ class GitSource:
     def _clone(self) -> CommitStore:
         """Make the cache: init a bare repo aside, fetch everything, then move it in place
         (so a failed or interrupted clone never leaves a half cache behind)."""
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        # 0700: the cache's config holds the URL as given, credentials included.
+        self.cache_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".clone-", dir=self.cache_path.parent))
         try:
             repo = git.Repo.init(tmp, bare=True)
