@@ -27,13 +27,22 @@ def hold_lock(state_dir: str) -> None:
 
 
 def allocate(state_dir: str, node: str, prefix: str, count: str, go_file: str) -> None:
-    """Wait for ``go_file``, then allocate ``count`` ports and fight for port 31000."""
+    """Wait for ``go_file``, allocate ``count`` ports with a meeting point halfway, then
+    fight for port 31000. The meeting point (every racer writes ``GO.PREFIX`` and waits
+    for the two files) makes the second halves run at the same time even on a loaded
+    machine, where one process could otherwise finish before the other is scheduled."""
     store = StateStore(state_dir)
     say("ready")
-    while not Path(go_file).exists():
+    go = Path(go_file)
+    while not go.exists():
         time.sleep(0.002)
     ports = []
     for i in range(int(count)):
+        if i == int(count) // 2:
+            go.with_name(f"{go.name}.{prefix}").touch()
+            deadline = time.monotonic() + 30
+            while len(list(go.parent.glob(f"{go.name}.*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
         ports.append(store.allocate_port(node, f"{prefix}-{i}/http").host_port)
         # Let the other racer in between: SQLite's busy handler backs off in sleeps, so
         # without a pause one process would take every port before the other wakes up.
