@@ -212,7 +212,7 @@ def _parse_fast(text: str) -> ParsedFile:
                 break
             result.documents.append(loader.get_data())
     except yaml.MarkedYAMLError as exc:
-        result.problems.append(_yaml_error(exc))
+        result.problems.append(_yaml_error(exc, text))
     except yaml.YAMLError as exc:
         result.problems.append((1, 1, f"invalid YAML: {exc}"))
     finally:
@@ -227,11 +227,25 @@ def _too_many_documents(loader: Any) -> tuple[int, int, str]:
     return (line, 1, f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file")
 
 
-def _yaml_error(exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
+def _yaml_error(exc: yaml.MarkedYAMLError, text: str = "") -> tuple[int, int, str]:
     mark = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     problem = exc.problem or "invalid YAML"
-    context = f" ({exc.context})" if exc.context else ""
+    at_tab = mark is not None and 0 <= mark.index < len(text) and text[mark.index] == "\t"
+    if "tab character" in problem or at_tab:
+        # libyaml blames the scalar it was reading; the fix is always the same.
+        return (line, col, "invalid YAML: a tab character in the indentation (indent with spaces)")
+    context = ""
+    if exc.context:
+        # The problem is often found a line after the real mistake (an unclosed "[" is
+        # noticed at the next key), so say where the construct being read started.
+        start = exc.context_mark
+        started = (
+            f" started at line {start.line + 1}, column {start.column + 1}"
+            if start is not None and mark is not None and start.index != mark.index
+            else ""
+        )
+        context = f" ({exc.context}{started})"
     return (line, col, f"invalid YAML: {problem}{context}")
 
 
@@ -271,7 +285,7 @@ class _GuardedBuilder:
         except _Abort:
             pass
         except yaml.MarkedYAMLError as exc:
-            self.problems.append(_yaml_error(exc))
+            self.problems.append(_yaml_error(exc, self.text))
         except yaml.YAMLError as exc:
             self.problems.append((1, 1, f"invalid YAML: {exc}"))
 
