@@ -260,8 +260,11 @@ def _check_autoscale(origin: Origin, spec: Mapping[str, Any]) -> Iterator[Findin
     if auto is None:
         return
     base: FieldPath = ("spec", "autoscale")
-    if auto.get("minReplicas", 1) > auto["maxReplicas"]:
-        yield Finding(origin, (*base, "minReplicas"), "minReplicas is more than maxReplicas")
+    low, high = auto.get("minReplicas", 1), auto["maxReplicas"]
+    if low > high:
+        yield Finding(
+            origin, (*base, "minReplicas"), f"minReplicas {low} is more than maxReplicas {high}"
+        )
     requests = (spec.get("resources") or {}).get("requests") or {}
     needs = {
         "cpu": "targetAverageUtilization",
@@ -365,10 +368,15 @@ def _check_cycles(services: Mapping[str, Entry]) -> Iterator[Finding]:
                     entry = services[start]
                     deps = entry.raw["spec"]["dependsOn"]
                     nxt = rotated[1] if len(rotated) > 1 else start
+                    chain = " -> ".join([*rotated, start])
+                    # A one-service "cycle" is a typo more often than a design: say it plainly.
+                    message = (
+                        f"'{start}' depends on itself" if len(rotated) == 1 else "dependency cycle"
+                    )
                     yield Finding(
                         entry.origin,
                         ("spec", "dependsOn", deps.index(nxt)),
-                        "dependency cycle: " + " -> ".join([*rotated, start]),
+                        f"{message}: {chain}" if len(rotated) > 1 else message,
                     )
             elif state.get(dep) is None:
                 yield from visit(dep, path)

@@ -202,8 +202,14 @@ def _analyse_file(path: str, data: bytes) -> _FileResult:
 def _check_document(origin: Origin, document: Any, findings: list[Finding]) -> Entry | None:
     """Envelope and schema; returns the entry only for a schema-valid document."""
     if not isinstance(document, dict):
+        # Say what was found: a list here usually means a stray "- " before apiVersion.
+        got = schema._type_name(document)
         findings.append(
-            Finding(origin, (), "a manifest must be a mapping with apiVersion, kind and metadata")
+            Finding(
+                origin,
+                (),
+                f"a manifest must be a mapping with apiVersion, kind and metadata, not {got}",
+            )
         )
         return None
     kind = document.get("kind")
