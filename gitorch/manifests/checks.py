@@ -368,16 +368,13 @@ def _check_cycles(services: Mapping[str, Entry]) -> Iterator[Finding]:
                     entry = services[start]
                     deps = entry.raw["spec"]["dependsOn"]
                     nxt = rotated[1] if len(rotated) > 1 else start
-                    chain = " -> ".join([*rotated, start])
                     # A one-service "cycle" is a typo more often than a design: say it plainly.
                     message = (
-                        f"'{start}' depends on itself" if len(rotated) == 1 else "dependency cycle"
+                        f"'{start}' depends on itself"
+                        if len(rotated) == 1
+                        else "dependency cycle: " + " -> ".join([*rotated, start])
                     )
-                    yield Finding(
-                        entry.origin,
-                        ("spec", "dependsOn", deps.index(nxt)),
-                        f"{message}: {chain}" if len(rotated) > 1 else message,
-                    )
+                    yield Finding(entry.origin, ("spec", "dependsOn", deps.index(nxt)), message)
             elif state.get(dep) is None:
                 yield from visit(dep, path)
         path.pop()
