@@ -80,6 +80,16 @@ def format_memory(size: int) -> str:
     return str(size)
 
 
+def human_memory(size: int) -> str:
+    """Rounded memory for people (tables): ``25276518400`` -> ``"23.5Gi"``."""
+    value = float(size)
+    for unit in ("", "Ki", "Mi", "Gi", "Ti", "Pi"):
+        if value < 1024 or unit == "Pi":
+            return f"{value:.1f}{unit}".replace(".0", "") if unit else f"{int(value)}"
+        value /= 1024
+    return str(size)
+
+
 def parse_duration(value: str | int | float) -> float:
     """Seconds: ``"500ms"`` -> 0.5, ``"1m30s"`` -> 90.0, ``10`` -> 10.0."""
     if isinstance(value, bool):

@@ -1,0 +1,136 @@
+"""``gitorch nodes``: nodes, capacity, allocation, conditions."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
+from gitorch.commands.common import add_format_option, add_state_option, print_json, stdout
+from gitorch.live.model import LiveState
+from gitorch.manifests.quantities import (
+    format_cpu,
+    format_memory,
+    human_memory,
+    parse_cpu,
+    parse_memory,
+)
+
+EXAMPLE = """example:
+  gitorch nodes
+  gitorch nodes --format json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "nodes",
+        help="nodes, capacity, allocation, conditions",
+        description="List the cluster's nodes with their driver, condition (Ready/NotReady, "
+        "cordoned), capacity, the resources requested by the replicas running there, and "
+        "the replica count. Exit 0.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_state_option(parser)
+    add_runtime_option(parser)
+    add_format_option(parser, "json")
+    parser.set_defaults(run=run)
+
+
+def allocation(live: LiveState) -> dict[str, dict[str, int]]:
+    """Requests of the replicas on each node (from the spec each service was applied with)."""
+    out = {name: {"cpu": 0, "memory": 0, "replicas": 0} for name in live.nodes}
+    for service in live.services.values():
+        requests: dict[str, Any] = {}
+        if service.applied is not None:
+            requests = (
+                service.applied.canonical.get("spec", {}).get("resources", {}).get("requests", {})
+            )
+        for replica in service.replicas:
+            if replica.state not in ("running", "created") or replica.node not in out:
+                continue
+            slot = out[replica.node]
+            slot["replicas"] += 1
+            if "cpu" in requests:
+                slot["cpu"] += parse_cpu(requests["cpu"])
+            if "memory" in requests:
+                slot["memory"] += parse_memory(requests["memory"])
+    return out
+
+
+def nodes_json(view: ClusterView) -> list[dict[str, Any]]:
+    used = allocation(view.live)
+    rows = []
+    for name, node in sorted(view.live.nodes.items()):
+        alloc = used[name]
+        rows.append(
+            {
+                "name": name,
+                "driver": node.driver,
+                "condition": "Ready" if node.ready else "NotReady",
+                "unschedulable": node.unschedulable,
+                "message": node.message,
+                "address": node.address,
+                "labels": dict(node.labels),
+                "taints": [{"key": k, "value": v, "effect": e} for k, v, e in node.taints],
+                "capacity": {
+                    "cpu": format_cpu(node.cpu_millis),
+                    "memory": format_memory(node.memory_bytes),
+                },
+                "allocated": {
+                    "cpu": format_cpu(alloc["cpu"]),
+                    "memory": format_memory(alloc["memory"]),
+                },
+                "allocatable": {
+                    "cpu": format_cpu(max(0, node.cpu_millis - alloc["cpu"])),
+                    "memory": format_memory(max(0, node.memory_bytes - alloc["memory"])),
+                },
+                "replicas": alloc["replicas"],
+            }
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    view = open_view(args)
+    try:
+        rows = nodes_json(view)
+    finally:
+        view.close()
+    if args.format == "json":
+        print_json({"nodes": rows})
+        return 0
+    table = Table(box=None, pad_edge=False)
+    for column in (
+        "NODE",
+        "DRIVER",
+        "CONDITION",
+        "ADDRESS",
+        "CPU (alloc/cap)",
+        "MEMORY (alloc/cap)",
+        "REPLICAS",
+    ):
+        table.add_column(column)
+    for row in rows:
+        condition = "[green]Ready[/]" if row["condition"] == "Ready" else "[red]NotReady[/]"
+        if row["unschedulable"]:
+            condition += ",[yellow]SchedulingDisabled[/]"
+        table.add_row(
+            escape(row["name"]),
+            row["driver"],
+            condition,
+            row["address"],
+            f"{row['allocated']['cpu']}/{row['capacity']['cpu']}",
+            f"{human_memory(parse_memory(row['allocated']['memory']))}/"
+            f"{human_memory(parse_memory(row['capacity']['memory']))}",
+            str(row["replicas"]),
+        )
+    stdout().print(table)
+    for row in rows:
+        if row["message"]:
+            stdout().print(f"[red]{escape(row['name'])}:[/] {escape(row['message'])}")
+    return 0

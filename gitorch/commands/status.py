@@ -1,0 +1,205 @@
+"""``gitorch status [SERVICE]``: services, replicas, versions, rollout phase, nodes, last error."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
+from gitorch.commands.common import add_format_option, add_state_option, print_json, short, stdout
+from gitorch.errors import GitorchError
+from gitorch.live.model import LiveService
+from gitorch.live.observe import assess_readiness
+
+EXAMPLE = """example:
+  gitorch status
+  gitorch status web --format json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="services, replicas, versions, rollout phase, nodes, last error",
+        description="Show what runs now: every service's replicas (desired, ready, updated), the "
+        "revision live, the rollout phase, and each replica's node and address. Replicas are "
+        "observed from the runtimes and probed once with their readiness probe. Exit 0.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("service", nargs="?", help="show one service in detail")
+    add_state_option(parser)
+    add_runtime_option(parser)
+    add_format_option(parser, "json")
+    parser.set_defaults(run=run)
+
+
+def service_json(service: LiveService) -> dict[str, Any]:
+    applied = service.applied
+    spec = applied.canonical.get("spec", {}) if applied else {}
+    desired = spec.get("replicas", 0) if applied else 0
+    expose = spec.get("expose")
+    return {
+        "name": service.name,
+        "revision": applied.revision if applied else None,
+        "replicas": {
+            "desired": desired,
+            "running": len(service.running),
+            "ready": sum(1 for r in service.replicas if r.ready),
+            "updated": sum(
+                1
+                for r in service.running
+                if applied is not None and r.template_digest == applied.digest
+            ),
+        },
+        "rollout": {
+            "phase": applied.phase if applied else "Unmanaged",
+            "step": applied.step if applied else None,
+            "weight": applied.weight if applied else 100,
+            "lastError": applied.last_error if applied else None,
+        },
+        "endpoint": {"port": expose["port"], "protocol": expose["protocol"]} if expose else None,
+        "instances": [
+            {
+                "id": r.id,
+                "name": r.name,
+                "replica": r.replica,
+                "node": r.node,
+                "revision": r.revision,
+                "state": r.state,
+                "ready": r.ready,
+                "address": r.address,
+                "startedAt": r.started_at,
+                "restarts": r.restarts,
+                "exitCode": r.exit_code,
+            }
+            for r in service.replicas
+        ],
+    }
+
+
+def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
+    live = view.live
+    last_error = None
+    if view.store is not None:
+        attempted = view.store.last_attempted_revision()
+        if attempted is not None and str(attempted.result) == "failed":
+            last_error = attempted.reason or "the last revision failed"
+    services = [s for name, s in sorted(live.services.items()) if only in (None, name)]
+    return {
+        "cluster": live.cluster,
+        "revision": live.last_applied_revision,
+        "lastError": last_error,
+        "nodes": [
+            {"name": n.name, "driver": n.driver, "ready": n.ready, "message": n.message}
+            for n in live.nodes.values()
+        ],
+        "services": [service_json(s) for s in services],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    view = open_view(args)
+    try:
+        if args.service and args.service not in view.live.services:
+            raise GitorchError(f"no service named {args.service!r} is applied or running")
+        view.live = assess_readiness(view.live, view.runtimes)
+        data = status_json(view, args.service)
+    finally:
+        view.close()
+    if args.format == "json":
+        print_json(data)
+        return 0
+    render(data, detail=args.service is not None)
+    return 0
+
+
+def _age(started: float | None) -> str:
+    if not started:
+        return "-"
+    seconds = int(time.time() - started)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def render(data: dict[str, Any], *, detail: bool) -> None:
+    console = stdout()
+    down = [n for n in data["nodes"] if not n["ready"]]
+    nodes_text = ", ".join(
+        f"{escape(n['name'])} ({n['driver']}{'' if n['ready'] else ', [red]NotReady[/]'})"
+        for n in data["nodes"]
+    )
+    console.print(
+        f"cluster [bold]{escape(data['cluster'])}[/] revision {short(data['revision'])}  nodes: {nodes_text}"
+    )
+    for node in down:
+        console.print(f"  [red]node {escape(node['name'])} NotReady:[/] {escape(node['message'])}")
+    if data["lastError"]:
+        console.print(f"[red]last error:[/] {escape(data['lastError'])}")
+    if not data["services"]:
+        console.print("no services applied or running")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("SERVICE", "REVISION", "PHASE", "READY", "UPDATED", "ENDPOINT"):
+        table.add_column(column)
+    for svc in data["services"]:
+        reps = svc["replicas"]
+        ready = f"{reps['ready']}/{reps['desired']}"
+        style = "green" if reps["ready"] >= reps["desired"] else "yellow"
+        endpoint = svc["endpoint"]
+        table.add_row(
+            escape(svc["name"]),
+            short(svc["revision"]),
+            _phase(svc["rollout"]["phase"]),
+            f"[{style}]{ready}[/]",
+            str(reps["updated"]),
+            f":{endpoint['port']} ({endpoint['protocol']})" if endpoint else "-",
+        )
+    console.print(table)
+    if not detail:
+        return
+    for svc in data["services"]:
+        if svc["rollout"]["lastError"]:
+            console.print(f"[red]rollout error:[/] {escape(svc['rollout']['lastError'])}")
+        instances = Table(box=None, pad_edge=False, title=None)
+        for column in (
+            "REPLICA",
+            "NODE",
+            "REVISION",
+            "STATE",
+            "READY",
+            "ADDRESS",
+            "AGE",
+            "RESTARTS",
+        ):
+            instances.add_column(column)
+        for inst in svc["instances"]:
+            ready = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[inst["ready"]]
+            instances.add_row(
+                escape(inst["replica"]),
+                escape(inst["node"]),
+                short(inst["revision"]),
+                inst["state"] + (f" ({inst['exitCode']})" if inst["exitCode"] is not None else ""),
+                ready,
+                inst["address"] or "-",
+                _age(inst["startedAt"]),
+                str(inst["restarts"]),
+            )
+        console.print(instances)
+
+
+def _phase(phase: str) -> str:
+    colour = {
+        "Healthy": "green",
+        "Progressing": "cyan",
+        "Paused": "yellow",
+        "Degraded": "red",
+        "RolledBack": "magenta",
+    }.get(phase, "white")
+    return f"[{colour}]{phase}[/]"

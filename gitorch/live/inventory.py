@@ -1,0 +1,100 @@
+"""Which nodes make up the cluster, and the cluster's name.
+
+The nodes are the repo's ``kind: Node`` objects; with none, one local node named after
+the host, driven by ``--runtime`` (docker if an engine answers, else process).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from gitorch.errors import ConfigError
+from gitorch.manifests.model import Node
+
+_CLUSTER_FILE = "cluster"
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    """A node to observe and place on: the repo's Node, or the implicit local one."""
+
+    name: str
+    driver: str
+    endpoint: str | None = None
+    address: str = "127.0.0.1"
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    cpu_millis: int | None = None  # None: what the runtime reports
+    memory_bytes: int | None = None
+    taints: tuple[tuple[str, str, str], ...] = ()
+    unschedulable: bool = False
+
+
+def local_node_name() -> str:
+    """The host name, made a valid node name."""
+    name = re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
+    return name[:63] or "local"
+
+
+def default_node(driver: str) -> NodeTarget:
+    return NodeTarget(
+        name=local_node_name(), driver=driver, labels=MappingProxyType({"node": local_node_name()})
+    )
+
+
+def node_targets(nodes: Iterable[Node], default_driver: str) -> list[NodeTarget]:
+    """Targets from the repo's Nodes, or the implicit local node when there are none."""
+    targets = [
+        NodeTarget(
+            name=node.name,
+            driver=node.driver,
+            endpoint=node.endpoint,
+            address=node.address,
+            labels=MappingProxyType({**node.labels, "node": node.name}),
+            cpu_millis=node.capacity.cpu_millis,
+            memory_bytes=node.capacity.memory_bytes,
+            taints=tuple((t.key, t.value or "", t.effect) for t in node.taints),
+            unschedulable=node.unschedulable,
+        )
+        for node in sorted(nodes, key=lambda n: n.name)
+    ]
+    return targets or [default_node(default_driver)]
+
+
+def choose_default_driver(requested: str | None) -> str:
+    """``--runtime``: as asked, else docker when an engine answers, else process."""
+    if requested in ("docker", "process"):
+        return requested
+    if requested not in (None, "", "auto"):
+        raise ConfigError(f"--runtime {requested!r}: expected docker or process")
+    from gitorch.runtime import docker_available
+
+    return "docker" if docker_available(timeout=0.5) else "process"
+
+
+def cluster_name(state_dir: Path) -> str:
+    """A name unique to this state directory, so two gitorch installs on one Docker
+    engine never see each other's replicas. Created on first use."""
+    path = Path(state_dir) / _CLUSTER_FILE
+    try:
+        name = path.read_text(encoding="utf-8").strip()
+        if name:
+            return name
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{_CLUSTER_FILE}.{secrets.token_hex(4)}")
+    tmp.write_text(f"gitorch-{secrets.token_hex(3)}\n", encoding="utf-8")
+    try:
+        os.link(tmp, path)  # atomic and exclusive: of two racing processes one name wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text(encoding="utf-8").strip()

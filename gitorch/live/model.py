@@ -1,0 +1,91 @@
+"""The immutable snapshot of live state that diff, planning and status read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LiveReplica:
+    """One replica as observed. ``ready`` is None when readiness was not assessed."""
+
+    id: str
+    name: str
+    service: str
+    replica: str
+    node: str
+    revision: str | None
+    template_digest: str | None
+    state: str  # created | running | exited | unknown
+    image: str | None = None
+    address: str | None = None
+    started_at: float | None = None
+    exit_code: int | None = None
+    restarts: int = 0
+    ready: bool | None = None
+    probe_message: str = ""
+
+
+@dataclass(frozen=True)
+class AppliedSpec:
+    """What the store says was last applied to a service (its rollout record)."""
+
+    revision: str
+    digest: str  # template digest of the applied version
+    canonical: Mapping[str, Any]  # canonical object (apiVersion, kind, metadata, spec)
+    phase: str
+    step: int | None = None
+    weight: int = 100
+    last_error: str | None = None
+    previous_revision: str | None = None
+
+
+@dataclass(frozen=True)
+class LiveService:
+    name: str
+    applied: AppliedSpec | None
+    replicas: tuple[LiveReplica, ...] = ()
+
+    @property
+    def running(self) -> tuple[LiveReplica, ...]:
+        return tuple(r for r in self.replicas if r.state == "running")
+
+
+@dataclass(frozen=True)
+class LiveNode:
+    name: str
+    driver: str
+    ready: bool
+    address: str
+    cpu_millis: int
+    memory_bytes: int
+    message: str = ""
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    unschedulable: bool = False
+    taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect)
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """Every node and every service gitorch knows of, at one instant."""
+
+    cluster: str
+    observed_at: float
+    nodes: Mapping[str, LiveNode]
+    services: Mapping[str, LiveService]
+    last_applied_revision: str | None = None
+
+    @property
+    def unknown_nodes(self) -> frozenset[str]:
+        """Nodes that did not answer: their replicas are unknown, not gone."""
+        return frozenset(name for name, node in self.nodes.items() if not node.ready)
+
+    def replicas(self) -> list[LiveReplica]:
+        return [r for s in self.services.values() for r in s.replicas]
+
+    @classmethod
+    def empty(cls, cluster: str = "gitorch") -> LiveState:
+        return cls(cluster=cluster, observed_at=0.0, nodes={}, services={})

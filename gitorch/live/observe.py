@@ -1,0 +1,205 @@
+"""Observe every node at once and return an immutable :class:`LiveState`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any
+
+from gitorch.errors import RuntimeDriverError
+from gitorch.live.inventory import NodeTarget
+from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
+from gitorch.runtime.base import (
+    LABEL_REPLICA,
+    LABEL_REVISION,
+    LABEL_SERVICE,
+    LABEL_SPEC_DIGEST,
+    Instance,
+    NodeInfo,
+    Probe,
+    Runtime,
+)
+from gitorch.state import RolloutRecord, StateStore
+
+
+@dataclass(frozen=True)
+class _NodeObservation:
+    target: NodeTarget
+    info: NodeInfo | None
+    instances: list[Instance] | None  # None: unknown (the node did not answer)
+    error: str = ""
+
+
+def _observe_node(target: NodeTarget, runtime: Runtime, cluster: str) -> _NodeObservation:
+    info = runtime.node_info()
+    if not info.ready:
+        return _NodeObservation(target, info, None, info.message)
+    try:
+        return _NodeObservation(target, info, runtime.list_instances(cluster))
+    except RuntimeDriverError as exc:
+        return _NodeObservation(target, info, None, exc.message)
+
+
+def _replica(instance: Instance, node: str) -> LiveReplica:
+    labels = instance.labels
+    return LiveReplica(
+        id=instance.id,
+        name=instance.name,
+        service=labels.get(LABEL_SERVICE, ""),
+        replica=labels.get(LABEL_REPLICA, instance.name),
+        node=node,
+        revision=labels.get(LABEL_REVISION),
+        template_digest=labels.get(LABEL_SPEC_DIGEST),
+        state=instance.state.value,
+        image=instance.image,
+        address=instance.address(),
+        started_at=instance.started_at,
+        exit_code=instance.exit_code,
+        restarts=instance.restarts,
+    )
+
+
+def applied_spec(record: RolloutRecord) -> AppliedSpec:
+    return AppliedSpec(
+        revision=record.revision,
+        digest=record.spec_digest,
+        canonical=record.spec,
+        phase=str(record.phase),
+        step=record.step,
+        weight=record.weight,
+        last_error=record.last_error,
+        previous_revision=record.previous_revision,
+    )
+
+
+def observe(
+    targets: Sequence[NodeTarget],
+    runtimes: Mapping[str, Runtime],
+    cluster: str,
+    store: StateStore | None = None,
+) -> LiveState:
+    """One consistent picture of the cluster, nodes observed in parallel.
+
+    A node that does not answer is NotReady and its replicas are *unknown*: services
+    keep the replicas the store cannot vouch for out of the picture rather than
+    reporting them gone, and ``LiveState.unknown_nodes`` names such nodes.
+    """
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(targets)))) as pool:
+        observations = list(
+            pool.map(lambda t: _observe_node(t, runtimes[t.name], cluster), targets)
+        )
+    nodes: dict[str, LiveNode] = {}
+    replicas_by_service: dict[str, list[LiveReplica]] = {}
+    for obs in observations:
+        target, info = obs.target, obs.info
+        nodes[target.name] = LiveNode(
+            name=target.name,
+            driver=target.driver,
+            ready=obs.instances is not None,
+            address=target.address,
+            cpu_millis=target.cpu_millis
+            if target.cpu_millis is not None
+            else int((info.cpu_cores if info else 0) * 1000),
+            memory_bytes=target.memory_bytes
+            if target.memory_bytes is not None
+            else (info.memory_bytes if info else 0),
+            message=obs.error,
+            labels=target.labels,
+            unschedulable=target.unschedulable,
+            taints=target.taints,
+        )
+        for instance in obs.instances or []:
+            replica = _replica(instance, target.name)
+            replicas_by_service.setdefault(replica.service, []).append(replica)
+
+    records = {r.service: r for r in store.list_rollouts()} if store is not None else {}
+    names = sorted(set(records) | set(replicas_by_service))
+    services = {
+        name: LiveService(
+            name=name,
+            applied=applied_spec(records[name]) if name in records else None,
+            replicas=tuple(
+                sorted(replicas_by_service.get(name, []), key=lambda r: (r.replica, r.id))
+            ),
+        )
+        for name in names
+    }
+    last = store.last_applied_revision() if store is not None else None
+    return LiveState(
+        cluster=cluster,
+        observed_at=started,
+        nodes=MappingProxyType(nodes),
+        services=MappingProxyType(services),
+        last_applied_revision=last.sha if last is not None else None,
+    )
+
+
+def readiness_probe(canonical: Mapping[str, Any]) -> Probe | None:
+    """The runtime probe for an applied spec's readinessProbe (None: no probe)."""
+    spec = canonical.get("spec", {})
+    raw = spec.get("readinessProbe")
+    if not raw:
+        return None
+    ports = {p["name"]: p["containerPort"] for p in spec.get("ports", [])}
+
+    def port_of(ref: Any) -> int | None:
+        return ref if isinstance(ref, int) else ports.get(ref)
+
+    timeout = float(raw.get("timeoutSeconds", 1))
+    if "httpGet" in raw:
+        return Probe(
+            http_path=raw["httpGet"]["path"],
+            port=port_of(raw["httpGet"]["port"]),
+            timeout_seconds=timeout,
+        )
+    if "tcpSocket" in raw:
+        return Probe(tcp=True, port=port_of(raw["tcpSocket"]["port"]), timeout_seconds=timeout)
+    return Probe(exec_command=tuple(raw["exec"]["command"]), timeout_seconds=timeout)
+
+
+def assess_readiness(live: LiveState, runtimes: Mapping[str, Runtime]) -> LiveState:
+    """Probe every running replica once with its applied readiness probe (in parallel).
+
+    A replica with no probe is ready while running. Used by ``gitorch status`` when no
+    daemon keeps readiness; the daemon tracks it continuously instead.
+    """
+    jobs: list[tuple[str, int, LiveReplica, Probe | None]] = []
+    for name, service in live.services.items():
+        probe = readiness_probe(service.applied.canonical) if service.applied else None
+        for index, replica in enumerate(service.replicas):
+            jobs.append((name, index, replica, probe))
+
+    def check(job: tuple[str, int, LiveReplica, Probe | None]) -> LiveReplica:
+        _, _, replica, probe = job
+        if replica.state != "running":
+            return replace(replica, ready=False if replica.state != "unknown" else None)
+        if probe is None:
+            return replace(replica, ready=True, probe_message="running (no readiness probe)")
+        runtime = runtimes.get(replica.node)
+        if runtime is None:
+            return replica
+        try:
+            instance = runtime.inspect(replica.id)
+            result = runtime.probe(instance, probe)
+        except RuntimeDriverError as exc:
+            return replace(replica, ready=None, probe_message=exc.message)
+        return replace(replica, ready=result.ok, probe_message=result.message)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        checked = list(pool.map(check, jobs))
+    services: dict[str, list[LiveReplica]] = {}
+    for (name, _, _, _), replica in zip(jobs, checked, strict=True):
+        services.setdefault(name, []).append(replica)
+    return replace(
+        live,
+        services=MappingProxyType(
+            {
+                name: replace(service, replicas=tuple(services.get(name, [])))
+                for name, service in live.services.items()
+            }
+        ),
+    )
