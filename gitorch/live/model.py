@@ -30,11 +30,22 @@ class LiveReplica:
 
 
 @dataclass(frozen=True)
+class AppliedObject:
+    """An inventory entry: an object as gitorch last applied it (any kind)."""
+
+    kind: str
+    name: str
+    revision: str
+    digest: str  # digest of the whole canonical object
+    canonical: Mapping[str, Any]  # canonical object (apiVersion, kind, metadata, spec)
+
+
+@dataclass(frozen=True)
 class AppliedSpec:
-    """What the store says was last applied to a service (its rollout record)."""
+    """What was last applied to a service, with its rollout progress."""
 
     revision: str
-    digest: str  # template digest of the applied version
+    digest: str  # template digest of the applied version (what its replicas run)
     canonical: Mapping[str, Any]  # canonical object (apiVersion, kind, metadata, spec)
     phase: str
     step: int | None = None
@@ -77,6 +88,9 @@ class LiveState:
     nodes: Mapping[str, LiveNode]
     services: Mapping[str, LiveService]
     last_applied_revision: str | None = None
+    inventory: Mapping[tuple[str, str], AppliedObject] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @property
     def unknown_nodes(self) -> frozenset[str]:

@@ -11,7 +11,15 @@ from typing import Any
 
 from gitorch.errors import RuntimeDriverError
 from gitorch.live.inventory import NodeTarget
-from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
+from gitorch.live.model import (
+    AppliedObject,
+    AppliedSpec,
+    LiveNode,
+    LiveReplica,
+    LiveService,
+    LiveState,
+)
+from gitorch.manifests.build import template_digest_of
 from gitorch.runtime.base import (
     LABEL_REPLICA,
     LABEL_REVISION,
@@ -62,11 +70,22 @@ def _replica(instance: Instance, node: str) -> LiveReplica:
     )
 
 
-def applied_spec(record: RolloutRecord) -> AppliedSpec:
+def applied_spec(record: RolloutRecord | None, entry: AppliedObject | None) -> AppliedSpec | None:
+    """A service's applied spec: the inventory's canonical object, the rollout's progress."""
+    if entry is None and record is None:
+        return None
+    if entry is not None:
+        revision, canonical = entry.revision, entry.canonical
+        digest = template_digest_of(canonical)
+    else:
+        assert record is not None
+        revision, canonical, digest = record.revision, record.spec, record.spec_digest
+    if record is None:
+        return AppliedSpec(revision=revision, digest=digest, canonical=canonical, phase="Healthy")
     return AppliedSpec(
-        revision=record.revision,
-        digest=record.spec_digest,
-        canonical=record.spec,
+        revision=revision,
+        digest=digest,
+        canonical=canonical,
         phase=str(record.phase),
         step=record.step,
         weight=record.weight,
@@ -117,11 +136,16 @@ def observe(
             replicas_by_service.setdefault(replica.service, []).append(replica)
 
     records = {r.service: r for r in store.list_rollouts()} if store is not None else {}
-    names = sorted(set(records) | set(replicas_by_service))
+    inventory = {
+        (a.kind, a.name): AppliedObject(a.kind, a.name, a.revision, a.digest, a.spec)
+        for a in (store.list_applied() if store is not None else [])
+    }
+    applied_services = {name for kind, name in inventory if kind == "Service"}
+    names = sorted(set(records) | applied_services | set(replicas_by_service))
     services = {
         name: LiveService(
             name=name,
-            applied=applied_spec(records[name]) if name in records else None,
+            applied=applied_spec(records.get(name), inventory.get(("Service", name))),
             replicas=tuple(
                 sorted(replicas_by_service.get(name, []), key=lambda r: (r.replica, r.id))
             ),
@@ -135,6 +159,7 @@ def observe(
         nodes=MappingProxyType(nodes),
         services=MappingProxyType(services),
         last_applied_revision=last.sha if last is not None else None,
+        inventory=MappingProxyType(inventory),
     )
 
 

@@ -52,6 +52,12 @@ def digest_of(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def template_digest_of(canonical: Mapping[str, Any]) -> str:
+    """Digest of what one replica of a canonical Service runs (see ``TEMPLATE_FIELDS``)."""
+    spec = canonical["spec"]
+    return digest_of({k: spec[k] for k in TEMPLATE_FIELDS if k in spec})
+
+
 def _frozen(mapping: Mapping[str, str] | None) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping or {}))
 
@@ -538,7 +544,7 @@ def build_service(doc: Mapping[str, Any], origin: m.Origin) -> m.Service:
         autoscale=_typed_autoscale(spec.get("autoscale")),
         canonical=canon,
         digest=digest_of(canon),
-        template_digest=digest_of({k: spec[k] for k in TEMPLATE_FIELDS if k in spec}),
+        template_digest=template_digest_of(canon),
         origin=origin,
     )
 

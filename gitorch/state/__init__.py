@@ -22,6 +22,7 @@ from gitorch.state.errors import PortUnavailable, RecordNotFound, StateReadOnly
 from gitorch.state.layout import LOCK_FILE, STATE_DB, resolve_state_dir
 from gitorch.state.lock import DaemonLock, LockOwner, lock_holder, read_owner
 from gitorch.state.records import (
+    AppliedObject,
     AuditEvent,
     Measurement,
     MeasurementPhase,
@@ -41,6 +42,7 @@ __all__ = [
     "LOCK_FILE",
     "SCHEMA_VERSION",
     "STATE_DB",
+    "AppliedObject",
     "AuditEvent",
     "DaemonLock",
     "LockOwner",

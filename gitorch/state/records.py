@@ -207,3 +207,15 @@ class AuditEvent:
             "message": self.message,
             "data": dict(self.data),
         }
+
+
+@dataclass(frozen=True)
+class AppliedObject:
+    """One inventory entry: the canonical form of an object as gitorch last applied it."""
+
+    kind: str
+    name: str
+    revision: str
+    digest: str
+    spec: Mapping[str, Any]
+    applied_at: float

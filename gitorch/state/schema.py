@@ -134,6 +134,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             f" BEGIN SELECT {_APPEND_ONLY}; END",
         ),
     ),
+    Migration(
+        "inventory: every object gitorch applied (kind, name, revision, canonical spec)",
+        (
+            # Flux-style inventory: what was applied last, per object. plan diffs desired
+            # state against it; prune deletes what is here but no longer in Git.
+            """
+            CREATE TABLE inventory (
+                kind       TEXT NOT NULL,
+                name       TEXT NOT NULL,
+                revision   TEXT NOT NULL,
+                digest     TEXT NOT NULL,
+                spec       TEXT NOT NULL,
+                applied_at REAL NOT NULL,
+                PRIMARY KEY (kind, name)
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

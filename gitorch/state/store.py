@@ -31,6 +31,7 @@ from gitorch.state.db import DEFAULT_BUSY_TIMEOUT, connect, error_for, translate
 from gitorch.state.errors import PortUnavailable, RecordNotFound
 from gitorch.state.layout import STATE_DB, ensure_state_dir
 from gitorch.state.records import (
+    AppliedObject,
     AuditEvent,
     Measurement,
     MeasurementPhase,
@@ -367,6 +368,46 @@ class StateStore:
             (RevisionResult.SUCCEEDED.value,),
         )
         return {row["for_service"]: rows.revision(row) for row in found}
+
+    # -- inventory ---------------------------------------------------------------------
+
+    def record_applied(
+        self, kind: str, name: str, revision: str, digest: str, spec: Mapping[str, Any]
+    ) -> None:
+        """Remember ``spec`` (a canonical object) as what is applied for ``kind/name``."""
+        with self.transaction():
+            self._execute(
+                "INSERT INTO inventory (kind, name, revision, digest, spec, applied_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET"
+                " revision = excluded.revision, digest = excluded.digest,"
+                " spec = excluded.spec, applied_at = excluded.applied_at",
+                (kind, name, revision, digest, rows.dump_json(spec), self._clock()),
+            )
+
+    def forget_applied(self, kind: str, name: str) -> bool:
+        """Drop ``kind/name`` from the inventory (after it was pruned)."""
+        with self.transaction():
+            cursor = self._execute(
+                "DELETE FROM inventory WHERE kind = ? AND name = ?", (kind, name)
+            )
+        return cursor.rowcount > 0
+
+    def list_applied(self) -> list[AppliedObject]:
+        """The whole inventory, ordered by kind then name, in one query."""
+        found = self._query(
+            "SELECT kind, name, revision, digest, spec, applied_at FROM inventory ORDER BY kind, name"
+        )
+        return [
+            AppliedObject(
+                r["kind"],
+                r["name"],
+                r["revision"],
+                r["digest"],
+                rows.load_json(r["spec"]),
+                r["applied_at"],
+            )
+            for r in found
+        ]
 
     # -- rollouts ----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ TABLES = {
     "nodes",
     "measurements",
     "audit_log",
+    "inventory",
 }
 
 

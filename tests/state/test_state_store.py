@@ -269,3 +269,19 @@ def test_closed_store_refuses_use(store: StateStore) -> None:
     store.close()
     with pytest.raises(StateError, match="closed"):
         store.list_events()
+
+
+def test_inventory_records_replaces_lists_and_forgets(tmp_path: Path) -> None:
+    with StateStore(tmp_path) as store:
+        store.record_applied("Service", "web", "a" * 40, "d1", {"spec": {"image": "web:1"}})
+        store.record_applied("Node", "n1", "a" * 40, "d2", {"spec": {}})
+        store.record_applied("Service", "web", "b" * 40, "d3", {"spec": {"image": "web:2"}})
+        applied = store.list_applied()
+        assert [(a.kind, a.name, a.revision, a.digest) for a in applied] == [
+            ("Node", "n1", "a" * 40, "d2"),
+            ("Service", "web", "b" * 40, "d3"),
+        ]
+        assert applied[1].spec == {"spec": {"image": "web:2"}}
+        assert store.forget_applied("Service", "web") is True
+        assert store.forget_applied("Service", "web") is False
+        assert [a.name for a in store.list_applied()] == ["n1"]
