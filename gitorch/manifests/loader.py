@@ -25,6 +25,7 @@ from gitorch.manifests.yamlload import (
     format_field,
     index_positions,
     parse,
+    shown,
 )
 
 #: Across the whole repo: more documents than this is refused (a million tiny documents).
@@ -218,7 +219,7 @@ def _check_document(origin: Origin, document: Any, findings: list[Finding]) -> E
             message = "missing required field 'kind' (one of Service, Node, Volume)"
             findings.append(Finding(origin, (), message))
         else:
-            message = f"unknown kind {kind!r} (expected one of Service, Node, Volume)"
+            message = f"unknown kind {shown(kind)} (expected one of Service, Node, Volume)"
             findings.append(Finding(origin, ("kind",), message))
         return None
     if not schema.is_valid(kind, document):

@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
-from gitorch.manifests.yamlload import FieldPath
+from gitorch.manifests.yamlload import MAX_SHOWN, FieldPath, shown
 
 KINDS = ("Service", "Node", "Volume")
 API_VERSION = "gitorch.dev/v1"
@@ -112,7 +112,7 @@ def _explain(error: ValidationError) -> Iterator[SchemaProblem]:
             if key not in known:
                 close = difflib.get_close_matches(str(key), list(known), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                yield SchemaProblem((*path, key), f"unknown field '{key}'{hint}", at_key=True)
+                yield SchemaProblem((*path, key), f"unknown field {shown(key)}{hint}", at_key=True)
         return
     if validator == "required":
         missing = [name for name in error.validator_value if name not in instance]
@@ -122,14 +122,14 @@ def _explain(error: ValidationError) -> Iterator[SchemaProblem]:
     titled = _titled_schema(error)
     if titled is not None:
         title, description = titled
-        yield SchemaProblem(path, f"invalid {title} {instance!r}: expected {description}")
+        yield SchemaProblem(path, f"invalid {title} {shown(instance)}: expected {description}")
         return
     if validator == "enum":
         options = ", ".join(str(v) for v in error.validator_value)
-        yield SchemaProblem(path, f"{instance!r} is not one of: {options}")
+        yield SchemaProblem(path, f"{shown(instance)} is not one of: {options}")
         return
     if validator == "const":
-        yield SchemaProblem(path, f"must be {error.validator_value!r}, not {instance!r}")
+        yield SchemaProblem(path, f"must be {error.validator_value!r}, not {shown(instance)}")
         return
     if validator == "type":
         expected = error.validator_value
@@ -140,12 +140,32 @@ def _explain(error: ValidationError) -> Iterator[SchemaProblem]:
         yield SchemaProblem(path, f"must have {schema['description']}")
         return
     if validator == "minimum":
-        yield SchemaProblem(path, f"must be at least {error.validator_value} (got {instance!r})")
+        yield SchemaProblem(
+            path, f"must be at least {error.validator_value} (got {shown(instance)})"
+        )
         return
     if validator == "maximum":
-        yield SchemaProblem(path, f"must be at most {error.validator_value} (got {instance!r})")
+        yield SchemaProblem(
+            path, f"must be at most {error.validator_value} (got {shown(instance)})"
+        )
         return
-    yield SchemaProblem(path, error.message)
+    if validator == "maxLength":
+        limit = error.validator_value
+        yield SchemaProblem(path, f"{shown(instance)} is too long (at most {limit} characters)")
+        return
+    if validator == "minLength":
+        least = error.validator_value
+        text = "must not be empty" if least == 1 else f"must have at least {least} characters"
+        yield SchemaProblem(path, text)
+        return
+    if validator == "pattern":
+        yield SchemaProblem(path, f"{shown(instance)} does not match {error.validator_value}")
+        return
+    # jsonschema's own wording echoes the whole value: cut it like the messages above.
+    message = error.message
+    if len(message) > 4 * MAX_SHOWN:
+        message = message[: 4 * MAX_SHOWN - 1] + "…"
+    yield SchemaProblem(path, message)
 
 
 def _titled_schema(error: ValidationError) -> tuple[str, str] | None:

@@ -38,6 +38,16 @@ MAX_NODES_PER_FILE = 200_000  # after alias expansion
 MAX_DOCUMENTS_PER_FILE = 5_000
 # A file with both anchors and aliases, or with this many flow brackets, takes the guarded path.
 _FLOW_BRACKETS_FAST_LIMIT = 1_000
+# Block nesting can be deep on one line too ("- - - - x", "? ? ? x", with anchors or tags
+# between): libyaml's recursive composer segfaults on ~100k levels. Every nested block
+# level needs at least one more leading space, indicator or node property, so a line that
+# starts with more than this many of them takes the guarded path (deeply indented block
+# scalars do too: slower, still correct).
+_BLOCK_PREFIX_FAST_LIMIT = 64
+_DEEP_BLOCK_PREFIX = re.compile(
+    rf"^(?:[ \t]|[-?:](?=[ \t\r\n])|[&!][^ \t\r\n]*){{{_BLOCK_PREFIX_FAST_LIMIT}}}",
+    re.MULTILINE,
+)
 
 _TAG_NULL = "tag:yaml.org,2002:null"
 _TAG_BOOL = "tag:yaml.org,2002:bool"
@@ -89,20 +99,40 @@ def _scalar_value(tag: str, text: str) -> Any:
         if lowered in ("true", "false"):
             return lowered == "true"
         raise ValueError(f"'{text}' is not a boolean")
-    if tag == _TAG_INT:
-        if text.startswith("0o"):
-            return int(text[2:], 8)
-        if text.startswith("0x"):
-            return int(text[2:], 16)
-        return int(text)
-    if tag == _TAG_FLOAT:
-        lowered = text.lower()
-        if lowered.endswith(".inf"):
-            return float("-inf") if lowered.startswith("-") else float("inf")
-        if lowered == ".nan":
-            return float("nan")
-        return float(text)
-    raise ValueError(f"unsupported YAML tag {tag}")
+    try:
+        if tag == _TAG_INT:
+            if text.startswith("0o"):
+                return int(text[2:], 8)
+            if text.startswith("0x"):
+                return int(text[2:], 16)
+            return int(text)
+        if tag == _TAG_FLOAT:
+            lowered = text.lower()
+            if lowered.endswith(".inf"):
+                return float("-inf") if lowered.startswith("-") else float("inf")
+            if lowered == ".nan":
+                return float("nan")
+            return float(text)
+    except ValueError:
+        # "!!int x12", or more digits than Python converts: Python's wording means nothing
+        # to a manifest author.
+        what = "an integer" if tag == _TAG_INT else "a number"
+        raise ValueError(f"cannot read {shown(text)} as {what}") from None
+    raise _UnsupportedTag(unsupported_tag(tag))
+
+
+class _UnsupportedTag(ValueError):
+    """A tag manifests do not allow; reported as is (it is not a syntax error)."""
+
+
+def unsupported_tag(tag: str) -> str:
+    """The message for a tag manifests do not allow (``!!python/object``, ``!!binary``...)."""
+    short = (
+        "!!" + tag.removeprefix("tag:yaml.org,2002:")
+        if tag.startswith("tag:yaml.org,2002:")
+        else tag
+    )
+    return f"unsupported YAML tag '{short}' (manifests use plain mappings, lists and scalars)"
 
 
 class _CheckingConstructor(SafeConstructor):
@@ -132,7 +162,9 @@ class _CheckingConstructor(SafeConstructor):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 mark = key_node.start_mark
-                self.problems.append((mark.line + 1, mark.column + 1, f"duplicate key '{key}'"))
+                self.problems.append(
+                    (mark.line + 1, mark.column + 1, f"duplicate key {shown(key)}")
+                )
             seen.add(key)
             result[key] = self.construct_object(value_node, deep=deep)
         return result
@@ -186,7 +218,9 @@ def _offset_position(data: bytes, offset: int) -> tuple[int, int]:
 def _looks_hostile(text: str) -> bool:
     if "&" in text and "*" in text:
         return True
-    return text.count("[") + text.count("{") > _FLOW_BRACKETS_FAST_LIMIT
+    if text.count("[") + text.count("{") > _FLOW_BRACKETS_FAST_LIMIT:
+        return True
+    return _DEEP_BLOCK_PREFIX.search(text) is not None
 
 
 def parse(data: bytes) -> ParsedFile:
@@ -222,7 +256,11 @@ def _parse_fast(text: str) -> ParsedFile:
 
 
 def _too_many_documents(loader: Any) -> tuple[int, int, str]:
-    mark = getattr(loader, "get_mark", lambda: None)()
+    # Point at the first document over the limit: check_data() has read up to its content.
+    try:
+        mark = loader.peek_event().start_mark
+    except (AttributeError, yaml.YAMLError):
+        mark = None
     line = mark.line + 1 if mark is not None else 1
     return (line, 1, f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file")
 
@@ -231,6 +269,9 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str = "") -> tuple[int, int, st
     mark = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     problem = exc.problem or "invalid YAML"
+    tag = re.fullmatch(r"could not determine a constructor for the tag '(.*)'", problem, re.S)
+    if tag is not None:
+        return (line, col, unsupported_tag(tag.group(1)))
     at_tab = mark is not None and 0 <= mark.index < len(text) and text[mark.index] == "\t"
     if "tab character" in problem or at_tab:
         # libyaml blames the scalar it was reading; the fix is always the same.
@@ -367,7 +408,7 @@ class _GuardedBuilder:
         self, event: yaml.CollectionStartEvent, mark: tuple[int, int]
     ) -> None:
         if event.tag not in (None, "!", _TAG_MAP, _TAG_SEQ):
-            self.problems.append((mark[0], mark[1], f"unsupported YAML tag {event.tag}"))
+            self.problems.append((mark[0], mark[1], unsupported_tag(event.tag)))
             raise _Abort
 
     def _subtree_size(self, frame: _Frame) -> int:
@@ -404,7 +445,9 @@ class _GuardedBuilder:
         try:
             return _scalar_value(tag, event.value)
         except ValueError as exc:
-            self.problems.append((mark[0], mark[1], str(exc)))
+            # Same wording as the fast path, where these surface as YAML errors.
+            prefix = "" if isinstance(exc, _UnsupportedTag) else "invalid YAML: "
+            self.problems.append((mark[0], mark[1], f"{prefix}{exc}"))
             raise _Abort from exc
 
     def _child_path(self, stack: list[_Frame]) -> FieldPath:
@@ -436,7 +479,7 @@ class _GuardedBuilder:
             raise _Abort from None
         if duplicate and parent.key_mark is not None:
             line, col = parent.key_mark
-            self.problems.append((line, col, f"duplicate key '{key}'"))
+            self.problems.append((line, col, f"duplicate key {shown(key)}"))
         parent.container[key] = value
         if self.record_positions and parent.key_mark is not None:
             self.key_positions[-1][(*parent.path, key)] = parent.key_mark
@@ -481,6 +524,19 @@ def index_positions(data: bytes) -> PositionIndex:
     builder = _GuardedBuilder(text, record_positions=True)
     builder.run()
     return PositionIndex(builder.value_positions, builder.key_positions)
+
+
+#: Longest user value echoed in a message; a 1 MB scalar must not make a 1 MB diagnostic.
+MAX_SHOWN = 80
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """``repr`` of a user's value for a message, cut to ``limit`` characters."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str | list | dict) else "long"
+    return f"{text[: limit - 1]}… ({size})"
 
 
 def format_field(path: FieldPath) -> str:
