@@ -299,6 +299,7 @@ class _Frame:
     container: Any  # dict or list
     path: FieldPath
     pending_key: Any = None  # for mappings: the key read, awaiting its value
+    pending_merge: bool = False  # that key is a plain << (a quoted '<<' is an ordinary key)
     key_mark: tuple[int, int] | None = None
     has_key: bool = False
     merges: list[Any] = field(default_factory=list)
@@ -427,6 +428,7 @@ class _GuardedBuilder:
         if isinstance(event, yaml.ScalarEvent):
             key = self._scalar(event, mark)
             frame.pending_key = key
+            frame.pending_merge = self._resolved_tag(event) == _TAG_MERGE
             frame.key_mark = mark
             frame.has_key = True
             return
@@ -434,14 +436,18 @@ class _GuardedBuilder:
             key = self._anchors[event.anchor][0]
             if isinstance(key, (str, int, float, bool)) or key is None:
                 frame.pending_key, frame.key_mark, frame.has_key = key, mark, True
+                frame.pending_merge = False
                 return
         self.problems.append((mark[0], mark[1], "mapping keys must be scalars"))
         raise _Abort
 
+    def _resolved_tag(self, event: yaml.ScalarEvent) -> str:
+        if event.tag is not None:
+            return str(event.tag)
+        return str(self.resolver.resolve(yaml.ScalarNode, event.value, event.implicit))
+
     def _scalar(self, event: yaml.ScalarEvent, mark: tuple[int, int]) -> Any:
-        tag = event.tag
-        if tag is None:
-            tag = self.resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
+        tag = self._resolved_tag(event)
         try:
             return _scalar_value(tag, event.value)
         except ValueError as exc:
@@ -468,7 +474,7 @@ class _GuardedBuilder:
             return
         key = parent.pending_key
         parent.has_key = False
-        if key == "<<" and isinstance(value, (dict, list)):
+        if parent.pending_merge and isinstance(value, (dict, list)):
             merges = value if isinstance(value, list) else [value]
             parent.merges.extend(m for m in merges if isinstance(m, dict))
             return
