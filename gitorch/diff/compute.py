@@ -1,0 +1,294 @@
+"""Desired state vs live state -> :class:`Plan`. Pure: no I/O, same input, same plan."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gitorch.diff.fields import FieldChange, diff_objects
+from gitorch.diff.plan import DriftItem, ObjectChange, PlacementItem, Plan, Unschedulable
+from gitorch.live.model import LiveService, LiveState
+from gitorch.manifests.build import template_digest_of
+from gitorch.manifests.model import DesiredState, Placement, Service
+from gitorch.manifests.quantities import parse_cpu, parse_memory
+from gitorch.scheduler import LEAST_ALLOCATED, NodeView, Request, Running, schedule
+from gitorch.strategies.preview import (
+    RolloutPreview,
+    preview_create,
+    preview_delete,
+    preview_scale,
+    preview_update,
+)
+
+_KIND_ORDER = {"Node": 0, "Volume": 1, "Service": 2}
+
+
+def _applied_canonical(
+    live: LiveState, kind: str, name: str
+) -> tuple[Mapping[str, Any] | None, str | None]:
+    if kind == "Service":
+        service = live.services.get(name)
+        if service is not None and service.applied is not None:
+            return service.applied.canonical, service.applied.revision
+    entry = live.inventory.get((kind, name))
+    if entry is not None:
+        return entry.canonical, entry.revision
+    return None, None
+
+
+def _requests(canonical: Mapping[str, Any] | None) -> tuple[int, int]:
+    if not canonical:
+        return 0, 0
+    req = canonical.get("spec", {}).get("resources", {}).get("requests", {})
+    cpu = parse_cpu(req["cpu"]) if "cpu" in req else 0
+    mem = parse_memory(req["memory"]) if "memory" in req else 0
+    return cpu, mem
+
+
+def dependency_waves(services: Mapping[str, Service]) -> list[list[str]]:
+    """Services grouped so each only depends on earlier groups (validated: no cycles)."""
+    remaining = {
+        name: {d for d in svc.depends_on if d in services} for name, svc in services.items()
+    }
+    waves: list[list[str]] = []
+    done: set[str] = set()
+    while remaining:
+        wave = sorted(name for name, deps in remaining.items() if deps <= done)
+        if not wave:  # a cycle slipped through validation: keep the rest in one wave
+            wave = sorted(remaining)
+        waves.append(wave)
+        done.update(wave)
+        for name in wave:
+            del remaining[name]
+    return waves
+
+
+def _service_change(
+    service: Service,
+    live_service: LiveService | None,
+    applied: Mapping[str, Any] | None,
+    revision: str | None,
+) -> ObjectChange | None:
+    running = len(live_service.running) if live_service else 0
+    if applied is None:
+        diff = tuple(diff_objects(None, service.canonical))
+        return ObjectChange(
+            "Service", service.name, "create", diff, preview_create(service), True, None
+        )
+    diff_list: list[FieldChange] = diff_objects(applied, service.canonical)
+    autoscaled = service.autoscale is not None and "autoscale" in applied.get("spec", {})
+    if autoscaled:
+        diff_list = [c for c in diff_list if c.path != "spec.replicas"]
+    if not diff_list:
+        return None
+    replaces = template_digest_of(applied) != service.template_digest
+    applied_replicas = applied.get("spec", {}).get("replicas", 0)
+    rollout: RolloutPreview
+    if replaces:
+        rollout = preview_update(service, running)
+    elif not autoscaled and applied_replicas != service.replicas:
+        rollout = preview_scale(applied_replicas, service.replicas)
+    else:
+        rollout = RolloutPreview("InPlace", ("configuration only: no replica is restarted",))
+    return ObjectChange(
+        "Service", service.name, "update", tuple(diff_list), rollout, replaces, revision
+    )
+
+
+def _drift(live: LiveState, desired: DesiredState) -> list[DriftItem]:
+    items: list[DriftItem] = []
+    for name, live_service in sorted(live.services.items()):
+        applied = live_service.applied
+        desired_service = desired.services.get(name)
+        if applied is None:
+            if live_service.replicas:
+                items.append(
+                    DriftItem(
+                        name,
+                        "correct",
+                        f"{len(live_service.replicas)} replica(s) labelled for this cluster but not in the "
+                        "inventory (left by an interrupted apply): they will be removed",
+                        tuple(r.replica for r in live_service.replicas),
+                    )
+                )
+            continue
+        spec = applied.canonical.get("spec", {})
+        policy = (
+            desired_service.drift if desired_service is not None else spec.get("drift", "correct")
+        )
+        if applied.phase in ("Progressing", "Paused"):
+            continue  # replicas of two versions are expected mid-rollout
+        unknown = live.unknown_nodes
+        running = [r for r in live_service.replicas if r.state == "running"]
+        if "autoscale" not in spec:
+            want = spec.get("replicas", 0)
+            if len(running) < want and not unknown:
+                items.append(
+                    DriftItem(
+                        name, policy, f"only {len(running)} of {want} applied replicas are running"
+                    )
+                )
+            elif len(running) > want:
+                extra = tuple(r.replica for r in running[want:])
+                items.append(
+                    DriftItem(
+                        name, policy, f"{len(running)} replicas running, {want} applied", extra
+                    )
+                )
+        restart = spec.get("restartPolicy", "Always")
+        for replica in live_service.replicas:
+            if replica.state == "exited" and not (restart != "Always" and replica.exit_code == 0):
+                code = "" if replica.exit_code is None else f" (exit code {replica.exit_code})"
+                items.append(
+                    DriftItem(
+                        name, policy, f"replica {replica.replica} exited{code}", (replica.replica,)
+                    )
+                )
+        stale = tuple(
+            r.replica for r in running if r.template_digest and r.template_digest != applied.digest
+        )
+        if stale:
+            items.append(
+                DriftItem(
+                    name,
+                    policy,
+                    f"{len(stale)} replica(s) run a spec other than the one applied",
+                    stale,
+                )
+            )
+        image = spec.get("image")
+        changed = tuple(r.replica for r in running if image and r.image and r.image != image)
+        if changed:
+            items.append(
+                DriftItem(
+                    name,
+                    policy,
+                    f"{len(changed)} replica(s) run an image other than {image}",
+                    changed,
+                )
+            )
+    return items
+
+
+def compute_plan(desired: DesiredState, live: LiveState, *, scoring: str = LEAST_ALLOCATED) -> Plan:
+    """The plan that takes ``live`` to ``desired``."""
+    changes: list[ObjectChange] = []
+    unchanged: list[str] = []
+    desired_objects = desired.objects()
+    desired_keys = {(o.kind, o.name) for o in desired_objects}
+    for obj in desired_objects:
+        applied, revision = _applied_canonical(live, obj.kind, obj.name)
+        if isinstance(obj, Service):
+            change = _service_change(obj, live.services.get(obj.name), applied, revision)
+        elif applied is None:
+            change = ObjectChange(
+                obj.kind, obj.name, "create", tuple(diff_objects(None, obj.canonical))
+            )
+        else:
+            diff = tuple(diff_objects(applied, obj.canonical))
+            change = (
+                ObjectChange(obj.kind, obj.name, "update", diff, applied_revision=revision)
+                if diff
+                else None
+            )
+        if change is None:
+            unchanged.append(f"{obj.kind}/{obj.name}")
+        else:
+            changes.append(change)
+
+    applied_keys = set(live.inventory) | {
+        ("Service", n) for n, s in live.services.items() if s.applied
+    }
+    for kind, name in sorted(
+        applied_keys - desired_keys, key=lambda k: (_KIND_ORDER.get(k[0], 9), k[1])
+    ):
+        canonical, revision = _applied_canonical(live, kind, name)
+        running = (
+            len(live.services[name].running) if kind == "Service" and name in live.services else 0
+        )
+        rollout = preview_delete(name, running) if kind == "Service" else None
+        changes.append(
+            ObjectChange(
+                kind, name, "delete", tuple(diff_objects(canonical, None)), rollout, False, revision
+            )
+        )
+
+    placements, unschedulable = _placements(desired, live, changes, scoring)
+    changed_services = {c.name for c in changes if c.kind == "Service" and c.action != "delete"}
+    order = tuple(
+        tuple(name for name in wave if name in changed_services)
+        for wave in dependency_waves(desired.services)
+    )
+    warnings = tuple(
+        f"node {name} is NotReady ({live.nodes[name].message or 'no answer'}): its replicas are unknown"
+        for name in sorted(live.unknown_nodes)
+    )
+    return Plan(
+        revision=desired.revision,
+        base_revision=live.last_applied_revision,
+        path=desired.root_path,
+        changes=tuple(sorted(changes, key=lambda c: (_KIND_ORDER.get(c.kind, 9), c.name))),
+        drift=tuple(_drift(live, desired)),
+        placements=placements,
+        unschedulable=unschedulable,
+        order=tuple(wave for wave in order if wave),
+        unchanged=tuple(sorted(unchanged)),
+        warnings=warnings,
+    )
+
+
+def _placements(
+    desired: DesiredState, live: LiveState, changes: list[ObjectChange], scoring: str
+) -> tuple[tuple[PlacementItem, ...], tuple[Unschedulable, ...]]:
+    """Where new replicas would go, against the cluster as it will be after the rollout."""
+    nodes = [
+        NodeView(
+            name=n.name,
+            cpu_millis=n.cpu_millis,
+            memory_bytes=n.memory_bytes,
+            labels=n.labels,
+            ready=n.ready,
+            unschedulable=n.unschedulable,
+            taints=n.taints,
+        )
+        for n in live.nodes.values()
+    ]
+    by_name = {c.name: c for c in changes if c.kind == "Service"}
+    replaced = {name for name, c in by_name.items() if c.action == "delete" or c.replaces_replicas}
+    running: list[Running] = []
+    for name, live_service in live.services.items():
+        if name in replaced:
+            continue
+        cpu, mem = _requests(live_service.applied.canonical if live_service.applied else None)
+        running.extend(Running(name, r.replica, r.node, cpu, mem) for r in live_service.running)
+
+    requests: list[Request] = []
+    services = desired.services
+    ranked = sorted(
+        (name for name in by_name if name in services),
+        key=lambda n: (-services[n].placement.priority, n),
+    )
+    for name in ranked:
+        change, service = by_name[name], services[name]
+        cpu = service.resources.requests.cpu_millis or 0
+        mem = service.resources.requests.memory_bytes or 0
+        placement: Placement = service.placement
+        if change.action == "create" or change.replaces_replicas:
+            slots = range(1, service.replicas + 1)
+        elif service.autoscale is None:
+            have = len(live.services[name].running) if name in live.services else 0
+            slots = range(have + 1, service.replicas + 1)
+        else:
+            slots = range(0)
+        requests.extend(Request(name, f"{name}-{i}", cpu, mem, placement) for i in slots)
+
+    decisions = schedule(nodes, running, requests, strategy=scoring)
+    placed = tuple(
+        PlacementItem(d.service, d.replica, d.node) for d in decisions if d.node is not None
+    )
+    failed = tuple(
+        Unschedulable(d.service, d.replica, d.reasons, d.reason_counts)
+        for d in decisions
+        if d.node is None
+    )
+    return placed, failed
