@@ -247,14 +247,22 @@ def assess_until_answering(
     (ready or not) so a test asserts on the app's answer, not on its start-up.
     """
 
+    last: list[str] = []
+
     def attempt() -> LiveState | None:
         assessed = assess_readiness(live, runtimes)
+        last[:] = [f"{r.name}: {r.probe_message}" for r in assessed.replicas()]
         answered = all(
-            r.probe_message.startswith("HTTP ") for r in assessed.replicas() if r.state == "running"
+            r.probe_message.startswith("HTTP ") or r.probe_message.endswith("no readiness probe)")
+            for r in assessed.replicas()
+            if r.state == "running"
         )
         return assessed if answered else None
 
-    return eventually(attempt, timeout=timeout, interval=0.1)
+    try:
+        return eventually(attempt, timeout=timeout, interval=0.1)
+    except AssertionError:
+        raise AssertionError(f"probes still not answered after {timeout}s: {last}") from None
 
 
 # -- docker ------------------------------------------------------------------------------
