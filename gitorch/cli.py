@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from gitorch import __version__
-from gitorch.commands import nodes, status, validate
+from gitorch.commands import nodes, plan, status, validate
 from gitorch.commands.common import stderr
 from gitorch.errors import GitorchError
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     validate.register(subparsers)
+    plan.register(subparsers)
     status.register(subparsers)
     nodes.register(subparsers)
     return parser
