@@ -14,16 +14,22 @@ line instead of a traceback.
     │   ├── SourceUnreachable         the remote did not answer (the cache may still be read)
     │   ├── RefNotFound               branch, tag or commit unknown (or deleted)
     │   ├── PathNotFound              --path is not a folder in that commit
-    │   └── EmptyRepository           a repository with no commit yet
+    │   ├── EmptyRepository           a repository with no commit yet
+    │   └── GitFailed                 (sources._gitcmd) a git command failed
     ├── RuntimeDriverError            a node runtime (Docker engine, process driver)
     │   ├── EngineUnavailable         the engine does not answer (or timed out)
     │   ├── ImageNotFound             the image is not on the node and cannot be pulled
     │   ├── PortInUse                 a host port is already taken
     │   ├── InstanceNotFound          no such replica on that node
-    │   └── ReplicaStartFailed        the replica could not be started
+    │   ├── ReplicaStartFailed        the replica could not be started
+    │   │   └── WorkingDirOutsideRoot (runtime.process) workingDir leaves the allowed root
+    │   └── ReplicaStopFailed         (runtime.process) a replica survived SIGKILL
     ├── StateError                    the embedded state store
     │   ├── StateLocked               another daemon owns this state directory
-    │   └── StateCorrupt              the store cannot be read or migrated
+    │   ├── StateCorrupt              the store cannot be read or migrated
+    │   ├── StateReadOnly             (state.errors) a write through a read-only store
+    │   ├── PortUnavailable           (state.errors) no free host port in the range
+    │   └── RecordNotFound            (state.errors) no such record
     ├── PlanError                     a plan cannot be computed or has changed
     │   └── PlanChanged               ``apply --expect-plan`` saw a different digest
     └── ConfigError                   a command-line or daemon setting is wrong

@@ -95,7 +95,7 @@ class PortBinding:
 class Instance:
     """One replica as the runtime sees it right now."""
 
-    id: str  # runtime id (container id, or "<pid>:<start time>" for processes)
+    id: str  # runtime id (container id, or "<pid>-<start ticks>" for processes)
     name: str
     node: str
     state: InstanceState
