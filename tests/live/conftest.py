@@ -17,22 +17,17 @@ import pytest
 from live_helpers import (
     DOCKER_ENDPOINT,
     EXAMPLE_API_APP,
-    EXAMPLE_API_IMAGE,
-    build_example_images,
+    docker_client,  # noqa: F401 (fixture)
+    example_images,  # noqa: F401 (fixture)
     remove_cluster,
-    runtime_fixtures,
     service_yaml,
+    test_images,  # noqa: F401 (fixture)
 )
 
 from gitorch.commands.cluster import runtime_dir
 from gitorch.live import NodeTarget, cluster_name
 from gitorch.runtime.base import Runtime
 from gitorch.state import StateStore
-
-# The runtime suite's session fixtures, reused as they are (an engine that does not
-# answer FAILS the test; the test images are built once and only when changed).
-docker_client = runtime_fixtures.docker_client
-test_images = runtime_fixtures.test_images
 
 
 @pytest.fixture
@@ -52,13 +47,6 @@ def cluster(state_dir: Path) -> str:
 def store(state_dir: Path) -> Iterator[StateStore]:
     with StateStore(state_dir) as opened:
         yield opened
-
-
-@pytest.fixture(scope="session")
-def example_images(docker_client: Any) -> str:
-    """The example shop's images (for the api's FAIL_MODE=unhealthy); returns the api tag."""
-    build_example_images()
-    return EXAMPLE_API_IMAGE
 
 
 @dataclass
@@ -145,17 +133,17 @@ def process_node(state_dir: Path, cluster: str) -> Iterator[LiveNodeKit]:
 
 
 @pytest.fixture
-def docker_node(
-    state_dir: Path, cluster: str, docker_client: Any, example_images: str
-) -> Iterator[LiveNodeKit]:
-    """A Docker node on the real engine."""
+def docker_node(request: pytest.FixtureRequest, cluster: str) -> Iterator[LiveNodeKit]:
+    """A Docker node on the real engine (FAILS when the engine does not answer)."""
     from gitorch.runtime.docker import DockerRuntime
+
+    api_image: str = request.getfixturevalue("example_images")
 
     kit = LiveNodeKit(
         "docker",
         NodeTarget(name="node-d", driver="docker", endpoint=DOCKER_ENDPOINT),
         DockerRuntime("node-d", DOCKER_ENDPOINT, timeout=15.0),
-        api_image=example_images,
+        api_image=api_image,
     )
     try:
         yield kit

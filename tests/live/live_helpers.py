@@ -22,6 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 from gitorch.errors import InstanceNotFound, RuntimeDriverError
 from gitorch.live import LiveState, NodeTarget
 from gitorch.live.observe import assess_readiness
@@ -60,6 +62,11 @@ def _load_runtime_conftest() -> ModuleType:
 #: tests/runtime/conftest.py: require_docker_client, build_test_images, image_tag, ...
 runtime_fixtures = _load_runtime_conftest()
 DOCKER_ENDPOINT: str = runtime_fixtures.DOCKER_ENDPOINT
+# The runtime suite's session fixtures, reused as they are (an engine that does not
+# answer FAILS the test; the test images are built once and only when changed). Import
+# them (and example_images below) into a conftest or test module to use them.
+docker_client = runtime_fixtures.docker_client
+test_images = runtime_fixtures.test_images
 
 
 # -- manifests ---------------------------------------------------------------------------
@@ -268,12 +275,15 @@ def assess_until_answering(
 # -- docker ------------------------------------------------------------------------------
 
 
-def build_example_images() -> None:
-    """examples/images/build.sh (idempotent, ~0.4 s when nothing changed)."""
+@pytest.fixture(scope="session")
+def example_images(docker_client: Any) -> str:
+    """The example shop's images (examples/images/build.sh: idempotent, ~0.4 s when
+    nothing changed), for the api's FAIL_MODE=unhealthy; returns the api's tag."""
     done = subprocess.run(
         ["/bin/sh", str(EXAMPLE_BUILD_SH)], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return EXAMPLE_API_IMAGE
 
 
 def closed_tcp_endpoint() -> str:

@@ -1,0 +1,278 @@
+"""`gitorch status` and `gitorch nodes` as a user runs them, on real replicas.
+
+Replicas are started with the same runtime the CLI opens (process driver bookkeeping in
+``<state>/nodes/<node>``, or the real Docker engine) and recorded in the real store; the
+commands run as ``python3 -m gitorch`` subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "live"))
+from live_helpers import (  # noqa: E402
+    DOCKER_ENDPOINT,
+    EXAMPLE_API_APP,
+    SHA_1,
+    SHA_2,
+    assess_until_answering,
+    closed_tcp_endpoint,
+    docker_client,  # noqa: F401 (fixture)
+    example_images,  # noqa: F401 (fixture)
+    load_services,
+    record_applied_revision,
+    record_rollout,
+    remove_cluster,
+    service_yaml,
+    start_replicas,
+)
+
+from gitorch.commands.cluster import runtime_dir  # noqa: E402
+from gitorch.live import NodeTarget, cluster_name, observe  # noqa: E402
+from gitorch.live.inventory import local_node_name  # noqa: E402
+from gitorch.manifests import Service  # noqa: E402
+from gitorch.runtime.base import Instance, Runtime  # noqa: E402
+from gitorch.runtime.process import ProcessRuntime  # noqa: E402
+from gitorch.state import RevisionResult, RolloutPhase, StateStore  # noqa: E402
+
+ADDRESS = re.compile(r"^127\.0\.0\.1:\d+$")
+
+
+def gitorch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python3 -m gitorch ARGS`` with plain output (no colour, wide lines)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITORCH_")}
+    env.update({"NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"})
+    return subprocess.run(
+        [sys.executable, "-m", "gitorch", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def api_manifest(name: str = "api", replicas: int = 2) -> str:
+    return service_yaml(
+        name,
+        replicas=replicas,
+        command=[sys.executable, str(EXAMPLE_API_APP)],
+        env={"HOST": "127.0.0.1"},
+        probe_path="/healthz",
+        expose_port=18001,
+        cpu="100m",
+        memory="32Mi",
+    )
+
+
+class Cluster:
+    """A state dir, the local node's runtime as the CLI opens it, and the store."""
+
+    def __init__(self, state: Path, runtime: Runtime, node: str) -> None:
+        self.state = state
+        self.runtime = runtime
+        self.node = node
+        self.name = cluster_name(state)
+
+    def wait_until_answering(self) -> None:
+        """Let the apps bind their ports, so the one probe `status` runs is meaningful."""
+        target = NodeTarget(name=self.node, driver=self.runtime.driver)
+        with StateStore(self.state, readonly=True) as store:
+            live = observe([target], {self.node: self.runtime}, self.name, store)
+        assess_until_answering(live, {self.node: self.runtime})
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return gitorch(*args, "--state", str(self.state), cwd=self.state.parent)
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Cluster]:
+    """The implicit local node with the process driver (the store registers no Node)."""
+    state = tmp_path / "state"
+    node = local_node_name()
+    cluster = Cluster(state, ProcessRuntime(node, runtime_dir(state, node)), node)
+    try:
+        yield cluster
+    finally:
+        remove_cluster(cluster.runtime, cluster.name)
+
+
+def applied_api(cluster: Cluster) -> tuple[Service, list[Instance]]:
+    """api mid-rollout to SHA_2 (step 1, weight 25): replica 1 old, replica 2 new;
+    SHA_1 applied, SHA_2's application failed."""
+    api = load_services(api_manifest())["api"]
+    old = start_replicas(cluster.runtime, api, cluster.name, 1, revision=SHA_1, digest="old")
+    new = start_replicas(cluster.runtime, api, cluster.name, 1, first=2, revision=SHA_2)
+    with StateStore(cluster.state) as store:
+        record_rollout(
+            store, api, revision=SHA_2, phase=RolloutPhase.PROGRESSING, step=1, weight=25
+        )
+        record_applied_revision(store, SHA_1, ["api"])
+        record_applied_revision(
+            store, SHA_2, ["api"], result=RevisionResult.FAILED, reason="api: analysis failed"
+        )
+    cluster.wait_until_answering()
+    return api, old + new
+
+
+def test_fresh_state_dir_has_no_services(local: Cluster) -> None:
+    text = local.run("status", "--runtime", "process")
+    assert (text.returncode, text.stderr) == (0, "")
+    assert "no services" in text.stdout
+
+    done = local.run("status", "--runtime", "process", "--format", "json")
+    assert done.returncode == 0
+    data = json.loads(done.stdout)
+    assert (data["revision"], data["lastError"], data["services"]) == (None, None, [])
+
+
+def test_status_json_has_the_documented_shape(local: Cluster) -> None:
+    _, instances = applied_api(local)
+
+    done = local.run("status", "--runtime", "process", "--format", "json")
+
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)  # nothing but the JSON document on stdout
+    assert data["revision"] == SHA_1
+    assert data["lastError"] == "api: analysis failed"
+    (svc,) = data["services"]
+    assert svc["name"] == "api"
+    assert svc["revision"] == SHA_2
+    replicas = svc["replicas"]
+    assert (replicas["desired"], replicas["ready"], replicas["updated"]) == (2, 2, 1)
+    assert {k: svc["rollout"][k] for k in ("phase", "step", "weight")} == {
+        "phase": "Progressing",
+        "step": 1,
+        "weight": 25,
+    }
+    by_id = {i["id"]: i for i in svc["instances"]}
+    assert set(by_id) == {i.id for i in instances}
+    for instance, revision in zip(instances, (SHA_1, SHA_2), strict=True):
+        shown = by_id[instance.id]
+        assert shown["node"] == local.node
+        assert shown["revision"] == revision
+        assert shown["ready"] is True
+        assert shown["address"] == instance.address()
+        assert ADDRESS.match(shown["address"])
+
+
+def test_status_text_table_and_detail(local: Cluster) -> None:
+    applied_api(local)
+
+    table = local.run("status", "--runtime", "process")
+    detail = local.run("status", "api", "--runtime", "process")
+
+    assert table.returncode == 0 and detail.returncode == 0, table.stderr + detail.stderr
+    header = next(line for line in table.stdout.splitlines() if "SERVICE" in line)
+    assert "READY" in header.split()
+    row = next(line for line in table.stdout.splitlines() if line.startswith("api "))
+    assert "2/2" in row and "Progressing" in row
+    assert "last error: api: analysis failed" in table.stdout
+    assert "REPLICA" in detail.stdout and "ADDRESS" in detail.stdout
+    addresses = re.findall(r"127\.0\.0\.1:\d+", detail.stdout)
+    assert len(addresses) == 2
+
+
+def test_status_of_one_service_and_of_an_unknown_one(local: Cluster) -> None:
+    api = load_services(api_manifest())["api"]
+    with StateStore(local.state) as store:
+        record_rollout(store, api)
+        record_rollout(store, load_services(api_manifest("other", 1))["other"])
+
+    one = local.run("status", "api", "--runtime", "process", "--format", "json")
+    unknown = local.run("status", "nope", "--runtime", "process")
+
+    assert one.returncode == 0
+    assert [s["name"] for s in json.loads(one.stdout)["services"]] == ["api"]
+    assert unknown.returncode == 1
+    assert unknown.stdout == ""
+    lines = unknown.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
+    assert "Traceback" not in unknown.stderr
+
+
+def test_nodes_json_shows_capacity_allocation_and_condition(local: Cluster) -> None:
+    applied_api(local)  # two replicas requesting 100m / 32Mi each
+    orphan = load_services(service_yaml("orphan", replicas=1, command=["/bin/sleep", "600"]))
+    start_replicas(local.runtime, orphan["orphan"], local.name)  # no record: no requests
+
+    done = local.run("nodes", "--runtime", "process", "--format", "json")
+
+    assert done.returncode == 0, done.stderr
+    (node,) = json.loads(done.stdout)["nodes"]
+    assert node["name"] == local.node and node["driver"] == "process"
+    assert node["condition"] == "Ready"
+    assert node["capacity"]["cpu"] == str(len(os.sched_getaffinity(0)))
+    assert node["capacity"]["memory"] not in ("0", "")
+    assert node["allocated"] == {"cpu": "200m", "memory": "64Mi"}
+    assert node["replicas"] == 3
+
+
+def test_registered_nodes_one_of_them_down(local: Cluster) -> None:
+    """Nodes come from the store once apply registered them; a dead engine is NotReady
+    in both commands and the other node is still listed with its replicas."""
+    applied_api(local)
+    endpoint = closed_tcp_endpoint()
+    with StateStore(local.state) as store:
+        store.register_node(local.node, "process")
+        store.register_node("remote", "docker", endpoint=endpoint)
+
+    nodes = local.run("nodes", "--format", "json")
+    status = local.run("status", "--format", "json")
+
+    assert nodes.returncode == 0 and status.returncode == 0, nodes.stderr + status.stderr
+    by_name = {n["name"]: n for n in json.loads(nodes.stdout)["nodes"]}
+    assert by_name[local.node]["condition"] == "Ready"
+    assert by_name[local.node]["replicas"] == 2
+    assert by_name["remote"]["condition"] == "NotReady" and by_name["remote"]["message"]
+    data = json.loads(status.stdout)
+    assert {n["name"]: n["ready"] for n in data["nodes"]} == {local.node: True, "remote": False}
+    assert len(data["services"][0]["instances"]) == 2
+
+
+@pytest.mark.docker
+def test_status_with_the_docker_runtime(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from gitorch.runtime.docker import DockerRuntime
+
+    api_image: str = request.getfixturevalue("example_images")  # FAILS without an engine
+
+    state = tmp_path / "state"
+    node = local_node_name()
+    cluster = Cluster(state, DockerRuntime(node, DOCKER_ENDPOINT, timeout=15.0), node)
+    manifest = service_yaml(
+        "shop", replicas=1, image=api_image, probe_path="/cgi-bin/healthz", expose_port=18002
+    )
+    shop = load_services(manifest)["shop"]
+    try:
+        (instance,) = start_replicas(cluster.runtime, shop, cluster.name)
+        with StateStore(state) as store:
+            record_rollout(store, shop)
+            record_applied_revision(store, SHA_1, ["shop"])
+        cluster.wait_until_answering()
+
+        done = cluster.run("status", "--runtime", "docker", "--format", "json")
+        nodes = cluster.run("nodes", "--runtime", "docker", "--format", "json")
+    finally:
+        remove_cluster(cluster.runtime, cluster.name)
+
+    assert done.returncode == 0, done.stderr
+    data: dict[str, Any] = json.loads(done.stdout)
+    assert data["revision"] == SHA_1
+    assert [(n["name"], n["driver"], n["ready"]) for n in data["nodes"]] == [(node, "docker", True)]
+    (svc,) = data["services"]
+    assert svc["replicas"]["desired"] == 1
+    assert (svc["replicas"]["ready"], svc["replicas"]["updated"]) == (1, 1)
+    (shown,) = svc["instances"]
+    assert shown["id"] == instance.id and shown["revision"] == SHA_1 and shown["ready"] is True
+    assert shown["address"] == instance.address() and ADDRESS.match(shown["address"])
+    (row,) = json.loads(nodes.stdout)["nodes"]
+    assert row["condition"] == "Ready" and row["allocated"] == {"cpu": "100m", "memory": "32Mi"}
