@@ -1,0 +1,155 @@
+"""Build the inputs of a golden plan case from its folder, without Docker or a state store.
+
+A case folder holds:
+
+* ``manifests/``: the desired state (YAML, loaded with :class:`ManifestLoader`);
+* ``applied/`` (optional): what gitorch applied last, also YAML; its canonical objects
+  become the live inventory and each Service's applied spec, so no canonical JSON is
+  written by hand and it always matches what the loader produces;
+* ``live.json``: what cannot be written as manifests, all keys optional::
+
+    {
+      "nodes": [{"name": "node-a", "cpu": "2", "memory": "4Gi", "labels": {"zone": "a"},
+                 "taints": [["dedicated", "db", "NoSchedule"]], "ready": true,
+                 "unschedulable": false, "message": ""}],
+      "services": {
+        "web": {"phase": "Healthy",
+                "replicas": [{"replica": "web-1", "node": "node-a", "state": "running",
+                              "image": "...", "exitCode": null, "stale": false}]}
+      },
+      "appliedRevision": "<sha>"   # default: BASE_REVISION when applied/ exists
+    }
+
+  A replica's image defaults to the applied spec's image and its template digest to the
+  applied one (``"stale": true`` gives it another). A service listed in ``services`` but
+  absent from ``applied/`` is one gitorch labelled but has no inventory entry for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from gitorch.live.model import (
+    AppliedObject,
+    AppliedSpec,
+    LiveNode,
+    LiveReplica,
+    LiveService,
+    LiveState,
+)
+from gitorch.manifests import DesiredState, ManifestLoader
+from gitorch.manifests.build import template_digest_of
+from gitorch.manifests.quantities import parse_cpu, parse_memory
+
+#: The revision every case plans (fixed, so goldens do not depend on a Git repo).
+REVISION = "5d41402abc4b2a76b9719d911017c592ab3f9c11"
+#: The revision the case's ``applied/`` folder stands for.
+BASE_REVISION = "7c211433f02071597741e6ff5a8ea34789abbf43"
+CLUSTER = "gitorch-golden"
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """A file as ManifestLoader reads it (a Snapshot's file without Git)."""
+
+    path: str
+    data: bytes
+    blob_id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.blob_id:
+            object.__setattr__(self, "blob_id", hashlib.sha1(self.data).hexdigest())
+
+
+def load_folder(folder: Path, revision: str) -> DesiredState:
+    """Every ``*.yaml``/``*.yml`` under ``folder`` through the real loader; fails loudly."""
+    files = [
+        ManifestFile(path.relative_to(folder).as_posix(), path.read_bytes())
+        for path in sorted(folder.rglob("*"))
+        if path.suffix in (".yaml", ".yml") and path.is_file()
+    ]
+    result = ManifestLoader().load(files, revision=revision)
+    if result.state is None:
+        problems = "\n".join(str(d) for d in result.diagnostics)
+        raise AssertionError(f"{folder} does not load:\n{problems}")
+    return result.state
+
+
+def _node(raw: dict[str, Any]) -> LiveNode:
+    return LiveNode(
+        name=raw["name"],
+        driver=raw.get("driver", "docker"),
+        ready=raw.get("ready", True),
+        address=raw.get("address", "127.0.0.1"),
+        cpu_millis=parse_cpu(raw.get("cpu", "2")),
+        memory_bytes=parse_memory(raw.get("memory", "4Gi")),
+        message=raw.get("message", ""),
+        labels=MappingProxyType({**raw.get("labels", {}), "node": raw["name"]}),
+        unschedulable=raw.get("unschedulable", False),
+        taints=tuple(tuple(t) for t in raw.get("taints", [])),  # type: ignore[misc]
+    )
+
+
+def _replica(service: str, raw: dict[str, Any], applied: AppliedSpec | None) -> LiveReplica:
+    spec = applied.canonical.get("spec", {}) if applied else {}
+    digest = applied.digest if applied else None
+    if raw.get("stale"):
+        digest = "0" * 64
+    name = raw["replica"]
+    return LiveReplica(
+        id=f"id-{name}",
+        name=f"{CLUSTER}-{name}",
+        service=service,
+        replica=name,
+        node=raw.get("node", "node-a"),
+        revision=raw.get("revision", applied.revision if applied else None),
+        template_digest=digest,
+        state=raw.get("state", "running"),
+        image=raw.get("image", spec.get("image")),
+        exit_code=raw.get("exitCode"),
+        ready=raw.get("ready"),
+    )
+
+
+def build_live(case: Path) -> LiveState:
+    """The LiveState a case describes (see the module docstring)."""
+    raw: dict[str, Any] = json.loads((case / "live.json").read_text(encoding="utf-8"))
+    applied_dir = case / "applied"
+    revision = raw.get("appliedRevision", BASE_REVISION)
+    inventory: dict[tuple[str, str], AppliedObject] = {}
+    applied_specs: dict[str, AppliedSpec] = {}
+    if applied_dir.is_dir():
+        state = load_folder(applied_dir, revision)
+        for obj in state.objects():
+            inventory[(obj.kind, obj.name)] = AppliedObject(
+                obj.kind, obj.name, revision, obj.digest, obj.canonical
+            )
+        for name, service in state.services.items():
+            phase = raw.get("services", {}).get(name, {}).get("phase", "Healthy")
+            applied_specs[name] = AppliedSpec(
+                revision=revision,
+                digest=template_digest_of(service.canonical),
+                canonical=service.canonical,
+                phase=phase,
+            )
+    services: dict[str, LiveService] = {}
+    for name in sorted(set(applied_specs) | set(raw.get("services", {}))):
+        applied = applied_specs.get(name)
+        replicas = raw.get("services", {}).get(name, {}).get("replicas", [])
+        services[name] = LiveService(
+            name, applied, tuple(_replica(name, r, applied) for r in replicas)
+        )
+    nodes = {n["name"]: _node(n) for n in raw.get("nodes", [])}
+    return LiveState(
+        cluster=CLUSTER,
+        observed_at=0.0,
+        nodes=MappingProxyType(nodes),
+        services=MappingProxyType(services),
+        last_applied_revision=revision if applied_dir.is_dir() else None,
+        inventory=MappingProxyType(inventory),
+    )
