@@ -7,6 +7,7 @@ main engine the rest of the suite uses.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
@@ -310,8 +311,22 @@ class ScratchEngine:
         self.proc.wait(timeout=10)
 
     def pause(self) -> None:
+        """SIGSTOP dockerd and wait until every thread is stopped (delivery is async)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not self._all_threads_stopped():
+            assert time.monotonic() < deadline, "dockerd did not stop"
+            time.sleep(0.01)
+
+    def _all_threads_stopped(self) -> bool:
+        assert self.proc is not None
+        for stat in Path(f"/proc/{self.proc.pid}/task").glob("*/stat"):
+            with contextlib.suppress(OSError):  # a thread may exit meanwhile
+                # The state is the first field after the ")" closing the command name.
+                if stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
+                    return False
+        return True
 
     def resume(self) -> None:
         assert self.proc is not None
