@@ -188,20 +188,23 @@ def test_invalid_commit_exits_1_with_file_and_line(tmp_path: Path, process_node:
     assert "Traceback" not in run.stderr
 
 
-def test_json_is_byte_identical_and_secrets_are_redacted(
+def test_outputs_are_deterministic_agree_on_the_digest_and_never_show_secrets(
     tmp_path: Path, process_node: Node
 ) -> None:
     repo = _deployed_shop(tmp_path, process_node)
-    changed = process_service("api", version="3").replace(SECRET_VALUE, "tok-rotated-77aa")
+    rotated = "tok-rotated-77aa"
+    changed = process_service("api", version="3").replace(SECRET_VALUE, rotated)
     commit(repo, {"api.yaml": changed}, "api v3, rotated token")
 
     first = run_plan(repo, process_node.state, "process")
     second = run_plan(repo, process_node.state, "process")
+    markdown = run_plan(repo, process_node.state, "process", fmt="markdown")
+    text = run_plan(repo, process_node.state, "process", fmt="text")
 
-    assert first.code == second.code == 2, first.stderr
+    assert first.code == second.code == markdown.code == text.code == 2, first.stderr
     assert first.stdout == second.stdout
-    assert first.plan["digest"] == second.plan["digest"]
-    assert len(first.plan["digest"]) == 64
+    digest = first.plan["digest"]
+    assert digest == second.plan["digest"] and len(digest) == 64
     token = next(d for d in first.change("api")["diff"] if d["path"] == "spec.env.API_TOKEN")
     assert token == {
         "op": "change",
@@ -210,7 +213,12 @@ def test_json_is_byte_identical_and_secrets_are_redacted(
         "after": SENSITIVE,
         "sensitive": True,
     }
-    assert SECRET_VALUE not in first.stdout and "tok-rotated-77aa" not in first.stdout
+    # the pull-request comment pins the same plan the JSON describes
+    assert f"`{digest}`" in markdown.stdout
+    assert "spec.env.VERSION" in markdown.stdout and "Service/api" in text.stdout
+    for run in (first, markdown, text):
+        assert SECRET_VALUE not in run.stdout + run.stderr
+        assert rotated not in run.stdout + run.stderr
 
 
 @pytest.mark.docker
