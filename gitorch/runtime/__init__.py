@@ -17,7 +17,8 @@ __all__ = ["docker_available", "open_runtime"]
 
 
 def docker_available(endpoint: str | None = None, timeout: float = 1.0) -> bool:
-    """Whether a Docker engine answers a ping at ``endpoint`` (default: the local socket)."""
+    """Whether a Docker engine answers a ping at ``endpoint`` (default: ``$DOCKER_HOST``,
+    else the local socket)."""
     from gitorch.runtime.docker import docker_available as _available
 
     return _available(endpoint, timeout)
@@ -33,13 +34,14 @@ def open_runtime(
 ) -> Runtime:
     """The :class:`Runtime` for one node.
 
-    ``endpoint`` is the Docker engine URL (docker driver; default the local socket);
+    ``endpoint`` is the Docker engine URL (docker driver; default ``$DOCKER_HOST``, else
+    the local socket);
     ``state_dir`` is where the process driver keeps its bookkeeping (required for it).
     """
     if driver == "docker":
-        from gitorch.runtime.docker import DEFAULT_ENDPOINT, DockerRuntime
+        from gitorch.runtime.docker import DockerRuntime, default_endpoint
 
-        return DockerRuntime(node_name, endpoint or DEFAULT_ENDPOINT, address=address)
+        return DockerRuntime(node_name, endpoint or default_endpoint(), address=address)
     if driver == "process":
         if state_dir is None:
             raise ConfigError(f"node {node_name}: the process driver needs a state directory")

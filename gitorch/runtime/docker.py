@@ -27,6 +27,7 @@ Design decisions (also in the class docstring of :class:`DockerRuntime`):
 from __future__ import annotations
 
 import math
+import os
 import re
 import socket
 import threading
@@ -66,7 +67,14 @@ from gitorch.runtime.base import (
     ResourceUsage,
 )
 
-__all__ = ["DEFAULT_ENDPOINT", "LABEL_PORTS", "DockerRuntime", "DockerTLS", "docker_available"]
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "default_endpoint",
+    "LABEL_PORTS",
+    "DockerRuntime",
+    "DockerTLS",
+    "docker_available",
+]
 
 DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 
@@ -130,10 +138,18 @@ def _build_client(
         raise _engine_error(endpoint, exc) from exc
 
 
+def default_endpoint() -> str:
+    """``$DOCKER_HOST`` if set (as the docker CLI does), else the local socket."""
+    return os.environ.get("DOCKER_HOST") or DEFAULT_ENDPOINT
+
+
 def docker_available(endpoint: str | None = None, timeout: float = 1.0) -> bool:
-    """Whether a Docker engine answers a ping at ``endpoint`` within ``timeout`` seconds."""
+    """Whether a Docker engine answers a ping at ``endpoint`` within ``timeout`` seconds.
+
+    ``endpoint`` defaults to :func:`default_endpoint`.
+    """
     try:
-        client = _build_client(endpoint or DEFAULT_ENDPOINT, timeout, None)
+        client = _build_client(endpoint or default_endpoint(), timeout, None)
         try:
             return bool(client.ping())
         finally:
