@@ -91,7 +91,7 @@ def _node(raw: dict[str, Any]) -> LiveNode:
         message=raw.get("message", ""),
         labels=MappingProxyType({**raw.get("labels", {}), "node": raw["name"]}),
         unschedulable=raw.get("unschedulable", False),
-        taints=tuple(tuple(t) for t in raw.get("taints", [])),  # type: ignore[misc]
+        taints=tuple((t[0], t[1], t[2]) for t in raw.get("taints", [])),
     )
 
 

@@ -194,10 +194,10 @@ def render_markdown(plan: Plan) -> str:
             "| service | drift policy | what | replicas |",
             "| --- | --- | --- | --- |",
         ]
-        for item in plan.drift:
+        for drift in plan.drift:
             out.append(
-                f"| {md_escape(item.service)} | {md_escape(item.policy)} "
-                f"| {md_escape(item.message)} | {md_escape(', '.join(item.replicas))} |"
+                f"| {md_escape(drift.service)} | {md_escape(drift.policy)} "
+                f"| {md_escape(drift.message)} | {md_escape(', '.join(drift.replicas))} |"
             )
         out.append("")
     if plan.warnings:

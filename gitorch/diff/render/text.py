@@ -14,9 +14,11 @@ Choices worth knowing:
   always one line and a value that looks like a path or a number reads as what it is;
   secret values arrive already redacted by :mod:`gitorch.diff.fields` and are shown as
   ``(sensitive value)``;
-* colour comes only from rich markup, so rich decides between a terminal, a pipe and
-  ``NO_COLOR``; every string taken from the plan is escaped, and printing is done with
-  emoji codes and highlighting off, so a value like ``[red]`` or ``:rocket:`` prints as typed;
+* colour comes only from rich styles, so rich decides between a terminal, a pipe and
+  ``NO_COLOR``. Lines are built as :class:`rich.text.Text` from (text, style) parts rather
+  than markup strings: a plan's strings are never parsed, so ``[red]``, ``:rocket:`` or a
+  trailing backslash print as typed (``rich.markup.escape`` gets a string ending in a
+  backslash wrong unless a tag follows it, which the property tests found);
 * lines are not wrapped by rich (the terminal wraps them), so copied output stays intact.
 """
 
@@ -24,10 +26,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, TypeAlias
 
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from gitorch.diff.fields import SENSITIVE, FieldChange
 from gitorch.diff.plan import ObjectChange, Plan
@@ -109,106 +111,127 @@ def summary_line(plan: Plan) -> str:
     return text + ("; " + ", ".join(extras) if extras else "") + "."
 
 
+#: A piece of a line: plain text, or (text, rich style).
+Part: TypeAlias = str | tuple[str, str]
+
+
 class _Printer:
-    """Prints markup lines with the settings every line needs."""
+    """Prints lines made of parts, with the settings every line needs."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def __call__(self, markup: str = "") -> None:
+    def __call__(self, *parts: Part) -> None:
+        line = Text.assemble(*parts) if parts else Text()
         # soft_wrap: the terminal wraps, rich neither wraps nor crops (copy-paste stays whole).
-        self.console.print(markup, emoji=False, highlight=False, soft_wrap=True)
+        self.console.print(line, soft_wrap=True)
 
 
 def _object(out: _Printer, plan: Plan, change: ObjectChange) -> None:
     colour = _COLOUR.get(change.action, "white")
     symbol = _SYMBOL.get(change.action, "?")
-    title = escape(f"{change.kind}/{change.name}")
     how = _VERB.get(change.action, change.action)
     if change.action == "update":
         how += ", its replicas replaced" if change.replaces_replicas else " in place"
-    since = (
-        f" [dim](applied now: {escape(short(change.applied_revision))})[/dim]"
+    since: list[Part] = (
+        [" ", (f"(applied now: {short(change.applied_revision)})", "dim")]
         if change.applied_revision
-        else ""
+        else []
     )
-    out(f"  [bold {colour}]{symbol}[/] [bold]{title}[/bold] will be {how}{since}")
+    out(
+        "  ",
+        (symbol, f"bold {colour}"),
+        " ",
+        (f"{change.kind}/{change.name}", "bold"),
+        f" will be {how}",
+        *since,
+    )
 
     fields, hidden = visible_fields(change)
     for field in fields:
-        line = escape(field_line(field))
-        out(f"      [{_OP_COLOUR.get(field.op, 'white')}]{line}[/]")
+        out("      ", (field_line(field), _OP_COLOUR.get(field.op, "")))
     if hidden:
-        out(f"      [dim]({hidden} empty field{'s' if hidden != 1 else ''} not shown)[/dim]")
+        out("      ", (f"({hidden} empty field{'s' if hidden != 1 else ''} not shown)", "dim"))
 
     if change.rollout is not None and change.rollout.steps:
-        out(f"      [bold]rollout[/bold] ({escape(change.rollout.strategy)}):")
+        out("      ", ("rollout", "bold"), f" ({change.rollout.strategy}):")
         for number, step in enumerate(change.rollout.steps, 1):
-            out(f"        {number}. {escape(step)}")
+            out(f"        {number}. {step}")
 
     placements = [p for p in plan.placements if p.service == change.name]
     if change.kind == "Service" and placements:
-        out("      [bold]placements[/bold]:")
+        out("      ", ("placements", "bold"), ":")
         for item in placements:
-            out(f"        {escape(item.replica)} -> [cyan]{escape(item.node)}[/cyan]")
+            out(f"        {item.replica} -> ", (item.node, "cyan"))
     stuck = [u for u in plan.unschedulable if u.service == change.name]
     if change.kind == "Service" and stuck:
         names = ", ".join(u.replica for u in stuck)
         out(
-            f"        [red]{len(stuck)} replica(s) cannot be placed:[/red] {escape(names)} "
-            "[dim](see Unschedulable below)[/dim]"
+            "        ",
+            (f"{len(stuck)} replica(s) cannot be placed:", "red"),
+            f" {names} ",
+            ("(see Unschedulable below)", "dim"),
         )
     out()
 
 
 def _unschedulable(out: _Printer, plan: Plan) -> None:
-    out("[bold red]Unschedulable replicas[/bold red] (no node fits; they will stay pending):")
+    out(("Unschedulable replicas", "bold red"), " (no node fits; they will stay pending):")
     for item in plan.unschedulable:
-        out(f"  [red]![/red] {escape(item.replica)} [dim]({escape(item.service)})[/dim]")
+        out("  ", ("!", "red"), f" {item.replica} ", (f"({item.service})", "dim"))
         for reason in item.reasons:
-            out(f"      {escape(reason)}")
+            out(f"      {reason}")
         if item.counts:
             counts = ", ".join(
                 f"{count} node{'s' if count != 1 else ''}: {reason}"
                 for reason, count in sorted(item.counts.items(), key=lambda kv: (-kv[1], kv[0]))
             )
-            out(f"      [dim]{escape(counts)}[/dim]")
+            out("      ", (counts, "dim"))
     out()
 
 
 def _drift(out: _Printer, plan: Plan) -> None:
-    out("[bold magenta]Drift[/bold magenta] (live state differs from what was applied):")
+    out(("Drift", "bold magenta"), " (live state differs from what was applied):")
     action = {"correct": "will be corrected", "warn": "reported only", "ignore": "ignored"}
     for item in plan.drift:
         what = action.get(item.policy, item.policy)
         out(
-            f"  [magenta]![/magenta] [bold]{escape(item.service)}[/bold]: {escape(item.message)} "
-            f"[dim](drift: {escape(item.policy)}, {what})[/dim]"
+            "  ",
+            ("!", "magenta"),
+            " ",
+            (item.service, "bold"),
+            f": {item.message} ",
+            (f"(drift: {item.policy}, {what})", "dim"),
         )
         if item.replicas:
-            out(f"      replicas: {escape(', '.join(item.replicas))}")
+            out(f"      replicas: {', '.join(item.replicas)}")
     out()
 
 
 def _order(out: _Printer, plan: Plan) -> None:
-    out("[bold]Rollout order[/bold] (dependsOn waves; each starts when the one before is healthy):")
+    out(
+        ("Rollout order", "bold"), " (dependsOn waves; each starts when the one before is healthy):"
+    )
     for number, wave in enumerate(plan.order, 1):
-        out(f"  {number}. {escape(', '.join(wave))}")
+        out(f"  {number}. {', '.join(wave)}")
     out()
 
 
 def render_text(plan: Plan, console: Console) -> None:
     """Print ``plan`` on ``console`` (rich decides colours: terminal, pipe or NO_COLOR)."""
     out = _Printer(console)
-    where = f" (path {escape(plan.path)})" if plan.path else ""
-    base = (
-        f"applied now: [cyan]{escape(short(plan.base_revision))}[/]"
+    where = f" (path {plan.path})" if plan.path else ""
+    base: list[Part] = (
+        ["applied now: ", (short(plan.base_revision), "cyan")]
         if plan.base_revision
-        else "nothing applied yet"
+        else ["nothing applied yet"]
     )
     out(
-        f"[bold]gitorch plan[/bold]: revision [bold cyan]{escape(short(plan.revision))}[/]{where}, "
-        + base
+        ("gitorch plan", "bold"),
+        ": revision ",
+        (short(plan.revision), "bold cyan"),
+        f"{where}, ",
+        *base,
     )
     out()
     if plan.changes:
@@ -221,14 +244,13 @@ def render_text(plan: Plan, console: Console) -> None:
     if plan.drift:
         _drift(out, plan)
     if plan.warnings:
-        out("[bold yellow]Warnings[/bold yellow]:")
+        out(("Warnings", "bold yellow"), ":")
         for warning in plan.warnings:
-            out(f"  [yellow]![/yellow] {escape(warning)}")
+            out("  ", ("!", "yellow"), f" {warning}")
         out()
     if len(plan.order) > 1:  # one wave: nothing waits for anything
         _order(out, plan)
     if plan.unchanged and plan.has_changes:
-        out(f"[dim]Unchanged: {escape(', '.join(plan.unchanged))}[/dim]")
+        out((f"Unchanged: {', '.join(plan.unchanged)}", "dim"))
         out()
-    colour = "bold" if plan.has_changes else "bold green"
-    out(f"[{colour}]{escape(summary_line(plan))}[/]")
+    out((summary_line(plan), "bold" if plan.has_changes else "bold green"))

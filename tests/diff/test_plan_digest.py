@@ -1,0 +1,170 @@
+"""Plan JSON and digest: stable, content-only; check_expected (apply --expect-plan)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+
+from gitorch.diff import (
+    DriftItem,
+    FieldChange,
+    ObjectChange,
+    PlacementItem,
+    Plan,
+    Unschedulable,
+    check_expected,
+    compute_plan,
+)
+from gitorch.diff.render import render_json
+from gitorch.errors import PlanChanged
+from gitorch.live.model import LiveNode, LiveState
+from gitorch.manifests import ManifestLoader
+from gitorch.strategies.preview import RolloutPreview
+
+
+def sample_plan(**overrides: object) -> Plan:
+    plan = Plan(
+        revision="a" * 40,
+        base_revision="b" * 40,
+        path="deploy",
+        changes=(
+            ObjectChange(
+                "Service",
+                "web",
+                "update",
+                (FieldChange("change", "spec.image", "web:1", "web:2"),),
+                RolloutPreview("RollingUpdate", ("batch 1: start 1 new, then stop 1 old",)),
+                True,
+                "b" * 40,
+            ),
+        ),
+        drift=(DriftItem("api", "correct", "replica api-2 exited", ("api-2",)),),
+        placements=(PlacementItem("web", "web-1", "node-a"),),
+        unschedulable=(
+            Unschedulable(
+                "web",
+                "web-2",
+                ("node-a: NotReady", "node-b: cordoned (unschedulable)"),
+                {"cordoned": 1, "NotReady": 1},
+            ),
+        ),
+        order=(("api",), ("web",)),
+        unchanged=("Service/db",),
+        warnings=("node node-c is NotReady (no answer): its replicas are unknown",),
+    )
+    return dataclasses.replace(plan, **overrides)  # type: ignore[arg-type]
+
+
+def test_same_plan_same_json_and_digest() -> None:
+    first, second = sample_plan(), sample_plan()
+    assert first.digest == second.digest
+    assert render_json(first) == render_json(second) == render_json(first)
+    assert json.dumps(first.to_json(), sort_keys=True) == json.dumps(
+        first.to_json(), sort_keys=True
+    )
+
+
+def test_digest_is_sha256_of_the_body_without_itself() -> None:
+    plan = sample_plan()
+    body = plan.to_json()
+    digest = body.pop("digest")
+    assert body == plan.body()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert digest == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_digest_ignores_dict_insertion_order() -> None:
+    a = sample_plan()
+    b = sample_plan(
+        unschedulable=(
+            Unschedulable(
+                "web",
+                "web-2",
+                ("node-a: NotReady", "node-b: cordoned (unschedulable)"),
+                {"NotReady": 1, "cordoned": 1},
+            ),
+        )
+    )
+    assert a.digest == b.digest
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"revision": "c" * 40},
+        {"base_revision": None},
+        {"placements": (PlacementItem("web", "web-1", "node-b"),)},
+        {"order": (("api", "web"),)},
+        {"warnings": ()},
+        {"drift": (DriftItem("api", "warn", "replica api-2 exited", ("api-2",)),)},
+    ],
+)
+def test_any_content_change_changes_the_digest(change: dict[str, object]) -> None:
+    assert sample_plan(**change).digest != sample_plan().digest
+
+
+def test_computed_plans_are_stable() -> None:
+    doc = b"""apiVersion: gitorch.dev/v1
+kind: Service
+metadata: {name: web}
+spec: {image: "web:1", replicas: 2, env: {PASSWORD: pw-s3cret-value, A: b}}
+"""
+
+    class File:
+        path = "web.yaml"
+        blob_id = "x"
+        data = doc
+
+    def plan() -> Plan:
+        desired = ManifestLoader().load([File()], revision="d" * 40).state
+        assert desired is not None
+        node = LiveNode("node-a", "docker", True, "127.0.0.1", 2000, 4 * 1024**3)
+        live = LiveState("c", 0.0, {"node-a": node}, {})
+        return compute_plan(desired, live)
+
+    first, second = plan(), plan()
+    assert render_json(first) == render_json(second)
+    assert first.digest == second.digest
+    assert "pw-s3cret-value" not in render_json(first)
+    assert "(sensitive value)" in render_json(first)
+
+
+def test_check_expected_accepts_the_digest_and_a_long_enough_prefix() -> None:
+    plan = sample_plan()
+    check_expected(plan, plan.digest)
+    check_expected(plan, plan.digest[:12])
+    check_expected(plan, f"  {plan.digest[:20].upper()}\n")
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "0" * 64, "PREFIX"])
+def test_check_expected_refuses_others(bad: str) -> None:
+    plan = sample_plan()
+    with pytest.raises(PlanChanged) as info:
+        check_expected(plan, bad)
+    assert plan.digest[:12] in str(info.value)
+
+
+def test_check_expected_refuses_a_too_short_prefix() -> None:
+    plan = sample_plan()
+    with pytest.raises(PlanChanged):
+        check_expected(plan, plan.digest[:11])
+
+
+def test_summary_and_has_changes() -> None:
+    plan = sample_plan()
+    assert plan.summary == {
+        "create": 0,
+        "update": 1,
+        "delete": 0,
+        "unchanged": 1,
+        "drift": 1,
+        "unschedulable": 1,
+    }
+    assert plan.has_changes
+    quiet = sample_plan(
+        changes=(), drift=(DriftItem("api", "warn", "x"),), placements=(), unschedulable=()
+    )
+    assert not quiet.has_changes

@@ -1,0 +1,168 @@
+"""The text and markdown renderers: user strings shown as typed, colours only via rich."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+
+from gitorch.diff import DriftItem, FieldChange, ObjectChange, Plan
+from gitorch.diff.render.markdown import code, md_escape, render_markdown
+from gitorch.diff.render.text import render_text, short, summary_line
+
+# One-line text without control characters (a console expands tabs; JSON escapes the rest).
+line_text = st.text(
+    st.characters(exclude_categories=["Cc", "Cs", "Zl", "Zp"]), min_size=1, max_size=40
+)
+
+
+def plan_with(
+    changes: tuple[ObjectChange, ...] = (),
+    drift: tuple[DriftItem, ...] = (),
+    warnings: tuple[str, ...] = (),
+) -> Plan:
+    return Plan(
+        revision="5d41402abc4b2a76b9719d911017c592ab3f9c11",
+        base_revision=None,
+        path="",
+        changes=changes,
+        drift=drift,
+        placements=(),
+        unschedulable=(),
+        order=(),
+        warnings=warnings,
+    )
+
+
+def text(plan: Plan, **console: object) -> str:
+    buffer = io.StringIO()
+    options: dict[str, object] = {"width": 80, "color_system": None, "force_terminal": False}
+    options.update(console)
+    render_text(plan, Console(file=buffer, **options))  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def update(value: str) -> ObjectChange:
+    return ObjectChange(
+        "Service", "web", "update", (FieldChange("change", "metadata.annotations.x", "a", value),)
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(line_text)
+def test_text_shows_user_strings_as_typed(value: str) -> None:
+    out = text(plan_with(warnings=(value,), drift=(DriftItem("web", "warn", value),)))
+    assert f"  ! {value}\n" in out  # the warning line
+    assert f"  ! web: {value} (drift: warn" in out
+
+
+@settings(max_examples=200, deadline=None)
+@given(line_text)
+def test_text_shows_values_as_json(value: str) -> None:
+    import json
+
+    out = text(plan_with(changes=(update(value),)))
+    assert f'~ metadata.annotations.x: "a" -> {json.dumps(value, ensure_ascii=False)}\n' in out
+
+
+def test_markup_and_emoji_codes_are_not_interpreted() -> None:
+    hostile = "[red]x[/red] [bold] :rocket: \\[b] end\\"
+    out = text(plan_with(warnings=(hostile,)), force_terminal=True, color_system="truecolor")
+    assert hostile in re.sub(r"\x1b\[[0-9;]*m", "", out)
+
+
+def test_colours_on_a_terminal_and_none_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = plan_with(changes=(ObjectChange("Service", "web", "create", ()),))
+    coloured = text(plan, force_terminal=True, color_system="standard")
+    assert "\x1b[32m" in coloured or "\x1b[1;32m" in coloured  # green create
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = text(plan, force_terminal=True, color_system="standard")
+    assert "\x1b[3" not in plain  # no foreground colour at all
+    assert "+ Service/web will be created" in re.sub(r"\x1b\[[0-9;]*m", "", plain)
+
+
+def test_sensitive_values_render_unquoted() -> None:
+    change = ObjectChange(
+        "Service",
+        "web",
+        "update",
+        (
+            FieldChange(
+                "change", "spec.env.PASSWORD", "(sensitive value)", "(sensitive value)", True
+            ),
+        ),
+    )
+    assert "~ spec.env.PASSWORD: (sensitive value) -> (sensitive value)" in text(
+        plan_with(changes=(change,))
+    )
+
+
+def test_summary_lines() -> None:
+    assert summary_line(plan_with()) == "No changes. Live state matches 5d41402."
+    plan = plan_with(
+        changes=(ObjectChange("Service", "a", "create"), update("b")),
+        drift=(DriftItem("a", "correct", "x"), DriftItem("b", "warn", "y")),
+    )
+    assert summary_line(plan) == (
+        "Plan: 1 to create, 1 to update, 0 to delete; 1 drift to correct, "
+        "1 drift to review (not corrected)."
+    )
+
+
+def test_short_revision() -> None:
+    assert short("5d41402abc4b2a76b9719d911017c592ab3f9c11") == "5d41402"
+    assert short("worktree") == "worktree"
+    assert short(None) == "nothing"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_md_escape_leaves_nothing_active(value: str) -> None:
+    out = md_escape(value)
+    assert "\n" not in out and "\r" not in out
+    assert "<" not in out and ">" not in out
+    # every markdown-active character is escaped by a backslash
+    for match in re.finditer(r"[`*_\[\]|$~#]", out):
+        backslashes = len(out[: match.start()]) - len(out[: match.start()].rstrip("\\"))
+        assert backslashes % 2 == 1, (value, out)
+    assert not re.search(r"@[A-Za-z0-9]", out)  # no live mention (GitHub names are ASCII)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(exclude_categories=["Cs"]), max_size=30))
+def test_code_span_holds_any_backticks(value: str) -> None:
+    span = code(value)
+    ticks = re.match(r"`+", span)
+    assert ticks is not None
+    fence = ticks.group()
+    inner = span[len(fence) : -len(fence)]
+    assert span.endswith(fence)
+    assert fence not in inner  # the span cannot close early
+
+
+def test_markdown_survives_a_value_closing_the_comment() -> None:
+    value = "```\n</details>\n<script>alert(1)</script> | @someone :rocket:"
+    plan = plan_with(
+        changes=(update(value), ObjectChange("Service", "api", "delete")),
+        drift=(DriftItem("web", "correct", value),),
+        warnings=(value,),
+    )
+    md = render_markdown(plan)
+    lines = md.splitlines()
+    # Exactly one closing tag per section, each on a line of its own.
+    assert lines.count("</details>") == 2
+    opening = [i for i, line in enumerate(lines) if line.endswith("diff")]
+    assert len(opening) == 1
+    closing = lines.index(lines[opening[0]][: -len("diff")], opening[0] + 1)
+    outside = lines[: opening[0]] + lines[closing + 1 :]
+    assert [line for line in outside if "</details>" in line] == ["</details>"] * 2
+    assert not any("<script>" in line or "@someone" in line for line in outside)
+    # the diff block: its fence is longer than the value's backticks, and closes once
+    fence = lines[opening[0]][: -len("diff")]
+    assert len(fence) > 3
+    assert lines.count(fence) == 1
+    assert md.endswith("\n") and plan.digest in md
