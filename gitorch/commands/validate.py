@@ -125,7 +125,10 @@ def _watch(args: argparse.Namespace, loader: ManifestLoader) -> int:
                     stderr().print(f"[dim]{time.strftime('%H:%M:%S')}[/]")
                     try:
                         snapshot, result = validate_once(args, loader)
-                        last_code = report(args, snapshot, result)
+                        # Record the verdict before printing it: Ctrl-C during the print
+                        # must not leave the previous verdict as the exit code.
+                        last_code = 0 if result.ok else 1
+                        report(args, snapshot, result)
                     except GitorchError as exc:
                         stderr().print(f"[red]error:[/] {escape(exc.message)}")
                         last_code = 1
