@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from gitorch.commands.cluster import runtime_dir
 from gitorch.errors import InstanceNotFound, RuntimeDriverError
 from gitorch.live import LiveState, NodeTarget
 from gitorch.live.observe import assess_readiness
@@ -38,6 +39,7 @@ from gitorch.runtime.base import (
     ReplicaSpec,
     Runtime,
 )
+from gitorch.runtime.process import ProcessRuntime
 from gitorch.state import RevisionResult, RolloutPhase, RolloutRecord, StateStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -302,3 +304,53 @@ def process_target(name: str) -> NodeTarget:
 
 def docker_target(name: str, endpoint: str = DOCKER_ENDPOINT) -> NodeTarget:
     return NodeTarget(name=name, driver="docker", endpoint=endpoint)
+
+
+# -- nodes -------------------------------------------------------------------------------
+
+
+@dataclass
+class LiveNodeKit:
+    """A real node (target + runtime) and the driver-specific way to describe workloads."""
+
+    driver: str
+    target: NodeTarget
+    runtime: Runtime
+    idle_image: str | None = None
+    api_image: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def idle(self, name: str, **kwargs: Any) -> str:
+        """A manifest of a workload that just runs (no port, no probe)."""
+        if self.driver == "docker":
+            return service_yaml(name, image=self.idle_image, **kwargs)
+        return service_yaml(name, command=["/bin/sleep", "600"], **kwargs)
+
+    def api(self, name: str, *, fail_mode: str = "", **kwargs: Any) -> str:
+        """The example api with an http readiness probe; ``fail_mode="unhealthy"``: 503."""
+        env = {"FAIL_MODE": fail_mode} if fail_mode else {}
+        if self.driver == "docker":
+            return service_yaml(
+                name, image=self.api_image, env=env, probe_path="/cgi-bin/healthz", **kwargs
+            )
+        env = {"HOST": "127.0.0.1", **env}
+        return service_yaml(
+            name,
+            command=[sys.executable, str(EXAMPLE_API_APP)],
+            env=env,
+            probe_path="/healthz",
+            **kwargs,
+        )
+
+
+def process_kit(state_dir: Path, name: str = "node-p") -> LiveNodeKit:
+    """A process node whose bookkeeping is where the CLI looks for it."""
+
+    return LiveNodeKit(
+        "process",
+        NodeTarget(name=name, driver="process"),
+        ProcessRuntime(name, runtime_dir(state_dir, name)),
+    )

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LiveNodeKit, process_kit
 from live_helpers import (
     SHA_1,
     SHA_2,
+    LiveNodeKit,
     closed_tcp_endpoint,
     load_services,
+    process_kit,
     record_applied_revision,
     record_rollout,
     remove_cluster,

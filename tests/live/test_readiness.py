@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import LiveNodeKit
 from live_helpers import (
+    LiveNodeKit,
     assess_until_answering,
     closed_tcp_endpoint,
     load_services,
