@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.markup import escape
-
 from gitorch.commands.cluster import add_runtime_option, open_runtimes, registered_targets
 from gitorch.commands.common import (
     add_format_option,
@@ -17,7 +15,6 @@ from gitorch.commands.common import (
     add_state_option,
     read_snapshot,
     state_dir,
-    stderr,
     stdout,
 )
 from gitorch.diff import Plan, compute_plan
@@ -105,9 +102,4 @@ def run(args: argparse.Namespace) -> int:
         from gitorch.diff.render.text import render_text
 
         render_text(plan, stdout())
-    if args.format == "text":
-        if plan.unschedulable:
-            stderr().print(f"[yellow]warning:[/] {len(plan.unschedulable)} replica(s) cannot be placed")
-        for warning in plan.warnings:
-            stderr().print(f"[yellow]warning:[/] {escape(warning)}")
     return EXIT_CHANGES if plan.has_changes else EXIT_NO_CHANGES

@@ -264,9 +264,12 @@ def _placements(
 
     requests: list[Request] = []
     services = desired.services
+    # apply rolls services wave by wave (dependsOn), so replicas are placed in that order;
+    # within a wave, higher priority first.
+    wave_of = {name: i for i, wave in enumerate(dependency_waves(services)) for name in wave}
     ranked = sorted(
         (name for name in by_name if name in services),
-        key=lambda n: (-services[n].placement.priority, n),
+        key=lambda n: (wave_of[n], -services[n].placement.priority, n),
     )
     for name in ranked:
         change, service = by_name[name], services[name]
