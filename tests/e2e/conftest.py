@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from deploy import remove_all
-from plan_helpers import EXAMPLE_BUILD_SH
+from plan_helpers import EXAMPLE_BUILD_SH, Node
 
 from gitorch.commands.cluster import runtime_dir
 from gitorch.live import cluster_name
 from gitorch.live.inventory import local_node_name
-from gitorch.runtime.base import Runtime
-
-
-@dataclass(frozen=True)
-class Node:
-    """The implicit local node the CLI uses when the repo declares none."""
-
-    name: str
-    runtime: Runtime
-    state: Path
-    cluster: str
 
 
 @pytest.fixture

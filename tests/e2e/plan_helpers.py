@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gitorch.manifests import DesiredState, ManifestLoader
+from gitorch.runtime.base import Runtime
 from gitorch.sources import LocalRepoSource
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +25,16 @@ EXAMPLE_BUILD_SH = REPO_ROOT / "examples" / "images" / "build.sh"
 #: A secret-looking env value: it must never appear in any plan output.
 SECRET_VALUE = "tok-e2e-8c1f0a"
 CLI_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Node:
+    """The implicit local node the CLI uses when the repo declares none."""
+
+    name: str
+    runtime: Runtime
+    state: Path
+    cluster: str
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Node
 from deploy import deploy
 from plan_helpers import (
     SECRET_VALUE,
+    Node,
     commit,
     desired_at,
     docker_service,
