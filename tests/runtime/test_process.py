@@ -327,10 +327,17 @@ def test_exit_codes_are_recorded_and_no_zombie_is_left(
 ) -> None:
     quick = runtime.create(spec(f"{cluster}-exit5", "sh", "-c", "exit 5"), cluster)
     stubborn = runtime.create(
-        spec(f"{cluster}-stubborn", "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"),
+        spec(
+            f"{cluster}-stubborn",
+            "sh",
+            "-c",
+            "trap '' TERM; echo trapped; while :; do sleep 0.1; done",
+        ),
         cluster,
     )
     wait_until("exit 5", lambda: runtime.inspect(quick.id).state is InstanceState.EXITED)
+    # SIGTERM before the shell has installed its trap would end it with 143, not 137.
+    wait_until("trap installed", lambda: "trapped" in runtime.logs(stubborn.id))
     runtime.stop(stubborn.id, 0.3)
     # Read back through a brand-new runtime object: the codes are on disk.
     fresh = ProcessRuntime("node-p", runtime.state_dir, workdir=runtime.workdir)
