@@ -1,0 +1,107 @@
+"""The contract every rollout strategy implements: a pure step function.
+
+A strategy never touches the world. Each reconcile pass gives it what is observed now
+(:class:`RolloutInput`) and it answers with the actions that move the service one step
+closer to its target (:class:`Decision`). Because the input is the *observed* state (the
+replicas that exist, with their template digest, slot and health), a daemon killed at any
+point and restarted computes the same next step: nothing is remembered that the runtime
+cannot show, except the rollout's timing (``started_at``, ``last_progress_at``: the
+reconciler moves it whenever the count of available target replicas grows) and, for
+stepped strategies, the step index, which the store keeps.
+
+Exited replicas count as gone: the strategy removes them (``Stop``) and recreates their
+slot unless the slot is in crash-loop back-off (``blocked_slots``). Replicas in state
+``unknown`` (their node does not answer) hold their slot: never duplicated here.
+
+Slots: a service with ``desired`` replicas has slots 1..desired. A replica is identified
+by (slot, template): during a rolling update slot 2 may have an old and a new replica at
+once; never two of the same template. Creating the replica for (slot, template) when one
+exists is a bug the executor refuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    HEALTHY = "Healthy"  # target reached: desired replicas of the target template, available
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"  # waiting for `gitorch promote` or a timed pause
+    DEGRADED = "Degraded"  # failed and not rolled back (autoRollback off), or cannot place
+    FAILED = "Failed"  # the rollout failed this pass: the reconciler rolls back if allowed
+    ROLLED_BACK = "RolledBack"
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One observed replica of the service."""
+
+    id: str  # runtime instance id
+    slot: int
+    template: str  # template digest it runs
+    state: str  # created | running | exited | unknown
+    ready: bool = False  # readiness probe passing now (or no probe and running)
+    ready_since: float | None = None  # when it last became ready
+    node: str = ""
+
+    def available(self, now: float, min_ready_seconds: float) -> bool:
+        """Ready for at least ``min_ready_seconds`` (Kubernetes' "available")."""
+        return (
+            self.ready
+            and self.ready_since is not None
+            and now - self.ready_since >= min_ready_seconds
+        )
+
+
+@dataclass(frozen=True)
+class RolloutInput:
+    """Everything a strategy may look at."""
+
+    service: str
+    desired: int  # replicas wanted of the target template
+    target: str  # template digest the service should run
+    replicas: tuple[ReplicaView, ...]
+    now: float
+    started_at: float  # when this rollout (to ``target``) began
+    last_progress_at: float  # when the available count of target replicas last grew
+    progress_deadline_seconds: float = 600.0
+    min_ready_seconds: float = 0.0
+    max_surge: int | str = "25%"
+    max_unavailable: int | str = 0
+    step: int | None = None  # for stepped strategies (canary): the current step index
+    blocked_slots: frozenset[int] = frozenset()  # in crash-loop back-off: no Create there now
+
+
+@dataclass(frozen=True)
+class Create:
+    """Start a new replica of ``template`` in ``slot``."""
+
+    slot: int
+    template: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Take ``replica_id`` out of traffic, drain it, stop it and remove it."""
+
+    replica_id: str
+    reason: str = ""
+
+
+Action = Create | Stop
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do now, and where the rollout stands."""
+
+    phase: Phase
+    actions: tuple[Action, ...] = ()
+    message: str = ""  # for status and logs: "2/3 updated, waiting for web-3 to be ready"
+    step: int | None = None
+    failure: str | None = None  # set with Phase.FAILED: why (deadline passed, ...)
+    weights: dict[str, int] = field(
+        default_factory=dict
+    )  # template -> percent (traffic strategies)

@@ -1,0 +1,82 @@
+"""The routing table: which backends serve each exposed service (pure data).
+
+The reconciler computes a :class:`RoutingTable` from ready replicas; a data plane (the
+built-in load balancer, or HAProxy later) serves it. Keeping the table apart from the
+proxy is what lets several data planes serve the same decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One replica that may receive traffic."""
+
+    id: str  # the replica's runtime instance id
+    address: str  # host:port where the replica listens
+    version: str = ""  # template digest (short) of what it runs: for per-version figures
+    weight: int = 100  # relative weight within its version group
+    draining: bool = False  # gets no new connections/requests; in-flight ones finish
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class Route:
+    """A service's stable endpoint: where clients connect, and the backends behind it."""
+
+    service: str
+    port: int  # listen port (spec.expose.port)
+    protocol: str = "http"  # http (L7: per request) | tcp (L4: per connection)
+    backends: tuple[Backend, ...] = ()
+
+    def active(self) -> tuple[Backend, ...]:
+        """Backends that may take new traffic."""
+        return tuple(b for b in self.backends if not b.draining)
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    routes: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}))
+
+    def endpoints(self) -> dict[str, int]:
+        """service -> listen port."""
+        return {name: route.port for name, route in self.routes.items()}
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    """What the data plane knows of one backend right now."""
+
+    in_flight: int  # open connections (tcp) or requests being served (http)
+    requests: int = 0  # total handled
+    errors: int = 0  # 5xx responses or failed connections
+
+
+class DataPlane(Protocol):
+    """Serves a routing table. Implementations must apply a new table without dropping
+    connections to backends that stay, and must never send new traffic to a draining or
+    removed backend once :meth:`apply` returns."""
+
+    def apply(self, table: RoutingTable) -> None:
+        """Make ``table`` the one served (listeners opened/closed, backends changed)."""
+        ...
+
+    def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
+        """In-flight and total figures for one backend (None when unknown)."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening and serving."""
+        ...
