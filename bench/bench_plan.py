@@ -6,7 +6,7 @@ The desired state is bench_load.py's synthetic repo (imported, not copied); 1% o
 Services get a new image tag. The live state is built as data, no runtime involved: every
 Service of the old revision in the inventory with its canonical object, and each with its
 ``replicas`` running replicas (labelled with the applied template digest) spread over
-``--nodes`` nodes. Prints, in one run (medians of --rounds):
+``--nodes`` nodes. Prints, in one run (medians of --rounds, floor and plan interleaved round by round):
 
   floor        gitorch load + validate of the changed desired state, cold loader
                (what bench_load.py calls "load": every plan pays it first)
@@ -28,7 +28,7 @@ from types import MappingProxyType
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_load import make_files, median_time, service_text  # noqa: E402
+from bench_load import interleaved, make_files, service_text  # noqa: E402
 
 from gitorch.diff import Plan, compute_plan  # noqa: E402
 from gitorch.live.model import (  # noqa: E402
@@ -165,8 +165,15 @@ def main() -> None:
     desired = load(new_contents, NEW_REVISION)
     check(compute_plan(desired, live), changed)
 
-    floor_s = median_time(lambda: load(new_contents, NEW_REVISION), args.rounds)
-    plan_s = median_time(lambda: compute_plan(desired, live), args.rounds)
+    # Interleaved round by round, so that load from other work hits both sides alike.
+    times = interleaved(
+        {
+            "floor": lambda: load(new_contents, NEW_REVISION),
+            "plan": lambda: compute_plan(desired, live),
+        },
+        args.rounds,
+    )
+    floor_s, plan_s = times["floor"], times["plan"]
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     tracemalloc.start()
