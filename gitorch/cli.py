@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rich.markup import escape
 
@@ -19,8 +20,16 @@ from gitorch.commands.common import stderr
 from gitorch.errors import GitorchError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; gitorch reserves 2 for "plan has changes"."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gitorch",
         description="GitOps declarative reconciler for containers: Git in, running services out.",
         epilog="example:\n  gitorch validate --path examples/repo",

@@ -9,8 +9,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.commands.common import state_dir
-from gitorch.live import LiveState, NodeTarget, cluster_name, default_node, observe
-from gitorch.live.inventory import choose_default_driver
+from gitorch.live import LiveState, NodeTarget, default_node, observe
+from gitorch.live.inventory import choose_default_driver, existing_cluster_name
 from gitorch.runtime import open_runtime
 from gitorch.runtime.base import Runtime
 from gitorch.state import StateStore
@@ -81,5 +81,5 @@ def open_view(args: argparse.Namespace) -> ClusterView:
     store = StateStore(state, readonly=True) if (state / STATE_DB).exists() else None
     targets = registered_targets(store, getattr(args, "runtime", None))
     runtimes = open_runtimes(targets, state)
-    live = observe(targets, runtimes, cluster_name(state), store)
+    live = observe(targets, runtimes, existing_cluster_name(state), store)
     return ClusterView(store, targets, runtimes, live)

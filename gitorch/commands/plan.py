@@ -20,8 +20,8 @@ from gitorch.commands.common import (
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
 from gitorch.errors import ManifestInvalid
-from gitorch.live import cluster_name, node_targets, observe
-from gitorch.live.inventory import choose_default_driver
+from gitorch.live import node_targets, observe
+from gitorch.live.inventory import choose_default_driver, existing_cluster_name
 from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 from gitorch.state import StateStore
@@ -83,7 +83,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             targets = node_targets(desired.nodes.values(), choose_default_driver(args.runtime))
         else:
             targets = registered_targets(store, args.runtime)
-        live = observe(targets, open_runtimes(targets, state), cluster_name(state), store)
+        live = observe(targets, open_runtimes(targets, state), existing_cluster_name(state), store)
     finally:
         if store is not None:
             store.close()

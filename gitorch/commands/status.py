@@ -87,11 +87,11 @@ def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
     last_error = None
     if view.store is not None:
         attempted = view.store.last_attempted_revision()
-        if attempted is not None and str(attempted.result) == "failed":
-            last_error = attempted.reason or "the last revision failed"
+        if attempted is not None and str(attempted.result) in ("failed", "rolled-back"):
+            last_error = attempted.reason or f"the last revision {attempted.result}"
     services = [s for name, s in sorted(live.services.items()) if only in (None, name)]
     return {
-        "cluster": live.cluster,
+        "cluster": live.cluster or None,
         "revision": live.last_applied_revision,
         "lastError": last_error,
         "nodes": [
@@ -136,7 +136,7 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
         for n in data["nodes"]
     )
     console.print(
-        f"cluster [bold]{escape(data['cluster'])}[/] revision {short(data['revision'])}  nodes: {nodes_text}"
+        f"cluster [bold]{escape(data['cluster'] or '-')}[/] revision {short(data['revision'])}  nodes: {nodes_text}"
     )
     for node in down:
         console.print(f"  [red]node {escape(node['name'])} NotReady:[/] {escape(node['message'])}")

@@ -78,16 +78,22 @@ def choose_default_driver(requested: str | None) -> str:
     return "docker" if docker_available(timeout=0.5) else "process"
 
 
+def existing_cluster_name(state_dir: Path) -> str | None:
+    """The cluster name of ``state_dir``, or None when nothing was ever run from it."""
+    try:
+        return (Path(state_dir) / _CLUSTER_FILE).read_text(encoding="utf-8").strip() or None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def cluster_name(state_dir: Path) -> str:
     """A name unique to this state directory, so two gitorch installs on one Docker
-    engine never see each other's replicas. Created on first use."""
+    engine never see each other's replicas. Created on first use (by apply or the daemon;
+    read-only commands use :func:`existing_cluster_name`)."""
     path = Path(state_dir) / _CLUSTER_FILE
-    try:
-        name = path.read_text(encoding="utf-8").strip()
-        if name:
-            return name
-    except FileNotFoundError:
-        pass
+    name = existing_cluster_name(state_dir)
+    if name:
+        return name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{_CLUSTER_FILE}.{secrets.token_hex(4)}")
     tmp.write_text(f"gitorch-{secrets.token_hex(3)}\n", encoding="utf-8")

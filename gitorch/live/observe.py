@@ -41,10 +41,12 @@ class _NodeObservation:
     error: str = ""
 
 
-def _observe_node(target: NodeTarget, runtime: Runtime, cluster: str) -> _NodeObservation:
+def _observe_node(target: NodeTarget, runtime: Runtime, cluster: str | None) -> _NodeObservation:
     info = runtime.node_info()
     if not info.ready:
         return _NodeObservation(target, info, None, info.message)
+    if cluster is None:
+        return _NodeObservation(target, info, [])  # nothing ever ran from this state dir
     try:
         return _NodeObservation(target, info, runtime.list_instances(cluster))
     except RuntimeDriverError as exc:
@@ -97,7 +99,7 @@ def applied_spec(record: RolloutRecord | None, entry: AppliedObject | None) -> A
 def observe(
     targets: Sequence[NodeTarget],
     runtimes: Mapping[str, Runtime],
-    cluster: str,
+    cluster: str | None,
     store: StateStore | None = None,
 ) -> LiveState:
     """One consistent picture of the cluster, nodes observed in parallel.
@@ -154,7 +156,7 @@ def observe(
     }
     last = store.last_applied_revision() if store is not None else None
     return LiveState(
-        cluster=cluster,
+        cluster=cluster or "",
         observed_at=started,
         nodes=MappingProxyType(nodes),
         services=MappingProxyType(services),

@@ -98,8 +98,7 @@ class RecordStore:
     """
 
     def __init__(self, state_dir: Path) -> None:
-        self.root = state_dir / "replicas"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = state_dir / "replicas"  # created by the first claim: reading creates nothing
         self.lock = threading.RLock()
 
     def folder(self, name: str) -> Path:
@@ -112,6 +111,7 @@ class RecordStore:
         folder without a record (a crash between claim and first write) is reused.
         """
         folder = self.folder(name)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             folder.mkdir(mode=0o700)
         except FileExistsError:
