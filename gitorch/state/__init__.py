@@ -24,6 +24,7 @@ from gitorch.state.lock import DaemonLock, LockOwner, lock_holder, read_owner
 from gitorch.state.records import (
     AppliedObject,
     AuditEvent,
+    BackoffRecord,
     Measurement,
     MeasurementPhase,
     NodeCondition,
@@ -44,6 +45,7 @@ __all__ = [
     "STATE_DB",
     "AppliedObject",
     "AuditEvent",
+    "BackoffRecord",
     "DaemonLock",
     "LockOwner",
     "Measurement",

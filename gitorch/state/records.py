@@ -119,6 +119,10 @@ class RolloutRecord:
     previous_revision: str | None = None
     previous_digest: str | None = None
     previous_spec: Mapping[str, Any] | None = None
+    failed_digest: str | None = None  # rolled back from: not retried until Git changes
+    available: int = 0  # target replicas available at the last pass
+    progress_at: float = 0.0  # when ``available`` last grew (the deadline counts from here)
+    message: str = ""  # where the rollout stands, for status
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -219,3 +223,14 @@ class AppliedObject:
     digest: str
     spec: Mapping[str, Any]
     applied_at: float
+
+
+@dataclass(frozen=True)
+class BackoffRecord:
+    """Crash-loop back-off of one replica slot."""
+
+    service: str
+    slot: int
+    restarts: int
+    last_restart_at: float
+    last_exit_code: int | None = None

@@ -68,6 +68,10 @@ def rollout(row: sqlite3.Row) -> RolloutRecord:
         previous_revision=row["previous_revision"],
         previous_digest=row["previous_digest"],
         previous_spec=None if previous_spec is None else load_json(previous_spec),
+        failed_digest=row["failed_digest"],
+        available=row["available"],
+        progress_at=row["progress_at"],
+        message=row["message"],
     )
 
 

@@ -152,6 +152,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        "rollout progress and failed digest; crash-loop back-off per replica slot",
+        (
+            # The template digest whose rollout failed and was rolled back: not retried
+            # until Git changes it again (no rollback loop).
+            "ALTER TABLE rollouts ADD COLUMN failed_digest TEXT",
+            # How many target replicas were available, and since when that number last
+            # grew: the progress deadline counts from there.
+            "ALTER TABLE rollouts ADD COLUMN available INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE rollouts ADD COLUMN progress_at REAL NOT NULL DEFAULT 0",
+            "ALTER TABLE rollouts ADD COLUMN message TEXT NOT NULL DEFAULT ''",
+            """
+            CREATE TABLE backoff (
+                service         TEXT NOT NULL,
+                slot            INTEGER NOT NULL,
+                restarts        INTEGER NOT NULL,
+                last_restart_at REAL NOT NULL,
+                last_exit_code  INTEGER,
+                PRIMARY KEY (service, slot)
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

@@ -33,6 +33,7 @@ from gitorch.state.layout import STATE_DB, ensure_state_dir
 from gitorch.state.records import (
     AppliedObject,
     AuditEvent,
+    BackoffRecord,
     Measurement,
     MeasurementPhase,
     NodeCondition,
@@ -369,6 +370,42 @@ class StateStore:
         )
         return {row["for_service"]: rows.revision(row) for row in found}
 
+    # -- crash-loop back-off -------------------------------------------------------------
+
+    def record_backoff(self, record: BackoffRecord) -> None:
+        """Store the back-off state of one replica slot."""
+        with self.transaction():
+            self._execute(
+                "INSERT INTO backoff (service, slot, restarts, last_restart_at, last_exit_code)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (service, slot) DO UPDATE SET"
+                " restarts = excluded.restarts, last_restart_at = excluded.last_restart_at,"
+                " last_exit_code = excluded.last_exit_code",
+                (
+                    record.service,
+                    record.slot,
+                    record.restarts,
+                    record.last_restart_at,
+                    record.last_exit_code,
+                ),
+            )
+
+    def clear_backoff(self, service: str, slot: int | None = None) -> None:
+        """Forget the back-off of a slot (it ran stably) or of a whole service (pruned)."""
+        with self.transaction():
+            if slot is None:
+                self._execute("DELETE FROM backoff WHERE service = ?", (service,))
+            else:
+                self._execute("DELETE FROM backoff WHERE service = ? AND slot = ?", (service, slot))
+
+    def list_backoff(self) -> list[BackoffRecord]:
+        """Every slot in back-off, in one query."""
+        return [
+            BackoffRecord(
+                r["service"], r["slot"], r["restarts"], r["last_restart_at"], r["last_exit_code"]
+            )
+            for r in self._query("SELECT * FROM backoff ORDER BY service, slot")
+        ]
+
     # -- inventory ---------------------------------------------------------------------
 
     def record_applied(
@@ -422,8 +459,9 @@ class StateStore:
             self._execute(
                 "INSERT INTO rollouts (service, revision, spec_digest, strategy, phase, step,"
                 " weight, started_at, updated_at, last_error, previous_revision,"
-                " previous_digest, spec, previous_spec)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " previous_digest, spec, previous_spec, failed_digest, available,"
+                " progress_at, message)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (service) DO UPDATE SET"
                 " revision = excluded.revision, spec_digest = excluded.spec_digest,"
                 " strategy = excluded.strategy, phase = excluded.phase,"
@@ -432,7 +470,9 @@ class StateStore:
                 " last_error = excluded.last_error,"
                 " previous_revision = excluded.previous_revision,"
                 " previous_digest = excluded.previous_digest,"
-                " spec = excluded.spec, previous_spec = excluded.previous_spec",
+                " spec = excluded.spec, previous_spec = excluded.previous_spec,"
+                " failed_digest = excluded.failed_digest, available = excluded.available,"
+                " progress_at = excluded.progress_at, message = excluded.message",
                 (
                     stored.service,
                     stored.revision,
@@ -448,6 +488,10 @@ class StateStore:
                     stored.previous_digest,
                     rows.dump_json(stored.spec),
                     None if stored.previous_spec is None else rows.dump_json(stored.previous_spec),
+                    stored.failed_digest,
+                    stored.available,
+                    stored.progress_at,
+                    stored.message,
                 ),
             )
         return stored

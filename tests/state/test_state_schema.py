@@ -25,6 +25,7 @@ TABLES = {
     "measurements",
     "audit_log",
     "inventory",
+    "backoff",
 }
 
 

@@ -285,3 +285,22 @@ def test_inventory_records_replaces_lists_and_forgets(tmp_path: Path) -> None:
         assert store.forget_applied("Service", "web") is True
         assert store.forget_applied("Service", "web") is False
         assert [a.name for a in store.list_applied()] == ["n1"]
+
+
+def test_backoff_records_round_trip_and_clear(tmp_path: Path) -> None:
+    from gitorch.state import BackoffRecord
+
+    with StateStore(tmp_path) as store:
+        store.record_backoff(BackoffRecord("web", 1, 1, 10.0, 3))
+        store.record_backoff(BackoffRecord("web", 2, 4, 20.0, None))
+        store.record_backoff(BackoffRecord("web", 1, 2, 30.0, 137))
+        store.record_backoff(BackoffRecord("api", 1, 1, 5.0, 1))
+        assert store.list_backoff() == [
+            BackoffRecord("api", 1, 1, 5.0, 1),
+            BackoffRecord("web", 1, 2, 30.0, 137),
+            BackoffRecord("web", 2, 4, 20.0, None),
+        ]
+        store.clear_backoff("web", 1)
+        assert [(b.service, b.slot) for b in store.list_backoff()] == [("api", 1), ("web", 2)]
+        store.clear_backoff("web")
+        assert [(b.service, b.slot) for b in store.list_backoff()] == [("api", 1)]
