@@ -1,0 +1,62 @@
+"""The daemon's HTTP API: health, status, history, plan, Prometheus metrics, webhooks.
+
+:class:`~gitorch.api.server.ApiServer` serves a :class:`DaemonHandle`: the daemon's side
+of the contract, a small object the reconcile loop implements. The HTTP layer only
+translates; everything it shows comes from the handle.
+
+Routes (JSON unless noted; errors are ``{"error": "..."}``)::
+
+    GET  /healthz                   200 {"ok": true} | 503 {"ok": false, "reason": ...}
+    GET  /api/v1/status             the `gitorch status --format json` document
+    GET  /api/v1/history            [?service=NAME&limit=N] the `gitorch history` list
+    GET  /api/v1/plan               [?ref=REF] the `gitorch plan --format json` document
+    GET  /metrics                   Prometheus text exposition format 0.0.4
+    POST /api/v1/webhook            GitHub / Gitea / Forgejo push (HMAC-SHA256 signed)
+    POST /api/v1/reconcile          ask for a reconcile now (local use)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from gitorch.api.metrics import Metrics
+
+
+class DaemonHandle(Protocol):
+    """What the API asks of the running daemon.
+
+    Every method may be called from several HTTP threads at once: implementations must be
+    thread-safe (read snapshots, never hold the reconcile lock while answering).
+    """
+
+    @property
+    def metrics(self) -> Metrics:
+        """The daemon's metrics, rendered by ``GET /metrics``."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """The ``gitorch status --format json`` document."""
+        ...
+
+    def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        """Applied revisions, newest first, in the ``gitorch history --format json`` shape."""
+        ...
+
+    def plan(self, ref: str | None) -> dict[str, Any]:
+        """``Plan.to_json()`` of ``ref`` (default: the tracked ref) against the live state.
+
+        May raise a :class:`~gitorch.errors.GitorchError` (unknown ref, invalid manifests):
+        the API answers 400/422 with its message.
+        """
+        ...
+
+    def trigger(self, reason: str) -> None:
+        """Ask for a reconcile as soon as possible; returns at once (never reconciles inline)."""
+        ...
+
+    def healthy(self) -> tuple[bool, str]:
+        """(True, "") when the daemon works; (False, why) otherwise (``/healthz`` 503)."""
+        ...
+
+
+__all__ = ["DaemonHandle", "Metrics"]

@@ -1,0 +1,464 @@
+"""The daemon's HTTP server (standard library only): routes to a :class:`DaemonHandle`.
+
+``ApiServer(handle, "127.0.0.1:7420").start()`` serves in a background (daemon) thread;
+``stop()`` returns once the listening socket is closed. Each connection carries one
+request (HTTP/1.0 style), so stopping never waits for idle keep-alive clients, and a
+request in flight finishes on its own thread.
+
+Guarantees of every response: a JSON body ``{"error": "..."}`` on errors (``/metrics``
+aside), 404 for an unknown path, 405 (with ``Allow``) for a wrong method, 413 for a body
+over :data:`MAX_BODY` (refused from its Content-Length, before reading it), and never a
+traceback: an unexpected exception is logged and answered with a plain 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from gitorch.api import DaemonHandle
+from gitorch.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gitorch.api.webhook import WebhookSecret, handle_delivery
+from gitorch.errors import (
+    ConfigError,
+    GitorchError,
+    ManifestError,
+    PathNotFound,
+    PlanError,
+    RefNotFound,
+    SourceError,
+)
+
+log = logging.getLogger("gitorch.api")
+
+#: Largest request body accepted (webhook payloads of big pushes stay well below).
+MAX_BODY = 1024 * 1024
+
+#: Bodies up to this size are read and dropped after a 413, so that an ordinary client
+#: still gets to read the answer (closing a socket with unread data resets it).
+_DRAIN_LIMIT = 8 * MAX_BODY
+
+#: Seconds a client may take to send its request (slow clients hold a thread).
+REQUEST_TIMEOUT = 10.0
+
+#: Default and largest ``limit`` of ``GET /api/v1/history``.
+DEFAULT_HISTORY_LIMIT = 20
+MAX_HISTORY_LIMIT = 1000
+
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def json_response(status: int, value: Any, *headers: tuple[str, str]) -> Response:
+    body = json.dumps(value, ensure_ascii=False).encode("utf-8") + b"\n"
+    return Response(status, body, JSON_TYPE, headers)
+
+
+def error_response(status: int, message: str, detail: tuple[str, ...] = ()) -> Response:
+    payload: dict[str, Any] = {"error": message}
+    if detail:
+        payload["detail"] = list(detail)
+    return json_response(status, payload)
+
+
+class HttpError(Exception):
+    """Raised inside a route to answer with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def status_for(exc: GitorchError) -> int:
+    """HTTP status of a gitorch error raised by the handle.
+
+    What the caller asked for is wrong (unknown ref or path, bad setting): 400. What the
+    desired state is (invalid manifests, no possible plan, source problem): 422. Anything
+    else (state store, engine) means the daemon cannot answer now: 503.
+    """
+    if isinstance(exc, RefNotFound | PathNotFound | ConfigError):
+        return 400
+    if isinstance(exc, ManifestError | PlanError | SourceError):
+        return 422
+    return 503
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+Route = Callable[[Request], Response]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all interfaces) as (host, port)."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"invalid listen address {listen!r}: expected HOST:PORT")
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"invalid listen address {listen!r}: port out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"invalid listen address {listen!r}: write IPv6 hosts as [ADDR]:PORT")
+    return host or "0.0.0.0", port  # noqa: S104 (":PORT" asks for every interface)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # stop() must be prompt: never join request threads on close.
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], api: ApiServer) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.api = api
+        super().__init__(address, _Handler)
+
+
+class ApiServer:
+    """The HTTP API of a running daemon.
+
+    ``webhook_secret=None`` disables ``POST /api/v1/webhook`` (403 with a message).
+    """
+
+    def __init__(
+        self,
+        handle: DaemonHandle,
+        listen: str = "127.0.0.1:7420",
+        *,
+        webhook_secret: WebhookSecret | None = None,
+    ) -> None:
+        self.handle = handle
+        self.listen = listen
+        self.webhook_secret = webhook_secret
+        self._bind = parse_listen(listen)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._routes: dict[str, dict[str, Route]] = {
+            "/healthz": {"GET": self._healthz},
+            "/api/v1/status": {"GET": self._status},
+            "/api/v1/history": {"GET": self._history},
+            "/api/v1/plan": {"GET": self._plan},
+            "/metrics": {"GET": self._metrics},
+            "/api/v1/webhook": {"POST": self._webhook},
+            "/api/v1/reconcile": {"POST": self._reconcile},
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind and serve in a background thread; raises ConfigError if it cannot bind."""
+        if self._server is not None:
+            raise RuntimeError("the API server is already started")
+        try:
+            server = _Server(self._bind, self)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {self.listen}: {exc.strerror or exc}",
+                detail=("choose another address with --listen",),
+            ) from exc
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="gitorch-api",
+            daemon=True,
+        )
+        self._thread.start()
+        host, port = self.address
+        log.info("API listening on %s:%d", host, port, extra={"listen": f"{host}:{port}"})
+
+    def stop(self) -> None:
+        """Stop accepting requests and close the socket (idempotent)."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()  # returns within one poll_interval
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> ApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port): the real port when started with port 0."""
+        if self._server is None:
+            raise RuntimeError("the API server is not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def allowed(self, path: str) -> tuple[str, ...] | None:
+        """Methods of ``path``, or None when no such route exists."""
+        methods = self._routes.get(path)
+        return None if methods is None else tuple(sorted(methods))
+
+    def dispatch(self, request: Request) -> Response:
+        methods = self._routes[request.path]
+        route = methods[request.method]
+        try:
+            return route(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.message)
+        except GitorchError as exc:
+            return error_response(status_for(exc), exc.message, exc.detail)
+
+    # -- routes ------------------------------------------------------------------------
+
+    def _healthz(self, request: Request) -> Response:
+        ok, reason = self.handle.healthy()
+        if ok:
+            return json_response(200, {"ok": True})
+        return json_response(503, {"ok": False, "reason": reason or "unhealthy"})
+
+    def _status(self, request: Request) -> Response:
+        return json_response(200, self.handle.status())
+
+    def _history(self, request: Request) -> Response:
+        service = _one(request, "service") or None
+        limit_text = _one(request, "limit")
+        limit = DEFAULT_HISTORY_LIMIT
+        if limit_text is not None:
+            if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_HISTORY_LIMIT:
+                raise HttpError(400, f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+            limit = int(limit_text)
+        return json_response(200, self.handle.history(service, limit))
+
+    def _plan(self, request: Request) -> Response:
+        ref = _one(request, "ref") or None
+        return json_response(200, self.handle.plan(ref))
+
+    def _metrics(self, request: Request) -> Response:
+        body = self.handle.metrics.render().encode("utf-8")
+        return Response(200, body, METRICS_CONTENT_TYPE)
+
+    def _webhook(self, request: Request) -> Response:
+        outcome = handle_delivery(self.webhook_secret, request.headers, request.body)
+        self.handle.metrics.webhook_requests_total.inc(result=outcome.result)
+        fields = {"webhook": outcome.result, **outcome.log_fields}
+        if outcome.push is not None:
+            self.handle.trigger(outcome.push.trigger_reason)
+            log.info("webhook push accepted: reconcile requested", extra=fields)
+        elif outcome.status >= 400:
+            log.warning("webhook refused: %s", outcome.body.get("error"), extra=fields)
+        return json_response(outcome.status, outcome.body)
+
+    def _reconcile(self, request: Request) -> Response:
+        reason = "api request"
+        if request.body.strip():
+            try:
+                data = json.loads(request.body)
+            except ValueError as exc:
+                raise HttpError(400, f"the body is not JSON: {exc}") from exc
+            given = data.get("reason") if isinstance(data, dict) else None
+            if given is not None:
+                if not isinstance(given, str) or not given.isprintable() or len(given) > 200:
+                    raise HttpError(
+                        400, "reason must be a printable string of 200 characters at most"
+                    )
+                reason = f"api request: {given}"
+        self.handle.trigger(reason)
+        return json_response(202, {"accepted": True, "reason": reason})
+
+
+def _one(request: Request, name: str) -> str | None:
+    values = request.query.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise HttpError(400, f"query parameter {name!r} given more than once")
+    return values[0]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Reads one request, hands it to the ApiServer, writes the response, logs one line."""
+
+    server: _Server
+    server_version = "gitorch"
+    sys_version = ""
+    timeout = REQUEST_TIMEOUT
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._serve()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve()
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._serve()
+
+    def _serve(self) -> None:
+        started = time.monotonic()
+        try:
+            response = self._respond()
+        except Exception:
+            # The traceback goes to the log; the client only learns that it failed.
+            log.exception("API request failed: %s %s", self.command, self.path)
+            response = error_response(500, "internal error (see the daemon log)")
+        self._write(response)
+        log.debug(
+            "%s %s %d",
+            self.command,
+            urlsplit(self.path).path,
+            response.status,
+            extra={
+                "method": self.command,
+                "path": urlsplit(self.path).path,
+                "status": response.status,
+                "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                "remote": self.client_address[0],
+                "bytes": len(response.body),
+            },
+        )
+
+    def _respond(self) -> Response:
+        api = self.server.api
+        split = urlsplit(self.path)
+        methods = api.allowed(split.path)
+        if methods is None:
+            return error_response(404, f"no such endpoint: {split.path}")
+        if self.command not in methods:
+            return Response(
+                405,
+                json_response(405, {"error": f"method {self.command} not allowed"}).body,
+                JSON_TYPE,
+                (("Allow", ", ".join(methods)),),
+            )
+        body = self._read_body()
+        if isinstance(body, Response):
+            return body
+        request = Request(
+            method=self.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=body,
+        )
+        return api.dispatch(request)
+
+    def _read_body(self) -> bytes | Response:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            return error_response(411, "chunked bodies are not accepted: send Content-Length")
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            return b""
+        if not length_text.strip().isdigit():
+            self.close_connection = True
+            return error_response(400, "invalid Content-Length")
+        length = int(length_text)
+        if length > MAX_BODY:
+            self._drain(length)
+            return error_response(413, f"request body over {MAX_BODY} bytes")
+        try:
+            body = self.rfile.read(length)
+        except OSError:  # includes the socket timeout
+            self.close_connection = True
+            return error_response(400, "the request body could not be read")
+        if len(body) != length:
+            self.close_connection = True
+            return error_response(400, "the request body is shorter than its Content-Length")
+        return body
+
+    def _drain(self, length: int) -> None:
+        """Read and drop an oversized body (up to a bound) so the client reads our 413."""
+        self.close_connection = True
+        if length > _DRAIN_LIMIT:
+            return
+        remaining = length
+        try:
+            while remaining > 0:
+                chunk = self.rfile.read(min(remaining, 65536))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+        except OSError:
+            return
+
+    def _write(self, response: Response) -> None:
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.send_header("Cache-Control", "no-store")
+            for name, value in response.headers:
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+        except OSError:
+            # The client went away; nothing to answer to.
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        # http.server would print to stderr; requests are logged once in _serve instead.
+        return
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Malformed request lines end here (before routing): answer in JSON too.
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        body = json.dumps({"error": message or phrase}).encode() + b"\n"
+        try:
+            self.send_response(code, message)
+            self.send_header("Content-Type", JSON_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
+        except OSError:
+            return
