@@ -1,0 +1,229 @@
+"""``gitorch history [SERVICE]``: every applied revision, newest first.
+
+Reads the state store read-only (``--state``), or asks a running daemon (``--server``,
+``GET /api/v1/history``). Both give the same list of ``RevisionRecord.to_json()``
+documents, and the text table is rendered from that list, so the two paths cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from rich.markup import escape
+from rich.table import Table
+
+from gitorch.commands.common import add_format_option, add_state_option, print_json, short, stdout
+from gitorch.errors import ConfigError, GitorchError
+from gitorch.state import StateStore
+from gitorch.state.layout import STATE_DB, resolve_state_dir
+
+#: Revisions shown when --limit is not given.
+DEFAULT_LIMIT = 50
+
+#: The API caps one page at this many revisions (gitorch.api.server.MAX_HISTORY_LIMIT).
+SERVER_MAX_LIMIT = 1000
+
+#: Seconds to wait for a daemon's answer.
+SERVER_TIMEOUT = 10.0
+
+#: Changes named in the SUMMARY column before "(+N more)".
+SUMMARY_CHANGES = 3
+
+EXAMPLE = """example:
+  gitorch history
+  gitorch history web --limit 5
+  gitorch history --format json
+  gitorch history --server http://127.0.0.1:7420
+"""
+
+RESULT_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "rolled-back": "magenta",
+    "in-progress": "cyan",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "history",
+        help="every applied revision: commit, author, signer, time, result, summary",
+        description="List the revisions gitorch applied, newest first: the commit, its author "
+        "and signer, when it was committed and applied (UTC), the result, and what changed. "
+        "Reads the state store without locking it (safe while a daemon runs). Exit 0.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("service", nargs="?", help="only revisions that touched this service")
+    where = parser.add_mutually_exclusive_group()
+    add_state_option(where)  # a mutually exclusive group takes add_argument too
+    where.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="ask a running daemon instead of reading --state (e.g. http://127.0.0.1:7420)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=_limit,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"show at most N revisions (default {DEFAULT_LIMIT}; 0 = all)",
+    )
+    add_format_option(parser, "json")
+    parser.set_defaults(run=run)
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (all) or more")
+    return value
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def history_json(store: StateStore, service: str | None, limit: int | None) -> list[dict[str, Any]]:
+    """The ``history --format json`` list (also what the daemon's API serves)."""
+    return [record.to_json() for record in store.list_revisions(service=service, limit=limit)]
+
+
+def read_local(state: Path, service: str | None, limit: int | None) -> list[dict[str, Any]] | None:
+    """History from the store in ``state``; None when no store exists there yet."""
+    if not (state / STATE_DB).is_file():
+        return None
+    with StateStore(state, readonly=True) as store:
+        return history_json(store, service, limit)
+
+
+def read_server(server: str, service: str | None, limit: int | None) -> list[dict[str, Any]]:
+    """History from a running daemon's ``GET /api/v1/history``."""
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"invalid --server URL {server!r}: expected http://HOST:PORT")
+    query: dict[str, str | int] = {"limit": min(limit or SERVER_MAX_LIMIT, SERVER_MAX_LIMIT)}
+    if service:
+        query["service"] = service
+    url = f"{server.rstrip('/')}/api/v1/history?{urlencode(query)}"
+    data = fetch_json(url, server)
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise GitorchError(f"the daemon at {server} answered something that is not a history")
+    return data
+
+
+def fetch_json(url: str, server: str, timeout: float = SERVER_TIMEOUT) -> Any:
+    """GET ``url`` and decode its JSON; every failure is one clear GitorchError."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        message = _error_message(exc.read()) or exc.reason
+        raise GitorchError(f"the daemon at {server} answered {exc.code}: {message}") from exc
+    except urllib.error.URLError as exc:
+        raise GitorchError(f"cannot reach the gitorch daemon at {server}: {exc.reason}") from exc
+    except (OSError, TimeoutError) as exc:
+        raise GitorchError(f"cannot reach the gitorch daemon at {server}: {exc}") from exc
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise GitorchError(f"the daemon at {server} did not answer JSON") from exc
+
+
+def _error_message(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return str(data["error"]) if isinstance(data, dict) and "error" in data else None
+
+
+# -- the command -----------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    limit = args.limit or None  # 0 = all
+    if args.server:
+        entries: list[dict[str, Any]] | None = read_server(args.server, args.service, limit)
+    else:
+        entries = read_local(resolve_state_dir(args.state), args.service, limit)
+    if args.format == "json":
+        print_json(entries or [])
+        return 0
+    if not entries:
+        if entries is None or not args.service:
+            stdout().print("no revisions applied yet")
+        else:
+            stdout().print(f"no revisions applied to service {escape(args.service)}")
+        return 0
+    render(entries)
+    return 0
+
+
+def render(entries: Sequence[Mapping[str, Any]]) -> None:
+    """The rich table, newest first (the order the list already has)."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("REVISION", "AUTHOR", "SIGNER", "COMMITTED", "APPLIED", "RESULT", "SUMMARY"):
+        table.add_column(column, no_wrap=column in ("REVISION", "COMMITTED", "APPLIED", "RESULT"))
+    for entry in entries:
+        result = str(entry.get("result", ""))
+        table.add_row(
+            short(entry.get("revision")),
+            escape(str(entry.get("author") or "-")),
+            escape(str(entry.get("signer") or "-")),
+            utc_minutes(entry.get("committedAt")),
+            utc_minutes(entry.get("appliedAt")),
+            f"[{RESULT_STYLE.get(result, 'white')}]{escape(result)}[/]",
+            escape(summarize(entry)),
+        )
+    stdout().print(table)
+
+
+def utc_minutes(stamp: object) -> str:
+    """An ISO 8601 time as ``YYYY-MM-DD HH:MM`` UTC (as given when it cannot be parsed)."""
+    if not isinstance(stamp, str) or not stamp:
+        return "-"
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def summarize(entry: Mapping[str, Any]) -> str:
+    """One line: what changed (``update web, create Volume/data``), then why it failed."""
+    changes = [c for c in entry.get("changes") or [] if isinstance(c, dict)]
+    if changes:
+        named = [_change_text(c) for c in changes[:SUMMARY_CHANGES]]
+        text = ", ".join(named)
+        if len(changes) > SUMMARY_CHANGES:
+            text += f" (+{len(changes) - SUMMARY_CHANGES} more)"
+    elif entry.get("services"):
+        text = "services: " + ", ".join(sorted(entry["services"]))
+    else:
+        text = "no changes"
+    reason = entry.get("reason")
+    if reason and entry.get("result") != "succeeded":
+        text = f"{text}: {reason}"
+    return text
+
+
+def _change_text(change: Mapping[str, Any]) -> str:
+    kind = change.get("kind", "Service")
+    name = change.get("name", "?")
+    target = name if kind == "Service" else f"{kind}/{name}"
+    return f"{change.get('action', 'change')} {target}"
