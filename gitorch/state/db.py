@@ -7,6 +7,7 @@ through; everything it raises is a :class:`~gitorch.errors.StateError`.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,25 @@ def error_for(exc: sqlite3.Error, db_path: Path) -> StateError:
     return StateError(f"state store {db_path}: {text}")
 
 
+def _set_wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Switch to WAL mode, retrying while another process holds the new database.
+
+    Changing the journal mode can fail with SQLITE_BUSY *without* SQLite calling the busy
+    handler (seen when several processes create the same store at once), so the
+    busy timeout is applied here by hand.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def connect(db_path: Path, *, busy_timeout: float, readonly: bool) -> sqlite3.Connection:
     """A connection to ``db_path`` in WAL mode, in autocommit (transactions are explicit).
 
@@ -89,7 +109,7 @@ def connect(db_path: Path, *, busy_timeout: float, readonly: bool) -> sqlite3.Co
             if readonly:
                 conn.execute("PRAGMA query_only = ON")
             else:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = _set_wal(conn, busy_timeout)
                 if str(mode).lower() != "wal":
                     raise StateError(
                         f"the state store {db_path} cannot use WAL mode (got {mode!r}); "
