@@ -1,8 +1,15 @@
-"""RollingUpdate arithmetic: how many replicas may be added or removed at each point.
+"""RollingUpdate: the limits arithmetic, the plan preview's batches and the step function.
 
 Kubernetes' rules: maxSurge (rounded up from a percentage) bounds how many replicas may
 exist above the desired count; maxUnavailable (rounded down) bounds how many of the
 desired count may be unavailable. Both are resolved against the desired count.
+
+:func:`rolling_step` is the rollout itself (one pure pass, see ``machine.py``);
+:func:`plan_batches` is what ``gitorch plan`` previews. With replicas that become ready
+by the next pass they agree: pass *k* starts what batch *k* starts and stops what batch
+*k-1* stopped after its new replicas were ready plus what batch *k* stops first
+(``tests/strategies/test_preview_agreement.py``). The census and status helpers here are
+shared with :mod:`gitorch.strategies.recreate`.
 """
 
 from __future__ import annotations
@@ -10,16 +17,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gitorch.manifests.quantities import resolve_int_or_percent
+from gitorch.strategies.machine import (
+    Action,
+    Create,
+    Decision,
+    Phase,
+    ReplicaView,
+    RolloutInput,
+    Stop,
+)
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One step of a rolling update: start ``start`` new replicas, then stop ``stop`` old."""
+    """One step of a rolling update: start ``start`` new replicas, then stop ``stop`` old.
+
+    ``stop_first`` of the ``stop`` happen before the start (only when the ceiling leaves
+    no room: ``maxSurge`` 0, or more old replicas than ``desired + surge``); the rest once
+    the new replicas are ready.
+    """
 
     start: int
     stop: int
     total_max: int  # replicas existing at most during the batch
     available_min: int  # ready replicas at least during the batch
+    stop_first: int = 0
 
 
 def resolve_limits(
@@ -61,7 +83,225 @@ def plan_batches(
             stop_after = old
         old -= stop_after
         total_max = old + stop_after + new
-        batches.append(Batch(start, stop_first + stop_after, total_max, min(old + new, desired)))
+        batches.append(
+            Batch(start, stop_first + stop_after, total_max, min(old + new, desired), stop_first)
+        )
         if len(batches) > 10_000:  # pragma: no cover - arithmetic guard
             break
     return batches
+
+
+# --- The observed replicas of one pass, sorted into what the strategies act on -----------
+
+
+def is_available(replica: ReplicaView, inp: RolloutInput) -> bool:
+    """Available means running, ready, and ready for ``min_ready_seconds``.
+
+    The state check matters: an ``unknown`` replica may still carry the last ``ready`` seen
+    before its node stopped answering, and that stale flag must not count.
+    """
+    return replica.state == "running" and replica.available(inp.now, inp.min_ready_seconds)
+
+
+def _keep_rank(replica: ReplicaView, inp: RolloutInput) -> tuple[bool, bool, bool, str]:
+    """Sort key choosing which of two target replicas in one slot to keep (smallest wins)."""
+    return (
+        not is_available(replica, inp),
+        not replica.ready,
+        replica.state != "running",
+        replica.id,
+    )
+
+
+@dataclass(frozen=True)
+class Census:
+    """One pass's observation, sorted.
+
+    ``targets`` maps each slot 1..desired to the target replica kept there; ``excess`` holds
+    the target replicas that must go (slots above ``desired`` after a scale-down, or a second
+    replica of one slot, which only a bug elsewhere could produce); ``old`` holds every live
+    replica of another template; ``exited`` the dead ones, whatever their template.
+    """
+
+    targets: dict[int, ReplicaView]
+    excess: tuple[ReplicaView, ...]
+    old: tuple[ReplicaView, ...]
+    exited: tuple[ReplicaView, ...]
+    available: frozenset[str]  # ids of the live replicas that are available now
+
+    @property
+    def live(self) -> int:
+        """Replicas that exist (everything but exited; unknown ones hold their slot)."""
+        return len(self.targets) + len(self.excess) + len(self.old)
+
+    def done(self, desired: int) -> bool:
+        """The rollout's goal: ``desired`` target replicas in slots 1..desired, all available,
+        nothing else alive."""
+        return (
+            not self.old
+            and not self.excess
+            and len(self.targets) == desired
+            and all(r.id in self.available for r in self.targets.values())
+        )
+
+
+def take_census(inp: RolloutInput) -> Census:
+    """Sort ``inp.replicas``; the result does not depend on their order in the input."""
+    replicas = sorted(inp.replicas, key=lambda r: (r.slot, r.template, r.id))
+    exited = tuple(r for r in replicas if r.state == "exited")
+    live = [r for r in replicas if r.state != "exited"]
+    old = tuple(r for r in live if r.template != inp.target)
+    targets: dict[int, ReplicaView] = {}
+    excess: list[ReplicaView] = []
+    for replica in sorted(
+        (r for r in live if r.template == inp.target), key=lambda r: (r.slot, _keep_rank(r, inp))
+    ):
+        if 1 <= replica.slot <= inp.desired and replica.slot not in targets:
+            targets[replica.slot] = replica
+        else:
+            excess.append(replica)
+    available = frozenset(r.id for r in live if is_available(r, inp))
+    return Census(targets, tuple(excess), old, exited, available)
+
+
+def free_slots(inp: RolloutInput, census: Census) -> list[int]:
+    """Slots 1..desired with no live target replica and not in crash-loop back-off, lowest
+    first. An old replica in the slot does not block: old and new share a slot for a while."""
+    return [
+        slot
+        for slot in range(1, inp.desired + 1)
+        if slot not in census.targets and slot not in inp.blocked_slots
+    ]
+
+
+def replica_name(inp: RolloutInput, slot: int) -> str:
+    """How status names a replica: ``web-3`` for slot 3 of service ``web``."""
+    return f"{inp.service}-{slot}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def describe_progress(inp: RolloutInput, census: Census, actions: tuple[Action, ...]) -> str:
+    """The one status line: where the rollout stands, what it waits for, what it does now.
+
+    e.g. ``2/3 updated, 1 old, waiting for web-3 ready; stopping 1 old``
+    """
+    updated = sum(1 for r in census.targets.values() if r.id in census.available)
+    parts = [f"{updated}/{inp.desired} updated"]
+    if census.old:
+        parts.append(f"{len(census.old)} old")
+    if census.excess:
+        parts.append(f"{len(census.excess)} extra")
+    waiting: list[str] = []
+    for slot, replica in sorted(census.targets.items()):
+        if replica.id in census.available:
+            continue
+        name = replica_name(inp, slot)
+        if replica.state == "unknown":
+            waiting.append(f"{name} (node not answering)")
+        elif replica.ready and replica.ready_since is not None:
+            left = inp.min_ready_seconds - (inp.now - replica.ready_since)
+            waiting.append(f"{name} (ready, available in {max(left, 0):.0f}s)")
+        else:
+            waiting.append(name)
+    line = ", ".join(parts)
+    if waiting:
+        line += ", waiting for " + ", ".join(waiting) + " ready"
+    backing_off = sorted(s for s in inp.blocked_slots if 1 <= s <= inp.desired)
+    backing_off = [s for s in backing_off if s not in census.targets]
+    if backing_off:
+        line += ", in crash back-off: " + ", ".join(replica_name(inp, s) for s in backing_off)
+    doing: list[str] = []
+    creates = [a.slot for a in actions if isinstance(a, Create)]
+    if creates:
+        doing.append("starting " + ", ".join(replica_name(inp, s) for s in creates))
+    stops = [a for a in actions if isinstance(a, Stop)]
+    if stops:
+        doing.append("stopping " + _plural(len(stops), "replica"))
+    if doing:
+        line += "; " + ", ".join(doing)
+    elif not waiting:
+        line += f"; holding: {len(census.available)} available, none may stop yet"
+    return line
+
+
+def conclude(inp: RolloutInput, census: Census, actions: tuple[Action, ...]) -> Decision:
+    """Phase and message for a pass, shared by the strategies: HEALTHY once done, FAILED
+    when no progress for ``progress_deadline_seconds``, PROGRESSING otherwise.
+
+    A FAILED decision still carries the pass's actions: they respect the same limits, so a
+    reconciler that may not roll back (Degraded) can keep executing them as Kubernetes keeps
+    progressing past its deadline; one that rolls back discards them.
+    """
+    if census.done(inp.desired):
+        message = f"{inp.desired}/{inp.desired} updated"
+        if census.exited:
+            message += f"; removing {_plural(len(census.exited), 'exited replica')}"
+        return Decision(Phase.HEALTHY, actions, message)
+    progress = describe_progress(inp, census, actions)
+    stalled = inp.now - inp.last_progress_at
+    if stalled > inp.progress_deadline_seconds:
+        failure = (
+            f"progress deadline exceeded: no new replica became available for {stalled:.0f}s "
+            f"(progressDeadlineSeconds {inp.progress_deadline_seconds:g})"
+        )
+        return Decision(Phase.FAILED, actions, f"{failure}; {progress}", failure=failure)
+    return Decision(Phase.PROGRESSING, actions, progress)
+
+
+# --- RollingUpdate ---------------------------------------------------------------------
+
+
+def _removal_reason(inp: RolloutInput, replica: ReplicaView) -> str:
+    if replica.template != inp.target:
+        return "old template"
+    if replica.slot > inp.desired or replica.slot < 1:
+        return "scale down"
+    return f"second replica in slot {replica.slot}"
+
+
+def rolling_step(inp: RolloutInput) -> Decision:
+    """One pass of a RollingUpdate (Kubernetes Deployment semantics); pure and idempotent.
+
+    Per pass, in this order (the executor runs the Stops before the Creates):
+
+    1. exited replicas are removed; their slots are free;
+    2. unavailable old (and excess target) replicas are removed: they serve nobody, so the
+       availability floor does not protect them;
+    3. when there is room under ``desired + surge`` and a free slot, the free slots are
+       filled (lowest first) and nothing available is stopped: new replicas start before old
+       ones stop, as :func:`plan_batches` previews;
+    4. otherwise (at the ceiling, or nothing left to start) available old replicas, then
+       available excess target replicas, are stopped, highest slot first, as long as
+       ``desired - unavailable`` replicas stay available; then free slots are filled as far
+       as the ceiling allows.
+    """
+    census = take_census(inp)
+    surge, unavailable = resolve_limits(inp.desired, inp.max_surge, inp.max_unavailable)
+    ceiling = inp.desired + surge
+    floor = max(0, inp.desired - unavailable)
+
+    stops = [Stop(r.id, "exited") for r in census.exited]
+    # What must go, in the order it goes: old before excess targets (the old ones must go in
+    # any case, the targets are the future), highest slot first within each.
+    removable = sorted(census.old, key=lambda r: (-r.slot, r.id)) + sorted(
+        census.excess, key=lambda r: (-r.slot, r.id)
+    )
+    serving = [r for r in removable if r.id in census.available]
+    stops += [
+        Stop(r.id, f"{_removal_reason(inp, r)}, not available")
+        for r in removable
+        if r.id not in census.available
+    ]
+    existing = census.live - (len(removable) - len(serving))
+    available = len(census.available)
+
+    wanted = free_slots(inp, census)
+    if not (wanted and existing < ceiling):
+        for replica in serving[: max(0, available - floor)]:
+            stops.append(Stop(replica.id, _removal_reason(inp, replica)))
+            existing -= 1
+    creates = [Create(slot, inp.target) for slot in wanted[: max(0, ceiling - existing)]]
+    return conclude(inp, census, (*stops, *creates))
