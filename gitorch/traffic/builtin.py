@@ -1,0 +1,798 @@
+"""The built-in load balancer: gitorch's own data plane (stdlib only).
+
+One asyncio event loop runs on its own daemon thread and serves every route of the
+current :class:`~gitorch.traffic.table.RoutingTable`:
+
+* ``tcp`` routes: L4, a backend per accepted connection, bytes spliced both ways;
+* ``http`` routes: an HTTP/1.1 reverse proxy, a backend per *request*, keep-alive with
+  clients and a small pool of keep-alive connections per backend.
+
+Backends are chosen by smooth weighted round robin (the nginx algorithm: even spread, no
+bursts). :meth:`BuiltinLoadBalancer.apply` runs on the loop thread and swaps the backend
+list of a route in one step, so once it returns no new connection or request goes to a
+draining or removed backend; requests in flight finish. A request whose backend fails
+before answering is retried on another one when that is safe (see
+:meth:`BuiltinLoadBalancer._proxy_request`), which is what makes rollouts lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from gitorch.errors import ConfigError
+from gitorch.traffic import _http
+from gitorch.traffic.figures import BackendFigures, bucket_of, empty_histogram
+from gitorch.traffic.table import Backend, BackendStats, Route, RoutingTable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds a backend that refused a fresh connection is passed over (while others exist).
+COOLDOWN = 2.0
+#: Idle keep-alive connections kept per backend.
+POOL_SIZE = 16
+
+
+class ListenError(ConfigError):
+    """A route's listen port could not be opened (in use, or not permitted)."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long the proxy waits (seconds)."""
+
+    connect: float = 2.0  # connecting to a backend (then the next one is tried)
+    response: float = 60.0  # a backend's response head after the request was sent (504)
+    client_idle: float = 60.0  # a keep-alive client between requests
+    client_head: float = 30.0  # a client's request head once its first byte came
+    pool_idle: float = 15.0  # an unused pooled backend connection is closed after this
+    apply: float = 30.0  # apply()/close() waiting for the loop thread
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One connection to a backend (pooled when it may carry another request)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    idle_since: float = 0.0
+
+    def usable(self) -> bool:
+        return not self.reader.at_eof() and not self.writer.is_closing()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+@dataclass(eq=False)
+class _BackendState:
+    """What the proxy knows of one backend of one service (lives on the loop thread)."""
+
+    backend: Backend
+    removed: bool = False
+    in_flight: int = 0
+    requests: int = 0
+    errors: int = 0  # 5xx answers + failed connections (BackendStats.errors)
+    errors_5xx: int = 0
+    connect_errors: int = 0
+    latency: list[int] = field(default_factory=empty_histogram)
+    current: int = 0  # smooth weighted round robin state
+    down_until: float = 0.0
+    idle: list[_Conn] = field(default_factory=list)
+
+    @property
+    def accepting(self) -> bool:
+        return not self.removed and not self.backend.draining
+
+    def close_idle(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+@dataclass(eq=False)
+class _Service:
+    """One route being served: its listener and its backends."""
+
+    route: Route
+    backends: dict[str, _BackendState] = field(default_factory=dict)
+    active: list[_BackendState] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    listening: tuple[int, str] | None = None  # (port, protocol) of the open listener
+    closed: bool = False
+
+    def set_route(self, route: Route) -> None:
+        """Swap in a new backend list (on the loop thread: atomic for the handlers)."""
+        self.route = route
+        seen: set[str] = set()
+        for backend in route.backends:
+            seen.add(backend.id)
+            state = self.backends.get(backend.id)
+            if state is None:
+                self.backends[backend.id] = _BackendState(backend)
+            else:
+                state.backend = backend
+                state.removed = False
+        for backend_id, state in list(self.backends.items()):
+            if backend_id not in seen:
+                state.removed = True
+                if state.in_flight == 0:
+                    del self.backends[backend_id]
+            if not state.accepting:
+                # A draining backend must be able to exit: idle connections go now,
+                # busy ones are closed when their request ends (see _release).
+                state.close_idle()
+        self.active = [s for s in self.backends.values() if s.accepting and s.backend.weight > 0]
+
+    def pick(self, tried: set[str]) -> _BackendState | None:
+        """Smooth weighted round robin over active backends not yet tried (all of them
+        when every one was tried), preferring those not in cooldown."""
+        candidates = [s for s in self.active if s.backend.id not in tried] or self.active
+        if not candidates:
+            return None
+        now = time.monotonic()
+        healthy = [s for s in candidates if s.down_until <= now] or candidates
+        total = 0
+        best: _BackendState | None = None
+        for state in healthy:
+            state.current += state.backend.weight
+            total += state.backend.weight
+            if best is None or state.current > best.current:
+                best = state
+        assert best is not None
+        best.current -= total
+        return best
+
+    def attempts(self) -> int:
+        return max(2, len(self.active))
+
+
+class BuiltinLoadBalancer:
+    """The built-in :class:`~gitorch.traffic.table.DataPlane` (see the module docstring).
+
+    Every method is thread-safe: the state lives on the loop thread and other threads
+    reach it through :meth:`_call`.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", *, timeouts: Timeouts | None = None) -> None:
+        self.host = host
+        self.timeouts = timeouts or Timeouts()
+        self._services: dict[str, _Service] = {}
+        self._clients: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"gitorch-lb-{host}", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------- thread plumbing
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        reaper = self._loop.create_task(self._reap_idle())
+        try:
+            self._loop.run_forever()
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(asyncio.gather(reaper, return_exceptions=True))
+            self._loop.close()
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the loop thread and return its result."""
+        if self._closed:
+            raise ConfigError("the load balancer is closed")
+
+        async def run() -> T:
+            return fn()
+
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        return future.result(timeout=self.timeouts.apply)
+
+    # ----------------------------------------------------------------- DataPlane
+
+    def apply(self, table: RoutingTable) -> None:
+        """Serve ``table``: open/close listeners, swap backend lists.
+
+        Listeners of routes that stay on the same port and protocol are never reopened.
+        Raises :class:`ListenError` naming every route whose port could not be opened;
+        all other routes are applied anyway (and a later apply retries the failed ones).
+        """
+        if self._closed:
+            raise ConfigError("the load balancer is closed")
+        future = asyncio.run_coroutine_threadsafe(self._apply(table), self._loop)
+        failures = future.result(timeout=self.timeouts.apply)
+        if failures:
+            raise ListenError(failures[0], detail=tuple(failures[1:]))
+
+    def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
+        def read() -> BackendStats | None:
+            svc = self._services.get(service)
+            state = svc.backends.get(backend_id) if svc else None
+            if state is None:
+                return None
+            return BackendStats(state.in_flight, state.requests, state.errors)
+
+        return self._call(read)
+
+    def figures(self, service: str) -> list[BackendFigures]:
+        """Cumulative figures of every backend known for ``service`` (empty if unknown);
+        :func:`gitorch.traffic.figures.by_version` adds them up per version."""
+
+        def read() -> list[BackendFigures]:
+            svc = self._services.get(service)
+            if svc is None:
+                return []
+            return [
+                BackendFigures(
+                    backend_id=s.backend.id,
+                    version=s.backend.version,
+                    in_flight=s.in_flight,
+                    requests=s.requests,
+                    errors_5xx=s.errors_5xx,
+                    connect_errors=s.connect_errors,
+                    latency=tuple(s.latency),
+                )
+                for s in svc.backends.values()
+            ]
+
+        return self._call(read)
+
+    def endpoints(self) -> dict[str, int]:
+        """service -> port actually listened on right now."""
+
+        def read() -> dict[str, int]:
+            return {
+                name: svc.listening[0]
+                for name, svc in self._services.items()
+                if svc.listening is not None
+            }
+
+        return self._call(read)
+
+    def close(self) -> None:
+        """Stop every listener and connection, then the loop thread."""
+        if self._closed:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        try:
+            future.result(timeout=self.timeouts.apply)
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=self.timeouts.apply)
+
+    def __enter__(self) -> BuiltinLoadBalancer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- loop side
+
+    async def _apply(self, table: RoutingTable) -> list[str]:
+        # Close what goes (or moves) first, so two routes may swap ports in one table.
+        for name, svc in list(self._services.items()):
+            route = table.routes.get(name)
+            if route is None:
+                self._stop_listening(svc)
+                svc.closed = True
+                svc.set_route(Route(name, svc.route.port, svc.route.protocol, ()))
+                del self._services[name]
+            elif svc.listening != (route.port, route.protocol):
+                self._stop_listening(svc)
+        failures: list[str] = []
+        for name, route in table.routes.items():
+            if route.protocol not in ("http", "tcp"):
+                failures.append(f"service {name}: unknown protocol {route.protocol!r}")
+                continue
+            served = self._services.get(name)
+            if served is None:
+                served = self._services[name] = _Service(route)
+            served.set_route(route)
+            if served.listening is None:
+                try:
+                    await self._listen(served)
+                except OSError as exc:
+                    failures.append(self._listen_failure(route, exc))
+        return failures
+
+    def _listen_failure(self, route: Route, exc: OSError) -> str:
+        where = f"{self.host}:{route.port}"
+        if exc.errno == errno.EADDRINUSE:
+            why = "the port is already in use by another process or service"
+        elif exc.errno == errno.EACCES:
+            why = "permission denied (ports below 1024 need privileges)"
+        else:
+            why = exc.strerror or str(exc)
+        return f"service {route.service}: cannot listen on {where}: {why}"
+
+    async def _listen(self, svc: _Service) -> None:
+        route = svc.route
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._on_client(svc, reader, writer)
+
+        svc.server = await asyncio.start_server(
+            on_client, self.host, route.port, reuse_address=True, limit=2 * _http.MAX_LINE
+        )
+        svc.listening = (route.port, route.protocol)
+
+    def _stop_listening(self, svc: _Service) -> None:
+        if svc.server is not None:
+            svc.server.close()
+        svc.server = None
+        svc.listening = None
+
+    async def _shutdown(self) -> None:
+        for svc in self._services.values():
+            self._stop_listening(svc)
+            svc.closed = True
+            for state in svc.backends.values():
+                state.close_idle()
+        self._services.clear()
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+
+    async def _reap_idle(self) -> None:
+        """Close pooled backend connections that idled too long or were closed by the
+        backend (so a pool never holds a stopped backend's socket)."""
+        while True:
+            await asyncio.sleep(1.0)
+            limit = time.monotonic() - self.timeouts.pool_idle
+            for svc in self._services.values():
+                for state in svc.backends.values():
+                    keep = [c for c in state.idle if c.usable() and c.idle_since > limit]
+                    for conn in state.idle:
+                        if conn not in keep:
+                            conn.close()
+                    state.idle = keep
+
+    async def _on_client(
+        self, svc: _Service, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # Every client handler ends here: whatever happens, the loop survives.
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+        try:
+            if svc.route.protocol == "tcp":
+                await self._serve_tcp(svc, reader, writer)
+            else:
+                await self._serve_http(svc, reader, writer)
+        except (asyncio.CancelledError, ConnectionError, TimeoutError, _http.PeerClosed):
+            pass
+        except Exception:
+            log.exception("load balancer: client connection on %s failed", svc.route.service)
+        finally:
+            writer.close()
+            if task is not None:
+                self._clients.discard(task)
+
+    # ----------------------------------------------------------------- tcp
+
+    async def _connect(self, state: _BackendState) -> _Conn | None:
+        """A fresh connection to ``state``'s backend, or None (counted as an error)."""
+        backend = state.backend
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(backend.host, backend.port, limit=2 * _http.MAX_LINE),
+                self.timeouts.connect,
+            )
+        except (OSError, TimeoutError):
+            state.errors += 1
+            state.connect_errors += 1
+            state.down_until = time.monotonic() + COOLDOWN
+            return None
+        return _Conn(reader, writer)
+
+    async def _serve_tcp(
+        self, svc: _Service, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        tried: set[str] = set()
+        for _ in range(svc.attempts()):
+            state = svc.pick(tried)
+            if state is None:
+                return
+            tried.add(state.backend.id)
+            state.in_flight += 1
+            try:
+                conn = await self._connect(state)
+                if conn is None:
+                    continue
+                try:
+                    await _splice(reader, writer, conn.reader, conn.writer)
+                finally:
+                    conn.close()
+                    state.requests += 1
+                return
+            finally:
+                state.in_flight -= 1
+                self._forget_if_gone(svc, state)
+
+    def _forget_if_gone(self, svc: _Service, state: _BackendState) -> None:
+        gone = state.removed and state.in_flight == 0
+        if gone and svc.backends.get(state.backend.id) is state:
+            del svc.backends[state.backend.id]
+
+    # ----------------------------------------------------------------- http
+
+    async def _serve_http(
+        self, svc: _Service, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername")
+        client_ip = peer[0] if isinstance(peer, tuple) else ""
+        while not svc.closed:
+            try:
+                head = await asyncio.wait_for(
+                    _http.read_request_head(reader), self.timeouts.client_idle
+                )
+            except _http.PeerClosed as exc:
+                if exc.partial:
+                    await _answer(writer, 400, "incomplete request head")
+                return
+            except _http.BadMessage as exc:
+                await _answer(writer, 400, f"bad request: {exc}")
+                return
+            keep = await self._proxy_request(svc, head, reader, writer, client_ip)
+            if not keep:
+                return
+
+    async def _proxy_request(
+        self,
+        svc: _Service,
+        head: _http.RequestHead,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client_ip: str,
+    ) -> bool:
+        """Forward one request; True when the client connection may carry another.
+
+        Retries: an attempt that fails before any response byte is retried on another
+        backend when the request can be sent again (its body was buffered) and either the
+        connection was a reused pooled one (the request most likely never reached the
+        backend: a keep-alive race) or the connection could not be made, or the method is
+        idempotent. At most max(2, active backends) attempts.
+        """
+        conn_tokens = _http.tokens(head.headers, "connection")
+        client_keep = (
+            "keep-alive" in conn_tokens if head.version < (1, 1) else "close" not in conn_tokens
+        )
+        try:
+            kind, length = _http.body_framing(head.headers)
+        except _http.BadMessage as exc:
+            await _answer(writer, 400, f"bad request: {exc}")
+            return False
+        if kind != "none" and "100-continue" in _http.tokens(head.headers, "expect"):
+            # The proxy answers the expectation itself: the body is read here first.
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = _RequestBody(kind, length)
+        try:
+            await body.read_prefix(reader)
+        except _http.BadMessage as exc:
+            await _answer(writer, 400, f"bad request body: {exc}")
+            return False
+
+        out_headers = self._backend_headers(head, body, client_ip)
+        is_head = head.method == "HEAD"
+        tried: set[str] = set()
+        failure = _Failure.NO_BACKEND
+        for _ in range(svc.attempts()):
+            state = svc.pick(tried)
+            if state is None:
+                break
+            tried.add(state.backend.id)
+            state.in_flight += 1
+            try:
+                # After a failure, only fresh connections: the pool may hold more dead ones.
+                retrying = failure is not _Failure.NO_BACKEND
+                outcome = await self._attempt(
+                    state, head, out_headers, body, reader, writer, client_keep, retrying
+                )
+            finally:
+                state.in_flight -= 1
+                self._forget_if_gone(svc, state)
+            if isinstance(outcome, bool):
+                return outcome and not svc.closed
+            failure = outcome
+            if not self._may_retry(failure, head.method, body):
+                break
+        if body.consumed_partly:
+            client_keep = False  # the rest of the client's body may still be on the wire
+        if failure in (_Failure.NO_BACKEND, _Failure.NOT_CONNECTED):
+            status, text = 503, f"no backend available for {svc.route.service}"
+        else:
+            status, text = 502, "bad gateway: the backend failed before answering"
+        keep = await _answer(writer, status, text, keep=client_keep, head_only=is_head)
+        return keep and not svc.closed
+
+    @staticmethod
+    def _may_retry(failure: _Failure, method: str, body: _RequestBody) -> bool:
+        if not body.replayable:
+            return False
+        if failure in (_Failure.NOT_CONNECTED, _Failure.POOLED_DEAD):
+            return True  # the request never reached a backend (or almost surely not)
+        return failure is _Failure.SENT_NO_ANSWER and method in _http.IDEMPOTENT
+
+    def _backend_headers(
+        self, head: _http.RequestHead, body: _RequestBody, client_ip: str
+    ) -> _http.Headers:
+        headers = [
+            (k, v)
+            for k, v in _http.end_to_end(head.headers)
+            if k.lower() not in ("content-length", "expect", "x-forwarded-proto")
+        ]
+        forwarded_for = _http.get(head.headers, "x-forwarded-for")
+        headers = [(k, v) for k, v in headers if k.lower() != "x-forwarded-for"]
+        headers.append(
+            ("X-Forwarded-For", f"{forwarded_for}, {client_ip}" if forwarded_for else client_ip)
+        )
+        headers.append(("X-Forwarded-Proto", "http"))
+        host = _http.get(head.headers, "host")
+        if host is not None:
+            if _http.get(head.headers, "x-forwarded-host") is None:
+                headers.append(("X-Forwarded-Host", host))
+        else:
+            # HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one.
+            headers.append(("Host", f"{self.host}"))
+        headers.extend(body.framing_headers(head.method))
+        return headers
+
+    async def _acquire(self, state: _BackendState, fresh_only: bool) -> tuple[_Conn | None, bool]:
+        if not fresh_only:
+            while state.idle:
+                conn = state.idle.pop()
+                if conn.usable():
+                    return conn, True
+                conn.close()
+        return await self._connect(state), False
+
+    def _release(self, state: _BackendState, conn: _Conn, reusable: bool) -> None:
+        if reusable and state.accepting and conn.usable() and len(state.idle) < POOL_SIZE:
+            conn.idle_since = time.monotonic()
+            state.idle.append(conn)
+        else:
+            conn.close()
+
+    async def _attempt(
+        self,
+        state: _BackendState,
+        head: _http.RequestHead,
+        out_headers: _http.Headers,
+        body: _RequestBody,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client_keep: bool,
+        fresh_only: bool,
+    ) -> bool | _Failure:
+        """One try on one backend: the client keep-alive verdict when a response was
+        relayed, else why nothing reached the client."""
+        started = time.monotonic()
+        conn, reused = await self._acquire(state, fresh_only)
+        if conn is None:
+            return _Failure.NOT_CONNECTED
+        try:
+            conn.writer.write(
+                _http.encode_head(f"{head.method} {head.target} HTTP/1.1", out_headers)
+            )
+            await body.send(reader, conn.writer)
+            response = await asyncio.wait_for(_read_final_head(conn.reader), self.timeouts.response)
+        except TimeoutError:
+            conn.close()
+            _count(state, 504, started)
+            return await _answer(
+                writer,
+                504,
+                "gateway timeout: the backend did not answer",
+                keep=False,
+                head_only=head.method == "HEAD",
+            )
+        except (_http.PeerClosed, ConnectionError, OSError, _http.BadMessage) as exc:
+            conn.close()
+            if isinstance(exc, _http.PeerClosed | _http.BadMessage) and _partial(exc):
+                state.errors += 1
+                return _Failure.PARTIAL_ANSWER
+            if reused:
+                return _Failure.POOLED_DEAD  # a keep-alive race, not the backend's fault
+            state.errors += 1
+            return _Failure.SENT_NO_ANSWER
+        except BaseException:
+            conn.close()
+            raise
+        _count(state, response.status, started)
+        try:
+            keep, reusable = await _relay_response(head, response, conn.reader, writer, client_keep)
+        except BaseException:
+            conn.close()
+            raise
+        self._release(state, conn, reusable)
+        return keep
+
+
+class _Failure(enum.Enum):
+    """Why an attempt produced no response for the client."""
+
+    NO_BACKEND = "no active backend"
+    NOT_CONNECTED = "the connection could not be made"
+    POOLED_DEAD = "a reused keep-alive connection was closed before any answer"
+    SENT_NO_ANSWER = "a fresh connection broke before any answer"
+    PARTIAL_ANSWER = "the backend broke in the middle of its answer head"
+
+
+def _partial(exc: Exception) -> bool:
+    if isinstance(exc, _http.PeerClosed):
+        return exc.partial
+    return True  # a malformed head means bytes came
+
+
+def _count(state: _BackendState, status: int, started: float) -> None:
+    state.requests += 1
+    state.latency[bucket_of((time.monotonic() - started) * 1000)] += 1
+    if status >= 500:
+        state.errors += 1
+        state.errors_5xx += 1
+
+
+@dataclass
+class _RequestBody:
+    """A request body: small ones are read whole (replayable), large ones streamed."""
+
+    kind: str  # none | length | chunked (as the client framed it)
+    length: int
+    prefix: bytes = b""
+    complete: bool = True
+    consumed_partly: bool = False  # part of the rest was read from the client: no replay
+
+    @property
+    def replayable(self) -> bool:
+        return not self.consumed_partly
+
+    async def read_prefix(self, reader: asyncio.StreamReader) -> None:
+        if self.kind == "length":
+            if self.length <= _http.REPLAY_LIMIT:
+                self.prefix = await _http.read_exactly(reader, self.length)
+            else:
+                self.complete = False
+        elif self.kind == "chunked":
+            self.prefix, self.complete = await _http.read_chunked_prefix(reader, _http.REPLAY_LIMIT)
+
+    def framing_headers(self, method: str) -> _http.Headers:
+        if self.complete:
+            if self.kind == "none" and method in _http.IDEMPOTENT:
+                return []
+            return [("Content-Length", str(len(self.prefix)))]
+        if self.kind == "length":
+            return [("Content-Length", str(self.length))]
+        return [("Transfer-Encoding", "chunked")]
+
+    async def send(self, client: asyncio.StreamReader, backend: asyncio.StreamWriter) -> None:
+        if self.complete:
+            if self.prefix:
+                backend.write(self.prefix)
+            await backend.drain()
+            return
+        if self.consumed_partly:
+            raise ConnectionError("request body already partly forwarded")
+        self.consumed_partly = True
+        if self.kind == "length":
+            await backend.drain()
+            await _http.copy_length(client, backend, self.length)
+        else:
+            _http.write_piece(backend, self.prefix, chunked=True)
+            await backend.drain()
+            await _http.copy_chunked(client, backend, chunked=True)
+
+
+async def _read_final_head(reader: asyncio.StreamReader) -> _http.ResponseHead:
+    """The backend's final response head (1xx interim answers are skipped; the proxy
+    answered Expect itself, and 101 cannot happen since Upgrade is not forwarded)."""
+    while True:
+        response = await _http.read_response_head(reader)
+        if response.status >= 200:
+            return response
+
+
+async def _relay_response(
+    request: _http.RequestHead,
+    response: _http.ResponseHead,
+    backend: asyncio.StreamReader,
+    client: asyncio.StreamWriter,
+    client_keep: bool,
+) -> tuple[bool, bool]:
+    """Stream the response to the client: (client keep-alive, backend conn reusable)."""
+    no_body = request.method == "HEAD" or response.status in (204, 304)
+    backend_keep = response.version >= (1, 1) and "close" not in _http.tokens(
+        response.headers, "connection"
+    )
+    headers = [
+        (k, v)
+        for k, v in _http.end_to_end(response.headers)
+        if no_body or k.lower() != "content-length"
+    ]
+    if no_body:
+        kind, length = "none", 0
+    else:
+        try:
+            kind, length = _http.body_framing(response.headers)
+        except _http.BadMessage:
+            kind, length = "eof", 0  # unreadable framing: relay until the backend closes
+        if kind == "none":
+            kind = "eof"  # no length: the body ends when the backend closes
+    if kind == "eof":
+        backend_keep = False
+    chunked_out = False
+    if kind == "length":
+        headers.append(("Content-Length", str(length)))
+    elif kind in ("chunked", "eof"):
+        if request.version >= (1, 1):
+            chunked_out = True
+            headers.append(("Transfer-Encoding", "chunked"))
+        else:
+            client_keep = False  # an HTTP/1.0 client learns the end by the close
+    if client_keep:
+        if request.version < (1, 1):
+            headers.append(("Connection", "keep-alive"))
+    else:
+        headers.append(("Connection", "close"))
+    client.write(
+        _http.encode_head(f"HTTP/1.1 {response.status} {response.reason}".rstrip(), headers)
+    )
+    if kind == "length":
+        await _http.copy_length(backend, client, length)
+    elif kind == "chunked":
+        await _http.copy_chunked(backend, client, chunked=chunked_out)
+    elif kind == "eof":
+        await _http.copy_to_eof(backend, client, chunked=chunked_out)
+    await client.drain()
+    return client_keep, backend_keep
+
+
+async def _answer(
+    writer: asyncio.StreamWriter,
+    status: int,
+    text: str,
+    *,
+    keep: bool = False,
+    head_only: bool = False,
+) -> bool:
+    """Send a response made by the proxy; returns whether the connection may go on."""
+    with contextlib.suppress(ConnectionError, OSError):
+        writer.write(_http.simple_response(status, text, close=not keep, head_only=head_only))
+        await writer.drain()
+        return keep
+    return False
+
+
+async def _splice(
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
+    backend_reader: asyncio.StreamReader,
+    backend_writer: asyncio.StreamWriter,
+) -> None:
+    """Copy bytes both ways until both directions ended; a half-close is passed on."""
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(_http.COPY_SIZE):
+                dst.write(data)
+                await dst.drain()
+            if dst.can_write_eof() and not dst.is_closing():
+                dst.write_eof()
+        except (ConnectionError, OSError):
+            # One side broke: end both directions now.
+            for writer in (client_writer, backend_writer):
+                writer.transport.abort()
+
+    await asyncio.gather(pump(client_reader, backend_writer), pump(backend_reader, client_writer))

@@ -1,0 +1,156 @@
+"""Per-backend and per-version traffic figures kept by a data plane (pure data).
+
+Rollout analysis (success rate, p99 latency) and rps autoscaling read these. Everything is
+a cumulative counter, like Prometheus counters: an analysis takes two snapshots and looks
+at :meth:`VersionFigures.since` between them. Latency is a fixed-bucket histogram so that
+recording one sample costs one ``bisect`` and one increment, whatever the traffic.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+#: Upper bounds (milliseconds) of the latency buckets; one more bucket counts the rest.
+LATENCY_BOUNDS_MS: tuple[float, ...] = (
+    1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750,
+    1000, 1500, 2000, 3000, 5000, 10000, 30000, 60000,
+)  # fmt: skip
+
+
+def bucket_of(ms: float) -> int:
+    """Index of the bucket a latency of ``ms`` milliseconds falls in."""
+    return bisect_left(LATENCY_BOUNDS_MS, ms)
+
+
+def empty_histogram() -> list[int]:
+    """A fresh, mutable bucket count list (one slot per bound plus the overflow)."""
+    return [0] * (len(LATENCY_BOUNDS_MS) + 1)
+
+
+def quantile(counts: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) in milliseconds, interpolated inside its bucket.
+
+    None when there is no sample. Samples in the overflow bucket are reported as the last
+    bound: the histogram cannot tell more, and an analysis threshold is far below it.
+    """
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if index >= len(LATENCY_BOUNDS_MS):
+                return float(LATENCY_BOUNDS_MS[-1])
+            low = 0.0 if index == 0 else float(LATENCY_BOUNDS_MS[index - 1])
+            high = float(LATENCY_BOUNDS_MS[index])
+            return low + (high - low) * ((rank - seen) / count)
+        seen += count
+    return float(LATENCY_BOUNDS_MS[-1])
+
+
+@dataclass(frozen=True)
+class BackendFigures:
+    """Cumulative figures of one backend, as seen by the data plane.
+
+    ``requests`` counts answered requests (http) or finished connections (tcp);
+    ``errors_5xx`` the 5xx answers among them (including the data plane's own 502/504 when
+    the backend failed mid-request); ``connect_errors`` failed connection attempts (which
+    the data plane retried elsewhere when it could). ``latency`` holds the bucket counts of
+    the time from picking the backend to receiving its response head (http only).
+    """
+
+    backend_id: str
+    version: str
+    in_flight: int
+    requests: int
+    errors_5xx: int
+    connect_errors: int
+    latency: tuple[int, ...]
+
+    @property
+    def p50(self) -> float | None:
+        return quantile(self.latency, 0.50)
+
+    @property
+    def p90(self) -> float | None:
+        return quantile(self.latency, 0.90)
+
+    @property
+    def p99(self) -> float | None:
+        return quantile(self.latency, 0.99)
+
+
+@dataclass(frozen=True)
+class VersionFigures:
+    """The figures of every backend running one version, added up."""
+
+    version: str
+    backends: int
+    in_flight: int
+    requests: int
+    errors_5xx: int
+    connect_errors: int
+    latency: tuple[int, ...]
+
+    @property
+    def success_rate(self) -> float | None:
+        """Share of non-5xx answers (None without any request)."""
+        if self.requests == 0:
+            return None
+        return 1.0 - self.errors_5xx / self.requests
+
+    @property
+    def p50(self) -> float | None:
+        return quantile(self.latency, 0.50)
+
+    @property
+    def p90(self) -> float | None:
+        return quantile(self.latency, 0.90)
+
+    @property
+    def p99(self) -> float | None:
+        return quantile(self.latency, 0.99)
+
+    def since(self, earlier: VersionFigures) -> VersionFigures:
+        """What happened between ``earlier`` and this snapshot (counters subtracted).
+
+        ``in_flight`` and ``backends`` are current values, not differences. A backend that
+        left in between can make a difference negative; it is clamped at zero.
+        """
+        return VersionFigures(
+            version=self.version,
+            backends=self.backends,
+            in_flight=self.in_flight,
+            requests=max(0, self.requests - earlier.requests),
+            errors_5xx=max(0, self.errors_5xx - earlier.errors_5xx),
+            connect_errors=max(0, self.connect_errors - earlier.connect_errors),
+            latency=tuple(
+                max(0, a - b) for a, b in zip(self.latency, earlier.latency, strict=True)
+            ),
+        )
+
+
+def by_version(backends: Iterable[BackendFigures]) -> dict[str, VersionFigures]:
+    """Add up backend figures per version."""
+    groups: dict[str, list[BackendFigures]] = {}
+    for figures in backends:
+        groups.setdefault(figures.version, []).append(figures)
+    result: dict[str, VersionFigures] = {}
+    for version, members in groups.items():
+        latency = empty_histogram()
+        for member in members:
+            for index, count in enumerate(member.latency):
+                latency[index] += count
+        result[version] = VersionFigures(
+            version=version,
+            backends=len(members),
+            in_flight=sum(m.in_flight for m in members),
+            requests=sum(m.requests for m in members),
+            errors_5xx=sum(m.errors_5xx for m in members),
+            connect_errors=sum(m.connect_errors for m in members),
+            latency=tuple(latency),
+        )
+    return result
