@@ -1,0 +1,209 @@
+"""A simulated cluster and reconciler for driving the rollout step functions.
+
+Named ``strategy_sim`` (not conftest) so test modules can import it under a name no other
+test folder uses. The cluster executes Decisions the way the reconciler will (Stops first,
+then Creates), refusing what the executor refuses (a Create for a live (slot, template),
+a Stop of an unknown id); replicas start, become ready after a chosen number of passes (or
+never), crash and lose their node when a test says so. ``check_pass`` asserts the
+invariants every pass of a rolling update must keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from gitorch.strategies.machine import (
+    Create,
+    Decision,
+    Phase,
+    ReplicaView,
+    RolloutInput,
+    Stop,
+)
+from gitorch.strategies.rolling import is_available, resolve_limits
+
+PASS_SECONDS = 5.0
+
+
+@dataclass
+class SimReplica:
+    id: str
+    slot: int
+    template: str
+    state: str = "created"  # created | running | exited | unknown
+    ready_since: float | None = None
+    ready_in: int | None = 0  # passes of running before it becomes ready; None: never
+    unknown_for: int = 0  # passes its node stays silent
+    state_before_unknown: str = ""
+
+    def view(self) -> ReplicaView:
+        ready = self.state == "running" and self.ready_since is not None
+        return ReplicaView(
+            id=self.id,
+            slot=self.slot,
+            template=self.template,
+            state=self.state,
+            ready=ready or (self.state == "unknown" and self.ready_since is not None),
+            ready_since=self.ready_since,
+        )
+
+
+@dataclass
+class Cluster:
+    """The world: replicas of one service, and a clock."""
+
+    now: float = 1000.0
+    replicas: dict[str, SimReplica] = field(default_factory=dict)
+    next_id: int = 0
+    # How many passes a new replica runs before it is ready (None: never); called per Create.
+    readiness: Callable[[Create], int | None] = lambda create: 0
+
+    def add(self, slot: int, template: str, *, ready: bool = True) -> SimReplica:
+        self.next_id += 1
+        replica = SimReplica(f"r{self.next_id}", slot, template)
+        if ready:
+            replica.state = "running"
+            replica.ready_since = self.now - 3600
+        self.replicas[replica.id] = replica
+        return replica
+
+    def live(self) -> list[SimReplica]:
+        return [r for r in self.replicas.values() if r.state != "exited"]
+
+    def views(self) -> tuple[ReplicaView, ...]:
+        return tuple(r.view() for r in self.replicas.values())
+
+    def execute(self, decision: Decision) -> None:
+        """Run the actions in order, refusing what the executor refuses."""
+        for action in decision.actions:
+            if isinstance(action, Stop):
+                replica = self.replicas.get(action.replica_id)
+                assert replica is not None, f"Stop of an unknown id {action.replica_id}"
+                if replica.state == "unknown":
+                    continue  # its node does not answer: the stop fails, it stays
+                del self.replicas[action.replica_id]
+            else:
+                taken = {(r.slot, r.template) for r in self.live()}
+                assert (action.slot, action.template) not in taken, f"duplicate {action}"
+                self.next_id += 1
+                replica = SimReplica(
+                    f"r{self.next_id}",
+                    action.slot,
+                    action.template,
+                    ready_in=self.readiness(action),
+                )
+                self.replicas[replica.id] = replica
+
+    def tick(self, seconds: float = PASS_SECONDS) -> None:
+        """Time passes: created replicas start, running ones may become ready, silent nodes
+        may answer again."""
+        self.now += seconds
+        for replica in self.replicas.values():
+            if replica.state == "unknown":
+                replica.unknown_for -= 1
+                if replica.unknown_for <= 0:
+                    replica.state = replica.state_before_unknown
+                continue
+            if replica.state == "created":
+                replica.state = "running"
+            waiting = replica.state == "running" and replica.ready_since is None
+            if waiting and replica.ready_in is not None:
+                if replica.ready_in <= 0:
+                    replica.ready_since = self.now
+                else:
+                    replica.ready_in -= 1
+
+    def crash(self, replica_id: str) -> None:
+        self.replicas[replica_id].state = "exited"
+        self.replicas[replica_id].ready_since = None
+
+    def lose_node(self, replica_id: str, passes: int) -> None:
+        replica = self.replicas[replica_id]
+        if replica.state in ("created", "running"):
+            replica.state_before_unknown = replica.state
+            replica.state = "unknown"
+            replica.unknown_for = passes
+
+
+@dataclass
+class Reconciler:
+    """Stands in for the reconciler: builds each pass's input and keeps the rollout timing
+    (``last_progress_at`` moves whenever the count of available target replicas grows)."""
+
+    cluster: Cluster
+    template: RolloutInput
+    last_available: int = 0
+
+    def begin(self, target: str) -> None:
+        """Start a rollout to ``target`` now (a new commit, or a rollback)."""
+        now = self.cluster.now
+        self.template = replace(self.template, target=target, started_at=now, last_progress_at=now)
+        self.last_available = 0
+
+    def observe(self, blocked: frozenset[int] = frozenset()) -> RolloutInput:
+        inp = replace(
+            self.template,
+            replicas=self.cluster.views(),
+            now=self.cluster.now,
+            blocked_slots=blocked,
+        )
+        count = sum(1 for r in inp.replicas if r.template == inp.target and is_available(r, inp))
+        if count > self.last_available:
+            self.template = replace(self.template, last_progress_at=self.cluster.now)
+            inp = replace(inp, last_progress_at=self.cluster.now)
+        self.last_available = count
+        return inp
+
+
+def rollout_input(desired: int, target: str = "B", **kwargs: object) -> RolloutInput:
+    base = RolloutInput(
+        service="web",
+        desired=desired,
+        target=target,
+        replicas=(),
+        now=1000.0,
+        started_at=1000.0,
+        last_progress_at=1000.0,
+    )
+    return replace(base, **kwargs)  # type: ignore[arg-type]
+
+
+def check_pass(inp: RolloutInput, decision: Decision) -> None:
+    """The invariants of one rolling pass (raises AssertionError)."""
+    surge, unavailable = resolve_limits(inp.desired, inp.max_surge, inp.max_unavailable)
+    ceiling = inp.desired + surge
+    floor = max(0, inp.desired - unavailable)
+    by_id = {r.id: r for r in inp.replicas}
+    live = [r for r in inp.replicas if r.state != "exited"]
+    stops = [a for a in decision.actions if isinstance(a, Stop)]
+    creates = [a for a in decision.actions if isinstance(a, Create)]
+    stopped = [by_id[s.replica_id] for s in stops]
+    assert len({s.replica_id for s in stops}) == len(stops), "a replica stopped twice"
+    # Stops come before Creates, so the executor never overshoots while running them.
+    kinds = [isinstance(a, Create) for a in decision.actions]
+    assert kinds == sorted(kinds), "a Create before a Stop"
+    occupied = {r.slot for r in live if r.template == inp.target}
+    for create in creates:
+        assert create.template == inp.target
+        assert 1 <= create.slot <= inp.desired, f"{create} outside 1..{inp.desired}"
+        assert create.slot not in occupied, f"{create}: the slot has a live target replica"
+        assert create.slot not in inp.blocked_slots, f"{create}: the slot is in back-off"
+        occupied.add(create.slot)
+    after = len(live) - sum(1 for r in stopped if r.state != "exited") + len(creates)
+    assert after <= max(ceiling, len(live)), f"{after} replicas above {ceiling}"
+    if creates:
+        assert after <= ceiling, f"created up to {after} replicas, ceiling {ceiling}"
+    available = [r for r in live if is_available(r, inp)]
+    lost = sum(1 for r in stopped if is_available(r, inp))
+    assert lost <= max(0, len(available) - floor), (
+        f"stopped {lost} available of {len(available)}, floor {floor}"
+    )
+    if decision.phase is Phase.FAILED:
+        assert decision.failure
+    assert decision.message
+
+
+def check_cluster(cluster: Cluster) -> None:
+    keys = [(r.slot, r.template) for r in cluster.live()]
+    assert len(keys) == len(set(keys)), f"two replicas of one (slot, template): {keys}"
