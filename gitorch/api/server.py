@@ -132,6 +132,8 @@ class _Server(ThreadingHTTPServer):
     # stop() must be prompt: never join request threads on close.
     block_on_close = False
     allow_reuse_address = True
+    # socketserver's default backlog of 5 resets bursts of parallel clients.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], api: ApiServer) -> None:
         if ":" in address[0]:
@@ -185,7 +187,7 @@ class ApiServer:
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            kwargs={"poll_interval": 0.05},  # how soon stop() returns
             name="gitorch-api",
             daemon=True,
         )
@@ -199,7 +201,7 @@ class ApiServer:
         self._server = self._thread = None
         if server is None:
             return
-        server.shutdown()  # returns within one poll_interval
+        server.shutdown()  # returns within one poll_interval (50 ms)
         server.server_close()
         if thread is not None:
             thread.join(timeout=5)

@@ -1,0 +1,306 @@
+"""The HTTP layer over real sockets: every route, errors, limits, concurrency, lifecycle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from api_helpers import STATUS, StubHandle, parse_prometheus, raw_exchange, request
+
+from gitorch.api.server import MAX_BODY, ApiServer, parse_listen
+from gitorch.errors import ConfigError, Diagnostic, ManifestInvalid, RefNotFound, StateError
+
+
+def test_healthz_ok_and_unhealthy(server: ApiServer, handle: StubHandle) -> None:
+    reply = request(server.address, "GET", "/healthz")
+    assert (reply.status, reply.json()) == (200, {"ok": True})
+    handle.ok, handle.reason = False, "state store locked by pid 42"
+    reply = request(server.address, "GET", "/healthz")
+    assert reply.status == 503
+    assert reply.json() == {"ok": False, "reason": "state store locked by pid 42"}
+
+
+def test_status_is_the_handles_document(server: ApiServer) -> None:
+    reply = request(server.address, "GET", "/api/v1/status")
+    assert reply.status == 200
+    assert reply.json() == STATUS
+    assert reply.headers["cache-control"] == "no-store"
+
+
+def test_history_passes_service_and_limit(server: ApiServer, handle: StubHandle) -> None:
+    assert request(server.address, "GET", "/api/v1/history").status == 200
+    reply = request(server.address, "GET", "/api/v1/history?service=web&limit=5")
+    assert reply.status == 200
+    assert reply.json()[0]["service"] == "web"
+    request(server.address, "GET", "/api/v1/history?service=")
+    assert handle.history_calls == [(None, 20), ("web", 5), (None, 20)]
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=-1", "limit=abc", "limit=1001", "limit=1&limit=2"]
+)
+def test_history_rejects_bad_parameters(server: ApiServer, handle: StubHandle, query: str) -> None:
+    reply = request(server.address, "GET", f"/api/v1/history?{query}")
+    assert reply.status == 400
+    assert "limit" in reply.json()["error"]
+    assert handle.history_calls == []
+
+
+def test_plan_passes_ref(server: ApiServer, handle: StubHandle) -> None:
+    assert request(server.address, "GET", "/api/v1/plan").json()["ref"] is None
+    assert (
+        request(server.address, "GET", "/api/v1/plan?ref=feature%2Fx").json()["ref"] == "feature/x"
+    )
+    assert handle.plan_calls == [None, "feature/x"]
+
+
+def test_plan_errors_are_json_with_a_status(server: ApiServer, handle: StubHandle) -> None:
+    handle.plan_error = RefNotFound("no branch, tag or commit named 'nope'")
+    reply = request(server.address, "GET", "/api/v1/plan?ref=nope")
+    assert reply.status == 400
+    assert reply.json() == {"error": "no branch, tag or commit named 'nope'"}
+
+    handle.plan_error = ManifestInvalid([Diagnostic("web.yaml", 3, 5, "bad image", "spec.image")])
+    reply = request(server.address, "GET", "/api/v1/plan")
+    assert reply.status == 422
+    assert reply.json() == {
+        "error": "1 problem in the manifests",
+        "detail": ["web.yaml:3:5: spec.image: bad image"],
+    }
+
+    handle.plan_error = StateError("the state store is closed")
+    assert request(server.address, "GET", "/api/v1/plan").status == 503
+
+
+def test_unexpected_exception_is_500_without_traceback(
+    server: ApiServer, handle: StubHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    handle.plan_error = RuntimeError("secret internals at /srv/x.py line 3")
+    with caplog.at_level(logging.ERROR, logger="gitorch.api"):
+        reply = request(server.address, "GET", "/api/v1/plan")
+    assert reply.status == 500
+    assert reply.json() == {"error": "internal error (see the daemon log)"}
+    assert b"Traceback" not in reply.body and b"internals" not in reply.body
+    # ...but the log has it, for whoever runs the daemon.
+    _wait_for(lambda: any(r.exc_info for r in caplog.records))
+
+
+def test_metrics_route_serves_the_exposition_format(server: ApiServer, handle: StubHandle) -> None:
+    handle.metrics.reconcile_total.inc(result="succeeded")
+    handle.metrics.reconcile_duration_seconds.observe(1.5)
+    handle.metrics.set_revision("abc123")
+    reply = request(server.address, "GET", "/metrics")
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = parse_prometheus(reply.body.decode())
+    assert ("gitorch_reconcile_total", {"result": "succeeded"}, 1.0) in (
+        families["gitorch_reconcile_total"].samples
+    )
+    assert families["gitorch_revision_info"].samples == [
+        ("gitorch_revision_info", {"revision": "abc123"}, 1.0)
+    ]
+
+
+def test_reconcile_route_triggers(server: ApiServer, handle: StubHandle) -> None:
+    reply = request(server.address, "POST", "/api/v1/reconcile")
+    assert reply.status == 202
+    assert reply.json() == {"accepted": True, "reason": "api request"}
+    body = json.dumps({"reason": "apply --server"}).encode()
+    assert request(server.address, "POST", "/api/v1/reconcile", body).status == 202
+    assert handle.triggers == ["api request", "api request: apply --server"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"reason": 3}', b'{"reason": "a\\nb"}'])
+def test_reconcile_rejects_bad_bodies(server: ApiServer, handle: StubHandle, body: bytes) -> None:
+    reply = request(server.address, "POST", "/api/v1/reconcile", body)
+    assert reply.status == 400
+    assert "error" in reply.json()
+    assert handle.triggers == []
+
+
+def test_unknown_path_is_404(server: ApiServer) -> None:
+    for path in ("/", "/api/v1/statuses", "/api/v2/status", "/healthz/"):
+        reply = request(server.address, "GET", path)
+        assert reply.status == 404, path
+        assert reply.json()["error"].startswith("no such endpoint")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/api/v1/status", "GET"),
+        ("DELETE", "/healthz", "GET"),
+        ("PUT", "/metrics", "GET"),
+        ("GET", "/api/v1/webhook", "POST"),
+        ("GET", "/api/v1/reconcile", "POST"),
+    ],
+)
+def test_wrong_method_is_405_with_allow(
+    server: ApiServer, handle: StubHandle, method: str, path: str, allow: str
+) -> None:
+    reply = request(server.address, method, path)
+    assert reply.status == 405
+    assert reply.headers["allow"] == allow
+    assert "not allowed" in reply.json()["error"]
+    assert handle.triggers == []
+
+
+def test_body_over_the_limit_is_413_before_it_is_read(
+    server: ApiServer, handle: StubHandle
+) -> None:
+    # Only the headers are sent: the answer must come from Content-Length alone.
+    head = (
+        f"POST /api/v1/reconcile HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY * 100}\r\n\r\n"
+    ).encode()
+    answer = raw_exchange(server.address, head)
+    assert answer.startswith(b"HTTP/1.0 413 ")
+    assert b'{"error": "request body over 1048576 bytes"}' in answer
+    assert handle.triggers == []
+
+
+def test_body_one_byte_over_is_413_and_exactly_the_limit_is_accepted(
+    server: ApiServer, handle: StubHandle
+) -> None:
+    reply = request(server.address, "POST", "/api/v1/reconcile", b" " * (MAX_BODY + 1))
+    assert reply.status == 413
+    assert handle.triggers == []
+    reply = request(server.address, "POST", "/api/v1/reconcile", b" " * MAX_BODY)
+    assert reply.status == 202
+    assert handle.triggers == ["api request"]
+
+
+def test_malformed_requests_get_json_errors(server: ApiServer) -> None:
+    answer = raw_exchange(server.address, b"GET / x HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400 ")
+    assert answer.split(b"\r\n\r\n", 1)[1].startswith(b'{"error"')
+    chunked = (
+        b"POST /api/v1/reconcile HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\n\r\n"
+    )
+    assert raw_exchange(server.address, chunked).startswith(b"HTTP/1.0 411 ")
+    short_body = b"POST /api/v1/reconcile HTTP/1.1\r\nHost: x\r\nContent-Length: x1\r\n\r\n"
+    assert raw_exchange(server.address, short_body).startswith(b"HTTP/1.0 400 ")
+
+
+def test_head_gets_headers_only(server: ApiServer) -> None:
+    reply = request(server.address, "HEAD", "/healthz")
+    assert reply.status == 405
+    assert reply.body == b""
+
+
+def test_twenty_parallel_requests_are_served_concurrently(
+    server: ApiServer, handle: StubHandle
+) -> None:
+    # Every status() call waits at a barrier of 20: it only opens if all 20 requests are
+    # being handled at the same time (a serial server would time out at the barrier).
+    barrier = threading.Barrier(20, timeout=5)
+    handle.status_hook = barrier.wait
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        replies = list(
+            pool.map(lambda _: request(server.address, "GET", "/api/v1/status"), range(20))
+        )
+    assert [r.status for r in replies] == [200] * 20
+    assert all(r.json() == STATUS for r in replies)
+
+
+def test_parallel_mixed_routes_keep_their_answers_apart(
+    server: ApiServer, handle: StubHandle
+) -> None:
+    def one(i: int) -> tuple[int, object]:
+        if i % 2:
+            reply = request(server.address, "GET", f"/api/v1/history?limit={i}")
+            return i, reply.json()[0]["limit"]
+        reply = request(
+            server.address, "POST", "/api/v1/reconcile", json.dumps({"reason": str(i)}).encode()
+        )
+        return i, reply.json()["reason"]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(one, range(40)))
+    for i, answer in results:
+        assert answer == (i if i % 2 else f"api request: {i}")
+    assert sorted(handle.triggers) == sorted(f"api request: {i}" for i in range(0, 40, 2))
+
+
+def test_one_debug_log_line_per_request(
+    server: ApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="gitorch.api"):
+        request(server.address, "GET", "/api/v1/status?x=1")
+        request(server.address, "GET", "/nope")
+        _wait_for(lambda: len(_request_records(caplog)) >= 2)
+    records = _request_records(caplog)
+    assert [(r.method, r.path, r.status) for r in records] == [  # type: ignore[attr-defined]
+        ("GET", "/api/v1/status", 200),
+        ("GET", "/nope", 404),
+    ]
+    assert all(r.levelno == logging.DEBUG and r.duration_ms >= 0 for r in records)  # type: ignore[attr-defined]
+
+
+def test_stop_is_prompt_and_closes_the_port(handle: StubHandle) -> None:
+    api = ApiServer(handle, "127.0.0.1:0")
+    api.start()
+    address = api.address
+    assert request(address, "GET", "/healthz").status == 200
+    started = time.monotonic()
+    api.stop()
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=2).close()
+    api.stop()  # idempotent
+
+
+def test_a_port_in_use_is_a_config_error(server: ApiServer, handle: StubHandle) -> None:
+    host, port = server.address
+    other = ApiServer(handle, f"{host}:{port}")
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+        other.start()
+
+
+def test_ipv6_loopback(handle: StubHandle) -> None:
+    if not socket.has_ipv6:
+        pytest.fail("this Python has no IPv6 support")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 on this host")  # a kernel without IPv6 is a host fact, not a bug
+    with ApiServer(handle, "[::1]:0") as api:
+        assert api.url.startswith("http://[::1]:")
+        assert request(api.address, "GET", "/healthz").status == 200
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:7420", ("127.0.0.1", 7420)),
+        (":8080", ("0.0.0.0", 8080)),
+        ("[::1]:0", ("::1", 0)),
+        ("localhost:1", ("localhost", 1)),
+    ],
+)
+def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["7420", "host:", "host:port", "::1:80", "h:70000"])
+def test_parse_listen_rejects(listen: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_listen(listen)
+
+
+def _request_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "gitorch.api" and hasattr(r, "status")]
+
+
+def _wait_for(check: object, timeout: float = 5.0) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
