@@ -72,9 +72,7 @@ class Apps:
     started: list[App] = field(default_factory=list)
     counter: int = 0
 
-    def start(
-        self, kind: str = "ka", version: str = "1", weight: int = 100, **env: str
-    ) -> App:
+    def start(self, kind: str = "ka", version: str = "1", weight: int = 100, **env: str) -> App:
         self.counter += 1
         port = free_port()
         ident = f"{kind}-{version}-{self.counter}"
@@ -149,7 +147,11 @@ class Load:
     """
 
     def __init__(
-        self, port: int, threads: int = 4, keep_alive: bool = True, path: str = "/",
+        self,
+        port: int,
+        threads: int = 4,
+        keep_alive: bool = True,
+        path: str = "/",
         post_every: int = 0,
     ) -> None:
         self.port = port
@@ -192,7 +194,9 @@ class Load:
                 resp = conn.getresponse()
                 body = resp.read()
                 ok = resp.status == 200
-                outcome = Outcome(started, ok, body.decode() if ok else f"{resp.status} {body!r}", method)
+                outcome = Outcome(
+                    started, ok, body.decode() if ok else f"{resp.status} {body!r}", method
+                )
             except Exception as exc:  # a failed request is what the tests count
                 outcome = Outcome(started, False, repr(exc), method)
                 conn.close()

@@ -1,0 +1,311 @@
+"""The built-in load balancer as an HTTP/1.1 reverse proxy, against real backend processes."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import socket
+import threading
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from traffic_helpers import Apps, free_port, get, route, table, wait_until
+
+from gitorch.errors import ConfigError
+from gitorch.traffic.builtin import BuiltinLoadBalancer, ListenError
+from gitorch.traffic.figures import by_version
+from gitorch.traffic.table import Backend
+
+
+def serve(lb: BuiltinLoadBalancer, apps: Apps, count: int = 3, **kw: str) -> tuple[int, list]:
+    started = [apps.start("ka", **kw) for _ in range(count)]
+    port = free_port()
+    lb.apply(table(route(port, [a.backend for a in started])))
+    return port, started
+
+
+def backend_of(body: bytes) -> str:
+    return body.decode().split()[0].removeprefix("id=")
+
+
+def test_get_forwards_and_sets_forwarding_headers(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    port, _ = serve(lb, apps, count=1)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request(
+        "GET",
+        "/headers",
+        headers={
+            "Host": "shop.example:8000",
+            "Connection": "keep-alive, X-Private",
+            "X-Private": "hop",
+            "Keep-Alive": "timeout=5",
+            "X-Forwarded-For": "10.1.2.3",
+            "X-Custom": "kept",
+        },
+    )
+    resp = conn.getresponse()
+    seen = {k.lower(): v for k, v in json.loads(resp.read())}
+    conn.close()
+    assert resp.status == 200
+    assert seen["host"] == "shop.example:8000"
+    assert seen["x-forwarded-host"] == "shop.example:8000"
+    assert seen["x-forwarded-for"] == "10.1.2.3, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-custom"] == "kept"
+    for hop in ("connection", "keep-alive", "x-private"):
+        assert hop not in seen
+
+
+def test_round_robin_spreads_evenly_over_three(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    port, started = serve(lb, apps)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    counts: Counter[str] = Counter()
+    for _ in range(300):
+        conn.request("GET", "/")
+        counts[backend_of(conn.getresponse().read())] += 1
+    conn.close()
+    assert set(counts) == {a.id for a in started}
+    assert all(90 <= n <= 110 for n in counts.values()), counts
+    stats = [lb.backend_stats("svc", a.id) for a in started]
+    assert sum(s.requests for s in stats if s) == 300
+
+
+def test_weights_are_respected(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    heavy, light = apps.start("ka", weight=90), apps.start("ka", weight=10)
+    port = free_port()
+    lb.apply(table(route(port, [heavy.backend, light.backend])))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    counts: Counter[str] = Counter()
+    for _ in range(1000):
+        conn.request("GET", "/")
+        counts[backend_of(conn.getresponse().read())] += 1
+    conn.close()
+    assert 850 <= counts[heavy.id] <= 950, counts
+    assert counts[heavy.id] + counts[light.id] == 1000
+
+
+def test_one_client_connection_spreads_requests(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    port, started = serve(lb, apps)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.connect()
+    sock = conn.sock
+    seen = set()
+    for _ in range(30):
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        seen.add(backend_of(resp.read()))
+        assert not resp.will_close
+    assert conn.sock is sock  # http.client reconnects silently: the same socket proves reuse
+    conn.close()
+    assert seen == {a.id for a in started}
+
+
+def test_chunked_response_is_streamed_chunked(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    port, _ = serve(lb, apps, count=1)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/chunked?n=50")
+    resp = conn.getresponse()
+    assert resp.getheader("Transfer-Encoding") == "chunked"
+    assert resp.read() == b"".join(f"piece-{i}\n".encode() for i in range(50))
+    conn.request("GET", "/")  # the connection is still usable after the last chunk
+    assert conn.getresponse().read().startswith(b"id=")
+    conn.close()
+
+
+def test_response_without_length_reaches_http11_client_chunked(
+    lb: BuiltinLoadBalancer, apps: Apps
+) -> None:
+    port, _ = serve(lb, apps, count=1)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/noframe")
+    resp = conn.getresponse()
+    assert resp.getheader("Transfer-Encoding") == "chunked"
+    assert resp.read() == b"no length here\n" * 3
+    conn.request("GET", "/")  # keep-alive with the client survives a backend close
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+@pytest.mark.parametrize("size", [10_000, 300_000])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_post_body_forwarded(lb: BuiltinLoadBalancer, apps: Apps, size: int, chunked: bool) -> None:
+    port, _ = serve(lb, apps, count=2)
+    payload = bytes(i % 251 for i in range(size))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(2):  # twice: the client connection stays in step after the body
+        if chunked:
+            pieces = [payload[i : i + 7000] for i in range(0, size, 7000)]
+            conn.request("POST", "/echo", body=iter(pieces), encode_chunked=True)
+        else:
+            conn.request("POST", "/echo", body=payload)
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+        assert resp.status == 200
+        assert answer["length"] == size
+        assert answer["sha256"] == hashlib.sha256(payload).hexdigest()
+    conn.close()
+
+
+def test_head_has_headers_but_no_body(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    port, _ = serve(lb, apps, count=1)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("HEAD", "/big?n=12345")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("Content-Length") == "12345"
+    assert resp.read() == b""
+    conn.request("GET", "/")  # had the proxy waited for a body, this would hang or garble
+    assert conn.getresponse().read().startswith(b"id=")
+    conn.close()
+
+
+def test_large_response_streamed(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    port, _ = serve(lb, apps, count=1)
+    size = 5 * 1024 * 1024
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", f"/big?n={size}")
+    resp = conn.getresponse()
+    digest = hashlib.sha256()
+    received = 0
+    while piece := resp.read(256 * 1024):
+        received += len(piece)
+        digest.update(piece)
+    conn.close()
+    expected = (bytes(range(256)) * (size // 256))[:size]
+    assert received == size
+    assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+def test_no_backend_answers_503(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    port = free_port()
+    lb.apply(table(route(port, [])))
+    status, body, _ = get(port)
+    assert status == 503
+    assert b"no backend" in body
+    app = apps.start("ka")
+    lb.apply(table(route(port, [replace(app.backend, draining=True)])))
+    assert get(port)[0] == 503
+
+
+def test_every_backend_down_answers_503(lb: BuiltinLoadBalancer) -> None:
+    port = free_port()
+    dead = [free_port(), free_port()]  # nothing listens there
+    backends = [Backend(f"dead-{p}", f"127.0.0.1:{p}") for p in dead]
+    lb.apply(table(route(port, backends)))
+    assert get(port)[0] == 503
+    assert sum(lb.backend_stats("svc", b.id).errors for b in backends) >= 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"garbage\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+)
+def test_malformed_request_answers_400(lb: BuiltinLoadBalancer, apps: Apps, garbage: bytes) -> None:
+    port, _ = serve(lb, apps, count=1)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(garbage)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert get(port)[0] == 200  # the loop survived
+
+
+def test_port_in_use_is_a_clear_error_and_other_routes_work(
+    lb: BuiltinLoadBalancer, apps: Apps
+) -> None:
+    app = apps.start("ka")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    busy_port = busy.getsockname()[1]
+    good_port = free_port()
+    try:
+        with pytest.raises(ListenError) as caught:
+            lb.apply(
+                table(
+                    route(busy_port, [app.backend], service="blocked"),
+                    route(good_port, [app.backend], service="fine"),
+                )
+            )
+        assert isinstance(caught.value, ConfigError)
+        assert f"127.0.0.1:{busy_port}" in str(caught.value)
+        assert "blocked" in str(caught.value)
+        assert "already in use" in str(caught.value)
+        assert get(good_port)[0] == 200
+    finally:
+        busy.close()
+    # A later apply retries the route whose port is now free.
+    lb.apply(
+        table(
+            route(busy_port, [app.backend], service="blocked"),
+            route(good_port, [app.backend], service="fine"),
+        )
+    )
+    assert get(busy_port)[0] == 200
+    assert lb.endpoints() == {"blocked": busy_port, "fine": good_port}
+
+
+def test_apply_keeps_listener_and_client_connections(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    first, second = apps.start("ka"), apps.start("ka")
+    port = free_port()
+    lb.apply(table(route(port, [first.backend])))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/")
+    assert backend_of(conn.getresponse().read()) == first.id
+    sock = conn.sock
+    lb.apply(table(route(port, [second.backend])))
+    for _ in range(3):
+        conn.request("GET", "/")
+        assert backend_of(conn.getresponse().read()) == second.id
+    assert conn.sock is sock
+    conn.close()
+    # Removing the route closes its listener.
+    lb.apply(table())
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_draining_backend_gets_no_new_requests_and_in_flight_is_counted(
+    lb: BuiltinLoadBalancer, apps: Apps
+) -> None:
+    old, new = apps.start("ka"), apps.start("ka")
+    port = free_port()
+    lb.apply(table(route(port, [old.backend])))
+    slow_result: list[int] = []
+    slow = threading.Thread(target=lambda: slow_result.append(get(port, "/slow?ms=400")[0]))
+    slow.start()
+    wait_until(lambda: lb.backend_stats("svc", old.id).in_flight == 1)  # type: ignore[union-attr]
+    lb.apply(table(route(port, [replace(old.backend, draining=True), new.backend])))
+    for _ in range(10):
+        assert backend_of(get(port)[1]) == new.id
+    slow.join(5)
+    assert slow_result == [200]  # the request in flight finished
+    stats = lb.backend_stats("svc", old.id)
+    assert stats is not None and stats.in_flight == 0 and stats.requests == 1
+    # Its pooled keep-alive connections are closed: SIGTERM ends it at once.
+    assert old.terminate(timeout=5) == 0
+
+
+def test_figures_per_backend_and_version(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    fast = apps.start("ka", version="a")
+    slow = apps.start("ka", version="b")
+    port = free_port()
+    lb.apply(table(route(port, [fast.backend, slow.backend])))
+    for _ in range(10):
+        get(port, "/slow?ms=60")
+    for _ in range(4):
+        get(port, "/status?code=503")
+    figures = by_version(lb.figures("svc"))
+    assert figures["a"].requests == figures["b"].requests == 7
+    assert figures["a"].errors_5xx == 2 and figures["a"].success_rate == pytest.approx(5 / 7)
+    assert 50 <= (figures["b"].p50 or 0) <= 100
+    assert 50 <= (figures["b"].p99 or 0) <= 100
+    assert lb.figures("unknown") == []
