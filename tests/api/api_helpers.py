@@ -15,6 +15,9 @@ from typing import Any
 
 from gitorch.api.metrics import Metrics
 
+#: The webhook secret the `server` fixture is started with.
+SECRET = b"It's a Secret to Everybody"
+
 SHA = "3f2a9c1e5b7d4a6f8e0c2b4d6f8a0c1e3b5d7f9a"
 
 STATUS = {

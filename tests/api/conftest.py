@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from api_helpers import StubHandle
+from api_helpers import SECRET, StubHandle
 
 from gitorch.api.server import ApiServer
 from gitorch.api.webhook import WebhookSecret
-
-SECRET = b"It's a Secret to Everybody"
 
 
 @pytest.fixture
