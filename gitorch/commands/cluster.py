@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.commands.common import state_dir
 from gitorch.live import LiveState, NodeTarget, default_node, observe
-from gitorch.live.inventory import choose_default_driver, existing_cluster_name
-from gitorch.runtime import open_runtime
+from gitorch.live.inventory import (
+    choose_default_driver,
+    existing_cluster_name,
+    open_runtimes,
+)
 from gitorch.runtime.base import Runtime
 from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB
@@ -25,24 +26,6 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
         help="default node driver when the repo declares no Node "
         "(default: docker if a Docker engine answers, else process)",
     )
-
-
-def runtime_dir(state: Path, node: str) -> Path:
-    """Where the process driver of ``node`` keeps its bookkeeping (stable across runs)."""
-    return state / "nodes" / node
-
-
-def open_runtimes(targets: Sequence[NodeTarget], state: Path) -> dict[str, Runtime]:
-    return {
-        t.name: open_runtime(
-            t.name,
-            t.driver,
-            endpoint=t.endpoint if t.driver == "docker" else None,
-            state_dir=runtime_dir(state, t.name),
-            address=t.address,
-        )
-        for t in targets
-    }
 
 
 def registered_targets(store: StateStore | None, default_driver: str | None) -> list[NodeTarget]:

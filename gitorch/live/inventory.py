@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from gitorch.errors import ConfigError
 from gitorch.manifests.model import Node
+from gitorch.runtime.base import Runtime
 
 _CLUSTER_FILE = "cluster"
 
@@ -34,6 +35,27 @@ class NodeTarget:
     memory_bytes: int | None = None
     taints: tuple[tuple[str, str, str], ...] = ()
     unschedulable: bool = False
+
+
+def runtime_dir(state_dir: Path, node: str) -> Path:
+    """Where the process driver of ``node`` keeps its bookkeeping (stable across runs)."""
+    return Path(state_dir) / "nodes" / node
+
+
+def open_runtimes(targets: Iterable[NodeTarget], state_dir: Path) -> dict[str, Runtime]:
+    """One runtime per node target."""
+    from gitorch.runtime import open_runtime
+
+    return {
+        t.name: open_runtime(
+            t.name,
+            t.driver,
+            endpoint=t.endpoint if t.driver == "docker" else None,
+            state_dir=runtime_dir(state_dir, t.name),
+            address=t.address,
+        )
+        for t in targets
+    }
 
 
 def local_node_name() -> str:

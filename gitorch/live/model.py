@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from gitorch.runtime.base import Instance
+
 
 @dataclass(frozen=True)
 class LiveReplica:
@@ -27,6 +29,16 @@ class LiveReplica:
     restarts: int = 0
     ready: bool | None = None
     probe_message: str = ""
+    ports: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # name -> host:port
+    instance: Instance | None = field(default=None, compare=False, repr=False)  # for probes
+
+    def address_of(self, port: str | int | None) -> str | None:
+        """host:port of a named port (or the first one when ``port`` is None or a number)."""
+        if isinstance(port, str) and port in self.ports:
+            return self.ports[port]
+        return self.address
 
 
 @dataclass(frozen=True)

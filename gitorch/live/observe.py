@@ -69,6 +69,8 @@ def _replica(instance: Instance, node: str) -> LiveReplica:
         started_at=instance.started_at,
         exit_code=instance.exit_code,
         restarts=instance.restarts,
+        ports=MappingProxyType({b.name: f"{b.host_ip}:{b.host_port}" for b in instance.ports}),
+        instance=instance,
     )
 
 

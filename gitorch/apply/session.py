@@ -1,0 +1,113 @@
+"""A reconciling session: the store, runtimes, health monitor and data plane wired together.
+
+Both ``gitorch apply`` (until converged) and ``gitorch daemon`` (until stopped) run one.
+The session owns the daemon lock: one writer per state directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitorch.apply.health import HealthListener, HealthMonitor
+from gitorch.apply.reconciler import CommitMeta, Reconciler
+from gitorch.live import NodeTarget, cluster_name, node_targets
+from gitorch.live.inventory import choose_default_driver, open_runtimes
+from gitorch.manifests.model import DesiredState
+from gitorch.scheduler import LEAST_ALLOCATED
+from gitorch.sources.base import CommitInfo
+from gitorch.state import DaemonLock, StateStore
+from gitorch.traffic.builtin import BuiltinLoadBalancer
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    state_dir: Path
+    runtime: str | None = None  # default driver when the repo declares no Node
+    lb_host: str = "127.0.0.1"  # where the built-in load balancer listens
+    advertise_host: str | None = None  # what replicas get as <SERVICE>_SERVICE_HOST
+    secrets_dir: Path | None = None
+    scoring: str = LEAST_ALLOCATED
+    drain_timeout: float = 10.0
+
+
+def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
+    if commit is None:
+        return CommitMeta(sha=revision)
+    return CommitMeta(
+        sha=commit.sha,
+        author=f"{commit.author_name} <{commit.author_email}>",
+        committed_at=commit.committed_at,
+        signer=commit.signer,
+        message=commit.message,
+    )
+
+
+class Session:
+    """Everything a reconciler needs, opened once and closed once."""
+
+    def __init__(
+        self, options: SessionOptions, *, on_health_change: HealthListener | None = None
+    ) -> None:
+        self.options = options
+        state = options.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self.lock = DaemonLock(state)
+        self.lock.acquire()
+        try:
+            self.store = StateStore(state)
+            self.cluster = cluster_name(state)
+            self.default_driver = choose_default_driver(options.runtime)
+            self.dataplane = BuiltinLoadBalancer(options.lb_host)
+            self.health: HealthMonitor | None = None
+            self.reconciler: Reconciler | None = None
+            self._targets: list[NodeTarget] = []
+            self._on_health_change = on_health_change
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def reconciler_for(self, desired: DesiredState) -> Reconciler:
+        """The reconciler for ``desired``'s nodes (rebuilt when the repo's Nodes change)."""
+        targets = node_targets(desired.nodes.values(), self.default_driver)
+        if self.reconciler is not None and targets == self._targets:
+            return self.reconciler
+        runtimes = open_runtimes(targets, self.options.state_dir)
+        if self.health is not None:
+            self.health.stop()
+        self.health = HealthMonitor(runtimes, on_change=self._on_health_change)
+        self.health.start()
+        self.reconciler = Reconciler(
+            store=self.store,
+            targets=targets,
+            runtimes=runtimes,
+            health=self.health,
+            dataplane=self.dataplane,
+            cluster=self.cluster,
+            advertise_host=self.options.advertise_host or _advertised(self.options.lb_host),
+            secrets_dir=self.options.secrets_dir,
+            scoring=self.options.scoring,
+            drain_timeout=self.options.drain_timeout,
+        )
+        self._targets = targets
+        return self.reconciler
+
+    def close(self) -> None:
+        """Stop probing and serving; replicas keep running (they are re-adopted next time)."""
+        try:
+            if self.health is not None:
+                self.health.stop()
+            self.dataplane.close()
+            self.store.close()
+        finally:
+            self.lock.release()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _advertised(lb_host: str) -> str:
+    return "127.0.0.1" if lb_host in ("0.0.0.0", "", "::") else lb_host

@@ -1,0 +1,203 @@
+"""``gitorch apply``: one reconcile to convergence. Exit 0 converged, 1 failed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
+from gitorch.apply.session import Session, SessionOptions, commit_meta
+from gitorch.commands.cluster import add_runtime_option
+from gitorch.commands.common import (
+    add_source_options,
+    add_state_option,
+    read_snapshot,
+    short,
+    state_dir,
+    stderr,
+    stdout,
+)
+from gitorch.diff import check_expected, compute_plan
+from gitorch.errors import ConfigError, ManifestInvalid
+from gitorch.live import observe
+from gitorch.manifests import ManifestLoader
+from gitorch.manifests.model import DesiredState
+from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
+
+EXAMPLE = """example:
+  gitorch apply --path examples/repo --runtime process
+  gitorch apply --ref main --expect-plan 3f2a9c0b1d4e
+"""
+
+
+def add_session_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by apply and daemon: where traffic is served, secrets, placement."""
+    add_state_option(parser)
+    add_runtime_option(parser)
+    parser.add_argument(
+        "--lb-host",
+        default="127.0.0.1",
+        help="address the built-in load balancer listens on (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--advertise-host",
+        default=None,
+        help="host replicas use to reach other services (<NAME>_SERVICE_HOST); "
+        "default: the --lb-host, or 127.0.0.1 when it listens on all addresses",
+    )
+    parser.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=None,
+        help="folder holding the files that env `secretFile` entries name",
+    )
+    parser.add_argument(
+        "--scoring",
+        choices=(LEAST_ALLOCATED, MOST_ALLOCATED),
+        default=LEAST_ALLOCATED,
+        help="placement scoring: spread load (default) or bin-pack",
+    )
+
+
+def session_options(args: argparse.Namespace) -> SessionOptions:
+    return SessionOptions(
+        state_dir=state_dir(args),
+        runtime=args.runtime,
+        lb_host=args.lb_host,
+        advertise_host=args.advertise_host,
+        secrets_dir=args.secrets_dir,
+        scoring=args.scoring,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "apply",
+        help="one reconcile: apply the plan and wait until it has converged or failed",
+        description="Apply the desired state at --ref: roll every changed service out with its "
+        "strategy (in dependsOn order), prune services removed from Git, and wait until "
+        "everything has converged or a rollout failed (rolled back when autoRollback). "
+        "Exit 0 converged, 1 failed. Service endpoints (expose) are served by the built-in load "
+        "balancer while gitorch runs; run `gitorch daemon` to keep them up.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_source_options(parser)
+    add_session_options(parser)
+    parser.add_argument(
+        "--expect-plan",
+        metavar="DIGEST",
+        help="refuse to act unless the plan's digest starts with DIGEST (from `gitorch plan`)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="give up (exit 1) after this many seconds (default 900)",
+    )
+    parser.set_defaults(run=run)
+
+
+def _table(result: PassResult) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("SERVICE", "PHASE", "READY", "UPDATED", "STEP"):
+        table.add_column(column)
+    for svc in result.services:
+        colour = {"Healthy": "green", "RolledBack": "magenta", "Degraded": "red"}.get(
+            svc.phase, "cyan"
+        )
+        table.add_row(
+            escape(svc.name),
+            f"[{colour}]{svc.phase}[/]",
+            f"{svc.ready}/{svc.desired}",
+            str(svc.updated),
+            escape(svc.message),
+        )
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.worktree:
+        raise ConfigError(
+            "apply applies commits, not uncommitted files: commit first (plan --worktree previews them)"
+        )
+    snapshot = read_snapshot(args)
+    loaded = ManifestLoader().load(
+        snapshot.files,
+        revision=snapshot.revision,
+        root_path=snapshot.root_path,
+        problems=snapshot.problems,
+    )
+    if loaded.state is None:
+        raise ManifestInvalid(list(loaded.diagnostics))
+    desired = loaded.state
+    commit = commit_meta(snapshot.revision, snapshot.commit)
+    with Session(session_options(args)) as session:
+        reconciler = session.reconciler_for(desired)
+        if args.expect_plan:
+            live = observe(reconciler.targets, reconciler.runtimes, session.cluster, session.store)
+            check_expected(compute_plan(desired, live, scoring=args.scoring), args.expect_plan)
+        result = _converge(reconciler, desired, commit, args.timeout)
+        exposed = [s for s in desired.services.values() if s.expose is not None]
+    for error in result.errors:
+        stderr().print(f"[yellow]warning:[/] {escape(error)}")
+    if result.converged and not result.failed:
+        stdout().print(f"[green]✓[/] converged to {short(desired.revision)}")
+        if exposed:
+            stderr().print(
+                "note: endpoints ("
+                + ", ".join(f"{s.name} :{s.expose.port}" for s in exposed if s.expose)
+                + ") are served while gitorch runs; `gitorch daemon` keeps them up"
+            )
+        return 0
+    if result.failed:
+        stderr().print(
+            f"[red]✗[/] {short(desired.revision)} failed; see `gitorch status` and `gitorch history`"
+        )
+    else:
+        stderr().print(f"[red]✗[/] not converged after {args.timeout:g}s")
+    return 1
+
+
+def _converge(
+    reconciler: Reconciler, desired: DesiredState, commit: CommitMeta, timeout: float
+) -> PassResult:
+    deadline = time.monotonic() + timeout
+    interactive = sys.stdout.isatty()
+    result = reconciler.reconcile(desired, commit)
+    last_lines: dict[str, str] = {}
+    with (
+        Live(_table(result), console=stdout(), transient=False, auto_refresh=False)
+        if interactive
+        else _NoLive() as live
+    ):
+        while True:
+            if interactive:
+                live.update(_table(result), refresh=True)
+            else:
+                for svc in result.services:
+                    line = f"{svc.name}: {svc.phase} {svc.ready}/{svc.desired} ready, {svc.updated} updated - {svc.message}"
+                    if last_lines.get(svc.name) != line:
+                        stdout().print(escape(line))
+                        last_lines[svc.name] = line
+            if result.converged or time.monotonic() > deadline:
+                return result
+            time.sleep(0.05 if result.actions else 0.3)
+            result = reconciler.reconcile(desired, commit)
+
+
+class _NoLive:
+    def __enter__(self) -> _NoLive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        return None
