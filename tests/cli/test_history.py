@@ -1,0 +1,249 @@
+"""`gitorch history` as a user runs it: a real state store, the CLI as a subprocess, and
+``--server`` against a real ApiServer reading the same store."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import REPO_ROOT, cli_env
+
+from gitorch.api.metrics import Metrics
+from gitorch.api.server import ApiServer
+from gitorch.commands.history import history_json
+from gitorch.errors import StateError
+from gitorch.state import RevisionResult, StateStore
+
+SHA_A = "a1" * 20
+SHA_B = "b2" * 20
+SHA_C = "c3" * 20
+T0 = 1_714_564_800.0  # 2024-05-01 12:00:00 UTC
+
+
+def history(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**cli_env(tmp_path), "COLUMNS": "250", "TERM": "dumb"}
+    return subprocess.run(
+        [sys.executable, "-m", "gitorch", "history", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """Three applications: A succeeded (web, api), B failed (web), C rolled back (api)."""
+    state_dir = tmp_path / "state"
+    with StateStore(state_dir) as store:
+        a = store.record_revision(
+            SHA_A,
+            author="Alice <alice@example.com>",
+            committed_at="2024-05-01T13:55:00+02:00",
+            signer="alice@example.com (ssh SHA256:abc)",
+            services=["web", "api"],
+            summary={
+                "changes": [
+                    {"kind": "Service", "name": "web", "action": "create"},
+                    {"kind": "Service", "name": "api", "action": "create"},
+                    {"kind": "Volume", "name": "data", "action": "create"},
+                    {"kind": "Service", "name": "db", "action": "create"},
+                ]
+            },
+            at=T0,
+        )
+        store.finish_revision(a.id, RevisionResult.SUCCEEDED)
+        b = store.record_revision(
+            SHA_B,
+            author="Bob <bob@example.com>",
+            committed_at="2024-05-02T09:00:00+00:00",
+            services=["web"],
+            summary={"changes": [{"kind": "Service", "name": "web", "action": "update"}]},
+            at=T0 + 86400,
+        )
+        store.finish_revision(b.id, RevisionResult.FAILED, reason="web-2 never became ready")
+        c = store.record_revision(
+            SHA_C, author="Carol <carol@example.com>", services=["api"], at=T0 + 2 * 86400
+        )
+        store.finish_revision(c.id, RevisionResult.ROLLED_BACK, reason="canary analysis failed")
+    return state_dir
+
+
+def test_text_table_newest_first(tmp_path: Path, state: Path) -> None:
+    done = history(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == [
+        "REVISION",
+        "AUTHOR",
+        "SIGNER",
+        "COMMITTED",
+        "APPLIED",
+        "RESULT",
+        "SUMMARY",
+    ]
+    rows = lines[1:]
+    assert [row[:12] for row in rows] == [SHA_C[:12], SHA_B[:12], SHA_A[:12]]
+    carol, bob, alice = rows
+    assert "rolled-back" in carol and "services: api: canary analysis failed" in carol
+    assert "failed" in bob and "update web: web-2 never became ready" in bob
+    assert "2024-05-02 09:00" in bob and "2024-05-02 12:00" in bob
+    # committed 13:55+02:00 is 11:55 UTC; applied at T0
+    assert "2024-05-01 11:55  2024-05-01 12:00" in alice
+    assert "alice@example.com (ssh SHA256:abc)" in alice
+    assert "create web, create api, create Volume/data (+1 more)" in alice
+    assert "succeeded" in alice
+    assert "\x1b[" not in done.stdout  # NO_COLOR
+
+
+def test_json_is_the_records_own_shape(tmp_path: Path, state: Path) -> None:
+    done = history(tmp_path, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)  # nothing else on stdout
+    with StateStore(state, readonly=True) as store:
+        assert data == history_json(store, None, None)
+    assert [entry["revision"] for entry in data] == [SHA_C, SHA_B, SHA_A]
+    required = {"revision", "author", "committedAt", "appliedAt", "signer", "result", "changes"}
+    assert all(required <= set(entry) for entry in data)
+    assert [entry["result"] for entry in data] == ["rolled-back", "failed", "succeeded"]
+    assert data[1]["signer"] is None and data[1]["reason"] == "web-2 never became ready"
+    assert data[2]["appliedAt"] == "2024-05-01T12:00:00.000+00:00"
+
+
+def test_service_filter_and_limit(tmp_path: Path, state: Path) -> None:
+    done = history(tmp_path, "api", "--format", "json")
+    assert [entry["revision"] for entry in json.loads(done.stdout)] == [SHA_C, SHA_A]
+    done = history(tmp_path, "web", "--limit", "1", "--format", "json")
+    assert [entry["revision"] for entry in json.loads(done.stdout)] == [SHA_B]
+    done = history(tmp_path, "web")
+    assert [row[:12] for row in done.stdout.splitlines()[1:]] == [SHA_B[:12], SHA_A[:12]]
+    done = history(tmp_path, "nope")
+    assert (done.returncode, done.stdout) == (0, "no revisions applied to service nope\n")
+
+
+def test_no_store_yet(tmp_path: Path) -> None:
+    done = history(tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "no revisions applied yet\n", "")
+    assert not (tmp_path / "state").exists()  # reading never creates a store
+    done = history(tmp_path, "--format", "json")
+    assert (done.returncode, json.loads(done.stdout)) == (0, [])
+
+
+def test_empty_store(tmp_path: Path) -> None:
+    StateStore(tmp_path / "state").close()
+    done = history(tmp_path, "--state", str(tmp_path / "state"))
+    assert (done.returncode, done.stdout) == (0, "no revisions applied yet\n")
+
+
+def test_bad_limit_is_a_usage_error(tmp_path: Path) -> None:
+    done = history(tmp_path, "--limit", "-3")
+    assert done.returncode == 1 and "must be 0 (all) or more" in done.stderr
+    done = history(tmp_path, "--state", "x", "--server", "http://127.0.0.1:1")
+    assert done.returncode == 1 and "not allowed with argument" in done.stderr
+
+
+# -- --server: the same history through a running API ----------------------------------
+
+
+class StoreHandle:
+    """Just enough of a DaemonHandle: history from a real read-only store."""
+
+    def __init__(self, state: Path) -> None:
+        self.store = StateStore(state, readonly=True)
+        self.metrics = Metrics()
+        self.broken = False
+
+    def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        if self.broken:
+            raise StateError("the state store is being migrated")
+        return history_json(self.store, service, limit)
+
+    def status(self) -> dict[str, Any]:
+        raise AssertionError("not used")
+
+    def plan(self, ref: str | None) -> dict[str, Any]:
+        raise AssertionError("not used")
+
+    def trigger(self, reason: str) -> None:
+        raise AssertionError("not used")
+
+    def healthy(self) -> tuple[bool, str]:
+        return True, ""
+
+
+@pytest.fixture
+def daemon(state: Path) -> Iterator[tuple[ApiServer, StoreHandle]]:
+    handle = StoreHandle(state)
+    api = ApiServer(handle, "127.0.0.1:0")
+    api.start()
+    try:
+        yield api, handle
+    finally:
+        api.stop()
+        handle.store.close()
+
+
+def test_server_gives_the_same_history(
+    tmp_path: Path, daemon: tuple[ApiServer, StoreHandle]
+) -> None:
+    api, _ = daemon
+    other = tmp_path / "elsewhere"  # --server must not read any local state
+    local = history(tmp_path, "web", "--format", "json")
+    remote = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gitorch",
+            "history",
+            "web",
+            "--server",
+            api.url,
+            "--format",
+            "json",
+        ],
+        cwd=REPO_ROOT,
+        env={**cli_env(other), "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert remote.returncode == 0, remote.stderr
+    assert json.loads(remote.stdout) == json.loads(local.stdout)
+    text = history(tmp_path, "--server", api.url + "/")
+    assert [row[:12] for row in text.stdout.splitlines()[1:]] == [
+        SHA_C[:12],
+        SHA_B[:12],
+        SHA_A[:12],
+    ]
+
+
+def test_server_errors_are_one_clear_line(
+    tmp_path: Path, daemon: tuple[ApiServer, StoreHandle]
+) -> None:
+    api, handle = daemon
+    handle.broken = True
+    done = history(tmp_path, "--server", api.url)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"error: the daemon at {api.url} answered 503: the state store is being migrated"
+    )
+
+
+def test_unreachable_server(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = history(tmp_path, "--server", f"http://127.0.0.1:{port}")
+    assert done.returncode == 1
+    assert f"cannot reach the gitorch daemon at http://127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = history(tmp_path, "--server", "127.0.0.1:7420")
+    assert done.returncode == 1 and "invalid --server URL" in done.stderr
