@@ -43,7 +43,7 @@ class StubHandle:
     ok: bool = True
     reason: str = ""
     plan_error: Exception | None = None
-    status_hook: Callable[[], None] | None = None
+    status_hook: Callable[[], object] | None = None
     triggers: list[str] = field(default_factory=list)
     history_calls: list[tuple[str | None, int]] = field(default_factory=list)
     plan_calls: list[str | None] = field(default_factory=list)
