@@ -149,7 +149,7 @@ def take_census(inp: RolloutInput) -> Census:
     """Sort ``inp.replicas``; the result does not depend on their order in the input."""
     replicas = sorted(inp.replicas, key=lambda r: (r.slot, r.template, r.id))
     exited = tuple(r for r in replicas if r.state == "exited")
-    live = [r for r in replicas if r.state not in ("exited", "unknown")]
+    live = [r for r in replicas if r.state != "exited"]
     old = tuple(r for r in live if r.template != inp.target)
     targets: dict[int, ReplicaView] = {}
     excess: list[ReplicaView] = []
