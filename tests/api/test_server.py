@@ -187,7 +187,7 @@ def test_malformed_requests_get_json_errors(server: ApiServer) -> None:
     assert raw_exchange(server.address, short_body).startswith(b"HTTP/1.0 400 ")
 
 
-def test_head_gets_headers_only(server: ApiServer) -> None:
+def test_head_is_405_without_a_body(server: ApiServer) -> None:
     reply = request(server.address, "HEAD", "/healthz")
     assert reply.status == 405
     assert reply.body == b""
