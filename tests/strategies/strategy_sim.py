@@ -21,9 +21,20 @@ from gitorch.strategies.machine import (
     RolloutInput,
     Stop,
 )
-from gitorch.strategies.rolling import is_available, resolve_limits
+from gitorch.strategies.rolling import resolve_limits
 
 PASS_SECONDS = 5.0
+
+
+def is_available(replica: ReplicaView, inp: RolloutInput) -> bool:
+    """Available, written again here rather than imported, so the checks do not share a bug
+    with the code they check: running, ready, for ``min_ready_seconds``."""
+    return (
+        replica.state == "running"
+        and replica.ready
+        and replica.ready_since is not None
+        and inp.now - replica.ready_since >= inp.min_ready_seconds
+    )
 
 
 @dataclass

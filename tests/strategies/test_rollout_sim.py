@@ -18,11 +18,12 @@ from strategy_sim import (
     Reconciler,
     check_cluster,
     check_pass,
+    is_available,
     rollout_input,
 )
 
 from gitorch.strategies import Decision, Phase, RolloutInput, recreate_step, rolling_step
-from gitorch.strategies.rolling import is_available, resolve_limits
+from gitorch.strategies.rolling import resolve_limits
 
 limit = st.one_of(st.integers(0, 3), st.sampled_from(["0%", "25%", "50%", "100%"]))
 SIM = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
