@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from strategy_sim import (
     PASS_SECONDS,
@@ -22,7 +22,7 @@ from strategy_sim import (
     rollout_input,
 )
 
-from gitorch.strategies import Decision, Phase, RolloutInput, recreate_step, rolling_step
+from gitorch.strategies import Create, Decision, Phase, RolloutInput, recreate_step, rolling_step
 from gitorch.strategies.rolling import resolve_limits
 
 limit = st.one_of(st.integers(0, 3), st.sampled_from(["0%", "25%", "50%", "100%"]))
@@ -45,11 +45,14 @@ def available(cluster: Cluster, inp: RolloutInput, template: str | None = None) 
 def chaos(data: st.DataObject, cluster: Cluster, desired: int) -> frozenset[int]:
     """One pass of trouble: maybe a crash, maybe a node lost; slots in back-off."""
     live = sorted(r.id for r in cluster.live() if r.state in ("created", "running"))
-    if live and data.draw(st.booleans(), "crash?"):
-        cluster.crash(data.draw(st.sampled_from(live), "crash"))
-    if live and data.draw(st.integers(0, 3), "lose node?") == 0:
-        victim = data.draw(st.sampled_from(live), "lost")
-        cluster.lose_node(victim, data.draw(st.integers(1, 3), "silent passes"))
+    if live:
+        if data.draw(st.booleans(), "crash?"):
+            cluster.crash(data.draw(st.sampled_from(live), "crash"))
+            event("a replica crashed")
+        if data.draw(st.integers(0, 3), "lose node?") == 0:
+            victim = data.draw(st.sampled_from(live), "lost")
+            cluster.lose_node(victim, data.draw(st.integers(1, 3), "silent passes"))
+            event("a node went silent")
     if desired == 0:
         return frozenset()
     return frozenset(data.draw(st.sets(st.integers(1, desired), max_size=2), "blocked"))
@@ -124,6 +127,8 @@ def test_rolling_update_keeps_its_limits_and_converges(
         inp = reconciler.observe(blocked)
         decision = rolling_step(inp)
         check_pass(inp, decision)
+        if any(isinstance(a, Create) and a.slot + 1 in blocked for a in decision.actions):
+            event("created next to a blocked slot")
         cluster.execute(decision)
         check_cluster(cluster)
         cluster.tick()
