@@ -186,7 +186,8 @@ def _plural(count: int, word: str) -> str:
 def describe_progress(inp: RolloutInput, census: Census, actions: tuple[Action, ...]) -> str:
     """The one status line: where the rollout stands, what it waits for, what it does now.
 
-    e.g. ``2/3 updated, 1 old, waiting for web-3 ready; stopping 1 old``
+    e.g. ``2/3 updated, 1 old, waiting for web-3 ready; stopping 1 old, starting web-3``
+    (in the order the executor runs the actions: Stops, then Creates).
     """
     updated = sum(1 for r in census.targets.values() if r.id in census.available)
     parts = [f"{updated}/{inp.desired} updated"]
@@ -194,32 +195,41 @@ def describe_progress(inp: RolloutInput, census: Census, actions: tuple[Action, 
         parts.append(f"{len(census.old)} old")
     if census.excess:
         parts.append(f"{len(census.excess)} extra")
-    waiting: list[str] = []
+    not_ready: list[str] = []
+    soon: list[str] = []  # ready, not yet for minReadySeconds
+    silent: list[str] = []
     for slot, replica in sorted(census.targets.items()):
         if replica.id in census.available:
             continue
         name = replica_name(inp, slot)
         if replica.state == "unknown":
-            waiting.append(f"{name} (node not answering)")
+            silent.append(name)
         elif replica.ready and replica.ready_since is not None:
             left = inp.min_ready_seconds - (inp.now - replica.ready_since)
-            waiting.append(f"{name} (ready, available in {max(left, 0):.0f}s)")
+            soon.append(f"{name} available in {max(left, 0):.0f}s")
         else:
-            waiting.append(name)
+            not_ready.append(name)
+    waiting = bool(not_ready or soon or silent)
     line = ", ".join(parts)
-    if waiting:
-        line += ", waiting for " + ", ".join(waiting) + " ready"
+    if not_ready:
+        line += ", waiting for " + ", ".join(not_ready) + " ready"
+    if soon:
+        line += ", " + ", ".join(soon)
+    if silent:
+        line += ", node not answering for " + ", ".join(silent)
     backing_off = sorted(s for s in inp.blocked_slots if 1 <= s <= inp.desired)
     backing_off = [s for s in backing_off if s not in census.targets]
     if backing_off:
         line += ", in crash back-off: " + ", ".join(replica_name(inp, s) for s in backing_off)
     doing: list[str] = []
+    stopping = {a.replica_id for a in actions if isinstance(a, Stop)}
+    for group, word in ((census.old, "old"), (census.excess, "extra"), (census.exited, "exited")):
+        count = sum(1 for r in group if r.id in stopping)
+        if count:
+            doing.append(f"{'removing' if word == 'exited' else 'stopping'} {count} {word}")
     creates = [a.slot for a in actions if isinstance(a, Create)]
     if creates:
         doing.append("starting " + ", ".join(replica_name(inp, s) for s in creates))
-    stops = [a for a in actions if isinstance(a, Stop)]
-    if stops:
-        doing.append("stopping " + _plural(len(stops), "replica"))
     if doing:
         line += "; " + ", ".join(doing)
     elif not waiting:

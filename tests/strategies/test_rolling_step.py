@@ -162,7 +162,7 @@ CASES = [
         (rep("B1", "unknown"), *B(2)),
         (),
         (),
-        message="web-1 (node not answering)",
+        message="node not answering for web-1",
     ),
     Case(
         "a stale ready flag on an unknown replica does not count toward the floor",
@@ -238,7 +238,7 @@ CASES = [
         (),
         (),
         min_ready=10,
-        message="web-1 (ready, available in 6s)",
+        message="0/1 updated, 1 old, web-1 available in 6s",
     ),
     Case(
         "minReadySeconds passed",
@@ -339,3 +339,16 @@ def test_stop_reasons_say_why() -> None:
     assert [a.reason for a in decide(old).actions if isinstance(a, Stop)] == [
         "old template, not available"
     ]
+
+
+def test_status_line_reads_in_execution_order() -> None:
+    refill = next(c for c in CASES if c.name.startswith("at the ceiling, stop down"))
+    assert decide(refill).message == (
+        "2/5 updated, 5 old; stopping 3 old, starting web-3, web-4, web-5"
+    )
+    cleanup = next(c for c in CASES if c.name == "exited replicas free the ceiling")
+    assert decide(cleanup).message == (
+        "0/2 updated, 1 old; removing 2 exited, starting web-1, web-2"
+    )
+    holding = next(c for c in CASES if c.name.startswith("a stale ready flag"))
+    assert decide(holding).message == ("0/2 updated, 2 old, node not answering for web-1")
