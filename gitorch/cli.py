@@ -15,7 +15,7 @@ from typing import NoReturn
 from rich.markup import escape
 
 from gitorch import __version__
-from gitorch.commands import apply, history, nodes, plan, status, validate
+from gitorch.commands import apply, daemon, history, nodes, plan, status, validate
 from gitorch.commands.common import stderr
 from gitorch.errors import GitorchError
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.register(subparsers)
     plan.register(subparsers)
     apply.register(subparsers)
+    daemon.register(subparsers)
     status.register(subparsers)
     nodes.register(subparsers)
     history.register(subparsers)

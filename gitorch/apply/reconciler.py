@@ -224,8 +224,9 @@ class Reconciler:
         name = service.name
         record, target = self._target(desired, service, record, now)
         live_service = live.services.get(name) or LiveService(name, None)
-        views, dead, completed = self._views(target, live_service, now)
         self._track(target, record, live_service)
+        now = max(now, self.clock())  # probes just run belong to this decision's present
+        views, dead, completed = self._views(target, live_service, now)
         blocked = self._blocked_slots(name, backoff, completed, now, live_service, dead, target)
 
         if waiting and record.phase is not RolloutPhase.HEALTHY:
@@ -240,7 +241,11 @@ class Reconciler:
             replicas=tuple(views),
             now=now,
             started_at=record.started_at,
-            last_progress_at=record.progress_at or record.started_at,
+            # A settled service that needs a repair starts the repair's window now.
+            last_progress_at=now
+            if record.reached_healthy
+            and record.phase in (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK)
+            else (record.progress_at or record.started_at),
             progress_deadline_seconds=float(target.strategy.progress_deadline_seconds),
             min_ready_seconds=float(target.strategy.min_ready_seconds),
             max_surge=target.strategy.rolling_update.max_surge,
@@ -281,6 +286,8 @@ class Reconciler:
                     spec=service.canonical,
                     revision=desired.revision,
                     phase=RolloutPhase.PROGRESSING if scaled else record.phase,
+                    started_at=now if scaled else record.started_at,
+                    progress_at=now if scaled else record.progress_at,
                 )
                 self.store.record_applied(
                     "Service", service.name, desired.revision, service.digest, service.canonical
@@ -375,12 +382,19 @@ class Reconciler:
         return views, dead, completed
 
     def _track(self, target: Service, record: RolloutRecord, live_service: LiveService) -> None:
-        """Probe every running replica with the probes of the spec it runs."""
+        """Probe every running replica with the probes of the spec it runs.
+
+        A replica seen for the first time (after a restart, or made outside this process)
+        is probed once right away: until then its readiness is unknown, and a strategy
+        must not mistake "not probed yet" for "not ready" (it would stop old replicas
+        it believes unavailable).
+        """
         by_template = {target.template_digest: target}
         if record.previous_spec and record.previous_digest:
             by_template.setdefault(
                 record.previous_digest, self._service_from(record.previous_spec, target)
             )
+        fresh: list[str] = []
         for replica in live_service.replicas:
             if (
                 replica.state != "running"
@@ -389,10 +403,17 @@ class Reconciler:
             ):
                 continue
             spec = by_template.get(replica.template_digest or "", target)
+            known = self.health.health(replica.id) is not None
             try:
                 self.health.track(replica.id, replica.node, replica.instance, spec)
             except GitorchError as exc:
                 log.warning("cannot probe %s: %s", replica.name, exc.message)
+                continue
+            if not known:
+                fresh.append(replica.id)
+        if fresh:
+            with ThreadPoolExecutor(max_workers=min(8, len(fresh))) as pool:
+                list(pool.map(self.health.observe_now, fresh))
 
     def _blocked_slots(
         self,
@@ -596,38 +617,68 @@ class Reconciler:
         progress_at: float,
         now: float,
     ) -> RolloutRecord:
+        """Record where the service stands after this pass.
+
+        A rollout to a new template that fails rolls back (when allowed). Once a template
+        has been healthy, later trouble (a replica died or was removed, a scale-up cannot
+        be placed) is a *repair*: it gets its own progress window and, if it cannot
+        succeed, makes the service Degraded. A version that worked is never rolled back
+        because a replica crashed.
+        """
         rolled_back = (
             record.failed_digest is not None and record.spec_digest != record.failed_digest
         )
-        if decision.phase is Phase.FAILED:
-            return self._fail(desired, target, record, decision.failure or decision.message, now)
+        settled = RolloutPhase.ROLLED_BACK if rolled_back else RolloutPhase.HEALTHY
+        common = {"available": available, "message": decision.message, "step": decision.step}
         if decision.phase is Phase.HEALTHY:
-            phase = RolloutPhase.ROLLED_BACK if rolled_back else RolloutPhase.HEALTHY
-            if record.phase not in (
-                RolloutPhase.HEALTHY,
-                RolloutPhase.ROLLED_BACK,
-                RolloutPhase.DEGRADED,
-            ):
+            if record.phase is not settled:
                 self.store.append_event(
                     "rollout.completed",
                     f"{target.name}: {available} replica(s) of {record.spec_digest[:12]} available",
                     service=target.name,
                     revision=record.revision,
                 )
-        elif record.phase is RolloutPhase.DEGRADED:
-            phase = RolloutPhase.DEGRADED  # stays until Git changes the template
-        elif rolled_back:
-            phase = RolloutPhase.ROLLED_BACK
-        else:
-            phase = RolloutPhase.PROGRESSING
-        return self._save(
-            record,
-            phase=phase,
-            available=available,
-            progress_at=progress_at,
-            message=decision.message,
-            step=decision.step,
+            return self._save(
+                record, phase=settled, reached_healthy=True, progress_at=progress_at, **common
+            )
+        if not record.reached_healthy:
+            if decision.phase is Phase.FAILED:
+                return self._fail(
+                    desired, target, record, decision.failure or decision.message, now
+                )
+            phase = (
+                RolloutPhase.DEGRADED
+                if record.phase is RolloutPhase.DEGRADED
+                else (RolloutPhase.ROLLED_BACK if rolled_back else RolloutPhase.PROGRESSING)
+            )
+            return self._save(record, phase=phase, progress_at=progress_at, **common)
+        # A repair of a version that worked.
+        if record.phase in (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK):
+            record = replace(record, started_at=now)
+            progress_at = now  # the repair's own window starts now
+        if decision.phase is Phase.FAILED:
+            if record.phase is not RolloutPhase.DEGRADED:
+                reason = decision.failure or decision.message
+                self.store.append_event(
+                    "service.degraded",
+                    f"{target.name}: {reason}",
+                    service=target.name,
+                    revision=record.revision,
+                )
+                log.error("%s is degraded: %s", target.name, reason, extra={"service": target.name})
+            return self._save(
+                record,
+                phase=RolloutPhase.DEGRADED,
+                progress_at=progress_at,
+                last_error=decision.failure or decision.message,
+                **common,
+            )
+        phase = (
+            RolloutPhase.DEGRADED
+            if record.phase is RolloutPhase.DEGRADED
+            else RolloutPhase.PROGRESSING
         )
+        return self._save(record, phase=phase, progress_at=progress_at, **common)
 
     def _fail(
         self, desired: DesiredState, target: Service, record: RolloutRecord, reason: str, now: float
@@ -682,6 +733,7 @@ class Reconciler:
             spec=record.previous_spec,
             phase=RolloutPhase.ROLLED_BACK,
             failed_digest=record.spec_digest,
+            reached_healthy=False,
             last_error=reason,
             started_at=now,
             progress_at=now,

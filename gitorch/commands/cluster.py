@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.commands.common import state_dir
@@ -52,6 +53,7 @@ class ClusterView:
     targets: list[NodeTarget]
     runtimes: dict[str, Runtime]
     live: LiveState
+    state_dir: Path | None = None
 
     def close(self) -> None:
         if self.store is not None:
@@ -65,4 +67,4 @@ def open_view(args: argparse.Namespace) -> ClusterView:
     targets = registered_targets(store, getattr(args, "runtime", None))
     runtimes = open_runtimes(targets, state)
     live = observe(targets, runtimes, existing_cluster_name(state), store)
-    return ClusterView(store, targets, runtimes, live)
+    return ClusterView(store, targets, runtimes, live, state)

@@ -14,6 +14,7 @@ from gitorch.commands.common import add_format_option, add_state_option, print_j
 from gitorch.errors import GitorchError
 from gitorch.live.model import LiveService
 from gitorch.live.observe import assess_readiness
+from gitorch.state import lock_holder
 
 EXAMPLE = """example:
   gitorch status
@@ -90,6 +91,9 @@ def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
         if attempted is not None and str(attempted.result) in ("failed", "rolled-back"):
             last_error = attempted.reason or f"the last revision {attempted.result}"
     services = [s for name, s in sorted(live.services.items()) if only in (None, name)]
+    daemon_error = _daemon_error(view)
+    if daemon_error is not None:
+        last_error = daemon_error.get("message") or last_error
     return {
         "cluster": live.cluster or None,
         "revision": live.last_applied_revision,
@@ -99,7 +103,19 @@ def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
             for n in live.nodes.values()
         ],
         "services": [service_json(s) for s in services],
+        **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),
     }
+
+
+def _daemon_error(view: ClusterView) -> dict[str, Any] | None:
+    """The error a running daemon reports (an invalid newest commit, an unreachable repo)."""
+    if view.state_dir is None or lock_holder(view.state_dir) is None:
+        return None
+    from gitorch.daemon import read_daemon_file
+
+    data = read_daemon_file(view.state_dir)
+    error = data.get("lastError") if data else None
+    return error if isinstance(error, dict) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,6 +158,8 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
         console.print(f"  [red]node {escape(node['name'])} NotReady:[/] {escape(node['message'])}")
     if data["lastError"]:
         console.print(f"[red]last error:[/] {escape(data['lastError'])}")
+        for line in data.get("lastErrorDetail", []):
+            console.print(f"  {escape(line)}")
     if not data["services"]:
         console.print("no services applied or running")
         return

@@ -123,6 +123,7 @@ class RolloutRecord:
     available: int = 0  # target replicas available at the last pass
     progress_at: float = 0.0  # when ``available`` last grew (the deadline counts from here)
     message: str = ""  # where the rollout stands, for status
+    reached_healthy: bool = False  # this spec was Healthy once: failures now are repairs
 
     def to_json(self) -> dict[str, object]:
         return {

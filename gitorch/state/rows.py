@@ -72,6 +72,7 @@ def rollout(row: sqlite3.Row) -> RolloutRecord:
         available=row["available"],
         progress_at=row["progress_at"],
         message=row["message"],
+        reached_healthy=bool(row["reached_healthy"]),
     )
 
 

@@ -163,6 +163,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE rollouts ADD COLUMN available INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE rollouts ADD COLUMN progress_at REAL NOT NULL DEFAULT 0",
             "ALTER TABLE rollouts ADD COLUMN message TEXT NOT NULL DEFAULT ''",
+            # The current spec reached Healthy once: later trouble is repaired, never
+            # answered by rolling back a version that worked.
+            "ALTER TABLE rollouts ADD COLUMN reached_healthy INTEGER NOT NULL DEFAULT 0",
             """
             CREATE TABLE backoff (
                 service         TEXT NOT NULL,

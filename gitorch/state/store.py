@@ -460,8 +460,8 @@ class StateStore:
                 "INSERT INTO rollouts (service, revision, spec_digest, strategy, phase, step,"
                 " weight, started_at, updated_at, last_error, previous_revision,"
                 " previous_digest, spec, previous_spec, failed_digest, available,"
-                " progress_at, message)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " progress_at, message, reached_healthy)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (service) DO UPDATE SET"
                 " revision = excluded.revision, spec_digest = excluded.spec_digest,"
                 " strategy = excluded.strategy, phase = excluded.phase,"
@@ -472,7 +472,8 @@ class StateStore:
                 " previous_digest = excluded.previous_digest,"
                 " spec = excluded.spec, previous_spec = excluded.previous_spec,"
                 " failed_digest = excluded.failed_digest, available = excluded.available,"
-                " progress_at = excluded.progress_at, message = excluded.message",
+                " progress_at = excluded.progress_at, message = excluded.message,"
+                " reached_healthy = excluded.reached_healthy",
                 (
                     stored.service,
                     stored.revision,
@@ -492,6 +493,7 @@ class StateStore:
                     stored.available,
                     stored.progress_at,
                     stored.message,
+                    int(stored.reached_healthy),
                 ),
             )
         return stored

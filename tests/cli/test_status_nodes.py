@@ -36,7 +36,7 @@ from live_helpers import (  # noqa: E402
     start_replicas,
 )
 
-from gitorch.commands.cluster import runtime_dir  # noqa: E402
+from gitorch.live.inventory import runtime_dir  # noqa: E402
 from gitorch.live import NodeTarget, cluster_name, observe  # noqa: E402
 from gitorch.live.inventory import local_node_name  # noqa: E402
 from gitorch.manifests import Service  # noqa: E402

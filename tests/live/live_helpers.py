@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from gitorch.commands.cluster import runtime_dir
+from gitorch.live.inventory import runtime_dir
 from gitorch.errors import InstanceNotFound, RuntimeDriverError
 from gitorch.live import LiveState, NodeTarget
 from gitorch.live.observe import assess_readiness

@@ -1,0 +1,85 @@
+"""``gitorch daemon``: reconcile forever from Git, self-heal, serve the API."""
+
+from __future__ import annotations
+
+import argparse
+
+from gitorch.api.webhook import WebhookSecret
+from gitorch.commands.apply import add_session_options, session_options
+from gitorch.commands.common import add_source_options
+from gitorch.daemon import Daemon, DaemonOptions
+from gitorch.errors import ConfigError
+from gitorch.logs import setup_logging
+
+EXAMPLE = """example:
+  gitorch daemon --path examples/repo --runtime process
+  gitorch daemon --repo https://git.example.com/shop/deploy.git --ref main --interval 60 \\
+      --webhook-secret-file /etc/gitorch/webhook-secret --log-format json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "daemon",
+        help="the reconciler: poll Git, react to webhooks and local commits, self-heal, serve the API",
+        description="Reconcile the cluster to the newest valid commit of --ref, forever. Polls the "
+        "source every --interval seconds, reacts at once to commits in a local checkout and to "
+        "signed webhooks, replaces replicas that die, rolls back failed rollouts, and serves the "
+        "HTTP API (status, history, plan, metrics, webhook) on --listen. SIGTERM/SIGINT stop it "
+        "cleanly; running replicas keep running and are re-adopted on the next start.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_source_options(parser)
+    add_session_options(parser)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=30.0,
+        help="seconds between fetches of the source (default 30)",
+    )
+    parser.add_argument(
+        "--resync",
+        type=float,
+        default=2.0,
+        help="seconds between reconcile passes when nothing happens (self-heal; default 2)",
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:7420", help="HTTP API address (default 127.0.0.1:7420)"
+    )
+    parser.add_argument(
+        "--webhook-secret-file",
+        default=None,
+        help="file holding the HMAC secret of push webhooks (without it webhooks are refused)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="json: one JSON object per line",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.worktree:
+        raise ConfigError("the daemon applies commits, never uncommitted files (drop --worktree)")
+    if args.interval <= 0 or args.resync <= 0:
+        raise ConfigError("--interval and --resync must be positive")
+    setup_logging(args.log_level, args.log_format)
+    secret = WebhookSecret.from_file(args.webhook_secret_file) if args.webhook_secret_file else None
+    options = DaemonOptions(
+        repo=args.repo,
+        ref=args.ref,
+        path=args.path,
+        session=session_options(args),
+        interval=args.interval,
+        resync=args.resync,
+        listen=args.listen,
+        webhook_secret=secret,
+    )
+    Daemon(options).run()
+    return 0

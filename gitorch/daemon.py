@@ -1,0 +1,365 @@
+"""``gitorch daemon``: the reconciler running forever, driven from Git.
+
+One loop thread. It wakes on a timer (``resync``, quick passes that self-heal), on the
+poll interval (fetch the source), at once on a local commit (watchdog) or a verified
+webhook, and sooner while a rollout is moving. Each wake-up that fetches reads the newest
+commit of the tracked ref; a commit that does not validate is reported (``status``, the
+API, the log, with file:line) and the last good desired state keeps being reconciled.
+
+SIGTERM or SIGINT stops the loop between passes: replicas keep running, and the next
+daemon re-adopts them from their labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gitorch.api.metrics import Metrics
+from gitorch.api.server import ApiServer
+from gitorch.api.webhook import WebhookSecret
+from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
+from gitorch.apply.session import Session, SessionOptions, commit_meta
+from gitorch.commands.cluster import ClusterView
+from gitorch.commands.history import history_json
+from gitorch.commands.status import status_json
+from gitorch.diff import compute_plan
+from gitorch.errors import GitorchError, ManifestInvalid
+from gitorch.live import observe
+from gitorch.live.model import LiveState
+from gitorch.manifests import ManifestLoader
+from gitorch.manifests.model import DesiredState
+from gitorch.sources import Source, open_source
+
+log = logging.getLogger("gitorch.daemon")
+
+DAEMON_FILE = "daemon.json"
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    repo: str
+    ref: str | None
+    path: str
+    session: SessionOptions
+    interval: float = 30.0  # fetch the source this often
+    resync: float = 2.0  # reconcile (self-heal) at least this often
+    listen: str = "127.0.0.1:7420"
+    webhook_secret: WebhookSecret | None = None
+    watch: bool = True  # react at once to commits in a local checkout
+
+
+def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:
+    """What a running daemon last wrote about itself (None when absent or unreadable)."""
+    try:
+        data = json.loads((Path(state_dir) / DAEMON_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class Daemon:
+    """The loop, and the :class:`~gitorch.api.DaemonHandle` its HTTP API serves."""
+
+    def __init__(self, options: DaemonOptions) -> None:
+        self.options = options
+        self.metrics = Metrics()
+        self._wake = threading.Event()
+        self._fetch_requested = True
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards the fields below, read by API threads
+        self._desired: DesiredState | None = None
+        self._commit: CommitMeta | None = None
+        self._seen_sha: str | None = None
+        self._last_error: dict[str, Any] | None = None
+        self._last_pass: PassResult | None = None
+        self._loop_error: str | None = None
+        self.session: Session | None = None
+        self.source: Source | None = None
+        self.loader = ManifestLoader()
+        self.api: ApiServer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT when called from the main thread)."""
+        opts = self.options
+        self.source = open_source(
+            opts.repo, cache_root=opts.session.state_dir / "cache", ref=opts.ref
+        )
+        with Session(opts.session, on_health_change=lambda *_: self._wake.set()) as session:
+            self.session = session
+            self._write_daemon_file()
+            self.api = ApiServer(self, opts.listen, webhook_secret=opts.webhook_secret)
+            self.api.start()
+            watcher = self._start_watcher()
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, lambda *_: self.stop())
+            log.info("daemon started", extra={"repo": opts.repo, "listen": opts.listen})
+            try:
+                self._loop()
+            finally:
+                log.info("daemon stopping: replicas keep running")
+                if watcher is not None:
+                    watcher.__exit__(None, None, None)
+                self.api.stop()
+                (opts.session.state_dir / DAEMON_FILE).unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def _start_watcher(self) -> Any:
+        if not self.options.watch or not Path(self.options.repo).is_dir():
+            return None
+        try:
+            from gitorch.sources.watch import RepositoryWatcher
+
+            watcher = RepositoryWatcher(
+                Path(self.options.repo), lambda: self.trigger("local commit")
+            )
+            watcher.__enter__()
+            return watcher
+        except GitorchError as exc:
+            log.warning("not watching %s: %s", self.options.repo, exc.message)
+            return None
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self) -> None:
+        next_fetch = 0.0
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if self._fetch_requested or now >= next_fetch:
+                self._fetch_requested = False
+                next_fetch = now + self.options.interval
+                self._refresh_desired()
+            moving = self._reconcile_once()
+            timeout = 0.3 if moving else self.options.resync
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    def _refresh_desired(self) -> None:
+        assert self.source is not None
+        opts = self.options
+        try:
+            fetched = self.source.fetch()
+            if not fetched.reachable:
+                self.metrics.source_fetch_errors_total.inc()
+                log.warning("source not reachable, using the cached copy: %s", fetched.error)
+            if fetched.history_rewritten:
+                log.warning(
+                    "history rewritten: %s is no longer an ancestor of %s",
+                    fetched.old_sha,
+                    fetched.new_sha,
+                )
+                assert self.session is not None
+                self.session.store.append_event(
+                    "source.history-rewritten",
+                    f"the tracked ref moved from {fetched.old_sha} to {fetched.new_sha}, not a descendant",
+                    revision=fetched.new_sha,
+                )
+            sha = self.source.resolve(opts.ref)
+            if sha == self._seen_sha:
+                return
+            snapshot = self.source.snapshot(sha, opts.path)
+            loaded = self.loader.load(
+                snapshot.files,
+                revision=snapshot.revision,
+                root_path=snapshot.root_path,
+                problems=snapshot.problems,
+            )
+        except GitorchError as exc:
+            self.metrics.source_fetch_errors_total.inc()
+            self._set_error({"message": exc.message, "detail": list(exc.detail)})
+            log.error("cannot read the desired state: %s", exc.message)
+            return
+        with self._lock:
+            self._seen_sha = sha
+        if loaded.state is None:
+            diagnostics = [str(d) for d in loaded.diagnostics]
+            self._set_error(
+                {
+                    "message": f"revision {sha[:12]} is invalid; still applying {(self._commit.sha if self._commit else 'nothing')[:12]}",
+                    "revision": sha,
+                    "diagnostics": diagnostics,
+                }
+            )
+            for line in diagnostics:
+                log.error("invalid manifest: %s", line, extra={"revision": sha})
+            assert self.session is not None
+            self.session.store.append_event(
+                "revision.invalid",
+                f"{sha[:12]}: {len(diagnostics)} problem(s)",
+                revision=sha,
+                data={"diagnostics": diagnostics[:100]},
+            )
+            return
+        with self._lock:
+            self._desired = loaded.state
+            self._commit = commit_meta(snapshot.revision, snapshot.commit)
+            self._last_error = None
+        self._write_daemon_file()
+        log.info("new revision %s", sha[:12], extra={"revision": sha})
+
+    def _reconcile_once(self) -> bool:
+        """One pass over the last good desired state; True while something is moving."""
+        desired, commit = self._desired, self._commit
+        if desired is None or self.session is None:
+            return False
+        started = time.monotonic()
+        try:
+            reconciler = self.session.reconciler_for(desired)
+            result = reconciler.reconcile(desired, commit)
+        except GitorchError as exc:
+            self.metrics.reconcile_total.inc(result="error")
+            self._loop_error = exc.message
+            log.error("reconcile failed: %s", exc.message)
+            return False
+        except Exception as exc:  # a bug must not kill the daemon: log it, keep serving
+            self.metrics.reconcile_total.inc(result="error")
+            self._loop_error = f"internal error: {exc!r}"
+            log.exception("reconcile crashed")
+            return False
+        self._loop_error = None
+        self.metrics.reconcile_duration_seconds.observe(time.monotonic() - started)
+        self.metrics.reconcile_total.inc(
+            result="converged"
+            if result.converged and not result.failed
+            else "failed"
+            if result.failed
+            else "progressing"
+        )
+        for svc in result.services:
+            self.metrics.set_rollout_phase(svc.name, svc.phase)
+            self.metrics.set_replicas(
+                svc.name, desired=svc.desired, ready=svc.ready, updated=svc.updated
+            )
+        self.metrics.set_revision(desired.revision)
+        for error in result.errors:
+            log.warning("%s", error)
+        with self._lock:
+            self._last_pass = result
+        return not result.converged or result.actions > 0
+
+    def _set_error(self, error: dict[str, Any]) -> None:
+        with self._lock:
+            self._last_error = error
+        self._write_daemon_file()
+
+    def _write_daemon_file(self) -> None:
+        state = self.options.session.state_dir
+        data = {
+            "pid": os.getpid(),
+            "listen": self.api.listen if self.api else self.options.listen,
+            "repo": self.options.repo,
+            "ref": self.options.ref,
+            "path": self.options.path,
+            "revision": self._commit.sha if self._commit else None,
+            "lastError": self._last_error,
+            "updatedAt": time.time(),
+        }
+        tmp = state / f".{DAEMON_FILE}.tmp"
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        tmp.replace(state / DAEMON_FILE)
+
+    # ------------------------------------------------------------------ DaemonHandle
+
+    def trigger(self, reason: str) -> None:
+        log.info("reconcile requested: %s", reason)
+        self._fetch_requested = True
+        self._wake.set()
+
+    def healthy(self) -> tuple[bool, str]:
+        if self._loop_error:
+            return False, self._loop_error
+        return True, ""
+
+    def _view(self) -> tuple[Reconciler | None, LiveState | None]:
+        session, desired = self.session, self._desired
+        if session is None or desired is None or session.reconciler is None:
+            return None, None
+        reconciler = session.reconciler
+        live = observe(reconciler.targets, reconciler.runtimes, session.cluster, session.store)
+        return reconciler, live
+
+    def status(self) -> dict[str, Any]:
+        reconciler, live = self._view()
+        assert self.session is not None
+        if reconciler is None or live is None:
+            doc: dict[str, Any] = {
+                "cluster": self.session.cluster,
+                "revision": None,
+                "services": [],
+                "nodes": [],
+            }
+        else:
+            live = _with_health(live, reconciler)
+            view = ClusterView(self.session.store, reconciler.targets, reconciler.runtimes, live)
+            doc = status_json(view, None)
+        with self._lock:
+            if self._last_error is not None:
+                doc["lastError"] = self._last_error.get("message")
+                doc["lastErrorDetail"] = self._last_error.get(
+                    "diagnostics", self._last_error.get("detail", [])
+                )
+            doc["tracking"] = {
+                "repo": self.options.repo,
+                "ref": self.options.ref,
+                "path": self.options.path,
+                "revision": self._commit.sha if self._commit else None,
+            }
+        return doc
+
+    def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        assert self.session is not None
+        return history_json(self.session.store, service, limit)
+
+    def plan(self, ref: str | None) -> dict[str, Any]:
+        assert self.source is not None and self.session is not None
+        snapshot = self.source.snapshot(ref or self.options.ref, self.options.path)
+        loaded = self.loader.load(
+            snapshot.files,
+            revision=snapshot.revision,
+            root_path=snapshot.root_path,
+            problems=snapshot.problems,
+        )
+        if loaded.state is None:
+            raise ManifestInvalid(list(loaded.diagnostics))
+        reconciler = self.session.reconciler_for(loaded.state)
+        live = observe(
+            reconciler.targets, reconciler.runtimes, self.session.cluster, self.session.store
+        )
+        return compute_plan(loaded.state, live, scoring=self.options.session.scoring).to_json()
+
+
+def _with_health(live: LiveState, reconciler: Reconciler) -> LiveState:
+    """The live state with readiness from the health monitor (no extra probes)."""
+    services: dict[str, Any] = {}
+    for name, service in live.services.items():
+        replicas = []
+        for replica in service.replicas:
+            health = reconciler.health.health(replica.id)
+            ready = (
+                health.ready
+                if health is not None
+                else (False if replica.state != "running" else None)
+            )
+            replicas.append(replace(replica, ready=ready))
+        services[name] = replace(service, replicas=tuple(replicas))
+    return replace(live, services=_frozen(services))
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    from types import MappingProxyType
+
+    return MappingProxyType(dict(mapping))
