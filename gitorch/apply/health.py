@@ -33,7 +33,8 @@ Semantics (those of Kubernetes' kubelet):
 Threads: one scheduler thread holds a heap of due probes and hands them to a small pool of
 workers (``workers``), so one slow probe (up to its timeout) never delays the others.
 The monitor does not poll instance state: when the reconciler observes a replica anew it
-calls :meth:`HealthMonitor.track` again (same instance id: counters are kept).
+calls :meth:`HealthMonitor.track` again (same instance id: counters are kept); an instance
+seen not running is not ready from that moment, probe or not.
 
 ``clock`` must be unix time (it is compared with ``Instance.started_at``); the default is
 :func:`time.time`.
@@ -526,9 +527,11 @@ class HealthMonitor:
         self, tracked: _Tracked, kind: ProbeKind, ok: bool | None, message: str, now: float
     ) -> None:
         state = tracked.probes[kind]
+        if state.done or tracked.needs_restart:
+            return  # a run that was in flight when the verdict fell: it changes nothing
         tracked.last_probe_at = now
         tracked.last_message = f"{kind}: {message}"
-        if ok is None or state.done or tracked.needs_restart:
+        if ok is None:
             return
         threshold = state.schedule.failure_threshold
         if ok:
@@ -560,10 +563,14 @@ class HealthMonitor:
         self._refresh_probeless_ready(tracked, now)
 
     def _refresh_probeless_ready(self, tracked: _Tracked, now: float) -> None:
-        """Without a readiness probe, ready means running (and started)."""
-        if ProbeKind.READINESS in tracked.probes or tracked.needs_restart:
-            return
+        """Without a readiness probe, ready means running (and started); with one, a
+        replica seen not running is not ready at once (no need to wait for failures)."""
         running = tracked.instance.state is InstanceState.RUNNING
+        if ProbeKind.READINESS in tracked.probes or tracked.needs_restart:
+            if not running and tracked.ready:
+                tracked.ready, tracked.ready_since = False, None
+                tracked.probes[ProbeKind.READINESS].successes = 0
+            return
         if running and tracked.started and not tracked.ready:
             # Ready since it runs, unless a startup probe held it back until now.
             has_startup = ProbeKind.STARTUP in tracked.probes

@@ -292,6 +292,22 @@ def test_replica_without_probes_is_ready_when_running(kit: Kit) -> None:
     assert kit.runtime.calls == []
 
 
+def test_a_replica_seen_exited_is_not_ready_at_once(kit: Kit) -> None:
+    app = kit.start_app("api")
+    kit.wait_listening(app)
+    monitor = kit.monitor()  # not started: observe_now alone drives it
+    probes = HealthProbes(readiness=schedule(HTTP, 30.0, failure_threshold=3))
+    monitor.track_probes("api-1", NODE, app.instance, probes)
+    health = monitor.observe_now("api-1")
+    assert health is not None and health.ready
+
+    kit.runtime.inner.stop(app.instance.id, grace_seconds=1.0)
+    monitor.track_probes("api-1", NODE, kit.runtime.inner.inspect(app.instance.id), probes)
+    health = monitor.health("api-1")
+    assert health is not None and not health.ready  # without waiting for 3 failures
+    assert len(kit.runtime.runs(app.instance)) == 1
+
+
 # -- timing ------------------------------------------------------------------------------
 
 
@@ -412,9 +428,11 @@ def test_liveness_failures_in_a_row_need_a_restart(kit: Kit) -> None:
     assert health.last_message == "liveness probe failed 3 times: HTTP 503"
     restart_event, calls = events[-1]
     assert restart_event.needs_restart and trailing(calls, False) == 3
-    runs_then = len(kit.runtime.runs(app.instance))
+    assert health.last_probe_at is not None
     time.sleep(0.3)
-    assert len(kit.runtime.runs(app.instance)) == runs_then  # no probe of it any more
+    # no probe of it started any more (a readiness run in flight then may still finish)
+    assert all(c.started < health.last_probe_at for c in kit.runtime.runs(app.instance))
+    assert monitor.health("api-1") == health
 
 
 # -- handlers ----------------------------------------------------------------------------
@@ -488,13 +506,14 @@ def test_tracking_again_keeps_or_resets_counters(kit: Kit) -> None:
 
 
 def test_observe_now_reacts_before_the_next_period(kit: Kit) -> None:
-    app = kit.start_app("api", start_delay=0.3)
+    app = kit.start_app("api", start_delay=0.5)
     monitor = kit.monitor()
     # first run at once (while the app still sleeps), the next one only in a minute
     monitor.track_probes("api-1", NODE, app.instance, HealthProbes(readiness=schedule(TCP, 60)))
     monitor.start()
     assert monitor.wait_for("api-1", lambda h: h.last_probe_at is not None, WAIT)
-    assert not monitor.wait_ready("api-1", 0.5)  # the app listens by now; no run due
+    kit.wait_listening(app)
+    assert not monitor.wait_ready("api-1", 0.1)  # it listens now, but no run is due
     health = monitor.observe_now("api-1")
     assert health is not None and health.ready
     assert [c.ok for c in kit.runtime.runs(app.instance)] == [False, True]
