@@ -59,7 +59,7 @@ from gitorch.strategies.machine import (
     Stop,
 )
 from gitorch.strategies.recreate import recreate_step
-from gitorch.strategies.rolling import rolling_step
+from gitorch.strategies.rolling import is_available, rolling_step
 from gitorch.traffic.discovery import service_env
 from gitorch.traffic.table import Backend, DataPlane, Route, RoutingTable
 
@@ -257,10 +257,9 @@ class Reconciler:
         decision = self._apply_drift_policy(target, record, decision, live_service, views)
         self._execute(desired, target, live, live_service, decision, work)
 
+        # The strategy's own notion of available (running, ready long enough).
         available = sum(
-            1
-            for v in views
-            if v.template == target.template_digest and v.available(now, inp.min_ready_seconds)
+            1 for v in views if v.template == target.template_digest and is_available(v, inp)
         )
         progress_at = now if available > record.available else (record.progress_at or now)
         record = self._after_decision(
