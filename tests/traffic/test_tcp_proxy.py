@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections import Counter
 from dataclasses import replace
@@ -74,11 +75,11 @@ def test_tcp_fails_over_and_closes_when_all_backends_are_down(
     assert lb.backend_stats("svc", "dead").errors >= 1  # type: ignore[union-attr]
     lb.apply(table(route(port, [dead], "tcp")))
     # Accepted, then closed: no backend could be reached.
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        try:
-            assert sock.recv(100) == b""
-        except ConnectionResetError:
-            pass
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        contextlib.suppress(ConnectionResetError),
+    ):
+        assert sock.recv(100) == b""
 
 
 def test_tcp_carries_the_example_app(lb: BuiltinLoadBalancer, apps: Apps) -> None:
