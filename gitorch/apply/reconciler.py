@@ -65,6 +65,7 @@ from gitorch.traffic.table import Backend, DataPlane, Route, RoutingTable
 
 log = logging.getLogger("gitorch.reconciler")
 
+_NOT_BUILT_YET = ("Canary", "BlueGreen", "ABTest")
 _SETTLED = (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK, RolloutPhase.DEGRADED)
 
 
@@ -254,6 +255,10 @@ class Reconciler:
             blocked_slots=frozenset(blocked),
         )
         decision = recreate_step(inp) if target.strategy.type == "Recreate" else rolling_step(inp)
+        if target.strategy.type in _NOT_BUILT_YET:
+            # Said in every status line rather than hidden: the manifest asks for more.
+            note = f"[{target.strategy.type} not built yet: rolled out as RollingUpdate]"
+            decision = replace(decision, message=f"{decision.message} {note}")
         decision = self._apply_drift_policy(target, record, decision, live_service, views)
         self._execute(desired, target, live, live_service, decision, work)
 
