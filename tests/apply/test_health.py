@@ -162,7 +162,7 @@ class Kit:
         )
 
     def monitor(self, **kwargs: Any) -> HealthMonitor:
-        monitor = HealthMonitor({NODE: self.runtime}, **kwargs)  # type: ignore[dict-item]
+        monitor = HealthMonitor({NODE: self.runtime}, **kwargs)
         self.monitors.append(monitor)
         return monitor
 
