@@ -9,7 +9,8 @@ line instead of a traceback.
 
     GitorchError
     ├── ManifestError                 desired state that cannot be used
-    │   └── ManifestInvalid           carries every Diagnostic found, sorted
+    │   ├── ManifestInvalid           carries every Diagnostic found, sorted
+    │   └── ProbePortUnresolved       (apply.health) a probe names a port spec.ports lacks
     ├── SourceError                   reading the desired state from Git or a folder
     │   ├── SourceUnreachable         the remote did not answer (the cache may still be read)
     │   ├── RefNotFound               branch, tag or commit unknown (or deleted)
@@ -23,7 +24,8 @@ line instead of a traceback.
     │   ├── InstanceNotFound          no such replica on that node
     │   ├── ReplicaStartFailed        the replica could not be started
     │   │   └── WorkingDirOutsideRoot (runtime.process) workingDir leaves the allowed root
-    │   └── ReplicaStopFailed         (runtime.process) a replica survived SIGKILL
+    │   ├── ReplicaStopFailed         (runtime.process) a replica survived SIGKILL
+    │   └── UnknownNode               (apply.health) a replica on a node with no runtime
     ├── StateError                    the embedded state store
     │   ├── StateLocked               another daemon owns this state directory
     │   ├── StateCorrupt              the store cannot be read or migrated
@@ -33,6 +35,7 @@ line instead of a traceback.
     ├── PlanError                     a plan cannot be computed or has changed
     │   └── PlanChanged               ``apply --expect-plan`` saw a different digest
     └── ConfigError                   a command-line or daemon setting is wrong
+        └── ListenError               (traffic.builtin) a load-balancer port cannot be bound
 """
 
 from __future__ import annotations
