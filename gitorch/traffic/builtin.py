@@ -54,8 +54,7 @@ class Timeouts:
 
     connect: float = 2.0  # connecting to a backend (then the next one is tried)
     response: float = 60.0  # a backend's response head after the request was sent (504)
-    client_idle: float = 60.0  # a keep-alive client between requests
-    client_head: float = 30.0  # a client's request head once its first byte came
+    client_idle: float = 60.0  # a client's next request head, and its small body
     pool_idle: float = 15.0  # an unused pooled backend connection is closed after this
     apply: float = 30.0  # apply()/close() waiting for the loop thread
 
@@ -480,7 +479,8 @@ class BuiltinLoadBalancer:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = _RequestBody(kind, length)
         try:
-            await body.read_prefix(reader)
+            async with asyncio.timeout(self.timeouts.client_idle):
+                await body.read_prefix(reader)
         except _http.BadMessage as exc:
             await _answer(writer, 400, f"bad request body: {exc}")
             return False

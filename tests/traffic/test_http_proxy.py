@@ -306,6 +306,44 @@ def test_figures_per_backend_and_version(lb: BuiltinLoadBalancer, apps: Apps) ->
     figures = by_version(lb.figures("svc"))
     assert figures["a"].requests == figures["b"].requests == 7
     assert figures["a"].errors_5xx == 2 and figures["a"].success_rate == pytest.approx(5 / 7)
+    stats = lb.backend_stats("svc", fast.id)
+    assert stats is not None and stats.errors == 2 and stats.requests == 7
     assert 50 <= (figures["b"].p50 or 0) <= 100
     assert 50 <= (figures["b"].p99 or 0) <= 100
     assert lb.figures("unknown") == []
+
+
+def raw_exchange(port: int, *sends: bytes) -> bytes:
+    """Send raw bytes (one send per part, reading what came in between) and return all
+    that came back until the proxy closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        received = b""
+        for part in sends:
+            sock.sendall(part)
+            if part is not sends[-1]:
+                received += sock.recv(4096)
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_http10_client_gets_the_answer_and_a_close(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    port, _ = serve(lb, apps, count=1)
+    answer = raw_exchange(port, b"GET /chunked?n=3 HTTP/1.0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"Connection: close" in head
+    assert b"Transfer-Encoding" not in head  # never chunked to an HTTP/1.0 client
+    assert body == b"piece-0\npiece-1\npiece-2\n"
+
+
+def test_expect_100_continue_is_answered_by_the_proxy(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    port, _ = serve(lb, apps, count=1)
+    head = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    answer = raw_exchange(port, head, b"hello")
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 ")
+    assert b'"length": 5' in answer
+    assert hashlib.sha256(b"hello").hexdigest().encode() in answer
