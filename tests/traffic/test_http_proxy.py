@@ -347,3 +347,31 @@ def test_expect_100_continue_is_answered_by_the_proxy(lb: BuiltinLoadBalancer, a
     assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 ")
     assert b'"length": 5' in answer
     assert hashlib.sha256(b"hello").hexdigest().encode() in answer
+
+
+def test_close_stops_listeners_connections_and_thread(apps: Apps) -> None:
+    app = apps.start("ka")
+    balancer = BuiltinLoadBalancer()
+    port = free_port()
+    balancer.apply(table(route(port, [app.backend])))
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    idle.request("GET", "/")
+    assert idle.getresponse().read().startswith(b"id=")
+    balancer.close()  # with an idle keep-alive client still connected
+    assert not balancer._thread.is_alive()
+    assert idle.sock is not None and idle.sock.recv(10) == b""  # the proxy closed it
+    idle.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with pytest.raises(ConfigError):
+        balancer.apply(table())
+    balancer.close()  # twice is fine
+
+
+def test_two_routes_may_swap_ports_in_one_apply(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    one, two = apps.start("ka", version="one"), apps.start("ka", version="two")
+    p1, p2 = free_port(), free_port()
+    lb.apply(table(route(p1, [one.backend], service="a"), route(p2, [two.backend], service="b")))
+    lb.apply(table(route(p2, [one.backend], service="a"), route(p1, [two.backend], service="b")))
+    assert b"version=two" in get(p1)[1]
+    assert b"version=one" in get(p2)[1]

@@ -1,0 +1,138 @@
+"""Pure parts of the data plane: backend choice, latency figures, body framing rules."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gitorch.traffic import _http
+from gitorch.traffic.builtin import _Service
+from gitorch.traffic.figures import (
+    LATENCY_BOUNDS_MS,
+    BackendFigures,
+    bucket_of,
+    by_version,
+    empty_histogram,
+    quantile,
+)
+from gitorch.traffic.table import Backend, Route
+
+
+def service(*weights: int, draining: tuple[int, ...] = ()) -> _Service:
+    backends = tuple(
+        Backend(f"b{i}", f"127.0.0.1:{1000 + i}", weight=w, draining=i in draining)
+        for i, w in enumerate(weights)
+    )
+    svc = _Service(Route("s", 80, "http", ()))
+    svc.set_route(Route("s", 80, "http", backends))
+    return svc
+
+
+def test_smooth_weighted_round_robin_interleaves() -> None:
+    svc = service(5, 1, 1)
+    order = [svc.pick(set()).backend.id for _ in range(7)]  # type: ignore[union-attr]
+    # nginx's smooth sequence for 5/1/1: the heavy one never runs 5 in a row.
+    assert order == ["b0", "b0", "b1", "b0", "b2", "b0", "b0"]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=100), min_size=1, max_size=6))
+def test_one_cycle_of_total_weight_picks_each_exactly_its_weight(weights: list[int]) -> None:
+    svc = service(*weights)
+    counts = Counter(svc.pick(set()).backend.id for _ in range(sum(weights)))  # type: ignore[union-attr]
+    assert counts == {f"b{i}": w for i, w in enumerate(weights)}
+
+
+def test_pick_skips_tried_draining_and_zero_weight() -> None:
+    svc = service(100, 100, 0, 100, draining=(3,))
+    assert {svc.pick({"b0"}).backend.id for _ in range(5)} == {"b1"}  # type: ignore[union-attr]
+    # Every active one tried: any active one may be picked again.
+    assert svc.pick({"b0", "b1"}) is not None
+    assert service(0).pick(set()) is None
+    assert service(100, draining=(0,)).pick(set()) is None
+    assert svc.attempts() == 2
+
+
+def test_backend_in_cooldown_is_passed_over_while_others_exist() -> None:
+    svc = service(100, 100)
+    svc.backends["b0"].down_until = float("inf")
+    assert {svc.pick(set()).backend.id for _ in range(4)} == {"b1"}  # type: ignore[union-attr]
+    svc.backends["b1"].down_until = float("inf")
+    assert svc.pick(set()) is not None  # all cooling down: still try rather than refuse
+
+
+def test_quantiles_from_buckets() -> None:
+    counts = empty_histogram()
+    for ms in [4.0] * 90 + [40.0] * 9 + [400.0]:
+        counts[bucket_of(ms)] += 1
+    assert 3 <= quantile(counts, 0.5) <= 5  # type: ignore[operator]
+    assert 3 <= quantile(counts, 0.9) <= 5  # type: ignore[operator]
+    assert 30 <= quantile(counts, 0.99) <= 50  # type: ignore[operator]
+    assert 300 <= quantile(counts, 1.0) <= 500  # type: ignore[operator]
+    assert quantile(empty_histogram(), 0.5) is None
+    over = empty_histogram()
+    over[-1] = 3
+    assert quantile(over, 0.99) == LATENCY_BOUNDS_MS[-1]
+
+
+def test_by_version_and_since() -> None:
+    def fig(bid: str, version: str, requests: int, errors: int, bucket: int) -> BackendFigures:
+        latency = empty_histogram()
+        latency[bucket] = requests
+        return BackendFigures(bid, version, 1, requests, errors, 0, tuple(latency))
+
+    before = by_version(
+        [fig("a", "v1", 10, 1, 2), fig("b", "v1", 10, 0, 2), fig("c", "v2", 5, 0, 9)]
+    )
+    after = by_version(
+        [fig("a", "v1", 30, 1, 2), fig("b", "v1", 30, 2, 2), fig("c", "v2", 5, 0, 9)]
+    )
+    assert after["v1"].requests == 60 and after["v1"].backends == 2 and after["v1"].in_flight == 2
+    window = after["v1"].since(before["v1"])
+    assert window.requests == 40 and window.errors_5xx == 2
+    assert window.success_rate == pytest.approx(0.95)
+    assert after["v2"].since(before["v2"]).success_rate is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "framing"),
+    [
+        ([], ("none", 0)),
+        ([("Content-Length", "12")], ("length", 12)),
+        ([("Content-Length", "12"), ("content-length", "12")], ("length", 12)),
+        ([("Transfer-Encoding", "chunked")], ("chunked", 0)),
+    ],
+)
+def test_body_framing(headers: _http.Headers, framing: tuple[str, int]) -> None:
+    assert _http.body_framing(headers) == framing
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Content-Length", "12"), ("Transfer-Encoding", "chunked")],  # smuggling classic
+        [("Content-Length", "12"), ("Content-Length", "13")],
+        [("Content-Length", "-1")],
+        [("Content-Length", "1e3")],
+        [("Transfer-Encoding", "chunked, gzip")],
+        [("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+    ],
+)
+def test_ambiguous_framing_is_refused(headers: _http.Headers) -> None:
+    with pytest.raises(_http.BadMessage):
+        _http.body_framing(headers)
+
+
+def test_end_to_end_drops_hop_by_hop_and_connection_named_headers() -> None:
+    headers = [
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "1"),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("Upgrade", "websocket"),
+        ("Host", "a"),
+        ("X-Kept", "2"),
+    ]
+    assert _http.end_to_end(headers) == [("Host", "a"), ("X-Kept", "2")]
