@@ -31,7 +31,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gitorch.apply.backoff import DEFAULT_CRASH_LOOP, CrashLoop
+from gitorch.apply.backoff import (
+    DEFAULT_CRASH_LOOP,
+    BackoffState,
+    CrashLoop,
+    describe,
+    record_restart,
+    remaining,
+    reset_if_stable,
+)
 from gitorch.apply.health import HealthMonitor
 from gitorch.apply.replicas import replica_spec, slot_of
 from gitorch.diff.compute import compute_plan, dependency_waves
@@ -430,45 +438,50 @@ class Reconciler:
         target: Service,
     ) -> set[int]:
         """Slots in crash-loop back-off (plus completed ones); counts new exits once."""
-        records = {slot: b for (svc, slot), b in backoff.items() if svc == name}
+        states = {
+            slot: BackoffState(b.restarts, b.last_restart_at, b.last_exit_code)
+            for (svc, slot), b in backoff.items()
+            if svc == name
+        }
         for replica in dead:
             if replica.id in self._counted_exits:
                 continue
             self._counted_exits.add(replica.id)
             slot = slot_of(replica.replica)
-            old = records.get(slot)
-            restarts = (old.restarts if old else 0) + 1
-            updated = BackoffRecord(name, slot, restarts, now, replica.exit_code)
-            self.store.record_backoff(updated)
-            records[slot] = updated
+            state = record_restart(states.get(slot, BackoffState()), now, replica.exit_code)
+            states[slot] = state
+            self.store.record_backoff(
+                BackoffRecord(name, slot, state.restarts, now, replica.exit_code)
+            )
             self.store.append_event(
                 "replica.restarted",
                 f"{replica.replica} exited"
                 + (f" with code {replica.exit_code}" if replica.exit_code is not None else "")
-                + f"; restart {restarts}, back-off {self.crash_loop.next_delay(restarts):g}s",
+                + f"; {describe(state, now, self.crash_loop)}",
                 service=name,
                 data={
                     "replica": replica.replica,
                     "exitCode": replica.exit_code,
-                    "restarts": restarts,
+                    "restarts": state.restarts,
                 },
             )
         # A replica that stayed up long enough forgives its slot's past crashes.
         for replica in live_service.replicas:
             slot = slot_of(replica.replica)
             if (
-                slot in records
-                and replica.state == "running"
-                and replica.template_digest == target.template_digest
-                and replica.started_at is not None
-                and now - replica.started_at >= self.crash_loop.reset_after
+                slot not in states
+                or replica.state != "running"
+                or replica.template_digest != target.template_digest
             ):
+                continue
+            state = reset_if_stable(states[slot], replica.started_at, now, self.crash_loop)
+            if state.restarts == 0:
                 self.store.clear_backoff(name, slot)
-                records.pop(slot)
+                states.pop(slot)
         blocked = set(completed)
-        for slot, rec in records.items():
-            if now < rec.last_restart_at + self.crash_loop.next_delay(rec.restarts):
-                blocked.add(slot)
+        blocked.update(
+            slot for slot, state in states.items() if remaining(state, now, self.crash_loop) > 0
+        )
         return blocked
 
     def _apply_drift_policy(
