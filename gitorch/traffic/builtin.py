@@ -580,7 +580,9 @@ class BuiltinLoadBalancer:
         """One try on one backend: the client keep-alive verdict when a response was
         relayed, else why nothing reached the client."""
         started = time.monotonic()
-        conn, reused = await self._acquire(state, fresh_only)
+        # A streamed body cannot be replayed: never risk it on a pooled connection that
+        # the backend may be closing right now.
+        conn, reused = await self._acquire(state, fresh_only or not body.complete)
         if conn is None:
             return _Failure.NOT_CONNECTED
         try:
