@@ -1,0 +1,508 @@
+"""Helpers for the reconciler integration tests: Git repos, manifests, the daemon and the
+CLI as subprocesses, a keep-alive load client, bounded waits, and cleanup of replicas.
+
+Named ``reconciler_helpers`` (not conftest) so test modules import it under a name no other
+test folder uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gitorch.errors import GitorchError
+from gitorch.live.inventory import existing_cluster_name, local_node_name, runtime_dir
+from gitorch.runtime.base import Runtime
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+API_APP = REPO_ROOT / "examples" / "apps" / "api" / "app.py"
+BUILD_SH = REPO_ROOT / "examples" / "images" / "build.sh"
+CLI_TIMEOUT = 120.0
+
+T = TypeVar("T")
+
+
+# -- small utilities -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.1,
+    describe: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = describe() if describe else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{extra}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# -- git ---------------------------------------------------------------------------------
+
+
+def git(repo: Path, *args: str, author: str = "Ada Lovelace <ada@example.com>") -> str:
+    name, email = author.rsplit(" <", 1)
+    done = subprocess.run(
+        ["git", "-c", f"user.name={name}", "-c", f"user.email={email.rstrip('>')}", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def init_repo(repo: Path) -> None:
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+
+
+def commit(
+    repo: Path,
+    files: dict[str, str | None],
+    message: str,
+    author: str = "Ada Lovelace <ada@example.com>",
+) -> str:
+    """Write (or delete, value None) ``files`` and commit them; returns the new sha."""
+    for path, text in files.items():
+        target = repo / path
+        if text is None:
+            target.unlink()
+        else:
+            target.write_text(text, encoding="utf-8")
+    git(repo, "add", "-A", "--", *files)
+    git(repo, "commit", "-q", "-m", message, author=author)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def push(work: Path) -> None:
+    git(work, "push", "-q", "origin", "main")
+
+
+# -- manifests ---------------------------------------------------------------------------
+
+
+def process_service(
+    name: str,
+    *,
+    port: int,
+    version: str = "1",
+    replicas: int = 3,
+    env: dict[str, str] | None = None,
+    deadline: int = 60,
+    depends_on: Iterable[str] = (),
+    command: list[str] | None = None,
+    readiness: bool = True,
+) -> str:
+    """A Service of the example api app on the process driver, with short probe periods."""
+    all_env = {"VERSION": version, **(env or {})}
+    cmd = command or [sys.executable, str(API_APP)]
+    lines = [
+        "apiVersion: gitorch.dev/v1",
+        "kind: Service",
+        "metadata:",
+        f"  name: {name}",
+        "spec:",
+        f"  command: {json.dumps(cmd)}",
+        f"  env: {json.dumps(all_env)}",
+        f"  replicas: {replicas}",
+        "  ports:",
+        "    - {name: http, containerPort: 8080}",
+        f"  expose: {{port: {port}, targetPort: http, protocol: http}}",
+        "  restartPolicy: Always",
+        "  terminationGracePeriodSeconds: 5",
+    ]
+    if readiness:
+        lines += [
+            "  readinessProbe:",
+            "    httpGet: {path: /healthz, port: http}",
+            "    periodSeconds: 1",
+            "    timeoutSeconds: 1",
+            "    failureThreshold: 1",
+        ]
+    if depends_on:
+        lines.append(f"  dependsOn: {json.dumps(list(depends_on))}")
+    lines += [
+        "  strategy:",
+        "    type: RollingUpdate",
+        f"    progressDeadlineSeconds: {deadline}",
+        "    autoRollback: true",
+        "    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def docker_service(
+    name: str, *, port: int, image: str, replicas: int = 3, deadline: int = 60
+) -> str:
+    """A Service of the example api image (busybox httpd) on the Docker driver."""
+    return f"""apiVersion: gitorch.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  image: {image}
+  replicas: {replicas}
+  ports:
+    - {{name: http, containerPort: 8080}}
+  expose: {{port: {port}, targetPort: http, protocol: http}}
+  restartPolicy: Always
+  terminationGracePeriodSeconds: 5
+  readinessProbe:
+    httpGet: {{path: /cgi-bin/healthz, port: http}}
+    periodSeconds: 1
+    timeoutSeconds: 1
+    failureThreshold: 1
+  strategy:
+    type: RollingUpdate
+    progressDeadlineSeconds: {deadline}
+    autoRollback: true
+    rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}
+"""
+
+
+# -- the CLI and the daemon --------------------------------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "NO_COLOR": "1"}
+    env.pop("GITORCH_STATE", None)
+    env.pop("GITORCH_DEBUG", None)
+    return env
+
+
+@dataclass(frozen=True)
+class CliRun:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        assert self.stdout, f"no stdout (exit {self.code}); stderr:\n{self.stderr}"
+        return json.loads(self.stdout)
+
+
+def gitorch(*args: str, cwd: Path, timeout: float = CLI_TIMEOUT) -> CliRun:
+    """``python3 -m gitorch ARGS`` as a subprocess."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gitorch", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
+    return CliRun(done.returncode, done.stdout, done.stderr)
+
+
+class DaemonProc:
+    """``gitorch daemon`` as a subprocess in its own session; stopped with SIGTERM."""
+
+    def __init__(
+        self,
+        repo: str,
+        state: Path,
+        runtime: str,
+        *,
+        interval: float = 2.0,
+        resync: float = 0.5,
+        extra: Iterable[str] = (),
+    ) -> None:
+        self.state = state
+        self.port = free_port()
+        self.log_path = state.parent / f"daemon-{self.port}.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "gitorch",
+            "daemon",
+            "--repo",
+            repo,
+            "--state",
+            str(state),
+            "--runtime",
+            runtime,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--interval",
+            str(interval),
+            "--resync",
+            str(resync),
+            *extra,
+        ]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=cli_env(),
+                cwd=state.parent,
+                start_new_session=True,
+            )
+        wait_for("the daemon's API", self._api_up, 30, describe=self.log_tail)
+
+    def _api_up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"the daemon exited with {self.proc.returncode}\n{self.log_tail()}"
+            )
+        try:
+            return self.request("GET", "/healthz")[0] in (200, 503)
+        except OSError:
+            return False
+
+    def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            conn.request(method, path, body=body or None, headers=headers or {})
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            return resp.status, json.loads(raw) if raw else None
+        except ValueError:
+            return resp.status, raw.decode("utf-8", "replace")
+
+    def status(self) -> dict[str, Any]:
+        code, data = self.request("GET", "/api/v1/status")
+        assert code == 200, (code, data)
+        assert isinstance(data, dict)
+        return data
+
+    def service(self, name: str) -> dict[str, Any] | None:
+        for svc in self.status()["services"]:
+            if svc["name"] == name:
+                return svc  # type: ignore[no-any-return]
+        return None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "daemon log (tail):\n" + "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def webhook_body(sha: str) -> bytes:
+    return json.dumps({"ref": "refs/heads/main", "after": sha, "repository": {}}).encode()
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+# -- status helpers ----------------------------------------------------------------------
+
+
+def converged(svc: dict[str, Any] | None, sha: str, replicas: int) -> bool:
+    """Every instance of ``svc`` runs ``sha``, is ready, and there are exactly ``replicas``."""
+    if svc is None:
+        return False
+    instances = svc["instances"]
+    return (
+        svc["rollout"]["phase"] == "Healthy"
+        and svc["replicas"]["updated"] == replicas
+        and len(instances) == replicas
+        and all(i["revision"] == sha and i["ready"] and i["state"] == "running" for i in instances)
+    )
+
+
+def instance_ids(svc: dict[str, Any] | None) -> set[str]:
+    return {i["id"] for i in svc["instances"]} if svc else set()
+
+
+def get_version(port: int, path: str = "/") -> str | None:
+    """The ``version=N`` of one GET through the balancer (None when it fails)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode("utf-8", "replace")
+        conn.close()
+    except OSError:
+        return None
+    if resp.status != 200:
+        return None
+    return _version_of(body)
+
+
+def _version_of(body: str) -> str | None:
+    for word in body.split():
+        if word.startswith("version="):
+            return word.split("=", 1)[1]
+    return None
+
+
+# -- load --------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadClient:
+    """N threads with keep-alive connections hammering ``port`` without pause.
+
+    Every request is counted: a failure is an exception or a non-2xx answer (a connection
+    the server closed while idle is re-opened and the request retried once, as any
+    keep-alive client does: that is not a failed request).
+    """
+
+    port: int
+    path: str = "/"
+    threads: int = 4
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    versions: Counter[str] = field(default_factory=Counter)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> LoadClient:
+        for _ in range(self.threads):
+            worker = threading.Thread(target=self._run, daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(10)
+
+    @property
+    def total(self) -> int:
+        return self.ok + len(self.failures)
+
+    def _one(self, conn: http.client.HTTPConnection) -> tuple[int, str]:
+        conn.request("GET", self.path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        fresh = True
+        while not self._stop.is_set():
+            try:
+                status, body = self._one(conn)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                if not fresh:
+                    fresh = True
+                    continue  # a reused connection closed by the server: retry on a new one
+                self._fail(f"{type(exc).__name__}: {exc}")
+                continue
+            except OSError as exc:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                fresh = True
+                self._fail(f"{type(exc).__name__}: {exc}")
+                continue
+            fresh = False
+            if 200 <= status < 300:
+                with self._lock:
+                    self.ok += 1
+                    self.versions[_version_of(body) or "?"] += 1
+            else:
+                self._fail(f"HTTP {status}: {body.strip()[:120]}")
+        conn.close()
+
+    def _fail(self, what: str) -> None:
+        with self._lock:
+            self.failures.append(what)
+        time.sleep(0.01)  # a closed endpoint must not spin a core
+
+
+# -- cleanup -----------------------------------------------------------------------------
+
+
+def process_runtime(state: Path) -> Runtime:
+    from gitorch.runtime.process import ProcessRuntime
+
+    name = local_node_name()
+    return ProcessRuntime(name, runtime_dir(state, name))
+
+
+def docker_runtime() -> Runtime:
+    from gitorch.runtime.docker import DEFAULT_ENDPOINT, DockerRuntime
+
+    return DockerRuntime(local_node_name(), DEFAULT_ENDPOINT, timeout=15.0)
+
+
+def remove_cluster(runtime: Runtime, cluster: str | None) -> None:
+    """Remove every replica of ``cluster`` the runtime knows (teardown)."""
+    if not cluster:
+        return
+    try:
+        instances = runtime.list_instances(cluster)
+    except GitorchError:
+        return
+    for instance in instances:
+        try:
+            runtime.remove(instance.id)
+        except GitorchError:
+            continue
+
+
+def cluster_of(state: Path) -> str | None:
+    return existing_cluster_name(state)
+
+
+def pid_of(instance_id: str) -> int:
+    """The pid in a process replica's runtime id (``<pid>-<start ticks>``)."""
+    return int(instance_id.split("-", 1)[0])
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = [item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode() for k, v in pairs}
