@@ -30,7 +30,12 @@ def test_bad_version_rolls_back_without_failed_requests_and_is_not_retried(
     good = process_service("api", port=port, version="1", replicas=2, deadline=DEADLINE)
     sha1 = commit(cluster.repo, {"api.yaml": good}, "api v1")
     daemon = cluster.daemon()
-    wait_for("v1 converged", lambda: converged(daemon.service("api"), sha1, 2), 40, describe=daemon.log_tail)
+    wait_for(
+        "v1 converged",
+        lambda: converged(daemon.service("api"), sha1, 2),
+        40,
+        describe=daemon.log_tail,
+    )
     v1_ids = instance_ids(daemon.service("api"))
 
     bad = process_service(
@@ -76,7 +81,9 @@ def test_bad_version_rolls_back_without_failed_requests_and_is_not_retried(
     assert "progress deadline" in (svc["rollout"]["lastError"] or ""), svc["rollout"]
     assert {i["revision"] for i in svc["instances"]} == {sha1}
 
-    history = gitorch("history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    history = gitorch(
+        "history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
+    )
     assert history.code == 0, history.stderr
     by_sha = {h["revision"]: h for h in history.json()}
     assert by_sha[sha2]["result"] == "rolled-back", by_sha[sha2]
@@ -90,8 +97,15 @@ def test_bad_version_rolls_back_without_failed_requests_and_is_not_retried(
         {"api.yaml": process_service("api", port=port, version="3", replicas=2, deadline=DEADLINE)},
         "api v3",
     )
-    wait_for("v3 converged", lambda: converged(daemon.service("api"), sha3, 2), 40, describe=daemon.log_tail)
+    wait_for(
+        "v3 converged",
+        lambda: converged(daemon.service("api"), sha3, 2),
+        40,
+        describe=daemon.log_tail,
+    )
     wait_for("the endpoint serving v3", lambda: get_version(port) == "3", 10)
-    history = gitorch("history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    history = gitorch(
+        "history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
+    )
     newest = history.json()[0]
     assert newest["revision"] == sha3 and newest["result"] == "succeeded", newest
