@@ -308,8 +308,10 @@ def test_figures_per_backend_and_version(lb: BuiltinLoadBalancer, apps: Apps) ->
     assert figures["a"].errors_5xx == 2 and figures["a"].success_rate == pytest.approx(5 / 7)
     stats = lb.backend_stats("svc", fast.id)
     assert stats is not None and stats.errors == 2 and stats.requests == 7
-    assert 50 <= (figures["b"].p50 or 0) <= 100
-    assert 50 <= (figures["b"].p99 or 0) <= 100
+    # Lower bounds are certain (the backend sleeps 60 ms); upper ones loose for busy CI.
+    assert sum(figures["b"].latency) == 7
+    assert 50 <= (figures["b"].p50 or 0) <= 1000
+    assert (figures["b"].p50 or 0) <= (figures["b"].p99 or 0) <= 2000
     assert lb.figures("unknown") == []
 
 
