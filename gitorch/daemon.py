@@ -187,9 +187,15 @@ class Daemon:
             self._seen_sha = sha
         if loaded.state is None:
             diagnostics = [str(d) for d in loaded.diagnostics]
+            # The one-line message names the first problem (PATH:LINE:COLUMN): status and
+            # the API show it where people look; every problem is in "diagnostics".
+            first = diagnostics[0] if diagnostics else "no details"
+            more = f" (and {len(diagnostics) - 1} more)" if len(diagnostics) > 1 else ""
+            applying = (self._commit.sha if self._commit else "nothing")[:12]
             self._set_error(
                 {
-                    "message": f"revision {sha[:12]} is invalid; still applying {(self._commit.sha if self._commit else 'nothing')[:12]}",
+                    "message": f"revision {sha[:12]} is invalid: {first}{more}; "
+                    f"still applying {applying}",
                     "revision": sha,
                     "diagnostics": diagnostics,
                 }
