@@ -88,7 +88,7 @@ def _after(load: Load, when: float) -> int:
     return sum(1 for o in list(load.outcomes) if o.started > when)
 
 
-def test_sigkilled_backend_gets_gets_retried_elsewhere(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+def test_sigkilled_backend_gets_are_retried_elsewhere(lb: BuiltinLoadBalancer, apps: Apps) -> None:
     backends = [apps.start("ka") for _ in range(3)]
     port = free_port()
     lb.apply(table(route(port, [a.backend for a in backends])))
