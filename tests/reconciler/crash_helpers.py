@@ -292,16 +292,20 @@ class Traffic:
     answered requests is kept, to show that traffic flowed.
     """
 
-    def __init__(self, port: int, threads: int = 3) -> None:
-        self.port = port
+    def __init__(self, ports: dict[int, int]) -> None:
+        """``ports``: how many client threads per port."""
         self.answered = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(port,), daemon=True)
+            for port, threads in ports.items()
+            for _ in range(threads)
+        ]
 
-    def _run(self) -> None:
+    def _run(self, port: int) -> None:
         while not self._stop.is_set():
-            status, _ = get_page(self.port, timeout=3.0)
+            status, _ = get_page(port, timeout=3.0)
             if status == 200:
                 with self._lock:
                     self.answered += 1

@@ -56,6 +56,12 @@ def _new_one_ready(census: Census, *_: object) -> bool:
     return any(healthz(r.port) for r in census.new if r.state == "running")
 
 
+def _old_one_terminating(census: Census, *_: object) -> bool:
+    """An old replica got its SIGTERM: still running (finishing a request) but no longer
+    answering its health check."""
+    return any(not healthz(r.port) for r in census.old if r.state == "running")
+
+
 # From "nothing happened yet" to "all replaced, revision not yet finished": between the
 # steps of the rollout and inside them (a new replica started but not ready, an old one
 # draining because the pass that started the next new one also began its drain).
@@ -65,6 +71,7 @@ MOMENTS = [
     Moment("first-new-started", lambda c, *_: len(c.new) >= 1),
     Moment("first-new-ready", _new_one_ready),
     Moment("first-old-draining", lambda c, *_: len(c.new) >= 2),
+    Moment("first-old-terminating", _old_one_terminating),
     Moment("first-old-gone", lambda c, *_: len(c.old) <= 3),
     Moment("second-old-draining", lambda c, *_: len(c.new) >= 3),
     Moment("half-replaced", lambda c, *_: len(c.old) <= 2),
@@ -148,7 +155,10 @@ def test_sigkill_during_rolling_update_converges_after_restart(
     cluster: Cluster, moment: Moment
 ) -> None:
     v1, old_digest = _deploy_v1(cluster)
-    with Traffic(cluster.lb_port):
+    # Through the balancer (drains wait for these), and straight to each old replica (so
+    # its SIGTERM finds a request in flight and the graceful stop takes a moment).
+    clients = {cluster.lb_port: 3} | {r.port: 1 for r in cluster.replicas() if r.port}
+    with Traffic(clients):
         wait_until(lambda: get_page(cluster.lb_port)[0] == 200, 5, "traffic through the balancer")
         v2 = cluster.commit("2")
         _wait_for_moment(cluster, moment, old_digest, v2)
@@ -181,7 +191,10 @@ def test_sigkill_during_rolling_update_converges_after_restart(
         count = sum(1 for e in events if e.kind == kind and e.revision == v2)
         assert count == 1, f"{count} {kind} events for v2 ({context})"
     unexpected = [
-        e for e in events if e.kind in ("rollout.rolled-back", "rollout.failed", "service.degraded")
+        e
+        for e in events
+        if e.kind
+        in ("rollout.rolled-back", "rollout.failed", "service.degraded", "replica.restarted")
     ]
     assert unexpected == [], context
 
