@@ -129,6 +129,7 @@ def process_service(
     depends_on: Iterable[str] = (),
     command: list[str] | None = None,
     readiness: bool = True,
+    initial_delay: int = 0,
 ) -> str:
     """A Service of the example api app on the process driver, with short probe periods."""
     all_env = {"VERSION": version, **(env or {})}
@@ -152,6 +153,7 @@ def process_service(
         lines += [
             "  readinessProbe:",
             "    httpGet: {path: /healthz, port: http}",
+            f"    initialDelaySeconds: {initial_delay}",
             "    periodSeconds: 1",
             "    timeoutSeconds: 1",
             "    failureThreshold: 1",
