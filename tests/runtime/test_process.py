@@ -364,9 +364,10 @@ def test_a_command_that_cannot_start_leaves_nothing(runtime: ProcessRuntime, clu
 def test_usage_counts_a_busy_group(runtime: ProcessRuntime, cluster: str) -> None:
     busy = runtime.create(spec(f"{cluster}-busy", "sh", "-c", "while :; do :; done"), cluster)
     runtime.usage(busy.id)  # first sample
-    time.sleep(0.3)
+    time.sleep(1.0)
     usage = runtime.usage(busy.id)
-    assert usage.cpu_percent > 30.0
+    # A busy loop gets a full core on an idle machine, a share of one on a busy one.
+    assert usage.cpu_percent > 10.0
     assert usage.memory_bytes > 0
 
 
