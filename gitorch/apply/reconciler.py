@@ -447,6 +447,12 @@ class Reconciler:
             if replica.id in self._counted_exits:
                 continue
             self._counted_exits.add(replica.id)
+            if replica.template_digest != target.template_digest:
+                # A replica of a version being replaced is not restarted but replaced, and
+                # its exit need not be a crash: a daemon killed between a rollout's SIGTERM
+                # and the removal leaves exactly this. Counting it would log a false
+                # restart and hold the slot's new replica back in crash-loop back-off.
+                continue
             slot = slot_of(replica.replica)
             state = record_restart(states.get(slot, BackoffState()), now, replica.exit_code)
             states[slot] = state
