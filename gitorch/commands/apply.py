@@ -172,6 +172,7 @@ def _converge(
     interactive = sys.stdout.isatty()
     result = reconciler.reconcile(desired, commit)
     last_lines: dict[str, str] = {}
+    failed_seen = False
     with (
         Live(_table(result), console=stdout(), transient=False, auto_refresh=False)
         if interactive
@@ -186,8 +187,14 @@ def _converge(
                     if last_lines.get(svc.name) != line:
                         stdout().print(escape(line))
                         last_lines[svc.name] = line
-            if result.converged or time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 return result
+            # A rollback is decided in one pass and carried out in the next ones (the
+            # failed version's replicas are stopped then): a failed result is final only
+            # once a later pass changed nothing, or apply would exit leaving them running.
+            if result.converged and (not result.failed or (failed_seen and not result.actions)):
+                return result
+            failed_seen = result.converged and result.failed
             time.sleep(0.05 if result.actions else 0.3)
             result = reconciler.reconcile(desired, commit)
 
