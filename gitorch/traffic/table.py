@@ -33,13 +33,33 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class VersionRule:
+    """Requests whose header or cookie matches go to ``version`` (A/B tests, canaries)."""
+
+    version: str
+    header: str | None = None  # header name (case-insensitive)
+    cookie: str | None = None  # cookie name
+    exact: str | None = None
+    regex: str | None = None  # full match
+
+
+@dataclass(frozen=True)
 class Route:
-    """A service's stable endpoint: where clients connect, and the backends behind it."""
+    """A service's stable endpoint: where clients connect, and the backends behind it.
+
+    Traffic between versions (``Backend.version``): ``rules`` first (first match wins);
+    then, with ``sticky``, the version a client was given before (a cookie), while that
+    version's weight is above 0; then ``weights`` (version -> integer percent; empty: every
+    active backend by its own weight). Within a version, backends share by ``Backend.weight``.
+    """
 
     service: str
-    port: int  # listen port (spec.expose.port)
+    port: int  # listen port (spec.expose.port, or a blue-green preview port)
     protocol: str = "http"  # http (L7: per request) | tcp (L4: per connection)
     backends: tuple[Backend, ...] = ()
+    weights: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    rules: tuple[VersionRule, ...] = ()
+    sticky: bool = False
 
     def active(self) -> tuple[Backend, ...]:
         """Backends that may take new traffic."""
