@@ -1,0 +1,585 @@
+"""Rolling update benchmark: gitorch's daemon against the floor and against docker-compose.
+
+    python3 bench/bench_rollout.py [--replicas 10] [--threads 8] [--rounds 3]
+
+Needs a Docker engine, the example images (built with examples/images/build.sh when
+missing) and, for the comparison, ``docker-compose`` (Debian's 1.29: ``apt-get install
+docker-compose``; without it that part is skipped and said so). One run measures:
+
+1. **floor**: the same ``--replicas`` containers of ``gitorch-example/api:2`` started with
+   no orchestration: ``docker run -d -p`` for all of them at once (one thread each) and
+   their health URL polled until every one answers (``bench_runtime``'s helpers);
+2. **gitorch**: ``gitorch daemon`` (subprocess, docker driver, watching a local repo) runs
+   ``--replicas`` replicas of ``api:1`` behind its built-in balancer; a keep-alive client
+   (``--threads`` threads) runs without pause; a commit moves the image to ``api:2``
+   (RollingUpdate, maxSurge 2, maxUnavailable 0). Measured: failed requests, commit to
+   converged (revision recorded as succeeded, every replica on ``:2``, none on ``:1``),
+   and commit to the first new container started (Docker's ``State.StartedAt``);
+3. **docker-compose**: the same service scaled to ``--replicas`` with a published port
+   range, ``docker-compose up -d`` with the new image, and the same client hitting the
+   published ports round-robin. Measured: failed requests, time from ``up`` to every port
+   answering version 2;
+4. **trigger latency**, ``--rounds`` times each, on a 2-replica service: commit to the
+   first new replica started with the daemon watching a local checkout (watchdog), and
+   webhook POST to the first new replica started with the daemon tracking a bare
+   ``file://`` remote (poll interval 300 s, so only the webhook can explain it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import bench_runtime  # noqa: E402  (bench/ is not a package; also puts the repo on sys.path)
+from bench_runtime import CONTAINER_PORT, free_port, http_ok, poll_until  # noqa: E402
+
+from gitorch.state import RevisionResult, StateStore  # noqa: E402
+
+REPO = bench_runtime.REPO
+IMAGE = "gitorch-example/api"
+HEALTH = "/cgi-bin/healthz"
+CONVERGE_TIMEOUT = 300.0
+LATENCY_GOAL = 1.0
+
+MANIFEST = """\
+apiVersion: gitorch.dev/v1
+kind: Service
+metadata: {{name: api}}
+spec:
+  image: {image}
+  replicas: {replicas}
+  ports: [{{name: http, containerPort: 8080}}]
+  expose: {{port: {lb_port}, targetPort: http, protocol: http}}
+  readinessProbe:
+    httpGet: {{path: {health}, port: http}}
+    periodSeconds: 1
+    timeoutSeconds: 1
+  terminationGracePeriodSeconds: 10
+  strategy:
+    type: RollingUpdate
+    progressDeadlineSeconds: 240
+    rollingUpdate: {{maxSurge: 2, maxUnavailable: 0}}
+"""
+
+COMPOSE = """\
+version: "2.4"
+services:
+  api:
+    image: {image}
+    ports: ["127.0.0.1:{first}-{last}:8080"]
+"""
+
+
+# -- the client -------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Threads sending GET / without pause over keep-alive connections, round-robin over
+    ``ports``; every error or non-200 answer is a failed request."""
+
+    ports: list[int]
+    threads: int
+    ok: int = 0
+    failed: int = 0
+    samples: list[str] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._workers = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.threads)
+        ]
+
+    def _run(self, offset: int) -> None:
+        conns: dict[int, http.client.HTTPConnection] = {}
+        n = offset
+        while not self._stop.is_set():
+            port = self.ports[n % len(self.ports)]
+            n += 1
+            conn = conns.get(port) or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conns[port] = conn
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                response.read()
+                good = response.status == 200
+                detail = f"HTTP {response.status}"
+                version = response.getheader("X-App-Version", "?")
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+            except (OSError, http.client.HTTPException) as exc:
+                good, detail, version = False, f"{type(exc).__name__}: {exc}", ""
+                conn.close()
+                conns.pop(port, None)
+            with self._lock:
+                if good:
+                    self.ok += 1
+                    self.versions[version] = self.versions.get(version, 0) + 1
+                else:
+                    self.failed += 1
+                    if len(self.samples) < 5:
+                        self.samples.append(f"port {port}: {detail}")
+        for conn in conns.values():
+            conn.close()
+
+    def __enter__(self) -> Load:
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=15)
+
+
+# -- docker helpers (the bench may use the SDK: it is not part of gitorch) ----------------
+
+
+def docker_client() -> Any:
+    import docker
+
+    return docker.from_env(timeout=60)
+
+
+def started_at(container: Any) -> float:
+    """Docker's State.StartedAt as a Unix time (nanoseconds trimmed to microseconds)."""
+    text = container.attrs["State"]["StartedAt"]
+    head, _, frac = text.rstrip("Z").partition(".")
+    stamp = datetime.fromisoformat(head + "+00:00").timestamp()
+    return stamp + (float("0." + frac[:6]) if frac else 0.0)
+
+
+def ensure_images() -> None:
+    client = docker_client()
+    missing = []
+    for tag in ("1", "2"):
+        try:
+            client.images.get(f"{IMAGE}:{tag}")
+        except Exception:
+            missing.append(tag)
+    if missing:
+        print(f"building the example images (missing {IMAGE}:{','.join(missing)})")
+        subprocess.run(["bash", str(REPO / "examples/images/build.sh")], check=True)
+
+
+# -- 1. the floor -----------------------------------------------------------------------
+
+
+def floor(replicas: int) -> float:
+    """Seconds to start ``replicas`` containers of :2 at once and see all of them ready."""
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        port = free_port()
+        run = subprocess.run(
+            ["docker", "run", "-d", "-p", f"127.0.0.1:{port}:{CONTAINER_PORT}", f"{IMAGE}:2"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        with lock:
+            ids.append(run.stdout.strip())
+        poll_until(lambda: http_ok(f"http://127.0.0.1:{port}{HEALTH}"), "floor container")
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=one) for _ in range(replicas)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    took = time.perf_counter() - started
+    subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
+    if len(ids) != replicas:
+        raise SystemExit("bench: the floor could not start every container")
+    return took
+
+
+# -- 2. and 4. gitorch ------------------------------------------------------------------
+
+
+class Gitorch:
+    """A work tree, optionally a bare remote it pushes to, a state dir and a daemon."""
+
+    def __init__(self, root: Path, replicas: int, *, remote: bool) -> None:
+        self.root = root
+        self.replicas = replicas
+        self.work = root / "work"
+        self.state = root / "state"
+        self.lb_port = free_port()
+        self.api_port = free_port()
+        self.secret = root / "webhook-secret"
+        self.work.mkdir(parents=True)
+        self.secret.write_text(secrets.token_hex(16) + "\n")
+        self.bare = root / "remote.git" if remote else None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.git("init", "-q", "-b", "main")
+        self.git("config", "user.email", "bench@gitorch.invalid")
+        self.git("config", "user.name", "bench")
+        if self.bare is not None:
+            subprocess.run(
+                ["git", "init", "-q", "--bare", "-b", "main", str(self.bare)], check=True
+            )
+            self.git("remote", "add", "origin", str(self.bare))
+
+    def git(self, *args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(self.work), *args], check=True, capture_output=True, text=True
+        )
+        return done.stdout.strip()
+
+    def commit(self, tag: str) -> tuple[str, float]:
+        """Commit (and push, with a remote) the image ``:tag``; (sha, wall time it landed)."""
+        (self.work / "api.yaml").write_text(
+            MANIFEST.format(
+                image=f"{IMAGE}:{tag}", replicas=self.replicas, lb_port=self.lb_port, health=HEALTH
+            )
+        )
+        self.git("add", "api.yaml")
+        self.git("commit", "-q", "-m", f"api {tag}")
+        if self.bare is not None:
+            self.git("push", "-q", "origin", "main")
+        return self.git("rev-parse", "HEAD"), time.time()
+
+    def start(self) -> None:
+        repo = f"file://{self.bare}" if self.bare is not None else str(self.work)
+        argv = [sys.executable, "-m", "gitorch", "daemon", "--repo", repo]
+        argv += ["--state", str(self.state), "--runtime", "docker", "--resync", "1"]
+        argv += ["--listen", f"127.0.0.1:{self.api_port}", "--log-level", "info"]
+        if self.bare is not None:
+            argv += ["--interval", "300", "--webhook-secret-file", str(self.secret)]
+        else:
+            argv += ["--interval", "30"]
+        log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 (the child keeps it)
+        self.daemon = subprocess.Popen(argv, cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
+
+    def webhook(self, sha: str) -> float:
+        """POST a signed GitHub push event; the wall time it was sent."""
+        body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+        key = self.secret.read_text().rstrip("\n").encode()
+        import hashlib
+        import hmac
+
+        signature = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=10)
+        sent = time.time()
+        conn.request(
+            "POST",
+            "/api/v1/webhook",
+            body=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "push",
+                "X-Hub-Signature-256": signature,
+            },
+        )
+        status = conn.getresponse().status
+        conn.close()
+        if status != 202:
+            raise SystemExit(f"bench: the webhook was answered {status}, not 202")
+        return sent
+
+    def cluster(self) -> str | None:
+        try:
+            return (self.state / "cluster").read_text().strip() or None
+        except OSError:
+            return None
+
+    def containers(self) -> list[Any]:
+        cluster = self.cluster()
+        if cluster is None:
+            return []
+        return docker_client().containers.list(
+            all=True, filters={"label": f"dev.gitorch.cluster={cluster}"}
+        )
+
+    def converged(self, sha: str, tag: str) -> bool:
+        if not (self.state / "state.db").is_file():
+            return False
+        with StateStore(self.state, readonly=True) as store:
+            done = any(
+                r.sha == sha and r.result is RevisionResult.SUCCEEDED
+                for r in store.list_revisions(limit=5)
+            )
+        if not done:
+            return False
+        images = [c.attrs["Config"]["Image"] for c in self.containers()]
+        return len(images) == self.replicas and set(images) == {f"{IMAGE}:{tag}"}
+
+    def wait_converged(self, sha: str, tag: str) -> float:
+        deadline = time.monotonic() + CONVERGE_TIMEOUT
+        while not self.converged(sha, tag):
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise SystemExit(f"bench: the daemon died; see {self.root / 'daemon.log'}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: no convergence to {tag}; see {self.root / 'daemon.log'}")
+            time.sleep(0.05)
+        return time.time()
+
+    def first_new_start(self, known: set[str], since: float) -> float:
+        """Seconds from ``since`` to the start of the first container not in ``known``."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            fresh = [c for c in self.containers() if c.id not in known]
+            starts = [
+                started_at(c) for c in fresh if c.attrs["State"].get("StartedAt", "")[:4] > "0001"
+            ]
+            if starts:
+                return min(starts) - since
+            time.sleep(0.01)
+        raise SystemExit("bench: no new replica within 60 s")
+
+    def stop(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+        for container in self.containers():
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+
+
+@contextlib.contextmanager
+def gitorch(root: Path, replicas: int, *, remote: bool) -> Iterator[Gitorch]:
+    run = Gitorch(root, replicas, remote=remote)
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+@dataclass
+class Rollout:
+    seconds: float
+    ok: int
+    failed: int
+    samples: list[str]
+    first_new: float | None = None
+
+
+def bench_gitorch(root: Path, replicas: int, threads: int) -> Rollout:
+    with gitorch(root, replicas, remote=False) as run:
+        sha, _ = run.commit("1")
+        run.start()
+        run.wait_converged(sha, "1")
+        poll_until(lambda: http_ok(f"http://127.0.0.1:{run.lb_port}/"), "the balancer")
+        known = {c.id for c in run.containers()}
+        with Load([run.lb_port], threads) as load:
+            time.sleep(2.0)  # steady traffic before the commit
+            sha, committed = run.commit("2")
+            first = run.first_new_start(known, committed)
+            done = run.wait_converged(sha, "2")
+            time.sleep(1.0)  # and after: late failures count too
+        return Rollout(done - committed, load.ok, load.failed, load.samples, first)
+
+
+def trigger_latency(root: Path, remote: bool, rounds: int) -> list[float]:
+    """Commit (local) or webhook POST (remote) to the first new replica started."""
+    latencies = []
+    with gitorch(root, 2, remote=remote) as run:
+        sha, _ = run.commit("1")
+        run.start()
+        if remote:  # the daemon fetched :1 at start; wait until its API listens
+            poll_until(lambda: http_ok(f"http://127.0.0.1:{run.api_port}/healthz"), "daemon API")
+        run.wait_converged(sha, "1")
+        tag = "1"
+        for _ in range(rounds):
+            tag = "2" if tag == "1" else "1"
+            known = {c.id for c in run.containers()}
+            time.sleep(0.5)  # the daemon idles between passes, as it would in real life
+            sha, since = run.commit(tag)
+            if remote:
+                since = run.webhook(sha)
+            latencies.append(run.first_new_start(known, since))
+            run.wait_converged(sha, tag)
+    return latencies
+
+
+# -- 3. docker-compose --------------------------------------------------------------------
+
+
+def compose_available() -> bool:
+    try:
+        subprocess.run(["docker-compose", "version"], capture_output=True, check=True, timeout=30)
+        return True
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return False
+
+
+def version_on(port: int) -> str | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+        return response.getheader("X-App-Version") if response.status == 200 else None
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def bench_compose(root: Path, replicas: int, threads: int) -> Rollout:
+    project = f"gitorchbench{secrets.token_hex(3)}"
+    first = 20000 + secrets.randbelow(20000)
+    ports = list(range(first, first + replicas))
+    folder = root / "compose"
+    folder.mkdir()
+    compose_file = folder / "docker-compose.yml"
+
+    def up(tag: str) -> None:
+        compose_file.write_text(
+            COMPOSE.format(image=f"{IMAGE}:{tag}", first=ports[0], last=ports[-1])
+        )
+        subprocess.run(
+            ["docker-compose", "-p", project, "up", "-d", "--scale", f"api={replicas}"],
+            cwd=folder,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+
+    def all_on(tag: str) -> bool:
+        return all(version_on(p) == tag for p in ports)
+
+    try:
+        up("1")
+        poll_until(lambda: all_on("1"), "compose :1")
+        with Load(ports, threads) as load:
+            time.sleep(2.0)
+            started = time.time()
+            up("2")
+            deadline = time.monotonic() + CONVERGE_TIMEOUT
+            while not all_on("2"):
+                if time.monotonic() > deadline:
+                    raise SystemExit("bench: compose never served :2 on every port")
+                time.sleep(0.01)
+            done = time.time()
+            time.sleep(1.0)
+        return Rollout(done - started, load.ok, load.failed, load.samples)
+    finally:
+        subprocess.run(
+            ["docker-compose", "-p", project, "down", "-t", "2"],
+            cwd=folder,
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--replicas", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=8, help="client threads")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per trigger latency")
+    parser.add_argument("--no-compose", action="store_true", help="skip docker-compose")
+    parser.add_argument("--only-gitorch", action="store_true", help="the gitorch rollout alone")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (daemon logs)")
+    args = parser.parse_args(argv)
+    if not bench_runtime.docker_answers():
+        raise SystemExit("bench: needs a Docker engine at unix:///var/run/docker.sock")
+    ensure_images()
+    load_before = os.getloadavg()[0]
+    with contextlib.ExitStack() as stack:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix="run-", dir=args.keep))
+        else:
+            scratch = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="gitorch-bench-"))
+            )
+        if args.only_gitorch:
+            ours = bench_gitorch(scratch / "gitorch", args.replicas, args.threads)
+            print(f"gitorch: {ours}")
+            return 0
+        floor_s = floor(args.replicas)
+        print(f"floor: {args.replicas} x docker run -d + poll, all at once: {floor_s:.2f} s")
+        ours = bench_gitorch(scratch / "gitorch", args.replicas, args.threads)
+        print(
+            f"gitorch: converged in {ours.seconds:.2f} s, {ours.failed} failed of "
+            f"{ours.ok + ours.failed} requests {ours.samples}"
+        )
+        theirs: Rollout | None = None
+        if args.no_compose:
+            print("docker-compose: skipped (--no-compose)")
+        elif not compose_available():
+            print("docker-compose: skipped (not installed: apt-get install docker-compose)")
+        else:
+            theirs = bench_compose(scratch, args.replicas, args.threads)
+            print(
+                f"docker-compose: all ports on :2 after {theirs.seconds:.2f} s, {theirs.failed} "
+                f"failed of {theirs.ok + theirs.failed} requests {theirs.samples}"
+            )
+        watch = trigger_latency(scratch / "watch", remote=False, rounds=args.rounds)
+        hook = trigger_latency(scratch / "hook", remote=True, rounds=args.rounds)
+    load_after = os.getloadavg()[0]
+
+    print()
+    print(
+        f"rolling update of {args.replicas} replicas, {IMAGE}:1 -> :2, {args.threads} keep-alive "
+        f"client threads (load average {load_before:.1f} -> {load_after:.1f})"
+    )
+    print(f"| {'':<34} | failed requests | requests | time (s) | time / floor |")
+    print(f"| {'-' * 34} | ---: | ---: | ---: | ---: |")
+    print(f"| {'floor (docker run -d + poll)':<34} | - | - | {floor_s:.2f} | 1.00x |")
+    rows = [("gitorch (maxSurge 2, maxUnavailable 0)", ours)]
+    if theirs is not None:
+        rows.append(("docker-compose up -d (recreate)", theirs))
+    for label, r in rows:
+        print(
+            f"| {label:<34} | {r.failed} | {r.ok + r.failed} | {r.seconds:.2f} | "
+            f"{r.seconds / floor_s:.2f}x |"
+        )
+    if theirs is not None and ours.seconds:
+        print(f"compose time / gitorch time: {theirs.seconds / ours.seconds:.2f}x")
+    assert ours.first_new is not None
+    print()
+    print(
+        f"| trigger -> first new replica started | median | samples | goal < {LATENCY_GOAL:g} s |"
+    )
+    print("| --- | ---: | --- | --- |")
+    for label, values in (
+        ("commit, local repo (watchdog), 10 replicas", [ours.first_new]),
+        ("commit, local repo (watchdog), 2 replicas", watch),
+        ("webhook POST, bare file:// remote", hook),
+    ):
+        median = statistics.median(values)
+        verdict = "ok" if median < LATENCY_GOAL else "OVER"
+        shown = ", ".join(f"{v:.3f}" for v in values)
+        print(f"| {label} | {median:.3f} s | {shown} | {verdict} |")
+    print()
+    verdict = "OK" if ours.failed == 0 else "FAILED REQUESTS"
+    print(f"gitorch failed requests: {ours.failed} (goal 0): {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
