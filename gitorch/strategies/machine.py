@@ -21,8 +21,12 @@ exists is a bug the executor refuses.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
+
+from gitorch.manifests.model import Analysis, MatchRule
 
 
 class Phase(StrEnum):
@@ -56,6 +60,36 @@ class ReplicaView:
 
 
 @dataclass(frozen=True)
+class AnalysisStatus:
+    """Where one analysis run asked for by a :class:`Decision` stands (the reconciler runs
+    it with :mod:`gitorch.analysis` and reports it back under the request's key).
+
+    ``phase`` is ``running`` | ``successful`` | ``failed`` | ``inconclusive`` (the values of
+    ``gitorch.analysis.RunPhase``); a requested key with no status yet counts as running.
+    """
+
+    phase: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """Run ``analysis`` on ``version`` (a template) now, under ``key``.
+
+    Level-triggered like everything here: the reconciler starts a run for a key the first
+    time a decision requests it, keeps advancing it while decisions keep requesting it and
+    forgets it once they stop (or the rollout ends). A new key is a fresh run: strategies
+    put the step index in the key (``step-3``), so a step entered again measures again.
+    ``baseline`` is the version to compare with (the stable one), or None.
+    """
+
+    key: str
+    analysis: Analysis
+    version: str
+    baseline: str | None = None
+
+
+@dataclass(frozen=True)
 class RolloutInput:
     """Everything a strategy may look at."""
 
@@ -72,6 +106,19 @@ class RolloutInput:
     max_unavailable: int | str = 0
     step: int | None = None  # for stepped strategies (canary): the current step index
     blocked_slots: frozenset[int] = frozenset()  # in crash-loop back-off: no Create there now
+    # Progressive strategies (canary, blue-green, A/B). ``stable``: the template of the last
+    # good revision, which they keep at full size and give the rest of the traffic; None:
+    # the most common template among the live old replicas (never recreated then).
+    stable: str | None = None
+    # When the current ``step`` began: the reconciler sets it to ``now`` whenever a Decision's
+    # ``step`` differs from the input's (None: ``started_at``).
+    step_started_at: float | None = None
+    # `gitorch promote` / `gitorch abort` for this rollout. The reconciler clears
+    # ``promote_requested`` once a Decision's ``step`` moved on (one promote, one step).
+    promote_requested: bool = False
+    abort_requested: bool = False
+    # Status of the analysis runs the previous decisions requested, by request key.
+    analyses: Mapping[str, AnalysisStatus] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -105,3 +152,9 @@ class Decision:
     weights: dict[str, int] = field(
         default_factory=dict
     )  # template -> percent (traffic strategies)
+    # Blue-green: the template served at ``blueGreen.previewPort`` (None: no preview route).
+    preview: str | None = None
+    # A/B: requests matching any rule go to ``RolloutInput.target`` whatever the weights.
+    match: tuple[MatchRule, ...] = ()
+    # Analysis runs wanted now (see AnalysisRequest); their status comes back in the input.
+    analyses: tuple[AnalysisRequest, ...] = ()
