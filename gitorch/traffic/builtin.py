@@ -7,8 +7,14 @@ current :class:`~gitorch.traffic.table.RoutingTable`:
 * ``http`` routes: an HTTP/1.1 reverse proxy, a backend per *request*, keep-alive with
   clients and a small pool of keep-alive connections per backend.
 
-Backends are chosen by smooth weighted round robin (the nginx algorithm: even spread, no
-bursts). :meth:`BuiltinLoadBalancer.apply` runs on the loop thread and swaps the backend
+Backends are chosen in two steps (see :meth:`_Service.choose_version`): first the version
+(``Route.rules``, then a sticky cookie, then ``Route.weights`` by smooth weighted round
+robin over versions, so 10% is exactly 10 of every 100 requests), then a backend of that
+version by smooth weighted round robin over ``Backend.weight`` (the nginx algorithm: even
+spread, no bursts). A version that has a weight but no active backend gets nothing: its
+share goes to the other versions, so no request gets a 503 while any active backend
+exists. ``tcp`` routes apply ``weights`` per connection; rules and stickiness need an HTTP
+request and do not apply to them. :meth:`BuiltinLoadBalancer.apply` runs on the loop thread and swaps the backend
 list of a route in one step, so once it returns no new connection or request goes to a
 draining or removed backend; requests in flight finish. A request whose backend fails
 before answering is retried on another one when that is safe (see
@@ -23,16 +29,23 @@ import contextlib
 import enum
 import errno
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gitorch.errors import ConfigError
 from gitorch.traffic import _http
-from gitorch.traffic.figures import BackendFigures, bucket_of, empty_histogram
-from gitorch.traffic.table import Backend, BackendStats, Route, RoutingTable
+from gitorch.traffic.figures import (
+    BackendFigures,
+    VersionFigures,
+    bucket_of,
+    by_version,
+    empty_histogram,
+)
+from gitorch.traffic.table import Backend, BackendStats, Route, RoutingTable, VersionRule
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +59,78 @@ POOL_SIZE = 16
 
 class ListenError(ConfigError):
     """A route's listen port could not be opened (in use, or not permitted)."""
+
+
+class RouteInvalid(ConfigError):
+    """A route cannot be served as written (a bad rule regex, a negative weight)."""
+
+
+#: Prefix of the cookie that keeps a client on its version (``Route.sticky``).
+STICKY_COOKIE = "gitorch_v_"
+
+
+def sticky_cookie(service: str) -> str:
+    """Name of the stickiness cookie of ``service``."""
+    return f"{STICKY_COOKIE}{service}"
+
+
+def check_route(route: Route) -> None:
+    """Raise :class:`RouteInvalid` when ``route``'s weights or rules cannot be served."""
+    for version, weight in route.weights.items():
+        if not isinstance(weight, int) or weight < 0:
+            raise RouteInvalid(
+                f"service {route.service}: weight of version {version!r} must be >= 0"
+            )
+    for rule in route.rules:
+        if (rule.header is None) == (rule.cookie is None):
+            raise RouteInvalid(
+                f"service {route.service}: a rule names exactly one of header or cookie"
+            )
+        if rule.regex is not None:
+            try:
+                re.compile(rule.regex)
+            except re.error as exc:
+                raise RouteInvalid(
+                    f"service {route.service}: bad rule regex {rule.regex!r}: {exc}"
+                ) from exc
+
+
+def parse_cookies(headers: _http.Headers) -> dict[str, str]:
+    """Cookies of a request (every Cookie header); the first of a repeated name wins."""
+    found: dict[str, str] = {}
+    for value in _http.get_all(headers, "cookie"):
+        for part in value.split(";"):
+            name, sep, val = part.strip().partition("=")
+            if sep and name and name not in found:
+                found[name] = val.strip().strip('"')
+    return found
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A :class:`VersionRule` ready to test requests (regex compiled once)."""
+
+    rule: VersionRule
+    pattern: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, rule: VersionRule) -> _Rule:
+        return cls(rule, re.compile(rule.regex) if rule.regex is not None else None)
+
+    def matches(self, headers: _http.Headers, cookies: Mapping[str, str]) -> bool:
+        """Exact and regex (full match) must both hold when both are given; with
+        neither, the header or cookie being present is enough."""
+        if self.rule.header is not None:
+            values = _http.get_all(headers, self.rule.header.lower())
+        else:
+            cookie = cookies.get(self.rule.cookie or "")
+            values = [] if cookie is None else [cookie]
+        return any(self._value_matches(v) for v in values)
+
+    def _value_matches(self, value: str) -> bool:
+        if self.rule.exact is not None and value != self.rule.exact:
+            return False
+        return self.pattern is None or self.pattern.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -87,6 +172,7 @@ class _BackendState:
     errors_5xx: int = 0
     connect_errors: int = 0
     latency: list[int] = field(default_factory=empty_histogram)
+    latency_sum_ms: float = 0.0
     current: int = 0  # smooth weighted round robin state
     down_until: float = 0.0
     idle: list[_Conn] = field(default_factory=list)
@@ -111,6 +197,10 @@ class _Service:
     server: asyncio.Server | None = None
     listening: tuple[int, str] | None = None  # (port, protocol) of the open listener
     closed: bool = False
+    by_version: dict[str, list[_BackendState]] = field(default_factory=dict)  # active ones
+    rules: tuple[_Rule, ...] = ()
+    version_current: dict[str, int] = field(default_factory=dict)  # smooth WRR over versions
+    cookie_name: str = ""
 
     def set_route(self, route: Route) -> None:
         """Swap in a new backend list (on the loop thread: atomic for the handlers)."""
@@ -134,11 +224,71 @@ class _Service:
                 # busy ones are closed when their request ends (see _release).
                 state.close_idle()
         self.active = [s for s in self.backends.values() if s.accepting and s.backend.weight > 0]
+        self.by_version = {}
+        for state in self.active:
+            self.by_version.setdefault(state.backend.version, []).append(state)
+        if len(self.rules) != len(route.rules) or any(
+            r.rule != n for r, n in zip(self.rules, route.rules, strict=False)
+        ):
+            self.rules = tuple(_Rule.of(rule) for rule in route.rules)
+        if set(self.version_current) != set(route.weights):
+            # New versions: restart the cycle, so shares are exact from this apply on.
+            self.version_current = dict.fromkeys(route.weights, 0)
+        self.cookie_name = sticky_cookie(route.service)
 
-    def pick(self, tried: set[str]) -> _BackendState | None:
-        """Smooth weighted round robin over active backends not yet tried (all of them
-        when every one was tried), preferring those not in cooldown."""
-        candidates = [s for s in self.active if s.backend.id not in tried] or self.active
+    def choose_version(self, headers: _http.Headers | None) -> tuple[str | None, str | None]:
+        """The version for one request (``headers``) or tcp connection (None), and the
+        version to put in the sticky cookie (None: leave the client's cookie alone).
+
+        None as the version means "any active backend by its own weight": the route has
+        no weights, or no weighted version has an active backend (the fallback that
+        keeps serving while anything can serve).
+        """
+        route = self.route
+        cookies: Mapping[str, str] = {}
+        if headers is not None:
+            if self.rules or route.sticky:
+                cookies = parse_cookies(headers) if _http.get(headers, "cookie") else {}
+            for rule in self.rules:
+                if self.by_version.get(rule.rule.version) and rule.matches(headers, cookies):
+                    return rule.rule.version, None
+        if not route.weights:
+            return None, None
+        if headers is not None and route.sticky:
+            held = cookies.get(self.cookie_name)
+            if held is not None and route.weights.get(held, 0) > 0 and self.by_version.get(held):
+                return held, None
+        chosen = self._weighted_version()
+        sticky = chosen if headers is not None and route.sticky and chosen is not None else None
+        return chosen, sticky
+
+    def _weighted_version(self) -> str | None:
+        """Smooth weighted round robin over versions with a weight and a backend."""
+        total = 0
+        best: str | None = None
+        for version, weight in self.route.weights.items():
+            if weight <= 0 or not self.by_version.get(version):
+                continue
+            current = self.version_current.get(version, 0) + weight
+            self.version_current[version] = current
+            total += weight
+            if best is None or current > self.version_current[best]:
+                best = version
+        if best is not None:
+            self.version_current[best] -= total
+        return best
+
+    def pick(self, tried: set[str], version: str | None = None) -> _BackendState | None:
+        """Smooth weighted round robin over active backends of ``version`` (any version
+        when None) not yet tried; then over any active backend not tried (a retry may
+        leave the version rather than fail); then all of them. Backends not in cooldown
+        are preferred."""
+        pool = self.active if version is None else self.by_version.get(version, [])
+        candidates = (
+            [s for s in pool if s.backend.id not in tried]
+            or [s for s in self.active if s.backend.id not in tried]
+            or self.active
+        )
         if not candidates:
             return None
         now = time.monotonic()
@@ -207,9 +357,13 @@ class BuiltinLoadBalancer:
         Listeners of routes that stay on the same port and protocol are never reopened.
         Raises :class:`ListenError` naming every route whose port could not be opened;
         all other routes are applied anyway (and a later apply retries the failed ones).
+        Raises :class:`RouteInvalid` (and changes nothing) when a route's weights or
+        rules cannot be served.
         """
         if self._closed:
             raise ConfigError("the load balancer is closed")
+        for route in table.routes.values():
+            check_route(route)  # before anything changes: a bad table changes nothing
         future = asyncio.run_coroutine_threadsafe(self._apply(table), self._loop)
         failures = future.result(timeout=self.timeouts.apply)
         if failures:
@@ -242,11 +396,22 @@ class BuiltinLoadBalancer:
                     errors_5xx=s.errors_5xx,
                     connect_errors=s.connect_errors,
                     latency=tuple(s.latency),
+                    latency_sum_ms=s.latency_sum_ms,
                 )
                 for s in svc.backends.values()
             ]
 
         return self._call(read)
+
+    def version_figures(self, service: str) -> dict[str, VersionFigures]:
+        """Cumulative figures of ``service`` per version (requests, 5xx, success rate,
+        p50/p90/p99, open connections); an analysis compares two of these with
+        :meth:`VersionFigures.since`. Empty when the service is unknown.
+
+        A backend removed from the table is forgotten once idle, and its counts leave the
+        sum: ``since`` clamps what would go negative.
+        """
+        return by_version(self.figures(service))
 
     def endpoints(self) -> dict[str, int]:
         """service -> port actually listened on right now."""
@@ -401,8 +566,9 @@ class BuiltinLoadBalancer:
         self, svc: _Service, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         tried: set[str] = set()
+        version, _ = svc.choose_version(None)
         for _ in range(svc.attempts()):
-            state = svc.pick(tried)
+            state = svc.pick(tried, version)
             if state is None:
                 return
             tried.add(state.backend.id)
@@ -489,8 +655,12 @@ class BuiltinLoadBalancer:
         is_head = head.method == "HEAD"
         tried: set[str] = set()
         failure = _Failure.NO_BACKEND
+        version, cookie_version = svc.choose_version(head.headers)
+        extra: _http.Headers = []
+        if cookie_version is not None:
+            extra.append(("Set-Cookie", f"{svc.cookie_name}={cookie_version}; Path=/"))
         for _ in range(svc.attempts()):
-            state = svc.pick(tried)
+            state = svc.pick(tried, version)
             if state is None:
                 break
             tried.add(state.backend.id)
@@ -499,7 +669,7 @@ class BuiltinLoadBalancer:
                 # After a failure, only fresh connections: the pool may hold more dead ones.
                 retrying = failure is not _Failure.NO_BACKEND
                 outcome = await self._attempt(
-                    state, head, out_headers, body, reader, writer, client_keep, retrying
+                    state, head, out_headers, body, reader, writer, client_keep, retrying, extra
                 )
             finally:
                 state.in_flight -= 1
@@ -576,6 +746,7 @@ class BuiltinLoadBalancer:
         writer: asyncio.StreamWriter,
         client_keep: bool,
         fresh_only: bool,
+        extra: _http.Headers,
     ) -> bool | _Failure:
         """One try on one backend: the client keep-alive verdict when a response was
         relayed, else why nothing reached the client."""
@@ -614,7 +785,9 @@ class BuiltinLoadBalancer:
             raise
         _count(state, response.status, started)
         try:
-            keep, reusable = await _relay_response(head, response, conn.reader, writer, client_keep)
+            keep, reusable = await _relay_response(
+                head, response, conn.reader, writer, client_keep, extra
+            )
         except BaseException:
             conn.close()
             raise
@@ -640,7 +813,9 @@ def _partial(exc: Exception) -> bool:
 
 def _count(state: _BackendState, status: int, started: float) -> None:
     state.requests += 1
-    state.latency[bucket_of((time.monotonic() - started) * 1000)] += 1
+    took_ms = (time.monotonic() - started) * 1000
+    state.latency[bucket_of(took_ms)] += 1
+    state.latency_sum_ms += took_ms
     if status >= 500:
         state.errors += 1
         state.errors_5xx += 1
@@ -715,8 +890,10 @@ async def _relay_response(
     backend: asyncio.StreamReader,
     client: asyncio.StreamWriter,
     client_keep: bool,
+    extra: _http.Headers | None = None,
 ) -> tuple[bool, bool]:
-    """Stream the response to the client: (client keep-alive, backend conn reusable)."""
+    """Stream the response to the client: (client keep-alive, backend conn reusable);
+    ``extra`` headers (the sticky cookie) are added to the backend's."""
     no_body = request.method == "HEAD" or response.status in (204, 304)
     backend_keep = response.version >= (1, 1) and "close" not in _http.tokens(
         response.headers, "connection"
@@ -737,6 +914,8 @@ async def _relay_response(
             kind = "eof"  # no length: the body ends when the backend closes
     if kind == "eof":
         backend_keep = False
+    if extra:
+        headers.extend(extra)
     chunked_out = False
     if kind == "length":
         headers.append(("Content-Length", str(length)))

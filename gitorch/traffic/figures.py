@@ -4,6 +4,10 @@ Rollout analysis (success rate, p99 latency) and rps autoscaling read these. Eve
 a cumulative counter, like Prometheus counters: an analysis takes two snapshots and looks
 at :meth:`VersionFigures.since` between them. Latency is a fixed-bucket histogram so that
 recording one sample costs one ``bisect`` and one increment, whatever the traffic.
+
+Data planes that keep no histogram (HAProxy reports averages only) leave ``latency``
+empty, so ``p50``/``p90``/``p99`` are None, and give ``recent_mean_ms`` instead: an
+analysis must treat a None percentile as "not measured" (inconclusive), not as a pass.
 """
 
 from __future__ import annotations
@@ -59,7 +63,9 @@ class BackendFigures:
     ``errors_5xx`` the 5xx answers among them (including the data plane's own 502/504 when
     the backend failed mid-request); ``connect_errors`` failed connection attempts (which
     the data plane retried elsewhere when it could). ``latency`` holds the bucket counts of
-    the time from picking the backend to receiving its response head (http only).
+    the time from picking the backend to receiving its response head (http only), and
+    ``latency_sum_ms`` their sum (for the mean). ``recent_mean_ms`` is a data plane's own
+    moving average when it keeps no histogram (HAProxy: over its last 1024 requests).
     """
 
     backend_id: str
@@ -69,6 +75,8 @@ class BackendFigures:
     errors_5xx: int
     connect_errors: int
     latency: tuple[int, ...]
+    latency_sum_ms: float = 0.0
+    recent_mean_ms: float | None = None
 
     @property
     def p50(self) -> float | None:
@@ -85,7 +93,11 @@ class BackendFigures:
 
 @dataclass(frozen=True)
 class VersionFigures:
-    """The figures of every backend running one version, added up."""
+    """The figures of every backend running one version, added up.
+
+    ``in_flight`` is what is open on the version right now: requests being served (http)
+    or connections (tcp); :attr:`open_connections` names the same figure.
+    """
 
     version: str
     backends: int
@@ -94,6 +106,21 @@ class VersionFigures:
     errors_5xx: int
     connect_errors: int
     latency: tuple[int, ...]
+    latency_sum_ms: float = 0.0
+    recent_mean_ms: float | None = None
+
+    @property
+    def open_connections(self) -> int:
+        return self.in_flight
+
+    @property
+    def mean_ms(self) -> float | None:
+        """Mean latency: exact from the histogram's samples, else the data plane's own
+        recent average, else None."""
+        samples = sum(self.latency)
+        if samples:
+            return self.latency_sum_ms / samples
+        return self.recent_mean_ms
 
     @property
     def success_rate(self) -> float | None:
@@ -130,6 +157,9 @@ class VersionFigures:
             latency=tuple(
                 max(0, a - b) for a, b in zip(self.latency, earlier.latency, strict=True)
             ),
+            latency_sum_ms=max(0.0, self.latency_sum_ms - earlier.latency_sum_ms),
+            # A moving average cannot be subtracted: the later one is the best there is.
+            recent_mean_ms=self.recent_mean_ms,
         )
 
 
@@ -152,5 +182,18 @@ def by_version(backends: Iterable[BackendFigures]) -> dict[str, VersionFigures]:
             errors_5xx=sum(m.errors_5xx for m in members),
             connect_errors=sum(m.connect_errors for m in members),
             latency=tuple(latency),
+            latency_sum_ms=sum(m.latency_sum_ms for m in members),
+            recent_mean_ms=_weighted_mean(members),
         )
     return result
+
+
+def _weighted_mean(members: Sequence[BackendFigures]) -> float | None:
+    """Backends' recent means combined, weighted by their request counts."""
+    known = [m for m in members if m.recent_mean_ms is not None]
+    if not known:
+        return None
+    weight = sum(m.requests for m in known)
+    if weight == 0:
+        return sum(m.recent_mean_ms or 0.0 for m in known) / len(known)
+    return sum((m.recent_mean_ms or 0.0) * m.requests for m in known) / weight
