@@ -3,19 +3,25 @@
 from gitorch.scheduler.core import (
     LEAST_ALLOCATED,
     MOST_ALLOCATED,
+    QOS_RANK,
     Decision,
     NodeView,
     Request,
     Running,
+    evictions,
+    reason_kind,
     schedule,
 )
 
 __all__ = [
     "LEAST_ALLOCATED",
     "MOST_ALLOCATED",
+    "QOS_RANK",
     "Decision",
     "NodeView",
     "Request",
     "Running",
+    "evictions",
+    "reason_kind",
     "schedule",
 ]
