@@ -52,6 +52,7 @@ sys.path.insert(0, str(BENCH))
 import bench_runtime  # noqa: E402  (bench/ is not a package; also puts the repo on sys.path)
 from bench_runtime import CONTAINER_PORT, free_port, http_ok, poll_until  # noqa: E402
 
+from gitorch.errors import StateError  # noqa: E402
 from gitorch.state import RevisionResult, StateStore  # noqa: E402
 
 REPO = bench_runtime.REPO
@@ -312,18 +313,28 @@ class Gitorch:
         cluster = self.cluster()
         if cluster is None:
             return []
-        return docker_client().containers.list(
-            all=True, filters={"label": f"dev.gitorch.cluster={cluster}"}
-        )
+        import docker.errors
+
+        for _ in range(20):
+            try:
+                return docker_client().containers.list(
+                    all=True, filters={"label": f"dev.gitorch.cluster={cluster}"}
+                )
+            except docker.errors.NotFound:  # removed between the listing and its inspect
+                time.sleep(0.01)
+        raise SystemExit("bench: cannot list the cluster's containers")
 
     def converged(self, sha: str, tag: str) -> bool:
         if not (self.state / "state.db").is_file():
             return False
-        with StateStore(self.state, readonly=True) as store:
-            done = any(
-                r.sha == sha and r.result is RevisionResult.SUCCEEDED
-                for r in store.list_revisions(limit=5)
-            )
+        try:
+            with StateStore(self.state, readonly=True) as store:
+                done = any(
+                    r.sha == sha and r.result is RevisionResult.SUCCEEDED
+                    for r in store.list_revisions(limit=5)
+                )
+        except StateError:  # the daemon is still creating (migrating) its store
+            return False
         if not done:
             return False
         images = [c.attrs["Config"]["Image"] for c in self.containers()]
