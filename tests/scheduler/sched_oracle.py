@@ -31,6 +31,11 @@ class Cluster:
         self.mem_used[node] += memory
         self.per_node[node][service] += 1
 
+    def remove(self, service: str, node: str, cpu: int, memory: int) -> None:
+        self.cpu_used[node] -= cpu
+        self.mem_used[node] -= memory
+        self.per_node[node][service] -= 1
+
     def count_in_domain(self, service: str, key: str, value: str | None) -> int:
         if value is None:
             return 0
