@@ -218,3 +218,113 @@ def check_pass(inp: RolloutInput, decision: Decision) -> None:
 def check_cluster(cluster: Cluster) -> None:
     keys = [(r.slot, r.template) for r in cluster.live()]
     assert len(keys) == len(set(keys)), f"two replicas of one (slot, template): {keys}"
+
+
+# --- Progressive strategies (canary, blue-green, A/B): weights, steps, analyses ---------
+
+
+def needed_for(desired: int, weight: int) -> int:
+    """New replicas a weight needs (written again here, like ``is_available``):
+    ceil(desired * weight / 100), at least 1 above 0."""
+    if weight <= 0:
+        return 0
+    return max(1, -(-desired * weight // 100))
+
+
+@dataclass
+class ProgressiveReconciler(Reconciler):
+    """Also keeps what the store keeps for stepped strategies: the step, when it began,
+    promote/abort requests and the analysis runs the decisions asked for. ``verdict`` says
+    how a newly requested analysis key ends: (phase, passes it stays running first)."""
+
+    step: int | None = None
+    step_started_at: float | None = None
+    promote: bool = False
+    abort: bool = False
+    runs: dict[str, tuple[str, int]] = field(default_factory=dict)
+    verdict: Callable[[str], tuple[str, int]] = lambda key: ("successful", 0)
+
+    def observe(self, blocked: frozenset[int] = frozenset()) -> RolloutInput:
+        from gitorch.strategies.machine import AnalysisStatus
+
+        inp = super().observe(blocked)
+        statuses = {
+            key: AnalysisStatus(phase if wait <= 0 else "running", f"{key} {phase}")
+            for key, (phase, wait) in self.runs.items()
+        }
+        return replace(
+            inp,
+            step=self.step,
+            step_started_at=self.step_started_at,
+            promote_requested=self.promote,
+            abort_requested=self.abort,
+            analyses=statuses,
+        )
+
+    def record(self, decision: Decision) -> None:
+        """What the reconciler keeps after a decision: step moves reset the step clock and
+        consume a promote; analysis runs start, advance one pass, or are forgotten."""
+        if decision.step != self.step:
+            self.step = decision.step
+            self.step_started_at = self.cluster.now
+            self.promote = False
+        wanted = {request.key for request in decision.analyses}
+        runs: dict[str, tuple[str, int]] = {}
+        for key in wanted:
+            if key in self.runs:
+                phase, wait = self.runs[key]
+                runs[key] = (phase, wait - 1)
+            else:
+                runs[key] = self.verdict(key)
+        self.runs = runs
+
+
+def new_weight(inp: RolloutInput, decision: Decision) -> int:
+    return decision.weights.get(inp.target, 0)
+
+
+def check_progressive_pass(inp: RolloutInput, decision: Decision) -> None:
+    """The invariants every progressive pass keeps (raises AssertionError)."""
+    by_id = {r.id: r for r in inp.replicas}
+    stops = [a for a in decision.actions if isinstance(a, Stop)]
+    creates = [a for a in decision.actions if isinstance(a, Create)]
+    assert len({s.replica_id for s in stops}) == len(stops), "a replica stopped twice"
+    assert all(s.replica_id in by_id for s in stops)
+    kinds = [isinstance(a, Create) for a in decision.actions]
+    assert kinds == sorted(kinds), "a Create before a Stop"
+    for create in creates:
+        assert create.template in (inp.target, inp.stable), create
+        assert 1 <= create.slot <= inp.desired, create
+        assert create.slot not in inp.blocked_slots, create
+    assert decision.message
+    weight = new_weight(inp, decision)
+    others = {t: w for t, w in decision.weights.items() if t != inp.target}
+    assert 0 <= weight <= 100
+    if others:
+        assert sum(decision.weights.values()) == 100, decision.weights
+        ready = sum(
+            1
+            for r in inp.replicas
+            if r.template == inp.target and 1 <= r.slot <= inp.desired and is_available(r, inp)
+        )
+        assert needed_for(inp.desired, weight) <= ready, (
+            f"weight {weight}% needs {needed_for(inp.desired, weight)} ready, {ready} are"
+        )
+    if decision.phase is Phase.FAILED:
+        assert decision.failure
+        assert weight == 0, "a failed rollout still sends traffic to the new version"
+        assert not decision.match
+        assert not creates
+    if inp.abort_requested and decision.phase is not Phase.HEALTHY:
+        assert decision.phase is Phase.FAILED and weight == 0
+    for request in decision.analyses:
+        status = inp.analyses.get(request.key)
+        if status is None:
+            continue
+        if status.phase == "failed":
+            assert decision.phase is Phase.FAILED, f"{request.key} failed but {decision.phase}"
+        if status.phase == "inconclusive" and not inp.promote_requested:
+            assert decision.step == inp.step or (inp.step is None and decision.step == 0), (
+                f"moved on from step {inp.step} with {request.key} inconclusive"
+            )
+            assert decision.phase in (Phase.PAUSED, Phase.FAILED)
