@@ -315,7 +315,7 @@ class DaemonProc:
     def service(self, name: str) -> dict[str, Any] | None:
         for svc in self.status()["services"]:
             if svc["name"] == name:
-                return svc  # type: ignore[no-any-return]
+                return svc
         return None
 
     def log_tail(self, lines: int = 60) -> str:

@@ -48,7 +48,7 @@ def _replicas(cluster: Cluster) -> dict[str, str]:
 def _status(cluster: Cluster) -> dict[str, object]:
     done = gitorch("status", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
     assert done.code == 0, done.stderr
-    return done.json()  # type: ignore[no-any-return]
+    return done.json()
 
 
 def test_apply_exit_codes(cluster: Cluster) -> None:

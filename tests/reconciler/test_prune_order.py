@@ -19,6 +19,7 @@ import pytest
 from conftest import Cluster
 from reconciler_helpers import (
     API_APP,
+    cluster_of,
     commit,
     converged,
     docker_runtime,
@@ -84,12 +85,11 @@ def _prune(cluster: Cluster, api_yaml: str, extra_yaml: str) -> None:
     sha1 = commit(cluster.repo, {"api.yaml": api_yaml, "extra.yaml": extra_yaml}, "api + extra")
     daemon = cluster.daemon()
     for name in ("api", "extra"):
-        wait_for(
-            f"{name} converged",
-            lambda name=name: converged(daemon.service(name), sha1, 2),
-            40,
-            describe=daemon.log_tail,
-        )
+
+        def done(name: str = name) -> bool:
+            return converged(daemon.service(name), sha1, 2)
+
+        wait_for(f"{name} converged", done, 40, describe=daemon.log_tail)
     assert port_open(extra_port)
     api_ids = instance_ids(daemon.service("api"))
     extra_ids = instance_ids(daemon.service("extra"))
@@ -102,8 +102,6 @@ def _prune(cluster: Cluster, api_yaml: str, extra_yaml: str) -> None:
         describe=lambda: str(daemon.status()) + daemon.log_tail(),
     )
     runtime = docker_runtime() if cluster.driver == "docker" else process_runtime(cluster.state)
-    from reconciler_helpers import cluster_of
-
     left = {i.id for i in runtime.list_instances(cluster_of(cluster.state) or "")}
     assert not (left & extra_ids), "a replica of the pruned service is still there"
     assert instance_ids(daemon.service("api")) == api_ids, "api was touched by the prune"

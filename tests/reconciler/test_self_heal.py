@@ -138,9 +138,14 @@ def _restart_times(state: Path, service: str) -> list[float]:
 def test_crash_loop_backs_off_exponentially(cluster: Cluster) -> None:
     commit(cluster.repo, {"crasher.yaml": _crasher_yaml()}, "a replica that exits at once")
     daemon = cluster.daemon(resync=RESYNC)
+
+    def four_restarts() -> list[float] | None:
+        found = _restart_times(cluster.state, "crasher")
+        return found if len(found) >= 4 else None
+
     times = wait_for(
         "4 restarts of the crashing replica",
-        lambda: (t := _restart_times(cluster.state, "crasher")) and len(t) >= 4 and t,
+        four_restarts,
         25,
         interval=0.2,
         describe=daemon.log_tail,
