@@ -19,6 +19,7 @@ import pytest
 from conftest import Cluster
 from reconciler_helpers import (
     API_APP,
+    LoadClient,
     cluster_of,
     commit,
     converged,
@@ -94,13 +95,19 @@ def _prune(cluster: Cluster, api_yaml: str, extra_yaml: str) -> None:
     api_ids = instance_ids(daemon.service("api"))
     extra_ids = instance_ids(daemon.service("extra"))
 
-    sha2 = commit(cluster.repo, {"extra.yaml": None}, "extra leaves Git")
-    wait_for(
-        "extra pruned",
-        lambda: daemon.service("extra") is None and not port_open(extra_port),
-        20,
-        describe=lambda: str(daemon.status()) + daemon.log_tail(),
-    )
+    # Clients keep requests in flight on extra while it is removed: each must get its
+    # answer (drained); once the endpoint is closed, new connections are refused.
+    with LoadClient(extra_port) as load:
+        wait_for("load flowing", lambda: load.total > 20, 10)
+        sha2 = commit(cluster.repo, {"extra.yaml": None}, "extra leaves Git")
+        wait_for(
+            "extra pruned",
+            lambda: daemon.service("extra") is None and not port_open(extra_port),
+            20,
+            describe=lambda: str(daemon.status()) + daemon.log_tail(),
+        )
+    cut = [f for f in load.failures if not f.startswith("ConnectionRefusedError")]
+    assert cut == [], (cut[:10], load.ok)
     runtime = docker_runtime() if cluster.driver == "docker" else process_runtime(cluster.state)
     left = {i.id for i in runtime.list_instances(cluster_of(cluster.state) or "")}
     assert not (left & extra_ids), "a replica of the pruned service is still there"
@@ -124,7 +131,8 @@ def test_removed_service_is_pruned_and_foreign_processes_untouched(
     _prune(
         cluster,
         process_service("api", port=cluster.port, replicas=2),
-        process_service("extra", port=free_port(), replicas=2),
+        # Slow answers (300 ms): requests are in flight when extra is removed.
+        process_service("extra", port=free_port(), replicas=2, env={"SLOW_MS": "300"}),
     )
     time.sleep(1)  # a couple more passes after the prune
     assert plain.poll() is None, "a process gitorch did not start was stopped"

@@ -91,6 +91,18 @@ def test_bad_version_rolls_back_without_failed_requests_and_is_not_retried(
     assert by_sha[sha2]["services"] == {"api": "rolled-back"}
     assert by_sha[sha1]["result"] == "succeeded"
 
+    # Not retried after a daemon restart either: the failed template is in the store.
+    daemon.stop()
+    daemon = cluster.daemon()
+    wait_for("the restarted daemon's first pass", lambda: daemon.service("api"), 15)
+    watch_until = time.monotonic() + 4
+    while time.monotonic() < watch_until:
+        svc = daemon.service("api")
+        assert svc is not None
+        assert instance_ids(svc) == v1_ids, svc["instances"]
+        assert svc["rollout"]["phase"] == "RolledBack", svc["rollout"]
+        time.sleep(0.3)
+
     # A later good commit rolls out normally.
     sha3 = commit(
         cluster.repo,
