@@ -283,8 +283,10 @@ def new_weight(inp: RolloutInput, decision: Decision) -> int:
     return decision.weights.get(inp.target, 0)
 
 
-def check_progressive_pass(inp: RolloutInput, decision: Decision) -> None:
-    """The invariants every progressive pass keeps (raises AssertionError)."""
+def check_progressive_pass(inp: RolloutInput, decision: Decision, *, capacity: bool = True) -> None:
+    """The invariants every progressive pass keeps (raises AssertionError). ``capacity``:
+    check that the new version's weight is one its available replicas carry (blue-green
+    after the switch keeps 100% through a crash: it is all or nothing by design)."""
     by_id = {r.id: r for r in inp.replicas}
     stops = [a for a in decision.actions if isinstance(a, Stop)]
     creates = [a for a in decision.actions if isinstance(a, Create)]
@@ -302,6 +304,7 @@ def check_progressive_pass(inp: RolloutInput, decision: Decision) -> None:
     assert 0 <= weight <= 100
     if others:
         assert sum(decision.weights.values()) == 100, decision.weights
+    if others and capacity:
         ready = sum(
             1
             for r in inp.replicas
