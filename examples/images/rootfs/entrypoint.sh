@@ -36,7 +36,13 @@ drain() {
   while [ "$left" -gt 0 ]; do
     busy=""
     for d in /proc/[0-9]*; do
-      [ "${d#/proc/}" = "$$" ] || busy=1
+      pid=${d#/proc/}
+      # Not ourselves, not docker-init (PID 1) or whoever started us, and not a finished
+      # child waiting to be reaped (state Z): only live request handlers hold the exit.
+      [ "$pid" = "$$" ] || [ "$pid" = 1 ] || [ "$pid" = "$PPID" ] && continue
+      set -- $(cat "$d/stat" 2>/dev/null) ""
+      [ "${3:-Z}" = Z ] && continue
+      busy=1
     done
     [ -z "$busy" ] && return 0
     usleep 50000
