@@ -163,6 +163,7 @@ class NodeRecord:
     last_seen: float | None = None
     condition: NodeCondition = NodeCondition.UNKNOWN
     message: str = ""
+    draining: bool = False  # `gitorch drain`: moving its replicas off
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -94,6 +94,7 @@ def node(row: sqlite3.Row) -> NodeRecord:
         last_seen=row["last_seen"],
         condition=NodeCondition(row["condition"]),
         message=row["message"],
+        draining=bool(row["draining"]),
     )
 
 

@@ -166,6 +166,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             # The current spec reached Healthy once: later trouble is repaired, never
             # answered by rolling back a version that worked.
             "ALTER TABLE rollouts ADD COLUMN reached_healthy INTEGER NOT NULL DEFAULT 0",
+            # `gitorch drain NODE`: place nothing there and move its replicas off through
+            # each service's strategy (cordon keeps them; drain moves them).
+            "ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0",
             """
             CREATE TABLE backoff (
                 service         TEXT NOT NULL,

@@ -656,6 +656,18 @@ class StateStore:
         assert record is not None
         return record
 
+    def set_draining(self, name: str, draining: bool) -> NodeRecord:
+        """Start (or stop) draining a registered node."""
+        with self.transaction():
+            cursor = self._execute(
+                "UPDATE nodes SET draining = ? WHERE name = ?", (int(draining), name)
+            )
+            if cursor.rowcount == 0:
+                raise RecordNotFound(f"no node named {name!r} is registered")
+            record = self.get_node(name)
+        assert record is not None
+        return record
+
     def get_node(self, name: str) -> NodeRecord | None:
         row = self._query_one("SELECT * FROM nodes WHERE name = ?", (name,))
         return None if row is None else rows.node(row)

@@ -304,3 +304,17 @@ def test_backoff_records_round_trip_and_clear(tmp_path: Path) -> None:
         assert [(b.service, b.slot) for b in store.list_backoff()] == [("api", 1), ("web", 2)]
         store.clear_backoff("web")
         assert [(b.service, b.slot) for b in store.list_backoff()] == [("api", 1)]
+
+
+def test_draining_flag_round_trips_and_needs_a_registered_node(tmp_path: Path) -> None:
+    from gitorch.state import RecordNotFound
+
+    with StateStore(tmp_path) as store:
+        store.register_node("node-a", "process")
+        assert store.get_node("node-a").draining is False  # type: ignore[union-attr]
+        assert store.set_draining("node-a", True).draining is True
+        store.register_node("node-a", "process")  # re-registering keeps the drain
+        assert store.get_node("node-a").draining is True  # type: ignore[union-attr]
+        assert store.set_draining("node-a", False).draining is False
+        with pytest.raises(RecordNotFound):
+            store.set_draining("nope", True)
