@@ -35,6 +35,7 @@ class NodeTarget:
     memory_bytes: int | None = None
     taints: tuple[tuple[str, str, str], ...] = ()
     unschedulable: bool = False
+    drain: bool = False
 
 
 def runtime_dir(state_dir: Path, node: str) -> Path:
@@ -83,6 +84,7 @@ def node_targets(nodes: Iterable[Node], default_driver: str) -> list[NodeTarget]
             memory_bytes=node.capacity.memory_bytes,
             taints=tuple((t.key, t.value or "", t.effect) for t in node.taints),
             unschedulable=node.unschedulable,
+            drain=node.drain,
         )
         for node in sorted(nodes, key=lambda n: n.name)
     ]

@@ -330,6 +330,7 @@ def canonical_node(doc: Mapping[str, Any]) -> dict[str, Any]:
             for t in raw.get("taints") or []
         ],
         "unschedulable": raw.get("unschedulable", False),
+        "drain": raw.get("drain", False),
     }
     return _envelope("Node", doc, spec)
 
@@ -570,6 +571,7 @@ def build_node(doc: Mapping[str, Any], origin: m.Origin) -> m.Node:
         capacity=_resources(spec["capacity"]),
         taints=tuple(m.Taint(t["key"], t["value"], t["effect"]) for t in spec["taints"]),
         unschedulable=spec["unschedulable"],
+        drain=spec["drain"],
         canonical=canon,
         digest=digest_of(canon),
         origin=origin,

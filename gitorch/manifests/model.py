@@ -330,6 +330,7 @@ class Node:
     capacity: ResourceList  # None fields: ask the runtime
     taints: tuple[Taint, ...]
     unschedulable: bool
+    drain: bool  # cordon and move replicas off (extension: see docs/manifests.md)
     canonical: Mapping[str, Any]
     digest: str
     origin: Origin
