@@ -36,6 +36,7 @@ from gitorch.strategies.canary import (
     create_new,
     deadline_failure,
     fail,
+    finished,
     healthy,
     housekeeping,
     keep_stable,
@@ -44,6 +45,7 @@ from gitorch.strategies.canary import (
     request,
     split,
     stable_template,
+    step_start,
 )
 from gitorch.strategies.machine import AnalysisRequest, Decision, Phase, RolloutInput
 from gitorch.strategies.rolling import take_census
@@ -58,13 +60,13 @@ def abtest_step(inp: RolloutInput, spec: ABTest) -> Decision:
     census = take_census(inp)
     stable = stable_template(inp, census)
     actions = housekeeping(inp, census, stable)
-    if census.done(inp.desired):
+    index = min(inp.step or STARTING, CONCLUDED)
+    if census.done(inp.desired) and finished(inp, index == CONCLUDED and spec.promote):
         return healthy(inp, actions, CONCLUDED)
     if stable is None:
         return promote(
             inp, census, None, weights=[100], actions=actions, step=CONCLUDED, label="first deploy"
         )
-    index = min(inp.step or STARTING, CONCLUDED)
     if inp.abort_requested and not (index == CONCLUDED and not spec.promote):
         return fail(inp, stable, "aborted by `gitorch abort`", actions, index)
     if index == CONCLUDED and spec.promote:
@@ -116,25 +118,26 @@ def abtest_step(inp: RolloutInput, spec: ABTest) -> Decision:
             Phase.PROGRESSING, "waiting for the new version to be ready", STARTING, rules=False
         )
 
-    elapsed = inp.now - (inp.step_started_at or inp.started_at)
+    elapsed = inp.now - step_start(inp)
     phase, message = SUCCESSFUL, ""
     if spec.analysis is not None:
         requests.append(request(inp, "abtest", spec.analysis, stable))
         phase, message = analysis_status(inp, "abtest")
         if phase == FAILED:
             return fail(inp, stable, f"A/B analysis failed: {message}", actions, TESTING)
+        if phase == INCONCLUSIVE and not inp.promote_requested:
+            # Said at once, not at the end of the test: it cannot pass any more.
+            return decide(
+                Phase.PAUSED,
+                f"analysis inconclusive ({message}); `gitorch promote` to conclude",
+                TESTING,
+            )
     over = elapsed >= spec.duration_seconds
     if not (over or inp.promote_requested):
         left = spec.duration_seconds - elapsed
         return decide(Phase.PROGRESSING, f"test running, {left:.0f}s left", TESTING)
     if inp.promote_requested or phase == SUCCESSFUL:
         return decide(Phase.PROGRESSING, "test concluded", CONCLUDED)
-    if phase == INCONCLUSIVE:
-        return decide(
-            Phase.PAUSED,
-            f"analysis inconclusive ({message}); `gitorch promote` to conclude",
-            TESTING,
-        )
     assert phase == RUNNING
     return decide(
         Phase.PROGRESSING, f"test time over, analysis running {message}".rstrip(), TESTING

@@ -35,6 +35,7 @@ from gitorch.strategies.canary import (
     create_new,
     deadline_failure,
     fail,
+    finished,
     healthy,
     housekeeping,
     keep_stable,
@@ -43,6 +44,7 @@ from gitorch.strategies.canary import (
     request,
     split,
     stable_template,
+    step_start,
 )
 from gitorch.strategies.machine import AnalysisRequest, Decision, Phase, RolloutInput, Stop
 from gitorch.strategies.rolling import take_census
@@ -56,9 +58,9 @@ def bluegreen_step(inp: RolloutInput, spec: BlueGreen) -> Decision:
     census = take_census(inp)
     stable = stable_template(inp, census)
     actions = housekeeping(inp, census, stable)
-    if census.done(inp.desired):
-        return healthy(inp, actions, SWITCHED)
     index = inp.step or BEFORE_SWITCH
+    if census.done(inp.desired) and finished(inp, index >= SWITCHED):
+        return healthy(inp, actions, SWITCHED)
     if stable is None:
         return promote(
             inp, census, None, weights=[100], actions=actions, step=SWITCHED, label="first deploy"
@@ -75,7 +77,7 @@ def bluegreen_step(inp: RolloutInput, spec: BlueGreen) -> Decision:
                 SWITCHED,
             )
         actions += create_new(inp, census, inp.desired)
-        kept = inp.now - (inp.step_started_at or inp.started_at)
+        kept = inp.now - step_start(inp)
         left = spec.scale_down_delay_seconds - kept
         if left <= 0:
             stopping = {a.replica_id for a in actions if isinstance(a, Stop)}

@@ -161,9 +161,24 @@ def fail(
     )
 
 
+def step_start(inp: RolloutInput) -> float:
+    """When the current step began (``started_at`` when the reconciler gave no time)."""
+    return inp.started_at if inp.step_started_at is None else inp.step_started_at
+
+
+def finished(inp: RolloutInput, last_stage: bool) -> bool:
+    """May a pass whose census is done (only new replicas, all available) say HEALTHY?
+
+    Not while the stable version is known (``inp.stable``) and the rollout has not reached
+    its last stage: every old replica crashing at once must not promote an unfinished
+    canary or A/B test; their replicas are recreated instead.
+    """
+    return inp.stable is None or inp.stable == inp.target or last_stage
+
+
 def stalled_for(inp: RolloutInput) -> float:
     """Seconds without progress, pauses and analyses excluded (see module docstring)."""
-    since = max(inp.last_progress_at, inp.step_started_at or inp.started_at)
+    since = max(inp.last_progress_at, step_start(inp))
     return inp.now - since
 
 
@@ -247,11 +262,11 @@ def canary_step(inp: RolloutInput, spec: Canary) -> Decision:
     steps = spec.steps
     total = len(steps)
     actions = housekeeping(inp, census, stable)
-    if census.done(inp.desired):
+    index = min(max(inp.step or 0, 0), total)
+    if census.done(inp.desired) and finished(inp, index >= total):
         return healthy(inp, ordered(actions), total)
     if inp.abort_requested:
         return fail(inp, stable, "aborted by `gitorch abort`", actions, inp.step)
-    index = min(max(inp.step or 0, 0), total)
     if stable is None or index >= total:
         label = "promoting" if stable is not None else "first deploy"
         return promote(
@@ -311,7 +326,7 @@ def canary_step(inp: RolloutInput, spec: Canary) -> Decision:
     if step.is_pause:
         if step.pause_seconds is None:
             return decide(Phase.PAUSED, f"waiting for `gitorch promote {inp.service}`")
-        elapsed = inp.now - (inp.step_started_at or inp.started_at)
+        elapsed = inp.now - step_start(inp)
         if elapsed >= step.pause_seconds:
             return decide(Phase.PROGRESSING, "pause over", advance=True)
         return decide(Phase.PAUSED, f"paused, {step.pause_seconds - elapsed:.0f}s left")

@@ -299,3 +299,13 @@ def test_canary_reaches_healthy_when_all_goes_well(desired: int, spec: Canary) -
     step_weights = {s.set_weight for s in spec.steps if s.set_weight is not None}
     assert set(weights) <= step_weights | {0, 100}
     assert sorted(r.template for r in cluster.live()) == ["B"] * desired
+
+
+def test_stable_crashing_does_not_promote_an_unfinished_canary() -> None:
+    replicas = [ReplicaView(f"o{s}", s, "A", "exited") for s in range(1, 6)] + new(1, 2, 3, 4, 5)
+    spec = Canary(steps=(CanaryStep(set_weight=100), CanaryStep(is_pause=True)))
+    decision = canary_step(inp_with(replicas, step=1), spec)
+    assert decision.phase is Phase.PAUSED
+    assert [a for a in decision.actions if isinstance(a, Create)] == [
+        Create(s, "A") for s in range(1, 6)
+    ]
