@@ -41,6 +41,7 @@ from gitorch.apply.backoff import (
     reset_if_stable,
 )
 from gitorch.apply.health import HealthMonitor
+from gitorch.apply.nodes import EVICTED, NodeTracker, NodeVerdicts
 from gitorch.apply.replicas import replica_spec, slot_of
 from gitorch.diff.compute import compute_plan, dependency_waves
 from gitorch.errors import GitorchError, RuntimeDriverError
@@ -137,10 +138,13 @@ class Reconciler:
         secrets_dir: Path | None = None,
         scoring: str = LEAST_ALLOCATED,
         drain_timeout: float = 10.0,
+        node_grace: float = 30.0,
         crash_loop: CrashLoop = DEFAULT_CRASH_LOOP,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.nodes = NodeTracker(store, grace=node_grace, clock=clock)
+        self._verdicts = NodeVerdicts()
         self.targets = list(targets)
         self.runtimes = dict(runtimes)
         self.health = health
@@ -163,6 +167,7 @@ class Reconciler:
         now = self.clock()
         self._register_nodes()
         live = observe(self.targets, self.runtimes, self.cluster, self.store)
+        live, self._verdicts = self.nodes.update(live, self.targets, desired)
         self._forget_vanished(live)
         records = {r.service: r for r in self.store.list_rollouts()}
         backoff = {(b.service, b.slot): b for b in self.store.list_backoff()}
@@ -380,11 +385,14 @@ class Reconciler:
                     completed.add(slot)
                     continue  # done for good: keep it (logs), never recreate the slot
                 dead.append(replica)
+            template = replica.template_digest or ""
+            if replica.id in self._verdicts.evicting:
+                template = EVICTED + template  # replaced elsewhere first, like an old version
             views.append(
                 ReplicaView(
                     id=replica.id,
                     slot=slot,
-                    template=replica.template_digest or "",
+                    template=template,
                     state=state,
                     ready=ready,
                     ready_since=ready_since,
@@ -536,8 +544,8 @@ class Reconciler:
         # Dead replicas first: they serve nothing and may hold a name or a port.
         for action in stops:
             replica = by_id.get(action.replica_id)
-            if replica is None:
-                continue
+            if replica is None or replica.state == "unknown":
+                continue  # unknown: its node does not answer; removed once it does
             if replica.state != "running" or self._needs_restart(replica):
                 self._remove_now(replica, work)
             else:
@@ -545,6 +553,30 @@ class Reconciler:
                 self._draining.add(replica.id)
         if creates:
             self._create(desired, target, live, creates, work)
+
+    def _preempt(
+        self,
+        live: LiveState,
+        target: Service,
+        decisions: Sequence[Any],
+        by_key: Mapping[tuple[str, str, str], LiveReplica],
+        work: _Work,
+    ) -> None:
+        """Stop the lower-priority replicas the scheduler chose to make room."""
+        for placed in decisions:
+            for service, replica_label, node in placed.victims:
+                victim = by_key.get((service, replica_label, node))
+                if victim is None or victim.id in self._draining:
+                    continue
+                self.store.append_event(
+                    "replica.preempted",
+                    f"{replica_label} on {node} preempted for {placed.replica} "
+                    f"(priority {target.placement.priority})",
+                    service=service,
+                    data={"replica": replica_label, "node": node, "for": placed.replica},
+                )
+                work.drain.append((service, victim, _grace_of(live.services[service])))
+                self._draining.add(victim.id)
 
     def _needs_restart(self, replica: LiveReplica) -> bool:
         health = self.health.health(replica.id)
@@ -577,28 +609,45 @@ class Reconciler:
         creates: list[Create],
         work: _Work,
     ) -> None:
+        cordoned = self._verdicts.cordoned
         nodes = [
             NodeView(
-                n.name, n.cpu_millis, n.memory_bytes, n.labels, n.ready, n.unschedulable, n.taints
+                n.name,
+                n.cpu_millis,
+                n.memory_bytes,
+                n.labels,
+                n.ready,
+                n.unschedulable or n.name in cordoned,
+                n.taints,
             )
             for n in live.nodes.values()
             if n.name in self.runtimes
         ]
         running: list[Running] = []
+        by_key: dict[tuple[str, str, str], LiveReplica] = {}
         for name, svc in live.services.items():
-            cpu, mem = _requests(svc.applied.canonical if svc.applied else None)
-            running.extend(
-                Running(name, r.replica, r.node, cpu, mem)
-                for r in svc.replicas
-                if r.state == "running"
-            )
+            canonical = svc.applied.canonical if svc.applied else None
+            cpu, mem = _requests(canonical)
+            priority, qos = _priority_and_qos(canonical)
+            for r in svc.replicas:
+                if r.state == "running":
+                    running.append(Running(name, r.replica, r.node, cpu, mem, priority, qos))
+                    by_key[(name, r.replica, r.node)] = r
         cpu = target.resources.requests.cpu_millis or 0
         mem = target.resources.requests.memory_bytes or 0
         requests = [
-            Request(target.name, f"{target.name}-{a.slot}", cpu, mem, target.placement)
+            Request(
+                target.name,
+                f"{target.name}-{a.slot}",
+                cpu,
+                mem,
+                target.placement,
+                target.resources.qos_class,
+            )
             for a in creates
         ]
-        decisions = schedule(nodes, running, requests, strategy=self.scoring)
+        decisions = schedule(nodes, running, requests, strategy=self.scoring, preemption=True)
+        self._preempt(live, target, decisions, by_key, work)
         discovery = self._discovery(desired, target)
 
         def start(pair: tuple[Create, Any]) -> None:
@@ -1023,6 +1072,31 @@ class Reconciler:
                 name, expose.port, expose.protocol, tuple(sorted(backends, key=lambda b: b.id))
             )
         return RoutingTable(routes)
+
+
+def _priority_and_qos(canonical: Mapping[str, Any] | None) -> tuple[int, str]:
+    """Priority and QoS class of an applied spec (for preemption)."""
+    if not canonical:
+        return 0, ""
+    spec = canonical.get("spec", {})
+    resources = spec.get("resources", {})
+    requests, limits = resources.get("requests", {}), resources.get("limits", {})
+    if (
+        limits.get("cpu")
+        and limits.get("memory")
+        and all(requests.get(k, limits[k]) == limits[k] for k in ("cpu", "memory"))
+    ):
+        qos = "Guaranteed"
+    elif requests or limits:
+        qos = "Burstable"
+    else:
+        qos = "BestEffort"
+    return int(spec.get("placement", {}).get("priority", 0)), qos
+
+
+def _grace_of(service: LiveService) -> float:
+    spec = service.applied.canonical.get("spec", {}) if service.applied else {}
+    return float(spec.get("terminationGracePeriodSeconds", 30))
 
 
 def _requests(canonical: Mapping[str, Any] | None) -> tuple[int, int]:

@@ -29,6 +29,7 @@ class SessionOptions:
     secrets_dir: Path | None = None
     scoring: str = LEAST_ALLOCATED
     drain_timeout: float = 10.0
+    node_grace: float = 30.0  # a silent node's replicas are replaced after this long
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -88,6 +89,7 @@ class Session:
             secrets_dir=self.options.secrets_dir,
             scoring=self.options.scoring,
             drain_timeout=self.options.drain_timeout,
+            node_grace=self.options.node_grace,
         )
         self._targets = targets
         return self.reconciler

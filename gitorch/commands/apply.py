@@ -58,6 +58,12 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
         help="folder holding the files that env `secretFile` entries name",
     )
     parser.add_argument(
+        "--node-grace",
+        type=float,
+        default=30.0,
+        help="seconds a node may stay silent before its replicas are replaced elsewhere (default 30)",
+    )
+    parser.add_argument(
         "--scoring",
         choices=(LEAST_ALLOCATED, MOST_ALLOCATED),
         default=LEAST_ALLOCATED,
@@ -73,6 +79,7 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
         advertise_host=args.advertise_host,
         secrets_dir=args.secrets_dir,
         scoring=args.scoring,
+        node_grace=args.node_grace,
     )
 
 
