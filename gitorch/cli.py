@@ -15,7 +15,7 @@ from typing import NoReturn
 from rich.markup import escape
 
 from gitorch import __version__
-from gitorch.commands import apply, daemon, history, nodes, plan, status, validate
+from gitorch.commands import apply, daemon, drain, history, nodes, plan, status, validate
 from gitorch.commands.common import stderr
 from gitorch.errors import GitorchError
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.register(subparsers)
     status.register(subparsers)
     nodes.register(subparsers)
+    drain.register(subparsers)
     history.register(subparsers)
     return parser
 

@@ -10,7 +10,8 @@ line instead of a traceback.
     GitorchError
     ├── ManifestError                 desired state that cannot be used
     │   ├── ManifestInvalid           carries every Diagnostic found, sorted
-    │   └── ProbePortUnresolved       (apply.health) a probe names a port spec.ports lacks
+    │   ├── ProbePortUnresolved       (apply.health) a probe names a port spec.ports lacks
+    │   └── ConditionSyntaxError      (analysis.condition) a successCondition outside the language
     ├── SourceError                   reading the desired state from Git or a folder
     │   ├── SourceUnreachable         the remote did not answer (the cache may still be read)
     │   ├── RefNotFound               branch, tag or commit unknown (or deleted)
@@ -32,6 +33,7 @@ line instead of a traceback.
     │   ├── StateReadOnly             (state.errors) a write through a read-only store
     │   ├── PortUnavailable           (state.errors) no free host port in the range
     │   └── RecordNotFound            (state.errors) no such record
+    ├── PrometheusQueryFailed         (analysis.prometheus) a query gave no usable number
     ├── PlanError                     a plan cannot be computed or has changed
     │   └── PlanChanged               ``apply --expect-plan`` saw a different digest
     └── ConfigError                   a command-line or daemon setting is wrong

@@ -64,6 +64,7 @@ def allocation(live: LiveState) -> dict[str, dict[str, int]]:
 
 def nodes_json(view: ClusterView) -> list[dict[str, Any]]:
     used = allocation(view.live)
+    draining = {r.name for r in view.store.list_nodes() if r.draining} if view.store else set()
     rows = []
     for name, node in sorted(view.live.nodes.items()):
         alloc = used[name]
@@ -72,7 +73,8 @@ def nodes_json(view: ClusterView) -> list[dict[str, Any]]:
                 "name": name,
                 "driver": node.driver,
                 "condition": "Ready" if node.ready else "NotReady",
-                "unschedulable": node.unschedulable,
+                "unschedulable": node.unschedulable or name in draining,
+                "draining": name in draining,
                 "message": node.message,
                 "address": node.address,
                 "labels": dict(node.labels),
@@ -117,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(column)
     for row in rows:
         condition = "[green]Ready[/]" if row["condition"] == "Ready" else "[red]NotReady[/]"
-        if row["unschedulable"]:
+        if row["draining"]:
+            condition += ",[yellow]Draining[/]"
+        elif row["unschedulable"]:
             condition += ",[yellow]SchedulingDisabled[/]"
         table.add_row(
             escape(row["name"]),

@@ -1,0 +1,58 @@
+"""``gitorch drain NODE`` / ``gitorch drain --undo NODE``: move replicas off a node.
+
+Draining cordons the node (nothing new is placed there) and the reconciler moves its
+replicas to other nodes through each service's own strategy, so maxSurge and
+maxUnavailable hold. ``--undo`` makes the node schedulable again (replicas already moved
+stay where they are). The daemon picks the change up at its next pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.markup import escape
+
+from gitorch.commands.common import add_state_option, state_dir, stdout
+from gitorch.errors import GitorchError
+from gitorch.state import RecordNotFound, StateStore
+from gitorch.state.layout import STATE_DB
+
+EXAMPLE = """example:
+  gitorch drain node-b
+  gitorch drain --undo node-b
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "drain",
+        help="move every replica off a node (through each service's strategy); --undo to stop",
+        description=__doc__,
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("node", help="the node to drain")
+    parser.add_argument(
+        "--undo", action="store_true", help="stop draining: the node takes replicas again"
+    )
+    add_state_option(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    state = state_dir(args)
+    if not (state / STATE_DB).exists():
+        raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
+    with StateStore(state) as store:
+        try:
+            store.set_draining(args.node, not args.undo)
+        except RecordNotFound as exc:
+            known = ", ".join(n.name for n in store.list_nodes()) or "none"
+            raise GitorchError(f"no node named {args.node!r} (known nodes: {known})") from exc
+        store.append_event(
+            "node.drain" if not args.undo else "node.uncordon",
+            f"{args.node}: {'draining' if not args.undo else 'schedulable again'}",
+        )
+    verb = "draining: its replicas move to other nodes" if not args.undo else "schedulable again"
+    stdout().print(f"node {escape(args.node)} {verb}")
+    return 0
