@@ -47,9 +47,8 @@ from gitorch.diff.compute import compute_plan, dependency_waves
 from gitorch.errors import GitorchError, RuntimeDriverError
 from gitorch.live import NodeTarget, observe
 from gitorch.live.model import LiveReplica, LiveService, LiveState
-from gitorch.manifests.build import build_service
+from gitorch.manifests.build import build_service, priority_and_qos_of, requests_of
 from gitorch.manifests.model import DesiredState, Node, Origin, Service, Volume
-from gitorch.manifests.quantities import parse_cpu, parse_memory
 from gitorch.runtime.base import Runtime
 from gitorch.scheduler import LEAST_ALLOCATED, NodeView, Request, Running, schedule
 from gitorch.state import (
@@ -627,8 +626,8 @@ class Reconciler:
         by_key: dict[tuple[str, str, str], LiveReplica] = {}
         for name, svc in live.services.items():
             canonical = svc.applied.canonical if svc.applied else None
-            cpu, mem = _requests(canonical)
-            priority, qos = _priority_and_qos(canonical)
+            cpu, mem = requests_of(canonical)
+            priority, qos = priority_and_qos_of(canonical)
             for r in svc.replicas:
                 if r.state == "running":
                     running.append(Running(name, r.replica, r.node, cpu, mem, priority, qos))
@@ -1074,36 +1073,6 @@ class Reconciler:
         return RoutingTable(routes)
 
 
-def _priority_and_qos(canonical: Mapping[str, Any] | None) -> tuple[int, str]:
-    """Priority and QoS class of an applied spec (for preemption)."""
-    if not canonical:
-        return 0, ""
-    spec = canonical.get("spec", {})
-    resources = spec.get("resources", {})
-    requests, limits = resources.get("requests", {}), resources.get("limits", {})
-    if (
-        limits.get("cpu")
-        and limits.get("memory")
-        and all(requests.get(k, limits[k]) == limits[k] for k in ("cpu", "memory"))
-    ):
-        qos = "Guaranteed"
-    elif requests or limits:
-        qos = "Burstable"
-    else:
-        qos = "BestEffort"
-    return int(spec.get("placement", {}).get("priority", 0)), qos
-
-
 def _grace_of(service: LiveService) -> float:
     spec = service.applied.canonical.get("spec", {}) if service.applied else {}
     return float(spec.get("terminationGracePeriodSeconds", 30))
-
-
-def _requests(canonical: Mapping[str, Any] | None) -> tuple[int, int]:
-    if not canonical:
-        return 0, 0
-    req = canonical.get("spec", {}).get("resources", {}).get("requests", {})
-    return (
-        parse_cpu(req["cpu"]) if "cpu" in req else 0,
-        parse_memory(req["memory"]) if "memory" in req else 0,
-    )

@@ -8,9 +8,8 @@ from typing import Any
 from gitorch.diff.fields import FieldChange, diff_objects
 from gitorch.diff.plan import DriftItem, ObjectChange, PlacementItem, Plan, Unschedulable
 from gitorch.live.model import LiveService, LiveState
-from gitorch.manifests.build import template_digest_of
+from gitorch.manifests.build import priority_and_qos_of, requests_of, template_digest_of
 from gitorch.manifests.model import DesiredState, Placement, Service
-from gitorch.manifests.quantities import parse_cpu, parse_memory
 from gitorch.scheduler import LEAST_ALLOCATED, NodeView, Request, Running, schedule
 from gitorch.strategies.preview import (
     RolloutPreview,
@@ -34,15 +33,6 @@ def _applied_canonical(
     if entry is not None:
         return entry.canonical, entry.revision
     return None, None
-
-
-def _requests(canonical: Mapping[str, Any] | None) -> tuple[int, int]:
-    if not canonical:
-        return 0, 0
-    req = canonical.get("spec", {}).get("resources", {}).get("requests", {})
-    cpu = parse_cpu(req["cpu"]) if "cpu" in req else 0
-    mem = parse_memory(req["memory"]) if "memory" in req else 0
-    return cpu, mem
 
 
 def dependency_waves(services: Mapping[str, Service]) -> list[list[str]]:
@@ -259,8 +249,12 @@ def _placements(
     for name, live_service in live.services.items():
         if name in replaced:
             continue
-        cpu, mem = _requests(live_service.applied.canonical if live_service.applied else None)
-        running.extend(Running(name, r.replica, r.node, cpu, mem) for r in live_service.running)
+        canonical = live_service.applied.canonical if live_service.applied else None
+        cpu, mem = requests_of(canonical)
+        priority, qos = priority_and_qos_of(canonical)
+        running.extend(
+            Running(name, r.replica, r.node, cpu, mem, priority, qos) for r in live_service.running
+        )
 
     requests: list[Request] = []
     services = desired.services
@@ -283,11 +277,16 @@ def _placements(
             slots = range(have + 1, service.replicas + 1)
         else:
             slots = range(0)
-        requests.extend(Request(name, f"{name}-{i}", cpu, mem, placement) for i in slots)
+        qos = service.resources.qos_class
+        requests.extend(Request(name, f"{name}-{i}", cpu, mem, placement, qos) for i in slots)
 
-    decisions = schedule(nodes, running, requests, strategy=scoring)
+    decisions = schedule(nodes, running, requests, strategy=scoring, preemption=True)
     placed = tuple(
-        PlacementItem(d.service, d.replica, d.node) for d in decisions if d.node is not None
+        PlacementItem(
+            d.service, d.replica, d.node, tuple(f"{s}/{r} on {n}" for s, r, n in d.victims)
+        )
+        for d in decisions
+        if d.node is not None
     )
     failed = tuple(
         Unschedulable(d.service, d.replica, d.reasons, d.reason_counts)

@@ -63,9 +63,13 @@ class PlacementItem:
     service: str
     replica: str
     node: str
+    victims: tuple[str, ...] = ()  # "service/replica on node" preempted to make room
 
     def to_json(self) -> dict[str, Any]:
-        return {"service": self.service, "replica": self.replica, "node": self.node}
+        out: dict[str, Any] = {"service": self.service, "replica": self.replica, "node": self.node}
+        if self.victims:
+            out["preempts"] = list(self.victims)
+        return out
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,33 @@ def digest_of(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def requests_of(canonical: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(cpu millicores, memory bytes) requested by a canonical Service (0 when absent)."""
+    if not canonical:
+        return 0, 0
+    req = canonical.get("spec", {}).get("resources", {}).get("requests", {})
+    return (
+        parse_cpu(req["cpu"]) if "cpu" in req else 0,
+        parse_memory(req["memory"]) if "memory" in req else 0,
+    )
+
+
+def priority_and_qos_of(canonical: Mapping[str, Any] | None) -> tuple[int, str]:
+    """Placement priority and QoS class of a canonical Service (for preemption)."""
+    if not canonical:
+        return 0, ""
+    spec = canonical.get("spec", {})
+    resources = spec.get("resources", {})
+    requests, limits = resources.get("requests", {}), resources.get("limits", {})
+    guaranteed = (
+        "cpu" in limits
+        and "memory" in limits
+        and all(requests.get(k, limits[k]) == limits[k] for k in ("cpu", "memory"))
+    )
+    qos = "Guaranteed" if guaranteed else "Burstable" if requests or limits else "BestEffort"
+    return int(spec.get("placement", {}).get("priority", 0)), qos
+
+
 def template_digest_of(canonical: Mapping[str, Any]) -> str:
     """Digest of what one replica of a canonical Service runs (see ``TEMPLATE_FIELDS``)."""
     spec = canonical["spec"]

@@ -142,7 +142,12 @@ def _object_section(plan: Plan, change: ObjectChange) -> list[str]:
     placements = [p for p in plan.placements if p.service == change.name]
     if change.kind == "Service" and placements:
         out += ["**Placements**:", "", "| replica | node |", "| --- | --- |"]
-        out += [f"| {md_escape(p.replica)} | {md_escape(p.node)} |" for p in placements]
+        out += [
+            f"| {md_escape(p.replica)} | {md_escape(p.node)}"
+            + (f" (preempts {md_escape(', '.join(p.victims))})" if p.victims else "")
+            + " |"
+            for p in placements
+        ]
         out.append("")
     stuck = [u for u in plan.unschedulable if u.service == change.name]
     if change.kind == "Service" and stuck:

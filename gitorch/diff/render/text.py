@@ -163,6 +163,8 @@ def _object(out: _Printer, plan: Plan, change: ObjectChange) -> None:
         out("      ", ("placements", "bold"), ":")
         for item in placements:
             out(f"        {item.replica} -> ", (item.node, "cyan"))
+            for victim in item.victims:
+                out("          ", ("preempts ", "red"), victim)
     stuck = [u for u in plan.unschedulable if u.service == change.name]
     if change.kind == "Service" and stuck:
         names = ", ".join(u.replica for u in stuck)
