@@ -15,7 +15,7 @@ from typing import NoReturn
 from rich.markup import escape
 
 from gitorch import __version__
-from gitorch.commands import apply, daemon, drain, history, nodes, plan, status, validate
+from gitorch.commands import apply, daemon, drain, history, nodes, plan, promote, status, validate
 from gitorch.commands.common import stderr
 from gitorch.errors import GitorchError
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.register(subparsers)
     nodes.register(subparsers)
     drain.register(subparsers)
+    promote.register(subparsers)
     history.register(subparsers)
     return parser
 

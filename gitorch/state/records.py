@@ -124,6 +124,9 @@ class RolloutRecord:
     progress_at: float = 0.0  # when ``available`` last grew (the deadline counts from here)
     message: str = ""  # where the rollout stands, for status
     reached_healthy: bool = False  # this spec was Healthy once: failures now are repairs
+    step_started_at: float | None = None  # progressive rollouts: when ``step`` began
+    promote_requested: bool = False  # `gitorch promote`, not acted on yet
+    abort_requested: bool = False  # `gitorch abort`, not acted on yet
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -73,6 +73,9 @@ def rollout(row: sqlite3.Row) -> RolloutRecord:
         progress_at=row["progress_at"],
         message=row["message"],
         reached_healthy=bool(row["reached_healthy"]),
+        step_started_at=row["step_started_at"],
+        promote_requested=bool(row["promote_requested"]),
+        abort_requested=bool(row["abort_requested"]),
     )
 
 

@@ -169,6 +169,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             # `gitorch drain NODE`: place nothing there and move its replicas off through
             # each service's strategy (cordon keeps them; drain moves them).
             "ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0",
+            # Progressive rollouts: when the current step began, and `gitorch promote` /
+            # `gitorch abort` waiting to be acted on by the next pass.
+            "ALTER TABLE rollouts ADD COLUMN step_started_at REAL",
+            "ALTER TABLE rollouts ADD COLUMN promote_requested INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE rollouts ADD COLUMN abort_requested INTEGER NOT NULL DEFAULT 0",
             """
             CREATE TABLE backoff (
                 service         TEXT NOT NULL,

@@ -460,8 +460,9 @@ class StateStore:
                 "INSERT INTO rollouts (service, revision, spec_digest, strategy, phase, step,"
                 " weight, started_at, updated_at, last_error, previous_revision,"
                 " previous_digest, spec, previous_spec, failed_digest, available,"
-                " progress_at, message, reached_healthy)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " progress_at, message, reached_healthy, step_started_at, promote_requested,"
+                " abort_requested)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (service) DO UPDATE SET"
                 " revision = excluded.revision, spec_digest = excluded.spec_digest,"
                 " strategy = excluded.strategy, phase = excluded.phase,"
@@ -473,7 +474,10 @@ class StateStore:
                 " spec = excluded.spec, previous_spec = excluded.previous_spec,"
                 " failed_digest = excluded.failed_digest, available = excluded.available,"
                 " progress_at = excluded.progress_at, message = excluded.message,"
-                " reached_healthy = excluded.reached_healthy",
+                " reached_healthy = excluded.reached_healthy,"
+                " step_started_at = excluded.step_started_at,"
+                " promote_requested = excluded.promote_requested,"
+                " abort_requested = excluded.abort_requested",
                 (
                     stored.service,
                     stored.revision,
@@ -494,9 +498,22 @@ class StateStore:
                     stored.progress_at,
                     stored.message,
                     int(stored.reached_healthy),
+                    stored.step_started_at,
+                    int(stored.promote_requested),
+                    int(stored.abort_requested),
                 ),
             )
         return stored
+
+    def request(self, service: str, what: str) -> bool:
+        """``gitorch promote`` / ``gitorch abort``: flag the service's rollout for the next
+        pass (``what`` is "promote" or "abort"). False when the service has no rollout."""
+        column = {"promote": "promote_requested", "abort": "abort_requested"}[what]
+        with self.transaction():
+            cursor = self._execute(
+                f"UPDATE rollouts SET {column} = 1 WHERE service = ?", (service,)
+            )  # noqa: S608 - column from a fixed map
+        return cursor.rowcount > 0
 
     def get_rollout(self, service: str) -> RolloutRecord | None:
         """The service's rollout state, if it was ever rolled out."""

@@ -1,0 +1,90 @@
+"""``gitorch promote SERVICE`` / ``gitorch abort SERVICE``: move a paused rollout on, or stop it.
+
+Promote moves a progressive rollout past its current pause (or an inconclusive analysis,
+or a blue-green switch waiting for approval). Abort sets the new version's weight to 0 at
+once and rolls back to the last good revision. Both are picked up by the next reconcile
+pass of the running daemon. Exit 1 when the service has no rollout to act on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+
+from rich.markup import escape
+
+from gitorch.commands.common import add_state_option, state_dir, stdout
+from gitorch.errors import GitorchError
+from gitorch.state import RolloutPhase, StateStore
+from gitorch.state.layout import STATE_DB
+
+_ACTIVE = (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for what, help_text in (
+        ("promote", "move a paused rollout on to its next step"),
+        ("abort", "abort a rollout: new version's weight to 0 at once, roll back"),
+    ):
+        parser = subparsers.add_parser(
+            what,
+            help=help_text,
+            description=__doc__,
+            epilog=f"example:\n  gitorch {what} web\n  gitorch {what} web --server http://127.0.0.1:7420\n",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.add_argument("service")
+        add_state_option(parser)
+        parser.add_argument(
+            "--server", default=None, metavar="URL", help="ask a running daemon instead of --state"
+        )
+        parser.set_defaults(run=run, what=what)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.server:
+        return _remote(args.server, args.what, args.service)
+    state = state_dir(args)
+    if not (state / STATE_DB).exists():
+        raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
+    with StateStore(state) as store:
+        record = store.get_rollout(args.service)
+        if record is None:
+            raise GitorchError(f"no service named {args.service!r} has a rollout")
+        if record.phase not in _ACTIVE:
+            stdout().print(f"{escape(args.service)} is {record.phase}: nothing to {args.what}")
+            return 1
+        store.request(args.service, args.what)
+        store.append_event(
+            f"rollout.{args.what}", f"{args.service}: {args.what} requested", service=args.service
+        )
+    stdout().print(
+        f"{args.what} of {escape(args.service)} requested (step {record.step}, weight {record.weight}%)"
+    )
+    return 0
+
+
+def _remote(server: str, what: str, service: str) -> int:
+    url = f"{server.rstrip('/')}/api/v1/services/{service}/{what}"
+    request = urllib.request.Request(
+        url, data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - operator's URL
+            body = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        try:
+            message = json.loads(detail).get("error", detail)
+        except ValueError:
+            message = detail
+        if exc.code == 409:
+            stdout().print(message)
+            return 1
+        raise GitorchError(f"{server}: {message}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise GitorchError(f"cannot reach the daemon at {server}: {exc}") from exc
+    stdout().print(body.get("message", f"{what} of {service} requested"))
+    return 0
