@@ -285,6 +285,12 @@ class Daemon:
         self._fetch_requested = True
         self._wake.set()
 
+    def request_action(self, service: str, action: str) -> tuple[bool, str]:
+        from gitorch.commands.promote import request_action
+
+        assert self.session is not None
+        return request_action(self.session.store, service, action)
+
     def healthy(self) -> tuple[bool, str]:
         if self._loop_error:
             return False, self._loop_error

@@ -54,6 +54,11 @@ class DaemonHandle(Protocol):
         """Ask for a reconcile as soon as possible; returns at once (never reconciles inline)."""
         ...
 
+    def request_action(self, service: str, action: str) -> tuple[bool, str]:
+        """``promote`` or ``abort`` the rollout of ``service``: (accepted, message). Not
+        accepted (409) when the service has no rollout in progress."""
+        ...
+
     def healthy(self) -> tuple[bool, str]:
         """(True, "") when the daemon works; (False, why) otherwise (``/healthz`` 503)."""
         ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -169,6 +170,7 @@ class ApiServer:
             "/metrics": {"GET": self._metrics},
             "/api/v1/webhook": {"POST": self._webhook},
             "/api/v1/reconcile": {"POST": self._reconcile},
+            _SERVICE_ACTION: {"POST": self._service_action},
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -230,11 +232,11 @@ class ApiServer:
 
     def allowed(self, path: str) -> tuple[str, ...] | None:
         """Methods of ``path``, or None when no such route exists."""
-        methods = self._routes.get(path)
+        methods = self._routes.get(_route_of(path))
         return None if methods is None else tuple(sorted(methods))
 
     def dispatch(self, request: Request) -> Response:
-        methods = self._routes[request.path]
+        methods = self._routes[_route_of(request.path)]
         route = methods[request.method]
         try:
             return route(request)
@@ -283,6 +285,18 @@ class ApiServer:
             log.warning("webhook refused: %s", outcome.body.get("error"), extra=fields)
         return json_response(outcome.status, outcome.body)
 
+    def _service_action(self, request: Request) -> Response:
+        """POST /api/v1/services/NAME/promote|abort: 202 when requested, 409 when the
+        service has no rollout to act on."""
+        match = _SERVICE_ACTION_RE.match(request.path)
+        assert match is not None  # dispatch only routes matching paths here
+        service, action = match.group(1), match.group(3)
+        accepted, message = self.handle.request_action(service, action)
+        if not accepted:
+            raise HttpError(409, message)
+        self.handle.trigger(f"{action} {service}")
+        return json_response(202, {"accepted": True, "message": message})
+
     def _reconcile(self, request: Request) -> Response:
         reason = "api request"
         if request.body.strip():
@@ -299,6 +313,17 @@ class ApiServer:
                 reason = f"api request: {given}"
         self.handle.trigger(reason)
         return json_response(202, {"accepted": True, "reason": reason})
+
+
+_SERVICE_ACTION = "/api/v1/services/{name}/{action}"
+_SERVICE_ACTION_RE = re.compile(
+    r"^/api/v1/services/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/(promote|abort)$"
+)
+
+
+def _route_of(path: str) -> str:
+    """The route a path belongs to (service actions carry the name in the path)."""
+    return _SERVICE_ACTION if _SERVICE_ACTION_RE.match(path) else path
 
 
 def _one(request: Request, name: str) -> str | None:

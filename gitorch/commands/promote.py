@@ -43,6 +43,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(run=run, what=what)
 
 
+def request_action(store: StateStore, service: str, what: str) -> tuple[bool, str]:
+    """Flag ``service``'s rollout for ``what`` (promote | abort): (accepted, message)."""
+    record = store.get_rollout(service)
+    if record is None:
+        return False, f"no service named {service!r} has a rollout"
+    if record.phase not in _ACTIVE:
+        return False, f"{service} is {record.phase}: nothing to {what}"
+    store.request(service, what)
+    store.append_event(f"rollout.{what}", f"{service}: {what} requested", service=service)
+    return True, f"{what} of {service} requested (step {record.step}, weight {record.weight}%)"
+
+
 def run(args: argparse.Namespace) -> int:
     if args.server:
         return _remote(args.server, args.what, args.service)
@@ -50,20 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if not (state / STATE_DB).exists():
         raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
     with StateStore(state) as store:
-        record = store.get_rollout(args.service)
-        if record is None:
-            raise GitorchError(f"no service named {args.service!r} has a rollout")
-        if record.phase not in _ACTIVE:
-            stdout().print(f"{escape(args.service)} is {record.phase}: nothing to {args.what}")
-            return 1
-        store.request(args.service, args.what)
-        store.append_event(
-            f"rollout.{args.what}", f"{args.service}: {args.what} requested", service=args.service
-        )
-    stdout().print(
-        f"{args.what} of {escape(args.service)} requested (step {record.step}, weight {record.weight}%)"
-    )
-    return 0
+        accepted, message = request_action(store, args.service, args.what)
+    stdout().print(escape(message))
+    return 0 if accepted else 1
 
 
 def _remote(server: str, what: str, service: str) -> int:

@@ -47,6 +47,7 @@ class StubHandle:
     triggers: list[str] = field(default_factory=list)
     history_calls: list[tuple[str | None, int]] = field(default_factory=list)
     plan_calls: list[str | None] = field(default_factory=list)
+    actions: list[tuple[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def status(self) -> dict[str, Any]:
@@ -69,6 +70,12 @@ class StubHandle:
     def trigger(self, reason: str) -> None:
         with self._lock:
             self.triggers.append(reason)
+
+    def request_action(self, service: str, action: str) -> tuple[bool, str]:
+        self.actions.append((service, action))
+        if service == "web":
+            return True, f"{action} of web requested"
+        return False, f"{service} has no rollout"
 
     def healthy(self) -> tuple[bool, str]:
         return self.ok, self.reason

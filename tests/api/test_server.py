@@ -304,3 +304,18 @@ def _wait_for(check: object, timeout: float = 5.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_service_actions_promote_and_abort(server: ApiServer, handle: StubHandle) -> None:
+    reply = request(server.address, "POST", "/api/v1/services/web/promote")
+    assert reply.status == 202
+    assert reply.json() == {"accepted": True, "message": "promote of web requested"}
+    assert request(server.address, "POST", "/api/v1/services/web/abort").status == 202
+    refused = request(server.address, "POST", "/api/v1/services/api/promote")
+    assert refused.status == 409
+    assert refused.json()["error"] == "api has no rollout"
+    assert handle.actions == [("web", "promote"), ("web", "abort"), ("api", "promote")]
+    assert handle.triggers == ["promote web", "abort web"]  # refused: no reconcile asked
+    assert request(server.address, "GET", "/api/v1/services/web/promote").status == 405
+    assert request(server.address, "POST", "/api/v1/services/web/restart").status == 404
+    assert request(server.address, "POST", "/api/v1/services/Bad_Name/promote").status == 404
