@@ -91,6 +91,19 @@ def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
         if attempted is not None and str(attempted.result) in ("failed", "rolled-back"):
             last_error = attempted.reason or f"the last revision {attempted.result}"
     services = [s for name, s in sorted(live.services.items()) if only in (None, name)]
+    measurements: dict[str, list[dict[str, Any]]] = {}
+    if only is not None and view.store is not None:
+        measurements[only] = [
+            {
+                "analysis": m.analysis,
+                "revision": m.revision,
+                "phase": str(m.phase),
+                "takenAt": m.taken_at,
+                "message": m.message,
+                "value": dict(m.value),
+            }
+            for m in view.store.list_measurements(only, limit=None)[-20:]
+        ]
     daemon_error = _daemon_error(view)
     if daemon_error is not None:
         last_error = daemon_error.get("message") or last_error
@@ -102,7 +115,13 @@ def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
             {"name": n.name, "driver": n.driver, "ready": n.ready, "message": n.message}
             for n in live.nodes.values()
         ],
-        "services": [service_json(s) for s in services],
+        "services": [
+            {
+                **service_json(s),
+                **({"analysis": measurements[s.name]} if s.name in measurements else {}),
+            }
+            for s in services
+        ],
         **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),
     }
 
@@ -185,6 +204,14 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
     for svc in data["services"]:
         if svc["rollout"]["lastError"]:
             console.print(f"[red]rollout error:[/] {escape(svc['rollout']['lastError'])}")
+        for measured in svc.get("analysis", []):
+            colour = {"successful": "green", "failed": "red"}.get(
+                str(measured.get("phase")), "yellow"
+            )
+            console.print(
+                f"  analysis {escape(str(measured.get('analysis', '')))}: "
+                f"[{colour}]{measured.get('phase')}[/] {escape(str(measured.get('message', '')))}"
+            )
         instances = Table(box=None, pad_edge=False, title=None)
         for column in (
             "REPLICA",
