@@ -119,6 +119,11 @@ class _Work:
     )  # (service, replica, grace)
     actions: int = 0
     errors: list[str] = field(default_factory=list)
+    # Placement bookkeeping of this pass: the live state was observed before it, so the
+    # replicas started for one service and the victims preempted for it must be counted
+    # when the next service is placed (as ``plan`` does in its single schedule() call).
+    placed: list[Running] = field(default_factory=list)
+    preempted: set[str] = field(default_factory=set)  # replica ids
 
 
 class Reconciler:
@@ -180,7 +185,8 @@ class Reconciler:
         targets_by_name: dict[str, Service] = {}
 
         for wave in dependency_waves(desired.services):
-            for name in wave:
+            # Within a wave, higher priority first: the order plan places replicas in.
+            for name in sorted(wave, key=lambda n: (-desired.services[n].placement.priority, n)):
                 service = desired.services[name]
                 waiting = [
                     d for d in service.depends_on if phases.get(d) is not RolloutPhase.HEALTHY
@@ -582,6 +588,7 @@ class Reconciler:
                 )
                 work.drain.append((service, victim, _grace_of(live.services[service])))
                 self._draining.add(victim.id)
+                work.preempted.add(victim.id)
 
     def _needs_restart(self, replica: LiveReplica) -> bool:
         health = self.health.health(replica.id)
@@ -635,9 +642,10 @@ class Reconciler:
             cpu, mem = requests_of(canonical)
             priority, qos = priority_and_qos_of(canonical)
             for r in svc.replicas:
-                if r.state == "running":
+                if r.state == "running" and r.id not in work.preempted:
                     running.append(Running(name, r.replica, r.node, cpu, mem, priority, qos))
                     by_key[(name, r.replica, r.node)] = r
+        running.extend(work.placed)
         cpu = target.resources.requests.cpu_millis or 0
         mem = target.resources.requests.memory_bytes or 0
         requests = [
@@ -677,6 +685,17 @@ class Reconciler:
                 work.errors.append(f"{target.name}-{action.slot}: {exc.message}")
                 return
             work.actions += 1
+            work.placed.append(
+                Running(
+                    target.name,
+                    f"{target.name}-{action.slot}",
+                    placed.node,
+                    cpu,
+                    mem,
+                    target.placement.priority,
+                    target.resources.qos_class,
+                )
+            )
             self.health.track(instance.id, placed.node, instance, target)
 
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(creates)))) as pool:
