@@ -9,8 +9,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
-from gitorch.commands.common import add_format_option, add_state_option, print_json, stdout
+from gitorch.commands.common import (
+    add_format_option,
+    add_state_option,
+    print_json,
+    state_dir,
+    stdout,
+)
+from gitorch.live import node_targets, observe
+from gitorch.live.inventory import existing_cluster_name, open_runtimes
 from gitorch.live.model import LiveState
+from gitorch.manifests.build import build_node
+from gitorch.manifests.model import Node, Origin
 from gitorch.manifests.quantities import (
     format_cpu,
     format_memory,
@@ -18,6 +28,8 @@ from gitorch.manifests.quantities import (
     parse_cpu,
     parse_memory,
 )
+from gitorch.state import StateStore
+from gitorch.state.layout import STATE_DB
 
 EXAMPLE = """example:
   gitorch nodes
@@ -97,8 +109,43 @@ def nodes_json(view: ClusterView) -> list[dict[str, Any]]:
     return rows
 
 
+def applied_nodes(store: StateStore | None) -> list[Node]:
+    """The Nodes as last applied from Git (the store's inventory); [] when none or unreadable.
+
+    The store's node registry keeps only name, driver, endpoint and labels; capacity,
+    taints and cordon live in the applied Node objects, and ``nodes`` must show those
+    (a node's explicit capacity, not the machine's).
+    """
+    if store is None:
+        return []
+    nodes: list[Node] = []
+    for applied in store.list_applied():
+        if applied.kind != "Node":
+            continue
+        try:
+            nodes.append(build_node(applied.spec, Origin("(state store)", 0)))
+        except (KeyError, TypeError, ValueError):
+            return []  # an entry this version cannot read: fall back to the registry
+    return nodes
+
+
+def open_nodes_view(args: argparse.Namespace) -> ClusterView:
+    """Like :func:`open_view`, but with the nodes as applied (capacity, taints, cordon)."""
+    state = state_dir(args)
+    store = StateStore(state, readonly=True) if (state / STATE_DB).exists() else None
+    nodes = applied_nodes(store)
+    if not nodes:
+        if store is not None:
+            store.close()
+        return open_view(args)
+    targets = node_targets(nodes, "process")
+    runtimes = open_runtimes(targets, state)
+    live = observe(targets, runtimes, existing_cluster_name(state), store)
+    return ClusterView(store, targets, runtimes, live, state)
+
+
 def run(args: argparse.Namespace) -> int:
-    view = open_view(args)
+    view = open_nodes_view(args)
     try:
         rows = nodes_json(view)
     finally:
