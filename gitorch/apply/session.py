@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gitorch.apply.health import HealthListener, HealthMonitor
 from gitorch.apply.reconciler import CommitMeta, Reconciler
+from gitorch.errors import ConfigError
 from gitorch.live import NodeTarget, cluster_name, node_targets
 from gitorch.live.inventory import choose_default_driver, open_runtimes
 from gitorch.manifests.model import DesiredState
@@ -18,6 +19,7 @@ from gitorch.scheduler import LEAST_ALLOCATED
 from gitorch.sources.base import CommitInfo
 from gitorch.state import DaemonLock, StateStore
 from gitorch.traffic.builtin import BuiltinLoadBalancer
+from gitorch.traffic.table import DataPlane
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class SessionOptions:
     scoring: str = LEAST_ALLOCATED
     drain_timeout: float = 10.0
     node_grace: float = 30.0  # a silent node's replicas are replaced after this long
+    data_plane: str = "builtin"  # builtin | haproxy
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -59,7 +62,7 @@ class Session:
             self.store = StateStore(state)
             self.cluster = cluster_name(state)
             self.default_driver = choose_default_driver(options.runtime)
-            self.dataplane = BuiltinLoadBalancer(options.lb_host)
+            self.dataplane = _data_plane(options)
             self.health: HealthMonitor | None = None
             self.reconciler: Reconciler | None = None
             self._targets: list[NodeTarget] = []
@@ -109,6 +112,17 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _data_plane(options: SessionOptions) -> DataPlane:
+    """The built-in load balancer (default), or a real HAProxy serving the same table."""
+    if options.data_plane == "haproxy":
+        from gitorch.traffic.haproxy import HAProxyDataPlane
+
+        return HAProxyDataPlane(options.state_dir / "haproxy", host=options.lb_host)
+    if options.data_plane != "builtin":
+        raise ConfigError(f"--data-plane {options.data_plane!r}: expected builtin or haproxy")
+    return BuiltinLoadBalancer(options.lb_host)
 
 
 def _advertised(lb_host: str) -> str:

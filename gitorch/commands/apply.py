@@ -58,6 +58,12 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
         help="folder holding the files that env `secretFile` entries name",
     )
     parser.add_argument(
+        "--data-plane",
+        choices=("builtin", "haproxy"),
+        default="builtin",
+        help="who serves service endpoints: the built-in load balancer (default) or HAProxy",
+    )
+    parser.add_argument(
         "--node-grace",
         type=float,
         default=30.0,
@@ -80,6 +86,7 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
         secrets_dir=args.secrets_dir,
         scoring=args.scoring,
         node_grace=args.node_grace,
+        data_plane=args.data_plane,
     )
 
 
