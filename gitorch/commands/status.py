@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("service", nargs="?", help="show one service in detail")
     add_state_option(parser)
+    parser.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="ask a running daemon (its HTTP API) instead of reading --state",
+    )
     add_runtime_option(parser)
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
@@ -137,7 +143,28 @@ def _daemon_error(view: ClusterView) -> dict[str, Any] | None:
     return error if isinstance(error, dict) else None
 
 
+def _from_server(server: str, service: str | None) -> dict[str, Any]:
+    from gitorch.commands.history import fetch_json
+
+    data = fetch_json(f"{server.rstrip('/')}/api/v1/status", server)
+    if not isinstance(data, dict):
+        raise GitorchError(f"the daemon at {server} answered an unexpected status document")
+    if service is not None:
+        services = [s for s in data.get("services", []) if s.get("name") == service]
+        if not services:
+            raise GitorchError(f"no service named {service!r} is applied or running")
+        data = {**data, "services": services}
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.server:
+        data = _from_server(args.server, args.service)
+        if args.format == "json":
+            print_json(data)
+        else:
+            render(data, detail=args.service is not None)
+        return 0
     view = open_view(args)
     try:
         if args.service and args.service not in view.live.services:

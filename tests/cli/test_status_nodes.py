@@ -276,3 +276,69 @@ def test_status_with_the_docker_runtime(tmp_path: Path, request: pytest.FixtureR
     assert shown["address"] == instance.address() and ADDRESS.match(shown["address"])
     (row,) = json.loads(nodes.stdout)["nodes"]
     assert row["condition"] == "Ready" and row["allocated"] == {"cpu": "100m", "memory": "32Mi"}
+
+
+def test_status_from_a_daemon_api_server(tmp_path: Path) -> None:
+    """`status --server` renders what a daemon's GET /api/v1/status answers."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    document = {
+        "cluster": "c1",
+        "revision": "a" * 40,
+        "lastError": None,
+        "nodes": [{"name": "n1", "driver": "process", "ready": True, "message": ""}],
+        "services": [
+            {
+                "name": "api",
+                "revision": "a" * 40,
+                "replicas": {"desired": 2, "running": 2, "ready": 2, "updated": 2},
+                "rollout": {"phase": "Healthy", "step": None, "weight": 100, "lastError": None},
+                "endpoint": {"port": 8001, "protocol": "http"},
+                "instances": [],
+            }
+        ],
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = json.dumps(document).encode()
+            self.send_response(200 if self.path == "/api/v1/status" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        got = subprocess.run(
+            [sys.executable, "-m", "gitorch", "status", "--server", url, "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout) == document
+        text = subprocess.run(
+            [sys.executable, "-m", "gitorch", "status", "api", "--server", url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert text.returncode == 0 and "api" in text.stdout and "Healthy" in text.stdout
+        missing = subprocess.run(
+            [sys.executable, "-m", "gitorch", "status", "nope", "--server", url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert missing.returncode == 1 and "no service named 'nope'" in missing.stderr
+    finally:
+        server.shutdown()
