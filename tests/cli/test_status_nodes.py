@@ -36,9 +36,11 @@ from live_helpers import (  # noqa: E402
     start_replicas,
 )
 
-from gitorch.live.inventory import runtime_dir  # noqa: E402
 from gitorch.live import NodeTarget, cluster_name, observe  # noqa: E402
-from gitorch.live.inventory import local_node_name  # noqa: E402
+from gitorch.live.inventory import (
+    local_node_name,  # noqa: E402
+    runtime_dir,  # noqa: E402
+)
 from gitorch.manifests import Service  # noqa: E402
 from gitorch.runtime.base import Instance, Runtime  # noqa: E402
 from gitorch.runtime.process import ProcessRuntime  # noqa: E402

@@ -14,9 +14,8 @@ import pytest
 from deploy import remove_all
 from plan_helpers import EXAMPLE_BUILD_SH, Node
 
-from gitorch.live.inventory import runtime_dir
 from gitorch.live import cluster_name
-from gitorch.live.inventory import local_node_name
+from gitorch.live.inventory import local_node_name, runtime_dir
 
 
 @pytest.fixture

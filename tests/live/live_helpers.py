@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from gitorch.live.inventory import runtime_dir
 from gitorch.errors import InstanceNotFound, RuntimeDriverError
 from gitorch.live import LiveState, NodeTarget
+from gitorch.live.inventory import runtime_dir
 from gitorch.live.observe import assess_readiness
 from gitorch.manifests import ManifestLoader, Service
 from gitorch.runtime.base import (
