@@ -124,6 +124,7 @@ class _Work:
     # when the next service is placed (as ``plan`` does in its single schedule() call).
     placed: list[Running] = field(default_factory=list)
     preempted: set[str] = field(default_factory=set)  # replica ids
+    unplaced: dict[str, str] = field(default_factory=dict)  # service -> why a slot stays empty
 
 
 class Reconciler:
@@ -294,6 +295,12 @@ class Reconciler:
         record = self._after_decision(
             desired, target, record, decision, available, progress_at, now
         )
+        unplaced = work.unplaced.get(name)
+        if unplaced is not None:
+            # Said where status looks (rollout.lastError), not only in the log: a slot
+            # that fits nowhere (or whose replica was preempted) is otherwise silent
+            # until the progress deadline turns it into a bare "deadline exceeded".
+            record = self._save(record, message=unplaced, last_error=unplaced)
         return record.phase, self._progress(target, record, views, now), target
 
     def _target(
@@ -666,9 +673,9 @@ class Reconciler:
         def start(pair: tuple[Create, Any]) -> None:
             action, placed = pair
             if placed.node is None:
-                work.errors.append(
-                    f"{target.name}-{action.slot} cannot be placed: " + "; ".join(placed.reasons)
-                )
+                why = f"{target.name}-{action.slot} cannot be placed: " + "; ".join(placed.reasons)
+                work.errors.append(why)
+                work.unplaced[target.name] = why
                 return
             spec = replica_spec(
                 target,
