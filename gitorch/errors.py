@@ -36,8 +36,12 @@ line instead of a traceback.
     ├── PrometheusQueryFailed         (analysis.prometheus) a query gave no usable number
     ├── PlanError                     a plan cannot be computed or has changed
     │   └── PlanChanged               ``apply --expect-plan`` saw a different digest
+    ├── HAProxyError                  (traffic.haproxy) haproxy could not be started, reloaded or driven
+    │   ├── HAProxyConfigInvalid      haproxy -c refused the rendered configuration
+    │   └── HAProxyReloadFailed       a reload failed; the old worker keeps serving
     └── ConfigError                   a command-line or daemon setting is wrong
-        └── ListenError               (traffic.builtin) a load-balancer port cannot be bound
+        ├── ListenError               (traffic.builtin) a load-balancer port cannot be bound
+        └── RouteInvalid              (traffic.builtin) a route's weights or rules cannot be served
 """
 
 from __future__ import annotations
