@@ -163,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
         "MEMORY (alloc/cap)",
         "REPLICAS",
     ):
-        table.add_column(column)
+        # The condition ("NotReady,Draining") must never be cut to an ellipsis on a
+        # narrow console: the long headers wrap instead.
+        table.add_column(column, no_wrap=column in ("NODE", "CONDITION"))
     for row in rows:
         condition = "[green]Ready[/]" if row["condition"] == "Ready" else "[red]NotReady[/]"
         if row["draining"]:
