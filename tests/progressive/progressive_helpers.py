@@ -261,12 +261,16 @@ class Watcher:
     def last(self) -> Seen | None:
         return self.seen[-1] if self.seen else None
 
-    def until(self, what: str, check: Callable[[Seen], bool], timeout: float) -> Seen:
-        """Wait for a reading that passes ``check``; the first such reading."""
-        begin = len(self.seen)
+    def until(
+        self, what: str, check: Callable[[Seen], bool], timeout: float, since: float | None = None
+    ) -> Seen:
+        """Wait for a reading that passes ``check``: the first such one taken after ``since``
+        (a ``time.monotonic()``), or after this call when ``since`` is None."""
+        begin = len(self.seen) if since is None else 0
+        after = -1.0 if since is None else since
 
         def found() -> Seen | None:
-            return next((s for s in self.seen[begin:] if check(s)), None)
+            return next((s for s in self.seen[begin:] if s.at >= after and check(s)), None)
 
         return wait_for(what, found, timeout, interval=0.02, describe=self.describe)
 
@@ -365,13 +369,17 @@ def rolled_back_to(daemon: DaemonProc, good: str, replicas: int) -> Callable[[],
 
 def action(daemon: DaemonProc, what: str) -> None:
     """``gitorch promote|abort web --server URL``; must be accepted (exit 0)."""
-    done = gitorch(what, NAME, "--server", f"http://127.0.0.1:{daemon.port}", cwd=daemon.state.parent)
+    done = gitorch(
+        what, NAME, "--server", f"http://127.0.0.1:{daemon.port}", cwd=daemon.state.parent
+    )
     assert done.code == 0, f"gitorch {what}: exit {done.code}\n{done.stdout}{done.stderr}"
 
 
 def status(daemon: DaemonProc) -> dict[str, Any]:
     """``gitorch status web --format json --state DIR`` (with the analysis measurements)."""
-    done = gitorch("status", NAME, "--format", "json", "--state", str(daemon.state), cwd=daemon.state.parent)
+    done = gitorch(
+        "status", NAME, "--format", "json", "--state", str(daemon.state), cwd=daemon.state.parent
+    )
     assert done.code == 0, done.stderr
     services = done.json()["services"]
     assert len(services) == 1, services

@@ -67,18 +67,24 @@ def run_good_canary(world: World, plane: str, make: Callable[[str], str]) -> Non
         assert watch.last() is not None and watch.last().step == paused.step  # type: ignore[union-attr]
         promoted_at = time.monotonic()  # before the CLI: the daemon acts while it returns
         action(daemon, "promote")
-        wait_for("version 2 everywhere", on_revision(daemon, sha, REPLICAS), 60, describe=watch.describe)
+        wait_for(
+            "version 2 everywhere", on_revision(daemon, sha, REPLICAS), 60, describe=watch.describe
+        )
         load.wait_requests(100, 10)
     windows = {w.weight: w for w in weight_windows(watch.seen, GUARD)}
     for weight in (10, 50):
-        assert weight in windows, f"weight {weight} was never in force long enough\n{watch.describe()}"
+        assert weight in windows, (
+            f"weight {weight} was never in force long enough\n{watch.describe()}"
+        )
         counts = windows[weight].counts
         assert counts.total >= MIN_REQUESTS, (
             f"only {counts.total} requests while weight {weight} was in force "
             f"({counts.at:.1f}s)\n{watch.describe()}"
         )
         share = counts.share("2")
-        print(f"weight {weight}: {share:.1f}% of {counts.ok} requests to version 2 ({counts.at:.1f}s)")
+        print(
+            f"weight {weight}: {share:.1f}% of {counts.ok} requests to version 2 ({counts.at:.1f}s)"
+        )
         assert abs(share - weight) <= TOLERANCE, (
             f"weight {weight}: version 2 got {share:.1f}% of {counts.ok} requests {dict(counts.versions)}"
         )
