@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
+from gitorch.apply.replicas import slot_of
 from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
 from gitorch.commands.common import add_format_option, add_state_option, print_json, short, stdout
 from gitorch.errors import GitorchError
@@ -45,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def service_json(service: LiveService) -> dict[str, Any]:
+def service_json(service: LiveService, restarts: Mapping[int, int] | None = None) -> dict[str, Any]:
+    """One service of the status document. ``restarts``: crash-loop restarts per slot
+    (gitorch replaces a crashed replica, so the runtime's own count stays 0)."""
+    restarts = restarts or {}
     applied = service.applied
     spec = applied.canonical.get("spec", {}) if applied else {}
     desired = spec.get("replicas", 0) if applied else 0
@@ -81,7 +86,7 @@ def service_json(service: LiveService) -> dict[str, Any]:
                 "ready": r.ready,
                 "address": r.address,
                 "startedAt": r.started_at,
-                "restarts": r.restarts,
+                "restarts": max(r.restarts, restarts.get(slot_of(r.replica), 0)),
                 "exitCode": r.exit_code,
             }
             for r in service.replicas
@@ -110,6 +115,9 @@ def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
             }
             for m in view.store.list_measurements(only, limit=None)[-20:]
         ]
+    restarts: dict[str, dict[int, int]] = {}
+    for record in view.store.list_backoff() if view.store is not None else []:
+        restarts.setdefault(record.service, {})[record.slot] = record.restarts
     daemon_error = _daemon_error(view)
     if daemon_error is not None:
         last_error = daemon_error.get("message") or last_error
@@ -123,7 +131,7 @@ def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
         ],
         "services": [
             {
-                **service_json(s),
+                **service_json(s, restarts.get(s.name)),
                 **({"analysis": measurements[s.name]} if s.name in measurements else {}),
             }
             for s in services

@@ -611,6 +611,10 @@ class BuiltinLoadBalancer:
             except _http.BadMessage as exc:
                 await _answer(writer, 400, f"bad request: {exc}")
                 return
+            if svc.closed:
+                # The route went away while this keep-alive connection was idle: close it
+                # as an endpoint that is gone would, rather than answer 503.
+                return
             keep = await self._proxy_request(svc, head, reader, writer, client_ip)
             if not keep:
                 return
