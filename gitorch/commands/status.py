@@ -75,6 +75,8 @@ def service_json(service: LiveService, restarts: Mapping[int, int] | None = None
             "lastError": applied.last_error if applied else None,
         },
         "endpoint": {"port": expose["port"], "protocol": expose["protocol"]} if expose else None,
+        # Crash-loop restarts of all slots (a slot in back-off may have no replica at all).
+        "restarts": sum(restarts.values()),
         "instances": [
             {
                 "id": r.id,
