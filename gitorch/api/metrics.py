@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
@@ -57,7 +58,7 @@ def escape_help(text: str) -> str:
 LabelValues = tuple[str, ...]
 
 
-class _Metric:
+class _Metric(ABC):
     """Name, help, label names, a lock, and the HELP/TYPE header."""
 
     kind = "untyped"
@@ -92,8 +93,9 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
 
+    @abstractmethod
     def samples(self) -> list[str]:
-        raise NotImplementedError
+        """The sample lines of this metric (each kind renders its own)."""
 
     def render(self) -> str:
         return "\n".join([*self.header(), *self.samples()]) + "\n"
