@@ -1135,8 +1135,10 @@ class Reconciler:
             blue = target.strategy.blue_green
             if intent.preview and blue is not None and blue.preview_port:
                 preview = tuple(b for b in ordered if b.version == version_key(intent.preview))
-                routes[f"{name}~preview"] = Route(
-                    f"{name}~preview", blue.preview_port, expose.protocol, preview
+                # "." never occurs in a service name (DNS-1123 label), so no collision, and
+                # HAProxy accepts it in proxy names ("~" made it refuse the configuration).
+                routes[f"{name}.preview"] = Route(
+                    f"{name}.preview", blue.preview_port, expose.protocol, preview
                 )
         return RoutingTable(routes)
 
