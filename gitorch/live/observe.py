@@ -115,6 +115,8 @@ def observe(
         observations = list(
             pool.map(lambda t: _observe_node(t, runtimes[t.name], cluster), targets)
         )
+    # `gitorch drain` is kept in the store: a draining node takes nothing new either.
+    draining = {r.name for r in store.list_nodes() if r.draining} if store is not None else set()
     nodes: dict[str, LiveNode] = {}
     replicas_by_service: dict[str, list[LiveReplica]] = {}
     for obs in observations:
@@ -132,7 +134,7 @@ def observe(
             else (info.memory_bytes if info else 0),
             message=obs.error,
             labels=target.labels,
-            unschedulable=target.unschedulable,
+            unschedulable=target.unschedulable or target.drain or target.name in draining,
             taints=target.taints,
         )
         for instance in obs.instances or []:

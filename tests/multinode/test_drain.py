@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from conftest import World
 from multinode_helpers import (
     node_yaml,
@@ -103,12 +102,6 @@ def test_drain_moves_replicas_without_losing_capacity(world: World, port: int) -
     assert "pa" not in where(daemon.service("web")).values()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gitorch/live/observe.py builds nodes' `unschedulable` from the Node spec only, "
-    "not the store's drain flag (`gitorch drain`), so plan places new replicas on a "
-    "draining node that the reconciler (NodeTracker) keeps empty",
-)
 def test_plan_places_nothing_on_a_drained_node(world: World, port: int) -> None:
     world.process_nodes = ["pa", "pb"]
     nodes = "---\n".join(node_yaml(n) for n in world.process_nodes)
