@@ -165,6 +165,7 @@ class Reconciler:
         self._counted_exits: set[str] = set()  # replica ids whose exit was recorded
         self._draining: set[str] = set()
         self._failed_digests: dict[str, str] = {}  # service -> template rolled back from
+        self._reaped = False
         self._last_table: RoutingTable | None = None
 
     # ------------------------------------------------------------------ the pass
@@ -173,6 +174,8 @@ class Reconciler:
         """One pass. Never raises for a single service's trouble: it is recorded instead."""
         now = self.clock()
         self._register_nodes()
+        if not self._reaped:
+            self._reap_orphans()
         live = observe(self.targets, self.runtimes, self.cluster, self.store)
         live, self._verdicts = self.nodes.update(live, self.targets, desired)
         self._forget_vanished(live)
@@ -350,16 +353,18 @@ class Reconciler:
             progress_at=now,
             message="rollout started",
         )
-        stored = self.store.upsert_rollout(fresh)
-        self.store.record_applied(
-            "Service", service.name, desired.revision, service.digest, service.canonical
-        )
-        self.store.append_event(
-            "rollout.started",
-            f"{service.name}: rolling out {service.template_digest[:12]} ({service.strategy.type})",
-            service=service.name,
-            revision=desired.revision,
-        )
+        # One transaction: a daemon killed here leaves either all three or none.
+        with self.store.transaction():
+            stored = self.store.upsert_rollout(fresh)
+            self.store.record_applied(
+                "Service", service.name, desired.revision, service.digest, service.canonical
+            )
+            self.store.append_event(
+                "rollout.started",
+                f"{service.name}: rolling out {service.template_digest[:12]} ({service.strategy.type})",
+                service=service.name,
+                revision=desired.revision,
+            )
         return stored, service
 
     def _service_from(self, canonical: Mapping[str, Any], fallback: Service) -> Service:
@@ -822,41 +827,43 @@ class Reconciler:
                 record, phase=RolloutPhase.DEGRADED, last_error=reason, message=f"failed: {reason}"
             )
         assert record.previous_spec is not None and record.previous_digest is not None
-        self.store.append_event(
-            "rollout.rolled-back",
-            f"{target.name}: {reason}; rolling back to {(record.previous_revision or '')[:12]}",
-            service=target.name,
-            revision=record.revision,
-            data={"failedDigest": record.spec_digest, "reason": reason},
-        )
-        log.error(
-            "rollout of %s failed (%s): rolling back",
-            target.name,
-            reason,
-            extra={"service": target.name},
-        )
-        previous = self._service_from(record.previous_spec, target)
-        self.store.record_applied(
-            "Service",
-            target.name,
-            record.previous_revision or record.revision,
-            previous.digest,
-            previous.canonical,
-        )
-        return self._save(
-            record,
-            revision=record.previous_revision or record.revision,
-            spec_digest=record.previous_digest,
-            spec=record.previous_spec,
-            phase=RolloutPhase.ROLLED_BACK,
-            failed_digest=record.spec_digest,
-            reached_healthy=False,
-            last_error=reason,
-            started_at=now,
-            progress_at=now,
-            available=0,
-            message=f"rolled back: {reason}",
-        )
+        with self.store.transaction():  # event, inventory and record, or none
+            self.store.append_event(
+                "rollout.rolled-back",
+                f"{target.name}: {reason}; rolling back to {(record.previous_revision or '')[:12]}",
+                service=target.name,
+                revision=record.revision,
+                data={"failedDigest": record.spec_digest, "reason": reason},
+            )
+            log.error(
+                "rollout of %s failed (%s): rolling back",
+                target.name,
+                reason,
+                extra={"service": target.name},
+            )
+            previous = self._service_from(record.previous_spec, target)
+            self.store.record_applied(
+                "Service",
+                target.name,
+                record.previous_revision or record.revision,
+                previous.digest,
+                previous.canonical,
+            )
+            rolled = self._save(
+                record,
+                revision=record.previous_revision or record.revision,
+                spec_digest=record.previous_digest,
+                spec=record.previous_spec,
+                phase=RolloutPhase.ROLLED_BACK,
+                failed_digest=record.spec_digest,
+                reached_healthy=False,
+                last_error=reason,
+                started_at=now,
+                progress_at=now,
+                available=0,
+                message=f"rolled back: {reason}",
+            )
+        return rolled
 
     def _save(self, record: RolloutRecord, **changes: Any) -> RolloutRecord:
         return self.store.upsert_rollout(replace(record, **changes))
@@ -872,6 +879,20 @@ class Reconciler:
             ready=sum(1 for v in views if v.ready),
             updated=sum(1 for v in views if v.template == target.template_digest and v.ready),
         )
+
+    def _reap_orphans(self) -> None:
+        """Once per reconciler: processes a killed daemon started but never recorded."""
+        self._reaped = True
+        for name, runtime in self.runtimes.items():
+            reap = getattr(runtime, "reap_orphans", None)
+            if reap is None:
+                continue
+            killed = reap()
+            if killed:
+                log.warning("node %s: killed %d unrecorded replica process(es)", name, killed)
+                self.store.append_event(
+                    "replica.orphan-removed", f"{name}: {killed} unrecorded process(es) killed"
+                )
 
     def _forget_vanished(self, live: LiveState) -> None:
         """Stop probing replicas that are gone (removed outside gitorch, or by us)."""
@@ -930,24 +951,25 @@ class Reconciler:
             }
             for c in plan.changes
         ]
-        record = self.store.record_revision(
-            desired.revision,
-            author=commit.author if commit else "",
-            committed_at=commit.committed_at if commit else None,
-            signer=commit.signer if commit else None,
-            services=sorted({c.name for c in plan.changes if c.kind == "Service"}),
-            summary={
-                "changes": changes,
-                "counts": plan.summary,
-                "message": (commit.message if commit else "")[:500],
-            },
-        )
-        self.store.append_event(
-            "revision.started",
-            f"applying {desired.revision[:12]}: {plan.summary['create']} to create, "
-            f"{plan.summary['update']} to update, {plan.summary['delete']} to delete",
-            revision=desired.revision,
-        )
+        with self.store.transaction():  # the revision and its event, or neither
+            record = self.store.record_revision(
+                desired.revision,
+                author=commit.author if commit else "",
+                committed_at=commit.committed_at if commit else None,
+                signer=commit.signer if commit else None,
+                services=sorted({c.name for c in plan.changes if c.kind == "Service"}),
+                summary={
+                    "changes": changes,
+                    "counts": plan.summary,
+                    "message": (commit.message if commit else "")[:500],
+                },
+            )
+            self.store.append_event(
+                "revision.started",
+                f"applying {desired.revision[:12]}: {plan.summary['create']} to create, "
+                f"{plan.summary['update']} to update, {plan.summary['delete']} to delete",
+                revision=desired.revision,
+            )
         return record.id
 
     def _revision_finished(

@@ -88,6 +88,8 @@ from gitorch.runtime.base import (
     ResourceUsage,
 )
 
+#: Environment variable every replica gets: its name, so an unrecorded one can be found.
+REPLICA_MARKER = "GITORCH_REPLICA"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 _ID_RE = re.compile(r"^(\d+)-(\d+)$")
@@ -154,6 +156,7 @@ class ProcessRuntime:
         self.state_dir = Path(state_dir)
         self.workdir = (workdir if workdir is not None else Path.cwd()).resolve()
         self._store = RecordStore(self.state_dir)
+        self._creating: set[str] = set()  # names between claim and first record write
         self._boot_id = _proc.boot_id()
         self._id_to_name: dict[str, str] = {}
         self._cpu_samples: dict[str, tuple[float, int]] = {}
@@ -172,6 +175,40 @@ class ProcessRuntime:
         )
 
     # -- observing --------------------------------------------------------------------
+
+    def reap_orphans(self) -> int:
+        """Kill processes whose replica has a folder but no record, and drop the folder.
+
+        A daemon killed between spawning a replica and writing its record leaves such a
+        process: never reported, so nothing relies on it. Only the daemon that owns the
+        state directory may call this (read-only commands must not), and only for folders
+        no create() of this object is filling right now. Returns how many were killed.
+        """
+        killed = 0
+        pending = [
+            n
+            for n in self._store.names()
+            if self._store.read(n) is None and n not in self._creating
+        ]
+        if not pending:
+            return 0
+        marks = {f"{REPLICA_MARKER}={name}".encode(): name for name in pending}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                    environ = fh.read().split(b"\0")
+            except OSError:
+                continue
+            for item in environ:
+                if item in marks:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(int(entry.name), signal.SIGKILL)
+                    killed += 1
+        for name in pending:
+            self._store.delete(name)
+        return killed
 
     def list_instances(self, cluster: str) -> list[Instance]:
         """Every recorded replica of ``cluster``; recycled pids show as ``EXITED``."""
@@ -231,11 +268,14 @@ class ProcessRuntime:
             raise ReplicaStartFailed(
                 f"replica {spec.name} already exists on node {self.node_name}: remove it first"
             ) from None
+        self._creating.add(spec.name)
         try:
             return self._spawn(spec, cluster, cwd, folder)
         except BaseException:
             self._store.delete(spec.name)
             raise
+        finally:
+            self._creating.discard(spec.name)
 
     def stop(self, instance_id: str, grace_seconds: float) -> None:
         """SIGTERM the group, wait ``grace_seconds`` for the leader, then SIGKILL the group."""
@@ -383,7 +423,9 @@ class ProcessRuntime:
 
     def _spawn(self, spec: ReplicaSpec, cluster: str, cwd: Path, folder: Path) -> Instance:
         ports = self._allocate_ports(spec.ports)
-        env = self._environment(spec, ports)
+        # The marker lets a later daemon find this process if we die before its record
+        # is written (see reap_orphans).
+        env = {**self._environment(spec, ports), REPLICA_MARKER: spec.name}
         argv = [*spec.command, *spec.args]
         labels = {**spec.labels, LABEL_CLUSTER: cluster, LABEL_NODE: self.node_name}
         with open(folder / STDOUT_FILE, "ab") as out, open(folder / STDERR_FILE, "ab") as err:

@@ -304,8 +304,35 @@ def test_environment_is_clean_plus_spec_plus_ports(
         "PORT": str(ports["http"]),  # gitorch's port wins over the spec's
         "PORT_HTTP": str(ports["http"]),
         "PORT_ADMIN_UI": str(ports["admin-ui"]),
+        "GITORCH_REPLICA": f"{cluster}-env",  # lets a restarted daemon find it unrecorded
     }
     assert ports["http"] != ports["admin-ui"]
+
+
+def test_reap_orphans_kills_an_unrecorded_replica_and_keeps_recorded_ones(
+    runtime: ProcessRuntime, workdir: Path, cluster: str
+) -> None:
+    """A daemon killed between spawning a replica and writing its record left a process
+    with the replica's marker and a folder without a record: a new runtime kills it."""
+    kept = runtime.create(spec(f"{cluster}-kept", "sleep", "60"), cluster)
+    name = f"{cluster}-orphan"
+    (runtime.state_dir / "replicas" / name).mkdir(parents=True)
+    orphan = subprocess.Popen(
+        ["sleep", "60"],
+        env={**os.environ, "GITORCH_REPLICA": name},
+        start_new_session=True,
+    )
+    try:
+        fresh = ProcessRuntime("node-p", runtime.state_dir, workdir=runtime.workdir)
+        assert fresh.reap_orphans() == 1
+        assert orphan.wait(timeout=5) == -signal.SIGKILL
+        assert not (runtime.state_dir / "replicas" / name).exists()
+        assert fresh.inspect(kept.id).state is InstanceState.RUNNING  # recorded: untouched
+        assert fresh.reap_orphans() == 0
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
 
 
 def test_stop_reaches_the_whole_process_group(
