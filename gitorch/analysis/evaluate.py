@@ -6,8 +6,9 @@ snapshots (:meth:`gitorch.traffic.figures.VersionFigures.since`). The verdict:
 - fewer than ``minRequests`` requests in the window: **inconclusive**. Too little traffic
   proves nothing, and an analysis must never pass by default;
 - otherwise **failed** when the share of non-5xx answers is below ``successRate`` or the
-  p99 latency is above ``maxLatencyP99`` (each only when set); **inconclusive** when a
-  latency limit is set but the window holds no latency sample (tcp traffic);
+  p99 latency is above ``maxLatencyP99`` (each only when set; with only an average, as
+  HAProxy gives, a mean above the limit fails since p99 >= mean); **inconclusive** when a
+  latency limit is set but nothing proves the p99 either way (tcp traffic, HAProxy below);
 - otherwise **successful**.
 
 With a ``baseline`` (A/B tests, canaries: the stable version's window over the same
@@ -83,7 +84,15 @@ def evaluate(
     limit = analysis.max_latency_p99_seconds
     if limit is not None:
         p99 = figures.p99
-        if p99 is None:
+        mean = figures.mean_ms
+        if p99 is None and mean is not None and mean > limit * 1000.0:
+            # Data planes that only keep averages (HAProxy): p99 >= mean, so a mean above
+            # the limit proves the p99 is too. A mean below it proves nothing.
+            problems.append(
+                f"p99 latency at least {mean:.0f}ms (the mean: this data plane keeps no"
+                f" percentiles) above {limit * 1000.0:g}ms"
+            )
+        elif p99 is None:
             if not problems:
                 return Measurement(
                     MeasurementPhase.INCONCLUSIVE,

@@ -73,6 +73,7 @@ def service_json(service: LiveService, restarts: Mapping[int, int] | None = None
             "step": applied.step if applied else None,
             "weight": applied.weight if applied else 100,
             "lastError": applied.last_error if applied else None,
+            "message": applied.message if applied else "",
         },
         "endpoint": {"port": expose["port"], "protocol": expose["protocol"]} if expose else None,
         # Crash-loop restarts of all slots (a slot in back-off may have no replica at all).

@@ -64,6 +64,7 @@ class AppliedSpec:
     weight: int = 100
     last_error: str | None = None
     previous_revision: str | None = None
+    message: str = ""  # where the rollout stands, in words
 
 
 @dataclass(frozen=True)

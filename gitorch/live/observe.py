@@ -95,6 +95,7 @@ def applied_spec(record: RolloutRecord | None, entry: AppliedObject | None) -> A
         weight=record.weight,
         last_error=record.last_error,
         previous_revision=record.previous_revision,
+        message=record.message,
     )
 
 

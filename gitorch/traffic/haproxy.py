@@ -566,7 +566,7 @@ class HAProxyDataPlane:
     def _validate(self, path: Path) -> None:
         try:
             done = subprocess.run(  # noqa: S603 (argument list, our own haproxy path)
-                [self.haproxy, "-c", "-q", "-f", str(path)],
+                [self.haproxy, "-c", "-f", str(path)],
                 capture_output=True,
                 text=True,
                 timeout=self.timeout,
@@ -710,22 +710,46 @@ class HAProxyDataPlane:
 
     def _runtime(self, servers: Mapping[str, _Server], maps: Mapping[Path, dict[str, str]]) -> None:
         changed = [(n, s) for n, s in servers.items() if self._servers.get(n) != s]
-        # Take traffic away first, then move addresses and weights, then open: no request
-        # goes to a slot while it points somewhere half-changed.
+
+        def moved(old: _Server | None, new: _Server) -> bool:
+            return old is None or (old.host, old.port) != (new.host, new.port)
+
+        # Order matters for "no request lost": at no instant may every server of a route
+        # be out of rotation, and a slot must not serve while it points somewhere
+        # half-changed. So: (1) slots about to point at another replica leave rotation;
+        # (2) slots get their address and weight while out of rotation, and those that
+        # should serve open; (3) weights that grow grow, (4) then weights that shrink
+        # shrink; (5) last, servers that stop taking traffic drain or go to maintenance.
         for name, server in changed:
             old = self._servers.get(name)
-            if server.state != "ready" and (old is None or old.state != server.state):
-                self._command(f"set server {name} state {server.state}")
+            if old is not None and moved(old, server) and old.state == "ready":
+                self._command(f"set server {name} state maint")
         for name, server in changed:
             old = self._servers.get(name)
-            if old is None or (old.host, old.port) != (server.host, server.port):
+            if moved(old, server):
                 self._command(f"set server {name} addr {server.host} port {server.port}")
-            if old is None or old.weight != server.weight:
+                if old is None or old.weight != server.weight:
+                    self._command(f"set server {name} weight {server.weight}")
+                if server.state == "ready":
+                    self._command(f"set server {name} state ready")
+        steady = [
+            (n, s, self._servers[n]) for n, s in changed if not moved(self._servers.get(n), s)
+        ]
+        for name, server, old in steady:
+            if server.state == "ready" and old.state != "ready":
                 self._command(f"set server {name} weight {server.weight}")
-        for name, server in changed:
-            old = self._servers.get(name)
-            if server.state == "ready" and (old is None or old.state != "ready"):
                 self._command(f"set server {name} state ready")
+        for name, server, old in steady:
+            if server.weight > old.weight and not (
+                server.state == "ready" and old.state != "ready"
+            ):
+                self._command(f"set server {name} weight {server.weight}")
+        for name, server, old in steady:
+            if server.weight < old.weight:
+                self._command(f"set server {name} weight {server.weight}")
+        for name, server, old in steady:
+            if server.state != "ready" and old.state != server.state:
+                self._command(f"set server {name} state {server.state}")
         for path, entries in maps.items():
             applied = self._maps.get(path, {})
             for key in applied.keys() - entries.keys():
