@@ -29,11 +29,8 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -66,6 +63,7 @@ from gitorch.runtime.base import (
     ReplicaSpec,
     ResourceUsage,
 )
+from gitorch.runtime.probes import http_check, tcp_check
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -558,37 +556,3 @@ def _usage_from_stats(stats: Mapping[str, Any]) -> ResourceUsage:
     cache = detail.get("total_inactive_file", detail.get("inactive_file", detail.get("cache", 0)))
     used = max(0, int(memory.get("usage", 0)) - int(cache or 0))
     return ResourceUsage(cpu_percent=max(0.0, percent), memory_bytes=used)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A probe judges the redirect itself (3xx is success); it never follows it."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-# No proxies: a probe must reach the replica, not whatever $http_proxy says.
-_PROBE_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
-
-
-def http_check(host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
-    """GET ``http://host:port/path``; 2xx and 3xx are healthy."""
-    url = f"http://{host}:{port}/{path.lstrip('/')}"
-    try:
-        with _PROBE_OPENER.open(url, timeout=timeout) as response:
-            code = int(response.status)
-    except urllib.error.HTTPError as exc:
-        code = int(exc.code)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return False, f"GET {url}: {reason}"
-    return 200 <= code < 400, f"HTTP {code}"
-
-
-def tcp_check(host: str, port: int, timeout: float) -> tuple[bool, str]:
-    """Open (and close) a TCP connection to ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True, "connected"
-    except OSError as exc:
-        return False, f"connect {host}:{port}: {exc.strerror or exc}"

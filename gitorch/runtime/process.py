@@ -59,8 +59,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +85,7 @@ from gitorch.runtime.base import (
     ReplicaSpec,
     ResourceUsage,
 )
+from gitorch.runtime.probes import http_check, tcp_check
 
 #: Environment variable every replica gets: its name, so an unrecorded one can be found.
 REPLICA_MARKER = "GITORCH_REPLICA"
@@ -126,16 +125,6 @@ _CHILDREN_LOCK = threading.Lock()
 def _exit_status(returncode: int) -> int:
     """Popen's ``-N`` (killed by signal N) as the shell's ``128 + N``."""
     return 128 - returncode if returncode < 0 else returncode
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A 3xx answer is a healthy answer: report it instead of following it."""
-
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
-_HTTP = urllib.request.build_opener(_NoRedirect)
 
 
 class ProcessRuntime:
@@ -323,13 +312,9 @@ class ProcessRuntime:
             return False, f"no published port {probe.port} on {instance.name}"
         host, port = target
         if probe.http_path is not None:
-            return _probe_http(host, port, probe.http_path, probe.timeout_seconds)
+            return http_check(host, port, probe.http_path, probe.timeout_seconds)
         if probe.tcp:
-            try:
-                with socket.create_connection((host, port), timeout=probe.timeout_seconds):
-                    return True, f"tcp {host}:{port} open"
-            except OSError as exc:
-                return False, f"tcp {host}:{port}: {exc.strerror or exc}"
+            return tcp_check(host, port, probe.timeout_seconds)
         return False, "empty probe: neither http, tcp nor exec"
 
     def _probe_target(self, instance: Instance, port: int | None) -> tuple[str, int] | None:
@@ -589,19 +574,3 @@ class ProcessRuntime:
         ticks = sum(m.utime + m.stime for m in members)
         rss = sum(m.rss_pages for m in members) * _proc.PAGE_SIZE
         return ticks, rss
-
-
-def _probe_http(host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
-    if not path.startswith("/"):
-        path = "/" + path
-    url = f"http://[{host}]:{port}{path}" if ":" in host else f"http://{host}:{port}{path}"
-    try:
-        with _HTTP.open(url, timeout=timeout) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-        exc.close()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return False, f"GET {path}: {reason}"
-    return 200 <= status < 400, f"HTTP {status}"
