@@ -288,6 +288,8 @@ def test_draining_backend_gets_no_new_requests_and_in_flight_is_counted(
         assert backend_of(get(port)[1]) == new.id
     slow.join(5)
     assert slow_result == [200]  # the request in flight finished
+    # The client has the whole answer a moment before the proxy counts it done.
+    wait_until(lambda: lb.backend_stats("svc", old.id).in_flight == 0)  # type: ignore[union-attr]
     stats = lb.backend_stats("svc", old.id)
     assert stats is not None and stats.in_flight == 0 and stats.requests == 1
     # Its pooled keep-alive connections are closed: SIGTERM ends it at once.
