@@ -166,6 +166,8 @@ class Reconciler:
         self._draining: set[str] = set()
         self._failed_digests: dict[str, str] = {}  # service -> template rolled back from
         self._reaped = False
+        # The newest revision a plan showed to change nothing (not recorded as applied).
+        self._no_change_revision: str | None = None
         self._last_table: RoutingTable | None = None
 
     # ------------------------------------------------------------------ the pass
@@ -933,8 +935,11 @@ class Reconciler:
         last = self.store.last_attempted_revision()
         if last is not None and last.sha == desired.revision:
             return last.id if last.result is RevisionResult.IN_PROGRESS else None
+        if desired.revision == self._no_change_revision:
+            return None  # already found to change nothing: no plan on every pass
         plan = compute_plan(desired, live, scoring=self.scoring)
         if not plan.changes and last is not None:
+            self._no_change_revision = desired.revision
             return None  # nothing to apply (e.g. a commit that only touched docs)
         if last is not None and last.result is RevisionResult.IN_PROGRESS:
             self.store.finish_revision(

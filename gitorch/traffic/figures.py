@@ -55,8 +55,26 @@ def quantile(counts: Sequence[int], q: float) -> float | None:
     return float(LATENCY_BOUNDS_MS[-1])
 
 
+class _Quantiles:
+    """Latency quantiles (ms) of a bucketed histogram in ``latency`` (None: no samples)."""
+
+    latency: tuple[int, ...]
+
+    @property
+    def p50(self) -> float | None:
+        return quantile(self.latency, 0.50)
+
+    @property
+    def p90(self) -> float | None:
+        return quantile(self.latency, 0.90)
+
+    @property
+    def p99(self) -> float | None:
+        return quantile(self.latency, 0.99)
+
+
 @dataclass(frozen=True)
-class BackendFigures:
+class BackendFigures(_Quantiles):
     """Cumulative figures of one backend, as seen by the data plane.
 
     ``requests`` counts answered requests (http) or finished connections (tcp);
@@ -78,21 +96,9 @@ class BackendFigures:
     latency_sum_ms: float = 0.0
     recent_mean_ms: float | None = None
 
-    @property
-    def p50(self) -> float | None:
-        return quantile(self.latency, 0.50)
-
-    @property
-    def p90(self) -> float | None:
-        return quantile(self.latency, 0.90)
-
-    @property
-    def p99(self) -> float | None:
-        return quantile(self.latency, 0.99)
-
 
 @dataclass(frozen=True)
-class VersionFigures:
+class VersionFigures(_Quantiles):
     """The figures of every backend running one version, added up.
 
     ``in_flight`` is what is open on the version right now: requests being served (http)
@@ -128,18 +134,6 @@ class VersionFigures:
         if self.requests == 0:
             return None
         return 1.0 - self.errors_5xx / self.requests
-
-    @property
-    def p50(self) -> float | None:
-        return quantile(self.latency, 0.50)
-
-    @property
-    def p90(self) -> float | None:
-        return quantile(self.latency, 0.90)
-
-    @property
-    def p99(self) -> float | None:
-        return quantile(self.latency, 0.99)
 
     def since(self, earlier: VersionFigures) -> VersionFigures:
         """What happened between ``earlier`` and this snapshot (counters subtracted).
