@@ -322,7 +322,16 @@ def test_reap_orphans_kills_an_unrecorded_replica_and_keeps_recorded_ones(
         env={**os.environ, "GITORCH_REPLICA": name},
         start_new_session=True,
     )
+    marker = f"GITORCH_REPLICA={name}".encode()
+
+    def marked() -> bool:
+        try:
+            return marker in Path(f"/proc/{orphan.pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return False
+
     try:
+        wait_until("the orphan's environment is visible", marked)
         fresh = ProcessRuntime("node-p", runtime.state_dir, workdir=runtime.workdir)
         assert fresh.reap_orphans() == 1
         assert orphan.wait(timeout=5) == -signal.SIGKILL
