@@ -191,7 +191,7 @@ def _strategy(raw: Mapping[str, Any] | None) -> dict[str, Any]:
                 )
             else:
                 steps.append({"analysis": _analysis(step["analysis"])})
-        out["canary"] = {"steps": steps}
+        out["canary"] = {"steps": steps, "stickySessions": canary.get("stickySessions", False)}
         if "analysis" in canary:
             out["canary"]["analysis"] = _analysis(canary["analysis"])
     elif kind == "ABTest":
@@ -445,6 +445,7 @@ def _typed_strategy(raw: Mapping[str, Any]) -> m.Strategy:
         canary=m.Canary(
             steps=tuple(_typed_step(step) for step in canary["steps"]),
             analysis=_typed_analysis(canary.get("analysis")),
+            sticky_sessions=canary["stickySessions"],
         )
         if canary
         else None,

@@ -164,8 +164,16 @@ class BlueGreen:
 
 @dataclass(frozen=True)
 class Canary:
+    """Canary steps, optional background analysis, and stickiness.
+
+    ``sticky_sessions`` (``stickySessions``, a gitorch extension): a client keeps the version
+    it was first given (by a cookie) while that version's weight stays above 0, so one user
+    never flips between versions mid-session; an abort (weight 0) moves it back.
+    """
+
     steps: tuple[CanaryStep, ...] = ()
     analysis: Analysis | None = None
+    sticky_sessions: bool = False
 
 
 @dataclass(frozen=True)
