@@ -1148,6 +1148,7 @@ class Reconciler:
             if intent is None:
                 routes[name] = Route(name, expose.port, expose.protocol, ordered)
                 continue
+            canary = target.strategy.canary
             routes[name] = Route(
                 name,
                 expose.port,
@@ -1158,6 +1159,8 @@ class Reconciler:
                     VersionRule(version_key(intent.target), r.header, r.cookie, r.exact, r.regex)
                     for r in intent.match
                 ),
+                # strategy.canary.stickySessions: a client keeps its version while it weighs > 0.
+                sticky=canary is not None and canary.sticky_sessions,
             )
             blue = target.strategy.blue_green
             if intent.preview and blue is not None and blue.preview_port:
