@@ -44,6 +44,8 @@ REQUIRED = {
     "canary-without-steps",
     "canary-weight-decreasing",
     "canary-without-expose",
+    "canary-sticky-not-boolean",
+    "abtest-sticky-sessions",
     "bad-cpu",
     "bad-memory",
     "bad-duration",
