@@ -22,6 +22,8 @@ from gitorch.state.errors import PortUnavailable, RecordNotFound, StateReadOnly
 from gitorch.state.layout import LOCK_FILE, STATE_DB, resolve_state_dir
 from gitorch.state.lock import DaemonLock, LockOwner, lock_holder, read_owner
 from gitorch.state.records import (
+    AnalysisRunPhase,
+    AnalysisRunRecord,
     AppliedObject,
     AuditEvent,
     BackoffRecord,
@@ -43,6 +45,8 @@ __all__ = [
     "LOCK_FILE",
     "SCHEMA_VERSION",
     "STATE_DB",
+    "AnalysisRunPhase",
+    "AnalysisRunRecord",
     "AppliedObject",
     "AuditEvent",
     "BackoffRecord",

@@ -56,6 +56,15 @@ class MeasurementPhase(StrEnum):
     ERROR = "error"  # the measurement itself could not be taken
 
 
+class AnalysisRunPhase(StrEnum):
+    """Where one analysis run stands (the values of ``gitorch.analysis.RunPhase``)."""
+
+    RUNNING = "running"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    INCONCLUSIVE = "inconclusive"
+
+
 @dataclass(frozen=True)
 class RevisionRecord:
     """One application of a Git revision (the same sha may be applied several times).
@@ -192,6 +201,33 @@ class Measurement:
     phase: MeasurementPhase
     value: Mapping[str, Any]
     message: str = ""
+    run_id: int | None = None  # the AnalysisRunRecord it counts toward (None: older data)
+
+
+@dataclass(frozen=True)
+class AnalysisRunRecord:
+    """One analysis run of one rollout step, so that a restarted daemon resumes it.
+
+    Identified by (``service``, ``revision``, ``analysis``, ``step_started_at``): the
+    analysis key ("step-2", "background-1", "pre-promotion", "abtest") of the rollout of
+    ``revision`` in the entry of its step that began at ``step_started_at``. Its
+    measurements are those with ``run_id == id``; ``phase`` and ``message`` are the run's
+    verdict so far (``concluded_at`` is set once ``phase`` is no longer running).
+    """
+
+    id: int
+    service: str
+    revision: str
+    analysis: str
+    step_started_at: float
+    started_at: float
+    phase: AnalysisRunPhase = AnalysisRunPhase.RUNNING
+    message: str = ""
+    concluded_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.phase is not AnalysisRunPhase.RUNNING
 
 
 @dataclass(frozen=True)

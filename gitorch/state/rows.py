@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitorch.state.records import (
+    AnalysisRunPhase,
+    AnalysisRunRecord,
     AuditEvent,
     Measurement,
     MeasurementPhase,
@@ -111,6 +113,21 @@ def measurement(row: sqlite3.Row) -> Measurement:
         phase=MeasurementPhase(row["phase"]),
         value=load_json(row["value"]),
         message=row["message"],
+        run_id=row["run_id"],
+    )
+
+
+def analysis_run(row: sqlite3.Row) -> AnalysisRunRecord:
+    return AnalysisRunRecord(
+        id=row["id"],
+        service=row["service"],
+        revision=row["revision"],
+        analysis=row["analysis"],
+        step_started_at=row["step_started_at"],
+        started_at=row["started_at"],
+        phase=AnalysisRunPhase(row["phase"]),
+        message=row["message"],
+        concluded_at=row["concluded_at"],
     )
 
 

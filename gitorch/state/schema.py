@@ -186,6 +186,36 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        "analysis runs: a run survives a daemon restart; measurements name their run",
+        (
+            # One row per analysis run (Argo Rollouts keeps AnalysisRun objects): a
+            # restarted daemon resumes a running one from its measurements and never
+            # re-runs a concluded one. A run is one analysis (the request key, "step-2")
+            # of one rollout (service, revision) in one entry of its step: a step entered
+            # again (a later rollout of the same revision) has another step_started_at,
+            # so it is a new run.
+            """
+            CREATE TABLE analysis_runs (
+                id              INTEGER PRIMARY KEY AUTOINCREMENT,
+                service         TEXT NOT NULL,
+                revision        TEXT NOT NULL,
+                analysis        TEXT NOT NULL,
+                step_started_at REAL NOT NULL,
+                started_at      REAL NOT NULL,
+                phase           TEXT NOT NULL DEFAULT 'running' CHECK (phase IN
+                                    ('running', 'successful', 'failed', 'inconclusive')),
+                message         TEXT NOT NULL DEFAULT '',
+                concluded_at    REAL,
+                UNIQUE (service, revision, analysis, step_started_at)
+            )
+            """,
+            # NULL for measurements taken before this migration (no run was stored then).
+            "ALTER TABLE measurements ADD COLUMN run_id INTEGER"
+            " REFERENCES analysis_runs (id) ON DELETE CASCADE",
+            "CREATE INDEX measurements_by_run ON measurements (run_id, id)",
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

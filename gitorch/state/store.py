@@ -31,6 +31,8 @@ from gitorch.state.db import DEFAULT_BUSY_TIMEOUT, connect, error_for, translate
 from gitorch.state.errors import PortUnavailable, RecordNotFound
 from gitorch.state.layout import STATE_DB, ensure_state_dir
 from gitorch.state.records import (
+    AnalysisRunPhase,
+    AnalysisRunRecord,
     AppliedObject,
     AuditEvent,
     BackoffRecord,
@@ -711,13 +713,15 @@ class StateStore:
         value: Mapping[str, Any] | None = None,
         message: str = "",
         at: float | None = None,
+        run_id: int | None = None,
     ) -> Measurement:
-        """Store one analysis measurement of ``service`` at ``revision``."""
+        """Store one analysis measurement of ``service`` at ``revision`` (counted toward
+        the analysis run ``run_id`` when given, see :meth:`open_analysis_run`)."""
         taken_at = self._now(at)
         with self.transaction():
             cursor = self._execute(
                 "INSERT INTO measurements (service, revision, analysis, taken_at, phase,"
-                " value, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " value, message, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     service,
                     revision,
@@ -726,6 +730,7 @@ class StateStore:
                     MeasurementPhase(phase).value,
                     rows.dump_json(value),
                     message,
+                    run_id,
                 ),
             )
         assert cursor.lastrowid is not None
@@ -738,6 +743,7 @@ class StateStore:
             phase=MeasurementPhase(phase),
             value=dict(value or {}),
             message=message,
+            run_id=run_id,
         )
 
     def list_measurements(
@@ -746,6 +752,7 @@ class StateStore:
         *,
         revision: str | None = None,
         analysis: str | None = None,
+        run_id: int | None = None,
         limit: int | None = 1000,
     ) -> list[Measurement]:
         """Measurements of a service, oldest first (the order an analysis counts them)."""
@@ -757,10 +764,85 @@ class StateStore:
         if analysis is not None:
             sql += " AND analysis = ?"
             params.append(analysis)
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            params.append(run_id)
         # The newest `limit`, returned oldest first.
         sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) ORDER BY id"
         params.append(-1 if limit is None else limit)
         return [rows.measurement(row) for row in self._query(sql, params)]
+
+    # -- analysis runs -----------------------------------------------------------------
+
+    def open_analysis_run(
+        self,
+        service: str,
+        revision: str,
+        analysis: str,
+        step_started_at: float,
+        *,
+        at: float | None = None,
+    ) -> AnalysisRunRecord:
+        """The analysis run with this identity (see :class:`AnalysisRunRecord`): the stored
+        one if there is one (a restarted daemon resumes it), else a new running run that
+        starts at ``at``. Idempotent, also across processes (the identity is unique)."""
+        identity = (service, revision, analysis, step_started_at)
+        with self.transaction():
+            self._execute(
+                "INSERT INTO analysis_runs (service, revision, analysis, step_started_at,"
+                " started_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (service, revision, analysis, step_started_at) DO NOTHING",
+                (*identity, self._now(at)),
+            )
+            row = self._query_one(
+                "SELECT * FROM analysis_runs WHERE service = ? AND revision = ?"
+                " AND analysis = ? AND step_started_at = ?",
+                identity,
+            )
+        assert row is not None  # inserted or found just above, in the same transaction
+        return rows.analysis_run(row)
+
+    def conclude_analysis_run(
+        self,
+        run_id: int,
+        phase: AnalysisRunPhase,
+        message: str = "",
+        *,
+        at: float | None = None,
+    ) -> AnalysisRunRecord:
+        """Set a run's verdict so far; ``concluded_at`` is set when ``phase`` is not
+        running (and kept from the first conclusion: a verdict is never re-dated)."""
+        phase = AnalysisRunPhase(phase)
+        with self.transaction():
+            cursor = self._execute(
+                "UPDATE analysis_runs SET phase = ?, message = ?,"
+                " concluded_at = CASE WHEN ? = 'running' THEN NULL"
+                " ELSE COALESCE(concluded_at, ?) END WHERE id = ?",
+                (phase.value, message, phase.value, self._now(at), run_id),
+            )
+            if cursor.rowcount == 0:
+                raise RecordNotFound(f"no analysis run with id {run_id}")
+            row = self._query_one("SELECT * FROM analysis_runs WHERE id = ?", (run_id,))
+        assert row is not None
+        return rows.analysis_run(row)
+
+    def list_analysis_runs(
+        self,
+        service: str,
+        *,
+        revision: str | None = None,
+        step_started_at: float | None = None,
+    ) -> list[AnalysisRunRecord]:
+        """Analysis runs of a service (of one rollout, of one step entry), oldest first."""
+        sql = "SELECT * FROM analysis_runs WHERE service = ?"
+        params: list[Any] = [service]
+        if revision is not None:
+            sql += " AND revision = ?"
+            params.append(revision)
+        if step_started_at is not None:
+            sql += " AND step_started_at = ?"
+            params.append(step_started_at)
+        return [rows.analysis_run(row) for row in self._query(sql + " ORDER BY id", params)]
 
     # -- history / audit log -----------------------------------------------------------
 

@@ -26,6 +26,7 @@ TABLES = {
     "audit_log",
     "inventory",
     "backoff",
+    "analysis_runs",
 }
 
 
@@ -162,3 +163,26 @@ def test_an_unopenable_database_path_is_a_state_error(state_dir: Path) -> None:
     with pytest.raises(StateError, match="cannot open the state store") as caught:
         StateStore(state_dir)
     assert isinstance(caught.value.__cause__, sqlite3.Error)
+
+
+def test_migration_4_keeps_older_measurements_and_adds_analysis_runs(state_dir: Path) -> None:
+    # A store as the released gitorch (schema 3) left it, with a measurement in it.
+    with StateStore(state_dir, migrations=MIGRATIONS[:3]) as old:
+        assert old.schema_version == 3
+        old._conn().execute(
+            "INSERT INTO measurements (service, revision, analysis, taken_at, phase)"
+            " VALUES ('web', 'sha', 'step-1', 1.0, 'failed')"
+        )
+    assert "analysis_runs" not in table_names(raw(state_dir))
+    with StateStore(state_dir) as store:
+        assert store.schema_version == 4
+        (kept,) = store.list_measurements("web")
+        assert (kept.analysis, kept.phase.value, kept.run_id) == ("step-1", "failed", None)
+        run = store.open_analysis_run("web", "sha", "step-1", 5.0, at=6.0)
+        store.add_measurement("web", "sha", kept.phase, analysis="step-1", run_id=run.id)
+        assert [m.run_id for m in store.list_measurements("web")] == [None, run.id]
+    conn = raw(state_dir)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(measurements)")}
+    assert "run_id" in columns
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.close()
