@@ -225,7 +225,9 @@ def test_sticky_clients_keep_their_version_and_return_on_abort(world: World, pla
     assert failures == [], failures[:5]
 
 
-def test_without_stickiness_a_cookie_keeping_client_sees_both(world: World, plane: str) -> None:
+def test_without_stickiness_a_client_sees_both_then_turned_on_mid_canary(
+    world: World, plane: str
+) -> None:
     daemon, _, _ = paused_canary(world, plane, sticky=None)
     client = Client(world.port)
     try:
@@ -263,3 +265,23 @@ def test_without_stickiness_a_cookie_keeping_client_sees_both(world: World, plan
     line = [ln for ln in as_text.stdout.splitlines() if "stickySessions" in ln]
     print(f"{plane}: plan says {line}")
     assert line and "false" in line[0] and "true" in line[0], as_text.stdout
+
+    # Committed during the pause, it re-routes without restarting the canary.
+    sticky = committed.replace("    canary:\n", "    canary:\n      stickySessions: true\n", 1)
+    with Watcher(daemon, "web") as watch:
+        commit_next(world, sticky, "2, sticky")
+        client = Client(world.port)
+        try:
+            wait_for("a sticky cookie", lambda: client.get() and COOKIE in client.jar, 10)
+            since = time.monotonic()
+            for _ in range(STICKY_REQUESTS):
+                client.get()
+        finally:
+            client.close()
+    kept = Counter(client.versions(since))
+    print(f"{plane}: turned on mid-canary, the client then saw {dict(kept)}")
+    assert client.failures == [], client.failures[:5]
+    assert len(kept) == 1 and sum(kept.values()) == STICKY_REQUESTS, dict(kept)
+    assert watch.seen and all(s.phase == "Paused" and s.weight == WEIGHT for s in watch.seen), (
+        watch.describe()
+    )
