@@ -22,7 +22,9 @@ from gitorch.analysis.run import (
     AnalysisRun,
     RunPhase,
     advance,
+    resume,
     start,
+    take,
 )
 
 __all__ = [
@@ -42,5 +44,7 @@ __all__ = [
     "measure_prometheus",
     "parse_condition",
     "query_value",
+    "resume",
     "start",
+    "take",
 ]

@@ -18,11 +18,23 @@ The rules (Argo Rollouts' AnalysisRun, simplified):
   instead of stalling it forever;
 - after ``count`` counted measurements without failing: **inconclusive** if any was
   inconclusive (an analysis never passes on too little evidence), else **successful**.
+
+Surviving a restart. The reconciler stores every measurement it takes (errors included)
+under the run's id, so a new daemon process rebuilds the run with :func:`resume`: the
+stored measurements are replayed through the same rules (:func:`take`), so their phases
+count toward ``count``, ``failureLimit`` and the inconclusive verdict exactly as before the
+restart, and a concluded run keeps its stored verdict (it is never run again). The next
+measurement is due ``interval`` after the last one taken, **but no earlier than
+``interval`` after the resume**: the data plane's cumulative figures start from zero in a
+new process, so the first window after a restart starts at the restart, and a window
+shorter than ``interval`` would judge fewer requests than the manifest's
+``minRequests`` was written for (after a restart slower than ``interval`` it would be
+empty, an inconclusive measurement that makes a good version's run inconclusive).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -54,6 +66,7 @@ class AnalysisRun:
     consecutive_errors: int = 0
     phase: RunPhase = RunPhase.RUNNING
     message: str = ""
+    resumed_at: float | None = None  # when a new process took the run over (see resume)
 
     @property
     def done(self) -> bool:
@@ -68,6 +81,9 @@ class AnalysisRun:
         if self.done:
             return None
         since = self.started_at if self.last_measured_at is None else self.last_measured_at
+        if self.resumed_at is not None:
+            # The window of the first measurement after a resume starts at the resume.
+            since = max(since, self.resumed_at)
         return since + self.spec.interval_seconds
 
 
@@ -110,7 +126,15 @@ def advance(run: AnalysisRun, now: float, measure: Callable[[], Measurement]) ->
         return run
     if run.spec.count <= 0:  # nothing to measure: nothing proven either
         return replace(run, phase=RunPhase.INCONCLUSIVE, message="count is 0: nothing measured")
-    measurement = measure()
+    return take(run, now, measure())
+
+
+def take(run: AnalysisRun, now: float, measurement: Measurement) -> AnalysisRun:
+    """``run`` after ``measurement`` taken at ``now`` (errors and their streaks, the
+    verdict): what :func:`advance` does once it has measured, and what :func:`resume`
+    replays. A concluded run takes nothing more."""
+    if run.done:
+        return run
     if measurement.phase is MeasurementPhase.ERROR:
         streak = run.consecutive_errors + 1
         if streak < CONSECUTIVE_ERROR_LIMIT:
@@ -136,3 +160,30 @@ def advance(run: AnalysisRun, now: float, measure: Callable[[], Measurement]) ->
         consecutive_errors=streak,
     )
     return _conclude(run)
+
+
+def resume(
+    spec: Analysis,
+    started_at: float,
+    taken: Iterable[tuple[float, Measurement]],
+    now: float,
+    *,
+    verdict: tuple[RunPhase, str] | None = None,
+) -> AnalysisRun:
+    """The run of ``spec`` that started at ``started_at`` and took ``taken`` (each with
+    the time it was taken, oldest first, errors included), as a new process resumes it at
+    ``now`` (see the module docstring: the next measurement is due no earlier than one
+    ``interval`` after ``now``, since this process's figures start at ``now``).
+
+    ``verdict``: the stored phase and message of a run that had concluded. It wins over
+    the replay (the manifest's ``count`` may have changed since, the verdict may not): a
+    concluded run is never measured again.
+    """
+    run = start(spec, started_at)
+    for at, measurement in taken:
+        run = take(run, at, measurement)
+    if verdict is not None and verdict[0] is not RunPhase.RUNNING:
+        return replace(run, phase=verdict[0], message=verdict[1])
+    if run.done:
+        return run
+    return replace(run, resumed_at=now)
