@@ -32,7 +32,10 @@ start it with every slot empty until the runtime API caught up, which loses requ
 
 * only addresses, weights, states, which version a group holds, or sticky maps changed:
   runtime API commands on the admin socket (``set server B/S addr|weight|state``,
-  ``add|set|del map``), no reload;
+  ``add|set|del map``), no reload. Every command that adds capacity is sent before any
+  that removes some, and a new replica takes a slot that was already free, so a switch
+  never passes through an instant where a route has no server in rotation (HAProxy
+  answers that instant with "503 No server is available", which no retry covers);
 * routes, ports, rules or the number of slots/groups changed: render, ``haproxy -c``
   (an invalid config raises :class:`HAProxyConfigInvalid` with HAProxy's message and
   never replaces the running one), then ``reload`` on the master socket. The new worker
@@ -52,20 +55,24 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import os
 import re
 import signal
 import socket
 import subprocess
 import time
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gitorch.errors import GitorchError
 from gitorch.traffic.builtin import ListenError, RouteInvalid, check_route, sticky_cookie
 from gitorch.traffic.figures import BackendFigures, VersionFigures, by_version, empty_histogram
 from gitorch.traffic.table import Backend, BackendStats, Route, RoutingTable, VersionRule
+
+log = logging.getLogger(__name__)
 
 
 class HAProxyError(GitorchError):
@@ -148,7 +155,13 @@ def _plan_layout(route: Route, old: _Layout | None, slots_per_version: int) -> _
         per_version[backend.version].append(backend)
     needed = max([slots_per_version, *(len(b) for b in per_version.values())])
     compatible = old is not None and old.route.protocol == route.protocol
+    # Slots and groups that serve the old table. A new backend goes to a slot that was
+    # free already: a slot just vacated would have to be re-pointed from its old replica
+    # to the new one, out of rotation meanwhile, and if those were all the route's
+    # servers, nothing would serve for a moment. Reused only when nothing else is free.
+    held: set[tuple[int, int]] = set()
     if old is not None and compatible:
+        held = {(k, j) for k, grp in enumerate(old.slots) for j, b in enumerate(grp) if b}
         groups = [g if g in per_version else None for g in old.groups]
         width = len(old.slots[0]) if old.slots else slots_per_version
         slots = [
@@ -165,7 +178,8 @@ def _plan_layout(route: Route, old: _Layout | None, slots_per_version: int) -> _
         if version in groups:
             continue
         if None in groups:
-            k = groups.index(None)
+            free = [k for k, held_by in enumerate(groups) if held_by is None]
+            k = min(free, key=lambda k: any((k, j) in held for j in range(width)))
             groups[k] = version
             slots[k] = [None] * width
         else:
@@ -183,7 +197,8 @@ def _plan_layout(route: Route, old: _Layout | None, slots_per_version: int) -> _
         slots[k] = [b if b in wanted else None for b in slots[k]]
         for backend in members:
             if backend.id not in slots[k]:
-                slots[k][slots[k].index(None)] = backend.id
+                free = [j for j, held_by in enumerate(slots[k]) if held_by is None]
+                slots[k][min(free, key=lambda j: (k, j) in held)] = backend.id
     return _Layout(route, groups, slots)
 
 
@@ -265,6 +280,8 @@ class HAProxyDataPlane:
         self._carried: dict[str, tuple[int, int, int]] = {}
         self._baseline: dict[str, tuple[int, int, int]] = {}
         self.reloads = 0  # how many times apply() reloaded (for tests and logs)
+        #: The latest runtime API commands and reloads, (time.time(), what), oldest first.
+        self.changes: deque[tuple[float, str]] = deque(maxlen=2000)
 
     # ------------------------------------------------------------------ DataPlane
 
@@ -592,6 +609,7 @@ class HAProxyDataPlane:
         maps: Mapping[Path, dict[str, str]],
     ) -> None:
         self._generation += 1
+        self._trace(f"reload (configuration {self._generation})")
         candidate = self.workdir / "haproxy.cfg.new"
         candidate.write_text(self.render(layouts, servers))
         # Maps are read when a worker starts: the running one keeps what it loaded.
@@ -688,6 +706,12 @@ class HAProxyDataPlane:
 
     # ------------------------------------------------------------------ runtime API
 
+    def _trace(self, change: str) -> None:
+        """Keep (wall time, change) of every runtime command and reload: the debug log and
+        :attr:`changes` let a client's failures be matched to what HAProxy was told."""
+        self.changes.append((time.time(), change))
+        log.debug("haproxy: %s", change)
+
     def _cli(self, path: Path, command: str) -> str:
         """One command on a HAProxy CLI socket (admin or master); its whole answer."""
         try:
@@ -704,61 +728,92 @@ class HAProxyDataPlane:
         return b"".join(chunks).decode(errors="replace")
 
     def _command(self, command: str) -> None:
+        self._trace(command)
         answer = self._cli(self.admin_sock, command).strip()
         if answer and not answer.startswith(("IP changed", "no need to change", "port changed")):
             raise HAProxyError(f"haproxy runtime API refused {command!r}: {answer}")
 
     def _runtime(self, servers: Mapping[str, _Server], maps: Mapping[Path, dict[str, str]]) -> None:
-        changed = [(n, s) for n, s in servers.items() if self._servers.get(n) != s]
+        """Bring the running worker to ``servers`` and ``maps`` with runtime API commands.
 
-        def moved(old: _Server | None, new: _Server) -> bool:
-            return old is None or (old.host, old.port) != (new.host, new.port)
-
-        # Order matters for "no request lost": at no instant may every server of a route
-        # be out of rotation, and a slot must not serve while it points somewhere
-        # half-changed. So: (1) slots about to point at another replica leave rotation;
-        # (2) slots get their address and weight while out of rotation, and those that
-        # should serve open; (3) weights that grow grow, (4) then weights that shrink
-        # shrink; (5) last, servers that stop taking traffic drain or go to maintenance.
-        for name, server in changed:
-            old = self._servers.get(name)
-            if old is not None and moved(old, server) and old.state == "ready":
-                self._command(f"set server {name} state maint")
-        for name, server in changed:
-            old = self._servers.get(name)
-            if moved(old, server):
-                self._command(f"set server {name} addr {server.host} port {server.port}")
-                if old is None or old.weight != server.weight:
-                    self._command(f"set server {name} weight {server.weight}")
-                if server.state == "ready":
+        The order is what makes a switch lossless. Roundrobin answers "503 No server is
+        available" the instant a backend has no server that is ready *and* weighted, and
+        nothing (not ``retries``, not ``redispatch``) retries that. So every command that
+        adds capacity runs before any command that removes some: while the first phase
+        runs, every server of the old table still serves; while the second runs, every
+        server of the new one already does. A route with a server in both tables thus
+        never passes through an empty state, whatever the change (a blue-green switch
+        back takes the new colour away and gives the old one its weight in one table).
+        """
+        changed = [(n, s, self._servers.get(n)) for n, s in servers.items()]
+        changed = [(n, new, old) for n, new, old in changed if old != new]
+        early, late = self._map_commands(maps)
+        for command in early:
+            self._command(command)
+        # Phase 1, capacity only grows: servers arriving on a slot that was not serving,
+        # servers coming back to ready, weights going up.
+        repoint: list[tuple[str, _Server, _Server]] = []
+        lower: list[tuple[str, _Server, _Server]] = []
+        for name, new, old in changed:
+            if old is None or _moved(old, new):
+                if old is not None and old.state == "ready":
+                    repoint.append((name, new, old))  # serving now: phase 2
+                else:
+                    self._point(name, new, old)
+                continue
+            if new.state == "ready" and (old.state != "ready" or new.weight > old.weight):
+                if new.weight != old.weight:
+                    self._command(f"set server {name} weight {new.weight}")
+                if old.state != "ready":
                     self._command(f"set server {name} state ready")
-        steady = [
-            (n, s, self._servers[n]) for n, s in changed if not moved(self._servers.get(n), s)
-        ]
-        for name, server, old in steady:
-            if server.state == "ready" and old.state != "ready":
-                self._command(f"set server {name} weight {server.weight}")
-                self._command(f"set server {name} state ready")
-        for name, server, old in steady:
-            if server.weight > old.weight and not (
-                server.state == "ready" and old.state != "ready"
-            ):
-                self._command(f"set server {name} weight {server.weight}")
-        for name, server, old in steady:
-            if server.weight < old.weight:
-                self._command(f"set server {name} weight {server.weight}")
-        for name, server, old in steady:
-            if server.state != "ready" and old.state != server.state:
-                self._command(f"set server {name} state {server.state}")
+            else:
+                lower.append((name, new, old))
+        # Phase 2, capacity shrinks. First slots that serve now and must point elsewhere
+        # (only when no free slot was left: _plan_layout avoids it), each out of rotation
+        # only while it changes; then weights going down; last, drain and maintenance.
+        for name, new, old in repoint:
+            self._command(f"set server {name} state maint")
+            self._point(name, new, replace(old, state="maint"))
+        for name, new, old in lower:
+            if new.weight < old.weight:
+                self._command(f"set server {name} weight {new.weight}")
+        for name, new, old in lower:
+            if new.state != old.state:
+                self._command(f"set server {name} state {new.state}")
+        for command in late:
+            self._command(command)
+
+    def _point(self, name: str, new: _Server, old: _Server | None) -> None:
+        """A slot not in rotation gets ``new``'s address and weight, then its state."""
+        if old is None or _moved(old, new):
+            self._command(f"set server {name} addr {new.host} port {new.port}")
+        if old is None or old.weight != new.weight:
+            self._command(f"set server {name} weight {new.weight}")
+        if old is None or old.state != new.state:
+            self._command(f"set server {name} state {new.state}")
+
+    def _map_commands(self, maps: Mapping[Path, dict[str, str]]) -> tuple[list[str], list[str]]:
+        """Map updates split around the server changes: (before, after).
+
+        A sticky map entry sends a client to a version's group backend, so it is removed
+        before that group's servers leave and added only after they serve. The server map
+        names the version of each slot for ``Set-Cookie``: its entries arrive before the
+        slots serve and leave after.
+        """
+        early: list[str] = []
+        late: list[str] = []
         for path, entries in maps.items():
             applied = self._maps.get(path, {})
-            for key in applied.keys() - entries.keys():
-                self._command(f"del map {path} {key}")
-            for key, value in entries.items():
-                if key not in applied:
-                    self._command(f"add map {path} {key} {value}")
-                elif applied[key] != value:
-                    self._command(f"set map {path} {key} {value}")
+            sticky = path.name.endswith(".sticky.map")
+            gone = [f"del map {path} {key}" for key in applied.keys() - entries.keys()]
+            put = [
+                f"{'set' if key in applied else 'add'} map {path} {key} {value}"
+                for key, value in entries.items()
+                if applied.get(key) != value
+            ]
+            early += gone if sticky else put
+            late += put if sticky else gone
+        return early, late
 
     # ------------------------------------------------------------------ statistics
 
@@ -826,6 +881,10 @@ class HAProxyDataPlane:
         for table in (self._baseline, self._carried):
             for gone in table.keys() - known:
                 del table[gone]
+
+
+def _moved(old: _Server, new: _Server) -> bool:
+    return (old.host, old.port) != (new.host, new.port)
 
 
 def _int(value: str | None) -> int:
