@@ -6,9 +6,12 @@ snapshots (:meth:`gitorch.traffic.figures.VersionFigures.since`). The verdict:
 - fewer than ``minRequests`` requests in the window: **inconclusive**. Too little traffic
   proves nothing, and an analysis must never pass by default;
 - otherwise **failed** when the share of non-5xx answers is below ``successRate`` or the
-  p99 latency is above ``maxLatencyP99`` (each only when set; with only an average, as
-  HAProxy gives, a mean above the limit fails since p99 >= mean); **inconclusive** when a
-  latency limit is set but nothing proves the p99 either way (tcp traffic, HAProxy below);
+  p99 latency is above ``maxLatencyP99`` (each only when set). The p99 is the window's
+  own, from its latency histogram: both data planes keep one for http (HAProxy's is built
+  from its request log). A window without latency samples but with a data plane's average
+  (HAProxy's ``rtime`` when every log line of the window was lost) fails when that mean is
+  above the limit, since p99 >= mean; **inconclusive** when a latency limit is set but
+  nothing proves the p99 either way (tcp traffic, a mean below the limit);
 - otherwise **successful**.
 
 With a ``baseline`` (A/B tests, canaries: the stable version's window over the same
@@ -86,11 +89,12 @@ def evaluate(
         p99 = figures.p99
         mean = figures.mean_ms
         if p99 is None and mean is not None and mean > limit * 1000.0:
-            # Data planes that only keep averages (HAProxy): p99 >= mean, so a mean above
-            # the limit proves the p99 is too. A mean below it proves nothing.
+            # No histogram sample in the window, only a data plane's average (HAProxy's
+            # rtime, its request log lost): p99 >= mean, so a mean above the limit proves
+            # the p99 is too. A mean below it proves nothing.
             problems.append(
-                f"p99 latency at least {mean:.0f}ms (the mean: this data plane keeps no"
-                f" percentiles) above {limit * 1000.0:g}ms"
+                f"p99 latency at least {mean:.0f}ms (the mean: no latency samples in this"
+                f" window) above {limit * 1000.0:g}ms"
             )
         elif p99 is None:
             if not problems:

@@ -44,10 +44,13 @@ start it with every slot empty until the runtime API caught up, which loses requ
   answer, with ``Connection: close``, rather than a closed socket).
 
 Figures come from ``show stat``: ``scur``+``qcur`` (in flight), ``stot`` (requests),
-``hrsp_5xx``, ``econ``. HAProxy keeps no latency histogram, only ``rtime``, an average
-over a server's last 1024 requests: :class:`~gitorch.traffic.figures.VersionFigures` from
-this plane have no percentiles (``p99`` is None) and ``recent_mean_ms`` set. Counters
-of a worker are lost at a reload except what this class carried over at that moment.
+``hrsp_5xx``, ``econ``, and ``rtime`` (HAProxy's average over a server's last 1024
+requests, as ``recent_mean_ms``). Counters of a worker are lost at a reload except what
+this class carried over at that moment. Latency percentiles come from HAProxy's request
+log instead (:class:`LatencyLog`): every http frontend logs each request, asynchronously,
+to a UDP socket on 127.0.0.1 that a reader thread of this process drains into per-backend
+histograms, so :meth:`HAProxyDataPlane.version_figures` has p50/p90/p99 like the built-in
+plane's (HAProxy times in whole milliseconds). tcp routes log nothing: no percentiles.
 """
 
 from __future__ import annotations
@@ -58,9 +61,11 @@ import io
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -69,7 +74,13 @@ from pathlib import Path
 
 from gitorch.errors import GitorchError
 from gitorch.traffic.builtin import ListenError, RouteInvalid, check_route, sticky_cookie
-from gitorch.traffic.figures import BackendFigures, VersionFigures, by_version, empty_histogram
+from gitorch.traffic.figures import (
+    BackendFigures,
+    VersionFigures,
+    bucket_of,
+    by_version,
+    empty_histogram,
+)
 from gitorch.traffic.table import Backend, BackendStats, Route, RoutingTable, VersionRule
 
 log = logging.getLogger(__name__)
@@ -141,6 +152,133 @@ class _Layout:
             len(self.groups),
             len(self.slots[0]) if self.slots else 0,
         )
+
+
+class LatencyLog:
+    """Per-backend latency histograms built from HAProxy's own request log.
+
+    HAProxy keeps no latency histogram, but it logs every request, asynchronously: each
+    http frontend sends one datagram per request to a UDP socket on 127.0.0.1 that this
+    object owns (``log 127.0.0.1:PORT format raw``, ``log-format``
+    :meth:`log_format`: a token, the frontend, the server's address, the status, the
+    connect and response times). A reader thread puts each line's connect + response
+    time (from picking the server to its response head, as the built-in plane counts)
+    into the histogram of the backend at that address (the same buckets as
+    :mod:`gitorch.traffic.figures`).
+
+    UDP rather than a unix datagram socket: Linux queues at most
+    ``net.unix.max_dgram_qlen`` (10) datagrams on those, a UDP socket as many as its
+    receive buffer holds. HAProxy never waits for the reader: when the buffer is full the
+    kernel drops the line (counted per socket, :attr:`overflowed`), when HAProxy cannot
+    send it HAProxy does (``DroppedLogs``); :attr:`HAProxyDataPlane.dropped_log_lines`
+    adds both. The histogram then has fewer samples than the stats have requests; its
+    quantiles stay right as long as drops do not pick slow or fast requests.
+    The token keeps lines from any other local sender out.
+    """
+
+    #: Receive buffer asked for (the kernel caps it at net.core.rmem_max).
+    RCVBUF = 8 << 20
+
+    def __init__(self, host: str = "127.0.0.1", rcvbuf: int = RCVBUF) -> None:
+        self.token = secrets.token_hex(8)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self._sock.bind((host, 0))
+            self._sock.settimeout(0.2)  # the reader checks for close() this often
+        except OSError as exc:
+            self._sock.close()
+            raise HAProxyError(f"cannot open the latency log socket: {exc}") from exc
+        self.address: tuple[str, int] = self._sock.getsockname()[:2]
+        self._lock = threading.Lock()
+        self._backends: dict[str, dict[str, str]] = {}  # frontend -> address -> backend id
+        self._latency: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+        self.lines = 0  # lines put into a histogram
+        self.unattributed = 0  # lines for an address no current backend has
+        self.ignored = 0  # no server reached (-1 times, <NOSRV>), foreign or malformed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="haproxy-log", daemon=True)
+        self._thread.start()
+
+    def log_format(self) -> str:
+        """The ``log-format`` of an http frontend (fields :meth:`_take` reads)."""
+        return f"{self.token} %f %si:%sp %ST %Tc %Tr"
+
+    def route(self, frontends: Mapping[str, Mapping[str, str]]) -> None:
+        """Which backend id each server address is, per frontend name; histograms of
+        backends in none of them are forgotten."""
+        known = {bid for addresses in frontends.values() for bid in addresses.values()}
+        with self._lock:
+            self._backends = {f: dict(addresses) for f, addresses in frontends.items()}
+            for gone in self._latency.keys() - known:
+                del self._latency[gone]
+                self._sums.pop(gone, None)
+
+    def histogram(self, backend_id: str) -> tuple[tuple[int, ...], float]:
+        """(bucket counts, sum in ms) of one backend so far (empty when none)."""
+        with self._lock:
+            counts = self._latency.get(backend_id)
+            if counts is None:
+                return tuple(empty_histogram()), 0.0
+            return tuple(counts), self._sums[backend_id]
+
+    @property
+    def overflowed(self) -> int:
+        """Lines the kernel dropped because the receive buffer was full (Linux's per
+        socket ``drops`` in /proc/net/udp; 0 where that is not readable)."""
+        try:
+            inode = str(os.fstat(self._sock.fileno()).st_ino)
+            lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+        except OSError:
+            return 0
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 13 and fields[9] == inode:
+                return int(fields[-1])
+        return 0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        fields = data.split()
+        if len(fields) != 6 or fields[0] != self.token.encode():
+            self.ignored += 1
+            return
+        _, frontend, address, _status, connect_ms, response_ms = fields
+        try:
+            connect, response = int(connect_ms), int(response_ms)
+        except ValueError:
+            connect = response = -1
+        if connect < 0 or response < 0:
+            self.ignored += 1  # no response head from a server (or garbage): nothing to time
+            return
+        took = connect + response
+        with self._lock:
+            backend_id = self._backends.get(frontend.decode(), {}).get(address.decode())
+            if backend_id is None:
+                self.unattributed += 1
+                return
+            counts = self._latency.get(backend_id)
+            if counts is None:
+                counts = self._latency[backend_id] = empty_histogram()
+                self._sums[backend_id] = 0.0
+            counts[bucket_of(took)] += 1
+            self._sums[backend_id] += took
+            self.lines += 1
 
 
 def _plan_layout(route: Route, old: _Layout | None, slots_per_version: int) -> _Layout:
@@ -259,12 +397,14 @@ class HAProxyDataPlane:
         haproxy: str = "haproxy",
         slots_per_version: int = 16,
         timeout: float = 10.0,
+        log_buffer: int = LatencyLog.RCVBUF,
     ) -> None:
         self.workdir = Path(workdir)
         self.host = host
         self.haproxy = haproxy
         self.slots_per_version = slots_per_version
         self.timeout = timeout
+        self.log_buffer = log_buffer  # bytes of request log lines waiting to be read
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "haproxy.cfg"
         self.admin_sock = self.workdir / "admin.sock"
@@ -280,6 +420,8 @@ class HAProxyDataPlane:
         self._carried: dict[str, tuple[int, int, int]] = {}
         self._baseline: dict[str, tuple[int, int, int]] = {}
         self.reloads = 0  # how many times apply() reloaded (for tests and logs)
+        self._log: LatencyLog | None = None  # opened at the first apply()
+        self._dropped_carried = 0  # log lines earlier workers dropped
         #: The latest runtime API commands and reloads, (time.time(), what), oldest first.
         self.changes: deque[tuple[float, str]] = deque(maxlen=2000)
 
@@ -307,12 +449,18 @@ class HAProxyDataPlane:
         }
         servers = self._desired_servers(layouts)
         maps = self._desired_maps(layouts)
+        if self._log is None:
+            self._log = LatencyLog(rcvbuf=self.log_buffer)
+        # Lines of backends on their way out can still arrive: both tables, then the new.
+        self._log.route(_log_routes(layouts, self._layouts))
         before = self._stat_rows() if self._running() else {}
         structure = {name: layout.structure() for name, layout in layouts.items()}
         current = {name: layout.structure() for name, layout in self._layouts.items()}
         if not self._running() or structure != current:
             self._check_ports(table, current)
             self._carry_over(before)
+            if self._running():
+                self._dropped_carried += self._dropped_now()
             self._reload(layouts, servers, maps)
             self._baseline = {}
         else:
@@ -321,6 +469,7 @@ class HAProxyDataPlane:
         self._layouts = layouts
         self._servers = servers
         self._maps = maps
+        self._log.route(_log_routes(layouts))
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
         """In flight (``scur`` + ``qcur``), requests (``stot``) and errors (``hrsp_5xx``
@@ -350,6 +499,11 @@ class HAProxyDataPlane:
             )
             carried = self._carried.get(backend_id, (0, 0, 0))
             base = self._baseline.get(backend_id, (0, 0, 0))
+            latency, latency_sum = (
+                self._log.histogram(backend_id)
+                if self._log is not None
+                else (tuple(empty_histogram()), 0.0)
+            )
             result.append(
                 BackendFigures(
                     backend_id=backend_id,
@@ -358,15 +512,35 @@ class HAProxyDataPlane:
                     requests=max(0, requests - base[0]) + carried[0],
                     errors_5xx=max(0, errors - base[1]) + carried[1],
                     connect_errors=max(0, connect - base[2]) + carried[2],
-                    latency=tuple(empty_histogram()),
+                    latency=latency,
+                    latency_sum_ms=latency_sum,
                     recent_mean_ms=mean,
                 )
             )
         return result
 
     def version_figures(self, service: str) -> dict[str, VersionFigures]:
-        """:meth:`figures` added up per version (no percentiles: see the module docstring)."""
+        """:meth:`figures` added up per version (p50/p90/p99 from the request log; none
+        for tcp routes: see the module docstring)."""
         return by_version(self.figures(service))
+
+    @property
+    def dropped_log_lines(self) -> int:
+        """Request log lines lost on the way to the latency reader: dropped by the kernel
+        (the reader fell behind) or by HAProxy (``DroppedLogs`` of every worker this plane
+        started)."""
+        total = self._dropped_carried + (self._log.overflowed if self._log else 0)
+        return total + self._dropped_now() if self._running() else total
+
+    @property
+    def latency_log(self) -> LatencyLog | None:
+        """The request log receiver (None before the first :meth:`apply`)."""
+        return self._log
+
+    def _dropped_now(self) -> int:
+        info = self._cli(self.admin_sock, "show info")
+        match = re.search(r"^DroppedLogs: (\d+)$", info, re.M)
+        return int(match.group(1)) if match else 0
 
     def worker_pid(self) -> int:
         """Pid of the worker serving now (changes at each reload, never otherwise)."""
@@ -391,6 +565,9 @@ class HAProxyDataPlane:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(self.timeout)
         self._layouts, self._servers, self._maps = {}, {}, {}
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
 
     def __enter__(self) -> HAProxyDataPlane:
         return self
@@ -486,6 +663,12 @@ class HAProxyDataPlane:
         out = [f"frontend fe_{name}", f"    mode {mode}", f"    bind {self.host}:{route.port}"]
         if layout.http:
             out += ["    option idle-close-on-response", "    option http-keep-alive"]
+            if self._log is not None:
+                host, port = self._log.address
+                out += [
+                    f"    log {host}:{port} len 512 format raw daemon",
+                    f'    log-format "{self._log.log_format()}"',
+                ]
             for index, rule in enumerate(route.rules):
                 k = layout.group_of(rule.version)
                 if k is None:
@@ -881,6 +1064,21 @@ class HAProxyDataPlane:
         for table in (self._baseline, self._carried):
             for gone in table.keys() - known:
                 del table[gone]
+
+
+def _log_routes(
+    layouts: Mapping[str, _Layout], *more: Mapping[str, _Layout]
+) -> dict[str, dict[str, str]]:
+    """Frontend name -> server address as HAProxy logs it (``%si:%sp``) -> backend id, for
+    the http routes of ``layouts`` (and of ``more``)."""
+    frontends: dict[str, dict[str, str]] = {}
+    for each in (layouts, *more):
+        for name, layout in each.items():
+            if layout.http:
+                addresses = frontends.setdefault(f"fe_{name}", {})
+                for b in layout.route.backends:
+                    addresses[f"{b.host.strip('[]')}:{b.port}"] = b.id
+    return frontends
 
 
 def _moved(old: _Server, new: _Server) -> bool:
