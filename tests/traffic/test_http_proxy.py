@@ -7,6 +7,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -14,7 +15,7 @@ import pytest
 from traffic_helpers import Apps, free_port, get, route, table, wait_until
 
 from gitorch.errors import ConfigError
-from gitorch.traffic.builtin import BuiltinLoadBalancer, ListenError
+from gitorch.traffic.builtin import BuiltinLoadBalancer, ListenError, Timeouts
 from gitorch.traffic.figures import by_version
 from gitorch.traffic.table import Backend
 
@@ -205,6 +206,12 @@ def test_every_backend_down_answers_503(lb: BuiltinLoadBalancer) -> None:
         b"GET / HTTP/9.9\r\n\r\n",
         b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        # a bare LF must never let one request be read two ways (smuggling, injection)
+        b"GET /a\nX-Injected: 1 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-Name\n: v\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: 1\rX-B: 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\n Folded: 1\r\n\r\n",
     ],
 )
 def test_malformed_request_answers_400(lb: BuiltinLoadBalancer, apps: Apps, garbage: bytes) -> None:
@@ -379,3 +386,25 @@ def test_two_routes_may_swap_ports_in_one_apply(lb: BuiltinLoadBalancer, apps: A
     lb.apply(table(route(p2, [one.backend], service="a"), route(p1, [two.backend], service="b")))
     assert b"version=two" in get(p1)[1]
     assert b"version=one" in get(p2)[1]
+
+
+def test_idle_client_and_silent_backend_time_out(apps: Apps) -> None:
+    """Deadlines are enforced by a periodic sweep, not a timer per request: an idle
+    keep-alive client is closed and a backend that does not answer in time gets a 504,
+    each within the timeout plus one sweep."""
+    balancer = BuiltinLoadBalancer("127.0.0.1", timeouts=Timeouts(client_idle=0.6, response=0.6))
+    try:
+        port, _ = serve(balancer, apps, count=1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            started = time.monotonic()
+            assert sock.recv(1) == b""  # closed by the proxy, nothing sent
+            idle = time.monotonic() - started
+        assert 0.5 < idle < 2.0
+        started = time.monotonic()
+        status = get(port, "/slow?ms=3000")[0]
+        waited = time.monotonic() - started
+        assert status == 504
+        assert 0.5 < waited < 2.0
+        assert get(port, "/slow?ms=10")[0] == 200  # a timely answer on the same route
+    finally:
+        balancer.close()
