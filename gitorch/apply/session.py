@@ -20,6 +20,7 @@ from gitorch.sources.base import CommitInfo
 from gitorch.state import DaemonLock, StateStore
 from gitorch.traffic.builtin import BuiltinLoadBalancer
 from gitorch.traffic.table import DataPlane
+from gitorch.traffic.workers import WorkerPool
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class SessionOptions:
     drain_timeout: float = 10.0
     node_grace: float = 30.0  # a silent node's replicas are replaced after this long
     data_plane: str = "builtin"  # builtin | haproxy
+    lb_workers: int = 1  # built-in LB processes; 1 = on a thread of the daemon
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -122,6 +124,8 @@ def _data_plane(options: SessionOptions) -> DataPlane:
         return HAProxyDataPlane(options.state_dir / "haproxy", host=options.lb_host)
     if options.data_plane != "builtin":
         raise ConfigError(f"--data-plane {options.data_plane!r}: expected builtin or haproxy")
+    if options.lb_workers > 1:
+        return WorkerPool(options.lb_host, workers=options.lb_workers)
     return BuiltinLoadBalancer(options.lb_host)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,14 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
         help="who serves service endpoints: the built-in load balancer (default) or HAProxy",
     )
     parser.add_argument(
+        "--lb-workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="processes the built-in load balancer proxies on (default 1: inside the daemon); "
+        "'auto' = one per CPU core, at most 8. Each shares every port (SO_REUSEPORT)",
+    )
+    parser.add_argument(
         "--node-grace",
         type=float,
         default=30.0,
@@ -87,7 +96,20 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
         scoring=args.scoring,
         node_grace=args.node_grace,
         data_plane=args.data_plane,
+        lb_workers=args.lb_workers,
     )
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return max(1, min(os.cpu_count() or 1, 8))
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', not {text!r}") from None
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"expected 1..64 or 'auto', not {count}")
+    return count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

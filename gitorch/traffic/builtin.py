@@ -358,9 +358,18 @@ class BuiltinLoadBalancer:
     reach it through :meth:`_call`.
     """
 
-    def __init__(self, host: str = "127.0.0.1", *, timeouts: Timeouts | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        timeouts: Timeouts | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        """``reuse_port``: listen with SO_REUSEPORT, so that several balancers (the
+        processes of a :class:`~gitorch.traffic.workers.WorkerPool`) share each port."""
         self.host = host
         self.timeouts = timeouts or Timeouts()
+        self.reuse_port = reuse_port
         self._services: dict[str, _Service] = {}
         self._clients: set[asyncio.Task[None]] = set()
         self._deadlines: set[_Deadline] = set()
@@ -537,7 +546,12 @@ class BuiltinLoadBalancer:
             await self._on_client(svc, reader, writer)
 
         svc.server = await asyncio.start_server(
-            on_client, self.host, route.port, reuse_address=True, limit=_http.MAX_HEAD
+            on_client,
+            self.host,
+            route.port,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+            limit=_http.MAX_HEAD,
         )
         svc.listening = (route.port, route.protocol)
 

@@ -65,14 +65,18 @@ class World:
     daemons: list[DaemonProc] = field(default_factory=list)
 
     def daemon(self, plane: str) -> DaemonProc:
-        """``gitorch daemon --data-plane PLANE --resync 0.5 --interval 2`` on this world."""
+        """``gitorch daemon --data-plane PLANE --resync 0.5 --interval 2`` on this world
+        (``builtin-workers``: the built-in plane with ``--lb-workers 2``)."""
+        extra = ("--data-plane", plane)
+        if plane == "builtin-workers":
+            extra = ("--data-plane", "builtin", "--lb-workers", "2")
         daemon = DaemonProc(
             str(self.repo),
             self.state,
             self.driver,
             interval=INTERVAL,
             resync=RESYNC,
-            extra=("--data-plane", plane),
+            extra=extra,
         )
         self.daemons.append(daemon)
         return daemon

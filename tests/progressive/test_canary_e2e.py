@@ -108,6 +108,19 @@ def test_canary_good_version_process(world: World, plane: str) -> None:
     )
 
 
+def test_canary_good_version_on_lb_workers(world: World) -> None:
+    """The same canary on the built-in plane spread over two worker processes
+    (``--lb-workers 2``): each worker weighs its own connections, and the shares hold."""
+    port = world.port
+    run_good_canary(
+        world,
+        "builtin-workers",
+        lambda v: process_progressive(
+            "web", port=port, version=v, strategy=GOOD_CANARY, replicas=REPLICAS
+        ),
+    )
+
+
 @pytest.mark.docker
 def test_canary_good_version_docker(docker_world: World, plane: str) -> None:
     port = docker_world.port
