@@ -357,7 +357,8 @@ class Reconciler:
         )
         # One transaction: a daemon killed here leaves either all three or none.
         with self.store.transaction():
-            stored = self.store.upsert_rollout(fresh)
+            # Requests made for the rollout this one replaces do not carry over.
+            stored = self.store.upsert_rollout(fresh, reset_requests=True)
             self.store.record_applied(
                 "Service", service.name, desired.revision, service.digest, service.canonical
             )
@@ -744,8 +745,14 @@ class Reconciler:
             "message": decision.message,
             "step": decision.step,
         }
+        # What this decision used up, cleared in the transaction that saves the decision.
+        # Only a request this pass saw (``record`` was read at its start) can have been
+        # acted on; one that arrived since stays pending for the next pass.
+        consume: list[str] = []
         if decision.step != record.step:  # a new step: its own clock, and a promote is used up
-            common.update(step_started_at=now, promote_requested=False)
+            common["step_started_at"] = now
+            if record.promote_requested:
+                consume.append("promote")
         if decision.weights:
             common["weight"] = max(0, min(100, decision.weights.get(target.template_digest, 0)))
         elif decision.phase is Phase.HEALTHY:
@@ -759,13 +766,20 @@ class Reconciler:
                     revision=record.revision,
                 )
             return self._save(
-                record, phase=settled, reached_healthy=True, progress_at=progress_at, **common
+                record,
+                consume=consume,
+                phase=settled,
+                reached_healthy=True,
+                progress_at=progress_at,
+                **common,
             )
         if not record.reached_healthy:
             if decision.phase is Phase.FAILED:
-                record = replace(record, abort_requested=False, **common)
+                if record.abort_requested:  # acted on: the rollout fails (rolls back) now
+                    consume.append("abort")
+                record = replace(record, **common)
                 return self._fail(
-                    desired, target, record, decision.failure or decision.message, now
+                    desired, target, record, decision.failure or decision.message, now, consume
                 )
             if record.phase is RolloutPhase.DEGRADED:
                 phase = RolloutPhase.DEGRADED
@@ -775,7 +789,9 @@ class Reconciler:
                 phase = RolloutPhase.PAUSED
             else:
                 phase = RolloutPhase.PROGRESSING
-            return self._save(record, phase=phase, progress_at=progress_at, **common)
+            return self._save(
+                record, consume=consume, phase=phase, progress_at=progress_at, **common
+            )
         # A repair of a version that worked.
         if record.phase in (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK):
             record = replace(record, started_at=now)
@@ -792,6 +808,7 @@ class Reconciler:
                 log.error("%s is degraded: %s", target.name, reason, extra={"service": target.name})
             return self._save(
                 record,
+                consume=consume,
                 phase=RolloutPhase.DEGRADED,
                 progress_at=progress_at,
                 last_error=decision.failure or decision.message,
@@ -802,10 +819,16 @@ class Reconciler:
             if record.phase is RolloutPhase.DEGRADED
             else RolloutPhase.PROGRESSING
         )
-        return self._save(record, phase=phase, progress_at=progress_at, **common)
+        return self._save(record, consume=consume, phase=phase, progress_at=progress_at, **common)
 
     def _fail(
-        self, desired: DesiredState, target: Service, record: RolloutRecord, reason: str, now: float
+        self,
+        desired: DesiredState,
+        target: Service,
+        record: RolloutRecord,
+        reason: str,
+        now: float,
+        consume: Sequence[str] = (),
     ) -> RolloutRecord:
         if record.phase is RolloutPhase.DEGRADED:
             return record
@@ -826,7 +849,11 @@ class Reconciler:
                 "rollout of %s failed: %s", target.name, reason, extra={"service": target.name}
             )
             return self._save(
-                record, phase=RolloutPhase.DEGRADED, last_error=reason, message=f"failed: {reason}"
+                record,
+                consume=consume,
+                phase=RolloutPhase.DEGRADED,
+                last_error=reason,
+                message=f"failed: {reason}",
             )
         assert record.previous_spec is not None and record.previous_digest is not None
         with self.store.transaction():  # event, inventory and record, or none
@@ -853,6 +880,7 @@ class Reconciler:
             )
             rolled = self._save(
                 record,
+                consume=consume,
                 revision=record.previous_revision or record.revision,
                 spec_digest=record.previous_digest,
                 spec=record.previous_spec,
@@ -867,8 +895,17 @@ class Reconciler:
             )
         return rolled
 
-    def _save(self, record: RolloutRecord, **changes: Any) -> RolloutRecord:
-        return self.store.upsert_rollout(replace(record, **changes))
+    def _save(
+        self, record: RolloutRecord, *, consume: Sequence[str] = (), **changes: Any
+    ) -> RolloutRecord:
+        """Save ``record`` with ``changes``; the request flags are the store's (see
+        :meth:`StateStore.upsert_rollout`). ``consume``: the requests ("promote",
+        "abort") this save acts on, cleared in the same transaction (compare-and-clear),
+        so each is acted on exactly once or stays pending, a crash included."""
+        with self.store.transaction():
+            for what in consume:
+                self.store.consume_request(record.service, what)
+            return self.store.upsert_rollout(replace(record, **changes))
 
     def _progress(
         self, target: Service, record: RolloutRecord, views: list[ReplicaView], now: float

@@ -450,15 +450,26 @@ class StateStore:
 
     # -- rollouts ----------------------------------------------------------------------
 
-    def upsert_rollout(self, record: RolloutRecord) -> RolloutRecord:
+    def upsert_rollout(
+        self, record: RolloutRecord, *, reset_requests: bool = False
+    ) -> RolloutRecord:
         """Store ``record`` as the service's rollout state; return what was stored.
 
         ``updated_at`` is set to now; a ``started_at`` of 0 also means now.
+
+        The request flags (``promote_requested``, ``abort_requested``) belong to
+        ``gitorch promote`` / ``gitorch abort`` (:meth:`request`), which may set them while
+        a reconcile pass holds an older copy of the record: saving that copy must not
+        write them back to 0, so an update leaves them as stored. Only a new row takes
+        them from ``record``; ``reset_requests=True`` (a new rollout begins: requests
+        made for the rollout it replaces do not carry over) clears them. A pass that
+        acted on a request uses it up with :meth:`consume_request`. The returned record
+        carries the flags as stored.
         """
         now = self._clock()
         stored = replace(record, started_at=record.started_at or now, updated_at=now)
         with self.transaction():
-            self._execute(
+            cursor = self._execute(
                 "INSERT INTO rollouts (service, revision, spec_digest, strategy, phase, step,"
                 " weight, started_at, updated_at, last_error, previous_revision,"
                 " previous_digest, spec, previous_spec, failed_digest, available,"
@@ -478,8 +489,10 @@ class StateStore:
                 " progress_at = excluded.progress_at, message = excluded.message,"
                 " reached_healthy = excluded.reached_healthy,"
                 " step_started_at = excluded.step_started_at,"
-                " promote_requested = excluded.promote_requested,"
-                " abort_requested = excluded.abort_requested",
+                # Not excluded.*: the stored flags stay unless this save starts a rollout.
+                " promote_requested = CASE WHEN ? THEN 0 ELSE promote_requested END,"
+                " abort_requested = CASE WHEN ? THEN 0 ELSE abort_requested END"
+                " RETURNING promote_requested, abort_requested",
                 (
                     stored.service,
                     stored.revision,
@@ -501,20 +514,49 @@ class StateStore:
                     stored.message,
                     int(stored.reached_healthy),
                     stored.step_started_at,
-                    int(stored.promote_requested),
-                    int(stored.abort_requested),
+                    int(stored.promote_requested and not reset_requests),
+                    int(stored.abort_requested and not reset_requests),
+                    int(reset_requests),
+                    int(reset_requests),
                 ),
             )
-        return stored
+            flags = cursor.fetchone()
+        return replace(
+            stored,
+            promote_requested=bool(flags["promote_requested"]),
+            abort_requested=bool(flags["abort_requested"]),
+        )
 
     def request(self, service: str, what: str) -> bool:
         """``gitorch promote`` / ``gitorch abort``: flag the service's rollout for the next
-        pass (``what`` is "promote" or "abort"). False when the service has no rollout."""
-        column = {"promote": "promote_requested", "abort": "abort_requested"}[what]
+        pass (``what`` is "promote" or "abort"). False when the service has no rollout.
+
+        Only this column is written, so it cannot undo a concurrent save of the rest of
+        the record, nor be undone by one (see :meth:`upsert_rollout`). Requesting twice
+        before a pass acts on it is one request.
+        """
+        column = _request_column(what)
         with self.transaction():
             cursor = self._execute(
-                f"UPDATE rollouts SET {column} = 1 WHERE service = ?", (service,)
-            )  # noqa: S608 - column from a fixed map
+                f"UPDATE rollouts SET {column} = 1 WHERE service = ?",  # noqa: S608 - fixed map
+                (service,),
+            )
+        return cursor.rowcount > 0
+
+    def consume_request(self, service: str, what: str) -> bool:
+        """Use up a pending ``what`` request ("promote" or "abort") of ``service``'s rollout.
+
+        An atomic compare-and-clear: True if the flag was set and is now cleared, False
+        if there was none. Call it inside the transaction that saves what acting on the
+        request changed (the new step, the rollback), so the request is either acted on
+        exactly once or stays pending for the next pass, a crash included.
+        """
+        column = _request_column(what)
+        with self.transaction():
+            cursor = self._execute(
+                f"UPDATE rollouts SET {column} = 0 WHERE service = ? AND {column} = 1",  # noqa: S608
+                (service,),
+            )
         return cursor.rowcount > 0
 
     def get_rollout(self, service: str) -> RolloutRecord | None:
@@ -901,3 +943,14 @@ class StateStore:
         params.append(-1 if limit is None else limit)
         found = self._query(f"SELECT * FROM audit_log {clause} ORDER BY id {order} LIMIT ?", params)
         return [rows.audit_event(row) for row in found]
+
+
+#: The column of each request ``gitorch promote`` / ``gitorch abort`` can make.
+_REQUEST_COLUMNS = {"promote": "promote_requested", "abort": "abort_requested"}
+
+
+def _request_column(what: str) -> str:
+    try:
+        return _REQUEST_COLUMNS[what]
+    except KeyError:
+        raise ValueError(f"unknown rollout request {what!r} (promote or abort)") from None
