@@ -191,7 +191,11 @@ def _strategy(raw: Mapping[str, Any] | None) -> dict[str, Any]:
                 )
             else:
                 steps.append({"analysis": _analysis(step["analysis"])})
-        out["canary"] = {"steps": steps, "stickySessions": canary.get("stickySessions", False)}
+        out["canary"] = {"steps": steps}
+        if canary.get("stickySessions", False):
+            # Written only when on: manifests that predate the field keep their digest,
+            # so upgrading gitorch shows no change in their plan.
+            out["canary"]["stickySessions"] = True
         if "analysis" in canary:
             out["canary"]["analysis"] = _analysis(canary["analysis"])
     elif kind == "ABTest":
@@ -445,7 +449,7 @@ def _typed_strategy(raw: Mapping[str, Any]) -> m.Strategy:
         canary=m.Canary(
             steps=tuple(_typed_step(step) for step in canary["steps"]),
             analysis=_typed_analysis(canary.get("analysis")),
-            sticky_sessions=canary["stickySessions"],
+            sticky_sessions=canary.get("stickySessions", False),
         )
         if canary
         else None,
