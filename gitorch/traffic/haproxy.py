@@ -398,13 +398,17 @@ class HAProxyDataPlane:
         slots_per_version: int = 16,
         timeout: float = 10.0,
         log_buffer: int = LatencyLog.RCVBUF,
+        request_log: bool = True,
     ) -> None:
+        """``request_log`` False: no request log, so no latency percentiles (figures
+        keep HAProxy's averages); for measuring what the log costs HAProxy."""
         self.workdir = Path(workdir)
         self.host = host
         self.haproxy = haproxy
         self.slots_per_version = slots_per_version
         self.timeout = timeout
         self.log_buffer = log_buffer  # bytes of request log lines waiting to be read
+        self.request_log = request_log
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "haproxy.cfg"
         self.admin_sock = self.workdir / "admin.sock"
@@ -449,10 +453,11 @@ class HAProxyDataPlane:
         }
         servers = self._desired_servers(layouts)
         maps = self._desired_maps(layouts)
-        if self._log is None:
+        if self._log is None and self.request_log:
             self._log = LatencyLog(rcvbuf=self.log_buffer)
-        # Lines of backends on their way out can still arrive: both tables, then the new.
-        self._log.route(_log_routes(layouts, self._layouts))
+        if self._log is not None:
+            # Lines of backends on their way out can still arrive: both tables, then the new.
+            self._log.route(_log_routes(layouts, self._layouts))
         before = self._stat_rows() if self._running() else {}
         structure = {name: layout.structure() for name, layout in layouts.items()}
         current = {name: layout.structure() for name, layout in self._layouts.items()}
@@ -469,7 +474,8 @@ class HAProxyDataPlane:
         self._layouts = layouts
         self._servers = servers
         self._maps = maps
-        self._log.route(_log_routes(layouts))
+        if self._log is not None:
+            self._log.route(_log_routes(layouts))
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
         """In flight (``scur`` + ``qcur``), requests (``stot``) and errors (``hrsp_5xx``

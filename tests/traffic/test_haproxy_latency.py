@@ -156,3 +156,19 @@ def test_lines_dropped_while_the_reader_lags_are_counted(
             f" {log.ignored} ignored, {log.unattributed} unattributed)",
         )
         assert 0 < dropped < 200 and log.lines + dropped == 200, (dropped, log.lines)
+
+
+def test_without_the_request_log_there_are_counts_but_no_percentiles(
+    tmp_path: Path, apps: Apps
+) -> None:
+    plane = HAProxyDataPlane(tmp_path / "nolog", slots_per_version=2, request_log=False)
+    try:
+        port = free_port()
+        plane.apply(two_versions(port, apps))
+        send(port, 50, {})
+        assert "log-format" not in plane.config_path.read_text()
+        assert plane.latency_log is None
+        wait_until(lambda: plane.version_figures("svc")["1"].requests == 50, what="50 counted")
+        assert plane.version_figures("svc")["1"].p99 is None
+    finally:
+        plane.close()
