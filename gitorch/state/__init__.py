@@ -36,6 +36,8 @@ from gitorch.state.records import (
     RevisionResult,
     RolloutPhase,
     RolloutRecord,
+    TrafficSnapshot,
+    VersionTraffic,
 )
 from gitorch.state.schema import SCHEMA_VERSION
 from gitorch.state.store import DEFAULT_PORT_RANGE, StateStore
@@ -65,6 +67,8 @@ __all__ = [
     "RolloutRecord",
     "StateReadOnly",
     "StateStore",
+    "TrafficSnapshot",
+    "VersionTraffic",
     "lock_holder",
     "read_owner",
     "resolve_state_dir",

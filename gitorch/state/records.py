@@ -275,3 +275,113 @@ class BackoffRecord:
     restarts: int
     last_restart_at: float
     last_exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class VersionTraffic:
+    """What one version of a route served, as the daemon counted it.
+
+    Counts are totals since the daemon began counting (``TrafficSnapshot.since``); they
+    only grow while it runs, even when a version's backends leave the data plane.
+    ``weight`` is the percent of new traffic the routing table gives the version now (0
+    for a version whose backends are draining); ``revision`` the Git commit the version
+    came from (None when the store does not know it).
+    """
+
+    version: str
+    revision: str | None
+    weight: int
+    backends: int
+    requests: int
+    errors_5xx: int
+    open_connections: int
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+
+    @property
+    def success_rate(self) -> float | None:
+        """Share of non-5xx answers (None without any request)."""
+        if self.requests == 0:
+            return None
+        return 1.0 - self.errors_5xx / self.requests
+
+    def to_json(self, total_requests: int) -> dict[str, object]:
+        """The status shape; ``share`` is this version's percent of ``total_requests``."""
+        share = 100.0 * self.requests / total_requests if total_requests else None
+        return {
+            "version": self.version,
+            "revision": self.revision,
+            "weight": self.weight,
+            "backends": self.backends,
+            "share": None if share is None else round(share, 2),
+            "requests": self.requests,
+            "errors5xx": self.errors_5xx,
+            "successRate": self.success_rate,
+            "p50Ms": _ms(self.p50_ms),
+            "p90Ms": _ms(self.p90_ms),
+            "p99Ms": _ms(self.p99_ms),
+            "meanMs": _ms(self.mean_ms),
+            "openConnections": self.open_connections,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VersionTraffic:
+        return cls(
+            version=str(data["version"]),
+            revision=data.get("revision"),
+            weight=int(data.get("weight", 0)),
+            backends=int(data.get("backends", 0)),
+            requests=int(data.get("requests", 0)),
+            errors_5xx=int(data.get("errors5xx", 0)),
+            open_connections=int(data.get("openConnections", 0)),
+            p50_ms=data.get("p50Ms"),
+            p90_ms=data.get("p90Ms"),
+            p99_ms=data.get("p99Ms"),
+            mean_ms=data.get("meanMs"),
+        )
+
+
+@dataclass(frozen=True)
+class TrafficSnapshot:
+    """The per-version traffic of one route (a service, or ``NAME.preview``) at one time.
+
+    The daemon stores one per route every few seconds (``gitorch status`` reads it without
+    a daemon); ``since`` is when it began counting (its start), ``data_plane`` which data
+    plane served (builtin | haproxy).
+    """
+
+    service: str
+    taken_at: float
+    since: float
+    data_plane: str
+    versions: tuple[VersionTraffic, ...] = ()
+
+    @property
+    def requests(self) -> int:
+        return sum(v.requests for v in self.versions)
+
+    def to_json(self, now: float) -> dict[str, object]:
+        """The ``traffic`` section of ``gitorch status``; ``ageSeconds`` is as of ``now``."""
+        total = self.requests
+        return {
+            "asOf": iso_time(self.taken_at),
+            "ageSeconds": round(max(0.0, now - self.taken_at), 3),
+            "since": iso_time(self.since),
+            "dataPlane": self.data_plane,
+            "requests": total,
+            "versions": [v.to_json(total) for v in self.versions],
+        }
+
+    def data_json(self) -> dict[str, Any]:
+        """What the store keeps in ``traffic_snapshots.data``."""
+        return {
+            "since": self.since,
+            "dataPlane": self.data_plane,
+            "versions": [v.to_json(self.requests) for v in self.versions],
+        }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

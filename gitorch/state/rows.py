@@ -20,6 +20,8 @@ from gitorch.state.records import (
     RevisionResult,
     RolloutPhase,
     RolloutRecord,
+    TrafficSnapshot,
+    VersionTraffic,
 )
 
 
@@ -140,4 +142,16 @@ def audit_event(row: sqlite3.Row) -> AuditEvent:
         service=row["service"],
         revision=row["revision"],
         data=load_json(row["data"]),
+    )
+
+
+def traffic(row: sqlite3.Row) -> TrafficSnapshot:
+    """A ``traffic_snapshots`` row (its ``data`` column holds the per-version figures)."""
+    data = load_json(row["data"])
+    return TrafficSnapshot(
+        service=row["service"],
+        taken_at=row["taken_at"],
+        since=float(data.get("since", row["taken_at"])),
+        data_plane=str(data.get("dataPlane", "")),
+        versions=tuple(VersionTraffic.from_json(v) for v in data.get("versions", [])),
     )

@@ -216,6 +216,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX measurements_by_run ON measurements (run_id, id)",
         ),
     ),
+    Migration(
+        "traffic snapshots: the daemon's latest per-version figures of each route",
+        (
+            # One row per route (a service, or its blue-green "NAME.preview" listener),
+            # replaced every few seconds by the daemon, so `gitorch status` shows traffic
+            # without asking the daemon. ``data`` is the JSON of the per-version figures.
+            """
+            CREATE TABLE traffic_snapshots (
+                service  TEXT PRIMARY KEY,
+                taken_at REAL NOT NULL,
+                data     TEXT NOT NULL DEFAULT '{}'
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

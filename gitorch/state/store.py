@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +44,7 @@ from gitorch.state.records import (
     RevisionRecord,
     RevisionResult,
     RolloutRecord,
+    TrafficSnapshot,
 )
 from gitorch.state.schema import (
     MIGRATIONS,
@@ -885,6 +886,39 @@ class StateStore:
             sql += " AND step_started_at = ?"
             params.append(step_started_at)
         return [rows.analysis_run(row) for row in self._query(sql + " ORDER BY id", params)]
+
+    # -- traffic snapshots -------------------------------------------------------------
+
+    def replace_traffic(self, snapshots: Iterable[TrafficSnapshot]) -> None:
+        """Make ``snapshots`` the stored traffic, one per route, in one transaction: a
+        route not given (a service that left Git) loses its snapshot."""
+        given = list(snapshots)
+        with self.transaction():
+            for snap in given:
+                self._execute(
+                    "INSERT INTO traffic_snapshots (service, taken_at, data) VALUES (?, ?, ?)"
+                    " ON CONFLICT (service) DO UPDATE SET taken_at = excluded.taken_at,"
+                    " data = excluded.data",
+                    (snap.service, snap.taken_at, rows.dump_json(snap.data_json())),
+                )
+            names = [snap.service for snap in given]
+            marks = ",".join("?" * len(names))
+            self._execute(
+                f"DELETE FROM traffic_snapshots WHERE service NOT IN ({marks})"
+                if names
+                else "DELETE FROM traffic_snapshots",
+                names,
+            )
+
+    def get_traffic(self, service: str) -> TrafficSnapshot | None:
+        """The latest stored traffic of one route (None when the daemon wrote none)."""
+        row = self._query_one("SELECT * FROM traffic_snapshots WHERE service = ?", (service,))
+        return None if row is None else rows.traffic(row)
+
+    def list_traffic(self) -> list[TrafficSnapshot]:
+        """Every stored route's latest traffic, by name."""
+        found = self._query("SELECT * FROM traffic_snapshots ORDER BY service")
+        return [rows.traffic(row) for row in found]
 
     # -- history / audit log -----------------------------------------------------------
 

@@ -27,6 +27,7 @@ TABLES = {
     "inventory",
     "backoff",
     "analysis_runs",
+    "traffic_snapshots",
 }
 
 
@@ -174,7 +175,7 @@ def test_migration_4_keeps_older_measurements_and_adds_analysis_runs(state_dir: 
             " VALUES ('web', 'sha', 'step-1', 1.0, 'failed')"
         )
     assert "analysis_runs" not in table_names(raw(state_dir))
-    with StateStore(state_dir) as store:
+    with StateStore(state_dir, migrations=MIGRATIONS[:4]) as store:
         assert store.schema_version == 4
         (kept,) = store.list_measurements("web")
         assert (kept.analysis, kept.phase.value, kept.run_id) == ("step-1", "failed", None)
