@@ -170,6 +170,12 @@ class Reconciler:
         self._no_change_revision: str | None = None
         self._last_table: RoutingTable | None = None
 
+    @property
+    def routing_table(self) -> RoutingTable | None:
+        """The table the data plane serves now (None before the first pass published one):
+        the daemon reads weights and routes from it for /metrics and status."""
+        return self._last_table
+
     # ------------------------------------------------------------------ the pass
 
     def reconcile(self, desired: DesiredState, commit: CommitMeta | None = None) -> PassResult:
