@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gitorch.api.auth import TokenSet
 from gitorch.api.metrics import Metrics
 from gitorch.api.server import ApiServer
 from gitorch.api.webhook import WebhookSecret
@@ -54,6 +55,8 @@ class DaemonOptions:
     resync: float = 2.0  # reconcile (self-heal) at least this often
     listen: str = "127.0.0.1:7420"
     webhook_secret: WebhookSecret | None = None
+    api_tokens: TokenSet | None = None  # bearer auth of the API (None: open, loopback only)
+    api_insecure: bool = False  # allow an open API on a non-loopback address
     watch: bool = True  # react at once to commits in a local checkout
 
 
@@ -98,7 +101,13 @@ class Daemon:
         with Session(opts.session, on_health_change=lambda *_: self._wake.set()) as session:
             self.session = session
             self._write_daemon_file()
-            self.api = ApiServer(self, opts.listen, webhook_secret=opts.webhook_secret)
+            self.api = ApiServer(
+                self,
+                opts.listen,
+                webhook_secret=opts.webhook_secret,
+                tokens=opts.api_tokens,
+                insecure=opts.api_insecure,
+            )
             self.api.start()
             watcher = self._start_watcher()
             if threading.current_thread() is threading.main_thread():
@@ -280,16 +289,31 @@ class Daemon:
 
     # ------------------------------------------------------------------ DaemonHandle
 
-    def trigger(self, reason: str) -> None:
-        log.info("reconcile requested: %s", reason)
+    def trigger(self, reason: str, actor: str | None = None) -> None:
+        if actor is not None:
+            # An authenticated API request: the audit log keeps which token asked.
+            log.info("reconcile requested: %s (token %s)", reason, actor)
+            assert self.session is not None
+            self.session.store.append_event(
+                "reconcile.requested",
+                f"reconcile requested by token {actor}: {reason}",
+                data={"token": actor, "reason": reason},
+            )
+        else:
+            log.info("reconcile requested: %s", reason)
         self._fetch_requested = True
         self._wake.set()
 
-    def request_action(self, service: str, action: str) -> tuple[bool, str]:
+    def request_action(
+        self, service: str, action: str, actor: str | None = None
+    ) -> tuple[bool, str]:
         from gitorch.commands.promote import request_action
 
         assert self.session is not None
-        return request_action(self.session.store, service, action)
+        accepted, message = request_action(self.session.store, service, action, actor)
+        if accepted and actor is not None:
+            log.info("%s of %s requested by token %s", action, service, actor)
+        return accepted, message
 
     def healthy(self) -> tuple[bool, str]:
         if self._loop_error:

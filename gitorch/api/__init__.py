@@ -12,7 +12,12 @@ Routes (JSON unless noted; errors are ``{"error": "..."}``)::
     GET  /api/v1/plan               [?ref=REF] the `gitorch plan --format json` document
     GET  /metrics                   Prometheus text exposition format 0.0.4
     POST /api/v1/webhook            GitHub / Gitea / Forgejo push (HMAC-SHA256 signed)
-    POST /api/v1/reconcile          ask for a reconcile now (local use)
+    POST /api/v1/reconcile          ask for a reconcile now
+    POST /api/v1/services/NAME/promote|abort   move a paused rollout on / abort it
+
+With ``--api-token-file`` every route but ``/healthz`` and the webhook needs
+``Authorization: Bearer TOKEN`` (read role for GET, write role for POST): see
+:mod:`gitorch.api.auth` and docs/cli-api.md.
 """
 
 from __future__ import annotations
@@ -50,13 +55,19 @@ class DaemonHandle(Protocol):
         """
         ...
 
-    def trigger(self, reason: str) -> None:
-        """Ask for a reconcile as soon as possible; returns at once (never reconciles inline)."""
+    def trigger(self, reason: str, actor: str | None = None) -> None:
+        """Ask for a reconcile as soon as possible; returns at once (never reconciles inline).
+
+        ``actor``: the name of the API token that asked (None: not an authenticated API
+        request); an authenticated request is recorded in the audit log with it."""
         ...
 
-    def request_action(self, service: str, action: str) -> tuple[bool, str]:
+    def request_action(
+        self, service: str, action: str, actor: str | None = None
+    ) -> tuple[bool, str]:
         """``promote`` or ``abort`` the rollout of ``service``: (accepted, message). Not
-        accepted (409) when the service has no rollout in progress."""
+        accepted (409) when the service has no rollout in progress. ``actor`` (the API
+        token's name) is recorded with the request in the audit log."""
         ...
 
     def healthy(self) -> tuple[bool, str]:

@@ -20,13 +20,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from gitorch.api import DaemonHandle
+from gitorch.api.auth import Denial, TokenSet, authorize, check_exposure
 from gitorch.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gitorch.api.webhook import WebhookSecret, handle_delivery
 from gitorch.errors import (
@@ -108,6 +109,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-case names
     body: bytes
+    principal: str | None = None  # the API token's name, once authorized (gitorch.api.auth)
 
 
 Route = Callable[[Request], Response]
@@ -147,6 +149,8 @@ class ApiServer:
     """The HTTP API of a running daemon.
 
     ``webhook_secret=None`` disables ``POST /api/v1/webhook`` (403 with a message).
+    ``tokens`` turns on bearer authentication (gitorch.api.auth); without it, a
+    non-loopback ``listen`` is refused (ConfigError) unless ``insecure`` is True.
     """
 
     def __init__(
@@ -155,11 +159,15 @@ class ApiServer:
         listen: str = "127.0.0.1:7420",
         *,
         webhook_secret: WebhookSecret | None = None,
+        tokens: TokenSet | None = None,
+        insecure: bool = False,
     ) -> None:
         self.handle = handle
         self.listen = listen
         self.webhook_secret = webhook_secret
+        self.tokens = tokens
         self._bind = parse_listen(listen)
+        check_exposure(self._bind[0], tokens, insecure)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._routes: dict[str, dict[str, Route]] = {
@@ -236,8 +244,14 @@ class ApiServer:
         return None if methods is None else tuple(sorted(methods))
 
     def dispatch(self, request: Request) -> Response:
-        methods = self._routes[_route_of(request.path)]
-        route = methods[request.method]
+        route_name = _route_of(request.path)
+        decision = authorize(
+            self.tokens, request.method, route_name, request.headers, path=request.path
+        )
+        if isinstance(decision, Denial):
+            return _denied(request, decision)
+        request = replace(request, principal=decision.principal)
+        route = self._routes[route_name][request.method]
         try:
             return route(request)
         except HttpError as exc:
@@ -291,7 +305,7 @@ class ApiServer:
         match = _SERVICE_ACTION_RE.match(request.path)
         assert match is not None  # dispatch only routes matching paths here
         service, action = match.group(1), match.group(3)
-        accepted, message = self.handle.request_action(service, action)
+        accepted, message = self.handle.request_action(service, action, actor=request.principal)
         if not accepted:
             raise HttpError(409, message)
         self.handle.trigger(f"{action} {service}")
@@ -311,7 +325,7 @@ class ApiServer:
                         400, "reason must be a printable string of 200 characters at most"
                     )
                 reason = f"api request: {given}"
-        self.handle.trigger(reason)
+        self.handle.trigger(reason, actor=request.principal)
         return json_response(202, {"accepted": True, "reason": reason})
 
 
@@ -319,6 +333,19 @@ _SERVICE_ACTION = "/api/v1/services/{name}/{action}"
 _SERVICE_ACTION_RE = re.compile(
     r"^/api/v1/services/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/(promote|abort)$"
 )
+
+
+def _denied(request: Request, denial: Denial) -> Response:
+    # Names the route, never the presented token.
+    log.warning(
+        "API request refused (%d): %s",
+        denial.status,
+        denial.message,
+        extra={"method": request.method, "path": request.path, "status": denial.status},
+    )
+    return json_response(
+        denial.status, {"error": denial.message}, ("WWW-Authenticate", denial.challenge)
+    )
 
 
 def _route_of(path: str) -> str:

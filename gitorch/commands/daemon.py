@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gitorch.api.auth import TokenSet, check_exposure
+from gitorch.api.server import parse_listen
 from gitorch.api.webhook import WebhookSecret
 from gitorch.commands.apply import add_session_options, session_options
 from gitorch.commands.common import add_source_options
@@ -15,6 +17,7 @@ EXAMPLE = """example:
   gitorch daemon --path examples/repo --runtime process
   gitorch daemon --repo https://git.example.com/shop/deploy.git --ref main --interval 60 \\
       --webhook-secret-file /etc/gitorch/webhook-secret --log-format json
+  gitorch daemon --listen 0.0.0.0:7420 --api-token-file /etc/gitorch/api-tokens
 """
 
 
@@ -53,6 +56,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="file holding the HMAC secret of push webhooks (without it webhooks are refused)",
     )
     parser.add_argument(
+        "--api-token-file",
+        default=None,
+        metavar="PATH",
+        help="require 'Authorization: Bearer TOKEN' on the API (all but /healthz and the "
+        "webhook); one token per line: TOKEN, ROLE:TOKEN or NAME:ROLE:TOKEN, ROLE read or "
+        "write (default write); mode 600 (see docs/cli-api.md)",
+    )
+    parser.add_argument(
+        "--api-insecure",
+        action="store_true",
+        help="serve the API without tokens on a non-loopback --listen address (anyone who "
+        "reaches it can read status and abort rollouts); refused otherwise",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     parser.add_argument(
@@ -71,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--interval and --resync must be positive")
     setup_logging(args.log_level, args.log_format)
     secret = WebhookSecret.from_file(args.webhook_secret_file) if args.webhook_secret_file else None
+    tokens = TokenSet.from_file(args.api_token_file) if args.api_token_file else None
+    # Refuse an open, exposed API before opening the state store or any runtime.
+    check_exposure(parse_listen(args.listen)[0], tokens, args.api_insecure)
     options = DaemonOptions(
         repo=args.repo,
         ref=args.ref,
@@ -80,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         resync=args.resync,
         listen=args.listen,
         webhook_secret=secret,
+        api_tokens=tokens,
+        api_insecure=args.api_insecure,
     )
     Daemon(options).run()
     return 0

@@ -43,15 +43,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(run=run, what=what)
 
 
-def request_action(store: StateStore, service: str, what: str) -> tuple[bool, str]:
-    """Flag ``service``'s rollout for ``what`` (promote | abort): (accepted, message)."""
+def request_action(
+    store: StateStore, service: str, what: str, actor: str | None = None
+) -> tuple[bool, str]:
+    """Flag ``service``'s rollout for ``what`` (promote | abort): (accepted, message).
+
+    ``actor``: the API token's name when the request came through an authenticated API;
+    the audit entry then says ``requested by token NAME`` and carries ``{"token": NAME}``.
+    """
     record = store.get_rollout(service)
     if record is None:
         return False, f"no service named {service!r} has a rollout"
     if record.phase not in _ACTIVE:
         return False, f"{service} is {record.phase}: nothing to {what}"
     store.request(service, what)
-    store.append_event(f"rollout.{what}", f"{service}: {what} requested", service=service)
+    by = f" by token {actor}" if actor else ""
+    store.append_event(
+        f"rollout.{what}",
+        f"{service}: {what} requested{by}",
+        service=service,
+        data={"token": actor} if actor else None,
+    )
     return True, f"{what} of {service} requested (step {record.step}, weight {record.weight}%)"
 
 

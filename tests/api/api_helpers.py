@@ -48,6 +48,7 @@ class StubHandle:
     history_calls: list[tuple[str | None, int]] = field(default_factory=list)
     plan_calls: list[str | None] = field(default_factory=list)
     actions: list[tuple[str, str]] = field(default_factory=list)
+    actors: list[str | None] = field(default_factory=list)  # of triggers and actions, in order
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def status(self) -> dict[str, Any]:
@@ -67,12 +68,16 @@ class StubHandle:
             raise self.plan_error
         return {"revision": SHA, "ref": ref, "changes": [], "summary": {}}
 
-    def trigger(self, reason: str) -> None:
+    def trigger(self, reason: str, actor: str | None = None) -> None:
         with self._lock:
             self.triggers.append(reason)
+            self.actors.append(actor)
 
-    def request_action(self, service: str, action: str) -> tuple[bool, str]:
+    def request_action(
+        self, service: str, action: str, actor: str | None = None
+    ) -> tuple[bool, str]:
         self.actions.append((service, action))
+        self.actors.append(actor)
         if service == "web":
             return True, f"{action} of web requested"
         return False, f"{service} has no rollout"
