@@ -811,14 +811,15 @@ class BuiltinLoadBalancer:
         parts.append("\r\n")
         return "".join(parts).encode("latin-1")
 
-    async def _acquire(self, state: _BackendState, fresh_only: bool) -> tuple[_Conn | None, bool]:
-        if not fresh_only:
-            while state.idle:
-                conn = state.idle.pop()
-                if conn.usable():
-                    return conn, True
-                conn.close()
-        return await self._connect(state), False
+    @staticmethod
+    def _pooled(state: _BackendState) -> _Conn | None:
+        """An idle keep-alive connection to ``state``'s backend that still looks open."""
+        while state.idle:
+            conn = state.idle.pop()
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
 
     def _release(self, state: _BackendState, conn: _Conn, reusable: bool) -> None:
         if reusable and state.accepting and conn.usable() and len(state.idle) < POOL_SIZE:
@@ -845,13 +846,26 @@ class BuiltinLoadBalancer:
         started = time.monotonic()
         # A streamed body cannot be replayed: never risk it on a pooled connection that
         # the backend may be closing right now.
-        conn, reused = await self._acquire(state, fresh_only or not body.complete)
+        conn = None if fresh_only or not body.complete else self._pooled(state)
+        reused = conn is not None
         if conn is None:
-            return _Failure.NOT_CONNECTED
+            conn = await self._connect(state)
+            if conn is None:
+                return _Failure.NOT_CONNECTED
+        # The common case inline (one coroutine less per request): a whole small body.
         try:
-            await body.send(request_head, reader, conn.writer)
+            if body.complete:
+                conn.writer.write(request_head + body.prefix)  # one segment, one syscall
+                if conn.writer.transport.get_write_buffer_size():
+                    await conn.writer.drain()
+            else:
+                await body.send_streamed(request_head, reader, conn.writer)
             with deadline.limit(self.timeouts.response):
-                response = await _read_final_head(conn.reader)
+                response = await _http.read_response_head(conn.reader)
+                while response.status < 200:
+                    # 1xx interim answers are skipped: the proxy answered Expect itself,
+                    # and 101 cannot happen since Upgrade is not forwarded.
+                    response = await _http.read_response_head(conn.reader)
         except TimeoutError:
             conn.close()
             _count(state, 504, started)
@@ -948,15 +962,12 @@ class _RequestBody:
             return [("Content-Length", str(self.length))]
         return [("Transfer-Encoding", "chunked")]
 
-    async def send(
+    async def send_streamed(
         self, head: bytes, client: asyncio.StreamReader, backend: asyncio.StreamWriter
     ) -> None:
-        """Send the request head and this body to a backend."""
-        if self.complete:
-            # One write for head and small body: one segment, one syscall.
-            backend.write(head + self.prefix)
-            await _drain(backend)
-            return
+        """Send the request head and a body too large to buffer (``complete`` False),
+        copying the rest of it from the client; a whole body goes with its head in
+        :meth:`BuiltinLoadBalancer._attempt`."""
         if self.consumed_partly:
             raise ConnectionError("request body already partly forwarded")
         self.consumed_partly = True
@@ -968,15 +979,6 @@ class _RequestBody:
             _http.write_piece(backend, self.prefix, chunked=True)
             await backend.drain()
             await _http.copy_chunked(client, backend, chunked=True)
-
-
-async def _read_final_head(reader: asyncio.StreamReader) -> _http.ResponseHead:
-    """The backend's final response head (1xx interim answers are skipped; the proxy
-    answered Expect itself, and 101 cannot happen since Upgrade is not forwarded)."""
-    while True:
-        response = await _http.read_response_head(reader)
-        if response.status >= 200:
-            return response
 
 
 _CONTENT_LENGTH = frozenset({"content-length"})
@@ -1033,7 +1035,10 @@ async def _relay_response(
     out_head = "".join(parts).encode("latin-1")
     if kind == "length" and length <= _http.COPY_SIZE:
         # Small answers (the common case) go out in one write with their head.
-        client.write(out_head + await _http.read_exactly(backend, length))
+        try:
+            client.write(out_head + await backend.readexactly(length))
+        except asyncio.IncompleteReadError:
+            raise _http.PeerClosed(partial=True) from None
     else:
         client.write(out_head)
         if kind == "length":
@@ -1042,15 +1047,9 @@ async def _relay_response(
             await _http.copy_chunked(backend, client, chunked=chunked_out)
         elif kind == "eof":
             await _http.copy_to_eof(backend, client, chunked=chunked_out)
-    await _drain(client)
+    if client.transport.get_write_buffer_size():
+        await client.drain()  # most writes go straight to the socket: no await then
     return client_keep, backend_keep
-
-
-async def _drain(writer: asyncio.StreamWriter) -> None:
-    """Wait while ``writer`` holds unsent bytes. Most writes go straight to the socket,
-    and an awaited drain() then only costs time; a lost peer shows on the next read."""
-    if writer.transport.get_write_buffer_size():
-        await writer.drain()
 
 
 async def _answer(
