@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gitorch.commands.common import add_format_option, add_state_option, print_json, short, stdout
+from gitorch.commands.remote import add_token_option, auth_error, auth_headers, client_token
 from gitorch.errors import ConfigError, GitorchError
 from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB, resolve_state_dir
@@ -71,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="URL",
         help="ask a running daemon instead of reading --state (e.g. http://127.0.0.1:7420)",
     )
+    add_token_option(parser)
     parser.add_argument(
         "--limit",
         type=_limit,
@@ -108,8 +110,10 @@ def read_local(state: Path, service: str | None, limit: int | None) -> list[dict
         return history_json(store, service, limit)
 
 
-def read_server(server: str, service: str | None, limit: int | None) -> list[dict[str, Any]]:
-    """History from a running daemon's ``GET /api/v1/history``."""
+def read_server(
+    server: str, service: str | None, limit: int | None, token: str | None = None
+) -> list[dict[str, Any]]:
+    """History from a running daemon's ``GET /api/v1/history`` (``token``: its API token)."""
     parts = urlsplit(server)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"invalid --server URL {server!r}: expected http://HOST:PORT")
@@ -117,20 +121,27 @@ def read_server(server: str, service: str | None, limit: int | None) -> list[dic
     if service:
         query["service"] = service
     url = f"{server.rstrip('/')}/api/v1/history?{urlencode(query)}"
-    data = fetch_json(url, server)
+    data = fetch_json(url, server, token=token)
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise GitorchError(f"the daemon at {server} answered something that is not a history")
     return data
 
 
-def fetch_json(url: str, server: str, timeout: float = SERVER_TIMEOUT) -> Any:
-    """GET ``url`` and decode its JSON; every failure is one clear GitorchError."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+def fetch_json(
+    url: str, server: str, timeout: float = SERVER_TIMEOUT, *, token: str | None = None
+) -> Any:
+    """GET ``url`` (with ``token`` as a bearer token) and decode its JSON; every failure
+    is one clear GitorchError."""
+    headers = {"Accept": "application/json", **auth_headers(token)}
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         message = _error_message(exc.read()) or exc.reason
+        refused = auth_error(exc.code, server, message, token)
+        if refused is not None:
+            raise refused from exc
         raise GitorchError(f"the daemon at {server} answered {exc.code}: {message}") from exc
     except urllib.error.URLError as exc:
         raise GitorchError(f"cannot reach the gitorch daemon at {server}: {exc.reason}") from exc
@@ -156,7 +167,9 @@ def _error_message(body: bytes) -> str | None:
 def run(args: argparse.Namespace) -> int:
     limit = args.limit or None  # 0 = all
     if args.server:
-        entries: list[dict[str, Any]] | None = read_server(args.server, args.service, limit)
+        entries: list[dict[str, Any]] | None = read_server(
+            args.server, args.service, limit, client_token(args)
+        )
     else:
         entries = read_local(resolve_state_dir(args.state), args.service, limit)
     if args.format == "json":

@@ -16,6 +16,7 @@ import urllib.request
 from rich.markup import escape
 
 from gitorch.commands.common import add_state_option, state_dir, stdout
+from gitorch.commands.remote import add_token_option, auth_error, auth_headers, client_token
 from gitorch.errors import GitorchError
 from gitorch.state import RolloutPhase, StateStore
 from gitorch.state.layout import STATE_DB
@@ -32,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             what,
             help=help_text,
             description=__doc__,
-            epilog=f"example:\n  gitorch {what} web\n  gitorch {what} web --server http://127.0.0.1:7420\n",
+            epilog=f"example:\n  gitorch {what} web\n  gitorch {what} web --server "
+            f"http://127.0.0.1:7420 --token-file ~/.config/gitorch/token\n",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         parser.add_argument("service")
@@ -40,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(
             "--server", default=None, metavar="URL", help="ask a running daemon instead of --state"
         )
+        add_token_option(parser)
         parser.set_defaults(run=run, what=what)
 
 
@@ -69,7 +72,7 @@ def request_action(
 
 def run(args: argparse.Namespace) -> int:
     if args.server:
-        return _remote(args.server, args.what, args.service)
+        return _remote(args.server, args.what, args.service, client_token(args))
     state = state_dir(args)
     if not (state / STATE_DB).exists():
         raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
@@ -79,11 +82,10 @@ def run(args: argparse.Namespace) -> int:
     return 0 if accepted else 1
 
 
-def _remote(server: str, what: str, service: str) -> int:
+def _remote(server: str, what: str, service: str, token: str | None = None) -> int:
     url = f"{server.rstrip('/')}/api/v1/services/{service}/{what}"
-    request = urllib.request.Request(
-        url, data=b"{}", method="POST", headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", **auth_headers(token)}
+    request = urllib.request.Request(url, data=b"{}", method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - operator's URL
             body = json.loads(response.read() or b"{}")
@@ -96,6 +98,9 @@ def _remote(server: str, what: str, service: str) -> int:
         if exc.code == 409:
             stdout().print(message)
             return 1
+        refused = auth_error(exc.code, server, str(message), token)
+        if refused is not None:
+            raise refused from exc
         raise GitorchError(f"{server}: {message}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise GitorchError(f"cannot reach the daemon at {server}: {exc}") from exc

@@ -13,6 +13,7 @@ from rich.table import Table
 from gitorch.apply.replicas import slot_of
 from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
 from gitorch.commands.common import add_format_option, add_state_option, print_json, short, stdout
+from gitorch.commands.remote import add_token_option, client_token
 from gitorch.errors import GitorchError
 from gitorch.live.model import LiveService
 from gitorch.live.observe import assess_readiness
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="URL",
         help="ask a running daemon (its HTTP API) instead of reading --state",
     )
+    add_token_option(parser)
     add_runtime_option(parser)
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
@@ -154,10 +156,10 @@ def _daemon_error(view: ClusterView) -> dict[str, Any] | None:
     return error if isinstance(error, dict) else None
 
 
-def _from_server(server: str, service: str | None) -> dict[str, Any]:
+def _from_server(server: str, service: str | None, token: str | None = None) -> dict[str, Any]:
     from gitorch.commands.history import fetch_json
 
-    data = fetch_json(f"{server.rstrip('/')}/api/v1/status", server)
+    data = fetch_json(f"{server.rstrip('/')}/api/v1/status", server, token=token)
     if not isinstance(data, dict):
         raise GitorchError(f"the daemon at {server} answered an unexpected status document")
     if service is not None:
@@ -170,7 +172,7 @@ def _from_server(server: str, service: str | None) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     if args.server:
-        data = _from_server(args.server, args.service)
+        data = _from_server(args.server, args.service, client_token(args))
         if args.format == "json":
             print_json(data)
         else:
