@@ -168,8 +168,8 @@ def read_private_file(path: str | Path, *, what: str) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise TokenFileError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise TokenFileError(f"the {what} {path} is not a regular file")
         mode = stat.S_IMODE(info.st_mode)
@@ -178,10 +178,14 @@ def read_private_file(path: str | Path, *, what: str) -> str:
                 f"the {what} {path} is accessible by others (mode {mode:04o}); "
                 f"it holds secrets: run `chmod 600 {path}`"
             )
-        try:
-            data = handle.read()
-        except OSError as exc:
-            raise TokenFileError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise TokenFileError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
