@@ -17,12 +17,15 @@ spelled once.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
+
+log = logging.getLogger("gitorch.api.metrics")
 
 #: Content-Type of the text exposition format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -234,11 +237,23 @@ M = TypeVar("M", bound=_Metric)
 
 
 class Registry:
-    """An ordered set of metrics with unique names, rendered together."""
+    """An ordered set of metrics with unique names, rendered together.
+
+    Collectors (:meth:`add_collector`) render families read at scrape time (the load
+    balancer's figures); they come after the registered metrics, and one that fails is
+    logged and left out rather than failing the whole scrape.
+    """
 
     def __init__(self) -> None:
         self._metrics: dict[str, _Metric] = {}
+        self._collectors: list[Callable[[], str]] = []
         self._lock = threading.Lock()
+
+    def add_collector(self, collector: Callable[[], str]) -> None:
+        """Append ``collector()``'s text (whole families, ending with a newline) to every
+        render. Its family names must not clash with registered metrics."""
+        with self._lock:
+            self._collectors.append(collector)
 
     def register(self, metric: M) -> M:
         with self._lock:
@@ -251,7 +266,14 @@ class Registry:
         """Every metric in the text exposition format 0.0.4 (ends with a newline)."""
         with self._lock:
             metrics = list(self._metrics.values())
-        return "".join(metric.render() for metric in metrics)
+            collectors = list(self._collectors)
+        parts = [metric.render() for metric in metrics]
+        for collector in collectors:
+            try:
+                parts.append(collector())
+            except Exception:
+                log.exception("a metrics collector failed; its families are left out")
+        return "".join(parts)
 
 
 #: Rollout phases exported as gitorch_rollout_phase (one series per phase, 1 = current).

@@ -1,0 +1,113 @@
+"""TrafficMeter (totals that only grow) and the gitorch_lb_* exposition, on a fake plane."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from api_helpers import parse_prometheus
+
+from gitorch.api.traffic import TrafficMeter, weights_in_force
+from gitorch.api.traffic_metrics import render_traffic
+from gitorch.traffic.figures import BackendFigures, bucket_of, empty_histogram
+from gitorch.traffic.table import Backend, Route, RoutingTable
+
+V1, V2 = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
+
+
+class FakePlane:
+    """Backends with counts a test sets; a backend removed takes its counts with it."""
+
+    def __init__(self) -> None:
+        self.backends: dict[str, BackendFigures] = {}
+
+    def serve(self, backend_id: str, version: str, ms: float, status: int = 200) -> None:
+        old = self.backends.get(backend_id)
+        latency = list(old.latency) if old else empty_histogram()
+        latency[bucket_of(ms)] += 1
+        self.backends[backend_id] = BackendFigures(
+            backend_id=backend_id,
+            version=version,
+            in_flight=0,
+            requests=(old.requests if old else 0) + 1,
+            errors_5xx=(old.errors_5xx if old else 0) + (status >= 500),
+            connect_errors=0,
+            latency=tuple(latency),
+            latency_sum_ms=(old.latency_sum_ms if old else 0.0) + ms,
+        )
+
+    def figures(self, route: str) -> list[BackendFigures]:
+        return list(self.backends.values()) if route == "web" else []
+
+
+def _table(weights: Mapping[str, int], *versions: str) -> RoutingTable:
+    backends = tuple(Backend(f"id-{v}", "127.0.0.1:1", version=v) for v in versions)
+    route = Route("web", 8080, "http", backends, weights=MappingProxyType(dict(weights)))
+    return RoutingTable(MappingProxyType({"web": route}))
+
+
+def test_totals_never_decrease_when_a_backend_leaves() -> None:
+    plane = FakePlane()
+    table = [_table({V1: 80, V2: 20}, V1, V2)]
+    meter = TrafficMeter(
+        plane.figures, lambda: table[0], lambda _: {V1: "1" * 40}, data_plane="fake"
+    )
+    for _ in range(8):
+        plane.serve("id-v1", V1, 2.0)
+    plane.serve("id-v2", V2, 40.0, status=500)
+    plane.serve("id-v2", V2, 40.0)
+    first = {v.version: v for v in meter.read().routes["web"]}
+    assert (first[V1].requests, first[V2].requests, first[V2].errors_5xx) == (8, 2, 1)
+    assert (first[V1].weight, first[V2].weight) == (80, 20)
+    assert first[V1].revision == "1" * 40 and first[V2].revision == ""
+
+    # The old version's backend leaves (its counts leave the plane's sums), and the new
+    # one serves on: the totals keep what was counted and add only what is new.
+    del plane.backends["id-v1"]
+    table[0] = _table({}, V2)
+    plane.serve("id-v2", V2, 3.0)
+    second = {v.version: v for v in meter.read().routes["web"]}
+    assert second[V1].requests == 8 and second[V1].backends == 0 and second[V1].weight == 0
+    assert second[V2].requests == 3 and second[V2].weight == 100
+    # status shows the versions that serve; /metrics keeps the others' series.
+    (snapshot,) = meter.read().snapshots()
+    assert [v.version for v in snapshot.versions] == [V2]
+
+
+def test_exposition_is_valid_with_cumulative_buckets() -> None:
+    plane = FakePlane()
+    meter = TrafficMeter(
+        plane.figures, lambda: _table({}, V1), lambda _: {V1: "1" * 40}, data_plane="fake"
+    )
+    for ms in (0.5, 4.0, 4.0, 60.0, 120_000.0):
+        plane.serve("id-v1", V1, ms, status=503 if ms > 100 else 200)
+    families = parse_prometheus(render_traffic(meter.read()))  # checks histograms too
+    labels = {"service": "web", "version": V1, "revision": "1" * 40}
+    requests = families["gitorch_lb_requests_total"].samples
+    assert requests == [("gitorch_lb_requests_total", labels, 5.0)]
+    responses = {s[1]["code_class"]: s[2] for s in families["gitorch_lb_responses_total"].samples}
+    assert responses == {"5xx": 1.0, "other": 4.0}
+    buckets = {
+        float(s[1]["le"]): s[2]
+        for s in families["gitorch_lb_request_duration_seconds"].samples
+        if s[0].endswith("_bucket")
+    }
+    assert buckets[0.001] == 1 and buckets[0.005] == 3 and buckets[0.075] == 4
+    assert buckets[60.0] == 4 and buckets[math.inf] == 5
+    sums = {s[0]: s[2] for s in families["gitorch_lb_request_duration_seconds"].samples}
+    assert sums["gitorch_lb_request_duration_seconds_count"] == 5
+    assert math.isclose(sums["gitorch_lb_request_duration_seconds_sum"], 120.0685)
+    assert families["gitorch_lb_weight_percent"].samples[0][2] == 100
+
+
+def test_weights_without_a_table_split_by_active_backends() -> None:
+    backends = (
+        Backend("a", "h:1", version=V1),
+        Backend("b", "h:2", version=V1),
+        Backend("c", "h:3", version=V1, draining=True),
+        Backend("d", "h:4", version=V2),
+    )
+    route = Route("web", 1, "http", backends)
+    assert weights_in_force(route) == {V1: 67, V2: 33}
+    assert weights_in_force(Route("web", 1)) == {}
