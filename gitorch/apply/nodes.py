@@ -25,11 +25,17 @@ from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import NodeView, Running
 from gitorch.scheduler.evict import evictions
-from gitorch.state import NodeCondition, StateStore
+from gitorch.state import NodeCondition, NodeRecord, StateStore
 
 #: Prefix given to the template of a replica being moved off its node: the strategy then
 #: replaces it like a replica of an older version.
 EVICTED = "evicted:"
+
+#: Seconds between two writes of a Ready node's last-seen time. The tracker keeps the
+#: exact time in memory; the store's copy (for `gitorch nodes`, and for a restarted
+#: daemon) lags at most this much, so a restart can take at most this off a node's grace.
+#: Writing it on every pass cost one SQLite write per node per pass.
+SEEN_WRITE_EVERY = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class NodeTracker:
         self.grace = grace
         self.clock = clock
         self._seen: dict[str, tuple[LiveReplica, ...]] = {}  # node -> its replicas, last answer
+        self._last_seen: dict[str, float] = {}  # node -> when it last answered (this daemon)
 
     def update(
         self, live: LiveState, targets: Sequence[NodeTarget], desired: DesiredState
@@ -57,16 +64,24 @@ class NodeTracker:
         records = {r.name: r for r in self.store.list_nodes()}
         lost: set[str] = set()
         for name, node in live.nodes.items():
+            record = records.get(name)
             if node.ready:
-                self.store.update_node_condition(name, NodeCondition.READY, seen=True, at=now)
+                self._last_seen[name] = now
+                if _stale(record, now):
+                    self.store.update_node_condition(name, NodeCondition.READY, seen=True, at=now)
                 self._seen[name] = tuple(r for r in live.replicas() if r.node == name)
                 continue
-            self.store.update_node_condition(
-                name, NodeCondition.NOT_READY, message=node.message, seen=False
-            )
-            record = records.get(name)
-            last = record.last_seen if record is not None else None
-            if last is None or now - last >= self.grace:
+            if (
+                record is None
+                or record.condition != NodeCondition.NOT_READY
+                or record.message != node.message
+            ):
+                self.store.update_node_condition(
+                    name, NodeCondition.NOT_READY, message=node.message, seen=False
+                )
+            stored = record.last_seen if record is not None else None
+            heard = [t for t in (self._last_seen.get(name), stored) if t is not None]
+            if not heard or now - max(heard) >= self.grace:
                 lost.add(name)
         draining = {t.name for t in targets if t.drain} | {
             n for n, r in records.items() if r.draining
@@ -109,6 +124,16 @@ class NodeTracker:
             for service, replica, node, reason in evictions(nodes, running, placements)
             if (service, replica, node) in by_key
         }
+
+
+def _stale(record: NodeRecord | None, now: float) -> bool:
+    """Whether a Ready node's stored record needs writing: unknown, another condition or
+    message, or a last-seen time older than :data:`SEEN_WRITE_EVERY`."""
+    if record is None or record.condition != NodeCondition.READY:
+        return True
+    if record.message or record.last_seen is None:
+        return True
+    return now - record.last_seen >= SEEN_WRITE_EVERY
 
 
 def _with_held_replicas(live: LiveState, held: Mapping[str, tuple[LiveReplica, ...]]) -> LiveState:
