@@ -26,6 +26,8 @@ from typing import Any
 from gitorch.api.auth import TokenSet
 from gitorch.api.metrics import Metrics
 from gitorch.api.server import ApiServer
+from gitorch.api.traffic import SerializedPlane, TrafficMeter, store_revisions
+from gitorch.api.traffic_metrics import render_traffic
 from gitorch.api.webhook import WebhookSecret
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.session import Session, SessionOptions, commit_meta
@@ -39,6 +41,7 @@ from gitorch.live.model import LiveState
 from gitorch.manifests import ManifestLoader
 from gitorch.manifests.model import DesiredState
 from gitorch.sources import Source, open_source
+from gitorch.traffic.figures import BackendFigures
 
 log = logging.getLogger("gitorch.daemon")
 
@@ -58,6 +61,9 @@ class DaemonOptions:
     api_tokens: TokenSet | None = None  # bearer auth of the API (None: open, loopback only)
     api_insecure: bool = False  # allow an open API on a non-loopback address
     watch: bool = True  # react at once to commits in a local checkout
+    # Store each route's per-version traffic this often, for `gitorch status` without a
+    # daemon (one small transaction: see the measured cost in docs/architecture.md).
+    traffic_interval: float = 2.0
 
 
 def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:
@@ -89,6 +95,8 @@ class Daemon:
         self.source: Source | None = None
         self.loader = ManifestLoader()
         self.api: ApiServer | None = None
+        self.traffic: TrafficMeter | None = None
+        self._next_traffic_write = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -99,7 +107,12 @@ class Daemon:
             opts.repo, cache_root=opts.session.state_dir / "cache", ref=opts.ref
         )
         with Session(opts.session, on_health_change=lambda *_: self._wake.set()) as session:
+            # Before the first reconciler is built, so that it applies through the lock.
+            session.dataplane = SerializedPlane(session.dataplane)
             self.session = session
+            self.traffic = _traffic_meter(session, opts.session.data_plane)
+            meter = self.traffic
+            self.metrics.registry.add_collector(lambda: render_traffic(meter.read()))
             self._write_daemon_file()
             self.api = ApiServer(
                 self,
@@ -118,6 +131,7 @@ class Daemon:
                 self._loop()
             finally:
                 log.info("daemon stopping: replicas keep running")
+                self._write_traffic()  # status keeps the last figures (and shows their age)
                 if watcher is not None:
                     watcher.__exit__(None, None, None)
                 self.api.stop()
@@ -153,7 +167,12 @@ class Daemon:
                 next_fetch = now + self.options.interval
                 self._refresh_desired()
             moving = self._reconcile_once()
+            if time.monotonic() >= self._next_traffic_write:
+                self._next_traffic_write = time.monotonic() + self.options.traffic_interval
+                self._write_traffic()
             timeout = 0.3 if moving else self.options.resync
+            # Wake for the next traffic snapshot too, so its age stays within the interval.
+            timeout = max(0.05, min(timeout, self._next_traffic_write - time.monotonic()))
             self._wake.wait(timeout)
             self._wake.clear()
 
@@ -266,6 +285,22 @@ class Daemon:
             self._last_pass = result
         return not result.converged or result.actions > 0
 
+    def _write_traffic(self) -> None:
+        """Store every route's traffic now (replacing the previous snapshots)."""
+        if self.traffic is None or self.session is None:
+            return
+        try:
+            started = time.perf_counter()
+            snapshots = self.traffic.read().snapshots()
+            self.session.store.replace_traffic(snapshots)
+            took = time.perf_counter() - started
+            log.debug(
+                "traffic snapshot stored",
+                extra={"routes": len(snapshots), "duration_ms": round(took * 1000, 3)},
+            )
+        except GitorchError as exc:  # a busy or read-only store must not stop the loop
+            log.warning("traffic snapshot not stored: %s", exc.message)
+
     def _set_error(self, error: dict[str, Any]) -> None:
         with self._lock:
             self._last_error = error
@@ -341,7 +376,9 @@ class Daemon:
         else:
             live = _with_health(live, reconciler)
             view = ClusterView(self.session.store, reconciler.targets, reconciler.runtimes, live)
-            doc = status_json(view, None)
+            # The traffic as of now, not the last stored snapshot.
+            traffic = self.traffic.read().snapshots() if self.traffic is not None else []
+            doc = status_json(view, None, traffic={snap.service: snap for snap in traffic})
         with self._lock:
             if self._last_error is not None:
                 doc["lastError"] = self._last_error.get("message")
@@ -376,6 +413,20 @@ class Daemon:
             reconciler.targets, reconciler.runtimes, self.session.cluster, self.session.store
         )
         return compute_plan(loaded.state, live, scoring=self.options.session.scoring).to_json()
+
+
+def _traffic_meter(session: Session, data_plane: str) -> TrafficMeter:
+    """The meter of ``session``'s data plane over the routing table in force."""
+    read = getattr(session.dataplane, "figures", None)
+
+    def figures(route: str) -> list[BackendFigures]:
+        return list(read(route)) if read is not None else []
+
+    def table() -> Any:
+        reconciler = session.reconciler
+        return reconciler.routing_table if reconciler is not None else None
+
+    return TrafficMeter(figures, table, store_revisions(session.store), data_plane=data_plane)
 
 
 def _with_health(live: LiveState, reconciler: Reconciler) -> LiveState:

@@ -17,7 +17,7 @@ from gitorch.commands.remote import add_token_option, client_token
 from gitorch.errors import GitorchError
 from gitorch.live.model import LiveService
 from gitorch.live.observe import assess_readiness
-from gitorch.state import lock_holder
+from gitorch.state import TrafficSnapshot, lock_holder
 
 EXAMPLE = """example:
   gitorch status
@@ -99,8 +99,27 @@ def service_json(service: LiveService, restarts: Mapping[int, int] | None = None
     }
 
 
-def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
+def traffic_json(name: str, snapshots: Mapping[str, TrafficSnapshot], now: float) -> dict[str, Any]:
+    """The ``traffic`` fields of one service: its endpoint's per-version figures (None when
+    no daemon stored any) and, during a blue-green rollout, its preview listener's."""
+    main = snapshots.get(name)
+    preview = snapshots.get(f"{name}.preview")
+    return {
+        "traffic": main.to_json(now) if main is not None else None,
+        **({"previewTraffic": preview.to_json(now)} if preview is not None else {}),
+    }
+
+
+def status_json(
+    view: ClusterView, only: str | None, *, traffic: Mapping[str, TrafficSnapshot] | None = None
+) -> dict[str, Any]:
+    """The status document. ``traffic``: route -> its figures (the daemon passes what it
+    reads now); None reads the snapshots the daemon last stored."""
     live = view.live
+    if traffic is None:
+        stored = view.store.list_traffic() if view.store is not None else []
+        traffic = {snap.service: snap for snap in stored}
+    now = time.time()
     last_error = None
     if view.store is not None:
         attempted = view.store.last_attempted_revision()
@@ -138,6 +157,7 @@ def status_json(view: ClusterView, only: str | None) -> dict[str, Any]:
             {
                 **service_json(s, restarts.get(s.name)),
                 **({"analysis": measurements[s.name]} if s.name in measurements else {}),
+                **traffic_json(s.name, traffic, now),
             }
             for s in services
         ],
@@ -277,6 +297,62 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
                 str(inst["restarts"]),
             )
         console.print(instances)
+        if svc.get("endpoint"):
+            render_traffic(console, svc.get("traffic"), "traffic")
+        if svc.get("previewTraffic"):
+            render_traffic(console, svc["previewTraffic"], "preview traffic")
+
+
+def render_traffic(console: Any, traffic: Mapping[str, Any] | None, title: str) -> None:
+    """The per-version traffic table of one route, with the age of its figures."""
+    if traffic is None:
+        console.print(f"{title}: no figures stored yet (a running daemon stores them)")
+        return
+    console.print(
+        f"{title} ({escape(str(traffic['dataPlane']))}, as of {_ago(traffic['ageSeconds'])}; "
+        f"{traffic['requests']} requests since the daemon started counting)"
+    )
+    if not traffic["versions"]:
+        console.print("  no version serves")
+        return
+    # One space between columns: 11 columns fit in 80 (what rich assumes off a terminal).
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0))
+    for column in ("VERSION", "REV", "WEIGHT", "SHARE", "REQUESTS", "5XX", "SUCCESS"):
+        table.add_column(column, justify="left" if column in ("VERSION", "REV") else "right")
+    for column in ("P50", "P90", "P99", "OPEN"):
+        table.add_column(column, justify="right")
+    for v in traffic["versions"]:
+        rate = v["successRate"]
+        table.add_row(
+            escape(v["version"]),
+            escape((v["revision"] or "-")[:7]),
+            f"{v['weight']}%",
+            "-" if v["share"] is None else f"{v['share']:.1f}%",
+            str(v["requests"]),
+            str(v["errors5xx"]),
+            "-" if rate is None else f"{100 * rate:.1f}%",
+            _latency(v["p50Ms"]),
+            _latency(v["p90Ms"]),
+            _latency(v["p99Ms"]),
+            str(v["openConnections"]),
+        )
+    console.print(table)
+
+
+def _ago(seconds: float) -> str:
+    whole = int(seconds)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if whole >= size:
+            return f"{whole // size} {unit} ago"
+    return f"{whole} s ago"
+
+
+def _latency(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 10:
+        return f"{ms:.1f}ms"
+    return f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.1f}s"
 
 
 def _phase(phase: str) -> str:
