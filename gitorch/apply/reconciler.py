@@ -483,17 +483,18 @@ class Reconciler:
             for (svc, slot), b in backoff.items()
             if svc == name
         }
+        desired = self._desired_count(target, live_service)
         for replica in dead:
             if replica.id in self._counted_exits:
                 continue
             self._counted_exits.add(replica.id)
-            if replica.template_digest != target.template_digest:
-                # A replica of a version being replaced is not restarted but replaced, and
-                # its exit need not be a crash: a daemon killed between a rollout's SIGTERM
-                # and the removal leaves exactly this. Counting it would log a false
-                # restart and hold the slot's new replica back in crash-loop back-off.
-                continue
             slot = slot_of(replica.replica)
+            if replica.template_digest != target.template_digest or not 1 <= slot <= desired:
+                # A replica of a version being replaced, or of a slot being scaled away, is
+                # not restarted but removed, and its exit need not be a crash: a daemon
+                # killed between the SIGTERM and the removal leaves exactly this. Counting
+                # it would log a false restart and hold a slot back in crash-loop back-off.
+                continue
             state = record_restart(states.get(slot, BackoffState()), now, replica.exit_code)
             states[slot] = state
             self.store.record_backoff(

@@ -133,15 +133,15 @@ class Cluster:
         )
         return done.stdout.strip()
 
-    def commit(self, version: str, slow_ms: int = 0) -> str:
-        """Commit the Service at ``version``; the new commit's sha."""
+    def commit(self, version: str, slow_ms: int = 0, replicas: int = REPLICAS) -> str:
+        """Commit the Service at ``version`` with ``replicas``; the new commit's sha."""
         text = MANIFEST.format(
             python=sys.executable,
             app=APP,
             version=version,
             slow_ms=slow_ms,
             token=self.token,
-            replicas=REPLICAS,
+            replicas=replicas,
             lb_port=self.lb_port,
         )
         (self.repo / "api.yaml").write_text(text, encoding="utf-8")

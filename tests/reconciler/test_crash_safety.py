@@ -199,6 +199,43 @@ def test_sigkill_during_rolling_update_converges_after_restart(
     assert unexpected == [], context
 
 
+def test_sigkill_while_scaling_down_counts_no_crash(crash_cluster: Cluster) -> None:
+    """Scale 4 -> 3 of the same version, SIGKILL the daemon once api-4 got its SIGTERM:
+    the restarted daemon finds api-4 exited. It was being scaled away, not crashing, so
+    no restart is counted (no ``replica.restarted``, no back-off) and the cluster settles
+    on api-1..api-3."""
+    cluster = crash_cluster
+    _, digest = _deploy_v1(cluster)
+    clients = {cluster.lb_port: 2} | {r.port: 1 for r in cluster.replicas() if r.port}
+    with Traffic(clients):
+        fewer = cluster.commit("1", slow_ms=OLD_SLOW_MS, replicas=REPLICAS - 1)
+
+        def last_terminating() -> bool:
+            return any(
+                r.slot == SLOTS[-1] and r.state == "running" and not healthz(r.port)
+                for r in cluster.replicas()
+            )
+
+        wait_until(last_terminating, MOMENT_TIMEOUT, f"{SLOTS[-1]} terminating")
+        cluster.kill_daemon()
+        cluster.start_daemon()
+
+        def settled() -> bool:
+            replicas = cluster.replicas()
+            return (
+                sorted(r.slot for r in replicas) == SLOTS[:-1]
+                and all(r.state == "running" and r.digest == digest for r in replicas)
+                and any(
+                    r.sha == fewer and r.result is RevisionResult.SUCCEEDED
+                    for r in cluster.revisions()
+                )
+            )
+
+        wait_until(settled, CONVERGE_TIMEOUT, "3 replicas after the scale-down")
+    restarted = [e for e in cluster.events() if e.kind == "replica.restarted"]
+    assert restarted == [], [e.message for e in restarted]
+
+
 def _wait_for_moment(cluster: Cluster, moment: Moment, old_digest: str, sha: str) -> None:
     wait_until(
         lambda: moment.reached(_census(cluster, old_digest), cluster, sha),
