@@ -111,3 +111,23 @@ def test_weights_without_a_table_split_by_active_backends() -> None:
     route = Route("web", 1, "http", backends)
     assert weights_in_force(route) == {V1: 67, V2: 33}
     assert weights_in_force(Route("web", 1)) == {}
+
+
+def test_status_says_when_no_figures_are_stored() -> None:
+    """Without a snapshot, status says so (never an empty table that looks like no traffic)."""
+    from rich.console import Console
+
+    from gitorch.commands.status import render_traffic as render_status_traffic
+    from gitorch.state import TrafficSnapshot, VersionTraffic
+
+    console = Console(record=True, width=80, no_color=True)
+    render_status_traffic(console, None, "traffic")
+    snap = TrafficSnapshot(
+        "web", 100.0, 0.0, "haproxy", (VersionTraffic(V1, None, 100, 1, 7, 1, 0, 1.0, 2.0, 3.0),)
+    )
+    render_status_traffic(console, snap.to_json(now=225.0), "traffic")
+    text = console.export_text()
+    assert "traffic: no figures stored yet" in text
+    assert "traffic (haproxy, as of 2 m ago; 7 requests" in text
+    row = next(line.split() for line in text.splitlines() if line.startswith(V1))
+    assert row[1:7] == ["-", "100%", "100.0%", "7", "1", "85.7%"]
