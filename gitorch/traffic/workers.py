@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import signal
 import threading
 from collections.abc import Iterable
 from dataclasses import replace
@@ -67,6 +68,9 @@ def _worker_main(
 ) -> None:
     """One worker: a reuse-port balancer serving what the coordinator sends, until the
     coordinator says close or its end of the pipe goes away."""
+    # Ctrl-C in a terminal reaches the whole process group: the daemon decides when its
+    # workers stop (it closes their pipes), so a worker neither dies nor prints a trace.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     lb = BuiltinLoadBalancer(host, timeouts=timeouts, reuse_port=True)
     try:
         while True:

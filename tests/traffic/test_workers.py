@@ -84,6 +84,20 @@ def test_a_killed_worker_is_replaced_and_nothing_fails(pool: WorkerPool, apps: A
     assert fresh_connection_gets(port, 50) == [200] * 50
 
 
+def test_ctrl_c_leaves_the_workers_to_their_coordinator(pool: WorkerPool, apps: Apps) -> None:
+    """SIGINT reaches a terminal's whole process group; the workers must not die of it."""
+    port = free_port()
+    pool.apply(table(route(port, [apps.start("ka").backend])))
+    pids = [w.process.pid for w in pool._workers]
+    for pid in pids:
+        assert pid is not None
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert all(w.alive() for w in pool._workers)
+    assert [w.process.pid for w in pool._workers] == pids
+    assert fresh_connection_gets(port, 20) == [200] * 20
+
+
 def test_two_routes_on_one_port_and_a_busy_port_are_refused(pool: WorkerPool, apps: Apps) -> None:
     backend = apps.start("ka").backend
     port = free_port()
