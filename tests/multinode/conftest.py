@@ -5,13 +5,16 @@ at teardown every daemon gets SIGTERM and every replica of the test's cluster is
 from each node (process nodes through their bookkeeping, the docker node through its
 engine). ``engine``: one private dockerd for the session (the example image loaded into
 it), started again if a test left it killed, shut down with its bridge at the end.
+
+Only fixtures live here: test modules import ``World`` and the daemon's timings from
+``multinode_helpers``, never from ``conftest`` (with several test folders in one run,
+``conftest`` may name another folder's module).
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,56 +22,10 @@ from multinode_helpers import (
     IMAGE,
     EngineError,
     PrivateEngine,
-    node_runtimes,
-    remove_instances,
+    World,
     write_www,
 )
-from reconciler_helpers import (
-    BUILD_SH,
-    DaemonProc,
-    cluster_of,
-    free_port,
-    init_repo,
-)
-
-#: The daemon's timings the multi-node tests are written for.
-NODE_GRACE = 3.0
-RESYNC = 0.5
-INTERVAL = 2.0
-
-
-@dataclass
-class World:
-    """One test's cluster: repo, state dir, daemons, and its nodes (for cleanup)."""
-
-    root: Path
-    repo: Path
-    state: Path
-    process_nodes: list[str] = field(default_factory=list)
-    docker_nodes: dict[str, str] = field(default_factory=dict)  # name -> endpoint
-    daemons: list[DaemonProc] = field(default_factory=list)
-
-    def daemon(self) -> DaemonProc:
-        """``gitorch daemon --node-grace 3 --resync 0.5 --interval 2`` on this world."""
-        daemon = DaemonProc(
-            str(self.repo),
-            self.state,
-            "process",
-            interval=INTERVAL,
-            resync=RESYNC,
-            extra=("--node-grace", str(NODE_GRACE)),
-        )
-        self.daemons.append(daemon)
-        return daemon
-
-    def teardown(self) -> None:
-        for daemon in self.daemons:
-            daemon.stop()
-        cluster = cluster_of(self.state)
-        if not cluster:
-            return
-        for runtime in node_runtimes(self.state, self.process_nodes, self.docker_nodes):
-            remove_instances(runtime, cluster)
+from reconciler_helpers import BUILD_SH, free_port, init_repo
 
 
 @pytest.fixture

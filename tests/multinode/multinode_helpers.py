@@ -34,13 +34,18 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "reconciler"))
 
-from reconciler_helpers import CliRun, gitorch  # noqa: E402
+from reconciler_helpers import CliRun, DaemonProc, cluster_of, gitorch  # noqa: E402
 
 from gitorch.errors import GitorchError  # noqa: E402
 from gitorch.live.inventory import runtime_dir  # noqa: E402
 from gitorch.runtime.base import Runtime  # noqa: E402
 
 IMAGE = "gitorch-example/api:1"
+
+#: The daemon's timings the multi-node tests are written for.
+NODE_GRACE = 3.0
+RESYNC = 0.5
+INTERVAL = 2.0
 SERVE = ["/bin/busybox", "sh", "-c", 'exec /bin/busybox httpd -f -p "$PORT" -h www']
 
 
@@ -420,3 +425,40 @@ def remove_instances(runtime: Runtime, cluster: str) -> None:
     for instance in instances:
         with contextlib.suppress(GitorchError):
             runtime.remove(instance.id)
+
+
+# -- one test's world ------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """One test's cluster: repo, state dir, daemons, and its nodes (for cleanup)."""
+
+    root: Path
+    repo: Path
+    state: Path
+    process_nodes: list[str] = field(default_factory=list)
+    docker_nodes: dict[str, str] = field(default_factory=dict)  # name -> endpoint
+    daemons: list[DaemonProc] = field(default_factory=list)
+
+    def daemon(self) -> DaemonProc:
+        """``gitorch daemon --node-grace 3 --resync 0.5 --interval 2`` on this world."""
+        daemon = DaemonProc(
+            str(self.repo),
+            self.state,
+            "process",
+            interval=INTERVAL,
+            resync=RESYNC,
+            extra=("--node-grace", str(NODE_GRACE)),
+        )
+        self.daemons.append(daemon)
+        return daemon
+
+    def teardown(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+        cluster = cluster_of(self.state)
+        if not cluster:
+            return
+        for runtime in node_runtimes(self.state, self.process_nodes, self.docker_nodes):
+            remove_instances(runtime, cluster)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import World
 from multinode_helpers import (
+    World,
     node_yaml,
     nodes_json,
     placements_of,

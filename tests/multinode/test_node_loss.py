@@ -13,9 +13,11 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import NODE_GRACE, RESYNC, World
 from multinode_helpers import (
+    NODE_GRACE,
+    RESYNC,
     PrivateEngine,
+    World,
     node_yaml,
     nodes_json,
     service_yaml,

@@ -4,8 +4,7 @@ serving throughout), and leaves the tolerating ones where they are."""
 
 from __future__ import annotations
 
-from conftest import World
-from multinode_helpers import node_yaml, service_yaml, settled, where
+from multinode_helpers import World, node_yaml, service_yaml, settled, where
 from reconciler_helpers import LoadClient, commit, free_port, wait_for
 
 TAINT = ("dedicated", "ops", "NoExecute")

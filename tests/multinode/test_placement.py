@@ -9,9 +9,9 @@ once the daemon has converged, and no node holds more than its capacity.
 from __future__ import annotations
 
 import pytest
-from conftest import World
 from multinode_helpers import (
     PrivateEngine,
+    World,
     node_yaml,
     nodes_json,
     placements_of,

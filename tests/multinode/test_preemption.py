@@ -16,8 +16,7 @@ same node being spared.
 
 from __future__ import annotations
 
-from conftest import World
-from multinode_helpers import node_yaml, placements_of, service_yaml, settled, where
+from multinode_helpers import World, node_yaml, placements_of, service_yaml, settled, where
 from reconciler_helpers import commit, free_port, gitorch, wait_for
 
 

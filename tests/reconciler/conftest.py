@@ -1,54 +1,23 @@
 """Fixtures for the reconciler integration tests.
 
-``cluster``: a Git repo, a state dir, and the daemons a test starts; at teardown every
-daemon gets SIGTERM and every replica of the state dir's cluster is removed (process
-replicas through the process driver's bookkeeping, containers through the Docker driver),
-whatever the test did.
+``cluster``: a Git repo, a state dir, and the daemons a test starts (a
+``reconciler_helpers.Cluster``); at teardown every daemon gets SIGTERM and every replica
+of the state dir's cluster is removed (process replicas through the process driver's
+bookkeeping, containers through the Docker driver), whatever the test did.
+
+Only fixtures live here: test modules import classes from ``reconciler_helpers``, never
+from ``conftest`` (with several test folders in one run, ``conftest`` may name another
+folder's module).
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from reconciler_helpers import (
-    BUILD_SH,
-    DaemonProc,
-    cluster_of,
-    docker_runtime,
-    free_port,
-    init_repo,
-    process_runtime,
-    remove_cluster,
-)
-
-
-@dataclass
-class Cluster:
-    """One test's world: a repo, a state dir, the daemons it started."""
-
-    root: Path
-    repo: Path
-    state: Path
-    driver: str = "process"
-    port: int = field(default_factory=free_port)  # the first service's endpoint
-    daemons: list[DaemonProc] = field(default_factory=list)
-
-    def daemon(self, repo: str | None = None, **kwargs: object) -> DaemonProc:
-        daemon = DaemonProc(repo or str(self.repo), self.state, self.driver, **kwargs)  # type: ignore[arg-type]
-        self.daemons.append(daemon)
-        return daemon
-
-    def teardown(self) -> None:
-        for daemon in self.daemons:
-            daemon.stop()
-        cluster = cluster_of(self.state)
-        remove_cluster(process_runtime(self.state), cluster)
-        if self.driver == "docker":
-            remove_cluster(docker_runtime(), cluster)
+from reconciler_helpers import BUILD_SH, Cluster, docker_runtime, init_repo
 
 
 @pytest.fixture

@@ -513,3 +513,31 @@ def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     pairs = [item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item]
     return {k.decode(): v.decode() for k, v in pairs}
+
+
+# -- one test's world --------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """One test's world: a repo, a state dir, the daemons it started."""
+
+    root: Path
+    repo: Path
+    state: Path
+    driver: str = "process"
+    port: int = field(default_factory=free_port)  # the first service's endpoint
+    daemons: list[DaemonProc] = field(default_factory=list)
+
+    def daemon(self, repo: str | None = None, **kwargs: object) -> DaemonProc:
+        daemon = DaemonProc(repo or str(self.repo), self.state, self.driver, **kwargs)  # type: ignore[arg-type]
+        self.daemons.append(daemon)
+        return daemon
+
+    def teardown(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+        cluster = cluster_of(self.state)
+        remove_cluster(process_runtime(self.state), cluster)
+        if self.driver == "docker":
+            remove_cluster(docker_runtime(), cluster)

@@ -6,9 +6,9 @@ digest that is not the plan's exits 1 and changes nothing; ``--worktree`` is ref
 
 from __future__ import annotations
 
-from conftest import Cluster
 from reconciler_helpers import (
     CliRun,
+    Cluster,
     cluster_of,
     commit,
     gitorch,

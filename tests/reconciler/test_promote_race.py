@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import Cluster
-from reconciler_helpers import process_service
+from reconciler_helpers import Cluster, process_service
 
 from gitorch.apply.session import Session, SessionOptions
 from gitorch.manifests import ManifestLoader

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Cluster
 from reconciler_helpers import (
     API_APP,
+    Cluster,
     LoadClient,
     cluster_of,
     commit,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from conftest import Cluster
 from reconciler_helpers import (
+    Cluster,
     commit,
     converged,
     get_version,

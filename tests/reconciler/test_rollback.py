@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from conftest import Cluster
 from reconciler_helpers import (
+    Cluster,
     LoadClient,
     commit,
     converged,

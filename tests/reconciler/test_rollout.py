@@ -9,8 +9,8 @@ history records both revisions as succeeded with their authors.
 from __future__ import annotations
 
 import pytest
-from conftest import Cluster
 from reconciler_helpers import (
+    Cluster,
     LoadClient,
     commit,
     converged,

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cluster
 from reconciler_helpers import (
+    Cluster,
     LoadClient,
     commit,
     converged,
