@@ -26,7 +26,7 @@ from typing import Any
 from gitorch.api.auth import TokenSet
 from gitorch.api.metrics import Metrics
 from gitorch.api.server import ApiServer
-from gitorch.api.traffic import SerializedPlane, TrafficMeter, store_revisions
+from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import render_traffic
 from gitorch.api.webhook import WebhookSecret
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
@@ -107,8 +107,6 @@ class Daemon:
             opts.repo, cache_root=opts.session.state_dir / "cache", ref=opts.ref
         )
         with Session(opts.session, on_health_change=lambda *_: self._wake.set()) as session:
-            # Before the first reconciler is built, so that it applies through the lock.
-            session.dataplane = SerializedPlane(session.dataplane)
             self.session = session
             self.traffic = _traffic_meter(session, opts.session.data_plane)
             meter = self.traffic

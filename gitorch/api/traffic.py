@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from gitorch.errors import GitorchError
 from gitorch.state import StateStore, TrafficSnapshot, VersionTraffic
 from gitorch.traffic.figures import BackendFigures, empty_histogram, quantile
-from gitorch.traffic.table import BackendStats, DataPlane, Route, RoutingTable
+from gitorch.traffic.table import Route, RoutingTable
 
 log = logging.getLogger("gitorch.api.traffic")
 
@@ -275,39 +275,3 @@ class TrafficMeter:
             if k[0] not in routes or now - seen > RETIRE_AFTER
         ]:
             del self._last[key]
-
-
-class SerializedPlane:
-    """A data plane whose :meth:`figures` never runs while :meth:`apply` does.
-
-    The reconcile loop applies tables while API threads read figures. A data plane may
-    show a backend's counts twice for a moment inside ``apply`` (HAProxy banks a worker's
-    counts before the reload that resets them), and a meter would add that spike to its
-    totals for good; one lock around both makes every read see a table fully applied. A
-    read waits at most one apply (an HAProxy reload: tens of milliseconds).
-    """
-
-    def __init__(self, inner: DataPlane) -> None:
-        self.inner = inner
-        self._lock = threading.Lock()
-
-    def apply(self, table: RoutingTable) -> None:
-        with self._lock:
-            self.inner.apply(table)
-
-    def figures(self, service: str) -> list[BackendFigures]:
-        read = getattr(self.inner, "figures", None)
-        if read is None:
-            return []
-        with self._lock:
-            return list(read(service))
-
-    def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
-        return self.inner.backend_stats(service, backend_id)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> object:
-        # Everything else (version_figures, endpoints, ...) as the data plane has it.
-        return getattr(self.inner, name)

@@ -415,6 +415,7 @@ class HAProxyDataPlane:
         self.master_sock = self.workdir / "master.sock"
         self.log_path = self.workdir / "haproxy.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
         self._layouts: dict[str, _Layout] = {}
         self._servers: dict[str, _Server] = {}  # "backend/server" -> as applied
         self._maps: dict[Path, dict[str, str]] = {}  # map file -> entries as applied
@@ -431,7 +432,32 @@ class HAProxyDataPlane:
 
     # ------------------------------------------------------------------ DataPlane
 
+    # Every public method takes one lock: the daemon applies tables on its reconcile
+    # thread while API threads read figures, and a read inside a reload would see a
+    # worker's counts both banked and still live (counted twice).
+
     def apply(self, table: RoutingTable) -> None:
+        """Serve ``table`` (see the module docstring): runtime API changes, or a checked
+        reload when the structure changed."""
+        with self._lock:
+            self._apply_unlocked(table)
+
+    def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
+        """In flight, requests and errors of one backend (None when unknown)."""
+        with self._lock:
+            return self._backend_stats_unlocked(service, backend_id)
+
+    def figures(self, service: str) -> list[BackendFigures]:
+        """Cumulative figures of every backend of ``service`` (see ``_figures_unlocked``)."""
+        with self._lock:
+            return self._figures_unlocked(service)
+
+    def close(self) -> None:
+        """Stop HAProxy and the request-log reader."""
+        with self._lock:
+            self._close_unlocked()
+
+    def _apply_unlocked(self, table: RoutingTable) -> None:
         """Serve ``table``: runtime API when only servers changed, else a validated reload.
 
         Raises :class:`RouteInvalid`/:class:`ListenError` before changing anything,
@@ -477,7 +503,7 @@ class HAProxyDataPlane:
         if self._log is not None:
             self._log.route(_log_routes(layouts))
 
-    def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
+    def _backend_stats_unlocked(self, service: str, backend_id: str) -> BackendStats | None:
         """In flight (``scur`` + ``qcur``), requests (``stot``) and errors (``hrsp_5xx``
         + ``econ``) of one backend, both its server copies added up."""
         figures = {f.backend_id: f for f in self.figures(service)}
@@ -488,7 +514,7 @@ class HAProxyDataPlane:
             found.in_flight, found.requests, found.errors_5xx + found.connect_errors
         )
 
-    def figures(self, service: str) -> list[BackendFigures]:
+    def _figures_unlocked(self, service: str) -> list[BackendFigures]:
         """Cumulative figures of every backend of ``service`` (empty if unknown)."""
         layout = self._layouts.get(service)
         if layout is None or not self._running():
@@ -556,7 +582,7 @@ class HAProxyDataPlane:
             raise HAProxyError(f"unexpected 'show info' answer: {info[:200]!r}")
         return int(match.group(1))
 
-    def close(self) -> None:
+    def _close_unlocked(self) -> None:
         """Stop HAProxy (master and workers)."""
         proc, self._proc = self._proc, None
         if proc is None:
