@@ -17,10 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reconciler"))
-
-from reconciler_helpers import (  # noqa: E402
+from reconciler_helpers import (
     DaemonProc,
     cli_env,
     cluster_of,
@@ -33,7 +30,7 @@ from reconciler_helpers import (  # noqa: E402
     wait_for,
 )
 
-from gitorch.state import StateStore  # noqa: E402
+from gitorch.state import StateStore
 
 READ = "0123456789abcdef-read-token-4f2a"
 WRITE = "fedcba9876543210-write-token-9c1e"

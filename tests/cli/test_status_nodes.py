@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "live"))
-from live_helpers import (  # noqa: E402
+from live_helpers import (
     DOCKER_ENDPOINT,
     EXAMPLE_API_APP,
     SHA_1,
@@ -36,15 +34,12 @@ from live_helpers import (  # noqa: E402
     start_replicas,
 )
 
-from gitorch.live import NodeTarget, cluster_name, observe  # noqa: E402
-from gitorch.live.inventory import (
-    local_node_name,  # noqa: E402
-    runtime_dir,  # noqa: E402
-)
-from gitorch.manifests import Service  # noqa: E402
-from gitorch.runtime.base import Instance, Runtime  # noqa: E402
-from gitorch.runtime.process import ProcessRuntime  # noqa: E402
-from gitorch.state import RevisionResult, RolloutPhase, StateStore  # noqa: E402
+from gitorch.live import NodeTarget, cluster_name, observe
+from gitorch.live.inventory import local_node_name, runtime_dir
+from gitorch.manifests import Service
+from gitorch.runtime.base import Instance, Runtime
+from gitorch.runtime.process import ProcessRuntime
+from gitorch.state import RevisionResult, RolloutPhase, StateStore
 
 ADDRESS = re.compile(r"^127\.0\.0\.1:\d+$")
 

@@ -21,7 +21,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -31,14 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "reconciler"))
+from reconciler_helpers import CliRun, DaemonProc, cluster_of, gitorch
 
-from reconciler_helpers import CliRun, DaemonProc, cluster_of, gitorch  # noqa: E402
-
-from gitorch.errors import GitorchError  # noqa: E402
-from gitorch.live.inventory import runtime_dir  # noqa: E402
-from gitorch.runtime.base import Runtime  # noqa: E402
+from gitorch.errors import GitorchError
+from gitorch.live.inventory import runtime_dir
+from gitorch.runtime.base import Runtime
 
 IMAGE = "gitorch-example/api:1"
 

@@ -14,7 +14,6 @@ import contextlib
 import http.client
 import os
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,10 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "reconciler"))
-
-from reconciler_helpers import (  # noqa: E402
+from reconciler_helpers import (
     DaemonProc,
     LoadClient,
     cluster_of,
