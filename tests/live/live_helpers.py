@@ -5,8 +5,9 @@ the real :class:`ManifestLoader`, starts the replicas with a real :class:`Runtim
 as apply will set them) and records the rollout in a real :class:`StateStore`.
 
 Kept out of conftest.py so test modules can import it under a name no other test folder
-uses. The runtime suite's image and client helpers are reused from
-``tests/runtime/conftest.py`` (loaded by path: every folder's conftest is named "conftest").
+uses. The runtime suite's constants come from ``runtime_helpers`` (tests/runtime is on
+pytest's pythonpath) and its session fixtures from ``tests/runtime/conftest.py`` (loaded
+by path under a name of its own: every folder's conftest is named "conftest").
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from runtime_helpers import DOCKER_ENDPOINT
 
 from gitorch.errors import InstanceNotFound, RuntimeDriverError
 from gitorch.live import LiveState, NodeTarget
@@ -61,9 +63,8 @@ def _load_runtime_conftest() -> ModuleType:
     return module
 
 
-#: tests/runtime/conftest.py: require_docker_client, build_test_images, image_tag, ...
+#: tests/runtime/conftest.py: the runtime suite's fixtures (docker_client, test_images, ...)
 runtime_fixtures = _load_runtime_conftest()
-DOCKER_ENDPOINT: str = runtime_fixtures.DOCKER_ENDPOINT
 # The runtime suite's session fixtures, reused as they are (an engine that does not
 # answer FAILS the test; the test images are built once and only when changed). Import
 # them (and example_images below) into a conftest or test module to use them.

@@ -1,16 +1,18 @@
 """The Runtime contract: one behavioural suite, run against every driver.
 
-Each test gets ``runtime_kit`` (see conftest.py) for the process and the docker driver,
-with a cluster name of its own; every instance is removed at teardown.
+Each test gets ``runtime_kit`` (conftest.py; the kit is ``runtime_helpers.RuntimeKit``) for
+the process and the docker driver, with a cluster name of its own; every instance is
+removed at teardown.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import pytest
+from runtime_helpers import RuntimeKit
 
 from gitorch.errors import InstanceNotFound
 from gitorch.runtime.base import (
@@ -22,10 +24,7 @@ from gitorch.runtime.base import (
     Runtime,
 )
 
-if TYPE_CHECKING:
-    from conftest import RuntimeKit
-
-#: The container port every http workload declares (see conftest.RuntimeKit.spec).
+#: The container port every http workload declares (see runtime_helpers.RuntimeKit.spec).
 HTTP_PORT = 8080
 
 T = TypeVar("T")
