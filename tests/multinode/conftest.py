@@ -18,13 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from multinode_helpers import (
-    IMAGE,
-    EngineError,
-    PrivateEngine,
-    World,
-    write_www,
-)
+from multinode_helpers import IMAGE, World, write_www
+from private_dockerd import EngineError, PrivateEngine
 from reconciler_helpers import BUILD_SH, free_port, init_repo
 
 
@@ -52,7 +47,7 @@ def _private_engine() -> Iterator[PrivateEngine]:
     )
     if done.returncode != 0:
         pytest.fail(f"building the example images failed:\n{done.stdout}{done.stderr}")
-    engine = PrivateEngine()
+    engine = PrivateEngine(prefix="mn")
     try:
         try:
             engine.boot()
@@ -67,9 +62,5 @@ def _private_engine() -> Iterator[PrivateEngine]:
 @pytest.fixture
 def engine(_private_engine: PrivateEngine) -> PrivateEngine:
     """The session's private engine, answering (restarted if a test left it killed)."""
-    if not _private_engine.running:
-        try:
-            _private_engine.start()
-        except EngineError as exc:
-            pytest.fail(str(exc))
+    _private_engine.ensure_running()  # an EngineError is an AssertionError: a failure
     return _private_engine

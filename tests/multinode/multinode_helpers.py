@@ -1,11 +1,11 @@
-"""Helpers for the multi-node tests: a private Docker engine the tests may kill, Node and
-Service manifests that run on process and docker nodes alike, and readers of where
-replicas run.
+"""Helpers for the multi-node tests: one test's ``World``, Node and Service manifests that
+run on process and docker nodes alike, and readers of where replicas run.
 
 Several nodes on one machine: ``kind: Node`` objects with the process driver and distinct
 names (each has its own bookkeeping folder under the state dir), plus one docker node
-whose endpoint is a dockerd started here, on its own socket, data root, containerd and
-bridge, so SIGKILLing it never touches the main engine the rest of the suite uses.
+whose endpoint is a private dockerd (``private_dockerd.PrivateEngine``, shared with the
+runtime tests), on its own socket, data root, containerd and bridge, so SIGKILLing it
+never touches the main engine the rest of the suite uses.
 
 The same Service runs on both kinds of node: its command is busybox's httpd serving the
 relative folder ``www`` on ``$PORT``. In a container (the example image, workdir ``/``)
@@ -19,11 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import subprocess
-import tempfile
-import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,216 +38,6 @@ NODE_GRACE = 3.0
 RESYNC = 0.5
 INTERVAL = 2.0
 SERVE = ["/bin/busybox", "sh", "-c", 'exec /bin/busybox httpd -f -p "$PORT" -h www']
-
-
-# -- the private engine ------------------------------------------------------------------
-
-_CONTAINERD_TOML = """\
-version = 2
-root = "{root}/ctd/root"
-state = "{root}/ctd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{root}/ctd/ctd.sock"
-[ttrpc]
-  address = "{root}/ctd/ctd.sock.ttrpc"
-[debug]
-  address = "{root}/ctd/debug.sock"
-"""
-
-
-class EngineError(AssertionError):
-    """The private engine could not be started (a test failure, never a skip)."""
-
-
-@dataclass
-class PrivateEngine:
-    """containerd + dockerd of our own, on a bridge of our own.
-
-    containerd runs apart from dockerd (as under systemd) so that a SIGKILLed dockerd
-    leaves containerd alive and a new dockerd starts at once. Not ``--bridge=none``: a
-    dockerd started with it deletes docker0, which belongs to the main engine. No
-    iptables (published ports go through docker-proxy), vfs storage (no overlay mounts to
-    leak). Short paths: containerd's socket path must fit in 108 bytes.
-    """
-
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mn", dir="/tmp")))
-    bridge: str = field(default_factory=lambda: f"mn{uuid.uuid4().hex[:6]}")
-    dockerd: subprocess.Popen[bytes] | None = None
-    containerd: subprocess.Popen[bytes] | None = None
-    _logs: list[Any] = field(default_factory=list, repr=False)
-
-    @property
-    def endpoint(self) -> str:
-        return f"unix://{self.root}/docker.sock"
-
-    @property
-    def running(self) -> bool:
-        return self.dockerd is not None and self.dockerd.poll() is None
-
-    def _log(self, name: str) -> Any:
-        handle = open(self.root / name, "ab")  # noqa: SIM115 (closed in shutdown)
-        self._logs.append(handle)
-        return handle
-
-    def tail(self, name: str = "dockerd.log") -> str:
-        try:
-            return (self.root / name).read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def boot(self) -> None:
-        for tool in ("dockerd", "containerd", "ip"):
-            if shutil.which(tool) is None:
-                raise EngineError(f"{tool} is not installed (apt-get install docker.io iproute2)")
-        # 198.19.0.0/15 is reserved for benchmarks (RFC 2544): no clash with real networks.
-        subnet = f"198.19.{int(self.bridge[-2:], 16)}.1/24"
-        for argv in (
-            ["ip", "link", "add", self.bridge, "type", "bridge"],
-            ["ip", "addr", "add", subnet, "dev", self.bridge],
-            ["ip", "link", "set", self.bridge, "up"],
-        ):
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise EngineError(f"{' '.join(argv)}: {done.stderr.strip()}")
-        (self.root / "ctd").mkdir()
-        config = self.root / "ctd" / "config.toml"
-        config.write_text(_CONTAINERD_TOML.format(root=self.root))
-        self.containerd = subprocess.Popen(
-            ["containerd", "--config", str(config)],
-            stdout=self._log("containerd.log"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while not (self.root / "ctd" / "ctd.sock").exists():
-            if self.containerd.poll() is not None or time.monotonic() > deadline:
-                raise EngineError(f"containerd did not start:\n{self.tail('containerd.log')}")
-            time.sleep(0.02)
-        self.start()
-
-    def start(self) -> None:
-        """Start dockerd (again) and wait until it answers."""
-        (self.root / "pid").unlink(missing_ok=True)  # left behind by a SIGKILL
-        self.dockerd = subprocess.Popen(
-            [
-                "dockerd",
-                f"--host={self.endpoint}",
-                f"--containerd={self.root}/ctd/ctd.sock",
-                f"--data-root={self.root}/data",
-                f"--exec-root={self.root}/exec",
-                f"--pidfile={self.root}/pid",
-                f"--bridge={self.bridge}",
-                "--iptables=false",
-                "--ip-masq=false",
-                "--ip-forward=false",
-                "--storage-driver=vfs",
-            ],
-            stdout=self._log("dockerd.log"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while not self.answers():
-            if self.dockerd.poll() is not None or time.monotonic() > deadline:
-                raise EngineError(f"the private dockerd did not start:\n{self.tail()}")
-            time.sleep(0.05)
-
-    def answers(self) -> bool:
-        done = subprocess.run(
-            ["docker", "-H", self.endpoint, "version", "--format", "{{.Server.Version}}"],
-            capture_output=True,
-            check=False,
-            timeout=10,
-        )
-        return done.returncode == 0
-
-    def kill(self) -> None:
-        """SIGKILL dockerd: the node stops answering (its containers' ports close too)."""
-        assert self.dockerd is not None
-        self.dockerd.kill()
-        self.dockerd.wait(timeout=10)
-
-    def load_image(self, image: str) -> None:
-        """Copy ``image`` from the main engine (no registry here either)."""
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        load = subprocess.run(
-            ["docker", "-H", self.endpoint, "load", "-q"],
-            stdin=save.stdout,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        assert save.stdout is not None
-        save.stdout.close()
-        if save.wait(timeout=60) != 0 or load.returncode != 0:
-            raise EngineError(f"loading {image} into the private engine failed: {load.stderr}")
-
-    def containers(self, cluster: str) -> list[dict[str, Any]]:
-        """Every container of ``cluster`` on this engine, running or not (docker ps -a)."""
-        done = subprocess.run(
-            [
-                "docker",
-                "-H",
-                self.endpoint,
-                "ps",
-                "-a",
-                "--no-trunc",
-                "--filter",
-                f"label=dev.gitorch.cluster={cluster}",
-                "--format",
-                "{{json .}}",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=20,
-        )
-        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-
-    def remove_all(self) -> None:
-        if not self.running:
-            return
-        done = subprocess.run(
-            ["docker", "-H", self.endpoint, "ps", "-aq"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=20,
-        )
-        ids = done.stdout.split()
-        if ids:
-            subprocess.run(
-                ["docker", "-H", self.endpoint, "rm", "-f", *ids],
-                capture_output=True,
-                check=False,
-                timeout=60,
-            )
-
-    def shutdown(self) -> None:
-        """Stop dockerd and containerd, unmount, delete the files and the bridge."""
-        with contextlib.suppress(Exception):
-            self.remove_all()
-        for proc in (self.dockerd, self.containerd):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        for handle in self._logs:
-            handle.close()
-        # dockerd bind-mounts parts of its data root; a killed one never unmounts them.
-        mounts = [
-            line.split()[1]
-            for line in Path("/proc/mounts").read_text().splitlines()
-            if line.split()[1].startswith(str(self.root))
-        ]
-        for mount in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
-        shutil.rmtree(self.root, ignore_errors=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
 
 
 # -- manifests ---------------------------------------------------------------------------

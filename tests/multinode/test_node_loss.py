@@ -16,7 +16,6 @@ import pytest
 from multinode_helpers import (
     NODE_GRACE,
     RESYNC,
-    PrivateEngine,
     World,
     node_yaml,
     nodes_json,
@@ -24,6 +23,7 @@ from multinode_helpers import (
     settled,
     where,
 )
+from private_dockerd import PrivateEngine
 from reconciler_helpers import LoadClient, commit, wait_for
 
 pytestmark = pytest.mark.docker

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 from multinode_helpers import (
-    PrivateEngine,
     World,
     node_yaml,
     nodes_json,
@@ -20,6 +19,7 @@ from multinode_helpers import (
     settled,
     where,
 )
+from private_dockerd import PrivateEngine
 from reconciler_helpers import commit, free_port, wait_for
 
 from gitorch.manifests.quantities import parse_cpu

@@ -1,27 +1,21 @@
 """Docker-only behaviour: failures translated into gitorch errors, limits, endpoints.
 
-The engine-loss tests start a private dockerd of their own (its own socket, data root,
-exec root and containerd; no bridge, no iptables) so that killing it never touches the
-main engine the rest of the suite uses.
+The engine-loss tests start a private dockerd of their own (``private_dockerd``: its own
+socket, data root, exec root, containerd and bridge; no iptables) so that killing or
+pausing it never touches the main engine the rest of the suite uses.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from private_dockerd import EngineError, PrivateEngine
 
 from gitorch.errors import (
     ConfigError,
@@ -210,212 +204,31 @@ def test_unreachable_endpoints_never_raise_from_node_info(tmp_path: Path) -> Non
 # -- a private engine that the tests may kill -----------------------------------------
 
 
-_CONTAINERD_CONFIG = """\
-version = 2
-root = "{root}/ctd/root"
-state = "{root}/ctd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{root}/ctd/ctd.sock"
-[ttrpc]
-  address = "{root}/ctd/ctd.sock.ttrpc"
-[debug]
-  address = "{root}/ctd/debug.sock"
-"""
-
-
-@dataclass
-class ScratchEngine:
-    """A dockerd of our own; SIGKILL, SIGSTOP and restart it at will.
-
-    Its containerd runs separately (as under systemd): a dockerd managing its own
-    containerd takes it down when killed, and the next one then cannot start while the
-    old shims live. Flags avoid the host's shared state: NOT ``--bridge=none`` (a dockerd
-    started with it deletes docker0, which belongs to the main engine) but a bridge of
-    our own; no iptables, no ip forwarding, vfs storage (no overlay mounts to leak).
-    Paths are short: containerd's socket paths must fit in 108 bytes.
-    """
-
-    root: Path
-    tcp_port: int
-    bridge: str
-    proc: subprocess.Popen[bytes] | None = None
-    containerd: subprocess.Popen[bytes] | None = None
-    _logs: list[Any] = field(default_factory=list, repr=False)
-
-    @property
-    def endpoint(self) -> str:
-        return f"unix://{self.root}/docker.sock"
-
-    @property
-    def tcp_endpoint(self) -> str:
-        return f"tcp://127.0.0.1:{self.tcp_port}"
-
-    def _log(self, name: str) -> Any:
-        log = open(self.root / name, "ab")  # noqa: SIM115 (closed in shutdown)
-        self._logs.append(log)
-        return log
-
-    def _tail(self, name: str) -> str:
-        return (self.root / name).read_text(errors="replace")[-2000:]
-
-    def boot(self) -> None:
-        """Bridge, containerd, then dockerd."""
-        self._make_bridge()
-        (self.root / "ctd").mkdir()
-        config = self.root / "ctd" / "config.toml"
-        config.write_text(_CONTAINERD_CONFIG.format(root=self.root))
-        self.containerd = subprocess.Popen(
-            ["containerd", "--config", str(config)],
-            stdout=self._log("containerd.log"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while not (self.root / "ctd" / "ctd.sock").exists():
-            if self.containerd.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"the private containerd did not start:\n{self._tail('containerd.log')}"
-                )
-            time.sleep(0.02)
-        self.start()
-
-    def start(self) -> None:
-        """Start dockerd (again) and wait until it answers."""
-        (self.root / "pid").unlink(missing_ok=True)  # left behind by a SIGKILL
-        argv = [
-            "dockerd",
-            f"--host={self.endpoint}",
-            f"--host={self.tcp_endpoint}",
-            f"--containerd={self.root}/ctd/ctd.sock",
-            f"--data-root={self.root}/data",
-            f"--exec-root={self.root}/exec",
-            f"--pidfile={self.root}/pid",
-            f"--bridge={self.bridge}",
-            "--iptables=false",
-            "--ip-masq=false",
-            "--ip-forward=false",
-            "--storage-driver=vfs",
-        ]
-        self.proc = subprocess.Popen(
-            argv, stdout=self._log("dockerd.log"), stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 30
-        while not docker_available(self.endpoint, timeout=0.5):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the private dockerd did not start:\n{self._tail('dockerd.log')}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def pause(self) -> None:
-        """SIGSTOP dockerd and wait until every thread is stopped (delivery is async)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        deadline = time.monotonic() + 5
-        while not self._all_threads_stopped():
-            assert time.monotonic() < deadline, "dockerd did not stop"
-            time.sleep(0.01)
-
-    def _all_threads_stopped(self) -> bool:
-        assert self.proc is not None
-        for stat in Path(f"/proc/{self.proc.pid}/task").glob("*/stat"):
-            with contextlib.suppress(OSError):  # a thread may exit meanwhile
-                # The state is the first field after the ")" closing the command name.
-                if stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
-                    return False
-        return True
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def shutdown(self) -> None:
-        """Stop everything this engine started and remove its files and bridge."""
-        for proc in (self.proc, self.containerd):
-            if proc is None or proc.poll() is not None:
-                continue
-            if proc is self.proc:
-                self.resume()
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        for log in self._logs:
-            log.close()
-        # dockerd bind-mounts its data root; a killed one never unmounts it.
-        mounts = [
-            line.split()[1]
-            for line in Path("/proc/mounts").read_text().splitlines()
-            if line.split()[1].startswith(str(self.root))
-        ]
-        for mount in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
-        subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
-
-    def _make_bridge(self) -> None:
-        """A host bridge for the private engine, in a benchmark-only range (RFC 2544)."""
-        subnet = f"198.18.{int(self.bridge[-2:], 16)}.1/24"
-        for argv in (
-            ["ip", "link", "add", self.bridge, "type", "bridge"],
-            ["ip", "addr", "add", subnet, "dev", self.bridge],
-            ["ip", "link", "set", self.bridge, "up"],
-        ):
-            done = subprocess.run(argv, check=False, capture_output=True, text=True)
-            if done.returncode != 0:
-                pytest.fail(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-
-
 @pytest.fixture(scope="module")
-def scratch_engine(docker_client: Any, test_images: dict[str, str]) -> Iterator[ScratchEngine]:
+def scratch_engine(test_images: dict[str, str]) -> Iterator[PrivateEngine]:
     """One private engine for this module's engine-loss tests (each uses its own cluster)."""
-    if shutil.which("dockerd") is None or shutil.which("containerd") is None:
-        pytest.fail("dockerd/containerd are not installed (apt-get install docker.io)")
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    engine = ScratchEngine(
-        Path(tempfile.mkdtemp(prefix="gd", dir="/tmp")), port, f"gd{uuid.uuid4().hex[:6]}"
-    )
+    engine = PrivateEngine(prefix="gd", tcp=True)
     try:
-        engine.boot()
-        import docker
-
-        # Copy the test images over: the private engine has no registry either.
-        client = docker.APIClient(base_url=engine.endpoint, version="auto", timeout=30)
-        for kind in ("stubborn", "graceful"):
-            tarball = b"".join(docker_client.images.get(test_images[kind]).save(named=True))
-            for _ in client.load_image(tarball):  # a lazy stream: loading happens as it is read
-                pass
-        client.close()
+        try:
+            engine.boot()
+            # Copy the test images over: the private engine has no registry either.
+            engine.load_image(test_images["stubborn"], test_images["graceful"])
+        except EngineError as exc:
+            pytest.fail(str(exc))
         yield engine
     finally:
-        if engine.proc is not None and engine.proc.poll() is None:
-            import docker
-
-            client = docker.APIClient(base_url=engine.endpoint, version="auto", timeout=10)
-            for container in client.containers(all=True):
-                client.remove_container(container["Id"], force=True)
-            client.close()
         engine.shutdown()
 
 
 @pytest.fixture
-def engine(scratch_engine: ScratchEngine) -> ScratchEngine:
+def engine(scratch_engine: PrivateEngine) -> PrivateEngine:
     """The module's private engine, running (restarted if an earlier test left it dead)."""
-    if scratch_engine.proc is None or scratch_engine.proc.poll() is not None:
-        scratch_engine.start()
-    scratch_engine.resume()
+    scratch_engine.ensure_running()  # an EngineError is an AssertionError: a failure
     return scratch_engine
 
 
 def test_engine_killed_and_restarted(
-    engine: ScratchEngine, test_images: dict[str, str], cluster: str
+    engine: PrivateEngine, test_images: dict[str, str], cluster: str
 ) -> None:
     runtime = DockerRuntime("node-scratch", engine.endpoint, timeout=2.0)
     assert runtime.node_info().ready
@@ -466,7 +279,7 @@ def test_engine_killed_and_restarted(
     assert runtime.list_instances(cluster) == []
 
 
-def test_hung_engine_times_out(engine: ScratchEngine, cluster: str) -> None:
+def test_hung_engine_times_out(engine: PrivateEngine, cluster: str) -> None:
     runtime = DockerRuntime("node-scratch", engine.endpoint, timeout=1.0)
     assert runtime.list_instances(cluster) == []
     engine.pause()
@@ -483,7 +296,7 @@ def test_hung_engine_times_out(engine: ScratchEngine, cluster: str) -> None:
     assert runtime.list_instances(cluster) == []
 
 
-def test_tcp_endpoint(engine: ScratchEngine, test_images: dict[str, str], cluster: str) -> None:
+def test_tcp_endpoint(engine: PrivateEngine, test_images: dict[str, str], cluster: str) -> None:
     runtime = DockerRuntime("node-tcp", engine.tcp_endpoint, timeout=5.0)
     info = runtime.node_info()
     assert info.ready, info.message
