@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import http.client
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from api_helpers import parse_prometheus
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "progressive"))
-
-from progressive_helpers import (  # noqa: E402
+from progressive_helpers import (
     World,
     action,
     commit_next,
@@ -27,7 +23,7 @@ from progressive_helpers import (  # noqa: E402
     on_revision,
     process_progressive,
 )
-from reconciler_helpers import gitorch, init_repo, wait_for  # noqa: E402
+from reconciler_helpers import gitorch, init_repo, wait_for
 
 CANARY = """\
   strategy:
