@@ -210,7 +210,7 @@ def docker_image(scratch: Path) -> str:
     """Build (or reuse) the contract suite's http test image with its own builder."""
     import docker
 
-    path = REPO / "tests" / "runtime" / "conftest.py"
+    path = REPO / "tests" / "runtime" / "runtime_helpers.py"
     module_spec = importlib.util.spec_from_file_location("_runtime_test_images", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
