@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gitorch.commands.cluster import runtime_dir  # noqa: E402 (the repo path is set above)
 from gitorch.live import NodeTarget, cluster_name, observe  # noqa: E402
+from gitorch.live.inventory import runtime_dir  # noqa: E402 (the repo path is set above)
 from gitorch.manifests import ManifestLoader, Service  # noqa: E402
 from gitorch.runtime.base import (  # noqa: E402
     LABEL_REPLICA,
