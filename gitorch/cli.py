@@ -7,7 +7,9 @@ never a traceback; ``GITORCH_DEBUG=1`` shows the traceback for bug reports.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # `kill -QUIT PID` prints every thread's stack to stderr and the process goes on: how
+    # to see where a stuck daemon or watch is, without a debugger on the host.
+    if hasattr(signal, "SIGQUIT") and sys.stderr is not None:
+        faulthandler.register(signal.SIGQUIT, all_threads=True, chain=False)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

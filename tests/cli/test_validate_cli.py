@@ -188,9 +188,14 @@ class Watcher:
             try:
                 return self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
+                # Stuck: SIGQUIT makes gitorch print every thread's stack (faulthandler),
+                # so the failure says where instead of only that it hung.
+                self.process.send_signal(signal.SIGQUIT)
+                time.sleep(1.0)
                 self.process.kill()
                 self.process.wait()
-                raise
+                assert self.process.stderr is not None
+                pytest.fail(f"watch ignored Ctrl-C for 10 s:\n{self.process.stderr.read()}")
         return self.process.returncode
 
 
@@ -227,3 +232,19 @@ def test_watch_needs_a_local_checkout(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert done.stderr.startswith("error:") and "Traceback" not in done.stderr
+
+
+def test_sigquit_prints_every_threads_stack_and_the_watch_goes_on(
+    repo: Path, watcher: Watcher
+) -> None:
+    watcher.wait_for("valid: 2 Services")
+    watcher.process.send_signal(signal.SIGQUIT)
+    time.sleep(0.5)
+    assert watcher.process.poll() is None  # a dump, not an exit
+    commit(repo, {"deploy/web.yaml": SERVICE.format(name="web", replicas=5)}, "more")
+    watcher.wait_for("valid: 2 Services")
+    assert watcher.stop() == 0
+    assert watcher.process.stderr is not None
+    stderr = watcher.process.stderr.read()
+    assert "Current thread" in stderr or "Thread 0x" in stderr, stderr
+    assert "gitorch/commands/validate.py" in stderr, stderr
