@@ -34,7 +34,7 @@ class SessionOptions:
     drain_timeout: float = 10.0
     node_grace: float = 30.0  # a silent node's replicas are replaced after this long
     data_plane: str = "builtin"  # builtin | haproxy
-    lb_workers: int = 1  # built-in LB processes; 1 = on a thread of the daemon
+    lb_workers: int = 0  # built-in LB worker processes; 0 = on a thread of this process
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -124,7 +124,7 @@ def _data_plane(options: SessionOptions) -> DataPlane:
         return HAProxyDataPlane(options.state_dir / "haproxy", host=options.lb_host)
     if options.data_plane != "builtin":
         raise ConfigError(f"--data-plane {options.data_plane!r}: expected builtin or haproxy")
-    if options.lb_workers > 1:
+    if options.lb_workers > 0:
         return WorkerPool(options.lb_host, workers=options.lb_workers)
     return BuiltinLoadBalancer(options.lb_host)
 

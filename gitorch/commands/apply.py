@@ -67,10 +67,11 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lb-workers",
         type=_workers,
-        default=1,
+        default="auto",
         metavar="N|auto",
-        help="processes the built-in load balancer proxies on (default 1: inside the daemon); "
-        "'auto' = one per CPU core, at most 8. Each shares every port (SO_REUSEPORT)",
+        help="processes the built-in load balancer proxies on, each sharing every port "
+        "(SO_REUSEPORT); 0 = on a thread of this process; default auto: one per CPU core, "
+        "at most 4 (0 on a single core)",
     )
     parser.add_argument(
         "--node-grace",
@@ -102,13 +103,14 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
 
 def _workers(text: str) -> int:
     if text == "auto":
-        return max(1, min(os.cpu_count() or 1, 8))
+        cores = os.cpu_count() or 1
+        return 0 if cores < 2 else min(cores, 4)
     try:
         count = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', not {text!r}") from None
-    if not 1 <= count <= 64:
-        raise argparse.ArgumentTypeError(f"expected 1..64 or 'auto', not {count}")
+    if not 0 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"expected 0..64 or 'auto', not {count}")
     return count
 
 

@@ -62,10 +62,11 @@ class World:
 
     def daemon(self, plane: str) -> DaemonProc:
         """``gitorch daemon --data-plane PLANE --resync 0.5 --interval 2`` on this world
-        (``builtin-workers``: the built-in plane with ``--lb-workers 2``)."""
+        (``builtin-inline``: the built-in plane on a thread of the daemon, ``--lb-workers
+        0``, where ``builtin`` runs it on worker processes by default)."""
         extra = ("--data-plane", plane)
-        if plane == "builtin-workers":
-            extra = ("--data-plane", "builtin", "--lb-workers", "2")
+        if plane == "builtin-inline":
+            extra = ("--data-plane", "builtin", "--lb-workers", "0")
         daemon = DaemonProc(
             str(self.repo),
             self.state,
