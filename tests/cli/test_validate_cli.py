@@ -143,6 +143,10 @@ def test_example_repo_is_valid_through_the_cli(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- --watch
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Watcher:
     """A running `gitorch validate --watch`, its stdout read line by line off-thread."""
 
@@ -155,6 +159,10 @@ class Watcher:
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
+            # As a terminal would start it: a suite launched in the background (`cmd &` in a
+            # script) runs with SIGINT ignored, children inherit that, and Python then
+            # installs no KeyboardInterrupt handler, so Ctrl-C would never reach the watch.
+            preexec_fn=_default_sigint,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
