@@ -5,10 +5,11 @@ Backends: 3 replicas that answer ``200 ok`` from a separate haproxy process
 hits the same replicas. Measured, in interleaved rounds (median of the rounds):
 
 * max rate: ``wrk -t1 -c16 --latency`` against one replica directly; the built-in LB in
-  one process (as the daemon runs it by default) and on ``--workers`` processes
-  (``WorkerPool``, ``--lb-workers``); and :class:`HAProxyDataPlane` as gitorch runs it
-  (with its request log, for latency percentiles) and without the log: requests/s, p99,
-  and ratios against the faster HAProxy;
+  one process (as ``--lb-workers 0`` runs it) and on ``--workers`` processes
+  (``WorkerPool``; the daemon's default ``--lb-workers auto`` is one per core); and
+  :class:`HAProxyDataPlane` as gitorch runs it (with its request log, for latency
+  percentiles) and without the log: requests/s, p99, and ratios against the faster
+  HAProxy;
 * p99 at a fixed rate of 50% of each built-in variant's max (direct and HAProxy at the
   same rate): wrk has no ``-R`` (that is wrk2, not in Debian), so each wrk connection
   waits ``1000 * connections / rate`` ms after each answer (a Lua ``delay()``). That is a
