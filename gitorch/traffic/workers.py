@@ -17,7 +17,8 @@ The pool is a :class:`~gitorch.traffic.table.DataPlane`:
   in-flight requests are sums);
 * a worker that died (or stopped answering) is replaced and given the current table on
   the next call; workers exit by themselves when the coordinator's end of their pipe
-  closes, so a daemon killed with SIGKILL leaves no worker behind.
+  closes, so a daemon killed with SIGKILL leaves no worker behind, and they ignore SIGINT
+  and SIGTERM sent to the daemon's whole process group (the daemon stops them in order).
 
 Weights hold per worker (smooth weighted round robin in each), so shares are exact per
 worker and within a request or two per cycle for the pool.
@@ -68,9 +69,12 @@ def _worker_main(
 ) -> None:
     """One worker: a reuse-port balancer serving what the coordinator sends, until the
     coordinator says close or its end of the pipe goes away."""
-    # Ctrl-C in a terminal reaches the whole process group: the daemon decides when its
-    # workers stop (it closes their pipes), so a worker neither dies nor prints a trace.
+    # Ctrl-C in a terminal, `timeout`, and systemd's stop (KillMode=control-group) signal
+    # the whole process group. The daemon decides when its workers stop: it finishes its
+    # pass, stores its last figures (read from the workers), then closes their pipes. A
+    # worker that died of the group's SIGTERM first would be replaced during the shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     lb = BuiltinLoadBalancer(host, timeouts=timeouts, reuse_port=True)
     try:
         while True:

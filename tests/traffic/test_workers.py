@@ -84,14 +84,16 @@ def test_a_killed_worker_is_replaced_and_nothing_fails(pool: WorkerPool, apps: A
     assert fresh_connection_gets(port, 50) == [200] * 50
 
 
-def test_ctrl_c_leaves_the_workers_to_their_coordinator(pool: WorkerPool, apps: Apps) -> None:
-    """SIGINT reaches a terminal's whole process group; the workers must not die of it."""
+def test_group_signals_leave_the_workers_to_their_coordinator(pool: WorkerPool, apps: Apps) -> None:
+    """Ctrl-C, `timeout` and systemd signal the daemon's whole process group; the workers
+    must not die of it: the daemon stops them once it has read their last figures."""
     port = free_port()
     pool.apply(table(route(port, [apps.start("ka").backend])))
     pids = [w.process.pid for w in pool._workers]
     for pid in pids:
         assert pid is not None
         os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
     time.sleep(0.3)
     assert all(w.alive() for w in pool._workers)
     assert [w.process.pid for w in pool._workers] == pids
