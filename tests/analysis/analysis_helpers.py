@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from gitorch.analysis.evaluate import Measurement, MeasurementPhase
 from gitorch.traffic.figures import VersionFigures, bucket_of, empty_histogram
+
+#: Measurement phases, short, for scripted runs.
+S, F, N, E = (
+    MeasurementPhase.SUCCESSFUL,
+    MeasurementPhase.FAILED,
+    MeasurementPhase.INCONCLUSIVE,
+    MeasurementPhase.ERROR,
+)
+
+
+class Script:
+    """A measure callable answering the given phases in order; counts its calls."""
+
+    def __init__(self, phases: list[MeasurementPhase]) -> None:
+        self.phases: Iterator[MeasurementPhase] = iter(phases)
+        self.calls = 0
+
+    def __call__(self) -> Measurement:
+        self.calls += 1
+        phase = next(self.phases)
+        return Measurement(phase, {}, f"measured {phase}")
 
 
 def window(

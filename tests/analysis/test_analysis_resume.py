@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from analysis_helpers import E, F, N, S, Script
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,26 +26,6 @@ from gitorch.state import AnalysisRunPhase, StateStore
 from gitorch.strategies.machine import AnalysisRequest
 from gitorch.traffic.figures import BackendFigures, empty_histogram
 from gitorch.traffic.table import RoutingTable
-
-S, F, N, E = (
-    MeasurementPhase.SUCCESSFUL,
-    MeasurementPhase.FAILED,
-    MeasurementPhase.INCONCLUSIVE,
-    MeasurementPhase.ERROR,
-)
-
-
-class Script:
-    """A measure callable answering the given phases in order; counts its calls."""
-
-    def __init__(self, phases: list[MeasurementPhase]) -> None:
-        self.phases: Iterator[MeasurementPhase] = iter(phases)
-        self.calls = 0
-
-    def __call__(self) -> Measurement:
-        self.calls += 1
-        phase = next(self.phases)
-        return Measurement(phase, {}, f"measured {phase}")
 
 
 def drive(

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
+from analysis_helpers import E, F, N, S, Script
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitorch.analysis.evaluate import Measurement, MeasurementPhase
+from gitorch.analysis.evaluate import MeasurementPhase
 from gitorch.analysis.run import CONSECUTIVE_ERROR_LIMIT, AnalysisRun, RunPhase, advance, start
 from gitorch.manifests.model import Analysis
-
-S, F, N, E = (
-    MeasurementPhase.SUCCESSFUL,
-    MeasurementPhase.FAILED,
-    MeasurementPhase.INCONCLUSIVE,
-    MeasurementPhase.ERROR,
-)
-
-
-class Script:
-    """A measure callable answering the given phases in order; counts its calls."""
-
-    def __init__(self, phases: list[MeasurementPhase]) -> None:
-        self.phases: Iterator[MeasurementPhase] = iter(phases)
-        self.calls = 0
-
-    def __call__(self) -> Measurement:
-        self.calls += 1
-        phase = next(self.phases)
-        return Measurement(phase, {}, f"measured {phase}")
 
 
 def run_to_end(spec: Analysis, phases: list[MeasurementPhase]) -> tuple[AnalysisRun, Script]:
