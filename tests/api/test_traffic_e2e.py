@@ -22,8 +22,9 @@ from progressive_helpers import (
     deploy_first,
     on_revision,
     process_progressive,
+    world_in,
 )
-from reconciler_helpers import gitorch, init_repo, wait_for
+from reconciler_helpers import gitorch, wait_for
 
 CANARY = """\
   strategy:
@@ -38,13 +39,8 @@ CANARY = """\
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    repo = tmp_path / "repo"
-    init_repo(repo)
-    world = World(tmp_path, repo, tmp_path / "state")
-    try:
-        yield world
-    finally:
-        world.teardown()
+    with world_in(tmp_path) as made:
+        yield made
 
 
 def send(port: int, count: int) -> dict[int, int]:

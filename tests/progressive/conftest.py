@@ -15,19 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from progressive_helpers import World
-from reconciler_helpers import BUILD_SH, docker_runtime, init_repo
+from progressive_helpers import World, world_in
+from reconciler_helpers import BUILD_SH, docker_runtime
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    repo = tmp_path / "repo"
-    init_repo(repo)
-    world = World(tmp_path, repo, tmp_path / "state")
-    try:
-        yield world
-    finally:
-        world.teardown()
+    with world_in(tmp_path) as made:
+        yield made
 
 
 @pytest.fixture(params=["builtin", "haproxy"])

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from reconciler_helpers import (
     docker_service,
     free_port,
     gitorch,
+    init_repo,
     process_runtime,
     process_service,
     remove_cluster,
@@ -86,6 +87,18 @@ class World:
         remove_cluster(process_runtime(self.state), cluster)
         if self.driver == "docker":
             remove_cluster(docker_runtime(), cluster)
+
+
+@contextlib.contextmanager
+def world_in(tmp_path: Path) -> Iterator[World]:
+    """A :class:`World` in ``tmp_path`` (a fresh Git repo), torn down on the way out."""
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    world = World(tmp_path, repo, tmp_path / "state")
+    try:
+        yield world
+    finally:
+        world.teardown()
 
 
 def _stop_haproxy_of(state: Path) -> None:
