@@ -222,25 +222,42 @@ async def _read_headers(reader: asyncio.StreamReader) -> Headers:
 
 
 async def _read_raw_head(reader: asyncio.StreamReader) -> tuple[bytes, str]:
-    """A whole message head in one read: (start line, header section).
+    """A message head: (start line, header section as CRLF-ended lines).
 
-    Reading line by line cost the proxy a fifth of its time. The head ends at the first
-    CRLF CRLF: line ends are CRLF only (RFC 9112 2.2 lets a recipient refuse a bare LF,
-    and refusing it leaves no way to read a head two ways), so a bare LF inside the
-    start line or a header is a 400, and a head made only of bare-LF lines never ends.
+    Reading line by line cost the proxy a fifth of its time, so the header section of a
+    CRLF sender is read in one go: two bytes tell an empty section, else it runs to the
+    first CRLF CRLF. A sender whose start line ends in a bare LF (RFC 9112 2.2 lets a
+    recipient accept it) is read line by line. An empty start line comes back alone (the
+    caller skips it). A bare CR or LF inside a line is refused: no head can be read two
+    ways.
     """
     try:
-        raw = await reader.readuntil(b"\r\n\r\n")
+        first = await reader.readuntil(b"\n")
     except asyncio.IncompleteReadError as exc:
         raise PeerClosed(partial=bool(exc.partial)) from None
     except asyncio.LimitOverrunError:
-        raise BadMessage("head too large") from None
-    line, _, rest = raw.partition(b"\r\n")
+        raise BadMessage("head line too long") from None
+    crlf = first.endswith(b"\r\n")
+    line = first[:-2] if crlf else first[:-1]
     if len(line) > MAX_LINE:
         raise BadMessage("head line too long")
-    if b"\n" in line or b"\r" in line:
-        raise BadMessage("bare CR or LF in the start line")
-    return line, rest[:-2].decode("latin-1")
+    if b"\r" in line:
+        raise BadMessage("bare CR in the start line")
+    if not line:
+        return line, ""
+    if not crlf:
+        pairs = await _read_headers(reader)
+        return line, "".join(f"{name}: {value}\r\n" for name, value in pairs)
+    try:
+        start = await reader.readexactly(2)
+        if start == b"\r\n":
+            return line, ""
+        rest = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        raise PeerClosed(partial=True) from None
+    except asyncio.LimitOverrunError:
+        raise BadMessage("head too large") from None
+    return line, (start + rest)[:-2].decode("latin-1")
 
 
 def _parse_block(block: str) -> Head:
@@ -287,13 +304,7 @@ async def read_request_head(reader: asyncio.StreamReader) -> RequestHead:
     for _ in range(4):
         if line:
             break
-        if block:  # "\r\n" then a request: what followed the empty line is the head
-            line, _, rest = (block + "\r\n").encode("latin-1").partition(b"\r\n")
-            block = rest[:-2].decode("latin-1")
-            if b"\n" in line or b"\r" in line:
-                raise BadMessage("bare CR or LF in the start line")
-        else:
-            line, block = await _read_raw_head(reader)
+        line, block = await _read_raw_head(reader)
     parts = line.split(b" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
         raise BadMessage(f"malformed request line {line[:60]!r}")

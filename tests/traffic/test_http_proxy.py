@@ -208,7 +208,6 @@ def test_every_backend_down_answers_503(lb: BuiltinLoadBalancer) -> None:
         b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
         # a bare LF must never let one request be read two ways (smuggling, injection)
         b"GET /a\nX-Injected: 1 HTTP/1.1\r\nHost: a\r\n\r\n",
-        b"GET / HTTP/1.1\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nX-Name\n: v\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nX-A: 1\rX-B: 2\r\n\r\n",
         b"GET / HTTP/1.1\r\n Folded: 1\r\n\r\n",
@@ -386,6 +385,30 @@ def test_two_routes_may_swap_ports_in_one_apply(lb: BuiltinLoadBalancer, apps: A
     lb.apply(table(route(p2, [one.backend], service="a"), route(p1, [two.backend], service="b")))
     assert b"version=two" in get(p1)[1]
     assert b"version=one" in get(p2)[1]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /headers HTTP/1.0\nHost: lf.example\n\n",
+        b"GET /headers HTTP/1.0\nHost: lf.example\r\n\r\n",
+    ],
+    ids=["bare-lf", "mixed"],
+)
+def test_bare_lf_line_ends_are_read_and_sent_on_as_crlf(
+    lb: BuiltinLoadBalancer, apps: Apps, request_bytes: bytes
+) -> None:
+    """RFC 9112 2.2: a recipient may read a bare LF as a line end. The proxy does (for a
+    sender whose start line ends so), and the backend gets a clean CRLF head."""
+    port, _ = serve(lb, apps, count=1)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    seen = {k.lower(): v for k, v in json.loads(answer.split(b"\r\n\r\n", 1)[1])}
+    assert seen["host"] == "lf.example"
 
 
 def test_idle_client_and_silent_backend_time_out(apps: Apps) -> None:
