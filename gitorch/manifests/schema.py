@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 
@@ -69,9 +70,31 @@ def _registry() -> Registry:
     )
 
 
+#: An unescaped ``$``: in a JSON Schema pattern (ECMA-262) it ends the input, while
+#: Python's ``$`` also matches before a final newline, so ``"web\n"`` would pass
+#: ``^[a-z]+$``. fastjsonschema reads ``$`` as ``\Z``; the explaining validator must too,
+#: or it finds nothing to say about a document the gate refused.
+_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
 @cache
-def _detailed(kind: str) -> Draft202012Validator:
-    return Draft202012Validator(_load_all()[_SCHEMA_FILES[kind]], registry=_registry())
+def _ecma_pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(_DOLLAR.sub(r"\\Z", pattern))
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _ecma_pattern(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Explainer = validators.extend(Draft202012Validator, {"pattern": _pattern})
+
+
+@cache
+def _detailed(kind: str) -> Any:
+    return _Explainer(_load_all()[_SCHEMA_FILES[kind]], registry=_registry())
 
 
 @cache

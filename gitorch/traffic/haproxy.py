@@ -103,7 +103,9 @@ class HAProxyReloadFailed(HAProxyError):
 MAX_WEIGHT = 256
 #: A free slot points here, in maintenance: never connected to.
 PLACEHOLDER = ("127.0.0.1", 1)
-_TOKEN = re.compile(r"^[!#$%&*+\-.^_`|~0-9A-Za-z]+$")
+#: Matched with fullmatch: "$" would also accept a name ending in a newline, which would
+#: break (or extend) the rendered configuration.
+_TOKEN = re.compile(r"[!#$%&*+\-.^_`|~0-9A-Za-z]+")
 _UNQUOTABLE = re.compile(r"['\r\n\0]")
 
 
@@ -365,11 +367,11 @@ def _check_haproxy_route(route: Route) -> None:
     check_route(route)
     if route.protocol not in ("http", "tcp"):
         raise RouteInvalid(f"service {route.service}: unknown protocol {route.protocol!r}")
-    if not _TOKEN.match(route.service):
+    if not _TOKEN.fullmatch(route.service):
         raise RouteInvalid(f"service name {route.service!r} cannot be used in HAProxy")
     for rule in route.rules:
         name = rule.header if rule.header is not None else rule.cookie
-        if name is None or not _TOKEN.match(name):
+        if name is None or not _TOKEN.fullmatch(name):
             raise RouteInvalid(f"service {route.service}: bad header or cookie name {name!r}")
         for value in (rule.exact, rule.regex):
             if value is not None and _UNQUOTABLE.search(value):
