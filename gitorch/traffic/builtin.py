@@ -371,6 +371,10 @@ class BuiltinLoadBalancer:
         self.timeouts = timeouts or Timeouts()
         self.reuse_port = reuse_port
         self._services: dict[str, _Service] = {}
+        # Routes removed while requests were still in flight on them: kept until those end,
+        # so backend_stats() still counts them (the reconciler waits for zero before it
+        # stops a replica of a pruned service; None would let it stop one mid-request).
+        self._retiring: list[_Service] = []
         self._clients: set[asyncio.Task[None]] = set()
         self._deadlines: set[_Deadline] = set()
         self._loop = asyncio.new_event_loop()
@@ -428,11 +432,15 @@ class BuiltinLoadBalancer:
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
         def read() -> BackendStats | None:
-            svc = self._services.get(service)
-            state = svc.backends.get(backend_id) if svc else None
-            if state is None:
-                return None
-            return BackendStats(state.in_flight, state.requests, state.errors)
+            self._retiring = [svc for svc in self._retiring if svc.backends]
+            serving = self._services.get(service)
+            for svc in (serving, *self._retiring):
+                if svc is None or svc.route.service != service:
+                    continue
+                state = svc.backends.get(backend_id)
+                if state is not None:
+                    return BackendStats(state.in_flight, state.requests, state.errors)
+            return None
 
         return self._call(read)
 
@@ -511,6 +519,8 @@ class BuiltinLoadBalancer:
                 svc.closed = True
                 svc.set_route(Route(name, svc.route.port, svc.route.protocol, ()))
                 del self._services[name]
+                if svc.backends:  # requests still in flight on removed backends
+                    self._retiring.append(svc)
             elif svc.listening != (route.port, route.protocol):
                 self._stop_listening(svc)
         failures: list[str] = []
@@ -705,11 +715,12 @@ class BuiltinLoadBalancer:
     ) -> bool:
         """Forward one request; True when the client connection may carry another.
 
-        Retries: an attempt that fails before any response byte is retried on another
-        backend when the request can be sent again (its body was buffered) and either the
-        connection was a reused pooled one (the request most likely never reached the
-        backend: a keep-alive race) or the connection could not be made, or the method is
-        idempotent. At most max(2, active backends) attempts.
+        Retries: an attempt that fails before a whole response head came (so nothing was
+        sent to the client) is retried on another backend when the request can be sent
+        again (its body was buffered) and either the connection was a reused pooled one
+        (the request most likely never reached the backend: a keep-alive race) or the
+        connection could not be made, or the method is idempotent. At most max(2, active
+        backends) attempts.
         """
         conn_tokens = head.tokens("connection")
         client_keep = (
@@ -784,7 +795,10 @@ class BuiltinLoadBalancer:
             return False
         if failure in (_Failure.NOT_CONNECTED, _Failure.POOLED_DEAD):
             return True  # the request never reached a backend (or almost surely not)
-        return failure is _Failure.SENT_NO_ANSWER and method in _http.IDEMPOTENT
+        # Nothing has reached the client yet, so an idempotent request may go elsewhere
+        # even when the backend broke halfway through its head (nginx: invalid_header).
+        answerless = failure in (_Failure.SENT_NO_ANSWER, _Failure.PARTIAL_ANSWER)
+        return answerless and method in _http.IDEMPOTENT
 
     def _backend_request(
         self, head: _http.RequestHead, body: _RequestBody, client_ip: str

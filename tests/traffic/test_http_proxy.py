@@ -302,6 +302,44 @@ def test_draining_backend_gets_no_new_requests_and_in_flight_is_counted(
     assert old.terminate(timeout=5) == 0
 
 
+def test_a_head_cut_halfway_is_retried_elsewhere_for_a_get_only(
+    lb: BuiltinLoadBalancer, apps: Apps
+) -> None:
+    """A backend that breaks in the middle of its response head: nothing reached the client
+    yet, so a GET goes to another backend; a POST may have had effects: 502."""
+    broken, good = apps.start("ka", BREAK_HEAD="1"), apps.start("ka")
+    port = free_port()
+    lb.apply(table(route(port, [broken.backend, good.backend])))
+    for _ in range(6):
+        status, body, _ = get(port)
+        assert status == 200 and backend_of(body) == good.id
+    posted = [get(port, "/echo", method="POST")[0] for _ in range(4)]
+    assert 502 in posted and set(posted) <= {200, 502}, posted
+
+
+def test_a_removed_route_still_counts_its_requests_in_flight(
+    lb: BuiltinLoadBalancer, apps: Apps
+) -> None:
+    """A pruned service's route leaves the table at once (its port closes), but its
+    requests in flight still count until they end: the reconciler waits for zero before it
+    stops the replica, and stopping a container mid-request leaves the request hanging."""
+    app = apps.start("ka")
+    port = free_port()
+    lb.apply(table(route(port, [app.backend])))
+    result: list[int] = []
+    slow = threading.Thread(target=lambda: result.append(get(port, "/slow?ms=500")[0]))
+    slow.start()
+    wait_until(lambda: (s := lb.backend_stats("svc", app.id)) is not None and s.in_flight == 1)
+    lb.apply(table())
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    stats = lb.backend_stats("svc", app.id)
+    assert stats is not None and stats.in_flight == 1
+    slow.join(5)
+    assert result == [200]
+    wait_until(lambda: lb.backend_stats("svc", app.id) is None, what="the retired route forgotten")
+
+
 def test_figures_per_backend_and_version(lb: BuiltinLoadBalancer, apps: Apps) -> None:
     fast = apps.start("ka", version="a")
     slow = apps.start("ka", version="b")

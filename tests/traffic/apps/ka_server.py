@@ -13,6 +13,8 @@ Paths (GET unless said):
   /slow?ms=M        answers after M milliseconds
   /status?code=C    answers with status C
   POST|PUT /echo    JSON: body length and sha256, how the body was framed
+
+With BREAK_HEAD=1 every request gets half a response head, then the connection closes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 ID = os.environ.get("ID", "backend")
 VERSION = os.environ.get("VERSION", "1")
 PATTERN = bytes(range(256)) * 256  # 64 KiB
+BREAK_HEAD = os.environ.get("BREAK_HEAD") == "1"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -53,7 +56,18 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def _break_head(self) -> bool:
+        """With BREAK_HEAD: half a head, then the connection closes (True if so)."""
+        if not BREAK_HEAD:
+            return False
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+        self.wfile.flush()
+        self.close_connection = True
+        return True
+
     def do_GET(self) -> None:
+        if self._break_head():
+            return
         path = urlsplit(self.path).path
         query = self._query()
         if path == "/":
@@ -111,6 +125,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body, framing = self._read_body()
+        if self._break_head():
+            return
         answer = {
             "id": ID,
             "method": self.command,
