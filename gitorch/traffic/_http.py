@@ -209,13 +209,14 @@ async def _readline(reader: asyncio.StreamReader, first: bool) -> bytes:
     return line.rstrip(b"\r\n") if line.endswith(b"\r\n") else line[:-1]
 
 
-async def _read_headers(reader: asyncio.StreamReader) -> Headers:
-    """Header lines one at a time, up to the empty line (chunked-body trailers)."""
+async def _read_line_block(reader: asyncio.StreamReader) -> str:
+    """Header lines one at a time, up to the empty line, as CRLF-ended text (not yet
+    checked: :func:`_parse_block` does that). For bare-LF senders and chunk trailers."""
     lines: list[str] = []
     while True:
         line = await _readline(reader, first=False)
         if not line:
-            return _parse_block("".join(lines)).headers
+            return "".join(lines)
         if len(lines) >= MAX_HEADERS:
             raise BadMessage("too many header lines")
         lines.append(line.decode("latin-1") + "\r\n")
@@ -246,8 +247,7 @@ async def _read_raw_head(reader: asyncio.StreamReader) -> tuple[bytes, str]:
     if not line:
         return line, ""
     if not crlf:
-        pairs = await _read_headers(reader)
-        return line, "".join(f"{name}: {value}\r\n" for name, value in pairs)
+        return line, await _read_line_block(reader)
     try:
         start = await reader.readexactly(2)
         if start == b"\r\n":
@@ -382,8 +382,8 @@ async def end_chunk(reader: asyncio.StreamReader) -> None:
 
 
 async def skip_trailers(reader: asyncio.StreamReader) -> None:
-    """Consume the trailer section after the last chunk (trailers are dropped)."""
-    await _read_headers(reader)
+    """Consume (and check) the trailer section after the last chunk; trailers are dropped."""
+    _parse_block(await _read_line_block(reader))
 
 
 async def read_chunked_prefix(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:

@@ -174,10 +174,11 @@ class WorkerPool:
             self._ensure_open()
             self._table = table
             self._revive()
+            message = (_APPLY, _to_wire(table))
             failures: list[ListenError] = []
             for worker in self._workers:
                 try:
-                    worker.ask((_APPLY, _to_wire(table)), self.timeouts.apply)
+                    worker.ask(message, self.timeouts.apply)
                 except ListenError as exc:
                     failures.append(exc)
             if failures:
@@ -185,27 +186,14 @@ class WorkerPool:
 
     def figures(self, service: str) -> list[BackendFigures]:
         """Cumulative figures of every backend of ``service``, summed over the workers."""
-        with self._lock:
-            self._ensure_open()
-            self._revive()
-            parts = [w.ask((_FIGURES, service), self.timeouts.apply) for w in self._workers]
-        return merge_figures(parts)
+        return merge_figures(self._ask_all((_FIGURES, service)))
 
     def version_figures(self, service: str) -> dict[str, VersionFigures]:
         """Per-version figures of ``service`` (see ``BuiltinLoadBalancer.version_figures``)."""
         return by_version(self.figures(service))
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
-        with self._lock:
-            self._ensure_open()
-            self._revive()
-            found = [
-                s
-                for s in (
-                    w.ask((_STATS, service, backend_id), self.timeouts.apply) for w in self._workers
-                )
-                if s is not None
-            ]
+        found = [s for s in self._ask_all((_STATS, service, backend_id)) if s is not None]
         if not found:
             return None
         return BackendStats(
@@ -216,10 +204,7 @@ class WorkerPool:
 
     def endpoints(self) -> dict[str, int]:
         """service -> port listened on by every worker right now."""
-        with self._lock:
-            self._ensure_open()
-            self._revive()
-            seen = [w.ask((_ENDPOINTS,), self.timeouts.apply) for w in self._workers]
+        seen = self._ask_all((_ENDPOINTS,))
         common = dict(seen[0])
         for other in seen[1:]:
             common = {k: v for k, v in common.items() if other.get(k) == v}
@@ -241,6 +226,13 @@ class WorkerPool:
         self.close()
 
     # ----------------------------------------------------------------- internals
+
+    def _ask_all(self, message: tuple[Any, ...]) -> list[Any]:
+        """Every worker's answer to ``message`` (dead workers replaced first)."""
+        with self._lock:
+            self._ensure_open()
+            self._revive()
+            return [w.ask(message, self.timeouts.apply) for w in self._workers]
 
     def _ensure_open(self) -> None:
         if self._closed:
