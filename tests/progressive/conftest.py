@@ -10,13 +10,12 @@ test's cluster is removed (process replicas, and containers for Docker tests).
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from progressive_helpers import World, world_in
-from reconciler_helpers import BUILD_SH, docker_runtime
+from reconciler_helpers import build_example_images, require_docker_engine
 
 
 @pytest.fixture
@@ -36,18 +35,13 @@ def plane(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def example_images() -> None:
     """gitorch-example/api:1 (examples/images/build.sh: idempotent, fast when built)."""
-    done = subprocess.run(
-        ["/bin/sh", str(BUILD_SH)], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    build_example_images()
 
 
 @pytest.fixture
 def docker_world(world: World, request: pytest.FixtureRequest) -> World:
     """``world`` on the real Docker engine; FAILS (never skips) when no engine answers."""
-    info = docker_runtime().node_info()
-    if not info.ready:
-        pytest.fail(f"the Docker engine does not answer: {info.message}")
+    require_docker_engine()
     request.getfixturevalue("example_images")
     world.driver = "docker"
     return world

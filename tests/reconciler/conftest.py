@@ -12,12 +12,11 @@ folder's module).
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reconciler_helpers import BUILD_SH, Cluster, docker_runtime, init_repo
+from reconciler_helpers import Cluster, build_example_images, init_repo, require_docker_engine
 
 
 @pytest.fixture
@@ -35,18 +34,13 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def example_images() -> None:
     """gitorch-example/api:1 and :2 (examples/images/build.sh: idempotent, fast when built)."""
-    done = subprocess.run(
-        ["/bin/sh", str(BUILD_SH)], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    build_example_images()
 
 
 @pytest.fixture
 def docker_cluster(cluster: Cluster, request: pytest.FixtureRequest) -> Cluster:
     """``cluster`` on the real Docker engine; FAILS (never skips) when no engine answers."""
-    info = docker_runtime().node_info()
-    if not info.ready:
-        pytest.fail(f"the Docker engine does not answer: {info.message}")
+    require_docker_engine()
     request.getfixturevalue("example_images")
     cluster.driver = "docker"
     return cluster

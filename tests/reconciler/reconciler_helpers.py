@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from gitorch.errors import GitorchError
 from gitorch.live.inventory import existing_cluster_name, local_node_name, runtime_dir
 from gitorch.runtime.base import Runtime
@@ -480,6 +482,21 @@ def docker_runtime() -> Runtime:
     from gitorch.runtime.docker import DEFAULT_ENDPOINT, DockerRuntime
 
     return DockerRuntime(local_node_name(), DEFAULT_ENDPOINT, timeout=15.0)
+
+
+def build_example_images() -> None:
+    """The example shop's images (examples/images/build.sh: idempotent, fast when built)."""
+    done = subprocess.run(
+        ["/bin/sh", str(BUILD_SH)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def require_docker_engine() -> None:
+    """FAIL (never skip) when the Docker engine does not answer."""
+    info = docker_runtime().node_info()
+    if not info.ready:
+        pytest.fail(f"the Docker engine does not answer: {info.message}")
 
 
 def remove_cluster(runtime: Runtime, cluster: str | None) -> None:
