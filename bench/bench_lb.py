@@ -6,7 +6,7 @@ hits the same replicas. Measured, in interleaved rounds (median of the rounds):
 
 * max rate: ``wrk -t1 -c16 --latency`` against one replica directly; the built-in LB in
   one process (as ``--lb-workers 0`` runs it) and on ``--workers`` processes
-  (``WorkerPool``; the daemon's default ``--lb-workers auto`` is one per core); and
+  (``WorkerPool``, ``--lb-workers``; the daemon's default is one process); and
   :class:`HAProxyDataPlane` as gitorch runs it (with its request log, for latency
   percentiles) and without the log: requests/s, p99, and ratios against the faster
   HAProxy;

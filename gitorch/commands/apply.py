@@ -67,11 +67,11 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lb-workers",
         type=_workers,
-        default="auto",
+        default="0",
         metavar="N|auto",
         help="processes the built-in load balancer proxies on, each sharing every port "
-        "(SO_REUSEPORT); 0 = on a thread of this process; default auto: one per CPU core, "
-        "at most 4 (0 on a single core)",
+        "(SO_REUSEPORT); auto: one per CPU core, at most 4; default 0: on a thread of this "
+        "process (worker processes may still lose a request while a service is pruned)",
     )
     parser.add_argument(
         "--node-grace",

@@ -63,11 +63,11 @@ class World:
 
     def daemon(self, plane: str) -> DaemonProc:
         """``gitorch daemon --data-plane PLANE --resync 0.5 --interval 2`` on this world
-        (``builtin-inline``: the built-in plane on a thread of the daemon, ``--lb-workers
-        0``, where ``builtin`` runs it on worker processes by default)."""
+        (``builtin-workers``: the built-in plane on two worker processes, ``--lb-workers
+        2``)."""
         extra = ("--data-plane", plane)
-        if plane == "builtin-inline":
-            extra = ("--data-plane", "builtin", "--lb-workers", "0")
+        if plane == "builtin-workers":
+            extra = ("--data-plane", "builtin", "--lb-workers", "2")
         daemon = DaemonProc(
             str(self.repo),
             self.state,

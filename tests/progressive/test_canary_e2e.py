@@ -108,13 +108,13 @@ def test_canary_good_version_process(world: World, plane: str) -> None:
     )
 
 
-def test_canary_good_version_on_the_daemons_own_thread(world: World) -> None:
-    """The same canary with the built-in plane inside the daemon (``--lb-workers 0``);
-    ``builtin`` runs it on worker processes (the default, one per core)."""
+def test_canary_good_version_on_lb_workers(world: World) -> None:
+    """The same canary on the built-in plane spread over two worker processes
+    (``--lb-workers 2``): each worker weighs its own connections, and the shares hold."""
     port = world.port
     run_good_canary(
         world,
-        "builtin-inline",
+        "builtin-workers",
         lambda v: process_progressive(
             "web", port=port, version=v, strategy=GOOD_CANARY, replicas=REPLICAS
         ),
