@@ -30,6 +30,7 @@ import enum
 import errno
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -57,6 +58,14 @@ COOLDOWN = 2.0
 POOL_SIZE = 16
 #: Seconds between two checks of the client connections' deadlines (see _Deadline).
 SWEEP = 0.25
+#: Seconds a client connection of a removed route may still take to send its next request
+#: head (it is answered, then closed): a request already on its way when the route went
+#: is served, and an idle keep-alive connection does not hold the route for long.
+RETIRE_GRACE = 1.0
+#: Listen queue length of a route's socket (nginx's default on Linux).
+BACKLOG = 511
+#: Connections accepted per readiness event before other work gets a turn.
+ACCEPT_BATCH = 64
 
 
 class ListenError(ConfigError):
@@ -169,6 +178,11 @@ class _Deadline:
         self._seconds = seconds
         return self
 
+    def shorten(self, at: float) -> None:
+        """Bring an armed deadline forward to ``at`` (never later than it was)."""
+        if self.at:
+            self.at = min(self.at, at)
+
     def __enter__(self) -> _Deadline:
         self.at = time.monotonic() + self._seconds
         return self
@@ -237,13 +251,30 @@ class _Service:
     route: Route
     backends: dict[str, _BackendState] = field(default_factory=dict)
     active: list[_BackendState] = field(default_factory=list)
-    server: asyncio.Server | None = None
+    listeners: list[socket.socket] = field(default_factory=list)  # open listening sockets
     listening: tuple[int, str] | None = None  # (port, protocol) of the open listener
     closed: bool = False
     by_version: dict[str, list[_BackendState]] = field(default_factory=dict)  # active ones
     rules: tuple[_Rule, ...] = ()
     version_current: dict[str, int] = field(default_factory=dict)  # smooth WRR over versions
     cookie_name: str = ""
+    connections: int = 0  # open client connections (handlers running, or adopted)
+    head_waiters: set[_Deadline] = field(default_factory=set)  # handlers awaiting a head
+
+    def retire(self) -> None:
+        """The route left the table: its listener is closed already. Requests in flight
+        finish; a client connection may still send one request (answered with
+        ``Connection: close``) within :data:`RETIRE_GRACE`; then the route is gone.
+
+        The backends stay pickable for those last requests, but take no pooled
+        connections (so a stopping replica is not held open by the proxy)."""
+        self.closed = True
+        for state in self.backends.values():
+            state.removed = True
+            state.close_idle()
+        grace_ends = time.monotonic() + RETIRE_GRACE
+        for deadline in self.head_waiters:
+            deadline.shorten(grace_ends)
 
     def set_route(self, route: Route) -> None:
         """Swap in a new backend list (on the loop thread: atomic for the handlers)."""
@@ -431,15 +462,24 @@ class BuiltinLoadBalancer:
             raise ListenError(failures[0], detail=tuple(failures[1:]))
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
+        """``backend_id``'s in-flight requests and counts, None when it is not served.
+
+        For a route that left the table, every client connection still open on it counts
+        as in flight on each of its backends: one may still send a request (see
+        :meth:`_Service.retire`), so the reconciler waits for it before stopping one."""
+
         def read() -> BackendStats | None:
-            self._retiring = [svc for svc in self._retiring if svc.backends]
+            self._retiring = [svc for svc in self._retiring if svc.connections]
             serving = self._services.get(service)
             for svc in (serving, *self._retiring):
                 if svc is None or svc.route.service != service:
                     continue
                 state = svc.backends.get(backend_id)
                 if state is not None:
-                    return BackendStats(state.in_flight, state.requests, state.errors)
+                    in_flight = (
+                        max(state.in_flight, svc.connections) if svc.closed else (state.in_flight)
+                    )
+                    return BackendStats(in_flight, state.requests, state.errors)
             return None
 
         return self._call(read)
@@ -516,10 +556,9 @@ class BuiltinLoadBalancer:
             route = table.routes.get(name)
             if route is None:
                 self._stop_listening(svc)
-                svc.closed = True
-                svc.set_route(Route(name, svc.route.port, svc.route.protocol, ()))
+                svc.retire()
                 del self._services[name]
-                if svc.backends:  # requests still in flight on removed backends
+                if svc.connections:  # requests in flight, or on their way
                     self._retiring.append(svc)
             elif svc.listening != (route.port, route.protocol):
                 self._stop_listening(svc)
@@ -550,30 +589,90 @@ class BuiltinLoadBalancer:
         return f"service {route.service}: cannot listen on {where}: {why}"
 
     async def _listen(self, svc: _Service) -> None:
+        """Open ``svc``'s listening sockets and accept on them.
+
+        The proxy accepts itself rather than through ``asyncio.start_server``: on
+        Python 3.11, a connection asyncio had accepted when its server closed in the same
+        loop turn is never served nor closed (``Server._attach`` asserts on the closed
+        server inside the accept task), so the client hangs. Here every accepted
+        connection is served, and closing a listener accepts what is queued first."""
         route = svc.route
-
-        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._on_client(svc, reader, writer)
-
-        svc.server = await asyncio.start_server(
-            on_client,
-            self.host,
-            route.port,
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-            limit=_http.MAX_HEAD,
+        infos = await self._loop.getaddrinfo(
+            self.host, route.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
+        listeners: list[socket.socket] = []
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                listeners.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+        except OSError:
+            for sock in listeners:
+                sock.close()
+            raise
+        for sock in listeners:
+            self._loop.add_reader(sock.fileno(), self._accept, svc, sock)
+        svc.listeners = listeners
         svc.listening = (route.port, route.protocol)
 
-    def _stop_listening(self, svc: _Service) -> None:
-        if svc.server is not None:
-            svc.server.close()
-        svc.server = None
+    def _accept(self, svc: _Service, listener: socket.socket, limit: int = ACCEPT_BATCH) -> None:
+        """Accept up to ``limit`` queued connections and serve each (loop thread)."""
+        for _ in range(limit):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the client gave up while queued
+                # Out of descriptors or memory: the rest stays queued for the next turn.
+                log.warning("load balancer: accept on %s failed: %s", svc.route.service, exc)
+                return
+            conn.setblocking(False)
+            self._adopt(svc, conn)
+
+    def _adopt(self, svc: _Service, conn: socket.socket) -> None:
+        """Serve an accepted client connection on a task of its own."""
+        svc.connections += 1  # counted at once: a drain must see it before it runs
+
+        async def serve() -> None:
+            try:
+                reader, writer = await asyncio.open_connection(sock=conn, limit=_http.MAX_HEAD)
+            except OSError:
+                conn.close()
+                return
+            finally:
+                svc.connections -= 1  # _on_client counts it again, with no await between
+            await self._on_client(svc, reader, writer)
+
+        task = self._loop.create_task(serve())
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+
+    def _stop_listening(self, svc: _Service, adopt: bool = True) -> None:
+        """Close ``svc``'s listeners. Connections the kernel completed that were not
+        accepted yet would be reset by the close (a failed request for a client that had
+        connected): with ``adopt``, they are accepted and served first. This matters most
+        for workers sharing a port, where the clients of the first worker to close
+        reconnect to one that is about to."""
+        for listener in svc.listeners:
+            self._loop.remove_reader(listener.fileno())
+            if adopt:
+                self._accept(svc, listener, limit=BACKLOG)
+            listener.close()
+        svc.listeners = []
         svc.listening = None
 
     async def _shutdown(self) -> None:
         for svc in self._services.values():
-            self._stop_listening(svc)
+            self._stop_listening(svc, adopt=False)
             svc.closed = True
             for state in svc.backends.values():
                 state.close_idle()
@@ -611,6 +710,7 @@ class BuiltinLoadBalancer:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
+        svc.connections += 1
         deadline = _Deadline(task)
         try:
             if svc.route.protocol == "tcp":
@@ -624,6 +724,7 @@ class BuiltinLoadBalancer:
             log.exception("load balancer: client connection on %s failed", svc.route.service)
         finally:
             writer.close()
+            svc.connections -= 1
             self._deadlines.discard(deadline)
             self._clients.discard(task)
 
@@ -670,7 +771,8 @@ class BuiltinLoadBalancer:
                 self._forget_if_gone(svc, state)
 
     def _forget_if_gone(self, svc: _Service, state: _BackendState) -> None:
-        gone = state.removed and state.in_flight == 0
+        # A retired route keeps its backends until its last connection ends.
+        gone = state.removed and state.in_flight == 0 and not svc.closed
         if gone and svc.backends.get(state.backend.id) is state:
             del svc.backends[state.backend.id]
 
@@ -685,9 +787,13 @@ class BuiltinLoadBalancer:
     ) -> None:
         peer = writer.get_extra_info("peername")
         client_ip = peer[0] if isinstance(peer, tuple) else ""
-        while not svc.closed:
+        waiters = svc.head_waiters
+        while True:
+            # A removed route still answers a request already on its way (see retire).
+            idle = RETIRE_GRACE if svc.closed else self.timeouts.client_idle
+            waiters.add(deadline)
             try:
-                with deadline.limit(self.timeouts.client_idle):
+                with deadline.limit(idle):
                     head = await _http.read_request_head(reader)
             except _http.PeerClosed as exc:
                 if exc.partial:
@@ -696,10 +802,8 @@ class BuiltinLoadBalancer:
             except _http.BadMessage as exc:
                 await _answer(writer, 400, f"bad request: {exc}")
                 return
-            if svc.closed:
-                # The route went away while this keep-alive connection was idle: close it
-                # as an endpoint that is gone would, rather than answer 503.
-                return
+            finally:
+                waiters.discard(deadline)
             keep = await self._proxy_request(svc, head, reader, writer, client_ip, deadline)
             if not keep:
                 return
@@ -723,7 +827,7 @@ class BuiltinLoadBalancer:
         backends) attempts.
         """
         conn_tokens = head.tokens("connection")
-        client_keep = (
+        client_keep = not svc.closed and (
             "keep-alive" in conn_tokens if head.version < (1, 1) else "close" not in conn_tokens
         )
         try:

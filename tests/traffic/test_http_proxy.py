@@ -15,7 +15,7 @@ import pytest
 from traffic_helpers import Apps, free_port, get, route, table, wait_until
 
 from gitorch.errors import ConfigError
-from gitorch.traffic.builtin import BuiltinLoadBalancer, ListenError, Timeouts
+from gitorch.traffic.builtin import RETIRE_GRACE, BuiltinLoadBalancer, ListenError, Timeouts
 from gitorch.traffic.figures import by_version
 from gitorch.traffic.table import Backend
 
@@ -338,6 +338,77 @@ def test_a_removed_route_still_counts_its_requests_in_flight(
     slow.join(5)
     assert result == [200]
     wait_until(lambda: lb.backend_stats("svc", app.id) is None, what="the retired route forgotten")
+
+
+def _raw_get(sock: socket.socket) -> None:
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """Everything the proxy sends until it closes (the answer must say Connection: close)."""
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_connections_queued_when_a_route_goes_are_served_not_reset(
+    lb: BuiltinLoadBalancer, apps: Apps
+) -> None:
+    """Connections the kernel completed but the proxy had not accepted yet when the route
+    left the table: closing the listener would reset them (a failed request for a client
+    that had connected). They are accepted first and answered, then closed."""
+    port, _ = serve(lb, apps, count=1)
+    # Hold the proxy's loop so the connections wait in the listen queue, and the removal
+    # runs before the loop gets to accept them.
+    held = threading.Thread(target=lambda: lb._call(lambda: time.sleep(0.5)))
+    held.start()
+    time.sleep(0.05)
+    queued = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+    for sock in queued:
+        _raw_get(sock)
+    lb.apply(table())
+    held.join()
+    answers = [_read_answer(sock) for sock in queued]
+    for sock in queued:
+        sock.close()
+    assert all(a.startswith(b"HTTP/1.1 200") for a in answers), [a[:40] for a in answers]
+    assert all(b"\r\nConnection: close\r\n" in a for a in answers)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_removed_route_answers_a_last_request_on_open_connections(
+    lb: BuiltinLoadBalancer, apps: Apps
+) -> None:
+    """A keep-alive connection open when the route goes may still carry one request
+    (answered with Connection: close) within the retire grace; until it is closed the
+    connection counts as in flight, so the reconciler does not stop the replica under a
+    request that is on its way. An idle one is closed after the grace."""
+    app = apps.start("ka")
+    port = free_port()
+    lb.apply(table(route(port, [app.backend])))
+    busy = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for conn in (busy, idle):
+        conn.request("GET", "/")
+        assert conn.getresponse().read()
+    lb.apply(table())
+    stats = lb.backend_stats("svc", app.id)
+    assert stats is not None and stats.in_flight == 2  # two connections may still send
+    busy.request("GET", "/")
+    last = busy.getresponse()
+    assert last.status == 200 and last.getheader("Connection") == "close"
+    last.read()
+    busy.close()
+    started = time.monotonic()
+    wait_until(lambda: lb.backend_stats("svc", app.id) is None, what="the idle one closed")
+    assert time.monotonic() - started < RETIRE_GRACE + 1.0
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        idle.request("GET", "/")
+        idle.getresponse()
+    idle.close()
 
 
 def test_figures_per_backend_and_version(lb: BuiltinLoadBalancer, apps: Apps) -> None:
