@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 
 import pytest
+from listen_ports import free_port
 from shop_helpers import (
     APP_SWITCHES,
     BUILD_SH,
@@ -18,7 +19,6 @@ from shop_helpers import (
     RunningApp,
     RunningContainer,
     docker,
-    free_port,
     wait_for_http,
 )
 

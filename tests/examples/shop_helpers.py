@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -68,12 +67,6 @@ def wait_for_http(
             assert alive(), f"the server for {url} exited while starting"
             time.sleep(0.05)
     raise AssertionError(f"{url} did not answer within {deadline_s}s: {last}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

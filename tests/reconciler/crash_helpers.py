@@ -13,7 +13,6 @@ import contextlib
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from listen_ports import free_port
 
 from gitorch.live.inventory import existing_cluster_name, local_node_name, runtime_dir
 from gitorch.runtime.base import LABEL_REPLICA, LABEL_SPEC_DIGEST
@@ -53,12 +54,6 @@ spec:
     progressDeadlineSeconds: 60
     rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

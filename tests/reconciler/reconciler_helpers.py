@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from listen_ports import free_port
 
 from gitorch.errors import GitorchError
 from gitorch.live.inventory import existing_cluster_name, local_node_name, runtime_dir
@@ -41,13 +42,6 @@ T = TypeVar("T")
 
 
 # -- small utilities -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(

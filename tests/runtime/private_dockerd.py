@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from listen_ports import free_port
+
 #: The main engine, where the images to copy over come from (there is no registry).
 MAIN_ENDPOINT = "unix:///var/run/docker.sock"
 
@@ -47,12 +49,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 class EngineError(AssertionError):
     """The private engine could not be set up or does not answer (a failure, not a skip)."""
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _free_subnet() -> str:
@@ -107,7 +103,7 @@ class PrivateEngine:
         self.root = Path(tempfile.mkdtemp(prefix=self.prefix, dir="/tmp"))
         self.bridge = f"{self.prefix}{uuid.uuid4().hex[:6]}"  # at most 15 characters
         if self.tcp:
-            self.tcp_port = _free_tcp_port()
+            self.tcp_port = free_port()
 
     # -- where it answers ----------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from listen_ports import free_port
+
 from gitorch.traffic.table import Backend, Route, RoutingTable
 
 HERE = Path(__file__).parent
@@ -24,12 +26,6 @@ APPS = {
     "tcp_echo": HERE / "apps" / "tcp_echo.py",
     "api": REPO / "examples" / "apps" / "api" / "app.py",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
