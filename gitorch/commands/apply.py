@@ -37,8 +37,12 @@ EXAMPLE = """example:
 """
 
 
-def add_session_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by apply and daemon: where traffic is served, secrets, placement."""
+def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") -> None:
+    """Options shared by apply and daemon: where traffic is served, secrets, placement.
+
+    ``lb_workers``: the default of ``--lb-workers``. The daemon serves traffic for good and
+    takes ``auto``; a one-shot apply serves it only until it returns, where starting
+    worker processes would cost more than they give."""
     add_state_option(parser)
     add_runtime_option(parser)
     parser.add_argument(
@@ -67,11 +71,11 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lb-workers",
         type=_workers,
-        default="0",
+        default=lb_workers,
         metavar="N|auto",
         help="processes the built-in load balancer proxies on, each sharing every port "
-        "(SO_REUSEPORT); auto: one per CPU core, at most 4; default 0: on a thread of this "
-        "process (worker processes may still lose a request while a service is pruned)",
+        "(SO_REUSEPORT); 0: on a thread of this process; auto: one per CPU core, at most 4 "
+        f"(0 on one core); default {lb_workers}",
     )
     parser.add_argument(
         "--node-grace",

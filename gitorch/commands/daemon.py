@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_options(parser)
-    add_session_options(parser)
+    add_session_options(parser, lb_workers="auto")
     parser.add_argument(
         "--interval",
         type=float,

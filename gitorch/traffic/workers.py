@@ -122,12 +122,26 @@ class _Worker:
         child.close()
 
     def ask(self, message: tuple[Any, ...], timeout: float) -> Any:
+        """Send ``message`` and return the answer (see :meth:`receive`)."""
+        self.send(message)
+        return self.receive(timeout)
+
+    def send(self, message: tuple[Any, ...]) -> None:
         try:
             self.conn.send(message)
+        except OSError as exc:
+            raise WorkerError(f"load-balancer worker is gone: {exc}") from exc
+
+    def receive(self, timeout: float) -> Any:
+        """The answer to the last message sent; raises what the worker reported."""
+        try:
             if not self.conn.poll(timeout):
+                # Its answer, if it ever came, would be read as the next message's: a worker
+                # that stalls is replaced (with the current table) instead.
+                self.process.kill()
                 raise WorkerError(f"load-balancer worker did not answer within {timeout:.0f} s")
             status, answer = self.conn.recv()
-        except (EOFError, OSError, BrokenPipeError) as exc:
+        except (EOFError, OSError) as exc:
             raise WorkerError(f"load-balancer worker is gone: {exc}") from exc
         if status == "listen":
             message_text, detail = answer
@@ -166,23 +180,23 @@ class WorkerPool:
 
     def apply(self, table: RoutingTable) -> None:
         """Serve ``table`` on every worker; raises :class:`ListenError` like the
-        in-process balancer (all other routes are applied anyway)."""
+        in-process balancer (all other routes are applied anyway).
+
+        The table goes to every worker before any answer is awaited, so the workers take
+        it within a fraction of a millisecond of each other rather than one after the
+        other (while they differ, a new backend serves on some workers only)."""
         for route in table.routes.values():
             check_route(route)  # before anything changes: a bad table changes nothing
         _check_ports(table)
         with self._lock:
-            self._ensure_open()
             self._table = table
-            self._revive()
-            message = (_APPLY, _to_wire(table))
-            failures: list[ListenError] = []
-            for worker in self._workers:
-                try:
-                    worker.ask(message, self.timeouts.apply)
-                except ListenError as exc:
-                    failures.append(exc)
-            if failures:
-                raise failures[0]
+            answers = self._exchange((_APPLY, _to_wire(table)))
+        gone = [a for a in answers if isinstance(a, WorkerError)]
+        if gone:
+            raise gone[0]
+        refused = [a for a in answers if isinstance(a, ListenError)]
+        if refused:
+            raise refused[0]
 
     def figures(self, service: str) -> list[BackendFigures]:
         """Cumulative figures of every backend of ``service``, summed over the workers."""
@@ -230,9 +244,32 @@ class WorkerPool:
     def _ask_all(self, message: tuple[Any, ...]) -> list[Any]:
         """Every worker's answer to ``message`` (dead workers replaced first)."""
         with self._lock:
-            self._ensure_open()
-            self._revive()
-            return [w.ask(message, self.timeouts.apply) for w in self._workers]
+            answers = self._exchange(message)
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers
+
+    def _exchange(self, message: tuple[Any, ...]) -> list[Any]:
+        """Send ``message`` to every worker, then read every answer: a failure is put in
+        its worker's place, after the others' answers were read (so none is left in a pipe
+        to be taken for the answer to the next message). Call with the lock held."""
+        self._ensure_open()
+        self._revive()
+        answers: list[Any] = [None] * len(self._workers)
+        sent: list[int] = []
+        for index, worker in enumerate(self._workers):
+            try:
+                worker.send(message)
+                sent.append(index)
+            except WorkerError as exc:
+                answers[index] = exc
+        for index in sent:
+            try:
+                answers[index] = self._workers[index].receive(self.timeouts.apply)
+            except (WorkerError, ListenError) as exc:
+                answers[index] = exc
+        return answers
 
     def _ensure_open(self) -> None:
         if self._closed:

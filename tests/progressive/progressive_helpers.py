@@ -62,12 +62,13 @@ class World:
     daemons: list[DaemonProc] = field(default_factory=list)
 
     def daemon(self, plane: str) -> DaemonProc:
-        """``gitorch daemon --data-plane PLANE --resync 0.5 --interval 2`` on this world
-        (``builtin-workers``: the built-in plane on two worker processes, ``--lb-workers
-        2``)."""
+        """``gitorch daemon --data-plane PLANE --resync 0.5 --interval 2`` on this world.
+
+        The daemon's built-in plane runs on worker processes by default (``--lb-workers
+        auto``); ``builtin-thread`` runs it on a thread of the daemon (``--lb-workers 0``)."""
         extra = ("--data-plane", plane)
-        if plane == "builtin-workers":
-            extra = ("--data-plane", "builtin", "--lb-workers", "2")
+        if plane == "builtin-thread":
+            extra = ("--data-plane", "builtin", "--lb-workers", "0")
         daemon = DaemonProc(
             str(self.repo),
             self.state,

@@ -64,7 +64,14 @@ def test_bluegreen_preview_switch_and_scale_down(world: World, plane: str) -> No
     with Load(world.port) as load, Watcher(daemon, "web", load=load) as watch:
         load.wait_requests(50, 10)
         new = commit_next(world, make("2"), "2")
-        wait_for("the preview port", lambda: get_version(preview) == "2", 30, 0.05)
+        # Ten fresh connections in a row: with worker processes each connection lands on
+        # one of them, and they take a new table within a moment of each other.
+        wait_for(
+            "the preview port",
+            lambda: all(get_version(preview) == "2" for _ in range(10)),
+            30,
+            0.05,
+        )
         previewed = time.monotonic()
         # Before the switch: the preview port serves only the new colour, the service port
         # only the old one.

@@ -108,13 +108,14 @@ def test_canary_good_version_process(world: World, plane: str) -> None:
     )
 
 
-def test_canary_good_version_on_lb_workers(world: World) -> None:
-    """The same canary on the built-in plane spread over two worker processes
-    (``--lb-workers 2``): each worker weighs its own connections, and the shares hold."""
+def test_canary_good_version_on_the_daemon_thread(world: World) -> None:
+    """The same canary with the built-in plane on a thread of the daemon (``--lb-workers
+    0``) rather than on its worker processes (the default): one balancer weighs every
+    connection."""
     port = world.port
     run_good_canary(
         world,
-        "builtin-workers",
+        "builtin-thread",
         lambda v: process_progressive(
             "web", port=port, version=v, strategy=GOOD_CANARY, replicas=REPLICAS
         ),
