@@ -476,9 +476,9 @@ class BuiltinLoadBalancer:
                     continue
                 state = svc.backends.get(backend_id)
                 if state is not None:
-                    in_flight = (
-                        max(state.in_flight, svc.connections) if svc.closed else (state.in_flight)
-                    )
+                    in_flight = state.in_flight
+                    if svc.closed:
+                        in_flight = max(in_flight, svc.connections)
                     return BackendStats(in_flight, state.requests, state.errors)
             return None
 
@@ -558,6 +558,7 @@ class BuiltinLoadBalancer:
                 self._stop_listening(svc)
                 svc.retire()
                 del self._services[name]
+                self._retiring = [old for old in self._retiring if old.connections]
                 if svc.connections:  # requests in flight, or on their way
                     self._retiring.append(svc)
             elif svc.listening != (route.port, route.protocol):
@@ -648,6 +649,9 @@ class BuiltinLoadBalancer:
             except OSError:
                 conn.close()
                 return
+            except asyncio.CancelledError:  # the balancer is closing
+                conn.close()
+                raise
             finally:
                 svc.connections -= 1  # _on_client counts it again, with no await between
             await self._on_client(svc, reader, writer)
