@@ -1053,12 +1053,16 @@ class Reconciler:
                 if r.service in rolled_back | degraded
             ]
             reason = "; ".join(e for e in errors if e) or reason
-        self.store.finish_revision(revision_id, result, reason=reason, service_results=per_service)
-        self.store.append_event(
-            f"revision.{result.value}",
-            f"{desired.revision[:12]} {result.value}",
-            revision=desired.revision,
-        )
+        # One transaction: a reader (or a crash) never sees the result without its event.
+        with self.store.transaction():
+            self.store.finish_revision(
+                revision_id, result, reason=reason, service_results=per_service
+            )
+            self.store.append_event(
+                f"revision.{result.value}",
+                f"{desired.revision[:12]} {result.value}",
+                revision=desired.revision,
+            )
         log.info(
             "revision %s %s",
             desired.revision[:12],
