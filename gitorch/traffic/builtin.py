@@ -258,7 +258,7 @@ class _Service:
     rules: tuple[_Rule, ...] = ()
     version_current: dict[str, int] = field(default_factory=dict)  # smooth WRR over versions
     cookie_name: str = ""
-    connections: int = 0  # open client connections (handlers running, or adopted)
+    connections: int = 0  # open client connections (counted from accept to close)
     head_waiters: set[_Deadline] = field(default_factory=set)  # handlers awaiting a head
 
     def retire(self) -> None:
@@ -469,7 +469,7 @@ class BuiltinLoadBalancer:
         :meth:`_Service.retire`), so the reconciler waits for it before stopping one."""
 
         def read() -> BackendStats | None:
-            self._retiring = [svc for svc in self._retiring if svc.connections]
+            self._forget_retired()
             serving = self._services.get(service)
             for svc in (serving, *self._retiring):
                 if svc is None or svc.route.service != service:
@@ -558,7 +558,7 @@ class BuiltinLoadBalancer:
                 self._stop_listening(svc)
                 svc.retire()
                 del self._services[name]
-                self._retiring = [old for old in self._retiring if old.connections]
+                self._forget_retired()
                 if svc.connections:  # requests in flight, or on their way
                     self._retiring.append(svc)
             elif svc.listening != (route.port, route.protocol):
@@ -578,6 +578,10 @@ class BuiltinLoadBalancer:
                 except OSError as exc:
                     failures.append(self._listen_failure(route, exc))
         return failures
+
+    def _forget_retired(self) -> None:
+        """Drop removed routes whose last client connection has ended."""
+        self._retiring = [svc for svc in self._retiring if svc.connections]
 
     def _listen_failure(self, route: Route, exc: OSError) -> str:
         where = f"{self.host}:{route.port}"
@@ -645,16 +649,16 @@ class BuiltinLoadBalancer:
 
         async def serve() -> None:
             try:
-                reader, writer = await asyncio.open_connection(sock=conn, limit=_http.MAX_HEAD)
+                try:
+                    reader, writer = await asyncio.open_connection(sock=conn, limit=_http.MAX_HEAD)
+                except (OSError, asyncio.CancelledError):  # cancelled: the balancer closes
+                    conn.close()
+                    raise
+                await self._on_client(svc, reader, writer)
             except OSError:
-                conn.close()
-                return
-            except asyncio.CancelledError:  # the balancer is closing
-                conn.close()
-                raise
+                pass  # the client went away before it could be served
             finally:
-                svc.connections -= 1  # _on_client counts it again, with no await between
-            await self._on_client(svc, reader, writer)
+                svc.connections -= 1
 
         task = self._loop.create_task(serve())
         self._clients.add(task)
@@ -714,7 +718,6 @@ class BuiltinLoadBalancer:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
-        svc.connections += 1
         deadline = _Deadline(task)
         try:
             if svc.route.protocol == "tcp":
@@ -728,7 +731,6 @@ class BuiltinLoadBalancer:
             log.exception("load balancer: client connection on %s failed", svc.route.service)
         finally:
             writer.close()
-            svc.connections -= 1
             self._deadlines.discard(deadline)
             self._clients.discard(task)
 
