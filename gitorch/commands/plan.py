@@ -14,6 +14,7 @@ from gitorch.commands.common import (
     add_source_options,
     add_state_option,
     read_snapshot,
+    separate_trees_hint,
     state_dir,
     stdout,
 )
@@ -69,7 +70,11 @@ def load_desired(args: argparse.Namespace) -> DesiredState:
         problems=snapshot.problems,
     )
     if result.state is None:
-        raise ManifestInvalid(list(result.diagnostics))
+        error = ManifestInvalid(list(result.diagnostics))
+        hint = separate_trees_hint(snapshot, args.path, (d.path for d in result.diagnostics))
+        if hint is not None:
+            error.detail = (*error.detail, hint)
+        raise error
     return result.state
 
 

@@ -17,6 +17,7 @@ from gitorch.commands.common import (
     open_args_source,
     print_json,
     read_snapshot,
+    separate_trees_hint,
     short,
     stderr,
     stdout,
@@ -95,6 +96,9 @@ def report(args: argparse.Namespace, snapshot: Snapshot, result: LoadResult) -> 
     stderr().print(
         f"[red]✗[/] {count} problem{'s' if count != 1 else ''} in {files} file{'s' if files != 1 else ''} ({escape(where)})"
     )
+    hint = separate_trees_hint(snapshot, args.path, (d.path for d in result.diagnostics))
+    if hint is not None:
+        stderr().print(f"[yellow]{escape(hint)}[/]")
     return 1
 
 
