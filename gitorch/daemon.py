@@ -83,6 +83,7 @@ class Daemon:
         self.metrics = Metrics()
         self._wake = threading.Event()
         self._fetch_requested = True
+        self._fetch_reason = "daemon start"  # why the requested fetch was asked for
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # guards the fields below, read by API threads
         self._desired: DesiredState | None = None
@@ -161,9 +162,11 @@ class Daemon:
         while not self._stopping.is_set():
             now = time.monotonic()
             if self._fetch_requested or now >= next_fetch:
-                self._fetch_requested = False
+                with self._lock:
+                    reason = self._fetch_reason if self._fetch_requested else "poll"
+                    self._fetch_requested = False
                 next_fetch = now + self.options.interval
-                self._refresh_desired()
+                self._refresh_desired(reason)
             moving = self._reconcile_once()
             if time.monotonic() >= self._next_traffic_write:
                 self._next_traffic_write = time.monotonic() + self.options.traffic_interval
@@ -174,7 +177,8 @@ class Daemon:
             self._wake.wait(timeout)
             self._wake.clear()
 
-    def _refresh_desired(self) -> None:
+    def _refresh_desired(self, trigger: str) -> None:
+        """Fetch and load the newest commit; ``trigger``: why (recorded with its revision)."""
         assert self.source is not None
         opts = self.options
         try:
@@ -238,10 +242,10 @@ class Daemon:
             return
         with self._lock:
             self._desired = loaded.state
-            self._commit = commit_meta(snapshot.revision, snapshot.commit)
+            self._commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger)
             self._last_error = None
         self._write_daemon_file()
-        log.info("new revision %s", sha[:12], extra={"revision": sha})
+        log.info("new revision %s", sha[:12], extra={"revision": sha, "trigger": trigger})
 
     def _reconcile_once(self) -> bool:
         """One pass over the last good desired state; True while something is moving."""
@@ -334,7 +338,9 @@ class Daemon:
             )
         else:
             log.info("reconcile requested: %s", reason)
-        self._fetch_requested = True
+        with self._lock:
+            self._fetch_reason = reason if actor is None else f"{reason} (token {actor})"
+            self._fetch_requested = True
         self._wake.set()
 
     def request_action(

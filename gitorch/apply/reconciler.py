@@ -86,6 +86,9 @@ class CommitMeta:
     committed_at: str | None = None
     signer: str | None = None
     message: str = ""
+    # What made gitorch read this commit: "poll", "local commit", "webhook push ... (delivery
+    # ID)", "api request", "cli apply"... (recorded with the revision, shown by history).
+    trigger: str = ""
 
 
 @dataclass(frozen=True)
@@ -1006,6 +1009,7 @@ class Reconciler:
                 author=commit.author if commit else "",
                 committed_at=commit.committed_at if commit else None,
                 signer=commit.signer if commit else None,
+                trigger=commit.trigger if commit else "",
                 services=sorted({c.name for c in plan.changes if c.kind == "Service"}),
                 summary={
                     "changes": changes,

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.live import Live
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if loaded.state is None:
         raise ManifestInvalid(list(loaded.diagnostics))
     desired = loaded.state
-    commit = commit_meta(snapshot.revision, snapshot.commit)
+    commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply")
     with Session(session_options(args)) as session:
         reconciler = session.reconciler_for(desired)
         if args.expect_plan:

@@ -67,7 +67,7 @@ RESULT_STYLE = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "history",
-        help="every applied revision: commit, author, signer, time, result, summary",
+        help="every applied revision: commit, author, signer, time, result, trigger, summary",
         description="List the revisions gitorch applied, newest first: the commit, its author "
         "and signer, when it was committed and applied (UTC), the result, what triggered it "
         "(poll, local commit, webhook, API, CLI apply) and what changed. Reads the state "
@@ -207,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
 def render(entries: Sequence[Mapping[str, Any]]) -> None:
     """The rich table, newest first (the order the list already has)."""
     table = Table(box=None, pad_edge=False)
-    for column in ("REVISION", "AUTHOR", "SIGNER", "COMMITTED", "APPLIED", "RESULT", "SUMMARY"):
+    columns = ("REVISION", "AUTHOR", "SIGNER", "COMMITTED", "APPLIED", "RESULT", "TRIGGER")
+    for column in (*columns, "SUMMARY"):
         table.add_column(column, no_wrap=column in ("REVISION", "COMMITTED", "APPLIED", "RESULT"))
     for entry in entries:
         result = str(entry.get("result", ""))
@@ -218,6 +219,7 @@ def render(entries: Sequence[Mapping[str, Any]]) -> None:
             utc_minutes(entry.get("committedAt")),
             utc_minutes(entry.get("appliedAt")),
             f"[{RESULT_STYLE.get(result, 'white')}]{escape(result)}[/]",
+            escape(str(entry.get("trigger") or "-")),
             escape(summarize(entry)),
         )
     stdout().print(table)

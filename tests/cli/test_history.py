@@ -88,6 +88,7 @@ def test_text_table_newest_first(tmp_path: Path, state: Path) -> None:
         "COMMITTED",
         "APPLIED",
         "RESULT",
+        "TRIGGER",
         "SUMMARY",
     ]
     rows = lines[1:]
