@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from gitorch.errors import StateError
+from gitorch.manifests.quantities import QuantityError, parse_duration
 from gitorch.sources import Snapshot, Source, open_source
 from gitorch.state.layout import STATE_DB, STATE_ENV, resolve_state_dir
 
@@ -30,6 +31,24 @@ ELSEWHERE = f"{ELSEWHERE_STATE}; a running daemon: --server URL"
 
 class StateNotFound(StateError):
     """No state store in the directory a command reads (nothing was ever applied there)."""
+
+
+def duration(text: str) -> float:
+    """argparse type of every time option: ``30s``, ``1m``, ``500ms``, ``1m30s`` or plain
+    seconds (``45``, ``2.5``), read as manifests read durations; zero allowed."""
+    try:
+        plain = float(text) if text.replace(".", "", 1).isdigit() else None
+        return parse_duration(plain if plain is not None else text)
+    except QuantityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_duration(text: str) -> float:
+    """:func:`duration` that must be more than zero (a poll interval, a timeout)."""
+    seconds = duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than zero, not {text!r}")
+    return seconds
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
