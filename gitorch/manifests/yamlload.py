@@ -506,7 +506,7 @@ class PositionIndex:
 
 
 def index_positions(data: bytes) -> PositionIndex:
-    """Run the guarded builder with positions on; used only for files with problems."""
+    """Run the builder with positions on; used only for files with problems."""
     text, _ = decode(data)
     if text is None:
         return PositionIndex([], [])

@@ -1,5 +1,5 @@
-"""What triggered a revision (migration 6): stored, read back by every revision query, and
-empty for revisions recorded before the column existed."""
+"""What triggered a revision (the migration that adds ``revisions.trigger``): stored, read
+back by every revision query, and empty for revisions recorded before the column existed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from gitorch.state import RevisionResult, StateStore
 from gitorch.state.schema import MIGRATIONS
 
 SHA = "ab" * 20
+#: The number of the migration that adds the column (found by what it says, so that
+#: migrations appended elsewhere before it do not break this test).
+TRIGGER_MIGRATION = next(
+    number for number, m in enumerate(MIGRATIONS) if "what triggered" in m.description
+)
 
 
 def test_the_trigger_round_trips_through_every_query(store: StateStore) -> None:
@@ -27,8 +32,8 @@ def test_the_trigger_round_trips_through_every_query(store: StateStore) -> None:
 
 
 def test_revisions_of_an_older_store_have_an_empty_trigger(state_dir: Path) -> None:
-    with StateStore(state_dir, migrations=MIGRATIONS[:5]) as old:
-        assert old.schema_version == 5
+    with StateStore(state_dir, migrations=MIGRATIONS[:TRIGGER_MIGRATION]) as old:
+        assert old.schema_version == TRIGGER_MIGRATION
     conn = sqlite3.connect(state_dir / "state.db", isolation_level=None)
     conn.execute(
         "INSERT INTO revisions (sha, author, committed_at, signer, applied_at, result, reason,"
