@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from gitorch.commands.cluster import add_runtime_option, open_runtimes, registered_targets
 from gitorch.commands.common import (
@@ -17,12 +18,16 @@ from gitorch.commands.common import (
     state_dir,
     stdout,
 )
+from gitorch.decide import decide_pass
+from gitorch.decide.cluster import pass_input_of
+from gitorch.decide.nodes import lost_nodes
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
-from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import choose_default_driver, existing_cluster_name
-from gitorch.manifests import DesiredState, ManifestLoader
+from gitorch.live.observe import assess_readiness
+from gitorch.manifests import DesiredState
+from gitorch.manifests.loader import load_desired
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB
@@ -57,25 +62,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=LEAST_ALLOCATED,
         help="placement scoring: spread load (default) or bin-pack",
     )
+    parser.add_argument(
+        "--node-grace",
+        type=float,
+        default=30.0,
+        help="seconds a silent node keeps its replicas before the next pass replaces them "
+        "(as the daemon's --node-grace; default 30)",
+    )
     parser.set_defaults(run=run)
 
 
-def load_desired(args: argparse.Namespace) -> DesiredState:
-    snapshot = read_snapshot(args)
-    result = ManifestLoader().load(
-        snapshot.files,
-        revision=snapshot.revision,
-        root_path=snapshot.root_path,
-        problems=snapshot.problems,
-    )
-    if result.state is None:
-        raise ManifestInvalid(list(result.diagnostics))
-    return result.state
+def desired_of(args: argparse.Namespace) -> DesiredState:
+    """The desired state at ``--repo/--ref/--path`` (or the worktree)."""
+    return load_desired(read_snapshot(args))
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    """Desired state from the source, live state from the runtimes and store, then the plan."""
-    desired = load_desired(args)
+    """Desired state from the source, live state from the runtimes and store, then the
+    plan: the field diff, and the next pass exactly as the reconciler would decide it."""
+    desired = desired_of(args)
     state = state_dir(args)
     store = StateStore(state, readonly=True) if (state / STATE_DB).exists() else None
     try:
@@ -83,11 +88,26 @@ def make_plan(args: argparse.Namespace) -> Plan:
             targets = node_targets(desired.nodes.values(), choose_default_driver(args.runtime))
         else:
             targets = registered_targets(store, args.runtime)
-        live = observe(targets, open_runtimes(targets, state), existing_cluster_name(state), store)
+        runtimes = open_runtimes(targets, state)
+        live = observe(targets, runtimes, existing_cluster_name(state), store)
     finally:
         if store is not None:
             store.close()
-    return compute_plan(desired, live, scoring=args.scoring)
+    # Readiness as the daemon would see it: one probe of each running replica.
+    live = assess_readiness(live, runtimes)
+    now = time.time()
+    decision = decide_pass(
+        pass_input_of(
+            desired,
+            live,
+            now,
+            lost=lost_nodes(live, now, args.node_grace),
+            unschedulable=frozenset(t.name for t in targets if t.unschedulable),
+            runnable=frozenset(runtimes),
+            scoring=args.scoring,
+        )
+    )
+    return compute_plan(desired, live, scoring=args.scoring, decision=decision)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -254,3 +254,33 @@ def load_desired_state(
 
 
 __all__ = ["LoadResult", "ManifestLoader", "load_desired_state", "FieldPath"]
+
+
+class SnapshotLike(Protocol):
+    """What :func:`load_desired` reads of a source's snapshot (``gitorch.sources.Snapshot``)."""
+
+    @property
+    def files(self) -> Sequence[ManifestFileLike]: ...
+
+    @property
+    def revision(self) -> str: ...
+
+    @property
+    def root_path(self) -> str: ...
+
+    @property
+    def problems(self) -> Sequence[Diagnostic]: ...
+
+
+def load_desired(snapshot: SnapshotLike, loader: ManifestLoader | None = None) -> DesiredState:
+    """The desired state of a snapshot, or :class:`ManifestInvalid` with every problem:
+    the one way ``plan``, ``apply`` and the daemon read Git."""
+    result = (loader or ManifestLoader()).load(
+        snapshot.files,
+        revision=snapshot.revision,
+        root_path=snapshot.root_path,
+        problems=snapshot.problems,
+    )
+    if result.state is None:
+        raise ManifestInvalid(list(result.diagnostics))
+    return result.state

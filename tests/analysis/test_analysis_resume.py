@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from analysis_helpers import E, F, N, S, Script
+from gitorch.apply.progressive import Progressive, StepEntry
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +21,6 @@ from gitorch.analysis.run import (
     resume,
     start,
 )
-from gitorch.apply.progressive import Progressive, StepEntry
 from gitorch.manifests.model import Analysis
 from gitorch.state import AnalysisRunPhase, StateStore
 from gitorch.strategies.machine import AnalysisRequest
