@@ -25,7 +25,7 @@ from typing import Any
 
 from gitorch.api.auth import TokenSet
 from gitorch.api.metrics import Metrics
-from gitorch.api.server import ApiServer
+from gitorch.api.server import ApiServer, parse_listen
 from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import render_traffic
 from gitorch.api.webhook import WebhookSecret
@@ -95,7 +95,14 @@ class Daemon:
         self._loop_error: str | None = None
         self.session: Session | None = None
         self.source: Source | None = None
-        self.loader = ManifestLoader()
+        # A Service exposed on this daemon's own API port could never be served: such a
+        # commit is invalid (file:line), and the last good state keeps running.
+        listen_port = parse_listen(options.listen)[1]
+        self.loader = ManifestLoader(
+            reserved_ports={
+                listen_port: f"this gitorch daemon's API and webhook (--listen {options.listen})"
+            }
+        )
         self.api: ApiServer | None = None
         self.traffic: TrafficMeter | None = None
         self._next_traffic_write = 0.0

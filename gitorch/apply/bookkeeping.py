@@ -68,7 +68,11 @@ class Bookkeeper:
         """The revision in progress (recorded the first time it is seen), or None when it
         has finished (or changed nothing)."""
         last = self.store.last_attempted_revision()
-        if last is not None and last.sha == desired.revision:
+        if (
+            last is not None
+            and last.sha == desired.revision
+            and last.result is not RevisionResult.REFUSED  # allowed since: applied now
+        ):
             if last.result is not RevisionResult.IN_PROGRESS:
                 return None
             if self._started is None or self._started.id != last.id:

@@ -118,3 +118,15 @@ def short(sha: str | None) -> str:
     if not sha:
         return "-"
     return sha[:12] if len(sha) == 40 else sha
+
+
+def reserved_ports(args: argparse.Namespace) -> dict[int, str]:
+    """Ports gitorch's daemon uses, which no Service may expose: the ``--listen`` port of
+    the daemon of ``--state`` as it last wrote it (``daemon.json``), else the default."""
+    try:
+        data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
+        listen = str(data["listen"])
+        port = int(listen.rpartition(":")[2])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {7420: "the gitorch daemon's API and webhook (default --listen 127.0.0.1:7420)"}
+    return {port: f"the gitorch daemon's API and webhook (its --listen {listen})"}

@@ -15,6 +15,7 @@ from gitorch.commands.common import (
     add_source_options,
     add_state_option,
     read_snapshot,
+    reserved_ports,
     state_dir,
     stdout,
 )
@@ -26,7 +27,7 @@ from gitorch.diff.render import render_json
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import choose_default_driver, existing_cluster_name
 from gitorch.live.observe import assess_readiness
-from gitorch.manifests import DesiredState
+from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.loader import load_desired
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 from gitorch.state import StateStore
@@ -74,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def desired_of(args: argparse.Namespace) -> DesiredState:
     """The desired state at ``--repo/--ref/--path`` (or the worktree)."""
-    return load_desired(read_snapshot(args))
+    return load_desired(read_snapshot(args), ManifestLoader(reserved_ports=reserved_ports(args)))
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

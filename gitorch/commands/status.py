@@ -10,14 +10,15 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from gitorch.apply.replicas import slot_of
 from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
 from gitorch.commands.common import add_format_option, add_state_option, print_json, short, stdout
 from gitorch.commands.remote import add_token_option, client_token
+from gitorch.decide.backoff import remaining
+from gitorch.decide.service import SERVICE_SLOT, slot_of
 from gitorch.errors import GitorchError
-from gitorch.live.model import LiveService
+from gitorch.live.model import LiveReplica, LiveService
 from gitorch.live.observe import assess_readiness
-from gitorch.state import TrafficSnapshot, lock_holder
+from gitorch.state import BackoffRecord, TrafficSnapshot, lock_holder
 
 EXAMPLE = """example:
   gitorch status
@@ -49,10 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def service_json(service: LiveService, restarts: Mapping[int, int] | None = None) -> dict[str, Any]:
-    """One service of the status document. ``restarts``: crash-loop restarts per slot
-    (gitorch replaces a crashed replica, so the runtime's own count stays 0)."""
-    restarts = restarts or {}
+def service_json(
+    service: LiveService,
+    backoff: Mapping[int, BackoffRecord] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """One service of the status document. ``backoff``: the crash-loop state per slot
+    (gitorch replaces a crashed replica, so the runtime's own count stays 0); slot 0 is a
+    failure of the service itself (a port it cannot bind), which makes it Degraded."""
+    backoff = backoff or {}
+    now = time.time() if now is None else now
+    slots = {slot: b for slot, b in backoff.items() if slot != SERVICE_SLOT}
+    failure = backoff.get(SERVICE_SLOT)
     applied = service.applied
     spec = applied.canonical.get("spec", {}) if applied else {}
     desired = spec.get("replicas", 0) if applied else 0
@@ -71,15 +80,31 @@ def service_json(service: LiveService, restarts: Mapping[int, int] | None = None
             ),
         },
         "rollout": {
-            "phase": applied.phase if applied else "Unmanaged",
+            # A failure of the service itself (its port) outranks the rollout's phase.
+            "phase": "Degraded"
+            if failure is not None
+            else (applied.phase if applied else "Unmanaged"),
             "step": applied.step if applied else None,
             "weight": applied.weight if applied else 100,
-            "lastError": applied.last_error if applied else None,
+            "lastError": failure.reason
+            if failure is not None
+            else (applied.last_error if applied else None),
             "message": applied.message if applied else "",
         },
+        "failure": _failure_json(failure, now) if failure is not None else None,
         "endpoint": {"port": expose["port"], "protocol": expose["protocol"]} if expose else None,
         # Crash-loop restarts of all slots (a slot in back-off may have no replica at all).
-        "restarts": sum(restarts.values()),
+        "restarts": sum(b.restarts for b in slots.values()),
+        "backoff": [
+            {
+                "replica": f"{service.name}-{slot}",
+                "restarts": b.restarts,
+                "lastCause": b.reason or None,
+                "exitCode": b.last_exit_code,
+                "retryInSeconds": round(remaining(b, now), 1),
+            }
+            for slot, b in sorted(slots.items())
+        ],
         "instances": [
             {
                 "id": r.id,
@@ -91,11 +116,29 @@ def service_json(service: LiveService, restarts: Mapping[int, int] | None = None
                 "ready": r.ready,
                 "address": r.address,
                 "startedAt": r.started_at,
-                "restarts": max(r.restarts, restarts.get(slot_of(r.replica), 0)),
+                "restarts": max(r.restarts, _restarts_of(r, slots)),
                 "exitCode": r.exit_code,
+                "exitReason": r.exit_reason,
             }
             for r in service.replicas
         ],
+    }
+
+
+def _restarts_of(replica: LiveReplica, slots: Mapping[int, BackoffRecord]) -> int:
+    """Restarts counted on ``replica``'s slot for the template it runs (a failed new
+    version's deaths are not the old version's restarts)."""
+    known = slots.get(slot_of(replica.replica))
+    if known is None or known.template not in (None, replica.template_digest):
+        return 0
+    return known.restarts
+
+
+def _failure_json(failure: BackoffRecord, now: float) -> dict[str, Any]:
+    return {
+        "message": failure.reason,
+        "failures": failure.restarts,
+        "retryInSeconds": round(remaining(failure, now), 1),
     }
 
 
@@ -139,9 +182,9 @@ def status_json(
             }
             for m in view.store.list_measurements(only, limit=None)[-20:]
         ]
-    restarts: dict[str, dict[int, int]] = {}
+    backoff: dict[str, dict[int, BackoffRecord]] = {}
     for record in view.store.list_backoff() if view.store is not None else []:
-        restarts.setdefault(record.service, {})[record.slot] = record.restarts
+        backoff.setdefault(record.service, {})[record.slot] = record
     daemon_error = _daemon_error(view)
     if daemon_error is not None:
         last_error = daemon_error.get("message") or last_error
@@ -155,7 +198,7 @@ def status_json(
         ],
         "services": [
             {
-                **service_json(s, restarts.get(s.name)),
+                **service_json(s, backoff.get(s.name), now),
                 **({"analysis": measurements[s.name]} if s.name in measurements else {}),
                 **traffic_json(s.name, traffic, now),
             }
@@ -259,6 +302,7 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
             f":{endpoint['port']} ({endpoint['protocol']})" if endpoint else "-",
         )
     console.print(table)
+    _problems(console, data["services"])
     if not detail:
         return
     for svc in data["services"]:
@@ -301,6 +345,28 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
             render_traffic(console, svc.get("traffic"), "traffic")
         if svc.get("previewTraffic"):
             render_traffic(console, svc["previewTraffic"], "preview traffic")
+
+
+def _problems(console: Any, services: list[dict[str, Any]]) -> None:
+    """What needs a look, one line each: a service's own failure, slots in back-off."""
+    for svc in services:
+        failure = svc.get("failure")
+        if failure:
+            retry = failure.get("retryInSeconds") or 0
+            console.print(
+                f"[red]{escape(svc['name'])}: {escape(str(failure['message']))}[/] "
+                f"({failure['failures']} failure(s)"
+                + (f", retry in {retry:.0f}s" if retry > 0 else ", retrying")
+                + ")"
+            )
+        for slot in svc.get("backoff", []):
+            retry = slot.get("retryInSeconds") or 0
+            cause = slot.get("lastCause") or "exited"
+            wait = f"back-off {retry:.0f}s left, " if retry > 0 else ""
+            console.print(
+                f"[yellow]{escape(slot['replica'])}[/]: {wait}{slot['restarts']} restart(s), "
+                f"last: {escape(str(cause))}"
+            )
 
 
 def render_traffic(console: Any, traffic: Mapping[str, Any] | None, title: str) -> None:

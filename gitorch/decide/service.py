@@ -412,6 +412,8 @@ def _backoff(inp: ServiceInput, target: Service, observed: _Observed, desired: i
             # removed, not restarted, and its exit need not be a crash: a daemon killed
             # between the SIGTERM and the removal leaves exactly this.
             continue
+        if target.drift != "correct" and stopped_from_outside(replica):
+            continue  # drift, not a crash: the policy decides, nothing restarts it
         known = states.get(slot)
         if known is not None and known.replica_id == replica.id:
             continue  # counted by an earlier pass (its removal failed, or it was slow)
@@ -540,7 +542,8 @@ def _drift(
     inp: ServiceInput,
     observed: _Observed,
 ) -> tuple[Decision, tuple[str, ...]]:
-    """Apply ``spec.drift`` to a decision about a template that has been Healthy.
+    """Apply ``spec.drift`` to a decision about a template that has been Healthy (also
+    while a crash is being repaired: a repair must not open the door to drift).
 
     Drift: a slot that was filled when the service last converged and now has no
     replica (removed outside gitorch), a replica stopped by a signal gitorch did not send,
@@ -548,12 +551,8 @@ def _drift(
     crash is the restart policy's business, not drift; slots above the converged count
     (a scale-up in Git) are not drift either.
     """
-    if not record.reached_healthy or record.phase not in (
-        RolloutPhase.HEALTHY,
-        RolloutPhase.ROLLED_BACK,
-        RolloutPhase.DEGRADED,
-    ):
-        return decision, ()
+    if not record.reached_healthy:
+        return decision, ()  # a rollout in progress: whatever is missing, it makes
     if target.drift == "correct":
         return decision, ()
     by_id = {r.id: r for r in inp.live.replicas}
@@ -590,15 +589,21 @@ def _drift(
             found.append(f"{replica.replica} runs image {replica.image}, not {image}")
     if not found:
         return decision, ()
-    if target.drift == "ignore":
-        found = []
     kept = tuple(
         a
         for a in decision.actions
         if not (isinstance(a, Create) and a.slot in held_creates)
         and not (isinstance(a, Stop) and a.replica_id in held_stops)
     )
-    return replace(decision, actions=kept), tuple(found)
+    held = replace(decision, actions=kept)
+    if not kept and decision.phase in (Phase.PROGRESSING, Phase.FAILED):
+        # What is left undone is the drift the policy leaves alone: the service stays
+        # settled (else the next pass, no longer Healthy, would repair it after all).
+        held = replace(held, phase=Phase.HEALTHY, failure=None)
+    if target.drift == "ignore":
+        return replace(held, message=decision.message if kept else "settled (drift: ignore)"), ()
+    text = "drift left alone (drift: warn): " + "; ".join(found)
+    return replace(held, message=text if not kept else f"{decision.message}; {text}"), tuple(found)
 
 
 # ---------------------------------------------------------------------------- the decision
@@ -649,6 +654,15 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
     decision, drift = _drift(target, record, decision, inp, observed)
     if drift:
         draft.waits.extend(Wait(name, f"drift left alone (drift: warn): {d}") for d in drift)
+        if record.message != decision.message:  # reported once per change, shown always
+            draft.events.append(
+                Event(
+                    "drift.detected",
+                    f"{name}: {decision.message}",
+                    service=name,
+                    data={"drift": list(drift)},
+                )
+            )
 
     available = sum(
         1 for v in observed.views if v.template == target.template_digest and is_available(v, rin)
