@@ -1,5 +1,5 @@
 """Analysis runs survive a daemon restart: resume() replays the stored measurements, and
-the reconciler.s AnalysisRunner resumes a run from a real state store in a new "process"."""
+the reconciler's AnalysisRunner resumes a run from a real state store in a new "process"."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from analysis_helpers import E, F, N, S, Script
-from gitorch.apply.analysis_runs import AnalysisRunner, StepEntry
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +20,7 @@ from gitorch.analysis.run import (
     resume,
     start,
 )
+from gitorch.apply.analysis_runs import AnalysisRunner, StepEntry
 from gitorch.manifests.model import Analysis
 from gitorch.state import AnalysisRunPhase, StateStore
 from gitorch.strategies.machine import AnalysisRequest
