@@ -163,6 +163,14 @@ class Bookkeeper:
         mine = [n for n in started.services if n in decision.services]
         if any(decision.services[n].record.phase not in _SETTLED for n in mine):
             return False
+        held = {n: decision.services[n].held_by for n in mine if decision.services[n].held_by}
+        for deps in held.values():
+            # Held back by a dependency that is still moving: this revision is not done.
+            if any(
+                d in decision.services and decision.services[d].record.phase not in _SETTLED
+                for d in deps
+            ):
+                return False
         results: dict[str, RevisionResult] = {}
         reasons: list[str] = []
         notes: list[str] = []
@@ -171,7 +179,16 @@ class Bookkeeper:
             record = service.record
             template = desired.services[name].template_digest
             failure = failures.get(name)
-            if record.failed_digest == template:
+            if name in held:
+                results[name] = RevisionResult.FAILED
+                holders = ", ".join(
+                    f"{d} ({decision.services[d].record.phase})"
+                    if d in decision.services
+                    else f"{d} (missing)"
+                    for d in held[name]
+                )
+                reasons.append(f"{name}: rollout held back by {holders}")
+            elif record.failed_digest == template:
                 if record.failed_revision in (None, desired.revision):
                     results[name] = RevisionResult.ROLLED_BACK
                     reasons.append(f"{name}: {record.last_error or 'rolled back'}")

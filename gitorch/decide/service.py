@@ -167,6 +167,7 @@ class ServiceDecision:
     analysis_entry: tuple[str, float] | None = None  # (revision, step_started_at)
     progress: ServiceProgress | None = None
     drift: tuple[str, ...] = ()  # drift seen and left alone (policy warn)
+    held_by: tuple[str, ...] = ()  # dependencies holding back a rollout to a new template
     requeue_after: float | None = None
 
     @property
@@ -651,6 +652,8 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         blocked_slots=backoff.blocked,
     )
     decision, progressive = _strategy_step(inp, target, record, rin)
+    if held:
+        decision = replace(decision, message=f"{decision.message}; {draft.waits[0].reason}")
     decision, drift = _drift(target, record, decision, inp, observed)
     if drift:
         draft.waits.extend(Wait(name, f"drift left alone (drift: warn): {d}") for d in drift)
@@ -725,6 +728,7 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         analyses=analyses,
         entry=entry,
         drift=drift if target.drift == "warn" else (),
+        held_by=inp.waiting_for if held else (),
     )
 
 
@@ -975,6 +979,7 @@ def _finish(
     analyses: tuple[AnalysisRequest, ...] = (),
     entry: tuple[str, float] | None = None,
     drift: tuple[str, ...] = (),
+    held_by: tuple[str, ...] = (),
 ) -> ServiceDecision:
     record = draft.record
     rollback: RollBack | None = None
@@ -1026,6 +1031,7 @@ def _finish(
         analysis_entry=entry,
         progress=progress,
         drift=drift,
+        held_by=held_by,
         requeue_after=backoff.retry_in,
     )
 
