@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from gitorch.commands.cluster import add_runtime_option, open_runtimes, registered_targets
 from gitorch.commands.common import (
@@ -30,8 +32,9 @@ from gitorch.live.observe import assess_readiness
 from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.loader import load_desired
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
-from gitorch.state import StateStore
+from gitorch.state import StateStore, lock_holder
 from gitorch.state.layout import STATE_DB
+from gitorch.traffic.holders import descends_from, port_holders
 
 EXIT_NO_CHANGES = 0
 EXIT_CHANGES = 2
@@ -108,7 +111,35 @@ def make_plan(args: argparse.Namespace) -> Plan:
             scoring=args.scoring,
         )
     )
-    return compute_plan(desired, live, scoring=args.scoring, decision=decision)
+    plan = compute_plan(desired, live, scoring=args.scoring, decision=decision)
+    return replace(plan, warnings=(*plan.warnings, *_foreign_ports(desired, state)))
+
+
+def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
+    """Expose ports another process already listens on: the services would fail there."""
+    wanted: dict[int, str] = {}
+    for name, service in desired.services.items():
+        if service.expose is not None:
+            wanted[service.expose.port] = name
+        blue = service.strategy.blue_green
+        if blue is not None and blue.preview_port:
+            wanted[blue.preview_port] = f"{name} (preview)"
+    holder = lock_holder(state) if (state / STATE_DB).exists() else None
+    owner = holder.pid if holder is not None else None
+    found: list[str] = []
+    for port, holders in sorted(port_holders(wanted).items()):
+        foreign = [
+            h
+            for h in holders
+            if h.pid is None or owner is None or not descends_from(h.pid, owner)
+        ]
+        if foreign:
+            found.append(
+                f"port {port} of {wanted[port]} is held by "
+                + ", ".join(h.describe() for h in foreign)
+                + ": the service cannot be served there until it is freed"
+            )
+    return found
 
 
 def run(args: argparse.Namespace) -> int:
