@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gitorch.commands.cluster import add_runtime_option, open_runtimes, registered_targets
+from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_format_option,
     add_source_options,
@@ -21,8 +21,9 @@ from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
 from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
-from gitorch.live.inventory import choose_default_driver, existing_cluster_name
+from gitorch.live.inventory import choose_default_driver, existing_cluster_name, open_runtimes
 from gitorch.manifests import DesiredState, ManifestLoader
+from gitorch.readmodel.cluster import registered_targets
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB
