@@ -31,9 +31,6 @@ from gitorch.api.traffic_metrics import render_traffic
 from gitorch.api.webhook import WebhookSecret
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.session import Session, SessionOptions, commit_meta
-from gitorch.commands.cluster import ClusterView
-from gitorch.commands.history import history_json
-from gitorch.commands.status import status_json
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import GitorchError, ManifestInvalid
 from gitorch.live import observe
@@ -41,12 +38,15 @@ from gitorch.live.model import LiveState
 from gitorch.manifests import ManifestLoader
 from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
+from gitorch.readmodel.cluster import ClusterView
+from gitorch.readmodel.history import history_json
+from gitorch.readmodel.status import status_json
 from gitorch.sources import Source, open_source
+from gitorch.state.layout import DAEMON_FILE
+from gitorch.state.requests import request_action
 from gitorch.traffic.figures import BackendFigures
 
 log = logging.getLogger("gitorch.daemon")
-
-DAEMON_FILE = "daemon.json"
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,6 @@ class DaemonOptions:
     # Store each route's per-version traffic this often, for `gitorch status` without a
     # daemon (one small transaction: see the measured cost in docs/architecture.md).
     traffic_interval: float = 2.0
-
-
-def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:
-    """What a running daemon last wrote about itself (None when absent or unreadable)."""
-    try:
-        data = json.loads((Path(state_dir) / DAEMON_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class Daemon:
@@ -378,8 +369,6 @@ class Daemon:
     def request_action(
         self, service: str, action: str, actor: str | None = None
     ) -> tuple[bool, str]:
-        from gitorch.commands.promote import request_action
-
         assert self.session is not None
         accepted, message = request_action(self.session.store, service, action, actor)
         if accepted and actor is not None:

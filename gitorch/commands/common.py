@@ -7,11 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:  # rich and the sources (gitpython) load when a command first uses them
+    from rich.console import Console
 
-from gitorch.sources import Snapshot, Source, open_source
+    from gitorch.sources import Snapshot, Source
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +64,8 @@ def state_dir(args: argparse.Namespace) -> Path:
 
 
 def open_args_source(args: argparse.Namespace) -> Source:
+    from gitorch.sources import open_source
+
     return open_source(
         args.repo,
         cache_root=state_dir(args) / "cache",
@@ -97,6 +100,8 @@ _stderr: Console | None = None
 def stdout() -> Console:
     global _stdout
     if _stdout is None:
+        from rich.console import Console
+
         _stdout = Console(highlight=False, soft_wrap=True)
     return _stdout
 
@@ -104,6 +109,8 @@ def stdout() -> Console:
 def stderr() -> Console:
     global _stderr
     if _stderr is None:
+        from rich.console import Console
+
         _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
     return _stderr
 

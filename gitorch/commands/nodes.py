@@ -8,7 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
+from gitorch.commands.cluster import add_runtime_option, open_view
 from gitorch.commands.common import (
     add_format_option,
     add_state_option,
@@ -28,6 +28,7 @@ from gitorch.manifests.quantities import (
     parse_cpu,
     parse_memory,
 )
+from gitorch.readmodel.cluster import ClusterView
 from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB
 

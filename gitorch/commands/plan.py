@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gitorch.commands.cluster import add_runtime_option, open_runtimes, registered_targets
+from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_format_option,
     add_source_options,
@@ -27,10 +27,11 @@ from gitorch.decide.nodes import lost_nodes
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
 from gitorch.live import node_targets, observe
-from gitorch.live.inventory import choose_default_driver, existing_cluster_name
+from gitorch.live.inventory import choose_default_driver, existing_cluster_name, open_runtimes
 from gitorch.live.observe import assess_readiness
 from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.loader import load_desired
+from gitorch.readmodel.cluster import registered_targets
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 from gitorch.state import StateStore, lock_holder
 from gitorch.state.layout import STATE_DB
@@ -129,9 +130,7 @@ def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
     found: list[str] = []
     for port, holders in sorted(port_holders(wanted).items()):
         foreign = [
-            h
-            for h in holders
-            if h.pid is None or owner is None or not descends_from(h.pid, owner)
+            h for h in holders if h.pid is None or owner is None or not descends_from(h.pid, owner)
         ]
         if foreign:
             found.append(
