@@ -33,6 +33,7 @@ from gitorch.decide.service import (
     ServiceInput,
     decide_service,
     service_failure_wait,
+    undecided,
 )
 from gitorch.decide.waves import dependency_waves
 from gitorch.live.model import LiveService, LiveState
@@ -208,20 +209,22 @@ def decide_pass(inp: PassInput) -> PassDecision:
             if d not in decisions or decisions[d].record.phase is not RolloutPhase.HEALTHY
         )
         backoff = inp.backoff.get(name, MappingProxyType({}))
-        decision = decide_service(
-            ServiceInput(
-                revision=desired.revision,
-                service=service,
-                record=inp.records.get(name),
-                live=live.services.get(name) or _no_replicas(name),
-                now=now,
-                backoff=backoff,
-                analyses=inp.analyses.get(name, MappingProxyType({})),
-                evicting=inp.verdicts.evicting,
-                waiting_for=waiting,
-                crash_loop=inp.crash_loop,
-            )
+        service_input = ServiceInput(
+            revision=desired.revision,
+            service=service,
+            record=inp.records.get(name),
+            live=live.services.get(name) or _no_replicas(name),
+            now=now,
+            backoff=backoff,
+            analyses=inp.analyses.get(name, MappingProxyType({})),
+            evicting=inp.verdicts.evicting,
+            waiting_for=waiting,
+            crash_loop=inp.crash_loop,
         )
+        try:
+            decision = decide_service(service_input)
+        except Exception as exc:  # a bug deciding one service must not stop the others
+            decision = undecided(service_input, f"internal error deciding {name}: {exc!r}")
         failure = backoff.get(SERVICE_SLOT)
         if failure is not None:
             wait = service_failure_wait(name, failure, now, inp.crash_loop)

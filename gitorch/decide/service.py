@@ -1047,3 +1047,34 @@ def service_failure_wait(
         name,
         f"retry in {left:.0f}s after {_plural(failure.restarts, 'failure')}: {failure.reason}",
     )
+
+
+def undecided(inp: ServiceInput, why: str) -> ServiceDecision:
+    """The decision for a service that could not be decided: nothing is done to it (its
+    replicas run on as they are), nothing is saved, and the plan and status say why."""
+    service = inp.service
+    record = inp.record or RolloutRecord(
+        service=service.name,
+        revision=inp.revision,
+        spec_digest=service.template_digest,
+        strategy=service.strategy.type,
+        phase=RolloutPhase.PROGRESSING,
+        spec=service.canonical,
+        message=why,
+    )
+    live = inp.live.replicas
+    return ServiceDecision(
+        name=service.name,
+        target=service,
+        record=replace(record, message=why, last_error=why),
+        save=False,
+        waits=(Wait(service.name, why),),
+        progress=ServiceProgress(
+            service.name,
+            str(RolloutPhase.DEGRADED),
+            why,
+            service.replicas,
+            sum(1 for r in live if r.ready),
+            sum(1 for r in live if r.ready and r.template_digest == service.template_digest),
+        ),
+    )
