@@ -2,24 +2,58 @@
 
 A user mistake ends as one clear line on stderr (plus detail lines) and exit code 1,
 never a traceback; ``GITORCH_DEBUG=1`` shows the traceback for bug reports.
+
+Sub-commands load lazily: ``gitorch --help`` lists every command from :data:`COMMANDS`
+without importing any of them, and ``gitorch validate`` imports the validate module only
+(not the reconciler, the data plane or the API server), so a command starts in the time
+its own work needs. ``tests/cli/test_cli_imports.py`` holds both properties.
 """
 
 from __future__ import annotations
 
 import argparse
 import faulthandler
+import importlib
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from rich.markup import escape
-
 from gitorch import __version__
-from gitorch.commands import apply, daemon, drain, history, nodes, plan, promote, status, validate
-from gitorch.commands.common import stderr
 from gitorch.errors import GitorchError
+
+#: Every sub-command, in the order ``--help`` lists them: (name, the module whose
+#: ``register(subparsers)`` adds its parser, the one-line help ``--help`` shows). The help
+#: line must be the one the module registers (a test compares them).
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("validate", "validate", "check every manifest against the schemas and each other"),
+    (
+        "plan",
+        "plan",
+        "what would change, field by field, where replicas land, which rollout steps run",
+    ),
+    ("apply", "apply", "one reconcile: apply the plan and wait until it has converged or failed"),
+    (
+        "daemon",
+        "daemon",
+        "the reconciler: poll Git, react to webhooks and local commits, self-heal, serve the API",
+    ),
+    ("status", "status", "services, replicas, versions, rollout phase, nodes, last error"),
+    ("nodes", "nodes", "nodes, capacity, allocation, conditions"),
+    (
+        "drain",
+        "drain",
+        "move every replica off a node (through each service's strategy); --undo to stop",
+    ),
+    ("promote", "promote", "move a paused rollout on to its next step"),
+    ("abort", "promote", "abort a rollout: new version's weight to 0 at once, roll back"),
+    (
+        "history",
+        "history",
+        "every applied revision: commit, author, signer, time, result, trigger, summary",
+    ),
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +64,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, *, every: bool = False) -> argparse.ArgumentParser:
+    """The parser, with the full sub-parser of ``command`` (the module is imported) and a
+    placeholder carrying only the help line for every other one; ``every``: all in full."""
     parser = _Parser(
         prog="gitorch",
         description="GitOps declarative reconciler for containers: Git in, running services out.",
@@ -40,16 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gitorch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    validate.register(subparsers)
-    plan.register(subparsers)
-    apply.register(subparsers)
-    daemon.register(subparsers)
-    status.register(subparsers)
-    nodes.register(subparsers)
-    drain.register(subparsers)
-    promote.register(subparsers)
-    history.register(subparsers)
+    chosen = {module for name, module, _ in COMMANDS if every or name == command}
+    registered: set[str] = set()
+    for name, module, help_text in COMMANDS:
+        if module not in chosen:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+        elif module not in registered:
+            importlib.import_module(f"gitorch.commands.{module}").register(subparsers)
+            registered.add(module)
     return parser
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv``: the first word that is not an option (the
+    top-level parser has only flags, none of which takes a value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,13 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # to see where a stuck daemon or watch is, without a debugger on the host.
     if hasattr(signal, "SIGQUIT") and sys.stderr is not None:
         faulthandler.register(signal.SIGQUIT, all_threads=True, chain=False)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(words))
+    args = parser.parse_args(words)
     try:
         return int(args.run(args))
     except GitorchError as exc:
         if os.environ.get("GITORCH_DEBUG"):
             raise
+        from rich.markup import escape
+
+        from gitorch.commands.common import stderr
+
         stderr().print(f"[red]error:[/] {escape(exc.message)}")
         for line in exc.detail:
             stderr().print(f"  {escape(line)}")

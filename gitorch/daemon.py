@@ -25,27 +25,28 @@ from typing import Any
 
 from gitorch.api.auth import TokenSet
 from gitorch.api.metrics import Metrics
-from gitorch.api.server import ApiServer
+from gitorch.api.server import ApiServer, parse_listen
 from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import render_traffic
 from gitorch.api.webhook import WebhookSecret
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.session import Session, SessionOptions, commit_meta
-from gitorch.commands.cluster import ClusterView
-from gitorch.commands.history import history_json
-from gitorch.commands.status import status_json
-from gitorch.diff import compute_plan
+from gitorch.decide.guard import mass_prune
 from gitorch.errors import GitorchError, ManifestInvalid
 from gitorch.live import observe
 from gitorch.live.model import LiveState
 from gitorch.manifests import ManifestLoader
+from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
+from gitorch.readmodel.cluster import ClusterView
+from gitorch.readmodel.history import history_json
+from gitorch.readmodel.status import status_json
 from gitorch.sources import Source, open_source
+from gitorch.state.layout import DAEMON_FILE
+from gitorch.state.requests import request_action
 from gitorch.traffic.figures import BackendFigures
 
 log = logging.getLogger("gitorch.daemon")
-
-DAEMON_FILE = "daemon.json"
 
 
 @dataclass(frozen=True)
@@ -61,18 +62,10 @@ class DaemonOptions:
     api_tokens: TokenSet | None = None  # bearer auth of the API (None: open, loopback only)
     api_insecure: bool = False  # allow an open API on a non-loopback address
     watch: bool = True  # react at once to commits in a local checkout
+    allow_mass_prune: bool = False  # apply a revision that removes most services
     # Store each route's per-version traffic this often, for `gitorch status` without a
     # daemon (one small transaction: see the measured cost in docs/architecture.md).
     traffic_interval: float = 2.0
-
-
-def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:
-    """What a running daemon last wrote about itself (None when absent or unreadable)."""
-    try:
-        data = json.loads((Path(state_dir) / DAEMON_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class Daemon:
@@ -94,10 +87,20 @@ class Daemon:
         self._loop_error: str | None = None
         self.session: Session | None = None
         self.source: Source | None = None
-        self.loader = ManifestLoader()
+        # A Service exposed on this daemon's own API port could never be served: such a
+        # commit is invalid (file:line), and the last good state keeps running.
+        listen_port = parse_listen(options.listen)[1]
+        self.loader = ManifestLoader(
+            reserved_ports={
+                listen_port: f"this gitorch daemon's API and webhook (--listen {options.listen})"
+            }
+        )
         self.api: ApiServer | None = None
         self.traffic: TrafficMeter | None = None
         self._next_traffic_write = 0.0
+        # One pass at a time: the API's plan observes and decides with the same
+        # reconciler (probe state, node tracker) as the loop.
+        self._pass_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -167,11 +170,13 @@ class Daemon:
                     self._fetch_requested = False
                 next_fetch = now + self.options.interval
                 self._refresh_desired(reason)
-            moving = self._reconcile_once()
+            requeue = self._reconcile_once()
             if time.monotonic() >= self._next_traffic_write:
                 self._next_traffic_write = time.monotonic() + self.options.traffic_interval
                 self._write_traffic()
-            timeout = 0.3 if moving else self.options.resync
+            # The pass says when to come back (something moving: soon; all settled: the
+            # resync timer); commits, webhooks and readiness changes wake it sooner.
+            timeout = min(requeue, self.options.resync)
             # Wake for the next traffic snapshot too, so its age stays within the interval.
             timeout = max(0.05, min(timeout, self._next_traffic_write - time.monotonic()))
             self._wake.wait(timeout)
@@ -202,12 +207,12 @@ class Daemon:
             if sha == self._seen_sha:
                 return
             snapshot = self.source.snapshot(sha, opts.path)
-            loaded = self.loader.load(
-                snapshot.files,
-                revision=snapshot.revision,
-                root_path=snapshot.root_path,
-                problems=snapshot.problems,
-            )
+            desired = load_desired(snapshot, self.loader)
+        except ManifestInvalid as exc:
+            with self._lock:
+                self._seen_sha = sha
+            self._invalid(sha, exc)
+            return
         except GitorchError as exc:
             self.metrics.source_fetch_errors_total.inc()
             self._set_error({"message": exc.message, "detail": list(exc.detail)})
@@ -215,57 +220,81 @@ class Daemon:
             return
         with self._lock:
             self._seen_sha = sha
-        if loaded.state is None:
-            diagnostics = [str(d) for d in loaded.diagnostics]
-            # The one-line message names the first problem (PATH:LINE:COLUMN): status and
-            # the API show it where people look; every problem is in "diagnostics".
-            first = diagnostics[0] if diagnostics else "no details"
-            more = f" (and {len(diagnostics) - 1} more)" if len(diagnostics) > 1 else ""
-            applying = (self._commit.sha if self._commit else "nothing")[:12]
-            self._set_error(
-                {
-                    "message": f"revision {sha[:12]} is invalid: {first}{more}; "
-                    f"still applying {applying}",
-                    "revision": sha,
-                    "diagnostics": diagnostics,
-                }
-            )
-            for line in diagnostics:
-                log.error("invalid manifest: %s", line, extra={"revision": sha})
-            assert self.session is not None
-            self.session.store.append_event(
-                "revision.invalid",
-                f"{sha[:12]}: {len(diagnostics)} problem(s)",
-                revision=sha,
-                data={"diagnostics": diagnostics[:100]},
-            )
+        commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger)
+        if self._refused(desired, commit):
             return
         with self._lock:
-            self._desired = loaded.state
-            self._commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger)
+            self._desired = desired
+            self._commit = commit
             self._last_error = None
         self._write_daemon_file()
         log.info("new revision %s", sha[:12], extra={"revision": sha, "trigger": trigger})
 
-    def _reconcile_once(self) -> bool:
-        """One pass over the last good desired state; True while something is moving."""
+    def _refused(self, desired: DesiredState, commit: CommitMeta) -> bool:
+        """The mass-prune guard: True (and said everywhere) when ``desired`` would remove
+        every service, or most of them, and the daemon was not told to allow it."""
+        if self.options.allow_mass_prune or self.session is None:
+            return False
+        applied = [a.name for a in self.session.store.list_applied() if a.kind == "Service"]
+        why = mass_prune(applied, desired.services)
+        if why is None:
+            return False
+        applying = (self._commit.sha if self._commit else "nothing")[:12]
+        message = f"revision {desired.revision[:12]} refused: {why}; still applying {applying}"
+        self._set_error({"message": message, "revision": desired.revision})
+        log.error("%s", message, extra={"revision": desired.revision})
+        with self._pass_lock:
+            self.session.reconciler_for(self._desired or desired).books.record_refused(
+                desired.revision, commit, why
+            )
+        return True
+
+    def _invalid(self, sha: str, exc: ManifestInvalid) -> None:
+        """An invalid revision: reported where people look; the last good one runs on."""
+        diagnostics = [str(d) for d in exc.diagnostics]
+        # The one-line message names the first problem (PATH:LINE:COLUMN): status and
+        # the API show it where people look; every problem is in "diagnostics".
+        first = diagnostics[0] if diagnostics else "no details"
+        more = f" (and {len(diagnostics) - 1} more)" if len(diagnostics) > 1 else ""
+        applying = (self._commit.sha if self._commit else "nothing")[:12]
+        self._set_error(
+            {
+                "message": f"revision {sha[:12]} is invalid: {first}{more}; "
+                f"still applying {applying}",
+                "revision": sha,
+                "diagnostics": diagnostics,
+            }
+        )
+        for line in diagnostics:
+            log.error("invalid manifest: %s", line, extra={"revision": sha})
+        assert self.session is not None
+        self.session.store.append_event(
+            "revision.invalid",
+            f"{sha[:12]}: {len(diagnostics)} problem(s)",
+            revision=sha,
+            data={"diagnostics": diagnostics[:100]},
+        )
+
+    def _reconcile_once(self) -> float:
+        """One pass over the last good desired state; seconds until the next one."""
         desired, commit = self._desired, self._commit
         if desired is None or self.session is None:
-            return False
+            return self.options.resync
         started = time.monotonic()
         try:
-            reconciler = self.session.reconciler_for(desired)
-            result = reconciler.reconcile(desired, commit)
+            with self._pass_lock:
+                reconciler = self.session.reconciler_for(desired)
+                result = reconciler.reconcile(desired, commit)
         except GitorchError as exc:
             self.metrics.reconcile_total.inc(result="error")
             self._loop_error = exc.message
             log.error("reconcile failed: %s", exc.message)
-            return False
+            return self.options.resync
         except Exception as exc:  # a bug must not kill the daemon: log it, keep serving
             self.metrics.reconcile_total.inc(result="error")
             self._loop_error = f"internal error: {exc!r}"
             log.exception("reconcile crashed")
-            return False
+            return self.options.resync
         self._loop_error = None
         self.metrics.reconcile_duration_seconds.observe(time.monotonic() - started)
         self.metrics.reconcile_total.inc(
@@ -285,7 +314,7 @@ class Daemon:
             log.warning("%s", error)
         with self._lock:
             self._last_pass = result
-        return not result.converged or result.actions > 0
+        return result.requeue_after
 
     def _write_traffic(self) -> None:
         """Store every route's traffic now (replacing the previous snapshots)."""
@@ -346,8 +375,6 @@ class Daemon:
     def request_action(
         self, service: str, action: str, actor: str | None = None
     ) -> tuple[bool, str]:
-        from gitorch.commands.promote import request_action
-
         assert self.session is not None
         accepted, message = request_action(self.session.store, service, action, actor)
         if accepted and actor is not None:
@@ -404,19 +431,9 @@ class Daemon:
     def plan(self, ref: str | None) -> dict[str, Any]:
         assert self.source is not None and self.session is not None
         snapshot = self.source.snapshot(ref or self.options.ref, self.options.path)
-        loaded = self.loader.load(
-            snapshot.files,
-            revision=snapshot.revision,
-            root_path=snapshot.root_path,
-            problems=snapshot.problems,
-        )
-        if loaded.state is None:
-            raise ManifestInvalid(list(loaded.diagnostics))
-        reconciler = self.session.reconciler_for(loaded.state)
-        live = observe(
-            reconciler.targets, reconciler.runtimes, self.session.cluster, self.session.store
-        )
-        return compute_plan(loaded.state, live, scoring=self.options.session.scoring).to_json()
+        desired = load_desired(snapshot, self.loader)
+        with self._pass_lock:
+            return self.session.reconciler_for(desired).plan(desired).to_json()
 
 
 def _traffic_meter(session: Session, data_plane: str) -> TrafficMeter:

@@ -27,10 +27,9 @@ from gitorch.commands.common import (
     stderr,
     stdout,
 )
-from gitorch.diff import check_expected, compute_plan
-from gitorch.errors import ConfigError, ManifestInvalid
-from gitorch.live import observe
-from gitorch.manifests import ManifestLoader
+from gitorch.decide.guard import mass_prune
+from gitorch.errors import ConfigError
+from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 
@@ -149,7 +148,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DURATION",
         help="give up (exit 1) after this long (30s, 1m, 500ms, 1m30s or seconds; default 15m)",
     )
+    add_mass_prune_option(parser)
     parser.set_defaults(run=run)
+
+
+def add_mass_prune_option(parser: argparse.ArgumentParser) -> None:
+    """``--allow-mass-prune``: shared by apply and daemon."""
+    parser.add_argument(
+        "--allow-mass-prune",
+        action="store_true",
+        help="apply a revision that removes every service, or more than half of them "
+        "(refused by default: such a commit is usually a mistake, and pruned replicas "
+        "cannot be brought back by a revert)",
+    )
 
 
 def _table(result: PassResult) -> Table:
@@ -176,22 +187,18 @@ def run(args: argparse.Namespace) -> int:
             "apply applies commits, not uncommitted files: commit first (plan --worktree previews them)"
         )
     snapshot = read_snapshot(args)
-    loaded = ManifestLoader().load(
-        snapshot.files,
-        revision=snapshot.revision,
-        root_path=snapshot.root_path,
-        problems=snapshot.problems,
-    )
-    if loaded.state is None:
-        raise ManifestInvalid(list(loaded.diagnostics))
-    desired = loaded.state
+    desired = load_desired(snapshot)
     commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply")
     with Session(session_options(args)) as session:
+        if not args.allow_mass_prune:
+            applied = [a.name for a in session.store.list_applied() if a.kind == "Service"]
+            why = mass_prune(applied, desired.services)
+            if why is not None:
+                reconciler = session.reconciler_for(desired)
+                reconciler.books.record_refused(desired.revision, commit, why)
+                raise ConfigError(f"revision {short(desired.revision)} refused: {why}")
         reconciler = session.reconciler_for(desired)
-        if args.expect_plan:
-            live = observe(reconciler.targets, reconciler.runtimes, session.cluster, session.store)
-            check_expected(compute_plan(desired, live, scoring=args.scoring), args.expect_plan)
-        result = _converge(reconciler, desired, commit, args.timeout)
+        result = _converge(reconciler, desired, commit, args.timeout, args.expect_plan)
         exposed = [s for s in desired.services.values() if s.expose is not None]
     for error in result.errors:
         stderr().print(f"[yellow]warning:[/] {escape(error)}")
@@ -214,11 +221,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _converge(
-    reconciler: Reconciler, desired: DesiredState, commit: CommitMeta, timeout: float
+    reconciler: Reconciler,
+    desired: DesiredState,
+    commit: CommitMeta,
+    timeout: float,
+    expect_plan: str | None = None,
 ) -> PassResult:
+    """Passes until converged (or failed for good, or ``timeout``). The first pass checks
+    ``expect_plan`` against its own decision, so what runs is what was reviewed."""
     deadline = time.monotonic() + timeout
     interactive = sys.stdout.isatty()
-    result = reconciler.reconcile(desired, commit)
+    result = reconciler.reconcile(desired, commit, expect_plan=expect_plan)
+    _print_actions(result)
     last_lines: dict[str, str] = {}
     failed_seen = False
     with (
@@ -243,8 +257,15 @@ def _converge(
             if result.converged and (not result.failed or (failed_seen and not result.actions)):
                 return result
             failed_seen = result.converged and result.failed
-            time.sleep(0.05 if result.actions else 0.3)
+            time.sleep(0.05 if result.actions else min(0.3, result.requeue_after))
             result = reconciler.reconcile(desired, commit)
+            _print_actions(result)
+
+
+def _print_actions(result: PassResult) -> None:
+    """What the pass did, one line per replica action (as ``gitorch plan`` listed it)."""
+    for action in result.executed:
+        stderr().print(f"  {escape(action.verb)}: {escape(action.describe())}")
 
 
 class _NoLive:

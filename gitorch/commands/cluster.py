@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from pathlib import Path
-from types import MappingProxyType
 
 from gitorch.commands.common import state_dir
-from gitorch.live import LiveState, NodeTarget, default_node, observe
-from gitorch.live.inventory import (
-    choose_default_driver,
-    existing_cluster_name,
-    open_runtimes,
-)
-from gitorch.runtime.base import Runtime
+from gitorch.live import observe
+from gitorch.live.inventory import existing_cluster_name, open_runtimes
+from gitorch.readmodel.cluster import ClusterView, registered_targets
 from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB
 
@@ -27,37 +20,6 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
         help="default node driver when the repo declares no Node "
         "(default: docker if a Docker engine answers, else process)",
     )
-
-
-def registered_targets(store: StateStore | None, default_driver: str | None) -> list[NodeTarget]:
-    """Nodes the store knows (registered by apply/daemon from Git); else the local node."""
-    records = store.list_nodes() if store is not None else []
-    if records:
-        return [
-            NodeTarget(
-                name=r.name,
-                driver=r.driver,
-                endpoint=r.endpoint or None,
-                labels=MappingProxyType({**r.labels, "node": r.name}),
-            )
-            for r in records
-        ]
-    return [default_node(choose_default_driver(default_driver))]
-
-
-@dataclass
-class ClusterView:
-    """What a read-only command sees: store (None before the first apply) and live state."""
-
-    store: StateStore | None
-    targets: list[NodeTarget]
-    runtimes: dict[str, Runtime]
-    live: LiveState
-    state_dir: Path | None = None
-
-    def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
 
 
 def open_view(args: argparse.Namespace) -> ClusterView:

@@ -9,14 +9,14 @@ import posixpath
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from gitorch.errors import StateError
-from gitorch.manifests.quantities import QuantityError, parse_duration
-from gitorch.sources import Snapshot, Source, open_source
-from gitorch.state.layout import STATE_DB, STATE_ENV, resolve_state_dir
+
+if TYPE_CHECKING:  # rich and the sources (gitpython) load when a command first uses them
+    from rich.console import Console
+
+    from gitorch.sources import Snapshot, Source
 
 #: Line width when the output is not a terminal (a pipe, a file) and $COLUMNS is unset:
 #: wide enough that no table cell is cut or wrapped, so ``| grep`` and ``| awk`` see one
@@ -25,7 +25,7 @@ from gitorch.state.layout import STATE_DB, STATE_ENV, resolve_state_dir
 PIPE_WIDTH = 100_000
 
 #: How to point a reading command elsewhere, for messages that found nothing.
-ELSEWHERE_STATE = f"another state directory: --state DIR or ${STATE_ENV}"
+ELSEWHERE_STATE = "another state directory: --state DIR or $GITORCH_STATE"
 ELSEWHERE = f"{ELSEWHERE_STATE}; a running daemon: --server URL"
 
 
@@ -36,6 +36,8 @@ class StateNotFound(StateError):
 def duration(text: str) -> float:
     """argparse type of every time option: ``30s``, ``1m``, ``500ms``, ``1m30s`` or plain
     seconds (``45``, ``2.5``), read as manifests read durations; zero allowed."""
+    from gitorch.manifests.quantities import QuantityError, parse_duration
+
     try:
         plain = float(text) if text.replace(".", "", 1).isdigit() else None
         return parse_duration(plain if plain is not None else text)
@@ -96,11 +98,14 @@ def add_format_option(parser: argparse.ArgumentParser, *choices: str) -> None:
 
 def state_dir(args: argparse.Namespace) -> Path:
     """``--state``, else ``$GITORCH_STATE``, else ``./.gitorch``."""
-    return resolve_state_dir(getattr(args, "state", None))
+    chosen = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
+    return Path(chosen)
 
 
 def has_state(state: Path) -> bool:
     """Whether ``state`` holds a state store (``apply`` or ``daemon`` ran there)."""
+    from gitorch.state.layout import STATE_DB
+
     return (state / STATE_DB).is_file()
 
 
@@ -122,6 +127,8 @@ def looked_in(state: Path | None, server: str | None) -> str:
 
 
 def open_args_source(args: argparse.Namespace) -> Source:
+    from gitorch.sources import open_source
+
     return open_source(
         args.repo,
         cache_root=state_dir(args) / "cache",
@@ -193,6 +200,8 @@ _stderr: Console | None = None
 def stdout() -> Console:
     global _stdout
     if _stdout is None:
+        from rich.console import Console
+
         _stdout = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
     return _stdout
 
@@ -200,6 +209,8 @@ def stdout() -> Console:
 def stderr() -> Console:
     global _stderr
     if _stderr is None:
+        from rich.console import Console
+
         _stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
     return _stderr
 
@@ -226,3 +237,15 @@ def short(sha: str | None) -> str:
     if not sha:
         return "-"
     return sha[:12] if len(sha) == 40 else sha
+
+
+def reserved_ports(args: argparse.Namespace) -> dict[int, str]:
+    """Ports gitorch's daemon uses, which no Service may expose: the ``--listen`` port of
+    the daemon of ``--state`` as it last wrote it (``daemon.json``), else the default."""
+    try:
+        data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
+        listen = str(data["listen"])
+        port = int(listen.rpartition(":")[2])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {7420: "the gitorch daemon's API and webhook (default --listen 127.0.0.1:7420)"}
+    return {port: f"the gitorch daemon's API and webhook (its --listen {listen})"}

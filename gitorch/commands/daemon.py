@@ -7,7 +7,7 @@ import argparse
 from gitorch.api.auth import TokenSet, check_exposure
 from gitorch.api.server import parse_listen
 from gitorch.api.webhook import WebhookSecret
-from gitorch.commands.apply import add_session_options, session_options
+from gitorch.commands.apply import add_mass_prune_option, add_session_options, session_options
 from gitorch.commands.common import add_source_options, positive_duration
 from gitorch.daemon import Daemon, DaemonOptions
 from gitorch.errors import ConfigError
@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve the API without tokens on a non-loopback --listen address (anyone who "
         "reaches it can read status and abort rollouts); refused otherwise",
     )
+    add_mass_prune_option(parser)
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         webhook_secret=secret,
         api_tokens=tokens,
         api_insecure=args.api_insecure,
+        allow_mass_prune=args.allow_mass_prune,
     )
     Daemon(options).run()
     return 0

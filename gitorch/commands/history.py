@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -34,8 +33,7 @@ from gitorch.commands.common import (
 )
 from gitorch.commands.remote import add_token_option, auth_error, auth_headers, client_token
 from gitorch.errors import ConfigError, GitorchError
-from gitorch.state import StateStore
-from gitorch.state.layout import STATE_DB
+from gitorch.readmodel.history import read_local
 
 #: Revisions shown when --limit is not given.
 DEFAULT_LIMIT = 50
@@ -108,19 +106,6 @@ def _limit(text: str) -> int:
 
 
 # -- reading ---------------------------------------------------------------------------
-
-
-def history_json(store: StateStore, service: str | None, limit: int | None) -> list[dict[str, Any]]:
-    """The ``history --format json`` list (also what the daemon's API serves)."""
-    return [record.to_json() for record in store.list_revisions(service=service, limit=limit)]
-
-
-def read_local(state: Path, service: str | None, limit: int | None) -> list[dict[str, Any]] | None:
-    """History from the store in ``state``; None when no store exists there yet."""
-    if not (state / STATE_DB).is_file():
-        return None
-    with StateStore(state, readonly=True) as store:
-        return history_json(store, service, limit)
 
 
 def read_server(

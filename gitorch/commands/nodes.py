@@ -8,7 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
+from gitorch.commands.cluster import add_runtime_option, open_view
 from gitorch.commands.common import (
     ELSEWHERE_STATE,
     add_format_option,
@@ -31,6 +31,7 @@ from gitorch.manifests.quantities import (
     parse_cpu,
     parse_memory,
 )
+from gitorch.readmodel.cluster import ClusterView
 from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB
 

@@ -7,26 +7,37 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import replace
+from pathlib import Path
 
-from gitorch.commands.cluster import add_runtime_option, open_runtimes, registered_targets
+from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_format_option,
     add_source_options,
     add_state_option,
     read_snapshot,
+    reserved_ports,
     separate_trees_hint,
     state_dir,
     stdout,
 )
+from gitorch.decide import decide_pass
+from gitorch.decide.cluster import pass_input_of
+from gitorch.decide.nodes import lost_nodes
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
 from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
-from gitorch.live.inventory import choose_default_driver, existing_cluster_name
+from gitorch.live.inventory import choose_default_driver, existing_cluster_name, open_runtimes
+from gitorch.live.observe import assess_readiness
 from gitorch.manifests import DesiredState, ManifestLoader
+from gitorch.manifests.loader import load_desired
+from gitorch.readmodel.cluster import registered_targets
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
-from gitorch.state import StateStore
+from gitorch.state import StateStore, lock_holder
 from gitorch.state.layout import STATE_DB
+from gitorch.traffic.holders import descends_from, port_holders
 
 EXIT_NO_CHANGES = 0
 EXIT_CHANGES = 2
@@ -58,29 +69,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=LEAST_ALLOCATED,
         help="placement scoring: spread load (default) or bin-pack",
     )
+    parser.add_argument(
+        "--node-grace",
+        type=float,
+        default=30.0,
+        help="seconds a silent node keeps its replicas before the next pass replaces them "
+        "(as the daemon's --node-grace; default 30)",
+    )
     parser.set_defaults(run=run)
 
 
-def load_desired(args: argparse.Namespace) -> DesiredState:
+def desired_of(args: argparse.Namespace) -> DesiredState:
+    """The desired state at ``--repo/--ref/--path`` (or the worktree)."""
     snapshot = read_snapshot(args)
-    result = ManifestLoader().load(
-        snapshot.files,
-        revision=snapshot.revision,
-        root_path=snapshot.root_path,
-        problems=snapshot.problems,
-    )
-    if result.state is None:
-        error = ManifestInvalid(list(result.diagnostics))
-        hint = separate_trees_hint(snapshot, args.path, (d.path for d in result.diagnostics))
+    try:
+        return load_desired(snapshot, ManifestLoader(reserved_ports=reserved_ports(args)))
+    except ManifestInvalid as error:
+        hint = separate_trees_hint(snapshot, args.path, (d.path for d in error.diagnostics))
         if hint is not None:
             error.detail = (*error.detail, hint)
-        raise error
-    return result.state
+        raise
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    """Desired state from the source, live state from the runtimes and store, then the plan."""
-    desired = load_desired(args)
+    """Desired state from the source, live state from the runtimes and store, then the
+    plan: the field diff, and the next pass exactly as the reconciler would decide it."""
+    desired = desired_of(args)
     state = state_dir(args)
     store = StateStore(state, readonly=True) if (state / STATE_DB).exists() else None
     try:
@@ -88,11 +102,52 @@ def make_plan(args: argparse.Namespace) -> Plan:
             targets = node_targets(desired.nodes.values(), choose_default_driver(args.runtime))
         else:
             targets = registered_targets(store, args.runtime)
-        live = observe(targets, open_runtimes(targets, state), existing_cluster_name(state), store)
+        runtimes = open_runtimes(targets, state)
+        live = observe(targets, runtimes, existing_cluster_name(state), store)
     finally:
         if store is not None:
             store.close()
-    return compute_plan(desired, live, scoring=args.scoring)
+    # Readiness as the daemon would see it: one probe of each running replica.
+    live = assess_readiness(live, runtimes)
+    now = time.time()
+    decision = decide_pass(
+        pass_input_of(
+            desired,
+            live,
+            now,
+            lost=lost_nodes(live, now, args.node_grace),
+            unschedulable=frozenset(t.name for t in targets if t.unschedulable),
+            runnable=frozenset(runtimes),
+            scoring=args.scoring,
+        )
+    )
+    plan = compute_plan(desired, live, scoring=args.scoring, decision=decision)
+    return replace(plan, warnings=(*plan.warnings, *_foreign_ports(desired, state)))
+
+
+def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
+    """Expose ports another process already listens on: the services would fail there."""
+    wanted: dict[int, str] = {}
+    for name, service in desired.services.items():
+        if service.expose is not None:
+            wanted[service.expose.port] = name
+        blue = service.strategy.blue_green
+        if blue is not None and blue.preview_port:
+            wanted[blue.preview_port] = f"{name} (preview)"
+    holder = lock_holder(state) if (state / STATE_DB).exists() else None
+    owner = holder.pid if holder is not None else None
+    found: list[str] = []
+    for port, holders in sorted(port_holders(wanted).items()):
+        foreign = [
+            h for h in holders if h.pid is None or owner is None or not descends_from(h.pid, owner)
+        ]
+        if foreign:
+            found.append(
+                f"port {port} of {wanted[port]} is held by "
+                + ", ".join(h.describe() for h in foreign)
+                + ": the service cannot be served there until it is freed"
+            )
+    return found
 
 
 def run(args: argparse.Namespace) -> int:

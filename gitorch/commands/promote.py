@@ -18,10 +18,9 @@ from rich.markup import escape
 from gitorch.commands.common import add_state_option, state_dir, stdout
 from gitorch.commands.remote import add_token_option, auth_error, auth_headers, client_token
 from gitorch.errors import GitorchError
-from gitorch.state import RolloutPhase, StateStore
+from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB
-
-_ACTIVE = (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
+from gitorch.state.requests import request_action
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,30 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         add_token_option(parser)
         parser.set_defaults(run=run, what=what)
-
-
-def request_action(
-    store: StateStore, service: str, what: str, actor: str | None = None
-) -> tuple[bool, str]:
-    """Flag ``service``'s rollout for ``what`` (promote | abort): (accepted, message).
-
-    ``actor``: the API token's name when the request came through an authenticated API;
-    the audit entry then says ``requested by token NAME`` and carries ``{"token": NAME}``.
-    """
-    record = store.get_rollout(service)
-    if record is None:
-        return False, f"no service named {service!r} has a rollout"
-    if record.phase not in _ACTIVE:
-        return False, f"{service} is {record.phase}: nothing to {what}"
-    store.request(service, what)
-    by = f" by token {actor}" if actor else ""
-    store.append_event(
-        f"rollout.{what}",
-        f"{service}: {what} requested{by}",
-        service=service,
-        data={"token": actor} if actor else None,
-    )
-    return True, f"{what} of {service} requested (step {record.step}, weight {record.weight}%)"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,8 +10,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from gitorch.apply.replicas import slot_of
-from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
+from gitorch.commands.cluster import add_runtime_option, open_view
 from gitorch.commands.common import (
     ELSEWHERE,
     add_format_option,
@@ -26,9 +25,8 @@ from gitorch.commands.common import (
 )
 from gitorch.commands.remote import add_token_option, client_token
 from gitorch.errors import GitorchError
-from gitorch.live.model import LiveService
 from gitorch.live.observe import assess_readiness
-from gitorch.state import TrafficSnapshot, lock_holder
+from gitorch.readmodel.status import status_json
 
 EXAMPLE = """example:
   gitorch status
@@ -59,133 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_runtime_option(parser)
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
-
-
-def service_json(service: LiveService, restarts: Mapping[int, int] | None = None) -> dict[str, Any]:
-    """One service of the status document. ``restarts``: crash-loop restarts per slot
-    (gitorch replaces a crashed replica, so the runtime's own count stays 0)."""
-    restarts = restarts or {}
-    applied = service.applied
-    spec = applied.canonical.get("spec", {}) if applied else {}
-    desired = spec.get("replicas", 0) if applied else 0
-    expose = spec.get("expose")
-    return {
-        "name": service.name,
-        "revision": applied.revision if applied else None,
-        "replicas": {
-            "desired": desired,
-            "running": len(service.running),
-            "ready": sum(1 for r in service.replicas if r.ready),
-            "updated": sum(
-                1
-                for r in service.running
-                if applied is not None and r.template_digest == applied.digest
-            ),
-        },
-        "rollout": {
-            "phase": applied.phase if applied else "Unmanaged",
-            "step": applied.step if applied else None,
-            "weight": applied.weight if applied else 100,
-            "lastError": applied.last_error if applied else None,
-            "message": applied.message if applied else "",
-        },
-        "endpoint": {"port": expose["port"], "protocol": expose["protocol"]} if expose else None,
-        # Crash-loop restarts of all slots (a slot in back-off may have no replica at all).
-        "restarts": sum(restarts.values()),
-        "instances": [
-            {
-                "id": r.id,
-                "name": r.name,
-                "replica": r.replica,
-                "node": r.node,
-                "revision": r.revision,
-                "state": r.state,
-                "ready": r.ready,
-                "address": r.address,
-                "startedAt": r.started_at,
-                "restarts": max(r.restarts, restarts.get(slot_of(r.replica), 0)),
-                "exitCode": r.exit_code,
-            }
-            for r in service.replicas
-        ],
-    }
-
-
-def traffic_json(name: str, snapshots: Mapping[str, TrafficSnapshot], now: float) -> dict[str, Any]:
-    """The ``traffic`` fields of one service: its endpoint's per-version figures (None when
-    no daemon stored any) and, during a blue-green rollout, its preview listener's."""
-    main = snapshots.get(name)
-    preview = snapshots.get(f"{name}.preview")
-    return {
-        "traffic": main.to_json(now) if main is not None else None,
-        **({"previewTraffic": preview.to_json(now)} if preview is not None else {}),
-    }
-
-
-def status_json(
-    view: ClusterView, only: str | None, *, traffic: Mapping[str, TrafficSnapshot] | None = None
-) -> dict[str, Any]:
-    """The status document. ``traffic``: route -> its figures (the daemon passes what it
-    reads now); None reads the snapshots the daemon last stored."""
-    live = view.live
-    if traffic is None:
-        stored = view.store.list_traffic() if view.store is not None else []
-        traffic = {snap.service: snap for snap in stored}
-    now = time.time()
-    last_error = None
-    if view.store is not None:
-        attempted = view.store.last_attempted_revision()
-        if attempted is not None and str(attempted.result) in ("failed", "rolled-back"):
-            last_error = attempted.reason or f"the last revision {attempted.result}"
-    services = [s for name, s in sorted(live.services.items()) if only in (None, name)]
-    measurements: dict[str, list[dict[str, Any]]] = {}
-    if only is not None and view.store is not None:
-        measurements[only] = [
-            {
-                "analysis": m.analysis,
-                "revision": m.revision,
-                "phase": str(m.phase),
-                "takenAt": m.taken_at,
-                "message": m.message,
-                "value": dict(m.value),
-            }
-            for m in view.store.list_measurements(only, limit=None)[-20:]
-        ]
-    restarts: dict[str, dict[int, int]] = {}
-    for record in view.store.list_backoff() if view.store is not None else []:
-        restarts.setdefault(record.service, {})[record.slot] = record.restarts
-    daemon_error = _daemon_error(view)
-    if daemon_error is not None:
-        last_error = daemon_error.get("message") or last_error
-    return {
-        "cluster": live.cluster or None,
-        "revision": live.last_applied_revision,
-        "lastError": last_error,
-        "nodes": [
-            {"name": n.name, "driver": n.driver, "ready": n.ready, "message": n.message}
-            for n in live.nodes.values()
-        ],
-        "services": [
-            {
-                **service_json(s, restarts.get(s.name)),
-                **({"analysis": measurements[s.name]} if s.name in measurements else {}),
-                **traffic_json(s.name, traffic, now),
-            }
-            for s in services
-        ],
-        **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),
-    }
-
-
-def _daemon_error(view: ClusterView) -> dict[str, Any] | None:
-    """The error a running daemon reports (an invalid newest commit, an unreachable repo)."""
-    if view.state_dir is None or lock_holder(view.state_dir) is None:
-        return None
-    from gitorch.daemon import read_daemon_file
-
-    data = read_daemon_file(view.state_dir)
-    error = data.get("lastError") if data else None
-    return error if isinstance(error, dict) else None
 
 
 def _from_server(server: str, service: str | None, token: str | None = None) -> dict[str, Any]:
@@ -277,6 +148,7 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
             f":{endpoint['port']} ({endpoint['protocol']})" if endpoint else "-",
         )
     console.print(table)
+    _problems(console, data["services"])
     if not detail:
         return
     for svc in data["services"]:
@@ -319,6 +191,28 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
             render_traffic(console, svc.get("traffic"), "traffic")
         if svc.get("previewTraffic"):
             render_traffic(console, svc["previewTraffic"], "preview traffic")
+
+
+def _problems(console: Any, services: list[dict[str, Any]]) -> None:
+    """What needs a look, one line each: a service's own failure, slots in back-off."""
+    for svc in services:
+        failure = svc.get("failure")
+        if failure:
+            retry = failure.get("retryInSeconds") or 0
+            console.print(
+                f"[red]{escape(svc['name'])}: {escape(str(failure['message']))}[/] "
+                f"({failure['failures']} failure(s)"
+                + (f", retry in {retry:.0f}s" if retry > 0 else ", retrying")
+                + ")"
+            )
+        for slot in svc.get("backoff", []):
+            retry = slot.get("retryInSeconds") or 0
+            cause = slot.get("lastCause") or "exited"
+            wait = f"back-off {retry:.0f}s left, " if retry > 0 else ""
+            console.print(
+                f"[yellow]{escape(slot['replica'])}[/]: {wait}{slot['restarts']} restart(s), "
+                f"last: {escape(str(cause))}"
+            )
 
 
 def render_traffic(console: Any, traffic: Mapping[str, Any] | None, title: str) -> None:

@@ -17,6 +17,7 @@ from gitorch.commands.common import (
     open_args_source,
     print_json,
     read_snapshot,
+    reserved_ports,
     separate_trees_hint,
     short,
     stderr,
@@ -103,7 +104,7 @@ def report(args: argparse.Namespace, snapshot: Snapshot, result: LoadResult) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    loader = ManifestLoader()
+    loader = ManifestLoader(reserved_ports=reserved_ports(args))
     if not args.watch:
         snapshot, result = validate_once(args, loader)
         return report(args, snapshot, result)

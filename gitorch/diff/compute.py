@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gitorch.decide.cluster import PassDecision, runnable_drivers
+from gitorch.decide.nodes import node_views
+from gitorch.decide.waves import dependency_waves
 from gitorch.diff.fields import FieldChange, diff_objects
 from gitorch.diff.plan import DriftItem, ObjectChange, PlacementItem, Plan, Unschedulable
 from gitorch.live.model import LiveService, LiveState
 from gitorch.manifests.build import priority_and_qos_of, requests_of, template_digest_of
 from gitorch.manifests.model import DesiredState, Placement, Service
-from gitorch.scheduler import LEAST_ALLOCATED, NodeView, Request, Running, schedule
+from gitorch.scheduler import LEAST_ALLOCATED, Request, Running, schedule
 from gitorch.strategies.preview import (
     RolloutPreview,
     preview_create,
@@ -33,24 +36,6 @@ def _applied_canonical(
     if entry is not None:
         return entry.canonical, entry.revision
     return None, None
-
-
-def dependency_waves(services: Mapping[str, Service]) -> list[list[str]]:
-    """Services grouped so each only depends on earlier groups (validated: no cycles)."""
-    remaining = {
-        name: {d for d in svc.depends_on if d in services} for name, svc in services.items()
-    }
-    waves: list[list[str]] = []
-    done: set[str] = set()
-    while remaining:
-        wave = sorted(name for name, deps in remaining.items() if deps <= done)
-        if not wave:  # a cycle slipped through validation: keep the rest in one wave
-            wave = sorted(remaining)
-        waves.append(wave)
-        done.update(wave)
-        for name in wave:
-            del remaining[name]
-    return waves
 
 
 def _service_change(
@@ -160,8 +145,16 @@ def _drift(live: LiveState, desired: DesiredState) -> list[DriftItem]:
     return items
 
 
-def compute_plan(desired: DesiredState, live: LiveState, *, scoring: str = LEAST_ALLOCATED) -> Plan:
-    """The plan that takes ``live`` to ``desired``."""
+def compute_plan(
+    desired: DesiredState,
+    live: LiveState,
+    *,
+    scoring: str = LEAST_ALLOCATED,
+    decision: PassDecision | None = None,
+) -> Plan:
+    """The plan that takes ``live`` to ``desired``: every field change, where replicas
+    will land, drift; with ``decision`` (the next pass, :func:`gitorch.decide.decide_pass`)
+    also the actions that pass executes."""
     changes: list[ObjectChange] = []
     unchanged: list[str] = []
     desired_objects = desired.objects()
@@ -224,6 +217,7 @@ def compute_plan(desired: DesiredState, live: LiveState, *, scoring: str = LEAST
         order=tuple(wave for wave in order if wave),
         unchanged=tuple(sorted(unchanged)),
         warnings=warnings,
+        actions=decision.actions() if decision is not None else (),
     )
 
 
@@ -231,18 +225,7 @@ def _placements(
     desired: DesiredState, live: LiveState, changes: list[ObjectChange], scoring: str
 ) -> tuple[tuple[PlacementItem, ...], tuple[Unschedulable, ...]]:
     """Where new replicas would go, against the cluster as it will be after the rollout."""
-    nodes = [
-        NodeView(
-            name=n.name,
-            cpu_millis=n.cpu_millis,
-            memory_bytes=n.memory_bytes,
-            labels=n.labels,
-            ready=n.ready,
-            unschedulable=n.unschedulable,
-            taints=n.taints,
-        )
-        for n in live.nodes.values()
-    ]
+    nodes = node_views(live)
     by_name = {c.name: c for c in changes if c.kind == "Service"}
     replaced = {name for name, c in by_name.items() if c.action == "delete" or c.replaces_replicas}
     running: list[Running] = []
@@ -278,7 +261,10 @@ def _placements(
         else:
             slots = range(0)
         qos = service.resources.qos_class
-        requests.extend(Request(name, f"{name}-{i}", cpu, mem, placement, qos) for i in slots)
+        drivers = runnable_drivers(service)
+        requests.extend(
+            Request(name, f"{name}-{i}", cpu, mem, placement, qos, drivers=drivers) for i in slots
+        )
 
     decisions = schedule(nodes, running, requests, strategy=scoring, preemption=True)
     placed = tuple(

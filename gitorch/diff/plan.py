@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gitorch.decide.actions import WORLD_CHANGING, Action
 from gitorch.diff.fields import FieldChange
 from gitorch.errors import PlanChanged
 from gitorch.strategies.preview import RolloutPreview
@@ -102,6 +103,9 @@ class Plan:
     order: tuple[tuple[str, ...], ...]  # services in dependsOn waves
     unchanged: tuple[str, ...] = ()  # "Kind/name" of objects with no change
     warnings: tuple[str, ...] = ()
+    # The next pass, exactly as the reconciler will execute it (empty when the plan was
+    # computed without a decision).
+    actions: tuple[Action, ...] = ()
 
     @property
     def summary(self) -> dict[str, int]:
@@ -111,12 +115,18 @@ class Plan:
         counts["unchanged"] = len(self.unchanged)
         counts["drift"] = len(self.drift)
         counts["unschedulable"] = len(self.unschedulable)
+        counts["actions"] = sum(1 for a in self.actions if isinstance(a, WORLD_CHANGING))
         return counts
 
     @property
     def has_changes(self) -> bool:
-        """What ``plan``'s exit code 2 means: applying would change something."""
-        return bool(self.changes) or any(d.policy == "correct" for d in self.drift)
+        """What ``plan``'s exit code 2 means: applying would change something (a field, a
+        drift to correct, or a replica the next pass starts or stops)."""
+        return (
+            bool(self.changes)
+            or any(d.policy == "correct" for d in self.drift)
+            or any(isinstance(a, WORLD_CHANGING) for a in self.actions)
+        )
 
     def body(self) -> dict[str, Any]:
         return {
@@ -130,6 +140,7 @@ class Plan:
             "order": [list(wave) for wave in self.order],
             "unchanged": list(self.unchanged),
             "warnings": list(self.warnings),
+            "actions": [action.to_json() for action in self.actions],
             "summary": self.summary,
         }
 

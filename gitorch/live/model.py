@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gitorch.runtime.base import Instance
+from gitorch.state.records import AnalysisRunRecord, BackoffRecord, RolloutRecord
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class LiveReplica:
     restarts: int = 0
     ready: bool | None = None
     probe_message: str = ""
+    # What the health monitor says (the reconciler fills these in; ``plan`` probes once):
+    ready_since: float | None = None  # unix time it last became ready
+    needs_restart: bool = False  # liveness or startup probe failed: replace it
+    health_message: str = ""  # the last probe's verdict, "liveness: HTTP 500"
+    exit_reason: str | None = None  # the runtime's word on an exit: "OOMKilled", "exit 3"
     ports: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({})
     )  # name -> host:port
@@ -104,6 +110,18 @@ class LiveState:
     inventory: Mapping[tuple[str, str], AppliedObject] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # What the store says a pass decides from, besides the replicas (read in the same
+    # observation, so ``plan`` and the reconciler decide from the same facts):
+    rollouts: Mapping[str, RolloutRecord] = field(default_factory=lambda: MappingProxyType({}))
+    backoff: Mapping[str, Mapping[int, BackoffRecord]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    # Runs of each service's current progressive step (its rollout's step entry).
+    analysis_runs: Mapping[str, tuple[AnalysisRunRecord, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    draining_nodes: frozenset[str] = frozenset()  # `gitorch drain NODE`
+    node_last_seen: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def unknown_nodes(self) -> frozenset[str]:

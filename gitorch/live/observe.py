@@ -30,7 +30,7 @@ from gitorch.runtime.base import (
     Probe,
     Runtime,
 )
-from gitorch.state import RolloutRecord, StateStore
+from gitorch.state import BackoffRecord, RolloutRecord, StateStore
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ def _replica(instance: Instance, node: str) -> LiveReplica:
         address=instance.address(),
         started_at=instance.started_at,
         exit_code=instance.exit_code,
+        exit_reason=instance.exit_reason,
         restarts=instance.restarts,
         ports=MappingProxyType({b.name: f"{b.host_ip}:{b.host_port}" for b in instance.ports}),
         instance=instance,
@@ -117,7 +118,8 @@ def observe(
             pool.map(lambda t: _observe_node(t, runtimes[t.name], cluster), targets)
         )
     # `gitorch drain` is kept in the store: a draining node takes nothing new either.
-    draining = {r.name for r in store.list_nodes() if r.draining} if store is not None else set()
+    node_records = store.list_nodes() if store is not None else []
+    draining = {r.name for r in node_records if r.draining}
     nodes: dict[str, LiveNode] = {}
     replicas_by_service: dict[str, list[LiveReplica]] = {}
     for obs in observations:
@@ -160,6 +162,18 @@ def observe(
         for name in names
     }
     last = store.last_applied_revision() if store is not None else None
+    backoff: dict[str, dict[int, BackoffRecord]] = {}
+    for state in store.list_backoff() if store is not None else []:
+        backoff.setdefault(state.service, {})[state.slot] = state
+    runs = {
+        name: tuple(
+            store.list_analysis_runs(
+                name, revision=record.revision, step_started_at=record.step_started_at
+            )
+        )
+        for name, record in records.items()
+        if store is not None and record.step_started_at is not None
+    }
     return LiveState(
         cluster=cluster or "",
         observed_at=started,
@@ -167,6 +181,13 @@ def observe(
         services=MappingProxyType(services),
         last_applied_revision=last.sha if last is not None else None,
         inventory=MappingProxyType(inventory),
+        rollouts=MappingProxyType(records),
+        backoff=MappingProxyType({k: MappingProxyType(v) for k, v in backoff.items()}),
+        analysis_runs=MappingProxyType(runs),
+        draining_nodes=frozenset(draining),
+        node_last_seen=MappingProxyType(
+            {r.name: r.last_seen for r in node_records if r.last_seen is not None}
+        ),
     )
 
 
@@ -210,7 +231,12 @@ def assess_readiness(live: LiveState, runtimes: Mapping[str, Runtime]) -> LiveSt
         if replica.state != "running":
             return replace(replica, ready=False if replica.state != "unknown" else None)
         if probe is None:
-            return replace(replica, ready=True, probe_message="running (no readiness probe)")
+            return replace(
+                replica,
+                ready=True,
+                ready_since=replica.started_at,
+                probe_message="running (no readiness probe)",
+            )
         runtime = runtimes.get(replica.node)
         if runtime is None:
             return replica
@@ -219,7 +245,9 @@ def assess_readiness(live: LiveState, runtimes: Mapping[str, Runtime]) -> LiveSt
             result = runtime.probe(instance, probe)
         except RuntimeDriverError as exc:
             return replace(replica, ready=None, probe_message=exc.message)
-        return replace(replica, ready=result.ok, probe_message=result.message)
+        # When it became ready is the daemon's knowledge; one probe only says it is now.
+        since = replica.started_at if result.ok else None
+        return replace(replica, ready=result.ok, ready_since=since, probe_message=result.message)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         checked = list(pool.map(check, jobs))

@@ -289,8 +289,16 @@ def _check_autoscale(origin: Origin, spec: Mapping[str, Any]) -> Iterator[Findin
 # ---------------------------------------------------------------- the whole repo
 
 
-def check_repo(entries: Sequence[Entry]) -> Iterator[Finding]:
-    """Duplicates and references between documents."""
+#: Ports gitorch's own daemon listens on by default: its HTTP API and the webhook on it
+#: (``gitorch daemon --listen``). A Service exposed there can never be served.
+DAEMON_PORTS: Mapping[int, str] = {7420: "the gitorch daemon's API and webhook (--listen)"}
+
+
+def check_repo(
+    entries: Sequence[Entry], reserved: Mapping[int, str] = DAEMON_PORTS
+) -> Iterator[Finding]:
+    """Duplicates and references between documents. ``reserved``: ports gitorch itself
+    listens on (port -> what), which no Service may expose."""
     first: dict[tuple[str, str], Entry] = {}
     for entry in entries:
         key = (entry.kind, entry.name)
@@ -337,7 +345,7 @@ def check_repo(entries: Sequence[Entry]) -> Iterator[Finding]:
                         f"{field_name} names unknown Service '{term['service']}'",
                     )
     yield from _check_cycles(services)
-    yield from _check_ports(services)
+    yield from _check_ports(services, reserved)
     if nodes:
         for entry in entries:
             if entry.kind == "Volume" and entry.valid:
@@ -385,8 +393,11 @@ def _check_cycles(services: Mapping[str, Entry]) -> Iterator[Finding]:
             yield from visit(name, [])
 
 
-def _check_ports(services: Mapping[str, Entry]) -> Iterator[Finding]:
-    """Two services cannot listen on the same load-balancer port."""
+def _check_ports(
+    services: Mapping[str, Entry], reserved: Mapping[int, str] = DAEMON_PORTS
+) -> Iterator[Finding]:
+    """Two services cannot listen on the same load-balancer port, nor on one gitorch's
+    own daemon uses."""
     owners: dict[int, str] = {}
     for name, entry in sorted(services.items()):
         spec = entry.raw["spec"]
@@ -397,6 +408,13 @@ def _check_ports(services: Mapping[str, Entry]) -> Iterator[Finding]:
         if preview is not None:
             claims.append((preview, ("spec", "strategy", "blueGreen", "previewPort")))
         for port, path in claims:
+            if port in reserved:
+                yield Finding(
+                    entry.origin,
+                    path,
+                    f"port {port} is reserved for {reserved[port]}: choose another port",
+                )
+                continue
             if port in owners and owners[port] != name:
                 yield Finding(
                     entry.origin,

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from gitorch.errors import Diagnostic, ManifestInvalid
 from gitorch.manifests import schema
 from gitorch.manifests.build import BUILDERS, digest_of
-from gitorch.manifests.checks import Entry, Finding, check_repo, check_service
+from gitorch.manifests.checks import DAEMON_PORTS, Entry, Finding, check_repo, check_service
 from gitorch.manifests.model import DesiredState, ManifestObject, Node, Origin, Service, Volume
 from gitorch.manifests.quantities import QuantityError
 from gitorch.manifests.yamlload import (
@@ -71,9 +71,14 @@ class LoadResult:
 class ManifestLoader:
     """Loads revisions; keep one per process to benefit from the per-blob cache."""
 
-    def __init__(self, cache_size: int = 20_000) -> None:
+    def __init__(
+        self, cache_size: int = 20_000, reserved_ports: Mapping[int, str] | None = None
+    ) -> None:
+        """``reserved_ports``: ports gitorch itself listens on (port -> what), refused as
+        a Service's expose or preview port (default: the daemon API's default port)."""
         self._cache: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
         self._cache_size = cache_size
+        self.reserved_ports = DAEMON_PORTS if reserved_ports is None else dict(reserved_ports)
 
     def load(
         self,
@@ -102,7 +107,7 @@ class ManifestLoader:
 
         entries = [entry for _, result in results for entry in result.entries]
         findings = [finding for _, result in results for finding in result.findings]
-        findings.extend(check_repo(entries))
+        findings.extend(check_repo(entries, self.reserved_ports))
 
         by_path = {file.path: file for file, _ in results}
         positions: dict[str, PositionIndex] = {}
@@ -254,3 +259,33 @@ def load_desired_state(
 
 
 __all__ = ["LoadResult", "ManifestLoader", "load_desired_state", "FieldPath"]
+
+
+class SnapshotLike(Protocol):
+    """What :func:`load_desired` reads of a source's snapshot (``gitorch.sources.Snapshot``)."""
+
+    @property
+    def files(self) -> Sequence[ManifestFileLike]: ...
+
+    @property
+    def revision(self) -> str: ...
+
+    @property
+    def root_path(self) -> str: ...
+
+    @property
+    def problems(self) -> Sequence[Diagnostic]: ...
+
+
+def load_desired(snapshot: SnapshotLike, loader: ManifestLoader | None = None) -> DesiredState:
+    """The desired state of a snapshot, or :class:`ManifestInvalid` with every problem:
+    the one way ``plan``, ``apply`` and the daemon read Git."""
+    result = (loader or ManifestLoader()).load(
+        snapshot.files,
+        revision=snapshot.revision,
+        root_path=snapshot.root_path,
+        problems=snapshot.problems,
+    )
+    if result.state is None:
+        raise ManifestInvalid(list(result.diagnostics))
+    return result.state

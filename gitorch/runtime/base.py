@@ -105,6 +105,7 @@ class Instance:
     restarts: int = 0
     started_at: float | None = None  # unix time
     image: str | None = None
+    exit_reason: str | None = None  # "OOMKilled", "exit 3", "signal 9" (None: unknown)
 
     def address(self, port_name: str | None = None) -> str | None:
         """``host:port`` of the named port (or the first one)."""

@@ -7,7 +7,8 @@ counts per kind as Nomad's placement failures do. The kinds are:
 ``NotReady``, ``cordoned``, ``nodeSelector K=V not matched``, ``taint K=V:EFFECT`` (or
 ``taint K:EFFECT``), ``insufficient cpu``, ``insufficient memory``, ``maxPerNode N reached``,
 ``anti-affinity with SERVICE``, ``affinity: no SERVICE in the same KEY``,
-``no KEY label for spread``, ``spread over KEY would exceed maxSkew N`` and ``no nodes``.
+``no KEY label for spread``, ``spread over KEY would exceed maxSkew N``, ``driver D cannot
+run it`` and ``no nodes``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class NodeView:
     ready: bool = True
     unschedulable: bool = False
     taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect)
+    driver: str = ""  # docker | process ("" : unknown, runs anything)
 
     def topology(self, key: str) -> str | None:
         """The node's value for a topology key (``node`` is the node itself)."""
@@ -81,6 +83,9 @@ class Request:
     memory_bytes: int = 0
     placement: Placement = Placement()
     qos: str = ""
+    # Node drivers that can run it (empty: any). A Service with only ``image`` cannot
+    # run on the process driver, one with only ``command`` not on docker.
+    drivers: frozenset[str] = frozenset()
 
     @property
     def priority(self) -> int:

@@ -40,11 +40,16 @@ def placement_key(placement: Placement) -> Hashable:
     )
 
 
-def _static_reason(node: NodeView, placement: Placement) -> str | None:
+def _static_reason(
+    node: NodeView, placement: Placement, drivers: frozenset[str] = frozenset()
+) -> str | None:
     if not node.ready:
         return "NotReady"
     if node.unschedulable:
         return "cordoned (unschedulable)"
+    if drivers and node.driver and node.driver not in drivers:
+        needs = " or ".join(sorted(drivers))
+        return f"driver {node.driver} cannot run it (it needs {needs})"
     for key, value in placement.node_selector.items():
         if node.labels.get(key) != value:
             return f"nodeSelector {key}={value} not matched"
@@ -115,7 +120,13 @@ class ShapeCache:
 
     def key(self, req: Request) -> Hashable:
         """Equal keys, equal shapes."""
-        return (req.service, req.cpu_millis, req.memory_bytes, self._placement_key(req.placement))
+        return (
+            req.service,
+            req.cpu_millis,
+            req.memory_bytes,
+            self._placement_key(req.placement),
+            req.drivers,
+        )
 
     def shape(self, req: Request) -> Shape:
         """The shape of ``req`` (built on first use)."""
@@ -130,10 +141,10 @@ class ShapeCache:
         state, p = self.state, req.placement
         nodes = state.nodes
         selector: SelectorKey = tuple(p.node_selector.items())
-        static_key = (selector, p.tolerations)
+        static_key = (selector, p.tolerations, req.drivers)
         reasons = self._reasons.get(static_key)
         if reasons is None:
-            reasons = [_static_reason(n, p) for n in nodes]
+            reasons = [_static_reason(n, p, req.drivers) for n in nodes]
             self._reasons[static_key] = reasons
         points_key = (
             tuple((w.weight, tuple(w.match.items())) for w in p.node_affinity),

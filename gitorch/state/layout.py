@@ -6,7 +6,8 @@
     ├── state.db        the SQLite database (WAL mode)
     ├── state.db-wal    SQLite's write-ahead log (managed by SQLite)
     ├── state.db-shm    SQLite's shared-memory index of the WAL (managed by SQLite)
-    └── daemon.lock     flock()ed by the one daemon that owns DIR; holds its pid
+    ├── daemon.lock     flock()ed by the one daemon that owns DIR; holds its pid
+    └── daemon.json     what the running daemon last reported about itself (its last error)
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ STATE_DB = "state.db"
 
 #: File name of the daemon lock inside the state directory.
 LOCK_FILE = "daemon.lock"
+
+#: File name of the running daemon's report about itself inside the state directory.
+DAEMON_FILE = "daemon.json"
 
 #: Environment variable naming the state directory when ``--state`` is not given.
 STATE_ENV = "GITORCH_STATE"

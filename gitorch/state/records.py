@@ -27,6 +27,9 @@ class RevisionResult(StrEnum):
     FAILED = "failed"
     ROLLED_BACK = "rolled-back"
     IN_PROGRESS = "in-progress"
+    NO_CHANGES = "no-changes"  # the commit changed nothing gitorch applies
+    REFUSED = "refused"  # a policy kept it out (the mass-prune guard); not applied
+    SUPERSEDED = "superseded"  # a newer revision came before it converged
 
 
 class RolloutPhase(StrEnum):
@@ -138,6 +141,8 @@ class RolloutRecord:
     step_started_at: float | None = None  # progressive rollouts: when ``step`` began
     promote_requested: bool = False  # `gitorch promote`, not acted on yet
     abort_requested: bool = False  # `gitorch abort`, not acted on yet
+    converged_replicas: int | None = None  # desired count when it last became Healthy
+    failed_revision: str | None = None  # the revision whose template was rolled back from
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -273,10 +278,13 @@ class BackoffRecord:
     """Crash-loop back-off of one replica slot."""
 
     service: str
-    slot: int
+    slot: int  # 0: the service itself (a failure not of one replica: a port, an error)
     restarts: int
     last_restart_at: float
     last_exit_code: int | None = None
+    template: str | None = None  # the template whose replica died (None: any)
+    replica_id: str | None = None  # the dead replica counted last (counted once)
+    reason: str = ""  # why, in words: "exit code 3", "OOMKilled", "start failed: ..."
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ def rollout(row: sqlite3.Row) -> RolloutRecord:
         step_started_at=row["step_started_at"],
         promote_requested=bool(row["promote_requested"]),
         abort_requested=bool(row["abort_requested"]),
+        converged_replicas=row["converged_replicas"],
+        failed_revision=row["failed_revision"],
     )
 
 

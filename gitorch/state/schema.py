@@ -232,6 +232,65 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        "truthful bookkeeping: no-changes and refused revisions, restarts per replica",
+        (
+            # Every commit the daemon reaches gets a history entry: one that changes
+            # nothing is "no-changes", one refused by a policy (the mass-prune guard) is
+            # "refused", one a newer commit replaced before it converged is "superseded".
+            # A CHECK cannot be altered in SQLite, so both tables are rebuilt
+            # (children first, so dropping the parent cascades to nothing).
+            """
+            CREATE TABLE revisions_rebuilt (
+                id           INTEGER PRIMARY KEY AUTOINCREMENT,
+                sha          TEXT NOT NULL,
+                author       TEXT NOT NULL DEFAULT '',
+                committed_at TEXT,
+                signer       TEXT,
+                applied_at   REAL NOT NULL,
+                result       TEXT NOT NULL CHECK (result IN ('succeeded', 'failed',
+                                 'rolled-back', 'in-progress', 'no-changes', 'refused',
+                                 'superseded')),
+                reason       TEXT NOT NULL DEFAULT '',
+                summary      TEXT NOT NULL DEFAULT '{}'
+            )
+            """,
+            "INSERT INTO revisions_rebuilt (id, sha, author, committed_at, signer, applied_at,"
+            " result, reason, summary) SELECT id, sha, author, committed_at, signer,"
+            " applied_at, result, reason, summary FROM revisions",
+            """
+            CREATE TABLE revision_services_rebuilt (
+                revision_id INTEGER NOT NULL REFERENCES revisions_rebuilt (id) ON DELETE CASCADE,
+                service     TEXT NOT NULL,
+                result      TEXT NOT NULL CHECK (result IN ('succeeded', 'failed',
+                                'rolled-back', 'in-progress', 'no-changes', 'refused',
+                                'superseded')),
+                PRIMARY KEY (revision_id, service)
+            ) WITHOUT ROWID
+            """,
+            "INSERT INTO revision_services_rebuilt (revision_id, service, result)"
+            " SELECT revision_id, service, result FROM revision_services",
+            "DROP TABLE revision_services",
+            "DROP TABLE revisions",
+            "ALTER TABLE revisions_rebuilt RENAME TO revisions",
+            "ALTER TABLE revision_services_rebuilt RENAME TO revision_services",
+            "CREATE INDEX revisions_by_result ON revisions (result, id)",
+            "CREATE INDEX revisions_by_sha ON revisions (sha)",
+            "CREATE INDEX revision_services_by_service"
+            " ON revision_services (service, result, revision_id)",
+            # A restart is counted once per dead replica (replica_id), on the template
+            # that died (a failed new version's deaths are not the old version's), with
+            # its cause in words (exit code, OOMKilled, liveness probe, start failure).
+            "ALTER TABLE backoff ADD COLUMN template TEXT",
+            "ALTER TABLE backoff ADD COLUMN replica_id TEXT",
+            "ALTER TABLE backoff ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
+            # The replica count at which the service last converged (drift: a slot below
+            # it with no replica was removed outside gitorch), and the revision whose
+            # template was rolled back from (history blames that commit, no other).
+            "ALTER TABLE rollouts ADD COLUMN converged_replicas INTEGER",
+            "ALTER TABLE rollouts ADD COLUMN failed_revision TEXT",
+        ),
+    ),
+    Migration(
         "revisions: what triggered each application",
         (
             # "poll", "local commit", "webhook push REF SHA (delivery ID)", "api request",

@@ -341,11 +341,12 @@ class StateStore:
         return [rows.revision(row) for row in found]
 
     def last_applied_revision(self) -> RevisionRecord | None:
-        """The newest application that succeeded (Flux's ``lastAppliedRevision``)."""
+        """The newest application that succeeded, or that found nothing to change (Flux's
+        ``lastAppliedRevision``)."""
         row = self._query_one(
-            f"SELECT {_REVISION_COLUMNS} FROM revisions r WHERE r.result = ?"
+            f"SELECT {_REVISION_COLUMNS} FROM revisions r WHERE r.result IN (?, ?)"
             " ORDER BY r.id DESC LIMIT 1",
-            (RevisionResult.SUCCEEDED.value,),
+            (RevisionResult.SUCCEEDED.value, RevisionResult.NO_CHANGES.value),
         )
         return None if row is None else rows.revision(row)
 
@@ -383,16 +384,21 @@ class StateStore:
         """Store the back-off state of one replica slot."""
         with self.transaction():
             self._execute(
-                "INSERT INTO backoff (service, slot, restarts, last_restart_at, last_exit_code)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (service, slot) DO UPDATE SET"
+                "INSERT INTO backoff (service, slot, restarts, last_restart_at, last_exit_code,"
+                " template, replica_id, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, slot) DO UPDATE SET"
                 " restarts = excluded.restarts, last_restart_at = excluded.last_restart_at,"
-                " last_exit_code = excluded.last_exit_code",
+                " last_exit_code = excluded.last_exit_code, template = excluded.template,"
+                " replica_id = excluded.replica_id, reason = excluded.reason",
                 (
                     record.service,
                     record.slot,
                     record.restarts,
                     record.last_restart_at,
                     record.last_exit_code,
+                    record.template,
+                    record.replica_id,
+                    record.reason,
                 ),
             )
 
@@ -408,7 +414,14 @@ class StateStore:
         """Every slot in back-off, in one query."""
         return [
             BackoffRecord(
-                r["service"], r["slot"], r["restarts"], r["last_restart_at"], r["last_exit_code"]
+                r["service"],
+                r["slot"],
+                r["restarts"],
+                r["last_restart_at"],
+                r["last_exit_code"],
+                template=r["template"],
+                replica_id=r["replica_id"],
+                reason=r["reason"],
             )
             for r in self._query("SELECT * FROM backoff ORDER BY service, slot")
         ]
@@ -479,8 +492,8 @@ class StateStore:
                 " weight, started_at, updated_at, last_error, previous_revision,"
                 " previous_digest, spec, previous_spec, failed_digest, available,"
                 " progress_at, message, reached_healthy, step_started_at, promote_requested,"
-                " abort_requested)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " abort_requested, converged_replicas, failed_revision)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (service) DO UPDATE SET"
                 " revision = excluded.revision, spec_digest = excluded.spec_digest,"
                 " strategy = excluded.strategy, phase = excluded.phase,"
@@ -494,6 +507,8 @@ class StateStore:
                 " progress_at = excluded.progress_at, message = excluded.message,"
                 " reached_healthy = excluded.reached_healthy,"
                 " step_started_at = excluded.step_started_at,"
+                " converged_replicas = excluded.converged_replicas,"
+                " failed_revision = excluded.failed_revision,"
                 # Not excluded.*: the stored flags stay unless this save starts a rollout.
                 " promote_requested = CASE WHEN ? THEN 0 ELSE promote_requested END,"
                 " abort_requested = CASE WHEN ? THEN 0 ELSE abort_requested END"
@@ -521,6 +536,8 @@ class StateStore:
                     stored.step_started_at,
                     int(stored.promote_requested and not reset_requests),
                     int(stored.abort_requested and not reset_requests),
+                    stored.converged_replicas,
+                    stored.failed_revision,
                     int(reset_requests),
                     int(reset_requests),
                 ),

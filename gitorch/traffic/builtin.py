@@ -69,7 +69,27 @@ ACCEPT_BATCH = 64
 
 
 class ListenError(ConfigError):
-    """A route's listen port could not be opened (in use, or not permitted)."""
+    """A route's listen port could not be opened (in use, or not permitted).
+
+    ``routes`` maps each route that failed to why, so a caller can fail those services
+    alone (every other route of the table was applied, or can be applied without them).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        detail: tuple[str, ...] = (),
+        routes: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, detail=detail)
+        self.routes: Mapping[str, str] = dict(routes or {})
+
+    @classmethod
+    def of(cls, failures: Mapping[str, str]) -> ListenError:
+        """One error for every failed route (``route -> message``)."""
+        messages = list(failures.values())
+        return cls(messages[0], detail=tuple(messages[1:]), routes=failures)
 
 
 class RouteInvalid(ConfigError):
@@ -459,7 +479,7 @@ class BuiltinLoadBalancer:
         future = asyncio.run_coroutine_threadsafe(self._apply(table), self._loop)
         failures = future.result(timeout=self.timeouts.apply)
         if failures:
-            raise ListenError(failures[0], detail=tuple(failures[1:]))
+            raise ListenError.of(failures)
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
         """``backend_id``'s in-flight requests and counts, None when it is not served.
@@ -550,7 +570,7 @@ class BuiltinLoadBalancer:
 
     # ----------------------------------------------------------------- loop side
 
-    async def _apply(self, table: RoutingTable) -> list[str]:
+    async def _apply(self, table: RoutingTable) -> dict[str, str]:
         # Close what goes (or moves) first, so two routes may swap ports in one table.
         for name, svc in list(self._services.items()):
             route = table.routes.get(name)
@@ -563,10 +583,10 @@ class BuiltinLoadBalancer:
                     self._retiring.append(svc)
             elif svc.listening != (route.port, route.protocol):
                 self._stop_listening(svc)
-        failures: list[str] = []
+        failures: dict[str, str] = {}
         for name, route in table.routes.items():
             if route.protocol not in ("http", "tcp"):
-                failures.append(f"service {name}: unknown protocol {route.protocol!r}")
+                failures[name] = f"service {name}: unknown protocol {route.protocol!r}"
                 continue
             served = self._services.get(name)
             if served is None:
@@ -576,7 +596,7 @@ class BuiltinLoadBalancer:
                 try:
                     await self._listen(served)
                 except OSError as exc:
-                    failures.append(self._listen_failure(route, exc))
+                    failures[name] = self._listen_failure(route, exc)
         return failures
 
     def _forget_retired(self) -> None:

@@ -792,9 +792,11 @@ class HAProxyDataPlane:
                 try:
                     probe.bind((self.host, route.port))
                 except OSError as exc:
-                    raise ListenError(
-                        f"service {route.service}: cannot listen on {self.host}:{route.port}: "
-                        f"{exc.strerror or exc}"
+                    raise ListenError.of(
+                        {
+                            route.service: f"service {route.service}: cannot listen on "
+                            f"{self.host}:{route.port}: {exc.strerror or exc}"
+                        }
                     ) from exc
 
     def _validate(self, path: Path) -> None:

@@ -99,7 +99,7 @@ def _worker_main(
                     raise ConfigError(f"unknown worker request {kind!r}")
                 conn.send(("ok", answer))
             except ListenError as exc:
-                conn.send(("listen", (exc.message, exc.detail)))
+                conn.send(("listen", (exc.message, exc.detail, dict(exc.routes))))
             except Exception as exc:  # the coordinator re-raises it as a WorkerError
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -144,8 +144,8 @@ class _Worker:
         except (EOFError, OSError) as exc:
             raise WorkerError(f"load-balancer worker is gone: {exc}") from exc
         if status == "listen":
-            message_text, detail = answer
-            raise ListenError(message_text, detail=tuple(detail))
+            message_text, detail, routes = answer
+            raise ListenError(message_text, detail=tuple(detail), routes=routes)
         if status == "error":
             raise WorkerError(f"load-balancer worker failed: {answer}")
         return answer
@@ -301,9 +301,11 @@ def _check_ports(table: RoutingTable) -> None:
     for route in table.routes.values():
         other = owner.setdefault(route.port, route.service)
         if other != route.service:
-            raise ListenError(
-                f"service {route.service}: cannot listen on port {route.port}: "
-                f"service {other} already uses it"
+            raise ListenError.of(
+                {
+                    route.service: f"service {route.service}: cannot listen on port "
+                    f"{route.port}: service {other} already uses it"
+                }
             )
 
 

@@ -1,5 +1,5 @@
 """Analysis runs survive a daemon restart: resume() replays the stored measurements, and
-the reconciler's Progressive resumes a run from a real state store in a new "process"."""
+the reconciler's AnalysisRunner resumes a run from a real state store in a new "process"."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from gitorch.analysis.run import (
     resume,
     start,
 )
-from gitorch.apply.progressive import Progressive, StepEntry
+from gitorch.apply.analysis_runs import AnalysisRunner, StepEntry
 from gitorch.manifests.model import Analysis
 from gitorch.state import AnalysisRunPhase, StateStore
 from gitorch.strategies.machine import AnalysisRequest
@@ -121,7 +121,7 @@ def test_a_concluded_run_keeps_its_stored_verdict_and_measures_nothing() -> None
     assert over.phase is RunPhase.FAILED and over.resumed_at is None
 
 
-# -- Progressive: a run resumed from a real state store by a new process -------------------
+# -- AnalysisRunner: a run resumed from a real state store by a new process -------------------
 
 NEW, OLD = "n" * 64, "o" * 64  # template digests; the data plane names versions by 12 chars
 SHA = "a" * 40
@@ -170,7 +170,7 @@ def test_a_restarted_process_resumes_the_run_and_fails_at_the_next_failure(
     store: StateStore,
 ) -> None:
     plane = Plane()  # one data plane per daemon process
-    first = Progressive(store, plane)
+    first = AnalysisRunner(store, plane)
     first.run_analyses("web", ENTRY, (REQUEST,), 101.0)
     plane.serve(NEW, 40, 40)
     first.run_analyses("web", ENTRY, (REQUEST,), 111.0)
@@ -180,7 +180,7 @@ def test_a_restarted_process_resumes_the_run_and_fails_at_the_next_failure(
 
     # SIGKILL; a new process with a new data plane (its figures start at zero).
     plane = Plane()
-    second = Progressive(store, plane)
+    second = AnalysisRunner(store, plane)
     status = second.statuses("web", ENTRY)["step-1"]  # before any decision: from the store
     assert (status.phase, status.message.split(":")[0]) == ("running", "1/4 measurements")
     second.run_analyses("web", ENTRY, (REQUEST,), 113.0)  # due 121 before the kill: now 123
@@ -198,7 +198,7 @@ def test_a_restarted_process_resumes_the_run_and_fails_at_the_next_failure(
 
     # Killed again after the verdict: the next process never measures this run again.
     plane = Plane()
-    third = Progressive(store, plane)
+    third = AnalysisRunner(store, plane)
     assert third.statuses("web", ENTRY)["step-1"].phase == "failed"
     plane.serve(NEW, 50, 0)
     for now in (124.0, 140.0, 200.0):
@@ -208,7 +208,7 @@ def test_a_restarted_process_resumes_the_run_and_fails_at_the_next_failure(
 
 def test_a_step_entered_again_is_a_new_run(store: StateStore) -> None:
     plane = Plane()
-    progressive = Progressive(store, plane)
+    progressive = AnalysisRunner(store, plane)
     plane.serve(NEW, 10, 10)
     for now in (101.0, 111.0, 121.0):
         progressive.run_analyses("web", ENTRY, (REQUEST,), now)

@@ -60,11 +60,11 @@ def test_ready_node_is_written_on_change_and_then_every_interval(store: Counting
     now = [1000.0]
     tracker = NodeTracker(store, grace=GRACE, clock=lambda: now[0])  # type: ignore[arg-type]
     for _ in range(20):  # 20 passes within the interval: one write
-        tracker.update(live(True), TARGETS, DESIRED)
+        tracker.update(live(True))
         now[0] += SEEN_WRITE_EVERY / 40
     assert store.writes == [("n1", NodeCondition.READY)]
     now[0] = 1000.0 + SEEN_WRITE_EVERY
-    tracker.update(live(True), TARGETS, DESIRED)
+    tracker.update(live(True))
     assert len(store.writes) == 2
     record = store.get_node("n1")
     assert record is not None and record.last_seen == pytest.approx(now[0])
@@ -75,19 +75,19 @@ def test_not_ready_written_once_and_grace_counts_from_the_last_answer(
 ) -> None:
     now = [1000.0]
     tracker = NodeTracker(store, grace=GRACE, clock=lambda: now[0])  # type: ignore[arg-type]
-    tracker.update(live(True), TARGETS, DESIRED)  # written at 1000
+    tracker.update(live(True))  # written at 1000
     now[0] = 1000.0 + SEEN_WRITE_EVERY - 1  # answered again: not written (in memory only)
-    tracker.update(live(True), TARGETS, DESIRED)
+    tracker.update(live(True))
     assert len(store.writes) == 1
     # Silent from now on: the grace counts from the last answer (1009), not the write.
     now[0] = 1000.0 + GRACE + 1
-    _, verdicts = tracker.update(live(False, "engine down"), TARGETS, DESIRED)
-    assert verdicts.lost == frozenset()
+    _, lost = tracker.update(live(False, "engine down"))
+    assert lost == frozenset()
     now[0] = 1000.0 + SEEN_WRITE_EVERY - 1 + GRACE
-    _, verdicts = tracker.update(live(False, "engine down"), TARGETS, DESIRED)
-    assert verdicts.lost == frozenset({"n1"})
+    _, lost = tracker.update(live(False, "engine down"))
+    assert lost == frozenset({"n1"})
     assert store.writes.count(("n1", NodeCondition.NOT_READY)) == 1  # same message: once
-    tracker.update(live(False, "engine gone"), TARGETS, DESIRED)
+    tracker.update(live(False, "engine gone"))
     assert store.writes.count(("n1", NodeCondition.NOT_READY)) == 2  # a new message
     record = store.get_node("n1")
     assert record is not None and record.message == "engine gone"
@@ -96,9 +96,9 @@ def test_not_ready_written_once_and_grace_counts_from_the_last_answer(
 def test_a_restarted_daemon_uses_the_stored_time(store: CountingStore) -> None:
     now = [1000.0]
     first = NodeTracker(store, grace=GRACE, clock=lambda: now[0])  # type: ignore[arg-type]
-    first.update(live(True), TARGETS, DESIRED)
+    first.update(live(True))
     restarted = NodeTracker(store, grace=GRACE, clock=lambda: now[0])  # type: ignore[arg-type]
     now[0] = 1000.0 + GRACE - 1
-    assert restarted.update(live(False), TARGETS, DESIRED)[1].lost == frozenset()
+    assert restarted.update(live(False))[1] == frozenset()
     now[0] = 1000.0 + GRACE
-    assert restarted.update(live(False), TARGETS, DESIRED)[1].lost == frozenset({"n1"})
+    assert restarted.update(live(False))[1] == frozenset({"n1"})

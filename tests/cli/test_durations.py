@@ -44,14 +44,14 @@ def dest(option: str) -> str:
 @pytest.mark.parametrize(("command", "option"), TIME_OPTIONS)
 @pytest.mark.parametrize("text", sorted(SPELLINGS))
 def test_every_time_option_reads_durations(command: str, option: str, text: str) -> None:
-    args = build_parser().parse_args([command, option, text])
+    args = build_parser(command).parse_args([command, option, text])
     assert getattr(args, dest(option)) == SPELLINGS[text]
 
 
 @pytest.mark.parametrize(("command", "option"), TIME_OPTIONS)
 def test_defaults_are_unchanged(command: str, option: str) -> None:
     defaults = {"--interval": 30.0, "--resync": 2.0, "--node-grace": 30.0, "--timeout": 900.0}
-    assert getattr(build_parser().parse_args([command]), dest(option)) == defaults[option]
+    assert getattr(build_parser(command).parse_args([command]), dest(option)) == defaults[option]
 
 
 @pytest.mark.parametrize(("command", "option"), TIME_OPTIONS)
@@ -60,7 +60,7 @@ def test_bad_durations_are_refused_clearly(
     command: str, option: str, text: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_:
-        build_parser().parse_args([command, option, text])
+        build_parser(command).parse_args([command, option, text])
     assert exit_.value.code == 1  # gitorch keeps 2 for "plan has changes"
     error = capsys.readouterr().err
     assert f"argument {option}: invalid duration {text!r}" in error
@@ -76,9 +76,9 @@ def test_intervals_and_timeouts_must_be_more_than_zero(
 ) -> None:
     for zero in ("0", "0s", "0ms"):
         with pytest.raises(SystemExit):
-            build_parser().parse_args([command, option, zero])
+            build_parser(command).parse_args([command, option, zero])
         assert f"argument {option}: must be more than zero, not {zero!r}" in capsys.readouterr().err
-    assert build_parser().parse_args(["apply", "--node-grace", "0s"]).node_grace == 0.0
+    assert build_parser("apply").parse_args(["apply", "--node-grace", "0s"]).node_grace == 0.0
 
 
 def test_the_daemon_starts_with_durations(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from cli_helpers import REPO_ROOT, cli_env
 
 from gitorch.api.metrics import Metrics
 from gitorch.api.server import ApiServer
-from gitorch.commands.history import history_json
 from gitorch.errors import StateError
+from gitorch.readmodel.history import history_json
 from gitorch.state import RevisionResult, StateStore
 
 SHA_A = "a1" * 20

@@ -162,6 +162,7 @@ def test_summary_and_has_changes() -> None:
         "unchanged": 1,
         "drift": 1,
         "unschedulable": 1,
+        "actions": 0,
     }
     assert plan.has_changes
     quiet = sample_plan(

@@ -45,9 +45,12 @@ from gitorch.live.model import (
 from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.build import template_digest_of
 from gitorch.manifests.quantities import parse_cpu, parse_memory
+from gitorch.state.records import RolloutPhase, RolloutRecord
 
 #: The revision every case plans (fixed, so goldens do not depend on a Git repo).
 REVISION = "5d41402abc4b2a76b9719d911017c592ab3f9c11"
+#: The moment every case's next pass is decided at (replicas started at 0).
+NOW = 1000.0
 #: The revision the case's ``applied/`` folder stands for.
 BASE_REVISION = "7c211433f02071597741e6ff5a8ea34789abbf43"
 CLUSTER = "gitorch-golden"
@@ -112,7 +115,10 @@ def _replica(service: str, raw: dict[str, Any], applied: AppliedSpec | None) -> 
         state=raw.get("state", "running"),
         image=raw.get("image", spec.get("image")),
         exit_code=raw.get("exitCode"),
-        ready=raw.get("ready"),
+        # A running replica is ready (for long) unless the case says otherwise.
+        ready=raw.get("ready", raw.get("state", "running") == "running"),
+        ready_since=0.0 if raw.get("ready", raw.get("state", "running") == "running") else None,
+        started_at=0.0,
     )
 
 
@@ -123,6 +129,7 @@ def build_live(case: Path) -> LiveState:
     revision = raw.get("appliedRevision", BASE_REVISION)
     inventory: dict[tuple[str, str], AppliedObject] = {}
     applied_specs: dict[str, AppliedSpec] = {}
+    rollouts: dict[str, RolloutRecord] = {}
     if applied_dir.is_dir():
         state = load_folder(applied_dir, revision)
         for obj in state.objects():
@@ -136,6 +143,21 @@ def build_live(case: Path) -> LiveState:
                 digest=template_digest_of(service.canonical),
                 canonical=service.canonical,
                 phase=phase,
+            )
+            # The rollout record a store would hold for an applied service (the next
+            # pass decides from it).
+            rollouts[name] = RolloutRecord(
+                service=name,
+                revision=revision,
+                spec_digest=service.template_digest,
+                strategy=service.strategy.type,
+                phase=RolloutPhase(phase),
+                spec=service.canonical,
+                started_at=1.0,
+                progress_at=1.0,
+                available=service.replicas if phase == "Healthy" else 0,
+                reached_healthy=phase == "Healthy",
+                converged_replicas=service.replicas if phase == "Healthy" else None,
             )
     services: dict[str, LiveService] = {}
     for name in sorted(set(applied_specs) | set(raw.get("services", {}))):
@@ -152,4 +174,5 @@ def build_live(case: Path) -> LiveState:
         services=MappingProxyType(services),
         last_applied_revision=revision if applied_dir.is_dir() else None,
         inventory=MappingProxyType(inventory),
+        rollouts=MappingProxyType(rollouts),
     )

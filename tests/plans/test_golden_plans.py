@@ -13,9 +13,11 @@ import os
 from pathlib import Path
 
 import pytest
-from livedata import REVISION, build_live, load_folder
+from livedata import NOW, REVISION, build_live, load_folder
 from rich.console import Console
 
+from gitorch.decide import decide_pass
+from gitorch.decide.cluster import pass_input_of
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
 from gitorch.diff.render.markdown import render_markdown
@@ -29,8 +31,11 @@ WIDTH = 100
 
 
 def plan_for(case: str) -> Plan:
+    """The case's plan with its next pass, decided as the reconciler would at NOW."""
     folder = HERE / case
-    return compute_plan(load_folder(folder / "manifests", REVISION), build_live(folder))
+    desired, live = load_folder(folder / "manifests", REVISION), build_live(folder)
+    decision = decide_pass(pass_input_of(desired, live, NOW))
+    return compute_plan(desired, live, decision=decision)
 
 
 def text_of(plan: Plan) -> str:

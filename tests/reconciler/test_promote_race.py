@@ -17,11 +17,11 @@ import pytest
 from reconciler_helpers import Cluster, process_service
 
 from gitorch.apply.session import Session, SessionOptions
+from gitorch.decide import PassDecision
 from gitorch.manifests import ManifestLoader
 from gitorch.manifests.model import DesiredState
 from gitorch.sources.base import ManifestFile
 from gitorch.state import RolloutPhase, RolloutRecord, StateStore
-from gitorch.strategies.machine import Decision
 
 NAME = "web"
 CANARY = """\
@@ -83,17 +83,17 @@ def request_mid_pass(
     strategy decided on the record read at the pass's start, before that record is saved."""
     reconciler = session.reconciler
     assert reconciler is not None
-    original = reconciler.progressive.decide
+    original = reconciler.decide
     armed = [True]
 
-    def decide_then_request(*args: Any, **kwargs: Any) -> Decision:
+    def decide_then_request(*args: Any, **kwargs: Any) -> PassDecision:
         decision = original(*args, **kwargs)
         if armed[0]:
             armed[0] = False
             assert cli.request(NAME, what) is True  # the operator, mid-pass
         return decision
 
-    monkeypatch.setattr(reconciler.progressive, "decide", decide_then_request)
+    monkeypatch.setattr(reconciler, "decide", decide_then_request)
 
 
 def paused_on_v2(cluster: Cluster, session: Session) -> tuple[Passes, RolloutRecord]:

@@ -1,6 +1,6 @@
 """Self-healing (issue 5, "What must hold"): a replica killed or removed behind gitorch's
 back is replaced within two resync passes while the endpoint keeps serving, and a replica
-that crashes at once backs off exponentially (apply/backoff.py: 1 s, 2 s, 4 s, ...)."""
+that crashes at once backs off exponentially (decide/backoff.py: 1 s, 2 s, 4 s, ...)."""
 
 from __future__ import annotations
 

@@ -205,6 +205,23 @@ def render_markdown(plan: Plan) -> str:
                 f"| {md_escape(drift.message)} | {md_escape(', '.join(drift.replicas))} |"
             )
         out.append("")
+    if plan.actions:
+        out += [
+            "#### Next pass",
+            "",
+            "What the reconciler does now, in this order:",
+            "",
+            "| action | service | what | why |",
+            "| --- | --- | --- | --- |",
+        ]
+        for action in plan.actions:
+            what = action.describe().split(": ", 1)[0]
+            why = action.reason
+            out.append(
+                f"| {md_escape(action.verb)} | {md_escape(action.service)} "
+                f"| {md_escape(what)} | {md_escape(why)} |"
+            )
+        out.append("")
     if plan.warnings:
         out += ["#### Warnings", ""]
         out += [f"- :warning: {md_escape(w)}" for w in plan.warnings]

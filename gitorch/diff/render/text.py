@@ -2,7 +2,8 @@
 
 Layout, top to bottom: the revision planned and the one applied now; every changed object
 (``+`` create, ``~`` update, ``-`` delete) with its field changes, rollout steps and where its
-new replicas land; replicas that cannot be placed, with each node's reason; drift; warnings;
+new replicas land; replicas that cannot be placed, with each node's reason; drift; the
+next pass's actions (exactly what the reconciler executes next, with reasons); warnings;
 the dependsOn waves; one summary line.
 
 Choices worth knowing:
@@ -108,6 +109,8 @@ def summary_line(plan: Plan) -> str:
         extras.append(f"{drift['warn']} drift to review (not corrected)")
     if plan.unschedulable:
         extras.append(f"{len(plan.unschedulable)} replica(s) unschedulable")
+    if counts.get("actions"):
+        extras.append(f"next pass: {counts['actions']} replica action(s)")
     return text + ("; " + ", ".join(extras) if extras else "") + "."
 
 
@@ -210,6 +213,25 @@ def _drift(out: _Printer, plan: Plan) -> None:
     out()
 
 
+_ACTION_STYLE = {
+    "start": "green",
+    "drain": "yellow",
+    "remove": "red",
+    "roll-back": "magenta",
+    "set-traffic": "cyan",
+    "wait": "dim",
+    "forget": "red",
+}
+
+
+def _next_pass(out: _Printer, plan: Plan) -> None:
+    out(("Next pass", "bold"), " (what the reconciler does now, in this order):")
+    for action in plan.actions:
+        verb = action.verb
+        out("  ", (f"{verb:>11}", _ACTION_STYLE.get(verb, "")), "  ", action.describe())
+    out()
+
+
 def _order(out: _Printer, plan: Plan) -> None:
     out(
         ("Rollout order", "bold"), " (dependsOn waves; each starts when the one before is healthy):"
@@ -245,6 +267,8 @@ def render_text(plan: Plan, console: Console) -> None:
         _unschedulable(out, plan)
     if plan.drift:
         _drift(out, plan)
+    if plan.actions:
+        _next_pass(out, plan)
     if plan.warnings:
         out(("Warnings", "bold yellow"), ":")
         for warning in plan.warnings:

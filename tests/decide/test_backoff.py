@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitorch.apply.backoff import (
+from gitorch.decide.backoff import (
     DEFAULT_CRASH_LOOP,
     BackoffState,
     CrashLoop,

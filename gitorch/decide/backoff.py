@@ -20,7 +20,7 @@ So the waits after 1, 2, 3, 4, 5, 6, 7... restarts are 1, 2, 4, 8, 16, 32, 60, 6
 ``delay(n) = min(cap, base * factor ** (n - 1))`` and ``delay(0) = 0`` (a slot that never
 restarted is created at once).
 
-Everything here is pure: the reconciler owns the clock and stores :class:`BackoffState`
+Everything here is pure: the caller owns the clock and stores :class:`BackoffState`
 records (frozen, replaced on every change).
 """
 
@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 __all__ = [
     "DEFAULT_CRASH_LOOP",
     "BackoffState",
+    "Restarts",
     "CrashLoop",
     "describe",
     "ready_at",
@@ -90,19 +92,30 @@ class BackoffState:
     last_exit_code: int | None = None
 
 
+class Restarts(Protocol):
+    """What the back-off arithmetic reads of a slot's history (a :class:`BackoffState`,
+    or the store's ``BackoffRecord``)."""
+
+    @property
+    def restarts(self) -> int: ...
+
+    @property
+    def last_restart_at(self) -> float | None: ...
+
+
 def record_restart(state: BackoffState, now: float, exit_code: int | None) -> BackoffState:
     """The state after the slot's replica was found dead at ``now`` and will be recreated."""
     return BackoffState(restarts=state.restarts + 1, last_restart_at=now, last_exit_code=exit_code)
 
 
-def ready_at(state: BackoffState, policy: CrashLoop = DEFAULT_CRASH_LOOP) -> float:
+def ready_at(state: Restarts, policy: CrashLoop = DEFAULT_CRASH_LOOP) -> float:
     """Unix time from which the slot may be recreated (``-inf``: at once)."""
     if state.last_restart_at is None or state.restarts <= 0:
         return -math.inf
     return state.last_restart_at + policy.next_delay(state.restarts)
 
 
-def remaining(state: BackoffState, now: float, policy: CrashLoop = DEFAULT_CRASH_LOOP) -> float:
+def remaining(state: Restarts, now: float, policy: CrashLoop = DEFAULT_CRASH_LOOP) -> float:
     """Seconds still to wait at ``now`` (0 when the slot may be recreated)."""
     return max(0.0, ready_at(state, policy) - now)
 
@@ -129,7 +142,7 @@ def reset_if_stable(
     return replace(state, restarts=0, last_restart_at=None)
 
 
-def describe(state: BackoffState, now: float, policy: CrashLoop = DEFAULT_CRASH_LOOP) -> str:
+def describe(state: Restarts, now: float, policy: CrashLoop = DEFAULT_CRASH_LOOP) -> str:
     """Status text: ``"back-off 8s, 4 restarts"`` while waiting, ``"4 restarts"`` after.
 
     The figure is the slot's whole wait (stable from one status call to the next, like

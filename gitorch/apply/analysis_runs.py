@@ -1,10 +1,4 @@
-"""Progressive delivery inside the reconciler: which step function runs, the analysis runs
-the strategies ask for, and the traffic each service's rollout wants.
-
-Canary, BlueGreen and ABTest drive a rollout from a *stable* version (the last good one)
-to a new one. They are used only for that: a first deployment (nothing stable yet), the
-repair or scaling of a version that already reached Healthy, and a rollback all take the
-RollingUpdate path (a rollback must not walk the canary steps again).
+"""The analysis runs progressive rollouts ask for: advanced, measured and stored.
 
 Analysis runs are stored (Argo Rollouts keeps AnalysisRun objects): each is a row of the
 store's ``analysis_runs`` table, identified by (service, revision, analysis key, when the
@@ -24,13 +18,13 @@ the first measurement comes one ``interval`` after it (see :mod:`gitorch.analysi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
 
 from gitorch.analysis import AnalysisRun, Measurement, RunPhase, advance, measure, resume
 from gitorch.analysis import MeasurementPhase as AnalysisMeasurementPhase
-from gitorch.manifests.model import MatchRule, Service
+from gitorch.decide.service import version_key
 from gitorch.state import (
     AnalysisRunPhase,
     AnalysisRunRecord,
@@ -38,33 +32,9 @@ from gitorch.state import (
     RolloutRecord,
     StateStore,
 )
-from gitorch.strategies.abtest import abtest_step
-from gitorch.strategies.bluegreen import bluegreen_step
-from gitorch.strategies.canary import canary_step
-from gitorch.strategies.machine import AnalysisRequest, AnalysisStatus, Decision, RolloutInput
-from gitorch.strategies.recreate import recreate_step
-from gitorch.strategies.rolling import rolling_step
+from gitorch.strategies.machine import AnalysisRequest, AnalysisStatus
 from gitorch.traffic.figures import VersionFigures, by_version, empty_histogram
 from gitorch.traffic.table import DataPlane
-
-PROGRESSIVE = ("Canary", "BlueGreen", "ABTest")
-
-
-def version_key(template: str) -> str:
-    """The version name the data plane uses for a template digest."""
-    return template[:12]
-
-
-@dataclass(frozen=True)
-class TrafficIntent:
-    """What a progressive rollout wants from the data plane right now."""
-
-    weights: Mapping[str, int] = field(
-        default_factory=lambda: MappingProxyType({})
-    )  # template -> %
-    preview: str | None = None  # template served on the blue-green preview port
-    match: tuple[MatchRule, ...] = ()  # requests matching go to ``target``
-    target: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,8 +62,9 @@ class _Run:
     last: dict[str, VersionFigures]  # version -> cumulative figures at the last measurement
 
 
-class Progressive:
-    """Per-reconciler state of progressive rollouts."""
+class AnalysisRunner:
+    """The analysis runs of one reconciler: advanced when decisions ask for them,
+    resumed from the store after a restart, forgotten once no decision asks."""
 
     def __init__(self, store: StateStore, dataplane: DataPlane) -> None:
         self.store = store
@@ -103,57 +74,25 @@ class Progressive:
         # their verdict so far is the strategy's input until a decision requests them again.
         self._stored: dict[tuple[str, str], AnalysisRunRecord] = {}
         self._looked_up: set[tuple[str, StepEntry]] = set()
-        self._intents: dict[str, TrafficIntent] = {}
 
-    def intent(self, service: str) -> TrafficIntent | None:
-        return self._intents.get(service)
+    def statuses_of(
+        self, records: Mapping[str, RolloutRecord]
+    ) -> dict[str, dict[tuple[str, float], Mapping[str, AnalysisStatus]]]:
+        """For every service in a progressive step, the verdicts of its step entry's runs
+        (the input :func:`gitorch.decide.decide_pass` reads)."""
+        found: dict[str, dict[tuple[str, float], Mapping[str, AnalysisStatus]]] = {}
+        for name, record in records.items():
+            entry = StepEntry.of(record)
+            if entry is None:
+                continue
+            found[name] = {(entry.revision, entry.step_started_at): self.statuses(name, entry)}
+        return found
 
-    def decide(
-        self, target: Service, record: RolloutRecord, inp: RolloutInput, rolled_back: bool
-    ) -> Decision:
-        """Run the strategy that fits where this rollout stands."""
-        kind = target.strategy.type
-        progressive = (
-            kind in PROGRESSIVE
-            and not rolled_back
-            and not record.reached_healthy
-            and record.previous_digest is not None
-            and record.previous_digest != target.template_digest
-        )
-        if not progressive:
-            self._forget(target.name)
-            return recreate_step(inp) if kind == "Recreate" else rolling_step(inp)
-        entry = StepEntry.of(record)
-        inp = replace(
-            inp,
-            stable=record.previous_digest,
-            step_started_at=record.step_started_at,
-            promote_requested=record.promote_requested,
-            abort_requested=record.abort_requested,
-            analyses=self.statuses(target.name, entry),
-        )
-        strategy = target.strategy
-        if kind == "Canary":
-            assert strategy.canary is not None
-            decision = canary_step(inp, strategy.canary)
-        elif kind == "BlueGreen":
-            assert strategy.blue_green is not None
-            decision = bluegreen_step(inp, strategy.blue_green)
-        else:
-            assert strategy.ab_test is not None
-            decision = abtest_step(inp, strategy.ab_test)
-        if entry is not None:  # else the runs start next pass (a requested run counts as running)
-            self.run_analyses(target.name, entry, decision.analyses, inp.now)
-        self._intents[target.name] = TrafficIntent(
-            weights=MappingProxyType(dict(decision.weights)),
-            preview=decision.preview,
-            match=decision.match,
-            target=target.template_digest,
-        )
-        return decision
+    def forget(self, service: str) -> None:
+        """``service`` is not in a progressive rollout (any more)."""
+        self._forget(service)
 
     def _forget(self, service: str) -> None:
-        self._intents.pop(service, None)
         for key in [k for k in self._runs if k[0] == service]:
             del self._runs[key]
         for key in [k for k in self._stored if k[0] == service]:

@@ -1,0 +1,166 @@
+"""Command start-up: whole `gitorch` processes against the bare interpreter.
+
+    python3 bench/bench_cli_start.py [--rounds 5] [--services 2000] [--before DIR]
+
+Every figure is one whole process (fork, interpreter, imports, work, exit), timed from
+outside, the median of --rounds; all commands run in turn each round, so machine load
+hits floor and gitorch alike. The interpreter is this one (sys.executable), never a
+version-manager shim (a pyenv shim alone adds ~100 ms to every start).
+
+  floor pass     python -c pass
+  floor yaml     python -c "import yaml"
+  --help         python -m gitorch --help                        (goal: < 150 ms)
+  validate       gitorch validate --path examples/repo
+  plan           gitorch plan --path examples/repo --runtime process (fresh state)
+and, on the synthetic repo of bench_load.py (--services in 200 files, one Git commit):
+  parse N        a process that parses the same files with yaml's CSafeLoader, nothing else
+  validate N     gitorch validate                  (issue 20's goal: <= 2x parse N)
+  plan N         gitorch plan --runtime process --format json
+                                                   (issue 20's goal: <= 1.5x validate N)
+(plan N renders JSON: rich's text tables of 2,000 services cost more than the plan itself.)
+
+--before DIR times another checkout of gitorch (e.g. an older commit from `git archive`) in
+the same rounds, so a before/after comparison sees the same machine load; --tree swaps the
+checkout timed as "after" (default: this one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_load import make_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PARSE = (
+    "import pathlib, sys, yaml\n"
+    "for p in sorted(pathlib.Path(sys.argv[1]).rglob('*.yaml')):\n"
+    "    list(yaml.load_all(p.read_bytes(), Loader=yaml.CSafeLoader))\n"
+)
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)  # noqa: S607
+
+
+def synthetic_repo(where: Path, services: int) -> Path:
+    """bench_load.py's repo (``services`` Services in 200 files) as one Git commit."""
+    repo = where / "repo"
+    for path, data in make_files(services, 200).items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_bytes(data)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-qm", "bench")
+    return repo
+
+
+def run_once(argv: list[str], cwd: Path, env: dict[str, str], expect: int) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)  # noqa: S603
+    elapsed = time.perf_counter() - start
+    if done.returncode != expect:
+        raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--services", type=int, default=2000, help="synthetic repo size (0: skip that part)"
+    )
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the gitorch checkout to time")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="another checkout, timed in the same rounds (rows marked 'before')",
+    )
+    args = parser.parse_args()
+    py = sys.executable
+    trees = {"": args.tree.resolve()}
+    if args.before is not None:
+        trees["before "] = args.before.resolve()
+    big = f"{args.services:,}"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        base_env = {
+            k: v for k, v in os.environ.items() if k not in ("GITORCH_DEBUG", "FORCE_COLOR")
+        }
+        base_env.update({"NO_COLOR": "1", "GITORCH_STATE": str(work / "st")})
+        # The processes run in an empty folder so that only PYTHONPATH provides gitorch; the
+        # small commands read the examples as committed in this checkout.
+        cwd = work / "cwd"
+        cwd.mkdir()
+        example = ["--repo", str(ROOT), "--path", "examples/repo"]
+        # name -> (argv, expected exit code, environment); plan exits 2: all is a change.
+        commands: dict[str, tuple[list[str], int, dict[str, str]]] = {
+            "floor pass": ([py, "-c", "pass"], 0, base_env),
+            "floor yaml": ([py, "-c", "import yaml"], 0, base_env),
+        }
+        where: list[str] = []
+        if args.services:
+            repo = synthetic_repo(work, args.services)
+            where = ["--repo", str(repo), "--path", "apps"]
+            commands[f"parse {big}"] = ([py, "-c", PARSE, str(repo / "apps")], 0, base_env)
+        # Each gitorch command of every tree in turn (after, before, after, ...).
+        kinds: dict[str, tuple[list[str], int]] = {
+            "--help": (["--help"], 0),
+            "validate": (["validate", *example], 0),
+            "plan": (["plan", *example, "--runtime", "process"], 2),
+        }
+        if args.services:
+            kinds[f"validate {big}"] = (["validate", *where], 0)
+            kinds[f"plan {big}"] = (["plan", *where, "--runtime", "process", "--format", "json"], 2)
+        for kind, (words, expect) in kinds.items():
+            for mark, tree in trees.items():
+                env = {**base_env, "PYTHONPATH": str(tree)}
+                commands[f"{mark}{kind}"] = ([py, "-m", "gitorch", *words], expect, env)
+
+        load_before = os.getloadavg()[0]
+        for argv, expect, env in commands.values():  # warm-up: page cache, .pyc files
+            run_once(argv, cwd, env, expect)
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(args.rounds):
+            for name, (argv, expect, env) in commands.items():
+                samples[name].append(run_once(argv, cwd, env, expect))
+        load_after = os.getloadavg()[0]
+
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    print(
+        f"{', '.join(f'{m or chr(32)}{t}'.strip() for m, t in trees.items())}: "
+        f"{args.rounds} rounds, median wall per whole process; "
+        f"load average {load_before:.2f} -> {load_after:.2f} on {os.cpu_count()} cores"
+    )
+    print(f"{'command':<23} {'median':>9} {'min':>9} {'max':>9}  {'/pass':>6} {'/yaml':>6}  vs")
+    for name, values in samples.items():
+        versus = ""
+        mark = "before " if name.startswith("before ") else ""
+        if name == f"{mark}validate {big}":
+            versus = f"{med[name] / med[f'parse {big}']:.2f}x parse {big} (goal <= 2x)"
+        elif name == f"{mark}plan {big}":
+            ratio = med[name] / med[f"{mark}validate {big}"]
+            versus = f"{ratio:.2f}x validate {big} (goal <= 1.5x)"
+        elif name == f"{mark}--help":
+            versus = "goal < 150 ms: " + ("met" if med[name] < 0.150 else "NOT met")
+        print(
+            f"{name:<23} {med[name] * 1000:>7.1f}ms {min(values) * 1000:>7.1f}ms "
+            f"{max(values) * 1000:>7.1f}ms  {med[name] / med['floor pass']:>5.2f}x "
+            f"{med[name] / med['floor yaml']:>5.2f}x  {versus}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""Bookkeeping of a pass: what was decided and what happened, written to the store.
+
+Rules that keep history truthful:
+
+* **Every commit the reconciler reaches gets a history entry.** One that changes nothing
+  is ``no-changes`` at once (and becomes the applied revision); one replaced before it
+  converged is ``superseded``; one refused by a policy is ``refused``.
+* **A revision's result is its own.** It covers the services it changed; it is
+  ``succeeded`` only when each of them runs its new template, Healthy; ``rolled-back``
+  only for a template that failed in this revision (a service still rolled back from an
+  earlier commit is named in the reason, not blamed here); ``failed`` when a service of it
+  is Degraded or cannot serve its endpoint.
+* **One transaction per service** for its record, its inventory entry, its back-off and its
+  events: a reader (or a crash) never sees one without the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gitorch.apply.execute import Execution
+from gitorch.decide import PassDecision, ServiceDecision
+from gitorch.decide.backoff import CrashLoop, describe, remaining
+from gitorch.decide.service import SERVICE_SLOT
+from gitorch.diff.compute import compute_plan
+from gitorch.live.model import LiveState
+from gitorch.manifests.model import DesiredState, Node, Volume
+from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, StateStore
+
+log = logging.getLogger("gitorch.reconciler")
+
+
+@dataclass(frozen=True)
+class CommitMeta:
+    """What the revision record keeps of the commit being applied."""
+
+    sha: str
+    author: str = ""
+    committed_at: str | None = None
+    signer: str | None = None
+    message: str = ""
+    # What made gitorch read this commit: "poll", "local commit", "webhook push ... (delivery
+    # ID)", "api request", "cli apply"... (recorded with the revision, shown by history).
+    trigger: str = ""
+
+
+@dataclass(frozen=True)
+class Started:
+    """The revision being applied: its record id and the services it changes."""
+
+    id: int
+    services: frozenset[str]
+
+
+class Bookkeeper:
+    """Writes decisions, failures and revisions to the store."""
+
+    def __init__(self, store: StateStore, crash_loop: CrashLoop) -> None:
+        self.store = store
+        self.crash_loop = crash_loop
+        self._started: Started | None = None
+
+    # ------------------------------------------------------------------ revisions
+
+    def revision_started(
+        self, desired: DesiredState, live: LiveState, commit: CommitMeta | None, scoring: str
+    ) -> Started | None:
+        """The revision in progress (recorded the first time it is seen), or None when it
+        has finished (or changed nothing)."""
+        last = self.store.last_attempted_revision()
+        if (
+            last is not None
+            and last.sha == desired.revision
+            and last.result is not RevisionResult.REFUSED  # allowed since: applied now
+        ):
+            if last.result is not RevisionResult.IN_PROGRESS:
+                return None
+            if self._started is None or self._started.id != last.id:
+                self._started = Started(last.id, frozenset(last.service_results))
+            return self._started
+        plan = compute_plan(desired, live, scoring=scoring)
+        if last is not None and last.result is RevisionResult.IN_PROGRESS:
+            self.store.finish_revision(
+                last.id,
+                RevisionResult.SUPERSEDED,
+                reason=f"superseded by {desired.revision[:12]} before it converged",
+            )
+        changes = [
+            {
+                "kind": c.kind,
+                "name": c.name,
+                "action": c.action,
+                "fields": [d.path for d in c.diff][:50],
+            }
+            for c in plan.changes
+        ]
+        services = sorted({c.name for c in plan.changes if c.kind == "Service"})
+        result = RevisionResult.IN_PROGRESS if plan.changes else RevisionResult.NO_CHANGES
+        with self.store.transaction():  # the revision and its event, or neither
+            record = self.store.record_revision(
+                desired.revision,
+                author=commit.author if commit else "",
+                committed_at=commit.committed_at if commit else None,
+                signer=commit.signer if commit else None,
+                trigger=commit.trigger if commit else "",
+                services=services,
+                result=result,
+                reason="" if plan.changes else "nothing to change",
+                summary={
+                    "changes": changes,
+                    "counts": plan.summary,
+                    "message": (commit.message if commit else "")[:500],
+                },
+            )
+            if result is RevisionResult.NO_CHANGES:
+                self.store.append_event(
+                    "revision.no-changes",
+                    f"{desired.revision[:12]} changes nothing that is applied",
+                    revision=desired.revision,
+                )
+            else:
+                self.store.append_event(
+                    "revision.started",
+                    f"applying {desired.revision[:12]}: {plan.summary['create']} to create, "
+                    f"{plan.summary['update']} to update, {plan.summary['delete']} to delete",
+                    revision=desired.revision,
+                )
+        if result is RevisionResult.NO_CHANGES:
+            log.info("revision %s changes nothing", desired.revision[:12])
+            self._started = None
+            return None
+        self._started = Started(record.id, frozenset(services))
+        return self._started
+
+    def record_refused(self, revision: str, commit: CommitMeta | None, reason: str) -> None:
+        """A revision a policy kept out (once per revision)."""
+        last = self.store.last_attempted_revision()
+        if last is not None and last.sha == revision and last.result is RevisionResult.REFUSED:
+            return
+        with self.store.transaction():
+            self.store.record_revision(
+                revision,
+                author=commit.author if commit else "",
+                committed_at=commit.committed_at if commit else None,
+                signer=commit.signer if commit else None,
+                trigger=commit.trigger if commit else "",
+                result=RevisionResult.REFUSED,
+                reason=reason,
+                summary={"message": (commit.message if commit else "")[:500]},
+            )
+            self.store.append_event(
+                "revision.refused", f"{revision[:12]} refused: {reason}", revision=revision
+            )
+
+    def revision_finished(
+        self,
+        started: Started,
+        desired: DesiredState,
+        decision: PassDecision,
+        failures: Mapping[str, BackoffRecord],
+    ) -> bool:
+        """Finish ``started`` when its services have settled; True when finished."""
+        if decision.prune.pending:
+            return False
+        mine = [n for n in started.services if n in decision.services]
+        if any(decision.services[n].record.phase not in _SETTLED for n in mine):
+            return False
+        held = {n: decision.services[n].held_by for n in mine if decision.services[n].held_by}
+        for deps in held.values():
+            # Held back by a dependency that is still moving: this revision is not done.
+            if any(
+                d in decision.services and decision.services[d].record.phase not in _SETTLED
+                for d in deps
+            ):
+                return False
+        results: dict[str, RevisionResult] = {}
+        reasons: list[str] = []
+        notes: list[str] = []
+        for name in sorted(mine):
+            service = decision.services[name]
+            record = service.record
+            template = desired.services[name].template_digest
+            failure = failures.get(name)
+            if name in held:
+                results[name] = RevisionResult.FAILED
+                holders = ", ".join(
+                    f"{d} ({decision.services[d].record.phase})"
+                    if d in decision.services
+                    else f"{d} (missing)"
+                    for d in held[name]
+                )
+                reasons.append(f"{name}: rollout held back by {holders}")
+            elif record.failed_digest == template:
+                if record.failed_revision in (None, desired.revision):
+                    results[name] = RevisionResult.ROLLED_BACK
+                    reasons.append(f"{name}: {record.last_error or 'rolled back'}")
+                else:
+                    notes.append(
+                        f"{name} stays rolled back from {record.failed_revision[:12]} "
+                        "(its template failed there)"
+                    )
+            elif record.phase is RolloutPhase.DEGRADED:
+                results[name] = RevisionResult.FAILED
+                reasons.append(f"{name}: {record.last_error or record.message}")
+            elif failure is not None:
+                results[name] = RevisionResult.FAILED
+                reasons.append(f"{name}: {failure.reason}")
+            else:
+                results[name] = RevisionResult.SUCCEEDED
+        for name in started.services - set(mine):
+            results[name] = RevisionResult.SUCCEEDED  # pruned: it left Git, as asked
+        if any(r is RevisionResult.ROLLED_BACK for r in results.values()):
+            result = RevisionResult.ROLLED_BACK
+        elif any(r is RevisionResult.FAILED for r in results.values()):
+            result = RevisionResult.FAILED
+        elif results:
+            result = RevisionResult.SUCCEEDED
+        else:
+            result = RevisionResult.NO_CHANGES
+        reason = "; ".join([*reasons, *notes])
+        # One transaction: a reader (or a crash) never sees the result without its event.
+        with self.store.transaction():
+            self.store.finish_revision(started.id, result, reason=reason, service_results=results)
+            self.store.append_event(
+                f"revision.{result.value}",
+                f"{desired.revision[:12]} {result.value}" + (f": {reason}" if reason else ""),
+                revision=desired.revision,
+            )
+        log.info(
+            "revision %s %s",
+            desired.revision[:12],
+            result.value,
+            extra={"revision": desired.revision},
+        )
+        self._started = None
+        return True
+
+    # ------------------------------------------------------------------ per service
+
+    def save(self, decision: ServiceDecision) -> ServiceDecision:
+        """Write what the pass decided for one service, in one transaction; the decision
+        with the record as stored (request flags as the store holds them)."""
+        if not (
+            decision.save
+            or decision.applied
+            or decision.events
+            or decision.backoff
+            or decision.forgiven
+        ):
+            return decision
+        record = decision.record
+        with self.store.transaction():
+            for what in decision.consume:
+                self.store.consume_request(decision.name, what)
+            if decision.save:
+                record = self.store.upsert_rollout(
+                    decision.record, reset_requests=decision.reset_requests
+                )
+            for entry in decision.applied:
+                self.store.record_applied(
+                    entry.kind, entry.name, entry.revision, entry.digest, entry.canonical
+                )
+            for state in decision.backoff:
+                self.store.record_backoff(state)
+            for slot in decision.forgiven:
+                self.store.clear_backoff(decision.name, slot)
+            for event in decision.events:
+                self.store.append_event(
+                    event.kind,
+                    event.message,
+                    service=event.service,
+                    revision=event.revision,
+                    data=dict(event.data) if event.data is not None else None,
+                )
+        for event in decision.events:
+            if event.kind in ("rollout.rolled-back", "rollout.failed", "service.degraded"):
+                log.error("%s", event.message, extra={"service": decision.name})
+            elif event.kind == "replica.restarted":
+                log.warning("%s", event.message, extra={"service": decision.name})
+        return replace(decision, record=record)
+
+    def nodes_and_volumes(self, desired: DesiredState) -> None:
+        """The inventory of Nodes and Volumes follows Git (they roll nothing out)."""
+        applied = {(a.kind, a.name): a.digest for a in self.store.list_applied()}
+        objects: list[Node | Volume] = [*desired.nodes.values(), *desired.volumes.values()]
+        for obj in objects:
+            if applied.get((obj.kind, obj.name)) != obj.digest:
+                self.store.record_applied(
+                    obj.kind, obj.name, desired.revision, obj.digest, obj.canonical
+                )
+        for kind, name in applied:
+            if kind == "Node" and name not in desired.nodes:
+                self.store.forget_applied(kind, name)
+                self.store.remove_node(name)
+            elif kind == "Volume" and name not in desired.volumes:
+                self.store.forget_applied(kind, name)
+
+    def forget(self, service: str) -> None:
+        """A pruned service whose replicas are all gone."""
+        with self.store.transaction():
+            self.store.forget_applied("Service", service)
+            self.store.delete_rollout(service)
+            self.store.clear_backoff(service)
+            self.store.append_event(
+                "service.pruned", f"{service} left Git: removed", service=service
+            )
+        log.info("pruned service %s", service, extra={"service": service})
+
+    # ------------------------------------------------------------------ failures
+
+    def failures(
+        self,
+        decision: PassDecision,
+        execution: Execution,
+        backoff: Mapping[str, Mapping[int, BackoffRecord]],
+        now: float,
+    ) -> None:
+        """Back-off for what failed this pass; forgive a service whose failure is over."""
+        for failure in execution.start_failures:
+            known = backoff.get(failure.service, {}).get(failure.slot)
+            restarts = 1
+            if known is not None and known.template in (None, failure.template):
+                restarts = known.restarts + 1
+            state = BackoffRecord(
+                failure.service,
+                failure.slot,
+                restarts,
+                now,
+                None,
+                template=failure.template,
+                replica_id=None,
+                reason=f"start failed: {failure.message}",
+            )
+            with self.store.transaction():
+                self.store.record_backoff(state)
+                self.store.append_event(
+                    "replica.start-failed",
+                    f"{failure.service}-{failure.slot}: {failure.message}; "
+                    f"{describe(state, now, self.crash_loop)}",
+                    service=failure.service,
+                    data={"slot": failure.slot, "message": failure.message},
+                )
+        for service, message in execution.service_failures.items():
+            known = backoff.get(service, {}).get(SERVICE_SLOT)
+            state = BackoffRecord(
+                service,
+                SERVICE_SLOT,
+                (known.restarts if known is not None else 0) + 1,
+                now,
+                None,
+                reason=message,
+            )
+            with self.store.transaction():
+                self.store.record_backoff(state)
+                if known is None or known.reason != message:
+                    self.store.append_event(
+                        "service.failed", f"{service}: {message}", service=service
+                    )
+            log.error(
+                "service %s failed: %s; retry in %.0fs",
+                service,
+                message,
+                remaining(state, now, self.crash_loop),
+                extra={"service": service},
+            )
+        published = execution.published
+        for service, states in backoff.items():
+            known = states.get(SERVICE_SLOT)
+            if known is None or service in execution.service_failures:
+                continue
+            if published is None or not _serves(published, service, decision):
+                continue
+            with self.store.transaction():
+                self.store.clear_backoff(service, SERVICE_SLOT)
+                self.store.append_event(
+                    "service.recovered", f"{service}: {known.reason}: resolved", service=service
+                )
+            log.info("service %s recovered", service, extra={"service": service})
+
+
+_SETTLED = (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK, RolloutPhase.DEGRADED)
+
+
+def _serves(table: Any, service: str, decision: PassDecision) -> bool:
+    """Whether ``service``'s routes (if it has any) are all in the published table."""
+    wanted = [n for n in decision.table.routes if n.split(".", 1)[0] == service]
+    return all(n in table.routes for n in wanted)
+
+
+def service_failures(backoff: Sequence[BackoffRecord]) -> dict[str, BackoffRecord]:
+    """Services with a failure of their own (back-off slot 0)."""
+    return {b.service: b for b in backoff if b.slot == SERVICE_SLOT}

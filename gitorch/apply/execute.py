@@ -1,0 +1,255 @@
+"""The executor: carries out a decided pass, and nothing else.
+
+It receives a :class:`~gitorch.decide.PassDecision` and performs exactly its actions
+through the runtimes and the data plane, in an order that never fails a request:
+
+1. dead replicas are removed (they serve nothing and may hold a name or a port);
+2. new replicas are started, in parallel, each on the node the decision placed it;
+3. the routing table is published: ready replicas in, replicas about to stop marked
+   draining (the data plane sends them nothing new);
+4. once their requests in flight are done (bounded by the drain timeout), draining
+   replicas get SIGTERM with their grace period and are removed;
+5. the table is published again without them.
+
+Every failure is caught where it happens and reported on the service it concerns (a
+replica that cannot start: that slot; a port that cannot be bound: that route), so one
+broken service never stops the others. If the table cannot be published at all, no
+replica is stopped: the old table still sends them traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gitorch.apply.health import HealthMonitor
+from gitorch.apply.replicas import replica_spec
+from gitorch.decide import PassDecision, StartReplica, StopReplica
+from gitorch.decide.actions import Action
+from gitorch.errors import GitorchError
+from gitorch.manifests.model import DesiredState, Service
+from gitorch.runtime.base import Runtime
+from gitorch.traffic.builtin import ListenError
+from gitorch.traffic.discovery import service_env
+from gitorch.traffic.table import DataPlane, RoutingTable
+
+log = logging.getLogger("gitorch.executor")
+
+#: How often the executor re-reads a draining replica's requests in flight.
+DRAIN_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class StartFailure:
+    """A replica that could not be started: its slot backs off like a crash."""
+
+    service: str
+    slot: int
+    template: str
+    message: str
+
+
+@dataclass
+class Execution:
+    """What the executor did with a decision."""
+
+    executed: list[Action] = field(default_factory=list)
+    start_failures: list[StartFailure] = field(default_factory=list)
+    # A failure of the service itself, not of one replica (its port cannot be bound).
+    service_failures: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    changes: int = 0  # replicas started, stopped or removed
+    published: RoutingTable | None = None
+
+
+def service_of_route(route: str) -> str:
+    """The service a route belongs to (``web.preview`` -> ``web``)."""
+    return route.split(".", 1)[0]
+
+
+class Executor:
+    """Performs decided passes through the runtimes and the data plane."""
+
+    def __init__(
+        self,
+        *,
+        runtimes: Mapping[str, Runtime],
+        health: HealthMonitor,
+        dataplane: DataPlane,
+        cluster: str,
+        advertise_host: str = "127.0.0.1",
+        secrets_dir: Path | None = None,
+        drain_timeout: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runtimes = runtimes
+        self.health = health
+        self.dataplane = dataplane
+        self.cluster = cluster
+        self.advertise_host = advertise_host
+        self.secrets_dir = secrets_dir
+        self.drain_timeout = drain_timeout
+        self.monotonic = monotonic
+        self.published: RoutingTable | None = None
+
+    def run(
+        self,
+        desired: DesiredState,
+        decision: PassDecision,
+        *,
+        held_routes: Collection[str] = (),
+        table_without: Callable[[set[str]], RoutingTable] | None = None,
+    ) -> Execution:
+        """Carry out ``decision``. ``held_routes``: routes left out of the table while
+        their service backs off after failing to bind; ``table_without(gone)``: the
+        table once the replicas in ``gone`` are stopped."""
+        done = Execution()
+        stops = decision.stops()
+        for stop in (s for s in stops if not s.drain):
+            self._remove(stop, done)
+        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
+        if starts:
+            workers = max(1, min(8, len(starts)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
+                    pass
+        draining = [s for s in stops if s.drain]
+        if not self._publish(decision.table, held_routes, done):
+            if draining:
+                done.errors.append(
+                    f"{len(draining)} replica(s) not stopped: the routing table could not be "
+                    "published, so they may still receive traffic"
+                )
+            return done
+        if draining:
+            self._drain(draining)
+            with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
+                for _ in pool.map(lambda s: self._stop(s, done), draining):
+                    pass
+            gone = {s.replica_id for s in draining}
+            after = table_without(gone) if table_without is not None else decision.table
+            self._publish(after, held_routes, done)
+        return done
+
+    # ------------------------------------------------------------------ replicas
+
+    def _discovery(self, desired: DesiredState, service: Service) -> dict[str, str]:
+        endpoints = {
+            dep: (self.advertise_host, desired.services[dep].expose.port)  # type: ignore[union-attr]
+            for dep in service.depends_on
+            if dep in desired.services and desired.services[dep].expose is not None
+        }
+        return service_env(endpoints)
+
+    def _start(
+        self, desired: DesiredState, decision: PassDecision, action: StartReplica, done: Execution
+    ) -> None:
+        service_decision = decision.services[action.service]
+        target = service_decision.target
+        runtime = self.runtimes.get(action.node)
+        try:
+            if runtime is None:
+                raise GitorchError(f"node {action.node} has no runtime")
+            spec = replica_spec(
+                target,
+                action.slot,
+                cluster=self.cluster,
+                revision=service_decision.record.revision,
+                discovery=self._discovery(desired, target),
+                secrets_dir=self.secrets_dir,
+            )
+            instance = runtime.create(spec, self.cluster)
+        except GitorchError as exc:
+            self._start_failed(action, exc.message, done)
+            return
+        except Exception as exc:  # a driver's bug fails this replica, not the pass
+            log.exception("starting %s failed", action.replica)
+            self._start_failed(action, f"internal error: {exc!r}", done)
+            return
+        done.executed.append(action)
+        done.changes += 1
+        try:
+            self.health.track(instance.id, action.node, instance, target)
+        except GitorchError as exc:
+            log.warning("cannot probe %s: %s", action.replica, exc.message)
+
+    def _start_failed(self, action: StartReplica, message: str, done: Execution) -> None:
+        done.executed.append(action)
+        done.start_failures.append(
+            StartFailure(action.service, action.slot, action.template, message)
+        )
+        done.errors.append(f"{action.replica}: cannot start on {action.node}: {message}")
+
+    def _remove(self, stop: StopReplica, done: Execution) -> None:
+        self.health.untrack(stop.replica_id)
+        runtime = self.runtimes.get(stop.node)
+        if runtime is None:
+            return
+        try:
+            runtime.remove(stop.replica_id)
+        except GitorchError as exc:
+            done.errors.append(f"{stop.replica}: cannot remove: {exc.message}")
+            return
+        done.executed.append(stop)
+        done.changes += 1
+
+    def _stop(self, stop: StopReplica, done: Execution) -> None:
+        runtime = self.runtimes.get(stop.node)
+        try:
+            if runtime is not None:
+                runtime.stop(stop.replica_id, stop.grace)
+                runtime.remove(stop.replica_id)
+        except GitorchError as exc:
+            done.errors.append(f"{stop.replica}: cannot stop: {exc.message}")
+            return
+        finally:
+            self.health.untrack(stop.replica_id)
+        done.executed.append(stop)
+        done.changes += 1
+
+    def _drain(self, draining: list[StopReplica]) -> None:
+        """Wait until no draining replica has a request in flight (bounded)."""
+        deadline = self.monotonic() + self.drain_timeout
+        for stop in draining:
+            while self.monotonic() < deadline:
+                try:
+                    stats = self.dataplane.backend_stats(stop.service, stop.replica_id)
+                except GitorchError:
+                    break  # the data plane cannot say: the grace period still protects
+                if stats is None or stats.in_flight == 0:
+                    break
+                time.sleep(DRAIN_POLL)
+
+    # ------------------------------------------------------------------ traffic
+
+    def _publish(self, table: RoutingTable, held_routes: Collection[str], done: Execution) -> bool:
+        """Apply ``table`` (minus ``held_routes``); a route whose port cannot be bound
+        fails its service alone and the others are applied without it. False when the
+        table could not be applied at all."""
+        routes = {n: r for n, r in table.routes.items() if n not in held_routes}
+        for _ in range(3):
+            candidate = RoutingTable(routes)
+            if candidate == self.published:
+                done.published = candidate
+                return True
+            try:
+                self.dataplane.apply(candidate)
+            except ListenError as exc:
+                failed = dict(exc.routes) or {n: exc.message for n in routes}
+                for route, message in failed.items():
+                    service = service_of_route(route)
+                    done.service_failures.setdefault(service, message)
+                    routes.pop(route, None)
+                continue
+            except GitorchError as exc:
+                done.errors.append(f"routing table not applied: {exc.message}")
+                return False
+            self.published = candidate
+            done.published = candidate
+            return True
+        done.errors.append("routing table not applied: ports kept failing")
+        return False

@@ -1,0 +1,434 @@
+"""One reconcile pass over the whole cluster, decided: pure.
+
+:func:`decide_pass` takes the desired state, the live state (replicas with their health),
+the store's records and the node verdicts, and returns a :class:`PassDecision`: per
+service, in ``dependsOn`` waves, everything the pass will do, with the placement of every
+replica it starts, the services it prunes, and the routing table it publishes.
+``gitorch plan`` renders ``PassDecision.actions()``; the executor carries out exactly that.
+
+A service that cannot act (its last attempt failed and backs off, a dependency is not
+Healthy, a slot fits on no node) waits with a reason; every other service goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from gitorch.decide.actions import (
+    Action,
+    ForgetService,
+    StartReplica,
+    StopReplica,
+    Wait,
+)
+from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, remaining
+from gitorch.decide.nodes import NodeVerdicts, node_views, running_replicas, verdicts
+from gitorch.decide.routes import routing_table
+from gitorch.decide.service import (
+    SERVICE_SLOT,
+    SETTLED,
+    ServiceDecision,
+    ServiceInput,
+    decide_service,
+    service_failure_wait,
+    undecided,
+)
+from gitorch.decide.waves import dependency_waves
+from gitorch.live.model import LiveService, LiveState
+from gitorch.manifests.model import DesiredState, Service
+from gitorch.scheduler import LEAST_ALLOCATED, Request, Running, schedule
+from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord
+from gitorch.strategies.machine import AnalysisStatus
+from gitorch.traffic.table import RoutingTable
+
+#: How soon a pass asks to run again while something moves (replicas starting, drains,
+#: rollouts waiting for readiness). Readiness changes wake the daemon sooner anyway.
+MOVING_REQUEUE = 0.3
+#: ... while rollouts progress but this pass did nothing.
+PROGRESSING_REQUEUE = 1.0
+#: ... when everything is settled (the daemon's --resync caps it).
+IDLE_REQUEUE = 30.0
+
+
+@dataclass(frozen=True)
+class PassInput:
+    """Everything :func:`decide_pass` may look at."""
+
+    desired: DesiredState
+    live: LiveState
+    now: float
+    records: Mapping[str, RolloutRecord] = field(default_factory=lambda: MappingProxyType({}))
+    backoff: Mapping[str, Mapping[int, BackoffRecord]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    analyses: Mapping[str, Mapping[tuple[str, float], Mapping[str, AnalysisStatus]]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    verdicts: NodeVerdicts = NodeVerdicts()
+    applied_services: frozenset[str] = frozenset()  # Services in the inventory
+    runnable: frozenset[str] | None = None  # nodes with a runtime (None: all)
+    scoring: str = LEAST_ALLOCATED
+    crash_loop: CrashLoop = DEFAULT_CRASH_LOOP
+
+
+@dataclass(frozen=True)
+class PruneDecision:
+    """Services that left Git: their replicas go, then their records."""
+
+    stops: tuple[StopReplica, ...] = ()
+    forget: tuple[ForgetService, ...] = ()
+    waits: tuple[Wait, ...] = ()
+    pending: bool = False  # replicas of pruned services remain
+
+
+@dataclass(frozen=True)
+class PassDecision:
+    """Everything one pass does, in the order it does it."""
+
+    revision: str
+    order: tuple[str, ...]  # services, dependsOn waves then priority
+    services: Mapping[str, ServiceDecision]
+    starts: Mapping[str, tuple[StartReplica, ...]]
+    preemptions: tuple[StopReplica, ...]
+    prune: PruneDecision
+    table: RoutingTable
+    failed_templates: Mapping[str, str]  # service -> template rolled back from
+    requeue_after: float
+
+    def stops(self) -> tuple[StopReplica, ...]:
+        """Every replica the pass stops or removes: services' own, preempted, pruned."""
+        own = tuple(s for name in self.order for s in self.services[name].stops)
+        return (*own, *self.preemptions, *self.prune.stops)
+
+    def actions(self) -> tuple[Action, ...]:
+        """What ``gitorch plan`` lists and the executor carries out, in execution order:
+        per service (waves), what stops, what starts, traffic and rollbacks, waits; then
+        preemptions and prunes."""
+        actions: list[Action] = []
+        for name in self.order:
+            decision = self.services[name]
+            if decision.rollback is not None:
+                actions.append(decision.rollback)
+            actions.extend(decision.stops)
+            actions.extend(self.starts.get(name, ()))
+            if decision.traffic is not None:
+                actions.append(decision.traffic)
+            actions.extend(decision.waits)
+        actions.extend(self.preemptions)
+        actions.extend(self.prune.stops)
+        actions.extend(self.prune.forget)
+        actions.extend(self.prune.waits)
+        return tuple(actions)
+
+    @property
+    def settled(self) -> bool:
+        """Every service settled and nothing left to prune."""
+        return (
+            all(d.record.phase in SETTLED for d in self.services.values())
+            and not self.prune.pending
+        )
+
+
+def pass_input_of(
+    desired: DesiredState,
+    live: LiveState,
+    now: float,
+    *,
+    lost: frozenset[str] = frozenset(),
+    unschedulable: frozenset[str] = frozenset(),
+    runnable: frozenset[str] | None = None,
+    scoring: str = LEAST_ALLOCATED,
+    crash_loop: CrashLoop = DEFAULT_CRASH_LOOP,
+    analyses: Mapping[str, Mapping[tuple[str, float], Mapping[str, AnalysisStatus]]] | None = None,
+) -> PassInput:
+    """The input of a pass from one observation (replicas and the store's facts in
+    ``live``). ``analyses`` replaces the stored analysis verdicts (the reconciler knows
+    the runs it advances); ``lost``: nodes silent past their grace."""
+    if analyses is None:
+        analyses = {
+            name: {
+                (run.revision, run.step_started_at): MappingProxyType(
+                    {r.analysis: AnalysisStatus(r.phase.value, r.message) for r in runs}
+                )
+                for run in runs[:1]
+            }
+            for name, runs in live.analysis_runs.items()
+            if runs
+        }
+    return PassInput(
+        desired=desired,
+        live=live,
+        now=now,
+        records=live.rollouts,
+        backoff=live.backoff,
+        analyses=MappingProxyType(dict(analyses)),
+        verdicts=verdicts(
+            live,
+            desired,
+            lost=lost,
+            draining={*live.draining_nodes, *(n.name for n in desired.nodes.values() if n.drain)},
+            unschedulable={
+                *unschedulable,
+                *(n.name for n in desired.nodes.values() if n.unschedulable),
+            },
+        ),
+        applied_services=frozenset(name for kind, name in live.inventory if kind == "Service"),
+        runnable=runnable,
+        scoring=scoring,
+        crash_loop=crash_loop,
+    )
+
+
+def runnable_drivers(service: Service) -> frozenset[str]:
+    """Node drivers that can run ``service``: an image needs docker, a command without an
+    image needs the process driver; with both, either."""
+    if service.image and service.command:
+        return frozenset()
+    if service.image:
+        return frozenset({"docker"})
+    return frozenset({"process"})
+
+
+def decide_pass(inp: PassInput) -> PassDecision:
+    """The whole pass (see the module docstring)."""
+    desired, live, now = inp.desired, inp.live, inp.now
+    order = [
+        name
+        for wave in dependency_waves(desired.services)
+        # Within a wave, higher priority first: the order replicas are placed in.
+        for name in sorted(wave, key=lambda n: (-desired.services[n].placement.priority, n))
+    ]
+    decisions: dict[str, ServiceDecision] = {}
+    for name in order:
+        service = desired.services[name]
+        waiting = tuple(
+            d
+            for d in service.depends_on
+            if d not in decisions or decisions[d].record.phase is not RolloutPhase.HEALTHY
+        )
+        backoff = inp.backoff.get(name, MappingProxyType({}))
+        service_input = ServiceInput(
+            revision=desired.revision,
+            service=service,
+            record=inp.records.get(name),
+            live=live.services.get(name) or _no_replicas(name),
+            now=now,
+            backoff=backoff,
+            analyses=inp.analyses.get(name, MappingProxyType({})),
+            evicting=inp.verdicts.evicting,
+            waiting_for=waiting,
+            crash_loop=inp.crash_loop,
+        )
+        try:
+            decision = decide_service(service_input)
+        except Exception as exc:  # a bug deciding one service must not stop the others
+            decision = undecided(service_input, f"internal error deciding {name}: {exc!r}")
+        failure = backoff.get(SERVICE_SLOT)
+        if failure is not None:
+            wait = service_failure_wait(name, failure, now, inp.crash_loop)
+            if wait is not None:
+                decision = replace(decision, waits=(*decision.waits, wait))
+        decisions[name] = decision
+
+    starts, preemptions, decisions = _place(inp, order, decisions)
+    prune = _prune(inp)
+    failed = {
+        name: d.record.failed_digest
+        for name, d in decisions.items()
+        if d.record.failed_digest is not None and d.record.spec_digest != d.record.failed_digest
+    }
+    stopping = {
+        s.replica_id
+        for s in (*(s for d in decisions.values() for s in d.stops), *preemptions, *prune.stops)
+        if s.drain
+    }
+    table = routing_table(
+        desired,
+        live,
+        targets={name: d.target for name, d in decisions.items()},
+        intents={name: d.intent for name, d in decisions.items() if d.intent is not None},
+        failed=failed,
+        draining=stopping,
+    )
+    result = PassDecision(
+        revision=desired.revision,
+        order=tuple(order),
+        services=MappingProxyType(decisions),
+        starts=MappingProxyType(starts),
+        preemptions=preemptions,
+        prune=prune,
+        table=table,
+        failed_templates=MappingProxyType(failed),
+        requeue_after=IDLE_REQUEUE,
+    )
+    return replace(result, requeue_after=_requeue(result, inp))
+
+
+def _no_replicas(name: str) -> LiveService:
+    return LiveService(name, None)
+
+
+def _place(
+    inp: PassInput, order: list[str], decisions: dict[str, ServiceDecision]
+) -> tuple[
+    dict[str, tuple[StartReplica, ...]], tuple[StopReplica, ...], dict[str, ServiceDecision]
+]:
+    """Place every slot the services fill, in pass order, each placement seeing the ones
+    before it (as ``plan``'s single schedule() call does)."""
+    live = inp.live
+    nodes = node_views(live, cordoned=inp.verdicts.cordoned, runnable=inp.runnable)
+    counted = running_replicas(live)
+    running: list[Running] = [r for r, _ in counted]
+    by_key = {(r.service, r.replica, r.node): replica for r, replica in counted}
+    starts: dict[str, tuple[StartReplica, ...]] = {}
+    preemptions: list[StopReplica] = []
+    preempted: set[tuple[str, str, str]] = set()
+    placed_decisions = dict(decisions)
+    for name in order:
+        decision = decisions[name]
+        if not decision.creates:
+            continue
+        target = decision.target
+        cpu = target.resources.requests.cpu_millis or 0
+        mem = target.resources.requests.memory_bytes or 0
+        drivers = runnable_drivers(target)
+        requests = [
+            Request(
+                name,
+                f"{name}-{slot}",
+                cpu,
+                mem,
+                target.placement,
+                target.resources.qos_class,
+                drivers=drivers,
+            )
+            for slot in decision.creates
+        ]
+        current = [r for r in running if (r.service, r.replica, r.node) not in preempted]
+        placed = schedule(nodes, current, requests, strategy=inp.scoring, preemption=True)
+        started: list[StartReplica] = []
+        unplaced: list[str] = []
+        for slot, where in zip(decision.creates, placed, strict=True):
+            if where.node is None:
+                unplaced.append(f"{name}-{slot} cannot be placed: " + "; ".join(where.reasons))
+                continue
+            for victim in where.victims:
+                replica = by_key.get(victim)
+                if replica is None or victim in preempted:
+                    continue
+                preempted.add(victim)
+                preemptions.append(
+                    StopReplica(
+                        victim[0],
+                        replica.replica,
+                        replica.id,
+                        replica.node,
+                        f"preempted for {where.replica} (priority {target.placement.priority})",
+                        drain=True,
+                        grace=_grace(inp, victim[0]),
+                    )
+                )
+            started.append(
+                StartReplica(
+                    name,
+                    f"{name}-{slot}",
+                    slot,
+                    target.template_digest,
+                    where.node,
+                    decision.create_reasons.get(slot, "slot empty"),
+                )
+            )
+            running.append(
+                Running(
+                    name,
+                    f"{name}-{slot}",
+                    where.node,
+                    cpu,
+                    mem,
+                    target.placement.priority,
+                    target.resources.qos_class,
+                )
+            )
+        starts[name] = tuple(started)
+        if unplaced:
+            why = unplaced[0] + (f" (and {len(unplaced) - 1} more)" if len(unplaced) > 1 else "")
+            # Said where status looks (rollout.lastError), not only in the log: a slot
+            # that fits nowhere is otherwise silent until the progress deadline turns
+            # it into a bare "deadline exceeded".
+            record = decision.record
+            if record.message != why or record.last_error != why:
+                record = replace(record, message=why, last_error=why)
+            placed_decisions[name] = replace(
+                decision,
+                record=record,
+                save=decision.save or record is not decision.record,
+                waits=(*decision.waits, *(Wait(name, u) for u in unplaced)),
+            )
+    return starts, tuple(preemptions), placed_decisions
+
+
+def _grace(inp: PassInput, service: str) -> float:
+    live = inp.live.services.get(service)
+    spec = live.applied.canonical.get("spec", {}) if live and live.applied else {}
+    return float(spec.get("terminationGracePeriodSeconds", 30))
+
+
+def _prune(inp: PassInput) -> PruneDecision:
+    """Remove services that left Git (inventory minus desired)."""
+    desired, live = inp.desired, inp.live
+    gone = (inp.applied_services | set(inp.records) | set(live.services)) - set(desired.services)
+    stops: list[StopReplica] = []
+    forget: list[ForgetService] = []
+    waits: list[Wait] = []
+    pending = False
+    for name in sorted(gone):
+        live_service = live.services.get(name)
+        replicas = live_service.replicas if live_service else ()
+        unknown = [r for r in replicas if r.node in live.unknown_nodes or r.state == "unknown"]
+        present = [r for r in replicas if r not in unknown]
+        record = inp.records.get(name)
+        grace = float(
+            (record.spec.get("spec", {}) if record else {}).get("terminationGracePeriodSeconds", 30)
+        )
+        for replica in present:
+            running = replica.state == "running"
+            stops.append(
+                StopReplica(
+                    name,
+                    replica.replica,
+                    replica.id,
+                    replica.node,
+                    "service left Git",
+                    drain=running,
+                    grace=grace,
+                )
+            )
+        if present or unknown:
+            pending = True
+            if unknown and not present:
+                waits.append(
+                    Wait(name, "pruned; waiting for its node to answer before forgetting it")
+                )
+            continue
+        forget.append(ForgetService(name))
+    return PruneDecision(tuple(stops), tuple(forget), tuple(waits), pending)
+
+
+def _requeue(decision: PassDecision, inp: PassInput) -> float:
+    """When the next pass should run (the daemon also wakes on commits and readiness)."""
+    if decision.stops() or any(decision.starts.values()) or decision.prune.pending:
+        return MOVING_REQUEUE
+    candidates = [IDLE_REQUEUE]
+    for name, service in decision.services.items():
+        if service.record.phase not in SETTLED:
+            candidates.append(PROGRESSING_REQUEUE)
+        if service.requeue_after is not None:
+            candidates.append(max(0.05, service.requeue_after))
+        failure = inp.backoff.get(name, {}).get(SERVICE_SLOT)
+        if failure is not None:
+            left = remaining(failure, inp.now, inp.crash_loop)
+            if left > 0:
+                candidates.append(left)
+    return min(candidates)

@@ -1,0 +1,193 @@
+"""The status document: every service's replicas, rollout, endpoint and traffic, the nodes,
+and the last error (of the store's last revision, or what a running daemon reports)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gitorch.decide.backoff import remaining
+from gitorch.decide.service import SERVICE_SLOT, slot_of
+from gitorch.live.model import LiveReplica, LiveService
+from gitorch.readmodel.cluster import ClusterView
+from gitorch.state import BackoffRecord, TrafficSnapshot, lock_holder
+from gitorch.state.layout import DAEMON_FILE
+
+
+def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:
+    """What a running daemon last wrote about itself (None when absent or unreadable)."""
+    try:
+        data = json.loads((Path(state_dir) / DAEMON_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def service_json(
+    service: LiveService,
+    backoff: Mapping[int, BackoffRecord] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """One service of the status document. ``backoff``: the crash-loop state per slot
+    (gitorch replaces a crashed replica, so the runtime's own count stays 0); slot 0 is a
+    failure of the service itself (a port it cannot bind), which makes it Degraded."""
+    backoff = backoff or {}
+    now = time.time() if now is None else now
+    slots = {slot: b for slot, b in backoff.items() if slot != SERVICE_SLOT}
+    failure = backoff.get(SERVICE_SLOT)
+    applied = service.applied
+    spec = applied.canonical.get("spec", {}) if applied else {}
+    desired = spec.get("replicas", 0) if applied else 0
+    expose = spec.get("expose")
+    return {
+        "name": service.name,
+        "revision": applied.revision if applied else None,
+        "replicas": {
+            "desired": desired,
+            "running": len(service.running),
+            "ready": sum(1 for r in service.replicas if r.ready),
+            "updated": sum(
+                1
+                for r in service.running
+                if applied is not None and r.template_digest == applied.digest
+            ),
+        },
+        "rollout": {
+            # A failure of the service itself (its port) outranks the rollout's phase.
+            "phase": "Degraded"
+            if failure is not None
+            else (applied.phase if applied else "Unmanaged"),
+            "step": applied.step if applied else None,
+            "weight": applied.weight if applied else 100,
+            "lastError": failure.reason
+            if failure is not None
+            else (applied.last_error if applied else None),
+            "message": applied.message if applied else "",
+        },
+        "failure": _failure_json(failure, now) if failure is not None else None,
+        "endpoint": {"port": expose["port"], "protocol": expose["protocol"]} if expose else None,
+        # Crash-loop restarts of all slots (a slot in back-off may have no replica at all).
+        "restarts": sum(b.restarts for b in slots.values()),
+        "backoff": [
+            {
+                "replica": f"{service.name}-{slot}",
+                "restarts": b.restarts,
+                "lastCause": b.reason or None,
+                "exitCode": b.last_exit_code,
+                "retryInSeconds": round(remaining(b, now), 1),
+            }
+            for slot, b in sorted(slots.items())
+        ],
+        "instances": [
+            {
+                "id": r.id,
+                "name": r.name,
+                "replica": r.replica,
+                "node": r.node,
+                "revision": r.revision,
+                "state": r.state,
+                "ready": r.ready,
+                "address": r.address,
+                "startedAt": r.started_at,
+                "restarts": max(r.restarts, _restarts_of(r, slots)),
+                "exitCode": r.exit_code,
+                "exitReason": r.exit_reason,
+            }
+            for r in service.replicas
+        ],
+    }
+
+
+def _restarts_of(replica: LiveReplica, slots: Mapping[int, BackoffRecord]) -> int:
+    """Restarts counted on ``replica``'s slot for the template it runs (a failed new
+    version's deaths are not the old version's restarts)."""
+    known = slots.get(slot_of(replica.replica))
+    if known is None or known.template not in (None, replica.template_digest):
+        return 0
+    return known.restarts
+
+
+def _failure_json(failure: BackoffRecord, now: float) -> dict[str, Any]:
+    return {
+        "message": failure.reason,
+        "failures": failure.restarts,
+        "retryInSeconds": round(remaining(failure, now), 1),
+    }
+
+
+def traffic_json(name: str, snapshots: Mapping[str, TrafficSnapshot], now: float) -> dict[str, Any]:
+    """The ``traffic`` fields of one service: its endpoint's per-version figures (None when
+    no daemon stored any) and, during a blue-green rollout, its preview listener's."""
+    main = snapshots.get(name)
+    preview = snapshots.get(f"{name}.preview")
+    return {
+        "traffic": main.to_json(now) if main is not None else None,
+        **({"previewTraffic": preview.to_json(now)} if preview is not None else {}),
+    }
+
+
+def status_json(
+    view: ClusterView, only: str | None, *, traffic: Mapping[str, TrafficSnapshot] | None = None
+) -> dict[str, Any]:
+    """The status document. ``traffic``: route -> its figures (the daemon passes what it
+    reads now); None reads the snapshots the daemon last stored."""
+    live = view.live
+    if traffic is None:
+        stored = view.store.list_traffic() if view.store is not None else []
+        traffic = {snap.service: snap for snap in stored}
+    now = time.time()
+    last_error = None
+    if view.store is not None:
+        attempted = view.store.last_attempted_revision()
+        if attempted is not None and str(attempted.result) in ("failed", "rolled-back"):
+            last_error = attempted.reason or f"the last revision {attempted.result}"
+    services = [s for name, s in sorted(live.services.items()) if only in (None, name)]
+    measurements: dict[str, list[dict[str, Any]]] = {}
+    if only is not None and view.store is not None:
+        measurements[only] = [
+            {
+                "analysis": m.analysis,
+                "revision": m.revision,
+                "phase": str(m.phase),
+                "takenAt": m.taken_at,
+                "message": m.message,
+                "value": dict(m.value),
+            }
+            for m in view.store.list_measurements(only, limit=None)[-20:]
+        ]
+    backoff: dict[str, dict[int, BackoffRecord]] = {}
+    for record in view.store.list_backoff() if view.store is not None else []:
+        backoff.setdefault(record.service, {})[record.slot] = record
+    daemon_error = _daemon_error(view)
+    if daemon_error is not None:
+        last_error = daemon_error.get("message") or last_error
+    return {
+        "cluster": live.cluster or None,
+        "revision": live.last_applied_revision,
+        "lastError": last_error,
+        "nodes": [
+            {"name": n.name, "driver": n.driver, "ready": n.ready, "message": n.message}
+            for n in live.nodes.values()
+        ],
+        "services": [
+            {
+                **service_json(s, backoff.get(s.name), now),
+                **({"analysis": measurements[s.name]} if s.name in measurements else {}),
+                **traffic_json(s.name, traffic, now),
+            }
+            for s in services
+        ],
+        **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),
+    }
+
+
+def _daemon_error(view: ClusterView) -> dict[str, Any] | None:
+    """The error a running daemon reports (an invalid newest commit, an unreachable repo)."""
+    if view.state_dir is None or lock_holder(view.state_dir) is None:
+        return None
+    data = read_daemon_file(view.state_dir)
+    error = data.get("lastError") if data else None
+    return error if isinstance(error, dict) else None

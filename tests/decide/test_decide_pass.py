@@ -1,0 +1,213 @@
+"""The pure decision of a pass (gitorch/decide): isolation, dependencies, back-off, drift.
+
+Pure-logic tests over hand-built live states; the integration tests in tests/reconciler
+check the same rules against real daemons and replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from types import MappingProxyType
+
+import pytest
+
+import gitorch.decide.cluster as cluster_module
+from gitorch.decide import PassInput, StartReplica, StopReplica, Wait, decide_pass
+from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
+from gitorch.manifests import ManifestLoader
+from gitorch.manifests.model import DesiredState
+from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord
+
+NOW = 10_000.0
+REVISION = "a" * 40
+
+
+class _File:
+    def __init__(self, path: str, text: str) -> None:
+        self.path, self.data = path, text.encode()
+        self.blob_id = hashlib.sha1(self.data).hexdigest()
+
+
+def service_yaml(name: str, *, replicas: int = 2, version: str = "1", extra: str = "") -> str:
+    return f"""apiVersion: gitorch.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  command: ["app", "{version}"]
+  replicas: {replicas}
+  readinessProbe:
+    httpGet: {{path: /healthz, port: 8080}}
+{extra}"""
+
+
+def desired(*docs: str) -> DesiredState:
+    files = [_File(f"f{i}.yaml", d) for i, d in enumerate(docs)]
+    result = ManifestLoader().load(files, revision=REVISION)
+    assert result.state is not None, [str(d) for d in result.diagnostics]
+    return result.state
+
+
+def healthy_record(state: DesiredState, name: str) -> RolloutRecord:
+    svc = state.services[name]
+    return RolloutRecord(
+        service=name,
+        revision=REVISION,
+        spec_digest=svc.template_digest,
+        strategy=svc.strategy.type,
+        phase=RolloutPhase.HEALTHY,
+        spec=svc.canonical,
+        started_at=1.0,
+        progress_at=1.0,
+        available=svc.replicas,
+        reached_healthy=True,
+        converged_replicas=svc.replicas,
+    )
+
+
+def replica(of: DesiredState, name: str, slot: int, **changes: object) -> LiveReplica:
+    base = LiveReplica(
+        id=f"{name}-{slot}-id",
+        name=f"c-{name}-{slot}",
+        service=name,
+        replica=f"{name}-{slot}",
+        node="n1",
+        revision=REVISION,
+        template_digest=of.services[name].template_digest,
+        state="running",
+        started_at=1.0,
+        ready=True,
+        ready_since=1.0,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def live_of(state: DesiredState, replicas: list[LiveReplica]) -> LiveState:
+    services = {}
+    for name, svc in state.services.items():
+        applied = AppliedSpec(REVISION, svc.template_digest, svc.canonical, "Healthy")
+        services[name] = LiveService(name, applied, tuple(r for r in replicas if r.service == name))
+    node = LiveNode("n1", "process", True, "127.0.0.1", 8000, 16 * 2**30)
+    return LiveState("c", NOW, MappingProxyType({"n1": node}), MappingProxyType(services))
+
+
+def pass_input(state: DesiredState, live: LiveState, **extra: object) -> PassInput:
+    records = {n: healthy_record(state, n) for n in state.services}
+    base = PassInput(
+        desired=state,
+        live=live,
+        now=NOW,
+        records=MappingProxyType(records),
+        applied_services=frozenset(state.services),
+    )
+    return replace(base, **extra)  # type: ignore[arg-type]
+
+
+def starts(decision: object, name: str) -> list[StartReplica]:
+    return list(decision.starts.get(name, ()))  # type: ignore[attr-defined]
+
+
+def test_an_error_deciding_one_service_leaves_the_others_deciding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = desired(service_yaml("web"), service_yaml("api"))
+    live = live_of(state, [replica(state, "web", 1), replica(state, "api", 1)])
+    real = cluster_module.decide_service
+
+    def broken(inp: object) -> object:
+        if inp.service.name == "web":  # type: ignore[attr-defined]
+            raise ValueError("boom")
+        return real(inp)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cluster_module, "decide_service", broken)
+    decision = decide_pass(pass_input(state, live))
+    assert [s.replica for s in starts(decision, "api")] == ["api-2"]  # repaired
+    assert not starts(decision, "web")
+    assert any(
+        isinstance(a, Wait) and a.service == "web" and "boom" in a.reason
+        for a in decision.actions()
+    )
+
+
+def test_a_dependency_holds_a_rollout_but_not_a_repair() -> None:
+    v1 = desired(service_yaml("api"), service_yaml("web", extra="  dependsOn: [api]\n"))
+    # Git asks for api v2, which failed and was rolled back, and for web v2.
+    v2 = desired(
+        service_yaml("api", version="2"),
+        service_yaml("web", version="2", extra="  dependsOn: [api]\n"),
+    )
+    records = {n: healthy_record(v1, n) for n in v1.services}
+    records["api"] = replace(
+        records["api"],
+        phase=RolloutPhase.ROLLED_BACK,
+        failed_digest=v2.services["api"].template_digest,
+    )
+    # web-2 died; web's new version must wait for api, its repair must not.
+    live = live_of(v1, [replica(v1, "api", 1), replica(v1, "api", 2), replica(v1, "web", 1)])
+    decision = decide_pass(pass_input(v2, live, records=MappingProxyType(records)))
+    started = starts(decision, "web")
+    assert [s.replica for s in started] == ["web-2"]
+    assert started[0].template == v1.services["web"].template_digest  # the running version
+    held = decision.services["web"]
+    assert held.held_by == ("api",)
+    assert any("waits for api" in w.reason for w in held.waits)
+
+
+def test_a_dead_replica_is_counted_once() -> None:
+    state = desired(service_yaml("web"))
+    dead = replica(state, "web", 2, state="exited", exit_code=3, ready=False, ready_since=None)
+    live = live_of(state, [replica(state, "web", 1), dead])
+    first = decide_pass(pass_input(state, live)).services["web"]
+    (counted,) = first.backoff
+    assert (counted.restarts, counted.replica_id, counted.reason) == (1, dead.id, "exit code 3")
+    # The next pass sees the same dead replica (its removal failed): not counted again.
+    again = decide_pass(
+        pass_input(state, live, backoff=MappingProxyType({"web": {2: counted}}))
+    ).services["web"]
+    assert again.backoff == ()
+    assert any(
+        isinstance(s, StopReplica) and s.replica_id == dead.id and not s.drain for s in again.stops
+    )
+
+
+def test_a_new_versions_deaths_are_not_the_old_versions_restarts() -> None:
+    state = desired(service_yaml("web"))
+    old = BackoffRecord("web", 1, 4, NOW - 1, 1, template="0" * 64, replica_id="x", reason="x")
+    dead = replica(state, "web", 1, state="exited", exit_code=1, ready=False, ready_since=None)
+    decision = decide_pass(
+        pass_input(
+            state,
+            live_of(state, [dead, replica(state, "web", 2)]),
+            backoff=MappingProxyType({"web": {1: old}}),
+        )
+    ).services["web"]
+    (counted,) = decision.backoff
+    assert counted.restarts == 1  # a fresh count for this template
+
+
+@pytest.mark.parametrize("policy", ["correct", "warn", "ignore"])
+def test_a_missing_replica_is_drift_to_the_policy(policy: str) -> None:
+    state = desired(service_yaml("web", replicas=3, extra=f"  drift: {policy}\n"))
+    live = live_of(state, [replica(state, "web", 1), replica(state, "web", 2)])
+    decision = decide_pass(pass_input(state, live))
+    web = decision.services["web"]
+    if policy == "correct":
+        assert [s.replica for s in starts(decision, "web")] == ["web-3"]
+        return
+    assert not starts(decision, "web")
+    assert web.record.phase is RolloutPhase.HEALTHY  # settled: the next pass holds it too
+    if policy == "warn":
+        assert web.drift and "web-3 is missing" in web.record.message
+        assert any(e.kind == "drift.detected" for e in web.events)
+    else:
+        assert not web.drift and not any(e.kind == "drift.detected" for e in web.events)
+
+
+def test_a_scale_up_in_git_is_not_drift() -> None:
+    before = desired(service_yaml("web", replicas=2, extra="  drift: warn\n"))
+    after = desired(service_yaml("web", replicas=3, extra="  drift: warn\n"))
+    live = live_of(before, [replica(before, "web", 1), replica(before, "web", 2)])
+    records = {"web": healthy_record(before, "web")}
+    decision = decide_pass(pass_input(after, live, records=MappingProxyType(records)))
+    assert [s.replica for s in starts(decision, "web")] == ["web-3"]

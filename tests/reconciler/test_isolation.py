@@ -1,0 +1,170 @@
+"""One fault in one service never stops the others (issue 12, defects 1 and 2, and the
+must-hold: with one service permanently broken and one dependency rolled back, a replica
+of a third service killed by hand is replaced within 10 s).
+
+Real daemons on the process driver, a real Git repo, a real foreign process holding a
+port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from listen_ports import free_port
+from reconciler_helpers import (
+    Cluster,
+    commit,
+    converged,
+    gitorch,
+    instance_ids,
+    pid_of,
+    process_service,
+    wait_for,
+)
+
+#: The must-hold bound: a killed replica's replacement exists and is ready.
+REPLACED_WITHIN = 10.0
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port a foreign process (this test) listens on, without SO_REUSEPORT."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", free_port()))
+    sock.listen(8)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def _kill_one(daemon: object, name: str) -> tuple[str, set[str]]:
+    svc = daemon.service(name)  # type: ignore[attr-defined]
+    victim = svc["instances"][0]
+    os.kill(pid_of(victim["id"]), signal.SIGKILL)
+    return victim["id"], instance_ids(svc) - {victim["id"]}
+
+
+def _replaced(daemon: object, name: str, victim: str, replicas: int) -> bool:
+    svc = daemon.service(name)  # type: ignore[attr-defined]
+    if svc is None or victim in instance_ids(svc):
+        return False
+    ready = [i for i in svc["instances"] if i["state"] == "running" and i["ready"]]
+    return len(ready) == replicas
+
+
+def test_a_broken_service_and_a_rolled_back_dependency_stop_no_repair(
+    cluster: Cluster, held_port: int
+) -> None:
+    api_port, web_port, cache_port = cluster.port, free_port(), free_port()
+    first = commit(
+        cluster.repo,
+        {
+            "api.yaml": process_service("api", port=api_port, replicas=2, deadline=6),
+            "web.yaml": process_service("web", port=web_port, replicas=3, depends_on=["api"]),
+            "cache.yaml": process_service("cache", port=cache_port, replicas=2),
+        },
+        "shop v1",
+    )
+    daemon = cluster.daemon()
+    for name, count in (("api", 2), ("web", 3), ("cache", 2)):
+        wait_for(
+            f"{name} converged",
+            lambda n=name, c=count: converged(daemon.service(n), first, c),
+            60,
+            describe=daemon.log_tail,
+        )
+
+    # One commit: api v2 never gets ready (rolled back), and a new service whose port a
+    # foreign process holds (it can never be served).
+    commit(
+        cluster.repo,
+        {
+            "api.yaml": process_service(
+                "api",
+                port=api_port,
+                replicas=2,
+                version="2",
+                deadline=6,
+                env={"FAIL_MODE": "unhealthy"},
+            ),
+            "broken.yaml": process_service("broken", port=held_port, replicas=1),
+        },
+        "api v2 (bad) and a service on a taken port",
+    )
+    wait_for(
+        "api rolled back",
+        lambda: (daemon.service("api") or {}).get("rollout", {}).get("phase") == "RolledBack",
+        40,
+        describe=daemon.log_tail,
+    )
+
+    def broken_failed() -> bool:
+        svc = daemon.service("broken") or {}
+        failure = svc.get("failure") or {}
+        return svc.get("rollout", {}).get("phase") == "Degraded" and str(held_port) in str(
+            failure.get("message", "")
+        )
+
+    wait_for(
+        "broken reported Degraded, naming its port", broken_failed, 30, describe=daemon.log_tail
+    )
+
+    # The daemon keeps healing everything else: web depends on the rolled-back api.
+    for name, count in (("web", 3), ("cache", 2)):
+        victim, _ = _kill_one(daemon, name)
+        started = time.monotonic()
+        wait_for(
+            f"{name}'s killed replica replaced and ready",
+            lambda n=name, v=victim, c=count: _replaced(daemon, n, v, c),
+            REPLACED_WITHIN,
+            describe=daemon.log_tail,
+        )
+        assert time.monotonic() - started <= REPLACED_WITHIN
+
+    # Status (text) names the broken service's failure; plan waits for it with a reason.
+    text = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
+    assert "Degraded" in text.stdout, text.stdout + text.stderr
+    assert str(held_port) in text.stdout, text.stdout
+    # The daemon's API never stopped answering, and its own loop is healthy.
+    code, _ = daemon.request("GET", "/healthz")
+    assert code == 200
+
+
+def test_expose_on_the_daemon_api_port_is_refused_by_validate(cluster: Cluster) -> None:
+    (cluster.repo / "api.yaml").write_text(
+        process_service("api", port=7420, replicas=1), encoding="utf-8"
+    )
+    done = gitorch("validate", "--worktree", cwd=cluster.repo)
+    assert done.code == 1, done.stdout + done.stderr
+    assert "api.yaml" in done.stdout + done.stderr
+    assert "7420" in done.stdout + done.stderr
+    assert "API" in done.stdout + done.stderr
+
+
+def test_a_commit_exposing_the_daemons_own_port_is_invalid(cluster: Cluster) -> None:
+    first = commit(
+        cluster.repo, {"api.yaml": process_service("api", port=cluster.port, replicas=1)}, "v1"
+    )
+    daemon = cluster.daemon()
+    wait_for("api up", lambda: converged(daemon.service("api"), first, 1), 60)
+    commit(
+        cluster.repo,
+        {"web.yaml": process_service("web", port=daemon.port, replicas=1)},
+        "web on the daemon's own API port",
+    )
+    wait_for(
+        "the commit reported invalid at file:line",
+        lambda: "web.yaml:" in str(daemon.status().get("lastError") or ""),
+        20,
+        describe=daemon.log_tail,
+    )
+    assert str(daemon.port) in str(daemon.status()["lastError"])
+    assert daemon.service("web") is None  # never applied
+    assert converged(daemon.service("api"), first, 1)  # the last good state runs on
+    assert daemon.request("GET", "/healthz")[0] == 200
