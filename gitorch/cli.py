@@ -17,7 +17,18 @@ from typing import NoReturn
 from rich.markup import escape
 
 from gitorch import __version__
-from gitorch.commands import apply, daemon, drain, history, nodes, plan, promote, status, validate
+from gitorch.commands import (
+    apply,
+    daemon,
+    drain,
+    history,
+    logs,
+    nodes,
+    plan,
+    promote,
+    status,
+    validate,
+)
 from gitorch.commands.common import stderr
 from gitorch.errors import GitorchError
 
@@ -49,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     drain.register(subparsers)
     promote.register(subparsers)
     history.register(subparsers)
+    logs.register(subparsers)
     return parser
 
 

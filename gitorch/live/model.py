@@ -26,6 +26,7 @@ class LiveReplica:
     address: str | None = None
     started_at: float | None = None
     exit_code: int | None = None
+    exit_reason: str | None = None  # Instance.exit_reason: "OOMKilled", "exit N", "signal N"
     restarts: int = 0
     ready: bool | None = None
     probe_message: str = ""
@@ -90,6 +91,7 @@ class LiveNode:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     unschedulable: bool = False
     taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect)
+    limits: str = ""  # how the runtime enforces limits (NodeInfo.limits)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ def _replica(instance: Instance, node: str) -> LiveReplica:
         address=instance.address(),
         started_at=instance.started_at,
         exit_code=instance.exit_code,
+        exit_reason=instance.exit_reason,
         restarts=instance.restarts,
         ports=MappingProxyType({b.name: f"{b.host_ip}:{b.host_port}" for b in instance.ports}),
         instance=instance,
@@ -137,6 +138,7 @@ def observe(
             labels=target.labels,
             unschedulable=target.unschedulable or target.drain or target.name in draining,
             taints=target.taints,
+            limits=info.limits if info else "",
         )
         for instance in obs.instances or []:
             replica = _replica(instance, target.name)
