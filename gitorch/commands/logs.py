@@ -10,6 +10,7 @@ never prints a replica's environment.
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 import threading
@@ -115,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         if args.follow:
             return _follow(view, args)
         return _live(view, args)
+    except BrokenPipeError:
+        # `gitorch logs web | head`: the reader has all it wanted. Python would complain
+        # once more when it flushes stdout at exit, so stdout goes nowhere from here on.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         view.close()
 
