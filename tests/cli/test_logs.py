@@ -263,3 +263,15 @@ def test_docker_live_and_previous(tmp_path: Path, example_images: str) -> None: 
         assert SECRET not in json.dumps(data)
     finally:
         remove_cluster(runtime, cluster.name)
+
+
+def test_a_reader_that_stops_early_ends_the_output_quietly(local: Local) -> None:
+    """`gitorch logs web --tail all | head -1`: no BrokenPipeError traceback."""
+    replica = local.start("web", 1, "seq 1 20000; exec sleep 60")
+    eventually(lambda: "20000" in local.runtime.logs(replica.id, tail=1))
+    reader = local.popen("logs", "web", "--tail", "all")
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.readline() == "1\n"
+    reader.stdout.close()
+    assert reader.wait(timeout=30) == 0
+    assert reader.stderr.read() == ""
