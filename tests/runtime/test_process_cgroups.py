@@ -135,24 +135,26 @@ def test_over_its_memory_limit_a_replica_is_oom_killed_and_says_so(
 def test_a_cpu_limited_busy_loop_gets_about_its_quota(
     runtime: ProcessRuntime, tree: CgroupTree, cluster: str
 ) -> None:
+    # 0.05 cores: 5 ms per 100 ms period. Small on purpose: even on this shared machine
+    # under heavy load (a load average of 18 leaves one task ~0.1 core) the loop can reach
+    # its quota, so the kernel must throttle it, every period or nearly.
     instance = runtime.create(
-        spec(f"{cluster}-busy", "sh", "-c", "while :; do :; done", cpu_limit=0.2), cluster
+        spec(f"{cluster}-busy", "sh", "-c", "while :; do :; done", cpu_limit=0.05), cluster
     )
     pid = int(instance.id.split("-")[0])
     cpu_dir = group_dirs(tree, f"{PARENT}/{cluster}/node-g/{cluster}-busy")[1]
     before = _proc.read_stat(pid)
     started = time.monotonic()
-    time.sleep(3.0)
+    time.sleep(4.0)
     after = _proc.read_stat(pid)
     elapsed = time.monotonic() - started
     assert before is not None and after is not None
     used = (after.utime + after.stime - before.utime - before.stime) / _proc.CLOCK_TICKS
     share = used / elapsed
-    # The quota is a ceiling (a busy machine may give less, never more); an unlimited
-    # busy loop takes a whole core (see test_process.py's usage test).
-    assert 0.1 <= share <= 0.26, f"a 0.2-core quota used {share:.2f} cores"
-    throttled = dict(line.split() for line in (cpu_dir / "cpu.stat").read_text().splitlines())
-    assert int(throttled["nr_throttled"]) > 10
+    # An unlimited busy loop takes a whole core (see test_process.py's usage test).
+    assert 0.025 <= share <= 0.07, f"a 0.05-core quota used {share:.3f} cores"
+    stat = dict(line.split() for line in (cpu_dir / "cpu.stat").read_text().splitlines())
+    assert int(stat["nr_throttled"]) >= 20, stat
 
 
 def test_a_python_program_starts_many_threads_under_64mi(
