@@ -53,6 +53,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "history",
         "every applied revision: commit, author, signer, time, result, trigger, summary",
     ),
+    ("logs", "logs", "a service's output: live replicas, or --previous: the last dead ones"),
 )
 
 

@@ -25,7 +25,7 @@ line instead of a traceback.
     │   ├── InstanceNotFound          no such replica on that node
     │   ├── ReplicaStartFailed        the replica could not be started
     │   │   └── WorkingDirOutsideRoot (runtime.process) workingDir leaves the allowed root
-    │   ├── ReplicaStopFailed         (runtime.process) a replica survived SIGKILL
+    │   ├── ReplicaStopFailed         (runtime.process) a replica survived SIGKILL, or its cgroup stays
     │   └── UnknownNode               (apply.health) a replica on a node with no runtime
     ├── StateError                    the embedded state store
     │   ├── StateLocked               another daemon owns this state directory

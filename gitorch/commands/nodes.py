@@ -108,6 +108,7 @@ def nodes_json(view: ClusterView) -> list[dict[str, Any]]:
                     "memory": format_memory(max(0, node.memory_bytes - alloc["memory"])),
                 },
                 "replicas": alloc["replicas"],
+                "limits": node.limits,
             }
         )
     return rows
@@ -173,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         "CPU (alloc/cap)",
         "MEMORY (alloc/cap)",
         "REPLICAS",
+        "LIMITS",
     ):
         # The condition ("NotReady,Draining") must never be cut to an ellipsis on a
         # narrow console: the long headers wrap instead.
@@ -192,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
             f"{human_memory(parse_memory(row['allocated']['memory']))}/"
             f"{human_memory(parse_memory(row['capacity']['memory']))}",
             str(row["replicas"]),
+            escape(row["limits"] or "-"),
         )
     stdout().print(table)
     for row in rows:

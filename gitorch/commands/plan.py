@@ -16,6 +16,7 @@ from gitorch.commands.common import (
     add_format_option,
     add_source_options,
     add_state_option,
+    duration,
     read_snapshot,
     reserved_ports,
     separate_trees_hint,
@@ -71,10 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--node-grace",
-        type=float,
+        type=duration,
         default=30.0,
-        help="seconds a silent node keeps its replicas before the next pass replaces them "
-        "(as the daemon's --node-grace; default 30)",
+        metavar="DURATION",
+        help="how long a silent node keeps its replicas before the next pass replaces them "
+        "(as the daemon's --node-grace: 30s, 1m, 500ms, 1m30s or seconds; default 30s)",
     )
     parser.set_defaults(run=run)
 

@@ -27,6 +27,7 @@ class LiveReplica:
     address: str | None = None
     started_at: float | None = None
     exit_code: int | None = None
+    exit_reason: str | None = None  # Instance.exit_reason: "OOMKilled", "exit N", "signal N"
     restarts: int = 0
     ready: bool | None = None
     probe_message: str = ""
@@ -34,7 +35,6 @@ class LiveReplica:
     ready_since: float | None = None  # unix time it last became ready
     needs_restart: bool = False  # liveness or startup probe failed: replace it
     health_message: str = ""  # the last probe's verdict, "liveness: HTTP 500"
-    exit_reason: str | None = None  # the runtime's word on an exit: "OOMKilled", "exit 3"
     ports: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({})
     )  # name -> host:port
@@ -96,6 +96,7 @@ class LiveNode:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     unschedulable: bool = False
     taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect)
+    limits: str = ""  # how the runtime enforces limits (NodeInfo.limits)
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,7 @@ def observe(
             labels=target.labels,
             unschedulable=target.unschedulable or target.drain or target.name in draining,
             taints=target.taints,
+            limits=info.limits if info else "",
         )
         for instance in obs.instances or []:
             replica = _replica(instance, target.name)

@@ -36,12 +36,18 @@ def open_runtime(
 
     ``endpoint`` is the Docker engine URL (docker driver; default ``$DOCKER_HOST``, else
     the local socket);
-    ``state_dir`` is where the process driver keeps its bookkeeping (required for it).
+    ``state_dir`` is where the process driver keeps its bookkeeping (required for it), and
+    where both keep the output of removed replicas (``gitorch logs --previous``).
     """
     if driver == "docker":
         from gitorch.runtime.docker import DockerRuntime, default_endpoint
 
-        return DockerRuntime(node_name, endpoint or default_endpoint(), address=address)
+        return DockerRuntime(
+            node_name,
+            endpoint or default_endpoint(),
+            address=address,
+            state_dir=Path(state_dir) if state_dir is not None else None,
+        )
     if driver == "process":
         if state_dir is None:
             raise ConfigError(f"node {node_name}: the process driver needs a state directory")

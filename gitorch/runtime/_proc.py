@@ -119,14 +119,15 @@ def group_members(pgrp: int) -> list[ProcStat]:
     return members
 
 
-def tail_lines(path: Path, count: int, *, block: int = 8192) -> list[str]:
-    """The last ``count`` lines of a text file, reading backwards from its end."""
+def tail_lines(path: Path, count: int, *, end: int | None = None, block: int = 8192) -> list[str]:
+    """The last ``count`` lines of a text file, reading backwards from its end (or from
+    byte ``end``, so that a follower can go on from exactly there)."""
     if count <= 0:
         return []
     try:
         with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            end = fh.tell()
+            size = fh.seek(0, os.SEEK_END)
+            end = size if end is None else min(end, size)
             data = b""
             pos = end
             # One more newline than lines wanted, so the first kept line is whole.

@@ -3,8 +3,12 @@
 Layout under the driver's ``state_dir``::
 
     replicas/<name>/instance.json   the record below (mode 0600: it holds the replica's env)
-    replicas/<name>/stdout.log      the replica's stdout (appended)
-    replicas/<name>/stderr.log      the replica's stderr (appended)
+    replicas/<name>/output.log      the replica's stdout and stderr, in the order written
+    replicas/<name>/cgroup          the replica's cgroup, written before the group is made
+                                    (so a daemon killed before the record finds it again)
+
+Replicas started by earlier versions wrote ``stdout.log`` and ``stderr.log`` apart; they
+are still read.
 
 Records are written atomically (a temporary file in the same folder, then ``os.replace``),
 so a reader (another daemon, a crash mid-write) sees the old or the new record, never half
@@ -24,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 RECORD_FILE = "instance.json"
-STDOUT_FILE = "stdout.log"
-STDERR_FILE = "stderr.log"
+OUTPUT_FILE = "output.log"
+CGROUP_FILE = "cgroup"
+STDOUT_FILE = "stdout.log"  # older replicas
+STDERR_FILE = "stderr.log"  # older replicas
 RECORD_VERSION = 1
 
 
@@ -65,6 +71,8 @@ class ReplicaRecord:
     stop_grace_seconds: float = 10.0
     exit_code: int | None = None  # known only while this daemon process was the parent
     exited_at: float | None = None
+    exit_reason: str | None = None  # "OOMKilled", "exit N", "signal N" (see Instance)
+    cgroup: str | None = None  # the group's path below each hierarchy root, if any
     version: int = RECORD_VERSION
 
     @property
@@ -86,8 +94,8 @@ class ReplicaRecord:
         values = {k: v for k, v in data.items() if k in known}
         return cls(ports=ports, **values)
 
-    def exited(self, code: int | None, at: float) -> ReplicaRecord:
-        return replace(self, exit_code=code, exited_at=at)
+    def exited(self, code: int | None, at: float, reason: str | None) -> ReplicaRecord:
+        return replace(self, exit_code=code, exited_at=at, exit_reason=reason)
 
 
 class RecordStore:
@@ -155,13 +163,26 @@ class RecordStore:
                 records.append(record)
         return records
 
-    def record_exit(self, name: str, instance_id: str, code: int | None, at: float) -> None:
-        """Store an exit code, unless the record was removed or now names another process."""
+    def record_exit(
+        self, name: str, instance_id: str, code: int | None, at: float, reason: str | None
+    ) -> None:
+        """Store an exit, unless the record was removed or now names another process."""
         with self.lock:
             record = self.read(name)
             if record is None or record.instance_id != instance_id:
                 return
-            self.write(record.exited(code, at))
+            self.write(record.exited(code, at, reason))
+
+    def write_cgroup(self, name: str, group: str) -> None:
+        (self.folder(name) / CGROUP_FILE).write_text(group + "\n", encoding="utf-8")
+
+    def read_cgroup(self, name: str) -> str | None:
+        """The group a claimed folder announced (None: none, or unreadable)."""
+        try:
+            group = (self.folder(name) / CGROUP_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return group or None
 
     def delete(self, name: str) -> None:
         """Delete the replica's folder: record *and* logs (like ``docker rm``)."""

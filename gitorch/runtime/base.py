@@ -11,7 +11,7 @@ never block for longer than their timeout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -105,7 +105,10 @@ class Instance:
     restarts: int = 0
     started_at: float | None = None  # unix time
     image: str | None = None
-    exit_reason: str | None = None  # "OOMKilled", "exit 3", "signal 9" (None: unknown)
+    #: Why an exited instance ended, in words: ``"OOMKilled"`` (the kernel killed it for
+    #: going over its memory limit), ``"exit N"``, ``"signal N"``; None while it runs or
+    #: when nobody knows (a process replica that exited while no daemon was its parent).
+    exit_reason: str | None = None
 
     def address(self, port_name: str | None = None) -> str | None:
         """``host:port`` of the named port (or the first one)."""
@@ -139,6 +142,33 @@ class NodeInfo:
     memory_bytes: int
     address: str  # where published ports are reached
     message: str = ""  # why not ready
+    #: How resource limits are enforced on this node, in words: ``"cgroup v1 (memory,
+    #: cpu)"``, or ``"not enforced: ..."`` with the reason (then limits are only recorded).
+    limits: str = ""
+
+
+@dataclass(frozen=True)
+class RetainedLog:
+    """What is left of a removed replica: its last output and how it ended.
+
+    Drivers keep these for the last few removed replicas of each service (see
+    :meth:`Runtime.retained_logs`). ``output`` is the end of stdout and stderr together,
+    at most ~64 KiB (``truncated`` when more was written). Never holds the env.
+    """
+
+    name: str  # the instance name ("<cluster>-web-2")
+    replica: str  # the slot label ("web-2")
+    service: str
+    node: str
+    instance_id: str
+    revision: str | None
+    exit_code: int | None
+    exit_reason: str | None  # as Instance.exit_reason
+    started_at: float | None
+    finished_at: float | None  # when it exited (None: unknown)
+    removed_at: float
+    output: str
+    truncated: bool = False
 
 
 @runtime_checkable
@@ -174,6 +204,18 @@ class Runtime(Protocol):
 
     def logs(self, instance_id: str, tail: int = 100) -> str:
         """The last ``tail`` lines of stdout and stderr."""
+        ...
+
+    def follow_logs(self, instance_id: str, tail: int = 100) -> Iterator[str]:
+        """The last ``tail`` lines, then every new line as the replica writes it, each
+        without its newline; ends when the replica has exited (or is removed) and all of
+        its output was given. Close the iterator to stop early.
+        :class:`InstanceNotFound` is raised at once, not at the first ``next()``."""
+        ...
+
+    def retained_logs(self, cluster: str, service: str) -> list[RetainedLog]:
+        """Output and facts of the last removed replicas of ``service``, newest first
+        (kept under the driver's state directory; [] when it has none)."""
         ...
 
     def usage(self, instance_id: str) -> ResourceUsage:

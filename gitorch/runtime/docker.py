@@ -22,10 +22,17 @@ Design decisions (also in the class docstring of :class:`DockerRuntime`):
 * **gitorch owns restarts**: restart policy ``"no"``.
 * **Instances are found by labels** (cluster and node), so a new runtime object
   rediscovers everything; port names travel in a label because Docker has none.
+* **Removed containers leave their output behind**: with a ``state_dir``, :meth:`remove`
+  reads the end of the container's logs and its exit facts first (killing it first if it
+  still runs) and keeps them for ``gitorch logs --previous`` (:mod:`._retained`).
+* **Exit reasons** come from the engine: ``State.OOMKilled`` is ``"OOMKilled"``; a code
+  from 129 to 192 reads as ``"signal N"`` (Docker reports a death by signal N as 128 + N,
+  so a program that itself exits with such a code reads the same).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -35,6 +42,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -51,9 +59,13 @@ from gitorch.errors import (
     ReplicaStartFailed,
     RuntimeDriverError,
 )
+from gitorch.runtime._retained import RetainedStore, tail_bytes
 from gitorch.runtime.base import (
     LABEL_CLUSTER,
     LABEL_NODE,
+    LABEL_REPLICA,
+    LABEL_REVISION,
+    LABEL_SERVICE,
     Instance,
     InstanceState,
     NodeInfo,
@@ -62,8 +74,11 @@ from gitorch.runtime.base import (
     ProbeResult,
     ReplicaSpec,
     ResourceUsage,
+    RetainedLog,
 )
 from gitorch.runtime.probes import http_check, tcp_check
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -84,6 +99,8 @@ _T = TypeVar("_T")
 # Docker container names: [a-zA-Z0-9][a-zA-Z0-9_.-]+
 _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
 _PORT_TAKEN_PATTERNS = ("port is already allocated", "address already in use")
+#: Lines of a removed container's log read to keep its last ``OUTPUT_BYTES``.
+_RETAIN_LINES = 4000
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,7 @@ def _engine_error(endpoint: str, exc: BaseException) -> EngineUnavailable:
 
 
 def _build_client(
-    endpoint: str, timeout: float, tls: DockerTLS | None, *, version: str = "auto"
+    endpoint: str, timeout: float | None, tls: DockerTLS | None, *, version: str = "auto"
 ) -> docker.APIClient:
     """A connected low-level client (``version="auto"`` talks to the engine once)."""
     tls_config: docker.tls.TLSConfig | bool = tls.to_sdk() if tls is not None else False
@@ -204,6 +221,25 @@ def _port_env(spec: ReplicaSpec) -> dict[str, str]:
     return env
 
 
+def _exit_reason(state: Mapping[str, Any]) -> str:
+    """How an exited container ended, in words (see the module docstring)."""
+    if state.get("OOMKilled"):
+        return "OOMKilled"
+    code = int(state.get("ExitCode") or 0)
+    return f"signal {code - 128}" if 128 < code <= 128 + 64 else f"exit {code}"
+
+
+def _limits_line(info: Mapping[str, Any]) -> str:
+    """``gitorch nodes``' limits column from ``docker info``."""
+    enforced = [
+        name for name, key in (("memory", "MemoryLimit"), ("cpu", "CpuCfsQuota")) if info.get(key)
+    ]
+    if not enforced:
+        return "not enforced: the engine reports no memory or cpu limit support"
+    version = info.get("CgroupVersion") or "?"
+    return f"cgroup v{version} ({', '.join(enforced)}) by Docker"
+
+
 def _state_of(status: str) -> InstanceState:
     if status == "created":
         return InstanceState.CREATED
@@ -221,6 +257,7 @@ class DockerRuntime:
     ``ssh`` client). ``address`` is the host IP ports are published on and where clients
     reach them. ``timeout`` bounds every engine call. ``pull`` allows pulling images that
     are missing on the node (a failing pull reports :class:`ImageNotFound`).
+    ``state_dir`` is where the output of removed containers is kept (none: not kept).
     """
 
     driver = "docker"
@@ -234,6 +271,7 @@ class DockerRuntime:
         timeout: float = 10.0,
         tls: DockerTLS | None = None,
         pull: bool = True,
+        state_dir: Path | None = None,
     ) -> None:
         self.node_name = node_name
         self.endpoint = endpoint
@@ -241,6 +279,7 @@ class DockerRuntime:
         self.timeout = timeout
         self.tls = tls
         self.pull = pull
+        self._retained = RetainedStore(Path(state_dir)) if state_dir is not None else None
         self._client: docker.APIClient | None = None
         self._lock = threading.Lock()
 
@@ -309,6 +348,7 @@ class DockerRuntime:
             memory_bytes=int(info.get("MemTotal") or 0),
             address=self.address,
             message=f"Docker {info.get('ServerVersion', '?')}",
+            limits=_limits_line(info),
         )
 
     def list_instances(self, cluster: str) -> list[Instance]:
@@ -400,8 +440,60 @@ class DockerRuntime:
         self._call(lambda api: api.stop(instance_id, timeout=grace), instance_id)
 
     def remove(self, instance_id: str) -> None:
-        """Remove the container (killing it first if it still runs) and its anonymous volumes."""
+        """Remove the container (killing it first if it still runs) and its anonymous
+        volumes, keeping its last output and exit facts when the runtime has a state dir."""
+        if self._retained is not None:
+            self._retain(instance_id, self._retained)
         self._call(lambda api: api.remove_container(instance_id, v=True, force=True), instance_id)
+
+    def _retain(self, instance_id: str, store: RetainedStore) -> None:
+        attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        cluster, service = labels.get(LABEL_CLUSTER), labels.get(LABEL_SERVICE)
+        if not cluster or not service:
+            return
+        if _state_of(str((attrs.get("State") or {}).get("Status", ""))) is InstanceState.RUNNING:
+            # As the process driver does: the replica dies by SIGKILL, and says so.
+            with suppress(RuntimeDriverError):
+                self._call(lambda api: api.kill(instance_id), instance_id)
+                self._call(lambda api: api.wait(instance_id, timeout=self.timeout), instance_id)
+                attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
+        try:
+            raw = self._call(
+                lambda api: api.logs(instance_id, stdout=True, stderr=True, tail=_RETAIN_LINES),
+                instance_id,
+            )
+        except RuntimeDriverError as exc:
+            log.warning("node %s: cannot read the logs of %s: %s", self.node_name, instance_id, exc)
+            raw = b""
+        output, truncated = tail_bytes(raw if isinstance(raw, bytes) else str(raw).encode())
+        instance = self._to_instance(attrs)
+        state = attrs.get("State") or {}
+        entry = RetainedLog(
+            name=instance.name,
+            replica=labels.get(LABEL_REPLICA, instance.name),
+            service=service,
+            node=self.node_name,
+            instance_id=instance.id,
+            revision=labels.get(LABEL_REVISION),
+            exit_code=instance.exit_code,
+            exit_reason=instance.exit_reason,
+            started_at=instance.started_at,
+            finished_at=_parse_time(state.get("FinishedAt")),
+            removed_at=time.time(),
+            output=output,
+            truncated=truncated,
+        )
+        try:
+            store.keep(cluster, entry)
+        except OSError as exc:  # the container goes anyway: losing its tail is the lesser harm
+            log.warning(
+                "node %s: cannot keep the output of %s: %s", self.node_name, entry.name, exc
+            )
+
+    def retained_logs(self, cluster: str, service: str) -> list[RetainedLog]:
+        """The last removed containers of ``service`` on this node, newest first."""
+        return self._retained.list(cluster, service) if self._retained is not None else []
 
     def inspect(self, instance_id: str) -> Instance:
         """The container as the engine sees it now."""
@@ -415,6 +507,36 @@ class DockerRuntime:
             instance_id,
         )
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+    def follow_logs(self, instance_id: str, tail: int = 100) -> Iterator[str]:
+        """The last ``tail`` lines, then each new line until the container stops.
+
+        The stream has a client of its own without a read timeout (a quiet container
+        writes nothing for as long as it likes); it is closed with the iterator.
+        """
+        self.inspect(instance_id)  # InstanceNotFound now, not at the first next()
+        return self._follow(instance_id, tail)
+
+    def _follow(self, instance_id: str, tail: int) -> Iterator[str]:
+        client = _build_client(self.endpoint, None, self.tls)
+        stream: Any = None
+        try:
+            with self._translate(instance_id):
+                stream = client.logs(
+                    instance_id, stdout=True, stderr=True, stream=True, follow=True, tail=tail
+                )
+                pending = b""
+                for chunk in stream:
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        yield line.decode("utf-8", "replace")
+                if pending:
+                    yield pending.decode("utf-8", "replace")
+        finally:
+            if stream is not None and hasattr(stream, "close"):
+                with suppress(Exception):
+                    stream.close()
+            client.close()
 
     def usage(self, instance_id: str) -> ResourceUsage:
         """CPU (% of one core, over the engine's sample interval) and memory in use."""
@@ -535,6 +657,7 @@ class DockerRuntime:
             restarts=int(attrs.get("RestartCount") or 0),
             started_at=_parse_time(state.get("StartedAt")),
             image=config.get("Image"),
+            exit_reason=_exit_reason(state) if status is InstanceState.EXITED else None,
         )
 
 

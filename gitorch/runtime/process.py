@@ -21,14 +21,19 @@ What is and is not enforced
   supervisor process per replica would keep the code, but it costs one more interpreter
   (~10 MB and ~30 ms of start time) per replica and is one more thing that can die; the
   reconciler only needs "it exited", so we do not pay for it.
-* **Memory.** ``memory_limit`` becomes ``RLIMIT_AS`` (virtual address space), applied with
-  ``prlimit(2)`` on the child right after it was spawned (``preexec_fn`` is unsafe in a
-  threaded daemon). So: allocations the program makes in the first instant, before the
-  limit lands, are not limited; the limit is per process (children inherit their own copy,
-  not a shared budget); and it limits *virtual* memory, not RSS, so runtimes that reserve
-  large address ranges (JVM, Go, some allocators) need a generous limit. An allocation
-  beyond it fails (``MemoryError``/``ENOMEM``): nothing is OOM-killed.
-* **CPU.** ``cpu_limit`` is **not** enforced (no cgroups here); it is recorded only.
+* **Limits.** Where a cgroup hierarchy is writable (see :mod:`._cgroups`; v1 and v2), each
+  replica runs in its own group ``gitorch/<cluster>/<node>/<replica>``, created with its
+  limits *before* the program starts: ``memory_limit`` is the group's memory limit (swap
+  included), ``cpu_limit`` a cfs quota. The child is a tiny ``/bin/sh`` launcher that
+  writes its own pid into the group and then execs the replica's argv (same pid, so
+  same identity), so not one instruction of the replica runs outside its group
+  (``preexec_fn`` would do the same from Python, but it is unsafe in a threaded daemon).
+  A replica the kernel kills for its memory limit reports ``exit_reason="OOMKilled"``.
+  Every process of the group dies with the replica, even those that left its process
+  group. The group is removed with the replica; a daemon killed in between finds it again
+  (:meth:`ProcessRuntime.reap_orphans`). Without a writable cgroup limits are **recorded,
+  not enforced**, and :meth:`node_info` says so: ``RLIMIT_AS`` is not a memory limit
+  (it caps address space, and a Python program under 64 MiB of it cannot start threads).
 * **Ports.** Each port is an ephemeral free port on ``address`` found by binding port 0;
   it is released before the replica starts, so another program could take it in between
   (the replica then fails to bind and exits; the reconciler replaces it).
@@ -37,12 +42,15 @@ What is and is not enforced
 * **Working directory.** ``spec.working_dir`` is resolved (symlinks followed) against the
   operator-allowed root ``workdir``; anything outside is refused with
   :class:`WorkingDirOutsideRoot`.
-* **Logs.** ``stdout.log`` and ``stderr.log`` are appended by the replica itself (no pump
-  thread). Two files cannot be interleaved in time order, so :meth:`ProcessRuntime.logs`
-  reads them as "all of stdout, then all of stderr" and returns the last ``tail`` lines of
-  that (like ``docker logs --tail``, ``tail`` counts lines in total): under a tight
-  ``tail`` the stderr lines win, which is usually what one tails for.
-  :meth:`ProcessRuntime.remove` deletes the logs with the record, like ``docker rm``.
+* **Start failures.** A command that does not exist, is not executable or is no program,
+  a missing working directory, and a spec with an image but no command raise
+  :class:`ReplicaStartFailed` saying exactly that, before anything is spawned.
+* **Logs.** stdout and stderr both go to ``output.log`` (one file, appended by the replica
+  itself, no pump thread), so they read in the order they were written.
+  :meth:`ProcessRuntime.remove` keeps the last 64 KiB of it and the facts of the replica
+  (exit code and reason, times) for the last few removed replicas of each service
+  (:mod:`._retained`), then deletes the replica's folder. The file itself is not rotated:
+  a replica that writes without end fills the disk it lives on.
 * **Usage.** cpu% is the utime+stime delta of the whole process group since the previous
   :meth:`usage` call on this runtime object (the first call samples over 100 ms); memory is
   the summed RSS of the group.
@@ -51,30 +59,37 @@ What is and is not enforced
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
-import resource
 import signal
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from gitorch.errors import InstanceNotFound, ReplicaStartFailed, RuntimeDriverError
-from gitorch.runtime import _proc
+from gitorch.runtime import _cgroups, _proc
 from gitorch.runtime._proc_reaper import REAPER
 from gitorch.runtime._proc_store import (
+    OUTPUT_FILE,
     STDERR_FILE,
     STDOUT_FILE,
     PortRecord,
     RecordStore,
     ReplicaRecord,
 )
+from gitorch.runtime._retained import RetainedStore, tail_file
 from gitorch.runtime.base import (
     LABEL_CLUSTER,
     LABEL_NODE,
+    LABEL_REPLICA,
+    LABEL_REVISION,
+    LABEL_SERVICE,
     Instance,
     InstanceState,
     NodeInfo,
@@ -84,8 +99,11 @@ from gitorch.runtime.base import (
     ProbeResult,
     ReplicaSpec,
     ResourceUsage,
+    RetainedLog,
 )
 from gitorch.runtime.probes import http_check, tcp_check
+
+log = logging.getLogger(__name__)
 
 #: Environment variable every replica gets: its name, so an unrecorded one can be found.
 REPLICA_MARKER = "GITORCH_REPLICA"
@@ -96,6 +114,20 @@ _ID_RE = re.compile(r"^(\d+)-(\d+)$")
 _KILL_WAIT_SECONDS = 5.0
 _POLL_SECONDS = 0.01
 _FIRST_USAGE_SAMPLE_SECONDS = 0.1
+_FOLLOW_POLL_SECONDS = 0.2
+#: ``sh -c LAUNCHER gitorch-launch N FILE... ARGV...``: write our pid into the N
+#: ``cgroup.procs`` files, then become the replica (exec keeps the pid). 125 (with a line
+#: on stderr) when a group cannot be joined: the replica then never ran. The shell sets
+#: ``PWD`` to the working directory (whatever the env said): it is dropped again unless the
+#: spec's env has one, so the replica's env is exactly what it would be without a launcher.
+LAUNCHER = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do '
+    'echo $$ >"$1" || { echo "gitorch: cannot join cgroup $1" >&2; exit 125; }; '
+    'shift; n=$((n - 1)); done; exec "$@"'
+)
+_LAUNCHER_WITHOUT_PWD = "unset PWD; " + LAUNCHER
+#: Program formats ``execve`` runs: ELF binaries and ``#!`` scripts.
+_PROGRAM_MAGIC = (b"\x7fELF", b"#!")
 
 
 class WorkingDirOutsideRoot(ReplicaStartFailed):
@@ -112,6 +144,7 @@ class _Child:
 
     popen: subprocess.Popen[bytes]
     name: str
+    cgroup: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -127,6 +160,58 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _exit_reason(returncode: int, oom_kills: int | None) -> str:
+    """``"OOMKilled"``, ``"signal N"`` or ``"exit N"`` from Popen's returncode."""
+    if returncode == -signal.SIGKILL and oom_kills:
+        return "OOMKilled"
+    return f"signal {-returncode}" if returncode < 0 else f"exit {returncode}"
+
+
+_DETECTED: _cgroups.Detected | None = None
+_DETECT_LOCK = threading.Lock()
+
+
+def detect_cgroups() -> _cgroups.Detected:
+    """The machine's cgroups, detected once per process (mounts do not move under us)."""
+    global _DETECTED
+    with _DETECT_LOCK:
+        if _DETECTED is None:
+            _DETECTED = _cgroups.detect()
+        return _DETECTED
+
+
+def check_program(command: str, cwd: Path, path_env: str) -> Path:
+    """Where ``command`` is, as ``execve`` would find it, or :class:`ReplicaStartFailed`
+    saying why it cannot run (missing, a folder, not executable, not a program)."""
+    if "/" in command:
+        candidate = cwd / command
+        if not candidate.exists():
+            raise ReplicaStartFailed(f"command {command} does not exist")
+    else:
+        # An empty or relative PATH entry is relative to the replica's working dir.
+        found = [cwd / (d or ".") / command for d in path_env.split(":")]
+        existing = [p for p in found if p.is_file()]
+        runnable = [p for p in existing if os.access(p, os.X_OK)]
+        if not existing:
+            raise ReplicaStartFailed(f"command {command} not found in PATH ({path_env})")
+        candidate = (runnable or existing)[0]
+    if candidate.is_dir():
+        raise ReplicaStartFailed(f"command {command} is a folder, not a program")
+    if not os.access(candidate, os.X_OK):
+        mode = candidate.stat().st_mode & 0o7777
+        raise ReplicaStartFailed(f"command {command} is not executable (mode {mode:04o})")
+    try:
+        with open(candidate, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise ReplicaStartFailed(f"command {command} cannot be read: {exc.strerror}") from exc
+    if not head.startswith(_PROGRAM_MAGIC):
+        raise ReplicaStartFailed(
+            f"command {command} is not a program (neither an ELF binary nor a #! script)"
+        )
+    return candidate
+
+
 class ProcessRuntime:
     """Runs replicas as local processes of this node. See the module docstring."""
 
@@ -139,12 +224,18 @@ class ProcessRuntime:
         *,
         address: str = "127.0.0.1",
         workdir: Path | None = None,
+        cgroups: _cgroups.CgroupTree | None | Literal["auto"] = "auto",
     ) -> None:
+        """``cgroups``: ``"auto"`` detects the machine's (see :mod:`._cgroups`); None
+        enforces no limits (they are recorded only); a tree uses that one."""
         self.node_name = node_name
         self.address = address
         self.state_dir = Path(state_dir)
         self.workdir = (workdir if workdir is not None else Path.cwd()).resolve()
         self._store = RecordStore(self.state_dir)
+        self._retained = RetainedStore(self.state_dir)
+        self._cgroups_choice = cgroups
+        self._detected: _cgroups.Detected | None = None
         self._creating: set[str] = set()  # names between claim and first record write
         self._boot_id = _proc.boot_id()
         self._id_to_name: dict[str, str] = {}
@@ -153,7 +244,8 @@ class ProcessRuntime:
     # -- capacity ---------------------------------------------------------------------
 
     def node_info(self) -> NodeInfo:
-        """This machine's cpus (those we may run on) and ``MemTotal``; always ready."""
+        """This machine's cpus (those we may run on) and ``MemTotal``; always ready.
+        ``limits`` says whether memory and cpu limits are enforced (cgroups) or not."""
         return NodeInfo(
             name=self.node_name,
             driver=self.driver,
@@ -161,7 +253,28 @@ class ProcessRuntime:
             cpu_cores=float(len(os.sched_getaffinity(0))),
             memory_bytes=_proc.mem_total_bytes(),
             address=self.address,
+            limits=self._limits().limits,
         )
+
+    def _limits(self) -> _cgroups.Detected:
+        if self._detected is None:
+            choice = self._cgroups_choice
+            if choice == "auto":
+                self._detected = detect_cgroups()
+            elif choice is None:
+                self._detected = _cgroups.Detected(None, "not enforced: cgroups turned off")
+            else:
+                self._detected = _cgroups.Detected(choice, choice.describe())
+        return self._detected
+
+    @property
+    def cgroups(self) -> _cgroups.CgroupTree | None:
+        """The cgroup tree replicas are put in (None: limits are not enforced)."""
+        return self._limits().tree
+
+    def cgroup_of(self, instance_id: str) -> str | None:
+        """The cgroup of a replica, relative to each hierarchy root (None: it has none)."""
+        return self._find(instance_id).cgroup
 
     # -- observing --------------------------------------------------------------------
 
@@ -173,14 +286,20 @@ class ProcessRuntime:
         state directory may call this (read-only commands must not), and only for folders
         no create() of this object is filling right now. Returns how many were killed.
         """
-        killed = 0
+        killed = self._reap_orphan_groups()
         pending = [
             n
             for n in self._store.names()
             if self._store.read(n) is None and n not in self._creating
         ]
         if not pending:
-            return 0
+            return killed
+        tree = self.cgroups
+        for name in pending:
+            group = self._store.read_cgroup(name)
+            if tree is not None and group is not None:
+                killed += len(tree.pids(group))
+                self._remove_group_quietly(group)
         marks = {f"{REPLICA_MARKER}={name}".encode(): name for name in pending}
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
@@ -199,6 +318,42 @@ class ProcessRuntime:
             self._store.delete(name)
         return killed
 
+    def _reap_orphan_groups(self) -> int:
+        """Remove groups under this node's parents that no replica folder claims.
+
+        A group is made after its replica's folder and removed before it, so a group
+        without a folder belongs to nobody (a folder deleted by hand, or a crash of an
+        older gitorch). Returns how many processes were killed with them.
+        """
+        tree = self.cgroups
+        if tree is None:
+            return 0
+        parents = {r.cgroup.rpartition("/")[0] for r in self._store.all() if r.cgroup}
+        parents |= {
+            g.rpartition("/")[0]
+            for g in (self._store.read_cgroup(n) for n in self._store.names())
+            if g is not None
+        }
+        known = set(self._store.names())
+        killed = 0
+        for parent in parents:
+            for child in tree.children(parent):
+                if child in known or child in self._creating:
+                    continue
+                group = f"{parent}/{child}"
+                killed += len(tree.pids(group))
+                self._remove_group_quietly(group)
+        return killed
+
+    def _remove_group_quietly(self, group: str) -> None:
+        tree = self.cgroups
+        if tree is None:
+            return
+        try:
+            tree.remove(group)
+        except OSError as exc:
+            log.warning("node %s: cannot remove cgroup %s: %s", self.node_name, group, exc)
+
     def list_instances(self, cluster: str) -> list[Instance]:
         """Every recorded replica of ``cluster``; recycled pids show as ``EXITED``."""
         instances = []
@@ -213,14 +368,62 @@ class ProcessRuntime:
         return self._to_instance(self._find(instance_id))
 
     def logs(self, instance_id: str, tail: int = 100) -> str:
-        """The last ``tail`` lines of "stdout, then stderr" (see the module docstring)."""
+        """The last ``tail`` lines of the replica's output (stdout and stderr as written)."""
         record = self._find(instance_id)
         if tail <= 0:
             return ""
-        folder = self._store.folder(record.name)
-        lines = _proc.tail_lines(folder / STDOUT_FILE, tail)
-        lines += _proc.tail_lines(folder / STDERR_FILE, tail)
-        return "".join(line + "\n" for line in lines[-tail:])
+        return "".join(line + "\n" for line in self._tail(record.name, tail))
+
+    def _tail(self, name: str, count: int, end: int | None = None) -> list[str]:
+        folder = self._store.folder(name)
+        if (folder / OUTPUT_FILE).exists():
+            return _proc.tail_lines(folder / OUTPUT_FILE, count, end=end)
+        # A replica started by an earlier gitorch: "all of stdout, then all of stderr".
+        lines = _proc.tail_lines(folder / STDOUT_FILE, count)
+        lines += _proc.tail_lines(folder / STDERR_FILE, count)
+        return lines[-count:] if count > 0 else []
+
+    def follow_logs(self, instance_id: str, tail: int = 100) -> Iterator[str]:
+        """The last ``tail`` lines, then each new line until the replica has exited (or
+        was removed) and everything it wrote was read. Polls the file every 0.2 s."""
+        record = self._find(instance_id)
+        path = self._store.folder(record.name) / OUTPUT_FILE
+        try:
+            start = path.stat().st_size
+        except FileNotFoundError:
+            start = 0
+        return self._follow(record, path, tail, start)
+
+    def _follow(self, record: ReplicaRecord, path: Path, tail: int, start: int) -> Iterator[str]:
+        yield from self._tail(record.name, tail, end=start) if tail > 0 else []
+        offset, pending = start, b""
+        finished = False
+        while True:
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except FileNotFoundError:
+                data, finished = b"", True  # removed: nothing more will come
+            offset += len(data)
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", "replace")
+            if finished:
+                if pending:
+                    yield pending.decode("utf-8", "replace")
+                return
+            if not data:
+                # One more read after the exit: what it wrote last may still be unread.
+                fresh = self._store.read(record.name)
+                finished = fresh is None or fresh.instance_id != record.instance_id
+                finished = finished or self._observe(record)[0] is not InstanceState.RUNNING
+                if not finished:
+                    time.sleep(_FOLLOW_POLL_SECONDS)
+
+    def retained_logs(self, cluster: str, service: str) -> list[RetainedLog]:
+        """The last removed replicas of ``service`` on this node, newest first."""
+        return self._retained.list(cluster, service)
 
     def usage(self, instance_id: str) -> ResourceUsage:
         """cpu% since the previous call (first call: over 100 ms) and RSS of the group."""
@@ -249,8 +452,19 @@ class ProcessRuntime:
                 "(letters, digits, '.', '_' and '-' only)"
             )
         if not spec.command:
+            if spec.image:
+                raise ReplicaStartFailed(
+                    f"replica {spec.name}: the process driver runs a command, and this "
+                    f"service has only an image ({spec.image}): give it a command, or "
+                    "place it on a docker node"
+                )
             raise ReplicaStartFailed(f"replica {spec.name}: the process driver needs a command")
         cwd = self._resolve_working_dir(spec)
+        path_env = spec.env.get("PATH") or os.environ.get("PATH", DEFAULT_PATH)
+        try:
+            check_program(spec.command[0], cwd, path_env)
+        except ReplicaStartFailed as exc:
+            raise ReplicaStartFailed(f"replica {spec.name}: {exc.message}") from None
         try:
             folder = self._store.claim(spec.name)
         except FileExistsError:
@@ -280,7 +494,8 @@ class ProcessRuntime:
         self._kill_stragglers(record)
 
     def remove(self, instance_id: str) -> None:
-        """SIGKILL the replica if it runs, then delete its record and its logs."""
+        """SIGKILL the replica if it runs, remove its cgroup, keep its last output and
+        facts (see :meth:`retained_logs`), then delete its record and its folder."""
         record = self._find(instance_id)
         if self._observe(record)[0] is InstanceState.RUNNING:
             self._signal_group(record, signal.SIGKILL)
@@ -289,6 +504,18 @@ class ProcessRuntime:
                     f"replica {record.name} (pid {record.pid}) survived SIGKILL"
                 )
         self._kill_stragglers(record)
+        # The facts before the group goes: an OOM kill is read from the group.
+        final = self._to_instance(self._store.read(record.name) or record)
+        tree = self.cgroups
+        if record.cgroup is not None and tree is not None:
+            try:
+                tree.remove(record.cgroup)
+            except OSError as exc:
+                # The record stays, so the next pass sees the replica and tries again.
+                raise ReplicaStopFailed(
+                    f"replica {record.name}: cannot remove its cgroup: {exc}"
+                ) from exc
+        self._retain(record, final)
         self._store.delete(record.name)
         self._id_to_name.pop(instance_id, None)
         self._cpu_samples.pop(instance_id, None)
@@ -362,6 +589,8 @@ class ProcessRuntime:
                 f"replica {spec.name}: working_dir {spec.working_dir!r} resolves to {cwd}, "
                 f"outside the allowed root {self.workdir}"
             )
+        if not cwd.exists():
+            raise ReplicaStartFailed(f"replica {spec.name}: working_dir {cwd} does not exist")
         if not cwd.is_dir():
             raise ReplicaStartFailed(f"replica {spec.name}: working_dir {cwd} is not a folder")
         return cwd
@@ -406,6 +635,24 @@ class ProcessRuntime:
             env[f"PORT_{re.sub(r'[^A-Za-z0-9]', '_', port.name).upper()}"] = str(port.host_port)
         return env
 
+    def _make_group(self, spec: ReplicaSpec, cluster: str) -> tuple[str | None, list[str]]:
+        """The replica's cgroup, created with its limits, and the files to join it by
+        (``(None, [])`` where limits are not enforced)."""
+        tree = self.cgroups
+        if tree is None:
+            return None, []
+        group = f"{_cgroups.PARENT}/{cluster}/{self.node_name}/{spec.name}"
+        # Announced before it exists: a daemon killed from here on finds it (reap_orphans).
+        self._store.write_cgroup(spec.name, group)
+        try:
+            files = tree.create(group, memory_bytes=spec.memory_limit, cpu_cores=spec.cpu_limit)
+        except OSError as exc:
+            self._remove_group_quietly(group)
+            raise ReplicaStartFailed(
+                f"replica {spec.name}: cannot create its cgroup for the limits: {exc}"
+            ) from exc
+        return group, [str(f) for f in files]
+
     def _spawn(self, spec: ReplicaSpec, cluster: str, cwd: Path, folder: Path) -> Instance:
         ports = self._allocate_ports(spec.ports)
         # The marker lets a later daemon find this process if we die before its record
@@ -413,48 +660,49 @@ class ProcessRuntime:
         env = {**self._environment(spec, ports), REPLICA_MARKER: spec.name}
         argv = [*spec.command, *spec.args]
         labels = {**spec.labels, LABEL_CLUSTER: cluster, LABEL_NODE: self.node_name}
-        with open(folder / STDOUT_FILE, "ab") as out, open(folder / STDERR_FILE, "ab") as err:
-            try:
-                # Running the manifest's argv is this driver's job; no shell is involved.
+        group, join = self._make_group(spec, cluster)
+        script = LAUNCHER if "PWD" in env else _LAUNCHER_WITHOUT_PWD
+        launch = ["/bin/sh", "-c", script, "gitorch-launch", str(len(join)), *join, *argv]
+        try:
+            with open(folder / OUTPUT_FILE, "ab") as out:
+                # Running the manifest's argv is this driver's job; the launcher is a fixed
+                # script that passes argv on untouched ("$@"), never through a shell parse.
                 popen = subprocess.Popen(  # noqa: S603
-                    argv,
+                    launch if group is not None else argv,
                     cwd=cwd,
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
-                    stderr=err,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,  # own session + group: signals reach all of it
                     close_fds=True,
                 )
-            except (OSError, ValueError) as exc:
-                raise ReplicaStartFailed(
-                    f"replica {spec.name}: cannot start {argv[0]}: {exc}"
-                ) from exc
+        except (OSError, ValueError) as exc:
+            if group is not None:
+                self._remove_group_quietly(group)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ReplicaStartFailed(
+                f"replica {spec.name}: cannot start {argv[0]}: {reason}"
+            ) from None
         started_at = time.time()
-        try:
-            if spec.memory_limit is not None:
-                limit = int(spec.memory_limit)
-                with contextlib.suppress(ProcessLookupError):  # already gone: nothing to limit
-                    resource.prlimit(popen.pid, resource.RLIMIT_AS, (limit, limit))
-            # Popen returned after exec: the child is unreaped until our waiter runs, so
-            # its /proc entry (maybe a zombie) is there to read the start time from.
-            stat = _proc.read_stat(popen.pid)
-            if stat is None:
-                raise ReplicaStartFailed(f"replica {spec.name}: /proc/{popen.pid} vanished")
-        except (OSError, ReplicaStartFailed) as exc:
+        # Popen returned after exec: the child is unreaped until our waiter runs, so its
+        # /proc entry (maybe a zombie) is there to read the start time from.
+        stat = _proc.read_stat(popen.pid)
+        if stat is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
-            if isinstance(exc, ReplicaStartFailed):
-                raise
-            raise ReplicaStartFailed(f"replica {spec.name}: cannot set limits: {exc}") from exc
+            if group is not None:
+                self._remove_group_quietly(group)
+            raise ReplicaStartFailed(f"replica {spec.name}: /proc/{popen.pid} vanished")
         record = ReplicaRecord(
             name=spec.name,
             pid=popen.pid,
             start_ticks=stat.start_ticks,
             boot_id=self._boot_id,
             argv=argv,
-            cmdline=_proc.read_cmdline(popen.pid) or [],
+            # Through the launcher the exec may not have happened yet: argv is what runs.
+            cmdline=argv if group is not None else (_proc.read_cmdline(popen.pid) or []),
             cwd=str(cwd),
             env=env,
             labels=labels,
@@ -463,6 +711,7 @@ class ProcessRuntime:
             memory_limit=spec.memory_limit,
             cpu_limit=spec.cpu_limit,
             stop_grace_seconds=spec.stop_grace_seconds,
+            cgroup=group,
         )
         self._store.write(record)
         self._id_to_name[record.instance_id] = record.name
@@ -471,7 +720,7 @@ class ProcessRuntime:
 
     def _adopt_child(self, record: ReplicaRecord, popen: subprocess.Popen[bytes]) -> None:
         instance_id = record.instance_id
-        child = _Child(popen=popen, name=record.name)
+        child = _Child(popen=popen, name=record.name, cgroup=record.cgroup)
         with _CHILDREN_LOCK:
             _CHILDREN[instance_id] = child
         REAPER.watch(popen, lambda returncode: self._record_exit(instance_id, child, returncode))
@@ -480,7 +729,17 @@ class ProcessRuntime:
         """Called by the reaper once the child is reaped. Order matters: whoever no longer
         finds the child in ``_CHILDREN`` must find its exit code on disk."""
         try:
-            self._store.record_exit(child.name, instance_id, _exit_status(returncode), time.time())
+            oom_kills = None
+            tree = self.cgroups
+            if child.cgroup is not None and tree is not None and returncode == -signal.SIGKILL:
+                oom_kills = tree.oom_kills(child.cgroup)
+            self._store.record_exit(
+                child.name,
+                instance_id,
+                _exit_status(returncode),
+                time.time(),
+                _exit_reason(returncode, oom_kills),
+            )
         finally:
             with _CHILDREN_LOCK:
                 _CHILDREN.pop(instance_id, None)
@@ -532,7 +791,59 @@ class ProcessRuntime:
             exit_code=exit_code,
             started_at=record.created_at,
             image=None,
+            exit_reason=self._exit_reason_of(record, state, exit_code),
         )
+
+    def _exit_reason_of(
+        self, record: ReplicaRecord, state: InstanceState, exit_code: int | None
+    ) -> str | None:
+        if state is not InstanceState.EXITED:
+            return None
+        fresh = record if record.exit_reason is not None else self._store.read(record.name)
+        if fresh is not None and fresh.exit_reason is not None:
+            return fresh.exit_reason
+        # Exited while no daemon was its parent: the code is lost, an OOM kill is not.
+        tree = self.cgroups
+        if record.cgroup is not None and tree is not None and tree.oom_kills(record.cgroup):
+            return "OOMKilled"
+        return None if exit_code is None else f"exit {exit_code}"
+
+    def _retain(self, record: ReplicaRecord, final: Instance) -> None:
+        """Keep the end of the replica's output and how it ended (never its env)."""
+        cluster = record.labels.get(LABEL_CLUSTER)
+        service = record.labels.get(LABEL_SERVICE)
+        if not cluster or not service:
+            return
+        folder = self._store.folder(record.name)
+        if (folder / OUTPUT_FILE).exists():
+            output, truncated = tail_file(folder / OUTPUT_FILE)
+        else:
+            output, truncated = (
+                "".join(line + "\n" for line in self._tail(record.name, 2000)),
+                False,
+            )
+        fresh = self._store.read(record.name) or record
+        entry = RetainedLog(
+            name=record.name,
+            replica=record.labels.get(LABEL_REPLICA, record.name),
+            service=service,
+            node=self.node_name,
+            instance_id=record.instance_id,
+            revision=record.labels.get(LABEL_REVISION),
+            exit_code=final.exit_code,
+            exit_reason=final.exit_reason,
+            started_at=record.created_at or None,
+            finished_at=fresh.exited_at,
+            removed_at=time.time(),
+            output=output,
+            truncated=truncated,
+        )
+        try:
+            self._retained.keep(cluster, entry)
+        except OSError as exc:  # the replica goes anyway: losing its tail is the lesser harm
+            log.warning(
+                "node %s: cannot keep the output of %s: %s", self.node_name, record.name, exc
+            )
 
     def _signal_group(self, record: ReplicaRecord, sig: signal.Signals) -> None:
         # The group id is the leader's pid (start_new_session) and a session leader cannot
@@ -543,10 +854,15 @@ class ProcessRuntime:
     def _kill_stragglers(self, record: ReplicaRecord) -> None:
         """SIGKILL group members that outlived their leader (a container dies whole, too).
 
-        While the group has members the kernel cannot hand its id (the leader's pid) to a
-        new process, so members found under that id are ours, unless the pid is alive as
-        *another* process already (recycled before we got here): then hands off.
+        With a cgroup, everything in it (even a process that left the process group).
+        Otherwise: while the group has members the kernel cannot hand its id (the
+        leader's pid) to a new process, so members found under that id are ours, unless
+        the pid is alive as *another* process already (recycled before we got here).
         """
+        tree = self.cgroups
+        if record.cgroup is not None and tree is not None:
+            tree.kill(record.cgroup)
+            return
         leader = _proc.read_stat(record.pid)
         if leader is not None and leader.start_ticks != record.start_ticks:
             return

@@ -23,6 +23,7 @@ TIME_OPTIONS = [
     ("daemon", "--node-grace"),
     ("apply", "--node-grace"),
     ("apply", "--timeout"),
+    ("plan", "--node-grace"),
 ]
 
 SPELLINGS = {

@@ -57,7 +57,7 @@ def runtime_kit(
         from gitorch.runtime.docker import DockerRuntime
 
         def make() -> Runtime:
-            return DockerRuntime(node, DOCKER_ENDPOINT, timeout=15.0)
+            return DockerRuntime(node, DOCKER_ENDPOINT, timeout=15.0, state_dir=tmp_path / "state")
 
         kit = RuntimeKit("docker", cluster, make(), make, images)
     else:

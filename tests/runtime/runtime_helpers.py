@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import os
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 import pytest
 
 from gitorch.errors import InstanceNotFound, RuntimeDriverError
+from gitorch.runtime import _proc
 from gitorch.runtime.base import (
     LABEL_REPLICA,
     LABEL_REVISION,
@@ -31,6 +35,7 @@ from gitorch.runtime.base import (
 )
 
 HERE = Path(__file__).parent
+REPO = HERE.parents[1]
 APPS = HERE / "apps"
 IMAGE_CONTEXT = HERE / "images"
 BUSYBOX = Path("/bin/busybox")
@@ -45,6 +50,57 @@ _APP_FILES = {
     "stubborn": "stubborn.py",
     "exit3": "exit3.py",
 }
+
+
+def wait_until(what: str, fn: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not fn():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as dead)."""
+    stat = _proc.read_stat(pid)
+    return stat is not None and not stat.is_dead
+
+
+def process_spec(name: str, *argv: str, **overrides: Any) -> ReplicaSpec:
+    """A process-driver replica running ``argv``, of service ``svc``."""
+    base = ReplicaSpec(
+        name=name,
+        image=None,
+        command=(argv[0],),
+        args=tuple(argv[1:]),
+        labels={LABEL_SERVICE: "svc"},
+        stop_grace_seconds=2.0,
+    )
+    return replace(base, **overrides)
+
+
+def create_from_another_process(
+    node: str, state_dir: Path, workdir: Path, cluster: str, spec_source: str
+) -> str:
+    """Create a replica from a Python process that then exits, as a daemon that dies
+    would; ``spec_source`` is the ReplicaSpec(...) expression. Returns the instance id."""
+    creator = f"""
+import sys
+from pathlib import Path
+from gitorch.runtime.base import ReplicaSpec
+from gitorch.runtime.process import ProcessRuntime
+rt = ProcessRuntime({node!r}, Path(sys.argv[1]), workdir=Path(sys.argv[2]))
+print(rt.create({spec_source}, {cluster!r}).id)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", creator, str(state_dir), str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 def image_tag(kind: str) -> str:

@@ -242,8 +242,65 @@ def test_a_replica_that_exits_shows_exited_with_its_code(runtime_kit: RuntimeKit
     exited = wait_exited(runtime, instance.id)
 
     assert exited.exit_code == 3
+    assert exited.exit_reason == "exit 3"
     assert "exiting with 3" in runtime.logs(instance.id)
     listed = runtime.list_instances(runtime_kit.cluster)
     assert [(i.id, i.state, i.exit_code) for i in listed] == [
         (instance.id, InstanceState.EXITED, 3)
     ]
+
+
+def test_a_running_replica_has_no_exit_reason(runtime_kit: RuntimeKit) -> None:
+    runtime = runtime_kit.runtime
+    instance = runtime.create(runtime_kit.spec("graceful"), runtime_kit.cluster)
+    assert runtime.inspect(instance.id).exit_reason is None
+
+
+def test_remove_keeps_the_output_and_how_it_ended(runtime_kit: RuntimeKit) -> None:
+    runtime = runtime_kit.runtime
+    instance = runtime.create(runtime_kit.spec("exit3"), runtime_kit.cluster)
+    wait_exited(runtime, instance.id)
+    assert runtime.retained_logs(runtime_kit.cluster, "exit3") == []
+
+    runtime.remove(instance.id)
+
+    # Read back through a brand-new runtime object: it is on disk, not in memory.
+    (kept,) = runtime_kit.new_runtime().retained_logs(runtime_kit.cluster, "exit3")
+    assert (kept.name, kept.service, kept.node, kept.instance_id) == (
+        instance.name,
+        "exit3",
+        "node-test",
+        instance.id,
+    )
+    assert kept.replica == instance.labels["dev.gitorch.replica"]
+    assert kept.revision == "0123abc"
+    assert "exiting with 3" in kept.output
+    assert (kept.exit_code, kept.exit_reason) == (3, "exit 3")
+    assert kept.started_at is not None and kept.finished_at is not None
+    assert kept.started_at - 1 <= kept.finished_at <= kept.removed_at <= time.time()
+
+
+def test_a_replica_removed_while_running_is_kept_as_killed(runtime_kit: RuntimeKit) -> None:
+    runtime = runtime_kit.runtime
+    instance = runtime.create(runtime_kit.spec("graceful"), runtime_kit.cluster)
+    wait_for("its first line", lambda: "graceful app started" in runtime.logs(instance.id))
+
+    runtime.remove(instance.id)
+
+    (kept,) = runtime.retained_logs(runtime_kit.cluster, "graceful")
+    assert kept.output == "graceful app started\n"
+    assert (kept.exit_code, kept.exit_reason) == (137, "signal 9")
+
+
+def test_follow_streams_new_lines_until_the_replica_exits(runtime_kit: RuntimeKit) -> None:
+    runtime = runtime_kit.runtime
+    instance = runtime.create(runtime_kit.spec("graceful"), runtime_kit.cluster)
+    wait_for("its first line", lambda: "graceful app started" in runtime.logs(instance.id))
+    lines = runtime.follow_logs(instance.id, tail=5)
+    assert next(lines) == "graceful app started"
+
+    runtime.stop(instance.id, 5.0)
+
+    assert list(lines) == ["got SIGTERM, cleaning up", "clean exit"]  # then it ends
+    with pytest.raises(InstanceNotFound):
+        runtime.follow_logs("no-such-instance-0")

@@ -123,8 +123,7 @@ def test_limits_are_enforced(
     assert host_config["Init"] is True
 
     # Touching 64 MiB under a 32 MiB limit (no swap allowed): the kernel OOM-kills it; the
-    # same command under a 128 MiB limit succeeds, so the limit is what killed it. (Docker's
-    # State.OOMKilled is not asserted: with cgroup v1 its event races the exit and is flaky.)
+    # same command under a 128 MiB limit succeeds, so the limit is what killed it.
     dd = ("dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1")
     hog = main_runtime.create(
         _spec(f"{cluster}-hog", test_images["stubborn"], command=dd, **limits), cluster
@@ -135,6 +134,13 @@ def test_limits_are_enforced(
     )
     assert wait_exit_code(main_runtime, hog.id) == 137
     assert wait_exit_code(main_runtime, roomy.id) == 0
+    # Docker sets State.OOMKilled from a cgroup event that may land a moment after the
+    # exit: until then the instance reads "signal 9", then "OOMKilled".
+    deadline = time.monotonic() + 5
+    while (reason := main_runtime.inspect(hog.id).exit_reason) != "OOMKilled":
+        assert reason == "signal 9" and time.monotonic() < deadline, reason
+        time.sleep(0.05)
+    assert main_runtime.inspect(roomy.id).exit_reason == "exit 0"
 
 
 def wait_exit_code(runtime: DockerRuntime, instance_id: str) -> int | None:
@@ -177,6 +183,24 @@ def test_docker_available_and_factory(tmp_path: Path) -> None:
     assert docker_available(f"unix://{tmp_path}/nothing.sock", timeout=0.5) is False
     runtime = open_runtime("n1", "docker")
     assert isinstance(runtime, DockerRuntime) and runtime.node_info().ready
+    assert runtime.node_info().limits == "cgroup v1 (memory, cpu) by Docker"
+    assert runtime.retained_logs("any", "svc") == []  # no state dir: nothing is kept
+
+
+def test_the_factory_gives_the_docker_runtime_its_state_dir(
+    tmp_path: Path, test_images: dict[str, str], cluster: str
+) -> None:
+    """What open_runtimes builds for `gitorch logs` and the daemon keeps removed output."""
+    runtime = open_runtime("n1", "docker", state_dir=tmp_path / "nodes" / "n1")
+    assert isinstance(runtime, DockerRuntime)
+    instance = runtime.create(_spec(f"{cluster}-once", test_images["exit3"]), cluster)
+    wait_exit_code(runtime, instance.id)
+    runtime.remove(instance.id)
+    (kept,) = open_runtime("n1", "docker", state_dir=tmp_path / "nodes" / "n1").retained_logs(
+        cluster, "t"
+    )
+    assert kept.output == "exiting with 3\n" and kept.exit_reason == "exit 3"
+    assert (tmp_path / "nodes" / "n1" / "retained" / cluster / "t").is_dir()
     with pytest.raises(ConfigError):
         open_runtime("n1", "podman")
     with pytest.raises(ConfigError):

@@ -17,18 +17,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from runtime_helpers import alive, create_from_another_process, process_spec, wait_until
 
 from gitorch.errors import InstanceNotFound, ReplicaStartFailed
 from gitorch.runtime import _proc
 from gitorch.runtime._proc_store import RecordStore, ReplicaRecord
 from gitorch.runtime.base import (
     LABEL_CLUSTER,
-    LABEL_SERVICE,
     InstanceState,
     PortRequest,
     Probe,
@@ -38,20 +37,6 @@ from gitorch.runtime.base import (
 from gitorch.runtime.process import ProcessRuntime, WorkingDirOutsideRoot
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(what: str, fn: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not fn():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as dead)."""
-    stat = _proc.read_stat(pid)
-    return stat is not None and not stat.is_dead
 
 
 def exited(runtime: Runtime, instance_id: str) -> bool:
@@ -101,16 +86,7 @@ def runtime(state_dir: Path, workdir: Path, cluster: str) -> Iterator[ProcessRun
             rt.remove(instance.id)
 
 
-def spec(name: str, *argv: str, **overrides: object) -> ReplicaSpec:
-    base = ReplicaSpec(
-        name=name,
-        image=None,
-        command=(argv[0],),
-        args=tuple(argv[1:]),
-        labels={LABEL_SERVICE: "svc"},
-        stop_grace_seconds=2.0,
-    )
-    return replace(base, **overrides)  # type: ignore[arg-type]
+spec = process_spec
 
 
 @pytest.fixture
@@ -164,24 +140,13 @@ def test_a_recycled_pid_is_exited_and_never_signalled(
 def test_a_replica_outlives_its_creator_and_is_adopted(
     state_dir: Path, workdir: Path, cluster: str
 ) -> None:
-    creator = f"""
-import sys
-from pathlib import Path
-from gitorch.runtime.base import ReplicaSpec
-from gitorch.runtime.process import ProcessRuntime
-rt = ProcessRuntime("node-p", Path(sys.argv[1]), workdir=Path(sys.argv[2]))
-spec = ReplicaSpec(name="{cluster}-adopted", image=None, command=("sleep", "60"))
-print(rt.create(spec, "{cluster}").id)
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", creator, str(state_dir), str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=True,
+    instance_id = create_from_another_process(
+        "node-p",
+        state_dir,
+        workdir,
+        cluster,
+        f'ReplicaSpec(name="{cluster}-adopted", image=None, command=("sleep", "60"))',
     )
-    instance_id = done.stdout.strip()
     pid = int(instance_id.split("-")[0])
     try:
         runtime = ProcessRuntime("node-p", state_dir, workdir=workdir)
@@ -240,44 +205,94 @@ def _limit(pid: int, label: str) -> str:
     raise AssertionError(f"{label} not in /proc/{pid}/limits")
 
 
-def test_memory_limit_becomes_rlimit_as(runtime: ProcessRuntime, cluster: str) -> None:
+def test_a_memory_limit_is_no_rlimit(runtime: ProcessRuntime, cluster: str) -> None:
+    """RLIMIT_AS caps address space, not memory: a Python program under a small one cannot
+    start threads. Limits are cgroups' (tests/runtime/test_process_cgroups.py)."""
     limited = runtime.create(
-        spec(f"{cluster}-lim", "sleep", "60", memory_limit=256 * 1024 * 1024), cluster
+        spec(f"{cluster}-lim", "sleep", "60", memory_limit=64 * 1024 * 1024), cluster
     )
-    free = runtime.create(spec(f"{cluster}-free", "sleep", "60"), cluster)
-    assert _limit(int(limited.id.split("-")[0]), "Max address space") == str(256 * 1024 * 1024)
-    assert _limit(int(free.id.split("-")[0]), "Max address space") == "unlimited"
+    assert _limit(int(limited.id.split("-")[0]), "Max address space") == "unlimited"
 
 
-def test_memory_limit_is_enforced_on_allocation(runtime: ProcessRuntime, cluster: str) -> None:
-    hog = "import sys\ntry:\n    b = bytearray(400 * 1024 * 1024)\nexcept MemoryError:\n    sys.exit(7)\n"
-    instance = runtime.create(
-        spec(f"{cluster}-hog", sys.executable, "-c", hog, memory_limit=200 * 1024 * 1024),
-        cluster,
-    )
-    wait_until(
-        "the hog to exit", lambda: runtime.inspect(instance.id).state is InstanceState.EXITED
-    )
-    assert runtime.inspect(instance.id).exit_code == 7
-
-
-def test_logs_go_to_two_files_and_remove_deletes_them(
+def test_logs_are_one_file_in_order_and_remove_keeps_their_end(
     runtime: ProcessRuntime, state_dir: Path, cluster: str
 ) -> None:
-    script = "echo out-1; echo err-1 >&2; echo out-2; echo err-2 >&2"
+    script = "echo out-1; echo err-1 >&2; echo out-2; echo err-2 >&2; exit 3"
     instance = runtime.create(spec(f"{cluster}-logs", "sh", "-c", script), cluster)
     wait_until("exit", lambda: runtime.inspect(instance.id).state is InstanceState.EXITED)
     folder = state_dir / "replicas" / instance.name
-    assert (folder / "stdout.log").read_text() == "out-1\nout-2\n"
-    assert (folder / "stderr.log").read_text() == "err-1\nerr-2\n"
-    assert runtime.logs(instance.id) == "out-1\nout-2\nerr-1\nerr-2\n"
-    assert runtime.logs(instance.id, tail=3) == "out-2\nerr-1\nerr-2\n"
+    assert (folder / "output.log").read_text() == "out-1\nerr-1\nout-2\nerr-2\n"
+    assert runtime.logs(instance.id) == "out-1\nerr-1\nout-2\nerr-2\n"
+    assert runtime.logs(instance.id, tail=3) == "err-1\nout-2\nerr-2\n"
     assert runtime.logs(instance.id, tail=0) == ""
     record = json.loads((folder / "instance.json").read_text())
-    assert record["exit_code"] == 0
+    assert record["exit_code"] == 3 and record["exit_reason"] == "exit 3"
     assert (folder / "instance.json").stat().st_mode & 0o077 == 0  # it holds the env
+    assert runtime.retained_logs(cluster, "svc") == []
     runtime.remove(instance.id)
     assert not folder.exists()
+    (kept,) = runtime.retained_logs(cluster, "svc")
+    assert kept.name == instance.name and kept.service == "svc" and kept.node == "node-p"
+    assert kept.output == "out-1\nerr-1\nout-2\nerr-2\n" and not kept.truncated
+    assert (kept.exit_code, kept.exit_reason) == (3, "exit 3")
+    assert kept.started_at is not None and kept.finished_at is not None
+    assert kept.started_at <= kept.finished_at <= kept.removed_at
+    # Never the env: the facts file holds no value of it.
+    (entry,) = (state_dir / "retained" / cluster / "svc").iterdir()
+    assert "GITORCH_REPLICA" not in (entry / "facts.json").read_text()
+
+
+def test_logs_of_a_replica_from_an_earlier_version_are_read(
+    runtime: ProcessRuntime, state_dir: Path, cluster: str
+) -> None:
+    """Replicas started before output.log wrote stdout.log and stderr.log apart."""
+    instance = runtime.create(spec(f"{cluster}-old", "sleep", "60"), cluster)
+    folder = state_dir / "replicas" / instance.name
+    (folder / "output.log").unlink()
+    (folder / "stdout.log").write_text("out-1\nout-2\n")
+    (folder / "stderr.log").write_text("err-1\n")
+    assert runtime.logs(instance.id) == "out-1\nout-2\nerr-1\n"
+    runtime.remove(instance.id)
+    (kept,) = runtime.retained_logs(cluster, "svc")
+    assert kept.output == "out-1\nout-2\nerr-1\n"
+    assert kept.exit_reason == "signal 9"  # removed while it ran: killed
+
+
+def test_only_the_last_five_removed_replicas_of_a_service_are_kept(
+    runtime: ProcessRuntime, cluster: str
+) -> None:
+    big = "import sys\nfor i in range(20000): print(f'line {i:05d} ' + 'x' * 40)\n"
+    for number in range(7):
+        argv = (sys.executable, "-c", big) if number == 6 else ("sh", "-c", f"echo run-{number}")
+        instance = runtime.create(spec(f"{cluster}-r{number}", *argv), cluster)
+        wait_until("exit", functools.partial(exited, runtime, instance.id))
+        runtime.remove(instance.id)
+    kept = runtime.retained_logs(cluster, "svc")
+    assert [k.name for k in kept] == [f"{cluster}-r{n}" for n in (6, 5, 4, 3, 2)]
+    assert kept[1].output == "run-5\n"
+    newest = kept[0]
+    assert newest.truncated and 60_000 < len(newest.output.encode()) <= 64 * 1024
+    assert newest.output.startswith("line ") and newest.output.endswith(
+        "line 19999 " + "x" * 40 + "\n"
+    )
+    assert runtime.retained_logs(cluster, "other") == []
+    assert runtime.retained_logs("another-cluster", "svc") == []
+
+
+def test_follow_gives_the_tail_then_new_lines_until_the_replica_exits(
+    runtime: ProcessRuntime, workdir: Path, cluster: str
+) -> None:
+    script = "echo a; echo b; echo c; while [ ! -e go ]; do sleep 0.05; done; echo d >&2; printf e"
+    instance = runtime.create(spec(f"{cluster}-follow", "sh", "-c", script), cluster)
+    wait_until("first lines", lambda: runtime.logs(instance.id).count("\n") == 3)
+    lines = runtime.follow_logs(instance.id, tail=2)
+    assert [next(lines), next(lines)] == ["b", "c"]
+    (workdir / "go").touch()
+    started = time.monotonic()
+    assert list(lines) == ["d", "e"]  # ends by itself once the replica exited
+    assert time.monotonic() - started < 5.0
+    with pytest.raises(InstanceNotFound):
+        runtime.follow_logs("1-2")
 
 
 def test_environment_is_clean_plus_spec_plus_ports(
@@ -389,12 +404,42 @@ def test_a_name_cannot_be_created_twice(runtime: ProcessRuntime, cluster: str) -
     assert len(runtime.list_instances(cluster)) == 1
 
 
-def test_a_command_that_cannot_start_leaves_nothing(runtime: ProcessRuntime, cluster: str) -> None:
-    with pytest.raises(ReplicaStartFailed, match="cannot start"):
-        runtime.create(spec(f"{cluster}-nope", "/nonexistent/binary"), cluster)
+def test_a_command_that_cannot_start_says_why_and_leaves_nothing(
+    runtime: ProcessRuntime, workdir: Path, cluster: str
+) -> None:
+    (workdir / "notes.txt").write_text("hello\n")
+    (workdir / "data.bin").write_bytes(b"\x00\x01\x02\x03")
+    (workdir / "data.bin").chmod(0o755)
+    (workdir / "bin").mkdir()
+    cases = {
+        "/nonexistent/bin/x": "command /nonexistent/bin/x does not exist",
+        "./notes.txt": r"command ./notes.txt is not executable \(mode 0644\)",
+        "./data.bin": "command ./data.bin is not a program",
+        "./bin": "command ./bin is a folder",
+        "no-such-program-anywhere": "command no-such-program-anywhere not found in PATH",
+    }
+    for number, (command, message) in enumerate(cases.items()):
+        (workdir / "notes.txt").chmod(0o644)
+        with pytest.raises(ReplicaStartFailed, match=f"^replica {cluster}-c{number}: {message}"):
+            runtime.create(spec(f"{cluster}-c{number}", command), cluster)
+    with pytest.raises(ReplicaStartFailed, match="working_dir .*/missing does not exist"):
+        runtime.create(spec(f"{cluster}-wd", "sleep", "1", working_dir="missing"), cluster)
+    with pytest.raises(ReplicaStartFailed, match="working_dir .*/notes.txt is not a folder"):
+        runtime.create(spec(f"{cluster}-wf", "sleep", "1", working_dir="notes.txt"), cluster)
+    with pytest.raises(
+        ReplicaStartFailed,
+        match=r"the process driver runs a command, and this service has only an image "
+        r"\(busybox:1\): give it a command, or place it on a docker node",
+    ):
+        runtime.create(ReplicaSpec(name=f"{cluster}-noc", image="busybox:1"), cluster)
     with pytest.raises(ReplicaStartFailed, match="needs a command"):
-        runtime.create(ReplicaSpec(name=f"{cluster}-noc", image="x"), cluster)
+        runtime.create(ReplicaSpec(name=f"{cluster}-none", image=None), cluster)
     assert runtime.list_instances(cluster) == []
+    assert not any((runtime.state_dir / "replicas").glob("*"))
+    # A command found through PATH (the replica's own, else the daemon's) still runs.
+    ok = runtime.create(spec(f"{cluster}-ok", "true"), cluster)
+    wait_until("exit", functools.partial(exited, runtime, ok.id))
+    assert runtime.inspect(ok.id).exit_code == 0
 
 
 def test_usage_counts_a_busy_group(runtime: ProcessRuntime, cluster: str) -> None:
