@@ -4,6 +4,7 @@
 
 Prints, in one run (medians of --rounds):
   floor        the same bytes parsed with yaml.load_all(CSafeLoader) and nothing else
+  parse        gitorch's YAML builder alone (libyaml events -> documents, no positions)
   load         gitorch: parse + schema + checks + typed model + digests, cold cache
   ratio        load / floor                      (goal: <= 3x)
   reload       after a commit that changes one file, same loader (cache by blob id)
@@ -27,6 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gitorch.manifests import ManifestLoader  # noqa: E402
+from gitorch.manifests.yamlload import parse  # noqa: E402
 from gitorch.sources import LocalRepoSource, ManifestFile  # noqa: E402
 from gitorch.sources._paths import git_blob_id  # noqa: E402
 
@@ -119,6 +121,10 @@ def main() -> None:
         for f in files:
             list(yaml.load_all(f.data, Loader=yaml.CSafeLoader))
 
+    def parse_only() -> None:
+        for f in files:
+            parse(f.data)
+
     def full_load() -> None:
         result = ManifestLoader().load(files, revision="bench")
         assert result.state is not None and len(result.state.services) == args.services, (
@@ -133,8 +139,11 @@ def main() -> None:
         warm.load(changed, revision="bench-2")
         warm.load(files, revision="bench")
 
-    timed = interleaved({"floor": floor, "load": full_load, "reload": reload}, args.rounds)
+    timed = interleaved(
+        {"floor": floor, "parse": parse_only, "load": full_load, "reload": reload}, args.rounds
+    )
     floor_s, load_s, reload_s = timed["floor"], timed["load"], timed["reload"] / 2
+    parse_s = timed["parse"]
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp)
@@ -169,6 +178,7 @@ def main() -> None:
     print(f"synthetic repo: {args.services} Services in {args.files} files, {size / 1e6:.2f} MB")
     print(f"{'measure':44} {'seconds':>9} {'ratio':>8}")
     print(f"{'floor: yaml.load_all(CSafeLoader), bytes':44} {floor_s:9.3f} {'1.00x':>8}")
+    print(f"{'gitorch YAML parse only (no positions)':44} {parse_s:9.3f} {parse_s / floor_s:7.2f}x")
     print(
         f"{'gitorch load + validate, bytes, cold':44} {load_s:9.3f} {load_s / floor_s:7.2f}x  (goal <= 3x floor)"
     )

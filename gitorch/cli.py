@@ -48,7 +48,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     ("promote", "promote", "move a paused rollout on to its next step"),
     ("abort", "promote", "abort a rollout: new version's weight to 0 at once, roll back"),
-    ("history", "history", "every applied revision: commit, author, signer, time, result, summary"),
+    (
+        "history",
+        "history",
+        "every applied revision: commit, author, signer, time, result, trigger, summary",
+    ),
     ("logs", "logs", "a service's output: live replicas, or --previous: the last dead ones"),
 )
 

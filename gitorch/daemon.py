@@ -76,6 +76,7 @@ class Daemon:
         self.metrics = Metrics()
         self._wake = threading.Event()
         self._fetch_requested = True
+        self._fetch_reason = "daemon start"  # why the requested fetch was asked for
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # guards the fields below, read by API threads
         self._desired: DesiredState | None = None
@@ -164,9 +165,11 @@ class Daemon:
         while not self._stopping.is_set():
             now = time.monotonic()
             if self._fetch_requested or now >= next_fetch:
-                self._fetch_requested = False
+                with self._lock:
+                    reason = self._fetch_reason if self._fetch_requested else "poll"
+                    self._fetch_requested = False
                 next_fetch = now + self.options.interval
-                self._refresh_desired()
+                self._refresh_desired(reason)
             requeue = self._reconcile_once()
             if time.monotonic() >= self._next_traffic_write:
                 self._next_traffic_write = time.monotonic() + self.options.traffic_interval
@@ -179,7 +182,8 @@ class Daemon:
             self._wake.wait(timeout)
             self._wake.clear()
 
-    def _refresh_desired(self) -> None:
+    def _refresh_desired(self, trigger: str) -> None:
+        """Fetch and load the newest commit; ``trigger``: why (recorded with its revision)."""
         assert self.source is not None
         opts = self.options
         try:
@@ -216,7 +220,7 @@ class Daemon:
             return
         with self._lock:
             self._seen_sha = sha
-        commit = commit_meta(snapshot.revision, snapshot.commit)
+        commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger)
         if self._refused(desired, commit):
             return
         with self._lock:
@@ -224,7 +228,7 @@ class Daemon:
             self._commit = commit
             self._last_error = None
         self._write_daemon_file()
-        log.info("new revision %s", sha[:12], extra={"revision": sha})
+        log.info("new revision %s", sha[:12], extra={"revision": sha, "trigger": trigger})
 
     def _refused(self, desired: DesiredState, commit: CommitMeta) -> bool:
         """The mass-prune guard: True (and said everywhere) when ``desired`` would remove
@@ -363,7 +367,9 @@ class Daemon:
             )
         else:
             log.info("reconcile requested: %s", reason)
-        self._fetch_requested = True
+        with self._lock:
+            self._fetch_reason = reason if actor is None else f"{reason} (token {actor})"
+            self._fetch_requested = True
         self._wake.set()
 
     def request_action(

@@ -29,6 +29,7 @@ line instead of a traceback.
     │   └── UnknownNode               (apply.health) a replica on a node with no runtime
     ├── StateError                    the embedded state store
     │   ├── StateLocked               another daemon owns this state directory
+    │   ├── StateNotFound             (commands.common) no state store where a command reads
     │   ├── StateCorrupt              the store cannot be read or migrated
     │   ├── StateReadOnly             (state.errors) a write through a read-only store
     │   ├── PortUnavailable           (state.errors) no free host port in the range

@@ -295,6 +295,10 @@ class ApiServer:
         if outcome.push is not None:
             self.handle.trigger(outcome.push.trigger_reason)
             log.info("webhook push accepted: reconcile requested", extra=fields)
+        elif outcome.result == "ping":
+            # A forge sends one when a webhook is set up: its answer is how an operator
+            # knows the secret and the URL are right.
+            log.info("webhook ping answered", extra=fields)
         elif outcome.status >= 400:
             log.warning("webhook refused: %s", outcome.body.get("error"), extra=fields)
         return json_response(outcome.status, outcome.body)

@@ -31,7 +31,7 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -47,6 +47,15 @@ SIGNATURE_HEADERS = {
 
 #: Headers naming the event, by forge.
 EVENT_HEADERS = ("x-github-event", "x-gitea-event", "x-forgejo-event", "x-gogs-event")
+
+#: Headers carrying the forge's id of one delivery (shown in its delivery log).
+DELIVERY_HEADERS = (
+    "x-github-delivery",
+    "x-gitea-delivery",
+    "x-forgejo-delivery",
+    "x-gogs-delivery",
+)
+_MAX_DELIVERY = 100
 
 _HEX_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # sha1 or sha256 object names
 _MAX_REF = 255
@@ -118,10 +127,12 @@ class PushEvent:
     ref: str
     after: str
     repository_urls: tuple[str, ...] = ()
+    delivery: str = ""  # the forge's delivery id, when it sent one
 
     @property
     def trigger_reason(self) -> str:
-        return f"webhook push {self.ref} {self.after[:12]}"
+        delivery = f" (delivery {self.delivery})" if self.delivery else ""
+        return f"webhook push {self.ref} {self.after[:12]}{delivery}"
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,15 @@ def event_name(headers: Mapping[str, str]) -> str | None:
         if value:
             return value.strip().lower()
     return None
+
+
+def delivery_id(headers: Mapping[str, str]) -> str:
+    """The forge's id of this delivery ("" when none, or not a short printable string)."""
+    for name in DELIVERY_HEADERS:
+        value = headers.get(name, "").strip()
+        if value and len(value) <= _MAX_DELIVERY and value.isprintable():
+            return value
+    return ""
 
 
 def decode_payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
@@ -203,19 +223,25 @@ def handle_delivery(
             401, {"error": "missing or invalid webhook signature"}, "unauthorized"
         )
     event = event_name(headers)
+    delivery = delivery_id(headers)
+    traced = {"delivery": delivery} if delivery else {}
     try:
         data = decode_payload(headers, body)
         if event == "ping" or (event is None and "zen" in data and "hook_id" in data):
-            return WebhookOutcome(200, {"pong": True}, "ping", log_fields={"event": "ping"})
+            return WebhookOutcome(
+                200, {"pong": True}, "ping", log_fields={"event": "ping", **traced}
+            )
         if event not in ("push", None):
-            return WebhookOutcome(200, {"ignored": event}, "ignored", log_fields={"event": event})
-        push = parse_push(data)
+            return WebhookOutcome(
+                200, {"ignored": event}, "ignored", log_fields={"event": event, **traced}
+            )
+        push = replace(parse_push(data), delivery=delivery)
     except InvalidPayload as exc:
-        return WebhookOutcome(400, {"error": str(exc)}, "invalid")
+        return WebhookOutcome(400, {"error": str(exc)}, "invalid", log_fields=traced)
     return WebhookOutcome(
         202,
         {"accepted": True, "ref": push.ref, "after": push.after},
         "accepted",
         push=push,
-        log_fields={"event": "push", "ref": push.ref, "after": push.after},
+        log_fields={"event": "push", "ref": push.ref, "after": push.after, **traced},
     )

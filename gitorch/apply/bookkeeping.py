@@ -42,6 +42,9 @@ class CommitMeta:
     committed_at: str | None = None
     signer: str | None = None
     message: str = ""
+    # What made gitorch read this commit: "poll", "local commit", "webhook push ... (delivery
+    # ID)", "api request", "cli apply"... (recorded with the revision, shown by history).
+    trigger: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class Bookkeeper:
                 author=commit.author if commit else "",
                 committed_at=commit.committed_at if commit else None,
                 signer=commit.signer if commit else None,
+                trigger=commit.trigger if commit else "",
                 services=services,
                 result=result,
                 reason="" if plan.changes else "nothing to change",
@@ -142,6 +146,7 @@ class Bookkeeper:
                 author=commit.author if commit else "",
                 committed_at=commit.committed_at if commit else None,
                 signer=commit.signer if commit else None,
+                trigger=commit.trigger if commit else "",
                 result=RevisionResult.REFUSED,
                 reason=reason,
                 summary={"message": (commit.message if commit else "")[:500]},

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.live import Live
@@ -18,6 +19,8 @@ from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_source_options,
     add_state_option,
+    duration,
+    positive_duration,
     read_snapshot,
     short,
     state_dir,
@@ -78,9 +81,11 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
     )
     parser.add_argument(
         "--node-grace",
-        type=float,
+        type=duration,
         default=30.0,
-        help="seconds a node may stay silent before its replicas are replaced elsewhere (default 30)",
+        metavar="DURATION",
+        help="how long a node may stay silent before its replicas are replaced elsewhere "
+        "(30s, 1m, 500ms, 1m30s or seconds; default 30s)",
     )
     parser.add_argument(
         "--scoring",
@@ -138,9 +143,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_duration,
         default=900.0,
-        help="give up (exit 1) after this many seconds (default 900)",
+        metavar="DURATION",
+        help="give up (exit 1) after this long (30s, 1m, 500ms, 1m30s or seconds; default 15m)",
     )
     add_mass_prune_option(parser)
     parser.set_defaults(run=run)
@@ -182,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         )
     snapshot = read_snapshot(args)
     desired = load_desired(snapshot)
-    commit = commit_meta(snapshot.revision, snapshot.commit)
+    commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply")
     with Session(session_options(args)) as session:
         if not args.allow_mass_prune:
             applied = [a.name for a in session.store.list_applied() if a.kind == "Service"]

@@ -5,14 +5,52 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from gitorch.errors import StateError
 
 if TYPE_CHECKING:  # rich and the sources (gitpython) load when a command first uses them
     from rich.console import Console
 
     from gitorch.sources import Snapshot, Source
+
+#: Line width when the output is not a terminal (a pipe, a file) and $COLUMNS is unset:
+#: wide enough that no table cell is cut or wrapped, so ``| grep`` and ``| awk`` see one
+#: row per line, as with kubectl. (rich would assume 80 columns.) Tables take only the
+#: width their cells need.
+PIPE_WIDTH = 100_000
+
+#: How to point a reading command elsewhere, for messages that found nothing.
+ELSEWHERE_STATE = "another state directory: --state DIR or $GITORCH_STATE"
+ELSEWHERE = f"{ELSEWHERE_STATE}; a running daemon: --server URL"
+
+
+class StateNotFound(StateError):
+    """No state store in the directory a command reads (nothing was ever applied there)."""
+
+
+def duration(text: str) -> float:
+    """argparse type of every time option: ``30s``, ``1m``, ``500ms``, ``1m30s`` or plain
+    seconds (``45``, ``2.5``), read as manifests read durations; zero allowed."""
+    from gitorch.manifests.quantities import QuantityError, parse_duration
+
+    try:
+        plain = float(text) if text.replace(".", "", 1).isdigit() else None
+        return parse_duration(plain if plain is not None else text)
+    except QuantityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_duration(text: str) -> float:
+    """:func:`duration` that must be more than zero (a poll interval, a timeout)."""
+    seconds = duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than zero, not {text!r}")
+    return seconds
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +97,33 @@ def add_format_option(parser: argparse.ArgumentParser, *choices: str) -> None:
 
 
 def state_dir(args: argparse.Namespace) -> Path:
+    """``--state``, else ``$GITORCH_STATE``, else ``./.gitorch``."""
     chosen = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
     return Path(chosen)
+
+
+def has_state(state: Path) -> bool:
+    """Whether ``state`` holds a state store (``apply`` or ``daemon`` ran there)."""
+    from gitorch.state.layout import STATE_DB
+
+    return (state / STATE_DB).is_file()
+
+
+def require_state(state: Path) -> None:
+    """Raise :class:`StateNotFound`, saying where it looked, when ``state`` has no store."""
+    if not has_state(state):
+        raise StateNotFound(
+            f"no gitorch state in {state.absolute()} (gitorch apply or gitorch daemon creates it)",
+            detail=(ELSEWHERE,),
+        )
+
+
+def looked_in(state: Path | None, server: str | None) -> str:
+    """Where a reading command looked: ``in /abs/state`` or ``on the daemon at URL``."""
+    if server:
+        return f"on the daemon at {server}"
+    assert state is not None
+    return f"in {state.absolute()}"
 
 
 def open_args_source(args: argparse.Namespace) -> Source:
@@ -93,6 +156,43 @@ def read_snapshot(args: argparse.Namespace, source: Source | None = None) -> Sna
     return source.snapshot(args.ref, args.path)
 
 
+def separate_trees(paths: Iterable[str]) -> list[str]:
+    """The folders that hold manifests with no ancestor folder holding any, sorted: each
+    is the top of a separate tree (``examples/repo``, ``tests/plans/x/manifests``...)."""
+    folders = {posixpath.dirname(path) for path in paths}
+    return sorted(
+        folder
+        for folder in folders
+        if not any(
+            other != folder and (other == "" or folder.startswith(f"{other}/")) for other in folders
+        )
+    )
+
+
+#: Separate trees named in the hint before "(+N more)".
+TREES_SHOWN = 4
+
+
+def separate_trees_hint(snapshot: Snapshot, path_option: str, failed: Iterable[str]) -> str | None:
+    """A hint for a failed load of manifests from several separate trees when no --path
+    was given (the repository root of a repo that also holds tests or examples, read as
+    one desired state); None otherwise. ``failed``: the paths of files with problems."""
+    if path_option.strip("/"):
+        return None
+    trees = separate_trees(f.path for f in snapshot.files)
+    if len(trees) < 2:
+        return None
+    bad = {posixpath.dirname(path) for path in failed}
+    clean = [t for t in trees if not any(d == t or d.startswith(f"{t}/") for d in bad)]
+    named = ", ".join(trees[:TREES_SHOWN])
+    if len(trees) > TREES_SHOWN:
+        named += f" (+{len(trees) - TREES_SHOWN} more)"
+    return (
+        f"hint: these manifests come from {len(trees)} separate folders ({named}), read as "
+        f"one desired state because no --path was given; to read one: --path {(clean or trees)[0]}"
+    )
+
+
 _stdout: Console | None = None
 _stderr: Console | None = None
 
@@ -102,7 +202,7 @@ def stdout() -> Console:
     if _stdout is None:
         from rich.console import Console
 
-        _stdout = Console(highlight=False, soft_wrap=True)
+        _stdout = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
     return _stdout
 
 
@@ -111,8 +211,20 @@ def stderr() -> Console:
     if _stderr is None:
         from rich.console import Console
 
-        _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+        _stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
     return _stderr
+
+
+def _width(stream: Any) -> int | None:
+    """None (rich decides: the terminal's width, or $COLUMNS) unless ``stream`` is a pipe
+    or a file and $COLUMNS is unset: then :data:`PIPE_WIDTH`."""
+    if os.environ.get("COLUMNS"):
+        return None
+    try:
+        interactive = stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        interactive = False
+    return None if interactive else PIPE_WIDTH
 
 
 def print_json(value: Any) -> None:

@@ -8,14 +8,14 @@ from gitorch.api.auth import TokenSet, check_exposure
 from gitorch.api.server import parse_listen
 from gitorch.api.webhook import WebhookSecret
 from gitorch.commands.apply import add_mass_prune_option, add_session_options, session_options
-from gitorch.commands.common import add_source_options
+from gitorch.commands.common import add_source_options, positive_duration
 from gitorch.daemon import Daemon, DaemonOptions
 from gitorch.errors import ConfigError
 from gitorch.logs import setup_logging
 
 EXAMPLE = """example:
   gitorch daemon --path examples/repo --runtime process
-  gitorch daemon --repo https://git.example.com/shop/deploy.git --ref main --interval 60 \\
+  gitorch daemon --repo https://git.example.com/shop/deploy.git --ref main --interval 1m \\
       --webhook-secret-file /etc/gitorch/webhook-secret --log-format json
   gitorch daemon --listen 0.0.0.0:7420 --api-token-file /etc/gitorch/api-tokens
 """
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "daemon",
         help="the reconciler: poll Git, react to webhooks and local commits, self-heal, serve the API",
         description="Reconcile the cluster to the newest valid commit of --ref, forever. Polls the "
-        "source every --interval seconds, reacts at once to commits in a local checkout and to "
+        "source every --interval, reacts at once to commits in a local checkout and to "
         "signed webhooks, replaces replicas that die, rolls back failed rollouts, and serves the "
         "HTTP API (status, history, plan, metrics, webhook) on --listen. SIGTERM/SIGINT stop it "
         "cleanly; running replicas keep running and are re-adopted on the next start.",
@@ -37,15 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_session_options(parser, lb_workers="auto")
     parser.add_argument(
         "--interval",
-        type=float,
+        type=positive_duration,
         default=30.0,
-        help="seconds between fetches of the source (default 30)",
+        metavar="DURATION",
+        help="time between fetches of the source (30s, 1m, 500ms, 1m30s or seconds; default 30s)",
     )
     parser.add_argument(
         "--resync",
-        type=float,
+        type=positive_duration,
         default=2.0,
-        help="seconds between reconcile passes when nothing happens (self-heal; default 2)",
+        metavar="DURATION",
+        help="time between reconcile passes when nothing happens (self-heal; default 2s)",
     )
     parser.add_argument(
         "--listen", default="127.0.0.1:7420", help="HTTP API address (default 127.0.0.1:7420)"
@@ -85,8 +87,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.worktree:
         raise ConfigError("the daemon applies commits, never uncommitted files (drop --worktree)")
-    if args.interval <= 0 or args.resync <= 0:
-        raise ConfigError("--interval and --resync must be positive")
     setup_logging(args.log_level, args.log_format)
     secret = WebhookSecret.from_file(args.webhook_secret_file) if args.webhook_secret_file else None
     tokens = TokenSet.from_file(args.api_token_file) if args.api_token_file else None

@@ -19,11 +19,21 @@ from urllib.parse import urlencode, urlsplit
 from rich.markup import escape
 from rich.table import Table
 
-from gitorch.commands.common import add_format_option, add_state_option, print_json, short, stdout
+from gitorch.commands.common import (
+    ELSEWHERE,
+    add_format_option,
+    add_state_option,
+    looked_in,
+    print_json,
+    require_state,
+    short,
+    state_dir,
+    stderr,
+    stdout,
+)
 from gitorch.commands.remote import add_token_option, auth_error, auth_headers, client_token
 from gitorch.errors import ConfigError, GitorchError
 from gitorch.readmodel.history import read_local
-from gitorch.state.layout import resolve_state_dir
 
 #: Revisions shown when --limit is not given.
 DEFAULT_LIMIT = 50
@@ -55,10 +65,12 @@ RESULT_STYLE = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "history",
-        help="every applied revision: commit, author, signer, time, result, summary",
+        help="every applied revision: commit, author, signer, time, result, trigger, summary",
         description="List the revisions gitorch applied, newest first: the commit, its author "
-        "and signer, when it was committed and applied (UTC), the result, and what changed. "
-        "Reads the state store without locking it (safe while a daemon runs). Exit 0.",
+        "and signer, when it was committed and applied (UTC), the result, what triggered it "
+        "(poll, local commit, webhook, API, CLI apply) and what changed. Reads the state "
+        "store without locking it (safe while a daemon runs). Exit 0; 1 when there is no "
+        "state store where it looks.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -157,15 +169,21 @@ def run(args: argparse.Namespace) -> int:
             args.server, args.service, limit, client_token(args)
         )
     else:
-        entries = read_local(resolve_state_dir(args.state), args.service, limit)
+        state = state_dir(args)
+        require_state(state)
+        entries = read_local(state, args.service, limit)
     if args.format == "json":
         print_json(entries or [])
         return 0
     if not entries:
-        if entries is None or not args.service:
-            stdout().print("no revisions applied yet")
+        where = looked_in(None if args.server else state_dir(args), args.server)
+        if not args.service:
+            stdout().print(f"no revisions applied yet {escape(where)}")
         else:
-            stdout().print(f"no revisions applied to service {escape(args.service)}")
+            stdout().print(
+                f"no revisions applied to service {escape(args.service)} {escape(where)}"
+            )
+        stderr().print(f"hint: {escape(ELSEWHERE)}")
         return 0
     render(entries)
     return 0
@@ -174,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
 def render(entries: Sequence[Mapping[str, Any]]) -> None:
     """The rich table, newest first (the order the list already has)."""
     table = Table(box=None, pad_edge=False)
-    for column in ("REVISION", "AUTHOR", "SIGNER", "COMMITTED", "APPLIED", "RESULT", "SUMMARY"):
+    columns = ("REVISION", "AUTHOR", "SIGNER", "COMMITTED", "APPLIED", "RESULT", "TRIGGER")
+    for column in (*columns, "SUMMARY"):
         table.add_column(column, no_wrap=column in ("REVISION", "COMMITTED", "APPLIED", "RESULT"))
     for entry in entries:
         result = str(entry.get("result", ""))
@@ -185,6 +204,7 @@ def render(entries: Sequence[Mapping[str, Any]]) -> None:
             utc_minutes(entry.get("committedAt")),
             utc_minutes(entry.get("appliedAt")),
             f"[{RESULT_STYLE.get(result, 'white')}]{escape(result)}[/]",
+            escape(str(entry.get("trigger") or "-")),
             escape(summarize(entry)),
         )
     stdout().print(table)

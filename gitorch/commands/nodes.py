@@ -10,10 +10,13 @@ from rich.table import Table
 
 from gitorch.commands.cluster import add_runtime_option, open_view
 from gitorch.commands.common import (
+    ELSEWHERE_STATE,
     add_format_option,
     add_state_option,
+    has_state,
     print_json,
     state_dir,
+    stderr,
     stdout,
 )
 from gitorch.live import node_targets, observe
@@ -147,6 +150,13 @@ def open_nodes_view(args: argparse.Namespace) -> ClusterView:
 
 
 def run(args: argparse.Namespace) -> int:
+    state = state_dir(args)
+    if not has_state(state):
+        # Still useful: the node apply or daemon would use here. Say so, on stderr.
+        stderr().print(
+            f"note: no gitorch state in {escape(str(state.absolute()))}: showing the local "
+            f"node gitorch would use ({escape(ELSEWHERE_STATE)})"
+        )
     view = open_nodes_view(args)
     try:
         rows = nodes_json(view)

@@ -16,8 +16,10 @@ from gitorch.commands.common import (
     add_format_option,
     add_source_options,
     add_state_option,
+    duration,
     read_snapshot,
     reserved_ports,
+    separate_trees_hint,
     state_dir,
     stdout,
 )
@@ -26,6 +28,7 @@ from gitorch.decide.cluster import pass_input_of
 from gitorch.decide.nodes import lost_nodes
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
+from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import choose_default_driver, existing_cluster_name, open_runtimes
 from gitorch.live.observe import assess_readiness
@@ -69,17 +72,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--node-grace",
-        type=float,
+        type=duration,
         default=30.0,
-        help="seconds a silent node keeps its replicas before the next pass replaces them "
-        "(as the daemon's --node-grace; default 30)",
+        metavar="DURATION",
+        help="how long a silent node keeps its replicas before the next pass replaces them "
+        "(as the daemon's --node-grace: 30s, 1m, 500ms, 1m30s or seconds; default 30s)",
     )
     parser.set_defaults(run=run)
 
 
 def desired_of(args: argparse.Namespace) -> DesiredState:
     """The desired state at ``--repo/--ref/--path`` (or the worktree)."""
-    return load_desired(read_snapshot(args), ManifestLoader(reserved_ports=reserved_ports(args)))
+    snapshot = read_snapshot(args)
+    try:
+        return load_desired(snapshot, ManifestLoader(reserved_ports=reserved_ports(args)))
+    except ManifestInvalid as error:
+        hint = separate_trees_hint(snapshot, args.path, (d.path for d in error.diagnostics))
+        if hint is not None:
+            error.detail = (*error.detail, hint)
+        raise
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

@@ -11,7 +11,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from gitorch.commands.cluster import add_runtime_option, open_view
-from gitorch.commands.common import add_format_option, add_state_option, print_json, short, stdout
+from gitorch.commands.common import (
+    ELSEWHERE,
+    add_format_option,
+    add_state_option,
+    looked_in,
+    print_json,
+    require_state,
+    short,
+    state_dir,
+    stderr,
+    stdout,
+)
 from gitorch.commands.remote import add_token_option, client_token
 from gitorch.errors import GitorchError
 from gitorch.live.observe import assess_readiness
@@ -29,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="services, replicas, versions, rollout phase, nodes, last error",
         description="Show what runs now: every service's replicas (desired, ready, updated), the "
         "revision live, the rollout phase, and each replica's node and address. Replicas are "
-        "observed from the runtimes and probed once with their readiness probe. Exit 0.",
+        "observed from the runtimes and probed once with their readiness probe. Exit 0; 1 "
+        "when there is no state store where it looks (nothing was applied there).",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -56,7 +68,9 @@ def _from_server(server: str, service: str | None, token: str | None = None) -> 
     if service is not None:
         services = [s for s in data.get("services", []) if s.get("name") == service]
         if not services:
-            raise GitorchError(f"no service named {service!r} is applied or running")
+            raise GitorchError(
+                f"no service named {service!r} is applied or running {looked_in(None, server)}"
+            )
         data = {**data, "services": services}
     return data
 
@@ -64,23 +78,28 @@ def _from_server(server: str, service: str | None, token: str | None = None) -> 
 def run(args: argparse.Namespace) -> int:
     if args.server:
         data = _from_server(args.server, args.service, client_token(args))
-        if args.format == "json":
-            print_json(data)
-        else:
-            render(data, detail=args.service is not None)
-        return 0
-    view = open_view(args)
-    try:
-        if args.service and args.service not in view.live.services:
-            raise GitorchError(f"no service named {args.service!r} is applied or running")
-        view.live = assess_readiness(view.live, view.runtimes)
-        data = status_json(view, args.service)
-    finally:
-        view.close()
+    else:
+        state = state_dir(args)
+        require_state(state)
+        view = open_view(args)
+        try:
+            if args.service and args.service not in view.live.services:
+                raise GitorchError(
+                    f"no service named {args.service!r} is applied or running "
+                    f"{looked_in(state, None)}"
+                )
+            view.live = assess_readiness(view.live, view.runtimes)
+            data = status_json(view, args.service)
+        finally:
+            view.close()
     if args.format == "json":
         print_json(data)
         return 0
     render(data, detail=args.service is not None)
+    if not data["services"]:
+        where = looked_in(None if args.server else state_dir(args), args.server)
+        stdout().print(f"no services applied or running {escape(where)}")
+        stderr().print(f"hint: {escape(ELSEWHERE)}")
     return 0
 
 
@@ -111,8 +130,7 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
         for line in data.get("lastErrorDetail", []):
             console.print(f"  {escape(line)}")
     if not data["services"]:
-        console.print("no services applied or running")
-        return
+        return  # the caller says where it looked
     table = Table(box=None, pad_edge=False)
     for column in ("SERVICE", "REVISION", "PHASE", "READY", "UPDATED", "ENDPOINT"):
         table.add_column(column)

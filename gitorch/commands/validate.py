@@ -18,6 +18,7 @@ from gitorch.commands.common import (
     print_json,
     read_snapshot,
     reserved_ports,
+    separate_trees_hint,
     short,
     stderr,
     stdout,
@@ -96,6 +97,9 @@ def report(args: argparse.Namespace, snapshot: Snapshot, result: LoadResult) -> 
     stderr().print(
         f"[red]✗[/] {count} problem{'s' if count != 1 else ''} in {files} file{'s' if files != 1 else ''} ({escape(where)})"
     )
+    hint = separate_trees_hint(snapshot, args.path, (d.path for d in result.diagnostics))
+    if hint is not None:
+        stderr().print(f"[yellow]{escape(hint)}[/]")
     return 1
 
 

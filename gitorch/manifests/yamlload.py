@@ -1,24 +1,29 @@
 """YAML loading for untrusted manifests, with positions on demand.
 
-Two loaders share one scalar resolver (the YAML 1.2 core schema: ``yes``/``no``/``on``/``off``
-stay strings, ``010`` is ten, timestamps stay strings) so they always agree on values:
+One builder reads every file: it takes libyaml's parser events (the C scanner and parser)
+and builds the documents itself, so a file means one thing whatever it contains. It
+resolves plain scalars with the YAML 1.2 core schema (``yes``/``no``/``on``/``off`` stay
+strings, ``010`` is ten, timestamps stay strings), enforces the limits below, and records
+the line and column of every key and value when asked (:func:`index_positions`, used only
+when a diagnostic needs a position).
 
-* the **fast path**, libyaml's C parser with a checking constructor, used for ordinary files;
-  it does not keep positions, which are only needed when something is wrong;
-* the **guarded path**, an event-driven builder that records the line and column of every
-  key and value and enforces the limits below. It serves files that look hostile (anchors
-  together with aliases, or many flow brackets) and :func:`locate`, which maps a field path
-  to a position when a diagnostic needs one.
+Where YAML and PyYAML's composer differ, the builder follows YAML 1.2:
 
-Why two: positions cost 3x the parse (libyaml materialises a Mark object per node), and
-libyaml's recursive composer crashes the interpreter on very deep flow nesting, so hostile
-input must never reach it.
+* an anchor may sit on any node, mapping keys included, and may be redefined: an alias
+  refers to the most recent node with that anchor (PyYAML refuses a second ``&x``);
+* the non-specific tag ``!`` makes a scalar a string (``! 12`` is ``"12"``; libyaml
+  reports it as plain, so PyYAML resolves it to 12);
+* an alias to a collection that is still open (a recursive structure) is refused, as is
+  a merge key (``<<``) whose value is not a mapping or a list of mappings.
+
+libyaml's composer is not used: it recurses in C and crashes the interpreter on very deep
+nesting, which the builder refuses at 64 levels after reading only that far.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,28 +31,15 @@ import yaml
 
 # libyaml is required: the pure-Python parser is 10x slower and gitorch's limits assume C.
 from yaml._yaml import CParser as _Parser
-from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.resolver import BaseResolver
 
 from gitorch.errors import Diagnostic
 
 FieldPath = tuple[str | int, ...]
+Problem = tuple[int, int, str]  # (line, column, message), 1-based
 
 MAX_DEPTH = 64
 MAX_NODES_PER_FILE = 200_000  # after alias expansion
 MAX_DOCUMENTS_PER_FILE = 5_000
-# A file with both anchors and aliases, or with this many flow brackets, takes the guarded path.
-_FLOW_BRACKETS_FAST_LIMIT = 1_000
-# Block nesting can be deep on one line too ("- - - - x", "? ? ? x", with anchors or tags
-# between): libyaml's recursive composer segfaults on ~100k levels. Every nested block
-# level needs at least one more leading space, indicator or node property, so a line that
-# starts with more than this many of them takes the guarded path (deeply indented block
-# scalars do too: slower, still correct).
-_BLOCK_PREFIX_FAST_LIMIT = 64
-_DEEP_BLOCK_PREFIX = re.compile(
-    rf"^(?:[ \t]|[-?:](?=[ \t\r\n])|[&!][^ \t\r\n]*){{{_BLOCK_PREFIX_FAST_LIMIT}}}",
-    re.MULTILINE,
-)
 
 _TAG_NULL = "tag:yaml.org,2002:null"
 _TAG_BOOL = "tag:yaml.org,2002:bool"
@@ -57,136 +49,111 @@ _TAG_STR = "tag:yaml.org,2002:str"
 _TAG_MERGE = "tag:yaml.org,2002:merge"
 _TAG_SEQ = "tag:yaml.org,2002:seq"
 _TAG_MAP = "tag:yaml.org,2002:map"
+_NON_SPECIFIC = "!"
 
-
-class _Resolver12(BaseResolver):
-    """Implicit scalar types of the YAML 1.2 core schema, plus merge keys (``<<``)."""
-
-
-_Resolver12.yaml_implicit_resolvers = {}
-_Resolver12.add_implicit_resolver(
-    _TAG_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+# The YAML 1.2 core schema (10.3.2), plus merge keys.
+_NULL = re.compile(r"~|null|Null|NULL|")
+_BOOL = re.compile(r"true|True|TRUE|false|False|FALSE")
+_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_FLOAT = re.compile(
+    r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
 )
-_Resolver12.add_implicit_resolver(
-    _TAG_INT,
-    re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
-    list("-+0123456789"),
-)
-_Resolver12.add_implicit_resolver(
-    _TAG_FLOAT,
-    re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
-_Resolver12.add_implicit_resolver(
-    _TAG_NULL, re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]
-)
-_Resolver12.add_implicit_resolver(_TAG_MERGE, re.compile(r"^(?:<<)$"), ["<"])
+_MERGE = re.compile(r"<<")
 
 
-def _scalar_value(tag: str, text: str) -> Any:
-    """Construct a scalar of the core schema; raises ValueError for an unsupported tag."""
-    if tag in (_TAG_STR, "!"):
+def _int(text: str) -> int:
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text)  # ValueError past Python's digit limit: reported by the caller
+
+
+def _float(text: str) -> float:
+    lowered = text.lower()
+    if lowered.endswith(".inf"):
+        return float("-inf") if lowered.startswith("-") else float("inf")
+    if lowered == ".nan":
+        return float("nan")
+    return float(text)
+
+
+_Construct = Callable[[str], Any]
+
+# tag -> (pattern its text must match, constructor, what it is, for messages)
+_CORE: dict[str, tuple[re.Pattern[str], _Construct, str]] = {
+    _TAG_BOOL: (_BOOL, lambda text: text[0] in "tT", "a boolean"),
+    _TAG_INT: (_INT, _int, "an integer"),
+    _TAG_FLOAT: (_FLOAT, _float, "a number"),
+    _TAG_NULL: (_NULL, lambda text: None, "null"),
+    _TAG_MERGE: (_MERGE, lambda text: text, "a merge key"),
+}
+
+
+def _implicit_table() -> dict[str, list[tuple[re.Pattern[str], _Construct, str]]]:
+    """Plain scalars: the tags to try, in order, by first character (as PyYAML's resolver)."""
+    starts = {
+        _TAG_BOOL: "tTfF",
+        _TAG_INT: "-+0123456789",
+        _TAG_FLOAT: "-+0123456789.",
+        _TAG_NULL: "~nN",
+        _TAG_MERGE: "<",
+    }
+    table: dict[str, list[tuple[re.Pattern[str], _Construct, str]]] = {"": [_CORE[_TAG_NULL]]}
+    for tag, chars in starts.items():
+        for char in chars:
+            table.setdefault(char, []).append(_CORE[tag])
+    return table
+
+
+_IMPLICIT = _implicit_table()
+
+
+def _plain_scalar(text: str) -> Any:
+    """The value of an untagged plain scalar; ValueError if it cannot be converted."""
+    for pattern, construct, what in _IMPLICIT.get(text[:1], ()):
+        if pattern.fullmatch(text):
+            try:
+                return construct(text)
+            except ValueError:
+                raise ValueError(f"cannot read {shown(text)} as {what}") from None
+    return text
+
+
+def _tagged_scalar(tag: str, text: str) -> Any:
+    """The value of a scalar with an explicit tag; ValueError if it does not fit the tag."""
+    if tag in (_TAG_STR, _NON_SPECIFIC):
         return text
-    if tag == _TAG_MERGE:
-        return "<<"
-    if tag == _TAG_NULL:
-        return None
-    if tag == _TAG_BOOL:
-        lowered = text.lower()
-        if lowered in ("true", "false"):
-            return lowered == "true"
-        raise ValueError(f"'{text}' is not a boolean")
+    core = _CORE.get(tag)
+    if core is None:
+        if tag in (_TAG_MAP, _TAG_SEQ):
+            raise _UnsupportedTag(_misplaced_tag(tag, "a scalar"))
+        raise _UnsupportedTag(unsupported_tag(tag))
+    pattern, construct, what = core
+    if pattern.fullmatch(text) is None:
+        raise ValueError(f"cannot read {shown(text)} as {what}")
     try:
-        if tag == _TAG_INT:
-            if text.startswith("0o"):
-                return int(text[2:], 8)
-            if text.startswith("0x"):
-                return int(text[2:], 16)
-            return int(text)
-        if tag == _TAG_FLOAT:
-            lowered = text.lower()
-            if lowered.endswith(".inf"):
-                return float("-inf") if lowered.startswith("-") else float("inf")
-            if lowered == ".nan":
-                return float("nan")
-            return float(text)
+        return construct(text)
     except ValueError:
-        # "!!int x12", or more digits than Python converts: Python's wording means nothing
-        # to a manifest author.
-        what = "an integer" if tag == _TAG_INT else "a number"
         raise ValueError(f"cannot read {shown(text)} as {what}") from None
-    raise _UnsupportedTag(unsupported_tag(tag))
 
 
 class _UnsupportedTag(ValueError):
     """A tag manifests do not allow; reported as is (it is not a syntax error)."""
 
 
+def _short_tag(tag: str) -> str:
+    prefix = "tag:yaml.org,2002:"
+    return "!!" + tag.removeprefix(prefix) if tag.startswith(prefix) else tag
+
+
 def unsupported_tag(tag: str) -> str:
     """The message for a tag manifests do not allow (``!!python/object``, ``!!binary``...)."""
-    short = (
-        "!!" + tag.removeprefix("tag:yaml.org,2002:")
-        if tag.startswith("tag:yaml.org,2002:")
-        else tag
+    return (
+        f"unsupported YAML tag '{_short_tag(tag)}' "
+        "(manifests use plain mappings, lists and scalars)"
     )
-    return f"unsupported YAML tag '{short}' (manifests use plain mappings, lists and scalars)"
-
-
-class _CheckingConstructor(SafeConstructor):
-    """SafeConstructor with core-schema scalars that records duplicate and complex keys."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.problems: list[tuple[int, int, str]] = []
-
-    def construct_scalar_typed(self, node: yaml.ScalarNode) -> Any:
-        try:
-            return _scalar_value(node.tag, node.value)
-        except ValueError as exc:
-            raise ConstructorError(None, None, str(exc), node.start_mark) from exc
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
-        seen: set[Any] = set()
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                mark = key_node.start_mark
-                self.problems.append(
-                    (mark.line + 1, mark.column + 1, "mapping keys must be scalars")
-                )
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                mark = key_node.start_mark
-                self.problems.append(
-                    (mark.line + 1, mark.column + 1, f"duplicate key {shown(key)}")
-                )
-            seen.add(key)
-            result[key] = self.construct_object(value_node, deep=deep)
-        return result
-
-
-_CheckingConstructor.yaml_constructors = {
-    **SafeConstructor.yaml_constructors,
-    **{
-        tag: _CheckingConstructor.construct_scalar_typed
-        for tag in (_TAG_NULL, _TAG_BOOL, _TAG_INT, _TAG_FLOAT, _TAG_MERGE)
-    },
-}
-# Tags the SafeConstructor knows that manifests have no use for: refuse rather than guess.
-for _tag in ("binary", "timestamp", "omap", "pairs", "set"):
-    _CheckingConstructor.yaml_constructors.pop(f"tag:yaml.org,2002:{_tag}", None)
-
-
-class _FastLoader(_Parser, _CheckingConstructor, _Resolver12):
-    def __init__(self, stream: str) -> None:
-        _Parser.__init__(self, stream)
-        _CheckingConstructor.__init__(self)
-        _Resolver12.__init__(self)
 
 
 @dataclass
@@ -194,10 +161,10 @@ class ParsedFile:
     """The documents of one file (``None`` for empty ones) and its problems."""
 
     documents: list[Any] = field(default_factory=list)
-    problems: list[tuple[int, int, str]] = field(default_factory=list)  # (line, col, message)
+    problems: list[Problem] = field(default_factory=list)
 
 
-def decode(data: bytes) -> tuple[str | None, tuple[int, int, str] | None]:
+def decode(data: bytes) -> tuple[str | None, Problem | None]:
     """UTF-8 text of a manifest, or the position and reason it is not text."""
     nul = data.find(b"\x00")
     if nul >= 0:
@@ -215,63 +182,21 @@ def _offset_position(data: bytes, offset: int) -> tuple[int, int]:
     return data.count(b"\n", 0, offset) + 1, offset - line_start + 1
 
 
-def _looks_hostile(text: str) -> bool:
-    if "&" in text and "*" in text:
-        return True
-    if text.count("[") + text.count("{") > _FLOW_BRACKETS_FAST_LIMIT:
-        return True
-    return _DEEP_BLOCK_PREFIX.search(text) is not None
-
-
 def parse(data: bytes) -> ParsedFile:
     """Parse every document of a file; problems carry 1-based line and column."""
     text, problem = decode(data)
     if text is None:
         assert problem is not None
         return ParsedFile(problems=[problem])
-    if _looks_hostile(text):
-        builder = _GuardedBuilder(text, record_positions=False)
-        builder.run()
-        return ParsedFile(documents=builder.documents, problems=builder.problems)
-    return _parse_fast(text)
+    builder = _Builder(text, record_positions=False)
+    builder.run()
+    return ParsedFile(documents=builder.documents, problems=builder.problems)
 
 
-def _parse_fast(text: str) -> ParsedFile:
-    loader = _FastLoader(text)
-    result = ParsedFile()
-    try:
-        while loader.check_data():
-            if len(result.documents) >= MAX_DOCUMENTS_PER_FILE:
-                result.problems.append(_too_many_documents(loader))
-                break
-            result.documents.append(loader.get_data())
-    except yaml.MarkedYAMLError as exc:
-        result.problems.append(_yaml_error(exc, text))
-    except yaml.YAMLError as exc:
-        result.problems.append((1, 1, f"invalid YAML: {exc}"))
-    finally:
-        loader.dispose()
-    result.problems.extend(loader.problems)
-    return result
-
-
-def _too_many_documents(loader: Any) -> tuple[int, int, str]:
-    # Point at the first document over the limit: check_data() has read up to its content.
-    try:
-        mark = loader.peek_event().start_mark
-    except (AttributeError, yaml.YAMLError):
-        mark = None
-    line = mark.line + 1 if mark is not None else 1
-    return (line, 1, f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file")
-
-
-def _yaml_error(exc: yaml.MarkedYAMLError, text: str = "") -> tuple[int, int, str]:
+def _yaml_error(exc: yaml.MarkedYAMLError, text: str = "") -> Problem:
     mark = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     problem = exc.problem or "invalid YAML"
-    tag = re.fullmatch(r"could not determine a constructor for the tag '(.*)'", problem, re.S)
-    if tag is not None:
-        return (line, col, unsupported_tag(tag.group(1)))
     at_tab = mark is not None and 0 <= mark.index < len(text) and text[mark.index] == "\t"
     if "tab character" in problem or at_tab:
         # libyaml blames the scalar it was reading; the fix is always the same.
@@ -290,205 +215,263 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str = "") -> tuple[int, int, st
     return (line, col, f"invalid YAML: {problem}{context}")
 
 
-class _Abort(Exception):
-    """A limit was hit: stop reading this file at once."""
+class _Refused(Exception):
+    """The file cannot be read on: stop at once, with this problem."""
+
+    def __init__(self, mark: Any, message: str) -> None:
+        super().__init__(message)
+        self.problem: Problem = (*_position(mark), message)
+
+    @classmethod
+    def at_line(cls, line: int, message: str) -> _Refused:
+        refused = cls(None, message)
+        refused.problem = (line, 1, message)
+        return refused
 
 
-@dataclass
-class _Frame:
-    container: Any  # dict or list
-    path: FieldPath
-    pending_key: Any = None  # for mappings: the key read, awaiting its value
-    pending_merge: bool = False  # that key is a plain << (a quoted '<<' is an ordinary key)
-    key_mark: tuple[int, int] | None = None
-    has_key: bool = False
-    merges: list[Any] = field(default_factory=list)
-    anchor: str | None = None
+def _position(mark: Any) -> tuple[int, int]:
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
-class _GuardedBuilder:
-    """Builds documents from parser events, with limits and (optionally) positions."""
+class _Open:
+    """A mapping or sequence being read: one level of the builder's stack."""
+
+    __slots__ = (
+        "anchor",
+        "container",
+        "has_key",
+        "is_map",
+        "key",
+        "key_mark",
+        "merge",
+        "merge_seen",
+        "merges",
+        "path",
+        "start_nodes",
+    )
+
+    def __init__(
+        self, container: Any, is_map: bool, anchor: str | None, start_nodes: int, path: FieldPath
+    ) -> None:
+        self.container = container
+        self.is_map = is_map
+        self.anchor = anchor
+        self.start_nodes = start_nodes
+        self.path = path
+        self.key: Any = None  # mappings: the key read, awaiting its value
+        self.has_key = False
+        self.key_mark: Any = None
+        self.merge = False  # that key is a merge key (a plain <<; a quoted '<<' is not)
+        self.merge_seen = False
+        self.merges: list[tuple[Any, Any]] = []  # (value, mark) of each merge key
+
+
+_SCALAR_KEY_TYPES = (str, int, float, bool, type(None))
+
+
+class _Builder:
+    """Builds documents from libyaml's parser events, with limits and (optionally) positions.
+
+    Anchors map to ``(value, size in nodes, is a merge key)``, or to the :class:`_Open`
+    collection that carries them while it is being read (an alias to it is recursive).
+    """
 
     def __init__(self, text: str, *, record_positions: bool) -> None:
         self.text = text
         self.record_positions = record_positions
-        self.resolver = _Resolver12()
         self.documents: list[Any] = []
-        self.problems: list[tuple[int, int, str]] = []
+        self.problems: list[Problem] = []
         # per document: path -> (line, col) of the value, and of the key that names it
         self.value_positions: list[dict[FieldPath, tuple[int, int]]] = []
         self.key_positions: list[dict[FieldPath, tuple[int, int]]] = []
-        self._anchors: dict[str, tuple[Any, int]] = {}
-        self._nodes = 0
 
     def run(self) -> None:
+        parser = _Parser(self.text)
         try:
-            self._run()
-        except _Abort:
-            pass
+            self._build(parser)
+        except _Refused as exc:
+            self.problems.append(exc.problem)
         except yaml.MarkedYAMLError as exc:
             self.problems.append(_yaml_error(exc, self.text))
         except yaml.YAMLError as exc:
             self.problems.append((1, 1, f"invalid YAML: {exc}"))
-
-    def _events(self) -> Iterator[yaml.Event]:
-        loader = _FastLoader(self.text)
-        try:
-            while loader.check_event():
-                event = loader.get_event()
-                if event is not None:
-                    yield event
         finally:
-            loader.dispose()
+            parser.dispose()
 
-    def _run(self) -> None:
-        stack: list[_Frame] = []
-        for event in self._events():
-            start = event.start_mark
-            mark = (start.line + 1, start.column + 1) if start is not None else (1, 1)
-            if isinstance(event, yaml.DocumentStartEvent):
-                if len(self.documents) >= MAX_DOCUMENTS_PER_FILE:
-                    self.problems.append(
-                        (mark[0], 1, f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file")
+    def _build(self, parser: Any) -> None:  # noqa: C901, PLR0912, PLR0915 - one hot loop
+        # One loop with local names: this runs once per YAML node of every manifest.
+        get_event = parser.get_event
+        record = self.record_positions
+        problems = self.problems
+        stack: list[_Open] = []
+        top: _Open | None = None
+        anchors: dict[str, Any] = {}
+        nodes = 0
+        document: Any = None
+        value_positions: dict[FieldPath, tuple[int, int]] = {}
+        key_positions: dict[FieldPath, tuple[int, int]] = {}
+        scalar_event, alias_event = yaml.ScalarEvent, yaml.AliasEvent
+        mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
+        mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+        document_start, document_end = yaml.DocumentStartEvent, yaml.DocumentEndEvent
+        while True:
+            event = get_event()
+            kind = event.__class__
+            if kind is scalar_event or kind is alias_event:
+                nodes += 1
+                if kind is scalar_event:
+                    text, tag = event.value, event.tag
+                    try:
+                        if tag is None:
+                            value = _plain_scalar(text) if event.implicit[0] else text
+                        else:
+                            value = _tagged_scalar(tag, text)
+                    except ValueError as exc:
+                        prefix = "" if isinstance(exc, _UnsupportedTag) else "invalid YAML: "
+                        raise _Refused(event.start_mark, f"{prefix}{exc}") from None
+                    is_merge = text == "<<" and (
+                        tag == _TAG_MERGE or (tag is None and event.implicit[0])
                     )
-                    raise _Abort
-                self._anchors = {}
-                self.value_positions.append({})
-                self.key_positions.append({})
-                self._doc_value: Any = None
-                continue
-            if isinstance(event, yaml.DocumentEndEvent):
-                self.documents.append(self._doc_value)
-                continue
-            if isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent)):
-                continue
-            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                frame = stack.pop()
-                value = frame.container
-                if frame.merges:
-                    for merged in reversed(frame.merges):
-                        for key, item in merged.items():
-                            value.setdefault(key, item)
-                if frame.anchor:
-                    self._anchors[frame.anchor] = (value, self._subtree_size(frame))
-                continue
-            # a node starts: a scalar, an alias, or a collection
-            if stack and isinstance(stack[-1].container, dict) and not stack[-1].has_key:
-                self._read_key(stack[-1], event, mark)
-                continue
-            path = self._child_path(stack)
-            self._count(1, mark)
-            if len(stack) >= MAX_DEPTH:
-                self.problems.append((mark[0], mark[1], f"nesting deeper than {MAX_DEPTH} levels"))
-                raise _Abort
-            if self.record_positions:
-                self.value_positions[-1][path] = mark
-            if isinstance(event, yaml.AliasEvent):
-                if event.anchor not in self._anchors:
-                    self.problems.append((mark[0], mark[1], f"unknown alias '*{event.anchor}'"))
-                    raise _Abort
-                value, size = self._anchors[event.anchor]
-                self._count(size, mark)
-                self._attach(stack, value, mark)
-            elif isinstance(event, yaml.ScalarEvent):
-                value = self._scalar(event, mark)
-                if event.anchor:
-                    self._anchors[event.anchor] = (value, 1)
-                self._attach(stack, value, mark)
-            elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                self._check_collection_tag(event, mark)
-                if isinstance(event, yaml.MappingStartEvent):
-                    frame = _Frame(container={}, path=path, anchor=event.anchor)
+                    if event.anchor is not None:
+                        anchors[event.anchor] = (value, 1, is_merge)
                 else:
-                    frame = _Frame(container=[], path=path, anchor=event.anchor)
-                frame.start_nodes = self._nodes  # type: ignore[attr-defined]
-                self._attach(stack, frame.container, mark)
-                stack.append(frame)
-
-    def _check_collection_tag(
-        self, event: yaml.CollectionStartEvent, mark: tuple[int, int]
-    ) -> None:
-        if event.tag not in (None, "!", _TAG_MAP, _TAG_SEQ):
-            self.problems.append((mark[0], mark[1], unsupported_tag(event.tag)))
-            raise _Abort
-
-    def _subtree_size(self, frame: _Frame) -> int:
-        return max(1, self._nodes - getattr(frame, "start_nodes", self._nodes))
-
-    def _count(self, n: int, mark: tuple[int, int] = (1, 1)) -> None:
-        self._nodes += n
-        if self._nodes > MAX_NODES_PER_FILE:
-            self.problems.append(
-                (*mark, f"more than {MAX_NODES_PER_FILE} YAML nodes (alias expansion?); refused")
-            )
-            raise _Abort
-
-    def _read_key(self, frame: _Frame, event: yaml.Event, mark: tuple[int, int]) -> None:
-        self._count(1)
-        if isinstance(event, yaml.ScalarEvent):
-            key = self._scalar(event, mark)
-            frame.pending_key = key
-            frame.pending_merge = self._resolved_tag(event) == _TAG_MERGE
-            frame.key_mark = mark
-            frame.has_key = True
-            return
-        if isinstance(event, yaml.AliasEvent) and event.anchor in self._anchors:
-            key = self._anchors[event.anchor][0]
-            if isinstance(key, (str, int, float, bool)) or key is None:
-                frame.pending_key, frame.key_mark, frame.has_key = key, mark, True
-                frame.pending_merge = False
+                    entry = anchors.get(event.anchor)
+                    if entry is None:
+                        raise _Refused(event.start_mark, f"unknown alias '*{event.anchor}'")
+                    if entry.__class__ is _Open:
+                        raise _Refused(
+                            event.start_mark,
+                            f"alias '*{event.anchor}' inside the node it names"
+                            " (recursive structures are not allowed)",
+                        )
+                    value, size, is_merge = entry
+                if top is not None and top.is_map and not top.has_key:
+                    # a mapping key
+                    if not isinstance(value, _SCALAR_KEY_TYPES):
+                        raise _Refused(event.start_mark, "mapping keys must be scalars")
+                    # Duplicates are reported when the key is read, and reading goes on.
+                    if is_merge:
+                        if top.merge_seen:
+                            problems.append((*_position(event.start_mark), "duplicate key '<<'"))
+                        top.merge_seen = True
+                    elif value in top.container:
+                        problems.append(
+                            (*_position(event.start_mark), f"duplicate key {shown(value)}")
+                        )
+                    top.key, top.key_mark, top.has_key, top.merge = (
+                        value,
+                        event.start_mark,
+                        True,
+                        is_merge,
+                    )
+                    continue
+                if kind is alias_event:
+                    nodes += size
+                if nodes > MAX_NODES_PER_FILE:
+                    raise _Refused(event.start_mark, _TOO_MANY_NODES)
+                container: Any = value
+                is_map = False
+            elif kind is mapping_start or kind is sequence_start:
+                nodes += 1
+                is_map = kind is mapping_start
+                if top is not None and top.is_map and not top.has_key:
+                    raise _Refused(event.start_mark, "mapping keys must be scalars")
+                if nodes > MAX_NODES_PER_FILE:
+                    raise _Refused(event.start_mark, _TOO_MANY_NODES)
+                if len(stack) >= MAX_DEPTH:
+                    raise _Refused(event.start_mark, f"nesting deeper than {MAX_DEPTH} levels")
+                tag = event.tag
+                if (
+                    tag is not None
+                    and tag != _NON_SPECIFIC
+                    and tag != (_TAG_MAP if is_map else _TAG_SEQ)
+                ):
+                    raise _Refused(event.start_mark, _collection_tag_problem(tag, is_map))
+                container = {} if is_map else []
+            elif kind is mapping_end or kind is sequence_end:
+                closed = stack.pop()
+                top = stack[-1] if stack else None
+                if closed.merges:
+                    _apply_merges(closed)
+                anchor = closed.anchor
+                if anchor is not None and anchors.get(anchor) is closed:
+                    anchors[anchor] = (closed.container, nodes - closed.start_nodes + 1, False)
+                continue
+            elif kind is document_start:
+                if len(self.documents) >= MAX_DOCUMENTS_PER_FILE:
+                    raise _Refused.at_line(
+                        event.start_mark.line + 1,
+                        f"more than {MAX_DOCUMENTS_PER_FILE} documents in one file",
+                    )
+                anchors = {}  # anchors are local to a document
+                document = None
+                if record:
+                    value_positions, key_positions = {}, {}
+                    self.value_positions.append(value_positions)
+                    self.key_positions.append(key_positions)
+                continue
+            elif kind is document_end:
+                self.documents.append(document)
+                continue
+            elif event is None or kind is yaml.StreamEndEvent:
                 return
-        self.problems.append((mark[0], mark[1], "mapping keys must be scalars"))
-        raise _Abort
+            else:
+                continue  # stream start
+            # A value (scalar, alias or new collection) goes into its parent.
+            path: FieldPath = ()
+            if top is None:
+                document = container
+            elif top.is_map:
+                top.has_key = False
+                key = top.key
+                if record:
+                    path = (*top.path, key)
+                    key_positions[path] = _position(top.key_mark)
+                if top.merge:
+                    top.merges.append((container, event.start_mark))
+                else:
+                    top.container[key] = container
+            else:
+                if record:
+                    path = (*top.path, len(top.container))
+                top.container.append(container)
+            if record:
+                value_positions[path] = _position(event.start_mark)
+            if kind is mapping_start or kind is sequence_start:
+                opened = _Open(container, is_map, event.anchor, nodes, path if record else ())
+                if event.anchor is not None:
+                    anchors[event.anchor] = opened
+                stack.append(opened)
+                top = opened
 
-    def _resolved_tag(self, event: yaml.ScalarEvent) -> str:
-        if event.tag is not None:
-            return str(event.tag)
-        return str(self.resolver.resolve(yaml.ScalarNode, event.value, event.implicit))
 
-    def _scalar(self, event: yaml.ScalarEvent, mark: tuple[int, int]) -> Any:
-        tag = self._resolved_tag(event)
-        try:
-            return _scalar_value(tag, event.value)
-        except ValueError as exc:
-            # Same wording as the fast path, where these surface as YAML errors.
-            prefix = "" if isinstance(exc, _UnsupportedTag) else "invalid YAML: "
-            self.problems.append((mark[0], mark[1], f"{prefix}{exc}"))
-            raise _Abort from exc
+_TOO_MANY_NODES = f"more than {MAX_NODES_PER_FILE} YAML nodes (alias expansion?); refused"
 
-    def _child_path(self, stack: list[_Frame]) -> FieldPath:
-        if not stack:
-            return ()
-        parent = stack[-1]
-        if isinstance(parent.container, dict):
-            return (*parent.path, parent.pending_key)
-        return (*parent.path, len(parent.container))
 
-    def _attach(self, stack: list[_Frame], value: Any, mark: tuple[int, int]) -> None:
-        if not stack:
-            self._doc_value = value
-            return
-        parent = stack[-1]
-        if isinstance(parent.container, list):
-            parent.container.append(value)
-            return
-        key = parent.pending_key
-        parent.has_key = False
-        if parent.pending_merge and isinstance(value, (dict, list)):
-            merges = value if isinstance(value, list) else [value]
-            parent.merges.extend(m for m in merges if isinstance(m, dict))
-            return
-        try:
-            duplicate = key in parent.container
-        except TypeError:
-            self.problems.append((mark[0], mark[1], "mapping keys must be scalars"))
-            raise _Abort from None
-        if duplicate and parent.key_mark is not None:
-            line, col = parent.key_mark
-            self.problems.append((line, col, f"duplicate key {shown(key)}"))
-        parent.container[key] = value
-        if self.record_positions and parent.key_mark is not None:
-            self.key_positions[-1][(*parent.path, key)] = parent.key_mark
+def _collection_tag_problem(tag: str, is_map: bool) -> str:
+    if tag in (_TAG_MAP, _TAG_SEQ):
+        return _misplaced_tag(tag, "a mapping" if is_map else "a sequence")
+    return unsupported_tag(tag)
+
+
+def _misplaced_tag(tag: str, node: str) -> str:
+    return f"the tag '{_short_tag(tag)}' cannot be used on {node}"
+
+
+def _apply_merges(mapping: _Open) -> None:
+    """Fill a mapping's merge keys: its own keys win, then earlier mappings over later ones.
+
+    (The merge key type, https://yaml.org/type/merge.html: the value is a mapping or a
+    sequence of mappings.)
+    """
+    container = mapping.container
+    for value, mark in mapping.merges:
+        sources = value if isinstance(value, list) else [value]
+        for source in sources:
+            if not isinstance(source, dict):
+                raise _Refused(mark, "a merge key ('<<') takes a mapping or a list of mappings")
+            for key, item in source.items():
+                container.setdefault(key, item)
 
 
 @dataclass
@@ -523,11 +506,11 @@ class PositionIndex:
 
 
 def index_positions(data: bytes) -> PositionIndex:
-    """Run the guarded builder with positions on; used only for files with problems."""
+    """Run the builder with positions on; used only for files with problems."""
     text, _ = decode(data)
     if text is None:
         return PositionIndex([], [])
-    builder = _GuardedBuilder(text, record_positions=True)
+    builder = _Builder(text, record_positions=True)
     builder.run()
     return PositionIndex(builder.value_positions, builder.key_positions)
 

@@ -86,6 +86,7 @@ class RevisionRecord:
     reason: str
     summary: Mapping[str, Any]
     service_results: Mapping[str, RevisionResult] = field(default_factory=dict)
+    trigger: str = ""  # what made gitorch read the commit ("poll", "webhook push ...")
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -103,6 +104,7 @@ class RevisionRecord:
             "signer": self.signer,
             "result": self.result.value,
             "reason": self.reason,
+            "trigger": self.trigger,
             "services": {name: res.value for name, res in sorted(self.service_results.items())},
             "changes": list(self.summary.get("changes", [])),
             "summary": dict(self.summary),

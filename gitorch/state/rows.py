@@ -52,6 +52,7 @@ def revision(row: sqlite3.Row) -> RevisionRecord:
         reason=row["reason"],
         summary=load_json(row["summary"]),
         service_results={name: RevisionResult(res) for name, res in per_service.items()},
+        trigger=row["trigger"],
     )
 
 

@@ -290,6 +290,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE rollouts ADD COLUMN failed_revision TEXT",
         ),
     ),
+    Migration(
+        "revisions: what triggered each application",
+        (
+            # "poll", "local commit", "webhook push REF SHA (delivery ID)", "api request",
+            # "cli apply"...: `gitorch history` shows why a revision was read. Empty for
+            # revisions recorded before this migration.
+            "ALTER TABLE revisions ADD COLUMN trigger TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

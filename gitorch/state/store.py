@@ -63,7 +63,7 @@ DEFAULT_PORT_RANGE = (30000, 32767)
 # list of N revisions is one statement, not 1 + N.
 _REVISION_COLUMNS = """
     r.id, r.sha, r.author, r.committed_at, r.signer, r.applied_at, r.result, r.reason,
-    r.summary,
+    r.summary, r.trigger,
     (SELECT json_group_object(s.service, s.result) FROM revision_services s
       WHERE s.revision_id = r.id) AS service_results
 """
@@ -225,13 +225,15 @@ class StateStore:
         reason: str = "",
         summary: Mapping[str, Any] | None = None,
         at: float | None = None,
+        trigger: str = "",
     ) -> RevisionRecord:
-        """Record that revision ``sha`` is being (or was) applied to ``services``."""
+        """Record that revision ``sha`` is being (or was) applied to ``services``;
+        ``trigger``: what made gitorch read it (``poll``, ``webhook push ...``)."""
         applied_at = self._now(at)
         with self.transaction():
             cursor = self._execute(
                 "INSERT INTO revisions (sha, author, committed_at, signer, applied_at,"
-                " result, reason, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " result, reason, summary, trigger) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sha,
                     author,
@@ -241,6 +243,7 @@ class StateStore:
                     RevisionResult(result).value,
                     reason,
                     rows.dump_json(summary),
+                    trigger,
                 ),
             )
             revision_id = cursor.lastrowid
@@ -261,6 +264,7 @@ class StateStore:
             reason=reason,
             summary=dict(summary or {}),
             service_results={name: RevisionResult(result) for name in services},
+            trigger=trigger,
         )
 
     def finish_revision(

@@ -150,6 +150,59 @@ def test_ping_answers_pong_without_a_reconcile(server: ApiServer, handle: StubHa
     assert webhook_count(handle, "ping") == 1
 
 
+@pytest.mark.parametrize(
+    ("header", "signature_header"),
+    [
+        ("X-GitHub-Delivery", "X-Hub-Signature-256"),
+        ("X-Gitea-Delivery", "X-Gitea-Signature"),
+        ("X-Forgejo-Delivery", "X-Forgejo-Signature"),
+    ],
+)
+def test_the_delivery_id_names_the_trigger(
+    server: ApiServer, handle: StubHandle, header: str, signature_header: str
+) -> None:
+    # The revision's history keeps it (issue 22): the forge's delivery log finds it again.
+    body = json.dumps(PUSH).encode()
+    prefix = "sha256=" if signature_header == "X-Hub-Signature-256" else ""
+    delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    headers = {"X-GitHub-Event": "push", signature_header: prefix + sign(body), header: delivery}
+    assert deliver(server, body, headers)[0] == 202
+    assert handle.triggers == [f"webhook push refs/heads/main {AFTER[:12]} (delivery {delivery})"]
+
+
+@pytest.mark.parametrize("delivery", ["", "x" * 101, "bad\nline"])
+def test_an_unusable_delivery_id_is_left_out(
+    server: ApiServer, handle: StubHandle, delivery: str
+) -> None:
+    body = json.dumps(PUSH).encode()
+    headers = {
+        "X-GitHub-Event": "push",
+        "X-Hub-Signature-256": f"sha256={sign(body)}",
+        "X-GitHub-Delivery": delivery,
+    }
+    outcome = handle_delivery(
+        WebhookSecret(SECRET), {k.lower(): v for k, v in headers.items()}, body
+    )
+    assert outcome.push is not None and outcome.push.delivery == ""
+    assert outcome.push.trigger_reason == f"webhook push refs/heads/main {AFTER[:12]}"
+
+
+def test_a_ping_is_logged_at_info(
+    server: ApiServer, handle: StubHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = json.dumps({"zen": "Design for failure.", "hook_id": 42}).encode()
+    headers = {
+        "X-GitHub-Event": "ping",
+        "X-GitHub-Delivery": "ping-1",
+        "X-Hub-Signature-256": f"sha256={sign(body)}",
+    }
+    with caplog.at_level(logging.INFO, logger="gitorch.api"):
+        assert deliver(server, body, headers)[0] == 200
+    (record,) = [r for r in caplog.records if r.getMessage() == "webhook ping answered"]
+    assert record.levelno == logging.INFO
+    assert (record.webhook, record.event, record.delivery) == ("ping", "ping", "ping-1")  # type: ignore[attr-defined]
+
+
 def test_other_events_are_ignored(server: ApiServer, handle: StubHandle) -> None:
     body = json.dumps({"action": "opened"}).encode()
     status, answer = deliver(

@@ -88,6 +88,7 @@ def test_text_table_newest_first(tmp_path: Path, state: Path) -> None:
         "COMMITTED",
         "APPLIED",
         "RESULT",
+        "TRIGGER",
         "SUMMARY",
     ]
     rows = lines[1:]
@@ -126,21 +127,31 @@ def test_service_filter_and_limit(tmp_path: Path, state: Path) -> None:
     done = history(tmp_path, "web")
     assert [row[:12] for row in done.stdout.splitlines()[1:]] == [SHA_B[:12], SHA_A[:12]]
     done = history(tmp_path, "nope")
-    assert (done.returncode, done.stdout) == (0, "no revisions applied to service nope\n")
+    assert (done.returncode, done.stdout) == (
+        0,
+        f"no revisions applied to service nope in {state.absolute()}\n",
+    )
 
 
 def test_no_store_yet(tmp_path: Path) -> None:
+    # Nothing was ever applied there: say where it looked, exit 1 (a script notices).
     done = history(tmp_path)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "no revisions applied yet\n", "")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert f"no gitorch state in {tmp_path / 'state'}" in done.stderr
     assert not (tmp_path / "state").exists()  # reading never creates a store
     done = history(tmp_path, "--format", "json")
-    assert (done.returncode, json.loads(done.stdout)) == (0, [])
+    assert (done.returncode, done.stdout) == (1, "")
 
 
 def test_empty_store(tmp_path: Path) -> None:
     StateStore(tmp_path / "state").close()
     done = history(tmp_path, "--state", str(tmp_path / "state"))
-    assert (done.returncode, done.stdout) == (0, "no revisions applied yet\n")
+    assert (done.returncode, done.stdout) == (
+        0,
+        f"no revisions applied yet in {tmp_path / 'state'}\n",
+    )
+    done = history(tmp_path, "--format", "json")
+    assert (done.returncode, json.loads(done.stdout)) == (0, [])
 
 
 def test_bad_limit_is_a_usage_error(tmp_path: Path) -> None:

@@ -123,8 +123,12 @@ def applied_api(cluster: Cluster) -> tuple[Service, list[Instance]]:
 
 def test_fresh_state_dir_has_no_services(local: Cluster) -> None:
     text = local.run("status", "--runtime", "process")
-    assert (text.returncode, text.stderr) == (0, "")
-    assert "no services" in text.stdout
+    # No state directory at all: where it looked, and exit 1 (tests/cli/test_pipes_and_scripts.py).
+    assert text.returncode == 1 and f"no gitorch state in {local.state}" in text.stderr
+    StateStore(local.state).close()
+    text = local.run("status", "--runtime", "process")
+    assert text.returncode == 0, text.stderr
+    assert f"no services applied or running in {local.state}" in text.stdout
 
     done = local.run("status", "--runtime", "process", "--format", "json")
     assert done.returncode == 0
