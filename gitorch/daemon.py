@@ -41,7 +41,6 @@ from gitorch.live.model import LiveState
 from gitorch.manifests import ManifestLoader
 from gitorch.manifests.model import DesiredState
 from gitorch.sources import Source, open_source
-from gitorch.traffic.figures import BackendFigures
 
 log = logging.getLogger("gitorch.daemon")
 
@@ -415,16 +414,22 @@ class Daemon:
 
 def _traffic_meter(session: Session, data_plane: str) -> TrafficMeter:
     """The meter of ``session``'s data plane over the routing table in force."""
-    read = getattr(session.dataplane, "figures", None)
-
-    def figures(route: str) -> list[BackendFigures]:
-        return list(read(route)) if read is not None else []
+    plane = session.dataplane
 
     def table() -> Any:
         reconciler = session.reconciler
         return reconciler.routing_table if reconciler is not None else None
 
-    return TrafficMeter(figures, table, store_revisions(session.store), data_plane=data_plane)
+    def since() -> float | None:
+        return plane.health().since
+
+    return TrafficMeter(
+        plane.version_figures,
+        table,
+        store_revisions(session.store),
+        data_plane=data_plane,
+        since=since,
+    )
 
 
 def _with_health(live: LiveState, reconciler: Reconciler) -> LiveState:

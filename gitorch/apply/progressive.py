@@ -44,7 +44,7 @@ from gitorch.strategies.canary import canary_step
 from gitorch.strategies.machine import AnalysisRequest, AnalysisStatus, Decision, RolloutInput
 from gitorch.strategies.recreate import recreate_step
 from gitorch.strategies.rolling import rolling_step
-from gitorch.traffic.figures import VersionFigures, by_version, empty_histogram
+from gitorch.traffic.figures import VersionFigures, empty_histogram
 from gitorch.traffic.table import DataPlane
 
 PROGRESSIVE = ("Canary", "BlueGreen", "ABTest")
@@ -194,8 +194,7 @@ class Progressive:
         return MappingProxyType(statuses)
 
     def _figures(self, service: str) -> dict[str, VersionFigures]:
-        read = getattr(self.dataplane, "figures", None)
-        return by_version(read(service)) if read is not None else {}
+        return dict(self.dataplane.version_figures(service))
 
     def run_analyses(
         self, service: str, entry: StepEntry, requests: tuple[AnalysisRequest, ...], now: float

@@ -16,8 +16,8 @@ import pytest
 from test_rollout_load import roll
 from traffic_helpers import App, Apps, Load, free_port, get, table, wait_until
 
-from gitorch.traffic.builtin import ListenError
 from gitorch.traffic.haproxy import HAProxyConfigInvalid, HAProxyDataPlane
+from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import Route, VersionRule
 
 
