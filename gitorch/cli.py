@@ -17,7 +17,18 @@ from typing import NoReturn
 from rich.markup import escape
 
 from gitorch import __version__
-from gitorch.commands import apply, daemon, drain, history, nodes, plan, promote, status, validate
+from gitorch.commands import (
+    apply,
+    daemon,
+    drain,
+    history,
+    nodes,
+    plan,
+    promote,
+    proxy,
+    status,
+    validate,
+)
 from gitorch.commands.common import stderr
 from gitorch.errors import GitorchError
 
@@ -44,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.register(subparsers)
     apply.register(subparsers)
     daemon.register(subparsers)
+    proxy.register(subparsers)
     status.register(subparsers)
     nodes.register(subparsers)
     drain.register(subparsers)

@@ -105,7 +105,9 @@ class Daemon:
         self.source = open_source(
             opts.repo, cache_root=opts.session.state_dir / "cache", ref=opts.ref
         )
-        with Session(opts.session, on_health_change=lambda *_: self._wake.set()) as session:
+        # The data plane outlives the daemon: a restart or an upgrade drops no request.
+        session_options = replace(opts.session, data_plane_outlives=True)
+        with Session(session_options, on_health_change=lambda *_: self._wake.set()) as session:
             self.session = session
             self.traffic = _traffic_meter(session, opts.session.data_plane)
             meter = self.traffic
@@ -127,7 +129,7 @@ class Daemon:
             try:
                 self._loop()
             finally:
-                log.info("daemon stopping: replicas keep running")
+                log.info("daemon stopping: replicas and the data plane keep running")
                 self._write_traffic()  # status keeps the last figures (and shows their age)
                 if watcher is not None:
                     watcher.__exit__(None, None, None)

@@ -70,7 +70,14 @@ from gitorch.strategies.machine import (
 )
 from gitorch.strategies.rolling import is_available
 from gitorch.traffic.discovery import service_env
-from gitorch.traffic.table import Backend, DataPlane, Route, RoutingTable, VersionRule
+from gitorch.traffic.table import (
+    Backend,
+    DataPlane,
+    Route,
+    RoutingTable,
+    TlsFiles,
+    VersionRule,
+)
 
 log = logging.getLogger("gitorch.reconciler")
 
@@ -1193,8 +1200,9 @@ class Reconciler:
                 )
             ordered = tuple(sorted(backends, key=lambda b: b.id))
             intent = self.progressive.intent(name)
+            tls = TlsFiles(expose.tls.cert_file, expose.tls.key_file) if expose.tls else None
             if intent is None:
-                routes[name] = Route(name, expose.port, expose.protocol, ordered)
+                routes[name] = Route(name, expose.port, expose.protocol, ordered, tls=tls)
                 continue
             canary = target.strategy.canary
             routes[name] = Route(
@@ -1209,6 +1217,7 @@ class Reconciler:
                 ),
                 # strategy.canary.stickySessions: a client keeps its version while it weighs > 0.
                 sticky=canary is not None and canary.sticky_sessions,
+                tls=tls,
             )
             blue = target.strategy.blue_green
             if intent.preview and blue is not None and blue.preview_port:
@@ -1216,7 +1225,7 @@ class Reconciler:
                 # "." never occurs in a service name (DNS-1123 label), so no collision, and
                 # HAProxy accepts it in proxy names ("~" made it refuse the configuration).
                 routes[f"{name}.preview"] = Route(
-                    f"{name}.preview", blue.preview_port, expose.protocol, preview
+                    f"{name}.preview", blue.preview_port, expose.protocol, preview, tls=tls
                 )
         return RoutingTable(routes)
 

@@ -28,11 +28,14 @@ import contextlib
 import enum
 import errno
 import logging
+import os
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from gitorch.errors import ConfigError
@@ -46,7 +49,7 @@ from gitorch.traffic.figures import (
 )
 from gitorch.traffic.ledger import VersionLedger
 from gitorch.traffic.listeners import BACKLOG, Binding, ListenerSource
-from gitorch.traffic.routes import ListenError, check_table
+from gitorch.traffic.routes import ListenError, check_table, resolve_tls
 from gitorch.traffic.table import (
     Backend,
     BackendStats,
@@ -147,6 +150,45 @@ class _Conn:
 
 
 @dataclass(eq=False)
+class TlsContexts:
+    """The TLS server contexts of the routes that terminate TLS, loaded once per set of
+    files and loaded again when a file changes (a renewed certificate)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, tuple[tuple[object, ...], ssl.SSLContext]] = {}
+
+    def context(self, route: Route) -> ssl.SSLContext | None:
+        """The context for ``route`` (None without TLS); :class:`ListenError` when its
+        files cannot be loaded."""
+        if route.tls is None:
+            self._loaded.pop(route.service, None)
+            return None
+        files = (route.tls.cert_file, route.tls.key_file)
+        try:
+            key = (*files, *(os.stat(f).st_mtime_ns for f in files))
+        except OSError as exc:
+            raise ListenError(
+                f"service {route.service}: cannot read TLS file {exc.filename}: {exc.strerror}"
+            ) from exc
+        known = self._loaded.get(route.service)
+        if known is not None and known[0] == key:
+            return known[1]
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(*files)
+        except (OSError, ssl.SSLError) as exc:
+            raise ListenError(
+                f"service {route.service}: cannot load its TLS certificate and key: {exc}"
+            ) from exc
+        self._loaded[route.service] = (key, context)
+        return context
+
+    def keep(self, services: Iterable[str]) -> None:
+        wanted = set(services)
+        for name in [n for n in self._loaded if n not in wanted]:
+            del self._loaded[name]
+
+
 class _BackendState(Candidate):
     """What the proxy knows of one backend of one service (lives on the loop thread)."""
 
@@ -200,6 +242,7 @@ class _Service(Chooser[_BackendState]):
         self.closed = False
         self.connections = 0  # open client connections (counted from accept to close)
         self.head_waiters: set[_Deadline] = set()  # handlers awaiting a head
+        self.tls: ssl.SSLContext | None = None  # terminate TLS on accepted connections
 
     def retire(self) -> None:
         """The route left the table (or the process hands over): its listener is closed
@@ -232,12 +275,16 @@ class BuiltinLoadBalancer:
         timeouts: Timeouts | None = None,
         reuse_port: bool = False,
         listeners: ListenerSource | None = None,
+        secrets_dir: Path | None = None,
     ) -> None:
         """``listeners``: where routes' listening sockets come from (default: bound here,
-        with SO_REUSEPORT when ``reuse_port``)."""
+        with SO_REUSEPORT when ``reuse_port``). ``secrets_dir``: where the TLS files a
+        route names are (see :func:`~gitorch.traffic.routes.resolve_tls`)."""
         self.host = host
         self.timeouts = timeouts or Timeouts()
         self.listeners = listeners or Binding(host, reuse_port=reuse_port)
+        self.secrets_dir = secrets_dir
+        self._tls = TlsContexts()
         self._services: dict[str, _Service] = {}
         # Routes removed while requests were still in flight on them: kept until those end,
         # so backend_stats() still counts them (the reconciler waits for zero before it
@@ -294,6 +341,7 @@ class BuiltinLoadBalancer:
         if self._closed:
             raise ConfigError("the load balancer is closed")
         check_table(table)  # before anything changes: a bad table changes nothing
+        table = resolve_tls(table, self.secrets_dir)
         future = asyncio.run_coroutine_threadsafe(self._apply(table), self._loop)
         failures = future.result(timeout=self.timeouts.apply)
         if failures:
@@ -436,12 +484,19 @@ class BuiltinLoadBalancer:
                     state.close_idle()
             for state in left:
                 self._forget_if_gone(served, state)
+            try:
+                served.tls = self._tls.context(route)
+            except ListenError as exc:
+                failures.append(exc.message)
+                self._stop_listening(served)  # never serve it in clear text instead
+                continue
             if served.listening is None:
                 try:
                     self._listen(served)
                 except ListenError as exc:
                     failures.append(exc.message)
         self.ledger.keep_routes(table.routes)
+        self._tls.keep(table.routes)
         return failures
 
     def _forget_retired(self) -> None:
@@ -486,7 +541,7 @@ class BuiltinLoadBalancer:
         async def serve() -> None:
             try:
                 try:
-                    reader, writer = await asyncio.open_connection(sock=conn, limit=_http.MAX_HEAD)
+                    reader, writer = await self._open_client(conn, svc.tls)
                 except (OSError, asyncio.CancelledError):  # cancelled: the balancer closes
                     conn.close()
                     raise
@@ -499,6 +554,19 @@ class BuiltinLoadBalancer:
         task = self._loop.create_task(serve())
         self._clients.add(task)
         task.add_done_callback(self._clients.discard)
+
+    async def _open_client(
+        self, conn: socket.socket, tls: ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams on an accepted connection (after the TLS handshake when ``tls``)."""
+        if tls is None:
+            return await asyncio.open_connection(sock=conn, limit=_http.MAX_HEAD)
+        reader = asyncio.StreamReader(limit=_http.MAX_HEAD, loop=self._loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=self._loop)
+        transport, _ = await self._loop.connect_accepted_socket(
+            lambda: protocol, sock=conn, ssl=tls, ssl_handshake_timeout=self.timeouts.connect * 5
+        )
+        return reader, asyncio.StreamWriter(transport, protocol, reader, self._loop)
 
     def _stop_listening(self, svc: _Service, adopt: bool = True) -> None:
         """Close ``svc``'s listeners. Connections the kernel completed that were not
@@ -692,7 +760,12 @@ class BuiltinLoadBalancer:
             await _answer(writer, 400, f"bad request body: {exc}")
             return False
 
-        request_head = self._backend_request(head, body, client_ip)
+        # An Upgrade (WebSocket) goes on to the backend; its 101 turns the connection
+        # into a spliced one (RFC 9110 7.8). Only without a body, and from HTTP/1.1.
+        upgrade = None
+        if "upgrade" in conn_tokens and kind == "none" and head.version >= (1, 1):
+            upgrade = head.first("upgrade")
+        request_head = self._backend_request(head, body, client_ip, svc.tls is not None, upgrade)
         is_head = head.method == "HEAD"
         tried: set[str] = set()
         failure = _Failure.NO_BACKEND
@@ -717,9 +790,10 @@ class BuiltinLoadBalancer:
                     reader,
                     writer,
                     client_keep,
-                    retrying,
+                    retrying or upgrade is not None,
                     extra,
                     deadline,
+                    upgrade,
                 )
             finally:
                 state.in_flight -= 1
@@ -750,7 +824,12 @@ class BuiltinLoadBalancer:
         return answerless and method in _http.IDEMPOTENT
 
     def _backend_request(
-        self, head: _http.RequestHead, body: _RequestBody, client_ip: str
+        self,
+        head: _http.RequestHead,
+        body: _RequestBody,
+        client_ip: str,
+        tls: bool,
+        upgrade: str | None = None,
     ) -> bytes:
         """The request head sent to backends: the client's end-to-end headers as they
         came, then the forwarding and framing headers the proxy writes itself."""
@@ -761,7 +840,7 @@ class BuiltinLoadBalancer:
             f"X-Forwarded-For: {forwarded_for}, {client_ip}\r\n"
             if forwarded_for
             else f"X-Forwarded-For: {client_ip}\r\n",
-            "X-Forwarded-Proto: http\r\n",
+            "X-Forwarded-Proto: https\r\n" if tls else "X-Forwarded-Proto: http\r\n",
         ]
         host = head.first("host")
         if host is not None:
@@ -771,6 +850,8 @@ class BuiltinLoadBalancer:
             # HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one.
             parts.append(f"Host: {self.host}\r\n")
         parts.extend(f"{name}: {value}\r\n" for name, value in body.framing_headers(head.method))
+        if upgrade is not None:
+            parts.append(f"Connection: Upgrade\r\nUpgrade: {upgrade}\r\n")
         parts.append("\r\n")
         return "".join(parts).encode("latin-1")
 
@@ -803,6 +884,7 @@ class BuiltinLoadBalancer:
         fresh_only: bool,
         extra: _http.Headers,
         deadline: _Deadline,
+        upgrade: str | None = None,
     ) -> bool | _Failure:
         """One try on one backend: the client keep-alive verdict when a response was
         relayed, else why nothing reached the client."""
@@ -825,9 +907,9 @@ class BuiltinLoadBalancer:
                 await body.send_streamed(request_head, reader, conn.writer)
             with deadline.limit(self.timeouts.response):
                 response = await _http.read_response_head(conn.reader)
-                while response.status < 200:
+                while response.status < 200 and not (upgrade and response.status == 101):
                     # 1xx interim answers are skipped: the proxy answered Expect itself,
-                    # and 101 cannot happen since Upgrade is not forwarded.
+                    # and 101 only comes to a request that asked to upgrade.
                     response = await _http.read_response_head(conn.reader)
         except TimeoutError:
             conn.close()
@@ -852,6 +934,12 @@ class BuiltinLoadBalancer:
             conn.close()
             raise
         _count(state, response.status, started)
+        if response.status == 101:
+            try:
+                await _switch_protocols(response, upgrade or "", reader, writer, conn, extra)
+            finally:
+                conn.close()
+            return False
         try:
             keep, reusable = await _relay_response(
                 head, response, conn.reader, writer, client_keep, extra
@@ -1013,6 +1101,25 @@ async def _relay_response(
     if client.transport.get_write_buffer_size():
         await client.drain()  # most writes go straight to the socket: no await then
     return client_keep, backend_keep
+
+
+async def _switch_protocols(
+    response: _http.ResponseHead,
+    upgrade: str,
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
+    backend: _Conn,
+    extra: _http.Headers,
+) -> None:
+    """Relay a backend's 101 answer, then copy bytes both ways until both sides end (a
+    WebSocket, or any protocol the client asked to upgrade to)."""
+    protocol = response.first("upgrade") or upgrade
+    parts = [f"HTTP/1.1 101 {response.reason}".rstrip(), "\r\n", response.forward_block()]
+    parts.extend(f"{name}: {value}\r\n" for name, value in extra)
+    parts.append(f"Connection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n")
+    client_writer.write("".join(parts).encode("latin-1"))
+    await client_writer.drain()
+    await _splice(client_reader, client_writer, backend.reader, backend.writer)
 
 
 async def _answer(

@@ -9,10 +9,14 @@ its regex compiles, two routes never share a port. A port that cannot be opened 
 from __future__ import annotations
 
 import errno
+import os
 import re
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
 
 from gitorch.errors import ConfigError
-from gitorch.traffic.table import Route, RoutingTable
+from gitorch.traffic.table import Route, RoutingTable, TlsFiles
 
 #: Prefix of the cookie that keeps a client on its version (``Route.sticky``).
 STICKY_COOKIE = "gitorch_v_"
@@ -76,3 +80,37 @@ def listen_failure(service: str, host: str, port: int, exc: OSError) -> str:
     else:
         why = exc.strerror or str(exc)
     return f"service {service}: cannot listen on {host}:{port}: {why}"
+
+
+def resolve_tls(table: RoutingTable, secrets_dir: Path | None) -> RoutingTable:
+    """``table`` with every route's TLS file names resolved under ``secrets_dir``."""
+    if not any(route.tls for route in table.routes.values()):
+        return table
+    routes = {}
+    for name, route in table.routes.items():
+        if route.tls is not None:
+            route = replace(
+                route,
+                tls=TlsFiles(
+                    str(secret_path(secrets_dir, route.tls.cert_file, name)),
+                    str(secret_path(secrets_dir, route.tls.key_file, name)),
+                ),
+            )
+        routes[name] = route
+    return RoutingTable(MappingProxyType(routes))
+
+
+def secret_path(secrets_dir: Path | None, name: str, service: str) -> Path:
+    """The file ``name`` under ``secrets_dir``; :class:`RouteInvalid` when there is no
+    secrets directory or the name leaves it (absolute paths pass: already resolved)."""
+    if os.path.isabs(name):
+        return Path(name)
+    if secrets_dir is None:
+        raise RouteInvalid(
+            f"service {service}: expose.tls names {name!r}, but no --secrets-dir was given"
+        )
+    root = secrets_dir.resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise RouteInvalid(f"service {service}: TLS file {name!r} leaves the secrets directory")
+    return path

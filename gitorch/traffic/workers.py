@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from multiprocessing import reduction
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -49,7 +50,7 @@ from gitorch.traffic.builtin import BuiltinLoadBalancer, Timeouts
 from gitorch.traffic.figures import BackendFigures, VersionFigures, added
 from gitorch.traffic.ledger import VersionLedger
 from gitorch.traffic.listeners import Handed, SocketSet
-from gitorch.traffic.routes import ListenError, check_table
+from gitorch.traffic.routes import ListenError, check_table, resolve_tls
 from gitorch.traffic.table import BackendStats, DataPlaneHealth, Route, RoutingTable
 
 log = logging.getLogger(__name__)
@@ -216,9 +217,12 @@ class WorkerPool:
         workers: int = 2,
         timeouts: Timeouts | None = None,
         sockets: SocketSet | None = None,
+        secrets_dir: Path | None = None,
     ) -> None:
         """``sockets``: listening sockets to serve from (a predecessor's, handed over);
-        by default the pool opens its own."""
+        by default the pool opens its own. ``secrets_dir``: where the TLS files a route
+        names are (resolved here: the workers get paths)."""
+        self.secrets_dir = secrets_dir
         if workers < 1:
             raise ConfigError(f"load-balancer workers must be at least 1, not {workers}")
         self.host = host
@@ -256,6 +260,7 @@ class WorkerPool:
         it within a fraction of a millisecond of each other rather than one after the
         other (while they differ, a new backend serves on some workers only)."""
         check_table(table)  # before anything changes: a bad table changes nothing
+        table = resolve_tls(table, self.secrets_dir)
         with self._lock:
             self._ensure_open()
             failures = self._open_sockets(table)
@@ -302,6 +307,14 @@ class WorkerPool:
             )
             for version, figures in totals.items()
         }
+
+    def version_totals(self) -> dict[str, Any]:
+        """Every route's per-version totals now, with the counting's epoch and start (see
+        ``VersionLedger.to_json``): what a successor proxy takes over."""
+        with self._lock:
+            for service in self._table.routes:
+                self.version_figures(service)
+            return self.ledger.to_json()
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
         found = [s for s in self._ask_all((_STATS, service, backend_id)) if s is not None]

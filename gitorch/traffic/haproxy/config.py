@@ -187,6 +187,11 @@ def main_weights(route: Route) -> dict[str, int]:
 def check_haproxy_route(route: Route) -> None:
     """What this data plane cannot render, refused before anything changes."""
     check_route(route)
+    if route.tls is not None:
+        raise RouteInvalid(
+            f"service {route.service}: expose.tls is served by the built-in data plane only "
+            "(HAProxy would need the key copied into its own files)"
+        )
     if not _TOKEN.fullmatch(route.service):
         raise RouteInvalid(f"service name {route.service!r} cannot be used in HAProxy")
     for rule in route.rules:

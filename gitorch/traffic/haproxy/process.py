@@ -45,12 +45,12 @@ class HAProxyMaster:
             return False
         if self._proc is not None:
             return self._proc.poll() is None
-        return _alive(self.pid)
+        return process_alive(self.pid)
 
     def adopt(self) -> bool:
         """Take over a master that runs from this working directory (True), if any."""
         pid = read_pid(self.pid_path)
-        if pid is None or not _alive(pid):
+        if pid is None or not process_alive(pid):
             return False
         try:
             self.show_proc()
@@ -170,7 +170,7 @@ class HAProxyMaster:
             if proc is not None:
                 if proc.poll() is not None:
                     break
-            elif not _alive(pid):
+            elif not process_alive(pid):
                 break
             time.sleep(0.02)
         else:
@@ -211,7 +211,8 @@ def read_pid(path: Path) -> int | None:
     return int(first[0]) if first and first[0].isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
