@@ -352,6 +352,10 @@ class Daemon:
     def healthy(self) -> tuple[bool, str]:
         if self._loop_error:
             return False, self._loop_error
+        if self.session is not None:
+            plane = self.session.dataplane.health()
+            if not plane.ok:
+                return False, f"data plane ({plane.kind}): {plane.message}"
         return True, ""
 
     def _view(self) -> tuple[Reconciler | None, LiveState | None]:

@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     state = state_dir(args).resolve()
     paths = ProxyPaths.of(state)
     paths.make()
+    paths.stopped.unlink(missing_ok=True)
     ready = detach(paths.log) if args.detach else None
     setup_logging(args.log_level, "text")
     server = ProxyServer(
@@ -203,6 +204,8 @@ def stop(args: argparse.Namespace) -> int:
 
 
 def _stop_proxy(paths: ProxyPaths, timeout: float) -> str:
+    if paths.root.is_dir():
+        paths.stopped.touch()  # a running daemon must not start it again
     try:
         hello = call(paths.socket, {"op": "hello"}, 10.0)
         call(paths.socket, {"op": "stop"}, 10.0)

@@ -33,6 +33,13 @@ from reconciler_helpers import (
 #: The example image (busybox httpd): VERSION comes from the env.
 IMAGE = "gitorch-example/api:1"
 MANIFEST = "api.yaml"
+#: One replica at a time, no loss of capacity.
+ROLLING = """\
+  strategy:
+    type: RollingUpdate
+    progressDeadlineSeconds: 120
+    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+"""
 
 
 @dataclass
@@ -59,10 +66,13 @@ class World:
     def converge_timeout(self) -> float:
         return 90.0 if self.driver == "docker" else 45.0
 
-    def commit(self, version: str, *, slow_start: bool = False) -> str:
+    def commit(self, version: str, *, slow_start: bool = False, strategy: str = ROLLING) -> str:
         """Commit ``api`` at ``version``; ``slow_start``: each new replica turns ready
-        2 s after it starts (a rolling update then takes a while)."""
-        text = manifest(self.driver, self.port, version, initial_delay=2 if slow_start else 0)
+        2 s after it starts (a rolling update then takes a while); ``strategy``: the
+        ``strategy:`` block (YAML, indented by two spaces)."""
+        text = manifest(
+            self.driver, self.port, version, initial_delay=2 if slow_start else 0
+        ).replace(ROLLING, strategy)
         return commit(self.repo, {MANIFEST: text}, f"api: version {version}")
 
     def data_plane_processes(self, plane: str) -> int:
@@ -130,10 +140,7 @@ def manifest(driver: str, port: int, version: str, *, initial_delay: int = 0) ->
         f"    initialDelaySeconds: {initial_delay}\n"
         "    periodSeconds: 1\n"
         "    timeoutSeconds: 1\n"
-        "  strategy:\n"
-        "    type: RollingUpdate\n"
-        "    progressDeadlineSeconds: 120\n"
-        "    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}\n"
+        f"{ROLLING}"
     )
 
 

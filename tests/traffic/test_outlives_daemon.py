@@ -24,6 +24,8 @@ from data_plane_helpers import processes_naming
 from outlive_helpers import Traffic, World, converged_daemon
 from reconciler_helpers import instance_ids, wait_for
 
+from gitorch.state import AnalysisRunPhase, StateStore
+
 #: The daemon is down this long before it is started again (the issue's must-hold).
 DOWN = 5.0
 
@@ -89,3 +91,56 @@ def test_kill_9_during_a_rolling_update_drops_no_request(world: World, plane: st
         traffic.wait_answers(50, 20)
     traffic.assert_no_failure()
     assert {"1", "2"} <= set(traffic.versions), traffic.versions
+
+
+#: A canary whose analysis takes 3 measurements 2 s apart before version 2 takes it all.
+CANARY = """\
+  strategy:
+    type: Canary
+    progressDeadlineSeconds: 120
+    canary:
+      steps:
+        - setWeight: 50
+        - analysis:
+            interval: 2s
+            count: 3
+            minRequests: 5
+            successRate: 0.99
+"""
+
+
+@pytest.mark.slow
+def test_a_canary_analysis_resumes_on_the_figures_the_proxy_kept(world: World, plane: str) -> None:
+    first = converged_daemon(world, plane, world.commit("1"), world.converge_timeout)
+    reader = StateStore(world.state, readonly=True)
+    try:
+        with Traffic(world.port) as traffic:
+            traffic.wait_answers(50, 20)
+            canary = world.commit("2", strategy=CANARY)
+            wait_for(
+                "the first measurement",
+                lambda: reader.list_measurements("api", revision=canary, limit=None),
+                world.converge_timeout,
+                interval=0.05,
+                describe=first.log_tail,
+            )
+            kill_9(first)
+            killed_at = time.time()
+            time.sleep(DOWN)
+            second = converged_daemon(world, plane, canary, world.converge_timeout * 2)
+            traffic.wait_answers(50, 20)
+        traffic.assert_no_failure()
+        (run,) = reader.list_analysis_runs("api", revision=canary)
+        taken = reader.list_measurements("api", revision=canary, limit=None)
+    finally:
+        reader.close()
+    assert run.phase is AnalysisRunPhase.SUCCESSFUL, run
+    assert [m.phase.value for m in taken] == ["successful"] * 3, taken
+    resumed = [m for m in taken if m.taken_at > killed_at]
+    assert resumed, taken
+    # Judged on the figures the data plane kept counting through the restart: real
+    # requests, no counting restarted.
+    for measurement in resumed:
+        assert measurement.value["requests"] >= 5, measurement.value
+        assert "countingRestarted" not in measurement.value, measurement.value
+    assert second.service("api")["rollout"]["phase"] == "Healthy"

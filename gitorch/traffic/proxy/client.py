@@ -66,6 +66,10 @@ class ProxyDataPlane:
         self.workers = workers
         self.secrets_dir = secrets_dir
         self.start = start
+        if start:
+            # Starting a daemon asks for its endpoints: an earlier `gitorch proxy stop` no
+            # longer holds.
+            self.paths.stopped.unlink(missing_ok=True)
         self.hello = self._connect()
 
     # ----------------------------------------------------------------- DataPlane
@@ -76,7 +80,7 @@ class ProxyDataPlane:
         request = {"op": "apply", "table": table_to_json(resolved)}
         deadline = time.monotonic() + BUSY_RETRY
         while True:
-            answer = self._call(request, revive=True)
+            answer = self._call(request)
             error = answer.get("error")
             if error is None:
                 return
@@ -99,7 +103,7 @@ class ProxyDataPlane:
 
     def health(self) -> DataPlaneHealth:
         try:
-            answer = call(self.paths.socket, {"op": "health"}, CALL_TIMEOUT)
+            answer = self._call({"op": "health"})
         except ProxyUnavailable as exc:
             return DataPlaneHealth("proxy", False, exc.message)
         return DataPlaneHealth(
@@ -131,14 +135,20 @@ class ProxyDataPlane:
         log.info("started proxy %s", hello.get("pid"))
         return hello
 
-    def _call(self, request: dict[str, Any], *, revive: bool = False) -> dict[str, Any]:
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             return call(self.paths.socket, request, CALL_TIMEOUT)
-        except ProxyUnavailable:
-            if not (revive and self.start):
+        except ProxyUnavailable as exc:
+            if not self.start:
                 raise
-        # The proxy died (or was stopped): start one (it serves the last table), retry.
-        log.warning("the proxy does not answer: starting one")
+            if self.paths.stopped.exists():
+                raise ProxyUnavailable(
+                    "the proxy was stopped with `gitorch proxy stop`: endpoints are down "
+                    "until `gitorch proxy run` or a daemon restart"
+                ) from exc
+        # The proxy died: start one (it serves the last table at once), and retry. Any
+        # call does it; the daemon reads figures every few seconds.
+        log.warning("the proxy does not answer: starting a new one")
         self.hello = self._connect()
         return call(self.paths.socket, request, CALL_TIMEOUT)
 

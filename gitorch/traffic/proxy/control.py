@@ -76,6 +76,12 @@ class ProxyPaths:
     def start_lock(self) -> Path:
         return self.root / "start.lock"
 
+    @property
+    def stopped(self) -> Path:
+        """Written by ``gitorch proxy stop``: a running daemon does not start the proxy
+        again while it exists (a new daemon or ``gitorch proxy run`` removes it)."""
+        return self.root / "stopped"
+
     def make(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
