@@ -27,7 +27,7 @@ from gitorch.api.auth import TokenSet
 from gitorch.api.metrics import Metrics
 from gitorch.api.server import ApiServer
 from gitorch.api.traffic import TrafficMeter, store_revisions
-from gitorch.api.traffic_metrics import render_traffic
+from gitorch.api.traffic_metrics import TrafficCollector
 from gitorch.api.webhook import WebhookSecret
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.session import Session, SessionOptions, commit_meta
@@ -110,8 +110,7 @@ class Daemon:
         with Session(session_options, on_health_change=lambda *_: self._wake.set()) as session:
             self.session = session
             self.traffic = _traffic_meter(session, opts.session.data_plane)
-            meter = self.traffic
-            self.metrics.registry.add_collector(lambda: render_traffic(meter.read()))
+            self.metrics.add_collector(TrafficCollector(self.traffic.read))
             self._write_daemon_file()
             self.api = ApiServer(
                 self,

@@ -9,8 +9,9 @@ from types import MappingProxyType
 
 from api_helpers import parse_prometheus
 
+from gitorch.api.metrics import Metrics
 from gitorch.api.traffic import TrafficMeter
-from gitorch.api.traffic_metrics import render_traffic
+from gitorch.api.traffic_metrics import TrafficCollector
 from gitorch.traffic.figures import BackendFigures, VersionFigures, bucket_of, empty_histogram
 from gitorch.traffic.ledger import VersionLedger, weights_in_force
 from gitorch.traffic.table import Backend, Route, RoutingTable
@@ -87,7 +88,9 @@ def test_exposition_is_valid_with_cumulative_buckets() -> None:
     )
     for ms in (0.5, 4.0, 4.0, 60.0, 120_000.0):
         plane.serve("id-v1", V1, ms, status=503 if ms > 100 else 200)
-    families = parse_prometheus(render_traffic(meter.read()))  # checks histograms too
+    metrics = Metrics()
+    metrics.add_collector(TrafficCollector(meter.read))
+    families = parse_prometheus(metrics.render())  # checks histograms too
     labels = {"service": "web", "version": V1, "revision": "1" * 40}
     requests = families["gitorch_lb_requests_total"].samples
     assert requests == [("gitorch_lb_requests_total", labels, 5.0)]
