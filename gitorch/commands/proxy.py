@@ -9,7 +9,6 @@ HAProxy kept running by a daemon, or both).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
@@ -17,10 +16,9 @@ from rich.markup import escape
 
 from gitorch.commands.common import add_state_option, state_dir, stdout
 from gitorch.errors import ConfigError
-from gitorch.logs import setup_logging
 from gitorch.traffic.haproxy.process import HAProxyMaster, process_alive
 from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable, call
-from gitorch.traffic.proxy.server import ProxyServer, detach
+from gitorch.traffic.proxy.entry import add_run_options, add_serving_options, run
 
 EXAMPLE = """example:
   gitorch proxy run --state /var/lib/gitorch --workers auto     # under systemd
@@ -46,14 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions.required = True
 
     run_parser = actions.add_parser("run", help="serve (foreground unless --detach)")
-    add_state_option(run_parser)
-    _add_serving_options(run_parser)
-    run_parser.add_argument(
-        "--detach",
-        action="store_true",
-        help="run in the background (double fork, log in <state>/proxy/proxy.log); "
-        "returns once the proxy serves",
-    )
+    add_run_options(run_parser)
     run_parser.set_defaults(run=run)
 
     restart_parser = actions.add_parser(
@@ -61,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace the running proxy by a new one (its listening sockets are handed over)",
     )
     add_state_option(restart_parser)
-    _add_serving_options(restart_parser, defaults_from_running=True)
+    add_serving_options(restart_parser, defaults_from_running=True)
     restart_parser.set_defaults(run=restart)
 
     status_parser = actions.add_parser("status", help="what serves this state directory")
@@ -87,63 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stop_parser.set_defaults(run=stop)
 
 
-def _add_serving_options(
-    parser: argparse.ArgumentParser, defaults_from_running: bool = False
-) -> None:
-    same = " (default: the running proxy's)" if defaults_from_running else ""
-    parser.add_argument(
-        "--host",
-        default=None,
-        help=f"address the proxy listens on{same or ' (default 127.0.0.1)'}",
-    )
-    parser.add_argument(
-        "--workers",
-        type=proxy_workers,
-        default=None,
-        metavar="N|auto",
-        help=f"proxying processes, each sharing every port (SO_REUSEPORT); auto: one per "
-        f"core, at most 4{same or ' (default auto)'}",
-    )
-    parser.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=30.0,
-        help="seconds a stopping or replaced proxy lets open connections finish (default 30)",
-    )
-    parser.add_argument(
-        "--log-level", default="info", choices=("debug", "info", "warning", "error")
-    )
-
-
-def proxy_workers(text: str) -> int:
-    """``N`` (1..64) or ``auto``: one per core, at most 4."""
-    if text == "auto":
-        return max(1, min(os.cpu_count() or 1, 4))
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', not {text!r}") from None
-    if not 1 <= count <= 64:
-        raise argparse.ArgumentTypeError(f"expected 1..64 or 'auto', not {count}")
-    return count
-
-
-def run(args: argparse.Namespace) -> int:
-    state = state_dir(args).resolve()
-    paths = ProxyPaths.of(state)
-    paths.make()
-    paths.stopped.unlink(missing_ok=True)
-    ready = detach(paths.log) if args.detach else None
-    setup_logging(args.log_level, "text")
-    server = ProxyServer(
-        state,
-        host=args.host or "127.0.0.1",
-        workers=args.workers or proxy_workers("auto"),
-        drain_timeout=args.drain_timeout,
-    )
-    return server.run(ready)
-
-
 def restart(args: argparse.Namespace) -> int:
     from gitorch.traffic.proxy.client import launch
 
@@ -155,7 +89,8 @@ def restart(args: argparse.Namespace) -> int:
         raise ConfigError(f"no proxy runs for {state}: start one with `gitorch proxy run`") from exc
     host = args.host or str(hello.get("host", "127.0.0.1"))
     workers = args.workers or int(hello.get("workers", 1))
-    launch(state, host=host, workers=workers)
+    event_loop = args.event_loop or str(hello.get("eventLoop", "asyncio"))
+    launch(state, host=host, workers=workers, event_loop=event_loop)
     new = call(paths.socket, {"op": "hello"}, 10.0)
     stdout().print(
         f"proxy {new.get('pid')} (gitorch {escape(str(new.get('version')))}) took over from "

@@ -149,7 +149,26 @@ class _Conn:
             self.writer.close()
 
 
-@dataclass(eq=False)
+#: Event loops the balancer can run on.
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop: the standard library's, or uvloop's (libuv, measured in
+    bench/README.md); :class:`ConfigError` when uvloop is asked for and not installed."""
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError as exc:
+            raise ConfigError(
+                "the uvloop event loop is not installed (pip install uvloop)"
+            ) from exc
+        return uvloop.new_event_loop()
+    raise ConfigError(f"event loop {kind!r}: expected one of {', '.join(EVENT_LOOPS)}")
+
+
 class TlsContexts:
     """The TLS server contexts of the routes that terminate TLS, loaded once per set of
     files and loaded again when a file changes (a renewed certificate)."""
@@ -276,10 +295,12 @@ class BuiltinLoadBalancer:
         reuse_port: bool = False,
         listeners: ListenerSource | None = None,
         secrets_dir: Path | None = None,
+        event_loop: str = "asyncio",
     ) -> None:
         """``listeners``: where routes' listening sockets come from (default: bound here,
         with SO_REUSEPORT when ``reuse_port``). ``secrets_dir``: where the TLS files a
-        route names are (see :func:`~gitorch.traffic.routes.resolve_tls`)."""
+        route names are (see :func:`~gitorch.traffic.routes.resolve_tls`).
+        ``event_loop``: ``asyncio`` or ``uvloop`` (libuv; see :func:`new_event_loop`)."""
         self.host = host
         self.timeouts = timeouts or Timeouts()
         self.listeners = listeners or Binding(host, reuse_port=reuse_port)
@@ -293,7 +314,7 @@ class BuiltinLoadBalancer:
         self._clients: set[asyncio.Task[None]] = set()
         self._deadlines: set[_Deadline] = set()
         self.ledger = VersionLedger()
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop(event_loop)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"gitorch-lb-{host}", daemon=True)
         self._thread.start()

@@ -81,7 +81,7 @@ def _from_wire(routes: list[Route]) -> RoutingTable:
 
 
 def _worker_main(
-    conn: multiprocessing.connection.Connection, host: str, timeouts: Timeouts
+    conn: multiprocessing.connection.Connection, host: str, timeouts: Timeouts, event_loop: str
 ) -> None:
     """One worker: a balancer on the sockets the coordinator sends, serving what the
     coordinator says, until it says close or its end of the pipe goes away."""
@@ -92,7 +92,7 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     handed = Handed()
-    lb = BuiltinLoadBalancer(host, timeouts=timeouts, listeners=handed)
+    lb = BuiltinLoadBalancer(host, timeouts=timeouts, listeners=handed, event_loop=event_loop)
     try:
         while True:
             try:
@@ -142,13 +142,13 @@ def _worker_main(
 class _Worker:
     """The coordinator's handle on one worker process."""
 
-    def __init__(self, index: int, host: str, timeouts: Timeouts) -> None:
+    def __init__(self, index: int, host: str, timeouts: Timeouts, event_loop: str) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a threaded process
         self.index = index
         self.conn, child = context.Pipe()
         self.process = context.Process(
             target=_worker_main,
-            args=(child, host, timeouts),
+            args=(child, host, timeouts, event_loop),
             name=f"gitorch-lb-worker-{index}",
             daemon=True,
         )
@@ -218,11 +218,14 @@ class WorkerPool:
         timeouts: Timeouts | None = None,
         sockets: SocketSet | None = None,
         secrets_dir: Path | None = None,
+        event_loop: str = "asyncio",
     ) -> None:
         """``sockets``: listening sockets to serve from (a predecessor's, handed over);
         by default the pool opens its own. ``secrets_dir``: where the TLS files a route
-        names are (resolved here: the workers get paths)."""
+        names are (resolved here: the workers get paths). ``event_loop``: the workers'
+        (see ``builtin.new_event_loop``)."""
         self.secrets_dir = secrets_dir
+        self.event_loop = event_loop
         if workers < 1:
             raise ConfigError(f"load-balancer workers must be at least 1, not {workers}")
         self.host = host
@@ -235,7 +238,7 @@ class WorkerPool:
         # backend: a replaced worker's last totals stay, its successor counts from zero.
         self.ledger = VersionLedger()
         self._stop_watching = threading.Event()
-        self._workers = [_Worker(i, host, self.timeouts) for i in range(workers)]
+        self._workers = [_Worker(i, host, self.timeouts, event_loop) for i in range(workers)]
         # A dead worker's socket stays open (the pool holds it): its queue waits for the
         # replacement, which must come without waiting for a call.
         self._watcher = threading.Thread(target=self._watch, name="lb-worker-watch", daemon=True)
@@ -467,7 +470,7 @@ class WorkerPool:
             worker.stop(1.0)
             # Its last reported totals stay in the ledger; its successor counts from zero.
             self.ledger.forget_backends(_of_worker(index))
-            fresh = _Worker(index, self.host, self.timeouts)
+            fresh = _Worker(index, self.host, self.timeouts, self.event_loop)
             self._workers[index] = fresh
             try:
                 held = self._sockets.ports()

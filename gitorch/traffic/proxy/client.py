@@ -160,13 +160,19 @@ class ProxyDataPlane:
         return answer
 
 
-def launch(state_dir: Path, *, host: str, workers: int, timeout: float = START_TIMEOUT) -> None:
+def launch(
+    state_dir: Path,
+    *,
+    host: str,
+    workers: int,
+    event_loop: str = "asyncio",
+    timeout: float = START_TIMEOUT,
+) -> None:
     """Start a detached ``gitorch proxy`` on ``state_dir`` and wait until it serves."""
     argv = [
         sys.executable,
         "-m",
-        "gitorch",
-        "proxy",
+        "gitorch.traffic.proxy",  # the data plane alone (see traffic/proxy/entry.py)
         "run",
         "--state",
         str(state_dir),
@@ -174,6 +180,8 @@ def launch(state_dir: Path, *, host: str, workers: int, timeout: float = START_T
         host,
         "--workers",
         str(workers),
+        "--event-loop",
+        event_loop,
         "--detach",
     ]
     try:

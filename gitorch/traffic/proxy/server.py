@@ -76,8 +76,10 @@ class ProxyServer:
         workers: int = 1,
         timeouts: Timeouts | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
+        event_loop: str = "asyncio",
     ) -> None:
         self.paths = ProxyPaths.of(state_dir)
+        self.event_loop = event_loop
         self.host = host
         self.workers = max(1, workers)
         self.timeouts = timeouts or Timeouts()
@@ -118,7 +120,9 @@ class ProxyServer:
         return 0
 
     def _start_fresh(self) -> None:
-        self.pool = WorkerPool(self.host, workers=self.workers, timeouts=self.timeouts)
+        self.pool = WorkerPool(
+            self.host, workers=self.workers, timeouts=self.timeouts, event_loop=self.event_loop
+        )
         table = self._load_table()
         if table is not None:
             log.info("serving the last applied table (%d routes)", len(table.routes))
@@ -156,7 +160,11 @@ class ProxyServer:
                 close_all(fds)
                 raise ProxyUnavailable(f"the running proxy's handover was unusable: {exc}") from exc
             self.pool = WorkerPool(
-                self.host, workers=self.workers, timeouts=self.timeouts, sockets=owned
+                self.host,
+                workers=self.workers,
+                timeouts=self.timeouts,
+                sockets=owned,
+                event_loop=self.event_loop,
             )
             self.pool.ledger.take_over(answer.get("ledger", {}))
             try:
@@ -277,6 +285,7 @@ class ProxyServer:
                     "startedAt": self.started_at,
                     "workers": pool.workers,
                     "host": self.host,
+                    "eventLoop": self.event_loop,
                 }
             if op == "health":
                 health = pool.health()
