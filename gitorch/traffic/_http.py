@@ -3,8 +3,8 @@
 Only what a reverse proxy needs: read and check a request or response head, decide how
 its body is framed, and copy a body from one stream to another without holding it whole.
 Heads are parsed by llhttp (Node's parser, through httptools): a well-kept, fuzzed parser
-on the proxy's first security surface, and 3x faster than the regular expressions it
-replaced (bench/README.md). It is strict where leniency lets a request be read two ways
+on the proxy's first security surface, as fast as the regular expressions it replaced
+once a head's reading is counted (bench/README.md). It is strict where leniency lets a request be read two ways
 (request smuggling): both Content-Length and Transfer-Encoding, several lengths, obsolete
 folding, a bare CR or LF in a CRLF head, invalid token or value characters; the proxy
 adds its own framing rules on top (:func:`body_framing`). Chunked bodies and trailers are
