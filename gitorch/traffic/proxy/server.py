@@ -63,6 +63,9 @@ log = logging.getLogger("gitorch.proxy")
 
 #: Seconds a stopping or released proxy lets open connections finish.
 DRAIN_TIMEOUT = 30.0
+#: Seconds a control connection may stay silent (an apply's answer takes longer: the
+#: timeout bounds waiting for the client, not the work).
+CONTROL_TIMEOUT = 60.0
 
 
 class ProxyServer:
@@ -259,6 +262,7 @@ class ProxyServer:
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(CONTROL_TIMEOUT)  # a silent client does not hold a thread for good
         with conn:
             try:
                 request, fds = receive(conn)
