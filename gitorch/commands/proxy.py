@@ -89,7 +89,7 @@ def restart(args: argparse.Namespace) -> int:
         raise ConfigError(f"no proxy runs for {state}: start one with `gitorch proxy run`") from exc
     host = args.host or str(hello.get("host", "127.0.0.1"))
     workers = args.workers or int(hello.get("workers", 1))
-    event_loop = args.event_loop or str(hello.get("eventLoop", "asyncio"))
+    event_loop = args.event_loop or hello.get("eventLoop")
     launch(state, host=host, workers=workers, event_loop=event_loop)
     new = call(paths.socket, {"op": "hello"}, 10.0)
     stdout().print(

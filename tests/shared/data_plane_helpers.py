@@ -49,7 +49,10 @@ def processes_naming(state: Path) -> list[int]:
         except OSError:
             continue
         named = any(marker in arg for arg in argv)
-        kind = argv[0].endswith(b"haproxy") or b"proxy" in argv
+        # `gitorch proxy run`, or `python -m gitorch.traffic.proxy run` (the daemon's)
+        kind = argv[0].endswith(b"haproxy") or any(
+            arg in (b"proxy", b"gitorch.traffic.proxy") for arg in argv
+        )
         if named and kind and process_alive(int(entry.name)):
             found.append(int(entry.name))
     return found

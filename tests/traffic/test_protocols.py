@@ -193,3 +193,31 @@ def test_bad_tls_files_are_refused_clearly(apps: Apps, certificates: Path) -> No
             lb.apply(table(escaping))
     with BuiltinLoadBalancer() as lb, pytest.raises(RouteInvalid, match="no --secrets-dir"):
         lb.apply(table(Route("svc", port, "http", (), tls=TlsFiles("web.pem", "web.key"))))
+
+
+def test_the_same_on_uvloop(apps: Apps, certificates: Path) -> None:
+    """The proxy's workers run on uvloop by default: WebSocket, a streamed body and TLS
+    there too."""
+    app = apps.start("ka")
+    plain, secure = free_port(), free_port()
+    tls = TlsFiles("web.pem", "web.key")
+    with BuiltinLoadBalancer(secrets_dir=certificates, event_loop="uvloop") as lb:
+        lb.apply(
+            table(
+                Route("plain", plain, "http", (app.backend,)),
+                Route("secure", secure, "http", (app.backend,), tls=tls),
+            )
+        )
+        ws = WebSocket(plain)
+        try:
+            assert ws.status == 101
+            ws.send(b"over libuv")
+            assert ws.receive() == (0x2, b"over libuv")
+        finally:
+            ws.close()
+        conn = http.client.HTTPConnection("127.0.0.1", plain, timeout=30)
+        conn.request("GET", f"/stream?n={20 * MB}")
+        resp = conn.getresponse()
+        assert resp.status == 200 and len(resp.read()) == 20 * MB
+        conn.close()
+        assert tls_get(secure, certificates / "ca.pem", "/")[0] == 200

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gitorch.errors import ConfigError
+from gitorch.traffic.builtin import default_event_loop
 from gitorch.traffic.figures import BackendFigures, VersionFigures
 from gitorch.traffic.proxy.control import (
     ProxyPaths,
@@ -165,7 +166,7 @@ def launch(
     *,
     host: str,
     workers: int,
-    event_loop: str = "asyncio",
+    event_loop: str | None = None,
     timeout: float = START_TIMEOUT,
 ) -> None:
     """Start a detached ``gitorch proxy`` on ``state_dir`` and wait until it serves."""
@@ -181,7 +182,7 @@ def launch(
         "--workers",
         str(workers),
         "--event-loop",
-        event_loop,
+        event_loop or default_event_loop(),
         "--detach",
     ]
     try:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gitorch.logs import setup_logging
-from gitorch.traffic.builtin import EVENT_LOOPS
+from gitorch.traffic.builtin import EVENT_LOOPS, default_event_loop
 from gitorch.traffic.proxy.control import ProxyPaths
 from gitorch.traffic.proxy.server import ProxyServer, detach
 
@@ -53,7 +53,7 @@ def add_serving_options(
         "--event-loop",
         choices=EVENT_LOOPS,
         default=None,
-        help=f"the workers' event loop{same or ' (default asyncio)'}",
+        help=f"the workers' event loop{same or ' (default uvloop when installed)'}",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host or "127.0.0.1",
         workers=args.workers or proxy_workers("auto"),
         drain_timeout=args.drain_timeout,
-        event_loop=args.event_loop or "asyncio",
+        event_loop=args.event_loop or default_event_loop(),
     )
     return server.run(ready)
 
