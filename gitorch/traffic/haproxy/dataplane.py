@@ -94,7 +94,8 @@ class HAProxyDataPlane:
         """``request_log`` False: no request log, so no latency percentiles (figures
         keep HAProxy's averages); for measuring what the log costs HAProxy.
         ``keep_running``: :meth:`close` leaves HAProxy serving (see the module
-        docstring); a master already running in ``workdir`` is adopted either way."""
+        docstring); a master already running in ``workdir`` is adopted either way, and
+        left serving by :meth:`close` (it was not this plane's to stop)."""
         self.workdir = Path(workdir)
         self.host = host
         self.slots_per_version = slots_per_version
@@ -174,9 +175,10 @@ class HAProxyDataPlane:
             return DataPlaneHealth("haproxy", True, pid=self.master.pid, since=self.ledger.since)
 
     def close(self) -> None:
-        """Stop reading HAProxy; stop HAProxy too unless ``keep_running``."""
+        """Stop reading HAProxy; stop HAProxy too unless ``keep_running`` or this plane
+        adopted it (``gitorch apply`` next to a daemon's HAProxy leaves it serving)."""
         with self._lock:
-            if self.keep_running and self.master.running():
+            if (self.keep_running or self.adopted) and self.master.running():
                 self._save()
                 self._close_log()
                 return
