@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from gitorch.commands.common import add_state_option, state_dir, stdout
 from gitorch.errors import ConfigError
+from gitorch.traffic.haproxy.dataplane import STOPPED_FILE
 from gitorch.traffic.haproxy.process import HAProxyMaster, process_alive
 from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable, call
 from gitorch.traffic.proxy.entry import add_run_options, add_serving_options, run
@@ -131,6 +132,7 @@ def stop(args: argparse.Namespace) -> int:
         master = HAProxyMaster(state / "haproxy")
         if master.adopt():
             pid = master.pid
+            (state / "haproxy" / STOPPED_FILE).touch()  # a running daemon must not restart it
             master.stop()
             out.print(f"haproxy {pid} stopped")
         else:

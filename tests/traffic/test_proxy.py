@@ -117,3 +117,21 @@ def test_the_daemon_starts_a_killed_proxy_again_but_never_a_stopped_one(world: W
     proxy(world, "run", "--detach")
     wait_for("the proxy back", lambda: get_version(world.port) == "1", 10)
     wait_for("the daemon healthy", lambda: daemon.request("GET", "/healthz")[0] == 200, 10)
+
+
+@pytest.mark.slow
+def test_stopping_haproxy_is_explicit_and_holds_while_the_daemon_runs(world: World) -> None:
+    sha = world.commit("1")
+    daemon = converged_daemon(world, "haproxy", sha, TIMEOUT)
+    daemon.stop()
+    assert get_version(world.port) == "1"  # HAProxy outlives the daemon
+    daemon = converged_daemon(world, "haproxy", sha, TIMEOUT)  # and is adopted
+    assert "haproxy" in proxy(world, "stop", "--data-plane", "haproxy")
+    assert get_version(world.port) is None
+    world.commit("2")  # a change the daemon must apply: it does not start HAProxy again
+    time.sleep(4)
+    assert get_version(world.port) is None
+    assert daemon.request("GET", "/healthz")[0] == 503
+    daemon.stop()
+    converged_daemon(world, "haproxy", world.commit("3"), TIMEOUT)  # a new daemon: back
+    assert get_version(world.port) == "3"

@@ -69,6 +69,8 @@ log = logging.getLogger("gitorch.traffic.haproxy")
 #: written at once).
 SAVE_EVERY = 2.0
 STATE_FILE = "state.json"
+#: Written by ``gitorch proxy stop``: a running daemon does not start HAProxy again.
+STOPPED_FILE = "stopped"
 
 
 class HAProxyDataPlane:
@@ -126,6 +128,10 @@ class HAProxyDataPlane:
         self._force_reload = False  # the request log moved: the config must say so
         self.ledger = VersionLedger()
         self._saved_at = 0.0
+        if keep_running:
+            # A daemon starting asks for its endpoints: an earlier `gitorch proxy stop`
+            # no longer holds.
+            (self.workdir / STOPPED_FILE).unlink(missing_ok=True)
         self.adopted = self._adopt()
 
     # ------------------------------------------------------------------ DataPlane
@@ -302,6 +308,11 @@ class HAProxyDataPlane:
         try:
             if self.master.running():
                 self.master.reload()
+            elif (self.workdir / STOPPED_FILE).exists():
+                raise HAProxyError(
+                    "haproxy was stopped with `gitorch proxy stop`: endpoints are down "
+                    "until a daemon restart"
+                )
             else:
                 self.master.start()
         except HAProxyError:
