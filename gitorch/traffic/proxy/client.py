@@ -127,10 +127,15 @@ class ProxyDataPlane:
     def _connect(self) -> dict[str, Any]:
         """``hello`` of the running proxy, starting one first when allowed."""
         try:
-            return call(self.paths.socket, {"op": "hello"}, CALL_TIMEOUT)
+            hello = call(self.paths.socket, {"op": "hello"}, CALL_TIMEOUT)
         except ProxyUnavailable:
             if not self.start:
                 raise
+        else:
+            log.info(
+                "adopted proxy %s (gitorch %s), serving", hello.get("pid"), hello.get("version")
+            )
+            return hello
         launch(self.state_dir, host=self.host, workers=self.workers)
         hello = call(self.paths.socket, {"op": "hello"}, CALL_TIMEOUT)
         log.info("started proxy %s", hello.get("pid"))
