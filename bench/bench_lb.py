@@ -1,22 +1,24 @@
-"""Load balancers: direct vs the built-in LB vs HAProxy, with wrk (not a test).
+"""Load balancers: direct vs ``gitorch proxy`` vs HAProxy, with wrk (not a test).
 
 Backends: 3 replicas that answer ``200 ok`` from a separate haproxy process
 (``http-request return``), so the backend is never the bottleneck and every data path
 hits the same replicas. Measured, in interleaved rounds (median of the rounds):
 
-* max rate: ``wrk -t1 -c16 --latency`` against one replica directly; the built-in LB in
-  one process (as ``--lb-workers 0`` runs it) and on ``--workers`` processes
-  (``WorkerPool``, ``--lb-workers``; the daemon's default is one process); and
-  :class:`HAProxyDataPlane` as gitorch runs it (with its request log, for latency
-  percentiles) and without the log: requests/s, p99, and ratios against the faster
-  HAProxy;
-* p99 at a fixed rate of 50% of each built-in variant's max (direct and HAProxy at the
+* max rate: ``wrk -t1 -c16 --latency`` against one replica directly; the separated
+  proxy (``gitorch proxy run``, a process of its own driven over its control socket, as
+  the daemon runs it) with one worker process on the standard asyncio loop, with one
+  worker on uvloop, and with ``--workers`` workers; and :class:`HAProxyDataPlane` as
+  gitorch runs it (with its request log, for latency percentiles) and without the log:
+  requests/s, p99, and ratios against the faster HAProxy;
+* p99 at a fixed rate of 50% of each proxy variant's max (direct and HAProxy at the
   same rate): wrk has no ``-R`` (that is wrk2, not in Debian), so each wrk connection
   waits ``1000 * connections / rate`` ms after each answer (a Lua ``delay()``). That is a
   closed loop with think time: close to the target rate when answers are fast, and (like
-  wrk) blind to coordinated omission; the rate achieved is printed next to the target.
+  wrk) blind to coordinated omission; the rate achieved is printed next to the target;
+* idle memory: the resident set of each proxy (its coordinator and workers) and of
+  HAProxy (master and worker), serving one route, before any load.
 
-Goal (issue 6): the built-in LB keeps >= 50% of HAProxy's throughput and adds < 2 ms at
+Goal (issues 6 and 13): one proxy process >= 50% of HAProxy's throughput, < 2 ms added at
 p99 at 50% load.
 
 Run: ``python3 bench/bench_lb.py [--seconds 5] [--rounds 3] [--workers 2]``
@@ -41,23 +43,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gitorch.traffic.haproxy import HAProxyDataPlane  # noqa: E402
+from gitorch.traffic.proxy.client import ProxyDataPlane  # noqa: E402
+from gitorch.traffic.proxy.control import ProxyPaths, call  # noqa: E402
 from gitorch.traffic.table import Backend, Route, RoutingTable  # noqa: E402
 
 CONNECTIONS = 16
-
-LB_SCRIPT = """
-import sys, time
-from types import MappingProxyType
-from gitorch.traffic.builtin import BuiltinLoadBalancer
-from gitorch.traffic.table import Backend, Route, RoutingTable
-from gitorch.traffic.workers import WorkerPool
-port, workers, addresses = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-backends = tuple(Backend(f"r{i}", a, version="1") for i, a in enumerate(addresses))
-lb = BuiltinLoadBalancer() if workers == 1 else WorkerPool(workers=workers)
-lb.apply(RoutingTable(MappingProxyType({"b": Route("b", port, "http", backends)})))
-while True:
-    time.sleep(3600)
-"""
 
 DELAY_LUA = """
 local wait = tonumber(os.getenv("WRK_DELAY_MS"))
@@ -126,12 +116,62 @@ def wrk(port: int, seconds: float, delay_ms: float | None = None) -> tuple[float
     return rps, p99
 
 
+def start_proxy(
+    workdir: Path, name: str, workers: int, event_loop: str, table: RoutingTable
+) -> subprocess.Popen[bytes]:
+    """``gitorch proxy run`` (foreground) on a state dir of its own, serving ``table``."""
+    state = workdir / name.replace(" ", "-")
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "gitorch.traffic.proxy", "run", "--state", str(state),
+         "--workers", str(workers), "--event-loop", event_loop, "--log-level", "warning"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not ProxyPaths.of(state).socket.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"{name}: gitorch proxy did not start")
+        time.sleep(0.05)
+    ProxyDataPlane(state, start=False).apply(table)
+    return proc
+
+
+def stop_proxy(workdir: Path, name: str, proc: subprocess.Popen[bytes]) -> None:
+    socket_path = ProxyPaths.of(workdir / name.replace(" ", "-")).socket
+    try:
+        call(socket_path, {"op": "stop"}, 5.0)
+        proc.wait(30)
+    except Exception:
+        proc.kill()
+        proc.wait()
+
+
+def resident_mb(pid: int) -> float:
+    """Resident set of ``pid`` and its children (MiB)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(entry.name))
+    total_kb = 0
+    for each in pids:
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue
+        total_kb += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return total_kb / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--workers", type=int, default=2, help="processes of the pooled built-in LB (default 2)"
+        "--workers", type=int, default=2, help="processes of the multi-worker proxy (default 2)"
     )
     args = parser.parse_args()
     for tool in ("wrk", "haproxy"):
@@ -142,35 +182,45 @@ def main() -> None:
         replica_ports = [free_port() for _ in range(3)]
         replicas = start_replicas(workdir, replica_ports)
         addresses = [f"127.0.0.1:{p}" for p in replica_ports]
-        targets = {"direct": replica_ports[0]}
-        procs = []
-        for name, workers in (("built-in", 1), (f"built-in x{args.workers}", args.workers)):
-            port = targets[name] = free_port()
-            procs.append(
-                subprocess.Popen(  # noqa: S603
-                    [sys.executable, "-c", LB_SCRIPT, str(port), str(workers), *addresses],
-                    env={**os.environ, "PYTHONPATH": str(REPO)},
-                )
-            )
         backends = tuple(Backend(f"r{i}", a, version="1") for i, a in enumerate(addresses))
+
+        def table_on(port: int) -> RoutingTable:
+            return RoutingTable(MappingProxyType({"bench": Route("bench", port, "http", backends)}))
+
+        targets = {"direct": replica_ports[0]}
+        proxies: dict[str, subprocess.Popen[bytes]] = {}
         planes = {
             "haproxy": HAProxyDataPlane(workdir / "haproxy"),
             "haproxy-nolog": HAProxyDataPlane(workdir / "haproxy-nolog", request_log=False),
         }
+        variants = (
+            ("proxy x1", 1, "asyncio"),
+            ("proxy x1 uvloop", 1, "uvloop"),
+            (f"proxy x{args.workers}", args.workers, "asyncio"),
+            (f"proxy x{args.workers} uvloop", args.workers, "uvloop"),
+        )
         try:
+            for name, workers, loop in variants:
+                port = targets[name] = free_port()
+                proxies[name] = start_proxy(workdir, name, workers, loop, table_on(port))
             for name, plane in planes.items():
                 port = targets[name] = free_port()
-                route = Route("bench", port, "http", backends)
-                plane.apply(RoutingTable(MappingProxyType({"bench": route})))
+                plane.apply(table_on(port))
             for port in targets.values():
                 wait_port(port)
+            time.sleep(1)
+            print("idle memory (resident, MiB):")
+            for name, proc in proxies.items():
+                print(f"  {name:>16}: {resident_mb(proc.pid):6.1f} (coordinator + workers)")
+            for name, plane in planes.items():
+                assert plane.master.pid is not None
+                print(f"  {name:>16}: {resident_mb(plane.master.pid):6.1f} (master + worker)")
             run(targets, args.seconds, args.rounds)
         finally:
             for plane in planes.values():
                 plane.close()
-            for proc in procs:
-                proc.kill()
-                proc.wait()
+            for name, proc in proxies.items():
+                stop_proxy(workdir, name, proc)
             replicas.kill()
             replicas.wait()
 
@@ -188,15 +238,15 @@ def run(targets: dict[str, int], seconds: float, rounds: int) -> None:
     for name in targets:
         rounds_text = [round(r) for r, _ in top[name]]
         print(
-            f"  {name:>13}: {best[name]:8.0f} req/s  p99 {p99[name]:6.2f} ms  rounds {rounds_text}"
+            f"  {name:>16}: {best[name]:8.0f} req/s  p99 {p99[name]:6.2f} ms  rounds {rounds_text}"
         )
-    builtins = [name for name in targets if name.startswith("built-in")]
+    builtins = [name for name in targets if name.startswith("proxy")]
     # The faster HAProxy is the bar: its request log (percentiles) costs it something.
     bar = max(best["haproxy"], best["haproxy-nolog"])
     for name in builtins:
         print(f"  {name} / haproxy (faster of the two): {best[name] / bar:.2f}")
     print(f"  haproxy with request log / without: {best['haproxy'] / best['haproxy-nolog']:.2f}")
-    print("p99 at a fixed rate of 50% of each built-in's max (haproxy and direct at that rate):")
+    print("p99 at a fixed rate of 50% of each proxy's max (haproxy and direct at that rate):")
     verdicts = []
     for name in builtins:
         target = best[name] / 2

@@ -39,6 +39,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "daemon",
         "the reconciler: poll Git, react to webhooks and local commits, self-heal, serve the API",
     ),
+    ("proxy", "proxy", "the data plane as its own long-lived process: run, restart, status, stop"),
     ("status", "status", "services, replicas, versions, rollout phase, nodes, last error"),
     ("nodes", "nodes", "nodes, capacity, allocation, conditions"),
     (

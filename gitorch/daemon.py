@@ -27,7 +27,7 @@ from gitorch.api.auth import TokenSet
 from gitorch.api.metrics import Metrics
 from gitorch.api.server import ApiServer, parse_listen
 from gitorch.api.traffic import TrafficMeter, store_revisions
-from gitorch.api.traffic_metrics import render_traffic
+from gitorch.api.traffic_metrics import TrafficCollector
 from gitorch.api.webhook import WebhookSecret
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.session import Session, SessionOptions, commit_meta
@@ -44,7 +44,6 @@ from gitorch.readmodel.status import status_json
 from gitorch.sources import Source, open_source
 from gitorch.state.layout import DAEMON_FILE
 from gitorch.state.requests import request_action
-from gitorch.traffic.figures import BackendFigures
 
 log = logging.getLogger("gitorch.daemon")
 
@@ -110,11 +109,12 @@ class Daemon:
         self.source = open_source(
             opts.repo, cache_root=opts.session.state_dir / "cache", ref=opts.ref
         )
-        with Session(opts.session, on_health_change=lambda *_: self._wake.set()) as session:
+        # The data plane outlives the daemon: a restart or an upgrade drops no request.
+        session_options = replace(opts.session, data_plane_outlives=True)
+        with Session(session_options, on_health_change=lambda *_: self._wake.set()) as session:
             self.session = session
             self.traffic = _traffic_meter(session, opts.session.data_plane)
-            meter = self.traffic
-            self.metrics.registry.add_collector(lambda: render_traffic(meter.read()))
+            self.metrics.add_collector(TrafficCollector(self.traffic.read))
             self._write_daemon_file()
             self.api = ApiServer(
                 self,
@@ -132,7 +132,7 @@ class Daemon:
             try:
                 self._loop()
             finally:
-                log.info("daemon stopping: replicas keep running")
+                log.info("daemon stopping: replicas and the data plane keep running")
                 self._write_traffic()  # status keeps the last figures (and shows their age)
                 if watcher is not None:
                     watcher.__exit__(None, None, None)
@@ -384,6 +384,10 @@ class Daemon:
     def healthy(self) -> tuple[bool, str]:
         if self._loop_error:
             return False, self._loop_error
+        if self.session is not None:
+            plane = self.session.dataplane.health()
+            if not plane.ok:
+                return False, f"data plane ({plane.kind}): {plane.message}"
         return True, ""
 
     def _view(self) -> tuple[Reconciler | None, LiveState | None]:
@@ -438,16 +442,22 @@ class Daemon:
 
 def _traffic_meter(session: Session, data_plane: str) -> TrafficMeter:
     """The meter of ``session``'s data plane over the routing table in force."""
-    read = getattr(session.dataplane, "figures", None)
-
-    def figures(route: str) -> list[BackendFigures]:
-        return list(read(route)) if read is not None else []
+    plane = session.dataplane
 
     def table() -> Any:
         reconciler = session.reconciler
         return reconciler.routing_table if reconciler is not None else None
 
-    return TrafficMeter(figures, table, store_revisions(session.store), data_plane=data_plane)
+    def since() -> float | None:
+        return plane.health().since
+
+    return TrafficMeter(
+        plane.version_figures,
+        table,
+        store_revisions(session.store),
+        data_plane=data_plane,
+        since=since,
+    )
 
 
 def _with_health(live: LiveState, reconciler: Reconciler) -> LiveState:

@@ -37,14 +37,15 @@ line instead of a traceback.
     ├── PrometheusQueryFailed         (analysis.prometheus) a query gave no usable number
     ├── PlanError                     a plan cannot be computed or has changed
     │   └── PlanChanged               ``apply --expect-plan`` saw a different digest
-    ├── HAProxyError                  (traffic.haproxy) haproxy could not be started, reloaded or driven
+    ├── HAProxyError                  (traffic.haproxy.errors) haproxy could not be started, reloaded or driven
     │   ├── HAProxyConfigInvalid      haproxy -c refused the rendered configuration
     │   └── HAProxyReloadFailed       a reload failed; the old worker keeps serving
     ├── ApiAuthError                  (commands.remote) the daemon refused the request (401/403)
     └── ConfigError                   a command-line or daemon setting is wrong
-        ├── ListenError               (traffic.builtin) a load-balancer port cannot be bound
-        ├── RouteInvalid              (traffic.builtin) a route's weights or rules cannot be served
+        ├── ListenError               (traffic.routes) a load-balancer port cannot be bound
+        ├── RouteInvalid              (traffic.routes) a route's weights or rules cannot be served
         ├── WorkerError               (traffic.workers) a load-balancer worker failed or went silent
+        ├── WireError                 (traffic.wire) a control message or data-plane file holds the wrong thing
         ├── TokenFileError            (api.auth) the API token file is unreadable, unsafe or malformed
         └── ExposedApiError           (api.auth) an open API on a non-loopback --listen without --api-insecure
 """

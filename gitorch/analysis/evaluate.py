@@ -54,19 +54,37 @@ def figures_value(window: VersionWindow) -> dict[str, object]:
     """What a window shows, as plain data for status and history."""
     rate = window.success_rate
     p99 = window.p99
-    return {
+    value: dict[str, object] = {
         "version": window.version,
         "requests": window.requests,
         "errors5xx": window.errors_5xx,
         "successRate": None if rate is None else round(rate, 6),
         "p99Ms": None if p99 is None else round(p99, 3),
     }
+    if window.restarted:
+        value["countingRestarted"] = True
+    return value
+
+
+#: Said of a window in which the data plane's counting started again (a new proxy that did
+#: not take its predecessor's figures over): what came before the restart is not in it.
+RESTARTED = "the data plane's counting restarted in this window: only what came after is judged"
 
 
 def evaluate(
     analysis: Analysis, figures: VersionWindow, *, baseline: VersionWindow | None = None
 ) -> Measurement:
-    """Judge one window of ``figures`` against ``analysis`` (see the module docstring)."""
+    """Judge one window of ``figures`` against ``analysis`` (see the module docstring); a
+    window the data plane could not count whole says so (``countingRestarted``)."""
+    judged = _judge(analysis, figures, baseline)
+    if not figures.restarted:
+        return judged
+    return Measurement(judged.phase, judged.value, f"{judged.message} ({RESTARTED})")
+
+
+def _judge(
+    analysis: Analysis, figures: VersionWindow, baseline: VersionWindow | None
+) -> Measurement:
     value: dict[str, object] = figures_value(figures)
     if baseline is not None:
         value["baseline"] = figures_value(baseline)

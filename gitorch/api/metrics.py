@@ -1,280 +1,42 @@
-"""A tiny Prometheus metrics registry (no dependency) and gitorch's own metrics.
-
-Three kinds, each with optional labels: :class:`Counter` (only goes up), :class:`Gauge`
-(set to anything) and :class:`Histogram` (cumulative buckets, ``_sum``, ``_count``).
-:meth:`Registry.render` writes the text exposition format 0.0.4 that Prometheus scrapes::
-
-    # HELP gitorch_reconcile_total Reconcile passes, by result.
-    # TYPE gitorch_reconcile_total counter
-    gitorch_reconcile_total{result="succeeded"} 3
-
-Every metric has its own lock, so the reconcile loop and API threads may update and
-render concurrently; a render sees each metric at one consistent instant.
+"""gitorch's own metrics, exposed through prometheus_client.
 
 :class:`Metrics` defines every gitorch metric in one place, so names and labels are
-spelled once.
+spelled once, on a registry of its own (nothing of the process's default registry leaks
+in). Counters and the reconcile histogram are prometheus_client's; the gauges that
+describe services (rollout phase, replicas, revision) are a custom collector over the
+daemon's latest view, so a service that left Git simply stops being yielded. Collectors
+added with :meth:`Metrics.add_collector` (the load balancer's per-version figures, read
+at scrape time) come last; one that fails is logged and left out rather than failing
+the whole scrape.
+
+The exposition is the Prometheus text format 0.0.4 (``generate_latest``); the library
+escapes label values and help texts, and is thread-safe: the reconcile loop updates while
+API threads scrape.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 log = logging.getLogger("gitorch.api.metrics")
 
-#: Content-Type of the text exposition format.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Counters get no "_created" series: gitorch's counters start with the process, and the
+# extra family per counter would double what a scrape carries for nothing.
+prometheus_client.disable_created_metrics()
 
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+#: Content-Type of the text exposition format.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 #: Seconds; a reconcile ranges from a no-op pass (ms) to a long canary (minutes).
 RECONCILE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-
-
-def format_value(value: float) -> str:
-    """A sample value as Prometheus writes it (``+Inf``, ``-Inf``, ``NaN``, ``3``, ``0.25``)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def escape_label_value(value: str) -> str:
-    """Label values escape backslash, double quote and line feed."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def escape_help(text: str) -> str:
-    """HELP text escapes backslash and line feed (quotes stay as they are)."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-LabelValues = tuple[str, ...]
-
-
-class _Metric(ABC):
-    """Name, help, label names, a lock, and the HELP/TYPE header."""
-
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        if not _NAME.match(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        for label in labelnames:
-            if not _LABEL.match(label) or label.startswith("__"):
-                raise ValueError(f"invalid label name {label!r} on {name}")
-        if len(set(labelnames)) != len(labelnames):
-            raise ValueError(f"duplicate label names on {name}")
-        self.name = name
-        self.help = help_text
-        self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: dict[str, str]) -> LabelValues:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(
-                f"{self.name} takes labels {list(self.labelnames)}, got {sorted(labels)}"
-            )
-        return tuple(str(labels[name]) for name in self.labelnames)
-
-    def _labels_text(self, key: LabelValues, extra: tuple[tuple[str, str], ...] = ()) -> str:
-        pairs = [*zip(self.labelnames, key, strict=True), *extra]
-        if not pairs:
-            return ""
-        inner = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
-        return "{" + inner + "}"
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
-
-    @abstractmethod
-    def samples(self) -> list[str]:
-        """The sample lines of this metric (each kind renders its own)."""
-
-    def render(self) -> str:
-        return "\n".join([*self.header(), *self.samples()]) + "\n"
-
-
-class _Scalar(_Metric):
-    """Shared storage of counters and gauges: one float per label set."""
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        # A metric without labels has exactly one series and shows 0 before any update.
-        self._values: dict[LabelValues, float] = {} if self.labelnames else {(): 0.0}
-
-    def get(self, **labels: str) -> float:
-        """Current value of one series (0 if never touched)."""
-        key = self._key(labels)
-        with self._lock:
-            return self._values.get(key, 0.0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{self._labels_text(key)} {format_value(v)}" for key, v in items]
-
-
-class Counter(_Scalar):
-    """A value that only goes up (restarts at 0 with the process)."""
-
-    kind = "counter"
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name}: a counter cannot decrease")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def touch(self, **labels: str) -> None:
-        """Show the series at 0 before it first happens (rate() needs a starting point)."""
-        key = self._key(labels)
-        with self._lock:
-            self._values.setdefault(key, 0.0)
-
-
-class Gauge(_Scalar):
-    """A value that is set: replicas, phases, info."""
-
-    kind = "gauge"
-
-    def set(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = float(value)
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def remove(self, **labels: str) -> None:
-        """Drop one series (a service that left Git must not linger)."""
-        key = self._key(labels)
-        with self._lock:
-            self._values.pop(key, None)
-
-    def remove_matching(self, **labels: str) -> None:
-        """Drop every series whose labels include ``labels`` (e.g. all of one service)."""
-        wanted = {self.labelnames.index(name): str(value) for name, value in labels.items()}
-        with self._lock:
-            for key in [k for k in self._values if all(k[i] == v for i, v in wanted.items())]:
-                del self._values[key]
-
-    def replace(self, series: Iterable[tuple[dict[str, str], float]]) -> None:
-        """Set the whole gauge at once: series not given disappear (one atomic update)."""
-        new = {self._key(labels): float(value) for labels, value in series}
-        with self._lock:
-            self._values = new
-
-
-class Histogram(_Metric):
-    """Observations counted into cumulative buckets, with their sum and count."""
-
-    kind = "histogram"
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labelnames: Sequence[str] = (),
-        buckets: Sequence[float] = RECONCILE_BUCKETS,
-    ) -> None:
-        if "le" in labelnames:
-            raise ValueError(f"{name}: 'le' is reserved for histogram buckets")
-        super().__init__(name, help_text, labelnames)
-        bounds = sorted(float(b) for b in buckets if not math.isinf(b))
-        if not bounds or len(set(bounds)) != len(bounds):
-            raise ValueError(f"{name}: buckets must be distinct and not empty")
-        self.buckets = (*bounds, math.inf)
-        # per label set: (count per bucket, non-cumulative), sum, count
-        self._series: dict[LabelValues, tuple[list[int], float, int]] = (
-            {} if self.labelnames else {(): ([0] * len(self.buckets), 0.0, 0)}
-        )
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            counts, total, count = self._series.get(key, ([0] * len(self.buckets), 0.0, 0))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    counts[i] += 1
-                    break
-            self._series[key] = (counts, total + value, count + 1)
-
-    def count(self, **labels: str) -> int:
-        key = self._key(labels)
-        with self._lock:
-            found = self._series.get(key)
-        return 0 if found is None else found[2]
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted((key, (list(c), s, n)) for key, (c, s, n) in self._series.items())
-        lines: list[str] = []
-        for key, (counts, total, count) in items:
-            cumulative = 0
-            for bound, in_bucket in zip(self.buckets, counts, strict=True):
-                cumulative += in_bucket
-                le = (("le", format_value(bound)),)
-                lines.append(f"{self.name}_bucket{self._labels_text(key, le)} {cumulative}")
-            lines.append(f"{self.name}_sum{self._labels_text(key)} {format_value(total)}")
-            lines.append(f"{self.name}_count{self._labels_text(key)} {count}")
-        return lines
-
-
-M = TypeVar("M", bound=_Metric)
-
-
-class Registry:
-    """An ordered set of metrics with unique names, rendered together.
-
-    Collectors (:meth:`add_collector`) render families read at scrape time (the load
-    balancer's figures); they come after the registered metrics, and one that fails is
-    logged and left out rather than failing the whole scrape.
-    """
-
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-        self._collectors: list[Callable[[], str]] = []
-        self._lock = threading.Lock()
-
-    def add_collector(self, collector: Callable[[], str]) -> None:
-        """Append ``collector()``'s text (whole families, ending with a newline) to every
-        render. Its family names must not clash with registered metrics."""
-        with self._lock:
-            self._collectors.append(collector)
-
-    def register(self, metric: M) -> M:
-        with self._lock:
-            if metric.name in self._metrics:
-                raise ValueError(f"metric {metric.name} is already registered")
-            self._metrics[metric.name] = metric
-        return metric
-
-    def render(self) -> str:
-        """Every metric in the text exposition format 0.0.4 (ends with a newline)."""
-        with self._lock:
-            metrics = list(self._metrics.values())
-            collectors = list(self._collectors)
-        parts = [metric.render() for metric in metrics]
-        for collector in collectors:
-            try:
-                parts.append(collector())
-            except Exception:
-                log.exception("a metrics collector failed; its families are left out")
-        return "".join(parts)
-
 
 #: Rollout phases exported as gitorch_rollout_phase (one series per phase, 1 = current).
 ROLLOUT_PHASES = ("Healthy", "Progressing", "Paused", "Degraded", "RolledBack")
@@ -286,84 +48,168 @@ RECONCILE_RESULTS = ("succeeded", "failed", "rolled-back")
 WEBHOOK_RESULTS = ("accepted", "ping", "ignored", "unauthorized", "disabled", "invalid")
 
 
+class Collector(Protocol):
+    """What prometheus_client calls at each scrape."""
+
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class _Labelled:
+    """A prometheus_client counter or histogram called with labels as keywords (the
+    daemon's ``metrics.reconcile_total.inc(result="failed")``)."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+
+    def _child(self, labels: dict[str, str]) -> Counter | Histogram:
+        return self._metric.labels(**labels) if labels else self._metric
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        child = self._child(labels)
+        assert isinstance(child, Counter)
+        child.inc(amount)
+
+    def observe(self, value: float, **labels: str) -> None:
+        child = self._child(labels)
+        assert isinstance(child, Histogram)
+        child.observe(value)
+
+
+class _ServiceGauges:
+    """gitorch_rollout_phase, gitorch_replicas and gitorch_revision_info, from the
+    daemon's latest view (a custom collector: a forgotten service is simply not yielded)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.phases: dict[str, str] = {}
+        self.replicas: dict[str, tuple[int, int, int]] = {}
+        self.revision: str | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            phases = dict(self.phases)
+            replicas = dict(self.replicas)
+            revision = self.revision
+        phase = GaugeMetricFamily(
+            "gitorch_rollout_phase",
+            "Rollout phase of each service: 1 for the current phase, 0 for the others.",
+            labels=["service", "phase"],
+        )
+        for service, current in sorted(phases.items()):
+            known = ROLLOUT_PHASES if current in ROLLOUT_PHASES else (*ROLLOUT_PHASES, current)
+            for name in known:
+                phase.add_metric([service, name], 1 if name == current else 0)
+        yield phase
+        counts = GaugeMetricFamily(
+            "gitorch_replicas",
+            "Replicas of each service by state (desired, ready, updated).",
+            labels=["service", "state"],
+        )
+        for service, (desired, ready, updated) in sorted(replicas.items()):
+            for state, value in (("desired", desired), ("ready", ready), ("updated", updated)):
+                counts.add_metric([service, state], value)
+        yield counts
+        info = GaugeMetricFamily(
+            "gitorch_revision_info",
+            "The Git revision last applied (value always 1).",
+            labels=["revision"],
+        )
+        if revision is not None:
+            info.add_metric([revision], 1)
+        yield info
+
+
+class _Guarded:
+    """A collector whose failure leaves its families out of the scrape (logged), rather
+    than failing the whole scrape."""
+
+    def __init__(self, collector: Collector) -> None:
+        self._collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = list(self._collector.collect())
+        except Exception:
+            log.exception("a metrics collector failed; its families are left out")
+            return
+        yield from families
+
+
 class Metrics:
     """Every metric gitorch exports, defined once.
 
-    The daemon updates these as it reconciles; ``GET /metrics`` renders :attr:`registry`.
+    The daemon updates these as it reconciles; ``GET /metrics`` renders :meth:`render`.
     """
 
     def __init__(self) -> None:
-        self.registry = Registry()
-        reg = self.registry.register
-        self.reconcile_total = reg(
-            Counter("gitorch_reconcile_total", "Reconcile passes, by result.", ["result"])
+        self.registry = CollectorRegistry()
+        reconcile_total = Counter(
+            "gitorch_reconcile_total",
+            "Reconcile passes, by result.",
+            ["result"],
+            registry=self.registry,
         )
-        self.reconcile_duration_seconds = reg(
+        self.reconcile_total = _Labelled(reconcile_total)
+        self.reconcile_duration_seconds = _Labelled(
             Histogram(
                 "gitorch_reconcile_duration_seconds",
                 "Duration of one reconcile pass in seconds.",
                 buckets=RECONCILE_BUCKETS,
+                registry=self.registry,
             )
         )
-        self.rollout_phase = reg(
-            Gauge(
-                "gitorch_rollout_phase",
-                "Rollout phase of each service: 1 for the current phase, 0 for the others.",
-                ["service", "phase"],
-            )
-        )
-        self.replicas = reg(
-            Gauge(
-                "gitorch_replicas",
-                "Replicas of each service by state (desired, ready, updated).",
-                ["service", "state"],
-            )
-        )
-        self.revision_info = reg(
-            Gauge(
-                "gitorch_revision_info",
-                "The Git revision last applied (value always 1).",
-                ["revision"],
-            )
-        )
-        self.source_fetch_errors_total = reg(
+        self._services = _ServiceGauges()
+        self.registry.register(self._services)
+        self.source_fetch_errors_total = _Labelled(
             Counter(
                 "gitorch_source_fetch_errors_total",
                 "Fetches of the Git source that failed.",
+                registry=self.registry,
             )
         )
-        self.webhook_requests_total = reg(
-            Counter(
-                "gitorch_webhook_requests_total",
-                "Webhook deliveries received, by result.",
-                ["result"],
-            )
+        webhook_requests_total = Counter(
+            "gitorch_webhook_requests_total",
+            "Webhook deliveries received, by result.",
+            ["result"],
+            registry=self.registry,
         )
+        self.webhook_requests_total = _Labelled(webhook_requests_total)
+        # Known results show 0 from the start (rate() needs a starting point).
         for result in RECONCILE_RESULTS:
-            self.reconcile_total.touch(result=result)
+            reconcile_total.labels(result=result)
         for result in WEBHOOK_RESULTS:
-            self.webhook_requests_total.touch(result=result)
+            webhook_requests_total.labels(result=result)
 
-    # -- helpers that keep multi-series gauges consistent -------------------------------
+    def add_collector(self, collector: Collector) -> None:
+        """Families read at scrape time (``collector.collect()``), after gitorch's own."""
+        self.registry.register(_Guarded(collector))
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's value now (0 when absent): for tests and logs."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    # -- the gauges that describe services ---------------------------------------------
 
     def set_rollout_phase(self, service: str, phase: str) -> None:
-        """Mark ``phase`` 1 and every other phase 0 for ``service``."""
-        phases = ROLLOUT_PHASES if phase in ROLLOUT_PHASES else (*ROLLOUT_PHASES, phase)
-        for name in phases:
-            self.rollout_phase.set(1 if name == phase else 0, service=service, phase=name)
+        """``phase`` is 1 and every other phase 0 for ``service``."""
+        with self._services._lock:
+            self._services.phases[service] = phase
 
     def set_replicas(self, service: str, *, desired: int, ready: int, updated: int) -> None:
-        for state, value in (("desired", desired), ("ready", ready), ("updated", updated)):
-            self.replicas.set(value, service=service, state=state)
+        with self._services._lock:
+            self._services.replicas[service] = (desired, ready, updated)
 
     def forget_service(self, service: str) -> None:
         """Drop every series of a service that is no longer in Git."""
-        self.rollout_phase.remove_matching(service=service)
-        self.replicas.remove_matching(service=service)
+        with self._services._lock:
+            self._services.phases.pop(service, None)
+            self._services.replicas.pop(service, None)
 
     def set_revision(self, revision: str) -> None:
-        """Only the revision last applied keeps a series."""
-        self.revision_info.replace([({"revision": revision}, 1)])
+        """Only the revision last applied has a series."""
+        with self._services._lock:
+            self._services.revision = revision
 
     def render(self) -> str:
-        return self.registry.render()
+        """Every metric in the text exposition format 0.0.4 (ends with a newline)."""
+        return prometheus_client.generate_latest(self.registry).decode("utf-8")

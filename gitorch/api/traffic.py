@@ -1,15 +1,10 @@
-"""Per-version traffic of every route, counted so that it only grows.
+"""Per-version traffic of every route, for ``/metrics`` and ``gitorch status``.
 
-The data planes keep cumulative figures per *backend*, and a backend's counts leave their
-sums when it is removed from the table (the built-in plane forgets an idle removed
-backend; HAProxy reports only the servers of the current table). Prometheus counters must
-never decrease, and ``gitorch status`` should not lose a version's requests when one of
-its replicas is replaced, so :class:`TrafficMeter` keeps its own totals: at each
-:meth:`TrafficMeter.read` it takes every backend's figures, adds what grew since the last
-read (per backend, clamped at zero) to the totals of the backend's (route, version), and
-remembers the figures for next time. What a removed backend served between the last read
-and its removal is the only thing lost; the daemon reads at each scrape, each status
-request and each traffic snapshot (every few seconds), which keeps that window short.
+The data plane keeps per-version totals that only grow (a replaced backend's counts
+stay: :class:`~gitorch.traffic.ledger.VersionLedger`), in its own process when it is
+``gitorch proxy`` or HAProxy, so they outlive the daemon. :class:`TrafficMeter` reads them
+for every route of the table in force and adds what the daemon knows: the weight the
+table gives each version, and the Git revision of each version.
 
 A route is a service's endpoint, or its blue-green preview listener (``NAME.preview``).
 A version is the short template digest the data plane uses; its Git ``revision`` comes
@@ -23,19 +18,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gitorch.errors import GitorchError
 from gitorch.state import StateStore, TrafficSnapshot, VersionTraffic
-from gitorch.traffic.figures import BackendFigures, empty_histogram, quantile
+from gitorch.traffic.figures import VersionFigures, empty_histogram, quantile
+from gitorch.traffic.ledger import weights_in_force
 from gitorch.traffic.table import Route, RoutingTable
 
 log = logging.getLogger("gitorch.api.traffic")
 
-#: A version that has had no backend for this long leaves /metrics (its series goes stale).
-RETIRE_AFTER = 3600.0
-
-FiguresReader = Callable[[str], list[BackendFigures]]
+VersionsReader = Callable[[str], Mapping[str, VersionFigures]]
+SinceReader = Callable[[], float | None]
 TableReader = Callable[[], RoutingTable | None]
 RevisionReader = Callable[[str], Mapping[str, str]]
 Clock = Callable[[], float]
@@ -102,50 +96,6 @@ class TrafficReading:
         ]
 
 
-@dataclass
-class _Totals:
-    requests: int = 0
-    errors_5xx: int = 0
-    other: int = 0  # kept apart so it only grows too (requests - 5xx of each delta)
-    connect_errors: int = 0
-    latency: list[int] = field(default_factory=empty_histogram)
-    latency_sum_ms: float = 0.0
-    revision: str = ""
-    last_seen: float = 0.0  # when a backend of it was last reported
-
-    def add(self, now: BackendFigures, before: BackendFigures | None) -> None:
-        """Add what ``now`` grew since ``before`` (everything when first seen)."""
-
-        def grew(a: float, b: float) -> float:
-            return max(0.0, a - b)
-
-        requests = int(grew(now.requests, before.requests if before else 0))
-        errors = int(grew(now.errors_5xx, before.errors_5xx if before else 0))
-        self.requests += requests
-        self.errors_5xx += errors
-        self.other += max(0, requests - errors)
-        self.connect_errors += int(grew(now.connect_errors, before.connect_errors if before else 0))
-        earlier = before.latency if before else ()
-        for index, count in enumerate(now.latency[: len(self.latency)]):
-            old = earlier[index] if index < len(earlier) else 0
-            self.latency[index] += int(grew(count, old))
-        self.latency_sum_ms += grew(now.latency_sum_ms, before.latency_sum_ms if before else 0)
-
-
-def weights_in_force(route: Route) -> dict[str, int]:
-    """Percent of new traffic per version: the route's weights when it has some, else
-    each version's share of the active backends' weights (a rolling update)."""
-    if route.weights:
-        return {version: int(weight) for version, weight in route.weights.items()}
-    by_version: dict[str, int] = {}
-    for backend in route.active():
-        by_version[backend.version] = by_version.get(backend.version, 0) + backend.weight
-    total = sum(by_version.values())
-    if total == 0:
-        return {}
-    return {version: round(100 * weight / total) for version, weight in by_version.items()}
-
-
 def service_of(route: str) -> str:
     """The service a route belongs to (``web.preview`` -> ``web``)."""
     return route.split(".", 1)[0]
@@ -168,86 +118,77 @@ def store_revisions(store: StateStore) -> RevisionReader:
 
 
 class TrafficMeter:
-    """Reads a data plane's per-backend figures for every route of the table in force and
-    keeps per-(route, version) totals that only grow. Thread-safe: the API threads (scrapes,
-    status) and the reconcile loop (snapshots) read concurrently."""
+    """Reads a data plane's per-version totals for every route of the table in force.
+    Thread-safe: the API threads (scrapes, status) and the reconcile loop (snapshots) read
+    concurrently."""
 
     def __init__(
         self,
-        figures: FiguresReader,
+        versions: VersionsReader,
         table: TableReader,
         revisions: RevisionReader,
         *,
         data_plane: str,
+        since: SinceReader | None = None,
         clock: Clock = time.time,
     ) -> None:
-        self._figures = figures
+        self._versions = versions
         self._table = table
         self._revisions = revisions
         self.data_plane = data_plane
+        self._since = since
         self._clock = clock
-        self.since = clock()
+        self._started = clock()
         self._lock = threading.Lock()
-        self._last: dict[tuple[str, str], tuple[BackendFigures, float]] = {}
-        self._totals: dict[tuple[str, str], _Totals] = {}
+        self._pinned: dict[tuple[str, str], str] = {}  # (route, version) -> revision
 
     def read(self) -> TrafficReading:
-        """Take every route's figures now, fold them into the totals, return them."""
+        """Every route's figures now."""
         with self._lock:
             now = self._clock()
             table = self._table()
             routes = dict(table.routes) if table is not None else {}
-            readings = {name: self._read_route(name, route, now) for name, route in routes.items()}
-            self._forget(set(routes), now)
-            return TrafficReading(now, self.since, self.data_plane, readings)
+            readings = {name: self._read_route(name, route) for name, route in routes.items()}
+            self._pinned = {k: v for k, v in self._pinned.items() if k[0] in routes}
+            since = self._since() if self._since is not None else None
+            return TrafficReading(now, since or self._started, self.data_plane, readings)
 
-    def _read_route(self, name: str, route: Route, now: float) -> tuple[VersionReading, ...]:
+    def _read_route(self, name: str, route: Route) -> tuple[VersionReading, ...]:
         try:
-            backends = self._figures(name)
+            versions = dict(self._versions(name))
         except GitorchError as exc:
-            # The data plane is restarting (HAProxy reload, a revived worker): keep the
-            # totals, report no current backends this time.
+            # The data plane is restarting (HAProxy reload, a proxy being replaced): report
+            # no figures this time rather than fail the scrape.
             log.warning("traffic figures of %s unreadable: %s", name, exc.message)
-            backends = []
-        current: dict[str, tuple[int, int]] = {}  # version -> (backends, in flight)
-        for backend in backends:
-            key = (name, backend.backend_id)
-            before = self._last.get(key)
-            totals = self._totals.setdefault((name, backend.version), _Totals())
-            totals.add(backend, before[0] if before else None)
-            totals.last_seen = now
-            self._last[key] = (backend, now)
-            count, in_flight = current.get(backend.version, (0, 0))
-            current[backend.version] = (count + 1, in_flight + backend.in_flight)
+            versions = {}
         weights = weights_in_force(route)
-        for version in weights:
-            self._totals.setdefault((name, version), _Totals(last_seen=now))
-        self._pin_revisions(name)
+        self._pin_revisions(name, [*versions, *weights])
         result = []
-        for (route_name, version), totals in sorted(self._totals.items()):
-            if route_name != name:
-                continue
-            count, in_flight = current.get(version, (0, 0))
+        for version in sorted({*versions, *weights}):
+            figures = versions.get(version)
+            latency = figures.latency if figures is not None else tuple(empty_histogram())
+            requests = figures.requests if figures is not None else 0
+            errors = figures.errors_5xx if figures is not None else 0
             result.append(
                 VersionReading(
                     route=name,
                     version=version,
-                    revision=totals.revision,
+                    revision=self._pinned.get((name, version), ""),
                     weight=weights.get(version, 0),
-                    backends=count,
-                    in_flight=in_flight,
-                    requests=totals.requests,
-                    errors_5xx=totals.errors_5xx,
-                    connect_errors=totals.connect_errors,
-                    latency=tuple(totals.latency),
-                    latency_sum_ms=totals.latency_sum_ms,
-                    other_responses=totals.other,
+                    backends=figures.backends if figures is not None else 0,
+                    in_flight=figures.in_flight if figures is not None else 0,
+                    requests=requests,
+                    errors_5xx=errors,
+                    connect_errors=figures.connect_errors if figures is not None else 0,
+                    latency=latency,
+                    latency_sum_ms=figures.latency_sum_ms if figures is not None else 0.0,
+                    other_responses=max(0, requests - errors),
                 )
             )
         return tuple(result)
 
-    def _pin_revisions(self, route: str) -> None:
-        missing = [k for k, t in self._totals.items() if k[0] == route and not t.revision]
+    def _pin_revisions(self, route: str, versions: list[str]) -> None:
+        missing = [v for v in versions if not self._pinned.get((route, v))]
         if not missing:
             return
         try:
@@ -255,23 +196,6 @@ class TrafficMeter:
         except GitorchError as exc:
             log.warning("revisions of %s unreadable: %s", route, exc.message)
             return
-        for key in missing:
-            self._totals[key].revision = known.get(key[1], "")
-
-    def _forget(self, routes: set[str], now: float) -> None:
-        """Drop routes that left the table, versions idle for RETIRE_AFTER, and the last
-        figures of backends not reported for as long (memory stays bounded)."""
-        for key in [
-            k
-            for k, t in self._totals.items()
-            if k[0] not in routes or now - t.last_seen > RETIRE_AFTER
-        ]:
-            del self._totals[key]
-        # A backend still known is kept a long time: if it were reported again after
-        # being forgotten, its whole count would be added a second time.
-        for key in [
-            k
-            for k, (_, seen) in self._last.items()
-            if k[0] not in routes or now - seen > RETIRE_AFTER
-        ]:
-            del self._last[key]
+        for version in missing:
+            if known.get(version):
+                self._pinned[(route, version)] = known[version]

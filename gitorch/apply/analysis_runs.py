@@ -33,7 +33,7 @@ from gitorch.state import (
     StateStore,
 )
 from gitorch.strategies.machine import AnalysisRequest, AnalysisStatus
-from gitorch.traffic.figures import VersionFigures, by_version, empty_histogram
+from gitorch.traffic.figures import VersionFigures, empty_histogram
 from gitorch.traffic.table import DataPlane
 
 
@@ -133,8 +133,7 @@ class AnalysisRunner:
         return MappingProxyType(statuses)
 
     def _figures(self, service: str) -> dict[str, VersionFigures]:
-        read = getattr(self.dataplane, "figures", None)
-        return by_version(read(service)) if read is not None else {}
+        return dict(self.dataplane.version_figures(service))
 
     def run_analyses(
         self, service: str, entry: StepEntry, requests: tuple[AnalysisRequest, ...], now: float

@@ -33,8 +33,8 @@ from gitorch.decide.actions import Action
 from gitorch.errors import GitorchError
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
-from gitorch.traffic.builtin import ListenError
 from gitorch.traffic.discovery import service_env
+from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import DataPlane, RoutingTable
 
 log = logging.getLogger("gitorch.executor")

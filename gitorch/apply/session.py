@@ -19,6 +19,8 @@ from gitorch.scheduler import LEAST_ALLOCATED
 from gitorch.sources.base import CommitInfo
 from gitorch.state import DaemonLock, StateStore
 from gitorch.traffic.builtin import BuiltinLoadBalancer
+from gitorch.traffic.proxy.client import ProxyDataPlane
+from gitorch.traffic.proxy.control import ProxyUnavailable
 from gitorch.traffic.table import DataPlane
 from gitorch.traffic.workers import WorkerPool
 
@@ -35,6 +37,9 @@ class SessionOptions:
     node_grace: float = 30.0  # a silent node's replicas are replaced after this long
     data_plane: str = "builtin"  # builtin | haproxy
     lb_workers: int = 0  # built-in LB worker processes; 0 = on a thread of this process
+    # The data plane outlives the session (the daemon): the built-in one runs as
+    # `gitorch proxy`, HAProxy keeps running; either is adopted when it already runs.
+    data_plane_outlives: bool = False
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -117,16 +122,43 @@ class Session:
 
 
 def _data_plane(options: SessionOptions) -> DataPlane:
-    """The built-in load balancer (default), or a real HAProxy serving the same table."""
+    """What serves the endpoints.
+
+    * ``haproxy``: a real HAProxy serving the same table (adopted when it runs already;
+      left running on close when the data plane outlives the session);
+    * ``builtin`` outliving the session (the daemon): ``gitorch proxy``, started unless it
+      runs already;
+    * ``builtin`` otherwise (``gitorch apply``): the proxy when one runs for this state
+      directory (it holds the ports), else a balancer in this process that serves until
+      the session closes (on ``lb_workers`` processes, or on a thread).
+    """
     if options.data_plane == "haproxy":
         from gitorch.traffic.haproxy import HAProxyDataPlane
 
-        return HAProxyDataPlane(options.state_dir / "haproxy", host=options.lb_host)
+        return HAProxyDataPlane(
+            options.state_dir / "haproxy",
+            host=options.lb_host,
+            keep_running=options.data_plane_outlives,
+        )
     if options.data_plane != "builtin":
         raise ConfigError(f"--data-plane {options.data_plane!r}: expected builtin or haproxy")
+    workers = max(1, options.lb_workers)
+    try:
+        return ProxyDataPlane(
+            options.state_dir,
+            host=options.lb_host,
+            workers=workers,
+            secrets_dir=options.secrets_dir,
+            start=options.data_plane_outlives,
+        )
+    except ProxyUnavailable:
+        if options.data_plane_outlives:
+            raise
     if options.lb_workers > 0:
-        return WorkerPool(options.lb_host, workers=options.lb_workers)
-    return BuiltinLoadBalancer(options.lb_host)
+        return WorkerPool(
+            options.lb_host, workers=options.lb_workers, secrets_dir=options.secrets_dir
+        )
+    return BuiltinLoadBalancer(options.lb_host, secrets_dir=options.secrets_dir)
 
 
 def _advertised(lb_host: str) -> str:

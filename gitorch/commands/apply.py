@@ -76,8 +76,9 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
         default=lb_workers,
         metavar="N|auto",
         help="processes the built-in load balancer proxies on, each sharing every port "
-        "(SO_REUSEPORT); 0: on a thread of this process; auto: one per CPU core, at most 4 "
-        f"(0 on one core); default {lb_workers}",
+        "(SO_REUSEPORT): the daemon's `gitorch proxy` workers (at least 1), or, for apply "
+        "without a running proxy, 0: on a thread of this process; auto: one per CPU core, "
+        f"at most 4 (0 on one core); default {lb_workers}",
     )
     parser.add_argument(
         "--node-grace",

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from gitorch.decide.service import TrafficIntent, version_key
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Service
-from gitorch.traffic.table import Backend, Route, RoutingTable, VersionRule
+from gitorch.traffic.table import Backend, Route, RoutingTable, TlsFiles, VersionRule
 
 
 def routing_table(
@@ -60,8 +60,9 @@ def routing_table(
             )
         ordered = tuple(sorted(backends, key=lambda b: b.id))
         intent = intents.get(name)
+        tls = TlsFiles(expose.tls.cert_file, expose.tls.key_file) if expose.tls else None
         if intent is None:
-            routes[name] = Route(name, expose.port, expose.protocol, ordered)
+            routes[name] = Route(name, expose.port, expose.protocol, ordered, tls=tls)
             continue
         canary = target.strategy.canary
         routes[name] = Route(
@@ -76,6 +77,7 @@ def routing_table(
             ),
             # strategy.canary.stickySessions: a client keeps its version while it weighs > 0.
             sticky=canary is not None and canary.sticky_sessions,
+            tls=tls,
         )
         blue = target.strategy.blue_green
         if intent.preview and blue is not None and blue.preview_port:
@@ -83,6 +85,6 @@ def routing_table(
             # "." never occurs in a service name (DNS-1123 label), so no collision, and
             # HAProxy accepts it in proxy names ("~" made it refuse the configuration).
             routes[f"{name}.preview"] = Route(
-                f"{name}.preview", blue.preview_port, expose.protocol, preview
+                f"{name}.preview", blue.preview_port, expose.protocol, preview, tls=tls
             )
     return RoutingTable(routes)

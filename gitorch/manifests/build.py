@@ -297,6 +297,11 @@ def canonical_service(doc: Mapping[str, Any]) -> dict[str, Any]:
             "targetPort": expose.get("targetPort", default_target),
             "protocol": expose.get("protocol", "http"),
         }
+        if "tls" in expose:
+            spec["expose"]["tls"] = {
+                "certFile": expose["tls"]["certFile"],
+                "keyFile": expose["tls"]["keyFile"],
+            }
     resources = raw.get("resources") or {}
     spec["resources"] = {
         "requests": _resource_list(resources.get("requests")),
@@ -557,7 +562,14 @@ def build_service(doc: Mapping[str, Any], origin: m.Origin) -> m.Service:
         ),
         replicas=spec["replicas"],
         ports=tuple(m.Port(p["name"], p["containerPort"], p["protocol"]) for p in spec["ports"]),
-        expose=m.Expose(expose["port"], expose["targetPort"], expose["protocol"])
+        expose=m.Expose(
+            expose["port"],
+            expose["targetPort"],
+            expose["protocol"],
+            m.ExposeTls(expose["tls"]["certFile"], expose["tls"]["keyFile"])
+            if "tls" in expose
+            else None,
+        )
         if expose
         else None,
         resources=m.Resources(_resources(resources["requests"]), _resources(resources["limits"])),

@@ -134,6 +134,14 @@ def check_service(entry: Entry) -> Iterator[Finding]:
                     at("env", name, "secretFile"),
                     "secretFile must be a relative path inside the operator's secrets directory",
                 )
+    for field in ("certFile", "keyFile"):
+        name = ((spec.get("expose") or {}).get("tls") or {}).get(field)
+        if isinstance(name, str) and (name.startswith("/") or ".." in name.split("/")):
+            yield Finding(
+                origin,
+                at("expose", "tls", field),
+                f"{field} must be a relative path inside the operator's secrets directory",
+            )
     working_dir = spec.get("workingDir")
     if working_dir is not None and ".." in posixpath.normpath(working_dir).split("/"):
         yield Finding(origin, at("workingDir"), "workingDir must not climb out with '..'")

@@ -46,10 +46,19 @@ class Port:
 
 
 @dataclass(frozen=True)
+class ExposeTls:
+    """TLS termination of an endpoint: PEM files under the operator's secrets directory."""
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
 class Expose:
     port: int
     target_port: str | int  # a port name or number, as written
     protocol: str = "http"
+    tls: ExposeTls | None = None
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,23 @@
-"""The built-in load balancer: gitorch's own data plane (stdlib only).
+"""The built-in load balancer: gitorch's own data plane (asyncio, proxying).
 
 One asyncio event loop runs on its own daemon thread and serves every route of the
 current :class:`~gitorch.traffic.table.RoutingTable`:
 
 * ``tcp`` routes: L4, a backend per accepted connection, bytes spliced both ways;
 * ``http`` routes: an HTTP/1.1 reverse proxy, a backend per *request*, keep-alive with
-  clients and a small pool of keep-alive connections per backend.
+  clients and a small pool of keep-alive connections per backend; an ``Upgrade``
+  request (WebSocket) becomes a spliced connection once the backend answers 101.
 
-Backends are chosen in two steps (see :meth:`_Service.choose_version`): first the version
-(``Route.rules``, then a sticky cookie, then ``Route.weights`` by smooth weighted round
-robin over versions, so 10% is exactly 10 of every 100 requests), then a backend of that
-version by smooth weighted round robin over ``Backend.weight`` (the nginx algorithm: even
-spread, no bursts). A version that has a weight but no active backend gets nothing: its
-share goes to the other versions, so no request gets a 503 while any active backend
-exists. ``tcp`` routes apply ``weights`` per connection; rules and stickiness need an HTTP
-request and do not apply to them. :meth:`BuiltinLoadBalancer.apply` runs on the loop thread and swaps the backend
-list of a route in one step, so once it returns no new connection or request goes to a
-draining or removed backend; requests in flight finish. A request whose backend fails
-before answering is retried on another one when that is safe (see
+Which backend serves is decided by :mod:`gitorch.traffic.choice` (pure).
+:meth:`BuiltinLoadBalancer.apply` runs on the loop thread and swaps the backend list of a
+route in one step, so once it returns no new connection or request goes to a draining or
+removed backend; requests in flight finish. A request whose backend fails before
+answering is retried on another one when that is safe (see
 :meth:`BuiltinLoadBalancer._proxy_request`), which is what makes rollouts lose nothing.
+
+Listening sockets come from a :class:`~gitorch.traffic.listeners.ListenerSource`: bound
+here (``gitorch apply``), or handed over by the coordinator of worker processes, which
+keeps them open across a worker's death and a proxy's replacement.
 """
 
 from __future__ import annotations
@@ -29,24 +28,35 @@ import contextlib
 import enum
 import errno
 import logging
-import re
+import os
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from gitorch.errors import ConfigError
 from gitorch.traffic import _http
+from gitorch.traffic.choice import Candidate, Chooser
 from gitorch.traffic.figures import (
     BackendFigures,
     VersionFigures,
     bucket_of,
-    by_version,
     empty_histogram,
 )
-from gitorch.traffic.table import Backend, BackendStats, Route, RoutingTable, VersionRule
+from gitorch.traffic.ledger import VersionLedger
+from gitorch.traffic.listeners import BACKLOG, Binding, ListenerSource
+from gitorch.traffic.routes import ListenError, check_table, resolve_tls
+from gitorch.traffic.table import (
+    Backend,
+    BackendStats,
+    DataPlaneHealth,
+    Route,
+    RoutingTable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,106 +72,8 @@ SWEEP = 0.25
 #: head (it is answered, then closed): a request already on its way when the route went
 #: is served, and an idle keep-alive connection does not hold the route for long.
 RETIRE_GRACE = 1.0
-#: Listen queue length of a route's socket (nginx's default on Linux).
-BACKLOG = 511
 #: Connections accepted per readiness event before other work gets a turn.
 ACCEPT_BATCH = 64
-
-
-class ListenError(ConfigError):
-    """A route's listen port could not be opened (in use, or not permitted).
-
-    ``routes`` maps each route that failed to why, so a caller can fail those services
-    alone (every other route of the table was applied, or can be applied without them).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        detail: tuple[str, ...] = (),
-        routes: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message, detail=detail)
-        self.routes: Mapping[str, str] = dict(routes or {})
-
-    @classmethod
-    def of(cls, failures: Mapping[str, str]) -> ListenError:
-        """One error for every failed route (``route -> message``)."""
-        messages = list(failures.values())
-        return cls(messages[0], detail=tuple(messages[1:]), routes=failures)
-
-
-class RouteInvalid(ConfigError):
-    """A route cannot be served as written (a bad rule regex, a negative weight)."""
-
-
-#: Prefix of the cookie that keeps a client on its version (``Route.sticky``).
-STICKY_COOKIE = "gitorch_v_"
-
-
-def sticky_cookie(service: str) -> str:
-    """Name of the stickiness cookie of ``service``."""
-    return f"{STICKY_COOKIE}{service}"
-
-
-def check_route(route: Route) -> None:
-    """Raise :class:`RouteInvalid` when ``route``'s weights or rules cannot be served."""
-    for version, weight in route.weights.items():
-        if not isinstance(weight, int) or weight < 0:
-            raise RouteInvalid(
-                f"service {route.service}: weight of version {version!r} must be >= 0"
-            )
-    for rule in route.rules:
-        if (rule.header is None) == (rule.cookie is None):
-            raise RouteInvalid(
-                f"service {route.service}: a rule names exactly one of header or cookie"
-            )
-        if rule.regex is not None:
-            try:
-                re.compile(rule.regex)
-            except re.error as exc:
-                raise RouteInvalid(
-                    f"service {route.service}: bad rule regex {rule.regex!r}: {exc}"
-                ) from exc
-
-
-def parse_cookies(head: _http.Head) -> dict[str, str]:
-    """Cookies of a request (every Cookie header); the first of a repeated name wins."""
-    found: dict[str, str] = {}
-    for value in head.all("cookie"):
-        for part in value.split(";"):
-            name, sep, val = part.strip().partition("=")
-            if sep and name and name not in found:
-                found[name] = val.strip().strip('"')
-    return found
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """A :class:`VersionRule` ready to test requests (regex compiled once)."""
-
-    rule: VersionRule
-    pattern: re.Pattern[str] | None
-
-    @classmethod
-    def of(cls, rule: VersionRule) -> _Rule:
-        return cls(rule, re.compile(rule.regex) if rule.regex is not None else None)
-
-    def matches(self, head: _http.Head, cookies: Mapping[str, str]) -> bool:
-        """Exact and regex (full match) must both hold when both are given; with
-        neither, the header or cookie being present is enough."""
-        if self.rule.header is not None:
-            values = head.all(self.rule.header.lower())
-        else:
-            cookie = cookies.get(self.rule.cookie or "")
-            values = [] if cookie is None else [cookie]
-        return any(self._value_matches(v) for v in values)
-
-    def _value_matches(self, value: str) -> bool:
-        if self.rule.exact is not None and value != self.rule.exact:
-            return False
-        return self.pattern is None or self.pattern.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -237,54 +149,135 @@ class _Conn:
             self.writer.close()
 
 
-@dataclass(eq=False)
-class _BackendState:
+#: Event loops the balancer can run on.
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
+def default_event_loop() -> str:
+    """uvloop when it is installed (15% more requests per second for the proxy, and a
+    lower p99: bench/README.md), else the standard library's."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop: the standard library's, or uvloop's (libuv, measured in
+    bench/README.md); :class:`ConfigError` when uvloop is asked for and not installed."""
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError as exc:
+            raise ConfigError(
+                "the uvloop event loop is not installed (pip install uvloop)"
+            ) from exc
+        return uvloop.new_event_loop()
+    raise ConfigError(f"event loop {kind!r}: expected one of {', '.join(EVENT_LOOPS)}")
+
+
+class TlsContexts:
+    """The TLS server contexts of the routes that terminate TLS, loaded once per set of
+    files and loaded again when a file changes (a renewed certificate)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, tuple[tuple[object, ...], ssl.SSLContext]] = {}
+
+    def context(self, route: Route) -> ssl.SSLContext | None:
+        """The context for ``route`` (None without TLS); :class:`ListenError` when its
+        files cannot be loaded."""
+        if route.tls is None:
+            self._loaded.pop(route.service, None)
+            return None
+        files = (route.tls.cert_file, route.tls.key_file)
+        try:
+            key = (*files, *(os.stat(f).st_mtime_ns for f in files))
+        except OSError as exc:
+            raise ListenError(
+                f"service {route.service}: cannot read TLS file {exc.filename}: {exc.strerror}"
+            ) from exc
+        known = self._loaded.get(route.service)
+        if known is not None and known[0] == key:
+            return known[1]
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(*files)
+        except (OSError, ssl.SSLError) as exc:
+            raise ListenError(
+                f"service {route.service}: cannot load its TLS certificate and key: {exc}"
+            ) from exc
+        self._loaded[route.service] = (key, context)
+        return context
+
+    def keep(self, services: Iterable[str]) -> None:
+        wanted = set(services)
+        for name in [n for n in self._loaded if n not in wanted]:
+            del self._loaded[name]
+
+
+class _BackendState(Candidate):
     """What the proxy knows of one backend of one service (lives on the loop thread)."""
 
-    backend: Backend
-    removed: bool = False
-    in_flight: int = 0
-    requests: int = 0
-    errors: int = 0  # 5xx answers + failed connections (BackendStats.errors)
-    errors_5xx: int = 0
-    connect_errors: int = 0
-    latency: list[int] = field(default_factory=empty_histogram)
-    latency_sum_ms: float = 0.0
-    current: int = 0  # smooth weighted round robin state
-    down_until: float = 0.0
-    idle: list[_Conn] = field(default_factory=list)
+    __slots__ = (
+        "in_flight",
+        "requests",
+        "errors",
+        "errors_5xx",
+        "connect_errors",
+        "latency",
+        "latency_sum_ms",
+        "idle",
+    )
 
-    @property
-    def accepting(self) -> bool:
-        return not self.removed and not self.backend.draining
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
+        self.in_flight = 0
+        self.requests = 0
+        self.errors = 0  # 5xx answers + failed connections (BackendStats.errors)
+        self.errors_5xx = 0
+        self.connect_errors = 0
+        self.latency = empty_histogram()
+        self.latency_sum_ms = 0.0
+        self.idle: list[_Conn] = []
 
     def close_idle(self) -> None:
         for conn in self.idle:
             conn.close()
         self.idle.clear()
 
+    def figures(self) -> BackendFigures:
+        return BackendFigures(
+            backend_id=self.backend.id,
+            version=self.backend.version,
+            in_flight=self.in_flight,
+            requests=self.requests,
+            errors_5xx=self.errors_5xx,
+            connect_errors=self.connect_errors,
+            latency=tuple(self.latency),
+            latency_sum_ms=self.latency_sum_ms,
+        )
 
-@dataclass(eq=False)
-class _Service:
-    """One route being served: its listener and its backends."""
 
-    route: Route
-    backends: dict[str, _BackendState] = field(default_factory=dict)
-    active: list[_BackendState] = field(default_factory=list)
-    listeners: list[socket.socket] = field(default_factory=list)  # open listening sockets
-    listening: tuple[int, str] | None = None  # (port, protocol) of the open listener
-    closed: bool = False
-    by_version: dict[str, list[_BackendState]] = field(default_factory=dict)  # active ones
-    rules: tuple[_Rule, ...] = ()
-    version_current: dict[str, int] = field(default_factory=dict)  # smooth WRR over versions
-    cookie_name: str = ""
-    connections: int = 0  # open client connections (counted from accept to close)
-    head_waiters: set[_Deadline] = field(default_factory=set)  # handlers awaiting a head
+class _Service(Chooser[_BackendState]):
+    """One route being served: its backends (see :class:`Chooser`) and its listener."""
+
+    def __init__(self, route: Route) -> None:
+        super().__init__(route, _BackendState)
+        self.listeners: list[socket.socket] = []  # open listening sockets
+        self.listening: int | None = None  # port of the open listeners
+        self.closed = False
+        self.connections = 0  # open client connections (counted from accept to close)
+        self.head_waiters: set[_Deadline] = set()  # handlers awaiting a head
+        self.tls: ssl.SSLContext | None = None  # terminate TLS on accepted connections
 
     def retire(self) -> None:
-        """The route left the table: its listener is closed already. Requests in flight
-        finish; a client connection may still send one request (answered with
-        ``Connection: close``) within :data:`RETIRE_GRACE`; then the route is gone.
+        """The route left the table (or the process hands over): its listener is closed
+        already. Requests in flight finish; a client connection may still send one
+        request (answered with ``Connection: close``) within :data:`RETIRE_GRACE`; then
+        the route is gone.
 
         The backends stay pickable for those last requests, but take no pooled
         connections (so a stopping replica is not held open by the proxy)."""
@@ -295,111 +288,6 @@ class _Service:
         grace_ends = time.monotonic() + RETIRE_GRACE
         for deadline in self.head_waiters:
             deadline.shorten(grace_ends)
-
-    def set_route(self, route: Route) -> None:
-        """Swap in a new backend list (on the loop thread: atomic for the handlers)."""
-        self.route = route
-        seen: set[str] = set()
-        for backend in route.backends:
-            seen.add(backend.id)
-            state = self.backends.get(backend.id)
-            if state is None:
-                self.backends[backend.id] = _BackendState(backend)
-            else:
-                state.backend = backend
-                state.removed = False
-        for backend_id, state in list(self.backends.items()):
-            if backend_id not in seen:
-                state.removed = True
-                if state.in_flight == 0:
-                    del self.backends[backend_id]
-            if not state.accepting:
-                # A draining backend must be able to exit: idle connections go now,
-                # busy ones are closed when their request ends (see _release).
-                state.close_idle()
-        self.active = [s for s in self.backends.values() if s.accepting and s.backend.weight > 0]
-        self.by_version = {}
-        for state in self.active:
-            self.by_version.setdefault(state.backend.version, []).append(state)
-        if len(self.rules) != len(route.rules) or any(
-            r.rule != n for r, n in zip(self.rules, route.rules, strict=False)
-        ):
-            self.rules = tuple(_Rule.of(rule) for rule in route.rules)
-        if set(self.version_current) != set(route.weights):
-            # New versions: restart the cycle, so shares are exact from this apply on.
-            self.version_current = dict.fromkeys(route.weights, 0)
-        self.cookie_name = sticky_cookie(route.service)
-
-    def choose_version(self, head: _http.Head | None) -> tuple[str | None, str | None]:
-        """The version for one request (``head``) or tcp connection (None), and the
-        version to put in the sticky cookie (None: leave the client's cookie alone).
-
-        None as the version means "any active backend by its own weight": the route has
-        no weights, or no weighted version has an active backend (the fallback that
-        keeps serving while anything can serve).
-        """
-        route = self.route
-        cookies: Mapping[str, str] = {}
-        if head is not None:
-            if self.rules or route.sticky:
-                cookies = parse_cookies(head)
-            for rule in self.rules:
-                if self.by_version.get(rule.rule.version) and rule.matches(head, cookies):
-                    return rule.rule.version, None
-        if not route.weights:
-            return None, None
-        if head is not None and route.sticky:
-            held = cookies.get(self.cookie_name)
-            if held is not None and route.weights.get(held, 0) > 0 and self.by_version.get(held):
-                return held, None
-        chosen = self._weighted_version()
-        sticky = chosen if head is not None and route.sticky and chosen is not None else None
-        return chosen, sticky
-
-    def _weighted_version(self) -> str | None:
-        """Smooth weighted round robin over versions with a weight and a backend."""
-        total = 0
-        best: str | None = None
-        for version, weight in self.route.weights.items():
-            if weight <= 0 or not self.by_version.get(version):
-                continue
-            current = self.version_current.get(version, 0) + weight
-            self.version_current[version] = current
-            total += weight
-            if best is None or current > self.version_current[best]:
-                best = version
-        if best is not None:
-            self.version_current[best] -= total
-        return best
-
-    def pick(self, tried: set[str], version: str | None = None) -> _BackendState | None:
-        """Smooth weighted round robin over active backends of ``version`` (any version
-        when None) not yet tried; then over any active backend not tried (a retry may
-        leave the version rather than fail); then all of them. Backends not in cooldown
-        are preferred."""
-        pool = self.active if version is None else self.by_version.get(version, [])
-        candidates = (
-            [s for s in pool if s.backend.id not in tried]
-            or [s for s in self.active if s.backend.id not in tried]
-            or self.active
-        )
-        if not candidates:
-            return None
-        now = time.monotonic()
-        healthy = [s for s in candidates if s.down_until <= now] or candidates
-        total = 0
-        best: _BackendState | None = None
-        for state in healthy:
-            state.current += state.backend.weight
-            total += state.backend.weight
-            if best is None or state.current > best.current:
-                best = state
-        assert best is not None
-        best.current -= total
-        return best
-
-    def attempts(self) -> int:
-        return max(2, len(self.active))
 
 
 class BuiltinLoadBalancer:
@@ -415,12 +303,19 @@ class BuiltinLoadBalancer:
         *,
         timeouts: Timeouts | None = None,
         reuse_port: bool = False,
+        listeners: ListenerSource | None = None,
+        secrets_dir: Path | None = None,
+        event_loop: str = "asyncio",
     ) -> None:
-        """``reuse_port``: listen with SO_REUSEPORT, so that several balancers (the
-        processes of a :class:`~gitorch.traffic.workers.WorkerPool`) share each port."""
+        """``listeners``: where routes' listening sockets come from (default: bound here,
+        with SO_REUSEPORT when ``reuse_port``). ``secrets_dir``: where the TLS files a
+        route names are (see :func:`~gitorch.traffic.routes.resolve_tls`).
+        ``event_loop``: ``asyncio`` or ``uvloop`` (libuv; see :func:`new_event_loop`)."""
         self.host = host
         self.timeouts = timeouts or Timeouts()
-        self.reuse_port = reuse_port
+        self.listeners = listeners or Binding(host, reuse_port=reuse_port)
+        self.secrets_dir = secrets_dir
+        self._tls = TlsContexts()
         self._services: dict[str, _Service] = {}
         # Routes removed while requests were still in flight on them: kept until those end,
         # so backend_stats() still counts them (the reconciler waits for zero before it
@@ -428,7 +323,8 @@ class BuiltinLoadBalancer:
         self._retiring: list[_Service] = []
         self._clients: set[asyncio.Task[None]] = set()
         self._deadlines: set[_Deadline] = set()
-        self._loop = asyncio.new_event_loop()
+        self.ledger = VersionLedger()
+        self._loop = new_event_loop(event_loop)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"gitorch-lb-{host}", daemon=True)
         self._thread.start()
@@ -466,20 +362,21 @@ class BuiltinLoadBalancer:
     def apply(self, table: RoutingTable) -> None:
         """Serve ``table``: open/close listeners, swap backend lists.
 
-        Listeners of routes that stay on the same port and protocol are never reopened.
-        Raises :class:`ListenError` naming every route whose port could not be opened;
-        all other routes are applied anyway (and a later apply retries the failed ones).
-        Raises :class:`RouteInvalid` (and changes nothing) when a route's weights or
-        rules cannot be served.
+        Listeners of routes that stay on the same port are never reopened (a route
+        switching between http and tcp keeps its socket). Raises :class:`ListenError`
+        naming every route whose port could not be opened; all other routes are applied
+        anyway (and a later apply retries the failed ones). Raises
+        :class:`~gitorch.traffic.routes.RouteInvalid` (and changes nothing) when a
+        route's weights or rules cannot be served.
         """
         if self._closed:
             raise ConfigError("the load balancer is closed")
-        for route in table.routes.values():
-            check_route(route)  # before anything changes: a bad table changes nothing
+        check_table(table)  # before anything changes: a bad table changes nothing
+        table = resolve_tls(table, self.secrets_dir)
         future = asyncio.run_coroutine_threadsafe(self._apply(table), self._loop)
         failures = future.result(timeout=self.timeouts.apply)
         if failures:
-            raise ListenError.of(failures)
+            raise ListenError(failures[0], detail=tuple(failures[1:]))
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
         """``backend_id``'s in-flight requests and counts, None when it is not served.
@@ -505,50 +402,71 @@ class BuiltinLoadBalancer:
         return self._call(read)
 
     def figures(self, service: str) -> list[BackendFigures]:
-        """Cumulative figures of every backend known for ``service`` (empty if unknown);
-        :func:`gitorch.traffic.figures.by_version` adds them up per version."""
+        """Cumulative figures of every backend known for ``service`` (empty if unknown)."""
 
         def read() -> list[BackendFigures]:
             svc = self._services.get(service)
-            if svc is None:
-                return []
-            return [
-                BackendFigures(
-                    backend_id=s.backend.id,
-                    version=s.backend.version,
-                    in_flight=s.in_flight,
-                    requests=s.requests,
-                    errors_5xx=s.errors_5xx,
-                    connect_errors=s.connect_errors,
-                    latency=tuple(s.latency),
-                    latency_sum_ms=s.latency_sum_ms,
-                )
-                for s in svc.backends.values()
-            ]
+            return [] if svc is None else [s.figures() for s in svc.backends.values()]
 
         return self._call(read)
 
     def version_figures(self, service: str) -> dict[str, VersionFigures]:
-        """Cumulative figures of ``service`` per version (requests, 5xx, success rate,
-        p50/p90/p99, open connections); an analysis compares two of these with
-        :meth:`VersionFigures.since`. Empty when the service is unknown.
+        """Per-version totals of ``service`` since this balancer started (requests, 5xx,
+        success rate, p50/p90/p99, open connections), counting backends that left the
+        table (:class:`~gitorch.traffic.ledger.VersionLedger`); an analysis compares two
+        of these with :meth:`VersionFigures.since`. Empty when the service is unknown."""
 
-        A backend removed from the table is forgotten once idle, and its counts leave the
-        sum: ``since`` clamps what would go negative.
-        """
-        return by_version(self.figures(service))
+        def read() -> dict[str, VersionFigures]:
+            svc = self._services.get(service)
+            if svc is None:
+                return {}
+            current = [s.figures() for s in svc.backends.values()]
+            return self.ledger.versions(service, current, svc.route.weights)
+
+        return self._call(read)
+
+    def health(self) -> DataPlaneHealth:
+        if self._closed or not self._thread.is_alive():
+            return DataPlaneHealth("builtin", False, "the load balancer is closed")
+        return DataPlaneHealth("builtin", True, since=self.ledger.since)
 
     def endpoints(self) -> dict[str, int]:
         """service -> port actually listened on right now."""
 
         def read() -> dict[str, int]:
             return {
-                name: svc.listening[0]
+                name: svc.listening
                 for name, svc in self._services.items()
                 if svc.listening is not None
             }
 
         return self._call(read)
+
+    def connections(self) -> int:
+        """Client connections open now (on every route, removed ones included)."""
+
+        def read() -> int:
+            self._forget_retired()
+            served = sum(svc.connections for svc in self._services.values())
+            return served + sum(svc.connections for svc in self._retiring)
+
+        return self._call(read)
+
+    def release(self) -> None:
+        """Stop taking connections on every route, without closing what the listening
+        sockets have queued (a successor process holds the same sockets and serves
+        those); connections already open finish as on a removed route (see
+        :meth:`_Service.retire`). Used when a proxy hands over to its successor."""
+
+        def run() -> None:
+            for name, svc in list(self._services.items()):
+                self._stop_listening(svc, adopt=False)
+                svc.retire()
+                del self._services[name]
+                if svc.connections:
+                    self._retiring.append(svc)
+
+        self._call(run)
 
     def close(self) -> None:
         """Stop every listener and connection, then the loop thread."""
@@ -570,51 +488,54 @@ class BuiltinLoadBalancer:
 
     # ----------------------------------------------------------------- loop side
 
-    async def _apply(self, table: RoutingTable) -> dict[str, str]:
+    async def _apply(self, table: RoutingTable) -> list[str]:
         # Close what goes (or moves) first, so two routes may swap ports in one table.
         for name, svc in list(self._services.items()):
             route = table.routes.get(name)
             if route is None:
                 self._stop_listening(svc)
                 svc.retire()
+                self.ledger.depart(name, [s.figures() for s in svc.backends.values()])
                 del self._services[name]
                 self._forget_retired()
                 if svc.connections:  # requests in flight, or on their way
                     self._retiring.append(svc)
-            elif svc.listening != (route.port, route.protocol):
+            elif svc.listening != route.port:
                 self._stop_listening(svc)
-        failures: dict[str, str] = {}
+        failures: list[str] = []
         for name, route in table.routes.items():
-            if route.protocol not in ("http", "tcp"):
-                failures[name] = f"service {name}: unknown protocol {route.protocol!r}"
-                continue
             served = self._services.get(name)
             if served is None:
                 served = self._services[name] = _Service(route)
-            served.set_route(route)
+            left = served.set_route(route)
+            for state in served.backends.values():
+                if not state.accepting:
+                    # A draining backend must be able to exit: idle connections go now,
+                    # busy ones are closed when their request ends (see _release).
+                    state.close_idle()
+            for state in left:
+                self._forget_if_gone(served, state)
+            try:
+                served.tls = self._tls.context(route)
+            except ListenError as exc:
+                failures.append(exc.message)
+                self._stop_listening(served)  # never serve it in clear text instead
+                continue
             if served.listening is None:
                 try:
-                    await self._listen(served)
-                except OSError as exc:
-                    failures[name] = self._listen_failure(route, exc)
+                    self._listen(served)
+                except ListenError as exc:
+                    failures.append(exc.message)
+        self.ledger.keep_routes(table.routes)
+        self._tls.keep(table.routes)
         return failures
 
     def _forget_retired(self) -> None:
         """Drop removed routes whose last client connection has ended."""
         self._retiring = [svc for svc in self._retiring if svc.connections]
 
-    def _listen_failure(self, route: Route, exc: OSError) -> str:
-        where = f"{self.host}:{route.port}"
-        if exc.errno == errno.EADDRINUSE:
-            why = "the port is already in use by another process or service"
-        elif exc.errno == errno.EACCES:
-            why = "permission denied (ports below 1024 need privileges)"
-        else:
-            why = exc.strerror or str(exc)
-        return f"service {route.service}: cannot listen on {where}: {why}"
-
-    async def _listen(self, svc: _Service) -> None:
-        """Open ``svc``'s listening sockets and accept on them.
+    def _listen(self, svc: _Service) -> None:
+        """Take ``svc``'s listening sockets and accept on them.
 
         The proxy accepts itself rather than through ``asyncio.start_server``: on
         Python 3.11, a connection asyncio had accepted when its server closed in the same
@@ -622,30 +543,11 @@ class BuiltinLoadBalancer:
         server inside the accept task), so the client hangs. Here every accepted
         connection is served, and closing a listener accepts what is queued first."""
         route = svc.route
-        infos = await self._loop.getaddrinfo(
-            self.host, route.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        listeners: list[socket.socket] = []
-        try:
-            for family, kind, proto, _, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
-                listeners.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if self.reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(BACKLOG)
-                sock.setblocking(False)
-        except OSError:
-            for sock in listeners:
-                sock.close()
-            raise
+        listeners = self.listeners.take(route.service, route.port)
         for sock in listeners:
             self._loop.add_reader(sock.fileno(), self._accept, svc, sock)
         svc.listeners = listeners
-        svc.listening = (route.port, route.protocol)
+        svc.listening = route.port
 
     def _accept(self, svc: _Service, listener: socket.socket, limit: int = ACCEPT_BATCH) -> None:
         """Accept up to ``limit`` queued connections and serve each (loop thread)."""
@@ -670,7 +572,7 @@ class BuiltinLoadBalancer:
         async def serve() -> None:
             try:
                 try:
-                    reader, writer = await asyncio.open_connection(sock=conn, limit=_http.MAX_HEAD)
+                    reader, writer = await self._open_client(conn, svc.tls)
                 except (OSError, asyncio.CancelledError):  # cancelled: the balancer closes
                     conn.close()
                     raise
@@ -683,6 +585,19 @@ class BuiltinLoadBalancer:
         task = self._loop.create_task(serve())
         self._clients.add(task)
         task.add_done_callback(self._clients.discard)
+
+    async def _open_client(
+        self, conn: socket.socket, tls: ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams on an accepted connection (after the TLS handshake when ``tls``)."""
+        if tls is None:
+            return await asyncio.open_connection(sock=conn, limit=_http.MAX_HEAD)
+        reader = asyncio.StreamReader(limit=_http.MAX_HEAD, loop=self._loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=self._loop)
+        transport, _ = await self._loop.connect_accepted_socket(
+            lambda: protocol, sock=conn, ssl=tls, ssl_handshake_timeout=self.timeouts.connect * 5
+        )
+        return reader, asyncio.StreamWriter(transport, protocol, reader, self._loop)
 
     def _stop_listening(self, svc: _Service, adopt: bool = True) -> None:
         """Close ``svc``'s listeners. Connections the kernel completed that were not
@@ -777,7 +692,7 @@ class BuiltinLoadBalancer:
         tried: set[str] = set()
         version, _ = svc.choose_version(None)
         for _ in range(svc.attempts()):
-            state = svc.pick(tried, version)
+            state = svc.pick(tried, version, now=time.monotonic())
             if state is None:
                 return
             tried.add(state.backend.id)
@@ -797,10 +712,13 @@ class BuiltinLoadBalancer:
                 self._forget_if_gone(svc, state)
 
     def _forget_if_gone(self, svc: _Service, state: _BackendState) -> None:
-        # A retired route keeps its backends until its last connection ends.
+        """Forget a backend that left the table once idle (its last figures go to the
+        ledger). A retired route keeps its backends until its last connection ends."""
         gone = state.removed and state.in_flight == 0 and not svc.closed
         if gone and svc.backends.get(state.backend.id) is state:
             del svc.backends[state.backend.id]
+            if self._services.get(svc.route.service) is svc:
+                self.ledger.depart(svc.route.service, [state.figures()])
 
     # ----------------------------------------------------------------- http
 
@@ -873,7 +791,12 @@ class BuiltinLoadBalancer:
             await _answer(writer, 400, f"bad request body: {exc}")
             return False
 
-        request_head = self._backend_request(head, body, client_ip)
+        # An Upgrade (WebSocket) goes on to the backend; its 101 turns the connection
+        # into a spliced one (RFC 9110 7.8). Only without a body, and from HTTP/1.1.
+        upgrade = None
+        if "upgrade" in conn_tokens and kind == "none" and head.version >= (1, 1):
+            upgrade = head.first("upgrade")
+        request_head = self._backend_request(head, body, client_ip, svc.tls is not None, upgrade)
         is_head = head.method == "HEAD"
         tried: set[str] = set()
         failure = _Failure.NO_BACKEND
@@ -882,7 +805,7 @@ class BuiltinLoadBalancer:
         if cookie_version is not None:
             extra.append(("Set-Cookie", f"{svc.cookie_name}={cookie_version}; Path=/"))
         for _ in range(svc.attempts()):
-            state = svc.pick(tried, version)
+            state = svc.pick(tried, version, now=time.monotonic())
             if state is None:
                 break
             tried.add(state.backend.id)
@@ -898,9 +821,10 @@ class BuiltinLoadBalancer:
                     reader,
                     writer,
                     client_keep,
-                    retrying,
+                    retrying or upgrade is not None,
                     extra,
                     deadline,
+                    upgrade,
                 )
             finally:
                 state.in_flight -= 1
@@ -931,7 +855,12 @@ class BuiltinLoadBalancer:
         return answerless and method in _http.IDEMPOTENT
 
     def _backend_request(
-        self, head: _http.RequestHead, body: _RequestBody, client_ip: str
+        self,
+        head: _http.RequestHead,
+        body: _RequestBody,
+        client_ip: str,
+        tls: bool,
+        upgrade: str | None = None,
     ) -> bytes:
         """The request head sent to backends: the client's end-to-end headers as they
         came, then the forwarding and framing headers the proxy writes itself."""
@@ -942,7 +871,7 @@ class BuiltinLoadBalancer:
             f"X-Forwarded-For: {forwarded_for}, {client_ip}\r\n"
             if forwarded_for
             else f"X-Forwarded-For: {client_ip}\r\n",
-            "X-Forwarded-Proto: http\r\n",
+            "X-Forwarded-Proto: https\r\n" if tls else "X-Forwarded-Proto: http\r\n",
         ]
         host = head.first("host")
         if host is not None:
@@ -952,6 +881,8 @@ class BuiltinLoadBalancer:
             # HTTP/1.0 clients may omit Host; HTTP/1.1 backends require one.
             parts.append(f"Host: {self.host}\r\n")
         parts.extend(f"{name}: {value}\r\n" for name, value in body.framing_headers(head.method))
+        if upgrade is not None:
+            parts.append(f"Connection: Upgrade\r\nUpgrade: {upgrade}\r\n")
         parts.append("\r\n")
         return "".join(parts).encode("latin-1")
 
@@ -984,6 +915,7 @@ class BuiltinLoadBalancer:
         fresh_only: bool,
         extra: _http.Headers,
         deadline: _Deadline,
+        upgrade: str | None = None,
     ) -> bool | _Failure:
         """One try on one backend: the client keep-alive verdict when a response was
         relayed, else why nothing reached the client."""
@@ -1006,9 +938,9 @@ class BuiltinLoadBalancer:
                 await body.send_streamed(request_head, reader, conn.writer)
             with deadline.limit(self.timeouts.response):
                 response = await _http.read_response_head(conn.reader)
-                while response.status < 200:
+                while response.status < 200 and not (upgrade and response.status == 101):
                     # 1xx interim answers are skipped: the proxy answered Expect itself,
-                    # and 101 cannot happen since Upgrade is not forwarded.
+                    # and 101 only comes to a request that asked to upgrade.
                     response = await _http.read_response_head(conn.reader)
         except TimeoutError:
             conn.close()
@@ -1033,6 +965,12 @@ class BuiltinLoadBalancer:
             conn.close()
             raise
         _count(state, response.status, started)
+        if response.status == 101:
+            try:
+                await _switch_protocols(response, upgrade or "", reader, writer, conn, extra)
+            finally:
+                conn.close()
+            return False
         try:
             keep, reusable = await _relay_response(
                 head, response, conn.reader, writer, client_keep, extra
@@ -1194,6 +1132,25 @@ async def _relay_response(
     if client.transport.get_write_buffer_size():
         await client.drain()  # most writes go straight to the socket: no await then
     return client_keep, backend_keep
+
+
+async def _switch_protocols(
+    response: _http.ResponseHead,
+    upgrade: str,
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
+    backend: _Conn,
+    extra: _http.Headers,
+) -> None:
+    """Relay a backend's 101 answer, then copy bytes both ways until both sides end (a
+    WebSocket, or any protocol the client asked to upgrade to)."""
+    protocol = response.first("upgrade") or upgrade
+    parts = [f"HTTP/1.1 101 {response.reason}".rstrip(), "\r\n", response.forward_block()]
+    parts.extend(f"{name}: {value}\r\n" for name, value in extra)
+    parts.append(f"Connection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n")
+    client_writer.write("".join(parts).encode("latin-1"))
+    await client_writer.drain()
+    await _splice(client_reader, client_writer, backend.reader, backend.writer)
 
 
 async def _answer(

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 #: Upper bounds (milliseconds) of the latency buckets; one more bucket counts the rest.
 LATENCY_BOUNDS_MS: tuple[float, ...] = (
@@ -103,6 +104,13 @@ class VersionFigures(_Quantiles):
 
     ``in_flight`` is what is open on the version right now: requests being served (http)
     or connections (tcp); :attr:`open_connections` names the same figure.
+
+    ``epoch`` names the counting that produced the figures (one per data-plane process
+    that counts, carried over when a proxy hands over to its successor): two snapshots of
+    different epochs cannot be subtracted. ``restarted`` marks a window (:meth:`since`)
+    in which the counting started again: it holds only what was counted after the
+    restart, and what came between the earlier snapshot and the restart is not in it
+    (never guessed).
     """
 
     version: str
@@ -114,6 +122,8 @@ class VersionFigures(_Quantiles):
     latency: tuple[int, ...]
     latency_sum_ms: float = 0.0
     recent_mean_ms: float | None = None
+    epoch: str = ""
+    restarted: bool = False
 
     @property
     def open_connections(self) -> int:
@@ -139,8 +149,12 @@ class VersionFigures(_Quantiles):
         """What happened between ``earlier`` and this snapshot (counters subtracted).
 
         ``in_flight`` and ``backends`` are current values, not differences. A backend that
-        left in between can make a difference negative; it is clamped at zero.
+        left in between can make a difference negative; it is clamped at zero. When the
+        two snapshots come from different counting epochs, the window is what this one
+        counted since it began, marked ``restarted``.
         """
+        if self.epoch and earlier.epoch and self.epoch != earlier.epoch:
+            return replace(self, restarted=True)
         return VersionFigures(
             version=self.version,
             backends=self.backends,
@@ -154,6 +168,7 @@ class VersionFigures(_Quantiles):
             latency_sum_ms=max(0.0, self.latency_sum_ms - earlier.latency_sum_ms),
             # A moving average cannot be subtracted: the later one is the best there is.
             recent_mean_ms=self.recent_mean_ms,
+            epoch=self.epoch,
         )
 
 
@@ -191,3 +206,41 @@ def _weighted_mean(members: Sequence[BackendFigures]) -> float | None:
     if weight == 0:
         return sum(m.recent_mean_ms or 0.0 for m in known) / len(known)
     return sum((m.recent_mean_ms or 0.0) * m.requests for m in known) / weight
+
+
+def add_histograms(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """Two bucket count lists added (an empty one counts as zeros)."""
+    if not a:
+        return tuple(b)
+    if not b:
+        return tuple(a)
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+Counted = TypeVar("Counted", BackendFigures, VersionFigures)
+
+
+def added(a: Counted, b: Counted) -> Counted:
+    """``a`` with ``b``'s counts, histogram and in-flight figure added (the same backend
+    or version counted in two places)."""
+    return replace(
+        a,
+        in_flight=a.in_flight + b.in_flight,
+        requests=a.requests + b.requests,
+        errors_5xx=a.errors_5xx + b.errors_5xx,
+        connect_errors=a.connect_errors + b.connect_errors,
+        latency=add_histograms(a.latency, b.latency),
+        latency_sum_ms=a.latency_sum_ms + b.latency_sum_ms,
+    )
+
+
+def combine(version: str, parts: Iterable[VersionFigures]) -> VersionFigures:
+    """The figures of one version counted in several places (worker processes) added up."""
+    total = VersionFigures(version, 0, 0, 0, 0, 0, tuple(empty_histogram()))
+    for part in parts:
+        total = replace(
+            added(total, part),
+            backends=max(total.backends, part.backends),
+            epoch=part.epoch or total.epoch,
+        )
+    return total

@@ -1,7 +1,7 @@
 """The routing table: which backends serve each exposed service (pure data).
 
 The reconciler computes a :class:`RoutingTable` from ready replicas; a data plane (the
-built-in load balancer, or HAProxy later) serves it. Keeping the table apart from the
+built-in load balancer, ``gitorch proxy``, or HAProxy) serves it. Keeping the table apart from the
 proxy is what lets several data planes serve the same decisions.
 """
 
@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
+
+from gitorch.traffic.figures import BackendFigures, VersionFigures
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,16 @@ class VersionRule:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """A route's certificate chain and private key (PEM files). In a table from the
+    reconciler they are names under the operator's secrets directory, as the manifest
+    gives them; the data plane's client resolves them to paths before serving."""
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
 class Route:
     """A service's stable endpoint: where clients connect, and the backends behind it.
 
@@ -60,6 +72,7 @@ class Route:
     weights: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     rules: tuple[VersionRule, ...] = ()
     sticky: bool = False
+    tls: TlsFiles | None = None  # http only: terminate TLS with these files
 
     def active(self) -> tuple[Backend, ...]:
         """Backends that may take new traffic."""
@@ -84,10 +97,22 @@ class BackendStats:
     errors: int = 0  # 5xx responses or failed connections
 
 
+@dataclass(frozen=True)
+class DataPlaneHealth:
+    """Whether a data plane serves, and what it is (for logs, status and /healthz)."""
+
+    kind: str  # builtin | proxy | haproxy
+    ok: bool
+    message: str = ""
+    pid: int | None = None  # the serving process, when it is not the caller's
+    since: float | None = None  # wall time its figures count from
+
+
 class DataPlane(Protocol):
     """Serves a routing table. Implementations must apply a new table without dropping
     connections to backends that stay, and must never send new traffic to a draining or
-    removed backend once :meth:`apply` returns."""
+    removed backend once :meth:`apply` returns. Every method is safe to call from several
+    threads (the daemon applies on its loop while API threads read figures)."""
 
     def apply(self, table: RoutingTable) -> None:
         """Make ``table`` the one served (listeners opened/closed, backends changed)."""
@@ -97,6 +122,22 @@ class DataPlane(Protocol):
         """In-flight and total figures for one backend (None when unknown)."""
         ...
 
+    def figures(self, service: str) -> list[BackendFigures]:
+        """Cumulative figures of every backend of ``service`` serving now (empty if
+        unknown)."""
+        ...
+
+    def version_figures(self, service: str) -> dict[str, VersionFigures]:
+        """Per-version totals of ``service`` that only grow (a replaced backend's counts
+        stay: :class:`~gitorch.traffic.ledger.VersionLedger`); what analyses and
+        ``/metrics`` read."""
+        ...
+
+    def health(self) -> DataPlaneHealth:
+        """Whether it serves now."""
+        ...
+
     def close(self) -> None:
-        """Stop listening and serving."""
+        """Let go of the data plane: one that lives in the caller's process stops serving;
+        one that outlives it (``gitorch proxy``, HAProxy) keeps serving its last table."""
         ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from analysis_helpers import window
 
@@ -83,3 +85,19 @@ def test_combine_takes_the_worst(
     assert combined.phase is worst
     assert set(combined.value) == {f"k{i}" for i in range(len(phases))}
     assert combined.message == "; ".join(f"m{i}" for i in range(len(phases)))
+
+
+def test_a_window_whose_counting_restarted_says_so() -> None:
+    """Snapshots of two countings (a proxy that started afresh) are never subtracted: the
+    window holds what the new counting saw, and the measurement says the rest is missing."""
+    spec = Analysis(interval_seconds=10, count=3, min_requests=10, success_rate=0.99)
+    before = replace(window(500, 5), epoch="old")
+    after = replace(window(40), epoch="new")
+    judged = after.since(before)
+    assert (judged.requests, judged.errors_5xx, judged.restarted) == (40, 0, True)
+    result = evaluate(spec, judged)
+    assert result.phase is MeasurementPhase.SUCCESSFUL
+    assert "counting restarted" in result.message and result.value["countingRestarted"] is True
+    same = replace(window(540, 5), epoch="old").since(before)
+    assert (same.requests, same.restarted) == (40, False)
+    assert "countingRestarted" not in evaluate(spec, same).value

@@ -24,8 +24,8 @@ from gitorch.apply.analysis_runs import AnalysisRunner, StepEntry
 from gitorch.manifests.model import Analysis
 from gitorch.state import AnalysisRunPhase, StateStore
 from gitorch.strategies.machine import AnalysisRequest
-from gitorch.traffic.figures import BackendFigures, empty_histogram
-from gitorch.traffic.table import RoutingTable
+from gitorch.traffic.figures import BackendFigures, VersionFigures, by_version, empty_histogram
+from gitorch.traffic.table import DataPlaneHealth, RoutingTable
 
 
 def drive(
@@ -144,6 +144,12 @@ class Plane:
             BackendFigures(t[:12] + "-b", t[:12], 0, req, err, 0, tuple(empty_histogram()))
             for t, (req, err) in self.counts.items()
         ]
+
+    def version_figures(self, service: str) -> dict[str, VersionFigures]:
+        return by_version(self.figures(service))
+
+    def health(self) -> DataPlaneHealth:
+        return DataPlaneHealth("test", True)
 
     def apply(self, table: RoutingTable) -> None:
         pass

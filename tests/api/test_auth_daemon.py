@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from data_plane_helpers import stop_data_plane
 from reconciler_helpers import (
     DaemonProc,
     cli_env,
@@ -127,6 +128,7 @@ def paused(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Paused]:
         yield world
     finally:
         daemon.stop()
+        stop_data_plane(state)  # it outlives the daemon by design
         remove_cluster(process_runtime(state), cluster_of(state))
 
 

@@ -1,5 +1,5 @@
-"""The metrics registry: exposition format (checked by a strict parser), escaping,
-histogram arithmetic, thread safety."""
+"""gitorch's metrics through prometheus_client: families and types (checked by a strict
+parser), the gauges kept per service, escaping, a failing collector, thread safety."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from api_helpers import parse_prometheus
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitorch.api.metrics import Counter, Gauge, Histogram, Metrics, Registry, format_value
+from gitorch.api.metrics import Metrics
 
 GITORCH_FAMILIES = {
     "gitorch_reconcile_total": "counter",
@@ -60,82 +60,43 @@ def test_daemon_helpers_keep_gauges_consistent() -> None:
     assert families["gitorch_rollout_phase"].samples == []
 
 
-def test_histogram_buckets_sum_and_count() -> None:
-    histogram = Histogram("h_seconds", "help", buckets=(0.5, 1, 5))
-    for value in (0.1, 0.5, 0.7, 3, 100):
-        histogram.observe(value)
-    registry = Registry()
-    registry.register(histogram)
-    family = parse_prometheus(registry.render())["h_seconds"]
-    buckets = {labels["le"]: v for name, labels, v in family.samples if name.endswith("_bucket")}
-    assert buckets == {"0.5": 2, "1": 3, "5": 4, "+Inf": 5}  # le is inclusive
-    assert ("h_seconds_sum", {}, 104.3) in family.samples
-    assert ("h_seconds_count", {}, 5) in family.samples
-
-
-def test_labelled_histogram_shows_only_observed_series() -> None:
-    histogram = Histogram("h", "help", ["step"], buckets=(1,))
-    registry = Registry()
-    registry.register(histogram)
-    assert parse_prometheus(registry.render())["h"].samples == []
-    histogram.observe(2, step="b")
-    family = parse_prometheus(registry.render())["h"]
-    assert ("h_bucket", {"step": "b", "le": "1"}, 0) in family.samples
-    assert ("h_bucket", {"step": "b", "le": "+Inf"}, 1) in family.samples
+def test_reconcile_histogram_buckets_sum_and_count() -> None:
+    metrics = Metrics()
+    for value in (0.04, 0.05, 0.07, 3, 1000):
+        metrics.reconcile_duration_seconds.observe(value)
+    family = parse_prometheus(metrics.render())["gitorch_reconcile_duration_seconds"]
+    buckets = {
+        float(labels["le"]): v for name, labels, v in family.samples if name.endswith("_bucket")
+    }
+    assert buckets[0.05] == 2 and buckets[0.1] == 3 and buckets[5.0] == 4  # le is inclusive
+    assert buckets[math.inf] == 5
+    assert ("gitorch_reconcile_duration_seconds_count", {}, 5) in family.samples
 
 
 @given(st.text(max_size=30))
-def test_label_values_and_help_round_trip_through_escaping(value: str) -> None:
-    gauge = Gauge("g", f"help with {value}", ["v"])
-    gauge.set(1, v=value)
-    registry = Registry()
-    registry.register(gauge)
-    family = parse_prometheus(registry.render())["g"]
-    assert family.samples == [("g", {"v": value}, 1.0)]
+def test_label_values_round_trip_through_escaping(value: str) -> None:
+    metrics = Metrics()
+    metrics.set_replicas(value, desired=1, ready=1, updated=1)
+    family = parse_prometheus(metrics.render())["gitorch_replicas"]
+    assert {labels["service"] for _, labels, _ in family.samples} == {value}
 
 
-def test_escaping_is_the_formats() -> None:
-    gauge = Gauge("g", 'a \\ b\nc "d"', ["v"])
-    gauge.set(1, v='x"y\\z\nw')
-    assert gauge.render() == (
-        '# HELP g a \\\\ b\\nc "d"\n# TYPE g gauge\ng{v="x\\"y\\\\z\\nw"} 1\n'
-    )
+def test_a_failing_collector_leaves_only_its_families_out() -> None:
+    class Broken:
+        def collect(self) -> list[object]:
+            raise RuntimeError("the data plane went away")
 
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (0, "0"),
-        (3.0, "3"),
-        (0.25, "0.25"),
-        (math.inf, "+Inf"),
-        (-math.inf, "-Inf"),
-        (math.nan, "NaN"),
-        (1e20, "1e+20"),
-    ],
-)
-def test_format_value(value: float, text: str) -> None:
-    assert format_value(value) == text
+    metrics = Metrics()
+    metrics.add_collector(Broken())
+    assert set(parse_prometheus(metrics.render())) == set(GITORCH_FAMILIES)
 
 
 def test_misuse_is_refused() -> None:
-    counter = Counter("c_total", "help", ["result"])
-    with pytest.raises(ValueError, match="cannot decrease"):
-        counter.inc(-1, result="x")
-    with pytest.raises(ValueError, match="takes labels"):
-        counter.inc(result="x", extra="y")
-    with pytest.raises(ValueError, match="takes labels"):
-        counter.inc()
-    with pytest.raises(ValueError, match="invalid metric name"):
-        Counter("bad-name", "help")
-    with pytest.raises(ValueError, match="invalid label name"):
-        Gauge("g", "help", ["__reserved"])
-    with pytest.raises(ValueError, match="reserved"):
-        Histogram("h", "help", ["le"])
-    registry = Registry()
-    registry.register(Gauge("g", "help"))
-    with pytest.raises(ValueError, match="already registered"):
-        registry.register(Gauge("g", "help"))
+    metrics = Metrics()
+    with pytest.raises(ValueError, match="negative"):
+        metrics.reconcile_total.inc(-1, result="x")
+    with pytest.raises(ValueError, match="label"):
+        metrics.reconcile_total.inc(result="x", extra="y")
 
 
 def test_updates_from_many_threads_are_not_lost_and_renders_stay_valid() -> None:
@@ -163,8 +124,8 @@ def test_updates_from_many_threads_are_not_lost_and_renders_stay_valid() -> None
     for thread in threads:
         thread.join()
     total = threads_count * per_thread
-    assert metrics.reconcile_total.get(result="succeeded") == total
-    assert metrics.reconcile_duration_seconds.count() == total
+    assert metrics.value("gitorch_reconcile_total", result="succeeded") == total
+    assert metrics.value("gitorch_reconcile_duration_seconds_count") == total
     for text in renders:  # each histogram render is internally consistent
         parse_prometheus(text)
     final = parse_prometheus(metrics.render())

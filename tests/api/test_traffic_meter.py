@@ -1,4 +1,5 @@
-"""TrafficMeter (totals that only grow) and the gitorch_lb_* exposition, on a fake plane."""
+"""TrafficMeter (a data plane's per-version totals with weights and revisions) and the
+gitorch_lb_* exposition, on backend figures a test sets, folded by the real ledger."""
 
 from __future__ import annotations
 
@@ -8,19 +9,23 @@ from types import MappingProxyType
 
 from api_helpers import parse_prometheus
 
-from gitorch.api.traffic import TrafficMeter, weights_in_force
-from gitorch.api.traffic_metrics import render_traffic
-from gitorch.traffic.figures import BackendFigures, bucket_of, empty_histogram
+from gitorch.api.metrics import Metrics
+from gitorch.api.traffic import TrafficMeter
+from gitorch.api.traffic_metrics import TrafficCollector
+from gitorch.traffic.figures import BackendFigures, VersionFigures, bucket_of, empty_histogram
+from gitorch.traffic.ledger import VersionLedger, weights_in_force
 from gitorch.traffic.table import Backend, Route, RoutingTable
 
 V1, V2 = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
 
 
-class FakePlane:
-    """Backends with counts a test sets; a backend removed takes its counts with it."""
+class Plane:
+    """Backend figures a test sets, folded per version by a real VersionLedger as a data
+    plane does (a backend removed without a last look takes what was not read with it)."""
 
     def __init__(self) -> None:
         self.backends: dict[str, BackendFigures] = {}
+        self.ledger = VersionLedger()
 
     def serve(self, backend_id: str, version: str, ms: float, status: int = 200) -> None:
         old = self.backends.get(backend_id)
@@ -37,8 +42,9 @@ class FakePlane:
             latency_sum_ms=(old.latency_sum_ms if old else 0.0) + ms,
         )
 
-    def figures(self, route: str) -> list[BackendFigures]:
-        return list(self.backends.values()) if route == "web" else []
+    def version_figures(self, route: str) -> dict[str, VersionFigures]:
+        current = list(self.backends.values()) if route == "web" else []
+        return self.ledger.versions(route, current)
 
 
 def _table(weights: Mapping[str, int], *versions: str) -> RoutingTable:
@@ -48,10 +54,10 @@ def _table(weights: Mapping[str, int], *versions: str) -> RoutingTable:
 
 
 def test_totals_never_decrease_when_a_backend_leaves() -> None:
-    plane = FakePlane()
+    plane = Plane()
     table = [_table({V1: 80, V2: 20}, V1, V2)]
     meter = TrafficMeter(
-        plane.figures, lambda: table[0], lambda _: {V1: "1" * 40}, data_plane="fake"
+        plane.version_figures, lambda: table[0], lambda _: {V1: "1" * 40}, data_plane="fake"
     )
     for _ in range(8):
         plane.serve("id-v1", V1, 2.0)
@@ -76,13 +82,15 @@ def test_totals_never_decrease_when_a_backend_leaves() -> None:
 
 
 def test_exposition_is_valid_with_cumulative_buckets() -> None:
-    plane = FakePlane()
+    plane = Plane()
     meter = TrafficMeter(
-        plane.figures, lambda: _table({}, V1), lambda _: {V1: "1" * 40}, data_plane="fake"
+        plane.version_figures, lambda: _table({}, V1), lambda _: {V1: "1" * 40}, data_plane="fake"
     )
     for ms in (0.5, 4.0, 4.0, 60.0, 120_000.0):
         plane.serve("id-v1", V1, ms, status=503 if ms > 100 else 200)
-    families = parse_prometheus(render_traffic(meter.read()))  # checks histograms too
+    metrics = Metrics()
+    metrics.add_collector(TrafficCollector(meter.read))
+    families = parse_prometheus(metrics.render())  # checks histograms too
     labels = {"service": "web", "version": V1, "revision": "1" * 40}
     requests = families["gitorch_lb_requests_total"].samples
     assert requests == [("gitorch_lb_requests_total", labels, 5.0)]

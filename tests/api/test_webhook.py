@@ -50,7 +50,7 @@ def deliver(
 
 
 def webhook_count(handle: StubHandle, result: str) -> float:
-    return handle.metrics.webhook_requests_total.get(result=result)
+    return handle.metrics.value("gitorch_webhook_requests_total", result=result)
 
 
 def test_github_push_with_a_valid_signature_triggers_once(

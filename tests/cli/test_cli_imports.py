@@ -38,6 +38,8 @@ NEVER_FOR_VALIDATE_OR_PLAN = (
     "gitorch.traffic.builtin",
     "gitorch.traffic.haproxy",
     "gitorch.traffic.workers",
+    "gitorch.traffic.listeners",
+    "gitorch.traffic.proxy",
     "gitorch.traffic._http",
     "gitorch.api",
     "gitorch.daemon",

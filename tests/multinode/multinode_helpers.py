@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_plane_helpers import stop_data_plane
 from reconciler_helpers import CliRun, DaemonProc, cluster_of, gitorch
 
 from gitorch.errors import GitorchError
@@ -238,6 +239,7 @@ class World:
     def teardown(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
+        stop_data_plane(self.state)  # it outlives the daemons by design
         cluster = cluster_of(self.state)
         if not cluster:
             return

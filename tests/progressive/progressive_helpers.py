@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -22,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_plane_helpers import stop_data_plane
 from reconciler_helpers import (
     DaemonProc,
     LoadClient,
@@ -83,7 +82,7 @@ class World:
     def teardown(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
-        _stop_haproxy_of(self.state)
+        stop_data_plane(self.state)  # it outlives the daemons by design
         cluster = cluster_of(self.state)
         remove_cluster(process_runtime(self.state), cluster)
         if self.driver == "docker":
@@ -100,22 +99,6 @@ def world_in(tmp_path: Path) -> Iterator[World]:
         yield world
     finally:
         world.teardown()
-
-
-def _stop_haproxy_of(state: Path) -> None:
-    """SIGTERM any haproxy whose command line names this test's state dir (a daemon that
-    had to be killed cannot stop the HAProxy it started)."""
-    marker = str(state).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"haproxy") and any(marker in a for a in argv):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGTERM)
 
 
 # -- manifests ---------------------------------------------------------------------------

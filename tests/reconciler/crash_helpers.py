@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_plane_helpers import stop_data_plane
 from listen_ports import free_port
 
 from gitorch.live.inventory import existing_cluster_name, local_node_name, runtime_dir
@@ -241,6 +242,7 @@ class Cluster:
         """Kill the daemon, then every replica: by record, then by token (orphans too)."""
         if self.daemon is not None and self.daemon.poll() is None:
             self.kill_daemon()
+        stop_data_plane(self.state)  # it outlives the daemon by design
         cluster = existing_cluster_name(self.state)
         if cluster is not None:
             node = local_node_name()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from data_plane_helpers import stop_data_plane
 from listen_ports import free_port
 
 from gitorch.errors import GitorchError
@@ -548,6 +549,7 @@ class Cluster:
     def teardown(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
+        stop_data_plane(self.state)  # it outlives the daemons by design
         cluster = cluster_of(self.state)
         remove_cluster(process_runtime(self.state), cluster)
         if self.driver == "docker":

@@ -16,8 +16,8 @@ import pytest
 from test_rollout_load import roll
 from traffic_helpers import App, Apps, Load, free_port, get, table, wait_until
 
-from gitorch.traffic.builtin import ListenError
 from gitorch.traffic.haproxy import HAProxyConfigInvalid, HAProxyDataPlane
+from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import Route, VersionRule
 
 
@@ -246,3 +246,43 @@ def test_reload_under_keep_alive_load_fails_no_request(hap: HAProxyDataPlane, ap
             wait_until(lambda seen=seen: load.count() > seen + 50, what="traffic after a reload")
     assert hap.worker_pid() != pid
     assert load.failures() == [], load.failures()[:5]
+
+
+def test_a_kept_haproxy_is_adopted_with_its_figures_by_the_next_plane(
+    tmp_path: Path, apps: Apps
+) -> None:
+    """The daemon's setting (keep_running): close() leaves HAProxy serving; a new plane
+    on the same directory adopts the master, its layout and its counters: the next
+    change goes through the runtime API (no reload) and the totals go on growing."""
+    workdir = tmp_path / "haproxy"
+    one, two = apps.start("ka", version="1"), apps.start("ka", version="1")
+    port = free_port()
+    first = HAProxyDataPlane(workdir, slots_per_version=4, keep_running=True)
+    try:
+        first.apply(table(vroute(port, [one])))
+        for _ in range(30):
+            assert get(port)[0] == 200
+        wait_until(lambda: first.version_figures("svc")["1"].requests == 30)
+        worker = first.worker_pid()
+        first.close()
+        assert get(port)[0] == 200  # nobody drives it: it serves on
+        second = HAProxyDataPlane(workdir, slots_per_version=4, keep_running=False)
+        try:
+            assert second.adopted and second.worker_pid() == worker
+            assert second.version_figures("svc")["1"].requests == 31
+            second.apply(table(vroute(port, [one, two])))  # a backend more: runtime API
+            assert second.reloads == 0 and second.worker_pid() == worker
+            for _ in range(20):
+                assert get(port)[0] == 200
+            figures = {f.backend_id: f.requests for f in second.figures("svc")}
+            assert figures[one.id] > 31 and figures[two.id] > 0
+            # The request log goes on to the same reader address: percentiles go on.
+            # (the request sent while no reader was bound is the one line lost)
+            wait_until(lambda: sum(second.version_figures("svc")["1"].latency) >= 50)
+        finally:
+            second.close()  # it adopted HAProxy, it did not start it: it leaves it serving
+        assert get(port)[0] == 200
+    finally:
+        first.stop()  # the explicit stop (gitorch proxy stop)
+    with pytest.raises(ConnectionRefusedError):
+        get(port)

@@ -15,8 +15,9 @@ import pytest
 from traffic_helpers import Apps, free_port, get, route, table, wait_until
 
 from gitorch.errors import ConfigError
-from gitorch.traffic.builtin import RETIRE_GRACE, BuiltinLoadBalancer, ListenError, Timeouts
+from gitorch.traffic.builtin import RETIRE_GRACE, BuiltinLoadBalancer, Timeouts
 from gitorch.traffic.figures import by_version
+from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import Backend
 
 
@@ -211,6 +212,13 @@ def test_every_backend_down_answers_503(lb: BuiltinLoadBalancer) -> None:
         b"GET / HTTP/1.1\r\nX-Name\n: v\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nX-A: 1\rX-B: 2\r\n\r\n",
         b"GET / HTTP/1.1\r\n Folded: 1\r\n\r\n",
+        # what llhttp refuses besides (request smuggling and header injection forms)
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: a\x01b\r\n\r\n",
+        b"GET /\xe9 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
     ],
 )
 def test_malformed_request_answers_400(lb: BuiltinLoadBalancer, apps: Apps, garbage: bytes) -> None:

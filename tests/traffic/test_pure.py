@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gitorch.traffic import _http
-from gitorch.traffic.builtin import _Service
+from gitorch.traffic.choice import Candidate, Chooser
 from gitorch.traffic.figures import (
     LATENCY_BOUNDS_MS,
     BackendFigures,
@@ -20,20 +20,22 @@ from gitorch.traffic.figures import (
 )
 from gitorch.traffic.table import Backend, Route
 
+NOW = 1000.0  # the caller's monotonic clock
 
-def service(*weights: int, draining: tuple[int, ...] = ()) -> _Service:
+
+def service(*weights: int, draining: tuple[int, ...] = ()) -> Chooser[Candidate]:
     backends = tuple(
         Backend(f"b{i}", f"127.0.0.1:{1000 + i}", weight=w, draining=i in draining)
         for i, w in enumerate(weights)
     )
-    svc = _Service(Route("s", 80, "http", ()))
+    svc = Chooser(Route("s", 80, "http", ()), Candidate)
     svc.set_route(Route("s", 80, "http", backends))
     return svc
 
 
 def test_smooth_weighted_round_robin_interleaves() -> None:
     svc = service(5, 1, 1)
-    order = [svc.pick(set()).backend.id for _ in range(7)]  # type: ignore[union-attr]
+    order = [svc.pick(set(), now=NOW).backend.id for _ in range(7)]  # type: ignore[union-attr]
     # nginx's smooth sequence for 5/1/1: the heavy one never runs 5 in a row.
     assert order == ["b0", "b0", "b1", "b0", "b2", "b0", "b0"]
 
@@ -41,26 +43,26 @@ def test_smooth_weighted_round_robin_interleaves() -> None:
 @given(st.lists(st.integers(min_value=1, max_value=100), min_size=1, max_size=6))
 def test_one_cycle_of_total_weight_picks_each_exactly_its_weight(weights: list[int]) -> None:
     svc = service(*weights)
-    counts = Counter(svc.pick(set()).backend.id for _ in range(sum(weights)))  # type: ignore[union-attr]
+    counts = Counter(svc.pick(set(), now=NOW).backend.id for _ in range(sum(weights)))  # type: ignore[union-attr]
     assert counts == {f"b{i}": w for i, w in enumerate(weights)}
 
 
 def test_pick_skips_tried_draining_and_zero_weight() -> None:
     svc = service(100, 100, 0, 100, draining=(3,))
-    assert {svc.pick({"b0"}).backend.id for _ in range(5)} == {"b1"}  # type: ignore[union-attr]
+    assert {svc.pick({"b0"}, now=NOW).backend.id for _ in range(5)} == {"b1"}  # type: ignore[union-attr]
     # Every active one tried: any active one may be picked again.
-    assert svc.pick({"b0", "b1"}) is not None
-    assert service(0).pick(set()) is None
-    assert service(100, draining=(0,)).pick(set()) is None
+    assert svc.pick({"b0", "b1"}, now=NOW) is not None
+    assert service(0).pick(set(), now=NOW) is None
+    assert service(100, draining=(0,)).pick(set(), now=NOW) is None
     assert svc.attempts() == 2
 
 
 def test_backend_in_cooldown_is_passed_over_while_others_exist() -> None:
     svc = service(100, 100)
     svc.backends["b0"].down_until = float("inf")
-    assert {svc.pick(set()).backend.id for _ in range(4)} == {"b1"}  # type: ignore[union-attr]
+    assert {svc.pick(set(), now=NOW).backend.id for _ in range(4)} == {"b1"}  # type: ignore[union-attr]
     svc.backends["b1"].down_until = float("inf")
-    assert svc.pick(set()) is not None  # all cooling down: still try rather than refuse
+    assert svc.pick(set(), now=NOW) is not None  # all cooling down: still try rather than refuse
 
 
 def test_quantiles_from_buckets() -> None:

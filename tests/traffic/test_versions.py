@@ -11,7 +11,9 @@ from types import MappingProxyType
 import pytest
 from traffic_helpers import App, Apps, free_port, get, table, wait_until
 
-from gitorch.traffic.builtin import BuiltinLoadBalancer, RouteInvalid, _Service
+from gitorch.traffic.builtin import BuiltinLoadBalancer
+from gitorch.traffic.choice import Candidate, Chooser
+from gitorch.traffic.routes import RouteInvalid
 from gitorch.traffic.table import Backend, Route, VersionRule
 
 
@@ -57,13 +59,13 @@ def two_versions(apps: Apps, each: int = 2) -> tuple[list[App], list[App]]:
 # ----------------------------------------------------------------------- pure
 
 
-def pure_service(weights: dict[str, int], versions: dict[str, int]) -> _Service:
+def pure_service(weights: dict[str, int], versions: dict[str, int]) -> Chooser[Candidate]:
     backends = tuple(
         Backend(f"{v}{i}", f"127.0.0.1:{2000 + n * 10 + i}", version=v)
         for n, (v, count) in enumerate(versions.items())
         for i in range(count)
     )
-    svc = _Service(Route("s", 80, "http", ()))
+    svc = Chooser(Route("s", 80, "http", ()), Candidate)
     svc.set_route(Route("s", 80, "http", backends, weights=MappingProxyType(weights)))
     return svc
 
@@ -82,7 +84,7 @@ def test_version_without_backend_and_no_weighted_backend_fall_back() -> None:
     # No weighted version has a backend: None means "any active backend".
     lost = pure_service({"gone": 100}, {"c": 2})
     assert lost.choose_version(None) == (None, None)
-    assert lost.pick(set(), None) is not None
+    assert lost.pick(set(), None, now=0.0) is not None
 
 
 def test_bad_rule_or_weight_is_refused_before_anything_changes(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -208,3 +211,57 @@ class Load:
     def failures(self, method: str | None = None) -> list[Outcome]:
         with self._lock:
             return [o for o in self.outcomes if not o.ok and (method is None or o.method == method)]
+
+
+class WebSocket:
+    """A minimal RFC 6455 client over a plain socket (text and binary frames, masked as a
+    client must): enough to check a proxy passes an upgraded connection through."""
+
+    def __init__(self, port: int, path: str = "/ws", timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        self.file = self.sock.makefile("rb")
+        status = self.file.readline().decode()
+        headers: dict[str, str] = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        self.status = int(status.split()[1])
+        self.headers = headers
+        guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        self.expected_accept = base64.b64encode(
+            hashlib.sha1((key + guid).encode()).digest()
+        ).decode()
+
+    def send(self, data: bytes, opcode: int = 0x2) -> None:
+        mask = os.urandom(4)
+        if len(data) < 126:
+            size = bytes([0x80 | len(data)])
+        elif len(data) < 65536:
+            size = bytes([0x80 | 126]) + struct.pack("!H", len(data))
+        else:
+            size = bytes([0x80 | 127]) + struct.pack("!Q", len(data))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(bytes([0x80 | opcode]) + size + mask + masked)
+
+    def receive(self) -> tuple[int, bytes]:
+        first = self.file.read(2)
+        if len(first) < 2:
+            raise ConnectionError("the websocket closed")
+        length = first[1] & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self.file.read(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self.file.read(8))
+        return first[0] & 0x0F, self.file.read(length)
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()

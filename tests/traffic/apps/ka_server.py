@@ -10,19 +10,25 @@ Paths (GET unless said):
   /chunked?n=K      K chunks ``piece-<i>\\n`` sent with Transfer-Encoding: chunked
   /big?n=N          N bytes (a repeating pattern) with Content-Length
   /noframe          a body without length: the connection closes at its end
+  /stream?n=N       N bytes (the pattern) with Transfer-Encoding: chunked, 64 KiB a chunk
+  /ws               a WebSocket echo (RFC 6455): text and binary frames come back as
+                    they went, a close frame is answered and ends the connection
   /slow?ms=M        answers after M milliseconds
   /status?code=C    answers with status C
   POST|PUT /echo    JSON: body length and sha256, how the body was framed
+  POST /upload      the same, hashing the body as it comes (never held whole)
 
 With BREAK_HEAD=1 every request gets half a response head, then the connection closes.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import signal
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -94,6 +100,18 @@ class Handler(BaseHTTPRequestHandler):
                     piece = PATTERN[: min(left, len(PATTERN))]
                     self.wfile.write(piece)
                     left -= len(piece)
+        elif path == "/stream":
+            left = int(query.get("n", "0"))
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            while left:
+                piece = PATTERN[: min(left, len(PATTERN))]
+                self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                left -= len(piece)
+            self.wfile.write(b"0\r\n\r\n")
+        elif path == "/ws":
+            self._websocket_echo()
         elif path == "/noframe":
             self.send_response(200)
             self.send_header("Connection", "close")
@@ -108,6 +126,42 @@ class Handler(BaseHTTPRequestHandler):
             self._send(code, f"status {code} from {ID}\n".encode())
         else:
             self._send(404, b"not found\n")
+
+    def _websocket_echo(self) -> None:
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        if self.headers.get("Upgrade", "").lower() != "websocket" or not key:
+            self._send(400, b"not a websocket handshake\n")
+            return
+        guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        accept = base64.b64encode(hashlib.sha1((key + guid).encode()).digest()).decode()
+        head = (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nX-Backend: {ID}\r\n\r\n"
+        )
+        self.wfile.write(head.encode())
+        self.wfile.flush()
+        self.close_connection = True
+        while True:
+            first = self.rfile.read(2)
+            if len(first) < 2:
+                return
+            opcode, length = first[0] & 0x0F, first[1] & 0x7F
+            if length == 126:
+                (length,) = struct.unpack("!H", self.rfile.read(2))
+            elif length == 127:
+                (length,) = struct.unpack("!Q", self.rfile.read(8))
+            mask = self.rfile.read(4) if first[1] & 0x80 else b"\0\0\0\0"
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(length)))
+            if length < 126:
+                size = bytes([length])
+            elif length < 65536:
+                size = bytes([126]) + struct.pack("!H", length)
+            else:
+                size = bytes([127]) + struct.pack("!Q", length)
+            self.wfile.write(bytes([0x80 | opcode]) + size + data)
+            self.wfile.flush()
+            if opcode == 0x8:
+                return
 
     def _read_body(self) -> tuple[bytes, str]:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -124,6 +178,9 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length), "length"
 
     def do_POST(self) -> None:
+        if urlsplit(self.path).path == "/upload":
+            self._upload()
+            return
         body, framing = self._read_body()
         if self._break_head():
             return
@@ -137,6 +194,33 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
 
     do_PUT = do_POST
+
+    def _upload(self) -> None:
+        """POST /upload: the body hashed as it comes, never held whole."""
+        digest = hashlib.sha256()
+        total = 0
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while size := int(self.rfile.readline().split(b";")[0].strip(), 16):
+                left = size
+                while left:
+                    piece = self.rfile.read(min(left, 1 << 16))
+                    digest.update(piece)
+                    left -= len(piece)
+                total += size
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+        else:
+            left = int(self.headers.get("Content-Length", "0"))
+            while left:
+                piece = self.rfile.read(min(left, 1 << 16))
+                if not piece:
+                    break
+                digest.update(piece)
+                total += len(piece)
+                left -= len(piece)
+        answer = {"id": ID, "length": total, "sha256": digest.hexdigest()}
+        self._send(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
 
 
 class Server(ThreadingHTTPServer):
