@@ -39,8 +39,9 @@ from gitorch.state.records import (
     TrafficSnapshot,
     VersionTraffic,
 )
+from gitorch.state.repositories import DEFAULT_PORT_RANGE
 from gitorch.state.schema import SCHEMA_VERSION
-from gitorch.state.store import DEFAULT_PORT_RANGE, StateStore
+from gitorch.state.store import StateStore
 
 __all__ = [
     "DEFAULT_PORT_RANGE",
