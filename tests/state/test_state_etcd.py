@@ -1,0 +1,176 @@
+"""The etcd backend's own guarantees, on the session's real three-member cluster: the
+location syntax, optimistic transactions, leadership and the fence of a leader's writes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from etcd_helpers import EtcdCluster, new_namespace
+from listen_ports import free_port
+
+from gitorch.errors import ConfigError
+from gitorch.state import StateStore
+from gitorch.state.errors import NotLeader, StateConflict, StateUnavailable
+from gitorch.state.etcd.backend import EtcdBackend
+from gitorch.state.etcd.election import Leadership, read_leadership
+from gitorch.state.location import parse_location
+
+
+@pytest.fixture
+def url(etcd_cluster: EtcdCluster) -> str:
+    return etcd_cluster.url(new_namespace())
+
+
+def backend_of(store: StateStore) -> EtcdBackend:
+    assert isinstance(store.backend, EtcdBackend)
+    return store.backend
+
+
+@pytest.fixture
+def two(url: str) -> Iterator[tuple[StateStore, StateStore]]:
+    """Two stores on one namespace, as two daemons have."""
+    first, second = StateStore(url), StateStore(url)
+    yield first, second
+    first.close()
+    second.close()
+
+
+def test_locations_name_members_namespace_and_certificates() -> None:
+    loc = parse_location("etcd://10.0.0.1:2379,10.0.0.2:2380/shop")
+    assert loc.etcd is not None and loc.directory is None
+    assert loc.etcd.endpoints == (("10.0.0.1", 2379), ("10.0.0.2", 2380))
+    assert loc.etcd.prefix == "/gitorch/shop/"
+    assert parse_location("etcd://h:1").etcd.namespace == "default"  # type: ignore[union-attr]
+    tls = parse_location("etcds://h:1/x?cacert=/ca.pem&cert=/c.pem&key=/k.pem").etcd
+    assert tls is not None and tls.tls and (tls.cacert, tls.cert, tls.key) == (
+        "/ca.pem",
+        "/c.pem",
+        "/k.pem",
+    )
+    assert parse_location(".gitorch").directory is not None
+    for bad, why in [
+        ("etcd://", "no etcd endpoint"),
+        ("etcd://h/x", "not HOST:PORT"),
+        ("etcd://h:1/Shop", "namespace"),
+        ("etcd://h:1/x?user=a", "unknown option"),
+        ("etcd://h:1/x?cacert=/ca.pem", "need TLS"),
+        ("etcds://h:1/x?cert=/c.pem", "both cert= and key="),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            parse_location(bad)
+
+
+def test_an_etcd_nobody_answers_is_unavailable_at_once() -> None:
+    started = time.monotonic()
+    with pytest.raises(StateUnavailable, match="unavailable"):
+        StateStore(f"etcd://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/x")
+    assert time.monotonic() - started < 5
+
+
+def test_a_readonly_open_of_an_empty_namespace_creates_nothing(
+    url: str, etcd_cluster: EtcdCluster
+) -> None:
+    with pytest.raises(Exception, match="no gitorch state"):
+        StateStore(url, readonly=True)
+    namespace = url.rsplit("/", 1)[1]
+    assert etcd_cluster.keys(f"/gitorch/{namespace}/") == {}
+
+
+def test_a_transaction_that_read_what_another_changed_writes_nothing(
+    two: tuple[StateStore, StateStore],
+) -> None:
+    first, second = two
+    first.register_node("n1", "process")
+    with pytest.raises(StateConflict), first.transaction():
+        seen = first.get_node("n1")  # read inside: the commit is conditioned on it
+        assert seen is not None
+        second.set_draining("n1", True)  # another writer changes it meanwhile
+        first.append_event("node.seen", "n1 as it was")
+    assert [e.kind for e in first.list_events()] == []
+    node = first.get_node("n1")
+    assert node is not None and node.draining
+
+
+def test_concurrent_small_writes_are_retried_never_lost(
+    two: tuple[StateStore, StateStore],
+) -> None:
+    first, second = two
+
+    def append(store: StateStore, who: str) -> None:
+        for i in range(25):
+            store.append_event("e", f"{who}-{i}")
+
+    threads = [
+        threading.Thread(target=append, args=(store, who))
+        for store, who in ((first, "a"), (second, "b"), (first, "c"))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    events = first.list_events(limit=None, newest_first=False)
+    assert len(events) == 75
+    assert [e.id for e in events] == list(range(1, 76))  # one sequence, no id twice
+
+
+@pytest.fixture
+def leaders(url: str) -> Iterator[tuple[StateStore, StateStore, Leadership, Leadership]]:
+    stores = StateStore(url), StateStore(url)
+    campaigns = [
+        Leadership(backend_of(store), name, ttl=2.0)
+        for store, name in zip(stores, ("alpha", "beta"), strict=True)
+    ]
+    for store, campaign in zip(stores, campaigns, strict=True):
+        backend_of(store).fence_with(campaign.fence)
+        campaign.start()
+    yield stores[0], stores[1], campaigns[0], campaigns[1]
+    for campaign in campaigns:
+        campaign.stop()
+    for store in stores:
+        store.close()
+
+
+def test_exactly_one_leads_and_a_standby_cannot_write(
+    leaders: tuple[StateStore, StateStore, Leadership, Leadership],
+) -> None:
+    first, second, alpha, beta = leaders
+    assert alpha.leading and not beta.leading  # alpha campaigned first
+    assert beta.view().leader == "alpha"
+    first.append_event("k", "the leader writes")
+    with pytest.raises(NotLeader, match="beta does not lead \\(alpha does\\)"):
+        second.append_event("k", "a standby does not")
+    assert [e.message for e in first.list_events()] == ["the leader writes"]
+    info = read_leadership(backend_of(first))
+    assert info["leader"] == "alpha"
+    assert [(m["name"], m["role"]) for m in info["members"]] == [
+        ("alpha", "leader"),
+        ("beta", "standby"),
+    ]
+
+
+def test_a_deposed_leader_can_change_nothing(
+    leaders: tuple[StateStore, StateStore, Leadership, Leadership], etcd_cluster: EtcdCluster
+) -> None:
+    first, second, alpha, beta = leaders
+    fence = alpha.fence()
+    # alpha "pauses": its lease runs out and beta takes over, while alpha's process still
+    # believes in the fence it holds (as a process woken from SIGSTOP would, for a moment).
+    alpha._stop.set()  # its campaign thread no longer renews
+    alpha.client.revoke(alpha._lease or 0)
+    deadline = time.monotonic() + 10
+    while not beta.leading:
+        assert time.monotonic() < deadline, "beta did not take over"
+        time.sleep(0.05)
+    backend_of(first).fence_with(lambda: fence)  # the stale fence, not even re-checked
+    with pytest.raises(NotLeader, match="alpha no longer leads \\(beta does\\)"):
+        with first.transaction():
+            first.record_revision("a" * 40, services=["web"])
+            first.append_event("k", "from the deposed leader")
+    second.append_event("k", "from the new leader")
+    assert [e.message for e in second.list_events()] == ["from the new leader"]
+    assert second.list_revisions() == []
+    namespace = first.location.etcd.namespace  # type: ignore[union-attr]
+    assert not any("revisions/" in key for key in etcd_cluster.keys(f"/gitorch/{namespace}/"))
