@@ -24,14 +24,17 @@ from gitorch.commands.common import (
     read_snapshot,
     short,
     state_dir,
+    state_location,
     stderr,
     stdout,
 )
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import ConfigError
+from gitorch.live.inventory import local_node_name
 from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
+from gitorch.state.errors import NotLeader
 
 EXAMPLE = """example:
   gitorch apply --path examples/repo --runtime process
@@ -97,8 +100,13 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
 
 
 def session_options(args: argparse.Namespace) -> SessionOptions:
+    location = state_location(args)
     return SessionOptions(
         state_dir=state_dir(args),
+        state=location if location.etcd is not None else None,
+        # apply leads for as long as it runs, under a name of its own
+        name=getattr(args, "name", None) or f"apply-{local_node_name()}-{os.getpid()}",
+        lease_ttl=getattr(args, "lease_ttl", 5.0),
         runtime=args.runtime,
         lb_host=args.lb_host,
         advertise_host=args.advertise_host,
@@ -191,6 +199,15 @@ def run(args: argparse.Namespace) -> int:
     desired = load_desired(snapshot)
     commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply")
     with Session(session_options(args)) as session:
+        if not session.leading:
+            assert session.leadership is not None
+            view = session.leadership.view()
+            raise NotLeader(
+                f"apply refused: {view.leader or 'another process'} reconciles "
+                f"{session.store.describe()} ({view.message})",
+                detail=("ask the leading daemon (gitorch status --server URL), or stop it",),
+                leader=view.leader,
+            )
         if not args.allow_mass_prune:
             applied = [a.name for a in session.store.list_applied() if a.kind == "Service"]
             why = mass_prune(applied, desired.services)

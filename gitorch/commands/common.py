@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from gitorch.errors import StateError
 
-if TYPE_CHECKING:  # rich and the sources (gitpython) load when a command first uses them
+if TYPE_CHECKING:  # rich, the sources (gitpython) and the store load when first used
     from rich.console import Console
 
     from gitorch.sources import Snapshot, Source
+    from gitorch.state import StateStore
+    from gitorch.state.location import StateLocation
 
 #: Line width when the output is not a terminal (a pipe, a file) and $COLUMNS is unset:
 #: wide enough that no table cell is cut or wrapped, so ``| grep`` and ``| awk`` see one
@@ -78,12 +80,27 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_state_option(parser: argparse.ArgumentParser) -> None:
+def add_state_option(
+    parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup,
+    runtime_into: argparse.ArgumentParser | None = None,
+) -> None:
+    """``--state`` on ``parser``, and ``--runtime-dir`` on ``runtime_into`` (default: the
+    same parser; a mutually exclusive group of --state and --server passes its parser)."""
     parser.add_argument(
         "--state",
         default=None,
+        metavar="DIR|etcd://HOST:PORT[,...][/NAMESPACE]",
+        help="where the state lives: a directory (SQLite), or an etcd cluster and the "
+        "namespace of this gitorch cluster (default: $GITORCH_STATE, else ./.gitorch)",
+    )
+    (runtime_into or parser).add_argument(
+        "--runtime-dir",
+        default=None,
         metavar="DIR",
-        help="state directory (default: $GITORCH_STATE, else ./.gitorch)",
+        help="with etcd state: this host's local files (process replicas' records, the "
+        "proxy's socket, Git's cache), shared by the daemons of one host "
+        "(default: $GITORCH_RUNTIME_DIR, else ./.gitorch); with a state directory: that "
+        "directory",
     )
 
 
@@ -96,33 +113,83 @@ def add_format_option(parser: argparse.ArgumentParser, *choices: str) -> None:
     )
 
 
-def state_dir(args: argparse.Namespace) -> Path:
-    """``--state``, else ``$GITORCH_STATE``, else ``./.gitorch``."""
+def state_location(args: argparse.Namespace) -> StateLocation:
+    """``--state``, else ``$GITORCH_STATE``, else ``./.gitorch``: a directory or etcd."""
+    from gitorch.state.location import parse_location
+
     chosen = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
+    return parse_location(str(chosen))
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    """The local directory: the state directory itself, or with etcd state the runtime
+    directory (``--runtime-dir``, else ``$GITORCH_RUNTIME_DIR``, else ``./.gitorch``)."""
+    given = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
+    # Not parsed here: validate and plan read the cache folder without loading the store.
+    if not str(given).startswith(("etcd://", "etcds://")):
+        return Path(given)
+    chosen = (
+        getattr(args, "runtime_dir", None) or os.environ.get("GITORCH_RUNTIME_DIR") or ".gitorch"
+    )
     return Path(chosen)
 
 
-def has_state(state: Path) -> bool:
-    """Whether ``state`` holds a state store (``apply`` or ``daemon`` ran there)."""
+def has_state(location: StateLocation | Path) -> bool:
+    """Whether ``location`` holds a state store (``apply`` or ``daemon`` ran there)."""
+    from gitorch.state.location import StateLocation
+
+    if isinstance(location, StateLocation) and location.etcd is not None:
+        from gitorch.state import StateStore
+
+        try:
+            StateStore(location, readonly=True).close()
+        except StateNotFound:
+            return False
+        except StateError as exc:
+            if exc.message.startswith("no gitorch state"):
+                return False
+            raise
+        return True
     from gitorch.state.layout import STATE_DB
 
-    return (state / STATE_DB).is_file()
+    directory = location.directory if isinstance(location, StateLocation) else location
+    assert directory is not None
+    return (directory / STATE_DB).is_file()
 
 
-def require_state(state: Path) -> None:
-    """Raise :class:`StateNotFound`, saying where it looked, when ``state`` has no store."""
-    if not has_state(state):
+def require_state(location: StateLocation | Path) -> None:
+    """Raise :class:`StateNotFound`, saying where it looked, when there is no store."""
+    if not has_state(location):
         raise StateNotFound(
-            f"no gitorch state in {state.absolute()} (gitorch apply or gitorch daemon creates it)",
+            f"no gitorch state {looked_in(location, None)} (gitorch apply or gitorch daemon "
+            "creates it)",
             detail=(ELSEWHERE,),
         )
 
 
-def looked_in(state: Path | None, server: str | None) -> str:
-    """Where a reading command looked: ``in /abs/state`` or ``on the daemon at URL``."""
+def open_store(args: argparse.Namespace, *, readonly: bool) -> StateStore | None:
+    """The store of ``--state`` (None when a read-only command finds none there)."""
+    from gitorch.state import StateStore
+
+    location = state_location(args)
+    if readonly and not has_state(location):
+        return None
+    return StateStore(location, readonly=readonly)
+
+
+def looked_in(state: StateLocation | Path | None, server: str | None) -> str:
+    """Where a reading command looked: ``in /abs/state``, ``in etcd://...`` or ``on the
+    daemon at URL``."""
+    from gitorch.state.location import StateLocation
+
     if server:
         return f"on the daemon at {server}"
     assert state is not None
+    if isinstance(state, StateLocation):
+        if state.etcd is not None:
+            return f"in {state.etcd.url()}"
+        assert state.directory is not None
+        state = state.directory
     return f"in {state.absolute()}"
 
 

@@ -18,6 +18,8 @@ EXAMPLE = """example:
   gitorch daemon --repo https://git.example.com/shop/deploy.git --ref main --interval 1m \\
       --webhook-secret-file /etc/gitorch/webhook-secret --log-format json
   gitorch daemon --listen 0.0.0.0:7420 --api-token-file /etc/gitorch/api-tokens
+  # several daemons, one leader (run the same on each host, each with its own --name):
+  gitorch daemon --state etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/shop --name a
 """
 
 
@@ -72,6 +74,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "reaches it can read status and abort rollouts); refused otherwise",
     )
     add_mass_prune_option(parser)
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="this daemon's name among several on one etcd state (default: the host name); "
+        "each daemon of a cluster needs its own",
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=positive_duration,
+        default=5.0,
+        metavar="DURATION",
+        help="with etcd state: how long a leader that stops answering keeps the leadership "
+        "(the lease's TTL, renewed every third of it; at least 2s; default 5s)",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )

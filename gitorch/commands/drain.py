@@ -12,10 +12,15 @@ import argparse
 
 from rich.markup import escape
 
-from gitorch.commands.common import add_state_option, state_dir, stdout
+from gitorch.commands.common import (
+    add_state_option,
+    has_state,
+    looked_in,
+    state_location,
+    stdout,
+)
 from gitorch.errors import GitorchError
 from gitorch.state import RecordNotFound, StateStore
-from gitorch.state.layout import STATE_DB
 
 EXAMPLE = """example:
   gitorch drain node-b
@@ -40,10 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    state = state_dir(args)
-    if not (state / STATE_DB).exists():
-        raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
-    with StateStore(state) as store:
+    location = state_location(args)
+    if not has_state(location):
+        raise GitorchError(
+            f"no state store {looked_in(location, None)}: nothing has been applied there yet"
+        )
+    with StateStore(location) as store:
         try:
             store.set_draining(args.node, not args.undo)
         except RecordNotFound as exc:

@@ -19,7 +19,7 @@ from gitorch.commands.common import (
     print_json,
     require_state,
     short,
-    state_dir,
+    state_location,
     stderr,
     stdout,
 )
@@ -79,14 +79,14 @@ def run(args: argparse.Namespace) -> int:
     if args.server:
         data = _from_server(args.server, args.service, client_token(args))
     else:
-        state = state_dir(args)
-        require_state(state)
+        location = state_location(args)
+        require_state(location)
         view = open_view(args)
         try:
             if args.service and args.service not in view.live.services:
                 raise GitorchError(
                     f"no service named {args.service!r} is applied or running "
-                    f"{looked_in(state, None)}"
+                    f"{looked_in(location, None)}"
                 )
             view.live = assess_readiness(view.live, view.runtimes)
             data = status_json(view, args.service)
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     render(data, detail=args.service is not None)
     if not data["services"]:
-        where = looked_in(None if args.server else state_dir(args), args.server)
+        where = looked_in(None if args.server else state_location(args), args.server)
         stdout().print(f"no services applied or running {escape(where)}")
         stderr().print(f"hint: {escape(ELSEWHERE)}")
     return 0

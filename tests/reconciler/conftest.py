@@ -16,15 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from etcd_helpers import new_namespace
 from reconciler_helpers import Cluster, build_example_images, init_repo, require_docker_engine
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The world of one test; ``indirect`` parametrization with "etcd" puts its store in a
+    fresh namespace of the session's etcd cluster (default "sqlite": a state directory)."""
     repo = tmp_path / "repo"
     init_repo(repo)
     state = tmp_path / "state"
-    world = Cluster(tmp_path, repo, state)
+    store_url = None
+    if getattr(request, "param", "sqlite") == "etcd":
+        store_url = request.getfixturevalue("etcd_cluster").url(new_namespace())
+    world = Cluster(tmp_path, repo, state, store_url=store_url)
     try:
         yield world
     finally:

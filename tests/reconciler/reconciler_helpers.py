@@ -233,7 +233,10 @@ def gitorch(*args: str, cwd: Path, timeout: float = CLI_TIMEOUT) -> CliRun:
 
 
 class DaemonProc:
-    """``gitorch daemon`` as a subprocess in its own session; stopped with SIGTERM."""
+    """``gitorch daemon`` as a subprocess in its own session; stopped with SIGTERM.
+
+    ``state`` is its local directory; ``store_url`` (``etcd://...``) puts the store in
+    etcd, ``state`` then being the runtime directory (``--runtime-dir``)."""
 
     def __init__(
         self,
@@ -244,10 +247,15 @@ class DaemonProc:
         interval: float = 2.0,
         resync: float = 0.5,
         extra: Iterable[str] = (),
+        store_url: str | None = None,
+        wait: bool = True,
     ) -> None:
         self.state = state
         self.port = free_port()
         self.log_path = state.parent / f"daemon-{self.port}.log"
+        where = ["--state", str(state)]
+        if store_url is not None:
+            where = ["--state", store_url, "--runtime-dir", str(state)]
         argv = [
             sys.executable,
             "-m",
@@ -255,8 +263,7 @@ class DaemonProc:
             "daemon",
             "--repo",
             repo,
-            "--state",
-            str(state),
+            *where,
             "--runtime",
             runtime,
             "--listen",
@@ -276,7 +283,8 @@ class DaemonProc:
                 cwd=state.parent,
                 start_new_session=True,
             )
-        wait_for("the daemon's API", self._api_up, 30, describe=self.log_tail)
+        if wait:
+            wait_for("the daemon's API", self._api_up, 30, describe=self.log_tail)
 
     def _api_up(self) -> bool:
         if self.proc.poll() is not None:
@@ -540,17 +548,45 @@ class Cluster:
     driver: str = "process"
     port: int = field(default_factory=free_port)  # the first service's endpoint
     daemons: list[DaemonProc] = field(default_factory=list)
+    store_url: str | None = None  # etcd://...: the store lives there, ``state`` is local
+
+    @property
+    def state_args(self) -> list[str]:
+        """The CLI options that name this world's state (``--state``, ``--runtime-dir``)."""
+        if self.store_url is None:
+            return ["--state", str(self.state)]
+        return ["--state", self.store_url, "--runtime-dir", str(self.state)]
 
     def daemon(self, repo: str | None = None, **kwargs: object) -> DaemonProc:
-        daemon = DaemonProc(repo or str(self.repo), self.state, self.driver, **kwargs)  # type: ignore[arg-type]
+        daemon = DaemonProc(
+            repo or str(self.repo),
+            self.state,
+            self.driver,
+            store_url=self.store_url,
+            **kwargs,  # type: ignore[arg-type]
+        )
         self.daemons.append(daemon)
         return daemon
+
+    def cluster_name(self) -> str | None:
+        """The replicas' cluster label: the state directory's file, or etcd's record."""
+        if self.store_url is None:
+            return cluster_of(self.state)
+        from gitorch.state import StateStore
+        from gitorch.state.etcd.backend import EtcdBackend
+
+        try:
+            with StateStore(self.store_url, readonly=True) as store:
+                assert isinstance(store.backend, EtcdBackend)
+                return store.backend.cluster_name()
+        except GitorchError:
+            return None
 
     def teardown(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
         stop_data_plane(self.state)  # it outlives the daemons by design
-        cluster = cluster_of(self.state)
+        cluster = self.cluster_name()
         remove_cluster(process_runtime(self.state), cluster)
         if self.driver == "docker":
             remove_cluster(docker_runtime(), cluster)

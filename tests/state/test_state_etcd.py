@@ -45,10 +45,15 @@ def test_locations_name_members_namespace_and_certificates() -> None:
     assert loc.etcd.prefix == "/gitorch/shop/"
     assert parse_location("etcd://h:1").etcd.namespace == "default"  # type: ignore[union-attr]
     tls = parse_location("etcds://h:1/x?cacert=/ca.pem&cert=/c.pem&key=/k.pem").etcd
-    assert tls is not None and tls.tls and (tls.cacert, tls.cert, tls.key) == (
-        "/ca.pem",
-        "/c.pem",
-        "/k.pem",
+    assert (
+        tls is not None
+        and tls.tls
+        and (tls.cacert, tls.cert, tls.key)
+        == (
+            "/ca.pem",
+            "/c.pem",
+            "/k.pem",
+        )
     )
     assert parse_location(".gitorch").directory is not None
     for bad, why in [
@@ -165,10 +170,12 @@ def test_a_deposed_leader_can_change_nothing(
         assert time.monotonic() < deadline, "beta did not take over"
         time.sleep(0.05)
     backend_of(first).fence_with(lambda: fence)  # the stale fence, not even re-checked
-    with pytest.raises(NotLeader, match="alpha no longer leads \\(beta does\\)"):
-        with first.transaction():
-            first.record_revision("a" * 40, services=["web"])
-            first.append_event("k", "from the deposed leader")
+    with (
+        pytest.raises(NotLeader, match="alpha no longer leads \\(beta does\\)"),
+        first.transaction(),
+    ):
+        first.record_revision("a" * 40, services=["web"])
+        first.append_event("k", "from the deposed leader")
     second.append_event("k", "from the new leader")
     assert [e.message for e in second.list_events()] == ["from the new leader"]
     assert second.list_revisions() == []
