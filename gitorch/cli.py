@@ -55,6 +55,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "every applied revision: commit, author, signer, time, result, trigger, summary",
     ),
     ("logs", "logs", "a service's output: live replicas, or --previous: the last dead ones"),
+    ("state", "state", "the state store: migrate a cluster between a state directory and etcd"),
 )
 
 

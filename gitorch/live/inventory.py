@@ -128,6 +128,15 @@ def _new_cluster_name() -> str:
     return f"gitorch-{secrets.token_hex(3)}"
 
 
+def write_cluster_name(state_dir: Path, name: str) -> None:
+    """Make ``name`` the cluster name of ``state_dir`` (``gitorch state migrate``)."""
+    path = Path(state_dir) / _CLUSTER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{_CLUSTER_FILE}.{secrets.token_hex(4)}")
+    tmp.write_text(f"{name}\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def cluster_name(state_dir: Path) -> str:
     """A name unique to this state directory, so two gitorch installs on one Docker
     engine never see each other's replicas. Created on first use (by apply or the daemon;

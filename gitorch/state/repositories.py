@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gitorch.state.records import (
@@ -189,7 +190,7 @@ class AnalysisRepository(Protocol):
 
     def list_measurements(
         self,
-        service: str,
+        service: str | None,  # None: every service's (gitorch state migrate)
         *,
         revision: str | None,
         analysis: str | None,
@@ -212,7 +213,7 @@ class AnalysisRepository(Protocol):
     ) -> AnalysisRunRecord: ...
 
     def list_runs(
-        self, service: str, *, revision: str | None, step_started_at: float | None
+        self, service: str | None, *, revision: str | None, step_started_at: float | None
     ) -> list[AnalysisRunRecord]: ...
 
 
@@ -245,6 +246,40 @@ class AuditRepository(Protocol):
         limit: int | None,
         newest_first: bool,
     ) -> list[AuditEvent]: ...
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """Every record of one store, ids included: what ``gitorch state migrate`` copies."""
+
+    cluster: str | None
+    revisions: list[RevisionRecord]
+    rollouts: list[RolloutRecord]
+    inventory: list[AppliedObject]
+    ports: list[PortAllocation]
+    nodes: list[NodeRecord]
+    backoff: list[BackoffRecord]
+    analysis_runs: list[AnalysisRunRecord]
+    measurements: list[Measurement]
+    traffic: list[TrafficSnapshot]
+    audit: list[AuditEvent]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            name: len(getattr(self, name))
+            for name in (
+                "revisions",
+                "rollouts",
+                "inventory",
+                "ports",
+                "nodes",
+                "backoff",
+                "analysis_runs",
+                "measurements",
+                "traffic",
+                "audit",
+            )
+        }
 
 
 class Backend(Protocol):
@@ -291,3 +326,8 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def restore(self, snapshot: StateSnapshot) -> None:
+        """Write every record of ``snapshot`` as it is, ids included, into this (empty)
+        store; the sequences go on after the highest ids."""
+        ...

@@ -34,6 +34,7 @@ from gitorch.errors import StateCorrupt, StateError
 from gitorch.state.errors import NotLeader, StateConflict, StateReadOnly
 from gitorch.state.etcd.client import EtcdClient, KeyValue, Trace, b64, prefix_end
 from gitorch.state.location import EtcdLocation
+from gitorch.state.repositories import StateSnapshot
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -44,6 +45,9 @@ SCHEMA_VERSION = 1
 
 #: etcd refuses a Txn of more operations than its ``--max-txn-ops`` (128 by default).
 MAX_TXN_OPS = 128
+
+#: Records per transaction of a restore (each is at most 3 keys: within MAX_TXN_OPS).
+RESTORE_BATCH = 40
 
 #: Attempts of a repository's own write that keeps meeting concurrent writers.
 CONFLICT_RETRIES = 50
@@ -399,6 +403,36 @@ class EtcdBackend:
         """Give the namespace ``name`` as its identity (``gitorch state migrate``)."""
         with self.transaction():
             self.put(CLUSTER_KEY, name)
+
+    def restore(self, snapshot: StateSnapshot) -> None:
+        """Every record of ``snapshot``, ids kept, in transactions of at most
+        :data:`RESTORE_BATCH` records (an empty namespace is filled: nothing to conflict)."""
+        steps: list[tuple[Callable[[list[Any]], None], list[Any]]] = [
+            (self.revisions.restore, snapshot.revisions),
+            (self.rollouts.restore, snapshot.rollouts),
+            (self.inventory.restore, snapshot.inventory),
+            (self.ports.restore, snapshot.ports),
+            (self.nodes.restore, snapshot.nodes),
+            (self.backoff.restore, snapshot.backoff),
+            (lambda runs: self.analysis.restore(runs, []), snapshot.analysis_runs),
+            (lambda found: self.analysis.restore([], found), snapshot.measurements),
+            (self.audit.restore, snapshot.audit),
+        ]
+        for write, records in steps:
+            for start in range(0, len(records), RESTORE_BATCH):
+                with self.transaction():
+                    write(records[start : start + RESTORE_BATCH])
+        self.traffic.replace(snapshot.traffic)
+        with self.transaction():
+            for sequence, records in (
+                ("revisions", snapshot.revisions),
+                ("analysis-runs", snapshot.analysis_runs),
+                ("measurements", snapshot.measurements),
+                ("audit", snapshot.audit),
+            ):
+                self.put(f"seq/{sequence}", max((r.id for r in records), default=0))
+            if snapshot.cluster:
+                self.put(CLUSTER_KEY, snapshot.cluster)
 
 
 def _holder_name(raw: bytes) -> str | None:

@@ -608,7 +608,7 @@ class Analysis:
 
     def list_measurements(
         self,
-        service: str,
+        service: str | None,
         *,
         revision: str | None,
         analysis: str | None,
@@ -617,11 +617,17 @@ class Analysis:
     ) -> list[Measurement]:
         found = [
             m
-            for m in (_measurement(d) for _, d in self.kv.range(f"measurements/{service}/"))
+            for m in (
+                _measurement(d)
+                for _, d in self.kv.range(
+                    "measurements/" if service is None else f"measurements/{service}/"
+                )
+            )
             if (revision is None or m.revision == revision)
             and (analysis is None or m.analysis == analysis)
             and (run_id is None or m.run_id == run_id)
         ]
+        found.sort(key=lambda m: m.id)
         return found if limit is None else found[-limit:] if limit > 0 else []
 
     def open_run(
@@ -675,12 +681,12 @@ class Analysis:
         return self.kv.atomic(write)
 
     def list_runs(
-        self, service: str, *, revision: str | None, step_started_at: float | None
+        self, service: str | None, *, revision: str | None, step_started_at: float | None
     ) -> list[AnalysisRunRecord]:
         return [
             run
             for run in (_run(d) for _, d in self.kv.range("analysis-runs/"))
-            if run.service == service
+            if (service is None or run.service == service)
             and (revision is None or run.revision == revision)
             and (step_started_at is None or run.step_started_at == step_started_at)
         ]

@@ -65,15 +65,15 @@ class Analysis:
 
     def list_measurements(
         self,
-        service: str,
+        service: str | None,
         *,
         revision: str | None,
         analysis: str | None,
         run_id: int | None,
         limit: int | None,
     ) -> list[Measurement]:
-        sql = "SELECT * FROM measurements WHERE service = ?"
-        params: list[Any] = [service]
+        sql = "SELECT * FROM measurements WHERE (? IS NULL OR service = ?)"
+        params: list[Any] = [service, service]
         if revision is not None:
             sql += " AND revision = ?"
             params.append(revision)
@@ -131,10 +131,10 @@ class Analysis:
         return rows.analysis_run(row)
 
     def list_runs(
-        self, service: str, *, revision: str | None, step_started_at: float | None
+        self, service: str | None, *, revision: str | None, step_started_at: float | None
     ) -> list[AnalysisRunRecord]:
-        sql = "SELECT * FROM analysis_runs WHERE service = ?"
-        params: list[Any] = [service]
+        sql = "SELECT * FROM analysis_runs WHERE (? IS NULL OR service = ?)"
+        params: list[Any] = [service, service]
         if revision is not None:
             sql += " AND revision = ?"
             params.append(revision)

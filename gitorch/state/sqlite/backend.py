@@ -26,6 +26,7 @@ from typing import Any
 from gitorch.errors import StateError
 from gitorch.state.db import DEFAULT_BUSY_TIMEOUT, connect, error_for, translate
 from gitorch.state.layout import STATE_DB, ensure_state_dir
+from gitorch.state.repositories import StateSnapshot
 from gitorch.state.schema import MIGRATIONS, Migration, check_not_newer, migrate, schema_version
 
 Clock = Callable[[], float]
@@ -83,6 +84,12 @@ class SqliteBackend:
 
     def describe(self) -> str:
         return str(self.state_dir)
+
+    def restore(self, snapshot: StateSnapshot) -> None:
+        """Every record of ``snapshot``, ids kept, in one transaction."""
+        from gitorch.state.sqlite.restore import restore
+
+        restore(self, snapshot)
 
     def _check_readable(self, conn: sqlite3.Connection, known: int) -> None:
         version = schema_version(conn)
