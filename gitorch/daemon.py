@@ -595,6 +595,8 @@ def _traffic_meter(session: Session, data_plane: str) -> TrafficMeter:
         return session.dataplane.health().since
 
     def version_figures(service: str) -> Any:
+        if not session.leading:
+            return {}  # a standby (or a deposed leader) reads no data plane
         return session.dataplane.version_figures(service)
 
     return TrafficMeter(

@@ -33,6 +33,12 @@ from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, StateStor
 log = logging.getLogger("gitorch.reconciler")
 
 
+#: Field paths a revision's summary names at most, over all its changes (each change is
+#: listed whatever the budget): a commit creating 2,000 services would otherwise record
+#: 100,000 paths, several megabytes, more than etcd takes in one request (1.5 MiB).
+SUMMARY_FIELD_PATHS = 2000
+
+
 @dataclass(frozen=True)
 class CommitMeta:
     """What the revision record keeps of the commit being applied."""
@@ -88,15 +94,12 @@ class Bookkeeper:
                 RevisionResult.SUPERSEDED,
                 reason=f"superseded by {desired.revision[:12]} before it converged",
             )
-        changes = [
-            {
-                "kind": c.kind,
-                "name": c.name,
-                "action": c.action,
-                "fields": [d.path for d in c.diff][:50],
-            }
-            for c in plan.changes
-        ]
+        changes = []
+        budget = SUMMARY_FIELD_PATHS
+        for c in plan.changes:
+            fields = [d.path for d in c.diff][: min(50, budget)]
+            budget -= len(fields)
+            changes.append({"kind": c.kind, "name": c.name, "action": c.action, "fields": fields})
         services = sorted({c.name for c in plan.changes if c.kind == "Service"})
         result = RevisionResult.IN_PROGRESS if plan.changes else RevisionResult.NO_CHANGES
         with self.store.transaction():  # the revision and its event, or neither

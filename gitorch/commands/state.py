@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         snapshot = copy_state(src, dst, cluster)
         if target.directory is not None and cluster:
             write_cluster_name(target.directory, cluster)
-    counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in snapshot.counts().items())
+    counts = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in snapshot.counts().items())
     stdout().print(
         f"copied {escape(source.describe())} to {escape(target.describe())}: {escape(counts)}"
     )

@@ -80,7 +80,7 @@ def test_a_directory_moves_to_etcd_and_back_whole(
     done = gitorch("state", "migrate", "--from", str(source), "--to", url, cwd=tmp_path)
     assert done.code == 0, done.stderr
     out = done.stdout
-    assert "2 revisions" in out and "2 audit" in out and f"--runtime-dir {source}" in out
+    assert "revisions: 2" in out and "audit: 2" in out and f"--runtime-dir {source}" in out
     with StateStore(url, readonly=True) as moved:
         assert comparable(moved) == original
         assert moved.get_rollout("web").promote_requested  # type: ignore[union-attr]
