@@ -28,7 +28,7 @@ from gitorch.decide.service import SERVICE_SLOT
 from gitorch.diff.compute import compute_plan
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Node, Volume
-from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, StateStore
+from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, RolloutRecord, StateStore
 
 log = logging.getLogger("gitorch.reconciler")
 
@@ -254,8 +254,9 @@ class Bookkeeper:
             or decision.forgiven
         ):
             return decision
-        record = decision.record
-        with self.store.transaction():
+
+        def write() -> RolloutRecord:
+            record = decision.record
             for what in decision.consume:
                 self.store.consume_request(decision.name, what)
             if decision.save:
@@ -278,6 +279,11 @@ class Bookkeeper:
                     revision=event.revision,
                     data=dict(event.data) if event.data is not None else None,
                 )
+            return record
+
+        # One transaction; on etcd tried again if an operator's request (or another
+        # writer) changed what it read meanwhile, rather than failing the pass.
+        record = self.store.atomic(write)
         for event in decision.events:
             if event.kind in ("rollout.rolled-back", "rollout.failed", "service.degraded"):
                 log.error("%s", event.message, extra={"service": decision.name})

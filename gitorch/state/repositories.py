@@ -27,10 +27,10 @@ repositories commits together or not at all (SQLite: one ``BEGIN IMMEDIATE``; et
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gitorch.state.records import (
     AnalysisRunPhase,
@@ -48,6 +48,8 @@ from gitorch.state.records import (
     RolloutRecord,
     TrafficSnapshot,
 )
+
+T = TypeVar("T")
 
 #: Host ports handed out when no port is requested. Below Linux's ephemeral range
 #: (32768-60999), so they do not collide with ports the kernel picks for outgoing
@@ -319,6 +321,11 @@ class Backend(Protocol):
 
     def transaction(self) -> AbstractContextManager[None]:
         """Everything written inside commits together, or (on any exception) not at all."""
+        ...
+
+    def atomic(self, work: Callable[[], T]) -> T:
+        """``work()`` in one transaction, tried again on a conflict where the backend has
+        them (etcd's optimistic transactions; SQLite's writers queue instead)."""
         ...
 
     def describe(self) -> str:

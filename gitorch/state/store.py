@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gitorch.errors import StateError
 from gitorch.state.db import DEFAULT_BUSY_TIMEOUT
@@ -41,6 +41,7 @@ from gitorch.state.schema import MIGRATIONS, Migration
 __all__ = ["DEFAULT_PORT_RANGE", "StateStore"]
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 class StateStore:
@@ -127,6 +128,13 @@ class StateStore:
         """
         with self.backend.transaction():
             yield
+
+    def atomic(self, work: Callable[[], T]) -> T:
+        """``work()`` in one transaction; on etcd, tried again (from the start) when a
+        concurrent writer changed what it read, unless it runs inside a caller's
+        transaction (the conflict is then the caller's). ``work`` must only write the
+        store: it may run more than once."""
+        return self.backend.atomic(work)
 
     def set_trace(self, callback: Callable[[str], None] | None) -> None:
         """Call ``callback`` with each statement (SQL) or request (etcd) this thread sends."""

@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from etcd_helpers import EtcdCluster, new_namespace
 from listen_ports import free_port
 
 from gitorch.errors import ConfigError
-from gitorch.state import StateStore
+from gitorch.state import RolloutPhase, RolloutRecord, StateStore
 from gitorch.state.errors import NotLeader, StateConflict, StateUnavailable
 from gitorch.state.etcd.backend import EtcdBackend
 from gitorch.state.etcd.election import Leadership, read_leadership
@@ -97,6 +98,51 @@ def test_a_transaction_that_read_what_another_changed_writes_nothing(
     assert [e.kind for e in first.list_events()] == []
     node = first.get_node("n1")
     assert node is not None and node.draining
+
+
+def test_atomic_work_is_tried_again_after_a_conflict(
+    two: tuple[StateStore, StateStore],
+) -> None:
+    first, second = two
+    first.register_node("n1", "process")
+    attempts: list[bool] = []
+
+    def work() -> bool:
+        node = first.get_node("n1")  # read inside: the commit is conditioned on it
+        assert node is not None
+        if not attempts:
+            second.set_draining("n1", True)  # another writer, during the first attempt only
+        attempts.append(node.draining)
+        first.append_event("node.seen", f"draining={node.draining}")
+        return node.draining
+
+    assert first.atomic(work) is True  # the second attempt saw the other's write
+    assert attempts == [False, True]
+    assert [e.message for e in first.list_events()] == ["draining=True"]
+
+
+def test_a_request_made_during_the_save_does_not_fail_it(
+    two: tuple[StateStore, StateStore],
+) -> None:
+    """The bookkeeping saves a rollout inside its own transaction: an operator's promote
+    arriving before that transaction commits stays pending and fails nothing."""
+    first, second = two
+    record = RolloutRecord(
+        service="web",
+        revision="a" * 40,
+        spec_digest="sha256:x",
+        strategy="Canary",
+        phase=RolloutPhase.PAUSED,
+        spec={"replicas": 2},
+    )
+    first.upsert_rollout(record)
+    with first.transaction():
+        saved = first.upsert_rollout(replace(record, message="step done"))
+        assert second.request("web", "promote") is True  # the operator, mid-transaction
+        first.append_event("rollout.step", "step done")
+    assert not saved.promote_requested
+    stored = first.get_rollout("web")
+    assert stored is not None and stored.message == "step done" and stored.promote_requested
 
 
 def test_concurrent_small_writes_are_retried_never_lost(

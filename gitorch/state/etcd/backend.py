@@ -274,6 +274,15 @@ class EtcdBackend:
     def get(self, key: str) -> Any:
         """The JSON value of ``key`` (None when absent); inside a transaction its own
         writes first, and the key joins the transaction's condition."""
+        return self._read(key, condition=True)
+
+    def peek(self, key: str) -> Any:
+        """Like :meth:`get`, but the key does not join the transaction's condition: for a
+        value the transaction reports and does not decide on (a concurrent change of it
+        must not fail the write)."""
+        return self._read(key, condition=False)
+
+    def _read(self, key: str, *, condition: bool) -> Any:
         self._check_open()
         full = self.full(key)
         pending = self._pending()
@@ -281,7 +290,7 @@ class EtcdBackend:
             written = pending.writes[full]
             return None if written is None else load(written)
         kvs, _ = self.client.range(full)
-        if pending is not None:
+        if pending is not None and condition:
             pending.reads.setdefault(full, kvs[0].mod_revision if kvs else 0)
         return load(kvs[0].value) if kvs else None
 

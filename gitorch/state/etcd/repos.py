@@ -257,7 +257,9 @@ class Rollouts:
                     else:
                         self.kv.delete(key)
                 else:
-                    flags[what] = self.kv.get(key) is not None
+                    # Reported, not decided on: a request made meanwhile must not fail
+                    # the save (it stays pending for the next pass).
+                    flags[what] = self.kv.peek(key) is not None
             return replace(
                 stored, promote_requested=flags["promote"], abort_requested=flags["abort"]
             )

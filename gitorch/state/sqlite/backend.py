@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gitorch.errors import StateError
 from gitorch.state.db import DEFAULT_BUSY_TIMEOUT, connect, error_for, translate
@@ -30,6 +30,7 @@ from gitorch.state.repositories import StateSnapshot
 from gitorch.state.schema import MIGRATIONS, Migration, check_not_newer, migrate, schema_version
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 class SqliteBackend:
@@ -163,6 +164,11 @@ class SqliteBackend:
             if depth == 0 and conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise error_for(exc, self.db_path) from exc
+
+    def atomic(self, work: Callable[[], T]) -> T:
+        """``work()`` in one transaction (writers queue on SQLite: no conflict to retry)."""
+        with self.transaction():
+            return work()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with translate(self.db_path):
