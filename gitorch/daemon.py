@@ -306,6 +306,7 @@ class Daemon:
         )
         for svc in result.services:
             self.metrics.set_rollout_phase(svc.name, svc.phase)
+            self.metrics.set_health(svc.name, drift=svc.drift, failing=svc.failing)
             self.metrics.set_replicas(
                 svc.name, desired=svc.desired, ready=svc.ready, updated=svc.updated
             )

@@ -49,7 +49,7 @@ from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
 from gitorch.scheduler import LEAST_ALLOCATED
-from gitorch.state import RolloutPhase, StateStore
+from gitorch.state import BackoffRecord, RolloutPhase, StateStore
 from gitorch.traffic.table import DataPlane, RoutingTable
 
 __all__ = ["CommitMeta", "PassResult", "Reconciler", "ServiceProgress"]
@@ -245,7 +245,7 @@ class Reconciler:
         desired: DesiredState,
         decision: PassDecision,
         execution: Execution,
-        failures: Mapping[str, object],
+        failures: Mapping[str, BackoffRecord],
     ) -> PassResult:
         progress: list[ServiceProgress] = []
         failed = False
@@ -263,7 +263,8 @@ class Reconciler:
                 item = replace(
                     item,
                     phase=str(RolloutPhase.DEGRADED),
-                    message=f"{getattr(failure, 'reason', '')}; {item.message}".strip("; "),
+                    message=f"{failure.reason}; {item.message}".strip("; "),
+                    failing=True,
                 )
             progress.append(item)
         return PassResult(

@@ -121,6 +121,8 @@ class ServiceProgress:
     desired: int
     ready: int
     updated: int
+    drift: int = 0  # drift items the policy (warn) leaves alone
+    failing: bool = False  # a failure of the service itself backs off
 
 
 @dataclass(frozen=True)
@@ -1008,6 +1010,7 @@ def _finish(
         desired=target.replicas,
         ready=sum(1 for v in views if v.ready),
         updated=sum(1 for v in views if v.template == target.template_digest and v.ready),
+        drift=len(drift),
     )
     return ServiceDecision(
         name=target.name,
