@@ -231,6 +231,9 @@ class AnalysisRunRecord:
     phase: AnalysisRunPhase = AnalysisRunPhase.RUNNING
     message: str = ""
     concluded_at: float | None = None
+    # The data plane's cumulative per-version figures where the run's current window
+    # begins (JSON, gitorch.traffic.wire's form; None: not stored yet).
+    window_figures: Mapping[str, Any] | None = None
 
     @property
     def done(self) -> bool:

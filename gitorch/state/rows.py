@@ -133,6 +133,10 @@ def analysis_run(row: sqlite3.Row) -> AnalysisRunRecord:
         phase=AnalysisRunPhase(row["phase"]),
         message=row["message"],
         concluded_at=row["concluded_at"],
+        # Absent in a store read before migration 8 (its test reads a version-4 store).
+        window_figures=load_json(row["window_figures"])
+        if "window_figures" in row.keys() and row["window_figures"] is not None
+        else None,
     )
 
 

@@ -299,6 +299,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE revisions ADD COLUMN trigger TEXT NOT NULL DEFAULT ''",
         ),
     ),
+    Migration(
+        "analysis windows: the data plane's cumulative figures at a run's last measurement",
+        (
+            # A daemon that restarts mid-analysis resumes the run's window from here, so
+            # the requests the proxy served while no daemon ran are judged (the proxy
+            # outlives the daemon and keeps counting), and a window whose counting epoch
+            # changed (a new proxy) is marked, never invented.
+            "ALTER TABLE analysis_runs ADD COLUMN window_figures TEXT",
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

@@ -890,6 +890,15 @@ class StateStore:
         assert row is not None
         return rows.analysis_run(row)
 
+    def set_analysis_window(self, run_id: int, figures: Mapping[str, Any]) -> None:
+        """Where run ``run_id``'s current window begins: the data plane's cumulative
+        figures (see :attr:`AnalysisRunRecord.window_figures`)."""
+        with self.transaction():
+            self._execute(
+                "UPDATE analysis_runs SET window_figures = ? WHERE id = ?",
+                (rows.dump_json(figures), run_id),
+            )
+
     def list_analysis_runs(
         self,
         service: str,

@@ -144,4 +144,4 @@ def test_drift_and_failing_gauges_follow_the_last_pass() -> None:
     metrics.set_health("web", drift=0, failing=False)
     assert metrics.value("gitorch_service_failing", service="web") == 0
     metrics.forget_service("web")
-    assert "service=\"web\"" not in metrics.render()
+    assert 'service="web"' not in metrics.render()
