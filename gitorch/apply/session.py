@@ -35,6 +35,7 @@ class SessionOptions:
     node_grace: float = 30.0  # a silent node's replicas are replaced after this long
     data_plane: str = "builtin"  # builtin | haproxy
     lb_workers: int = 0  # built-in LB worker processes; 0 = on a thread of this process
+    allowed_host_paths: tuple[Path, ...] = ()  # --allow-host-path: where hostPath may be
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -78,7 +79,7 @@ class Session:
         targets = node_targets(desired.nodes.values(), self.default_driver)
         if self.reconciler is not None and targets == self._targets:
             return self.reconciler
-        runtimes = open_runtimes(targets, self.options.state_dir)
+        runtimes = open_runtimes(targets, self.options.state_dir, self.options.allowed_host_paths)
         if self.health is not None:
             self.health.stop()
         self.health = HealthMonitor(runtimes, on_change=self._on_health_change)

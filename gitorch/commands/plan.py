@@ -14,8 +14,10 @@ from pathlib import Path
 from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_format_option,
+    add_host_path_option,
     add_source_options,
     add_state_option,
+    allowed_host_paths,
     read_snapshot,
     reserved_ports,
     state_dir,
@@ -61,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_state_option(parser)
     add_runtime_option(parser)
     add_format_option(parser, "json", "markdown")
+    add_host_path_option(parser, reads_daemon=True)
     parser.add_argument(
         "--scoring",
         choices=(LEAST_ALLOCATED, MOST_ALLOCATED),
@@ -79,7 +82,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def desired_of(args: argparse.Namespace) -> DesiredState:
     """The desired state at ``--repo/--ref/--path`` (or the worktree)."""
-    return load_desired(read_snapshot(args), ManifestLoader(reserved_ports=reserved_ports(args)))
+    loader = ManifestLoader(
+        reserved_ports=reserved_ports(args), allowed_host_paths=allowed_host_paths(args)
+    )
+    return load_desired(read_snapshot(args), loader)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

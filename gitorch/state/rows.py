@@ -22,6 +22,7 @@ from gitorch.state.records import (
     RolloutRecord,
     TrafficSnapshot,
     VersionTraffic,
+    VolumeRecord,
 )
 
 
@@ -156,4 +157,16 @@ def traffic(row: sqlite3.Row) -> TrafficSnapshot:
         since=float(data.get("since", row["taken_at"])),
         data_plane=str(data.get("dataPlane", "")),
         versions=tuple(VersionTraffic.from_json(v) for v in data.get("versions", [])),
+    )
+
+
+def volume(row: sqlite3.Row) -> VolumeRecord:
+    return VolumeRecord(
+        name=row["name"],
+        node=row["node"],
+        spec=load_json(row["spec"]),
+        bound_at=row["bound_at"],
+        created_at=row["created_at"],
+        released_at=row["released_at"],
+        missing_at=row["missing_at"],
     )
