@@ -41,6 +41,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     ("status", "status", "services, replicas, versions, rollout phase, nodes, last error"),
     ("nodes", "nodes", "nodes, capacity, allocation, conditions"),
+    ("volumes", "volumes", "volumes: node, access mode, size, users, phase; --reset a missing one"),
     (
         "drain",
         "drain",

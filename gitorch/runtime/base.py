@@ -23,8 +23,8 @@ LABEL_REPLICA = "dev.gitorch.replica"
 LABEL_REVISION = "dev.gitorch.revision"  # commit sha the replica was created from
 LABEL_SPEC_DIGEST = "dev.gitorch.spec-digest"
 LABEL_NODE = "dev.gitorch.node"
-#: On a replica: the Volumes it mounts (comma separated), so their users are known from
-#: the runtime alone. On a volume: its name in Git.
+#: On a replica: the Volumes it mounts and how (``data:rw,cfg:ro``), so their users (and
+#: writers) are known from the runtime alone. On a volume: its name in Git.
 LABEL_VOLUMES = "dev.gitorch.volumes"
 LABEL_VOLUME = "dev.gitorch.volume"
 #: On a volume: its recorded size in bytes (kept, not enforced: see the drivers).

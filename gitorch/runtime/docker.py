@@ -636,6 +636,9 @@ class DockerRuntime:
         filters = {"label": [f"{LABEL_CLUSTER}={cluster}", f"{LABEL_NODE}={self.node_name}"]}
         found = self._call(lambda api: api.volumes(filters=filters)) or {}
         infos = [self._volume_info(v) for v in found.get("Volumes") or []]
+        if self.endpoint.startswith("unix://"):
+            # A hostPath whose directory was removed by hand is gone, whatever Docker keeps.
+            infos = [v for v in infos if v.host_path is None or Path(v.host_path).is_dir()]
         return sorted(infos, key=lambda v: v.name)
 
     def remove_volume(self, name: str, cluster: str) -> None:

@@ -510,7 +510,7 @@ class ProcessRuntime:
             r.name
             for r in self._store.all()
             if r.labels.get(LABEL_CLUSTER) == cluster
-            and name in r.labels.get(LABEL_VOLUMES, "").split(",")
+            and name in (v.partition(":")[0] for v in r.labels.get(LABEL_VOLUMES, "").split(","))
         ]
         if users:
             raise VolumeError(
