@@ -12,6 +12,9 @@ driver the volume's directory), so one manifest serves both drivers.
   line to ``conflicts.log`` (a dead writer's beat stays still: a replacement is no
   conflict). A ReadWriteOnce volume must never have one.
 * ``COUNTER_MODE=reader``: serves the count and writes nothing (for readOnly mounts).
+* ``LINGER_MS``: on SIGTERM a writer keeps beating this long before it exits (a database
+  flushing on its way out), so an orchestrator that starts the next writer before the old
+  one has *exited* gets caught.
 
 ``GET /``: ``app=counter version=1 instance=... starts=3 conflicts=0 writable=yes``;
 ``GET /count``: the count alone. ``/healthz`` fails when the folder cannot be read (or, for
@@ -69,8 +72,11 @@ def writable(folder: Path) -> bool:
 class Counter:
     """The start count and the writer's beat (see the module docstring)."""
 
-    def __init__(self, app: str, version: str, folder: Path, writer: bool) -> None:
+    def __init__(
+        self, app: str, version: str, folder: Path, writer: bool, linger_s: float = 0.0
+    ) -> None:
         self.app = app
+        self.linger_s = linger_s
         self.folder = folder
         self.writer = writer
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
@@ -91,6 +97,9 @@ class Counter:
         self._beats.start()
 
     def stop(self) -> None:
+        if self._beats.is_alive() and self.linger_s:
+            log(self.app, f"still writing for {self.linger_s:g}s before exiting")
+            self._stop.wait(self.linger_s)
         self._stop.set()
         if self._beats.is_alive():
             self._beats.join(2)
@@ -143,7 +152,12 @@ def build(settings: Settings) -> AppSpec:
     mode = os.environ.get("COUNTER_MODE", "writer").strip() or "writer"
     if mode not in ("writer", "reader"):
         raise SettingsError(f"COUNTER_MODE={mode!r} is not one of: writer, reader")
-    counter = Counter(settings.app, settings.version, folder, writer=mode == "writer")
+    linger = os.environ.get("LINGER_MS", "0").strip() or "0"
+    if not linger.isdigit():
+        raise SettingsError(f"LINGER_MS={linger!r} is not a whole number")
+    counter = Counter(
+        settings.app, settings.version, folder, mode == "writer", int(linger) / 1000
+    )
     counter.start()
     return AppSpec(
         settings=settings,
