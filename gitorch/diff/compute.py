@@ -216,12 +216,16 @@ def compute_plan(
         tuple(name for name in wave if name in changed_services)
         for wave in dependency_waves(desired.services)
     )
-    warnings = tuple(
-        f"node {name} is NotReady ({live.nodes[name].message or 'no answer'}): its replicas are unknown"
-        for name in sorted(live.unknown_nodes)
-    ) + tuple(
-        f"volume {m.volume} is missing on {m.node}: {m.reason}"
-        for m in (decision.volumes.missing if decision is not None else ())
+    warnings = (
+        tuple(
+            f"node {name} is NotReady ({live.nodes[name].message or 'no answer'}): its replicas are unknown"
+            for name in sorted(live.unknown_nodes)
+        )
+        + tuple(
+            f"volume {m.volume} is missing on {m.node}: {m.reason}"
+            for m in (decision.volumes.missing if decision is not None else ())
+        )
+        + tuple(_volume_warnings(desired, live))
     )
     return Plan(
         revision=desired.revision,
@@ -236,6 +240,20 @@ def compute_plan(
         warnings=warnings,
         actions=decision.actions() if decision is not None else (),
     )
+
+
+def _volume_warnings(desired: DesiredState, live: LiveState) -> list[str]:
+    """A bound volume whose spec.node now names another node: it stays with its data."""
+    found: list[str] = []
+    for name, volume in sorted(desired.volumes.items()):
+        records = live.volume_records.get(name, ())
+        if volume.single_node and volume.node and records and records[0].node != volume.node:
+            found.append(
+                f"volume {name} stays on {records[0].node}, where its data is: spec.node "
+                f"{volume.node} applies to a volume made anew (`gitorch volumes --reset` of a "
+                "missing one), gitorch does not move data"
+            )
+    return found
 
 
 def _placements(

@@ -51,6 +51,13 @@ What is and is not enforced
   (exit code and reason, times) for the last few removed replicas of each service
   (:mod:`._retained`), then deletes the replica's folder. The file itself is not rotated:
   a replica that writes without end fills the disk it lives on.
+* **Volumes.** A volume is a directory under ``<state_dir>/volumes/<cluster>/`` (or an
+  allowed host path; see :mod:`._volume_dirs`), handed to the replica as ``VOLUME_<NAME>``
+  (never as its working directory). ``readOnly`` mounts are enforced: the launcher runs
+  under ``unshare --mount --propagation private`` (which execs, keeping the pid) and
+  remounts each such directory read-only onto itself before it execs the replica; where
+  mount namespaces are unavailable such a replica is not started. Sizes are recorded,
+  not enforced.
 * **Usage.** cpu% is the utime+stime delta of the whole process group since the previous
   :meth:`usage` call on this runtime object (the first call samples over 100 ms); memory is
   the summed RSS of the group.

@@ -17,10 +17,12 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 from reconciler_helpers import (
+    REPO_ROOT,
     Cluster,
     DaemonProc,
     cluster_of,
@@ -29,6 +31,7 @@ from reconciler_helpers import (
     gitorch,
     pid_of,
     process_runtime,
+    remove_cluster,
     wait_for,
 )
 from volume_helpers import counter_service, page, phase_of, volume_yaml, volumes_of
@@ -262,3 +265,54 @@ def test_volumes_json_is_in_the_status_api(cluster: Cluster) -> None:
         "bound", lambda: [v for v in daemon.status()["volumes"] if v["phase"] == "Bound"], 30
     )
     assert json.loads(json.dumps(volumes))[0]["size"] == "1Gi"
+
+
+@pytest.mark.docker
+def test_the_example_worker_journal_survives_a_replacement(docker_cluster: Cluster) -> None:
+    """examples/repo-docker/worker.yaml says its journal survives the worker being
+    replaced: both containers' jobs end up in the one journal."""
+    from gitorch.runtime.docker import DEFAULT_ENDPOINT, DockerRuntime
+
+    world = docker_cluster
+    node = DockerRuntime("local", DEFAULT_ENDPOINT, timeout=15.0)  # the example's Node
+    example = REPO_ROOT / "examples" / "repo-docker"
+    names = ("node.yaml", "volume.yaml", "worker.yaml")
+    commit(world.repo, {n: (example / n).read_text(encoding="utf-8") for n in names}, "worker")
+    try:
+        daemon = world.daemon()
+        first = wait_for("the worker", lambda: running(daemon, "worker"), TIMEOUT)
+
+        def journal() -> list[str]:
+            (volume,) = node.list_volumes(cluster_of(world.state) or "")
+            where = subprocess.run(
+                ["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", volume.handle],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            path = Path(where) / "jobs.log"
+            return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+        wait_for("jobs in the journal", lambda: len(journal()) >= 2, TIMEOUT)
+        kill(world, first["id"])
+        wait_for(
+            "the replacement",
+            lambda: (i := running(daemon, "worker")) and i["id"] != first["id"],
+            TIMEOUT,
+            describe=daemon.log_tail,
+        )
+        wait_for(
+            "the new worker's jobs beside the old ones",
+            lambda: sum(" job 1 done " in line for line in journal()) == 2,
+            TIMEOUT,
+        )
+    finally:
+        for started in world.daemons:
+            started.stop()
+        remove_cluster(node, cluster_of(world.state))
+
+
+def running(daemon: DaemonProc, service: str) -> dict[str, Any] | None:
+    svc = daemon.service(service)
+    found = [i for i in (svc or {}).get("instances", []) if i["state"] == "running"]
+    return found[0] if len(found) == 1 else None
