@@ -40,6 +40,7 @@ from gitorch.decide.volumes import (
     bound_nodes,
     decide_volumes,
     missing_node_reason,
+    pinned_evictions,
     place_service,
     single_writer_volumes,
     volume_constraint,
@@ -215,6 +216,8 @@ def decide_pass(inp: PassInput) -> PassDecision:
         for name in sorted(wave, key=lambda n: (-desired.services[n].placement.priority, n))
     ]
     decisions: dict[str, ServiceDecision] = {}
+    bound = bound_nodes(desired, live)
+    evicting, pinned = pinned_evictions(live, inp.verdicts.evicting, bound)
     for name in order:
         service = desired.services[name]
         single_writer = single_writer_volumes(service, desired)
@@ -232,7 +235,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
             now=now,
             backoff=backoff,
             analyses=inp.analyses.get(name, MappingProxyType({})),
-            evicting=inp.verdicts.evicting,
+            evicting=evicting,
             waiting_for=waiting,
             crash_loop=inp.crash_loop,
             single_writer=single_writer,
@@ -246,9 +249,10 @@ def decide_pass(inp: PassInput) -> PassDecision:
             wait = service_failure_wait(name, failure, now, inp.crash_loop)
             if wait is not None:
                 decision = replace(decision, waits=(*decision.waits, wait))
+        if name in pinned:
+            decision = replace(decision, waits=(*decision.waits, *pinned[name]))
         decisions[name] = decision
 
-    bound = bound_nodes(desired, live)
     starts, preemptions, decisions = _place(inp, order, decisions, bound)
     prune = _prune(inp)
     own_stops = [s for d in decisions.values() for s in d.stops]

@@ -218,6 +218,30 @@ def missing_node_reason(constraint: VolumeConstraint, known: Iterable[str]) -> s
     return f"{', '.join(gone)}: not in the cluster ({constraint.reason})"
 
 
+def pinned_evictions(
+    live: LiveState, evicting: Mapping[str, str], bound: Mapping[str, str]
+) -> tuple[Mapping[str, str], dict[str, tuple[Wait, ...]]]:
+    """Evictions (a draining node, an untolerated NoExecute taint) minus the replicas that
+    cannot move: a ReadWriteOnce volume they mount is bound to their node, with its data.
+    Such a replica stays, and its service says why."""
+    kept = dict(evicting)
+    waits: dict[str, list[Wait]] = {}
+    for replica in live.replicas():
+        why = evicting.get(replica.id)
+        volume = next((v for v in replica.volumes if bound.get(v) == replica.node), None)
+        if why is None or volume is None:
+            continue
+        del kept[replica.id]
+        waits.setdefault(replica.service, []).append(
+            Wait(
+                replica.service,
+                f"{replica.replica} stays on {replica.node} ({why}): ReadWriteOnce volume "
+                f"{volume} is bound there, with its data",
+            )
+        )
+    return MappingProxyType(kept), {k: tuple(v) for k, v in waits.items()}
+
+
 # ---------------------------------------------------------------------------- the pass
 
 

@@ -1,6 +1,6 @@
 """Volumes in the pure decision of a pass (gitorch/decide/volumes.py): one writer of a
 ReadWriteOnce volume at a time, binding, making, releasing, deleting, and a volume removed
-by hand. Hand-built live states; tests/reconciler/test_volumes.py checks the same against
+by hand. Hand-built live states; tests/reconciler/test_volume_lifecycle.py checks the same against
 real daemons, replicas and Docker volumes."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 from decide_helpers import healthy_record, load_docs
 
-from gitorch.decide import PassInput, decide_pass
+from gitorch.decide import NodeVerdicts, PassInput, decide_pass
 from gitorch.decide.actions import (
     BindVolume,
     CreateVolume,
@@ -126,23 +126,30 @@ def live(
     )
 
 
+def base_input(
+    state: DesiredState,
+    observed: LiveState,
+    applied: DesiredState | None = None,
+    backoff: dict[str, dict[int, BackoffRecord]] | None = None,
+) -> PassInput:
+    records = {n: healthy_record(state, n, REVISION) for n in (applied or state).services}
+    return PassInput(
+        desired=state,
+        live=observed,
+        now=NOW,
+        records=MappingProxyType(records),
+        applied_services=frozenset(records),
+        backoff=MappingProxyType(backoff or {}),
+    )
+
+
 def decide(
     state: DesiredState,
     observed: LiveState,
     applied: DesiredState | None = None,
     backoff: dict[str, dict[int, BackoffRecord]] | None = None,
 ) -> PassDecision:
-    records = {n: healthy_record(state, n, REVISION) for n in (applied or state).services}
-    return decide_pass(
-        PassInput(
-            desired=state,
-            live=observed,
-            now=NOW,
-            records=MappingProxyType(records),
-            applied_services=frozenset(records),
-            backoff=MappingProxyType(backoff or {}),
-        )
-    )
+    return decide_pass(base_input(state, observed, applied, backoff))
 
 
 def of(decision: PassDecision, kind: type) -> list:  # type: ignore[type-arg]
@@ -269,3 +276,28 @@ def test_a_volume_removed_by_hand_is_reported_and_never_remade_under_its_users()
     found = decide(state, back)
     assert found.volumes.found == (("data", "a"),)
     assert [s.node for s in of(found, StartReplica)] == ["a"]
+
+
+def test_a_drained_node_keeps_the_replica_its_volume_binds_there() -> None:
+    state = desired(service("db", mounts=WRITES), volume("data"), service("web"))
+    db = replica("db", 1, state.services["db"].template_digest)
+    web = replica("web", 1, state.services["web"].template_digest, volumes=(), writes=())
+    world = live(state, [db, web], records=[record("data", "a")], on={"a": ["data"], "b": []})
+    base = decide(state, world)
+    draining = replace(
+        base_input(state, world),
+        verdicts=NodeVerdicts(
+            cordoned=frozenset({"a"}),
+            evicting=MappingProxyType({db.id: "node a is draining", web.id: "node a is draining"}),
+        ),
+    )
+    decision = decide_pass(draining)
+    # web moves (a new replica elsewhere first); db cannot: its data is on node a.
+    assert [(s.service, s.node) for s in of(decision, StartReplica)] == [("web", "b")]
+    assert not any(s.service == "db" for s in of(decision, StopReplica))
+    assert any(
+        w.reason == "db-1 stays on a (node a is draining): ReadWriteOnce volume data is bound "
+        "there, with its data"
+        for w in of(decision, Wait)
+    )
+    assert of(base, StopReplica) == []
