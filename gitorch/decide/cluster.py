@@ -133,7 +133,9 @@ class PassDecision:
         actions.extend(self.prune.stops)
         actions.extend(self.prune.forget)
         actions.extend(self.prune.waits)
-        actions.extend((*volumes.releases, *volumes.deletes, *volumes.missing, *volumes.waits))
+        actions.extend(
+            (*volumes.releases, *volumes.deletes, *volumes.missing, *volumes.waits, *volumes.stuck)
+        )
         return tuple(actions)
 
     @property

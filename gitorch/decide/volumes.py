@@ -261,6 +261,8 @@ class VolumeDecision:
     held: Mapping[str, tuple[Wait, ...]] = field(default_factory=lambda: MappingProxyType({}))
     # Reasons among ``held`` that last until someone acts (a missing volume).
     blocking: frozenset[str] = frozenset()
+    # Said, and waited for by no one: a volume to delete on a node that left the cluster.
+    stuck: tuple[Wait, ...] = ()
 
     @property
     def pending(self) -> bool:
@@ -348,7 +350,7 @@ def decide_volumes(
                 blocking.add(why)
         kept[service_name] = tuple(allowed)
 
-    deletes, releases, waits = _left_git(desired, live, ready)
+    deletes, releases, waits, stuck = _left_git(desired, live, ready)
     return (
         VolumeDecision(
             binds=tuple(draft.binds[k] for k in sorted(draft.binds)),
@@ -358,6 +360,7 @@ def decide_volumes(
             missing=tuple(draft.missing[k] for k in sorted(draft.missing)),
             found=found,
             waits=waits,
+            stuck=stuck,
             held=MappingProxyType({k: tuple(v) for k, v in held.items()}),
             blocking=frozenset(blocking),
         ),
@@ -480,11 +483,13 @@ def _starting_writer(
 
 def _left_git(
     desired: DesiredState, live: LiveState, ready: set[str]
-) -> tuple[tuple[DeleteVolume, ...], tuple[ReleaseVolume, ...], tuple[Wait, ...]]:
-    """Volumes whose records remain but that left Git: released, or deleted once unused."""
+) -> tuple[tuple[DeleteVolume, ...], tuple[ReleaseVolume, ...], tuple[Wait, ...], tuple[Wait, ...]]:
+    """Volumes whose records remain but that left Git: released, or deleted once unused;
+    the waits for that, and the volumes nothing can delete (their node left the cluster)."""
     deletes: list[DeleteVolume] = []
     releases: list[ReleaseVolume] = []
     waits: list[Wait] = []
+    stuck: list[Wait] = []
     for name, records in sorted(live.volume_records.items()):
         if name in desired.volumes:
             continue
@@ -510,6 +515,15 @@ def _left_git(
                         f"{', '.join(users)} {'has' if len(users) == 1 else 'have'} stopped",
                     )
                 )
+            elif record.node not in live.nodes:
+                # Nothing can delete it, and nothing waits for it: it stays listed.
+                stuck.append(
+                    Wait(
+                        f"Volume/{name}",
+                        f"left Git (reclaimPolicy Delete), on node {record.node}, which is not "
+                        "in the cluster: not deleted (its data stays there)",
+                    )
+                )
             elif record.node not in ready:
                 waits.append(
                     Wait(
@@ -521,4 +535,4 @@ def _left_git(
                 deletes.append(
                     DeleteVolume(name, record.node, "left Git, reclaimPolicy Delete, no user left")
                 )
-    return tuple(deletes), tuple(releases), tuple(waits)
+    return tuple(deletes), tuple(releases), tuple(waits), tuple(stuck)
