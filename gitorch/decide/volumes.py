@@ -318,7 +318,9 @@ def decide_volumes(
             )
             draft.binds[(name, node)] = BindVolume(name, node, why)
         if volume.single_node and volume.node is not None and node in ready:
-            _need(draft, live, volume, node, "spec.node: made before its first user")
+            _need(
+                draft, live, volume, node, "spec.node names this node: made before any user starts"
+            )
         for record in records:  # made once: still there?
             _check_present(draft, live, volume, record.node, ready)
 
