@@ -92,7 +92,8 @@ class Daemon:
         self.loader = ManifestLoader(
             reserved_ports={
                 listen_port: f"this gitorch daemon's API and webhook (--listen {options.listen})"
-            }
+            },
+            allowed_host_paths=[str(p) for p in options.session.allowed_host_paths],
         )
         self.api: ApiServer | None = None
         self.traffic: TrafficMeter | None = None
@@ -348,6 +349,8 @@ class Daemon:
             "path": self.options.path,
             "revision": self._commit.sha if self._commit else None,
             "lastError": self._last_error,
+            # `validate` and `plan` refuse the hostPaths this daemon would refuse.
+            "allowHostPaths": [str(p) for p in self.options.session.allowed_host_paths],
             "updatedAt": time.time(),
         }
         tmp = state / f".{DAEMON_FILE}.tmp"

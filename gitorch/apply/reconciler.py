@@ -188,6 +188,7 @@ class Reconciler:
         self.books.nodes_and_volumes(desired)
         # Write-ahead: what was decided is stored before it is carried out, so a daemon
         # killed in between decides the same again from the replicas it finds.
+        self.books.volumes_decided(decision.volumes, desired, live)
         saved = {name: self.books.save(d) for name, d in decision.services.items()}
         decision = replace(decision, services=MappingProxyType(saved))
 
@@ -198,6 +199,7 @@ class Reconciler:
             held_routes=held,
             table_without=lambda gone: self._table(desired, live, decision, gone),
         )
+        self.books.volumes_executed(execution, desired)
         self._advance_analyses(decision, now)
         for forget in decision.prune.forget:
             self.books.forget(forget.service)

@@ -40,6 +40,7 @@ class SessionOptions:
     # The data plane outlives the session (the daemon): the built-in one runs as
     # `gitorch proxy`, HAProxy keeps running; either is adopted when it already runs.
     data_plane_outlives: bool = False
+    allowed_host_paths: tuple[Path, ...] = ()  # --allow-host-path: where hostPath may be
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -83,7 +84,7 @@ class Session:
         targets = node_targets(desired.nodes.values(), self.default_driver)
         if self.reconciler is not None and targets == self._targets:
             return self.reconciler
-        runtimes = open_runtimes(targets, self.options.state_dir)
+        runtimes = open_runtimes(targets, self.options.state_dir, self.options.allowed_host_paths)
         if self.health is not None:
             self.health.stop()
         self.health = HealthMonitor(runtimes, on_change=self._on_health_change)

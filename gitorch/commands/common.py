@@ -249,3 +249,36 @@ def reserved_ports(args: argparse.Namespace) -> dict[int, str]:
     except (OSError, ValueError, KeyError, TypeError):
         return {7420: "the gitorch daemon's API and webhook (default --listen 127.0.0.1:7420)"}
     return {port: f"the gitorch daemon's API and webhook (its --listen {listen})"}
+
+
+def add_host_path_option(parser: argparse.ArgumentParser, *, reads_daemon: bool) -> None:
+    """``--allow-host-path DIR`` (repeatable): where a Volume's ``hostPath`` may be.
+
+    ``reads_daemon``: validate and plan check against the running daemon's list (from
+    ``daemon.json``) when none is given, so they refuse what the daemon would refuse."""
+    default = (
+        "default: the running daemon's (daemon.json), else none"
+        if reads_daemon
+        else "default: none, every hostPath is refused"
+    )
+    parser.add_argument(
+        "--allow-host-path",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a directory Volumes may bind with spec.hostPath (repeatable; " + default + ")",
+    )
+    parser.set_defaults(reads_daemon_host_paths=reads_daemon)
+
+
+def allowed_host_paths(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--allow-host-path`` directories (absolute, normalised); for validate and plan
+    without the option, those of the daemon of ``--state`` (``daemon.json``)."""
+    given = getattr(args, "allow_host_path", None)
+    if given is None and getattr(args, "reads_daemon_host_paths", False):
+        try:
+            data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
+            given = [str(p) for p in data.get("allowHostPaths") or []]
+        except (OSError, ValueError, AttributeError):
+            given = []
+    return tuple(os.path.normpath(os.path.abspath(p)) for p in given or ())

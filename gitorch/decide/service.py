@@ -54,7 +54,7 @@ from gitorch.strategies.machine import (
     Stop,
 )
 from gitorch.strategies.recreate import recreate_step
-from gitorch.strategies.rolling import is_available, rolling_step
+from gitorch.strategies.rolling import is_available, rolling_step, single_writer_limits
 
 PROGRESSIVE = ("Canary", "BlueGreen", "ABTest")
 
@@ -142,6 +142,9 @@ class ServiceInput:
     evicting: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     waiting_for: tuple[str, ...] = ()  # dependencies that are not Healthy
     crash_loop: CrashLoop = DEFAULT_CRASH_LOOP
+    # ReadWriteOnce volumes the target writes: one writer at a time, so a RollingUpdate
+    # runs as maxSurge 0 (the old replica stops before the new one starts).
+    single_writer: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -653,6 +656,9 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         step=record.step,
         blocked_slots=backoff.blocked,
     )
+    if inp.single_writer:
+        surge, unavailable = single_writer_limits(target, desired)
+        rin = replace(rin, max_surge=surge, max_unavailable=unavailable)
     decision, progressive = _strategy_step(inp, target, record, rin)
     if held:
         decision = replace(decision, message=f"{decision.message}; {draft.waits[0].reason}")

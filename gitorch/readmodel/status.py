@@ -13,6 +13,7 @@ from gitorch.decide.backoff import remaining
 from gitorch.decide.service import SERVICE_SLOT, slot_of
 from gitorch.live.model import LiveReplica, LiveService
 from gitorch.readmodel.cluster import ClusterView
+from gitorch.readmodel.volumes import volumes_json
 from gitorch.state import BackoffRecord, TrafficSnapshot, lock_holder
 from gitorch.state.layout import DAEMON_FILE
 
@@ -180,6 +181,7 @@ def status_json(
             }
             for s in services
         ],
+        "volumes": volumes_json(live),
         **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),
     }
 

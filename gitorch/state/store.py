@@ -45,6 +45,7 @@ from gitorch.state.records import (
     RevisionResult,
     RolloutRecord,
     TrafficSnapshot,
+    VolumeRecord,
 )
 from gitorch.state.schema import (
     MIGRATIONS,
@@ -949,6 +950,60 @@ class StateStore:
         """Every stored route's latest traffic, by name."""
         found = self._query("SELECT * FROM traffic_snapshots ORDER BY service")
         return [rows.traffic(row) for row in found]
+
+    # -- volumes -----------------------------------------------------------------------
+
+    def bind_volume(
+        self, name: str, node: str, spec: Mapping[str, Any], *, at: float | None = None
+    ) -> None:
+        """Bind ``name`` to ``node`` (or note the Git spec of a bound one). A released
+        volume back in Git is bound again: its kept data is its data."""
+        self._execute_one(
+            "INSERT INTO volumes (name, node, spec, bound_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name, node) DO UPDATE SET spec = excluded.spec, released_at = NULL",
+            (name, node, rows.dump_json(spec), self._now(at)),
+        )
+
+    def volume_created(self, name: str, node: str, *, at: float | None = None) -> None:
+        """The backend volume of ``name`` exists on ``node`` now (made, or adopted)."""
+        self._execute_one(
+            "UPDATE volumes SET created_at = ?, missing_at = NULL WHERE name = ? AND node = ?",
+            (self._now(at), name, node),
+        )
+
+    def volume_missing(self, name: str, node: str, *, at: float | None = None) -> None:
+        """A volume that was made is not on its node any more (kept: it is not re-made)."""
+        self._execute_one(
+            "UPDATE volumes SET missing_at = COALESCE(missing_at, ?) WHERE name = ? AND node = ?",
+            (self._now(at), name, node),
+        )
+
+    def release_volume(self, name: str, *, at: float | None = None) -> None:
+        """``name`` left Git with reclaimPolicy Retain: its data stays where it is."""
+        self._execute_one(
+            "UPDATE volumes SET released_at = COALESCE(released_at, ?) WHERE name = ?",
+            (self._now(at), name),
+        )
+
+    def forget_volume(self, name: str, node: str | None = None) -> bool:
+        """Drop the records of ``name`` (on ``node``, or everywhere); True if any."""
+        if node is None:
+            cursor = self._execute_one("DELETE FROM volumes WHERE name = ?", (name,))
+        else:
+            cursor = self._execute_one(
+                "DELETE FROM volumes WHERE name = ? AND node = ?", (name, node)
+            )
+        return cursor.rowcount > 0
+
+    def list_volumes(self) -> list[VolumeRecord]:
+        """Every volume record, by name then node."""
+        found = self._query("SELECT * FROM volumes ORDER BY name, node")
+        return [rows.volume(row) for row in found]
+
+    def _execute_one(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+        """One statement in its own transaction (or the caller's)."""
+        with self.transaction():
+            return self._execute(sql, params)
 
     # -- history / audit log -----------------------------------------------------------
 
