@@ -102,7 +102,8 @@ class Daemon:
         self.loader = ManifestLoader(
             reserved_ports={
                 listen_port: f"this gitorch daemon's API and webhook (--listen {options.listen})"
-            }
+            },
+            allowed_host_paths=[str(p) for p in options.session.allowed_host_paths],
         )
         self.api: ApiServer | None = None
         self.traffic: TrafficMeter | None = None
@@ -122,7 +123,11 @@ class Daemon:
         session_options = replace(
             opts.session,
             data_plane_outlives=True,
-            member_info={"listen": f"http://{_client_address(opts.listen)}"},
+            member_info={
+                "listen": f"http://{_client_address(opts.listen)}",
+                # `validate` and `plan` refuse the hostPaths the daemons would refuse.
+                "allowHostPaths": [str(p) for p in opts.session.allowed_host_paths],
+            },
         )
         with Session(
             session_options,
@@ -366,6 +371,7 @@ class Daemon:
         )
         for svc in result.services:
             self.metrics.set_rollout_phase(svc.name, svc.phase)
+            self.metrics.set_health(svc.name, drift=svc.drift, failing=svc.failing)
             self.metrics.set_replicas(
                 svc.name, desired=svc.desired, ready=svc.ready, updated=svc.updated
             )
@@ -415,6 +421,8 @@ class Daemon:
             "path": self.options.path,
             "revision": self._commit.sha if self._commit else None,
             "lastError": self._last_error,
+            # `validate` and `plan` refuse the hostPaths this daemon would refuse.
+            "allowHostPaths": [str(p) for p in self.options.session.allowed_host_paths],
             "updatedAt": time.time(),
         }
         tmp = state / f".{DAEMON_FILE}.tmp"

@@ -26,6 +26,8 @@ line instead of a traceback.
     │   ├── ReplicaStartFailed        the replica could not be started
     │   │   └── WorkingDirOutsideRoot (runtime.process) workingDir leaves the allowed root
     │   ├── ReplicaStopFailed         (runtime.process) a replica survived SIGKILL, or its cgroup stays
+    │   ├── VolumeError               a volume could not be made, found or removed
+    │   │   └── HostPathNotAllowed    a hostPath resolves outside the --allow-host-path dirs
     │   └── UnknownNode               (apply.health) a replica on a node with no runtime
     ├── StateError                    the state store (SQLite or etcd)
     │   ├── StateLocked               another daemon owns this state directory
@@ -160,6 +162,14 @@ class InstanceNotFound(RuntimeDriverError):
 
 class ReplicaStartFailed(RuntimeDriverError):
     """A replica could not be created or started."""
+
+
+class VolumeError(RuntimeDriverError):
+    """A volume could not be made, found or removed on a node."""
+
+
+class HostPathNotAllowed(VolumeError):
+    """A Volume's hostPath resolves (symlinks followed) outside the allowed directories."""
 
 
 class StateError(GitorchError):

@@ -25,6 +25,7 @@ from gitorch.apply.execute import Execution
 from gitorch.decide import PassDecision, ServiceDecision
 from gitorch.decide.backoff import CrashLoop, describe, remaining
 from gitorch.decide.service import SERVICE_SLOT
+from gitorch.decide.volumes import VolumeDecision
 from gitorch.diff.compute import compute_plan
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Node, Volume
@@ -306,6 +307,82 @@ class Bookkeeper:
                 self.store.remove_node(name)
             elif kind == "Volume" and name not in desired.volumes:
                 self.store.forget_applied(kind, name)
+        for record in self.store.list_volumes():
+            # The records keep the Volume as Git says now: its reclaimPolicy rules once it
+            # has left Git. A released record is bound again by the pass, not here.
+            volume = desired.volumes.get(record.name)
+            if (
+                volume is not None
+                and record.released_at is None
+                and record.spec != volume.canonical
+            ):
+                self.store.bind_volume(record.name, record.node, volume.canonical)
+
+    # ------------------------------------------------------------------ volumes
+
+    def volumes_decided(
+        self, decision: VolumeDecision, desired: DesiredState, live: LiveState
+    ) -> None:
+        """What a pass decided about volumes, written before anything is executed: the
+        nodes volumes are bound to (a daemon killed next binds them the same), releases,
+        and volumes found missing (once) or back."""
+        known = {(r.name, r.node): r for records in live.volume_records.values() for r in records}
+        newly = [
+            m
+            for m in decision.missing
+            if (record := known.get((m.volume, m.node))) is not None and record.missing_at is None
+        ]
+
+        def write() -> None:
+            for bind in decision.binds:
+                volume = desired.volumes.get(bind.volume)
+                spec = volume.canonical if volume is not None else {}
+                self.store.bind_volume(bind.volume, bind.node, spec)
+                self.store.append_event(
+                    "volume.bound", f"volume {bind.volume} bound to {bind.node}: {bind.reason}"
+                )
+            for release in decision.releases:
+                self.store.release_volume(release.volume)
+                self.store.append_event(
+                    "volume.released",
+                    f"volume {release.volume} released, kept on {release.node}: {release.reason}",
+                )
+            for missing in newly:
+                self.store.volume_missing(missing.volume, missing.node)
+                self.store.append_event(
+                    "volume.missing",
+                    f"volume {missing.volume} is missing on {missing.node}: {missing.reason}",
+                )
+            for name, node in decision.found:
+                self.store.volume_created(name, node)
+                self.store.append_event("volume.found", f"volume {name} is on {node} again")
+
+        self.store.atomic(write)  # tried again if a concurrent writer (the CLI) interferes
+        for missing in newly:
+            log.error(
+                "volume %s is missing on %s: %s", missing.volume, missing.node, missing.reason
+            )
+
+    def volumes_executed(self, execution: Execution, desired: DesiredState) -> None:
+        """Volumes made (recorded where they are) and deleted (forgotten)."""
+
+        def write() -> None:
+            for create in execution.volumes_created:
+                volume = desired.volumes.get(create.volume)
+                spec = volume.canonical if volume is not None else {}
+                self.store.bind_volume(create.volume, create.node, spec)
+                self.store.volume_created(create.volume, create.node)
+                self.store.append_event(
+                    "volume.created", f"volume {create.volume} on {create.node}: {create.reason}"
+                )
+            for delete in execution.volumes_deleted:
+                self.store.forget_volume(delete.volume, delete.node)
+                self.store.append_event(
+                    "volume.deleted",
+                    f"volume {delete.volume} and its data deleted on {delete.node}: {delete.reason}",
+                )
+
+        self.store.atomic(write)
 
     def forget(self, service: str) -> None:
         """A pruned service whose replicas are all gone."""

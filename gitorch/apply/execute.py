@@ -18,6 +18,11 @@ old ones are gone before the new ones run (and a preempted replica's resources a
 before its preemptor starts). The strategies stop only available replicas beyond their
 availability floor, so stopping first never costs availability.
 
+Volumes come first and last: the volumes decided are made before any replica starts (a
+volume that cannot be made fails the starts that need it on that node), and volumes
+decided for deletion are removed after the replicas have stopped (not at all in a pass
+whose table could not be published: its draining replicas were not stopped).
+
 Every failure is caught where it happens and reported on the service it concerns (a
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
 broken service never stops the others. If the table cannot be published at all, no
@@ -34,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitorch.apply.health import HealthMonitor
-from gitorch.apply.replicas import replica_spec
+from gitorch.apply.replicas import replica_spec, volume_spec
 from gitorch.decide import PassDecision, StartReplica, StopReplica
-from gitorch.decide.actions import Action
+from gitorch.decide.actions import Action, CreateVolume, DeleteVolume
 from gitorch.errors import GitorchError
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
@@ -71,6 +76,10 @@ class Execution:
     errors: list[str] = field(default_factory=list)
     changes: int = 0  # replicas started, stopped or removed
     published: RoutingTable | None = None
+    volumes_created: list[CreateVolume] = field(default_factory=list)
+    volumes_deleted: list[DeleteVolume] = field(default_factory=list)
+    # (volume, node) -> why it could not be made: the starts needing it there fail.
+    volume_failures: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def service_of_route(route: str) -> str:
@@ -120,11 +129,14 @@ class Executor:
         their service backs off after failing to bind; ``table_without(gone)``: the
         table once the replicas in ``gone`` are stopped."""
         done = Execution()
+        for create in decision.volumes.creates:
+            self._create_volume(desired, create, done)
         stops = decision.stops()
         for stop in (s for s in stops if not s.drain):
             self._remove(stop, done)
         draining = [s for s in stops if s.drain]
-        if not self._publish(decision.table, held_routes, done):
+        published = self._publish(decision.table, held_routes, done)
+        if not published:
             if draining:
                 done.errors.append(
                     f"{len(draining)} replica(s) not stopped: the routing table could not be "
@@ -144,7 +156,46 @@ class Executor:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
                     pass
+        if published:  # else replicas that were to stop may still use them
+            for delete in decision.volumes.deletes:
+                self._delete_volume(delete, done)
         return done
+
+    # ------------------------------------------------------------------ volumes
+
+    def _create_volume(self, desired: DesiredState, create: CreateVolume, done: Execution) -> None:
+        self._guard()
+        runtime = self.runtimes.get(create.node)
+        volume = desired.volumes.get(create.volume)
+        try:
+            if runtime is None:
+                raise GitorchError(f"node {create.node} has no runtime")
+            if volume is None:
+                raise GitorchError(f"volume {create.volume} is not in Git")
+            runtime.create_volume(volume_spec(volume), self.cluster)
+        except GitorchError as exc:
+            done.volume_failures[(create.volume, create.node)] = exc.message
+            done.errors.append(
+                f"volume {create.volume}: cannot make it on {create.node}: {exc.message}"
+            )
+            return
+        done.executed.append(create)
+        done.volumes_created.append(create)
+
+    def _delete_volume(self, delete: DeleteVolume, done: Execution) -> None:
+        self._guard()
+        runtime = self.runtimes.get(delete.node)
+        if runtime is None:
+            return
+        try:
+            runtime.remove_volume(delete.volume, self.cluster)
+        except GitorchError as exc:
+            done.errors.append(
+                f"volume {delete.volume}: cannot delete it on {delete.node}: {exc.message}"
+            )
+            return
+        done.executed.append(delete)
+        done.volumes_deleted.append(delete)
 
     # ------------------------------------------------------------------ replicas
 
@@ -170,6 +221,10 @@ class Executor:
         try:
             if runtime is None:
                 raise GitorchError(f"node {action.node} has no runtime")
+            for mount in target.volumes:
+                failed = done.volume_failures.get((mount.volume, action.node))
+                if failed is not None:
+                    raise GitorchError(f"volume {mount.volume} could not be made: {failed}")
             spec = replica_spec(
                 target,
                 action.slot,
@@ -177,6 +232,7 @@ class Executor:
                 revision=service_decision.record.revision,
                 discovery=self._discovery(desired, target),
                 secrets_dir=self.secrets_dir,
+                volumes=desired.volumes,
             )
             instance = runtime.create(spec, self.cluster)
         except GitorchError as exc:

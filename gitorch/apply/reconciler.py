@@ -49,7 +49,7 @@ from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
 from gitorch.scheduler import LEAST_ALLOCATED
-from gitorch.state import RolloutPhase, StateStore
+from gitorch.state import BackoffRecord, RolloutPhase, StateStore
 from gitorch.traffic.table import DataPlane, RoutingTable
 
 __all__ = ["CommitMeta", "PassResult", "Reconciler", "ServiceProgress"]
@@ -199,6 +199,7 @@ class Reconciler:
         self.books.nodes_and_volumes(desired)
         # Write-ahead: what was decided is stored before it is carried out, so a daemon
         # killed in between decides the same again from the replicas it finds.
+        self.books.volumes_decided(decision.volumes, desired, live)
         saved = {name: self.books.save(d) for name, d in decision.services.items()}
         decision = replace(decision, services=MappingProxyType(saved))
 
@@ -209,6 +210,7 @@ class Reconciler:
             held_routes=held,
             table_without=lambda gone: self._table(desired, live, decision, gone),
         )
+        self.books.volumes_executed(execution, desired)
         self._advance_analyses(decision, now)
         for forget in decision.prune.forget:
             self.books.forget(forget.service)
@@ -256,7 +258,7 @@ class Reconciler:
         desired: DesiredState,
         decision: PassDecision,
         execution: Execution,
-        failures: Mapping[str, object],
+        failures: Mapping[str, BackoffRecord],
     ) -> PassResult:
         progress: list[ServiceProgress] = []
         failed = False
@@ -274,7 +276,8 @@ class Reconciler:
                 item = replace(
                     item,
                     phase=str(RolloutPhase.DEGRADED),
-                    message=f"{getattr(failure, 'reason', '')}; {item.message}".strip("; "),
+                    message=f"{failure.reason}; {item.message}".strip("; "),
+                    failing=True,
                 )
             progress.append(item)
         return PassResult(

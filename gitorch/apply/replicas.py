@@ -11,15 +11,19 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from gitorch.decide.volumes import volume_label
 from gitorch.errors import ConfigError, ReplicaStartFailed
-from gitorch.manifests.model import Service
+from gitorch.manifests.model import Service, Volume
 from gitorch.runtime.base import (
     LABEL_REPLICA,
     LABEL_REVISION,
     LABEL_SERVICE,
     LABEL_SPEC_DIGEST,
+    LABEL_VOLUMES,
+    Mount,
     PortRequest,
     ReplicaSpec,
+    VolumeSpec,
 )
 
 
@@ -51,6 +55,32 @@ def read_secret(secrets_dir: Path | None, name: str, service: str, variable: str
         ) from exc
 
 
+def volume_spec(volume: Volume) -> VolumeSpec:
+    """What a driver needs to make ``volume`` on a node."""
+    return VolumeSpec(
+        name=volume.name,
+        host_path=volume.host_path,
+        driver=volume.driver,
+        driver_opts=dict(volume.driver_opts),
+        size_bytes=volume.size_bytes,
+    )
+
+
+def mounts_of(service: Service, volumes: Mapping[str, Volume]) -> tuple[Mount, ...]:
+    """The replica's mounts; :class:`ReplicaStartFailed` for a Volume no longer in Git (a
+    rolled-back spec may name one)."""
+    mounts: list[Mount] = []
+    for mount in service.volumes:
+        volume = volumes.get(mount.volume)
+        if volume is None:
+            raise ReplicaStartFailed(
+                f"service {service.name}: volume {mount.volume} (mounted at {mount.mount_path}) "
+                "is not in Git"
+            )
+        mounts.append(Mount(mount.name, volume_spec(volume), mount.mount_path, mount.read_only))
+    return tuple(mounts)
+
+
 def replica_spec(
     service: Service,
     slot: int,
@@ -59,8 +89,10 @@ def replica_spec(
     revision: str,
     discovery: Mapping[str, str],
     secrets_dir: Path | None = None,
+    volumes: Mapping[str, Volume] | None = None,
 ) -> ReplicaSpec:
-    """The runtime spec of ``service``'s replica in ``slot``."""
+    """The runtime spec of ``service``'s replica in ``slot`` (``volumes``: the Volumes in
+    Git, which its mounts name)."""
     env: dict[str, str] = dict(discovery)
     for var in service.env:
         if var.secret_file is not None:
@@ -83,6 +115,8 @@ def replica_spec(
             LABEL_REPLICA: replica_label(service.name, slot),
             LABEL_REVISION: revision,
             LABEL_SPEC_DIGEST: service.template_digest,
+            **({LABEL_VOLUMES: volume_label(service)} if service.volumes else {}),
         },
         stop_grace_seconds=float(service.termination_grace_seconds),
+        mounts=mounts_of(service, volumes or {}),
     )

@@ -56,6 +56,7 @@ class SessionOptions:
     # The data plane outlives the session (the daemon): the built-in one runs as
     # `gitorch proxy`, HAProxy keeps running; either is adopted when it already runs.
     data_plane_outlives: bool = False
+    allowed_host_paths: tuple[Path, ...] = ()  # --allow-host-path: where hostPath may be
     # Where the store lives: None is SQLite in state_dir; an etcd location elects a leader.
     state: StateLocation | None = None
     name: str | None = None  # this daemon among several (etcd; default: the host name)
@@ -151,7 +152,7 @@ class Session:
             and term == self._term
         ):
             return self.reconciler
-        runtimes = open_runtimes(targets, self.options.state_dir)
+        runtimes = open_runtimes(targets, self.options.state_dir, self.options.allowed_host_paths)
         if self.health is not None:
             self.health.stop()
         self.health = HealthMonitor(runtimes, on_change=self._on_health_change)

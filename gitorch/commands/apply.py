@@ -17,8 +17,10 @@ from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.session import Session, SessionOptions, commit_meta
 from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
+    add_host_path_option,
     add_source_options,
     add_state_option,
+    allowed_host_paths,
     duration,
     positive_duration,
     read_snapshot,
@@ -31,7 +33,7 @@ from gitorch.commands.common import (
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import ConfigError
 from gitorch.live.inventory import local_node_name
-from gitorch.manifests.loader import load_desired
+from gitorch.manifests.loader import ManifestLoader, load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 from gitorch.state.errors import NotLeader
@@ -50,6 +52,7 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
     worker processes would cost more than they give."""
     add_state_option(parser)
     add_runtime_option(parser)
+    add_host_path_option(parser, reads_daemon=False)
     parser.add_argument(
         "--lb-host",
         default="127.0.0.1",
@@ -115,6 +118,7 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
         node_grace=args.node_grace,
         data_plane=args.data_plane,
         lb_workers=args.lb_workers,
+        allowed_host_paths=tuple(Path(p) for p in allowed_host_paths(args)),
     )
 
 
@@ -196,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             "apply applies commits, not uncommitted files: commit first (plan --worktree previews them)"
         )
     snapshot = read_snapshot(args)
-    desired = load_desired(snapshot)
+    desired = load_desired(snapshot, ManifestLoader(allowed_host_paths=allowed_host_paths(args)))
     commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply")
     with Session(session_options(args)) as session:
         if not session.leading:

@@ -306,13 +306,68 @@ def short(sha: str | None) -> str:
     return sha[:12] if len(sha) == 40 else sha
 
 
+def running_daemon(args: argparse.Namespace) -> dict[str, Any]:
+    """What the daemon of ``--state`` says of itself: ``daemon.json`` in a state directory;
+    with etcd state, the leader's member record (else any member's). Empty when none runs
+    (or etcd does not answer: the caller's defaults apply)."""
+    location = state_location(args)
+    if location.etcd is None:
+        try:
+            data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+    from gitorch.state import StateStore
+    from gitorch.state.etcd.backend import EtcdBackend
+    from gitorch.state.etcd.election import read_leadership
+
+    try:
+        with StateStore(location, readonly=True) as store:
+            assert isinstance(store.backend, EtcdBackend)
+            found = read_leadership(store.backend)
+    except StateError:
+        return {}
+    members = sorted(found["members"], key=lambda m: m["role"] != "leader")
+    return dict(members[0]) if members else {}
+
+
 def reserved_ports(args: argparse.Namespace) -> dict[int, str]:
     """Ports gitorch's daemon uses, which no Service may expose: the ``--listen`` port of
-    the daemon of ``--state`` as it last wrote it (``daemon.json``), else the default."""
+    the daemon of ``--state`` as it last wrote it (:func:`running_daemon`), else the
+    default."""
     try:
-        data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
-        listen = str(data["listen"])
+        listen = str(running_daemon(args)["listen"])
         port = int(listen.rpartition(":")[2])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return {7420: "the gitorch daemon's API and webhook (default --listen 127.0.0.1:7420)"}
     return {port: f"the gitorch daemon's API and webhook (its --listen {listen})"}
+
+
+def add_host_path_option(parser: argparse.ArgumentParser, *, reads_daemon: bool) -> None:
+    """``--allow-host-path DIR`` (repeatable): where a Volume's ``hostPath`` may be.
+
+    ``reads_daemon``: validate and plan check against the running daemon's list (from
+    ``daemon.json``) when none is given, so they refuse what the daemon would refuse."""
+    default = (
+        "default: the running daemon's (daemon.json, or the leader's with etcd state), else none"
+        if reads_daemon
+        else "default: none, every hostPath is refused"
+    )
+    parser.add_argument(
+        "--allow-host-path",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a directory Volumes may bind with spec.hostPath (repeatable; " + default + ")",
+    )
+    parser.set_defaults(reads_daemon_host_paths=reads_daemon)
+
+
+def allowed_host_paths(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--allow-host-path`` directories (absolute, normalised); for validate and plan
+    without the option, those of the daemon of ``--state`` (:func:`running_daemon`)."""
+    given = getattr(args, "allow_host_path", None)
+    if given is None and getattr(args, "reads_daemon_host_paths", False):
+        found = running_daemon(args).get("allowHostPaths")
+        given = [str(p) for p in found] if isinstance(found, list) else []
+    return tuple(os.path.normpath(os.path.abspath(p)) for p in given or ())

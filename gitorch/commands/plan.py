@@ -14,8 +14,10 @@ from pathlib import Path
 from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_format_option,
+    add_host_path_option,
     add_source_options,
     add_state_option,
+    allowed_host_paths,
     duration,
     open_store,
     read_snapshot,
@@ -65,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_state_option(parser)
     add_runtime_option(parser)
     add_format_option(parser, "json", "markdown")
+    add_host_path_option(parser, reads_daemon=True)
     parser.add_argument(
         "--scoring",
         choices=(LEAST_ALLOCATED, MOST_ALLOCATED),
@@ -85,8 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def desired_of(args: argparse.Namespace) -> DesiredState:
     """The desired state at ``--repo/--ref/--path`` (or the worktree)."""
     snapshot = read_snapshot(args)
+    loader = ManifestLoader(
+        reserved_ports=reserved_ports(args), allowed_host_paths=allowed_host_paths(args)
+    )
     try:
-        return load_desired(snapshot, ManifestLoader(reserved_ports=reserved_ports(args)))
+        return load_desired(snapshot, loader)
     except ManifestInvalid as error:
         hint = separate_trees_hint(snapshot, args.path, (d.path for d in error.diagnostics))
         if hint is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -381,6 +382,13 @@ def canonical_volume(doc: Mapping[str, Any]) -> dict[str, Any]:
         spec["size"] = format_memory(parse_memory(raw["size"]))
     if "node" in raw:
         spec["node"] = raw["node"]
+    if "hostPath" in raw:
+        # One spelling of one directory: "/srv//data/" and "/srv/data" are the same.
+        spec["hostPath"] = posixpath.normpath(raw["hostPath"])
+    if "driver" in raw:
+        spec["driver"] = raw["driver"]
+    if raw.get("driverOpts"):
+        spec["driverOpts"] = dict(sorted(raw["driverOpts"].items()))
     return _envelope("Volume", doc, spec)
 
 
@@ -637,6 +645,9 @@ def build_volume(doc: Mapping[str, Any], origin: m.Origin) -> m.Volume:
         canonical=canon,
         digest=digest_of(canon),
         origin=origin,
+        host_path=spec.get("hostPath"),
+        driver=spec.get("driver"),
+        driver_opts=_frozen(spec.get("driverOpts") or {}),
     )
 
 

@@ -72,13 +72,19 @@ class ManifestLoader:
     """Loads revisions; keep one per process to benefit from the per-blob cache."""
 
     def __init__(
-        self, cache_size: int = 20_000, reserved_ports: Mapping[int, str] | None = None
+        self,
+        cache_size: int = 20_000,
+        reserved_ports: Mapping[int, str] | None = None,
+        allowed_host_paths: Sequence[str] = (),
     ) -> None:
         """``reserved_ports``: ports gitorch itself listens on (port -> what), refused as
-        a Service's expose or preview port (default: the daemon API's default port)."""
+        a Service's expose or preview port (default: the daemon API's default port).
+        ``allowed_host_paths``: directories a Volume's ``hostPath`` may be in (the
+        operator's ``--allow-host-path``; none by default: every hostPath is refused)."""
         self._cache: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
         self._cache_size = cache_size
         self.reserved_ports = DAEMON_PORTS if reserved_ports is None else dict(reserved_ports)
+        self.allowed_host_paths = tuple(allowed_host_paths)
 
     def load(
         self,
@@ -107,7 +113,7 @@ class ManifestLoader:
 
         entries = [entry for _, result in results for entry in result.entries]
         findings = [finding for _, result in results for finding in result.findings]
-        findings.extend(check_repo(entries, self.reserved_ports))
+        findings.extend(check_repo(entries, self.reserved_ports, self.allowed_host_paths))
 
         by_path = {file.path: file for file, _ in results}
         positions: dict[str, PositionIndex] = {}

@@ -355,8 +355,18 @@ class Node:
     kind = "Node"
 
 
+#: Volume access modes (Kubernetes' names).
+READ_WRITE_ONCE = "ReadWriteOnce"
+READ_ONLY_MANY = "ReadOnlyMany"
+READ_WRITE_MANY = "ReadWriteMany"
+
+
 @dataclass(frozen=True)
 class Volume:
+    """Storage that outlives replicas. ``ReadWriteOnce`` lives on one node (``node``, or
+    where its first user is placed) and has one writer at a time; the ``Many`` modes need
+    a backend that can share (``host_path``, or a Docker volume driver with options)."""
+
     name: str
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
@@ -367,8 +377,31 @@ class Volume:
     canonical: Mapping[str, Any]
     digest: str
     origin: Origin
+    host_path: str | None = None  # a node directory instead of a managed volume
+    driver: str | None = None  # docker only: the volume driver (None: local)
+    driver_opts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     kind = "Volume"
+
+    @property
+    def single_node(self) -> bool:
+        """ReadWriteOnce: bound to one node, one writer at a time."""
+        return self.access_mode == READ_WRITE_ONCE
+
+    @property
+    def docker_only(self) -> bool:
+        """A Docker volume driver or its options: only docker nodes can mount it."""
+        return self.driver is not None or bool(self.driver_opts)
+
+    @property
+    def can_share(self) -> bool:
+        """A backend several nodes (and writers) can use: a host path the operator
+        provides, or a Docker volume driver with options (NFS and friends)."""
+        return (
+            self.host_path is not None
+            or bool(self.driver_opts)
+            or (self.driver is not None and self.driver != "local")
+        )
 
 
 ManifestObject = Service | Node | Volume

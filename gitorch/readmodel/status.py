@@ -14,6 +14,7 @@ from gitorch.decide.service import SERVICE_SLOT, slot_of
 from gitorch.errors import StateError
 from gitorch.live.model import LiveReplica, LiveService
 from gitorch.readmodel.cluster import ClusterView
+from gitorch.readmodel.volumes import volumes_json
 from gitorch.state import BackoffRecord, StateStore, TrafficSnapshot, lock_holder
 from gitorch.state.layout import DAEMON_FILE
 from gitorch.state.records import iso_time
@@ -186,6 +187,7 @@ def status_json(
             }
             for s in services
         ],
+        "volumes": volumes_json(live),
         **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),
         "controlPlane": dict(control_plane)
         if control_plane is not None

@@ -43,6 +43,7 @@ from gitorch.state.records import (
     RolloutRecord,
     TrafficSnapshot,
     VersionTraffic,
+    VolumeRecord,
 )
 from gitorch.state.repositories import DEFAULT_PORT_RANGE
 from gitorch.state.schema import SCHEMA_VERSION
@@ -75,6 +76,7 @@ __all__ = [
     "StateStore",
     "TrafficSnapshot",
     "VersionTraffic",
+    "VolumeRecord",
     "lock_holder",
     "read_owner",
     "resolve_state_dir",

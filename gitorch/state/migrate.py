@@ -30,6 +30,7 @@ def export_state(store: StateStore, cluster: str | None) -> StateSnapshot:
         ),
         traffic=store.list_traffic(),
         audit=store.list_events(limit=None, newest_first=False),
+        volumes=store.list_volumes(),
     )
 
 
@@ -39,6 +40,7 @@ def is_empty(store: StateStore) -> bool:
         or store.list_rollouts()
         or store.list_applied()
         or store.list_events(limit=1)
+        or store.list_volumes()
     )
 
 

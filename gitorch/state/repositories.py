@@ -17,6 +17,7 @@ knows which backend runs.
     ├── backoff      crash-loop back-off per replica slot
     ├── analysis     analysis runs and their measurements
     ├── traffic      the latest per-version traffic of each route
+    ├── volumes      where each Volume is bound, made, released or lost
     └── audit        the append-only history/audit log
 
 Every write method groups its own writes in one transaction; called inside
@@ -47,6 +48,7 @@ from gitorch.state.records import (
     RevisionResult,
     RolloutRecord,
     TrafficSnapshot,
+    VolumeRecord,
 )
 
 T = TypeVar("T")
@@ -218,6 +220,8 @@ class AnalysisRepository(Protocol):
         self, service: str | None, *, revision: str | None, step_started_at: float | None
     ) -> list[AnalysisRunRecord]: ...
 
+    def set_window(self, run_id: int, figures: Mapping[str, Any]) -> None: ...
+
 
 class TrafficRepository(Protocol):
     def replace(self, snapshots: Iterable[TrafficSnapshot]) -> None: ...
@@ -225,6 +229,20 @@ class TrafficRepository(Protocol):
     def get(self, service: str) -> TrafficSnapshot | None: ...
 
     def list(self) -> list[TrafficSnapshot]: ...
+
+
+class VolumeRepository(Protocol):
+    def bind(self, name: str, node: str, spec: Mapping[str, Any], *, at: float | None) -> None: ...
+
+    def created(self, name: str, node: str, *, at: float | None) -> None: ...
+
+    def missing(self, name: str, node: str, *, at: float | None) -> None: ...
+
+    def release(self, name: str, *, at: float | None) -> None: ...
+
+    def forget(self, name: str, node: str | None) -> bool: ...
+
+    def list(self) -> list[VolumeRecord]: ...
 
 
 class AuditRepository(Protocol):
@@ -265,6 +283,7 @@ class StateSnapshot:
     measurements: list[Measurement]
     traffic: list[TrafficSnapshot]
     audit: list[AuditEvent]
+    volumes: list[VolumeRecord]
 
     def counts(self) -> dict[str, int]:
         return {
@@ -280,6 +299,7 @@ class StateSnapshot:
                 "measurements",
                 "traffic",
                 "audit",
+                "volumes",
             )
         }
 
@@ -310,6 +330,9 @@ class Backend(Protocol):
 
     @property
     def traffic(self) -> TrafficRepository: ...
+
+    @property
+    def volumes(self) -> VolumeRepository: ...
 
     @property
     def audit(self) -> AuditRepository: ...

@@ -22,6 +22,7 @@ from gitorch.state.records import (
     RolloutRecord,
     TrafficSnapshot,
     VersionTraffic,
+    VolumeRecord,
 )
 
 
@@ -133,6 +134,11 @@ def analysis_run(row: sqlite3.Row) -> AnalysisRunRecord:
         phase=AnalysisRunPhase(row["phase"]),
         message=row["message"],
         concluded_at=row["concluded_at"],
+        # Absent in a store read before migration 8 (its test reads a version-4 store).
+        window_figures=load_json(row["window_figures"])
+        if "window_figures" in row.keys()  # noqa: SIM118 (`in` on a Row tests values)
+        and row["window_figures"] is not None
+        else None,
     )
 
 
@@ -157,4 +163,16 @@ def traffic(row: sqlite3.Row) -> TrafficSnapshot:
         since=float(data.get("since", row["taken_at"])),
         data_plane=str(data.get("dataPlane", "")),
         versions=tuple(VersionTraffic.from_json(v) for v in data.get("versions", [])),
+    )
+
+
+def volume(row: sqlite3.Row) -> VolumeRecord:
+    return VolumeRecord(
+        name=row["name"],
+        node=row["node"],
+        spec=load_json(row["spec"]),
+        bound_at=row["bound_at"],
+        created_at=row["created_at"],
+        released_at=row["released_at"],
+        missing_at=row["missing_at"],
     )

@@ -34,6 +34,7 @@ from gitorch.state.records import (
     RevisionResult,
     RolloutRecord,
     TrafficSnapshot,
+    VolumeRecord,
 )
 from gitorch.state.repositories import DEFAULT_PORT_RANGE, Backend
 from gitorch.state.schema import MIGRATIONS, Migration
@@ -87,6 +88,7 @@ class StateStore:
         self.backoff = backend.backoff
         self.analysis = backend.analysis
         self.traffic = backend.traffic
+        self.volumes = backend.volumes
         self.audit = backend.audit
         self.schema_version = backend.schema_version
 
@@ -446,6 +448,11 @@ class StateStore:
         running (and kept from the first conclusion: a verdict is never re-dated)."""
         return self.analysis.conclude_run(run_id, phase, message, at=at)
 
+    def set_analysis_window(self, run_id: int, figures: Mapping[str, Any]) -> None:
+        """Where run ``run_id``'s current window begins: the data plane's cumulative
+        figures (see :attr:`AnalysisRunRecord.window_figures`)."""
+        self.analysis.set_window(run_id, figures)
+
     def list_analysis_runs(
         self,
         service: str,
@@ -470,6 +477,35 @@ class StateStore:
     def list_traffic(self) -> list[TrafficSnapshot]:
         """Every stored route's latest traffic, by name."""
         return self.traffic.list()
+
+    # -- volumes -----------------------------------------------------------------------
+
+    def bind_volume(
+        self, name: str, node: str, spec: Mapping[str, Any], *, at: float | None = None
+    ) -> None:
+        """Bind ``name`` to ``node`` (or note the Git spec of a bound one). A released
+        volume back in Git is bound again: its kept data is its data."""
+        self.volumes.bind(name, node, spec, at=at)
+
+    def volume_created(self, name: str, node: str, *, at: float | None = None) -> None:
+        """The backend volume of ``name`` exists on ``node`` now (made, or adopted)."""
+        self.volumes.created(name, node, at=at)
+
+    def volume_missing(self, name: str, node: str, *, at: float | None = None) -> None:
+        """A volume that was made is not on its node any more (kept: it is not re-made)."""
+        self.volumes.missing(name, node, at=at)
+
+    def release_volume(self, name: str, *, at: float | None = None) -> None:
+        """``name`` left Git with reclaimPolicy Retain: its data stays where it is."""
+        self.volumes.release(name, at=at)
+
+    def forget_volume(self, name: str, node: str | None = None) -> bool:
+        """Drop the records of ``name`` (on ``node``, or everywhere); True if any."""
+        return self.volumes.forget(name, node)
+
+    def list_volumes(self) -> list[VolumeRecord]:
+        """Every volume record, by name then node."""
+        return self.volumes.list()
 
     # -- history / audit log -----------------------------------------------------------
 

@@ -368,8 +368,8 @@ def instance_ids(svc: dict[str, Any] | None) -> set[str]:
     return {i["id"] for i in svc["instances"]} if svc else set()
 
 
-def get_version(port: int, path: str = "/") -> str | None:
-    """The ``version=N`` of one GET through the balancer (None when it fails)."""
+def get_body(port: int, path: str = "/") -> str | None:
+    """The body of one GET through the balancer (None when it fails or is not a 200)."""
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
         conn.request("GET", path)
@@ -378,9 +378,13 @@ def get_version(port: int, path: str = "/") -> str | None:
         conn.close()
     except OSError:
         return None
-    if resp.status != 200:
-        return None
-    return _version_of(body)
+    return body if resp.status == 200 else None
+
+
+def get_version(port: int, path: str = "/") -> str | None:
+    """The ``version=N`` of one GET through the balancer (None when it fails)."""
+    body = get_body(port, path)
+    return None if body is None else _version_of(body)
 
 
 def _version_of(body: str) -> str | None:
@@ -503,7 +507,7 @@ def require_docker_engine() -> None:
 
 
 def remove_cluster(runtime: Runtime, cluster: str | None) -> None:
-    """Remove every replica of ``cluster`` the runtime knows (teardown)."""
+    """Remove every replica and volume of ``cluster`` the runtime knows (teardown)."""
     if not cluster:
         return
     try:
@@ -518,6 +522,10 @@ def remove_cluster(runtime: Runtime, cluster: str | None) -> None:
     # In parallel: a container's removal is mostly waiting for the engine.
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(remove, [i.id for i in instances]))
+    with contextlib.suppress(GitorchError):
+        for volume in runtime.list_volumes(cluster):
+            with contextlib.suppress(GitorchError):
+                runtime.remove_volume(volume.name, cluster)
 
 
 def cluster_of(state: Path) -> str | None:

@@ -48,7 +48,12 @@ def fill(store: StateStore) -> None:
     store.add_measurement(
         "web", SHA, MeasurementPhase.SUCCESSFUL, analysis="step-1", value={"r": 1}, run_id=run.id
     )
+    store.set_analysis_window(run.id, {"epoch": "e1", "versions": []})
     store.conclude_analysis_run(run.id, AnalysisRunPhase.SUCCESSFUL, "1/1", at=3.0)
+    store.bind_volume("data", "n1", {"kind": "Volume", "spec": {}}, at=4.0)
+    store.volume_created("data", "n1", at=4.5)
+    store.bind_volume("kept", "n1", {"kind": "Volume", "spec": {}}, at=4.0)
+    store.release_volume("kept", at=6.0)
     store.replace_traffic(
         [
             TrafficSnapshot(
@@ -100,6 +105,11 @@ def test_a_directory_moves_to_etcd_and_back_whole(
     with StateStore(back, readonly=True) as returned:
         again = export_state(returned, None)
         assert len(again.audit) == 3 and len(again.revisions) == 3
+        with StateStore(source, readonly=True) as first:
+            kept = export_state(first, None)
+        assert again.volumes == kept.volumes and len(kept.volumes) == 2
+        assert again.analysis_runs == kept.analysis_runs
+        assert again.analysis_runs[0].window_figures == {"epoch": "e1", "versions": []}
     assert existing_cluster_name(back) == cluster
 
 

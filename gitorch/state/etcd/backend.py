@@ -117,6 +117,7 @@ class EtcdBackend:
         self.backoff = repos.Backoff(self)
         self.analysis = repos.Analysis(self)
         self.traffic = repos.Traffic(self)
+        self.volumes = repos.Volumes(self)
         self.audit = repos.Audit(self)
 
     def _open(self) -> int:
@@ -426,6 +427,7 @@ class EtcdBackend:
             (lambda runs: self.analysis.restore(runs, []), snapshot.analysis_runs),
             (lambda found: self.analysis.restore([], found), snapshot.measurements),
             (self.audit.restore, snapshot.audit),
+            (self.volumes.restore, snapshot.volumes),
         ]
         for write, records in steps:
             for start in range(0, len(records), RESTORE_BATCH):

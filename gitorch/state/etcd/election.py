@@ -341,6 +341,7 @@ def read_leadership(backend: EtcdBackend) -> dict[str, Any]:
                 "pid": m.get("pid"),
                 "startedAt": m.get("startedAt"),
                 "revision": m.get("revision"),
+                "allowHostPaths": m.get("allowHostPaths") or [],
                 "lastError": (m.get("lastError") or {}).get("message")
                 if isinstance(m.get("lastError"), dict)
                 else None,

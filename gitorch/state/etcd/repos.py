@@ -15,6 +15,7 @@
     analysis-runs/ID, analysis-run-ids/HASH  an analysis run, and its identity's id
     measurements/SERVICE/ID                  one analysis measurement
     traffic                                  the latest traffic of every route (one key)
+    volumes/NAME/NODE                        where a Volume is bound, made, released, lost
     audit/ID                                 one entry of the append-only audit log
     election/leader, members/NAME            leadership (gitorch.state.etcd.election)
 
@@ -52,6 +53,7 @@ from gitorch.state.records import (
     RolloutRecord,
     TrafficSnapshot,
     VersionTraffic,
+    VolumeRecord,
 )
 from gitorch.state.repositories import ROLLOUT_REQUESTS, check_request
 
@@ -693,6 +695,16 @@ class Analysis:
             and (step_started_at is None or run.step_started_at == step_started_at)
         ]
 
+    def set_window(self, run_id: int, figures: Mapping[str, Any]) -> None:
+        def write() -> None:
+            found = self.kv.get(f"analysis-runs/{_id(run_id)}")
+            if found is None:
+                return  # as SQLite's UPDATE of no row
+            record = replace(_run(found), window_figures=dict(figures))
+            self.kv.put(f"analysis-runs/{_id(run_id)}", _plain(record))
+
+        self.kv.atomic(write)
+
     def restore(
         self, runs: Iterable[AnalysisRunRecord], measurements: Iterable[Measurement]
     ) -> None:
@@ -735,6 +747,75 @@ class Traffic:
     def list(self) -> list[TrafficSnapshot]:
         found = self.kv.get("traffic") or {}
         return [_traffic(name, found[name]) for name in sorted(found)]
+
+
+# -- volumes -----------------------------------------------------------------------------
+
+
+def _volume(data: Mapping[str, Any]) -> VolumeRecord:
+    return VolumeRecord(**data)
+
+
+class Volumes:
+    def __init__(self, kv: EtcdBackend) -> None:
+        self.kv = kv
+
+    def bind(self, name: str, node: str, spec: Mapping[str, Any], *, at: float | None) -> None:
+        bound_at = self.kv.now(at)
+
+        def write() -> None:
+            found = self.kv.get(f"volumes/{name}/{node}")
+            record = (
+                replace(_volume(found), spec=dict(spec), released_at=None)
+                if found is not None
+                else VolumeRecord(name=name, node=node, spec=dict(spec), bound_at=bound_at)
+            )
+            self.kv.put(f"volumes/{name}/{node}", _plain(record))
+
+        self.kv.atomic(write)
+
+    def _change(self, name: str, node: str | None, change: Any) -> int:
+        """Apply ``change(record)`` (None: delete) to the record of ``name`` on ``node``
+        (None: on every node); how many there were."""
+
+        def write() -> int:
+            found = [
+                (key, _volume(data))
+                for key, data in self.kv.range(f"volumes/{name}/")
+                if node is None or key == f"volumes/{name}/{node}"
+            ]
+            for key, record in found:
+                changed = change(record)
+                if changed is None:
+                    self.kv.delete(key)
+                else:
+                    self.kv.put(key, _plain(changed))
+            return len(found)
+
+        return self.kv.atomic(write)
+
+    def created(self, name: str, node: str, *, at: float | None) -> None:
+        when = self.kv.now(at)
+        self._change(name, node, lambda v: replace(v, created_at=when, missing_at=None))
+
+    def missing(self, name: str, node: str, *, at: float | None) -> None:
+        when = self.kv.now(at)
+        self._change(name, node, lambda v: replace(v, missing_at=v.missing_at or when))
+
+    def release(self, name: str, *, at: float | None) -> None:
+        when = self.kv.now(at)
+        self._change(name, None, lambda v: replace(v, released_at=v.released_at or when))
+
+    def forget(self, name: str, node: str | None) -> bool:
+        return self._change(name, node, lambda v: None) > 0
+
+    def list(self) -> list[VolumeRecord]:
+        found = (_volume(data) for _, data in self.kv.range("volumes/"))
+        return sorted(found, key=lambda v: (v.name, v.node))  # as SQLite orders them
+
+    def restore(self, records: Iterable[VolumeRecord]) -> None:
+        for record in records:
+            self.kv.put(f"volumes/{record.name}/{record.node}", _plain(record))
 
 
 # -- audit -------------------------------------------------------------------------------

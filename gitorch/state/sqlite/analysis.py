@@ -142,3 +142,10 @@ class Analysis:
             sql += " AND step_started_at = ?"
             params.append(step_started_at)
         return [rows.analysis_run(row) for row in self.db.query(sql + " ORDER BY id", params)]
+
+    def set_window(self, run_id: int, figures: Mapping[str, Any]) -> None:
+        with self.db.transaction():
+            self.db.execute(
+                "UPDATE analysis_runs SET window_figures = ? WHERE id = ?",
+                (rows.dump_json(figures), run_id),
+            )

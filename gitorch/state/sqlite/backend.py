@@ -81,6 +81,7 @@ class SqliteBackend:
         self.backoff = repos.Backoff(self)
         self.analysis = repos.Analysis(self)
         self.traffic = repos.Traffic(self)
+        self.volumes = repos.Volumes(self)
         self.audit = repos.Audit(self)
 
     def describe(self) -> str:

@@ -9,6 +9,7 @@ from gitorch.state.sqlite.ports import Ports
 from gitorch.state.sqlite.revisions import Revisions
 from gitorch.state.sqlite.rollouts import Rollouts
 from gitorch.state.sqlite.traffic import Traffic
+from gitorch.state.sqlite.volumes import Volumes
 
 __all__ = [
     "Analysis",
@@ -20,4 +21,5 @@ __all__ = [
     "Revisions",
     "Rollouts",
     "Traffic",
+    "Volumes",
 ]

@@ -83,7 +83,8 @@ def restore(db: SqliteBackend, snapshot: StateSnapshot) -> None:
             db.backoff.record(backoff)
         conn.executemany(
             "INSERT INTO analysis_runs (id, service, revision, analysis, step_started_at,"
-            " started_at, phase, message, concluded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " started_at, phase, message, concluded_at, window_figures)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     r.id,
@@ -95,6 +96,7 @@ def restore(db: SqliteBackend, snapshot: StateSnapshot) -> None:
                     r.phase.value,
                     r.message,
                     r.concluded_at,
+                    None if r.window_figures is None else rows.dump_json(r.window_figures),
                 )
                 for r in snapshot.analysis_runs
             ],
@@ -118,6 +120,7 @@ def restore(db: SqliteBackend, snapshot: StateSnapshot) -> None:
             ],
         )
         db.traffic.replace(snapshot.traffic)
+        db.volumes.restore(snapshot.volumes)
         conn.executemany(
             "INSERT INTO audit_log (id, at, kind, service, revision, message, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
