@@ -12,7 +12,7 @@ import os
 import signal
 import time
 
-from ha_helpers import HAWorld, role_of, status_of
+from ha_helpers import Census, HAWorld, role_of, status_of
 from reconciler_helpers import LoadClient, commit, converged, process_service, wait_for
 
 REPLICAS = 2
@@ -63,6 +63,55 @@ def test_losing_one_member_of_three_changes_nothing(ha_faulty: HAWorld) -> None:
     assert roles <= {("leader", "standby")}, roles  # never a change of leader
     assert load.failures == [], (len(load.failures), load.failures[:10])
     assert world.daemons["alpha"].proc.poll() is None and world.daemons["beta"].proc.poll() is None
+
+
+def test_a_leader_killed_while_an_etcd_member_is_down(ha_faulty: HAWorld) -> None:
+    """Two faults at once: one etcd member of three lost, then ``kill -9`` of the leading
+    daemon mid-rollout under load. The other daemon leads within the TTL + 2 s (the two
+    members left are a quorum), finishes the rollout, and no request fails."""
+    world = ha_faulty
+    sha1 = _start_pair(world)
+    leader, (standby,) = world.one_leader()
+    with Census(world) as census, LoadClient(world.port, threads=2) as load:
+        world.etcd.kill(world.etcd.members[0])
+        sha2 = commit(world.repo, {"api.yaml": _service(world, "2")}, "api v2")
+        wait_for(
+            "the rollout under way",
+            lambda: any(i.labels.get("dev.gitorch.revision") == sha2 for i in world.replicas()),
+            30,
+            interval=0.02,
+        )
+        os.kill(leader.proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        leader.proc.wait(10)
+        wait_for(
+            "the standby leading",
+            lambda: role_of(standby) == "leader",
+            world.ttl + 2,
+            interval=0.05,
+            describe=standby.log_tail,
+        )
+        took_over = time.monotonic() - killed_at
+        wait_for(
+            "v2 converged under the new leader",
+            lambda: converged(standby.service("api"), sha2, REPLICAS),
+            CONVERGE,
+            describe=standby.log_tail,
+        )
+        settled = load.total
+        wait_for("load after the rollout", lambda: load.total > settled + 20, 10)
+    assert took_over <= world.ttl + 2, took_over
+    assert load.failures == [], (len(load.failures), load.failures[:10], load.total)
+    assert census.most <= REPLICAS + 1, census.worst  # maxSurge 1
+    final = [i for i in world.replicas() if str(i.state) == "running"]
+    assert sorted(i.labels["dev.gitorch.replica"] for i in final) == ["api-1", "api-2"]
+    assert {i.labels["dev.gitorch.revision"] for i in final} == {sha2}
+    code, history = standby.request("GET", "/api/v1/history")
+    assert code == 200
+    assert {h["revision"]: h["result"] for h in history} == {
+        sha1: "succeeded",
+        sha2: "succeeded",
+    }, history
 
 
 def test_without_quorum_daemons_stop_acting_and_resume_when_it_is_back(

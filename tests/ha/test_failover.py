@@ -19,6 +19,7 @@ from reconciler_helpers import (
     LoadClient,
     commit,
     converged,
+    gitorch,
     process_service,
     wait_for,
 )
@@ -98,6 +99,23 @@ def test_two_daemons_one_leads_and_the_standby_serves_read_only(ha: HAWorld) -> 
     assert healthz[0] == 200, healthz
     # Nothing of the standby's reached the world: one proxy, the leader's replicas only.
     assert len(ha.replicas()) == REPLICAS
+    # `gitorch status` without a daemon's address reads the same from etcd: who leads,
+    # who stands by (text and JSON).
+    where = ("--state", ha.url, "--runtime-dir", str(ha.runtime))
+    text = gitorch("status", *where, cwd=ha.root)
+    assert text.code == 0, text.stderr
+    assert f"leader {leader_name}" in text.stdout, text.stdout
+    (standby_name,) = {"alpha", "beta"} - {leader_name}
+    assert standby_name in text.stdout and "standby" in text.stdout, text.stdout
+    as_json = gitorch("status", *where, "--format", "json", cwd=ha.root)
+    assert as_json.code == 0, as_json.stderr
+    plane = as_json.json()["controlPlane"]
+    assert plane["backend"] == "etcd" and plane["leader"] == leader_name, plane
+    assert {m["name"]: m["role"] for m in plane["members"]} == {
+        leader_name: "leader",
+        standby_name: "standby",
+    }
+    assert all(e["ok"] for e in plane["etcd"]) and len(plane["etcd"]) == 3, plane["etcd"]
 
 
 def test_kill_9_of_the_leader_mid_rollout_under_load(ha: HAWorld) -> None:
