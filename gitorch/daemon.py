@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -60,7 +61,8 @@ class DaemonOptions:
     listen: str = "127.0.0.1:7420"
     webhook_secret: WebhookSecret | None = None
     api_tokens: TokenSet | None = None  # bearer auth of the API (None: open, loopback only)
-    api_insecure: bool = False  # allow an open API on a non-loopback address
+    api_insecure: bool = False  # allow an open (or plain-HTTP) API on a non-loopback address
+    api_tls: ssl.SSLContext | None = None  # HTTPS for the API (--tls-cert/--tls-key)
     watch: bool = True  # react at once to commits in a local checkout
     allow_mass_prune: bool = False  # apply a revision that removes most services
     # Store each route's per-version traffic this often, for `gitorch status` without a
@@ -122,6 +124,7 @@ class Daemon:
                 webhook_secret=opts.webhook_secret,
                 tokens=opts.api_tokens,
                 insecure=opts.api_insecure,
+                tls=opts.api_tls,
             )
             self.api.start()
             watcher = self._start_watcher()

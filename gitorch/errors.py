@@ -46,7 +46,8 @@ line instead of a traceback.
         ├── RouteInvalid              (traffic.builtin) a route's weights or rules cannot be served
         ├── WorkerError               (traffic.workers) a load-balancer worker failed or went silent
         ├── TokenFileError            (api.auth) the API token file is unreadable, unsafe or malformed
-        └── ExposedApiError           (api.auth) an open API on a non-loopback --listen without --api-insecure
+        ├── ExposedApiError           (api.auth) a non-loopback --listen without tokens or TLS, and no --api-insecure
+        └── TlsConfigError            (api.tls) the API's certificate or key cannot be used
 """
 
 from __future__ import annotations
