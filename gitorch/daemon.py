@@ -30,6 +30,7 @@ from gitorch.api.server import ApiServer, parse_listen
 from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import render_traffic
 from gitorch.api.webhook import WebhookSecret
+from gitorch.apply.bookkeeping import actor_of
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.session import Session, SessionOptions, commit_meta
 from gitorch.decide.guard import mass_prune
@@ -214,7 +215,7 @@ class Daemon:
         except ManifestInvalid as exc:
             with self._lock:
                 self._seen_sha = sha
-            self._invalid(sha, exc)
+            self._invalid(sha, exc, commit_meta(snapshot.revision, snapshot.commit))
             return
         except GitorchError as exc:
             self.metrics.source_fetch_errors_total.inc()
@@ -252,7 +253,7 @@ class Daemon:
             )
         return True
 
-    def _invalid(self, sha: str, exc: ManifestInvalid) -> None:
+    def _invalid(self, sha: str, exc: ManifestInvalid, commit: CommitMeta) -> None:
         """An invalid revision: reported where people look; the last good one runs on."""
         diagnostics = [str(d) for d in exc.diagnostics]
         # The one-line message names the first problem (PATH:LINE:COLUMN): status and
@@ -276,6 +277,7 @@ class Daemon:
             f"{sha[:12]}: {len(diagnostics)} problem(s)",
             revision=sha,
             data={"diagnostics": diagnostics[:100]},
+            actor=actor_of(commit),
         )
 
     def _reconcile_once(self) -> float:
@@ -367,6 +369,7 @@ class Daemon:
                 "reconcile.requested",
                 f"reconcile requested by token {actor}: {reason}",
                 data={"token": actor, "reason": reason},
+                actor=f"token:{actor}",
             )
         else:
             log.info("reconcile requested: %s", reason)
@@ -379,7 +382,9 @@ class Daemon:
         self, service: str, action: str, actor: str | None = None
     ) -> tuple[bool, str]:
         assert self.session is not None
-        accepted, message = request_action(self.session.store, service, action, actor)
+        # An API without tokens does not know who asked: "api".
+        who = f"token:{actor}" if actor is not None else "api"
+        accepted, message = request_action(self.session.store, service, action, who)
         if accepted and actor is not None:
             log.info("%s of %s requested by token %s", action, service, actor)
         return accepted, message

@@ -177,6 +177,7 @@ class Reconciler:
         """One pass. Never raises for a single service's trouble: it is recorded on that
         service instead. ``expect_plan``: refuse (PlanChanged) unless this pass's plan has
         that digest; the pass then executes exactly that plan's actions."""
+        self.books.acting_for(commit)
         live, lost = self.observe(desired)
         now = max(self.clock(), live.observed_at)
         decision = self.decide(desired, live, lost, now)

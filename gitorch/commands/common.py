@@ -118,6 +118,18 @@ def require_state(state: Path) -> None:
         )
 
 
+def local_actor() -> str:
+    """The audit actor of a CLI action on this host: ``user:USER@HOST``."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER: the uid is what is known
+        user = f"uid{os.getuid()}"
+    return f"user:{user}@{socket.gethostname()}"
+
+
 def looked_in(state: Path | None, server: str | None) -> str:
     """Where a reading command looked: ``in /abs/state`` or ``on the daemon at URL``."""
     if server:

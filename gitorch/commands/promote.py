@@ -16,7 +16,7 @@ import urllib.request
 
 from rich.markup import escape
 
-from gitorch.commands.common import add_state_option, state_dir, stdout
+from gitorch.commands.common import add_state_option, local_actor, state_dir, stdout
 from gitorch.commands.remote import (
     add_token_option,
     auth_error,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not (state / STATE_DB).exists():
         raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
     with StateStore(state) as store:
-        accepted, message = request_action(store, args.service, args.what)
+        accepted, message = request_action(store, args.service, args.what, local_actor())
     stdout().print(escape(message))
     return 0 if accepted else 1
 
