@@ -30,9 +30,10 @@ from gitorch.api.server import ApiServer, parse_listen
 from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import render_traffic
 from gitorch.api.webhook import WebhookSecret
-from gitorch.apply.bookkeeping import actor_of
+from gitorch.apply.bookkeeping import Bookkeeper, actor_of
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
-from gitorch.apply.session import Session, SessionOptions, commit_meta
+from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
+from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import GitorchError, ManifestInvalid
 from gitorch.live import observe
@@ -44,6 +45,7 @@ from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.history import history_json
 from gitorch.readmodel.status import status_json
 from gitorch.sources import Source, open_source
+from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
 from gitorch.state.layout import DAEMON_FILE
 from gitorch.state.requests import request_action
 from gitorch.traffic.figures import BackendFigures
@@ -66,6 +68,8 @@ class DaemonOptions:
     api_tls: ssl.SSLContext | None = None  # HTTPS for the API (--tls-cert/--tls-key)
     watch: bool = True  # react at once to commits in a local checkout
     allow_mass_prune: bool = False  # apply a revision that removes most services
+    # --verify-commits: only commits signed by these keys are applied (None: any commit).
+    signature_policy: SignaturePolicy | None = None
     # Store each route's per-version traffic this often, for `gitorch status` without a
     # daemon (one small transaction: see the measured cost in docs/architecture.md).
     traffic_interval: float = 2.0
@@ -210,6 +214,16 @@ class Daemon:
             sha = self.source.resolve(opts.ref)
             if sha == self._seen_sha:
                 return
+            verdict = (
+                self.source.verify(sha, opts.signature_policy)
+                if opts.signature_policy is not None
+                else None
+            )
+            if verdict is not None and not verdict.trusted:
+                with self._lock:
+                    self._seen_sha = sha
+                self._untrusted(verdict, trigger)
+                return
             snapshot = self.source.snapshot(sha, opts.path)
             desired = load_desired(snapshot, self.loader)
         except ManifestInvalid as exc:
@@ -224,7 +238,9 @@ class Daemon:
             return
         with self._lock:
             self._seen_sha = sha
-        commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger)
+        commit = verified_commit(
+            replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger), verdict
+        )
         if self._refused(desired, commit):
             return
         with self._lock:
@@ -243,6 +259,7 @@ class Daemon:
         why = mass_prune(applied, desired.services)
         if why is None:
             return False
+        self._keep_last_good(desired.revision)
         applying = (self._commit.sha if self._commit else "nothing")[:12]
         message = f"revision {desired.revision[:12]} refused: {why}; still applying {applying}"
         self._set_error({"message": message, "revision": desired.revision})
@@ -253,8 +270,57 @@ class Daemon:
             )
         return True
 
+    def _untrusted(self, verdict: Verification, trigger: str) -> None:
+        """A commit the signed-commit policy refuses: never applied, said everywhere
+        (status, the log, history as ``refused``, the audit log); the last good one runs on."""
+        assert self.source is not None and self.session is not None
+        info = next(iter(self.source.history(verdict.sha, limit=1)), None)
+        commit = verified_commit(replace(commit_meta(verdict.sha, info), trigger=trigger), verdict)
+        self._keep_last_good(verdict.sha)
+        applying = (self._commit.sha if self._commit else "nothing")[:12]
+        message = f"{verdict.refusal}; still applying {applying}"
+        self._set_error({"message": message, "revision": verdict.sha})
+        log.error("%s", message, extra={"revision": verdict.sha})
+        Bookkeeper(self.session.store, DEFAULT_CRASH_LOOP).record_refused(
+            verdict.sha, commit, verdict.refusal, data=verdict.to_json()
+        )
+
+    def _keep_last_good(self, refused: str) -> None:
+        """A daemon that starts on a refused or invalid commit goes on with the last
+        revision it applied (so its endpoints are served again), checked by the same
+        policy; nothing when there is none."""
+        if self._desired is not None or self.session is None or self.source is None:
+            return
+        last = self.session.store.last_applied_revision()
+        if last is None or last.sha == refused:
+            return
+        opts = self.options
+        try:
+            verdict = (
+                self.source.verify(last.sha, opts.signature_policy)
+                if opts.signature_policy is not None
+                else None
+            )
+            if verdict is not None and not verdict.trusted:
+                log.error("the last applied revision is not trusted either: %s", verdict.refusal)
+                return
+            snapshot = self.source.snapshot(last.sha, opts.path)
+            desired = load_desired(snapshot, self.loader)
+        except GitorchError as exc:
+            log.error("cannot go on with the last applied revision: %s", exc.message)
+            return
+        trigger = f"daemon start: the last applied revision ({refused[:12]} was refused)"
+        commit = verified_commit(
+            replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger), verdict
+        )
+        with self._lock:
+            self._desired = desired
+            self._commit = commit
+        log.info("going on with the last applied revision %s", last.sha[:12])
+
     def _invalid(self, sha: str, exc: ManifestInvalid, commit: CommitMeta) -> None:
         """An invalid revision: reported where people look; the last good one runs on."""
+        self._keep_last_good(sha)
         diagnostics = [str(d) for d in exc.diagnostics]
         # The one-line message names the first problem (PATH:LINE:COLUMN): status and
         # the API show it where people look; every problem is in "diagnostics".
@@ -439,6 +505,11 @@ class Daemon:
     def plan(self, ref: str | None) -> dict[str, Any]:
         assert self.source is not None and self.session is not None
         snapshot = self.source.snapshot(ref or self.options.ref, self.options.path)
+        policy = self.options.signature_policy
+        if policy is not None:  # the API's plan honours the policy as `gitorch plan` does
+            verdict = self.source.verify(snapshot.revision, policy)
+            if not verdict.trusted:
+                raise CommitNotTrusted(verdict.refusal)
         desired = load_desired(snapshot, self.loader)
         with self._pass_lock:
             return self.session.reconciler_for(desired).plan(desired).to_json()

@@ -17,6 +17,7 @@ line instead of a traceback.
     │   ├── RefNotFound               branch, tag or commit unknown (or deleted)
     │   ├── PathNotFound              --path is not a folder in that commit
     │   ├── EmptyRepository           a repository with no commit yet
+    │   ├── CommitNotTrusted          (sources.verify) not signed by a key --verify-commits trusts
     │   └── GitFailed                 (sources._gitcmd) a git command failed
     ├── RuntimeDriverError            a node runtime (Docker engine, process driver)
     │   ├── EngineUnavailable         the engine does not answer (or timed out)
@@ -46,6 +47,7 @@ line instead of a traceback.
         ├── RouteInvalid              (traffic.builtin) a route's weights or rules cannot be served
         ├── WorkerError               (traffic.workers) a load-balancer worker failed or went silent
         ├── TokenFileError            (api.auth) the API token file is unreadable, unsafe or malformed
+        ├── PolicyConfigError         (sources.verify) --trusted-keys / --allowed-signers unusable
         ├── ExposedApiError           (api.auth) a non-loopback --listen without tokens or TLS, and no --api-insecure
         └── TlsConfigError            (api.tls) the API's certificate or key cannot be used
 """

@@ -6,7 +6,7 @@ The session owns the daemon lock: one writer per state directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gitorch.apply.health import HealthListener, HealthMonitor
@@ -17,6 +17,7 @@ from gitorch.live.inventory import choose_default_driver, open_runtimes
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED
 from gitorch.sources.base import CommitInfo
+from gitorch.sources.verify import Verification
 from gitorch.state import DaemonLock, StateStore
 from gitorch.traffic.builtin import BuiltinLoadBalancer
 from gitorch.traffic.table import DataPlane
@@ -47,6 +48,17 @@ def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
         signer=commit.signer,
         message=commit.message,
     )
+
+
+def verified_commit(commit: CommitMeta, verdict: Verification | None) -> CommitMeta:
+    """``commit`` as the signed-commit policy saw it: the signer is the identity the
+    policy's keys verified (a gpg user id, an ssh principal), or ``unverified:KEY`` for a
+    refused commit, whatever the daemon's own keyring said."""
+    if verdict is None:
+        return commit
+    if verdict.trusted:
+        return replace(commit, signer=verdict.signer or verdict.key or commit.signer)
+    return replace(commit, signer=f"unverified:{verdict.key}" if verdict.key else None)
 
 
 class Session:

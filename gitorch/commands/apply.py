@@ -13,25 +13,29 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from gitorch.apply.bookkeeping import Bookkeeper
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
-from gitorch.apply.session import Session, SessionOptions, commit_meta
+from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
 from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_source_options,
     add_state_option,
+    add_verify_options,
     duration,
     positive_duration,
-    read_snapshot,
     short,
     state_dir,
     stderr,
     stdout,
+    verified_snapshot,
 )
+from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import ConfigError
 from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
+from gitorch.sources.verify import CommitNotTrusted
 
 EXAMPLE = """example:
   gitorch apply --path examples/repo --runtime process
@@ -135,6 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_options(parser)
+    add_verify_options(parser)
     add_session_options(parser)
     parser.add_argument(
         "--expect-plan",
@@ -186,9 +191,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "apply applies commits, not uncommitted files: commit first (plan --worktree previews them)"
         )
-    snapshot = read_snapshot(args)
+    snapshot, verdict = verified_snapshot(args)
+    commit = verified_commit(
+        replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply"), verdict
+    )
+    if verdict is not None and not verdict.trusted:
+        with Session(session_options(args)) as session:
+            Bookkeeper(session.store, DEFAULT_CRASH_LOOP).record_refused(
+                snapshot.revision, commit, verdict.refusal, data=verdict.to_json()
+            )
+        raise CommitNotTrusted(verdict.refusal)
     desired = load_desired(snapshot)
-    commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply")
     with Session(session_options(args)) as session:
         if not args.allow_mass_prune:
             applied = [a.name for a in session.store.list_applied() if a.kind == "Service"]

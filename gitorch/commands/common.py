@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # rich and the sources (gitpython) load when a command first 
     from rich.console import Console
 
     from gitorch.sources import Snapshot, Source
+    from gitorch.sources.verify import SignaturePolicy, Verification
 
 #: Line width when the output is not a terminal (a pipe, a file) and $COLUMNS is unset:
 #: wide enough that no table cell is cut or wrapped, so ``| grep`` and ``| awk`` see one
@@ -76,6 +77,59 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read the working tree of a local checkout, uncommitted edits included",
     )
+
+
+def add_verify_options(parser: argparse.ArgumentParser) -> None:
+    """``--verify-commits --trusted-keys DIR --allowed-signers FILE``: the signed-commit
+    policy (plan, apply, daemon)."""
+    group = parser.add_argument_group("signed commits")
+    group.add_argument(
+        "--verify-commits",
+        action="store_true",
+        help="refuse a commit unless it is signed by a trusted key (--trusted-keys and/or "
+        "--allowed-signers): unsigned, unknown-key and bad signatures are never applied",
+    )
+    group.add_argument(
+        "--trusted-keys",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a GnuPG home holding the public keys trusted to sign commits",
+    )
+    group.add_argument(
+        "--allowed-signers",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="SSH keys trusted to sign commits, in git's allowed-signers format "
+        "(gpg.ssh.allowedSignersFile: PRINCIPAL KEYTYPE KEY per line)",
+    )
+
+
+def signature_policy(args: argparse.Namespace) -> SignaturePolicy | None:
+    """The policy ``--verify-commits`` asks for (None: commits are not verified); checked
+    before anything is fetched or applied."""
+    from gitorch.errors import ConfigError
+    from gitorch.sources.verify import SignaturePolicy
+
+    if not args.verify_commits:
+        if args.trusted_keys is not None or args.allowed_signers is not None:
+            raise ConfigError("--trusted-keys and --allowed-signers need --verify-commits")
+        return None
+    if getattr(args, "worktree", False):
+        raise ConfigError("--verify-commits checks commits: the working tree has no signature")
+    policy = SignaturePolicy(args.trusted_keys, args.allowed_signers)
+    policy.check()
+    return policy
+
+
+def verified_snapshot(args: argparse.Namespace) -> tuple[Snapshot, Verification | None]:
+    """The snapshot at ``--ref``, and the signed-commit policy's verdict on its commit
+    (None without ``--verify-commits``)."""
+    policy = signature_policy(args)
+    source = open_args_source(args)
+    snapshot = read_snapshot(args, source)
+    return snapshot, source.verify(snapshot.revision, policy) if policy is not None else None
 
 
 def add_state_option(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,12 @@ from gitorch.api.server import parse_listen
 from gitorch.api.tls import TlsFiles, server_context
 from gitorch.api.webhook import WebhookSecret
 from gitorch.commands.apply import add_mass_prune_option, add_session_options, session_options
-from gitorch.commands.common import add_source_options, positive_duration
+from gitorch.commands.common import (
+    add_source_options,
+    add_verify_options,
+    positive_duration,
+    signature_policy,
+)
 from gitorch.daemon import Daemon, DaemonOptions
 from gitorch.errors import ConfigError
 from gitorch.logs import setup_logging
@@ -37,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_options(parser)
+    add_verify_options(parser)
     add_session_options(parser, lb_workers="auto")
     parser.add_argument(
         "--interval",
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.worktree:
         raise ConfigError("the daemon applies commits, never uncommitted files (drop --worktree)")
     setup_logging(args.log_level, args.log_format)
+    policy = signature_policy(args)
     secret = WebhookSecret.from_file(args.webhook_secret_file) if args.webhook_secret_file else None
     tokens = TokenSet.from_file(args.api_token_file) if args.api_token_file else None
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         api_insecure=args.api_insecure,
         api_tls=tls,
         allow_mass_prune=args.allow_mass_prune,
+        signature_policy=policy,
     )
     Daemon(options).run()
     return 0

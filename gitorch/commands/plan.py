@@ -16,12 +16,13 @@ from gitorch.commands.common import (
     add_format_option,
     add_source_options,
     add_state_option,
+    add_verify_options,
     duration,
-    read_snapshot,
     reserved_ports,
     separate_trees_hint,
     state_dir,
     stdout,
+    verified_snapshot,
 )
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
@@ -61,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_options(parser)
+    add_verify_options(parser)
     add_state_option(parser)
     add_runtime_option(parser)
     add_format_option(parser, "json", "markdown")
@@ -82,8 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def desired_of(args: argparse.Namespace) -> DesiredState:
-    """The desired state at ``--repo/--ref/--path`` (or the worktree)."""
-    snapshot = read_snapshot(args)
+    """The desired state at ``--repo/--ref/--path`` (or the worktree); with
+    ``--verify-commits``, only from a commit signed by a trusted key."""
+    snapshot, verdict = verified_snapshot(args)
+    if verdict is not None and not verdict.trusted:
+        from gitorch.sources.verify import CommitNotTrusted
+
+        raise CommitNotTrusted(verdict.refusal)
     try:
         return load_desired(snapshot, ManifestLoader(reserved_ports=reserved_ports(args)))
     except ManifestInvalid as error:
