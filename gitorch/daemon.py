@@ -353,6 +353,9 @@ class Daemon:
             return self.options.resync
         started = time.monotonic()
         try:
+            # A secret's new value (a rotated file, re-encrypted in Git) changes the
+            # digests written here, hence the template digests: the services roll.
+            desired = self.session.secrets.resolve(desired)
             with self._pass_lock:
                 reconciler = self.session.reconciler_for(desired)
                 result = reconciler.reconcile(desired, commit)
@@ -510,7 +513,7 @@ class Daemon:
             verdict = self.source.verify(snapshot.revision, policy)
             if not verdict.trusted:
                 raise CommitNotTrusted(verdict.refusal)
-        desired = load_desired(snapshot, self.loader)
+        desired = self.session.secrets.resolve(load_desired(snapshot, self.loader))
         with self._pass_lock:
             return self.session.reconciler_for(desired).plan(desired).to_json()
 

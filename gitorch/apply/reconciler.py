@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.apply.analysis_runs import AnalysisRunner, StepEntry
@@ -49,6 +48,7 @@ from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
 from gitorch.scheduler import LEAST_ALLOCATED
+from gitorch.secrets import SecretValues
 from gitorch.state import RolloutPhase, StateStore
 from gitorch.traffic.table import DataPlane, RoutingTable
 
@@ -85,7 +85,7 @@ class Reconciler:
         dataplane: DataPlane,
         cluster: str,
         advertise_host: str = "127.0.0.1",
-        secrets_dir: Path | None = None,
+        secrets: SecretValues | None = None,
         scoring: str = LEAST_ALLOCATED,
         drain_timeout: float = 10.0,
         node_grace: float = 30.0,
@@ -109,7 +109,7 @@ class Reconciler:
             dataplane=dataplane,
             cluster=cluster,
             advertise_host=advertise_host,
-            secrets_dir=secrets_dir,
+            secrets=secrets,
             drain_timeout=drain_timeout,
         )
         self.books = Bookkeeper(store, crash_loop)

@@ -7,12 +7,10 @@ replicas exist and what they run.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
-from pathlib import Path
+from secrets import token_hex
 
-from gitorch.errors import ConfigError, ReplicaStartFailed
-from gitorch.manifests.model import Service
+from gitorch.manifests.model import Secret, Service
 from gitorch.runtime.base import (
     LABEL_REPLICA,
     LABEL_REVISION,
@@ -21,6 +19,7 @@ from gitorch.runtime.base import (
     PortRequest,
     ReplicaSpec,
 )
+from gitorch.secrets import SecretValues
 
 
 def replica_label(service: str, slot: int) -> str:
@@ -33,24 +32,6 @@ def slot_of(replica: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def read_secret(secrets_dir: Path | None, name: str, service: str, variable: str) -> str:
-    """The value of an env var given as ``{secretFile: NAME}``; the value is never logged."""
-    if secrets_dir is None:
-        raise ConfigError(
-            f"service {service}: env {variable} reads secretFile {name!r}, but the daemon has no --secrets-dir"
-        )
-    root = secrets_dir.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root):
-        raise ConfigError(f"service {service}: secretFile {name!r} leaves the secrets directory")
-    try:
-        return path.read_text(encoding="utf-8").rstrip("\n")
-    except OSError as exc:
-        raise ReplicaStartFailed(
-            f"service {service}: cannot read secretFile {name!r} for env {variable}: {exc.strerror}"
-        ) from exc
-
-
 def replica_spec(
     service: Service,
     slot: int,
@@ -58,18 +39,29 @@ def replica_spec(
     cluster: str,
     revision: str,
     discovery: Mapping[str, str],
-    secrets_dir: Path | None = None,
+    secrets: SecretValues | None = None,
+    repo_secrets: Mapping[str, Secret] | None = None,
 ) -> ReplicaSpec:
-    """The runtime spec of ``service``'s replica in ``slot``."""
+    """The runtime spec of ``service``'s replica in ``slot``; secret values are read (or
+    decrypted) now, into the spec's ``secret_env`` and ``secret_files`` only."""
     env: dict[str, str] = dict(discovery)
+    secret_env: dict[str, str] = {}
+    secret_files: dict[str, bytes] = {}
+    values = secrets or SecretValues(None)
     for var in service.env:
-        if var.secret_file is not None:
-            env[var.name] = read_secret(secrets_dir, var.secret_file, service.name, var.name)
+        if var.ref is not None:
+            where = f"service {service.name}: env {var.name}"
+            raw = values.value(var.ref, repo_secrets or {}, where=where)
+            # As a file's text: a trailing newline (`echo value > file`) is not the value.
+            secret_env[var.name] = raw.decode("utf-8", "replace").rstrip("\n")
         else:
             env[var.name] = var.value or ""
+    for mount in service.secret_files:
+        where = f"service {service.name}: secret file {mount.name}"
+        secret_files[mount.name] = values.value(mount.ref, repo_secrets or {}, where=where)
     limits = service.resources.limits
     return ReplicaSpec(
-        name=f"{cluster}-{service.name}-{slot}-{service.template_digest[:6]}-{secrets.token_hex(2)}",
+        name=f"{cluster}-{service.name}-{slot}-{service.template_digest[:6]}-{token_hex(2)}",
         image=service.image,
         command=service.command,
         args=service.args,
@@ -85,4 +77,6 @@ def replica_spec(
             LABEL_SPEC_DIGEST: service.template_digest,
         },
         stop_grace_seconds=float(service.termination_grace_seconds),
+        secret_env=secret_env,
+        secret_files=secret_files,
     )

@@ -16,9 +16,11 @@ from gitorch.live import NodeTarget, cluster_name, node_targets
 from gitorch.live.inventory import choose_default_driver, open_runtimes
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED
+from gitorch.secrets import SecretValues, load_age_identities, load_digest_key
 from gitorch.sources.base import CommitInfo
 from gitorch.sources.verify import Verification
 from gitorch.state import DaemonLock, StateStore
+from gitorch.state.layout import ensure_state_dir
 from gitorch.traffic.builtin import BuiltinLoadBalancer
 from gitorch.traffic.table import DataPlane
 from gitorch.traffic.workers import WorkerPool
@@ -31,6 +33,7 @@ class SessionOptions:
     lb_host: str = "127.0.0.1"  # where the built-in load balancer listens
     advertise_host: str | None = None  # what replicas get as <SERVICE>_SERVICE_HOST
     secrets_dir: Path | None = None
+    age_key: Path | None = None  # the daemon's age identities, for Secrets in the repo
     scoring: str = LEAST_ALLOCATED
     drain_timeout: float = 10.0
     node_grace: float = 30.0  # a silent node's replicas are replaced after this long
@@ -68,13 +71,17 @@ class Session:
         self, options: SessionOptions, *, on_health_change: HealthListener | None = None
     ) -> None:
         self.options = options
-        state = options.state_dir
-        state.mkdir(parents=True, exist_ok=True)
+        state = ensure_state_dir(options.state_dir)
         self.lock = DaemonLock(state)
         self.lock.acquire()
         try:
             self.store = StateStore(state)
             self.cluster = cluster_name(state)
+            self.secrets = SecretValues(
+                options.secrets_dir,
+                load_age_identities(options.age_key) if options.age_key else (),
+                load_digest_key(state, create=True),
+            )
             self.default_driver = choose_default_driver(options.runtime)
             self.dataplane = _data_plane(options)
             self.health: HealthMonitor | None = None
@@ -103,7 +110,7 @@ class Session:
             dataplane=self.dataplane,
             cluster=self.cluster,
             advertise_host=self.options.advertise_host or _advertised(self.options.lb_host),
-            secrets_dir=self.options.secrets_dir,
+            secrets=self.secrets,
             scoring=self.options.scoring,
             drain_timeout=self.options.drain_timeout,
             node_grace=self.options.node_grace,

@@ -7,7 +7,6 @@ import os
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from rich.live import Live
 from rich.markup import escape
@@ -18,6 +17,7 @@ from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
 from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
+    add_secret_options,
     add_source_options,
     add_state_option,
     add_verify_options,
@@ -62,12 +62,7 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
         help="host replicas use to reach other services (<NAME>_SERVICE_HOST); "
         "default: the --lb-host, or 127.0.0.1 when it listens on all addresses",
     )
-    parser.add_argument(
-        "--secrets-dir",
-        type=Path,
-        default=None,
-        help="folder holding the files that env `secretFile` entries name",
-    )
+    add_secret_options(parser)
     parser.add_argument(
         "--data-plane",
         choices=("builtin", "haproxy"),
@@ -106,6 +101,7 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
         lb_host=args.lb_host,
         advertise_host=args.advertise_host,
         secrets_dir=args.secrets_dir,
+        age_key=args.age_key,
         scoring=args.scoring,
         node_grace=args.node_grace,
         data_plane=args.data_plane,
@@ -191,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "apply applies commits, not uncommitted files: commit first (plan --worktree previews them)"
         )
+    # Everything gitorch writes from here on (state, logs, caches) is private; replicas
+    # get the usual umask back (runtime/process.py).
+    os.umask(0o077)
     snapshot, verdict = verified_snapshot(args)
     commit = verified_commit(
         replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply"), verdict
@@ -203,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommitNotTrusted(verdict.refusal)
     desired = load_desired(snapshot)
     with Session(session_options(args)) as session:
+        desired = session.secrets.resolve(desired)
         if not args.allow_mass_prune:
             applied = [a.name for a in session.store.list_applied() if a.kind == "Service"]
             why = mass_prune(applied, desired.services)

@@ -16,6 +16,7 @@ from gitorch.errors import StateError
 if TYPE_CHECKING:  # rich and the sources (gitpython) load when a command first uses them
     from rich.console import Console
 
+    from gitorch.manifests.model import DesiredState
     from gitorch.sources import Snapshot, Source
     from gitorch.sources.verify import SignaturePolicy, Verification
 
@@ -130,6 +131,43 @@ def verified_snapshot(args: argparse.Namespace) -> tuple[Snapshot, Verification 
     source = open_args_source(args)
     snapshot = read_snapshot(args, source)
     return snapshot, source.verify(snapshot.revision, policy) if policy is not None else None
+
+
+def add_secret_options(parser: argparse.ArgumentParser) -> None:
+    """``--secrets-dir`` and ``--age-key``: where secret values come from (apply, daemon,
+    plan)."""
+    parser.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=None,
+        help="folder holding the files that `secretFile` references name",
+    )
+    parser.add_argument(
+        "--age-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="age identity file (age-keygen's, mode 600) that decrypts the repo's Secrets",
+    )
+
+
+def resolved_secrets(args: argparse.Namespace, desired: DesiredState) -> DesiredState:
+    """``desired`` with the digests of its secret values (``plan --secrets-dir/--age-key``
+    on the daemon's host, with its state directory), so a rotated value shows as a
+    sensitive change; as it is otherwise (plan never needs the values)."""
+    if args.secrets_dir is None and args.age_key is None:
+        return desired
+    from gitorch.secrets import SecretValues, load_age_identities, load_digest_key
+
+    key = load_digest_key(state_dir(args), create=False)
+    if key is None:
+        stderr().print(
+            "note: no secret digest key in the state directory (nothing was applied there, "
+            "or it is not readable): changed secret values are not shown"
+        )
+        return desired
+    identities = load_age_identities(args.age_key) if args.age_key else ()
+    return SecretValues(args.secrets_dir, identities, key).resolve(desired)
 
 
 def add_state_option(parser: argparse.ArgumentParser) -> None:

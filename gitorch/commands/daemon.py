@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from gitorch.api.auth import TokenSet, check_exposure
@@ -111,6 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.worktree:
         raise ConfigError("the daemon applies commits, never uncommitted files (drop --worktree)")
+    # Everything gitorch writes from here on (state, logs, caches) is private; replicas
+    # get the usual umask back (runtime/process.py).
+    os.umask(0o077)
     setup_logging(args.log_level, args.log_format)
     policy = signature_policy(args)
     secret = WebhookSecret.from_file(args.webhook_secret_file) if args.webhook_secret_file else None

@@ -14,11 +14,13 @@ from pathlib import Path
 from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_format_option,
+    add_secret_options,
     add_source_options,
     add_state_option,
     add_verify_options,
     duration,
     reserved_ports,
+    resolved_secrets,
     separate_trees_hint,
     state_dir,
     stdout,
@@ -63,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_source_options(parser)
     add_verify_options(parser)
+    add_secret_options(parser)
     add_state_option(parser)
     add_runtime_option(parser)
     add_format_option(parser, "json", "markdown")
@@ -92,12 +95,13 @@ def desired_of(args: argparse.Namespace) -> DesiredState:
 
         raise CommitNotTrusted(verdict.refusal)
     try:
-        return load_desired(snapshot, ManifestLoader(reserved_ports=reserved_ports(args)))
+        desired = load_desired(snapshot, ManifestLoader(reserved_ports=reserved_ports(args)))
     except ManifestInvalid as error:
         hint = separate_trees_hint(snapshot, args.path, (d.path for d in error.diagnostics))
         if hint is not None:
             error.detail = (*error.detail, hint)
         raise
+    return resolved_secrets(args, desired)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

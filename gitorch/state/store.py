@@ -30,7 +30,7 @@ from gitorch.state import rows
 from gitorch.state.audit_chain import SYSTEM_ACTOR, ChainEntry, link, next_prev_hash
 from gitorch.state.db import DEFAULT_BUSY_TIMEOUT, connect, error_for, translate
 from gitorch.state.errors import PortUnavailable, RecordNotFound
-from gitorch.state.layout import STATE_DB, ensure_state_dir
+from gitorch.state.layout import STATE_DB, ensure_state_dir, private_file
 from gitorch.state.records import (
     AnalysisRunPhase,
     AnalysisRunRecord,
@@ -105,6 +105,9 @@ class StateStore:
                 raise StateError(f"no state store at {self.state_dir} (no {STATE_DB} in it)")
         else:
             ensure_state_dir(self.state_dir)
+            private_file(self.db_path, create=True)
+            for suffix in ("-wal", "-shm"):
+                private_file(self.db_path.with_name(self.db_path.name + suffix), create=False)
         conn = self._conn()
         with translate(self.db_path):
             if readonly:
