@@ -36,6 +36,7 @@ line instead of a traceback.
     │   ├── PortUnavailable           (state.errors) no free host port in the range
     │   └── RecordNotFound            (state.errors) no such record
     ├── PrometheusQueryFailed         (analysis.prometheus) a query gave no usable number
+    ├── SecretUnavailable             (secrets) a secret value cannot be read or decrypted
     ├── PlanError                     a plan cannot be computed or has changed
     │   └── PlanChanged               ``apply --expect-plan`` saw a different digest
     ├── HAProxyError                  (traffic.haproxy) haproxy could not be started, reloaded or driven
@@ -48,6 +49,7 @@ line instead of a traceback.
         ├── WorkerError               (traffic.workers) a load-balancer worker failed or went silent
         ├── TokenFileError            (api.auth) the API token file is unreadable, unsafe or malformed
         ├── PolicyConfigError         (sources.verify) --trusted-keys / --allowed-signers unusable
+        ├── AgeKeyError               (secrets) --age-key unreadable, readable by others, or empty
         ├── ExposedApiError           (api.auth) a non-loopback --listen without tokens or TLS, and no --api-insecure
         └── TlsConfigError            (api.tls) the API's certificate or key cannot be used
 """
