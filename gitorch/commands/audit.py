@@ -216,5 +216,6 @@ def _verdict(verdict: Verdict, fmt: str) -> int:
         else ""
     )
     where = f"; head {head.id}:{head.hash}" if head is not None else ""
-    stdout().print(f"[green]audit log intact[/]: {verdict.entries} entries{older}{where}")
+    count = f"{verdict.entries} entr{'y' if verdict.entries == 1 else 'ies'}"
+    stdout().print(f"[green]audit log intact[/]: {count}{older}{where}")
     return 0

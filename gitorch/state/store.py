@@ -1021,10 +1021,10 @@ class StateStore:
     def _chain_head_hash(self) -> str:
         """What the next audit entry links to (inside the appending transaction)."""
         last = self._query_one(
-            "SELECT * FROM audit_log WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1"
+            "SELECT hash FROM audit_log WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1"
         )
         if last is not None:
-            return next_prev_hash(rows.chain_entry(last), ())
+            return str(last["hash"])
         # The first chained entry: it seals what older gitorch versions wrote.
         prefix = self._query("SELECT * FROM audit_log ORDER BY id")
         return next_prev_hash(None, [rows.chain_entry(row) for row in prefix])
