@@ -60,7 +60,7 @@ def private_file(path: Path, *, create: bool) -> None:
     flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
     try:
         fd = os.open(path, flags, 0o600)
-    except FileNotFoundError:
+    except OSError:  # missing, a folder, unreadable: SQLite says what is wrong with it
         return
     try:
         if os.fstat(fd).st_mode & 0o077:
