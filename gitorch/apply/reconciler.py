@@ -46,6 +46,7 @@ from gitorch.errors import GitorchError
 from gitorch.live import NodeTarget, observe
 from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
+from gitorch.runtime import sweep_secret_files
 from gitorch.runtime.base import Runtime
 from gitorch.scheduler import LEAST_ALLOCATED
 from gitorch.secrets import SecretValues
@@ -132,6 +133,9 @@ class Reconciler:
         live = observe(self.targets, self.runtimes, self.cluster, self.store)
         live, lost = self.nodes.update(live)
         self._forget_vanished(live)
+        if not live.unknown_nodes:
+            # Secret files of replicas removed outside gitorch (tmpfs, until a reboot).
+            sweep_secret_files(self.cluster, {r.name for r in live.replicas()})
         self._track(desired, live)
         return _with_health(live, self.health), lost
 

@@ -96,7 +96,29 @@ def write_files(replica: str, files: Mapping[str, bytes], mode: int) -> Path:
     return folder
 
 
+def _roots() -> list[Path]:
+    bases = [os.environ.get("XDG_RUNTIME_DIR", ""), "/run", "/dev/shm"]
+    return [Path(base) / f"gitorch-{os.getuid()}" for base in bases if base]
+
+
 def remove_files(replica: str) -> None:
     """Remove the replica's secret files (nothing when it had none)."""
-    for base in filter(None, [os.environ.get("XDG_RUNTIME_DIR", ""), "/run", "/dev/shm"]):
-        shutil.rmtree(Path(base) / f"gitorch-{os.getuid()}" / replica, ignore_errors=True)
+    for root in _roots():
+        shutil.rmtree(root / replica, ignore_errors=True)
+
+
+def sweep(cluster: str, keep: set[str]) -> int:
+    """Remove the secret folders of ``cluster``'s replicas that exist no more (removed
+    outside gitorch, or a daemon killed between writing the files and starting the
+    replica); ``keep``: the names of every replica the runtimes list. The count."""
+    removed = 0
+    for root in _roots():
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(f"{cluster}-") and entry.name not in keep:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed

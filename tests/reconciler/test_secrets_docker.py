@@ -60,9 +60,29 @@ def test_file_secrets_leave_nothing_in_docker_inspect(docker_cluster: Cluster) -
                            capture_output=True, text=True)  # fmt: skip
     assert found.stdout == "" and found.returncode == 1
 
-    # A replica gitorch removes takes its secret files with it.
+    # A container removed outside gitorch: replaced, and its secret files swept.
     host_file = Path(mount["Source"])
     assert host_file.read_text() == file_value and on_memory(host_file)
+    subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=True)
+    wait_for(
+        "replaced",
+        lambda: (
+            converged(daemon.service("api"), sha, 1)
+            and daemon.service("api")["instances"][0]["id"] != container
+        ),  # type: ignore[index]
+        90,
+        describe=daemon.log_tail,
+    )
+    wait_for("the removed container's files swept", lambda: not host_file.parent.exists(), 10)
+    container = daemon.service("api")["instances"][0]["id"]  # type: ignore[index]
+    inspect = subprocess.run(["docker", "inspect", container], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    host_file = Path(
+        next(m for m in json.loads(inspect)[0]["Mounts"] if m["Destination"].endswith("/token"))[
+            "Source"
+        ]
+    )
+    # A replica gitorch removes takes its secret files with it.
     zero = commit(cluster.repo, {"api.yaml": manifest.replace("replicas: 1", "replicas: 0")},
                   "scale to zero")  # fmt: skip
     wait_for("scaled to zero", lambda: converged(daemon.service("api"), zero, 0), 60,
