@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -34,8 +35,10 @@ from gitorch.api.server import ApiServer, parse_listen
 from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import TrafficCollector
 from gitorch.api.webhook import WebhookSecret
+from gitorch.apply.bookkeeping import Bookkeeper, actor_of
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
-from gitorch.apply.session import Session, SessionOptions, commit_meta
+from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
+from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import GitorchError, ManifestInvalid
 from gitorch.live import observe
@@ -50,6 +53,7 @@ from gitorch.readmodel.history import history_json
 from gitorch.readmodel.status import control_plane_json, status_json
 from gitorch.runtime.base import Runtime
 from gitorch.sources import Source, open_source
+from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
 from gitorch.state import StateStore
 from gitorch.state.errors import NotLeader, StateUnavailable
 from gitorch.state.layout import DAEMON_FILE
@@ -69,9 +73,12 @@ class DaemonOptions:
     listen: str = "127.0.0.1:7420"
     webhook_secret: WebhookSecret | None = None
     api_tokens: TokenSet | None = None  # bearer auth of the API (None: open, loopback only)
-    api_insecure: bool = False  # allow an open API on a non-loopback address
+    api_insecure: bool = False  # allow an open (or plain-HTTP) API on a non-loopback address
+    api_tls: ssl.SSLContext | None = None  # HTTPS for the API (--tls-cert/--tls-key)
     watch: bool = True  # react at once to commits in a local checkout
     allow_mass_prune: bool = False  # apply a revision that removes most services
+    # --verify-commits: only commits signed by these keys are applied (None: any commit).
+    signature_policy: SignaturePolicy | None = None
     # Store each route's per-version traffic this often, for `gitorch status` without a
     # daemon (one small transaction: see the measured cost in docs/architecture.md).
     traffic_interval: float = 2.0
@@ -144,6 +151,7 @@ class Daemon:
                 webhook_secret=opts.webhook_secret,
                 tokens=opts.api_tokens,
                 insecure=opts.api_insecure,
+                tls=opts.api_tls,
             )
             self.api.start()
             watcher = self._start_watcher()
@@ -254,12 +262,22 @@ class Daemon:
             sha = self.source.resolve(opts.ref)
             if sha == self._seen_sha:
                 return
+            verdict = (
+                self.source.verify(sha, opts.signature_policy)
+                if opts.signature_policy is not None
+                else None
+            )
+            if verdict is not None and not verdict.trusted:
+                with self._lock:
+                    self._seen_sha = sha
+                self._untrusted(verdict, trigger)
+                return
             snapshot = self.source.snapshot(sha, opts.path)
             desired = load_desired(snapshot, self.loader)
         except ManifestInvalid as exc:
             with self._lock:
                 self._seen_sha = sha
-            self._invalid(sha, exc)
+            self._invalid(sha, exc, commit_meta(snapshot.revision, snapshot.commit))
             return
         except GitorchError as exc:
             self.metrics.source_fetch_errors_total.inc()
@@ -268,7 +286,9 @@ class Daemon:
             return
         with self._lock:
             self._seen_sha = sha
-        commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger)
+        commit = verified_commit(
+            replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger), verdict
+        )
         if self._refused(desired, commit):
             return
         with self._lock:
@@ -287,6 +307,7 @@ class Daemon:
         why = mass_prune(applied, desired.services)
         if why is None:
             return False
+        self._keep_last_good(desired.revision)
         applying = (self._commit.sha if self._commit else "nothing")[:12]
         message = f"revision {desired.revision[:12]} refused: {why}; still applying {applying}"
         self._set_error({"message": message, "revision": desired.revision})
@@ -299,8 +320,57 @@ class Daemon:
             )
         return True
 
-    def _invalid(self, sha: str, exc: ManifestInvalid) -> None:
+    def _untrusted(self, verdict: Verification, trigger: str) -> None:
+        """A commit the signed-commit policy refuses: never applied, said everywhere
+        (status, the log, history as ``refused``, the audit log); the last good one runs on."""
+        assert self.source is not None and self.session is not None
+        info = next(iter(self.source.history(verdict.sha, limit=1)), None)
+        commit = verified_commit(replace(commit_meta(verdict.sha, info), trigger=trigger), verdict)
+        self._keep_last_good(verdict.sha)
+        applying = (self._commit.sha if self._commit else "nothing")[:12]
+        message = f"{verdict.refusal}; still applying {applying}"
+        self._set_error({"message": message, "revision": verdict.sha})
+        log.error("%s", message, extra={"revision": verdict.sha})
+        Bookkeeper(self.session.store, DEFAULT_CRASH_LOOP).record_refused(
+            verdict.sha, commit, verdict.refusal, data=verdict.to_json()
+        )
+
+    def _keep_last_good(self, refused: str) -> None:
+        """A daemon that starts on a refused or invalid commit goes on with the last
+        revision it applied (so its endpoints are served again), checked by the same
+        policy; nothing when there is none."""
+        if self._desired is not None or self.session is None or self.source is None:
+            return
+        last = self.session.store.last_applied_revision()
+        if last is None or last.sha == refused:
+            return
+        opts = self.options
+        try:
+            verdict = (
+                self.source.verify(last.sha, opts.signature_policy)
+                if opts.signature_policy is not None
+                else None
+            )
+            if verdict is not None and not verdict.trusted:
+                log.error("the last applied revision is not trusted either: %s", verdict.refusal)
+                return
+            snapshot = self.source.snapshot(last.sha, opts.path)
+            desired = load_desired(snapshot, self.loader)
+        except GitorchError as exc:
+            log.error("cannot go on with the last applied revision: %s", exc.message)
+            return
+        trigger = f"daemon start: the last applied revision ({refused[:12]} was refused)"
+        commit = verified_commit(
+            replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger), verdict
+        )
+        with self._lock:
+            self._desired = desired
+            self._commit = commit
+        log.info("going on with the last applied revision %s", last.sha[:12])
+
+    def _invalid(self, sha: str, exc: ManifestInvalid, commit: CommitMeta) -> None:
         """An invalid revision: reported where people look; the last good one runs on."""
+        self._keep_last_good(sha)
         diagnostics = [str(d) for d in exc.diagnostics]
         # The one-line message names the first problem (PATH:LINE:COLUMN): status and
         # the API show it where people look; every problem is in "diagnostics".
@@ -325,6 +395,7 @@ class Daemon:
             f"{sha[:12]}: {len(diagnostics)} problem(s)",
             revision=sha,
             data={"diagnostics": diagnostics[:100]},
+            actor=actor_of(commit),
         )
 
     def _reconcile_once(self) -> float:
@@ -337,6 +408,9 @@ class Daemon:
             return self.options.resync  # a standby: the leader reconciles
         started = time.monotonic()
         try:
+            # A secret's new value (a rotated file, re-encrypted in Git) changes the
+            # digests written here, hence the template digests: the services roll.
+            desired = self.session.secrets.resolve(desired)
             with self._pass_lock:
                 reconciler = self.session.reconciler_for(desired)
                 result = reconciler.reconcile(desired, commit)
@@ -441,6 +515,7 @@ class Daemon:
                 "reconcile.requested",
                 f"reconcile requested by token {actor}: {reason}",
                 data={"token": actor, "reason": reason},
+                actor=f"token:{actor}",
             )
         else:
             log.info("reconcile requested: %s", reason)
@@ -454,7 +529,9 @@ class Daemon:
     ) -> tuple[bool, str]:
         assert self.session is not None
         self._refuse_unless_leading(f"{action} {service}")
-        accepted, message = request_action(self.session.store, service, action, actor)
+        # An API without tokens does not know who asked: "api".
+        who = f"token:{actor}" if actor is not None else "api"
+        accepted, message = request_action(self.session.store, service, action, who)
         if accepted and actor is not None:
             log.info("%s of %s requested by token %s", action, service, actor)
         return accepted, message
@@ -576,7 +653,12 @@ class Daemon:
     def plan(self, ref: str | None) -> dict[str, Any]:
         assert self.source is not None and self.session is not None
         snapshot = self.source.snapshot(ref or self.options.ref, self.options.path)
-        desired = load_desired(snapshot, self.loader)
+        policy = self.options.signature_policy
+        if policy is not None:  # the API's plan honours the policy as `gitorch plan` does
+            verdict = self.source.verify(snapshot.revision, policy)
+            if not verdict.trusted:
+                raise CommitNotTrusted(verdict.refusal)
+        desired = self.session.secrets.resolve(load_desired(snapshot, self.loader))
         with self._pass_lock:
             return self.session.reconciler_for(desired).plan(desired).to_json()
 

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 from gitorch.api import DaemonHandle
 from gitorch.api.auth import Denial, TokenSet, authorize, check_exposure
 from gitorch.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gitorch.api.tls import handshake
 from gitorch.api.webhook import WebhookSecret, handle_delivery
 from gitorch.errors import (
     ConfigError,
@@ -144,13 +146,31 @@ class _Server(ThreadingHTTPServer):
         self.api = api
         super().__init__(address, _Handler)
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        context = self.api.tls
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        # The TLS handshake runs here, on the connection's own thread: a silent client
+        # holds this thread (for REQUEST_TIMEOUT at most), never the accept loop.
+        try:
+            wrapped = handshake(context, request, REQUEST_TIMEOUT)
+        except OSError as exc:  # ssl.SSLError included: plain HTTP, a bad client hello
+            log.debug("TLS handshake failed from %s: %s", client_address[0], exc)
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            self.shutdown_request(wrapped)
+
 
 class ApiServer:
     """The HTTP API of a running daemon.
 
     ``webhook_secret=None`` disables ``POST /api/v1/webhook`` (403 with a message).
-    ``tokens`` turns on bearer authentication (gitorch.api.auth); without it, a
-    non-loopback ``listen`` is refused (ConfigError) unless ``insecure`` is True.
+    ``tokens`` turns on bearer authentication (gitorch.api.auth) and ``tls`` (a server
+    context from :mod:`gitorch.api.tls`) HTTPS; without both, a non-loopback ``listen`` is
+    refused (ConfigError) unless ``insecure`` is True.
     """
 
     def __init__(
@@ -161,13 +181,15 @@ class ApiServer:
         webhook_secret: WebhookSecret | None = None,
         tokens: TokenSet | None = None,
         insecure: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.handle = handle
         self.listen = listen
         self.webhook_secret = webhook_secret
         self.tokens = tokens
+        self.tls = tls
         self._bind = parse_listen(listen)
-        check_exposure(self._bind[0], tokens, insecure)
+        check_exposure(self._bind[0], tokens, insecure, tls=tls is not None)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._routes: dict[str, dict[str, Route]] = {
@@ -203,7 +225,13 @@ class ApiServer:
         )
         self._thread.start()
         host, port = self.address
-        log.info("API listening on %s:%d", host, port, extra={"listen": f"{host}:{port}"})
+        log.info(
+            "API listening on %s:%d%s",
+            host,
+            port,
+            " (TLS)" if self.tls is not None else "",
+            extra={"listen": f"{host}:{port}", "tls": self.tls is not None},
+        )
 
     def stop(self) -> None:
         """Stop accepting requests and close the socket (idempotent)."""
@@ -234,7 +262,8 @@ class ApiServer:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     # -- dispatch ----------------------------------------------------------------------
 

@@ -12,6 +12,9 @@ Rules that keep history truthful:
   is Degraded or cannot serve its endpoint.
 * **One transaction per service** for its record, its inventory entry, its back-off and its
   events: a reader (or a crash) never sees one without the others.
+* **Every audit entry names its actor** (:func:`actor_of`): what a commit brought (its
+  revision's entries, rollouts, prunes) names the commit's verified signer, else its
+  author; what gitorch did on its own (a restart, drift, a failure) names ``gitorch``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from gitorch.diff.compute import compute_plan
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Node, Volume
 from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, RolloutRecord, StateStore
+from gitorch.state.audit_chain import SYSTEM_ACTOR
 
 log = logging.getLogger("gitorch.reconciler")
 
@@ -54,6 +58,22 @@ class CommitMeta:
     trigger: str = ""
 
 
+def actor_of(commit: CommitMeta | None) -> str:
+    """The audit actor of what ``commit`` brought: ``signer:IDENTITY`` when its signature
+    was verified, else ``author:NAME <EMAIL>`` (as the commit claims it)."""
+    if commit is None:
+        return SYSTEM_ACTOR
+    if commit.signer and not commit.signer.startswith("unverified"):
+        return f"signer:{commit.signer}"
+    if commit.author:
+        return f"author:{commit.author}"
+    return SYSTEM_ACTOR
+
+
+#: Audit entries of these kinds carry out a commit: their actor is the commit's.
+_COMMIT_EVENT_PREFIXES = ("revision.", "rollout.")
+
+
 @dataclass(frozen=True)
 class Started:
     """The revision being applied: its record id and the services it changes."""
@@ -69,6 +89,11 @@ class Bookkeeper:
         self.store = store
         self.crash_loop = crash_loop
         self._started: Started | None = None
+        self.actor = SYSTEM_ACTOR  # of the commit being applied (acting_for)
+
+    def acting_for(self, commit: CommitMeta | None) -> None:
+        """The commit this pass applies: its actor signs what the pass carries out."""
+        self.actor = actor_of(commit)
 
     # ------------------------------------------------------------------ revisions
 
@@ -124,6 +149,7 @@ class Bookkeeper:
                     "revision.no-changes",
                     f"{desired.revision[:12]} changes nothing that is applied",
                     revision=desired.revision,
+                    actor=actor_of(commit),
                 )
             else:
                 self.store.append_event(
@@ -131,6 +157,7 @@ class Bookkeeper:
                     f"applying {desired.revision[:12]}: {plan.summary['create']} to create, "
                     f"{plan.summary['update']} to update, {plan.summary['delete']} to delete",
                     revision=desired.revision,
+                    actor=actor_of(commit),
                 )
         if result is RevisionResult.NO_CHANGES:
             log.info("revision %s changes nothing", desired.revision[:12])
@@ -139,8 +166,15 @@ class Bookkeeper:
         self._started = Started(record.id, frozenset(services))
         return self._started
 
-    def record_refused(self, revision: str, commit: CommitMeta | None, reason: str) -> None:
-        """A revision a policy kept out (once per revision)."""
+    def record_refused(
+        self,
+        revision: str,
+        commit: CommitMeta | None,
+        reason: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A revision a policy kept out (once per revision); ``data`` goes with its audit
+        entry."""
         last = self.store.last_attempted_revision()
         if last is not None and last.sha == revision and last.result is RevisionResult.REFUSED:
             return
@@ -156,7 +190,11 @@ class Bookkeeper:
                 summary={"message": (commit.message if commit else "")[:500]},
             )
             self.store.append_event(
-                "revision.refused", f"{revision[:12]} refused: {reason}", revision=revision
+                "revision.refused",
+                f"{revision[:12]} refused: {reason}",
+                revision=revision,
+                data=data,
+                actor=actor_of(commit),
             )
 
     def revision_finished(
@@ -232,6 +270,7 @@ class Bookkeeper:
                 f"revision.{result.value}",
                 f"{desired.revision[:12]} {result.value}" + (f": {reason}" if reason else ""),
                 revision=desired.revision,
+                actor=self.actor,
             )
         log.info(
             "revision %s %s",
@@ -279,6 +318,9 @@ class Bookkeeper:
                     service=event.service,
                     revision=event.revision,
                     data=dict(event.data) if event.data is not None else None,
+                    actor=self.actor
+                    if event.kind.startswith(_COMMIT_EVENT_PREFIXES)
+                    else SYSTEM_ACTOR,
                 )
             return record
 
@@ -391,7 +433,7 @@ class Bookkeeper:
             self.store.delete_rollout(service)
             self.store.clear_backoff(service)
             self.store.append_event(
-                "service.pruned", f"{service} left Git: removed", service=service
+                "service.pruned", f"{service} left Git: removed", service=service, actor=self.actor
             )
         log.info("pruned service %s", service, extra={"service": service})
 

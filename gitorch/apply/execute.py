@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from gitorch.apply.health import HealthMonitor
 from gitorch.apply.replicas import replica_spec, volume_spec
@@ -45,6 +44,7 @@ from gitorch.decide.actions import Action, CreateVolume, DeleteVolume
 from gitorch.errors import GitorchError
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
+from gitorch.secrets import SecretValues
 from gitorch.traffic.discovery import service_env
 from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import DataPlane, RoutingTable
@@ -98,7 +98,7 @@ class Executor:
         dataplane: DataPlane,
         cluster: str,
         advertise_host: str = "127.0.0.1",
-        secrets_dir: Path | None = None,
+        secrets: SecretValues | None = None,
         drain_timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
         fence: Callable[[], object] | None = None,
@@ -112,7 +112,7 @@ class Executor:
         self.dataplane = dataplane
         self.cluster = cluster
         self.advertise_host = advertise_host
-        self.secrets_dir = secrets_dir
+        self.secrets = secrets
         self.drain_timeout = drain_timeout
         self.monotonic = monotonic
         self.published: RoutingTable | None = None
@@ -231,8 +231,9 @@ class Executor:
                 cluster=self.cluster,
                 revision=service_decision.record.revision,
                 discovery=self._discovery(desired, target),
-                secrets_dir=self.secrets_dir,
                 volumes=desired.volumes,
+                secrets=self.secrets,
+                repo_secrets=desired.secrets,
             )
             instance = runtime.create(spec, self.cluster)
         except GitorchError as exc:

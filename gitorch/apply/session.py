@@ -16,7 +16,7 @@ Only one process reconciles a cluster at a time:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +27,12 @@ from gitorch.live import NodeTarget, node_targets
 from gitorch.live.inventory import choose_default_driver, cluster_identity, open_runtimes
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED
+from gitorch.secrets import SecretValues, load_age_identities, load_digest_key
 from gitorch.sources.base import CommitInfo
+from gitorch.sources.verify import Verification
 from gitorch.state import DaemonLock, StateStore
 from gitorch.state.errors import NotLeader
+from gitorch.state.layout import ensure_state_dir
 from gitorch.state.location import StateLocation
 from gitorch.traffic.builtin import BuiltinLoadBalancer
 from gitorch.traffic.proxy.client import ProxyDataPlane
@@ -48,6 +51,7 @@ class SessionOptions:
     lb_host: str = "127.0.0.1"  # where the built-in load balancer listens
     advertise_host: str | None = None  # what replicas get as <SERVICE>_SERVICE_HOST
     secrets_dir: Path | None = None
+    age_key: Path | None = None  # the daemon's age identities, for Secrets in the repo
     scoring: str = LEAST_ALLOCATED
     drain_timeout: float = 10.0
     node_grace: float = 30.0  # a silent node's replicas are replaced after this long
@@ -80,6 +84,17 @@ def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
     )
 
 
+def verified_commit(commit: CommitMeta, verdict: Verification | None) -> CommitMeta:
+    """``commit`` as the signed-commit policy saw it: the signer is the identity the
+    policy's keys verified (a gpg user id, an ssh principal), or ``unverified:KEY`` for a
+    refused commit, whatever the daemon's own keyring said."""
+    if verdict is None:
+        return commit
+    if verdict.trusted:
+        return replace(commit, signer=verdict.signer or verdict.key or commit.signer)
+    return replace(commit, signer=f"unverified:{verdict.key}" if verdict.key else None)
+
+
 class Session:
     """Everything a reconciler needs, opened once and closed once."""
 
@@ -91,8 +106,7 @@ class Session:
         on_leadership: Callable[[bool], None] | None = None,
     ) -> None:
         self.options = options
-        local = options.state_dir
-        local.mkdir(parents=True, exist_ok=True)
+        local = ensure_state_dir(options.state_dir)
         location = options.location
         self.lock: DaemonLock | None = None
         self.leadership: Leadership | None = None
@@ -104,6 +118,11 @@ class Session:
             cluster = cluster_identity(self.store, local, create=True)
             assert cluster is not None  # created when missing
             self.cluster = cluster
+            self.secrets = SecretValues(
+                options.secrets_dir,
+                load_age_identities(options.age_key) if options.age_key else (),
+                secret_digest_key(self.store, local, create=True),
+            )
             self.default_driver = choose_default_driver(options.runtime)
             self._dataplane: DataPlane | None = None
             if location.etcd is not None:
@@ -165,7 +184,7 @@ class Session:
             dataplane=self.dataplane if acting else StandbyDataPlane(),
             cluster=self.cluster,
             advertise_host=self.options.advertise_host or _advertised(self.options.lb_host),
-            secrets_dir=self.options.secrets_dir,
+            secrets=self.secrets,
             scoring=self.options.scoring,
             drain_timeout=self.options.drain_timeout,
             node_grace=self.options.node_grace,
@@ -294,3 +313,13 @@ def _leadership(
 
 def _advertised(lb_host: str) -> str:
     return "127.0.0.1" if lb_host in ("0.0.0.0", "", "::") else lb_host
+
+
+def secret_digest_key(store: StateStore, local: Path, *, create: bool) -> bytes | None:
+    """The key of secret digests: in the state directory (SQLite), or in the etcd
+    namespace, shared by every daemon of it on any host."""
+    from gitorch.state.etcd.backend import EtcdBackend
+
+    if isinstance(store.backend, EtcdBackend):
+        return store.backend.secret_digest_key(create=create)
+    return load_digest_key(local, create=create)

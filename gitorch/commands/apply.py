@@ -13,29 +13,34 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from gitorch.apply.bookkeeping import Bookkeeper
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
-from gitorch.apply.session import Session, SessionOptions, commit_meta
+from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
 from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_host_path_option,
+    add_secret_options,
     add_source_options,
     add_state_option,
+    add_verify_options,
     allowed_host_paths,
     duration,
     positive_duration,
-    read_snapshot,
     short,
     state_dir,
     state_location,
     stderr,
     stdout,
+    verified_snapshot,
 )
+from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import ConfigError
 from gitorch.live.inventory import local_node_name
 from gitorch.manifests.loader import ManifestLoader, load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
+from gitorch.sources.verify import CommitNotTrusted
 from gitorch.state.errors import NotLeader
 
 EXAMPLE = """example:
@@ -64,12 +69,7 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
         help="host replicas use to reach other services (<NAME>_SERVICE_HOST); "
         "default: the --lb-host, or 127.0.0.1 when it listens on all addresses",
     )
-    parser.add_argument(
-        "--secrets-dir",
-        type=Path,
-        default=None,
-        help="folder holding the files that env `secretFile` entries name",
-    )
+    add_secret_options(parser)
     parser.add_argument(
         "--data-plane",
         choices=("builtin", "haproxy"),
@@ -114,6 +114,7 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
         lb_host=args.lb_host,
         advertise_host=args.advertise_host,
         secrets_dir=args.secrets_dir,
+        age_key=args.age_key,
         scoring=args.scoring,
         node_grace=args.node_grace,
         data_plane=args.data_plane,
@@ -148,6 +149,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_options(parser)
+    add_verify_options(parser)
     add_session_options(parser)
     parser.add_argument(
         "--expect-plan",
@@ -199,9 +201,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "apply applies commits, not uncommitted files: commit first (plan --worktree previews them)"
         )
-    snapshot = read_snapshot(args)
+    # Everything gitorch writes from here on (state, logs, caches) is private; replicas
+    # get the usual umask back (runtime/process.py).
+    os.umask(0o077)
+    snapshot, verdict = verified_snapshot(args)
+    commit = verified_commit(
+        replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply"), verdict
+    )
+    if verdict is not None and not verdict.trusted:
+        with Session(session_options(args)) as session:
+            Bookkeeper(session.store, DEFAULT_CRASH_LOOP).record_refused(
+                snapshot.revision, commit, verdict.refusal, data=verdict.to_json()
+            )
+        raise CommitNotTrusted(verdict.refusal)
     desired = load_desired(snapshot, ManifestLoader(allowed_host_paths=allowed_host_paths(args)))
-    commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply")
     with Session(session_options(args)) as session:
         if not session.leading:
             assert session.leadership is not None
@@ -212,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
                 detail=("ask the leading daemon (gitorch status --server URL), or stop it",),
                 leader=view.leader,
             )
+        desired = session.secrets.resolve(desired)
         if not args.allow_mass_prune:
             applied = [a.name for a in session.store.list_applied() if a.kind == "Service"]
             why = mass_prune(applied, desired.services)

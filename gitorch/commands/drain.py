@@ -15,6 +15,7 @@ from rich.markup import escape
 from gitorch.commands.common import (
     add_state_option,
     has_state,
+    local_actor,
     looked_in,
     state_location,
     stdout,
@@ -51,15 +52,24 @@ def run(args: argparse.Namespace) -> int:
             f"no state store {looked_in(location, None)}: nothing has been applied there yet"
         )
     with StateStore(location) as store:
-        try:
+        actor = local_actor()
+
+        def write() -> None:
             store.set_draining(args.node, not args.undo)
+            store.append_event(
+                "node.drain" if not args.undo else "node.uncordon",
+                f"{args.node}: {'draining' if not args.undo else 'schedulable again'} "
+                f"(by {actor.removeprefix('user:')})",
+                actor=actor,
+            )
+
+        try:
+            # The change and its audit entry, or neither (on etcd tried again if the
+            # leader appended to the log meanwhile).
+            store.atomic(write)
         except RecordNotFound as exc:
             known = ", ".join(n.name for n in store.list_nodes()) or "none"
             raise GitorchError(f"no node named {args.node!r} (known nodes: {known})") from exc
-        store.append_event(
-            "node.drain" if not args.undo else "node.uncordon",
-            f"{args.node}: {'draining' if not args.undo else 'schedulable again'}",
-        )
     verb = "draining: its replicas move to other nodes" if not args.undo else "schedulable again"
     stdout().print(f"node {escape(args.node)} {verb}")
     return 0

@@ -127,6 +127,15 @@ class ReplicaSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     stop_grace_seconds: float = 10.0
     mounts: tuple[Mount, ...] = ()  # volumes, made beforehand (Runtime.create_volume)
+    # Secret values: given to the replica, never written to a driver's records. Env vars
+    # (visible to whoever can inspect the engine), and files (name -> bytes) placed
+    # read-only on memory-backed storage, in the folder $SECRETS_DIR names.
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secret_files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+
+
+#: The env var naming the folder of a replica's secret files.
+SECRETS_DIR_ENV = "SECRETS_DIR"
 
 
 class InstanceState(StrEnum):

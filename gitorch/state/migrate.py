@@ -29,7 +29,7 @@ def export_state(store: StateStore, cluster: str | None) -> StateSnapshot:
             None, revision=None, analysis=None, run_id=None, limit=None
         ),
         traffic=store.list_traffic(),
-        audit=store.list_events(limit=None, newest_first=False),
+        audit=store.audit_chain()[0],
         volumes=store.list_volumes(),
     )
 

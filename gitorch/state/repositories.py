@@ -33,6 +33,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from gitorch.state.audit_chain import ChainEntry
 from gitorch.state.records import (
     AnalysisRunPhase,
     AnalysisRunRecord,
@@ -255,7 +256,15 @@ class AuditRepository(Protocol):
         revision: str | None,
         data: Mapping[str, Any] | None,
         at: float | None,
-    ) -> AuditEvent: ...
+        actor: str,
+    ) -> AuditEvent:
+        """One entry, chained by hash to the one before (:mod:`.audit_chain`)."""
+        ...
+
+    def chain(self) -> tuple[list[ChainEntry], int | None]:
+        """Every entry in id order as the chain reads it (read at one point in time), and
+        the highest id the log ever handed out (None when unknown)."""
+        ...
 
     def list(
         self,
@@ -263,6 +272,7 @@ class AuditRepository(Protocol):
         service: str | None,
         kind: str | None,
         after_id: int | None,
+        since: float | None,
         limit: int | None,
         newest_first: bool,
     ) -> list[AuditEvent]: ...
@@ -282,7 +292,7 @@ class StateSnapshot:
     analysis_runs: list[AnalysisRunRecord]
     measurements: list[Measurement]
     traffic: list[TrafficSnapshot]
-    audit: list[AuditEvent]
+    audit: list[ChainEntry]  # with their links in the hash chain, copied as they are
     volumes: list[VolumeRecord]
 
     def counts(self) -> dict[str, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gitorch.errors import StateError
+from gitorch.state.audit_chain import SYSTEM_ACTOR, ChainEntry
 from gitorch.state.db import DEFAULT_BUSY_TIMEOUT
 from gitorch.state.location import StateLocation, parse_location
 from gitorch.state.records import (
@@ -518,11 +519,19 @@ class StateStore:
         revision: str | None = None,
         data: Mapping[str, Any] | None = None,
         at: float | None = None,
+        actor: str = SYSTEM_ACTOR,
     ) -> AuditEvent:
-        """Append one entry to the audit log (which can never be updated or deleted)."""
+        """Append one entry to the audit log (which can never be updated or deleted),
+        chained by hash to the one before (gitorch.state.audit_chain). ``actor``: who
+        did it; by default gitorch itself."""
         return self.audit.append(
-            kind, message, service=service, revision=revision, data=data, at=at
+            kind, message, service=service, revision=revision, data=data, at=at, actor=actor
         )
+
+    def audit_chain(self) -> tuple[list[ChainEntry], int | None]:
+        """Every audit entry in id order, as the chain reads it, and the highest id the
+        log ever handed out (None when unknown): what ``gitorch audit --verify`` checks."""
+        return self.audit.chain()
 
     def list_events(
         self,
@@ -530,12 +539,19 @@ class StateStore:
         service: str | None = None,
         kind: str | None = None,
         after_id: int | None = None,
+        since: float | None = None,
         limit: int | None = 100,
         newest_first: bool = True,
     ) -> list[AuditEvent]:
-        """Audit entries in one query. ``after_id`` tails the log (entries added since)."""
+        """Audit entries in one query. ``after_id`` tails the log (entries added since);
+        ``since``: entries at or after that time."""
         return self.audit.list(
-            service=service, kind=kind, after_id=after_id, limit=limit, newest_first=newest_first
+            service=service,
+            kind=kind,
+            after_id=after_id,
+            since=since,
+            limit=limit,
+            newest_first=newest_first,
         )
 
 

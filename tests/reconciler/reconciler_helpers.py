@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -249,9 +250,12 @@ class DaemonProc:
         extra: Iterable[str] = (),
         store_url: str | None = None,
         wait: bool = True,
+        ca_file: Path | None = None,
     ) -> None:
         self.state = state
         self.port = free_port()
+        # A daemon started with --tls-cert: its API is spoken to over HTTPS, trusting ca_file.
+        self.tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         self.log_path = state.parent / f"daemon-{self.port}.log"
         where = ["--state", str(state)]
         if store_url is not None:
@@ -299,7 +303,11 @@ class DaemonProc:
     def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        conn = (
+            http.client.HTTPSConnection("127.0.0.1", self.port, timeout=15, context=self.tls)
+            if self.tls is not None
+            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        )
         try:
             conn.request(method, path, body=body or None, headers=headers or {})
             resp = conn.getresponse()

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from etcd_helpers import EtcdCluster, new_namespace
@@ -227,3 +228,19 @@ def test_a_deposed_leader_can_change_nothing(
     assert second.list_revisions() == []
     namespace = first.location.etcd.namespace  # type: ignore[union-attr]
     assert not any("revisions/" in key for key in etcd_cluster.keys(f"/gitorch/{namespace}/"))
+
+
+def test_the_secret_digest_key_is_one_per_namespace(url: str, tmp_path: Path) -> None:
+    """Every daemon of a namespace, on any host (its own runtime directory), digests a
+    secret with the same key: a new leader elsewhere must not see every secret changed."""
+    from gitorch.apply.session import secret_digest_key
+
+    with StateStore(url) as first, StateStore(url) as second:
+        assert secret_digest_key(first, tmp_path / "host-a", create=False) is None
+        keys = [
+            secret_digest_key(store, tmp_path / host, create=True)
+            for store, host in ((first, "host-a"), (second, "host-b"))
+        ]
+        assert keys[0] is not None and len(keys[0]) == 32 and keys[0] == keys[1]
+        assert secret_digest_key(second, tmp_path / "host-c", create=False) == keys[0]
+    assert not list(tmp_path.glob("host-*/*"))  # nothing written on a host

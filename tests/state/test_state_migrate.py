@@ -21,6 +21,7 @@ from gitorch.state import (
     TrafficSnapshot,
     VersionTraffic,
 )
+from gitorch.state.audit_chain import verify
 from gitorch.state.migrate import export_state
 
 SHA = "a" * 40
@@ -93,6 +94,10 @@ def test_a_directory_moves_to_etcd_and_back_whole(
     with StateStore(url) as moved:
         assert moved.append_event("k", "next").id == 3
         assert moved.record_revision("c" * 40).id == 3
+        # The audit chain came with its links, and goes on from the copied head.
+        entries, highest = moved.audit_chain()
+        assert verify(entries, highest_id=highest).intact and highest == 3
+        assert entries[2].prev_hash == entries[1].hash
     from gitorch.state.etcd.backend import EtcdBackend
 
     with StateStore(url, readonly=True) as moved:
@@ -105,6 +110,8 @@ def test_a_directory_moves_to_etcd_and_back_whole(
     with StateStore(back, readonly=True) as returned:
         again = export_state(returned, None)
         assert len(again.audit) == 3 and len(again.revisions) == 3
+        entries, highest = returned.audit_chain()
+        assert verify(entries, highest_id=highest).intact and highest == 3
         with StateStore(source, readonly=True) as first:
             kept = export_state(first, None)
         assert again.volumes == kept.volumes and len(kept.volumes) == 2

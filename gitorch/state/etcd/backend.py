@@ -54,6 +54,10 @@ CONFLICT_RETRIES = 50
 
 SCHEMA_KEY = "meta/schema"
 CLUSTER_KEY = "meta/cluster"
+#: The key of secret values' digests (gitorch.secrets), one per namespace: every daemon,
+#: on whichever host, must digest a secret alike, or a new leader would see every secret
+#: as changed and roll every service that has one.
+DIGEST_KEY = "meta/secret-digest-key"
 
 
 @dataclass(frozen=True)
@@ -396,6 +400,22 @@ class EtcdBackend:
         self.put(key, value)
         return value
 
+    def secret_digest_key(self, *, create: bool) -> bytes | None:
+        """The namespace's key of secret digests (made once, by the first daemon or apply
+        that needs it: whoever creates it first wins, the others read theirs); None when
+        there is none and ``create`` is False."""
+        import secrets
+
+        found = self.get(DIGEST_KEY)
+        if found is None and create:
+            full = self.full(DIGEST_KEY)
+            self.client.txn(
+                [{"key": b64(full), "target": "CREATE", "create_revision": 0}],
+                [{"request_put": {"key": b64(full), "value": b64(dump(secrets.token_hex(32)))}}],
+            )
+            found = self.get(DIGEST_KEY)
+        return None if found is None else bytes.fromhex(str(found))
+
     def cluster_name(self, create: Callable[[], str] | None = None) -> str | None:
         """The namespace's cluster identity (the replicas' cluster label); ``create`` makes
         one when there is none yet (the first daemon or apply on a new namespace)."""
@@ -417,6 +437,8 @@ class EtcdBackend:
     def restore(self, snapshot: StateSnapshot) -> None:
         """Every record of ``snapshot``, ids kept, in transactions of at most
         :data:`RESTORE_BATCH` records (an empty namespace is filled: nothing to conflict)."""
+        from gitorch.state.etcd.repos import AUDIT_HEAD
+
         steps: list[tuple[Callable[[list[Any]], None], list[Any]]] = [
             (self.revisions.restore, snapshot.revisions),
             (self.rollouts.restore, snapshot.rollouts),
@@ -442,6 +464,10 @@ class EtcdBackend:
                 ("audit", snapshot.audit),
             ):
                 self.put(f"seq/{sequence}", max((r.id for r in records), default=0))
+            chained = [e for e in snapshot.audit if e.hash is not None]
+            if chained:
+                head = max(chained, key=lambda e: e.id)
+                self.put(AUDIT_HEAD, {"id": head.id, "hash": head.hash})
             if snapshot.cluster:
                 self.put(CLUSTER_KEY, snapshot.cluster)
 

@@ -17,6 +17,7 @@
     traffic                                  the latest traffic of every route (one key)
     volumes/NAME/NODE                        where a Volume is bound, made, released, lost
     audit/ID                                 one entry of the append-only audit log
+    audit-head                               the newest entry's id and hash (the chain)
     election/leader, members/NAME            leadership (gitorch.state.etcd.election)
 
 IDs are zero-padded so key order is id order. Records are the JSON of the record
@@ -35,6 +36,7 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from gitorch.errors import StateError
+from gitorch.state.audit_chain import ChainEntry, link, next_prev_hash
 from gitorch.state.errors import PortUnavailable, RecordNotFound
 from gitorch.state.records import (
     AnalysisRunPhase,
@@ -821,12 +823,33 @@ class Volumes:
 # -- audit -------------------------------------------------------------------------------
 
 
+def _chain_entry(data: Mapping[str, Any]) -> ChainEntry:
+    return ChainEntry(**{**data, "data": dict(data.get("data") or {})})
+
+
 def _event(data: Mapping[str, Any]) -> AuditEvent:
-    return AuditEvent(**{**data, "data": dict(data.get("data") or {})})
+    entry = _chain_entry(data)
+    return AuditEvent(
+        id=entry.id,
+        at=entry.at,
+        kind=entry.kind,
+        message=entry.message,
+        service=entry.service,
+        revision=entry.revision,
+        data=entry.data,
+        actor=entry.actor,
+        hash=entry.hash,
+    )
+
+
+#: The newest chained entry's id and hash: what the next entry links to.
+AUDIT_HEAD = "audit-head"
 
 
 class Audit:
-    """Append-only by construction: nothing here updates or deletes an ``audit/`` key."""
+    """Append-only by construction: nothing here updates or deletes an ``audit/`` key.
+    Each entry carries its link in the hash chain (``prev_hash``, ``hash``), computed by
+    :mod:`gitorch.state.audit_chain` exactly as on SQLite."""
 
     def __init__(self, kv: EtcdBackend) -> None:
         self.kv = kv
@@ -840,23 +863,48 @@ class Audit:
         revision: str | None,
         data: Mapping[str, Any] | None,
         at: float | None,
+        actor: str,
     ) -> AuditEvent:
         event_at = self.kv.now(at)
+        stored_data = json.loads(json.dumps(dict(data or {})))  # hashed as it is read back
 
         def write() -> AuditEvent:
-            event = AuditEvent(
+            # The sequence and the head join the transaction's condition: two appends
+            # cannot both link to the same head (the second is tried again).
+            entry = ChainEntry(
                 id=self.kv.next_id("audit"),
                 at=event_at,
                 kind=kind,
                 message=message,
+                actor=actor,
                 service=service,
                 revision=revision,
-                data=dict(data or {}),
+                data=stored_data,
             )
-            self.kv.put(f"audit/{_id(event.id)}", _plain(event))
-            return event
+            prev_hash = self._head_hash()
+            entry = replace(entry, prev_hash=prev_hash, hash=link(prev_hash, entry))
+            self.kv.put(f"audit/{_id(entry.id)}", _plain(entry))
+            self.kv.put(AUDIT_HEAD, {"id": entry.id, "hash": entry.hash})
+            return _event(_plain(entry))
 
         return self.kv.atomic(write)
+
+    def _head_hash(self) -> str:
+        head = self.kv.get(AUDIT_HEAD)
+        if head is not None:
+            return str(head["hash"])
+        # No head yet: the first chained entry of this namespace. It seals whatever was
+        # written before the chain (a namespace of an older gitorch); GENESIS if nothing.
+        found = [_chain_entry(d) for _, d in self.kv.range("audit/")]
+        chained = [e for e in found if e.hash is not None]
+        return next_prev_hash(
+            chained[-1] if chained else None, [e for e in found if e.hash is None]
+        )
+
+    def chain(self) -> tuple[list[ChainEntry], int | None]:
+        entries, seq = self.kv.read_many(("audit/", True), ("seq/audit", False))
+        found = sorted((_chain_entry(d) for _, d in entries), key=lambda e: e.id)
+        return found, (int(seq[0][1]) if seq else None)
 
     def list(
         self,
@@ -864,6 +912,7 @@ class Audit:
         service: str | None,
         kind: str | None,
         after_id: int | None,
+        since: float | None,
         limit: int | None,
         newest_first: bool,
     ) -> list[AuditEvent]:
@@ -877,13 +926,17 @@ class Audit:
                 if newest_first:
                     break
                 continue
-            if (service is not None and event.service != service) or (
-                kind is not None and event.kind != kind
+            if (
+                (service is not None and event.service != service)
+                or (kind is not None and event.kind != kind)
+                or (since is not None and event.at < since)
             ):
                 continue
             found.append(event)
         return found
 
-    def restore(self, events: Iterable[AuditEvent]) -> None:
-        for event in events:
-            self.kv.put(f"audit/{_id(event.id)}", _plain(event))
+    def restore(self, entries: Iterable[ChainEntry]) -> None:
+        """Entries as they are, links included; the head follows the newest chained one
+        (written by the backend's restore, after every batch)."""
+        for entry in entries:
+            self.kv.put(f"audit/{_id(entry.id)}", _plain(entry))

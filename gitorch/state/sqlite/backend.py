@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from gitorch.errors import StateError
 from gitorch.state.db import DEFAULT_BUSY_TIMEOUT, connect, error_for, translate
-from gitorch.state.layout import STATE_DB, ensure_state_dir
+from gitorch.state.layout import STATE_DB, ensure_state_dir, private_file
 from gitorch.state.repositories import StateSnapshot
 from gitorch.state.schema import MIGRATIONS, Migration, check_not_newer, migrate, schema_version
 
@@ -66,6 +66,9 @@ class SqliteBackend:
                 raise StateError(f"no state store at {self.state_dir} (no {STATE_DB} in it)")
         else:
             ensure_state_dir(self.state_dir)
+            private_file(self.db_path, create=True)
+            for suffix in ("-wal", "-shm"):
+                private_file(self.db_path.with_name(self.db_path.name + suffix), create=False)
         conn = self.conn()
         with translate(self.db_path):
             if readonly:
@@ -73,6 +76,10 @@ class SqliteBackend:
             else:
                 migrate(conn, self.db_path, migrations)
             self.schema_version = schema_version(conn)
+            # A store opened with fewer migrations (tests of older schemas) has no chain.
+            self.chained = "hash" in {
+                row[1] for row in conn.execute("PRAGMA table_info(audit_log)")
+            }
         self.revisions = repos.Revisions(self)
         self.rollouts = repos.Rollouts(self)
         self.inventory = repos.Inventory(self)

@@ -122,10 +122,21 @@ def restore(db: SqliteBackend, snapshot: StateSnapshot) -> None:
         db.traffic.replace(snapshot.traffic)
         db.volumes.restore(snapshot.volumes)
         conn.executemany(
-            "INSERT INTO audit_log (id, at, kind, service, revision, message, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (id, at, kind, service, revision, message, data, actor,"
+            " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (e.id, e.at, e.kind, e.service, e.revision, e.message, rows.dump_json(e.data))
+                (
+                    e.id,
+                    e.at,
+                    e.kind,
+                    e.service,
+                    e.revision,
+                    e.message,
+                    rows.dump_json(e.data),
+                    e.actor,
+                    e.prev_hash,
+                    e.hash,
+                )
                 for e in snapshot.audit
             ],
         )
