@@ -12,6 +12,7 @@ folder's module).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +24,15 @@ from reconciler_helpers import Cluster, build_example_images, init_repo, require
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The world of one test; ``indirect`` parametrization with "etcd" puts its store in a
-    fresh namespace of the session's etcd cluster (default "sqlite": a state directory)."""
+    fresh namespace of the session's etcd cluster (default "sqlite": a state directory, or
+    ``$GITORCH_TEST_STATE``: ``GITORCH_TEST_STATE=etcd`` runs every test of this fixture
+    with its store on etcd)."""
     repo = tmp_path / "repo"
     init_repo(repo)
     state = tmp_path / "state"
     store_url = None
-    if getattr(request, "param", "sqlite") == "etcd":
+    default = os.environ.get("GITORCH_TEST_STATE", "sqlite")
+    if getattr(request, "param", default) == "etcd":
         store_url = request.getfixturevalue("etcd_cluster").url(new_namespace())
     world = Cluster(tmp_path, repo, state, store_url=store_url)
     try:

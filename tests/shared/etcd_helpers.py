@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,3 +239,67 @@ class EtcdCluster:
 def new_namespace(prefix: str = "t") -> str:
     """A namespace no other test uses (keys of one test never meet another's)."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA, the etcd server's certificate for 127.0.0.1, and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(root: Path) -> TlsFiles:
+    """Certificates made with openssl for a TLS etcd on loopback (client-cert auth)."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=root)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=gitorch-test-ca", "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    for name, extension in (
+        # The server certificate serves the gRPC gateway as a client too (etcd 3.4).
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (root / f"{name}.ext").write_text(extension + "\n", encoding="utf-8")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=gitorch-{name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
+                "-out", f"{name}.pem")  # fmt: skip
+    return TlsFiles(
+        root / "ca.pem", root / "server.pem", root / "server.key", root / "client.pem",
+        root / "client.key",
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def tls_etcd(root: Path) -> Iterator[tuple[str, TlsFiles]]:
+    """One etcd member serving clients over TLS only and asking for a client certificate
+    signed by the test CA: its ``HOST:PORT`` and the files. Stopped at the block's end."""
+    files = make_tls_files(root / "tls")
+    port, peer = free_port(), free_port()
+    argv = [
+        ETCD, "--name", "tls0", "--data-dir", str(root / "tls0.data"),
+        "--listen-client-urls", f"https://127.0.0.1:{port}",
+        "--advertise-client-urls", f"https://127.0.0.1:{port}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"tls0=http://127.0.0.1:{peer}",
+        "--cert-file", str(files.server_cert), "--key-file", str(files.server_key),
+        "--trusted-ca-file", str(files.ca), "--client-cert-auth",
+    ]  # fmt: skip
+    with (root / "tls0.log").open("ab") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        yield f"127.0.0.1:{port}", files
+    finally:
+        proc.kill()
+        proc.wait(10)

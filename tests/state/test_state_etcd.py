@@ -10,8 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from etcd_helpers import EtcdCluster, new_namespace
+from etcd_helpers import EtcdCluster, new_namespace, tls_etcd
 from listen_ports import free_port
+from reconciler_helpers import wait_for
 
 from gitorch.errors import ConfigError
 from gitorch.state import RolloutPhase, RolloutRecord, StateStore
@@ -244,3 +245,31 @@ def test_the_secret_digest_key_is_one_per_namespace(url: str, tmp_path: Path) ->
         assert keys[0] is not None and len(keys[0]) == 32 and keys[0] == keys[1]
         assert secret_digest_key(second, tmp_path / "host-c", create=False) == keys[0]
     assert not list(tmp_path.glob("host-*/*"))  # nothing written on a host
+
+
+def test_a_tls_etcd_with_client_certificates(tmp_path: Path) -> None:
+    """``etcds://`` with the CA and a client certificate: the store works (and status's
+    member health reads over TLS); without the client certificate etcd refuses, and
+    gitorch says so instead of hanging."""
+    with tls_etcd(tmp_path) as (endpoint, files):
+        url = (
+            f"etcds://{endpoint}/secure?cacert={files.ca}"
+            f"&cert={files.client_cert}&key={files.client_key}"
+        )
+
+        def opened() -> StateStore | None:
+            try:
+                return StateStore(url)
+            except StateUnavailable:
+                return None
+
+        store = wait_for("the TLS member answering", opened, 20, interval=0.2)
+        with store:
+            store.append_event("k", "over TLS")
+            assert [e.message for e in store.list_events()] == ["over TLS"]
+            assert store.audit_chain()[0][0].hash is not None
+            health = backend_of(store).client.member_health()
+            assert [h["ok"] for h in health] == [True], health
+        with pytest.raises(StateUnavailable) as refused:
+            StateStore(f"etcds://{endpoint}/secure?cacert={files.ca}")
+        assert endpoint in refused.value.message, refused.value.message

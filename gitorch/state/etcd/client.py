@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import etcd3gw
+import requests
 from etcd3gw import exceptions as etcd_errors
 
 from gitorch.errors import StateError
@@ -109,9 +110,7 @@ class EtcdClient:
                     host=host,
                     port=port,
                     protocol="https" if loc.tls else "http",
-                    ca_cert=loc.cacert,
-                    cert_key=loc.key,
-                    cert_cert=loc.cert,
+                    session=_session(loc),
                     timeout=self.timeout,
                     api_path="/v3/",  # etcd >= 3.4: no discovery round trip
                 )
@@ -253,6 +252,32 @@ class EtcdClient:
                 }
             )
         return found
+
+
+class _LocationSession(requests.Session):
+    """A session whose CA is the one the location names, whatever the environment says:
+    requests lets ``$REQUESTS_CA_BUNDLE``/``$CURL_CA_BUNDLE`` override a session's
+    ``verify`` (psf/requests#3829), so with either set (as many hosts do) an ``etcds://``
+    location's ``cacert`` was ignored and every request failed certificate verification."""
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        settings: dict[str, Any] = super().merge_environment_settings(
+            url, proxies, stream, verify, cert
+        )
+        if isinstance(self.verify, str) and verify in (None, True):
+            settings["verify"] = self.verify
+        return settings
+
+
+def _session(loc: EtcdLocation) -> requests.Session:
+    session = _LocationSession()
+    if loc.cacert is not None:
+        session.verify = loc.cacert
+    if loc.cert is not None and loc.key is not None:
+        session.cert = (loc.cert, loc.key)
+    return session
 
 
 def _reason(exc: BaseException) -> str:
