@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from gitorch.api.auth import TokenSet, check_exposure
@@ -19,6 +20,7 @@ from gitorch.commands.common import (
 )
 from gitorch.daemon import Daemon, DaemonOptions
 from gitorch.errors import ConfigError
+from gitorch.live.inventory import local_node_name
 from gitorch.logs import setup_logging
 
 EXAMPLE = """example:
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         repo=args.repo,
         ref=args.ref,
         path=args.path,
-        session=session_options(args),
+        # A daemon's name defaults to the host's (apply's to a name of its own per run).
+        session=replace(session_options(args), name=args.name or local_node_name()),
         interval=args.interval,
         resync=args.resync,
         listen=args.listen,

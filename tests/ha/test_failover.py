@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 from ha_helpers import Census, HAWorld, paused, role_of, status_of
@@ -214,3 +215,27 @@ def test_a_paused_leader_is_fenced_and_steps_down(ha: HAWorld) -> None:
     assert load.failures == [], (len(load.failures), load.failures[:10])
     assert converged(new.service("api"), sha2, REPLICAS)
     assert "lease expired" in old.log_tail(200) or "stopped acting" in old.log_tail(200)
+
+
+def test_a_daemon_is_named_after_its_host_and_a_second_of_that_name_is_refused(
+    ha: HAWorld,
+) -> None:
+    commit(ha.repo, {"api.yaml": _service(ha, "1")}, "api v1")
+    first = DaemonProc(
+        str(ha.repo), ha.runtime, "process", store_url=ha.url, extra=["--lease-ttl", "3"]
+    )
+    ha.daemons["first"] = first
+    wait_for("it leads", lambda: role_of(first) == "leader", 15, describe=first.log_tail)
+    doc = status_of(first)
+    assert doc is not None
+    host = socket.gethostname()
+    assert doc["controlPlane"]["leader"] == host, doc["controlPlane"]
+    assert [m["name"] for m in doc["controlPlane"]["members"]] == [host]
+    second = DaemonProc(
+        str(ha.repo), ha.runtime, "process", store_url=ha.url, extra=["--lease-ttl", "3"],
+        wait=False,
+    )  # fmt: skip
+    ha.daemons["second"] = second
+    assert second.proc.wait(30) != 0
+    assert f"a gitorch daemon named {host} already runs" in second.log_tail(), second.log_tail()
+    assert role_of(first) == "leader"

@@ -33,8 +33,11 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     store_url = None
     default = os.environ.get("GITORCH_TEST_STATE", "sqlite")
     if getattr(request, "param", default) == "etcd":
-        store_url = request.getfixturevalue("etcd_cluster").url(new_namespace())
+        etcd = request.getfixturevalue("etcd_cluster")
+        store_url = etcd.url(new_namespace())
     world = Cluster(tmp_path, repo, state, store_url=store_url)
+    if store_url is not None:
+        world.store_dirs = [etcd.root]
     try:
         yield world
     finally:

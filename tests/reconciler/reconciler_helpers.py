@@ -34,6 +34,7 @@ from listen_ports import free_port
 from gitorch.errors import GitorchError
 from gitorch.live.inventory import existing_cluster_name, local_node_name, runtime_dir
 from gitorch.runtime.base import Runtime
+from gitorch.state.location import StateLocation, parse_location
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_APP = REPO_ROOT / "examples" / "apps" / "api" / "app.py"
@@ -565,6 +566,17 @@ class Cluster:
     port: int = field(default_factory=free_port)  # the first service's endpoint
     daemons: list[DaemonProc] = field(default_factory=list)
     store_url: str | None = None  # etcd://...: the store lives there, ``state`` is local
+    store_dirs: list[Path] = field(default_factory=list)  # etcd: its members' data
+
+    @property
+    def store_location(self) -> str:
+        """Where this world's store lives: the state directory, or its etcd URL."""
+        return self.store_url or str(self.state)
+
+    @property
+    def session_state(self) -> StateLocation | None:
+        """``SessionOptions.state`` for a Session of this world (None: the state dir)."""
+        return None if self.store_url is None else parse_location(self.store_url)
 
     @property
     def state_args(self) -> list[str]:
