@@ -100,6 +100,7 @@ class Leadership:
         self._message = "not campaigned yet"
         self._reachable = False
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a changed member record: write it now
         self._thread: threading.Thread | None = None
         self._was_leading = False
 
@@ -146,9 +147,14 @@ class Leadership:
         return [load(kv.value) for kv in found]
 
     def update_info(self, **fields: Any) -> None:
-        """Change what this daemon publishes about itself (written on the next round)."""
+        """Change what this daemon publishes about itself (written at once, by the
+        campaign's thread: `gitorch status` read from etcd shows a new error as soon as
+        the daemon's own API does)."""
         with self._lock:
+            changed = any(self.info.get(k) != v for k, v in fields.items())
             self.info.update(fields)
+        if changed:
+            self._wake.set()
 
     def start(self) -> None:
         """Campaign once now (so the daemon knows its role at once), then keep at it."""
@@ -161,6 +167,7 @@ class Leadership:
         """Give the leadership up at once (revoke the lease: a standby takes over
         within its next campaign, not after the TTL)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.ttl)
         with self._lock:
@@ -200,7 +207,9 @@ class Leadership:
             # A leader renews every third of the TTL; a standby asks often, so it takes
             # over soon after the leader's lease expires.
             interval = self.ttl / 3 if leading else min(0.5, self.ttl / 6)
-            if self._stop.wait(interval):
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop.is_set():
                 return
             self._round()
 
