@@ -70,6 +70,8 @@ def service_json(
         },
         "failure": _failure_json(failure, now) if failure is not None else None,
         "endpoint": {"port": expose["port"], "protocol": expose["protocol"]} if expose else None,
+        # The applied strategy (its steps draw the rollout on the dashboard).
+        "strategy": spec.get("strategy"),
         # Crash-loop restarts of all slots (a slot in back-off may have no replica at all).
         "restarts": sum(b.restarts for b in slots.values()),
         "backoff": [
