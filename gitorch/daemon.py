@@ -44,6 +44,7 @@ from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.history import history_json
+from gitorch.readmodel.logs import retained_json
 from gitorch.readmodel.status import status_json
 from gitorch.sources import Source, open_source
 from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
@@ -128,7 +129,7 @@ class Daemon:
             self.metrics.add_collector(TrafficCollector(self.traffic.read))
             self._write_daemon_file()
             self.dashboard = Dashboard(
-                self, opts.api_tokens, secure_cookie=opts.api_tls is not None
+                self, opts.api_tokens, secure_cookie=opts.api_tls is not None, repo=opts.repo
             )
             self.api = ApiServer(
                 self,
@@ -525,6 +526,19 @@ class Daemon:
         assert self.session is not None
         events = self.session.store.list_events(service=service, limit=limit, newest_first=True)
         return [event.to_json() for event in events]
+
+    def dead_replicas(self, service: str, lines: int) -> list[dict[str, Any]]:
+        session = self.session
+        if session is None or session.reconciler is None:
+            return []
+        kept = []
+        for runtime in session.reconciler.runtimes.values():
+            try:
+                kept.extend(runtime.retained_logs(session.cluster, service))
+            except GitorchError:
+                continue  # a node that does not answer keeps its logs for later
+        kept.sort(key=lambda k: k.removed_at, reverse=True)
+        return [retained_json(k, lines) for k in kept[:10]]
 
     def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
         assert self.session is not None

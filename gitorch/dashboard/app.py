@@ -69,14 +69,25 @@ class DashboardHandle(DaemonHandle, Protocol):
         """Cordon and drain ``node`` (or undo it): (done, message), recorded with ``actor``."""
         ...
 
+    def dead_replicas(self, service: str, lines: int) -> list[dict[str, Any]]:
+        """What the drivers kept of ``service``'s removed replicas, newest first: how each
+        ended and its last ``lines`` of output (``gitorch logs --previous --format json``)."""
+        ...
+
 
 class Dashboard:
     """Serves the pages and actions; authorizes each request with the API's tokens."""
 
     def __init__(
-        self, handle: DashboardHandle, tokens: TokenSet | None, *, secure_cookie: bool = False
+        self,
+        handle: DashboardHandle,
+        tokens: TokenSet | None,
+        *,
+        secure_cookie: bool = False,
+        repo: str | None = None,
     ) -> None:
         self.handle = handle
+        self.link_base = views.commit_link_base(repo)
         self.guard = Guard(tokens)
         self.secure_cookie = secure_cookie
         self._stopping = threading.Event()
@@ -167,12 +178,14 @@ class Dashboard:
             )
             return self._html(request, viewer, name, body, status=404)
         events = self.handle.audit(name, 20)
-        body = views.service_body(service, events, self._context(viewer))
+        dead = self.handle.dead_replicas(name, 40)
+        body = views.service_body(service, events, self._context(viewer), dead)
         return self._html(request, viewer, name, body)
 
     def _history(self, request: Request, viewer: Viewer) -> Response:
         service = _one(request, "service")
-        body = views.history_body(self.handle.history(service, 50), self._context(viewer))
+        revisions = self.handle.history(service, 50)
+        body = views.history_body(revisions, self._context(viewer), self.link_base)
         return self._html(request, viewer, "History", body, active="/history")
 
     def _plan(self, request: Request, viewer: Viewer) -> Response:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 #: How the diff layer marks a redacted secret value (gitorch.diff.fields.SENSITIVE).
 _SENSITIVE_WORDS = ("(sensitive value)", "(sensitive)")
@@ -251,6 +252,7 @@ def service_body(
     service: Mapping[str, Any],
     events: Sequence[Mapping[str, Any]],
     ctx: PageContext,
+    dead: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     name = str(service.get("name", ""))
     rollout = service.get("rollout") or {}
@@ -324,6 +326,7 @@ def service_body(
             )
         parts.append("</ul>")
     parts.append(events_table(events, title="Recent events", with_service=False))
+    parts.append(dead_replicas(dead))
     return "".join(parts)
 
 
@@ -438,7 +441,32 @@ def _chart(points: Sequence[tuple[float, str]]) -> str:
 # -- history, plan, audit ------------------------------------------------------------------
 
 
-def history_body(revisions: Sequence[Mapping[str, Any]], ctx: PageContext) -> str:
+#: Forges whose commit pages live at ``https://HOST/OWNER/REPO/commit/SHA``
+#: (GitLab's ``/-/commit/`` redirects from there too).
+KNOWN_FORGES = ("github.com", "gitlab.com", "codeberg.org", "bitbucket.org", "gitea.com")
+
+
+def commit_link_base(repo: str | None) -> str | None:
+    """``https://HOST/OWNER/REPO`` of a repository on a known forge (credentials dropped),
+    else None: a local path or an unknown host gets no link."""
+    if not repo:
+        return None
+    scp = re.fullmatch(r"[\w.-]+@([\w.-]+):([\w./-]+?)(?:\.git)?/?", repo)
+    if scp:
+        host, path = scp.group(1), scp.group(2)
+    else:
+        parts = urlsplit(repo)
+        if parts.scheme not in ("https", "http", "ssh", "git") or not parts.hostname:
+            return None
+        host, path = parts.hostname, parts.path.strip("/").removesuffix(".git")
+    if host.lower() not in KNOWN_FORGES or path.count("/") < 1:
+        return None
+    return f"https://{host.lower()}/{path}"
+
+
+def history_body(
+    revisions: Sequence[Mapping[str, Any]], ctx: PageContext, link_base: str | None = None
+) -> str:
     parts = ["<h1>History</h1>"]
     if not revisions:
         parts.append('<p class="muted">no revision recorded yet</p>')
@@ -446,7 +474,7 @@ def history_body(revisions: Sequence[Mapping[str, Any]], ctx: PageContext) -> st
         result = str(rev.get("result", ""))
         parts.append(
             f'<article class="revision" data-revision="{esc(rev.get("revision"))}">'
-            f"<h2>{short(rev.get('revision'))} "
+            f"<h2>{_commit(rev.get('revision'), link_base)} "
             f'<span class="badge {_result_class(result)}">{esc(result)}</span></h2>'
             f"<p>{esc((rev.get('message') or '').splitlines()[0] if rev.get('message') else '')}</p>"
             f"<p class=meta>by {esc(rev.get('author') or '-')}"
@@ -459,6 +487,29 @@ def history_body(revisions: Sequence[Mapping[str, Any]], ctx: PageContext) -> st
             parts.append(_change(change))
         parts.append("</article>")
     return "".join(parts)
+
+
+def _commit(revision: object, link_base: str | None) -> str:
+    if link_base and isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{40,64}", revision):
+        return (
+            f'<a href="{esc(link_base)}/commit/{revision}" rel="noreferrer">{short(revision)}</a>'
+        )
+    return short(revision)
+
+
+def dead_replicas(kept: Sequence[Mapping[str, Any]]) -> str:
+    """What is left of removed replicas: how each ended and its last lines of output."""
+    if not kept:
+        return ""
+    out = ["<h2>Dead replicas</h2>"]
+    for item in kept:
+        out.append(
+            f'<details class="dead"><summary>{esc(item.get("replica"))} on {esc(item.get("node"))}: '
+            f"{esc(item.get('exitReason') or 'exit unknown')}, ended {when(item.get('finishedAt') or item.get('removedAt'))}"
+            f" (revision {short(item.get('revision'))})</summary>"
+            f"<pre>{esc(item.get('output') or '')}</pre></details>"
+        )
+    return "".join(out)
 
 
 def _result_class(result: str) -> str:

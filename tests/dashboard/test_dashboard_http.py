@@ -18,6 +18,7 @@ from gitorch.api.auth import TokenSet
 from gitorch.api.metrics import Metrics
 from gitorch.api.server import ApiServer
 from gitorch.dashboard import Dashboard
+from gitorch.dashboard.views import commit_link_base
 
 READ = "read-token-0123456789abcdef"
 WRITE = "write-token-0123456789abcdef"
@@ -62,6 +63,11 @@ class Handle:
     ) -> tuple[bool, str]:
         self.calls.append((action, service, str(actor)))
         return True, f"{action} of {service} requested"
+
+    def dead_replicas(self, service: str, lines: int) -> list[dict[str, Any]]:
+        return [
+            {"replica": "web-1", "node": "n1", "exitReason": "OOMKilled", "output": "boom <x>\n"}
+        ]
 
     def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
         self.calls.append(("drain" if draining else "undrain", node, str(actor)))
@@ -172,3 +178,23 @@ def test_static_files_and_the_api_beside_the_pages(site: Site) -> None:
     assert site.ask("GET", "/static/../app.py")[0] == 404
     assert site.ask("GET", "/api/v1/status")[0] == 401  # the API keeps its bearer tokens
     assert site.ask("GET", "/nothing-here", token=READ)[0] == 404
+
+
+def test_a_service_page_shows_its_dead_replicas_output(site: Site) -> None:
+    _, _, page = site.ask("GET", "/services/web", token=READ)
+    assert "OOMKilled" in page and "boom &lt;x&gt;" in page
+
+
+@pytest.mark.parametrize(
+    ("repo", "base"),
+    [
+        ("https://github.com/acme/shop.git", "https://github.com/acme/shop"),
+        ("https://user:secret@gitlab.com/acme/infra/shop", "https://gitlab.com/acme/infra/shop"),
+        ("git@codeberg.org:acme/shop.git", "https://codeberg.org/acme/shop"),
+        ("https://git.internal.example/acme/shop", None),
+        ("/srv/git/shop", None),
+        (".", None),
+    ],
+)
+def test_revisions_link_to_known_forges_only(repo: str, base: str | None) -> None:
+    assert commit_link_base(repo) == base
