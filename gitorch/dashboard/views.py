@@ -237,12 +237,28 @@ def _nodes_table(nodes: Iterable[Mapping[str, Any]], ctx: PageContext) -> str:
         rows.append(
             f"<tr><td>{esc(name)}</td><td>{esc(node.get('driver'))}</td>"
             f'<td><span class="badge {"ok" if node.get("ready") else "bad"}">{state}</span></td>'
+            f"<td>{_allocation(node, 'cpu')}</td><td>{_allocation(node, 'memory')}</td>"
+            f"<td>{esc(node.get('replicas', ''))}</td>"
             f"<td>{esc(node.get('message') or '')}</td><td>{drain}</td></tr>"
         )
     return (
         "<h2>Nodes</h2><table><thead><tr><th>Node</th><th>Driver</th><th>State</th>"
+        "<th>CPU requested</th><th>Memory requested</th><th>Replicas</th>"
         "<th>Message</th><th></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
+
+
+def _allocation(node: Mapping[str, Any], resource: str) -> str:
+    """``requested / capacity`` of one resource with a bar (millicores, or bytes in MiB)."""
+    used = (node.get("requested") or {}).get(resource)
+    whole = (node.get("capacity") or {}).get(resource)
+    if not isinstance(used, int) or not isinstance(whole, int) or whole <= 0:
+        return "-"
+    if resource == "cpu":
+        text = f"{used}m / {whole}m"
+    else:
+        text = f"{used / 2**20:.0f} / {whole / 2**20:.0f} MiB"
+    return f'<span class="alloc">{esc(text)}</span> {_bar(used, whole)}'
 
 
 # -- one service ---------------------------------------------------------------------------

@@ -43,7 +43,13 @@ class Handle:
                     "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}},
                 }
             ],
-            "nodes": [{"name": "n1", "driver": "process", "ready": True, "message": ""}],
+            "nodes": [
+                {
+                    "name": "n1", "driver": "process", "ready": True, "message": "",
+                    "capacity": {"cpu": 2000, "memory": 4 * 2**30},
+                    "requested": {"cpu": 500, "memory": 2**30}, "replicas": 2,
+                }
+            ],
         }  # fmt: skip
 
     def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
@@ -178,6 +184,11 @@ def test_static_files_and_the_api_beside_the_pages(site: Site) -> None:
     assert site.ask("GET", "/static/../app.py")[0] == 404
     assert site.ask("GET", "/api/v1/status")[0] == 401  # the API keeps its bearer tokens
     assert site.ask("GET", "/nothing-here", token=READ)[0] == 404
+
+
+def test_nodes_show_what_is_requested_of_their_capacity(site: Site) -> None:
+    _, _, page = site.ask("GET", "/", token=READ)
+    assert "500m / 2000m" in page and "1024 / 4096 MiB" in page and 'aria-label="25%"' in page
 
 
 def test_a_service_page_shows_its_dead_replicas_output(site: Site) -> None:
