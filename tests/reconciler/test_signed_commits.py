@@ -134,7 +134,10 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
     wait_for("the last good revision served again", lambda: get_version(port) == "5", 60,
              describe=again.log_tail)  # fmt: skip
     tampered = refused["SSH, tampered"][0]
-    assert tampered[:12] in (again.status().get("lastError") or "")
+    # The proxy served all along: wait for the new daemon's own first pass.
+    wait_for("the refusal reported again",
+             lambda: tampered[:12] in (again.status().get("lastError") or ""), 60,
+             describe=again.log_tail)  # fmt: skip
     svc = again.service("api")
     assert svc is not None and svc["revision"] == by_alice and instance_ids(svc) == running
 
