@@ -4,16 +4,24 @@ It receives a :class:`~gitorch.decide.PassDecision` and performs exactly its act
 through the runtimes and the data plane, in an order that never fails a request:
 
 1. dead replicas are removed (they serve nothing and may hold a name or a port);
-2. new replicas are started, in parallel, each on the node the decision placed it;
-3. the routing table is published: ready replicas in, replicas about to stop marked
+2. the routing table is published: ready replicas in, replicas about to stop marked
    draining (the data plane sends them nothing new);
-4. once their requests in flight are done (bounded by the drain timeout), draining
+3. once their requests in flight are done (bounded by the drain timeout), draining
    replicas get SIGTERM with their grace period and are removed;
-5. the table is published again without them.
+4. the table is published again without them;
+5. new replicas are started, in parallel, each on the node the decision placed it (they
+   join the table once ready, in a later pass).
+
+Stops come before starts because that is what the strategies decide for: a pass that
+stops old replicas and starts new ones stays within ``desired + maxSurge`` only if the
+old ones are gone before the new ones run (and a preempted replica's resources are free
+before its preemptor starts). The strategies stop only available replicas beyond their
+availability floor, so stopping first never costs availability.
 
 Volumes come first and last: the volumes decided are made before any replica starts (a
 volume that cannot be made fails the starts that need it on that node), and volumes
-decided for deletion are removed after the replicas have stopped.
+decided for deletion are removed after the replicas have stopped (not at all in a pass
+whose table could not be published: its draining replicas were not stopped).
 
 Every failure is caught where it happens and reported on the service it concerns (a
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
@@ -93,7 +101,12 @@ class Executor:
         secrets: SecretValues | None = None,
         drain_timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        fence: Callable[[], object] | None = None,
     ) -> None:
+        """``fence`` raises NotLeader once this process may no longer act: it is checked
+        before every start, stop, removal and publication, so a leader woken after its
+        lease expired changes nothing (the pass ends with that error)."""
+        self.fence = fence
         self.runtimes = runtimes
         self.health = health
         self.dataplane = dataplane
@@ -121,21 +134,15 @@ class Executor:
         stops = decision.stops()
         for stop in (s for s in stops if not s.drain):
             self._remove(stop, done)
-        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
-        if starts:
-            workers = max(1, min(8, len(starts)))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
-                    pass
         draining = [s for s in stops if s.drain]
-        if not self._publish(decision.table, held_routes, done):
+        published = self._publish(decision.table, held_routes, done)
+        if not published:
             if draining:
                 done.errors.append(
                     f"{len(draining)} replica(s) not stopped: the routing table could not be "
                     "published, so they may still receive traffic"
                 )
-            return done
-        if draining:
+        elif draining:
             self._drain(draining)
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
                 for _ in pool.map(lambda s: self._stop(s, done), draining):
@@ -143,13 +150,21 @@ class Executor:
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
             self._publish(after, held_routes, done)
-        for delete in decision.volumes.deletes:
-            self._delete_volume(delete, done)
+        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
+        if starts:
+            workers = max(1, min(8, len(starts)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
+                    pass
+        if published:  # else replicas that were to stop may still use them
+            for delete in decision.volumes.deletes:
+                self._delete_volume(delete, done)
         return done
 
     # ------------------------------------------------------------------ volumes
 
     def _create_volume(self, desired: DesiredState, create: CreateVolume, done: Execution) -> None:
+        self._guard()
         runtime = self.runtimes.get(create.node)
         volume = desired.volumes.get(create.volume)
         try:
@@ -168,6 +183,7 @@ class Executor:
         done.volumes_created.append(create)
 
     def _delete_volume(self, delete: DeleteVolume, done: Execution) -> None:
+        self._guard()
         runtime = self.runtimes.get(delete.node)
         if runtime is None:
             return
@@ -191,9 +207,14 @@ class Executor:
         }
         return service_env(endpoints)
 
+    def _guard(self) -> None:
+        if self.fence is not None:
+            self.fence()
+
     def _start(
         self, desired: DesiredState, decision: PassDecision, action: StartReplica, done: Execution
     ) -> None:
+        self._guard()
         service_decision = decision.services[action.service]
         target = service_decision.target
         runtime = self.runtimes.get(action.node)
@@ -237,6 +258,7 @@ class Executor:
         done.errors.append(f"{action.replica}: cannot start on {action.node}: {message}")
 
     def _remove(self, stop: StopReplica, done: Execution) -> None:
+        self._guard()
         self.health.untrack(stop.replica_id)
         runtime = self.runtimes.get(stop.node)
         if runtime is None:
@@ -250,6 +272,7 @@ class Executor:
         done.changes += 1
 
     def _stop(self, stop: StopReplica, done: Execution) -> None:
+        self._guard()
         runtime = self.runtimes.get(stop.node)
         try:
             if runtime is not None:
@@ -288,6 +311,7 @@ class Executor:
             if candidate == self.published:
                 done.published = candidate
                 return True
+            self._guard()
             try:
                 self.dataplane.apply(candidate)
             except ListenError as exc:

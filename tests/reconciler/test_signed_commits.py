@@ -35,7 +35,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
 
 
 def history(cluster: Cluster) -> list[dict[str, Any]]:
-    done = gitorch("history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    done = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert done.code == 0, done.stderr
     return list(done.json())
 
@@ -115,7 +115,7 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
         assert f"commit {sha[:12]} is not trusted: {words}" in entry["reason"], (what, entry)
 
     # The audit log: one revision.refused per refused commit, actor the claimed author.
-    with StateStore(cluster.state, readonly=True) as store:
+    with StateStore(cluster.store_location, readonly=True) as store:
         audit = store.list_events(kind="revision.refused", limit=None, newest_first=False)
         started = {e.revision: e.actor for e in store.list_events(kind="revision.started")}
     assert [e.revision for e in audit] == [sha for sha, _ in refused.values()]
@@ -123,7 +123,7 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
     assert audit[0].data["reason"] == "unsigned" and audit[0].data["policy"] == "signature"
     assert started[good] == "signer:Tess Trusted <tess@example.com>"
     assert started[by_alice] == "signer:alice@example.com"
-    done = gitorch("audit", "--state", str(cluster.state), "--kind", "revision.refused",
+    done = gitorch("audit", *cluster.state_args, "--kind", "revision.refused",
                    cwd=cluster.root)  # fmt: skip
     assert done.code == 0 and done.stdout.count("is not trusted") == len(refused)
 
@@ -145,7 +145,7 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
 def test_plan_and_apply_refuse_untrusted_commits(cluster: Cluster, keys: Keys) -> None:
     port = cluster.port
     manifest = {"api.yaml": process_service("api", port=port, replicas=1)}
-    state = ["--state", str(cluster.state), "--repo", str(cluster.repo)]
+    state = [*cluster.state_args, "--repo", str(cluster.repo)]
     unsigned = commit_signed(cluster.repo, manifest, "unsigned", None)
     for command in ("plan", "apply"):
         done = gitorch(command, *state, "--runtime", "process", *keys.flags(), cwd=cluster.root)
