@@ -63,14 +63,22 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
         error = wait_for(f"{what} refused", lambda: refusal_seen(daemon, sha), 20,
                          describe=daemon.log_tail)  # fmt: skip
         assert f"commit {sha[:12]} is not trusted: {words}" in error, error
-        assert error.endswith(f"still applying {last_good[:12]}"), error
+        assert error.endswith(f"still applying {applied[:12]}"), error
         refused[what] = (sha, words)
         # Nothing of it runs: same replicas, same version served.
         svc = daemon.service("api")
         assert instance_ids(svc) == running and svc is not None and svc["revision"] == last_good
         assert get_version(port) == served
 
+    def note_applied(sha: str) -> str:
+        # A trusted commit that changes nothing becomes the applied revision; waited for, so
+        # that the tampering which replaces it is judged after it (not in the same poll).
+        wait_for("the note applied", lambda: daemon.status()["revision"] == sha, 20,
+                 describe=daemon.log_tail)  # fmt: skip
+        return sha
+
     last_good, served = good, "1"
+    applied = good
     expect_refused("unsigned", commit_signed(cluster.repo, manifest("2"), "unsigned", None),
                    "unsigned")  # fmt: skip
     expect_refused(
@@ -78,7 +86,11 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
         commit_signed(cluster.repo, manifest("3"), "by mallory", keys.mallory),
         f"signed by an unknown key {keys.mallory.long_id} (not in --trusted-keys)",
     )
-    commit_signed(cluster.repo, manifest("1") | {"note.yaml": "# a note\n"}, "a note", keys.tess)
+    applied = note_applied(
+        commit_signed(
+            cluster.repo, manifest("1") | {"note.yaml": "# a note\n"}, "a note", keys.tess
+        )
+    )
     expect_refused(
         "GPG, tampered",
         tamper_last_commit(cluster.repo, manifest("666")),
@@ -97,7 +109,11 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
     assert daemon.status()["lastError"] is None
     last_good, served = by_alice, "5"
     running = instance_ids(daemon.service("api"))
-    commit_signed(cluster.repo, manifest("5") | {"note.yaml": "# another\n"}, "a note", keys.alice)
+    applied = note_applied(
+        commit_signed(
+            cluster.repo, manifest("5") | {"note.yaml": "# another\n"}, "a note", keys.alice
+        )
+    )
     expect_refused("SSH, tampered", tamper_last_commit(cluster.repo, manifest("666")),
                    "bad signature")  # fmt: skip
 
