@@ -60,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="time between reconcile passes when nothing happens (self-heal; default 2s)",
     )
     parser.add_argument(
+        "--autoscale-sync",
+        type=positive_duration,
+        default=15.0,
+        metavar="DURATION",
+        help="time between readings of autoscaled services' metrics and scaling decisions "
+        "(default 15s, as Kubernetes' HPA)",
+    )
+    parser.add_argument(
         "--listen", default="127.0.0.1:7420", help="HTTP API address (default 127.0.0.1:7420)"
     )
     parser.add_argument(
@@ -131,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         session=session_options(args),
         interval=args.interval,
         resync=args.resync,
+        autoscale_sync=args.autoscale_sync,
         listen=args.listen,
         webhook_secret=secret,
         api_tokens=tokens,

@@ -14,7 +14,7 @@ from gitorch.decide.service import SERVICE_SLOT, slot_of
 from gitorch.live.model import LiveReplica, LiveService
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.volumes import volumes_json
-from gitorch.state import BackoffRecord, TrafficSnapshot, lock_holder
+from gitorch.state import AutoscalerRecord, BackoffRecord, TrafficSnapshot, lock_holder
 from gitorch.state.layout import DAEMON_FILE
 
 
@@ -119,6 +119,38 @@ def _failure_json(failure: BackoffRecord, now: float) -> dict[str, Any]:
     }
 
 
+def autoscale_json(
+    service: LiveService, record: AutoscalerRecord | None, now: float
+) -> dict[str, Any] | None:
+    """The ``autoscale`` field of one service: bounds (as applied), the autoscaler's count,
+    its last decision and every metric's reading; None when the service is not autoscaled."""
+    applied = service.applied
+    spec = applied.canonical.get("spec", {}) if applied else {}
+    auto = spec.get("autoscale")
+    if auto is None:
+        return None
+    low, high = int(auto.get("minReplicas", 1)), int(auto["maxReplicas"])
+    doc: dict[str, Any] = {
+        "min": low,
+        "max": high,
+        "desired": None,
+        "decidedAt": None,
+        "changedAt": None,
+        "reason": "no decision yet (the daemon's autoscaler decides every sync period)",
+        "metrics": [],
+    }
+    if record is not None:
+        doc.update(
+            desired=max(low, min(high, record.desired)),
+            decidedAt=record.decided_at,
+            ageSeconds=round(max(0.0, now - record.decided_at), 1),
+            changedAt=record.changed_at,
+            reason=record.reason,
+            metrics=[dict(m) for m in record.metrics],
+        )
+    return doc
+
+
 def traffic_json(name: str, snapshots: Mapping[str, TrafficSnapshot], now: float) -> dict[str, Any]:
     """The ``traffic`` fields of one service: its endpoint's per-version figures (None when
     no daemon stored any) and, during a blue-green rollout, its preview listener's."""
@@ -175,7 +207,7 @@ def status_json(
         ],
         "services": [
             {
-                **service_json(s, backoff.get(s.name), now),
+                **_autoscaled(service_json(s, backoff.get(s.name), now), s, live, now),
                 **({"analysis": measurements[s.name]} if s.name in measurements else {}),
                 **traffic_json(s.name, traffic, now),
             }
@@ -184,6 +216,16 @@ def status_json(
         "volumes": volumes_json(live),
         **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),
     }
+
+
+def _autoscaled(doc: dict[str, Any], service: LiveService, live: Any, now: float) -> dict[str, Any]:
+    """``doc`` with the ``autoscale`` field; an autoscaled service's desired count is the
+    autoscaler's (Git's ``replicas`` is not what it runs)."""
+    auto = autoscale_json(service, live.autoscalers.get(service.name), now)
+    doc["autoscale"] = auto
+    if auto is not None and auto["desired"] is not None:
+        doc["replicas"]["desired"] = auto["desired"]
+    return doc
 
 
 def _daemon_error(view: ClusterView) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ in other processes at the same time:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -36,6 +37,7 @@ from gitorch.state.records import (
     AnalysisRunRecord,
     AppliedObject,
     AuditEvent,
+    AutoscalerRecord,
     BackoffRecord,
     Measurement,
     MeasurementPhase,
@@ -958,6 +960,43 @@ class StateStore:
         """Every stored route's latest traffic, by name."""
         found = self._query("SELECT * FROM traffic_snapshots ORDER BY service")
         return [rows.traffic(row) for row in found]
+
+    # -- autoscalers -------------------------------------------------------------------
+
+    def save_autoscaler(self, record: AutoscalerRecord) -> None:
+        """Insert or replace the autoscaler record of ``record.service``."""
+        self._execute(
+            "INSERT INTO autoscalers (service, desired, decided_at, changed_at, reason,"
+            " metrics, memory, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (service) DO UPDATE SET desired = excluded.desired,"
+            " decided_at = excluded.decided_at, changed_at = excluded.changed_at,"
+            " reason = excluded.reason, metrics = excluded.metrics,"
+            " memory = excluded.memory, usage = excluded.usage",
+            (
+                record.service,
+                record.desired,
+                record.decided_at,
+                record.changed_at,
+                record.reason,
+                json.dumps([dict(m) for m in record.metrics], sort_keys=True),
+                rows.dump_json(record.memory),
+                rows.dump_json(record.usage),
+            ),
+        )
+
+    def get_autoscaler(self, service: str) -> AutoscalerRecord | None:
+        row = self._query_one("SELECT * FROM autoscalers WHERE service = ?", (service,))
+        return None if row is None else rows.autoscaler(row)
+
+    def list_autoscalers(self) -> list[AutoscalerRecord]:
+        """Every autoscaler record, by service name."""
+        return [
+            rows.autoscaler(r) for r in self._query("SELECT * FROM autoscalers ORDER BY service")
+        ]
+
+    def forget_autoscaler(self, service: str) -> bool:
+        """Drop a service's autoscaler record (its autoscale block or itself left Git)."""
+        return self._execute("DELETE FROM autoscalers WHERE service = ?", (service,)).rowcount > 0
 
     # -- volumes -----------------------------------------------------------------------
 
