@@ -1,0 +1,239 @@
+"""Horizontal autoscaling end to end (issue 17, "What must hold"): a CPU-bound service at
+min 1, max 4, target 50% of its cpu request, run by a real daemon on the process driver
+(cgroup usage), loaded with ``hey`` through the built-in balancer. It scales out within
+two sync periods, back to 1 after the load stops and the (short) stabilization window
+passes, with 0 failed requests meanwhile; every change is in the audit log, ``/metrics``,
+``gitorch status`` and ``gitorch plan`` (never as drift).
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reconciler_helpers import REPO_ROOT, Cluster, DaemonProc, commit, gitorch, wait_for
+
+from gitorch.state import StateStore
+
+pytestmark = pytest.mark.slow
+
+#: The daemon's --autoscale-sync in this test.
+SYNC = 4.0
+#: behavior.scaleDown.stabilizationWindowSeconds in this test.
+STABILIZATION = 10
+#: What a loaded shared machine may add to a deadline (a sync that runs late).
+SLACK = 4.0
+
+BURN_APP = f"""
+import hashlib
+import sys
+
+sys.path.insert(0, {str(REPO_ROOT / "examples" / "apps")!r})
+from common.server import AppSpec, Reply, main
+
+
+def build(settings):
+    def burn():
+        data = b"x"
+        for _ in range(20000):  # about 20 ms of one core
+            data = hashlib.sha256(data).digest()
+        return Reply(200, data.hex() + "\\n", "text/plain")
+
+    return AppSpec(settings=settings, routes={{"/burn": burn}})
+
+
+main("burn", build)
+"""
+
+
+def burn_service(app: Path, port: int) -> str:
+    return f"""apiVersion: gitorch.dev/v1
+kind: Service
+metadata:
+  name: burn
+spec:
+  command: ["python3", "{app}"]
+  replicas: 1
+  ports:
+    - {{name: http, containerPort: 8080}}
+  expose: {{port: {port}, targetPort: http, protocol: http}}
+  resources:
+    requests: {{cpu: 100m, memory: 64Mi}}
+  readinessProbe:
+    httpGet: {{path: /healthz, port: http}}
+    periodSeconds: 1
+    timeoutSeconds: 1
+    failureThreshold: 1
+  terminationGracePeriodSeconds: 5
+  autoscale:
+    minReplicas: 1
+    maxReplicas: 4
+    metrics:
+      - {{type: cpu, targetAverageUtilization: 50}}
+    behavior:
+      scaleDown: {{stabilizationWindowSeconds: {STABILIZATION}}}
+"""
+
+
+@dataclass
+class PacedClient:
+    """One request to a cheap page every 200 ms for the whole test: a failed request
+    while replicas start and drain would show here (hey only runs during the load). Light
+    enough (a few millicores) to let the service scale back to 1."""
+
+    port: int
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                conn.request("GET", "/healthz")
+                resp = conn.getresponse()
+                resp.read()
+                if 200 <= resp.status < 300:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"HTTP {resp.status}")
+            except OSError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                conn.close()
+
+
+def hey_codes(output: str) -> dict[int, int]:
+    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)}
+    errors = re.search(r"Error distribution:\n((?:\s+\[\d+\].*\n?)+)", output)
+    codes[0] = sum(int(n) for n in re.findall(r"\[(\d+)\]", errors.group(1))) if errors else 0
+    return codes
+
+
+def autoscale(daemon: DaemonProc) -> dict[str, Any]:
+    """The service's autoscale status with its running and ready counts ({} before it is
+    applied)."""
+    svc = daemon.service("burn")
+    if svc is None or svc["autoscale"] is None:
+        return {"desired": None, "running": 0, "ready": 0, "metrics": []}
+    replicas = svc["replicas"]
+    return {**svc["autoscale"], "running": replicas["running"], "ready": replicas["ready"]}
+
+
+def scaled(state: Path) -> str:
+    """The autoscaler's audit entries so far, for failure messages."""
+    with StateStore(state, readonly=True) as store:
+        events = store.list_events(kind="autoscale.scaled", newest_first=False, limit=None)
+    return "\n".join(f"{e.at:.1f} {e.message}" for e in events)
+
+
+def test_a_cpu_bound_service_scales_out_under_load_and_back_in(cluster: Cluster) -> None:
+    if shutil.which("hey") is None:
+        pytest.fail("hey is not installed (Debian's package hey; .ci/run installs it)")
+    app = cluster.root / "burn.py"
+    app.write_text(BURN_APP, encoding="utf-8")
+    port = cluster.port
+    commit(cluster.repo, {"burn.yaml": burn_service(app, port)}, "a CPU-bound service")
+    daemon = cluster.daemon(extra=["--autoscale-sync", f"{SYNC:g}s"])
+    wait_for(
+        "one ready replica and a first autoscaler decision",
+        lambda: (a := autoscale(daemon))["ready"] == 1 and a["desired"] == 1,
+        60,
+        describe=daemon.log_tail,
+    )
+
+    client = PacedClient(port)
+    client.start()
+    load = subprocess.Popen(
+        ["hey", "-c", "6", "-z", "30s", f"http://127.0.0.1:{port}/burn"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started = time.monotonic()
+        wait_for(
+            "the autoscaler to scale out",
+            lambda: (autoscale(daemon)["desired"] or 0) > 1,
+            2 * SYNC + SLACK,
+            describe=lambda: f"{autoscale(daemon)}\n{scaled(cluster.state)}\n{daemon.log_tail()}",
+        )
+        scaled_out_after = time.monotonic() - started
+        peak = autoscale(daemon)
+        assert peak["desired"] <= 4
+        assert any(m["metric"] == "cpu" and m["value"] > 50 for m in peak["metrics"]), peak
+        # The new replicas go through placement and readiness, then serve.
+        wait_for(
+            "the scaled-out replicas to be ready",
+            lambda: (a := autoscale(daemon))["ready"] >= 2 and a["ready"] == a["running"],
+            30,
+            describe=lambda: f"{autoscale(daemon)}\n{scaled(cluster.state)}\n{daemon.log_tail()}",
+        )
+        output, _ = load.communicate(timeout=90)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait(10)
+    codes = hey_codes(output)
+    assert codes.get(200, 0) > 0, output
+    assert sum(n for c, n in codes.items() if c != 200) == 0, output
+
+    # The load stopped: back to 1 once the stabilization window has passed (and the
+    # drained replicas are gone), with requests still answered all along.
+    stopped, stopped_at = time.monotonic(), time.time()
+    wait_for(
+        "the autoscaler to scale back to 1",
+        lambda: (a := autoscale(daemon))["desired"] == 1 and a["running"] == 1,
+        STABILIZATION + 3 * SYNC + 10 + SLACK,
+        describe=lambda: f"{autoscale(daemon)}\n{scaled(cluster.state)}\n{daemon.log_tail()}",
+    )
+    scaled_in_after = time.monotonic() - stopped
+    client.stop()
+    assert client.failures == [] and client.ok > 0, client.failures[:5]
+
+    # Audited: every change with its metric, value, target, from and to.
+    with StateStore(cluster.state, readonly=True) as store:
+        events = store.list_events(kind="autoscale.scaled", newest_first=False, limit=None)
+    assert events[0].data["from"] == 1 and events[0].data["to"] > 1
+    assert events[0].data["metric"] == "cpu" and events[0].data["target"] == 50
+    assert events[-1].data["to"] == 1 and events[-1].actor == "gitorch"
+    # Not before the window: the last high recommendation came at most one sync before
+    # the load stopped, and the count stays up for the window after it.
+    assert events[-1].at >= stopped_at - SYNC + STABILIZATION - 0.5, [e.message for e in events]
+
+    code, metrics = daemon.request("GET", "/metrics")
+    assert code == 200
+    assert 'gitorch_autoscale_replicas{kind="desired",service="burn"} 1.0' in metrics
+    assert re.search(
+        r'gitorch_autoscale_decisions_total\{direction="up",service="burn"\} [1-9]', metrics
+    )
+
+    status = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
+    assert "burn: autoscaled to 1 (min 1, max 4)" in status.stdout, status.stdout
+    common = ["--repo", str(cluster.repo), "--state", str(cluster.state), "--runtime", "process"]
+    plan = gitorch("plan", *common, cwd=cluster.root)
+    assert plan.code == 0, plan.stdout + plan.stderr  # nothing to do, no drift
+    assert "burn: 1 replicas (the autoscaler's count), min 1, max 4" in plan.stdout, plan.stdout
+    print(
+        f"scaled out after {scaled_out_after:.1f}s to {peak['desired']} "
+        f"(cpu {peak['metrics'][0]['value']}%), back to 1 {scaled_in_after:.1f}s after the load; "
+        f"hey: {codes.get(200, 0)} x 200; paced client: {client.ok} ok"
+    )
