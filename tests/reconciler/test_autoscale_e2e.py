@@ -9,6 +9,7 @@ passes, with 0 failed requests meanwhile; every change is in the audit log, ``/m
 from __future__ import annotations
 
 import http.client
+import math
 import re
 import shutil
 import subprocess
@@ -19,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reconciler_helpers import REPO_ROOT, Cluster, DaemonProc, commit, gitorch, wait_for
+from reconciler_helpers import (
+    REPO_ROOT,
+    Cluster,
+    DaemonProc,
+    commit,
+    gitorch,
+    process_service,
+    wait_for,
+)
 
 from gitorch.state import StateStore
 
@@ -128,10 +137,10 @@ def hey_codes(output: str) -> dict[int, int]:
     return codes
 
 
-def autoscale(daemon: DaemonProc) -> dict[str, Any]:
+def autoscale(daemon: DaemonProc, name: str = "burn") -> dict[str, Any]:
     """The service's autoscale status with its running and ready counts ({} before it is
     applied)."""
-    svc = daemon.service("burn")
+    svc = daemon.service(name)
     if svc is None or svc["autoscale"] is None:
         return {"desired": None, "running": 0, "ready": 0, "metrics": []}
     replicas = svc["replicas"]
@@ -237,3 +246,51 @@ def test_a_cpu_bound_service_scales_out_under_load_and_back_in(cluster: Cluster)
         f"(cpu {peak['metrics'][0]['value']}%), back to 1 {scaled_in_after:.1f}s after the load; "
         f"hey: {codes.get(200, 0)} x 200; paced client: {client.ok} ok"
     )
+
+
+#: The rate hey offers in the rps test (5 workers x 5 requests per second) and the target.
+OFFERED_RPS = 25
+RPS_TARGET = 10
+
+
+def test_the_rps_metric_scales_in_proportion_to_the_measured_rate(cluster: Cluster) -> None:
+    if shutil.which("hey") is None:
+        pytest.fail("hey is not installed (Debian's package hey; .ci/run installs it)")
+    port = cluster.port
+    service = process_service("api", port=port, replicas=1) + (
+        "  autoscale:\n    minReplicas: 1\n    maxReplicas: 5\n"
+        f"    metrics: [{{type: rps, targetAverageValue: {RPS_TARGET}}}]\n"
+    )
+    commit(cluster.repo, {"api.yaml": service}, "an rps-autoscaled api")
+    daemon = cluster.daemon(extra=["--autoscale-sync", f"{SYNC:g}s"])
+    wait_for(
+        "one ready replica and a first decision",
+        lambda: (a := autoscale(daemon, "api"))["ready"] == 1 and a["desired"] == 1,
+        60,
+        describe=daemon.log_tail,
+    )
+    load = subprocess.run(
+        ["hey", "-c", "5", "-q", "5", "-z", "25s", f"http://127.0.0.1:{port}/items"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    )
+    codes = hey_codes(load.stdout)
+    assert codes.get(200, 0) > 0 and sum(n for c, n in codes.items() if c != 200) == 0, load.stdout
+    with StateStore(cluster.state, readonly=True) as store:
+        events = store.list_events(kind="autoscale.scaled", newest_first=False, limit=None)
+    assert events, f"no scaling during the load\n{daemon.log_tail()}"
+    ups = [e.data for e in events if e.data["to"] > e.data["from"]]
+    assert ups and all(u["metric"] == "rps" for u in ups), [e.message for e in events]
+    for up in ups:
+        # Each count is the rate measured over the whole service (per replica x replicas)
+        # over the target per replica (a window that began before the load counts less).
+        assert up["to"] == math.ceil(up["value"] * up["from"] / RPS_TARGET), up
+    last = ups[-1]
+    total = last["value"] * last["from"]
+    # The last one measured the offered rate, give or take what a loaded machine lets hey
+    # send, and the count settled where that rate puts it.
+    assert 0.6 * OFFERED_RPS <= total <= 1.2 * OFFERED_RPS, last
+    assert max(u["to"] for u in ups) == math.ceil(total / RPS_TARGET), ups
+    print(f"rps: {total:.1f} measured -> {last['to']}; events: {[e.message for e in events]}")
