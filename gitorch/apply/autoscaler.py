@@ -14,14 +14,16 @@ count, so ``gitorch plan`` shows them and the executor carries them out.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from gitorch.apply.scale_metrics import ScaleMetrics
+from gitorch.apply.scale_metrics import ScaleMetrics, Usage
 from gitorch.decide.autoscale import ScaleDecision, ScaleInput, ScaleMemory, decide_scale
 from gitorch.decide.service import desired_count
+from gitorch.decide.vertical import Histograms, recommend
 from gitorch.live.model import LiveReplica, LiveService, LiveState
-from gitorch.manifests.model import DesiredState, Service
+from gitorch.manifests.model import DesiredState, Service, VerticalScaling
 from gitorch.state.records import AutoscalerRecord, RolloutPhase
 from gitorch.state.store import StateStore
 
@@ -57,6 +59,29 @@ def rollout_running(service: Service, live: LiveService, phase: RolloutPhase | N
     return bool(templates - {service.template_digest})
 
 
+def _vertical(
+    previous: AutoscalerRecord | None,
+    usage: Sequence[Usage],
+    vertical: VerticalScaling | None,
+    now: float,
+) -> dict[str, Any]:
+    """The usage histograms with this sync's samples, and the recommendation they give."""
+    assert vertical is not None
+    stored = previous.usage if previous is not None else {}
+    histograms = Histograms.from_json(stored.get("histograms")).add(
+        [(u.cpu_millis, u.memory_bytes) for u in usage], now
+    )
+    recommendation = recommend(histograms, vertical, now)
+    return {
+        "histograms": histograms.to_json(),
+        "recommendation": {
+            "cpu": recommendation.cpu_millis,
+            "memory": recommendation.memory_bytes,
+            "samples": recommendation.samples,
+        },
+    }
+
+
 class Autoscaler:
     """Reads, decides and records, per autoscaled service (see the module docstring)."""
 
@@ -78,7 +103,7 @@ class Autoscaler:
         autoscaled are dropped."""
         results: list[SyncResult] = []
         for _name, service in sorted(desired.services.items()):
-            if service.autoscale is None or not service.autoscale.metrics:
+            if service.autoscale is None:
                 continue
             results.append(self._one(service, live, ready))
         autoscaled = {r.record.service for r in results}
@@ -101,7 +126,13 @@ class Autoscaler:
             service, live_service, previous.desired if previous is not None else None
         )
         answering = [r for r in live_service.running if ready(r)]
-        readings = self.metrics.read(service, answering)
+        vertical = service.autoscale.vertical
+        recommending = vertical is not None and vertical.mode != "Off"
+        needs_usage = recommending or any(
+            m.type in ("cpu", "memory") for m in service.autoscale.metrics
+        )
+        usage = self.metrics.usage(answering) if needs_usage else []
+        readings = self.metrics.read(service, answering, usage)
         rollout = live.rollouts.get(name)
         decision = decide_scale(
             ScaleInput(
@@ -136,7 +167,7 @@ class Autoscaler:
                 "recommendations": [list(r) for r in decision.memory.recommendations],
                 "events": [list(e) for e in decision.memory.events],
             },
-            usage=previous.usage if previous is not None else {},
+            usage=_vertical(previous, usage, vertical, now) if recommending else {},
         )
         with self.store.transaction():
             self.store.save_autoscaler(record)

@@ -207,9 +207,9 @@ def _autoscaling(console: Any, services: list[dict[str, Any]]) -> None:
         if not auto:
             continue
         count = "-" if auto["desired"] is None else str(auto["desired"])
-        readings = ", ".join(_reading(m) for m in auto["metrics"]) or "no reading yet"
+        readings = "; " + ", ".join(_reading(m) for m in auto["metrics"]) if auto["metrics"] else ""
         console.print(
-            f"{escape(svc['name'])}: autoscaled to {count} (min {auto['min']}, max {auto['max']}); "
+            f"{escape(svc['name'])}: autoscaled to {count} (min {auto['min']}, max {auto['max']})"
             f"{escape(readings)}"
         )
         if auto.get("decidedAt") is not None:
@@ -218,6 +218,8 @@ def _autoscaling(console: Any, services: list[dict[str, Any]]) -> None:
             console.print(
                 f"  decided {_ago(auto.get('ageSeconds') or 0)}: {escape(auto['reason'])}{when}"
             )
+        for line in (auto.get("vertical") or {}).get("lines", []):
+            console.print(f"  recommended: {escape(line)}")
 
 
 def _reading(metric: Mapping[str, Any]) -> str:

@@ -234,6 +234,8 @@ def decide_scale(inp: ScaleInput) -> ScaleDecision:
         if bounded != current:
             why += f"; held within bounds {low}..{high}"
         return done(bounded, why, current)
+    if not inp.readings:
+        return done(bounded, f"no horizontal metric: the count stays within {low}..{high}", current)
     if not proposals:
         why = "no metric could be read: the count stays"
         if bounded != current:

@@ -7,6 +7,7 @@ from typing import Any
 
 from gitorch.decide.cluster import PassDecision, runnable_drivers
 from gitorch.decide.nodes import node_views
+from gitorch.decide.vertical import recommendation_lines
 from gitorch.decide.volumes import (
     bound_nodes,
     place_service,
@@ -281,6 +282,13 @@ def _autoscaled(desired: DesiredState, live: LiveState) -> list[AutoscaledItem]:
                 service.replicas,
                 record.reason if record is not None else "",
                 readings,
+                recommendation_lines(
+                    auto.vertical.mode,
+                    service.canonical["spec"]["resources"].get("requests", {}),
+                    record.usage.get("recommendation") if record is not None else None,
+                )
+                if auto.vertical is not None
+                else (),
             )
         )
     return items

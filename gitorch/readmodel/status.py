@@ -11,6 +11,7 @@ from typing import Any
 
 from gitorch.decide.backoff import remaining
 from gitorch.decide.service import SERVICE_SLOT, slot_of
+from gitorch.decide.vertical import recommendation_lines
 from gitorch.live.model import LiveReplica, LiveService
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.volumes import volumes_json
@@ -148,6 +149,16 @@ def autoscale_json(
             reason=record.reason,
             metrics=[dict(m) for m in record.metrics],
         )
+    vertical = auto.get("vertical")
+    if vertical is not None:
+        stored = record.usage.get("recommendation") if record is not None else None
+        requests = spec.get("resources", {}).get("requests", {})
+        doc["vertical"] = {
+            "mode": vertical["mode"],
+            "requests": dict(requests),
+            "recommendation": dict(stored) if stored else None,
+            "lines": list(recommendation_lines(vertical["mode"], requests, stored)),
+        }
     return doc
 
 

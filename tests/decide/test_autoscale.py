@@ -183,3 +183,8 @@ def test_paused_while_a_rollout_runs() -> None:
     d = decide(2, [cpu(200, 2)], rollout_in_progress=True)
     assert d.desired == 2 and "rollout" in d.reason
     assert d.verdicts[0].proposal == 8  # still shown
+
+
+def test_no_metric_at_all_only_holds_the_bounds() -> None:
+    d = decide(7, [], spec=spec(high=5))
+    assert d.desired == 5 and "no horizontal metric" in d.reason

@@ -294,3 +294,61 @@ def test_the_rps_metric_scales_in_proportion_to_the_measured_rate(cluster: Clust
     assert 0.6 * OFFERED_RPS <= total <= 1.2 * OFFERED_RPS, last
     assert max(u["to"] for u in ups) == math.ceil(total / RPS_TARGET), ups
     print(f"rps: {total:.1f} measured -> {last['to']}; events: {[e.message for e in events]}")
+
+
+HOLD_APP = f"""
+import sys
+
+sys.path.insert(0, {str(REPO_ROOT / "examples" / "apps")!r})
+from common.server import AppSpec, main
+
+
+def resident() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise SystemExit("no VmRSS")
+
+
+# Hold 200 MiB in all: what the interpreter and the server take, and the rest in one block
+# written to (so it is resident, not merely reserved).
+MIB = 1024 * 1024
+import common.server  # noqa: F401 - loaded before measuring
+held = b"\\x01" * (200 * MIB - resident() - 2 * MIB)
+main("holder", lambda settings: AppSpec(settings=settings, routes={{}}))
+"""
+
+
+def test_a_replica_holding_200_mib_gets_a_memory_recommendation_of_200_to_260_mib(
+    cluster: Cluster,
+) -> None:
+    app = cluster.root / "hold.py"
+    app.write_text(HOLD_APP, encoding="utf-8")
+    service = process_service(
+        "holder", port=cluster.port, replicas=1, command=["python3", str(app)]
+    ) + (
+        "  resources: {requests: {cpu: 250m, memory: 512Mi}}\n"
+        "  autoscale:\n    minReplicas: 1\n    maxReplicas: 1\n"
+        "    vertical: {mode: Recommend, minAllowed: {cpu: 10m}}\n"
+    )
+    commit(cluster.repo, {"holder.yaml": service}, "a replica that holds 200 MiB")
+    daemon = cluster.daemon(extra=["--autoscale-sync", "1s"])
+
+    def recommended() -> dict[str, Any] | None:
+        svc = daemon.service("holder")
+        vertical = ((svc or {}).get("autoscale") or {}).get("vertical") or {}
+        rec = vertical.get("recommendation") or {}
+        return rec if rec.get("memory") is not None else None
+
+    rec = wait_for("a memory recommendation", recommended, 60, describe=daemon.log_tail)
+    mib = rec["memory"] / (1024 * 1024)
+    assert 200 <= mib <= 260, rec
+    assert rec["cpu"] >= 10, rec  # an idle replica: the floor minAllowed sets
+    line = f"requests.memory 512Mi -> {int(mib)}Mi"
+    status = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
+    assert line in status.stdout, status.stdout
+    common = ["--repo", str(cluster.repo), "--state", str(cluster.state), "--runtime", "process"]
+    plan = gitorch("plan", *common, cwd=cluster.root)
+    assert line in plan.stdout and plan.code == 0, plan.stdout + plan.stderr
+    print(f"memory recommendation {mib:.0f}Mi from {rec['samples']} samples")
