@@ -24,7 +24,7 @@ from gitorch.decide.service import desired_count
 from gitorch.decide.vertical import Histograms, recommend
 from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service, VerticalScaling
-from gitorch.state.records import AutoscalerRecord, RolloutPhase
+from gitorch.state.records import AutoscalerRecord, RolloutPhase, RolloutRecord
 from gitorch.state.store import StateStore
 
 #: The event kind of a change of count in the audit log.
@@ -51,12 +51,15 @@ def memory_of(record: AutoscalerRecord | None) -> ScaleMemory:
     )
 
 
-def rollout_running(service: Service, live: LiveService, phase: RolloutPhase | None) -> bool:
-    """A rollout is replacing replicas: two templates run, or a progressive step pauses."""
-    if phase is RolloutPhase.PAUSED:
+def rollout_running(service: Service, live: LiveService, rollout: RolloutRecord | None) -> bool:
+    """A rollout is replacing replicas: a template other than the rollout's target runs
+    (after a rollback the target is the last good spec, not Git's), or a progressive step
+    pauses."""
+    if rollout is not None and rollout.phase is RolloutPhase.PAUSED:
         return True
+    target = rollout.spec_digest if rollout is not None else service.template_digest
     templates = {r.template_digest for r in live.running if r.template_digest}
-    return bool(templates - {service.template_digest})
+    return bool(templates - {target})
 
 
 def _vertical(
@@ -142,9 +145,7 @@ class Autoscaler:
                 readings=readings,
                 now=now,
                 memory=memory_of(previous),
-                rollout_in_progress=rollout_running(
-                    service, live_service, rollout.phase if rollout else None
-                ),
+                rollout_in_progress=rollout_running(service, live_service, rollout),
             )
         )
         record = AutoscalerRecord(
