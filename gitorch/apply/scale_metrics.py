@@ -176,7 +176,12 @@ def _traffic(
         if ready == 0:
             return MetricReading("rps", target, None, 0, "no ready replica")
         return MetricReading("rps", target, round(figures.requests / seconds / ready, 3), ready)
-    p99 = quantile(figures.latency, 0.99)
+    p99 = quantile(figures.latency, 0.99) if figures.latency else None
     if p99 is None:
-        return MetricReading("latency", target, None, 0, "no request in the window")
+        why = (
+            "the data plane keeps no latency histogram (HAProxy)"
+            if figures.requests
+            else "no request in the window"
+        )
+        return MetricReading("latency", target, None, 0, why)
     return MetricReading("latency", target, round(p99, 2), max(ready, 1))
