@@ -25,6 +25,7 @@ from reconciler_helpers import (
     Cluster,
     DaemonProc,
     commit,
+    docker_service,
     gitorch,
     process_service,
     wait_for,
@@ -63,6 +64,17 @@ main("burn", build)
 """
 
 
+#: The autoscale block of the CPU tests (min 1, max 4, 50% of a 100m request).
+AUTOSCALE_CPU = f"""  autoscale:
+    minReplicas: 1
+    maxReplicas: 4
+    metrics:
+      - {{type: cpu, targetAverageUtilization: 50}}
+    behavior:
+      scaleDown: {{stabilizationWindowSeconds: {STABILIZATION}}}
+"""
+
+
 def burn_service(app: Path, port: int) -> str:
     return f"""apiVersion: gitorch.dev/v1
 kind: Service
@@ -82,14 +94,7 @@ spec:
     timeoutSeconds: 1
     failureThreshold: 1
   terminationGracePeriodSeconds: 5
-  autoscale:
-    minReplicas: 1
-    maxReplicas: 4
-    metrics:
-      - {{type: cpu, targetAverageUtilization: 50}}
-    behavior:
-      scaleDown: {{stabilizationWindowSeconds: {STABILIZATION}}}
-"""
+{AUTOSCALE_CPU}"""
 
 
 @dataclass
@@ -99,6 +104,7 @@ class PacedClient:
     enough (a few millicores) to let the service scale back to 1."""
 
     port: int
+    path: str = "/healthz"
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -117,7 +123,7 @@ class PacedClient:
         while not self._stop.wait(0.2):
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
             try:
-                conn.request("GET", "/healthz")
+                conn.request("GET", self.path)
                 resp = conn.getresponse()
                 resp.read()
                 if 200 <= resp.status < 300:
@@ -155,12 +161,29 @@ def scaled(state: Path) -> str:
 
 
 def test_a_cpu_bound_service_scales_out_under_load_and_back_in(cluster: Cluster) -> None:
-    if shutil.which("hey") is None:
-        pytest.fail("hey is not installed (Debian's package hey; .ci/run installs it)")
     app = cluster.root / "burn.py"
     app.write_text(BURN_APP, encoding="utf-8")
+    scale_out_and_back(cluster, burn_service(app, cluster.port), "/burn", "/healthz")
+
+
+@pytest.mark.docker
+def test_a_busy_container_scales_out_under_load_and_back_in(docker_cluster: Cluster) -> None:
+    # busybox httpd forks a CGI shell per request: the load is the container's cpu, read
+    # from Docker's stats.
+    service = docker_service(
+        "burn", port=docker_cluster.port, image="gitorch-example/api:1", replicas=1
+    )
+    service += "  resources: {requests: {cpu: 100m, memory: 64Mi}}\n" + AUTOSCALE_CPU
+    scale_out_and_back(docker_cluster, service, "/cgi-bin/items", "/cgi-bin/healthz")
+
+
+def scale_out_and_back(cluster: Cluster, service: str, load_path: str, light_path: str) -> None:
+    """The service ``burn`` (min 1, max 4, cpu 50%) under hey on ``load_path``, then idle;
+    a paced client reads ``light_path`` all along."""
+    if shutil.which("hey") is None:
+        pytest.fail("hey is not installed (Debian's package hey; .ci/run installs it)")
     port = cluster.port
-    commit(cluster.repo, {"burn.yaml": burn_service(app, port)}, "a CPU-bound service")
+    commit(cluster.repo, {"burn.yaml": service}, "a CPU-bound service")
     daemon = cluster.daemon(extra=["--autoscale-sync", f"{SYNC:g}s"])
     wait_for(
         "one ready replica and a first autoscaler decision",
@@ -169,10 +192,10 @@ def test_a_cpu_bound_service_scales_out_under_load_and_back_in(cluster: Cluster)
         describe=daemon.log_tail,
     )
 
-    client = PacedClient(port)
+    client = PacedClient(port, light_path)
     client.start()
     load = subprocess.Popen(
-        ["hey", "-c", "6", "-z", "30s", f"http://127.0.0.1:{port}/burn"],
+        ["hey", "-c", "6", "-z", "30s", f"http://127.0.0.1:{port}{load_path}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -237,8 +260,8 @@ def test_a_cpu_bound_service_scales_out_under_load_and_back_in(cluster: Cluster)
 
     status = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
     assert "burn: autoscaled to 1 (min 1, max 4)" in status.stdout, status.stdout
-    common = ["--repo", str(cluster.repo), "--state", str(cluster.state), "--runtime", "process"]
-    plan = gitorch("plan", *common, cwd=cluster.root)
+    common = ["--repo", str(cluster.repo), "--state", str(cluster.state)]
+    plan = gitorch("plan", *common, "--runtime", cluster.driver, cwd=cluster.root)
     assert plan.code == 0, plan.stdout + plan.stderr  # nothing to do, no drift
     assert "burn: 1 replicas (the autoscaler's count), min 1, max 4" in plan.stdout, plan.stdout
     print(
