@@ -35,6 +35,7 @@ from gitorch.apply.bookkeeping import Bookkeeper, actor_of
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.scale_metrics import ScaleMetrics
 from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
+from gitorch.dashboard import Dashboard
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import GitorchError, ManifestInvalid
@@ -45,9 +46,11 @@ from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.history import history_json
+from gitorch.readmodel.logs import retained_json
 from gitorch.readmodel.status import status_json
 from gitorch.sources import Source, open_source
 from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
+from gitorch.state import RecordNotFound
 from gitorch.state.layout import DAEMON_FILE
 from gitorch.state.requests import request_action
 
@@ -107,6 +110,7 @@ class Daemon:
             allowed_host_paths=[str(p) for p in options.session.allowed_host_paths],
         )
         self.api: ApiServer | None = None
+        self.dashboard: Dashboard | None = None
         self.traffic: TrafficMeter | None = None
         self._next_traffic_write = 0.0
         # One pass at a time: the API's plan observes and decides with the same
@@ -129,6 +133,9 @@ class Daemon:
             self.traffic = _traffic_meter(session, opts.session.data_plane)
             self.metrics.add_collector(TrafficCollector(self.traffic.read))
             self._write_daemon_file()
+            self.dashboard = Dashboard(
+                self, opts.api_tokens, secure_cookie=opts.api_tls is not None, repo=opts.repo
+            )
             self.api = ApiServer(
                 self,
                 opts.listen,
@@ -136,6 +143,7 @@ class Daemon:
                 tokens=opts.api_tokens,
                 insecure=opts.api_insecure,
                 tls=opts.api_tls,
+                app=self.dashboard,
             )
             self.api.start()
             watcher = self._start_watcher()
@@ -154,6 +162,7 @@ class Daemon:
                 self._write_traffic()  # status keeps the last figures (and shows their age)
                 if watcher is not None:
                     watcher.__exit__(None, None, None)
+                self.dashboard.close()
                 self.api.stop()
                 autoscaling.join(timeout=10)
                 (opts.session.state_dir / DAEMON_FILE).unlink(missing_ok=True)
@@ -583,6 +592,41 @@ class Daemon:
     def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         assert self.session is not None
         return history_json(self.session.store, service, limit)
+
+    def audit(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        assert self.session is not None
+        events = self.session.store.list_events(service=service, limit=limit, newest_first=True)
+        return [event.to_json() for event in events]
+
+    def dead_replicas(self, service: str, lines: int) -> list[dict[str, Any]]:
+        session = self.session
+        if session is None or session.reconciler is None:
+            return []
+        kept = []
+        for runtime in session.reconciler.runtimes.values():
+            try:
+                kept.extend(runtime.retained_logs(session.cluster, service))
+            except GitorchError:
+                continue  # a node that does not answer keeps its logs for later
+        kept.sort(key=lambda k: k.removed_at, reverse=True)
+        return [retained_json(k, lines) for k in kept[:10]]
+
+    def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
+        assert self.session is not None
+        store = self.session.store
+        who = f"token:{actor}" if actor is not None else "api"
+        verb = "draining" if draining else "schedulable again"
+        try:
+            with store.transaction():  # the change and its audit entry, or neither
+                store.set_draining(node, draining)
+                store.append_event(
+                    "node.drain" if draining else "node.uncordon",
+                    f"{node}: {verb} (by {who})",
+                    actor=who,
+                )
+        except RecordNotFound:
+            return False, f"no node named {node}"
+        return True, f"node {node} {verb}"
 
     def plan(self, ref: str | None) -> dict[str, Any]:
         assert self.source is not None and self.session is not None

@@ -20,11 +20,11 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from gitorch.api import DaemonHandle
@@ -63,10 +63,14 @@ JSON_TYPE = "application/json"
 
 @dataclass(frozen=True)
 class Response:
+    """One answer. ``stream`` (server-sent events): chunks written as they come, after
+    ``body``, until the iterator ends or the client goes away; no Content-Length."""
+
     status: int
     body: bytes
     content_type: str = JSON_TYPE
     headers: tuple[tuple[str, str], ...] = ()
+    stream: Iterator[bytes] | None = None
 
 
 def json_response(status: int, value: Any, *headers: tuple[str, str]) -> Response:
@@ -115,6 +119,19 @@ class Request:
 
 
 Route = Callable[[Request], Response]
+
+
+class MountedApp(Protocol):
+    """Pages served beside the API on the same address (the dashboard): the API server
+    hands them every path they claim, and they authorize requests themselves."""
+
+    def methods(self, path: str) -> tuple[str, ...] | None:
+        """The methods of ``path``, or None when the app does not serve it."""
+        ...
+
+    def serve(self, request: Request) -> Response:
+        """Answer one request for a path the app claims."""
+        ...
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -170,7 +187,8 @@ class ApiServer:
     ``webhook_secret=None`` disables ``POST /api/v1/webhook`` (403 with a message).
     ``tokens`` turns on bearer authentication (gitorch.api.auth) and ``tls`` (a server
     context from :mod:`gitorch.api.tls`) HTTPS; without both, a non-loopback ``listen`` is
-    refused (ConfigError) unless ``insecure`` is True.
+    refused (ConfigError) unless ``insecure`` is True. ``app`` (the dashboard) serves the
+    paths it claims that no API route has.
     """
 
     def __init__(
@@ -182,8 +200,10 @@ class ApiServer:
         tokens: TokenSet | None = None,
         insecure: bool = False,
         tls: ssl.SSLContext | None = None,
+        app: MountedApp | None = None,
     ) -> None:
         self.handle = handle
+        self.app = app
         self.listen = listen
         self.webhook_secret = webhook_secret
         self.tokens = tokens
@@ -270,10 +290,14 @@ class ApiServer:
     def allowed(self, path: str) -> tuple[str, ...] | None:
         """Methods of ``path``, or None when no such route exists."""
         methods = self._routes.get(_route_of(path))
-        return None if methods is None else tuple(sorted(methods))
+        if methods is None:
+            return self.app.methods(path) if self.app is not None else None
+        return tuple(sorted(methods))
 
     def dispatch(self, request: Request) -> Response:
         route_name = _route_of(request.path)
+        if route_name not in self._routes and self.app is not None:
+            return self.app.serve(request)
         decision = authorize(
             self.tokens, request.method, route_name, request.headers, path=request.path
         )
@@ -516,16 +540,26 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
+            if response.stream is None:
+                self.send_header("Content-Length", str(len(response.body)))
             self.send_header("Cache-Control", "no-store")
             for name, value in response.headers:
                 self.send_header(name, value)
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
+            if self.command == "HEAD":
+                return
+            self.wfile.write(response.body)
+            if response.stream is not None:
+                self.close_connection = True
+                for chunk in response.stream:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
         except OSError:
             # The client went away; nothing to answer to.
             self.close_connection = True
+        finally:
+            if response.stream is not None and hasattr(response.stream, "close"):
+                response.stream.close()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         # http.server would print to stderr; requests are logged once in _serve instead.

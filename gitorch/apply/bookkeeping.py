@@ -19,6 +19,7 @@ Rules that keep history truthful:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +31,7 @@ from gitorch.decide.backoff import CrashLoop, describe, remaining
 from gitorch.decide.service import SERVICE_SLOT
 from gitorch.decide.volumes import VolumeDecision
 from gitorch.diff.compute import compute_plan
+from gitorch.diff.fields import FieldChange
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Node, Volume
 from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, StateStore
@@ -120,6 +122,8 @@ class Bookkeeper:
                 "name": c.name,
                 "action": c.action,
                 "fields": [d.path for d in c.diff][:50],
+                # Values as the plan shows them: secrets already redacted by the diff.
+                "diff": [_recorded_change(d) for d in c.diff[:50]],
             }
             for c in plan.changes
         ]
@@ -506,3 +510,18 @@ def _serves(table: Any, service: str, decision: PassDecision) -> bool:
 def service_failures(backoff: Sequence[BackoffRecord]) -> dict[str, BackoffRecord]:
     """Services with a failure of their own (back-off slot 0)."""
     return {b.service: b for b in backoff if b.slot == SERVICE_SLOT}
+
+
+#: Longest value a history entry keeps of one field (a whole script is not history).
+_RECORDED_VALUE_CHARS = 500
+
+
+def _recorded_change(change: FieldChange) -> dict[str, Any]:
+    """One field change as history keeps it (long values cut, sensitive ones redacted)."""
+    entry = change.to_json()
+    for side in ("before", "after"):
+        value = entry.get(side)
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        if len(text) > _RECORDED_VALUE_CHARS:
+            entry[side] = text[:_RECORDED_VALUE_CHARS] + "…"
+    return entry
