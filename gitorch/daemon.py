@@ -448,7 +448,10 @@ class Daemon:
             return health is not None and bool(health.ready)
 
         changed = False
-        for result in self._autoscaler.sync(desired, live, ready):
+        results = self._autoscaler.sync(desired, live, ready)
+        # A service that lost its autoscale block (or left Git) loses its autoscale series.
+        self.metrics.keep_autoscaled({r.decision.service for r in results})
+        for result in results:
             decision = result.decision
             self.metrics.set_autoscale(
                 decision.service,

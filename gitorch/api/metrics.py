@@ -296,6 +296,13 @@ class Metrics:
             self._autoscale.counts[service] = (desired, *bounds)
             self._autoscale.readings[service] = list(readings)
 
+    def keep_autoscaled(self, services: set[str]) -> None:
+        """Drop the autoscale series of every service not in ``services``."""
+        with self._autoscale._lock:
+            for gone in set(self._autoscale.counts) - services:
+                self._autoscale.counts.pop(gone, None)
+                self._autoscale.readings.pop(gone, None)
+
     def set_revision(self, revision: str) -> None:
         """Only the revision last applied has a series."""
         with self._services._lock:

@@ -57,7 +57,11 @@ def test_autoscale_series_follow_the_last_decision() -> None:
     # rps could not be read: its target shows, no value is made up.
     assert readings == {("cpu", "value"): 120.0, ("cpu", "target"): 50.0, ("rps", "target"): 10.0}
     assert metrics.value("gitorch_autoscale_decisions_total", service="web", direction="up") == 1
-    metrics.forget_service("web")
+    metrics.set_autoscale("api", desired=1, bounds=(1, 2), readings=[])
+    metrics.keep_autoscaled({"api"})  # web lost its autoscale block
+    families = parse_prometheus(metrics.render())
+    assert {s[1]["service"] for s in families["gitorch_autoscale_replicas"].samples} == {"api"}
+    metrics.forget_service("api")
     assert parse_prometheus(metrics.render())["gitorch_autoscale_replicas"].samples == []
 
 
