@@ -35,8 +35,10 @@ from gitorch.api.server import ApiServer, parse_listen
 from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import TrafficCollector
 from gitorch.api.webhook import WebhookSecret
+from gitorch.apply.autoscaler import Autoscaler
 from gitorch.apply.bookkeeping import Bookkeeper, actor_of
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
+from gitorch.apply.scale_metrics import ScaleMetrics
 from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
 from gitorch.dashboard import Dashboard
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
@@ -44,7 +46,7 @@ from gitorch.decide.guard import mass_prune
 from gitorch.errors import GitorchError, ManifestInvalid
 from gitorch.live import observe
 from gitorch.live.inventory import open_runtimes
-from gitorch.live.model import LiveState
+from gitorch.live.model import LiveReplica, LiveState
 from gitorch.live.observe import assess_readiness
 from gitorch.manifests import ManifestLoader
 from gitorch.manifests.loader import load_desired
@@ -84,6 +86,8 @@ class DaemonOptions:
     # Store each route's per-version traffic this often, for `gitorch status` without a
     # daemon (one small transaction: see the measured cost in docs/architecture.md).
     traffic_interval: float = 2.0
+    # Read autoscaled services' metrics and decide their counts this often.
+    autoscale_sync: float = 15.0
 
 
 class Daemon:
@@ -122,6 +126,7 @@ class Daemon:
         # reconciler (probe state, node tracker) as the loop.
         self._pass_lock = threading.Lock()
         self._standby_runtimes: tuple[tuple[Any, ...], dict[str, Runtime]] | None = None
+        self._autoscaler: Autoscaler | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -162,6 +167,10 @@ class Daemon:
             )
             self.api.start()
             watcher = self._start_watcher()
+            autoscaling = threading.Thread(
+                target=self._autoscale_loop, name="gitorch-autoscaler", daemon=True
+            )
+            autoscaling.start()
             if threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, lambda *_: self.stop())
@@ -175,6 +184,7 @@ class Daemon:
                     watcher.__exit__(None, None, None)
                 self.dashboard.close()
                 self.api.stop()
+                autoscaling.join(timeout=10)
                 if self._etcd is None:
                     (opts.session.state_dir / DAEMON_FILE).unlink(missing_ok=True)
 
@@ -463,6 +473,72 @@ class Daemon:
         with self._lock:
             self._last_pass = result
         return result.requeue_after
+
+    def _autoscale_loop(self) -> None:
+        """Every ``autoscale_sync`` seconds: read the autoscaled services' metrics, decide
+        their counts and record them; a change wakes the reconcile loop, whose pass starts
+        or drains the replicas. Its own thread: Docker's stats take about a second."""
+        period = self.options.autoscale_sync
+        while not self._stopping.wait(period):
+            try:
+                changed = self._autoscale_once()
+            except GitorchError as exc:
+                log.warning("autoscaler sync failed: %s", exc.message)
+                continue
+            except Exception:  # a bug must not stop autoscaling for good: log it, go on
+                log.exception("autoscaler sync crashed")
+                continue
+            if changed:
+                self._wake.set()
+
+    def _autoscale_once(self) -> bool:
+        """One sync; True when a service's count changed."""
+        session, desired = self.session, self._desired
+        if session is None or desired is None or session.reconciler is None:
+            return False
+        if not self.acting:
+            return False  # a standby: the leader decides counts (its writes are fenced)
+        autoscaled = any(s.autoscale is not None for s in desired.services.values())
+        if not autoscaled and self._autoscaler is None:
+            return False
+        reconciler = session.reconciler
+        if self._autoscaler is None or self._autoscaler.metrics.runtimes is not reconciler.runtimes:
+            metrics = ScaleMetrics(reconciler.runtimes, session.dataplane.version_figures)
+            self._autoscaler = Autoscaler(session.store, metrics)
+        desired = session.secrets.resolve(desired)
+        live = observe(reconciler.targets, reconciler.runtimes, session.cluster, session.store)
+
+        def ready(replica: LiveReplica) -> bool:
+            health = reconciler.health.health(replica.id)
+            return health is not None and bool(health.ready)
+
+        changed = False
+        results = self._autoscaler.sync(desired, live, ready)
+        # A service that lost its autoscale block (or left Git) loses its autoscale series.
+        self.metrics.keep_autoscaled({r.decision.service for r in results})
+        for result in results:
+            decision = result.decision
+            self.metrics.set_autoscale(
+                decision.service,
+                desired=decision.desired,
+                bounds=result.bounds,
+                readings=[(v.metric, v.value, v.target) for v in decision.verdicts],
+            )
+            if decision.changed:
+                changed = True
+                direction = "up" if decision.desired > decision.current else "down"
+                self.metrics.autoscale_decisions_total.inc(
+                    service=decision.service, direction=direction
+                )
+                log.info(
+                    "autoscaled %s: %d -> %d (%s)",
+                    decision.service,
+                    decision.current,
+                    decision.desired,
+                    decision.reason,
+                    extra={"service": decision.service},
+                )
+        return changed
 
     def _write_traffic(self) -> None:
         """Store every route's traffic now (replacing the previous snapshots)."""

@@ -139,6 +139,43 @@ class _ServiceGauges:
         yield info
 
 
+class _AutoscaleGauges:
+    """gitorch_autoscale_replicas (desired, min, max) and gitorch_autoscale_metric (value,
+    target), as the autoscaler's last sync left them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: dict[str, tuple[int, int, int]] = {}
+        self.readings: dict[str, list[tuple[str, float | None, float]]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts = dict(self.counts)
+            readings = dict(self.readings)
+        replicas = GaugeMetricFamily(
+            "gitorch_autoscale_replicas",
+            "The horizontal autoscaler's count of each service and its bounds.",
+            labels=["service", "kind"],
+        )
+        for service, (desired, low, high) in sorted(counts.items()):
+            for kind, count in (("desired", desired), ("min", low), ("max", high)):
+                replicas.add_metric([service, kind], count)
+        yield replicas
+        metric = GaugeMetricFamily(
+            "gitorch_autoscale_metric",
+            "Each autoscaling metric's last reading and its target (utilization in percent "
+            "of requests, rps per replica, p99 latency in ms, a Prometheus query's value); "
+            "no value series while it cannot be read.",
+            labels=["service", "metric", "kind"],
+        )
+        for service, items in sorted(readings.items()):
+            for name, value, target in items:
+                if value is not None:
+                    metric.add_metric([service, name, "value"], value)
+                metric.add_metric([service, name, "target"], target)
+        yield metric
+
+
 class _Guarded:
     """A collector whose failure leaves its families out of the scrape (logged), rather
     than failing the whole scrape."""
@@ -194,6 +231,16 @@ class Metrics:
             registry=self.registry,
         )
         self.webhook_requests_total = _Labelled(webhook_requests_total)
+        self._autoscale = _AutoscaleGauges()
+        self.registry.register(self._autoscale)
+        self.autoscale_decisions_total = _Labelled(
+            Counter(
+                "gitorch_autoscale_decisions_total",
+                "Changes of count decided by the horizontal autoscaler, by direction.",
+                ["service", "direction"],
+                registry=self.registry,
+            )
+        )
         # Known results show 0 from the start (rate() needs a starting point).
         for result in RECONCILE_RESULTS:
             reconcile_total.labels(result=result)
@@ -232,6 +279,29 @@ class Metrics:
             self._services.replicas.pop(service, None)
             self._services.drift.pop(service, None)
             self._services.failing.pop(service, None)
+        with self._autoscale._lock:
+            self._autoscale.counts.pop(service, None)
+            self._autoscale.readings.pop(service, None)
+
+    def set_autoscale(
+        self,
+        service: str,
+        *,
+        desired: int,
+        bounds: tuple[int, int],
+        readings: list[tuple[str, float | None, float]],
+    ) -> None:
+        """The autoscaler's last decision for ``service``: its count, bounds and readings."""
+        with self._autoscale._lock:
+            self._autoscale.counts[service] = (desired, *bounds)
+            self._autoscale.readings[service] = list(readings)
+
+    def keep_autoscaled(self, services: set[str]) -> None:
+        """Drop the autoscale series of every service not in ``services``."""
+        with self._autoscale._lock:
+            for gone in set(self._autoscale.counts) - services:
+                self._autoscale.counts.pop(gone, None)
+                self._autoscale.readings.pop(gone, None)
 
     def set_revision(self, revision: str) -> None:
         """Only the revision last applied has a series."""

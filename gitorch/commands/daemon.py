@@ -64,6 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="time between reconcile passes when nothing happens (self-heal; default 2s)",
     )
     parser.add_argument(
+        "--autoscale-sync",
+        type=positive_duration,
+        default=15.0,
+        metavar="DURATION",
+        help="time between readings of autoscaled services' metrics and scaling decisions "
+        "(default 15s, as Kubernetes' HPA)",
+    )
+    parser.add_argument(
         "--listen", default="127.0.0.1:7420", help="HTTP API address (default 127.0.0.1:7420)"
     )
     parser.add_argument(
@@ -150,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         session=replace(session_options(args), name=args.name or local_node_name()),
         interval=args.interval,
         resync=args.resync,
+        autoscale_sync=args.autoscale_sync,
         listen=args.listen,
         webhook_secret=secret,
         api_tokens=tokens,

@@ -183,6 +183,7 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
             f":{endpoint['port']} ({endpoint['protocol']})" if endpoint else "-",
         )
     console.print(table)
+    _autoscaling(console, data["services"])
     _problems(console, data["services"])
     if not detail:
         return
@@ -226,6 +227,38 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
             render_traffic(console, svc.get("traffic"), "traffic")
         if svc.get("previewTraffic"):
             render_traffic(console, svc["previewTraffic"], "preview traffic")
+
+
+def _autoscaling(console: Any, services: list[dict[str, Any]]) -> None:
+    """One line per autoscaled service: count and bounds, each metric, the last change."""
+    for svc in services:
+        auto = svc.get("autoscale")
+        if not auto:
+            continue
+        count = "-" if auto["desired"] is None else str(auto["desired"])
+        readings = "; " + ", ".join(_reading(m) for m in auto["metrics"]) if auto["metrics"] else ""
+        console.print(
+            f"{escape(svc['name'])}: autoscaled to {count} (min {auto['min']}, max {auto['max']})"
+            f"{escape(readings)}"
+        )
+        if auto.get("decidedAt") is not None:
+            changed = auto.get("changedAt")
+            when = f"; last change {_age(changed)} ago" if changed else ""
+            console.print(
+                f"  decided {_ago(auto.get('ageSeconds') or 0)}: {escape(auto['reason'])}{when}"
+            )
+        for line in (auto.get("vertical") or {}).get("lines", []):
+            console.print(f"  recommended: {escape(line)}")
+
+
+def _reading(metric: Mapping[str, Any]) -> str:
+    name = str(metric.get("metric"))
+    unit = {"cpu": "%", "memory": "%", "latency": "ms", "rps": " rps"}.get(name, "")
+    value = metric.get("value")
+    target = metric.get("target")
+    if value is None:
+        return f"{name} not measured ({metric.get('message') or 'no reading'})"
+    return f"{name} {value:g}{unit} of {target:g}{unit} -> {metric.get('proposal')}"
 
 
 def _problems(console: Any, services: list[dict[str, Any]]) -> None:

@@ -241,6 +241,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
             waiting_for=waiting,
             crash_loop=inp.crash_loop,
             single_writer=single_writer,
+            autoscaled=_autoscaled(live, name),
         )
         try:
             decision = decide_service(service_input)
@@ -293,6 +294,11 @@ def decide_pass(inp: PassInput) -> PassDecision:
         volumes=volumes,
     )
     return replace(result, requeue_after=_requeue(result, inp))
+
+
+def _autoscaled(live: LiveState, service: str) -> int | None:
+    record = live.autoscalers.get(service)
+    return record.desired if record is not None else None
 
 
 def _hold(

@@ -145,6 +145,7 @@ class ServiceInput:
     # ReadWriteOnce volumes the target writes: one writer at a time, so a RollingUpdate
     # runs as maxSurge 0 (the old replica stops before the new one starts).
     single_writer: tuple[str, ...] = ()
+    autoscaled: int | None = None  # the horizontal autoscaler's count (None: no decision yet)
 
 
 @dataclass(frozen=True)
@@ -191,15 +192,13 @@ def service_from(canonical: Mapping[str, Any], fallback: Service) -> Service:
         return fallback
 
 
-def desired_count(target: Service, live: LiveService) -> int:
-    """Replicas wanted. An autoscaled service keeps what runs, within its bounds."""
+def desired_count(target: Service, live: LiveService, autoscaled: int | None = None) -> int:
+    """Replicas wanted. An autoscaled service runs the autoscaler's count (``autoscaled``),
+    before its first decision what runs; within its bounds either way."""
     if target.autoscale is None:
         return target.replicas
-    running = len(live.running)
-    return max(
-        target.autoscale.min_replicas,
-        min(target.autoscale.max_replicas, running or target.replicas),
-    )
+    count = autoscaled if autoscaled is not None else (len(live.running) or target.replicas)
+    return max(target.autoscale.min_replicas, min(target.autoscale.max_replicas, count))
 
 
 def slot_of(replica: str) -> int:
@@ -621,7 +620,7 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
     record, now = draft.record, inp.now
     name = target.name
     observed = _observe(target, inp.live, inp.evicting)
-    desired = desired_count(target, inp.live)
+    desired = desired_count(target, inp.live, inp.autoscaled)
     backoff = _backoff(inp, target, observed, desired)
     draft.events.extend(backoff.events)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from gitorch.decide.cluster import PassDecision, runnable_drivers
 from gitorch.decide.nodes import node_views
+from gitorch.decide.vertical import recommendation_lines
 from gitorch.decide.volumes import (
     bound_nodes,
     place_service,
@@ -15,7 +16,14 @@ from gitorch.decide.volumes import (
 )
 from gitorch.decide.waves import dependency_waves
 from gitorch.diff.fields import FieldChange, diff_objects
-from gitorch.diff.plan import DriftItem, ObjectChange, PlacementItem, Plan, Unschedulable
+from gitorch.diff.plan import (
+    AutoscaledItem,
+    DriftItem,
+    ObjectChange,
+    PlacementItem,
+    Plan,
+    Unschedulable,
+)
 from gitorch.live.model import LiveService, LiveState
 from gitorch.manifests.build import priority_and_qos_of, requests_of, template_digest_of
 from gitorch.manifests.model import DesiredState, Placement, Service
@@ -239,7 +247,51 @@ def compute_plan(
         unchanged=tuple(sorted(unchanged)),
         warnings=warnings,
         actions=decision.actions() if decision is not None else (),
+        autoscaled=tuple(_autoscaled(desired, live)),
     )
+
+
+def _autoscaled(desired: DesiredState, live: LiveState) -> list[AutoscaledItem]:
+    """Every service Git asks to autoscale, with the autoscaler's count and bounds."""
+    items: list[AutoscaledItem] = []
+    for name, service in sorted(desired.services.items()):
+        auto = service.autoscale
+        if auto is None:
+            continue
+        record = live.autoscalers.get(name)
+        live_service = live.services.get(name)
+        running = len(live_service.running) if live_service is not None else 0
+        desired_count = (
+            max(auto.min_replicas, min(auto.max_replicas, record.desired))
+            if record is not None
+            else None
+        )
+        readings = tuple(
+            f"{m.get('metric')} {m.get('value')}/{m.get('target')} -> {m.get('proposal')}"
+            if m.get("value") is not None
+            else f"{m.get('metric')} not measured ({m.get('message') or 'no reading'})"
+            for m in (record.metrics if record is not None else ())
+        )
+        items.append(
+            AutoscaledItem(
+                name,
+                auto.min_replicas,
+                auto.max_replicas,
+                desired_count,
+                running,
+                service.replicas,
+                record.reason if record is not None else "",
+                readings,
+                recommendation_lines(
+                    auto.vertical.mode,
+                    service.canonical["spec"]["resources"].get("requests", {}),
+                    record.usage.get("recommendation") if record is not None else None,
+                )
+                if auto.vertical is not None
+                else (),
+            )
+        )
+    return items
 
 
 def _volume_warnings(desired: DesiredState, live: LiveState) -> list[str]:

@@ -90,6 +90,55 @@ class Unschedulable:
 
 
 @dataclass(frozen=True)
+class AutoscaledItem:
+    """An autoscaled service: the count the autoscaler owns (not drift from ``replicas``),
+    its bounds, and why (the last decision). ``desired`` None: no decision yet (the pass
+    keeps what runs, within the bounds). ``recommendations``: vertical, "requests.cpu
+    250m -> 120m" each."""
+
+    service: str
+    min_replicas: int
+    max_replicas: int
+    desired: int | None
+    running: int
+    git_replicas: int
+    reason: str = ""
+    readings: tuple[str, ...] = ()
+    recommendations: tuple[str, ...] = ()
+
+    def key(self) -> dict[str, Any]:
+        """What the plan's digest covers: the count and bounds, not the readings (they
+        move every sync without changing what a pass does)."""
+        return {
+            "service": self.service,
+            "min": self.min_replicas,
+            "max": self.max_replicas,
+            "desired": self.desired,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.key(),
+            "running": self.running,
+            "gitReplicas": self.git_replicas,
+            "reason": self.reason,
+            "readings": list(self.readings),
+            "recommendations": list(self.recommendations),
+        }
+
+    def describe(self) -> str:
+        count = (
+            f"{self.desired} replicas (the autoscaler's count)"
+            if self.desired is not None
+            else f"{self.running} running (no autoscaler decision yet)"
+        )
+        text = f"{self.service}: {count}, min {self.min_replicas}, max {self.max_replicas}"
+        if self.git_replicas != self.desired:
+            text += f"; replicas: {self.git_replicas} in Git is not used while autoscaled"
+        return text
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything ``gitorch plan`` shows; ``apply`` executes the same object."""
 
@@ -106,6 +155,7 @@ class Plan:
     # The next pass, exactly as the reconciler will execute it (empty when the plan was
     # computed without a decision).
     actions: tuple[Action, ...] = ()
+    autoscaled: tuple[AutoscaledItem, ...] = ()
 
     @property
     def summary(self) -> dict[str, int]:
@@ -143,6 +193,8 @@ class Plan:
             "warnings": list(self.warnings),
             "actions": [action.to_json() for action in self.actions],
             "summary": self.summary,
+            # Only when a service is autoscaled: the digests of other plans stay as they were.
+            **({"autoscaled": [a.key() for a in self.autoscaled]} if self.autoscaled else {}),
         }
 
     @property
@@ -152,7 +204,10 @@ class Plan:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.body(), "digest": self.digest}
+        out = {**self.body(), "digest": self.digest}
+        if self.autoscaled:
+            out["autoscaled"] = [a.to_json() for a in self.autoscaled]
+        return out
 
 
 def check_expected(plan: Plan, expected: str) -> None:

@@ -8,7 +8,13 @@ from types import MappingProxyType
 from typing import Any
 
 from gitorch.runtime.base import Instance, VolumeInfo
-from gitorch.state.records import AnalysisRunRecord, BackoffRecord, RolloutRecord, VolumeRecord
+from gitorch.state.records import (
+    AnalysisRunRecord,
+    AutoscalerRecord,
+    BackoffRecord,
+    RolloutRecord,
+    VolumeRecord,
+)
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,10 @@ class LiveState:
         default_factory=lambda: MappingProxyType({})
     )
     volumes_on: Mapping[str, Mapping[str, VolumeInfo]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    # The horizontal autoscaler's records (by service): the count an autoscaled service runs.
+    autoscalers: Mapping[str, AutoscalerRecord] = field(
         default_factory=lambda: MappingProxyType({})
     )
 

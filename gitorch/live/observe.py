@@ -213,6 +213,9 @@ def observe(
             {r.name: r.last_seen for r in node_records if r.last_seen is not None}
         ),
         volume_records=MappingProxyType({k: tuple(v) for k, v in volume_records.items()}),
+        autoscalers=MappingProxyType(
+            {a.service: a for a in (store.list_autoscalers() if store is not None else [])}
+        ),
         volumes_on=MappingProxyType(volumes_on),
     )
 

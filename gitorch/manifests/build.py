@@ -352,26 +352,50 @@ def canonical_service(doc: Mapping[str, Any]) -> dict[str, Any]:
     if raw.get("secrets"):
         spec["secrets"] = [{"name": f["name"], **secret_ref_canonical(f)} for f in raw["secrets"]]
     if "autoscale" in raw:
-        auto = raw["autoscale"]
-        behavior = auto.get("behavior") or {}
-        spec["autoscale"] = {
-            "minReplicas": auto.get("minReplicas", 1),
-            "maxReplicas": auto["maxReplicas"],
-            "metrics": [dict(sorted(metric.items())) for metric in auto.get("metrics") or []],
-            "behavior": {
-                "scaleDown": {
-                    "stabilizationWindowSeconds": (behavior.get("scaleDown") or {}).get(
-                        "stabilizationWindowSeconds", 300
-                    )
-                },
-                "scaleUp": {
-                    "stabilizationWindowSeconds": (behavior.get("scaleUp") or {}).get(
-                        "stabilizationWindowSeconds", 0
-                    )
-                },
-            },
-        }
+        spec["autoscale"] = _autoscale(raw["autoscale"])
     return _envelope("Service", doc, spec)
+
+
+def _autoscale(auto: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical ``autoscale``. ``selectPolicy``/``policies`` appear only when written
+    (their defaults are Kubernetes' and live in the model), so the canonical form of a
+    service written before they existed, and its digest, did not change."""
+    behavior = auto.get("behavior") or {}
+
+    def rules(raw: Mapping[str, Any] | None, window: int) -> dict[str, Any]:
+        raw = raw or {}
+        out: dict[str, Any] = {
+            "stabilizationWindowSeconds": raw.get("stabilizationWindowSeconds", window)
+        }
+        if "selectPolicy" in raw:
+            out["selectPolicy"] = raw["selectPolicy"]
+        if "policies" in raw:
+            out["policies"] = [dict(sorted(p.items())) for p in raw["policies"]]
+        return out
+
+    def metric(raw: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(raw)
+        if "targetP99" in out:
+            out["targetP99"] = format_duration(parse_duration(out["targetP99"]))
+        return dict(sorted(out.items()))
+
+    canonical: dict[str, Any] = {
+        "minReplicas": auto.get("minReplicas", 1),
+        "maxReplicas": auto["maxReplicas"],
+        "metrics": [metric(m) for m in auto.get("metrics") or []],
+        "behavior": {
+            "scaleDown": rules(behavior.get("scaleDown"), 300),
+            "scaleUp": rules(behavior.get("scaleUp"), 0),
+        },
+    }
+    if "vertical" in auto:
+        vertical = auto["vertical"] or {}
+        canonical["vertical"] = {
+            "mode": vertical.get("mode", "Recommend"),
+            "minAllowed": _resource_list(vertical.get("minAllowed")),
+            "maxAllowed": _resource_list(vertical.get("maxAllowed")),
+        }
+    return canonical
 
 
 def canonical_node(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -550,9 +574,21 @@ def _typed_placement(raw: Mapping[str, Any]) -> m.Placement:
     )
 
 
+def _typed_rules(raw: Mapping[str, Any], default: m.ScalingRules) -> m.ScalingRules:
+    policies = tuple(
+        m.ScalingPolicy(p["type"], p["value"], p["periodSeconds"]) for p in raw.get("policies", ())
+    )
+    return m.ScalingRules(
+        stabilization_seconds=raw["stabilizationWindowSeconds"],
+        select_policy=raw.get("selectPolicy", default.select_policy),
+        policies=policies or default.policies,
+    )
+
+
 def _typed_autoscale(raw: Mapping[str, Any] | None) -> m.Autoscale | None:
     if raw is None:
         return None
+    vertical = raw.get("vertical")
     return m.Autoscale(
         min_replicas=raw["minReplicas"],
         max_replicas=raw["maxReplicas"],
@@ -564,11 +600,21 @@ def _typed_autoscale(raw: Mapping[str, Any] | None) -> m.Autoscale | None:
                 query=metric.get("query"),
                 address=metric.get("address"),
                 target_value=metric.get("targetValue"),
+                target_p99_seconds=parse_duration(metric["targetP99"])
+                if "targetP99" in metric
+                else None,
             )
             for metric in raw["metrics"]
         ),
-        scale_down_stabilization_seconds=raw["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
-        scale_up_stabilization_seconds=raw["behavior"]["scaleUp"]["stabilizationWindowSeconds"],
+        scale_down=_typed_rules(raw["behavior"]["scaleDown"], m.DEFAULT_SCALE_DOWN),
+        scale_up=_typed_rules(raw["behavior"]["scaleUp"], m.DEFAULT_SCALE_UP),
+        vertical=m.VerticalScaling(
+            mode=vertical["mode"],
+            min_allowed=_resources(vertical["minAllowed"]),
+            max_allowed=_resources(vertical["maxAllowed"]),
+        )
+        if vertical is not None
+        else None,
     )
 
 

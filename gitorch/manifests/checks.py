@@ -313,6 +313,7 @@ def _check_autoscale(origin: Origin, spec: Mapping[str, Any]) -> Iterator[Findin
         "memory": "targetAverageUtilization",
         "rps": "targetAverageValue",
         "prometheus": "targetValue",
+        "latency": "targetP99",
     }
     for i, metric in enumerate(auto.get("metrics") or []):
         kind = metric["type"]
@@ -320,6 +321,19 @@ def _check_autoscale(origin: Origin, spec: Mapping[str, Any]) -> Iterator[Findin
             yield Finding(origin, (*base, "metrics", i), f"a {kind} metric needs {needs[kind]}")
         if kind == "prometheus" and "query" not in metric:
             yield Finding(origin, (*base, "metrics", i), "a prometheus metric needs query")
+        if kind == "prometheus" and "address" not in metric:
+            yield Finding(
+                origin,
+                (*base, "metrics", i),
+                "a prometheus metric needs address (the Prometheus server's http(s) URL)",
+            )
+        if kind in ("rps", "latency") and "expose" not in spec:
+            yield Finding(
+                origin,
+                (*base, "metrics", i),
+                f"{'an' if kind == 'rps' else 'a'} {kind} metric is read from the load balancer:"
+                " the service needs expose",
+            )
         if kind in ("cpu", "memory") and kind not in requests:
             yield Finding(
                 origin,

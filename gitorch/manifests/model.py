@@ -286,12 +286,61 @@ class VolumeMount:
 
 @dataclass(frozen=True)
 class AutoscaleMetric:
-    type: str
-    target_average_utilization: int | None = None
-    target_average_value: float | None = None
-    query: str | None = None
-    address: str | None = None
-    target_value: float | None = None
+    """One metric of ``spec.autoscale.metrics`` (which target applies depends on ``type``)."""
+
+    type: str  # cpu | memory | rps | latency | prometheus
+    target_average_utilization: int | None = None  # cpu, memory: percent of requests
+    target_average_value: float | None = None  # rps: per replica
+    query: str | None = None  # prometheus
+    address: str | None = None  # prometheus server (None: the daemon's --prometheus)
+    target_value: float | None = None  # prometheus
+    target_p99_seconds: float | None = None  # latency
+
+    @property
+    def target(self) -> float:
+        """The target in the unit the metric is measured in (percent, rps, ms, value)."""
+        if self.type in ("cpu", "memory"):
+            return float(self.target_average_utilization or 0)
+        if self.type == "rps":
+            return float(self.target_average_value or 0.0)
+        if self.type == "latency":
+            return float(self.target_p99_seconds or 0.0) * 1000.0
+        return float(self.target_value or 0.0)
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """At most ``value`` pods (or percent of the count at the period's start) per period."""
+
+    type: str  # Pods | Percent
+    value: int
+    period_seconds: int
+
+
+@dataclass(frozen=True)
+class ScalingRules:
+    """``behavior.scaleUp`` or ``behavior.scaleDown`` (autoscaling/v2 semantics)."""
+
+    stabilization_seconds: int
+    select_policy: str = "Max"  # Max | Min | Disabled
+    policies: tuple[ScalingPolicy, ...] = ()
+
+
+#: Kubernetes' defaults: up by 4 pods or 100% per 15 s (the larger), at once; down by
+#: 100% per 15 s after a 300 s stabilization window.
+DEFAULT_SCALE_UP = ScalingRules(
+    0, "Max", (ScalingPolicy("Pods", 4, 15), ScalingPolicy("Percent", 100, 15))
+)
+DEFAULT_SCALE_DOWN = ScalingRules(300, "Max", (ScalingPolicy("Percent", 100, 15),))
+
+
+@dataclass(frozen=True)
+class VerticalScaling:
+    """``autoscale.vertical``: recommendations of requests from observed usage."""
+
+    mode: str = "Recommend"  # Off | Recommend | Auto
+    min_allowed: ResourceList = ResourceList()
+    max_allowed: ResourceList = ResourceList()
 
 
 @dataclass(frozen=True)
@@ -299,8 +348,17 @@ class Autoscale:
     min_replicas: int
     max_replicas: int
     metrics: tuple[AutoscaleMetric, ...]
-    scale_down_stabilization_seconds: int = 300
-    scale_up_stabilization_seconds: int = 0
+    scale_down: ScalingRules = DEFAULT_SCALE_DOWN
+    scale_up: ScalingRules = DEFAULT_SCALE_UP
+    vertical: VerticalScaling | None = None
+
+    @property
+    def scale_down_stabilization_seconds(self) -> int:
+        return self.scale_down.stabilization_seconds
+
+    @property
+    def scale_up_stabilization_seconds(self) -> int:
+        return self.scale_up.stabilization_seconds
 
 
 @dataclass(frozen=True)

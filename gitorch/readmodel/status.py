@@ -11,12 +11,13 @@ from typing import Any
 
 from gitorch.decide.backoff import remaining
 from gitorch.decide.service import SERVICE_SLOT, slot_of
+from gitorch.decide.vertical import recommendation_lines
 from gitorch.errors import StateError
 from gitorch.live.model import LiveReplica, LiveService
 from gitorch.readmodel.allocation import allocation
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.volumes import volumes_json
-from gitorch.state import BackoffRecord, StateStore, TrafficSnapshot, lock_holder
+from gitorch.state import AutoscalerRecord, BackoffRecord, StateStore, TrafficSnapshot, lock_holder
 from gitorch.state.layout import DAEMON_FILE
 from gitorch.state.records import iso_time
 
@@ -124,6 +125,48 @@ def _failure_json(failure: BackoffRecord, now: float) -> dict[str, Any]:
     }
 
 
+def autoscale_json(
+    service: LiveService, record: AutoscalerRecord | None, now: float
+) -> dict[str, Any] | None:
+    """The ``autoscale`` field of one service: bounds (as applied), the autoscaler's count,
+    its last decision and every metric's reading; None when the service is not autoscaled."""
+    applied = service.applied
+    spec = applied.canonical.get("spec", {}) if applied else {}
+    auto = spec.get("autoscale")
+    if auto is None:
+        return None
+    low, high = int(auto.get("minReplicas", 1)), int(auto["maxReplicas"])
+    doc: dict[str, Any] = {
+        "min": low,
+        "max": high,
+        "desired": None,
+        "decidedAt": None,
+        "changedAt": None,
+        "reason": "no decision yet (the daemon's autoscaler decides every sync period)",
+        "metrics": [],
+    }
+    if record is not None:
+        doc.update(
+            desired=max(low, min(high, record.desired)),
+            decidedAt=record.decided_at,
+            ageSeconds=round(max(0.0, now - record.decided_at), 1),
+            changedAt=record.changed_at,
+            reason=record.reason,
+            metrics=[dict(m) for m in record.metrics],
+        )
+    vertical = auto.get("vertical")
+    if vertical is not None:
+        stored = record.usage.get("recommendation") if record is not None else None
+        requests = spec.get("resources", {}).get("requests", {})
+        doc["vertical"] = {
+            "mode": vertical["mode"],
+            "requests": dict(requests),
+            "recommendation": dict(stored) if stored else None,
+            "lines": list(recommendation_lines(vertical["mode"], requests, stored)),
+        }
+    return doc
+
+
 def traffic_json(name: str, snapshots: Mapping[str, TrafficSnapshot], now: float) -> dict[str, Any]:
     """The ``traffic`` fields of one service: its endpoint's per-version figures (None when
     no daemon stored any) and, during a blue-green rollout, its preview listener's."""
@@ -194,7 +237,7 @@ def status_json(
         ],
         "services": [
             {
-                **service_json(s, backoff.get(s.name), now),
+                **_autoscaled(service_json(s, backoff.get(s.name), now), s, live, now),
                 **({"analysis": measurements[s.name]} if s.name in measurements else {}),
                 **traffic_json(s.name, traffic, now),
             }
@@ -206,6 +249,16 @@ def status_json(
         if control_plane is not None
         else control_plane_json(view.store),
     }
+
+
+def _autoscaled(doc: dict[str, Any], service: LiveService, live: Any, now: float) -> dict[str, Any]:
+    """``doc`` with the ``autoscale`` field; an autoscaled service's desired count is the
+    autoscaler's (Git's ``replicas`` is not what it runs)."""
+    auto = autoscale_json(service, live.autoscalers.get(service.name), now)
+    doc["autoscale"] = auto
+    if auto is not None and auto["desired"] is not None:
+        doc["replicas"]["desired"] = auto["desired"]
+    return doc
 
 
 def _daemon_error(view: ClusterView) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ def export_state(store: StateStore, cluster: str | None) -> StateSnapshot:
         traffic=store.list_traffic(),
         audit=store.audit_chain()[0],
         volumes=store.list_volumes(),
+        autoscalers=store.list_autoscalers(),
     )
 
 

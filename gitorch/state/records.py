@@ -363,6 +363,27 @@ class VersionTraffic:
 
 
 @dataclass(frozen=True)
+class AutoscalerRecord:
+    """What the horizontal autoscaler decided for one service, and what it remembers.
+
+    ``desired`` is the count the reconcile pass runs while ``spec.autoscale`` is set;
+    ``metrics`` the last decision's readings (``{"metric", "value", "target",
+    "proposal", "message"}`` each), ``memory`` its recommendations and scale events
+    (``{"recommendations": [[at, n]...], "events": [[at, change]...]}``), ``usage`` the
+    vertical recommender's histograms (see ``gitorch.decide.vertical``).
+    """
+
+    service: str
+    desired: int
+    decided_at: float
+    changed_at: float | None = None
+    reason: str = ""
+    metrics: tuple[Mapping[str, Any], ...] = ()
+    memory: Mapping[str, Any] = field(default_factory=dict)
+    usage: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TrafficSnapshot:
     """The per-version traffic of one route (a service, or ``NAME.preview``) at one time.
 

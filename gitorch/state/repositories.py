@@ -18,6 +18,7 @@ knows which backend runs.
     ├── analysis     analysis runs and their measurements
     ├── traffic      the latest per-version traffic of each route
     ├── volumes      where each Volume is bound, made, released or lost
+    ├── autoscalers  the count each autoscaled service runs, and its windows' memory
     └── audit        the append-only history/audit log
 
 Every write method groups its own writes in one transaction; called inside
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from gitorch.state.audit_chain import ChainEntry
@@ -39,6 +40,7 @@ from gitorch.state.records import (
     AnalysisRunRecord,
     AppliedObject,
     AuditEvent,
+    AutoscalerRecord,
     BackoffRecord,
     Measurement,
     MeasurementPhase,
@@ -232,6 +234,22 @@ class TrafficRepository(Protocol):
     def list(self) -> list[TrafficSnapshot]: ...
 
 
+class AutoscalerRepository(Protocol):
+    def save(self, record: AutoscalerRecord) -> None:
+        """Insert or replace the record of ``record.service``."""
+        ...
+
+    def get(self, service: str) -> AutoscalerRecord | None: ...
+
+    def list(self) -> list[AutoscalerRecord]:
+        """Every record, by service name."""
+        ...
+
+    def forget(self, service: str) -> bool:
+        """Drop a service's record; whether there was one."""
+        ...
+
+
 class VolumeRepository(Protocol):
     def bind(self, name: str, node: str, spec: Mapping[str, Any], *, at: float | None) -> None: ...
 
@@ -294,6 +312,7 @@ class StateSnapshot:
     traffic: list[TrafficSnapshot]
     audit: list[ChainEntry]  # with their links in the hash chain, copied as they are
     volumes: list[VolumeRecord]
+    autoscalers: list[AutoscalerRecord] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -310,6 +329,7 @@ class StateSnapshot:
                 "traffic",
                 "audit",
                 "volumes",
+                "autoscalers",
             )
         }
 
@@ -343,6 +363,9 @@ class Backend(Protocol):
 
     @property
     def volumes(self) -> VolumeRepository: ...
+
+    @property
+    def autoscalers(self) -> AutoscalerRepository: ...
 
     @property
     def audit(self) -> AuditRepository: ...

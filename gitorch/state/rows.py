@@ -12,6 +12,7 @@ from gitorch.state.records import (
     AnalysisRunPhase,
     AnalysisRunRecord,
     AuditEvent,
+    AutoscalerRecord,
     Measurement,
     MeasurementPhase,
     NodeCondition,
@@ -184,6 +185,20 @@ def traffic(row: sqlite3.Row) -> TrafficSnapshot:
         since=float(data.get("since", row["taken_at"])),
         data_plane=str(data.get("dataPlane", "")),
         versions=tuple(VersionTraffic.from_json(v) for v in data.get("versions", [])),
+    )
+
+
+def autoscaler(row: sqlite3.Row) -> AutoscalerRecord:
+    metrics = json.loads(row["metrics"] or "[]")
+    return AutoscalerRecord(
+        service=row["service"],
+        desired=int(row["desired"]),
+        decided_at=float(row["decided_at"]),
+        changed_at=row["changed_at"],
+        reason=row["reason"],
+        metrics=tuple(m for m in metrics if isinstance(m, dict)),
+        memory=load_json(row["memory"]),
+        usage=load_json(row["usage"]),
     )
 
 

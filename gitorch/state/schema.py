@@ -347,6 +347,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_log_by_at ON audit_log (at)",
         ),
     ),
+    Migration(
+        "autoscalers: the count each autoscaled service runs, why, and what it remembers",
+        (
+            # One row per autoscaled service, written by the daemon's sync loop: the count
+            # the pass runs (``desired``), the last decision's reason and per-metric
+            # readings (JSON), the recommendations and scale events its windows and
+            # policies need (JSON), and the vertical recommender's usage histograms (JSON).
+            """
+            CREATE TABLE autoscalers (
+                service     TEXT PRIMARY KEY,
+                desired     INTEGER NOT NULL,
+                decided_at  REAL NOT NULL,
+                changed_at  REAL,
+                reason      TEXT NOT NULL DEFAULT '',
+                metrics     TEXT NOT NULL DEFAULT '[]',
+                memory      TEXT NOT NULL DEFAULT '{}',
+                usage       TEXT NOT NULL DEFAULT '{}'
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

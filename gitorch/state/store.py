@@ -25,6 +25,7 @@ from gitorch.state.records import (
     AnalysisRunRecord,
     AppliedObject,
     AuditEvent,
+    AutoscalerRecord,
     BackoffRecord,
     Measurement,
     MeasurementPhase,
@@ -89,6 +90,7 @@ class StateStore:
         self.backoff = backend.backoff
         self.analysis = backend.analysis
         self.traffic = backend.traffic
+        self.autoscalers = backend.autoscalers
         self.volumes = backend.volumes
         self.audit = backend.audit
         self.schema_version = backend.schema_version
@@ -478,6 +480,23 @@ class StateStore:
     def list_traffic(self) -> list[TrafficSnapshot]:
         """Every stored route's latest traffic, by name."""
         return self.traffic.list()
+
+    # -- autoscalers -------------------------------------------------------------------
+
+    def save_autoscaler(self, record: AutoscalerRecord) -> None:
+        """Insert or replace the autoscaler record of ``record.service``."""
+        self.autoscalers.save(record)
+
+    def get_autoscaler(self, service: str) -> AutoscalerRecord | None:
+        return self.autoscalers.get(service)
+
+    def list_autoscalers(self) -> list[AutoscalerRecord]:
+        """Every autoscaler record, by service name."""
+        return self.autoscalers.list()
+
+    def forget_autoscaler(self, service: str) -> bool:
+        """Drop a service's autoscaler record (its autoscale block or itself left Git)."""
+        return self.autoscalers.forget(service)
 
     # -- volumes -----------------------------------------------------------------------
 

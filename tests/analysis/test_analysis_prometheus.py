@@ -7,20 +7,16 @@ these tests FAIL, they do not skip.
 from __future__ import annotations
 
 import http.server
-import json
-import shutil
 import socket
-import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from listen_ports import free_port
+from prometheus_helpers import running_prometheus
 
 from gitorch.analysis.evaluate import MeasurementPhase
 from gitorch.analysis.measure import measure
@@ -58,65 +54,17 @@ class Prom:
     address: str
 
 
-def _query_raw(address: str, query: str) -> dict[str, object]:
-    url = f"{address}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local test server
-        doc: dict[str, object] = json.loads(response.read())
-        return doc
-
-
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("the prometheus binary is missing: apt-get install -y prometheus")
     exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
     thread = threading.Thread(target=exporter.serve_forever, daemon=True)
     thread.start()
     work: Path = tmp_path_factory.mktemp("prometheus")
-    config = work / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: demo\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{exporter.server_address[1]}']\n"
-    )
-    port = free_port()
-    log = (work / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={work / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    address = f"http://127.0.0.1:{port}"
+    target = f"127.0.0.1:{exporter.server_address[1]}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"prometheus exited: {(work / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                doc = _query_raw(address, "demo_requests_total")
-                data = doc.get("data")
-                if isinstance(data, dict) and data.get("result"):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("prometheus has no sample of the exporter after 30s")
-            time.sleep(0.2)
-        yield Prom(address)
+        with running_prometheus(work, [target], ready_query="demo_requests_total") as address:
+            yield Prom(address)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
         exporter.shutdown()
         exporter.server_close()
 

@@ -23,6 +23,9 @@ GITORCH_FAMILIES = {
     "gitorch_revision_info": "gauge",
     "gitorch_source_fetch_errors_total": "counter",
     "gitorch_webhook_requests_total": "counter",
+    "gitorch_autoscale_replicas": "gauge",
+    "gitorch_autoscale_metric": "gauge",
+    "gitorch_autoscale_decisions_total": "counter",
 }
 
 
@@ -36,6 +39,30 @@ def test_every_gitorch_metric_is_exported_with_its_type() -> None:
     ]
     results = {labels["result"] for _, labels, _ in families["gitorch_reconcile_total"].samples}
     assert results == {"succeeded", "failed", "rolled-back"}
+
+
+def test_autoscale_series_follow_the_last_decision() -> None:
+    metrics = Metrics()
+    metrics.set_autoscale(
+        "web", desired=3, bounds=(1, 4), readings=[("cpu", 120.0, 50.0), ("rps", None, 10.0)]
+    )
+    metrics.autoscale_decisions_total.inc(service="web", direction="up")
+    families = parse_prometheus(metrics.render())
+    counts = {labels["kind"]: v for _, labels, v in families["gitorch_autoscale_replicas"].samples}
+    assert counts == {"desired": 3, "min": 1, "max": 4}
+    readings = {
+        (labels["metric"], labels["kind"]): v
+        for _, labels, v in families["gitorch_autoscale_metric"].samples
+    }
+    # rps could not be read: its target shows, no value is made up.
+    assert readings == {("cpu", "value"): 120.0, ("cpu", "target"): 50.0, ("rps", "target"): 10.0}
+    assert metrics.value("gitorch_autoscale_decisions_total", service="web", direction="up") == 1
+    metrics.set_autoscale("api", desired=1, bounds=(1, 2), readings=[])
+    metrics.keep_autoscaled({"api"})  # web lost its autoscale block
+    families = parse_prometheus(metrics.render())
+    assert {s[1]["service"] for s in families["gitorch_autoscale_replicas"].samples} == {"api"}
+    metrics.forget_service("api")
+    assert parse_prometheus(metrics.render())["gitorch_autoscale_replicas"].samples == []
 
 
 def test_daemon_helpers_keep_gauges_consistent() -> None:

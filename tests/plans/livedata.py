@@ -22,6 +22,10 @@ A case folder holds:
         "records": [{"name": "data", "node": "node-a", "created": true,
                      "released": false, "missing": false}],
         "on": {"node-a": ["data"]}
+      },
+      "autoscalers": {             # the horizontal autoscaler's records
+        "web": {"desired": 3, "reason": "cpu 30/70 -> 3",
+                "metrics": [{"metric": "cpu", "value": 30, "target": 70, "proposal": 3}]}
       }
     }
 
@@ -54,7 +58,7 @@ from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.build import template_digest_of
 from gitorch.manifests.quantities import parse_cpu, parse_memory
 from gitorch.runtime.base import VolumeInfo
-from gitorch.state.records import RolloutPhase, RolloutRecord, VolumeRecord
+from gitorch.state.records import AutoscalerRecord, RolloutPhase, RolloutRecord, VolumeRecord
 
 #: The revision every case plans (fixed, so goldens do not depend on a Git repo).
 REVISION = "5d41402abc4b2a76b9719d911017c592ab3f9c11"
@@ -219,4 +223,16 @@ def build_live(case: Path) -> LiveState:
         rollouts=MappingProxyType(rollouts),
         volume_records=MappingProxyType(records),
         volumes_on=MappingProxyType(on),
+        autoscalers=MappingProxyType(
+            {
+                name: AutoscalerRecord(
+                    service=name,
+                    desired=a["desired"],
+                    decided_at=NOW,
+                    reason=a.get("reason", ""),
+                    metrics=tuple(a.get("metrics", [])),
+                )
+                for name, a in raw.get("autoscalers", {}).items()
+            }
+        ),
     )

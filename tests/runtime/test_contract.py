@@ -235,6 +235,20 @@ def test_usage_is_measured(runtime_kit: RuntimeKit) -> None:
     assert usage.memory_bytes > 0
 
 
+def test_usage_tells_a_busy_replica_from_an_idle_one(runtime_kit: RuntimeKit) -> None:
+    # What the autoscaler's cpu metric reads: Docker's stats, the process driver's ticks.
+    runtime = runtime_kit.runtime
+    busy = runtime.create(runtime_kit.shell("busy", "while :; do :; done"), runtime_kit.cluster)
+    idle = runtime.create(runtime_kit.shell("idle", "sleep 300"), runtime_kit.cluster)
+    for instance in (busy, idle):
+        runtime.usage(instance.id)  # the process driver's first sample
+    time.sleep(1.0)
+    busy_usage, idle_usage = runtime.usage(busy.id), runtime.usage(idle.id)
+    # A busy loop gets a full core on an idle machine, a share of one on a busy one.
+    assert busy_usage.cpu_percent > 5.0, busy_usage
+    assert idle_usage.cpu_percent < 2.0, idle_usage
+
+
 def test_a_replica_that_exits_shows_exited_with_its_code(runtime_kit: RuntimeKit) -> None:
     runtime = runtime_kit.runtime
     instance = runtime.create(runtime_kit.spec("exit3"), runtime_kit.cluster)

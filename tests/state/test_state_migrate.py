@@ -10,6 +10,7 @@ from reconciler_helpers import gitorch
 from gitorch.live.inventory import cluster_name, existing_cluster_name
 from gitorch.state import (
     AnalysisRunPhase,
+    AutoscalerRecord,
     BackoffRecord,
     DaemonLock,
     MeasurementPhase,
@@ -64,6 +65,12 @@ def fill(store: StateStore) -> None:
     )
     store.append_event("revision.started", "applying", revision=SHA, data={"k": [1, 2]})
     store.append_event("service.pruned", "gone", service="old")
+    store.save_autoscaler(
+        AutoscalerRecord(
+            "web", 3, 10.0, changed_at=9.0, reason="cpu", metrics=({"metric": "cpu"},),
+            memory={"events": [[9.0, 1]]}, usage={"cpu": {"total": 1.0}},
+        )
+    )  # fmt: skip
 
 
 def comparable(store: StateStore) -> object:

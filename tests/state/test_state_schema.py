@@ -29,6 +29,7 @@ TABLES = {
     "analysis_runs",
     "traffic_snapshots",
     "volumes",
+    "autoscalers",
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from gitorch.errors import StateError
 from gitorch.state import (
+    AutoscalerRecord,
     MeasurementPhase,
     NodeCondition,
     PortUnavailable,
@@ -320,3 +321,20 @@ def test_draining_flag_round_trips_and_needs_a_registered_node(tmp_path: Path) -
         assert store.set_draining("node-a", False).draining is False
         with pytest.raises(RecordNotFound):
             store.set_draining("nope", True)
+
+
+def test_autoscaler_records_round_trip_and_are_forgotten(store: StateStore) -> None:
+    record = AutoscalerRecord(
+        service="web",
+        desired=3,
+        decided_at=100.0,
+        changed_at=90.0,
+        reason="cpu 100/50 -> 3",
+        metrics=({"metric": "cpu", "value": 100.0, "target": 50.0, "proposal": 3},),
+        memory={"recommendations": [[100.0, 3]], "events": [[90.0, 2]]},
+    )
+    store.save_autoscaler(record)
+    assert store.get_autoscaler("web") == record
+    store.save_autoscaler(AutoscalerRecord("web", 2, 115.0))
+    assert [r.desired for r in store.list_autoscalers()] == [2]
+    assert store.forget_autoscaler("web") and store.list_autoscalers() == []

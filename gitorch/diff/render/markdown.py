@@ -205,6 +205,14 @@ def render_markdown(plan: Plan) -> str:
                 f"| {md_escape(drift.message)} | {md_escape(', '.join(drift.replicas))} |"
             )
         out.append("")
+    if plan.autoscaled:
+        out += ["#### Autoscaled", "", "Counts the autoscaler owns (not drift):", ""]
+        for scaled in plan.autoscaled:
+            out.append(f"- {md_escape(scaled.describe())}")
+            if scaled.reason:
+                out.append(f"  - last decision: {md_escape(scaled.reason)}")
+            out += [f"  - recommended: {md_escape(line)}" for line in scaled.recommendations]
+        out.append("")
     if plan.actions:
         out += [
             "#### Next pass",

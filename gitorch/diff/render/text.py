@@ -231,6 +231,17 @@ _ACTION_STYLE = {
 }
 
 
+def _autoscaled(out: _Printer, plan: Plan) -> None:
+    out(("Autoscaled", "bold"), " (counts the autoscaler owns: not drift):")
+    for item in plan.autoscaled:
+        out("  ", item.describe())
+        if item.reason:
+            out("    ", (f"last decision: {item.reason}", "dim"))
+        for line in item.recommendations:
+            out("    ", f"recommended: {line}")
+    out()
+
+
 def _next_pass(out: _Printer, plan: Plan) -> None:
     out(("Next pass", "bold"), " (what the reconciler does now, in this order):")
     for action in plan.actions:
@@ -274,6 +285,8 @@ def render_text(plan: Plan, console: Console) -> None:
         _unschedulable(out, plan)
     if plan.drift:
         _drift(out, plan)
+    if plan.autoscaled:
+        _autoscaled(out, plan)
     if plan.actions:
         _next_pass(out, plan)
     if plan.warnings:

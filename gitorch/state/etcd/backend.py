@@ -121,6 +121,7 @@ class EtcdBackend:
         self.backoff = repos.Backoff(self)
         self.analysis = repos.Analysis(self)
         self.traffic = repos.Traffic(self)
+        self.autoscalers = repos.Autoscalers(self)
         self.volumes = repos.Volumes(self)
         self.audit = repos.Audit(self)
 
@@ -456,6 +457,8 @@ class EtcdBackend:
                 with self.transaction():
                     write(records[start : start + RESTORE_BATCH])
         self.traffic.replace(snapshot.traffic)
+        for autoscaler in snapshot.autoscalers:
+            self.autoscalers.save(autoscaler)
         with self.transaction():
             for sequence, records in (
                 ("revisions", snapshot.revisions),

@@ -16,6 +16,7 @@
     measurements/SERVICE/ID                  one analysis measurement
     traffic                                  the latest traffic of every route (one key)
     volumes/NAME/NODE                        where a Volume is bound, made, released, lost
+    autoscalers/SERVICE                      an autoscaled service's count and windows
     audit/ID                                 one entry of the append-only audit log
     audit-head                               the newest entry's id and hash (the chain)
     election/leader, members/NAME            leadership (gitorch.state.etcd.election)
@@ -43,6 +44,7 @@ from gitorch.state.records import (
     AnalysisRunRecord,
     AppliedObject,
     AuditEvent,
+    AutoscalerRecord,
     BackoffRecord,
     Measurement,
     MeasurementPhase,
@@ -749,6 +751,40 @@ class Traffic:
     def list(self) -> list[TrafficSnapshot]:
         found = self.kv.get("traffic") or {}
         return [_traffic(name, found[name]) for name in sorted(found)]
+
+
+# -- autoscalers -------------------------------------------------------------------------
+
+
+def _autoscaler(data: Mapping[str, Any]) -> AutoscalerRecord:
+    return AutoscalerRecord(**{**data, "metrics": tuple(data.get("metrics") or ())})
+
+
+class Autoscalers:
+    def __init__(self, kv: EtcdBackend) -> None:
+        self.kv = kv
+
+    def save(self, record: AutoscalerRecord) -> None:
+        self.kv.atomic(lambda: self.kv.put(f"autoscalers/{record.service}", _plain(record)))
+
+    def get(self, service: str) -> AutoscalerRecord | None:
+        found = self.kv.get(f"autoscalers/{service}")
+        return None if found is None else _autoscaler(found)
+
+    def list(self) -> list[AutoscalerRecord]:
+        return sorted(
+            (_autoscaler(data) for _, data in self.kv.range("autoscalers/")),
+            key=lambda r: r.service,
+        )
+
+    def forget(self, service: str) -> bool:
+        def write() -> bool:
+            if self.kv.get(f"autoscalers/{service}") is None:
+                return False
+            self.kv.delete(f"autoscalers/{service}")
+            return True
+
+        return self.kv.atomic(write)
 
 
 # -- volumes -----------------------------------------------------------------------------

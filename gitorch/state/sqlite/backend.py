@@ -89,6 +89,7 @@ class SqliteBackend:
         self.analysis = repos.Analysis(self)
         self.traffic = repos.Traffic(self)
         self.volumes = repos.Volumes(self)
+        self.autoscalers = repos.Autoscalers(self)
         self.audit = repos.Audit(self)
 
     def describe(self) -> str:

@@ -2,6 +2,7 @@
 
 from gitorch.state.sqlite.analysis import Analysis
 from gitorch.state.sqlite.audit import Audit
+from gitorch.state.sqlite.autoscalers import Autoscalers
 from gitorch.state.sqlite.backoff import Backoff
 from gitorch.state.sqlite.inventory import Inventory
 from gitorch.state.sqlite.nodes import Nodes
@@ -14,6 +15,7 @@ from gitorch.state.sqlite.volumes import Volumes
 __all__ = [
     "Analysis",
     "Audit",
+    "Autoscalers",
     "Backoff",
     "Inventory",
     "Nodes",

@@ -121,6 +121,8 @@ def restore(db: SqliteBackend, snapshot: StateSnapshot) -> None:
         )
         db.traffic.replace(snapshot.traffic)
         db.volumes.restore(snapshot.volumes)
+        for autoscaler in snapshot.autoscalers:
+            db.autoscalers.save(autoscaler)
         conn.executemany(
             "INSERT INTO audit_log (id, at, kind, service, revision, message, data, actor,"
             " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

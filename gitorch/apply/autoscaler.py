@@ -1,0 +1,194 @@
+"""The horizontal autoscaler's sync: read the metrics, decide (pure), record.
+
+Every sync period (``gitorch daemon --autoscale-sync``, 15 s by default) the daemon calls
+:meth:`Autoscaler.sync` with the desired state and one observation. For each service with
+``spec.autoscale`` it reads the metrics (:mod:`gitorch.apply.scale_metrics`), runs
+:func:`gitorch.decide.autoscale.decide_scale`, and stores the outcome in the service's
+autoscaler record: the count, the reason, every metric's value and proposal. A change of
+count is also an audit event (``autoscale.scaled``: which metric, its value and target,
+from and to). Nothing is started or stopped here: the next reconcile pass reads the record
+(``LiveState.autoscalers``) and decides the starts and drains like any other change of
+count, so ``gitorch plan`` shows them and the executor carries them out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gitorch.apply.scale_metrics import ScaleMetrics, Usage
+from gitorch.decide.autoscale import ScaleDecision, ScaleInput, ScaleMemory, decide_scale
+from gitorch.decide.service import desired_count
+from gitorch.decide.vertical import Histograms, recommend
+from gitorch.live.model import LiveReplica, LiveService, LiveState
+from gitorch.manifests.model import DesiredState, Service, VerticalScaling
+from gitorch.state.records import AutoscalerRecord, RolloutPhase, RolloutRecord
+from gitorch.state.store import StateStore
+
+#: The event kind of a change of count in the audit log.
+SCALED_EVENT = "autoscale.scaled"
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """One service's decision and the record written for it."""
+
+    decision: ScaleDecision
+    record: AutoscalerRecord
+    bounds: tuple[int, int]
+
+
+def memory_of(record: AutoscalerRecord | None) -> ScaleMemory:
+    """The decision's memory as a record stores it."""
+    if record is None:
+        return ScaleMemory()
+    raw = record.memory
+    return ScaleMemory(
+        tuple((float(at), int(n)) for at, n in raw.get("recommendations", [])),
+        tuple((float(at), int(n)) for at, n in raw.get("events", [])),
+    )
+
+
+def rollout_running(service: Service, live: LiveService, rollout: RolloutRecord | None) -> bool:
+    """A rollout is replacing replicas: a template other than the rollout's target runs
+    (after a rollback the target is the last good spec, not Git's), or a progressive step
+    pauses."""
+    if rollout is not None and rollout.phase is RolloutPhase.PAUSED:
+        return True
+    target = rollout.spec_digest if rollout is not None else service.template_digest
+    templates = {r.template_digest for r in live.running if r.template_digest}
+    return bool(templates - {target})
+
+
+def _vertical(
+    previous: AutoscalerRecord | None,
+    usage: Sequence[Usage],
+    vertical: VerticalScaling | None,
+    now: float,
+) -> dict[str, Any]:
+    """The usage histograms with this sync's samples, and the recommendation they give."""
+    assert vertical is not None
+    stored = previous.usage if previous is not None else {}
+    histograms = Histograms.from_json(stored.get("histograms")).add(
+        [(u.cpu_millis, u.memory_bytes) for u in usage], now
+    )
+    recommendation = recommend(histograms, vertical, now)
+    return {
+        "histograms": histograms.to_json(),
+        "recommendation": {
+            "cpu": recommendation.cpu_millis,
+            "memory": recommendation.memory_bytes,
+            "samples": recommendation.samples,
+        },
+    }
+
+
+class Autoscaler:
+    """Reads, decides and records, per autoscaled service (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        metrics: ScaleMetrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._clock = clock
+
+    def sync(
+        self, desired: DesiredState, live: LiveState, ready: Callable[[LiveReplica], bool]
+    ) -> list[SyncResult]:
+        """One sync over every autoscaled service; records of services no longer
+        autoscaled are dropped."""
+        results: list[SyncResult] = []
+        for _name, service in sorted(desired.services.items()):
+            if service.autoscale is None:
+                continue
+            results.append(self._one(service, live, ready))
+        autoscaled = {r.record.service for r in results}
+        for name in live.autoscalers:
+            spec = desired.services.get(name)
+            if name not in autoscaled and (spec is None or spec.autoscale is None):
+                self.store.forget_autoscaler(name)
+                self.metrics.forget(name)
+        return results
+
+    def _one(
+        self, service: Service, live: LiveState, ready: Callable[[LiveReplica], bool]
+    ) -> SyncResult:
+        assert service.autoscale is not None
+        name = service.name
+        now = self._clock()
+        previous = live.autoscalers.get(name)
+        live_service = live.services.get(name) or LiveService(name, None, ())
+        current = desired_count(
+            service, live_service, previous.desired if previous is not None else None
+        )
+        answering = [r for r in live_service.running if ready(r)]
+        vertical = service.autoscale.vertical
+        recommending = vertical is not None and vertical.mode != "Off"
+        needs_usage = recommending or any(
+            m.type in ("cpu", "memory") for m in service.autoscale.metrics
+        )
+        usage = self.metrics.usage(answering) if needs_usage else []
+        readings = self.metrics.read(service, answering, usage)
+        rollout = live.rollouts.get(name)
+        decision = decide_scale(
+            ScaleInput(
+                service=name,
+                spec=service.autoscale,
+                current=current,
+                readings=readings,
+                now=now,
+                memory=memory_of(previous),
+                rollout_in_progress=rollout_running(service, live_service, rollout),
+            )
+        )
+        record = AutoscalerRecord(
+            service=name,
+            desired=decision.desired,
+            decided_at=now,
+            changed_at=now if decision.changed else (previous.changed_at if previous else None),
+            reason=decision.reason,
+            metrics=tuple(
+                {
+                    "metric": v.metric,
+                    "value": v.value,
+                    "target": v.target,
+                    "proposal": v.proposal,
+                    "message": v.message,
+                }
+                for v in decision.verdicts
+            ),
+            memory={
+                "recommendations": [list(r) for r in decision.memory.recommendations],
+                "events": [list(e) for e in decision.memory.events],
+            },
+            usage=_vertical(previous, usage, vertical, now) if recommending else {},
+        )
+        with self.store.transaction():
+            self.store.save_autoscaler(record)
+            if decision.changed:
+                deciding = decision.deciding
+                self.store.append_event(
+                    SCALED_EVENT,
+                    f"{name}: {decision.current} -> {decision.desired} replicas ({decision.reason})",
+                    service=name,
+                    data={
+                        "from": decision.current,
+                        "to": decision.desired,
+                        "reason": decision.reason,
+                        "metric": deciding.metric if deciding else None,
+                        "value": deciding.value if deciding else None,
+                        "target": deciding.target if deciding else None,
+                        "min": service.autoscale.min_replicas,
+                        "max": service.autoscale.max_replicas,
+                    },
+                    at=now,
+                )
+        bounds = (service.autoscale.min_replicas, service.autoscale.max_replicas)
+        return SyncResult(decision, record, bounds)
