@@ -13,7 +13,11 @@ through the runtimes and the data plane, in an order that never fails a request:
 
 Volumes come first and last: the volumes decided are made before any replica starts (a
 volume that cannot be made fails the starts that need it on that node), and volumes
-decided for deletion are removed after the replicas have stopped.
+decided for deletion are removed after the replicas have stopped. Remote hosts'
+ingresses likewise: started first (:mod:`gitorch.apply.ingress`), each host's table
+published with the daemon's own at steps 3 and 5, removed last. A replica that some
+host's ingress did not take the new table for is not stopped (that ingress may still
+send it requests).
 
 Every failure is caught where it happens and reported on the service it concerns (a
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
@@ -25,19 +29,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitorch.apply.health import HealthMonitor
+from gitorch.apply.ingress import IngressFleet
 from gitorch.apply.replicas import replica_spec, volume_spec
 from gitorch.decide import PassDecision, StartReplica, StopReplica
-from gitorch.decide.actions import Action, CreateVolume, DeleteVolume
+from gitorch.decide.actions import Action, CreateVolume, DeleteVolume, RemoveIngress, StartIngress
+from gitorch.decide.ingress import HostTable
 from gitorch.errors import GitorchError
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
-from gitorch.traffic.discovery import service_env
+from gitorch.traffic.discovery import Discovery, discovery_for
 from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import DataPlane, RoutingTable
 
@@ -93,8 +99,10 @@ class Executor:
         secrets_dir: Path | None = None,
         drain_timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        ingress: IngressFleet | None = None,
     ) -> None:
         self.runtimes = runtimes
+        self.ingress = ingress
         self.health = health
         self.dataplane = dataplane
         self.cluster = cluster
@@ -118,6 +126,7 @@ class Executor:
         done = Execution()
         for create in decision.volumes.creates:
             self._create_volume(desired, create, done)
+        self._ingresses(decision.ingress.starts, done)
         stops = decision.stops()
         for stop in (s for s in stops if not s.drain):
             self._remove(stop, done)
@@ -135,6 +144,15 @@ class Executor:
                     "published, so they may still receive traffic"
                 )
             return done
+        hosts = decision.ingress.hosts
+        stale = self._publish_hosts(hosts, decision.table, held_routes, done)
+        held = [s for s in draining if s.replica_id in stale]
+        if held:
+            done.errors.append(
+                f"{len(held)} replica(s) not stopped: a host's ingress did not take the new "
+                "table, so it may still send them requests"
+            )
+        draining = [s for s in draining if s.replica_id not in stale]
         if draining:
             self._drain(draining)
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
@@ -143,9 +161,69 @@ class Executor:
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
             self._publish(after, held_routes, done)
+            self._publish_hosts(hosts, after, held_routes, done)
         for delete in decision.volumes.deletes:
             self._delete_volume(delete, done)
+        self._ingresses(decision.ingress.removes, done)
         return done
+
+    # ------------------------------------------------------------------ ingresses
+
+    def _ingresses(self, actions: Sequence[StartIngress | RemoveIngress], done: Execution) -> None:
+        """Start or remove hosts' ingresses, in parallel; each failure names its node."""
+        fleet = self.ingress
+        if not actions or fleet is None:
+            return
+
+        def one(action: StartIngress | RemoveIngress) -> None:
+            try:
+                if isinstance(action, StartIngress):
+                    fleet.start(action)
+                else:
+                    fleet.remove(action)
+            except GitorchError as exc:
+                what = "started" if isinstance(action, StartIngress) else "removed"
+                done.errors.append(
+                    f"node {action.node}: the ingress could not be {what}: {exc.message}"
+                )
+                return
+            done.executed.append(action)
+
+        with ThreadPoolExecutor(max_workers=min(8, len(actions))) as pool:
+            list(pool.map(one, actions))
+
+    def _publish_hosts(
+        self,
+        hosts: Mapping[str, HostTable],
+        table: RoutingTable,
+        held_routes: Collection[str],
+        done: Execution,
+    ) -> set[str]:
+        """Each remote host's share of ``table``; the ids of the backends the hosts that
+        failed to take it still hold."""
+        if not hosts or self.ingress is None:
+            return set()
+        shares = {
+            node: HostTable(
+                host.node,
+                host.address,
+                RoutingTable(
+                    {
+                        name: table.routes[name]
+                        for name in host.table.routes
+                        if name in table.routes and name not in held_routes
+                    }
+                ),
+            )
+            for node, host in hosts.items()
+        }
+        failed = self.ingress.publish(shares)
+        stale: set[str] = set()
+        for node, message in sorted(failed.items()):
+            done.errors.append(f"node {node}: its ingress did not take the table: {message}")
+            for route in hosts[node].table.routes.values():
+                stale.update(b.id for b in route.backends)
+        return stale
 
     # ------------------------------------------------------------------ volumes
 
@@ -183,13 +261,23 @@ class Executor:
 
     # ------------------------------------------------------------------ replicas
 
-    def _discovery(self, desired: DesiredState, service: Service) -> dict[str, str]:
-        endpoints = {
-            dep: (self.advertise_host, desired.services[dep].expose.port)  # type: ignore[union-attr]
+    def _discovery(
+        self, desired: DesiredState, service: Service, node: str, decision: PassDecision
+    ) -> Discovery:
+        """Where a replica on ``node`` reaches its dependencies: its own host's ingress
+        (a remote host's address), else the daemon's (see :func:`discovery_for`)."""
+        ports = {
+            dep: desired.services[dep].expose.port  # type: ignore[union-attr]
             for dep in service.depends_on
             if dep in desired.services and desired.services[dep].expose is not None
         }
-        return service_env(endpoints)
+        runtime = self.runtimes.get(node)
+        return discovery_for(
+            ports,
+            host_ingress=decision.ingress.addresses.get(node),
+            local_ingress=self.advertise_host,
+            container=runtime is not None and runtime.driver == "docker",
+        )
 
     def _start(
         self, desired: DesiredState, decision: PassDecision, action: StartReplica, done: Execution
@@ -204,14 +292,16 @@ class Executor:
                 failed = done.volume_failures.get((mount.volume, action.node))
                 if failed is not None:
                     raise GitorchError(f"volume {mount.volume} could not be made: {failed}")
+            found = self._discovery(desired, target, action.node, decision)
             spec = replica_spec(
                 target,
                 action.slot,
                 cluster=self.cluster,
                 revision=service_decision.record.revision,
-                discovery=self._discovery(desired, target),
+                discovery=found.env,
                 secrets_dir=self.secrets_dir,
                 volumes=desired.volumes,
+                extra_hosts=found.hosts,
             )
             instance = runtime.create(spec, self.cluster)
         except GitorchError as exc:

@@ -4,19 +4,25 @@ A node that stops answering is NotReady at once, but its replicas are only *unkn
 they keep their slots (no second copy starts) until the node has been silent for the
 grace period. Then the node is lost and its replicas' slots are filled elsewhere, through
 the service's normal strategy, so capacity and availability rules hold. When the node
-answers again, its stale replicas reappear as extra copies of filled slots and the
-strategy removes them. What that means for a pass (cordons, evictions) is decided in
+answers again, the replicas it ran from before it was lost are *stale*
+(:meth:`NodeTracker.stale_replicas`): they are evicted (replaced, here: already replaced,
+so simply drained and removed) and listed draining in every routing table from the first
+pass that sees them, so they never take a request; a node lost while no daemon ran (its
+stored last answer older than the grace) counts as lost the same way. What that means for a pass (cordons, evictions) is decided in
 :mod:`gitorch.decide.nodes`; this tracker keeps the clock and the store's node records.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 from gitorch.decide.nodes import with_held_replicas
 from gitorch.live.model import LiveReplica, LiveState
 from gitorch.state import NodeCondition, NodeRecord, StateStore
+
+log = logging.getLogger("gitorch.nodes")
 
 #: Seconds between two writes of a Ready node's last-seen time. The tracker keeps the
 #: exact time in memory; the store's copy (for `gitorch nodes`, and for a restarted
@@ -36,6 +42,8 @@ class NodeTracker:
         self.clock = clock
         self._seen: dict[str, tuple[LiveReplica, ...]] = {}  # node -> its replicas, last answer
         self._last_seen: dict[str, float] = {}  # node -> when it last answered (this daemon)
+        self._lost: set[str] = set()  # nodes silent past the grace (replaced elsewhere)
+        self._returned: dict[str, float] = {}  # node -> when it answered again after that
 
     def update(self, live: LiveState) -> tuple[LiveState, frozenset[str]]:
         """``live`` plus the last known replicas of silent nodes (unknown), and the nodes
@@ -46,11 +54,19 @@ class NodeTracker:
         for name, node in live.nodes.items():
             record = records.get(name)
             if node.ready:
+                if name in self._lost or _lost_meanwhile(record, now, self.grace):
+                    self._lost.discard(name)
+                    self._returned[name] = now
+                    log.warning("node %s answers again after it was lost", name)
+                elif record is not None and record.condition == NodeCondition.NOT_READY:
+                    log.info("node %s is Ready again", name)
                 self._last_seen[name] = now
                 if _stale(record, now):
                     self.store.update_node_condition(name, NodeCondition.READY, seen=True, at=now)
                 self._seen[name] = tuple(r for r in live.replicas() if r.node == name)
                 continue
+            if record is None or record.condition != NodeCondition.NOT_READY:
+                log.warning("node %s is NotReady: %s", name, node.message)
             if (
                 record is None
                 or record.condition != NodeCondition.NOT_READY
@@ -63,12 +79,45 @@ class NodeTracker:
             heard = [t for t in (self._last_seen.get(name), stored) if t is not None]
             if not heard or now - max(heard) >= self.grace:
                 lost.add(name)
+                if name not in self._lost:
+                    log.warning(
+                        "node %s is lost (silent for %.0fs): its replicas go elsewhere",
+                        name,
+                        self.grace,
+                    )
+                self._lost.add(name)
         held = {
             name: replicas
             for name, replicas in self._seen.items()
             if name in live.nodes and not live.nodes[name].ready and name not in lost
         }
         return with_held_replicas(live, held), frozenset(lost)
+
+    def stale_replicas(self, live: LiveState) -> dict[str, str]:
+        """Replicas (id -> why) of nodes that answer again after they were lost, started
+        before they came back: their slots were filled elsewhere meanwhile."""
+        stale: dict[str, str] = {}
+        for name, since in list(self._returned.items()):
+            found = {
+                r.id: f"node {name} was lost, its replicas replaced elsewhere"
+                for r in live.replicas()
+                if r.node == name and (r.started_at is None or r.started_at < since)
+            }
+            if not found:
+                del self._returned[name]  # all gone: nothing of the loss is left
+            stale.update(found)
+        return stale
+
+
+def _lost_meanwhile(record: NodeRecord | None, now: float, grace: float) -> bool:
+    """A node the store says was silent past the grace when it last looked (lost while
+    no daemon ran, or before this one)."""
+    return (
+        record is not None
+        and record.condition == NodeCondition.NOT_READY
+        and record.last_seen is not None
+        and now - record.last_seen >= grace
+    )
 
 
 def _stale(record: NodeRecord | None, now: float) -> bool:

@@ -35,6 +35,7 @@ from gitorch.apply.analysis_runs import AnalysisRunner, StepEntry
 from gitorch.apply.bookkeeping import Bookkeeper, CommitMeta, service_failures
 from gitorch.apply.execute import Execution, Executor, service_of_route
 from gitorch.apply.health import HealthMonitor
+from gitorch.apply.ingress import IngressFleet
 from gitorch.apply.nodes import NodeTracker
 from gitorch.decide import PassDecision, ServiceProgress, decide_pass
 from gitorch.decide.actions import Action
@@ -91,8 +92,10 @@ class Reconciler:
         node_grace: float = 30.0,
         crash_loop: CrashLoop = DEFAULT_CRASH_LOOP,
         clock: Callable[[], float] = time.time,
+        ingress: IngressFleet | None = None,
     ) -> None:
         self.store = store
+        self.ingress = ingress
         self.nodes = NodeTracker(store, grace=node_grace, clock=clock)
         self.analysis = AnalysisRunner(store, dataplane)
         self.targets = list(targets)
@@ -111,9 +114,11 @@ class Reconciler:
             advertise_host=advertise_host,
             secrets_dir=secrets_dir,
             drain_timeout=drain_timeout,
+            ingress=ingress,
         )
         self.books = Bookkeeper(store, crash_loop)
         self._reaped = False
+        self._stale: frozenset[str] = frozenset()  # this pass's stale replicas (never serve)
 
     @property
     def routing_table(self) -> RoutingTable | None:
@@ -131,6 +136,10 @@ class Reconciler:
             self._reap_orphans()
         live = observe(self.targets, self.runtimes, self.cluster, self.store)
         live, lost = self.nodes.update(live)
+        if self.ingress is not None:
+            # A host that does not answer is not asked for figures (its in-flight
+            # requests are given up by the tables that list its replicas unreachable).
+            self.ingress.forget(n for n, node in live.nodes.items() if not node.ready)
         self._forget_vanished(live)
         self._track(desired, live)
         return _with_health(live, self.health), lost
@@ -149,12 +158,17 @@ class Reconciler:
             scoring=self.scoring,
             crash_loop=self.crash_loop,
             analyses=self.analysis.statuses_of(live.rollouts),
+            ingress_image=self._ingress_image(),
         )
+        stale = self.nodes.stale_replicas(live)
+        self._stale = frozenset(stale)
         inp = replace(
             inp,
             verdicts=replace(
                 inp.verdicts,
                 cordoned=inp.verdicts.cordoned | {t.name for t in self.targets if t.drain},
+                evicting=MappingProxyType({**inp.verdicts.evicting, **stale}),
+                stale=frozenset(stale),
             ),
         )
         return decide_pass(inp)
@@ -211,6 +225,12 @@ class Reconciler:
 
     # ------------------------------------------------------------------ helpers
 
+    def _ingress_image(self) -> str | None:
+        """The image remote hosts' ingresses must run (None without such hosts)."""
+        if self.ingress is None or not any(t.own_ingress for t in self.targets):
+            return None
+        return self.ingress.image_tag()
+
     def _table(
         self, desired: DesiredState, live: LiveState, decision: PassDecision, gone: set[str]
     ) -> RoutingTable:
@@ -220,7 +240,7 @@ class Reconciler:
             targets={n: d.target for n, d in decision.services.items()},
             intents={n: d.intent for n, d in decision.services.items() if d.intent is not None},
             failed=decision.failed_templates,
-            draining=(),
+            draining=self._stale,
             gone=gone,
         )
 

@@ -90,9 +90,11 @@ def replica_spec(
     discovery: Mapping[str, str],
     secrets_dir: Path | None = None,
     volumes: Mapping[str, Volume] | None = None,
+    extra_hosts: Mapping[str, str] | None = None,
 ) -> ReplicaSpec:
     """The runtime spec of ``service``'s replica in ``slot`` (``volumes``: the Volumes in
-    Git, which its mounts name)."""
+    Git, which its mounts name; ``discovery`` and ``extra_hosts``: where it reaches its
+    dependencies, :func:`gitorch.traffic.discovery.discovery_for`)."""
     env: dict[str, str] = dict(discovery)
     for var in service.env:
         if var.secret_file is not None:
@@ -119,4 +121,5 @@ def replica_spec(
         },
         stop_grace_seconds=float(service.termination_grace_seconds),
         mounts=mounts_of(service, volumes or {}),
+        extra_hosts=dict(extra_hosts or {}),
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitorch.apply.health import HealthListener, HealthMonitor
+from gitorch.apply.ingress import FleetDataPlane, IngressFleet
 from gitorch.apply.reconciler import CommitMeta, Reconciler
 from gitorch.errors import ConfigError
 from gitorch.live import NodeTarget, cluster_name, node_targets
@@ -41,6 +42,7 @@ class SessionOptions:
     # `gitorch proxy`, HAProxy keeps running; either is adopted when it already runs.
     data_plane_outlives: bool = False
     allowed_host_paths: tuple[Path, ...] = ()  # --allow-host-path: where hostPath may be
+    ingress_workers: str = "auto"  # each remote host's ingress: proxy worker processes
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -70,7 +72,11 @@ class Session:
             self.store = StateStore(state)
             self.cluster = cluster_name(state)
             self.default_driver = choose_default_driver(options.runtime)
-            self.dataplane = _data_plane(options)
+            # Remote hosts' ingresses; reads of figures add them to the local data plane.
+            self.ingress = IngressFleet(
+                self.cluster, state / "ingress", workers=options.ingress_workers
+            )
+            self.dataplane: DataPlane = FleetDataPlane(_data_plane(options), self.ingress)
             self.health: HealthMonitor | None = None
             self.reconciler: Reconciler | None = None
             self._targets: list[NodeTarget] = []
@@ -84,7 +90,13 @@ class Session:
         targets = node_targets(desired.nodes.values(), self.default_driver)
         if self.reconciler is not None and targets == self._targets:
             return self.reconciler
-        runtimes = open_runtimes(targets, self.options.state_dir, self.options.allowed_host_paths)
+        runtimes = open_runtimes(
+            targets,
+            self.options.state_dir,
+            self.options.allowed_host_paths,
+            secrets_dir=self.options.secrets_dir,
+        )
+        self.ingress.set_runtimes(runtimes)
         if self.health is not None:
             self.health.stop()
         self.health = HealthMonitor(runtimes, on_change=self._on_health_change)
@@ -101,6 +113,7 @@ class Session:
             scoring=self.options.scoring,
             drain_timeout=self.options.drain_timeout,
             node_grace=self.options.node_grace,
+            ingress=self.ingress,
         )
         self._targets = targets
         return self.reconciler

@@ -65,7 +65,8 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
         "--secrets-dir",
         type=Path,
         default=None,
-        help="folder holding the files that env `secretFile` entries name",
+        help="folder holding the files that env `secretFile` entries, `expose.tls` and "
+        "Nodes' `runtime.tls`/`runtime.ssh` name",
     )
     parser.add_argument(
         "--data-plane",
@@ -82,6 +83,14 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
         "(SO_REUSEPORT): the daemon's `gitorch proxy` workers (at least 1), or, for apply "
         "without a running proxy, 0: on a thread of this process; auto: one per CPU core, "
         f"at most 4 (0 on one core); default {lb_workers}",
+    )
+    parser.add_argument(
+        "--ingress-workers",
+        default="auto",
+        metavar="N|auto",
+        type=_ingress_workers,
+        help="proxy worker processes of each remote host's ingress (auto: one per core "
+        "of the host, at most 4; default auto)",
     )
     parser.add_argument(
         "--node-grace",
@@ -111,7 +120,14 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
         data_plane=args.data_plane,
         lb_workers=args.lb_workers,
         allowed_host_paths=tuple(Path(p) for p in allowed_host_paths(args)),
+        ingress_workers=args.ingress_workers,
     )
+
+
+def _ingress_workers(text: str) -> str:
+    if text == "auto" or (text.isdigit() and 1 <= int(text) <= 64):
+        return text
+    raise argparse.ArgumentTypeError(f"expected 1..64 or 'auto', not {text!r}")
 
 
 def _workers(text: str) -> int:

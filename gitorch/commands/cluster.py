@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gitorch.commands.common import state_dir
+from gitorch.commands.common import secrets_dir_of, state_dir
 from gitorch.live import observe
 from gitorch.live.inventory import existing_cluster_name, open_runtimes
 from gitorch.readmodel.cluster import ClusterView, registered_targets
@@ -27,6 +27,6 @@ def open_view(args: argparse.Namespace) -> ClusterView:
     state = state_dir(args)
     store = StateStore(state, readonly=True) if (state / STATE_DB).exists() else None
     targets = registered_targets(store, getattr(args, "runtime", None))
-    runtimes = open_runtimes(targets, state)
+    runtimes = open_runtimes(targets, state, secrets_dir=secrets_dir_of(args))
     live = observe(targets, runtimes, existing_cluster_name(state), store)
     return ClusterView(store, targets, runtimes, live, state)

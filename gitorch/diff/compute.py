@@ -239,6 +239,7 @@ def compute_plan(
         unchanged=tuple(sorted(unchanged)),
         warnings=warnings,
         actions=decision.actions() if decision is not None else (),
+        ingresses=tuple(decision.ingress.hosts.values()) if decision is not None else (),
     )
 
 
