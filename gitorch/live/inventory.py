@@ -120,7 +120,8 @@ def engine_access(target: NodeTarget, secrets_dir: Path | None) -> EngineAccess:
                 ),
             )
     except ConfigError as exc:
-        return EngineAccess(problem=exc.message)
+        # Still TLS: `gitorch nodes` must not call such a node "tcp (no TLS)".
+        return EngineAccess(tls=target.tls is not None, problem=exc.message)
     return EngineAccess()
 
 
@@ -130,7 +131,8 @@ def _secret(secrets_dir: Path | None, name: str | None, node: str, field: str) -
         return None
     if secrets_dir is None:
         raise ConfigError(
-            f"node {node}: runtime.{field} names {name!r}, but no --secrets-dir was given"
+            f"node {node}: runtime.{field} names {name!r}, but no --secrets-dir was given "
+            "(give it, or run the daemon with it: plan, nodes and status read the daemon's)"
         )
     root = Path(secrets_dir).resolve()
     path = (root / name).resolve()

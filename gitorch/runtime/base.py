@@ -227,7 +227,8 @@ class NodeInfo:
     limits: str = ""
     version: str = ""  # the engine's version ("20.10.24"); "" for the process driver
     #: How the engine is reached: ``unix socket``, ``tls (verified)``, ``tls (not
-    #: verified)``, ``tcp (no TLS)``, ``ssh``; ``local`` for the process driver.
+    #: verified)``, ``tls (not set up)`` (its files are missing), ``tcp (no TLS)``,
+    #: ``ssh``; ``local`` for the process driver.
     transport: str = ""
     rtt_ms: float | None = None  # one round trip to the engine (None: not measured)
 

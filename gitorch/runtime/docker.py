@@ -419,6 +419,8 @@ class DockerRuntime:
             return "unix socket"
         if not self.access.tls:
             return "tcp (no TLS)"
+        if self.access.problem:
+            return "tls (not set up)"
         return "tls (verified)" if self.access.verify else "tls (not verified)"
 
     # -- plumbing -------------------------------------------------------------------------
