@@ -46,20 +46,28 @@ RESYNC = 0.5
 
 
 def node_yaml(
-    rig: Rig, host: RigHost, *, name: str | None = None, ssh: bool = False, ca: str = "ca.pem"
+    rig: Rig,
+    host: RigHost,
+    *,
+    name: str | None = None,
+    ssh: bool = False,
+    ca: str = "ca.pem",
+    known_hosts: str = "known_hosts",
+    endpoint: str | None = None,
 ) -> str:
-    """A Node for ``host``: TLS (``ca`` names the CA file in the secrets dir) or ssh."""
+    """A Node for ``host``: TLS (``ca`` names the CA file in the secrets dir) or ssh
+    (``known_hosts`` likewise); ``endpoint`` replaces the host's engine endpoint."""
     if ssh:
         assert rig.ssh is not None
         runtime = {
             "driver": "docker",
-            "endpoint": rig.ssh.endpoint,
-            "ssh": {"identityFile": "rig/ssh-key", "knownHostsFile": "rig/known_hosts"},
+            "endpoint": endpoint or rig.ssh.endpoint,
+            "ssh": {"identityFile": "rig/ssh-key", "knownHostsFile": f"rig/{known_hosts}"},
         }
     else:
         runtime = {
             "driver": "docker",
-            "endpoint": host.tcp_endpoint,
+            "endpoint": endpoint or host.tcp_endpoint,
             "tls": {
                 "caCert": f"rig/{ca}",
                 "clientCert": "rig/client.pem",
@@ -154,6 +162,9 @@ class Fleet:
         ):
             shutil.copyfile(source, folder / name)
             (folder / name).chmod(0o600)
+        # Known hosts that hold another key for the ssh host (the client's own).
+        kind, key = Path(f"{self.rig.ssh.identity}.pub").read_text().split()[:2]
+        (folder / "stranger_known_hosts").write_text(f"{self.rig.ssh.address} {kind} {key}\n")
 
     def nodes_yaml(self) -> str:
         """h1 and h2 over TLS, h3 over ssh."""
@@ -250,6 +261,14 @@ def get(address: str, port: int, path: str = "/", timeout: float = 5.0) -> tuple
         return resp.status, resp.read().decode("utf-8", "replace")
     finally:
         conn.close()
+
+
+def answers(address: str, port: int) -> bool:
+    """Whether a GET from outside is answered 200 (a refused connection is a no)."""
+    try:
+        return get(address, port)[0] == 200
+    except OSError:
+        return False
 
 
 _GET_ON_HOST = """

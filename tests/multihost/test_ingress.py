@@ -3,6 +3,8 @@ replica reaches its dependencies through its own host's ingress (tests on the ri
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 
 from hosts_helpers import Rig
@@ -11,6 +13,7 @@ from multihost_helpers import (
     IMAGE_API,
     IMAGE_WEB,
     Fleet,
+    answers,
     get,
     get_on,
     instance_of,
@@ -19,7 +22,7 @@ from multihost_helpers import (
     shop_on_three_hosts,
     wait_settled,
 )
-from reconciler_helpers import wait_for
+from reconciler_helpers import cluster_of, wait_for
 
 
 def test_every_host_answers_for_a_service_spread_over_three_hosts(fleet: Fleet, rig: Rig) -> None:
@@ -61,6 +64,22 @@ def test_every_host_answers_for_a_service_spread_over_three_hosts(fleet: Fleet, 
         assert node["ingress"]["status"] == "running", node
     text = fleet.cli("nodes")
     assert text.code == 0 and "tls (verified)" in text.stdout and "ssh" in text.stdout, text
+
+    # h1's ingress crashes (its PID 1 killed): its engine starts it again (restart policy,
+    # no daemon needed), and it serves again.
+    h1 = rig.hosts[0]
+    (ingress,) = h1.containers(f"dev.gitorch.ingress={cluster_of(fleet.state)}")
+    pid = int(h1.docker("inspect", "--format", "{{.State.Pid}}", ingress["ID"]).stdout)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        "h1's ingress restarted by its engine",
+        lambda: (
+            h1.docker("inspect", "--format", "{{.RestartCount}}", ingress["ID"]).stdout.strip()
+            == "1"
+        ),
+        30,
+    )
+    wait_for("h1's ingress answers again", lambda: answers(h1.address, port), 30)
 
 
 def test_a_replica_reaches_a_dependency_on_another_host(fleet: Fleet, rig: Rig) -> None:

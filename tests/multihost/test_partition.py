@@ -112,16 +112,30 @@ def test_host_cut_off_under_load_then_back(fleet: Fleet, rig: Rig) -> None:
 
 def test_wrong_ca_is_not_ready_saying_so_and_ssh_runs_replicas(fleet: Fleet, rig: Rig) -> None:
     """h2 named with a CA that signed nothing of the rig's: NotReady, the message names the
-    CA; h3 over ssh runs the replicas (and h1 over TLS)."""
+    CA; h3 over ssh runs the replicas (and h1 over TLS). Two more Nodes fail, each saying
+    why and naming itself: an engine at an address nobody answers (timed out), and h3's
+    sshd with a host key the known hosts do not hold."""
     port = free_port()
     h1, h2, h3 = rig.hosts
+    assert rig.ssh is not None
     fleet.commit(
         {
             "nodes.yaml": node_yaml(rig, h1)
             + "---\n"
             + node_yaml(rig, h2, ca="wrong-ca.pem")
             + "---\n"
-            + node_yaml(rig, h3, ssh=True),
+            + node_yaml(rig, h3, ssh=True)
+            + "---\n"
+            + node_yaml(rig, h1, name="silent", endpoint=f"tcp://{rig.prefix}.99:2376")
+            + "---\n"
+            + node_yaml(
+                rig,
+                h3,
+                name="stranger",
+                ssh=True,
+                known_hosts="stranger_known_hosts",
+                endpoint=f"ssh://root@{h3.address}:22",
+            ),
             "shop.yaml": service_yaml("shop", image=IMAGE_API, port=port, replicas=4),
         },
         "h2 with the wrong CA",
@@ -137,5 +151,11 @@ def test_wrong_ca_is_not_ready_saying_so_and_ssh_runs_replicas(fleet: Fleet, rig
     assert nodes["h2"]["condition"] == "NotReady", nodes["h2"]
     assert "runtime.tls.caCert" in nodes["h2"]["message"], nodes["h2"]
     assert nodes["h3"]["engine"]["transport"] == "ssh" and nodes["h3"]["replicas"] == 2
+    silent = _node(daemon.status(), "silent")
+    assert not silent["ready"] and "node silent" in silent["message"], silent
+    assert "timed out" in silent["message"], silent
+    stranger = _node(daemon.status(), "stranger")
+    assert not stranger["ready"] and "node stranger" in stranger["message"], stranger
+    assert "host key" in stranger["message"], stranger
     assert get(h3.address, port)[0] == 200
     assert not any(x["State"] == "running" for x in fleet.containers("shop")["h2"])
