@@ -58,9 +58,13 @@ class IngressFleet:
         *,
         workers: str = "auto",
         image: Callable[[Path], IngressImage] = ingress_image,
+        stopped_marker: Path | None = None,
     ) -> None:
         self.cluster = cluster
         self.cache_dir = cache_dir
+        #: Present after ``gitorch proxy stop`` (which removed the ingresses): none is
+        #: started again until a daemon or ``gitorch apply`` starts (and removes it).
+        self.stopped_marker = stopped_marker
         self.workers = workers
         self._image_of = image
         self._image: IngressImage | None = None
@@ -116,6 +120,11 @@ class IngressFleet:
         runtime = self._runtimes.get(action.node)
         if runtime is None:
             raise GitorchError(f"node {action.node}: its runtime cannot run an ingress")
+        if self.stopped_marker is not None and self.stopped_marker.exists():
+            raise GitorchError(
+                "the data plane was stopped with `gitorch proxy stop`: endpoints are down "
+                "until a daemon restart or `gitorch proxy run`"
+            )
         image = self.image()
         image.build()
         spec = IngressSpec(
@@ -190,6 +199,28 @@ class IngressFleet:
                 plane.close()
             self._planes.clear()
             self._serving.clear()
+
+
+def stop_ingresses(runtimes: Mapping[str, Runtime], cluster: str) -> tuple[list[str], bool]:
+    """Remove ``cluster``'s ingress (and its state) from every host in ``runtimes``
+    (``gitorch proxy stop``): lines saying what was done, and whether every host did. A
+    host that does not answer is named: its ingress keeps serving its last table."""
+    lines: list[str] = []
+    ok = True
+    for name, runtime in sorted(runtimes.items()):
+        if not isinstance(runtime, IngressHost):
+            continue
+        try:
+            found = runtime.ingress(cluster)
+            if found is None:
+                continue
+            runtime.remove_ingress(cluster)
+        except GitorchError as exc:
+            lines.append(f"node {name}: ingress not stopped: {exc.message}")
+            ok = False
+            continue
+        lines.append(f"node {name}: ingress stopped")
+    return lines, ok
 
 
 def _retrying(call: Callable[[], None], attempts: int = 40, delay: float = 0.25) -> None:

@@ -21,7 +21,7 @@ from gitorch.sources.base import CommitInfo
 from gitorch.state import DaemonLock, StateStore
 from gitorch.traffic.builtin import BuiltinLoadBalancer
 from gitorch.traffic.proxy.client import ProxyDataPlane
-from gitorch.traffic.proxy.control import ProxyUnavailable
+from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable
 from gitorch.traffic.table import DataPlane
 from gitorch.traffic.workers import WorkerPool
 
@@ -73,8 +73,14 @@ class Session:
             self.cluster = cluster_name(state)
             self.default_driver = choose_default_driver(options.runtime)
             # Remote hosts' ingresses; reads of figures add them to the local data plane.
+            # Starting a daemon (or apply) asks for its endpoints, the remote hosts' too:
+            # an earlier `gitorch proxy stop` no longer holds (whatever the data plane).
+            ProxyPaths.of(state).stopped.unlink(missing_ok=True)
             self.ingress = IngressFleet(
-                self.cluster, state / "ingress", workers=options.ingress_workers
+                self.cluster,
+                state / "ingress",
+                workers=options.ingress_workers,
+                stopped_marker=ProxyPaths.of(state).stopped,
             )
             self.dataplane: DataPlane = FleetDataPlane(_data_plane(options), self.ingress)
             self.health: HealthMonitor | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 from hosts_helpers import Rig
@@ -135,3 +136,15 @@ def test_a_replica_reaches_a_dependency_on_another_host(fleet: Fleet, rig: Rig) 
     )
     assert answer.returncode == 0 and "app=api" in answer.stdout, answer
     assert get(h3.address, api_port)[0] == 200
+
+    # `gitorch proxy stop` takes every endpoint down, the hosts' ingresses too, and the
+    # running daemon does not start them again.
+    done = fleet.cli("proxy", "stop")
+    assert done.code == 0, (done.stdout, done.stderr)
+    assert "node h1: ingress stopped" in done.stdout and "node h3: ingress stopped" in done.stdout
+    time.sleep(3)  # six passes of the daemon (resync 0.5 s)
+    cluster = cluster_of(fleet.state)
+    assert not h1.containers(f"dev.gitorch.ingress={cluster}")
+    assert not h3.containers(f"dev.gitorch.ingress={cluster}")
+    assert not answers(h3.address, api_port) and not answers(h1.address, web_port)
+    assert daemon.status()["nodes"], "the daemon still runs"
