@@ -128,6 +128,9 @@ _PORT_TAKEN_PATTERNS = ("port is already allocated", "address already in use")
 _RETAIN_LINES = 4000
 #: Seconds an ingress's relay may take to answer one control request.
 INGRESS_CALL_TIMEOUT = 5.0
+#: ... and its first, which includes starting the relay (a Python process in the
+#: container): seconds under load on a busy host.
+INGRESS_FIRST_CALL_TIMEOUT = 30.0
 #: Engine calls at once over one ssh connection (sshd's MaxSessions is 10 by default; the
 #: ingress's relay session and a log stream's take more).
 SSH_SESSIONS = 6
@@ -959,7 +962,9 @@ class DockerRuntime:
         sock = self._call(lambda api: api.exec_start(exec_id, socket=True), state.id)
         # Requests are answered in milliseconds (a table applied, figures read): this
         # bounds how long a reader waits on a host that went silent under it.
-        return ExecChannel(sock, INGRESS_CALL_TIMEOUT, self.node_name)
+        return ExecChannel(
+            sock, INGRESS_CALL_TIMEOUT, self.node_name, first_timeout=INGRESS_FIRST_CALL_TIMEOUT
+        )
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -1064,15 +1069,20 @@ class ExecChannel:
     """The stdin and stdout of a Docker exec session (a hijacked connection to the
     engine: a unix, TLS or ssh stream). The engine multiplexes stdout and stderr in frames
     (8-byte headers); stderr is kept for messages. Reads have a timeout (the SDK's own
-    socket reader polls without one)."""
+    socket reader polls without one): ``first_timeout`` until the first answer is read
+    (the command is still starting), ``timeout`` after."""
 
-    def __init__(self, sock: Any, timeout: float, node: str) -> None:
+    def __init__(
+        self, sock: Any, timeout: float, node: str, *, first_timeout: float | None = None
+    ) -> None:
         self._sock = sock
         self._node = node
         self._stdout = bytearray()
         self._stderr = bytearray()
+        self._timeout = timeout
+        self._started = first_timeout is None
         with suppress(Exception):
-            sock.settimeout(timeout)
+            sock.settimeout(timeout if first_timeout is None else first_timeout)
 
     def send(self, data: bytes) -> None:
         self._sock.sendall(data)
@@ -1102,6 +1112,10 @@ class ExecChannel:
                 self._stdout += payload
         data = bytes(self._stdout[:size])
         del self._stdout[:size]
+        if not self._started:
+            self._started = True
+            with suppress(Exception):
+                self._sock.settimeout(self._timeout)
         return data
 
     def close(self) -> None:

@@ -136,7 +136,10 @@ class RemoteProxyPlane(ControlledPlane):
                 answer = json.loads(channel.receive(size))
             except Exception as exc:  # the channel or the engine's client broke
                 self._drop()
-                why = getattr(exc, "message", None) or exc
+                # A timeout says nothing by itself ("timed out", or not even that).
+                why = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    why = f"no answer in time ({why})"
                 message = (
                     f"node {self.node}: the ingress did not answer {request.get('op')!r}: {why}"
                 )
