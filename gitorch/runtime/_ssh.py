@@ -4,9 +4,10 @@ The docker SDK speaks to ``ssh://`` endpoints through paramiko (or by shelling o
 ``ssh``, whose reads have no timeout: a silent host would hang a pass for good). Its
 paramiko transport reads ``~/.ssh/config`` and ``~/.ssh/known_hosts`` and refuses unknown
 host keys, as gitorch wants, but connects without a timeout and takes no key or known
-hosts file of the node's own. :class:`NodeSSHAdapter` adds those: connect, banner and
-auth timeouts, the node's ``identityFile`` and ``knownHostsFile`` (from the secrets
-directory), and keeps the rest (the user's ssh config, agent, default keys).
+hosts file of the node's own. :class:`NodeSSHAdapter` adds those: the TCP connect's
+timeout (the caller's), a longer one for the handshake (:data:`HANDSHAKE_TIMEOUT`), the
+node's ``identityFile`` and ``knownHostsFile`` (from the secrets directory), and keeps
+the rest (the user's ssh config, agent, default keys).
 
 The SDK also keeps a connection pool per request URL, each with an ssh session open;
 this adapter keeps one pool, of at most as many sessions as calls may run at once.
@@ -29,6 +30,11 @@ from docker.transport.sshconn import SSHHTTPAdapter
 #: request: the engine's own replaces it first, as ``version="auto"`` would, but after
 #: the client is set up). Docker 20.10's is 1.41.
 PLACEHOLDER_VERSION = "1.41"
+#: Seconds a host that accepted the TCP connection gets for ssh's banner, key exchange,
+#: authentication and opening a session: a live host under load may need seconds for
+#: what takes ~0.2 s when idle (paramiko is Python), while a host that is cut off is
+#: still found out by the TCP connect's own (shorter) timeout.
+HANDSHAKE_TIMEOUT = 15.0
 
 
 class NodeSSHAdapter(SSHHTTPAdapter):
@@ -55,6 +61,17 @@ class NodeSSHAdapter(SSHHTTPAdapter):
         session open: past sshd's MaxSessions (10) the engine refused every new one."""
         return super().get_connection("http+docker://ssh", proxies)
 
+    def _connect(self) -> None:
+        """Connect; a failure closes what paramiko opened. (Its client keeps the transport
+        of a refused handshake, a thread and a socket, open for good: a node with a wrong
+        host key leaked one of each per pass, and filled sshd's MaxStartups until the
+        host's other nodes were refused too.)"""
+        try:
+            super()._connect()
+        except BaseException:
+            self.ssh_client.close()
+            raise
+
     def _create_paramiko_client(self, base_url: str) -> None:
         super()._create_paramiko_client(base_url)  # ~/.ssh/config, system known hosts
         client: paramiko.SSHClient = self.ssh_client
@@ -62,11 +79,12 @@ class NodeSSHAdapter(SSHHTTPAdapter):
             client.load_host_keys(self._known_hosts_file)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         params: dict[str, Any] = self.ssh_params
+        handshake = max(self._connect_timeout, HANDSHAKE_TIMEOUT)
         params.update(
             timeout=self._connect_timeout,
-            banner_timeout=self._connect_timeout,
-            auth_timeout=self._connect_timeout,
-            channel_timeout=self._connect_timeout,
+            banner_timeout=handshake,
+            auth_timeout=handshake,
+            channel_timeout=handshake,
         )
         if self._identity_file:
             params["key_filename"] = self._identity_file
@@ -98,5 +116,9 @@ def ssh_client(
     client.mount("http+docker://ssh", adapter)
     client._custom_adapter = adapter
     client.base_url = "http+docker://ssh"
-    client._version = client._retrieve_server_version() if version == "auto" else version
+    try:
+        client._version = client._retrieve_server_version() if version == "auto" else version
+    except BaseException:
+        client.close()  # the adapter's ssh session with it
+        raise
     return client

@@ -254,7 +254,11 @@ def _build_client(
         )
         client.trust_env = False
         if version == "auto":
-            client._version = client._retrieve_server_version()
+            try:
+                client._version = client._retrieve_server_version()
+            except BaseException:
+                client.close()  # its pooled sockets, now rather than at collection
+                raise
         return client
     except (
         docker.errors.DockerException,
