@@ -8,6 +8,7 @@ import signal
 import time
 from collections import Counter
 
+import pytest
 from hosts_helpers import Rig
 from listen_ports import free_port
 from multihost_helpers import (
@@ -24,6 +25,9 @@ from multihost_helpers import (
     wait_settled,
 )
 from reconciler_helpers import cluster_of, wait_for
+
+#: The rig's engines are real Docker engines (never skipped: a missing part fails).
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def test_every_host_answers_for_a_service_spread_over_three_hosts(fleet: Fleet, rig: Rig) -> None:

@@ -6,10 +6,12 @@ so."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from hosts_helpers import Rig
 from listen_ports import free_port
 from multihost_helpers import (
@@ -26,6 +28,9 @@ from multihost_helpers import (
     wait_settled,
 )
 from reconciler_helpers import wait_for
+
+#: The rig's engines are real Docker engines (never skipped: a missing part fails).
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def _node(status: dict[str, Any], name: str) -> dict[str, Any]:
@@ -150,7 +155,8 @@ def test_wrong_ca_is_not_ready_saying_so_and_ssh_runs_replicas(fleet: Fleet, rig
     nodes = fleet.nodes()
     assert nodes["h2"]["condition"] == "NotReady", nodes["h2"]
     assert "runtime.tls.caCert" in nodes["h2"]["message"], nodes["h2"]
-    assert nodes["h3"]["engine"]["transport"] == "ssh" and nodes["h3"]["replicas"] == 2
+    assert nodes["h3"]["engine"]["transport"] == "ssh", nodes["h3"]
+    assert nodes["h3"]["replicas"] == 2, json.dumps(nodes["h3"])
     silent = _node(daemon.status(), "silent")
     assert not silent["ready"] and "node silent" in silent["message"], silent
     assert "timed out" in silent["message"], silent

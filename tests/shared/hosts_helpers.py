@@ -2,16 +2,17 @@
 engine over TLS, one also reachable over ssh. Any test can use it (tests/shared is on
 pytest's ``pythonpath``); tests/multihost/conftest.py holds the session fixture.
 
-The layout (``N`` is a free /24 of 198.18.0.0/15, picked at boot)::
+The layout (``P`` is a free /24 of 198.18.0.0/15, picked at boot, e.g. 198.18.247)::
 
-      outside (the root namespace: pytest, gitorch daemon, clients)  198.19.N.1
+      outside (the root namespace: pytest, gitorch daemon, clients)  P.1
          |  veth
       [ switch namespace: bridge "sw" ]   <- a namespace of its own: the root namespace's
          |  veth        |  veth       |      FORWARD chain (Docker's, policy DROP, with
       h1 .2           h2 .3         h3 .4    br_netfilter on) would drop bridged traffic
       containerd     containerd     containerd
-      dockerd        dockerd        dockerd       tcp://198.19.N.k:2376, TLS (client certs)
-      bridge dbr0    bridge dbr0    bridge dbr0   + sshd on h3 (ssh://root@198.19.N.4)
+      dockerd        dockerd        dockerd       tcp://P.k:2376, TLS (client certs)
+      dbr0 10.77.1   dbr0 10.77.2   dbr0 10.77.3  (each engine's bridge, a subnet of its own)
+                                    + sshd on h3 (ssh://root@P.4)
 
 * Each host is a network namespace with one interface on the switch and its own address:
   a published port answers at that address only (not on the root namespace's loopback),
@@ -405,9 +406,9 @@ class Rig:
             _run(["ip", "-n", sw, "link", "set", host.switch_port, "master", "sw", "up"])
             _run(["ip", "-n", ns, "addr", "add", f"{host.address}/24", "dev", "eth0"])
             _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-            # The engine's bridge: namespace-local, so every host may use the same subnet.
+            # The engine's bridge: a subnet of its own per host (10.77.k.0/24), as on a fleet.
             _run(["ip", "-n", ns, "link", "add", "dbr0", "type", "bridge"])
-            _run(["ip", "-n", ns, "addr", "add", "10.77.0.1/24", "dev", "dbr0"])
+            _run(["ip", "-n", ns, "addr", "add", f"10.77.{index + 1}.1/24", "dev", "dbr0"])
             _run(["ip", "-n", ns, "link", "set", "dbr0", "up"])
             self.hosts.append(host)
 
