@@ -56,6 +56,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "every applied revision: commit, author, signer, time, result, trigger, summary",
     ),
     ("logs", "logs", "a service's output: live replicas, or --previous: the last dead ones"),
+    ("audit", "audit", "the audit log: who did what, when; --verify proves it was not edited"),
 )
 
 

@@ -17,6 +17,7 @@ line instead of a traceback.
     │   ├── RefNotFound               branch, tag or commit unknown (or deleted)
     │   ├── PathNotFound              --path is not a folder in that commit
     │   ├── EmptyRepository           a repository with no commit yet
+    │   ├── CommitNotTrusted          (sources.verify) not signed by a key --verify-commits trusts
     │   └── GitFailed                 (sources._gitcmd) a git command failed
     ├── RuntimeDriverError            a node runtime (Docker engine, process driver)
     │   ├── EngineUnavailable         the engine does not answer (or timed out)
@@ -38,6 +39,7 @@ line instead of a traceback.
     │   ├── PortUnavailable           (state.errors) no free host port in the range
     │   └── RecordNotFound            (state.errors) no such record
     ├── PrometheusQueryFailed         (analysis.prometheus) a query gave no usable number
+    ├── SecretUnavailable             (secrets) a secret value cannot be read or decrypted
     ├── PlanError                     a plan cannot be computed or has changed
     │   └── PlanChanged               ``apply --expect-plan`` saw a different digest
     ├── HAProxyError                  (traffic.haproxy.errors) haproxy could not be started, reloaded or driven
@@ -50,7 +52,10 @@ line instead of a traceback.
         ├── WorkerError               (traffic.workers) a load-balancer worker failed or went silent
         ├── WireError                 (traffic.wire) a control message or data-plane file holds the wrong thing
         ├── TokenFileError            (api.auth) the API token file is unreadable, unsafe or malformed
-        └── ExposedApiError           (api.auth) an open API on a non-loopback --listen without --api-insecure
+        ├── PolicyConfigError         (sources.verify) --trusted-keys / --allowed-signers unusable
+        ├── AgeKeyError               (secrets) --age-key unreadable, readable by others, or empty
+        ├── ExposedApiError           (api.auth) a non-loopback --listen without tokens or TLS, and no --api-insecure
+        └── TlsConfigError            (api.tls) the API's certificate or key cannot be used
 """
 
 from __future__ import annotations

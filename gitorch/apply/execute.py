@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from gitorch.apply.health import HealthMonitor
 from gitorch.apply.ingress import IngressFleet
@@ -43,6 +42,7 @@ from gitorch.decide.ingress import HostTable
 from gitorch.errors import GitorchError
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
+from gitorch.secrets import SecretValues
 from gitorch.traffic.discovery import Discovery, discovery_for
 from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import DataPlane, RoutingTable
@@ -96,7 +96,7 @@ class Executor:
         dataplane: DataPlane,
         cluster: str,
         advertise_host: str = "127.0.0.1",
-        secrets_dir: Path | None = None,
+        secrets: SecretValues | None = None,
         drain_timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
         ingress: IngressFleet | None = None,
@@ -107,7 +107,7 @@ class Executor:
         self.dataplane = dataplane
         self.cluster = cluster
         self.advertise_host = advertise_host
-        self.secrets_dir = secrets_dir
+        self.secrets = secrets
         self.drain_timeout = drain_timeout
         self.monotonic = monotonic
         self.published: RoutingTable | None = None
@@ -299,8 +299,9 @@ class Executor:
                 cluster=self.cluster,
                 revision=service_decision.record.revision,
                 discovery=found.env,
-                secrets_dir=self.secrets_dir,
                 volumes=desired.volumes,
+                secrets=self.secrets,
+                repo_secrets=desired.secrets,
                 extra_hosts=found.hosts,
             )
             instance = runtime.create(spec, self.cluster)

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.apply.analysis_runs import AnalysisRunner, StepEntry
@@ -48,8 +47,10 @@ from gitorch.errors import GitorchError
 from gitorch.live import NodeTarget, observe
 from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
+from gitorch.runtime import sweep_secret_files
 from gitorch.runtime.base import Runtime
 from gitorch.scheduler import LEAST_ALLOCATED
+from gitorch.secrets import SecretValues
 from gitorch.state import BackoffRecord, RolloutPhase, StateStore
 from gitorch.traffic.table import DataPlane, RoutingTable
 
@@ -86,7 +87,7 @@ class Reconciler:
         dataplane: DataPlane,
         cluster: str,
         advertise_host: str = "127.0.0.1",
-        secrets_dir: Path | None = None,
+        secrets: SecretValues | None = None,
         scoring: str = LEAST_ALLOCATED,
         drain_timeout: float = 10.0,
         node_grace: float = 30.0,
@@ -112,7 +113,7 @@ class Reconciler:
             dataplane=dataplane,
             cluster=cluster,
             advertise_host=advertise_host,
-            secrets_dir=secrets_dir,
+            secrets=secrets,
             drain_timeout=drain_timeout,
             ingress=ingress,
         )
@@ -141,6 +142,9 @@ class Reconciler:
             # requests are given up by the tables that list its replicas unreachable).
             self.ingress.forget(n for n, node in live.nodes.items() if not node.ready)
         self._forget_vanished(live)
+        if not live.unknown_nodes:
+            # Secret files of replicas removed outside gitorch (tmpfs, until a reboot).
+            sweep_secret_files(self.cluster, {r.name for r in live.replicas()})
         self._track(desired, live)
         return _with_health(live, self.health), lost
 
@@ -191,6 +195,7 @@ class Reconciler:
         """One pass. Never raises for a single service's trouble: it is recorded on that
         service instead. ``expect_plan``: refuse (PlanChanged) unless this pass's plan has
         that digest; the pass then executes exactly that plan's actions."""
+        self.books.acting_for(commit)
         live, lost = self.observe(desired)
         now = max(self.clock(), live.observed_at)
         decision = self.decide(desired, live, lost, now)

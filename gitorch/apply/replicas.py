@@ -7,13 +7,12 @@ replicas exist and what they run.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
-from pathlib import Path
+from secrets import token_hex
 
 from gitorch.decide.volumes import volume_label
-from gitorch.errors import ConfigError, ReplicaStartFailed
-from gitorch.manifests.model import Service, Volume
+from gitorch.errors import ReplicaStartFailed
+from gitorch.manifests.model import Secret, Service, Volume
 from gitorch.runtime.base import (
     LABEL_REPLICA,
     LABEL_REVISION,
@@ -25,6 +24,7 @@ from gitorch.runtime.base import (
     ReplicaSpec,
     VolumeSpec,
 )
+from gitorch.secrets import SecretValues
 
 
 def replica_label(service: str, slot: int) -> str:
@@ -35,24 +35,6 @@ def slot_of(replica: str) -> int:
     """The slot in a replica label (``web-2`` -> 2); 0 when it carries none."""
     tail = replica.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else 0
-
-
-def read_secret(secrets_dir: Path | None, name: str, service: str, variable: str) -> str:
-    """The value of an env var given as ``{secretFile: NAME}``; the value is never logged."""
-    if secrets_dir is None:
-        raise ConfigError(
-            f"service {service}: env {variable} reads secretFile {name!r}, but the daemon has no --secrets-dir"
-        )
-    root = secrets_dir.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root):
-        raise ConfigError(f"service {service}: secretFile {name!r} leaves the secrets directory")
-    try:
-        return path.read_text(encoding="utf-8").rstrip("\n")
-    except OSError as exc:
-        raise ReplicaStartFailed(
-            f"service {service}: cannot read secretFile {name!r} for env {variable}: {exc.strerror}"
-        ) from exc
 
 
 def volume_spec(volume: Volume) -> VolumeSpec:
@@ -88,22 +70,33 @@ def replica_spec(
     cluster: str,
     revision: str,
     discovery: Mapping[str, str],
-    secrets_dir: Path | None = None,
     volumes: Mapping[str, Volume] | None = None,
+    secrets: SecretValues | None = None,
+    repo_secrets: Mapping[str, Secret] | None = None,
     extra_hosts: Mapping[str, str] | None = None,
 ) -> ReplicaSpec:
     """The runtime spec of ``service``'s replica in ``slot`` (``volumes``: the Volumes in
     Git, which its mounts name; ``discovery`` and ``extra_hosts``: where it reaches its
-    dependencies, :func:`gitorch.traffic.discovery.discovery_for`)."""
+    dependencies, :func:`gitorch.traffic.discovery.discovery_for`); secret values are read
+    (or decrypted) now, into the spec's ``secret_env`` and ``secret_files`` only."""
     env: dict[str, str] = dict(discovery)
+    secret_env: dict[str, str] = {}
+    secret_files: dict[str, bytes] = {}
+    values = secrets or SecretValues(None)
     for var in service.env:
-        if var.secret_file is not None:
-            env[var.name] = read_secret(secrets_dir, var.secret_file, service.name, var.name)
+        if var.ref is not None:
+            where = f"service {service.name}: env {var.name}"
+            raw = values.value(var.ref, repo_secrets or {}, where=where)
+            # As a file's text: a trailing newline (`echo value > file`) is not the value.
+            secret_env[var.name] = raw.decode("utf-8", "replace").rstrip("\n")
         else:
             env[var.name] = var.value or ""
+    for mount in service.secret_files:
+        where = f"service {service.name}: secret file {mount.name}"
+        secret_files[mount.name] = values.value(mount.ref, repo_secrets or {}, where=where)
     limits = service.resources.limits
     return ReplicaSpec(
-        name=f"{cluster}-{service.name}-{slot}-{service.template_digest[:6]}-{secrets.token_hex(2)}",
+        name=f"{cluster}-{service.name}-{slot}-{service.template_digest[:6]}-{token_hex(2)}",
         image=service.image,
         command=service.command,
         args=service.args,
@@ -122,4 +115,6 @@ def replica_spec(
         stop_grace_seconds=float(service.termination_grace_seconds),
         mounts=mounts_of(service, volumes or {}),
         extra_hosts=dict(extra_hosts or {}),
+        secret_env=secret_env,
+        secret_files=secret_files,
     )

@@ -679,6 +679,10 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         1 for v in observed.views if v.template == target.template_digest and is_available(v, rin)
     )
     progress_at = now if available > record.available else (record.progress_at or now)
+    # The analyses a decision asks for belong to the step entry it was decided in (the
+    # record as this pass found it): a decision that moves on to the next step still
+    # names the run that let it, which must not open again under the new entry.
+    decided_in = _analysis_entry(record)
     consume = _record_after(inp, draft, target, decision, available, progress_at, desired)
 
     if draft.record.failed_digest == record.spec_digest and record.failed_digest is None:
@@ -717,7 +721,7 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
             decision.preview,
             tuple(_rule_text(r) for r in decision.match),
         )
-        entry = _analysis_entry(draft.record)
+        entry = decided_in
         analyses = decision.analyses if entry is not None else ()
     if decision.phase is Phase.PAUSED and not draft.waits:
         draft.waits.append(Wait(name, decision.message))

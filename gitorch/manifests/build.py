@@ -44,6 +44,7 @@ TEMPLATE_FIELDS = (
     "restartPolicy",
     "terminationGracePeriodSeconds",
     "volumes",
+    "secrets",  # written only when a service has secret files: older digests stay the same
 )
 
 
@@ -260,9 +261,30 @@ def _placement(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def secret_ref_canonical(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical form of a secret reference (``digest``: only once resolved by
+    gitorch.secrets; a manifest cannot carry one, the schema refuses it)."""
+    if "secretFile" in value:
+        out: dict[str, Any] = {"secretFile": value["secretFile"]}
+    else:  # checks.py reports a reference missing either
+        out = {"secret": value.get("secret"), "key": value.get("key")}
+    if value.get("digest"):
+        out["digest"] = value["digest"]
+    return out
+
+
+def secret_ref_of(value: Mapping[str, Any]) -> m.SecretRef:
+    return m.SecretRef(
+        file=value.get("secretFile"),
+        secret=value.get("secret"),
+        key=value.get("key"),
+        digest=value.get("digest"),
+    )
+
+
 def _env_value(value: Any) -> Any:
     if isinstance(value, dict):
-        return {"secretFile": value["secretFile"]}
+        return secret_ref_canonical(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
@@ -327,6 +349,8 @@ def canonical_service(doc: Mapping[str, Any]) -> dict[str, Any]:
         }
         for v in raw.get("volumes") or []
     ]
+    if raw.get("secrets"):
+        spec["secrets"] = [{"name": f["name"], **secret_ref_canonical(f)} for f in raw["secrets"]]
     if "autoscale" in raw:
         auto = raw["autoscale"]
         behavior = auto.get("behavior") or {}
@@ -569,7 +593,7 @@ def build_service(doc: Mapping[str, Any], origin: m.Origin) -> m.Service:
         args=tuple(spec["args"]),
         working_dir=spec.get("workingDir"),
         env=tuple(
-            m.EnvVar(name, secret_file=value["secretFile"])
+            m.EnvVar(name, secret_file=value.get("secretFile"), ref=secret_ref_of(value))
             if isinstance(value, dict)
             else m.EnvVar(name, value=value)
             for name, value in spec["env"].items()
@@ -605,6 +629,9 @@ def build_service(doc: Mapping[str, Any], origin: m.Origin) -> m.Service:
         digest=digest_of(canon),
         template_digest=template_digest_of(canon),
         origin=origin,
+        secret_files=tuple(
+            m.SecretFileMount(f["name"], secret_ref_of(f)) for f in spec.get("secrets") or []
+        ),
     )
 
 
@@ -660,8 +687,29 @@ def build_volume(doc: Mapping[str, Any], origin: m.Origin) -> m.Volume:
     )
 
 
+def canonical_secret(doc: Mapping[str, Any]) -> dict[str, Any]:
+    raw = doc["spec"]
+    data = {key: str(value).strip() + "\n" for key, value in sorted(raw["encryptedData"].items())}
+    return _envelope("Secret", doc, {"encryptedData": data})
+
+
+def build_secret(doc: Mapping[str, Any], origin: m.Origin) -> m.Secret:
+    canon = canonical_secret(doc)
+    meta = canon["metadata"]
+    return m.Secret(
+        name=meta["name"],
+        labels=_frozen(meta["labels"]),
+        annotations=_frozen(meta["annotations"]),
+        encrypted=_frozen(canon["spec"]["encryptedData"]),
+        canonical=canon,
+        digest=digest_of(canon),
+        origin=origin,
+    )
+
+
 BUILDERS: dict[str, Callable[[Mapping[str, Any], m.Origin], m.ManifestObject]] = {
     "Service": build_service,
     "Node": build_node,
     "Volume": build_volume,
+    "Secret": build_secret,
 }

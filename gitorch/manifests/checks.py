@@ -127,13 +127,22 @@ def check_service(entry: Entry) -> Iterator[Finding]:
 
     for name, value in (spec.get("env") or {}).items():
         if isinstance(value, dict):
-            secret = value["secretFile"]
-            if secret.startswith("/") or ".." in secret.split("/"):
-                yield Finding(
-                    origin,
-                    at("env", name, "secretFile"),
-                    "secretFile must be a relative path inside the operator's secrets directory",
-                )
+            yield from _check_secret_ref(origin, at("env", name), value)
+    secret_files: set[str] = set()
+    for i, mount in enumerate(spec.get("secrets") or []):
+        yield from _check_secret_ref(origin, at("secrets", i), mount)
+        if mount["name"] in secret_files:
+            yield Finding(
+                origin, at("secrets", i, "name"), f"duplicate secret file '{mount['name']}'"
+            )
+        secret_files.add(mount["name"])
+    if secret_files and SECRETS_DIR_ENV in (spec.get("env") or {}):
+        yield Finding(
+            origin,
+            at("env", SECRETS_DIR_ENV),
+            f"{SECRETS_DIR_ENV} is set by gitorch for a service with secret files",
+            at_key=True,
+        )
     for field in ("certFile", "keyFile"):
         name = ((spec.get("expose") or {}).get("tls") or {}).get(field)
         if isinstance(name, str) and (name.startswith("/") or ".." in name.split("/")):
@@ -174,6 +183,31 @@ def check_node(entry: Entry) -> Iterator[Finding]:
             entry.origin,
             ("spec", "runtime", "tls"),
             "clientCert and clientKey go together (the engine checks the key it signs with)",
+        )
+
+
+#: The env var that names the folder of a service's secret files.
+SECRETS_DIR_ENV = "SECRETS_DIR"
+
+
+def _check_secret_ref(
+    origin: Origin, where: FieldPath, ref: Mapping[str, Any]
+) -> Iterator[Finding]:
+    """A secret reference names exactly one source; a secretFile stays inside the
+    operator's secrets directory."""
+    if ("secretFile" in ref) == ("secret" in ref or "key" in ref):
+        yield Finding(origin, where, "give either secretFile, or secret with key (not both)")
+        return
+    if ("secret" in ref) != ("key" in ref):
+        missing = "key" if "secret" in ref else "secret"
+        yield Finding(origin, where, f"secret and key go together: {missing} is missing")
+        return
+    secret = ref.get("secretFile")
+    if secret is not None and (secret.startswith("/") or ".." in secret.split("/")):
+        yield Finding(
+            origin,
+            (*where, "secretFile"),
+            "secretFile must be a relative path inside the operator's secrets directory",
         )
 
 
@@ -385,6 +419,7 @@ def check_repo(
                         ("spec", "placement", field_name, i, "service"),
                         f"{field_name} names unknown Service '{term['service']}'",
                     )
+    yield from _check_secret_keys(services, entries, first)
     yield from _check_cycles(services)
     yield from _check_ports(services, reserved)
     volume_entries = {
@@ -399,6 +434,39 @@ def check_repo(
                 node = (entry.raw.get("spec") or {}).get("node")
                 if node is not None and node not in nodes:
                     yield Finding(entry.origin, ("spec", "node"), f"unknown Node '{node}'")
+
+
+def _check_secret_keys(
+    services: Mapping[str, Entry],
+    entries: Sequence[Entry],
+    first: Mapping[tuple[str, str], Entry],
+) -> Iterator[Finding]:
+    """Every ``{secret: NAME, key: KEY}`` names a Secret of the repo that has that key."""
+    keys: dict[str, set[str]] = {}
+    for entry in entries:
+        if entry.kind == "Secret" and entry.valid and first.get(("Secret", entry.name)) is entry:
+            keys[entry.name] = set((entry.raw.get("spec") or {}).get("encryptedData") or {})
+    for _, entry in sorted(services.items()):
+        spec = entry.raw["spec"]
+        refs: list[tuple[FieldPath, Mapping[str, Any]]] = [
+            (("spec", "env", name), value)
+            for name, value in (spec.get("env") or {}).items()
+            if isinstance(value, dict)
+        ]
+        refs += [(("spec", "secrets", i), m) for i, m in enumerate(spec.get("secrets") or [])]
+        for where, ref in refs:
+            name = ref.get("secret")
+            if name is None or "secretFile" in ref or "key" not in ref:
+                continue  # reported by _check_secret_ref
+            if name not in keys:
+                yield Finding(entry.origin, (*where, "secret"), f"unknown Secret '{name}'")
+            elif ref.get("key") not in keys[name]:
+                known = ", ".join(sorted(keys[name])) or "none"
+                yield Finding(
+                    entry.origin,
+                    (*where, "key"),
+                    f"Secret '{name}' has no key '{ref.get('key')}' (its keys: {known})",
+                )
 
 
 def _check_cycles(services: Mapping[str, Entry]) -> Iterator[Finding]:

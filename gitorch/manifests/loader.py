@@ -24,7 +24,15 @@ from gitorch.manifests.checks import (
     check_repo,
     check_service,
 )
-from gitorch.manifests.model import DesiredState, ManifestObject, Node, Origin, Service, Volume
+from gitorch.manifests.model import (
+    DesiredState,
+    ManifestObject,
+    Node,
+    Origin,
+    Secret,
+    Service,
+    Volume,
+)
 from gitorch.manifests.quantities import QuantityError
 from gitorch.manifests.yamlload import (
     FieldPath,
@@ -142,12 +150,15 @@ class ManifestLoader:
         services: dict[str, Service] = {}
         nodes: dict[str, Node] = {}
         volumes: dict[str, Volume] = {}
+        secrets: dict[str, Secret] = {}
         for _, result in results:
             for obj in result.objects:
                 if isinstance(obj, Service):
                     services[obj.name] = obj
                 elif isinstance(obj, Node):
                     nodes[obj.name] = obj
+                elif isinstance(obj, Secret):
+                    secrets[obj.name] = obj
                 else:
                     volumes[obj.name] = obj
         all_digests = sorted(f"{o.kind}/{o.name}/{o.digest}" for _, r in results for o in r.objects)
@@ -158,6 +169,7 @@ class ManifestLoader:
             nodes=dict(sorted(nodes.items())),
             volumes=dict(sorted(volumes.items())),
             digest=digest_of(all_digests),
+            secrets=dict(sorted(secrets.items())),
         )
 
     # ------------------------------------------------------------ per file, cached
@@ -235,10 +247,10 @@ def _check_document(origin: Origin, document: Any, findings: list[Finding]) -> E
     kind = document.get("kind")
     if kind not in schema.KINDS:
         if kind is None:
-            message = "missing required field 'kind' (one of Service, Node, Volume)"
+            message = f"missing required field 'kind' (one of {', '.join(schema.KINDS)})"
             findings.append(Finding(origin, (), message))
         else:
-            message = f"unknown kind {shown(kind)} (expected one of Service, Node, Volume)"
+            message = f"unknown kind {shown(kind)} (expected one of {', '.join(schema.KINDS)})"
             findings.append(Finding(origin, ("kind",), message))
         return None
     if not schema.is_valid(kind, document):

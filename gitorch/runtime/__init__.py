@@ -13,7 +13,16 @@ from typing import Literal
 from gitorch.errors import ConfigError
 from gitorch.runtime.base import EngineAccess, Runtime
 
-__all__ = ["EngineAccess", "docker_available", "open_runtime"]
+__all__ = ["EngineAccess", "docker_available", "open_runtime", "sweep_secret_files"]
+
+
+def sweep_secret_files(cluster: str, keep: set[str]) -> int:
+    """Remove the tmpfs secret files of ``cluster``'s replicas that no longer exist
+    (``keep``: the names of all that do, on every node). Call it only when every node
+    answered: an unknown replica's files must stay."""
+    from gitorch.runtime._secret_files import sweep
+
+    return sweep(cluster, keep)
 
 
 def docker_available(endpoint: str | None = None, timeout: float = 1.0) -> bool:

@@ -133,6 +133,15 @@ class ReplicaSpec:
     #: Names the replica's container resolves (name -> address, or ``host-gateway``):
     #: its dependencies' ingress (docker; the process driver shares the host's names).
     extra_hosts: Mapping[str, str] = field(default_factory=dict)
+    # Secret values: given to the replica, never written to a driver's records. Env vars
+    # (visible to whoever can inspect the engine), and files (name -> bytes) placed
+    # read-only on memory-backed storage, in the folder $SECRETS_DIR names.
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secret_files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+
+
+#: The env var naming the folder of a replica's secret files.
+SECRETS_DIR_ENV = "SECRETS_DIR"
 
 
 class InstanceState(StrEnum):

@@ -71,6 +71,7 @@ from gitorch.errors import (
     RuntimeDriverError,
     VolumeError,
 )
+from gitorch.runtime import _secret_files
 from gitorch.runtime._retained import RetainedStore, tail_bytes
 from gitorch.runtime._ssh import PLACEHOLDER_VERSION, ssh_client
 from gitorch.runtime._volume_dirs import check_host_path
@@ -83,6 +84,7 @@ from gitorch.runtime.base import (
     LABEL_SERVICE,
     LABEL_SIZE,
     LABEL_VOLUME,
+    SECRETS_DIR_ENV,
     EngineAccess,
     IngressSpec,
     IngressState,
@@ -289,6 +291,10 @@ def docker_available(endpoint: str | None = None, timeout: float = 1.0) -> bool:
         return False
     except OSError:
         return False
+
+
+#: Where a container finds its secret files (as Docker Swarm and Compose put them).
+CONTAINER_SECRETS_DIR = "/run/secrets"
 
 
 def _container_name(name: str) -> str:
@@ -557,9 +563,16 @@ class DockerRuntime:
         env.update({volume_env_name(m.name): m.target for m in spec.mounts})
         name = _container_name(spec.name)
         mounts = self._replica_mounts(spec, cluster)
+        binds = self._secret_binds(spec, name)
+        if binds:
+            env[SECRETS_DIR_ENV] = CONTAINER_SECRETS_DIR
+        # Env secrets are in the container's config (docker inspect shows them): what
+        # env delivery means. Files are not (binds name a path on tmpfs).
+        env.update(spec.secret_env)
 
         def do_create(api: docker.APIClient) -> str:
             host_config = api.create_host_config(
+                binds=binds or None,
                 port_bindings={
                     f"{p.container_port}/{p.protocol}": (self.address, p.host_port)
                     for p in spec.ports
@@ -592,6 +605,7 @@ class DockerRuntime:
         try:
             container_id = self._call(do_create)
         except RuntimeDriverError as exc:
+            _secret_files.remove_files(name)
             if "Conflict" in str(exc.__cause__) or "already in use" in exc.message:
                 raise ReplicaStartFailed(
                     f"replica {spec.name}: a container named {name} already exists on "
@@ -604,6 +618,7 @@ class DockerRuntime:
             self._call(lambda api: api.start(container_id), container_id)
         except RuntimeDriverError as exc:
             self._remove_quietly(container_id)
+            _secret_files.remove_files(name)
             if any(pat in exc.message for pat in _PORT_TAKEN_PATTERNS):
                 raise PortInUse(
                     f"replica {spec.name}: a host port on {self.address} is already taken "
@@ -626,7 +641,30 @@ class DockerRuntime:
         volumes, keeping its last output and exit facts when the runtime has a state dir."""
         if self._retained is not None:
             self._retain(instance_id, self._retained)
+        name: str | None = None
+        with suppress(RuntimeDriverError):
+            attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
+            name = str(attrs.get("Name") or "").lstrip("/") or None
         self._call(lambda api: api.remove_container(instance_id, v=True, force=True), instance_id)
+        if name is not None:
+            _secret_files.remove_files(name)
+
+    def _secret_binds(self, spec: ReplicaSpec, name: str) -> dict[str, dict[str, str]]:
+        """Read-only binds of the replica's secret files, written on this host's tmpfs."""
+        if not spec.secret_files:
+            return {}
+        if not self.endpoint.startswith("unix://"):
+            raise ReplicaStartFailed(
+                f"replica {spec.name}: secret files need the Docker engine on this host "
+                f"(a unix:// endpoint); node {self.node_name}'s is {self.endpoint}"
+            )
+        # 0444 in a 0700 folder: readable by the container's user, whoever it is, and by
+        # no other user of this host.
+        folder = _secret_files.write_files(name, spec.secret_files, 0o444)
+        return {
+            str(folder / file): {"bind": f"{CONTAINER_SECRETS_DIR}/{file}", "mode": "ro"}
+            for file in spec.secret_files
+        }
 
     def _retain(self, instance_id: str, store: RetainedStore) -> None:
         attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)

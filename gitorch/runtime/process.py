@@ -81,7 +81,7 @@ from pathlib import Path
 from typing import Literal
 
 from gitorch.errors import InstanceNotFound, ReplicaStartFailed, RuntimeDriverError, VolumeError
-from gitorch.runtime import _cgroups, _proc
+from gitorch.runtime import _cgroups, _proc, _secret_files
 from gitorch.runtime._proc_reaper import REAPER
 from gitorch.runtime._proc_store import (
     OUTPUT_FILE,
@@ -100,6 +100,7 @@ from gitorch.runtime.base import (
     LABEL_REVISION,
     LABEL_SERVICE,
     LABEL_VOLUMES,
+    SECRETS_DIR_ENV,
     Instance,
     InstanceState,
     NodeInfo,
@@ -207,6 +208,28 @@ class _Child:
 # being recorded, and wait for it, instead of reporting an unknown exit code.
 _CHILDREN: dict[str, _Child] = {}
 _CHILDREN_LOCK = threading.Lock()
+
+
+#: The umask replicas start with.
+REPLICA_UMASK = 0o022
+
+
+def _probe_env(record: ReplicaRecord) -> dict[str, str]:
+    """An exec probe's environment: the replica's, its secrets read back from the
+    process itself (they are in no record)."""
+    env = dict(record.env)
+    if record.secret_env:
+        try:
+            raw = Path(f"/proc/{record.pid}/environ").read_bytes()
+        except OSError:
+            return env
+        wanted = set(record.secret_env)
+        for item in raw.split(b"\0"):
+            name, sep, value = item.partition(b"=")
+            key = name.decode("utf-8", "surrogateescape")
+            if sep and key in wanted:
+                env[key] = value.decode("utf-8", "surrogateescape")
+    return env
 
 
 def _exit_status(returncode: int) -> int:
@@ -373,6 +396,7 @@ class ProcessRuntime:
                     killed += 1
         for name in pending:
             self._store.delete(name)
+            _secret_files.remove_files(name)
         return killed
 
     def _reap_orphan_groups(self) -> int:
@@ -582,6 +606,7 @@ class ProcessRuntime:
             return self._spawn(spec, cluster, cwd, folder, volume_env, read_only)
         except BaseException:
             self._store.delete(spec.name)
+            _secret_files.remove_files(spec.name)
             raise
         finally:
             self._creating.discard(spec.name)
@@ -623,6 +648,7 @@ class ProcessRuntime:
                 ) from exc
         self._retain(record, final)
         self._store.delete(record.name)
+        _secret_files.remove_files(record.name)
         self._id_to_name.pop(instance_id, None)
         self._cpu_samples.pop(instance_id, None)
 
@@ -668,7 +694,7 @@ class ProcessRuntime:
             child = subprocess.Popen(  # noqa: S603
                 list(probe.exec_command),
                 cwd=record.cwd,
-                env=record.env,
+                env=_probe_env(record),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -772,6 +798,12 @@ class ProcessRuntime:
         # The marker lets a later daemon find this process if we die before its record
         # is written (see reap_orphans).
         env = {**self._environment(spec, ports), **volume_env, REPLICA_MARKER: spec.name}
+        if spec.secret_files:
+            # 0600: the replica runs as this user; on tmpfs, in a folder of its own.
+            folder_of_secrets = _secret_files.write_files(spec.name, spec.secret_files, 0o600)
+            env[SECRETS_DIR_ENV] = str(folder_of_secrets)
+        recorded_env = dict(env)
+        env.update(spec.secret_env)  # given to the process, never written to its record
         argv = [*spec.command, *spec.args]
         labels = {**spec.labels, LABEL_CLUSTER: cluster, LABEL_NODE: self.node_name}
         group, join = self._make_group(spec, cluster)
@@ -812,6 +844,9 @@ class ProcessRuntime:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own session + group: signals reach all of it
                     close_fds=True,
+                    # The daemon keeps its own files private (umask 077); a replica gets
+                    # the usual umask, whatever the daemon's.
+                    umask=REPLICA_UMASK,
                 )
         except (OSError, ValueError) as exc:
             if group is not None:
@@ -840,7 +875,8 @@ class ProcessRuntime:
             # Through the launcher the exec may not have happened yet: argv is what runs.
             cmdline=argv if launched else (_proc.read_cmdline(popen.pid) or []),
             cwd=str(cwd),
-            env=env,
+            env=recorded_env,
+            secret_env=sorted(spec.secret_env),
             labels=labels,
             ports=ports,
             created_at=started_at,

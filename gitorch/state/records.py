@@ -251,16 +251,22 @@ class AuditEvent:
     service: str | None = None
     revision: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+    # Who did it ("signer:...", "author:...", "token:NAME", "user:USER@HOST", "gitorch"),
+    # and the entry's link in the hash chain (None for entries older than the chain).
+    actor: str = ""
+    hash: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
             "id": self.id,
             "at": iso_time(self.at),
             "kind": self.kind,
+            "actor": self.actor,
             "service": self.service,
             "revision": self.revision,
             "message": self.message,
             "data": dict(self.data),
+            "hash": self.hash,
         }
 
 

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from gitorch.state.audit_chain import ChainEntry
 from gitorch.state.records import (
     AnalysisRunPhase,
     AnalysisRunRecord,
@@ -143,6 +144,7 @@ def analysis_run(row: sqlite3.Row) -> AnalysisRunRecord:
 
 
 def audit_event(row: sqlite3.Row) -> AuditEvent:
+    columns = row.keys()  # (`in row` would test the values of a sqlite3.Row)
     return AuditEvent(
         id=row["id"],
         at=row["at"],
@@ -151,6 +153,25 @@ def audit_event(row: sqlite3.Row) -> AuditEvent:
         service=row["service"],
         revision=row["revision"],
         data=load_json(row["data"]),
+        # Absent from stores of schema versions before the chain (older migrations).
+        actor=row["actor"] if "actor" in columns else "",
+        hash=row["hash"] if "hash" in columns else None,
+    )
+
+
+def chain_entry(row: sqlite3.Row) -> ChainEntry:
+    """An ``audit_log`` row as the hash chain reads it (gitorch.state.audit_chain)."""
+    return ChainEntry(
+        id=row["id"],
+        at=row["at"],
+        kind=row["kind"],
+        message=row["message"],
+        actor=row["actor"],
+        service=row["service"],
+        revision=row["revision"],
+        data=load_json(row["data"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
     )
 
 

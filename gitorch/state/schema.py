@@ -333,6 +333,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        "audit log: every entry names its actor and is chained by hash to the one before",
+        (
+            # Who did it: "signer:NAME <EMAIL>" / "author:..." (a commit), "token:NAME" (the
+            # API), "user:USER@HOST" (the CLI) or "gitorch" (the daemon on its own).
+            "ALTER TABLE audit_log ADD COLUMN actor TEXT NOT NULL DEFAULT ''",
+            # sha256(prev_hash + canonical entry): see gitorch/state/audit_chain.py. Rows
+            # written before this migration keep NULL: the unchained prefix, sealed by the
+            # first chained entry (its prev_hash is a hash over all of them).
+            "ALTER TABLE audit_log ADD COLUMN prev_hash TEXT",
+            "ALTER TABLE audit_log ADD COLUMN hash TEXT",
+            "CREATE INDEX audit_log_by_at ON audit_log (at)",
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

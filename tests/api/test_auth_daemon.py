@@ -244,6 +244,10 @@ def test_write_token_aborts_and_the_audit_log_names_it(paused: Paused) -> None:
     with StateStore(paused.daemon.state, readonly=True) as store:
         aborts = store.list_events(kind="rollout.abort")
         reconciles = store.list_events(kind="reconcile.requested")
+        started = store.list_events(kind="revision.started", newest_first=False)
+    # Every entry names its actor: the token for API writes, the commit for its rollout.
+    assert [e.actor for e in aborts + reconciles] == ["token:deployer", "token:deployer"]
+    assert {e.actor for e in started} == {"author:Ada Lovelace <ada@example.com>"}
     assert [(e.message, e.data) for e in aborts] == [
         ("web: abort requested by token deployer", {"token": "deployer"})
     ]

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -244,9 +245,12 @@ class DaemonProc:
         interval: float = 2.0,
         resync: float = 0.5,
         extra: Iterable[str] = (),
+        ca_file: Path | None = None,
     ) -> None:
         self.state = state
         self.port = free_port()
+        # A daemon started with --tls-cert: its API is spoken to over HTTPS, trusting ca_file.
+        self.tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         self.log_path = state.parent / f"daemon-{self.port}.log"
         argv = [
             sys.executable,
@@ -291,7 +295,11 @@ class DaemonProc:
     def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        conn = (
+            http.client.HTTPSConnection("127.0.0.1", self.port, timeout=15, context=self.tls)
+            if self.tls is not None
+            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        )
         try:
             conn.request(method, path, body=body or None, headers=headers or {})
             resp = conn.getresponse()

@@ -55,8 +55,9 @@ def count_is(port: int, starts: int, **fields: str) -> dict[str, str] | None:
 
 
 def the_instance(daemon: DaemonProc, service: str) -> dict[str, Any]:
-    svc = daemon.service(service)
-    assert svc is not None
+    # A daemon just started may not have reported yet while the data plane, which
+    # outlived the previous daemon, already serves the replica.
+    svc = wait_for(f"{service} reported", lambda: daemon.service(service), TIMEOUT)
     running = [i for i in svc["instances"] if i["state"] == "running"]
     assert len(running) == 1, svc["instances"]
     return running[0]
@@ -125,7 +126,7 @@ def test_prune_keeps_a_retained_volume_and_deletes_the_other(world: Cluster) -> 
     wait_for(
         "the release", lambda: phase_of(world.state, world.root, "data") == "Released", TIMEOUT
     )
-    assert daemon.service("counter") is None
+    wait_for("the service forgotten", lambda: daemon.service("counter") is None, TIMEOUT)
     assert volume_names(world) == ["data"]  # kept, with its data
 
     # A Volume of the same name gets it back; this time it is to be deleted when pruned.
