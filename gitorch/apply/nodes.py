@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from gitorch.decide.nodes import with_held_replicas
 from gitorch.live.model import LiveReplica, LiveState
@@ -43,7 +44,10 @@ class NodeTracker:
         self._seen: dict[str, tuple[LiveReplica, ...]] = {}  # node -> its replicas, last answer
         self._last_seen: dict[str, float] = {}  # node -> when it last answered (this daemon)
         self._lost: set[str] = set()  # nodes silent past the grace (replaced elsewhere)
-        self._returned: dict[str, float] = {}  # node -> when it answered again after that
+        #: node -> the ids of the replicas it had when it answered again after that (no
+        #: replica can have been started there since it was lost: ids, not clocks, which
+        #: differ between hosts)
+        self._returned: dict[str, frozenset[str]] = {}
 
     def update(self, live: LiveState) -> tuple[LiveState, frozenset[str]]:
         """``live`` plus the last known replicas of silent nodes (unknown), and the nodes
@@ -56,7 +60,9 @@ class NodeTracker:
             if node.ready:
                 if name in self._lost or _lost_meanwhile(record, now, self.grace):
                     self._lost.discard(name)
-                    self._returned[name] = now
+                    self._returned[name] = frozenset(
+                        r.id for r in live.replicas() if r.node == name
+                    )
                     log.warning("node %s answers again after it was lost", name)
                 elif record is not None and record.condition == NodeCondition.NOT_READY:
                     log.info("node %s is Ready again", name)
@@ -86,22 +92,32 @@ class NodeTracker:
                         self.grace,
                     )
                 self._lost.add(name)
-        held = {
+        silent = {
             name: replicas
             for name, replicas in self._seen.items()
-            if name in live.nodes and not live.nodes[name].ready and name not in lost
+            if name in live.nodes and not live.nodes[name].ready
         }
-        return with_held_replicas(live, held), frozenset(lost)
+        held = {name: replicas for name, replicas in silent.items() if name not in lost}
+        # A node may be lost at the first pass that finds it silent (a call to it blocked
+        # the pass past the grace): its replicas were never listed unreachable, and the
+        # data plane would keep waiting on its requests in flight there.
+        gone = tuple(
+            replace(r, state="unknown", ready=None)
+            for name, replicas in sorted(silent.items())
+            if name in lost
+            for r in replicas
+        )
+        return replace(with_held_replicas(live, held), lost_replicas=gone), frozenset(lost)
 
     def stale_replicas(self, live: LiveState) -> dict[str, str]:
-        """Replicas (id -> why) of nodes that answer again after they were lost, started
-        before they came back: their slots were filled elsewhere meanwhile."""
+        """Replicas (id -> why) of nodes that answer again after they were lost, those it
+        ran when it came back: their slots were filled elsewhere meanwhile."""
         stale: dict[str, str] = {}
-        for name, since in list(self._returned.items()):
+        for name, ids in list(self._returned.items()):
             found = {
                 r.id: f"node {name} was lost, its replicas replaced elsewhere"
                 for r in live.replicas()
-                if r.node == name and (r.started_at is None or r.started_at < since)
+                if r.node == name and r.id in ids
             }
             if not found:
                 del self._returned[name]  # all gone: nothing of the loss is left

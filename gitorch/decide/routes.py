@@ -40,6 +40,12 @@ def routing_table(
         backends: list[Backend] = []
         live_service = live.services.get(name)
         failed_template = failed.get(name)
+        for replica in live.lost_replicas:
+            # Its node is lost: its slot is filled elsewhere, and whatever a data plane
+            # still has in flight there is given up (never answered before the node is).
+            address = replica.address_of(expose.target_port)
+            if replica.service == name and replica.id not in gone and address is not None:
+                backends.append(_backend(replica, address, draining=True, unreachable=True))
         for replica in live_service.replicas if live_service else ():
             if replica.id in gone:
                 continue

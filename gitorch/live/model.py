@@ -149,6 +149,10 @@ class LiveState:
     volumes_on: Mapping[str, Mapping[str, VolumeInfo]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    #: The last known replicas of lost nodes (silent past their grace): no longer in any
+    #: service (their slots are filled elsewhere), but listed unreachable in every routing
+    #: table while their node stays silent, so requests in flight on them are given up.
+    lost_replicas: tuple[LiveReplica, ...] = ()
 
     @property
     def unknown_nodes(self) -> frozenset[str]:

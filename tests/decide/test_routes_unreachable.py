@@ -69,3 +69,28 @@ def test_replicas_of_a_silent_node_are_unreachable_and_stale_ones_drain() -> Non
     assert backends["r2"].unreachable and backends["r2"].draining
     assert backends["r2"].address == "10.0.0.2:40002"
     assert backends["r3"].draining and not backends["r3"].unreachable
+
+
+def test_replicas_of_a_lost_node_stay_listed_unreachable() -> None:
+    """Lost at the first pass that found it silent, its replicas left the service (their
+    slots go elsewhere) but the table still lists them, unreachable: a data plane gives up
+    what it has in flight there instead of waiting for the node's return."""
+    desired = load_docs(SERVICE, revision="r")
+    nodes = {
+        "h1": LiveNode("h1", "docker", True, "10.0.0.1", 2000, 2**31),
+        "h2": LiveNode("h2", "docker", False, "10.0.0.2", 2000, 2**31, message="timed out"),
+    }
+    live = LiveState(
+        "c",
+        0.0,
+        MappingProxyType(nodes),
+        MappingProxyType({"shop": LiveService("shop", None, (replica(1, "h1", "running"),))}),
+        lost_replicas=(replica(2, "h2", "unknown"),),
+    )
+    table = routing_table(
+        desired, live, targets={"shop": desired.services["shop"]}, intents={}, failed={}
+    )
+    backends = {b.id: b for b in table.routes["shop"].backends}
+    assert sorted(backends) == ["r1", "r2"]
+    assert backends["r2"].unreachable and backends["r2"].draining
+    assert not backends["r1"].draining
