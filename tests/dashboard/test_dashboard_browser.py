@@ -53,8 +53,7 @@ CANARY = """\
 
 
 def canary(port: int, version: str) -> str:
-    base = process_service("web", port=port, version=version, replicas=1)
-    return base[: base.index("  strategy:")] + CANARY
+    return process_service("web", port=port, version=version, replicas=1, strategy=CANARY)
 
 
 @dataclass

@@ -130,8 +130,10 @@ def process_service(
     command: list[str] | None = None,
     readiness: bool = True,
     initial_delay: int = 0,
+    strategy: str | None = None,
 ) -> str:
-    """A Service of the example api app on the process driver, with short probe periods."""
+    """A Service of the example api app on the process driver, with short probe periods.
+    ``strategy``: the manifest's ``  strategy:`` block instead of a RollingUpdate."""
     all_env = {"VERSION": version, **(env or {})}
     cmd = command or [sys.executable, str(API_APP)]
     lines = [
@@ -160,6 +162,8 @@ def process_service(
         ]
     if depends_on:
         lines.append(f"  dependsOn: {json.dumps(list(depends_on))}")
+    if strategy is not None:
+        return "\n".join(lines) + "\n" + strategy
     lines += [
         "  strategy:",
         "    type: RollingUpdate",
