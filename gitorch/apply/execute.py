@@ -4,20 +4,28 @@ It receives a :class:`~gitorch.decide.PassDecision` and performs exactly its act
 through the runtimes and the data plane, in an order that never fails a request:
 
 1. dead replicas are removed (they serve nothing and may hold a name or a port);
-2. new replicas are started, in parallel, each on the node the decision placed it;
-3. the routing table is published: ready replicas in, replicas about to stop marked
+2. the routing table is published: ready replicas in, replicas about to stop marked
    draining (the data plane sends them nothing new);
-4. once their requests in flight are done (bounded by the drain timeout), draining
+3. once their requests in flight are done (bounded by the drain timeout), draining
    replicas get SIGTERM with their grace period and are removed;
-5. the table is published again without them.
+4. the table is published again without them;
+5. new replicas are started, in parallel, each on the node the decision placed it (they
+   join the table once ready, in a later pass).
+
+Stops come before starts because that is what the strategies decide for: a pass that
+stops old replicas and starts new ones stays within ``desired + maxSurge`` only if the
+old ones are gone before the new ones run (and a preempted replica's resources are free
+before its preemptor starts). The strategies stop only available replicas beyond their
+availability floor, so stopping first never costs availability.
 
 Volumes come first and last: the volumes decided are made before any replica starts (a
 volume that cannot be made fails the starts that need it on that node), and volumes
-decided for deletion are removed after the replicas have stopped. Remote hosts'
-ingresses likewise: started first (:mod:`gitorch.apply.ingress`), each host's table
-published with the daemon's own at steps 3 and 5, removed last. A replica that some
-host's ingress did not take the new table for is not stopped (that ingress may still
-send it requests).
+decided for deletion are removed after the replicas have stopped (not at all in a pass
+whose table could not be published: its draining replicas were not stopped). Remote
+hosts' ingresses likewise: started first (:mod:`gitorch.apply.ingress`), each host's
+table published with the daemon's own, before and after the drains, removed last. A
+replica that some host's ingress did not take the new table for is not stopped (that
+ingress may still send it requests).
 
 Every failure is caught where it happens and reported on the service it concerns (a
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
@@ -100,7 +108,12 @@ class Executor:
         drain_timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
         ingress: IngressFleet | None = None,
+        fence: Callable[[], object] | None = None,
     ) -> None:
+        """``fence`` raises NotLeader once this process may no longer act: it is checked
+        before every start, stop, removal and publication, so a leader woken after its
+        lease expired changes nothing (the pass ends with that error)."""
+        self.fence = fence
         self.runtimes = runtimes
         self.ingress = ingress
         self.health = health
@@ -130,30 +143,25 @@ class Executor:
         stops = decision.stops()
         for stop in (s for s in stops if not s.drain):
             self._remove(stop, done)
-        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
-        if starts:
-            workers = max(1, min(8, len(starts)))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
-                    pass
         draining = [s for s in stops if s.drain]
-        if not self._publish(decision.table, held_routes, done):
+        published = self._publish(decision.table, held_routes, done)
+        if not published:
             if draining:
                 done.errors.append(
                     f"{len(draining)} replica(s) not stopped: the routing table could not be "
                     "published, so they may still receive traffic"
                 )
-            return done
-        hosts = decision.ingress.hosts
-        stale = self._publish_hosts(hosts, decision.table, held_routes, done)
-        held = [s for s in draining if s.replica_id in stale]
-        if held:
-            done.errors.append(
-                f"{len(held)} replica(s) not stopped: a host's ingress did not take the new "
-                "table, so it may still send them requests"
-            )
-        draining = [s for s in draining if s.replica_id not in stale]
-        if draining:
+        else:
+            hosts = decision.ingress.hosts
+            stale = self._publish_hosts(hosts, decision.table, held_routes, done)
+            held = [s for s in draining if s.replica_id in stale]
+            if held:
+                done.errors.append(
+                    f"{len(held)} replica(s) not stopped: a host's ingress did not take the "
+                    "new table, so it may still send them requests"
+                )
+            draining = [s for s in draining if s.replica_id not in stale]
+        if published and draining:
             self._drain(draining)
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
                 for _ in pool.map(lambda s: self._stop(s, done), draining):
@@ -162,8 +170,15 @@ class Executor:
             after = table_without(gone) if table_without is not None else decision.table
             self._publish(after, held_routes, done)
             self._publish_hosts(hosts, after, held_routes, done)
-        for delete in decision.volumes.deletes:
-            self._delete_volume(delete, done)
+        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
+        if starts:
+            workers = max(1, min(8, len(starts)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
+                    pass
+        if published:  # else replicas that were to stop may still use them
+            for delete in decision.volumes.deletes:
+                self._delete_volume(delete, done)
         self._ingresses(decision.ingress.removes, done)
         return done
 
@@ -174,6 +189,7 @@ class Executor:
         fleet = self.ingress
         if not actions or fleet is None:
             return
+        self._guard()
 
         def one(action: StartIngress | RemoveIngress) -> None:
             try:
@@ -203,6 +219,7 @@ class Executor:
         failed to take it still hold."""
         if not hosts or self.ingress is None:
             return set()
+        self._guard()
         shares = {
             node: HostTable(
                 host.node,
@@ -228,6 +245,7 @@ class Executor:
     # ------------------------------------------------------------------ volumes
 
     def _create_volume(self, desired: DesiredState, create: CreateVolume, done: Execution) -> None:
+        self._guard()
         runtime = self.runtimes.get(create.node)
         volume = desired.volumes.get(create.volume)
         try:
@@ -246,6 +264,7 @@ class Executor:
         done.volumes_created.append(create)
 
     def _delete_volume(self, delete: DeleteVolume, done: Execution) -> None:
+        self._guard()
         runtime = self.runtimes.get(delete.node)
         if runtime is None:
             return
@@ -279,9 +298,14 @@ class Executor:
             container=runtime is not None and runtime.driver == "docker",
         )
 
+    def _guard(self) -> None:
+        if self.fence is not None:
+            self.fence()
+
     def _start(
         self, desired: DesiredState, decision: PassDecision, action: StartReplica, done: Execution
     ) -> None:
+        self._guard()
         service_decision = decision.services[action.service]
         target = service_decision.target
         runtime = self.runtimes.get(action.node)
@@ -327,6 +351,7 @@ class Executor:
         done.errors.append(f"{action.replica}: cannot start on {action.node}: {message}")
 
     def _remove(self, stop: StopReplica, done: Execution) -> None:
+        self._guard()
         self.health.untrack(stop.replica_id)
         runtime = self.runtimes.get(stop.node)
         if runtime is None:
@@ -340,6 +365,7 @@ class Executor:
         done.changes += 1
 
     def _stop(self, stop: StopReplica, done: Execution) -> None:
+        self._guard()
         runtime = self.runtimes.get(stop.node)
         try:
             if runtime is not None:
@@ -378,6 +404,7 @@ class Executor:
             if candidate == self.published:
                 done.published = candidate
                 return True
+            self._guard()
             try:
                 self.dataplane.apply(candidate)
             except ListenError as exc:

@@ -49,39 +49,39 @@ class NodeTracker:
         #: differ between hosts)
         self._returned: dict[str, frozenset[str]] = {}
 
-    def update(self, live: LiveState) -> tuple[LiveState, frozenset[str]]:
+    def update(self, live: LiveState, *, record: bool = True) -> tuple[LiveState, frozenset[str]]:
         """``live`` plus the last known replicas of silent nodes (unknown), and the nodes
-        silent past the grace period."""
+        silent past the grace period. ``record=False`` (a standby's plan) writes nothing."""
         now = self.clock()
         records = {r.name: r for r in self.store.list_nodes()}
         lost: set[str] = set()
         for name, node in live.nodes.items():
-            record = records.get(name)
+            known = records.get(name)
             if node.ready:
-                if name in self._lost or _lost_meanwhile(record, now, self.grace):
+                if name in self._lost or _lost_meanwhile(known, now, self.grace):
                     self._lost.discard(name)
                     self._returned[name] = frozenset(
                         r.id for r in live.replicas() if r.node == name
                     )
                     log.warning("node %s answers again after it was lost", name)
-                elif record is not None and record.condition == NodeCondition.NOT_READY:
+                elif known is not None and known.condition == NodeCondition.NOT_READY:
                     log.info("node %s is Ready again", name)
                 self._last_seen[name] = now
-                if _stale(record, now):
+                if record and _stale(known, now):
                     self.store.update_node_condition(name, NodeCondition.READY, seen=True, at=now)
                 self._seen[name] = tuple(r for r in live.replicas() if r.node == name)
                 continue
-            if record is None or record.condition != NodeCondition.NOT_READY:
+            if known is None or known.condition != NodeCondition.NOT_READY:
                 log.warning("node %s is NotReady: %s", name, node.message)
-            if (
-                record is None
-                or record.condition != NodeCondition.NOT_READY
-                or record.message != node.message
+            if record and (
+                known is None
+                or known.condition != NodeCondition.NOT_READY
+                or known.message != node.message
             ):
                 self.store.update_node_condition(
                     name, NodeCondition.NOT_READY, message=node.message, seen=False
                 )
-            stored = record.last_seen if record is not None else None
+            stored = known.last_seen if known is not None else None
             heard = [t for t in (self._last_seen.get(name), stored) if t is not None]
             if not heard or now - max(heard) >= self.grace:
                 lost.add(name)

@@ -94,9 +94,16 @@ class Reconciler:
         crash_loop: CrashLoop = DEFAULT_CRASH_LOOP,
         clock: Callable[[], float] = time.time,
         ingress: IngressFleet | None = None,
+        fence: Callable[[], object] | None = None,
+        acting: bool = True,
     ) -> None:
+        """``fence``: raises NotLeader when this process may no longer act (a deposed
+        leader); checked before every change of the world. ``acting=False`` (a standby):
+        observe and plan only, writing nothing and reaping nothing."""
         self.store = store
         self.ingress = ingress
+        self.acting = acting
+        self.fence = fence
         self.nodes = NodeTracker(store, grace=node_grace, clock=clock)
         self.analysis = AnalysisRunner(store, dataplane)
         self.targets = list(targets)
@@ -116,6 +123,7 @@ class Reconciler:
             secrets=secrets,
             drain_timeout=drain_timeout,
             ingress=ingress,
+            fence=fence,
         )
         self.books = Bookkeeper(store, crash_loop)
         self._reaped = False
@@ -132,11 +140,12 @@ class Reconciler:
     def observe(self, desired: DesiredState) -> tuple[LiveState, frozenset[str]]:
         """The live state with the health monitor's view of every replica, and the nodes
         lost (silent past their grace)."""
-        self._register_nodes()
-        if not self._reaped:
-            self._reap_orphans()
+        if self.acting:
+            self._register_nodes()
+            if not self._reaped:
+                self._reap_orphans()
         live = observe(self.targets, self.runtimes, self.cluster, self.store)
-        live, lost = self.nodes.update(live)
+        live, lost = self.nodes.update(live, record=self.acting)
         if self.ingress is not None:
             # A host that does not answer is not asked for figures (its in-flight
             # requests are given up by the tables that list its replicas unreachable).
@@ -195,6 +204,8 @@ class Reconciler:
         """One pass. Never raises for a single service's trouble: it is recorded on that
         service instead. ``expect_plan``: refuse (PlanChanged) unless this pass's plan has
         that digest; the pass then executes exactly that plan's actions."""
+        if not self.acting:
+            raise GitorchError("a standby's reconciler only plans (this daemon does not lead)")
         self.books.acting_for(commit)
         live, lost = self.observe(desired)
         now = max(self.clock(), live.observed_at)
@@ -347,6 +358,8 @@ class Reconciler:
     def _reap_orphans(self) -> None:
         """Once per reconciler: processes a killed daemon started but never recorded."""
         self._reaped = True
+        if self.fence is not None:
+            self.fence()  # killing processes is acting: only while leading
         for name, runtime in self.runtimes.items():
             reap = getattr(runtime, "reap_orphans", None)
             if reap is None:

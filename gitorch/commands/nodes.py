@@ -15,14 +15,17 @@ from gitorch.commands.common import (
     add_secrets_option,
     add_state_option,
     has_state,
+    looked_in,
+    open_store,
     print_json,
     secrets_dir_of,
     state_dir,
+    state_location,
     stderr,
     stdout,
 )
 from gitorch.live import node_targets, observe
-from gitorch.live.inventory import existing_cluster_name, open_runtimes
+from gitorch.live.inventory import cluster_identity, open_runtimes
 from gitorch.live.model import LiveNode
 from gitorch.manifests.quantities import (
     format_cpu,
@@ -32,8 +35,6 @@ from gitorch.manifests.quantities import (
 )
 from gitorch.readmodel.allocation import allocation
 from gitorch.readmodel.cluster import ClusterView, applied_nodes
-from gitorch.state import StateStore
-from gitorch.state.layout import STATE_DB
 
 EXAMPLE = """example:
   gitorch nodes
@@ -117,7 +118,7 @@ def _ingress_json(node: LiveNode) -> dict[str, Any] | None:
 def open_nodes_view(args: argparse.Namespace) -> ClusterView:
     """Like :func:`open_view`, but with the nodes as applied (capacity, taints, cordon)."""
     state = state_dir(args)
-    store = StateStore(state, readonly=True) if (state / STATE_DB).exists() else None
+    store = open_store(args, readonly=True)
     nodes = applied_nodes(store)
     if not nodes:
         if store is not None:
@@ -125,16 +126,16 @@ def open_nodes_view(args: argparse.Namespace) -> ClusterView:
         return open_view(args)
     targets = node_targets(nodes, "process")
     runtimes = open_runtimes(targets, state, secrets_dir=secrets_dir_of(args))
-    live = observe(targets, runtimes, existing_cluster_name(state), store)
+    live = observe(targets, runtimes, cluster_identity(store, state, create=False), store)
     return ClusterView(store, targets, runtimes, live, state)
 
 
 def run(args: argparse.Namespace) -> int:
-    state = state_dir(args)
-    if not has_state(state):
+    location = state_location(args)
+    if not has_state(location):
         # Still useful: the node apply or daemon would use here. Say so, on stderr.
         stderr().print(
-            f"note: no gitorch state in {escape(str(state.absolute()))}: showing the local "
+            f"note: no gitorch state {escape(looked_in(location, None))}: showing the local "
             f"node gitorch would use ({escape(ELSEWHERE_STATE)})"
         )
     view = open_nodes_view(args)
