@@ -581,6 +581,10 @@ class Daemon:
             "lastError": self._last_error,
             # `validate` and `plan` refuse the hostPaths this daemon would refuse.
             "allowHostPaths": [str(p) for p in self.options.session.allowed_host_paths],
+            # `plan`, `nodes` and `status` reach TLS and ssh nodes with the daemon's files.
+            "secretsDir": str(secrets.resolve())
+            if (secrets := self.options.session.secrets_dir) is not None
+            else None,
             "updatedAt": time.time(),
         }
         tmp = state / f".{DAEMON_FILE}.tmp"

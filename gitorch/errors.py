@@ -21,6 +21,7 @@ line instead of a traceback.
     │   └── GitFailed                 (sources._gitcmd) a git command failed
     ├── RuntimeDriverError            a node runtime (Docker engine, process driver)
     │   ├── EngineUnavailable         the engine does not answer (or timed out)
+    │   │   └── EngineUntrusted       TLS or ssh refused: wrong CA, client certificate, host key
     │   ├── ImageNotFound             the image is not on the node and cannot be pulled
     │   ├── PortInUse                 a host port is already taken
     │   ├── InstanceNotFound          no such replica on that node
@@ -151,6 +152,12 @@ class RuntimeDriverError(GitorchError):
 
 class EngineUnavailable(RuntimeDriverError):
     """The runtime engine (e.g. dockerd) did not answer in time."""
+
+
+class EngineUntrusted(EngineUnavailable):
+    """The engine answered, but TLS or ssh did not establish trust: its certificate is
+    not signed by the node's CA, it refused the client certificate, or its ssh host key
+    is not in the known hosts (or the key was refused)."""
 
 
 class ImageNotFound(RuntimeDriverError):

@@ -21,7 +21,11 @@ availability floor, so stopping first never costs availability.
 Volumes come first and last: the volumes decided are made before any replica starts (a
 volume that cannot be made fails the starts that need it on that node), and volumes
 decided for deletion are removed after the replicas have stopped (not at all in a pass
-whose table could not be published: its draining replicas were not stopped).
+whose table could not be published: its draining replicas were not stopped). Remote
+hosts' ingresses likewise: started first (:mod:`gitorch.apply.ingress`), each host's
+table published with the daemon's own, before and after the drains, removed last. A
+replica that some host's ingress did not take the new table for is not stopped (that
+ingress may still send it requests).
 
 Every failure is caught where it happens and reported on the service it concerns (a
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
@@ -33,19 +37,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from gitorch.apply.health import HealthMonitor
+from gitorch.apply.ingress import IngressFleet
 from gitorch.apply.replicas import replica_spec, volume_spec
 from gitorch.decide import PassDecision, StartReplica, StopReplica
-from gitorch.decide.actions import Action, CreateVolume, DeleteVolume
+from gitorch.decide.actions import Action, CreateVolume, DeleteVolume, RemoveIngress, StartIngress
+from gitorch.decide.ingress import HostTable
 from gitorch.errors import GitorchError
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
 from gitorch.secrets import SecretValues
-from gitorch.traffic.discovery import service_env
+from gitorch.traffic.discovery import Discovery, discovery_for
 from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import DataPlane, RoutingTable
 
@@ -101,6 +107,7 @@ class Executor:
         secrets: SecretValues | None = None,
         drain_timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        ingress: IngressFleet | None = None,
         fence: Callable[[], object] | None = None,
     ) -> None:
         """``fence`` raises NotLeader once this process may no longer act: it is checked
@@ -108,6 +115,7 @@ class Executor:
         lease expired changes nothing (the pass ends with that error)."""
         self.fence = fence
         self.runtimes = runtimes
+        self.ingress = ingress
         self.health = health
         self.dataplane = dataplane
         self.cluster = cluster
@@ -131,6 +139,7 @@ class Executor:
         done = Execution()
         for create in decision.volumes.creates:
             self._create_volume(desired, create, done)
+        self._ingresses(decision.ingress.starts, done)
         stops = decision.stops()
         for stop in (s for s in stops if not s.drain):
             self._remove(stop, done)
@@ -142,7 +151,17 @@ class Executor:
                     f"{len(draining)} replica(s) not stopped: the routing table could not be "
                     "published, so they may still receive traffic"
                 )
-        elif draining:
+        else:
+            hosts = decision.ingress.hosts
+            stale = self._publish_hosts(hosts, decision.table, held_routes, done)
+            held = [s for s in draining if s.replica_id in stale]
+            if held:
+                done.errors.append(
+                    f"{len(held)} replica(s) not stopped: a host's ingress did not take the "
+                    "new table, so it may still send them requests"
+                )
+            draining = [s for s in draining if s.replica_id not in stale]
+        if published and draining:
             self._drain(draining)
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
                 for _ in pool.map(lambda s: self._stop(s, done), draining):
@@ -150,6 +169,7 @@ class Executor:
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
             self._publish(after, held_routes, done)
+            self._publish_hosts(hosts, after, held_routes, done)
         starts = [s for name in decision.order for s in decision.starts.get(name, ())]
         if starts:
             workers = max(1, min(8, len(starts)))
@@ -159,7 +179,68 @@ class Executor:
         if published:  # else replicas that were to stop may still use them
             for delete in decision.volumes.deletes:
                 self._delete_volume(delete, done)
+        self._ingresses(decision.ingress.removes, done)
         return done
+
+    # ------------------------------------------------------------------ ingresses
+
+    def _ingresses(self, actions: Sequence[StartIngress | RemoveIngress], done: Execution) -> None:
+        """Start or remove hosts' ingresses, in parallel; each failure names its node."""
+        fleet = self.ingress
+        if not actions or fleet is None:
+            return
+        self._guard()
+
+        def one(action: StartIngress | RemoveIngress) -> None:
+            try:
+                if isinstance(action, StartIngress):
+                    fleet.start(action)
+                else:
+                    fleet.remove(action)
+            except GitorchError as exc:
+                what = "started" if isinstance(action, StartIngress) else "removed"
+                done.errors.append(
+                    f"node {action.node}: the ingress could not be {what}: {exc.message}"
+                )
+                return
+            done.executed.append(action)
+
+        with ThreadPoolExecutor(max_workers=min(8, len(actions))) as pool:
+            list(pool.map(one, actions))
+
+    def _publish_hosts(
+        self,
+        hosts: Mapping[str, HostTable],
+        table: RoutingTable,
+        held_routes: Collection[str],
+        done: Execution,
+    ) -> set[str]:
+        """Each remote host's share of ``table``; the ids of the backends the hosts that
+        failed to take it still hold."""
+        if not hosts or self.ingress is None:
+            return set()
+        self._guard()
+        shares = {
+            node: HostTable(
+                host.node,
+                host.address,
+                RoutingTable(
+                    {
+                        name: table.routes[name]
+                        for name in host.table.routes
+                        if name in table.routes and name not in held_routes
+                    }
+                ),
+            )
+            for node, host in hosts.items()
+        }
+        failed = self.ingress.publish(shares)
+        stale: set[str] = set()
+        for node, message in sorted(failed.items()):
+            done.errors.append(f"node {node}: its ingress did not take the table: {message}")
+            for route in hosts[node].table.routes.values():
+                stale.update(b.id for b in route.backends)
+        return stale
 
     # ------------------------------------------------------------------ volumes
 
@@ -199,13 +280,23 @@ class Executor:
 
     # ------------------------------------------------------------------ replicas
 
-    def _discovery(self, desired: DesiredState, service: Service) -> dict[str, str]:
-        endpoints = {
-            dep: (self.advertise_host, desired.services[dep].expose.port)  # type: ignore[union-attr]
+    def _discovery(
+        self, desired: DesiredState, service: Service, node: str, decision: PassDecision
+    ) -> Discovery:
+        """Where a replica on ``node`` reaches its dependencies: its own host's ingress
+        (a remote host's address), else the daemon's (see :func:`discovery_for`)."""
+        ports = {
+            dep: desired.services[dep].expose.port  # type: ignore[union-attr]
             for dep in service.depends_on
             if dep in desired.services and desired.services[dep].expose is not None
         }
-        return service_env(endpoints)
+        runtime = self.runtimes.get(node)
+        return discovery_for(
+            ports,
+            host_ingress=decision.ingress.addresses.get(node),
+            local_ingress=self.advertise_host,
+            container=runtime is not None and runtime.driver == "docker",
+        )
 
     def _guard(self) -> None:
         if self.fence is not None:
@@ -225,15 +316,17 @@ class Executor:
                 failed = done.volume_failures.get((mount.volume, action.node))
                 if failed is not None:
                     raise GitorchError(f"volume {mount.volume} could not be made: {failed}")
+            found = self._discovery(desired, target, action.node, decision)
             spec = replica_spec(
                 target,
                 action.slot,
                 cluster=self.cluster,
                 revision=service_decision.record.revision,
-                discovery=self._discovery(desired, target),
+                discovery=found.env,
                 volumes=desired.volumes,
                 secrets=self.secrets,
                 repo_secrets=desired.secrets,
+                extra_hosts=found.hosts,
             )
             instance = runtime.create(spec, self.cluster)
         except GitorchError as exc:

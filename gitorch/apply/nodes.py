@@ -4,19 +4,26 @@ A node that stops answering is NotReady at once, but its replicas are only *unkn
 they keep their slots (no second copy starts) until the node has been silent for the
 grace period. Then the node is lost and its replicas' slots are filled elsewhere, through
 the service's normal strategy, so capacity and availability rules hold. When the node
-answers again, its stale replicas reappear as extra copies of filled slots and the
-strategy removes them. What that means for a pass (cordons, evictions) is decided in
+answers again, the replicas it ran from before it was lost are *stale*
+(:meth:`NodeTracker.stale_replicas`): they are evicted (replaced, here: already replaced,
+so simply drained and removed) and listed draining in every routing table from the first
+pass that sees them, so they never take a request; a node lost while no daemon ran (its
+stored last answer older than the grace) counts as lost the same way. What that means for a pass (cordons, evictions) is decided in
 :mod:`gitorch.decide.nodes`; this tracker keeps the clock and the store's node records.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from gitorch.decide.nodes import with_held_replicas
 from gitorch.live.model import LiveReplica, LiveState
 from gitorch.state import NodeCondition, NodeRecord, StateStore
+
+log = logging.getLogger("gitorch.nodes")
 
 #: Seconds between two writes of a Ready node's last-seen time. The tracker keeps the
 #: exact time in memory; the store's copy (for `gitorch nodes`, and for a restarted
@@ -36,6 +43,11 @@ class NodeTracker:
         self.clock = clock
         self._seen: dict[str, tuple[LiveReplica, ...]] = {}  # node -> its replicas, last answer
         self._last_seen: dict[str, float] = {}  # node -> when it last answered (this daemon)
+        self._lost: set[str] = set()  # nodes silent past the grace (replaced elsewhere)
+        #: node -> the ids of the replicas it had when it answered again after that (no
+        #: replica can have been started there since it was lost: ids, not clocks, which
+        #: differ between hosts)
+        self._returned: dict[str, frozenset[str]] = {}
 
     def update(self, live: LiveState, *, record: bool = True) -> tuple[LiveState, frozenset[str]]:
         """``live`` plus the last known replicas of silent nodes (unknown), and the nodes
@@ -46,11 +58,21 @@ class NodeTracker:
         for name, node in live.nodes.items():
             known = records.get(name)
             if node.ready:
+                if name in self._lost or _lost_meanwhile(known, now, self.grace):
+                    self._lost.discard(name)
+                    self._returned[name] = frozenset(
+                        r.id for r in live.replicas() if r.node == name
+                    )
+                    log.warning("node %s answers again after it was lost", name)
+                elif known is not None and known.condition == NodeCondition.NOT_READY:
+                    log.info("node %s is Ready again", name)
                 self._last_seen[name] = now
                 if record and _stale(known, now):
                     self.store.update_node_condition(name, NodeCondition.READY, seen=True, at=now)
                 self._seen[name] = tuple(r for r in live.replicas() if r.node == name)
                 continue
+            if known is None or known.condition != NodeCondition.NOT_READY:
+                log.warning("node %s is NotReady: %s", name, node.message)
             if record and (
                 known is None
                 or known.condition != NodeCondition.NOT_READY
@@ -63,12 +85,55 @@ class NodeTracker:
             heard = [t for t in (self._last_seen.get(name), stored) if t is not None]
             if not heard or now - max(heard) >= self.grace:
                 lost.add(name)
-        held = {
+                if name not in self._lost:
+                    log.warning(
+                        "node %s is lost (silent for %.0fs): its replicas go elsewhere",
+                        name,
+                        self.grace,
+                    )
+                self._lost.add(name)
+        silent = {
             name: replicas
             for name, replicas in self._seen.items()
-            if name in live.nodes and not live.nodes[name].ready and name not in lost
+            if name in live.nodes and not live.nodes[name].ready
         }
-        return with_held_replicas(live, held), frozenset(lost)
+        held = {name: replicas for name, replicas in silent.items() if name not in lost}
+        # A node may be lost at the first pass that finds it silent (a call to it blocked
+        # the pass past the grace): its replicas were never listed unreachable, and the
+        # data plane would keep waiting on its requests in flight there.
+        gone = tuple(
+            replace(r, state="unknown", ready=None)
+            for name, replicas in sorted(silent.items())
+            if name in lost
+            for r in replicas
+        )
+        return replace(with_held_replicas(live, held), lost_replicas=gone), frozenset(lost)
+
+    def stale_replicas(self, live: LiveState) -> dict[str, str]:
+        """Replicas (id -> why) of nodes that answer again after they were lost, those it
+        ran when it came back: their slots were filled elsewhere meanwhile."""
+        stale: dict[str, str] = {}
+        for name, ids in list(self._returned.items()):
+            found = {
+                r.id: f"node {name} was lost, its replicas replaced elsewhere"
+                for r in live.replicas()
+                if r.node == name and r.id in ids
+            }
+            if not found:
+                del self._returned[name]  # all gone: nothing of the loss is left
+            stale.update(found)
+        return stale
+
+
+def _lost_meanwhile(record: NodeRecord | None, now: float, grace: float) -> bool:
+    """A node the store says was silent past the grace when it last looked (lost while
+    no daemon ran, or before this one)."""
+    return (
+        record is not None
+        and record.condition == NodeCondition.NOT_READY
+        and record.last_seen is not None
+        and now - record.last_seen >= grace
+    )
 
 
 def _stale(record: NodeRecord | None, now: float) -> bool:

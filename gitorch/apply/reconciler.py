@@ -34,6 +34,7 @@ from gitorch.apply.analysis_runs import AnalysisRunner, StepEntry
 from gitorch.apply.bookkeeping import Bookkeeper, CommitMeta, service_failures
 from gitorch.apply.execute import Execution, Executor, service_of_route
 from gitorch.apply.health import HealthMonitor
+from gitorch.apply.ingress import IngressFleet
 from gitorch.apply.nodes import NodeTracker
 from gitorch.decide import PassDecision, ServiceProgress, decide_pass
 from gitorch.decide.actions import Action
@@ -92,6 +93,7 @@ class Reconciler:
         node_grace: float = 30.0,
         crash_loop: CrashLoop = DEFAULT_CRASH_LOOP,
         clock: Callable[[], float] = time.time,
+        ingress: IngressFleet | None = None,
         fence: Callable[[], object] | None = None,
         acting: bool = True,
     ) -> None:
@@ -99,6 +101,7 @@ class Reconciler:
         leader); checked before every change of the world. ``acting=False`` (a standby):
         observe and plan only, writing nothing and reaping nothing."""
         self.store = store
+        self.ingress = ingress
         self.acting = acting
         self.fence = fence
         self.nodes = NodeTracker(store, grace=node_grace, clock=clock)
@@ -119,10 +122,12 @@ class Reconciler:
             advertise_host=advertise_host,
             secrets=secrets,
             drain_timeout=drain_timeout,
+            ingress=ingress,
             fence=fence,
         )
         self.books = Bookkeeper(store, crash_loop)
         self._reaped = False
+        self._stale: frozenset[str] = frozenset()  # this pass's stale replicas (never serve)
 
     @property
     def routing_table(self) -> RoutingTable | None:
@@ -141,6 +146,10 @@ class Reconciler:
                 self._reap_orphans()
         live = observe(self.targets, self.runtimes, self.cluster, self.store)
         live, lost = self.nodes.update(live, record=self.acting)
+        if self.ingress is not None:
+            # A host that does not answer is not asked for figures (its in-flight
+            # requests are given up by the tables that list its replicas unreachable).
+            self.ingress.forget(n for n, node in live.nodes.items() if not node.ready)
         self._forget_vanished(live)
         if not live.unknown_nodes:
             # Secret files of replicas removed outside gitorch (tmpfs, until a reboot).
@@ -162,12 +171,17 @@ class Reconciler:
             scoring=self.scoring,
             crash_loop=self.crash_loop,
             analyses=self.analysis.statuses_of(live.rollouts),
+            ingress_image=self._ingress_image(),
         )
+        stale = self.nodes.stale_replicas(live)
+        self._stale = frozenset(stale)
         inp = replace(
             inp,
             verdicts=replace(
                 inp.verdicts,
                 cordoned=inp.verdicts.cordoned | {t.name for t in self.targets if t.drain},
+                evicting=MappingProxyType({**inp.verdicts.evicting, **stale}),
+                stale=frozenset(stale),
             ),
         )
         return decide_pass(inp)
@@ -227,6 +241,12 @@ class Reconciler:
 
     # ------------------------------------------------------------------ helpers
 
+    def _ingress_image(self) -> str | None:
+        """The image remote hosts' ingresses must run (None without such hosts)."""
+        if self.ingress is None or not any(t.own_ingress for t in self.targets):
+            return None
+        return self.ingress.image_tag()
+
     def _table(
         self, desired: DesiredState, live: LiveState, decision: PassDecision, gone: set[str]
     ) -> RoutingTable:
@@ -236,7 +256,7 @@ class Reconciler:
             targets={n: d.target for n, d in decision.services.items()},
             intents={n: d.intent for n, d in decision.services.items() if d.intent is not None},
             failed=decision.failed_templates,
-            draining=(),
+            draining=self._stale,
             gone=gone,
         )
 

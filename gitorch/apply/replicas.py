@@ -73,10 +73,12 @@ def replica_spec(
     volumes: Mapping[str, Volume] | None = None,
     secrets: SecretValues | None = None,
     repo_secrets: Mapping[str, Secret] | None = None,
+    extra_hosts: Mapping[str, str] | None = None,
 ) -> ReplicaSpec:
     """The runtime spec of ``service``'s replica in ``slot`` (``volumes``: the Volumes in
-    Git, which its mounts name); secret values are read (or decrypted) now, into the
-    spec's ``secret_env`` and ``secret_files`` only."""
+    Git, which its mounts name; ``discovery`` and ``extra_hosts``: where it reaches its
+    dependencies, :func:`gitorch.traffic.discovery.discovery_for`); secret values are read
+    (or decrypted) now, into the spec's ``secret_env`` and ``secret_files`` only."""
     env: dict[str, str] = dict(discovery)
     secret_env: dict[str, str] = {}
     secret_files: dict[str, bytes] = {}
@@ -112,6 +114,7 @@ def replica_spec(
         },
         stop_grace_seconds=float(service.termination_grace_seconds),
         mounts=mounts_of(service, volumes or {}),
+        extra_hosts=dict(extra_hosts or {}),
         secret_env=secret_env,
         secret_files=secret_files,
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gitorch.apply.health import HealthListener, HealthMonitor
+from gitorch.apply.ingress import FleetDataPlane, IngressFleet
 from gitorch.apply.reconciler import CommitMeta, Reconciler
 from gitorch.errors import ConfigError
 from gitorch.live import NodeTarget, node_targets
@@ -36,7 +37,7 @@ from gitorch.state.layout import ensure_state_dir
 from gitorch.state.location import StateLocation
 from gitorch.traffic.builtin import BuiltinLoadBalancer
 from gitorch.traffic.proxy.client import ProxyDataPlane
-from gitorch.traffic.proxy.control import ProxyUnavailable
+from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable
 from gitorch.traffic.table import BackendStats, DataPlane, DataPlaneHealth, RoutingTable
 from gitorch.traffic.workers import WorkerPool
 
@@ -61,6 +62,7 @@ class SessionOptions:
     # `gitorch proxy`, HAProxy keeps running; either is adopted when it already runs.
     data_plane_outlives: bool = False
     allowed_host_paths: tuple[Path, ...] = ()  # --allow-host-path: where hostPath may be
+    ingress_workers: str = "auto"  # each remote host's ingress: proxy worker processes
     # Where the store lives: None is SQLite in state_dir; an etcd location elects a leader.
     state: StateLocation | None = None
     name: str | None = None  # this daemon among several (etcd; default: the host name)
@@ -124,11 +126,21 @@ class Session:
                 secret_digest_key(self.store, local, create=True),
             )
             self.default_driver = choose_default_driver(options.runtime)
+            # Remote hosts' ingresses; reads of figures add them to the local data plane.
+            # Starting a daemon (or apply) asks for its endpoints, the remote hosts' too:
+            # an earlier `gitorch proxy stop` no longer holds (whatever the data plane).
+            ProxyPaths.of(local).stopped.unlink(missing_ok=True)
+            self.ingress = IngressFleet(
+                self.cluster,
+                local / "ingress",
+                workers=options.ingress_workers,
+                stopped_marker=ProxyPaths.of(local).stopped,
+            )
             self._dataplane: DataPlane | None = None
             if location.etcd is not None:
                 self.leadership = _leadership(self.store, options, on_leadership)
             else:
-                self._dataplane = _data_plane(options)
+                self._dataplane = FleetDataPlane(_data_plane(options), self.ingress)
             self.health: HealthMonitor | None = None
             self.reconciler: Reconciler | None = None
             self._targets: list[NodeTarget] = []
@@ -154,7 +166,7 @@ class Session:
             return self._dataplane
         if not self.leading:
             return StandbyDataPlane()
-        self._dataplane = _data_plane(self.options)
+        self._dataplane = FleetDataPlane(_data_plane(self.options), self.ingress)
         return self._dataplane
 
     def reconciler_for(self, desired: DesiredState) -> Reconciler:
@@ -171,7 +183,13 @@ class Session:
             and term == self._term
         ):
             return self.reconciler
-        runtimes = open_runtimes(targets, self.options.state_dir, self.options.allowed_host_paths)
+        runtimes = open_runtimes(
+            targets,
+            self.options.state_dir,
+            self.options.allowed_host_paths,
+            secrets_dir=self.options.secrets_dir,
+        )
+        self.ingress.set_runtimes(runtimes)
         if self.health is not None:
             self.health.stop()
         self.health = HealthMonitor(runtimes, on_change=self._on_health_change)
@@ -188,6 +206,7 @@ class Session:
             scoring=self.options.scoring,
             drain_timeout=self.options.drain_timeout,
             node_grace=self.options.node_grace,
+            ingress=self.ingress,
             fence=self.leadership.fence if self.leadership is not None else None,
             acting=acting,
         )

@@ -87,6 +87,14 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
         f"at most 4 (0 on one core); default {lb_workers}",
     )
     parser.add_argument(
+        "--ingress-workers",
+        default="auto",
+        metavar="N|auto",
+        type=_ingress_workers,
+        help="proxy worker processes of each remote host's ingress (auto: one per core "
+        "of the host, at most 4; default auto)",
+    )
+    parser.add_argument(
         "--node-grace",
         type=duration,
         default=30.0,
@@ -120,7 +128,14 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
         data_plane=args.data_plane,
         lb_workers=args.lb_workers,
         allowed_host_paths=tuple(Path(p) for p in allowed_host_paths(args)),
+        ingress_workers=args.ingress_workers,
     )
+
+
+def _ingress_workers(text: str) -> str:
+    if text == "auto" or (text.isdigit() and 1 <= int(text) <= 64):
+        return text
+    raise argparse.ArgumentTypeError(f"expected 1..64 or 'auto', not {text!r}")
 
 
 def _workers(text: str) -> int:

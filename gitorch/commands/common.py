@@ -142,7 +142,8 @@ def add_secret_options(parser: argparse.ArgumentParser) -> None:
         "--secrets-dir",
         type=Path,
         default=None,
-        help="folder holding the files that `secretFile` references name",
+        help="folder holding the files that `secretFile` references, `expose.tls` and "
+        "Nodes' `runtime.tls`/`runtime.ssh` name",
     )
     parser.add_argument(
         "--age-key",
@@ -480,3 +481,27 @@ def allowed_host_paths(args: argparse.Namespace) -> tuple[str, ...]:
         found = running_daemon(args).get("allowHostPaths")
         given = [str(p) for p in found] if isinstance(found, list) else []
     return tuple(os.path.normpath(os.path.abspath(p)) for p in given or ())
+
+
+def add_secrets_option(parser: argparse.ArgumentParser) -> None:
+    """``--secrets-dir``: where Nodes' TLS and ssh files are (default: the daemon's)."""
+    parser.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=None,
+        help="folder holding the files Nodes' runtime.tls and runtime.ssh name "
+        "(default: the running daemon's, from daemon.json)",
+    )
+
+
+def secrets_dir_of(args: argparse.Namespace) -> Path | None:
+    """``--secrets-dir``, else that of the daemon of ``--state`` (``daemon.json``)."""
+    given = getattr(args, "secrets_dir", None)
+    if given is not None:
+        return Path(given)
+    try:
+        data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
+        found = data.get("secretsDir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(found) if isinstance(found, str) and found else None

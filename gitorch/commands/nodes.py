@@ -12,11 +12,13 @@ from gitorch.commands.cluster import add_runtime_option, open_view
 from gitorch.commands.common import (
     ELSEWHERE_STATE,
     add_format_option,
+    add_secrets_option,
     add_state_option,
     has_state,
     looked_in,
     open_store,
     print_json,
+    secrets_dir_of,
     state_dir,
     state_location,
     stderr,
@@ -24,8 +26,7 @@ from gitorch.commands.common import (
 )
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import cluster_identity, open_runtimes
-from gitorch.manifests.build import build_node
-from gitorch.manifests.model import Node, Origin
+from gitorch.live.model import LiveNode
 from gitorch.manifests.quantities import (
     format_cpu,
     format_memory,
@@ -33,8 +34,7 @@ from gitorch.manifests.quantities import (
     parse_memory,
 )
 from gitorch.readmodel.allocation import allocation
-from gitorch.readmodel.cluster import ClusterView
-from gitorch.state import StateStore
+from gitorch.readmodel.cluster import ClusterView, applied_nodes
 
 EXAMPLE = """example:
   gitorch nodes
@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_state_option(parser)
     add_runtime_option(parser)
+    add_secrets_option(parser)
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
 
@@ -89,29 +90,29 @@ def nodes_json(view: ClusterView) -> list[dict[str, Any]]:
                 },
                 "replicas": alloc["replicas"],
                 "limits": node.limits,
+                "engine": {
+                    "version": node.version or None,
+                    "transport": node.transport or None,
+                    "rttMs": round(node.rtt_ms, 2) if node.rtt_ms is not None else None,
+                },
+                "ingress": _ingress_json(node),
             }
         )
     return rows
 
 
-def applied_nodes(store: StateStore | None) -> list[Node]:
-    """The Nodes as last applied from Git (the store's inventory); [] when none or unreadable.
-
-    The store's node registry keeps only name, driver, endpoint and labels; capacity,
-    taints and cordon live in the applied Node objects, and ``nodes`` must show those
-    (a node's explicit capacity, not the machine's).
-    """
-    if store is None:
-        return []
-    nodes: list[Node] = []
-    for applied in store.list_applied():
-        if applied.kind != "Node":
-            continue
-        try:
-            nodes.append(build_node(applied.spec, Origin("(state store)", 0)))
-        except (KeyError, TypeError, ValueError):
-            return []  # an entry this version cannot read: fall back to the registry
-    return nodes
+def _ingress_json(node: LiveNode) -> dict[str, Any] | None:
+    """A remote host's ingress: its mode and the container seen there (None: the node
+    shares the daemon's host, whose data plane serves it)."""
+    if node.ingress_mode == "never":
+        return None
+    seen = node.ingress
+    return {
+        "mode": node.ingress_mode,
+        "address": node.address,
+        "status": seen.status if seen is not None else None,
+        "image": seen.image if seen is not None else None,
+    }
 
 
 def open_nodes_view(args: argparse.Namespace) -> ClusterView:
@@ -124,7 +125,7 @@ def open_nodes_view(args: argparse.Namespace) -> ClusterView:
             store.close()
         return open_view(args)
     targets = node_targets(nodes, "process")
-    runtimes = open_runtimes(targets, state)
+    runtimes = open_runtimes(targets, state, secrets_dir=secrets_dir_of(args))
     live = observe(targets, runtimes, cluster_identity(store, state, create=False), store)
     return ClusterView(store, targets, runtimes, live, state)
 
@@ -151,9 +152,13 @@ def run(args: argparse.Namespace) -> int:
         "DRIVER",
         "CONDITION",
         "ADDRESS",
+        "ENGINE",
+        "TLS",
+        "RTT",
         "CPU (alloc/cap)",
         "MEMORY (alloc/cap)",
         "REPLICAS",
+        "INGRESS",
         "LIMITS",
     ):
         # The condition ("NotReady,Draining") must never be cut to an ellipsis on a
@@ -165,15 +170,22 @@ def run(args: argparse.Namespace) -> int:
             condition += ",[yellow]Draining[/]"
         elif row["unschedulable"]:
             condition += ",[yellow]SchedulingDisabled[/]"
+        engine = row["engine"]
+        rtt = engine["rttMs"]
+        ingress = row["ingress"]
         table.add_row(
             escape(row["name"]),
             row["driver"],
             condition,
             row["address"],
+            escape(engine["version"] or "-"),
+            escape(engine["transport"] or "-"),
+            f"{rtt:.1f}ms" if rtt is not None else "-",
             f"{row['allocated']['cpu']}/{row['capacity']['cpu']}",
             f"{human_memory(parse_memory(row['allocated']['memory']))}/"
             f"{human_memory(parse_memory(row['capacity']['memory']))}",
             str(row["replicas"]),
+            escape(f"{ingress['status'] or 'none'} ({ingress['mode']})" if ingress else "-"),
             escape(row["limits"] or "-"),
         )
     stdout().print(table)

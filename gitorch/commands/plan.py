@@ -24,6 +24,7 @@ from gitorch.commands.common import (
     open_store,
     reserved_ports,
     resolved_secrets,
+    secrets_dir_of,
     separate_trees_hint,
     state_dir,
     stdout,
@@ -36,7 +37,12 @@ from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
 from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
-from gitorch.live.inventory import choose_default_driver, cluster_identity, open_runtimes
+from gitorch.live.inventory import (
+    NodeTarget,
+    choose_default_driver,
+    cluster_identity,
+    open_runtimes,
+)
 from gitorch.live.observe import assess_readiness
 from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.loader import load_desired
@@ -124,7 +130,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             targets = node_targets(desired.nodes.values(), choose_default_driver(args.runtime))
         else:
             targets = registered_targets(store, args.runtime)
-        runtimes = open_runtimes(targets, state)
+        runtimes = open_runtimes(targets, state, secrets_dir=secrets_dir_of(args))
         live = observe(targets, runtimes, cluster_identity(store, state, create=False), store)
     finally:
         if store is not None:
@@ -141,10 +147,21 @@ def make_plan(args: argparse.Namespace) -> Plan:
             unschedulable=frozenset(t.name for t in targets if t.unschedulable),
             runnable=frozenset(runtimes),
             scoring=args.scoring,
+            ingress_image=_ingress_image(targets, state),
         )
     )
     plan = compute_plan(desired, live, scoring=args.scoring, decision=decision)
     return replace(plan, warnings=(*plan.warnings, *_foreign_ports(desired, state)))
+
+
+def _ingress_image(targets: list[NodeTarget], state: Path) -> str | None:
+    """The ingress image remote hosts must run, as the daemon names it (None: no such
+    host). Naming it reads no file; nothing is built."""
+    if not any(t.own_ingress for t in targets):
+        return None
+    from gitorch.runtime.ingress_image import ingress_image
+
+    return ingress_image(state / "ingress").tag
 
 
 def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:

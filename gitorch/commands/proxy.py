@@ -2,19 +2,27 @@
 
 ``run`` serves (foreground, for systemd; ``--detach`` to background itself), ``restart``
 replaces a running proxy with a new one without refusing a connection, ``status`` shows
-what serves, ``stop`` stops the data plane of a state directory (the built-in proxy, a
-HAProxy kept running by a daemon, or both).
+what serves, ``stop`` stops the data plane of a state directory (the built-in proxy and
+the ingresses of remote hosts, a HAProxy kept running by a daemon, or all).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
-from gitorch.commands.common import add_state_option, state_dir, stdout
+from gitorch.commands.common import (
+    add_secrets_option,
+    add_state_option,
+    secrets_dir_of,
+    state_dir,
+    stderr,
+    stdout,
+)
 from gitorch.errors import ConfigError
 from gitorch.traffic.haproxy.dataplane import STOPPED_FILE
 from gitorch.traffic.haproxy.process import HAProxyMaster, process_alive
@@ -64,11 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stop", help="stop the data plane of this state directory (endpoints go down)"
     )
     add_state_option(stop_parser)
+    add_secrets_option(stop_parser)
     stop_parser.add_argument(
         "--data-plane",
         choices=("all", "builtin", "haproxy"),
         default="all",
-        help="which to stop: the built-in proxy, HAProxy, or whichever runs (default all)",
+        help="which to stop: the built-in proxy (and remote hosts' ingresses), HAProxy, or "
+        "whichever runs (default all)",
     )
     stop_parser.add_argument(
         "--timeout",
@@ -126,8 +136,10 @@ def status(args: argparse.Namespace) -> int:
 def stop(args: argparse.Namespace) -> int:
     state = state_dir(args).resolve()
     out = stdout()
+    code = 0
     if args.data_plane in ("all", "builtin"):
         out.print(_stop_proxy(ProxyPaths.of(state), args.timeout))
+        code = _stop_ingresses(args, state)
     if args.data_plane in ("all", "haproxy"):
         master = HAProxyMaster(state / "haproxy")
         if master.adopt():
@@ -137,7 +149,35 @@ def stop(args: argparse.Namespace) -> int:
             out.print(f"haproxy {pid} stopped")
         else:
             out.print("haproxy: not running")
-    return 0
+    return code
+
+
+def _stop_ingresses(args: argparse.Namespace, state: Path) -> int:
+    """Remove the ingresses of the remote hosts of ``state``'s cluster (the applied Nodes,
+    reached with the daemon's secrets directory or ``--secrets-dir``); 1 if one of them
+    could not be, saying which."""
+    # Here, not at the top: `gitorch proxy run` must not load the reconciler's packages.
+    from gitorch.apply.ingress import stop_ingresses
+    from gitorch.live.inventory import existing_cluster_name, open_runtimes
+    from gitorch.readmodel.cluster import registered_targets
+    from gitorch.state import StateStore
+    from gitorch.state.layout import STATE_DB
+
+    cluster = existing_cluster_name(state)
+    if cluster is None or not (state / STATE_DB).exists():
+        return 0
+    store = StateStore(state, readonly=True)
+    try:
+        targets = [t for t in registered_targets(store, None) if t.own_ingress]
+    finally:
+        store.close()
+    if not targets:
+        return 0
+    runtimes = open_runtimes(targets, state, secrets_dir=secrets_dir_of(args))
+    lines, ok = stop_ingresses(runtimes, cluster)
+    for line in lines:
+        (stdout() if ok else stderr()).print(escape(line))
+    return 0 if ok else 1
 
 
 def _stop_proxy(paths: ProxyPaths, timeout: float) -> str:

@@ -272,6 +272,51 @@ class VolumeMissing(_VolumeAction):
         return f"volume {self.volume} is missing on {self.node}"
 
 
+@dataclass(frozen=True)
+class _IngressAction:
+    node: str
+    address: str
+    reason: str
+
+    verb = "ingress"
+
+    @property
+    def service(self) -> str:
+        """What the action concerns, for a list of actions' service column."""
+        return f"Node/{self.node}"
+
+    def key(self) -> tuple[str, ...]:
+        return (self.verb, self.node)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.verb,
+            "node": self.node,
+            "address": self.address,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class StartIngress(_IngressAction):
+    """Start (or replace) the ingress of ``node``'s host, listening on ``address``."""
+
+    verb = "start-ingress"
+
+    def describe(self) -> str:
+        return f"start the ingress on {self.node} ({self.address}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class RemoveIngress(_IngressAction):
+    """Stop and remove the ingress of ``node``'s host."""
+
+    verb = "remove-ingress"
+
+    def describe(self) -> str:
+        return f"remove the ingress on {self.node} ({self.address}): {self.reason}"
+
+
 VolumeAction = BindVolume | CreateVolume | DeleteVolume | ReleaseVolume | VolumeMissing
 
 Action = (
@@ -286,12 +331,16 @@ Action = (
     | DeleteVolume
     | ReleaseVolume
     | VolumeMissing
+    | StartIngress
+    | RemoveIngress
 )
 
 #: Actions that change replicas (the others are bookkeeping, volumes or explanation).
 WORLD_CHANGING = (StartReplica, StopReplica)
 #: Actions that make or remove a volume.
 VOLUME_CHANGING = (CreateVolume, DeleteVolume)
+#: Actions that start or remove a host's ingress.
+INGRESS_CHANGING = (StartIngress, RemoveIngress)
 
 
 def action_keys(actions: tuple[Action, ...] | list[Action]) -> list[tuple[str, ...]]:

@@ -24,6 +24,7 @@ from gitorch.decide.actions import (
     Wait,
 )
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, remaining
+from gitorch.decide.ingress import IngressDecision, decide_ingress
 from gitorch.decide.nodes import NodeVerdicts, node_views, running_replicas, verdicts
 from gitorch.decide.routes import routing_table
 from gitorch.decide.service import (
@@ -81,6 +82,7 @@ class PassInput:
     runnable: frozenset[str] | None = None  # nodes with a runtime (None: all)
     scoring: str = LEAST_ALLOCATED
     crash_loop: CrashLoop = DEFAULT_CRASH_LOOP
+    ingress_image: str | None = None  # the hosts' ingress image (None: not compared)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class PassDecision:
     failed_templates: Mapping[str, str]  # service -> template rolled back from
     requeue_after: float
     volumes: VolumeDecision = VolumeDecision()
+    ingress: IngressDecision = IngressDecision()  # remote hosts' ingresses and tables
 
     def stops(self) -> tuple[StopReplica, ...]:
         """Every replica the pass stops or removes: services' own, preempted, pruned."""
@@ -119,7 +122,7 @@ class PassDecision:
         rollbacks, waits; then preemptions and prunes; then volumes released, deleted,
         missing, and what they wait for."""
         volumes = self.volumes
-        actions: list[Action] = [*volumes.binds, *volumes.creates]
+        actions: list[Action] = [*volumes.binds, *volumes.creates, *self.ingress.starts]
         for name in self.order:
             decision = self.services[name]
             if decision.rollback is not None:
@@ -136,6 +139,7 @@ class PassDecision:
         actions.extend(
             (*volumes.releases, *volumes.deletes, *volumes.missing, *volumes.waits, *volumes.stuck)
         )
+        actions.extend(self.ingress.removes)
         return tuple(actions)
 
     @property
@@ -159,6 +163,7 @@ def pass_input_of(
     scoring: str = LEAST_ALLOCATED,
     crash_loop: CrashLoop = DEFAULT_CRASH_LOOP,
     analyses: Mapping[str, Mapping[tuple[str, float], Mapping[str, AnalysisStatus]]] | None = None,
+    ingress_image: str | None = None,
 ) -> PassInput:
     """The input of a pass from one observation (replicas and the store's facts in
     ``live``). ``analyses`` replaces the stored analysis verdicts (the reconciler knows
@@ -195,6 +200,7 @@ def pass_input_of(
         runnable=runnable,
         scoring=scoring,
         crash_loop=crash_loop,
+        ingress_image=ingress_image,
     )
 
 
@@ -272,7 +278,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
         s.replica_id
         for s in (*(s for d in decisions.values() for s in d.stops), *preemptions, *prune.stops)
         if s.drain
-    }
+    } | inp.verdicts.stale
     table = routing_table(
         desired,
         live,
@@ -280,6 +286,13 @@ def decide_pass(inp: PassInput) -> PassDecision:
         intents={name: d.intent for name, d in decisions.items() if d.intent is not None},
         failed=failed,
         draining=stopping,
+    )
+    ingress = decide_ingress(
+        desired,
+        live,
+        table,
+        [s for name in order for s in starts.get(name, ())],
+        inp.ingress_image,
     )
     result = PassDecision(
         revision=desired.revision,
@@ -292,6 +305,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
         failed_templates=MappingProxyType(failed),
         requeue_after=IDLE_REQUEUE,
         volumes=volumes,
+        ingress=ingress,
     )
     return replace(result, requeue_after=_requeue(result, inp))
 
@@ -486,6 +500,7 @@ def _requeue(decision: PassDecision, inp: PassInput) -> float:
     volumes = decision.volumes
     if (
         decision.stops()
+        or decision.ingress.starts
         or any(decision.starts.values())
         or decision.prune.pending
         or volumes.creates

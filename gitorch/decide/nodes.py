@@ -30,6 +30,9 @@ class NodeVerdicts:
     evicting: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({})
     )  # replica id -> why it moves
+    #: Replicas of a node that came back after it was lost (their slots were filled
+    #: elsewhere): evicted, and draining in every routing table, so they never serve.
+    stale: frozenset[str] = frozenset()
 
 
 def node_views(

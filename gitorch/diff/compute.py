@@ -248,6 +248,7 @@ def compute_plan(
         warnings=warnings,
         actions=decision.actions() if decision is not None else (),
         autoscaled=tuple(_autoscaled(desired, live)),
+        ingresses=tuple(decision.ingress.hosts.values()) if decision is not None else (),
     )
 
 

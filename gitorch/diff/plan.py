@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitorch.decide.actions import VOLUME_CHANGING, WORLD_CHANGING, Action
+from gitorch.decide.actions import INGRESS_CHANGING, VOLUME_CHANGING, WORLD_CHANGING, Action
+from gitorch.decide.ingress import HostTable
 from gitorch.diff.fields import FieldChange
 from gitorch.errors import PlanChanged
 from gitorch.strategies.preview import RolloutPreview
@@ -156,6 +157,8 @@ class Plan:
     # computed without a decision).
     actions: tuple[Action, ...] = ()
     autoscaled: tuple[AutoscaledItem, ...] = ()
+    # What each remote host's ingress serves after the next pass (node -> table).
+    ingresses: tuple[HostTable, ...] = ()
 
     @property
     def summary(self) -> dict[str, int]:
@@ -167,6 +170,9 @@ class Plan:
         counts["unschedulable"] = len(self.unschedulable)
         counts["actions"] = sum(1 for a in self.actions if isinstance(a, WORLD_CHANGING))
         counts["volumeActions"] = sum(1 for a in self.actions if isinstance(a, VOLUME_CHANGING))
+        ingress = sum(1 for a in self.actions if isinstance(a, INGRESS_CHANGING))
+        if ingress:  # only then: plans of one-host clusters keep their digests
+            counts["ingressActions"] = ingress
         return counts
 
     @property
@@ -176,11 +182,14 @@ class Plan:
         return (
             bool(self.changes)
             or any(d.policy == "correct" for d in self.drift)
-            or any(isinstance(a, WORLD_CHANGING + VOLUME_CHANGING) for a in self.actions)
+            or any(
+                isinstance(a, WORLD_CHANGING + VOLUME_CHANGING + INGRESS_CHANGING)
+                for a in self.actions
+            )
         )
 
     def body(self) -> dict[str, Any]:
-        return {
+        body = {
             "revision": self.revision,
             "baseRevision": self.base_revision,
             "path": self.path,
@@ -196,6 +205,9 @@ class Plan:
             # Only when a service is autoscaled: the digests of other plans stay as they were.
             **({"autoscaled": [a.key() for a in self.autoscaled]} if self.autoscaled else {}),
         }
+        if self.ingresses:
+            body["ingresses"] = [host.to_json() for host in self.ingresses]
+        return body
 
     @property
     def digest(self) -> str:

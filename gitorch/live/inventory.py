@@ -16,8 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.errors import ConfigError
-from gitorch.manifests.model import Node
-from gitorch.runtime.base import Runtime
+from gitorch.manifests.model import INGRESS_NEVER, INGRESS_REPLICAS, Node, SSHConfig, TLSConfig
+from gitorch.runtime.base import EngineAccess, Runtime
 from gitorch.state import StateStore
 
 _CLUSTER_FILE = "cluster"
@@ -37,6 +37,30 @@ class NodeTarget:
     taints: tuple[tuple[str, str, str], ...] = ()
     unschedulable: bool = False
     drain: bool = False
+    tls: TLSConfig | None = None  # tcp:// engines: files named under the secrets directory
+    ssh: SSHConfig | None = None  # ssh:// engines: key and known hosts, likewise
+    ingress: str = INGRESS_REPLICAS  # spec.ingress (see own_ingress)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the node is another host than the daemon's: a docker engine reached
+        over tcp or ssh whose address is not a loopback one. A process node, a local
+        socket or a loopback address share the daemon's host (and its ingress)."""
+        if self.driver != "docker" or not self.endpoint:
+            return False
+        if not self.endpoint.startswith(("tcp://", "ssh://")):
+            return False
+        return not _loopback(self.address)
+
+    @property
+    def own_ingress(self) -> bool:
+        """Whether this node's host may serve exposed services itself (a remote host
+        whose ``spec.ingress`` is not ``never``); the others are served by the daemon's."""
+        return self.remote and self.ingress != INGRESS_NEVER
+
+
+def _loopback(address: str) -> bool:
+    return address in ("localhost", "::1") or address.startswith("127.")
 
 
 def runtime_dir(state_dir: Path, node: str) -> Path:
@@ -45,22 +69,79 @@ def runtime_dir(state_dir: Path, node: str) -> Path:
 
 
 def open_runtimes(
-    targets: Iterable[NodeTarget], state_dir: Path, allowed_host_paths: tuple[Path, ...] = ()
+    targets: Iterable[NodeTarget],
+    state_dir: Path,
+    allowed_host_paths: tuple[Path, ...] = (),
+    secrets_dir: Path | None = None,
 ) -> dict[str, Runtime]:
-    """One runtime per node target (``allowed_host_paths``: ``--allow-host-path``)."""
+    """One runtime per node target (``allowed_host_paths``: ``--allow-host-path``;
+    ``secrets_dir``: where a node's TLS and ssh files are named). A node whose files
+    cannot be found still gets its runtime: it reports NotReady with the reason, and the
+    other nodes are reached as usual."""
     from gitorch.runtime import open_runtime
 
-    return {
-        t.name: open_runtime(
+    runtimes: dict[str, Runtime] = {}
+    for t in targets:
+        access = EngineAccess()
+        if t.driver == "docker":
+            access = engine_access(t, secrets_dir)
+        runtimes[t.name] = open_runtime(
             t.name,
             t.driver,
             endpoint=t.endpoint if t.driver == "docker" else None,
             state_dir=runtime_dir(state_dir, t.name),
             address=t.address,
             allowed_host_paths=allowed_host_paths,
+            access=access,
         )
-        for t in targets
-    }
+    return runtimes
+
+
+def engine_access(target: NodeTarget, secrets_dir: Path | None) -> EngineAccess:
+    """A docker node's TLS and ssh settings with their files resolved under the secrets
+    directory; a name that cannot be used becomes ``EngineAccess.problem``."""
+    try:
+        if target.tls is not None:
+            tls = target.tls
+            return EngineAccess(
+                tls=True,
+                ca_cert=_secret(secrets_dir, tls.ca_cert, target.name, "tls.caCert"),
+                client_cert=_secret(secrets_dir, tls.client_cert, target.name, "tls.clientCert"),
+                client_key=_secret(secrets_dir, tls.client_key, target.name, "tls.clientKey"),
+                verify=tls.verify,
+            )
+        if target.ssh is not None:
+            ssh = target.ssh
+            return EngineAccess(
+                identity_file=_secret(
+                    secrets_dir, ssh.identity_file, target.name, "ssh.identityFile"
+                ),
+                known_hosts_file=_secret(
+                    secrets_dir, ssh.known_hosts_file, target.name, "ssh.knownHostsFile"
+                ),
+            )
+    except ConfigError as exc:
+        # Still TLS: `gitorch nodes` must not call such a node "tcp (no TLS)".
+        return EngineAccess(tls=target.tls is not None, problem=exc.message)
+    return EngineAccess()
+
+
+def _secret(secrets_dir: Path | None, name: str | None, node: str, field: str) -> str | None:
+    """The file ``name`` under ``secrets_dir`` (absolute), or None when not given."""
+    if name is None:
+        return None
+    if secrets_dir is None:
+        raise ConfigError(
+            f"node {node}: runtime.{field} names {name!r}, but no --secrets-dir was given "
+            "(give it, or run the daemon with it: plan, nodes and status read the daemon's)"
+        )
+    root = Path(secrets_dir).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"node {node}: runtime.{field} {name!r} leaves the secrets directory")
+    if not path.is_file():
+        raise ConfigError(f"node {node}: runtime.{field}: no file {name!r} in {root}")
+    return str(path)
 
 
 def local_node_name() -> str:
@@ -89,6 +170,9 @@ def node_targets(nodes: Iterable[Node], default_driver: str) -> list[NodeTarget]
             taints=tuple((t.key, t.value or "", t.effect) for t in node.taints),
             unschedulable=node.unschedulable,
             drain=node.drain,
+            tls=node.tls,
+            ssh=node.ssh,
+            ingress=node.ingress,
         )
         for node in sorted(nodes, key=lambda n: n.name)
     ]

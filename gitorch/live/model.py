@@ -93,6 +93,15 @@ class LiveService:
 
 
 @dataclass(frozen=True)
+class LiveIngress:
+    """A host's ingress container as observed (see :mod:`gitorch.apply.ingress`)."""
+
+    image: str
+    running: bool
+    status: str  # the engine's word: running, restarting, exited...
+
+
+@dataclass(frozen=True)
 class LiveNode:
     name: str
     driver: str
@@ -105,6 +114,13 @@ class LiveNode:
     unschedulable: bool = False
     taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect)
     limits: str = ""  # how the runtime enforces limits (NodeInfo.limits)
+    #: When the node's host serves exposed services itself: ``replicas``, ``always``, or
+    #: ``never`` (also every node that shares the daemon's host: its ingress serves them).
+    ingress_mode: str = "never"
+    ingress: LiveIngress | None = None  # the ingress container there, if any
+    version: str = ""  # the engine's version
+    transport: str = ""  # how the engine is reached (NodeInfo.transport)
+    rtt_ms: float | None = None  # one round trip to the engine, this observation
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,10 @@ class LiveState:
     autoscalers: Mapping[str, AutoscalerRecord] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    #: The last known replicas of lost nodes (silent past their grace): no longer in any
+    #: service (their slots are filled elsewhere), but listed unreachable in every routing
+    #: table while their node stays silent, so requests in flight on them are given up.
+    lost_replicas: tuple[LiveReplica, ...] = ()
 
     @property
     def unknown_nodes(self) -> frozenset[str]:

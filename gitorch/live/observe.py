@@ -14,18 +14,21 @@ from gitorch.live.inventory import NodeTarget
 from gitorch.live.model import (
     AppliedObject,
     AppliedSpec,
+    LiveIngress,
     LiveNode,
     LiveReplica,
     LiveService,
     LiveState,
 )
 from gitorch.manifests.build import template_digest_of
+from gitorch.manifests.model import INGRESS_NEVER
 from gitorch.runtime.base import (
     LABEL_REPLICA,
     LABEL_REVISION,
     LABEL_SERVICE,
     LABEL_SPEC_DIGEST,
     LABEL_VOLUMES,
+    IngressHost,
     Instance,
     NodeInfo,
     Probe,
@@ -42,6 +45,7 @@ class _NodeObservation:
     instances: list[Instance] | None  # None: unknown (the node did not answer)
     error: str = ""
     volumes: list[VolumeInfo] | None = None  # None: unknown
+    ingress: LiveIngress | None = None
 
 
 def _observe_node(target: NodeTarget, runtime: Runtime, cluster: str | None) -> _NodeObservation:
@@ -50,12 +54,17 @@ def _observe_node(target: NodeTarget, runtime: Runtime, cluster: str | None) -> 
         return _NodeObservation(target, info, None, info.message)
     if cluster is None:
         return _NodeObservation(target, info, [], volumes=[])  # nothing ever ran from here
+    ingress: LiveIngress | None = None
     try:
         instances = runtime.list_instances(cluster)
         volumes = runtime.list_volumes(cluster)
+        if target.own_ingress and isinstance(runtime, IngressHost):
+            found = runtime.ingress(cluster)
+            if found is not None:
+                ingress = LiveIngress(found.image, found.running, found.status)
     except RuntimeDriverError as exc:
         return _NodeObservation(target, info, None, exc.message)
-    return _NodeObservation(target, info, instances, volumes=volumes)
+    return _NodeObservation(target, info, instances, volumes=volumes, ingress=ingress)
 
 
 def mounted_volumes(label: str) -> list[tuple[str, str]]:
@@ -158,6 +167,11 @@ def observe(
             unschedulable=target.unschedulable or target.drain or target.name in draining,
             taints=target.taints,
             limits=info.limits if info else "",
+            ingress_mode=target.ingress if target.own_ingress else INGRESS_NEVER,
+            ingress=obs.ingress,
+            version=info.version if info else "",
+            transport=info.transport if info else "",
+            rtt_ms=info.rtt_ms if info else None,
         )
         for instance in obs.instances or []:
             replica = _replica(instance, target.name)

@@ -406,7 +406,9 @@ def canonical_node(doc: Mapping[str, Any]) -> dict[str, Any]:
         runtime_out["endpoint"] = runtime.get("endpoint", DEFAULT_DOCKER_ENDPOINT)
         if "tls" in runtime:
             runtime_out["tls"] = {"verify": True, **runtime["tls"]}
-    spec = {
+        if "ssh" in runtime:
+            runtime_out["ssh"] = dict(runtime["ssh"])
+    spec: dict[str, Any] = {
         "runtime": runtime_out,
         "address": raw.get("address", "127.0.0.1"),
         "capacity": _resource_list(raw.get("capacity")),
@@ -417,6 +419,10 @@ def canonical_node(doc: Mapping[str, Any]) -> dict[str, Any]:
         "unschedulable": raw.get("unschedulable", False),
         "drain": raw.get("drain", False),
     }
+    if "ingress" in raw:
+        # Written only when given: its default (replicas) must not change the digest of
+        # every Node applied before the field existed.
+        spec["ingress"] = raw["ingress"]
     return _envelope("Node", doc, spec)
 
 
@@ -681,6 +687,7 @@ def build_node(doc: Mapping[str, Any], origin: m.Origin) -> m.Node:
     meta = canon["metadata"]
     runtime = spec["runtime"]
     tls = runtime.get("tls")
+    ssh = runtime.get("ssh")
     return m.Node(
         name=meta["name"],
         labels=_frozen(meta["labels"]),
@@ -700,6 +707,8 @@ def build_node(doc: Mapping[str, Any], origin: m.Origin) -> m.Node:
         canonical=canon,
         digest=digest_of(canon),
         origin=origin,
+        ssh=m.SSHConfig(ssh.get("identityFile"), ssh.get("knownHostsFile")) if ssh else None,
+        ingress=spec.get("ingress", m.INGRESS_REPLICAS),
     )
 
 

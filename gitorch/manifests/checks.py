@@ -156,6 +156,36 @@ def check_service(entry: Entry) -> Iterator[Finding]:
         yield Finding(origin, at("workingDir"), "workingDir must not climb out with '..'")
 
 
+def check_node(entry: Entry) -> Iterator[Finding]:
+    """A Node's credentials are files the operator keeps: names inside the secrets
+    directory, never a path a manifest chooses on the daemon's machine."""
+    runtime = entry.raw["spec"]["runtime"]
+    for block, fields in (
+        ("tls", ("caCert", "clientCert", "clientKey")),
+        ("ssh", ("identityFile", "knownHostsFile")),
+    ):
+        for field in fields:
+            name = (runtime.get(block) or {}).get(field)
+            if isinstance(name, str) and (name.startswith("/") or ".." in name.split("/")):
+                yield Finding(
+                    entry.origin,
+                    ("spec", "runtime", block, field),
+                    f"{field} must be a relative path inside the operator's secrets directory",
+                )
+    endpoint = runtime.get("endpoint", "")
+    if "tls" in runtime and not endpoint.startswith("tcp://"):
+        yield Finding(entry.origin, ("spec", "runtime", "tls"), "tls is for tcp:// endpoints only")
+    if "ssh" in runtime and not endpoint.startswith("ssh://"):
+        yield Finding(entry.origin, ("spec", "runtime", "ssh"), "ssh is for ssh:// endpoints only")
+    tls = runtime.get("tls") or {}
+    if bool(tls.get("clientCert")) != bool(tls.get("clientKey")):
+        yield Finding(
+            entry.origin,
+            ("spec", "runtime", "tls"),
+            "clientCert and clientKey go together (the engine checks the key it signs with)",
+        )
+
+
 #: The env var that names the folder of a service's secret files.
 SECRETS_DIR_ENV = "SECRETS_DIR"
 

@@ -16,7 +16,14 @@ from typing import Any, Protocol
 from gitorch.errors import Diagnostic, ManifestInvalid
 from gitorch.manifests import schema
 from gitorch.manifests.build import BUILDERS, digest_of
-from gitorch.manifests.checks import DAEMON_PORTS, Entry, Finding, check_repo, check_service
+from gitorch.manifests.checks import (
+    DAEMON_PORTS,
+    Entry,
+    Finding,
+    check_node,
+    check_repo,
+    check_service,
+)
 from gitorch.manifests.model import (
     DesiredState,
     ManifestObject,
@@ -209,9 +216,10 @@ def _analyse_file(path: str, data: bytes) -> _FileResult:
         result.entries.append(entry)
         if not entry.valid:
             continue
-        if entry.kind == "Service":
+        if entry.kind in ("Service", "Node"):
             before = len(result.findings)
-            result.findings.extend(check_service(entry))
+            check = check_service if entry.kind == "Service" else check_node
+            result.findings.extend(check(entry))
             if len(result.findings) > before:
                 continue
         try:

@@ -415,10 +415,27 @@ class Taint:
 
 @dataclass(frozen=True)
 class TLSConfig:
+    """A ``tcp://`` engine's TLS: PEM files named under the operator's secrets directory."""
+
     ca_cert: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
     verify: bool = True
+
+
+@dataclass(frozen=True)
+class SSHConfig:
+    """An ``ssh://`` engine's key and known hosts, named under the operator's secrets
+    directory (None: the daemon user's ``~/.ssh`` and agent)."""
+
+    identity_file: str | None = None
+    known_hosts_file: str | None = None
+
+
+#: ``spec.ingress``: when a node's host serves exposed services itself.
+INGRESS_REPLICAS = "replicas"  # while it runs replicas of an exposed service or a dependency
+INGRESS_ALWAYS = "always"
+INGRESS_NEVER = "never"
 
 
 @dataclass(frozen=True)
@@ -439,6 +456,8 @@ class Node:
     canonical: Mapping[str, Any]
     digest: str
     origin: Origin
+    ssh: SSHConfig | None = None
+    ingress: str = INGRESS_REPLICAS
 
     kind = "Node"
 

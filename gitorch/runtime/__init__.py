@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 from gitorch.errors import ConfigError
-from gitorch.runtime.base import Runtime
+from gitorch.runtime.base import EngineAccess, Runtime
 
-__all__ = ["docker_available", "open_runtime", "sweep_secret_files"]
+__all__ = ["EngineAccess", "docker_available", "open_runtime", "sweep_secret_files"]
 
 
 def sweep_secret_files(cluster: str, keep: set[str]) -> int:
@@ -41,6 +41,7 @@ def open_runtime(
     state_dir: Path | None = None,
     address: str = "127.0.0.1",
     allowed_host_paths: tuple[Path, ...] = (),
+    access: EngineAccess | None = None,
 ) -> Runtime:
     """The :class:`Runtime` for one node.
 
@@ -48,7 +49,8 @@ def open_runtime(
     the local socket);
     ``state_dir`` is where the process driver keeps its bookkeeping (required for it), and
     where both keep the output of removed replicas (``gitorch logs --previous``);
-    ``allowed_host_paths``: where a Volume's hostPath may be (``--allow-host-path``).
+    ``allowed_host_paths``: where a Volume's hostPath may be (``--allow-host-path``);
+    ``access``: a remote engine's TLS or ssh settings (docker driver).
     """
     if driver == "docker":
         from gitorch.runtime.docker import DockerRuntime, default_endpoint
@@ -59,6 +61,7 @@ def open_runtime(
             address=address,
             state_dir=Path(state_dir) if state_dir is not None else None,
             allowed_host_paths=allowed_host_paths,
+            access=access,
         )
     if driver == "process":
         if state_dir is None:

@@ -29,6 +29,9 @@ LABEL_VOLUMES = "dev.gitorch.volumes"
 LABEL_VOLUME = "dev.gitorch.volume"
 #: On a volume: its recorded size in bytes (kept, not enforced: see the drivers).
 LABEL_SIZE = "dev.gitorch.size"
+#: On a host's ingress container and its state volume: the cluster it serves. (Not the
+#: cluster label: an ingress is no replica, and replicas are listed by that one.)
+LABEL_INGRESS = "dev.gitorch.ingress"
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class ReplicaSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     stop_grace_seconds: float = 10.0
     mounts: tuple[Mount, ...] = ()  # volumes, made beforehand (Runtime.create_volume)
+    #: Names the replica's container resolves (name -> address, or ``host-gateway``):
+    #: its dependencies' ingress (docker; the process driver shares the host's names).
+    extra_hosts: Mapping[str, str] = field(default_factory=dict)
     # Secret values: given to the replica, never written to a driver's records. Env vars
     # (visible to whoever can inspect the engine), and files (name -> bytes) placed
     # read-only on memory-backed storage, in the folder $SECRETS_DIR names.
@@ -194,6 +200,27 @@ class ProbeResult:
 
 
 @dataclass(frozen=True)
+class EngineAccess:
+    """How a remote Docker engine is reached, with every file resolved to a path.
+
+    ``tls``: speak TLS to a ``tcp://`` endpoint (``ca_cert`` verifies the engine when
+    ``verify``; ``client_cert``/``client_key`` authenticate gitorch). ``identity_file`` and
+    ``known_hosts_file``: an ``ssh://`` endpoint's key and the host keys it trusts (None:
+    ``~/.ssh`` of the daemon's user, and its agent). ``problem``: why the settings cannot
+    be used (a file missing from the secrets directory): the node is NotReady, saying so.
+    """
+
+    tls: bool = False
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+    identity_file: str | None = None
+    known_hosts_file: str | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """Capacity and health of the node a runtime drives."""
 
@@ -207,6 +234,12 @@ class NodeInfo:
     #: How resource limits are enforced on this node, in words: ``"cgroup v1 (memory,
     #: cpu)"``, or ``"not enforced: ..."`` with the reason (then limits are only recorded).
     limits: str = ""
+    version: str = ""  # the engine's version ("20.10.24"); "" for the process driver
+    #: How the engine is reached: ``unix socket``, ``tls (verified)``, ``tls (not
+    #: verified)``, ``tls (not set up)`` (its files are missing), ``tcp (no TLS)``,
+    #: ``ssh``; ``local`` for the process driver.
+    transport: str = ""
+    rtt_ms: float | None = None  # one round trip to the engine (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -231,6 +264,63 @@ class RetainedLog:
     removed_at: float
     output: str
     truncated: bool = False
+
+
+@dataclass(frozen=True)
+class IngressSpec:
+    """What a host's ingress runs: an image gitorch made (``image_tar``, loaded when the
+    engine lacks ``image``), its command and environment. It shares the host's network."""
+
+    image: str
+    image_tar: str  # path of the image's root filesystem (a gzip tar)
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    state_dir: str = "/var/lib/gitorch"  # a volume of its own, kept across restarts
+
+
+@dataclass(frozen=True)
+class IngressState:
+    """A host's ingress container as its engine reports it."""
+
+    id: str
+    image: str
+    running: bool
+    status: str  # the engine's word: running, restarting, exited...
+    started_at: float | None = None
+
+
+@runtime_checkable
+class IngressHost(Protocol):
+    """A runtime whose node is a host of its own that can run its ingress (the Docker
+    driver, for a remote engine). The ingress is one container per cluster and node."""
+
+    node_name: str
+
+    def ingress(self, cluster: str) -> IngressState | None:
+        """The ingress container of ``cluster`` here, if there is one."""
+        ...
+
+    def start_ingress(self, cluster: str, spec: IngressSpec) -> IngressState:
+        """Create and start the ingress (replacing one of another image)."""
+        ...
+
+    def remove_ingress(self, cluster: str) -> None:
+        """Stop and remove the ingress (its state volume too); fine when there is none."""
+        ...
+
+    def ingress_channel(self, cluster: str, command: tuple[str, ...]) -> IngressChannel:
+        """Run ``command`` in the ingress; its stdin and stdout as a byte channel."""
+        ...
+
+
+class IngressChannel(Protocol):
+    """The stdin and stdout of a command run in an ingress (a Docker exec session)."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def receive(self, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable

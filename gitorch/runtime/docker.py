@@ -43,10 +43,12 @@ import logging
 import math
 import os
 import re
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,10 +57,12 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import docker.tls
+import paramiko
 import requests.exceptions
 
 from gitorch.errors import (
     EngineUnavailable,
+    EngineUntrusted,
     GitorchError,
     ImageNotFound,
     InstanceNotFound,
@@ -69,9 +73,11 @@ from gitorch.errors import (
 )
 from gitorch.runtime import _secret_files
 from gitorch.runtime._retained import RetainedStore, tail_bytes
+from gitorch.runtime._ssh import PLACEHOLDER_VERSION, ssh_client
 from gitorch.runtime._volume_dirs import check_host_path
 from gitorch.runtime.base import (
     LABEL_CLUSTER,
+    LABEL_INGRESS,
     LABEL_NODE,
     LABEL_REPLICA,
     LABEL_REVISION,
@@ -79,6 +85,9 @@ from gitorch.runtime.base import (
     LABEL_SIZE,
     LABEL_VOLUME,
     SECRETS_DIR_ENV,
+    EngineAccess,
+    IngressSpec,
+    IngressState,
     Instance,
     InstanceState,
     NodeInfo,
@@ -119,6 +128,17 @@ _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
 _PORT_TAKEN_PATTERNS = ("port is already allocated", "address already in use")
 #: Lines of a removed container's log read to keep its last ``OUTPUT_BYTES``.
 _RETAIN_LINES = 4000
+#: Seconds an ingress's relay may take to answer one control request.
+INGRESS_CALL_TIMEOUT = 5.0
+#: ... and its first, which includes starting the relay (a Python process in the
+#: container): seconds under load on a busy host.
+INGRESS_FIRST_CALL_TIMEOUT = 30.0
+#: Engine calls at once over one ssh connection (sshd's MaxSessions is 10 by default; the
+#: ingress's relay session and a log stream's take more).
+SSH_SESSIONS = 6
+#: Seconds between two reads of an engine's facts (``docker info``) by node_info; the
+#: ping that tells it answers is every call.
+FACTS_EVERY = 30.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +149,13 @@ class DockerTLS:
     client_cert: str | None = None
     client_key: str | None = None
     verify: bool = True
+
+    @classmethod
+    def of(cls, access: EngineAccess) -> DockerTLS:
+        return cls(access.ca_cert, access.client_cert, access.client_key, access.verify)
+
+    def access(self) -> EngineAccess:
+        return EngineAccess(True, self.ca_cert, self.client_cert, self.client_key, self.verify)
 
     def to_sdk(self) -> docker.tls.TLSConfig:
         """The docker SDK's TLS configuration for these settings."""
@@ -147,28 +174,101 @@ class DockerTLS:
             raise EngineUnavailable(f"invalid Docker TLS settings: {exc}") from exc
 
 
-def _engine_error(endpoint: str, exc: BaseException) -> EngineUnavailable:
-    return EngineUnavailable(
-        f"Docker engine at {endpoint} is not answering: {type(exc).__name__}: {exc}"
-    )
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during (each once)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend([current.__cause__, current.__context__])
+        todo.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+
+
+def _engine_error(node: str, endpoint: str, exc: BaseException) -> EngineUnavailable:
+    """The failure to reach ``node``'s engine, in words that name the node and say what to
+    fix: a certificate or key refused is :class:`EngineUntrusted`, the rest is
+    "not answering" with its cause (refused, timed out, unreachable)."""
+    where = f"node {node}: Docker engine at {endpoint}"
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return EngineUntrusted(
+                f"{where}: TLS: the engine's certificate was not verified with the node's "
+                f"CA (runtime.tls.caCert): {cause.verify_message or cause.reason}"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return EngineUntrusted(
+                f"{where}: TLS handshake failed (a client certificate the engine does not "
+                f"accept, or a server that is not TLS): {cause.reason or cause}"
+            )
+        if isinstance(cause, paramiko.BadHostKeyException):
+            return EngineUntrusted(f"{where}: ssh: the host key does not match known hosts")
+        if isinstance(cause, paramiko.AuthenticationException):
+            return EngineUntrusted(f"{where}: ssh: authentication failed ({cause})")
+        if isinstance(cause, paramiko.SSHException) and "known_hosts" in str(cause):
+            return EngineUntrusted(
+                f"{where}: ssh: the host key is not in known hosts (runtime.ssh.knownHostsFile "
+                f"or ~/.ssh/known_hosts): {cause}"
+            )
+    for cause in _causes(exc):
+        if isinstance(cause, requests.exceptions.Timeout | TimeoutError | socket.timeout):
+            return EngineUnavailable(f"{where} is not answering: timed out ({cause})")
+    return EngineUnavailable(f"{where} is not answering: {type(exc).__name__}: {exc}")
 
 
 def _build_client(
-    endpoint: str, timeout: float | None, tls: DockerTLS | None, *, version: str = "auto"
+    endpoint: str,
+    timeout: float | None,
+    access: EngineAccess | None,
+    *,
+    node: str = "",
+    version: str = "auto",
 ) -> docker.APIClient:
     """A connected low-level client (``version="auto"`` talks to the engine once)."""
-    tls_config: docker.tls.TLSConfig | bool = tls.to_sdk() if tls is not None else False
+    access = access or EngineAccess()
+    if access.problem:
+        raise EngineUnavailable(access.problem)
     try:
-        return docker.APIClient(
+        if endpoint.startswith("ssh://"):
+            return ssh_client(
+                endpoint,
+                timeout,
+                identity_file=access.identity_file,
+                known_hosts_file=access.known_hosts_file,
+                version=version,
+            )
+        tls_config: docker.tls.TLSConfig | bool = (
+            DockerTLS.of(access).to_sdk() if access.tls else False
+        )
+        # Not from the environment: requests would let $REQUESTS_CA_BUNDLE (set on many
+        # machines) replace the node's CA, and $HTTP_PROXY divert the engine's API.
+        client = docker.APIClient(
             base_url=endpoint,
-            version=version,
+            version=PLACEHOLDER_VERSION if version == "auto" else version,
             timeout=timeout,
             tls=tls_config,
-            # ssh:// through the system ssh binary: no paramiko dependency.
-            use_ssh_client=endpoint.startswith("ssh://"),
         )
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        raise _engine_error(endpoint, exc) from exc
+        client.trust_env = False
+        if version == "auto":
+            try:
+                client._version = client._retrieve_server_version()
+            except BaseException:
+                client.close()  # its pooled sockets, now rather than at collection
+                raise
+        return client
+    except (
+        docker.errors.DockerException,
+        requests.exceptions.RequestException,
+        paramiko.SSHException,
+        OSError,
+    ) as exc:
+        raise _engine_error(node or "?", endpoint, exc) from exc
 
 
 def default_endpoint() -> str:
@@ -182,7 +282,7 @@ def docker_available(endpoint: str | None = None, timeout: float = 1.0) -> bool:
     ``endpoint`` defaults to :func:`default_endpoint`.
     """
     try:
-        client = _build_client(endpoint or default_endpoint(), timeout, None)
+        client = _build_client(endpoint or default_endpoint(), timeout, None, node="local")
         try:
             return bool(client.ping())
         finally:
@@ -275,11 +375,15 @@ def _state_of(status: str) -> InstanceState:
 class DockerRuntime:
     """The :class:`~gitorch.runtime.base.Runtime` of one node backed by a Docker engine.
 
-    ``endpoint`` is ``unix://``, ``tcp://`` (with ``tls``) or ``ssh://`` (through the system
-    ``ssh`` client). ``address`` is the host IP ports are published on and where clients
-    reach them. ``timeout`` bounds every engine call. ``pull`` allows pulling images that
-    are missing on the node (a failing pull reports :class:`ImageNotFound`).
-    ``state_dir`` is where the output of removed containers is kept (none: not kept).
+    ``endpoint`` is ``unix://``, ``tcp://`` (TLS with ``access.tls``) or ``ssh://``
+    (paramiko, with ``access``'s key and known hosts: :mod:`._ssh`). ``address`` is the
+    host IP ports are published on and where clients reach them. ``timeout`` bounds every
+    engine call; ``probe_timeout`` the health check of :meth:`node_info` (a ping and the
+    engine's facts), so a host cut off the network is NotReady within it, not after a
+    whole call's timeout. ``pull`` allows pulling images that are missing on the node (a
+    failing pull reports :class:`ImageNotFound`). ``state_dir`` is where the output of
+    removed containers is kept (none: not kept). Every failure to reach the engine names
+    the node (:func:`_engine_error`).
     """
 
     driver = "docker"
@@ -291,7 +395,9 @@ class DockerRuntime:
         *,
         address: str = "127.0.0.1",
         timeout: float = 10.0,
+        probe_timeout: float = 3.0,
         tls: DockerTLS | None = None,
+        access: EngineAccess | None = None,
         pull: bool = True,
         state_dir: Path | None = None,
         allowed_host_paths: tuple[Path, ...] = (),
@@ -301,25 +407,61 @@ class DockerRuntime:
         self.endpoint = endpoint
         self.address = address
         self.timeout = timeout
-        self.tls = tls
+        self.probe_timeout = min(timeout, probe_timeout)
+        self.access = access if access is not None else (tls.access() if tls else EngineAccess())
         self.pull = pull
         self._retained = RetainedStore(Path(state_dir)) if state_dir is not None else None
         self._client: docker.APIClient | None = None
+        self._probe_client: docker.APIClient | None = None
+        self._facts: tuple[float, dict[str, Any]] | None = None  # (when, docker info)
         self._lock = threading.Lock()
+        # Over ssh every call is a session of one ssh connection, and sshd refuses more
+        # than MaxSessions (10 by default) at once: calls wait for a free one instead.
+        self._sessions: threading.BoundedSemaphore | nullcontext[None] = (
+            threading.BoundedSemaphore(SSH_SESSIONS)
+            if endpoint.startswith("ssh://")
+            else nullcontext()
+        )
+
+    @property
+    def transport(self) -> str:
+        """How the engine is reached, in words (``gitorch nodes``' TLS column)."""
+        if self.endpoint.startswith("ssh://"):
+            return "ssh"
+        if self.endpoint.startswith("unix://"):
+            return "unix socket"
+        if not self.access.tls:
+            return "tcp (no TLS)"
+        if self.access.problem:
+            return "tls (not set up)"
+        return "tls (verified)" if self.access.verify else "tls (not verified)"
 
     # -- plumbing -------------------------------------------------------------------------
 
     def _api(self) -> docker.APIClient:
         with self._lock:
             if self._client is None:
-                self._client = _build_client(self.endpoint, self.timeout, self.tls)
+                self._client = _build_client(
+                    self.endpoint, self.timeout, self.access, node=self.node_name
+                )
             return self._client
+
+    def _probe_api(self) -> docker.APIClient:
+        with self._lock:
+            if self._probe_client is None:
+                self._probe_client = _build_client(
+                    self.endpoint, self.probe_timeout, self.access, node=self.node_name
+                )
+            return self._probe_client
 
     def _drop_client(self) -> None:
         with self._lock:
-            if self._client is not None:
-                self._client.close()
+            for client in (self._client, self._probe_client):
+                if client is not None:
+                    with suppress(Exception):
+                        client.close()
             self._client = None
+            self._probe_client = None
 
     @contextmanager
     def _translate(self, instance_id: str | None = None) -> Iterator[None]:
@@ -339,22 +481,34 @@ class DockerRuntime:
         except (requests.exceptions.RequestException, OSError) as exc:
             # The connection pool may hold sockets to a dead engine: start afresh next time.
             self._drop_client()
-            raise _engine_error(self.endpoint, exc) from exc
-        except docker.errors.DockerException as exc:
+            raise _engine_error(self.node_name, self.endpoint, exc) from exc
+        except (docker.errors.DockerException, paramiko.SSHException, EOFError) as exc:
+            # EOFError: paramiko's ssh transport ended under the call.
             self._drop_client()
-            raise _engine_error(self.endpoint, exc) from exc
+            raise _engine_error(self.node_name, self.endpoint, exc) from exc
 
     def _call(self, fn: Callable[[docker.APIClient], _T], instance_id: str | None = None) -> _T:
-        with self._translate(instance_id):
+        with self._sessions, self._translate(instance_id):
             return fn(self._api())
 
     # -- Runtime protocol -----------------------------------------------------------------
 
     def node_info(self) -> NodeInfo:
-        """Capacity from the engine (NCPU, MemTotal); ready=False with a message if down."""
+        """A ping (its round trip is ``rtt_ms``) and the engine's facts (version, NCPU,
+        MemTotal; asked again every :data:`FACTS_EVERY` seconds), each bounded by
+        ``probe_timeout``; ready=False with the reason, naming the node, if it fails."""
         try:
-            info = self._call(lambda api: api.info())
+            with self._translate():
+                api = self._probe_api()
+                started = time.monotonic()
+                api.ping()
+                rtt = (time.monotonic() - started) * 1000
+                facts = self._facts
+                if facts is None or time.monotonic() - facts[0] > FACTS_EVERY:
+                    facts = (time.monotonic(), api.info())
+                    self._facts = facts
         except RuntimeDriverError as exc:
+            self._facts = None
             return NodeInfo(
                 name=self.node_name,
                 driver=self.driver,
@@ -363,7 +517,10 @@ class DockerRuntime:
                 memory_bytes=0,
                 address=self.address,
                 message=exc.message,
+                transport=self.transport,
             )
+        info = facts[1]
+        version = str(info.get("ServerVersion") or "?")
         return NodeInfo(
             name=self.node_name,
             driver=self.driver,
@@ -371,8 +528,11 @@ class DockerRuntime:
             cpu_cores=float(info.get("NCPU") or 0),
             memory_bytes=int(info.get("MemTotal") or 0),
             address=self.address,
-            message=f"Docker {info.get('ServerVersion', '?')}",
+            message=f"Docker {version}",
             limits=_limits_line(info),
+            version=version,
+            transport=self.transport,
+            rtt_ms=rtt,
         )
 
     def list_instances(self, cluster: str) -> list[Instance]:
@@ -420,6 +580,7 @@ class DockerRuntime:
                 restart_policy={"Name": "no"},
                 init=True,
                 mounts=mounts or None,
+                extra_hosts=dict(spec.extra_hosts) or None,
                 nano_cpus=int(spec.cpu_limit * 1e9) if spec.cpu_limit else None,
                 mem_limit=spec.memory_limit or None,
                 # No swap beyond the limit: the memory limit is a real ceiling.
@@ -577,7 +738,7 @@ class DockerRuntime:
         return self._follow(instance_id, tail)
 
     def _follow(self, instance_id: str, tail: int) -> Iterator[str]:
-        client = _build_client(self.endpoint, None, self.tls)
+        client = _build_client(self.endpoint, None, self.access, node=self.node_name)
         stream: Any = None
         try:
             with self._translate(instance_id):
@@ -730,6 +891,123 @@ class DockerRuntime:
             return False
         return True
 
+    # -- the host's ingress ----------------------------------------------------------------
+
+    def _ingress_name(self, cluster: str) -> str:
+        return _container_name(f"{cluster}-ingress-{self.node_name}")
+
+    def ingress(self, cluster: str) -> IngressState | None:
+        """The ingress container of ``cluster`` on this node, if there is one."""
+        filters = {"label": [f"{LABEL_INGRESS}={cluster}", f"{LABEL_NODE}={self.node_name}"]}
+        found = self._call(lambda api: api.containers(all=True, filters=filters))
+        if not found:
+            return None
+        summary = found[0]
+        attrs = self._call(lambda api: api.inspect_container(summary["Id"]), summary["Id"])
+        state = attrs.get("State") or {}
+        return IngressState(
+            id=str(attrs["Id"]),
+            image=str((attrs.get("Config") or {}).get("Image", "")),
+            running=bool(state.get("Running")),
+            status=str(state.get("Status", "")),
+            started_at=_parse_time(state.get("StartedAt")),
+        )
+
+    def ensure_image(self, tag: str, tar: str) -> None:
+        """Load ``tar`` (a root filesystem) as image ``tag`` unless the engine has it."""
+        try:
+            self._call(lambda api: api.inspect_image(tag))
+            return
+        except RuntimeDriverError as exc:
+            if not isinstance(exc.__cause__, docker.errors.NotFound):
+                raise
+        log.info("node %s: loading the ingress image %s", self.node_name, tag)
+        repository, _, version = tag.partition(":")
+        # Loading takes longer than a call: the engine unpacks tens of megabytes.
+        client = _build_client(
+            self.endpoint, max(self.timeout, 300.0), self.access, node=self.node_name
+        )
+        try:
+            with self._translate():
+                client.import_image_from_file(tar, repository=repository, tag=version)
+        finally:
+            client.close()
+
+    def start_ingress(self, cluster: str, spec: IngressSpec) -> IngressState:
+        """Create and start the ingress: host networking (it listens on the host's
+        address, and reaches replicas on every host), docker-init as PID 1, restarted by
+        the engine if it dies or the engine restarts, its state in a named volume."""
+        self.ensure_image(spec.image, spec.image_tar)
+        name = self._ingress_name(cluster)
+        self.remove_ingress(cluster, keep_state=True)
+        volume = _container_name(f"{cluster}-ingress")
+        labels = {LABEL_INGRESS: cluster, LABEL_NODE: self.node_name}
+        if not self._volume_exists(volume):
+            self._call(lambda api: api.create_volume(volume, labels=labels))
+
+        def do_create(api: docker.APIClient) -> str:
+            host_config = api.create_host_config(
+                network_mode="host",
+                init=True,
+                restart_policy={"Name": "unless-stopped"},
+                mounts=[docker.types.Mount(target=spec.state_dir, source=volume, type="volume")],
+            )
+            created = api.create_container(
+                image=spec.image,
+                name=name,
+                command=list(spec.command),
+                environment=dict(spec.env),
+                labels=labels,
+                host_config=host_config,
+                detach=True,
+            )
+            return str(created["Id"])
+
+        container_id = self._call(do_create)
+        try:
+            self._call(lambda api: api.start(container_id), container_id)
+        except RuntimeDriverError:
+            self._remove_quietly(container_id)
+            raise
+        state = self.ingress(cluster)
+        if state is None:
+            raise RuntimeDriverError(f"node {self.node_name}: the ingress vanished at its start")
+        return state
+
+    def remove_ingress(self, cluster: str, *, keep_state: bool = False) -> None:
+        """Stop the ingress (it drains open connections, within 10 s) and remove it, and
+        its state volume unless ``keep_state``."""
+        filters = {"label": [f"{LABEL_INGRESS}={cluster}", f"{LABEL_NODE}={self.node_name}"]}
+        for summary in self._call(lambda api: api.containers(all=True, filters=filters)):
+            self._stop_and_remove(str(summary["Id"]))
+        if not keep_state:
+            volume = _container_name(f"{cluster}-ingress")
+            with suppress(InstanceNotFound):
+                self._call(lambda api: api.remove_volume(volume), volume)
+
+    def _stop_and_remove(self, container_id: str) -> None:
+        with suppress(InstanceNotFound):
+            self._call(lambda api: api.stop(container_id, timeout=10), container_id)
+            self._call(lambda api: api.remove_container(container_id, force=True), container_id)
+
+    def ingress_channel(self, cluster: str, command: tuple[str, ...]) -> ExecChannel:
+        """``command`` run in the ingress, its stdin and stdout kept open as a channel."""
+        state = self.ingress(cluster)
+        if state is None or not state.running:
+            raise EngineUnavailable(f"node {self.node_name}: no ingress runs")
+        exec_id = self._call(
+            lambda api: api.exec_create(
+                state.id, list(command), stdin=True, stdout=True, stderr=True, tty=False
+            )["Id"],
+            state.id,
+        )
+        sock = self._call(lambda api: api.exec_start(exec_id, socket=True), state.id)
+        # Requests are answered in milliseconds (a table applied, figures read): this
+        # bounds how long a reader waits on a host that went silent under it.
+        return ExecChannel(
+            sock, INGRESS_CALL_TIMEOUT, self.node_name, first_timeout=INGRESS_FIRST_CALL_TIMEOUT
+        )
+
     # -- helpers --------------------------------------------------------------------------
 
     def _ensure_image(self, image: str) -> None:
@@ -827,6 +1105,64 @@ class DockerRuntime:
             image=config.get("Image"),
             exit_reason=_exit_reason(state) if status is InstanceState.EXITED else None,
         )
+
+
+class ExecChannel:
+    """The stdin and stdout of a Docker exec session (a hijacked connection to the
+    engine: a unix, TLS or ssh stream). The engine multiplexes stdout and stderr in frames
+    (8-byte headers); stderr is kept for messages. Reads have a timeout (the SDK's own
+    socket reader polls without one): ``first_timeout`` until the first answer is read
+    (the command is still starting), ``timeout`` after."""
+
+    def __init__(
+        self, sock: Any, timeout: float, node: str, *, first_timeout: float | None = None
+    ) -> None:
+        self._sock = sock
+        self._node = node
+        self._stdout = bytearray()
+        self._stderr = bytearray()
+        self._timeout = timeout
+        self._started = first_timeout is None
+        with suppress(Exception):
+            sock.settimeout(timeout if first_timeout is None else first_timeout)
+
+    def send(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def _read(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self._sock.recv(size - len(data))
+            if not chunk:
+                said = self._stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+                raise ConnectionError(
+                    f"node {self._node}: the session ended"
+                    + (f": {' '.join(said)}" if said else "")
+                )
+            data += chunk
+        return data
+
+    def receive(self, size: int) -> bytes:
+        while len(self._stdout) < size:
+            header = self._read(8)
+            stream, length = header[0], int.from_bytes(header[4:8], "big")
+            payload = self._read(length) if length else b""
+            if stream == 2:
+                self._stderr += payload
+                del self._stderr[:-4096]
+            else:
+                self._stdout += payload
+        data = bytes(self._stdout[:size])
+        del self._stdout[:size]
+        if not self._started:
+            self._started = True
+            with suppress(Exception):
+                self._sock.settimeout(self._timeout)
+        return data
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self._sock.close()
 
 
 def _usage_from_stats(stats: Mapping[str, Any]) -> ResourceUsage:

@@ -140,6 +140,7 @@ class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     idle_since: float = 0.0
+    abandoned: bool = False  # given up: its backend became unreachable mid-request
 
     def usable(self) -> bool:
         return not self.reader.at_eof() and not self.writer.is_closing()
@@ -147,6 +148,12 @@ class _Conn:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+
+    def abandon(self) -> None:
+        """Give up on this connection now (its peer is cut off: no FIN or RST will come)."""
+        self.abandoned = True
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
 
 
 #: Event loops the balancer can run on.
@@ -230,6 +237,7 @@ class _BackendState(Candidate):
         "latency",
         "latency_sum_ms",
         "idle",
+        "busy",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -242,11 +250,17 @@ class _BackendState(Candidate):
         self.latency = empty_histogram()
         self.latency_sum_ms = 0.0
         self.idle: list[_Conn] = []
+        self.busy: set[_Conn] = set()  # connections carrying a request (or a tcp stream)
 
     def close_idle(self) -> None:
         for conn in self.idle:
             conn.close()
         self.idle.clear()
+
+    def abandon_busy(self) -> None:
+        """The backend is unreachable: its connections in use will never be answered."""
+        for conn in list(self.busy):
+            conn.abandon()
 
     def figures(self) -> BackendFigures:
         return BackendFigures(
@@ -513,6 +527,10 @@ class BuiltinLoadBalancer:
                     # A draining backend must be able to exit: idle connections go now,
                     # busy ones are closed when their request ends (see _release).
                     state.close_idle()
+                if state.backend.unreachable and state.busy:
+                    # Its node is cut off: nothing in flight there will ever end by
+                    # itself. Give up now; idempotent requests go to another backend.
+                    state.abandon_busy()
             for state in left:
                 self._forget_if_gone(served, state)
             try:
@@ -701,9 +719,11 @@ class BuiltinLoadBalancer:
                 conn = await self._connect(state)
                 if conn is None:
                     continue
+                state.busy.add(conn)
                 try:
                     await _splice(reader, writer, conn.reader, conn.writer)
                 finally:
+                    state.busy.discard(conn)
                     conn.close()
                     state.requests += 1
                 return
@@ -851,7 +871,11 @@ class BuiltinLoadBalancer:
             return True  # the request never reached a backend (or almost surely not)
         # Nothing has reached the client yet, so an idempotent request may go elsewhere
         # even when the backend broke halfway through its head (nginx: invalid_header).
-        answerless = failure in (_Failure.SENT_NO_ANSWER, _Failure.PARTIAL_ANSWER)
+        answerless = failure in (
+            _Failure.SENT_NO_ANSWER,
+            _Failure.PARTIAL_ANSWER,
+            _Failure.ABANDONED,
+        )
         return answerless and method in _http.IDEMPOTENT
 
     def _backend_request(
@@ -928,58 +952,65 @@ class BuiltinLoadBalancer:
             conn = await self._connect(state)
             if conn is None:
                 return _Failure.NOT_CONNECTED
-        # The common case inline (one coroutine less per request): a whole small body.
+        state.busy.add(conn)  # so that an unreachable backend's requests can be given up
         try:
-            if body.complete:
-                conn.writer.write(request_head + body.prefix)  # one segment, one syscall
-                if conn.writer.transport.get_write_buffer_size():
-                    await conn.writer.drain()
-            else:
-                await body.send_streamed(request_head, reader, conn.writer)
-            with deadline.limit(self.timeouts.response):
-                response = await _http.read_response_head(conn.reader)
-                while response.status < 200 and not (upgrade and response.status == 101):
-                    # 1xx interim answers are skipped: the proxy answered Expect itself,
-                    # and 101 only comes to a request that asked to upgrade.
-                    response = await _http.read_response_head(conn.reader)
-        except TimeoutError:
-            conn.close()
-            _count(state, 504, started)
-            return await _answer(
-                writer,
-                504,
-                "gateway timeout: the backend did not answer",
-                keep=False,
-                head_only=head.method == "HEAD",
-            )
-        except (_http.PeerClosed, ConnectionError, OSError, _http.BadMessage) as exc:
-            conn.close()
-            if isinstance(exc, _http.PeerClosed | _http.BadMessage) and _partial(exc):
-                state.errors += 1
-                return _Failure.PARTIAL_ANSWER
-            if reused:
-                return _Failure.POOLED_DEAD  # a keep-alive race, not the backend's fault
-            state.errors += 1
-            return _Failure.SENT_NO_ANSWER
-        except BaseException:
-            conn.close()
-            raise
-        _count(state, response.status, started)
-        if response.status == 101:
+            # The common case inline (one coroutine less per request): a whole small body.
             try:
-                await _switch_protocols(response, upgrade or "", reader, writer, conn, extra)
-            finally:
+                if body.complete:
+                    conn.writer.write(request_head + body.prefix)  # one segment, one syscall
+                    if conn.writer.transport.get_write_buffer_size():
+                        await conn.writer.drain()
+                else:
+                    await body.send_streamed(request_head, reader, conn.writer)
+                with deadline.limit(self.timeouts.response):
+                    response = await _http.read_response_head(conn.reader)
+                    while response.status < 200 and not (upgrade and response.status == 101):
+                        # 1xx interim answers are skipped: the proxy answered Expect itself,
+                        # and 101 only comes to a request that asked to upgrade.
+                        response = await _http.read_response_head(conn.reader)
+            except TimeoutError:
                 conn.close()
-            return False
-        try:
-            keep, reusable = await _relay_response(
-                head, response, conn.reader, writer, client_keep, extra
-            )
-        except BaseException:
-            conn.close()
-            raise
-        self._release(state, conn, reusable)
-        return keep
+                _count(state, 504, started)
+                return await _answer(
+                    writer,
+                    504,
+                    "gateway timeout: the backend did not answer",
+                    keep=False,
+                    head_only=head.method == "HEAD",
+                )
+            except (_http.PeerClosed, ConnectionError, OSError, _http.BadMessage) as exc:
+                conn.close()
+                if conn.abandoned:
+                    state.errors += 1
+                    return _Failure.ABANDONED
+                if isinstance(exc, _http.PeerClosed | _http.BadMessage) and _partial(exc):
+                    state.errors += 1
+                    return _Failure.PARTIAL_ANSWER
+                if reused:
+                    return _Failure.POOLED_DEAD  # a keep-alive race, not the backend's fault
+                state.errors += 1
+                return _Failure.SENT_NO_ANSWER
+            except BaseException:
+                conn.close()
+                raise
+            _count(state, response.status, started)
+            if response.status == 101:
+                try:
+                    await _switch_protocols(response, upgrade or "", reader, writer, conn, extra)
+                finally:
+                    conn.close()
+                return False
+            try:
+                keep, reusable = await _relay_response(
+                    head, response, conn.reader, writer, client_keep, extra
+                )
+            except BaseException:
+                conn.close()
+                raise
+            self._release(state, conn, reusable)
+            return keep
+        finally:
+            state.busy.discard(conn)
 
 
 #: Request headers the proxy drops and writes itself (framing, expectation, forwarding).
@@ -994,6 +1025,7 @@ class _Failure(enum.Enum):
     POOLED_DEAD = "a reused keep-alive connection was closed before any answer"
     SENT_NO_ANSWER = "a fresh connection broke before any answer"
     PARTIAL_ANSWER = "the backend broke in the middle of its answer head"
+    ABANDONED = "the backend became unreachable before any answer"
 
 
 def _partial(exc: Exception) -> bool:

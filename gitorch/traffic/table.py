@@ -7,7 +7,7 @@ proxy is what lets several data planes serve the same decisions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -24,6 +24,10 @@ class Backend:
     version: str = ""  # template digest (short) of what it runs: for per-version figures
     weight: int = 100  # relative weight within its version group
     draining: bool = False  # gets no new connections/requests; in-flight ones finish
+    #: Its node stopped answering (cut off the network): it gets nothing new (it is
+    #: draining too), and the requests in flight on it are given up at once, the
+    #: idempotent ones retried on another backend, rather than left to time out.
+    unreachable: bool = False
 
     @property
     def host(self) -> str:
@@ -95,6 +99,19 @@ class BackendStats:
     in_flight: int  # open connections (tcp) or requests being served (http)
     requests: int = 0  # total handled
     errors: int = 0  # 5xx responses or failed connections
+
+    @staticmethod
+    def total(parts: Iterable[BackendStats | None]) -> BackendStats | None:
+        """One backend's figures counted in several places (worker processes, hosts'
+        ingresses) added up; None when no place knows it."""
+        known = [p for p in parts if p is not None]
+        if not known:
+            return None
+        return BackendStats(
+            in_flight=sum(p.in_flight for p in known),
+            requests=sum(p.requests for p in known),
+            errors=sum(p.errors for p in known),
+        )
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ def route_to_json(route: Route) -> dict[str, Any]:
                 "version": b.version,
                 "weight": b.weight,
                 "draining": b.draining,
+                **({"unreachable": True} if b.unreachable else {}),
             }
             for b in route.backends
         ],
@@ -76,6 +77,7 @@ def route_from_json(data: Mapping[str, Any]) -> Route:
                     version=str(b.get("version", "")),
                     weight=int(b.get("weight", 100)),
                     draining=bool(b.get("draining", False)),
+                    unreachable=bool(b.get("unreachable", False)),
                 )
                 for b in data.get("backends", [])
             ),

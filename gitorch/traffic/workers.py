@@ -320,14 +320,7 @@ class WorkerPool:
             return self.ledger.to_json()
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
-        found = [s for s in self._ask_all((_STATS, service, backend_id)) if s is not None]
-        if not found:
-            return None
-        return BackendStats(
-            in_flight=sum(s.in_flight for s in found),
-            requests=sum(s.requests for s in found),
-            errors=sum(s.errors for s in found),
-        )
+        return BackendStats.total(self._ask_all((_STATS, service, backend_id)))
 
     def health(self) -> DataPlaneHealth:
         with self._lock:

@@ -422,6 +422,8 @@ class LoadClient:
     port: int
     path: str = "/"
     threads: int = 4
+    host: str = "127.0.0.1"
+    timeout: float = 10.0
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     versions: Counter[str] = field(default_factory=Counter)
@@ -453,15 +455,23 @@ class LoadClient:
         resp = conn.getresponse()
         return resp.status, resp.read().decode("utf-8", "replace")
 
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def _record(self, body: str) -> None:
+        """A 2xx answer (called under the lock)."""
+        self.ok += 1
+        self.versions[_version_of(body) or "?"] += 1
+
     def _run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = self._connect()
         fresh = True
         while not self._stop.is_set():
             try:
                 status, body = self._one(conn)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn = self._connect()
                 if not fresh:
                     fresh = True
                     continue  # a reused connection closed by the server: retry on a new one
@@ -469,15 +479,14 @@ class LoadClient:
                 continue
             except OSError as exc:
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn = self._connect()
                 fresh = True
                 self._fail(f"{type(exc).__name__}: {exc}")
                 continue
             fresh = False
             if 200 <= status < 300:
                 with self._lock:
-                    self.ok += 1
-                    self.versions[_version_of(body) or "?"] += 1
+                    self._record(body)
             else:
                 self._fail(f"HTTP {status}: {body.strip()[:120]}")
         conn.close()

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +34,7 @@ MAIN_ENDPOINT = "unix:///var/run/docker.sock"
 
 _TOOLS = ("dockerd", "containerd", "docker", "ip")
 
-_CONTAINERD_CONFIG = """\
+CONTAINERD_CONFIG = """\
 version = 2
 root = "{root}/ctd/root"
 state = "{root}/ctd/state"
@@ -51,7 +52,112 @@ class EngineError(AssertionError):
     """The private engine could not be set up or does not answer (a failure, not a skip)."""
 
 
-def _free_subnet() -> str:
+def copy_images(endpoint: str, *images: str) -> None:
+    """Copy ``images`` from the main engine to the engine at ``endpoint`` (``docker save |
+    docker load``: there is no registry); :class:`EngineError` when it fails."""
+    save = subprocess.Popen(
+        ["docker", "-H", MAIN_ENDPOINT, "save", *images], stdout=subprocess.PIPE
+    )
+    load = subprocess.run(
+        ["docker", "-H", endpoint, "load", "-q"],
+        stdin=save.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert save.stdout is not None
+    save.stdout.close()
+    if save.wait(timeout=120) != 0 or load.returncode != 0:
+        raise EngineError(f"loading {', '.join(images)} into {endpoint} failed: {load.stderr}")
+
+
+def start_containerd(
+    root: Path, log: IO[bytes], prefix: Sequence[str] = (), timeout: float = 30
+) -> subprocess.Popen[bytes]:
+    """containerd with its state under ``root/ctd`` (``prefix``: e.g. nsenter, to run it
+    in a network namespace), once its socket exists; :class:`EngineError` otherwise."""
+    (root / "ctd").mkdir(parents=True, exist_ok=True)
+    config = root / "ctd" / "config.toml"
+    config.write_text(CONTAINERD_CONFIG.format(root=root))
+    proc = subprocess.Popen(
+        [*prefix, "containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + timeout
+    while not (root / "ctd" / "ctd.sock").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.flush()
+            tail = (root / "containerd.log").read_text(errors="replace")[-3000:]
+            raise EngineError(f"containerd in {root} did not start:\n{tail}")
+        time.sleep(0.02)
+    return proc
+
+
+def dockerd_argv(root: Path, bridge: str, hosts: Sequence[str], pidfile: str = "pid") -> list[str]:
+    """dockerd on ``root``'s containerd, data and exec roots and ``bridge``, listening on
+    ``hosts`` (``--host=...`` and TLS flags), without iptables, masquerading or ip
+    forwarding (published ports go through docker-proxy), on vfs (no overlay mounts)."""
+    return [
+        "dockerd",
+        *hosts,
+        f"--containerd={root}/ctd/ctd.sock",
+        f"--data-root={root}/data",
+        f"--exec-root={root}/exec",
+        f"--pidfile={root}/{pidfile}",
+        f"--bridge={bridge}",
+        "--iptables=false",
+        "--ip-masq=false",
+        "--ip-forward=false",
+        "--storage-driver=vfs",
+    ]
+
+
+class EngineLogs:
+    """The log files of an engine's processes under ``root``."""
+
+    root: Path
+    _logs: list[IO[bytes]]
+
+    def _log(self, name: str) -> IO[bytes]:
+        handle = open(self.root / name, "ab")  # noqa: SIM115 (closed with the engine)
+        self._logs.append(handle)
+        return handle
+
+    def tail(self, name: str = "dockerd.log", chars: int = 3000) -> str:
+        """The end of one of its logs (dockerd.log, containerd.log), for failure messages."""
+        try:
+            return (self.root / name).read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def _stop_processes(self, *procs: subprocess.Popen[bytes] | None) -> None:
+        """SIGTERM each (SIGKILL after 20 s), in order; then close the logs."""
+        for proc in procs:
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for handle in self._logs:
+            handle.close()
+        self._logs.clear()
+
+
+def unmount_below(root: Path) -> None:
+    """Unmount what an engine left mounted under ``root`` (a killed dockerd never does)."""
+    mounts = [
+        line.split()[1]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if line.split()[1].startswith(f"{root}/") or line.split()[1] == str(root)
+    ]
+    for mount in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+
+
+def free_subnet() -> str:
     """A /24 of 198.18.0.0/15 that no interface of this host uses, as ``198.1x.N.1/24``.
 
     That range is reserved for benchmarks (RFC 2544), so it clashes with no real network;
@@ -75,7 +181,7 @@ def _free_subnet() -> str:
 
 
 @dataclass
-class PrivateEngine:
+class PrivateEngine(EngineLogs):
     """containerd + dockerd of our own, on a bridge of our own.
 
     containerd runs apart from dockerd (as under systemd): a dockerd managing its own
@@ -143,20 +249,6 @@ class PrivateEngine:
             return False
         return reply.split(b"\r\n", 1)[0].split()[1:2] == [b"200"]
 
-    # -- its files ---------------------------------------------------------------------------
-
-    def _log(self, name: str) -> IO[bytes]:
-        handle = open(self.root / name, "ab")  # noqa: SIM115 (closed in shutdown)
-        self._logs.append(handle)
-        return handle
-
-    def tail(self, name: str = "dockerd.log", chars: int = 3000) -> str:
-        """The end of one of its logs (dockerd.log, containerd.log), for failure messages."""
-        try:
-            return (self.root / name).read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
     # -- life cycle ------------------------------------------------------------------------
 
     def boot(self) -> None:
@@ -165,25 +257,11 @@ class PrivateEngine:
             if shutil.which(tool) is None:
                 raise EngineError(f"{tool} is not installed (apt-get install docker.io iproute2)")
         self._make_bridge()
-        (self.root / "ctd").mkdir()
-        config = self.root / "ctd" / "config.toml"
-        config.write_text(_CONTAINERD_CONFIG.format(root=self.root))
-        self.containerd = subprocess.Popen(
-            ["containerd", "--config", str(config)],
-            stdout=self._log("containerd.log"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while not (self.root / "ctd" / "ctd.sock").exists():
-            if self.containerd.poll() is not None or time.monotonic() > deadline:
-                raise EngineError(
-                    f"the private containerd did not start:\n{self.tail('containerd.log')}"
-                )
-            time.sleep(0.02)
+        self.containerd = start_containerd(self.root, self._log("containerd.log"))
         self.start()
 
     def _make_bridge(self) -> None:
-        subnet = _free_subnet()
+        subnet = free_subnet()
         for argv in (
             ["ip", "link", "add", self.bridge, "type", "bridge"],
             ["ip", "addr", "add", subnet, "dev", self.bridge],
@@ -200,19 +278,7 @@ class PrivateEngine:
         if self.tcp_port is not None:
             hosts.append(f"--host={self.tcp_endpoint}")
         self.dockerd = subprocess.Popen(
-            [
-                "dockerd",
-                *hosts,
-                f"--containerd={self.root}/ctd/ctd.sock",
-                f"--data-root={self.root}/data",
-                f"--exec-root={self.root}/exec",
-                f"--pidfile={self.root}/pid",
-                f"--bridge={self.bridge}",
-                "--iptables=false",
-                "--ip-masq=false",
-                "--ip-forward=false",
-                "--storage-driver=vfs",
-            ],
+            dockerd_argv(self.root, self.bridge, hosts),
             stdout=self._log("dockerd.log"),
             stderr=subprocess.STDOUT,
         )
@@ -275,23 +341,7 @@ class PrivateEngine:
 
     def load_image(self, *images: str) -> None:
         """Copy ``images`` from the main engine (``docker save | docker load``)."""
-        save = subprocess.Popen(
-            ["docker", "-H", MAIN_ENDPOINT, "save", *images], stdout=subprocess.PIPE
-        )
-        load = subprocess.run(
-            ["docker", "-H", self.endpoint, "load", "-q"],
-            stdin=save.stdout,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        assert save.stdout is not None
-        save.stdout.close()
-        if save.wait(timeout=60) != 0 or load.returncode != 0:
-            raise EngineError(
-                f"loading {', '.join(images)} into the private engine failed: {load.stderr}"
-            )
+        copy_images(self.endpoint, *images)
 
     def containers(self, cluster: str) -> list[dict[str, Any]]:
         """Every container of gitorch ``cluster`` here, running or not (``docker ps -a``)."""
@@ -323,24 +373,7 @@ class PrivateEngine:
         self.resume()  # a paused dockerd would neither answer nor handle SIGTERM
         with contextlib.suppress(Exception):  # best effort: the rest must run regardless
             self.remove_all()
-        for proc in (self.dockerd, self.containerd):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        for handle in self._logs:
-            handle.close()
-        # dockerd bind-mounts parts of its data root; a killed one never unmounts them.
-        mounts = [
-            line.split()[1]
-            for line in Path("/proc/mounts").read_text().splitlines()
-            if line.split()[1].startswith(str(self.root))
-        ]
-        for mount in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+        self._stop_processes(self.dockerd, self.containerd)
+        unmount_below(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)

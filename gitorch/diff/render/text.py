@@ -228,6 +228,8 @@ _ACTION_STYLE = {
     "delete": "red",
     "release": "yellow",
     "missing": "red",
+    "start-ingress": "green",
+    "remove-ingress": "red",
 }
 
 
@@ -247,6 +249,16 @@ def _next_pass(out: _Printer, plan: Plan) -> None:
     for action in plan.actions:
         verb = action.verb
         out("  ", (f"{verb:>11}", _ACTION_STYLE.get(verb, "")), "  ", action.describe())
+    out()
+
+
+def _ingresses(out: _Printer, plan: Plan) -> None:
+    out(("Ingresses", "bold"), " (what each remote host serves after the next pass):")
+    for host in plan.ingresses:
+        routes = ", ".join(sorted(host.table.routes)) or "nothing"
+        out(f"  {host.node} ({host.address}): {routes}")
+        for route, why in sorted(host.left_out.items()):
+            out("    ", ("not " + route, "yellow"), f": {why}")
     out()
 
 
@@ -289,6 +301,8 @@ def render_text(plan: Plan, console: Console) -> None:
         _autoscaled(out, plan)
     if plan.actions:
         _next_pass(out, plan)
+    if plan.ingresses:
+        _ingresses(out, plan)
     if plan.warnings:
         out(("Warnings", "bold yellow"), ":")
         for warning in plan.warnings:

@@ -48,37 +48,23 @@ START_TIMEOUT = 30.0
 BUSY_RETRY = 10.0
 
 
-class ProxyDataPlane:
-    """``gitorch proxy`` as the daemon's data plane (see the module docstring)."""
+class ControlledPlane:
+    """The :class:`~gitorch.traffic.table.DataPlane` of a proxy driven by control requests:
+    every method is one request through :meth:`_call` (a unix socket here, a relay to
+    another host in :mod:`.remote`)."""
 
-    def __init__(
-        self,
-        state_dir: Path,
-        *,
-        host: str = "127.0.0.1",
-        workers: int = 1,
-        secrets_dir: Path | None = None,
-        start: bool = True,
-    ) -> None:
-        """``start``: start a proxy when none runs (else :class:`ProxyUnavailable`)."""
-        self.state_dir = Path(state_dir)
-        self.paths = ProxyPaths.of(self.state_dir)
-        self.host = host
-        self.workers = workers
-        self.secrets_dir = secrets_dir
-        self.start = start
-        if start:
-            # Starting a daemon asks for its endpoints: an earlier `gitorch proxy stop` no
-            # longer holds.
-            self.paths.stopped.unlink(missing_ok=True)
-        self.hello = self._connect()
+    kind = "proxy"
 
-    # ----------------------------------------------------------------- DataPlane
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _prepare(self, table: RoutingTable) -> RoutingTable:
+        """The table as this proxy serves it (checked; TLS names made paths)."""
+        check_table(table)
+        return table
 
     def apply(self, table: RoutingTable) -> None:
-        check_table(table)
-        resolved = resolve_tls(table, self.secrets_dir)
-        request = {"op": "apply", "table": table_to_json(resolved)}
+        request = {"op": "apply", "table": table_to_json(self._prepare(table))}
         deadline = time.monotonic() + BUSY_RETRY
         while True:
             answer = self._call(request)
@@ -106,9 +92,9 @@ class ProxyDataPlane:
         try:
             answer = self._call({"op": "health"})
         except ProxyUnavailable as exc:
-            return DataPlaneHealth("proxy", False, exc.message)
+            return DataPlaneHealth(self.kind, False, exc.message)
         return DataPlaneHealth(
-            "proxy",
+            self.kind,
             bool(answer.get("ok")),
             str(answer.get("message") or ""),
             pid=answer.get("pid"),
@@ -121,6 +107,43 @@ class ProxyDataPlane:
     def stop(self) -> None:
         """Stop the proxy (it drains open connections first)."""
         self._ok({"op": "stop"})
+
+    def _ok(self, request: dict[str, Any]) -> dict[str, Any]:
+        answer = self._call(request)
+        error = answer.get("error")
+        if error is not None:
+            raise _translate(error)
+        return answer
+
+
+class ProxyDataPlane(ControlledPlane):
+    """``gitorch proxy`` as the daemon's data plane (see the module docstring)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        workers: int = 1,
+        secrets_dir: Path | None = None,
+        start: bool = True,
+    ) -> None:
+        """``start``: start a proxy when none runs (else :class:`ProxyUnavailable`)."""
+        self.state_dir = Path(state_dir)
+        self.paths = ProxyPaths.of(self.state_dir)
+        self.host = host
+        self.workers = workers
+        self.secrets_dir = secrets_dir
+        self.start = start
+        if start:
+            # Starting a daemon asks for its endpoints: an earlier `gitorch proxy stop` no
+            # longer holds.
+            self.paths.stopped.unlink(missing_ok=True)
+        self.hello = self._connect()
+
+    def _prepare(self, table: RoutingTable) -> RoutingTable:
+        check_table(table)
+        return resolve_tls(table, self.secrets_dir)
 
     # ----------------------------------------------------------------- internals
 
@@ -157,13 +180,6 @@ class ProxyDataPlane:
         log.warning("the proxy does not answer: starting a new one")
         self.hello = self._connect()
         return call(self.paths.socket, request, CALL_TIMEOUT)
-
-    def _ok(self, request: dict[str, Any]) -> dict[str, Any]:
-        answer = self._call(request)
-        error = answer.get("error")
-        if error is not None:
-            raise _translate(error)
-        return answer
 
 
 def launch(
@@ -206,7 +222,7 @@ def launch(
         raise ProxyUnavailable(f"gitorch proxy did not start: {lines[-1]}", detail=tuple(lines))
 
 
-def _translate(error: Any) -> ConfigError | ProxyRefused:
+def _translate(error: Any) -> ConfigError | ProxyRefused | ProxyUnavailable:
     """The proxy's error answer as the exception an in-process plane would raise."""
     if not isinstance(error, dict):
         return ProxyRefused(f"the proxy refused: {error!r}")
@@ -217,4 +233,6 @@ def _translate(error: Any) -> ConfigError | ProxyRefused:
         return ListenError(message, detail=detail)
     if kind == "route":
         return RouteInvalid(message, detail=detail)
+    if kind == "unavailable":  # a relay found no proxy behind it
+        return ProxyUnavailable(message, detail=detail)
     return ProxyRefused(message, detail=detail)

@@ -100,11 +100,24 @@ def run(args: argparse.Namespace) -> int:
     return server.run(ready)
 
 
+def relay(args: argparse.Namespace) -> int:
+    """Carry control requests from stdin to the proxy of ``--state`` and its answers to
+    stdout (see :mod:`gitorch.traffic.proxy.remote`); ends at the end of stdin."""
+    from gitorch.traffic.proxy.remote import serve_relay
+
+    state = Path(args.state or os.environ.get("GITORCH_STATE") or ".gitorch").resolve()
+    return serve_relay(ProxyPaths.of(state).socket)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gitorch.traffic.proxy",
-        description="gitorch proxy run, without the rest of the CLI (see gitorch proxy --help)",
+        description="gitorch proxy run, without the rest of the CLI (see gitorch proxy --help); "
+        "relay: the control channel of a proxy on another host, over stdin and stdout",
     )
-    parser.add_argument("action", choices=("run",))
+    parser.add_argument("action", choices=("run", "relay"))
     add_run_options(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.action == "relay":
+        return relay(args)
+    return run(args)

@@ -1,0 +1,165 @@
+"""A proxy on another host, driven through its engine: the control channel of an ingress.
+
+An ingress (``gitorch proxy`` in a container on a remote host, :mod:`gitorch.apply.ingress`)
+listens for control requests on its unix socket, inside the container, as every proxy
+does. The daemon reaches it without opening any port: it runs ``python -m
+gitorch.traffic.proxy relay`` in the container through the engine's exec API, over the
+connection gitorch already holds to that engine (TLS with client certificates, or ssh),
+and keeps that exec session open. The relay reads requests on its stdin and writes the
+answers on its stdout, in the control socket's framing (a 4-byte length, then JSON), one
+at a time. So the channel is exactly as authenticated as the engine itself: whoever may
+run containers there may drive its ingress, and nobody else can.
+
+:class:`RemoteProxyPlane` is the :class:`~gitorch.traffic.table.DataPlane` of one such
+proxy: a failed request drops the session and the next opens a new one; every failure
+names the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from gitorch.traffic.proxy.client import CALL_TIMEOUT, ControlledPlane
+from gitorch.traffic.proxy.control import MAX_MESSAGE, ProxyUnavailable, call
+from gitorch.traffic.routes import check_table
+from gitorch.traffic.table import RoutingTable
+
+#: The error kind a relay answers with when no proxy answers behind it.
+UNAVAILABLE = "unavailable"
+#: Seconds a channel that broke is not tried again (callers fail at once meanwhile).
+PAUSE = 3.0
+
+
+class ProxyNotServing(ProxyUnavailable):
+    """The relay answered, but no proxy answers behind it (yet): an ingress starting."""
+
+
+class ByteChannel(Protocol):
+    """A duplex byte stream to a relay (a Docker exec session: its stdin and stdout)."""
+
+    def send(self, data: bytes) -> None:
+        """Write all of ``data``."""
+        ...
+
+    def receive(self, size: int) -> bytes:
+        """Exactly ``size`` bytes; :class:`ConnectionError` when the stream ends first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _frame(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return struct.pack("!I", len(body)) + body
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def serve_relay(control_socket: Path, timeout: float = CALL_TIMEOUT) -> int:
+    """The relay's loop (``python -m gitorch.traffic.proxy relay``): each request read on
+    stdin goes to the proxy at ``control_socket``; its answer (or why there was none) is
+    written to stdout. Returns 0 at the end of stdin."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        header = _read_exactly(stdin, 4)
+        if len(header) < 4:
+            return 0
+        (size,) = struct.unpack("!I", header)
+        if size > MAX_MESSAGE:
+            return 2
+        try:
+            request = json.loads(_read_exactly(stdin, size))
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            answer: dict[str, Any] = {"error": {"kind": "other", "message": f"bad request: {exc}"}}
+        else:
+            try:
+                answer = call(control_socket, request, timeout)
+            except ProxyUnavailable as exc:
+                answer = {"error": {"kind": UNAVAILABLE, "message": exc.message}}
+        stdout.write(_frame(answer))
+        stdout.flush()
+
+
+class RemoteProxyPlane(ControlledPlane):
+    """The proxy of a node's ingress, through a relay (see the module docstring).
+
+    ``open_channel`` starts a relay and returns its channel; it is called again after any
+    failure. Thread-safe: one request at a time on the session.
+    """
+
+    kind = "ingress"
+
+    def __init__(
+        self, node: str, open_channel: Callable[[], ByteChannel], *, pause: float = PAUSE
+    ) -> None:
+        self.node = node
+        self._open_channel = open_channel
+        self._channel: ByteChannel | None = None
+        self._lock = threading.Lock()
+        self._pause = pause
+        self._down: tuple[float, str] | None = None  # (until when, why): fail fast
+
+    def _prepare(self, table: RoutingTable) -> RoutingTable:
+        check_table(table)
+        return table
+
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if self._down is not None and time.monotonic() < self._down[0]:
+                raise ProxyUnavailable(self._down[1])  # not another wait on a silent host
+            try:
+                if self._channel is None:
+                    self._channel = self._open_channel()
+                channel = self._channel
+                channel.send(_frame(request))
+                (size,) = struct.unpack("!I", channel.receive(4))
+                if size > MAX_MESSAGE:
+                    raise ConnectionError(f"an answer of {size} bytes")
+                answer = json.loads(channel.receive(size))
+            except Exception as exc:  # the channel or the engine's client broke
+                self._drop()
+                # A timeout says nothing by itself ("timed out", or not even that).
+                why = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    why = f"no answer in time ({why})"
+                message = (
+                    f"node {self.node}: the ingress did not answer {request.get('op')!r}: {why}"
+                )
+                self._down = (time.monotonic() + self._pause, message)
+                raise ProxyUnavailable(message) from exc
+            self._down = None
+        if not isinstance(answer, dict):
+            raise ProxyUnavailable(f"node {self.node}: the ingress answered {answer!r}")
+        error = answer.get("error")
+        if isinstance(error, dict) and error.get("kind") == UNAVAILABLE:
+            raise ProxyNotServing(f"node {self.node}: ingress: {error.get('message')}")
+        return answer
+
+    def _drop(self) -> None:
+        if self._channel is not None:
+            with contextlib.suppress(Exception):  # a broken session: nothing to report
+                self._channel.close()
+            self._channel = None
+
+    def close(self) -> None:
+        """End the relay session; the ingress keeps serving its last table."""
+        with self._lock:
+            self._drop()

@@ -1,0 +1,133 @@
+"""The control channel of a remote host's ingress (gitorch/traffic/proxy/remote.py): a
+relay (``python -m gitorch.traffic.proxy relay``) carries requests from its stdin to a
+real ``gitorch proxy``'s control socket and the answers back; :class:`RemoteProxyPlane`
+drives a proxy through it, says when no proxy answers behind it, and names its node when
+the channel breaks. On the rig, the relay runs in the ingress container through the
+engine's exec API (tests/multihost); here its stdin and stdout are plain pipes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from listen_ports import free_port
+from traffic_helpers import Apps, get, route, table, wait_until
+
+from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable, call
+from gitorch.traffic.proxy.remote import ProxyNotServing, RemoteProxyPlane
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+class PipeChannel:
+    """A relay subprocess's stdin and stdout as a byte channel."""
+
+    def __init__(self, state: Path) -> None:
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "gitorch.traffic.proxy", "relay", "--state", str(state)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=ENV,
+        )
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def receive(self, size: int) -> bytes:
+        assert self.proc.stdout is not None
+        data = self.proc.stdout.read(size)
+        if len(data) < size:
+            raise ConnectionError("the relay ended")
+        return data
+
+    def close(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def proxy_state(tmp_path: Path) -> Iterator[Path]:
+    """A real ``gitorch proxy`` (one worker) serving ``tmp_path/state``."""
+    state = tmp_path / "state"
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "gitorch.traffic.proxy", "run", "--state", str(state),
+         "--workers", "1", "--log-level", "warning"],
+        env=ENV,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: ProxyPaths.of(state).socket.exists(), 30, "the proxy's socket")
+        yield state
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_a_table_applied_through_the_relay_serves(proxy_state: Path, apps: Apps) -> None:
+    channels: list[PipeChannel] = []
+
+    def open_channel() -> PipeChannel:
+        channels.append(PipeChannel(proxy_state))
+        return channels[-1]
+
+    app = apps.start()
+    plane = RemoteProxyPlane("h9", open_channel)
+    try:
+        port = free_port()
+        plane.apply(table(route(port, [app.backend])))
+        status, body, _ = get(port)
+        assert status == 200 and app.id.encode() in body, body
+        assert plane.health().ok
+        health = call(ProxyPaths.of(proxy_state).socket, {"op": "health"}, 5.0)
+        assert health["routes"] == 1, health
+        # One relay session carries every request.
+        plane.figures("svc")
+        assert len(channels) == 1
+    finally:
+        plane.close()
+
+
+def test_no_proxy_behind_the_relay_and_a_broken_channel_say_so(tmp_path: Path) -> None:
+    opened: list[PipeChannel] = []
+
+    def open_channel() -> PipeChannel:
+        opened.append(PipeChannel(tmp_path / "nothing-serves-here"))
+        return opened[-1]
+
+    plane = RemoteProxyPlane("h9", open_channel, pause=0.5)
+    try:
+        # The relay answers, but no proxy: an ingress still starting.
+        with pytest.raises(ProxyNotServing, match="node h9: ingress"):
+            plane.apply(table())
+        # The relay dies under the channel: the failure names the node; for the pause
+        # callers fail at once (no new session), then a new relay is started.
+        opened[-1].proc.kill()
+        opened[-1].proc.wait(10)
+        with pytest.raises(ProxyUnavailable, match="node h9: the ingress did not answer 'apply'"):
+            plane.apply(table())
+        sessions = len(opened)
+        with pytest.raises(ProxyUnavailable, match="node h9"):
+            plane.apply(table())
+        assert len(opened) == sessions, "no new session during the pause"
+        wait_until(lambda: _fails_behind_a_new_relay(plane), 5, "a new relay after the pause")
+        assert len(opened) == sessions + 1
+    finally:
+        plane.close()
+
+
+def _fails_behind_a_new_relay(plane: RemoteProxyPlane) -> bool:
+    try:
+        plane.apply(table())
+    except ProxyNotServing:
+        return True  # the new relay answered (no proxy behind it)
+    except ProxyUnavailable:
+        return False  # still paused
+    return False
