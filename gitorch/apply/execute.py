@@ -4,12 +4,17 @@ It receives a :class:`~gitorch.decide.PassDecision` and performs exactly its act
 through the runtimes and the data plane, in an order that never fails a request:
 
 1. dead replicas are removed (they serve nothing and may hold a name or a port);
-2. new replicas are started, in parallel, each on the node the decision placed it;
+2. new replicas are started, in parallel, each on the node the decision placed it,
+   except those of a service that also drains a replica in this pass;
 3. the routing table is published: ready replicas in, replicas about to stop marked
    draining (the data plane sends them nothing new);
 4. once their requests in flight are done (bounded by the drain timeout), draining
    replicas get SIGTERM with their grace period and are removed;
-5. the table is published again without them.
+5. the starts held back in 2 are made: a strategy that stops a replica and starts
+   another in one pass counted the room the stop makes (a RollingUpdate at its
+   ``replicas + maxSurge`` ceiling), so the start comes after the stop, as the plan lists
+   them, and a service never runs more replicas than its strategy allows;
+6. the table is published again without the stopped replicas.
 
 Every failure is caught where it happens and reported on the service it concerns (a
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
@@ -111,13 +116,17 @@ class Executor:
         stops = decision.stops()
         for stop in (s for s in stops if not s.drain):
             self._remove(stop, done)
-        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
-        if starts:
-            workers = max(1, min(8, len(starts)))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
-                    pass
         draining = [s for s in stops if s.drain]
+        # A service that drains a replica in this pass starts its new ones after the
+        # drain (module docstring, step 5); the others start at once.
+        draining_services = {
+            name for name in decision.order if any(s.drain for s in decision.services[name].stops)
+        }
+        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
+        self._start_all(
+            desired, decision, [s for s in starts if s.service not in draining_services], done
+        )
+        after_drain = [s for s in starts if s.service in draining_services]
         if not self._publish(decision.table, held_routes, done):
             if draining:
                 done.errors.append(
@@ -130,10 +139,25 @@ class Executor:
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
                 for _ in pool.map(lambda s: self._stop(s, done), draining):
                     pass
+            self._start_all(desired, decision, after_drain, done)
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
             self._publish(after, held_routes, done)
         return done
+
+    def _start_all(
+        self,
+        desired: DesiredState,
+        decision: PassDecision,
+        starts: list[StartReplica],
+        done: Execution,
+    ) -> None:
+        """Start ``starts`` in parallel (each failure lands on its slot)."""
+        if not starts:
+            return
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(starts)))) as pool:
+            for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
+                pass
 
     # ------------------------------------------------------------------ replicas
 
