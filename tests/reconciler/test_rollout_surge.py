@@ -10,7 +10,6 @@ than maxSurge allows (4 of ``replicas: 2, maxSurge: 1``). The processes are coun
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -23,27 +22,7 @@ from reconciler_helpers import (
     process_service,
     wait_for,
 )
-
-MARKER = b"GITORCH_REPLICA="
-
-
-def replica_count(cluster: str, service: str) -> int:
-    """Live processes carrying the replica marker of ``service`` in ``cluster``."""
-    prefix = MARKER + f"{cluster}-{service}-".encode()
-    count = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                environ = fh.read()
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                state = fh.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if prefix in environ and state not in (b"Z", b"X"):
-            count += 1
-    return count
+from replica_procs import replica_processes
 
 
 def test_rolling_update_stays_within_max_surge(cluster: Cluster) -> None:
@@ -60,7 +39,7 @@ def test_rolling_update_stays_within_max_surge(cluster: Cluster) -> None:
     def sample() -> None:
         nonlocal most
         while not stop.is_set():
-            most = max(most, replica_count(name, "api"))
+            most = max(most, sum(1 for r in replica_processes(name) if r.service == "api"))
             time.sleep(0.005)
 
     sampler = threading.Thread(target=sample, daemon=True)
