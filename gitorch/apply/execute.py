@@ -20,11 +20,18 @@ Every failure is caught where it happens and reported on the service it concerns
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
 broken service never stops the others. If the table cannot be published at all, no
 replica is stopped: the old table still sends them traffic.
+
+**Test only**: with ``GITORCH_TEST_UNSAFE_NO_DRAIN=1`` in its environment the executor
+skips steps 3 and 4 for leaving replicas: they are killed at once (SIGKILL, no grace)
+while the data plane still sends them requests. Nothing but the chaos soak sets it
+(``bench/soak.py --break-drain``), to show that its invariants catch a broken drain;
+the daemon logs a warning at every pass that uses it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +53,8 @@ log = logging.getLogger("gitorch.executor")
 
 #: How often the executor re-reads a draining replica's requests in flight.
 DRAIN_POLL = 0.05
+#: Test-only switch (module docstring): leaving replicas are killed without a drain.
+UNSAFE_NO_DRAIN_ENV = "GITORCH_TEST_UNSAFE_NO_DRAIN"
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class Executor:
         self.drain_timeout = drain_timeout
         self.monotonic = monotonic
         self.published: RoutingTable | None = None
+        self.unsafe_no_drain = os.environ.get(UNSAFE_NO_DRAIN_ENV) == "1"
 
     def run(
         self,
@@ -127,6 +137,8 @@ class Executor:
             desired, decision, [s for s in starts if s.service not in draining_services], done
         )
         after_drain = [s for s in starts if s.service in draining_services]
+        if draining and self.unsafe_no_drain:
+            self._kill_undrained(draining, done)
         if not self._publish(decision.table, held_routes, done):
             if draining:
                 done.errors.append(
@@ -234,6 +246,21 @@ class Executor:
             self.health.untrack(stop.replica_id)
         done.executed.append(stop)
         done.changes += 1
+
+    def _kill_undrained(self, draining: list[StopReplica], done: Execution) -> None:
+        """The test-only broken drain (module docstring): SIGKILL while still in rotation."""
+        log.warning(
+            "%s=1: killing %d leaving replica(s) without draining them (test only)",
+            UNSAFE_NO_DRAIN_ENV,
+            len(draining),
+        )
+        for stop in draining:
+            runtime = self.runtimes.get(stop.node)
+            if runtime is not None:
+                try:
+                    runtime.stop(stop.replica_id, 0.0)
+                except GitorchError as exc:
+                    done.errors.append(f"{stop.replica}: cannot kill: {exc.message}")
 
     def _drain(self, draining: list[StopReplica]) -> None:
         """Wait until no draining replica has a request in flight (bounded)."""
