@@ -209,6 +209,7 @@ class Soak:
             labels_of=self._labels,
             decoys=decoys,
             bad_versions=committer.bad_versions,
+            introduced=committer.introduced,
         )
         checks.on_break = self._on_break
         self.checks = checks

@@ -32,7 +32,8 @@ word alone):
 
 * **canary**: a version answering 5xx never gets more than its canary weight (20%) of
   its service's answers, and stops answering within its pause and analysis window (plus
-  the time faults held the daemon or the data plane).
+  the time faults held the daemon or the data plane), each time a commit makes it the
+  service's version (a revert can make a failed canary's version again: a new canary).
 
 After the faults stop, :mod:`soak` checks convergence and orphans.
 """
@@ -115,6 +116,8 @@ class Checks:
     labels_of: Callable[[], dict[str, dict[str, str]]]
     decoys: list[Foreign] = field(default_factory=list)
     bad_versions: Callable[[], set[str]] = set
+    #: When each commit made a version its service's effective one (Committer.introduced).
+    introduced: Callable[[str, str], list[float]] = lambda service, version: []
     breaks: list[Break] = field(default_factory=list)
     excused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     samples: int = 0
@@ -317,60 +320,74 @@ class Checks:
     # -- canaries ---------------------------------------------------------------------------
 
     def canary_checks(self) -> dict[str, Any]:
-        """The share and window of every version that answered 5xx on purpose."""
+        """The share and window of every episode of a version that answered 5xx on purpose.
+
+        An episode begins at a commit that makes the version its service's effective one;
+        a revert or a later commit can make the same version again, which is a new canary
+        (a new analysis), so its 5xx are judged on their own."""
         bad = self.bad_versions()
-        episodes: dict[tuple[str, str], list[int]] = defaultdict(list)
         with self.load._lock:
             buckets = {k: dict(v) for k, v in self.load.tally.versions.items()}
-        for (service, bucket), versions in buckets.items():
-            for version in versions:
-                if version in bad:
-                    episodes[(service, version)].append(bucket)
+        failures: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for f in self.load.failures_since(0):
+            if f.version in bad and f.status is not None and f.status >= 500:
+                failures[(f.service, f.version)].append(f.end)
         report = {}
-        for (service, version), bucket_list in sorted(episodes.items()):
-            answered = bad_answers = 0
-            for bucket in range(min(bucket_list), max(bucket_list) + 1):
-                versions = buckets.get((service, bucket), {})
-                answered += sum(versions.values())
-                bad_answers += versions.get(version, 0)
-            failures = [
-                f
-                for f in self.load.failures_since(0)
-                if f.service == service and f.version == version
-            ]
-            first = min(f.end for f in failures) if failures else 0.0
-            last = max(f.end for f in failures) if failures else 0.0
-            share = bad_answers / answered if answered else 0.0
-            allowed = (
-                CANARY_WEIGHT
-                + 3 * math.sqrt(CANARY_WEIGHT * (1 - CANARY_WEIGHT) / max(1, answered))
-                + 0.05
-            )
-            window = self.canary_window(first, last)
-            report[f"{service}@{version}"] = {
-                "answers": answered,
-                "bad": bad_answers,
-                "share": round(share, 3),
-                "allowedShare": round(allowed, 3),
-                "seconds": round(last - first, 1),
-                "allowedSeconds": round(window, 1),
-            }
-            if share > allowed:
-                self.broke(
-                    "canary",
-                    f"{service} version {version} answered {share:.0%} of {answered} requests "
-                    f"(its weight allows {allowed:.0%})",
-                    once=f"share:{service}:{version}",
-                )
-            if last - first > window:
-                self.broke(
-                    "canary",
-                    f"{service} version {version} answered 5xx for {last - first:.0f}s "
-                    f"(from t={self.journal.at(first):.0f}s; pause + analysis + faults allow "
-                    f"{window:.0f}s)",
-                    once=f"window:{service}:{version}",
-                )
+        for (service, version), ends in sorted(failures.items()):
+            starts = self.introduced(service, version) or [min(ends)]
+            episodes: dict[float, list[float]] = defaultdict(list)
+            for end in sorted(ends):
+                begun = [s for s in starts if s <= end]
+                episodes[begun[-1] if begun else starts[0]].append(end)
+            for number, (_begun, times) in enumerate(sorted(episodes.items()), 1):
+                key = f"{service}@{version}" + (f"#{number}" if len(episodes) > 1 else "")
+                report[key] = self._canary_episode(service, version, times, buckets, key)
         return report
+
+    def _canary_episode(
+        self,
+        service: str,
+        version: str,
+        times: list[float],
+        buckets: dict[tuple[str, int], dict[str, int]],
+        key: str,
+    ) -> dict[str, Any]:
+        first, last = times[0], times[-1]
+        answered = bad_answers = 0
+        for bucket in range(self.load.bucket_of(first), self.load.bucket_of(last) + 1):
+            versions = buckets.get((service, bucket), {})
+            answered += sum(versions.values())
+            bad_answers += versions.get(version, 0)
+        share = bad_answers / answered if answered else 0.0
+        allowed = (
+            CANARY_WEIGHT
+            + 3 * math.sqrt(CANARY_WEIGHT * (1 - CANARY_WEIGHT) / max(1, answered))
+            + 0.05
+        )
+        window = self.canary_window(first, last)
+        if share > allowed:
+            self.broke(
+                "canary",
+                f"{service} version {version} answered {share:.0%} of {answered} requests "
+                f"(its weight allows {allowed:.0%})",
+                once=f"share:{key}",
+            )
+        if last - first > window:
+            self.broke(
+                "canary",
+                f"{service} version {version} answered 5xx for {last - first:.0f}s "
+                f"(from t={self.journal.at(first):.0f}s; pause + analysis + faults allow "
+                f"{window:.0f}s)",
+                once=f"window:{key}",
+            )
+        return {
+            "answers": answered,
+            "bad": bad_answers,
+            "share": round(share, 3),
+            "allowedShare": round(allowed, 3),
+            "seconds": round(last - first, 1),
+            "allowedSeconds": round(window, 1),
+        }
 
     def canary_window(self, first: float, last: float) -> float:
         """How long a bad canary may answer: the pause, the analysis, the slack, and the

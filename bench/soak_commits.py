@@ -187,6 +187,21 @@ class Committer:
         with self._lock:
             return set(self._bad)
 
+    def introduced(self, service: str, version: str) -> list[float]:
+        """When (monotonic) each commit made ``version`` the effective one of ``service``
+        (again, after a revert or a commit that re-made the same label)."""
+        with self._lock:
+            history = list(self.history)
+        starts = []
+        before: str | None = None
+        for c in history:
+            svc = c.effective.service(service)
+            now = svc.version_label if svc is not None else None
+            if now == version and before != version:
+                starts.append(c.at)
+            before = now
+        return starts
+
     def surge_bound(self, service: str, now: float) -> int | None:
         """The most replicas ``service`` may run now (see SURGE_WINDOW)."""
         with self._lock:

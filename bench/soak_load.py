@@ -163,6 +163,10 @@ class Load:
             if thread.ident is not None:
                 thread.join(REQUEST_TIMEOUT + 5)
 
+    def bucket_of(self, monotonic: float) -> int:
+        """The per-version count bucket a moment falls in."""
+        return int((monotonic - self.started) // BUCKET)
+
     @property
     def total(self) -> int:
         with self._lock:
@@ -249,7 +253,7 @@ class Load:
         error: str | None = None,
     ) -> None:
         end = time.monotonic()
-        bucket = int((end - self.started) // BUCKET)
+        bucket = self.bucket_of(end)
         phase = self.targets.phase(target.service) or target.phase
         if status is not None and 200 <= status < 300:
             with self._lock:

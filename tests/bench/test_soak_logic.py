@@ -12,7 +12,7 @@ import pytest
 from soak_checks import Checks
 from soak_commits import Committer
 from soak_faults import Injected
-from soak_load import Failure, Targets
+from soak_load import Failure, Load, Targets
 from soak_plan import DOCKER_ONLY, fault_kinds, make_plan
 from soak_rig import GitRemote, Journal, World
 from soak_shop import COMMIT_KINDS, Ports, initial_shop, next_change
@@ -203,3 +203,44 @@ def test_the_load_tells_failures_by_name() -> None:
     assert _name(ConnectionResetError()) == "reset"
     assert _name(TimeoutError()) == "timeout"
     assert random.Random("x").random() == random.Random("x").random()
+
+
+def _canary_checks(tmp_path: Path, ends: list[float], introduced: list[float]) -> Checks:
+    """Checks over a load that saw a bad version answer 5xx at ``ends`` (monotonic),
+    beside 4 good answers for each bad one, the version made at ``introduced``."""
+    load = Load(Targets(lambda: 0), 1.0, {})
+    load.started = 0.0
+    for end in ends:
+        load.tally.failures.append(
+            _failure(service="web", status=500, version="5-errors", start=end - 0.05, end=end)
+        )
+        bucket = load.tally.versions[("web", load.bucket_of(end))]
+        bucket["5-errors"] += 1
+        bucket["4"] += 4
+    return Checks(
+        Journal(tmp_path / "journal.jsonl"),
+        load,
+        SimpleNamespace(done=[]),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        lambda: None,
+        surge_bound=lambda s, t: None,
+        trace=lambda s, labels, env: None,
+        labels_of=dict,
+        bad_versions=lambda: {"5-errors"},
+        introduced=lambda service, version: introduced,
+    )
+
+
+def test_a_bad_version_made_again_is_a_new_canary(tmp_path: Path) -> None:
+    """A revert that makes a failed canary's version again starts a new canary: the two
+    episodes are judged apart (seed 7 once reported them as one 79 s window)."""
+    twice = [*range(160, 170), *range(230, 240)]
+    checks = _canary_checks(tmp_path, [float(t) for t in twice], [155.0, 215.0])
+    report = checks.canary_checks()
+    assert set(report) == {"web@5-errors#1", "web@5-errors#2"}
+    assert checks.breaks == []
+    # One episode that lasts too long is still a break.
+    long = _canary_checks(tmp_path, [float(t) for t in range(160, 260, 5)], [155.0])
+    long.canary_checks()
+    assert [b.invariant for b in long.breaks] == ["canary"]
