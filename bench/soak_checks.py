@@ -25,7 +25,9 @@ word alone):
   - ``proxy-worker-kill``: a connection-level failure of a request in flight on the
     moment a proxy worker was SIGKILLed;
   - ``replica-kill``: a 502 to a POST in flight on the moment a replica of that service
-    was SIGKILLed (a GET is sent again by the proxy, a POST may not be);
+    was SIGKILLed, until the kernel had torn it down (a loaded machine takes a while, and
+    until then its listening socket still accepts connections); a GET is sent again by
+    the proxy, a POST may not be;
   - ``sole-replica``: a 502 or 503 of a service whose only ready replica was killed or
     stopped, until a replacement is ready (``SOLE_REPLICA_BOUND``) or it continues: with
     one replica there is nothing else to send the request to.
@@ -410,11 +412,10 @@ class Checks:
 
 
 def _in_flight_at(failure: Failure, fault: Injected) -> bool:
-    """The request was on its way when the fault struck, and ended soon after."""
-    return (
-        failure.start <= fault.start + 0.1
-        and fault.start - 0.1 <= failure.end <= fault.start + KILL_TAIL
-    )
+    """The request was on its way when the fault struck (between the SIGKILL and the end
+    of the killed process), and ended soon after."""
+    gone = fault.gone if fault.gone is not None else fault.start
+    return failure.start <= gone + 0.1 and fault.start - 0.1 <= failure.end <= gone + KILL_TAIL
 
 
 __all__ = ["Break", "Checks", "UP"]

@@ -47,6 +47,7 @@ class Injected:
     target: str = ""  # the service, replica, port... it hit
     detail: str = ""
     back: float | None = None  # proxy-kill: when a new proxy answered
+    gone: float | None = None  # kills: when the killed process had ended (its sockets shut)
     skipped: str = ""  # why nothing was injected (no candidate)
     others_ready: int = -1  # replica faults: other replicas of the service answering
 
@@ -160,7 +161,10 @@ class Faults:
             return
         pid = workers[min(len(workers) - 1, int(planned.draws[0] * len(workers)))]
         fault.target = f"worker pid {pid}"
+        fault.start = time.monotonic()
         signal_pid(pid, signal.SIGKILL)
+        fault.gone = _gone(pid)
+        fault.detail = f"gone {fault.gone - fault.start:.2f}s after SIGKILL"
 
     def _proxy_stop(self, planned: Planned, fault: Injected) -> None:
         pid = self.plane.coordinator()
@@ -197,7 +201,10 @@ class Faults:
     def _replica_kill(self, planned: Planned, fault: Injected) -> None:
         pid = self._replica(planned, fault)
         if pid is not None:
+            fault.start = time.monotonic()  # the kill itself, after choosing the replica
             signal_pid(pid, signal.SIGKILL)
+            fault.gone = _gone(pid)
+            fault.detail += f", gone {fault.gone - fault.start:.2f}s after SIGKILL"
 
     def _replica_stop(self, planned: Planned, fault: Injected) -> None:
         pid = self._replica(planned, fault)
@@ -264,6 +271,20 @@ class Faults:
 
     def proxy_gone_pids(self) -> list[int]:
         return [p for p in (self.plane.coordinator(),) if p is not None and not alive(p)]
+
+
+#: Longest wait for a killed process to end (a break beyond it is not this module's).
+GONE_WAIT = 10.0
+
+
+def _gone(pid: int) -> float:
+    """When ``pid`` had ended after a SIGKILL (a zombie has closed its sockets). On a
+    loaded machine the kernel takes a while to tear a process down, and until then it
+    still accepts connections into its listening socket's queue."""
+    deadline = time.monotonic() + GONE_WAIT
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return time.monotonic()
 
 
 def _ready(port: str | None) -> bool:

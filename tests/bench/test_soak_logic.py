@@ -146,6 +146,18 @@ def _failure(**kw: object) -> Failure:
             None,
         ),
         (_failure(), Injected("replica-kill", 100.02, 100.02, "web", others_ready=1), None),
+        # sent after the SIGKILL, while the kernel was still tearing the replica down
+        # (seed 11: 0.19 s after it on a machine loaded to 16), then after it had ended
+        (
+            _failure(start=100.2, end=100.3),
+            Injected("replica-kill", 100.0, 100.4, "api", others_ready=2, gone=100.4),
+            "replica-kill",
+        ),
+        (
+            _failure(start=100.6, end=100.7),
+            Injected("replica-kill", 100.0, 100.4, "api", others_ready=2, gone=100.4),
+            None,
+        ),
         (
             _failure(start=103.0, end=103.1),
             Injected("replica-kill", 100.02, 100.02, "api", others_ready=1),
