@@ -15,7 +15,8 @@ Which services are expected to answer (:class:`Targets`): a service is *pending*
 commit that adds it until it has answered 2xx after the daemon moved to that commit (a
 refused connection or a 503 meanwhile is not a failure), *up* from then on (every
 failure is judged), and *leaving* from the commit that removes it (a refused connection
-is then the expected end, anything else is judged). A 418 comes from the soak's own
+is then the expected end, anything else is judged; a service removed before it was ever
+up may still answer 503 until the daemon prunes it, as while it was pending). A 418 comes from the soak's own
 foreign process holding a port (the port-taken fault), never from gitorch.
 """
 
@@ -61,6 +62,7 @@ class Target:
     phase: str
     since_index: int  # the commit (index) that added it: up only once the daemon has it
     removed_at: float | None = None
+    was_up: bool = False  # leaving: it had been up (served) before its removal
 
 
 class Targets:
@@ -82,6 +84,7 @@ class Targets:
         with self._lock:
             current = self._targets.get(service)
             if current is not None and current.phase != LEAVING:
+                current.was_up = current.phase == UP
                 current.phase = LEAVING
                 current.removed_at = time.monotonic()
 
@@ -97,6 +100,11 @@ class Targets:
         with self._lock:
             target = self._targets.get(service)
             return target.phase if target else None
+
+    def was_up(self, service: str) -> bool:
+        with self._lock:
+            target = self._targets.get(service)
+            return target is not None and target.was_up
 
     def answered(self, service: str) -> None:
         """A 2xx came: a pending service whose commit the daemon has is up."""
@@ -255,6 +263,7 @@ class Load:
         end = time.monotonic()
         bucket = self.bucket_of(end)
         phase = self.targets.phase(target.service) or target.phase
+        never_up = phase == LEAVING and not self.targets.was_up(target.service)
         if status is not None and 200 <= status < 300:
             with self._lock:
                 self.tally.ok += 1
@@ -269,7 +278,7 @@ class Load:
             with self._lock:
                 self.tally.ignored["pending"] += 1
             return
-        if phase == LEAVING and (error == "refused" or status == 418):
+        if phase == LEAVING and (not_there if never_up else (error == "refused" or status == 418)):
             with self._lock:
                 self.tally.ignored["leaving"] += 1
             self.targets.refused_long(target.service, 20.0)

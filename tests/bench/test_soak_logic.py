@@ -5,6 +5,7 @@ fail, and its excuse rules excuse only what they say."""
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -256,3 +257,20 @@ def test_a_bad_version_made_again_is_a_new_canary(tmp_path: Path) -> None:
     long = _canary_checks(tmp_path, [float(t) for t in range(160, 260, 5)], [155.0])
     long.canary_checks()
     assert [b.invariant for b in long.breaks] == ["canary"]
+
+
+@pytest.mark.parametrize(("served", "judged"), [(False, 0), (True, 1)])
+def test_a_service_removed_before_it_was_up_may_answer_503(served: bool, judged: int) -> None:
+    """Seed 2026: extra3 was added while the remote was away and removed 5 s after it came
+    back, before it had a ready replica; its 503s until the prune were judged as breaks.
+    A service that had served is still judged on anything but a refused connection."""
+    targets = Targets(lambda: 5)
+    targets.expect("extra3", 18013, 3)
+    if served:
+        targets.answered("extra3")
+    targets.leave("extra3")
+    load = Load(targets, 1.0, {})
+    target = targets.snapshot()[0]
+    load._record(target, "post", time.monotonic(), status=503, body="no backend available")
+    load._record(target, "fresh", time.monotonic(), error="refused")
+    assert len(load.tally.failures) == judged
