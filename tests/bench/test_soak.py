@@ -33,7 +33,8 @@ CI_COMMIT_KINDS = {"errors-canary", "never-ready", "invalid", "revert", "mass-pr
 
 def soak(tmp_path: Path, *args: str, timeout: float) -> tuple[int, str, dict[str, Any]]:
     report = tmp_path / f"report-{len(list(tmp_path.iterdir()))}.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # TMPDIR: the soak folder a break keeps (logs, journal) goes with the test's tmp_path.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, str(SOAK), "--quiet", "--report", str(report), *args],
         capture_output=True,
