@@ -16,7 +16,7 @@ commit that adds it until it has answered 2xx after the daemon moved to that com
 refused connection or a 503 meanwhile is not a failure), *up* from then on (every
 failure is judged), and *leaving* from the commit that removes it (a refused connection
 is then the expected end, anything else is judged; a service removed before it was ever
-up may still answer 503 until the daemon prunes it, as while it was pending). A 418 comes from the soak's own
+up is judged as while it was pending). A 418 comes from the soak's own
 foreign process holding a port (the port-taken fault), never from gitorch.
 """
 
@@ -273,12 +273,15 @@ class Load:
             self.targets.answered(target.service)
             return
         what = error or f"HTTP {status}"
-        not_there = error == "refused" or status in (503, 418)
-        if phase == PENDING and (not_there or error in ("reset", "empty reply")):
+        # Not served yet: refused, no backend, the foreign holder of its port (418), or
+        # that holder ending with the connection open (the port-taken fault's end).
+        not_served = error in ("refused", "reset", "empty reply") or status in (503, 418)
+        if phase == PENDING and not_served:
             with self._lock:
                 self.tally.ignored["pending"] += 1
             return
-        if phase == LEAVING and (not_there if never_up else (error == "refused" or status == 418)):
+        gone = error == "refused" or status == 418
+        if phase == LEAVING and (not_served if never_up else gone):
             with self._lock:
                 self.tally.ignored["leaving"] += 1
             self.targets.refused_long(target.service, 20.0)
