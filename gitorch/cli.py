@@ -42,6 +42,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("proxy", "proxy", "the data plane as its own long-lived process: run, restart, status, stop"),
     ("status", "status", "services, replicas, versions, rollout phase, nodes, last error"),
     ("nodes", "nodes", "nodes, capacity, allocation, conditions"),
+    ("volumes", "volumes", "volumes: node, access mode, size, users, phase; --reset a missing one"),
     (
         "drain",
         "drain",
@@ -55,6 +56,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "every applied revision: commit, author, signer, time, result, trigger, summary",
     ),
     ("logs", "logs", "a service's output: live replicas, or --previous: the last dead ones"),
+    ("audit", "audit", "the audit log: who did what, when; --verify proves it was not edited"),
 )
 
 

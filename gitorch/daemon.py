@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -29,8 +30,11 @@ from gitorch.api.server import ApiServer, parse_listen
 from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import TrafficCollector
 from gitorch.api.webhook import WebhookSecret
+from gitorch.apply.bookkeeping import Bookkeeper, actor_of
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
-from gitorch.apply.session import Session, SessionOptions, commit_meta
+from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
+from gitorch.dashboard import Dashboard
+from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import GitorchError, ManifestInvalid
 from gitorch.live import observe
@@ -40,8 +44,11 @@ from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.history import history_json
+from gitorch.readmodel.logs import retained_json
 from gitorch.readmodel.status import status_json
 from gitorch.sources import Source, open_source
+from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
+from gitorch.state import RecordNotFound
 from gitorch.state.layout import DAEMON_FILE
 from gitorch.state.requests import request_action
 
@@ -59,9 +66,12 @@ class DaemonOptions:
     listen: str = "127.0.0.1:7420"
     webhook_secret: WebhookSecret | None = None
     api_tokens: TokenSet | None = None  # bearer auth of the API (None: open, loopback only)
-    api_insecure: bool = False  # allow an open API on a non-loopback address
+    api_insecure: bool = False  # allow an open (or plain-HTTP) API on a non-loopback address
+    api_tls: ssl.SSLContext | None = None  # HTTPS for the API (--tls-cert/--tls-key)
     watch: bool = True  # react at once to commits in a local checkout
     allow_mass_prune: bool = False  # apply a revision that removes most services
+    # --verify-commits: only commits signed by these keys are applied (None: any commit).
+    signature_policy: SignaturePolicy | None = None
     # Store each route's per-version traffic this often, for `gitorch status` without a
     # daemon (one small transaction: see the measured cost in docs/architecture.md).
     traffic_interval: float = 2.0
@@ -92,9 +102,11 @@ class Daemon:
         self.loader = ManifestLoader(
             reserved_ports={
                 listen_port: f"this gitorch daemon's API and webhook (--listen {options.listen})"
-            }
+            },
+            allowed_host_paths=[str(p) for p in options.session.allowed_host_paths],
         )
         self.api: ApiServer | None = None
+        self.dashboard: Dashboard | None = None
         self.traffic: TrafficMeter | None = None
         self._next_traffic_write = 0.0
         # One pass at a time: the API's plan observes and decides with the same
@@ -116,12 +128,17 @@ class Daemon:
             self.traffic = _traffic_meter(session, opts.session.data_plane)
             self.metrics.add_collector(TrafficCollector(self.traffic.read))
             self._write_daemon_file()
+            self.dashboard = Dashboard(
+                self, opts.api_tokens, secure_cookie=opts.api_tls is not None, repo=opts.repo
+            )
             self.api = ApiServer(
                 self,
                 opts.listen,
                 webhook_secret=opts.webhook_secret,
                 tokens=opts.api_tokens,
                 insecure=opts.api_insecure,
+                tls=opts.api_tls,
+                app=self.dashboard,
             )
             self.api.start()
             watcher = self._start_watcher()
@@ -136,6 +153,7 @@ class Daemon:
                 self._write_traffic()  # status keeps the last figures (and shows their age)
                 if watcher is not None:
                     watcher.__exit__(None, None, None)
+                self.dashboard.close()
                 self.api.stop()
                 (opts.session.state_dir / DAEMON_FILE).unlink(missing_ok=True)
 
@@ -206,12 +224,22 @@ class Daemon:
             sha = self.source.resolve(opts.ref)
             if sha == self._seen_sha:
                 return
+            verdict = (
+                self.source.verify(sha, opts.signature_policy)
+                if opts.signature_policy is not None
+                else None
+            )
+            if verdict is not None and not verdict.trusted:
+                with self._lock:
+                    self._seen_sha = sha
+                self._untrusted(verdict, trigger)
+                return
             snapshot = self.source.snapshot(sha, opts.path)
             desired = load_desired(snapshot, self.loader)
         except ManifestInvalid as exc:
             with self._lock:
                 self._seen_sha = sha
-            self._invalid(sha, exc)
+            self._invalid(sha, exc, commit_meta(snapshot.revision, snapshot.commit))
             return
         except GitorchError as exc:
             self.metrics.source_fetch_errors_total.inc()
@@ -220,7 +248,9 @@ class Daemon:
             return
         with self._lock:
             self._seen_sha = sha
-        commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger)
+        commit = verified_commit(
+            replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger), verdict
+        )
         if self._refused(desired, commit):
             return
         with self._lock:
@@ -239,6 +269,7 @@ class Daemon:
         why = mass_prune(applied, desired.services)
         if why is None:
             return False
+        self._keep_last_good(desired.revision)
         applying = (self._commit.sha if self._commit else "nothing")[:12]
         message = f"revision {desired.revision[:12]} refused: {why}; still applying {applying}"
         self._set_error({"message": message, "revision": desired.revision})
@@ -249,8 +280,57 @@ class Daemon:
             )
         return True
 
-    def _invalid(self, sha: str, exc: ManifestInvalid) -> None:
+    def _untrusted(self, verdict: Verification, trigger: str) -> None:
+        """A commit the signed-commit policy refuses: never applied, said everywhere
+        (status, the log, history as ``refused``, the audit log); the last good one runs on."""
+        assert self.source is not None and self.session is not None
+        info = next(iter(self.source.history(verdict.sha, limit=1)), None)
+        commit = verified_commit(replace(commit_meta(verdict.sha, info), trigger=trigger), verdict)
+        self._keep_last_good(verdict.sha)
+        applying = (self._commit.sha if self._commit else "nothing")[:12]
+        message = f"{verdict.refusal}; still applying {applying}"
+        self._set_error({"message": message, "revision": verdict.sha})
+        log.error("%s", message, extra={"revision": verdict.sha})
+        Bookkeeper(self.session.store, DEFAULT_CRASH_LOOP).record_refused(
+            verdict.sha, commit, verdict.refusal, data=verdict.to_json()
+        )
+
+    def _keep_last_good(self, refused: str) -> None:
+        """A daemon that starts on a refused or invalid commit goes on with the last
+        revision it applied (so its endpoints are served again), checked by the same
+        policy; nothing when there is none."""
+        if self._desired is not None or self.session is None or self.source is None:
+            return
+        last = self.session.store.last_applied_revision()
+        if last is None or last.sha == refused:
+            return
+        opts = self.options
+        try:
+            verdict = (
+                self.source.verify(last.sha, opts.signature_policy)
+                if opts.signature_policy is not None
+                else None
+            )
+            if verdict is not None and not verdict.trusted:
+                log.error("the last applied revision is not trusted either: %s", verdict.refusal)
+                return
+            snapshot = self.source.snapshot(last.sha, opts.path)
+            desired = load_desired(snapshot, self.loader)
+        except GitorchError as exc:
+            log.error("cannot go on with the last applied revision: %s", exc.message)
+            return
+        trigger = f"daemon start: the last applied revision ({refused[:12]} was refused)"
+        commit = verified_commit(
+            replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger), verdict
+        )
+        with self._lock:
+            self._desired = desired
+            self._commit = commit
+        log.info("going on with the last applied revision %s", last.sha[:12])
+
+    def _invalid(self, sha: str, exc: ManifestInvalid, commit: CommitMeta) -> None:
         """An invalid revision: reported where people look; the last good one runs on."""
+        self._keep_last_good(sha)
         diagnostics = [str(d) for d in exc.diagnostics]
         # The one-line message names the first problem (PATH:LINE:COLUMN): status and
         # the API show it where people look; every problem is in "diagnostics".
@@ -273,6 +353,7 @@ class Daemon:
             f"{sha[:12]}: {len(diagnostics)} problem(s)",
             revision=sha,
             data={"diagnostics": diagnostics[:100]},
+            actor=actor_of(commit),
         )
 
     def _reconcile_once(self) -> float:
@@ -282,6 +363,9 @@ class Daemon:
             return self.options.resync
         started = time.monotonic()
         try:
+            # A secret's new value (a rotated file, re-encrypted in Git) changes the
+            # digests written here, hence the template digests: the services roll.
+            desired = self.session.secrets.resolve(desired)
             with self._pass_lock:
                 reconciler = self.session.reconciler_for(desired)
                 result = reconciler.reconcile(desired, commit)
@@ -306,6 +390,7 @@ class Daemon:
         )
         for svc in result.services:
             self.metrics.set_rollout_phase(svc.name, svc.phase)
+            self.metrics.set_health(svc.name, drift=svc.drift, failing=svc.failing)
             self.metrics.set_replicas(
                 svc.name, desired=svc.desired, ready=svc.ready, updated=svc.updated
             )
@@ -347,6 +432,8 @@ class Daemon:
             "path": self.options.path,
             "revision": self._commit.sha if self._commit else None,
             "lastError": self._last_error,
+            # `validate` and `plan` refuse the hostPaths this daemon would refuse.
+            "allowHostPaths": [str(p) for p in self.options.session.allowed_host_paths],
             "updatedAt": time.time(),
         }
         tmp = state / f".{DAEMON_FILE}.tmp"
@@ -364,6 +451,7 @@ class Daemon:
                 "reconcile.requested",
                 f"reconcile requested by token {actor}: {reason}",
                 data={"token": actor, "reason": reason},
+                actor=f"token:{actor}",
             )
         else:
             log.info("reconcile requested: %s", reason)
@@ -376,7 +464,9 @@ class Daemon:
         self, service: str, action: str, actor: str | None = None
     ) -> tuple[bool, str]:
         assert self.session is not None
-        accepted, message = request_action(self.session.store, service, action, actor)
+        # An API without tokens does not know who asked: "api".
+        who = f"token:{actor}" if actor is not None else "api"
+        accepted, message = request_action(self.session.store, service, action, who)
         if accepted and actor is not None:
             log.info("%s of %s requested by token %s", action, service, actor)
         return accepted, message
@@ -432,10 +522,50 @@ class Daemon:
         assert self.session is not None
         return history_json(self.session.store, service, limit)
 
+    def audit(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        assert self.session is not None
+        events = self.session.store.list_events(service=service, limit=limit, newest_first=True)
+        return [event.to_json() for event in events]
+
+    def dead_replicas(self, service: str, lines: int) -> list[dict[str, Any]]:
+        session = self.session
+        if session is None or session.reconciler is None:
+            return []
+        kept = []
+        for runtime in session.reconciler.runtimes.values():
+            try:
+                kept.extend(runtime.retained_logs(session.cluster, service))
+            except GitorchError:
+                continue  # a node that does not answer keeps its logs for later
+        kept.sort(key=lambda k: k.removed_at, reverse=True)
+        return [retained_json(k, lines) for k in kept[:10]]
+
+    def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
+        assert self.session is not None
+        store = self.session.store
+        who = f"token:{actor}" if actor is not None else "api"
+        verb = "draining" if draining else "schedulable again"
+        try:
+            with store.transaction():  # the change and its audit entry, or neither
+                store.set_draining(node, draining)
+                store.append_event(
+                    "node.drain" if draining else "node.uncordon",
+                    f"{node}: {verb} (by {who})",
+                    actor=who,
+                )
+        except RecordNotFound:
+            return False, f"no node named {node}"
+        return True, f"node {node} {verb}"
+
     def plan(self, ref: str | None) -> dict[str, Any]:
         assert self.source is not None and self.session is not None
         snapshot = self.source.snapshot(ref or self.options.ref, self.options.path)
-        desired = load_desired(snapshot, self.loader)
+        policy = self.options.signature_policy
+        if policy is not None:  # the API's plan honours the policy as `gitorch plan` does
+            verdict = self.source.verify(snapshot.revision, policy)
+            if not verdict.trusted:
+                raise CommitNotTrusted(verdict.refusal)
+        desired = self.session.secrets.resolve(load_desired(snapshot, self.loader))
         with self._pass_lock:
             return self.session.reconciler_for(desired).plan(desired).to_json()
 

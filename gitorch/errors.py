@@ -17,6 +17,7 @@ line instead of a traceback.
     │   ├── RefNotFound               branch, tag or commit unknown (or deleted)
     │   ├── PathNotFound              --path is not a folder in that commit
     │   ├── EmptyRepository           a repository with no commit yet
+    │   ├── CommitNotTrusted          (sources.verify) not signed by a key --verify-commits trusts
     │   └── GitFailed                 (sources._gitcmd) a git command failed
     ├── RuntimeDriverError            a node runtime (Docker engine, process driver)
     │   ├── EngineUnavailable         the engine does not answer (or timed out)
@@ -26,6 +27,8 @@ line instead of a traceback.
     │   ├── ReplicaStartFailed        the replica could not be started
     │   │   └── WorkingDirOutsideRoot (runtime.process) workingDir leaves the allowed root
     │   ├── ReplicaStopFailed         (runtime.process) a replica survived SIGKILL, or its cgroup stays
+    │   ├── VolumeError               a volume could not be made, found or removed
+    │   │   └── HostPathNotAllowed    a hostPath resolves outside the --allow-host-path dirs
     │   └── UnknownNode               (apply.health) a replica on a node with no runtime
     ├── StateError                    the embedded state store
     │   ├── StateLocked               another daemon owns this state directory
@@ -35,6 +38,7 @@ line instead of a traceback.
     │   ├── PortUnavailable           (state.errors) no free host port in the range
     │   └── RecordNotFound            (state.errors) no such record
     ├── PrometheusQueryFailed         (analysis.prometheus) a query gave no usable number
+    ├── SecretUnavailable             (secrets) a secret value cannot be read or decrypted
     ├── PlanError                     a plan cannot be computed or has changed
     │   └── PlanChanged               ``apply --expect-plan`` saw a different digest
     ├── HAProxyError                  (traffic.haproxy.errors) haproxy could not be started, reloaded or driven
@@ -47,7 +51,10 @@ line instead of a traceback.
         ├── WorkerError               (traffic.workers) a load-balancer worker failed or went silent
         ├── WireError                 (traffic.wire) a control message or data-plane file holds the wrong thing
         ├── TokenFileError            (api.auth) the API token file is unreadable, unsafe or malformed
-        └── ExposedApiError           (api.auth) an open API on a non-loopback --listen without --api-insecure
+        ├── PolicyConfigError         (sources.verify) --trusted-keys / --allowed-signers unusable
+        ├── AgeKeyError               (secrets) --age-key unreadable, readable by others, or empty
+        ├── ExposedApiError           (api.auth) a non-loopback --listen without tokens or TLS, and no --api-insecure
+        └── TlsConfigError            (api.tls) the API's certificate or key cannot be used
 """
 
 from __future__ import annotations
@@ -157,6 +164,14 @@ class InstanceNotFound(RuntimeDriverError):
 
 class ReplicaStartFailed(RuntimeDriverError):
     """A replica could not be created or started."""
+
+
+class VolumeError(RuntimeDriverError):
+    """A volume could not be made, found or removed on a node."""
+
+
+class HostPathNotAllowed(VolumeError):
+    """A Volume's hostPath resolves (symlinks followed) outside the allowed directories."""
 
 
 class StateError(GitorchError):

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Build the example shop's images from nothing but a static busybox and docker:
 #   gitorch-example/web:1  gitorch-example/web:2  gitorch-example/api:1
-#   gitorch-example/api:2  gitorch-example/worker:1
+#   gitorch-example/api:2  gitorch-example/worker:1  gitorch-example/counter:1
 # Idempotent and fast: docker's layer cache makes a rebuild take well under a second per
 # image. Works from any directory; needs only the busybox-static and docker.io packages.
 #
@@ -52,3 +52,4 @@ build web 2
 build api 1
 build api 2
 build worker 1
+build counter 1

@@ -46,7 +46,8 @@ class TokenFileError(ConfigError):
 
 
 class ExposedApiError(ConfigError):
-    """The API would listen beyond loopback with no token file and no ``--api-insecure``."""
+    """The API would listen beyond loopback without a token file or without TLS, and no
+    ``--api-insecure`` was given."""
 
 
 class Role(enum.IntEnum):
@@ -283,15 +284,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, tokens: TokenSet | None, insecure: bool) -> None:
-    """Refuse to serve an unauthenticated API beyond loopback unless told so explicitly."""
-    if tokens is not None or insecure or is_loopback(host):
+def check_exposure(
+    host: str, tokens: TokenSet | None, insecure: bool, *, tls: bool = False
+) -> None:
+    """Refuse to serve the API beyond loopback without authentication or without TLS
+    (tokens would cross the network in clear) unless told so explicitly (``insecure``)."""
+    if insecure or is_loopback(host):
         return
-    raise ExposedApiError(
-        f"refusing to serve the API on {host} without authentication: anyone who can reach "
-        "it could abort rollouts and read status",
-        detail=(
-            "give --api-token-file FILE (see docs/cli-api.md),",
-            "or listen on 127.0.0.1, or pass --api-insecure to accept an open API",
-        ),
-    )
+    if tokens is None:
+        raise ExposedApiError(
+            f"refusing to serve the API on {host} without authentication: anyone who can reach "
+            "it could abort rollouts and read status",
+            detail=(
+                "give --api-token-file FILE and --tls-cert/--tls-key (see docs/cli-api.md),",
+                "or listen on 127.0.0.1, or pass --api-insecure to accept an open API",
+            ),
+        )
+    if not tls:
+        raise ExposedApiError(
+            f"refusing to serve the API on {host} without TLS: its bearer tokens would cross "
+            "the network in clear",
+            detail=(
+                "give --tls-cert FILE --tls-key FILE (see docs/cli-api.md),",
+                "or listen on 127.0.0.1, or pass --api-insecure to accept plain HTTP",
+            ),
+        )

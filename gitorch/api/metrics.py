@@ -83,12 +83,16 @@ class _ServiceGauges:
         self._lock = threading.Lock()
         self.phases: dict[str, str] = {}
         self.replicas: dict[str, tuple[int, int, int]] = {}
+        self.drift: dict[str, int] = {}
+        self.failing: dict[str, bool] = {}
         self.revision: str | None = None
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             phases = dict(self.phases)
             replicas = dict(self.replicas)
+            drift = dict(self.drift)
+            failing = dict(self.failing)
             revision = self.revision
         phase = GaugeMetricFamily(
             "gitorch_rollout_phase",
@@ -109,6 +113,22 @@ class _ServiceGauges:
             for state, value in (("desired", desired), ("ready", ready), ("updated", updated)):
                 counts.add_metric([service, state], value)
         yield counts
+        drifted = GaugeMetricFamily(
+            "gitorch_drift_left",
+            "Drift items a service's policy (drift: warn) leaves alone, seen by the last pass.",
+            labels=["service"],
+        )
+        for service, count in sorted(drift.items()):
+            drifted.add_metric([service], count)
+        yield drifted
+        failed = GaugeMetricFamily(
+            "gitorch_service_failing",
+            "1 while a failure of the service itself (a port it cannot bind) backs off.",
+            labels=["service"],
+        )
+        for service, value in sorted(failing.items()):
+            failed.add_metric([service], 1 if value else 0)
+        yield failed
         info = GaugeMetricFamily(
             "gitorch_revision_info",
             "The Git revision last applied (value always 1).",
@@ -199,11 +219,19 @@ class Metrics:
         with self._services._lock:
             self._services.replicas[service] = (desired, ready, updated)
 
+    def set_health(self, service: str, *, drift: int, failing: bool) -> None:
+        """Drift left alone and the service's own failure, as the last pass saw them."""
+        with self._services._lock:
+            self._services.drift[service] = drift
+            self._services.failing[service] = failing
+
     def forget_service(self, service: str) -> None:
         """Drop every series of a service that is no longer in Git."""
         with self._services._lock:
             self._services.phases.pop(service, None)
             self._services.replicas.pop(service, None)
+            self._services.drift.pop(service, None)
+            self._services.failing.pop(service, None)
 
     def set_revision(self, revision: str) -> None:
         """Only the revision last applied has a series."""

@@ -17,18 +17,20 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from gitorch.api import DaemonHandle
 from gitorch.api.auth import Denial, TokenSet, authorize, check_exposure
 from gitorch.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gitorch.api.tls import handshake
 from gitorch.api.webhook import WebhookSecret, handle_delivery
 from gitorch.errors import (
     ConfigError,
@@ -61,10 +63,14 @@ JSON_TYPE = "application/json"
 
 @dataclass(frozen=True)
 class Response:
+    """One answer. ``stream`` (server-sent events): chunks written as they come, after
+    ``body``, until the iterator ends or the client goes away; no Content-Length."""
+
     status: int
     body: bytes
     content_type: str = JSON_TYPE
     headers: tuple[tuple[str, str], ...] = ()
+    stream: Iterator[bytes] | None = None
 
 
 def json_response(status: int, value: Any, *headers: tuple[str, str]) -> Response:
@@ -115,6 +121,19 @@ class Request:
 Route = Callable[[Request], Response]
 
 
+class MountedApp(Protocol):
+    """Pages served beside the API on the same address (the dashboard): the API server
+    hands them every path they claim, and they authorize requests themselves."""
+
+    def methods(self, path: str) -> tuple[str, ...] | None:
+        """The methods of ``path``, or None when the app does not serve it."""
+        ...
+
+    def serve(self, request: Request) -> Response:
+        """Answer one request for a path the app claims."""
+        ...
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all interfaces) as (host, port)."""
     host, sep, port_text = listen.rpartition(":")
@@ -144,13 +163,32 @@ class _Server(ThreadingHTTPServer):
         self.api = api
         super().__init__(address, _Handler)
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        context = self.api.tls
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        # The TLS handshake runs here, on the connection's own thread: a silent client
+        # holds this thread (for REQUEST_TIMEOUT at most), never the accept loop.
+        try:
+            wrapped = handshake(context, request, REQUEST_TIMEOUT)
+        except OSError as exc:  # ssl.SSLError included: plain HTTP, a bad client hello
+            log.debug("TLS handshake failed from %s: %s", client_address[0], exc)
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            self.shutdown_request(wrapped)
+
 
 class ApiServer:
     """The HTTP API of a running daemon.
 
     ``webhook_secret=None`` disables ``POST /api/v1/webhook`` (403 with a message).
-    ``tokens`` turns on bearer authentication (gitorch.api.auth); without it, a
-    non-loopback ``listen`` is refused (ConfigError) unless ``insecure`` is True.
+    ``tokens`` turns on bearer authentication (gitorch.api.auth) and ``tls`` (a server
+    context from :mod:`gitorch.api.tls`) HTTPS; without both, a non-loopback ``listen`` is
+    refused (ConfigError) unless ``insecure`` is True. ``app`` (the dashboard) serves the
+    paths it claims that no API route has.
     """
 
     def __init__(
@@ -161,13 +199,17 @@ class ApiServer:
         webhook_secret: WebhookSecret | None = None,
         tokens: TokenSet | None = None,
         insecure: bool = False,
+        tls: ssl.SSLContext | None = None,
+        app: MountedApp | None = None,
     ) -> None:
         self.handle = handle
+        self.app = app
         self.listen = listen
         self.webhook_secret = webhook_secret
         self.tokens = tokens
+        self.tls = tls
         self._bind = parse_listen(listen)
-        check_exposure(self._bind[0], tokens, insecure)
+        check_exposure(self._bind[0], tokens, insecure, tls=tls is not None)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._routes: dict[str, dict[str, Route]] = {
@@ -203,7 +245,13 @@ class ApiServer:
         )
         self._thread.start()
         host, port = self.address
-        log.info("API listening on %s:%d", host, port, extra={"listen": f"{host}:{port}"})
+        log.info(
+            "API listening on %s:%d%s",
+            host,
+            port,
+            " (TLS)" if self.tls is not None else "",
+            extra={"listen": f"{host}:{port}", "tls": self.tls is not None},
+        )
 
     def stop(self) -> None:
         """Stop accepting requests and close the socket (idempotent)."""
@@ -234,17 +282,22 @@ class ApiServer:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     # -- dispatch ----------------------------------------------------------------------
 
     def allowed(self, path: str) -> tuple[str, ...] | None:
         """Methods of ``path``, or None when no such route exists."""
         methods = self._routes.get(_route_of(path))
-        return None if methods is None else tuple(sorted(methods))
+        if methods is None:
+            return self.app.methods(path) if self.app is not None else None
+        return tuple(sorted(methods))
 
     def dispatch(self, request: Request) -> Response:
         route_name = _route_of(request.path)
+        if route_name not in self._routes and self.app is not None:
+            return self.app.serve(request)
         decision = authorize(
             self.tokens, request.method, route_name, request.headers, path=request.path
         )
@@ -487,16 +540,26 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
+            if response.stream is None:
+                self.send_header("Content-Length", str(len(response.body)))
             self.send_header("Cache-Control", "no-store")
             for name, value in response.headers:
                 self.send_header(name, value)
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
+            if self.command == "HEAD":
+                return
+            self.wfile.write(response.body)
+            if response.stream is not None:
+                self.close_connection = True
+                for chunk in response.stream:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
         except OSError:
             # The client went away; nothing to answer to.
             self.close_connection = True
+        finally:
+            if response.stream is not None and hasattr(response.stream, "close"):
+                response.stream.close()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         # http.server would print to stderr; requests are logged once in _serve instead.

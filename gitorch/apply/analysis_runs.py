@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
+from typing import Any
 
 from gitorch.analysis import AnalysisRun, Measurement, RunPhase, advance, measure, resume
 from gitorch.analysis import MeasurementPhase as AnalysisMeasurementPhase
@@ -35,6 +36,7 @@ from gitorch.state import (
 from gitorch.strategies.machine import AnalysisRequest, AnalysisStatus
 from gitorch.traffic.figures import VersionFigures, empty_histogram
 from gitorch.traffic.table import DataPlane
+from gitorch.traffic.wire import version_figures_from_json, version_figures_to_json
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,18 @@ class AnalysisRunner:
         ]
         verdict = (RunPhase(stored.phase.value), stored.message) if stored.done else None
         run = resume(request.analysis, stored.started_at, taken, now, verdict=verdict)
-        # The next window starts now: these are this process's figures so far.
-        return _Run(entry, stored.id, request, run, self._figures(service))
+        if stored.window_figures is not None:
+            # Resumed: the window goes on from the figures of the last measurement (or
+            # of the run's start), so what the data plane served while no daemon ran is
+            # judged; a data plane whose counting began again since marks the window.
+            last = {
+                version: version_figures_from_json(raw)
+                for version, raw in stored.window_figures.items()
+            }
+        else:
+            last = self._figures(service)
+            self.store.set_analysis_window(stored.id, _window_json(last))
+        return _Run(entry, stored.id, request, run, last)
 
     def _store_progress(
         self,
@@ -198,6 +210,7 @@ class AnalysisRunner:
             self.store.conclude_analysis_run(
                 state.run_id, AnalysisRunPhase(run.phase.value), run.message, at=now
             )
+            self.store.set_analysis_window(state.run_id, _window_json(state.last))
 
     def _measure(
         self, service: str, request: AnalysisRequest, state: _Run, taken: list[Measurement]
@@ -218,6 +231,10 @@ class AnalysisRunner:
         state.last = current
         taken.append(result)
         return result
+
+
+def _window_json(figures: Mapping[str, VersionFigures]) -> dict[str, Any]:
+    return {version: version_figures_to_json(f) for version, f in figures.items()}
 
 
 def _phase(phase: MeasurementPhase) -> AnalysisMeasurementPhase:

@@ -12,10 +12,14 @@ Rules that keep history truthful:
   is Degraded or cannot serve its endpoint.
 * **One transaction per service** for its record, its inventory entry, its back-off and its
   events: a reader (or a crash) never sees one without the others.
+* **Every audit entry names its actor** (:func:`actor_of`): what a commit brought (its
+  revision's entries, rollouts, prunes) names the commit's verified signer, else its
+  author; what gitorch did on its own (a restart, drift, a failure) names ``gitorch``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,10 +29,13 @@ from gitorch.apply.execute import Execution
 from gitorch.decide import PassDecision, ServiceDecision
 from gitorch.decide.backoff import CrashLoop, describe, remaining
 from gitorch.decide.service import SERVICE_SLOT
+from gitorch.decide.volumes import VolumeDecision
 from gitorch.diff.compute import compute_plan
+from gitorch.diff.fields import FieldChange
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Node, Volume
 from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, StateStore
+from gitorch.state.audit_chain import SYSTEM_ACTOR
 
 log = logging.getLogger("gitorch.reconciler")
 
@@ -47,6 +54,22 @@ class CommitMeta:
     trigger: str = ""
 
 
+def actor_of(commit: CommitMeta | None) -> str:
+    """The audit actor of what ``commit`` brought: ``signer:IDENTITY`` when its signature
+    was verified, else ``author:NAME <EMAIL>`` (as the commit claims it)."""
+    if commit is None:
+        return SYSTEM_ACTOR
+    if commit.signer and not commit.signer.startswith("unverified"):
+        return f"signer:{commit.signer}"
+    if commit.author:
+        return f"author:{commit.author}"
+    return SYSTEM_ACTOR
+
+
+#: Audit entries of these kinds carry out a commit: their actor is the commit's.
+_COMMIT_EVENT_PREFIXES = ("revision.", "rollout.")
+
+
 @dataclass(frozen=True)
 class Started:
     """The revision being applied: its record id and the services it changes."""
@@ -62,6 +85,11 @@ class Bookkeeper:
         self.store = store
         self.crash_loop = crash_loop
         self._started: Started | None = None
+        self.actor = SYSTEM_ACTOR  # of the commit being applied (acting_for)
+
+    def acting_for(self, commit: CommitMeta | None) -> None:
+        """The commit this pass applies: its actor signs what the pass carries out."""
+        self.actor = actor_of(commit)
 
     # ------------------------------------------------------------------ revisions
 
@@ -94,6 +122,8 @@ class Bookkeeper:
                 "name": c.name,
                 "action": c.action,
                 "fields": [d.path for d in c.diff][:50],
+                # Values as the plan shows them: secrets already redacted by the diff.
+                "diff": [_recorded_change(d) for d in c.diff[:50]],
             }
             for c in plan.changes
         ]
@@ -120,6 +150,7 @@ class Bookkeeper:
                     "revision.no-changes",
                     f"{desired.revision[:12]} changes nothing that is applied",
                     revision=desired.revision,
+                    actor=actor_of(commit),
                 )
             else:
                 self.store.append_event(
@@ -127,6 +158,7 @@ class Bookkeeper:
                     f"applying {desired.revision[:12]}: {plan.summary['create']} to create, "
                     f"{plan.summary['update']} to update, {plan.summary['delete']} to delete",
                     revision=desired.revision,
+                    actor=actor_of(commit),
                 )
         if result is RevisionResult.NO_CHANGES:
             log.info("revision %s changes nothing", desired.revision[:12])
@@ -135,8 +167,15 @@ class Bookkeeper:
         self._started = Started(record.id, frozenset(services))
         return self._started
 
-    def record_refused(self, revision: str, commit: CommitMeta | None, reason: str) -> None:
-        """A revision a policy kept out (once per revision)."""
+    def record_refused(
+        self,
+        revision: str,
+        commit: CommitMeta | None,
+        reason: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A revision a policy kept out (once per revision); ``data`` goes with its audit
+        entry."""
         last = self.store.last_attempted_revision()
         if last is not None and last.sha == revision and last.result is RevisionResult.REFUSED:
             return
@@ -152,7 +191,11 @@ class Bookkeeper:
                 summary={"message": (commit.message if commit else "")[:500]},
             )
             self.store.append_event(
-                "revision.refused", f"{revision[:12]} refused: {reason}", revision=revision
+                "revision.refused",
+                f"{revision[:12]} refused: {reason}",
+                revision=revision,
+                data=data,
+                actor=actor_of(commit),
             )
 
     def revision_finished(
@@ -228,6 +271,7 @@ class Bookkeeper:
                 f"revision.{result.value}",
                 f"{desired.revision[:12]} {result.value}" + (f": {reason}" if reason else ""),
                 revision=desired.revision,
+                actor=self.actor,
             )
         log.info(
             "revision %s %s",
@@ -274,6 +318,9 @@ class Bookkeeper:
                     service=event.service,
                     revision=event.revision,
                     data=dict(event.data) if event.data is not None else None,
+                    actor=self.actor
+                    if event.kind.startswith(_COMMIT_EVENT_PREFIXES)
+                    else SYSTEM_ACTOR,
                 )
         for event in decision.events:
             if event.kind in ("rollout.rolled-back", "rollout.failed", "service.degraded"):
@@ -297,6 +344,76 @@ class Bookkeeper:
                 self.store.remove_node(name)
             elif kind == "Volume" and name not in desired.volumes:
                 self.store.forget_applied(kind, name)
+        for record in self.store.list_volumes():
+            # The records keep the Volume as Git says now: its reclaimPolicy rules once it
+            # has left Git. A released record is bound again by the pass, not here.
+            volume = desired.volumes.get(record.name)
+            if (
+                volume is not None
+                and record.released_at is None
+                and record.spec != volume.canonical
+            ):
+                self.store.bind_volume(record.name, record.node, volume.canonical)
+
+    # ------------------------------------------------------------------ volumes
+
+    def volumes_decided(
+        self, decision: VolumeDecision, desired: DesiredState, live: LiveState
+    ) -> None:
+        """What a pass decided about volumes, written before anything is executed: the
+        nodes volumes are bound to (a daemon killed next binds them the same), releases,
+        and volumes found missing (once) or back."""
+        known = {(r.name, r.node): r for records in live.volume_records.values() for r in records}
+        newly = [
+            m
+            for m in decision.missing
+            if (record := known.get((m.volume, m.node))) is not None and record.missing_at is None
+        ]
+        with self.store.transaction():
+            for bind in decision.binds:
+                volume = desired.volumes.get(bind.volume)
+                spec = volume.canonical if volume is not None else {}
+                self.store.bind_volume(bind.volume, bind.node, spec)
+                self.store.append_event(
+                    "volume.bound", f"volume {bind.volume} bound to {bind.node}: {bind.reason}"
+                )
+            for release in decision.releases:
+                self.store.release_volume(release.volume)
+                self.store.append_event(
+                    "volume.released",
+                    f"volume {release.volume} released, kept on {release.node}: {release.reason}",
+                )
+            for missing in newly:
+                self.store.volume_missing(missing.volume, missing.node)
+                self.store.append_event(
+                    "volume.missing",
+                    f"volume {missing.volume} is missing on {missing.node}: {missing.reason}",
+                )
+            for name, node in decision.found:
+                self.store.volume_created(name, node)
+                self.store.append_event("volume.found", f"volume {name} is on {node} again")
+        for missing in newly:
+            log.error(
+                "volume %s is missing on %s: %s", missing.volume, missing.node, missing.reason
+            )
+
+    def volumes_executed(self, execution: Execution, desired: DesiredState) -> None:
+        """Volumes made (recorded where they are) and deleted (forgotten)."""
+        with self.store.transaction():
+            for create in execution.volumes_created:
+                volume = desired.volumes.get(create.volume)
+                spec = volume.canonical if volume is not None else {}
+                self.store.bind_volume(create.volume, create.node, spec)
+                self.store.volume_created(create.volume, create.node)
+                self.store.append_event(
+                    "volume.created", f"volume {create.volume} on {create.node}: {create.reason}"
+                )
+            for delete in execution.volumes_deleted:
+                self.store.forget_volume(delete.volume, delete.node)
+                self.store.append_event(
+                    "volume.deleted",
+                    f"volume {delete.volume} and its data deleted on {delete.node}: {delete.reason}",
+                )
 
     def forget(self, service: str) -> None:
         """A pruned service whose replicas are all gone."""
@@ -305,7 +422,7 @@ class Bookkeeper:
             self.store.delete_rollout(service)
             self.store.clear_backoff(service)
             self.store.append_event(
-                "service.pruned", f"{service} left Git: removed", service=service
+                "service.pruned", f"{service} left Git: removed", service=service, actor=self.actor
             )
         log.info("pruned service %s", service, extra={"service": service})
 
@@ -393,3 +510,18 @@ def _serves(table: Any, service: str, decision: PassDecision) -> bool:
 def service_failures(backoff: Sequence[BackoffRecord]) -> dict[str, BackoffRecord]:
     """Services with a failure of their own (back-off slot 0)."""
     return {b.service: b for b in backoff if b.slot == SERVICE_SLOT}
+
+
+#: Longest value a history entry keeps of one field (a whole script is not history).
+_RECORDED_VALUE_CHARS = 500
+
+
+def _recorded_change(change: FieldChange) -> dict[str, Any]:
+    """One field change as history keeps it (long values cut, sensitive ones redacted)."""
+    entry = change.to_json()
+    for side in ("before", "after"):
+        value = entry.get(side)
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        if len(text) > _RECORDED_VALUE_CHARS:
+            entry[side] = text[:_RECORDED_VALUE_CHARS] + "…"
+    return entry

@@ -16,6 +16,10 @@ through the runtimes and the data plane, in an order that never fails a request:
    them, and a service never runs more replicas than its strategy allows;
 6. the table is published again without the stopped replicas.
 
+Volumes come first and last: the volumes decided are made before any replica starts (a
+volume that cannot be made fails the starts that need it on that node), and volumes
+decided for deletion are removed after the replicas have stopped.
+
 Every failure is caught where it happens and reported on the service it concerns (a
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
 broken service never stops the others. If the table cannot be published at all, no
@@ -36,15 +40,15 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from gitorch.apply.health import HealthMonitor
-from gitorch.apply.replicas import replica_spec
+from gitorch.apply.replicas import replica_spec, volume_spec
 from gitorch.decide import PassDecision, StartReplica, StopReplica
-from gitorch.decide.actions import Action
+from gitorch.decide.actions import Action, CreateVolume, DeleteVolume
 from gitorch.errors import GitorchError
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime.base import Runtime
+from gitorch.secrets import SecretValues
 from gitorch.traffic.discovery import service_env
 from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import DataPlane, RoutingTable
@@ -78,6 +82,10 @@ class Execution:
     errors: list[str] = field(default_factory=list)
     changes: int = 0  # replicas started, stopped or removed
     published: RoutingTable | None = None
+    volumes_created: list[CreateVolume] = field(default_factory=list)
+    volumes_deleted: list[DeleteVolume] = field(default_factory=list)
+    # (volume, node) -> why it could not be made: the starts needing it there fail.
+    volume_failures: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def service_of_route(route: str) -> str:
@@ -96,7 +104,7 @@ class Executor:
         dataplane: DataPlane,
         cluster: str,
         advertise_host: str = "127.0.0.1",
-        secrets_dir: Path | None = None,
+        secrets: SecretValues | None = None,
         drain_timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -105,7 +113,7 @@ class Executor:
         self.dataplane = dataplane
         self.cluster = cluster
         self.advertise_host = advertise_host
-        self.secrets_dir = secrets_dir
+        self.secrets = secrets
         self.drain_timeout = drain_timeout
         self.monotonic = monotonic
         self.published: RoutingTable | None = None
@@ -123,6 +131,8 @@ class Executor:
         their service backs off after failing to bind; ``table_without(gone)``: the
         table once the replicas in ``gone`` are stopped."""
         done = Execution()
+        for create in decision.volumes.creates:
+            self._create_volume(desired, create, done)
         stops = decision.stops()
         for stop in (s for s in stops if not s.drain):
             self._remove(stop, done)
@@ -155,6 +165,8 @@ class Executor:
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
             self._publish(after, held_routes, done)
+        for delete in decision.volumes.deletes:
+            self._delete_volume(delete, done)
         return done
 
     def _start_all(
@@ -170,6 +182,40 @@ class Executor:
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(starts)))) as pool:
             for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
                 pass
+
+    # ------------------------------------------------------------------ volumes
+
+    def _create_volume(self, desired: DesiredState, create: CreateVolume, done: Execution) -> None:
+        runtime = self.runtimes.get(create.node)
+        volume = desired.volumes.get(create.volume)
+        try:
+            if runtime is None:
+                raise GitorchError(f"node {create.node} has no runtime")
+            if volume is None:
+                raise GitorchError(f"volume {create.volume} is not in Git")
+            runtime.create_volume(volume_spec(volume), self.cluster)
+        except GitorchError as exc:
+            done.volume_failures[(create.volume, create.node)] = exc.message
+            done.errors.append(
+                f"volume {create.volume}: cannot make it on {create.node}: {exc.message}"
+            )
+            return
+        done.executed.append(create)
+        done.volumes_created.append(create)
+
+    def _delete_volume(self, delete: DeleteVolume, done: Execution) -> None:
+        runtime = self.runtimes.get(delete.node)
+        if runtime is None:
+            return
+        try:
+            runtime.remove_volume(delete.volume, self.cluster)
+        except GitorchError as exc:
+            done.errors.append(
+                f"volume {delete.volume}: cannot delete it on {delete.node}: {exc.message}"
+            )
+            return
+        done.executed.append(delete)
+        done.volumes_deleted.append(delete)
 
     # ------------------------------------------------------------------ replicas
 
@@ -190,13 +236,19 @@ class Executor:
         try:
             if runtime is None:
                 raise GitorchError(f"node {action.node} has no runtime")
+            for mount in target.volumes:
+                failed = done.volume_failures.get((mount.volume, action.node))
+                if failed is not None:
+                    raise GitorchError(f"volume {mount.volume} could not be made: {failed}")
             spec = replica_spec(
                 target,
                 action.slot,
                 cluster=self.cluster,
                 revision=service_decision.record.revision,
                 discovery=self._discovery(desired, target),
-                secrets_dir=self.secrets_dir,
+                volumes=desired.volumes,
+                secrets=self.secrets,
+                repo_secrets=desired.secrets,
             )
             instance = runtime.create(spec, self.cluster)
         except GitorchError as exc:

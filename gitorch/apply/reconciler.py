@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.apply.analysis_runs import AnalysisRunner, StepEntry
@@ -47,9 +46,11 @@ from gitorch.errors import GitorchError
 from gitorch.live import NodeTarget, observe
 from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
+from gitorch.runtime import sweep_secret_files
 from gitorch.runtime.base import Runtime
 from gitorch.scheduler import LEAST_ALLOCATED
-from gitorch.state import RolloutPhase, StateStore
+from gitorch.secrets import SecretValues
+from gitorch.state import BackoffRecord, RolloutPhase, StateStore
 from gitorch.traffic.table import DataPlane, RoutingTable
 
 __all__ = ["CommitMeta", "PassResult", "Reconciler", "ServiceProgress"]
@@ -85,7 +86,7 @@ class Reconciler:
         dataplane: DataPlane,
         cluster: str,
         advertise_host: str = "127.0.0.1",
-        secrets_dir: Path | None = None,
+        secrets: SecretValues | None = None,
         scoring: str = LEAST_ALLOCATED,
         drain_timeout: float = 10.0,
         node_grace: float = 30.0,
@@ -109,7 +110,7 @@ class Reconciler:
             dataplane=dataplane,
             cluster=cluster,
             advertise_host=advertise_host,
-            secrets_dir=secrets_dir,
+            secrets=secrets,
             drain_timeout=drain_timeout,
         )
         self.books = Bookkeeper(store, crash_loop)
@@ -132,6 +133,9 @@ class Reconciler:
         live = observe(self.targets, self.runtimes, self.cluster, self.store)
         live, lost = self.nodes.update(live)
         self._forget_vanished(live)
+        if not live.unknown_nodes:
+            # Secret files of replicas removed outside gitorch (tmpfs, until a reboot).
+            sweep_secret_files(self.cluster, {r.name for r in live.replicas()})
         self._track(desired, live)
         return _with_health(live, self.health), lost
 
@@ -177,6 +181,7 @@ class Reconciler:
         """One pass. Never raises for a single service's trouble: it is recorded on that
         service instead. ``expect_plan``: refuse (PlanChanged) unless this pass's plan has
         that digest; the pass then executes exactly that plan's actions."""
+        self.books.acting_for(commit)
         live, lost = self.observe(desired)
         now = max(self.clock(), live.observed_at)
         decision = self.decide(desired, live, lost, now)
@@ -188,6 +193,7 @@ class Reconciler:
         self.books.nodes_and_volumes(desired)
         # Write-ahead: what was decided is stored before it is carried out, so a daemon
         # killed in between decides the same again from the replicas it finds.
+        self.books.volumes_decided(decision.volumes, desired, live)
         saved = {name: self.books.save(d) for name, d in decision.services.items()}
         decision = replace(decision, services=MappingProxyType(saved))
 
@@ -198,6 +204,7 @@ class Reconciler:
             held_routes=held,
             table_without=lambda gone: self._table(desired, live, decision, gone),
         )
+        self.books.volumes_executed(execution, desired)
         self._advance_analyses(decision, now)
         for forget in decision.prune.forget:
             self.books.forget(forget.service)
@@ -245,7 +252,7 @@ class Reconciler:
         desired: DesiredState,
         decision: PassDecision,
         execution: Execution,
-        failures: Mapping[str, object],
+        failures: Mapping[str, BackoffRecord],
     ) -> PassResult:
         progress: list[ServiceProgress] = []
         failed = False
@@ -263,7 +270,8 @@ class Reconciler:
                 item = replace(
                     item,
                     phase=str(RolloutPhase.DEGRADED),
-                    message=f"{getattr(failure, 'reason', '')}; {item.message}".strip("; "),
+                    message=f"{failure.reason}; {item.message}".strip("; "),
+                    failing=True,
                 )
             progress.append(item)
         return PassResult(

@@ -7,20 +7,24 @@ replicas exist and what they run.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
-from pathlib import Path
+from secrets import token_hex
 
-from gitorch.errors import ConfigError, ReplicaStartFailed
-from gitorch.manifests.model import Service
+from gitorch.decide.volumes import volume_label
+from gitorch.errors import ReplicaStartFailed
+from gitorch.manifests.model import Secret, Service, Volume
 from gitorch.runtime.base import (
     LABEL_REPLICA,
     LABEL_REVISION,
     LABEL_SERVICE,
     LABEL_SPEC_DIGEST,
+    LABEL_VOLUMES,
+    Mount,
     PortRequest,
     ReplicaSpec,
+    VolumeSpec,
 )
+from gitorch.secrets import SecretValues
 
 
 def replica_label(service: str, slot: int) -> str:
@@ -33,22 +37,30 @@ def slot_of(replica: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def read_secret(secrets_dir: Path | None, name: str, service: str, variable: str) -> str:
-    """The value of an env var given as ``{secretFile: NAME}``; the value is never logged."""
-    if secrets_dir is None:
-        raise ConfigError(
-            f"service {service}: env {variable} reads secretFile {name!r}, but the daemon has no --secrets-dir"
-        )
-    root = secrets_dir.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root):
-        raise ConfigError(f"service {service}: secretFile {name!r} leaves the secrets directory")
-    try:
-        return path.read_text(encoding="utf-8").rstrip("\n")
-    except OSError as exc:
-        raise ReplicaStartFailed(
-            f"service {service}: cannot read secretFile {name!r} for env {variable}: {exc.strerror}"
-        ) from exc
+def volume_spec(volume: Volume) -> VolumeSpec:
+    """What a driver needs to make ``volume`` on a node."""
+    return VolumeSpec(
+        name=volume.name,
+        host_path=volume.host_path,
+        driver=volume.driver,
+        driver_opts=dict(volume.driver_opts),
+        size_bytes=volume.size_bytes,
+    )
+
+
+def mounts_of(service: Service, volumes: Mapping[str, Volume]) -> tuple[Mount, ...]:
+    """The replica's mounts; :class:`ReplicaStartFailed` for a Volume no longer in Git (a
+    rolled-back spec may name one)."""
+    mounts: list[Mount] = []
+    for mount in service.volumes:
+        volume = volumes.get(mount.volume)
+        if volume is None:
+            raise ReplicaStartFailed(
+                f"service {service.name}: volume {mount.volume} (mounted at {mount.mount_path}) "
+                "is not in Git"
+            )
+        mounts.append(Mount(mount.name, volume_spec(volume), mount.mount_path, mount.read_only))
+    return tuple(mounts)
 
 
 def replica_spec(
@@ -58,18 +70,31 @@ def replica_spec(
     cluster: str,
     revision: str,
     discovery: Mapping[str, str],
-    secrets_dir: Path | None = None,
+    volumes: Mapping[str, Volume] | None = None,
+    secrets: SecretValues | None = None,
+    repo_secrets: Mapping[str, Secret] | None = None,
 ) -> ReplicaSpec:
-    """The runtime spec of ``service``'s replica in ``slot``."""
+    """The runtime spec of ``service``'s replica in ``slot`` (``volumes``: the Volumes in
+    Git, which its mounts name); secret values are read (or decrypted) now, into the
+    spec's ``secret_env`` and ``secret_files`` only."""
     env: dict[str, str] = dict(discovery)
+    secret_env: dict[str, str] = {}
+    secret_files: dict[str, bytes] = {}
+    values = secrets or SecretValues(None)
     for var in service.env:
-        if var.secret_file is not None:
-            env[var.name] = read_secret(secrets_dir, var.secret_file, service.name, var.name)
+        if var.ref is not None:
+            where = f"service {service.name}: env {var.name}"
+            raw = values.value(var.ref, repo_secrets or {}, where=where)
+            # As a file's text: a trailing newline (`echo value > file`) is not the value.
+            secret_env[var.name] = raw.decode("utf-8", "replace").rstrip("\n")
         else:
             env[var.name] = var.value or ""
+    for mount in service.secret_files:
+        where = f"service {service.name}: secret file {mount.name}"
+        secret_files[mount.name] = values.value(mount.ref, repo_secrets or {}, where=where)
     limits = service.resources.limits
     return ReplicaSpec(
-        name=f"{cluster}-{service.name}-{slot}-{service.template_digest[:6]}-{secrets.token_hex(2)}",
+        name=f"{cluster}-{service.name}-{slot}-{service.template_digest[:6]}-{token_hex(2)}",
         image=service.image,
         command=service.command,
         args=service.args,
@@ -83,6 +108,10 @@ def replica_spec(
             LABEL_REPLICA: replica_label(service.name, slot),
             LABEL_REVISION: revision,
             LABEL_SPEC_DIGEST: service.template_digest,
+            **({LABEL_VOLUMES: volume_label(service)} if service.volumes else {}),
         },
         stop_grace_seconds=float(service.termination_grace_seconds),
+        mounts=mounts_of(service, volumes or {}),
+        secret_env=secret_env,
+        secret_files=secret_files,
     )

@@ -6,7 +6,7 @@ The session owns the daemon lock: one writer per state directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gitorch.apply.health import HealthListener, HealthMonitor
@@ -16,8 +16,11 @@ from gitorch.live import NodeTarget, cluster_name, node_targets
 from gitorch.live.inventory import choose_default_driver, open_runtimes
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED
+from gitorch.secrets import SecretValues, load_age_identities, load_digest_key
 from gitorch.sources.base import CommitInfo
+from gitorch.sources.verify import Verification
 from gitorch.state import DaemonLock, StateStore
+from gitorch.state.layout import ensure_state_dir
 from gitorch.traffic.builtin import BuiltinLoadBalancer
 from gitorch.traffic.proxy.client import ProxyDataPlane
 from gitorch.traffic.proxy.control import ProxyUnavailable
@@ -32,6 +35,7 @@ class SessionOptions:
     lb_host: str = "127.0.0.1"  # where the built-in load balancer listens
     advertise_host: str | None = None  # what replicas get as <SERVICE>_SERVICE_HOST
     secrets_dir: Path | None = None
+    age_key: Path | None = None  # the daemon's age identities, for Secrets in the repo
     scoring: str = LEAST_ALLOCATED
     drain_timeout: float = 10.0
     node_grace: float = 30.0  # a silent node's replicas are replaced after this long
@@ -40,6 +44,7 @@ class SessionOptions:
     # The data plane outlives the session (the daemon): the built-in one runs as
     # `gitorch proxy`, HAProxy keeps running; either is adopted when it already runs.
     data_plane_outlives: bool = False
+    allowed_host_paths: tuple[Path, ...] = ()  # --allow-host-path: where hostPath may be
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -54,6 +59,17 @@ def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
     )
 
 
+def verified_commit(commit: CommitMeta, verdict: Verification | None) -> CommitMeta:
+    """``commit`` as the signed-commit policy saw it: the signer is the identity the
+    policy's keys verified (a gpg user id, an ssh principal), or ``unverified:KEY`` for a
+    refused commit, whatever the daemon's own keyring said."""
+    if verdict is None:
+        return commit
+    if verdict.trusted:
+        return replace(commit, signer=verdict.signer or verdict.key or commit.signer)
+    return replace(commit, signer=f"unverified:{verdict.key}" if verdict.key else None)
+
+
 class Session:
     """Everything a reconciler needs, opened once and closed once."""
 
@@ -61,13 +77,17 @@ class Session:
         self, options: SessionOptions, *, on_health_change: HealthListener | None = None
     ) -> None:
         self.options = options
-        state = options.state_dir
-        state.mkdir(parents=True, exist_ok=True)
+        state = ensure_state_dir(options.state_dir)
         self.lock = DaemonLock(state)
         self.lock.acquire()
         try:
             self.store = StateStore(state)
             self.cluster = cluster_name(state)
+            self.secrets = SecretValues(
+                options.secrets_dir,
+                load_age_identities(options.age_key) if options.age_key else (),
+                load_digest_key(state, create=True),
+            )
             self.default_driver = choose_default_driver(options.runtime)
             self.dataplane = _data_plane(options)
             self.health: HealthMonitor | None = None
@@ -83,7 +103,7 @@ class Session:
         targets = node_targets(desired.nodes.values(), self.default_driver)
         if self.reconciler is not None and targets == self._targets:
             return self.reconciler
-        runtimes = open_runtimes(targets, self.options.state_dir)
+        runtimes = open_runtimes(targets, self.options.state_dir, self.options.allowed_host_paths)
         if self.health is not None:
             self.health.stop()
         self.health = HealthMonitor(runtimes, on_change=self._on_health_change)
@@ -96,7 +116,7 @@ class Session:
             dataplane=self.dataplane,
             cluster=self.cluster,
             advertise_host=self.options.advertise_host or _advertised(self.options.lb_host),
-            secrets_dir=self.options.secrets_dir,
+            secrets=self.secrets,
             scoring=self.options.scoring,
             drain_timeout=self.options.drain_timeout,
             node_grace=self.options.node_grace,

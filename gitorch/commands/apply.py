@@ -13,25 +13,32 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from gitorch.apply.bookkeeping import Bookkeeper
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
-from gitorch.apply.session import Session, SessionOptions, commit_meta
+from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
 from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
+    add_host_path_option,
+    add_secret_options,
     add_source_options,
     add_state_option,
+    add_verify_options,
+    allowed_host_paths,
     duration,
     positive_duration,
-    read_snapshot,
     short,
     state_dir,
     stderr,
     stdout,
+    verified_snapshot,
 )
+from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import ConfigError
-from gitorch.manifests.loader import load_desired
+from gitorch.manifests.loader import ManifestLoader, load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
+from gitorch.sources.verify import CommitNotTrusted
 
 EXAMPLE = """example:
   gitorch apply --path examples/repo --runtime process
@@ -47,6 +54,7 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
     worker processes would cost more than they give."""
     add_state_option(parser)
     add_runtime_option(parser)
+    add_host_path_option(parser, reads_daemon=False)
     parser.add_argument(
         "--lb-host",
         default="127.0.0.1",
@@ -58,12 +66,7 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
         help="host replicas use to reach other services (<NAME>_SERVICE_HOST); "
         "default: the --lb-host, or 127.0.0.1 when it listens on all addresses",
     )
-    parser.add_argument(
-        "--secrets-dir",
-        type=Path,
-        default=None,
-        help="folder holding the files that env `secretFile` entries name",
-    )
+    add_secret_options(parser)
     parser.add_argument(
         "--data-plane",
         choices=("builtin", "haproxy"),
@@ -103,10 +106,12 @@ def session_options(args: argparse.Namespace) -> SessionOptions:
         lb_host=args.lb_host,
         advertise_host=args.advertise_host,
         secrets_dir=args.secrets_dir,
+        age_key=args.age_key,
         scoring=args.scoring,
         node_grace=args.node_grace,
         data_plane=args.data_plane,
         lb_workers=args.lb_workers,
+        allowed_host_paths=tuple(Path(p) for p in allowed_host_paths(args)),
     )
 
 
@@ -136,6 +141,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_options(parser)
+    add_verify_options(parser)
     add_session_options(parser)
     parser.add_argument(
         "--expect-plan",
@@ -187,10 +193,22 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "apply applies commits, not uncommitted files: commit first (plan --worktree previews them)"
         )
-    snapshot = read_snapshot(args)
-    desired = load_desired(snapshot)
-    commit = replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply")
+    # Everything gitorch writes from here on (state, logs, caches) is private; replicas
+    # get the usual umask back (runtime/process.py).
+    os.umask(0o077)
+    snapshot, verdict = verified_snapshot(args)
+    commit = verified_commit(
+        replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply"), verdict
+    )
+    if verdict is not None and not verdict.trusted:
+        with Session(session_options(args)) as session:
+            Bookkeeper(session.store, DEFAULT_CRASH_LOOP).record_refused(
+                snapshot.revision, commit, verdict.refusal, data=verdict.to_json()
+            )
+        raise CommitNotTrusted(verdict.refusal)
+    desired = load_desired(snapshot, ManifestLoader(allowed_host_paths=allowed_host_paths(args)))
     with Session(session_options(args)) as session:
+        desired = session.secrets.resolve(desired)
         if not args.allow_mass_prune:
             applied = [a.name for a in session.store.list_applied() if a.kind == "Service"]
             why = mass_prune(applied, desired.services)

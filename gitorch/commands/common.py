@@ -16,7 +16,9 @@ from gitorch.errors import StateError
 if TYPE_CHECKING:  # rich and the sources (gitpython) load when a command first uses them
     from rich.console import Console
 
+    from gitorch.manifests.model import DesiredState
     from gitorch.sources import Snapshot, Source
+    from gitorch.sources.verify import SignaturePolicy, Verification
 
 #: Line width when the output is not a terminal (a pipe, a file) and $COLUMNS is unset:
 #: wide enough that no table cell is cut or wrapped, so ``| grep`` and ``| awk`` see one
@@ -78,6 +80,96 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_verify_options(parser: argparse.ArgumentParser) -> None:
+    """``--verify-commits --trusted-keys DIR --allowed-signers FILE``: the signed-commit
+    policy (plan, apply, daemon)."""
+    group = parser.add_argument_group("signed commits")
+    group.add_argument(
+        "--verify-commits",
+        action="store_true",
+        help="refuse a commit unless it is signed by a trusted key (--trusted-keys and/or "
+        "--allowed-signers): unsigned, unknown-key and bad signatures are never applied",
+    )
+    group.add_argument(
+        "--trusted-keys",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a GnuPG home holding the public keys trusted to sign commits",
+    )
+    group.add_argument(
+        "--allowed-signers",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="SSH keys trusted to sign commits, in git's allowed-signers format "
+        "(gpg.ssh.allowedSignersFile: PRINCIPAL KEYTYPE KEY per line)",
+    )
+
+
+def signature_policy(args: argparse.Namespace) -> SignaturePolicy | None:
+    """The policy ``--verify-commits`` asks for (None: commits are not verified); checked
+    before anything is fetched or applied."""
+    from gitorch.errors import ConfigError
+    from gitorch.sources.verify import SignaturePolicy
+
+    if not args.verify_commits:
+        if args.trusted_keys is not None or args.allowed_signers is not None:
+            raise ConfigError("--trusted-keys and --allowed-signers need --verify-commits")
+        return None
+    if getattr(args, "worktree", False):
+        raise ConfigError("--verify-commits checks commits: the working tree has no signature")
+    policy = SignaturePolicy(args.trusted_keys, args.allowed_signers)
+    policy.check()
+    return policy
+
+
+def verified_snapshot(args: argparse.Namespace) -> tuple[Snapshot, Verification | None]:
+    """The snapshot at ``--ref``, and the signed-commit policy's verdict on its commit
+    (None without ``--verify-commits``)."""
+    policy = signature_policy(args)
+    source = open_args_source(args)
+    snapshot = read_snapshot(args, source)
+    return snapshot, source.verify(snapshot.revision, policy) if policy is not None else None
+
+
+def add_secret_options(parser: argparse.ArgumentParser) -> None:
+    """``--secrets-dir`` and ``--age-key``: where secret values come from (apply, daemon,
+    plan)."""
+    parser.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=None,
+        help="folder holding the files that `secretFile` references name",
+    )
+    parser.add_argument(
+        "--age-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="age identity file (age-keygen's, mode 600) that decrypts the repo's Secrets",
+    )
+
+
+def resolved_secrets(args: argparse.Namespace, desired: DesiredState) -> DesiredState:
+    """``desired`` with the digests of its secret values (``plan --secrets-dir/--age-key``
+    on the daemon's host, with its state directory), so a rotated value shows as a
+    sensitive change; as it is otherwise (plan never needs the values)."""
+    if args.secrets_dir is None and args.age_key is None:
+        return desired
+    from gitorch.secrets import SecretValues, load_age_identities, load_digest_key
+
+    key = load_digest_key(state_dir(args), create=False)
+    if key is None:
+        stderr().print(
+            "note: no secret digest key in the state directory (nothing was applied there, "
+            "or it is not readable): changed secret values are not shown"
+        )
+        return desired
+    identities = load_age_identities(args.age_key) if args.age_key else ()
+    return SecretValues(args.secrets_dir, identities, key).resolve(desired)
+
+
 def add_state_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state",
@@ -116,6 +208,18 @@ def require_state(state: Path) -> None:
             f"no gitorch state in {state.absolute()} (gitorch apply or gitorch daemon creates it)",
             detail=(ELSEWHERE,),
         )
+
+
+def local_actor() -> str:
+    """The audit actor of a CLI action on this host: ``user:USER@HOST``."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no $USER: the uid is what is known
+        user = f"uid{os.getuid()}"
+    return f"user:{user}@{socket.gethostname()}"
 
 
 def looked_in(state: Path | None, server: str | None) -> str:
@@ -249,3 +353,36 @@ def reserved_ports(args: argparse.Namespace) -> dict[int, str]:
     except (OSError, ValueError, KeyError, TypeError):
         return {7420: "the gitorch daemon's API and webhook (default --listen 127.0.0.1:7420)"}
     return {port: f"the gitorch daemon's API and webhook (its --listen {listen})"}
+
+
+def add_host_path_option(parser: argparse.ArgumentParser, *, reads_daemon: bool) -> None:
+    """``--allow-host-path DIR`` (repeatable): where a Volume's ``hostPath`` may be.
+
+    ``reads_daemon``: validate and plan check against the running daemon's list (from
+    ``daemon.json``) when none is given, so they refuse what the daemon would refuse."""
+    default = (
+        "default: the running daemon's (daemon.json), else none"
+        if reads_daemon
+        else "default: none, every hostPath is refused"
+    )
+    parser.add_argument(
+        "--allow-host-path",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a directory Volumes may bind with spec.hostPath (repeatable; " + default + ")",
+    )
+    parser.set_defaults(reads_daemon_host_paths=reads_daemon)
+
+
+def allowed_host_paths(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--allow-host-path`` directories (absolute, normalised); for validate and plan
+    without the option, those of the daemon of ``--state`` (``daemon.json``)."""
+    given = getattr(args, "allow_host_path", None)
+    if given is None and getattr(args, "reads_daemon_host_paths", False):
+        try:
+            data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
+            given = [str(p) for p in data.get("allowHostPaths") or []]
+        except (OSError, ValueError, AttributeError):
+            given = []
+    return tuple(os.path.normpath(os.path.abspath(p)) for p in given or ())

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from gitorch.api.auth import TokenSet, check_exposure
 from gitorch.api.server import parse_listen
+from gitorch.api.tls import TlsFiles, server_context
 from gitorch.api.webhook import WebhookSecret
 from gitorch.commands.apply import add_mass_prune_option, add_session_options, session_options
-from gitorch.commands.common import add_source_options, positive_duration
+from gitorch.commands.common import (
+    add_source_options,
+    add_verify_options,
+    positive_duration,
+    signature_policy,
+)
 from gitorch.daemon import Daemon, DaemonOptions
 from gitorch.errors import ConfigError
 from gitorch.logs import setup_logging
@@ -17,7 +25,8 @@ EXAMPLE = """example:
   gitorch daemon --path examples/repo --runtime process
   gitorch daemon --repo https://git.example.com/shop/deploy.git --ref main --interval 1m \\
       --webhook-secret-file /etc/gitorch/webhook-secret --log-format json
-  gitorch daemon --listen 0.0.0.0:7420 --api-token-file /etc/gitorch/api-tokens
+  gitorch daemon --listen 0.0.0.0:7420 --api-token-file /etc/gitorch/api-tokens \\
+      --tls-cert /etc/gitorch/api.crt --tls-key /etc/gitorch/api.key
 """
 
 
@@ -34,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_options(parser)
+    add_verify_options(parser)
     add_session_options(parser, lb_workers="auto")
     parser.add_argument(
         "--interval",
@@ -66,10 +76,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "write (default write); mode 600 (see docs/cli-api.md)",
     )
     parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="serve the API over HTTPS with this certificate chain (PEM); with --tls-key",
+    )
+    parser.add_argument(
+        "--tls-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the private key (PEM, mode 600) of --tls-cert",
+    )
+    parser.add_argument(
         "--api-insecure",
         action="store_true",
-        help="serve the API without tokens on a non-loopback --listen address (anyone who "
-        "reaches it can read status and abort rollouts); refused otherwise",
+        help="serve the API on a non-loopback --listen address without tokens or without "
+        "TLS (anyone who reaches it can read status and abort rollouts, or read tokens on "
+        "the wire); refused otherwise",
     )
     add_mass_prune_option(parser)
     parser.add_argument(
@@ -87,11 +112,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.worktree:
         raise ConfigError("the daemon applies commits, never uncommitted files (drop --worktree)")
+    # Everything gitorch writes from here on (state, logs, caches) is private; replicas
+    # get the usual umask back (runtime/process.py).
+    os.umask(0o077)
     setup_logging(args.log_level, args.log_format)
+    policy = signature_policy(args)
     secret = WebhookSecret.from_file(args.webhook_secret_file) if args.webhook_secret_file else None
     tokens = TokenSet.from_file(args.api_token_file) if args.api_token_file else None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both, or neither")
+    tls = server_context(TlsFiles(args.tls_cert, args.tls_key)) if args.tls_cert else None
     # Refuse an open, exposed API before opening the state store or any runtime.
-    check_exposure(parse_listen(args.listen)[0], tokens, args.api_insecure)
+    check_exposure(parse_listen(args.listen)[0], tokens, args.api_insecure, tls=tls is not None)
     options = DaemonOptions(
         repo=args.repo,
         ref=args.ref,
@@ -103,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
         webhook_secret=secret,
         api_tokens=tokens,
         api_insecure=args.api_insecure,
+        api_tls=tls,
         allow_mass_prune=args.allow_mass_prune,
+        signature_policy=policy,
     )
     Daemon(options).run()
     return 0

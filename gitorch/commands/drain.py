@@ -12,7 +12,7 @@ import argparse
 
 from rich.markup import escape
 
-from gitorch.commands.common import add_state_option, state_dir, stdout
+from gitorch.commands.common import add_state_option, local_actor, state_dir, stdout
 from gitorch.errors import GitorchError
 from gitorch.state import RecordNotFound, StateStore
 from gitorch.state.layout import STATE_DB
@@ -44,15 +44,19 @@ def run(args: argparse.Namespace) -> int:
     if not (state / STATE_DB).exists():
         raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
     with StateStore(state) as store:
+        actor = local_actor()
         try:
-            store.set_draining(args.node, not args.undo)
+            with store.transaction():  # the change and its audit entry, or neither
+                store.set_draining(args.node, not args.undo)
+                store.append_event(
+                    "node.drain" if not args.undo else "node.uncordon",
+                    f"{args.node}: {'draining' if not args.undo else 'schedulable again'} "
+                    f"(by {actor.removeprefix('user:')})",
+                    actor=actor,
+                )
         except RecordNotFound as exc:
             known = ", ".join(n.name for n in store.list_nodes()) or "none"
             raise GitorchError(f"no node named {args.node!r} (known nodes: {known})") from exc
-        store.append_event(
-            "node.drain" if not args.undo else "node.uncordon",
-            f"{args.node}: {'draining' if not args.undo else 'schedulable again'}",
-        )
     verb = "draining: its replicas move to other nodes" if not args.undo else "schedulable again"
     stdout().print(f"node {escape(args.node)} {verb}")
     return 0

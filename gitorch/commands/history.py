@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,14 @@ from gitorch.commands.common import (
     stderr,
     stdout,
 )
-from gitorch.commands.remote import add_token_option, auth_error, auth_headers, client_token
+from gitorch.commands.remote import (
+    add_token_option,
+    auth_error,
+    auth_headers,
+    client_tls,
+    client_token,
+    unreachable,
+)
 from gitorch.errors import ConfigError, GitorchError
 from gitorch.readmodel.history import read_local
 
@@ -81,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--server",
         default=None,
         metavar="URL",
-        help="ask a running daemon instead of reading --state (e.g. http://127.0.0.1:7420)",
+        help="ask a running daemon instead of reading --state (e.g. http://127.0.0.1:7420, "
+        "or https://HOST:PORT with --ca-file)",
     )
     add_token_option(parser)
     parser.add_argument(
@@ -109,7 +118,11 @@ def _limit(text: str) -> int:
 
 
 def read_server(
-    server: str, service: str | None, limit: int | None, token: str | None = None
+    server: str,
+    service: str | None,
+    limit: int | None,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> list[dict[str, Any]]:
     """History from a running daemon's ``GET /api/v1/history`` (``token``: its API token)."""
     parts = urlsplit(server)
@@ -119,21 +132,26 @@ def read_server(
     if service:
         query["service"] = service
     url = f"{server.rstrip('/')}/api/v1/history?{urlencode(query)}"
-    data = fetch_json(url, server, token=token)
+    data = fetch_json(url, server, token=token, context=context)
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise GitorchError(f"the daemon at {server} answered something that is not a history")
     return data
 
 
 def fetch_json(
-    url: str, server: str, timeout: float = SERVER_TIMEOUT, *, token: str | None = None
+    url: str,
+    server: str,
+    timeout: float = SERVER_TIMEOUT,
+    *,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> Any:
-    """GET ``url`` (with ``token`` as a bearer token) and decode its JSON; every failure
-    is one clear GitorchError."""
+    """GET ``url`` (with ``token`` as a bearer token, over TLS with ``context`` for an
+    https URL) and decode its JSON; every failure is one clear GitorchError."""
     headers = {"Accept": "application/json", **auth_headers(token)}
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         message = _error_message(exc.read()) or exc.reason
@@ -142,9 +160,9 @@ def fetch_json(
             raise refused from exc
         raise GitorchError(f"the daemon at {server} answered {exc.code}: {message}") from exc
     except urllib.error.URLError as exc:
-        raise GitorchError(f"cannot reach the gitorch daemon at {server}: {exc.reason}") from exc
+        raise unreachable(server, exc.reason) from exc
     except (OSError, TimeoutError) as exc:
-        raise GitorchError(f"cannot reach the gitorch daemon at {server}: {exc}") from exc
+        raise unreachable(server, exc) from exc
     try:
         return json.loads(body)
     except ValueError as exc:
@@ -166,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     limit = args.limit or None  # 0 = all
     if args.server:
         entries: list[dict[str, Any]] | None = read_server(
-            args.server, args.service, limit, client_token(args)
+            args.server, args.service, limit, client_token(args), client_tls(args)
         )
     else:
         state = state_dir(args)
@@ -236,6 +254,8 @@ def summarize(entry: Mapping[str, Any]) -> str:
     else:
         text = "no changes"
     reason = entry.get("reason")
+    if reason and entry.get("result") == "refused" and not changes:
+        return str(reason)  # nothing of it was read: "no changes" would mislead
     if reason and entry.get("result") != "succeeded":
         text = f"{text}: {reason}"
     return text

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from rich.markup import escape
 
@@ -28,6 +27,7 @@ from gitorch.errors import ConfigError, GitorchError, RuntimeDriverError
 from gitorch.live import observe
 from gitorch.live.model import LiveReplica
 from gitorch.manifests.quantities import format_duration
+from gitorch.readmodel.logs import retained_json
 from gitorch.runtime.base import RetainedLog
 
 #: Lines per replica when --tail is not given (as ``kamal app logs``).
@@ -232,7 +232,7 @@ def _previous(view: ClusterView, args: argparse.Namespace) -> int:
         what = f"replica {args.replica} of {args.service}" if args.replica else args.service
         raise GitorchError(f"no removed replica of {what} has left output here")
     if args.format == "json":
-        print_json([_retained_json(k, args.tail) for k in kept])
+        print_json([retained_json(k, args.tail) for k in kept])
         return 0
     for index, entry in enumerate(kept):
         if index:
@@ -244,28 +244,6 @@ def _previous(view: ClusterView, args: argparse.Namespace) -> int:
 def _last(output: str, count: int) -> list[str]:
     lines = output.splitlines()
     return lines[-count:] if count > 0 else []
-
-
-def _retained_json(kept: RetainedLog, tail: int) -> dict[str, Any]:
-    return {
-        "replica": kept.replica,
-        "name": kept.name,
-        "service": kept.service,
-        "node": kept.node,
-        "id": kept.instance_id,
-        "revision": kept.revision,
-        "exitCode": kept.exit_code,
-        "exitReason": kept.exit_reason,
-        "startedAt": _iso(kept.started_at),
-        "finishedAt": _iso(kept.finished_at),
-        "removedAt": _iso(kept.removed_at),
-        "truncated": kept.truncated,
-        "output": "".join(line + "\n" for line in _last(kept.output, tail)),
-    }
-
-
-def _iso(stamp: float | None) -> str | None:
-    return None if stamp is None else datetime.fromtimestamp(stamp, UTC).isoformat()
 
 
 # -- follow --------------------------------------------------------------------------

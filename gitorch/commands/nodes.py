@@ -21,16 +21,15 @@ from gitorch.commands.common import (
 )
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import existing_cluster_name, open_runtimes
-from gitorch.live.model import LiveState
 from gitorch.manifests.build import build_node
 from gitorch.manifests.model import Node, Origin
 from gitorch.manifests.quantities import (
     format_cpu,
     format_memory,
     human_memory,
-    parse_cpu,
     parse_memory,
 )
+from gitorch.readmodel.allocation import allocation
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB
@@ -55,27 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_runtime_option(parser)
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
-
-
-def allocation(live: LiveState) -> dict[str, dict[str, int]]:
-    """Requests of the replicas on each node (from the spec each service was applied with)."""
-    out = {name: {"cpu": 0, "memory": 0, "replicas": 0} for name in live.nodes}
-    for service in live.services.values():
-        requests: dict[str, Any] = {}
-        if service.applied is not None:
-            requests = (
-                service.applied.canonical.get("spec", {}).get("resources", {}).get("requests", {})
-            )
-        for replica in service.replicas:
-            if replica.state not in ("running", "created") or replica.node not in out:
-                continue
-            slot = out[replica.node]
-            slot["replicas"] += 1
-            if "cpu" in requests:
-                slot["cpu"] += parse_cpu(requests["cpu"])
-            if "memory" in requests:
-                slot["memory"] += parse_memory(requests["memory"])
-    return out
 
 
 def nodes_json(view: ClusterView) -> list[dict[str, Any]]:

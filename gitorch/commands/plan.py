@@ -14,14 +14,19 @@ from pathlib import Path
 from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_format_option,
+    add_host_path_option,
+    add_secret_options,
     add_source_options,
     add_state_option,
+    add_verify_options,
+    allowed_host_paths,
     duration,
-    read_snapshot,
     reserved_ports,
+    resolved_secrets,
     separate_trees_hint,
     state_dir,
     stdout,
+    verified_snapshot,
 )
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
@@ -61,9 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_source_options(parser)
+    add_verify_options(parser)
+    add_secret_options(parser)
     add_state_option(parser)
     add_runtime_option(parser)
     add_format_option(parser, "json", "markdown")
+    add_host_path_option(parser, reads_daemon=True)
     parser.add_argument(
         "--scoring",
         choices=(LEAST_ALLOCATED, MOST_ALLOCATED),
@@ -82,15 +90,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def desired_of(args: argparse.Namespace) -> DesiredState:
-    """The desired state at ``--repo/--ref/--path`` (or the worktree)."""
-    snapshot = read_snapshot(args)
+    """The desired state at ``--repo/--ref/--path`` (or the worktree); with
+    ``--verify-commits``, only from a commit signed by a trusted key."""
+    snapshot, verdict = verified_snapshot(args)
+    if verdict is not None and not verdict.trusted:
+        from gitorch.sources.verify import CommitNotTrusted
+
+        raise CommitNotTrusted(verdict.refusal)
     try:
-        return load_desired(snapshot, ManifestLoader(reserved_ports=reserved_ports(args)))
+        desired = load_desired(
+            snapshot,
+            ManifestLoader(
+                reserved_ports=reserved_ports(args), allowed_host_paths=allowed_host_paths(args)
+            ),
+        )
     except ManifestInvalid as error:
         hint = separate_trees_hint(snapshot, args.path, (d.path for d in error.diagnostics))
         if hint is not None:
             error.detail = (*error.detail, hint)
         raise
+    return resolved_secrets(args, desired)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import urllib.error
 import urllib.request
 
 from rich.markup import escape
 
-from gitorch.commands.common import add_state_option, state_dir, stdout
-from gitorch.commands.remote import add_token_option, auth_error, auth_headers, client_token
+from gitorch.commands.common import add_state_option, local_actor, state_dir, stdout
+from gitorch.commands.remote import (
+    add_token_option,
+    auth_error,
+    auth_headers,
+    client_tls,
+    client_token,
+    unreachable,
+)
 from gitorch.errors import GitorchError
 from gitorch.state import StateStore
 from gitorch.state.layout import STATE_DB
@@ -47,22 +55,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.server:
-        return _remote(args.server, args.what, args.service, client_token(args))
+        return _remote(args.server, args.what, args.service, client_token(args), client_tls(args))
     state = state_dir(args)
     if not (state / STATE_DB).exists():
         raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
     with StateStore(state) as store:
-        accepted, message = request_action(store, args.service, args.what)
+        accepted, message = request_action(store, args.service, args.what, local_actor())
     stdout().print(escape(message))
     return 0 if accepted else 1
 
 
-def _remote(server: str, what: str, service: str, token: str | None = None) -> int:
+def _remote(
+    server: str,
+    what: str,
+    service: str,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
+) -> int:
     url = f"{server.rstrip('/')}/api/v1/services/{service}/{what}"
     headers = {"Content-Type": "application/json", **auth_headers(token)}
     request = urllib.request.Request(url, data=b"{}", method="POST", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - operator's URL
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310 - operator's URL
             body = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
@@ -77,7 +91,9 @@ def _remote(server: str, what: str, service: str, token: str | None = None) -> i
         if refused is not None:
             raise refused from exc
         raise GitorchError(f"{server}: {message}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise GitorchError(f"cannot reach the daemon at {server}: {exc}") from exc
+    except urllib.error.URLError as exc:
+        raise unreachable(server, exc.reason) from exc
+    except OSError as exc:
+        raise unreachable(server, exc) from exc
     stdout().print(body.get("message", f"{what} of {service} requested"))
     return 0

@@ -8,12 +8,17 @@ Like the daemon's token file, it must not be readable by others.
 
 A 401 or 403 from the daemon becomes one clear :class:`ApiAuthError` line (exit 1) that
 says what to do, and never shows the token.
+
+``--server https://...`` checks the daemon's certificate against the system's trusted CAs,
+or only against ``--ca-file PEM`` (or ``$GITORCH_CA_FILE``) when given: a daemon whose
+certificate comes from a private CA. The host name is always checked.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from pathlib import Path
 
 from gitorch.api.auth import read_private_file
@@ -21,6 +26,9 @@ from gitorch.errors import ConfigError, GitorchError
 
 #: The environment variable read when no --token-file is given.
 TOKEN_ENV = "GITORCH_TOKEN"
+
+#: The environment variable read when no --ca-file is given.
+CA_ENV = "GITORCH_CA_FILE"
 
 
 class ApiAuthError(GitorchError):
@@ -35,6 +43,13 @@ def add_token_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
         metavar="PATH",
         help=f"file holding the daemon's API token, for --server (default: ${TOKEN_ENV})",
     )
+    parser.add_argument(
+        "--ca-file",
+        default=None,
+        metavar="PEM",
+        help="CA certificate(s) that signed the daemon's TLS certificate, for --server "
+        f"https://... (default: ${CA_ENV}, else the system's trusted CAs)",
+    )
 
 
 def client_token(args: argparse.Namespace) -> str | None:
@@ -46,6 +61,31 @@ def client_token(args: argparse.Namespace) -> str | None:
         return read_token_file(path)
     value = os.environ.get(TOKEN_ENV, "").strip()
     return value or None
+
+
+def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context of an ``https://`` --server (None for plain HTTP)."""
+    server = getattr(args, "server", None) or ""
+    ca_file = getattr(args, "ca_file", None) or os.environ.get(CA_ENV, "").strip() or None
+    if not server.startswith("https://"):
+        if getattr(args, "ca_file", None):
+            raise ConfigError("--ca-file is only used with --server https://...")
+        return None
+    from gitorch.api.tls import client_context
+
+    return client_context(ca_file)
+
+
+def unreachable(server: str, reason: object) -> GitorchError:
+    """The one-line error of a daemon that could not be reached (or not trusted)."""
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return GitorchError(
+            f"the daemon at {server} is not trusted: {reason.verify_message}",
+            detail=(f"give its CA with --ca-file PEM (or ${CA_ENV})",),
+        )
+    if isinstance(reason, ssl.SSLError):
+        return GitorchError(f"no TLS connection to the daemon at {server}: {reason}")
+    return GitorchError(f"cannot reach the gitorch daemon at {server}: {reason}")
 
 
 def read_token_file(path: str | Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +24,7 @@ from gitorch.commands.common import (
     stderr,
     stdout,
 )
-from gitorch.commands.remote import add_token_option, client_token
+from gitorch.commands.remote import add_token_option, client_tls, client_token
 from gitorch.errors import GitorchError
 from gitorch.live.observe import assess_readiness
 from gitorch.readmodel.status import status_json
@@ -59,10 +60,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _from_server(server: str, service: str | None, token: str | None = None) -> dict[str, Any]:
+def _from_server(
+    server: str,
+    service: str | None,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
     from gitorch.commands.history import fetch_json
 
-    data = fetch_json(f"{server.rstrip('/')}/api/v1/status", server, token=token)
+    data = fetch_json(f"{server.rstrip('/')}/api/v1/status", server, token=token, context=context)
     if not isinstance(data, dict):
         raise GitorchError(f"the daemon at {server} answered an unexpected status document")
     if service is not None:
@@ -77,7 +83,7 @@ def _from_server(server: str, service: str | None, token: str | None = None) -> 
 
 def run(args: argparse.Namespace) -> int:
     if args.server:
-        data = _from_server(args.server, args.service, client_token(args))
+        data = _from_server(args.server, args.service, client_token(args), client_tls(args))
     else:
         state = state_dir(args)
         require_state(state)

@@ -12,8 +12,10 @@ from rich.markup import escape
 
 from gitorch.commands.common import (
     add_format_option,
+    add_host_path_option,
     add_source_options,
     add_state_option,
+    allowed_host_paths,
     open_args_source,
     print_json,
     read_snapshot,
@@ -47,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_source_options(parser)
     add_state_option(parser)
     add_format_option(parser, "json")
+    add_host_path_option(parser, reads_daemon=True)
     parser.add_argument(
         "--watch",
         action="store_true",
@@ -104,7 +107,9 @@ def report(args: argparse.Namespace, snapshot: Snapshot, result: LoadResult) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    loader = ManifestLoader(reserved_ports=reserved_ports(args))
+    loader = ManifestLoader(
+        reserved_ports=reserved_ports(args), allowed_host_paths=allowed_host_paths(args)
+    )
     if not args.watch:
         snapshot, result = validate_once(args, loader)
         return report(args, snapshot, result)

@@ -187,10 +187,111 @@ class ForgetService:
         return {"action": self.verb, "service": self.service, "reason": self.reason}
 
 
-Action = StartReplica | StopReplica | RollBack | SetTraffic | Wait | ForgetService
+@dataclass(frozen=True)
+class _VolumeAction:
+    """Something done to a Volume on a node. ``service`` names the Volume (``Volume/data``)
+    where a list of actions has a column for what each concerns."""
 
-#: Actions that change the world (the others are bookkeeping or explanation).
+    volume: str
+    node: str
+    reason: str
+
+    verb = "volume"
+
+    @property
+    def service(self) -> str:
+        return f"Volume/{self.volume}"
+
+    def key(self) -> tuple[str, ...]:
+        return (self.verb, self.volume, self.node)
+
+    def _what(self) -> str:
+        return f"{self.verb} volume {self.volume} on {self.node}"
+
+    def describe(self) -> str:
+        return f"{self._what()}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.verb,
+            "volume": self.volume,
+            "node": self.node,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class BindVolume(_VolumeAction):
+    """A ReadWriteOnce volume belongs to ``node`` from now on (its users go only there);
+    also a released volume back in Git, bound again to the node that kept its data."""
+
+    verb = "bind"
+
+    def _what(self) -> str:
+        return f"bind volume {self.volume} to {self.node}"
+
+
+@dataclass(frozen=True)
+class CreateVolume(_VolumeAction):
+    """Make the volume on ``node`` (before its first user there starts); one left there
+    earlier (reclaimPolicy Retain) is adopted with its data."""
+
+    verb = "create"
+
+
+@dataclass(frozen=True)
+class DeleteVolume(_VolumeAction):
+    """The Volume left Git with reclaimPolicy Delete and has no user left on ``node``:
+    remove it, and its data, and forget it."""
+
+    verb = "delete"
+
+    def _what(self) -> str:
+        return f"delete volume {self.volume} and its data on {self.node}"
+
+
+@dataclass(frozen=True)
+class ReleaseVolume(_VolumeAction):
+    """The Volume left Git with reclaimPolicy Retain: it stays on ``node`` with its data,
+    released, until a Volume of the same name takes it back."""
+
+    verb = "release"
+
+    def _what(self) -> str:
+        return f"release volume {self.volume} (kept on {self.node})"
+
+
+@dataclass(frozen=True)
+class VolumeMissing(_VolumeAction):
+    """A volume gitorch made is gone from ``node`` (removed outside gitorch): reported,
+    and never made again, empty, under its users (``gitorch volumes --reset``)."""
+
+    verb = "missing"
+
+    def _what(self) -> str:
+        return f"volume {self.volume} is missing on {self.node}"
+
+
+VolumeAction = BindVolume | CreateVolume | DeleteVolume | ReleaseVolume | VolumeMissing
+
+Action = (
+    StartReplica
+    | StopReplica
+    | RollBack
+    | SetTraffic
+    | Wait
+    | ForgetService
+    | BindVolume
+    | CreateVolume
+    | DeleteVolume
+    | ReleaseVolume
+    | VolumeMissing
+)
+
+#: Actions that change replicas (the others are bookkeeping, volumes or explanation).
 WORLD_CHANGING = (StartReplica, StopReplica)
+#: Actions that make or remove a volume.
+VOLUME_CHANGING = (CreateVolume, DeleteVolume)
 
 
 def action_keys(actions: tuple[Action, ...] | list[Action]) -> list[tuple[str, ...]]:

@@ -35,10 +35,20 @@ from gitorch.decide.service import (
     service_failure_wait,
     undecided,
 )
+from gitorch.decide.volumes import (
+    VolumeDecision,
+    bound_nodes,
+    decide_volumes,
+    missing_node_reason,
+    pinned_evictions,
+    place_service,
+    single_writer_volumes,
+    volume_constraint,
+)
 from gitorch.decide.waves import dependency_waves
 from gitorch.live.model import LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
-from gitorch.scheduler import LEAST_ALLOCATED, Request, Running, schedule
+from gitorch.scheduler import LEAST_ALLOCATED, Request, Running
 from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord
 from gitorch.strategies.machine import AnalysisStatus
 from gitorch.traffic.table import RoutingTable
@@ -96,6 +106,7 @@ class PassDecision:
     table: RoutingTable
     failed_templates: Mapping[str, str]  # service -> template rolled back from
     requeue_after: float
+    volumes: VolumeDecision = VolumeDecision()
 
     def stops(self) -> tuple[StopReplica, ...]:
         """Every replica the pass stops or removes: services' own, preempted, pruned."""
@@ -104,9 +115,11 @@ class PassDecision:
 
     def actions(self) -> tuple[Action, ...]:
         """What ``gitorch plan`` lists and the executor carries out, in execution order:
-        per service (waves), what stops, what starts, traffic and rollbacks, waits; then
-        preemptions and prunes."""
-        actions: list[Action] = []
+        volumes bound and made; per service (waves), what stops, what starts, traffic and
+        rollbacks, waits; then preemptions and prunes; then volumes released, deleted,
+        missing, and what they wait for."""
+        volumes = self.volumes
+        actions: list[Action] = [*volumes.binds, *volumes.creates]
         for name in self.order:
             decision = self.services[name]
             if decision.rollback is not None:
@@ -120,14 +133,18 @@ class PassDecision:
         actions.extend(self.prune.stops)
         actions.extend(self.prune.forget)
         actions.extend(self.prune.waits)
+        actions.extend(
+            (*volumes.releases, *volumes.deletes, *volumes.missing, *volumes.waits, *volumes.stuck)
+        )
         return tuple(actions)
 
     @property
     def settled(self) -> bool:
-        """Every service settled and nothing left to prune."""
+        """Every service settled and nothing left to prune (replicas or volumes)."""
         return (
             all(d.record.phase in SETTLED for d in self.services.values())
             and not self.prune.pending
+            and not self.volumes.pending
         )
 
 
@@ -201,8 +218,11 @@ def decide_pass(inp: PassInput) -> PassDecision:
         for name in sorted(wave, key=lambda n: (-desired.services[n].placement.priority, n))
     ]
     decisions: dict[str, ServiceDecision] = {}
+    bound = bound_nodes(desired, live)
+    evicting, pinned = pinned_evictions(live, inp.verdicts.evicting, bound)
     for name in order:
         service = desired.services[name]
+        single_writer = single_writer_volumes(service, desired)
         waiting = tuple(
             d
             for d in service.depends_on
@@ -217,9 +237,10 @@ def decide_pass(inp: PassInput) -> PassDecision:
             now=now,
             backoff=backoff,
             analyses=inp.analyses.get(name, MappingProxyType({})),
-            evicting=inp.verdicts.evicting,
+            evicting=evicting,
             waiting_for=waiting,
             crash_loop=inp.crash_loop,
+            single_writer=single_writer,
         )
         try:
             decision = decide_service(service_input)
@@ -230,10 +251,17 @@ def decide_pass(inp: PassInput) -> PassDecision:
             wait = service_failure_wait(name, failure, now, inp.crash_loop)
             if wait is not None:
                 decision = replace(decision, waits=(*decision.waits, wait))
+        if name in pinned:
+            decision = replace(decision, waits=(*decision.waits, *pinned[name]))
         decisions[name] = decision
 
-    starts, preemptions, decisions = _place(inp, order, decisions)
+    starts, preemptions, decisions = _place(inp, order, decisions, bound)
     prune = _prune(inp)
+    own_stops = [s for d in decisions.values() for s in d.stops]
+    volumes, starts = decide_volumes(
+        desired, live, bound, starts, [*own_stops, *preemptions, *prune.stops]
+    )
+    decisions = _hold(decisions, volumes)
     failed = {
         name: d.record.failed_digest
         for name, d in decisions.items()
@@ -262,8 +290,32 @@ def decide_pass(inp: PassInput) -> PassDecision:
         table=table,
         failed_templates=MappingProxyType(failed),
         requeue_after=IDLE_REQUEUE,
+        volumes=volumes,
     )
     return replace(result, requeue_after=_requeue(result, inp))
+
+
+def _hold(
+    decisions: dict[str, ServiceDecision], volumes: VolumeDecision
+) -> dict[str, ServiceDecision]:
+    """Starts held back by their volumes: the service waits, and says why where status
+    looks when a volume is missing (it will not come back by itself)."""
+    held = dict(decisions)
+    for name, waits in volumes.held.items():
+        decision = held.get(name)
+        if decision is None:
+            continue
+        record = decision.record
+        blocking = next((w.reason for w in waits if w.reason in volumes.blocking), None)
+        if blocking is not None and (record.message != blocking or record.last_error != blocking):
+            record = replace(record, message=blocking, last_error=blocking)
+        held[name] = replace(
+            decision,
+            record=record,
+            save=decision.save or record is not decision.record,
+            waits=(*decision.waits, *waits),
+        )
+    return held
 
 
 def _no_replicas(name: str) -> LiveService:
@@ -271,12 +323,16 @@ def _no_replicas(name: str) -> LiveService:
 
 
 def _place(
-    inp: PassInput, order: list[str], decisions: dict[str, ServiceDecision]
+    inp: PassInput,
+    order: list[str],
+    decisions: dict[str, ServiceDecision],
+    bound: dict[str, str],
 ) -> tuple[
     dict[str, tuple[StartReplica, ...]], tuple[StopReplica, ...], dict[str, ServiceDecision]
 ]:
     """Place every slot the services fill, in pass order, each placement seeing the ones
-    before it (as ``plan``'s single schedule() call does)."""
+    before it, within the nodes their volumes allow (``bound``: ReadWriteOnce volume ->
+    node; a volume bound by a placement here is added)."""
     live = inp.live
     nodes = node_views(live, cordoned=inp.verdicts.cordoned, runnable=inp.runnable)
     counted = running_replicas(live)
@@ -307,12 +363,15 @@ def _place(
             for slot in decision.creates
         ]
         current = [r for r in running if (r.service, r.replica, r.node) not in preempted]
-        placed = schedule(nodes, current, requests, strategy=inp.scoring, preemption=True)
+        constraint = volume_constraint(target, inp.desired, bound)
+        placed = place_service(nodes, current, requests, constraint, bound, scoring=inp.scoring)
+        gone = missing_node_reason(constraint, (n.name for n in nodes))
         started: list[StartReplica] = []
         unplaced: list[str] = []
         for slot, where in zip(decision.creates, placed, strict=True):
             if where.node is None:
-                unplaced.append(f"{name}-{slot} cannot be placed: " + "; ".join(where.reasons))
+                reasons = [gone, *where.reasons] if gone else list(where.reasons)
+                unplaced.append(f"{name}-{slot} cannot be placed: " + "; ".join(reasons))
                 continue
             for victim in where.victims:
                 replica = by_key.get(victim)
@@ -418,7 +477,15 @@ def _prune(inp: PassInput) -> PruneDecision:
 
 def _requeue(decision: PassDecision, inp: PassInput) -> float:
     """When the next pass should run (the daemon also wakes on commits and readiness)."""
-    if decision.stops() or any(decision.starts.values()) or decision.prune.pending:
+    volumes = decision.volumes
+    if (
+        decision.stops()
+        or any(decision.starts.values())
+        or decision.prune.pending
+        or volumes.creates
+        or volumes.pending
+        or volumes.held
+    ):
         return MOVING_REQUEUE
     candidates = [IDLE_REQUEUE]
     for name, service in decision.services.items():

@@ -54,7 +54,7 @@ from gitorch.strategies.machine import (
     Stop,
 )
 from gitorch.strategies.recreate import recreate_step
-from gitorch.strategies.rolling import is_available, rolling_step
+from gitorch.strategies.rolling import is_available, rolling_step, single_writer_limits
 
 PROGRESSIVE = ("Canary", "BlueGreen", "ABTest")
 
@@ -121,6 +121,8 @@ class ServiceProgress:
     desired: int
     ready: int
     updated: int
+    drift: int = 0  # drift items the policy (warn) leaves alone
+    failing: bool = False  # a failure of the service itself backs off
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,9 @@ class ServiceInput:
     evicting: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     waiting_for: tuple[str, ...] = ()  # dependencies that are not Healthy
     crash_loop: CrashLoop = DEFAULT_CRASH_LOOP
+    # ReadWriteOnce volumes the target writes: one writer at a time, so a RollingUpdate
+    # runs as maxSurge 0 (the old replica stops before the new one starts).
+    single_writer: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -676,6 +681,9 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         step=record.step,
         blocked_slots=backoff.blocked,
     )
+    if inp.single_writer:
+        surge, unavailable = single_writer_limits(target, desired)
+        rin = replace(rin, max_surge=surge, max_unavailable=unavailable)
     decision, progressive = _strategy_step(inp, target, record, rin)
     if held:
         decision = replace(decision, message=f"{decision.message}; {draft.waits[0].reason}")
@@ -696,6 +704,10 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         1 for v in observed.views if v.template == target.template_digest and is_available(v, rin)
     )
     progress_at = now if available > record.available else (record.progress_at or now)
+    # The analyses a decision asks for belong to the step entry it was decided in (the
+    # record as this pass found it): a decision that moves on to the next step still
+    # names the run that let it, which must not open again under the new entry.
+    decided_in = _analysis_entry(record)
     consume = _record_after(inp, draft, target, decision, available, progress_at, desired)
 
     if draft.record.failed_digest == record.spec_digest and record.failed_digest is None:
@@ -734,7 +746,7 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
             decision.preview,
             tuple(_rule_text(r) for r in decision.match),
         )
-        entry = _analysis_entry(draft.record)
+        entry = decided_in
         analyses = decision.analyses if entry is not None else ()
     if decision.phase is Phase.PAUSED and not draft.waits:
         draft.waits.append(Wait(name, decision.message))
@@ -1033,6 +1045,7 @@ def _finish(
         desired=target.replicas,
         ready=sum(1 for v in views if v.ready),
         updated=sum(1 for v in views if v.template == target.template_digest and v.ready),
+        drift=len(drift),
     )
     return ServiceDecision(
         name=target.name,

@@ -7,13 +7,20 @@ from typing import Any
 
 from gitorch.decide.cluster import PassDecision, runnable_drivers
 from gitorch.decide.nodes import node_views
+from gitorch.decide.volumes import (
+    bound_nodes,
+    place_service,
+    single_writer_volumes,
+    volume_constraint,
+)
 from gitorch.decide.waves import dependency_waves
 from gitorch.diff.fields import FieldChange, diff_objects
 from gitorch.diff.plan import DriftItem, ObjectChange, PlacementItem, Plan, Unschedulable
 from gitorch.live.model import LiveService, LiveState
 from gitorch.manifests.build import priority_and_qos_of, requests_of, template_digest_of
 from gitorch.manifests.model import DesiredState, Placement, Service
-from gitorch.scheduler import LEAST_ALLOCATED, Request, Running, schedule
+from gitorch.scheduler import LEAST_ALLOCATED, Request, Running
+from gitorch.scheduler import Decision as SchedulerDecision
 from gitorch.strategies.preview import (
     RolloutPreview,
     preview_create,
@@ -43,6 +50,7 @@ def _service_change(
     live_service: LiveService | None,
     applied: Mapping[str, Any] | None,
     revision: str | None,
+    single_writer: tuple[str, ...] = (),
 ) -> ObjectChange | None:
     running = len(live_service.running) if live_service else 0
     if applied is None:
@@ -60,7 +68,7 @@ def _service_change(
     applied_replicas = applied.get("spec", {}).get("replicas", 0)
     rollout: RolloutPreview
     if replaces:
-        rollout = preview_update(service, running)
+        rollout = preview_update(service, running, single_writer)
     elif not autoscaled and applied_replicas != service.replicas:
         rollout = preview_scale(applied_replicas, service.replicas)
     else:
@@ -162,7 +170,13 @@ def compute_plan(
     for obj in desired_objects:
         applied, revision = _applied_canonical(live, obj.kind, obj.name)
         if isinstance(obj, Service):
-            change = _service_change(obj, live.services.get(obj.name), applied, revision)
+            change = _service_change(
+                obj,
+                live.services.get(obj.name),
+                applied,
+                revision,
+                single_writer_volumes(obj, desired),
+            )
         elif applied is None:
             change = ObjectChange(
                 obj.kind, obj.name, "create", tuple(diff_objects(None, obj.canonical))
@@ -202,9 +216,16 @@ def compute_plan(
         tuple(name for name in wave if name in changed_services)
         for wave in dependency_waves(desired.services)
     )
-    warnings = tuple(
-        f"node {name} is NotReady ({live.nodes[name].message or 'no answer'}): its replicas are unknown"
-        for name in sorted(live.unknown_nodes)
+    warnings = (
+        tuple(
+            f"node {name} is NotReady ({live.nodes[name].message or 'no answer'}): its replicas are unknown"
+            for name in sorted(live.unknown_nodes)
+        )
+        + tuple(
+            f"volume {m.volume} is missing on {m.node}: {m.reason}"
+            for m in (decision.volumes.missing if decision is not None else ())
+        )
+        + tuple(_volume_warnings(desired, live))
     )
     return Plan(
         revision=desired.revision,
@@ -219,6 +240,20 @@ def compute_plan(
         warnings=warnings,
         actions=decision.actions() if decision is not None else (),
     )
+
+
+def _volume_warnings(desired: DesiredState, live: LiveState) -> list[str]:
+    """A bound volume whose spec.node now names another node: it stays with its data."""
+    found: list[str] = []
+    for name, volume in sorted(desired.volumes.items()):
+        records = live.volume_records.get(name, ())
+        if volume.single_node and volume.node and records and records[0].node != volume.node:
+            found.append(
+                f"volume {name} stays on {records[0].node}, where its data is: spec.node "
+                f"{volume.node} applies to a volume made anew (`gitorch volumes --reset` of a "
+                "missing one), gitorch does not move data"
+            )
+    return found
 
 
 def _placements(
@@ -239,7 +274,7 @@ def _placements(
             Running(name, r.replica, r.node, cpu, mem, priority, qos) for r in live_service.running
         )
 
-    requests: list[Request] = []
+    requests: list[tuple[Service, list[Request]]] = []
     services = desired.services
     # apply rolls services wave by wave (dependsOn), so replicas are placed in that order;
     # within a wave, higher priority first.
@@ -262,11 +297,40 @@ def _placements(
             slots = range(0)
         qos = service.resources.qos_class
         drivers = runnable_drivers(service)
-        requests.extend(
-            Request(name, f"{name}-{i}", cpu, mem, placement, qos, drivers=drivers) for i in slots
+        requests.append(
+            (
+                service,
+                [
+                    Request(name, f"{name}-{i}", cpu, mem, placement, qos, drivers=drivers)
+                    for i in slots
+                ],
+            )
         )
 
-    decisions = schedule(nodes, running, requests, strategy=scoring, preemption=True)
+    # Service by service, as a pass places them: each placement counts against the next,
+    # a preempted replica leaves, and a volume bound by a first placement pins the rest.
+    bound = bound_nodes(desired, live)
+    decisions: list[SchedulerDecision] = []
+    for service, batch in requests:
+        constraint = volume_constraint(service, desired, bound)
+        outcome = place_service(nodes, running, batch, constraint, bound, scoring=scoring)
+        decisions.extend(outcome)
+        for request, where in zip(batch, outcome, strict=True):
+            if where.node is None:
+                continue
+            gone = {(s, r) for s, r, _ in where.victims}
+            running = [r for r in running if (r.service, r.replica) not in gone]
+            running.append(
+                Running(
+                    request.service,
+                    request.replica,
+                    where.node,
+                    request.cpu_millis,
+                    request.memory_bytes,
+                    request.priority,
+                    request.qos,
+                )
+            )
     placed = tuple(
         PlacementItem(
             d.service, d.replica, d.node, tuple(f"{s}/{r} on {n}" for s, r, n in d.victims)

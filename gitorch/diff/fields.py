@@ -64,8 +64,11 @@ def _is_dict_list(value: Any) -> bool:
 
 
 def _redact(path: str, value: Any) -> tuple[Any, bool]:
-    """Redact env values whose name looks secret (a ``secretFile`` name is not a secret)."""
+    """Redact env values whose name looks secret (a ``secretFile`` name is not a secret),
+    and the digest of every secret value (a rotation shows as a sensitive change)."""
     parts = path.split(".")
+    if parts[-1] == "digest" and (parts[:2] == ["spec", "env"] or path.startswith("spec.secrets")):
+        return (SENSITIVE if value is not None else None), True
     if len(parts) < 3 or parts[:2] != ["spec", "env"] or not is_sensitive_name(parts[2]):
         return value, False
     if parts[3:4] == ["secretFile"] or isinstance(value, dict):

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitorch.decide.actions import WORLD_CHANGING, Action
+from gitorch.decide.actions import VOLUME_CHANGING, WORLD_CHANGING, Action
 from gitorch.diff.fields import FieldChange
 from gitorch.errors import PlanChanged
 from gitorch.strategies.preview import RolloutPreview
@@ -116,6 +116,7 @@ class Plan:
         counts["drift"] = len(self.drift)
         counts["unschedulable"] = len(self.unschedulable)
         counts["actions"] = sum(1 for a in self.actions if isinstance(a, WORLD_CHANGING))
+        counts["volumeActions"] = sum(1 for a in self.actions if isinstance(a, VOLUME_CHANGING))
         return counts
 
     @property
@@ -125,7 +126,7 @@ class Plan:
         return (
             bool(self.changes)
             or any(d.policy == "correct" for d in self.drift)
-            or any(isinstance(a, WORLD_CHANGING) for a in self.actions)
+            or any(isinstance(a, WORLD_CHANGING + VOLUME_CHANGING) for a in self.actions)
         )
 
     def body(self) -> dict[str, Any]:

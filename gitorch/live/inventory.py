@@ -43,8 +43,10 @@ def runtime_dir(state_dir: Path, node: str) -> Path:
     return Path(state_dir) / "nodes" / node
 
 
-def open_runtimes(targets: Iterable[NodeTarget], state_dir: Path) -> dict[str, Runtime]:
-    """One runtime per node target."""
+def open_runtimes(
+    targets: Iterable[NodeTarget], state_dir: Path, allowed_host_paths: tuple[Path, ...] = ()
+) -> dict[str, Runtime]:
+    """One runtime per node target (``allowed_host_paths``: ``--allow-host-path``)."""
     from gitorch.runtime import open_runtime
 
     return {
@@ -54,6 +56,7 @@ def open_runtimes(targets: Iterable[NodeTarget], state_dir: Path) -> dict[str, R
             endpoint=t.endpoint if t.driver == "docker" else None,
             state_dir=runtime_dir(state_dir, t.name),
             address=t.address,
+            allowed_host_paths=allowed_host_paths,
         )
         for t in targets
     }

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from gitorch.runtime.base import Instance
-from gitorch.state.records import AnalysisRunRecord, BackoffRecord, RolloutRecord
+from gitorch.runtime.base import Instance, VolumeInfo
+from gitorch.state.records import AnalysisRunRecord, BackoffRecord, RolloutRecord, VolumeRecord
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class LiveReplica:
     ports: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({})
     )  # name -> host:port
+    volumes: tuple[str, ...] = ()  # the Volumes it mounts (from its label)
+    writes: tuple[str, ...] = ()  # ... of which read-write
     instance: Instance | None = field(default=None, compare=False, repr=False)  # for probes
 
     def address_of(self, port: str | int | None) -> str | None:
@@ -123,6 +125,14 @@ class LiveState:
     )
     draining_nodes: frozenset[str] = frozenset()  # `gitorch drain NODE`
     node_last_seen: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # Volumes: the store's records (by Volume name), and what each answering node holds
+    # (node -> Volume name -> volume; a node that did not answer is absent).
+    volume_records: Mapping[str, tuple[VolumeRecord, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    volumes_on: Mapping[str, Mapping[str, VolumeInfo]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @property
     def unknown_nodes(self) -> frozenset[str]:
@@ -131,6 +141,13 @@ class LiveState:
 
     def replicas(self) -> list[LiveReplica]:
         return [r for s in self.services.values() for r in s.replicas]
+
+    def volume_users(self, volume: str, node: str | None = None) -> list[LiveReplica]:
+        """Replicas (running or not: they hold the mount) that mount ``volume``, on
+        ``node`` or anywhere."""
+        return [
+            r for r in self.replicas() if volume in r.volumes and (node is None or r.node == node)
+        ]
 
     @classmethod
     def empty(cls, cluster: str = "gitorch") -> LiveState:

@@ -25,12 +25,14 @@ from gitorch.runtime.base import (
     LABEL_REVISION,
     LABEL_SERVICE,
     LABEL_SPEC_DIGEST,
+    LABEL_VOLUMES,
     Instance,
     NodeInfo,
     Probe,
     Runtime,
+    VolumeInfo,
 )
-from gitorch.state import BackoffRecord, RolloutRecord, StateStore
+from gitorch.state import BackoffRecord, RolloutRecord, StateStore, VolumeRecord
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class _NodeObservation:
     info: NodeInfo | None
     instances: list[Instance] | None  # None: unknown (the node did not answer)
     error: str = ""
+    volumes: list[VolumeInfo] | None = None  # None: unknown
 
 
 def _observe_node(target: NodeTarget, runtime: Runtime, cluster: str | None) -> _NodeObservation:
@@ -46,15 +49,27 @@ def _observe_node(target: NodeTarget, runtime: Runtime, cluster: str | None) -> 
     if not info.ready:
         return _NodeObservation(target, info, None, info.message)
     if cluster is None:
-        return _NodeObservation(target, info, [])  # nothing ever ran from this state dir
+        return _NodeObservation(target, info, [], volumes=[])  # nothing ever ran from here
     try:
-        return _NodeObservation(target, info, runtime.list_instances(cluster))
+        instances = runtime.list_instances(cluster)
+        volumes = runtime.list_volumes(cluster)
     except RuntimeDriverError as exc:
         return _NodeObservation(target, info, None, exc.message)
+    return _NodeObservation(target, info, instances, volumes=volumes)
+
+
+def mounted_volumes(label: str) -> list[tuple[str, str]]:
+    """``data:rw,cfg:ro`` (a replica's volumes label) -> ``[("data", "rw"), ("cfg", "ro")]``."""
+    found = []
+    for item in filter(None, label.split(",")):
+        name, _, mode = item.partition(":")
+        found.append((name, mode or "rw"))
+    return found
 
 
 def _replica(instance: Instance, node: str) -> LiveReplica:
     labels = instance.labels
+    mounts = mounted_volumes(labels.get(LABEL_VOLUMES, ""))
     return LiveReplica(
         id=instance.id,
         name=instance.name,
@@ -71,6 +86,8 @@ def _replica(instance: Instance, node: str) -> LiveReplica:
         exit_reason=instance.exit_reason,
         restarts=instance.restarts,
         ports=MappingProxyType({b.name: f"{b.host_ip}:{b.host_port}" for b in instance.ports}),
+        volumes=tuple(name for name, _ in mounts),
+        writes=tuple(name for name, mode in mounts if mode != "ro"),
         instance=instance,
     )
 
@@ -122,6 +139,7 @@ def observe(
     draining = {r.name for r in node_records if r.draining}
     nodes: dict[str, LiveNode] = {}
     replicas_by_service: dict[str, list[LiveReplica]] = {}
+    volumes_on: dict[str, Mapping[str, VolumeInfo]] = {}
     for obs in observations:
         target, info = obs.target, obs.info
         nodes[target.name] = LiveNode(
@@ -144,6 +162,8 @@ def observe(
         for instance in obs.instances or []:
             replica = _replica(instance, target.name)
             replicas_by_service.setdefault(replica.service, []).append(replica)
+        if obs.instances is not None and obs.volumes is not None:
+            volumes_on[target.name] = MappingProxyType({v.name: v for v in obs.volumes})
 
     records = {r.service: r for r in store.list_rollouts()} if store is not None else {}
     inventory = {
@@ -175,6 +195,9 @@ def observe(
         for name, record in records.items()
         if store is not None and record.step_started_at is not None
     }
+    volume_records: dict[str, list[VolumeRecord]] = {}
+    for volume in store.list_volumes() if store is not None else []:
+        volume_records.setdefault(volume.name, []).append(volume)
     return LiveState(
         cluster=cluster or "",
         observed_at=started,
@@ -189,6 +212,8 @@ def observe(
         node_last_seen=MappingProxyType(
             {r.name: r.last_seen for r in node_records if r.last_seen is not None}
         ),
+        volume_records=MappingProxyType({k: tuple(v) for k, v in volume_records.items()}),
+        volumes_on=MappingProxyType(volumes_on),
     )
 
 

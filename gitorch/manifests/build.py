@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -43,6 +44,7 @@ TEMPLATE_FIELDS = (
     "restartPolicy",
     "terminationGracePeriodSeconds",
     "volumes",
+    "secrets",  # written only when a service has secret files: older digests stay the same
 )
 
 
@@ -259,9 +261,30 @@ def _placement(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def secret_ref_canonical(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical form of a secret reference (``digest``: only once resolved by
+    gitorch.secrets; a manifest cannot carry one, the schema refuses it)."""
+    if "secretFile" in value:
+        out: dict[str, Any] = {"secretFile": value["secretFile"]}
+    else:  # checks.py reports a reference missing either
+        out = {"secret": value.get("secret"), "key": value.get("key")}
+    if value.get("digest"):
+        out["digest"] = value["digest"]
+    return out
+
+
+def secret_ref_of(value: Mapping[str, Any]) -> m.SecretRef:
+    return m.SecretRef(
+        file=value.get("secretFile"),
+        secret=value.get("secret"),
+        key=value.get("key"),
+        digest=value.get("digest"),
+    )
+
+
 def _env_value(value: Any) -> Any:
     if isinstance(value, dict):
-        return {"secretFile": value["secretFile"]}
+        return secret_ref_canonical(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
@@ -326,6 +349,8 @@ def canonical_service(doc: Mapping[str, Any]) -> dict[str, Any]:
         }
         for v in raw.get("volumes") or []
     ]
+    if raw.get("secrets"):
+        spec["secrets"] = [{"name": f["name"], **secret_ref_canonical(f)} for f in raw["secrets"]]
     if "autoscale" in raw:
         auto = raw["autoscale"]
         behavior = auto.get("behavior") or {}
@@ -381,6 +406,13 @@ def canonical_volume(doc: Mapping[str, Any]) -> dict[str, Any]:
         spec["size"] = format_memory(parse_memory(raw["size"]))
     if "node" in raw:
         spec["node"] = raw["node"]
+    if "hostPath" in raw:
+        # One spelling of one directory: "/srv//data/" and "/srv/data" are the same.
+        spec["hostPath"] = posixpath.normpath(raw["hostPath"])
+    if "driver" in raw:
+        spec["driver"] = raw["driver"]
+    if raw.get("driverOpts"):
+        spec["driverOpts"] = dict(sorted(raw["driverOpts"].items()))
     return _envelope("Volume", doc, spec)
 
 
@@ -555,7 +587,7 @@ def build_service(doc: Mapping[str, Any], origin: m.Origin) -> m.Service:
         args=tuple(spec["args"]),
         working_dir=spec.get("workingDir"),
         env=tuple(
-            m.EnvVar(name, secret_file=value["secretFile"])
+            m.EnvVar(name, secret_file=value.get("secretFile"), ref=secret_ref_of(value))
             if isinstance(value, dict)
             else m.EnvVar(name, value=value)
             for name, value in spec["env"].items()
@@ -591,6 +623,9 @@ def build_service(doc: Mapping[str, Any], origin: m.Origin) -> m.Service:
         digest=digest_of(canon),
         template_digest=template_digest_of(canon),
         origin=origin,
+        secret_files=tuple(
+            m.SecretFileMount(f["name"], secret_ref_of(f)) for f in spec.get("secrets") or []
+        ),
     )
 
 
@@ -637,6 +672,29 @@ def build_volume(doc: Mapping[str, Any], origin: m.Origin) -> m.Volume:
         canonical=canon,
         digest=digest_of(canon),
         origin=origin,
+        host_path=spec.get("hostPath"),
+        driver=spec.get("driver"),
+        driver_opts=_frozen(spec.get("driverOpts") or {}),
+    )
+
+
+def canonical_secret(doc: Mapping[str, Any]) -> dict[str, Any]:
+    raw = doc["spec"]
+    data = {key: str(value).strip() + "\n" for key, value in sorted(raw["encryptedData"].items())}
+    return _envelope("Secret", doc, {"encryptedData": data})
+
+
+def build_secret(doc: Mapping[str, Any], origin: m.Origin) -> m.Secret:
+    canon = canonical_secret(doc)
+    meta = canon["metadata"]
+    return m.Secret(
+        name=meta["name"],
+        labels=_frozen(meta["labels"]),
+        annotations=_frozen(meta["annotations"]),
+        encrypted=_frozen(canon["spec"]["encryptedData"]),
+        canonical=canon,
+        digest=digest_of(canon),
+        origin=origin,
     )
 
 
@@ -644,4 +702,5 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any], m.Origin], m.ManifestObject]] =
     "Service": build_service,
     "Node": build_node,
     "Volume": build_volume,
+    "Secret": build_secret,
 }

@@ -127,13 +127,22 @@ def check_service(entry: Entry) -> Iterator[Finding]:
 
     for name, value in (spec.get("env") or {}).items():
         if isinstance(value, dict):
-            secret = value["secretFile"]
-            if secret.startswith("/") or ".." in secret.split("/"):
-                yield Finding(
-                    origin,
-                    at("env", name, "secretFile"),
-                    "secretFile must be a relative path inside the operator's secrets directory",
-                )
+            yield from _check_secret_ref(origin, at("env", name), value)
+    secret_files: set[str] = set()
+    for i, mount in enumerate(spec.get("secrets") or []):
+        yield from _check_secret_ref(origin, at("secrets", i), mount)
+        if mount["name"] in secret_files:
+            yield Finding(
+                origin, at("secrets", i, "name"), f"duplicate secret file '{mount['name']}'"
+            )
+        secret_files.add(mount["name"])
+    if secret_files and SECRETS_DIR_ENV in (spec.get("env") or {}):
+        yield Finding(
+            origin,
+            at("env", SECRETS_DIR_ENV),
+            f"{SECRETS_DIR_ENV} is set by gitorch for a service with secret files",
+            at_key=True,
+        )
     for field in ("certFile", "keyFile"):
         name = ((spec.get("expose") or {}).get("tls") or {}).get(field)
         if isinstance(name, str) and (name.startswith("/") or ".." in name.split("/")):
@@ -145,6 +154,31 @@ def check_service(entry: Entry) -> Iterator[Finding]:
     working_dir = spec.get("workingDir")
     if working_dir is not None and ".." in posixpath.normpath(working_dir).split("/"):
         yield Finding(origin, at("workingDir"), "workingDir must not climb out with '..'")
+
+
+#: The env var that names the folder of a service's secret files.
+SECRETS_DIR_ENV = "SECRETS_DIR"
+
+
+def _check_secret_ref(
+    origin: Origin, where: FieldPath, ref: Mapping[str, Any]
+) -> Iterator[Finding]:
+    """A secret reference names exactly one source; a secretFile stays inside the
+    operator's secrets directory."""
+    if ("secretFile" in ref) == ("secret" in ref or "key" in ref):
+        yield Finding(origin, where, "give either secretFile, or secret with key (not both)")
+        return
+    if ("secret" in ref) != ("key" in ref):
+        missing = "key" if "secret" in ref else "secret"
+        yield Finding(origin, where, f"secret and key go together: {missing} is missing")
+        return
+    secret = ref.get("secretFile")
+    if secret is not None and (secret.startswith("/") or ".." in secret.split("/")):
+        yield Finding(
+            origin,
+            (*where, "secretFile"),
+            "secretFile must be a relative path inside the operator's secrets directory",
+        )
 
 
 def _check_resources(origin: Origin, spec: Mapping[str, Any]) -> Iterator[Finding]:
@@ -303,10 +337,13 @@ DAEMON_PORTS: Mapping[int, str] = {7420: "the gitorch daemon's API and webhook (
 
 
 def check_repo(
-    entries: Sequence[Entry], reserved: Mapping[int, str] = DAEMON_PORTS
+    entries: Sequence[Entry],
+    reserved: Mapping[int, str] = DAEMON_PORTS,
+    allowed_host_paths: Sequence[str] = (),
 ) -> Iterator[Finding]:
     """Duplicates and references between documents. ``reserved``: ports gitorch itself
-    listens on (port -> what), which no Service may expose."""
+    listens on (port -> what), which no Service may expose; ``allowed_host_paths``: the
+    directories a Volume's ``hostPath`` may be in (the operator's ``--allow-host-path``)."""
     first: dict[tuple[str, str], Entry] = {}
     for entry in entries:
         key = (entry.kind, entry.name)
@@ -352,14 +389,54 @@ def check_repo(
                         ("spec", "placement", field_name, i, "service"),
                         f"{field_name} names unknown Service '{term['service']}'",
                     )
+    yield from _check_secret_keys(services, entries, first)
     yield from _check_cycles(services)
     yield from _check_ports(services, reserved)
+    volume_entries = {
+        e.name: e
+        for e in entries
+        if e.kind == "Volume" and e.valid and first.get(("Volume", e.name)) is e
+    }
+    yield from check_volumes(volume_entries, services, allowed_host_paths)
     if nodes:
         for entry in entries:
             if entry.kind == "Volume" and entry.valid:
                 node = (entry.raw.get("spec") or {}).get("node")
                 if node is not None and node not in nodes:
                     yield Finding(entry.origin, ("spec", "node"), f"unknown Node '{node}'")
+
+
+def _check_secret_keys(
+    services: Mapping[str, Entry],
+    entries: Sequence[Entry],
+    first: Mapping[tuple[str, str], Entry],
+) -> Iterator[Finding]:
+    """Every ``{secret: NAME, key: KEY}`` names a Secret of the repo that has that key."""
+    keys: dict[str, set[str]] = {}
+    for entry in entries:
+        if entry.kind == "Secret" and entry.valid and first.get(("Secret", entry.name)) is entry:
+            keys[entry.name] = set((entry.raw.get("spec") or {}).get("encryptedData") or {})
+    for _, entry in sorted(services.items()):
+        spec = entry.raw["spec"]
+        refs: list[tuple[FieldPath, Mapping[str, Any]]] = [
+            (("spec", "env", name), value)
+            for name, value in (spec.get("env") or {}).items()
+            if isinstance(value, dict)
+        ]
+        refs += [(("spec", "secrets", i), m) for i, m in enumerate(spec.get("secrets") or [])]
+        for where, ref in refs:
+            name = ref.get("secret")
+            if name is None or "secretFile" in ref or "key" not in ref:
+                continue  # reported by _check_secret_ref
+            if name not in keys:
+                yield Finding(entry.origin, (*where, "secret"), f"unknown Secret '{name}'")
+            elif ref.get("key") not in keys[name]:
+                known = ", ".join(sorted(keys[name])) or "none"
+                yield Finding(
+                    entry.origin,
+                    (*where, "key"),
+                    f"Secret '{name}' has no key '{ref.get('key')}' (its keys: {known})",
+                )
 
 
 def _check_cycles(services: Mapping[str, Entry]) -> Iterator[Finding]:
@@ -434,3 +511,140 @@ def _check_ports(
 
 def describe(path: FieldPath) -> str:
     return format_field(path)
+
+
+# ---------------------------------------------------------------- volumes
+
+#: Strategies that run the old and the new version side by side (two writers).
+_SIDE_BY_SIDE = ("Canary", "BlueGreen", "ABTest")
+
+
+def host_path_allowed(path: str, allowed: Sequence[str]) -> bool:
+    """Whether ``path`` is one of the ``allowed`` directories or inside one (lexically:
+    the runtime checks again with symlinks resolved)."""
+    normal = posixpath.normpath(path)
+    for root in allowed:
+        base = posixpath.normpath(root)
+        if normal == base or normal.startswith(base.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _allowed_text(allowed: Sequence[str]) -> str:
+    if not allowed:
+        return "none: the operator allows host paths with --allow-host-path DIR"
+    return "--allow-host-path " + ", ".join(sorted(allowed))
+
+
+def check_volumes(
+    volumes: Mapping[str, Entry],
+    services: Mapping[str, Entry],
+    allowed_host_paths: Sequence[str] = (),
+) -> Iterator[Finding]:
+    """Volumes and their users: backends, host paths, and the single writer of a
+    ReadWriteOnce volume (one replica, one service, no side-by-side strategy)."""
+    for _, entry in sorted(volumes.items()):
+        spec = entry.raw.get("spec") or {}
+        mode = spec.get("accessMode", "ReadWriteOnce")
+        host_path = spec.get("hostPath")
+        docker_driver = "driver" in spec or bool(spec.get("driverOpts"))
+        shares = (
+            host_path is not None
+            or bool(spec.get("driverOpts"))
+            or (spec.get("driver", "local") != "local")
+        )
+        if host_path is not None and docker_driver:
+            yield Finding(
+                entry.origin,
+                ("spec", "hostPath"),
+                "give hostPath or driver/driverOpts, not both",
+            )
+        if host_path is not None and not host_path_allowed(host_path, allowed_host_paths):
+            yield Finding(
+                entry.origin,
+                ("spec", "hostPath"),
+                f"hostPath {host_path} is outside the directories the operator allows "
+                f"({_allowed_text(allowed_host_paths)})",
+            )
+        if host_path is not None and spec.get("reclaimPolicy") == "Delete":
+            yield Finding(
+                entry.origin,
+                ("spec", "reclaimPolicy"),
+                "a hostPath is the operator's directory and gitorch never deletes it: "
+                "use reclaimPolicy Retain",
+            )
+        if mode != "ReadWriteOnce" and not shares:
+            yield Finding(
+                entry.origin,
+                ("spec", "accessMode"),
+                f"accessMode {mode} needs a backend that can share: spec.hostPath (a directory "
+                "the operator provides) or a Docker volume driver with spec.driverOpts (NFS "
+                "and friends); a local volume lives on one node with one writer "
+                "(ReadWriteOnce)",
+            )
+    writers: dict[str, str] = {}  # ReadWriteOnce volume -> the service writing it
+    for service_name, entry in sorted(services.items()):
+        spec = entry.raw["spec"]
+        for i, mount in enumerate(spec.get("volumes") or []):
+            volume = volumes.get(mount["volume"])
+            if volume is None:
+                continue  # unknown: reported as such
+            vspec = volume.raw.get("spec") or {}
+            mode = vspec.get("accessMode", "ReadWriteOnce")
+            read_only = bool(mount.get("readOnly", False))
+            at: FieldPath = ("spec", "volumes", i)
+            if ("driver" in vspec or vspec.get("driverOpts")) and "image" not in spec:
+                yield Finding(
+                    entry.origin,
+                    (*at, "volume"),
+                    f"Volume '{volume.name}' is a Docker volume (driver/driverOpts), and this "
+                    "Service runs only on process nodes (it has no image)",
+                )
+            if mode == "ReadOnlyMany" and not read_only:
+                yield Finding(
+                    entry.origin,
+                    (*at, "readOnly"),
+                    f"Volume '{volume.name}' is ReadOnlyMany: mount it with readOnly: true",
+                )
+            if mode != "ReadWriteOnce" or read_only:
+                continue
+            yield from _single_writer(entry, spec, volume.name, at, writers.get(volume.name))
+            writers.setdefault(volume.name, service_name)
+
+
+def _single_writer(
+    entry: Entry, spec: Mapping[str, Any], volume: str, at: FieldPath, other: str | None
+) -> Iterator[Finding]:
+    """A ReadWriteOnce volume mounted read-write: one writer at a time."""
+    why = f"ReadWriteOnce Volume '{volume}' has one writer at a time"
+    if other is not None:
+        yield Finding(
+            entry.origin,
+            (*at, "volume"),
+            f"{why}, and Service '{other}' already mounts it read-write (mount it readOnly, "
+            "or use a Volume with accessMode ReadWriteMany on a backend that can share)",
+        )
+    replicas = spec.get("replicas", 1)
+    auto = spec.get("autoscale")
+    if replicas > 1:
+        yield Finding(
+            entry.origin,
+            ("spec", "replicas"),
+            f"{why}: replicas {replicas} would be {replicas} writers (use replicas 1, mount it "
+            "readOnly, or use accessMode ReadWriteMany on a backend that can share)",
+        )
+    elif auto is not None and auto["maxReplicas"] > 1:
+        yield Finding(
+            entry.origin,
+            ("spec", "autoscale", "maxReplicas"),
+            f"{why}: autoscaling to {auto['maxReplicas']} replicas would make as many writers",
+        )
+    kind = (spec.get("strategy") or {}).get("type", "RollingUpdate")
+    if kind in _SIDE_BY_SIDE:
+        yield Finding(
+            entry.origin,
+            ("spec", "strategy", "type"),
+            f"{why}, and strategy {kind} runs the old and the new version side by side: use "
+            "RollingUpdate (with such a volume it stops the old replica before starting the "
+            "new one) or Recreate",
+        )

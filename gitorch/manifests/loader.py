@@ -17,7 +17,15 @@ from gitorch.errors import Diagnostic, ManifestInvalid
 from gitorch.manifests import schema
 from gitorch.manifests.build import BUILDERS, digest_of
 from gitorch.manifests.checks import DAEMON_PORTS, Entry, Finding, check_repo, check_service
-from gitorch.manifests.model import DesiredState, ManifestObject, Node, Origin, Service, Volume
+from gitorch.manifests.model import (
+    DesiredState,
+    ManifestObject,
+    Node,
+    Origin,
+    Secret,
+    Service,
+    Volume,
+)
 from gitorch.manifests.quantities import QuantityError
 from gitorch.manifests.yamlload import (
     FieldPath,
@@ -72,13 +80,19 @@ class ManifestLoader:
     """Loads revisions; keep one per process to benefit from the per-blob cache."""
 
     def __init__(
-        self, cache_size: int = 20_000, reserved_ports: Mapping[int, str] | None = None
+        self,
+        cache_size: int = 20_000,
+        reserved_ports: Mapping[int, str] | None = None,
+        allowed_host_paths: Sequence[str] = (),
     ) -> None:
         """``reserved_ports``: ports gitorch itself listens on (port -> what), refused as
-        a Service's expose or preview port (default: the daemon API's default port)."""
+        a Service's expose or preview port (default: the daemon API's default port).
+        ``allowed_host_paths``: directories a Volume's ``hostPath`` may be in (the
+        operator's ``--allow-host-path``; none by default: every hostPath is refused)."""
         self._cache: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
         self._cache_size = cache_size
         self.reserved_ports = DAEMON_PORTS if reserved_ports is None else dict(reserved_ports)
+        self.allowed_host_paths = tuple(allowed_host_paths)
 
     def load(
         self,
@@ -107,7 +121,7 @@ class ManifestLoader:
 
         entries = [entry for _, result in results for entry in result.entries]
         findings = [finding for _, result in results for finding in result.findings]
-        findings.extend(check_repo(entries, self.reserved_ports))
+        findings.extend(check_repo(entries, self.reserved_ports, self.allowed_host_paths))
 
         by_path = {file.path: file for file, _ in results}
         positions: dict[str, PositionIndex] = {}
@@ -129,12 +143,15 @@ class ManifestLoader:
         services: dict[str, Service] = {}
         nodes: dict[str, Node] = {}
         volumes: dict[str, Volume] = {}
+        secrets: dict[str, Secret] = {}
         for _, result in results:
             for obj in result.objects:
                 if isinstance(obj, Service):
                     services[obj.name] = obj
                 elif isinstance(obj, Node):
                     nodes[obj.name] = obj
+                elif isinstance(obj, Secret):
+                    secrets[obj.name] = obj
                 else:
                     volumes[obj.name] = obj
         all_digests = sorted(f"{o.kind}/{o.name}/{o.digest}" for _, r in results for o in r.objects)
@@ -145,6 +162,7 @@ class ManifestLoader:
             nodes=dict(sorted(nodes.items())),
             volumes=dict(sorted(volumes.items())),
             digest=digest_of(all_digests),
+            secrets=dict(sorted(secrets.items())),
         )
 
     # ------------------------------------------------------------ per file, cached
@@ -221,10 +239,10 @@ def _check_document(origin: Origin, document: Any, findings: list[Finding]) -> E
     kind = document.get("kind")
     if kind not in schema.KINDS:
         if kind is None:
-            message = "missing required field 'kind' (one of Service, Node, Volume)"
+            message = f"missing required field 'kind' (one of {', '.join(schema.KINDS)})"
             findings.append(Finding(origin, (), message))
         else:
-            message = f"unknown kind {shown(kind)} (expected one of Service, Node, Volume)"
+            message = f"unknown kind {shown(kind)} (expected one of {', '.join(schema.KINDS)})"
             findings.append(Finding(origin, ("kind",), message))
         return None
     if not schema.is_valid(kind, document):

@@ -28,14 +28,43 @@ class Origin:
 
 
 @dataclass(frozen=True)
+class SecretRef:
+    """Where a secret value comes from: a file under the daemon's ``--secrets-dir``
+    (``file``), or a key of a ``kind: Secret`` in the repo, encrypted for the daemon's
+    age key (``secret``, ``key``). The value itself never enters the model: ``digest``
+    (set by :mod:`gitorch.secrets` before a pass) is a keyed digest of it, so a new
+    value changes the template digest and rolls the service."""
+
+    file: str | None = None
+    secret: str | None = None
+    key: str | None = None
+    digest: str | None = None
+
+    def describe(self) -> str:
+        if self.file is not None:
+            return f"secretFile {self.file!r}"
+        return f"key {self.key!r} of Secret {self.secret!r}"
+
+
+@dataclass(frozen=True)
 class EnvVar:
     name: str
     value: str | None = None
     secret_file: str | None = None  # read at apply time from the operator's secrets dir
+    ref: SecretRef | None = None  # any secret reference (secret_file's too)
 
     @property
     def is_secret(self) -> bool:
-        return self.secret_file is not None
+        return self.secret_file is not None or self.ref is not None
+
+
+@dataclass(frozen=True)
+class SecretFileMount:
+    """A secret delivered as a file ``name``: read-only, on memory-backed storage, in the
+    folder ``$SECRETS_DIR`` names (``/run/secrets`` in a container)."""
+
+    name: str
+    ref: SecretRef
 
 
 @dataclass(frozen=True)
@@ -305,6 +334,7 @@ class Service:
     digest: str
     template_digest: str
     origin: Origin
+    secret_files: tuple[SecretFileMount, ...] = ()
 
     kind = "Service"
 
@@ -355,8 +385,18 @@ class Node:
     kind = "Node"
 
 
+#: Volume access modes (Kubernetes' names).
+READ_WRITE_ONCE = "ReadWriteOnce"
+READ_ONLY_MANY = "ReadOnlyMany"
+READ_WRITE_MANY = "ReadWriteMany"
+
+
 @dataclass(frozen=True)
 class Volume:
+    """Storage that outlives replicas. ``ReadWriteOnce`` lives on one node (``node``, or
+    where its first user is placed) and has one writer at a time; the ``Many`` modes need
+    a backend that can share (``host_path``, or a Docker volume driver with options)."""
+
     name: str
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
@@ -367,11 +407,50 @@ class Volume:
     canonical: Mapping[str, Any]
     digest: str
     origin: Origin
+    host_path: str | None = None  # a node directory instead of a managed volume
+    driver: str | None = None  # docker only: the volume driver (None: local)
+    driver_opts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     kind = "Volume"
 
+    @property
+    def single_node(self) -> bool:
+        """ReadWriteOnce: bound to one node, one writer at a time."""
+        return self.access_mode == READ_WRITE_ONCE
 
-ManifestObject = Service | Node | Volume
+    @property
+    def docker_only(self) -> bool:
+        """A Docker volume driver or its options: only docker nodes can mount it."""
+        return self.driver is not None or bool(self.driver_opts)
+
+    @property
+    def can_share(self) -> bool:
+        """A backend several nodes (and writers) can use: a host path the operator
+        provides, or a Docker volume driver with options (NFS and friends)."""
+        return (
+            self.host_path is not None
+            or bool(self.driver_opts)
+            or (self.driver is not None and self.driver != "local")
+        )
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Secret values kept in the repo, each encrypted for the daemon's age key (armored
+    age ciphertext per key: a SOPS-style file, the keys readable, the values not)."""
+
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    encrypted: Mapping[str, str]  # key -> ASCII-armored age ciphertext
+    canonical: Mapping[str, Any]
+    digest: str
+    origin: Origin
+
+    kind = "Secret"
+
+
+ManifestObject = Service | Node | Volume | Secret
 
 
 @dataclass(frozen=True)
@@ -384,6 +463,9 @@ class DesiredState:
     nodes: Mapping[str, Node]
     volumes: Mapping[str, Volume]
     digest: str  # of all objects' digests: equal digests, equal desired state
+    # Encrypted secret values; not applied objects themselves (no inventory, no plan
+    # entry): what they change shows in the Services that use them.
+    secrets: Mapping[str, Secret] = field(default_factory=dict)
 
     def objects(self) -> list[ManifestObject]:
         """All objects in a stable order (kind, then name)."""

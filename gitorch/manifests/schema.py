@@ -29,12 +29,13 @@ from referencing import Registry, Resource
 
 from gitorch.manifests.yamlload import MAX_SHOWN, FieldPath, shown
 
-KINDS = ("Service", "Node", "Volume")
+KINDS = ("Service", "Node", "Volume", "Secret")
 API_VERSION = "gitorch.dev/v1"
 _SCHEMA_FILES = {
     "Service": "service.schema.json",
     "Node": "node.schema.json",
     "Volume": "volume.schema.json",
+    "Secret": "secret.schema.json",
 }
 _COMMON = "common.schema.json"
 

@@ -70,12 +70,17 @@ def _int(text: str) -> int:
     return int(text)  # ValueError past Python's digit limit: reported by the caller
 
 
+_NAN = float("nan")
+
+
 def _float(text: str) -> float:
     lowered = text.lower()
     if lowered.endswith(".inf"):
         return float("-inf") if lowered.startswith("-") else float("inf")
     if lowered == ".nan":
-        return float("nan")
+        # One NaN object: NaN never equals itself, so two `.nan` keys of a mapping would
+        # otherwise both be kept instead of being reported as a duplicate key.
+        return _NAN
     return float(text)
 
 

@@ -12,7 +12,9 @@ from typing import Any
 from gitorch.decide.backoff import remaining
 from gitorch.decide.service import SERVICE_SLOT, slot_of
 from gitorch.live.model import LiveReplica, LiveService
+from gitorch.readmodel.allocation import allocation
 from gitorch.readmodel.cluster import ClusterView
+from gitorch.readmodel.volumes import volumes_json
 from gitorch.state import BackoffRecord, TrafficSnapshot, lock_holder
 from gitorch.state.layout import DAEMON_FILE
 
@@ -69,6 +71,8 @@ def service_json(
         },
         "failure": _failure_json(failure, now) if failure is not None else None,
         "endpoint": {"port": expose["port"], "protocol": expose["protocol"]} if expose else None,
+        # The applied strategy (its steps draw the rollout on the dashboard).
+        "strategy": spec.get("strategy"),
         # Crash-loop restarts of all slots (a slot in back-off may have no replica at all).
         "restarts": sum(b.restarts for b in slots.values()),
         "backoff": [
@@ -161,6 +165,7 @@ def status_json(
     backoff: dict[str, dict[int, BackoffRecord]] = {}
     for record in view.store.list_backoff() if view.store is not None else []:
         backoff.setdefault(record.service, {})[record.slot] = record
+    used = allocation(live)
     daemon_error = _daemon_error(view)
     if daemon_error is not None:
         last_error = daemon_error.get("message") or last_error
@@ -169,7 +174,16 @@ def status_json(
         "revision": live.last_applied_revision,
         "lastError": last_error,
         "nodes": [
-            {"name": n.name, "driver": n.driver, "ready": n.ready, "message": n.message}
+            {
+                "name": n.name,
+                "driver": n.driver,
+                "ready": n.ready,
+                "message": n.message,
+                # Millicores and bytes: what the node offers, and its replicas request.
+                "capacity": {"cpu": n.cpu_millis, "memory": n.memory_bytes},
+                "requested": {"cpu": used[n.name]["cpu"], "memory": used[n.name]["memory"]},
+                "replicas": used[n.name]["replicas"],
+            }
             for n in live.nodes.values()
         ],
         "services": [
@@ -180,6 +194,7 @@ def status_json(
             }
             for s in services
         ],
+        "volumes": volumes_json(live),
         **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),
     }
 

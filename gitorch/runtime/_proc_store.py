@@ -2,7 +2,7 @@
 
 Layout under the driver's ``state_dir``::
 
-    replicas/<name>/instance.json   the record below (mode 0600: it holds the replica's env)
+    replicas/<name>/instance.json   the record below (mode 0600; never a secret value)
     replicas/<name>/output.log      the replica's stdout and stderr, in the order written
     replicas/<name>/cgroup          the replica's cgroup, written before the group is made
                                     (so a daemon killed before the record finds it again)
@@ -62,7 +62,7 @@ class ReplicaRecord:
     argv: list[str]
     cmdline: list[str]  # /proc/<pid>/cmdline right after spawn, for humans and debugging
     cwd: str
-    env: dict[str, str]
+    env: dict[str, str]  # never a secret value: those are named in secret_env only
     labels: dict[str, str]
     ports: list[PortRecord] = field(default_factory=list)
     created_at: float = 0.0
@@ -73,6 +73,9 @@ class ReplicaRecord:
     exited_at: float | None = None
     exit_reason: str | None = None  # "OOMKilled", "exit N", "signal N" (see Instance)
     cgroup: str | None = None  # the group's path below each hierarchy root, if any
+    # Names of the env vars that hold secrets (their values are in the process's own
+    # environment, never here: an exec probe reads them from /proc/PID/environ).
+    secret_env: list[str] = field(default_factory=list)
     version: int = RECORD_VERSION
 
     @property

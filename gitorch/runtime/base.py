@@ -23,6 +23,12 @@ LABEL_REPLICA = "dev.gitorch.replica"
 LABEL_REVISION = "dev.gitorch.revision"  # commit sha the replica was created from
 LABEL_SPEC_DIGEST = "dev.gitorch.spec-digest"
 LABEL_NODE = "dev.gitorch.node"
+#: On a replica: the Volumes it mounts and how (``data:rw,cfg:ro``), so their users (and
+#: writers) are known from the runtime alone. On a volume: its name in Git.
+LABEL_VOLUMES = "dev.gitorch.volumes"
+LABEL_VOLUME = "dev.gitorch.volume"
+#: On a volume: its recorded size in bytes (kept, not enforced: see the drivers).
+LABEL_SIZE = "dev.gitorch.size"
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,52 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class VolumeSpec:
+    """A Volume as a driver makes it on one node (no gitorch model types inside).
+
+    ``host_path``: an operator's directory instead of a managed volume (the driver checks
+    it against its allowed directories, symlinks resolved). ``driver``/``driver_opts``:
+    a Docker volume driver and its options (docker nodes only). ``size_bytes`` is kept
+    with the volume; neither driver enforces it on its default backend.
+    """
+
+    name: str  # the Volume's name in Git
+    host_path: str | None = None
+    driver: str | None = None
+    driver_opts: Mapping[str, str] = field(default_factory=dict)
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A volume as one replica sees it: at ``target`` (docker), and through the env var
+    ``VOLUME_<NAME>`` (both drivers: see :func:`volume_env_name`)."""
+
+    name: str  # the mount's name in the Service (``spec.volumes[].name``)
+    volume: VolumeSpec
+    target: str  # mountPath
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A volume a driver holds on its node."""
+
+    name: str  # the Volume's name in Git
+    node: str
+    handle: str  # the Docker volume's name, or the directory (process driver)
+    size_bytes: int | None = None  # recorded, not enforced
+    created_at: float | None = None
+    host_path: str | None = None
+
+
+def volume_env_name(mount_name: str) -> str:
+    """``VOLUME_<NAME>``: the variable that tells a replica where a mount is (``data`` ->
+    ``VOLUME_DATA``, ``job-log`` -> ``VOLUME_JOB_LOG``)."""
+    return "VOLUME_" + "".join(c if c.isalnum() else "_" for c in mount_name.upper())
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything a driver needs to create one replica (no gitorch model types inside).
 
@@ -74,6 +126,16 @@ class ReplicaSpec:
     memory_limit: int | None = None  # bytes
     labels: Mapping[str, str] = field(default_factory=dict)
     stop_grace_seconds: float = 10.0
+    mounts: tuple[Mount, ...] = ()  # volumes, made beforehand (Runtime.create_volume)
+    # Secret values: given to the replica, never written to a driver's records. Env vars
+    # (visible to whoever can inspect the engine), and files (name -> bytes) placed
+    # read-only on memory-backed storage, in the folder $SECRETS_DIR names.
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secret_files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+
+
+#: The env var naming the folder of a replica's secret files.
+SECRETS_DIR_ENV = "SECRETS_DIR"
 
 
 class InstanceState(StrEnum):
@@ -224,4 +286,18 @@ class Runtime(Protocol):
 
     def probe(self, instance: Instance, probe: Probe) -> ProbeResult:
         """Run one health probe against a replica; never raises for a failing replica."""
+        ...
+
+    def create_volume(self, spec: VolumeSpec, cluster: str) -> VolumeInfo:
+        """Make the volume on this node, or adopt the one of that name already there (its
+        data is kept): idempotent. :class:`~gitorch.errors.VolumeError` when it cannot."""
+        ...
+
+    def list_volumes(self, cluster: str) -> list[VolumeInfo]:
+        """Every volume of ``cluster`` on this node."""
+        ...
+
+    def remove_volume(self, name: str, cluster: str) -> None:
+        """Remove the volume and its data (a host path's directory is never deleted);
+        removing one that is gone is fine. VolumeError while a replica still uses it."""
         ...

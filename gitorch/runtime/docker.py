@@ -28,6 +28,13 @@ Design decisions (also in the class docstring of :class:`DockerRuntime`):
 * **Exit reasons** come from the engine: ``State.OOMKilled`` is ``"OOMKilled"``; a code
   from 129 to 192 reads as ``"signal N"`` (Docker reports a death by signal N as 128 + N,
   so a program that itself exits with such a code reads the same).
+* **Volumes are named volumes** ``<cluster>_<node>_<volume>``, labelled with the cluster,
+  node and Volume name (the local driver, or the Volume's driver and options: NFS and
+  friends). A ``hostPath`` is a local volume binding that directory (``type=none,
+  o=bind``), so it is listed, labelled and removed like any other (removing it leaves the
+  directory). A replica is never created while one of its volumes is missing: Docker
+  would make an empty one silently. The size is a label: the local driver cannot enforce
+  one (only a tmpfs takes ``o=size=``, through ``driverOpts``).
 """
 
 from __future__ import annotations
@@ -58,14 +65,20 @@ from gitorch.errors import (
     PortInUse,
     ReplicaStartFailed,
     RuntimeDriverError,
+    VolumeError,
 )
+from gitorch.runtime import _secret_files
 from gitorch.runtime._retained import RetainedStore, tail_bytes
+from gitorch.runtime._volume_dirs import check_host_path
 from gitorch.runtime.base import (
     LABEL_CLUSTER,
     LABEL_NODE,
     LABEL_REPLICA,
     LABEL_REVISION,
     LABEL_SERVICE,
+    LABEL_SIZE,
+    LABEL_VOLUME,
+    SECRETS_DIR_ENV,
     Instance,
     InstanceState,
     NodeInfo,
@@ -75,6 +88,9 @@ from gitorch.runtime.base import (
     ReplicaSpec,
     ResourceUsage,
     RetainedLog,
+    VolumeInfo,
+    VolumeSpec,
+    volume_env_name,
 )
 from gitorch.runtime.probes import http_check, tcp_check
 
@@ -93,6 +109,8 @@ DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 
 #: Label holding ``name=containerPort/proto`` pairs: Docker keeps no port names.
 LABEL_PORTS = "dev.gitorch.ports"
+#: On a hostPath volume: the directory it binds.
+LABEL_HOST_PATH = "dev.gitorch.host-path"
 
 _T = TypeVar("_T")
 
@@ -173,6 +191,10 @@ def docker_available(endpoint: str | None = None, timeout: float = 1.0) -> bool:
         return False
     except OSError:
         return False
+
+
+#: Where a container finds its secret files (as Docker Swarm and Compose put them).
+CONTAINER_SECRETS_DIR = "/run/secrets"
 
 
 def _container_name(name: str) -> str:
@@ -272,7 +294,9 @@ class DockerRuntime:
         tls: DockerTLS | None = None,
         pull: bool = True,
         state_dir: Path | None = None,
+        allowed_host_paths: tuple[Path, ...] = (),
     ) -> None:
+        self.allowed_host_paths = tuple(allowed_host_paths)
         self.node_name = node_name
         self.endpoint = endpoint
         self.address = address
@@ -376,16 +400,26 @@ class DockerRuntime:
             labels[LABEL_PORTS] = _encode_ports(spec)
         env = dict(spec.env)
         env.update(_port_env(spec))
+        env.update({volume_env_name(m.name): m.target for m in spec.mounts})
         name = _container_name(spec.name)
+        mounts = self._replica_mounts(spec, cluster)
+        binds = self._secret_binds(spec, name)
+        if binds:
+            env[SECRETS_DIR_ENV] = CONTAINER_SECRETS_DIR
+        # Env secrets are in the container's config (docker inspect shows them): what
+        # env delivery means. Files are not (binds name a path on tmpfs).
+        env.update(spec.secret_env)
 
         def do_create(api: docker.APIClient) -> str:
             host_config = api.create_host_config(
+                binds=binds or None,
                 port_bindings={
                     f"{p.container_port}/{p.protocol}": (self.address, p.host_port)
                     for p in spec.ports
                 },
                 restart_policy={"Name": "no"},
                 init=True,
+                mounts=mounts or None,
                 nano_cpus=int(spec.cpu_limit * 1e9) if spec.cpu_limit else None,
                 mem_limit=spec.memory_limit or None,
                 # No swap beyond the limit: the memory limit is a real ceiling.
@@ -410,6 +444,7 @@ class DockerRuntime:
         try:
             container_id = self._call(do_create)
         except RuntimeDriverError as exc:
+            _secret_files.remove_files(name)
             if "Conflict" in str(exc.__cause__) or "already in use" in exc.message:
                 raise ReplicaStartFailed(
                     f"replica {spec.name}: a container named {name} already exists on "
@@ -422,6 +457,7 @@ class DockerRuntime:
             self._call(lambda api: api.start(container_id), container_id)
         except RuntimeDriverError as exc:
             self._remove_quietly(container_id)
+            _secret_files.remove_files(name)
             if any(pat in exc.message for pat in _PORT_TAKEN_PATTERNS):
                 raise PortInUse(
                     f"replica {spec.name}: a host port on {self.address} is already taken "
@@ -444,7 +480,30 @@ class DockerRuntime:
         volumes, keeping its last output and exit facts when the runtime has a state dir."""
         if self._retained is not None:
             self._retain(instance_id, self._retained)
+        name: str | None = None
+        with suppress(RuntimeDriverError):
+            attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
+            name = str(attrs.get("Name") or "").lstrip("/") or None
         self._call(lambda api: api.remove_container(instance_id, v=True, force=True), instance_id)
+        if name is not None:
+            _secret_files.remove_files(name)
+
+    def _secret_binds(self, spec: ReplicaSpec, name: str) -> dict[str, dict[str, str]]:
+        """Read-only binds of the replica's secret files, written on this host's tmpfs."""
+        if not spec.secret_files:
+            return {}
+        if not self.endpoint.startswith("unix://"):
+            raise ReplicaStartFailed(
+                f"replica {spec.name}: secret files need the Docker engine on this host "
+                f"(a unix:// endpoint); node {self.node_name}'s is {self.endpoint}"
+            )
+        # 0444 in a 0700 folder: readable by the container's user, whoever it is, and by
+        # no other user of this host.
+        folder = _secret_files.write_files(name, spec.secret_files, 0o444)
+        return {
+            str(folder / file): {"bind": f"{CONTAINER_SECRETS_DIR}/{file}", "mode": "ro"}
+            for file in spec.secret_files
+        }
 
     def _retain(self, instance_id: str, store: RetainedStore) -> None:
         attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
@@ -561,6 +620,115 @@ class DockerRuntime:
             else:
                 ok, message = tcp_check(*target, probe.timeout_seconds)
         return ProbeResult(ok=ok, message=message, duration_seconds=time.monotonic() - started)
+
+    # -- volumes --------------------------------------------------------------------------
+
+    def _volume_name(self, cluster: str, name: str) -> str:
+        return _container_name(f"{cluster}_{self.node_name}_{name}")
+
+    def create_volume(self, spec: VolumeSpec, cluster: str) -> VolumeInfo:
+        """The named volume of ``spec`` on this engine: made, or adopted with its data."""
+        name = self._volume_name(cluster, spec.name)
+        labels = {LABEL_CLUSTER: cluster, LABEL_NODE: self.node_name, LABEL_VOLUME: spec.name}
+        if spec.size_bytes is not None:
+            labels[LABEL_SIZE] = str(spec.size_bytes)
+        driver, options = spec.driver or "local", dict(spec.driver_opts)
+        if spec.host_path is not None:
+            device = self._host_directory(spec)
+            labels[LABEL_HOST_PATH] = device
+            driver, options = "local", {"type": "none", "o": "bind", "device": device}
+        try:
+            return self._volume_info(self._call(lambda api: api.inspect_volume(name), name))
+        except InstanceNotFound:
+            pass
+        try:
+            made = self._call(
+                lambda api: api.create_volume(
+                    name, driver=driver, driver_opts=options or None, labels=labels
+                )
+            )
+        except EngineUnavailable:
+            raise
+        except RuntimeDriverError as exc:
+            raise VolumeError(
+                f"volume {spec.name}: cannot make it on node {self.node_name}: {exc.message}"
+            ) from exc
+        return self._volume_info(made)
+
+    def _host_directory(self, spec: VolumeSpec) -> str:
+        """A hostPath on an engine of this very host (a unix socket): resolved, checked
+        against the allowed directories and made if missing. A remote engine's host is
+        not ours to look at: the path as validated (by name) against the same list."""
+        assert spec.host_path is not None
+        if not self.endpoint.startswith("unix://"):
+            return spec.host_path
+        path = check_host_path(spec.host_path, self.allowed_host_paths)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VolumeError(f"volume {spec.name}: cannot make {path}: {exc}") from exc
+        return str(path)
+
+    def list_volumes(self, cluster: str) -> list[VolumeInfo]:
+        """The named volumes of ``cluster`` on this node."""
+        filters = {"label": [f"{LABEL_CLUSTER}={cluster}", f"{LABEL_NODE}={self.node_name}"]}
+        found = self._call(lambda api: api.volumes(filters=filters)) or {}
+        infos = [self._volume_info(v) for v in found.get("Volumes") or []]
+        if self.endpoint.startswith("unix://"):
+            # A hostPath whose directory was removed by hand is gone, whatever Docker keeps.
+            infos = [v for v in infos if v.host_path is None or Path(v.host_path).is_dir()]
+        return sorted(infos, key=lambda v: v.name)
+
+    def remove_volume(self, name: str, cluster: str) -> None:
+        """Remove the named volume (a hostPath's directory stays); fine when gone."""
+        handle = self._volume_name(cluster, name)
+        try:
+            self._call(lambda api: api.remove_volume(handle), handle)
+        except InstanceNotFound:
+            return
+        except EngineUnavailable:
+            raise
+        except RuntimeDriverError as exc:
+            raise VolumeError(
+                f"volume {name}: cannot remove it from node {self.node_name}: {exc.message}"
+            ) from exc
+
+    def _volume_info(self, attrs: Mapping[str, Any]) -> VolumeInfo:
+        labels = attrs.get("Labels") or {}
+        size = labels.get(LABEL_SIZE)
+        return VolumeInfo(
+            name=labels.get(LABEL_VOLUME, str(attrs.get("Name", ""))),
+            node=self.node_name,
+            handle=str(attrs.get("Name", "")),
+            size_bytes=int(size) if size and size.isdigit() else None,
+            created_at=_parse_time(attrs.get("CreatedAt")),
+            host_path=labels.get(LABEL_HOST_PATH),
+        )
+
+    def _replica_mounts(self, spec: ReplicaSpec, cluster: str) -> list[docker.types.Mount]:
+        """The mounts of a replica, each volume checked first: Docker makes a missing
+        named volume silently (empty), and a replica must never get one."""
+        mounts: list[docker.types.Mount] = []
+        for mount in spec.mounts:
+            handle = self._volume_name(cluster, mount.volume.name)
+            if not self._volume_exists(handle):
+                raise ReplicaStartFailed(
+                    f"replica {spec.name}: volume {mount.volume.name} is not on node "
+                    f"{self.node_name}"
+                )
+            mounts.append(
+                docker.types.Mount(
+                    target=mount.target, source=handle, type="volume", read_only=mount.read_only
+                )
+            )
+        return mounts
+
+    def _volume_exists(self, handle: str) -> bool:
+        try:
+            self._call(lambda api: api.inspect_volume(handle), handle)
+        except InstanceNotFound:
+            return False
+        return True
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -51,6 +51,13 @@ What is and is not enforced
   (exit code and reason, times) for the last few removed replicas of each service
   (:mod:`._retained`), then deletes the replica's folder. The file itself is not rotated:
   a replica that writes without end fills the disk it lives on.
+* **Volumes.** A volume is a directory under ``<state_dir>/volumes/<cluster>/`` (or an
+  allowed host path; see :mod:`._volume_dirs`), handed to the replica as ``VOLUME_<NAME>``
+  (never as its working directory). ``readOnly`` mounts are enforced: the launcher runs
+  under ``unshare --mount --propagation private`` (which execs, keeping the pid) and
+  remounts each such directory read-only onto itself before it execs the replica; where
+  mount namespaces are unavailable such a replica is not started. Sizes are recorded,
+  not enforced.
 * **Usage.** cpu% is the utime+stime delta of the whole process group since the previous
   :meth:`usage` call on this runtime object (the first call samples over 100 ms); memory is
   the summed RSS of the group.
@@ -62,6 +69,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,8 +80,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from gitorch.errors import InstanceNotFound, ReplicaStartFailed, RuntimeDriverError
-from gitorch.runtime import _cgroups, _proc
+from gitorch.errors import InstanceNotFound, ReplicaStartFailed, RuntimeDriverError, VolumeError
+from gitorch.runtime import _cgroups, _proc, _secret_files
 from gitorch.runtime._proc_reaper import REAPER
 from gitorch.runtime._proc_store import (
     OUTPUT_FILE,
@@ -84,12 +92,15 @@ from gitorch.runtime._proc_store import (
     ReplicaRecord,
 )
 from gitorch.runtime._retained import RetainedStore, tail_file
+from gitorch.runtime._volume_dirs import VolumeDirs
 from gitorch.runtime.base import (
     LABEL_CLUSTER,
     LABEL_NODE,
     LABEL_REPLICA,
     LABEL_REVISION,
     LABEL_SERVICE,
+    LABEL_VOLUMES,
+    SECRETS_DIR_ENV,
     Instance,
     InstanceState,
     NodeInfo,
@@ -100,6 +111,9 @@ from gitorch.runtime.base import (
     ReplicaSpec,
     ResourceUsage,
     RetainedLog,
+    VolumeInfo,
+    VolumeSpec,
+    volume_env_name,
 )
 from gitorch.runtime.probes import http_check, tcp_check
 
@@ -115,19 +129,60 @@ _KILL_WAIT_SECONDS = 5.0
 _POLL_SECONDS = 0.01
 _FIRST_USAGE_SAMPLE_SECONDS = 0.1
 _FOLLOW_POLL_SECONDS = 0.2
-#: ``sh -c LAUNCHER gitorch-launch N FILE... ARGV...``: write our pid into the N
-#: ``cgroup.procs`` files, then become the replica (exec keeps the pid). 125 (with a line
-#: on stderr) when a group cannot be joined: the replica then never ran. The shell sets
-#: ``PWD`` to the working directory (whatever the env said): it is dropped again unless the
-#: spec's env has one, so the replica's env is exactly what it would be without a launcher.
+#: ``sh -c LAUNCHER gitorch-launch N FILE... MOUNT R DIR... ARGV...``: write our pid into
+#: the N ``cgroup.procs`` files, make each of the R directories a read-only bind of itself
+#: (with the ``mount`` program MOUNT; the launcher then runs in a private mount namespace,
+#: see ``_unshare``), then become the replica (exec keeps the pid). 125 (with a line on
+#: stderr) when a group cannot be joined or a directory made read-only: the replica then
+#: never ran. The shell sets ``PWD`` to the working directory (whatever the env said): it
+#: is dropped again unless the spec's env has one, so the replica's env is exactly what it
+#: would be without a launcher.
 LAUNCHER = (
     'n=$1; shift; while [ "$n" -gt 0 ]; do '
     'echo $$ >"$1" || { echo "gitorch: cannot join cgroup $1" >&2; exit 125; }; '
-    'shift; n=$((n - 1)); done; exec "$@"'
+    'shift; n=$((n - 1)); done; m=$1; r=$2; shift 2; while [ "$r" -gt 0 ]; do '
+    '{ "$m" --bind "$1" "$1" && "$m" -o remount,bind,ro "$1" "$1"; } || '
+    '{ echo "gitorch: cannot make volume $1 read-only" >&2; exit 125; }; '
+    'shift; r=$((r - 1)); done; exec "$@"'
 )
 _LAUNCHER_WITHOUT_PWD = "unset PWD; " + LAUNCHER
 #: Program formats ``execve`` runs: ELF binaries and ``#!`` scripts.
 _PROGRAM_MAGIC = (b"\x7fELF", b"#!")
+
+
+_UNSHARE: tuple[str, ...] | None = None
+_UNSHARE_WHY = ""
+_UNSHARE_LOCK = threading.Lock()
+
+
+def _unshare() -> tuple[tuple[str, ...] | None, str]:
+    """The command that runs a program in a private mount namespace (``unshare --mount
+    --propagation private``; it execs, so the pid is kept), or None and why not: checked
+    once per process by running it (it needs CAP_SYS_ADMIN, i.e. root or a user
+    namespace the kernel allows)."""
+    global _UNSHARE, _UNSHARE_WHY
+    with _UNSHARE_LOCK:
+        if _UNSHARE is None and not _UNSHARE_WHY:
+            unshare, mount = shutil.which("unshare"), shutil.which("mount")
+            if unshare is None or mount is None:
+                _UNSHARE_WHY = "the unshare and mount programs (util-linux) are not installed"
+            else:
+                argv = (unshare, "--mount", "--propagation", "private")
+                done = subprocess.run(  # noqa: S603 (a fixed argv)
+                    [*argv, mount, "--bind", "/", "/"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                )
+                if done.returncode == 0:
+                    _UNSHARE = (*argv, mount)
+                else:
+                    _UNSHARE_WHY = (
+                        "private mount namespaces are not available here "
+                        f"(unshare: {done.stderr.strip() or f'exit {done.returncode}'})"
+                    )
+        return _UNSHARE, _UNSHARE_WHY
 
 
 class WorkingDirOutsideRoot(ReplicaStartFailed):
@@ -153,6 +208,28 @@ class _Child:
 # being recorded, and wait for it, instead of reporting an unknown exit code.
 _CHILDREN: dict[str, _Child] = {}
 _CHILDREN_LOCK = threading.Lock()
+
+
+#: The umask replicas start with.
+REPLICA_UMASK = 0o022
+
+
+def _probe_env(record: ReplicaRecord) -> dict[str, str]:
+    """An exec probe's environment: the replica's, its secrets read back from the
+    process itself (they are in no record)."""
+    env = dict(record.env)
+    if record.secret_env:
+        try:
+            raw = Path(f"/proc/{record.pid}/environ").read_bytes()
+        except OSError:
+            return env
+        wanted = set(record.secret_env)
+        for item in raw.split(b"\0"):
+            name, sep, value = item.partition(b"=")
+            key = name.decode("utf-8", "surrogateescape")
+            if sep and key in wanted:
+                env[key] = value.decode("utf-8", "surrogateescape")
+    return env
 
 
 def _exit_status(returncode: int) -> int:
@@ -225,14 +302,17 @@ class ProcessRuntime:
         address: str = "127.0.0.1",
         workdir: Path | None = None,
         cgroups: _cgroups.CgroupTree | None | Literal["auto"] = "auto",
+        allowed_host_paths: tuple[Path, ...] = (),
     ) -> None:
         """``cgroups``: ``"auto"`` detects the machine's (see :mod:`._cgroups`); None
-        enforces no limits (they are recorded only); a tree uses that one."""
+        enforces no limits (they are recorded only); a tree uses that one.
+        ``allowed_host_paths``: where a Volume's hostPath may be (``--allow-host-path``)."""
         self.node_name = node_name
         self.address = address
         self.state_dir = Path(state_dir)
         self.workdir = (workdir if workdir is not None else Path.cwd()).resolve()
         self._store = RecordStore(self.state_dir)
+        self._volumes = VolumeDirs(self.state_dir, node_name, tuple(allowed_host_paths))
         self._retained = RetainedStore(self.state_dir)
         self._cgroups_choice = cgroups
         self._detected: _cgroups.Detected | None = None
@@ -316,6 +396,7 @@ class ProcessRuntime:
                     killed += 1
         for name in pending:
             self._store.delete(name)
+            _secret_files.remove_files(name)
         return killed
 
     def _reap_orphan_groups(self) -> int:
@@ -442,6 +523,54 @@ class ProcessRuntime:
         cpu_seconds = max(ticks - previous[1], 0) / _proc.CLOCK_TICKS
         return ResourceUsage(cpu_percent=100.0 * cpu_seconds / elapsed, memory_bytes=rss)
 
+    # -- volumes ----------------------------------------------------------------------
+
+    def create_volume(self, spec: VolumeSpec, cluster: str) -> VolumeInfo:
+        """A directory under the state directory (or the allowed host path): made, or
+        adopted with its data. The size is recorded, not enforced (see :mod:`._volume_dirs`)."""
+        return self._volumes.create(spec, cluster)
+
+    def list_volumes(self, cluster: str) -> list[VolumeInfo]:
+        """The volumes of ``cluster`` whose directory exists on this node."""
+        return self._volumes.list(cluster)
+
+    def remove_volume(self, name: str, cluster: str) -> None:
+        """Delete the volume's directory (a host path is left alone); refused while a
+        replica of this node that mounts it still exists."""
+        users = [
+            r.name
+            for r in self._store.all()
+            if r.labels.get(LABEL_CLUSTER) == cluster
+            and name in (v.partition(":")[0] for v in r.labels.get(LABEL_VOLUMES, "").split(","))
+        ]
+        if users:
+            raise VolumeError(
+                f"volume {name} is still used by {', '.join(sorted(users))} on node "
+                f"{self.node_name}"
+            )
+        self._volumes.remove(cluster, name)
+
+    def _mounts(self, spec: ReplicaSpec, cluster: str) -> tuple[dict[str, str], list[str]]:
+        """``VOLUME_<NAME>`` of each mount, and the directories to make read-only."""
+        env: dict[str, str] = {}
+        read_only: list[str] = []
+        for mount in spec.mounts:
+            path = self._volumes.path(cluster, mount.volume.name)
+            if path is None:
+                raise ReplicaStartFailed(
+                    f"replica {spec.name}: volume {mount.volume.name} is not on node "
+                    f"{self.node_name}"
+                )
+            env[volume_env_name(mount.name)] = str(path)
+            if mount.read_only:
+                read_only.append(str(path))
+        if read_only and _unshare()[0] is None:
+            raise ReplicaStartFailed(
+                f"replica {spec.name}: its readOnly volume mount cannot be enforced on node "
+                f"{self.node_name}: {_unshare()[1]}; it is not started with write access"
+            )
+        return env, read_only
+
     # -- changing ---------------------------------------------------------------------
 
     def create(self, spec: ReplicaSpec, cluster: str) -> Instance:
@@ -460,6 +589,7 @@ class ProcessRuntime:
                 )
             raise ReplicaStartFailed(f"replica {spec.name}: the process driver needs a command")
         cwd = self._resolve_working_dir(spec)
+        volume_env, read_only = self._mounts(spec, cluster)
         path_env = spec.env.get("PATH") or os.environ.get("PATH", DEFAULT_PATH)
         try:
             check_program(spec.command[0], cwd, path_env)
@@ -473,9 +603,10 @@ class ProcessRuntime:
             ) from None
         self._creating.add(spec.name)
         try:
-            return self._spawn(spec, cluster, cwd, folder)
+            return self._spawn(spec, cluster, cwd, folder, volume_env, read_only)
         except BaseException:
             self._store.delete(spec.name)
+            _secret_files.remove_files(spec.name)
             raise
         finally:
             self._creating.discard(spec.name)
@@ -517,6 +648,7 @@ class ProcessRuntime:
                 ) from exc
         self._retain(record, final)
         self._store.delete(record.name)
+        _secret_files.remove_files(record.name)
         self._id_to_name.pop(instance_id, None)
         self._cpu_samples.pop(instance_id, None)
 
@@ -562,7 +694,7 @@ class ProcessRuntime:
             child = subprocess.Popen(  # noqa: S603
                 list(probe.exec_command),
                 cwd=record.cwd,
-                env=record.env,
+                env=_probe_env(record),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -653,22 +785,58 @@ class ProcessRuntime:
             ) from exc
         return group, [str(f) for f in files]
 
-    def _spawn(self, spec: ReplicaSpec, cluster: str, cwd: Path, folder: Path) -> Instance:
+    def _spawn(
+        self,
+        spec: ReplicaSpec,
+        cluster: str,
+        cwd: Path,
+        folder: Path,
+        volume_env: dict[str, str],
+        read_only: list[str],
+    ) -> Instance:
         ports = self._allocate_ports(spec.ports)
         # The marker lets a later daemon find this process if we die before its record
         # is written (see reap_orphans).
-        env = {**self._environment(spec, ports), REPLICA_MARKER: spec.name}
+        env = {**self._environment(spec, ports), **volume_env, REPLICA_MARKER: spec.name}
+        if spec.secret_files:
+            # 0600: the replica runs as this user; on tmpfs, in a folder of its own.
+            folder_of_secrets = _secret_files.write_files(spec.name, spec.secret_files, 0o600)
+            env[SECRETS_DIR_ENV] = str(folder_of_secrets)
+        recorded_env = dict(env)
+        env.update(spec.secret_env)  # given to the process, never written to its record
         argv = [*spec.command, *spec.args]
         labels = {**spec.labels, LABEL_CLUSTER: cluster, LABEL_NODE: self.node_name}
         group, join = self._make_group(spec, cluster)
         script = LAUNCHER if "PWD" in env else _LAUNCHER_WITHOUT_PWD
-        launch = ["/bin/sh", "-c", script, "gitorch-launch", str(len(join)), *join, *argv]
+        unshare: list[str] = []
+        mount = "mount"
+        if read_only:
+            # readOnly is a read-only bind of the volume's directory onto itself, in a
+            # mount namespace of the replica's own: the node and the other replicas keep
+            # writing it, this replica (and whatever it starts) cannot.
+            found = _unshare()[0]
+            assert found is not None  # checked in _mounts
+            *unshare, mount = found
+        launch = [
+            *unshare,
+            "/bin/sh",
+            "-c",
+            script,
+            "gitorch-launch",
+            str(len(join)),
+            *join,
+            mount,
+            str(len(read_only)),
+            *read_only,
+            *argv,
+        ]
+        launched = group is not None or bool(read_only)
         try:
             with open(folder / OUTPUT_FILE, "ab") as out:
                 # Running the manifest's argv is this driver's job; the launcher is a fixed
                 # script that passes argv on untouched ("$@"), never through a shell parse.
                 popen = subprocess.Popen(  # noqa: S603
-                    launch if group is not None else argv,
+                    launch if launched else argv,
                     cwd=cwd,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -676,6 +844,9 @@ class ProcessRuntime:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # own session + group: signals reach all of it
                     close_fds=True,
+                    # The daemon keeps its own files private (umask 077); a replica gets
+                    # the usual umask, whatever the daemon's.
+                    umask=REPLICA_UMASK,
                 )
         except (OSError, ValueError) as exc:
             if group is not None:
@@ -702,9 +873,10 @@ class ProcessRuntime:
             boot_id=self._boot_id,
             argv=argv,
             # Through the launcher the exec may not have happened yet: argv is what runs.
-            cmdline=argv if group is not None else (_proc.read_cmdline(popen.pid) or []),
+            cmdline=argv if launched else (_proc.read_cmdline(popen.pid) or []),
             cwd=str(cwd),
-            env=env,
+            env=recorded_env,
+            secret_env=sorted(spec.secret_env),
             labels=labels,
             ports=ports,
             created_at=started_at,

@@ -8,7 +8,7 @@ counts per kind as Nomad's placement failures do. The kinds are:
 ``taint K:EFFECT``), ``insufficient cpu``, ``insufficient memory``, ``maxPerNode N reached``,
 ``anti-affinity with SERVICE``, ``affinity: no SERVICE in the same KEY``,
 ``no KEY label for spread``, ``spread over KEY would exceed maxSkew N``, ``driver D cannot
-run it`` and ``no nodes``.
+run it``, ``ReadWriteOnce volume V is bound to node N`` and ``no nodes``.
 """
 
 from __future__ import annotations
@@ -86,6 +86,10 @@ class Request:
     # Node drivers that can run it (empty: any). A Service with only ``image`` cannot
     # run on the process driver, one with only ``command`` not on docker.
     drivers: frozenset[str] = frozenset()
+    # The only nodes it may go to (empty: any), and why, in words: a ReadWriteOnce volume
+    # it mounts is bound to one node ("ReadWriteOnce volume data is bound to node-a").
+    nodes: frozenset[str] = frozenset()
+    nodes_reason: str = ""
 
     @property
     def priority(self) -> int:

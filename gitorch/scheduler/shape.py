@@ -41,8 +41,14 @@ def placement_key(placement: Placement) -> Hashable:
 
 
 def _static_reason(
-    node: NodeView, placement: Placement, drivers: frozenset[str] = frozenset()
+    node: NodeView,
+    placement: Placement,
+    drivers: frozenset[str] = frozenset(),
+    only: frozenset[str] = frozenset(),
+    only_reason: str = "",
 ) -> str | None:
+    if only and node.name not in only:
+        return only_reason or f"not one of {', '.join(sorted(only))}"
     if not node.ready:
         return "NotReady"
     if node.unschedulable:
@@ -126,6 +132,8 @@ class ShapeCache:
             req.memory_bytes,
             self._placement_key(req.placement),
             req.drivers,
+            req.nodes,
+            req.nodes_reason,
         )
 
     def shape(self, req: Request) -> Shape:
@@ -141,10 +149,12 @@ class ShapeCache:
         state, p = self.state, req.placement
         nodes = state.nodes
         selector: SelectorKey = tuple(p.node_selector.items())
-        static_key = (selector, p.tolerations, req.drivers)
+        static_key = (selector, p.tolerations, req.drivers, req.nodes, req.nodes_reason)
         reasons = self._reasons.get(static_key)
         if reasons is None:
-            reasons = [_static_reason(n, p, req.drivers) for n in nodes]
+            reasons = [
+                _static_reason(n, p, req.drivers, req.nodes, req.nodes_reason) for n in nodes
+            ]
             self._reasons[static_key] = reasons
         points_key = (
             tuple((w.weight, tuple(w.match.items())) for w in p.node_affinity),

@@ -8,9 +8,11 @@ read from that commit's tree, so a commit made meanwhile can never mix into a sn
 
 from __future__ import annotations
 
+import os
 import posixpath
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 import git
@@ -27,6 +29,7 @@ from gitorch.sources._paths import (
     symlink_target_in_repo,
 )
 from gitorch.sources.base import MAX_FILE_BYTES, CommitInfo, ManifestFile, Snapshot
+from gitorch.sources.verify import SignaturePolicy, Verification, judge, signature_kind
 
 # git tree entry kinds (mode >> 12).
 _TREE, _BLOB, _SYMLINK, _GITLINK = 0o04, 0o10, 0o12, 0o16
@@ -178,6 +181,42 @@ class CommitStore:
                 )
             )
         return infos
+
+    def verify(self, ref: str, policy: SignaturePolicy) -> Verification:
+        """Whether the commit ``ref`` names is signed by a key ``policy`` trusts; git
+        checks with only the policy's keys (gitorch/sources/verify.py)."""
+        with self._lock:
+            sha = self.resolve(ref)
+            raw = self._gpgsig(sha)
+            kind = signature_kind(raw)
+            if kind is None or kind == "x509":
+                return judge(sha, kind, "", "", "", policy)
+            if kind == "openpgp" and policy.trusted_keys is None:
+                return judge(sha, kind, "", "", signatures.issuer_key_id(raw) or "", policy)
+            allowed = policy.allowed_signers or Path(os.devnull)
+            env = {"GNUPGHOME": str(policy.trusted_keys)} if policy.trusted_keys else {}
+            out = run(
+                self.repo,
+                [
+                    # Only the policy's keys count: never the daemon's keyring or config.
+                    "-c",
+                    "gpg.program=gpg",
+                    "-c",
+                    "gpg.ssh.program=ssh-keygen",
+                    "-c",
+                    f"gpg.ssh.allowedSignersFile={allowed}",
+                    "log",
+                    "-1",
+                    "--no-show-signature",
+                    "--format=%G?%x00%GS%x00%GK",
+                    sha,
+                    "--",
+                ],  # fmt: skip
+                what=self.what,
+                env=env,
+            )
+        status, signer, key = [*out.split("\x00"), "", ""][:3]
+        return judge(sha, kind, status.strip(), signer.strip(), key.strip(), policy)
 
     def _gpgsig(self, sha: str) -> str:
         """The raw signature header of a commit ("" when unsigned). Read from the object

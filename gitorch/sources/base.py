@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gitorch.errors import Diagnostic
+from gitorch.sources.verify import SignaturePolicy, Verification
 
 #: Largest manifest file read, in bytes. Larger files are reported, never read.
 MAX_FILE_BYTES = 1024 * 1024
@@ -113,4 +114,9 @@ class Source(Protocol):
 
     def history(self, ref: str | None = None, limit: int = 50) -> Iterator[CommitInfo]:
         """Commits reachable from ``ref``, newest first."""
+        ...
+
+    def verify(self, ref: str, policy: SignaturePolicy) -> Verification:
+        """Whether the commit ``ref`` names is signed by a key ``policy`` trusts (see
+        gitorch/sources/verify.py)."""
         ...

@@ -21,6 +21,7 @@ from gitorch.sources._commits import CommitStore
 from gitorch.sources._gitcmd import run
 from gitorch.sources._paths import git_blob_id, is_hidden, is_manifest_name, join, normalize_folder
 from gitorch.sources.base import MAX_FILE_BYTES, CommitInfo, FetchResult, ManifestFile, Snapshot
+from gitorch.sources.verify import SignaturePolicy, Verification
 
 #: The revision a working-tree snapshot carries.
 WORKTREE_REVISION = "worktree"
@@ -77,6 +78,10 @@ class LocalRepoSource:
     def history(self, ref: str | None = None, limit: int = 50) -> Iterator[CommitInfo]:
         """Commits reachable from ``ref``, newest first."""
         return self._store.history(ref, limit)
+
+    def verify(self, ref: str, policy: SignaturePolicy) -> Verification:
+        """The signed-commit policy's verdict on the commit ``ref`` names."""
+        return self._store.verify(ref, policy)
 
     def close(self) -> None:
         """Stop gitpython's helper processes."""
@@ -162,6 +167,12 @@ class WorktreeSource:
         if self._store is None:
             return iter(())
         return self._store.history(None if ref == WORKTREE_REVISION else ref, limit)
+
+    def verify(self, ref: str, policy: SignaturePolicy) -> Verification:
+        """Uncommitted files carry no signature: refused, always."""
+        raise SourceError(
+            "--verify-commits checks commits; the working tree (--worktree) has no signature"
+        )
 
     def _require_store(self) -> CommitStore:
         if self._store is None:

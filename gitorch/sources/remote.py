@@ -26,6 +26,7 @@ from gitorch.sources._commits import CommitStore
 from gitorch.sources._gitcmd import GitFailed, remote_env, run
 from gitorch.sources._urls import redact_url
 from gitorch.sources.base import MAX_FILE_BYTES, CommitInfo, FetchResult, Snapshot
+from gitorch.sources.verify import SignaturePolicy, Verification
 
 _REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 
@@ -223,6 +224,10 @@ class GitSource:
     def history(self, ref: str | None = None, limit: int = 50) -> Iterator[CommitInfo]:
         """Commits reachable from ``ref``, newest first."""
         return self._require_store().history(ref, limit)
+
+    def verify(self, ref: str, policy: SignaturePolicy) -> Verification:
+        """The signed-commit policy's verdict on the cached commit ``ref`` names."""
+        return self._require_store().verify(ref, policy)
 
     def close(self) -> None:
         """Stop gitpython's helper processes (the cache stays on disk)."""

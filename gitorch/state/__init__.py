@@ -38,6 +38,7 @@ from gitorch.state.records import (
     RolloutRecord,
     TrafficSnapshot,
     VersionTraffic,
+    VolumeRecord,
 )
 from gitorch.state.schema import SCHEMA_VERSION
 from gitorch.state.store import DEFAULT_PORT_RANGE, StateStore
@@ -69,6 +70,7 @@ __all__ = [
     "StateStore",
     "TrafficSnapshot",
     "VersionTraffic",
+    "VolumeRecord",
     "lock_holder",
     "read_owner",
     "resolve_state_dir",

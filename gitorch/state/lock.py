@@ -89,7 +89,7 @@ class DaemonLock:
             return
         ensure_state_dir(self.state_dir)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"cannot open the daemon lock {self.path}: {exc.strerror}") from exc
         try:

@@ -231,6 +231,9 @@ class AnalysisRunRecord:
     phase: AnalysisRunPhase = AnalysisRunPhase.RUNNING
     message: str = ""
     concluded_at: float | None = None
+    # The data plane's cumulative per-version figures where the run's current window
+    # begins (JSON, gitorch.traffic.wire's form; None: not stored yet).
+    window_figures: Mapping[str, Any] | None = None
 
     @property
     def done(self) -> bool:
@@ -248,16 +251,22 @@ class AuditEvent:
     service: str | None = None
     revision: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+    # Who did it ("signer:...", "author:...", "token:NAME", "user:USER@HOST", "gitorch"),
+    # and the entry's link in the hash chain (None for entries older than the chain).
+    actor: str = ""
+    hash: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
             "id": self.id,
             "at": iso_time(self.at),
             "kind": self.kind,
+            "actor": self.actor,
             "service": self.service,
             "revision": self.revision,
             "message": self.message,
             "data": dict(self.data),
+            "hash": self.hash,
         }
 
 
@@ -395,3 +404,25 @@ class TrafficSnapshot:
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """Where a Volume lives, and what happened to it.
+
+    A ReadWriteOnce volume has one record: the node it is bound to. A volume on a backend
+    that can share has one record per node it was made on. ``spec`` is the Volume as Git
+    last described it (its reclaimPolicy decides what happens once it leaves Git).
+    """
+
+    name: str
+    node: str
+    spec: Mapping[str, Any]
+    bound_at: float
+    created_at: float | None = None  # the backend volume was made (or an existing one adopted)
+    released_at: float | None = None  # left Git with reclaimPolicy Retain: the data is kept
+    missing_at: float | None = None  # made, then not found on its node: removed by hand
+
+    @property
+    def created(self) -> bool:
+        return self.created_at is not None

@@ -9,25 +9,28 @@ from gitorch.state.store import StateStore
 _ACTIVE = (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
 
 
-def request_action(
-    store: StateStore, service: str, what: str, actor: str | None = None
-) -> tuple[bool, str]:
+def request_action(store: StateStore, service: str, what: str, actor: str) -> tuple[bool, str]:
     """Flag ``service``'s rollout for ``what`` (promote | abort): (accepted, message).
 
-    ``actor``: the API token's name when the request came through an authenticated API;
-    the audit entry then says ``requested by token NAME`` and carries ``{"token": NAME}``.
+    ``actor``: who asked, as the audit log names it: ``token:NAME`` (an authenticated API
+    request; the entry then says ``requested by token NAME`` and carries ``{"token":
+    NAME}``), ``user:USER@HOST`` (the CLI on the daemon's host), ``api`` (an API without
+    tokens).
     """
     record = store.get_rollout(service)
     if record is None:
         return False, f"no service named {service!r} has a rollout"
     if record.phase not in _ACTIVE:
         return False, f"{service} is {record.phase}: nothing to {what}"
-    store.request(service, what)
-    by = f" by token {actor}" if actor else ""
-    store.append_event(
-        f"rollout.{what}",
-        f"{service}: {what} requested{by}",
-        service=service,
-        data={"token": actor} if actor else None,
-    )
+    token = actor.removeprefix("token:") if actor.startswith("token:") else None
+    who = f"token {token}" if token else actor.removeprefix("user:")
+    with store.transaction():  # the request and its audit entry, or neither
+        store.request(service, what)
+        store.append_event(
+            f"rollout.{what}",
+            f"{service}: {what} requested by {who}",
+            service=service,
+            data={"token": token} if token else None,
+            actor=actor,
+        )
     return True, f"{what} of {service} requested (step {record.step}, weight {record.weight}%)"

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
+from gitorch.state.audit_chain import ChainEntry
 from gitorch.state.records import (
     AnalysisRunPhase,
     AnalysisRunRecord,
@@ -22,6 +23,7 @@ from gitorch.state.records import (
     RolloutRecord,
     TrafficSnapshot,
     VersionTraffic,
+    VolumeRecord,
 )
 
 
@@ -133,10 +135,16 @@ def analysis_run(row: sqlite3.Row) -> AnalysisRunRecord:
         phase=AnalysisRunPhase(row["phase"]),
         message=row["message"],
         concluded_at=row["concluded_at"],
+        # Absent in a store read before migration 8 (its test reads a version-4 store).
+        window_figures=load_json(row["window_figures"])
+        if "window_figures" in row.keys()  # noqa: SIM118 (`in` on a Row tests values)
+        and row["window_figures"] is not None
+        else None,
     )
 
 
 def audit_event(row: sqlite3.Row) -> AuditEvent:
+    columns = row.keys()  # (`in row` would test the values of a sqlite3.Row)
     return AuditEvent(
         id=row["id"],
         at=row["at"],
@@ -145,6 +153,25 @@ def audit_event(row: sqlite3.Row) -> AuditEvent:
         service=row["service"],
         revision=row["revision"],
         data=load_json(row["data"]),
+        # Absent from stores of schema versions before the chain (older migrations).
+        actor=row["actor"] if "actor" in columns else "",
+        hash=row["hash"] if "hash" in columns else None,
+    )
+
+
+def chain_entry(row: sqlite3.Row) -> ChainEntry:
+    """An ``audit_log`` row as the hash chain reads it (gitorch.state.audit_chain)."""
+    return ChainEntry(
+        id=row["id"],
+        at=row["at"],
+        kind=row["kind"],
+        message=row["message"],
+        actor=row["actor"],
+        service=row["service"],
+        revision=row["revision"],
+        data=load_json(row["data"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
     )
 
 
@@ -157,4 +184,16 @@ def traffic(row: sqlite3.Row) -> TrafficSnapshot:
         since=float(data.get("since", row["taken_at"])),
         data_plane=str(data.get("dataPlane", "")),
         versions=tuple(VersionTraffic.from_json(v) for v in data.get("versions", [])),
+    )
+
+
+def volume(row: sqlite3.Row) -> VolumeRecord:
+    return VolumeRecord(
+        name=row["name"],
+        node=row["node"],
+        spec=load_json(row["spec"]),
+        bound_at=row["bound_at"],
+        created_at=row["created_at"],
+        released_at=row["released_at"],
+        missing_at=row["missing_at"],
     )

@@ -299,6 +299,54 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE revisions ADD COLUMN trigger TEXT NOT NULL DEFAULT ''",
         ),
     ),
+    Migration(
+        "analysis windows: the data plane's cumulative figures at a run's last measurement",
+        (
+            # A daemon that restarts mid-analysis resumes the run's window from here, so
+            # the requests the proxy served while no daemon ran are judged (the proxy
+            # outlives the daemon and keeps counting), and a window whose counting epoch
+            # changed (a new proxy) is marked, never invented.
+            "ALTER TABLE analysis_runs ADD COLUMN window_figures TEXT",
+        ),
+    ),
+    Migration(
+        "volumes: which node each Volume is bound to, made on, released or lost",
+        (
+            # A ReadWriteOnce volume is bound to one node (spec.node, or where its first
+            # user was placed) and must stay there: its data lives there. One row per
+            # (volume, node): a volume on a backend that can share is made on every node
+            # that runs a user. ``spec`` is the Volume as Git last described it, so its
+            # reclaimPolicy is known once it has left Git; ``released_at``: left Git with
+            # Retain (the data is kept for a Volume of the same name); ``missing_at``: made,
+            # then removed outside gitorch (never silently made again, empty).
+            """
+            CREATE TABLE volumes (
+                name        TEXT NOT NULL,
+                node        TEXT NOT NULL,
+                spec        TEXT NOT NULL DEFAULT '{}',
+                bound_at    REAL NOT NULL,
+                created_at  REAL,
+                released_at REAL,
+                missing_at  REAL,
+                PRIMARY KEY (name, node)
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
+    Migration(
+        "audit log: every entry names its actor and is chained by hash to the one before",
+        (
+            # Who did it: "signer:NAME <EMAIL>" / "author:..." (a commit), "token:NAME" (the
+            # API), "user:USER@HOST" (the CLI) or "gitorch" (the daemon on its own).
+            "ALTER TABLE audit_log ADD COLUMN actor TEXT NOT NULL DEFAULT ''",
+            # sha256(prev_hash + canonical entry): see gitorch/state/audit_chain.py. Rows
+            # written before this migration keep NULL: the unchained prefix, sealed by the
+            # first chained entry (its prev_hash is a hash over all of them).
+            "ALTER TABLE audit_log ADD COLUMN prev_hash TEXT",
+            "ALTER TABLE audit_log ADD COLUMN hash TEXT",
+            "CREATE INDEX audit_log_by_at ON audit_log (at)",
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

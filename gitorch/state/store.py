@@ -27,9 +27,10 @@ from typing import Any
 
 from gitorch.errors import StateError
 from gitorch.state import rows
+from gitorch.state.audit_chain import SYSTEM_ACTOR, ChainEntry, link, next_prev_hash
 from gitorch.state.db import DEFAULT_BUSY_TIMEOUT, connect, error_for, translate
 from gitorch.state.errors import PortUnavailable, RecordNotFound
-from gitorch.state.layout import STATE_DB, ensure_state_dir
+from gitorch.state.layout import STATE_DB, ensure_state_dir, private_file
 from gitorch.state.records import (
     AnalysisRunPhase,
     AnalysisRunRecord,
@@ -45,6 +46,7 @@ from gitorch.state.records import (
     RevisionResult,
     RolloutRecord,
     TrafficSnapshot,
+    VolumeRecord,
 )
 from gitorch.state.schema import (
     MIGRATIONS,
@@ -104,6 +106,9 @@ class StateStore:
                 raise StateError(f"no state store at {self.state_dir} (no {STATE_DB} in it)")
         else:
             ensure_state_dir(self.state_dir)
+            private_file(self.db_path, create=True)
+            for suffix in ("-wal", "-shm"):
+                private_file(self.db_path.with_name(self.db_path.name + suffix), create=False)
         conn = self._conn()
         with translate(self.db_path):
             if readonly:
@@ -111,6 +116,10 @@ class StateStore:
             else:
                 migrate(conn, self.db_path, migrations)
             self.schema_version = schema_version(conn)
+            # A store opened with fewer migrations (tests of older schemas) has no chain.
+            self._chained = "hash" in {
+                row[1] for row in conn.execute("PRAGMA table_info(audit_log)")
+            }
 
     def _check_readable(self, conn: sqlite3.Connection, known: int) -> None:
         version = schema_version(conn)
@@ -890,6 +899,15 @@ class StateStore:
         assert row is not None
         return rows.analysis_run(row)
 
+    def set_analysis_window(self, run_id: int, figures: Mapping[str, Any]) -> None:
+        """Where run ``run_id``'s current window begins: the data plane's cumulative
+        figures (see :attr:`AnalysisRunRecord.window_figures`)."""
+        with self.transaction():
+            self._execute(
+                "UPDATE analysis_runs SET window_figures = ? WHERE id = ?",
+                (rows.dump_json(figures), run_id),
+            )
+
     def list_analysis_runs(
         self,
         service: str,
@@ -941,6 +959,60 @@ class StateStore:
         found = self._query("SELECT * FROM traffic_snapshots ORDER BY service")
         return [rows.traffic(row) for row in found]
 
+    # -- volumes -----------------------------------------------------------------------
+
+    def bind_volume(
+        self, name: str, node: str, spec: Mapping[str, Any], *, at: float | None = None
+    ) -> None:
+        """Bind ``name`` to ``node`` (or note the Git spec of a bound one). A released
+        volume back in Git is bound again: its kept data is its data."""
+        self._execute_one(
+            "INSERT INTO volumes (name, node, spec, bound_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name, node) DO UPDATE SET spec = excluded.spec, released_at = NULL",
+            (name, node, rows.dump_json(spec), self._now(at)),
+        )
+
+    def volume_created(self, name: str, node: str, *, at: float | None = None) -> None:
+        """The backend volume of ``name`` exists on ``node`` now (made, or adopted)."""
+        self._execute_one(
+            "UPDATE volumes SET created_at = ?, missing_at = NULL WHERE name = ? AND node = ?",
+            (self._now(at), name, node),
+        )
+
+    def volume_missing(self, name: str, node: str, *, at: float | None = None) -> None:
+        """A volume that was made is not on its node any more (kept: it is not re-made)."""
+        self._execute_one(
+            "UPDATE volumes SET missing_at = COALESCE(missing_at, ?) WHERE name = ? AND node = ?",
+            (self._now(at), name, node),
+        )
+
+    def release_volume(self, name: str, *, at: float | None = None) -> None:
+        """``name`` left Git with reclaimPolicy Retain: its data stays where it is."""
+        self._execute_one(
+            "UPDATE volumes SET released_at = COALESCE(released_at, ?) WHERE name = ?",
+            (self._now(at), name),
+        )
+
+    def forget_volume(self, name: str, node: str | None = None) -> bool:
+        """Drop the records of ``name`` (on ``node``, or everywhere); True if any."""
+        if node is None:
+            cursor = self._execute_one("DELETE FROM volumes WHERE name = ?", (name,))
+        else:
+            cursor = self._execute_one(
+                "DELETE FROM volumes WHERE name = ? AND node = ?", (name, node)
+            )
+        return cursor.rowcount > 0
+
+    def list_volumes(self) -> list[VolumeRecord]:
+        """Every volume record, by name then node."""
+        found = self._query("SELECT * FROM volumes ORDER BY name, node")
+        return [rows.volume(row) for row in found]
+
+    def _execute_one(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+        """One statement in its own transaction (or the caller's)."""
+        with self.transaction():
+            return self._execute(sql, params)
+
     # -- history / audit log -----------------------------------------------------------
 
     def append_event(
@@ -952,15 +1024,51 @@ class StateStore:
         revision: str | None = None,
         data: Mapping[str, Any] | None = None,
         at: float | None = None,
+        actor: str = SYSTEM_ACTOR,
     ) -> AuditEvent:
-        """Append one entry to the audit log (which can never be updated or deleted)."""
+        """Append one entry to the audit log (which can never be updated or deleted),
+        chained by hash to the one before (gitorch.state.audit_chain). ``actor``: who
+        did it; by default gitorch itself."""
         event_at = self._now(at)
+        text = rows.dump_json(data)
         with self.transaction():
-            cursor = self._execute(
-                "INSERT INTO audit_log (at, kind, service, revision, message, data)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (event_at, kind, service, revision, message, rows.dump_json(data)),
+            # Under the write lock (BEGIN IMMEDIATE): no other writer can append between
+            # reading the head and linking to it.
+            entry = ChainEntry(
+                id=0,
+                at=event_at,
+                kind=kind,
+                message=message,
+                actor=actor,
+                service=service,
+                revision=revision,
+                data=rows.load_json(text),  # hashed as it will be read back
             )
+            if self._chained:
+                prev_hash = self._chain_head_hash()
+                entry_hash: str | None = link(prev_hash, entry)
+                cursor = self._execute(
+                    "INSERT INTO audit_log (at, kind, service, revision, message, data, actor,"
+                    " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        event_at,
+                        kind,
+                        service,
+                        revision,
+                        message,
+                        text,
+                        actor,
+                        prev_hash,
+                        entry_hash,
+                    ),
+                )
+            else:
+                entry_hash = None
+                cursor = self._execute(
+                    "INSERT INTO audit_log (at, kind, service, revision, message, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (event_at, kind, service, revision, message, text),
+                )
         assert cursor.lastrowid is not None
         return AuditEvent(
             id=cursor.lastrowid,
@@ -969,8 +1077,29 @@ class StateStore:
             message=message,
             service=service,
             revision=revision,
-            data=dict(data or {}),
+            data=entry.data,
+            actor=actor,
+            hash=entry_hash,
         )
+
+    def _chain_head_hash(self) -> str:
+        """What the next audit entry links to (inside the appending transaction)."""
+        last = self._query_one(
+            "SELECT hash FROM audit_log WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1"
+        )
+        if last is not None:
+            return str(last["hash"])
+        # The first chained entry: it seals what older gitorch versions wrote.
+        prefix = self._query("SELECT * FROM audit_log ORDER BY id")
+        return next_prev_hash(None, [rows.chain_entry(row) for row in prefix])
+
+    def audit_chain(self) -> tuple[list[ChainEntry], int | None]:
+        """Every audit entry in id order, as the chain reads it, and the highest id the
+        log ever handed out (None when unknown): what ``gitorch audit --verify`` checks."""
+        with _read_snapshot(self._conn(), self.db_path):
+            found = self._query("SELECT * FROM audit_log ORDER BY id")
+            seq = self._query_one("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'")
+        return [rows.chain_entry(row) for row in found], (int(seq["seq"]) if seq else None)
 
     def list_events(
         self,
@@ -978,10 +1107,12 @@ class StateStore:
         service: str | None = None,
         kind: str | None = None,
         after_id: int | None = None,
+        since: float | None = None,
         limit: int | None = 100,
         newest_first: bool = True,
     ) -> list[AuditEvent]:
-        """Audit entries in one query. ``after_id`` tails the log (entries added since)."""
+        """Audit entries in one query. ``after_id`` tails the log (entries added since);
+        ``since``: entries at or after that time."""
         where: list[str] = []
         params: list[Any] = []
         if service is not None:
@@ -993,11 +1124,30 @@ class StateStore:
         if after_id is not None:
             where.append("id > ?")
             params.append(after_id)
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "DESC" if newest_first else "ASC"
         params.append(-1 if limit is None else limit)
         found = self._query(f"SELECT * FROM audit_log {clause} ORDER BY id {order} LIMIT ?", params)
         return [rows.audit_event(row) for row in found]
+
+
+@contextmanager
+def _read_snapshot(conn: sqlite3.Connection, db_path: Path) -> Iterator[None]:
+    """One read transaction (or the caller's own): every statement inside sees the same
+    committed state, without taking the write lock."""
+    if conn.in_transaction:
+        yield
+        return
+    with translate(db_path):
+        conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        with translate(db_path):
+            conn.execute("COMMIT")
 
 
 #: The column of each request ``gitorch promote`` / ``gitorch abort`` can make.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gitorch.manifests.model import Analysis, Service
 from gitorch.manifests.quantities import format_duration
-from gitorch.strategies.rolling import plan_batches, resolve_limits
+from gitorch.strategies.rolling import plan_batches, resolve_limits, single_writer_limits
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,12 @@ def preview_scale(old: int, new: int) -> RolloutPreview:
     return RolloutPreview("Scale", (f"scale {old} -> {new} replicas ({verb})",))
 
 
-def preview_update(service: Service, old_replicas: int) -> RolloutPreview:
-    """Steps for replacing ``old_replicas`` running replicas by the new spec's replicas."""
+def preview_update(
+    service: Service, old_replicas: int, single_writer: tuple[str, ...] = ()
+) -> RolloutPreview:
+    """Steps for replacing ``old_replicas`` running replicas by the new spec's replicas.
+    ``single_writer``: the ReadWriteOnce volumes the service writes (a RollingUpdate then
+    runs as maxSurge 0: the old replica stops before the new one starts)."""
     strategy = service.strategy
     desired = service.replicas
     kind = strategy.type
@@ -72,18 +76,26 @@ def preview_update(service: Service, old_replicas: int) -> RolloutPreview:
         steps = [f"stop all {old_replicas} old replicas", f"start {desired} new replicas"]
     elif kind == "RollingUpdate":
         rolling = strategy.rolling_update
-        surge, unavailable = resolve_limits(desired, rolling.max_surge, rolling.max_unavailable)
+        max_surge, max_unavailable = rolling.max_surge, rolling.max_unavailable
+        why = ""
+        if single_writer:
+            max_surge, max_unavailable = single_writer_limits(service, desired)
+            volumes = ", ".join(single_writer)
+            why = f" (ReadWriteOnce volume {volumes}: one writer at a time)"
+        surge, unavailable = resolve_limits(desired, max_surge, max_unavailable)
         steps.append(
-            f"maxSurge {surge}, maxUnavailable {unavailable}: at most {desired + surge} replicas, at least {max(0, desired - unavailable)} available"
+            f"maxSurge {surge}, maxUnavailable {unavailable}{why}: at most {desired + surge} replicas, at least {max(0, desired - unavailable)} available"
         )
         for index, batch in enumerate(
-            plan_batches(desired, old_replicas, rolling.max_surge, rolling.max_unavailable), 1
+            plan_batches(desired, old_replicas, max_surge, max_unavailable), 1
         ):
             parts = []
+            if batch.stop_first:
+                parts.append(f"stop {batch.stop_first} old")
             if batch.start:
                 parts.append(f"start {batch.start} new")
-            if batch.stop:
-                parts.append(f"stop {batch.stop} old")
+            if batch.stop - batch.stop_first:
+                parts.append(f"stop {batch.stop - batch.stop_first} old")
             steps.append(f"batch {index}: " + ", then ".join(parts))
     elif kind == "BlueGreen":
         blue = strategy.blue_green

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gitorch.manifests.model import Service
 from gitorch.manifests.quantities import resolve_int_or_percent
 from gitorch.strategies.machine import (
     Action,
@@ -89,6 +90,14 @@ def plan_batches(
         if len(batches) > 10_000:  # pragma: no cover - arithmetic guard
             break
     return batches
+
+
+def single_writer_limits(service: Service, desired: int) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) of a RollingUpdate whose replicas write a ReadWriteOnce
+    volume: no surge (two writers would run at once), at least one unavailable."""
+    rolling = service.strategy.rolling_update
+    unavailable = resolve_int_or_percent(rolling.max_unavailable, desired, round_up=False)
+    return 0, max(1, unavailable)
 
 
 # --- The observed replicas of one pass, sorted into what the strategies act on -----------

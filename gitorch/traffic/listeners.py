@@ -15,11 +15,13 @@ listening sockets of a route's port. Three sources exist:
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterable
 from typing import Protocol
 
+from gitorch.traffic.holders import descends_from, port_holders
 from gitorch.traffic.routes import ListenError, listen_failure
 
 #: Listen queue length of a route's socket (nginx's default on Linux).
@@ -121,9 +123,24 @@ class SocketSet:
         return set(self._ports)
 
     def ensure(self, service: str, port: int) -> None:
-        """Open ``port``'s sockets unless held already; :class:`ListenError` when not."""
+        """Open ``port``'s sockets unless held already; :class:`ListenError` when not.
+
+        ``SO_REUSEPORT`` lets any process of the same user bind the port too: another
+        cluster's proxy (another state directory) would then silently share it, and
+        clients would get answers from two clusters. So a port some other process listens
+        on is refused, naming that process."""
         if port in self._ports:
             return
+        foreign = [
+            holder
+            for holder in port_holders([port]).get(port, [])
+            if holder.pid is None or not descends_from(holder.pid, os.getpid())
+        ]
+        if foreign:
+            raise ListenError(
+                f"service {service}: cannot listen on {self.host}:{port}: the port is held by "
+                + ", ".join(h.describe() for h in foreign)
+            )
         opened: list[list[socket.socket]] = []
         try:
             for _ in range(self.copies):

@@ -3,7 +3,9 @@ the reconciler's AnalysisRunner resumes a run from a real state store in a new "
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -128,11 +130,13 @@ SHA = "a" * 40
 
 
 class Plane:
-    """A data plane whose cumulative per-version figures a test sets (a new process: zero)."""
+    """A data plane whose cumulative per-version figures a test sets (a new process: zero,
+    and a counting epoch of its own, as a new proxy has)."""
 
     def __init__(self) -> None:
         self.counts: dict[str, tuple[int, int]] = {}  # template -> (requests, 5xx)
         self.reads = 0
+        self.epoch = secrets.token_hex(4)
 
     def serve(self, template: str, requests: int, errors: int) -> None:
         total, failed = self.counts.get(template, (0, 0))
@@ -146,7 +150,9 @@ class Plane:
         ]
 
     def version_figures(self, service: str) -> dict[str, VersionFigures]:
-        return by_version(self.figures(service))
+        return {
+            v: replace(f, epoch=self.epoch) for v, f in by_version(self.figures(service)).items()
+        }
 
     def health(self) -> DataPlaneHealth:
         return DataPlaneHealth("test", True)
@@ -225,3 +231,28 @@ def test_a_step_entered_again_is_a_new_run(store: StateStore) -> None:
     progressive.run_analyses("web", again, (REQUEST,), 501.0)
     assert progressive.statuses("web", again)["step-1"].phase == "running"
     assert [r.step_started_at for r in store.list_analysis_runs("web")] == [100.0, 500.0]
+
+
+def test_what_the_proxy_served_while_no_daemon_ran_is_judged(store: StateStore) -> None:
+    """The proxy outlives the daemon and keeps counting: a daemon restarted mid-analysis
+    judges the requests served while it was down (issue 13, "figures survive")."""
+    plane = Plane()  # the proxy: one for both daemons
+    first = AnalysisRunner(store, plane)
+    first.run_analyses("web", ENTRY, (REQUEST,), 101.0)
+    plane.serve(NEW, 40, 0)
+    first.run_analyses("web", ENTRY, (REQUEST,), 111.0)
+    (good,) = store.list_measurements("web")
+    assert good.phase.value == "successful"
+
+    # The daemon is SIGKILLed; meanwhile the proxy serves 20 requests, all 5xx.
+    plane.serve(NEW, 20, 20)
+    second = AnalysisRunner(store, plane)  # the restarted daemon
+    second.run_analyses("web", ENTRY, (REQUEST,), 115.0)
+    plane.serve(NEW, 10, 0)
+    second.run_analyses("web", ENTRY, (REQUEST,), 125.0)  # one interval after the resume
+    measured = store.list_measurements("web", limit=None)
+    assert len(measured) == 2
+    window = measured[1]
+    assert window.value["requests"] == 30  # from the last measurement on: downtime included
+    assert window.phase.value == "failed"  # 20 of 30 failed while no daemon ran
+    assert not window.value.get("countingRestarted")

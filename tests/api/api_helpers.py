@@ -8,6 +8,7 @@ import json
 import math
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,9 +105,15 @@ def request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10,
+    tls: ssl.SSLContext | None = None,
 ) -> Reply:
-    """One request on a fresh connection (http.client, so nothing is hidden)."""
-    conn = http.client.HTTPConnection(address[0], address[1], timeout=timeout)
+    """One request on a fresh connection (http.client, so nothing is hidden); over TLS
+    with ``tls`` (a client context)."""
+    conn = (
+        http.client.HTTPSConnection(address[0], address[1], timeout=timeout, context=tls)
+        if tls is not None
+        else http.client.HTTPConnection(address[0], address[1], timeout=timeout)
+    )
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()

@@ -50,8 +50,7 @@ CANARY = """\
 
 
 def canary(port: int, version: str) -> str:
-    base = process_service("web", port=port, version=version, replicas=1)
-    return base[: base.index("  strategy:")] + CANARY
+    return process_service("web", port=port, version=version, replicas=1, strategy=CANARY)
 
 
 @dataclass
@@ -244,6 +243,10 @@ def test_write_token_aborts_and_the_audit_log_names_it(paused: Paused) -> None:
     with StateStore(paused.daemon.state, readonly=True) as store:
         aborts = store.list_events(kind="rollout.abort")
         reconciles = store.list_events(kind="reconcile.requested")
+        started = store.list_events(kind="revision.started", newest_first=False)
+    # Every entry names its actor: the token for API writes, the commit for its rollout.
+    assert [e.actor for e in aborts + reconciles] == ["token:deployer", "token:deployer"]
+    assert {e.actor for e in started} == {"author:Ada Lovelace <ada@example.com>"}
     assert [(e.message, e.data) for e in aborts] == [
         ("web: abort requested by token deployer", {"token": "deployer"})
     ]

@@ -18,6 +18,8 @@ GITORCH_FAMILIES = {
     "gitorch_reconcile_duration_seconds": "histogram",
     "gitorch_rollout_phase": "gauge",
     "gitorch_replicas": "gauge",
+    "gitorch_drift_left": "gauge",
+    "gitorch_service_failing": "gauge",
     "gitorch_revision_info": "gauge",
     "gitorch_source_fetch_errors_total": "counter",
     "gitorch_webhook_requests_total": "counter",
@@ -132,3 +134,14 @@ def test_updates_from_many_threads_are_not_lost_and_renders_stay_valid() -> None
     assert ("gitorch_reconcile_duration_seconds_count", {}, total) in (
         final["gitorch_reconcile_duration_seconds"].samples
     )
+
+
+def test_drift_and_failing_gauges_follow_the_last_pass() -> None:
+    metrics = Metrics()
+    metrics.set_health("web", drift=2, failing=True)
+    assert metrics.value("gitorch_drift_left", service="web") == 2
+    assert metrics.value("gitorch_service_failing", service="web") == 1
+    metrics.set_health("web", drift=0, failing=False)
+    assert metrics.value("gitorch_service_failing", service="web") == 0
+    metrics.forget_service("web")
+    assert 'service="web"' not in metrics.render()

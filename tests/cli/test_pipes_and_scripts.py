@@ -208,7 +208,7 @@ def test_readme_commands_work_from_the_repository_root(
         done = piped(*args, env={"GITORCH_STATE": str(tmp_path / "state")})
         assert done.returncode in expected, (command, done.stdout, done.stderr)
         if name == "validate":
-            assert "valid: 3 Services" in done.stdout, done.stdout
+            assert "valid: 4 Services, 0 Nodes, 1 Volume" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ def test_example_repo_is_valid_through_the_cli(tmp_path: Path) -> None:
         tmp_path, "validate", "--repo", str(REPO_ROOT), "--path", "examples/repo", "--worktree"
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "valid: 3 Services" in done.stdout
+    assert "valid: 4 Services, 0 Nodes, 1 Volume" in done.stdout
 
 
 # ---------------------------------------------------------------- --watch

@@ -6,27 +6,21 @@ check the same rules against real daemons and replicas.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from types import MappingProxyType
 
 import pytest
+from decide_helpers import healthy_record as healthy
+from decide_helpers import load_docs
 
 import gitorch.decide.cluster as cluster_module
 from gitorch.decide import PassInput, StartReplica, StopReplica, Wait, decide_pass
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
-from gitorch.manifests import ManifestLoader
 from gitorch.manifests.model import DesiredState
 from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord
 
 NOW = 10_000.0
 REVISION = "a" * 40
-
-
-class _File:
-    def __init__(self, path: str, text: str) -> None:
-        self.path, self.data = path, text.encode()
-        self.blob_id = hashlib.sha1(self.data).hexdigest()
 
 
 def service_yaml(name: str, *, replicas: int = 2, version: str = "1", extra: str = "") -> str:
@@ -43,27 +37,11 @@ spec:
 
 
 def desired(*docs: str) -> DesiredState:
-    files = [_File(f"f{i}.yaml", d) for i, d in enumerate(docs)]
-    result = ManifestLoader().load(files, revision=REVISION)
-    assert result.state is not None, [str(d) for d in result.diagnostics]
-    return result.state
+    return load_docs(*docs, revision=REVISION)
 
 
 def healthy_record(state: DesiredState, name: str) -> RolloutRecord:
-    svc = state.services[name]
-    return RolloutRecord(
-        service=name,
-        revision=REVISION,
-        spec_digest=svc.template_digest,
-        strategy=svc.strategy.type,
-        phase=RolloutPhase.HEALTHY,
-        spec=svc.canonical,
-        started_at=1.0,
-        progress_at=1.0,
-        available=svc.replicas,
-        reached_healthy=True,
-        converged_replicas=svc.replicas,
-    )
+    return healthy(state, name, REVISION)
 
 
 def replica(of: DesiredState, name: str, slot: int, **changes: object) -> LiveReplica:

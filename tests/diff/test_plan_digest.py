@@ -163,6 +163,7 @@ def test_summary_and_has_changes() -> None:
         "drift": 1,
         "unschedulable": 1,
         "actions": 0,
+        "volumeActions": 0,
     }
     assert plan.has_changes
     quiet = sample_plan(

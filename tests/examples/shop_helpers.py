@@ -24,6 +24,7 @@ TEST_LABEL = "dev.gitorch.test=examples"
 APP_SWITCHES = frozenset(
     {"PORT", "HOST", "VERSION", "FAIL_MODE", "SLOW_MS", "WORK_INTERVAL_MS", "DATA_DIR"}
     | {"API_SERVICE_HOST", "API_SERVICE_PORT", "DRAIN_MS"}
+    | {"VOLUME_DATA", "COUNTER_MODE", "LINGER_MS"}
 )
 
 
@@ -121,3 +122,8 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
 def jobs_done(page_body: str) -> int:
     """The worker's ``jobs_done=N`` from its version page."""
     return int(page_body.split("jobs_done=")[1])
+
+
+def fields(page_body: str) -> dict[str, str]:
+    """A version page's ``key=value`` words (the counter's ``starts``, ``conflicts``...)."""
+    return dict(word.split("=", 1) for word in page_body.split() if "=" in word)

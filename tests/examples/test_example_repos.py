@@ -57,7 +57,7 @@ def test_every_document_matches_its_schema(repo: str) -> None:
 def test_the_shop_is_the_one_the_task_describes(repo: str) -> None:
     svc = services(repo)
 
-    assert sorted(svc) == ["api", "web", "worker"]
+    assert sorted(svc) == ["api", "counter", "web", "worker"]
     assert svc["web"]["replicas"] == 3
     assert svc["web"]["expose"]["port"] == 8000
     assert svc["web"]["dependsOn"] == ["api"]
@@ -71,6 +71,12 @@ def test_the_shop_is_the_one_the_task_describes(repo: str) -> None:
     assert svc["worker"]["strategy"]["type"] == "Recreate"
     # web finds api through its stable endpoint.
     assert svc["web"]["env"]["API_SERVICE_PORT"] == str(svc["api"]["expose"]["port"])
+    # The stateful counter: one writer of its own ReadWriteOnce volume, served on 8002.
+    assert svc["counter"]["replicas"] == 1
+    assert svc["counter"]["expose"]["port"] == 8002
+    assert [v["volume"] for v in svc["counter"]["volumes"]] == ["counter-data"]
+    volumes = {d["metadata"]["name"]: d["spec"] for d in load_docs(repo) if d["kind"] == "Volume"}
+    assert volumes["counter-data"]["accessMode"] == "ReadWriteOnce"
 
 
 @pytest.mark.parametrize("repo", REPOS)

@@ -77,10 +77,16 @@ def state() -> DesiredState:
 
 
 def test_example_repo_loads(state: DesiredState) -> None:
-    assert sorted(state.services) == ["api", "web", "worker"]
-    assert state.nodes == {} and state.volumes == {}
+    assert sorted(state.services) == ["api", "counter", "web", "worker"]
+    assert state.nodes == {} and sorted(state.volumes) == ["counter-data"]
     assert state.revision == "example"
-    assert [obj.name for obj in state.objects()] == ["api", "web", "worker"]
+    assert [obj.name for obj in state.objects()] == [
+        "counter-data",
+        "api",
+        "counter",
+        "web",
+        "worker",
+    ]
     assert state.services["api"].origin.path == "api.yaml"
 
 
@@ -138,5 +144,5 @@ def test_loading_twice_gives_the_same_digests(state: DesiredState) -> None:
     assert {n: s.digest for n, s in again.services.items()} == {
         n: s.digest for n, s in state.services.items()
     }
-    # The three services differ, so do their digests.
-    assert len({s.template_digest for s in state.services.values()}) == 3
+    # The four services differ, so do their digests.
+    assert len({s.template_digest for s in state.services.values()}) == 4

@@ -200,6 +200,7 @@ def node_runtimes(
 
 
 def remove_instances(runtime: Runtime, cluster: str) -> None:
+    """Every replica and volume of ``cluster`` on one node."""
     try:
         instances = runtime.list_instances(cluster)
     except GitorchError:
@@ -207,6 +208,10 @@ def remove_instances(runtime: Runtime, cluster: str) -> None:
     for instance in instances:
         with contextlib.suppress(GitorchError):
             runtime.remove(instance.id)
+    with contextlib.suppress(GitorchError):
+        for volume in runtime.list_volumes(cluster):
+            with contextlib.suppress(GitorchError):
+                runtime.remove_volume(volume.name, cluster)
 
 
 # -- one test's world ------------------------------------------------------------------------

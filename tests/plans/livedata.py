@@ -17,8 +17,16 @@ A case folder holds:
                 "replicas": [{"replica": "web-1", "node": "node-a", "state": "running",
                               "image": "...", "exitCode": null, "stale": false}]}
       },
-      "appliedRevision": "<sha>"   # default: BASE_REVISION when applied/ exists
+      "appliedRevision": "<sha>",  # default: BASE_REVISION when applied/ exists
+      "volumes": {                 # the store's volume records, and what nodes hold
+        "records": [{"name": "data", "node": "node-a", "created": true,
+                     "released": false, "missing": false}],
+        "on": {"node-a": ["data"]}
+      }
     }
+
+  A replica's ``"volumes": ["data:rw", "cfg:ro"]`` is its volumes label. A record's spec is
+  the Volume as ``applied/`` (else ``manifests/``) has it.
 
   A replica's image defaults to the applied spec's image and its template digest to the
   applied one (``"stale": true`` gives it another). A service listed in ``services`` but
@@ -45,7 +53,8 @@ from gitorch.live.model import (
 from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.build import template_digest_of
 from gitorch.manifests.quantities import parse_cpu, parse_memory
-from gitorch.state.records import RolloutPhase, RolloutRecord
+from gitorch.runtime.base import VolumeInfo
+from gitorch.state.records import RolloutPhase, RolloutRecord, VolumeRecord
 
 #: The revision every case plans (fixed, so goldens do not depend on a Git repo).
 REVISION = "5d41402abc4b2a76b9719d911017c592ab3f9c11"
@@ -119,7 +128,35 @@ def _replica(service: str, raw: dict[str, Any], applied: AppliedSpec | None) -> 
         ready=raw.get("ready", raw.get("state", "running") == "running"),
         ready_since=0.0 if raw.get("ready", raw.get("state", "running") == "running") else None,
         started_at=0.0,
+        volumes=tuple(v.partition(":")[0] for v in raw.get("volumes", [])),
+        writes=tuple(v.partition(":")[0] for v in raw.get("volumes", []) if v.endswith(":rw")),
     )
+
+
+def _volumes(
+    raw: dict[str, Any], specs: dict[str, Any]
+) -> tuple[dict[str, tuple[VolumeRecord, ...]], dict[str, Any]]:
+    """The volume records and the volumes each node holds, as a case describes them."""
+    records: dict[str, list[VolumeRecord]] = {}
+    for item in raw.get("records", []):
+        records.setdefault(item["name"], []).append(
+            VolumeRecord(
+                name=item["name"],
+                node=item["node"],
+                spec=specs.get(item["name"], {}),
+                bound_at=1.0,
+                created_at=2.0 if item.get("created", True) else None,
+                released_at=3.0 if item.get("released") else None,
+                missing_at=4.0 if item.get("missing") else None,
+            )
+        )
+    on = {
+        node: MappingProxyType(
+            {name: VolumeInfo(name, node, f"{CLUSTER}_{node}_{name}") for name in names}
+        )
+        for node, names in raw.get("on", {}).items()
+    }
+    return {k: tuple(v) for k, v in records.items()}, on
 
 
 def build_live(case: Path) -> LiveState:
@@ -167,6 +204,11 @@ def build_live(case: Path) -> LiveState:
             name, applied, tuple(_replica(name, r, applied) for r in replicas)
         )
     nodes = {n["name"]: _node(n) for n in raw.get("nodes", [])}
+    specs = {name: obj.canonical for (kind, name), obj in inventory.items() if kind == "Volume"}
+    if (case / "manifests").is_dir():
+        desired = load_folder(case / "manifests", revision)
+        specs = {**{n: v.canonical for n, v in desired.volumes.items()}, **specs}
+    records, on = _volumes(raw.get("volumes", {}), specs)
     return LiveState(
         cluster=CLUSTER,
         observed_at=0.0,
@@ -175,4 +217,6 @@ def build_live(case: Path) -> LiveState:
         last_applied_revision=revision if applied_dir.is_dir() else None,
         inventory=MappingProxyType(inventory),
         rollouts=MappingProxyType(rollouts),
+        volume_records=MappingProxyType(records),
+        volumes_on=MappingProxyType(on),
     )

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -129,8 +130,10 @@ def process_service(
     command: list[str] | None = None,
     readiness: bool = True,
     initial_delay: int = 0,
+    strategy: str | None = None,
 ) -> str:
-    """A Service of the example api app on the process driver, with short probe periods."""
+    """A Service of the example api app on the process driver, with short probe periods.
+    ``strategy``: the manifest's ``  strategy:`` block instead of a RollingUpdate."""
     all_env = {"VERSION": version, **(env or {})}
     cmd = command or [sys.executable, str(API_APP)]
     lines = [
@@ -159,6 +162,8 @@ def process_service(
         ]
     if depends_on:
         lines.append(f"  dependsOn: {json.dumps(list(depends_on))}")
+    if strategy is not None:
+        return "\n".join(lines) + "\n" + strategy
     lines += [
         "  strategy:",
         "    type: RollingUpdate",
@@ -244,9 +249,12 @@ class DaemonProc:
         interval: float = 2.0,
         resync: float = 0.5,
         extra: Iterable[str] = (),
+        ca_file: Path | None = None,
     ) -> None:
         self.state = state
         self.port = free_port()
+        # A daemon started with --tls-cert: its API is spoken to over HTTPS, trusting ca_file.
+        self.tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         self.log_path = state.parent / f"daemon-{self.port}.log"
         argv = [
             sys.executable,
@@ -291,7 +299,11 @@ class DaemonProc:
     def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        conn = (
+            http.client.HTTPSConnection("127.0.0.1", self.port, timeout=15, context=self.tls)
+            if self.tls is not None
+            else http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        )
         try:
             conn.request(method, path, body=body or None, headers=headers or {})
             resp = conn.getresponse()
@@ -360,8 +372,8 @@ def instance_ids(svc: dict[str, Any] | None) -> set[str]:
     return {i["id"] for i in svc["instances"]} if svc else set()
 
 
-def get_version(port: int, path: str = "/") -> str | None:
-    """The ``version=N`` of one GET through the balancer (None when it fails)."""
+def get_body(port: int, path: str = "/") -> str | None:
+    """The body of one GET through the balancer (None when it fails or is not a 200)."""
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
         conn.request("GET", path)
@@ -370,9 +382,13 @@ def get_version(port: int, path: str = "/") -> str | None:
         conn.close()
     except OSError:
         return None
-    if resp.status != 200:
-        return None
-    return _version_of(body)
+    return body if resp.status == 200 else None
+
+
+def get_version(port: int, path: str = "/") -> str | None:
+    """The ``version=N`` of one GET through the balancer (None when it fails)."""
+    body = get_body(port, path)
+    return None if body is None else _version_of(body)
 
 
 def _version_of(body: str) -> str | None:
@@ -495,7 +511,7 @@ def require_docker_engine() -> None:
 
 
 def remove_cluster(runtime: Runtime, cluster: str | None) -> None:
-    """Remove every replica of ``cluster`` the runtime knows (teardown)."""
+    """Remove every replica and volume of ``cluster`` the runtime knows (teardown)."""
     if not cluster:
         return
     try:
@@ -510,6 +526,10 @@ def remove_cluster(runtime: Runtime, cluster: str | None) -> None:
     # In parallel: a container's removal is mostly waiting for the engine.
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(remove, [i.id for i in instances]))
+    with contextlib.suppress(GitorchError):
+        for volume in runtime.list_volumes(cluster):
+            with contextlib.suppress(GitorchError):
+                runtime.remove_volume(volume.name, cluster)
 
 
 def cluster_of(state: Path) -> str | None:

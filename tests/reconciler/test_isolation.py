@@ -13,17 +13,24 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from data_plane_helpers import stop_data_plane
 from listen_ports import free_port
 from reconciler_helpers import (
     Cluster,
+    DaemonProc,
+    cluster_of,
     commit,
     converged,
+    get_version,
     gitorch,
     instance_ids,
     pid_of,
+    process_runtime,
     process_service,
+    remove_cluster,
     wait_for,
 )
 
@@ -168,3 +175,38 @@ def test_a_commit_exposing_the_daemons_own_port_is_invalid(cluster: Cluster) -> 
     assert daemon.service("web") is None  # never applied
     assert converged(daemon.service("api"), first, 1)  # the last good state runs on
     assert daemon.request("GET", "/healthz")[0] == 200
+
+
+def test_a_second_cluster_never_shares_an_expose_port(cluster: Cluster, tmp_path: Path) -> None:
+    """Defect 10: a second daemon with another state directory bound the same expose
+    port (SO_REUSEPORT), so clients got answers from two clusters."""
+    first = commit(
+        cluster.repo, {"api.yaml": process_service("api", port=cluster.port, replicas=1)}, "v1"
+    )
+    daemon = cluster.daemon()
+    wait_for("api up", lambda: converged(daemon.service("api"), first, 1), 60)
+
+    other_state = tmp_path / "other-state"
+    other = DaemonProc(str(cluster.repo), other_state, "process")
+    try:
+
+        def refused() -> bool:
+            svc = other.service("api") or {}
+            failure = svc.get("failure") or {}
+            message = str(failure.get("message", ""))
+            return str(cluster.port) in message and "held by" in message
+
+        wait_for(
+            "the second cluster's api failed on the port", refused, 40, describe=other.log_tail
+        )
+        message = other.service("api")["failure"]["message"]
+        assert "gitorch" in message or "python" in message, message  # names the holder
+        # Every answer on the port still comes from the first cluster's replica.
+        first_ids = instance_ids(daemon.service("api"))
+        assert len(first_ids) == 1
+        for _ in range(20):
+            assert get_version(cluster.port) == "1"
+    finally:
+        other.stop()
+        stop_data_plane(other_state)
+        remove_cluster(process_runtime(other_state), cluster_of(other_state))

@@ -37,8 +37,7 @@ CANARY = """\
 
 
 def desired(port: int, version: str) -> DesiredState:
-    base = process_service(NAME, port=port, version=version, replicas=1)
-    text = base[: base.index("  strategy:")] + CANARY
+    text = process_service(NAME, port=port, version=version, replicas=1, strategy=CANARY)
     data = text.encode()
     file = ManifestFile("web.yaml", hashlib.sha1(data).hexdigest(), data)
     result = ManifestLoader().load([file], revision=version * 40)

@@ -209,7 +209,7 @@ class RuntimeKit:
         return self.make_runtime()
 
     def cleanup(self) -> None:
-        """Remove every instance of this test's cluster."""
+        """Remove every instance and volume of this test's cluster."""
         try:
             instances = self.make_runtime().list_instances(self.cluster)
         except RuntimeDriverError:
@@ -217,3 +217,13 @@ class RuntimeKit:
         for instance in instances:
             with contextlib.suppress(InstanceNotFound):
                 self.runtime.remove(instance.id)
+        for volume in self.runtime.list_volumes(self.cluster):
+            with contextlib.suppress(RuntimeDriverError):
+                self.runtime.remove_volume(volume.name, self.cluster)
+
+    def shell(self, name: str, script: str, **overrides: Any) -> ReplicaSpec:
+        """A replica running ``sh -c SCRIPT`` (the test image's busybox sh on docker, the
+        node's /bin/sh on the process driver)."""
+        command = ("sh", "-c", script) if self.driver == "docker" else ("/bin/sh", "-c", script)
+        spec = self.spec("http", **overrides)
+        return replace(spec, name=f"{spec.name}-{name}", command=command, ports=())

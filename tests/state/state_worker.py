@@ -85,7 +85,19 @@ def read_count(state_dir: str) -> None:
     say(str(len(store.list_revisions(limit=None))))
 
 
+def append(state_dir: str, prefix: str, count: str, go_file: str) -> None:
+    """Wait for ``go_file``, then append ``count`` audit entries as fast as possible."""
+    store = StateStore(state_dir)
+    say("ready")
+    while not Path(go_file).exists():
+        time.sleep(0.002)
+    for i in range(int(count)):
+        store.append_event("test.race", f"{prefix} {i}", actor=f"user:{prefix}@test")
+    say("done")
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
+    "append": append,
     "hold-lock": hold_lock,
     "open": open_new,
     "allocate": allocate,

@@ -28,6 +28,7 @@ TABLES = {
     "backoff",
     "analysis_runs",
     "traffic_snapshots",
+    "volumes",
 }
 
 

@@ -111,6 +111,8 @@ def summary_line(plan: Plan) -> str:
         extras.append(f"{len(plan.unschedulable)} replica(s) unschedulable")
     if counts.get("actions"):
         extras.append(f"next pass: {counts['actions']} replica action(s)")
+    if counts.get("volumeActions"):
+        extras.append(f"{counts['volumeActions']} volume(s) to create or delete")
     return text + ("; " + ", ".join(extras) if extras else "") + "."
 
 
@@ -221,6 +223,11 @@ _ACTION_STYLE = {
     "set-traffic": "cyan",
     "wait": "dim",
     "forget": "red",
+    "bind": "cyan",
+    "create": "green",
+    "delete": "red",
+    "release": "yellow",
+    "missing": "red",
 }
 
 

@@ -1,0 +1,134 @@
+"""``gitorch volumes``: every Volume, the node it lives on, its mode, size, users and phase.
+
+``--reset NAME`` forgets a volume that went missing (removed outside gitorch): the next
+pass makes it anew, empty, and its users start again. gitorch never does that by itself,
+since the data is gone and its users would start on nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.markup import escape
+from rich.table import Table
+
+from gitorch.commands.cluster import add_runtime_option
+from gitorch.commands.common import (
+    add_format_option,
+    add_state_option,
+    print_json,
+    state_dir,
+    stdout,
+)
+from gitorch.commands.nodes import open_nodes_view
+from gitorch.errors import GitorchError
+from gitorch.readmodel.volumes import SIZE_NOTE, volumes_json
+from gitorch.state import StateStore
+from gitorch.state.layout import STATE_DB
+
+EXAMPLE = """example:
+  gitorch volumes
+  gitorch volumes --format json
+  gitorch volumes --reset pgdata      # a missing volume: make it anew, empty
+"""
+
+_PHASE_STYLE = {
+    "Bound": "green",
+    "Pending": "cyan",
+    "Missing": "red",
+    "Released": "yellow",
+    "Deleting": "yellow",
+    "Unknown": "red",
+    "Unrecorded": "yellow",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "volumes",
+        help="volumes: node, access mode, size, users, phase; --reset a missing one",
+        description=__doc__,
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", nargs="?", help="show this volume only")
+    parser.add_argument(
+        "--reset",
+        metavar="NAME",
+        help="forget a missing volume, so the next pass makes it anew (empty)",
+    )
+    add_state_option(parser)
+    add_runtime_option(parser)
+    add_format_option(parser, "json")
+    parser.set_defaults(run=run)
+
+
+def _reset(args: argparse.Namespace) -> int:
+    state = state_dir(args)
+    if not (state / STATE_DB).exists():
+        raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
+    view = open_nodes_view(args)
+    try:
+        rows = [r for r in volumes_json(view.live) if r["name"] == args.reset]
+    finally:
+        view.close()
+    if not rows:
+        raise GitorchError(f"no volume named {args.reset!r}")
+    if not any(r["phase"] == "Missing" for r in rows):
+        phases = ", ".join(f"{r['phase']} on {r['node'] or '-'}" for r in rows)
+        raise GitorchError(
+            f"volume {args.reset} is not missing ({phases}): only a volume removed outside "
+            "gitorch is reset (its data is gone already)"
+        )
+    with StateStore(state) as store:
+        store.forget_volume(args.reset)
+        store.append_event(
+            "volume.reset", f"volume {args.reset} reset: the next pass makes it anew, empty"
+        )
+    stdout().print(f"volume {escape(args.reset)} reset: the next pass makes it anew, empty")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.reset:
+        return _reset(args)
+    view = open_nodes_view(args)
+    try:
+        rows = volumes_json(view.live)
+    finally:
+        view.close()
+    if args.name:
+        rows = [r for r in rows if r["name"] == args.name]
+        if not rows:
+            raise GitorchError(f"no volume named {args.name!r}")
+    if args.format == "json":
+        print_json({"volumes": rows})
+        return 0
+    if not rows:
+        stdout().print("no volumes")
+        return 0
+    table = Table(box=None, pad_edge=False)
+    for column in ("VOLUME", "NODE", "MODE", "SIZE", "USERS", "PHASE", "BACKEND"):
+        table.add_column(column, no_wrap=column in ("VOLUME", "PHASE"))
+    for row in rows:
+        style = _PHASE_STYLE.get(row["phase"], "")
+        table.add_row(
+            escape(row["name"]),
+            escape(row["node"] or "-"),
+            row["accessMode"],
+            row["size"] or "-",
+            escape(", ".join(row["users"]) or "-"),
+            f"[{style}]{row['phase']}[/]" if style else row["phase"],
+            escape(row["backend"]),
+        )
+    stdout().print(table)
+    if any(row["size"] for row in rows):
+        stdout().print(f"[dim]sizes are {SIZE_NOTE} (see docs/architecture.md, Storage)[/]")
+    for row in rows:
+        if row["phase"] == "Missing":
+            stdout().print(
+                f"[red]{escape(row['name'])}:[/] removed from {escape(row['node'] or '-')} outside "
+                f"gitorch; its users wait. `gitorch volumes --reset {escape(row['name'])}` makes "
+                "it anew, empty"
+            )
+    return 0

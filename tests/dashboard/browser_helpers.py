@@ -1,0 +1,52 @@
+"""A real browser for the dashboard's tests: Debian's chromium driven by chromedriver
+through selenium, headless, one per test session (starting it is the slow part).
+
+``.ci/run`` installs ``chromium`` and ``chromium-driver``; a machine without them FAILS
+these tests with the packages to install (never skips).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+#: Where screenshots go (CI keeps them as artifacts): $GITORCH_ARTIFACTS/dashboard.
+ARTIFACTS = Path(os.environ.get("GITORCH_ARTIFACTS", "/tmp/gitorch-artifacts")) / "dashboard"
+
+
+def start_browser() -> webdriver.Chrome:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if shutil.which(p) is None]
+    if missing:
+        raise AssertionError(
+            f"missing {', '.join(missing)}: apt-get install chromium chromium-driver (.ci/run does)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",  # root in CI
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    browser.set_page_load_timeout(30)
+    return browser
+
+
+def screenshot(browser: webdriver.Chrome, name: str) -> Path:
+    """Save the page as ``ARTIFACTS/NAME.png`` and return the path."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    browser.save_screenshot(str(path))
+    return path

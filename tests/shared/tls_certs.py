@@ -1,0 +1,67 @@
+"""A private CA and a server certificate for 127.0.0.1/localhost, made with the real
+``openssl`` command (tests of the API over TLS)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: Path  # the CA's certificate (what --ca-file takes)
+    cert: Path  # the server's certificate, signed by the CA
+    key: Path  # the server's private key (mode 600)
+    other_ca: Path  # a CA that signed nothing here (a client trusting it must refuse)
+
+
+def _openssl(folder: Path, *args: str) -> None:
+    done = subprocess.run(
+        ["openssl", *args], cwd=folder, capture_output=True, text=True, check=False, timeout=60
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(args)} failed: {done.stderr}")
+
+
+def _ca(folder: Path, name: str) -> tuple[Path, Path]:
+    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    _openssl(
+        folder,
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", key.name, "-out", cert.name, "-days", "2",
+        "-subj", f"/CN={name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    return key, cert
+
+
+def make_certs(folder: Path) -> Certs:
+    """A CA, a server certificate for 127.0.0.1, ::1 and localhost, and an unrelated CA."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed for the TLS tests (apt-get install openssl)")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = _ca(folder, "test-ca")
+    _other_key, other_cert = _ca(folder, "other-ca")
+    (folder / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n"
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        encoding="utf-8",
+    )
+    _openssl(
+        folder,
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=gitorch-api",
+    )  # fmt: skip
+    _openssl(
+        folder,
+        "x509", "-req", "-in", "server.csr", "-CA", ca_cert.name, "-CAkey", ca_key.name,
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
+    )  # fmt: skip
+    key = folder / "server.key"
+    key.chmod(0o600)
+    return Certs(ca=ca_cert, cert=folder / "server.pem", key=key, other_ca=other_cert)
