@@ -12,6 +12,7 @@ word alone):
 * **trace**: every running replica carries the revision of a commit the soak pushed, and
   the template digest of its service at that commit or an earlier one, and its
   environment is that template's (its VERSION);
+* **rwo**: never two writers on a ReadWriteOnce volume (the counter's ``conflicts.log``);
 * **data plane**: never two proxies serving one state directory for long, and a killed
   proxy is replaced within a bound;
 * **daemon**: the daemon never exits by itself;
@@ -48,6 +49,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from replica_procs import ReplicaProc, replica_processes
@@ -129,6 +131,7 @@ class Checks:
     _thread: threading.Thread | None = None
     _seen_unrecorded: dict[str, float] = field(default_factory=dict)
     traced: set[str] = field(default_factory=set)
+    volumes: set[str] = field(default_factory=set)  # ReadWriteOnce folders seen (VOLUME_DATA)
     _two_proxies_since: float | None = None
     _reported: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -176,6 +179,7 @@ class Checks:
         if cluster:
             replicas = replica_processes(cluster)
             self._surge(replicas, now)
+            self._one_writer(replicas)
             if trace:
                 self._trace(replicas, now)
         for decoy in [*self.decoys, *[]]:
@@ -201,6 +205,24 @@ class Checks:
                     + ", ".join(sorted(names)),
                     once=f"surge:{service}:{len(names)}:{int(now // 30)}",
                 )
+
+    def _one_writer(self, replicas: list[ReplicaProc]) -> None:
+        """Never two writers on a ReadWriteOnce volume: the counter app beats in its volume
+        and writes ``conflicts.log`` there when it sees another writer's beat advance (it
+        lingers on SIGTERM, so a successor started before it exited is caught too)."""
+        for replica in replicas:
+            folder = replica.env.get("VOLUME_DATA")
+            if not folder:
+                continue
+            self.volumes.add(folder)
+        for folder in sorted(self.volumes):
+            try:
+                text = (Path(folder) / "conflicts.log").read_text(encoding="utf-8")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.strip():
+                    self.broke("rwo", f"two writers on {folder}: {line.strip()}", once=line)
 
     def _trace(self, replicas: list[ReplicaProc], now: float) -> None:
         labels = self.labels_of()

@@ -45,6 +45,10 @@ ROLLING_DEADLINE = 45
 CANARY_DEADLINE = 60
 RECREATE_DEADLINE = 45
 MAX_REPLICAS = 4
+#: The counter (one writer of a ReadWriteOnce volume) beats on in its volume this long
+#: after SIGTERM, so that a second writer started before the first has exited is caught
+#: (the app writes conflicts.log, which the soak's checks read).
+COUNTER_LINGER_MS = 500
 
 GOOD = ""
 NEVER_READY = "unhealthy"
@@ -81,8 +85,8 @@ class Svc:
         set beside the new one during promotion; Recreate: never more than ``replicas``)."""
         if self.strategy == "Canary":
             return 2 * self.replicas
-        if self.strategy == "Recreate":
-            return self.replicas
+        if self.strategy == "Recreate" or self.app == "counter":
+            return self.replicas  # the counter: a ReadWriteOnce volume, one writer
         return self.replicas + 1
 
 
@@ -133,6 +137,7 @@ class Ports:
     api: int
     web: int
     extras: dict[str, int] = field(default_factory=dict)
+    counter: bool = False  # the counter (ReadWriteOnce volume) is in the shop
 
 
 def extra_names(count: int) -> list[str]:
@@ -146,6 +151,10 @@ def initial_shop(ports: Ports, services: int) -> Shop:
         Svc("web", "web", "Canary", 3, port=ports.web, core=True),
         Svc("worker", "worker", "Recreate", 1, core=True),
     ]
+    if ports.counter:
+        # Not under load: one ReadWriteOnce writer means a gap at each of its rollouts,
+        # by design. Its rollouts and kills are what the RWO check watches.
+        core.append(Svc("counter", "counter", "RollingUpdate", 1, core=True))
     extras = []
     for n, name in enumerate(sorted(ports.extras, key=lambda e: int(e[5:]))):
         if len(core) + len(extras) >= services:
@@ -160,9 +169,10 @@ def initial_shop(ports: Ports, services: int) -> Shop:
 
 def _base_documents() -> dict[str, dict[str, Any]]:
     docs = {}
-    for app in ("api", "web", "worker"):
+    for app in ("api", "web", "worker", "counter"):
         text = (EXAMPLE_REPO / f"{app}.yaml").read_text(encoding="utf-8")
-        docs[app] = yaml.safe_load(text)
+        for doc in yaml.safe_load_all(text):
+            docs[app if doc["kind"] == "Service" else f"{app}:{doc['kind']}"] = doc
     return docs
 
 
@@ -212,6 +222,10 @@ def render(svc: Svc, shop: Shop) -> dict[str, Any]:
         spec.pop("expose", None)
     if svc.strategy == "Canary":
         spec["strategy"] = _canary_strategy()
+    elif svc.app == "counter":
+        # One writer of a ReadWriteOnce volume: gitorch stops the old replica first.
+        spec["strategy"] = {"type": "RollingUpdate", "progressDeadlineSeconds": ROLLING_DEADLINE}
+        env["LINGER_MS"] = str(COUNTER_LINGER_MS)
     elif svc.strategy == "RollingUpdate":
         spec["strategy"] = copy.deepcopy(_BASE["api"]["spec"]["strategy"])
         spec["strategy"]["progressDeadlineSeconds"] = ROLLING_DEADLINE
@@ -249,6 +263,8 @@ def corrupt_text(kind: str, svc: Svc, shop: Shop) -> str:
 def files_of(shop: Shop) -> dict[str, str]:
     """Every manifest of ``shop`` (mutations included)."""
     files = {f"{s.name}.yaml": _dump(render(s, shop)) for s in shop.services}
+    if shop.service("counter") is not None:
+        files["counter-data.yaml"] = _dump(_BASE["counter:Volume"])
     if shop.corrupt is not None:
         target = _corrupt_target(shop)
         files[f"{target.name}.yaml"] = corrupt_text(shop.corrupt, target, shop)
@@ -333,7 +349,7 @@ def next_change(kind: str, draws: Sequence[float], history: Sequence[Shop], port
             service=svc.name,
         )
     if kind == "scale":
-        scalable = [s for s in base.services if s.strategy != "Recreate"]
+        scalable = [s for s in base.services if s.strategy != "Recreate" and s.app != "counter"]
         svc = _pick(scalable, u0)
         choices = [n for n in range(1, MAX_REPLICAS + 1) if n != svc.replicas]
         new = replace(svc, replicas=_pick(choices, u1))

@@ -44,7 +44,12 @@ def test_a_short_soak_injects_every_fault_kind_and_commits_every_kind() -> None:
 
 
 def _ports() -> Ports:
-    return Ports(api=18001, web=18000, extras={f"extra{n}": 18010 + n for n in range(1, 5)})
+    return Ports(
+        api=18001,
+        web=18000,
+        extras={f"extra{n}": 18010 + n for n in range(1, 5)},
+        counter=True,
+    )
 
 
 def test_commits_are_the_seeds_and_the_model_agrees_with_gitorch(tmp_path: Path) -> None:
@@ -277,3 +282,33 @@ def test_a_service_removed_before_it_was_up_may_answer_503(served: bool, judged:
     # port ended with a POST on its connection, after the removal.
     load._record(target, "post", time.monotonic(), error="reset")
     assert len(load.tally.failures) == 2 * judged
+
+
+def test_two_writers_on_a_read_write_once_volume_are_a_break(tmp_path: Path) -> None:
+    """The counter app's conflicts.log in its volume is read from the folder its replica
+    was given (VOLUME_DATA), also once that replica is gone."""
+    from replica_procs import ReplicaProc
+
+    folder = tmp_path / "volumes" / "counter-data" / "data"
+    folder.mkdir(parents=True)
+    checks = _canary_checks(tmp_path, [], [])
+    counter = ReplicaProc(1, "c-counter-1", "counter", "S", 1, {"VOLUME_DATA": str(folder)})
+    checks._one_writer([counter])
+    assert checks.breaks == []
+    (folder / "conflicts.log").write_text("instance b saw instance a's beat advance\n")
+    checks._one_writer([])  # the writer that saw it may be gone by now
+    assert [b.invariant for b in checks.breaks] == ["rwo"]
+    checks._one_writer([])
+    assert len(checks.breaks) == 1  # once per line
+
+
+def test_the_counter_is_one_writer_whatever_the_commits() -> None:
+    """The counter is never scaled, and its surge bound is its one replica."""
+    shop = initial_shop(_ports(), 3)
+    counter = shop.service("counter")
+    assert counter is not None and counter.surge_bound() == 1 and counter.port is None
+    for seed in range(1, 30):
+        history = [shop]
+        for planned in make_plan(seed, 600, ()):
+            history.append(next_change(planned.kind, planned.draws, history, _ports()).shop)
+        assert all(s.service("counter").replicas == 1 for s in history if s.service("counter"))
