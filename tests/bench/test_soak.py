@@ -76,14 +76,14 @@ def test_a_broken_drain_is_caught_and_its_seed_reproduces_it(tmp_path: Path) -> 
     still serve): failed requests, reported with the seed, twice from one seed. No faults,
     so that nothing else can explain a failure."""
     # Only a request in flight on a killed replica can fail (the proxy sends a refused
-    # one elsewhere, and a GET again), so the run needs rollouts and POSTs: seed 110 rolls
-    # api out four times and web once in its minute, and 40 requests/s per client keep
+    # one elsewhere, and a GET again), so the run needs rollouts and POSTs: seed 140 rolls
+    # api out three times and web twice in its minute, and 40 requests/s per client keep
     # POSTs in flight (at 25/s and seed 5, one run in two went uncaught).
-    args = ("--minutes", "1", "--seed", "110", "--rate", "40", "--break-drain", "--exclude", "all")
+    args = ("--minutes", "1", "--seed", "140", "--rate", "40", "--break-drain", "--exclude", "all")
     for _ in range(2):
         code, output, figures = soak(tmp_path, *args, timeout=400)
         assert code == 1, output[-4000:]
         broken = {b["invariant"] for b in figures["breaks"]}
         assert "requests" in broken, figures["breaks"]
-        assert "BREAK seed=110 " in output
+        assert "BREAK seed=140 " in output
         assert sum(figures["faults"].values()) == 0
