@@ -226,7 +226,7 @@ class Soak:
         started = time.monotonic()
         why = self._wait_converged(shop, WARMUP_BOUND)
         if why:
-            self.say(f"the shop was not served within {WARMUP_BOUND:.0f}s: {why}")
+            print(f"the shop was not served within {WARMUP_BOUND:.0f}s: {why}", flush=True)
             return 2
         self.figures["warmupSeconds"] = round(time.monotonic() - started, 1)
         journal.note("phase", "warm-up done: the shop is served")

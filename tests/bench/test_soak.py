@@ -33,8 +33,9 @@ CI_COMMIT_KINDS = {"errors-canary", "never-ready", "invalid", "revert", "mass-pr
 
 def soak(tmp_path: Path, *args: str, timeout: float) -> tuple[int, str, dict[str, Any]]:
     report = tmp_path / f"report-{len(list(tmp_path.iterdir()))}.json"
-    # TMPDIR: the soak folder a break keeps (logs, journal) goes with the test's tmp_path.
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}
+    # The soak's folder stays in /tmp (not under tmp_path, whose 0700 parents replicas
+    # running as another user cannot enter); a run that broke keeps it and says where.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, str(SOAK), "--quiet", "--report", str(report), *args],
         capture_output=True,
