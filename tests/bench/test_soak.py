@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,7 @@ def test_a_broken_drain_is_caught_and_its_seed_reproduces_it(tmp_path: Path) -> 
         assert "requests" in broken, figures["breaks"]
         assert "BREAK seed=140 " in output
         assert sum(figures["faults"].values()) == 0
+        # A run that broke keeps its folder for whoever reads the break: this one was meant.
+        kept = [line.split()[1] for line in output.splitlines() if line.startswith("kept /")]
+        for folder in kept:
+            shutil.rmtree(folder, ignore_errors=True)
