@@ -57,6 +57,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     ("logs", "logs", "a service's output: live replicas, or --previous: the last dead ones"),
     ("audit", "audit", "the audit log: who did what, when; --verify proves it was not edited"),
+    ("state", "state", "the state store: migrate a cluster between a state directory and etcd"),
 )
 
 

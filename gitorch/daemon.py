@@ -8,6 +8,11 @@ API, the log, with file:line) and the last good desired state keeps being reconc
 
 SIGTERM or SIGINT stops the loop between passes: replicas keep running, and the next
 daemon re-adopts them from their labels.
+
+With etcd state several daemons run at once and one leads (see
+:mod:`gitorch.apply.session`): the loop reconciles only while this daemon leads; a standby
+keeps its desired state fresh and serves status, history and plan read-only, and refuses
+writes (promote, abort, an audited reconcile request) naming the leader.
 """
 
 from __future__ import annotations
@@ -38,17 +43,21 @@ from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import GitorchError, ManifestInvalid
 from gitorch.live import observe
+from gitorch.live.inventory import open_runtimes
 from gitorch.live.model import LiveState
+from gitorch.live.observe import assess_readiness
 from gitorch.manifests import ManifestLoader
 from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
-from gitorch.readmodel.cluster import ClusterView
+from gitorch.readmodel.cluster import ClusterView, registered_targets
 from gitorch.readmodel.history import history_json
 from gitorch.readmodel.logs import retained_json
-from gitorch.readmodel.status import status_json
+from gitorch.readmodel.status import control_plane_json, status_json
+from gitorch.runtime.base import Runtime
 from gitorch.sources import Source, open_source
 from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
-from gitorch.state import RecordNotFound
+from gitorch.state import RecordNotFound, StateStore
+from gitorch.state.errors import NotLeader, StateUnavailable
 from gitorch.state.layout import DAEMON_FILE
 from gitorch.state.requests import request_action
 
@@ -112,18 +121,29 @@ class Daemon:
         # One pass at a time: the API's plan observes and decides with the same
         # reconciler (probe state, node tracker) as the loop.
         self._pass_lock = threading.Lock()
+        self._standby_runtimes: tuple[tuple[Any, ...], dict[str, Runtime]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT when called from the main thread)."""
         opts = self.options
-        self.source = open_source(
-            opts.repo, cache_root=opts.session.state_dir / "cache", ref=opts.ref
-        )
+        self.source = open_source(opts.repo, cache_root=self._cache_root(), ref=opts.ref)
         # The data plane outlives the daemon: a restart or an upgrade drops no request.
-        session_options = replace(opts.session, data_plane_outlives=True)
-        with Session(session_options, on_health_change=lambda *_: self._wake.set()) as session:
+        session_options = replace(
+            opts.session,
+            data_plane_outlives=True,
+            member_info={
+                "listen": f"http://{_client_address(opts.listen)}",
+                # `validate` and `plan` refuse the hostPaths the daemons would refuse.
+                "allowHostPaths": [str(p) for p in opts.session.allowed_host_paths],
+            },
+        )
+        with Session(
+            session_options,
+            on_health_change=lambda *_: self._wake.set(),
+            on_leadership=lambda _: self._wake.set(),
+        ) as session:
             self.session = session
             self.traffic = _traffic_meter(session, opts.session.data_plane)
             self.metrics.add_collector(TrafficCollector(self.traffic.read))
@@ -155,7 +175,32 @@ class Daemon:
                     watcher.__exit__(None, None, None)
                 self.dashboard.close()
                 self.api.stop()
-                (opts.session.state_dir / DAEMON_FILE).unlink(missing_ok=True)
+                if self._etcd is None:
+                    (opts.session.state_dir / DAEMON_FILE).unlink(missing_ok=True)
+
+    @property
+    def _etcd(self) -> object:
+        return self.options.session.location.etcd
+
+    @property
+    def name(self) -> str:
+        """This daemon's name among the daemons of one etcd namespace."""
+        if self.session is not None and self.session.leadership is not None:
+            return self.session.leadership.name
+        from gitorch.live.inventory import local_node_name
+
+        return self.options.session.name or local_node_name()
+
+    def _cache_root(self) -> Path:
+        """Git's cache: one per daemon with etcd state (daemons of one host share the
+        runtime directory, and two fetches into one mirror would collide)."""
+        local = self.options.session.state_dir
+        return local / "cache" if self._etcd is None else local / "daemons" / self.name / "cache"
+
+    @property
+    def acting(self) -> bool:
+        """Whether this daemon reconciles now (it leads, or the state is SQLite)."""
+        return self.session is not None and self.session.leading
 
     def stop(self) -> None:
         self._stopping.set()
@@ -216,11 +261,12 @@ class Daemon:
                     fetched.new_sha,
                 )
                 assert self.session is not None
-                self.session.store.append_event(
-                    "source.history-rewritten",
-                    f"the tracked ref moved from {fetched.old_sha} to {fetched.new_sha}, not a descendant",
-                    revision=fetched.new_sha,
-                )
+                if self.acting:
+                    self.session.store.append_event(
+                        "source.history-rewritten",
+                        f"the tracked ref moved from {fetched.old_sha} to {fetched.new_sha}, not a descendant",
+                        revision=fetched.new_sha,
+                    )
             sha = self.source.resolve(opts.ref)
             if sha == self._seen_sha:
                 return
@@ -274,6 +320,8 @@ class Daemon:
         message = f"revision {desired.revision[:12]} refused: {why}; still applying {applying}"
         self._set_error({"message": message, "revision": desired.revision})
         log.error("%s", message, extra={"revision": desired.revision})
+        if not self.acting:
+            return True  # the leader records it
         with self._pass_lock:
             self.session.reconciler_for(self._desired or desired).books.record_refused(
                 desired.revision, commit, why
@@ -348,6 +396,8 @@ class Daemon:
         for line in diagnostics:
             log.error("invalid manifest: %s", line, extra={"revision": sha})
         assert self.session is not None
+        if not self.acting:
+            return  # the leader records it
         self.session.store.append_event(
             "revision.invalid",
             f"{sha[:12]}: {len(diagnostics)} problem(s)",
@@ -361,6 +411,9 @@ class Daemon:
         desired, commit = self._desired, self._commit
         if desired is None or self.session is None:
             return self.options.resync
+        if not self.session.leading:
+            self._loop_error = None
+            return self.options.resync  # a standby: the leader reconciles
         started = time.monotonic()
         try:
             # A secret's new value (a rotated file, re-encrypted in Git) changes the
@@ -369,6 +422,16 @@ class Daemon:
             with self._pass_lock:
                 reconciler = self.session.reconciler_for(desired)
                 result = reconciler.reconcile(desired, commit)
+        except NotLeader as exc:
+            # Deposed mid-pass (the lease expired, another daemon leads): nothing this
+            # pass wrote landed, and it stopped before acting any further.
+            log.warning("stopped acting: %s", exc.message)
+            return self.options.resync
+        except StateUnavailable as exc:
+            self.metrics.reconcile_total.inc(result="error")
+            self._loop_error = exc.message
+            log.error("not reconciling: %s", exc.message)
+            return self.options.resync
         except GitorchError as exc:
             self.metrics.reconcile_total.inc(result="error")
             self._loop_error = exc.message
@@ -403,7 +466,7 @@ class Daemon:
 
     def _write_traffic(self) -> None:
         """Store every route's traffic now (replacing the previous snapshots)."""
-        if self.traffic is None or self.session is None:
+        if self.traffic is None or self.session is None or not self.session.leading:
             return
         try:
             started = time.perf_counter()
@@ -423,6 +486,14 @@ class Daemon:
         self._write_daemon_file()
 
     def _write_daemon_file(self) -> None:
+        if self._etcd is not None:
+            # With etcd state, what a daemon says of itself is its member record.
+            if self.session is not None and self.session.leadership is not None:
+                self.session.leadership.update_info(
+                    lastError=self._last_error,
+                    revision=self._commit.sha if self._commit else None,
+                )
+            return
         state = self.options.session.state_dir
         data = {
             "pid": os.getpid(),
@@ -447,6 +518,7 @@ class Daemon:
             # An authenticated API request: the audit log keeps which token asked.
             log.info("reconcile requested: %s (token %s)", reason, actor)
             assert self.session is not None
+            self._refuse_unless_leading(f"reconcile ({reason})")
             self.session.store.append_event(
                 "reconcile.requested",
                 f"reconcile requested by token {actor}: {reason}",
@@ -464,6 +536,7 @@ class Daemon:
         self, service: str, action: str, actor: str | None = None
     ) -> tuple[bool, str]:
         assert self.session is not None
+        self._refuse_unless_leading(f"{action} {service}")
         # An API without tokens does not know who asked: "api".
         who = f"token:{actor}" if actor is not None else "api"
         accepted, message = request_action(self.session.store, service, action, who)
@@ -471,9 +544,39 @@ class Daemon:
             log.info("%s of %s requested by token %s", action, service, actor)
         return accepted, message
 
+    def _refuse_unless_leading(self, what: str) -> None:
+        """A write asked of a standby: refused, naming the leader (and its API)."""
+        assert self.session is not None
+        leadership = self.session.leadership
+        if leadership is None or leadership.leading:
+            return
+        view = leadership.view()
+        url = None
+        if view.leader:
+            for member in leadership.members():
+                if member.get("name") == view.leader:
+                    url = member.get("listen")
+        where = f" at {url}" if url else ""
+        raise NotLeader(
+            f"{what} refused: {self.name} does not lead"
+            + (
+                f"; the leader is {view.leader}{where}: ask it"
+                if view.leader
+                else f" ({view.message})"
+            ),
+            leader=view.leader,
+            url=url,
+        )
+
     def healthy(self) -> tuple[bool, str]:
         if self._loop_error:
             return False, self._loop_error
+        if self.session is not None and self.session.leadership is not None:
+            view = self.session.leadership.view()
+            if not view.reachable:
+                return False, f"not acting: {view.message}"
+            if not view.leading:
+                return True, ""  # a standby is healthy; the leader serves traffic
         if self.session is not None:
             plane = self.session.dataplane.health()
             if not plane.ok:
@@ -485,25 +588,58 @@ class Daemon:
         if session is None or desired is None or session.reconciler is None:
             return None, None
         reconciler = session.reconciler
+        if not reconciler.acting:
+            return None, None
         live = observe(reconciler.targets, reconciler.runtimes, session.cluster, session.store)
         return reconciler, live
 
+    def _read_only_view(self) -> ClusterView:
+        """What a standby (or a daemon whose etcd has no quorum) shows: the nodes the
+        store knows, each replica probed once, the traffic the leader stored. Without a
+        store it still shows the replicas that run (workloads run on without etcd)."""
+        session = self.session
+        assert session is not None
+        store: StateStore | None = session.store
+        try:
+            targets = registered_targets(store, self.options.session.runtime)
+        except StateUnavailable:
+            store = None
+            known = session.reconciler.targets if session.reconciler is not None else None
+            targets = known or registered_targets(None, self.options.session.runtime)
+        key = tuple(targets)
+        if self._standby_runtimes is None or self._standby_runtimes[0] != key:
+            self._standby_runtimes = (key, open_runtimes(targets, self.options.session.state_dir))
+        runtimes = self._standby_runtimes[1]
+        live = observe(targets, runtimes, session.cluster, store)
+        return ClusterView(store, targets, runtimes, assess_readiness(live, runtimes))
+
     def status(self) -> dict[str, Any]:
-        reconciler, live = self._view()
         assert self.session is not None
+        try:
+            reconciler, live = self._view()
+        except StateUnavailable:
+            reconciler, live = None, None
+        leadership = self.session.leadership
+        plane = control_plane_json(
+            self.session.store, leadership.view() if leadership is not None else None
+        )
+        if leadership is None:
+            plane.update(self=self.name, role="leader", leader=self.name)
         if reconciler is None or live is None:
-            doc: dict[str, Any] = {
-                "cluster": self.session.cluster,
-                "revision": None,
-                "services": [],
-                "nodes": [],
-            }
+            view = self._read_only_view()
+            try:
+                doc = status_json(view, None, control_plane=plane)
+            except StateUnavailable:
+                view.store = None
+                doc = status_json(view, None, control_plane=plane)
         else:
             live = _with_health(live, reconciler)
             view = ClusterView(self.session.store, reconciler.targets, reconciler.runtimes, live)
             # The traffic as of now, not the last stored snapshot.
             traffic = self.traffic.read().snapshots() if self.traffic is not None else []
-            doc = status_json(view, None, traffic={snap.service: snap for snap in traffic})
+            doc = status_json(
+                view, None, traffic={snap.service: snap for snap in traffic}, control_plane=plane
+            )
         with self._lock:
             if self._last_error is not None:
                 doc["lastError"] = self._last_error.get("message")
@@ -542,17 +678,23 @@ class Daemon:
 
     def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
         assert self.session is not None
+        self._refuse_unless_leading(f"drain {node}")
         store = self.session.store
         who = f"token:{actor}" if actor is not None else "api"
         verb = "draining" if draining else "schedulable again"
+
+        def write() -> None:
+            store.set_draining(node, draining)
+            store.append_event(
+                "node.drain" if draining else "node.uncordon",
+                f"{node}: {verb} (by {who})",
+                actor=who,
+            )
+
         try:
-            with store.transaction():  # the change and its audit entry, or neither
-                store.set_draining(node, draining)
-                store.append_event(
-                    "node.drain" if draining else "node.uncordon",
-                    f"{node}: {verb} (by {who})",
-                    actor=who,
-                )
+            # The change and its audit entry, or neither (on etcd tried again if the
+            # daemon's own pass wrote meanwhile).
+            store.atomic(write)
         except RecordNotFound:
             return False, f"no node named {node}"
         return True, f"node {node} {verb}"
@@ -570,19 +712,34 @@ class Daemon:
             return self.session.reconciler_for(desired).plan(desired).to_json()
 
 
+def _client_address(listen: str) -> str:
+    """Where other daemons and clients reach an API listening on ``listen``."""
+    host, port = parse_listen(listen)
+    if host in ("", "0.0.0.0", "::"):
+        import socket
+
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _traffic_meter(session: Session, data_plane: str) -> TrafficMeter:
-    """The meter of ``session``'s data plane over the routing table in force."""
-    plane = session.dataplane
+    """The meter of ``session``'s data plane over the routing table in force (read
+    through the session each time: with etcd state the plane is opened on leading)."""
 
     def table() -> Any:
         reconciler = session.reconciler
-        return reconciler.routing_table if reconciler is not None else None
+        return reconciler.routing_table if reconciler is not None and reconciler.acting else None
 
     def since() -> float | None:
-        return plane.health().since
+        return session.dataplane.health().since
+
+    def version_figures(service: str) -> Any:
+        if not session.leading:
+            return {}  # a standby (or a deposed leader) reads no data plane
+        return session.dataplane.version_figures(service)
 
     return TrafficMeter(
-        plane.version_figures,
+        version_figures,
         table,
         store_revisions(session.store),
         data_plane=data_plane,

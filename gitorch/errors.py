@@ -30,13 +30,16 @@ line instead of a traceback.
     │   ├── VolumeError               a volume could not be made, found or removed
     │   │   └── HostPathNotAllowed    a hostPath resolves outside the --allow-host-path dirs
     │   └── UnknownNode               (apply.health) a replica on a node with no runtime
-    ├── StateError                    the embedded state store
+    ├── StateError                    the state store (SQLite or etcd)
     │   ├── StateLocked               another daemon owns this state directory
     │   ├── StateNotFound             (commands.common) no state store where a command reads
     │   ├── StateCorrupt              the store cannot be read or migrated
     │   ├── StateReadOnly             (state.errors) a write through a read-only store
     │   ├── PortUnavailable           (state.errors) no free host port in the range
-    │   └── RecordNotFound            (state.errors) no such record
+    │   ├── RecordNotFound            (state.errors) no such record
+    │   ├── StateUnavailable          (state.errors) etcd unreachable, or without a quorum
+    │   ├── StateConflict             (state.errors) an etcd transaction met a concurrent writer
+    │   └── NotLeader                 (state.errors) a write or action by a daemon that does not lead
     ├── PrometheusQueryFailed         (analysis.prometheus) a query gave no usable number
     ├── SecretUnavailable             (secrets) a secret value cannot be read or decrypted
     ├── PlanError                     a plan cannot be computed or has changed

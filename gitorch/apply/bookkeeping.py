@@ -34,10 +34,16 @@ from gitorch.diff.compute import compute_plan
 from gitorch.diff.fields import FieldChange
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Node, Volume
-from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, StateStore
+from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, RolloutRecord, StateStore
 from gitorch.state.audit_chain import SYSTEM_ACTOR
 
 log = logging.getLogger("gitorch.reconciler")
+
+
+#: Field paths a revision's summary names at most, over all its changes (each change is
+#: listed whatever the budget): a commit creating 2,000 services would otherwise record
+#: 100,000 paths, several megabytes, more than etcd takes in one request (1.5 MiB).
+SUMMARY_FIELD_PATHS = 2000
 
 
 @dataclass(frozen=True)
@@ -116,17 +122,21 @@ class Bookkeeper:
                 RevisionResult.SUPERSEDED,
                 reason=f"superseded by {desired.revision[:12]} before it converged",
             )
-        changes = [
-            {
-                "kind": c.kind,
-                "name": c.name,
-                "action": c.action,
-                "fields": [d.path for d in c.diff][:50],
-                # Values as the plan shows them: secrets already redacted by the diff.
-                "diff": [_recorded_change(d) for d in c.diff[:50]],
-            }
-            for c in plan.changes
-        ]
+        changes = []
+        budget = SUMMARY_FIELD_PATHS  # etcd takes 1.5 MiB per request: a summary is bounded
+        for c in plan.changes:
+            kept = c.diff[: min(50, budget)]
+            budget -= len(kept)
+            changes.append(
+                {
+                    "kind": c.kind,
+                    "name": c.name,
+                    "action": c.action,
+                    "fields": [d.path for d in kept],
+                    # Values as the plan shows them: secrets already redacted by the diff.
+                    "diff": [_recorded_change(d) for d in kept],
+                }
+            )
         services = sorted({c.name for c in plan.changes if c.kind == "Service"})
         result = RevisionResult.IN_PROGRESS if plan.changes else RevisionResult.NO_CHANGES
         with self.store.transaction():  # the revision and its event, or neither
@@ -295,8 +305,9 @@ class Bookkeeper:
             or decision.forgiven
         ):
             return decision
-        record = decision.record
-        with self.store.transaction():
+
+        def write() -> RolloutRecord:
+            record = decision.record
             for what in decision.consume:
                 self.store.consume_request(decision.name, what)
             if decision.save:
@@ -322,6 +333,11 @@ class Bookkeeper:
                     if event.kind.startswith(_COMMIT_EVENT_PREFIXES)
                     else SYSTEM_ACTOR,
                 )
+            return record
+
+        # One transaction; on etcd tried again if an operator's request (or another
+        # writer) changed what it read meanwhile, rather than failing the pass.
+        record = self.store.atomic(write)
         for event in decision.events:
             if event.kind in ("rollout.rolled-back", "rollout.failed", "service.degraded"):
                 log.error("%s", event.message, extra={"service": decision.name})
@@ -369,7 +385,8 @@ class Bookkeeper:
             for m in decision.missing
             if (record := known.get((m.volume, m.node))) is not None and record.missing_at is None
         ]
-        with self.store.transaction():
+
+        def write() -> None:
             for bind in decision.binds:
                 volume = desired.volumes.get(bind.volume)
                 spec = volume.canonical if volume is not None else {}
@@ -392,6 +409,8 @@ class Bookkeeper:
             for name, node in decision.found:
                 self.store.volume_created(name, node)
                 self.store.append_event("volume.found", f"volume {name} is on {node} again")
+
+        self.store.atomic(write)  # tried again if a concurrent writer (the CLI) interferes
         for missing in newly:
             log.error(
                 "volume %s is missing on %s: %s", missing.volume, missing.node, missing.reason
@@ -399,7 +418,8 @@ class Bookkeeper:
 
     def volumes_executed(self, execution: Execution, desired: DesiredState) -> None:
         """Volumes made (recorded where they are) and deleted (forgotten)."""
-        with self.store.transaction():
+
+        def write() -> None:
             for create in execution.volumes_created:
                 volume = desired.volumes.get(create.volume)
                 spec = volume.canonical if volume is not None else {}
@@ -414,6 +434,8 @@ class Bookkeeper:
                     "volume.deleted",
                     f"volume {delete.volume} and its data deleted on {delete.node}: {delete.reason}",
                 )
+
+        self.store.atomic(write)
 
     def forget(self, service: str) -> None:
         """A pruned service whose replicas are all gone."""

@@ -4,21 +4,24 @@ It receives a :class:`~gitorch.decide.PassDecision` and performs exactly its act
 through the runtimes and the data plane, in an order that never fails a request:
 
 1. dead replicas are removed (they serve nothing and may hold a name or a port);
-2. new replicas are started, in parallel, each on the node the decision placed it,
-   except those of a service that also drains a replica in this pass;
-3. the routing table is published: ready replicas in, replicas about to stop marked
+2. the routing table is published: ready replicas in, replicas about to stop marked
    draining (the data plane sends them nothing new);
-4. once their requests in flight are done (bounded by the drain timeout), draining
+3. once their requests in flight are done (bounded by the drain timeout), draining
    replicas get SIGTERM with their grace period and are removed;
-5. the starts held back in 2 are made: a strategy that stops a replica and starts
-   another in one pass counted the room the stop makes (a RollingUpdate at its
-   ``replicas + maxSurge`` ceiling), so the start comes after the stop, as the plan lists
-   them, and a service never runs more replicas than its strategy allows;
-6. the table is published again without the stopped replicas.
+4. the table is published again without them;
+5. new replicas are started, in parallel, each on the node the decision placed it (they
+   join the table once ready, in a later pass).
+
+Stops come before starts because that is what the strategies decide for: a pass that
+stops old replicas and starts new ones stays within ``desired + maxSurge`` only if the
+old ones are gone before the new ones run (and a preempted replica's resources are free
+before its preemptor starts). The strategies stop only available replicas beyond their
+availability floor, so stopping first never costs availability.
 
 Volumes come first and last: the volumes decided are made before any replica starts (a
 volume that cannot be made fails the starts that need it on that node), and volumes
-decided for deletion are removed after the replicas have stopped.
+decided for deletion are removed after the replicas have stopped (not at all in a pass
+whose table could not be published: its draining replicas were not stopped).
 
 Every failure is caught where it happens and reported on the service it concerns (a
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
@@ -26,7 +29,7 @@ broken service never stops the others. If the table cannot be published at all, 
 replica is stopped: the old table still sends them traffic.
 
 **Test only**: with ``GITORCH_TEST_UNSAFE_NO_DRAIN=1`` in its environment the executor
-skips steps 3 and 4 for leaving replicas: they are killed at once (SIGKILL, no grace)
+skips the drain for leaving replicas: they are killed at once (SIGKILL, no grace)
 while the data plane still sends them requests. Nothing but the chaos soak sets it
 (``bench/soak.py --break-drain``), to show that its invariants catch a broken drain;
 the daemon logs a warning at every pass that uses it.
@@ -55,10 +58,11 @@ from gitorch.traffic.table import DataPlane, RoutingTable
 
 log = logging.getLogger("gitorch.executor")
 
-#: How often the executor re-reads a draining replica's requests in flight.
-DRAIN_POLL = 0.05
 #: Test-only switch (module docstring): leaving replicas are killed without a drain.
 UNSAFE_NO_DRAIN_ENV = "GITORCH_TEST_UNSAFE_NO_DRAIN"
+
+#: How often the executor re-reads a draining replica's requests in flight.
+DRAIN_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,12 @@ class Executor:
         secrets: SecretValues | None = None,
         drain_timeout: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        fence: Callable[[], object] | None = None,
     ) -> None:
+        """``fence`` raises NotLeader once this process may no longer act: it is checked
+        before every start, stop, removal and publication, so a leader woken after its
+        lease expired changes nothing (the pass ends with that error)."""
+        self.fence = fence
         self.runtimes = runtimes
         self.health = health
         self.dataplane = dataplane
@@ -137,55 +146,38 @@ class Executor:
         for stop in (s for s in stops if not s.drain):
             self._remove(stop, done)
         draining = [s for s in stops if s.drain]
-        # A service that drains a replica in this pass starts its new ones after the
-        # drain (module docstring, step 5); the others start at once.
-        draining_services = {
-            name for name in decision.order if any(s.drain for s in decision.services[name].stops)
-        }
-        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
-        self._start_all(
-            desired, decision, [s for s in starts if s.service not in draining_services], done
-        )
-        after_drain = [s for s in starts if s.service in draining_services]
         if draining and self.unsafe_no_drain:
             self._kill_undrained(draining, done)
-        if not self._publish(decision.table, held_routes, done):
+        published = self._publish(decision.table, held_routes, done)
+        if not published:
             if draining:
                 done.errors.append(
                     f"{len(draining)} replica(s) not stopped: the routing table could not be "
                     "published, so they may still receive traffic"
                 )
-            return done
-        if draining:
+        elif draining:
             self._drain(draining)
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
                 for _ in pool.map(lambda s: self._stop(s, done), draining):
                     pass
-            self._start_all(desired, decision, after_drain, done)
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
             self._publish(after, held_routes, done)
-        for delete in decision.volumes.deletes:
-            self._delete_volume(delete, done)
+        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
+        if starts:
+            workers = max(1, min(8, len(starts)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
+                    pass
+        if published:  # else replicas that were to stop may still use them
+            for delete in decision.volumes.deletes:
+                self._delete_volume(delete, done)
         return done
-
-    def _start_all(
-        self,
-        desired: DesiredState,
-        decision: PassDecision,
-        starts: list[StartReplica],
-        done: Execution,
-    ) -> None:
-        """Start ``starts`` in parallel (each failure lands on its slot)."""
-        if not starts:
-            return
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(starts)))) as pool:
-            for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
-                pass
 
     # ------------------------------------------------------------------ volumes
 
     def _create_volume(self, desired: DesiredState, create: CreateVolume, done: Execution) -> None:
+        self._guard()
         runtime = self.runtimes.get(create.node)
         volume = desired.volumes.get(create.volume)
         try:
@@ -204,6 +196,7 @@ class Executor:
         done.volumes_created.append(create)
 
     def _delete_volume(self, delete: DeleteVolume, done: Execution) -> None:
+        self._guard()
         runtime = self.runtimes.get(delete.node)
         if runtime is None:
             return
@@ -227,9 +220,14 @@ class Executor:
         }
         return service_env(endpoints)
 
+    def _guard(self) -> None:
+        if self.fence is not None:
+            self.fence()
+
     def _start(
         self, desired: DesiredState, decision: PassDecision, action: StartReplica, done: Execution
     ) -> None:
+        self._guard()
         service_decision = decision.services[action.service]
         target = service_decision.target
         runtime = self.runtimes.get(action.node)
@@ -273,6 +271,7 @@ class Executor:
         done.errors.append(f"{action.replica}: cannot start on {action.node}: {message}")
 
     def _remove(self, stop: StopReplica, done: Execution) -> None:
+        self._guard()
         self.health.untrack(stop.replica_id)
         runtime = self.runtimes.get(stop.node)
         if runtime is None:
@@ -286,6 +285,7 @@ class Executor:
         done.changes += 1
 
     def _stop(self, stop: StopReplica, done: Execution) -> None:
+        self._guard()
         runtime = self.runtimes.get(stop.node)
         try:
             if runtime is not None:
@@ -301,6 +301,7 @@ class Executor:
 
     def _kill_undrained(self, draining: list[StopReplica], done: Execution) -> None:
         """The test-only broken drain (module docstring): SIGKILL while still in rotation."""
+        self._guard()
         log.warning(
             "%s=1: killing %d leaving replica(s) without draining them (test only)",
             UNSAFE_NO_DRAIN_ENV,
@@ -339,6 +340,7 @@ class Executor:
             if candidate == self.published:
                 done.published = candidate
                 return True
+            self._guard()
             try:
                 self.dataplane.apply(candidate)
             except ListenError as exc:

@@ -37,29 +37,29 @@ class NodeTracker:
         self._seen: dict[str, tuple[LiveReplica, ...]] = {}  # node -> its replicas, last answer
         self._last_seen: dict[str, float] = {}  # node -> when it last answered (this daemon)
 
-    def update(self, live: LiveState) -> tuple[LiveState, frozenset[str]]:
+    def update(self, live: LiveState, *, record: bool = True) -> tuple[LiveState, frozenset[str]]:
         """``live`` plus the last known replicas of silent nodes (unknown), and the nodes
-        silent past the grace period."""
+        silent past the grace period. ``record=False`` (a standby's plan) writes nothing."""
         now = self.clock()
         records = {r.name: r for r in self.store.list_nodes()}
         lost: set[str] = set()
         for name, node in live.nodes.items():
-            record = records.get(name)
+            known = records.get(name)
             if node.ready:
                 self._last_seen[name] = now
-                if _stale(record, now):
+                if record and _stale(known, now):
                     self.store.update_node_condition(name, NodeCondition.READY, seen=True, at=now)
                 self._seen[name] = tuple(r for r in live.replicas() if r.node == name)
                 continue
-            if (
-                record is None
-                or record.condition != NodeCondition.NOT_READY
-                or record.message != node.message
+            if record and (
+                known is None
+                or known.condition != NodeCondition.NOT_READY
+                or known.message != node.message
             ):
                 self.store.update_node_condition(
                     name, NodeCondition.NOT_READY, message=node.message, seen=False
                 )
-            stored = record.last_seen if record is not None else None
+            stored = known.last_seen if known is not None else None
             heard = [t for t in (self._last_seen.get(name), stored) if t is not None]
             if not heard or now - max(heard) >= self.grace:
                 lost.add(name)

@@ -92,8 +92,15 @@ class Reconciler:
         node_grace: float = 30.0,
         crash_loop: CrashLoop = DEFAULT_CRASH_LOOP,
         clock: Callable[[], float] = time.time,
+        fence: Callable[[], object] | None = None,
+        acting: bool = True,
     ) -> None:
+        """``fence``: raises NotLeader when this process may no longer act (a deposed
+        leader); checked before every change of the world. ``acting=False`` (a standby):
+        observe and plan only, writing nothing and reaping nothing."""
         self.store = store
+        self.acting = acting
+        self.fence = fence
         self.nodes = NodeTracker(store, grace=node_grace, clock=clock)
         self.analysis = AnalysisRunner(store, dataplane)
         self.targets = list(targets)
@@ -112,6 +119,7 @@ class Reconciler:
             advertise_host=advertise_host,
             secrets=secrets,
             drain_timeout=drain_timeout,
+            fence=fence,
         )
         self.books = Bookkeeper(store, crash_loop)
         self._reaped = False
@@ -127,11 +135,12 @@ class Reconciler:
     def observe(self, desired: DesiredState) -> tuple[LiveState, frozenset[str]]:
         """The live state with the health monitor's view of every replica, and the nodes
         lost (silent past their grace)."""
-        self._register_nodes()
-        if not self._reaped:
-            self._reap_orphans()
+        if self.acting:
+            self._register_nodes()
+            if not self._reaped:
+                self._reap_orphans()
         live = observe(self.targets, self.runtimes, self.cluster, self.store)
-        live, lost = self.nodes.update(live)
+        live, lost = self.nodes.update(live, record=self.acting)
         self._forget_vanished(live)
         if not live.unknown_nodes:
             # Secret files of replicas removed outside gitorch (tmpfs, until a reboot).
@@ -181,6 +190,8 @@ class Reconciler:
         """One pass. Never raises for a single service's trouble: it is recorded on that
         service instead. ``expect_plan``: refuse (PlanChanged) unless this pass's plan has
         that digest; the pass then executes exactly that plan's actions."""
+        if not self.acting:
+            raise GitorchError("a standby's reconciler only plans (this daemon does not lead)")
         self.books.acting_for(commit)
         live, lost = self.observe(desired)
         now = max(self.clock(), live.observed_at)
@@ -327,6 +338,8 @@ class Reconciler:
     def _reap_orphans(self) -> None:
         """Once per reconciler: processes a killed daemon started but never recorded."""
         self._reaped = True
+        if self.fence is not None:
+            self.fence()  # killing processes is acting: only while leading
         for name, runtime in self.runtimes.items():
             reap = getattr(runtime, "reap_orphans", None)
             if reap is None:

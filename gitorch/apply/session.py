@@ -1,36 +1,52 @@
 """A reconciling session: the store, runtimes, health monitor and data plane wired together.
 
 Both ``gitorch apply`` (until converged) and ``gitorch daemon`` (until stopped) run one.
-The session owns the daemon lock: one writer per state directory.
+Only one process reconciles a cluster at a time:
+
+* SQLite state (``--state DIR``): the session owns the daemon lock of the directory;
+* etcd state (``--state etcd://...``): the session campaigns for the leadership of the
+  namespace (:class:`~gitorch.state.etcd.election.Leadership`). While it leads, every
+  write is fenced and every action checks the fence; while it does not (a standby, or a
+  leader that lost its lease or its quorum), its reconciler only observes and plans, and
+  it opens no data plane. Its local files (process replicas' records, the proxy's
+  socket, Git's cache) live in the runtime directory (``--runtime-dir``), which daemons
+  on one host share: the new leader adopts the replicas and the proxy of the old one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gitorch.apply.health import HealthListener, HealthMonitor
 from gitorch.apply.reconciler import CommitMeta, Reconciler
 from gitorch.errors import ConfigError
-from gitorch.live import NodeTarget, cluster_name, node_targets
-from gitorch.live.inventory import choose_default_driver, open_runtimes
+from gitorch.live import NodeTarget, node_targets
+from gitorch.live.inventory import choose_default_driver, cluster_identity, open_runtimes
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED
 from gitorch.secrets import SecretValues, load_age_identities, load_digest_key
 from gitorch.sources.base import CommitInfo
 from gitorch.sources.verify import Verification
 from gitorch.state import DaemonLock, StateStore
+from gitorch.state.errors import NotLeader
 from gitorch.state.layout import ensure_state_dir
+from gitorch.state.location import StateLocation
 from gitorch.traffic.builtin import BuiltinLoadBalancer
 from gitorch.traffic.proxy.client import ProxyDataPlane
 from gitorch.traffic.proxy.control import ProxyUnavailable
-from gitorch.traffic.table import DataPlane
+from gitorch.traffic.table import BackendStats, DataPlane, DataPlaneHealth, RoutingTable
 from gitorch.traffic.workers import WorkerPool
+
+if TYPE_CHECKING:  # etcd's client loads only with etcd state
+    from gitorch.state.etcd.election import Leadership
 
 
 @dataclass(frozen=True)
 class SessionOptions:
-    state_dir: Path
+    state_dir: Path  # local files: the state directory (SQLite), else the runtime directory
     runtime: str | None = None  # default driver when the repo declares no Node
     lb_host: str = "127.0.0.1"  # where the built-in load balancer listens
     advertise_host: str | None = None  # what replicas get as <SERVICE>_SERVICE_HOST
@@ -45,6 +61,15 @@ class SessionOptions:
     # `gitorch proxy`, HAProxy keeps running; either is adopted when it already runs.
     data_plane_outlives: bool = False
     allowed_host_paths: tuple[Path, ...] = ()  # --allow-host-path: where hostPath may be
+    # Where the store lives: None is SQLite in state_dir; an etcd location elects a leader.
+    state: StateLocation | None = None
+    name: str | None = None  # this daemon among several (etcd; default: the host name)
+    lease_ttl: float = 5.0  # seconds a killed leader keeps the leadership (etcd)
+    member_info: Mapping[str, Any] | None = None  # what the daemon publishes of itself
+
+    @property
+    def location(self) -> StateLocation:
+        return self.state or StateLocation(directory=self.state_dir)
 
 
 def commit_meta(revision: str, commit: CommitInfo | None) -> CommitMeta:
@@ -74,34 +99,77 @@ class Session:
     """Everything a reconciler needs, opened once and closed once."""
 
     def __init__(
-        self, options: SessionOptions, *, on_health_change: HealthListener | None = None
+        self,
+        options: SessionOptions,
+        *,
+        on_health_change: HealthListener | None = None,
+        on_leadership: Callable[[bool], None] | None = None,
     ) -> None:
         self.options = options
-        state = ensure_state_dir(options.state_dir)
-        self.lock = DaemonLock(state)
-        self.lock.acquire()
+        local = ensure_state_dir(options.state_dir)
+        location = options.location
+        self.lock: DaemonLock | None = None
+        self.leadership: Leadership | None = None
+        if location.etcd is None:
+            self.lock = DaemonLock(local)
+            self.lock.acquire()
         try:
-            self.store = StateStore(state)
-            self.cluster = cluster_name(state)
+            self.store = StateStore(location)
+            cluster = cluster_identity(self.store, local, create=True)
+            assert cluster is not None  # created when missing
+            self.cluster = cluster
             self.secrets = SecretValues(
                 options.secrets_dir,
                 load_age_identities(options.age_key) if options.age_key else (),
-                load_digest_key(state, create=True),
+                secret_digest_key(self.store, local, create=True),
             )
             self.default_driver = choose_default_driver(options.runtime)
-            self.dataplane = _data_plane(options)
+            self._dataplane: DataPlane | None = None
+            if location.etcd is not None:
+                self.leadership = _leadership(self.store, options, on_leadership)
+            else:
+                self._dataplane = _data_plane(options)
             self.health: HealthMonitor | None = None
             self.reconciler: Reconciler | None = None
             self._targets: list[NodeTarget] = []
+            self._term: object = None
             self._on_health_change = on_health_change
         except BaseException:
-            self.lock.release()
+            if self.leadership is not None:
+                self.leadership.stop()
+            if self.lock is not None:
+                self.lock.release()
             raise
 
+    @property
+    def leading(self) -> bool:
+        """Whether this session may act on the cluster now (always, with SQLite state)."""
+        return self.leadership is None or self.leadership.leading
+
+    @property
+    def dataplane(self) -> DataPlane:
+        """The data plane this session drives; with etcd state, opened (started or adopted)
+        by the leader only: a standby serves no traffic and starts no proxy."""
+        if self._dataplane is not None:
+            return self._dataplane
+        if not self.leading:
+            return StandbyDataPlane()
+        self._dataplane = _data_plane(self.options)
+        return self._dataplane
+
     def reconciler_for(self, desired: DesiredState) -> Reconciler:
-        """The reconciler for ``desired``'s nodes (rebuilt when the repo's Nodes change)."""
+        """The reconciler for ``desired``'s nodes: rebuilt when the repo's Nodes change,
+        and whenever this session's leadership changes (a new term starts from the
+        store and the replicas, as a restarted daemon does)."""
         targets = node_targets(desired.nodes.values(), self.default_driver)
-        if self.reconciler is not None and targets == self._targets:
+        acting = self.leading
+        term = self._current_term(acting)
+        if (
+            self.reconciler is not None
+            and targets == self._targets
+            and self.reconciler.acting == acting
+            and term == self._term
+        ):
             return self.reconciler
         runtimes = open_runtimes(targets, self.options.state_dir, self.options.allowed_host_paths)
         if self.health is not None:
@@ -113,26 +181,43 @@ class Session:
             targets=targets,
             runtimes=runtimes,
             health=self.health,
-            dataplane=self.dataplane,
+            dataplane=self.dataplane if acting else StandbyDataPlane(),
             cluster=self.cluster,
             advertise_host=self.options.advertise_host or _advertised(self.options.lb_host),
             secrets=self.secrets,
             scoring=self.options.scoring,
             drain_timeout=self.options.drain_timeout,
             node_grace=self.options.node_grace,
+            fence=self.leadership.fence if self.leadership is not None else None,
+            acting=acting,
         )
         self._targets = targets
+        self._term = term
         return self.reconciler
 
+    def _current_term(self, acting: bool) -> object:
+        if self.leadership is None or not acting:
+            return None
+        try:
+            return self.leadership.fence().create_revision
+        except NotLeader:
+            return None
+
     def close(self) -> None:
-        """Stop probing and serving; replicas keep running (they are re-adopted next time)."""
+        """Stop probing and serving; replicas keep running (they are re-adopted next time).
+        A leader gives its leadership up at once (a standby takes over without waiting
+        for the lease to expire)."""
         try:
             if self.health is not None:
                 self.health.stop()
-            self.dataplane.close()
+            if self._dataplane is not None:
+                self._dataplane.close()
+            if self.leadership is not None:
+                self.leadership.stop()
             self.store.close()
         finally:
-            self.lock.release()
+            if self.lock is not None:
+                self.lock.release()
 
     def __enter__(self) -> Session:
         return self
@@ -181,5 +266,60 @@ def _data_plane(options: SessionOptions) -> DataPlane:
     return BuiltinLoadBalancer(options.lb_host, secrets_dir=options.secrets_dir)
 
 
+class StandbyDataPlane:
+    """What a session that does not lead has instead of a data plane: nothing to drive
+    (the leader's serves); every change is refused."""
+
+    def apply(self, table: RoutingTable) -> None:
+        raise NotLeader("a daemon that does not lead publishes no routing table")
+
+    def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
+        return None
+
+    def figures(self, service: str) -> list[Any]:
+        return []
+
+    def version_figures(self, service: str) -> dict[str, Any]:
+        return {}
+
+    def health(self) -> DataPlaneHealth:
+        return DataPlaneHealth("standby", True, "the leader's data plane serves")
+
+    def close(self) -> None:
+        return None
+
+
+def _leadership(
+    store: StateStore, options: SessionOptions, on_change: Callable[[bool], None] | None
+) -> Leadership:
+    """Campaign for the namespace (once at once: the caller knows its role on return)."""
+    from gitorch.live.inventory import local_node_name
+    from gitorch.state.etcd.backend import EtcdBackend
+    from gitorch.state.etcd.election import Leadership
+
+    backend = store.backend
+    assert isinstance(backend, EtcdBackend)
+    leadership = Leadership(
+        backend,
+        options.name or local_node_name(),
+        ttl=options.lease_ttl,
+        info=dict(options.member_info or {}),
+        on_change=on_change,
+    )
+    backend.fence_with(leadership.fence)
+    leadership.start()
+    return leadership
+
+
 def _advertised(lb_host: str) -> str:
     return "127.0.0.1" if lb_host in ("0.0.0.0", "", "::") else lb_host
+
+
+def secret_digest_key(store: StateStore, local: Path, *, create: bool) -> bytes | None:
+    """The key of secret digests: in the state directory (SQLite), or in the etcd
+    namespace, shared by every daemon of it on any host."""
+    from gitorch.state.etcd.backend import EtcdBackend
+
+    if isinstance(store.backend, EtcdBackend):
+        return store.backend.secret_digest_key(create=create)
+    return load_digest_key(local, create=create)

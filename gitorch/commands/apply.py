@@ -28,6 +28,7 @@ from gitorch.commands.common import (
     positive_duration,
     short,
     state_dir,
+    state_location,
     stderr,
     stdout,
     verified_snapshot,
@@ -35,10 +36,12 @@ from gitorch.commands.common import (
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import ConfigError
+from gitorch.live.inventory import local_node_name
 from gitorch.manifests.loader import ManifestLoader, load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 from gitorch.sources.verify import CommitNotTrusted
+from gitorch.state.errors import NotLeader
 
 EXAMPLE = """example:
   gitorch apply --path examples/repo --runtime process
@@ -100,8 +103,13 @@ def add_session_options(parser: argparse.ArgumentParser, lb_workers: str = "0") 
 
 
 def session_options(args: argparse.Namespace) -> SessionOptions:
+    location = state_location(args)
     return SessionOptions(
         state_dir=state_dir(args),
+        state=location if location.etcd is not None else None,
+        # apply leads for as long as it runs, under a name of its own
+        name=getattr(args, "name", None) or f"apply-{local_node_name()}-{os.getpid()}",
+        lease_ttl=getattr(args, "lease_ttl", 5.0),
         runtime=args.runtime,
         lb_host=args.lb_host,
         advertise_host=args.advertise_host,
@@ -208,6 +216,15 @@ def run(args: argparse.Namespace) -> int:
         raise CommitNotTrusted(verdict.refusal)
     desired = load_desired(snapshot, ManifestLoader(allowed_host_paths=allowed_host_paths(args)))
     with Session(session_options(args)) as session:
+        if not session.leading:
+            assert session.leadership is not None
+            view = session.leadership.view()
+            raise NotLeader(
+                f"apply refused: {view.leader or 'another process'} reconciles "
+                f"{session.store.describe()} ({view.message})",
+                detail=("ask the leading daemon (gitorch status --server URL), or stop it",),
+                leader=view.leader,
+            )
         desired = session.secrets.resolve(desired)
         if not args.allow_mass_prune:
             applied = [a.name for a in session.store.list_applied() if a.kind == "Service"]

@@ -27,7 +27,7 @@ from gitorch.commands.common import (
     add_state_option,
     print_json,
     require_state,
-    state_dir,
+    state_location,
     stderr,
     stdout,
 )
@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
     if args.expect and not args.verify:
         raise ConfigError("--expect goes with --verify")
     expected = _expected(args.expect)
-    state = state_dir(args)
-    require_state(state)
-    with StateStore(state, readonly=True) as store:
+    location = state_location(args)
+    require_state(location)
+    with StateStore(location, readonly=True) as store:
         if args.verify or args.head:
             entries, highest = store.audit_chain()
             verdict = verify(entries, highest_id=highest, expected=expected)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from gitorch.commands.common import state_dir
+from gitorch.commands.common import open_store, state_dir
 from gitorch.live import observe
-from gitorch.live.inventory import existing_cluster_name, open_runtimes
+from gitorch.live.inventory import cluster_identity, open_runtimes
 from gitorch.readmodel.cluster import ClusterView, registered_targets
-from gitorch.state import StateStore
-from gitorch.state.layout import STATE_DB
 
 
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +23,8 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
 def open_view(args: argparse.Namespace) -> ClusterView:
     """Observe the cluster of ``--state`` without taking the daemon lock."""
     state = state_dir(args)
-    store = StateStore(state, readonly=True) if (state / STATE_DB).exists() else None
+    store = open_store(args, readonly=True)
     targets = registered_targets(store, getattr(args, "runtime", None))
     runtimes = open_runtimes(targets, state)
-    live = observe(targets, runtimes, existing_cluster_name(state), store)
+    live = observe(targets, runtimes, cluster_identity(store, state, create=False), store)
     return ClusterView(store, targets, runtimes, live, state)

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from gitorch.errors import StateError
 
-if TYPE_CHECKING:  # rich and the sources (gitpython) load when a command first uses them
+if TYPE_CHECKING:  # rich, the sources (gitpython) and the store load when first used
     from rich.console import Console
 
     from gitorch.manifests.model import DesiredState
     from gitorch.sources import Snapshot, Source
     from gitorch.sources.verify import SignaturePolicy, Verification
+    from gitorch.state import StateStore
+    from gitorch.state.location import StateLocation
 
 #: Line width when the output is not a terminal (a pipe, a file) and $COLUMNS is unset:
 #: wide enough that no table cell is cut or wrapped, so ``| grep`` and ``| awk`` see one
@@ -157,12 +159,17 @@ def resolved_secrets(args: argparse.Namespace, desired: DesiredState) -> Desired
     sensitive change; as it is otherwise (plan never needs the values)."""
     if args.secrets_dir is None and args.age_key is None:
         return desired
-    from gitorch.secrets import SecretValues, load_age_identities, load_digest_key
+    from gitorch.apply.session import secret_digest_key
+    from gitorch.secrets import SecretValues, load_age_identities
 
-    key = load_digest_key(state_dir(args), create=False)
+    key = None
+    store = open_store(args, readonly=True)
+    if store is not None:
+        with store:
+            key = secret_digest_key(store, state_dir(args), create=False)
     if key is None:
         stderr().print(
-            "note: no secret digest key in the state directory (nothing was applied there, "
+            "note: no secret digest key in the state (nothing was applied there, "
             "or it is not readable): changed secret values are not shown"
         )
         return desired
@@ -170,12 +177,27 @@ def resolved_secrets(args: argparse.Namespace, desired: DesiredState) -> Desired
     return SecretValues(args.secrets_dir, identities, key).resolve(desired)
 
 
-def add_state_option(parser: argparse.ArgumentParser) -> None:
+def add_state_option(
+    parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup,
+    runtime_into: argparse.ArgumentParser | None = None,
+) -> None:
+    """``--state`` on ``parser``, and ``--runtime-dir`` on ``runtime_into`` (default: the
+    same parser; a mutually exclusive group of --state and --server passes its parser)."""
     parser.add_argument(
         "--state",
         default=None,
+        metavar="DIR|etcd://HOST:PORT[,...][/NAMESPACE]",
+        help="where the state lives: a directory (SQLite), or an etcd cluster and the "
+        "namespace of this gitorch cluster (default: $GITORCH_STATE, else ./.gitorch)",
+    )
+    (runtime_into or parser).add_argument(
+        "--runtime-dir",
+        default=None,
         metavar="DIR",
-        help="state directory (default: $GITORCH_STATE, else ./.gitorch)",
+        help="with etcd state: this host's local files (process replicas' records, the "
+        "proxy's socket, Git's cache), shared by the daemons of one host "
+        "(default: $GITORCH_RUNTIME_DIR, else ./.gitorch); with a state directory: that "
+        "directory",
     )
 
 
@@ -188,24 +210,56 @@ def add_format_option(parser: argparse.ArgumentParser, *choices: str) -> None:
     )
 
 
-def state_dir(args: argparse.Namespace) -> Path:
-    """``--state``, else ``$GITORCH_STATE``, else ``./.gitorch``."""
+def state_location(args: argparse.Namespace) -> StateLocation:
+    """``--state``, else ``$GITORCH_STATE``, else ``./.gitorch``: a directory or etcd."""
+    from gitorch.state.location import parse_location
+
     chosen = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
+    return parse_location(str(chosen))
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    """The local directory: the state directory itself, or with etcd state the runtime
+    directory (``--runtime-dir``, else ``$GITORCH_RUNTIME_DIR``, else ``./.gitorch``)."""
+    given = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
+    # Not parsed here: validate and plan read the cache folder without loading the store.
+    if not str(given).startswith(("etcd://", "etcds://")):
+        return Path(given)
+    chosen = (
+        getattr(args, "runtime_dir", None) or os.environ.get("GITORCH_RUNTIME_DIR") or ".gitorch"
+    )
     return Path(chosen)
 
 
-def has_state(state: Path) -> bool:
-    """Whether ``state`` holds a state store (``apply`` or ``daemon`` ran there)."""
+def has_state(location: StateLocation | Path) -> bool:
+    """Whether ``location`` holds a state store (``apply`` or ``daemon`` ran there)."""
+    from gitorch.state.location import StateLocation
+
+    if isinstance(location, StateLocation) and location.etcd is not None:
+        from gitorch.state import StateStore
+
+        try:
+            StateStore(location, readonly=True).close()
+        except StateNotFound:
+            return False
+        except StateError as exc:
+            if exc.message.startswith("no gitorch state"):
+                return False
+            raise
+        return True
     from gitorch.state.layout import STATE_DB
 
-    return (state / STATE_DB).is_file()
+    directory = location.directory if isinstance(location, StateLocation) else location
+    assert directory is not None
+    return (directory / STATE_DB).is_file()
 
 
-def require_state(state: Path) -> None:
-    """Raise :class:`StateNotFound`, saying where it looked, when ``state`` has no store."""
-    if not has_state(state):
+def require_state(location: StateLocation | Path) -> None:
+    """Raise :class:`StateNotFound`, saying where it looked, when there is no store."""
+    if not has_state(location):
         raise StateNotFound(
-            f"no gitorch state in {state.absolute()} (gitorch apply or gitorch daemon creates it)",
+            f"no gitorch state {looked_in(location, None)} (gitorch apply or gitorch daemon "
+            "creates it)",
             detail=(ELSEWHERE,),
         )
 
@@ -222,11 +276,29 @@ def local_actor() -> str:
     return f"user:{user}@{socket.gethostname()}"
 
 
-def looked_in(state: Path | None, server: str | None) -> str:
-    """Where a reading command looked: ``in /abs/state`` or ``on the daemon at URL``."""
+def open_store(args: argparse.Namespace, *, readonly: bool) -> StateStore | None:
+    """The store of ``--state`` (None when a read-only command finds none there)."""
+    from gitorch.state import StateStore
+
+    location = state_location(args)
+    if readonly and not has_state(location):
+        return None
+    return StateStore(location, readonly=readonly)
+
+
+def looked_in(state: StateLocation | Path | None, server: str | None) -> str:
+    """Where a reading command looked: ``in /abs/state``, ``in etcd://...`` or ``on the
+    daemon at URL``."""
+    from gitorch.state.location import StateLocation
+
     if server:
         return f"on the daemon at {server}"
     assert state is not None
+    if isinstance(state, StateLocation):
+        if state.etcd is not None:
+            return f"in {state.etcd.url()}"
+        assert state.directory is not None
+        state = state.directory
     return f"in {state.absolute()}"
 
 
@@ -343,14 +415,39 @@ def short(sha: str | None) -> str:
     return sha[:12] if len(sha) == 40 else sha
 
 
+def running_daemon(args: argparse.Namespace) -> dict[str, Any]:
+    """What the daemon of ``--state`` says of itself: ``daemon.json`` in a state directory;
+    with etcd state, the leader's member record (else any member's). Empty when none runs
+    (or etcd does not answer: the caller's defaults apply)."""
+    given = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
+    if not str(given).startswith(("etcd://", "etcds://")):  # validate loads no store
+        try:
+            data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+    from gitorch.state import StateStore
+    from gitorch.state.etcd.backend import EtcdBackend
+    from gitorch.state.etcd.election import read_leadership
+
+    try:
+        with StateStore(state_location(args), readonly=True) as store:
+            assert isinstance(store.backend, EtcdBackend)
+            found = read_leadership(store.backend)
+    except StateError:
+        return {}
+    members = sorted(found["members"], key=lambda m: m["role"] != "leader")
+    return dict(members[0]) if members else {}
+
+
 def reserved_ports(args: argparse.Namespace) -> dict[int, str]:
     """Ports gitorch's daemon uses, which no Service may expose: the ``--listen`` port of
-    the daemon of ``--state`` as it last wrote it (``daemon.json``), else the default."""
+    the daemon of ``--state`` as it last wrote it (:func:`running_daemon`), else the
+    default."""
     try:
-        data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
-        listen = str(data["listen"])
+        listen = str(running_daemon(args)["listen"])
         port = int(listen.rpartition(":")[2])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return {7420: "the gitorch daemon's API and webhook (default --listen 127.0.0.1:7420)"}
     return {port: f"the gitorch daemon's API and webhook (its --listen {listen})"}
 
@@ -361,7 +458,7 @@ def add_host_path_option(parser: argparse.ArgumentParser, *, reads_daemon: bool)
     ``reads_daemon``: validate and plan check against the running daemon's list (from
     ``daemon.json``) when none is given, so they refuse what the daemon would refuse."""
     default = (
-        "default: the running daemon's (daemon.json), else none"
+        "default: the running daemon's (daemon.json, or the leader's with etcd state), else none"
         if reads_daemon
         else "default: none, every hostPath is refused"
     )
@@ -377,12 +474,9 @@ def add_host_path_option(parser: argparse.ArgumentParser, *, reads_daemon: bool)
 
 def allowed_host_paths(args: argparse.Namespace) -> tuple[str, ...]:
     """The ``--allow-host-path`` directories (absolute, normalised); for validate and plan
-    without the option, those of the daemon of ``--state`` (``daemon.json``)."""
+    without the option, those of the daemon of ``--state`` (:func:`running_daemon`)."""
     given = getattr(args, "allow_host_path", None)
     if given is None and getattr(args, "reads_daemon_host_paths", False):
-        try:
-            data = json.loads((state_dir(args) / "daemon.json").read_text(encoding="utf-8"))
-            given = [str(p) for p in data.get("allowHostPaths") or []]
-        except (OSError, ValueError, AttributeError):
-            given = []
+        found = running_daemon(args).get("allowHostPaths")
+        given = [str(p) for p in found] if isinstance(found, list) else []
     return tuple(os.path.normpath(os.path.abspath(p)) for p in given or ())

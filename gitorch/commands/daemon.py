@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from gitorch.api.auth import TokenSet, check_exposure
@@ -19,6 +20,7 @@ from gitorch.commands.common import (
 )
 from gitorch.daemon import Daemon, DaemonOptions
 from gitorch.errors import ConfigError
+from gitorch.live.inventory import local_node_name
 from gitorch.logs import setup_logging
 
 EXAMPLE = """example:
@@ -27,6 +29,8 @@ EXAMPLE = """example:
       --webhook-secret-file /etc/gitorch/webhook-secret --log-format json
   gitorch daemon --listen 0.0.0.0:7420 --api-token-file /etc/gitorch/api-tokens \\
       --tls-cert /etc/gitorch/api.crt --tls-key /etc/gitorch/api.key
+  # several daemons, one leader (run the same on each host, each with its own --name):
+  gitorch daemon --state etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/shop --name a
 """
 
 
@@ -98,6 +102,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_mass_prune_option(parser)
     parser.add_argument(
+        "--name",
+        default=None,
+        help="this daemon's name among several on one etcd state (default: the host name); "
+        "each daemon of a cluster needs its own",
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=positive_duration,
+        default=5.0,
+        metavar="DURATION",
+        help="with etcd state: how long a leader that stops answering keeps the leadership "
+        "(the lease's TTL, renewed every third of it; at least 2s; default 5s)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     parser.add_argument(
@@ -128,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         repo=args.repo,
         ref=args.ref,
         path=args.path,
-        session=session_options(args),
+        # A daemon's name defaults to the host's (apply's to a name of its own per run).
+        session=replace(session_options(args), name=args.name or local_node_name()),
         interval=args.interval,
         resync=args.resync,
         listen=args.listen,

@@ -12,10 +12,16 @@ import argparse
 
 from rich.markup import escape
 
-from gitorch.commands.common import add_state_option, local_actor, state_dir, stdout
+from gitorch.commands.common import (
+    add_state_option,
+    has_state,
+    local_actor,
+    looked_in,
+    state_location,
+    stdout,
+)
 from gitorch.errors import GitorchError
 from gitorch.state import RecordNotFound, StateStore
-from gitorch.state.layout import STATE_DB
 
 EXAMPLE = """example:
   gitorch drain node-b
@@ -40,20 +46,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    state = state_dir(args)
-    if not (state / STATE_DB).exists():
-        raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
-    with StateStore(state) as store:
+    location = state_location(args)
+    if not has_state(location):
+        raise GitorchError(
+            f"no state store {looked_in(location, None)}: nothing has been applied there yet"
+        )
+    with StateStore(location) as store:
         actor = local_actor()
+
+        def write() -> None:
+            store.set_draining(args.node, not args.undo)
+            store.append_event(
+                "node.drain" if not args.undo else "node.uncordon",
+                f"{args.node}: {'draining' if not args.undo else 'schedulable again'} "
+                f"(by {actor.removeprefix('user:')})",
+                actor=actor,
+            )
+
         try:
-            with store.transaction():  # the change and its audit entry, or neither
-                store.set_draining(args.node, not args.undo)
-                store.append_event(
-                    "node.drain" if not args.undo else "node.uncordon",
-                    f"{args.node}: {'draining' if not args.undo else 'schedulable again'} "
-                    f"(by {actor.removeprefix('user:')})",
-                    actor=actor,
-                )
+            # The change and its audit entry, or neither (on etcd tried again if the
+            # leader appended to the log meanwhile).
+            store.atomic(write)
         except RecordNotFound as exc:
             known = ", ".join(n.name for n in store.list_nodes()) or "none"
             raise GitorchError(f"no node named {args.node!r} (known nodes: {known})") from exc

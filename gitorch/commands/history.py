@@ -28,7 +28,7 @@ from gitorch.commands.common import (
     print_json,
     require_state,
     short,
-    state_dir,
+    state_location,
     stderr,
     stdout,
 )
@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("service", nargs="?", help="only revisions that touched this service")
     where = parser.add_mutually_exclusive_group()
-    add_state_option(where)  # a mutually exclusive group takes add_argument too
+    add_state_option(where, parser)  # a mutually exclusive group takes add_argument too
     where.add_argument(
         "--server",
         default=None,
@@ -187,14 +187,14 @@ def run(args: argparse.Namespace) -> int:
             args.server, args.service, limit, client_token(args), client_tls(args)
         )
     else:
-        state = state_dir(args)
-        require_state(state)
-        entries = read_local(state, args.service, limit)
+        location = state_location(args)
+        require_state(location)
+        entries = read_local(location, args.service, limit)
     if args.format == "json":
         print_json(entries or [])
         return 0
     if not entries:
-        where = looked_in(None if args.server else state_dir(args), args.server)
+        where = looked_in(None if args.server else state_location(args), args.server)
         if not args.service:
             stdout().print(f"no revisions applied yet {escape(where)}")
         else:

@@ -14,13 +14,16 @@ from gitorch.commands.common import (
     add_format_option,
     add_state_option,
     has_state,
+    looked_in,
+    open_store,
     print_json,
     state_dir,
+    state_location,
     stderr,
     stdout,
 )
 from gitorch.live import node_targets, observe
-from gitorch.live.inventory import existing_cluster_name, open_runtimes
+from gitorch.live.inventory import cluster_identity, open_runtimes
 from gitorch.manifests.build import build_node
 from gitorch.manifests.model import Node, Origin
 from gitorch.manifests.quantities import (
@@ -32,7 +35,6 @@ from gitorch.manifests.quantities import (
 from gitorch.readmodel.allocation import allocation
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.state import StateStore
-from gitorch.state.layout import STATE_DB
 
 EXAMPLE = """example:
   gitorch nodes
@@ -115,7 +117,7 @@ def applied_nodes(store: StateStore | None) -> list[Node]:
 def open_nodes_view(args: argparse.Namespace) -> ClusterView:
     """Like :func:`open_view`, but with the nodes as applied (capacity, taints, cordon)."""
     state = state_dir(args)
-    store = StateStore(state, readonly=True) if (state / STATE_DB).exists() else None
+    store = open_store(args, readonly=True)
     nodes = applied_nodes(store)
     if not nodes:
         if store is not None:
@@ -123,16 +125,16 @@ def open_nodes_view(args: argparse.Namespace) -> ClusterView:
         return open_view(args)
     targets = node_targets(nodes, "process")
     runtimes = open_runtimes(targets, state)
-    live = observe(targets, runtimes, existing_cluster_name(state), store)
+    live = observe(targets, runtimes, cluster_identity(store, state, create=False), store)
     return ClusterView(store, targets, runtimes, live, state)
 
 
 def run(args: argparse.Namespace) -> int:
-    state = state_dir(args)
-    if not has_state(state):
+    location = state_location(args)
+    if not has_state(location):
         # Still useful: the node apply or daemon would use here. Say so, on stderr.
         stderr().print(
-            f"note: no gitorch state in {escape(str(state.absolute()))}: showing the local "
+            f"note: no gitorch state {escape(looked_in(location, None))}: showing the local "
             f"node gitorch would use ({escape(ELSEWHERE_STATE)})"
         )
     view = open_nodes_view(args)

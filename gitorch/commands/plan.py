@@ -21,6 +21,7 @@ from gitorch.commands.common import (
     add_verify_options,
     allowed_host_paths,
     duration,
+    open_store,
     reserved_ports,
     resolved_secrets,
     separate_trees_hint,
@@ -35,13 +36,13 @@ from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
 from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
-from gitorch.live.inventory import choose_default_driver, existing_cluster_name, open_runtimes
+from gitorch.live.inventory import choose_default_driver, cluster_identity, open_runtimes
 from gitorch.live.observe import assess_readiness
 from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.loader import load_desired
 from gitorch.readmodel.cluster import registered_targets
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
-from gitorch.state import StateStore, lock_holder
+from gitorch.state import lock_holder
 from gitorch.state.layout import STATE_DB
 from gitorch.traffic.holders import descends_from, port_holders
 
@@ -117,14 +118,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
     plan: the field diff, and the next pass exactly as the reconciler would decide it."""
     desired = desired_of(args)
     state = state_dir(args)
-    store = StateStore(state, readonly=True) if (state / STATE_DB).exists() else None
+    store = open_store(args, readonly=True)
     try:
         if desired.nodes:
             targets = node_targets(desired.nodes.values(), choose_default_driver(args.runtime))
         else:
             targets = registered_targets(store, args.runtime)
         runtimes = open_runtimes(targets, state)
-        live = observe(targets, runtimes, existing_cluster_name(state), store)
+        live = observe(targets, runtimes, cluster_identity(store, state, create=False), store)
     finally:
         if store is not None:
             store.close()

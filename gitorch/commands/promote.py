@@ -16,7 +16,14 @@ import urllib.request
 
 from rich.markup import escape
 
-from gitorch.commands.common import add_state_option, local_actor, state_dir, stdout
+from gitorch.commands.common import (
+    add_state_option,
+    has_state,
+    local_actor,
+    looked_in,
+    state_location,
+    stdout,
+)
 from gitorch.commands.remote import (
     add_token_option,
     auth_error,
@@ -27,7 +34,6 @@ from gitorch.commands.remote import (
 )
 from gitorch.errors import GitorchError
 from gitorch.state import StateStore
-from gitorch.state.layout import STATE_DB
 from gitorch.state.requests import request_action
 
 
@@ -56,10 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.server:
         return _remote(args.server, args.what, args.service, client_token(args), client_tls(args))
-    state = state_dir(args)
-    if not (state / STATE_DB).exists():
-        raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
-    with StateStore(state) as store:
+    location = state_location(args)
+    if not has_state(location):
+        raise GitorchError(
+            f"no state store {looked_in(location, None)}: nothing has been applied there yet"
+        )
+    with StateStore(location) as store:
         accepted, message = request_action(store, args.service, args.what, local_actor())
     stdout().print(escape(message))
     return 0 if accepted else 1

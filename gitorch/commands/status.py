@@ -20,7 +20,7 @@ from gitorch.commands.common import (
     print_json,
     require_state,
     short,
-    state_dir,
+    state_location,
     stderr,
     stdout,
 )
@@ -85,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
     if args.server:
         data = _from_server(args.server, args.service, client_token(args), client_tls(args))
     else:
-        state = state_dir(args)
-        require_state(state)
+        location = state_location(args)
+        require_state(location)
         view = open_view(args)
         try:
             if args.service and args.service not in view.live.services:
                 raise GitorchError(
                     f"no service named {args.service!r} is applied or running "
-                    f"{looked_in(state, None)}"
+                    f"{looked_in(location, None)}"
                 )
             view.live = assess_readiness(view.live, view.runtimes)
             data = status_json(view, args.service)
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     render(data, detail=args.service is not None)
     if not data["services"]:
-        where = looked_in(None if args.server else state_dir(args), args.server)
+        where = looked_in(None if args.server else state_location(args), args.server)
         stdout().print(f"no services applied or running {escape(where)}")
         stderr().print(f"hint: {escape(ELSEWHERE)}")
     return 0
@@ -119,6 +119,34 @@ def _age(started: float | None) -> str:
     return f"{seconds}s"
 
 
+def _control_plane(console: Any, plane: dict[str, Any]) -> None:
+    """With etcd state: who leads, who stands by, what this daemon is, and why it does not
+    act when it does not; the etcd members that do not answer."""
+    if plane.get("backend") != "etcd":
+        return
+    members = plane.get("members") or []
+    leader = plane.get("leader")
+    standby = [m["name"] for m in members if m.get("name") != leader]
+    line = f"control plane {escape(str(plane.get('location')))}: leader " + (
+        f"[bold]{escape(str(leader))}[/]" if leader else "[red]none[/]"
+    )
+    if plane.get("leaderSince"):
+        line += f" since {escape(str(plane['leaderSince']))}"
+    line += f", standby: {escape(', '.join(standby) or '-')}"
+    if plane.get("self"):
+        line += f"  (this daemon: {escape(str(plane['self']))}, {escape(str(plane.get('role')))})"
+    console.print(line)
+    if plane.get("message"):
+        colour = "red" if plane.get("role") in (None, "not acting") else "yellow"
+        console.print(f"  [{colour}]{escape(str(plane['message']))}[/]")
+    for member in plane.get("etcd") or []:
+        if not member.get("ok"):
+            console.print(
+                f"  [red]etcd {escape(str(member.get('endpoint')))}:[/] "
+                f"{escape(str(member.get('message')))}"
+            )
+
+
 def render(data: dict[str, Any], *, detail: bool) -> None:
     console = stdout()
     down = [n for n in data["nodes"] if not n["ready"]]
@@ -131,6 +159,7 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
     )
     for node in down:
         console.print(f"  [red]node {escape(node['name'])} NotReady:[/] {escape(node['message'])}")
+    _control_plane(console, data.get("controlPlane") or {})
     if data["lastError"]:
         console.print(f"[red]last error:[/] {escape(data['lastError'])}")
         for line in data.get("lastErrorDetail", []):

@@ -17,14 +17,14 @@ from gitorch.commands.common import (
     add_format_option,
     add_state_option,
     print_json,
-    state_dir,
+    require_state,
+    state_location,
     stdout,
 )
 from gitorch.commands.nodes import open_nodes_view
 from gitorch.errors import GitorchError
 from gitorch.readmodel.volumes import SIZE_NOTE, volumes_json
 from gitorch.state import StateStore
-from gitorch.state.layout import STATE_DB
 
 EXAMPLE = """example:
   gitorch volumes
@@ -64,9 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _reset(args: argparse.Namespace) -> int:
-    state = state_dir(args)
-    if not (state / STATE_DB).exists():
-        raise GitorchError(f"no state store in {state}: nothing has been applied there yet")
+    require_state(state_location(args))
     view = open_nodes_view(args)
     try:
         rows = [r for r in volumes_json(view.live) if r["name"] == args.reset]
@@ -80,7 +78,7 @@ def _reset(args: argparse.Namespace) -> int:
             f"volume {args.reset} is not missing ({phases}): only a volume removed outside "
             "gitorch is reset (its data is gone already)"
         )
-    with StateStore(state) as store:
+    with StateStore(state_location(args)) as store:
         store.forget_volume(args.reset)
         store.append_event(
             "volume.reset", f"volume {args.reset} reset: the next pass makes it anew, empty"

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from gitorch.errors import ConfigError
 from gitorch.manifests.model import Node
 from gitorch.runtime.base import Runtime
+from gitorch.state import StateStore
 
 _CLUSTER_FILE = "cluster"
 
@@ -113,6 +114,32 @@ def existing_cluster_name(state_dir: Path) -> str | None:
         return None
 
 
+def cluster_identity(store: StateStore | None, local_dir: Path, *, create: bool) -> str | None:
+    """The cluster name of ``store``: kept in etcd with etcd state (every daemon of the
+    namespace, on any host, labels replicas alike), else in the state directory's file.
+    ``create``: make one when there is none yet (apply, the daemon)."""
+    if store is not None and store.location.etcd is not None:
+        from gitorch.state.etcd.backend import EtcdBackend
+
+        backend = store.backend
+        assert isinstance(backend, EtcdBackend)
+        return backend.cluster_name(_new_cluster_name if create else None)
+    return cluster_name(local_dir) if create else existing_cluster_name(local_dir)
+
+
+def _new_cluster_name() -> str:
+    return f"gitorch-{secrets.token_hex(3)}"
+
+
+def write_cluster_name(state_dir: Path, name: str) -> None:
+    """Make ``name`` the cluster name of ``state_dir`` (``gitorch state migrate``)."""
+    path = Path(state_dir) / _CLUSTER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{_CLUSTER_FILE}.{secrets.token_hex(4)}")
+    tmp.write_text(f"{name}\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def cluster_name(state_dir: Path) -> str:
     """A name unique to this state directory, so two gitorch installs on one Docker
     engine never see each other's replicas. Created on first use (by apply or the daemon;
@@ -123,7 +150,7 @@ def cluster_name(state_dir: Path) -> str:
         return name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{_CLUSTER_FILE}.{secrets.token_hex(4)}")
-    tmp.write_text(f"gitorch-{secrets.token_hex(3)}\n", encoding="utf-8")
+    tmp.write_text(f"{_new_cluster_name()}\n", encoding="utf-8")
     try:
         os.link(tmp, path)  # atomic and exclusive: of two racing processes one name wins
     except FileExistsError:

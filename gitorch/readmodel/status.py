@@ -11,12 +11,14 @@ from typing import Any
 
 from gitorch.decide.backoff import remaining
 from gitorch.decide.service import SERVICE_SLOT, slot_of
+from gitorch.errors import StateError
 from gitorch.live.model import LiveReplica, LiveService
 from gitorch.readmodel.allocation import allocation
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.volumes import volumes_json
-from gitorch.state import BackoffRecord, TrafficSnapshot, lock_holder
+from gitorch.state import BackoffRecord, StateStore, TrafficSnapshot, lock_holder
 from gitorch.state.layout import DAEMON_FILE
+from gitorch.state.records import iso_time
 
 
 def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:
@@ -134,7 +136,11 @@ def traffic_json(name: str, snapshots: Mapping[str, TrafficSnapshot], now: float
 
 
 def status_json(
-    view: ClusterView, only: str | None, *, traffic: Mapping[str, TrafficSnapshot] | None = None
+    view: ClusterView,
+    only: str | None,
+    *,
+    traffic: Mapping[str, TrafficSnapshot] | None = None,
+    control_plane: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status document. ``traffic``: route -> its figures (the daemon passes what it
     reads now); None reads the snapshots the daemon last stored."""
@@ -196,13 +202,60 @@ def status_json(
         ],
         "volumes": volumes_json(live),
         **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),
+        "controlPlane": dict(control_plane)
+        if control_plane is not None
+        else control_plane_json(view.store),
     }
 
 
 def _daemon_error(view: ClusterView) -> dict[str, Any] | None:
-    """The error a running daemon reports (an invalid newest commit, an unreachable repo)."""
+    """The error a running daemon reports (an invalid newest commit, an unreachable repo):
+    with etcd state, the leader's member record; else the daemon file."""
+    if view.store is not None and view.store.location.etcd is not None:
+        from gitorch.state.etcd.backend import EtcdBackend
+        from gitorch.state.etcd.election import read_leadership
+
+        assert isinstance(view.store.backend, EtcdBackend)
+        try:
+            leading = read_leadership(view.store.backend)
+        except StateError:
+            return None
+        for member in leading.get("members", []):
+            if member.get("role") == "leader" and member.get("lastError"):
+                return {"message": member["lastError"]}
+        return None
     if view.state_dir is None or lock_holder(view.state_dir) is None:
         return None
     data = read_daemon_file(view.state_dir)
     error = data.get("lastError") if data else None
     return error if isinstance(error, dict) else None
+
+
+def control_plane_json(store: StateStore | None, this: Any = None) -> dict[str, Any]:
+    """Where the state lives and, with etcd, which daemon leads and which stand by.
+
+    ``this``: the asking daemon's :class:`~gitorch.state.etcd.election.LeaderView` (its
+    role and why it does not act); None for ``gitorch status`` without a daemon. An etcd
+    that does not answer is said, not raised: status still shows what runs."""
+    if store is None:
+        return {"backend": "none"}
+    if store.location.etcd is None:
+        return {"backend": "sqlite", "location": store.describe()}
+    from gitorch.state.etcd.backend import EtcdBackend
+    from gitorch.state.etcd.election import read_leadership
+
+    backend = store.backend
+    assert isinstance(backend, EtcdBackend)
+    doc: dict[str, Any] = {"backend": "etcd", "location": store.describe()}
+    try:
+        doc.update(read_leadership(backend))
+        doc["leaderSince"] = iso_time(doc.get("leaderSince"))
+    except StateError as exc:
+        doc.update({"leader": None, "members": [], "message": exc.message})
+    doc["etcd"] = backend.client.member_health()
+    if this is not None:
+        doc["self"] = this.name
+        doc["role"] = "leader" if this.leading else ("standby" if this.reachable else "not acting")
+        if not this.leading:
+            doc["message"] = this.message or doc.get("message", "")
+    return doc

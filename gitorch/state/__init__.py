@@ -1,8 +1,13 @@
-"""The embedded state store: what gitorch has applied, is rolling out, and has allocated.
+"""The state store: what gitorch has applied, is rolling out, and has allocated.
 
-A state directory (``--state DIR``, default ``$GITORCH_STATE`` or ``./.gitorch``) holds
-``state.db`` (SQLite in WAL mode, see :mod:`gitorch.state.schema` for its tables and
-migrations) and ``daemon.lock`` (see :mod:`gitorch.state.lock`).
+Repositories per concern (:mod:`gitorch.state.repositories`) behind the
+:class:`StateStore` facade, over one of two backends (:mod:`gitorch.state.location`):
+
+* a state directory (``--state DIR``, default ``$GITORCH_STATE`` or ``./.gitorch``) holds
+  ``state.db`` (SQLite in WAL mode, see :mod:`gitorch.state.schema` for its tables and
+  migrations) and ``daemon.lock`` (see :mod:`gitorch.state.lock`);
+* ``--state etcd://HOST:PORT[,...][/NAMESPACE]`` keeps the records in etcd, where several
+  daemons elect a leader whose writes are fenced (:mod:`gitorch.state.etcd`).
 
 ::
 
@@ -40,8 +45,9 @@ from gitorch.state.records import (
     VersionTraffic,
     VolumeRecord,
 )
+from gitorch.state.repositories import DEFAULT_PORT_RANGE
 from gitorch.state.schema import SCHEMA_VERSION
-from gitorch.state.store import DEFAULT_PORT_RANGE, StateStore
+from gitorch.state.store import StateStore
 
 __all__ = [
     "DEFAULT_PORT_RANGE",

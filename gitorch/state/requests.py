@@ -24,7 +24,8 @@ def request_action(store: StateStore, service: str, what: str, actor: str) -> tu
         return False, f"{service} is {record.phase}: nothing to {what}"
     token = actor.removeprefix("token:") if actor.startswith("token:") else None
     who = f"token {token}" if token else actor.removeprefix("user:")
-    with store.transaction():  # the request and its audit entry, or neither
+
+    def write() -> None:
         store.request(service, what)
         store.append_event(
             f"rollout.{what}",
@@ -33,4 +34,8 @@ def request_action(store: StateStore, service: str, what: str, actor: str) -> tu
             data={"token": token} if token else None,
             actor=actor,
         )
+
+    # The request and its audit entry, or neither (on etcd tried again if the leader
+    # wrote meanwhile).
+    store.atomic(write)
     return True, f"{what} of {service} requested (step {record.step}, weight {record.weight}%)"

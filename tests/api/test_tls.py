@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from api_helpers import StubHandle, request
+from data_plane_helpers import stop_data_plane
 from reconciler_helpers import DaemonProc, cli_env, free_port, gitorch
 from tls_certs import Certs, make_certs
 
@@ -161,6 +162,7 @@ def test_status_and_history_over_https_with_a_ca_file(tmp_path: Path, certs: Cer
         assert TOKEN not in done.stderr + done.stdout
     finally:
         daemon.stop()
+        stop_data_plane(tmp_path / "state")  # it outlives the daemon by design
 
 
 def test_daemon_refuses_tokens_in_clear_beyond_loopback(tmp_path: Path) -> None:

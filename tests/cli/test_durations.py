@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import REPO_ROOT, cli_env, commit, gitorch, init_repo
+from data_plane_helpers import stop_data_plane
 
 from gitorch.cli import build_parser
 
@@ -113,6 +114,7 @@ def test_the_daemon_starts_with_durations(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait(5)
+        stop_data_plane(tmp_path / "state")  # the proxy outlives the daemon by design
     assert daemon.returncode == 0, log.read_text()
 
 

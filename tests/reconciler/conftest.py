@@ -12,19 +12,32 @@ folder's module).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from etcd_helpers import new_namespace
 from reconciler_helpers import Cluster, build_example_images, init_repo, require_docker_engine
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The world of one test; ``indirect`` parametrization with "etcd" puts its store in a
+    fresh namespace of the session's etcd cluster (default "sqlite": a state directory, or
+    ``$GITORCH_TEST_STATE``: ``GITORCH_TEST_STATE=etcd`` runs every test of this fixture
+    with its store on etcd)."""
     repo = tmp_path / "repo"
     init_repo(repo)
     state = tmp_path / "state"
-    world = Cluster(tmp_path, repo, state)
+    store_url = None
+    default = os.environ.get("GITORCH_TEST_STATE", "sqlite")
+    if getattr(request, "param", default) == "etcd":
+        etcd = request.getfixturevalue("etcd_cluster")
+        store_url = etcd.url(new_namespace())
+    world = Cluster(tmp_path, repo, state, store_url=store_url)
+    if store_url is not None:
+        world.store_dirs = [etcd.root]
     try:
         yield world
     finally:

@@ -34,6 +34,7 @@ from listen_ports import free_port
 from gitorch.errors import GitorchError
 from gitorch.live.inventory import existing_cluster_name, local_node_name, runtime_dir
 from gitorch.runtime.base import Runtime
+from gitorch.state.location import StateLocation, parse_location
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_APP = REPO_ROOT / "examples" / "apps" / "api" / "app.py"
@@ -238,7 +239,10 @@ def gitorch(*args: str, cwd: Path, timeout: float = CLI_TIMEOUT) -> CliRun:
 
 
 class DaemonProc:
-    """``gitorch daemon`` as a subprocess in its own session; stopped with SIGTERM."""
+    """``gitorch daemon`` as a subprocess in its own session; stopped with SIGTERM.
+
+    ``state`` is its local directory; ``store_url`` (``etcd://...``) puts the store in
+    etcd, ``state`` then being the runtime directory (``--runtime-dir``)."""
 
     def __init__(
         self,
@@ -249,6 +253,8 @@ class DaemonProc:
         interval: float = 2.0,
         resync: float = 0.5,
         extra: Iterable[str] = (),
+        store_url: str | None = None,
+        wait: bool = True,
         ca_file: Path | None = None,
     ) -> None:
         self.state = state
@@ -256,6 +262,9 @@ class DaemonProc:
         # A daemon started with --tls-cert: its API is spoken to over HTTPS, trusting ca_file.
         self.tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
         self.log_path = state.parent / f"daemon-{self.port}.log"
+        where = ["--state", str(state)]
+        if store_url is not None:
+            where = ["--state", store_url, "--runtime-dir", str(state)]
         argv = [
             sys.executable,
             "-m",
@@ -263,8 +272,7 @@ class DaemonProc:
             "daemon",
             "--repo",
             repo,
-            "--state",
-            str(state),
+            *where,
             "--runtime",
             runtime,
             "--listen",
@@ -284,7 +292,8 @@ class DaemonProc:
                 cwd=state.parent,
                 start_new_session=True,
             )
-        wait_for("the daemon's API", self._api_up, 30, describe=self.log_tail)
+        if wait:
+            wait_for("the daemon's API", self._api_up, 30, describe=self.log_tail)
 
     def _api_up(self) -> bool:
         if self.proc.poll() is not None:
@@ -560,17 +569,56 @@ class Cluster:
     driver: str = "process"
     port: int = field(default_factory=free_port)  # the first service's endpoint
     daemons: list[DaemonProc] = field(default_factory=list)
+    store_url: str | None = None  # etcd://...: the store lives there, ``state`` is local
+    store_dirs: list[Path] = field(default_factory=list)  # etcd: its members' data
+
+    @property
+    def store_location(self) -> str:
+        """Where this world's store lives: the state directory, or its etcd URL."""
+        return self.store_url or str(self.state)
+
+    @property
+    def session_state(self) -> StateLocation | None:
+        """``SessionOptions.state`` for a Session of this world (None: the state dir)."""
+        return None if self.store_url is None else parse_location(self.store_url)
+
+    @property
+    def state_args(self) -> list[str]:
+        """The CLI options that name this world's state (``--state``, ``--runtime-dir``)."""
+        if self.store_url is None:
+            return ["--state", str(self.state)]
+        return ["--state", self.store_url, "--runtime-dir", str(self.state)]
 
     def daemon(self, repo: str | None = None, **kwargs: object) -> DaemonProc:
-        daemon = DaemonProc(repo or str(self.repo), self.state, self.driver, **kwargs)  # type: ignore[arg-type]
+        daemon = DaemonProc(
+            repo or str(self.repo),
+            self.state,
+            self.driver,
+            store_url=self.store_url,
+            **kwargs,  # type: ignore[arg-type]
+        )
         self.daemons.append(daemon)
         return daemon
+
+    def cluster_name(self) -> str | None:
+        """The replicas' cluster label: the state directory's file, or etcd's record."""
+        if self.store_url is None:
+            return cluster_of(self.state)
+        from gitorch.state import StateStore
+        from gitorch.state.etcd.backend import EtcdBackend
+
+        try:
+            with StateStore(self.store_url, readonly=True) as store:
+                assert isinstance(store.backend, EtcdBackend)
+                return store.backend.cluster_name()
+        except GitorchError:
+            return None
 
     def teardown(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
         stop_data_plane(self.state)  # it outlives the daemons by design
-        cluster = cluster_of(self.state)
+        cluster = self.cluster_name()
         remove_cluster(process_runtime(self.state), cluster)
         if self.driver == "docker":
             remove_cluster(docker_runtime(), cluster)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from reconciler_helpers import (
     CliRun,
     Cluster,
-    cluster_of,
     commit,
     gitorch,
     process_runtime,
@@ -24,8 +23,7 @@ def _apply(cluster: Cluster, *extra: str) -> CliRun:
         "apply",
         "--repo",
         str(cluster.repo),
-        "--state",
-        str(cluster.state),
+        *cluster.state_args,
         "--runtime",
         "process",
         "--timeout",
@@ -40,13 +38,13 @@ def _replicas(cluster: Cluster) -> dict[str, str]:
     runtime = process_runtime(cluster.state)
     return {
         i.id: i.labels["dev.gitorch.revision"]
-        for i in runtime.list_instances(cluster_of(cluster.state) or "")
+        for i in runtime.list_instances(cluster.cluster_name() or "")
         if i.state.value == "running"
     }
 
 
 def _status(cluster: Cluster) -> dict[str, object]:
-    done = gitorch("status", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    done = gitorch("status", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert done.code == 0, done.stderr
     return done.json()
 
@@ -78,9 +76,7 @@ def test_apply_exit_codes(cluster: Cluster) -> None:
     status = _status(cluster)
     svc = status["services"][0]  # type: ignore[index]
     assert svc["rollout"]["phase"] == "RolledBack", svc
-    history = gitorch(
-        "history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
-    )
+    history = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert history.json()[0]["revision"] == sha2
     assert history.json()[0]["result"] == "rolled-back"
 
@@ -93,8 +89,7 @@ def test_apply_exit_codes(cluster: Cluster) -> None:
         "plan",
         "--repo",
         str(cluster.repo),
-        "--state",
-        str(cluster.state),
+        *cluster.state_args,
         "--runtime",
         "process",
         "--format",
@@ -108,9 +103,7 @@ def test_apply_exit_codes(cluster: Cluster) -> None:
     assert done.code == 1, done.stdout + done.stderr
     assert "plan changed" in done.stderr, done.stderr
     assert _replicas(cluster) == first  # nothing changed
-    history = gitorch(
-        "history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
-    )
+    history = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert history.json()[0]["revision"] == sha2  # v3 was not even recorded
 
     # --worktree is refused (apply applies commits only), with or without edits.

@@ -104,7 +104,7 @@ def test_drift_policy_holds(cluster: Cluster, policy: str) -> None:
     assert foreign.id in ids, "the replica of another spec is left alone"
     assert len(running) == 2, running  # nothing re-created, nothing removed
     svc = daemon.service("web")
-    with StateStore(cluster.state, readonly=True) as store:
+    with StateStore(cluster.store_location, readonly=True) as store:
         events = [e for e in store.list_events(service="web") if e.kind == "drift.detected"]
     if policy == "warn":
         assert "drift" in svc["rollout"]["message"], svc["rollout"]

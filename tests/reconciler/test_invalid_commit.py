@@ -42,7 +42,7 @@ def test_invalid_commit_keeps_the_last_good_state_and_reports_file_line(cluster:
     error = wait_for("the invalid commit reported", reported, 15, describe=daemon.log_tail)
     assert f"api.yaml:{line}" in error, error
 
-    status = gitorch("status", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    status = gitorch("status", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert status.code == 0, status.stderr
     assert f"api.yaml:{line}" in (status.json()["lastError"] or ""), status.json()
 
@@ -67,6 +67,6 @@ def test_invalid_commit_keeps_the_last_good_state_and_reports_file_line(cluster:
         describe=daemon.log_tail,
     )
     assert daemon.status()["lastError"] is None, daemon.status()
-    status = gitorch("status", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    status = gitorch("status", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert status.json()["lastError"] is None, status.json()
     assert get_version(port) == "2"

@@ -135,7 +135,7 @@ def test_a_broken_service_and_a_rolled_back_dependency_stop_no_repair(
         assert time.monotonic() - started <= REPLACED_WITHIN
 
     # Status (text) names the broken service's failure; plan waits for it with a reason.
-    text = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
+    text = gitorch("status", *cluster.state_args, cwd=cluster.root)
     assert "Degraded" in text.stdout, text.stdout + text.stderr
     assert str(held_port) in text.stdout, text.stdout
     # The daemon's API never stopped answering, and its own loop is healthy.

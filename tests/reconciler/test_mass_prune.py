@@ -39,9 +39,7 @@ def test_a_commit_removing_most_services_is_refused(cluster: Cluster) -> None:
     time.sleep(2.0)  # several passes: nothing is pruned
     after = {i["id"] for n in names for i in (daemon.service(n) or {"instances": []})["instances"]}
     assert after == before
-    history = gitorch(
-        "history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
-    )
+    history = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     entry = next(e for e in history.json() if e["revision"] == gone)
     assert entry["result"] == "refused" and "remove 2 of 3" in entry["reason"], entry
 

@@ -27,7 +27,9 @@ REPLICA_ACTIONS = ("start", "drain", "remove")
 
 @pytest.fixture
 def session(cluster: Cluster) -> Iterator[Session]:
-    opened = Session(SessionOptions(state_dir=cluster.state, runtime="process"))
+    opened = Session(
+        SessionOptions(state_dir=cluster.state, state=cluster.session_state, runtime="process")
+    )
     try:
         yield opened
     finally:
@@ -54,8 +56,7 @@ def _planned(cluster: Cluster) -> list[dict[str, Any]]:
         "plan",
         "--repo",
         str(cluster.repo),
-        "--state",
-        str(cluster.state),
+        *cluster.state_args,
         "--runtime",
         "process",
         "--format",

@@ -68,7 +68,9 @@ class Passes:
 @pytest.fixture
 def session(cluster: Cluster) -> Iterator[Session]:
     # The cluster fixture removes the replicas at teardown (the session leaves them).
-    opened = Session(SessionOptions(state_dir=cluster.state, runtime="process"))
+    opened = Session(
+        SessionOptions(state_dir=cluster.state, state=cluster.session_state, runtime="process")
+    )
     try:
         yield opened
     finally:
@@ -108,7 +110,7 @@ def test_a_promote_arriving_mid_pass_is_acted_on(
 ) -> None:
     passes, paused = paused_on_v2(cluster, session)
     v2 = desired(cluster.port, "2")
-    with StateStore(cluster.state) as cli:
+    with StateStore(cluster.store_location) as cli:
         request_mid_pass(session, cli, "promote", monkeypatch)
         session.reconciler_for(v2).reconcile(v2)  # saw no promote; must not erase it
         after = session.store.get_rollout(NAME)
@@ -124,7 +126,7 @@ def test_an_abort_arriving_mid_pass_is_acted_on(
 ) -> None:
     passes, paused = paused_on_v2(cluster, session)
     v2 = desired(cluster.port, "2")
-    with StateStore(cluster.state) as cli:
+    with StateStore(cluster.store_location) as cli:
         request_mid_pass(session, cli, "abort", monkeypatch)
         session.reconciler_for(v2).reconcile(v2)
         after = session.store.get_rollout(NAME)

@@ -20,7 +20,6 @@ from reconciler_helpers import (
     API_APP,
     Cluster,
     LoadClient,
-    cluster_of,
     commit,
     converged,
     docker_runtime,
@@ -109,14 +108,12 @@ def _prune(cluster: Cluster, api_yaml: str, extra_yaml: str) -> None:
     cut = [f for f in load.failures if not f.startswith("ConnectionRefusedError")]
     assert cut == [], (cut[:10], load.ok)
     runtime = docker_runtime() if cluster.driver == "docker" else process_runtime(cluster.state)
-    left = {i.id for i in runtime.list_instances(cluster_of(cluster.state) or "")}
+    left = {i.id for i in runtime.list_instances(cluster.cluster_name() or "")}
     assert not (left & extra_ids), "a replica of the pruned service is still there"
     assert instance_ids(daemon.service("api")) == api_ids, "api was touched by the prune"
-    status = gitorch("status", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    status = gitorch("status", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert [s["name"] for s in status.json()["services"]] == ["api"]
-    history = gitorch(
-        "history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
-    )
+    history = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     newest = history.json()[0]
     assert newest["revision"] == sha2 and newest["result"] == "succeeded", newest
     assert {"kind": "Service", "name": "extra", "action": "delete"}.items() <= newest["changes"][
@@ -177,7 +174,7 @@ def test_removed_service_is_pruned_and_foreign_containers_untouched(
         subprocess.run(["docker", "rm", "-f", plain_name], capture_output=True, check=False)
 
 
-def _events(state: Path) -> list[tuple[float, str, str | None]]:
+def _events(state: Path | str) -> list[tuple[float, str, str | None]]:
     with StateStore(state, readonly=True) as store:
         return [
             (e.at, e.kind, e.service) for e in store.list_events(limit=None, newest_first=False)
@@ -200,7 +197,7 @@ def test_depends_on_orders_a_fresh_cluster_and_passes_the_endpoint(cluster: Clus
     )
     assert converged(daemon.service("api"), sha, 2)
 
-    events = _events(cluster.state)
+    events = _events(cluster.store_location)
     api_done = next(at for at, kind, svc in events if kind == "rollout.completed" and svc == "api")
     web_svc = daemon.service("web")
     assert web_svc is not None

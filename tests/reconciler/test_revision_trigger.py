@@ -32,7 +32,7 @@ DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 
 
 def history(cluster: Cluster) -> list[dict[str, Any]]:
-    done = gitorch("history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    done = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert done.code == 0, done.stderr
     entries = done.json()
     assert isinstance(entries, list)
@@ -132,7 +132,7 @@ def test_daemon_start_webhook_with_its_delivery_and_api_request(cluster: Cluster
         "api request: deploy button",
         f"webhook push refs/heads/main {sha2[:12]} (delivery {DELIVERY})",
     ]
-    table = gitorch("history", "--state", str(cluster.state), cwd=cluster.root)
+    table = gitorch("history", *cluster.state_args, cwd=cluster.root)
     assert "TRIGGER" in table.stdout.splitlines()[0]
     assert f"(delivery {DELIVERY})" in table.stdout
 
@@ -158,8 +158,7 @@ def test_poll_and_cli_apply(cluster: Cluster) -> None:
         "apply",
         "--repo",
         remote.as_uri(),
-        "--state",
-        str(cluster.state),
+        *cluster.state_args,
         "--runtime",
         "process",
         cwd=cluster.root,

@@ -74,16 +74,14 @@ def test_bad_version_rolls_back_without_failed_requests_and_is_not_retried(
     assert load.failures == [], (len(load.failures), load.failures[:10], load.total)
     assert set(load.versions) == {"1"}, load.versions
 
-    status = gitorch("status", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    status = gitorch("status", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert status.code == 0, status.stderr
     svc = next(s for s in status.json()["services"] if s["name"] == "api")
     assert svc["rollout"]["phase"] == "RolledBack"
     assert "progress deadline" in (svc["rollout"]["lastError"] or ""), svc["rollout"]
     assert {i["revision"] for i in svc["instances"]} == {sha1}
 
-    history = gitorch(
-        "history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
-    )
+    history = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert history.code == 0, history.stderr
     by_sha = {h["revision"]: h for h in history.json()}
     assert by_sha[sha2]["result"] == "rolled-back", by_sha[sha2]
@@ -116,8 +114,6 @@ def test_bad_version_rolls_back_without_failed_requests_and_is_not_retried(
         describe=daemon.log_tail,
     )
     wait_for("the endpoint serving v3", lambda: get_version(port) == "3", 10)
-    history = gitorch(
-        "history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
-    )
+    history = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     newest = history.json()[0]
     assert newest["revision"] == sha3 and newest["result"] == "succeeded", newest

@@ -68,9 +68,7 @@ def _zero_downtime(cluster: Cluster, first: str, second: str, old: str, new: str
     assert svc["revision"] == sha2
     assert get_version(port) == new
 
-    history = gitorch(
-        "history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
-    )
+    history = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert history.code == 0, history.stderr
     by_sha = {h["revision"]: h for h in history.json()}
     assert by_sha[sha1]["result"] == "succeeded", by_sha[sha1]
@@ -80,6 +78,8 @@ def _zero_downtime(cluster: Cluster, first: str, second: str, old: str, new: str
     assert [h["revision"] for h in history.json()][:2] == [sha2, sha1]  # newest first
 
 
+# On both stores: the same rollout with the state in SQLite and in etcd.
+@pytest.mark.parametrize("cluster", ["sqlite", "etcd"], indirect=True)
 def test_zero_downtime_rollout_process(cluster: Cluster) -> None:
     port = cluster.port
     _zero_downtime(

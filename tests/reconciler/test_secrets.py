@@ -30,6 +30,8 @@ from reconciler_helpers import (
 )
 
 from gitorch.runtime._secret_files import on_memory
+from gitorch.state import StateStore
+from gitorch.state.etcd.backend import EtcdBackend
 
 
 def service(port: int) -> str:
@@ -55,6 +57,18 @@ def grep_state(state: Path, *values: str) -> list[str]:
         assert done.returncode in (0, 1), done.stderr
         found += [f"{value[:8]}... in {line}" for line in done.stdout.splitlines()]
     return found
+
+
+def grep_store(cluster: Cluster, *values: str) -> list[str]:
+    """With etcd state, the same over the etcd members' data (its WAL and database) and
+    over every key of the namespace as read back."""
+    if cluster.store_url is None:
+        return []
+    found = [f for root in cluster.store_dirs for f in grep_state(root, *values)]
+    with StateStore(cluster.store_url, readonly=True) as store:
+        assert isinstance(store.backend, EtcdBackend)
+        dumped = json.dumps(store.backend.range(""))
+    return found + [f"{v[:8]}... in the namespace" for v in values if v in dumped]
 
 
 def not_private(state: Path) -> list[str]:
@@ -111,8 +125,10 @@ def test_secret_values_never_rest_and_rotation_rolls_without_failures(cluster: C
 
     # Nothing of them in the state directory (the WAL is there: the daemon runs), nor in
     # the daemon's log; the directory and everything in it is private.
-    assert list(cluster.state.glob("state.db-wal")), "the WAL should exist while the daemon runs"
+    if cluster.store_url is None:
+        assert list(cluster.state.glob("state.db-wal")), "the WAL should exist while running"
     assert grep_state(cluster.state, db_v1, token, stripe_v1) == []
+    assert grep_store(cluster, db_v1, token, stripe_v1) == []
     log = daemon.log_path.read_text(errors="replace")
     assert not any(v in log for v in (db_v1, token, stripe_v1))
     assert not_private(cluster.state) == []
@@ -172,13 +188,14 @@ def test_secret_values_never_rest_and_rotation_rolls_without_failures(cluster: C
 
     every = (db_v1, db_v2, token, stripe_v1, stripe_v2)
     assert grep_state(cluster.state, *every) == []
+    assert grep_store(cluster, *every) == []
     assert not_private(cluster.state) == []
 
     # The plan shows a rotation as a sensitive change, never the value.
     daemon.stop()
     db_v3 = f"db-{secrets.token_hex(12)}"
     (secrets_dir / "db-password").write_text(db_v3 + "\n")
-    common = ["--repo", str(cluster.repo), "--state", str(cluster.state), "--runtime", "process",
+    common = ["--repo", str(cluster.repo), *cluster.state_args, "--runtime", "process",
               "--secrets-dir", str(secrets_dir), "--age-key", str(key)]  # fmt: skip
     done = gitorch("plan", *common, "--format", "json", cwd=cluster.root)
     assert done.code == 2, done.stderr

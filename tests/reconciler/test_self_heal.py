@@ -127,7 +127,7 @@ def test_removed_container_is_replaced_while_serving(docker_cluster: Cluster) ->
     assert load.failures == [], (len(load.failures), load.failures[:10], load.total)
 
 
-def _restart_times(state: Path, service: str) -> list[float]:
+def _restart_times(state: Path | str, service: str) -> list[float]:
     with StateStore(state, readonly=True) as store:
         events = store.list_events(
             service=service, kind="replica.restarted", limit=None, newest_first=False
@@ -140,7 +140,7 @@ def test_crash_loop_backs_off_exponentially(cluster: Cluster) -> None:
     daemon = cluster.daemon(resync=RESYNC)
 
     def four_restarts() -> list[float] | None:
-        found = _restart_times(cluster.state, "crasher")
+        found = _restart_times(cluster.store_location, "crasher")
         return found if len(found) >= 4 else None
 
     times = wait_for(
@@ -165,14 +165,14 @@ def test_status_shows_restarts_of_a_crash_looping_replica(cluster: Cluster) -> N
     daemon = cluster.daemon(resync=RESYNC)
     wait_for(
         "2 restarts of the crashing replica",
-        lambda: len(_restart_times(cluster.state, "crasher")) >= 2,
+        lambda: len(_restart_times(cluster.store_location, "crasher")) >= 2,
         15,
         interval=0.2,
         describe=daemon.log_tail,
     )
     svc = daemon.service("crasher")
     assert svc is not None
-    status = gitorch("status", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    status = gitorch("status", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert status.code == 0, status.stderr
     cli_svc = next(s for s in status.json()["services"] if s["name"] == "crasher")
     # Either on the replica (instances[].restarts) or for the service as a whole.

@@ -141,7 +141,7 @@ def test_the_shop_under_100_clients(shop: tuple[Cluster, int, int]) -> None:
             120,
             describe=daemon.log_tail,
         )
-        promoted = gitorch("promote", "web", "--state", str(cluster.state), cwd=cluster.root)
+        promoted = gitorch("promote", "web", *cluster.state_args, cwd=cluster.root)
         assert promoted.code == 0, promoted.stderr
         wait_for(
             "web v2 complete",

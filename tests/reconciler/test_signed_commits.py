@@ -35,7 +35,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
 
 
 def history(cluster: Cluster) -> list[dict[str, Any]]:
-    done = gitorch("history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    done = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert done.code == 0, done.stderr
     return list(done.json())
 
@@ -63,14 +63,22 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
         error = wait_for(f"{what} refused", lambda: refusal_seen(daemon, sha), 20,
                          describe=daemon.log_tail)  # fmt: skip
         assert f"commit {sha[:12]} is not trusted: {words}" in error, error
-        assert error.endswith(f"still applying {last_good[:12]}"), error
+        assert error.endswith(f"still applying {applied[:12]}"), error
         refused[what] = (sha, words)
         # Nothing of it runs: same replicas, same version served.
         svc = daemon.service("api")
         assert instance_ids(svc) == running and svc is not None and svc["revision"] == last_good
         assert get_version(port) == served
 
+    def note_applied(sha: str) -> str:
+        # A trusted commit that changes nothing becomes the applied revision; waited for, so
+        # that the tampering which replaces it is judged after it (not in the same poll).
+        wait_for("the note applied", lambda: daemon.status()["revision"] == sha, 20,
+                 describe=daemon.log_tail)  # fmt: skip
+        return sha
+
     last_good, served = good, "1"
+    applied = good
     expect_refused("unsigned", commit_signed(cluster.repo, manifest("2"), "unsigned", None),
                    "unsigned")  # fmt: skip
     expect_refused(
@@ -78,7 +86,11 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
         commit_signed(cluster.repo, manifest("3"), "by mallory", keys.mallory),
         f"signed by an unknown key {keys.mallory.long_id} (not in --trusted-keys)",
     )
-    commit_signed(cluster.repo, manifest("1") | {"note.yaml": "# a note\n"}, "a note", keys.tess)
+    applied = note_applied(
+        commit_signed(
+            cluster.repo, manifest("1") | {"note.yaml": "# a note\n"}, "a note", keys.tess
+        )
+    )
     expect_refused(
         "GPG, tampered",
         tamper_last_commit(cluster.repo, manifest("666")),
@@ -97,7 +109,11 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
     assert daemon.status()["lastError"] is None
     last_good, served = by_alice, "5"
     running = instance_ids(daemon.service("api"))
-    commit_signed(cluster.repo, manifest("5") | {"note.yaml": "# another\n"}, "a note", keys.alice)
+    applied = note_applied(
+        commit_signed(
+            cluster.repo, manifest("5") | {"note.yaml": "# another\n"}, "a note", keys.alice
+        )
+    )
     expect_refused("SSH, tampered", tamper_last_commit(cluster.repo, manifest("666")),
                    "bad signature")  # fmt: skip
 
@@ -115,7 +131,7 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
         assert f"commit {sha[:12]} is not trusted: {words}" in entry["reason"], (what, entry)
 
     # The audit log: one revision.refused per refused commit, actor the claimed author.
-    with StateStore(cluster.state, readonly=True) as store:
+    with StateStore(cluster.store_location, readonly=True) as store:
         audit = store.list_events(kind="revision.refused", limit=None, newest_first=False)
         started = {e.revision: e.actor for e in store.list_events(kind="revision.started")}
     assert [e.revision for e in audit] == [sha for sha, _ in refused.values()]
@@ -123,7 +139,7 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
     assert audit[0].data["reason"] == "unsigned" and audit[0].data["policy"] == "signature"
     assert started[good] == "signer:Tess Trusted <tess@example.com>"
     assert started[by_alice] == "signer:alice@example.com"
-    done = gitorch("audit", "--state", str(cluster.state), "--kind", "revision.refused",
+    done = gitorch("audit", *cluster.state_args, "--kind", "revision.refused",
                    cwd=cluster.root)  # fmt: skip
     assert done.code == 0 and done.stdout.count("is not trusted") == len(refused)
 
@@ -145,7 +161,7 @@ def test_only_trusted_signatures_apply(cluster: Cluster, keys: Keys) -> None:
 def test_plan_and_apply_refuse_untrusted_commits(cluster: Cluster, keys: Keys) -> None:
     port = cluster.port
     manifest = {"api.yaml": process_service("api", port=port, replicas=1)}
-    state = ["--state", str(cluster.state), "--repo", str(cluster.repo)]
+    state = [*cluster.state_args, "--repo", str(cluster.repo)]
     unsigned = commit_signed(cluster.repo, manifest, "unsigned", None)
     for command in ("plan", "apply"):
         done = gitorch(command, *state, "--runtime", "process", *keys.flags(), cwd=cluster.root)

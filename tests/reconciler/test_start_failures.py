@@ -57,7 +57,7 @@ def test_a_command_that_does_not_exist_backs_off_and_says_why(cluster: Cluster) 
     # The other service is unaffected.
     assert (daemon.service("api") or {})["rollout"]["phase"] == "Healthy"
     # Text status shows the back-off and why.
-    text = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
+    text = gitorch("status", *cluster.state_args, cwd=cluster.root)
     assert "ghost-1" in text.stdout and "nonexistent" in text.stdout, text.stdout + text.stderr
     assert "restart" in text.stdout
 
@@ -81,8 +81,7 @@ spec:
         str(cluster.repo),
         "--runtime",
         "process",
-        "--state",
-        str(cluster.state),
+        *cluster.state_args,
         cwd=cluster.root,
     )
     out = done.stdout + done.stderr

@@ -22,7 +22,7 @@ from reconciler_helpers import (
 
 
 def _history(cluster: Cluster) -> list[dict[str, Any]]:
-    done = gitorch("history", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    done = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert done.code == 0, done.stderr
     return list(done.json())
 
@@ -139,5 +139,5 @@ spec:
     svc = daemon.service("crasher")
     assert svc["rollout"]["phase"] == "Degraded", svc["rollout"]
     assert svc["restarts"] >= 2, svc
-    text = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
+    text = gitorch("status", *cluster.state_args, cwd=cluster.root)
     assert "crasher-1" in text.stdout and "restart" in text.stdout, text.stdout

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from etcd_helpers import new_namespace
 from reconciler_helpers import (
     REPO_ROOT,
     Cluster,
     DaemonProc,
-    cluster_of,
     commit,
     docker_runtime,
     gitorch,
@@ -39,11 +39,16 @@ from volume_helpers import counter_service, page, phase_of, volume_yaml, volumes
 TIMEOUT = 90.0
 
 
-@pytest.fixture(params=["process", pytest.param("docker", marks=pytest.mark.docker)])
+@pytest.fixture(
+    params=["process", "process-etcd", pytest.param("docker", marks=pytest.mark.docker)]
+)
 def world(request: pytest.FixtureRequest, cluster: Cluster) -> Cluster:
-    """A test's cluster on the process driver, or on the real Docker engine."""
+    """A test's cluster on the process driver (its state in a directory, or in etcd), or
+    on the real Docker engine."""
     if request.param == "docker":
         return request.getfixturevalue("docker_cluster")  # type: ignore[no-any-return]
+    if request.param == "process-etcd":
+        cluster.store_url = request.getfixturevalue("etcd_cluster").url(new_namespace())
     return cluster
 
 
@@ -73,7 +78,7 @@ def kill(world: Cluster, instance_id: str) -> None:
 
 def volume_names(world: Cluster) -> list[str]:
     runtime = docker_runtime() if world.driver == "docker" else process_runtime(world.state)
-    return [v.name for v in runtime.list_volumes(cluster_of(world.state) or "")]
+    return [v.name for v in runtime.list_volumes(world.cluster_name() or "")]
 
 
 def test_data_lives_through_a_kill_a_rollout_and_a_daemon_restart(world: Cluster) -> None:
@@ -105,7 +110,7 @@ def test_data_lives_through_a_kill_a_rollout_and_a_daemon_restart(world: Cluster
     final = wait_for("a start after the restart", lambda: count_is(port, 4), TIMEOUT)
     assert final["conflicts"] == "0" and final["writable"] == "yes"
 
-    (row,) = volumes_of(world.state, world.root)
+    (row,) = volumes_of(world.state_args, world.root)
     assert (row["name"], row["phase"], row["accessMode"], row["size"]) == (
         "data",
         "Bound",
@@ -124,7 +129,7 @@ def test_prune_keeps_a_retained_volume_and_deletes_the_other(world: Cluster) -> 
 
     commit(world.repo, {"counter.yaml": None, "data.yaml": None}, "prune both")
     wait_for(
-        "the release", lambda: phase_of(world.state, world.root, "data") == "Released", TIMEOUT
+        "the release", lambda: phase_of(world.state_args, world.root, "data") == "Released", TIMEOUT
     )
     wait_for("the service forgotten", lambda: daemon.service("counter") is None, TIMEOUT)
     assert volume_names(world) == ["data"]  # kept, with its data
@@ -136,8 +141,8 @@ def test_prune_keeps_a_retained_volume_and_deletes_the_other(world: Cluster) -> 
 
     commit(world.repo, {"counter.yaml": None, "data.yaml": None}, "prune both again")
     wait_for("the deletion", lambda: volume_names(world) == [], TIMEOUT, describe=daemon.log_tail)
-    assert volumes_of(world.state, world.root) == []
-    events = gitorch("history", "--state", str(world.state), "--format", "json", cwd=world.root)
+    assert volumes_of(world.state_args, world.root) == []
+    events = gitorch("history", *world.state_args, "--format", "json", cwd=world.root)
     assert events.code == 0
 
     commit(world.repo, files, "a new Volume of that name")
@@ -161,7 +166,7 @@ def test_a_read_only_mount_cannot_be_written(world: Cluster) -> None:
         "the reader", lambda: count_is(reader_port, 1), TIMEOUT, describe=daemon.log_tail
     )
     assert read["writable"] == "no"  # it sees the data and cannot change it
-    (row,) = volumes_of(world.state, world.root)
+    (row,) = volumes_of(world.state_args, world.root)
     assert row["users"] == ["reader-1 (ro)", "writer-1"]
 
 
@@ -174,7 +179,7 @@ def test_a_host_path_must_be_inside_the_allowed_directories(world: Cluster) -> N
         "data.yaml": outside,
     }
     commit(world.repo, files, "a host path outside")
-    args = ("validate", "--repo", str(world.repo), "--state", str(world.state))
+    args = ("validate", "--repo", str(world.repo), *world.state_args)
     refused = gitorch(*args, "--allow-host-path", str(allowed), cwd=world.root)
     assert refused.code == 1
     assert refused.stdout.strip() == (
@@ -218,9 +223,9 @@ def test_a_volume_removed_by_hand_is_reported_and_not_remade_empty(world: Cluste
     instance = the_instance_offline(world)
     runtime = docker_runtime() if driver == "docker" else process_runtime(world.state)
     runtime.remove(instance)
-    runtime.remove_volume("data", cluster_of(world.state) or "")
+    runtime.remove_volume("data", world.cluster_name() or "")
     daemon = world.daemon()
-    assert phase_of(world.state, world.root, "data") == "Missing"
+    assert phase_of(world.state_args, world.root, "data") == "Missing"
 
     def held() -> dict[str, Any] | None:
         svc = daemon.service("counter")
@@ -233,8 +238,7 @@ def test_a_volume_removed_by_hand_is_reported_and_not_remade_empty(world: Cluste
         "plan",
         "--repo",
         str(world.repo),
-        "--state",
-        str(world.state),
+        *world.state_args,
         "--format",
         "json",
         cwd=world.root,
@@ -242,7 +246,7 @@ def test_a_volume_removed_by_hand_is_reported_and_not_remade_empty(world: Cluste
     assert any(a["action"] == "missing" for a in plan.json()["actions"])
     assert volume_names(world) == []  # never made again behind the operator's back
 
-    reset = gitorch("volumes", "--state", str(world.state), "--reset", "data", cwd=world.root)
+    reset = gitorch("volumes", *world.state_args, "--reset", "data", cwd=world.root)
     assert reset.code == 0, reset.stderr
     wait_for("a new, empty volume", lambda: count_is(port, 1), TIMEOUT, describe=daemon.log_tail)
 
@@ -250,7 +254,7 @@ def test_a_volume_removed_by_hand_is_reported_and_not_remade_empty(world: Cluste
 def the_instance_offline(world: Cluster) -> str:
     """The one replica of the test's cluster, from its runtime (no daemon running)."""
     runtime = docker_runtime() if world.driver == "docker" else process_runtime(world.state)
-    (instance,) = runtime.list_instances(cluster_of(world.state) or "")
+    (instance,) = runtime.list_instances(world.cluster_name() or "")
     return instance.id
 
 
@@ -284,7 +288,7 @@ def test_the_example_worker_journal_survives_a_replacement(docker_cluster: Clust
         first = wait_for("the worker", lambda: running(daemon, "worker"), TIMEOUT)
 
         def journal() -> list[str]:
-            (volume,) = node.list_volumes(cluster_of(world.state) or "")
+            (volume,) = node.list_volumes(world.cluster_name() or "")
             where = subprocess.run(
                 ["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", volume.handle],
                 check=True,
@@ -310,7 +314,7 @@ def test_the_example_worker_journal_survives_a_replacement(docker_cluster: Clust
     finally:
         for started in world.daemons:
             started.stop()
-        remove_cluster(node, cluster_of(world.state))
+        remove_cluster(node, world.cluster_name())
 
 
 def running(daemon: DaemonProc, service: str) -> dict[str, Any] | None:

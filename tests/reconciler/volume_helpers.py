@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +86,16 @@ def page(port: int, path: str = "/") -> dict[str, str] | None:
     return dict(word.split("=", 1) for word in body.split() if "=" in word)
 
 
-def volumes_of(state: Path, cwd: Path) -> list[dict[str, Any]]:
-    """``gitorch volumes --format json``."""
-    done = gitorch("volumes", "--state", str(state), "--format", "json", cwd=cwd)
+def volumes_of(state: Path | Sequence[str], cwd: Path) -> list[dict[str, Any]]:
+    """``gitorch volumes --format json`` (``state``: a state directory, or the options
+    that name the state, a ``Cluster``'s ``state_args``)."""
+    where = ["--state", str(state)] if isinstance(state, Path) else list(state)
+    done = gitorch("volumes", *where, "--format", "json", cwd=cwd)
     assert done.code == 0, (done.code, done.stderr)
     found: list[dict[str, Any]] = done.json()["volumes"]
     return found
 
 
-def phase_of(state: Path, cwd: Path, name: str) -> str | None:
+def phase_of(state: Path | Sequence[str], cwd: Path, name: str) -> str | None:
     rows = [r for r in volumes_of(state, cwd) if r["name"] == name]
     return rows[0]["phase"] if rows else None

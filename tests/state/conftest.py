@@ -1,4 +1,11 @@
-"""Fixtures of the state store tests: a fresh store per test and a helper subprocess."""
+"""Fixtures of the state store tests: a fresh store per test, on each backend, and a helper
+subprocess.
+
+``store`` and ``location`` are parametrized: every test that takes them runs on SQLite (a
+state directory) and on etcd (a fresh namespace of the session's three-member cluster).
+Tests of one backend's own machinery (SQLite's schema, WAL, locks and triggers) take
+``sqlite_store`` or ``state_dir`` instead.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from etcd_helpers import new_namespace
 
 from gitorch.state import StateStore
 
@@ -21,8 +29,29 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+@pytest.fixture(params=["sqlite", "etcd"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def store(state_dir: Path) -> Iterator[StateStore]:
+def location(backend: str, state_dir: Path, request: pytest.FixtureRequest) -> str:
+    """Where a test's store lives: a state directory, or an etcd namespace of its own."""
+    if backend == "sqlite":
+        return str(state_dir)
+    return str(request.getfixturevalue("etcd_cluster").url(new_namespace()))
+
+
+@pytest.fixture
+def store(location: str) -> Iterator[StateStore]:
+    opened = StateStore(location)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def sqlite_store(state_dir: Path) -> Iterator[StateStore]:
+    """A SQLite store only: for tests of SQLite's own machinery."""
     opened = StateStore(state_dir)
     yield opened
     opened.close()

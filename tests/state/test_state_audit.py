@@ -10,7 +10,8 @@ import pytest
 from gitorch.state import StateStore
 
 
-def test_audit_rows_cannot_be_updated_or_deleted(store: StateStore, state_dir: Path) -> None:
+def test_audit_rows_cannot_be_updated_or_deleted(sqlite_store: StateStore, state_dir: Path) -> None:
+    store = sqlite_store
     event = store.append_event("revision.applied", "the original text", service="web")
     conn = sqlite3.connect(state_dir / "state.db", isolation_level=None)
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -33,9 +32,9 @@ def paused_canary() -> RolloutRecord:
 
 
 @pytest.fixture
-def cli(state_dir: Path, store: StateStore) -> Iterator[StateStore]:
-    """A second store on the same database: its own connection, as the CLI's process has."""
-    opened = StateStore(state_dir)
+def cli(location: str, store: StateStore) -> Iterator[StateStore]:
+    """A second store on the same state: its own connection, as the CLI's process has."""
+    opened = StateStore(location)
     yield opened
     opened.close()
 

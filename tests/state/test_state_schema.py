@@ -171,7 +171,7 @@ def test_migration_4_keeps_older_measurements_and_adds_analysis_runs(state_dir: 
     # A store as the released gitorch (schema 3) left it, with a measurement in it.
     with StateStore(state_dir, migrations=MIGRATIONS[:3]) as old:
         assert old.schema_version == 3
-        old._conn().execute(
+        old.backend.conn().execute(
             "INSERT INTO measurements (service, revision, analysis, taken_at, phase)"
             " VALUES ('web', 'sha', 'step-1', 1.0, 'failed')"
         )

@@ -52,9 +52,9 @@ def test_status_shape_has_shares_success_rate_and_age(store: StateStore) -> None
     assert (first["weight"], first["errors5xx"], first["openConnections"]) == (80, 3, 1)
 
 
-def test_readonly_store_reads_snapshots(store: StateStore, state_dir: Path) -> None:
+def test_readonly_store_reads_snapshots(store: StateStore, location: str) -> None:
     store.replace_traffic([_snap("web", 5.0, V1)])
-    with StateStore(state_dir, readonly=True) as reader:
+    with StateStore(location, readonly=True) as reader:
         assert reader.get_traffic("web") == _snap("web", 5.0, V1)
 
 

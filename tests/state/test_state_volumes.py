@@ -39,14 +39,24 @@ def test_release_then_bind_again_keeps_the_node(store: StateStore) -> None:
 
 
 def test_forget_one_node_or_all(store: StateStore) -> None:
-    for node in ("a", "b"):
+    for node in ("a", "b", "ab"):
         store.bind_volume("shared", node, SPEC)
     store.bind_volume("other", "a", SPEC)
+    store.bind_volume("shared-2", "a", SPEC)  # a name that begins like another
     assert store.forget_volume("shared", "a")
-    assert [(r.name, r.node) for r in store.list_volumes()] == [("other", "a"), ("shared", "b")]
+    assert not store.forget_volume("shared", "a")
+    store.volume_created("shared", "a")  # no record: nothing made up
+    assert [(r.name, r.node) for r in store.list_volumes()] == [
+        ("other", "a"),
+        ("shared", "ab"),
+        ("shared", "b"),
+        ("shared-2", "a"),
+    ]
+    store.release_volume("shared", at=5.0)
+    assert [r.released_at for r in store.list_volumes()] == [None, 5.0, 5.0, None]
     assert store.forget_volume("shared")
     assert not store.forget_volume("shared")
-    assert [r.name for r in store.list_volumes()] == ["other"]
+    assert [r.name for r in store.list_volumes()] == ["other", "shared-2"]
 
 
 def test_a_version_8_store_gets_the_volumes_table(state_dir: Path) -> None:

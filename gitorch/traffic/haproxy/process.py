@@ -128,7 +128,7 @@ class HAProxyMaster:
     def reload(self) -> None:
         """Reload the configuration file; returns once the new worker serves.
         :class:`HAProxyReloadFailed` when it could not (the old one keeps serving)."""
-        before = self.show_proc()
+        before = self._show_proc_once_up()
         log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
         cli(self.master_sock, "reload", self.timeout)
         deadline = time.monotonic() + self.timeout
@@ -181,6 +181,18 @@ class HAProxyMaster:
         self.pid_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ reading
+
+    def _show_proc_once_up(self) -> tuple[int, int, int]:
+        """``show_proc``, waiting out a master that is still re-executing itself after the
+        previous reload (its socket refuses connections for a moment, longer under load)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self.show_proc()
+            except HAProxyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     def show_proc(self) -> tuple[int, int, int]:
         """(master reloads, failed reloads, current worker pid) from the master CLI."""

@@ -1,0 +1,109 @@
+"""``gitorch state migrate --from SRC --to DST``: move a cluster's state between a state
+directory (SQLite) and etcd, in either direction."""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.markup import escape
+
+from gitorch.commands.common import looked_in, stdout
+from gitorch.errors import ConfigError, StateError
+from gitorch.live.inventory import cluster_identity, write_cluster_name
+from gitorch.state import DaemonLock, StateStore
+from gitorch.state.location import StateLocation, parse_location
+from gitorch.state.migrate import copy_state
+
+EXAMPLE = """example:
+  gitorch state migrate --from .gitorch --to etcd://10.0.0.1:2379,10.0.0.2:2379/shop
+  gitorch state migrate --from etcd://10.0.0.1:2379/shop --to /var/lib/gitorch
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "state",
+        help="the state store: migrate a cluster between a state directory and etcd",
+        description="Manage where gitorch keeps its state.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    migrate = actions.add_parser(
+        "migrate",
+        help="copy every record (revisions, rollouts, inventory, audit...) to another store",
+        description="Copy a cluster's whole state, ids included, from one store to an empty "
+        "other: a state directory (SQLite) to an etcd namespace, so more daemons can join, "
+        "or back. No daemon may run on either while it copies (stop it first); the copy is "
+        "read back and compared. Replicas and the data plane keep running: their local "
+        "files stay in the state directory, which becomes the daemons' --runtime-dir.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    migrate.add_argument("--from", dest="source", required=True, metavar="DIR|etcd://...")
+    migrate.add_argument("--to", dest="target", required=True, metavar="DIR|etcd://...")
+    migrate.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    source, target = parse_location(args.source), parse_location(args.target)
+    if source == target:
+        raise ConfigError("--from and --to name the same store")
+    if source.directory is not None and not (source.directory / "state.db").is_file():
+        raise StateError(f"no gitorch state {looked_in(source, None)}")
+    with ExitStack() as stack:
+        for location in (source, target):
+            _no_daemon(location, stack)
+        src = stack.enter_context(StateStore(source, readonly=True))
+        dst = stack.enter_context(StateStore(target))
+        local = source.directory or Path(".gitorch")
+        cluster = cluster_identity(src, local, create=False)
+        snapshot = copy_state(src, dst, cluster)
+        if target.directory is not None and cluster:
+            write_cluster_name(target.directory, cluster)
+    counts = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in snapshot.counts().items())
+    stdout().print(
+        f"copied {escape(source.describe())} to {escape(target.describe())}: {escape(counts)}"
+    )
+    stdout().print(f"cluster {escape(cluster or '-')} (its replicas' label) carried over")
+    if target.etcd is not None and source.directory is not None:
+        stdout().print(
+            "next: start each daemon with "
+            f"--state {escape(target.describe())} --runtime-dir {escape(str(source.directory))} "
+            "--name NAME (the runtime dir holds the replicas' records and the proxy's socket)"
+        )
+    elif target.directory is not None:
+        stdout().print(
+            f"next: start the daemon with --state {escape(str(target.directory))} (for process "
+            "replicas, the runtime dir the etcd daemons used)"
+        )
+    return 0
+
+
+def _no_daemon(location: StateLocation, stack: ExitStack) -> None:
+    """Hold a state directory's daemon lock for the copy; refuse an etcd namespace a
+    daemon leads."""
+    if location.directory is not None:
+        if location.directory.exists():
+            stack.enter_context(DaemonLock(location.directory))
+        return
+    from gitorch.state.etcd.backend import EtcdBackend
+    from gitorch.state.etcd.election import read_leadership
+
+    try:
+        store = StateStore(location, readonly=True)
+    except StateError as exc:
+        if exc.message.startswith("no gitorch state"):
+            return
+        raise
+    with store:
+        assert isinstance(store.backend, EtcdBackend)
+        leader = read_leadership(store.backend)["leader"]
+    if leader:
+        raise StateError(
+            f"the daemon {leader} leads {location.describe()}: stop every daemon first",
+            detail=("gitorch status --state ... lists them",),
+        )

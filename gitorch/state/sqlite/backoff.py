@@ -1,0 +1,60 @@
+"""Crash-loop back-off per replica slot (table ``backoff``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gitorch.state.records import BackoffRecord
+
+if TYPE_CHECKING:
+    from gitorch.state.sqlite.backend import SqliteBackend
+
+
+class Backoff:
+    def __init__(self, db: SqliteBackend) -> None:
+        self.db = db
+
+    def record(self, record: BackoffRecord) -> None:
+        with self.db.transaction():
+            self.db.execute(
+                "INSERT INTO backoff (service, slot, restarts, last_restart_at, last_exit_code,"
+                " template, replica_id, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, slot) DO UPDATE SET"
+                " restarts = excluded.restarts, last_restart_at = excluded.last_restart_at,"
+                " last_exit_code = excluded.last_exit_code, template = excluded.template,"
+                " replica_id = excluded.replica_id, reason = excluded.reason",
+                (
+                    record.service,
+                    record.slot,
+                    record.restarts,
+                    record.last_restart_at,
+                    record.last_exit_code,
+                    record.template,
+                    record.replica_id,
+                    record.reason,
+                ),
+            )
+
+    def clear(self, service: str, slot: int | None) -> None:
+        with self.db.transaction():
+            if slot is None:
+                self.db.execute("DELETE FROM backoff WHERE service = ?", (service,))
+            else:
+                self.db.execute(
+                    "DELETE FROM backoff WHERE service = ? AND slot = ?", (service, slot)
+                )
+
+    def list(self) -> list[BackoffRecord]:
+        return [
+            BackoffRecord(
+                r["service"],
+                r["slot"],
+                r["restarts"],
+                r["last_restart_at"],
+                r["last_exit_code"],
+                template=r["template"],
+                replica_id=r["replica_id"],
+                reason=r["reason"],
+            )
+            for r in self.db.query("SELECT * FROM backoff ORDER BY service, slot")
+        ]

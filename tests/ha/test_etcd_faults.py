@@ -1,0 +1,179 @@
+"""etcd faults under two daemons, on an etcd cluster of the test's own (three members).
+
+Issue 14, item 4: one member of three lost has no effect (a rollout goes on, the same
+daemon leads, no request fails); with the quorum lost the daemons stop acting and say why
+(workloads and traffic keep running, a dead replica is not replaced), and once the quorum
+is back they resume without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ha_helpers import Census, HAWorld, role_of, status_of
+from reconciler_helpers import LoadClient, commit, converged, process_service, wait_for
+
+REPLICAS = 2
+CONVERGE = 60.0
+
+
+def _service(world: HAWorld, version: str) -> str:
+    return process_service("api", port=world.port, version=version, replicas=REPLICAS)
+
+
+def _start_pair(world: HAWorld) -> str:
+    sha = commit(world.repo, {"api.yaml": _service(world, "1")}, "api v1")
+    world.start("alpha")
+    world.start("beta")
+    leader, _ = world.one_leader()
+    wait_for(
+        "v1 converged",
+        lambda: converged(leader.service("api"), sha, REPLICAS),
+        CONVERGE,
+        describe=leader.log_tail,
+    )
+    assert world.cluster_name() is not None  # read (and kept) while etcd answers
+    return sha
+
+
+def test_losing_one_member_of_three_changes_nothing(ha_faulty: HAWorld) -> None:
+    world = ha_faulty
+    _start_pair(world)
+    leader, (standby,) = world.one_leader()
+    # Take away the member the raft leader runs on: the worst one to lose.
+    health = world.etcd.healthy_members()
+    assert len(health) == 3
+    victim = next(
+        (m for m in world.etcd.members if _is_raft_leader(world, m.endpoint)),
+        world.etcd.members[0],
+    )
+    with LoadClient(world.port, threads=2) as load:
+        world.etcd.kill(victim)
+        sha2 = commit(world.repo, {"api.yaml": _service(world, "2")}, "api v2")
+        roles: set[tuple[str | None, str | None]] = set()
+        deadline = time.monotonic() + CONVERGE
+        while not converged(leader.service("api"), sha2, REPLICAS):
+            roles.add((role_of(leader), role_of(standby)))
+            assert time.monotonic() < deadline, leader.log_tail()
+            time.sleep(0.2)
+        settled = load.total
+        wait_for("load after", lambda: load.total > settled + 20, 10)
+    assert roles <= {("leader", "standby")}, roles  # never a change of leader
+    assert load.failures == [], (len(load.failures), load.failures[:10])
+    assert world.daemons["alpha"].proc.poll() is None and world.daemons["beta"].proc.poll() is None
+
+
+def test_a_leader_killed_while_an_etcd_member_is_down(ha_faulty: HAWorld) -> None:
+    """Two faults at once: one etcd member of three lost, then ``kill -9`` of the leading
+    daemon mid-rollout under load. The other daemon leads within the TTL + 2 s (the two
+    members left are a quorum), finishes the rollout, and no request fails."""
+    world = ha_faulty
+    sha1 = _start_pair(world)
+    leader, (standby,) = world.one_leader()
+    with Census(world) as census, LoadClient(world.port, threads=2) as load:
+        world.etcd.kill(world.etcd.members[0])
+        sha2 = commit(world.repo, {"api.yaml": _service(world, "2")}, "api v2")
+        wait_for(
+            "the rollout under way",
+            lambda: any(i.labels.get("dev.gitorch.revision") == sha2 for i in world.replicas()),
+            30,
+            interval=0.02,
+        )
+        os.kill(leader.proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        leader.proc.wait(10)
+        wait_for(
+            "the standby leading",
+            lambda: role_of(standby) == "leader",
+            world.ttl + 2,
+            interval=0.05,
+            describe=standby.log_tail,
+        )
+        took_over = time.monotonic() - killed_at
+        wait_for(
+            "v2 converged under the new leader",
+            lambda: converged(standby.service("api"), sha2, REPLICAS),
+            CONVERGE,
+            describe=standby.log_tail,
+        )
+        settled = load.total
+        wait_for("load after the rollout", lambda: load.total > settled + 20, 10)
+    assert took_over <= world.ttl + 2, took_over
+    assert load.failures == [], (len(load.failures), load.failures[:10], load.total)
+    assert census.most <= REPLICAS + 1, census.worst  # maxSurge 1
+    final = [i for i in world.replicas() if str(i.state) == "running"]
+    assert sorted(i.labels["dev.gitorch.replica"] for i in final) == ["api-1", "api-2"]
+    assert {i.labels["dev.gitorch.revision"] for i in final} == {sha2}
+    code, history = standby.request("GET", "/api/v1/history")
+    assert code == 200
+    assert {h["revision"]: h["result"] for h in history} == {
+        sha1: "succeeded",
+        sha2: "succeeded",
+    }, history
+
+
+def test_without_quorum_daemons_stop_acting_and_resume_when_it_is_back(
+    ha_faulty: HAWorld,
+) -> None:
+    world = ha_faulty
+    sha = _start_pair(world)
+    leader, (standby,) = world.one_leader()
+    pids = {name: d.proc.pid for name, d in world.daemons.items()}
+    lost = world.etcd.members[:2]
+    with LoadClient(world.port, threads=2) as load:
+        for member in lost:
+            world.etcd.kill(member)
+        # Within the lease's TTL (and a request timeout) nobody acts, and says why.
+        wait_for(
+            "the leader no longer acting",
+            lambda: role_of(leader) == "not acting",
+            world.ttl + 6,
+            interval=0.2,
+            describe=leader.log_tail,
+        )
+        doc = status_of(leader)
+        assert doc is not None
+        assert "unavailable" in doc["controlPlane"]["message"], doc["controlPlane"]
+        assert not all(e["ok"] for e in doc["controlPlane"]["etcd"])
+        # The workloads keep running and serving.
+        (api,) = [s for s in doc["services"] if s["name"] == "api"]
+        assert api["replicas"]["running"] == REPLICAS
+        code, health = leader.request("GET", "/healthz")
+        assert code == 503 and "not acting" in health["reason"], health
+        assert role_of(standby) == "not acting"
+        # A replica that dies now is not replaced: nobody may act.
+        victim = next(i for i in world.replicas() if str(i.state) == "running")
+        os.kill(int(victim.id.split("-", 1)[0]), signal.SIGKILL)
+        time.sleep(4)
+        running = [i for i in world.replicas() if str(i.state) == "running"]
+        assert len(running) == REPLICAS - 1, [i.id for i in running]
+        before_back = load.total
+        wait_for("traffic flowing without etcd", lambda: load.total > before_back + 20, 10)
+        assert load.failures == [], (len(load.failures), load.failures[:10])
+    # The quorum comes back: the same processes resume, the dead replica is replaced.
+    for member in lost:
+        world.etcd.restart(member)
+    world.etcd.wait_healthy(3)
+    leader, _ = world.one_leader(timeout=world.ttl + 15)
+    wait_for(
+        "the service whole again",
+        lambda: converged(leader.service("api"), sha, REPLICAS),
+        CONVERGE,
+        describe=leader.log_tail,
+    )
+    assert {name: d.proc.pid for name, d in world.daemons.items()} == pids
+    assert all(d.proc.poll() is None for d in world.daemons.values())
+
+
+def _is_raft_leader(world: HAWorld, endpoint: str) -> bool:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://{endpoint}/v3/maintenance/status", data=b"{}", method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=3) as resp:
+        data = json.loads(resp.read())
+    return str(data.get("leader")) == str(data.get("header", {}).get("member_id"))
