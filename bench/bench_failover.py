@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "rigs"))  # free ports (shared with the tests)
 for helpers in ("shared", "reconciler"):  # the tests' etcd cluster, daemon and load client
     sys.path.insert(0, str(REPO / "tests" / helpers))
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "rigs"))  # free ports (etcd_helpers uses them)
 sys.path.insert(0, str(REPO / "tests" / "shared"))  # etcd_helpers: the tests' etcd cluster
 
 from etcd_helpers import EtcdCluster, new_namespace  # noqa: E402

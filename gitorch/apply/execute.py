@@ -31,11 +31,18 @@ Every failure is caught where it happens and reported on the service it concerns
 replica that cannot start: that slot; a port that cannot be bound: that route), so one
 broken service never stops the others. If the table cannot be published at all, no
 replica is stopped: the old table still sends them traffic.
+
+**Test only**: with ``GITORCH_TEST_UNSAFE_NO_DRAIN=1`` in its environment the executor
+skips the drain for leaving replicas: they are killed at once (SIGKILL, no grace)
+while the data plane still sends them requests. Nothing but the chaos soak sets it
+(``bench/soak.py --break-drain``), to show that its invariants catch a broken drain;
+the daemon logs a warning at every pass that uses it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +63,9 @@ from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import DataPlane, RoutingTable
 
 log = logging.getLogger("gitorch.executor")
+
+#: Test-only switch (module docstring): leaving replicas are killed without a drain.
+UNSAFE_NO_DRAIN_ENV = "GITORCH_TEST_UNSAFE_NO_DRAIN"
 
 #: How often the executor re-reads a draining replica's requests in flight.
 DRAIN_POLL = 0.05
@@ -124,6 +134,7 @@ class Executor:
         self.drain_timeout = drain_timeout
         self.monotonic = monotonic
         self.published: RoutingTable | None = None
+        self.unsafe_no_drain = os.environ.get(UNSAFE_NO_DRAIN_ENV) == "1"
 
     def run(
         self,
@@ -144,6 +155,8 @@ class Executor:
         for stop in (s for s in stops if not s.drain):
             self._remove(stop, done)
         draining = [s for s in stops if s.drain]
+        if draining and self.unsafe_no_drain:
+            self._kill_undrained(draining, done)
         published = self._publish(decision.table, held_routes, done)
         if not published:
             if draining:
@@ -378,6 +391,22 @@ class Executor:
             self.health.untrack(stop.replica_id)
         done.executed.append(stop)
         done.changes += 1
+
+    def _kill_undrained(self, draining: list[StopReplica], done: Execution) -> None:
+        """The test-only broken drain (module docstring): SIGKILL while still in rotation."""
+        self._guard()
+        log.warning(
+            "%s=1: killing %d leaving replica(s) without draining them (test only)",
+            UNSAFE_NO_DRAIN_ENV,
+            len(draining),
+        )
+        for stop in draining:
+            runtime = self.runtimes.get(stop.node)
+            if runtime is not None:
+                try:
+                    runtime.stop(stop.replica_id, 0.0)
+                except GitorchError as exc:
+                    done.errors.append(f"{stop.replica}: cannot kill: {exc.message}")
 
     def _drain(self, draining: list[StopReplica]) -> None:
         """Wait until no draining replica has a request in flight (bounded)."""

@@ -253,13 +253,38 @@ class _Draft:
         self.save = True
 
 
+def _rolled_back(
+    record: RolloutRecord, service: Service, revision: str, now: float
+) -> tuple[_Draft, Service, bool]:
+    """Git still asks for the template that failed: the last good spec keeps running, at
+    the replica count Git asks for (the count is no part of the template that failed; Argo
+    Rollouts scales an aborted rollout's stable set the same way)."""
+    draft = _Draft(record)
+    spec = record.spec.get("spec", {})
+    if spec.get("replicas") == service.replicas:
+        return draft, service_from(record.spec, service), False
+    scaled = {**record.spec, "spec": {**spec, "replicas": service.replicas}}
+    draft.update(spec=scaled, phase=RolloutPhase.PROGRESSING, started_at=now, progress_at=now)
+    draft.events.append(
+        Event(
+            "rollout.rollback-scaled",
+            f"{service.name}: the rolled-back spec {record.spec_digest[:12]} scaled from "
+            f"{spec.get('replicas')} to {service.replicas} replicas (Git still asks for "
+            f"{service.template_digest[:12]}, which failed)",
+            service=service.name,
+            revision=revision,
+        )
+    )
+    return draft, service_from(scaled, service), False
+
+
 def _begin(inp: ServiceInput) -> tuple[_Draft, Service, bool]:
     """The rollout record and the spec this pass rolls toward; True when a rollout to a
     new template is held back by a dependency."""
     service, record, now = inp.service, inp.record, inp.now
     applied = Applied("Service", service.name, inp.revision, service.digest, service.canonical)
     if record is not None and record.failed_digest == service.template_digest:
-        return _Draft(record), service_from(record.spec, service), False
+        return _rolled_back(record, service, inp.revision, now)
     if record is not None and record.spec_digest == service.template_digest:
         draft = _Draft(record)
         if record.failed_digest is not None:

@@ -189,3 +189,35 @@ def test_a_scale_up_in_git_is_not_drift() -> None:
     records = {"web": healthy_record(before, "web")}
     decision = decide_pass(pass_input(after, live, records=MappingProxyType(records)))
     assert [s.replica for s in starts(decision, "web")] == ["web-3"]
+
+
+@pytest.mark.parametrize("replicas", [1, 4])
+def test_a_rolled_back_service_is_scaled_to_what_git_asks(replicas: int) -> None:
+    """Git keeps the template that failed (rolled back from) and changes the replica
+    count: the spec that runs is scaled to Git's count, as Argo Rollouts scales the stable
+    set of an aborted rollout. Found by the chaos soak (seed 2026): web stayed at 3 after
+    a scale to 2, and the next canary ran 3 stable replicas beside 2 new ones."""
+    v1 = desired(service_yaml("web", replicas=3))
+    failed = desired(service_yaml("web", replicas=3, version="2"))
+    scaled = desired(service_yaml("web", replicas=replicas, version="2"))
+    records = {
+        "web": replace(
+            healthy_record(v1, "web"),
+            phase=RolloutPhase.ROLLED_BACK,
+            failed_digest=failed.services["web"].template_digest,
+        )
+    }
+    live = live_of(v1, [replica(v1, "web", n) for n in (1, 2, 3)])
+    decision = decide_pass(pass_input(scaled, live, records=MappingProxyType(records)))
+    web = decision.services["web"]
+    running = v1.services["web"].template_digest
+    if replicas < 3:
+        stopped = [s.replica for s in web.stops if isinstance(s, StopReplica)]
+        assert sorted(stopped) == [f"web-{n}" for n in range(replicas + 1, 4)]
+        assert not starts(decision, "web")
+    else:
+        assert [(s.replica, s.template) for s in starts(decision, "web")] == [
+            ("web-4", running)  # more of the version that runs, not of the failed one
+        ]
+    assert web.record.failed_digest == failed.services["web"].template_digest  # still
+    assert web.record.spec["spec"]["replicas"] == replicas

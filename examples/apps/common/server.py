@@ -1,7 +1,8 @@
 """The small HTTP server every example app runs (stdlib only).
 
 Each app (``web``, ``api``, ``worker``) only declares its extra routes; this module owns
-what they share: reading the env switches, ``GET /healthz``, the version page at ``GET /``,
+what they share: reading the env switches, ``GET /healthz``, the version page at ``GET /``
+(``POST`` answers like ``GET`` after reading the body: load tests send writes too),
 the deliberate misbehaviour used by rollout tests, one log line per request, and a
 graceful stop on SIGTERM (in-flight requests finish, then the process exits 0).
 
@@ -168,6 +169,14 @@ def _handler_for(spec: AppSpec) -> type[BaseHTTPRequestHandler]:
                 spec.settings.app,
                 f'{self.client_address[0]} "GET {self.path}" {reply.status} {took_ms:.1f}ms',
             )
+
+        def do_POST(self) -> None:
+            # A write, as far as a proxy can tell (not idempotent: never sent twice); the
+            # body is read and the path answered like a GET.
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(min(length, 1 << 20))
+            self.do_GET()
 
         def log_message(self, format: str, *args: object) -> None:
             # The stdlib logs to stderr; do_GET already wrote the one line we want.

@@ -13,9 +13,11 @@ to the proxy, which reads the files itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,7 @@ class ProxyDataPlane(ControlledPlane):
         self.workers = workers
         self.secrets_dir = secrets_dir
         self.start = start
+        self._restart_lock = threading.Lock()
         if start:
             # Starting a daemon asks for its endpoints: an earlier `gitorch proxy stop` no
             # longer holds.
@@ -176,9 +179,14 @@ class ProxyDataPlane(ControlledPlane):
                     "until `gitorch proxy run` or a daemon restart"
                 ) from exc
         # The proxy died: start one (it serves the last table at once), and retry. Any
-        # call does it; the daemon reads figures every few seconds.
-        log.warning("the proxy does not answer: starting a new one")
-        self.hello = self._connect()
+        # call does it; the daemon reads figures every few seconds. One caller at a time:
+        # the daemon's threads (the pass, the traffic meter, the API) all notice at once,
+        # and each starting a proxy would have the second take over from the first.
+        with self._restart_lock:
+            with contextlib.suppress(ProxyUnavailable):
+                return call(self.paths.socket, request, CALL_TIMEOUT)  # started meanwhile
+            log.warning("the proxy does not answer: starting a new one")
+            self.hello = self._connect()
         return call(self.paths.socket, request, CALL_TIMEOUT)
 
 

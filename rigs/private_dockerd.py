@@ -1,10 +1,11 @@
 """A Docker engine of the tests' own, which they may SIGKILL, SIGSTOP and restart at will.
 
-Used by the runtime tests (engine loss, a hung engine, a tcp endpoint) and the multi-node
-tests (a docker node that dies). It is a containerd + dockerd pair on its own socket, data
+Used by the runtime tests (engine loss, a hung engine, a tcp endpoint), the multi-node
+tests (a docker node that dies) and the chaos soak (``bench/soak.py --runtime docker``: an
+engine restarted under load). It is a containerd + dockerd pair on its own socket, data
 root, exec root and host bridge, so nothing done to it touches the main engine the rest of
-the suite uses. tests/runtime is on pytest's ``pythonpath``: import it as
-``private_dockerd``.
+the suite uses. ``rigs/`` is on pytest's ``pythonpath`` (and the soak puts it on its
+``sys.path``): import it as ``private_dockerd``.
 
 Every failure to set it up raises :class:`EngineError`, an AssertionError: a missing tool
 or an engine that does not start is a test failure, never a skip.
