@@ -86,13 +86,16 @@ def read_count(state_dir: str) -> None:
 
 
 def append(state_dir: str, prefix: str, count: str, go_file: str) -> None:
-    """Wait for ``go_file``, then append ``count`` audit entries as fast as possible."""
+    """Wait for ``go_file``, then append ``count`` audit entries, one every millisecond or
+    so: without a pause, a process that wins SQLite's lock can append all of its entries
+    before the others' busy handlers wake up, and the writers never interleave."""
     store = StateStore(state_dir)
     say("ready")
     while not Path(go_file).exists():
         time.sleep(0.002)
     for i in range(int(count)):
         store.append_event("test.race", f"{prefix} {i}", actor=f"user:{prefix}@test")
+        time.sleep(0.001)
     say("done")
 
 
