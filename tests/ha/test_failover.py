@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 
-from ha_helpers import Census, HAWorld, paused, role_of, status_of
+from ha_helpers import Census, HAWorld, kill_leader_until_standby_leads, paused, role_of, status_of
 from reconciler_helpers import (
     DaemonProc,
     LoadClient,
@@ -124,17 +124,7 @@ def test_kill_9_of_the_leader_mid_rollout_under_load(ha: HAWorld) -> None:
     with Census(ha) as census, LoadClient(ha.port, threads=4) as load:
         wait_for("load flowing", lambda: load.total > 50, 10)
         sha2 = _roll_to_v2(ha)
-        os.kill(leader.proc.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        leader.proc.wait(10)
-        wait_for(
-            "the standby leading",
-            lambda: role_of(standby) == "leader",
-            ha.ttl + 2,
-            interval=0.05,
-            describe=standby.log_tail,
-        )
-        took_over = time.monotonic() - killed_at
+        took_over = kill_leader_until_standby_leads(leader, standby, ha.ttl)
         wait_for(
             "v2 converged under the new leader",
             lambda: converged(standby.service("api"), sha2, REPLICAS),
