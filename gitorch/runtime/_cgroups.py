@@ -33,6 +33,7 @@ import errno
 import os
 import signal
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,7 @@ def _pids_in(procs_file: Path) -> list[int]:
     return [int(p) for p in (text or "").split() if p.isdigit()]
 
 
-class CgroupTree:
+class CgroupTree(ABC):
     """The groups of one machine, in one layout (see :class:`CgroupV1`, :class:`CgroupV2`).
 
     Group names are relative paths (``gitorch/<cluster>/<node>/<replica>``); every method
@@ -137,12 +138,13 @@ class CgroupTree:
 
     # -- layout-specific -------------------------------------------------------------
 
+    @abstractmethod
     def _dirs(self, group: str) -> list[Path]:
         """The group's folder in every hierarchy (the first one lists its processes)."""
-        raise NotImplementedError
+        ...
 
-    def _configure(self, group: str, memory_bytes: int | None, cpu_cores: float | None) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _configure(self, group: str, memory_bytes: int | None, cpu_cores: float | None) -> None: ...
 
     def _make_level(self, group: str) -> None:
         """Create one level of a group path (its parent exists)."""
@@ -150,13 +152,15 @@ class CgroupTree:
             with contextlib.suppress(FileExistsError):
                 folder.mkdir()
 
+    @abstractmethod
     def oom_kills(self, group: str) -> int | None:
         """How many processes of the group the kernel OOM-killed (None: unknown)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def memory_peak(self, group: str) -> int | None:
         """The most memory the group has used, in bytes (None: the kernel does not say)."""
-        raise NotImplementedError
+        ...
 
     def procs_files(self, group: str) -> list[Path]:
         """The files a process writes its pid to, to join the group in every hierarchy."""

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +51,16 @@ START_TIMEOUT = 30.0
 BUSY_RETRY = 10.0
 
 
-class ControlledPlane:
+class ControlledPlane(ABC):
     """The :class:`~gitorch.traffic.table.DataPlane` of a proxy driven by control requests:
     every method is one request through :meth:`_call` (a unix socket here, a relay to
     another host in :mod:`.remote`)."""
 
     kind = "proxy"
 
+    @abstractmethod
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """One control request and its answer."""
 
     def _prepare(self, table: RoutingTable) -> RoutingTable:
         """The table as this proxy serves it (checked; TLS names made paths)."""
@@ -103,7 +105,7 @@ class ControlledPlane:
             since=answer.get("since"),
         )
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (letting go costs nothing by default)
         """Let go: the proxy keeps serving its last table."""
 
     def stop(self) -> None:
