@@ -21,8 +21,10 @@ word alone):
 
   - ``bad-canary``: a 5xx answered by a version the soak made to answer 5xx (its
     ``X-App-Version``), and the canary checks below hold;
-  - ``proxy-kill``: a connection-level failure while the data plane was down after a
-    SIGKILL of the proxy (its only process holding the ports), until a new one answered;
+  - ``proxy-kill``: a connection-level failure of a request in flight on the moment the
+    proxy's coordinator was SIGKILLed (its workers end with it). Not a refused
+    connection after it: the proxy's socket keeper holds the listening sockets, so new
+    connections wait in the kernel's queue for the coordinator it starts at once;
   - ``proxy-worker-kill``: a connection-level failure of a request in flight on the
     moment a proxy worker was SIGKILLed;
   - ``replica-kill``: a 502 to a POST in flight on the moment a replica of that service
@@ -63,8 +65,6 @@ JUDGE_DELAY = 5.0
 #: A killed proxy must be replaced within this (the daemon reads figures every 2 s and
 #: starts one when none answers; a loaded 2-core machine starts Python slowly).
 PROXY_BACK_BOUND = 30.0
-#: Connection-level failures after a proxy came back still belong to its kill.
-PROXY_BACK_TAIL = 2.0
 #: A request in flight when a worker or a replica was killed ends within this.
 KILL_TAIL = 3.0
 #: A service whose only ready replica was killed has a ready replacement within this
@@ -318,12 +318,12 @@ class Checks:
         for fault in list(self.faults.done):
             if fault.skipped:
                 continue
-            if fault.kind == "proxy-kill" and connection:
-                until = (fault.back or fault.end or time.monotonic()) + PROXY_BACK_TAIL
-                if fault.start <= failure.end <= until:
-                    return "proxy-kill"
-            if fault.kind == "proxy-worker-kill" and connection and _in_flight_at(failure, fault):
-                return "proxy-worker-kill"
+            if (
+                fault.kind in ("proxy-kill", "proxy-worker-kill")
+                and connection
+                and _in_flight_at(failure, fault)
+            ):
+                return fault.kind
             if (
                 fault.kind in ("replica-kill", "replica-stop")
                 and fault.others_ready == 0

@@ -143,7 +143,9 @@ class Faults:
         workers = self.plane.workers()
         fault.target = f"pid {pid} (+ workers {workers})"
         signal_pid(pid, signal.SIGKILL)
-        # The workers end when their pipe to the coordinator closes.
+        # The workers end when their pipe to the coordinator closes; the keeper starts a
+        # new coordinator on the same sockets.
+        fault.gone = max([_gone(pid), *(_gone(w) for w in workers)])
         deadline = time.monotonic() + PROXY_BACK_WAIT
         while time.monotonic() < deadline:
             answering = self.plane.answers(1.0)

@@ -420,8 +420,8 @@ class DataPlane:
         return [p for p in children_of(pid) if alive(p)] if pid else []
 
     def coordinators(self) -> list[int]:
-        """Every live proxy coordinator of this state directory (more than one only
-        during a handover)."""
+        """Every live proxy of this state directory, by its root process (the socket
+        keeper, whose child is the coordinator; more than one only during a handover)."""
         pids = processes_naming(str(self.world.state), ("gitorch.traffic.proxy", "proxy"))
         return [p for p in pids if read_proc(p) is not None and read_proc(p).ppid not in pids]  # type: ignore[union-attr]
 
@@ -450,10 +450,13 @@ class DataPlane:
         deadline = time.monotonic() + 15
         while self.coordinators() and time.monotonic() < deadline:
             time.sleep(0.1)
-        for pid in self.coordinators():
-            for kid in children_of(pid):
-                signal_pid(kid, signal.SIGKILL)
+        for pid in self.coordinators():  # the socket keeper first: it would start another
+            kids = children_of(pid)
             signal_pid(pid, signal.SIGKILL)
+            for kid in kids:
+                for grandchild in children_of(kid):
+                    signal_pid(grandchild, signal.SIGKILL)
+                signal_pid(kid, signal.SIGKILL)
 
 
 # -- processes that are not gitorch's ------------------------------------------------------

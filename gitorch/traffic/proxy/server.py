@@ -47,6 +47,7 @@ from gitorch.traffic.proxy.control import (
     receive,
     send,
 )
+from gitorch.traffic.proxy.keeper import Held, KeeperLink
 from gitorch.traffic.routes import ListenError, RouteInvalid
 from gitorch.traffic.table import RoutingTable
 from gitorch.traffic.wire import (
@@ -80,7 +81,12 @@ class ProxyServer:
         timeouts: Timeouts | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
         event_loop: str = "asyncio",
+        keeper: KeeperLink | None = None,
+        inherited: Held | None = None,
     ) -> None:
+        """``keeper``: the link to this coordinator's socket keeper (which then holds the
+        start lock for it); ``inherited``: sockets a dead predecessor listened on, kept
+        by the keeper (see :mod:`.keeper`)."""
         self.paths = ProxyPaths.of(state_dir)
         self.event_loop = event_loop
         self.host = host
@@ -94,6 +100,8 @@ class ProxyServer:
         self._handing_over = threading.Event()  # exported: changes are refused
         self._listener: socket.socket | None = None
         self._apply_lock = threading.Lock()
+        self.keeper = keeper
+        self.inherited = inherited or Held()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -104,14 +112,18 @@ class ProxyServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stopping.set())
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        with _start_lock(self.paths.start_lock):
+        locked = contextlib.nullcontext() if self.keeper else _start_lock(self.paths.start_lock)
+        with locked:
             predecessor = self._find_predecessor()
             if predecessor is not None:
+                self.inherited.close()
                 self._take_over(predecessor)
             else:
                 self._start_fresh()
             self._serve_control()
             self._write_pid()
+        if self.keeper is not None:
+            self.keeper.serving()
         log.info(
             "proxy %d serving (gitorch %s, %d workers)", os.getpid(), __version__, self.workers
         )
@@ -119,12 +131,26 @@ class ProxyServer:
             ready()
         while not self._stopping.wait(0.5):
             pass
+        if self.keeper is not None:
+            self.keeper.done()  # the keeper lets go of the sockets: they close with ours
         self._shut_down()
         return 0
 
     def _start_fresh(self) -> None:
+        owned = self._socket_set()
+        if self.inherited.sockets:
+            log.info(
+                "serving on the %d sockets the keeper held for a dead proxy",
+                len(self.inherited.sockets),
+            )
+            owned.adopt(self.inherited.described, self.inherited.sockets)
+            self.inherited = Held()
         self.pool = WorkerPool(
-            self.host, workers=self.workers, timeouts=self.timeouts, event_loop=self.event_loop
+            self.host,
+            workers=self.workers,
+            timeouts=self.timeouts,
+            sockets=owned,
+            event_loop=self.event_loop,
         )
         table = self._load_table()
         if table is not None:
@@ -157,7 +183,7 @@ class ProxyServer:
                 table = table_from_json(answer["table"])
                 sockets = [socket.socket(fileno=fd) for fd in fds]
                 fds = []
-                owned = SocketSet(self.host, self.workers)
+                owned = self._socket_set()
                 owned.adopt(answer["sockets"], sockets)
             except (KeyError, WireError, OSError) as exc:
                 close_all(fds)
@@ -178,6 +204,14 @@ class ProxyServer:
             send(old, {"op": "release"})
             receive(old)
         log.info("took over from proxy %s", answer.get("pid"))
+
+    def _socket_set(self) -> SocketSet:
+        """The pool's sockets; the keeper, if any, is told of every change."""
+        owned = SocketSet(self.host, self.workers)
+        keeper = self.keeper
+        if keeper is not None:
+            owned.on_change = lambda: keeper.hold(*owned.export())
+        return owned
 
     def _shut_down(self) -> None:
         """Stop taking connections, let open ones finish (bounded), stop the workers."""
@@ -285,6 +319,7 @@ class ProxyServer:
                     "protocol": PROTOCOL,
                     "version": __version__,
                     "pid": os.getpid(),
+                    "keeper": os.getppid() if self.keeper is not None else None,
                     "since": pool.ledger.since,
                     "startedAt": self.started_at,
                     "workers": pool.workers,
@@ -369,6 +404,8 @@ class ProxyServer:
             return
         pool.release()
         self._released.set()
+        if self.keeper is not None:
+            self.keeper.done()  # the successor holds the sockets now
         send(conn, {"ok": True})
         log.info("released to a successor: draining")
         self._stopping.set()

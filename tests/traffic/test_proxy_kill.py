@@ -1,0 +1,139 @@
+"""A SIGKILL of the data plane under load refuses no connection (a real detached
+``gitorch proxy``, real backends, ``hey`` opening a new connection per request).
+
+Before the socket keeper (gitorch/traffic/proxy/keeper.py), a killed coordinator took its
+workers and every listening socket with it: clients were refused for the 1-5 s until the
+daemon noticed and started a new proxy."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from data_plane_helpers import stop_data_plane
+from listen_ports import free_port
+from traffic_helpers import Apps, get, route, table, wait_until
+
+from gitorch.traffic.haproxy.process import process_alive
+from gitorch.traffic.proxy.client import ProxyDataPlane
+from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable, call
+
+CONCURRENCY = 10
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[ProxyDataPlane]:
+    state = tmp_path / "state"
+    state.mkdir()
+    try:
+        yield ProxyDataPlane(state, workers=2)
+    finally:
+        stop_data_plane(state)
+
+
+def hello(state: Path) -> dict[str, object]:
+    return call(ProxyPaths.of(state).socket, {"op": "hello"}, 5.0)
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except OSError:
+        return []
+
+
+class Hey:
+    """``hey`` for ``seconds``, a new connection per request, in the background."""
+
+    def __init__(self, port: int, seconds: int) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "hey",
+                "-z",
+                f"{seconds}s",
+                "-c",
+                str(CONCURRENCY),
+                "-disable-keepalive",
+                f"http://127.0.0.1:{port}/",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def result(self) -> tuple[int, int, int, str]:
+        """(answered 200, refused, other errors, hey's report)."""
+        out, _ = self.proc.communicate(timeout=120)
+        ok = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", out))
+        refused = other = 0
+        for count, what in re.findall(r"^\s*\[(\d+)\]\s+(.*)$", out, re.MULTILINE):
+            if "responses" in what:
+                continue
+            if "connection refused" in what:
+                refused += int(count)
+            else:
+                other += int(count)
+        return ok, refused, other, out
+
+
+def serving(plane: ProxyDataPlane, apps: Apps) -> int:
+    app = apps.start("ka")
+    port = free_port()
+    plane.apply(table(route(port, [app.backend])))
+    wait_until(lambda: get(port)[0] == 200, 10, "the proxy to serve")
+    return port
+
+
+@pytest.mark.slow
+def test_a_killed_proxy_and_a_killed_worker_refuse_no_connection(
+    plane: ProxyDataPlane, apps: Apps
+) -> None:
+    port = serving(plane, apps)
+    state = plane.state_dir
+    first = int(hello(state)["pid"])  # type: ignore[arg-type]
+    load = Hey(port, 8)
+    time.sleep(2)
+    os.kill(first, signal.SIGKILL)  # the coordinator; its workers exit with it
+    wait_until(lambda: not process_alive(first), 10, "the coordinator to die")
+
+    def replaced() -> bool:
+        plane.health()  # what the daemon does every 2 s: starts a proxy if none answers
+        try:
+            return int(hello(state)["pid"]) != first  # type: ignore[arg-type]
+        except ProxyUnavailable:
+            return False
+
+    wait_until(replaced, 15, "a new coordinator")
+    time.sleep(1)
+    second = int(hello(state)["pid"])  # type: ignore[arg-type]
+    workers = children(second)
+    assert workers, "the new coordinator has no worker"
+    os.kill(workers[0], signal.SIGKILL)
+    ok, refused, other, report = load.result()
+    assert refused == 0, report
+    # Requests in flight on the killed processes' connections die with them: at most one
+    # per client for each of the two kills.
+    assert other <= 2 * CONCURRENCY, report
+    assert ok > 100, report
+    assert get(port)[0] == 200
+
+
+@pytest.mark.slow
+def test_a_stopped_proxy_stops_for_good(plane: ProxyDataPlane, apps: Apps) -> None:
+    """The keeper restarts a coordinator that died, never one that was told to stop."""
+    port = serving(plane, apps)
+    state = plane.state_dir
+    about = hello(state)
+    keeper = int(about["keeper"])  # type: ignore[arg-type]
+    plane.stop()
+    wait_until(lambda: not process_alive(keeper), 20, "the keeper to exit")
+    assert not process_alive(int(about["pid"]))  # type: ignore[arg-type]
+    with pytest.raises(OSError):
+        get(port)
