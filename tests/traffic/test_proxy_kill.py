@@ -49,6 +49,14 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def replaced(state: Path, first: int) -> bool:
+    """A coordinator other than ``first`` answers."""
+    try:
+        return int(hello(state)["pid"]) != first  # type: ignore[arg-type]
+    except ProxyUnavailable:
+        return False
+
+
 class Hey:
     """``hey`` for ``seconds``, a new connection per request, in the background."""
 
@@ -103,14 +111,11 @@ def test_a_killed_proxy_and_a_killed_worker_refuse_no_connection(
     os.kill(first, signal.SIGKILL)  # the coordinator; its workers exit with it
     wait_until(lambda: not process_alive(first), 10, "the coordinator to die")
 
-    def replaced() -> bool:
+    def restarted() -> bool:
         plane.health()  # what the daemon does every 2 s: starts a proxy if none answers
-        try:
-            return int(hello(state)["pid"]) != first  # type: ignore[arg-type]
-        except ProxyUnavailable:
-            return False
+        return replaced(state, first)
 
-    wait_until(replaced, 15, "a new coordinator")
+    wait_until(restarted, 15, "a new coordinator")
     time.sleep(1)
     second = int(hello(state)["pid"])  # type: ignore[arg-type]
     workers = children(second)
@@ -137,3 +142,37 @@ def test_a_stopped_proxy_stops_for_good(plane: ProxyDataPlane, apps: Apps) -> No
     assert not process_alive(int(about["pid"]))  # type: ignore[arg-type]
     with pytest.raises(OSError):
         get(port)
+
+
+@pytest.mark.slow
+def test_a_port_the_table_drops_closes_though_the_keeper_held_it(
+    plane: ProxyDataPlane, apps: Apps
+) -> None:
+    """The keeper holds only what the coordinator listens on: a removed route's port is
+    refused at once, and a coordinator killed afterwards does not bring it back."""
+    kept = serving(plane, apps)
+    dropped = free_port()
+    backend = apps.start("ka").backend
+    plane.apply(table(route(kept, [backend]), route(dropped, [backend], service="other")))
+    wait_until(lambda: get(dropped)[0] == 200, 10, "the second route")
+    plane.apply(table(route(kept, [backend])))
+    with pytest.raises(ConnectionRefusedError):
+        get(dropped)
+    first = int(hello(plane.state_dir)["pid"])  # type: ignore[arg-type]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: replaced(plane.state_dir, first), 15, "a new coordinator")
+    assert get(kept)[0] == 200
+    with pytest.raises(ConnectionRefusedError):
+        get(dropped)
+
+
+@pytest.mark.slow
+def test_a_killed_keeper_leaves_the_coordinator_serving(plane: ProxyDataPlane, apps: Apps) -> None:
+    port = serving(plane, apps)
+    about = hello(plane.state_dir)
+    os.kill(int(about["keeper"]), signal.SIGKILL)  # type: ignore[arg-type]
+    wait_until(lambda: not process_alive(int(about["keeper"])), 10, "the keeper to die")  # type: ignore[arg-type]
+    plane.apply(table(route(port, [apps.start("ka", version="2").backend])))  # still driven
+    wait_until(lambda: b"version=2" in get(port)[1], 10, "version 2")
+    now = hello(plane.state_dir)
+    assert now["pid"] == about["pid"] and now["keeper"] is None, now

@@ -82,6 +82,12 @@ class KeeperLink:
         self._sock = sock
         self._lock = threading.Lock()
         self._gone = False
+        self.pid = os.getppid()  # made in the forked coordinator: the keeper is its parent
+
+    @property
+    def alive(self) -> bool:
+        """The keeper still holds the sockets (as far as this side knows)."""
+        return not self._gone and os.getppid() == self.pid
 
     def serving(self) -> None:
         self._send({"op": "serving"})

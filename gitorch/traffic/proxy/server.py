@@ -319,7 +319,7 @@ class ProxyServer:
                     "protocol": PROTOCOL,
                     "version": __version__,
                     "pid": os.getpid(),
-                    "keeper": os.getppid() if self.keeper is not None else None,
+                    "keeper": self.keeper.pid if self.keeper and self.keeper.alive else None,
                     "since": pool.ledger.since,
                     "startedAt": self.started_at,
                     "workers": pool.workers,
