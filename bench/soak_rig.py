@@ -281,8 +281,14 @@ class Daemon:
     started, killed, stopped and continued on request, and started again after a kill."""
 
     def __init__(
-        self, world: World, argv_tail: list[str], journal: Journal, env: dict[str, str]
+        self,
+        world: World,
+        argv_tail: list[str],
+        journal: Journal,
+        env: dict[str, str],
+        state: list[str] | None = None,
     ) -> None:
+        """``state``: the daemon's ``--state`` options (default: the world's folder)."""
         self.world = world
         self.port = free_port()
         self.argv = [
@@ -290,8 +296,7 @@ class Daemon:
             "-m",
             "gitorch",
             "daemon",
-            "--state",
-            str(world.state),
+            *(state or ["--state", str(world.state)]),
             "--listen",
             f"127.0.0.1:{self.port}",
             *argv_tail,
