@@ -3,6 +3,8 @@ faults are injected at random, with the invariants checked the whole time.
 
     python3 bench/soak.py --minutes 30 --seed 7
     python3 bench/soak.py --minutes 3 --seed 21 --services 6 --report soak.json
+    python3 bench/soak.py --minutes 5 --seed 8 --runtime docker     # + docker-restart
+    python3 bench/soak.py --minutes 5 --seed 9 --state etcd://      # + etcd-member-kill
 
 Deterministic given the seed (printed first): the plan of commits and faults, their
 moments and every choice among live candidates come from it (:mod:`soak_plan`), so a
@@ -11,7 +13,11 @@ tmpfs, filled for the full-disk fault). Phases:
 
 1. **warm-up**: a bare Git remote with the shop (:mod:`soak_shop`), ``gitorch daemon``
    fetching it (``--repo file://...``, process driver, built-in data plane) under the
-   soak's supervisor, decoys gitorch must never touch, until the shop is served;
+   soak's supervisor, decoys gitorch must never touch, until the shop is served. With
+   ``--runtime docker`` the replicas are containers of the example images on a private
+   engine of the soak's own (never the machine's shared one: the docker-restart fault
+   restarts it); with ``--state etcd://`` the state is in three etcd members of its own on
+   loopback (the folder keeps the host's local files), one of which etcd-member-kill kills;
 2. **chaos** for ``--minutes``: load through every exposed service (:mod:`soak_load`),
    commits (good versions, never-ready versions, 5xx canaries, invalid manifests, scale
    changes, services added and removed, reverts, a mass prune the guard must refuse) and
@@ -129,7 +135,8 @@ class Soak:
         opts = self.opts
         print(
             f"soak seed {opts.seed} ({opts.minutes:g} min, {opts.services} services, "
-            f"{opts.runtime} driver{', DRAINING DISABLED' if opts.break_drain else ''})",
+            f"{opts.runtime} driver{', state in etcd' if opts.etcd is not None else ''}"
+            f"{', DRAINING DISABLED' if opts.break_drain else ''})",
             flush=True,
         )
         world = World.make()

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,9 +171,23 @@ def test_a_port_the_table_drops_closes_though_the_keeper_held_it(
 def test_a_killed_keeper_leaves_the_coordinator_serving(plane: ProxyDataPlane, apps: Apps) -> None:
     port = serving(plane, apps)
     about = hello(plane.state_dir)
+    assert f"(socket keeper {about['keeper']})" in status(plane.state_dir)
     os.kill(int(about["keeper"]), signal.SIGKILL)  # type: ignore[arg-type]
     wait_until(lambda: not process_alive(int(about["keeper"])), 10, "the keeper to die")  # type: ignore[arg-type]
     plane.apply(table(route(port, [apps.start("ka", version="2").backend])))  # still driven
     wait_until(lambda: b"version=2" in get(port)[1], 10, "version 2")
     now = hello(plane.state_dir)
     assert now["pid"] == about["pid"] and now["keeper"] is None, now
+    assert "(no socket keeper)" in status(plane.state_dir)
+
+
+def status(state: Path) -> str:
+    """``gitorch proxy status`` as a user runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gitorch", "proxy", "status", "--state", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
