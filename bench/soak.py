@@ -174,7 +174,14 @@ class Soak:
             "--resync",
             "1s",
         ]
-        daemon = Daemon(world, daemon_tail, journal, env, state_args)
+        daemon = Daemon(
+            world,
+            daemon_tail,
+            journal,
+            env,
+            state_args,
+            revision=self._etcd_revision if etcd is not None else None,
+        )
         self.daemon = daemon
         plane = DataPlane(world)
         self.plane = plane
@@ -706,9 +713,30 @@ class Soak:
             self.cleanup.push("stop etcd", cluster.close)
             url = cluster.url(new_namespace("soak"))
         self.etcd_url = url
+        self._last_revision: str | None = None
         self.say(f"state in {url}")
         state = ["--state", url, "--runtime-dir", str(world.state), "--name", "soak"]
         return cluster, state
+
+    def _etcd_revision(self) -> str | None:
+        """The commit the daemon applies, from its member record in etcd (the last one
+        read while the record is gone: the daemon is down, or its lease expired)."""
+        from gitorch.errors import GitorchError
+        from gitorch.state import StateStore
+        from gitorch.state.etcd.backend import EtcdBackend
+        from gitorch.state.etcd.election import read_leadership
+        from gitorch.state.location import parse_location
+
+        try:
+            with StateStore(parse_location(self.etcd_url), readonly=True) as store:
+                assert isinstance(store.backend, EtcdBackend)
+                found = read_leadership(store.backend)
+        except GitorchError:
+            return self._last_revision
+        for member in found["members"]:
+            if member.get("name") == "soak" and isinstance(member.get("revision"), str):
+                self._last_revision = member["revision"]
+        return self._last_revision
 
     def _etcd_cluster(self) -> str | None:
         from gitorch.errors import GitorchError

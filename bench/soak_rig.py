@@ -287,8 +287,11 @@ class Daemon:
         journal: Journal,
         env: dict[str, str],
         state: list[str] | None = None,
+        revision: Callable[[], str | None] | None = None,
     ) -> None:
-        """``state``: the daemon's ``--state`` options (default: the world's folder)."""
+        """``state``: the daemon's ``--state`` options (default: the world's folder);
+        ``revision``: where the applied commit is read (default: ``daemon.json``)."""
+        self.revision = revision
         self.world = world
         self.port = free_port()
         self.argv = [
@@ -389,6 +392,8 @@ class Daemon:
     def applied_revision(self) -> str | None:
         """The commit the daemon applies (``<state>/daemon.json``), read from the file so
         that it is known while the daemon is stopped."""
+        if self.revision is not None:
+            return self.revision()
         try:
             data = json.loads((self.world.state / "daemon.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
