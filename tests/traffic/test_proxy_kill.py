@@ -191,3 +191,17 @@ def status(state: Path) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+@pytest.mark.slow
+def test_a_table_that_cannot_be_kept_is_served_all_the_same(
+    plane: ProxyDataPlane, apps: Apps
+) -> None:
+    """Found by the chaos soak (disk-full with etcd state, seed 9): the proxy closed the
+    daemon's ``apply`` when it could not write table.json, so the daemon took it for dead
+    and, during a full disk, changed nothing (replicas it meant to drain kept traffic)."""
+    port = serving(plane, apps)
+    tmp = ProxyPaths.of(plane.state_dir).root / ".table.json.tmp"
+    tmp.mkdir()  # writing the table fails as on a full disk (an OSError)
+    plane.apply(table(route(port, [apps.start("ka", version="2").backend])))
+    assert b"version=2" in get(port)[1]

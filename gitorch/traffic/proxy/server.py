@@ -369,7 +369,17 @@ class ProxyServer:
             return _error("busy", "the proxy is handing over to its successor: try again")
         table = table_from_json(request["table"])
         with self._apply_lock:
-            self._save_table(table)  # even when a port fails: the rest is served
+            try:
+                self._save_table(table)  # even when a port fails: the rest is served
+            except OSError as exc:
+                # A full disk must not stop the data plane from following the daemon (a
+                # drained replica would keep its traffic): served, but not kept.
+                log.error(
+                    "cannot keep the routing table in %s (%s): serving it all the same; "
+                    "a proxy started afresh would serve the last one kept",
+                    self.paths.table,
+                    exc,
+                )
             self.pool.apply(table)
         return {"ok": True}
 
