@@ -311,18 +311,25 @@ class Daemon:
         self.paused = False
         self.expect_exit = False
         self._log = (world.logs / "daemon.log").open("ab")
+        self._starting = threading.Lock()
 
     def start(self) -> None:
-        self.expect_exit = False
-        self.paused = False
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=child_env(self.env),
-            cwd=self.world.root,
-            start_new_session=True,
-        )
+        """Start the daemon unless it runs (the fault that killed it and the checks, as
+        its supervisor, may both start it: one does). The killed one stays expected to
+        have exited until the new one is there, so the checks never see it as a crash."""
+        with self._starting:
+            if self.running():
+                return
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=child_env(self.env),
+                cwd=self.world.root,
+                start_new_session=True,
+            )
+            self.expect_exit = False
+            self.paused = False
         self.starts += 1
         self.journal.note("daemon", f"daemon started (pid {self.proc.pid})", pid=self.proc.pid)
 
