@@ -245,7 +245,7 @@ class ProxyServer:
     def _serve_control(self) -> None:
         """Listen on a fresh path, then move it over the control socket's (atomic: a
         client connects to the old proxy or the new one, never to nothing)."""
-        fresh = self.paths.root / f".control-{os.getpid()}.sock"
+        fresh = self.paths.socket.parent / f".control-{os.getpid()}.sock"
         fresh.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
