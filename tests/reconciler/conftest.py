@@ -20,7 +20,6 @@ import pytest
 from etcd_helpers import new_namespace
 from reconciler_helpers import Cluster, build_example_images, init_repo, require_docker_engine
 
-
 #: The state stores every daemon test runs on (``$GITORCH_TEST_STATE`` picks one).
 BACKENDS = ("sqlite", "etcd")
 
