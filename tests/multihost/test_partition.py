@@ -81,7 +81,9 @@ def test_host_cut_off_under_load_then_back(fleet: Fleet, rig: Rig) -> None:
         mend_at = time.time()
         # B's own ingress heard nothing for longer than the grace: it withdrew B's
         # replicas (their fence), so its clients never reach the stale copies either,
-        # not even before the daemon's first pass after the link came back.
+        # not even before the daemon's first pass after the link came back. (Once the
+        # stale copies are gone B runs no replica of the shop, so its ingress is removed
+        # and B refuses connections: `ingress: replicas`, the default.)
         through_b = Load(port, host=b.address)
 
         # Link up: the stale copies are removed; no duplicates; they never serve.
