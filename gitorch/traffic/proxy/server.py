@@ -48,7 +48,7 @@ from gitorch.traffic.proxy.control import (
     send,
 )
 from gitorch.traffic.proxy.keeper import Held, KeeperLink
-from gitorch.traffic.routes import ListenError, RouteInvalid
+from gitorch.traffic.routes import ListenError, RouteInvalid, fenced
 from gitorch.traffic.table import RoutingTable
 from gitorch.traffic.wire import (
     WireError,
@@ -102,6 +102,10 @@ class ProxyServer:
         self._apply_lock = threading.Lock()
         self.keeper = keeper
         self.inherited = inherited or Held()
+        #: The table as the daemon last gave it, and when (a fence counts from then).
+        self._applied: RoutingTable | None = None
+        self._applied_at = time.monotonic()
+        self._fenced = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,7 +134,7 @@ class ProxyServer:
         if ready is not None:
             ready()
         while not self._stopping.wait(0.5):
-            pass
+            self._watch_fence()
         if self.keeper is not None:
             self.keeper.done()  # the keeper lets go of the sockets: they close with ours
         self._shut_down()
@@ -155,6 +159,7 @@ class ProxyServer:
         table = self._load_table()
         if table is not None:
             log.info("serving the last applied table (%d routes)", len(table.routes))
+            self._applied = table
             try:
                 self.pool.apply(table)
             except GitorchError as exc:
@@ -196,11 +201,12 @@ class ProxyServer:
                 event_loop=self.event_loop,
             )
             self.pool.ledger.take_over(answer.get("ledger", {}))
+            self._applied = table
             try:
                 self.pool.apply(table)
             except GitorchError as exc:
                 log.error("the handed-over table is only partly served: %s", exc.message)
-            self._save_table(table)
+            self._keep_table(table)
             send(old, {"op": "release"})
             receive(old)
         log.info("took over from proxy %s", answer.get("pid"))
@@ -250,6 +256,19 @@ class ProxyServer:
             log.error("cannot read the last table %s: %s", self.paths.table, exc)
             return None
 
+    def _keep_table(self, table: RoutingTable) -> None:
+        """Save ``table``; a full disk must not stop the data plane from following the
+        daemon (a drained replica would keep its traffic): served, but not kept."""
+        try:
+            self._save_table(table)
+        except OSError as exc:
+            log.error(
+                "cannot keep the routing table in %s (%s): serving it all the same; "
+                "a proxy started afresh would serve the last one kept",
+                self.paths.table,
+                exc,
+            )
+
     def _save_table(self, table: RoutingTable) -> None:
         tmp = self.paths.root / ".table.json.tmp"
         tmp.write_text(json.dumps(table_to_json(table)), encoding="utf-8")
@@ -273,7 +292,7 @@ class ProxyServer:
     def _serve_control(self) -> None:
         """Listen on a fresh path, then move it over the control socket's (atomic: a
         client connects to the old proxy or the new one, never to nothing)."""
-        fresh = self.paths.root / f".control-{os.getpid()}.sock"
+        fresh = self.paths.socket.parent / f".control-{os.getpid()}.sock"
         fresh.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -335,6 +354,7 @@ class ProxyServer:
                     "pid": os.getpid(),
                     "since": pool.ledger.since,
                     "routes": len(pool.table.routes),
+                    "fenced": self._fenced,
                 }
             if op == "apply":
                 return self._apply(request)
@@ -369,19 +389,40 @@ class ProxyServer:
             return _error("busy", "the proxy is handing over to its successor: try again")
         table = table_from_json(request["table"])
         with self._apply_lock:
-            try:
-                self._save_table(table)  # even when a port fails: the rest is served
-            except OSError as exc:
-                # A full disk must not stop the data plane from following the daemon (a
-                # drained replica would keep its traffic): served, but not kept.
-                log.error(
-                    "cannot keep the routing table in %s (%s): serving it all the same; "
-                    "a proxy started afresh would serve the last one kept",
-                    self.paths.table,
-                    exc,
-                )
+            self._applied, self._applied_at = table, time.monotonic()
+            if self._fenced:
+                log.warning("the daemon is back: serving its table again")
+                self._fenced = False
+            self._keep_table(table)  # even when a port fails: the rest is served
             self.pool.apply(table)
         return {"ok": True}
+
+    def _watch_fence(self) -> None:
+        """Withdraw this host's own replicas once the daemon has been silent past the
+        table's fence (:class:`~gitorch.traffic.table.Fence`): cut off, they are being
+        replaced elsewhere, and must not serve as stale copies when the link returns."""
+        table = self._applied
+        if self._fenced or table is None or table.fence is None or self.pool is None:
+            return
+        silent = time.monotonic() - self._applied_at
+        if silent < table.fence.after:
+            return
+        with self._apply_lock:
+            if self._applied is not table:
+                return  # a table arrived meanwhile
+            try:
+                self.pool.apply(fenced(table))
+            except GitorchError as exc:
+                log.error("could not withdraw this host's replicas: %s", exc.message)
+                return
+            self._fenced = True
+        log.warning(
+            "no table from the daemon for %.0fs (fence %.0fs): this host's %d replica(s) "
+            "withdrawn from routes that other hosts' replicas serve",
+            silent,
+            table.fence.after,
+            len(table.fence.own),
+        )
 
     def _hand_over(self, conn: socket.socket) -> None:
         """Give a successor the table, totals and sockets; release when it says so."""
@@ -396,7 +437,7 @@ class ProxyServer:
             answer = {
                 "ok": True,
                 "pid": os.getpid(),
-                "table": table_to_json(pool.table),
+                "table": table_to_json(self._applied or pool.table),
                 "ledger": pool.version_totals(),
                 "sockets": described,
             }
