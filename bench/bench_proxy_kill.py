@@ -23,7 +23,6 @@ connection); the ratio to compare is refused / answered.
 from __future__ import annotations
 
 import argparse
-import re
 import socket
 import subprocess
 import sys
@@ -38,6 +37,7 @@ for folder in (REPO / "rigs", REPO / "tests" / "shared", REPO / "tests" / "traff
     sys.path.insert(0, str(folder))
 
 from data_plane_helpers import kill_proxy_tree, stop_data_plane  # noqa: E402
+from hey_report import hey_figures  # noqa: E402
 from listen_ports import free_port  # noqa: E402
 from traffic_helpers import Apps, get, route, table, wait_until  # noqa: E402
 
@@ -85,21 +85,6 @@ def hey(port: int, concurrency: int) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
-
-
-def hey_figures(out: str) -> tuple[int, int, int, float]:
-    """(answered, refused, other errors, slowest request in seconds) from hey's report."""
-    answered = sum(int(n) for n in re.findall(r"\[\d{3}\]\s+(\d+) responses", out))
-    refused = other = 0
-    for count, what in re.findall(r"^\s*\[(\d+)\]\s+(.*)$", out, re.MULTILINE):
-        if "responses" in what:
-            continue
-        if "connection refused" in what:
-            refused += int(count)
-        else:
-            other += int(count)
-    slowest = re.search(r"Slowest:\s+([\d.]+) secs", out)
-    return answered, refused, other, float(slowest.group(1)) if slowest else 0.0
 
 
 def children(pid: int) -> list[int]:

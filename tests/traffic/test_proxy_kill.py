@@ -8,7 +8,6 @@ daemon noticed and started a new proxy."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from data_plane_helpers import stop_data_plane
+from hey_report import hey_figures
 from listen_ports import free_port
 from traffic_helpers import Apps, get, route, table, wait_until
 
@@ -78,18 +78,10 @@ class Hey:
         )
 
     def result(self) -> tuple[int, int, int, str]:
-        """(answered 200, refused, other errors, hey's report)."""
+        """(answered, refused, other errors, hey's report)."""
         out, _ = self.proc.communicate(timeout=120)
-        ok = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", out))
-        refused = other = 0
-        for count, what in re.findall(r"^\s*\[(\d+)\]\s+(.*)$", out, re.MULTILINE):
-            if "responses" in what:
-                continue
-            if "connection refused" in what:
-                refused += int(count)
-            else:
-                other += int(count)
-        return ok, refused, other, out
+        answered, refused, other, _slowest = hey_figures(out)
+        return answered, refused, other, out
 
 
 def serving(plane: ProxyDataPlane, apps: Apps) -> int:
