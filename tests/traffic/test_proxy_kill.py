@@ -197,3 +197,22 @@ def test_a_table_that_cannot_be_kept_is_served_all_the_same(
     tmp.mkdir()  # writing the table fails as on a full disk (an OSError)
     plane.apply(table(route(port, [apps.start("ka", version="2").backend])))
     assert b"version=2" in get(port)[1]
+
+
+@pytest.mark.slow
+def test_a_proxy_taking_over_on_a_full_disk_serves(plane: ProxyDataPlane, apps: Apps) -> None:
+    """Found by the CI soak (seed 60, a proxy kill then a full disk): the proxy the daemon
+    started took the sockets over, released its predecessor, then died writing its pid
+    file, and no one served (refused connections)."""
+    port = serving(plane, apps)
+    first = int(hello(plane.state_dir)["pid"])  # type: ignore[arg-type]
+    (ProxyPaths.of(plane.state_dir).root / ".proxy.pid.tmp").mkdir()  # writes fail
+    done = subprocess.run(
+        [sys.executable, "-m", "gitorch", "proxy", "restart", "--state", str(plane.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: replaced(plane.state_dir, first), 15, "the successor")
+    assert get(port)[0] == 200

@@ -275,9 +275,18 @@ class ProxyServer:
         os.replace(tmp, self.paths.table)
 
     def _write_pid(self) -> None:
+        """The pid file, for people and scripts (the proxy is found on its control
+        socket): a full disk must not stop a proxy that already took the sockets over
+        from its predecessor (found by the chaos soak: the released one was gone, and no
+        one served)."""
         tmp = self.paths.root / ".proxy.pid.tmp"
-        tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
-        os.replace(tmp, self.paths.pid)
+        try:
+            tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
+            os.replace(tmp, self.paths.pid)
+        except OSError as exc:
+            log.error(
+                "cannot write the pid file %s (%s): serving all the same", self.paths.pid, exc
+            )
 
     def _remove_own_files(self) -> None:
         """The pid file and socket path, unless a successor owns them by now."""
