@@ -3,6 +3,8 @@ faults are injected at random, with the invariants checked the whole time.
 
     python3 bench/soak.py --minutes 30 --seed 7
     python3 bench/soak.py --minutes 3 --seed 21 --services 6 --report soak.json
+    python3 bench/soak.py --minutes 5 --seed 8 --runtime docker     # + docker-restart
+    python3 bench/soak.py --minutes 5 --seed 9 --state etcd://      # + etcd-member-kill
 
 Deterministic given the seed (printed first): the plan of commits and faults, their
 moments and every choice among live candidates come from it (:mod:`soak_plan`), so a
@@ -11,7 +13,11 @@ tmpfs, filled for the full-disk fault). Phases:
 
 1. **warm-up**: a bare Git remote with the shop (:mod:`soak_shop`), ``gitorch daemon``
    fetching it (``--repo file://...``, process driver, built-in data plane) under the
-   soak's supervisor, decoys gitorch must never touch, until the shop is served;
+   soak's supervisor, decoys gitorch must never touch, until the shop is served. With
+   ``--runtime docker`` the replicas are containers of the example images on a private
+   engine of the soak's own (never the machine's shared one: the docker-restart fault
+   restarts it); with ``--state etcd://`` the state is in three etcd members of its own on
+   loopback (the folder keeps the host's local files), one of which etcd-member-kill kills;
 2. **chaos** for ``--minutes``: load through every exposed service (:mod:`soak_load`),
    commits (good versions, never-ready versions, 5xx canaries, invalid manifests, scale
    changes, services added and removed, reverts, a mass prune the guard must refuse) and
@@ -49,9 +55,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-# bench/ (the soak's modules), the repository (gitorch) and rigs/ (parts shared with the
-# tests) are not installed packages.
-for _path in (BENCH, BENCH.parent, BENCH.parent / "rigs"):
+# bench/ (the soak's modules), the repository (gitorch), rigs/ and tests/shared (parts
+# shared with the tests: the etcd cluster) are not installed packages.
+for _path in (BENCH, BENCH.parent, BENCH.parent / "rigs", BENCH.parent / "tests" / "shared"):
     sys.path.insert(0, str(_path))
 
 from listen_ports import free_port  # noqa: E402
@@ -111,6 +117,7 @@ class Options:
     break_drain: bool
     exclude: tuple[str, ...]
     quiet: bool
+    etcd: str | None = None  # --state etcd://...: "" for the soak's own three members
 
 
 @dataclass
@@ -128,7 +135,8 @@ class Soak:
         opts = self.opts
         print(
             f"soak seed {opts.seed} ({opts.minutes:g} min, {opts.services} services, "
-            f"{opts.runtime} driver{', DRAINING DISABLED' if opts.break_drain else ''})",
+            f"{opts.runtime} driver{', state in etcd' if opts.etcd is not None else ''}"
+            f"{', DRAINING DISABLED' if opts.break_drain else ''})",
             flush=True,
         )
         world = World.make()
@@ -152,6 +160,10 @@ class Soak:
             counter=True,
         )
         env = {NO_DRAIN_ENV: "1"} if opts.break_drain else {}
+        etcd, state_args = self._etcd_state(world)
+        engine = self._docker_engine(world)
+        if engine is not None:
+            env["DOCKER_HOST"] = engine.endpoint
         daemon_tail = [
             "--repo",
             remote.url,
@@ -162,7 +174,14 @@ class Soak:
             "--resync",
             "1s",
         ]
-        daemon = Daemon(world, daemon_tail, journal, env)
+        daemon = Daemon(
+            world,
+            daemon_tail,
+            journal,
+            env,
+            state_args,
+            revision=self._etcd_revision if etcd is not None else None,
+        )
         self.daemon = daemon
         plane = DataPlane(world)
         self.plane = plane
@@ -174,7 +193,7 @@ class Soak:
         targets = Targets(lambda: committer.applied_index())
         committer = Committer(remote, journal, targets, ports, daemon.applied_revision)
         self.committer = committer
-        shop = initial_shop(ports, opts.services)
+        shop = initial_shop(ports, opts.services, images=engine is not None)
         committer.make(Change("initial", "The soak's shop", shop, {}))
 
         decoys = self._decoys(world)
@@ -183,10 +202,18 @@ class Soak:
         self.load = load
         self.cleanup.push("stop the load", load.stop)
 
+        known: list[str] = []
+
         def cluster() -> str | None:
+            """The cluster's name (in the folder, or in etcd: read once it exists)."""
             from gitorch.live.inventory import existing_cluster_name
 
-            return existing_cluster_name(world.state)
+            if known:
+                return known[0]
+            name = existing_cluster_name(world.state) if etcd is None else self._etcd_cluster()
+            if name:
+                known.append(name)
+            return name
 
         self.cluster = cluster
         faults = Faults(
@@ -199,6 +226,8 @@ class Soak:
             absent_extra=lambda u: self._absent_extra(u),
             add_service=lambda name, planned: self._add_service(name, planned),
             rollout_under_way=self._rollout_under_way,
+            engine_restart=self._engine_restart if engine is not None else None,
+            etcd=etcd,
         )
         self.faults = faults
         self.cleanup.push("undo the fault under way", faults.undo_all)
@@ -232,7 +261,8 @@ class Soak:
         journal.note("phase", "warm-up done: the shop is served")
 
         # 2. chaos
-        plan = make_plan(opts.seed, opts.minutes * 60, fault_kinds(opts.runtime, opts.exclude))
+        kinds = fault_kinds(opts.runtime, opts.exclude, etcd is not None)
+        plan = make_plan(opts.seed, opts.minutes * 60, kinds)
         (world.logs / "plan.json").write_text(
             json.dumps([vars(p) for p in plan], indent=1), encoding="utf-8"
         )
@@ -262,6 +292,7 @@ class Soak:
             minutes=round(chaos_seconds / 60, 2),
             services=opts.services,
             runtime=opts.runtime,
+            state="etcd (3 members)" if etcd is not None else "folder (SQLite)",
             drainingDisabled=opts.break_drain,
             requests=load.total,
             requestsOk=load.tally.ok,
@@ -270,7 +301,7 @@ class Soak:
             excused=dict(checks.excused),
             notServedYet=dict(load.tally.ignored),
             slowestRequestSeconds=round(load.tally.slowest, 2),
-            faults={k: faults.counts.get(k, 0) for k in fault_kinds(opts.runtime, opts.exclude)},
+            faults={k: faults.counts.get(k, 0) for k in kinds},
             faultsNotBuilt=self._not_built(),
             commits=dict(committer.counts),
             maxReplicas=checks.max_replicas,
@@ -525,7 +556,7 @@ class Soak:
         if dead:
             problems.append(f"records of replicas that do not run: {dead}")
         folders = runtime_dir(self.world.state, local_node_name()) / "replicas"
-        if folders.is_dir():
+        if folders.is_dir() and self.opts.runtime != "docker":
             extra = sorted({p.name for p in folders.iterdir()} - processes)
             if extra:
                 problems.append(f"replica folders left behind: {extra}")
@@ -553,7 +584,15 @@ class Soak:
 
         if not hasattr(self, "_runtime"):
             node = local_node_name()
-            self._runtime = ProcessRuntime(node, runtime_dir(self.world.state, node), cgroups=None)
+            self._runtime: Any
+            if self.opts.runtime == "docker":
+                from gitorch.runtime.docker import DockerRuntime
+
+                self._runtime = DockerRuntime(node, self.engine.endpoint)
+            else:
+                self._runtime = ProcessRuntime(
+                    node, runtime_dir(self.world.state, node), cgroups=None
+                )
         try:
             instances = self._runtime.list_instances(cluster)
         except (GitorchError, OSError):
@@ -600,11 +639,116 @@ class Soak:
         return [server, replica]
 
     def _not_built(self) -> dict[str, str]:
-        missing = {
-            "etcd-member-kill": "the HA control plane (etcd) is not built yet",
-            "docker-restart": "the soak runs the process driver only (--runtime docker: not built)",
-        }
+        """Fault kinds this run could not inject, and why."""
+        missing = {}
+        if self.opts.etcd is None:
+            missing["etcd-member-kill"] = "state in a folder (--state etcd:// injects it)"
+        elif self.opts.etcd:
+            missing["etcd-member-kill"] = "an etcd cluster the soak did not start"
+        if self.opts.runtime != "docker":
+            missing["docker-restart"] = "the process driver (--runtime docker injects it)"
         return missing
+
+    def _docker_engine(self, world: World) -> Any:
+        """With ``--runtime docker``: a private engine (containerd + dockerd of the soak's
+        own, ``--live-restore`` as an operator would run it) with the example images built
+        into it. Never the machine's shared engine: the engine-restart fault restarts it."""
+        if self.opts.runtime != "docker":
+            return None
+        import subprocess
+
+        import replica_procs
+        from private_dockerd import PrivateEngine
+
+        engine = PrivateEngine(prefix="soak", extra_args=("--live-restore",))
+        self.cleanup.push("shut the private Docker engine down", engine.shutdown)
+        engine.boot()
+        self.say(f"private Docker engine at {engine.endpoint}: building the example images")
+        done = subprocess.run(
+            ["sh", str(REPO / "examples" / "images" / "build.sh")],
+            env={**os.environ, "DOCKER_HOST": engine.endpoint},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"examples/images/build.sh failed:\n{done.stdout}{done.stderr}")
+        replica_procs.use_engine(engine.endpoint)
+        self.cleanup.push("list process replicas again", lambda: replica_procs.use_engine(None))
+        self.engine = engine
+        return engine
+
+    def _engine_restart(self, u: float) -> str:
+        """The docker-restart fault: dockerd SIGKILLed (a crash) or stopped with SIGTERM
+        (``systemctl restart docker``), by the draw, and started again at once."""
+        engine = self.engine
+        started = time.monotonic()
+        if u < 0.5:
+            how = "SIGKILL"
+            engine.kill()
+        else:
+            how = "SIGTERM"
+            assert engine.dockerd is not None
+            engine.dockerd.terminate()
+            engine.dockerd.wait(60)
+        down = time.monotonic() - started
+        engine.start()
+        return (
+            f"dockerd {how}: down after {down:.1f}s, answering again "
+            f"{time.monotonic() - started:.1f}s after the signal"
+        )
+
+    def _etcd_state(self, world: World) -> tuple[Any, list[str] | None]:
+        """With ``--state etcd://``: the soak's own three members (``etcd://`` alone) or
+        the given cluster, and the daemon's state options (the folder holds the host's
+        local files: ``--runtime-dir``)."""
+        if self.opts.etcd is None:
+            return None, None
+        cluster = None
+        url = self.opts.etcd
+        if not url:
+            from etcd_helpers import EtcdCluster, new_namespace
+
+            cluster = EtcdCluster(world.root / "etcd").start()
+            self.cleanup.push("stop etcd", cluster.close)
+            url = cluster.url(new_namespace("soak"))
+        self.etcd_url = url
+        self._last_revision: str | None = None
+        self.say(f"state in {url}")
+        state = ["--state", url, "--runtime-dir", str(world.state), "--name", "soak"]
+        return cluster, state
+
+    def _etcd_revision(self) -> str | None:
+        """The commit the daemon applies, from its member record in etcd (the last one
+        read while the record is gone: the daemon is down, or its lease expired)."""
+        from gitorch.errors import GitorchError
+        from gitorch.state import StateStore
+        from gitorch.state.etcd.backend import EtcdBackend
+        from gitorch.state.etcd.election import read_leadership
+        from gitorch.state.location import parse_location
+
+        try:
+            with StateStore(parse_location(self.etcd_url), readonly=True) as store:
+                assert isinstance(store.backend, EtcdBackend)
+                found = read_leadership(store.backend)
+        except GitorchError:
+            return self._last_revision
+        for member in found["members"]:
+            if member.get("name") == "soak" and isinstance(member.get("revision"), str):
+                self._last_revision = member["revision"]
+        return self._last_revision
+
+    def _etcd_cluster(self) -> str | None:
+        from gitorch.errors import GitorchError
+        from gitorch.live.inventory import cluster_identity
+        from gitorch.state import StateStore
+        from gitorch.state.location import parse_location
+
+        try:
+            with StateStore(parse_location(self.etcd_url), readonly=True) as store:
+                return cluster_identity(store, self.world.state, create=False)
+        except GitorchError:
+            return None
 
     def _on_break(self, found: Break) -> None:
         print(
@@ -615,7 +759,7 @@ class Soak:
 
     def _remove_replicas(self, world: World) -> None:
         cluster = self.cluster() if hasattr(self, "cluster") else None
-        if cluster is None:
+        if cluster is None or self.opts.runtime == "docker":  # the engine goes whole
             return
         from gitorch.errors import GitorchError
         from gitorch.live.inventory import local_node_name, runtime_dir
@@ -700,7 +844,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--services", type=int, default=3, help="services in the shop (>= 3)")
     parser.add_argument("--runtime", choices=("process", "docker"), default="process")
     parser.add_argument(
-        "--state", default=None, help="etcd://... (the HA state store: not built yet)"
+        "--state",
+        default=None,
+        metavar="etcd://[HOST:PORT,...[/NAMESPACE]]",
+        help="keep the state in etcd: etcd:// alone starts three members of the soak's own "
+        "on loopback (and kills them one at a time: etcd-member-kill)",
     )
     parser.add_argument(
         "--rate", type=float, default=25.0, help="requests a second per client thread"
@@ -717,14 +865,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, journal)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    if args.runtime == "docker":
-        # The checks read replicas from /proc and the process driver's records; the
-        # Docker side (containers, the engine restart fault) is not written yet.
-        parser.exit(2, "--runtime docker: not built yet (the soak runs the process driver)\n")
+    etcd = None
     if args.state is not None:
-        if args.state.startswith("etcd://"):
-            parser.exit(2, "--state etcd://: the HA state store (etcd) is not built yet\n")
-        parser.exit(2, "--state: only etcd://... (not built yet) is meant here\n")
+        if not args.state.startswith("etcd://"):
+            parser.error("--state: only etcd://... (the soak's state is a folder otherwise)")
+        etcd = args.state.removeprefix("etcd://").strip("/")
+        etcd = "" if not etcd else args.state
     exclude = tuple(filter(None, args.exclude.split(",")))
     if "all" in exclude:
         exclude = FAULT_KINDS
@@ -745,6 +891,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         break_drain=args.break_drain,
         exclude=exclude,
         quiet=args.quiet,
+        etcd=etcd,
     )
 
 

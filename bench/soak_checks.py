@@ -21,14 +21,20 @@ word alone):
 
   - ``bad-canary``: a 5xx answered by a version the soak made to answer 5xx (its
     ``X-App-Version``), and the canary checks below hold;
-  - ``proxy-kill``: a connection-level failure while the data plane was down after a
-    SIGKILL of the proxy (its only process holding the ports), until a new one answered;
+  - ``proxy-kill``: a connection-level failure of a request in flight on the moment the
+    proxy's coordinator was SIGKILLed (its workers end with it). Not a refused
+    connection after it: the proxy's socket keeper holds the listening sockets, so new
+    connections wait in the kernel's queue for the coordinator it starts at once;
   - ``proxy-worker-kill``: a connection-level failure of a request in flight on the
     moment a proxy worker was SIGKILLed;
   - ``replica-kill``: a 502 to a POST in flight on the moment a replica of that service
     was SIGKILLed, until the kernel had torn it down (a loaded machine takes a while, and
     until then its listening socket still accepts connections); a GET is sent again by
     the proxy, a POST may not be;
+  - ``docker-restart``: a connection-level failure, a 502 or a 503 while the Docker
+    engine was restarted, and ``ENGINE_TAIL`` after it answered: containers live on
+    (``--live-restore``), but their published ports are docker-proxy processes, which
+    end with dockerd and are started again by the new one;
   - ``sole-replica``: a 502 or 503 of a service whose only ready replica was killed or
     stopped, until a replacement is ready (``SOLE_REPLICA_BOUND``) or it continues: with
     one replica there is nothing else to send the request to.
@@ -63,8 +69,9 @@ JUDGE_DELAY = 5.0
 #: A killed proxy must be replaced within this (the daemon reads figures every 2 s and
 #: starts one when none answers; a loaded 2-core machine starts Python slowly).
 PROXY_BACK_BOUND = 30.0
-#: Connection-level failures after a proxy came back still belong to its kill.
-PROXY_BACK_TAIL = 2.0
+#: After a restarted Docker engine answers, it publishes its containers' ports again
+#: within this (docker-proxy processes started as it restores them).
+ENGINE_TAIL = 10.0
 #: A request in flight when a worker or a replica was killed ends within this.
 KILL_TAIL = 3.0
 #: A service whose only ready replica was killed has a ready replacement within this
@@ -318,12 +325,18 @@ class Checks:
         for fault in list(self.faults.done):
             if fault.skipped:
                 continue
-            if fault.kind == "proxy-kill" and connection:
-                until = (fault.back or fault.end or time.monotonic()) + PROXY_BACK_TAIL
-                if fault.start <= failure.end <= until:
-                    return "proxy-kill"
-            if fault.kind == "proxy-worker-kill" and connection and _in_flight_at(failure, fault):
-                return "proxy-worker-kill"
+            if (
+                fault.kind in ("proxy-kill", "proxy-worker-kill")
+                and connection
+                and _in_flight_at(failure, fault)
+            ):
+                return fault.kind
+            if (
+                fault.kind == "docker-restart"
+                and (connection or failure.status in (502, 503))
+                and fault.start <= failure.end <= (fault.end or time.monotonic()) + ENGINE_TAIL
+            ):
+                return "docker-restart"
             if (
                 fault.kind in ("replica-kill", "replica-stop")
                 and fault.others_ready == 0

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from replica_procs import alive, replica_processes
 from soak_plan import Planned
@@ -66,6 +67,7 @@ class Faults:
     add_service: Callable[[str, Planned], None]  # the port-taken fault's commit
     rollout_under_way: Callable[[], bool]
     engine_restart: Callable[[float], str] | None = None  # docker: restart the engine
+    etcd: Any = None  # etcd_helpers.EtcdCluster: the soak's own members (--state etcd://)
     done: list[Injected] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     foreign: list[Foreign] = field(default_factory=list)  # port holders while they hold
@@ -143,7 +145,9 @@ class Faults:
         workers = self.plane.workers()
         fault.target = f"pid {pid} (+ workers {workers})"
         signal_pid(pid, signal.SIGKILL)
-        # The workers end when their pipe to the coordinator closes.
+        # The workers end when their pipe to the coordinator closes; the keeper starts a
+        # new coordinator on the same sockets.
+        fault.gone = max([_gone(pid), *(_gone(w) for w in workers)])
         deadline = time.monotonic() + PROXY_BACK_WAIT
         while time.monotonic() < deadline:
             answering = self.plane.answers(1.0)
@@ -262,6 +266,21 @@ class Faults:
         fault.detail = self.engine_restart(planned.draws[0])
         fault.target = "dockerd"
 
+    def _etcd_member_kill(self, planned: Planned, fault: Injected) -> None:
+        if self.etcd is None:
+            fault.skipped = "not the soak's own etcd cluster"
+            return
+        members = self.etcd.members
+        member = members[min(len(members) - 1, int(planned.draws[0] * len(members)))]
+        fault.target = f"etcd member {member.name} ({member.endpoint})"
+        self.etcd.kill(member)
+
+        def restart() -> None:
+            self.etcd.restart(member)
+            self.etcd.wait_healthy(timeout=60)
+
+        self._hold(planned.duration, restart)
+
     # -- what the checks ask ----------------------------------------------------------------
 
     def foreign_intact(self) -> list[str]:
@@ -291,14 +310,18 @@ def _ready(port: str | None) -> bool:
     """The replica listening on ``port`` answers its health check (what readiness asks)."""
     if not port or not port.isdigit():
         return False
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=1.0)
-        conn.request("GET", "/healthz")
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
-    except (OSError, http.client.HTTPException):
-        return False
+    for path in ("/healthz", "/cgi-bin/healthz"):  # the Python apps', the images'
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=1.0)
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+        except (OSError, http.client.HTTPException):
+            return False
+        if response.status != 404:
+            return response.status == 200
+    return False
 
 
 def _fill(path: os.PathLike[str] | str) -> int:

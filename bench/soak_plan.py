@@ -29,8 +29,11 @@ FAULT_KINDS: tuple[str, ...] = (
     "git-unreachable",
     "disk-full",
     "docker-restart",
+    "etcd-member-kill",
 )
 DOCKER_ONLY = ("docker-restart",)
+#: Only with ``--state etcd://`` (the soak's own three members).
+ETCD_ONLY = ("etcd-member-kill",)
 
 #: Seconds between commits, and between the end of one fault and the next one.
 COMMIT_GAP = (5.0, 18.0)
@@ -48,6 +51,7 @@ DURATIONS: dict[str, tuple[float, float]] = {
     "git-unreachable": (5.0, 45.0),
     "disk-full": (5.0, 30.0),
     "docker-restart": (0.0, 0.0),
+    "etcd-member-kill": (3.0, 25.0),  # then it is started again and rejoins
 }
 #: Soaks shorter than this (seconds) compress the fault plan.
 SHORT = 900.0
@@ -73,11 +77,13 @@ class Planned:
         return f"{self.what} {self.kind}{extra}{moment}"
 
 
-def fault_kinds(runtime: str, exclude: Iterable[str] = ()) -> tuple[str, ...]:
-    """The fault kinds a run on ``runtime`` injects."""
+def fault_kinds(runtime: str, exclude: Iterable[str] = (), etcd: bool = False) -> tuple[str, ...]:
+    """The fault kinds a run on ``runtime`` injects (``etcd``: with the soak's own etcd)."""
     skip = set(exclude)
     if runtime != "docker":
         skip |= set(DOCKER_ONLY)
+    if not etcd:
+        skip |= set(ETCD_ONLY)
     return tuple(k for k in FAULT_KINDS if k not in skip)
 
 

@@ -281,8 +281,17 @@ class Daemon:
     started, killed, stopped and continued on request, and started again after a kill."""
 
     def __init__(
-        self, world: World, argv_tail: list[str], journal: Journal, env: dict[str, str]
+        self,
+        world: World,
+        argv_tail: list[str],
+        journal: Journal,
+        env: dict[str, str],
+        state: list[str] | None = None,
+        revision: Callable[[], str | None] | None = None,
     ) -> None:
+        """``state``: the daemon's ``--state`` options (default: the world's folder);
+        ``revision``: where the applied commit is read (default: ``daemon.json``)."""
+        self.revision = revision
         self.world = world
         self.port = free_port()
         self.argv = [
@@ -290,8 +299,7 @@ class Daemon:
             "-m",
             "gitorch",
             "daemon",
-            "--state",
-            str(world.state),
+            *(state or ["--state", str(world.state)]),
             "--listen",
             f"127.0.0.1:{self.port}",
             *argv_tail,
@@ -303,18 +311,25 @@ class Daemon:
         self.paused = False
         self.expect_exit = False
         self._log = (world.logs / "daemon.log").open("ab")
+        self._starting = threading.Lock()
 
     def start(self) -> None:
-        self.expect_exit = False
-        self.paused = False
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=child_env(self.env),
-            cwd=self.world.root,
-            start_new_session=True,
-        )
+        """Start the daemon unless it runs (the fault that killed it and the checks, as
+        its supervisor, may both start it: one does). The killed one stays expected to
+        have exited until the new one is there, so the checks never see it as a crash."""
+        with self._starting:
+            if self.running():
+                return
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=child_env(self.env),
+                cwd=self.world.root,
+                start_new_session=True,
+            )
+            self.expect_exit = False
+            self.paused = False
         self.starts += 1
         self.journal.note("daemon", f"daemon started (pid {self.proc.pid})", pid=self.proc.pid)
 
@@ -384,6 +399,8 @@ class Daemon:
     def applied_revision(self) -> str | None:
         """The commit the daemon applies (``<state>/daemon.json``), read from the file so
         that it is known while the daemon is stopped."""
+        if self.revision is not None:
+            return self.revision()
         try:
             data = json.loads((self.world.state / "daemon.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -420,8 +437,8 @@ class DataPlane:
         return [p for p in children_of(pid) if alive(p)] if pid else []
 
     def coordinators(self) -> list[int]:
-        """Every live proxy coordinator of this state directory (more than one only
-        during a handover)."""
+        """Every live proxy of this state directory, by its root process (the socket
+        keeper, whose child is the coordinator; more than one only during a handover)."""
         pids = processes_naming(str(self.world.state), ("gitorch.traffic.proxy", "proxy"))
         return [p for p in pids if read_proc(p) is not None and read_proc(p).ppid not in pids]  # type: ignore[union-attr]
 
@@ -450,10 +467,13 @@ class DataPlane:
         deadline = time.monotonic() + 15
         while self.coordinators() and time.monotonic() < deadline:
             time.sleep(0.1)
-        for pid in self.coordinators():
-            for kid in children_of(pid):
-                signal_pid(kid, signal.SIGKILL)
+        for pid in self.coordinators():  # the socket keeper first: it would start another
+            kids = children_of(pid)
             signal_pid(pid, signal.SIGKILL)
+            for kid in kids:
+                for grandchild in children_of(kid):
+                    signal_pid(grandchild, signal.SIGKILL)
+                signal_pid(kid, signal.SIGKILL)
 
 
 # -- processes that are not gitorch's ------------------------------------------------------

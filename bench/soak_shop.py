@@ -97,6 +97,7 @@ class Shop:
     services: tuple[Svc, ...]
     corrupt: str | None = None  # an invalid-manifest mutation on top (CORRUPTIONS)
     mass_prune: bool = False  # most manifests deleted: the guard must refuse it
+    images: bool = False  # the Docker driver: the example images instead of commands
 
     def service(self, name: str) -> Svc | None:
         return next((s for s in self.services if s.name == name), None)
@@ -144,8 +145,9 @@ def extra_names(count: int) -> list[str]:
     return [f"extra{n}" for n in range(1, count + 1)]
 
 
-def initial_shop(ports: Ports, services: int) -> Shop:
-    """The example shop, plus generated services of the api app up to ``services``."""
+def initial_shop(ports: Ports, services: int, images: bool = False) -> Shop:
+    """The example shop, plus generated services of the api app up to ``services``
+    (``images``: run by the Docker driver, from examples/images/build.sh's images)."""
     core = [
         Svc("api", "api", "RollingUpdate", 2, port=ports.api, core=True),
         Svc("web", "web", "Canary", 3, port=ports.web, core=True),
@@ -161,7 +163,7 @@ def initial_shop(ports: Ports, services: int) -> Shop:
             break
         strategy = "Canary" if n % 3 == 2 else "RollingUpdate"
         extras.append(Svc(name, "api", strategy, 2, port=ports.extras[name]))
-    return Shop(tuple(sorted(core + extras, key=lambda s: s.name)))
+    return Shop(tuple(sorted(core + extras, key=lambda s: s.name)), images=images)
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -205,14 +207,24 @@ def render(svc: Svc, shop: Shop) -> dict[str, Any]:
     if not doc["metadata"].get("annotations"):
         doc["metadata"].pop("annotations", None)
     spec = doc["spec"]
-    spec["command"] = ["python3", str(APPS / svc.app / "app.py")]
+    if shop.images:
+        # The image's own entrypoint; VERSION, FAIL_MODE, SLOW_MS and LINGER_MS are read
+        # by its scripts as by the Python apps.
+        spec.pop("command", None)
+        spec["image"] = f"gitorch-example/{svc.app}:1"
+        for probe in ("readinessProbe", "livenessProbe"):
+            check = spec.get(probe, {}).get("httpGet", {})
+            if check.get("path") == "/healthz":
+                check["path"] = "/cgi-bin/healthz"  # busybox httpd serves CGI there
+    else:
+        spec["command"] = ["python3", str(APPS / svc.app / "app.py")]
     env = {k: str(v) for k, v in spec.get("env", {}).items()}
     env["VERSION"] = svc.version_label
     env["SLOW_MS"] = str(SLOW_MS) if svc.app != "worker" else "0"
     if svc.fail_mode:
         env["FAIL_MODE"] = svc.fail_mode
     api = shop.service("api")
-    if "API_SERVICE_PORT" in env and api is not None and api.port is not None:
+    if "API_SERVICE_PORT" in env and api is not None and api.port is not None and not shop.images:
         env["API_SERVICE_PORT"] = str(api.port)
     spec["env"] = env
     spec["replicas"] = svc.replicas

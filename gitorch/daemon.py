@@ -61,6 +61,7 @@ from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verificati
 from gitorch.state import RecordNotFound, StateStore
 from gitorch.state.errors import NotLeader, StateUnavailable
 from gitorch.state.layout import DAEMON_FILE
+from gitorch.state.records import RevisionResult
 from gitorch.state.requests import request_action
 
 log = logging.getLogger("gitorch.daemon")
@@ -354,12 +355,18 @@ class Daemon:
         )
 
     def _keep_last_good(self, refused: str) -> None:
-        """A daemon that starts on a refused or invalid commit goes on with the last
-        revision it applied (so its endpoints are served again), checked by the same
-        policy; nothing when there is none."""
+        """A daemon that starts on a refused or invalid commit goes on with the revision
+        it was applying (the newest attempted that no policy refused: what a daemon that
+        was not restarted would still apply; the last one that succeeded would prune the
+        services added since), checked by the same policy; nothing when there is none."""
         if self._desired is not None or self.session is None or self.source is None:
             return
-        last = self.session.store.last_applied_revision()
+        store = self.session.store
+        recent = store.list_revisions(limit=20)
+        last = (
+            next((r for r in recent if r.result is not RevisionResult.REFUSED), None)
+            or store.last_applied_revision()
+        )
         if last is None or last.sha == refused:
             return
         opts = self.options
@@ -377,14 +384,14 @@ class Daemon:
         except GitorchError as exc:
             log.error("cannot go on with the last applied revision: %s", exc.message)
             return
-        trigger = f"daemon start: the last applied revision ({refused[:12]} was refused)"
+        trigger = f"daemon start: the revision it was applying ({refused[:12]} was refused)"
         commit = verified_commit(
             replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger), verdict
         )
         with self._lock:
             self._desired = desired
             self._commit = commit
-        log.info("going on with the last applied revision %s", last.sha[:12])
+        log.info("going on with the revision it was applying, %s", last.sha[:12])
 
     def _invalid(self, sha: str, exc: ManifestInvalid, commit: CommitMeta) -> None:
         """An invalid revision: reported where people look; the last good one runs on."""

@@ -199,6 +199,7 @@ class PrivateEngine(EngineLogs):
 
     prefix: str = "pd"
     tcp: bool = False
+    extra_args: tuple[str, ...] = ()  # more dockerd flags (the soak: --live-restore)
     root: Path = field(init=False)
     bridge: str = field(init=False)
     tcp_port: int | None = field(init=False, default=None)
@@ -279,7 +280,7 @@ class PrivateEngine(EngineLogs):
         if self.tcp_port is not None:
             hosts.append(f"--host={self.tcp_endpoint}")
         self.dockerd = subprocess.Popen(
-            dockerd_argv(self.root, self.bridge, hosts),
+            [*dockerd_argv(self.root, self.bridge, hosts), *self.extra_args],
             stdout=self._log("dockerd.log"),
             stderr=subprocess.STDOUT,
         )

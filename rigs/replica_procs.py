@@ -68,7 +68,10 @@ class ReplicaProc:
 
 def replica_processes(cluster: str) -> list[ReplicaProc]:
     """Every live process whose environment names a replica of ``cluster`` (found from
-    /proc, not from gitorch's records: orphans included)."""
+    /proc, not from gitorch's records: orphans included); the containers of the engine
+    named by :func:`use_engine` when one is."""
+    if _ENGINE:
+        return _container_replicas(_ENGINE[0], cluster)
     prefix = f"{cluster}-".encode()
     found = []
     for entry in os.scandir("/proc"):
@@ -92,4 +95,54 @@ def replica_processes(cluster: str) -> list[ReplicaProc]:
         name = env.get("GITORCH_REPLICA", "")
         service = name[len(cluster) + 1 :].rsplit("-", 3)[0]
         found.append(ReplicaProc(proc.pid, name, service, proc.state, proc.ticks, env))
+    return found
+
+
+# -- Docker replicas (the soak's --runtime docker) --------------------------------------------
+
+_ENGINE: list[str] = []  # the engine whose containers replica_processes lists instead
+_LAST: dict[str, list[ReplicaProc]] = {}  # cluster -> the last list the engine gave
+
+
+def use_engine(endpoint: str | None) -> None:
+    """List replicas as the containers of ``endpoint`` (None: process replicas again)."""
+    _ENGINE[:] = [endpoint] if endpoint else []
+
+
+def _container_replicas(endpoint: str, cluster: str) -> list[ReplicaProc]:
+    """The running containers of ``cluster`` as :class:`ReplicaProc` (their main process
+    as the host sees it). ``env`` is the container's, except ``PORT``: where the replica
+    answers from the host (its published port), and ``VOLUME_DATA``: the volume's folder
+    as the host reaches it (``/proc/PID/root/...``). While the engine does not answer
+    (restarted on purpose), the last list, less the processes that ended."""
+    import docker  # the soak's Docker side only; gitorch's is gitorch/runtime/docker.py
+
+    try:
+        client = docker.DockerClient(base_url=endpoint, timeout=10)
+        try:
+            containers = client.containers.list(filters={"label": f"dev.gitorch.cluster={cluster}"})
+        finally:
+            client.close()
+    except Exception:  # the engine is down: what ran before still runs, or is gone
+        return [r for r in _LAST.get(cluster, []) if alive(r.pid)]
+    found = []
+    for container in containers:
+        attrs = container.attrs
+        pid = int((attrs.get("State") or {}).get("Pid") or 0)
+        proc = read_proc(pid) if pid else None
+        if proc is None or proc.state in ("Z", "X"):
+            continue
+        config = attrs.get("Config") or {}
+        env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
+        bindings = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        published = [b["HostPort"] for spec in bindings.values() for b in spec or [] if b]
+        if published:
+            env["PORT"] = published[0]
+        if env.get("VOLUME_DATA"):
+            env["VOLUME_DATA"] = f"/proc/{pid}/root{env['VOLUME_DATA']}"
+        labels = config.get("Labels") or {}
+        name = str(attrs.get("Name", "")).lstrip("/")
+        service = labels.get("dev.gitorch.service", "")
+        found.append(ReplicaProc(pid, name, service, proc.state, proc.ticks, env))
+    _LAST[cluster] = found
     return found

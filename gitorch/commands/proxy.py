@@ -118,7 +118,9 @@ def status(args: argparse.Namespace) -> int:
         hello = call(paths.socket, {"op": "hello"}, 10.0)
         health = call(paths.socket, {"op": "health"}, 10.0)
         out.print(
-            f"built-in proxy: pid {hello.get('pid')}, gitorch {escape(str(hello.get('version')))}, "
+            f"built-in proxy: pid {hello.get('pid')} "
+            f"({'socket keeper ' + str(hello['keeper']) if hello.get('keeper') else 'no socket keeper'}), "
+            f"gitorch {escape(str(hello.get('version')))}, "
             f"{hello.get('workers')} workers on {escape(str(hello.get('host')))}, "
             f"{health.get('routes')} routes, up {_ago(hello.get('startedAt'))}, "
             f"{'serving' if health.get('ok') else escape(str(health.get('message')))}"

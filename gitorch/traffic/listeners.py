@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gitorch.traffic.holders import descends_from, port_holders
@@ -118,6 +118,12 @@ class SocketSet:
         self.host = host
         self.copies = max(1, copies)
         self._ports: dict[int, list[list[socket.socket]]] = {}  # port -> per copy: families
+        #: Called after the set of sockets changed (the proxy tells its keeper).
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def ports(self) -> set[int]:
         return set(self._ports)
@@ -151,6 +157,7 @@ class SocketSet:
                     sock.close()
             raise
         self._ports[port] = opened
+        self._changed()
 
     def duplicate(self, port: int, index: int) -> list[socket.socket]:
         """New descriptors of copy ``index`` of ``port`` (for a worker or a balancer)."""
@@ -166,10 +173,13 @@ class SocketSet:
         """Close the copies of ports not in ``ports``. The socket itself closes when the
         last worker holding it lets go (after accepting what the kernel had queued)."""
         wanted = set(ports)
-        for port in [p for p in self._ports if p not in wanted]:
+        leaving = [p for p in self._ports if p not in wanted]
+        for port in leaving:
             for copy in self._ports.pop(port):
                 for sock in copy:
                     sock.close()
+        if leaving:
+            self._changed()
 
     def close(self) -> None:
         self.close_except(())
@@ -206,3 +216,4 @@ class SocketSet:
                 except ListenError:
                     break  # served by fewer copies: the kernel spreads over those
             self._ports[port] = copies
+        self._changed()

@@ -14,9 +14,9 @@ from soak_checks import Checks
 from soak_commits import Committer
 from soak_faults import Injected
 from soak_load import Failure, Load, Targets
-from soak_plan import DOCKER_ONLY, fault_kinds, make_plan
+from soak_plan import DOCKER_ONLY, ETCD_ONLY, fault_kinds, make_plan
 from soak_rig import GitRemote, Journal, World
-from soak_shop import COMMIT_KINDS, Ports, initial_shop, next_change
+from soak_shop import COMMIT_KINDS, Ports, initial_shop, next_change, render
 
 from gitorch.runtime.base import LABEL_REVISION, LABEL_SERVICE, LABEL_SPEC_DIGEST
 
@@ -41,6 +41,21 @@ def test_a_short_soak_injects_every_fault_kind_and_commits_every_kind() -> None:
         assert {p.kind for p in faults} == set(kinds), seed
     seen = {p.kind for seed in range(1, 6) for p in make_plan(seed, 1800, kinds)}
     assert set(COMMIT_KINDS) <= seen
+
+
+def test_docker_and_etcd_runs_add_their_faults_and_the_shop_runs_images() -> None:
+    assert not set(ETCD_ONLY) & set(fault_kinds("docker"))
+    every = fault_kinds("docker", etcd=True)
+    assert set(DOCKER_ONLY) | set(ETCD_ONLY) <= set(every)
+    plan = make_plan(5, 300, every)
+    assert {p.kind for p in plan if p.what == "fault"} == set(every)
+    shop = initial_shop(_ports(), 3, images=True)
+    for svc in shop.services:
+        spec = render(svc, shop)["spec"]
+        assert "command" not in spec and spec["image"] == f"gitorch-example/{svc.app}:1"
+        assert spec["readinessProbe"]["httpGet"]["path"] == "/cgi-bin/healthz"
+    process = initial_shop(_ports(), 3)
+    assert "image" not in render(process.services[0], process)["spec"]
 
 
 def _ports() -> Ports:
@@ -180,18 +195,28 @@ def _failure(**kw: object) -> Failure:
             Injected("replica-kill", 100, 100, "api", others_ready=0),
             None,
         ),
-        # the proxy killed: connection failures until a new one answers, not after
+        # the proxy killed: what was in flight on that moment; never a connection refused
+        # while a new coordinator starts (the keeper holds the sockets: they queue)
         (
-            _failure(status=None, error="refused", end=101),
-            Injected("proxy-kill", 100, 102, back=102),
+            _failure(status=None, error="reset", end=100.3),
+            Injected("proxy-kill", 100, 102, back=102, gone=100.2),
             "proxy-kill",
         ),
         (
-            _failure(status=None, error="refused", start=110, end=110),
-            Injected("proxy-kill", 100, 102, back=102),
+            _failure(status=None, error="refused", start=100.5, end=100.5),
+            Injected("proxy-kill", 100, 102, back=102, gone=100.2),
             None,
         ),
-        (_failure(status=502, end=101), Injected("proxy-kill", 100, 102, back=102), None),
+        (
+            _failure(status=None, error="refused", start=110, end=110),
+            Injected("proxy-kill", 100, 102, back=102, gone=100.2),
+            None,
+        ),
+        (
+            _failure(status=502, end=100.3),
+            Injected("proxy-kill", 100, 102, back=102, gone=100.2),
+            None,
+        ),
         # a proxy worker killed: what was in flight on that moment
         (
             _failure(status=None, error="reset"),
@@ -201,6 +226,23 @@ def _failure(**kw: object) -> Failure:
         (
             _failure(status=None, error="reset", start=101, end=101.1),
             Injected("proxy-worker-kill", 100.02, 100.02),
+            None,
+        ),
+        # the Docker engine restarted: its published ports were down until a while after
+        (
+            _failure(status=None, error="refused", start=103, end=103),
+            Injected("docker-restart", 100, 102),
+            "docker-restart",
+        ),
+        (
+            _failure(status=502, start=108, end=108),
+            Injected("docker-restart", 100, 102),
+            "docker-restart",
+        ),
+        (_failure(status=500, start=101, end=101), Injected("docker-restart", 100, 102), None),
+        (
+            _failure(status=None, error="refused", start=130, end=130),
+            Injected("docker-restart", 100, 102),
             None,
         ),
         # the daemon stopped: nothing excused
@@ -312,3 +354,14 @@ def test_the_counter_is_one_writer_whatever_the_commits() -> None:
         for planned in make_plan(seed, 600, ()):
             history.append(next_change(planned.kind, planned.draws, history, _ports()).shop)
         assert all(s.service("counter").replicas == 1 for s in history if s.service("counter"))
+
+
+def test_the_soak_takes_docker_and_etcd() -> None:
+    from soak import parse_args
+
+    opts = parse_args(["--runtime", "docker", "--state", "etcd://", "--seed", "3"])
+    assert (opts.runtime, opts.etcd) == ("docker", "")  # "": the soak's own three members
+    given = parse_args(["--state", "etcd://127.0.0.1:2379/shop"])
+    assert given.etcd == "etcd://127.0.0.1:2379/shop" and given.runtime == "process"
+    with pytest.raises(SystemExit):
+        parse_args(["--state", "/var/lib/gitorch"])

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 from reconciler_helpers import (
@@ -70,3 +72,37 @@ def test_invalid_commit_keeps_the_last_good_state_and_reports_file_line(cluster:
     status = gitorch("status", *cluster.state_args, "--format", "json", cwd=cluster.root)
     assert status.json()["lastError"] is None, status.json()
     assert get_version(port) == "2"
+
+
+def test_a_daemon_restarted_on_an_invalid_head_goes_on_with_what_it_was_applying(
+    cluster: Cluster,
+) -> None:
+    """Found by the chaos soak (bench/soak.py --state etcd://, seed 9): a daemon killed
+    while it applied a valid commit that adds a service, started again on an invalid head,
+    went back to the last commit that had *succeeded* and pruned the service it had just
+    added (its clients were refused). A daemon that is not restarted keeps applying the
+    last valid commit it has; one that restarts must do the same."""
+    from listen_ports import free_port
+
+    port, extra_port = cluster.port, free_port()
+    sha1 = commit(cluster.repo, {"api.yaml": process_service("api", port=port, replicas=1)}, "v1")
+    daemon = cluster.daemon()
+    wait_for("v1", lambda: converged(daemon.service("api"), sha1, 1), 40, describe=daemon.log_tail)
+    # extra's replica answers at once but is ready only after 30 s: v2 is in progress.
+    extra = process_service("extra", port=extra_port, replicas=1, initial_delay=30)
+    commit(cluster.repo, {"extra.yaml": extra}, "v2: add extra")
+    wait_for(
+        "extra's replica started",
+        lambda: bool(instance_ids(daemon.service("extra"))),
+        30,
+        describe=daemon.log_tail,
+    )
+    ids = instance_ids(daemon.service("extra"))
+    os.kill(daemon.proc.pid, signal.SIGKILL)
+    daemon.proc.wait(10)
+    commit(cluster.repo, {"api.yaml": "kind: Service\nmetadata: {name: api\n"}, "v3: invalid")
+    again = cluster.daemon()
+    time.sleep(6)  # several passes of the restarted daemon
+    svc = again.service("extra")
+    assert svc is not None and instance_ids(svc) == ids, again.log_tail()
+    assert "going on with the revision it was applying" in again.log_tail(200)

@@ -31,9 +31,30 @@ def stop_data_plane(state: Path, timeout: float = 20.0) -> None:
     master = HAProxyMaster(state / "haproxy")
     if master.adopt():
         master.stop()
-    for pid in processes_naming(state):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    # A proxy's socket keeper forks a new coordinator when its coordinator dies: kill
+    # until none is left (keepers come first in /proc's order, but a fork may race).
+    for _ in range(50):
+        left = processes_naming(state)
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def kill_proxy_tree(state: Path) -> int:
+    """SIGKILL the whole ``gitorch proxy`` serving ``state`` (its socket keeper first,
+    then the coordinator: its workers exit with it), as a crash of the host's service
+    would; the coordinator's pid."""
+    about = call(ProxyPaths.of(Path(state).resolve()).socket, {"op": "hello"}, 5.0)
+    keeper, pid = about.get("keeper"), int(about["pid"])
+    if keeper:
+        os.kill(int(keeper), signal.SIGKILL)
+        while process_alive(int(keeper)):
+            time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 def processes_naming(state: Path) -> list[int]:

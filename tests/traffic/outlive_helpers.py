@@ -76,9 +76,10 @@ class World:
         return commit(self.repo, {MANIFEST: text}, f"api: version {version}")
 
     def data_plane_processes(self, plane: str) -> int:
-        """How many processes name this state dir while its data plane runs: the proxy
-        (its workers do not name it), or HAProxy's master and its worker."""
-        return 1 if plane == "builtin" else 2
+        """How many processes name this state dir while its data plane runs: the proxy's
+        socket keeper and its coordinator (forked: the same command line; its workers do
+        not name it), or HAProxy's master and its worker."""
+        return 2
 
     def teardown(self) -> None:
         for daemon in self.daemons:

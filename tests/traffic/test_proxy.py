@@ -4,13 +4,12 @@ proxy processes, process-driver replicas)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from data_plane_helpers import kill_proxy_tree
 from outlive_helpers import Traffic, World, converged_daemon
 from reconciler_helpers import get_version, gitorch, wait_for
 
@@ -98,8 +97,7 @@ def test_a_proxy_started_alone_serves_the_last_table(world: World) -> None:
 def test_the_daemon_starts_a_killed_proxy_again_but_never_a_stopped_one(world: World) -> None:
     sha = world.commit("1")
     daemon = converged_daemon(world, "builtin", sha, TIMEOUT)
-    first = int(hello(world)["pid"])
-    os.kill(first, signal.SIGKILL)  # a crash: its workers exit with it
+    first = kill_proxy_tree(world.state)  # a crash of the whole proxy (keeper too)
     wait_for("the proxy to die", lambda: not process_alive(first), 10)
 
     def restarted() -> bool:

@@ -5,13 +5,11 @@ started and killed by the test)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 from pathlib import Path
 
 import pytest
-from data_plane_helpers import stop_data_plane
+from data_plane_helpers import kill_proxy_tree, stop_data_plane
 from reconciler_helpers import wait_for
 
 from gitorch.traffic.haproxy.process import process_alive
@@ -27,8 +25,7 @@ def test_threads_finding_the_proxy_dead_start_one(
     state.mkdir()
     try:
         plane = ProxyDataPlane(state, workers=1)
-        first = int(plane.hello["pid"])
-        os.kill(first, signal.SIGKILL)
+        first = kill_proxy_tree(state)  # keeper too: nothing else starts one
         wait_for("the proxy to die", lambda: not process_alive(first), 10)
 
         launches: list[int] = []

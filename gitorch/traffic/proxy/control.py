@@ -4,7 +4,7 @@ proxy hands its listening sockets to its successor (SCM_RIGHTS).
 
 Requests (``op``) and what they answer (``{"ok": true, ...}`` or ``{"error": {...}}``)::
 
-    hello                      version, pid, since, workers, host
+    hello                      version, pid, keeper (its pid), since, workers, host
     apply     table            ok | error kind listen|route|busy|other, message, detail
     figures   service          backends: [backend figures]
     versions  service          versions: {version: version figures}

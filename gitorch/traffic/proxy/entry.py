@@ -15,6 +15,7 @@ from pathlib import Path
 from gitorch.logs import setup_logging
 from gitorch.traffic.builtin import EVENT_LOOPS, default_event_loop
 from gitorch.traffic.proxy.control import ProxyPaths
+from gitorch.traffic.proxy.keeper import Held, KeeperLink, keep
 from gitorch.traffic.proxy.server import ProxyServer, detach
 
 
@@ -83,21 +84,29 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until stopped (see :class:`~gitorch.traffic.proxy.server.ProxyServer`)."""
+    """Serve until stopped: a socket keeper and, forked from it, the coordinator (see
+    :mod:`~gitorch.traffic.proxy.keeper` and :class:`~gitorch.traffic.proxy.server.
+    ProxyServer`)."""
     state = Path(args.state or os.environ.get("GITORCH_STATE") or ".gitorch").resolve()
     paths = ProxyPaths.of(state)
     paths.make()
     paths.stopped.unlink(missing_ok=True)
     ready = detach(paths.log) if args.detach else None
     setup_logging(args.log_level, "text")
-    server = ProxyServer(
-        state,
-        host=args.host or "127.0.0.1",
-        workers=args.workers or proxy_workers("auto"),
-        drain_timeout=args.drain_timeout,
-        event_loop=args.event_loop or default_event_loop(),
-    )
-    return server.run(ready)
+
+    def serve(link: KeeperLink, inherited: Held) -> int:
+        server = ProxyServer(
+            state,
+            host=args.host or "127.0.0.1",
+            workers=args.workers or proxy_workers("auto"),
+            drain_timeout=args.drain_timeout,
+            event_loop=args.event_loop or default_event_loop(),
+            keeper=link,
+            inherited=inherited,
+        )
+        return server.run()
+
+    return keep(serve, paths.start_lock, ready)
 
 
 def relay(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from gitorch.traffic.proxy.control import (
     receive,
     send,
 )
+from gitorch.traffic.proxy.keeper import Held, KeeperLink
 from gitorch.traffic.routes import ListenError, RouteInvalid, fenced
 from gitorch.traffic.table import RoutingTable
 from gitorch.traffic.wire import (
@@ -80,7 +81,12 @@ class ProxyServer:
         timeouts: Timeouts | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
         event_loop: str = "asyncio",
+        keeper: KeeperLink | None = None,
+        inherited: Held | None = None,
     ) -> None:
+        """``keeper``: the link to this coordinator's socket keeper (which then holds the
+        start lock for it); ``inherited``: sockets a dead predecessor listened on, kept
+        by the keeper (see :mod:`.keeper`)."""
         self.paths = ProxyPaths.of(state_dir)
         self.event_loop = event_loop
         self.host = host
@@ -94,6 +100,8 @@ class ProxyServer:
         self._handing_over = threading.Event()  # exported: changes are refused
         self._listener: socket.socket | None = None
         self._apply_lock = threading.Lock()
+        self.keeper = keeper
+        self.inherited = inherited or Held()
         #: The table as the daemon last gave it, and when (a fence counts from then).
         self._applied: RoutingTable | None = None
         self._applied_at = time.monotonic()
@@ -108,14 +116,18 @@ class ProxyServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self._stopping.set())
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        with _start_lock(self.paths.start_lock):
+        locked = contextlib.nullcontext() if self.keeper else _start_lock(self.paths.start_lock)
+        with locked:
             predecessor = self._find_predecessor()
             if predecessor is not None:
+                self.inherited.close()
                 self._take_over(predecessor)
             else:
                 self._start_fresh()
             self._serve_control()
             self._write_pid()
+        if self.keeper is not None:
+            self.keeper.serving()
         log.info(
             "proxy %d serving (gitorch %s, %d workers)", os.getpid(), __version__, self.workers
         )
@@ -123,12 +135,26 @@ class ProxyServer:
             ready()
         while not self._stopping.wait(0.5):
             self._watch_fence()
+        if self.keeper is not None:
+            self.keeper.done()  # the keeper lets go of the sockets: they close with ours
         self._shut_down()
         return 0
 
     def _start_fresh(self) -> None:
+        owned = self._socket_set()
+        if self.inherited.sockets:
+            log.info(
+                "serving on the %d sockets the keeper held for a dead proxy",
+                len(self.inherited.sockets),
+            )
+            owned.adopt(self.inherited.described, self.inherited.sockets)
+            self.inherited = Held()
         self.pool = WorkerPool(
-            self.host, workers=self.workers, timeouts=self.timeouts, event_loop=self.event_loop
+            self.host,
+            workers=self.workers,
+            timeouts=self.timeouts,
+            sockets=owned,
+            event_loop=self.event_loop,
         )
         table = self._load_table()
         if table is not None:
@@ -162,7 +188,7 @@ class ProxyServer:
                 table = table_from_json(answer["table"])
                 sockets = [socket.socket(fileno=fd) for fd in fds]
                 fds = []
-                owned = SocketSet(self.host, self.workers)
+                owned = self._socket_set()
                 owned.adopt(answer["sockets"], sockets)
             except (KeyError, WireError, OSError) as exc:
                 close_all(fds)
@@ -180,10 +206,18 @@ class ProxyServer:
                 self.pool.apply(table)
             except GitorchError as exc:
                 log.error("the handed-over table is only partly served: %s", exc.message)
-            self._save_table(table)
+            self._keep_table(table)
             send(old, {"op": "release"})
             receive(old)
         log.info("took over from proxy %s", answer.get("pid"))
+
+    def _socket_set(self) -> SocketSet:
+        """The pool's sockets; the keeper, if any, is told of every change."""
+        owned = SocketSet(self.host, self.workers)
+        keeper = self.keeper
+        if keeper is not None:
+            owned.on_change = lambda: keeper.hold(*owned.export())
+        return owned
 
     def _shut_down(self) -> None:
         """Stop taking connections, let open ones finish (bounded), stop the workers."""
@@ -222,15 +256,37 @@ class ProxyServer:
             log.error("cannot read the last table %s: %s", self.paths.table, exc)
             return None
 
+    def _keep_table(self, table: RoutingTable) -> None:
+        """Save ``table``; a full disk must not stop the data plane from following the
+        daemon (a drained replica would keep its traffic): served, but not kept."""
+        try:
+            self._save_table(table)
+        except OSError as exc:
+            log.error(
+                "cannot keep the routing table in %s (%s): serving it all the same; "
+                "a proxy started afresh would serve the last one kept",
+                self.paths.table,
+                exc,
+            )
+
     def _save_table(self, table: RoutingTable) -> None:
         tmp = self.paths.root / ".table.json.tmp"
         tmp.write_text(json.dumps(table_to_json(table)), encoding="utf-8")
         os.replace(tmp, self.paths.table)
 
     def _write_pid(self) -> None:
+        """The pid file, for people and scripts (the proxy is found on its control
+        socket): a full disk must not stop a proxy that already took the sockets over
+        from its predecessor (found by the chaos soak: the released one was gone, and no
+        one served)."""
         tmp = self.paths.root / ".proxy.pid.tmp"
-        tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
-        os.replace(tmp, self.paths.pid)
+        try:
+            tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
+            os.replace(tmp, self.paths.pid)
+        except OSError as exc:
+            log.error(
+                "cannot write the pid file %s (%s): serving all the same", self.paths.pid, exc
+            )
 
     def _remove_own_files(self) -> None:
         """The pid file and socket path, unless a successor owns them by now."""
@@ -291,6 +347,7 @@ class ProxyServer:
                     "protocol": PROTOCOL,
                     "version": __version__,
                     "pid": os.getpid(),
+                    "keeper": self.keeper.pid if self.keeper and self.keeper.alive else None,
                     "since": pool.ledger.since,
                     "startedAt": self.started_at,
                     "workers": pool.workers,
@@ -345,7 +402,7 @@ class ProxyServer:
             if self._fenced:
                 log.warning("the daemon is back: serving its table again")
                 self._fenced = False
-            self._save_table(table)  # even when a port fails: the rest is served
+            self._keep_table(table)  # even when a port fails: the rest is served
             self.pool.apply(table)
         return {"ok": True}
 
@@ -407,6 +464,8 @@ class ProxyServer:
             return
         pool.release()
         self._released.set()
+        if self.keeper is not None:
+            self.keeper.done()  # the successor holds the sockets now
         send(conn, {"ok": True})
         log.info("released to a successor: draining")
         self._stopping.set()
