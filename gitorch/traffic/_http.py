@@ -462,6 +462,10 @@ def body_framing(headers: Headers) -> tuple[str, int]:
 
 
 def _framing(te: list[str], cl: list[str]) -> tuple[str, int]:
+    if not te and len(cl) == 1:
+        value = cl[0]
+        if value.isdigit() and len(value) <= 18:
+            return "length", int(value)  # the common case, read as below in one step
     if te:
         if cl:
             raise BadMessage("both Transfer-Encoding and Content-Length")

@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from gitorch.errors import ConfigError
 from gitorch.traffic import _http
@@ -1810,8 +1810,7 @@ async def _relay_response(
     return out.client_keep, out.backend_keep
 
 
-@dataclass(frozen=True, slots=True)
-class _ResponseOut:
+class _ResponseOut(NamedTuple):
     """How a backend's response goes on to the client (see :func:`_response_out`)."""
 
     head: bytes  # the head sent to the client
