@@ -279,37 +279,23 @@ async def _read_raw_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return line, (start + rest)[:-2]
 
 
-class _Collected:
-    """What llhttp reports of one head's start line (httptools calls these back as it
-    parses). Headers are not called back (a call per header cost more than the parse):
-    once llhttp accepted the section, each of its lines is ``name:value`` and is split
-    here (:func:`_index`)."""
-
-    __slots__ = ("target", "reason")
-
-    def __init__(self) -> None:
-        self.target = b""
-        self.reason = b""
-
-    def on_url(self, url: bytes) -> None:
-        self.target += url
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
+#: What llhttp calls back as it parses: nothing. A call per header (or for the target)
+#: cost more than the parse itself; once llhttp accepted a head, its start line has its
+#: parts between single spaces and each header line is ``name:value``, split here.
+_NO_CALLBACKS = object()
 
 
 def _parse_head(
     parser_type: type[httptools.HttpRequestParser] | type[httptools.HttpResponseParser],
     line: bytes,
     block: bytes,
-) -> tuple[Any, _Collected, str, dict[str, list[str]]]:
+) -> tuple[Any, str, dict[str, list[str]]]:
     """Parse a head with llhttp (strict: what it refuses is a :class:`BadMessage`), and
-    index the :data:`SPECIAL` headers; (the parser, what it reported, the header
-    section as text, the index)."""
+    index the :data:`SPECIAL` headers; (the parser, the header section as text, the
+    index)."""
     if len(block) > MAX_LINE and any(len(row) > MAX_LINE for row in block.split(b"\r\n")):
         raise BadMessage("head line too long")
-    collected = _Collected()
-    parser = parser_type(collected)
+    parser = parser_type(_NO_CALLBACKS)
     try:
         parser.feed_data(line + b"\r\n" + block + b"\r\n")
     except httptools.HttpParserUpgrade:
@@ -319,7 +305,7 @@ def _parse_head(
     if block.count(b"\n") > MAX_HEADERS:
         raise BadMessage("too many header lines")
     text = block.decode("latin-1")
-    return parser, collected, text, _index(text)
+    return parser, text, _index(text)
 
 
 def _index(text: str) -> dict[str, list[str]]:
@@ -431,9 +417,9 @@ def request_head_of(line: bytes, block: bytes) -> RequestHead:
     """Parse a request head (start line, header section as CRLF-ended lines)."""
     if line.count(b" ") != 2:
         raise BadMessage(f"malformed request line {line[:60]!r}")
-    parser, collected, text, special = _parse_head(httptools.HttpRequestParser, line, block)
+    parser, text, special = _parse_head(httptools.HttpRequestParser, line, block)
     try:
-        target = collected.target.decode("ascii")
+        target = line.split(b" ", 2)[1].decode("ascii")
     except UnicodeDecodeError:
         raise BadMessage("request target is not ASCII") from None
     version = _version(parser)
@@ -448,8 +434,9 @@ async def read_response_head(reader: asyncio.StreamReader) -> ResponseHead:
 
 def response_head_of(line: bytes, block: bytes) -> ResponseHead:
     """Parse a response head (status line, header section as CRLF-ended lines)."""
-    parser, collected, text, special = _parse_head(httptools.HttpResponseParser, line, block)
-    reason = collected.reason.decode("latin-1")
+    parser, text, special = _parse_head(httptools.HttpResponseParser, line, block)
+    parts = line.split(b" ", 2)
+    reason = parts[2].decode("latin-1") if len(parts) == 3 else ""
     return ResponseHead(_version(parser), parser.get_status_code(), reason, text, special)
 
 

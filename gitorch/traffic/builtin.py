@@ -567,7 +567,7 @@ class _Client(asyncio.Protocol):
             return
         self._write(out.head + buf[:length] if length else out.head)
         leftover = len(buf) > length  # more than the answer: never reuse such a connection
-        upstream.buffer = bytearray()
+        buf.clear()
         self._detach(upstream, state)
         _release_fast(state, upstream, out.backend_keep and not leftover)
         self._end_attempt(state)
@@ -629,7 +629,8 @@ class _Client(asyncio.Protocol):
     def _end_attempt(self, state: _BackendState) -> None:
         state.in_flight -= 1
         self.state = None
-        self.lb._forget_if_gone(self.svc, state)
+        if state.removed:
+            self.lb._forget_if_gone(self.svc, state)
 
     def _end_request(self, keep: bool) -> None:
         self.busy = False
