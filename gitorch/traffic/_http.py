@@ -392,7 +392,7 @@ def split_head(buf: bytes | bytearray) -> tuple[bytes, bytes, int] | None:
         raise NotSimple
     if len(buf) < eol + 3:
         return None
-    if buf[eol + 1 : eol + 3] == b"\r\n":
+    if buf.startswith(b"\r\n", eol + 1):
         return line, b"", eol + 3
     end = buf.find(b"\r\n\r\n", eol + 3, SPLIT_LIMIT)
     if end < 0:

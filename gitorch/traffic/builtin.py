@@ -165,7 +165,7 @@ class _Upstream(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.buffer = b""  # bytes: an answer mostly comes in one piece, sliced, not copied
         self.client: _Client | None = None  # whose request it carries now
         self.lost = False
         self.idle_since = 0.0
@@ -179,7 +179,7 @@ class _Upstream(asyncio.Protocol):
         if client is None:
             self.close()  # an idle backend connection has nothing to say: unusable now
             return
-        self.buffer += data
+        self.buffer = self.buffer + data if self.buffer else data
         client.on_backend_data(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -204,12 +204,12 @@ class _Upstream(asyncio.Protocol):
         """The same connection as streams (what was read and not consumed comes first)."""
         assert self.transport is not None
         reader, writer = _streams_on(self.transport, self.buffer, False, loop)
-        self.buffer = bytearray()
+        self.buffer = b""
         return _Conn(reader, writer)
 
 
 def _streams_on(
-    transport: asyncio.Transport, buffered: bytearray, eof: bool, loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport, buffered: bytes, eof: bool, loop: asyncio.AbstractEventLoop
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Streams on a connection a protocol of the fast path served so far: its transport
     gets a :class:`asyncio.StreamReaderProtocol`, and the bytes read and not consumed
@@ -219,7 +219,7 @@ def _streams_on(
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
     if buffered:
-        reader.feed_data(bytes(buffered))
+        reader.feed_data(buffered)
     if eof:
         reader.feed_eof()
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
@@ -246,7 +246,7 @@ class _Client(asyncio.Protocol):
         self.lb = lb
         self.svc = svc
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.buffer = b""  # bytes: a request mostly comes in one piece, sliced, not copied
         self.client_ip = ""
         self.tls = svc.tls is not None
         self.made = False  # connection_made came: this protocol owns the connection
@@ -288,8 +288,11 @@ class _Client(asyncio.Protocol):
         self._next()
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        had = self.buffer
+        buf = self.buffer = had + data if had else data
         if not self.busy:
+            if had and self.pending is None and b"\n" not in data and len(buf) < _http.SPLIT_LIMIT:
+                return  # a head ends with a line end: no new one can be whole yet
             self._next()
         elif len(self.buffer) > PIPELINE_LIMIT and not self.reading_paused:
             self.reading_paused = True
@@ -387,7 +390,7 @@ class _Client(asyncio.Protocol):
             ):
                 self._hand_over()
                 return
-            del buf[:end]
+            buf = self.buffer = buf[end:]
             svc.head_waiters.discard(self)
             self.at = 0.0
             self.pending = head
@@ -401,8 +404,11 @@ class _Client(asyncio.Protocol):
                 self.at = time.monotonic() + self.lb.timeouts.client_idle
             return
         self.at = 0.0
-        body = bytes(buf[:length])
-        del buf[:length]
+        if length:
+            body = buf[:length]
+            buf = self.buffer = buf[length:]
+        else:
+            body = b""
         if self.reading_paused and len(buf) <= PIPELINE_LIMIT:
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
@@ -425,7 +431,7 @@ class _Client(asyncio.Protocol):
             self.reading_paused = False
             transport.resume_reading()  # the stream reader pauses by its own measure
         reader, writer = _streams_on(transport, self.buffer, self.eof, self.lb._loop)
-        self.buffer = bytearray()
+        self.buffer = b""
         if self.writing_paused:
             cast(asyncio.StreamReaderProtocol, transport.get_protocol()).pause_writing()
         return reader, writer
@@ -552,7 +558,7 @@ class _Client(asyncio.Protocol):
                     state.errors += 1
                     self._failed(state, _Failure.PARTIAL_ANSWER, upstream)
                     return
-                del buf[:end]
+                buf = upstream.buffer = buf[end:]
                 if response.status >= 200:
                     break
                 # 1xx interim answers are skipped, as on streams.
@@ -567,7 +573,7 @@ class _Client(asyncio.Protocol):
             return
         self._write(out.head + buf[:length] if length else out.head)
         leftover = len(buf) > length  # more than the answer: never reuse such a connection
-        buf.clear()
+        upstream.buffer = b""
         self._detach(upstream, state)
         _release_fast(state, upstream, out.backend_keep and not leftover)
         self._end_attempt(state)
