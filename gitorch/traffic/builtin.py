@@ -359,7 +359,7 @@ class _Client(asyncio.Protocol):
         head = self.pending
         if head is None:
             try:
-                split = _http.split_head(buf)
+                split = _http.split_head(buf) if buf else None
             except _http.NotSimple:
                 self._hand_over()
                 return
