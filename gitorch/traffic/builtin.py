@@ -1835,8 +1835,27 @@ def _response_out(
     extra: _http.Headers | None,
 ) -> _ResponseOut:
     """The head for the client and the framings of a backend's response (pure)."""
-    no_body = request.method == "HEAD" or response.status in (204, 304)
     special = response.special
+    if (
+        client_keep
+        and not extra
+        and request.version >= (1, 1)
+        and response.version >= (1, 1)
+        and _http.HOP_BY_HOP.isdisjoint(special)
+        and request.method != "HEAD"
+        and response.status not in (204, 304)
+    ):
+        # The common answer (one plain Content-Length, nothing hop-by-hop, nothing to
+        # add, a keep-alive HTTP/1.1 client): the general case below comes to its head
+        # as it came, under the status line; this only gets there in fewer steps.
+        lengths = special.get("content-length")
+        if lengths is not None and len(lengths) == 1:
+            value = lengths[0]
+            if value.isdigit() and len(value) <= 18 and (value[0] != "0" or value == "0"):
+                line = f"HTTP/1.1 {response.status} {response.reason}".rstrip()
+                out = f"{line}\r\n{response.block}\r\n".encode("latin-1")
+                return _ResponseOut(out, "length", int(value), False, True, True)
+    no_body = request.method == "HEAD" or response.status in (204, 304)
     connection = special.get("connection")
     backend_keep = response.version >= (1, 1) and (
         connection is None or "close" not in _http.tokens_of(connection)

@@ -196,3 +196,33 @@ def test_split_head_leaves_bare_lf_empty_lines_and_long_heads_to_the_stream_read
         len(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
     )
     assert _http.split_head(b"GET / HTTP/1.1\r\nHost: a\r\n") is None
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "Content-Length: 5\r\nContent-Type: text/plain\r\n",
+        "Content-Length: 05\r\n",
+        "Content-Length: 0\r\n",
+        "Content-Length: 5\r\nConnection: close\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "X-A: b\r\n",
+    ],
+)
+@pytest.mark.parametrize("status", [200, 204, 304])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_common_answer_gets_the_head_the_general_rules_give(
+    block: str, status: int, method: str, keep: bool
+) -> None:
+    """``_response_out`` takes a short way for the common answer: the same result as the
+    general rules (reached here through an extra header that the short way declines,
+    then taken off again)."""
+    from gitorch.traffic.builtin import _response_out
+
+    request = _http.request_head_of(f"{method} / HTTP/1.1".encode(), b"Host: a\r\n")
+    response = _http.response_head_of(f"HTTP/1.1 {status} OK".encode(), block.encode())
+    quick = _response_out(request, response, keep, [])
+    general = _response_out(request, response, keep, [("X-Extra", "1")])
+    assert quick._replace(head=b"") == general._replace(head=b"")
+    assert quick.head == general.head.replace(b"X-Extra: 1\r\n", b"")
