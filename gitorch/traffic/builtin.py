@@ -6,7 +6,10 @@ current :class:`~gitorch.traffic.table.RoutingTable`:
 * ``tcp`` routes: L4, a backend per accepted connection, bytes spliced both ways;
 * ``http`` routes: an HTTP/1.1 reverse proxy, a backend per *request*, keep-alive with
   clients and a small pool of keep-alive connections per backend; an ``Upgrade``
-  request (WebSocket) becomes a spliced connection once the backend answers 101.
+  request (WebSocket) becomes a spliced connection once the backend answers 101. The
+  common request is served by callbacks (:class:`_Client`, :class:`_Upstream`: no
+  coroutine or await per request); anything else goes on, on the same connection, on
+  streams (:meth:`BuiltinLoadBalancer._serve_http`).
 
 Which backend serves is decided by :mod:`gitorch.traffic.choice` (pure).
 :meth:`BuiltinLoadBalancer.apply` runs on the loop thread and swaps the backend list of a
