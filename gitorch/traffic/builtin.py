@@ -305,7 +305,9 @@ class _Client(asyncio.Protocol):
         self.eof = True
         if not self.busy:
             self._next()
-        return True  # the answer in flight may still be written
+        # The answer in flight may still be written (TLS cannot half-close: asyncio
+        # closes it anyway and warns when asked not to, as StreamReaderProtocol knows).
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
