@@ -9,7 +9,9 @@ hits the same replicas. Measured, in interleaved rounds (median of the rounds):
   the daemon runs it) with one worker process on the standard asyncio loop, with one
   worker on uvloop, and with ``--workers`` workers; and :class:`HAProxyDataPlane` as
   gitorch runs it (with its request log, for latency percentiles) and without the log:
-  requests/s, p99, and ratios against the faster HAProxy;
+  requests/s, p99, and ratios against the faster HAProxy; and the CPU time (user +
+  system) each proxy's processes spent per request answered, a figure that other work
+  on a shared machine disturbs far less than requests/s;
 * p99 at a fixed rate of 50% of each proxy variant's max (direct and HAProxy at the
   same rate): wrk has no ``-R`` (that is wrk2, not in Debian), so each wrk connection
   waits ``1000 * connections / rate`` ms after each answer (a Lua ``delay()``). That is a
@@ -145,8 +147,8 @@ def stop_proxy(workdir: Path, name: str, proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def resident_mb(pid: int) -> float:
-    """Resident set of ``pid`` and its children (MiB)."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children."""
     pids = [pid]
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -156,8 +158,25 @@ def resident_mb(pid: int) -> float:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by ``pids`` (threads included)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def resident_mb(pid: int) -> float:
+    """Resident set of ``pid`` and its children (MiB)."""
     total_kb = 0
-    for each in pids:
+    for each in process_tree(pid):
         try:
             status = Path(f"/proc/{each}/status").read_text()
         except OSError:
@@ -215,7 +234,11 @@ def main() -> None:
             for name, plane in planes.items():
                 assert plane.master.pid is not None
                 print(f"  {name:>16}: {resident_mb(plane.master.pid):6.1f} (master + worker)")
-            run(targets, args.seconds, args.rounds)
+            trees = {name: process_tree(proc.pid) for name, proc in proxies.items()}
+            for name, plane in planes.items():
+                assert plane.master.pid is not None
+                trees[name] = process_tree(plane.master.pid)
+            run(targets, args.seconds, args.rounds, trees)
         finally:
             for plane in planes.values():
                 plane.close()
@@ -225,20 +248,30 @@ def main() -> None:
             replicas.wait()
 
 
-def run(targets: dict[str, int], seconds: float, rounds: int) -> None:
+def run(targets: dict[str, int], seconds: float, rounds: int, trees: dict[str, list[int]]) -> None:
+    """Max rate, CPU per request, and p99 at half load; ``trees``: each proxy's processes
+    (CPU per request is their user + system time over the requests answered: a figure a
+    shared machine disturbs less than requests/s, which depend on the CPU left over)."""
     load = os.getloadavg()[0]
     print(f"load average at start: {load:.1f}; {CONNECTIONS} connections, {seconds:.0f} s runs")
     top: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+    cpu: dict[str, list[float]] = {name: [] for name in trees}
     for _ in range(rounds):
         for name, port in targets.items():
-            top[name].append(wrk(port, seconds))
+            before = cpu_seconds(trees[name]) if name in trees else 0.0
+            rps, p99 = wrk(port, seconds)
+            top[name].append((rps, p99))
+            if name in trees:
+                cpu[name].append((cpu_seconds(trees[name]) - before) / (rps * seconds) * 1e6)
     best = {name: statistics.median(r for r, _ in runs) for name, runs in top.items()}
     p99 = {name: statistics.median(p for _, p in runs) for name, runs in top.items()}
-    print("max rate (median of rounds):")
+    print("max rate (median of rounds), CPU per request of the proxy's processes:")
     for name in targets:
         rounds_text = [round(r) for r, _ in top[name]]
+        per_request = f"{statistics.median(cpu[name]):5.1f} us" if name in cpu else "       "
         print(
-            f"  {name:>16}: {best[name]:8.0f} req/s  p99 {p99[name]:6.2f} ms  rounds {rounds_text}"
+            f"  {name:>16}: {best[name]:8.0f} req/s  p99 {p99[name]:6.2f} ms  cpu/req "
+            f"{per_request}  rounds {rounds_text}"
         )
     builtins = [name for name in targets if name.startswith("proxy")]
     # The faster HAProxy is the bar: its request log (percentiles) costs it something.
@@ -246,6 +279,9 @@ def run(targets: dict[str, int], seconds: float, rounds: int) -> None:
     for name in builtins:
         print(f"  {name} / haproxy (faster of the two): {best[name] / bar:.2f}")
     print(f"  haproxy with request log / without: {best['haproxy'] / best['haproxy-nolog']:.2f}")
+    for name in builtins:
+        ratio = statistics.median(cpu["haproxy-nolog"]) / statistics.median(cpu[name])
+        print(f"  CPU per request, haproxy (no log) / {name}: {ratio:.2f}")
     print("p99 at a fixed rate of 50% of each proxy's max (haproxy and direct at that rate):")
     verdicts = []
     for name in builtins:

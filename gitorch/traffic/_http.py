@@ -79,7 +79,6 @@ SPECIAL = HOP_BY_HOP | frozenset(
 _TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 #: A whole header section (latin-1 text, each line ending in CRLF), checked in one C call.
 _BLOCK = re.compile(rf"(?:{_TOKEN_CHARS}:[^\r\n]*\r\n)*")
-_SPECIAL_BYTES = frozenset(name.encode() for name in SPECIAL)
 
 
 class Head:
@@ -119,7 +118,7 @@ class Head:
 
     def tokens(self, name: str) -> set[str]:
         """Comma-separated tokens of every ``name`` header (lower-case), lower-cased."""
-        return _tokens_of(self.all(name))
+        return tokens_of(self.all(name))
 
     def framing(self) -> tuple[str, int]:
         """:func:`body_framing` of these headers."""
@@ -130,7 +129,7 @@ class Head:
         """The end-to-end header lines (:func:`end_to_end`) less those named in ``drop``
         (names from :data:`SPECIAL`), as CRLF-ended text ready to send."""
         special = self.special
-        if not any(name in special for name in drop) and HOP_BY_HOP.isdisjoint(special):
+        if drop.isdisjoint(special) and HOP_BY_HOP.isdisjoint(special):
             return self.block  # the common case: nothing to take out
         named = self.tokens("connection")
         kept = [
@@ -147,9 +146,16 @@ class RequestHead(Head):
     __slots__ = ("method", "target", "version")
 
     def __init__(
-        self, method: str, target: str, version: tuple[int, int], head: Head | None = None
+        self,
+        method: str,
+        target: str,
+        version: tuple[int, int],
+        block: str = "",
+        special: dict[str, list[str]] | None = None,
     ) -> None:
-        super().__init__(head.block if head else "", head.special if head else {})
+        self.block = block
+        self.special = {} if special is None else special
+        self._headers = None
         self.method = method
         self.target = target
         self.version = version
@@ -161,9 +167,16 @@ class ResponseHead(Head):
     __slots__ = ("version", "status", "reason")
 
     def __init__(
-        self, version: tuple[int, int], status: int, reason: str, head: Head | None = None
+        self,
+        version: tuple[int, int],
+        status: int,
+        reason: str,
+        block: str = "",
+        special: dict[str, list[str]] | None = None,
     ) -> None:
-        super().__init__(head.block if head else "", head.special if head else {})
+        self.block = block
+        self.special = {} if special is None else special
+        self._headers = None
         self.version = version
         self.status = status
         self.reason = reason
@@ -183,10 +196,11 @@ def get_all(headers: Headers, name: str) -> list[str]:
 
 def tokens(headers: Headers, name: str) -> set[str]:
     """Comma-separated tokens of every ``name`` header, lower-cased."""
-    return _tokens_of(get_all(headers, name))
+    return tokens_of(get_all(headers, name))
 
 
-def _tokens_of(values: list[str]) -> set[str]:
+def tokens_of(values: list[str]) -> set[str]:
+    """Comma-separated tokens of ``values`` (a header's values), lower-cased."""
     found: set[str] = set()
     for value in values:
         found.update(part.strip().lower() for part in value.split(",") if part.strip())
@@ -265,56 +279,50 @@ async def _read_raw_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return line, (start + rest)[:-2]
 
 
-class _Collected:
-    """What llhttp reports of one head (httptools calls these back as it parses)."""
-
-    __slots__ = ("names", "values", "target", "reason")
-
-    def __init__(self) -> None:
-        self.names: list[bytes] = []
-        self.values: list[bytes] = []
-        self.target = b""
-        self.reason = b""
-
-    def on_url(self, url: bytes) -> None:
-        self.target += url
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.names.append(name)
-        self.values.append(value)
+#: What llhttp calls back as it parses: nothing. A call per header (or for the target)
+#: cost more than the parse itself; once llhttp accepted a head, its start line has its
+#: parts between single spaces and each header line is ``name:value``, split here.
+_NO_CALLBACKS = object()
 
 
 def _parse_head(
     parser_type: type[httptools.HttpRequestParser] | type[httptools.HttpResponseParser],
     line: bytes,
     block: bytes,
-) -> tuple[Any, _Collected, Head]:
+) -> tuple[Any, str, dict[str, list[str]]]:
     """Parse a head with llhttp (strict: what it refuses is a :class:`BadMessage`), and
-    index the :data:`SPECIAL` headers; (the parser, what it reported, the head)."""
+    index the :data:`SPECIAL` headers; (the parser, the header section as text, the
+    index)."""
     if len(block) > MAX_LINE and any(len(row) > MAX_LINE for row in block.split(b"\r\n")):
         raise BadMessage("head line too long")
-    collected = _Collected()
-    parser = parser_type(collected)
+    parser = parser_type(_NO_CALLBACKS)
     try:
-        parser.feed_data(b"%s\r\n%s\r\n" % (line, block))
+        parser.feed_data(line + b"\r\n" + block + b"\r\n")
     except httptools.HttpParserUpgrade:
         pass  # Upgrade or CONNECT: the head is whole and valid; what follows is not HTTP
     except httptools.HttpParserError as exc:
         raise BadMessage(f"{exc} in {line[:60]!r}") from None
-    names = collected.names
-    if len(names) > MAX_HEADERS:
+    if block.count(b"\n") > MAX_HEADERS:
         raise BadMessage("too many header lines")
+    text = block.decode("latin-1")
+    return parser, text, _index(text)
+
+
+def _index(text: str) -> dict[str, list[str]]:
+    """The :data:`SPECIAL` headers of a section llhttp accepted (latin-1 text)."""
     special: dict[str, list[str]] = {}
-    for name, value in zip(names, collected.values, strict=True):
-        low = name.lower()
-        if low in _SPECIAL_BYTES:
-            special.setdefault(low.decode("latin-1"), []).append(
-                value.decode("latin-1").strip(" \t")
-            )
-    return parser, collected, Head(block.decode("latin-1"), special)
+    if text:
+        for row in text.split("\r\n"):
+            name, _, value = row.partition(":")
+            low = name.lower()
+            if low in SPECIAL:
+                value = value.strip(" \t")
+                known = special.get(low)
+                if known is None:
+                    special[low] = [value]
+                else:
+                    known.append(value)
+    return special
 
 
 def _parse_block(block: str) -> Head:
@@ -341,12 +349,57 @@ def _explain(block: str) -> None:
             raise BadMessage(f"malformed header line {raw[:60]!r}")
 
 
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+
+
 def _version(parser: Any) -> tuple[int, int]:
     text = parser.get_http_version()
+    known = _VERSIONS.get(text)
+    if known is not None:
+        return known
     major, _, minor = text.partition(".")
     if major != "1" or not minor.isdigit():
         raise BadMessage(f"only HTTP/1.x is served, not {text[:10]!r}")
     return 1, int(minor)
+
+
+class NotSimple(Exception):
+    """A head :func:`split_head` leaves to the stream readers (:func:`read_request_head`,
+    :func:`read_response_head`): bare-LF line ends, empty lines before it, a bare CR in
+    its start line, or a very long head. They read it, or refuse it, as they always do."""
+
+
+#: Longest head :func:`split_head` takes from a buffer (longer ones go to the readers).
+SPLIT_LIMIT = MAX_HEAD // 2
+
+
+def split_head(buf: bytes | bytearray) -> tuple[bytes, bytes, int] | None:
+    """The head at the start of ``buf`` as :func:`_read_raw_head` would read it from a
+    stream, for a sender of CRLF heads: (start line, header section as CRLF-ended
+    lines, offset just past the head), or None while more bytes are needed.
+
+    Raises :class:`NotSimple` on anything else, so the byte-for-byte same rules (and
+    errors) of the stream readers apply to it: this only saves the awaits."""
+    eol = buf.find(b"\n", 0, SPLIT_LIMIT)
+    if eol < 0:
+        if len(buf) >= SPLIT_LIMIT:
+            raise NotSimple
+        return None
+    if eol < 2 or buf[eol - 1] != 13 or eol - 1 > MAX_LINE:
+        raise NotSimple  # an empty line, a bare LF, or a line too long
+    line = bytes(buf[: eol - 1])
+    if b"\r" in line:
+        raise NotSimple
+    if len(buf) < eol + 3:
+        return None
+    if buf.startswith(b"\r\n", eol + 1):
+        return line, b"", eol + 3
+    end = buf.find(b"\r\n\r\n", eol + 3, SPLIT_LIMIT)
+    if end < 0:
+        if len(buf) >= SPLIT_LIMIT:
+            raise NotSimple
+        return None
+    return line, bytes(buf[eol + 1 : end + 2]), end + 4
 
 
 async def read_request_head(reader: asyncio.StreamReader) -> RequestHead:
@@ -357,23 +410,34 @@ async def read_request_head(reader: asyncio.StreamReader) -> RequestHead:
         if line:
             break
         line, block = await _read_raw_head(reader)
+    return request_head_of(line, block)
+
+
+def request_head_of(line: bytes, block: bytes) -> RequestHead:
+    """Parse a request head (start line, header section as CRLF-ended lines)."""
     if line.count(b" ") != 2:
         raise BadMessage(f"malformed request line {line[:60]!r}")
-    parser, collected, head = _parse_head(httptools.HttpRequestParser, line, block)
+    parser, text, special = _parse_head(httptools.HttpRequestParser, line, block)
     try:
-        target = collected.target.decode("ascii")
+        target = line.split(b" ", 2)[1].decode("ascii")
     except UnicodeDecodeError:
         raise BadMessage("request target is not ASCII") from None
     version = _version(parser)
-    return RequestHead(parser.get_method().decode("ascii"), target, version, head)
+    return RequestHead(parser.get_method().decode("ascii"), target, version, text, special)
 
 
 async def read_response_head(reader: asyncio.StreamReader) -> ResponseHead:
     """Read one response head; :class:`PeerClosed` tells whether any byte had come."""
     line, block = await _read_raw_head(reader)
-    parser, collected, head = _parse_head(httptools.HttpResponseParser, line, block)
-    reason = collected.reason.decode("latin-1")
-    return ResponseHead(_version(parser), parser.get_status_code(), reason, head)
+    return response_head_of(line, block)
+
+
+def response_head_of(line: bytes, block: bytes) -> ResponseHead:
+    """Parse a response head (status line, header section as CRLF-ended lines)."""
+    parser, text, special = _parse_head(httptools.HttpResponseParser, line, block)
+    parts = line.split(b" ", 2)
+    reason = parts[2].decode("latin-1") if len(parts) == 3 else ""
+    return ResponseHead(_version(parser), parser.get_status_code(), reason, text, special)
 
 
 def body_framing(headers: Headers) -> tuple[str, int]:
@@ -385,6 +449,10 @@ def body_framing(headers: Headers) -> tuple[str, int]:
 
 
 def _framing(te: list[str], cl: list[str]) -> tuple[str, int]:
+    if not te and len(cl) == 1:
+        value = cl[0]
+        if value.isdigit() and len(value) <= 18:
+            return "length", int(value)  # the common case, read as below in one step
     if te:
         if cl:
             raise BadMessage("both Transfer-Encoding and Content-Length")

@@ -180,11 +180,14 @@ class Chooser(Generic[C]):
         leave the version rather than fail); then all of them. Backends not in cooldown
         at ``now`` (``down_until``) are preferred."""
         pool = self.active if version is None else self.by_version.get(version, [])
-        candidates = (
-            [s for s in pool if s.backend.id not in tried]
-            or [s for s in self.active if s.backend.id not in tried]
-            or self.active
-        )
+        if not tried:  # the first try of a request (the common case: no list to build)
+            candidates = pool or self.active
+        else:
+            candidates = (
+                [s for s in pool if s.backend.id not in tried]
+                or [s for s in self.active if s.backend.id not in tried]
+                or self.active
+            )
         if not candidates:
             return None
         healthy = [s for s in candidates if s.down_until <= now] or candidates

@@ -32,6 +32,7 @@ worker and within a request or two per cycle for the pool.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -92,6 +93,9 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     handed = Handed()
+    # What was loaded so far lives as long as the worker: left out of the collector's
+    # full passes, which otherwise walk every module's objects (a pause on requests).
+    gc.freeze()
     lb = BuiltinLoadBalancer(host, timeouts=timeouts, listeners=handed, event_loop=event_loop)
     try:
         while True:

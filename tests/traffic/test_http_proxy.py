@@ -548,3 +548,65 @@ def test_idle_client_and_silent_backend_time_out(apps: Apps) -> None:
         assert get(port, "/slow?ms=10")[0] == 200  # a timely answer on the same route
     finally:
         balancer.close()
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """``count`` answers read off ``sock`` (length-framed or chunked), in order."""
+    reader = sock.makefile("rb")
+    answers = []
+    for _ in range(count):
+        status = int(reader.readline().split()[1])
+        headers = {}
+        while (line := reader.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while size := int(reader.readline().strip(), 16):
+                body += reader.read(size)
+                reader.readline()
+            reader.readline()
+        else:
+            body = reader.read(int(headers.get("content-length", "0")))
+        answers.append((status, body))
+    return answers
+
+
+def test_pipelined_requests_are_answered_in_order(lb: BuiltinLoadBalancer, apps: Apps) -> None:
+    """Requests sent in one segment, before any answer, are each answered, in order."""
+    port, _ = serve(lb, apps, count=2)
+    requests = [
+        b"GET /headers HTTP/1.1\r\nHost: a\r\nX-N: 1\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /headers HTTP/1.1\r\nHost: a\r\nX-N: 3\r\n\r\n",
+    ]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"".join(requests))
+        answers = _read_answers(sock, 3)
+    assert [status for status, _ in answers] == [200, 200, 200]
+    first, third = (dict(json.loads(answers[i][1])) for i in (0, 2))
+    assert (first["X-N"], third["X-N"]) == ("1", "3")
+    assert json.loads(answers[1][1])["sha256"] == hashlib.sha256(b"hello").hexdigest()
+
+
+def test_streamed_answers_and_plain_ones_share_a_connection(
+    lb: BuiltinLoadBalancer, apps: Apps
+) -> None:
+    """A keep-alive connection goes on serving after a chunked answer, a large one and a
+    chunked upload (those are streamed, the plain ones are not), with every answer whole."""
+    port, _ = serve(lb, apps, count=1)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        for request, check in (
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", lambda b: b.startswith(b"id=")),
+            (b"GET /chunked?n=3 HTTP/1.1\r\nHost: a\r\n\r\n", lambda b: b.count(b"piece-") == 3),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", lambda b: b.startswith(b"id=")),
+            (
+                b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n\r\n",
+                lambda b: json.loads(b)["sha256"] == hashlib.sha256(b"abc").hexdigest(),
+            ),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", lambda b: b.startswith(b"id=")),
+        ):
+            sock.sendall(request)
+            [(status, body)] = _read_answers(sock, 1)
+            assert status == 200 and check(body), (request, body[:100])

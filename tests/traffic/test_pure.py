@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from types import MappingProxyType
@@ -142,6 +143,93 @@ def test_end_to_end_drops_hop_by_hop_and_connection_named_headers() -> None:
         ("X-Kept", "2"),
     ]
     assert _http.end_to_end(headers) == [("Host", "a"), ("X-Kept", "2")]
+
+
+_PIECES = [b"GET / HTTP/1.1", b"HTTP/1.1 200 OK", b"Host: a", b"X-A:b", b"\r\n", b"\n", b"\r"]
+_PIECES += [b" ", b":", b"\t", b"x"]
+
+
+def _read_on_a_stream(data: bytes) -> tuple[bytes, bytes, bytes] | str:
+    """What the stream reader makes of ``data`` (then end of file): (start line, header
+    section, bytes left), or the name of what it raised."""
+
+    async def read() -> tuple[bytes, bytes, bytes] | str:
+        reader = asyncio.StreamReader(limit=_http.MAX_HEAD)
+        reader.feed_data(data)
+        reader.feed_eof()
+        try:
+            line, block = await _http._read_raw_head(reader)
+        except (_http.PeerClosed, _http.BadMessage) as exc:
+            return type(exc).__name__
+        return line, block, await reader.read()
+
+    return asyncio.run(read())
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=14))
+def test_split_head_reads_a_buffer_as_the_stream_reader_does(pieces: list[bytes]) -> None:
+    """The fast path takes heads off a buffer (``split_head``): what it takes is what the
+    stream reader would have read, byte for byte, and what it leaves to the stream reader
+    (NotSimple) is read there by the same rules as ever."""
+    data = b"".join(pieces)
+    try:
+        split = _http.split_head(data)
+    except _http.NotSimple:
+        return
+    on_stream = _read_on_a_stream(data)
+    if split is None:
+        assert on_stream == "PeerClosed"  # incomplete: the stream reader needed more too
+    else:
+        line, block, end = split
+        assert on_stream == (line, block, data[end:])
+
+
+def test_split_head_leaves_bare_lf_empty_lines_and_long_heads_to_the_stream_reader() -> None:
+    for data in (
+        b"GET / HTTP/1.1\nHost: a\n\n",
+        b"\r\nGET / HTTP/1.1\r\n\r\n",
+        b"GET /\r HTTP/1.1\r\n\r\n",
+        b"GET /" + b"a" * _http.MAX_LINE + b" HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * (_http.SPLIT_LIMIT // 6),
+    ):
+        with pytest.raises(_http.NotSimple):
+            _http.split_head(data)
+    assert _http.split_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest") == (
+        b"GET / HTTP/1.1",
+        b"Host: a\r\n",
+        len(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+    )
+    assert _http.split_head(b"GET / HTTP/1.1\r\nHost: a\r\n") is None
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "Content-Length: 5\r\nContent-Type: text/plain\r\n",
+        "Content-Length: 05\r\n",
+        "Content-Length: 0\r\n",
+        "Content-Length: 5\r\nConnection: close\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "X-A: b\r\n",
+    ],
+)
+@pytest.mark.parametrize("status", [200, 204, 304])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_common_answer_gets_the_head_the_general_rules_give(
+    block: str, status: int, method: str, keep: bool
+) -> None:
+    """``_response_out`` takes a short way for the common answer: the same result as the
+    general rules (reached here through an extra header that the short way declines,
+    then taken off again)."""
+    from gitorch.traffic.builtin import _response_out
+
+    request = _http.request_head_of(f"{method} / HTTP/1.1".encode(), b"Host: a\r\n")
+    response = _http.response_head_of(f"HTTP/1.1 {status} OK".encode(), block.encode())
+    quick = _response_out(request, response, keep, [])
+    general = _response_out(request, response, keep, [("X-Extra", "1")])
+    assert quick._replace(head=b"") == general._replace(head=b"")
+    assert quick.head == general.head.replace(b"X-Extra: 1\r\n", b"")
 
 
 def test_a_fenced_table_drains_own_backends_only_where_another_host_serves() -> None:
