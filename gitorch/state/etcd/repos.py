@@ -17,6 +17,7 @@
     traffic                                  the latest traffic of every route (one key)
     volumes/NAME/NODE                        where a Volume is bound, made, released, lost
     autoscalers/SERVICE                      an autoscaled service's count and windows
+    node-pools/POOL                          a NodePool's nodes and decisions' memory
     audit/ID                                 one entry of the append-only audit log
     audit-head                               the newest entry's id and hash (the chain)
     election/leader, members/NAME            leadership (gitorch.state.etcd.election)
@@ -45,6 +46,7 @@ from gitorch.state.records import (
     AppliedObject,
     AuditEvent,
     AutoscalerRecord,
+    NodePoolRecord,
     BackoffRecord,
     Measurement,
     MeasurementPhase,
@@ -782,6 +784,40 @@ class Autoscalers:
             if self.kv.get(f"autoscalers/{service}") is None:
                 return False
             self.kv.delete(f"autoscalers/{service}")
+            return True
+
+        return self.kv.atomic(write)
+
+
+# -- node pools --------------------------------------------------------------------------
+
+
+def _node_pool(data: Mapping[str, Any]) -> NodePoolRecord:
+    return NodePoolRecord(**{**data, "nodes": tuple(data.get("nodes") or ())})
+
+
+class NodePools:
+    def __init__(self, kv: EtcdBackend) -> None:
+        self.kv = kv
+
+    def save(self, record: NodePoolRecord) -> None:
+        self.kv.atomic(lambda: self.kv.put(f"node-pools/{record.pool}", _plain(record)))
+
+    def get(self, pool: str) -> NodePoolRecord | None:
+        found = self.kv.get(f"node-pools/{pool}")
+        return None if found is None else _node_pool(found)
+
+    def list(self) -> list[NodePoolRecord]:
+        return sorted(
+            (_node_pool(data) for _, data in self.kv.range("node-pools/")),
+            key=lambda r: r.pool,
+        )
+
+    def forget(self, pool: str) -> bool:
+        def write() -> bool:
+            if self.kv.get(f"node-pools/{pool}") is None:
+                return False
+            self.kv.delete(f"node-pools/{pool}")
             return True
 
         return self.kv.atomic(write)
