@@ -11,11 +11,11 @@ from gitorch.live.inventory import cluster_name, existing_cluster_name
 from gitorch.state import (
     AnalysisRunPhase,
     AutoscalerRecord,
-    NodePoolRecord,
     BackoffRecord,
     DaemonLock,
     MeasurementPhase,
     NodeCondition,
+    NodePoolRecord,
     RevisionResult,
     RolloutPhase,
     RolloutRecord,

@@ -10,9 +10,9 @@ import pytest
 from gitorch.errors import StateError
 from gitorch.state import (
     AutoscalerRecord,
-    NodePoolRecord,
     MeasurementPhase,
     NodeCondition,
+    NodePoolRecord,
     PortUnavailable,
     RecordNotFound,
     RevisionResult,
