@@ -42,6 +42,7 @@ from gitorch.live.inventory import (
     choose_default_driver,
     cluster_identity,
     open_runtimes,
+    pool_targets,
 )
 from gitorch.live.observe import assess_readiness
 from gitorch.manifests import DesiredState, ManifestLoader
@@ -130,6 +131,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
             targets = node_targets(desired.nodes.values(), choose_default_driver(args.runtime))
         else:
             targets = registered_targets(store, args.runtime)
+        if store is not None:
+            made = pool_targets(store.list_node_pools())
+            known = {t.name for t in targets}
+            targets += [t for t in made if t.name not in known]
         runtimes = open_runtimes(targets, state, secrets_dir=secrets_dir_of(args))
         live = observe(targets, runtimes, cluster_identity(store, state, create=False), store)
     finally:

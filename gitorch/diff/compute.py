@@ -37,7 +37,7 @@ from gitorch.strategies.preview import (
     preview_update,
 )
 
-_KIND_ORDER = {"Node": 0, "Volume": 1, "Service": 2}
+_KIND_ORDER = {"Node": 0, "NodePool": 1, "Volume": 2, "Service": 3}
 
 
 def _applied_canonical(

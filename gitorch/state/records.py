@@ -391,7 +391,9 @@ class NodePoolRecord:
     draining), "low_since", "draining_since"}`` per node the provider made;
     ``pending_since``: since when replicas a template node would fit stay unschedulable;
     ``last``: the last decision that changed something (``{"at", "action", "node",
-    "reason", "from", "to"}``); ``error``: the provider's last failure, if any.
+    "reason", "from", "to"}``); ``error``: the provider's last failure, if any;
+    ``provider``: its command and timeout as Git last said (``{"command", "timeout"}``),
+    so the nodes of a pool that left Git can still be deleted.
     """
 
     pool: str
@@ -400,6 +402,7 @@ class NodePoolRecord:
     last: Mapping[str, Any] = field(default_factory=dict)
     error: str = ""
     updated_at: float = 0.0
+    provider: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

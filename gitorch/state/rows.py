@@ -212,6 +212,7 @@ def node_pool(row: sqlite3.Row) -> NodePoolRecord:
         last=load_json(row["last"]),
         error=row["error"],
         updated_at=float(row["updated_at"]),
+        provider=load_json(row["provider"]),
     )
 
 

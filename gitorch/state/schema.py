@@ -374,7 +374,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             # One row per NodePool, written by the daemon's node-pool sync: its nodes
             # (JSON: name, endpoint, address, state, since when under-used or draining),
             # since when replicas a template node would fit stay unschedulable, the last
-            # decision that changed something (JSON) and the provider's last error.
+            # decision that changed something (JSON), the provider's last error, and its
+            # command (JSON: the nodes of a pool that left Git are still deleted).
             """
             CREATE TABLE node_pools (
                 pool          TEXT PRIMARY KEY,
@@ -382,7 +383,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 pending_since REAL,
                 last          TEXT NOT NULL DEFAULT '{}',
                 error         TEXT NOT NULL DEFAULT '',
-                updated_at    REAL NOT NULL
+                updated_at    REAL NOT NULL,
+                provider      TEXT NOT NULL DEFAULT '{}'
             ) WITHOUT ROWID
             """,
         ),

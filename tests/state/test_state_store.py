@@ -349,6 +349,7 @@ def test_node_pool_records_round_trip_and_are_forgotten(store: StateStore) -> No
         last={"action": "drain", "node": "workers-1a2b3c", "reason": "requested 10% < 50%"},
         error="",
         updated_at=20.0,
+        provider={"command": ["/usr/local/bin/make-node"], "timeout": 120.0},
     )
     store.save_node_pool(record)
     assert store.get_node_pool("workers") == record

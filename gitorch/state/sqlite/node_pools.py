@@ -19,11 +19,12 @@ class NodePools:
     def save(self, record: NodePoolRecord) -> None:
         with self.db.transaction():
             self.db.execute(
-                "INSERT INTO node_pools (pool, nodes, pending_since, last, error, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO node_pools (pool, nodes, pending_since, last, error, updated_at,"
+                " provider) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (pool) DO UPDATE SET nodes = excluded.nodes,"
                 " pending_since = excluded.pending_since, last = excluded.last,"
-                " error = excluded.error, updated_at = excluded.updated_at",
+                " error = excluded.error, updated_at = excluded.updated_at,"
+                " provider = excluded.provider",
                 (
                     record.pool,
                     json.dumps([dict(n) for n in record.nodes], sort_keys=True),
@@ -31,6 +32,7 @@ class NodePools:
                     rows.dump_json(record.last),
                     record.error,
                     record.updated_at,
+                    rows.dump_json(record.provider),
                 ),
             )
 
