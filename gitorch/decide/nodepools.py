@@ -289,7 +289,9 @@ def _nodes_needed(
         if n["name"] not in inp.pass_nodes and n["name"] not in draining
     ]
     room = max(0, pool.max_nodes - len(nodes))
-    fresh = [template_view(pool, f"{pool.name}-template-{i}") for i in range(max(room, 1))]
+    # One template node per waiting replica at most: how many it takes, whatever the
+    # room left (the caller caps it at maxNodes and says so).
+    fresh = [template_view(pool, f"{pool.name}-template-{i}") for i in range(len(pending))]
     running = [r for r, _ in running_replicas(live)]
     requests = [u.request for u in pending]
     placed = schedule([*views, *upcoming, *fresh], running, requests)
