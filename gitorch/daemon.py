@@ -525,6 +525,13 @@ class Daemon:
         self.metrics.keep_autoscaled({r.decision.service for r in results})
         for result in results:
             decision = result.decision
+            if result.vertical_applied:
+                changed = True
+                log.info(
+                    "vertical autoscaling applied new requests to %s: a rolling update",
+                    decision.service,
+                    extra={"service": decision.service},
+                )
             self.metrics.set_autoscale(
                 decision.service,
                 desired=decision.desired,

@@ -33,6 +33,7 @@ from gitorch.commands.common import (
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
 from gitorch.decide.nodes import lost_nodes
+from gitorch.decide.vertical import with_vertical
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
 from gitorch.errors import ManifestInvalid
@@ -142,6 +143,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             store.close()
     # Readiness as the daemon would see it: one probe of each running replica.
     live = assess_readiness(live, runtimes)
+    # Requests vertical mode Auto applied are the autoscaler's, not drift from Git.
+    desired = with_vertical(desired, live.autoscalers)
     now = time.time()
     decision = decide_pass(
         pass_input_of(

@@ -287,6 +287,7 @@ def _autoscaled(desired: DesiredState, live: LiveState) -> list[AutoscaledItem]:
                     auto.vertical.mode,
                     service.canonical["spec"]["resources"].get("requests", {}),
                     record.usage.get("recommendation") if record is not None else None,
+                    record.usage.get("applied") if record is not None else None,
                 )
                 if auto.vertical is not None
                 else (),

@@ -158,12 +158,14 @@ def autoscale_json(
     vertical = auto.get("vertical")
     if vertical is not None:
         stored = record.usage.get("recommendation") if record is not None else None
+        applied = record.usage.get("applied") if record is not None else None
         requests = spec.get("resources", {}).get("requests", {})
         doc["vertical"] = {
             "mode": vertical["mode"],
             "requests": dict(requests),
             "recommendation": dict(stored) if stored else None,
-            "lines": list(recommendation_lines(vertical["mode"], requests, stored)),
+            "applied": dict(applied) if isinstance(applied, dict) else None,
+            "lines": list(recommendation_lines(vertical["mode"], requests, stored, applied)),
         }
     return doc
 
