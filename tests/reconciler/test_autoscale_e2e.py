@@ -349,18 +349,23 @@ main("holder", lambda settings: AppSpec(settings=settings, routes={{}}))
 """
 
 
-def test_a_replica_holding_200_mib_gets_a_memory_recommendation_of_200_to_260_mib(
-    cluster: Cluster,
-) -> None:
+def holder_service(cluster: Cluster, vertical: str) -> str:
+    """A replica that holds 200 MiB, requesting 250m and 512Mi, with ``vertical``."""
     app = cluster.root / "hold.py"
     app.write_text(HOLD_APP, encoding="utf-8")
-    service = process_service(
+    return process_service(
         "holder", port=cluster.port, replicas=1, command=["python3", str(app)]
     ) + (
         "  resources: {requests: {cpu: 250m, memory: 512Mi}}\n"
         "  autoscale:\n    minReplicas: 1\n    maxReplicas: 1\n"
-        "    vertical: {mode: Recommend, minAllowed: {cpu: 10m}}\n"
+        f"    vertical: {vertical}\n"
     )
+
+
+def test_a_replica_holding_200_mib_gets_a_memory_recommendation_of_200_to_260_mib(
+    cluster: Cluster,
+) -> None:
+    service = holder_service(cluster, "{mode: Recommend, minAllowed: {cpu: 10m}}")
     commit(cluster.repo, {"holder.yaml": service}, "a replica that holds 200 MiB")
     daemon = cluster.daemon(extra=["--autoscale-sync", "1s"])
 
@@ -389,15 +394,9 @@ def test_vertical_mode_auto_applies_the_recommendation_through_a_rolling_update(
     """512Mi requested, 200 MiB used: the recommendation (about 237Mi) is more than 20%
     away, so the service rolls to it (a new replica ready before the old one goes, 0 failed
     requests); recorded in the audit log; then plan shows no change and no drift."""
-    app = cluster.root / "hold.py"
-    app.write_text(HOLD_APP, encoding="utf-8")
-    service = process_service(
-        "holder", port=cluster.port, replicas=1, command=["python3", str(app)]
-    ) + (
-        "  resources: {requests: {cpu: 250m, memory: 512Mi}}\n"
-        "  autoscale:\n    minReplicas: 1\n    maxReplicas: 1\n"
-        # cpu held at 10m: only memory moves (a start's cpu spike would move cpu too).
-        "    vertical: {mode: Auto, minAllowed: {cpu: 10m}, maxAllowed: {cpu: 10m}}\n"
+    # cpu held at 10m: only memory moves (a start's cpu spike would move cpu too).
+    service = holder_service(
+        cluster, "{mode: Auto, minAllowed: {cpu: 10m}, maxAllowed: {cpu: 10m}}"
     )
     commit(cluster.repo, {"holder.yaml": service}, "a replica that holds 200 MiB, Auto")
     daemon = cluster.daemon(extra=["--autoscale-sync", "1s"])

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gitorch.errors import StateError
 from gitorch.state.audit_chain import ChainEntry, link, next_prev_hash
@@ -755,72 +756,68 @@ class Traffic:
         return [_traffic(name, found[name]) for name in sorted(found)]
 
 
-# -- autoscalers -------------------------------------------------------------------------
+# -- autoscalers and node pools ---------------------------------------------------------
 
 
-def _autoscaler(data: Mapping[str, Any]) -> AutoscalerRecord:
-    return AutoscalerRecord(**{**data, "metrics": tuple(data.get("metrics") or ())})
+R = TypeVar("R")
 
 
-class Autoscalers:
+class _OneKeyEach(ABC, Generic[R]):
+    """Records kept one key each under ``prefix`` (``PREFIX/NAME``), whole on every save."""
+
+    prefix: str
+
     def __init__(self, kv: EtcdBackend) -> None:
         self.kv = kv
 
-    def save(self, record: AutoscalerRecord) -> None:
-        self.kv.atomic(lambda: self.kv.put(f"autoscalers/{record.service}", _plain(record)))
+    @abstractmethod
+    def _name(self, record: R) -> str:
+        """The record's name, the last part of its key."""
 
-    def get(self, service: str) -> AutoscalerRecord | None:
-        found = self.kv.get(f"autoscalers/{service}")
-        return None if found is None else _autoscaler(found)
+    @abstractmethod
+    def _record(self, data: Mapping[str, Any]) -> R:
+        """The record from its stored JSON."""
 
-    def list(self) -> list[AutoscalerRecord]:
-        return sorted(
-            (_autoscaler(data) for _, data in self.kv.range("autoscalers/")),
-            key=lambda r: r.service,
-        )
+    def save(self, record: R) -> None:
+        key = f"{self.prefix}/{self._name(record)}"
+        self.kv.atomic(lambda: self.kv.put(key, _plain(record)))
 
-    def forget(self, service: str) -> bool:
+    def get(self, name: str) -> R | None:
+        found = self.kv.get(f"{self.prefix}/{name}")
+        return None if found is None else self._record(found)
+
+    def list(self) -> list[R]:
+        records = [self._record(data) for _, data in self.kv.range(f"{self.prefix}/")]
+        return sorted(records, key=self._name)
+
+    def forget(self, name: str) -> bool:
         def write() -> bool:
-            if self.kv.get(f"autoscalers/{service}") is None:
+            if self.kv.get(f"{self.prefix}/{name}") is None:
                 return False
-            self.kv.delete(f"autoscalers/{service}")
+            self.kv.delete(f"{self.prefix}/{name}")
             return True
 
         return self.kv.atomic(write)
 
 
-# -- node pools --------------------------------------------------------------------------
+class Autoscalers(_OneKeyEach[AutoscalerRecord]):
+    prefix = "autoscalers"
+
+    def _name(self, record: AutoscalerRecord) -> str:
+        return record.service
+
+    def _record(self, data: Mapping[str, Any]) -> AutoscalerRecord:
+        return AutoscalerRecord(**{**data, "metrics": tuple(data.get("metrics") or ())})
 
 
-def _node_pool(data: Mapping[str, Any]) -> NodePoolRecord:
-    return NodePoolRecord(**{**data, "nodes": tuple(data.get("nodes") or ())})
+class NodePools(_OneKeyEach[NodePoolRecord]):
+    prefix = "node-pools"
 
+    def _name(self, record: NodePoolRecord) -> str:
+        return record.pool
 
-class NodePools:
-    def __init__(self, kv: EtcdBackend) -> None:
-        self.kv = kv
-
-    def save(self, record: NodePoolRecord) -> None:
-        self.kv.atomic(lambda: self.kv.put(f"node-pools/{record.pool}", _plain(record)))
-
-    def get(self, pool: str) -> NodePoolRecord | None:
-        found = self.kv.get(f"node-pools/{pool}")
-        return None if found is None else _node_pool(found)
-
-    def list(self) -> list[NodePoolRecord]:
-        return sorted(
-            (_node_pool(data) for _, data in self.kv.range("node-pools/")),
-            key=lambda r: r.pool,
-        )
-
-    def forget(self, pool: str) -> bool:
-        def write() -> bool:
-            if self.kv.get(f"node-pools/{pool}") is None:
-                return False
-            self.kv.delete(f"node-pools/{pool}")
-            return True
-
-        return self.kv.atomic(write)
+    def _record(self, data: Mapping[str, Any]) -> NodePoolRecord:
+        return NodePoolRecord(**{**data, "nodes": tuple(data.get("nodes") or ())})
 
 
 # -- volumes -----------------------------------------------------------------------------
