@@ -12,9 +12,9 @@ The rules are those of Kubernetes' cluster autoscaler, on gitorch's own schedule
   in it, count as template nodes already there (no second node for the same replicas).
 * **Scale down** a node requested under ``scaleDown.utilizationBelow`` (the larger of
   cpu and memory requests over capacity) for ``scaleDown.after``, one node at a time per
-  pool, never below ``minNodes`` and never while replicas wait for a node: when its
-  replicas fit on the other nodes, it is drained (``gitorch drain``: its replicas move
-  through their services' strategies), and once none is left, deleted.
+  pool, never below ``minNodes``, never while replicas wait that one of its nodes would
+  take: when its replicas fit on the other nodes, it is drained (``gitorch drain``: its
+  replicas move through their services' strategies), and once none is left, deleted.
 * **Bounds**: below ``minNodes`` nodes are made at once; never more than ``maxNodes``.
 
 The executor (:mod:`gitorch.apply.nodepools`) calls the provider and records the outcome.
@@ -134,19 +134,18 @@ def decide_pools(inp: PoolInput) -> list[PoolDecision]:
     pending = _Pending(list(inp.pending))
     decisions: list[PoolDecision] = []
     names = sorted(set(inp.desired.node_pools) | set(inp.records))
-    waiting = bool(inp.pending)
     for name in names:
         record = inp.records.get(name) or NodePoolRecord(name, updated_at=inp.now)
         pool = inp.desired.node_pools.get(name)
         if pool is None:
             decisions.append(_retire(inp, record))
             continue
-        decisions.append(_decide(inp, pool, record, pending, waiting))
+        decisions.append(_decide(inp, pool, record, pending))
     return decisions
 
 
 def _decide(
-    inp: PoolInput, pool: NodePool, record: NodePoolRecord, pending: _Pending, waiting: bool
+    inp: PoolInput, pool: NodePool, record: NodePoolRecord, pending: _Pending
 ) -> PoolDecision:
     now = inp.now
     nodes = list(record.nodes)
@@ -200,7 +199,8 @@ def _decide(
         )
     record = replace(record, pending_since=None)
     full = count >= pool.max_nodes and bool(fit)
-    nodes, drain, reason = _scale_down(inp, pool, nodes, blocked=waiting)
+    # Replicas a node of this pool would take wait (the pool is full): keep every node.
+    nodes, drain, reason = _scale_down(inp, pool, nodes, blocked=bool(fit))
     if full and not drain:
         reason = f"{len(fit)} replica(s) wait, and the pool is at maxNodes {pool.max_nodes}"
     return PoolDecision(
@@ -345,9 +345,9 @@ def _scale_down(
     if len(nodes) <= pool.min_nodes:
         return updated, None, f"under-used nodes kept: minNodes {pool.min_nodes}"
     if blocked:
-        return updated, None, "under-used nodes kept while replicas wait for a node"
+        return updated, None, "under-used nodes kept while replicas wait for one of its nodes"
     for used, name in sorted(candidates):
-        if not _fits_elsewhere(inp, name, {n["name"] for n in updated if n["name"] != name}):
+        if not _fits_elsewhere(inp, name):
             continue
         marked = [
             {**n, "state": DRAINING, "draining_since": now} if n["name"] == name else n
@@ -363,7 +363,7 @@ def _scale_down(
     return updated, None, "under-used nodes kept: their replicas fit nowhere else"
 
 
-def _fits_elsewhere(inp: PoolInput, node: str, _pool_nodes: set[str]) -> bool:
+def _fits_elsewhere(inp: PoolInput, node: str) -> bool:
     """Whether every replica running on ``node`` would be placed on another node."""
     live, desired = inp.live, inp.desired
     counted = running_replicas(live)

@@ -191,12 +191,18 @@ def test_no_scale_down_below_min_or_while_replicas_wait_or_when_they_fit_nowhere
     assert kept.drain is None and "minNodes 1" in kept.reason
 
     state = desired(pool_yaml(down="0s"), web_yaml(cpu="500m"))
+    # web-0 fits no node there is (local is full) and a workers node would take it.
+    full = live([node("local", cpu=0), nodes[1]], {"web-1": "workers-aaaaaa"}, state)
     blocked = decide_pools(
+        PoolInput(state, {"workers": record}, full, waiting(state, "web-0"), frozenset(), 9.0)
+    )[0]
+    assert blocked.drain is None and "wait for a node" in blocked.reason
+    # A replica waiting that an existing node will take blocks nothing.
+    elsewhere = decide_pools(
         PoolInput(state, {"workers": record}, observed, waiting(state, "web-0"), frozenset(), 9.0)
     )[0]
-    assert blocked.drain is None
+    assert elsewhere.drain == "workers-aaaaaa"
 
-    full = live([node("local", cpu=0), nodes[1]], {"web-1": "workers-aaaaaa"}, state)
     stuck = decide_pools(PoolInput(state, {"workers": record}, full, (), frozenset(), 9.0))[0]
     assert stuck.drain is None and "fit nowhere else" in stuck.reason
 
