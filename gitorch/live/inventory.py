@@ -189,8 +189,9 @@ def node_targets(nodes: Iterable[Node], default_driver: str) -> list[NodeTarget]
 
 def pool_targets(records: Iterable[NodePoolRecord]) -> list[NodeTarget]:
     """The nodes NodePools made, each as its provider returned it and with the template
-    it was made from (labels plus the pool's label, capacity, taints); a draining one is
-    cordoned."""
+    it was made from (labels plus the pool's label, capacity, taints). A draining one is
+    drained by the store's drain flag (as ``gitorch drain``), not here: a target that
+    changes rebuilds the reconciler's runtimes and health monitor."""
     return [
         NodeTarget(
             name=node["name"],
@@ -205,7 +206,6 @@ def pool_targets(records: Iterable[NodePoolRecord]) -> list[NodeTarget]:
             taints=tuple(
                 (t["key"], t.get("value") or "", t["effect"]) for t in node.get("taints") or ()
             ),
-            drain=node.get("state") == "draining",
         )
         for record in records
         for node in record.nodes
