@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from multinode_helpers import IMAGE, World, node_yaml, service_yaml, settled, where
-from reconciler_helpers import DaemonProc, commit, get_body, gitorch, wait_for
+from reconciler_helpers import DaemonProc, LoadClient, commit, free_port, gitorch, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDER = ROOT / "examples" / "nodepool" / "local-engines"
@@ -67,15 +68,21 @@ def pool_of(daemon: DaemonProc) -> dict[str, Any]:
 def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_deletes_it(
     world: World, port: int
 ) -> None:
+    """The local node (one cpu) runs a filler (500m) and web-1 (400m); web-2 fits nowhere,
+    so the pool makes a node for it. The filler leaves Git (the load is gone): web-2 fits
+    on local again, its node is under-used for the window, drained (web-2 moves to local,
+    the replacement ready before the old one stops: no failed request) and deleted."""
     engines = world.root / "engines"
     world.process_nodes = ["local"]
-    web = service_yaml("web", port=port, replicas=1, cpu="600m", memory="16Mi")
+    filler = service_yaml("filler", port=free_port(), replicas=1, cpu="500m", memory="16Mi")
+    web = service_yaml("web", port=port, replicas=1, cpu="400m", memory="16Mi")
     files = {
         "nodes.yaml": node_yaml("local", cpu="1", memory="1Gi"),
         "pool.yaml": pool_yaml(engines),
+        "filler.yaml": filler,
         "web.yaml": web,
     }
-    commit(world.repo, files, "web on the local node, and a pool of workers")
+    commit(world.repo, files, "web and a filler on the local node, and a pool of workers")
     daemon = DaemonProc(
         str(world.repo),
         world.state,
@@ -86,13 +93,13 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
     )
     world.daemons.append(daemon)
     try:
-        wait_for("web on local", lambda: settled(daemon.service("web"), 1), 40,
-                 describe=daemon.log_tail)  # fmt: skip
+        wait_for("web and filler on local",
+                 lambda: settled(daemon.service("web"), 1) and settled(daemon.service("filler"), 1),
+                 40, describe=daemon.log_tail)  # fmt: skip
         assert pool_of(daemon)["nodes"] == []
 
-        # Two replicas of 600m do not fit the local node's one cpu: web-2 waits, and
-        # a node of the pool's template (one cpu) would take it.
-        two = service_yaml("web", port=port, replicas=2, cpu="600m", memory="16Mi")
+        # 100m left on local: web-2 waits, and a node of the template (one cpu) takes it.
+        two = service_yaml("web", port=port, replicas=2, cpu="400m", memory="16Mi")
         commit(world.repo, {"web.yaml": two}, "two web replicas")
         wait_for(
             "a pool node made, web-2 running there",
@@ -114,43 +121,52 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
         listed = provider(engines, "list", {"pool": "workers"})
         assert [n["name"] for n in listed] == [made]
         # It really runs in the private engine the provider made.
-        endpoint = listed[0]["endpoint"]
         names = subprocess.run(
-            ["docker", "-H", endpoint, "ps", "--format", "{{.Names}}"],
+            ["docker", "-H", listed[0]["endpoint"], "ps", "--format", "{{.Names}}"],
             capture_output=True, text=True, timeout=30, check=True,
         ).stdout  # fmt: skip
         assert "web" in names, names
-        for _ in range(20):  # served through the balancer by both replicas' nodes
-            assert get_body(port) is not None
         nodes = {n["name"]: n for n in daemon.status()["nodes"]}
         assert nodes[made].get("pool") == "workers" and nodes[made]["ready"]
+        # 40% requested there, under 50%: but web-2 fits nowhere else, so the node stays.
+        time.sleep(3 * SYNC + 3)
+        assert [n["name"] for n in pool_of(daemon)["nodes"]] == [made]
 
-        # The load is gone: one replica is enough; the pool node is under-used (nothing
-        # requested there) for the window, drained, then deleted.
-        commit(world.repo, {"web.yaml": web}, "one web replica again")
-        wait_for(
-            "the pool node deleted",
-            lambda: pool_of(daemon)["nodes"] == [],
-            90,
-            interval=0.5,
-            describe=daemon.log_tail,
-        )
-        assert settled(daemon.service("web"), 1)
-        assert where(daemon.service("web")) == {"web-1": "local"}
+        # The load is gone: the filler leaves Git, web-2 fits on local; its node is
+        # drained (web-2 moves) and deleted, with web answering all along.
+        with LoadClient(port, threads=2) as load:
+            wait_for("load flowing", lambda: load.ok > 20, 20)
+            (world.repo / "filler.yaml").unlink()
+            commit(world.repo, {}, "the filler is gone")
+            wait_for(
+                "the pool node drained and deleted",
+                lambda: pool_of(daemon)["nodes"] == [],
+                120,
+                interval=0.5,
+                describe=daemon.log_tail,
+            )
+            wait_for("web settled on local",
+                     lambda: settled(daemon.service("web"), 2), 30)  # fmt: skip
+            mark = load.ok
+            wait_for("load after the drain", lambda: load.ok > mark + 20, 20)
+        print(f"node pool drain: {load.ok} requests, {len(load.failures)} failed")
+        assert load.failures == [], (len(load.failures), load.failures[:10])
+        assert where(daemon.service("web")) == {"web-1": "local", "web-2": "local"}
         assert provider(engines, "list", {"pool": "workers"}) == []
         assert made not in {n["name"] for n in daemon.status()["nodes"]}
 
         events = gitorch("audit", "--state", str(world.state), "--format", "json",
                          cwd=world.root)  # fmt: skip
         assert events.code == 0, events.stderr
-        kinds = [e["kind"] for e in events.json()]
+        by_kind = {e["kind"]: e for e in events.json()}
         for kind in ("nodepool.scaled-up", "nodepool.draining", "nodepool.scaled-down"):
-            assert kind in kinds, kinds
+            assert kind in by_kind, list(by_kind)
+        assert "its replicas fit elsewhere" in by_kind["nodepool.draining"]["message"]
         code, metrics = daemon.request("GET", "/metrics")
         assert code == 200
-        assert 'gitorch_node_pool_decisions_total{action="create",pool="workers"} 1.0' in metrics
-        assert 'gitorch_node_pool_decisions_total{action="drain",pool="workers"} 1.0' in metrics
-        assert 'gitorch_node_pool_decisions_total{action="delete",pool="workers"} 1.0' in metrics
+        for action in ("create", "drain", "delete"):
+            sample = f'gitorch_node_pool_decisions_total{{action="{action}",pool="workers"}} 1.0'
+            assert sample in metrics, action
         assert 'gitorch_node_pool_nodes{kind="max",pool="workers"} 2.0' in metrics
         assert 'gitorch_node_pool_nodes{kind="current",pool="workers"} 0.0' in metrics
         text = gitorch("status", "--state", str(world.state), "--server",
