@@ -422,7 +422,7 @@ def test_vertical_mode_auto_applies_the_recommendation_through_a_rolling_update(
     finally:
         client.stop()
     assert client.failures == [], client.failures[:10]
-    with StateStore(cluster.state, readonly=True) as store:
+    with StateStore(cluster.store_location, readonly=True) as store:
         [event] = store.list_events(kind="autoscale.vertical-applied", limit=None)
         applied = {a.name: a for a in store.list_applied() if a.kind == "Service"}["holder"]
     to = event.data["to"]
@@ -431,7 +431,7 @@ def test_vertical_mode_auto_applies_the_recommendation_through_a_rolling_update(
     assert "holder: requests cpu 250m, memory 512Mi -> cpu 10m, memory" in event.message
     requests = applied.spec["spec"]["resources"]["requests"]
     assert requests["cpu"] == "10m" and requests["memory"] != "512Mi", requests
-    common = ["--repo", str(cluster.repo), "--state", str(cluster.state), "--runtime", "process"]
+    common = ["--repo", str(cluster.repo), *cluster.state_args, "--runtime", "process"]
     plan = gitorch("plan", *common, "--format", "json", cwd=cluster.root)
     assert plan.code == 0, plan.stdout + plan.stderr
     doc = plan.json()
@@ -439,6 +439,6 @@ def test_vertical_mode_auto_applies_the_recommendation_through_a_rolling_update(
     shown = f"applied by mode Auto: requests.memory 512Mi -> {requests['memory']}"
     text = gitorch("plan", *common, cwd=cluster.root)
     assert text.code == 0 and shown in text.stdout, text.stdout + text.stderr
-    status = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
+    status = gitorch("status", *cluster.state_args, cwd=cluster.root)
     assert shown in status.stdout, status.stdout
     print(f"vertical Auto: {event.message} ({client.ok} requests, 0 failed)")
