@@ -392,3 +392,23 @@ def _fits_elsewhere(inp: PoolInput, node: str) -> bool:
         )
     placed = schedule(views, staying, requests)
     return all(d.node is not None for d in placed)
+
+
+def pools_that_fit(
+    desired: DesiredState, live: LiveState, pending: Sequence[Unplaced]
+) -> dict[str, str]:
+    """Replica -> the first NodePool (by name) whose template node would take it, for
+    replicas a pass could not place: what ``gitorch plan`` says about them."""
+    out: dict[str, str] = {}
+    left = list(pending)
+    for name, pool in sorted(desired.node_pools.items()):
+        if not left:
+            break
+        fresh = [template_view(pool, f"{name}-template-{i}") for i in range(len(left))]
+        running = [r for r, _ in running_replicas(live)]
+        placed = schedule([*node_views(live), *fresh], running, [u.request for u in left])
+        names = {v.name for v in fresh}
+        taken = {u.request.replica for u, d in zip(left, placed, strict=True) if d.node in names}
+        out.update({replica: name for replica in taken})
+        left = [u for u in left if u.request.replica not in taken]
+    return out

@@ -9,7 +9,13 @@ from typing import Any
 from decide_helpers import load_docs
 
 from gitorch.decide.cluster import Unplaced
-from gitorch.decide.nodepools import DRAINING, PoolInput, decide_pools, utilization
+from gitorch.decide.nodepools import (
+    DRAINING,
+    PoolInput,
+    decide_pools,
+    pools_that_fit,
+    utilization,
+)
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import Request
@@ -217,3 +223,11 @@ def test_a_pool_that_left_git_drains_and_deletes_its_nodes() -> None:
         PoolInput(state, {"workers": first.record}, observed, (), frozenset(), 2.0)
     )[0]
     assert second.delete == ("workers-aaaaaa",)
+
+
+def test_plan_names_the_pool_whose_node_would_take_a_waiting_replica() -> None:
+    state = desired(pool_yaml(), web_yaml())
+    observed = live([node("local")], {"web-0": "local"}, state)
+    assert pools_that_fit(state, observed, waiting(state, "web-1")) == {"web-1": "workers"}
+    picky = desired(pool_yaml(), web_yaml(selector="{disk: ssd}"))
+    assert pools_that_fit(picky, observed, waiting(picky, "web-1")) == {}
