@@ -22,6 +22,7 @@ TESTS = Path(__file__).resolve().parent
 ONE_WORKER_FOLDERS = {"multihost": "hosts-rig", "multinode": "private-engine"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under ``-n N --dist loadgroup``, each test file's tests run on one worker (their
     module fixtures and rigs are built once), and the folders of
