@@ -37,6 +37,7 @@ from gitorch.api.traffic_metrics import TrafficCollector
 from gitorch.api.webhook import WebhookSecret
 from gitorch.apply.autoscaler import Autoscaler
 from gitorch.apply.bookkeeping import Bookkeeper, actor_of
+from gitorch.apply.nodepools import NodePoolScaler
 from gitorch.apply.reconciler import CommitMeta, PassResult, Reconciler
 from gitorch.apply.scale_metrics import ScaleMetrics
 from gitorch.apply.session import Session, SessionOptions, commit_meta, verified_commit
@@ -128,6 +129,7 @@ class Daemon:
         self._pass_lock = threading.Lock()
         self._standby_runtimes: tuple[tuple[Any, ...], dict[str, Runtime]] | None = None
         self._autoscaler: Autoscaler | None = None
+        self._node_pools: NodePoolScaler | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -172,6 +174,10 @@ class Daemon:
                 target=self._autoscale_loop, name="gitorch-autoscaler", daemon=True
             )
             autoscaling.start()
+            pools = threading.Thread(
+                target=self._node_pool_loop, name="gitorch-node-pools", daemon=True
+            )
+            pools.start()
             if threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, lambda *_: self.stop())
@@ -186,6 +192,7 @@ class Daemon:
                 self.dashboard.close()
                 self.api.stop()
                 autoscaling.join(timeout=10)
+                pools.join(timeout=10)
                 if self._etcd is None:
                     (opts.session.state_dir / DAEMON_FILE).unlink(missing_ok=True)
 
@@ -525,6 +532,13 @@ class Daemon:
         self.metrics.keep_autoscaled({r.decision.service for r in results})
         for result in results:
             decision = result.decision
+            if result.vertical_applied:
+                changed = True
+                log.info(
+                    "vertical autoscaling applied new requests to %s: a rolling update",
+                    decision.service,
+                    extra={"service": decision.service},
+                )
             self.metrics.set_autoscale(
                 decision.service,
                 desired=decision.desired,
@@ -545,6 +559,71 @@ class Daemon:
                     decision.reason,
                     extra={"service": decision.service},
                 )
+        return changed
+
+    def _node_pool_loop(self) -> None:
+        """Every ``autoscale_sync`` seconds: the NodePools' sync (make, drain, delete
+        nodes). Its own thread: a provider may take minutes to make a machine."""
+        period = self.options.autoscale_sync
+        while not self._stopping.wait(period):
+            try:
+                changed = self._node_pools_once()
+            except GitorchError as exc:
+                log.warning("node pool sync failed: %s", exc.message)
+                continue
+            except Exception:  # a bug must not stop cluster autoscaling for good
+                log.exception("node pool sync crashed")
+                continue
+            if changed:
+                self._wake.set()
+
+    def _node_pools_once(self) -> bool:
+        """One sync of every NodePool; True when a node was made, drained or deleted
+        (the next pass then places on, or moves off, it)."""
+        session, desired = self.session, self._desired
+        if session is None or desired is None or session.reconciler is None:
+            return False
+        if not self.acting:
+            return False  # a standby: the leader makes and deletes nodes
+        if (
+            not desired.node_pools
+            and self._node_pools is None
+            and not session.store.list_node_pools()
+        ):
+            return False
+        if self._node_pools is None:
+            self._node_pools = NodePoolScaler(session.store)
+        reconciler = session.reconciler
+        with self._lock:
+            last = self._last_pass
+        decision = last.decision if last is not None else None
+        pending = decision.unplaced if decision is not None else ()
+        pass_nodes = decision.nodes if decision is not None else frozenset()
+        live = observe(reconciler.targets, reconciler.runtimes, session.cluster, session.store)
+        results = self._node_pools.sync(desired, live, pending, pass_nodes)
+        self.metrics.keep_node_pools({r.record.pool for r in results})
+        changed = False
+        for result in results:
+            pool = desired.node_pools.get(result.record.pool)
+            self.metrics.set_node_pool(
+                result.record.pool,
+                nodes=len(result.record.nodes),
+                draining=sum(1 for n in result.record.nodes if n.get("state") == "draining"),
+                bounds=(pool.min_nodes, pool.max_nodes) if pool is not None else (0, 0),
+                failing=bool(result.error),
+            )
+            decided = result.decision
+            if decided.create:
+                made = len(result.record.nodes) - decided.nodes_before
+                if made > 0:
+                    self.metrics.node_pool_decisions_total.inc(pool=decided.pool, action="create")
+            if decided.drain:
+                self.metrics.node_pool_decisions_total.inc(pool=decided.pool, action="drain")
+            for _ in decided.delete:
+                self.metrics.node_pool_decisions_total.inc(pool=decided.pool, action="delete")
+            if decided.changed:
+                changed = True
+                log.info("node pool %s: %s", decided.pool, decided.reason)
         return changed
 
     def _write_traffic(self) -> None:

@@ -176,6 +176,40 @@ class _AutoscaleGauges:
         yield metric
 
 
+class _NodePoolGauges:
+    """gitorch_node_pool_nodes (current, draining, min, max) and gitorch_node_pool_failing
+    (the provider's last call failed), as the node-pool sync left them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.pools: dict[str, tuple[int, int, int, int, bool]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            pools = dict(self.pools)
+        nodes = GaugeMetricFamily(
+            "gitorch_node_pool_nodes",
+            "The nodes of each NodePool (current, of which draining) and its bounds.",
+            labels=["pool", "kind"],
+        )
+        failing = GaugeMetricFamily(
+            "gitorch_node_pool_failing",
+            "1 while a NodePool's provider failed at its last call.",
+            labels=["pool"],
+        )
+        for pool, (current, draining, low, high, bad) in sorted(pools.items()):
+            for kind, count in (
+                ("current", current),
+                ("draining", draining),
+                ("min", low),
+                ("max", high),
+            ):
+                nodes.add_metric([pool, kind], count)
+            failing.add_metric([pool], 1 if bad else 0)
+        yield nodes
+        yield failing
+
+
 class _Guarded:
     """A collector whose failure leaves its families out of the scrape (logged), rather
     than failing the whole scrape."""
@@ -241,6 +275,16 @@ class Metrics:
                 registry=self.registry,
             )
         )
+        self._pools = _NodePoolGauges()
+        self.registry.register(self._pools)
+        self.node_pool_decisions_total = _Labelled(
+            Counter(
+                "gitorch_node_pool_decisions_total",
+                "Nodes made (create), drained (drain) and deleted (delete) by NodePools.",
+                ["pool", "action"],
+                registry=self.registry,
+            )
+        )
         # Known results show 0 from the start (rate() needs a starting point).
         for result in RECONCILE_RESULTS:
             reconcile_total.labels(result=result)
@@ -295,6 +339,25 @@ class Metrics:
         with self._autoscale._lock:
             self._autoscale.counts[service] = (desired, *bounds)
             self._autoscale.readings[service] = list(readings)
+
+    def set_node_pool(
+        self,
+        pool: str,
+        *,
+        nodes: int,
+        draining: int,
+        bounds: tuple[int, int],
+        failing: bool,
+    ) -> None:
+        """A NodePool's nodes and bounds after its last sync."""
+        with self._pools._lock:
+            self._pools.pools[pool] = (nodes, draining, *bounds, failing)
+
+    def keep_node_pools(self, pools: set[str]) -> None:
+        """Drop the series of every pool not in ``pools`` (it left Git, its nodes gone)."""
+        with self._pools._lock:
+            for gone in set(self._pools.pools) - pools:
+                self._pools.pools.pop(gone, None)
 
     def keep_autoscaled(self, services: set[str]) -> None:
         """Drop the autoscale series of every service not in ``services``."""

@@ -14,21 +14,33 @@ count, so ``gitorch plan`` shows them and the executor carries them out.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gitorch.apply.scale_metrics import ScaleMetrics, Usage
 from gitorch.decide.autoscale import ScaleDecision, ScaleInput, ScaleMemory, decide_scale
 from gitorch.decide.service import desired_count
-from gitorch.decide.vertical import Histograms, recommend
+from gitorch.decide.vertical import Histograms, auto_update, recommend, running_requests
 from gitorch.live.model import LiveReplica, LiveService, LiveState
-from gitorch.manifests.model import DesiredState, Service, VerticalScaling
+from gitorch.manifests.model import DesiredState, Service
+from gitorch.manifests.quantities import format_cpu, format_memory
 from gitorch.state.records import AutoscalerRecord, RolloutPhase, RolloutRecord
 from gitorch.state.store import StateStore
 
 #: The event kind of a change of count in the audit log.
 SCALED_EVENT = "autoscale.scaled"
+#: ... of requests applied by vertical ``mode: Auto``.
+VERTICAL_EVENT = "autoscale.vertical-applied"
+
+
+def _requests_text(requests: Mapping[str, Any]) -> str:
+    parts = []
+    if requests.get("cpu") is not None:
+        parts.append(f"cpu {format_cpu(int(requests['cpu']))}")
+    if requests.get("memory") is not None:
+        parts.append(f"memory {format_memory(int(requests['memory']))}")
+    return ", ".join(parts) or "none"
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class SyncResult:
     decision: ScaleDecision
     record: AutoscalerRecord
     bounds: tuple[int, int]
+    vertical_applied: bool = False  # mode Auto applied new requests this sync
 
 
 def memory_of(record: AutoscalerRecord | None) -> ScaleMemory:
@@ -63,19 +76,24 @@ def rollout_running(service: Service, live: LiveService, rollout: RolloutRecord 
 
 
 def _vertical(
+    service: Service,
     previous: AutoscalerRecord | None,
     usage: Sequence[Usage],
-    vertical: VerticalScaling | None,
     now: float,
+    *,
+    rolling: bool,
 ) -> dict[str, Any]:
-    """The usage histograms with this sync's samples, and the recommendation they give."""
+    """The usage histograms with this sync's samples, the recommendation they give, and
+    the requests ``mode: Auto`` applies (kept from before, or this recommendation when it
+    differs by more than 20% and no rollout runs: ``applied`` with ``from`` and ``at``)."""
+    vertical = service.autoscale.vertical if service.autoscale is not None else None
     assert vertical is not None
     stored = previous.usage if previous is not None else {}
     histograms = Histograms.from_json(stored.get("histograms")).add(
         [(u.cpu_millis, u.memory_bytes) for u in usage], now
     )
     recommendation = recommend(histograms, vertical, now)
-    return {
+    out: dict[str, Any] = {
         "histograms": histograms.to_json(),
         "recommendation": {
             "cpu": recommendation.cpu_millis,
@@ -83,6 +101,18 @@ def _vertical(
             "samples": recommendation.samples,
         },
     }
+    if vertical.mode != "Auto":
+        return out
+    update = None if rolling else auto_update(service, previous, recommendation)
+    if update is not None:
+        out["applied"] = {
+            **update,
+            "at": now,
+            "from": running_requests(service, previous),
+        }
+    elif isinstance(stored.get("applied"), dict):
+        out["applied"] = stored["applied"]
+    return out
 
 
 class Autoscaler:
@@ -137,6 +167,7 @@ class Autoscaler:
         usage = self.metrics.usage(answering) if needs_usage else []
         readings = self.metrics.read(service, answering, usage)
         rollout = live.rollouts.get(name)
+        rolling = rollout_running(service, live_service, rollout)
         decision = decide_scale(
             ScaleInput(
                 service=name,
@@ -145,7 +176,7 @@ class Autoscaler:
                 readings=readings,
                 now=now,
                 memory=memory_of(previous),
-                rollout_in_progress=rollout_running(service, live_service, rollout),
+                rollout_in_progress=rolling,
             )
         )
         record = AutoscalerRecord(
@@ -168,7 +199,14 @@ class Autoscaler:
                 "recommendations": [list(r) for r in decision.memory.recommendations],
                 "events": [list(e) for e in decision.memory.events],
             },
-            usage=_vertical(previous, usage, vertical, now) if recommending else {},
+            usage=_vertical(service, previous, usage, now, rolling=rolling) if recommending else {},
+        )
+        applied = record.usage.get("applied")
+        newly_applied = (
+            isinstance(applied, dict)
+            and applied.get("at") == now
+            and vertical is not None
+            and vertical.mode == "Auto"
         )
         with self.store.transaction():
             self.store.save_autoscaler(record)
@@ -190,5 +228,16 @@ class Autoscaler:
                     },
                     at=now,
                 )
+            if newly_applied:
+                assert isinstance(applied, dict)
+                before, after = applied["from"], applied
+                self.store.append_event(
+                    VERTICAL_EVENT,
+                    f"{name}: requests {_requests_text(before)} -> {_requests_text(after)} "
+                    "(vertical mode Auto: a rolling update)",
+                    service=name,
+                    data={"from": dict(before), "to": {k: after.get(k) for k in ("cpu", "memory")}},
+                    at=now,
+                )
         bounds = (service.autoscale.min_replicas, service.autoscale.max_replicas)
-        return SyncResult(decision, record, bounds)
+        return SyncResult(decision, record, bounds, newly_applied)

@@ -33,7 +33,7 @@ from gitorch.decide.volumes import VolumeDecision
 from gitorch.diff.compute import compute_plan
 from gitorch.diff.fields import FieldChange
 from gitorch.live.model import LiveState
-from gitorch.manifests.model import DesiredState, Node, Volume
+from gitorch.manifests.model import DesiredState, Node, NodePool, Volume
 from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, RolloutRecord, StateStore
 from gitorch.state.audit_chain import SYSTEM_ACTOR
 
@@ -346,9 +346,14 @@ class Bookkeeper:
         return replace(decision, record=record)
 
     def nodes_and_volumes(self, desired: DesiredState) -> None:
-        """The inventory of Nodes and Volumes follows Git (they roll nothing out)."""
+        """The inventory of Nodes, NodePools and Volumes follows Git (they roll nothing
+        out; a NodePool's nodes are its sync's, :mod:`gitorch.apply.nodepools`)."""
         applied = {(a.kind, a.name): a.digest for a in self.store.list_applied()}
-        objects: list[Node | Volume] = [*desired.nodes.values(), *desired.volumes.values()]
+        objects: list[Node | Volume | NodePool] = [
+            *desired.nodes.values(),
+            *desired.volumes.values(),
+            *desired.node_pools.values(),
+        ]
         for obj in objects:
             if applied.get((obj.kind, obj.name)) != obj.digest:
                 self.store.record_applied(
@@ -358,7 +363,9 @@ class Bookkeeper:
             if kind == "Node" and name not in desired.nodes:
                 self.store.forget_applied(kind, name)
                 self.store.remove_node(name)
-            elif kind == "Volume" and name not in desired.volumes:
+            elif (kind == "Volume" and name not in desired.volumes) or (
+                kind == "NodePool" and name not in desired.node_pools
+            ):
                 self.store.forget_applied(kind, name)
         for record in self.store.list_volumes():
             # The records keep the Volume as Git says now: its reclaimPolicy rules once it

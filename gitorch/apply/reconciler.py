@@ -42,6 +42,7 @@ from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, remaining
 from gitorch.decide.cluster import pass_input_of
 from gitorch.decide.routes import routing_table
 from gitorch.decide.service import service_from
+from gitorch.decide.vertical import with_vertical
 from gitorch.diff import Plan, check_expected, compute_plan
 from gitorch.errors import GitorchError
 from gitorch.live import NodeTarget, observe
@@ -190,6 +191,7 @@ class Reconciler:
     def plan(self, desired: DesiredState) -> Plan:
         """What the next pass would do (``/api/v1/plan``): the field diff and its actions."""
         live, lost = self.observe(desired)
+        desired = with_vertical(desired, live.autoscalers)
         decision = self.decide(desired, live, lost, self.clock())
         return compute_plan(desired, live, scoring=self.scoring, decision=decision)
 
@@ -209,6 +211,8 @@ class Reconciler:
             raise GitorchError("a standby's reconciler only plans (this daemon does not lead)")
         self.books.acting_for(commit)
         live, lost = self.observe(desired)
+        # Requests vertical mode Auto applied: the template the service rolls out to.
+        desired = with_vertical(desired, live.autoscalers)
         now = max(self.clock(), live.observed_at)
         decision = self.decide(desired, live, lost, now)
         if expect_plan is not None:

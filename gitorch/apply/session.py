@@ -25,7 +25,12 @@ from gitorch.apply.ingress import FleetDataPlane, IngressFleet
 from gitorch.apply.reconciler import CommitMeta, Reconciler
 from gitorch.errors import ConfigError
 from gitorch.live import NodeTarget, node_targets
-from gitorch.live.inventory import choose_default_driver, cluster_identity, open_runtimes
+from gitorch.live.inventory import (
+    choose_default_driver,
+    cluster_identity,
+    open_runtimes,
+    pool_targets,
+)
 from gitorch.manifests.model import DesiredState
 from gitorch.scheduler import LEAST_ALLOCATED
 from gitorch.secrets import SecretValues, load_age_identities, load_digest_key
@@ -170,10 +175,12 @@ class Session:
         return self._dataplane
 
     def reconciler_for(self, desired: DesiredState) -> Reconciler:
-        """The reconciler for ``desired``'s nodes: rebuilt when the repo's Nodes change,
-        and whenever this session's leadership changes (a new term starts from the
-        store and the replicas, as a restarted daemon does)."""
-        targets = node_targets(desired.nodes.values(), self.default_driver)
+        """The reconciler for ``desired``'s nodes and those NodePools made: rebuilt when
+        they change, and whenever this session's leadership changes (a new term starts
+        from the store and the replicas, as a restarted daemon does)."""
+        targets = node_targets(desired.nodes.values(), self.default_driver) + pool_targets(
+            self.store.list_node_pools()
+        )
         acting = self.leading
         term = self._current_term(acting)
         if (

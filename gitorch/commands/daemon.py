@@ -68,8 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_duration,
         default=15.0,
         metavar="DURATION",
-        help="time between readings of autoscaled services' metrics and scaling decisions "
-        "(default 15s, as Kubernetes' HPA)",
+        help="time between readings of autoscaled services' metrics and scaling decisions, "
+        "and between NodePools' syncs (default 15s, as Kubernetes' HPA)",
     )
     parser.add_argument(
         "--listen", default="127.0.0.1:7420", help="HTTP API address (default 127.0.0.1:7420)"

@@ -33,6 +33,7 @@ from gitorch.commands.common import (
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
 from gitorch.decide.nodes import lost_nodes
+from gitorch.decide.vertical import with_vertical
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json
 from gitorch.errors import ManifestInvalid
@@ -42,6 +43,7 @@ from gitorch.live.inventory import (
     choose_default_driver,
     cluster_identity,
     open_runtimes,
+    pool_targets,
 )
 from gitorch.live.observe import assess_readiness
 from gitorch.manifests import DesiredState, ManifestLoader
@@ -130,6 +132,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
             targets = node_targets(desired.nodes.values(), choose_default_driver(args.runtime))
         else:
             targets = registered_targets(store, args.runtime)
+        if store is not None:
+            made = pool_targets(store.list_node_pools())
+            known = {t.name for t in targets}
+            targets += [t for t in made if t.name not in known]
         runtimes = open_runtimes(targets, state, secrets_dir=secrets_dir_of(args))
         live = observe(targets, runtimes, cluster_identity(store, state, create=False), store)
     finally:
@@ -137,6 +143,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             store.close()
     # Readiness as the daemon would see it: one probe of each running replica.
     live = assess_readiness(live, runtimes)
+    # Requests vertical mode Auto applied are the autoscaler's, not drift from Git.
+    desired = with_vertical(desired, live.autoscalers)
     now = time.time()
     decision = decide_pass(
         pass_input_of(

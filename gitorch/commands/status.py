@@ -160,6 +160,7 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
     for node in down:
         console.print(f"  [red]node {escape(node['name'])} NotReady:[/] {escape(node['message'])}")
     _control_plane(console, data.get("controlPlane") or {})
+    _node_pools(console, data.get("nodePools") or [])
     if data["lastError"]:
         console.print(f"[red]last error:[/] {escape(data['lastError'])}")
         for line in data.get("lastErrorDetail", []):
@@ -249,6 +250,38 @@ def _autoscaling(console: Any, services: list[dict[str, Any]]) -> None:
             )
         for line in (auto.get("vertical") or {}).get("lines", []):
             console.print(f"  recommended: {escape(line)}")
+
+
+def _node_pools(console: Any, pools: list[dict[str, Any]]) -> None:
+    """One line per NodePool (nodes and bounds), its nodes, its last decision, its error."""
+    for pool in pools:
+        nodes = pool["nodes"]
+        bounds = (
+            f"(min {pool['minNodes']}, max {pool['maxNodes']})"
+            if pool["inGit"]
+            else "(left Git: its nodes are drained and deleted)"
+        )
+        listed = ", ".join(
+            f"{n['name']}"
+            + (" [yellow]draining[/]" if n["state"] == "draining" else "")
+            + ("" if n["ready"] else " [red]not answering[/]")
+            + (f" {n['utilization']:.0%} requested" if n.get("utilization") is not None else "")
+            for n in nodes
+        )
+        console.print(
+            f"node pool [bold]{escape(pool['name'])}[/]: {len(nodes)} node(s) {bounds}"
+            + (f": {listed}" if listed else "")
+        )
+        if pool.get("pendingSince") is not None:
+            console.print(f"  replicas wait for a node since {_age(pool['pendingSince'])}")
+        last = pool.get("lastDecision")
+        if last:
+            console.print(
+                f"  last change {_age(last.get('at'))} ago: {escape(str(last.get('action')))}, "
+                f"{last.get('from')} -> {last.get('to')} nodes ({escape(str(last.get('reason')))})"
+            )
+        if pool.get("error"):
+            console.print(f"  [red]provider error:[/] {escape(pool['error'])}")
 
 
 def _reading(metric: Mapping[str, Any]) -> str:

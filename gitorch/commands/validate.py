@@ -78,7 +78,11 @@ def report(args: argparse.Namespace, snapshot: Snapshot, result: LoadResult) -> 
                 "revision": snapshot.revision,
                 "path": snapshot.root_path,
                 "files": len(snapshot.files),
-                "objects": {kind: counts.get(kind, 0) for kind in ("Service", "Node", "Volume")},
+                "objects": {
+                    kind: counts.get(kind, 0)
+                    for kind in ("Service", "Node", "Volume", "NodePool")
+                    if kind != "NodePool" or counts.get(kind)
+                },
                 "diagnostics": [d.to_json() for d in result.diagnostics],
             }
         )
@@ -86,9 +90,8 @@ def report(args: argparse.Namespace, snapshot: Snapshot, result: LoadResult) -> 
     where = f"{snapshot.root_path or '.'} at {short(snapshot.revision)}"
     if result.state is not None:
         counts = Counter(obj.kind for obj in result.state.objects())
-        summary = ", ".join(
-            f"{counts[k]} {k}{'s' if counts[k] != 1 else ''}" for k in ("Service", "Node", "Volume")
-        )
+        kinds = ("Service", "Node", "Volume", *(("NodePool",) if counts["NodePool"] else ()))
+        summary = ", ".join(f"{counts[k]} {k}{'s' if counts[k] != 1 else ''}" for k in kinds)
         stdout().print(
             f"[green]✓[/] valid: {summary} in {len(snapshot.files)} files ({escape(where)})"
         )

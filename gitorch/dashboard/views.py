@@ -175,6 +175,7 @@ def cluster_body(status: Mapping[str, Any], ctx: PageContext) -> str:
         parts.append('<tr><td colspan="6" class="muted">no services applied yet</td></tr>')
     parts.append("</tbody></table>")
     parts.append(_nodes_table(status.get("nodes") or [], ctx))
+    parts.append(_node_pools(status.get("nodePools") or []))
     volumes = status.get("volumes") or []
     if volumes:
         parts.append("<h2>Volumes</h2><table><thead><tr><th>Volume</th><th>Node</th>")
@@ -248,6 +249,109 @@ def _nodes_table(nodes: Iterable[Mapping[str, Any]], ctx: PageContext) -> str:
     )
 
 
+def _node_pools(pools: Sequence[Mapping[str, Any]]) -> str:
+    """Each NodePool: its nodes against its bounds, each node's state and share requested,
+    the last change and the provider's error."""
+    if not pools:
+        return ""
+    rows = []
+    for pool in pools:
+        nodes = pool.get("nodes") or []
+        bounds = (
+            f"{pool.get('minNodes')}–{pool.get('maxNodes')}"
+            if pool.get("inGit")
+            else "left Git: draining"
+        )
+        listed = "".join(
+            f'<li data-node="{esc(n.get("name"))}">{esc(n.get("name"))} '
+            f'<span class="badge {"busy" if n.get("state") == "draining" else "ok"}">'
+            f"{esc(n.get('state'))}</span>"
+            + (
+                f" {round(float(n['utilization']) * 100)}% requested"
+                if isinstance(n.get("utilization"), int | float)
+                else ""
+            )
+            + ("" if n.get("ready") else ' <span class="badge bad">not answering</span>')
+            + "</li>"
+            for n in nodes
+        )
+        last = pool.get("lastDecision") or {}
+        change = (
+            f"{when(last.get('at'))}: {esc(last.get('action'))}, {esc(last.get('from'))} → "
+            f"{esc(last.get('to'))} ({esc(last.get('reason'))})"
+            if last
+            else "-"
+        )
+        waiting = (
+            f"<br>replicas wait for a node since {when(pool.get('pendingSince'))}"
+            if pool.get("pendingSince") is not None
+            else ""
+        )
+        error = (
+            f'<br><span class="error-text">{esc(pool.get("error"))}</span>'
+            if pool.get("error")
+            else ""
+        )
+        rows.append(
+            f'<tr data-pool="{esc(pool.get("name"))}"><td>{esc(pool.get("name"))}</td>'
+            f"<td>{len(nodes)} ({esc(bounds)})</td>"
+            f'<td><ul class="plain">{listed or "<li class=muted>none</li>"}</ul></td>'
+            f"<td>{change}{waiting}{error}</td></tr>"
+        )
+    return (
+        '<h2>Node pools</h2><table class="node-pools"><thead><tr><th>Pool</th>'
+        "<th>Nodes (min–max)</th><th>Its nodes</th><th>Last change</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _autoscaling(service: Mapping[str, Any]) -> str:
+    """The HPA's count against its bounds and what runs, each metric's reading, the last
+    decision; the VPA's recommendation (and what mode Auto applied)."""
+    auto = service.get("autoscale")
+    if not isinstance(auto, Mapping):
+        return ""
+    replicas = service.get("replicas") or {}
+    desired = auto.get("desired")
+    parts = [
+        '<h2>Autoscaling</h2><div class="autoscale">',
+        f'<p class="hpa">current <b>{esc(replicas.get("running", replicas.get("ready", 0)))}</b>'
+        f" running · desired <b>{esc('-' if desired is None else desired)}</b>"
+        f" · bounds {esc(auto.get('min'))}–{esc(auto.get('max'))}</p>",
+    ]
+    metrics = auto.get("metrics") or []
+    if metrics:
+        parts.append(
+            "<table><thead><tr><th>Metric</th><th>Value</th><th>Target</th>"
+            "<th>Proposal</th></tr></thead><tbody>"
+        )
+        for metric in metrics:
+            value = metric.get("value")
+            shown = esc(f"{value:g}") if isinstance(value, int | float) else esc(
+                metric.get("message") or "not measured"
+            )  # fmt: skip
+            target = metric.get("target")
+            goal = f"{target:g}" if isinstance(target, int | float) else target
+            proposal = metric.get("proposal")
+            parts.append(
+                f"<tr><td>{esc(metric.get('metric'))}</td><td>{shown}</td>"
+                f"<td>{esc(goal)}</td><td>{esc('-' if proposal is None else proposal)}</td></tr>"
+            )
+        parts.append("</tbody></table>")
+    decided = f" ({when(auto.get('decidedAt'))})" if auto.get("decidedAt") else ""
+    parts.append(f'<p class="decision">Last decision{decided}: {esc(auto.get("reason"))}</p>')
+    vertical = auto.get("vertical")
+    if isinstance(vertical, Mapping):
+        lines = "".join(f"<li>{esc(line)}</li>" for line in vertical.get("lines") or [])
+        parts.append(
+            f'<div class="vpa"><p>Vertical ({esc(vertical.get("mode"))}):</p>'
+            f'<ul class="plain">{lines or "<li>-</li>"}</ul></div>'
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def _allocation(node: Mapping[str, Any], resource: str) -> str:
     """``requested / capacity`` of one resource with a bar (millicores, or bytes in MiB)."""
     used = (node.get("requested") or {}).get(resource)
@@ -315,6 +419,7 @@ def service_body(
     if rollout.get("lastError"):
         parts.append(f'<div class="error" role="alert">{esc(rollout.get("lastError"))}</div>')
     parts.append(_steps(service))
+    parts.append(_autoscaling(service))
     parts.append(_traffic(service.get("traffic")))
     parts.append(_analysis(service.get("analysis") or []))
     parts.append("<h2>Instances</h2><table><thead><tr><th>Replica</th><th>Node</th>")

@@ -39,6 +39,7 @@ from gitorch.decide.service import (
 from gitorch.decide.volumes import (
     VolumeDecision,
     bound_nodes,
+    constrained,
     decide_volumes,
     missing_node_reason,
     pinned_evictions,
@@ -99,6 +100,15 @@ class PruneDecision:
 
 
 @dataclass(frozen=True)
+class Unplaced:
+    """A replica the pass could not place: what it asks of a node, and why each node
+    refused it (what a NodePool reads to tell whether a node of its template would fit)."""
+
+    request: Request
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PassDecision:
     """Everything one pass does, in the order it does it."""
 
@@ -113,6 +123,8 @@ class PassDecision:
     requeue_after: float
     volumes: VolumeDecision = VolumeDecision()
     ingress: IngressDecision = IngressDecision()  # remote hosts' ingresses and tables
+    unplaced: tuple[Unplaced, ...] = ()  # replicas no node could take this pass
+    nodes: frozenset[str] = frozenset()  # the nodes it placed on (runnable, any state)
 
     def stops(self) -> tuple[StopReplica, ...]:
         """Every replica the pass stops or removes: services' own, preempted, pruned."""
@@ -267,7 +279,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
             decision = replace(decision, waits=(*decision.waits, *pinned[name]))
         decisions[name] = decision
 
-    starts, preemptions, decisions = _place(inp, order, decisions, bound)
+    starts, preemptions, decisions, unplaced = _place(inp, order, decisions, bound)
     prune = _prune(inp)
     own_stops = [s for d in decisions.values() for s in d.stops]
     volumes, starts = decide_volumes(
@@ -312,6 +324,10 @@ def decide_pass(inp: PassInput) -> PassDecision:
         requeue_after=IDLE_REQUEUE,
         volumes=volumes,
         ingress=ingress,
+        unplaced=tuple(unplaced),
+        nodes=frozenset(
+            name for name in live.nodes if inp.runnable is None or name in inp.runnable
+        ),
     )
     return replace(result, requeue_after=_requeue(result, inp))
 
@@ -354,7 +370,10 @@ def _place(
     decisions: dict[str, ServiceDecision],
     bound: dict[str, str],
 ) -> tuple[
-    dict[str, tuple[StartReplica, ...]], tuple[StopReplica, ...], dict[str, ServiceDecision]
+    dict[str, tuple[StartReplica, ...]],
+    tuple[StopReplica, ...],
+    dict[str, ServiceDecision],
+    list[Unplaced],
 ]:
     """Place every slot the services fill, in pass order, each placement seeing the ones
     before it, within the nodes their volumes allow (``bound``: ReadWriteOnce volume ->
@@ -368,6 +387,7 @@ def _place(
     preemptions: list[StopReplica] = []
     preempted: set[tuple[str, str, str]] = set()
     placed_decisions = dict(decisions)
+    nowhere: list[Unplaced] = []
     for name in order:
         decision = decisions[name]
         if not decision.creates:
@@ -394,10 +414,11 @@ def _place(
         gone = missing_node_reason(constraint, (n.name for n in nodes))
         started: list[StartReplica] = []
         unplaced: list[str] = []
-        for slot, where in zip(decision.creates, placed, strict=True):
+        for slot, request, where in zip(decision.creates, requests, placed, strict=True):
             if where.node is None:
                 reasons = [gone, *where.reasons] if gone else list(where.reasons)
                 unplaced.append(f"{name}-{slot} cannot be placed: " + "; ".join(reasons))
+                nowhere.append(Unplaced(constrained(request, constraint), tuple(reasons)))
                 continue
             for victim in where.victims:
                 replica = by_key.get(victim)
@@ -451,7 +472,7 @@ def _place(
                 save=decision.save or record is not decision.record,
                 waits=(*decision.waits, *(Wait(name, u) for u in unplaced)),
             )
-    return starts, tuple(preemptions), placed_decisions
+    return starts, tuple(preemptions), placed_decisions, nowhere
 
 
 def _grace(inp: PassInput, service: str) -> float:

@@ -11,17 +11,30 @@ older samples halving, without rewriting the histogram at every sample.
 
 each the upper bound of its bucket, plus a 15% margin, then held within ``minAllowed`` and
 ``maxAllowed``. :class:`Histograms` is stored as JSON in the autoscaler record.
+
+``mode: Auto``: when a recommendation differs from the requests the service runs by more
+than 20% (:data:`AUTO_THRESHOLD`) and no rollout runs, the autoscaler's sync records it as
+the service's *applied* requests (:func:`auto_update`); every pass (and ``gitorch plan``)
+then takes the Service with those requests (:func:`with_vertical`, limits scaled in
+proportion as the VPA does), so its template changes and it rolls out through its
+strategy like any change of template. The applied requests are the autoscaler's to own:
+not drift from Git's ``resources.requests``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gitorch.manifests.model import ResourceList, VerticalScaling
-from gitorch.manifests.quantities import format_cpu, format_memory
+from gitorch.manifests.build import build_service
+from gitorch.manifests.model import DesiredState, ResourceList, Service, VerticalScaling
+from gitorch.manifests.quantities import format_cpu, format_memory, parse_cpu, parse_memory
+from gitorch.state.records import AutoscalerRecord
+
+#: ``mode: Auto`` applies a recommendation more than this far from the running requests.
+AUTO_THRESHOLD = 0.2
 
 HALF_LIFE_SECONDS = 24 * 3600.0
 #: Each bucket is this much wider than the one before.
@@ -187,16 +200,31 @@ def differs(current: int | None, recommended: int | None, by: float = 0.2) -> bo
 
 
 def recommendation_lines(
-    mode: str, requests: Mapping[str, Any], recommendation: Mapping[str, Any] | None
+    mode: str,
+    requests: Mapping[str, Any],
+    recommendation: Mapping[str, Any] | None,
+    applied: Mapping[str, Any] | None = None,
 ) -> tuple[str, ...]:
     """``requests.cpu 250m -> 120m`` per resource, from a service's canonical requests and
-    a stored recommendation (``{"cpu", "memory", "samples"}``); why there is none yet."""
+    a stored recommendation (``{"cpu", "memory", "samples"}``); why there is none yet;
+    with ``mode: Auto``, what it last applied (the record's ``applied``, with ``from``)."""
     if mode == "Off":
         return ()
+    done: tuple[str, ...] = ()
+    if mode == "Auto" and applied and isinstance(applied.get("from"), Mapping):
+        before = applied["from"]
+        done = tuple(
+            f"applied by mode Auto: requests.{resource} {fmt(int(before[resource]))} -> "
+            f"{fmt(int(applied[resource]))}"
+            for resource, fmt in (("cpu", format_cpu), ("memory", format_memory))
+            if applied.get(resource) is not None
+            and before.get(resource) is not None
+            and int(applied[resource]) != int(before[resource])
+        )
     rec = recommendation or {}
     samples = int(rec.get("samples") or 0)
     if rec.get("cpu") is None and rec.get("memory") is None:
-        return (f"no recommendation yet ({samples} of {MIN_SAMPLES} usage samples)",)
+        return (*done, f"no recommendation yet ({samples} of {MIN_SAMPLES} usage samples)")
     lines = []
     for resource, fmt in (("cpu", format_cpu), ("memory", format_memory)):
         value = rec.get(resource)
@@ -206,5 +234,95 @@ def recommendation_lines(
         lines.append(f"requests.{resource} {now} -> {fmt(int(value))}")
     note = f"from {samples} usage samples"
     if mode == "Auto":
-        note += "; mode Auto is not built yet: recommendation only, nothing is applied"
-    return (*lines, note)
+        note += (
+            f"; mode Auto applies it (a rolling update) when it differs by more than "
+            f"{AUTO_THRESHOLD:.0%}"
+        )
+    return (*done, *lines, note)
+
+
+def _auto_mode(service: Service) -> bool:
+    auto = service.autoscale
+    return auto is not None and auto.vertical is not None and auto.vertical.mode == "Auto"
+
+
+def applied_requests(record: AutoscalerRecord | None) -> Mapping[str, int] | None:
+    """The requests ``mode: Auto`` applied (``{"cpu": millicores, "memory": bytes}``, each
+    optional), from the autoscaler record; None when it applied none."""
+    if record is None:
+        return None
+    applied = record.usage.get("applied")
+    if not isinstance(applied, Mapping):
+        return None
+    return {k: int(applied[k]) for k in ("cpu", "memory") if applied.get(k) is not None}
+
+
+def running_requests(service: Service, record: AutoscalerRecord | None) -> dict[str, int]:
+    """The requests the service runs with: the ones Auto applied, else Git's."""
+    git = {
+        "cpu": service.resources.requests.cpu_millis,
+        "memory": service.resources.requests.memory_bytes,
+    }
+    applied = applied_requests(record) if _auto_mode(service) else None
+    out = {k: v for k, v in git.items() if v is not None}
+    out.update(applied or {})
+    return out
+
+
+def auto_update(
+    service: Service, record: AutoscalerRecord | None, recommendation: Recommendation
+) -> dict[str, int] | None:
+    """The requests ``mode: Auto`` applies now: the recommendation, when one of its values
+    differs from the running request by more than :data:`AUTO_THRESHOLD` (None: keep)."""
+    if not _auto_mode(service):
+        return None
+    running = running_requests(service, record)
+    proposed = {"cpu": recommendation.cpu_millis, "memory": recommendation.memory_bytes}
+    if not any(
+        differs(running.get(k), v, AUTO_THRESHOLD) for k, v in proposed.items() if v is not None
+    ):
+        return None
+    return {**running, **{k: v for k, v in proposed.items() if v is not None}}
+
+
+def with_vertical(
+    desired: DesiredState, autoscalers: Mapping[str, AutoscalerRecord]
+) -> DesiredState:
+    """``desired`` with the requests ``mode: Auto`` applied to each such Service (limits
+    scaled by the same factor, as the VPA keeps their ratio); unchanged when none."""
+    services: dict[str, Service] = {}
+    changed = False
+    for name, service in desired.services.items():
+        applied = applied_requests(autoscalers.get(name)) if _auto_mode(service) else None
+        services[name] = _with_requests(service, applied) if applied else service
+        changed = changed or services[name] is not service
+    return replace(desired, services=services) if changed else desired
+
+
+def _with_requests(service: Service, applied: Mapping[str, int]) -> Service:
+    canonical = dict(service.canonical)
+    spec = dict(canonical["spec"])
+    resources = dict(spec["resources"])
+    requests = dict(resources.get("requests") or {})
+    limits = dict(resources.get("limits") or {})
+    for key, parse, fmt in (
+        ("cpu", parse_cpu, format_cpu),
+        ("memory", parse_memory, format_memory),
+    ):
+        value = applied.get(key)
+        if value is None:
+            continue
+        before = parse(requests[key]) if key in requests else None
+        if key in limits:
+            limit = parse(limits[key])
+            if before:
+                limits[key] = fmt(max(value, math.ceil(limit * value / before)))
+            value = min(value, parse(limits[key]))
+        requests[key] = fmt(value)
+    resources["requests"] = requests
+    resources["limits"] = limits
+    spec["resources"] = resources
+    canonical["spec"] = spec
+    if canonical == service.canonical:
+        return service
+    return build_service(canonical, service.origin)

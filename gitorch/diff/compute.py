@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitorch.decide.cluster import PassDecision, runnable_drivers
+from gitorch.decide.nodepools import pools_that_fit
 from gitorch.decide.nodes import node_views
 from gitorch.decide.vertical import recommendation_lines
 from gitorch.decide.volumes import (
@@ -37,7 +38,7 @@ from gitorch.strategies.preview import (
     preview_update,
 )
 
-_KIND_ORDER = {"Node": 0, "Volume": 1, "Service": 2}
+_KIND_ORDER = {"Node": 0, "NodePool": 1, "Volume": 2, "Service": 3}
 
 
 def _applied_canonical(
@@ -234,6 +235,7 @@ def compute_plan(
             for m in (decision.volumes.missing if decision is not None else ())
         )
         + tuple(_volume_warnings(desired, live))
+        + tuple(_pool_warnings(desired, live, decision))
     )
     return Plan(
         revision=desired.revision,
@@ -250,6 +252,20 @@ def compute_plan(
         autoscaled=tuple(_autoscaled(desired, live)),
         ingresses=tuple(decision.ingress.hosts.values()) if decision is not None else (),
     )
+
+
+def _pool_warnings(
+    desired: DesiredState, live: LiveState, decision: PassDecision | None
+) -> list[str]:
+    """Replicas no node takes that a NodePool's node would: the daemon makes one."""
+    if decision is None or not decision.unplaced or not desired.node_pools:
+        return []
+    fits = pools_that_fit(desired, live, decision.unplaced)
+    return [
+        f"{replica} fits no node now; a node of NodePool {pool} would take it (the daemon "
+        f"makes one once it waited {desired.node_pools[pool].scale_up_after:g}s)"
+        for replica, pool in sorted(fits.items())
+    ]
 
 
 def _autoscaled(desired: DesiredState, live: LiveState) -> list[AutoscaledItem]:
@@ -287,6 +303,7 @@ def _autoscaled(desired: DesiredState, live: LiveState) -> list[AutoscaledItem]:
                     auto.vertical.mode,
                     service.canonical["spec"]["resources"].get("requests", {}),
                     record.usage.get("recommendation") if record is not None else None,
+                    record.usage.get("applied") if record is not None else None,
                 )
                 if auto.vertical is not None
                 else (),

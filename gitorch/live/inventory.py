@@ -1,7 +1,8 @@
 """Which nodes make up the cluster, and the cluster's name.
 
 The nodes are the repo's ``kind: Node`` objects; with none, one local node named after
-the host, driven by ``--runtime`` (docker if an engine answers, else process).
+the host, driven by ``--runtime`` (docker if an engine answers, else process). The nodes
+NodePools made (their records in the store) come on top (:func:`pool_targets`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.errors import ConfigError
-from gitorch.manifests.model import INGRESS_NEVER, INGRESS_REPLICAS, Node, SSHConfig, TLSConfig
+from gitorch.manifests.model import (
+    INGRESS_NEVER,
+    INGRESS_REPLICAS,
+    POOL_LABEL,
+    Node,
+    SSHConfig,
+    TLSConfig,
+)
 from gitorch.runtime.base import EngineAccess, Runtime
-from gitorch.state import StateStore
+from gitorch.state import NodePoolRecord, StateStore
 
 _CLUSTER_FILE = "cluster"
 
@@ -177,6 +185,31 @@ def node_targets(nodes: Iterable[Node], default_driver: str) -> list[NodeTarget]
         for node in sorted(nodes, key=lambda n: n.name)
     ]
     return targets or [default_node(default_driver)]
+
+
+def pool_targets(records: Iterable[NodePoolRecord]) -> list[NodeTarget]:
+    """The nodes NodePools made, each as its provider returned it and with the template
+    it was made from (labels plus the pool's label, capacity, taints). A draining one is
+    drained by the store's drain flag (as ``gitorch drain``), not here: a target that
+    changes rebuilds the reconciler's runtimes and health monitor."""
+    return [
+        NodeTarget(
+            name=node["name"],
+            driver="docker",
+            endpoint=node["endpoint"],
+            address=node.get("address") or "127.0.0.1",
+            labels=MappingProxyType(
+                {**(node.get("labels") or {}), POOL_LABEL: record.pool, "node": node["name"]}
+            ),
+            cpu_millis=node.get("cpu"),
+            memory_bytes=node.get("memory"),
+            taints=tuple(
+                (t["key"], t.get("value") or "", t["effect"]) for t in node.get("taints") or ()
+            ),
+        )
+        for record in records
+        for node in record.nodes
+    ]
 
 
 def choose_default_driver(requested: str | None) -> str:

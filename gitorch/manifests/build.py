@@ -753,7 +753,73 @@ def build_secret(doc: Mapping[str, Any], origin: m.Origin) -> m.Secret:
     )
 
 
+#: NodePool defaults: the provider's time per call, how long replicas stay unschedulable
+#: before a node is made, and the scale-down rule (Kubernetes' cluster autoscaler: 50%
+#: requested for 10 minutes).
+POOL_PROVIDER_TIMEOUT = "120s"
+POOL_SCALE_UP_AFTER = "10s"
+POOL_UTILIZATION_BELOW = 0.5
+POOL_SCALE_DOWN_AFTER = "10m"
+
+
+def canonical_node_pool(doc: Mapping[str, Any]) -> dict[str, Any]:
+    raw = doc["spec"]
+    template = raw["template"]
+    provider = raw["provider"]
+    up = raw.get("scaleUp") or {}
+    down = raw.get("scaleDown") or {}
+    spec: dict[str, Any] = {
+        "minNodes": raw.get("minNodes", 0),
+        "maxNodes": raw["maxNodes"],
+        "template": {
+            "labels": dict(template.get("labels") or {}),
+            "capacity": _resource_list(template["capacity"]),
+            "taints": [
+                {"key": t["key"], "value": t.get("value", ""), "effect": t["effect"]}
+                for t in template.get("taints") or []
+            ],
+            "runtime": {"driver": "docker"},
+        },
+        "provider": {
+            "command": list(provider["command"]),
+            "timeout": provider.get("timeout", POOL_PROVIDER_TIMEOUT),
+        },
+        "scaleUp": {"after": up.get("after", POOL_SCALE_UP_AFTER)},
+        "scaleDown": {
+            "utilizationBelow": down.get("utilizationBelow", POOL_UTILIZATION_BELOW),
+            "after": down.get("after", POOL_SCALE_DOWN_AFTER),
+        },
+    }
+    return _envelope("NodePool", doc, spec)
+
+
+def build_node_pool(doc: Mapping[str, Any], origin: m.Origin) -> m.NodePool:
+    canon = canonical_node_pool(doc)
+    spec = canon["spec"]
+    meta = canon["metadata"]
+    template = spec["template"]
+    return m.NodePool(
+        name=meta["name"],
+        labels=_frozen(meta["labels"]),
+        annotations=_frozen(meta["annotations"]),
+        min_nodes=spec["minNodes"],
+        max_nodes=spec["maxNodes"],
+        node_labels=_frozen(template["labels"]),
+        capacity=_resources(template["capacity"]),
+        taints=tuple(m.Taint(t["key"], t["value"], t["effect"]) for t in template["taints"]),
+        command=tuple(spec["provider"]["command"]),
+        timeout_seconds=parse_duration(spec["provider"]["timeout"]),
+        scale_up_after=parse_duration(spec["scaleUp"]["after"]),
+        utilization_below=float(spec["scaleDown"]["utilizationBelow"]),
+        scale_down_after=parse_duration(spec["scaleDown"]["after"]),
+        canonical=canon,
+        digest=digest_of(canon),
+        origin=origin,
+    )
+
+
 BUILDERS: dict[str, Callable[[Mapping[str, Any], m.Origin], m.ManifestObject]] = {
+    "NodePool": build_node_pool,
     "Service": build_service,
     "Node": build_node,
     "Volume": build_volume,

@@ -186,6 +186,27 @@ def check_node(entry: Entry) -> Iterator[Finding]:
         )
 
 
+#: A pool's nodes are named ``POOL-XXXXXX`` (six hex digits), a DNS label of at most 63.
+POOL_NAME_MAX = 63 - 7
+
+
+def check_node_pool(entry: Entry) -> Iterator[Finding]:
+    """A NodePool's bounds are in order and its nodes' names stay DNS labels."""
+    spec = entry.raw["spec"]
+    low, high = spec.get("minNodes", 0), spec["maxNodes"]
+    if low > high:
+        yield Finding(
+            entry.origin, ("spec", "minNodes"), f"minNodes {low} is above maxNodes {high}"
+        )
+    if len(entry.name) > POOL_NAME_MAX:
+        yield Finding(
+            entry.origin,
+            ("metadata", "name"),
+            f"a NodePool's name is at most {POOL_NAME_MAX} characters "
+            "(its nodes are named NAME-XXXXXX, a DNS label)",
+        )
+
+
 #: The env var that names the folder of a service's secret files.
 SECRETS_DIR_ENV = "SECRETS_DIR"
 

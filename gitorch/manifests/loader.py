@@ -21,6 +21,7 @@ from gitorch.manifests.checks import (
     Entry,
     Finding,
     check_node,
+    check_node_pool,
     check_repo,
     check_service,
 )
@@ -28,6 +29,7 @@ from gitorch.manifests.model import (
     DesiredState,
     ManifestObject,
     Node,
+    NodePool,
     Origin,
     Secret,
     Service,
@@ -151,6 +153,7 @@ class ManifestLoader:
         nodes: dict[str, Node] = {}
         volumes: dict[str, Volume] = {}
         secrets: dict[str, Secret] = {}
+        pools: dict[str, NodePool] = {}
         for _, result in results:
             for obj in result.objects:
                 if isinstance(obj, Service):
@@ -159,6 +162,8 @@ class ManifestLoader:
                     nodes[obj.name] = obj
                 elif isinstance(obj, Secret):
                     secrets[obj.name] = obj
+                elif isinstance(obj, NodePool):
+                    pools[obj.name] = obj
                 else:
                     volumes[obj.name] = obj
         all_digests = sorted(f"{o.kind}/{o.name}/{o.digest}" for _, r in results for o in r.objects)
@@ -170,6 +175,7 @@ class ManifestLoader:
             volumes=dict(sorted(volumes.items())),
             digest=digest_of(all_digests),
             secrets=dict(sorted(secrets.items())),
+            node_pools=dict(sorted(pools.items())),
         )
 
     # ------------------------------------------------------------ per file, cached
@@ -216,9 +222,10 @@ def _analyse_file(path: str, data: bytes) -> _FileResult:
         result.entries.append(entry)
         if not entry.valid:
             continue
-        if entry.kind in ("Service", "Node"):
+        checks = {"Service": check_service, "Node": check_node, "NodePool": check_node_pool}
+        check = checks.get(entry.kind)
+        if check is not None:
             before = len(result.findings)
-            check = check_service if entry.kind == "Service" else check_node
             result.findings.extend(check(entry))
             if len(result.findings) > before:
                 continue

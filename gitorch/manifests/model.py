@@ -527,7 +527,40 @@ class Secret:
     kind = "Secret"
 
 
-ManifestObject = Service | Node | Volume | Secret
+#: The label every node of a pool carries, naming its pool.
+POOL_LABEL = "gitorch.dev/node-pool"
+
+
+@dataclass(frozen=True)
+class NodePool:
+    """Nodes made and removed on demand through an operator's provider command.
+
+    ``command`` is run with ``create``, ``delete`` or ``list`` appended, a JSON request on
+    its stdin and a JSON answer on its stdout (see docs/manifests.md). Every node it makes
+    looks like the template: ``labels`` (plus :data:`POOL_LABEL`), ``capacity``,
+    ``taints``, a Docker runtime at the endpoint the provider returns."""
+
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    min_nodes: int
+    max_nodes: int
+    node_labels: Mapping[str, str]
+    capacity: ResourceList
+    taints: tuple[Taint, ...]
+    command: tuple[str, ...]
+    timeout_seconds: float
+    scale_up_after: float  # seconds replicas stay unschedulable before a node is made
+    utilization_below: float  # a node requested under this fraction is a candidate ...
+    scale_down_after: float  # ... once it stayed so this many seconds
+    canonical: Mapping[str, Any]
+    digest: str
+    origin: Origin
+
+    kind = "NodePool"
+
+
+ManifestObject = Service | Node | Volume | Secret | NodePool
 
 
 @dataclass(frozen=True)
@@ -543,11 +576,13 @@ class DesiredState:
     # Encrypted secret values; not applied objects themselves (no inventory, no plan
     # entry): what they change shows in the Services that use them.
     secrets: Mapping[str, Secret] = field(default_factory=dict)
+    node_pools: Mapping[str, NodePool] = field(default_factory=dict)
 
     def objects(self) -> list[ManifestObject]:
         """All objects in a stable order (kind, then name)."""
         out: list[ManifestObject] = []
         out.extend(self.nodes[name] for name in sorted(self.nodes))
+        out.extend(self.node_pools[name] for name in sorted(self.node_pools))
         out.extend(self.volumes[name] for name in sorted(self.volumes))
         out.extend(self.services[name] for name in sorted(self.services))
         return out

@@ -29,13 +29,14 @@ from referencing import Registry, Resource
 
 from gitorch.manifests.yamlload import MAX_SHOWN, FieldPath, shown
 
-KINDS = ("Service", "Node", "Volume", "Secret")
+KINDS = ("Service", "Node", "Volume", "Secret", "NodePool")
 API_VERSION = "gitorch.dev/v1"
 _SCHEMA_FILES = {
     "Service": "service.schema.json",
     "Node": "node.schema.json",
     "Volume": "volume.schema.json",
     "Secret": "secret.schema.json",
+    "NodePool": "nodepool.schema.json",
 }
 _COMMON = "common.schema.json"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.live import LiveState, NodeTarget, default_node, node_targets
-from gitorch.live.inventory import choose_default_driver
+from gitorch.live.inventory import choose_default_driver, pool_targets
 from gitorch.manifests.build import build_node
 from gitorch.manifests.model import Node, Origin
 from gitorch.runtime.base import Runtime
@@ -37,11 +37,13 @@ def applied_nodes(store: StateStore | None) -> list[Node]:
 
 def registered_targets(store: StateStore | None, default_driver: str | None) -> list[NodeTarget]:
     """The applied Nodes; else the nodes the store knows (registered by apply/daemon from
-    Git); else the local node."""
+    Git); else the local node. Plus the nodes NodePools made."""
+    made = pool_targets(store.list_node_pools()) if store is not None else []
+    pooled = {t.name for t in made}
     applied = applied_nodes(store)
     if applied:
-        return node_targets(applied, "process")
-    records = store.list_nodes() if store is not None else []
+        return node_targets(applied, "process") + made
+    records = [r for r in store.list_nodes() if r.name not in pooled] if store is not None else []
     if records:
         return [
             NodeTarget(
@@ -51,8 +53,8 @@ def registered_targets(store: StateStore | None, default_driver: str | None) -> 
                 labels=MappingProxyType({**r.labels, "node": r.name}),
             )
             for r in records
-        ]
-    return [default_node(choose_default_driver(default_driver))]
+        ] + made
+    return [default_node(choose_default_driver(default_driver))] + made
 
 
 @dataclass

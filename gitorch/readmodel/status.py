@@ -13,7 +13,8 @@ from gitorch.decide.backoff import remaining
 from gitorch.decide.service import SERVICE_SLOT, slot_of
 from gitorch.decide.vertical import recommendation_lines
 from gitorch.errors import StateError
-from gitorch.live.model import LiveReplica, LiveService
+from gitorch.live.model import LiveReplica, LiveService, LiveState
+from gitorch.manifests.model import POOL_LABEL
 from gitorch.readmodel.allocation import allocation
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.volumes import volumes_json
@@ -157,12 +158,14 @@ def autoscale_json(
     vertical = auto.get("vertical")
     if vertical is not None:
         stored = record.usage.get("recommendation") if record is not None else None
+        applied = record.usage.get("applied") if record is not None else None
         requests = spec.get("resources", {}).get("requests", {})
         doc["vertical"] = {
             "mode": vertical["mode"],
             "requests": dict(requests),
             "recommendation": dict(stored) if stored else None,
-            "lines": list(recommendation_lines(vertical["mode"], requests, stored)),
+            "applied": dict(applied) if isinstance(applied, dict) else None,
+            "lines": list(recommendation_lines(vertical["mode"], requests, stored, applied)),
         }
     return doc
 
@@ -176,6 +179,62 @@ def traffic_json(name: str, snapshots: Mapping[str, TrafficSnapshot], now: float
         "traffic": main.to_json(now) if main is not None else None,
         **({"previewTraffic": preview.to_json(now)} if preview is not None else {}),
     }
+
+
+def node_pools_json(store: StateStore | None, live: LiveState) -> list[dict[str, Any]]:
+    """Every NodePool: its bounds (as applied from Git), its nodes (state, the share
+    requested there, since when under-used), since when replicas wait for one of its
+    nodes, its last decision and the provider's last error."""
+    if store is None:
+        return []
+    out = []
+    for record in store.list_node_pools():
+        applied = live.inventory.get(("NodePool", record.pool))
+        spec = applied.canonical.get("spec", {}) if applied is not None else {}
+        out.append(
+            {
+                "name": record.pool,
+                "inGit": applied is not None,
+                "minNodes": spec.get("minNodes"),
+                "maxNodes": spec.get("maxNodes"),
+                "nodes": [
+                    {
+                        "name": n["name"],
+                        "state": n.get("state"),
+                        "endpoint": n.get("endpoint"),
+                        "ready": n["name"] in live.nodes and live.nodes[n["name"]].ready,
+                        "utilization": n.get("utilization"),
+                        "lowSince": n.get("low_since"),
+                        "createdAt": n.get("created_at"),
+                    }
+                    for n in record.nodes
+                ],
+                "pendingSince": record.pending_since,
+                "lastDecision": dict(record.last) or None,
+                "error": record.error or None,
+                "updatedAt": record.updated_at,
+            }
+        )
+    applied_only = sorted(name for kind, name in live.inventory if kind == "NodePool")
+    known = {p["name"] for p in out}
+    for name in applied_only:
+        if name in known:
+            continue
+        spec = live.inventory[("NodePool", name)].canonical.get("spec", {})
+        out.append(
+            {
+                "name": name,
+                "inGit": True,
+                "minNodes": spec.get("minNodes"),
+                "maxNodes": spec.get("maxNodes"),
+                "nodes": [],
+                "pendingSince": None,
+                "lastDecision": None,
+                "error": None,
+                "updatedAt": None,
+            }
+        )
+    return sorted(out, key=lambda p: p["name"])
 
 
 def status_json(
@@ -232,9 +291,11 @@ def status_json(
                 "capacity": {"cpu": n.cpu_millis, "memory": n.memory_bytes},
                 "requested": {"cpu": used[n.name]["cpu"], "memory": used[n.name]["memory"]},
                 "replicas": used[n.name]["replicas"],
+                **({"pool": n.labels[POOL_LABEL]} if POOL_LABEL in n.labels else {}),
             }
             for n in live.nodes.values()
         ],
+        "nodePools": node_pools_json(view.store, live),
         "services": [
             {
                 **_autoscaled(service_json(s, backoff.get(s.name), now), s, live, now),

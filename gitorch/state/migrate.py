@@ -32,6 +32,7 @@ def export_state(store: StateStore, cluster: str | None) -> StateSnapshot:
         audit=store.audit_chain()[0],
         volumes=store.list_volumes(),
         autoscalers=store.list_autoscalers(),
+        node_pools=store.list_node_pools(),
     )
 
 

@@ -384,6 +384,28 @@ class AutoscalerRecord:
 
 
 @dataclass(frozen=True)
+class NodePoolRecord:
+    """The nodes a NodePool made, and what its decisions remember.
+
+    ``nodes``: one ``{"name", "endpoint", "address", "created_at", "state" (ready |
+    draining), "low_since", "draining_since"}`` per node the provider made;
+    ``pending_since``: since when replicas a template node would fit stay unschedulable;
+    ``last``: the last decision that changed something (``{"at", "action", "node",
+    "reason", "from", "to"}``); ``error``: the provider's last failure, if any;
+    ``provider``: its command and timeout as Git last said (``{"command", "timeout"}``),
+    so the nodes of a pool that left Git can still be deleted.
+    """
+
+    pool: str
+    nodes: tuple[Mapping[str, Any], ...] = ()
+    pending_since: float | None = None
+    last: Mapping[str, Any] = field(default_factory=dict)
+    error: str = ""
+    updated_at: float = 0.0
+    provider: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TrafficSnapshot:
     """The per-version traffic of one route (a service, or ``NAME.preview``) at one time.
 

@@ -19,6 +19,7 @@ knows which backend runs.
     ├── traffic      the latest per-version traffic of each route
     ├── volumes      where each Volume is bound, made, released or lost
     ├── autoscalers  the count each autoscaled service runs, and its windows' memory
+    ├── node_pools   the nodes each NodePool made, and its decisions' memory
     └── audit        the append-only history/audit log
 
 Every write method groups its own writes in one transaction; called inside
@@ -45,6 +46,7 @@ from gitorch.state.records import (
     Measurement,
     MeasurementPhase,
     NodeCondition,
+    NodePoolRecord,
     NodeRecord,
     PortAllocation,
     RevisionRecord,
@@ -250,6 +252,22 @@ class AutoscalerRepository(Protocol):
         ...
 
 
+class NodePoolRepository(Protocol):
+    def save(self, record: NodePoolRecord) -> None:
+        """Insert or replace the record of ``record.pool``."""
+        ...
+
+    def get(self, pool: str) -> NodePoolRecord | None: ...
+
+    def list(self) -> list[NodePoolRecord]:
+        """Every record, by pool name."""
+        ...
+
+    def forget(self, pool: str) -> bool:
+        """Drop a pool's record; whether there was one."""
+        ...
+
+
 class VolumeRepository(Protocol):
     def bind(self, name: str, node: str, spec: Mapping[str, Any], *, at: float | None) -> None: ...
 
@@ -313,6 +331,7 @@ class StateSnapshot:
     audit: list[ChainEntry]  # with their links in the hash chain, copied as they are
     volumes: list[VolumeRecord]
     autoscalers: list[AutoscalerRecord] = field(default_factory=list)
+    node_pools: list[NodePoolRecord] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -330,6 +349,7 @@ class StateSnapshot:
                 "audit",
                 "volumes",
                 "autoscalers",
+                "node_pools",
             )
         }
 
@@ -366,6 +386,9 @@ class Backend(Protocol):
 
     @property
     def autoscalers(self) -> AutoscalerRepository: ...
+
+    @property
+    def node_pools(self) -> NodePoolRepository: ...
 
     @property
     def audit(self) -> AuditRepository: ...

@@ -16,6 +16,7 @@ from gitorch.state.records import (
     Measurement,
     MeasurementPhase,
     NodeCondition,
+    NodePoolRecord,
     NodeRecord,
     PortAllocation,
     RevisionRecord,
@@ -199,6 +200,19 @@ def autoscaler(row: sqlite3.Row) -> AutoscalerRecord:
         metrics=tuple(m for m in metrics if isinstance(m, dict)),
         memory=load_json(row["memory"]),
         usage=load_json(row["usage"]),
+    )
+
+
+def node_pool(row: sqlite3.Row) -> NodePoolRecord:
+    nodes = json.loads(row["nodes"] or "[]")
+    return NodePoolRecord(
+        pool=row["pool"],
+        nodes=tuple(n for n in nodes if isinstance(n, dict)),
+        pending_since=row["pending_since"],
+        last=load_json(row["last"]),
+        error=row["error"],
+        updated_at=float(row["updated_at"]),
+        provider=load_json(row["provider"]),
     )
 
 

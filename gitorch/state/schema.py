@@ -368,6 +368,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        "node_pools: the nodes each NodePool made, and what its decisions remember",
+        (
+            # One row per NodePool, written by the daemon's node-pool sync: its nodes
+            # (JSON: name, endpoint, address, state, since when under-used or draining),
+            # since when replicas a template node would fit stay unschedulable, the last
+            # decision that changed something (JSON), the provider's last error, and its
+            # command (JSON: the nodes of a pool that left Git are still deleted).
+            """
+            CREATE TABLE node_pools (
+                pool          TEXT PRIMARY KEY,
+                nodes         TEXT NOT NULL DEFAULT '[]',
+                pending_since REAL,
+                last          TEXT NOT NULL DEFAULT '{}',
+                error         TEXT NOT NULL DEFAULT '',
+                updated_at    REAL NOT NULL,
+                provider      TEXT NOT NULL DEFAULT '{}'
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

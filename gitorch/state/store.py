@@ -30,6 +30,7 @@ from gitorch.state.records import (
     Measurement,
     MeasurementPhase,
     NodeCondition,
+    NodePoolRecord,
     NodeRecord,
     PortAllocation,
     RevisionRecord,
@@ -91,6 +92,7 @@ class StateStore:
         self.analysis = backend.analysis
         self.traffic = backend.traffic
         self.autoscalers = backend.autoscalers
+        self.node_pools = backend.node_pools
         self.volumes = backend.volumes
         self.audit = backend.audit
         self.schema_version = backend.schema_version
@@ -497,6 +499,23 @@ class StateStore:
     def forget_autoscaler(self, service: str) -> bool:
         """Drop a service's autoscaler record (its autoscale block or itself left Git)."""
         return self.autoscalers.forget(service)
+
+    # -- node pools ---------------------------------------------------------------------
+
+    def save_node_pool(self, record: NodePoolRecord) -> None:
+        """Insert or replace the record of NodePool ``record.pool``."""
+        self.node_pools.save(record)
+
+    def get_node_pool(self, pool: str) -> NodePoolRecord | None:
+        return self.node_pools.get(pool)
+
+    def list_node_pools(self) -> list[NodePoolRecord]:
+        """Every NodePool record, by pool name."""
+        return self.node_pools.list()
+
+    def forget_node_pool(self, pool: str) -> bool:
+        """Drop a pool's record (it left Git and its last node is deleted)."""
+        return self.node_pools.forget(pool)
 
     # -- volumes -----------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ GITORCH_FAMILIES = {
     "gitorch_autoscale_replicas": "gauge",
     "gitorch_autoscale_metric": "gauge",
     "gitorch_autoscale_decisions_total": "counter",
+    "gitorch_node_pool_nodes": "gauge",
+    "gitorch_node_pool_failing": "gauge",
+    "gitorch_node_pool_decisions_total": "counter",
 }
 
 
@@ -172,3 +175,18 @@ def test_drift_and_failing_gauges_follow_the_last_pass() -> None:
     assert metrics.value("gitorch_service_failing", service="web") == 0
     metrics.forget_service("web")
     assert 'service="web"' not in metrics.render()
+
+
+def test_node_pool_series_follow_the_last_sync_and_leave_with_the_pool() -> None:
+    metrics = Metrics()
+    metrics.set_node_pool("workers", nodes=2, draining=1, bounds=(0, 5), failing=True)
+    metrics.node_pool_decisions_total.inc(pool="workers", action="create")
+    families = parse_prometheus(metrics.render())
+    nodes = {labels["kind"]: v for _, labels, v in families["gitorch_node_pool_nodes"].samples}
+    assert nodes == {"current": 2.0, "draining": 1.0, "min": 0.0, "max": 5.0}
+    assert families["gitorch_node_pool_failing"].samples == [
+        ("gitorch_node_pool_failing", {"pool": "workers"}, 1.0)
+    ]
+    metrics.keep_node_pools(set())
+    families = parse_prometheus(metrics.render())
+    assert families["gitorch_node_pool_nodes"].samples == []

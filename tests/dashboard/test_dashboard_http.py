@@ -41,6 +41,39 @@ class Handle:
                     "rollout": {"phase": "Paused", "step": 1, "weight": 20, "message": "<b>x</b>"},
                     "instances": [],
                     "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}},
+                },
+                {
+                    "name": "api",
+                    "revision": "a" * 40,
+                    "replicas": {"desired": 3, "running": 2, "ready": 2, "updated": 2},
+                    "rollout": {"phase": "Healthy", "message": ""},
+                    "instances": [],
+                    "autoscale": {
+                        "min": 1, "max": 4, "desired": 3, "decidedAt": 1.7e9,
+                        "reason": "cpu 120% of 50% -> 3 <now>",
+                        "metrics": [
+                            {"metric": "cpu", "value": 120.0, "target": 50.0, "proposal": 3},
+                            {"metric": "rps", "value": None, "target": 10.0, "proposal": None,
+                             "message": "no traffic yet"},
+                        ],
+                        "vertical": {"mode": "Auto", "lines": [
+                            "applied by mode Auto: requests.memory 512Mi -> 237Mi",
+                            "requests.cpu 250m -> 120m",
+                        ]},
+                    },
+                },
+            ],
+            "nodePools": [
+                {
+                    "name": "workers", "inGit": True, "minNodes": 0, "maxNodes": 5,
+                    "nodes": [
+                        {"name": "workers-a1b2c3", "state": "draining", "ready": True,
+                         "utilization": 0.25},
+                    ],
+                    "pendingSince": None,
+                    "lastDecision": {"at": 1.7e9, "action": "drain workers-a1b2c3", "from": 1,
+                                     "to": 1, "reason": "requested 25% < 50% <for> 600s"},
+                    "error": "NodePool workers: provider list exited 3: <quota>",
                 }
             ],
             "nodes": [
@@ -209,3 +242,25 @@ def test_a_service_page_shows_its_dead_replicas_output(site: Site) -> None:
 )
 def test_revisions_link_to_known_forges_only(repo: str, base: str | None) -> None:
     assert commit_link_base(repo) == base
+
+
+def test_a_service_page_shows_its_autoscaler_and_its_recommendations(site: Site) -> None:
+    _, _, page = site.ask("GET", "/services/api", token=READ)
+    assert "current <b>2</b> running · desired <b>3</b> · bounds 1–4" in page
+    assert "<td>cpu</td><td>120</td><td>50</td><td>3</td>" in page
+    assert "<td>rps</td><td>no traffic yet</td>" in page
+    assert "cpu 120% of 50% -&gt; 3 &lt;now&gt;" in page  # the last decision, escaped
+    assert "Vertical (Auto)" in page
+    assert "applied by mode Auto: requests.memory 512Mi -&gt; 237Mi" in page
+    _, _, plain = site.ask("GET", "/services/web", token=READ)
+    assert "Autoscaling" not in plain  # a service without autoscale shows none
+
+
+def test_the_cluster_page_shows_node_pools(site: Site) -> None:
+    _, _, page = site.ask("GET", "/", token=READ)
+    row = re.search(r'<tr data-pool="workers">.*?</tr>', page)
+    assert row, page
+    assert "1 (0–5)" in row.group(0) and "workers-a1b2c3" in row.group(0)
+    assert "draining" in row.group(0) and "25% requested" in row.group(0)
+    assert "requested 25% &lt; 50% &lt;for&gt; 600s" in row.group(0)
+    assert "provider list exited 3: &lt;quota&gt;" in row.group(0)

@@ -7,12 +7,16 @@ from gitorch.decide.vertical import (
     HALF_LIFE_SECONDS,
     Histogram,
     Histograms,
+    Recommendation,
+    auto_update,
     bucket_end,
     bucket_of,
     differs,
     recommend,
+    with_vertical,
 )
-from gitorch.manifests.model import ResourceList, VerticalScaling
+from gitorch.manifests.model import DesiredState, ResourceList, Service, VerticalScaling
+from gitorch.state.records import AutoscalerRecord
 
 MIB = 1024 * 1024
 RECOMMEND = VerticalScaling()
@@ -83,3 +87,56 @@ def test_weights_renormalize_after_long_runs_and_survive_json() -> None:
 def test_differs_by_more_than_twenty_percent() -> None:
     assert differs(250, 120) and not differs(100, 115) and differs(None, 10)
     assert not differs(100, None)
+
+
+# -- mode Auto ------------------------------------------------------------------------------
+
+
+def _service(mode: str, limits: str = "") -> Service:
+    from decide_helpers import load_docs
+
+    text = f"""apiVersion: gitorch.dev/v1
+kind: Service
+metadata: {{name: holder}}
+spec:
+  image: holder:1
+  resources: {{requests: {{cpu: 250m, memory: 512Mi}}{limits}}}
+  autoscale:
+    minReplicas: 1
+    maxReplicas: 1
+    vertical: {{mode: {mode}}}
+"""
+    return load_docs(text, revision="r1").services["holder"]
+
+
+def _record(applied: dict[str, int] | None = None) -> AutoscalerRecord:
+    return AutoscalerRecord("holder", 1, 0.0, usage={"applied": applied} if applied else {})
+
+
+def test_auto_applies_a_recommendation_more_than_20_percent_away() -> None:
+    service = _service("Auto")
+    far = Recommendation(200, 237 * MIB, 10)  # cpu within 20%, memory far: both applied
+    assert auto_update(service, None, far) == {"cpu": 200, "memory": 237 * MIB}
+    near = Recommendation(230, 450 * MIB, 10)  # both within 20% of 250m and 512Mi
+    assert auto_update(service, None, near) is None
+    # Compared with what runs: the requests applied before, not Git's.
+    running = _record({"cpu": 200, "memory": 237 * MIB})
+    assert auto_update(service, running, far) is None
+    assert auto_update(_service("Recommend"), None, far) is None
+
+
+def test_the_applied_requests_change_the_template_and_scale_limits_in_proportion() -> None:
+    state = load_desired_with(_service("Auto", ", limits: {cpu: 500m, memory: 1Gi}"))
+    applied = with_vertical(state, {"holder": _record({"cpu": 125, "memory": 256 * MIB})})
+    svc, git = applied.services["holder"], state.services["holder"]
+    assert svc.resources.requests.cpu_millis == 125
+    assert svc.resources.requests.memory_bytes == 256 * MIB
+    assert svc.resources.limits.cpu_millis == 250 and svc.resources.limits.memory_bytes == 512 * MIB
+    assert svc.template_digest != git.template_digest
+    assert with_vertical(state, {}) is state  # nothing applied: Git's, unchanged
+    recommend_only = load_desired_with(_service("Recommend"))
+    assert with_vertical(recommend_only, {"holder": _record({"cpu": 125})}) is recommend_only
+
+
+def load_desired_with(service: Service) -> DesiredState:
+    return DesiredState("r1", "", {service.name: service}, {}, {}, "d")

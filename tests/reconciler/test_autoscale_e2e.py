@@ -355,18 +355,23 @@ main("holder", lambda settings: AppSpec(settings=settings, routes={{}}))
 """
 
 
-def test_a_replica_holding_200_mib_gets_a_memory_recommendation_of_200_to_260_mib(
-    cluster: Cluster,
-) -> None:
+def holder_service(cluster: Cluster, vertical: str) -> str:
+    """A replica that holds 200 MiB, requesting 250m and 512Mi, with ``vertical``."""
     app = cluster.root / "hold.py"
     app.write_text(HOLD_APP, encoding="utf-8")
-    service = process_service(
+    return process_service(
         "holder", port=cluster.port, replicas=1, command=["python3", str(app)]
     ) + (
         "  resources: {requests: {cpu: 250m, memory: 512Mi}}\n"
         "  autoscale:\n    minReplicas: 1\n    maxReplicas: 1\n"
-        "    vertical: {mode: Recommend, minAllowed: {cpu: 10m}}\n"
+        f"    vertical: {vertical}\n"
     )
+
+
+def test_a_replica_holding_200_mib_gets_a_memory_recommendation_of_200_to_260_mib(
+    cluster: Cluster,
+) -> None:
+    service = holder_service(cluster, "{mode: Recommend, minAllowed: {cpu: 10m}}")
     commit(cluster.repo, {"holder.yaml": service}, "a replica that holds 200 MiB")
     daemon = cluster.daemon(extra=["--autoscale-sync", "1s"])
 
@@ -387,3 +392,53 @@ def test_a_replica_holding_200_mib_gets_a_memory_recommendation_of_200_to_260_mi
     plan = gitorch("plan", *common, cwd=cluster.root)
     assert line in plan.stdout and plan.code == 0, plan.stdout + plan.stderr
     print(f"memory recommendation {mib:.0f}Mi from {rec['samples']} samples")
+
+
+def test_vertical_mode_auto_applies_the_recommendation_through_a_rolling_update(
+    cluster: Cluster,
+) -> None:
+    """512Mi requested, 200 MiB used: the recommendation (about 237Mi) is more than 20%
+    away, so the service rolls to it (a new replica ready before the old one goes, 0 failed
+    requests); recorded in the audit log; then plan shows no change and no drift."""
+    # cpu held at 10m: only memory moves (a start's cpu spike would move cpu too).
+    service = holder_service(
+        cluster, "{mode: Auto, minAllowed: {cpu: 10m}, maxAllowed: {cpu: 10m}}"
+    )
+    commit(cluster.repo, {"holder.yaml": service}, "a replica that holds 200 MiB, Auto")
+    daemon = cluster.daemon(extra=["--autoscale-sync", "1s"])
+    wait_for("holder up", lambda: (daemon.service("holder") or {}).get("replicas", {}).get("ready") == 1,
+             60, describe=daemon.log_tail)  # fmt: skip
+    first = {i["id"] for i in daemon.service("holder")["instances"]}  # type: ignore[index]
+    client = PacedClient(cluster.port)
+    client.start()
+    try:
+
+        def rolled() -> bool:
+            svc = daemon.service("holder") or {}
+            ids = {i["id"] for i in svc.get("instances", []) if i["ready"]}
+            return bool(ids) and not ids & first and svc["rollout"]["phase"] == "Healthy"
+
+        wait_for("a rolling update to the recommendation", rolled, 90, describe=daemon.log_tail)
+    finally:
+        client.stop()
+    assert client.failures == [], client.failures[:10]
+    with StateStore(cluster.store_location, readonly=True) as store:
+        [event] = store.list_events(kind="autoscale.vertical-applied", limit=None)
+        applied = {a.name: a for a in store.list_applied() if a.kind == "Service"}["holder"]
+    to = event.data["to"]
+    assert event.data["from"] == {"cpu": 250, "memory": 512 * 1024 * 1024}, event.data
+    assert 200 <= to["memory"] / (1024 * 1024) <= 260 and to["cpu"] == 10, event.data
+    assert "holder: requests cpu 250m, memory 512Mi -> cpu 10m, memory" in event.message
+    requests = applied.spec["spec"]["resources"]["requests"]
+    assert requests["cpu"] == "10m" and requests["memory"] != "512Mi", requests
+    common = ["--repo", str(cluster.repo), *cluster.state_args, "--runtime", "process"]
+    plan = gitorch("plan", *common, "--format", "json", cwd=cluster.root)
+    assert plan.code == 0, plan.stdout + plan.stderr
+    doc = plan.json()
+    assert doc["changes"] == [] and doc["drift"] == [], doc
+    shown = f"applied by mode Auto: requests.memory 512Mi -> {requests['memory']}"
+    text = gitorch("plan", *common, cwd=cluster.root)
+    assert text.code == 0 and shown in text.stdout, text.stdout + text.stderr
+    status = gitorch("status", *cluster.state_args, cwd=cluster.root)
+    assert shown in status.stdout, status.stdout
+    print(f"vertical Auto: {event.message} ({client.ok} requests, 0 failed)")

@@ -15,6 +15,7 @@ from gitorch.state import (
     DaemonLock,
     MeasurementPhase,
     NodeCondition,
+    NodePoolRecord,
     RevisionResult,
     RolloutPhase,
     RolloutRecord,
@@ -69,6 +70,12 @@ def fill(store: StateStore) -> None:
         AutoscalerRecord(
             "web", 3, 10.0, changed_at=9.0, reason="cpu", metrics=({"metric": "cpu"},),
             memory={"events": [[9.0, 1]]}, usage={"cpu": {"total": 1.0}},
+        )
+    )  # fmt: skip
+    store.save_node_pool(
+        NodePoolRecord(
+            "workers", nodes=({"name": "workers-1a2b3c", "endpoint": "unix:///x", "state": "ready"},),
+            pending_since=8.0, last={"action": "create", "node": "workers-1a2b3c"}, updated_at=10.0,
         )
     )  # fmt: skip
 

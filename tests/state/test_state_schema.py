@@ -30,6 +30,7 @@ TABLES = {
     "traffic_snapshots",
     "volumes",
     "autoscalers",
+    "node_pools",
 }
 
 

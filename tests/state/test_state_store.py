@@ -12,6 +12,7 @@ from gitorch.state import (
     AutoscalerRecord,
     MeasurementPhase,
     NodeCondition,
+    NodePoolRecord,
     PortUnavailable,
     RecordNotFound,
     RevisionResult,
@@ -338,3 +339,23 @@ def test_autoscaler_records_round_trip_and_are_forgotten(store: StateStore) -> N
     store.save_autoscaler(AutoscalerRecord("web", 2, 115.0))
     assert [r.desired for r in store.list_autoscalers()] == [2]
     assert store.forget_autoscaler("web") and store.list_autoscalers() == []
+
+
+def test_node_pool_records_round_trip_and_are_forgotten(store: StateStore) -> None:
+    record = NodePoolRecord(
+        pool="workers",
+        nodes=({"name": "workers-1a2b3c", "endpoint": "unix:///run/w.sock", "state": "draining"},),
+        pending_since=12.5,
+        last={"action": "drain", "node": "workers-1a2b3c", "reason": "requested 10% < 50%"},
+        error="",
+        updated_at=20.0,
+        provider={"command": ["/usr/local/bin/make-node"], "timeout": 120.0},
+    )
+    store.save_node_pool(record)
+    assert store.get_node_pool("workers") == record
+    assert store.list_node_pools() == [record]
+    store.save_node_pool(NodePoolRecord("workers", updated_at=21.0))
+    assert store.get_node_pool("workers") == NodePoolRecord("workers", updated_at=21.0)
+    assert store.forget_node_pool("workers") is True
+    assert store.forget_node_pool("workers") is False
+    assert store.list_node_pools() == []

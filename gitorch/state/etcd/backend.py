@@ -122,6 +122,7 @@ class EtcdBackend:
         self.analysis = repos.Analysis(self)
         self.traffic = repos.Traffic(self)
         self.autoscalers = repos.Autoscalers(self)
+        self.node_pools = repos.NodePools(self)
         self.volumes = repos.Volumes(self)
         self.audit = repos.Audit(self)
 
@@ -459,6 +460,8 @@ class EtcdBackend:
         self.traffic.replace(snapshot.traffic)
         for autoscaler in snapshot.autoscalers:
             self.autoscalers.save(autoscaler)
+        for pool in snapshot.node_pools:
+            self.node_pools.save(pool)
         with self.transaction():
             for sequence, records in (
                 ("revisions", snapshot.revisions),

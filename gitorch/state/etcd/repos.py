@@ -17,6 +17,7 @@
     traffic                                  the latest traffic of every route (one key)
     volumes/NAME/NODE                        where a Volume is bound, made, released, lost
     autoscalers/SERVICE                      an autoscaled service's count and windows
+    node-pools/POOL                          a NodePool's nodes and decisions' memory
     audit/ID                                 one entry of the append-only audit log
     audit-head                               the newest entry's id and hash (the chain)
     election/leader, members/NAME            leadership (gitorch.state.etcd.election)
@@ -32,9 +33,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gitorch.errors import StateError
 from gitorch.state.audit_chain import ChainEntry, link, next_prev_hash
@@ -49,6 +51,7 @@ from gitorch.state.records import (
     Measurement,
     MeasurementPhase,
     NodeCondition,
+    NodePoolRecord,
     NodeRecord,
     PortAllocation,
     RevisionRecord,
@@ -753,38 +756,68 @@ class Traffic:
         return [_traffic(name, found[name]) for name in sorted(found)]
 
 
-# -- autoscalers -------------------------------------------------------------------------
+# -- autoscalers and node pools ---------------------------------------------------------
 
 
-def _autoscaler(data: Mapping[str, Any]) -> AutoscalerRecord:
-    return AutoscalerRecord(**{**data, "metrics": tuple(data.get("metrics") or ())})
+R = TypeVar("R")
 
 
-class Autoscalers:
+class _OneKeyEach(ABC, Generic[R]):
+    """Records kept one key each under ``prefix`` (``PREFIX/NAME``), whole on every save."""
+
+    prefix: str
+
     def __init__(self, kv: EtcdBackend) -> None:
         self.kv = kv
 
-    def save(self, record: AutoscalerRecord) -> None:
-        self.kv.atomic(lambda: self.kv.put(f"autoscalers/{record.service}", _plain(record)))
+    @abstractmethod
+    def _name(self, record: R) -> str:
+        """The record's name, the last part of its key."""
 
-    def get(self, service: str) -> AutoscalerRecord | None:
-        found = self.kv.get(f"autoscalers/{service}")
-        return None if found is None else _autoscaler(found)
+    @abstractmethod
+    def _record(self, data: Mapping[str, Any]) -> R:
+        """The record from its stored JSON."""
 
-    def list(self) -> list[AutoscalerRecord]:
-        return sorted(
-            (_autoscaler(data) for _, data in self.kv.range("autoscalers/")),
-            key=lambda r: r.service,
-        )
+    def save(self, record: R) -> None:
+        key = f"{self.prefix}/{self._name(record)}"
+        self.kv.atomic(lambda: self.kv.put(key, _plain(record)))
 
-    def forget(self, service: str) -> bool:
+    def get(self, name: str) -> R | None:
+        found = self.kv.get(f"{self.prefix}/{name}")
+        return None if found is None else self._record(found)
+
+    def list(self) -> list[R]:
+        records = [self._record(data) for _, data in self.kv.range(f"{self.prefix}/")]
+        return sorted(records, key=self._name)
+
+    def forget(self, name: str) -> bool:
         def write() -> bool:
-            if self.kv.get(f"autoscalers/{service}") is None:
+            if self.kv.get(f"{self.prefix}/{name}") is None:
                 return False
-            self.kv.delete(f"autoscalers/{service}")
+            self.kv.delete(f"{self.prefix}/{name}")
             return True
 
         return self.kv.atomic(write)
+
+
+class Autoscalers(_OneKeyEach[AutoscalerRecord]):
+    prefix = "autoscalers"
+
+    def _name(self, record: AutoscalerRecord) -> str:
+        return record.service
+
+    def _record(self, data: Mapping[str, Any]) -> AutoscalerRecord:
+        return AutoscalerRecord(**{**data, "metrics": tuple(data.get("metrics") or ())})
+
+
+class NodePools(_OneKeyEach[NodePoolRecord]):
+    prefix = "node-pools"
+
+    def _name(self, record: NodePoolRecord) -> str:
+        return record.pool
+
+    def _record(self, data: Mapping[str, Any]) -> NodePoolRecord:
+        return NodePoolRecord(**{**data, "nodes": tuple(data.get("nodes") or ())})
 
 
 # -- volumes -----------------------------------------------------------------------------

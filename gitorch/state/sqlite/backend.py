@@ -90,6 +90,7 @@ class SqliteBackend:
         self.traffic = repos.Traffic(self)
         self.volumes = repos.Volumes(self)
         self.autoscalers = repos.Autoscalers(self)
+        self.node_pools = repos.NodePools(self)
         self.audit = repos.Audit(self)
 
     def describe(self) -> str:

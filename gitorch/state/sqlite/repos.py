@@ -5,6 +5,7 @@ from gitorch.state.sqlite.audit import Audit
 from gitorch.state.sqlite.autoscalers import Autoscalers
 from gitorch.state.sqlite.backoff import Backoff
 from gitorch.state.sqlite.inventory import Inventory
+from gitorch.state.sqlite.node_pools import NodePools
 from gitorch.state.sqlite.nodes import Nodes
 from gitorch.state.sqlite.ports import Ports
 from gitorch.state.sqlite.revisions import Revisions
@@ -18,6 +19,7 @@ __all__ = [
     "Autoscalers",
     "Backoff",
     "Inventory",
+    "NodePools",
     "Nodes",
     "Ports",
     "Revisions",

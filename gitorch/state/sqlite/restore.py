@@ -123,6 +123,8 @@ def restore(db: SqliteBackend, snapshot: StateSnapshot) -> None:
         db.volumes.restore(snapshot.volumes)
         for autoscaler in snapshot.autoscalers:
             db.autoscalers.save(autoscaler)
+        for pool in snapshot.node_pools:
+            db.node_pools.save(pool)
         conn.executemany(
             "INSERT INTO audit_log (id, at, kind, service, revision, message, data, actor,"
             " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
