@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import posixpath
@@ -402,6 +403,18 @@ def _width(stream: Any) -> int | None:
     except (AttributeError, ValueError):  # a replaced or closed stream
         interactive = False
     return None if interactive else PIPE_WIDTH
+
+
+def one_shot_gc() -> None:
+    """For a command that runs once and exits (validate, plan): the objects it builds
+    (documents, typed models, diffs: ~10^6 for 2,000 Services) mostly live until exit, so
+    each of the cyclic collector's full passes re-walks them for nothing (~10% of a plan's
+    CPU, measured by bench/bench_cli_start.py). The modules loaded so far are set apart
+    (``gc.freeze``) and young collections come 70x less often; memory is still freed by
+    reference counting, and long-running commands (the daemon, ``--watch``) keep the
+    defaults."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def print_json(value: Any) -> None:
