@@ -418,8 +418,21 @@ def one_shot_gc() -> None:
 
 
 def print_json(value: Any) -> None:
-    """Machine output: one JSON document on stdout, never coloured."""
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    """Machine output: one JSON document on stdout, never coloured, keys in their order.
+
+    Written by orjson: the standard encoder runs in Python when indented, which made the
+    JSON text most of ``gitorch status``'s own work with 4,000 replicas. The text is the
+    standard encoder's but for floats in exponent form (``1e-5``, not ``1e-05``); what
+    orjson refuses (an integer beyond 64 bits) goes through the standard encoder."""
+    import orjson
+
+    try:
+        text = orjson.dumps(
+            value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+        ).decode("utf-8")
+    except orjson.JSONEncodeError:
+        text = json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    sys.stdout.write(text)
     sys.stdout.flush()
 
 
