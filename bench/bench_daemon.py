@@ -266,13 +266,17 @@ def ok(met: bool) -> str:
 
 
 def stop_replicas(state: Path) -> None:
-    """The replicas outlive the daemon (by design): remove them through the driver (their
-    processes, cgroups and records), as bench_observe.py does."""
+    """The replicas and the proxy outlive the daemon (by design): stop the proxy, remove
+    the replicas through the driver (processes, cgroups, records) as bench_observe.py does."""
     from bench_observe import remove_all
 
     from gitorch.live import cluster_name
     from gitorch.runtime.process import ProcessRuntime
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "shared"))
+    from data_plane_helpers import stop_data_plane
+
+    stop_data_plane(state)  # the daemon's proxy outlives it too
     cluster = cluster_name(state)
     for replicas in state.glob("**/replicas"):
         folder = replicas.parent

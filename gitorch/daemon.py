@@ -69,6 +69,9 @@ from gitorch.state.requests import request_action
 #: pass CPU is the whole process's during the pass (observe runs on a pool; probes, the API):
 #: an upper bound.
 IDLE_CPU_SHARE = 0.02
+#: ... but a settled daemon still passes at least this often (seconds): self-heal of a
+#: replica without probes is bounded.
+IDLE_RESYNC_MAX = 120.0
 
 log = logging.getLogger("gitorch.daemon")
 
@@ -113,7 +116,7 @@ class Daemon:
         self._seen_sha: str | None = None
         self._last_error: dict[str, Any] | None = None
         self._last_pass: PassResult | None = None
-        self._pass_cpu = 0.0  # CPU seconds the process used during the last pass (all threads)
+        self._pass_cpu = 0.0  # CPU seconds the process used in the last pass that changed nothing
         self._loop_error: str | None = None
         self.session: Session | None = None
         self.source: Source | None = None
@@ -268,7 +271,8 @@ class Daemon:
                     # core. A pass of 2,000 services costs ~0.5 s of CPU, so a 2 s resync
                     # would keep a quarter of a core busy for nothing; small clusters keep
                     # the resync.
-                    timeout = max(timeout, self._pass_cpu / IDLE_CPU_SHARE)
+                    stretched = min(self._pass_cpu / IDLE_CPU_SHARE, IDLE_RESYNC_MAX)
+                    timeout = max(timeout, stretched)
                 next_pass = time.monotonic() + timeout
             if time.monotonic() >= self._next_traffic_write:
                 self._next_traffic_write = time.monotonic() + self.options.traffic_interval
@@ -477,7 +481,10 @@ class Daemon:
             log.exception("reconcile crashed")
             return self.options.resync
         self._loop_error = None
-        self._pass_cpu = time.process_time() - cpu_started
+        if result.actions == 0 and not result.executed:
+            # Only a pass that changed nothing measures the idle cost: the pass that
+            # started 4,000 replicas must not put the next resync an hour away.
+            self._pass_cpu = time.process_time() - cpu_started
         self.metrics.reconcile_duration_seconds.observe(time.monotonic() - started)
         self.metrics.reconcile_total.inc(
             result="converged"
