@@ -242,7 +242,8 @@ class Executor:
                         name: table.routes[name]
                         for name in host.table.routes
                         if name in table.routes and name not in held_routes
-                    }
+                    },
+                    fence=host.table.fence,
                 ),
             )
             for node, host in hosts.items()

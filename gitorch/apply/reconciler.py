@@ -172,6 +172,7 @@ class Reconciler:
             crash_loop=self.crash_loop,
             analyses=self.analysis.statuses_of(live.rollouts),
             ingress_image=self._ingress_image(),
+            ingress_fence=self.nodes.grace,
         )
         stale = self.nodes.stale_replicas(live)
         self._stale = frozenset(stale)

@@ -83,6 +83,9 @@ class PassInput:
     scoring: str = LEAST_ALLOCATED
     crash_loop: CrashLoop = DEFAULT_CRASH_LOOP
     ingress_image: str | None = None  # the hosts' ingress image (None: not compared)
+    #: Seconds of silence after which a host's ingress withdraws its own replicas (the
+    #: nodes' grace; None: never).
+    ingress_fence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ def pass_input_of(
     crash_loop: CrashLoop = DEFAULT_CRASH_LOOP,
     analyses: Mapping[str, Mapping[tuple[str, float], Mapping[str, AnalysisStatus]]] | None = None,
     ingress_image: str | None = None,
+    ingress_fence: float | None = None,
 ) -> PassInput:
     """The input of a pass from one observation (replicas and the store's facts in
     ``live``). ``analyses`` replaces the stored analysis verdicts (the reconciler knows
@@ -201,6 +205,7 @@ def pass_input_of(
         scoring=scoring,
         crash_loop=crash_loop,
         ingress_image=ingress_image,
+        ingress_fence=ingress_fence,
     )
 
 
@@ -293,6 +298,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
         table,
         [s for name in order for s in starts.get(name, ())],
         inp.ingress_image,
+        inp.ingress_fence,
     )
     result = PassDecision(
         revision=desired.revision,

@@ -27,14 +27,14 @@ lists them); publishing each host's table is what the executor does with
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 from gitorch.decide.actions import RemoveIngress, StartIngress, StartReplica
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import INGRESS_ALWAYS, INGRESS_NEVER, DesiredState
-from gitorch.traffic.table import Route, RoutingTable
+from gitorch.traffic.table import Fence, Route, RoutingTable
 
 #: Engine states in which an ingress container will not come back by itself.
 _DEAD = frozenset({"exited", "dead", "created", "removing"})
@@ -80,17 +80,22 @@ def decide_ingress(
     table: RoutingTable,
     starts: Sequence[StartReplica] = (),
     image: str | None = None,
+    fence_after: float | None = None,
 ) -> IngressDecision:
     """The ingresses of every remote host (see the module docstring). ``table``: the
     pass's full routing table; ``starts``: the replicas this pass starts; ``image``: the
-    ingress image this gitorch runs (None: not compared, only presence)."""
+    ingress image this gitorch runs (None: not compared, only presence); ``fence_after``:
+    the nodes' grace, after which a host's ingress that hears nothing withdraws its own
+    host's replicas (:class:`~gitorch.traffic.table.Fence`; None: never)."""
     hosts: dict[str, list[str]] = {}  # address -> nodes with an ingress mode
     for name in sorted(live.nodes):
         node = live.nodes[name]
         if node.ingress_mode != INGRESS_NEVER:
             hosts.setdefault(node.address, []).append(name)
     on_node: dict[str, set[str]] = {}  # node -> services with a replica there
+    ids_on_node: dict[str, set[str]] = {}  # node -> its replicas' ids (whatever their state)
     for replica in live.replicas():
+        ids_on_node.setdefault(replica.node, set()).add(replica.id)
         if replica.state in ("running", "created"):
             on_node.setdefault(replica.node, set()).add(replica.service)
     for start in starts:
@@ -119,6 +124,9 @@ def decide_ingress(
                 remove_actions.append(RemoveIngress(runner, address, reason))
             continue
         host_table, left_out = _host_table(table, wanted)
+        if fence_after is not None:
+            own = frozenset().union(*(ids_on_node.get(n, set()) for n in names))
+            host_table = replace(host_table, fence=Fence(fence_after, own))
         served[runner] = HostTable(runner, address, host_table, MappingProxyType(left_out))
         for name in names:
             addresses[name] = address

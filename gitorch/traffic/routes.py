@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.errors import ConfigError
-from gitorch.traffic.table import Route, RoutingTable, TlsFiles
+from gitorch.traffic.table import Backend, Route, RoutingTable, TlsFiles
 
 #: Prefix of the cookie that keeps a client on its version (``Route.sticky``).
 STICKY_COOKIE = "gitorch_v_"
@@ -139,3 +139,24 @@ def secret_path(secrets_dir: Path | None, name: str, service: str) -> Path:
     if root not in path.parents:
         raise RouteInvalid(f"service {service}: TLS file {name!r} leaves the secrets directory")
     return path
+
+
+def fenced(table: RoutingTable) -> RoutingTable:
+    """``table`` as a fenced ingress serves it (:class:`~gitorch.traffic.table.Fence`): its
+    own host's backends draining in every route where a backend on another host may still
+    take traffic; routes served only from its own host are left as they are (nothing else
+    could answer their clients)."""
+    fence = table.fence
+    if fence is None or not fence.own:
+        return table
+    routes: dict[str, Route] = {}
+    for name, route in table.routes.items():
+        elsewhere = [b for b in route.backends if b.id not in fence.own and not b.draining]
+        if not elsewhere:
+            routes[name] = route
+            continue
+        backends: tuple[Backend, ...] = tuple(
+            replace(b, draining=True) if b.id in fence.own else b for b in route.backends
+        )
+        routes[name] = replace(route, backends=backends)
+    return replace(table, routes=MappingProxyType(routes))

@@ -84,8 +84,27 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Fence:
+    """What a remote host's ingress does when the daemon falls silent.
+
+    A host cut off the network keeps serving its own clients from its own replicas; once
+    it has heard nothing (no table) for ``after`` seconds, the daemon will have replaced
+    those replicas elsewhere, so the ingress withdraws them (``own``: their backend ids)
+    from every route that has a backend on another host, and routes there instead. When
+    the link comes back, the replicas it kept are stale copies: they never take a request
+    through it. A daemon that is merely gone costs nothing: every ingress still reaches
+    every other host's replicas.
+    """
+
+    after: float
+    own: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class RoutingTable:
     routes: Mapping[str, Route] = field(default_factory=lambda: MappingProxyType({}))
+    #: Remote hosts' ingresses only (see :class:`Fence`); None: never fenced.
+    fence: Fence | None = None
 
     def endpoints(self) -> dict[str, int]:
         """service -> listen port."""

@@ -18,6 +18,7 @@ from gitorch.traffic.figures import BackendFigures, VersionFigures, empty_histog
 from gitorch.traffic.table import (
     Backend,
     BackendStats,
+    Fence,
     Route,
     RoutingTable,
     TlsFiles,
@@ -100,7 +101,10 @@ def route_from_json(data: Mapping[str, Any]) -> Route:
 
 
 def table_to_json(table: RoutingTable) -> dict[str, Any]:
-    return {"routes": [route_to_json(route) for route in table.routes.values()]}
+    data: dict[str, Any] = {"routes": [route_to_json(route) for route in table.routes.values()]}
+    if table.fence is not None:
+        data["fence"] = {"after": table.fence.after, "own": sorted(table.fence.own)}
+    return data
 
 
 def table_from_json(data: Mapping[str, Any]) -> RoutingTable:
@@ -108,7 +112,21 @@ def table_from_json(data: Mapping[str, Any]) -> RoutingTable:
     if not isinstance(routes, list):
         raise WireError("not a routing table: no route list")
     parsed = [route_from_json(route) for route in routes]
-    return RoutingTable(MappingProxyType({route.service: route for route in parsed}))
+    return RoutingTable(
+        MappingProxyType({route.service: route for route in parsed}),
+        fence=_fence_from_json(data.get("fence")),
+    )
+
+
+def _fence_from_json(data: Any) -> Fence | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping) or not isinstance(data.get("own", []), list):
+        raise WireError("not a fence: expected {after, own: [ids]}")
+    after = float(data["after"])
+    if not after > 0:
+        raise WireError(f"a fence's delay must be positive, not {after}")
+    return Fence(after, frozenset(str(i) for i in data.get("own", [])))
 
 
 def _counts_to_json(figures: BackendFigures | VersionFigures) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from gitorch.decide.actions import RemoveIngress, StartIngress, StartReplica
 from gitorch.decide.ingress import decide_ingress
 from gitorch.live.model import LiveIngress, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState
-from gitorch.traffic.table import Backend, Route, RoutingTable, TlsFiles
+from gitorch.traffic.table import Backend, Fence, Route, RoutingTable, TlsFiles
 
 REVISION = "b" * 40
 IMAGE = "gitorch-ingress:1-abc"
@@ -192,3 +192,15 @@ def test_nodes_sharing_an_address_share_one_ingress() -> None:
     assert [a.node for a in decision.starts] == ["a"]
     assert [(a.node, a.reason) for a in decision.removes] == [("b", "a runs this host's ingress")]
     assert dict(decision.addresses) == {"a": "10.0.0.1", "b": "10.0.0.1"}
+
+
+def test_each_host_table_is_fenced_on_its_own_replicas_after_the_grace() -> None:
+    live = live_of(
+        [node("h1", "10.0.0.1"), node("h2", "10.0.0.2")],
+        [running("web", "h1"), running("api", "h1"), running("batch", "h2")],
+    )
+    assert decide_ingress(shop(), live, table(), image=IMAGE).hosts["h1"].table.fence is None
+    decision = decide_ingress(shop(), live, table(), image=IMAGE, fence_after=30.0)
+    fences = {n: h.table.fence for n, h in decision.hosts.items()}
+    assert fences["h1"] == Fence(30.0, frozenset({"web-h1-1", "api-h1-1"}))
+    assert fences["h2"] == Fence(30.0, frozenset({"batch-h2-1"}))

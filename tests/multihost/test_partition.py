@@ -79,6 +79,12 @@ def test_host_cut_off_under_load_then_back(fleet: Fleet, rig: Rig) -> None:
         time.sleep(2)  # traffic on the replacements
         b.mend()
         mend_at = time.time()
+        # B's own ingress heard nothing for longer than the grace: it withdrew B's
+        # replicas (their fence), so its clients never reach the stale copies either,
+        # not even before the daemon's first pass after the link came back. (Once the
+        # stale copies are gone B runs no replica of the shop, so its ingress is removed
+        # and B refuses connections: `ingress: replicas`, the default.)
+        through_b = Load(port, host=b.address)
 
         # Link up: the stale copies are removed; no duplicates; they never serve.
         def six_and_no_stale() -> bool:
@@ -89,8 +95,9 @@ def test_host_cut_off_under_load_then_back(fleet: Fleet, rig: Rig) -> None:
             stale = [x for x in running["h2"] if x["ID"][:12] in on_b]
             return not stale and sum(len(v) for v in running.values()) == 6
 
-        wait_for("the stale copies removed", six_and_no_stale, 90, describe=daemon.log_tail)
-        time.sleep(2)
+        with through_b:
+            wait_for("the stale copies removed", six_and_no_stale, 90, describe=daemon.log_tail)
+            time.sleep(2)
     failures = through_a.failures + through_c.failures
     total = through_a.ok + through_c.ok + len(failures)
     # At most the requests in flight on B's replicas when the cut came: one per client
@@ -100,18 +107,20 @@ def test_host_cut_off_under_load_then_back(fleet: Fleet, rig: Rig) -> None:
     assert total > 100, (total, failures[:5])
     served_late = {
         i: round(t - mend_at, 2)
-        for load in (through_a, through_c)
+        for load in (through_a, through_c, through_b)
         for i, t in load.answered_at.items()
         if i in on_b and t >= mend_at
     }
     assert not served_late, f"stale replicas served after the link came back: {served_late}"
+    assert through_b.ok > 0, ("B's ingress answers after the link came back", through_b.failures)
     final = wait_settled(daemon, "shop", 6, timeout=60)
     slots = Counter(i["replica"] for i in final["instances"])
     assert all(n == 1 for n in slots.values()) and len(slots) == 6, slots
     print(
         f"cut: NotReady after {not_ready_after:.1f}s, six replicas again after "
         f"{replaced_after:.1f}s (grace {NODE_GRACE:g}s); {total} requests through h1 and h3, "
-        f"{len(failures)} failed"
+        f"{len(failures)} failed; through h2 after the mend {through_b.ok} answered, "
+        f"{len(through_b.failures)} failed"
     )
 
 

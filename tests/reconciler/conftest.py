@@ -20,13 +20,36 @@ import pytest
 from etcd_helpers import new_namespace
 from reconciler_helpers import Cluster, build_example_images, init_repo, require_docker_engine
 
+#: The state stores every daemon test runs on (``$GITORCH_TEST_STATE`` picks one).
+BACKENDS = ("sqlite", "etcd")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test of a daemon and its store (the ``cluster`` fixture) runs on each backend,
+    as ``test_x[sqlite]`` and ``test_x[etcd]``: one fixture, no copied tests. The Docker
+    tests run on SQLite only (the store does not meet the runtime: the process driver's
+    runs on etcd cover the daemon's use of it); a test's own parametrization of
+    ``cluster`` wins."""
+    if "cluster" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        if "cluster" in str(mark.args[0]):
+            return
+    chosen = os.environ.get("GITORCH_TEST_STATE")
+    backends = [chosen] if chosen else list(BACKENDS)
+    on_docker = "docker_cluster" in metafunc.fixturenames or any(
+        True for _ in metafunc.definition.iter_markers("docker")
+    )
+    if on_docker and not chosen:
+        backends = ["sqlite"]
+    metafunc.parametrize("cluster", backends, indirect=True)
+
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """The world of one test; ``indirect`` parametrization with "etcd" puts its store in a
-    fresh namespace of the session's etcd cluster (default "sqlite": a state directory, or
-    ``$GITORCH_TEST_STATE``: ``GITORCH_TEST_STATE=etcd`` runs every test of this fixture
-    with its store on etcd)."""
+    """The world of one test; its store is a state directory ("sqlite") or a fresh
+    namespace of the session's etcd cluster ("etcd"), as parametrized (see
+    :func:`pytest_generate_tests`)."""
     repo = tmp_path / "repo"
     init_repo(repo)
     state = tmp_path / "state"

@@ -155,7 +155,7 @@ def autoscale(daemon: DaemonProc, name: str = "burn") -> dict[str, Any]:
     return {**svc["autoscale"], "running": replicas["running"], "ready": replicas["ready"]}
 
 
-def scaled(state: Path) -> str:
+def scaled(state: Path | str) -> str:
     """The autoscaler's audit entries so far, for failure messages."""
     with StateStore(state, readonly=True) as store:
         events = store.list_events(kind="autoscale.scaled", newest_first=False, limit=None)
@@ -212,7 +212,9 @@ def scale_out_and_back(cluster: Cluster, service: str, load_path: str, light_pat
             "the autoscaler to scale out",
             lambda: (autoscale(daemon)["desired"] or 0) > 1,
             2 * SYNC + SLACK,
-            describe=lambda: f"{autoscale(daemon)}\n{scaled(cluster.state)}\n{daemon.log_tail()}",
+            describe=lambda: (
+                f"{autoscale(daemon)}\n{scaled(cluster.store_location)}\n{daemon.log_tail()}"
+            ),
         )
         scaled_out_after = time.monotonic() - started
         peak = autoscale(daemon)
@@ -223,7 +225,9 @@ def scale_out_and_back(cluster: Cluster, service: str, load_path: str, light_pat
             "the scaled-out replicas to be ready",
             lambda: (a := autoscale(daemon))["ready"] >= 2 and a["ready"] == a["running"],
             30,
-            describe=lambda: f"{autoscale(daemon)}\n{scaled(cluster.state)}\n{daemon.log_tail()}",
+            describe=lambda: (
+                f"{autoscale(daemon)}\n{scaled(cluster.store_location)}\n{daemon.log_tail()}"
+            ),
         )
         output, _ = load.communicate(timeout=90)
     finally:
@@ -241,14 +245,16 @@ def scale_out_and_back(cluster: Cluster, service: str, load_path: str, light_pat
         "the autoscaler to scale back to 1",
         lambda: (a := autoscale(daemon))["desired"] == 1 and a["running"] == 1,
         STABILIZATION + 3 * SYNC + 10 + SLACK,
-        describe=lambda: f"{autoscale(daemon)}\n{scaled(cluster.state)}\n{daemon.log_tail()}",
+        describe=lambda: (
+            f"{autoscale(daemon)}\n{scaled(cluster.store_location)}\n{daemon.log_tail()}"
+        ),
     )
     scaled_in_after = time.monotonic() - stopped
     client.stop()
     assert client.failures == [] and client.ok > 0, client.failures[:5]
 
     # Audited: every change with its metric, value, target, from and to.
-    with StateStore(cluster.state, readonly=True) as store:
+    with StateStore(cluster.store_location, readonly=True) as store:
         events = store.list_events(kind="autoscale.scaled", newest_first=False, limit=None)
     assert events[0].data["from"] == 1 and events[0].data["to"] > 1
     assert events[0].data["metric"] == "cpu" and events[0].data["target"] == 50
@@ -264,9 +270,9 @@ def scale_out_and_back(cluster: Cluster, service: str, load_path: str, light_pat
         r'gitorch_autoscale_decisions_total\{direction="up",service="burn"\} [1-9]', metrics
     )
 
-    status = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
+    status = gitorch("status", *cluster.state_args, cwd=cluster.root)
     assert "burn: autoscaled to 1 (min 1, max 4)" in status.stdout, status.stdout
-    common = ["--repo", str(cluster.repo), "--state", str(cluster.state)]
+    common = ["--repo", str(cluster.repo), *cluster.state_args]
     plan = gitorch("plan", *common, "--runtime", cluster.driver, cwd=cluster.root)
     assert plan.code == 0, plan.stdout + plan.stderr  # nothing to do, no drift
     assert "burn: 1 replicas (the autoscaler's count), min 1, max 4" in plan.stdout, plan.stdout
@@ -307,7 +313,7 @@ def test_the_rps_metric_scales_in_proportion_to_the_measured_rate(cluster: Clust
     )
     codes = hey_codes(load.stdout)
     assert codes.get(200, 0) > 0 and sum(n for c, n in codes.items() if c != 200) == 0, load.stdout
-    with StateStore(cluster.state, readonly=True) as store:
+    with StateStore(cluster.store_location, readonly=True) as store:
         events = store.list_events(kind="autoscale.scaled", newest_first=False, limit=None)
     assert events, f"no scaling during the load\n{daemon.log_tail()}"
     ups = [e.data for e in events if e.data["to"] > e.data["from"]]
@@ -375,9 +381,9 @@ def test_a_replica_holding_200_mib_gets_a_memory_recommendation_of_200_to_260_mi
     assert 200 <= mib <= 260, rec
     assert rec["cpu"] >= 10, rec  # an idle replica: the floor minAllowed sets
     line = f"requests.memory 512Mi -> {int(mib)}Mi"
-    status = gitorch("status", "--state", str(cluster.state), cwd=cluster.root)
+    status = gitorch("status", *cluster.state_args, cwd=cluster.root)
     assert line in status.stdout, status.stdout
-    common = ["--repo", str(cluster.repo), "--state", str(cluster.state), "--runtime", "process"]
+    common = ["--repo", str(cluster.repo), *cluster.state_args, "--runtime", "process"]
     plan = gitorch("plan", *common, cwd=cluster.root)
     assert line in plan.stdout and plan.code == 0, plan.stdout + plan.stderr
     print(f"memory recommendation {mib:.0f}Mi from {rec['samples']} samples")

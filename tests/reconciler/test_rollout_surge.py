@@ -16,7 +16,6 @@ import time
 from reconciler_helpers import (
     Cluster,
     LoadClient,
-    cluster_of,
     commit,
     converged,
     process_service,
@@ -30,7 +29,7 @@ def test_rolling_update_stays_within_max_surge(cluster: Cluster) -> None:
     sha1 = commit(cluster.repo, {"api.yaml": process_service("api", port=port, replicas=2)}, "v1")
     daemon = cluster.daemon()
     wait_for("v1 converged", lambda: converged(daemon.service("api"), sha1, 2), 60)
-    name = cluster_of(cluster.state)
+    name = cluster.cluster_name()
     assert name is not None
 
     most = 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given
@@ -18,7 +20,9 @@ from gitorch.traffic.figures import (
     empty_histogram,
     quantile,
 )
-from gitorch.traffic.table import Backend, Route
+from gitorch.traffic.routes import fenced
+from gitorch.traffic.table import Backend, Fence, Route, RoutingTable
+from gitorch.traffic.wire import table_from_json, table_to_json
 
 NOW = 1000.0  # the caller's monotonic clock
 
@@ -138,3 +142,27 @@ def test_end_to_end_drops_hop_by_hop_and_connection_named_headers() -> None:
         ("X-Kept", "2"),
     ]
     assert _http.end_to_end(headers) == [("Host", "a"), ("X-Kept", "2")]
+
+
+def test_a_fenced_table_drains_own_backends_only_where_another_host_serves() -> None:
+    own, other, alone = (
+        Backend("own", "10.0.0.2:1"),
+        Backend("other", "10.0.0.3:1"),
+        Backend("alone", "10.0.0.2:2"),
+    )
+    gone = Backend("gone", "10.0.0.3:2", draining=True)
+    shared = Route("shared", 7001, backends=(own, other))
+    lonely = Route("lonely", 7002, backends=(alone, gone))  # the other host's one drains
+    table = RoutingTable(
+        MappingProxyType({"shared": shared, "lonely": lonely}),
+        fence=Fence(5.0, frozenset({"own", "alone"})),
+    )
+    out = fenced(table)
+    assert [(b.id, b.draining) for b in out.routes["shared"].backends] == [
+        ("own", True),
+        ("other", False),
+    ]
+    assert out.routes["lonely"] == lonely
+    assert fenced(RoutingTable(table.routes)) == RoutingTable(table.routes)  # no fence
+    # The fence crosses the wire with the table.
+    assert table_from_json(json.loads(json.dumps(table_to_json(table)))) == table

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from traffic_helpers import Apps, get, route, table, wait_until
 
 from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable, call
 from gitorch.traffic.proxy.remote import ProxyNotServing, RemoteProxyPlane
+from gitorch.traffic.table import Fence
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -131,3 +133,49 @@ def _fails_behind_a_new_relay(plane: RemoteProxyPlane) -> bool:
     except ProxyUnavailable:
         return False  # still paused
     return False
+
+
+def _answered_by(port: int, count: int) -> set[str]:
+    seen: set[str] = set()
+    for _ in range(count):
+        status, body, _ = get(port)
+        assert status == 200, (status, body)
+        seen.add(body.decode(errors="replace"))
+    return seen
+
+
+def test_a_fenced_ingress_withdraws_its_own_replicas_when_the_daemon_falls_silent(
+    proxy_state: Path, apps: Apps
+) -> None:
+    """A host cut off past its grace has its replicas replaced elsewhere: its ingress must
+    not send them requests when the link returns (tests/multihost/test_partition.py shows
+    it on the rig); a route that only this host serves keeps being served."""
+    own, other, alone = apps.start(), apps.start(), apps.start()
+    shared_port, alone_port = free_port(), free_port()
+    fence = Fence(2.0, frozenset({own.id, alone.id}))
+    plane = RemoteProxyPlane("h2", lambda: PipeChannel(proxy_state))
+    health_of = lambda: call(ProxyPaths.of(proxy_state).socket, {"op": "health"}, 5.0)  # noqa: E731
+    try:
+        fenced_table = replace(
+            table(
+                route(shared_port, [own.backend, other.backend]),
+                route(alone_port, [alone.backend], service="alone"),
+            ),
+            fence=fence,
+        )
+        plane.apply(fenced_table)
+        both = _answered_by(shared_port, 4)  # round robin: two would do, inside the fence
+        assert any(own.id in b for b in both) and any(other.id in b for b in both), both
+        assert not health_of()["fenced"]
+        # No table for longer than the fence: only the other host's replica answers.
+        wait_until(lambda: bool(health_of()["fenced"]), 10, "the fence")
+        after = _answered_by(shared_port, 20)
+        assert all(other.id in b for b in after), after
+        assert all(alone.id in b for b in _answered_by(alone_port, 5)), "served alone: kept"
+        # The daemon speaks again: its table is served as it is.
+        plane.apply(fenced_table)
+        assert not health_of()["fenced"]
+        again = _answered_by(shared_port, 4)
+        assert any(own.id in b for b in again), again
+    finally:
+        plane.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gitorch.traffic.haproxy.errors import HAProxyConfigInvalid, HAProxyError, HAProxyReloadFailed
 from gitorch.traffic.haproxy.runtime_api import cli
+from gitorch.traffic.unix_paths import HAPROXY_MAX, fitting
 
 
 class HAProxyMaster:
@@ -31,8 +32,8 @@ class HAProxyMaster:
         self.haproxy = haproxy
         self.timeout = timeout
         self.config_path = workdir / "haproxy.cfg"
-        self.admin_sock = workdir / "admin.sock"
-        self.master_sock = workdir / "master.sock"
+        self.admin_sock = fitting(workdir / "admin.sock", HAPROXY_MAX)
+        self.master_sock = fitting(workdir / "master.sock", HAPROXY_MAX)
         self.pid_path = workdir / "haproxy.pid"
         self.log_path = workdir / "haproxy.log"
         self.pid: int | None = None
@@ -110,12 +111,16 @@ class HAProxyMaster:
         finally:
             log.close()
         self._proc, self.pid = proc, proc.pid
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                # Its own words first: the daemon's log shows the message line only.
+                said = self.log_tail(log_start)
                 raise HAProxyError(
-                    f"haproxy exited with {proc.returncode} at start",
-                    detail=self.log_tail(),
+                    f"haproxy exited with {proc.returncode} at start"
+                    + (f": {said[0].split(' : ', 1)[-1]}" if said else ""),
+                    detail=said[1:],
                 )
             try:
                 cli(self.admin_sock, "show info", self.timeout)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gitorch.errors import GitorchError
+from gitorch.traffic.unix_paths import KERNEL_MAX, fitting
 
 #: Bumped when a request changes meaning; a proxy answers ``hello`` with its own.
 PROTOCOL = 1
@@ -58,7 +59,10 @@ class ProxyPaths:
 
     @property
     def socket(self) -> Path:
-        return self.root / "control.sock"
+        """The control socket (elsewhere when its path in the state directory is too
+        long for a unix socket: :mod:`gitorch.traffic.unix_paths`)."""
+        # Room for the fresh sibling a starting proxy binds first (".control-PID.sock").
+        return fitting(self.root / "control.sock", KERNEL_MAX - 12)
 
     @property
     def pid(self) -> Path:

@@ -47,7 +47,7 @@ from gitorch.traffic.proxy.control import (
     receive,
     send,
 )
-from gitorch.traffic.routes import ListenError, RouteInvalid
+from gitorch.traffic.routes import ListenError, RouteInvalid, fenced
 from gitorch.traffic.table import RoutingTable
 from gitorch.traffic.wire import (
     WireError,
@@ -94,6 +94,10 @@ class ProxyServer:
         self._handing_over = threading.Event()  # exported: changes are refused
         self._listener: socket.socket | None = None
         self._apply_lock = threading.Lock()
+        #: The table as the daemon last gave it, and when (a fence counts from then).
+        self._applied: RoutingTable | None = None
+        self._applied_at = time.monotonic()
+        self._fenced = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -118,7 +122,7 @@ class ProxyServer:
         if ready is not None:
             ready()
         while not self._stopping.wait(0.5):
-            pass
+            self._watch_fence()
         self._shut_down()
         return 0
 
@@ -129,6 +133,7 @@ class ProxyServer:
         table = self._load_table()
         if table is not None:
             log.info("serving the last applied table (%d routes)", len(table.routes))
+            self._applied = table
             try:
                 self.pool.apply(table)
             except GitorchError as exc:
@@ -170,6 +175,7 @@ class ProxyServer:
                 event_loop=self.event_loop,
             )
             self.pool.ledger.take_over(answer.get("ledger", {}))
+            self._applied = table
             try:
                 self.pool.apply(table)
             except GitorchError as exc:
@@ -239,7 +245,7 @@ class ProxyServer:
     def _serve_control(self) -> None:
         """Listen on a fresh path, then move it over the control socket's (atomic: a
         client connects to the old proxy or the new one, never to nothing)."""
-        fresh = self.paths.root / f".control-{os.getpid()}.sock"
+        fresh = self.paths.socket.parent / f".control-{os.getpid()}.sock"
         fresh.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -300,6 +306,7 @@ class ProxyServer:
                     "pid": os.getpid(),
                     "since": pool.ledger.since,
                     "routes": len(pool.table.routes),
+                    "fenced": self._fenced,
                 }
             if op == "apply":
                 return self._apply(request)
@@ -334,9 +341,40 @@ class ProxyServer:
             return _error("busy", "the proxy is handing over to its successor: try again")
         table = table_from_json(request["table"])
         with self._apply_lock:
+            self._applied, self._applied_at = table, time.monotonic()
+            if self._fenced:
+                log.warning("the daemon is back: serving its table again")
+                self._fenced = False
             self._save_table(table)  # even when a port fails: the rest is served
             self.pool.apply(table)
         return {"ok": True}
+
+    def _watch_fence(self) -> None:
+        """Withdraw this host's own replicas once the daemon has been silent past the
+        table's fence (:class:`~gitorch.traffic.table.Fence`): cut off, they are being
+        replaced elsewhere, and must not serve as stale copies when the link returns."""
+        table = self._applied
+        if self._fenced or table is None or table.fence is None or self.pool is None:
+            return
+        silent = time.monotonic() - self._applied_at
+        if silent < table.fence.after:
+            return
+        with self._apply_lock:
+            if self._applied is not table:
+                return  # a table arrived meanwhile
+            try:
+                self.pool.apply(fenced(table))
+            except GitorchError as exc:
+                log.error("could not withdraw this host's replicas: %s", exc.message)
+                return
+            self._fenced = True
+        log.warning(
+            "no table from the daemon for %.0fs (fence %.0fs): this host's %d replica(s) "
+            "withdrawn from routes that other hosts' replicas serve",
+            silent,
+            table.fence.after,
+            len(table.fence.own),
+        )
 
     def _hand_over(self, conn: socket.socket) -> None:
         """Give a successor the table, totals and sockets; release when it says so."""
@@ -351,7 +389,7 @@ class ProxyServer:
             answer = {
                 "ok": True,
                 "pid": os.getpid(),
-                "table": table_to_json(pool.table),
+                "table": table_to_json(self._applied or pool.table),
                 "ledger": pool.version_totals(),
                 "sockets": described,
             }
