@@ -258,10 +258,12 @@ def main() -> None:
 def ratio_text(
     wall: dict[str, float], cpu: dict[str, float], name: str, floor: str, goal: float
 ) -> str:
-    ratio = wall[name] / wall[floor]
+    # Met only when both are: on a shared machine the wall ratio alone swings with the load.
+    ratio, cpu_ratio = wall[name] / wall[floor], cpu[name] / cpu[floor]
+    met = ratio <= goal and cpu_ratio <= goal
     return (
-        f"{ratio:.2f}x; {cpu[name] / cpu[floor]:.2f}x {floor} "
-        f"(goal <= {goal}x: {'met' if ratio <= goal else 'NOT met'})"
+        f"{ratio:.2f}x; {cpu_ratio:.2f}x {floor} "
+        f"(goal <= {goal}x, wall and CPU: {'met' if met else 'NOT met'})"
     )
 
 

@@ -57,7 +57,7 @@ BENCHES = (
         "scheduler",
         "kube-scheduler_perf thresholds",
         ("--rounds", "1", "--no-oracle"),
-        rows=r"x\s+(met|NOT met)\s*$",
+        rows=r"x\s+(met|NOT met|MISSED)\s*$",
         goal="3x the reference",
     ),
     Bench(
@@ -79,7 +79,14 @@ BENCHES = (
         ("--rounds", "2", "--count", "5000"),
         rows=r"of the hand-written",
     ),  # fmt: skip
-    Bench("lb", "haproxy", ("--seconds", "2", "--rounds", "1"), ("wrk", "haproxy")),
+    Bench(
+        "lb",
+        "haproxy",
+        ("--seconds", "2", "--rounds", "1"),
+        ("wrk", "haproxy"),
+        rows=r"^\s+proxy x\d.*: throughput",
+        goal=">= 50% of haproxy; < 2 ms added at p99 at 50% load",
+    ),
     Bench(
         "rollout",
         "10 x docker run + poll, all at once; docker-compose",
@@ -100,7 +107,7 @@ BENCHES = (
 MET = re.compile(r"\bNOT met\b|OVER GOAL|not met", re.IGNORECASE)
 RATIO = re.compile(r"(\d+(?:\.\d+)?x|\d+(?:\.\d+)?%)")
 GOAL = re.compile(r"goal[^)]*", re.IGNORECASE)
-JUDGED = re.compile(r"\b(met|NOT met)\s*$")
+JUDGED = re.compile(r"\b(met|NOT met|MISSED)\s*$")
 
 
 def missing(bench: Bench) -> str | None:
@@ -128,8 +135,10 @@ def rows_of(bench: Bench, output: str) -> list[tuple[str, str, str, str]]:
         # The measured ratio: the last one before the goal (the goal's own comes after).
         ratio = RATIO.findall(text[: goal.start()] if goal else text)
         judged = JUDGED.search(text)  # a table row that ends with its verdict
-        if judged is not None:
-            verdict = judged.group(1)
+        if goal is None and MET.search(text):
+            verdict = "NOT met"  # a line of verdicts (bench_lb's), one of them not met
+        elif judged is not None:
+            verdict = "NOT met" if judged.group(1) == "MISSED" else judged.group(1)
         else:
             verdict = "-" if goal is None else "NOT met" if MET.search(text) else "met"
         named = goal.group(0) if goal else bench.goal
