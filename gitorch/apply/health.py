@@ -23,6 +23,13 @@ Semantics (those of Kubernetes' kubelet):
   it is still running: one probe never runs twice at once for the same replica (a probe
   that outlasts its period delays the next one). Readiness and liveness that waited for a
   startup probe run as soon as it passes (not one period later).
+* **Until first ready** a readiness probe runs every ``FIRST_READY_PERIOD`` (0.1 s) when
+  its own period is longer: a new replica joins the rotation a tenth of a second after it
+  answers, not up to a period later, which is most of what a rolling update waits for
+  (bench/bench_rollout.py). Once ready, the probe keeps its own period. Startup and
+  liveness probes always keep theirs: their failures count toward a restart, and
+  ``failureThreshold x periodSeconds`` is the time a replica is given; readiness failures
+  before the first success only keep a replica out of rotation that is not in it.
 * **After needs_restart** the replica is only waiting to be replaced: it is reported not
   ready and no probe of it runs again until it is tracked anew.
 * **A driver that fails** (an engine that does not answer: the runtime raises instead of
@@ -177,6 +184,9 @@ class ReplicaHealth:
     last_probe_at: float | None  # unix time the last probe finished
 
 
+#: Readiness period of a replica that has not been ready yet (module docstring).
+FIRST_READY_PERIOD = 0.1
+
 #: Called once when a replica is tracked, then each time its ``ready``, ``started`` or
 #: ``needs_restart`` changes; from a probe worker, before that probe can run again, so
 #: keep it quick (wake the reconcile loop, do not reconcile in it).
@@ -210,6 +220,7 @@ class _Tracked:
     needs_restart: bool = False
     last_message: str = ""
     last_probe_at: float | None = None
+    been_ready: bool = False  # ready at least once since tracked: readiness at its own period
 
     def snapshot(self) -> ReplicaHealth:
         return ReplicaHealth(
@@ -497,6 +508,8 @@ class HealthMonitor:
                 # Pushed even while stopping: the heap keeps it for a later start().
                 if self._current(tracked, kind):
                     period = state.schedule.period_seconds
+                    if kind is ProbeKind.READINESS and not tracked.been_ready:
+                        period = min(period, FIRST_READY_PERIOD)
                     self._push(tracked, kind, max(started + period, self._clock()))
 
     # -- judging ------------------------------------------------------------------------
@@ -551,7 +564,7 @@ class HealthMonitor:
             if state.failures >= threshold:
                 self._give_up(tracked, f"liveness probe failed {state.failures} times: {message}")
         elif ok and not tracked.ready and state.successes >= state.schedule.success_threshold:
-            tracked.ready, tracked.ready_since = True, now
+            tracked.ready, tracked.ready_since, tracked.been_ready = True, now, True
         elif not ok and tracked.ready and state.failures >= threshold:
             tracked.ready, tracked.ready_since = False, None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import posixpath
@@ -404,9 +405,34 @@ def _width(stream: Any) -> int | None:
     return None if interactive else PIPE_WIDTH
 
 
+def one_shot_gc() -> None:
+    """For a command that runs once and exits (validate, plan): the objects it builds
+    (documents, typed models, diffs: ~10^6 for 2,000 Services) mostly live until exit, so
+    each of the cyclic collector's full passes re-walks them for nothing (~10% of a plan's
+    CPU, measured by bench/bench_cli_start.py). The modules loaded so far are set apart
+    (``gc.freeze``) and young collections come 70x less often; memory is still freed by
+    reference counting, and long-running commands (the daemon, ``--watch``) keep the
+    defaults."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def print_json(value: Any) -> None:
-    """Machine output: one JSON document on stdout, never coloured."""
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    """Machine output: one JSON document on stdout, never coloured, keys in their order.
+
+    Written by orjson: the standard encoder runs in Python when indented, which made the
+    JSON text most of ``gitorch status``'s own work with 4,000 replicas. The text is the
+    standard encoder's but for floats in exponent form (``1e-5``, not ``1e-05``); what
+    orjson refuses (an integer beyond 64 bits) goes through the standard encoder."""
+    import orjson
+
+    try:
+        text = orjson.dumps(
+            value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+        ).decode("utf-8")
+    except orjson.JSONEncodeError:
+        text = json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    sys.stdout.write(text)
     sys.stdout.flush()
 
 

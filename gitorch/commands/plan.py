@@ -21,6 +21,7 @@ from gitorch.commands.common import (
     add_verify_options,
     allowed_host_paths,
     duration,
+    one_shot_gc,
     open_store,
     reserved_ports,
     resolved_secrets,
@@ -198,6 +199,7 @@ def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    one_shot_gc()
     plan = make_plan(args)
     if args.format == "json":
         sys.stdout.write(render_json(plan))

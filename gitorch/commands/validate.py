@@ -16,6 +16,7 @@ from gitorch.commands.common import (
     add_source_options,
     add_state_option,
     allowed_host_paths,
+    one_shot_gc,
     open_args_source,
     print_json,
     read_snapshot,
@@ -27,7 +28,7 @@ from gitorch.commands.common import (
 )
 from gitorch.errors import GitorchError
 from gitorch.manifests import LoadResult, ManifestLoader
-from gitorch.sources import Snapshot
+from gitorch.sources import Snapshot, Source
 
 EXAMPLE = """example:
   gitorch validate --path examples/repo
@@ -58,8 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def validate_once(args: argparse.Namespace, loader: ManifestLoader) -> tuple[Snapshot, LoadResult]:
-    snapshot = read_snapshot(args)
+def validate_once(
+    args: argparse.Namespace, loader: ManifestLoader, source: Source | None = None
+) -> tuple[Snapshot, LoadResult]:
+    snapshot = read_snapshot(args, source)
     result = loader.load(
         snapshot.files,
         revision=snapshot.revision,
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         reserved_ports=reserved_ports(args), allowed_host_paths=allowed_host_paths(args)
     )
     if not args.watch:
+        one_shot_gc()
         snapshot, result = validate_once(args, loader)
         return report(args, snapshot, result)
     return _watch(args, loader)
@@ -122,14 +126,18 @@ def run(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace, loader: ManifestLoader) -> int:
     from gitorch.sources.watch import RepositoryWatcher
 
-    open_args_source(args)  # fails early for a URL or a missing path
+    # Fails early for a URL or a missing path; kept, so that each commit reads only the
+    # files it changed (the loader, too, parses only those).
+    source = open_args_source(args)
     root = Path(args.repo)
     if not root.is_dir():
         raise GitorchError("--watch needs a local checkout for --repo")
     changed = threading.Event()
     changed.set()
     last_code = 0
-    with RepositoryWatcher(root, changed.set):
+    # A commit is a burst of writes within milliseconds; 50 ms of quiet ends it. (A
+    # validation that starts mid-burst is followed by another: the burst keeps poking.)
+    with RepositoryWatcher(root, changed.set, debounce=0.05):
         stderr().print(f"watching {escape(str(root))} (Ctrl-C to stop)")
         try:
             while True:
@@ -137,7 +145,7 @@ def _watch(args: argparse.Namespace, loader: ManifestLoader) -> int:
                     changed.clear()
                     stderr().print(f"[dim]{time.strftime('%H:%M:%S')}[/]")
                     try:
-                        snapshot, result = validate_once(args, loader)
+                        snapshot, result = validate_once(args, loader, source)
                         # Record the verdict before printing it: Ctrl-C during the print
                         # must not leave the previous verdict as the exit code.
                         last_code = 0 if result.ok else 1

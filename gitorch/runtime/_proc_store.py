@@ -111,6 +111,12 @@ class RecordStore:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "replicas"  # created by the first claim: reading creates nothing
         self.lock = threading.RLock()
+        # all()'s records by name, with the identity of the file each was read from: every
+        # write replaces the file (a new inode), so an unchanged (inode, mtime, size) is an
+        # unchanged record, whoever wrote it. A daemon lists every record on every pass;
+        # a stat is ~10x cheaper than reading and decoding the JSON (4,000 replicas: see
+        # bench/bench_daemon.py).
+        self._seen: dict[str, tuple[tuple[int, int, int], ReplicaRecord]] = {}
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -160,10 +166,22 @@ class RecordStore:
 
     def all(self) -> list[ReplicaRecord]:
         records = []
+        seen: dict[str, tuple[tuple[int, int, int], ReplicaRecord]] = {}
         for name in self.names():
-            record = self.read(name)
+            try:
+                info = os.stat(self.folder(name) / RECORD_FILE)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+            known = self._seen.get(name)
+            if known is not None and known[0] == identity:
+                record: ReplicaRecord | None = known[1]
+            else:
+                record = self.read(name)
             if record is not None:
                 records.append(record)
+                seen[name] = (identity, record)
+        self._seen = seen
         return records
 
     def record_exit(

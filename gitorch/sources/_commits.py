@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -59,6 +59,10 @@ class CommitStore:
         self.what = what
         self.max_file_bytes = max_file_bytes
         self._lock = threading.RLock()
+        # The manifests of the last snapshot by blob id: the next snapshot (a commit later)
+        # reads only the blobs that changed. A blob id names its content, so a hit is the
+        # same bytes; one snapshot's files at most are kept.
+        self._last_blobs: dict[str, bytes] = {}
 
     # -- refs ---------------------------------------------------------------------------
 
@@ -116,8 +120,9 @@ class CommitStore:
                             f"{self.what}: {folder!r} is not a folder in commit {sha[:12]}"
                         )
                     start = found
-                reader = _TreeReader(root, self.max_file_bytes)
+                reader = _TreeReader(root, self.max_file_bytes, self._last_blobs)
                 reader.walk(start)
+                self._last_blobs = {f.blob_id: f.data for f in reader.files if f.blob_id}
             except (ValueError, git.GitError, OSError) as exc:
                 raise SourceError(f"{self.what}: cannot read commit {sha[:12]}: {exc}") from exc
             info = self._commit_infos(sha, 1)
@@ -243,9 +248,12 @@ def _lookup(root: git.Tree, rel: str) -> IndexObject | None:
 class _TreeReader:
     """Collects manifest files, problems and notes from one commit's tree."""
 
-    def __init__(self, root: git.Tree, max_file_bytes: int) -> None:
+    def __init__(
+        self, root: git.Tree, max_file_bytes: int, known: Mapping[str, bytes] | None = None
+    ) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
+        self.known = known or {}
         self.files: list[ManifestFile] = []
         self.problems: list[Diagnostic] = []
         self.notes: list[str] = []
@@ -271,6 +279,10 @@ class _TreeReader:
         self.problems.append(Diagnostic(path, 1, 1, message))
 
     def _regular(self, path: str, blob: IndexObject) -> None:
+        known = self.known.get(blob.hexsha)  # the tree names it: no read to know the id
+        if known is not None and len(known) <= self.max_file_bytes:
+            self.files.append(ManifestFile(path=path, blob_id=blob.hexsha, data=known))
+            return
         # The size comes from the object header (cat-file --batch-check): checked before
         # a single byte of the content is read.
         size = int(blob.size)

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from gitorch.apply.health import (
+    FIRST_READY_PERIOD,
     HealthMonitor,
     HealthProbes,
     ProbePortUnresolved,
@@ -254,6 +255,7 @@ def test_readiness_flips_at_its_thresholds(kit: Kit) -> None:
 
 def test_failures_below_the_threshold_keep_it_ready(kit: Kit) -> None:
     app = kit.start_app("api")
+    kit.wait_listening(app)  # no failures before the first ready (those run faster)
     events, listen = recorder(kit, app, HTTP)
     monitor = kit.monitor(on_change=listen)
     monitor.track_probes(
@@ -338,6 +340,7 @@ def test_manifest_probe_ports_and_initial_delay(kit: Kit) -> None:
 
 def test_probe_runs_keep_their_period(kit: Kit) -> None:
     app = kit.start_app("api")
+    kit.wait_listening(app)  # ready at the first run: from then on, its own period
     monitor = kit.monitor()
     monitor.track_probes("api-1", NODE, app.instance, HealthProbes(readiness=schedule(HTTP, 0.2)))
     monitor.start()
@@ -507,17 +510,37 @@ def test_tracking_again_keeps_or_resets_counters(kit: Kit) -> None:
 
 
 def test_observe_now_reacts_before_the_next_period(kit: Kit) -> None:
-    app = kit.start_app("api", start_delay=0.5)
+    app = kit.start_app("api")
+    kit.wait_listening(app)
     monitor = kit.monitor()
-    # first run at once (while the app still sleeps), the next one only in a minute
+    # ready at the first run (at once), the next one only in a minute
+    probes = HealthProbes(readiness=schedule(HTTP, 60, failure_threshold=1))
+    monitor.track_probes("api-1", NODE, app.instance, probes)
+    monitor.start()
+    assert monitor.wait_ready("api-1", WAIT)
+    app.set("fail")
+    time.sleep(0.3)
+    health = monitor.health("api-1")
+    assert health is not None and health.ready  # it fails now, but no run is due
+    health = monitor.observe_now("api-1")
+    assert health is not None and not health.ready
+    assert [c.ok for c in kit.runtime.runs(app.instance)] == [True, False]
+
+
+def test_readiness_runs_fast_until_first_ready_then_at_its_period(kit: Kit) -> None:
+    app = kit.start_app("api", start_delay=0.6)
+    monitor = kit.monitor()
     monitor.track_probes("api-1", NODE, app.instance, HealthProbes(readiness=schedule(TCP, 60)))
     monitor.start()
-    assert monitor.wait_for("api-1", lambda h: h.last_probe_at is not None, WAIT)
-    kit.wait_listening(app)
-    assert not monitor.wait_ready("api-1", 0.1)  # it listens now, but no run is due
-    health = monitor.observe_now("api-1")
-    assert health is not None and health.ready
-    assert [c.ok for c in kit.runtime.runs(app.instance)] == [False, True]
+    assert monitor.wait_ready("api-1", WAIT)
+    runs = kit.runtime.runs(app.instance)
+    # Not listening for 0.6 s: runs every FIRST_READY_PERIOD until it answers, then none
+    # for its period of a minute.
+    assert [c.ok for c in runs][-1] is True and len(runs) >= 3
+    gaps = [b.started - a.started for a, b in zip(runs, runs[1:], strict=False)]
+    assert all(FIRST_READY_PERIOD * 0.9 <= gap < 0.5 for gap in gaps), gaps
+    time.sleep(0.5)
+    assert len(kit.runtime.runs(app.instance)) == len(runs)
 
 
 def test_stop_is_prompt_with_probes_in_flight_and_start_resumes(kit: Kit) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from gitorch.diff import DriftItem, FieldChange, ObjectChange, Plan
+from gitorch.diff.render import json_text
 from gitorch.diff.render.markdown import code, md_escape, render_markdown
 from gitorch.diff.render.text import render_text, short, summary_line
 
@@ -166,3 +168,18 @@ def test_markdown_survives_a_value_closing_the_comment() -> None:
     assert len(fence) > 3
     assert lines.count(fence) == 1
     assert md.endswith("\n") and plan.digest in md
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"b": [1, 2.5, None, True], "a": {"z": 'é\u2028\x00"\\\n', "y": {}}, "c": []},
+        {"replicas": 2**63 - 1, "weights": [0.1, -0.0, 123456789.123]},
+        {"huge": 10**30},  # beyond orjson's 64 bits: the standard encoder writes it
+        {1: "non-string key"},
+    ],
+)
+def test_json_text_is_the_standard_libraries_indented_text(value: object) -> None:
+    assert (
+        json_text(value) == json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )

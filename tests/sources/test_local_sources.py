@@ -149,3 +149,28 @@ def test_worktree_refuses_hostile_files(
         "deploy/shared-dir: symlinked folder not followed",
         "deploy/sub: nested git repository skipped",
     ]
+
+
+def test_a_snapshot_reads_only_the_blobs_the_last_one_did_not_have(
+    checkout: Checkout, closing: list[object]
+) -> None:
+    checkout.write("app/web.yaml", "version: 1\n")
+    checkout.write("app/db.yaml", "db: 1\n")
+    c1 = checkout.commit("one")
+    source = LocalRepoSource(checkout.path)
+    closing.append(source)
+    first = {f.path: f.data for f in source.snapshot(path="app").files}
+    checkout.write("app/web.yaml", "version: 2\n")
+    checkout.write("app/copy.yaml", "db: 1\n")  # new path, same content as db.yaml
+    checkout.commit("two")
+    second = {f.path: f.data for f in source.snapshot(path="app").files}
+    assert second == {
+        "app/web.yaml": b"version: 2\n",
+        "app/db.yaml": b"db: 1\n",
+        "app/copy.yaml": b"db: 1\n",
+    }
+    # The unchanged blob's bytes are the very object read for the previous snapshot.
+    assert second["app/db.yaml"] is first["app/db.yaml"]
+    assert second["app/copy.yaml"] is first["app/db.yaml"]
+    # Back to the first commit: what the cache no longer holds is read again.
+    assert {f.path: f.data for f in source.snapshot(c1, "app").files} == first

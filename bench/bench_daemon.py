@@ -1,0 +1,289 @@
+"""The daemon at scale: many Services and idle replicas on the process driver, one node.
+
+    python3 bench/bench_daemon.py [--services 2000] [--replicas 2] [--idle 30] [--commits 3]
+
+A local repo of --services Services (``/bin/sleep``, --replicas each, 100 per file), a
+``gitorch daemon`` (subprocess, process driver, watching the checkout) started on it, and
+once every replica runs:
+
+* **converge**: daemon start to every replica running and a converged pass;
+* **no-op pass**: the daemon's own ``gitorch_reconcile_duration_seconds`` over --idle
+  seconds of nothing happening (sum / count of the passes in the window);
+* **idle CPU**: the daemon's CPU time (``/proc/PID/stat``, its threads included) over the
+  same window, in % of one core; the peer is the bench's own floor, a process that only
+  sleeps (0%);
+* **RSS**: the daemon's resident memory at the end of the window;
+* **status**: ``gitorch status --format json`` as a whole process (5 runs, median), and
+  ``GET /api/v1/status`` of the daemon's API;
+* **commit to first new replica**: a commit changing one Service's env; time from the end
+  of ``git commit`` to the first new replica's folder in the driver's state (the replica is
+  claimed, then started) — --commits rounds.
+
+Goals (issue 20): no-op pass < 1 s, idle CPU < 2% of a core, RSS < 300 MB, status
+< 300 ms, first new replica < 1 s after the commit. The webhook path is not measured here
+(it would need a second daemon and another 4,000 replicas): bench_rollout.py measures it
+with a small service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_runtime import free_port
+
+TICK = os.sysconf("SC_CLK_TCK")
+SERVICE = """---
+apiVersion: gitorch.dev/v1
+kind: Service
+metadata: {{name: svc-{i}}}
+spec:
+  command: ["/bin/sleep", "100000"]
+  replicas: {replicas}
+  env: {{INDEX: "{i}", ROUND: "{round}"}}
+"""
+
+
+def files_of(services: int, replicas: int, changed: dict[int, int]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for f in range(0, services, 100):
+        out[f"apps/team-{f // 100:03d}.yaml"] = "".join(
+            SERVICE.format(i=i, replicas=replicas, round=changed.get(i, 0))
+            for i in range(f, min(services, f + 100))
+        )
+    return out
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True)  # noqa: S607
+    return done.stdout.strip()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def rss_mb(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def api_get(port: int, path: str) -> tuple[float, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    started = time.perf_counter()
+    conn.request("GET", path)
+    body = conn.getresponse().read()
+    return time.perf_counter() - started, body
+
+
+def reconcile_figures(port: int) -> tuple[float, float, float]:
+    """(sum of pass seconds, pass count, converged passes) from the daemon's /metrics."""
+    _, body = api_get(port, "/metrics")
+    total = count = converged = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("gitorch_reconcile_duration_seconds_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("gitorch_reconcile_duration_seconds_count"):
+            count = float(line.split()[-1])
+        elif line.startswith('gitorch_reconcile_total{result="converged"}'):
+            converged = float(line.split()[-1])
+    return total, count, converged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--services", type=int, default=2000)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle measured")
+    parser.add_argument("--commits", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the daemon over the idle window"
+    )
+    args = parser.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="gitorch-bench-daemon-"))
+    root.mkdir(parents=True, exist_ok=True)
+    work, state = root / "work", root / "state"
+    (work / "apps").mkdir(parents=True, exist_ok=True)
+    git(work, "init", "-q", "-b", "main")
+    for path, text in files_of(args.services, args.replicas, {}).items():
+        (work / path).write_text(text)
+    git(work, "add", "-A")
+    git(work, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-qm", "bench")
+    total = args.services * args.replicas
+    api = free_port()
+    env = {**os.environ, "NO_COLOR": "1"}
+    argv = [sys.executable, "-m", "gitorch", "daemon", "--repo", str(work), "--path", "apps"]
+    argv += ["--state", str(state), "--runtime", "process", "--listen", f"127.0.0.1:{api}"]
+    log = open(root / "daemon.log", "ab")  # noqa: SIM115 (the child keeps it)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    daemon = subprocess.Popen(argv, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+    results: list[tuple[str, str, str, str]] = []
+    try:
+        sha = git(work, "rev-parse", "HEAD")
+
+        def running() -> int:
+            try:
+                _, body = api_get(api, "/api/v1/status")
+                data = json.loads(body)
+            except (OSError, ValueError):
+                return -1
+            if data.get("revision") != sha:
+                return -1
+            return sum(int(n.get("replicas") or 0) for n in data.get("nodes", []))
+
+        while running() < total:
+            if daemon.poll() is not None:
+                raise SystemExit(f"the daemon died: see {root / 'daemon.log'}")
+            time.sleep(1.0)
+        converged_at = reconcile_figures(api)[2]
+        while reconcile_figures(api)[2] <= converged_at:
+            time.sleep(0.5)
+        converge = time.perf_counter() - started
+        print(f"converged: {total} replicas of {args.services} services in {converge:.1f} s")
+
+        # The idle window.
+        time.sleep(3.0)
+        sum0, count0, _ = reconcile_figures(api)
+        cpu0, wall0 = cpu_seconds(daemon.pid), time.perf_counter()
+        spy = None
+        if args.profile and shutil.which("py-spy"):
+            spy = subprocess.Popen(  # noqa: S603
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(daemon.pid),
+                    "-d",
+                    str(int(args.idle)),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(root / "idle.folded"),
+                    "--threads",
+                ],  # fmt: skip
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        time.sleep(args.idle)
+        cpu1, wall1 = cpu_seconds(daemon.pid), time.perf_counter()
+        sum1, count1, _ = reconcile_figures(api)
+        if spy is not None:
+            spy.wait(timeout=60)
+        passes = count1 - count0
+        pass_s = (sum1 - sum0) / passes if passes else float("nan")
+        idle_cpu = (cpu1 - cpu0) / (wall1 - wall0)
+        rss = rss_mb(daemon.pid)
+        results.append(
+            ("no-op pass", f"{pass_s * 1000:.0f} ms ({passes:.0f} passes)", "< 1 s", ok(pass_s < 1))
+        )
+        results.append(("idle CPU", f"{idle_cpu:.1%} of a core", "< 2%", ok(idle_cpu < 0.02)))
+        results.append(("RSS", f"{rss:.0f} MB", "< 300 MB", ok(rss < 300)))
+
+        status_argv = [sys.executable, "-m", "gitorch", "status", "--state", str(state)]
+        status_runs = []
+        for _ in range(5):
+            t = time.perf_counter()
+            subprocess.run(
+                status_argv + ["--format", "json"], capture_output=True, env=env, check=True
+            )  # noqa: S603
+            status_runs.append(time.perf_counter() - t)
+        status = statistics.median(status_runs)
+        results.append(("gitorch status", f"{status * 1000:.0f} ms", "< 300 ms", ok(status < 0.3)))
+        api_runs = [api_get(api, "/api/v1/status")[0] for _ in range(5)]
+        results.append(
+            ("GET /api/v1/status", f"{statistics.median(api_runs) * 1000:.0f} ms", "", "")
+        )
+
+        replicas_dirs = list(state.glob("**/replicas"))
+        assert replicas_dirs, f"no replicas folder under {state}"
+        folder = replicas_dirs[0]
+        firsts = []
+        for n in range(args.commits):
+            known = set(os.listdir(folder))
+            for path, text in files_of(args.services, args.replicas, {0: n + 1}).items():
+                if path.endswith("team-000.yaml"):
+                    (work / path).write_text(text)
+            git(work, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-qam", f"r{n}")
+            committed = time.perf_counter()
+            deadline = committed + 60
+            while not (set(os.listdir(folder)) - known):
+                if time.perf_counter() > deadline:
+                    raise SystemExit("no new replica within 60 s of the commit")
+                time.sleep(0.005)
+            firsts.append(time.perf_counter() - committed)
+            time.sleep(5.0)  # let the rollout finish before the next commit
+        first = statistics.median(firsts)
+        results.append(
+            (
+                "commit to first new replica (watchdog)",
+                f"{first * 1000:.0f} ms ({', '.join(f'{f * 1000:.0f}' for f in firsts)})",
+                "< 1 s",
+                ok(first < 1),
+            )
+        )
+    finally:
+        report(args, load_before, results)  # what was measured, also when a step failed
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        stop_replicas(state)
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def report(
+    args: argparse.Namespace, load_before: float, results: list[tuple[str, str, str, str]]
+) -> None:
+    print(
+        f"{args.services} services x {args.replicas} replicas, process driver, one node; "
+        f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
+    print(f"{'figure':40} {'value':>28} {'goal':>9}  met")
+    for name, value, goal, met in results:
+        print(f"{name:40} {value:>28} {goal:>9}  {met}")
+
+
+def ok(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def stop_replicas(state: Path) -> None:
+    """The replicas and the proxy outlive the daemon (by design): stop the proxy, remove
+    the replicas through the driver (processes, cgroups, records) as bench_observe.py does."""
+    from bench_observe import remove_all
+
+    from gitorch.live import cluster_name
+    from gitorch.runtime.process import ProcessRuntime
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "shared"))
+    from data_plane_helpers import stop_data_plane
+
+    stop_data_plane(state)  # the daemon's proxy outlives it too
+    cluster = cluster_name(state)
+    for replicas in state.glob("**/replicas"):
+        folder = replicas.parent
+        started = time.perf_counter()
+        removed = remove_all(ProcessRuntime(folder.name, folder), cluster)
+        print(f"cleanup: removed {removed} replicas in {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
