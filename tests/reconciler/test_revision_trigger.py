@@ -167,6 +167,9 @@ def test_poll_and_cli_apply(cluster: Cluster) -> None:
     assert triggers(cluster) == {sha1: "cli apply"}
 
     daemon = cluster.daemon(repo=remote.as_uri(), interval=1)
+    # The daemon has read the remote before v2 lands there: v2 then comes by a poll (a
+    # daemon that first fetched after the push would find it at its start, rightly).
+    converge(daemon, sha1)
     sha2 = commit(
         cluster.repo, {"api.yaml": process_service("api", port=port, version="2", replicas=1)}, "v2"
     )
