@@ -86,6 +86,9 @@ class DaemonOptions:
     session: SessionOptions
     interval: float = 30.0  # fetch the source this often
     resync: float = 2.0  # reconcile (self-heal) at least this often
+    #: The operator chose ``resync`` (``--resync``): it is kept. The default is stretched
+    #: by the idle budget (:data:`IDLE_CPU_SHARE`) when passes are costly.
+    resync_fixed: bool = False
     listen: str = "127.0.0.1:7420"
     webhook_secret: WebhookSecret | None = None
     api_tokens: TokenSet | None = None  # bearer auth of the API (None: open, loopback only)
@@ -274,7 +277,7 @@ class Daemon:
                 # The pass says when to come back (something moving: soon; all settled: the
                 # resync timer); commits, webhooks and readiness changes wake it sooner.
                 timeout = min(requeue, self.options.resync)
-                if requeue >= self.options.resync:
+                if requeue >= self.options.resync and not self.options.resync_fixed:
                     # Settled: passes that change nothing take at most IDLE_CPU_SHARE of a
                     # core. A pass of 2,000 services costs ~0.5 s of CPU, so a 2 s resync
                     # would keep a quarter of a core busy for nothing; small clusters keep

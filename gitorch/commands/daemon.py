@@ -23,6 +23,9 @@ from gitorch.errors import ConfigError
 from gitorch.live.inventory import local_node_name
 from gitorch.logs import setup_logging
 
+#: `--resync` when not given (stretched by the idle budget: gitorch.daemon.IDLE_CPU_SHARE).
+DEFAULT_RESYNC = 2.0
+
 EXAMPLE = """example:
   gitorch daemon --path examples/repo --runtime process
   gitorch daemon --repo https://git.example.com/shop/deploy.git --ref main --interval 1m \\
@@ -59,9 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resync",
         type=positive_duration,
-        default=2.0,
+        default=None,
         metavar="DURATION",
-        help="time between reconcile passes when nothing happens (self-heal; default 2s)",
+        help="time between reconcile passes when nothing happens (self-heal; default 2s, "
+        "stretched while passes that change nothing would take over 2%% of a core; a "
+        "--resync given is kept)",
     )
     parser.add_argument(
         "--autoscale-sync",
@@ -157,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         # A daemon's name defaults to the host's (apply's to a name of its own per run).
         session=replace(session_options(args), name=args.name or local_node_name()),
         interval=args.interval,
-        resync=args.resync,
+        resync=DEFAULT_RESYNC if args.resync is None else args.resync,
+        resync_fixed=args.resync is not None,
         autoscale_sync=args.autoscale_sync,
         listen=args.listen,
         webhook_secret=secret,
