@@ -148,16 +148,18 @@ def stop_proxy(workdir: Path, name: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 def process_tree(pid: int) -> list[int]:
-    """``pid`` and its children."""
-    pids = [pid]
+    """``pid`` and all its descendants (the proxy's keeper, its coordinator, the workers)."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(entry.name))
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    pids = [pid]
+    for each in pids:  # grows while it is walked: breadth first
+        pids.extend(child for child, parent in parents.items() if parent == each)
     return pids
 
 
