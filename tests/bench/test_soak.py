@@ -28,7 +28,7 @@ SOAK = REPO / "bench" / "soak.py"
 #: version, an invalid manifest, a revert, a mass prune the guard refuses, and a bad head
 #: after the faults (the plan is the seed's: test_the_ci_seed_plans_every_kind checks it).
 SEED = 60
-MINUTES = "2"
+MINUTES = "3"
 CI_COMMIT_KINDS = {"errors-canary", "never-ready", "invalid", "revert", "mass-prune"}
 
 
