@@ -23,9 +23,6 @@ from gitorch.errors import ConfigError
 from gitorch.live.inventory import local_node_name
 from gitorch.logs import setup_logging
 
-#: `--resync` when not given (stretched by the idle budget: gitorch.daemon.IDLE_CPU_SHARE).
-DEFAULT_RESYNC = 2.0
-
 EXAMPLE = """example:
   gitorch daemon --path examples/repo --runtime process
   gitorch daemon --repo https://git.example.com/shop/deploy.git --ref main --interval 1m \\
@@ -162,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
         # A daemon's name defaults to the host's (apply's to a name of its own per run).
         session=replace(session_options(args), name=args.name or local_node_name()),
         interval=args.interval,
-        resync=DEFAULT_RESYNC if args.resync is None else args.resync,
-        resync_fixed=args.resync is not None,
+        # Not given: DaemonOptions' default, which the idle budget may stretch.
+        **({} if args.resync is None else {"resync": args.resync, "resync_fixed": True}),
         autoscale_sync=args.autoscale_sync,
         listen=args.listen,
         webhook_secret=secret,

@@ -154,7 +154,10 @@ def test_a_fenced_ingress_withdraws_its_own_replicas_when_the_daemon_falls_silen
     shared_port, alone_port = free_port(), free_port()
     fence = Fence(2.0, frozenset({own.id, alone.id}))
     plane = RemoteProxyPlane("h2", lambda: PipeChannel(proxy_state))
-    health_of = lambda: call(ProxyPaths.of(proxy_state).socket, {"op": "health"}, 5.0)  # noqa: E731
+
+    def health_of() -> dict[str, object]:
+        return call(ProxyPaths.of(proxy_state).socket, {"op": "health"}, 5.0)
+
     try:
         fenced_table = replace(
             table(
