@@ -23,6 +23,15 @@ from gitorch.errors import ConfigError
 from gitorch.live.inventory import local_node_name
 from gitorch.logs import setup_logging
 
+
+class _GivenDuration(argparse.Action):
+    """Stores the value and notes that the option was given (``<dest>_given``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 EXAMPLE = """example:
   gitorch daemon --path examples/repo --runtime process
   gitorch daemon --repo https://git.example.com/shop/deploy.git --ref main --interval 1m \\
@@ -59,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resync",
         type=positive_duration,
-        default=None,
+        default=2.0,
+        action=_GivenDuration,
         metavar="DURATION",
         help="time between reconcile passes when nothing happens (self-heal; default 2s, "
         "stretched while passes that change nothing would take over 2%% of a core; a "
@@ -159,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
         # A daemon's name defaults to the host's (apply's to a name of its own per run).
         session=replace(session_options(args), name=args.name or local_node_name()),
         interval=args.interval,
-        # Not given: DaemonOptions' default, which the idle budget may stretch.
-        **({} if args.resync is None else {"resync": args.resync, "resync_fixed": True}),
+        resync=args.resync,
+        # Not given: the default, which the idle budget may stretch.
+        resync_fixed=getattr(args, "resync_given", False),
         autoscale_sync=args.autoscale_sync,
         listen=args.listen,
         webhook_secret=secret,
