@@ -25,8 +25,11 @@ Design decisions (also in the class docstring of :class:`DockerRuntime`):
 * **Removed containers leave their output behind**: with a ``state_dir``, :meth:`remove`
   reads the end of the container's logs and its exit facts first (killing it first if it
   still runs) and keeps them for ``gitorch logs --previous`` (:mod:`._retained`).
-* **Exit reasons** come from the engine: ``State.OOMKilled`` is ``"OOMKilled"``; a code
-  from 129 to 192 reads as ``"signal N"`` (Docker reports a death by signal N as 128 + N,
+* **Exit reasons** come from the engine: ``State.OOMKilled`` is ``"OOMKilled"``. Docker
+  20.10 on cgroup v1 can lose that flag (its exit handler overwrites what the OOM event set
+  when the two arrive in the other order), so a container with a memory limit that died by
+  SIGKILL is also looked up in the engine's event log: an ``oom`` event for it means
+  ``"OOMKilled"`` too. Otherwise a code from 129 to 192 reads as ``"signal N"`` (Docker reports a death by signal N as 128 + N,
   so a program that itself exits with such a code reads the same).
 * **Volumes are named volumes** ``<cluster>_<node>_<volume>``, labelled with the cluster,
   node and Volume name (the local driver, or the Volume's driver and options: NFS and
@@ -343,9 +346,9 @@ def _port_env(spec: ReplicaSpec) -> dict[str, str]:
     return env
 
 
-def _exit_reason(state: Mapping[str, Any]) -> str:
+def _exit_reason(state: Mapping[str, Any], oom_event: bool = False) -> str:
     """How an exited container ended, in words (see the module docstring)."""
-    if state.get("OOMKilled"):
+    if state.get("OOMKilled") or oom_event:
         return "OOMKilled"
     code = int(state.get("ExitCode") or 0)
     return f"signal {code - 128}" if 128 < code <= 128 + 64 else f"exit {code}"
@@ -414,6 +417,7 @@ class DockerRuntime:
         self._client: docker.APIClient | None = None
         self._probe_client: docker.APIClient | None = None
         self._facts: tuple[float, dict[str, Any]] | None = None  # (when, docker info)
+        self._oom_killed: set[str] = set()  # exited containers whose oom event was seen
         self._lock = threading.Lock()
         # Over ssh every call is a session of one ssh connection, and sshd refuses more
         # than MaxSessions (10 by default) at once: calls wait for a free one instead.
@@ -1103,8 +1107,45 @@ class DockerRuntime:
             restarts=int(attrs.get("RestartCount") or 0),
             started_at=_parse_time(state.get("StartedAt")),
             image=config.get("Image"),
-            exit_reason=_exit_reason(state) if status is InstanceState.EXITED else None,
+            exit_reason=(
+                _exit_reason(state, self._oom_event_seen(attrs))
+                if status is InstanceState.EXITED
+                else None
+            ),
         )
+
+    def _oom_event_seen(self, attrs: Mapping[str, Any]) -> bool:
+        """Whether the engine logged an ``oom`` event for this exited container, asked only
+        when the State flag may have been lost: SIGKILLed, under a memory limit, not
+        flagged. A seen event is final and kept; an unseen one is asked again next time."""
+        container_id = str(attrs.get("Id", ""))
+        if container_id in self._oom_killed:
+            return True
+        state = attrs.get("State") or {}
+        memory_limit = int((attrs.get("HostConfig") or {}).get("Memory") or 0)
+        if state.get("OOMKilled") or memory_limit <= 0 or int(state.get("ExitCode") or 0) != 137:
+            return False
+        created = _parse_time(attrs.get("Created"))
+        try:
+            events = self._call(
+                lambda api: list(
+                    api.events(
+                        since=int(created) if created else None,
+                        until=int(time.time()) + 1,
+                        filters={"container": container_id, "event": "oom"},
+                        decode=True,
+                    )
+                ),
+                container_id,
+            )
+        except RuntimeDriverError as exc:
+            log.debug(
+                "node %s: cannot read the events of %s: %s", self.node_name, container_id, exc
+            )
+            return False
+        if events:
+            self._oom_killed.add(container_id)
+        return bool(events)
 
 
 class ExecChannel:
