@@ -30,7 +30,7 @@ from gitorch.decide import PassDecision, ServiceDecision
 from gitorch.decide.backoff import CrashLoop, describe, remaining
 from gitorch.decide.service import SERVICE_SLOT
 from gitorch.decide.volumes import VolumeDecision
-from gitorch.diff.compute import compute_plan
+from gitorch.diff.compute import revision_plan
 from gitorch.diff.fields import FieldChange
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Node, NodePool, Volume
@@ -100,10 +100,15 @@ class Bookkeeper:
     # ------------------------------------------------------------------ revisions
 
     def revision_started(
-        self, desired: DesiredState, live: LiveState, commit: CommitMeta | None, scoring: str
+        self,
+        desired: DesiredState,
+        live: LiveState,
+        commit: CommitMeta | None,
+        decision: PassDecision,
     ) -> Started | None:
         """The revision in progress (recorded the first time it is seen), or None when it
-        has finished (or changed nothing)."""
+        has finished (or changed nothing). ``decision``: the pass that records it (the
+        replicas it could not place are the revision's unschedulable count)."""
         last = self.store.last_attempted_revision()
         if (
             last is not None
@@ -115,7 +120,7 @@ class Bookkeeper:
             if self._started is None or self._started.id != last.id:
                 self._started = Started(last.id, frozenset(last.service_results))
             return self._started
-        plan = compute_plan(desired, live, scoring=scoring)
+        plan = revision_plan(desired, live)
         if last is not None and last.result is RevisionResult.IN_PROGRESS:
             self.store.finish_revision(
                 last.id,
@@ -151,7 +156,7 @@ class Bookkeeper:
                 reason="" if plan.changes else "nothing to change",
                 summary={
                     "changes": changes,
-                    "counts": plan.summary,
+                    "counts": {**plan.summary, "unschedulable": len(decision.unplaced)},
                     "message": (commit.message if commit else "")[:500],
                 },
             )

@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 class Inventory:
     def __init__(self, db: SqliteBackend) -> None:
         self.db = db
+        # (kind, name) -> (the stored JSON text, its decoded value). A pass reads the
+        # whole inventory several times (observe, the records of Nodes and Volumes,
+        # status): decoding 2,000 Services' specs each time was ~0.1 s of every read.
+        # Comparing the stored text is a memcmp; a changed row is decoded again. The
+        # decoded value is shared between readers, who never change it.
+        self._decoded: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 
     def record(
         self, kind: str, name: str, revision: str, digest: str, spec: Mapping[str, Any]
@@ -39,14 +45,19 @@ class Inventory:
         found = self.db.query(
             "SELECT kind, name, revision, digest, spec, applied_at FROM inventory ORDER BY kind, name"
         )
-        return [
-            AppliedObject(
-                r["kind"],
-                r["name"],
-                r["revision"],
-                r["digest"],
-                rows.load_json(r["spec"]),
-                r["applied_at"],
+        decoded: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        known = self._decoded
+        out = []
+        for r in found:
+            key, text = (r["kind"], r["name"]), r["spec"]
+            cached = known.get(key)
+            if cached is None or cached[0] != text:
+                cached = (text, rows.load_json(text))
+            decoded[key] = cached
+            out.append(
+                AppliedObject(
+                    key[0], key[1], r["revision"], r["digest"], cached[1], r["applied_at"]
+                )
             )
-            for r in found
-        ]
+        self._decoded = decoded  # forgotten rows leave the cache
+        return out
