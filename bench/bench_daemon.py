@@ -55,7 +55,7 @@ spec:
 """
 
 
-def files_of(services: int, replicas: int, changed: dict[int, int]) -> dict[str, str]:
+def files_of(services: int, replicas: int, changed: dict[int, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for f in range(0, services, 100):
         out[f"apps/team-{f // 100:03d}.yaml"] = "".join(
@@ -114,16 +114,23 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the daemon over the idle window"
     )
+    parser.add_argument(
+        "--leave-replicas",
+        action="store_true",
+        help="with --keep: leave the replicas running; the next run with the same --keep "
+        "starts its daemon on them (A/B of two checkouts on one rig, no 4,000 starts)",
+    )
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="gitorch-bench-daemon-"))
     root.mkdir(parents=True, exist_ok=True)
     work, state = root / "work", root / "state"
     (work / "apps").mkdir(parents=True, exist_ok=True)
-    git(work, "init", "-q", "-b", "main")
-    for path, text in files_of(args.services, args.replicas, {}).items():
-        (work / path).write_text(text)
-    git(work, "add", "-A")
-    git(work, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-qm", "bench")
+    if not (work / ".git").exists():
+        git(work, "init", "-q", "-b", "main")
+        for path, text in files_of(args.services, args.replicas, {}).items():
+            (work / path).write_text(text)
+        git(work, "add", "-A")
+        git(work, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-qm", "bench")
     total = args.services * args.replicas
     api = free_port()
     env = {**os.environ, "NO_COLOR": "1"}
@@ -216,7 +223,8 @@ def main() -> None:
         firsts = []
         for n in range(args.commits):
             known = set(os.listdir(folder))
-            for path, text in files_of(args.services, args.replicas, {0: n + 1}).items():
+            change = {0: f"{time.time_ns()}"}  # never a commit of the same text (--keep)
+            for path, text in files_of(args.services, args.replicas, change).items():
                 if path.endswith("team-000.yaml"):
                     (work / path).write_text(text)
             git(work, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-qam", f"r{n}")
@@ -244,7 +252,8 @@ def main() -> None:
             daemon.wait(timeout=60)
         except subprocess.TimeoutExpired:
             daemon.kill()
-        stop_replicas(state)
+        if not args.leave_replicas:
+            stop_replicas(state)
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -8,7 +8,10 @@ docker-compose``; without it that part is skipped and said so). One run measures
 
 1. **floor**: the same ``--replicas`` containers of ``gitorch-example/api:2`` started with
    no orchestration: ``docker run -d -p`` for all of them at once (one thread each) and
-   their health URL polled until every one answers (``bench_runtime``'s helpers);
+   their health URL polled until every one answers (``bench_runtime``'s helpers); and
+   issue 20's **batch floor**: the same batches (maxSurge = 2 containers each) started and
+   probed back to back, a batch once the one before answers, against which the rolling
+   update's goal (<= 1.5x, 0 failed requests) is judged;
 2. **gitorch**: ``gitorch daemon`` (subprocess, docker driver, watching a local repo) runs
    ``--replicas`` replicas of ``api:1`` behind its built-in balancer; a keep-alive client
    (``--threads`` threads) runs without pause; a commit moves the image to ``api:2``
@@ -60,6 +63,7 @@ IMAGE = "gitorch-example/api"
 HEALTH = "/cgi-bin/healthz"
 CONVERGE_TIMEOUT = 300.0
 LATENCY_GOAL = 1.0
+SURGE = 2  # the manifest's maxSurge: the batch floor starts batches of this many
 
 MANIFEST = """\
 apiVersion: gitorch.dev/v1
@@ -78,7 +82,7 @@ spec:
   strategy:
     type: RollingUpdate
     progressDeadlineSeconds: 240
-    rollingUpdate: {{maxSurge: 2, maxUnavailable: 0}}
+    rollingUpdate: {{maxSurge: {surge}, maxUnavailable: 0}}
 """
 
 COMPOSE = """\
@@ -190,6 +194,34 @@ def ensure_images() -> None:
 
 def floor(replicas: int) -> float:
     """Seconds to start ``replicas`` containers of :2 at once and see all of them ready."""
+    took, ids = _start_batch(replicas)
+    subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
+    if len(ids) != replicas:
+        raise SystemExit("bench: the floor could not start every container")
+    return took
+
+
+def batch_floor(replicas: int, surge: int) -> float:
+    """Issue 20's floor of a rolling update: the same batches (``surge`` containers of :2
+    each) started and probed back to back with no orchestration: a batch starts once
+    every container of the one before answers its health URL."""
+    ids: list[str] = []
+    took = 0.0
+    try:
+        for first in range(0, replicas, surge):
+            seconds, batch = _start_batch(min(surge, replicas - first))
+            took += seconds
+            ids += batch
+    finally:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
+    if len(ids) != replicas:
+        raise SystemExit("bench: the batch floor could not start every container")
+    return took
+
+
+def _start_batch(count: int) -> tuple[float, list[str]]:
+    """Start ``count`` containers of :2 at once (a thread each); seconds until every one
+    answers its health URL, and their ids."""
     ids: list[str] = []
     lock = threading.Lock()
 
@@ -207,16 +239,12 @@ def floor(replicas: int) -> float:
         poll_until(lambda: http_ok(f"http://127.0.0.1:{port}{HEALTH}"), "floor container")
 
     started = time.perf_counter()
-    workers = [threading.Thread(target=one) for _ in range(replicas)]
+    workers = [threading.Thread(target=one) for _ in range(count)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    took = time.perf_counter() - started
-    subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
-    if len(ids) != replicas:
-        raise SystemExit("bench: the floor could not start every container")
-    return took
+    return time.perf_counter() - started, ids
 
 
 # -- 2. and 4. gitorch ------------------------------------------------------------------
@@ -256,7 +284,11 @@ class Gitorch:
         """Commit (and push, with a remote) the image ``:tag``; (sha, wall time it landed)."""
         (self.work / "api.yaml").write_text(
             MANIFEST.format(
-                image=f"{IMAGE}:{tag}", replicas=self.replicas, lb_port=self.lb_port, health=HEALTH
+                image=f"{IMAGE}:{tag}",
+                replicas=self.replicas,
+                lb_port=self.lb_port,
+                health=HEALTH,
+                surge=SURGE,
             )
         )
         self.git("add", "api.yaml")
@@ -533,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         floor_s = floor(args.replicas)
         print(f"floor: {args.replicas} x docker run -d + poll, all at once: {floor_s:.2f} s")
+        batches_s = batch_floor(args.replicas, SURGE)
+        print(f"batch floor: batches of {SURGE} started and probed back to back: {batches_s:.2f} s")
         ours = bench_gitorch(scratch / "gitorch", args.replicas, args.threads)
         print(
             f"gitorch: converged in {ours.seconds:.2f} s, {ours.failed} failed of "
@@ -561,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| {'':<34} | failed requests | requests | time (s) | time / floor |")
     print(f"| {'-' * 34} | ---: | ---: | ---: | ---: |")
     print(f"| {'floor (docker run -d + poll)':<34} | - | - | {floor_s:.2f} | 1.00x |")
+    print(
+        f"| {'batch floor (batches of ' + str(SURGE) + ', back to back)':<34} | - | - | "
+        f"{batches_s:.2f} | {batches_s / floor_s:.2f}x |"
+    )
     rows = [("gitorch (maxSurge 2, maxUnavailable 0)", ours)]
     if theirs is not None:
         rows.append(("docker-compose up -d (recreate)", theirs))
@@ -569,6 +607,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {label:<34} | {r.failed} | {r.ok + r.failed} | {r.seconds:.2f} | "
             f"{r.seconds / floor_s:.2f}x |"
         )
+    ratio = ours.seconds / batches_s
+    verdict = "met" if ratio <= 1.5 and ours.failed == 0 else "NOT met"
+    print(
+        f"rolling update / batch floor: {ratio:.2f}x, {ours.failed} failed "
+        f"(goal <= 1.5x, 0 failed): {verdict}"
+    )
     if theirs is not None and ours.seconds:
         print(f"compose time / gitorch time: {theirs.seconds / ours.seconds:.2f}x")
     assert ours.first_new is not None

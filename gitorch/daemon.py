@@ -74,6 +74,8 @@ IDLE_CPU_SHARE = 0.02
 #: ... but a settled daemon still passes at least this often (seconds): self-heal of a
 #: replica without probes is bounded.
 IDLE_RESYNC_MAX = 120.0
+#: Status serves the last pass's observation up to this old (seconds; it says its age).
+STATUS_OBSERVATION_MAX_AGE = 30.0
 
 log = logging.getLogger("gitorch.daemon")
 
@@ -141,6 +143,8 @@ class Daemon:
         # One pass at a time: the API's plan observes and decides with the same
         # reconciler (probe state, node tracker) as the loop.
         self._pass_lock = threading.Lock()
+        self._passes = 0  # passes started (status's own observation holds until the next)
+        self._status_live: tuple[int, LiveState] | None = None
         self._standby_runtimes: tuple[tuple[Any, ...], dict[str, Runtime]] | None = None
         self._autoscaler: Autoscaler | None = None
         self._node_pools: NodePoolScaler | None = None
@@ -165,6 +169,8 @@ class Daemon:
             session_options,
             on_health_change=lambda *_: self._wake.set(),
             on_leadership=lambda _: self._wake.set(),
+            # A replica that exits is replaced by a pass now, not at the stretched resync.
+            on_replica_exit=lambda _: self._wake.set(),
         ) as session:
             self.session = session
             self.traffic = _traffic_meter(session, opts.session.data_plane)
@@ -475,6 +481,7 @@ class Daemon:
             # digests written here, hence the template digests: the services roll.
             desired = self.session.secrets.resolve(desired)
             with self._pass_lock:
+                self._passes += 1
                 reconciler = self.session.reconciler_for(desired)
                 result = reconciler.reconcile(desired, commit)
         except NotLeader as exc:
@@ -695,6 +702,10 @@ class Daemon:
         data = {
             "pid": os.getpid(),
             "listen": self.api.listen if self.api else self.options.listen,
+            # Where a local `gitorch status` asks this daemon (its last observation).
+            "url": _local_url(
+                self.api.listen if self.api else self.options.listen, self.options.api_tls
+            ),
             "repo": self.options.repo,
             "ref": self.options.ref,
             "path": self.options.path,
@@ -785,13 +796,41 @@ class Daemon:
         return True, ""
 
     def _view(self) -> tuple[Reconciler | None, LiveState | None]:
+        """The acting reconciler and what status shows: the last pass's observation when
+        that pass changed nothing, else status's own last one when no pass started since,
+        either younger than STATUS_OBSERVATION_MAX_AGE (a replica's readiness is the
+        health monitor's of now; a replica that exits wakes a pass); else a new
+        observation. Observing 4,000 replicas again took ~0.3 s of CPU, status's whole
+        budget."""
         session, desired = self.session, self._desired
         if session is None or desired is None or session.reconciler is None:
             return None, None
         reconciler = session.reconciler
         if not reconciler.acting:
             return None, None
-        live = observe(reconciler.targets, reconciler.runtimes, session.cluster, session.store)
+        now = time.time()
+        observed = reconciler.quiet_observation
+        if observed is not None and now - observed.observed_at <= STATUS_OBSERVATION_MAX_AGE:
+            return reconciler, observed
+        with self._lock:
+            own = self._status_live
+        if (
+            own is not None
+            and own[0] == self._passes
+            and now - own[1].observed_at <= STATUS_OBSERVATION_MAX_AGE
+        ):
+            return reconciler, own[1]  # status's own, and no pass ran since
+        if not self._pass_lock.acquire(blocking=False):
+            # A pass is running: observe without keeping it (the pass may change it).
+            live = observe(reconciler.targets, reconciler.runtimes, session.cluster, session.store)
+            return reconciler, live
+        try:
+            passes = self._passes
+            live = observe(reconciler.targets, reconciler.runtimes, session.cluster, session.store)
+        finally:
+            self._pass_lock.release()
+        with self._lock:
+            self._status_live = (passes, live)
         return reconciler, live
 
     def _read_only_view(self) -> ClusterView:
@@ -841,6 +880,9 @@ class Daemon:
             doc = status_json(
                 view, None, traffic={snap.service: snap for snap in traffic}, control_plane=plane
             )
+            # When the replicas were observed (the last quiet pass's, or now).
+            doc["observedAt"] = live.observed_at
+            doc["observedAgeSeconds"] = round(max(0.0, time.time() - live.observed_at), 1)
         with self._lock:
             if self._last_error is not None:
                 doc["lastError"] = self._last_error.get("message")
@@ -911,6 +953,17 @@ class Daemon:
         desired = self.session.secrets.resolve(load_desired(snapshot, self.loader))
         with self._pass_lock:
             return self.session.reconciler_for(desired).plan(desired).to_json()
+
+
+def _local_url(listen: str, tls: object) -> str:
+    """The API's URL from this host (a wildcard listen is reached on loopback)."""
+    host, port = parse_listen(listen)
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{'https' if tls is not None else 'http'}://{where}"
 
 
 def _client_address(listen: str) -> str:

@@ -111,8 +111,12 @@ class Session:
         *,
         on_health_change: HealthListener | None = None,
         on_leadership: Callable[[bool], None] | None = None,
+        on_replica_exit: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_replica_exit(instance_id)``: a replica exited (drivers that see it at once,
+        :meth:`gitorch.runtime.process.ProcessRuntime.on_exit`)."""
         self.options = options
+        self._on_replica_exit = on_replica_exit
         local = ensure_state_dir(options.state_dir)
         location = options.location
         self.lock: DaemonLock | None = None
@@ -197,6 +201,10 @@ class Session:
             secrets_dir=self.options.secrets_dir,
         )
         self.ingress.set_runtimes(runtimes)
+        for runtime in runtimes.values():
+            watch = getattr(runtime, "on_exit", None)
+            if watch is not None and self._on_replica_exit is not None:
+                watch(self._on_replica_exit)
         if self.health is not None:
             self.health.stop()
         self.health = HealthMonitor(runtimes, on_change=self._on_health_change)

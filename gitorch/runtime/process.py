@@ -75,7 +75,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -320,6 +320,14 @@ class ProcessRuntime:
         self._boot_id = _proc.boot_id()
         self._id_to_name: dict[str, str] = {}
         self._cpu_samples: dict[str, tuple[float, int]] = {}
+        self._exit_listener: Callable[[str], None] | None = None
+
+    def on_exit(self, listener: Callable[[str], None] | None) -> None:
+        """Call ``listener(instance_id)`` (on the reaper's thread) once a replica this
+        process started has exited and its exit is recorded: the daemon passes at once
+        instead of at its next resync. Replicas adopted from an earlier daemon are not
+        its children and are seen by the passes only."""
+        self._exit_listener = listener
 
     # -- capacity ---------------------------------------------------------------------
 
@@ -916,6 +924,12 @@ class ProcessRuntime:
             with _CHILDREN_LOCK:
                 _CHILDREN.pop(instance_id, None)
             child.done.set()
+        listener = self._exit_listener
+        if listener is not None:
+            try:
+                listener(instance_id)
+            except Exception:  # a listener's bug must not stop the reaper
+                log.exception("node %s: the exit listener failed", self.node_name)
 
     def _find(self, instance_id: str) -> ReplicaRecord:
         if not _ID_RE.match(instance_id):
