@@ -321,12 +321,14 @@ class ProcessRuntime:
         self._id_to_name: dict[str, str] = {}
         self._cpu_samples: dict[str, tuple[float, int]] = {}
         self._exit_listener: Callable[[str], None] | None = None
+        self._ending: set[str] = set()  # replicas stop() or remove() ends: no one to tell
 
     def on_exit(self, listener: Callable[[str], None] | None) -> None:
         """Call ``listener(instance_id)`` (on the reaper's thread) once a replica this
-        process started has exited and its exit is recorded: the daemon passes at once
-        instead of at its next resync. Replicas adopted from an earlier daemon are not
-        its children and are seen by the passes only."""
+        process started has exited by itself (not through :meth:`stop` or
+        :meth:`remove`) and its exit is recorded: the daemon passes at once instead of at
+        its next resync. Replicas adopted from an earlier daemon are not its children and
+        are seen by the passes only."""
         self._exit_listener = listener
 
     # -- capacity ---------------------------------------------------------------------
@@ -623,6 +625,7 @@ class ProcessRuntime:
         """SIGTERM the group, wait ``grace_seconds`` for the leader, then SIGKILL the group."""
         record = self._find(instance_id)
         if self._observe(record)[0] is InstanceState.RUNNING:
+            self._expect_exit(instance_id)
             self._signal_group(record, signal.SIGTERM)
             if not self._wait_gone(record, grace_seconds):
                 self._signal_group(record, signal.SIGKILL)
@@ -637,6 +640,7 @@ class ProcessRuntime:
         facts (see :meth:`retained_logs`), then delete its record and its folder."""
         record = self._find(instance_id)
         if self._observe(record)[0] is InstanceState.RUNNING:
+            self._expect_exit(instance_id)
             self._signal_group(record, signal.SIGKILL)
             if not self._wait_gone(record, _KILL_WAIT_SECONDS):
                 raise ReplicaStopFailed(
@@ -905,6 +909,13 @@ class ProcessRuntime:
             _CHILDREN[instance_id] = child
         REAPER.watch(popen, lambda returncode: self._record_exit(instance_id, child, returncode))
 
+    def _expect_exit(self, instance_id: str) -> None:
+        """The replica is being ended by gitorch: its exit is not told to the listener.
+        Only a child of this process is reaped here, so only a child's id is kept."""
+        with _CHILDREN_LOCK:
+            if instance_id in _CHILDREN:
+                self._ending.add(instance_id)
+
     def _record_exit(self, instance_id: str, child: _Child, returncode: int) -> None:
         """Called by the reaper once the child is reaped. Order matters: whoever no longer
         finds the child in ``_CHILDREN`` must find its exit code on disk."""
@@ -925,7 +936,9 @@ class ProcessRuntime:
                 _CHILDREN.pop(instance_id, None)
             child.done.set()
         listener = self._exit_listener
-        if listener is not None:
+        if instance_id in self._ending:
+            self._ending.discard(instance_id)  # gitorch ended it: the pass knows
+        elif listener is not None:
             try:
                 listener(instance_id)
             except Exception:  # a listener's bug must not stop the reaper

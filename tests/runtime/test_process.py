@@ -482,3 +482,26 @@ def test_one_reaper_thread_serves_every_replica(runtime: ProcessRuntime, cluster
         wait_until("exit", functools.partial(exited, runtime, instance.id))
         assert runtime.inspect(instance.id).exit_code == i
     wait_until("no zombie children", lambda: zombie_children() == [], timeout=2.0)
+
+
+def test_an_exit_is_told_to_the_listener_once_its_code_is_recorded(
+    runtime: ProcessRuntime, cluster: str
+) -> None:
+    """The daemon's wake on a replica's death (issue 20): the listener runs after the exit
+    code is on disk, so the pass it wakes sees the replica exited."""
+    told: list[tuple[str, int | None]] = []
+    runtime.on_exit(lambda instance_id: told.append((instance_id, exit_code(instance_id))))
+
+    def exit_code(instance_id: str) -> int | None:
+        fresh = ProcessRuntime("node-p", runtime.state_dir, workdir=runtime.workdir)
+        return fresh.inspect(instance_id).exit_code
+
+    quick = runtime.create(spec(f"{cluster}-exit3", "sh", "-c", "exit 3"), cluster)
+    slow = runtime.create(spec(f"{cluster}-slow", "sleep", "60"), cluster)
+    wait_until("the listener told", lambda: told != [])
+    assert told == [(quick.id, 3)]
+    # An exit gitorch itself asked for is not told: the pass that stops it knows.
+    runtime.stop(slow.id, 1.0)
+    assert exited(runtime, slow.id)
+    time.sleep(0.3)
+    assert told == [(quick.id, 3)]

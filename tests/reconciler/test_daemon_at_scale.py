@@ -1,0 +1,93 @@
+"""What issue 20 changed in the daemon's behaviour (its speed is measured in bench/): a
+replica without probes that dies wakes the daemon (process driver) instead of waiting for
+the resync, and status serves the last quiet pass's observation, saying how old it is,
+also to a local `gitorch status` (through the daemon's API)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from reconciler_helpers import (
+    Cluster,
+    commit,
+    converged,
+    gitorch,
+    instance_ids,
+    pid_of,
+    process_service,
+    wait_for,
+)
+
+#: Far longer than the repair may take: only the exit's wake can explain a replacement.
+LONG_RESYNC = 120.0
+
+
+def test_a_probeless_replica_that_dies_is_replaced_before_the_resync(cluster: Cluster) -> None:
+    sha = commit(
+        cluster.repo,
+        {"api.yaml": process_service("api", port=cluster.port, replicas=2, readiness=False)},
+        "api",
+    )
+    daemon = cluster.daemon(resync=LONG_RESYNC)
+    wait_for(
+        "converged", lambda: converged(daemon.service("api"), sha, 2), 60, describe=daemon.log_tail
+    )
+    time.sleep(1.0)  # the passes of the start are over: the next one is the resync's
+    before = instance_ids(daemon.service("api"))
+    victim = sorted(before)[0]
+    os.kill(pid_of(victim), signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(
+        "a replacement",
+        lambda: len(instance_ids(daemon.service("api")) - before) == 1,
+        30,
+        describe=daemon.log_tail,
+    )
+    took = time.monotonic() - killed
+    # A pass at once, plus the first restart's crash-loop back-off (1 s): seconds, where
+    # the resync would have taken up to LONG_RESYNC.
+    assert took < 15, took
+
+
+@pytest.mark.parametrize("cluster", ["sqlite"], indirect=True)
+def test_status_serves_the_last_observation_and_says_its_age(cluster: Cluster) -> None:
+    sha = commit(
+        cluster.repo, {"api.yaml": process_service("api", port=cluster.port, replicas=2)}, "api"
+    )
+    daemon = cluster.daemon(resync=LONG_RESYNC)
+    wait_for(
+        "converged", lambda: converged(daemon.service("api"), sha, 2), 60, describe=daemon.log_tail
+    )
+    doc = daemon.status()
+    assert isinstance(doc["observedAt"], float), doc.get("observedAt")
+    assert 0 <= doc["observedAgeSeconds"] <= 30, doc["observedAgeSeconds"]
+    # A local status asks the daemon (its document: "tracking" and "observedAt") ...
+    local = gitorch("status", "--state", str(cluster.state), "--format", "json", cwd=cluster.root)
+    assert local.code == 0, local.stderr
+    data = local.json()
+    assert "observedAt" in data and data["tracking"]["revision"] == sha, sorted(data)
+    assert {s["name"] for s in data["services"]} == {"api"}
+    # ... and one service of it is that service, an unknown one an error, as before.
+    one = gitorch(
+        "status", "api", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
+    )
+    assert one.code == 0 and [s["name"] for s in one.json()["services"]] == ["api"]
+    nope = gitorch("status", "nope", "--state", str(cluster.state), cwd=cluster.root)
+    assert nope.code != 0 and "no service named 'nope'" in nope.stderr, nope.stderr
+    # A replica that dies is not shown running from an old observation: its exit wakes
+    # a pass, which acts (a replacement), and status observes again after it.
+    victim = sorted(instance_ids(daemon.service("api")))[0]
+    os.kill(pid_of(victim), signal.SIGKILL)
+    wait_for(
+        "status without the dead replica running",
+        lambda: all(
+            i["state"] != "running"
+            for i in (daemon.service("api") or {}).get("instances", [])
+            if i["id"] == victim
+        ),
+        15,
+        describe=daemon.log_tail,
+    )
