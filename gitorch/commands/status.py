@@ -40,9 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "status",
         help="services, replicas, versions, rollout phase, nodes, last error",
         description="Show what runs now: every service's replicas (desired, ready, updated), the "
-        "revision live, the rollout phase, and each replica's node and address. Replicas are "
-        "observed from the runtimes and probed once with their readiness probe. Exit 0; 1 "
-        "when there is no state store where it looks (nothing was applied there).",
+        "revision live, the rollout phase, and each replica's node and address. While a daemon "
+        "runs on the state directory, it answers (its last observation, with observedAt and "
+        "its age); else replicas are observed from the runtimes and probed once with their "
+        "readiness probe. Exit 0; 1 when there is no state store where it looks (nothing was "
+        "applied there).",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
