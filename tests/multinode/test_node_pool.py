@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from local_engines_helpers import PROVIDER, call_provider, delete_all
 from multinode_helpers import IMAGE, World, node_yaml, service_yaml, settled, where
 from reconciler_helpers import DaemonProc, LoadClient, commit, free_port, gitorch, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-PROVIDER = ROOT / "examples" / "nodepool" / "local-engines"
 SYNC = 1.0
 
 
@@ -39,25 +37,6 @@ spec:
   scaleUp: {{after: {up}}}
   scaleDown: {{utilizationBelow: 0.5, after: {down}}}
 """
-
-
-def provider(engines: Path, verb: str, request: dict[str, Any]) -> Any:
-    done = subprocess.run(
-        [sys.executable, str(PROVIDER), "--root", str(engines), verb],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def delete_all(engines: Path) -> None:
-    """Whatever the test left: every engine the provider still runs for the pool."""
-    for node in provider(engines, "list", {"pool": "workers"}):
-        provider(engines, "delete", {"pool": "workers", "name": node["name"]})
 
 
 def pool_of(daemon: DaemonProc) -> dict[str, Any]:
@@ -118,7 +97,7 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
         assert pool["lastDecision"]["action"] == "create 1", pool
         assert "web-2 unschedulable" in pool["lastDecision"]["reason"], pool
         assert "a workers node (1 cpu, 1Gi) fits them" in pool["lastDecision"]["reason"]
-        listed = provider(engines, "list", {"pool": "workers"})
+        listed = call_provider(engines, "list", {"pool": "workers"})
         assert [n["name"] for n in listed] == [made]
         # It really runs in the private engine the provider made.
         names = subprocess.run(
@@ -152,7 +131,7 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
         print(f"node pool drain: {load.ok} requests, {len(load.failures)} failed")
         assert load.failures == [], (len(load.failures), load.failures[:10])
         assert where(daemon.service("web")) == {"web-1": "local", "web-2": "local"}
-        assert provider(engines, "list", {"pool": "workers"}) == []
+        assert call_provider(engines, "list", {"pool": "workers"}) == []
         assert made not in {n["name"] for n in daemon.status()["nodes"]}
 
         events = gitorch("audit", "--state", str(world.state), "--format", "json",
@@ -175,4 +154,4 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
         assert "delete" in text.stdout, text.stdout
     finally:
         daemon.stop()
-        delete_all(engines)
+        delete_all(engines, "workers")
