@@ -7,10 +7,7 @@ providers that answer endpoints TLS cannot be spoken on."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,42 +16,23 @@ from typing import Any
 
 import pytest
 from local_engines_helpers import PROVIDER, delete_all
+from provider_helpers import fixed_endpoint_provider, pool_state
 from tls_certs import ClientCA, make_client_ca
 
 from gitorch.apply.nodepools import NodePoolScaler
 from gitorch.live.inventory import open_runtimes, pool_targets
 from gitorch.live.model import LiveState
-from gitorch.manifests import ManifestLoader
 from gitorch.manifests.model import DesiredState, TLSConfig
 from gitorch.state import StateStore
 
 TLS = {"caCert": "ca.pem", "clientCert": "client.pem", "clientKey": "client-key.pem"}
 
 
-class _File:
-    def __init__(self, path: str, text: str) -> None:
-        self.path, self.data = path, text.encode()
-        self.blob_id = hashlib.sha1(self.data).hexdigest()
-
-
 def desired(command: list[str], tls: dict[str, Any] | None = TLS) -> DesiredState:
     runtime: dict[str, Any] = {"driver": "docker"}
     if tls is not None:
         runtime["tls"] = tls
-    text = f"""apiVersion: gitorch.dev/v1
-kind: NodePool
-metadata: {{name: secure}}
-spec:
-  minNodes: 1
-  maxNodes: 2
-  template:
-    capacity: {{cpu: "1", memory: 1Gi}}
-    runtime: {json.dumps(runtime)}
-  provider: {{command: {json.dumps(command)}, timeout: 120s}}
-"""
-    result = ManifestLoader().load([_File("pool.yaml", text)], revision="r1")
-    assert result.state is not None, [str(d) for d in result.diagnostics]
-    return result.state
+    return pool_state("secure", command, min_nodes=1, max_nodes=2, runtime=runtime)
 
 
 @pytest.fixture
@@ -140,27 +118,6 @@ class _Recorder:
         self.sock.close()
 
 
-def _script(folder: Path, endpoint: str) -> list[str]:
-    """A provider answering ``endpoint`` for every node it makes, logging its verbs."""
-    path = folder / "provider"
-    path.write_text(
-        f"#!{sys.executable}\n"
-        "import json, sys\n"
-        "verb, request = sys.argv[1], json.load(sys.stdin)\n"
-        f"with open({str(folder / 'verbs')!r}, 'a') as log:\n"
-        "    log.write(verb + '\\n')\n"
-        "if verb == 'list':\n"
-        "    print('[]')\n"
-        "elif verb == 'create':\n"
-        f"    print(json.dumps({{'name': request['name'], 'endpoint': {endpoint!r}}}))\n"
-        "else:\n"
-        "    print('{}')\n",
-        encoding="utf-8",
-    )
-    path.chmod(0o755)
-    return [str(path)]
-
-
 def test_a_plain_tcp_endpoint_is_spoken_to_in_tls_only(
     store: StateStore, certs: ClientCA, tmp_path: Path
 ) -> None:
@@ -169,7 +126,7 @@ def test_a_plain_tcp_endpoint_is_spoken_to_in_tls_only(
     never an HTTP request."""
     recorder = _Recorder()
     try:
-        command = _script(tmp_path, f"tcp://127.0.0.1:{recorder.port}")
+        command = fixed_endpoint_provider(tmp_path, f"tcp://127.0.0.1:{recorder.port}")
         [result] = NodePoolScaler(store).sync(desired(command), LiveState.empty(), (), frozenset())
         assert result.error == "" and len(result.record.nodes) == 1
         [target] = pool_targets(store.list_node_pools())
@@ -190,7 +147,7 @@ def test_an_endpoint_tls_cannot_be_spoken_on_makes_no_node(
 ) -> None:
     """The template asks TLS and the provider answers a unix or ssh endpoint: refused
     with the pool's error, the node given back (delete), none recorded."""
-    command = _script(tmp_path, endpoint)
+    command = fixed_endpoint_provider(tmp_path, endpoint)
     [result] = NodePoolScaler(store).sync(desired(command), LiveState.empty(), (), frozenset())
     assert result.record.nodes == ()
     assert f"provider create answered endpoint {endpoint!r}" in result.error, result.error

@@ -152,6 +152,19 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
                        f"http://127.0.0.1:{daemon.port}", cwd=world.root)  # fmt: skip
         assert "node pool workers: 0 node(s) (min 0, max 2)" in text.stdout, text.stdout
         assert "delete" in text.stdout, text.stdout
+        # Every decision in `gitorch history` too, newest first, with why.
+        shown = gitorch("history", "--scaling", "--state", str(world.state), "--format",
+                        "json", cwd=world.root)  # fmt: skip
+        assert shown.code == 0, shown.stderr
+        decisions = [(d["kind"], d["object"]) for d in shown.json()]
+        assert decisions == [
+            ("nodepool.scaled-down", "NodePool/workers"),
+            ("nodepool.draining", "NodePool/workers"),
+            ("nodepool.scaled-up", "NodePool/workers"),
+        ], decisions
+        table = gitorch("history", "--state", str(world.state), cwd=world.root)
+        assert "scaling decisions" in table.stdout, table.stdout
+        assert "NodePool/workers  nodepool.draining" in table.stdout, table.stdout
     finally:
         daemon.stop()
         delete_all(engines, "workers")
