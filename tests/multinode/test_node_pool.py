@@ -5,38 +5,15 @@ deleted. Every decision in the audit log, /metrics and ``gitorch status``."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
-from local_engines_helpers import PROVIDER, call_provider, delete_all
+from local_engines_helpers import call_provider, delete_all, pool_yaml
 from multinode_helpers import IMAGE, World, node_yaml, service_yaml, settled, where
 from reconciler_helpers import DaemonProc, LoadClient, commit, free_port, gitorch, wait_for
 
 SYNC = 1.0
-
-
-def pool_yaml(engines: Path, *, up: str = "2s", down: str = "3s") -> str:
-    command = [str(PROVIDER), "--root", str(engines), "--image", IMAGE]
-    return f"""apiVersion: gitorch.dev/v1
-kind: NodePool
-metadata:
-  name: workers
-spec:
-  minNodes: 0
-  maxNodes: 2
-  template:
-    labels: {{pool: workers}}
-    capacity: {{cpu: "1", memory: 1Gi}}
-    runtime: {{driver: docker}}
-  provider:
-    command: {json.dumps(command)}
-    timeout: 120s
-  scaleUp: {{after: {up}}}
-  scaleDown: {{utilizationBelow: 0.5, after: {down}}}
-"""
 
 
 def pool_of(daemon: DaemonProc) -> dict[str, Any]:
@@ -57,7 +34,7 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
     web = service_yaml("web", port=port, replicas=1, cpu="400m", memory="16Mi")
     files = {
         "nodes.yaml": node_yaml("local", cpu="1", memory="1Gi"),
-        "pool.yaml": pool_yaml(engines),
+        "pool.yaml": pool_yaml(engines, images=(IMAGE,), up="2s", down="3s"),
         "filler.yaml": filler,
         "web.yaml": web,
     }

@@ -32,3 +32,35 @@ def delete_all(engines: Path, pool: str) -> None:
     """Whatever a test left: every engine the provider still runs for ``pool``."""
     for node in call_provider(engines, "list", {"pool": pool}):
         call_provider(engines, "delete", {"pool": pool, "name": node["name"]})
+
+
+def pool_yaml(
+    engines: Path,
+    *,
+    min_nodes: int = 0,
+    images: tuple[str, ...] = (),
+    up: str = "10s",
+    down: str = "10m",
+) -> str:
+    """NodePool ``workers`` (at most 2 nodes of one cpu and 1Gi, labelled pool=workers)
+    whose nodes this provider makes, with ``images`` copied into each."""
+    command = [str(PROVIDER), "--root", str(engines)]
+    for image in images:
+        command += ["--image", image]
+    return f"""apiVersion: gitorch.dev/v1
+kind: NodePool
+metadata:
+  name: workers
+spec:
+  minNodes: {min_nodes}
+  maxNodes: 2
+  template:
+    labels: {{pool: workers}}
+    capacity: {{cpu: "1", memory: 1Gi}}
+    runtime: {{driver: docker}}
+  provider:
+    command: {json.dumps(command)}
+    timeout: 120s
+  scaleUp: {{after: {up}}}
+  scaleDown: {{utilizationBelow: 0.5, after: {down}}}
+"""
