@@ -11,7 +11,16 @@ from typing import Any
 
 from local_engines_helpers import call_provider, delete_all, pool_yaml
 from multinode_helpers import IMAGE, World, node_yaml, service_yaml, settled, where
-from reconciler_helpers import DaemonProc, LoadClient, commit, free_port, gitorch, wait_for
+from reconciler_helpers import (
+    DaemonProc,
+    LoadClient,
+    commit,
+    free_port,
+    get_body,
+    gitorch,
+    wait_for,
+)
+from tls_certs import make_client_ca
 
 SYNC = 1.0
 
@@ -142,6 +151,74 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
         table = gitorch("history", "--state", str(world.state), cwd=world.root)
         assert "scaling decisions" in table.stdout, table.stdout
         assert "NodePool/workers  nodepool.draining" in table.stdout, table.stdout
+    finally:
+        daemon.stop()
+        delete_all(engines, "workers")
+
+
+def test_a_tls_pool_node_runs_replicas_and_is_spoken_to_over_tls_only(
+    world: World, port: int
+) -> None:
+    """A pool whose template asks TLS (minNodes 1): the provider's engine serves only TLS
+    with client certificates on tcp; the daemon (--secrets-dir holding the template's
+    files) reaches it, runs web there (its nodeSelector wants the pool) and serves it.
+    Without a client certificate the engine refuses: gitorch's calls were TLS ones."""
+    engines = world.root / "engines"
+    certs = make_client_ca(world.root / "secrets")
+    world.process_nodes = ["local"]
+    web = service_yaml("web", port=port, replicas=1, cpu="100m", memory="16Mi",
+                       node_selector={"pool": "workers"})  # fmt: skip
+    files = {
+        "nodes.yaml": node_yaml("local", cpu="1", memory="1Gi"),
+        "pool.yaml": pool_yaml(engines, min_nodes=1, images=(IMAGE,), tls_ca=certs.folder),
+        "web.yaml": web,
+    }
+    commit(world.repo, files, "web on a TLS pool node")
+    daemon = DaemonProc(
+        str(world.repo),
+        world.state,
+        "process",
+        interval=2.0,
+        resync=0.5,
+        extra=("--node-grace", "3", "--autoscale-sync", str(SYNC),
+               "--secrets-dir", str(certs.folder)),
+    )  # fmt: skip
+    world.daemons.append(daemon)
+    try:
+        wait_for(
+            "web running on the pool's node",
+            lambda: (
+                settled(daemon.service("web"), 1)
+                and where(daemon.service("web")).get("web-1", "").startswith("workers-")
+            ),
+            120,
+            interval=0.3,
+            describe=daemon.log_tail,
+        )
+        [node] = pool_of(daemon)["nodes"]
+        [listed] = call_provider(engines, "list", {"pool": "workers"})
+        assert listed["endpoint"].startswith("tcp://127.0.0.1:"), listed
+        assert get_body(port, "/") is not None  # served through the balancer
+
+        shown = gitorch("nodes", "--state", str(world.state), "--secrets-dir", str(certs.folder),
+                        "--format", "json", cwd=world.root)  # fmt: skip
+        assert shown.code == 0, shown.stderr
+        engine = next(n for n in shown.json()["nodes"] if n["name"] == node["name"])
+        assert engine["condition"] == "Ready", engine
+        assert engine["engine"]["transport"] == "tls (verified)", engine
+
+        host = ["docker", "-H", listed["endpoint"]]
+        plain = subprocess.run([*host, "ps"], capture_output=True, text=True, timeout=30,
+                               check=False)  # fmt: skip
+        assert plain.returncode != 0, plain.stdout  # the engine speaks nothing but TLS
+        tls = [f"--tlscacert={certs.ca}", f"--tlscert={certs.client_cert}",
+               f"--tlskey={certs.client_key}"]  # fmt: skip
+        names = subprocess.run(
+            ["docker", "--tlsverify", *tls, "-H", listed["endpoint"], "ps",
+             "--format", "{{.Names}}"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert "web" in names, names
     finally:
         daemon.stop()
         delete_all(engines, "workers")

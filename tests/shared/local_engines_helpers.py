@@ -41,12 +41,23 @@ def pool_yaml(
     images: tuple[str, ...] = (),
     up: str = "10s",
     down: str = "10m",
+    tls_ca: Path | None = None,
 ) -> str:
     """NodePool ``workers`` (at most 2 nodes of one cpu and 1Gi, labelled pool=workers)
-    whose nodes this provider makes, with ``images`` copied into each."""
+    whose nodes this provider makes, with ``images`` copied into each. ``tls_ca``: the
+    folder of a :func:`tls_certs.make_client_ca` CA (also the daemon's --secrets-dir):
+    the engines serve TLS on tcp, and the template asks TLS with its files."""
     command = [str(PROVIDER), "--root", str(engines)]
     for image in images:
         command += ["--image", image]
+    runtime: dict[str, Any] = {"driver": "docker"}
+    if tls_ca is not None:
+        command += ["--tls-ca", str(tls_ca)]
+        runtime["tls"] = {
+            "caCert": "ca.pem",
+            "clientCert": "client.pem",
+            "clientKey": "client-key.pem",
+        }
     return f"""apiVersion: gitorch.dev/v1
 kind: NodePool
 metadata:
@@ -57,7 +68,7 @@ spec:
   template:
     labels: {{pool: workers}}
     capacity: {{cpu: "1", memory: 1Gi}}
-    runtime: {{driver: docker}}
+    runtime: {json.dumps(runtime)}
   provider:
     command: {json.dumps(command)}
     timeout: 120s
