@@ -25,6 +25,20 @@ from tls_certs import make_client_ca
 SYNC = 1.0
 
 
+def pool_daemon(world: World, *extra: str) -> DaemonProc:
+    """The world's daemon, syncing pools every SYNC seconds (``extra``: more flags)."""
+    daemon = DaemonProc(
+        str(world.repo),
+        world.state,
+        "process",
+        interval=2.0,
+        resync=0.5,
+        extra=("--node-grace", "3", "--autoscale-sync", str(SYNC), *extra),
+    )
+    world.daemons.append(daemon)
+    return daemon
+
+
 def pool_of(daemon: DaemonProc) -> dict[str, Any]:
     pools = {p["name"]: p for p in daemon.status().get("nodePools", [])}
     return pools.get("workers") or {"nodes": []}
@@ -48,15 +62,7 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
         "web.yaml": web,
     }
     commit(world.repo, files, "web and a filler on the local node, and a pool of workers")
-    daemon = DaemonProc(
-        str(world.repo),
-        world.state,
-        "process",
-        interval=2.0,
-        resync=0.5,
-        extra=("--node-grace", "3", "--autoscale-sync", str(SYNC)),
-    )
-    world.daemons.append(daemon)
+    daemon = pool_daemon(world)
     try:
         wait_for("web and filler on local",
                  lambda: settled(daemon.service("web"), 1) and settled(daemon.service("filler"), 1),
@@ -174,16 +180,7 @@ def test_a_tls_pool_node_runs_replicas_and_is_spoken_to_over_tls_only(
         "web.yaml": web,
     }
     commit(world.repo, files, "web on a TLS pool node")
-    daemon = DaemonProc(
-        str(world.repo),
-        world.state,
-        "process",
-        interval=2.0,
-        resync=0.5,
-        extra=("--node-grace", "3", "--autoscale-sync", str(SYNC),
-               "--secrets-dir", str(certs.folder)),
-    )  # fmt: skip
-    world.daemons.append(daemon)
+    daemon = pool_daemon(world, "--secrets-dir", str(certs.folder))
     try:
         wait_for(
             "web running on the pool's node",
