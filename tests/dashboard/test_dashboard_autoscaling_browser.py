@@ -170,3 +170,14 @@ def test_the_cluster_page_shows_a_node_pool_and_its_new_node_live(
         message=f"the node shown answering: {text_of(browser, row)!r}",
     )
     screenshot(browser, "cluster-node-pools")
+
+    # The history page lists the scaling decisions under the revisions.
+    browser.get(f"{world.url}/history")
+    made = browser.find_elements(
+        By.CSS_SELECTOR, 'table.scaling tr[data-kind="nodepool.scaled-up"]'
+    )
+    assert made, text_of(browser, "main")
+    cells = [c.text for c in made[0].find_elements(By.TAG_NAME, "td")]
+    assert cells[1:3] == ["NodePool/workers", "nodepool.scaled-up"], cells
+    assert "workers: 0 -> 1 nodes" in cells[3], cells
+    screenshot(browser, "history-scaling")
