@@ -232,9 +232,11 @@ def run(args: argparse.Namespace) -> int:
 def _scaling(args: argparse.Namespace, limit: int | None) -> list[dict[str, Any]]:
     """The scaling decisions, from the daemon (``--server``) or the store."""
     if args.server:
-        return read_server(
+        found = read_server(
             args.server, args.service, limit, client_token(args), client_tls(args), scaling=True
         )
+        # A daemon older than `scaling=1` answers its revisions: they are no decisions.
+        return [d for d in found if "kind" in d and "object" in d]
     return read_local(state_location(args), args.service, limit, scaling=True) or []
 
 
