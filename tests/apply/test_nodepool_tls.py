@@ -179,3 +179,26 @@ def test_a_listed_node_tls_cannot_be_spoken_on_is_not_adopted(
     assert "provider list answered endpoint 'unix:///run/x.sock' for secure-abc123" in (
         result.error
     )
+
+
+def test_a_node_adopted_after_a_crash_gets_the_templates_tls(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """A daemon killed between the provider's create and its record: the next sync finds
+    the node in the provider's list and adopts it with the template's TLS (never as a
+    plain-text node)."""
+    path = tmp_path / "provider"
+    path.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        '  list) echo \'[{"name": "secure-abc123", "endpoint": "tcp://10.0.0.7:2376"}]\' ;;\n'
+        "  *) exit 3 ;;\n"
+        "esac\n",
+        encoding="utf-8",
+    )
+    path.chmod(0o755)
+    [result] = NodePoolScaler(store).sync(desired([str(path)]), LiveState.empty(), (), frozenset())
+    [node] = result.record.nodes
+    assert node["name"] == "secure-abc123" and node["tls"] == {**TLS, "verify": True}
+    [target] = pool_targets(store.list_node_pools())
+    assert target.tls == TLSConfig("ca.pem", "client.pem", "client-key.pem", True)
