@@ -36,7 +36,7 @@ from typing import Any
 
 from gitorch import __version__
 from gitorch.errors import GitorchError
-from gitorch.traffic.builtin import Timeouts
+from gitorch.traffic.builtin.timing import Timeouts
 from gitorch.traffic.listeners import SocketSet
 from gitorch.traffic.proxy.control import (
     PROTOCOL,
