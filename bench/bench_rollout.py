@@ -405,6 +405,11 @@ class Gitorch:
         for container in self.containers():
             with contextlib.suppress(Exception):
                 container.remove(force=True)
+        # The proxy outlives the daemon by design: the benchmark leaves none behind.
+        sys.path.insert(0, str(REPO / "tests" / "shared"))
+        from data_plane_helpers import stop_data_plane
+
+        stop_data_plane(self.state)
 
 
 @contextlib.contextmanager
