@@ -53,7 +53,7 @@ from gitorch.manifests import ManifestLoader
 from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView, registered_targets
-from gitorch.readmodel.history import history_json
+from gitorch.readmodel.history import history_json, scaling_json
 from gitorch.readmodel.logs import retained_json
 from gitorch.readmodel.status import control_plane_json, status_json
 from gitorch.runtime.base import Runtime
@@ -862,6 +862,10 @@ class Daemon:
     def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         assert self.session is not None
         return history_json(self.session.store, service, limit)
+
+    def scaling(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        assert self.session is not None
+        return scaling_json(self.session.store, service, limit)
 
     def audit(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         assert self.session is not None

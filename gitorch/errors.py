@@ -43,6 +43,7 @@ line instead of a traceback.
     │   └── NotLeader                 (state.errors) a write or action by a daemon that does not lead
     ├── PrometheusQueryFailed         (analysis.prometheus) a query gave no usable number
     ├── ProviderError                 (apply.nodepools) a NodePool's provider command failed or answered wrong
+    │   └── ListingRefused            (apply.nodepools) listed nodes a pool will not use (no tcp:// for its TLS)
     ├── SecretUnavailable             (secrets) a secret value cannot be read or decrypted
     ├── PlanError                     a plan cannot be computed or has changed
     │   └── PlanChanged               ``apply --expect-plan`` saw a different digest

@@ -9,6 +9,7 @@ Routes (JSON unless noted; errors are ``{"error": "..."}``)::
     GET  /healthz                   200 {"ok": true} | 503 {"ok": false, "reason": ...}
     GET  /api/v1/status             the `gitorch status --format json` document
     GET  /api/v1/history            [?service=NAME&limit=N] the `gitorch history` list
+                                    [&scaling=1] its scaling decisions instead
     GET  /api/v1/plan               [?ref=REF] the `gitorch plan --format json` document
     GET  /metrics                   Prometheus text exposition format 0.0.4
     POST /api/v1/webhook            GitHub / Gitea / Forgejo push (HMAC-SHA256 signed)
@@ -45,6 +46,11 @@ class DaemonHandle(Protocol):
 
     def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         """Applied revisions, newest first, in the ``gitorch history --format json`` shape."""
+        ...
+
+    def scaling(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        """Scaling decisions (autoscaler, vertical Auto, node pools), newest first, in the
+        ``gitorch history --scaling --format json`` shape."""
         ...
 
     def plan(self, ref: str | None) -> dict[str, Any]:

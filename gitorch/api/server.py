@@ -331,6 +331,8 @@ class ApiServer:
             if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_HISTORY_LIMIT:
                 raise HttpError(400, f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
             limit = int(limit_text)
+        if _one(request, "scaling") in ("1", "true"):
+            return json_response(200, self.handle.scaling(service, limit))
         return json_response(200, self.handle.history(service, limit))
 
     def _plan(self, request: Request) -> Response:

@@ -57,6 +57,15 @@ class ProviderError(GitorchError):
     """A NodePool's provider command failed, timed out or answered something unusable."""
 
 
+class ListingRefused(ProviderError):
+    """Nodes a provider lists that its pool will not use (an endpoint its TLS cannot be
+    spoken on): not adopted; ``record``: the pool's record with the rest of the listing."""
+
+    def __init__(self, message: str, record: NodePoolRecord) -> None:
+        super().__init__(message)
+        self.record = record
+
+
 @dataclass(frozen=True)
 class CommandProvider:
     """The operator's executable for one pool."""
@@ -141,10 +150,38 @@ def template_of(pool: NodePool) -> dict[str, Any]:
     return dict(pool.canonical["spec"]["template"])
 
 
+def tls_entry(pool: NodePool) -> dict[str, Any] | None:
+    """The template's TLS as a pool's record keeps it with each node (None: no TLS)."""
+    tls = pool.tls
+    if tls is None:
+        return None
+    return {
+        "caCert": tls.ca_cert,
+        "clientCert": tls.client_cert,
+        "clientKey": tls.client_key,
+        "verify": tls.verify,
+    }
+
+
+def endpoint_problem(pool: NodePool, node: Mapping[str, Any], verb: str) -> str | None:
+    """Why a node the provider answered cannot be used by ``pool``: a template that asks
+    TLS is spoken to over TLS only, and TLS is for ``tcp://`` endpoints (a ``unix://``
+    or ``ssh://`` endpoint would be reached without it)."""
+    endpoint = str(node["endpoint"])
+    if pool.tls is not None and not endpoint.startswith("tcp://"):
+        return (
+            f"NodePool {pool.name}: provider {verb} answered endpoint {endpoint!r} for "
+            f"{node['name']}, but the template asks TLS (runtime.tls): only tcp:// "
+            "endpoints are reached over TLS"
+        )
+    return None
+
+
 def _node_entry(pool: NodePool, made: Mapping[str, Any], now: float) -> dict[str, Any]:
     """A node as its pool's record keeps it: what the provider answered and the template
-    it was made from."""
+    it was made from (its TLS too: the node is never spoken to without it)."""
     return {
+        "tls": tls_entry(pool),
         "name": made["name"],
         "endpoint": made["endpoint"],
         "address": made["address"],
@@ -207,6 +244,10 @@ class NodePoolScaler:
             try:
                 record = self._reconcile_listing(record, pool, now)
                 listed[name] = ""
+            except ListingRefused as exc:
+                record = exc.record
+                listed[name] = exc.message
+                log.warning("%s", exc.message)
             except ProviderError as exc:
                 listed[name] = exc.message
                 log.warning("%s", exc.message)
@@ -242,8 +283,13 @@ class NodePoolScaler:
                 at=now,
             )
         known = {n["name"] for n in record.nodes}
+        refused: list[str] = []
         for name, found in sorted(running.items()):
             if name in known or pool is None:
+                continue
+            problem = endpoint_problem(pool, found, "list")
+            if problem is not None:
+                refused.append(problem)  # not adopted: never spoken to without TLS
                 continue
             nodes.append(_node_entry(pool, found, now))
             self.store.append_event(
@@ -252,12 +298,13 @@ class NodePoolScaler:
                 data={"pool": record.pool, "node": name, "endpoint": found["endpoint"]},
                 at=now,
             )
-        if len(nodes) == len(record.nodes) and all(
+        if len(nodes) != len(record.nodes) or not all(
             a is b for a, b in zip(nodes, record.nodes, strict=True)
         ):
-            return record
-        record = replace(record, nodes=tuple(nodes))
-        self.store.save_node_pool(record)
+            record = replace(record, nodes=tuple(nodes))
+            self.store.save_node_pool(record)
+        if refused:
+            raise ListingRefused("; ".join(refused), record)
         return record
 
     def _for(self, record: NodePoolRecord) -> CommandProvider | None:
@@ -320,6 +367,16 @@ class NodePoolScaler:
                 except ProviderError as exc:
                     errors.append(exc.message)
                     log.error("%s", exc.message)
+                    break
+                problem = endpoint_problem(pool, answer, "create")
+                if problem is not None:
+                    # Made, but not usable: given back, and never spoken to in plain text.
+                    errors.append(problem)
+                    log.error("%s", problem)
+                    try:
+                        provider.delete(node)
+                    except ProviderError as exc:
+                        errors.append(exc.message)
                     break
                 record = replace(record, nodes=(*record.nodes, _node_entry(pool, answer, now)))
                 self.store.save_node_pool(record)  # a crash now loses no node

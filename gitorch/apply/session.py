@@ -40,7 +40,7 @@ from gitorch.state import DaemonLock, StateStore
 from gitorch.state.errors import NotLeader
 from gitorch.state.layout import ensure_state_dir
 from gitorch.state.location import StateLocation
-from gitorch.traffic.builtin import BuiltinLoadBalancer
+from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
 from gitorch.traffic.proxy.client import ProxyDataPlane
 from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable
 from gitorch.traffic.table import BackendStats, DataPlane, DataPlaneHealth, RoutingTable

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,7 +36,9 @@ from gitorch.commands.common import (
 )
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.guard import mass_prune
+from gitorch.decide.nodepools import pools_that_fit, starting_replicas
 from gitorch.errors import ConfigError
+from gitorch.live import observe
 from gitorch.live.inventory import local_node_name
 from gitorch.manifests.loader import ManifestLoader, load_desired
 from gitorch.manifests.model import DesiredState
@@ -249,7 +252,11 @@ def run(args: argparse.Namespace) -> int:
                 reconciler.books.record_refused(desired.revision, commit, why)
                 raise ConfigError(f"revision {short(desired.revision)} refused: {why}")
         reconciler = session.reconciler_for(desired)
-        result = _converge(reconciler, desired, commit, args.timeout, args.expect_plan)
+        pools = _PoolNotes(session, reconciler, desired)
+        result = _converge(
+            reconciler, desired, commit, args.timeout, args.expect_plan, first=pools.note
+        )
+        waiting = pools.waiting(result) if not result.converged else {}
         exposed = [s for s in desired.services.values() if s.expose is not None]
     for error in result.errors:
         stderr().print(f"[yellow]warning:[/] {escape(error)}")
@@ -268,7 +275,43 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         stderr().print(f"[red]✗[/] not converged after {args.timeout:g}s")
+        for replica, pool in sorted(waiting.items()):
+            stderr().print(
+                f"  {escape(replica)} waits for a node of NodePool {escape(pool)}, which "
+                "`gitorch apply` does not make: run `gitorch daemon`"
+            )
     return 1
+
+
+class _PoolNotes:
+    """What apply says about replicas only a NodePool's node would take: node pools act
+    in the daemon alone (it alone watches how long replicas wait, and drains and deletes
+    the nodes later); a one-shot apply makes no node it could never remove."""
+
+    def __init__(self, session: Session, reconciler: Reconciler, desired: DesiredState) -> None:
+        self.session, self.reconciler, self.desired = session, reconciler, desired
+
+    def waiting(self, result: PassResult) -> dict[str, str]:
+        """Replica -> the pool whose node would take it, of those ``result`` left waiting."""
+        decision = result.decision
+        if decision is None or not decision.unplaced or not self.desired.node_pools:
+            return {}
+        live = observe(
+            self.reconciler.targets, self.reconciler.runtimes, self.session.cluster,
+            self.session.store,
+        )  # fmt: skip
+        return pools_that_fit(
+            self.desired, live, decision.unplaced, starting_replicas(self.desired, decision)
+        )
+
+    def note(self, result: PassResult) -> None:
+        """Said after the first pass, so no one waits for the timeout to learn it."""
+        for replica, pool in sorted(self.waiting(result).items()):
+            stderr().print(
+                f"note: {escape(replica)} fits no node; a node of NodePool {escape(pool)} "
+                "would take it, but node pools make nodes in `gitorch daemon` only: "
+                "`gitorch apply` makes none, and waits"
+            )
 
 
 def _converge(
@@ -277,13 +320,17 @@ def _converge(
     commit: CommitMeta,
     timeout: float,
     expect_plan: str | None = None,
+    first: Callable[[PassResult], None] | None = None,
 ) -> PassResult:
     """Passes until converged (or failed for good, or ``timeout``). The first pass checks
-    ``expect_plan`` against its own decision, so what runs is what was reviewed."""
+    ``expect_plan`` against its own decision, so what runs is what was reviewed; ``first``
+    is told what it did."""
     deadline = time.monotonic() + timeout
     interactive = sys.stdout.isatty()
     result = reconciler.reconcile(desired, commit, expect_plan=expect_plan)
     _print_actions(result)
+    if first is not None:
+        first(result)
     last_lines: dict[str, str] = {}
     failed_seen = False
     with (

@@ -60,6 +60,7 @@ EXAMPLE = """example:
   gitorch history web --limit 5
   gitorch history --format json
   gitorch history --server http://127.0.0.1:7420
+  gitorch history --scaling --format json
 """
 
 RESULT_STYLE = {
@@ -76,7 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="every applied revision: commit, author, signer, time, result, trigger, summary",
         description="List the revisions gitorch applied, newest first: the commit, its author "
         "and signer, when it was committed and applied (UTC), the result, what triggered it "
-        "(poll, local commit, webhook, API, CLI apply) and what changed. Reads the state "
+        "(poll, local commit, webhook, API, CLI apply) and what changed; under them, the "
+        "scaling decisions (the autoscaler's counts, vertical mode Auto, node pools' nodes "
+        "made, drained and deleted, with why). Reads the state "
         "store without locking it (safe while a daemon runs). Exit 0; 1 when there is no "
         "state store where it looks.",
         epilog=EXAMPLE,
@@ -99,6 +102,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_LIMIT,
         metavar="N",
         help=f"show at most N revisions (default {DEFAULT_LIMIT}; 0 = all)",
+    )
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="only the scaling decisions (the autoscaler's counts, vertical mode Auto's "
+        "requests, node pools' nodes; the text output lists them under the revisions)",
     )
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
@@ -123,14 +132,19 @@ def read_server(
     limit: int | None,
     token: str | None = None,
     context: ssl.SSLContext | None = None,
+    *,
+    scaling: bool = False,
 ) -> list[dict[str, Any]]:
-    """History from a running daemon's ``GET /api/v1/history`` (``token``: its API token)."""
+    """History from a running daemon's ``GET /api/v1/history`` (``token``: its API token;
+    ``scaling``: its scaling decisions instead of its revisions)."""
     parts = urlsplit(server)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"invalid --server URL {server!r}: expected http://HOST:PORT")
     query: dict[str, str | int] = {"limit": min(limit or SERVER_MAX_LIMIT, SERVER_MAX_LIMIT)}
     if service:
         query["service"] = service
+    if scaling:
+        query["scaling"] = 1
     url = f"{server.rstrip('/')}/api/v1/history?{urlencode(query)}"
     data = fetch_json(url, server, token=token, context=context)
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
@@ -182,6 +196,8 @@ def _error_message(body: bytes) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     limit = args.limit or None  # 0 = all
+    if args.scaling:
+        return _run_scaling(args, limit)
     if args.server:
         entries: list[dict[str, Any]] | None = read_server(
             args.server, args.service, limit, client_token(args), client_tls(args)
@@ -193,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print_json(entries or [])
         return 0
+    scaling = _scaling(args, limit)
     if not entries:
         where = looked_in(None if args.server else state_location(args), args.server)
         if not args.service:
@@ -201,10 +218,57 @@ def run(args: argparse.Namespace) -> int:
             stdout().print(
                 f"no revisions applied to service {escape(args.service)} {escape(where)}"
             )
-        stderr().print(f"hint: {escape(ELSEWHERE)}")
+        if scaling:
+            render_scaling(scaling)
+        else:
+            stderr().print(f"hint: {escape(ELSEWHERE)}")
         return 0
     render(entries)
+    if scaling:
+        render_scaling(scaling)
     return 0
+
+
+def _scaling(args: argparse.Namespace, limit: int | None) -> list[dict[str, Any]]:
+    """The scaling decisions, from the daemon (``--server``) or the store."""
+    if args.server:
+        found = read_server(
+            args.server, args.service, limit, client_token(args), client_tls(args), scaling=True
+        )
+        # A daemon older than `scaling=1` answers its revisions: they are no decisions.
+        return [d for d in found if "kind" in d and "object" in d]
+    return read_local(state_location(args), args.service, limit, scaling=True) or []
+
+
+def _run_scaling(args: argparse.Namespace, limit: int | None) -> int:
+    if not args.server:
+        require_state(state_location(args))
+    decisions = _scaling(args, limit)
+    if args.format == "json":
+        print_json(decisions)
+        return 0
+    if not decisions:
+        where = looked_in(None if args.server else state_location(args), args.server)
+        stdout().print(f"no scaling decisions yet {escape(where)}")
+        return 0
+    render_scaling(decisions)
+    return 0
+
+
+def render_scaling(decisions: Sequence[Mapping[str, Any]]) -> None:
+    """The scaling decisions, newest first: when, what, which decision, and why."""
+    table = Table(box=None, pad_edge=False, title="scaling decisions", title_justify="left")
+    for column in ("AT", "OBJECT", "DECISION", "WHAT"):
+        table.add_column(column, no_wrap=column != "WHAT")
+    for entry in decisions:
+        table.add_row(
+            utc_minutes(entry.get("at"), seconds=True),
+            escape(str(entry.get("object") or "-")),
+            escape(str(entry.get("kind") or "")),
+            escape(str(entry.get("message") or "")),
+        )
+    stdout().print()
+    stdout().print(table)
 
 
 def render(entries: Sequence[Mapping[str, Any]]) -> None:
@@ -228,8 +292,9 @@ def render(entries: Sequence[Mapping[str, Any]]) -> None:
     stdout().print(table)
 
 
-def utc_minutes(stamp: object) -> str:
-    """An ISO 8601 time as ``YYYY-MM-DD HH:MM`` UTC (as given when it cannot be parsed)."""
+def utc_minutes(stamp: object, *, seconds: bool = False) -> str:
+    """An ISO 8601 time as ``YYYY-MM-DD HH:MM`` UTC (``:SS`` too with ``seconds``; as
+    given when it cannot be parsed)."""
     if not isinstance(stamp, str) or not stamp:
         return "-"
     try:
@@ -238,7 +303,7 @@ def utc_minutes(stamp: object) -> str:
         return stamp
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
 def summarize(entry: Mapping[str, Any]) -> str:

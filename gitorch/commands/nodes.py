@@ -25,7 +25,7 @@ from gitorch.commands.common import (
     stdout,
 )
 from gitorch.live import node_targets, observe
-from gitorch.live.inventory import cluster_identity, open_runtimes
+from gitorch.live.inventory import cluster_identity, open_runtimes, pool_targets
 from gitorch.live.model import LiveNode
 from gitorch.manifests.quantities import (
     format_cpu,
@@ -124,7 +124,9 @@ def open_nodes_view(args: argparse.Namespace) -> ClusterView:
         if store is not None:
             store.close()
         return open_view(args)
-    targets = node_targets(nodes, "process")
+    # The nodes NodePools made are nodes too (as registered_targets adds them).
+    made = pool_targets(store.list_node_pools()) if store is not None else []
+    targets = node_targets(nodes, "process") + made
     runtimes = open_runtimes(targets, state, secrets_dir=secrets_dir_of(args))
     live = observe(targets, runtimes, cluster_identity(store, state, create=False), store)
     return ClusterView(store, targets, runtimes, live, state)

@@ -5,7 +5,8 @@ Pages (GET, read role)::
     /                     the cluster: services, nodes, volumes, the applied revision
     /services/NAME        one service: rollout steps and weight, traffic, analysis
                           charts, instances per node, recent events
-    /history              revisions with author, signer, result and field diffs
+    /history              revisions with author, signer, result and field diffs;
+                          the scaling decisions (autoscaler, vertical Auto, node pools)
     /plan[?ref=REF]       the plan of the branch head or of a ref
     /audit                the audit log (who did what)
     /events               server-sent events: "change" whenever what the pages show changes
@@ -186,6 +187,7 @@ class Dashboard:
         service = _one(request, "service")
         revisions = self.handle.history(service, 50)
         body = views.history_body(revisions, self._context(viewer), self.link_base)
+        body += views.scaling_body(self.handle.scaling(service, 50))
         return self._html(request, viewer, "History", body, active="/history")
 
     def _plan(self, request: Request, viewer: Viewer) -> Response:

@@ -610,6 +610,25 @@ def history_body(
     return "".join(parts)
 
 
+def scaling_body(decisions: Sequence[Mapping[str, Any]]) -> str:
+    """The scaling decisions under the revisions (``gitorch history --scaling``): when,
+    what (a service or ``NodePool/NAME``), which decision and why, newest first."""
+    if not decisions:
+        return ""
+    rows = "".join(
+        f'<tr data-kind="{esc(d.get("kind"))}"><td>{when(d.get("at"))}</td>'
+        f"<td>{esc(d.get('object') or '-')}</td><td>{esc(d.get('kind'))}</td>"
+        f"<td>{esc(d.get('message'))}</td></tr>"
+        for d in decisions
+    )
+    return (
+        '<h2>Scaling decisions</h2><table class="scaling"><thead><tr><th>At (UTC)</th>'
+        "<th>Object</th><th>Decision</th><th>What and why</th></tr></thead><tbody>"
+        + rows
+        + "</tbody></table>"
+    )
+
+
 def _commit(revision: object, link_base: str | None) -> str:
     if link_base and isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{40,64}", revision):
         return (

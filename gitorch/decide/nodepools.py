@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from gitorch.decide.cluster import Unplaced, runnable_drivers
+from gitorch.decide.cluster import PassDecision, Unplaced, runnable_drivers
 from gitorch.decide.nodes import node_views, running_replicas
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import POOL_LABEL, DesiredState, NodePool
@@ -394,18 +394,52 @@ def _fits_elsewhere(inp: PoolInput, node: str) -> bool:
     return all(d.node is not None for d in placed)
 
 
+def starting_replicas(desired: DesiredState, decision: PassDecision | None) -> list[Running]:
+    """The replicas ``decision`` starts, as the scheduler counts them once they run (a
+    plan made before they run must not give their room to the replicas left waiting)."""
+    if decision is None:
+        return []
+    out: list[Running] = []
+    for starts in decision.starts.values():
+        for start in starts:
+            service = desired.services.get(start.service)
+            if service is None:
+                continue
+            requests = service.resources.requests
+            out.append(
+                Running(
+                    start.service,
+                    start.replica,
+                    start.node,
+                    requests.cpu_millis or 0,
+                    requests.memory_bytes or 0,
+                    service.placement.priority,
+                    service.resources.qos_class,
+                )
+            )
+    return out
+
+
 def pools_that_fit(
-    desired: DesiredState, live: LiveState, pending: Sequence[Unplaced]
+    desired: DesiredState,
+    live: LiveState,
+    pending: Sequence[Unplaced],
+    starting: Sequence[Running] = (),
 ) -> dict[str, str]:
     """Replica -> the first NodePool (by name) whose template node would take it, for
-    replicas a pass could not place: what ``gitorch plan`` says about them."""
+    replicas a pass could not place (``starting``: the replicas that pass starts, not yet
+    running): what ``gitorch plan`` and ``gitorch apply`` say about them."""
     out: dict[str, str] = {}
     left = list(pending)
+    starting_keys = {(r.service, r.replica) for r in starting}
     for name, pool in sorted(desired.node_pools.items()):
         if not left:
             break
         fresh = [template_view(pool, f"{name}-template-{i}") for i in range(len(left))]
-        running = [r for r, _ in running_replicas(live)]
+        running = [
+            r for r, _ in running_replicas(live) if (r.service, r.replica) not in starting_keys
+        ]
+        running += starting
         placed = schedule([*node_views(live), *fresh], running, [u.request for u in left])
         names = {v.name for v in fresh}
         taken = {u.request.replica for u, d in zip(left, placed, strict=True) if d.node in names}

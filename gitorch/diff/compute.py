@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitorch.decide.cluster import PassDecision, runnable_drivers
-from gitorch.decide.nodepools import pools_that_fit
+from gitorch.decide.nodepools import pools_that_fit, starting_replicas
 from gitorch.decide.nodes import node_views
 from gitorch.decide.vertical import recommendation_lines
 from gitorch.decide.volumes import (
@@ -260,10 +260,11 @@ def _pool_warnings(
     """Replicas no node takes that a NodePool's node would: the daemon makes one."""
     if decision is None or not decision.unplaced or not desired.node_pools:
         return []
-    fits = pools_that_fit(desired, live, decision.unplaced)
+    fits = pools_that_fit(desired, live, decision.unplaced, starting_replicas(desired, decision))
     return [
-        f"{replica} fits no node now; a node of NodePool {pool} would take it (the daemon "
-        f"makes one once it waited {desired.node_pools[pool].scale_up_after:g}s)"
+        f"{replica} fits no node now; a node of NodePool {pool} would take it (`gitorch "
+        f"daemon` makes one once it waited {desired.node_pools[pool].scale_up_after:g}s; "
+        "`gitorch apply` makes none)"
         for replica, pool in sorted(fits.items())
     ]
 

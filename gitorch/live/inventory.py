@@ -189,7 +189,7 @@ def node_targets(nodes: Iterable[Node], default_driver: str) -> list[NodeTarget]
 
 def pool_targets(records: Iterable[NodePoolRecord]) -> list[NodeTarget]:
     """The nodes NodePools made, each as its provider returned it and with the template
-    it was made from (labels plus the pool's label, capacity, taints). A draining one is
+    it was made from (labels plus the pool's label, capacity, taints, TLS). A draining one is
     drained by the store's drain flag (as ``gitorch drain``), not here: a target that
     changes rebuilds the reconciler's runtimes and health monitor."""
     return [
@@ -206,10 +206,24 @@ def pool_targets(records: Iterable[NodePoolRecord]) -> list[NodeTarget]:
             taints=tuple(
                 (t["key"], t.get("value") or "", t["effect"]) for t in node.get("taints") or ()
             ),
+            tls=_pool_tls(node.get("tls")),
         )
         for record in records
         for node in record.nodes
     ]
+
+
+def _pool_tls(tls: Mapping[str, object] | None) -> TLSConfig | None:
+    """A pool node's TLS as its record keeps it (None: made without TLS)."""
+    if not tls:
+        return None
+    files = {k: v if isinstance(v, str) else None for k, v in tls.items()}
+    return TLSConfig(
+        files.get("caCert"),
+        files.get("clientCert"),
+        files.get("clientKey"),
+        tls.get("verify") is not False,
+    )
 
 
 def choose_default_driver(requested: str | None) -> str:

@@ -694,11 +694,7 @@ def build_node(doc: Mapping[str, Any], origin: m.Origin) -> m.Node:
         annotations=_frozen(meta["annotations"]),
         driver=runtime["driver"],
         endpoint=runtime.get("endpoint"),
-        tls=m.TLSConfig(
-            tls.get("caCert"), tls.get("clientCert"), tls.get("clientKey"), tls["verify"]
-        )
-        if tls
-        else None,
+        tls=_tls_config(tls),
         address=spec["address"],
         capacity=_resources(spec["capacity"]),
         taints=tuple(m.Taint(t["key"], t["value"], t["effect"]) for t in spec["taints"]),
@@ -778,7 +774,7 @@ def canonical_node_pool(doc: Mapping[str, Any]) -> dict[str, Any]:
                 {"key": t["key"], "value": t.get("value", ""), "effect": t["effect"]}
                 for t in template.get("taints") or []
             ],
-            "runtime": {"driver": "docker"},
+            "runtime": _pool_runtime(template.get("runtime") or {}),
         },
         "provider": {
             "command": list(provider["command"]),
@@ -791,6 +787,21 @@ def canonical_node_pool(doc: Mapping[str, Any]) -> dict[str, Any]:
         },
     }
     return _envelope("NodePool", doc, spec)
+
+
+def _pool_runtime(runtime: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"driver": "docker"}
+    if "tls" in runtime:
+        out["tls"] = {"verify": True, **runtime["tls"]}
+    return out
+
+
+def _tls_config(tls: Mapping[str, Any] | None) -> m.TLSConfig | None:
+    if not tls:
+        return None
+    return m.TLSConfig(
+        tls.get("caCert"), tls.get("clientCert"), tls.get("clientKey"), tls["verify"]
+    )
 
 
 def build_node_pool(doc: Mapping[str, Any], origin: m.Origin) -> m.NodePool:
@@ -815,6 +826,7 @@ def build_node_pool(doc: Mapping[str, Any], origin: m.Origin) -> m.NodePool:
         canonical=canon,
         digest=digest_of(canon),
         origin=origin,
+        tls=_tls_config(template["runtime"].get("tls")),
     )
 
 

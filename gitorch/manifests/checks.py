@@ -160,6 +160,19 @@ def check_node(entry: Entry) -> Iterator[Finding]:
     """A Node's credentials are files the operator keeps: names inside the secrets
     directory, never a path a manifest chooses on the daemon's machine."""
     runtime = entry.raw["spec"]["runtime"]
+    yield from _check_engine_files(entry.origin, ("spec", "runtime"), runtime)
+    endpoint = runtime.get("endpoint", "")
+    if "tls" in runtime and not endpoint.startswith("tcp://"):
+        yield Finding(entry.origin, ("spec", "runtime", "tls"), "tls is for tcp:// endpoints only")
+    if "ssh" in runtime and not endpoint.startswith("ssh://"):
+        yield Finding(entry.origin, ("spec", "runtime", "ssh"), "ssh is for ssh:// endpoints only")
+
+
+def _check_engine_files(
+    origin: Origin, where: FieldPath, runtime: Mapping[str, Any]
+) -> Iterator[Finding]:
+    """An engine's TLS and ssh files are names inside the secrets directory; a client
+    certificate comes with its key."""
     for block, fields in (
         ("tls", ("caCert", "clientCert", "clientKey")),
         ("ssh", ("identityFile", "knownHostsFile")),
@@ -168,20 +181,15 @@ def check_node(entry: Entry) -> Iterator[Finding]:
             name = (runtime.get(block) or {}).get(field)
             if isinstance(name, str) and (name.startswith("/") or ".." in name.split("/")):
                 yield Finding(
-                    entry.origin,
-                    ("spec", "runtime", block, field),
+                    origin,
+                    (*where, block, field),
                     f"{field} must be a relative path inside the operator's secrets directory",
                 )
-    endpoint = runtime.get("endpoint", "")
-    if "tls" in runtime and not endpoint.startswith("tcp://"):
-        yield Finding(entry.origin, ("spec", "runtime", "tls"), "tls is for tcp:// endpoints only")
-    if "ssh" in runtime and not endpoint.startswith("ssh://"):
-        yield Finding(entry.origin, ("spec", "runtime", "ssh"), "ssh is for ssh:// endpoints only")
     tls = runtime.get("tls") or {}
     if bool(tls.get("clientCert")) != bool(tls.get("clientKey")):
         yield Finding(
-            entry.origin,
-            ("spec", "runtime", "tls"),
+            origin,
+            (*where, "tls"),
             "clientCert and clientKey go together (the engine checks the key it signs with)",
         )
 
@@ -205,6 +213,8 @@ def check_node_pool(entry: Entry) -> Iterator[Finding]:
             f"a NodePool's name is at most {POOL_NAME_MAX} characters "
             "(its nodes are named NAME-XXXXXX, a DNS label)",
         )
+    runtime = (spec.get("template") or {}).get("runtime") or {}
+    yield from _check_engine_files(entry.origin, ("spec", "template", "runtime"), runtime)
 
 
 #: The env var that names the folder of a service's secret files.

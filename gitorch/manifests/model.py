@@ -556,6 +556,9 @@ class NodePool:
     canonical: Mapping[str, Any]
     digest: str
     origin: Origin
+    #: ``template.runtime.tls``: its nodes' engines are spoken to over TLS only (the
+    #: provider must return ``tcp://`` endpoints), as a Node's ``runtime.tls``.
+    tls: TLSConfig | None = None
 
     kind = "NodePool"
 

@@ -15,10 +15,53 @@ def history_json(store: StateStore, service: str | None, limit: int | None) -> l
 
 
 def read_local(
-    state: StateLocation, service: str | None, limit: int | None
+    state: StateLocation, service: str | None, limit: int | None, *, scaling: bool = False
 ) -> list[dict[str, Any]] | None:
-    """History from the store at ``state``; None when no store exists in its directory."""
+    """History from the store at ``state`` (``scaling``: its scaling decisions instead of
+    its revisions); None when no store exists in its directory."""
     if state.directory is not None and not (state.directory / STATE_DB).is_file():
         return None
     with StateStore(state, readonly=True) as store:
-        return history_json(store, service, limit)
+        return (scaling_json if scaling else history_json)(store, service, limit)
+
+
+#: The audit entries that are scaling decisions: the horizontal autoscaler's counts,
+#: vertical mode Auto's requests, and node pools' nodes (what ``gitorch history`` lists
+#: under the revisions).
+SCALING_KINDS = (
+    "autoscale.scaled",
+    "autoscale.vertical-applied",
+    "nodepool.scaled-up",
+    "nodepool.draining",
+    "nodepool.scaled-down",
+    "nodepool.node-adopted",
+    "nodepool.node-vanished",
+)
+
+
+def scaling_json(store: StateStore, service: str | None, limit: int | None) -> list[dict[str, Any]]:
+    """Scaling decisions, newest first (``gitorch history --scaling --format json``): each
+    ``{"at", "kind", "object", "from", "to", "reason", "message", "data"}``; ``object`` is
+    the service, or ``NodePool/NAME``. With ``service``, only that service's decisions."""
+    events = [
+        event
+        for kind in SCALING_KINDS
+        for event in store.list_events(kind=kind, service=service, limit=limit)
+    ]
+    events.sort(key=lambda e: e.id, reverse=True)
+    return [_scaling_entry(event.to_json()) for event in events[:limit]]
+
+
+def _scaling_entry(event: dict[str, Any]) -> dict[str, Any]:
+    data = event.get("data") or {}
+    pool = data.get("pool")
+    return {
+        "at": event["at"],
+        "kind": event["kind"],
+        "object": f"NodePool/{pool}" if pool else event.get("service"),
+        "from": data.get("from"),
+        "to": data.get("to"),
+        "reason": data.get("reason"),
+        "message": event["message"],
+        "data": data,
+    }

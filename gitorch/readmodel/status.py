@@ -4,6 +4,7 @@ and the last error (of the store's last revision, or what a running daemon repor
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -345,6 +346,21 @@ def _daemon_error(view: ClusterView) -> dict[str, Any] | None:
     return error if isinstance(error, dict) else None
 
 
+def _sqlite_daemon(store: StateStore, this: Any) -> dict[str, Any]:
+    """Whether a daemon holds the state directory (``daemon``: its pid and start, or None):
+    without one nothing reconciles or heals, while replicas and the proxy keep running."""
+    if this is not None:
+        return {"daemon": {"pid": os.getpid(), "startedAt": None}}
+    directory = store.location.directory
+    try:
+        owner = lock_holder(directory) if directory is not None else None
+    except StateError:
+        return {}
+    if owner is None:
+        return {"daemon": None}
+    return {"daemon": {"pid": owner.pid, "startedAt": iso_time(owner.started_at)}}
+
+
 def control_plane_json(store: StateStore | None, this: Any = None) -> dict[str, Any]:
     """Where the state lives and, with etcd, which daemon leads and which stand by.
 
@@ -354,7 +370,7 @@ def control_plane_json(store: StateStore | None, this: Any = None) -> dict[str, 
     if store is None:
         return {"backend": "none"}
     if store.location.etcd is None:
-        return {"backend": "sqlite", "location": store.describe()}
+        return {"backend": "sqlite", "location": store.describe(), **_sqlite_daemon(store, this)}
     from gitorch.state.etcd.backend import EtcdBackend
     from gitorch.state.etcd.election import read_leadership
 

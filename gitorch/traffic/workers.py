@@ -1,7 +1,7 @@
 """The built-in load balancer on several processes: one per core, like nginx's workers.
 
 A Python process proxies on one core at most (the GIL), so one
-:class:`~gitorch.traffic.builtin.BuiltinLoadBalancer` tops out at one core while HAProxy
+:class:`~gitorch.traffic.builtin.balancer.BuiltinLoadBalancer` tops out at one core while HAProxy
 uses them all. :class:`WorkerPool` runs ``n`` of them, each in its own process. The
 coordinator opens every route's listening sockets, one per worker, all sharing the port
 with ``SO_REUSEPORT`` (:class:`~gitorch.traffic.listeners.SocketSet`), and sends each
@@ -47,7 +47,8 @@ from types import MappingProxyType
 from typing import Any
 
 from gitorch.errors import ConfigError
-from gitorch.traffic.builtin import BuiltinLoadBalancer, Timeouts
+from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
+from gitorch.traffic.builtin.timing import Timeouts
 from gitorch.traffic.figures import BackendFigures, VersionFigures, added
 from gitorch.traffic.ledger import VersionLedger
 from gitorch.traffic.listeners import Handed, SocketSet

@@ -62,6 +62,9 @@ class StubHandle:
             self.history_calls.append((service, limit))
         return [{"revision": SHA, "result": "succeeded", "service": service, "limit": limit}]
 
+    def scaling(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        return []
+
     def plan(self, ref: str | None) -> dict[str, Any]:
         with self._lock:
             self.plan_calls.append(ref)

@@ -13,11 +13,15 @@ from typing import Any
 
 import pytest
 from cli_helpers import REPO_ROOT, cli_env
+from provider_helpers import fixed_endpoint_provider, pool_state
 
 from gitorch.api.metrics import Metrics
 from gitorch.api.server import ApiServer
+from gitorch.apply.autoscaler import SCALED_EVENT
+from gitorch.apply.nodepools import NodePoolScaler
 from gitorch.errors import StateError
-from gitorch.readmodel.history import history_json
+from gitorch.live.model import LiveState
+from gitorch.readmodel.history import history_json, scaling_json
 from gitorch.state import RevisionResult, StateStore
 
 SHA_A = "a1" * 20
@@ -177,6 +181,9 @@ class StoreHandle:
             raise StateError("the state store is being migrated")
         return history_json(self.store, service, limit)
 
+    def scaling(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        return scaling_json(self.store, service, limit)
+
     def status(self) -> dict[str, Any]:
         raise AssertionError("not used")
 
@@ -258,3 +265,78 @@ def test_unreachable_server(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     done = history(tmp_path, "--server", "127.0.0.1:7420")
     assert done.returncode == 1 and "invalid --server URL" in done.stderr
+
+
+# -- scaling decisions: the autoscaler's and the node pools' -------------------------------
+
+
+def _pool_made_a_node(state: Path, tmp_path: Path) -> None:
+    """A NodePool below minNodes makes a node through a real provider executable (the
+    audit entry its sync writes), and the autoscaler scales web (its audit entry)."""
+    command = fixed_endpoint_provider(tmp_path, "tcp://10.0.0.9:2376")
+    desired = pool_state("workers", command, min_nodes=1)
+    with StateStore(state) as store:
+        store.append_event(
+            SCALED_EVENT,
+            "web: 1 -> 3 replicas (cpu 92% of requests, target 50%)",
+            service="web",
+            data={"from": 1, "to": 3, "reason": "cpu 92% of requests, target 50%"},
+            at=T0 + 3 * 86400,
+        )
+        [result] = NodePoolScaler(store, clock=lambda: T0 + 3 * 86400 + 60).sync(
+            desired, LiveState.empty(), (), frozenset()
+        )
+        assert result.error == "" and len(result.record.nodes) == 1
+
+
+def test_scaling_decisions_are_listed_under_the_revisions(state: Path, tmp_path: Path) -> None:
+    _pool_made_a_node(state, tmp_path)
+    done = history(tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    at = lines.index("scaling decisions")
+    assert [row[:12] for row in lines[1 : at - 1]] == [SHA_C[:12], SHA_B[:12], SHA_A[:12]]
+    pool, web = lines[at + 2], lines[at + 3]
+    assert pool.startswith("2024-05-04 12:01:00  NodePool/workers  nodepool.scaled-up"), pool
+    assert "workers: 0 -> 1 nodes (0 node(s), below minNodes 1)" in pool
+    assert web.startswith("2024-05-04 12:00:00  web  "), web
+    assert "autoscale.scaled" in web and "web: 1 -> 3 replicas" in web
+
+    # Only one service's: the pool's decisions are no service's.
+    only_web = history(tmp_path, "web", "--scaling", "--format", "json")
+    [entry] = json.loads(only_web.stdout)
+    assert (entry["object"], entry["from"], entry["to"]) == ("web", 1, 3)
+    every = json.loads(history(tmp_path, "--scaling", "--format", "json").stdout)
+    assert [(e["kind"], e["object"], e["from"], e["to"]) for e in every] == [
+        ("nodepool.scaled-up", "NodePool/workers", 0, 1),
+        ("autoscale.scaled", "web", 1, 3),
+    ]
+    assert every[0]["reason"] == "0 node(s), below minNodes 1"
+    # The JSON of history stays the list of revisions (the contract's shape).
+    revisions = json.loads(history(tmp_path, "--format", "json").stdout)
+    assert [r["revision"] for r in revisions] == [SHA_C, SHA_B, SHA_A]
+
+
+def test_scaling_decisions_through_the_server(tmp_path: Path, state: Path) -> None:
+    _pool_made_a_node(state, tmp_path)
+    handle = StoreHandle(state)
+    api = ApiServer(handle, "127.0.0.1:0")
+    api.start()
+    try:
+        local = history(tmp_path, "--scaling", "--format", "json")
+        remote = history(tmp_path / "elsewhere", "--scaling", "--server", api.url,
+                         "--format", "json")  # fmt: skip
+        assert remote.returncode == 0, remote.stderr
+        assert json.loads(remote.stdout) == json.loads(local.stdout)
+        text = history(tmp_path / "elsewhere", "--server", api.url)
+        assert "NodePool/workers  nodepool.scaled-up" in text.stdout, text.stdout
+    finally:
+        api.stop()
+        handle.store.close()
+
+
+def test_no_scaling_decisions_yet(state: Path, tmp_path: Path) -> None:
+    done = history(tmp_path, "--scaling")
+    assert done.returncode == 0
+    assert done.stdout.startswith("no scaling decisions yet in "), done.stdout
+    assert "scaling decisions" not in history(tmp_path).stdout

@@ -40,6 +40,7 @@ from gitorch.manifests import Service
 from gitorch.runtime.base import Instance, Runtime
 from gitorch.runtime.process import ProcessRuntime
 from gitorch.state import RevisionResult, RolloutPhase, StateStore
+from gitorch.state.lock import DaemonLock
 
 ADDRESS = re.compile(r"^127\.0\.0\.1:\d+$")
 
@@ -181,6 +182,16 @@ def test_status_text_table_and_detail(local: Cluster) -> None:
     assert "REPLICA" in detail.stdout and "ADDRESS" in detail.stdout
     addresses = re.findall(r"127\.0\.0\.1:\d+", detail.stdout)
     assert len(addresses) == 2
+    # No daemon holds the state: said, since nothing heals meanwhile; with one, not said.
+    assert "no daemon holds this state" in table.stdout
+    assert (
+        json.loads(local.run("status", "--format", "json").stdout)["controlPlane"]["daemon"] is None
+    )
+    with DaemonLock(local.state):
+        held = local.run("status", "--runtime", "process")
+        doc = json.loads(local.run("status", "--format", "json").stdout)["controlPlane"]
+    assert "no daemon" not in held.stdout
+    assert doc["daemon"]["pid"] == os.getpid()
 
 
 def test_status_of_one_service_and_of_an_unknown_one(local: Cluster) -> None:

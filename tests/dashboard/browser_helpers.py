@@ -13,6 +13,9 @@ from pathlib import Path
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -50,3 +53,21 @@ def screenshot(browser: webdriver.Chrome, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     browser.save_screenshot(str(path))
     return path
+
+
+def sign_in(browser: webdriver.Chrome, url: str, token: str) -> None:
+    """Sign in to the dashboard at ``url`` with an API token (the login form)."""
+    browser.delete_all_cookies()
+    browser.get(f"{url}/login")
+    field = browser.find_element(By.NAME, "token")
+    field.send_keys(token)
+    field.submit()
+    WebDriverWait(browser, 15).until(expected_conditions.url_to_be(f"{url}/"))
+
+
+def live_connected(browser: webdriver.Chrome, timeout: float = 15) -> None:
+    """Wait until the page's live stream (server-sent events) is connected."""
+    WebDriverWait(browser, timeout).until(
+        lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-live") == "connected",
+        message="the live stream connected",
+    )

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from browser_helpers import screenshot
+from browser_helpers import screenshot, sign_in
 from data_plane_helpers import stop_data_plane
 from reconciler_helpers import (
     DaemonProc,
@@ -107,15 +107,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         remove_cluster(process_runtime(state), cluster_of(state))
 
 
-def sign_in(browser: webdriver.Chrome, world: World, token: str) -> None:
-    browser.delete_all_cookies()
-    browser.get(f"{world.url}/login")
-    field = browser.find_element(By.NAME, "token")
-    field.send_keys(token)
-    field.submit()
-    WebDriverWait(browser, 15).until(expected_conditions.url_to_be(f"{world.url}/"))
-
-
 def wait_page(browser: webdriver.Chrome, what: str, check: Any, timeout: float = 60) -> None:
     WebDriverWait(browser, timeout).until(lambda b: check(b), message=what)
 
@@ -126,7 +117,7 @@ def test_the_cluster_page_lists_services_and_a_commit_appears_without_reloading(
     browser.get(world.url + "/")
     # Not signed in: the login form, not the cluster.
     assert browser.current_url.startswith(f"{world.url}/login")
-    sign_in(browser, world, READ)
+    sign_in(browser, world.url, READ)
     row = browser.find_element(By.CSS_SELECTOR, 'tr[data-service="web"]')
     assert row.find_element(By.CSS_SELECTOR, ".phase").text == "Paused"
     wait_page(browser, "the live stream connected", lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-live") == "connected", 15)  # fmt: skip
@@ -152,7 +143,7 @@ def test_the_cluster_page_lists_services_and_a_commit_appears_without_reloading(
 
 
 def test_a_read_only_viewer_sees_no_buttons(browser: webdriver.Chrome, world: World) -> None:
-    sign_in(browser, world, READ)
+    sign_in(browser, world.url, READ)
     browser.get(f"{world.url}/services/web")
     assert "Paused at step" in browser.page_source
     assert "deployer" in browser.find_element(By.CLASS_NAME, "paused-note").text  # who can
@@ -190,7 +181,7 @@ def test_a_forged_post_without_the_csrf_token_is_refused(world: World) -> None:
 def test_promote_with_a_write_token_moves_the_canary_on_live(
     browser: webdriver.Chrome, world: World
 ) -> None:
-    sign_in(browser, world, WRITE)
+    sign_in(browser, world.url, WRITE)
     browser.get(f"{world.url}/services/web")
     assert browser.find_element(By.CSS_SELECTOR, "[data-weight]").text == "30%"
     wait_page(browser, "the live stream connected", lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-live") == "connected", 15)  # fmt: skip
@@ -215,7 +206,7 @@ def test_history_shows_a_field_diff_with_secret_looking_values_redacted(
         "extra", port=free_port(), replicas=1, version="7", env={"DB_PASSWORD": SECRET_VALUE}
     )
     sha = commit(world.repo, {"extra.yaml": extra}, "extra: v7 with a password")
-    sign_in(browser, world, READ)
+    sign_in(browser, world.url, READ)
     browser.get(f"{world.url}/history")
     wait_page(
         browser,

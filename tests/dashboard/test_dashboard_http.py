@@ -88,6 +88,9 @@ class Handle:
     def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         return []
 
+    def scaling(self, service: str | None, limit: int) -> list[dict[str, Any]]:
+        return []
+
     def plan(self, ref: str | None) -> dict[str, Any]:
         return {"changes": [], "summary": {}}
 

@@ -18,7 +18,7 @@ from gitorch.decide.nodepools import (
 )
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState
-from gitorch.scheduler import Request
+from gitorch.scheduler import Request, Running
 from gitorch.state.records import NodePoolRecord
 
 GI = 1024**3
@@ -231,3 +231,15 @@ def test_plan_names_the_pool_whose_node_would_take_a_waiting_replica() -> None:
     assert pools_that_fit(state, observed, waiting(state, "web-1")) == {"web-1": "workers"}
     picky = desired(pool_yaml(), web_yaml(selector="{disk: ssd}"))
     assert pools_that_fit(picky, observed, waiting(picky, "web-1")) == {}
+
+
+def test_a_plan_before_anything_runs_counts_the_replicas_its_pass_starts() -> None:
+    """Nothing runs yet: the pass starts web-0 on local and web-1 waits. Without the
+    start counted, web-1 seemed to fit on the empty local node and the plan named no pool
+    (found by running `gitorch plan` on a fresh state)."""
+    state = desired(pool_yaml(), web_yaml())
+    empty = live([node("local")], {}, state)
+    web = state.services["web"]
+    starts = [Running("web", "web-0", "local", web.resources.requests.cpu_millis or 0, 64 * 2**20)]
+    assert pools_that_fit(state, empty, waiting(state, "web-1")) == {}
+    assert pools_that_fit(state, empty, waiting(state, "web-1"), starts) == {"web-1": "workers"}

@@ -5,59 +5,38 @@ deleted. Every decision in the audit log, /metrics and ``gitorch status``."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from local_engines_helpers import call_provider, delete_all, pool_yaml
 from multinode_helpers import IMAGE, World, node_yaml, service_yaml, settled, where
-from reconciler_helpers import DaemonProc, LoadClient, commit, free_port, gitorch, wait_for
+from reconciler_helpers import (
+    DaemonProc,
+    LoadClient,
+    commit,
+    free_port,
+    get_body,
+    gitorch,
+    wait_for,
+)
+from tls_certs import make_client_ca
 
-ROOT = Path(__file__).resolve().parents[2]
-PROVIDER = ROOT / "examples" / "nodepool" / "local-engines"
 SYNC = 1.0
 
 
-def pool_yaml(engines: Path, *, up: str = "2s", down: str = "3s") -> str:
-    command = [str(PROVIDER), "--root", str(engines), "--image", IMAGE]
-    return f"""apiVersion: gitorch.dev/v1
-kind: NodePool
-metadata:
-  name: workers
-spec:
-  minNodes: 0
-  maxNodes: 2
-  template:
-    labels: {{pool: workers}}
-    capacity: {{cpu: "1", memory: 1Gi}}
-    runtime: {{driver: docker}}
-  provider:
-    command: {json.dumps(command)}
-    timeout: 120s
-  scaleUp: {{after: {up}}}
-  scaleDown: {{utilizationBelow: 0.5, after: {down}}}
-"""
-
-
-def provider(engines: Path, verb: str, request: dict[str, Any]) -> Any:
-    done = subprocess.run(
-        [sys.executable, str(PROVIDER), "--root", str(engines), verb],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+def pool_daemon(world: World, *extra: str) -> DaemonProc:
+    """The world's daemon, syncing pools every SYNC seconds (``extra``: more flags)."""
+    daemon = DaemonProc(
+        str(world.repo),
+        world.state,
+        "process",
+        interval=2.0,
+        resync=0.5,
+        extra=("--node-grace", "3", "--autoscale-sync", str(SYNC), *extra),
     )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def delete_all(engines: Path) -> None:
-    """Whatever the test left: every engine the provider still runs for the pool."""
-    for node in provider(engines, "list", {"pool": "workers"}):
-        provider(engines, "delete", {"pool": "workers", "name": node["name"]})
+    world.daemons.append(daemon)
+    return daemon
 
 
 def pool_of(daemon: DaemonProc) -> dict[str, Any]:
@@ -78,20 +57,12 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
     web = service_yaml("web", port=port, replicas=1, cpu="400m", memory="16Mi")
     files = {
         "nodes.yaml": node_yaml("local", cpu="1", memory="1Gi"),
-        "pool.yaml": pool_yaml(engines),
+        "pool.yaml": pool_yaml(engines, images=(IMAGE,), up="2s", down="3s"),
         "filler.yaml": filler,
         "web.yaml": web,
     }
     commit(world.repo, files, "web and a filler on the local node, and a pool of workers")
-    daemon = DaemonProc(
-        str(world.repo),
-        world.state,
-        "process",
-        interval=2.0,
-        resync=0.5,
-        extra=("--node-grace", "3", "--autoscale-sync", str(SYNC)),
-    )
-    world.daemons.append(daemon)
+    daemon = pool_daemon(world)
     try:
         wait_for("web and filler on local",
                  lambda: settled(daemon.service("web"), 1) and settled(daemon.service("filler"), 1),
@@ -118,7 +89,7 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
         assert pool["lastDecision"]["action"] == "create 1", pool
         assert "web-2 unschedulable" in pool["lastDecision"]["reason"], pool
         assert "a workers node (1 cpu, 1Gi) fits them" in pool["lastDecision"]["reason"]
-        listed = provider(engines, "list", {"pool": "workers"})
+        listed = call_provider(engines, "list", {"pool": "workers"})
         assert [n["name"] for n in listed] == [made]
         # It really runs in the private engine the provider made.
         names = subprocess.run(
@@ -152,7 +123,7 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
         print(f"node pool drain: {load.ok} requests, {len(load.failures)} failed")
         assert load.failures == [], (len(load.failures), load.failures[:10])
         assert where(daemon.service("web")) == {"web-1": "local", "web-2": "local"}
-        assert provider(engines, "list", {"pool": "workers"}) == []
+        assert call_provider(engines, "list", {"pool": "workers"}) == []
         assert made not in {n["name"] for n in daemon.status()["nodes"]}
 
         events = gitorch("audit", "--state", str(world.state), "--format", "json",
@@ -173,6 +144,78 @@ def test_a_node_pool_makes_a_node_for_unschedulable_replicas_then_drains_and_del
                        f"http://127.0.0.1:{daemon.port}", cwd=world.root)  # fmt: skip
         assert "node pool workers: 0 node(s) (min 0, max 2)" in text.stdout, text.stdout
         assert "delete" in text.stdout, text.stdout
+        # Every decision in `gitorch history` too, newest first, with why.
+        shown = gitorch("history", "--scaling", "--state", str(world.state), "--format",
+                        "json", cwd=world.root)  # fmt: skip
+        assert shown.code == 0, shown.stderr
+        decisions = [(d["kind"], d["object"]) for d in shown.json()]
+        assert decisions == [
+            ("nodepool.scaled-down", "NodePool/workers"),
+            ("nodepool.draining", "NodePool/workers"),
+            ("nodepool.scaled-up", "NodePool/workers"),
+        ], decisions
+        table = gitorch("history", "--state", str(world.state), cwd=world.root)
+        assert "scaling decisions" in table.stdout, table.stdout
+        assert "NodePool/workers  nodepool.draining" in table.stdout, table.stdout
     finally:
         daemon.stop()
-        delete_all(engines)
+        delete_all(engines, "workers")
+
+
+def test_a_tls_pool_node_runs_replicas_and_is_spoken_to_over_tls_only(
+    world: World, port: int
+) -> None:
+    """A pool whose template asks TLS (minNodes 1): the provider's engine serves only TLS
+    with client certificates on tcp; the daemon (--secrets-dir holding the template's
+    files) reaches it, runs web there (its nodeSelector wants the pool) and serves it.
+    Without a client certificate the engine refuses: gitorch's calls were TLS ones."""
+    engines = world.root / "engines"
+    certs = make_client_ca(world.root / "secrets")
+    world.process_nodes = ["local"]
+    web = service_yaml("web", port=port, replicas=1, cpu="100m", memory="16Mi",
+                       node_selector={"pool": "workers"})  # fmt: skip
+    files = {
+        "nodes.yaml": node_yaml("local", cpu="1", memory="1Gi"),
+        "pool.yaml": pool_yaml(engines, min_nodes=1, images=(IMAGE,), tls_ca=certs.folder),
+        "web.yaml": web,
+    }
+    commit(world.repo, files, "web on a TLS pool node")
+    daemon = pool_daemon(world, "--secrets-dir", str(certs.folder))
+    try:
+        wait_for(
+            "web running on the pool's node",
+            lambda: (
+                settled(daemon.service("web"), 1)
+                and where(daemon.service("web")).get("web-1", "").startswith("workers-")
+            ),
+            120,
+            interval=0.3,
+            describe=daemon.log_tail,
+        )
+        [node] = pool_of(daemon)["nodes"]
+        [listed] = call_provider(engines, "list", {"pool": "workers"})
+        assert listed["endpoint"].startswith("tcp://127.0.0.1:"), listed
+        assert get_body(port, "/") is not None  # served through the balancer
+
+        shown = gitorch("nodes", "--state", str(world.state), "--secrets-dir", str(certs.folder),
+                        "--format", "json", cwd=world.root)  # fmt: skip
+        assert shown.code == 0, shown.stderr
+        engine = next(n for n in shown.json()["nodes"] if n["name"] == node["name"])
+        assert engine["condition"] == "Ready", engine
+        assert engine["engine"]["transport"] == "tls (verified)", engine
+
+        host = ["docker", "-H", listed["endpoint"]]
+        plain = subprocess.run([*host, "ps"], capture_output=True, text=True, timeout=30,
+                               check=False)  # fmt: skip
+        assert plain.returncode != 0, plain.stdout  # the engine speaks nothing but TLS
+        tls = [f"--tlscacert={certs.ca}", f"--tlscert={certs.client_cert}",
+               f"--tlskey={certs.client_key}"]  # fmt: skip
+        names = subprocess.run(
+            ["docker", "--tlsverify", *tls, "-H", listed["endpoint"], "ps",
+             "--format", "{{.Names}}"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert "web" in names, names
+    finally:
+        daemon.stop()
+        delete_all(engines, "workers")

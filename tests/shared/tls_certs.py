@@ -40,6 +40,25 @@ def _ca(folder: Path, name: str) -> tuple[Path, Path]:
     return key, cert
 
 
+def _signed(
+    folder: Path, names: tuple[str, str, str, str], ca: tuple[str, str], ext: str, subject: str
+) -> None:
+    """A key and a certificate the CA (certificate, key) signs, with ``ext``'s extensions;
+    ``names``: the key, request, certificate and extensions files in ``folder``."""
+    key, csr, cert, ext_file = names
+    (folder / ext_file).write_text(ext, encoding="utf-8")
+    _openssl(
+        folder,
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", key, "-out", csr, "-subj", subject,
+    )  # fmt: skip
+    _openssl(
+        folder,
+        "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1],
+        "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext_file,
+    )  # fmt: skip
+
+
 def make_certs(folder: Path) -> Certs:
     """A CA, a server certificate for 127.0.0.1, ::1 and localhost, and an unrelated CA."""
     if shutil.which("openssl") is None:
@@ -47,21 +66,47 @@ def make_certs(folder: Path) -> Certs:
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = _ca(folder, "test-ca")
     _other_key, other_cert = _ca(folder, "other-ca")
-    (folder / "server.ext").write_text(
+    _signed(
+        folder,
+        ("server.key", "server.csr", "server.pem", "server.ext"),
+        (ca_cert.name, ca_key.name),
         "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n"
         "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        encoding="utf-8",
+        "/CN=gitorch-api",
     )
-    _openssl(
-        folder,
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=gitorch-api",
-    )  # fmt: skip
-    _openssl(
-        folder,
-        "x509", "-req", "-in", "server.csr", "-CA", ca_cert.name, "-CAkey", ca_key.name,
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
-    )  # fmt: skip
     key = folder / "server.key"
     key.chmod(0o600)
     return Certs(ca=ca_cert, cert=folder / "server.pem", key=key, other_ca=other_cert)
+
+
+@dataclass(frozen=True)
+class ClientCA:
+    """A CA in docker's file names (``ca.pem``, ``ca-key.pem``: what an engine's
+    ``--tlscacert`` takes and what signs its server certificate) and a client certificate
+    it signed (``client.pem``, ``client-key.pem``), all in ``folder``; ``other_ca``: a CA
+    that signed nothing here."""
+
+    folder: Path
+    ca: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+
+
+def make_client_ca(folder: Path) -> ClientCA:
+    """A CA and a client certificate (extendedKeyUsage clientAuth), with the real openssl."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed for the TLS tests (apt-get install openssl)")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = _ca(folder, "ca")
+    ca_key.rename(folder / "ca-key.pem")
+    _other_key, other_cert = _ca(folder, "other-ca")
+    _signed(
+        folder,
+        ("client-key.pem", "client.csr", "client.pem", "client.ext"),
+        (ca_cert.name, "ca-key.pem"),
+        "extendedKeyUsage=clientAuth\n",
+        "/CN=gitorch",
+    )
+    (folder / "client-key.pem").chmod(0o600)
+    return ClientCA(folder, ca_cert, folder / "client.pem", folder / "client-key.pem", other_cert)

@@ -74,7 +74,8 @@ def fill(store: StateStore) -> None:
     )  # fmt: skip
     store.save_node_pool(
         NodePoolRecord(
-            "workers", nodes=({"name": "workers-1a2b3c", "endpoint": "unix:///x", "state": "ready"},),
+            "workers", nodes=({"name": "workers-1a2b3c", "endpoint": "tcp://10.0.0.7:2376",
+                               "state": "ready", "tls": {"caCert": "ca.pem", "verify": False}},),
             pending_since=8.0, last={"action": "create", "node": "workers-1a2b3c"}, updated_at=10.0,
         )
     )  # fmt: skip

@@ -344,7 +344,20 @@ def test_autoscaler_records_round_trip_and_are_forgotten(store: StateStore) -> N
 def test_node_pool_records_round_trip_and_are_forgotten(store: StateStore) -> None:
     record = NodePoolRecord(
         pool="workers",
-        nodes=({"name": "workers-1a2b3c", "endpoint": "unix:///run/w.sock", "state": "draining"},),
+        nodes=(
+            {
+                "name": "workers-1a2b3c",
+                "endpoint": "tcp://10.0.0.7:2376",
+                "state": "draining",
+                # The template's TLS, kept with the node (no schema change: nodes are JSON).
+                "tls": {
+                    "caCert": "pool/ca.pem",
+                    "clientCert": None,
+                    "clientKey": None,
+                    "verify": True,
+                },
+            },
+        ),
         pending_since=12.5,
         last={"action": "drain", "node": "workers-1a2b3c", "reason": "requested 10% < 50%"},
         error="",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from traffic_helpers import Apps
 
-from gitorch.traffic.builtin import BuiltinLoadBalancer
+from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import pytest
 from traffic_helpers import Apps, free_port, get, route, table, wait_until
 
 from gitorch.errors import ConfigError
-from gitorch.traffic.builtin import RETIRE_GRACE, BuiltinLoadBalancer, Timeouts
+from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
+from gitorch.traffic.builtin.timing import RETIRE_GRACE, Timeouts
 from gitorch.traffic.figures import by_version
 from gitorch.traffic.routes import ListenError
 from gitorch.traffic.table import Backend

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from traffic_helpers import Apps, WebSocket, free_port, route, table
 
-from gitorch.traffic.builtin import BuiltinLoadBalancer
+from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
 from gitorch.traffic.routes import ListenError, RouteInvalid
 from gitorch.traffic.table import Route, TlsFiles
 from gitorch.traffic.workers import WorkerPool

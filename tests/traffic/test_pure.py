@@ -219,15 +219,15 @@ def test_split_head_leaves_bare_lf_empty_lines_and_long_heads_to_the_stream_read
 def test_the_common_answer_gets_the_head_the_general_rules_give(
     block: str, status: int, method: str, keep: bool
 ) -> None:
-    """``_response_out`` takes a short way for the common answer: the same result as the
+    """``response_out`` takes a short way for the common answer: the same result as the
     general rules (reached here through an extra header that the short way declines,
     then taken off again)."""
-    from gitorch.traffic.builtin import _response_out
+    from gitorch.traffic.builtin.http1 import response_out
 
     request = _http.request_head_of(f"{method} / HTTP/1.1".encode(), b"Host: a\r\n")
     response = _http.response_head_of(f"HTTP/1.1 {status} OK".encode(), block.encode())
-    quick = _response_out(request, response, keep, [])
-    general = _response_out(request, response, keep, [("X-Extra", "1")])
+    quick = response_out(request, response, keep, [])
+    general = response_out(request, response, keep, [("X-Extra", "1")])
     assert quick._replace(head=b"") == general._replace(head=b"")
     assert quick.head == general.head.replace(b"X-Extra: 1\r\n", b"")
 

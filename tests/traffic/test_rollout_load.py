@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 from traffic_helpers import App, Apps, Load, free_port, get, route, table, wait_until
 
-from gitorch.traffic.builtin import BuiltinLoadBalancer
+from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
 from gitorch.traffic.table import Backend
 
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from traffic_helpers import Apps, free_port, get, route, table, wait_until
 
-from gitorch.traffic.builtin import BuiltinLoadBalancer
+from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
 from gitorch.traffic.table import Backend
 
 

@@ -21,7 +21,7 @@ from gitorch.errors import ConfigError
 from gitorch.traffic.haproxy import HAProxyDataPlane
 from gitorch.traffic.proxy.client import ProxyDataPlane
 from gitorch.traffic.proxy.control import ProxyPaths
-from gitorch.traffic.unix_paths import HAPROXY_MAX, KERNEL_MAX, fitting
+from gitorch.traffic.unix_paths import HAPROXY_MAX, KERNEL_MAX, fitting, make_room, release
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +43,8 @@ def test_a_path_that_fits_stays_and_a_long_one_moves_to_a_private_folder(deep: P
     assert moved.name == "master.sock" and len(str(moved)) <= HAPROXY_MAX
     assert moved == fitting(deep / "haproxy" / "master.sock", HAPROXY_MAX), "the same each time"
     assert moved.parent != fitting(deep / "proxy" / "control.sock").parent
+    assert not moved.parent.exists(), "computing a path makes nothing (status, clients)"
+    make_room(moved)
     found = moved.parent.stat()
     assert stat.S_IMODE(found.st_mode) == 0o700 and found.st_uid == os.getuid()
     # Someone else's (or an open) folder there is refused, not used.
@@ -52,6 +54,13 @@ def test_a_path_that_fits_stays_and_a_long_one_moves_to_a_private_folder(deep: P
             fitting(deep / "haproxy" / "master.sock", HAPROXY_MAX)
     finally:
         os.chmod(moved.parent, 0o700)
+    moved.touch()
+    release(moved)
+    assert moved.parent.exists(), "a folder that still holds a socket stays"
+    moved.unlink()
+    release(moved)
+    assert not moved.parent.exists(), "the last socket gone, its folder goes"
+    release(short)  # a socket in its own place: nothing to remove
 
 
 def test_haproxy_serves_from_a_deep_state_directory(deep: Path, apps: Apps) -> None:
@@ -64,6 +73,8 @@ def test_haproxy_serves_from_a_deep_state_directory(deep: Path, apps: Apps) -> N
         assert status == 200 and app.id.encode() in body, body
     finally:
         plane.close()
+    plane.stop()
+    assert not plane.master_sock.parent.exists(), "a stopped HAProxy leaves no folder in /tmp"
 
 
 def test_the_proxy_serves_from_a_deep_state_directory(deep: Path, apps: Apps) -> None:
@@ -84,3 +95,4 @@ def test_the_proxy_serves_from_a_deep_state_directory(deep: Path, apps: Apps) ->
     finally:
         proc.terminate()
         proc.wait(30)
+    assert not socket_path.parent.exists(), "a stopped proxy leaves no folder in /tmp"

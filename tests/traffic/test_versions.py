@@ -11,7 +11,7 @@ from types import MappingProxyType
 import pytest
 from traffic_helpers import App, Apps, free_port, get, table, wait_until
 
-from gitorch.traffic.builtin import BuiltinLoadBalancer
+from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
 from gitorch.traffic.choice import Candidate, Chooser
 from gitorch.traffic.routes import RouteInvalid
 from gitorch.traffic.table import Backend, Route, VersionRule

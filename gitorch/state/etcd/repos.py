@@ -65,7 +65,7 @@ from gitorch.state.records import (
 from gitorch.state.repositories import ROLLOUT_REQUESTS, check_request
 
 if TYPE_CHECKING:
-    from gitorch.state.etcd.backend import EtcdBackend
+    from gitorch.state.etcd.keyvalue import KeyValue
 
 
 def _id(number: int) -> str:
@@ -99,7 +99,7 @@ def _revision(data: Mapping[str, Any]) -> RevisionRecord:
 
 
 class Revisions:
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def record(
@@ -241,7 +241,7 @@ def _stored_rollout(record: RolloutRecord) -> dict[str, Any]:
 
 
 class Rollouts:
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def upsert(self, record: RolloutRecord, *, reset_requests: bool) -> RolloutRecord:
@@ -338,7 +338,7 @@ class Rollouts:
 
 
 class Inventory:
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def record(
@@ -373,7 +373,7 @@ class Ports:
     transaction's condition on what it read makes two racing allocations conflict; the
     loser tries again."""
 
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def allocate(
@@ -476,7 +476,7 @@ def _node(data: Mapping[str, Any]) -> NodeRecord:
 
 
 class Nodes:
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def _change(self, name: str, **changes: Any) -> NodeRecord:
@@ -537,7 +537,7 @@ class Nodes:
 
 
 class Backoff:
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def record(self, record: BackoffRecord) -> None:
@@ -581,7 +581,7 @@ def _identity(service: str, revision: str, analysis: str, step_started_at: float
 
 
 class Analysis:
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def add_measurement(
@@ -740,7 +740,7 @@ def _traffic(service: str, data: Mapping[str, Any]) -> TrafficSnapshot:
 class Traffic:
     """Every route's snapshot in one key: replaced whole every few seconds, one write."""
 
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def replace(self, snapshots: Iterable[TrafficSnapshot]) -> None:
@@ -767,7 +767,7 @@ class _OneKeyEach(ABC, Generic[R]):
 
     prefix: str
 
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     @abstractmethod
@@ -828,7 +828,7 @@ def _volume(data: Mapping[str, Any]) -> VolumeRecord:
 
 
 class Volumes:
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def bind(self, name: str, node: str, spec: Mapping[str, Any], *, at: float | None) -> None:
@@ -920,7 +920,7 @@ class Audit:
     Each entry carries its link in the hash chain (``prev_hash``, ``hash``), computed by
     :mod:`gitorch.state.audit_chain` exactly as on SQLite."""
 
-    def __init__(self, kv: EtcdBackend) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
     def append(

@@ -15,11 +15,11 @@ from gitorch.state.records import (
 )
 
 if TYPE_CHECKING:
-    from gitorch.state.sqlite.backend import SqliteBackend
+    from gitorch.state.sqlite.database import Database
 
 
 class Analysis:
-    def __init__(self, db: SqliteBackend) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def add_measurement(

@@ -10,11 +10,11 @@ from gitorch.state import rows
 from gitorch.state.records import AutoscalerRecord
 
 if TYPE_CHECKING:
-    from gitorch.state.sqlite.backend import SqliteBackend
+    from gitorch.state.sqlite.database import Database
 
 
 class Autoscalers:
-    def __init__(self, db: SqliteBackend) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def save(self, record: AutoscalerRecord) -> None:

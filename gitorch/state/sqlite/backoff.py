@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 from gitorch.state.records import BackoffRecord
 
 if TYPE_CHECKING:
-    from gitorch.state.sqlite.backend import SqliteBackend
+    from gitorch.state.sqlite.database import Database
 
 
 class Backoff:
-    def __init__(self, db: SqliteBackend) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def record(self, record: BackoffRecord) -> None:

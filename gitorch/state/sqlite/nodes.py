@@ -10,11 +10,11 @@ from gitorch.state.errors import RecordNotFound
 from gitorch.state.records import NodeCondition, NodeRecord
 
 if TYPE_CHECKING:
-    from gitorch.state.sqlite.backend import SqliteBackend
+    from gitorch.state.sqlite.database import Database
 
 
 class Nodes:
-    def __init__(self, db: SqliteBackend) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def register(

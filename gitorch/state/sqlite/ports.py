@@ -11,7 +11,7 @@ from gitorch.state.errors import PortUnavailable
 from gitorch.state.records import PortAllocation
 
 if TYPE_CHECKING:
-    from gitorch.state.sqlite.backend import SqliteBackend
+    from gitorch.state.sqlite.database import Database
 
 
 class Ports:
@@ -19,7 +19,7 @@ class Ports:
     SQLite's write lock, and the primary key (node, host_port) makes a double allocation
     impossible anyway."""
 
-    def __init__(self, db: SqliteBackend) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def allocate(

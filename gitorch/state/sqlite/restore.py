@@ -3,16 +3,23 @@ migrate`` from etcd), in one transaction."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gitorch.state import rows
-from gitorch.state.repositories import StateSnapshot
+from gitorch.state.repositories import Backend, StateSnapshot
+from gitorch.state.sqlite.database import Database
+from gitorch.state.sqlite.volumes import Volumes
 
-if TYPE_CHECKING:
-    from gitorch.state.sqlite.backend import SqliteBackend
+
+class Restorable(Database, Backend, Protocol):
+    """The database and its repositories: most records go in as rows, the rest through
+    their repository's own writes (the volumes' restore is SQLite's own)."""
+
+    @property
+    def volumes(self) -> Volumes: ...
 
 
-def restore(db: SqliteBackend, snapshot: StateSnapshot) -> None:
+def restore(db: Restorable, snapshot: StateSnapshot) -> None:
     with db.transaction():
         conn = db.conn()
         conn.executemany(

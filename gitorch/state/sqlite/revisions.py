@@ -11,7 +11,7 @@ from gitorch.state.errors import RecordNotFound
 from gitorch.state.records import RevisionRecord, RevisionResult
 
 if TYPE_CHECKING:
-    from gitorch.state.sqlite.backend import SqliteBackend
+    from gitorch.state.sqlite.database import Database
 
 # Every revisions query returns the per-service outcomes as one JSON object column, so a
 # list of N revisions is one statement, not 1 + N.
@@ -24,7 +24,7 @@ _REVISION_COLUMNS = """
 
 
 class Revisions:
-    def __init__(self, db: SqliteBackend) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def record(

@@ -10,14 +10,14 @@ from gitorch.state.records import RolloutRecord
 from gitorch.state.repositories import check_request
 
 if TYPE_CHECKING:
-    from gitorch.state.sqlite.backend import SqliteBackend
+    from gitorch.state.sqlite.database import Database
 
 #: The column of each request ``gitorch promote`` / ``gitorch abort`` can make.
 _REQUEST_COLUMNS = {"promote": "promote_requested", "abort": "abort_requested"}
 
 
 class Rollouts:
-    def __init__(self, db: SqliteBackend) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def upsert(self, record: RolloutRecord, *, reset_requests: bool) -> RolloutRecord:

@@ -9,11 +9,11 @@ from gitorch.state import rows
 from gitorch.state.records import TrafficSnapshot
 
 if TYPE_CHECKING:
-    from gitorch.state.sqlite.backend import SqliteBackend
+    from gitorch.state.sqlite.database import Database
 
 
 class Traffic:
-    def __init__(self, db: SqliteBackend) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def replace(self, snapshots: Iterable[TrafficSnapshot]) -> None:

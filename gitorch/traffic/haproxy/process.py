@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gitorch.traffic.haproxy.errors import HAProxyConfigInvalid, HAProxyError, HAProxyReloadFailed
 from gitorch.traffic.haproxy.runtime_api import cli
-from gitorch.traffic.unix_paths import HAPROXY_MAX, fitting
+from gitorch.traffic.unix_paths import HAPROXY_MAX, fitting, make_room, release
 
 
 class HAProxyMaster:
@@ -87,6 +87,7 @@ class HAProxyMaster:
         """Start a master on :attr:`config_path` and wait until its worker answers."""
         for sock in (self.admin_sock, self.master_sock):
             sock.unlink(missing_ok=True)
+            make_room(sock)
         self.pid_path.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         try:
@@ -184,6 +185,9 @@ class HAProxyMaster:
             if proc is not None:
                 proc.wait(self.timeout)
         self.pid_path.unlink(missing_ok=True)
+        for sock in (self.admin_sock, self.master_sock):
+            sock.unlink(missing_ok=True)
+            release(sock)
 
     # ------------------------------------------------------------------ reading
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gitorch.errors import ConfigError
-from gitorch.traffic.builtin import default_event_loop
+from gitorch.traffic.builtin.loops import default_event_loop
 from gitorch.traffic.figures import BackendFigures, VersionFigures
 from gitorch.traffic.proxy.control import (
     ProxyPaths,

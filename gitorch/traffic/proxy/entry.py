@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gitorch.logs import setup_logging
-from gitorch.traffic.builtin import EVENT_LOOPS, default_event_loop
+from gitorch.traffic.builtin.loops import EVENT_LOOPS, default_event_loop
 from gitorch.traffic.proxy.control import ProxyPaths
 from gitorch.traffic.proxy.keeper import Held, KeeperLink, keep
 from gitorch.traffic.proxy.server import ProxyServer, detach

@@ -36,7 +36,7 @@ from typing import Any
 
 from gitorch import __version__
 from gitorch.errors import GitorchError
-from gitorch.traffic.builtin import Timeouts
+from gitorch.traffic.builtin.timing import Timeouts
 from gitorch.traffic.listeners import SocketSet
 from gitorch.traffic.proxy.control import (
     PROTOCOL,
@@ -50,6 +50,7 @@ from gitorch.traffic.proxy.control import (
 from gitorch.traffic.proxy.keeper import Held, KeeperLink
 from gitorch.traffic.routes import ListenError, RouteInvalid, fenced
 from gitorch.traffic.table import RoutingTable
+from gitorch.traffic.unix_paths import make_room, release
 from gitorch.traffic.wire import (
     WireError,
     backend_figures_to_json,
@@ -295,12 +296,14 @@ class ProxyServer:
                 self.paths.pid.unlink()
         if self._listener is not None and not self._released.is_set():
             self.paths.socket.unlink(missing_ok=True)
+            release(self.paths.socket)
 
     # ------------------------------------------------------------------ control socket
 
     def _serve_control(self) -> None:
         """Listen on a fresh path, then move it over the control socket's (atomic: a
         client connects to the old proxy or the new one, never to nothing)."""
+        make_room(self.paths.socket)
         fresh = self.paths.socket.parent / f".control-{os.getpid()}.sock"
         fresh.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
