@@ -850,7 +850,11 @@ class Daemon:
         if self._standby_runtimes is None or self._standby_runtimes[0] != key:
             self._standby_runtimes = (key, open_runtimes(targets, self.options.session.state_dir))
         runtimes = self._standby_runtimes[1]
-        live = observe(targets, runtimes, session.cluster, store)
+        try:
+            live = observe(targets, runtimes, session.cluster, store)
+        except StateUnavailable:  # etcd went away after the targets were read
+            store = None
+            live = observe(targets, runtimes, session.cluster, None)
         return ClusterView(store, targets, runtimes, assess_readiness(live, runtimes))
 
     def status(self) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=5.0,
         metavar="DURATION",
         help="with etcd state: how long a leader that stops answering keeps the leadership "
-        "(the lease's TTL, renewed every third of it; at least 2s; default 5s)",
+        "(the lease's TTL, renewed every sixth of it; at least 2s; default 5s)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reconciler_helpers import wait_for
 
 from gitorch.apply.health import (
     FIRST_READY_PERIOD,
@@ -79,6 +80,9 @@ class RecordingRuntime:
         self.driver = inner.driver
         self.calls: list[Call] = []
         self.max_overlap = 0  # most runs at once of one probe of one replica
+        #: Called with each recorded run, in the probe's worker, before the monitor judges
+        #: it (so before that probe runs again): a test reacts to one result exactly.
+        self.after_run: Callable[[Call], None] | None = None
         self._in_flight: Counter[tuple[str, Probe]] = Counter()
         self._lock = threading.Lock()
 
@@ -93,10 +97,12 @@ class RecordingRuntime:
         finally:
             with self._lock:
                 self._in_flight[key] -= 1
+        call = Call(instance.id, probe, started, time.time(), result.ok, result.message)
         with self._lock:
-            self.calls.append(
-                Call(instance.id, probe, started, time.time(), result.ok, result.message)
-            )
+            self.calls.append(call)
+            after_run = self.after_run
+        if after_run is not None:
+            after_run(call)
         return result
 
     def runs(self, instance: Instance, probe: Probe | None = None) -> list[Call]:
@@ -410,6 +416,9 @@ def test_startup_that_never_passes_needs_restart(kit: Kit) -> None:
 
 def test_liveness_failures_in_a_row_need_a_restart(kit: Kit) -> None:
     app = kit.start_app("api")
+    # Failures before it listens would count too (there is no initialDelay here): on a
+    # busy host the app took longer than three periods to listen and was given up on.
+    kit.wait_listening(app)
     events, listen = recorder(kit, app, HTTP_LIVE)
     monitor = kit.monitor(on_change=listen)
     probes = HealthProbes(
@@ -419,11 +428,35 @@ def test_liveness_failures_in_a_row_need_a_restart(kit: Kit) -> None:
     monitor.start()
     assert monitor.wait_ready("api-1", WAIT)
 
+    # One failed liveness run, then a success resets the count. The app answers ok again
+    # from inside the failed run's worker, before the next liveness run: flipping it from
+    # here instead raced the probes (two more periods of 0.1 s, and a busy host let three
+    # failures pass before the flip: a restart the test did not mean).
+    def heal_after_one_failure(call: Call) -> None:
+        if call.probe == HTTP_LIVE and not call.ok:
+            kit.runtime.after_run = None
+            app.set("ok")
+
+    before = len(kit.runtime.runs(app.instance, HTTP_LIVE))
+
+    def failed_once_then_passed() -> bool:
+        results = [c.ok for c in kit.runtime.runs(app.instance, HTTP_LIVE)[before:]]
+        return False in results and True in results[results.index(False) :]
+
+    kit.runtime.after_run = heal_after_one_failure
     app.set("fail")
-    assert monitor.wait_for("api-1", lambda h: h.live_failures >= 1, WAIT)
-    app.set("ok")  # a success resets the count
+    wait_for(
+        "one failed liveness run, then a passed one",
+        failed_once_then_passed,
+        WAIT,
+        describe=lambda: repr(
+            [(c.ok, c.message) for c in kit.runtime.runs(app.instance, HTTP_LIVE)[before:]]
+        ),
+    )
+    # the passed run is judged right after it is recorded
     health = monitor.wait_for("api-1", lambda h: h.live_failures == 0, WAIT)
-    assert health is not None and not health.needs_restart
+    runs = [(c.ok, c.message) for c in kit.runtime.runs(app.instance, HTTP_LIVE)]
+    assert health is not None and not health.needs_restart, runs
 
     app.set("fail")
     health = monitor.wait_for("api-1", lambda h: h.needs_restart, WAIT)

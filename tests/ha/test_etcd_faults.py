@@ -12,8 +12,13 @@ import os
 import signal
 import time
 
+from etcd_helpers import EtcdCluster, new_namespace
 from ha_helpers import Census, HAWorld, kill_leader_until_standby_leads, role_of, status_of
 from reconciler_helpers import LoadClient, commit, converged, process_service, wait_for
+
+from gitorch.state import StateStore
+from gitorch.state.etcd.backend import EtcdBackend
+from gitorch.state.etcd.election import Leadership
 
 REPLICAS = 2
 CONVERGE = 60.0
@@ -155,6 +160,62 @@ def test_without_quorum_daemons_stop_acting_and_resume_when_it_is_back(
     )
     assert {name: d.proc.pid for name, d in world.daemons.items()} == pids
     assert all(d.proc.poll() is None for d in world.daemons.values())
+
+
+#: How long etcd stalls in the test below: a raft election after a lost member takes one to
+#: two election timeouts (1 s on the test cluster), longer on a loaded host.
+STALL = 2.7
+
+
+def test_a_leader_rides_out_an_etcd_stall_at_any_moment(faulty_etcd: EtcdCluster) -> None:
+    """etcd answers nothing for STALL seconds (every member paused: no request is answered,
+    no raft timer runs, so nothing else changes), at several moments after the leader's
+    last renewal; the leader leads throughout. This is what losing one member of three
+    costs a renewal that meets the election, made repeatable: with the lease renewed every
+    third of its TTL, a stall that began just before a renewal outlasted the deadline
+    (TTL - margin after the last renewal sent) and the leader was a standby for a moment,
+    as a loaded CI host showed in test_losing_one_member_of_three_changes_nothing."""
+    store = StateStore(faulty_etcd.url(new_namespace()))
+    backend = store.backend
+    assert isinstance(backend, EtcdBackend)
+    leadership = Leadership(backend, "alpha")
+    renewed: list[float] = []
+    keepalive = leadership.client.keepalive
+
+    def observed_keepalive(lease: int) -> int:
+        remaining = keepalive(lease)
+        renewed.append(time.monotonic())
+        return remaining
+
+    leadership.client.keepalive = observed_keepalive  # type: ignore[method-assign]
+    leadership.start()
+    try:
+        assert leadership.leading
+        for phase in (0.1, 0.8, 1.55):
+            count = len(renewed)
+            wait_for("a renewal", lambda n=count: len(renewed) > n, leadership.ttl)  # type: ignore[misc]
+            time.sleep(max(0.0, renewed[-1] + phase - time.monotonic()))
+            lapses = []
+            for member in faulty_etcd.members:
+                faulty_etcd.pause(member)
+            try:
+                until = time.monotonic() + STALL
+                while time.monotonic() < until:
+                    if not leadership.leading:
+                        lapses.append(time.monotonic() - until + STALL)
+                    time.sleep(0.01)
+            finally:
+                for member in faulty_etcd.members:
+                    faulty_etcd.resume(member)
+            settle = time.monotonic() + 1.0
+            while time.monotonic() < settle:
+                if not leadership.leading:
+                    lapses.append(time.monotonic() - until + STALL)
+                time.sleep(0.01)
+            assert lapses == [], (phase, lapses[:1], leadership.view())
+    finally:
+        leadership.stop()
+        store.close()
 
 
 def _is_raft_leader(world: HAWorld, endpoint: str) -> bool:

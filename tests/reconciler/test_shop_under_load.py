@@ -10,10 +10,12 @@ changed: free ports instead of 8000/8001, absolute app paths, and a shorter cana
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,14 @@ def shop_files(web_port: int, api_port: int, version: str = "1") -> dict[str, st
     return files
 
 
-def hey(port: int, seconds: int = SECONDS) -> dict[str, int]:
-    """Run hey; status code -> count, plus ``errors`` (connection-level failures)."""
+@dataclass(frozen=True)
+class HeyRun:
+    codes: dict[int, int]  # status code -> count; 0: connection-level failures
+    p99: float  # seconds, as the clients saw it
+
+
+def hey(port: int, seconds: int = SECONDS) -> HeyRun:
+    """Run hey: the answers by status code, and their p99 latency."""
     done = subprocess.run(
         ["hey", "-c", str(CLIENTS), "-z", f"{seconds}s", f"http://127.0.0.1:{port}/"],
         capture_output=True,
@@ -61,7 +69,8 @@ def hey(port: int, seconds: int = SECONDS) -> dict[str, int]:
     }
     errors = re.search(r"Error distribution:\n((?:\s+\[\d+\].*\n?)+)", done.stdout)
     codes[0] = sum(int(n) for n in re.findall(r"\[(\d+)\]", errors.group(1))) if errors else 0
-    return codes
+    p99 = re.search(r"^\s*99% in ([0-9.]+) secs", done.stdout, re.MULTILINE)
+    return HeyRun(codes, float(p99.group(1)) if p99 else float("inf"))
 
 
 def non_2xx(codes: dict[str, int] | dict[int, int]) -> int:
@@ -99,14 +108,14 @@ def test_the_shop_under_100_clients(shop: tuple[Cluster, int, int]) -> None:
         )
 
     steady = hey(web)
-    assert sum(steady.values()) > 1000 and non_2xx(steady) == 0, steady
+    assert sum(steady.codes.values()) > 1000 and non_2xx(steady.codes) == 0, steady
 
     # A rolling update of api (RollingUpdate, maxSurge 1) under the same load.
     files = shop_files(web, api)
     files["api.yaml"] = files["api.yaml"].replace('VERSION: "1"', 'VERSION: "2"')
     rolled = commit(cluster.repo, {"api.yaml": files["api.yaml"]}, "api v2")
     result: dict[str, dict[int, int]] = {}
-    load = threading.Thread(target=lambda: result.update(api=hey(api)))
+    load = threading.Thread(target=lambda: result.update(api=hey(api).codes))
     load.start()
     wait_for(
         "api v2 rolled out",
@@ -117,16 +126,27 @@ def test_the_shop_under_100_clients(shop: tuple[Cluster, int, int]) -> None:
     load.join()
     assert non_2xx(result["api"]) == 0, result["api"]
 
-    # A canary of a good web version under load: its analysis (p99 <= 500ms, 99% success)
-    # passes, the manual pause is promoted, and the canary completes.
+    # A canary of a good web version under load: its analysis (99% success, p99 bound)
+    # passes, the manual pause is promoted, and the canary completes. The shop's 500 ms
+    # p99 bound is for a host that serves it at ease; under 100 clients the p99 is the
+    # host's (the stable version measured 541 ms on a loaded CI host and the good canary
+    # was rolled back). The bound is what the stable version showed under the same load
+    # in this run, doubled, or 500 ms if that is more: the canary must be no slower than
+    # its peer. (A slow version caught by the bound: test_canary_verdicts_e2e.py.)
+    p99_bound = max(500, math.ceil(2 * steady.p99 * 1000))
+    print(f"steady p99 {steady.p99 * 1000:.0f} ms: the canary's p99 bound {p99_bound} ms")
     files["web.yaml"] = files["web.yaml"].replace('VERSION: "1"', 'VERSION: "2"')
+    assert "maxLatencyP99: 500ms" in files["web.yaml"]
+    files["web.yaml"] = files["web.yaml"].replace(
+        "maxLatencyP99: 500ms", f"maxLatencyP99: {p99_bound}ms"
+    )
     canary = commit(cluster.repo, {"web.yaml": files["web.yaml"]}, "web v2 (canary)")
     stop = threading.Event()
     totals: dict[int, int] = {}
 
     def keep_loading() -> None:
         while not stop.is_set():
-            for code, n in hey(web, 10).items():
+            for code, n in hey(web, 10).codes.items():
                 totals[code] = totals.get(code, 0) + n
 
     loader = threading.Thread(target=keep_loading)

@@ -1,6 +1,6 @@
 """Leader election on etcd: several daemons, one leader, and a fence for its writes.
 
-Each daemon holds a lease (TTL 5 s by default, renewed every third of it) and, attached to
+Each daemon holds a lease (TTL 5 s by default, renewed every sixth of it) and, attached to
 it, ``members/NAME`` (who it is, where its API listens). The leader is the daemon whose
 lease holds ``election/leader``: a daemon campaigns with a ``Txn`` that creates the key
 only if it does not exist (create revision 0), the recipe of etcd's own election API. The
@@ -46,6 +46,9 @@ MEMBERS_PREFIX = "members/"
 
 #: Default lease TTL (seconds): a killed leader is replaced within about this long.
 DEFAULT_TTL = 5.0
+
+#: Seconds between a leader's failed renewal and the next try (the deadline still holds).
+RETRY_AFTER = 0.1
 
 
 @dataclass(frozen=True)
@@ -200,13 +203,29 @@ class Leadership:
 
     # ----------------------------------------------------------------- the loop
 
+    @property
+    def renew_every(self) -> float:
+        """How often a leader renews its lease. A renewal may meet etcd without a raft
+        leader (a member lost: an election takes one to two election timeouts, longer on
+        a loaded host), and then costs a client timeout per member it tries; what is left
+        of the deadline after one interval (``ttl - margin - renew_every``: 3.2 s at the
+        default TTL) is room for two such timeouts, so losing one member of three never
+        costs the leadership."""
+        return self.ttl / 6
+
     def _run(self) -> None:
         while not self._stop.is_set():
             with self._lock:
                 leading = self._fence is not None
-            # A leader renews every third of the TTL; a standby asks often, so it takes
-            # over soon after the leader's lease expires.
-            interval = self.ttl / 3 if leading else min(0.5, self.ttl / 6)
+                failed = not self._reachable
+            # A leader renews often (see renew_every), and at once after a renewal that
+            # failed while its deadline still holds: waiting a whole interval more could
+            # outlast the deadline. A standby asks often too, so it takes over soon after
+            # the leader's lease expires.
+            if leading:
+                interval = RETRY_AFTER if failed else self.renew_every
+            else:
+                interval = min(0.5, self.ttl / 6)
             self._wake.wait(interval)
             self._wake.clear()
             if self._stop.is_set():
