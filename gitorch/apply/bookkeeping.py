@@ -5,6 +5,8 @@ Rules that keep history truthful:
 * **Every commit the reconciler reaches gets a history entry.** One that changes nothing
   is ``no-changes`` at once (and becomes the applied revision); one replaced before it
   converged is ``superseded``; one refused by a policy is ``refused``.
+* **A revision that changes only Nodes, NodePools or Volumes** is ``succeeded`` once
+  their inventory follows Git (its reason names them), never ``no-changes``.
 * **A revision's result is its own.** It covers the services it changed; it is
   ``succeeded`` only when each of them runs its new template, Healthy; ``rolled-back``
   only for a template that failed in this revision (a service still rolled back from an
@@ -78,10 +80,22 @@ _COMMIT_EVENT_PREFIXES = ("revision.", "rollout.")
 
 @dataclass(frozen=True)
 class Started:
-    """The revision being applied: its record id and the services it changes."""
+    """The revision being applied: its record id, the services it changes and the other
+    objects it changes (``ACTION Kind/name``: Nodes, NodePools, Volumes, applied at its
+    start)."""
 
     id: int
     services: frozenset[str]
+    objects: tuple[str, ...] = ()
+
+
+def _other_objects(changes: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """``ACTION Kind/name`` of a revision summary's changes that are not Services."""
+    return tuple(
+        f"{c.get('action', 'update')} {c.get('kind')}/{c.get('name')}"
+        for c in changes
+        if c.get("kind") != "Service"
+    )
 
 
 class Bookkeeper:
@@ -113,7 +127,11 @@ class Bookkeeper:
             if last.result is not RevisionResult.IN_PROGRESS:
                 return None
             if self._started is None or self._started.id != last.id:
-                self._started = Started(last.id, frozenset(last.service_results))
+                self._started = Started(
+                    last.id,
+                    frozenset(last.service_results),
+                    _other_objects(last.summary.get("changes") or ()),
+                )
             return self._started
         plan = compute_plan(desired, live, scoring=scoring)
         if last is not None and last.result is RevisionResult.IN_PROGRESS:
@@ -174,7 +192,7 @@ class Bookkeeper:
             log.info("revision %s changes nothing", desired.revision[:12])
             self._started = None
             return None
-        self._started = Started(record.id, frozenset(services))
+        self._started = Started(record.id, frozenset(services), _other_objects(changes))
         return self._started
 
     def record_refused(
@@ -269,10 +287,14 @@ class Bookkeeper:
             result = RevisionResult.ROLLED_BACK
         elif any(r is RevisionResult.FAILED for r in results.values()):
             result = RevisionResult.FAILED
-        elif results:
+        elif results or started.objects:
+            # Nodes, NodePools and Volumes are applied when the revision starts (their
+            # inventory follows Git): a revision of them alone changed something.
             result = RevisionResult.SUCCEEDED
         else:
             result = RevisionResult.NO_CHANGES
+        if started.objects and not results:
+            notes.append("applied " + ", ".join(started.objects))
         reason = "; ".join([*reasons, *notes])
         # One transaction: a reader (or a crash) never sees the result without its event.
         with self.store.transaction():
