@@ -19,8 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitorch.apply.scale_metrics import ScaleMetrics, Usage
-from gitorch.decide.autoscale import ScaleDecision, ScaleInput, ScaleMemory, decide_scale
-from gitorch.decide.service import desired_count
+from gitorch.decide.autoscale import (
+    MetricVerdict,
+    ScaleDecision,
+    ScaleInput,
+    ScaleMemory,
+    decide_scale,
+)
+from gitorch.decide.service import BoundsScale, desired_count
 from gitorch.decide.vertical import Histograms, auto_update, recommend, running_requests
 from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
@@ -41,6 +47,68 @@ def _requests_text(requests: Mapping[str, Any]) -> str:
     if requests.get("memory") is not None:
         parts.append(f"memory {format_memory(int(requests['memory']))}")
     return ", ".join(parts) or "none"
+
+
+def _append_scaled(
+    store: StateStore,
+    service: str,
+    from_count: int,
+    to_count: int,
+    reason: str,
+    bounds: tuple[int, int],
+    at: float,
+    *,
+    deciding: MetricVerdict | None = None,
+) -> None:
+    """The audit entry of a change of count (which metric, its value and target, from
+    and to), as history's scaling decisions list it."""
+    store.append_event(
+        SCALED_EVENT,
+        f"{service}: {from_count} -> {to_count} replicas ({reason})",
+        service=service,
+        data={
+            "from": from_count,
+            "to": to_count,
+            "reason": reason,
+            "metric": deciding.metric if deciding else None,
+            "value": deciding.value if deciding else None,
+            "target": deciding.target if deciding else None,
+            "min": bounds[0],
+            "max": bounds[1],
+        },
+        at=at,
+    )
+
+
+def record_bounds_scale(store: StateStore, scale: BoundsScale) -> None:
+    """A count the pass raised to ``minReplicas`` (or lowered to ``maxReplicas``): the
+    autoscaler's record holds it from now on (its memory counts it as a scale event, for
+    the behavior policies) and the audit log has it as a scaling decision. Called inside
+    the pass's transaction for the service."""
+    previous = store.get_autoscaler(scale.service)
+    memory = dict(previous.memory) if previous is not None else {}
+    events = [*memory.get("events", []), [scale.at, scale.to_count - scale.from_count]]
+    store.save_autoscaler(
+        AutoscalerRecord(
+            service=scale.service,
+            desired=scale.to_count,
+            decided_at=scale.at,
+            changed_at=scale.at,
+            reason=scale.reason,
+            metrics=previous.metrics if previous is not None else (),
+            memory={**memory, "events": events},
+            usage=previous.usage if previous is not None else {},
+        )
+    )
+    _append_scaled(
+        store,
+        scale.service,
+        scale.from_count,
+        scale.to_count,
+        scale.reason,
+        (scale.min_replicas, scale.max_replicas),
+        scale.at,
+    )
 
 
 @dataclass(frozen=True)
@@ -212,21 +280,15 @@ class Autoscaler:
             self.store.save_autoscaler(record)
             if decision.changed:
                 deciding = decision.deciding
-                self.store.append_event(
-                    SCALED_EVENT,
-                    f"{name}: {decision.current} -> {decision.desired} replicas ({decision.reason})",
-                    service=name,
-                    data={
-                        "from": decision.current,
-                        "to": decision.desired,
-                        "reason": decision.reason,
-                        "metric": deciding.metric if deciding else None,
-                        "value": deciding.value if deciding else None,
-                        "target": deciding.target if deciding else None,
-                        "min": service.autoscale.min_replicas,
-                        "max": service.autoscale.max_replicas,
-                    },
-                    at=now,
+                _append_scaled(
+                    self.store,
+                    name,
+                    decision.current,
+                    decision.desired,
+                    decision.reason,
+                    (service.autoscale.min_replicas, service.autoscale.max_replicas),
+                    now,
+                    deciding=deciding,
                 )
             if newly_applied:
                 assert isinstance(applied, dict)

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gitorch.apply.autoscaler import record_bounds_scale
 from gitorch.apply.execute import Execution
 from gitorch.decide import PassDecision, ServiceDecision
 from gitorch.decide.backoff import CrashLoop, describe, remaining
@@ -325,6 +326,7 @@ class Bookkeeper:
             or decision.events
             or decision.backoff
             or decision.forgiven
+            or decision.bounds_scale
         ):
             return decision
 
@@ -344,6 +346,8 @@ class Bookkeeper:
                 self.store.record_backoff(state)
             for slot in decision.forgiven:
                 self.store.clear_backoff(decision.name, slot)
+            if decision.bounds_scale is not None:
+                record_bounds_scale(self.store, decision.bounds_scale)
             for event in decision.events:
                 self.store.append_event(
                     event.kind,
@@ -360,6 +364,16 @@ class Bookkeeper:
         # One transaction; on etcd tried again if an operator's request (or another
         # writer) changed what it read meanwhile, rather than failing the pass.
         record = self.store.atomic(write)
+        scale = decision.bounds_scale
+        if scale is not None:
+            log.info(
+                "autoscaled %s: %d -> %d (%s)",
+                scale.service,
+                scale.from_count,
+                scale.to_count,
+                scale.reason,
+                extra={"service": scale.service},
+            )
         for event in decision.events:
             if event.kind in ("rollout.rolled-back", "rollout.failed", "service.degraded"):
                 log.error("%s", event.message, extra={"service": decision.name})
