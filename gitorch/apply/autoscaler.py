@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gitorch.apply.scale_metrics import ScaleMetrics, Usage
@@ -26,7 +26,7 @@ from gitorch.decide.autoscale import (
     ScaleMemory,
     decide_scale,
 )
-from gitorch.decide.service import BoundsScale, desired_count
+from gitorch.decide.service import BoundsScale, bounds_scale, desired_count
 from gitorch.decide.vertical import Histograms, auto_update, recommend, running_requests
 from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
@@ -80,12 +80,16 @@ def _append_scaled(
     )
 
 
-def record_bounds_scale(store: StateStore, scale: BoundsScale) -> None:
+def record_bounds_scale(store: StateStore, scale: BoundsScale) -> bool:
     """A count the pass raised to ``minReplicas`` (or lowered to ``maxReplicas``): the
     autoscaler's record holds it from now on (its memory counts it as a scale event, for
     the behavior policies) and the audit log has it as a scaling decision. Called inside
-    the pass's transaction for the service."""
+    the pass's transaction for the service; nothing is written when the stored count is
+    no longer the one the pass saw (a sync of the autoscaler wrote since, and recorded the
+    raise itself): each raise is recorded once. True when recorded here."""
     previous = store.get_autoscaler(scale.service)
+    if (previous.desired if previous is not None else None) != scale.observed:
+        return False  # the autoscaler's sync wrote a count since the pass observed
     memory = dict(previous.memory) if previous is not None else {}
     events = [*memory.get("events", []), [scale.at, scale.to_count - scale.from_count]]
     store.save_autoscaler(
@@ -109,6 +113,7 @@ def record_bounds_scale(store: StateStore, scale: BoundsScale) -> None:
         (scale.min_replicas, scale.max_replicas),
         scale.at,
     )
+    return True
 
 
 @dataclass(frozen=True)
@@ -276,19 +281,29 @@ class Autoscaler:
             and vertical is not None
             and vertical.mode == "Auto"
         )
-        with self.store.transaction():
+        limits = (service.autoscale.min_replicas, service.autoscale.max_replicas)
+        # The count the bounds alone move (no decision of the pass recorded it yet).
+        held = bounds_scale(service, live_service, previous.desired if previous else None, now)
+
+        def write() -> bool:
+            if self.store.get_autoscaler(name) != previous:
+                # The pass (a count held within its bounds) or another sync wrote since
+                # this one observed: what it decided is stale, the next sync decides again.
+                return False
             self.store.save_autoscaler(record)
+            if held is not None:
+                _append_scaled(self.store, name, held.from_count, held.to_count, held.reason,
+                               limits, now)  # fmt: skip
             if decision.changed:
-                deciding = decision.deciding
                 _append_scaled(
                     self.store,
                     name,
                     decision.current,
                     decision.desired,
                     decision.reason,
-                    (service.autoscale.min_replicas, service.autoscale.max_replicas),
+                    limits,
                     now,
-                    deciding=deciding,
+                    deciding=decision.deciding,
                 )
             if newly_applied:
                 assert isinstance(applied, dict)
@@ -301,5 +316,9 @@ class Autoscaler:
                     data={"from": dict(before), "to": {k: after.get(k) for k in ("cpu", "memory")}},
                     at=now,
                 )
-        bounds = (service.autoscale.min_replicas, service.autoscale.max_replicas)
-        return SyncResult(decision, record, bounds, newly_applied)
+            return True
+
+        if not self.store.atomic(write):
+            unchanged = replace(decision, desired=decision.current, reason="superseded")
+            return SyncResult(unchanged, record, limits)
+        return SyncResult(decision, record, limits, newly_applied)

@@ -330,7 +330,10 @@ class Bookkeeper:
         ):
             return decision
 
+        scaled: list[bool] = []  # whether the bounds' change of count was recorded here
+
         def write() -> RolloutRecord:
+            scaled.clear()  # atomic may run it again
             record = decision.record
             for what in decision.consume:
                 self.store.consume_request(decision.name, what)
@@ -347,7 +350,7 @@ class Bookkeeper:
             for slot in decision.forgiven:
                 self.store.clear_backoff(decision.name, slot)
             if decision.bounds_scale is not None:
-                record_bounds_scale(self.store, decision.bounds_scale)
+                scaled.append(record_bounds_scale(self.store, decision.bounds_scale))
             for event in decision.events:
                 self.store.append_event(
                     event.kind,
@@ -364,7 +367,7 @@ class Bookkeeper:
         # One transaction; on etcd tried again if an operator's request (or another
         # writer) changed what it read meanwhile, rather than failing the pass.
         record = self.store.atomic(write)
-        scale = decision.bounds_scale
+        scale = decision.bounds_scale if any(scaled) else None
         if scale is not None:
             log.info(
                 "autoscaled %s: %d -> %d (%s)",
@@ -379,7 +382,7 @@ class Bookkeeper:
                 log.error("%s", event.message, extra={"service": decision.name})
             elif event.kind == "replica.restarted":
                 log.warning("%s", event.message, extra={"service": decision.name})
-        return replace(decision, record=record)
+        return replace(decision, record=record, bounds_scale=scale)
 
     def nodes_and_volumes(self, desired: DesiredState) -> None:
         """The inventory of Nodes, NodePools and Volumes follows Git (they roll nothing

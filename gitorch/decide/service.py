@@ -222,6 +222,7 @@ class BoundsScale:
     max_replicas: int
     reason: str  # "below minReplicas" | "above maxReplicas"
     at: float
+    observed: int | None = None  # the autoscaler's count the pass saw (None: no record)
 
 
 def bounds_scale(
@@ -237,7 +238,7 @@ def bounds_scale(
         return None
     reason = "below minReplicas" if count < bounded else "above maxReplicas"
     low, high = target.autoscale.min_replicas, target.autoscale.max_replicas
-    return BoundsScale(target.name, count, bounded, low, high, reason, now)
+    return BoundsScale(target.name, count, bounded, low, high, reason, now, autoscaled)
 
 
 def slot_of(replica: str) -> int:

@@ -224,7 +224,7 @@ spec:
         "web", 1, 3, 3, 4, "below minReplicas", 7.0
     )
     assert bounds_scale(web, nothing, 2, 7.0) == BoundsScale(
-        "web", 2, 3, 3, 4, "below minReplicas", 7.0
+        "web", 2, 3, 3, 4, "below minReplicas", 7.0, observed=2
     )
     assert bounds_scale(web, five, None, 7.0) == BoundsScale(
         "web", 5, 4, 3, 4, "above maxReplicas", 7.0
