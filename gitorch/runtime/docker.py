@@ -42,6 +42,7 @@ Design decisions (also in the class docstring of :class:`DockerRuntime`):
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -220,9 +221,31 @@ def _engine_error(node: str, endpoint: str, exc: BaseException) -> EngineUnavail
                 f"or ~/.ssh/known_hosts): {cause}"
             )
     for cause in _causes(exc):
+        if isinstance(cause, FileNotFoundError) and endpoint.startswith("unix://"):
+            return EngineUnavailable(
+                f"{where} is not answering: no socket there (is dockerd running?)"
+            )
+        if isinstance(cause, OSError) and cause.errno in _UNREACHABLE:
+            return EngineUnavailable(f"{where} is not answering: {_UNREACHABLE[cause.errno]}")
+        # urllib3 keeps the socket's error only as text in its own ("[Errno 113] No route").
+        found = re.search(r"\[Errno (\d+)\]", str(cause))
+        if found and int(found.group(1)) in _UNREACHABLE:
+            return EngineUnavailable(
+                f"{where} is not answering: {_UNREACHABLE[int(found.group(1))]}"
+            )
+    for cause in _causes(exc):
         if isinstance(cause, requests.exceptions.Timeout | TimeoutError | socket.timeout):
             return EngineUnavailable(f"{where} is not answering: timed out ({cause})")
     return EngineUnavailable(f"{where} is not answering: {type(exc).__name__}: {exc}")
+
+
+#: Socket errors that say plainly why an engine is not reached.
+_UNREACHABLE = {
+    errno.ECONNREFUSED: "connection refused (no engine listens there)",
+    errno.EHOSTUNREACH: "no route to host (the host is down or its address is wrong)",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNRESET: "connection reset",
+}
 
 
 def _build_client(

@@ -168,7 +168,9 @@ def test_wrong_ca_is_not_ready_saying_so_and_ssh_runs_replicas(fleet: Fleet, rig
     assert nodes["h3"]["replicas"] == 2, json.dumps(nodes["h3"])
     silent = _node(daemon.status(), "silent")
     assert not silent["ready"] and "node silent" in silent["message"], silent
-    assert "timed out" in silent["message"], silent
+    # Nobody at that address: the connect times out, or the kernel gives up on ARP first.
+    said = silent["message"]
+    assert "timed out" in said or "no route to host" in said, silent
     stranger = _node(daemon.status(), "stranger")
     assert not stranger["ready"] and "node stranger" in stranger["message"], stranger
     assert "host key" in stranger["message"], stranger

@@ -89,8 +89,11 @@ def test_a_slow_tail_shows_in_p99_not_in_the_mean(hap: HAProxyDataPlane, apps: A
     fast, slow = logged(hap, "1", REQUESTS), logged(hap, "2", REQUESTS)
     assert (fast.requests, slow.requests) == (REQUESTS, REQUESTS)
     assert slow.p99 is not None and slow.p99 >= 50, slow.latency
-    assert slow.p90 is not None and slow.p90 < 10, slow.latency
-    assert slow.mean_ms is not None and slow.mean_ms < 10, slow.mean_ms
+    # The other 95% look like the fast version measured in the same run (a loaded machine
+    # slows both): the tail is in p99 only, and the mean hides it.
+    assert fast.p90 is not None, fast.latency
+    assert slow.p90 is not None and slow.p90 <= max(2 * fast.p90, 10) < 50, slow.latency
+    assert slow.mean_ms is not None and slow.mean_ms < slow.p99 / 4, slow.mean_ms
     assert fast.p99 is not None and fast.p99 < 50, fast.latency
     assert hap.dropped_log_lines == 0
     log = hap.latency_log
