@@ -111,6 +111,12 @@ def test_a_service_page_shows_its_autoscaler_and_vertical_recommendation(
     )
     assert browser.execute_script("return window.stillTheSamePage") == 7  # no reload
     assert "bounds 2–3" in text_of(browser, ".autoscale .hpa")
+    # The raise to 2 is the pass's decision (below minReplicas); the metric's row comes
+    # with the autoscaler's first sync after it (every --autoscale-sync).
+    WebDriverWait(browser, 30).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, ".autoscale table tbody tr"),
+        message=f"the metric's row: {text_of(browser, '.autoscale')!r}",
+    )
     rows = [
         [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
         for row in browser.find_elements(By.CSS_SELECTOR, ".autoscale table tbody tr")
