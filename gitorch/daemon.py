@@ -517,6 +517,13 @@ class Daemon:
             if result.failed
             else "progressing"
         )
+        for decided in result.decision.services.values() if result.decision else ():
+            scale = decided.bounds_scale  # a count held within its bounds: a decision too
+            if scale is not None:
+                direction = "up" if scale.to_count > scale.from_count else "down"
+                self.metrics.autoscale_decisions_total.inc(
+                    service=scale.service, direction=direction
+                )
         for svc in result.services:
             self.metrics.set_rollout_phase(svc.name, svc.phase)
             self.metrics.set_health(svc.name, drift=svc.drift, failing=svc.failing)

@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gitorch.apply.scale_metrics import ScaleMetrics, Usage
-from gitorch.decide.autoscale import ScaleDecision, ScaleInput, ScaleMemory, decide_scale
-from gitorch.decide.service import desired_count
+from gitorch.decide.autoscale import (
+    MetricVerdict,
+    ScaleDecision,
+    ScaleInput,
+    ScaleMemory,
+    decide_scale,
+)
+from gitorch.decide.service import BoundsScale, bounds_scale, desired_count
 from gitorch.decide.vertical import Histograms, auto_update, recommend, running_requests
 from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
@@ -41,6 +47,73 @@ def _requests_text(requests: Mapping[str, Any]) -> str:
     if requests.get("memory") is not None:
         parts.append(f"memory {format_memory(int(requests['memory']))}")
     return ", ".join(parts) or "none"
+
+
+def _append_scaled(
+    store: StateStore,
+    service: str,
+    from_count: int,
+    to_count: int,
+    reason: str,
+    bounds: tuple[int, int],
+    at: float,
+    *,
+    deciding: MetricVerdict | None = None,
+) -> None:
+    """The audit entry of a change of count (which metric, its value and target, from
+    and to), as history's scaling decisions list it."""
+    store.append_event(
+        SCALED_EVENT,
+        f"{service}: {from_count} -> {to_count} replicas ({reason})",
+        service=service,
+        data={
+            "from": from_count,
+            "to": to_count,
+            "reason": reason,
+            "metric": deciding.metric if deciding else None,
+            "value": deciding.value if deciding else None,
+            "target": deciding.target if deciding else None,
+            "min": bounds[0],
+            "max": bounds[1],
+        },
+        at=at,
+    )
+
+
+def record_bounds_scale(store: StateStore, scale: BoundsScale) -> bool:
+    """A count the pass raised to ``minReplicas`` (or lowered to ``maxReplicas``): the
+    autoscaler's record holds it from now on (its memory counts it as a scale event, for
+    the behavior policies) and the audit log has it as a scaling decision. Called inside
+    the pass's transaction for the service; nothing is written when the stored count is
+    no longer the one the pass saw (a sync of the autoscaler wrote since, and recorded the
+    raise itself): each raise is recorded once. True when recorded here."""
+    previous = store.get_autoscaler(scale.service)
+    if (previous.desired if previous is not None else None) != scale.observed:
+        return False  # the autoscaler's sync wrote a count since the pass observed
+    memory = dict(previous.memory) if previous is not None else {}
+    events = [*memory.get("events", []), [scale.at, scale.to_count - scale.from_count]]
+    store.save_autoscaler(
+        AutoscalerRecord(
+            service=scale.service,
+            desired=scale.to_count,
+            decided_at=scale.at,
+            changed_at=scale.at,
+            reason=scale.reason,
+            metrics=previous.metrics if previous is not None else (),
+            memory={**memory, "events": events},
+            usage=previous.usage if previous is not None else {},
+        )
+    )
+    _append_scaled(
+        store,
+        scale.service,
+        scale.from_count,
+        scale.to_count,
+        scale.reason,
+        (scale.min_replicas, scale.max_replicas),
+        scale.at,
+    )
+    return True
 
 
 @dataclass(frozen=True)
@@ -208,25 +281,29 @@ class Autoscaler:
             and vertical is not None
             and vertical.mode == "Auto"
         )
-        with self.store.transaction():
+        limits = (service.autoscale.min_replicas, service.autoscale.max_replicas)
+        # The count the bounds alone move (no decision of the pass recorded it yet).
+        held = bounds_scale(service, live_service, previous.desired if previous else None, now)
+
+        def write() -> bool:
+            if self.store.get_autoscaler(name) != previous:
+                # The pass (a count held within its bounds) or another sync wrote since
+                # this one observed: what it decided is stale, the next sync decides again.
+                return False
             self.store.save_autoscaler(record)
+            if held is not None:
+                _append_scaled(self.store, name, held.from_count, held.to_count, held.reason,
+                               limits, now)  # fmt: skip
             if decision.changed:
-                deciding = decision.deciding
-                self.store.append_event(
-                    SCALED_EVENT,
-                    f"{name}: {decision.current} -> {decision.desired} replicas ({decision.reason})",
-                    service=name,
-                    data={
-                        "from": decision.current,
-                        "to": decision.desired,
-                        "reason": decision.reason,
-                        "metric": deciding.metric if deciding else None,
-                        "value": deciding.value if deciding else None,
-                        "target": deciding.target if deciding else None,
-                        "min": service.autoscale.min_replicas,
-                        "max": service.autoscale.max_replicas,
-                    },
-                    at=now,
+                _append_scaled(
+                    self.store,
+                    name,
+                    decision.current,
+                    decision.desired,
+                    decision.reason,
+                    limits,
+                    now,
+                    deciding=decision.deciding,
                 )
             if newly_applied:
                 assert isinstance(applied, dict)
@@ -239,5 +316,9 @@ class Autoscaler:
                     data={"from": dict(before), "to": {k: after.get(k) for k in ("cpu", "memory")}},
                     at=now,
                 )
-        bounds = (service.autoscale.min_replicas, service.autoscale.max_replicas)
-        return SyncResult(decision, record, bounds, newly_applied)
+            return True
+
+        if not self.store.atomic(write):
+            unchanged = replace(decision, desired=decision.current, reason="superseded")
+            return SyncResult(unchanged, record, limits)
+        return SyncResult(decision, record, limits, newly_applied)

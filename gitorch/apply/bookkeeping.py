@@ -5,6 +5,8 @@ Rules that keep history truthful:
 * **Every commit the reconciler reaches gets a history entry.** One that changes nothing
   is ``no-changes`` at once (and becomes the applied revision); one replaced before it
   converged is ``superseded``; one refused by a policy is ``refused``.
+* **A revision that changes only Nodes, NodePools or Volumes** is ``succeeded`` once
+  their inventory follows Git (its reason names them), never ``no-changes``.
 * **A revision's result is its own.** It covers the services it changed; it is
   ``succeeded`` only when each of them runs its new template, Healthy; ``rolled-back``
   only for a template that failed in this revision (a service still rolled back from an
@@ -25,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gitorch.apply.autoscaler import record_bounds_scale
 from gitorch.apply.execute import Execution
 from gitorch.decide import PassDecision, ServiceDecision
 from gitorch.decide.backoff import CrashLoop, describe, remaining
@@ -78,10 +81,22 @@ _COMMIT_EVENT_PREFIXES = ("revision.", "rollout.")
 
 @dataclass(frozen=True)
 class Started:
-    """The revision being applied: its record id and the services it changes."""
+    """The revision being applied: its record id, the services it changes and the other
+    objects it changes (``ACTION Kind/name``: Nodes, NodePools, Volumes, applied at its
+    start)."""
 
     id: int
     services: frozenset[str]
+    objects: tuple[str, ...] = ()
+
+
+def _other_objects(changes: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """``ACTION Kind/name`` of a revision summary's changes that are not Services."""
+    return tuple(
+        f"{c.get('action', 'update')} {c.get('kind')}/{c.get('name')}"
+        for c in changes
+        if c.get("kind") != "Service"
+    )
 
 
 class Bookkeeper:
@@ -118,7 +133,11 @@ class Bookkeeper:
             if last.result is not RevisionResult.IN_PROGRESS:
                 return None
             if self._started is None or self._started.id != last.id:
-                self._started = Started(last.id, frozenset(last.service_results))
+                self._started = Started(
+                    last.id,
+                    frozenset(last.service_results),
+                    _other_objects(last.summary.get("changes") or ()),
+                )
             return self._started
         plan = revision_plan(desired, live)
         if last is not None and last.result is RevisionResult.IN_PROGRESS:
@@ -179,7 +198,7 @@ class Bookkeeper:
             log.info("revision %s changes nothing", desired.revision[:12])
             self._started = None
             return None
-        self._started = Started(record.id, frozenset(services))
+        self._started = Started(record.id, frozenset(services), _other_objects(changes))
         return self._started
 
     def record_refused(
@@ -274,10 +293,14 @@ class Bookkeeper:
             result = RevisionResult.ROLLED_BACK
         elif any(r is RevisionResult.FAILED for r in results.values()):
             result = RevisionResult.FAILED
-        elif results:
+        elif results or started.objects:
+            # Nodes, NodePools and Volumes are applied when the revision starts (their
+            # inventory follows Git): a revision of them alone changed something.
             result = RevisionResult.SUCCEEDED
         else:
             result = RevisionResult.NO_CHANGES
+        if started.objects and not results:
+            notes.append("applied " + ", ".join(started.objects))
         reason = "; ".join([*reasons, *notes])
         # One transaction: a reader (or a crash) never sees the result without its event.
         with self.store.transaction():
@@ -308,10 +331,14 @@ class Bookkeeper:
             or decision.events
             or decision.backoff
             or decision.forgiven
+            or decision.bounds_scale
         ):
             return decision
 
+        scaled: list[bool] = []  # whether the bounds' change of count was recorded here
+
         def write() -> RolloutRecord:
+            scaled.clear()  # atomic may run it again
             record = decision.record
             for what in decision.consume:
                 self.store.consume_request(decision.name, what)
@@ -327,6 +354,8 @@ class Bookkeeper:
                 self.store.record_backoff(state)
             for slot in decision.forgiven:
                 self.store.clear_backoff(decision.name, slot)
+            if decision.bounds_scale is not None:
+                scaled.append(record_bounds_scale(self.store, decision.bounds_scale))
             for event in decision.events:
                 self.store.append_event(
                     event.kind,
@@ -343,12 +372,22 @@ class Bookkeeper:
         # One transaction; on etcd tried again if an operator's request (or another
         # writer) changed what it read meanwhile, rather than failing the pass.
         record = self.store.atomic(write)
+        scale = decision.bounds_scale if any(scaled) else None
+        if scale is not None:
+            log.info(
+                "autoscaled %s: %d -> %d (%s)",
+                scale.service,
+                scale.from_count,
+                scale.to_count,
+                scale.reason,
+                extra={"service": scale.service},
+            )
         for event in decision.events:
             if event.kind in ("rollout.rolled-back", "rollout.failed", "service.degraded"):
                 log.error("%s", event.message, extra={"service": decision.name})
             elif event.kind == "replica.restarted":
                 log.warning("%s", event.message, extra={"service": decision.name})
-        return replace(decision, record=record)
+        return replace(decision, record=record, bounds_scale=scale)
 
     def nodes_and_volumes(self, desired: DesiredState) -> None:
         """The inventory of Nodes, NodePools and Volumes follows Git (they roll nothing

@@ -218,10 +218,14 @@ def _service_row(service: Mapping[str, Any]) -> str:
 
 
 def _bar(value: float, whole: float) -> str:
+    """A bar filled to ``value / whole``. An SVG whose fill is a ``width`` attribute: the
+    page's Content-Security-Policy (``default-src 'self'``) drops inline ``style``
+    attributes, which drew every bar full."""
     share = 0.0 if not whole else max(0.0, min(1.0, value / whole))
     return (
-        f'<span class="bar" role="img" aria-label="{round(share * 100)}%">'
-        f'<span style="width:{share * 100:.0f}%"></span></span>'
+        f'<svg class="bar" role="img" aria-label="{round(share * 100)}%" '
+        'viewBox="0 0 100 1" preserveAspectRatio="none">'
+        f'<rect class="fill" width="{share * 100:.1f}" height="1"/></svg>'
     )
 
 
@@ -243,7 +247,8 @@ def _nodes_table(nodes: Iterable[Mapping[str, Any]], ctx: PageContext) -> str:
             f"<td>{esc(node.get('message') or '')}</td><td>{drain}</td></tr>"
         )
     return (
-        "<h2>Nodes</h2><table><thead><tr><th>Node</th><th>Driver</th><th>State</th>"
+        '<h2>Nodes</h2><table class="nodes"><thead><tr><th>Node</th><th>Driver</th>'
+        "<th>State</th>"
         "<th>CPU requested</th><th>Memory requested</th><th>Replicas</th>"
         "<th>Message</th><th></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )

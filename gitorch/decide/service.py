@@ -175,6 +175,7 @@ class ServiceDecision:
     drift: tuple[str, ...] = ()  # drift seen and left alone (policy warn)
     held_by: tuple[str, ...] = ()  # dependencies holding back a rollout to a new template
     requeue_after: float | None = None
+    bounds_scale: BoundsScale | None = None  # recorded as a scaling decision
 
     @property
     def phase(self) -> RolloutPhase:
@@ -192,13 +193,52 @@ def service_from(canonical: Mapping[str, Any], fallback: Service) -> Service:
         return fallback
 
 
+def _unbounded_count(target: Service, live: LiveService, autoscaled: int | None) -> int:
+    """An autoscaled service's count before its bounds: the autoscaler's, before its first
+    decision what runs (or Git's ``replicas`` when nothing runs)."""
+    return autoscaled if autoscaled is not None else (len(live.running) or target.replicas)
+
+
 def desired_count(target: Service, live: LiveService, autoscaled: int | None = None) -> int:
     """Replicas wanted. An autoscaled service runs the autoscaler's count (``autoscaled``),
     before its first decision what runs; within its bounds either way."""
     if target.autoscale is None:
         return target.replicas
-    count = autoscaled if autoscaled is not None else (len(live.running) or target.replicas)
+    count = _unbounded_count(target, live, autoscaled)
     return max(target.autoscale.min_replicas, min(target.autoscale.max_replicas, count))
+
+
+@dataclass(frozen=True)
+class BoundsScale:
+    """A change of count the pass makes because the count is out of ``spec.autoscale``'s
+    bounds (Git's ``replicas`` below ``minReplicas``, a bound changed in Git): a scaling
+    decision like the autoscaler's, recorded as one (as Kubernetes' HPA records its
+    "below minReplicas" rescale)."""
+
+    service: str
+    from_count: int
+    to_count: int
+    min_replicas: int
+    max_replicas: int
+    reason: str  # "below minReplicas" | "above maxReplicas"
+    at: float
+    observed: int | None = None  # the autoscaler's count the pass saw (None: no record)
+
+
+def bounds_scale(
+    target: Service, live: LiveService, autoscaled: int | None, now: float
+) -> BoundsScale | None:
+    """The change of count the bounds alone make this pass (None when the count is
+    within them, or the service is not autoscaled)."""
+    if target.autoscale is None:
+        return None
+    count = _unbounded_count(target, live, autoscaled)
+    bounded = desired_count(target, live, autoscaled)
+    if bounded == count:
+        return None
+    reason = "below minReplicas" if count < bounded else "above maxReplicas"
+    low, high = target.autoscale.min_replicas, target.autoscale.max_replicas
+    return BoundsScale(target.name, count, bounded, low, high, reason, now, autoscaled)
 
 
 def slot_of(replica: str) -> int:
@@ -1070,6 +1110,7 @@ def _finish(
         drift=drift,
         held_by=held_by,
         requeue_after=backoff.retry_in,
+        bounds_scale=bounds_scale(target, inp.live, inp.autoscaled, inp.now),
     )
 
 

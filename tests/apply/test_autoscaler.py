@@ -16,8 +16,9 @@ import pytest
 from listen_ports import free_port
 from prometheus_helpers import running_prometheus
 
-from gitorch.apply.autoscaler import SCALED_EVENT, Autoscaler
+from gitorch.apply.autoscaler import SCALED_EVENT, Autoscaler, record_bounds_scale
 from gitorch.apply.scale_metrics import ScaleMetrics
+from gitorch.decide.service import bounds_scale
 from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests import ManifestLoader
 from gitorch.manifests.model import DesiredState
@@ -143,3 +144,44 @@ def test_a_service_no_longer_autoscaled_loses_its_record(store: StateStore) -> N
     live = live_with(1, store)
     scaler.sync(state, live, lambda r: True)
     assert [r.service for r in store.list_autoscalers()] == ["web"]
+
+
+def events_of(store: StateStore) -> list[str]:
+    return [e.message for e in store.list_events(kind=SCALED_EVENT)]
+
+
+def test_a_sync_that_observed_before_the_pass_wrote_writes_nothing(store: StateStore) -> None:
+    """minReplicas went from 2 to 3 in Git; the sync observed the record at 2, then the
+    pass held the count at 3 and recorded that: the sync's stale decision is not written
+    (it would put 2 back, and the next pass would record the same raise again)."""
+    store.save_autoscaler(AutoscalerRecord("web", 2, 990.0))
+    stale = live_with(2, store)
+    store.save_autoscaler(AutoscalerRecord("web", 3, 995.0, 995.0, "below minReplicas"))
+    scaler = autoscaler(store, [1000.0])
+    metric = "      - {type: rps, targetAverageValue: 10}"
+    [result] = scaler.sync(desired(metric, low=3), stale, lambda r: True)
+    assert not result.decision.changed
+    assert store.get_autoscaler("web") == AutoscalerRecord(
+        "web", 3, 995.0, 995.0, "below minReplicas"
+    )
+    assert events_of(store) == []
+
+
+def test_a_raise_to_min_replicas_is_recorded_once_by_whoever_makes_it(
+    store: StateStore,
+) -> None:
+    """The sync is first to hold a count below a raised minReplicas: it records the raise;
+    the pass, which saw the same old count, then records nothing more."""
+    store.save_autoscaler(AutoscalerRecord("web", 2, 990.0))
+    live = live_with(2, store)
+    scaler = autoscaler(store, [1000.0])
+    state = desired("      - {type: rps, targetAverageValue: 10}", low=3)
+    scaler.sync(state, live, lambda r: True)
+    assert events_of(store) == ["web: 2 -> 3 replicas (below minReplicas)"]
+    scale = bounds_scale(state.services["web"], live.services["web"], 2, 1001.0)
+    assert scale is not None and scale.observed == 2
+    with store.transaction():
+        record_bounds_scale(store, scale)
+    assert events_of(store) == ["web: 2 -> 3 replicas (below minReplicas)"]
+    record = store.get_autoscaler("web")
+    assert record is not None and record.desired == 3

@@ -45,6 +45,15 @@ spec:
 """
 
 
+def _web_leaves(tmp_path: Path, repo: Path) -> None:
+    """web leaves Git and is pruned: its process replicas stop."""
+    (repo / "web.yaml").unlink()
+    commit(repo, {}, "web leaves")
+    gone = gitorch(tmp_path, "apply", "--repo", str(repo), "--timeout", "60s",
+                   "--allow-mass-prune", timeout=120)  # fmt: skip
+    assert gone.returncode == 0, gone.stderr
+
+
 def test_apply_makes_no_pool_node_and_says_only_the_daemon_does(tmp_path: Path) -> None:
     """web-1 takes 600m of local's one cpu; web-2 fits no node, a workers node would
     take it. plan warns so on a fresh state; apply starts web-1, says at once that
@@ -77,8 +86,38 @@ def test_apply_makes_no_pool_node_and_says_only_the_daemon_does(tmp_path: Path) 
         pools = json.loads(status.stdout).get("nodePools") or []
         assert [(p["name"], p["nodes"]) for p in pools] in ([], [("workers", [])]), pools
     finally:
-        (repo / "web.yaml").unlink()
-        commit(repo, {}, "web leaves")
-        gone = gitorch(tmp_path, "apply", "--repo", str(repo), "--timeout", "60s",
-                       "--allow-mass-prune", timeout=120)  # fmt: skip
-        assert gone.returncode == 0, gone.stderr
+        _web_leaves(tmp_path, repo)
+
+
+def test_a_commit_that_only_changes_a_node_pool_is_not_no_changes(tmp_path: Path) -> None:
+    """A revision whose only change creates, changes or deletes a NodePool is applied
+    (the pool's record follows Git): history says ``succeeded`` and names the pool, never
+    ``no-changes``; a commit that changes nothing applied stays ``no-changes``."""
+    command = fixed_endpoint_provider(tmp_path, "tcp://127.0.0.1:1")
+    repo = init_repo(tmp_path / "repo")
+
+    def apply() -> None:
+        done = gitorch(tmp_path, "apply", "--repo", str(repo), "--timeout", "30s", timeout=120)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+
+    try:
+        commit(repo, {"node.yaml": NODE, "web.yaml": WEB.replace("replicas: 2", "replicas: 1")})
+        apply()
+        created = commit(repo, {"pool.yaml": pool(command)}, "a pool")
+        apply()
+        changed = commit(repo, {"pool.yaml": pool(command).replace("maxNodes: 2", "maxNodes: 3")})
+        apply()
+        (repo / "pool.yaml").unlink()
+        deleted = commit(repo, {}, "no pool")
+        apply()
+        nothing = commit(repo, {"README.md": "notes\n"}, "docs only")
+        apply()
+        history = gitorch(tmp_path, "history", "--format", "json")
+        assert history.returncode == 0, history.stderr
+        results = {e["revision"]: e for e in json.loads(history.stdout)}
+        for sha in (created, changed, deleted):
+            assert results[sha]["result"] == "succeeded", results[sha]
+            assert "NodePool/workers" in results[sha]["reason"], results[sha]
+        assert results[nothing]["result"] == "no-changes", results[nothing]
+    finally:
+        _web_leaves(tmp_path, repo)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import REPO_ROOT, cli_env
+from cli_helpers import REPO_ROOT, cli_env, commit, init_repo
 from provider_helpers import fixed_endpoint_provider, pool_state
 
 from gitorch.api.metrics import Metrics
@@ -340,3 +340,67 @@ def test_no_scaling_decisions_yet(state: Path, tmp_path: Path) -> None:
     assert done.returncode == 0
     assert done.stdout.startswith("no scaling decisions yet in "), done.stdout
     assert "scaling decisions" not in history(tmp_path).stdout
+
+
+AUTOSCALED_WEB = """\
+apiVersion: gitorch.dev/v1
+kind: Service
+metadata: {name: web}
+spec:
+  command: ["/bin/sleep", "600"]
+  replicas: 1
+  resources: {requests: {cpu: 10m, memory: 8Mi}}
+  autoscale:
+    minReplicas: MIN
+    maxReplicas: 4
+    metrics: [{type: cpu, targetAverageUtilization: 50}]
+"""
+
+
+def test_a_count_raised_to_min_replicas_is_a_recorded_decision(tmp_path: Path) -> None:
+    """Git asks for 1 replica of a service autoscaled between 2 and 4: the pass runs 2,
+    and that raise is a scaling decision (reason "below minReplicas") in history's
+    scaling decisions and the audit log, once; minReplicas raised to 3 in Git is another."""
+    repo = init_repo(tmp_path / "repo")
+    env = cli_env(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gitorch", *args, "--state", str(tmp_path / "state")],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+
+    def apply() -> None:
+        done = run("apply", "--repo", str(repo), "--runtime", "process", "--timeout", "60s")
+        assert done.returncode == 0, (done.stdout, done.stderr)
+
+    try:
+        commit(repo, {"web.yaml": AUTOSCALED_WEB.replace("MIN", "2")})
+        apply()
+        apply()  # nothing new: the count is the autoscaler's now, no second decision
+        commit(repo, {"web.yaml": AUTOSCALED_WEB.replace("MIN", "3")})
+        apply()
+        scaling = run("history", "--scaling", "--format", "json")
+        assert scaling.returncode == 0, scaling.stderr
+        decisions = [
+            (d["kind"], d["object"], d["from"], d["to"], d["reason"])
+            for d in json.loads(scaling.stdout)
+        ]
+        assert decisions == [
+            ("autoscale.scaled", "web", 2, 3, "below minReplicas"),
+            ("autoscale.scaled", "web", 1, 2, "below minReplicas"),
+        ], decisions
+        audit = run("audit", "--kind", "autoscale.scaled", "--format", "json")
+        assert audit.returncode == 0, audit.stderr
+        entries = json.loads(audit.stdout)
+        assert [e["message"] for e in entries] == [
+            "web: 1 -> 2 replicas (below minReplicas)",
+            "web: 2 -> 3 replicas (below minReplicas)",
+        ], entries
+        assert {e["actor"] for e in entries} == {"gitorch"}, entries
+    finally:
+        (repo / "web.yaml").unlink()
+        commit(repo, {}, "web leaves")
+        gone = run("apply", "--repo", str(repo), "--runtime", "process", "--timeout", "60s",
+                   "--allow-mass-prune")  # fmt: skip
+        assert gone.returncode == 0, gone.stderr

@@ -71,3 +71,21 @@ def live_connected(browser: webdriver.Chrome, timeout: float = 15) -> None:
         lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-live") == "connected",
         message="the live stream connected",
     )
+
+
+def bar_fills(browser: webdriver.Chrome, scope: str = "body") -> list[tuple[int, float]]:
+    """Each bar under ``scope``: the share it says (its ``aria-label``, in %) and the
+    share of its width the browser really filled (from the drawn boxes, so a bar the
+    page's styles or CSP draw wrong is seen as drawn)."""
+    found = browser.execute_script(
+        """
+        return Array.from(document.querySelectorAll(arguments[0] + ' .bar')).map(bar => {
+          const whole = bar.getBoundingClientRect().width;
+          const fill = bar.querySelector('.fill');
+          const filled = fill ? fill.getBoundingClientRect().width : whole;
+          return [bar.getAttribute('aria-label'), whole ? filled / whole : 0];
+        });
+        """,
+        scope,
+    )
+    return [(int(str(label).rstrip("%")), float(share)) for label, share in found]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import live_connected, screenshot, sign_in
+from browser_helpers import bar_fills, live_connected, screenshot, sign_in
 from data_plane_helpers import stop_data_plane
 from local_engines_helpers import delete_all, pool_yaml
 from reconciler_helpers import (
@@ -111,6 +111,12 @@ def test_a_service_page_shows_its_autoscaler_and_vertical_recommendation(
     )
     assert browser.execute_script("return window.stillTheSamePage") == 7  # no reload
     assert "bounds 2–3" in text_of(browser, ".autoscale .hpa")
+    # The raise to 2 is the pass's decision (below minReplicas); the metric's row comes
+    # with the autoscaler's first sync after it (every --autoscale-sync).
+    WebDriverWait(browser, 30).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, ".autoscale table tbody tr"),
+        message=f"the metric's row: {text_of(browser, '.autoscale')!r}",
+    )
     rows = [
         [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
         for row in browser.find_elements(By.CSS_SELECTOR, ".autoscale table tbody tr")
@@ -169,6 +175,12 @@ def test_the_cluster_page_shows_a_node_pool_and_its_new_node_live(
         lambda b: "not answering" not in text_of(b, row),
         message=f"the node shown answering: {text_of(browser, row)!r}",
     )
+    # The bars are drawn as full as they say: vm's 200m of 2000m fills a tenth of its
+    # bar, the new node's nothing (a low allocation drew a full bar before).
+    bars = bar_fills(browser, "table.nodes")
+    assert any(0 < label <= 10 for label, _ in bars), bars
+    for label, drawn in bars:
+        assert abs(drawn - label / 100) <= 0.02, (label, drawn)
     screenshot(browser, "cluster-node-pools")
 
     # The history page lists the scaling decisions under the revisions.

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from browser_helpers import screenshot, sign_in
+from browser_helpers import bar_fills, screenshot, sign_in
 from data_plane_helpers import stop_data_plane
 from reconciler_helpers import (
     DaemonProc,
@@ -139,6 +139,12 @@ def test_the_cluster_page_lists_services_and_a_commit_appears_without_reloading(
         ),
     )
     assert browser.execute_script("return window.stillTheSamePage") == 42
+    # Every bar is drawn as full as it says, no fuller: the node's requests are a small
+    # share of its capacity (this machine's), and a bar drawn full would say otherwise.
+    nodes = bar_fills(browser, "table.nodes")
+    assert nodes and min(label for label, _ in nodes) <= 10, nodes
+    for label, drawn in [*nodes, *bar_fills(browser, "table.services")]:
+        assert abs(drawn - label / 100) <= 0.02, (label, drawn)
     screenshot(browser, "cluster")
 
 

@@ -223,8 +223,14 @@ def test_static_files_and_the_api_beside_the_pages(site: Site) -> None:
 
 
 def test_nodes_show_what_is_requested_of_their_capacity(site: Site) -> None:
-    _, _, page = site.ask("GET", "/", token=READ)
+    _, headers, page = site.ask("GET", "/", token=READ)
     assert "500m / 2000m" in page and "1024 / 4096 MiB" in page and 'aria-label="25%"' in page
+    # The bar is filled to 25% by markup the page's CSP lets through: an inline style
+    # attribute is dropped under default-src 'self', and the bar was drawn full.
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert "'unsafe-inline'" not in headers["content-security-policy"]
+    assert re.search(r'aria-label="25%"[^>]*><rect class="fill" width="25.0"', page), page
+    assert " style=" not in page
 
 
 def test_a_service_page_shows_its_dead_replicas_output(site: Site) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from decide_helpers import load_docs
 
 from gitorch.decide.autoscale import (
     MetricReading,
@@ -12,6 +13,8 @@ from gitorch.decide.autoscale import (
     decide_scale,
     metric_proposal,
 )
+from gitorch.decide.service import BoundsScale, bounds_scale
+from gitorch.live.model import LiveReplica, LiveService
 from gitorch.manifests.model import (
     DEFAULT_SCALE_DOWN,
     DEFAULT_SCALE_UP,
@@ -188,3 +191,43 @@ def test_paused_while_a_rollout_runs() -> None:
 def test_no_metric_at_all_only_holds_the_bounds() -> None:
     d = decide(7, [], spec=spec(high=5))
     assert d.desired == 5 and "no horizontal metric" in d.reason
+
+
+def test_a_count_out_of_bounds_is_a_scaling_decision_of_the_pass() -> None:
+    """The pass holds an autoscaled count within its bounds; that change is a decision
+    (from, to, why) the bookkeeper records, and none once the count is within them."""
+    web = load_docs(
+        """apiVersion: gitorch.dev/v1
+kind: Service
+metadata: {name: web}
+spec:
+  command: ["sleep", "60"]
+  replicas: 1
+  resources: {requests: {cpu: 100m}}
+  autoscale:
+    minReplicas: 3
+    maxReplicas: 4
+    metrics: [{type: cpu, targetAverageUtilization: 50}]
+""",
+        revision="a" * 40,
+    ).services["web"]
+    nothing = LiveService("web", None, ())
+    five = LiveService(
+        "web",
+        None,
+        tuple(
+            LiveReplica(f"id{i}", f"web-{i}", "web", f"web-{i}", "n1", "a" * 40, None, "running")
+            for i in range(1, 6)
+        ),
+    )
+    assert bounds_scale(web, nothing, None, 7.0) == BoundsScale(
+        "web", 1, 3, 3, 4, "below minReplicas", 7.0
+    )
+    assert bounds_scale(web, nothing, 2, 7.0) == BoundsScale(
+        "web", 2, 3, 3, 4, "below minReplicas", 7.0, observed=2
+    )
+    assert bounds_scale(web, five, None, 7.0) == BoundsScale(
+        "web", 5, 4, 3, 4, "above maxReplicas", 7.0
+    )
+    assert bounds_scale(web, nothing, 3, 7.0) is None
+    assert bounds_scale(web, five, 4, 7.0) is None
