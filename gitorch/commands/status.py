@@ -87,9 +87,14 @@ def _from_local_daemon(args: argparse.Namespace) -> dict[str, Any] | None:
     """The status of the daemon running on this state directory, through its API (what
     it last observed, with its age: observing thousands of replicas again took seconds);
     None when no daemon holds the directory or it does not answer (status then observes
-    itself). Not with etcd state (ask a daemon with --server) nor a TLS API."""
+    itself). Not for one service's detail, nor with etcd state (ask a daemon with
+    --server), nor a TLS API."""
     location = state_location(args)
     if location.directory is None or getattr(args, "runtime", None):
+        return None
+    if args.service is not None:
+        # One service's detail carries its analysis measurements, which the daemon's
+        # cluster document leaves out: read here, as before.
         return None
     from gitorch.readmodel.status import read_daemon_file
     from gitorch.state import lock_holder
