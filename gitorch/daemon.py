@@ -876,24 +876,35 @@ class Daemon:
         )
         if leadership is None:
             plane.update(self=self.name, role="leader", leader=self.name)
-        if reconciler is None or live is None:
+        doc: dict[str, Any] | None = None
+        if reconciler is not None and live is not None:
+            try:
+                live = _with_health(live, reconciler)
+                view = ClusterView(
+                    self.session.store, reconciler.targets, reconciler.runtimes, live
+                )
+                # The traffic as of now, not the last stored snapshot.
+                traffic = self.traffic.read().snapshots() if self.traffic is not None else []
+                doc = status_json(
+                    view,
+                    None,
+                    traffic={snap.service: snap for snap in traffic},
+                    control_plane=plane,
+                )
+                # When the replicas were observed (the last quiet pass's, or now).
+                doc["observedAt"] = live.observed_at
+                doc["observedAgeSeconds"] = round(max(0.0, time.time() - live.observed_at), 1)
+            except StateUnavailable:
+                # A kept observation needs no store, the document does: etcd went away
+                # (quorum lost) since; say what runs as a daemon without a store does.
+                doc = None
+        if doc is None:
             view = self._read_only_view()
             try:
                 doc = status_json(view, None, control_plane=plane)
             except StateUnavailable:
                 view.store = None
                 doc = status_json(view, None, control_plane=plane)
-        else:
-            live = _with_health(live, reconciler)
-            view = ClusterView(self.session.store, reconciler.targets, reconciler.runtimes, live)
-            # The traffic as of now, not the last stored snapshot.
-            traffic = self.traffic.read().snapshots() if self.traffic is not None else []
-            doc = status_json(
-                view, None, traffic={snap.service: snap for snap in traffic}, control_plane=plane
-            )
-            # When the replicas were observed (the last quiet pass's, or now).
-            doc["observedAt"] = live.observed_at
-            doc["observedAgeSeconds"] = round(max(0.0, time.time() - live.observed_at), 1)
         with self._lock:
             if self._last_error is not None:
                 doc["lastError"] = self._last_error.get("message")
