@@ -289,15 +289,16 @@ def _parse_head(
     parser_type: type[httptools.HttpRequestParser] | type[httptools.HttpResponseParser],
     line: bytes,
     block: bytes,
+    whole: bytes,
 ) -> tuple[Any, str, dict[str, list[str]]]:
     """Parse a head with llhttp (strict: what it refuses is a :class:`BadMessage`), and
     index the :data:`SPECIAL` headers; (the parser, the header section as text, the
-    index)."""
+    index). ``whole``: the head as llhttp reads it, ``line`` CRLF ``block`` CRLF."""
     if len(block) > MAX_LINE and any(len(row) > MAX_LINE for row in block.split(b"\r\n")):
         raise BadMessage("head line too long")
     parser = parser_type(_NO_CALLBACKS)
     try:
-        parser.feed_data(line + b"\r\n" + block + b"\r\n")
+        parser.feed_data(whole)
     except httptools.HttpParserUpgrade:
         pass  # Upgrade or CONNECT: the head is whole and valid; what follows is not HTTP
     except httptools.HttpParserError as exc:
@@ -373,10 +374,10 @@ class NotSimple(Exception):
 SPLIT_LIMIT = MAX_HEAD // 2
 
 
-def split_head(buf: bytes | bytearray) -> tuple[bytes, bytes, int] | None:
-    """The head at the start of ``buf`` as :func:`_read_raw_head` would read it from a
-    stream, for a sender of CRLF heads: (start line, header section as CRLF-ended
-    lines, offset just past the head), or None while more bytes are needed.
+def head_bounds(buf: bytes) -> tuple[int, int] | None:
+    """Where the head at the start of ``buf`` ends, as :func:`_read_raw_head` would read
+    it from a stream, for a sender of CRLF heads: (offset of the start line's CR, offset
+    just past the empty line), or None while more bytes are needed.
 
     Raises :class:`NotSimple` on anything else, so the byte-for-byte same rules (and
     errors) of the stream readers apply to it: this only saves the awaits."""
@@ -387,19 +388,50 @@ def split_head(buf: bytes | bytearray) -> tuple[bytes, bytes, int] | None:
         return None
     if eol < 2 or buf[eol - 1] != 13 or eol - 1 > MAX_LINE:
         raise NotSimple  # an empty line, a bare LF, or a line too long
-    line = bytes(buf[: eol - 1])
-    if b"\r" in line:
+    if buf.find(b"\r", 0, eol - 1) >= 0:
         raise NotSimple
     if len(buf) < eol + 3:
         return None
     if buf.startswith(b"\r\n", eol + 1):
-        return line, b"", eol + 3
+        return eol - 1, eol + 3
     end = buf.find(b"\r\n\r\n", eol + 3, SPLIT_LIMIT)
     if end < 0:
         if len(buf) >= SPLIT_LIMIT:
             raise NotSimple
         return None
-    return line, bytes(buf[eol + 1 : end + 2]), end + 4
+    return eol - 1, end + 4
+
+
+def split_head(buf: bytes) -> tuple[bytes, bytes, int] | None:
+    """The head at the start of ``buf`` (:func:`head_bounds`) as (start line, header
+    section as CRLF-ended lines, offset just past the head), or None while more bytes
+    are needed; :class:`NotSimple` for what the stream readers must read."""
+    bounds = head_bounds(buf)
+    if bounds is None:
+        return None
+    line_end, end = bounds
+    return buf[:line_end], buf[line_end + 2 : end - 2], end
+
+
+def take_request(buf: bytes) -> tuple[RequestHead, int] | None:
+    """The request head at the start of ``buf``, parsed (:func:`request_head_of` of
+    :func:`split_head`, in one step for the fast path), and the offset just past it; None
+    while more bytes are needed. :class:`NotSimple` for what the stream reader must read,
+    :class:`BadMessage` for what it would refuse."""
+    bounds = head_bounds(buf)
+    if bounds is None:
+        return None
+    line_end, end = bounds
+    return _request(buf[:line_end], buf[line_end + 2 : end - 2], buf[:end]), end
+
+
+def take_response(buf: bytes) -> tuple[ResponseHead, int] | None:
+    """:func:`take_request` for a response head (:func:`response_head_of`)."""
+    bounds = head_bounds(buf)
+    if bounds is None:
+        return None
+    line_end, end = bounds
+    return _response(buf[:line_end], buf[line_end + 2 : end - 2], buf[:end]), end
 
 
 async def read_request_head(reader: asyncio.StreamReader) -> RequestHead:
@@ -415,15 +447,19 @@ async def read_request_head(reader: asyncio.StreamReader) -> RequestHead:
 
 def request_head_of(line: bytes, block: bytes) -> RequestHead:
     """Parse a request head (start line, header section as CRLF-ended lines)."""
+    return _request(line, block, line + b"\r\n" + block + b"\r\n")
+
+
+def _request(line: bytes, block: bytes, whole: bytes) -> RequestHead:
+    """:func:`request_head_of`, given the whole head as received too (what llhttp reads)."""
     if line.count(b" ") != 2:
         raise BadMessage(f"malformed request line {line[:60]!r}")
-    parser, text, special = _parse_head(httptools.HttpRequestParser, line, block)
-    try:
-        target = line.split(b" ", 2)[1].decode("ascii")
-    except UnicodeDecodeError:
-        raise BadMessage("request target is not ASCII") from None
+    parser, text, special = _parse_head(httptools.HttpRequestParser, line, block, whole)
+    method, target, _ = line.split(b" ")
+    if not target.isascii():
+        raise BadMessage("request target is not ASCII")
     version = _version(parser)
-    return RequestHead(parser.get_method().decode("ascii"), target, version, text, special)
+    return RequestHead(parser.get_method().decode("ascii"), target.decode(), version, text, special)
 
 
 async def read_response_head(reader: asyncio.StreamReader) -> ResponseHead:
@@ -434,7 +470,12 @@ async def read_response_head(reader: asyncio.StreamReader) -> ResponseHead:
 
 def response_head_of(line: bytes, block: bytes) -> ResponseHead:
     """Parse a response head (status line, header section as CRLF-ended lines)."""
-    parser, text, special = _parse_head(httptools.HttpResponseParser, line, block)
+    return _response(line, block, line + b"\r\n" + block + b"\r\n")
+
+
+def _response(line: bytes, block: bytes, whole: bytes) -> ResponseHead:
+    """:func:`response_head_of`, given the whole head as received too."""
+    parser, text, special = _parse_head(httptools.HttpResponseParser, line, block, whole)
     parts = line.split(b" ", 2)
     reason = parts[2].decode("latin-1") if len(parts) == 3 else ""
     return ResponseHead(_version(parser), parser.get_status_code(), reason, text, special)

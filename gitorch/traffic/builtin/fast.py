@@ -20,9 +20,11 @@ from gitorch.traffic.builtin.backends import (
     streams_on,
 )
 from gitorch.traffic.builtin.http1 import (
+    REWRITTEN,
     Failure,
     RequestBody,
     ResponseOut,
+    answer_as_received,
     count_response,
     may_retry,
     response_out,
@@ -102,6 +104,7 @@ class FastClient(asyncio.Protocol):
         self.buffer = b""  # bytes: a request mostly comes in one piece, sliced, not copied
         self.client_ip = ""
         self.tls = svc.tls is not None
+        self.forward_tail = b""  # the forwarding headers this connection's requests get
         self.made = False  # connection_made came: this protocol owns the connection
         self.gone = False  # the client connection is closed
         self.settled = False  # its count in svc.connections was given back
@@ -137,6 +140,7 @@ class FastClient(asyncio.Protocol):
         self.made = True
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.forward_tail = forward_tail(self.client_ip, self.tls)
         self.lb.deadlines.add(self)
         self._next()
 
@@ -214,11 +218,11 @@ class FastClient(asyncio.Protocol):
         head = self.pending
         if head is None:
             try:
-                split = _http.split_head(buf) if buf else None
-            except _http.NotSimple:
-                self._hand_over()
+                taken = _http.take_request(buf) if buf else None
+            except (_http.NotSimple, _http.BadMessage):
+                self._hand_over()  # read there, or refused there with the same answer
                 return
-            if split is None:
+            if taken is None:
                 if self.eof:
                     if buf:
                         self._hand_over()  # an incomplete head: answered there
@@ -230,19 +234,39 @@ class FastClient(asyncio.Protocol):
                     self.at = time.monotonic() + idle
                     svc.head_waiters.add(self)
                 return
-            line, block, end = split
-            try:
-                head = _http.request_head_of(line, block)
-                kind, length = head.framing()
-            except _http.BadMessage:
-                self._hand_over()  # refused there, with the same answer
+            head, end = taken
+            special = head.special
+            if "content-length" in special or "transfer-encoding" in special:
+                try:
+                    kind, length = head.framing()
+                except _http.BadMessage:
+                    self._hand_over()  # refused there, with the same answer
+                    return
+                if kind == "chunked" or length > _http.REPLAY_LIMIT:
+                    self._hand_over()
+                    return
+            else:
+                kind, length = "none", 0
+                if self.at:
+                    svc.head_waiters.discard(self)
+                    self.at = 0.0
+                if not _STREAMED.isdisjoint(special):
+                    self._hand_over()
+                    return
+                # The common request: a head alone, the bytes sent on as they came.
+                request = quick_backend_request(buf, end, head, self.forward_tail)
+                if request is None:
+                    request = self.lb.backend_request(head, NO_BODY, self.client_ip, self.tls)
+                if len(buf) > end:
+                    buf = self.buffer = buf[end:]
+                    if self.reading_paused and len(buf) <= PIPELINE_LIMIT:
+                        self.reading_paused = False
+                        self.transport.resume_reading()  # type: ignore[union-attr]
+                else:
+                    self.buffer = b""
+                self._start(head, NO_BODY, request)
                 return
-            if (
-                kind == "chunked"
-                or length > _http.REPLAY_LIMIT
-                or "expect" in head.special
-                or "upgrade" in head.special  # asking to upgrade takes an Upgrade header
-            ):
+            if not _STREAMED.isdisjoint(special):
                 self._hand_over()
                 return
             buf = self.buffer = buf[end:]
@@ -260,15 +284,16 @@ class FastClient(asyncio.Protocol):
             return
         self.at = 0.0
         if length:
-            body = buf[:length]
+            body = RequestBody(self.pending_kind, length, buf[:length])
             buf = self.buffer = buf[length:]
         else:
-            body = b""
+            body = RequestBody(self.pending_kind, 0)
         if self.reading_paused and len(buf) <= PIPELINE_LIMIT:
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
         self.pending = None
-        self._start(head, RequestBody(self.pending_kind, length, body))
+        request = self.lb.backend_request(head, body, self.client_ip, self.tls) + body.prefix
+        self._start(head, body, request)
 
     def _hand_over(self) -> None:
         """Serve this connection on streams from here on (nothing is in flight)."""
@@ -316,7 +341,8 @@ class FastClient(asyncio.Protocol):
 
     # ------------------------------------------------------------ one request
 
-    def _start(self, head: _http.RequestHead, body: RequestBody) -> None:
+    def _start(self, head: _http.RequestHead, body: RequestBody, request: bytes) -> None:
+        """Serve one request: ``request`` is what goes to the backend (head and body)."""
         svc = self.svc
         connection = head.special.get("connection")
         if svc.closed:
@@ -331,17 +357,22 @@ class FastClient(asyncio.Protocol):
         self.busy = True
         self.head = head
         self.body = body
-        self.request = self.lb.backend_request(head, body, self.client_ip, self.tls)
-        version, cookie_version = svc.choose_version(head)
-        self.version = version
-        self.extra = (
-            [("Set-Cookie", f"{svc.cookie_name}={cookie_version}; Path=/")]
-            if cookie_version is not None
-            else []
-        )
+        self.request = request
+        if svc.rules or svc.route.weights:
+            version, cookie_version = svc.choose_version(head)
+            self.version = version
+            self.extra = (
+                [("Set-Cookie", f"{svc.cookie_name}={cookie_version}; Path=/")]
+                if cookie_version is not None
+                else NO_EXTRA
+            )
+        else:  # what choose_version answers for a route with no rules and no weights
+            self.version = None
+            self.extra = NO_EXTRA
         self.tried = set()
         self.failure = Failure.NO_BACKEND
-        self.attempts_left = svc.attempts()
+        active = len(svc.active)
+        self.attempts_left = active if active > 2 else 2  # svc.attempts()
         self._attempt()
 
     def _attempt(self) -> None:
@@ -360,7 +391,7 @@ class FastClient(asyncio.Protocol):
         upstream = None if self.failure is not Failure.NO_BACKEND else pooled_upstream(state)
         if upstream is not None:
             self.reused = True
-            self._send(upstream)
+            self._send(upstream, now)
             return
         self.reused = False
         task = self.lb.loop.create_task(self.lb.connect_upstream(state))
@@ -378,17 +409,17 @@ class FastClient(asyncio.Protocol):
         if upstream is None:
             self._failed(state, Failure.NOT_CONNECTED)
             return
-        self._send(upstream)
+        self._send(upstream, time.monotonic())
 
-    def _send(self, upstream: Upstream) -> None:
+    def _send(self, upstream: Upstream, now: float) -> None:
         state = self.state
         assert state is not None and upstream.transport is not None
         state.busy.add(upstream)  # so that an unreachable backend's requests can be given up
         upstream.client = self
         self.upstream = upstream
         self.response = None
-        upstream.transport.write(self.request + self.body.prefix)  # one segment
-        self.at = time.monotonic() + self.lb.timeouts.response
+        upstream.transport.write(self.request)  # one segment
+        self.at = now + self.lb.timeouts.response
 
     def on_backend_data(self, upstream: Upstream) -> None:
         """Bytes of the answer came: relay it when it is whole."""
@@ -400,24 +431,33 @@ class FastClient(asyncio.Protocol):
         if out is None:
             while True:
                 try:
-                    split = _http.split_head(buf)
+                    taken = _http.take_response(buf)
                 except _http.NotSimple:
                     self._response_on_streams(None)
                     return
-                if split is None:
-                    return
-                line, block, end = split
-                try:
-                    response = _http.response_head_of(line, block)
                 except _http.BadMessage:
                     state.errors += 1
                     self._failed(state, Failure.PARTIAL_ANSWER, upstream)
                     return
-                buf = upstream.buffer = buf[end:]
+                if taken is None:
+                    return
+                response, end = taken
                 if response.status >= 200:
                     break
-                # 1xx interim answers are skipped, as on streams.
+                buf = upstream.buffer = buf[end:]  # 1xx interim answers are skipped, as on streams
             count_response(state, response.status, self.started)
+            if len(buf) == end + answer_as_received(
+                buf, end, response, self.head, self.client_keep, self.extra
+            ):
+                # The common answer, whole in one read: on to the client as it came.
+                self._write(buf)
+                upstream.buffer = b""
+                self._detach(upstream, state)
+                release_upstream(state, upstream, True)
+                self._end_attempt(state)
+                self._end_request(True)
+                return
+            buf = upstream.buffer = buf[end:]
             out = response_out(self.head, response, self.client_keep, self.extra)
             if out.kind not in ("none", "length") or out.length > _http.COPY_SIZE:
                 self._response_on_streams(response)
@@ -497,12 +537,16 @@ class FastClient(asyncio.Protocol):
         self.busy = False
         self.at = 0.0
         self.response = None
+        svc = self.svc
         if self.gone:
             self._settle()
-        elif keep and not self.svc.closed:
-            self._next()
-        else:
+        elif not keep or svc.closed:
             self._close()
+        elif self.buffer or self.eof or self.writing_paused:
+            self._next()
+        else:  # what _next does with nothing to read: wait for the next head
+            self.at = time.monotonic() + self.lb.timeouts.client_idle
+            svc.head_waiters.add(self)
 
     def _response_on_streams(self, response: _http.ResponseHead | None) -> None:
         """Finish this request, and serve the connection from here on, on streams: the
@@ -535,3 +579,42 @@ class FastClient(asyncio.Protocol):
 
 
 NO_HEAD = _http.RequestHead("GET", "/", (1, 1))
+#: The body of a request that has none (never changed: shared by all of them).
+NO_BODY = RequestBody("none", 0)
+#: No header to add to the answer (never changed).
+NO_EXTRA: _http.Headers = []
+#: Request headers that take a request to the stream path.
+_STREAMED = frozenset({"expect", "upgrade"})
+#: Request headers :func:`quick_backend_request` leaves to the general rules.
+_NOT_AS_RECEIVED = REWRITTEN | _http.HOP_BY_HOP | {"x-forwarded-host"}
+
+
+def forward_tail(client_ip: str, tls: bool) -> bytes:
+    """The forwarding header lines the common request of a client connection gets
+    (:func:`quick_backend_request`), made once per connection; the Host's value last."""
+    proto = "https" if tls else "http"
+    return (
+        f"X-Forwarded-For: {client_ip}\r\nX-Forwarded-Proto: {proto}\r\nX-Forwarded-Host: ".encode(
+            "latin-1"
+        )
+    )
+
+
+def quick_backend_request(
+    buf: bytes, end: int, head: _http.RequestHead, tail: bytes
+) -> bytes | None:
+    """What :meth:`BuiltinLoadBalancer.backend_request` makes of the common request (no
+    body, an idempotent method, an ``HTTP/1.1`` start line, a Host, nothing the proxy
+    takes out or writes itself), made from its bytes as they came (``buf[:end]``, the
+    head :func:`_http.take_request` parsed) and ``tail`` (:func:`forward_tail`); None for
+    any other request."""
+    special = head.special
+    hosts = special.get("host")
+    if (
+        hosts is None
+        or head.method not in _http.IDEMPOTENT
+        or not _NOT_AS_RECEIVED.isdisjoint(special)
+        or not buf.startswith(b" HTTP/1.1\r", buf.find(b"\r") - 9)
+    ):
+        return None
+    return b"%s%s%s\r\n\r\n" % (buf[: end - 2], tail, hosts[0].encode("latin-1"))

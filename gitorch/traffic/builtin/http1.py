@@ -216,6 +216,47 @@ def response_out(
     return ResponseOut(out_head, kind, length, chunked_out, client_keep, backend_keep)
 
 
+def answer_as_received(
+    buf: bytes,
+    end: int,
+    response: _http.ResponseHead,
+    request: _http.RequestHead,
+    client_keep: bool,
+    extra: _http.Headers | None,
+) -> int:
+    """The length of the answer's body when :func:`response_out` would send its head
+    (``buf[:end]``, as :func:`_http.take_response` parsed it) on unchanged, framed by its
+    one Content-Length, at most :data:`_http.COPY_SIZE`; else -1. So the common answer
+    goes to the client as it came, without being made anew."""
+    special = response.special
+    lengths = special.get("content-length")
+    if (
+        lengths is None
+        or len(lengths) != 1
+        or not client_keep
+        or extra
+        or request.version < (1, 1)
+        or request.method == "HEAD"
+        or response.status in (204, 304)
+        or not _http.HOP_BY_HOP.isdisjoint(special)
+        or not buf.startswith(b"HTTP/1.1 ")
+    ):
+        return -1
+    value = lengths[0]
+    if not value.isdigit() or len(value) > 5 or (value[0] == "0" and value != "0"):
+        return -1
+    length = int(value)
+    # The status line as response_out writes it: a three-digit code (no leading zero),
+    # then nothing, or a space and a reason that does not end in white space.
+    line_end = buf.find(b"\r")
+    if length > _http.COPY_SIZE or not (
+        response.status >= 100
+        and (line_end == 12 or (buf[12] == 32 and 33 <= buf[line_end - 1] <= 126))
+    ):
+        return -1
+    return length
+
+
 async def switch_protocols(
     response: _http.ResponseHead,
     upgrade: str,

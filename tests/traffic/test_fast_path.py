@@ -1,0 +1,159 @@
+"""The short ways of the built-in balancer's fast path (gitorch/traffic/builtin/fast.py):
+each one gives, byte for byte, what the general rules give, or declines.
+
+The fast path sends the common request on as its bytes came (less the empty line, plus
+the forwarding headers) and the common answer on as it came; these tests hold those
+short ways against ``backend_request`` and ``response_out``, and the one-step head
+parsers against the two steps they replace. End to end, the same requests and answers
+go through a real balancer in test_http_proxy.py (smuggling forms included)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gitorch.traffic import _http
+from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
+from gitorch.traffic.builtin.fast import NO_BODY, forward_tail, quick_backend_request
+from gitorch.traffic.builtin.http1 import answer_as_received, response_out
+
+_PIECES = [b"GET / HTTP/1.1", b"HTTP/1.1 200 OK", b"Host: a", b"Content-Length: 1", b"\r\n"]
+_PIECES += [b"\n", b"\r", b" ", b":", b"\t", b"x", b"Transfer-Encoding: chunked", b"HTTP/1.0"]
+
+
+def _outcome(step: object) -> object:
+    try:
+        return step()  # type: ignore[operator]
+    except (_http.NotSimple, _http.BadMessage) as exc:
+        return type(exc).__name__
+
+
+def _fields(head: _http.Head) -> tuple[object, ...]:
+    return tuple(getattr(head, name) for name in (*type(head).__slots__, "block", "special"))
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=12))
+def test_taking_a_head_in_one_step_is_splitting_then_parsing_it(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    for take, parse in (
+        (_http.take_request, _http.request_head_of),
+        (_http.take_response, _http.response_head_of),
+    ):
+
+        def two_steps(parse: object = parse) -> object:
+            split = _http.split_head(data)
+            if split is None:
+                return None
+            line, block, end = split
+            return _fields(parse(line, block)), end  # type: ignore[operator]
+
+        def one_step(take: object = take) -> object:
+            taken = take(data)  # type: ignore[operator]
+            return None if taken is None else (_fields(taken[0]), taken[1])
+
+        assert _outcome(one_step) == _outcome(two_steps)
+
+
+@pytest.fixture(scope="module")
+def lb() -> Iterator[BuiltinLoadBalancer]:
+    with BuiltinLoadBalancer("10.0.0.1") as balancer:
+        yield balancer
+
+
+_QUICK = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /x?y=1 HTTP/1.1\r\nHost: a.example:8080\r\nAccept: */*\r\nX-Y: z\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nhost: a\r\n\r\n",
+    b"DELETE /item HTTP/1.1\r\nHost: a\r\nCookie: a=b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:   spaced  \r\n\r\n",
+]
+#: Declined: the general rules change more of these heads than the short way would.
+_GENERAL = [
+    b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nx-forwarded-proto: https\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Host: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: TE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: x\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("head", _QUICK + _GENERAL)
+@pytest.mark.parametrize("tls", [False, True])
+def test_the_common_request_goes_on_as_the_general_rules_make_it(
+    lb: BuiltinLoadBalancer, head: bytes, tls: bool
+) -> None:
+    taken = _http.take_request(head + b"next")
+    assert taken is not None
+    parsed, end = taken
+    assert end == len(head)
+    quick = quick_backend_request(head + b"next", end, parsed, forward_tail("192.0.2.7", tls))
+    general = lb.backend_request(parsed, NO_BODY, "192.0.2.7", tls)
+    if head in _QUICK:
+        assert quick == general
+    else:
+        assert quick is None
+
+
+_LINES = [b"HTTP/1.1 200 OK", b"HTTP/1.1 200", b"HTTP/1.1 200 ", b"HTTP/1.1 404 Not Found"]
+_LINES += [b"HTTP/1.0 200 OK", b"HTTP/1.1 500 Oops", b"HTTP/1.1 204 No Content"]
+_LINES += [b"HTTP/1.1 304 Not Modified", b"HTTP/1.1 200 OK\t", b"HTTP/1.1 201 Cr\xe9\xe9"]
+_BLOCKS = [b"Content-Length: 5\r\nContent-Type: text/plain\r\n", b"content-length: 0\r\n"]
+_BLOCKS += [b"Content-Length: 05\r\n", b"Content-Length: 5\r\nConnection: close\r\n"]
+_BLOCKS += [b"Content-Length: 5\r\nKeep-Alive: timeout=5\r\n", b"Transfer-Encoding: chunked\r\n"]
+_BLOCKS += [b"X-A: b\r\n", b"Content-Length: 70000\r\n", b"Content-Length: 5, 5\r\n"]
+
+
+@pytest.mark.parametrize("line", _LINES)
+@pytest.mark.parametrize("block", _BLOCKS)
+@pytest.mark.parametrize(
+    ("request_head", "keep", "extra"),
+    [
+        (b"GET / HTTP/1.1", True, []),
+        (b"HEAD / HTTP/1.1", True, []),
+        (b"GET / HTTP/1.0", True, []),
+        (b"GET / HTTP/1.1", False, []),
+        (b"GET / HTTP/1.1", True, [("Set-Cookie", "v=1")]),
+    ],
+)
+def test_the_common_answer_goes_on_as_it_came_only_when_the_general_rules_keep_it(
+    line: bytes,
+    block: bytes,
+    request_head: bytes,
+    keep: bool,
+    extra: _http.Headers,
+) -> None:
+    request = _http.request_head_of(request_head, b"Host: a\r\n")
+    data = line + b"\r\n" + block + b"\r\n" + b"hello"
+    try:
+        taken = _http.take_response(data)
+    except _http.BadMessage:
+        return  # refused before any short way is asked
+    assert taken is not None
+    response, end = taken
+    length = answer_as_received(data, end, response, request, keep, extra)
+    out = response_out(request, response, keep, extra)
+    if length >= 0:
+        assert out.head == data[:end]
+        assert (out.kind, out.length, out.client_keep, out.backend_keep) == (
+            "length",
+            length,
+            True,
+            True,
+        )
+    # The common answer itself is taken the short way.
+    common = (line, block, request_head, keep, extra) == (
+        b"HTTP/1.1 200 OK",
+        _BLOCKS[0],
+        b"GET / HTTP/1.1",
+        True,
+        [],
+    )
+    assert not common or length == 5
