@@ -27,7 +27,9 @@ p99 at 50% load. Two readings are printed: one worker against HAProxy on one thr
 process on a core each), and the proxy as it runs by default (a worker per core) against
 HAProxy as it runs by default (a thread per core).
 
-Run: ``python3 bench/bench_lb.py [--seconds 5] [--rounds 3] [--workers 2]``
+Run: ``python3 bench/bench_lb.py [--seconds 5] [--rounds 3] [--workers 2]``; with
+``--against REV``, only one uvloop worker of this checkout against one of commit REV and
+HAProxy on one thread (an A/B of a change to the request path, at the same moment).
 """
 
 from __future__ import annotations
@@ -123,14 +125,20 @@ def wrk(port: int, seconds: float, delay_ms: float | None = None) -> tuple[float
 
 
 def start_proxy(
-    workdir: Path, name: str, workers: int, event_loop: str, table: RoutingTable
+    workdir: Path,
+    name: str,
+    workers: int,
+    event_loop: str,
+    table: RoutingTable,
+    tree: Path = REPO,
 ) -> subprocess.Popen[bytes]:
-    """``gitorch proxy run`` (foreground) on a state dir of its own, serving ``table``."""
+    """``gitorch proxy run`` (foreground) on a state dir of its own, serving ``table``,
+    with the code of ``tree`` (this checkout, or another commit's: ``--against``)."""
     state = workdir / name.replace(" ", "-")
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "gitorch.traffic.proxy", "run", "--state", str(state),
          "--workers", str(workers), "--event-loop", event_loop, "--log-level", "warning"],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(tree)},
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while not ProxyPaths.of(state).socket.exists():
@@ -211,10 +219,19 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=2, help="processes of the multi-worker proxy (default 2)"
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="only compare one uvloop worker of this checkout with one of commit REV "
+        "(and HAProxy on one thread), CPU per request first: an A/B at the same moment",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "haproxy"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install -y {tool})")
+    if args.against:
+        against(args.against, args.seconds, args.rounds)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         replica_ports = [free_port() for _ in range(3)]
@@ -264,6 +281,83 @@ def main() -> None:
         finally:
             for plane in planes.values():
                 plane.close()
+            for name, proc in proxies.items():
+                stop_proxy(workdir, name, proc)
+            replicas.kill()
+            replicas.wait()
+
+
+def against(rev: str, seconds: float, rounds: int) -> None:
+    """One uvloop worker of this checkout against one of ``rev`` (its tree from ``git
+    archive``) and HAProxy on one thread, in interleaved rounds: CPU per request (the
+    figure a shared machine disturbs least) and requests/s, medians of the rounds."""
+    commit = subprocess.run(  # noqa: S603
+        ["git", "-C", str(REPO), "rev-parse", "--short", rev],  # noqa: S607
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        old_tree = workdir / f"tree-{commit}"
+        old_tree.mkdir()
+        archive = subprocess.run(  # noqa: S603
+            ["git", "-C", str(REPO), "archive", commit],  # noqa: S607
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive, check=True)  # noqa: S603,S607
+        replica_ports = [free_port() for _ in range(3)]
+        replicas = start_replicas(workdir, replica_ports)
+        backends = tuple(
+            Backend(f"r{i}", f"127.0.0.1:{p}", version="1") for i, p in enumerate(replica_ports)
+        )
+
+        def table_on(port: int) -> RoutingTable:
+            return RoutingTable(MappingProxyType({"bench": Route("bench", port, "http", backends)}))
+
+        names = {"this checkout": REPO, f"at {commit}": old_tree}
+        proxies: dict[str, subprocess.Popen[bytes]] = {}
+        targets: dict[str, int] = {}
+        plane = HAProxyDataPlane(
+            workdir / "haproxy-1thread", haproxy=one_thread_haproxy(workdir), request_log=False
+        )
+        try:
+            for name, tree in names.items():
+                port = targets[name] = free_port()
+                proxies[name] = start_proxy(workdir, name, 1, "uvloop", table_on(port), tree)
+            targets["haproxy, one thread"] = free_port()
+            plane.apply(table_on(targets["haproxy, one thread"]))
+            for port in targets.values():
+                wait_port(port)
+            time.sleep(1)
+            trees = {name: process_tree(proc.pid) for name, proc in proxies.items()}
+            assert plane.master.pid is not None
+            trees["haproxy, one thread"] = process_tree(plane.master.pid)
+            print(f"load average at start: {os.getloadavg()[0]:.1f}; one uvloop worker each")
+            rates: dict[str, list[float]] = {name: [] for name in targets}
+            cpu: dict[str, list[float]] = {name: [] for name in targets}
+            for _ in range(rounds):
+                for name, port in targets.items():
+                    before = cpu_seconds(trees[name])
+                    rps, _ = wrk(port, seconds)
+                    rates[name].append(rps)
+                    cpu[name].append((cpu_seconds(trees[name]) - before) / (rps * seconds) * 1e6)
+            print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+            for name in targets:
+                print(
+                    f"  {name:>20}: cpu/req {statistics.median(cpu[name]):5.1f} us "
+                    f"{[round(c, 1) for c in cpu[name]]}  {statistics.median(rates[name]):8.0f} "
+                    f"req/s {[round(r) for r in rates[name]]}"
+                )
+            new, old = (statistics.median(cpu[name]) for name in names)
+            peer = statistics.median(cpu["haproxy, one thread"])
+            print(f"  CPU per request, this checkout / {commit}: {new / old:.2f}")
+            print(f"  CPU per request, haproxy on one thread / this checkout: {peer / new:.2f}")
+            rate = statistics.median(rates["this checkout"])
+            print(
+                "  requests/s, this checkout / haproxy on one thread: "
+                f"{rate / statistics.median(rates['haproxy, one thread']):.2f}"
+            )
+        finally:
+            plane.close()
             for name, proc in proxies.items():
                 stop_proxy(workdir, name, proc)
             replicas.kill()

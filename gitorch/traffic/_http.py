@@ -305,25 +305,22 @@ def _parse_head(
         raise BadMessage(f"{exc} in {line[:60]!r}") from None
     if block.count(b"\n") > MAX_HEADERS:
         raise BadMessage("too many header lines")
-    text = block.decode("latin-1")
-    return parser, text, _index(text)
-
-
-def _index(text: str) -> dict[str, list[str]]:
-    """The :data:`SPECIAL` headers of a section llhttp accepted (latin-1 text)."""
+    # The SPECIAL headers indexed (inline: this runs for every head, both ways).
     special: dict[str, list[str]] = {}
-    if text:
-        for row in text.split("\r\n"):
-            name, _, value = row.partition(":")
-            low = name.lower()
-            if low in SPECIAL:
-                value = value.strip(" \t")
-                known = special.get(low)
-                if known is None:
-                    special[low] = [value]
-                else:
-                    known.append(value)
-    return special
+    if not block:
+        return parser, "", special
+    text = block.decode("latin-1")
+    for row in text.split("\r\n"):
+        name, _, value = row.partition(":")
+        low = name.lower()
+        if low in SPECIAL:
+            value = value.strip(" \t")
+            known = special.get(low)
+            if known is None:
+                special[low] = [value]
+            else:
+                known.append(value)
+    return parser, text, special
 
 
 def _parse_block(block: str) -> Head:
@@ -455,10 +452,10 @@ def _request(line: bytes, block: bytes, whole: bytes) -> RequestHead:
     if line.count(b" ") != 2:
         raise BadMessage(f"malformed request line {line[:60]!r}")
     parser, text, special = _parse_head(httptools.HttpRequestParser, line, block, whole)
-    method, target, _ = line.split(b" ")
+    _, target, _ = line.split(b" ")
     if not target.isascii():
         raise BadMessage("request target is not ASCII")
-    version = _version(parser)
+    version = _VERSIONS.get(parser.get_http_version()) or _version(parser)
     return RequestHead(parser.get_method().decode("ascii"), target.decode(), version, text, special)
 
 
@@ -478,7 +475,8 @@ def _response(line: bytes, block: bytes, whole: bytes) -> ResponseHead:
     parser, text, special = _parse_head(httptools.HttpResponseParser, line, block, whole)
     parts = line.split(b" ", 2)
     reason = parts[2].decode("latin-1") if len(parts) == 3 else ""
-    return ResponseHead(_version(parser), parser.get_status_code(), reason, text, special)
+    version = _VERSIONS.get(parser.get_http_version()) or _version(parser)
+    return ResponseHead(version, parser.get_status_code(), reason, text, special)
 
 
 def body_framing(headers: Headers) -> tuple[str, int]:

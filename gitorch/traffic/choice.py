@@ -190,16 +190,25 @@ class Chooser(Generic[C]):
             )
         if not candidates:
             return None
-        healthy = [s for s in candidates if s.down_until <= now] or candidates
+        best = self._round_robin(candidates, now)  # those not in cooldown
+        return best if best is not None else self._round_robin(candidates, None)
+
+    @staticmethod
+    def _round_robin(candidates: list[C], now: float | None) -> C | None:
+        """One step of smooth weighted round robin over ``candidates`` not in cooldown at
+        ``now`` (all of them when None); None when every one is in cooldown."""
         total = 0
         best: C | None = None
-        for state in healthy:
-            state.current += state.backend.weight
-            total += state.backend.weight
-            if best is None or state.current > best.current:
+        for state in candidates:
+            if now is not None and state.down_until > now:
+                continue
+            weight = state.backend.weight
+            current = state.current = state.current + weight
+            total += weight
+            if best is None or current > best.current:
                 best = state
-        assert best is not None
-        best.current -= total
+        if best is not None:
+            best.current -= total
         return best
 
     def attempts(self) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from gitorch.traffic import _http
-from gitorch.traffic.builtin.timing import POOL_SIZE, RETIRE_GRACE
+from gitorch.traffic.builtin.timing import RETIRE_GRACE
 from gitorch.traffic.choice import Candidate, Chooser
 from gitorch.traffic.figures import (
     BackendFigures,
@@ -131,25 +131,6 @@ def streams_on(
     if eof:
         reader.feed_eof()
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-
-
-def pooled_upstream(state: BackendState) -> Upstream | None:
-    """An idle fast-path connection to ``state``'s backend that still looks open."""
-    idle = state.fast_idle
-    while idle:
-        upstream = idle.pop()
-        if upstream.usable():
-            return upstream
-        upstream.close()
-    return None
-
-
-def release_upstream(state: BackendState, upstream: Upstream, reusable: bool) -> None:
-    if reusable and state.accepting and upstream.usable() and len(state.fast_idle) < POOL_SIZE:
-        upstream.idle_since = time.monotonic()
-        state.fast_idle.append(upstream)
-    else:
-        upstream.close()
 
 
 class TlsContexts:

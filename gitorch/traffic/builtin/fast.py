@@ -15,8 +15,6 @@ from gitorch.traffic.builtin.backends import (
     PooledStream,
     ServiceState,
     Upstream,
-    pooled_upstream,
-    release_upstream,
     streams_on,
 )
 from gitorch.traffic.builtin.http1 import (
@@ -29,7 +27,13 @@ from gitorch.traffic.builtin.http1 import (
     may_retry,
     response_out,
 )
-from gitorch.traffic.builtin.timing import PIPELINE_LIMIT, RETIRE_GRACE, Deadline, Timeouts
+from gitorch.traffic.builtin.timing import (
+    PIPELINE_LIMIT,
+    POOL_SIZE,
+    RETIRE_GRACE,
+    Deadline,
+    Timeouts,
+)
 
 
 class FastPathHost(Protocol):
@@ -388,11 +392,15 @@ class FastClient(asyncio.Protocol):
         self.state = state
         self.started = now
         # After a failure, only fresh connections: the pool may hold more dead ones.
-        upstream = None if self.failure is not Failure.NO_BACKEND else pooled_upstream(state)
-        if upstream is not None:
-            self.reused = True
-            self._send(upstream, now)
-            return
+        if self.failure is Failure.NO_BACKEND:
+            idle = state.fast_idle
+            while idle:  # an idle connection that still looks open (Upstream.usable)
+                upstream = idle.pop()
+                if not upstream.lost and not upstream.transport.is_closing():  # type: ignore[union-attr]
+                    self.reused = True
+                    self._send(upstream, now)
+                    return
+                upstream.close()
         self.reused = False
         task = self.lb.loop.create_task(self.lb.connect_upstream(state))
         self.lb.track(task)
@@ -450,12 +458,7 @@ class FastClient(asyncio.Protocol):
                 buf, end, response, self.head, self.client_keep, self.extra
             ):
                 # The common answer, whole in one read: on to the client as it came.
-                self._write(buf)
-                upstream.buffer = b""
-                self._detach(upstream, state)
-                release_upstream(state, upstream, True)
-                self._end_attempt(state)
-                self._end_request(True)
+                self._answered(upstream, state, buf, True, True)
                 return
             buf = upstream.buffer = buf[end:]
             out = response_out(self.head, response, self.client_keep, self.extra)
@@ -466,13 +469,63 @@ class FastClient(asyncio.Protocol):
         length = out.length
         if len(buf) < length:
             return
-        self._write(out.head + buf[:length] if length else out.head)
         leftover = len(buf) > length  # more than the answer: never reuse such a connection
+        data = out.head + buf[:length] if length else out.head
+        self._answered(upstream, state, data, out.backend_keep and not leftover, out.client_keep)
+
+    def _answered(
+        self,
+        upstream: Upstream,
+        state: BackendState,
+        data: bytes,
+        reusable: bool,
+        client_keep: bool,
+    ) -> None:
+        """The whole answer came: send it (``data``), pool the backend connection when
+        ``reusable``, and go on with the client connection when ``client_keep``. The
+        steps of :meth:`_write`, :meth:`_detach`, :func:`release_upstream`,
+        :meth:`_end_attempt` and :meth:`_end_request`, in one call: this runs once per
+        request."""
+        transport = self.transport
+        gone = self.gone
+        if transport is not None and not gone and not transport.is_closing():
+            transport.write(data)
         upstream.buffer = b""
-        self._detach(upstream, state)
-        release_upstream(state, upstream, out.backend_keep and not leftover)
-        self._end_attempt(state)
-        self._end_request(out.client_keep)
+        upstream.client = None
+        self.upstream = None
+        state.busy.discard(upstream)
+        now = time.monotonic()
+        if (
+            reusable
+            and not state.removed
+            and not state.backend.draining
+            and not upstream.lost
+            and not upstream.transport.is_closing()  # type: ignore[union-attr]
+            and len(state.fast_idle) < POOL_SIZE
+        ):
+            upstream.idle_since = now
+            state.fast_idle.append(upstream)
+        else:
+            upstream.close()
+        state.in_flight -= 1
+        self.state = None
+        if state.removed:
+            self.lb.forget_if_gone(self.svc, state)
+        self.busy = False
+        self.response = None
+        svc = self.svc
+        if gone:
+            self.at = 0.0
+            self._settle()
+        elif not client_keep or svc.closed:
+            self.at = 0.0
+            self._close()
+        elif self.buffer or self.eof or self.writing_paused:
+            self.at = 0.0
+            self._next()
+        else:  # what _next does with nothing to read: wait for the next head
+            self.at = now + self.lb.timeouts.client_idle
+            svc.head_waiters.add(self)
 
     def on_backend_lost(self, upstream: Upstream) -> None:
         """The backend closed before its whole answer came."""
@@ -537,16 +590,12 @@ class FastClient(asyncio.Protocol):
         self.busy = False
         self.at = 0.0
         self.response = None
-        svc = self.svc
         if self.gone:
             self._settle()
-        elif not keep or svc.closed:
-            self._close()
-        elif self.buffer or self.eof or self.writing_paused:
+        elif keep and not self.svc.closed:
             self._next()
-        else:  # what _next does with nothing to read: wait for the next head
-            self.at = time.monotonic() + self.lb.timeouts.client_idle
-            svc.head_waiters.add(self)
+        else:
+            self._close()
 
     def _response_on_streams(self, response: _http.ResponseHead | None) -> None:
         """Finish this request, and serve the connection from here on, on streams: the
