@@ -452,11 +452,12 @@ def _request(line: bytes, block: bytes, whole: bytes) -> RequestHead:
     if line.count(b" ") != 2:
         raise BadMessage(f"malformed request line {line[:60]!r}")
     parser, text, special = _parse_head(httptools.HttpRequestParser, line, block, whole)
-    _, target, _ = line.split(b" ")
+    method, target, _ = line.split(b" ")
     if not target.isascii():
         raise BadMessage("request target is not ASCII")
     version = _VERSIONS.get(parser.get_http_version()) or _version(parser)
-    return RequestHead(parser.get_method().decode("ascii"), target.decode(), version, text, special)
+    # llhttp accepted the line: its first part is the method llhttp read, letter for letter.
+    return RequestHead(method.decode("ascii"), target.decode(), version, text, special)
 
 
 async def read_response_head(reader: asyncio.StreamReader) -> ResponseHead:

@@ -12,6 +12,7 @@ connection; rules and stickiness need an HTTP request and do not apply to them.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -190,25 +191,19 @@ class Chooser(Generic[C]):
             )
         if not candidates:
             return None
-        best = self._round_robin(candidates, now)  # those not in cooldown
-        return best if best is not None else self._round_robin(candidates, None)
-
-    @staticmethod
-    def _round_robin(candidates: list[C], now: float | None) -> C | None:
-        """One step of smooth weighted round robin over ``candidates`` not in cooldown at
-        ``now`` (all of them when None); None when every one is in cooldown."""
         total = 0
         best: C | None = None
         for state in candidates:
-            if now is not None and state.down_until > now:
-                continue
+            if state.down_until > now:
+                continue  # in cooldown
             weight = state.backend.weight
             current = state.current = state.current + weight
             total += weight
             if best is None or current > best.current:
                 best = state
-        if best is not None:
-            best.current -= total
+        if best is None:  # every candidate is in cooldown: then any of them
+            return self.pick(tried, version, now=math.inf)
+        best.current -= total
         return best
 
     def attempts(self) -> int:
