@@ -279,10 +279,19 @@ async def _read_raw_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return line, (start + rest)[:-2]
 
 
-#: What llhttp calls back as it parses: nothing. A call per header (or for the target)
-#: cost more than the parse itself; once llhttp accepted a head, its start line has its
-#: parts between single spaces and each header line is ``name:value``, split here.
-_NO_CALLBACKS = object()
+class _NoCallbacks:
+    """What llhttp calls back as it parses: nothing. A call per header (or for the
+    target) cost more than the parse itself; once llhttp accepted a head, its start line
+    has its parts between single spaces and each header line is ``name:value``, split
+    here. Every callback httptools looks for is here, as None: a callback it does not
+    find costs it a raised and caught AttributeError, nine times per parser made."""
+
+    __slots__ = ()
+    on_message_begin = on_url = on_status = on_header = on_headers_complete = None
+    on_body = on_message_complete = on_chunk_header = on_chunk_complete = None
+
+
+_NO_CALLBACKS = _NoCallbacks()
 
 
 def _parse_head(

@@ -453,12 +453,12 @@ class FastClient(asyncio.Protocol):
                 if response.status >= 200:
                     break
                 buf = upstream.buffer = buf[end:]  # 1xx interim answers are skipped, as on streams
-            count_response(state, response.status, self.started)
+            now = count_response(state, response.status, self.started)
             if len(buf) == end + answer_as_received(
                 buf, end, response, self.head, self.client_keep, self.extra
             ):
                 # The common answer, whole in one read: on to the client as it came.
-                self._answered(upstream, state, buf, True, True)
+                self._answered(upstream, state, buf, True, True, now)
                 return
             buf = upstream.buffer = buf[end:]
             out = response_out(self.head, response, self.client_keep, self.extra)
@@ -471,7 +471,8 @@ class FastClient(asyncio.Protocol):
             return
         leftover = len(buf) > length  # more than the answer: never reuse such a connection
         data = out.head + buf[:length] if length else out.head
-        self._answered(upstream, state, data, out.backend_keep and not leftover, out.client_keep)
+        reusable = out.backend_keep and not leftover
+        self._answered(upstream, state, data, reusable, out.client_keep, time.monotonic())
 
     def _answered(
         self,
@@ -480,6 +481,7 @@ class FastClient(asyncio.Protocol):
         data: bytes,
         reusable: bool,
         client_keep: bool,
+        now: float,
     ) -> None:
         """The whole answer came: send it (``data``), pool the backend connection when
         ``reusable``, and go on with the client connection when ``client_keep``. The
@@ -494,7 +496,6 @@ class FastClient(asyncio.Protocol):
         upstream.client = None
         self.upstream = None
         state.busy.discard(upstream)
-        now = time.monotonic()
         if (
             reusable
             and not state.removed

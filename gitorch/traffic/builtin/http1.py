@@ -8,14 +8,13 @@ import asyncio
 import contextlib
 import enum
 import time
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from gitorch.traffic import _http
 from gitorch.traffic.builtin.backends import BackendState, PooledStream
-from gitorch.traffic.figures import (
-    bucket_of,
-)
+from gitorch.traffic.figures import LATENCY_BOUNDS_MS
 
 #: Request headers the proxy drops and writes itself (framing, expectation, forwarding).
 REWRITTEN = frozenset({"content-length", "expect", "x-forwarded-proto", "x-forwarded-for"})
@@ -38,14 +37,18 @@ def partial_read(exc: Exception) -> bool:
     return True  # a malformed head means bytes came
 
 
-def count_response(state: BackendState, status: int, started: float) -> None:
+def count_response(state: BackendState, status: int, started: float) -> float:
+    """Count an answer of ``state``'s backend (its latency since ``started``); returns
+    the monotonic time it was counted at."""
+    now = time.monotonic()
     state.requests += 1
-    took_ms = (time.monotonic() - started) * 1000
-    state.latency[bucket_of(took_ms)] += 1
+    took_ms = (now - started) * 1000
+    state.latency[bisect_left(LATENCY_BOUNDS_MS, took_ms)] += 1  # figures.bucket_of
     state.latency_sum_ms += took_ms
     if status >= 500:
         state.errors += 1
         state.errors_5xx += 1
+    return now
 
 
 @dataclass
