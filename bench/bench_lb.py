@@ -139,6 +139,7 @@ def start_proxy(
         [sys.executable, "-m", "gitorch.traffic.proxy", "run", "--state", str(state),
          "--workers", str(workers), "--event-loop", event_loop, "--log-level", "warning"],
         env={**os.environ, "PYTHONPATH": str(tree)},
+        cwd=tree,  # ``-m`` puts the working directory first on the path
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while not ProxyPaths.of(state).socket.exists():
