@@ -89,10 +89,12 @@ class FastClient(asyncio.Protocol):
 
     Most requests are a head and a small body, answered by a head and a small body:
     this serves those without a coroutine, a stream or an await (a request head is
-    split off the bytes as they come, parsed, sent on a pooled :class:`Upstream` in
-    one write; the answer goes back in one write): a third less CPU per request than
-    on streams (bench/README.md). Heads are read by the same rules as
-    on the streams (:func:`_http.split_head`). Everything else goes on on streams, on
+    taken off the bytes as they come and parsed, sent on a pooled :class:`Upstream` in
+    one write; the answer goes back in one write): half the CPU per request of the
+    streams (bench/README.md). The common request goes on as its bytes came
+    (:func:`quick_backend_request`), the common answer too
+    (:func:`~gitorch.traffic.builtin.http1.answer_as_received`). Heads are read by the
+    same rules as on the streams (:func:`_http.take_request`). Everything else goes on on streams, on
     the same connection, as before: a request with a chunked, large or expected body
     or an Upgrade, a head the stream reader must read (bare LF, empty lines before it,
     very long), anything malformed (refused there, with the same answer), and a
