@@ -191,14 +191,21 @@ def process_tree(pid: int) -> list[int]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time used so far by ``pids`` (threads included)."""
-    ticks = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU time used so far by ``pids`` (threads included)."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        user += int(fields[11])
+        system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def resident_mb(pid: int) -> float:
@@ -335,18 +342,24 @@ def against(rev: str, seconds: float, rounds: int) -> None:
             print(f"load average at start: {os.getloadavg()[0]:.1f}; one uvloop worker each")
             rates: dict[str, list[float]] = {name: [] for name in targets}
             cpu: dict[str, list[float]] = {name: [] for name in targets}
+            split: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
             for _ in range(rounds):
                 for name, port in targets.items():
-                    before = cpu_seconds(trees[name])
+                    user, system = cpu_split(trees[name])
                     rps, _ = wrk(port, seconds)
                     rates[name].append(rps)
-                    cpu[name].append((cpu_seconds(trees[name]) - before) / (rps * seconds) * 1e6)
+                    after = cpu_split(trees[name])
+                    per = 1e6 / (rps * seconds)
+                    split[name].append(((after[0] - user) * per, (after[1] - system) * per))
+                    cpu[name].append(sum(split[name][-1]))
             print(f"load average at the end: {os.getloadavg()[0]:.1f}")
             for name in targets:
+                user = statistics.median(u for u, _ in split[name])
+                system = statistics.median(s for _, s in split[name])
                 print(
-                    f"  {name:>20}: cpu/req {statistics.median(cpu[name]):5.1f} us "
-                    f"{[round(c, 1) for c in cpu[name]]}  {statistics.median(rates[name]):8.0f} "
-                    f"req/s {[round(r) for r in rates[name]]}"
+                    f"  {name:>20}: cpu/req {statistics.median(cpu[name]):5.1f} us (user {user:.1f}, "
+                    f"system {system:.1f}) {[round(c, 1) for c in cpu[name]]}  "
+                    f"{statistics.median(rates[name]):8.0f} req/s {[round(r) for r in rates[name]]}"
                 )
             new, old = (statistics.median(cpu[name]) for name in names)
             peer = statistics.median(cpu["haproxy, one thread"])

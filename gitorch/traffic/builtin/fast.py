@@ -486,10 +486,9 @@ class FastClient(asyncio.Protocol):
         now: float,
     ) -> None:
         """The whole answer came: send it (``data``), pool the backend connection when
-        ``reusable``, and go on with the client connection when ``client_keep``. The
-        steps of :meth:`_write`, :meth:`_detach`, :func:`release_upstream`,
-        :meth:`_end_attempt` and :meth:`_end_request`, in one call: this runs once per
-        request."""
+        ``reusable``, and go on with the client connection when ``client_keep``: the
+        steps of :meth:`_write`, :meth:`_detach`, :meth:`_end_attempt` and
+        :meth:`_end_request`, and the pooling, in one call (this runs once per request)."""
         transport = self.transport
         gone = self.gone
         if transport is not None and not gone and not transport.is_closing():
