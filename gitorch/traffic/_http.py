@@ -458,10 +458,11 @@ def request_head_of(line: bytes, block: bytes) -> RequestHead:
 
 def _request(line: bytes, block: bytes, whole: bytes) -> RequestHead:
     """:func:`request_head_of`, given the whole head as received too (what llhttp reads)."""
-    if line.count(b" ") != 2:
+    parts = line.split(b" ")
+    if len(parts) != 3:
         raise BadMessage(f"malformed request line {line[:60]!r}")
     parser, text, special = _parse_head(httptools.HttpRequestParser, line, block, whole)
-    method, target, _ = line.split(b" ")
+    method, target, _ = parts
     if not target.isascii():
         raise BadMessage("request target is not ASCII")
     version = _VERSIONS.get(parser.get_http_version()) or _version(parser)
