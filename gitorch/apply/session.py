@@ -27,8 +27,10 @@ from gitorch.apply.reconciler import CommitMeta, Reconciler
 from gitorch.errors import ConfigError
 from gitorch.live import NodeTarget, node_targets
 from gitorch.live.inventory import (
+    applied_nodes,
     choose_default_driver,
     cluster_identity,
+    leaving_targets,
     open_runtimes,
     pool_targets,
 )
@@ -187,8 +189,11 @@ class Session:
         """The reconciler for ``desired``'s nodes and those NodePools made: rebuilt when
         they change, and whenever this session's leadership changes (a new term starts
         from the store and the replicas, as a restarted daemon does)."""
-        targets = node_targets(desired.nodes.values(), self.default_driver) + pool_targets(
-            self.store.list_node_pools()
+        declared = node_targets(desired.nodes.values(), self.default_driver)
+        targets = (
+            declared
+            + leaving_targets(applied_nodes(self.store), declared)
+            + pool_targets(self.store.list_node_pools())
         )
         acting = self.leading
         term = self._current_term(acting)
