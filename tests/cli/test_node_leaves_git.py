@@ -8,7 +8,6 @@ runs them."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from cli_helpers import commit, gitorch, init_repo
@@ -35,12 +34,16 @@ spec:
 
 
 def alive(instance_id: str) -> bool:
-    pid = int(instance_id.split("-")[0])
+    """Whether the replica's process (pid and start time, as its id says) still runs. A
+    zombie is dead: the apply that started it has exited, and the machine's init reaps
+    orphans when it gets to them."""
+    pid, start_ticks = instance_id.split("-")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0] not in ("Z", "X") and fields[19] == start_ticks
 
 
 def placed(tmp_path: Path) -> dict[str, str]:
