@@ -8,9 +8,9 @@ through the runtimes and the data plane, in an order that never fails a request:
    draining (the data plane sends them nothing new);
 3. once their requests in flight are done (bounded by the drain timeout), draining
    replicas get SIGTERM with their grace period, and the executor waits for their exit;
-4. the table is published again without them;
-5. new replicas are started, in parallel, each on the node the decision placed it (they
-   join the table once ready, in a later pass), while the exited ones are removed.
+4. new replicas are started, in parallel, each on the node the decision placed it (they
+   join the table once ready, in a later pass), while the table is published again
+   without the exited ones and those are removed.
 
 Stops come before starts because that is what the strategies decide for: a pass that
 stops old replicas and starts new ones stays within ``desired + maxSurge`` only if the
@@ -180,25 +180,28 @@ class Executor:
                     "new table, so it may still send them requests"
                 )
             draining = [s for s in draining if s.replica_id not in stale]
-        exited: list[StopReplica] = []
+        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
+        jobs: list[Callable[[], None]] = [
+            partial(self._start, desired, decision, s, done) for s in starts
+        ]
         if published and draining:
             self._drain(draining)
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
                 stopped = list(pool.map(lambda s: self._stop(s, done), draining))
-            exited = [s for s, ok in zip(draining, stopped, strict=True) if ok]
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
-            self._publish(after, held_routes, done)
-            self._publish_hosts(hosts, after, held_routes, done)
-        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
-        # The new replicas start as soon as the old ones have exited (their processes are
-        # gone: never more than desired + maxSurge run), while the runtimes clean up after
-        # the old ones and remove them: a Docker engine takes up to a second per
-        # container for that on a busy host, which a rollout paid at every batch.
-        jobs: list[Callable[[], None]] = [
-            *(partial(self._start, desired, decision, s, done) for s in starts),
-            *(partial(self._remove_exited, s, done) for s in exited),
-        ]
+            # The new replicas start as soon as the old ones have exited (their processes
+            # are gone: never more than desired + maxSurge run), while the table without
+            # the old ones (drained: they get nothing new already) is published and the
+            # runtimes clean up after them and remove them: a Docker engine takes up to a
+            # second per container for that on a busy host, which a rollout paid at every
+            # batch.
+            jobs.append(partial(self._publish_without, after, hosts, held_routes, done))
+            jobs.extend(
+                partial(self._remove_exited, s, done)
+                for s, ok in zip(draining, stopped, strict=True)
+                if ok
+            )
         if jobs:
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(jobs)))) as pool:
                 for _ in pool.map(lambda job: job(), jobs):
@@ -422,6 +425,17 @@ class Executor:
             return
         done.executed.append(stop)
         done.changes += 1
+
+    def _publish_without(
+        self,
+        table: RoutingTable,
+        hosts: Mapping[str, HostTable],
+        held_routes: Collection[str],
+        done: Execution,
+    ) -> None:
+        """Publish the table once the stopped replicas are out of it, here and on hosts."""
+        self._publish(table, held_routes, done)
+        self._publish_hosts(hosts, table, held_routes, done)
 
     def _kill_undrained(self, draining: list[StopReplica], done: Execution) -> None:
         """The test-only broken drain (module docstring): SIGKILL while still in rotation."""
