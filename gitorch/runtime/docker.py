@@ -441,6 +441,10 @@ class DockerRuntime:
         self._probe_client: docker.APIClient | None = None
         self._facts: tuple[float, dict[str, Any]] | None = None  # (when, docker info)
         self._oom_killed: set[str] = set()  # exited containers whose oom event was seen
+        # Containers this runtime saw exit in stop(), until removed: the engine keeps their
+        # published ports (docker-proxy accepts connections) until its clean-up is done,
+        # so a port probe could still find one "open" (see probe()).
+        self._stopped: set[str] = set()
         self._lock = threading.Lock()
         # Over ssh every call is a session of one ssh connection, and sshd refuses more
         # than MaxSessions (10 by default) at once: calls wait for a free one instead.
@@ -670,6 +674,7 @@ class DockerRuntime:
             self._engine_stop(instance_id, grace_seconds)
             return
         watch = _ExitWatch(self, instance_id)
+        self._stopped.add(instance_id)
         try:
             if not watch.subscribed(self.timeout):
                 self._engine_stop(instance_id, grace_seconds)  # bounded by the timeout
@@ -728,6 +733,7 @@ class DockerRuntime:
             attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
             name = str(attrs.get("Name") or "").lstrip("/") or None
         self._call(lambda api: api.remove_container(instance_id, v=True, force=True), instance_id)
+        self._stopped.discard(instance_id)
         if name is not None:
             _secret_files.remove_files(name)
 
@@ -850,7 +856,11 @@ class DockerRuntime:
     def probe(self, instance: Instance, probe: Probe) -> ProbeResult:
         """Run one probe; failures are results, only a dead engine (exec) raises."""
         started = time.monotonic()
-        if probe.exec_command:
+        if instance.id in self._stopped:
+            # Right after stop() the engine may still hold its ports (it cleans up after
+            # the exit): an open port would not be the replica's.
+            ok, message = False, "stopped"
+        elif probe.exec_command:
             ok, message = self._exec_probe(instance.id, probe)
         elif probe.port is None:
             ok, message = False, "probe has no port"
