@@ -20,6 +20,12 @@ Design decisions (also in the class docstring of :class:`DockerRuntime`):
   dispositions (PID 1 ignores SIGTERM unless it installs a handler), so SIGTERM behaves as
   it does under the process driver, and zombies are reaped.
 * **gitorch owns restarts**: restart policy ``"no"``.
+* **Stop returns at the exit**, not when ``docker stop`` would (after the engine's
+  clean-up: network, port proxies, mounts; up to a second on a busy host): the
+  container's ``die`` events are watched from before the stop signal is sent. The
+  clean-up is :meth:`DockerRuntime.remove`'s to wait for, so a rollout starts its next
+  replicas meanwhile. Until then the engine's port proxy still accepts on the
+  container's published ports, so a stopped container probes as stopped, not by port.
 * **Instances are found by labels** (cluster and node), so a new runtime object
   rediscovers everything; port names travel in a label because Docker has none.
 * **Removed containers leave their output behind**: with a ``state_dir``, :meth:`remove`
