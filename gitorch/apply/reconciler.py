@@ -225,7 +225,7 @@ class Reconciler:
                 compute_plan(desired, live, scoring=self.scoring, decision=decision), expect_plan
             )
         started = self.books.revision_started(desired, live, commit, decision)
-        self.books.nodes_and_volumes(desired)
+        self.books.nodes_and_volumes(desired, live)
         # Write-ahead: what was decided is stored before it is carried out, so a daemon
         # killed in between decides the same again from the replicas it finds.
         self.books.volumes_decided(decision.volumes, desired, live)
