@@ -465,6 +465,11 @@ def _request(line: bytes, block: bytes, whole: bytes) -> RequestHead:
     method, target, _ = parts
     if not target.isascii():
         raise BadMessage("request target is not ASCII")
+    hosts = special.get("host")
+    if hosts is not None and len(hosts) > 1:
+        # RFC 9112 3.2: a 400, never a pick; a backend reading another one than the
+        # proxy's routing and X-Forwarded-Host is how host confusion attacks begin.
+        raise BadMessage("more than one Host header")
     version = _VERSIONS.get(parser.get_http_version()) or _version(parser)
     # llhttp accepted the line: its first part is the method llhttp read, letter for letter.
     return RequestHead(method.decode("ascii"), target.decode(), version, text, special)

@@ -220,6 +220,9 @@ def test_every_backend_down_answers_503(lb: BuiltinLoadBalancer) -> None:
         b"GET /\xe9 HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET /\r\n\r\n",
         b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        # RFC 9112 3.2: two Host lines are a 400 (a backend could read the other one)
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nhost: a\r\n\r\n",
     ],
 )
 def test_malformed_request_answers_400(lb: BuiltinLoadBalancer, apps: Apps, garbage: bytes) -> None:
