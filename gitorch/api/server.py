@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
+
 from gitorch.api import DaemonHandle
 from gitorch.api.auth import Denial, TokenSet, authorize, check_exposure
 from gitorch.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -74,7 +76,13 @@ class Response:
 
 
 def json_response(status: int, value: Any, *headers: tuple[str, str]) -> Response:
-    body = json.dumps(value, ensure_ascii=False).encode("utf-8") + b"\n"
+    """``value`` as a JSON answer, encoded by orjson (the status document of 4,000
+    replicas took the standard encoder ~20 ms of the request's CPU); what orjson
+    refuses (an integer beyond 64 bits) goes through the standard encoder."""
+    try:
+        body = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        body = json.dumps(value, ensure_ascii=False).encode("utf-8") + b"\n"
     return Response(status, body, JSON_TYPE, headers)
 
 
