@@ -201,6 +201,7 @@ class Session:
             secrets_dir=self.options.secrets_dir,
         )
         self.ingress.set_runtimes(runtimes)
+        self._unwatch_exits()  # the runtimes replaced stop watching (Docker: its events)
         for runtime in runtimes.values():
             watch = getattr(runtime, "on_exit", None)
             if watch is not None and self._on_replica_exit is not None:
@@ -229,6 +230,15 @@ class Session:
         self._term = term
         return self.reconciler
 
+    def _unwatch_exits(self) -> None:
+        """The current runtimes stop telling of replicas' exits."""
+        if self.reconciler is None or self._on_replica_exit is None:
+            return
+        for runtime in self.reconciler.runtimes.values():
+            watch = getattr(runtime, "on_exit", None)
+            if watch is not None:
+                watch(None)
+
     def _current_term(self, acting: bool) -> object:
         if self.leadership is None or not acting:
             return None
@@ -242,6 +252,7 @@ class Session:
         A leader gives its leadership up at once (a standby takes over without waiting
         for the lease to expire)."""
         try:
+            self._unwatch_exits()
             if self.health is not None:
                 self.health.stop()
             if self._dataplane is not None:

@@ -257,7 +257,9 @@ def decide_pass(inp: PassInput) -> PassDecision:
         service = desired.services[name]
         single_writer = single_writer_volumes(service, desired)
         waiting = tuple(
-            d for d in service.depends_on if _phase_of(d, decisions, inp) is not RolloutPhase.HEALTHY
+            d
+            for d in service.depends_on
+            if _phase_of(d, decisions, inp) is not RolloutPhase.HEALTHY
         )
         backoff = inp.backoff.get(name, MappingProxyType({}))
         service_input = ServiceInput(

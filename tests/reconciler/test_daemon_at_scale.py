@@ -1,12 +1,13 @@
 """What issue 20 changed in the daemon's behaviour (its speed is measured in bench/): a
-replica without probes that dies wakes the daemon (process driver) instead of waiting for
-the resync, and status serves the last quiet pass's observation, saying how old it is,
+replica without probes that dies wakes the daemon (process driver: its reaper; Docker: the
+engine's events stream) instead of waiting for the resync, and status serves the last quiet pass's observation, saying how old it is,
 also to a local `gitorch status` (through the daemon's API)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -49,6 +50,47 @@ def test_a_probeless_replica_that_dies_is_replaced_before_the_resync(cluster: Cl
     took = time.monotonic() - killed
     # A pass at once, plus the first restart's crash-loop back-off (1 s): seconds, where
     # the resync would have taken up to LONG_RESYNC.
+    assert took < 15, took
+
+
+def _probeless_container_service(name: str, replicas: int) -> str:
+    return f"""apiVersion: gitorch.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  image: gitorch-example/api:1
+  replicas: {replicas}
+  ports:
+    - {{name: http, containerPort: 8080}}
+  restartPolicy: Always
+  terminationGracePeriodSeconds: 2
+"""
+
+
+def test_a_probeless_container_that_dies_is_replaced_before_the_resync(
+    docker_cluster: Cluster,
+) -> None:
+    cluster = docker_cluster
+    sha = commit(cluster.repo, {"api.yaml": _probeless_container_service("api", 2)}, "api")
+    daemon = cluster.daemon(resync=LONG_RESYNC)
+    wait_for(
+        "converged", lambda: converged(daemon.service("api"), sha, 2), 90, describe=daemon.log_tail
+    )
+    time.sleep(1.0)  # the passes of the start are over: the next one is the resync's
+    before = instance_ids(daemon.service("api"))
+    victim = sorted(before)[0]
+    subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+    killed = time.monotonic()
+    wait_for(
+        "a replacement",
+        lambda: len(instance_ids(daemon.service("api")) - before) == 1,
+        30,
+        describe=daemon.log_tail,
+    )
+    took = time.monotonic() - killed
+    # The engine's die event wakes a pass at once, plus the first restart's back-off (1 s):
+    # seconds, where the resync would have taken up to LONG_RESYNC.
     assert took < 15, took
 
 
