@@ -5,14 +5,17 @@ also to a local `gitorch status` (through the daemon's API)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 from reconciler_helpers import (
     Cluster,
+    cli_env,
     commit,
     converged,
     gitorch,
@@ -24,6 +27,18 @@ from reconciler_helpers import (
 
 #: Far longer than the repair may take: only the exit's wake can explain a replacement.
 LONG_RESYNC = 120.0
+
+#: `gitorch status --format json ARGS` in this interpreter; prints what it loaded.
+LOADED_BY_STATUS = """
+import io, json, sys
+from contextlib import redirect_stdout
+from gitorch.cli import main
+out = io.StringIO()
+with redirect_stdout(out):
+    main(["status", "--format", "json", *sys.argv[1:]])
+doc = json.loads(out.getvalue())
+print("\\nPROBE " + json.dumps({"observedAt": doc.get("observedAt"), "modules": sorted(sys.modules)}))
+"""
 
 
 def test_a_probeless_replica_that_dies_is_replaced_before_the_resync(cluster: Cluster) -> None:
@@ -112,6 +127,19 @@ def test_status_serves_the_last_observation_and_says_its_age(cluster: Cluster) -
     data = local.json()
     assert "observedAt" in data and data["tracking"]["revision"] == sha, sorted(data)
     assert {s["name"] for s in data["services"]} == {"api"}
+    # ... loading none of the store's, the live side's or rich's modules on the way.
+    probe = subprocess.run(
+        [sys.executable, "-c", LOADED_BY_STATUS, "--state", str(cluster.state)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=cluster.root,
+        timeout=60,
+    )
+    loaded = json.loads(probe.stdout.rpartition("\nPROBE ")[2])
+    assert loaded["observedAt"], "the probe's status did not come from the daemon"
+    heavy = ("gitorch.state", "gitorch.live", "gitorch.readmodel.status", "rich", "docker")
+    assert [m for m in loaded["modules"] if m.startswith(heavy)] == [], loaded["modules"]
     # ... and one service of it is that service, an unknown one an error, as before.
     one = gitorch(
         "status", "api", "--state", str(cluster.state), "--format", "json", cwd=cluster.root
