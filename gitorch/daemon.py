@@ -261,14 +261,15 @@ class Daemon:
         try:
             from gitorch.sources.watch import RepositoryWatcher
 
-            # A commit's writes (its objects, then its ref) come within milliseconds: a
-            # short debounce, since the 200 ms default was a fifth of issue 20's budget
-            # from commit to first replica. A trigger that finds no new commit yet costs
-            # one `rev-parse`.
+            # Only commits count (the daemon never applies the working tree: an edit
+            # there would preempt a pass for nothing), and a ref's write comes last of a
+            # commit's: a short debounce (the 200 ms default was a fifth of issue 20's
+            # budget from commit to first replica).
             watcher = RepositoryWatcher(
                 Path(self.options.repo),
                 lambda: self.trigger("local commit"),
                 debounce=WATCH_DEBOUNCE,
+                commits_only=True,
             )
             watcher.__enter__()
             return watcher
@@ -294,7 +295,8 @@ class Daemon:
                 self._refresh_desired(reason)
                 if self._desired is not known and self._desired is not None:
                     woken = True  # a new revision: pass now, its changed services first
-                    self._focus = changed_services(known, self._desired)
+                    # With the changes of a revision read but not acted on yet, if any.
+                    self._focus |= changed_services(known, self._desired)
             # A pass when one is due or something woke the loop (a commit, a webhook, a
             # readiness change, a request), not when only the traffic snapshot is due: at
             # 2,000 services a pass costs far more than the snapshot.

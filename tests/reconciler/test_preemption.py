@@ -125,6 +125,10 @@ def test_the_focused_pass_starts_the_changed_service_first(
     changed = changed_services(v1, v2)
     assert changed == {"api"}
 
+    # The pass in progress (still on v1: it would refill web's slot) gives way to v2.
+    reconciler = session.reconciler_for(v1)
+    with pytest.raises(PassPreempted):
+        reconciler.reconcile(v1, preempted=lambda: True)
     reconciler = session.reconciler_for(v2)
     assert reconciler.focusable(v2, changed)
     focused = reconciler.reconcile_focused(v2, None, changed)
