@@ -302,7 +302,8 @@ class Reconciler:
                 compute_plan(desired, live, scoring=self.scoring, decision=decision), expect_plan
             )
         started = self.books.revision_started(desired, live, commit, decision)
-        self.books.nodes_and_volumes(desired)
+        if focus is None:  # Nodes' and Volumes' inventory: the whole pass right after
+            self.books.nodes_and_volumes(desired)
         # Write-ahead: what was decided is stored before it is carried out, so a daemon
         # killed in between decides the same again from the replicas it finds.
         self.books.volumes_decided(decision.volumes, desired, live)

@@ -243,12 +243,13 @@ def decide_pass(inp: PassInput) -> PassDecision:
     """The whole pass (see the module docstring)."""
     desired, live, now = inp.desired, inp.live, inp.now
     only = inp.only
+    # A focused pass orders its own services (their other dependencies count by phase).
+    ordered = desired.services if only is None else only_services(desired, only).services
     order = [
         name
-        for wave in dependency_waves(desired.services)
+        for wave in dependency_waves(ordered)
         # Within a wave, higher priority first: the order replicas are placed in.
-        for name in sorted(wave, key=lambda n: (-desired.services[n].placement.priority, n))
-        if only is None or name in only
+        for name in sorted(wave, key=lambda n: (-ordered[n].placement.priority, n))
     ]
     decisions: dict[str, ServiceDecision] = {}
     bound = bound_nodes(desired, live)
