@@ -389,9 +389,12 @@ class Bookkeeper:
                 log.warning("%s", event.message, extra={"service": decision.name})
         return replace(decision, record=record, bounds_scale=scale)
 
-    def nodes_and_volumes(self, desired: DesiredState) -> None:
+    def nodes_and_volumes(self, desired: DesiredState, live: LiveState) -> None:
         """The inventory of Nodes, NodePools and Volumes follows Git (they roll nothing
-        out; a NodePool's nodes are its sync's, :mod:`gitorch.apply.nodepools`)."""
+        out; a NodePool's nodes are its sync's, :mod:`gitorch.apply.nodepools`). A Node
+        that left Git is forgotten once no replica is seen on it: until then the pass
+        drains it (:func:`gitorch.live.inventory.leaving_targets`)."""
+        occupied = {r.node for service in live.services.values() for r in service.replicas}
         applied = {(a.kind, a.name): a.digest for a in self.store.list_applied()}
         objects: list[Node | Volume | NodePool] = [
             *desired.nodes.values(),
@@ -405,6 +408,9 @@ class Bookkeeper:
                 )
         for kind, name in applied:
             if kind == "Node" and name not in desired.nodes:
+                if name in occupied:
+                    continue
+                log.info("node %s left Git and runs no replica: forgotten", name)
                 self.store.forget_applied(kind, name)
                 self.store.remove_node(name)
             elif (kind == "Volume" and name not in desired.volumes) or (

@@ -7,16 +7,21 @@ through the runtimes and the data plane, in an order that never fails a request:
 2. the routing table is published: ready replicas in, replicas about to stop marked
    draining (the data plane sends them nothing new);
 3. once their requests in flight are done (bounded by the drain timeout), draining
-   replicas get SIGTERM with their grace period and are removed;
-4. the table is published again without them;
-5. new replicas are started, in parallel, each on the node the decision placed it (they
-   join the table once ready, in a later pass).
+   replicas get SIGTERM with their grace period, and the executor waits for their exit;
+4. new replicas are started, in parallel, each on the node the decision placed it (they
+   join the table once ready, in a later pass), while the table is published again
+   without the exited ones and those are removed.
 
 Stops come before starts because that is what the strategies decide for: a pass that
 stops old replicas and starts new ones stays within ``desired + maxSurge`` only if the
 old ones are gone before the new ones run (and a preempted replica's resources are free
-before its preemptor starts). The strategies stop only available replicas beyond their
-availability floor, so stopping first never costs availability.
+before its preemptor starts). "Gone" is the exit of the replica's processes, not the
+end of its removal: what the runtime cleans up after an exit (a container's network and
+mounts, a cgroup, the kept logs) holds no cpu or memory a new replica needs, and a Docker
+engine takes up to a second per container for it on a busy host. A stop is executed
+(in :attr:`Execution.executed`) once its replica is removed. The strategies stop only
+available replicas beyond their availability floor, so stopping first never costs
+availability.
 
 Volumes come first and last: the volumes decided are made before any replica starts (a
 volume that cannot be made fails the starts that need it on that node), and volumes
@@ -47,6 +52,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 from gitorch.apply.health import HealthMonitor
 from gitorch.apply.ingress import IngressFleet
@@ -174,20 +180,31 @@ class Executor:
                     "new table, so it may still send them requests"
                 )
             draining = [s for s in draining if s.replica_id not in stale]
+        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
+        jobs: list[Callable[[], None]] = [
+            partial(self._start, desired, decision, s, done) for s in starts
+        ]
         if published and draining:
             self._drain(draining)
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
-                for _ in pool.map(lambda s: self._stop(s, done), draining):
-                    pass
+                stopped = list(pool.map(lambda s: self._stop(s, done), draining))
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
-            self._publish(after, held_routes, done)
-            self._publish_hosts(hosts, after, held_routes, done)
-        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
-        if starts:
-            workers = max(1, min(8, len(starts)))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for _ in pool.map(lambda s: self._start(desired, decision, s, done), starts):
+            # The new replicas start as soon as the old ones have exited (their processes
+            # are gone: never more than desired + maxSurge run), while the table without
+            # the old ones (drained: they get nothing new already) is published and the
+            # runtimes clean up after them and remove them: a Docker engine takes up to a
+            # second per container for that on a busy host, which a rollout paid at every
+            # batch.
+            jobs.append(partial(self._publish_without, after, hosts, held_routes, done))
+            jobs.extend(
+                partial(self._remove_exited, s, done)
+                for s, ok in zip(draining, stopped, strict=True)
+                if ok
+            )
+        if jobs:
+            with ThreadPoolExecutor(max_workers=max(1, min(8, len(jobs)))) as pool:
+                for _ in pool.map(lambda job: job(), jobs):
                     pass
         if published:  # else replicas that were to stop may still use them
             for delete in decision.volumes.deletes:
@@ -378,20 +395,47 @@ class Executor:
         done.executed.append(stop)
         done.changes += 1
 
-    def _stop(self, stop: StopReplica, done: Execution) -> None:
+    def _stop(self, stop: StopReplica, done: Execution) -> bool:
+        """Signal a drained replica and wait for its exit (within its grace, then
+        SIGKILL); True once it has exited and is to be removed."""
         self._guard()
         runtime = self.runtimes.get(stop.node)
         try:
             if runtime is not None:
                 runtime.stop(stop.replica_id, stop.grace)
-                runtime.remove(stop.replica_id)
         except GitorchError as exc:
             done.errors.append(f"{stop.replica}: cannot stop: {exc.message}")
-            return
+            return False
         finally:
             self.health.untrack(stop.replica_id)
+        if runtime is None:
+            done.executed.append(stop)
+            done.changes += 1
+            return False
+        return True
+
+    def _remove_exited(self, stop: StopReplica, done: Execution) -> None:
+        """Remove a replica :meth:`_stop` saw exit: the stop is done once it is gone."""
+        self._guard()
+        runtime = self.runtimes[stop.node]
+        try:
+            runtime.remove(stop.replica_id)
+        except GitorchError as exc:
+            done.errors.append(f"{stop.replica}: cannot remove: {exc.message}")
+            return
         done.executed.append(stop)
         done.changes += 1
+
+    def _publish_without(
+        self,
+        table: RoutingTable,
+        hosts: Mapping[str, HostTable],
+        held_routes: Collection[str],
+        done: Execution,
+    ) -> None:
+        """Publish the table once the stopped replicas are out of it, here and on hosts."""
+        self._publish(table, held_routes, done)
+        self._publish_hosts(hosts, table, held_routes, done)
 
     def _kill_undrained(self, draining: list[StopReplica], done: Execution) -> None:
         """The test-only broken drain (module docstring): SIGKILL while still in rotation."""

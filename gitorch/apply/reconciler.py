@@ -303,7 +303,7 @@ class Reconciler:
             )
         started = self.books.revision_started(desired, live, commit, decision)
         if focus is None:  # Nodes' and Volumes' inventory: the whole pass right after
-            self.books.nodes_and_volumes(desired)
+            self.books.nodes_and_volumes(desired, live)
         # Write-ahead: what was decided is stored before it is carried out, so a daemon
         # killed in between decides the same again from the replicas it finds.
         self.books.volumes_decided(decision.volumes, desired, live)

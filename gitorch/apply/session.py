@@ -15,6 +15,7 @@ Only one process reconciles a cluster at a time:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,8 +27,10 @@ from gitorch.apply.reconciler import CommitMeta, Reconciler
 from gitorch.errors import ConfigError
 from gitorch.live import NodeTarget, node_targets
 from gitorch.live.inventory import (
+    applied_nodes,
     choose_default_driver,
     cluster_identity,
+    leaving_targets,
     open_runtimes,
     pool_targets,
 )
@@ -41,6 +44,7 @@ from gitorch.state.errors import NotLeader
 from gitorch.state.layout import ensure_state_dir
 from gitorch.state.location import StateLocation
 from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
+from gitorch.traffic.discovery import unreachable_from_local_containers
 from gitorch.traffic.proxy.client import ProxyDataPlane
 from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable
 from gitorch.traffic.table import BackendStats, DataPlane, DataPlaneHealth, RoutingTable
@@ -48,6 +52,8 @@ from gitorch.traffic.workers import WorkerPool
 
 if TYPE_CHECKING:  # etcd's client loads only with etcd state
     from gitorch.state.etcd.election import Leadership
+
+log = logging.getLogger("gitorch.session")
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ class Session:
             self.reconciler: Reconciler | None = None
             self._targets: list[NodeTarget] = []
             self._term: object = None
+            self._unreachable_said: str | None = None
             self._on_health_change = on_health_change
         except BaseException:
             if self.leadership is not None:
@@ -182,8 +189,11 @@ class Session:
         """The reconciler for ``desired``'s nodes and those NodePools made: rebuilt when
         they change, and whenever this session's leadership changes (a new term starts
         from the store and the replicas, as a restarted daemon does)."""
-        targets = node_targets(desired.nodes.values(), self.default_driver) + pool_targets(
-            self.store.list_node_pools()
+        declared = node_targets(desired.nodes.values(), self.default_driver)
+        targets = (
+            declared
+            + leaving_targets(applied_nodes(self.store), declared)
+            + pool_targets(self.store.list_node_pools())
         )
         acting = self.leading
         term = self._current_term(acting)
@@ -194,6 +204,7 @@ class Session:
             and term == self._term
         ):
             return self.reconciler
+        self._warn_unreachable_endpoints(targets)
         runtimes = open_runtimes(
             targets,
             self.options.state_dir,
@@ -238,6 +249,15 @@ class Session:
             watch = getattr(runtime, "on_exit", None)
             if watch is not None:
                 watch(None)
+
+    def _warn_unreachable_endpoints(self, targets: list[NodeTarget]) -> None:
+        """Say once per set of nodes when containers on this host cannot reach the
+        endpoints (a loopback ``--lb-host``): their dependsOn would fail quietly."""
+        local_containers = [t.name for t in targets if t.driver == "docker" and not t.remote]
+        why = unreachable_from_local_containers(self.options.lb_host, local_containers)
+        if why is not None and why != self._unreachable_said:
+            log.warning("%s", why)
+        self._unreachable_said = why
 
     def _current_term(self, acting: bool) -> object:
         if self.leadership is None or not acting:

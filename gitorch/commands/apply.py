@@ -42,6 +42,7 @@ from gitorch.live import observe
 from gitorch.live.inventory import local_node_name
 from gitorch.manifests.loader import ManifestLoader, load_desired
 from gitorch.manifests.model import DesiredState
+from gitorch.process_limits import raise_open_files_limit
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 from gitorch.sources.verify import CommitNotTrusted
 from gitorch.state.errors import NotLeader
@@ -222,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything gitorch writes from here on (state, logs, caches) is private; replicas
     # get the usual umask back (runtime/process.py).
     os.umask(0o077)
+    raise_open_files_limit()  # a pidfd per replica it starts, its balancer's connections
     snapshot, verdict = verified_snapshot(args)
     commit = verified_commit(
         replace(commit_meta(snapshot.revision, snapshot.commit), trigger="cli apply"), verdict

@@ -22,6 +22,7 @@ from gitorch.daemon import Daemon, DaemonOptions
 from gitorch.errors import ConfigError
 from gitorch.live.inventory import local_node_name
 from gitorch.logs import setup_logging
+from gitorch.process_limits import raise_open_files_limit
 
 
 class _GivenDuration(argparse.Action):
@@ -154,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     # get the usual umask back (runtime/process.py).
     os.umask(0o077)
     setup_logging(args.log_level, args.log_format)
+    raise_open_files_limit()  # a pidfd per replica, the proxy's connections
     policy = signature_policy(args)
     secret = WebhookSecret.from_file(args.webhook_secret_file) if args.webhook_secret_file else None
     tokens = TokenSet.from_file(args.api_token_file) if args.api_token_file else None

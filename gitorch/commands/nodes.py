@@ -25,7 +25,7 @@ from gitorch.commands.common import (
     stdout,
 )
 from gitorch.live import node_targets, observe
-from gitorch.live.inventory import cluster_identity, open_runtimes, pool_targets
+from gitorch.live.inventory import applied_nodes, cluster_identity, open_runtimes, pool_targets
 from gitorch.live.model import LiveNode
 from gitorch.manifests.quantities import (
     format_cpu,
@@ -34,7 +34,7 @@ from gitorch.manifests.quantities import (
     parse_memory,
 )
 from gitorch.readmodel.allocation import allocation
-from gitorch.readmodel.cluster import ClusterView, applied_nodes
+from gitorch.readmodel.cluster import ClusterView
 
 EXAMPLE = """example:
   gitorch nodes

@@ -41,8 +41,10 @@ from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import (
     NodeTarget,
+    applied_nodes,
     choose_default_driver,
     cluster_identity,
+    leaving_targets,
     open_runtimes,
     pool_targets,
 )
@@ -129,10 +131,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
     state = state_dir(args)
     store = open_store(args, readonly=True)
     try:
+        applied = applied_nodes(store)
         if desired.nodes:
             targets = node_targets(desired.nodes.values(), choose_default_driver(args.runtime))
         else:
-            targets = registered_targets(store, args.runtime)
+            # The implicit node as the daemon registered it (its driver); not the Nodes
+            # that have left Git, which the pass drains like the daemon's does (below).
+            gone = {node.name for node in applied}
+            targets = [t for t in registered_targets(store, args.runtime) if t.name not in gone]
+            targets = targets or node_targets((), choose_default_driver(args.runtime))
+        targets += leaving_targets(applied, targets)
         if store is not None:
             made = pool_targets(store.list_node_pools())
             known = {t.name for t in targets}

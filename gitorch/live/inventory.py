@@ -12,16 +12,18 @@ import re
 import secrets
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.errors import ConfigError
+from gitorch.manifests.build import build_node
 from gitorch.manifests.model import (
     INGRESS_NEVER,
     INGRESS_REPLICAS,
     POOL_LABEL,
     Node,
+    Origin,
     SSHConfig,
     TLSConfig,
 )
@@ -185,6 +187,40 @@ def node_targets(nodes: Iterable[Node], default_driver: str) -> list[NodeTarget]
         for node in sorted(nodes, key=lambda n: n.name)
     ]
     return targets or [default_node(default_driver)]
+
+
+def applied_nodes(store: StateStore | None) -> list[Node]:
+    """The Nodes as last applied from Git (the store's inventory); [] when none or unreadable.
+
+    The store's node registry keeps only name, driver, endpoint and labels; capacity,
+    taints, cordon, address, TLS and ssh live in the applied Node objects, and readers
+    must use those (a node's explicit capacity, not the machine's; its engine's CA).
+    A Node that has left Git stays here while replicas still run on it
+    (:func:`leaving_targets`).
+    """
+    if store is None:
+        return []
+    nodes: list[Node] = []
+    for applied in store.list_applied():
+        if applied.kind != "Node":
+            continue
+        try:
+            nodes.append(build_node(applied.spec, Origin("(state store)", 0)))
+        except (KeyError, TypeError, ValueError):
+            return []  # an entry this version cannot read: fall back to the registry
+    return nodes
+
+
+def leaving_targets(applied: Iterable[Node], declared: Iterable[NodeTarget]) -> list[NodeTarget]:
+    """The Nodes Git no longer declares but whose replicas may still run: drained targets.
+
+    Deleting a Node from Git moves its replicas away (a drain: replacements elsewhere
+    first, then the old ones stop) or, with their services deleted too, prunes them; the
+    node is forgotten once no replica runs there (``Bookkeeping.nodes_and_volumes``).
+    Never observing it again would leave its replicas running untracked."""
+    names = {t.name for t in declared}
+    gone = [node for node in applied if node.name not in names]
+    return [replace(t, drain=True) for t in node_targets(gone, "process")] if gone else []
 
 
 def pool_targets(records: Iterable[NodePoolRecord]) -> list[NodeTarget]:

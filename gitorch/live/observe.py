@@ -167,9 +167,10 @@ def observe(
         observations = list(
             pool.map(lambda t: _observe_node(t, runtimes[t.name], cluster), targets)
         )
-    # `gitorch drain` is kept in the store: a draining node takes nothing new either.
+    # `gitorch drain` is kept in the store: a draining node takes nothing new either. A
+    # target drained by its making (a Node that left Git) is drained the same way.
     node_records = store.list_nodes() if store is not None else []
-    draining = {r.name for r in node_records if r.draining}
+    draining = {r.name for r in node_records if r.draining} | {t.name for t in targets if t.drain}
     nodes: dict[str, LiveNode] = {}
     replicas_by_service: dict[str, list[LiveReplica]] = {}
     volumes_on: dict[str, Mapping[str, VolumeInfo]] = {}

@@ -8,31 +8,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from gitorch.live import LiveState, NodeTarget, default_node, node_targets
-from gitorch.live.inventory import choose_default_driver, pool_targets
-from gitorch.manifests.build import build_node
-from gitorch.manifests.model import Node, Origin
+from gitorch.live.inventory import applied_nodes, choose_default_driver, pool_targets
 from gitorch.runtime.base import Runtime
 from gitorch.state import StateStore
-
-
-def applied_nodes(store: StateStore | None) -> list[Node]:
-    """The Nodes as last applied from Git (the store's inventory); [] when none or unreadable.
-
-    The store's node registry keeps only name, driver, endpoint and labels; capacity,
-    taints, cordon, address, TLS and ssh live in the applied Node objects, and readers
-    must use those (a node's explicit capacity, not the machine's; its engine's CA).
-    """
-    if store is None:
-        return []
-    nodes: list[Node] = []
-    for applied in store.list_applied():
-        if applied.kind != "Node":
-            continue
-        try:
-            nodes.append(build_node(applied.spec, Origin("(state store)", 0)))
-        except (KeyError, TypeError, ValueError):
-            return []  # an entry this version cannot read: fall back to the registry
-    return nodes
 
 
 def registered_targets(store: StateStore | None, default_driver: str | None) -> list[NodeTarget]:

@@ -7,6 +7,12 @@ the exit status to a callback. One thread for any number of replicas, and regist
 child costs two syscalls instead of starting a thread (which was ~0.7 ms of every
 ``create()`` on a busy 2-core machine). Where pidfds are missing it falls back to one
 waiter thread per child.
+
+Processes that are *not* our children (replicas adopted from an earlier daemon: the kernel
+re-parented them) can be watched the same way, :meth:`Reaper.watch_pid`: a pidfd of any
+process turns readable when it exits, so the daemon hears of an adopted replica's death at
+once instead of at its next pass. Nothing is reaped for them (their new parent does that)
+and their exit code cannot be known.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 ExitCallback = Callable[[int], None]
+GoneCallback = Callable[[], None]
 
 
 class Reaper:
@@ -29,7 +36,7 @@ class Reaper:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._epoll: select.epoll | None = None
-        self._watched: dict[int, tuple[subprocess.Popen[bytes], ExitCallback]] = {}
+        self._watched: dict[int, GoneCallback] = {}
 
     def watch(self, popen: subprocess.Popen[bytes], on_exit: ExitCallback) -> None:
         """Call ``on_exit(returncode)`` from the reaper thread once ``popen`` has exited."""
@@ -38,11 +45,29 @@ class Reaper:
         except (AttributeError, OSError):
             self._watch_with_thread(popen, on_exit)
             return
+        self._register(pidfd, lambda: _deliver(popen, on_exit))
+
+    def watch_pid(self, pid: int, is_still_it: Callable[[], bool], on_gone: GoneCallback) -> bool:
+        """Call ``on_gone()`` from the reaper thread once process ``pid`` (not a child)
+        has exited. ``is_still_it`` is asked after the pidfd is open, so a pid recycled
+        in between is never watched in its place. False when it cannot be watched (gone
+        already, recycled, or no pidfds here): the caller's passes will see its end."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return False
+        if not is_still_it():
+            os.close(pidfd)
+            return False
+        self._register(pidfd, on_gone)
+        return True
+
+    def _register(self, pidfd: int, on_ready: GoneCallback) -> None:
         with self._lock:
             if self._epoll is None:
                 self._epoll = select.epoll()
                 threading.Thread(target=self._run, name="gitorch-reaper", daemon=True).start()
-            self._watched[pidfd] = (popen, on_exit)
+            self._watched[pidfd] = on_ready
             # epoll_ctl on a set another thread is polling is safe: the new fd is seen at once.
             self._epoll.register(pidfd, select.EPOLLIN)
 
@@ -51,12 +76,14 @@ class Reaper:
         while True:
             for pidfd, _events in self._epoll.poll():
                 with self._lock:
-                    entry = self._watched.pop(pidfd, None)
+                    on_ready = self._watched.pop(pidfd, None)
                     self._epoll.unregister(pidfd)
                 os.close(pidfd)
-                if entry is not None:
-                    popen, on_exit = entry
-                    _deliver(popen, on_exit)
+                if on_ready is not None:
+                    try:
+                        on_ready()
+                    except Exception:  # one bad callback must not stop the others
+                        log.exception("a process exit callback failed")
 
     @staticmethod
     def _watch_with_thread(popen: subprocess.Popen[bytes], on_exit: ExitCallback) -> None:

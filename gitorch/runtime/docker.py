@@ -20,6 +20,12 @@ Design decisions (also in the class docstring of :class:`DockerRuntime`):
   dispositions (PID 1 ignores SIGTERM unless it installs a handler), so SIGTERM behaves as
   it does under the process driver, and zombies are reaped.
 * **gitorch owns restarts**: restart policy ``"no"``.
+* **Stop returns at the exit**, not when ``docker stop`` would (after the engine's
+  clean-up: network, port proxies, mounts; up to a second on a busy host): the
+  container's ``die`` events are watched from before the stop signal is sent. The
+  clean-up is :meth:`DockerRuntime.remove`'s to wait for, so a rollout starts its next
+  replicas meanwhile. Until then the engine's port proxy still accepts on the
+  container's published ports, so a stopped container probes as stopped, not by port.
 * **Instances are found by labels** (cluster and node), so a new runtime object
   rediscovers everything; port names travel in a label because Docker has none.
 * **Removed containers leave their output behind**: with a ``state_dir``, :meth:`remove`
@@ -442,6 +448,10 @@ class DockerRuntime:
         self._facts: tuple[float, dict[str, Any]] | None = None  # (when, docker info)
         self._oom_killed: set[str] = set()  # exited containers whose oom event was seen
         self._exit_watcher: _ExitWatcher | None = None  # on_exit's reader of the events
+        # Containers this runtime saw exit in stop(), until removed: the engine keeps their
+        # published ports (docker-proxy accepts connections) until its clean-up is done,
+        # so a port probe could still find one "open" (see probe()).
+        self._stopped: set[str] = set()
         self._lock = threading.Lock()
         # Over ssh every call is a session of one ssh connection, and sshd refuses more
         # than MaxSessions (10 by default) at once: calls wait for a free one instead.
@@ -673,11 +683,67 @@ class DockerRuntime:
         return self.inspect(container_id)
 
     def stop(self, instance_id: str, grace_seconds: float) -> None:
-        """SIGTERM, wait up to the grace period, then SIGKILL (the engine does both)."""
+        """The image's stop signal (SIGTERM unless it says otherwise), up to
+        ``grace_seconds`` for the exit, then SIGKILL. Stopping a stopped one is fine.
+
+        Returns as soon as the container's process has exited (the engine's ``die``
+        event), not when the engine has also finished its clean-up after the exit
+        (network, port proxies, mounts: up to a second on a busy host), which is when
+        ``docker stop`` returns. :meth:`remove` waits for that clean-up, and the executor
+        starts the next replicas meanwhile (issue 20's rolling update). Over ssh, or when
+        the engine's event stream is lost, the engine's own stop does it all."""
+        if self.endpoint.startswith("ssh://"):  # docker-py cannot cancel a stream over ssh
+            self._engine_stop(instance_id, grace_seconds)
+            return
+        watch = _ExitWatch(self, instance_id)
+        self._stopped.add(instance_id)
+        try:
+            if not watch.subscribed(self.timeout):
+                self._engine_stop(instance_id, grace_seconds)  # bounded by the timeout
+                return
+            attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
+            state = attrs.get("State") or {}
+            if not state.get("Running"):
+                return
+            if state.get("Paused") or state.get("Restarting"):
+                self._engine_stop(instance_id, grace_seconds)
+                return
+            if grace_seconds > 0:
+                signal_name = str((attrs.get("Config") or {}).get("StopSignal") or "SIGTERM")
+                begun = time.monotonic()
+                self._signal(instance_id, signal_name)
+                exited = watch.exited(grace_seconds)
+                if exited is None:  # the stream ended: the engine's stop, with what is left
+                    left = grace_seconds - (time.monotonic() - begun)
+                    self._engine_stop(instance_id, max(0.0, left))
+                    return
+                if exited:
+                    return
+            self._signal(instance_id, "SIGKILL")
+            if not watch.exited(self.timeout):
+                self._call(
+                    lambda api: api.wait(
+                        instance_id, timeout=self.timeout, condition="not-running"
+                    ),
+                    instance_id,
+                )
+        finally:
+            watch.close()
+
+    def _engine_stop(self, instance_id: str, grace_seconds: float) -> None:
+        """``docker stop``: the engine signals, waits, kills and cleans up, then answers."""
         # The API takes whole seconds; round up so a replica never gets less than its grace.
         grace = max(0, math.ceil(grace_seconds))
         # docker-py extends the socket timeout of this request by the grace itself.
         self._call(lambda api: api.stop(instance_id, timeout=grace), instance_id)
+
+    def _signal(self, instance_id: str, signal_name: str) -> None:
+        """Send a signal; one that exited meanwhile is fine (its ``die`` is on the way)."""
+        try:
+            self._call(lambda api: api.kill(instance_id, signal=signal_name), instance_id)
+        except RuntimeDriverError as exc:
+            if type(exc) is not RuntimeDriverError or "is not running" not in exc.message:
+                raise
 
     def remove(self, instance_id: str) -> None:
         """Remove the container (killing it first if it still runs) and its anonymous
@@ -689,6 +755,7 @@ class DockerRuntime:
             attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
             name = str(attrs.get("Name") or "").lstrip("/") or None
         self._call(lambda api: api.remove_container(instance_id, v=True, force=True), instance_id)
+        self._stopped.discard(instance_id)
         if name is not None:
             _secret_files.remove_files(name)
 
@@ -811,7 +878,11 @@ class DockerRuntime:
     def probe(self, instance: Instance, probe: Probe) -> ProbeResult:
         """Run one probe; failures are results, only a dead engine (exec) raises."""
         started = time.monotonic()
-        if probe.exec_command:
+        if instance.id in self._stopped:
+            # Right after stop() the engine may still hold its ports (it cleans up after
+            # the exit): an open port would not be the replica's.
+            ok, message = False, "stopped"
+        elif probe.exec_command:
             ok, message = self._exec_probe(instance.id, probe)
         elif probe.port is None:
             ok, message = False, "probe has no port"
@@ -1255,6 +1326,87 @@ class _ExitWatcher(threading.Thread):
             self.listener(container)
         except Exception:  # a listener's bug must not stop the reading
             log.exception("node %s: the exit listener failed", self.runtime.node_name)
+
+
+class _ExitWatch:
+    """The engine's ``die`` events of one container, read on a thread of their own
+    through a client of their own (closing a stream breaks its connection, which must
+    not go back to the runtime's pool). Subscribed before the stop signal is sent, so
+    the exit cannot be missed; :meth:`close` ends the stream and the thread."""
+
+    def __init__(self, runtime: DockerRuntime, instance_id: str) -> None:
+        self._runtime = runtime
+        self._instance_id = instance_id
+        self._ready = threading.Event()  # subscribed, or failed to
+        self._settled = threading.Event()  # the exit seen, or the stream ended
+        self._died = False
+        self._closed = False
+        self._stream: Any = None
+        self._client: docker.APIClient | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._read, name=f"docker-exit-{instance_id[:12]}", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            runtime = self._runtime
+            version = runtime._api().api_version
+            client = _build_client(
+                runtime.endpoint, None, runtime.access, node=runtime.node_name, version=version
+            )
+            with self._lock:
+                self._client = client
+                if self._closed:
+                    return
+            stream = client.events(
+                filters={"type": "container", "container": self._instance_id, "event": "die"},
+                decode=True,
+            )
+            with self._lock:
+                self._stream = stream
+                closed = self._closed
+            self._ready.set()
+            if closed:
+                return
+            for event in stream:
+                if event.get("status") == "die" or event.get("Action") == "die":
+                    self._died = True
+                    return
+        except Exception as exc:  # the caller falls back to the engine's own stop
+            log.debug("exit watch of %s ended: %r", self._instance_id, exc)
+        finally:
+            self._settled.set()
+            self._ready.set()
+
+    def subscribed(self, timeout: float) -> bool:
+        """Whether the stream is open (within ``timeout``)."""
+        self._ready.wait(timeout)
+        with self._lock:
+            return self._stream is not None and not self._settled.is_set()
+
+    def exited(self, timeout: float) -> bool | None:
+        """True once the container's ``die`` was seen (waiting up to ``timeout``); False
+        when not yet; None when the stream ended without it (the engine went away)."""
+        self._settled.wait(timeout)
+        if self._died:
+            return True
+        return None if self._settled.is_set() else False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            stream, client = self._stream, self._client
+        if stream is not None:
+            with suppress(Exception):
+                stream.close()
+        if client is not None:
+            with suppress(Exception):
+                client.close()
+        # The reader ends at once when its socket is shut; not when the engine hangs
+        # before answering the subscription (a daemon thread, gone with the engine).
+        self._thread.join(timeout=1.0)
 
 
 class ExecChannel:

@@ -322,13 +322,15 @@ class ProcessRuntime:
         self._cpu_samples: dict[str, tuple[float, int]] = {}
         self._exit_listener: Callable[[str], None] | None = None
         self._ending: set[str] = set()  # replicas stop() or remove() ends: no one to tell
+        self._adopted_watched: set[str] = set()  # adopted replicas whose exit we will hear
 
     def on_exit(self, listener: Callable[[str], None] | None) -> None:
         """Call ``listener(instance_id)`` (on the reaper's thread) once a replica this
         process started has exited by itself (not through :meth:`stop` or
         :meth:`remove`) and its exit is recorded: the daemon passes at once instead of at
-        its next resync. Replicas adopted from an earlier daemon are not its children and
-        are seen by the passes only."""
+        its next resync. Replicas adopted from an earlier daemon are not its children:
+        their exit is heard through a pidfd once :meth:`list_instances` has seen them
+        running (exit code unknown, as for every adopted replica)."""
         self._exit_listener = listener
 
     # -- capacity ---------------------------------------------------------------------
@@ -452,8 +454,39 @@ class ProcessRuntime:
             if record.labels.get(LABEL_CLUSTER) != cluster:
                 continue
             self._id_to_name[record.instance_id] = record.name
-            instances.append(self._to_instance(record))
+            instance = self._to_instance(record)
+            if instance.state is InstanceState.RUNNING:
+                self._hear_adopted_exit(record)
+            instances.append(instance)
         return instances
+
+    def _hear_adopted_exit(self, record: ReplicaRecord) -> None:
+        """Watch a running replica this process did not start, so that its death wakes
+        the listener as a child's does (a set lookup per replica and pass otherwise)."""
+        instance_id = record.instance_id
+        if self._exit_listener is None or instance_id in self._adopted_watched:
+            return
+        with _CHILDREN_LOCK:
+            if instance_id in _CHILDREN:
+                return
+            self._adopted_watched.add(instance_id)
+
+        def is_still_it() -> bool:
+            stat = _proc.read_stat(record.pid)
+            return stat is not None and stat.start_ticks == record.start_ticks
+
+        if not REAPER.watch_pid(record.pid, is_still_it, lambda: self._adopted_gone(instance_id)):
+            with _CHILDREN_LOCK:
+                self._adopted_watched.discard(instance_id)
+
+    def _adopted_gone(self, instance_id: str) -> None:
+        with _CHILDREN_LOCK:
+            self._adopted_watched.discard(instance_id)
+            ended_by_us = instance_id in self._ending
+            self._ending.discard(instance_id)
+        listener = self._exit_listener
+        if not ended_by_us and listener is not None:
+            listener(instance_id)
 
     def inspect(self, instance_id: str) -> Instance:
         return self._to_instance(self._find(instance_id))
@@ -911,9 +944,10 @@ class ProcessRuntime:
 
     def _expect_exit(self, instance_id: str) -> None:
         """The replica is being ended by gitorch: its exit is not told to the listener.
-        Only a child of this process is reaped here, so only a child's id is kept."""
+        Only the ids of replicas whose exit is watched (children, watched adopted ones)
+        are kept."""
         with _CHILDREN_LOCK:
-            if instance_id in _CHILDREN:
+            if instance_id in _CHILDREN or instance_id in self._adopted_watched:
                 self._ending.add(instance_id)
 
     def _record_exit(self, instance_id: str, child: _Child, returncode: int) -> None:

@@ -20,7 +20,7 @@ configuration may name its dependencies instead of reading the variables.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -83,3 +83,20 @@ def discovery_for(
         hosts = {names[s]: local_ingress for s in ports} if container else {}
     env = service_env({s: (where[s], port) for s, port in ports.items()})
     return Discovery(MappingProxyType(env), MappingProxyType(hosts))
+
+
+def unreachable_from_local_containers(lb_host: str, container_nodes: Sequence[str]) -> str | None:
+    """Why the containers of ``container_nodes`` (Docker nodes on the daemon's own host)
+    cannot reach the endpoints when the daemon's ingress listens on ``lb_host``; None
+    when they can. Their dependencies resolve to Docker's ``host-gateway`` (the bridge's
+    address), where a loopback-only ingress does not listen."""
+    if not container_nodes or not (lb_host in ("localhost", "::1") or lb_host.startswith("127.")):
+        return None
+    nodes = ", ".join(sorted(container_nodes))
+    return (
+        f"the endpoints listen on {lb_host} only: containers on this host (node {nodes}) "
+        "cannot reach the services they depend on (127.0.0.1 inside a container is the "
+        "container itself; their <NAME>_SERVICE_HOST is the Docker bridge's gateway). "
+        "Start the daemon with --lb-host 0.0.0.0 (every address) or the bridge's address "
+        "(docker0, usually 172.17.0.1)"
+    )

@@ -41,7 +41,12 @@ print("\\nPROBE " + json.dumps({"observedAt": doc.get("observedAt"), "modules": 
 """
 
 
-def test_a_probeless_replica_that_dies_is_replaced_before_the_resync(cluster: Cluster) -> None:
+@pytest.mark.parametrize("adopted", [False, True], ids=["started", "adopted"])
+def test_a_probeless_replica_that_dies_is_replaced_before_the_resync(
+    cluster: Cluster, adopted: bool
+) -> None:
+    """``adopted``: the replicas were started by a daemon killed since; the one now
+    running did not start them (they are not its children) and still hears their exit."""
     sha = commit(
         cluster.repo,
         {"api.yaml": process_service("api", port=cluster.port, replicas=2, readiness=False)},
@@ -51,6 +56,18 @@ def test_a_probeless_replica_that_dies_is_replaced_before_the_resync(cluster: Cl
     wait_for(
         "converged", lambda: converged(daemon.service("api"), sha, 2), 60, describe=daemon.log_tail
     )
+    if adopted:
+        started = instance_ids(daemon.service("api"))
+        daemon.proc.kill()
+        daemon.proc.wait(10)
+        daemon = cluster.daemon(resync=LONG_RESYNC)
+        wait_for(
+            "converged again",
+            lambda: converged(daemon.service("api"), sha, 2),
+            60,
+            describe=daemon.log_tail,
+        )
+        assert instance_ids(daemon.service("api")) == started  # adopted, not replaced
     time.sleep(1.0)  # the passes of the start are over: the next one is the resync's
     before = instance_ids(daemon.service("api"))
     victim = sorted(before)[0]

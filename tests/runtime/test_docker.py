@@ -339,3 +339,79 @@ def test_tcp_endpoint(engine: PrivateEngine, test_images: dict[str, str], cluste
     instance = runtime.create(_spec(f"{cluster}-g", test_images["graceful"]), cluster)
     runtime.stop(instance.id, grace_seconds=5)
     assert runtime.inspect(instance.id).exit_code == 0
+
+
+# -- stop: returns at the exit, the removal cleans up ----------------------------------
+
+
+def _die_times(docker_client: Any, container_id: str, since: float) -> list[float]:
+    """Wall-clock times of the engine's ``die`` events of one container since ``since``."""
+    events = docker_client.api.events(
+        since=since,
+        until=time.time() + 0.5,
+        filters={"container": container_id, "event": "die"},
+        decode=True,
+    )
+    return [int(e["timeNano"]) / 1e9 for e in events]
+
+
+def test_stop_returns_at_the_exit_and_remove_leaves_nothing(
+    main_runtime: DockerRuntime, test_images: dict[str, str], docker_client: Any, cluster: str
+) -> None:
+    """Issue 20: the stop returns once the process has exited (the engine's ``die``), not
+    after the engine's clean-up; the container is still there for :meth:`remove`, which
+    then leaves no container, and no watcher thread outlives the stop."""
+    threads = threading.active_count()
+    instance = main_runtime.create(
+        _spec(f"{cluster}-g", test_images["graceful"], stop_grace_seconds=5), cluster
+    )
+    begun = time.time()
+    main_runtime.stop(instance.id, grace_seconds=5)
+    returned = time.time()
+    assert returned - begun < 4.0, "the graceful app exits within ~0.5 s of SIGTERM"
+    stopped = main_runtime.inspect(instance.id)
+    assert stopped.state is InstanceState.EXITED and stopped.exit_code == 0
+    dies = _die_times(docker_client, instance.id, begun - 1)
+    assert len(dies) == 1 and begun <= dies[0] <= returned + 0.05, (begun, dies, returned)
+    assert "clean exit" in main_runtime.logs(instance.id)
+    main_runtime.stop(instance.id, grace_seconds=5)  # stopping a stopped one is fine
+    main_runtime.remove(instance.id)
+    listed = docker_client.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
+    assert listed == []
+    deadline = time.monotonic() + 2
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= threads, [t.name for t in threading.enumerate()]
+
+
+def test_stop_sends_the_images_stop_signal_then_sigkill_after_the_grace(
+    main_runtime: DockerRuntime, test_images: dict[str, str], docker_client: Any, cluster: str
+) -> None:
+    """As ``docker stop`` does: the container's STOPSIGNAL (nginx's SIGQUIT, say), not
+    SIGTERM; a container that ignores it is SIGKILLed once the grace is over."""
+    script = (
+        "trap 'echo got USR1; exit 7' USR1; trap '' TERM; while true; do sleep 1 & wait $!; done"
+    )
+    created = docker_client.api.create_container(
+        test_images["graceful"],
+        command=["/bin/sh", "-c", script],
+        stop_signal="SIGUSR1",
+        labels={LABEL_CLUSTER: cluster},
+        host_config=docker_client.api.create_host_config(init=True),
+    )
+    docker_client.api.start(created["Id"])
+    time.sleep(0.5)  # the traps are set
+    begun = time.monotonic()
+    main_runtime.stop(created["Id"], grace_seconds=5)
+    assert time.monotonic() - begun < 4.0
+    assert main_runtime.inspect(created["Id"]).exit_code == 7
+    main_runtime.remove(created["Id"])
+
+    stubborn = main_runtime.create(
+        _spec(f"{cluster}-s", test_images["stubborn"], stop_grace_seconds=1), cluster
+    )
+    begun = time.monotonic()
+    main_runtime.stop(stubborn.id, grace_seconds=1)
+    took = time.monotonic() - begun
+    assert 1.0 <= took < 5.0, took
+    assert main_runtime.inspect(stubborn.id).exit_code == 137

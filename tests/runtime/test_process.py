@@ -505,3 +505,38 @@ def test_an_exit_is_told_to_the_listener_once_its_code_is_recorded(
     assert exited(runtime, slow.id)
     time.sleep(0.3)
     assert told == [(quick.id, 3)]
+
+
+def test_an_adopted_replica_s_exit_is_told_too(
+    state_dir: Path, workdir: Path, cluster: str
+) -> None:
+    """A replica started by an earlier daemon is not our child, but its death wakes the
+    daemon all the same (a pidfd), once a pass has listed it; one gitorch stops is not."""
+    ids = [
+        create_from_another_process(
+            "node-p",
+            state_dir,
+            workdir,
+            cluster,
+            f'ReplicaSpec(name="{cluster}-adopted{i}", image=None, command=("sleep", "60"))',
+        )
+        for i in range(2)
+    ]
+    pids = [int(instance_id.split("-")[0]) for instance_id in ids]
+    try:
+        runtime = ProcessRuntime("node-p", state_dir, workdir=workdir)
+        told: list[str] = []
+        runtime.on_exit(told.append)
+        assert {i.state for i in runtime.list_instances(cluster)} == {InstanceState.RUNNING}
+        runtime.list_instances(cluster)  # a second pass watches nothing twice
+        os.kill(pids[0], signal.SIGKILL)
+        wait_until("the listener told", lambda: told != [], timeout=5.0)
+        assert told == [ids[0]]
+        assert runtime.inspect(ids[0]).state is InstanceState.EXITED
+        runtime.stop(ids[1], 5.0)
+        time.sleep(0.3)
+        assert told == [ids[0]]
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)

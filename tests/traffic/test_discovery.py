@@ -3,7 +3,7 @@ ingress, at an address valid where it runs, never 127.0.0.1 inside a container."
 
 from __future__ import annotations
 
-from gitorch.traffic.discovery import HOST_GATEWAY, discovery_for
+from gitorch.traffic.discovery import HOST_GATEWAY, discovery_for, unreachable_from_local_containers
 
 PORTS = {"api": 7001, "auth-db": 7002}
 
@@ -45,3 +45,12 @@ def test_a_process_replica_shares_the_daemons_host_and_gets_no_names() -> None:
 def test_no_dependencies_no_discovery() -> None:
     found = discovery_for({}, host_ingress="10.0.0.3", local_ingress="127.0.0.1", container=True)
     assert not found.env and not found.hosts
+
+
+def test_a_loopback_ingress_is_said_unreachable_from_containers_on_its_host() -> None:
+    why = unreachable_from_local_containers("127.0.0.1", ["local", "b"])
+    assert why is not None
+    assert "127.0.0.1 only" in why and "node b, local" in why and "--lb-host 0.0.0.0" in why
+    for reachable in ("0.0.0.0", "", "::", "172.17.0.1", "192.0.2.7"):
+        assert unreachable_from_local_containers(reachable, ["local"]) is None, reachable
+    assert unreachable_from_local_containers("127.0.0.1", []) is None  # no container here

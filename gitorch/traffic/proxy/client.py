@@ -163,11 +163,35 @@ class ProxyDataPlane(ControlledPlane):
             log.info(
                 "adopted proxy %s (gitorch %s), serving", hello.get("pid"), hello.get("version")
             )
+            self._say_what_differs(hello)
             return hello
         launch(self.state_dir, host=self.host, workers=self.workers)
         hello = call(self.paths.socket, {"op": "hello"}, CALL_TIMEOUT)
         log.info("started proxy %s", hello.get("pid"))
         return hello
+
+    def _say_what_differs(self, hello: dict[str, Any]) -> None:
+        """A daemon that adopts a proxy keeps its listening address and its workers
+        (moving them would close every endpoint for a moment): say so when the daemon
+        was given others, and how to apply them, rather than seem to have applied them.
+        (``gitorch apply`` takes the proxy as it is: its defaults ask for nothing.)"""
+        if not self.start:
+            return
+        asked: dict[str, tuple[object, object]] = {
+            "address": (hello.get("host"), self.host),
+            "workers": (hello.get("workers"), self.workers),
+        }
+        for what, (running, wanted) in asked.items():
+            if running is not None and running != wanted:
+                log.warning(
+                    "the running proxy %s keeps its %s (%s, not %s as given): "
+                    "`gitorch proxy stop`, then start the daemon again, to change it "
+                    "(the endpoints are down in between)",
+                    hello.get("pid"),
+                    what,
+                    running,
+                    wanted,
+                )
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         try:

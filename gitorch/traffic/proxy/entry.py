@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gitorch.logs import setup_logging
+from gitorch.process_limits import raise_open_files_limit
 from gitorch.traffic.builtin.loops import EVENT_LOOPS, default_event_loop
 from gitorch.traffic.proxy.control import ProxyPaths
 from gitorch.traffic.proxy.keeper import Held, KeeperLink, keep
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     paths.stopped.unlink(missing_ok=True)
     ready = detach(paths.log) if args.detach else None
     setup_logging(args.log_level, "text")
+    raise_open_files_limit()  # two descriptors per proxied connection
 
     def serve(link: KeeperLink, inherited: Held) -> int:
         server = ProxyServer(
