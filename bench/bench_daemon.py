@@ -230,7 +230,11 @@ def main() -> None:
             git(work, "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-qam", f"r{n}")
             committed = time.perf_counter()
             deadline = committed + 60
-            while not (set(os.listdir(folder)) - known):
+            # A replica of this commit's template (its record says ROUND): a new folder
+            # alone may be the previous commit's rollout, still going on a loaded machine.
+            while not any(
+                of_round(folder / name, change[0]) for name in set(os.listdir(folder)) - known
+            ):
                 if time.perf_counter() > deadline:
                     raise SystemExit("no new replica within 60 s of the commit")
                 time.sleep(0.005)
@@ -256,6 +260,16 @@ def main() -> None:
             stop_replicas(state)
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def of_round(replica: Path, value: str) -> bool:
+    """Whether the replica in folder ``replica`` runs the template with ROUND ``value``
+    (False while its record is not written yet)."""
+    try:
+        record = json.loads((replica / "instance.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (record.get("env") or {}).get("ROUND") == value
 
 
 def report(

@@ -37,7 +37,12 @@ from pathlib import Path
 from types import MappingProxyType
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "shared"), str(REPO / "tests" / "runtime")]
+sys.path[:0] = [
+    str(REPO),
+    str(REPO / "tests" / "shared"),
+    str(REPO / "tests" / "runtime"),
+    str(REPO / "rigs"),  # private_dockerd, which the rig of hosts boots
+]
 
 from gitorch.apply.ingress import IngressFleet  # noqa: E402
 from gitorch.decide.actions import StartIngress  # noqa: E402

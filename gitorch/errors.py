@@ -41,6 +41,7 @@ line instead of a traceback.
     │   ├── StateUnavailable          (state.errors) etcd unreachable, or without a quorum
     │   ├── StateConflict             (state.errors) an etcd transaction met a concurrent writer
     │   └── NotLeader                 (state.errors) a write or action by a daemon that does not lead
+    ├── PassPreempted                 (apply.reconciler) a pass gave way, before it wrote anything, to a new revision
     ├── PrometheusQueryFailed         (analysis.prometheus) a query gave no usable number
     ├── ProviderError                 (apply.nodepools) a NodePool's provider command failed or answered wrong
     │   └── ListingRefused            (apply.nodepools) listed nodes a pool will not use (no tcp:// for its TLS)

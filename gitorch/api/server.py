@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
+
 from gitorch.api import DaemonHandle
 from gitorch.api.auth import Denial, TokenSet, authorize, check_exposure
 from gitorch.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -76,6 +78,17 @@ class Response:
 def json_response(status: int, value: Any, *headers: tuple[str, str]) -> Response:
     body = json.dumps(value, ensure_ascii=False).encode("utf-8") + b"\n"
     return Response(status, body, JSON_TYPE, headers)
+
+
+def document_response(value: Any) -> Response:
+    """A large JSON document (the status of 4,000 replicas), encoded by orjson: the
+    standard encoder took ~20 ms of the request's CPU. Compact (``{"a":1}``); what orjson
+    refuses (an integer beyond 64 bits) goes through the standard encoder."""
+    try:
+        body = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return json_response(200, value)
+    return Response(200, body, JSON_TYPE)
 
 
 def error_response(status: int, message: str, detail: tuple[str, ...] = ()) -> Response:
@@ -321,7 +334,7 @@ class ApiServer:
         return json_response(503, {"ok": False, "reason": reason or "unhealthy"})
 
     def _status(self, request: Request) -> Response:
-        return json_response(200, self.handle.status())
+        return document_response(self.handle.status())
 
     def _history(self, request: Request) -> Response:
         service = _one(request, "service") or None

@@ -14,6 +14,12 @@ A pass is four steps, each in its own room:
    caught at the service it concerns; then the failures are recorded (back-off) and the
    revision is finished once its services settled.
 
+A pass may give way (:class:`PassPreempted`) to a new revision while it observes and
+decides, never once it starts writing: a commit then waits for no pass of 2,000 services.
+A **focused** pass (``focus``) decides and acts on the services a new revision changed
+alone, before the whole pass observes and decides every service again (see
+:meth:`Reconciler.focusable`).
+
 ``gitorch plan`` runs steps 1 and 2 and renders the actions; ``apply --expect-plan``
 checks the digest of the plan of the very decision it then executes. Nothing a pass needs
 for correctness lives in memory: a daemon killed at any instant and restarted computes the
@@ -39,7 +45,7 @@ from gitorch.apply.nodes import NodeTracker
 from gitorch.decide import PassDecision, ServiceProgress, decide_pass
 from gitorch.decide.actions import Action
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, remaining
-from gitorch.decide.cluster import pass_input_of
+from gitorch.decide.cluster import only_services, pass_input_of, with_routes_of
 from gitorch.decide.routes import routing_table
 from gitorch.decide.service import service_from
 from gitorch.decide.vertical import with_vertical
@@ -55,9 +61,18 @@ from gitorch.secrets import SecretValues
 from gitorch.state import BackoffRecord, RolloutPhase, StateStore
 from gitorch.traffic.table import DataPlane, RoutingTable
 
-__all__ = ["CommitMeta", "PassResult", "Reconciler", "ServiceProgress"]
+__all__ = ["CommitMeta", "PassPreempted", "PassResult", "Reconciler", "ServiceProgress"]
 
 log = logging.getLogger("gitorch.reconciler")
+
+#: A focused pass takes at most this many services: a revision that changes more is
+#: applied by the whole pass at once (the focus would save little).
+FOCUS_MAX_SERVICES = 50
+
+
+class PassPreempted(GitorchError):
+    """A pass stopped between its steps, before it wrote anything or changed the world,
+    because something more urgent waits (a new revision): nothing of it is half-done."""
 
 
 @dataclass(frozen=True)
@@ -142,30 +157,61 @@ class Reconciler:
 
     # ------------------------------------------------------------------ observe + decide
 
-    def observe(self, desired: DesiredState) -> tuple[LiveState, frozenset[str]]:
+    def observe(
+        self,
+        desired: DesiredState,
+        *,
+        focus: frozenset[str] | None = None,
+        preempted: Callable[[], bool] | None = None,
+    ) -> tuple[LiveState, frozenset[str]]:
         """The live state with the health monitor's view of every replica, and the nodes
-        lost (silent past their grace)."""
+        lost (silent past their grace). ``focus``: only these services' replicas are
+        tracked and given their health (a focused pass; the others' replicas count for
+        placement alone). ``preempted``: asked once the runtimes answered; True raises
+        :class:`PassPreempted`."""
         if self.acting:
             self._register_nodes()
             if not self._reaped:
                 self._reap_orphans()
         live = observe(self.targets, self.runtimes, self.cluster, self.store)
+        if preempted is not None and preempted():
+            raise PassPreempted("a new revision waits: the pass gave way after observing")
         live, lost = self.nodes.update(live, record=self.acting)
         if self.ingress is not None:
             # A host that does not answer is not asked for figures (its in-flight
             # requests are given up by the tables that list its replicas unreachable).
             self.ingress.forget(n for n, node in live.nodes.items() if not node.ready)
-        self._forget_vanished(live)
-        if not live.unknown_nodes:
-            # Secret files of replicas removed outside gitorch (tmpfs, until a reboot).
-            sweep_secret_files(self.cluster, {r.name for r in live.replicas()})
-        self._track(desired, live)
-        return _with_health(live, self.health), lost
+        if focus is None:
+            self._forget_vanished(live)
+            if not live.unknown_nodes:
+                # Secret files of replicas removed outside gitorch (tmpfs, until a reboot).
+                sweep_secret_files(self.cluster, {r.name for r in live.replicas()})
+        self._track(desired, live, focus)
+        return _with_health(live, self.health, focus), lost
+
+    def focusable(self, desired: DesiredState, services: frozenset[str]) -> bool:
+        """Whether a focused pass may act on ``services`` alone: a few services, none
+        mounting a volume (volumes are decided over every service) and no node with its
+        own ingress (its table is decided over every route). Otherwise the whole pass
+        applies the revision."""
+        if not services or len(services) > FOCUS_MAX_SERVICES:
+            return False
+        if any(t.own_ingress for t in self.targets):
+            return False
+        return all(
+            name in desired.services and not desired.services[name].volumes for name in services
+        )
 
     def decide(
-        self, desired: DesiredState, live: LiveState, lost: frozenset[str], now: float
+        self,
+        desired: DesiredState,
+        live: LiveState,
+        lost: frozenset[str],
+        now: float,
+        focus: frozenset[str] | None = None,
     ) -> PassDecision:
-        """The pure decision of a pass over what :meth:`observe` saw."""
+        """The pure decision of a pass over what :meth:`observe` saw (``focus``: of
+        those services alone, over the table in force)."""
         inp = pass_input_of(
             desired,
             live,
@@ -189,6 +235,8 @@ class Reconciler:
                 evicting=MappingProxyType({**inp.verdicts.evicting, **stale}),
                 stale=frozenset(stale),
             ),
+            only=focus,
+            in_force=self.executor.published if focus is not None else None,
         )
         return decide_pass(inp)
 
@@ -207,25 +255,55 @@ class Reconciler:
         commit: CommitMeta | None = None,
         *,
         expect_plan: str | None = None,
+        preempted: Callable[[], bool] | None = None,
     ) -> PassResult:
         """One pass. Never raises for a single service's trouble: it is recorded on that
         service instead. ``expect_plan``: refuse (PlanChanged) unless this pass's plan has
-        that digest; the pass then executes exactly that plan's actions."""
+        that digest; the pass then executes exactly that plan's actions. ``preempted``:
+        asked after observing and before the first write; True raises
+        :class:`PassPreempted`, and nothing of the pass was written or carried out."""
+        result = self._pass(desired, commit, expect_plan, None, preempted)
+        assert result is not None  # only a focused pass declines
+        return result
+
+    def reconcile_focused(
+        self, desired: DesiredState, commit: CommitMeta | None, services: frozenset[str]
+    ) -> PassResult | None:
+        """A pass over ``services`` alone (:meth:`focusable` first): observed, decided,
+        recorded and carried out as the whole pass would, over the placements of every
+        replica and the table in force; it prunes nothing and finishes no revision. None
+        (nothing written, nothing done) when its decision would reach beyond them (it
+        preempts another service's replica): the whole pass decides that."""
+        return self._pass(desired, commit, None, services, None)
+
+    def _pass(
+        self,
+        desired: DesiredState,
+        commit: CommitMeta | None,
+        expect_plan: str | None,
+        focus: frozenset[str] | None,
+        preempted: Callable[[], bool] | None,
+    ) -> PassResult | None:
         if not self.acting:
             raise GitorchError("a standby's reconciler only plans (this daemon does not lead)")
         self.books.acting_for(commit)
         self.quiet_observation = None
-        live, lost = self.observe(desired)
+        live, lost = self.observe(desired, focus=focus, preempted=preempted)
         # Requests vertical mode Auto applied: the template the service rolls out to.
         desired = with_vertical(desired, live.autoscalers)
         now = max(self.clock(), live.observed_at)
-        decision = self.decide(desired, live, lost, now)
+        decision = self.decide(desired, live, lost, now, focus)
+        if focus is not None and decision.preemptions:
+            return None
+        if preempted is not None and preempted():
+            raise PassPreempted("a new revision waits: the pass gave way before writing")
         if expect_plan is not None:
             check_expected(
                 compute_plan(desired, live, scoring=self.scoring, decision=decision), expect_plan
             )
         started = self.books.revision_started(desired, live, commit, decision)
-        self.books.nodes_and_volumes(desired, live)
+        if focus is None:  # Nodes' and Volumes' inventory: the whole pass right after
+            self.books.nodes_and_volumes(desired, live)
         # Write-ahead: what was decided is stored before it is carried out, so a daemon
         # killed in between decides the same again from the replicas it finds.
         self.books.volumes_decided(decision.volumes, desired, live)
@@ -238,18 +316,23 @@ class Reconciler:
             desired,
             decision,
             held_routes=held,
-            table_without=lambda gone: self._table(desired, live, decision, gone),
+            table_without=lambda gone: self._table(desired, live, decision, gone, focus),
         )
         self.books.volumes_executed(execution, desired)
         self._advance_analyses(decision, now)
         for forget in decision.prune.forget:
             self.books.forget(forget.service)
-        self.books.failures(decision, execution, live.backoff, now)
+        backoff = live.backoff
+        if focus is not None:  # a focused pass forgives none of the other services
+            backoff = MappingProxyType({n: b for n, b in backoff.items() if n in focus})
+        self.books.failures(decision, execution, backoff, now)
         failures = service_failures(self.store.list_backoff())
-        if started is not None:
+        if started is not None and focus is None:
+            # Only the whole pass finishes a revision (it sees every service, and prunes).
             self.books.revision_finished(started, desired, decision, failures)
         quiet = (
-            started is None
+            focus is None
+            and started is None
             and not wrote
             and not execution.executed
             and not execution.changes
@@ -268,9 +351,18 @@ class Reconciler:
         return self.ingress.image_tag()
 
     def _table(
-        self, desired: DesiredState, live: LiveState, decision: PassDecision, gone: set[str]
+        self,
+        desired: DesiredState,
+        live: LiveState,
+        decision: PassDecision,
+        gone: set[str],
+        focus: frozenset[str] | None = None,
     ) -> RoutingTable:
-        return routing_table(
+        """The table once the replicas in ``gone`` stopped (a focused pass: of its
+        services' routes, the others as published)."""
+        if focus is not None:
+            desired = only_services(desired, focus)
+        table = routing_table(
             desired,
             live,
             targets={n: d.target for n, d in decision.services.items()},
@@ -279,6 +371,9 @@ class Reconciler:
             draining=self._stale,
             gone=gone,
         )
+        if focus is None:
+            return table
+        return with_routes_of(self.executor.published, table, focus)
 
     def _held_routes(self, live: LiveState, decision: PassDecision, now: float) -> set[str]:
         """Routes of services backing off after their port could not be bound."""
@@ -337,11 +432,16 @@ class Reconciler:
             decision=decision,
         )
 
-    def _track(self, desired: DesiredState, live: LiveState) -> None:
-        """Probe every running replica with the probes of the spec it runs; one seen for
-        the first time is probed once right away (see the module docstring)."""
+    def _track(
+        self, desired: DesiredState, live: LiveState, focus: frozenset[str] | None = None
+    ) -> None:
+        """Probe every running replica (``focus``: of those services) with the probes of
+        the spec it runs; one seen for the first time is probed once right away (see the
+        module docstring)."""
         fresh: list[str] = []
         for name, live_service in live.services.items():
+            if focus is not None and name not in focus:
+                continue
             service = desired.services.get(name)
             record = live.rollouts.get(name)
             specs: dict[str, Service] = {}
@@ -415,10 +515,16 @@ class Reconciler:
                 )
 
 
-def _with_health(live: LiveState, health: HealthMonitor) -> LiveState:
-    """``live`` with what the health monitor says of each replica."""
+def _with_health(
+    live: LiveState, health: HealthMonitor, focus: frozenset[str] | None = None
+) -> LiveState:
+    """``live`` with what the health monitor says of each replica (``focus``: of those
+    services' replicas; the others' stay as observed)."""
     services: dict[str, LiveService] = {}
     for name, service in live.services.items():
+        if focus is not None and name not in focus:
+            services[name] = service
+            continue
         replicas: list[LiveReplica] = []
         for replica in service.replicas:
             known = health.health(replica.id) if replica.state == "running" else None

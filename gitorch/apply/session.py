@@ -212,6 +212,7 @@ class Session:
             secrets_dir=self.options.secrets_dir,
         )
         self.ingress.set_runtimes(runtimes)
+        self._unwatch_exits()  # the runtimes replaced stop watching (Docker: its events)
         for runtime in runtimes.values():
             watch = getattr(runtime, "on_exit", None)
             if watch is not None and self._on_replica_exit is not None:
@@ -240,6 +241,15 @@ class Session:
         self._term = term
         return self.reconciler
 
+    def _unwatch_exits(self) -> None:
+        """The current runtimes stop telling of replicas' exits."""
+        if self.reconciler is None or self._on_replica_exit is None:
+            return
+        for runtime in self.reconciler.runtimes.values():
+            watch = getattr(runtime, "on_exit", None)
+            if watch is not None:
+                watch(None)
+
     def _warn_unreachable_endpoints(self, targets: list[NodeTarget]) -> None:
         """Say once per set of nodes when containers on this host cannot reach the
         endpoints (a loopback ``--lb-host``): their dependsOn would fail quietly."""
@@ -262,6 +272,7 @@ class Session:
         A leader gives its leadership up at once (a standby takes over without waiting
         for the lease to expire)."""
         try:
+            self._unwatch_exits()
             if self.health is not None:
                 self.health.stop()
             if self._dataplane is not None:

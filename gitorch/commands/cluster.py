@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from gitorch.commands.common import open_store, secrets_dir_of, state_dir
+from gitorch.commands.common import add_runtime_option, open_store, secrets_dir_of, state_dir
 from gitorch.live import observe
 from gitorch.live.inventory import cluster_identity, open_runtimes
 from gitorch.readmodel.cluster import ClusterView, registered_targets
 
-
-def add_runtime_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--runtime",
-        default=None,
-        choices=("docker", "process"),
-        help="default node driver when the repo declares no Node "
-        "(default: docker if a Docker engine answers, else process)",
-    )
+__all__ = ["ClusterView", "add_runtime_option", "open_view"]
 
 
 def open_view(args: argparse.Namespace) -> ClusterView:

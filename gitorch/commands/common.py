@@ -233,6 +233,24 @@ def state_dir(args: argparse.Namespace) -> Path:
     return Path(chosen)
 
 
+def local_state_dir(args: argparse.Namespace) -> Path | None:
+    """The state directory of ``--state`` (else ``$GITORCH_STATE``, else ``./.gitorch``);
+    None for etcd state. Parses nothing: the store's modules stay unloaded."""
+    given = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
+    return None if str(given).startswith(("etcd://", "etcds://")) else Path(given)
+
+
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    """``--runtime``: the node driver when the repo declares no Node."""
+    parser.add_argument(
+        "--runtime",
+        default=None,
+        choices=("docker", "process"),
+        help="default node driver when the repo declares no Node "
+        "(default: docker if a Docker engine answers, else process)",
+    )
+
+
 def has_state(location: StateLocation | Path) -> bool:
     """Whether ``location`` holds a state store (``apply`` or ``daemon`` ran there)."""
     from gitorch.state.location import StateLocation

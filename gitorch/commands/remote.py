@@ -21,7 +21,6 @@ import os
 import ssl
 from pathlib import Path
 
-from gitorch.api.auth import read_private_file
 from gitorch.errors import ConfigError, GitorchError
 
 #: The environment variable read when no --token-file is given.
@@ -90,6 +89,8 @@ def unreachable(server: str, reason: object) -> GitorchError:
 
 def read_token_file(path: str | Path) -> str:
     """The token in a client token file (see the module docstring)."""
+    from gitorch.api.auth import read_private_file  # the API's modules load only here
+
     text = read_private_file(path, what="token file")
     for raw in text.splitlines():
         line = raw.strip()

@@ -3,36 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-from rich.table import Table
-
-from gitorch.commands.cluster import add_runtime_option, open_view
 from gitorch.commands.common import (
     ELSEWHERE,
     add_format_option,
+    add_runtime_option,
     add_state_option,
-    looked_in,
+    local_state_dir,
     print_json,
-    require_state,
     short,
-    state_location,
     stderr,
     stdout,
 )
-from gitorch.commands.remote import add_token_option, client_tls, client_token
+from gitorch.commands.remote import TOKEN_ENV, add_token_option
 from gitorch.errors import GitorchError
-from gitorch.live.observe import assess_readiness
-from gitorch.readmodel.status import status_json
+
+# What the daemon's path loads is kept small (issue 20: status < 300 ms as a process):
+# rich, the store and the live side are imported where the other paths need them.
 
 EXAMPLE = """example:
   gitorch status
+  gitorch status --wide            # every replica of every service
   gitorch status web --format json
 """
+
+#: How long a local status waits for its daemon before observing by itself (seconds).
+LOCAL_DAEMON_TIMEOUT = 10.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,8 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "revision live, the rollout phase, and each replica's node and address. While a daemon "
         "runs on the state directory, it answers (its last observation, with observedAt and "
         "its age); else replicas are observed from the runtimes and probed once with their "
-        "readiness probe. Exit 0; 1 when there is no state store where it looks (nothing was "
-        "applied there).",
+        "readiness probe. The table has a line per service; --wide adds every replica (as "
+        "`gitorch status SERVICE` shows one service's). Exit 0; 1 when there is no state "
+        "store where it looks (nothing was applied there).",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -55,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="URL",
         help="ask a running daemon (its HTTP API) instead of reading --state",
+    )
+    parser.add_argument(
+        "--wide",
+        "-w",
+        action="store_true",
+        help="text format: list every replica of every service (its node, state, address)",
     )
     add_token_option(parser)
     add_runtime_option(parser)
@@ -68,6 +77,7 @@ def _from_server(
     token: str | None = None,
     context: ssl.SSLContext | None = None,
 ) -> dict[str, Any]:
+    from gitorch.commands.common import looked_in
     from gitorch.commands.history import fetch_json
 
     data = fetch_json(f"{server.rstrip('/')}/api/v1/status", server, token=token, context=context)
@@ -87,60 +97,108 @@ def _from_local_daemon(args: argparse.Namespace) -> dict[str, Any] | None:
     """The status of the daemon running on this state directory, through its API (what
     it last observed, with its age: observing thousands of replicas again took seconds);
     None when no daemon holds the directory or it does not answer (status then observes
-    itself). Not for one service's detail, nor with etcd state (ask a daemon with
-    --server), nor a TLS API."""
-    location = state_location(args)
-    if location.directory is None or getattr(args, "runtime", None):
-        return None
-    if args.service is not None:
-        # One service's detail carries its analysis measurements, which the daemon's
-        # cluster document leaves out: read here, as before.
-        return None
-    from gitorch.readmodel.status import read_daemon_file
-    from gitorch.state import lock_holder
+    itself). Not for one service's detail (its analysis measurements are read from the
+    store), nor with etcd state (ask a daemon with --server), nor a TLS API.
 
-    if lock_holder(location.directory) is None:
+    Loads no store module: the daemon file names the daemon's pid and URL, and the answer
+    counts only when it comes from that pid (its document names the daemon holding the
+    directory's lock), so a dead daemon's file, or another process on its old port, is
+    never taken for this directory's daemon."""
+    directory = local_state_dir(args)
+    if directory is None or getattr(args, "runtime", None) or args.service is not None:
         return None
-    url = (read_daemon_file(location.directory) or {}).get("url")
-    if not isinstance(url, str) or not url.startswith("http://"):
+    from gitorch.readmodel.daemon_file import read_daemon_file
+
+    info = read_daemon_file(directory) or {}
+    url, pid = info.get("url"), info.get("pid")
+    if not isinstance(url, str) or not url.startswith("http://") or not isinstance(pid, int):
         return None
+    if not Path(f"/proc/{pid}").exists():
+        return None  # it died without removing its file (kill -9)
+    data = _get_local(url, os.environ.get(TOKEN_ENV, "").strip() or None)
+    if not isinstance(data, dict):
+        return None
+    plane = data.get("controlPlane")
+    daemon = plane.get("daemon") if isinstance(plane, dict) else None
+    if not isinstance(daemon, dict) or daemon.get("pid") != pid:
+        return None
+    return data
+
+
+def _get_local(url: str, token: str | None) -> Any:
+    """GET the status document of a daemon on this host (plain HTTP); None when it does
+    not answer it (status then observes by itself)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    import orjson
+
+    parts = urlsplit(url)
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn = http.client.HTTPConnection(
+        parts.hostname or "127.0.0.1", parts.port or 80, timeout=LOCAL_DAEMON_TIMEOUT
+    )
     try:
-        return _from_server(url, args.service, client_token(args))
-    except GitorchError as exc:
-        if args.service is not None and "no service named" in exc.message:
-            raise
+        conn.request("GET", "/api/v1/status", headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return None
+        return orjson.loads(body)
+    except (OSError, ValueError, http.client.HTTPException):
         return None
+    finally:
+        conn.close()
 
 
 def run(args: argparse.Namespace) -> int:
+    from gitorch.commands.remote import client_tls, client_token
+
     daemon = None if args.server else _from_local_daemon(args)
     if args.server:
         data = _from_server(args.server, args.service, client_token(args), client_tls(args))
     elif daemon is not None:
         data = daemon
     else:
-        location = state_location(args)
-        require_state(location)
-        view = open_view(args)
-        try:
-            if args.service and args.service not in view.live.services:
-                raise GitorchError(
-                    f"no service named {args.service!r} is applied or running "
-                    f"{looked_in(location, None)}"
-                )
-            view.live = assess_readiness(view.live, view.runtimes)
-            data = status_json(view, args.service)
-        finally:
-            view.close()
+        data = _observed(args)
     if args.format == "json":
         print_json(data)
         return 0
-    render(data, detail=args.service is not None)
+    render(data, detail=args.service is not None, wide=getattr(args, "wide", False))
     if not data["services"]:
+        from rich.markup import escape
+
+        from gitorch.commands.common import looked_in, state_location
+
         where = looked_in(None if args.server else state_location(args), args.server)
         stdout().print(f"no services applied or running {escape(where)}")
         stderr().print(f"hint: {escape(ELSEWHERE)}")
     return 0
+
+
+def _observed(args: argparse.Namespace) -> dict[str, Any]:
+    """The status without a daemon: the store read, the runtimes observed, each replica
+    probed once."""
+    from gitorch.commands.cluster import open_view
+    from gitorch.commands.common import looked_in, require_state, state_location
+    from gitorch.live.observe import assess_readiness
+    from gitorch.readmodel.status import status_json
+
+    location = state_location(args)
+    require_state(location)
+    view = open_view(args)
+    try:
+        if args.service and args.service not in view.live.services:
+            raise GitorchError(
+                f"no service named {args.service!r} is applied or running "
+                f"{looked_in(location, None)}"
+            )
+        view.live = assess_readiness(view.live, view.runtimes)
+        return status_json(view, args.service)
+    finally:
+        view.close()
 
 
 def _age(started: float | None) -> str:
@@ -186,7 +244,75 @@ def _control_plane(console: Any, plane: dict[str, Any]) -> None:
             )
 
 
-def render(data: dict[str, Any], *, detail: bool) -> None:
+#: A table cell: its text and its colour (None: plain).
+Cell = tuple[str, str | None]
+
+#: The columns of a replica's line (``status SERVICE``, ``status --wide``).
+INSTANCE_COLUMNS = ("REPLICA", "NODE", "REVISION", "STATE", "READY", "ADDRESS", "AGE", "RESTARTS")
+
+
+def escape(text: str) -> str:
+    """``text`` safe inside rich markup (rich is loaded only when text is printed)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def write_table(console: Any, headers: tuple[str, ...], rows: list[list[Cell]]) -> None:
+    """Columns padded to their widest cell, two spaces apart, a bold header: what rich's
+    borderless table prints, written directly (rich's table took seconds over 2,000
+    services). Colours only where the console shows them; long lines are not wrapped."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, (text, _) in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    colour = console.is_terminal and not console.no_color
+    last = len(headers) - 1
+
+    def line(cells: list[Cell], bold: bool = False) -> str:
+        out = []
+        for i, (text, style) in enumerate(cells):
+            pad = "" if i == last else " " * (widths[i] - len(text))
+            if colour and (style or bold):
+                code = _ANSI.get(style or "bold", "")
+                out.append(f"\x1b[{code}m{text}\x1b[0m{pad}")
+            else:
+                out.append(text + pad)
+        return "  ".join(out).rstrip()
+
+    text = "\n".join([line([(h, None) for h in headers], bold=True), *(line(r) for r in rows)])
+    console.file.write(text + "\n")
+    console.file.flush()
+
+
+_ANSI = {
+    "bold": "1",
+    "red": "31",
+    "green": "32",
+    "yellow": "33",
+    "magenta": "35",
+    "cyan": "36",
+    "white": "37",
+}
+
+
+def _instance_cells(inst: Mapping[str, Any]) -> list[Cell]:
+    ready: Cell = {True: ("yes", "green"), False: ("no", "red"), None: ("?", None)}[inst["ready"]]
+    state = inst["state"] + (f" ({inst['exitCode']})" if inst["exitCode"] is not None else "")
+    return [
+        (inst["replica"], None),
+        (inst["node"], None),
+        (short(inst["revision"]), None),
+        (state, None),
+        ready,
+        (inst["address"] or "-", None),
+        (_age(inst["startedAt"]), None),
+        (str(inst["restarts"]), None),
+    ]
+
+
+def render(data: dict[str, Any], *, detail: bool, wide: bool = False) -> None:
+    """The text form of a status document (``wide``: every replica of every service)."""
     console = stdout()
     down = [n for n in data["nodes"] if not n["ready"]]
     nodes_text = ", ".join(
@@ -206,25 +332,34 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
             console.print(f"  {escape(line)}")
     if not data["services"]:
         return  # the caller says where it looked
-    table = Table(box=None, pad_edge=False)
-    for column in ("SERVICE", "REVISION", "PHASE", "READY", "UPDATED", "ENDPOINT"):
-        table.add_column(column)
+    rows: list[list[Cell]] = []
     for svc in data["services"]:
         reps = svc["replicas"]
-        ready = f"{reps['ready']}/{reps['desired']}"
-        style = "green" if reps["ready"] >= reps["desired"] else "yellow"
         endpoint = svc["endpoint"]
-        table.add_row(
-            escape(svc["name"]),
-            short(svc["revision"]),
-            _phase(svc["rollout"]["phase"]),
-            f"[{style}]{ready}[/]",
-            str(reps["updated"]),
-            f":{endpoint['port']} ({endpoint['protocol']})" if endpoint else "-",
+        rows.append(
+            [
+                (svc["name"], None),
+                (short(svc["revision"]), None),
+                _phase(svc["rollout"]["phase"]),
+                (
+                    f"{reps['ready']}/{reps['desired']}",
+                    "green" if reps["ready"] >= reps["desired"] else "yellow",
+                ),
+                (str(reps["updated"]), None),
+                (f":{endpoint['port']} ({endpoint['protocol']})" if endpoint else "-", None),
+            ]
         )
-    console.print(table)
+    write_table(console, ("SERVICE", "REVISION", "PHASE", "READY", "UPDATED", "ENDPOINT"), rows)
     _autoscaling(console, data["services"])
     _problems(console, data["services"])
+    if wide and not detail:
+        replicas = [
+            [(svc["name"], None), *_instance_cells(inst)]
+            for svc in data["services"]
+            for inst in svc["instances"]
+        ]
+        if replicas:
+            write_table(console, ("SERVICE", *INSTANCE_COLUMNS), replicas)
     if not detail:
         return
     for svc in data["services"]:
@@ -238,31 +373,7 @@ def render(data: dict[str, Any], *, detail: bool) -> None:
                 f"  analysis {escape(str(measured.get('analysis', '')))}: "
                 f"[{colour}]{measured.get('phase')}[/] {escape(str(measured.get('message', '')))}"
             )
-        instances = Table(box=None, pad_edge=False, title=None)
-        for column in (
-            "REPLICA",
-            "NODE",
-            "REVISION",
-            "STATE",
-            "READY",
-            "ADDRESS",
-            "AGE",
-            "RESTARTS",
-        ):
-            instances.add_column(column)
-        for inst in svc["instances"]:
-            ready = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[inst["ready"]]
-            instances.add_row(
-                escape(inst["replica"]),
-                escape(inst["node"]),
-                short(inst["revision"]),
-                inst["state"] + (f" ({inst['exitCode']})" if inst["exitCode"] is not None else ""),
-                ready,
-                inst["address"] or "-",
-                _age(inst["startedAt"]),
-                str(inst["restarts"]),
-            )
-        console.print(instances)
+        write_table(console, INSTANCE_COLUMNS, [_instance_cells(i) for i in svc["instances"]])
         if svc.get("endpoint"):
             render_traffic(console, svc.get("traffic"), "traffic")
         if svc.get("previewTraffic"):
@@ -367,6 +478,8 @@ def render_traffic(console: Any, traffic: Mapping[str, Any] | None, title: str) 
     if not traffic["versions"]:
         console.print("  no version serves")
         return
+    from rich.table import Table
+
     # One space between columns: 11 columns fit in 80 (what rich assumes off a terminal).
     table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0))
     for column in ("VERSION", "REV", "WEIGHT", "SHARE", "REQUESTS", "5XX", "SUCCESS"):
@@ -407,7 +520,7 @@ def _latency(ms: float | None) -> str:
     return f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.1f}s"
 
 
-def _phase(phase: str) -> str:
+def _phase(phase: str) -> Cell:
     colour = {
         "Healthy": "green",
         "Progressing": "cyan",
@@ -415,4 +528,4 @@ def _phase(phase: str) -> str:
         "Degraded": "red",
         "RolledBack": "magenta",
     }.get(phase, "white")
-    return f"[{colour}]{phase}[/]"
+    return (phase, colour)

@@ -87,6 +87,14 @@ class PassInput:
     #: Seconds of silence after which a host's ingress withdraws its own replicas (the
     #: nodes' grace; None: never).
     ingress_fence: float | None = None
+    #: A focused pass: only these services are decided (those a new revision changed,
+    #: acted on before the whole pass); None: every service. A focused pass prunes
+    #: nothing, decides no volume and no host's ingress (the reconciler focuses only on
+    #: services without volumes, on nodes without their own ingress), and its table is
+    #: ``in_force`` with the focused services' routes decided again.
+    only: frozenset[str] | None = None
+    #: The routing table the data plane serves now (a focused pass keeps the others').
+    in_force: RoutingTable | None = None
 
 
 @dataclass(frozen=True)
@@ -234,11 +242,14 @@ def runnable_drivers(service: Service) -> frozenset[str]:
 def decide_pass(inp: PassInput) -> PassDecision:
     """The whole pass (see the module docstring)."""
     desired, live, now = inp.desired, inp.live, inp.now
+    only = inp.only
+    # A focused pass orders its own services (their other dependencies count by phase).
+    ordered = desired.services if only is None else only_services(desired, only).services
     order = [
         name
-        for wave in dependency_waves(desired.services)
+        for wave in dependency_waves(ordered)
         # Within a wave, higher priority first: the order replicas are placed in.
-        for name in sorted(wave, key=lambda n: (-desired.services[n].placement.priority, n))
+        for name in sorted(wave, key=lambda n: (-ordered[n].placement.priority, n))
     ]
     decisions: dict[str, ServiceDecision] = {}
     bound = bound_nodes(desired, live)
@@ -249,7 +260,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
         waiting = tuple(
             d
             for d in service.depends_on
-            if d not in decisions or decisions[d].record.phase is not RolloutPhase.HEALTHY
+            if _phase_of(d, decisions, inp) is not RolloutPhase.HEALTHY
         )
         backoff = inp.backoff.get(name, MappingProxyType({}))
         service_input = ServiceInput(
@@ -280,11 +291,14 @@ def decide_pass(inp: PassInput) -> PassDecision:
         decisions[name] = decision
 
     starts, preemptions, decisions, unplaced = _place(inp, order, decisions, bound)
-    prune = _prune(inp)
+    prune = _prune(inp) if only is None else PruneDecision()
     own_stops = [s for d in decisions.values() for s in d.stops]
-    volumes, starts = decide_volumes(
-        desired, live, bound, starts, [*own_stops, *preemptions, *prune.stops]
-    )
+    if only is None:
+        volumes, starts = decide_volumes(
+            desired, live, bound, starts, [*own_stops, *preemptions, *prune.stops]
+        )
+    else:
+        volumes = VolumeDecision()
     decisions = _hold(decisions, volumes)
     failed = {
         name: d.record.failed_digest
@@ -297,21 +311,25 @@ def decide_pass(inp: PassInput) -> PassDecision:
         if s.drain
     } | inp.verdicts.stale
     table = routing_table(
-        desired,
+        desired if only is None else only_services(desired, only),
         live,
         targets={name: d.target for name, d in decisions.items()},
         intents={name: d.intent for name, d in decisions.items() if d.intent is not None},
         failed=failed,
         draining=stopping,
     )
-    ingress = decide_ingress(
-        desired,
-        live,
-        table,
-        [s for name in order for s in starts.get(name, ())],
-        inp.ingress_image,
-        inp.ingress_fence,
-    )
+    if only is None:
+        ingress = decide_ingress(
+            desired,
+            live,
+            table,
+            [s for name in order for s in starts.get(name, ())],
+            inp.ingress_image,
+            inp.ingress_fence,
+        )
+    else:
+        ingress = IngressDecision()
+        table = with_routes_of(inp.in_force, table, only)
     result = PassDecision(
         revision=desired.revision,
         order=tuple(order),
@@ -330,6 +348,54 @@ def decide_pass(inp: PassInput) -> PassDecision:
         ),
     )
     return replace(result, requeue_after=_requeue(result, inp))
+
+
+def _phase_of(
+    name: str, decisions: Mapping[str, ServiceDecision], inp: PassInput
+) -> RolloutPhase | None:
+    """A dependency's phase: as decided earlier in this pass, else (a focused pass does
+    not decide it) as its record stands; None when it is neither."""
+    decided = decisions.get(name)
+    if decided is not None:
+        return decided.record.phase
+    if inp.only is None or name in inp.only:
+        return None
+    record = inp.records.get(name)
+    return record.phase if record is not None else None
+
+
+def only_services(desired: DesiredState, names: frozenset[str]) -> DesiredState:
+    """``desired`` with only the services in ``names``."""
+    return replace(
+        desired,
+        services=MappingProxyType({n: s for n, s in desired.services.items() if n in names}),
+    )
+
+
+def changed_services(before: DesiredState | None, after: DesiredState) -> frozenset[str]:
+    """The services ``after`` adds or changes (any field) since ``before``: what a
+    focused pass acts on first. Empty without a ``before``."""
+    if before is None:
+        return frozenset()
+    return frozenset(
+        name
+        for name, service in after.services.items()
+        if (known := before.services.get(name)) is None or known.digest != service.digest
+    )
+
+
+def with_routes_of(
+    in_force: RoutingTable | None, decided: RoutingTable, services: frozenset[str]
+) -> RoutingTable:
+    """``in_force`` with the routes of ``services`` replaced by ``decided``'s (a focused
+    pass: every other route stays as the data plane serves it)."""
+    routes = {
+        name: route
+        for name, route in (in_force.routes.items() if in_force is not None else ())
+        if name.split(".", 1)[0] not in services
+    }
+    routes.update(decided.routes)
+    return RoutingTable(routes, fence=in_force.fence if in_force is not None else None)
 
 
 def _autoscaled(live: LiveState, service: str) -> int | None:

@@ -3,11 +3,9 @@ and the last error (of the store's last revision, or what a running daemon repor
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from gitorch.decide.backoff import remaining
@@ -18,19 +16,10 @@ from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import POOL_LABEL
 from gitorch.readmodel.allocation import allocation
 from gitorch.readmodel.cluster import ClusterView
+from gitorch.readmodel.daemon_file import read_daemon_file
 from gitorch.readmodel.volumes import volumes_json
 from gitorch.state import AutoscalerRecord, BackoffRecord, StateStore, TrafficSnapshot, lock_holder
-from gitorch.state.layout import DAEMON_FILE
 from gitorch.state.records import iso_time
-
-
-def read_daemon_file(state_dir: Path) -> dict[str, Any] | None:
-    """What a running daemon last wrote about itself (None when absent or unreadable)."""
-    try:
-        data = json.loads((Path(state_dir) / DAEMON_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def service_json(

@@ -57,11 +57,23 @@ def parse_stat(text: str) -> ProcStat:
 
 
 def read_stat(pid: int) -> ProcStat | None:
-    """``/proc/<pid>/stat`` parsed, or ``None`` when there is no such process."""
+    """``/proc/<pid>/stat`` parsed, or ``None`` when there is no such process.
+
+    Read with ``os.open``/``os.read``, without a file object: a pass reads this for every
+    replica, and the text file object was two thirds of listing 4,000 replicas."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
-            return parse_stat(fh.read())
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    try:
+        raw = os.read(fd, 4096)
+    except ProcessLookupError:  # it exited between the open and the read
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return parse_stat(raw.decode("utf-8", "replace"))
+    except (IndexError, ValueError):
         return None
 
 

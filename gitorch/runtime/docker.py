@@ -447,6 +447,7 @@ class DockerRuntime:
         self._probe_client: docker.APIClient | None = None
         self._facts: tuple[float, dict[str, Any]] | None = None  # (when, docker info)
         self._oom_killed: set[str] = set()  # exited containers whose oom event was seen
+        self._exit_watcher: _ExitWatcher | None = None  # on_exit's reader of the events
         # Containers this runtime saw exit in stop(), until removed: the engine keeps their
         # published ports (docker-proxy accepts connections) until its clean-up is done,
         # so a port probe could still find one "open" (see probe()).
@@ -472,6 +473,21 @@ class DockerRuntime:
         if self.access.problem:
             return "tls (not set up)"
         return "tls (verified)" if self.access.verify else "tls (not verified)"
+
+    def on_exit(self, listener: Callable[[str], None] | None) -> None:
+        """Call ``listener(container_id)`` (on a thread of its own) when a gitorch
+        container on this engine dies: the engine's events stream is read, so the daemon
+        passes at once instead of at its next resync (the process driver's reaper does
+        the same for its children). A container gitorch stops itself wakes it too (a
+        pass more during a rollout, which passes often anyway). ``None`` stops reading."""
+        with self._lock:
+            watcher, self._exit_watcher = self._exit_watcher, None
+            if listener is not None:
+                self._exit_watcher = _ExitWatcher(self, listener)
+        if watcher is not None:
+            watcher.stop()
+        if self._exit_watcher is not None:
+            self._exit_watcher.start()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -1240,6 +1256,76 @@ class DockerRuntime:
         if events:
             self._oom_killed.add(container_id)
         return bool(events)
+
+
+#: How long the events stream may stay silent before it is opened again (seconds): a
+#: quiet engine costs one request per period; an engine gone silently is noticed.
+EVENTS_IDLE_TIMEOUT = 300.0
+#: The longest wait before opening the stream again after the engine failed (seconds).
+EVENTS_RETRY_MAX = 30.0
+
+
+class _ExitWatcher(threading.Thread):
+    """Reads one engine's ``die`` events of gitorch's containers and tells ``listener``
+    (see :meth:`DockerRuntime.on_exit`). A stream that breaks (the engine restarts, the
+    network) is opened again from the last event's time, so no death in between is
+    missed; a blocking read costs no CPU while nothing dies."""
+
+    def __init__(self, runtime: DockerRuntime, listener: Callable[[str], None]) -> None:
+        super().__init__(name=f"gitorch-docker-events-{runtime.node_name}", daemon=True)
+        self.runtime = runtime
+        self.listener = listener
+        self._stopping = threading.Event()
+        self._stream: Any = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+        stream = self._stream
+        if stream is not None:
+            with suppress(Exception):
+                stream.close()  # unblocks the read
+
+    def run(self) -> None:
+        runtime = self.runtime
+        since = int(time.time())
+        retry = 1.0
+        while not self._stopping.is_set():
+            client = None
+            try:
+                client = _build_client(
+                    runtime.endpoint, EVENTS_IDLE_TIMEOUT, runtime.access, node=runtime.node_name
+                )
+                self._stream = client.events(
+                    since=since,
+                    filters={
+                        "type": "container",
+                        "event": "die",
+                        "label": [LABEL_CLUSTER, f"{LABEL_NODE}={runtime.node_name}"],
+                    },
+                    decode=True,
+                )
+                retry = 1.0
+                for event in self._stream:
+                    since = max(since, int(event.get("time") or since))
+                    container = event.get("id") or (event.get("Actor") or {}).get("ID")
+                    if container and not self._stopping.is_set():
+                        self._tell(str(container))
+            except Exception as exc:  # the engine went away, or a silent stream timed out
+                if not self._stopping.is_set():
+                    log.debug("node %s: the events stream broke: %s", runtime.node_name, exc)
+            finally:
+                self._stream = None
+                if client is not None:
+                    with suppress(Exception):
+                        client.close()
+            self._stopping.wait(retry)
+            retry = min(retry * 2, EVENTS_RETRY_MAX)
+
+    def _tell(self, container: str) -> None:
+        try:
+            self.listener(container)
+        except Exception:  # a listener's bug must not stop the reading
+            log.exception("node %s: the exit listener failed", self.runtime.node_name)
 
 
 class _ExitWatch:

@@ -86,7 +86,11 @@ class RepositoryWatcher:
         debounce: float = 0.2,
         *,
         max_delay: float | None = None,
+        commits_only: bool = False,
     ) -> None:
+        """``commits_only``: only the git directory counts (and is watched): a new commit,
+        a checkout, a fetch; edits of the working tree do not (the daemon applies commits,
+        never the working tree: an edit there would wake it for nothing)."""
         self.path = Path(path).resolve()
         if not self.path.is_dir():
             raise SourceError(f"{path}: no such directory to watch")
@@ -94,6 +98,7 @@ class RepositoryWatcher:
         self.debounce = debounce
         self.max_delay = max_delay if max_delay is not None else max(1.0, 5 * debounce)
         self.git_dirs = _git_dirs(self.path)
+        self.commits_only = commits_only
         self._cond = threading.Condition()
         self._first_event: float | None = None
         self._last_event = 0.0
@@ -112,6 +117,8 @@ class RepositoryWatcher:
                 if rel.endswith(".lock"):
                     return False
                 return rel in ("HEAD", "packed-refs") or rel.startswith("refs/")
+        if self.commits_only and self.git_dirs:
+            return False  # (a plain folder has no commits: its files are its content)
         try:
             rel_parts = path.relative_to(self.path).parts
         except ValueError:
@@ -161,10 +168,14 @@ class RepositoryWatcher:
         self._stopping = False
         handler = _Handler(self)
         observer = Observer()
-        observer.schedule(handler, str(self.path), recursive=True)
-        for gdir in self.git_dirs:
-            if gdir != self.path and self.path not in gdir.parents:
+        if self.commits_only and self.git_dirs:
+            for gdir in self.git_dirs:
                 observer.schedule(handler, str(gdir), recursive=True)
+        else:
+            observer.schedule(handler, str(self.path), recursive=True)
+            for gdir in self.git_dirs:
+                if gdir != self.path and self.path not in gdir.parents:
+                    observer.schedule(handler, str(gdir), recursive=True)
         observer.daemon = True
         observer.start()
         self._observer = observer

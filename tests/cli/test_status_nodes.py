@@ -194,6 +194,37 @@ def test_status_text_table_and_detail(local: Cluster) -> None:
     assert doc["daemon"]["pid"] == os.getpid()
 
 
+def _columns(header: str, names: tuple[str, ...]) -> list[int]:
+    return [header.index(name) for name in names]
+
+
+def test_status_wide_lists_every_replica_in_aligned_columns(local: Cluster) -> None:
+    applied_api(local)
+
+    plain = local.run("status", "--runtime", "process")
+    wide = local.run("status", "--wide", "--runtime", "process")
+
+    assert plain.returncode == 0 and wide.returncode == 0, plain.stderr + wide.stderr
+    assert "REPLICA" not in plain.stdout, "the default table has a line per service"
+    lines = wide.stdout.splitlines()
+    # The services' table: each value starts under its header (the plain writer pads).
+    header = next(line for line in lines if line.startswith("SERVICE  REVISION"))
+    starts = _columns(header, ("SERVICE", "REVISION", "PHASE", "READY", "UPDATED", "ENDPOINT"))
+    row = lines[lines.index(header) + 1]
+    assert row.startswith("api ") and [row[i - 1] == " " for i in starts[1:]] == [True] * 5, row
+    assert row[starts[2] :].startswith("Progressing") and row[starts[3] :].startswith("2/2"), row
+    # ... then every replica of every service, under the detail's columns.
+    replicas_header = next(line for line in lines if line.startswith("SERVICE  REPLICA"))
+    at = _columns(replicas_header, ("REPLICA", "NODE", "STATE", "READY", "ADDRESS"))
+    rows = lines[lines.index(replicas_header) + 1 :][:2]
+    doc = json.loads(local.run("status", "--runtime", "process", "--format", "json").stdout)
+    replicas = sorted(i["replica"] for i in doc["services"][0]["instances"])
+    assert [r.split()[:2] for r in rows] == [["api", r] for r in replicas], rows
+    for replica_row in rows:
+        assert replica_row[at[2] :].startswith("running"), replica_row
+        assert ADDRESS.match(replica_row[at[4] :].split()[0]), replica_row
+
+
 def test_status_of_one_service_and_of_an_unknown_one(local: Cluster) -> None:
     api = load_services(api_manifest())["api"]
     with StateStore(local.state) as store:

@@ -15,6 +15,7 @@ from decide_helpers import load_docs
 
 import gitorch.decide.cluster as cluster_module
 from gitorch.decide import PassInput, StartReplica, StopReplica, Wait, decide_pass
+from gitorch.decide.cluster import changed_services
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState
 from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord
@@ -221,3 +222,38 @@ def test_a_rolled_back_service_is_scaled_to_what_git_asks(replicas: int) -> None
         ]
     assert web.record.failed_digest == failed.services["web"].template_digest  # still
     assert web.record.spec["spec"]["replicas"] == replicas
+
+
+def test_a_focused_pass_decides_its_services_alone_and_keeps_the_other_routes() -> None:
+    exposed = (
+        "  ports: [{name: http, containerPort: 8080}]\n"
+        "  expose: {port: 9100, targetPort: http, protocol: http}\n"
+    )
+    v1 = desired(
+        service_yaml("api", extra=exposed),
+        service_yaml("web", extra=exposed.replace("9100", "9101")),
+    )
+    v2 = desired(
+        service_yaml("api", extra=exposed, version="2"),
+        service_yaml("web", extra=exposed.replace("9100", "9101")),
+    )
+    assert changed_services(v1, v2) == {"api"}
+    assert changed_services(None, v2) == frozenset()
+    # web lost a replica (work for the whole pass), and a service left Git (a prune).
+    gone = replace(replica(v1, "api", 1), id="old-1-id", service="old", replica="old-1")
+    live = live_of(v1, [replica(v1, "api", 1), replica(v1, "api", 2), replica(v1, "web", 1)])
+    live = replace(
+        live, services=MappingProxyType({**live.services, "old": LiveService("old", None, (gone,))})
+    )
+    whole = decide_pass(pass_input(v2, live))
+    in_force = whole.table
+    assert starts(whole, "web") and whole.prune.stops  # what the whole pass would do
+
+    focused = decide_pass(pass_input(v2, live, only=frozenset({"api"}), in_force=in_force))
+    assert set(focused.services) == {"api"} and focused.order == ("api",)
+    assert starts(focused, "api") and not starts(focused, "web")
+    assert not focused.prune.stops and not focused.prune.forget
+    # The table: api's routes as decided now, web's exactly as in force.
+    assert set(focused.table.routes) == set(in_force.routes)
+    assert focused.table.routes["web"] == in_force.routes["web"]
+    assert focused.table.routes["api"] == whole.table.routes["api"]

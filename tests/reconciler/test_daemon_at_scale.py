@@ -1,17 +1,21 @@
 """What issue 20 changed in the daemon's behaviour (its speed is measured in bench/): a
-replica without probes that dies wakes the daemon (process driver) instead of waiting for
-the resync, and status serves the last quiet pass's observation, saying how old it is,
+replica without probes that dies wakes the daemon (process driver: its reaper; Docker: the
+engine's events stream) instead of waiting for the resync, and status serves the last quiet pass's observation, saying how old it is,
 also to a local `gitorch status` (through the daemon's API)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from reconciler_helpers import (
     Cluster,
+    cli_env,
     commit,
     converged,
     gitorch,
@@ -23,6 +27,18 @@ from reconciler_helpers import (
 
 #: Far longer than the repair may take: only the exit's wake can explain a replacement.
 LONG_RESYNC = 120.0
+
+#: `gitorch status --format json ARGS` in this interpreter; prints what it loaded.
+LOADED_BY_STATUS = """
+import io, json, sys
+from contextlib import redirect_stdout
+from gitorch.cli import main
+out = io.StringIO()
+with redirect_stdout(out):
+    main(["status", "--format", "json", *sys.argv[1:]])
+doc = json.loads(out.getvalue())
+print("\\nPROBE " + json.dumps({"observedAt": doc.get("observedAt"), "modules": sorted(sys.modules)}))
+"""
 
 
 @pytest.mark.parametrize("adopted", [False, True], ids=["started", "adopted"])
@@ -69,6 +85,47 @@ def test_a_probeless_replica_that_dies_is_replaced_before_the_resync(
     assert took < 15, took
 
 
+def _probeless_container_service(name: str, replicas: int) -> str:
+    return f"""apiVersion: gitorch.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  image: gitorch-example/api:1
+  replicas: {replicas}
+  ports:
+    - {{name: http, containerPort: 8080}}
+  restartPolicy: Always
+  terminationGracePeriodSeconds: 2
+"""
+
+
+def test_a_probeless_container_that_dies_is_replaced_before_the_resync(
+    docker_cluster: Cluster,
+) -> None:
+    cluster = docker_cluster
+    sha = commit(cluster.repo, {"api.yaml": _probeless_container_service("api", 2)}, "api")
+    daemon = cluster.daemon(resync=LONG_RESYNC)
+    wait_for(
+        "converged", lambda: converged(daemon.service("api"), sha, 2), 90, describe=daemon.log_tail
+    )
+    time.sleep(1.0)  # the passes of the start are over: the next one is the resync's
+    before = instance_ids(daemon.service("api"))
+    victim = sorted(before)[0]
+    subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+    killed = time.monotonic()
+    wait_for(
+        "a replacement",
+        lambda: len(instance_ids(daemon.service("api")) - before) == 1,
+        30,
+        describe=daemon.log_tail,
+    )
+    took = time.monotonic() - killed
+    # The engine's die event wakes a pass at once, plus the first restart's back-off (1 s):
+    # seconds, where the resync would have taken up to LONG_RESYNC.
+    assert took < 15, took
+
+
 @pytest.mark.parametrize("cluster", ["sqlite"], indirect=True)
 def test_status_serves_the_last_observation_and_says_its_age(cluster: Cluster) -> None:
     sha = commit(
@@ -87,6 +144,19 @@ def test_status_serves_the_last_observation_and_says_its_age(cluster: Cluster) -
     data = local.json()
     assert "observedAt" in data and data["tracking"]["revision"] == sha, sorted(data)
     assert {s["name"] for s in data["services"]} == {"api"}
+    # ... loading none of the store's, the live side's or rich's modules on the way.
+    probe = subprocess.run(
+        [sys.executable, "-c", LOADED_BY_STATUS, "--state", str(cluster.state)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=cluster.root,
+        timeout=60,
+    )
+    loaded = json.loads(probe.stdout.rpartition("\nPROBE ")[2])
+    assert loaded["observedAt"], "the probe's status did not come from the daemon"
+    heavy = ("gitorch.state", "gitorch.live", "gitorch.readmodel.status", "rich", "docker")
+    assert [m for m in loaded["modules"] if m.startswith(heavy)] == [], loaded["modules"]
     # ... and one service of it is that service, an unknown one an error, as before.
     one = gitorch(
         "status", "api", "--state", str(cluster.state), "--format", "json", cwd=cluster.root

@@ -95,3 +95,17 @@ def test_a_failing_callback_does_not_stop_the_watcher(checkout: Checkout) -> Non
         time.sleep(0.1)
         checkout.write("a.yaml", "a: 2\n")
         calls.wait_for(2, timeout=1.0)
+
+
+def test_commits_only_ignores_the_working_tree_and_sees_commits(checkout: Checkout) -> None:
+    """The daemon's watcher: it applies commits, so an edit must not wake it (with
+    preemption, it would stop a pass for nothing); the commit that follows does."""
+    checkout.write("app/web.yaml", "v: 1\n")
+    checkout.commit("one")
+    calls = Calls()
+    with RepositoryWatcher(checkout.path, calls, debounce=0.05, commits_only=True):
+        checkout.write("app/web.yaml", "v: 2\n")
+        time.sleep(0.4)  # eight debounce periods: a call would have come by now
+        assert calls.count == 0
+        checkout.commit("two")
+        assert calls.wait_for(1, timeout=1.0) < 1.0
