@@ -112,10 +112,13 @@ class Reconciler:
         ingress: IngressFleet | None = None,
         fence: Callable[[], object] | None = None,
         acting: bool = True,
+        watching_since: float | None = None,
     ) -> None:
         """``fence``: raises NotLeader when this process may no longer act (a deposed
         leader); checked before every change of the world. ``acting=False`` (a standby):
-        observe and plan only, writing nothing and reaping nothing."""
+        observe and plan only, writing nothing and reaping nothing. ``watching_since``:
+        when the daemon (its term) began watching, default now; progress deadlines are
+        judged over that time only (``PassInput.watching_since``)."""
         self.store = store
         self.ingress = ingress
         self.acting = acting
@@ -130,6 +133,7 @@ class Reconciler:
         self.scoring = scoring
         self.crash_loop = crash_loop
         self.clock = clock
+        self.watching_since = clock() if watching_since is None else watching_since
         self.executor = Executor(
             runtimes=self.runtimes,
             health=health,
@@ -237,6 +241,7 @@ class Reconciler:
             ),
             only=focus,
             in_force=self.executor.published if focus is not None else None,
+            watching_since=self.watching_since,
         )
         return decide_pass(inp)
 

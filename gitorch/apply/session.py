@@ -16,6 +16,7 @@ Only one process reconciles a cluster at a time:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -161,6 +162,8 @@ class Session:
             self._targets: list[NodeTarget] = []
             self._term: object = None
             self._unreachable_said: str | None = None
+            # Since when this session watches (a new leadership term starts anew).
+            self._watching_since = time.time()
             self._on_health_change = on_health_change
         except BaseException:
             if self.leadership is not None:
@@ -236,7 +239,10 @@ class Session:
             ingress=self.ingress,
             fence=self.leadership.fence if self.leadership is not None else None,
             acting=acting,
+            watching_since=self._watching_since if term == self._term else time.time(),
         )
+        if term != self._term:
+            self._watching_since = self.reconciler.watching_since  # a new term watches anew
         self._targets = targets
         self._term = term
         return self.reconciler

@@ -95,6 +95,9 @@ class PassInput:
     only: frozenset[str] | None = None
     #: The routing table the data plane serves now (a focused pass keeps the others').
     in_force: RoutingTable | None = None
+    #: When the deciding daemon began watching (its term's start; 0: always): progress
+    #: deadlines are judged over that time only (``RolloutInput.watching_since``).
+    watching_since: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
             crash_loop=inp.crash_loop,
             single_writer=single_writer,
             autoscaled=_autoscaled(live, name),
+            watching_since=inp.watching_since,
         )
         try:
             decision = decide_service(service_input)

@@ -146,6 +146,7 @@ class ServiceInput:
     # runs as maxSurge 0 (the old replica stops before the new one starts).
     single_writer: tuple[str, ...] = ()
     autoscaled: int | None = None  # the horizontal autoscaler's count (None: no decision yet)
+    watching_since: float = 0.0  # PassInput.watching_since
 
 
 @dataclass(frozen=True)
@@ -714,6 +715,7 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         and record.phase in (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK)
         else (record.progress_at or record.started_at),
         progress_deadline_seconds=float(target.strategy.progress_deadline_seconds),
+        watching_since=inp.watching_since,
         min_ready_seconds=min_ready,
         max_surge=target.strategy.rolling_update.max_surge,
         max_unavailable=target.strategy.rolling_update.max_unavailable,

@@ -178,7 +178,7 @@ def finished(inp: RolloutInput, last_stage: bool) -> bool:
 
 def stalled_for(inp: RolloutInput) -> float:
     """Seconds without progress, pauses and analyses excluded (see module docstring)."""
-    since = max(inp.last_progress_at, step_start(inp))
+    since = max(inp.last_progress_at, step_start(inp), inp.watching_since)
     return inp.now - since
 
 

@@ -101,6 +101,11 @@ class RolloutInput:
     started_at: float  # when this rollout (to ``target``) began
     last_progress_at: float  # when the available count of target replicas last grew
     progress_deadline_seconds: float = 600.0
+    #: When the deciding daemon began watching (its term's start): the deadline is
+    #: judged over time it watched. A rollout found stalled after the daemon was down
+    #: (replicas whose readiness no probe has seen yet) gets a window from then, never an
+    #: instant rollback for time nobody watched.
+    watching_since: float = 0.0
     min_ready_seconds: float = 0.0
     max_surge: int | str = "25%"
     max_unavailable: int | str = 0

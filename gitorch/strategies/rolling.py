@@ -260,7 +260,7 @@ def conclude(inp: RolloutInput, census: Census, actions: tuple[Action, ...]) -> 
             message += f"; removing {_plural(len(census.exited), 'exited replica')}"
         return Decision(Phase.HEALTHY, actions, message)
     progress = describe_progress(inp, census, actions)
-    stalled = inp.now - inp.last_progress_at
+    stalled = inp.now - max(inp.last_progress_at, inp.watching_since)
     if stalled > inp.progress_deadline_seconds:
         failure = (
             f"progress deadline exceeded: no new replica became available for {stalled:.0f}s "

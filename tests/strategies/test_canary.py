@@ -207,6 +207,9 @@ def test_deadline_while_waiting_for_canary_replicas() -> None:
     decision = canary_step(inp, SPEC)
     assert decision.phase is Phase.FAILED and decision.weights["B"] == 0
     assert "progress deadline" in (decision.failure or "")
+    # Nor for time no daemon watched: a window from the daemon's start.
+    restarted = replace(inp, watching_since=1990.0)
+    assert canary_step(restarted, SPEC).phase is not Phase.FAILED
     # A long pause is not a stall.
     paused = inp_with(old(5) + new(1, 2, 3), step=4, now=5000.0)
     assert canary_step(paused, SPEC).phase is Phase.PAUSED

@@ -323,6 +323,18 @@ def test_deadline_fails_a_stalled_rollout() -> None:
     assert late.actions == on_time.actions
 
 
+def test_deadline_counts_only_the_time_the_daemon_watched() -> None:
+    """A daemon back after 47 minutes finds a rollout whose new replicas no probe has seen
+    yet: a window from its start, not an instant rollback for time nobody watched."""
+    case = CASES[3]
+    stale = dict(last_progress_at=NOW - 2845, progress_deadline_seconds=600)
+    assert decide(case, **stale).phase is Phase.FAILED  # as before, without the start
+    back = decide(case, **stale, watching_since=NOW - 3)
+    assert back.phase is Phase.PROGRESSING and back.failure is None
+    still_stuck = decide(case, **stale, watching_since=NOW - 601)
+    assert still_stuck.phase is Phase.FAILED and "601s" in (still_stuck.failure or "")
+
+
 def test_deadline_does_not_fail_a_finished_rollout() -> None:
     done = next(c for c in CASES if c.name == "done")
     decision = decide(done, last_progress_at=NOW - 10_000, progress_deadline_seconds=600)
