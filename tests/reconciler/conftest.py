@@ -20,6 +20,8 @@ import pytest
 from etcd_helpers import new_namespace
 from reconciler_helpers import Cluster, build_example_images, init_repo, require_docker_engine
 
+from gitorch.apply.session import Session, SessionOptions
+
 #: The state stores every daemon test runs on (``$GITORCH_TEST_STATE`` picks one).
 BACKENDS = ("sqlite", "etcd")
 
@@ -80,3 +82,16 @@ def docker_cluster(cluster: Cluster, request: pytest.FixtureRequest) -> Cluster:
     request.getfixturevalue("example_images")
     cluster.driver = "docker"
     return cluster
+
+
+@pytest.fixture
+def session(cluster: Cluster) -> Iterator[Session]:
+    """A process-driver Session on ``cluster``'s state, in the test's process (the
+    cluster fixture removes the replicas at teardown; the session leaves them)."""
+    opened = Session(
+        SessionOptions(state_dir=cluster.state, state=cluster.session_state, runtime="process")
+    )
+    try:
+        yield opened
+    finally:
+        opened.close()

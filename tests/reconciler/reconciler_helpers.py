@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from data_plane_helpers import stop_data_plane
@@ -35,6 +35,10 @@ from gitorch.errors import GitorchError
 from gitorch.live.inventory import existing_cluster_name, local_node_name, runtime_dir
 from gitorch.runtime.base import Runtime
 from gitorch.state.location import StateLocation, parse_location
+
+if TYPE_CHECKING:
+    from gitorch.apply.session import Session
+    from gitorch.manifests.model import DesiredState
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_APP = REPO_ROOT / "examples" / "apps" / "api" / "app.py"
@@ -631,3 +635,26 @@ class Cluster:
         remove_cluster(process_runtime(self.state), cluster)
         if self.driver == "docker":
             remove_cluster(docker_runtime(), cluster)
+
+
+# -- a Session in the test's process ----------------------------------------------------
+
+
+def desired_at_head(cluster: Cluster) -> DesiredState:
+    """The desired state of the cluster repo's newest commit, as the daemon loads it."""
+    from gitorch.manifests.loader import load_desired
+    from gitorch.sources import open_source
+
+    source = open_source(str(cluster.repo), cache_root=cluster.state / "cache")
+    return load_desired(source.snapshot(source.resolve(None), ""))
+
+
+def converge_session(session: Session, desired: DesiredState, timeout: float = 60.0) -> None:
+    """Pass until a pass converges with nothing left to do (fails after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = session.reconciler_for(desired).reconcile(desired)
+        if result.converged and not result.actions:
+            return
+        time.sleep(0.2)
+    pytest.fail("the cluster did not converge")

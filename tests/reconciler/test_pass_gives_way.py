@@ -14,46 +14,25 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
-from reconciler_helpers import Cluster, commit, pid_of, process_service, wait_for
+from reconciler_helpers import (
+    Cluster,
+    commit,
+    converge_session,
+    desired_at_head,
+    pid_of,
+    process_service,
+    wait_for,
+)
 
 from gitorch.apply.reconciler import PassPreempted
-from gitorch.apply.session import Session, SessionOptions
+from gitorch.apply.session import Session
 from gitorch.decide.cluster import changed_services
-from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
-from gitorch.sources import open_source
 from gitorch.state import RevisionResult
 
 pytestmark = pytest.mark.parametrize("cluster", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def session(cluster: Cluster) -> Iterator[Session]:
-    opened = Session(
-        SessionOptions(state_dir=cluster.state, state=cluster.session_state, runtime="process")
-    )
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-def _desired(cluster: Cluster) -> DesiredState:
-    source = open_source(str(cluster.repo), cache_root=cluster.state / "cache")
-    return load_desired(source.snapshot(source.resolve(None), ""))
-
-
-def _converge(session: Session, desired: DesiredState, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = session.reconciler_for(desired).reconcile(desired)
-        if result.converged and not result.actions:
-            return
-        time.sleep(0.2)
-    pytest.fail("the cluster did not converge")
 
 
 def _replicas(session: Session, desired: DesiredState) -> dict[str, set[str]]:
@@ -72,8 +51,8 @@ def test_a_preempted_pass_has_written_and_started_nothing(
     cluster: Cluster, session: Session
 ) -> None:
     commit(cluster.repo, _two_services(cluster), "v1")
-    v1 = _desired(cluster)
-    _converge(session, v1)
+    v1 = desired_at_head(cluster)
+    converge_session(session, v1)
     store = session.store
     before = store.last_attempted_revision()
     assert before is not None and before.sha == v1.revision
@@ -81,7 +60,7 @@ def test_a_preempted_pass_has_written_and_started_nothing(
     replicas = _replicas(session, v1)
 
     commit(cluster.repo, _two_services(cluster, version="2"), "v2")
-    v2 = _desired(cluster)
+    v2 = desired_at_head(cluster)
     reconciler = session.reconciler_for(v2)
     asked: list[int] = []
 
@@ -102,7 +81,7 @@ def test_a_preempted_pass_has_written_and_started_nothing(
     assert _replicas(session, v2) == replicas, "a replica was started or stopped"
 
     # The pass after it (not preempted) applies v2 in full.
-    _converge(session, v2)
+    converge_session(session, v2)
     done = store.last_attempted_revision()
     assert done is not None and done.sha == v2.revision
     assert done.result is RevisionResult.SUCCEEDED, (done.result, done.reason)
@@ -112,8 +91,8 @@ def test_the_focused_pass_starts_the_changed_service_first(
     cluster: Cluster, session: Session
 ) -> None:
     commit(cluster.repo, _two_services(cluster), "v1")
-    v1 = _desired(cluster)
-    _converge(session, v1)
+    v1 = desired_at_head(cluster)
+    converge_session(session, v1)
 
     # web loses a replica (work for the whole pass), then api changes in Git.
     victim = sorted(_replicas(session, v1)["web"])[0]
@@ -121,7 +100,7 @@ def test_the_focused_pass_starts_the_changed_service_first(
     wait_for("the kill seen", lambda: not os.path.exists(f"/proc/{pid_of(victim)}"), 10)
     time.sleep(1.2)  # past the first restart's back-off: the whole pass would refill it
     commit(cluster.repo, _two_services(cluster, version="2"), "v2")
-    v2 = _desired(cluster)
+    v2 = desired_at_head(cluster)
     changed = changed_services(v1, v2)
     assert changed == {"api"}
 
@@ -146,7 +125,7 @@ def test_the_focused_pass_starts_the_changed_service_first(
     # and the revision finishes truthfully.
     whole = reconciler.reconcile(v2)
     assert any(a.service == "web" for a in whole.executed), whole.executed
-    _converge(session, v2)
+    converge_session(session, v2)
     done = session.store.last_attempted_revision()
     assert done is not None and done.sha == v2.revision
     assert done.result is RevisionResult.SUCCEEDED, (done.result, done.reason)

@@ -11,44 +11,22 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from reconciler_helpers import Cluster, commit, gitorch, pid_of, process_service, wait_for
+from reconciler_helpers import (
+    Cluster,
+    commit,
+    converge_session,
+    desired_at_head,
+    gitorch,
+    pid_of,
+    process_service,
+    wait_for,
+)
 
-from gitorch.apply.session import Session, SessionOptions
-from gitorch.manifests.loader import load_desired
-from gitorch.manifests.model import DesiredState
-from gitorch.sources import open_source
+from gitorch.apply.session import Session
 
 REPLICA_ACTIONS = ("start", "drain", "remove")
-
-
-@pytest.fixture
-def session(cluster: Cluster) -> Iterator[Session]:
-    opened = Session(
-        SessionOptions(state_dir=cluster.state, state=cluster.session_state, runtime="process")
-    )
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-def _desired(cluster: Cluster) -> DesiredState:
-    source = open_source(str(cluster.repo), cache_root=cluster.state / "cache")
-    return load_desired(source.snapshot(source.resolve(None), ""))
-
-
-def _converge(session: Session, desired: DesiredState, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = session.reconciler_for(desired).reconcile(desired)
-        if result.converged and not result.actions:
-            return
-        time.sleep(0.2)
-    pytest.fail("the cluster did not converge")
 
 
 def _planned(cluster: Cluster) -> list[dict[str, Any]]:
@@ -73,8 +51,8 @@ def _key(action: dict[str, Any]) -> tuple[str, ...]:
 
 def test_plan_lists_exactly_what_the_next_pass_executes(cluster: Cluster, session: Session) -> None:
     commit(cluster.repo, {"api.yaml": process_service("api", port=cluster.port, replicas=3)}, "v1")
-    desired = _desired(cluster)
-    _converge(session, desired)
+    desired = desired_at_head(cluster)
+    converge_session(session, desired)
 
     # A replica dies, and a new version is committed.
     live, _ = session.reconciler_for(desired).observe(desired)
@@ -87,7 +65,7 @@ def test_plan_lists_exactly_what_the_next_pass_executes(cluster: Cluster, sessio
         {"api.yaml": process_service("api", port=cluster.port, replicas=3, version="2")},
         "v2",
     )
-    desired = _desired(cluster)
+    desired = desired_at_head(cluster)
 
     planned = _planned(cluster)
     result = session.reconciler_for(desired).reconcile(desired)
@@ -96,13 +74,13 @@ def test_plan_lists_exactly_what_the_next_pass_executes(cluster: Cluster, sessio
     assert sorted(map(_key, planned)) == sorted(map(_key, executed)), (planned, executed)
 
     # Scale down once converged: the drains are planned and executed alike.
-    _converge(session, desired)
+    converge_session(session, desired)
     commit(
         cluster.repo,
         {"api.yaml": process_service("api", port=cluster.port, replicas=1, version="2")},
         "scale to 1",
     )
-    desired = _desired(cluster)
+    desired = desired_at_head(cluster)
     planned = _planned(cluster)
     result = session.reconciler_for(desired).reconcile(desired)
     executed = [a.to_json() for a in result.executed if a.verb in REPLICA_ACTIONS]

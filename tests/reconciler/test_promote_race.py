@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from reconciler_helpers import Cluster, process_service
 
-from gitorch.apply.session import Session, SessionOptions
+from gitorch.apply.session import Session
 from gitorch.decide import PassDecision
 from gitorch.manifests import ManifestLoader
 from gitorch.manifests.model import DesiredState
@@ -63,18 +63,6 @@ class Passes:
                 return seen
             time.sleep(0.1)
         pytest.fail(f"not reached in {timeout}s; last record: {seen}")
-
-
-@pytest.fixture
-def session(cluster: Cluster) -> Iterator[Session]:
-    # The cluster fixture removes the replicas at teardown (the session leaves them).
-    opened = Session(
-        SessionOptions(state_dir=cluster.state, state=cluster.session_state, runtime="process")
-    )
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def request_mid_pass(
