@@ -12,16 +12,15 @@ its own work needs. ``tests/cli/test_cli_imports.py`` holds both properties.
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import importlib
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from gitorch import __version__
 from gitorch.errors import GitorchError
+from gitorch.stack_dump import print_stacks_on_sigquit
 
 #: Every sub-command, in the order ``--help`` lists them: (name, the module whose
 #: ``register(subparsers)`` adds its parser, the one-line help ``--help`` shows). The help
@@ -99,10 +98,7 @@ def _command_in(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # `kill -QUIT PID` prints every thread's stack to stderr and the process goes on: how
-    # to see where a stuck daemon or watch is, without a debugger on the host.
-    if hasattr(signal, "SIGQUIT") and sys.stderr is not None:
-        faulthandler.register(signal.SIGQUIT, all_threads=True, chain=False)
+    print_stacks_on_sigquit()
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_in(words))
     args = parser.parse_args(words)

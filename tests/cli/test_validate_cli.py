@@ -196,7 +196,7 @@ class Watcher:
             try:
                 return self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                # Stuck: SIGQUIT makes gitorch print every thread's stack (faulthandler),
+                # Stuck: SIGQUIT makes gitorch print every thread's stack (stack_dump),
                 # so the failure says where instead of only that it hung.
                 self.process.send_signal(signal.SIGQUIT)
                 time.sleep(1.0)
