@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import ctrl_c_reaches_it
 from live_helpers import (
     docker_client,  # noqa: F401 (fixture)
     eventually,
@@ -108,6 +109,7 @@ class Local:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=ctrl_c_reaches_it,
         )
 
 
@@ -226,7 +228,15 @@ def test_follow_streams_new_lines_and_replicas_that_start_until_ctrl_c(
         seen = {follower.stdout.readline() for _ in range(2)}
         assert seen == {"web-1 | 1 ping 2\n", "web-2 | 2 ping 1\n"}
         follower.send_signal(signal.SIGINT)
-        assert follower.wait(timeout=10) == 0
+        try:
+            assert follower.wait(timeout=10) == 0
+        except subprocess.TimeoutExpired:
+            follower.send_signal(signal.SIGQUIT)  # its threads' stacks, to say where
+            time.sleep(1.0)
+            follower.kill()
+            follower.wait()
+            assert follower.stderr is not None
+            pytest.fail(f"logs --follow ignored Ctrl-C for 10 s:\n{follower.stderr.read()}")
         assert follower.stderr is not None and follower.stderr.read() == ""
     finally:
         if follower.poll() is None:

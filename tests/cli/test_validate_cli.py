@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import REPO_ROOT, SERVICE, cli_env, commit, gitorch, init_repo
+from cli_helpers import (
+    REPO_ROOT,
+    SERVICE,
+    cli_env,
+    commit,
+    ctrl_c_reaches_it,
+    gitorch,
+    init_repo,
+)
 
 
 @pytest.fixture
@@ -143,10 +151,6 @@ def test_example_repo_is_valid_through_the_cli(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- --watch
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 class Watcher:
     """A running `gitorch validate --watch`, its stdout read line by line off-thread."""
 
@@ -159,10 +163,7 @@ class Watcher:
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
-            # As a terminal would start it: a suite launched in the background (`cmd &` in a
-            # script) runs with SIGINT ignored, children inherit that, and Python then
-            # installs no KeyboardInterrupt handler, so Ctrl-C would never reach the watch.
-            preexec_fn=_default_sigint,
+            preexec_fn=ctrl_c_reaches_it,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
