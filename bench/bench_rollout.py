@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import json
 import os
 import secrets
 import signal
@@ -53,7 +52,13 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import bench_runtime  # noqa: E402  (bench/ is not a package; also puts the repo on sys.path)
-from bench_runtime import CONTAINER_PORT, free_port, http_ok, poll_until  # noqa: E402
+from bench_runtime import (  # noqa: E402
+    CONTAINER_PORT,
+    free_port,
+    http_ok,
+    poll_until,
+    post_push_event,
+)
 
 from gitorch.errors import StateError  # noqa: E402
 from gitorch.state import RevisionResult, StateStore  # noqa: E402
@@ -311,29 +316,9 @@ class Gitorch:
 
     def webhook(self, sha: str) -> float:
         """POST a signed GitHub push event; the wall time it was sent."""
-        body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
-        key = self.secret.read_text().rstrip("\n").encode()
-        import hashlib
-        import hmac
-
-        signature = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=10)
-        sent = time.time()
-        conn.request(
-            "POST",
-            "/api/v1/webhook",
-            body=body,
-            headers={
-                "Content-Type": "application/json",
-                "X-GitHub-Event": "push",
-                "X-Hub-Signature-256": signature,
-            },
+        return post_push_event(
+            self.api_port, self.secret.read_text().rstrip("\n"), sha, clock=time.time
         )
-        status = conn.getresponse().status
-        conn.close()
-        if status != 202:
-            raise SystemExit(f"bench: the webhook was answered {status}, not 202")
-        return sent
 
     def cluster(self) -> str | None:
         try:

@@ -21,7 +21,11 @@ driver and ``list_instances`` is timed over them (goal: observing live state < 2
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
+import http.client
 import importlib.util
+import json
 import shutil
 import socket
 import statistics
@@ -92,6 +96,32 @@ def poll_until(ready: Callable[[], bool], what: str) -> None:
         if time.perf_counter() > deadline:
             raise SystemExit(f"bench: {what} never became ready")
         time.sleep(POLL_SECONDS)
+
+
+def post_push_event(
+    port: int, secret: str, sha: str, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """POST a GitHub push event of ``sha`` on main, signed with ``secret``, to the daemon's
+    webhook on ``port``; the ``clock`` time it was sent (exits unless answered 202)."""
+    body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    sent = clock()
+    conn.request(
+        "POST",
+        "/api/v1/webhook",
+        body=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": f"sha256={signature}",
+        },
+    )
+    status = conn.getresponse().status
+    conn.close()
+    if status != 202:
+        raise SystemExit(f"bench: the webhook was answered {status}, not 202")
+    return sent
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from gitorch.decide.volumes import (
     volume_constraint,
 )
 from gitorch.decide.waves import dependency_waves
-from gitorch.diff.fields import FieldChange, diff_objects
+from gitorch.diff.fields import FieldChange, diff_objects, object_leaves
 from gitorch.diff.plan import (
     AutoscaledItem,
     DriftItem,
@@ -64,7 +64,7 @@ def _service_change(
 ) -> ObjectChange | None:
     running = len(live_service.running) if live_service else 0
     if applied is None:
-        diff = tuple(diff_objects(None, service.canonical))
+        diff = object_leaves(service.canonical, "add")
         return ObjectChange(
             "Service", service.name, "create", diff, preview_create(service), True, None
         )
@@ -242,9 +242,7 @@ def object_changes(desired: DesiredState, live: LiveState) -> tuple[list[ObjectC
                 single_writer_volumes(obj, desired),
             )
         elif applied is None:
-            change = ObjectChange(
-                obj.kind, obj.name, "create", tuple(diff_objects(None, obj.canonical))
-            )
+            change = ObjectChange(obj.kind, obj.name, "create", object_leaves(obj.canonical, "add"))
         else:
             diff = tuple(diff_objects(applied, obj.canonical))
             change = (
@@ -268,11 +266,8 @@ def object_changes(desired: DesiredState, live: LiveState) -> tuple[list[ObjectC
             len(live.services[name].running) if kind == "Service" and name in live.services else 0
         )
         rollout = preview_delete(name, running) if kind == "Service" else None
-        changes.append(
-            ObjectChange(
-                kind, name, "delete", tuple(diff_objects(canonical, None)), rollout, False, revision
-            )
-        )
+        removed = object_leaves(canonical, "remove") if canonical is not None else ()
+        changes.append(ObjectChange(kind, name, "delete", removed, rollout, False, revision))
     return sorted(changes, key=lambda c: (_KIND_ORDER.get(c.kind, 9), c.name)), unchanged
 
 

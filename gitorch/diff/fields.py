@@ -13,9 +13,9 @@ has its value in a :class:`FieldChange`, only ``"(sensitive value)"``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 SENSITIVE = "(sensitive value)"
 _SECRET_NAME = re.compile(
@@ -162,6 +162,106 @@ def diff_objects(
         return {"metadata": obj.get("metadata", {}), "spec": obj.get("spec", {})}
 
     return list(diff_values(essence(before), essence(after)))
+
+
+#: Paths under which :func:`_redact` may change a value.
+_REDACTED = ("spec.env", "spec.secrets")
+
+
+class Leaves(Sequence[FieldChange]):
+    """Every leaf of an object created (op ``add``) or deleted (op ``remove``): what
+    :func:`diff_objects` gives against nothing, in the same order with the same redaction,
+    kept as (path, shown value, sensitive) and made into :class:`FieldChange` objects
+    only when read one by one. A first plan of 2,000 Services has ~10^5 such leaves, and
+    its JSON needs only their dicts (:meth:`to_json`): diffing each leaf against nothing
+    and making an object of it took a sixth of ``gitorch plan``'s CPU."""
+
+    __slots__ = ("op", "_leaves")
+
+    def __init__(self, op: str, leaves: list[tuple[str, Any, bool]]) -> None:
+        self.op = op
+        self._leaves = leaves
+
+    def _change(self, leaf: tuple[str, Any, bool]) -> FieldChange:
+        path, value, sensitive = leaf
+        if self.op == "add":
+            return FieldChange("add", path, None, value, sensitive)
+        return FieldChange("remove", path, value, None, sensitive)
+
+    def __len__(self) -> int:
+        return len(self._leaves)
+
+    @overload
+    def __getitem__(self, index: int) -> FieldChange: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[FieldChange, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> FieldChange | tuple[FieldChange, ...]:
+        if isinstance(index, slice):
+            return tuple(self._change(leaf) for leaf in self._leaves[index])
+        return self._change(self._leaves[index])
+
+    def __iter__(self) -> Iterator[FieldChange]:
+        return (self._change(leaf) for leaf in self._leaves)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Leaves):
+            return self.op == other.op and self._leaves == other._leaves
+        if isinstance(other, tuple | list):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Leaves({self.op!r}, {len(self._leaves)} leaves)"
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """``[change.to_json() for change in self]``, without the objects."""
+        side = "after" if self.op == "add" else "before"
+        op = self.op
+        return [
+            {"op": op, "path": path, side: value, "sensitive": True}
+            if sensitive
+            else {"op": op, "path": path, side: value}
+            for path, value, sensitive in self._leaves
+        ]
+
+
+def object_leaves(obj: Mapping[str, Any], op: str) -> Leaves:
+    """``diff_objects(None, obj)`` (op ``add``) or ``diff_objects(obj, None)`` (op
+    ``remove``), walked once instead of diffed leaf by leaf against nothing."""
+    found: list[tuple[str, Any, bool]] = []
+    _walk(obj.get("metadata", {}), "metadata", found)
+    _walk(obj.get("spec", {}), "spec", found)
+    return Leaves(op, found)
+
+
+def _walk(value: Any, path: str, found: list[tuple[str, Any, bool]]) -> None:
+    # _collect_leaves, with _change's redaction applied at each leaf.
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _walk(item, f"{path}.{key}", found)
+    elif _is_named_list(value):
+        for item in value:
+            _walk({k: v for k, v in item.items() if k != "name"}, f"{path}[{item['name']}]", found)
+    elif _is_dict_list(value):
+        for index, item in enumerate(value):
+            _walk(item, f"{path}[{index}]", found)
+    elif path.startswith(_REDACTED):
+        shown, sensitive = _redact(path, value)
+        found.append((path, shown, sensitive or _redact(path, None)[1]))
+    else:
+        found.append((path, value, False))
+
+
+def diff_json(diff: Sequence[FieldChange]) -> list[dict[str, Any]]:
+    """The JSON of a list of field changes (``Leaves`` without making their objects)."""
+    if isinstance(diff, Leaves):
+        return diff.to_json()
+    return [change.to_json() for change in diff]
 
 
 def redacted_env(env: Mapping[str, Any]) -> dict[str, Any]:

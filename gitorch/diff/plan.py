@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from gitorch.decide.actions import INGRESS_CHANGING, VOLUME_CHANGING, WORLD_CHANGING, Action
 from gitorch.decide.ingress import HostTable
-from gitorch.diff.fields import FieldChange
+from gitorch.diff.fields import FieldChange, diff_json
 from gitorch.errors import PlanChanged
 from gitorch.strategies.preview import RolloutPreview
 
@@ -23,7 +27,8 @@ class ObjectChange:
     kind: str
     name: str
     action: str  # create | update | delete
-    diff: tuple[FieldChange, ...] = ()
+    # A tuple, or for a create or delete the object's Leaves (made on demand).
+    diff: Sequence[FieldChange] = ()
     rollout: RolloutPreview | None = None
     replaces_replicas: bool = False  # the replica template changed: new replicas roll out
     applied_revision: str | None = None
@@ -33,7 +38,7 @@ class ObjectChange:
             "kind": self.kind,
             "name": self.name,
             "action": self.action,
-            "diff": [change.to_json() for change in self.diff],
+            "diff": diff_json(self.diff),
             "replacesReplicas": self.replaces_replicas,
             "appliedRevision": self.applied_revision,
         }
@@ -222,9 +227,46 @@ class Plan:
         return out
 
 
+#: A number orjson writes in exponent form (``1e16``, ``1.5e-7``), and one it writes
+#: positionally where the standard encoder uses an exponent (``0.00001``: ``1e-05``): the
+#: only places their compact texts differ. Searched for only around an ``e`` followed by a
+#: digit or minus, and a ``0.0000`` (a regular expression over all of a first plan's ~8 MB
+#: of text took longer than the encoding it spares); a string holding such a pattern costs
+#: only the slower encoder.
+_EXPONENT_AROUND = re.compile(rb"e[-0-9]")
+_EXPONENT_NUMBER = re.compile(rb"[:,\[]-?[0-9]+(?:\.[0-9]+)?e[-0-9]$")
+_TINY_NUMBER = re.compile(rb"[:,\[]-?0\.0000")
+#: Bytes before an ``e`` that can belong to its number (sign, 17 digits, point) and the
+#: character before it.
+_NUMBER_REACH = 24
+
+
+def _float_forms_differ(text: bytes) -> bool:
+    """Whether the standard encoder may write a number of ``text`` (orjson's compact
+    JSON) otherwise."""
+    if b"0.0000" in text and _TINY_NUMBER.search(text):
+        return True
+    for found in _EXPONENT_AROUND.finditer(text):
+        end = found.end()
+        if _EXPONENT_NUMBER.search(text, max(0, end - _NUMBER_REACH), end):
+            return True
+    return False
+
+
 def _digest_of(body: dict[str, Any]) -> str:
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """sha256 of the compact JSON (sorted keys, raw UTF-8) of ``body``: the standard
+    encoder's text, written by orjson (2.5x faster on a first plan of 2,000 Services, ~10^5
+    field changes) where the two agree, which is everywhere but the float forms above,
+    integers beyond 64 bits (orjson refuses them) and NaN/Infinity (orjson writes null, as
+    in the plan's JSON output)."""
+    try:
+        text = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        text = b""
+    if not text or _float_forms_differ(text):
+        standard = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = standard.encode("utf-8")
+    return hashlib.sha256(text).hexdigest()
 
 
 def check_expected(plan: Plan, expected: str) -> None:

@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gitorch.diff.fields import SENSITIVE, FieldChange, diff_objects, diff_values, redacted_env
+from gitorch.diff.fields import (
+    SENSITIVE,
+    FieldChange,
+    diff_objects,
+    diff_values,
+    object_leaves,
+    redacted_env,
+)
 
 
 def ops(before: Any, after: Any) -> list[tuple[str, str, Any, Any]]:
@@ -155,3 +164,48 @@ def test_field_change_json_omits_the_absent_side() -> None:
 def test_redacted_env() -> None:
     env = {"PASSWORD": "x", "A": "b", "TOKEN_FILE": {"secretFile": "t"}}
     assert redacted_env(env) == {"PASSWORD": SENSITIVE, "A": "b", "TOKEN_FILE": {"secretFile": "t"}}
+
+
+# Canonical-looking objects: the env and secrets subtrees (where redaction applies), named
+# lists, lists of mappings and of scalars, empty values, keys that merely start like them.
+_keys = st.sampled_from(
+    ["env", "secrets", "envFrom", "secretsX", "PASSWORD", "API_TOKEN", "digest", "secretFile"]
+) | st.text("abcn", min_size=1, max_size=3)
+_scalars = st.none() | st.booleans() | st.integers() | st.text("ab", max_size=2)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(_keys, inner, max_size=4)
+        | st.lists(
+            st.fixed_dictionaries({"name": st.text("xyz", min_size=1)}, optional={"v": inner}),
+            max_size=3,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+_specs = st.builds(
+    lambda rest, env: {**rest, **env},
+    st.dictionaries(_keys, _values, max_size=4),
+    st.fixed_dictionaries(
+        {}, optional={"env": st.dictionaries(_keys, _values, max_size=4), "secrets": _values}
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_keys, _values, max_size=3), _specs)
+def test_object_leaves_are_the_diff_against_nothing(
+    metadata: dict[str, Any], spec: dict[str, Any]
+) -> None:
+    """A create's (and a delete's) fields are walked once instead of diffed against
+    nothing: the same changes, order and redaction, and the same JSON."""
+    obj = {"kind": "Service", "metadata": metadata, "spec": spec}
+    for op, reference in (("add", diff_objects(None, obj)), ("remove", diff_objects(obj, None))):
+        leaves = object_leaves(obj, op)
+        assert list(leaves) == reference
+        assert leaves == tuple(reference) and len(leaves) == len(reference)
+        assert leaves[:2] == tuple(reference[:2])
+        assert leaves.to_json() == [change.to_json() for change in reference]
