@@ -125,7 +125,10 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy the daemon over the idle window"
+        "--profile",
+        action="store_true",
+        help="py-spy the daemon over the idle window (idle.folded) and the webhook rounds "
+        "(webhook.folded), in the --keep folder",
     )
     parser.add_argument(
         "--leave-replicas",
@@ -184,25 +187,7 @@ def main() -> None:
         time.sleep(3.0)
         sum0, count0, _ = reconcile_figures(api)
         cpu0, wall0 = cpu_seconds(daemon.pid), time.perf_counter()
-        spy = None
-        if args.profile and shutil.which("py-spy"):
-            spy = subprocess.Popen(  # noqa: S603
-                [
-                    "py-spy",
-                    "record",
-                    "-p",
-                    str(daemon.pid),
-                    "-d",
-                    str(int(args.idle)),
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(root / "idle.folded"),
-                    "--threads",
-                ],  # fmt: skip
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        spy = py_spy(daemon.pid, args.idle, root / "idle.folded") if args.profile else None
         time.sleep(args.idle)
         cpu1, wall1 = cpu_seconds(daemon.pid), time.perf_counter()
         sum1, count1, _ = reconcile_figures(api)
@@ -271,9 +256,17 @@ def main() -> None:
                 f"webhook daemon: adopted {total} replicas in {time.perf_counter() - adopted:.1f} s"
             )
             time.sleep(3.0)
+            # --profile: py-spy over the rounds (each ~5 s: a trigger, then the rollout).
+            spy = (
+                py_spy(daemon.pid, 6.0 * args.commits, root / "webhook.folded")
+                if args.profile
+                else None
+            )
             hooks = first_replica_rounds(
                 args, work, folder, Webhook(api, bare, secret.read_text().strip())
             )
+            if spy is not None:
+                spy.wait(timeout=60)
             results.append(first_row("webhook POST to first new replica", hooks))
     finally:
         report(args, load_before, results)  # what was measured, also when a step failed
@@ -323,6 +316,19 @@ def first_replica_rounds(
         firsts.append(time.perf_counter() - since)
         time.sleep(5.0)  # let the rollout finish before the next commit
     return firsts
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` (threads included) for ``seconds`` into ``out``, raw
+    (None without py-spy)."""
+    if not shutil.which("py-spy"):
+        return None
+    argv = ["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw"]
+    return subprocess.Popen(  # noqa: S603
+        [*argv, "-o", str(out), "--threads"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def first_row(name: str, firsts: list[float]) -> tuple[str, str, str, str]:
