@@ -5,8 +5,8 @@ else."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import Any, Protocol, cast
 
 from gitorch.traffic import _http
@@ -237,7 +237,7 @@ class FastClient(asyncio.Protocol):
                     return
                 if not self.at:
                     idle = RETIRE_GRACE if svc.closed else self.lb.timeouts.client_idle
-                    self.at = time.monotonic() + idle
+                    self.at = monotonic() + idle
                     svc.head_waiters.add(self)
                 return
             head, end = taken
@@ -252,7 +252,6 @@ class FastClient(asyncio.Protocol):
                     self._hand_over()
                     return
             else:
-                kind, length = "none", 0
                 if self.at:
                     svc.head_waiters.discard(self)
                     self.at = 0.0
@@ -286,7 +285,7 @@ class FastClient(asyncio.Protocol):
             if self.eof:
                 self._close()  # the body was cut short
             elif not self.at:
-                self.at = time.monotonic() + self.lb.timeouts.client_idle
+                self.at = monotonic() + self.lb.timeouts.client_idle
             return
         self.at = 0.0
         if length:
@@ -383,7 +382,7 @@ class FastClient(asyncio.Protocol):
 
     def _attempt(self) -> None:
         svc = self.svc
-        now = time.monotonic()
+        now = monotonic()
         state = svc.pick(self.tried, self.version, now=now)
         if state is None or self.attempts_left <= 0:
             self._give_up()
@@ -419,16 +418,15 @@ class FastClient(asyncio.Protocol):
         if upstream is None:
             self._failed(state, Failure.NOT_CONNECTED)
             return
-        self._send(upstream, time.monotonic())
+        self._send(upstream, monotonic())
 
     def _send(self, upstream: Upstream, now: float) -> None:
-        state = self.state
-        assert state is not None and upstream.transport is not None
-        state.busy.add(upstream)  # so that an unreachable backend's requests can be given up
+        # So that an unreachable backend's requests can be given up: self.state is set.
+        self.state.busy.add(upstream)  # type: ignore[union-attr]
         upstream.client = self
         self.upstream = upstream
         self.response = None
-        upstream.transport.write(self.request)  # one segment
+        upstream.transport.write(self.request)  # type: ignore[union-attr]  # one segment
         self.at = now + self.lb.timeouts.response
 
     def on_backend_data(self, upstream: Upstream) -> None:
@@ -474,7 +472,7 @@ class FastClient(asyncio.Protocol):
         leftover = len(buf) > length  # more than the answer: never reuse such a connection
         data = out.head + buf[:length] if length else out.head
         reusable = out.backend_keep and not leftover
-        self._answered(upstream, state, data, reusable, out.client_keep, time.monotonic())
+        self._answered(upstream, state, data, reusable, out.client_keep, monotonic())
 
     def _answered(
         self,
