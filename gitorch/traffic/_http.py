@@ -399,11 +399,12 @@ def head_bounds(buf: bytes) -> tuple[int, int] | None:
     # first CR must be the one just before its LF.
     if eol < 2 or eol - 1 > MAX_LINE or buf.find(b"\r", 0, eol) != eol - 1:
         raise NotSimple
-    if len(buf) < eol + 3:
-        return None
-    if buf[eol + 1] == 13 and buf[eol + 2] == 10:
-        return eol - 1, eol + 3
-    end = buf.find(b"\r\n\r\n", eol + 3, SPLIT_LIMIT)
+    # The empty line: right after the start line (found at its CR), or else looked for
+    # from three bytes past its LF on, as the stream reader does (one that starts two
+    # bytes past it, after a header line of one byte, is not the one the reader finds).
+    end = buf.find(b"\r\n\r\n", eol - 1, SPLIT_LIMIT)
+    if end == eol + 2:
+        end = buf.find(b"\r\n\r\n", eol + 3, SPLIT_LIMIT)
     if end < 0:
         if len(buf) >= SPLIT_LIMIT:
             raise NotSimple
