@@ -322,7 +322,7 @@ def _parse_head(
     if not size:
         return parser, "", special
     text = block.decode("latin-1")
-    for row in text.split("\r\n"):
+    for row in text[:-2].split("\r\n"):  # (the block ends with a line end)
         name, _, value = row.partition(":")
         low = name.lower()
         if low in SPECIAL:
@@ -397,7 +397,7 @@ def head_bounds(buf: bytes) -> tuple[int, int] | None:
         return None
     # An empty line, a line too long, a bare LF at its end or a bare CR in it: the line's
     # first CR must be the one just before its LF.
-    if eol < 2 or eol - 1 > MAX_LINE or buf.find(b"\r", 0, eol) != eol - 1:
+    if eol < 2 or eol - 1 > MAX_LINE or buf[eol - 1] != 13 or 13 in buf[: eol - 1]:  # CR: 13
         raise NotSimple
     # The empty line: right after the start line (found at its CR), or else looked for
     # from three bytes past its LF on, as the stream reader does (one that starts two

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from time import monotonic
 from typing import Any, Protocol, cast
 
@@ -130,7 +131,7 @@ class FastClient(asyncio.Protocol):
         self.client_keep = True
         self.version: str | None = None
         self.extra: _http.Headers = []
-        self.tried: set[str] = set()
+        self.tried: AbstractSet[str] = NOTHING_TRIED  # backends that failed this request
         self.failure = Failure.NO_BACKEND
         self.attempts_left = 0
         self.state: BackendState | None = None
@@ -148,6 +149,8 @@ class FastClient(asyncio.Protocol):
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         self.forward_tail = forward_tail(self.client_ip, self.tls)
         self.lb.deadlines.add(self)
+        # A head waiter for the connection's life (shorten() acts only between requests).
+        self.svc.head_waiters.add(self)
         self._next()
 
     def data_received(self, data: bytes) -> None:
@@ -182,8 +185,9 @@ class FastClient(asyncio.Protocol):
             self._next()
 
     def shorten(self, at: float) -> None:
-        """Bring the wait for a head forward to ``at`` (the route was removed)."""
-        if self.at:
+        """Bring the wait for a head forward to ``at`` (the route was removed): not the
+        wait for an answer (busy) or for a request's body (pending)."""
+        if self.at and not self.busy and self.pending is None:
             self.at = min(self.at, at)
 
     def expire_if_due(self, now: float) -> None:
@@ -238,7 +242,6 @@ class FastClient(asyncio.Protocol):
                 if not self.at:
                     idle = RETIRE_GRACE if svc.closed else self.lb.timeouts.client_idle
                     self.at = monotonic() + idle
-                    svc.head_waiters.add(self)
                 return
             head, end = taken
             special = head.special
@@ -252,9 +255,7 @@ class FastClient(asyncio.Protocol):
                     self._hand_over()
                     return
             else:
-                if self.at:
-                    svc.head_waiters.discard(self)
-                    self.at = 0.0
+                self.at = 0.0
                 if not _STREAMED.isdisjoint(special):
                     self._hand_over()
                     return
@@ -275,7 +276,6 @@ class FastClient(asyncio.Protocol):
                 self._hand_over()
                 return
             buf = self.buffer = buf[end:]
-            svc.head_waiters.discard(self)
             self.at = 0.0
             self.pending = head
             self.pending_kind = kind
@@ -374,7 +374,7 @@ class FastClient(asyncio.Protocol):
         else:  # what choose_version answers for a route with no rules and no weights
             self.version = None
             self.extra = NO_EXTRA
-        self.tried = set()
+        self.tried = NOTHING_TRIED
         self.failure = Failure.NO_BACKEND
         active = len(svc.active)
         self.attempts_left = active if active > 2 else 2  # svc.attempts()
@@ -388,7 +388,6 @@ class FastClient(asyncio.Protocol):
             self._give_up()
             return
         self.attempts_left -= 1
-        self.tried.add(state.backend.id)
         state.in_flight += 1
         self.state = state
         self.started = now
@@ -525,7 +524,6 @@ class FastClient(asyncio.Protocol):
             self._next()
         else:  # what _next does with nothing to read: wait for the next head
             self.at = now + self.lb.timeouts.client_idle
-            svc.head_waiters.add(self)
 
     def on_backend_lost(self, upstream: Upstream) -> None:
         """The backend closed before its whole answer came."""
@@ -561,6 +559,7 @@ class FastClient(asyncio.Protocol):
         self._end_attempt(state)
         self.failure = failure
         if may_retry(failure, self.head.method, self.body):
+            self.tried = {*self.tried, state.backend.id}
             self._attempt()
         else:
             self._give_up()
@@ -613,6 +612,7 @@ class FastClient(asyncio.Protocol):
         self.handed = True
         self.busy = False
         self.at = 0.0
+        self.svc.head_waiters.discard(self)
         self.lb.deadlines.discard(self)
         reader, writer = self._streams()
         lb, svc, head = self.lb, self.svc, self.head
@@ -628,6 +628,8 @@ class FastClient(asyncio.Protocol):
 
 
 NO_HEAD = _http.RequestHead("GET", "/", (1, 1))
+#: No backend tried yet (never changed: a failed attempt makes a set of its own).
+NOTHING_TRIED: frozenset[str] = frozenset()
 #: The body of a request that has none (never changed: shared by all of them).
 NO_BODY = RequestBody("none", 0)
 #: No header to add to the answer (never changed).
@@ -659,11 +661,13 @@ def quick_backend_request(
     any other request."""
     special = head.special
     hosts = special.get("host")
+    # The start line is method SP target SP version, all ASCII: the version starts here.
+    version_at = len(head.method) + len(head.target) + 2
     if (
         hosts is None
         or head.method not in _http.IDEMPOTENT
         or not _NOT_AS_RECEIVED.isdisjoint(special)
-        or not buf.startswith(b" HTTP/1.1\r", buf.find(b"\r") - 9)
+        or buf[version_at : version_at + 10] != b"HTTP/1.1\r\n"
     ):
         return None
-    return b"%s%s%s\r\n\r\n" % (buf[: end - 2], tail, hosts[0].encode("latin-1"))
+    return b"".join((buf[: end - 2], tail, hosts[0].encode("latin-1"), b"\r\n\r\n"))
