@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 from gitorch.traffic import _http
 from gitorch.traffic.builtin.backends import BackendState, ServiceState, Upstream
 from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
-from gitorch.traffic.builtin.fast import NO_BODY, FastClient, forward_tail, quick_backend_request
+from gitorch.traffic.builtin.fast import (
+    _FRAMED,
+    _NOT_AS_RECEIVED,
+    _STREAMED,
+    NO_BODY,
+    FastClient,
+    forward_tail,
+    quick_backend_request,
+)
 from gitorch.traffic.builtin.http1 import answer_as_received, response_out
 from gitorch.traffic.builtin.timing import RETIRE_GRACE, Timeouts
 from gitorch.traffic.table import Backend, Route
@@ -88,6 +96,12 @@ _GENERAL = [
     b"GET / RTSP/1.1\r\nHost: a\r\n\r\n",  # llhttp reads version 1.1 there too
     b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: x\r\n\r\n",
 ]
+
+
+def test_the_short_way_declines_every_request_with_a_body_or_streamed() -> None:
+    """FastClient._next asks quick_backend_request first: a request it takes must have no
+    body framing and nothing that takes it to the streams."""
+    assert _FRAMED | _STREAMED <= _NOT_AS_RECEIVED
 
 
 @pytest.mark.parametrize("head", _QUICK + _GENERAL)

@@ -244,8 +244,11 @@ class FastClient(asyncio.Protocol):
                     self.at = monotonic() + idle
                 return
             head, end = taken
+            # The common request goes on as its bytes came: a head alone, nothing streamed
+            # (quick_backend_request declines any header of _FRAMED or _STREAMED).
+            request = quick_backend_request(buf, end, head, self.forward_tail)
             special = head.special
-            if "content-length" in special or "transfer-encoding" in special:
+            if request is None and not _FRAMED.isdisjoint(special):
                 try:
                     kind, length = head.framing()
                 except _http.BadMessage:
@@ -256,12 +259,10 @@ class FastClient(asyncio.Protocol):
                     return
             else:
                 self.at = 0.0
-                if not _STREAMED.isdisjoint(special):
-                    self._hand_over()
-                    return
-                # The common request: a head alone, the bytes sent on as they came.
-                request = quick_backend_request(buf, end, head, self.forward_tail)
                 if request is None:
+                    if not _STREAMED.isdisjoint(special):
+                        self._hand_over()
+                        return
                     request = self.lb.backend_request(head, NO_BODY, self.client_ip, self.tls)
                 if len(buf) > end:
                     buf = self.buffer = buf[end:]
@@ -636,6 +637,8 @@ NO_BODY = RequestBody("none", 0)
 NO_EXTRA: _http.Headers = []
 #: Request headers that take a request to the stream path.
 _STREAMED = frozenset({"expect", "upgrade"})
+#: Request headers that frame a body.
+_FRAMED = frozenset({"content-length", "transfer-encoding"})
 #: Request headers :func:`quick_backend_request` leaves to the general rules.
 _NOT_AS_RECEIVED = REWRITTEN | _http.HOP_BY_HOP | {"x-forwarded-host"}
 
