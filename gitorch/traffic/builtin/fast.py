@@ -107,6 +107,8 @@ class FastClient(asyncio.Protocol):
     def __init__(self, lb: FastPathHost, svc: ServiceState) -> None:
         self.lb = lb
         self.svc = svc
+        self.idle_timeout = lb.timeouts.client_idle  # (the balancer's are fixed)
+        self.response_timeout = lb.timeouts.response
         self.transport: asyncio.Transport | None = None
         self.buffer = b""  # bytes: a request mostly comes in one piece, sliced, not copied
         self.client_ip = ""
@@ -240,7 +242,7 @@ class FastClient(asyncio.Protocol):
                         self._close()
                     return
                 if not self.at:
-                    idle = RETIRE_GRACE if svc.closed else self.lb.timeouts.client_idle
+                    idle = RETIRE_GRACE if svc.closed else self.idle_timeout
                     self.at = monotonic() + idle
                 return
             head, end = taken
@@ -286,7 +288,7 @@ class FastClient(asyncio.Protocol):
             if self.eof:
                 self._close()  # the body was cut short
             elif not self.at:
-                self.at = monotonic() + self.lb.timeouts.client_idle
+                self.at = monotonic() + self.idle_timeout
             return
         self.at = 0.0
         if length:
@@ -427,7 +429,7 @@ class FastClient(asyncio.Protocol):
         self.upstream = upstream
         self.response = None
         upstream.transport.write(self.request)  # type: ignore[union-attr]  # one segment
-        self.at = now + self.lb.timeouts.response
+        self.at = now + self.response_timeout
 
     def on_backend_data(self, upstream: Upstream) -> None:
         """Bytes of the answer came: relay it when it is whole."""
@@ -524,7 +526,7 @@ class FastClient(asyncio.Protocol):
             self.at = 0.0
             self._next()
         else:  # what _next does with nothing to read: wait for the next head
-            self.at = now + self.lb.timeouts.client_idle
+            self.at = now + self.idle_timeout
 
     def on_backend_lost(self, upstream: Upstream) -> None:
         """The backend closed before its whole answer came."""

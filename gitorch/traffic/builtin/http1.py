@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import time
 from bisect import bisect_left
 from dataclasses import dataclass
+from time import monotonic
 from typing import NamedTuple
 
 from gitorch.traffic import _http
@@ -40,7 +40,7 @@ def partial_read(exc: Exception) -> bool:
 def count_response(state: BackendState, status: int, started: float) -> float:
     """Count an answer of ``state``'s backend (its latency since ``started``); returns
     the monotonic time it was counted at."""
-    now = time.monotonic()
+    now = monotonic()
     state.requests += 1
     took_ms = (now - started) * 1000
     state.latency[bisect_left(LATENCY_BOUNDS_MS, took_ms)] += 1  # figures.bucket_of
