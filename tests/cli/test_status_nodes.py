@@ -258,6 +258,21 @@ def test_status_says_which_replicas_crash_loop_and_where_to_read_why(local: Clus
     assert "why they exited: gitorch logs api --previous" in lines
 
 
+def test_status_says_why_a_service_rolled_back(local: Cluster) -> None:
+    api = load_services(api_manifest())["api"]
+    with StateStore(local.state) as store:
+        record_rollout(
+            store,
+            api,
+            phase=RolloutPhase.ROLLED_BACK,
+            last_error="progress deadline exceeded",
+            message="2/2 updated",  # the rollback's own progress: not what a reader needs
+        )
+    lines = local.run("status", "--runtime", "process").stdout.splitlines()
+    assert "api: rolled back: progress deadline exceeded" in lines, lines
+    assert "api: 2/2 updated" not in lines
+
+
 def test_status_of_one_service_and_of_an_unknown_one(local: Cluster) -> None:
     api = load_services(api_manifest())["api"]
     with StateStore(local.state) as store:
