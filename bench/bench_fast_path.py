@@ -11,13 +11,21 @@ work (~2.5 us); ``bench_lb.py`` measures the whole.
 with this checkout's, and prints the ratio: an A/B of a change to the request path
 that other work on the machine disturbs little (best of the rounds).
 
-Run: ``python3 bench/bench_fast_path.py [--requests 20000] [--rounds 5] [--against REV]``
+``--instructions`` counts instead the machine instructions one request executes
+(valgrind's cachegrind: two runs of different lengths, the difference over the extra
+requests): the same on a loaded machine as on an idle one, to a fraction of a percent,
+so a change of 1% shows (timings under load move by 10%). Slow (about a minute a tree).
+
+Run: ``python3 bench/bench_fast_path.py [--requests 20000] [--rounds 5] [--against REV]
+[--instructions]``
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,8 +58,9 @@ class FakeTransport:
         pass
 
 
-def measure(requests: int) -> float:
-    """Microseconds of CPU per request, with the code on ``sys.path`` (best of 3)."""
+def measure(requests: int, timed: bool = True) -> float:
+    """Microseconds of CPU per request, with the code on ``sys.path`` (best of 3); with
+    ``timed`` False, only serve ``requests`` requests (under valgrind: :func:`instructions`)."""
     from gitorch.traffic.builtin.backends import ServiceState, Upstream
     from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
     from gitorch.traffic.builtin.fast import FastClient
@@ -78,6 +87,9 @@ def measure(requests: int) -> float:
 
         serve(2000)  # warm up (and check that the answers go through)
         assert client.transport.written == 2000 * len(ANSWER), "answers did not go through"  # type: ignore[attr-defined]
+        if not timed:
+            serve(requests)
+            return 0.0
         best = float("inf")
         for _ in range(3):
             started = time.process_time()
@@ -96,16 +108,41 @@ def run_in(tree: Path, requests: int) -> float:
     return float(out.split()[-1])
 
 
+def instructions(tree: Path, requests: int) -> float:
+    """Machine instructions per request on ``tree``'s code (valgrind, see the docstring)."""
+    counts = []
+    for count in (1000, 1000 + requests):
+        out = subprocess.run(  # noqa: S603
+            ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",  # noqa: S607
+             sys.executable, __file__, "--serve", str(count)],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
+        ).stderr  # fmt: skip
+        counts.append(int(re.search(r"I\s+refs:\s+([\d,]+)", out).group(1).replace(",", "")))  # type: ignore[union-attr]
+    return (counts[1] - counts[0]) / requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--against", metavar="REV", help="compare with commit REV's tree")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count machine instructions per request with valgrind (load-proof, slow)",
+    )
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(f"{measure(args.measure):.3f}")
         return
+    if args.serve:
+        measure(args.serve, timed=False)
+        return
+    if args.instructions and shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install -y valgrind)")
     print(f"load average at start: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this checkout": REPO}
@@ -120,6 +157,14 @@ def main() -> None:
             ).stdout  # fmt: skip
             subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)  # noqa: S603,S607
             trees[f"at {commit}"] = Path(tmp)
+        if args.instructions:
+            counted = {name: instructions(tree, 5000) for name, tree in trees.items()}
+            for name, count in counted.items():
+                print(f"  {name:>16}: {count:9.0f} instructions per request")
+            if args.against:
+                new, old = counted.values()
+                print(f"  this checkout / {list(trees)[1].removeprefix('at ')}: {new / old:.3f}")
+            return
         runs: dict[str, list[float]] = {name: [] for name in trees}
         for _ in range(args.rounds):
             for name, tree in trees.items():

@@ -320,6 +320,68 @@ class Bookkeeper:
         self._started = None
         return True
 
+    def revision_recovered(
+        self,
+        desired: DesiredState,
+        decision: PassDecision,
+        failures: Mapping[str, BackoffRecord],
+    ) -> bool:
+        """Record that the revision whose application failed has since converged: every
+        service it failed on is Healthy on it, nothing fails, nothing is pending. True
+        when recorded.
+
+        As Flux's ``lastAppliedRevision`` moves once a retry of a failed revision
+        succeeds: the failed application stays in the history as it was, and a new one
+        of the same commit (``trigger: recovered``) says when the cluster got there, so
+        status shows the revision the cluster runs instead of the stale failure. A
+        rolled-back service never counts as recovered: its template stays rolled back.
+        """
+        last = self.store.last_attempted_revision()
+        if last is None or last.sha != desired.revision or last.result is not RevisionResult.FAILED:
+            return False
+        if decision.prune.pending or not decision.settled or failures:
+            return False
+        if any(
+            d.record.phase is not RolloutPhase.HEALTHY or d.held_by
+            for d in decision.services.values()
+        ):
+            return False
+        failed = sorted(
+            name for name, r in last.service_results.items() if r is RevisionResult.FAILED
+        )
+        reason = "converged after the failed application: " + (
+            ", ".join(f"{name} Healthy" for name in failed) or "every service Healthy"
+        )
+        with self.store.transaction():
+            record = self.store.record_revision(
+                desired.revision,
+                author=last.author,
+                committed_at=last.committed_at,
+                signer=last.signer,
+                trigger="recovered",
+                services=last.services,
+                summary={"changes": [], "message": last.summary.get("message", "")},
+            )
+            self.store.finish_revision(
+                record.id,
+                RevisionResult.SUCCEEDED,
+                reason=reason,
+                service_results={n: RevisionResult.SUCCEEDED for n in last.services},
+            )
+            self.store.append_event(
+                "revision.recovered",
+                f"{desired.revision[:12]} recovered: {reason}",
+                revision=desired.revision,
+                actor=SYSTEM_ACTOR,
+            )
+        log.info(
+            "revision %s recovered: %s",
+            desired.revision[:12],
+            reason,
+            extra={"revision": desired.revision},
+        )
+        return True
+
     # ------------------------------------------------------------------ per service
 
     def save(self, decision: ServiceDecision) -> ServiceDecision:

@@ -335,6 +335,9 @@ class Reconciler:
         if started is not None and focus is None:
             # Only the whole pass finishes a revision (it sees every service, and prunes).
             self.books.revision_finished(started, desired, decision, failures)
+        elif focus is None and not execution.executed and not execution.errors:
+            # This pass's observation predates the record: not one to show as status.
+            wrote = self.books.revision_recovered(desired, decision, failures) or wrote
         quiet = (
             focus is None
             and started is None

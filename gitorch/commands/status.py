@@ -445,9 +445,18 @@ def _reading(metric: Mapping[str, Any]) -> str:
 
 
 def _problems(console: Any, services: list[dict[str, Any]]) -> None:
-    """What needs a look, one line each: a service's own failure, slots in back-off."""
+    """What needs a look, one line each: a service's own failure, what a service that is
+    not Healthy is at or waits for (its rollout's message), slots in back-off."""
     for svc in services:
         failure = svc.get("failure")
+        rollout = svc["rollout"]
+        if not failure and rollout["phase"] == "RolledBack" and rollout.get("lastError"):
+            # Its message is the rollback's own progress ("2/2 updated"): say why instead.
+            console.print(
+                f"[yellow]{escape(svc['name'])}[/]: rolled back: {escape(rollout['lastError'])}"
+            )
+        elif not failure and rollout["phase"] != "Healthy" and rollout.get("message"):
+            console.print(f"[yellow]{escape(svc['name'])}[/]: {escape(str(rollout['message']))}")
         if failure:
             retry = failure.get("retryInSeconds") or 0
             console.print(
@@ -464,6 +473,9 @@ def _problems(console: Any, services: list[dict[str, Any]]) -> None:
                 f"[yellow]{escape(slot['replica'])}[/]: {wait}{slot['restarts']} restart(s), "
                 f"last: {escape(str(cause))}"
             )
+    crash_looping = [svc["name"] for svc in services if svc.get("backoff")]
+    if crash_looping:
+        console.print(f"why they exited: gitorch logs {escape(crash_looping[0])} --previous")
 
 
 def render_traffic(console: Any, traffic: Mapping[str, Any] | None, title: str) -> None:

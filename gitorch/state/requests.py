@@ -3,7 +3,7 @@ reconcile pass; shared by ``gitorch promote``/``abort`` and the daemon's HTTP AP
 
 from __future__ import annotations
 
-from gitorch.state.records import RolloutPhase
+from gitorch.state.records import RolloutPhase, RolloutRecord
 from gitorch.state.store import StateStore
 
 _ACTIVE = (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
@@ -38,4 +38,14 @@ def request_action(store: StateStore, service: str, what: str, actor: str) -> tu
     # The request and its audit entry, or neither (on etcd tried again if the leader
     # wrote meanwhile).
     store.atomic(write)
-    return True, f"{what} of {service} requested (step {record.step}, weight {record.weight}%)"
+    return True, f"{what} of {service} requested ({_where(record)}weight {record.weight}%)"
+
+
+def _where(record: RolloutRecord) -> str:
+    """The step as status counts it (1-based, of the strategy's steps), or nothing."""
+    if record.step is None:
+        return ""
+    strategy = record.spec.get("spec", {}).get("strategy", {})
+    steps = next((body.get("steps") for body in strategy.values() if isinstance(body, dict)), None)
+    total = f"/{len(steps)}" if isinstance(steps, list) else ""
+    return f"step {record.step + 1}{total}, "

@@ -296,30 +296,33 @@ _NO_CALLBACKS = _NoCallbacks()
 
 def _parse_head(
     parser_type: type[httptools.HttpRequestParser] | type[httptools.HttpResponseParser],
-    line: bytes,
-    block: bytes,
-    whole: bytes,
+    buf: bytes,
+    line_end: int,
+    end: int,
 ) -> tuple[Any, str, dict[str, list[str]]]:
-    """Parse a head with llhttp (strict: what it refuses is a :class:`BadMessage`), and
+    """Parse the head ``buf[:end]`` (its start line ends at ``line_end``: ``line`` CRLF
+    ``block`` CRLF) with llhttp (strict: what it refuses is a :class:`BadMessage`), and
     index the :data:`SPECIAL` headers; (the parser, the header section as text, the
-    index). ``whole``: the head as llhttp reads it, ``line`` CRLF ``block`` CRLF."""
-    if len(block) > MAX_LINE and any(len(row) > MAX_LINE for row in block.split(b"\r\n")):
+    index)."""
+    block = buf[line_end + 2 : end - 2]
+    size = len(block)
+    if size > MAX_LINE and any(len(row) > MAX_LINE for row in block.split(b"\r\n")):
         raise BadMessage("head line too long")
     parser = parser_type(_NO_CALLBACKS)
     try:
-        parser.feed_data(whole)
+        parser.feed_data(buf if len(buf) == end else buf[:end])
     except httptools.HttpParserUpgrade:
         pass  # Upgrade or CONNECT: the head is whole and valid; what follows is not HTTP
     except httptools.HttpParserError as exc:
-        raise BadMessage(f"{exc} in {line[:60]!r}") from None
-    if block.count(b"\n") > MAX_HEADERS:
+        raise BadMessage(f"{exc} in {buf[: min(line_end, 60)]!r}") from None
+    if size > MAX_HEADERS and block.count(b"\n") > MAX_HEADERS:  # (a line per byte at most)
         raise BadMessage("too many header lines")
     # The SPECIAL headers indexed (inline: this runs for every head, both ways).
     special: dict[str, list[str]] = {}
-    if not block:
+    if not size:
         return parser, "", special
     text = block.decode("latin-1")
-    for row in text.split("\r\n"):
+    for row in text[:-2].split("\r\n"):  # (the block ends with a line end)
         name, _, value = row.partition(":")
         low = name.lower()
         if low in SPECIAL:
@@ -392,15 +395,16 @@ def head_bounds(buf: bytes) -> tuple[int, int] | None:
         if len(buf) >= SPLIT_LIMIT:
             raise NotSimple
         return None
-    if eol < 2 or buf[eol - 1] != 13 or eol - 1 > MAX_LINE:
-        raise NotSimple  # an empty line, a bare LF, or a line too long
-    if buf.find(b"\r", 0, eol - 1) >= 0:
+    # An empty line, a line too long, a bare LF at its end or a bare CR in it: the line's
+    # first CR must be the one just before its LF.
+    if eol < 2 or eol - 1 > MAX_LINE or buf[eol - 1] != 13 or 13 in buf[: eol - 1]:  # CR: 13
         raise NotSimple
-    if len(buf) < eol + 3:
-        return None
-    if buf.startswith(b"\r\n", eol + 1):
-        return eol - 1, eol + 3
-    end = buf.find(b"\r\n\r\n", eol + 3, SPLIT_LIMIT)
+    # The empty line: right after the start line (found at its CR), or else looked for
+    # from three bytes past its LF on, as the stream reader does (one that starts two
+    # bytes past it, after a header line of one byte, is not the one the reader finds).
+    end = buf.find(b"\r\n\r\n", eol - 1, SPLIT_LIMIT)
+    if end == eol + 2:
+        end = buf.find(b"\r\n\r\n", eol + 3, SPLIT_LIMIT)
     if end < 0:
         if len(buf) >= SPLIT_LIMIT:
             raise NotSimple
@@ -427,8 +431,8 @@ def take_request(buf: bytes) -> tuple[RequestHead, int] | None:
     bounds = head_bounds(buf)
     if bounds is None:
         return None
-    line_end, end = bounds
-    return _request(buf[:line_end], buf[line_end + 2 : end - 2], buf[:end]), end
+    end = bounds[1]
+    return _request(buf, bounds[0], end), end
 
 
 def take_response(buf: bytes) -> tuple[ResponseHead, int] | None:
@@ -436,8 +440,8 @@ def take_response(buf: bytes) -> tuple[ResponseHead, int] | None:
     bounds = head_bounds(buf)
     if bounds is None:
         return None
-    line_end, end = bounds
-    return _response(buf[:line_end], buf[line_end + 2 : end - 2], buf[:end]), end
+    end = bounds[1]
+    return _response(buf, bounds[0], end), end
 
 
 async def read_request_head(reader: asyncio.StreamReader) -> RequestHead:
@@ -453,16 +457,24 @@ async def read_request_head(reader: asyncio.StreamReader) -> RequestHead:
 
 def request_head_of(line: bytes, block: bytes) -> RequestHead:
     """Parse a request head (start line, header section as CRLF-ended lines)."""
-    return _request(line, block, line + b"\r\n" + block + b"\r\n")
+    whole = line + b"\r\n" + block + b"\r\n"
+    return _request(whole, len(line), len(whole))
 
 
-def _request(line: bytes, block: bytes, whole: bytes) -> RequestHead:
-    """:func:`request_head_of`, given the whole head as received too (what llhttp reads)."""
+#: The versions of almost every message, by their token in the start line (llhttp
+#: accepted the line: the token is the version it read), without asking the parser.
+_VERSION_TOKENS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
+
+
+def _request(buf: bytes, line_end: int, end: int) -> RequestHead:
+    """:func:`request_head_of` of the head ``buf[:end]`` (as received), whose start line
+    ends at ``line_end``."""
+    line = buf[:line_end]
     parts = line.split(b" ")
     if len(parts) != 3:
         raise BadMessage(f"malformed request line {line[:60]!r}")
-    parser, text, special = _parse_head(httptools.HttpRequestParser, line, block, whole)
-    method, target, _ = parts
+    parser, text, special = _parse_head(httptools.HttpRequestParser, buf, line_end, end)
+    method, target, token = parts
     if not target.isascii():
         raise BadMessage("request target is not ASCII")
     hosts = special.get("host")
@@ -470,7 +482,7 @@ def _request(line: bytes, block: bytes, whole: bytes) -> RequestHead:
         # RFC 9112 3.2: a 400, never a pick; a backend reading another one than the
         # proxy's routing and X-Forwarded-Host is how host confusion attacks begin.
         raise BadMessage("more than one Host header")
-    version = _VERSIONS.get(parser.get_http_version()) or _version(parser)
+    version = _VERSION_TOKENS.get(token) or _version(parser)
     # llhttp accepted the line: its first part is the method llhttp read, letter for letter.
     return RequestHead(method.decode("ascii"), target.decode(), version, text, special)
 
@@ -483,15 +495,16 @@ async def read_response_head(reader: asyncio.StreamReader) -> ResponseHead:
 
 def response_head_of(line: bytes, block: bytes) -> ResponseHead:
     """Parse a response head (status line, header section as CRLF-ended lines)."""
-    return _response(line, block, line + b"\r\n" + block + b"\r\n")
+    whole = line + b"\r\n" + block + b"\r\n"
+    return _response(whole, len(line), len(whole))
 
 
-def _response(line: bytes, block: bytes, whole: bytes) -> ResponseHead:
-    """:func:`response_head_of`, given the whole head as received too."""
-    parser, text, special = _parse_head(httptools.HttpResponseParser, line, block, whole)
-    parts = line.split(b" ", 2)
+def _response(buf: bytes, line_end: int, end: int) -> ResponseHead:
+    """:func:`response_head_of` of the head ``buf[:end]``, as :func:`_request`."""
+    parser, text, special = _parse_head(httptools.HttpResponseParser, buf, line_end, end)
+    parts = buf[:line_end].split(b" ", 2)
     reason = parts[2].decode("latin-1") if len(parts) == 3 else ""
-    version = _VERSIONS.get(parser.get_http_version()) or _version(parser)
+    version = _VERSION_TOKENS.get(parts[0]) or _version(parser)
     return ResponseHead(version, parser.get_status_code(), reason, text, special)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -175,7 +176,7 @@ class Chooser(Generic[C]):
             self.version_current[best] -= total
         return best
 
-    def pick(self, tried: set[str], version: str | None = None, *, now: float) -> C | None:
+    def pick(self, tried: AbstractSet[str], version: str | None = None, *, now: float) -> C | None:
         """Smooth weighted round robin over active backends of ``version`` (any version
         when None) not yet tried; then over any active backend not tried (a retry may
         leave the version rather than fail); then all of them. Backends not in cooldown

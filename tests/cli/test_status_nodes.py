@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from gitorch.runtime.base import Instance, Runtime
 from gitorch.runtime.process import ProcessRuntime
 from gitorch.state import RevisionResult, RolloutPhase, StateStore
 from gitorch.state.lock import DaemonLock
+from gitorch.state.records import BackoffRecord
 
 ADDRESS = re.compile(r"^127\.0\.0\.1:\d+$")
 
@@ -112,7 +114,13 @@ def applied_api(cluster: Cluster) -> tuple[Service, list[Instance]]:
     new = start_replicas(cluster.runtime, api, cluster.name, 1, first=2, revision=SHA_2)
     with StateStore(cluster.state) as store:
         record_rollout(
-            store, api, revision=SHA_2, phase=RolloutPhase.PROGRESSING, step=1, weight=25
+            store,
+            api,
+            revision=SHA_2,
+            phase=RolloutPhase.PROGRESSING,
+            step=1,
+            weight=25,
+            message="step 1: weight 25%",
         )
         record_applied_revision(store, SHA_1, ["api"])
         record_applied_revision(
@@ -179,6 +187,8 @@ def test_status_text_table_and_detail(local: Cluster) -> None:
     row = next(line for line in table.stdout.splitlines() if line.startswith("api "))
     assert "2/2" in row and "Progressing" in row
     assert "last error: api: analysis failed" in table.stdout
+    # What a service that is not Healthy is at (or waits for), under the table.
+    assert "api: step 1: weight 25%" in table.stdout.splitlines()
     assert "REPLICA" in detail.stdout and "ADDRESS" in detail.stdout
     addresses = re.findall(r"127\.0\.0\.1:\d+", detail.stdout)
     assert len(addresses) == 2
@@ -223,6 +233,44 @@ def test_status_wide_lists_every_replica_in_aligned_columns(local: Cluster) -> N
     for replica_row in rows:
         assert replica_row[at[2] :].startswith("running"), replica_row
         assert ADDRESS.match(replica_row[at[4] :].split()[0]), replica_row
+
+
+def test_status_says_which_replicas_crash_loop_and_where_to_read_why(local: Cluster) -> None:
+    api = load_services(api_manifest())["api"]
+    with StateStore(local.state) as store:
+        record_rollout(store, api, phase=RolloutPhase.PROGRESSING, message="1/2 updated")
+        store.record_backoff(
+            BackoffRecord(
+                service="api",
+                slot=2,
+                restarts=4,
+                last_restart_at=time.time(),
+                last_exit_code=2,
+                reason="exit 2",
+            )
+        )
+    lines = local.run("status", "--runtime", "process").stdout.splitlines()
+    assert "api: 1/2 updated" in lines
+    assert any(
+        re.fullmatch(r"api-2: back-off \d+s left, 4 restart\(s\), last: exit 2", line)
+        for line in lines
+    ), lines
+    assert "why they exited: gitorch logs api --previous" in lines
+
+
+def test_status_says_why_a_service_rolled_back(local: Cluster) -> None:
+    api = load_services(api_manifest())["api"]
+    with StateStore(local.state) as store:
+        record_rollout(
+            store,
+            api,
+            phase=RolloutPhase.ROLLED_BACK,
+            last_error="progress deadline exceeded",
+            message="2/2 updated",  # the rollback's own progress: not what a reader needs
+        )
+    lines = local.run("status", "--runtime", "process").stdout.splitlines()
+    assert "api: rolled back: progress deadline exceeded" in lines, lines
+    assert "api: 2/2 updated" not in lines
 
 
 def test_status_of_one_service_and_of_an_unknown_one(local: Cluster) -> None:

@@ -190,6 +190,7 @@ def record_rollout(
     step: int | None = None,
     weight: int = 100,
     last_error: str | None = None,
+    message: str = "",
 ) -> RolloutRecord:
     """Record ``service`` as applied (its rollout record), as apply will."""
     return store.upsert_rollout(
@@ -203,6 +204,7 @@ def record_rollout(
             step=step,
             weight=weight,
             last_error=last_error,
+            message=message,
         )
     )
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 
 from gitorch.state import RolloutPhase, RolloutRecord, StateStore
+from gitorch.state.requests import request_action
 
 SHA = "a" * 40
 
@@ -123,3 +124,16 @@ def test_a_request_is_idempotent_and_refused_without_a_rollout(
     assert cli.request("web", "promote") is True
     assert store.consume_request("web", "promote") is True  # two requests before a pass: one
     assert store.consume_request("web", "promote") is False
+
+
+def test_the_answer_counts_steps_as_status_does(store: StateStore) -> None:
+    steps = [{"setWeight": 20}, {"pause": {}}, {"analysis": {}}, {"setWeight": 50}, {"pause": {}}]
+    canonical = {
+        "spec": {"replicas": 2, "strategy": {"type": "Canary", "canary": {"steps": steps}}}
+    }
+    store.upsert_rollout(replace(paused_canary(), spec=canonical, step=4))
+    accepted, message = request_action(store, "web", "promote", "user:ann@host")
+    # Status says "canary step 5/5 (pause until `gitorch promote`)": the same number.
+    assert (accepted, message) == (True, "promote of web requested (step 5/5, weight 50%)")
+    store.upsert_rollout(replace(paused_canary(), step=None, weight=100))
+    assert request_action(store, "web", "abort", "api")[1] == "abort of web requested (weight 100%)"

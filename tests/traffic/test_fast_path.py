@@ -9,6 +9,7 @@ go through a real balancer in test_http_proxy.py (smuggling forms included)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,9 +17,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gitorch.traffic import _http
+from gitorch.traffic.builtin.backends import BackendState, ServiceState, Upstream
 from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
-from gitorch.traffic.builtin.fast import NO_BODY, forward_tail, quick_backend_request
+from gitorch.traffic.builtin.fast import (
+    _FRAMED,
+    _NOT_AS_RECEIVED,
+    _STREAMED,
+    NO_BODY,
+    FastClient,
+    forward_tail,
+    quick_backend_request,
+)
 from gitorch.traffic.builtin.http1 import answer_as_received, response_out
+from gitorch.traffic.builtin.timing import RETIRE_GRACE, Timeouts
+from gitorch.traffic.table import Backend, Route
 
 _PIECES = [b"GET / HTTP/1.1", b"HTTP/1.1 200 OK", b"Host: a", b"Content-Length: 1", b"\r\n"]
 _PIECES += [b"\n", b"\r", b" ", b":", b"\t", b"x", b"Transfer-Encoding: chunked", b"HTTP/1.0"]
@@ -81,8 +93,15 @@ _GENERAL = [
     b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Host: b\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: TE\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"GET / RTSP/1.1\r\nHost: a\r\n\r\n",  # llhttp reads version 1.1 there too
     b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: x\r\n\r\n",
 ]
+
+
+def test_the_short_way_declines_every_request_with_a_body_or_streamed() -> None:
+    """FastClient._next asks quick_backend_request first: a request it takes must have no
+    body framing and nothing that takes it to the streams."""
+    assert _FRAMED | _STREAMED <= _NOT_AS_RECEIVED
 
 
 @pytest.mark.parametrize("head", _QUICK + _GENERAL)
@@ -157,3 +176,86 @@ def test_the_common_answer_goes_on_as_it_came_only_when_the_general_rules_keep_i
         [],
     )
     assert not common or length == 5
+
+
+class _Transport:
+    """What a protocol asks of a socket transport, and what was written to it."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("192.0.2.7", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Host:
+    """The balancer, as far as a fast-path client on pooled connections asks of it."""
+
+    def __init__(self) -> None:
+        self.deadlines: set[object] = set()
+        self.timeouts = Timeouts()
+
+    def forget_if_gone(self, svc: ServiceState, state: BackendState) -> None:
+        pass
+
+
+def _client_on(*requests: bytes) -> tuple[FastClient, ServiceState, _Transport]:
+    route = Route("svc", 8080, "http", (Backend("b1", "127.0.0.1:9"),))
+    svc = ServiceState(route)
+    svc.set_route(route)
+    upstream = Upstream()
+    upstream.connection_made(_Transport())  # type: ignore[arg-type]
+    svc.backends["b1"].fast_idle.append(upstream)
+    client = FastClient(_Host(), svc)  # type: ignore[arg-type]
+    svc.connections += 1
+    transport = _Transport()
+    client.connection_made(transport)  # type: ignore[arg-type]
+    for request in requests:
+        client.data_received(request)
+    return client, svc, transport
+
+
+@pytest.mark.parametrize(
+    ("requests", "waits_for"),
+    [
+        ((), "head"),
+        ((b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",), "answer"),
+        ((b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab",), "body"),
+    ],
+)
+def test_a_retired_route_shortens_the_wait_for_a_head_only(
+    requests: tuple[bytes, ...], waits_for: str
+) -> None:
+    """A fast-path client is its route's head waiter for the connection's life; a retired
+    route brings forward only the wait for a next head, never the wait for an answer or
+    for a request's body (those end the request first, then the connection)."""
+    client, svc, transport = _client_on(*requests)
+    assert client.busy == (waits_for == "answer") and (client.pending is None) == (
+        waits_for != "body"
+    )
+    waited = client.at
+    assert waited > time.monotonic() + RETIRE_GRACE
+    svc.retire()
+    if waits_for == "head":
+        assert client.at <= time.monotonic() + RETIRE_GRACE
+    else:
+        assert client.at == waited
+    if waits_for == "answer":  # the answer goes out, then the connection closes
+        client.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # type: ignore[union-attr]
+        assert transport.written[-1].endswith(b"\r\n\r\nok") and transport.closed

@@ -5,8 +5,9 @@ else."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
+from time import monotonic
 from typing import Any, Protocol, cast
 
 from gitorch.traffic import _http
@@ -106,6 +107,8 @@ class FastClient(asyncio.Protocol):
     def __init__(self, lb: FastPathHost, svc: ServiceState) -> None:
         self.lb = lb
         self.svc = svc
+        self.idle_timeout = lb.timeouts.client_idle  # (the balancer's are fixed)
+        self.response_timeout = lb.timeouts.response
         self.transport: asyncio.Transport | None = None
         self.buffer = b""  # bytes: a request mostly comes in one piece, sliced, not copied
         self.client_ip = ""
@@ -130,7 +133,7 @@ class FastClient(asyncio.Protocol):
         self.client_keep = True
         self.version: str | None = None
         self.extra: _http.Headers = []
-        self.tried: set[str] = set()
+        self.tried: AbstractSet[str] = NOTHING_TRIED  # backends that failed this request
         self.failure = Failure.NO_BACKEND
         self.attempts_left = 0
         self.state: BackendState | None = None
@@ -148,6 +151,8 @@ class FastClient(asyncio.Protocol):
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         self.forward_tail = forward_tail(self.client_ip, self.tls)
         self.lb.deadlines.add(self)
+        # A head waiter for the connection's life (shorten() acts only between requests).
+        self.svc.head_waiters.add(self)
         self._next()
 
     def data_received(self, data: bytes) -> None:
@@ -182,8 +187,9 @@ class FastClient(asyncio.Protocol):
             self._next()
 
     def shorten(self, at: float) -> None:
-        """Bring the wait for a head forward to ``at`` (the route was removed)."""
-        if self.at:
+        """Bring the wait for a head forward to ``at`` (the route was removed): not the
+        wait for an answer (busy) or for a request's body (pending)."""
+        if self.at and not self.busy and self.pending is None:
             self.at = min(self.at, at)
 
     def expire_if_due(self, now: float) -> None:
@@ -236,13 +242,15 @@ class FastClient(asyncio.Protocol):
                         self._close()
                     return
                 if not self.at:
-                    idle = RETIRE_GRACE if svc.closed else self.lb.timeouts.client_idle
-                    self.at = time.monotonic() + idle
-                    svc.head_waiters.add(self)
+                    idle = RETIRE_GRACE if svc.closed else self.idle_timeout
+                    self.at = monotonic() + idle
                 return
             head, end = taken
+            # The common request goes on as its bytes came: a head alone, nothing streamed
+            # (quick_backend_request declines any header of _FRAMED or _STREAMED).
+            request = quick_backend_request(buf, end, head, self.forward_tail)
             special = head.special
-            if "content-length" in special or "transfer-encoding" in special:
+            if request is None and not _FRAMED.isdisjoint(special):
                 try:
                     kind, length = head.framing()
                 except _http.BadMessage:
@@ -252,16 +260,11 @@ class FastClient(asyncio.Protocol):
                     self._hand_over()
                     return
             else:
-                kind, length = "none", 0
-                if self.at:
-                    svc.head_waiters.discard(self)
-                    self.at = 0.0
-                if not _STREAMED.isdisjoint(special):
-                    self._hand_over()
-                    return
-                # The common request: a head alone, the bytes sent on as they came.
-                request = quick_backend_request(buf, end, head, self.forward_tail)
+                self.at = 0.0
                 if request is None:
+                    if not _STREAMED.isdisjoint(special):
+                        self._hand_over()
+                        return
                     request = self.lb.backend_request(head, NO_BODY, self.client_ip, self.tls)
                 if len(buf) > end:
                     buf = self.buffer = buf[end:]
@@ -276,7 +279,6 @@ class FastClient(asyncio.Protocol):
                 self._hand_over()
                 return
             buf = self.buffer = buf[end:]
-            svc.head_waiters.discard(self)
             self.at = 0.0
             self.pending = head
             self.pending_kind = kind
@@ -286,7 +288,7 @@ class FastClient(asyncio.Protocol):
             if self.eof:
                 self._close()  # the body was cut short
             elif not self.at:
-                self.at = time.monotonic() + self.lb.timeouts.client_idle
+                self.at = monotonic() + self.idle_timeout
             return
         self.at = 0.0
         if length:
@@ -375,7 +377,7 @@ class FastClient(asyncio.Protocol):
         else:  # what choose_version answers for a route with no rules and no weights
             self.version = None
             self.extra = NO_EXTRA
-        self.tried = set()
+        self.tried = NOTHING_TRIED
         self.failure = Failure.NO_BACKEND
         active = len(svc.active)
         self.attempts_left = active if active > 2 else 2  # svc.attempts()
@@ -383,13 +385,12 @@ class FastClient(asyncio.Protocol):
 
     def _attempt(self) -> None:
         svc = self.svc
-        now = time.monotonic()
+        now = monotonic()
         state = svc.pick(self.tried, self.version, now=now)
         if state is None or self.attempts_left <= 0:
             self._give_up()
             return
         self.attempts_left -= 1
-        self.tried.add(state.backend.id)
         state.in_flight += 1
         self.state = state
         self.started = now
@@ -419,17 +420,16 @@ class FastClient(asyncio.Protocol):
         if upstream is None:
             self._failed(state, Failure.NOT_CONNECTED)
             return
-        self._send(upstream, time.monotonic())
+        self._send(upstream, monotonic())
 
     def _send(self, upstream: Upstream, now: float) -> None:
-        state = self.state
-        assert state is not None and upstream.transport is not None
-        state.busy.add(upstream)  # so that an unreachable backend's requests can be given up
+        # So that an unreachable backend's requests can be given up: self.state is set.
+        self.state.busy.add(upstream)  # type: ignore[union-attr]
         upstream.client = self
         self.upstream = upstream
         self.response = None
-        upstream.transport.write(self.request)  # one segment
-        self.at = now + self.lb.timeouts.response
+        upstream.transport.write(self.request)  # type: ignore[union-attr]  # one segment
+        self.at = now + self.response_timeout
 
     def on_backend_data(self, upstream: Upstream) -> None:
         """Bytes of the answer came: relay it when it is whole."""
@@ -474,7 +474,7 @@ class FastClient(asyncio.Protocol):
         leftover = len(buf) > length  # more than the answer: never reuse such a connection
         data = out.head + buf[:length] if length else out.head
         reusable = out.backend_keep and not leftover
-        self._answered(upstream, state, data, reusable, out.client_keep, time.monotonic())
+        self._answered(upstream, state, data, reusable, out.client_keep, monotonic())
 
     def _answered(
         self,
@@ -526,8 +526,7 @@ class FastClient(asyncio.Protocol):
             self.at = 0.0
             self._next()
         else:  # what _next does with nothing to read: wait for the next head
-            self.at = now + self.lb.timeouts.client_idle
-            svc.head_waiters.add(self)
+            self.at = now + self.idle_timeout
 
     def on_backend_lost(self, upstream: Upstream) -> None:
         """The backend closed before its whole answer came."""
@@ -563,6 +562,7 @@ class FastClient(asyncio.Protocol):
         self._end_attempt(state)
         self.failure = failure
         if may_retry(failure, self.head.method, self.body):
+            self.tried = {*self.tried, state.backend.id}
             self._attempt()
         else:
             self._give_up()
@@ -615,6 +615,7 @@ class FastClient(asyncio.Protocol):
         self.handed = True
         self.busy = False
         self.at = 0.0
+        self.svc.head_waiters.discard(self)
         self.lb.deadlines.discard(self)
         reader, writer = self._streams()
         lb, svc, head = self.lb, self.svc, self.head
@@ -630,12 +631,16 @@ class FastClient(asyncio.Protocol):
 
 
 NO_HEAD = _http.RequestHead("GET", "/", (1, 1))
+#: No backend tried yet (never changed: a failed attempt makes a set of its own).
+NOTHING_TRIED: frozenset[str] = frozenset()
 #: The body of a request that has none (never changed: shared by all of them).
 NO_BODY = RequestBody("none", 0)
 #: No header to add to the answer (never changed).
 NO_EXTRA: _http.Headers = []
 #: Request headers that take a request to the stream path.
 _STREAMED = frozenset({"expect", "upgrade"})
+#: Request headers that frame a body.
+_FRAMED = frozenset({"content-length", "transfer-encoding"})
 #: Request headers :func:`quick_backend_request` leaves to the general rules.
 _NOT_AS_RECEIVED = REWRITTEN | _http.HOP_BY_HOP | {"x-forwarded-host"}
 
@@ -661,11 +666,13 @@ def quick_backend_request(
     any other request."""
     special = head.special
     hosts = special.get("host")
+    # The start line is method SP target SP version, all ASCII: the version starts here.
+    version_at = len(head.method) + len(head.target) + 2
     if (
         hosts is None
         or head.method not in _http.IDEMPOTENT
         or not _NOT_AS_RECEIVED.isdisjoint(special)
-        or not buf.startswith(b" HTTP/1.1\r", buf.find(b"\r") - 9)
+        or buf[version_at : version_at + 10] != b"HTTP/1.1\r\n"
     ):
         return None
-    return b"%s%s%s\r\n\r\n" % (buf[: end - 2], tail, hosts[0].encode("latin-1"))
+    return b"".join((buf[: end - 2], tail, hosts[0].encode("latin-1"), b"\r\n\r\n"))

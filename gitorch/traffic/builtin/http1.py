@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import time
 from bisect import bisect_left
 from dataclasses import dataclass
+from time import monotonic
 from typing import NamedTuple
 
 from gitorch.traffic import _http
@@ -40,7 +40,7 @@ def partial_read(exc: Exception) -> bool:
 def count_response(state: BackendState, status: int, started: float) -> float:
     """Count an answer of ``state``'s backend (its latency since ``started``); returns
     the monotonic time it was counted at."""
-    now = time.monotonic()
+    now = monotonic()
     state.requests += 1
     took_ms = (now - started) * 1000
     state.latency[bisect_left(LATENCY_BOUNDS_MS, took_ms)] += 1  # figures.bucket_of
@@ -242,7 +242,7 @@ def answer_as_received(
         or request.method == "HEAD"
         or response.status in (204, 304)
         or not _http.HOP_BY_HOP.isdisjoint(special)
-        or not buf.startswith(b"HTTP/1.1 ")
+        or buf[:9] != b"HTTP/1.1 "
     ):
         return -1
     value = lengths[0]
@@ -251,7 +251,7 @@ def answer_as_received(
     length = int(value)
     # The status line as response_out writes it: a three-digit code (no leading zero),
     # then nothing, or a space and a reason that does not end in white space.
-    line_end = buf.find(b"\r")
+    line_end = end - len(response.block) - 4  # the head: line CRLF block CRLF
     if length > _http.COPY_SIZE or not (
         response.status >= 100
         and (line_end == 12 or (buf[12] == 32 and 33 <= buf[line_end - 1] <= 126))
