@@ -97,6 +97,7 @@ class Execution:
     service_failures: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     changes: int = 0  # replicas started, stopped or removed
+    started_ids: list[str] = field(default_factory=list)  # instances of the started replicas
     published: RoutingTable | None = None
     volumes_created: list[CreateVolume] = field(default_factory=list)
     volumes_deleted: list[DeleteVolume] = field(default_factory=list)
@@ -140,6 +141,9 @@ class Executor:
         self.drain_timeout = drain_timeout
         self.monotonic = monotonic
         self.published: RoutingTable | None = None
+        #: The instance ids the last run that started replicas started (the daemon's
+        #: settle waits for their first readiness: :meth:`awaiting_first_ready`).
+        self.last_started: tuple[str, ...] = ()
         self.unsafe_no_drain = os.environ.get(UNSAFE_NO_DRAIN_ENV) == "1"
 
     def run(
@@ -206,6 +210,8 @@ class Executor:
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(jobs)))) as pool:
                 for _ in pool.map(lambda job: job(), jobs):
                     pass
+        if done.started_ids:
+            self.last_started = tuple(done.started_ids)
         if published:  # else replicas that were to stop may still use them
             for delete in decision.volumes.deletes:
                 self._delete_volume(delete, done)
@@ -369,10 +375,25 @@ class Executor:
             return
         done.executed.append(action)
         done.changes += 1
+        done.started_ids.append(instance.id)
         try:
             self.health.track(instance.id, action.node, instance, target)
         except GitorchError as exc:
             log.warning("cannot probe %s: %s", action.replica, exc.message)
+
+    def awaiting_first_ready(self) -> list[str]:
+        """The replicas the last starting run started that are still probed toward their
+        first readiness (tracked, not ready, not given up): a batch of a rollout that has
+        not all answered yet. One that answered is forgotten (its later failures are
+        not a first readiness to wait for)."""
+        waiting = []
+        for replica_id in self.last_started:
+            health = self.health.health(replica_id)
+            if health is None or health.ready or health.needs_restart:
+                continue
+            waiting.append(replica_id)
+        self.last_started = tuple(waiting)
+        return waiting
 
     def _start_failed(self, action: StartReplica, message: str, done: Execution) -> None:
         done.executed.append(action)
