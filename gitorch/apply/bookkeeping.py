@@ -336,15 +336,16 @@ class Bookkeeper:
         status shows the revision the cluster runs instead of the stale failure. A
         rolled-back service never counts as recovered: its template stays rolled back.
         """
-        last = self.store.last_attempted_revision()
-        if last is None or last.sha != desired.revision or last.result is not RevisionResult.FAILED:
-            return False
-        if decision.prune.pending or not decision.settled or failures:
+        # The pass's own facts first: the store is read only when all is Healthy.
+        if failures or not decision.settled:  # settled: nothing left to prune either
             return False
         if any(
             d.record.phase is not RolloutPhase.HEALTHY or d.held_by
             for d in decision.services.values()
         ):
+            return False
+        last = self.store.last_attempted_revision()
+        if last is None or last.sha != desired.revision or last.result is not RevisionResult.FAILED:
             return False
         failed = sorted(
             name for name, r in last.service_results.items() if r is RevisionResult.FAILED

@@ -450,13 +450,6 @@ def _problems(console: Any, services: list[dict[str, Any]]) -> None:
     for svc in services:
         failure = svc.get("failure")
         rollout = svc["rollout"]
-        if not failure and rollout["phase"] == "RolledBack" and rollout.get("lastError"):
-            # Its message is the rollback's own progress ("2/2 updated"): say why instead.
-            console.print(
-                f"[yellow]{escape(svc['name'])}[/]: rolled back: {escape(rollout['lastError'])}"
-            )
-        elif not failure and rollout["phase"] != "Healthy" and rollout.get("message"):
-            console.print(f"[yellow]{escape(svc['name'])}[/]: {escape(str(rollout['message']))}")
         if failure:
             retry = failure.get("retryInSeconds") or 0
             console.print(
@@ -465,6 +458,13 @@ def _problems(console: Any, services: list[dict[str, Any]]) -> None:
                 + (f", retry in {retry:.0f}s" if retry > 0 else ", retrying")
                 + ")"
             )
+        elif rollout["phase"] == "RolledBack" and rollout.get("lastError"):
+            # Its message is the rollback's own progress ("2/2 updated"): say why instead.
+            console.print(
+                f"[yellow]{escape(svc['name'])}[/]: rolled back: {escape(rollout['lastError'])}"
+            )
+        elif rollout["phase"] != "Healthy" and rollout.get("message"):
+            console.print(f"[yellow]{escape(svc['name'])}[/]: {escape(str(rollout['message']))}")
         for slot in svc.get("backoff", []):
             retry = slot.get("retryInSeconds") or 0
             cause = slot.get("lastCause") or "exited"

@@ -45,7 +45,7 @@ def _where(record: RolloutRecord) -> str:
     """The step as status counts it (1-based, of the strategy's steps), or nothing."""
     if record.step is None:
         return ""
-    strategy = record.spec.get("spec", {}).get("strategy", {})
-    steps = next((body.get("steps") for body in strategy.values() if isinstance(body, dict)), None)
+    # Only a canary has a list of steps (as the dashboard reads them).
+    steps = record.spec.get("spec", {}).get("strategy", {}).get("canary", {}).get("steps")
     total = f"/{len(steps)}" if isinstance(steps, list) else ""
     return f"step {record.step + 1}{total}, "
