@@ -63,10 +63,14 @@ def _is_dict_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(i, dict) for i in value)
 
 
+#: Paths under which :func:`_redact` may change a value.
+_REDACTED = ("spec.env", "spec.secrets")
+
+
 def _redact(path: str, value: Any) -> tuple[Any, bool]:
     """Redact env values whose name looks secret (a ``secretFile`` name is not a secret),
     and the digest of every secret value (a rotation shows as a sensitive change)."""
-    if not path.startswith(("spec.env", "spec.secrets")):
+    if not path.startswith(_REDACTED):
         return value, False  # most leaves: nothing below can apply (a first plan has ~10^5)
     parts = path.split(".")
     if parts[-1] == "digest" and (parts[:2] == ["spec", "env"] or path.startswith("spec.secrets")):
@@ -164,10 +168,6 @@ def diff_objects(
     return list(diff_values(essence(before), essence(after)))
 
 
-#: Paths under which :func:`_redact` may change a value.
-_REDACTED = ("spec.env", "spec.secrets")
-
-
 class Leaves(Sequence[FieldChange]):
     """Every leaf of an object created (op ``add``) or deleted (op ``remove``): what
     :func:`diff_objects` gives against nothing, in the same order with the same redaction,
@@ -233,28 +233,22 @@ class Leaves(Sequence[FieldChange]):
 def object_leaves(obj: Mapping[str, Any], op: str) -> Leaves:
     """``diff_objects(None, obj)`` (op ``add``) or ``diff_objects(obj, None)`` (op
     ``remove``), walked once instead of diffed leaf by leaf against nothing."""
-    found: list[tuple[str, Any, bool]] = []
-    _walk(obj.get("metadata", {}), "metadata", found)
-    _walk(obj.get("spec", {}), "spec", found)
-    return Leaves(op, found)
+    pairs: list[tuple[str, Any]] = []
+    _collect_leaves(obj.get("metadata", {}), "metadata", pairs)
+    _collect_leaves(obj.get("spec", {}), "spec", pairs)
+    return Leaves(
+        op,
+        [
+            _redacted_leaf(path, value) if path.startswith(_REDACTED) else (path, value, False)
+            for path, value in pairs
+        ],
+    )
 
 
-def _walk(value: Any, path: str, found: list[tuple[str, Any, bool]]) -> None:
-    # _collect_leaves, with _change's redaction applied at each leaf.
-    if isinstance(value, dict) and value:
-        for key, item in value.items():
-            _walk(item, f"{path}.{key}", found)
-    elif _is_named_list(value):
-        for item in value:
-            _walk({k: v for k, v in item.items() if k != "name"}, f"{path}[{item['name']}]", found)
-    elif _is_dict_list(value):
-        for index, item in enumerate(value):
-            _walk(item, f"{path}[{index}]", found)
-    elif path.startswith(_REDACTED):
-        shown, sensitive = _redact(path, value)
-        found.append((path, shown, sensitive or _redact(path, None)[1]))
-    else:
-        found.append((path, value, False))
+def _redacted_leaf(path: str, value: Any) -> tuple[str, Any, bool]:
+    # As _change against nothing: sensitive if either side would be.
+    shown, sensitive = _redact(path, value)
+    return path, shown, sensitive or _redact(path, None)[1]
 
 
 def diff_json(diff: Sequence[FieldChange]) -> list[dict[str, Any]]:
