@@ -116,8 +116,12 @@ class CommitStore:
                 if folder:
                     found = _lookup(root, folder)
                     if found is None or found.mode >> 12 != _TREE:
+                        # An absolute --path reads from the repository's root: a folder
+                        # elsewhere on disk is another repository (--repo).
                         raise PathNotFound(
-                            f"{self.what}: {folder!r} is not a folder in commit {sha[:12]}"
+                            f"{self.what}: --path {path!r} is not a folder in commit "
+                            f"{sha[:12]} (--path names a folder of the repository, from "
+                            "its root; another repository is --repo)"
                         )
                     start = found
                 reader = _TreeReader(root, self.max_file_bytes, self._last_blobs)

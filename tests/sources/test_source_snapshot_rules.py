@@ -70,6 +70,9 @@ def test_missing_or_non_folder_path_raises_path_not_found(
     for bad in ("missing", "apps/web.yaml", "apps/web.yaml/x", "../outside", "apps/../../x"):
         with pytest.raises(PathNotFound):
             source.snapshot(path=bad)
+    # A folder given as it lies on disk: the message says what --path means.
+    with pytest.raises(PathNotFound, match=r"--path '/tmp/shop' is not a folder .* --repo"):
+        source.snapshot(path="/tmp/shop")
 
 
 def test_a_file_over_the_size_limit_is_reported_not_read(
