@@ -89,12 +89,21 @@ def _leaves(value: Any, path: str) -> list[tuple[str, Any]]:
     return found
 
 
+#: Values that are leaves whatever their place: appended without a call per leaf.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _collect_leaves(value: Any, path: str, found: list[tuple[str, Any]]) -> None:
     # One list filled in place, not nested generators: a first plan adds every leaf of
-    # every object (~10^5 for 2,000 Services), and each generator level costs per leaf.
+    # every object (~10^5 for 2,000 Services), and each generator level costs per leaf;
+    # most leaves are scalars in a mapping, appended here without a call of their own.
     if isinstance(value, dict) and value:
+        prefix = f"{path}." if path else ""
         for key, item in value.items():
-            _collect_leaves(item, f"{path}.{key}" if path else str(key), found)
+            if type(item) in _SCALARS:
+                found.append((f"{prefix}{key}", item))
+            else:
+                _collect_leaves(item, f"{prefix}{key}", found)
     elif _is_named_list(value):
         for item in value:
             _collect_leaves(
@@ -171,25 +180,30 @@ def diff_objects(
 class Leaves(Sequence[FieldChange]):
     """Every leaf of an object created (op ``add``) or deleted (op ``remove``): what
     :func:`diff_objects` gives against nothing, in the same order with the same redaction,
-    kept as (path, shown value, sensitive) and made into :class:`FieldChange` objects
-    only when read one by one. A first plan of 2,000 Services has ~10^5 such leaves, and
-    its JSON needs only their dicts (:meth:`to_json`): diffing each leaf against nothing
-    and making an object of it took a sixth of ``gitorch plan``'s CPU."""
+    kept as (path, shown value) pairs and the indexes of the sensitive ones, and made
+    into :class:`FieldChange` objects only when read one by one. A first plan of 2,000
+    Services has ~10^5 such leaves, and its JSON needs only their dicts (:meth:`to_json`),
+    its text only their lines: diffing each leaf against nothing and making an object of
+    it took a sixth of ``gitorch plan``'s CPU."""
 
-    __slots__ = ("op", "_leaves")
+    __slots__ = ("op", "_pairs", "_sensitive")
 
-    def __init__(self, op: str, leaves: list[tuple[str, Any, bool]]) -> None:
+    def __init__(
+        self, op: str, pairs: list[tuple[str, Any]], sensitive: frozenset[int] = frozenset()
+    ) -> None:
         self.op = op
-        self._leaves = leaves
+        self._pairs = pairs
+        self._sensitive = sensitive
 
-    def _change(self, leaf: tuple[str, Any, bool]) -> FieldChange:
-        path, value, sensitive = leaf
+    def _change(self, index: int) -> FieldChange:
+        path, value = self._pairs[index]
+        sensitive = index in self._sensitive
         if self.op == "add":
             return FieldChange("add", path, None, value, sensitive)
         return FieldChange("remove", path, value, None, sensitive)
 
     def __len__(self) -> int:
-        return len(self._leaves)
+        return len(self._pairs)
 
     @overload
     def __getitem__(self, index: int) -> FieldChange: ...
@@ -199,15 +213,19 @@ class Leaves(Sequence[FieldChange]):
 
     def __getitem__(self, index: int | slice) -> FieldChange | tuple[FieldChange, ...]:
         if isinstance(index, slice):
-            return tuple(self._change(leaf) for leaf in self._leaves[index])
-        return self._change(self._leaves[index])
+            return tuple(self._change(i) for i in range(len(self._pairs))[index])
+        return self._change(range(len(self._pairs))[index])
 
     def __iter__(self) -> Iterator[FieldChange]:
-        return (self._change(leaf) for leaf in self._leaves)
+        return (self._change(i) for i in range(len(self._pairs)))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Leaves):
-            return self.op == other.op and self._leaves == other._leaves
+            return (
+                self.op == other.op
+                and self._pairs == other._pairs
+                and self._sensitive == other._sensitive
+            )
         if isinstance(other, tuple | list):
             return tuple(self) == tuple(other)
         return NotImplemented
@@ -216,18 +234,23 @@ class Leaves(Sequence[FieldChange]):
         return hash(tuple(self))
 
     def __repr__(self) -> str:
-        return f"Leaves({self.op!r}, {len(self._leaves)} leaves)"
+        return f"Leaves({self.op!r}, {len(self._pairs)} leaves)"
+
+    def shown(self) -> Iterator[tuple[str, Any, bool]]:
+        """(path, shown value, sensitive) of every leaf, in order, without the objects."""
+        sensitive = self._sensitive
+        if not sensitive:
+            return ((path, value, False) for path, value in self._pairs)
+        return ((path, value, i in sensitive) for i, (path, value) in enumerate(self._pairs))
 
     def to_json(self) -> list[dict[str, Any]]:
         """``[change.to_json() for change in self]``, without the objects."""
         side = "after" if self.op == "add" else "before"
         op = self.op
-        return [
-            {"op": op, "path": path, side: value, "sensitive": True}
-            if sensitive
-            else {"op": op, "path": path, side: value}
-            for path, value, sensitive in self._leaves
-        ]
+        out = [{"op": op, "path": path, side: value} for path, value in self._pairs]
+        for index in self._sensitive:
+            out[index]["sensitive"] = True
+        return out
 
 
 def object_leaves(obj: Mapping[str, Any], op: str) -> Leaves:
@@ -235,20 +258,28 @@ def object_leaves(obj: Mapping[str, Any], op: str) -> Leaves:
     ``remove``), walked once instead of diffed leaf by leaf against nothing."""
     pairs: list[tuple[str, Any]] = []
     _collect_leaves(obj.get("metadata", {}), "metadata", pairs)
-    _collect_leaves(obj.get("spec", {}), "spec", pairs)
-    return Leaves(
-        op,
-        [
-            _redacted_leaf(path, value) if path.startswith(_REDACTED) else (path, value, False)
-            for path, value in pairs
-        ],
-    )
-
-
-def _redacted_leaf(path: str, value: Any) -> tuple[str, Any, bool]:
-    # As _change against nothing: sensitive if either side would be.
-    shown, sensitive = _redact(path, value)
-    return path, shown, sensitive or _redact(path, None)[1]
+    spec = obj.get("spec", {})
+    if not (isinstance(spec, dict) and spec):
+        _collect_leaves(spec, "spec", pairs)
+        return Leaves(op, pairs)
+    sensitive: list[int] = []
+    for key, item in spec.items():
+        path = f"spec.{key}"
+        start = len(pairs)
+        if type(item) in _SCALARS:
+            pairs.append((path, item))
+        else:
+            _collect_leaves(item, path, pairs)
+        # Only leaves under spec.env and spec.secrets can be redacted: every leaf of this
+        # key's subtree starts with ``path``, so the prefix test is made once per key.
+        if path.startswith(_REDACTED):
+            for index in range(start, len(pairs)):
+                leaf, value = pairs[index]
+                shown, secret = _redact(leaf, value)
+                if secret or _redact(leaf, None)[1]:  # as _change against nothing
+                    pairs[index] = (leaf, shown)
+                    sensitive.append(index)
+    return Leaves(op, pairs, frozenset(sensitive))
 
 
 def diff_json(diff: Sequence[FieldChange]) -> list[dict[str, Any]]:

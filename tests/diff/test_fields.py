@@ -209,3 +209,8 @@ def test_object_leaves_are_the_diff_against_nothing(
         assert leaves == tuple(reference) and len(leaves) == len(reference)
         assert leaves[:2] == tuple(reference[:2])
         assert leaves.to_json() == [change.to_json() for change in reference]
+        assert list(leaves.shown()) == [
+            (c.path, c.after if op == "add" else c.before, c.sensitive) for c in reference
+        ]
+        if reference:
+            assert leaves[-1] == reference[-1]

@@ -231,3 +231,47 @@ def test_values_are_formatted_as_json_dumps_writes_them(value: object) -> None:
     from gitorch.diff.render.text import format_value
 
     assert format_value(value) == json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(part_text, max_size=5), styles, st.sampled_from(range(len(CONSOLES))))
+def test_styled_lines_are_what_rich_prints(texts: list[str], style: str, which: int) -> None:
+    """``styled`` (a create's many field lines at once) writes what one call per line
+    would, and so what rich writes, tabs and control codes included."""
+    from gitorch.diff.render.text import _Printer
+
+    direct, through_rich = io.StringIO(), io.StringIO()
+    options = {"width": 80, **CONSOLES[which]}
+    printer = _Printer(Console(file=direct, **options))  # type: ignore[arg-type]
+    reference = Console(file=through_rich, **options)  # type: ignore[arg-type]
+    printer("before")
+    printer.styled("      ", texts, style)
+    printer.flush()
+    reference.print(Text.assemble("before"), soft_wrap=True)
+    for one in texts:
+        reference.print(Text.assemble("      ", (one, style)), soft_wrap=True)
+    assert direct.getvalue() == through_rich.getvalue()
+
+
+leaf_values = st.none() | st.booleans() | st.integers() | st.text(max_size=6)
+leaf_objects = st.dictionaries(
+    st.sampled_from(["image", "env", "args", "labels", "replicas"]),
+    st.dictionaries(st.sampled_from(["A", "TOKEN", "x"]), leaf_values | st.just({}), max_size=3)
+    | st.lists(leaf_values, max_size=2)
+    | leaf_values,
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(leaf_objects, st.sampled_from(["add", "remove"]))
+def test_created_objects_render_as_their_field_changes(spec: dict[str, object], op: str) -> None:
+    """A create's or delete's lines come from its leaves directly: the same lines as its
+    field changes one by one (empty values left out, secrets redacted)."""
+    from gitorch.diff.fields import object_leaves
+
+    obj = {"metadata": {"name": "web"}, "spec": spec}
+    action = "create" if op == "add" else "delete"
+    leaves = ObjectChange("Service", "web", action, object_leaves(obj, op))
+    one_by_one = ObjectChange("Service", "web", action, tuple(object_leaves(obj, op)))
+    assert text(plan_with(changes=(leaves,))) == text(plan_with(changes=(one_by_one,)))

@@ -41,7 +41,7 @@ from typing import Any, TypeAlias
 from rich.console import Console
 from rich.text import Text
 
-from gitorch.diff.fields import SENSITIVE, FieldChange
+from gitorch.diff.fields import SENSITIVE, FieldChange, Leaves
 from gitorch.diff.plan import ObjectChange, PlacementItem, Plan, Unschedulable
 
 _SYMBOL = {"create": "+", "update": "~", "delete": "-"}
@@ -93,6 +93,24 @@ def field_line(change: FieldChange) -> str:
         after = format_value(change.after, change.sensitive)
         shown = f"{before} -> {after}"
     return f"{symbol} {change.path}: {shown}"
+
+
+def _leaf_lines(diff: Leaves) -> tuple[list[str], int]:
+    """:func:`field_line` of each leaf :func:`visible_fields` keeps, and how many it
+    leaves out, from the leaves themselves (no object per leaf: a first plan has ~10^5)."""
+    symbol = _OP_SYMBOL.get(diff.op, "?")
+    lines = [
+        # format_value, its commonest case (a string, not redacted) without the call
+        f"{symbol} {path}: "
+        + (
+            encode_basestring(value)
+            if type(value) is str and not sensitive
+            else format_value(value, sensitive)
+        )
+        for path, value, sensitive in diff.shown()
+        if not (value is None or value == {} or value == [])
+    ]
+    return lines, len(diff) - len(lines)
 
 
 def visible_fields(change: ObjectChange) -> tuple[list[FieldChange], int]:
@@ -172,6 +190,19 @@ class _Printer:
         # soft_wrap: the terminal wraps, rich neither wraps nor crops (copy-paste stays whole).
         self.console.print(Text.assemble(*parts) if parts else Text(), soft_wrap=True)
 
+    def styled(self, indent: str, texts: list[str], style: str) -> None:
+        """``self(indent, (text, style))`` for each of ``texts``, in one go."""
+        if not self.direct or _RICH_CHANGES.search("".join(texts)):
+            for text in texts:
+                self(indent, (text, style))
+            return
+        before, after = self._styled(style)
+        self._pending.extend(
+            f"{indent}{before}{text}{after}\n" if text else f"{indent}\n" for text in texts
+        )
+        if len(self._pending) >= _BATCH:
+            self.flush()
+
     def _line(self, parts: tuple[Part, ...]) -> str | None:
         """The line as rich writes it, newline included; None: rich must print it."""
         pieces: list[str] = []
@@ -235,9 +266,13 @@ def _object(out: _Printer, index: _ByService, change: ObjectChange) -> None:
         *since,
     )
 
-    fields, hidden = visible_fields(change)
-    for field in fields:
-        out("      ", (field_line(field), _OP_COLOUR.get(field.op, "")))
+    if isinstance(change.diff, Leaves):  # a create or delete: one op, many leaves
+        lines, hidden = _leaf_lines(change.diff)
+        out.styled("      ", lines, _OP_COLOUR.get(change.diff.op, ""))
+    else:
+        fields, hidden = visible_fields(change)
+        for field in fields:
+            out("      ", (field_line(field), _OP_COLOUR.get(field.op, "")))
     if hidden:
         out("      ", (f"({hidden} empty field{'s' if hidden != 1 else ''} not shown)", "dim"))
 
