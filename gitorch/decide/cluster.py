@@ -50,7 +50,7 @@ from gitorch.decide.volumes import (
 from gitorch.decide.waves import dependency_waves
 from gitorch.live.model import LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
-from gitorch.scheduler import LEAST_ALLOCATED, Request, Running
+from gitorch.scheduler import LEAST_ALLOCATED, Placer, Request, Running
 from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord
 from gitorch.strategies.machine import AnalysisStatus
 from gitorch.traffic.table import RoutingTable
@@ -458,6 +458,10 @@ def _place(
     preempted: set[tuple[str, str, str]] = set()
     placed_decisions = dict(decisions)
     nowhere: list[Unplaced] = []
+    # One cluster state for the pass: each service's placements count for the next; the
+    # running replicas left after an eviction are said again (``current``).
+    current = list(running)
+    placer = Placer(nodes, current)
     for name in order:
         decision = decisions[name]
         if not decision.creates:
@@ -478,9 +482,9 @@ def _place(
             )
             for slot in decision.creates
         ]
-        current = [r for r in running if (r.service, r.replica, r.node) not in preempted]
         constraint = volume_constraint(target, inp.desired, bound)
-        placed = place_service(nodes, current, requests, constraint, bound, scoring=inp.scoring)
+        placed = place_service(placer, current, requests, constraint, bound, scoring=inp.scoring)
+        running_before = len(running)
         gone = missing_node_reason(constraint, (n.name for n in nodes))
         started: list[StartReplica] = []
         unplaced: list[str] = []
@@ -528,6 +532,11 @@ def _place(
                 )
             )
         starts[name] = tuple(started)
+        if any(where.victims for where in placed):
+            current = [r for r in running if (r.service, r.replica, r.node) not in preempted]
+            placer.restart(current)
+        else:
+            current.extend(running[running_before:])
         if unplaced:
             why = unplaced[0] + (f" (and {len(unplaced) - 1} more)" if len(unplaced) > 1 else "")
             # Said where status looks (rollout.lastError), not only in the log: a slot

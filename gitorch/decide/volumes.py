@@ -39,7 +39,7 @@ from gitorch.decide.actions import (
 )
 from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Service, Volume
-from gitorch.scheduler import Decision, NodeView, Request, Running, schedule
+from gitorch.scheduler import Decision, Placer, Request, Running
 
 #: Replica states that may be writing (an unknown one's node may still run it).
 ALIVE = ("running", "created", "unknown")
@@ -143,7 +143,7 @@ def constrained(request: Request, constraint: VolumeConstraint) -> Request:
 
 
 def place_service(
-    nodes: Sequence[NodeView],
+    placer: Placer,
     running: Sequence[Running],
     requests: Sequence[Request],
     constraint: VolumeConstraint,
@@ -152,20 +152,18 @@ def place_service(
     scoring: str,
     preemption: bool = True,
 ) -> list[Decision]:
-    """Place one service's requests within its volumes' nodes. A ReadWriteOnce volume
-    not bound yet is bound (in ``bound``) where the first replica lands, and the others
-    follow it there."""
+    """Place one service's requests within its volumes' nodes, on ``placer`` (which holds
+    ``running``, and keeps what is placed here). A ReadWriteOnce volume not bound yet is
+    bound (in ``bound``) where the first replica lands, and the others follow it there."""
     if not requests:
         return []
     placed_requests = [constrained(r, constraint) for r in requests]
     if not constraint.unbound:
-        return schedule(nodes, running, placed_requests, strategy=scoring, preemption=preemption)
-    first = schedule(nodes, running, placed_requests[:1], strategy=scoring, preemption=preemption)
+        return placer.place(placed_requests, strategy=scoring, preemption=preemption)
+    first = placer.place(placed_requests[:1], strategy=scoring, preemption=preemption)
     where = first[0].node
     if where is None:
-        rest = schedule(
-            nodes, running, placed_requests[1:], strategy=scoring, preemption=preemption
-        )
+        rest = placer.place(placed_requests[1:], strategy=scoring, preemption=preemption)
         return [*first, *rest]
     for volume in constraint.unbound:
         bound[volume] = where
@@ -187,24 +185,22 @@ def place_service(
         constraint.docker_only,
     )
     victims = {(v[0], v[1]) for v in first[0].victims}
-    after = [r for r in running if (r.service, r.replica) not in victims]
-    after.append(
-        Running(
-            requests[0].service,
-            requests[0].replica,
-            where,
-            requests[0].cpu_millis,
-            requests[0].memory_bytes,
-            requests[0].priority,
-            requests[0].qos,
+    if victims:  # the rest sees every replica of a victim's name gone
+        after = [r for r in running if (r.service, r.replica) not in victims]
+        after.append(
+            Running(
+                requests[0].service,
+                requests[0].replica,
+                where,
+                requests[0].cpu_millis,
+                requests[0].memory_bytes,
+                requests[0].priority,
+                requests[0].qos,
+            )
         )
-    )
-    rest = schedule(
-        nodes,
-        after,
-        [constrained(r, pinned) for r in requests[1:]],
-        strategy=scoring,
-        preemption=preemption,
+        placer.restart(after)
+    rest = placer.place(
+        [constrained(r, pinned) for r in requests[1:]], strategy=scoring, preemption=preemption
     )
     return [*first, *rest]
 

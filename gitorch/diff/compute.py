@@ -29,7 +29,7 @@ from gitorch.diff.plan import (
 from gitorch.live.model import LiveService, LiveState
 from gitorch.manifests.build import priority_and_qos_of, requests_of, template_digest_of
 from gitorch.manifests.model import DesiredState, Placement, Service
-from gitorch.scheduler import LEAST_ALLOCATED, Request, Running
+from gitorch.scheduler import LEAST_ALLOCATED, Placer, Request, Running
 from gitorch.scheduler import Decision as SchedulerDecision
 from gitorch.strategies.preview import (
     RolloutPreview,
@@ -399,15 +399,18 @@ def _placements(
     # a preempted replica leaves, and a volume bound by a first placement pins the rest.
     bound = bound_nodes(desired, live)
     decisions: list[SchedulerDecision] = []
+    placer = Placer(nodes, running)  # one cluster state for all: placements count on
     for service, batch in requests:
         constraint = volume_constraint(service, desired, bound)
-        outcome = place_service(nodes, running, batch, constraint, bound, scoring=scoring)
+        outcome = place_service(placer, running, batch, constraint, bound, scoring=scoring)
         decisions.extend(outcome)
+        evicted = any(where.victims for where in outcome)
         for request, where in zip(batch, outcome, strict=True):
             if where.node is None:
                 continue
-            gone = {(s, r) for s, r, _ in where.victims}
-            running = [r for r in running if (r.service, r.replica) not in gone]
+            if where.victims:  # a victim leaves with every replica of its name
+                gone = {(s, r) for s, r, _ in where.victims}
+                running = [r for r in running if (r.service, r.replica) not in gone]
             running.append(
                 Running(
                     request.service,
@@ -419,6 +422,8 @@ def _placements(
                     request.qos,
                 )
             )
+        if evicted:
+            placer.restart(running)
     placed = tuple(
         PlacementItem(
             d.service, d.replica, d.node, tuple(f"{s}/{r} on {n}" for s, r, n in d.victims)

@@ -57,6 +57,7 @@ __all__ = [
     "Request",
     "Running",
     "evictions",
+    "Placer",
     "reason_kind",
     "schedule",
 ]
@@ -76,44 +77,91 @@ def schedule(
     strictly lower priority (see :mod:`.preempt`); its Decision names them in ``victims``.
     A request that still fits nowhere gets one reason per node.
     """
-    state = ClusterState(nodes, running)
-    shapes = ShapeCache(state)
-    groups: dict[Hashable, PlacementGroup] = {}
-    decisions: list[Decision] = []
-    for req in requests:
-        key = shapes.key(req)
-        group = groups.get(key)
-        if group is None:
-            group = PlacementGroup(state, shapes.shape(req), strategy)
-            groups[key] = group
-        shape = group.shape
-        best = group.best()
-        if best is not None:
-            state.add(req.service, best, req.cpu_millis, req.memory_bytes)
-            decisions.append(Decision(req.service, req.replica, state.nodes[best].name))
-            continue
-        if preemption:
-            found = find_victims(state, shape, req)
-            if found is not None:
-                i, victims = found
-                evict(state, i, victims)
-                groups.clear()  # evictions free room the heaps had given up on
-                state.add(req.service, i, req.cpu_millis, req.memory_bytes)
-                name = state.nodes[i].name
-                decisions.append(
-                    Decision(
-                        req.service,
-                        req.replica,
-                        name,
-                        victims=tuple((v.service, v.replica, name) for v in victims),
-                    )
-                )
+    return Placer(nodes, running).place(requests, strategy=strategy, preemption=preemption)
+
+
+class Placer:
+    """:func:`schedule` for batch after batch (a pass places service after service) on
+    one :class:`ClusterState`: each :meth:`place` gives what ``schedule(nodes, running,
+    batch)`` gives when ``running`` holds what the placer started from and every replica
+    placed by the batches before (as preemption candidates too), less the victims they
+    evicted. A fresh state per batch cost a copy of every running replica and every
+    shape's static filters per service (2,000 services: ~0.1 s of ``gitorch plan``).
+
+    Callers that count evictions their own way (a victim's other replica of the same
+    name, a victim that was itself placed this pass) say what runs after them with
+    :meth:`restart`; evictions are rare, batches without them need nothing.
+    """
+
+    def __init__(self, nodes: Sequence[NodeView], running: Iterable[Running]) -> None:
+        self._nodes = nodes
+        self.restart(running)
+
+    def restart(self, running: Iterable[Running]) -> None:
+        """Start over from ``running`` (placements and evictions so far forgotten)."""
+        self._state = ClusterState(self._nodes, running)
+        self._shapes = ShapeCache(self._state)
+
+    def place(
+        self, requests: Sequence[Request], *, strategy: str = LEAST_ALLOCATED, preemption: bool
+    ) -> list[Decision]:
+        """Place ``requests`` in order, as :func:`schedule` does, and keep them placed."""
+        state, shapes = self._state, self._shapes
+        groups: dict[Hashable, PlacementGroup] = {}
+        decisions: list[Decision] = []
+        placed: list[tuple[int, Request]] = []
+        for req in requests:
+            key = shapes.key(req)
+            group = groups.get(key)
+            if group is None:
+                group = PlacementGroup(state, shapes.shape(req), strategy)
+                groups[key] = group
+            shape = group.shape
+            best = group.best()
+            if best is not None:
+                state.add(req.service, best, req.cpu_millis, req.memory_bytes)
+                placed.append((best, req))
+                decisions.append(Decision(req.service, req.replica, state.nodes[best].name))
                 continue
-        # Nothing fits: now (and only now) say why, node by node.
-        reasons = []
-        for i, node in enumerate(state.nodes):
-            why = reject(state, shape, i)
-            if why is not None:
-                reasons.append(f"{node.name}: {why}")
-        decisions.append(Decision(req.service, req.replica, None, tuple(reasons or ["no nodes"])))
-    return decisions
+            if preemption:
+                found = find_victims(state, shape, req)
+                if found is not None:
+                    i, victims = found
+                    evict(state, i, victims)
+                    groups.clear()  # evictions free room the heaps had given up on
+                    state.add(req.service, i, req.cpu_millis, req.memory_bytes)
+                    placed.append((i, req))
+                    name = state.nodes[i].name
+                    decisions.append(
+                        Decision(
+                            req.service,
+                            req.replica,
+                            name,
+                            victims=tuple((v.service, v.replica, name) for v in victims),
+                        )
+                    )
+                    continue
+            # Nothing fits: now (and only now) say why, node by node.
+            reasons = []
+            for i, node in enumerate(state.nodes):
+                why = reject(state, shape, i)
+                if why is not None:
+                    reasons.append(f"{node.name}: {why}")
+            decisions.append(
+                Decision(req.service, req.replica, None, tuple(reasons or ["no nodes"]))
+            )
+        # Placed by this batch, running for the next: candidates for its preemption, as
+        # in a state made anew from the replicas running then.
+        for i, req in placed:
+            state.running_on.setdefault(i, []).append(
+                Running(
+                    req.service,
+                    req.replica,
+                    state.nodes[i].name,
+                    req.cpu_millis,
+                    req.memory_bytes,
+                    req.priority,
+                    req.qos,
+                )
+            )
+        return decisions
