@@ -13,7 +13,7 @@ on: the node alone (resources, maxPerNode, ``topologyKey: node``) or a wider dom
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gitorch.manifests.model import Placement
 from gitorch.manifests.quantities import format_cpu, human_memory
@@ -103,6 +103,7 @@ class Shape:
     prefer_in_domain: tuple[tuple[str, str, int], ...]
     avoid_in_domain: tuple[tuple[str, str, int], ...]
     spread_soft_in_domain: tuple[str, ...]
+    hard_skews: tuple[tuple[str, int], ...] = ()  # (key, maxSkew) of spread_hard
 
 
 class ShapeCache:
@@ -114,6 +115,7 @@ class ShapeCache:
         self._shapes: dict[Hashable, Shape] = {}
         self._reasons: dict[Hashable, list[str | None]] = {}
         self._points: dict[Hashable, list[int]] = {}
+        self._common: dict[Hashable, Shape] = {}
 
     def _placement_key(self, placement: Placement) -> Hashable:
         # Replicas of one service share one Placement object: key it by identity first
@@ -146,6 +148,39 @@ class ShapeCache:
         return found
 
     def _build(self, req: Request) -> Shape:
+        # What does not depend on the service is made once per distinct placement (the
+        # services of a repo mostly share one), then given the service's own counters.
+        common_key = (
+            req.cpu_millis,
+            req.memory_bytes,
+            self._placement_key(req.placement),
+            req.drivers,
+            req.nodes,
+            req.nodes_reason,
+        )
+        common = self._common.get(common_key)
+        if common is None:
+            common = self._common_shape(req)
+            self._common[common_key] = common
+        state, p = self.state, req.placement
+        soft_keys = {s.topology_key for s in p.spread if s.when_unsatisfiable == "ScheduleAnyway"}
+        for key in common.domain_keys:  # make the counters exist before any placement reads them
+            for t in p.service_anti_affinity + p.service_affinity:
+                if t.topology_key == key:
+                    state.domain_counter(t.service, key)
+            if key in soft_keys:
+                state.domain_counter(req.service, key)
+        return replace(
+            common,
+            service=req.service,
+            spread_hard=tuple(
+                (key, skew, state.spread_counter(req.service, key, common.selector))
+                for key, skew in common.hard_skews
+            ),
+        )
+
+    def _common_shape(self, req: Request) -> Shape:
+        """The shape of ``req`` but for its service (``service`` empty, no spread counter)."""
         state, p = self.state, req.placement
         nodes = state.nodes
         selector: SelectorKey = tuple(p.node_selector.items())
@@ -188,14 +223,8 @@ class ShapeCache:
             | {s.topology_key for s in hard}
             | {s.topology_key for s in soft if wide(s.topology_key)}
         )
-        for key in domain_keys:  # make the counters exist before any placement reads them
-            for t in anti_req + anti_pref + aff_req + aff_pref:
-                if t.topology_key == key:
-                    state.domain_counter(t.service, key)
-            if any(s.topology_key == key for s in soft):
-                state.domain_counter(req.service, key)
         return Shape(
-            service=req.service,
+            service="",
             cpu=req.cpu_millis,
             memory=req.memory_bytes,
             placement=p,
@@ -216,14 +245,8 @@ class ShapeCache:
                 (t.service, t.topology_key) for t in anti_req if wide(t.topology_key)
             ),
             affinity_in_domain=tuple((t.service, t.topology_key) for t in aff_req),
-            spread_hard=tuple(
-                (
-                    s.topology_key,
-                    s.max_skew,
-                    state.spread_counter(req.service, s.topology_key, selector),
-                )
-                for s in hard
-            ),
+            spread_hard=(),  # its counters are the service's
+            hard_skews=tuple((s.topology_key, s.max_skew) for s in hard),
             prefer_in_domain=tuple(
                 (t.service, t.topology_key, t.weight) for t in aff_pref if wide(t.topology_key)
             ),
