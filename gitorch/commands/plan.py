@@ -31,6 +31,7 @@ from gitorch.commands.common import (
     stdout,
     verified_snapshot,
 )
+from gitorch.commands.driver_hint import driver_mismatch
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
 from gitorch.decide.nodes import lost_nodes
@@ -140,6 +141,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             gone = {node.name for node in applied}
             targets = [t for t in registered_targets(store, args.runtime) if t.name not in gone]
             targets = targets or node_targets((), choose_default_driver(args.runtime))
+            hint = driver_mismatch(desired, args.runtime, targets[0].driver)
+            if hint is not None:
+                sys.stderr.write(f"warning: {hint}\n")
         targets += leaving_targets(applied, targets)
         if store is not None:
             made = pool_targets(store.list_node_pools())
