@@ -34,8 +34,8 @@ from gitorch.commands.common import (
     stdout,
     verified_snapshot,
 )
-from gitorch.commands.driver_hint import driver_mismatch
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
+from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.guard import mass_prune
 from gitorch.decide.nodepools import pools_that_fit, starting_replicas
 from gitorch.errors import ConfigError

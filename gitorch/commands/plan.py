@@ -31,9 +31,9 @@ from gitorch.commands.common import (
     stdout,
     verified_snapshot,
 )
-from gitorch.commands.driver_hint import driver_mismatch
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
+from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.nodes import lost_nodes
 from gitorch.decide.vertical import with_vertical
 from gitorch.diff import Plan, compute_plan

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import REPO_ROOT, gitorch
 
-from gitorch.commands.driver_hint import driver_mismatch
+from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.manifests import ManifestLoader
 from gitorch.manifests.model import DesiredState
 
