@@ -236,6 +236,16 @@ class Leaves(Sequence[FieldChange]):
     def __repr__(self) -> str:
         return f"Leaves({self.op!r}, {len(self._pairs)} leaves)"
 
+    @property
+    def pairs(self) -> list[tuple[str, Any]]:
+        """(path, shown value) of every leaf, in order (read only)."""
+        return self._pairs
+
+    @property
+    def sensitive(self) -> frozenset[int]:
+        """The indexes in :attr:`pairs` of the redacted leaves."""
+        return self._sensitive
+
     def shown(self) -> Iterator[tuple[str, Any, bool]]:
         """(path, shown value, sensitive) of every leaf, in order, without the objects."""
         sensitive = self._sensitive

@@ -99,17 +99,25 @@ def _leaf_lines(diff: Leaves) -> tuple[list[str], int]:
     """:func:`field_line` of each leaf :func:`visible_fields` keeps, and how many it
     leaves out, from the leaves themselves (no object per leaf: a first plan has ~10^5)."""
     symbol = _OP_SYMBOL.get(diff.op, "?")
-    lines = [
-        # format_value, its commonest case (a string, not redacted) without the call
-        f"{symbol} {path}: "
-        + (
-            encode_basestring(value)
-            if type(value) is str and not sensitive
-            else format_value(value, sensitive)
-        )
-        for path, value, sensitive in diff.shown()
-        if not (value is None or value == {} or value == [])
-    ]
+    if diff.sensitive:
+        lines = [
+            f"{symbol} {path}: {format_value(value, sensitive)}"
+            for path, value, sensitive in diff.shown()
+            if not _is_empty(value)
+        ]
+    else:  # nothing redacted (most objects): format_value's commonest cases inline
+        lines = [
+            f"{symbol} {path}: "
+            + (
+                encode_basestring(value)
+                if type(value) is str
+                else int.__repr__(value)
+                if type(value) is int
+                else format_value(value)
+            )
+            for path, value in diff.pairs
+            if not (value is None or value == {} or value == [])
+        ]
     return lines, len(diff) - len(lines)
 
 
