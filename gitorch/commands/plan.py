@@ -37,7 +37,7 @@ from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.nodes import lost_nodes
 from gitorch.decide.vertical import with_vertical
 from gitorch.diff import Plan, compute_plan
-from gitorch.diff.render import render_json
+from gitorch.diff.render import render_json, render_json_bytes
 from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import (
@@ -214,7 +214,13 @@ def run(args: argparse.Namespace) -> int:
     one_shot_gc()
     plan = make_plan(args)
     if args.format == "json":
-        sys.stdout.write(render_json(plan))
+        binary = getattr(sys.stdout, "buffer", None)
+        if binary is not None:
+            sys.stdout.flush()
+            binary.write(render_json_bytes(plan))
+            binary.flush()
+        else:  # a text-only stream (a test's capture)
+            sys.stdout.write(render_json(plan))
     elif args.format == "markdown":
         from gitorch.diff.render.markdown import render_markdown
 
