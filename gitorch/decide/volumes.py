@@ -122,6 +122,10 @@ def volume_constraint(
 
 def constrained(request: Request, constraint: VolumeConstraint) -> Request:
     """``request`` limited to the nodes its volumes allow."""
+    if not (constraint.nodes or constraint.reason or constraint.docker_only) and not (
+        request.nodes or request.nodes_reason
+    ):
+        return request  # no volume constrains it: the request as it is (most services)
     drivers = request.drivers
     if constraint.docker_only:
         drivers = frozenset({"docker"}) if not drivers else drivers & frozenset({"docker"})

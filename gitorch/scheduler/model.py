@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 
 from gitorch.manifests.model import Placement
@@ -124,4 +125,11 @@ class Decision:
     @property
     def reason_counts(self) -> dict[str, int]:
         """Nomad-style summary: how many nodes failed for each kind of reason."""
-        return dict(Counter(reason_kind(reason) for reason in self.reasons))
+        return dict(_counts_of(self.reasons))
+
+
+@lru_cache(maxsize=1024)
+def _counts_of(reasons: tuple[str, ...]) -> Mapping[str, int]:
+    # Replicas that fit nowhere mostly share their reasons (every replica of a service,
+    # often every service): counted once per distinct tuple (callers get a copy).
+    return MappingProxyType(dict(Counter(reason_kind(reason) for reason in reasons)))

@@ -13,7 +13,7 @@ on: the node alone (resources, maxPerNode, ``topologyKey: node``) or a wider dom
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gitorch.manifests.model import Placement
 from gitorch.manifests.quantities import format_cpu, human_memory
@@ -170,14 +170,15 @@ class ShapeCache:
                     state.domain_counter(t.service, key)
             if key in soft_keys:
                 state.domain_counter(req.service, key)
-        return replace(
-            common,
-            service=req.service,
-            spread_hard=tuple(
-                (key, skew, state.spread_counter(req.service, key, common.selector))
-                for key, skew in common.hard_skews
-            ),
+        # dataclasses.replace, without its walk of the fields (a shape per service).
+        shape = object.__new__(Shape)
+        shape.__dict__.update(common.__dict__)
+        shape.service = req.service
+        shape.spread_hard = tuple(
+            (key, skew, state.spread_counter(req.service, key, common.selector))
+            for key, skew in common.hard_skews
         )
+        return shape
 
     def _common_shape(self, req: Request) -> Shape:
         """The shape of ``req`` but for its service (``service`` empty, no spread counter)."""

@@ -101,6 +101,8 @@ def test_plan_json_imports_no_renderer_but_json(tmp_path: Path) -> None:
     assert code == 2, output
     assert offending(modules, NEVER_FOR_VALIDATE_OR_PLAN) == []
     assert offending(modules, ("gitorch.diff.render.text", "gitorch.diff.render.markdown")) == []
+    # The JSON goes out as orjson's bytes: no console (rich) on the way.
+    assert offending(modules, ("rich",)) == []
 
 
 def test_the_lazy_listing_is_what_the_command_modules_register() -> None:

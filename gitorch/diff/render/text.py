@@ -214,11 +214,12 @@ class _Printer:
     def _line(self, parts: tuple[Part, ...]) -> str | None:
         """The line as rich writes it, newline included; None: rich must print it."""
         pieces: list[str] = []
+        around = self._around
         for part in parts:
             if isinstance(part, str):
                 pieces.append(part)
             elif part[0]:
-                before, after = self._styled(part[1])
+                before, after = around.get(part[1]) or self._styled(part[1])
                 pieces.append(f"{before}{part[0]}{after}")
         line = "".join(pieces)
         return None if _RICH_CHANGES.search(line) else line + "\n"
