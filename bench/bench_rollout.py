@@ -59,6 +59,7 @@ from bench_runtime import (  # noqa: E402
     poll_until,
     post_push_event,
 )
+from verdicts import emit  # noqa: E402
 
 from gitorch.errors import StateError  # noqa: E402
 from gitorch.state import RevisionResult, StateStore  # noqa: E402
@@ -615,10 +616,24 @@ def main(argv: list[str] | None = None) -> int:
         f"rolling update / batch floor: {ratio:.2f}x, {ours.failed} failed "
         f"(goal <= 1.5x, 0 failed): {verdict}"
     )
+    emit(
+        f"rolling update of {args.replicas} replicas (maxSurge {SURGE}), {ours.failed} failed",
+        f"{ours.seconds:.2f} s",
+        against=f"batch floor ({batches_s:.2f} s)",
+        ratio=f"{ratio:.2f}x",
+        goal="<= 1.5x the floor, 0 failed",
+        met=ratio <= 1.5 and ours.failed == 0,
+    )
     if loaded is not None:
         print(
             f"rolling update / batch floor beside the client load: "
             f"{ours.seconds / loaded:.2f}x (for reading only: the goal is against the floor above)"
+        )
+        emit(
+            f"rolling update of {args.replicas} replicas (maxSurge {SURGE})",
+            f"{ours.seconds:.2f} s",
+            against=f"batch floor beside the client load ({loaded:.2f} s)",
+            ratio=f"{ours.seconds / loaded:.2f}x",
         )
     if theirs is not None and ours.seconds:
         print(f"compose time / gitorch time: {theirs.seconds / ours.seconds:.2f}x")
@@ -637,6 +652,12 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "ok" if median < LATENCY_GOAL else "OVER"
         shown = ", ".join(f"{v:.3f}" for v in values)
         print(f"| {label} | {median:.3f} s | {shown} | {verdict} |")
+        emit(
+            f"trigger -> first new replica started: {label}",
+            f"{median:.3f} s",
+            goal=f"< {LATENCY_GOAL:g} s",
+            met=median < LATENCY_GOAL,
+        )
     print()
     verdict = "OK" if ours.failed == 0 else "FAILED REQUESTS"
     print(f"gitorch failed requests: {ours.failed} (goal 0): {verdict}")
