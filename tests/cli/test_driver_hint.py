@@ -8,10 +8,17 @@ and no more."""
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from cli_helpers import REPO_ROOT, gitorch
+from data_plane_helpers import stop_data_plane
+from listen_ports import free_port
+from reconciler_helpers import commit, init_repo
 
 from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.manifests import ManifestLoader
@@ -73,3 +80,37 @@ def test_no_hint_where_no_engine_answers(tmp_path: Path, monkeypatch: pytest.Mon
     assert done.returncode == 2, done.stderr
     assert "unschedulable" not in done.stdout
     assert "--runtime" not in done.stderr
+
+
+SLEEPER = """\
+apiVersion: gitorch.dev/v1
+kind: Service
+metadata: {name: sleeper}
+spec:
+  command: ["/bin/sleep", "600"]
+"""
+
+
+@pytest.mark.docker
+def test_the_daemon_logs_the_hint(tmp_path: Path) -> None:
+    """`gitorch daemon` without --runtime on a machine with an engine: the log says why
+    nothing starts and what to do (status shows the replica pending, with the reason)."""
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    commit(repo, {"sleeper.yaml": SLEEPER}, "a command-only service")
+    state = tmp_path / "state"
+    argv = [sys.executable, "-m", "gitorch", "daemon", "--repo", str(repo), "--state", str(state)]
+    argv += ["--listen", f"127.0.0.1:{free_port()}", "--interval", "60s"]
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:
+        daemon = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while "pass --runtime process" not in log.read_text() and time.monotonic() < deadline:
+            assert daemon.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert "sleeper can only run on the process driver" in log.read_text()
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        stop_data_plane(state)
