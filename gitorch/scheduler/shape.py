@@ -126,10 +126,9 @@ class ShapeCache:
             self._keys[id(placement)] = known
         return known[1]
 
-    def key(self, req: Request) -> Hashable:
-        """Equal keys, equal shapes."""
+    def _common_key(self, req: Request) -> Hashable:
+        """Equal keys, equal shapes but for the service."""
         return (
-            req.service,
             req.cpu_millis,
             req.memory_bytes,
             self._placement_key(req.placement),
@@ -137,27 +136,23 @@ class ShapeCache:
             req.nodes,
             req.nodes_reason,
         )
+
+    def key(self, req: Request) -> tuple[str, Hashable]:
+        """Equal keys, equal shapes."""
+        return (req.service, self._common_key(req))
 
     def shape(self, req: Request) -> Shape:
         """The shape of ``req`` (built on first use)."""
         key = self.key(req)
         found = self._shapes.get(key)
         if found is None:
-            found = self._build(req)
+            found = self._build(req, key[1])
             self._shapes[key] = found
         return found
 
-    def _build(self, req: Request) -> Shape:
+    def _build(self, req: Request, common_key: Hashable) -> Shape:
         # What does not depend on the service is made once per distinct placement (the
         # services of a repo mostly share one), then given the service's own counters.
-        common_key = (
-            req.cpu_millis,
-            req.memory_bytes,
-            self._placement_key(req.placement),
-            req.drivers,
-            req.nodes,
-            req.nodes_reason,
-        )
         common = self._common.get(common_key)
         if common is None:
             common = self._common_shape(req)
