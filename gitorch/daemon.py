@@ -57,7 +57,7 @@ from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView, registered_targets
 from gitorch.readmodel.history import history_json, scaling_json
 from gitorch.readmodel.logs import retained_json
-from gitorch.readmodel.status import control_plane_json, status_json
+from gitorch.readmodel.status import ServiceEntries, control_plane_json, status_json
 from gitorch.runtime.base import Runtime
 from gitorch.sources import Source, open_source
 from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
@@ -146,6 +146,11 @@ class Daemon:
         self._last_pass: PassResult | None = None
         self._pass_cpu = 0.0  # CPU seconds the process used in the last pass that changed nothing
         self._loop_error: str | None = None
+        # Status documents: counts the health monitor's transitions, so the observation
+        # with readiness and the service entries are reused while nothing moved.
+        self._health_generation = 0
+        self._healthy_live: tuple[LiveState, int, LiveState] | None = None
+        self._status_entries = ServiceEntries()
         self.session: Session | None = None
         self.source: Source | None = None
         # A Service exposed on this daemon's own API port could never be served: such a
@@ -335,6 +340,7 @@ class Daemon:
 
     def _health_changed(self, replica_id: str, health: ReplicaHealth) -> None:
         """The health monitor's listener: a readiness change wakes the loop."""
+        self._health_generation += 1
         if health.ready:
             self._readiness_woke = True
         self._wake.set()
@@ -990,7 +996,7 @@ class Daemon:
         doc: dict[str, Any] | None = None
         if reconciler is not None and live is not None:
             try:
-                live = _with_health(live, reconciler)
+                live = self._with_health_kept(live, reconciler)
                 view = ClusterView(
                     self.session.store, reconciler.targets, reconciler.runtimes, live
                 )
@@ -1001,6 +1007,7 @@ class Daemon:
                     None,
                     traffic={snap.service: snap for snap in traffic},
                     control_plane=plane,
+                    entries=self._status_entries,
                 )
                 # When the replicas were observed (the last quiet pass's, or now).
                 doc["observedAt"] = live.observed_at
@@ -1029,6 +1036,18 @@ class Daemon:
                 "revision": self._commit.sha if self._commit else None,
             }
         return doc
+
+    def _with_health_kept(self, live: LiveState, reconciler: Reconciler) -> LiveState:
+        """``live`` with the health monitor's readiness: the same object again while
+        neither ``live`` nor any replica's health moved (so the status document's service
+        entries are reused; a transition counts in ``_health_generation``)."""
+        generation = self._health_generation
+        kept = self._healthy_live
+        if kept is not None and kept[0] is live and kept[1] == generation:
+            return kept[2]
+        healthy = _with_health(live, reconciler)
+        self._healthy_live = (live, generation, healthy)
+        return healthy
 
     def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         assert self.session is not None
