@@ -17,6 +17,7 @@ writes (promote, abort, an audited reconcile request) naming the leader.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -151,6 +152,8 @@ class Daemon:
         self._health_generation = 0
         self._healthy_live: tuple[LiveState, int, LiveState] | None = None
         self._status_entries = ServiceEntries()
+        # The desired state whose settled heap set_apart_long_lived() last set apart.
+        self._set_apart: DesiredState | None = None
         self.session: Session | None = None
         self.source: Source | None = None
         # A Service exposed on this daemon's own API port could never be served: such a
@@ -651,6 +654,9 @@ class Daemon:
             log.warning("%s", error)
         with self._lock:
             self._last_pass = result
+        if result.converged and not result.failed and self._set_apart is not self._desired:
+            self._set_apart = self._desired
+            set_apart_long_lived()
         return result.requeue_after
 
     def _autoscale_loop(self) -> None:
@@ -1185,6 +1191,23 @@ def _with_health(live: LiveState, reconciler: Reconciler) -> LiveState:
     if not changed:
         return live
     return replace(live, services=_frozen(services))
+
+
+def set_apart_long_lived() -> None:
+    """Collect every cycle, then set what is alive apart from the cyclic collector (the
+    modules, the desired state, the store's decoded rows, the kept observation).
+
+    Called once a revision settled. At 2,000 services the collector's full passes, which
+    walk everything alive, came almost every pass and took ~0.17 s of CPU each (a fifth of
+    a pass, measured: 7 in 10 observe+decide rounds), and one falling inside the focused
+    pass after a commit delayed the first new replica by as much. Set apart, a full pass
+    walks only what changed since. What is set apart is still freed by reference counting
+    when dropped; a cycle of it dropped waits for the next settled revision, which
+    unfreezes and collects everything first (one full pass per revision, after the
+    commit's first replicas, not in their path)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
