@@ -1,17 +1,19 @@
 """The daemon at scale: many Services and idle replicas on the process driver, one node.
 
-    python3 bench/bench_daemon.py [--services 2000] [--replicas 2] [--idle 30] [--commits 3]
+    python3 bench/bench_daemon.py [--services 2000] [--replicas 2] [--idle 60] [--commits 3]
 
 A local repo of --services Services (``/bin/sleep``, --replicas each, 100 per file), a
 ``gitorch daemon`` (subprocess, process driver, watching the checkout) started on it, and
 once every replica runs:
 
 * **converge**: daemon start to every replica running and a converged pass;
-* **no-op pass**: the daemon's own ``gitorch_reconcile_duration_seconds`` over --idle
-  seconds of nothing happening (sum / count of the passes in the window);
+* **no-op pass**: the daemon's own ``gitorch_reconcile_duration_seconds`` over the idle
+  window (sum / count of the passes in it): from the end of a pass of the settled daemon
+  to the end of the first pass ending at least --idle seconds later, so whole resync
+  periods (the idle budget stretches the resync to ~40 s at 2,000 services);
 * **idle CPU**: the daemon's CPU time (``/proc/PID/stat``, its threads included) over the
-  same window, in % of one core; the peer is the bench's own floor, a process that only
-  sleeps (0%);
+  same window, in % of one core (one /metrics read per pass in it included, ~0.1 s each);
+  the peer is the bench's own floor, a process that only sleeps (0%);
 * **RSS**: the daemon's resident memory at the end of the window;
 * **status**: ``gitorch status --format json`` as a whole process (5 runs, median), and
   ``GET /api/v1/status`` of the daemon's API;
