@@ -47,6 +47,7 @@ from reconciler_helpers import (  # noqa: E402
     remove_cluster,
     wait_for,
 )
+from verdicts import emit  # noqa: E402
 
 from gitorch.live.inventory import local_node_name, runtime_dir  # noqa: E402
 from gitorch.runtime.process import ProcessRuntime  # noqa: E402
@@ -145,6 +146,18 @@ def main() -> None:
         f"{args.kills} leader kills, lease TTL {ttl:g}s: median {median:.2f}s "
         f"({median / ttl:.2f}x TTL), max {worst:.2f}s ({worst / ttl:.2f}x TTL); "
         f"requests through the proxy meanwhile: {total}, failed: {failed}"
+    )
+    emit(
+        f"leader takeover after a SIGKILL, slowest of {args.kills}",
+        f"{worst:.2f} s (median {median:.2f} s)",
+        against=f"the lease TTL ({ttl:g} s)",
+        ratio=f"{worst / ttl:.2f}x",
+    )
+    emit(
+        "failed requests through the proxy across the kills",
+        f"{failed} of {total:,}",
+        goal="0",
+        met=failed == 0,
     )
 
 

@@ -50,6 +50,8 @@ from types import MappingProxyType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from verdicts import emit  # noqa: E402
+
 from gitorch.traffic.haproxy import HAProxyDataPlane  # noqa: E402
 from gitorch.traffic.proxy.client import ProxyDataPlane  # noqa: E402
 from gitorch.traffic.proxy.control import ProxyPaths, call  # noqa: E402
@@ -441,6 +443,21 @@ def run(targets: dict[str, int], seconds: float, rounds: int, trees: dict[str, l
         verdicts.append(
             f"{name}: throughput >= 50% of {peer}: {'met' if ratio_ok else 'NOT met'}; "
             f"< 2 ms added at p99 at 50% load: {'met' if added < 2 else 'NOT met'}"
+        )
+        emit(
+            f"{name}: max rate, median of {rounds} rounds",
+            f"{best[name]:,.0f} req/s",
+            against=f"{peer} ({peers[name]:,.0f} req/s)",
+            ratio=f"{best[name] / peers[name]:.2f}x",
+            goal=">= 0.5x the peer",
+            met=ratio_ok,
+        )
+        emit(
+            f"{name}: p99 added at 50% of its max rate",
+            f"{added:+.2f} ms",
+            against=f"direct to the replicas (p99 {at['direct']:.2f} ms)",
+            goal="< 2 ms",
+            met=added < 2,
         )
     print("goal:")
     for verdict in verdicts:

@@ -44,6 +44,8 @@ sys.path[:0] = [
     str(REPO / "rigs"),  # private_dockerd, which the rig of hosts boots
 ]
 
+from verdicts import emit  # noqa: E402
+
 from gitorch.apply.ingress import IngressFleet  # noqa: E402
 from gitorch.decide.actions import StartIngress  # noqa: E402
 from gitorch.decide.ingress import HostTable  # noqa: E402
@@ -263,6 +265,13 @@ def run(
             f"  {name:26s} {rps:9.0f} req/s  p99 {p99:6.2f} ms  "
             f"{rps / direct:5.2f}x direct  {rps / peer:5.2f}x local proxy"
         )
+        if name != "direct (h2's backend)":
+            emit(
+                f"{name}: max rate, wrk -t1 -c{CONNECTIONS}",
+                f"{rps:,.0f} req/s (p99 {p99:.2f} ms)",
+                against=f"straight to h2's backend ({direct:,.0f} req/s)",
+                ratio=f"{rps / direct:.2f}x",
+            )
 
     planes = dict(fleet.serving())
     local_socket = ProxyPaths.of(state).socket

@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from verdicts import emit  # noqa: E402
+
 from gitorch.live import NodeTarget, cluster_name, observe  # noqa: E402
 from gitorch.live.inventory import runtime_dir  # noqa: E402 (the repo path is set above)
 from gitorch.manifests import ManifestLoader, Service  # noqa: E402
@@ -206,6 +208,14 @@ def bench_process(count: int, runs: int, scratch: Path) -> bool:
         print(summary("floor: listdir + json + /proc", floor))
         verdict = "OK" if median < GOAL_MS else "OVER GOAL"
         print(f"  ratio of medians {ratio:.2f}x; goal observe() < {GOAL_MS:.0f} ms: {verdict}")
+        emit(
+            f"observe(), process driver, {count} running replicas, median",
+            f"{median:.1f} ms",
+            against=f"listdir + json + /proc ({statistics.median(floor):.1f} ms)",
+            ratio=f"{ratio:.2f}x",
+            goal=f"< {GOAL_MS:.0f} ms",
+            met=median < GOAL_MS,
+        )
     return median < GOAL_MS
 
 

@@ -40,6 +40,7 @@ from data_plane_helpers import kill_proxy_tree, stop_data_plane  # noqa: E402
 from hey_report import hey_figures  # noqa: E402
 from listen_ports import free_port  # noqa: E402
 from traffic_helpers import Apps, get, route, table, wait_until  # noqa: E402
+from verdicts import emit  # noqa: E402
 
 from gitorch.traffic.proxy.client import ProxyDataPlane  # noqa: E402
 from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable, call  # noqa: E402
@@ -94,7 +95,10 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def one_round(plane: ProxyDataPlane, port: int, kind: str, concurrency: int) -> str:
+def one_round(
+    plane: ProxyDataPlane, port: int, kind: str, concurrency: int
+) -> tuple[str, int, int]:
+    """The round's line, and hey's answered and refused requests."""
     socket_path = ProxyPaths.of(plane.state_dir).socket
     load = hey(port, concurrency)
     probe = Probe(port)
@@ -122,11 +126,30 @@ def one_round(plane: ProxyDataPlane, port: int, kind: str, concurrency: int) -> 
     out, _ = load.communicate(timeout=60)
     window = probe.stop()
     answered, refused, other, slowest = hey_figures(out)
-    return (
+    line = (
         f"{kind:12s} answered {answered:6d}  refused {refused:5d}  other errors {other:3d}  "
         f"slowest {slowest:5.2f} s  probe: {len(probe.refused):4d}/{probe.tries:4d} refused "
         f"over {window:4.2f} s  new coordinator answering after "
         + (f"{back:4.2f} s" if back is not None else "-")
+    )
+    return line, answered, refused + other
+
+
+def report(kind: str, rounds: int, answered: int, failed: int) -> None:
+    """A kill of the coordinator or of a worker must cost no client anything (the keeper
+    holds the sockets); a kill of the whole proxy is refused until a new one starts."""
+    if kind == "whole":
+        emit(
+            f"SIGKILL of the whole proxy, {rounds} rounds: requests refused or failed",
+            f"{failed:,} of {answered + failed:,}",
+            against="until the daemon's next call starts a proxy (every 2 s)",
+        )
+        return
+    emit(
+        f"SIGKILL of the proxy's {kind}, {rounds} rounds: requests refused or failed",
+        f"{failed:,} of {answered + failed:,}",
+        goal="0",
+        met=failed == 0,
     )
 
 
@@ -152,9 +175,13 @@ def main() -> int:
                 f"SIGKILL at {KILL_AT:.0f} s"
             )
             for kind in ("coordinator", "worker", "whole"):
+                answered = failed = 0
                 for _ in range(args.rounds):
-                    print(one_round(plane, port, kind, args.concurrency), flush=True)
+                    line, ok, bad = one_round(plane, port, kind, args.concurrency)
+                    print(line, flush=True)
+                    answered, failed = answered + ok, failed + bad
                     time.sleep(1.0)
+                report(kind, args.rounds, answered, failed)
         finally:
             stop_data_plane(state)
             apps.stop_all()

@@ -43,6 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from verdicts import emit  # noqa: E402
+
 from gitorch.runtime.base import (  # noqa: E402  (the repo path is set just above)
     LABEL_REPLICA,
     LABEL_REVISION,
@@ -307,13 +309,22 @@ def docker_answers() -> bool:
 
 
 def report(title: str, driver: Series, floor: Series, creates: Series) -> None:
-    ratio = statistics.median(driver.seconds) / statistics.median(floor.seconds)
+    ours, bare = statistics.median(driver.seconds), statistics.median(floor.seconds)
+    ratio = ours / bare
     verdict = "OK" if ratio <= GOAL_RATIO else "OVER GOAL"
     print(title)
     print(driver.line())
     print(floor.line())
     print(creates.line())
     print(f"  ratio of medians {ratio:.2f}x (goal <= {GOAL_RATIO}x): {verdict}")
+    emit(
+        f"{title.rstrip(':')}: create + probe, median",
+        f"{ours * 1000:.0f} ms",
+        against=f"{floor.label.strip()} ({bare * 1000:.0f} ms)",
+        ratio=f"{ratio:.2f}x",
+        goal=f"<= {GOAL_RATIO}x the floor",
+        met=ratio <= GOAL_RATIO,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  median {statistics.median(timings):.1f} ms   max {worst:.1f} ms of 5 calls "
             f"(goal < {LIST_GOAL_MS:.0f} ms): {verdict}"
+        )
+        emit(
+            f"process driver list_instances, {args.list_count} running replicas, slowest of 5",
+            f"{worst:.1f} ms",
+            goal=f"< {LIST_GOAL_MS:.0f} ms",
+            met=worst < LIST_GOAL_MS,
         )
     return 0
 

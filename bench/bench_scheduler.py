@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "scheduler"))
 
+from verdicts import emit  # noqa: E402
+
 from gitorch.manifests.model import Placement, ServiceAffinityTerm, SpreadConstraint  # noqa: E402
 from gitorch.scheduler import Decision, NodeView, Request, schedule  # noqa: E402
 
@@ -141,6 +143,14 @@ def main() -> None:
         print(
             f"{name:<14}{args.nodes:>7}{replicas:>10}{seconds:>9.3f}{rate:>14,.0f}"
             f"{REFERENCE[name]:>11}{ratio:>7.1f}x  {'met' if ratio >= 3 else 'MISSED'}"
+        )
+        emit(
+            f"{name}: {replicas:,} replicas on {args.nodes:,} nodes",
+            f"{rate:,.0f} placements/s",
+            against=f"kube-scheduler_perf's threshold ({REFERENCE[name]:,}/s)",
+            ratio=f"{ratio:.1f}x",
+            goal=">= 3x the threshold",
+            met=ratio >= 3,
         )
 
     print("\nbasic workload, replicas = 2 x nodes: time per placement")

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "rigs"))  # free ports (etcd_helpers uses them)
 sys.path.insert(0, str(REPO / "tests" / "shared"))  # etcd_helpers: the tests' etcd cluster
 
 from etcd_helpers import EtcdCluster, new_namespace  # noqa: E402
+from verdicts import emit  # noqa: E402
 
 from gitorch.apply.reconciler import CommitMeta  # noqa: E402
 from gitorch.apply.session import Session, SessionOptions  # noqa: E402
@@ -119,6 +120,16 @@ def main() -> None:
         f"etcd / sqlite: first pass {etcd_first / sqlite_first:.1f}x, steady pass "
         f"{statistics.median(etcd_steady) / statistics.median(sqlite_steady):.1f}x"
     )
+    for label, ours, peer in (
+        ("first pass", etcd_first, sqlite_first),
+        ("steady pass, median", statistics.median(etcd_steady), statistics.median(sqlite_steady)),
+    ):
+        emit(
+            f"etcd store, {args.services} services: {label}",
+            f"{ours * 1000:,.0f} ms",
+            against=f"the SQLite store ({peer * 1000:,.0f} ms)",
+            ratio=f"{ours / peer:.1f}x",
+        )
 
 
 if __name__ == "__main__":

@@ -6,19 +6,23 @@
 
 Each benchmark runs as its own process (the command is printed, its full output kept in
 --out, default a temporary folder), with its floor or peer measured in that same run.
-The table is made from the lines each prints: a line that names a goal becomes a row
-(figure, ratio, goal, met or not, as the benchmark judged it); a benchmark without goals
-(a comparison with a peer only) contributes its comparison lines, goal "-". A benchmark
-that needs what this machine lacks (the Docker engine, etcd, wrk, haproxy, root for the
-rig of hosts) is listed as skipped, with the reason; one that fails is listed with its
-exit code and the tail of its output: neither is a met goal.
+The table is made from the ``@verdict`` lines each prints (``bench/verdicts.py``): one
+row per figure, with its floor or peer, the ratio, the goal and the benchmark's own
+verdict (``-`` for a comparison without a goal). A benchmark that needs what this
+machine lacks (the Docker engine, etcd, wrk, hey, haproxy, root for the rig of hosts)
+is listed as skipped, with the reason; one that fails, or ends without a verdict line,
+is listed with its exit code and the tail of its output: neither is a met goal.
+
+Not run here: ``bench_pass.py`` (a profile of the steps of ``bench_daemon.py``'s no-op
+pass on a rig that run kept, ``--keep DIR --leave-replicas``; the pass's goal is judged
+by ``bench_daemon``) and ``soak.py`` (the chaos soak: a test of faults over minutes,
+not a speed figure).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +30,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from verdicts import parse, word
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -37,8 +43,6 @@ class Bench:
     peer: str  # the floor or peer the benchmark measures in the same run
     quick: tuple[str, ...]  # arguments for --quick
     needs: tuple[str, ...] = ()  # programs (or "docker", "root") it cannot run without
-    rows: str = r"goal"  # lines that become rows (regex, case-insensitive)
-    goal: str = "-"  # the goal, for rows that do not name theirs
 
 
 BENCHES = (
@@ -46,68 +50,31 @@ BENCHES = (
     Bench("plan", "gitorch load + validate, cold", ("--rounds", "3")),
     Bench("cli_start", "python -c pass / the CSafeLoader parse process", ("--rounds", "3")),
     Bench(
-        "daemon",
-        "-",
-        ("--services", "500", "--idle", "20", "--commits", "2"),
-        rows=r"\b(met|NOT met)\s*$",
+        "daemon", "the goals of issue 20", ("--services", "500", "--idle", "20", "--commits", "2")
     ),
     Bench("runtime", "Popen + poll; docker run + poll", ("--count", "15", "--list-count", "200")),
     Bench("observe", "listdir + json + /proc", ("--count", "200", "--runs", "5")),
-    Bench(
-        "scheduler",
-        "kube-scheduler_perf thresholds",
-        ("--rounds", "1", "--no-oracle"),
-        rows=r"x\s+(met|NOT met|MISSED)\s*$",
-        goal="3x the reference",
-    ),
-    Bench(
-        "store",
-        "SQLite (etcd's peer)",
-        ("--services", "300", "--passes", "3"),
-        ("etcd",),
-        rows=r"etcd / sqlite",
-    ),  # fmt: skip
-    Bench(
-        "audit",
-        "the log without its hash chain",
-        ("--events", "500", "--rounds", "2"),
-        rows=r"ratio|verify",
-    ),  # fmt: skip
-    Bench(
-        "http_parse",
-        "the hand-written parser",
-        ("--rounds", "2", "--count", "5000"),
-        rows=r"of the hand-written",
-    ),  # fmt: skip
-    Bench(
-        "lb",
-        "haproxy",
-        ("--seconds", "2", "--rounds", "1"),
-        ("wrk", "haproxy"),
-        rows=r"^\s+proxy x\d.*: throughput",
-        goal=">= 50% of haproxy; < 2 ms added at p99 at 50% load",
-    ),
+    Bench("scheduler", "kube-scheduler_perf thresholds", ("--rounds", "1", "--no-oracle")),
+    Bench("store", "SQLite (etcd's peer)", ("--services", "300", "--passes", "3"), ("etcd",)),
+    Bench("audit", "the log without its hash chain", ("--events", "500", "--rounds", "2")),
+    Bench("http_parse", "the hand-written parser", ("--rounds", "2", "--count", "5000")),
+    Bench("fast_path", "-", ("--requests", "5000", "--rounds", "3")),
+    Bench("lb", "haproxy", ("--seconds", "2", "--rounds", "1"), ("wrk", "haproxy")),
+    Bench("proxy_kill", "-", ("--rounds", "1"), ("hey",)),
     Bench(
         "rollout",
         "10 x docker run + poll, all at once; docker-compose",
         ("--rounds", "1", "--no-compose"),
         ("docker",),
-        rows=r"goal|/ floor|floor",
     ),
-    Bench("failover", "the lease TTL", ("--kills", "2"), ("etcd",), rows=r"leader kills"),
+    Bench("failover", "the lease TTL", ("--kills", "2"), ("etcd",)),
     Bench(
         "multihost",
         "straight to a backend; the local proxy",
         ("--seconds", "2", "--rounds", "1"),
         ("docker", "root", "wrk", "haproxy"),
-        rows=r"x local proxy",
-    ),  # fmt: skip
+    ),
 )
-
-MET = re.compile(r"\bNOT met\b|OVER GOAL|not met", re.IGNORECASE)
-RATIO = re.compile(r"(\d+(?:\.\d+)?x|\d+(?:\.\d+)?%)")
-GOAL = re.compile(r"goal[^)]*", re.IGNORECASE)
-JUDGED = re.compile(r"\b(met|NOT met|MISSED)\s*$")
 
 
 def missing(bench: Bench) -> str | None:
@@ -123,27 +90,9 @@ def missing(bench: Bench) -> str | None:
     return None
 
 
-def rows_of(bench: Bench, output: str) -> list[tuple[str, str, str, str]]:
-    """(figure, ratio, goal, verdict) for each line of ``output`` that is a row."""
-    found = []
-    pattern = re.compile(bench.rows, re.IGNORECASE)
-    for line in output.splitlines():
-        if not pattern.search(line):
-            continue
-        text = " ".join(line.split())
-        goal = GOAL.search(text)
-        # The measured ratio: the last one before the goal (the goal's own comes after).
-        ratio = RATIO.findall(text[: goal.start()] if goal else text)
-        judged = JUDGED.search(text)  # a table row that ends with its verdict
-        if goal is None and MET.search(text):
-            verdict = "NOT met"  # a line of verdicts (bench_lb's), one of them not met
-        elif judged is not None:
-            verdict = "NOT met" if judged.group(1) == "MISSED" else judged.group(1)
-        else:
-            verdict = "-" if goal is None else "NOT met" if MET.search(text) else "met"
-        named = goal.group(0) if goal else bench.goal
-        found.append((text, ratio[-1] if ratio else "", named, verdict))
-    return found
+def rows_of(output: str) -> list[tuple[str, str, str, str, str, str]]:
+    """(figure, value, floor or peer, ratio, goal, verdict) for each ``@verdict`` line."""
+    return [(v.figure, v.value, v.against, v.ratio, v.goal, word(v.met)) for v in parse(output)]
 
 
 def main() -> int:
@@ -159,14 +108,14 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="gitorch-bench-all-"))
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    table: list[tuple[str, str, str, str, str, str]] = []
+    table: list[tuple[str, str, str, str, str, str, str]] = []
     load_before, started = os.getloadavg()[0], time.perf_counter()
     for bench in chosen:
         argv = [sys.executable, str(BENCH / f"bench_{bench.name}.py")]
         argv += list(bench.quick) if args.quick else []
         reason = missing(bench)
         if reason is not None:
-            table.append((bench.name, "skipped", bench.peer, "", "", reason))
+            table.append((bench.name, "skipped", "", bench.peer, "", "", reason))
             continue
         print(f"$ {' '.join(argv[1:])}", flush=True)
         t0 = time.perf_counter()
@@ -181,23 +130,27 @@ def main() -> int:
         seconds = time.perf_counter() - t0
         (out / f"{bench.name}.txt").write_text(output)
         print(f"  {seconds:.0f} s, exit {code}", flush=True)
-        rows = rows_of(bench, output)
-        if code != 0:
+        rows = rows_of(output)
+        table.extend((bench.name, *row) for row in rows)
+        if code != 0 or not rows:
             tail = " | ".join(output.strip().splitlines()[-2:])[:160]
-            table.append((bench.name, "FAILED", bench.peer, "", "", f"exit {code}: {tail}"))
-        for figure, ratio, goal, verdict in rows:
-            table.append((bench.name, figure, bench.peer, ratio, goal, verdict))
-        if code == 0 and not rows:
-            table.append((bench.name, "(no figure recognised)", bench.peer, "", "", "see output"))
+            why = f"exit {code}" if code != 0 else "no verdict line"
+            table.append((bench.name, "FAILED", "", bench.peer, "", "", f"{why}: {tail}"))
     print(
         f"\n{len(chosen)} benchmarks in {time.perf_counter() - started:.0f} s"
         f"{' (--quick)' if args.quick else ''}; load average {load_before:.2f} -> "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; outputs in {out}"
     )
-    print("| benchmark | figure | floor or peer | ratio | goal | met |")
-    print("| --- | --- | --- | ---: | --- | --- |")
-    for name, figure, peer, ratio, goal, verdict in table:
-        print(f"| {name} | {figure} | {peer} | {ratio} | {goal} | {verdict} |")
+    print("| benchmark | figure | value | floor or peer | ratio | goal | met |")
+    print("| --- | --- | ---: | --- | ---: | --- | --- |")
+    for row in table:
+        print("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+    verdicts = [row[-1] for row in table]
+    print(
+        f"\n{verdicts.count('met')} met, {verdicts.count('NOT met')} NOT met, "
+        f"{sum(row[1] == 'FAILED' for row in table)} failed, "
+        f"{sum(row[1] == 'skipped' for row in table)} skipped"
+    )
     return 0
 
 

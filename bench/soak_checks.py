@@ -4,8 +4,8 @@ Checked every half second (from /proc and gitorch's own records, never from the 
 word alone):
 
 * **surge**: no service runs more replicas than its strategy allows for any spec it may
-  be moving between (RollingUpdate: replicas + maxSurge; Canary: the full stable set
-  beside the new one; Recreate: replicas);
+  be moving between (RollingUpdate: replicas + maxSurge in service and maxSurge more
+  terminating; Canary: the full stable set beside the new one; Recreate: replicas);
 * **foreign**: the processes gitorch did not create (a foreign server, a replica of
   another gitorch cluster, a process holding a port) are never killed, stopped or
   replaced;

@@ -81,13 +81,15 @@ class Svc:
 
     def surge_bound(self) -> int:
         """Most replicas the strategy may run at once for this spec (gitorch's rules:
-        RollingUpdate ``replicas + maxSurge`` (the shop's is 1); Canary: the full stable
-        set beside the new one during promotion; Recreate: never more than ``replicas``)."""
+        RollingUpdate ``replicas + maxSurge`` in service (the shop's is 1) and as many
+        terminating beside their replacements (Kubernetes' surge semantics); Canary: the
+        full stable set beside the new one during promotion; Recreate: never more than
+        ``replicas``)."""
         if self.strategy == "Canary":
             return 2 * self.replicas
         if self.strategy == "Recreate" or self.app == "counter":
             return self.replicas  # the counter: a ReadWriteOnce volume, one writer
-        return self.replicas + 1
+        return self.replicas + 2
 
 
 @dataclass(frozen=True)

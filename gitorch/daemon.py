@@ -46,6 +46,7 @@ from gitorch.apply.session import Session, SessionOptions, commit_meta, verified
 from gitorch.dashboard import Dashboard
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.cluster import changed_services
+from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.guard import mass_prune
 from gitorch.errors import GitorchError, ManifestInvalid
 from gitorch.live import observe
@@ -438,6 +439,12 @@ class Daemon:
             (time.monotonic() - began) * 1000,
             extra={"revision": sha, "trigger": trigger},
         )
+        if self.session is not None:
+            hint = driver_mismatch(
+                desired, self.options.session.runtime, self.session.default_driver
+            )
+            if hint is not None:
+                log.warning("%s", hint)
 
     def _refused(self, desired: DesiredState, commit: CommitMeta) -> bool:
         """The mass-prune guard: True (and said everywhere) when ``desired`` would remove

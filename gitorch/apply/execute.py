@@ -9,18 +9,26 @@ through the runtimes and the data plane, in an order that never fails a request:
 3. once their requests in flight are done (bounded by the drain timeout), draining
    replicas get SIGTERM with their grace period, and the executor waits for their exit;
 4. new replicas are started, in parallel, each on the node the decision placed it (they
-   join the table once ready, in a later pass), while the table is published again
-   without the exited ones and those are removed.
+   join the table once ready, in a later pass);
+5. the table is published again without the exited replicas, and those are removed.
 
-Stops come before starts because that is what the strategies decide for: a pass that
-stops old replicas and starts new ones stays within ``desired + maxSurge`` only if the
-old ones are gone before the new ones run (and a preempted replica's resources are free
-before its preemptor starts). "Gone" is the exit of the replica's processes, not the
-end of its removal: what the runtime cleans up after an exit (a container's network and
-mounts, a cgroup, the kept logs) holds no cpu or memory a new replica needs, and a Docker
-engine takes up to a second per container for it on a busy host. A stop is executed
-(in :attr:`Execution.executed`) once its replica is removed. The strategies stop only
-available replicas beyond their availability floor, so stopping first never costs
+Stops come before starts where the strategy needs the room: a preempted replica's
+resources must be free before its preemptor starts, and a Recreate stops everything
+first. "Gone" is then the exit of the replica's processes, not the end of its removal:
+what the runtime cleans up after an exit (a container's network and mounts, a cgroup,
+the kept logs) holds no cpu or memory a new replica needs. A RollingUpdate's stops of
+available replicas say otherwise (``StopReplica.terminating_frees_room``): as in
+Kubernetes, a replica withdrawn from the table is terminating and does not count against
+``maxSurge``, so when every draining stop of the pass says so, step 4 runs beside steps
+3 (the drain and the stop), right after the publication that withdrew them. At most
+``replicas + maxSurge`` replicas are then in service, and for the length of a stop up to
+``maxSurge`` (+ ``maxUnavailable``) more run (``tests/reconciler/test_rollout_surge.py``).
+
+Removals come after the starts (step 5): a Docker engine's removal takes the network
+controller's lock that a start needs, up to a second per container on a busy host, and
+a rollout waits for the start. A stop is executed (in :attr:`Execution.executed`) once
+its replica is removed, in the same pass: nothing is left behind. The strategies stop
+only available replicas beyond their availability floor, so stopping never costs
 availability.
 
 Volumes come first and last: the volumes decided are made before any replica starts (a
@@ -185,31 +193,40 @@ class Executor:
                 )
             draining = [s for s in draining if s.replica_id not in stale]
         starts = [s for name in decision.order for s in decision.starts.get(name, ())]
-        jobs: list[Callable[[], None]] = [
+        start_jobs: list[Callable[[], None]] = [
             partial(self._start, desired, decision, s, done) for s in starts
         ]
         if published and draining:
-            self._drain(draining)
-            with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
-                stopped = list(pool.map(lambda s: self._stop(s, done), draining))
+            if all(s.terminating_frees_room for s in draining):
+                # Withdrawn from the table, the leaving replicas are terminating: they
+                # do not count against maxSurge (Kubernetes' semantics), so the new ones
+                # start now, beside their drain and stop, not after their exit.
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    stopping = pool.submit(self._drain_and_stop, draining, done)
+                    self._run_jobs(start_jobs)
+                    stopped = stopping.result()
+            else:
+                stopped = self._drain_and_stop(draining, done)
+                self._run_jobs(start_jobs)
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
-            # The new replicas start as soon as the old ones have exited (their processes
-            # are gone: never more than desired + maxSurge run), while the table without
-            # the old ones (drained: they get nothing new already) is published and the
-            # runtimes clean up after them and remove them: a Docker engine takes up to a
-            # second per container for that on a busy host, which a rollout paid at every
-            # batch.
-            jobs.append(partial(self._publish_without, after, hosts, held_routes, done))
-            jobs.extend(
-                partial(self._remove_exited, s, done)
-                for s, ok in zip(draining, stopped, strict=True)
-                if ok
+            # The exited replicas are removed once the new ones have started, not beside
+            # their start: a Docker engine's removal takes the same network-controller
+            # lock its start needs (up to a second per container on a busy host), so
+            # a removal beside a start made the start, which a rollout waits for, slower.
+            # A stop is executed once its replica is removed; nothing is left behind.
+            self._run_jobs(
+                [
+                    partial(self._publish_without, after, hosts, held_routes, done),
+                    *(
+                        partial(self._remove_exited, s, done)
+                        for s, ok in zip(draining, stopped, strict=True)
+                        if ok
+                    ),
+                ]
             )
-        if jobs:
-            with ThreadPoolExecutor(max_workers=max(1, min(8, len(jobs)))) as pool:
-                for _ in pool.map(lambda job: job(), jobs):
-                    pass
+        else:
+            self._run_jobs(start_jobs)
         if done.started_ids:
             self.last_started = tuple(done.started_ids)
         if published:  # else replicas that were to stop may still use them
@@ -457,6 +474,21 @@ class Executor:
         """Publish the table once the stopped replicas are out of it, here and on hosts."""
         self._publish(table, held_routes, done)
         self._publish_hosts(hosts, table, held_routes, done)
+
+    def _drain_and_stop(self, draining: list[StopReplica], done: Execution) -> list[bool]:
+        """Drain the leaving replicas, then stop them in parallel; which have exited."""
+        self._drain(draining)
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(draining)))) as pool:
+            return list(pool.map(lambda s: self._stop(s, done), draining))
+
+    @staticmethod
+    def _run_jobs(jobs: Sequence[Callable[[], None]]) -> None:
+        """Run ``jobs`` in parallel (up to 8 at once) and wait for them all."""
+        if not jobs:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+            for _ in pool.map(lambda job: job(), jobs):
+                pass
 
     def _kill_undrained(self, draining: list[StopReplica], done: Execution) -> None:
         """The test-only broken drain (module docstring): SIGKILL while still in rotation."""

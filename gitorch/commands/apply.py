@@ -35,6 +35,7 @@ from gitorch.commands.common import (
     verified_snapshot,
 )
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
+from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.guard import mass_prune
 from gitorch.decide.nodepools import pools_that_fit, starting_replicas
 from gitorch.errors import ConfigError
@@ -236,6 +237,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommitNotTrusted(verdict.refusal)
     desired = load_desired(snapshot, ManifestLoader(allowed_host_paths=allowed_host_paths(args)))
     with Session(session_options(args)) as session:
+        hint = driver_mismatch(desired, args.runtime, session.default_driver)
+        if hint is not None:
+            stderr().print(f"[yellow]warning:[/] {escape(hint)}")
         if not session.leading:
             assert session.leadership is not None
             view = session.leadership.view()

@@ -33,6 +33,7 @@ from gitorch.commands.common import (
 )
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
+from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.nodes import lost_nodes
 from gitorch.decide.vertical import with_vertical
 from gitorch.diff import Plan, compute_plan
@@ -140,6 +141,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             gone = {node.name for node in applied}
             targets = [t for t in registered_targets(store, args.runtime) if t.name not in gone]
             targets = targets or node_targets((), choose_default_driver(args.runtime))
+            hint = driver_mismatch(desired, args.runtime, targets[0].driver)
+            if hint is not None:
+                sys.stderr.write(f"warning: {hint}\n")
         targets += leaving_targets(applied, targets)
         if store is not None:
             made = pool_targets(store.list_node_pools())

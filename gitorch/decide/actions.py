@@ -60,6 +60,9 @@ class StopReplica:
     reason: str
     drain: bool = True
     grace: float = 30.0
+    #: The pass's starts need not wait for its exit: it is terminating once withdrawn
+    #: (the strategy's ``Stop.terminating_frees_room``, Kubernetes' surge semantics).
+    terminating_frees_room: bool = False
 
     @property
     def verb(self) -> str:

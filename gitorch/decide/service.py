@@ -855,6 +855,7 @@ def _stop_action(
         reason,
         drain=serving,
         grace=float(target.termination_grace_seconds),
+        terminating_frees_room=serving and action.terminating_frees_room,
     )
 
 

@@ -136,10 +136,19 @@ class Create:
 
 @dataclass(frozen=True)
 class Stop:
-    """Take ``replica_id`` out of traffic, drain it, stop it and remove it."""
+    """Take ``replica_id`` out of traffic, drain it, stop it and remove it.
+
+    ``terminating_frees_room``: the pass's Creates need not wait for this replica's exit.
+    Kubernetes does not count a terminating pod (withdrawn from its Service's endpoints,
+    draining, stopping) against a Deployment's ``maxSurge``, so a RollingUpdate's pass
+    that replaces available old replicas starts the new ones as the old ones leave the
+    rotation, not after they have exited. False (the default): the executor waits for
+    the exit first (Recreate, a preemption: the new replica needs what the old one holds).
+    """
 
     replica_id: str
     reason: str = ""
+    terminating_frees_room: bool = False
 
 
 Action = Create | Stop

@@ -83,8 +83,11 @@ def preview_update(
             volumes = ", ".join(single_writer)
             why = f" (ReadWriteOnce volume {volumes}: one writer at a time)"
         surge, unavailable = resolve_limits(desired, max_surge, max_unavailable)
+        # With a surge, a replica stopped to make room is terminating (out of the
+        # rotation) while the new one starts: the bound is of replicas in service.
+        counted = "replicas in service" if surge else "replicas"
         steps.append(
-            f"maxSurge {surge}, maxUnavailable {unavailable}{why}: at most {desired + surge} replicas, at least {max(0, desired - unavailable)} available"
+            f"maxSurge {surge}, maxUnavailable {unavailable}{why}: at most {desired + surge} {counted}, at least {max(0, desired - unavailable)} available"
         )
         for index, batch in enumerate(
             plan_batches(desired, old_replicas, max_surge, max_unavailable), 1

@@ -284,7 +284,11 @@ def _removal_reason(inp: RolloutInput, replica: ReplicaView) -> str:
 def rolling_step(inp: RolloutInput) -> Decision:
     """One pass of a RollingUpdate (Kubernetes Deployment semantics); pure and idempotent.
 
-    Per pass, in this order (the executor runs the Stops before the Creates):
+    Per pass, in this order (the executor runs the Stops before the Creates, except that
+    a Create does not wait for the exit of an available replica stopped to make room:
+    that one is terminating, out of the rotation, and does not count against
+    ``maxSurge``, as in Kubernetes; so at most ``desired + surge`` replicas are in
+    service and, for the length of a stop, ``desired + 2 * surge + unavailable`` run):
 
     1. exited replicas are removed; their slots are free;
     2. unavailable old (and excess target) replicas are removed: they serve nobody, so the
@@ -318,9 +322,15 @@ def rolling_step(inp: RolloutInput) -> Decision:
     available = len(census.available)
 
     wanted = free_slots(inp, census)
+    # Terminating from its withdrawal on, a stopped replica's room is the Creates' at once
+    # (Kubernetes' surge semantics; ``Stop.terminating_frees_room``): at most
+    # ``surge + unavailable`` of them, as nothing above the ceiling runs. Above it (a
+    # scale-down during a rollout), or with no surge at all (a ReadWriteOnce volume's one
+    # writer at a time, ``single_writer_limits``), the Creates wait for the exits.
+    beside = surge > 0 and existing <= ceiling
     if not (wanted and existing < ceiling):
         for replica in serving[: max(0, available - floor)]:
-            stops.append(Stop(replica.id, _removal_reason(inp, replica)))
+            stops.append(Stop(replica.id, _removal_reason(inp, replica), beside))
             existing -= 1
     creates = [Create(slot, inp.target) for slot in wanted[: max(0, ceiling - existing)]]
     return conclude(inp, census, (*stops, *creates))

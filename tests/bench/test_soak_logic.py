@@ -131,7 +131,7 @@ def test_the_trace_check_fails_what_does_not_trace(tmp_path: Path) -> None:
 def test_the_surge_bound_follows_the_specs_in_force(tmp_path: Path) -> None:
     committer = _committer(tmp_path / "repo")
     first = committer.make(_initial())
-    assert committer.surge_bound("api", first.at) == 3  # 2 + maxSurge 1
+    assert committer.surge_bound("api", first.at) == 4  # 2 + maxSurge 1 + 1 terminating
     assert committer.surge_bound("web", first.at) == 6  # Canary: stable set + canary set
     assert committer.surge_bound("worker", first.at) == 1  # Recreate
     assert committer.surge_bound("extra1", first.at) is None

@@ -137,7 +137,9 @@ def test_kill_9_of_the_leader_mid_rollout_under_load(ha: HAWorld) -> None:
     assert load.failures == [], (len(load.failures), load.failures[:10], load.total)
     assert load.versions["1"] > 0 and load.versions["2"] > 0, load.versions
     assert census.samples > 100
-    assert census.most <= REPLICAS + MAX_SURGE, census.worst
+    # In service at most REPLICAS + MAX_SURGE; a replica stopped to make room is
+    # terminating and runs beside its replacement (Kubernetes' surge semantics).
+    assert census.most <= REPLICAS + 2 * MAX_SURGE, census.worst
     # No replica duplicated or orphaned: exactly one per slot, all of v2.
     final = [i for i in ha.replicas() if str(i.state) == "running"]
     assert sorted(i.labels["dev.gitorch.replica"] for i in final) == [

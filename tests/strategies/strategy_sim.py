@@ -205,6 +205,17 @@ def check_pass(inp: RolloutInput, decision: Decision) -> None:
     assert after <= max(ceiling, len(live)), f"{after} replicas above {ceiling}"
     if creates:
         assert after <= ceiling, f"created up to {after} replicas, ceiling {ceiling}"
+    # Kubernetes' surge semantics: a replica stopped to make room is terminating from the
+    # pass's publication on, and its room is the Creates' at once. Only available replicas
+    # do so (the rest are removed before anything starts), so in service after the pass
+    # at most the ceiling, and while the pass runs at most its terminating ones more.
+    terminating = [s for s in stops if s.terminating_frees_room]
+    assert all(is_available(by_id[s.replica_id], inp) for s in terminating), (
+        "a replica that is not available makes room beside its stop"
+    )
+    if creates:
+        assert len(terminating) <= surge + unavailable, f"{len(terminating)} terminating"
+        assert after + len(terminating) <= ceiling + surge + unavailable
     available = [r for r in live if is_available(r, inp)]
     lost = sum(1 for r in stopped if is_available(r, inp))
     assert lost <= max(0, len(available) - floor), (

@@ -14,6 +14,7 @@ import pytest
 from strategy_sim import check_pass, rollout_input
 
 from gitorch.strategies import Create, Decision, Phase, ReplicaView, Stop, rolling_step
+from gitorch.strategies.recreate import recreate_step
 
 NOW = 1000.0
 
@@ -351,6 +352,26 @@ def test_stop_reasons_say_why() -> None:
     assert [a.reason for a in decide(old).actions if isinstance(a, Stop)] == [
         "old template, not available"
     ]
+
+
+def test_stops_that_make_room_are_terminating() -> None:
+    """At the ceiling, an available old replica stopped to make room does not hold it
+    (Kubernetes does not count terminating pods against maxSurge): the executor starts
+    the pass's Creates beside its drain and stop. Exited, unavailable and Recreate's stops
+    keep the default: their Creates wait for the exit."""
+    at_ceiling = next(c for c in CASES if c.name.startswith("at the ceiling, stop down"))
+    decision = decide(at_ceiling)
+    stops = [a for a in decision.actions if isinstance(a, Stop)]
+    assert stops and all(s.terminating_frees_room for s in stops), stops
+    assert any(isinstance(a, Create) for a in decision.actions)
+    for name in ("exited replicas free the ceiling", "old not ready: stopped even at the floor"):
+        case = next(c for c in CASES if c.name == name)
+        stops = [a for a in decide(case).actions if isinstance(a, Stop)]
+        assert stops and not any(s.terminating_frees_room for s in stops), (name, stops)
+    recreate = recreate_step(rollout_input(2, replicas=A(2)))
+    assert recreate.actions and not any(
+        a.terminating_frees_room for a in recreate.actions if isinstance(a, Stop)
+    )
 
 
 def test_status_line_reads_in_execution_order() -> None:
