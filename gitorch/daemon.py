@@ -17,6 +17,7 @@ writes (promote, abort, an audited reconcile request) naming the leader.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView, registered_targets
 from gitorch.readmodel.history import history_json, scaling_json
 from gitorch.readmodel.logs import retained_json
-from gitorch.readmodel.status import control_plane_json, status_json
+from gitorch.readmodel.status import ServiceEntries, control_plane_json, status_json
 from gitorch.runtime.base import Runtime
 from gitorch.sources import Source, open_source
 from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
@@ -147,6 +148,13 @@ class Daemon:
         self._last_pass: PassResult | None = None
         self._pass_cpu = 0.0  # CPU seconds the process used in the last pass that changed nothing
         self._loop_error: str | None = None
+        # Status documents: counts the health monitor's transitions, so the observation
+        # with readiness and the service entries are reused while nothing moved.
+        self._health_generation = 0
+        self._healthy_live: tuple[LiveState, int, LiveState] | None = None
+        self._status_entries = ServiceEntries()
+        # The desired state whose settled heap set_apart_long_lived() last set apart.
+        self._set_apart: DesiredState | None = None
         self.session: Session | None = None
         self.source: Source | None = None
         # A Service exposed on this daemon's own API port could never be served: such a
@@ -314,6 +322,8 @@ class Daemon:
             if woken or now >= next_pass:
                 self._settle()
                 requeue = self._reconcile_once()
+                if not woken:
+                    self._set_apart_settled()
                 # The pass says when to come back (something moving: soon; all settled: the
                 # resync timer); commits, webhooks and readiness changes wake it sooner.
                 timeout = min(requeue, self.options.resync)
@@ -336,6 +346,7 @@ class Daemon:
 
     def _health_changed(self, replica_id: str, health: ReplicaHealth) -> None:
         """The health monitor's listener: a readiness change wakes the loop."""
+        self._health_generation += 1
         if health.ready:
             self._readiness_woke = True
         self._wake.set()
@@ -653,6 +664,19 @@ class Daemon:
         with self._lock:
             self._last_pass = result
         return result.requeue_after
+
+    def _set_apart_settled(self) -> None:
+        """After a pass of the resync timer (nothing woke the loop for a whole resync
+        period) that found all settled: the heap is set apart once per desired state
+        (:func:`set_apart_long_lived`), here and not when the revision settles, where a
+        commit right after it would wait for the collection."""
+        with self._lock:
+            result = self._last_pass
+        if result is None or self._set_apart is self._desired:
+            return
+        if result.converged and not result.failed and not result.actions and not result.executed:
+            self._set_apart = self._desired
+            set_apart_long_lived()
 
     def _autoscale_loop(self) -> None:
         """Every ``autoscale_sync`` seconds: read the autoscaled services' metrics, decide
@@ -997,7 +1021,7 @@ class Daemon:
         doc: dict[str, Any] | None = None
         if reconciler is not None and live is not None:
             try:
-                live = _with_health(live, reconciler)
+                live = self._with_health_kept(live, reconciler)
                 view = ClusterView(
                     self.session.store, reconciler.targets, reconciler.runtimes, live
                 )
@@ -1008,6 +1032,7 @@ class Daemon:
                     None,
                     traffic={snap.service: snap for snap in traffic},
                     control_plane=plane,
+                    entries=self._status_entries,
                 )
                 # When the replicas were observed (the last quiet pass's, or now).
                 doc["observedAt"] = live.observed_at
@@ -1036,6 +1061,18 @@ class Daemon:
                 "revision": self._commit.sha if self._commit else None,
             }
         return doc
+
+    def _with_health_kept(self, live: LiveState, reconciler: Reconciler) -> LiveState:
+        """``live`` with the health monitor's readiness: the same object again while
+        neither ``live`` nor any replica's health moved (so the status document's service
+        entries are reused; a transition counts in ``_health_generation``)."""
+        generation = self._health_generation
+        kept = self._healthy_live
+        if kept is not None and kept[0] is live and kept[1] == generation:
+            return kept[2]
+        healthy = _with_health(live, reconciler)
+        self._healthy_live = (live, generation, healthy)
+        return healthy
 
     def history(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         assert self.session is not None
@@ -1173,6 +1210,23 @@ def _with_health(live: LiveState, reconciler: Reconciler) -> LiveState:
     if not changed:
         return live
     return replace(live, services=_frozen(services))
+
+
+def set_apart_long_lived() -> None:
+    """Collect every cycle, then set what is alive apart from the cyclic collector (the
+    modules, the desired state, the store's decoded rows, the kept observation).
+
+    Called once a revision settled and the daemon was quiet. At 2,000 services the collector's full passes, which
+    walk everything alive, came almost every pass and took ~0.17 s of CPU each (a fifth of
+    a pass, measured: 7 in 10 observe+decide rounds), and one falling inside the focused
+    pass after a commit delayed the first new replica by as much. Set apart, a full pass
+    walks only what changed since. What is set apart is still freed by reference counting
+    when dropped; a cycle of it dropped waits for the next settled revision, which
+    unfreezes and collects everything first (one full pass per revision, not in a
+    commit's path)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:

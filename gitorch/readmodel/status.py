@@ -227,15 +227,55 @@ def node_pools_json(store: StateStore | None, live: LiveState) -> list[dict[str,
     return sorted(out, key=lambda p: p["name"])
 
 
+class ServiceEntries:
+    """The status document's service entries kept between documents (a daemon's status
+    of 2,000 services built them all again for every request: ~half its CPU).
+
+    An entry is reused while its service is the very same observed object (a daemon
+    hands the same :class:`LiveService` while neither its observation nor the health
+    monitor's readiness moved), it has no crash-loop record and is not autoscaled: those
+    show a clock (the back-off's retry, the autoscaler's age) and are built every time.
+    Its traffic fields are added per document. Entries are shared between documents:
+    readers never change them. Only the last document's entries are kept."""
+
+    def __init__(self) -> None:
+        self._kept: dict[int, tuple[LiveService, dict[str, Any]]] = {}
+
+    def entry(
+        self,
+        service: LiveService,
+        backoff: Mapping[int, BackoffRecord] | None,
+        live: LiveState,
+        now: float,
+        kept: dict[int, tuple[LiveService, dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """``service``'s entry (without traffic), reused or built; a reusable one is
+        put in ``kept`` (the next document's)."""
+        held = self._kept.get(id(service))
+        if held is not None and held[0] is service and not backoff:
+            kept[id(service)] = held
+            return held[1]
+        doc = _autoscaled(service_json(service, backoff, now), service, live, now)
+        if not backoff and doc["autoscale"] is None:
+            kept[id(service)] = (service, doc)
+        return doc
+
+    def keep(self, kept: dict[int, tuple[LiveService, dict[str, Any]]]) -> None:
+        """What the next document may reuse (this one's reusable entries)."""
+        self._kept = kept
+
+
 def status_json(
     view: ClusterView,
     only: str | None,
     *,
     traffic: Mapping[str, TrafficSnapshot] | None = None,
     control_plane: Mapping[str, Any] | None = None,
+    entries: ServiceEntries | None = None,
 ) -> dict[str, Any]:
     """The status document. ``traffic``: route -> its figures (the daemon passes what it
-    reads now); None reads the snapshots the daemon last stored."""
+    reads now); None reads the snapshots the daemon last stored. ``entries``: service
+    entries kept from the last document (a daemon's; not with ``only``)."""
     live = view.live
     if traffic is None:
         stored = view.store.list_traffic() if view.store is not None else []
@@ -267,6 +307,14 @@ def status_json(
     daemon_error = _daemon_error(view)
     if daemon_error is not None:
         last_error = daemon_error.get("message") or last_error
+    kept: dict[int, tuple[LiveService, dict[str, Any]]] = {}
+    if entries is not None and only is None:
+        built = [entries.entry(s, backoff.get(s.name), live, now, kept) for s in services]
+        entries.keep(kept)
+    else:
+        built = [
+            _autoscaled(service_json(s, backoff.get(s.name), now), s, live, now) for s in services
+        ]
     return {
         "cluster": live.cluster or None,
         "revision": live.last_applied_revision,
@@ -288,11 +336,11 @@ def status_json(
         "nodePools": node_pools_json(view.store, live),
         "services": [
             {
-                **_autoscaled(service_json(s, backoff.get(s.name), now), s, live, now),
+                **entry,
                 **({"analysis": measurements[s.name]} if s.name in measurements else {}),
                 **traffic_json(s.name, traffic, now),
             }
-            for s in services
+            for s, entry in zip(services, built, strict=True)
         ],
         "volumes": volumes_json(live),
         **({"lastErrorDetail": daemon_error.get("diagnostics", [])} if daemon_error else {}),

@@ -167,9 +167,16 @@ class RecordStore:
     def all(self) -> list[ReplicaRecord]:
         records = []
         seen: dict[str, tuple[tuple[int, int, int], ReplicaRecord]] = {}
-        for name in self.names():
+        try:
+            # Paths as strings: two pathlib joins per replica were a fifth of listing
+            # 4,000 of them.
+            folders = [(e.name, e.path) for e in os.scandir(self.root) if e.is_dir()]
+        except FileNotFoundError:
+            folders = []
+        suffix = os.sep + RECORD_FILE
+        for name, path in folders:
             try:
-                info = os.stat(self.folder(name) / RECORD_FILE)
+                info = os.stat(path + suffix)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             identity = (info.st_ino, info.st_mtime_ns, info.st_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -30,6 +31,17 @@ def test_status_is_the_handles_document(server: ApiServer) -> None:
     assert reply.status == 200
     assert reply.json() == STATUS
     assert reply.headers["cache-control"] == "no-store"
+
+
+def test_status_indented_as_the_cli_prints_it_and_who_answered(server: ApiServer) -> None:
+    """``?indent=2``: the text ``gitorch status --format json`` prints (a local status
+    writes the daemon's answer as it comes); ``Gitorch-Pid`` names the answering process."""
+    reply = request(server.address, "GET", "/api/v1/status?indent=2")
+    assert reply.status == 200
+    assert reply.body.decode() == json.dumps(STATUS, indent=2, ensure_ascii=False) + "\n"
+    assert reply.headers["gitorch-pid"] == str(os.getpid())
+    compact = request(server.address, "GET", "/api/v1/status")
+    assert compact.body.count(b"\n") == 1 and compact.json() == STATUS
 
 
 def test_history_passes_service_and_limit(server: ApiServer, handle: StubHandle) -> None:

@@ -12,8 +12,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -369,11 +371,30 @@ def test_status_with_the_docker_runtime(tmp_path: Path, request: pytest.FixtureR
     assert row["condition"] == "Ready" and row["allocated"] == {"cpu": "100m", "memory": "32Mi"}
 
 
+def _stub_api(answer: Callable[[str], tuple[int, bytes, dict[str, str]]]) -> ThreadingHTTPServer:
+    """An HTTP server on a free local port, serving in a thread: each GET is answered by
+    ``answer(path)`` -> (status, body, headers). ``shutdown()`` it after."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            status, body, headers = answer(self.path)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def test_status_from_a_daemon_api_server(tmp_path: Path) -> None:
     """`status --server` renders what a daemon's GET /api/v1/status answers."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     document = {
         "cluster": "c1",
         "revision": "a" * 40,
@@ -391,19 +412,10 @@ def test_status_from_a_daemon_api_server(tmp_path: Path) -> None:
         ],
     }
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            body = json.dumps(document).encode()
-            self.send_response(200 if self.path == "/api/v1/status" else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str) -> tuple[int, bytes, dict[str, str]]:
+        return 200 if path == "/api/v1/status" else 404, json.dumps(document).encode(), {}
 
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = _stub_api(answer)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         got = subprocess.run(
@@ -431,5 +443,38 @@ def test_status_from_a_daemon_api_server(tmp_path: Path) -> None:
             check=False,
         )
         assert missing.returncode == 1 and "no service named 'nope'" in missing.stderr
+    finally:
+        server.shutdown()
+
+
+def test_a_local_status_takes_the_answer_of_the_daemon_its_state_names(local: Cluster) -> None:
+    """A local status asks the daemon ``daemon.json`` names and writes its ``--format
+    json`` answer as it comes; an answer from another process on that URL (its
+    ``Gitorch-Pid`` is not the named pid: a daemon killed -9, its port reused) is not
+    taken: status observes by itself."""
+    applied_api(local)
+    answering = {"pid": str(os.getpid())}
+    served: list[str] = []
+
+    def answer(path: str) -> tuple[int, bytes, dict[str, str]]:
+        served.append(path)
+        body = b'{\n  "services": [],\n  "from": "the daemon"\n}\n'
+        return 200, body, {"Gitorch-Pid": answering["pid"]}
+
+    server = _stub_api(answer)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        # This test's process stands for the daemon: its pid is alive.
+        (local.state / "daemon.json").write_text(json.dumps({"pid": os.getpid(), "url": url}))
+        asked = local.run("status", "--format", "json")
+        assert asked.returncode == 0, asked.stderr
+        assert asked.stdout == '{\n  "services": [],\n  "from": "the daemon"\n}\n'
+        assert served == ["/api/v1/status?indent=2"]
+        answering["pid"] = str(os.getpid() + 1)
+        observed = local.run("status", "--format", "json")
+        assert observed.returncode == 0, observed.stderr
+        assert [s["name"] for s in json.loads(observed.stdout)["services"]] == ["api"]
+        text = local.run("status")
+        assert text.returncode == 0 and "api" in text.stdout, text.stdout
     finally:
         server.shutdown()

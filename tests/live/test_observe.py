@@ -115,6 +115,23 @@ def test_a_stopped_replica_is_observed_as_exited(
     assert [r.replica for r in live.services["web"].running] == ["2"]
 
 
+def test_an_unchanged_replica_is_the_same_object_in_the_next_observation(
+    process_node: LiveNodeKit, cluster: str, store: StateStore
+) -> None:
+    """Issue 20: observing 4,000 replicas builds only what moved (the process driver
+    hands out the same Instance for an unchanged replica); one that exited is new."""
+    web = load_services(process_node.idle("web", replicas=2))["web"]
+    first, second = start_replicas(process_node.runtime, web, cluster)
+    record_rollout(store, web)
+    targets, runtimes = [process_node.target], {process_node.name: process_node.runtime}
+    before = {r.id: r for r in observe(targets, runtimes, cluster, store).services["web"].replicas}
+    process_node.runtime.stop(first.id, grace_seconds=1.0)
+    after = {r.id: r for r in observe(targets, runtimes, cluster, store).services["web"].replicas}
+    assert after[second.id] is before[second.id]
+    assert after[first.id] is not before[first.id]
+    assert (before[first.id].state, after[first.id].state) == ("running", "exited")
+
+
 # -- nodes that do not answer ------------------------------------------------------------
 
 

@@ -540,3 +540,26 @@ def test_an_adopted_replica_s_exit_is_told_too(
         for pid in pids:
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_listing_hands_out_an_unchanged_replica_s_instance_again(
+    runtime: ProcessRuntime, cluster: str
+) -> None:
+    """The observation of 4,000 replicas reuses what it built of each unchanged one
+    (issue 20): the same Instance object while the record and the process are the same;
+    a new one once the replica exits, and for a replica listed for the first time."""
+    steady = runtime.create(spec(f"{cluster}-steady", "sleep", "60"), cluster)
+    ending = runtime.create(spec(f"{cluster}-ending", "sleep", "60"), cluster)
+    first = {i.id: i for i in runtime.list_instances(cluster)}
+    again = {i.id: i for i in runtime.list_instances(cluster)}
+    assert again[steady.id] is first[steady.id]
+    assert again[ending.id] is first[ending.id]
+    runtime.stop(ending.id, 1.0)
+    later = {i.id: i for i in runtime.list_instances(cluster)}
+    assert later[steady.id] is first[steady.id]
+    assert later[ending.id] is not first[ending.id]
+    assert later[ending.id].state is InstanceState.EXITED
+    # Another runtime object on the same state builds its own, equal ones.
+    other = ProcessRuntime("node-p", runtime.state_dir, workdir=runtime.workdir)
+    fresh = {i.id: i for i in other.list_instances(cluster)}
+    assert fresh[steady.id] == first[steady.id] and fresh[steady.id] is not first[steady.id]
