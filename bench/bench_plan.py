@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_load import interleaved, make_files, service_text  # noqa: E402
+from verdicts import emit  # noqa: E402
 
 from gitorch.diff import Plan, compute_plan  # noqa: E402
 from gitorch.live.model import (  # noqa: E402
@@ -197,6 +198,20 @@ def main() -> None:
     print(
         f"{'peak memory of compute_plan (tracemalloc)':48} {peak / 2**20:8.1f} MB"
         f"  (goal < 300 MB; max RSS grew {rss_growth / 1024:.1f} MB during it)"
+    )
+    emit(
+        "compute_plan (diff, drift, placement, rollout)",
+        f"{plan_s:.3f} s",
+        against=f"gitorch load + validate, cold ({floor_s:.3f} s)",
+        ratio=f"{plan_s / floor_s:.1%}",
+        goal="< 50% of the floor",
+        met=plan_s / floor_s < 0.5,
+    )
+    emit(
+        "peak memory of compute_plan (tracemalloc)",
+        f"{peak / 2**20:.1f} MB",
+        goal="< 300 MB",
+        met=peak / 2**20 < 300,
     )
     total_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"max RSS of this whole run (two repos, live state, loads): {total_rss:.0f} MB")

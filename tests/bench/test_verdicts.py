@@ -42,3 +42,11 @@ def test_only_verdict_lines_become_rows() -> None:
 
 def test_the_words_of_a_verdict() -> None:
     assert [word(True), word(False), word(None)] == ["met", "NOT met", "-"]
+
+
+def test_every_benchmark_run_all_runs_prints_verdicts() -> None:
+    """A benchmark in run_all's list without a verdict line shows as FAILED in the table;
+    this says so before anyone runs the whole list."""
+    for bench in run_all.BENCHES:
+        script = run_all.BENCH / f"bench_{bench.name}.py"
+        assert "emit(" in script.read_text(), f"{script.name} prints no @verdict line"
