@@ -44,6 +44,7 @@ sys.path[:0] = [
     str(REPO / "rigs"),  # private_dockerd, which the rig of hosts boots
 ]
 
+from data_plane_helpers import stop_data_plane  # noqa: E402
 from verdicts import emit  # noqa: E402
 
 from gitorch.apply.ingress import IngressFleet  # noqa: E402
@@ -155,7 +156,14 @@ def main() -> None:
     fleet: IngressFleet | None = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            fleet = run(rig, workdir=Path(tmp), backends=backends, peers=peers, args=args)
+            try:
+                fleet = run(rig, workdir=Path(tmp), backends=backends, peers=peers, args=args)
+            finally:
+                # Stopped through their control sockets while these exist: a killed
+                # coordinator is forked again by its socket keeper (the proxy outlives a
+                # crash), and one was left running, holding run_all's output pipe.
+                for name in ("local", "on-h1"):
+                    stop_data_plane(Path(tmp) / name)
     finally:
         if fleet is not None:
             fleet.close()

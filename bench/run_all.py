@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -119,16 +120,22 @@ def main() -> int:
             continue
         print(f"$ {' '.join(argv[1:])}", flush=True)
         t0 = time.perf_counter()
-        try:
-            done = subprocess.run(  # noqa: S603
-                argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout
-            )
-            output, code = done.stdout + done.stderr, done.returncode
-        except subprocess.TimeoutExpired as exc:
-            output = f"{exc.stdout or ''}{exc.stderr or ''}"
-            output, code = output if isinstance(output, str) else "", -1
+        kept = out / f"{bench.name}.txt"
+        # Into a file, not a pipe: the run ends when the benchmark's process does, even if
+        # something it started outlives it holding its output (a pipe waits for them all).
+        with kept.open("w") as sink:
+            proc = subprocess.Popen(  # noqa: S603
+                argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                code = proc.wait(timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                code = -1
         seconds = time.perf_counter() - t0
-        (out / f"{bench.name}.txt").write_text(output)
+        output = kept.read_text(errors="replace")
         print(f"  {seconds:.0f} s, exit {code}", flush=True)
         rows = rows_of(output)
         table.extend((bench.name, *row) for row in rows)
