@@ -433,7 +433,6 @@ def one_shot_gc() -> None:
     by reference counting, only reference cycles wait for the exit (~30,000 objects,
     +13 MB of resident memory for that plan: 121 -> 134 MB). Long-running commands (the
     daemon, ``--watch``) keep the defaults."""
-    gc.freeze()
     gc.disable()
 
 
