@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import json
 import socket
+import struct
 import threading
 import time
 from collections import Counter
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from traffic_helpers import Apps, free_port, get, route, table, wait_until
@@ -314,12 +317,14 @@ def test_draining_backend_gets_no_new_requests_and_in_flight_is_counted(
     assert old.terminate(timeout=5) == 0
 
 
-def test_a_head_cut_halfway_is_retried_elsewhere_for_a_get_only(
-    lb: BuiltinLoadBalancer, apps: Apps
+@pytest.mark.parametrize("where", ["BREAK_HEAD", "BREAK_BODY"])
+def test_an_answer_cut_halfway_is_retried_elsewhere_for_a_get_only(
+    lb: BuiltinLoadBalancer, apps: Apps, where: str
 ) -> None:
-    """A backend that breaks in the middle of its response head: nothing reached the client
-    yet, so a GET goes to another backend; a POST may have had effects: 502."""
-    broken, good = apps.start("ka", BREAK_HEAD="1"), apps.start("ka")
+    """A backend that breaks in the middle of its response head, or of a small body (as a
+    backend killed mid-answer): nothing reached the client yet (a small answer is relayed
+    once whole), so a GET goes to another backend; a POST may have had effects: 502."""
+    broken, good = apps.start("ka", **{where: "1"}), apps.start("ka")
     port = free_port()
     lb.apply(table(route(port, [broken.backend, good.backend])))
     for _ in range(6):
@@ -327,6 +332,55 @@ def test_a_head_cut_halfway_is_retried_elsewhere_for_a_get_only(
         assert status == 200 and backend_of(body) == good.id
     posted = [get(port, "/echo", method="POST")[0] for _ in range(4)]
     assert 502 in posted and set(posted) <= {200, 502}, posted
+
+
+def test_a_backend_lost_right_after_the_connect_is_not_waited_on(
+    lb: BuiltinLoadBalancer, apps: Apps
+) -> None:
+    """A backend killed just after the kernel completed the proxy's connection to it: the
+    connection is lost before the request goes on it (held here until it is, as a kill -9
+    under load sometimes did). The request goes to another backend at once; it used to
+    wait on the dead connection for the response timeout (60 s)."""
+    good = apps.start("ka")
+    dying = socket.socket()
+    dying.bind(("127.0.0.1", 0))
+    dying.listen(8)
+
+    def reset_each() -> None:
+        while True:
+            try:
+                conn, _ = dying.accept()
+            except OSError:
+                return  # closed at the end of the test
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # an RST, as the kernel sends for a killed process
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    connect = lb.connect_upstream
+
+    async def connect_then_lose(state: Any) -> Any:
+        upstream = await connect(state)
+        if upstream is not None and state.backend.id == "dying":
+            until = time.monotonic() + 2
+            while not upstream.lost and time.monotonic() < until:
+                await asyncio.sleep(0.01)
+            assert upstream.lost
+        return upstream
+
+    lb.connect_upstream = connect_then_lose  # type: ignore[method-assign]
+    port = free_port()
+    dying_backend = Backend("dying", f"127.0.0.1:{dying.getsockname()[1]}")
+    try:
+        lb.apply(table(route(port, [dying_backend, good.backend])))
+        started = time.monotonic()
+        for _ in range(4):
+            status, body, _ = get(port)
+            assert status == 200 and backend_of(body) == good.id
+        assert time.monotonic() - started < 5
+        stats = lb.backend_stats("svc", "dying")
+        assert stats is not None and stats.errors >= 1  # it was tried, and failed
+    finally:
+        dying.close()
 
 
 def test_a_removed_route_still_counts_its_requests_in_flight(

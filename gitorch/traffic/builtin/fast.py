@@ -417,7 +417,10 @@ class FastClient(asyncio.Protocol):
             self._end_attempt(state)
             self._end_request(False)  # the balancer closes
             return
-        if upstream is None:
+        if upstream is None or upstream.lost:
+            # Lost before this callback came (a backend killed right after the kernel
+            # took the connection): nothing was sent, and nothing will ever be told of it
+            # again, so the request must not wait on it for the response timeout.
             self._failed(state, Failure.NOT_CONNECTED)
             return
         self._send(upstream, monotonic())
@@ -534,10 +537,13 @@ class FastClient(asyncio.Protocol):
         if upstream is not self.upstream or state is None:
             return
         if self.response is not None:
-            # The answer's head came and its body was cut: the client connection too.
-            self._detach(upstream, state)
-            self._end_attempt(state)
-            self._end_request(False)
+            # The answer's head came and its body was cut. This path writes an answer
+            # only once it is whole, so nothing reached the client: as for a head cut
+            # halfway, a GET goes to another backend (a backend killed mid-answer costs
+            # the client nothing), anything else is answered 502.
+            self.response = None
+            state.errors += 1
+            self._failed(state, Failure.PARTIAL_ANSWER, upstream)
             return
         if upstream.abandoned:
             failure = Failure.ABANDONED

@@ -18,7 +18,8 @@ Paths (GET unless said):
   POST|PUT /echo    JSON: body length and sha256, how the body was framed
   POST /upload      the same, hashing the body as it comes (never held whole)
 
-With BREAK_HEAD=1 every request gets half a response head, then the connection closes.
+With BREAK_HEAD=1 every request gets half a response head, then the connection closes;
+with BREAK_BODY=1 a whole head and half its body (as a backend killed mid-answer).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ ID = os.environ.get("ID", "backend")
 VERSION = os.environ.get("VERSION", "1")
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 BREAK_HEAD = os.environ.get("BREAK_HEAD") == "1"
+BREAK_BODY = os.environ.get("BREAK_BODY") == "1"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -62,17 +64,21 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
-    def _break_head(self) -> bool:
-        """With BREAK_HEAD: half a head, then the connection closes (True if so)."""
-        if not BREAK_HEAD:
+    def _break_answer(self) -> bool:
+        """With BREAK_HEAD or BREAK_BODY: half an answer, then the connection closes (True
+        if so)."""
+        if BREAK_BODY:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nhalf ")
+        elif BREAK_HEAD:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+        else:
             return False
-        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Le")
         self.wfile.flush()
         self.close_connection = True
         return True
 
     def do_GET(self) -> None:
-        if self._break_head():
+        if self._break_answer():
             return
         path = urlsplit(self.path).path
         query = self._query()
@@ -182,7 +188,7 @@ class Handler(BaseHTTPRequestHandler):
             self._upload()
             return
         body, framing = self._read_body()
-        if self._break_head():
+        if self._break_answer():
             return
         answer = {
             "id": ID,
