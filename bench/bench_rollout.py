@@ -1,6 +1,7 @@
 """Rolling update benchmark: gitorch's daemon against the floor and against docker-compose.
 
     python3 bench/bench_rollout.py [--replicas 10] [--threads 8] [--rounds 3]
+    python3 bench/bench_rollout.py --start-cost 10
 
 Needs a Docker engine, the example images (built with examples/images/build.sh when
 missing) and, for the comparison, ``docker-compose`` (Debian's 1.29: ``apt-get install
@@ -26,6 +27,12 @@ docker-compose``; without it that part is skipped and said so). One run measures
    first new replica started with the daemon watching a local checkout (watchdog), and
    webhook POST to the first new replica started with the daemon tracking a bare
    ``file://`` remote (poll interval 300 s, so only the webhook can explain it).
+
+``--start-cost ROUNDS`` measures only what one wave's engine work is made of: ``docker
+start`` of containers of ``api:1`` with their port published (as the docker driver makes
+them), on the bridge without a published port, with no network, and one alone, each
+split by the engine's events (network ``connect``, ``start``), and their removal; on the
+idle engine, then beside the rollout's client load (see :func:`bench_start_cost`).
 """
 
 from __future__ import annotations
@@ -532,6 +539,182 @@ def bench_compose(root: Path, replicas: int, threads: int) -> Rollout:
         )
 
 
+# -- 5. what one container start costs the engine ------------------------------------------
+
+#: How ``--start-cost`` makes its containers: as the docker driver does (the container's
+#: port published on a host port of 127.0.0.1, docker-init as PID 1), then without the
+#: published port, then with no network at all; (label, containers started at once).
+START_MODES: dict[str, tuple[str, int]] = {
+    "published": ("2 containers, port published on 127.0.0.1 (as the docker driver)", 2),
+    "bridge": ("2 containers on the bridge, no published port", 2),
+    "none": ("2 containers, --network none", 2),
+    "one": ("1 container, port published", 1),
+}
+
+
+@dataclass
+class StartCost:
+    """Seconds per round of one way of starting containers (``START_MODES``)."""
+
+    start: list[float] = field(default_factory=list)  # start calls issued -> all returned
+    network: list[float] = field(default_factory=list)  # calls -> last ``network connect``
+    runtime: list[float] = field(default_factory=list)  # last connect -> last ``start`` event
+    remove: list[float] = field(default_factory=list)  # ``rm -f`` of all of them, at once
+
+
+def _at_once(calls: list[Any]) -> float:
+    began = time.perf_counter()
+    workers = [threading.Thread(target=call) for call in calls]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return time.perf_counter() - began
+
+
+def start_cost(rounds: int) -> dict[str, StartCost]:
+    """``docker start`` of containers of ``api:1`` made each way of :data:`START_MODES`,
+    ``rounds`` times each (the ways interleaved, the order reversed every other round),
+    with the engine's own events splitting a start in two: the call to the last network
+    ``connect`` (the sandbox, its veth and, when published, the port's NAT rules and
+    docker-proxy) and from there to the container's ``start`` event (containerd, runc,
+    docker-init)."""
+    import docker
+
+    api = docker.APIClient(version="auto", timeout=120)
+    costs = {mode: StartCost() for mode in START_MODES}
+    try:
+        for number in range(rounds):
+            order = list(START_MODES) if number % 2 == 0 else list(reversed(START_MODES))
+            for mode in order:
+                _start_round(api, mode, costs[mode])
+    finally:
+        api.close()
+    return costs
+
+
+def _start_round(api: Any, mode: str, cost: StartCost) -> None:
+    count = START_MODES[mode][1]
+    publish = mode in ("published", "one")
+    host_config = api.create_host_config(
+        port_bindings={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", None)} if publish else None,
+        network_mode="none" if mode == "none" else None,
+        init=True,
+        restart_policy={"Name": "no"},
+    )
+    ids = [
+        str(
+            api.create_container(
+                f"{IMAGE}:1",
+                ports=None if mode == "none" else [(CONTAINER_PORT, "tcp")],
+                host_config=host_config,
+                labels={"dev.gitorch.bench": "start-cost"},
+                detach=True,
+            )["Id"]
+        )
+        for _ in range(count)
+    ]
+    try:
+        since = time.time()
+        cost.start.append(_at_once([lambda c=c: api.start(c) for c in ids]))
+        until = time.time() + 0.2
+        connects: list[float] = []
+        starts: list[float] = []
+        for event in api.events(since=since - 0.01, until=until, decode=True):
+            when = event["timeNano"] / 1e9
+            actor = event.get("Actor") or {}
+            if event.get("Type") == "network" and event.get("Action") == "connect":
+                if (actor.get("Attributes") or {}).get("container") in ids:
+                    connects.append(when)
+            elif event.get("Action") == "start" and actor.get("ID") in ids:
+                starts.append(when)
+        if connects and starts:
+            cost.network.append(max(connects) - since)
+            cost.runtime.append(max(starts) - max(connects))
+        time.sleep(0.3)  # the containers' own start-up, off the clock
+    finally:
+        cost.remove.append(_at_once([lambda c=c: api.remove_container(c, force=True) for c in ids]))
+        time.sleep(0.2)
+
+
+def docker_proxy_cpu() -> tuple[float, int]:
+    """CPU seconds used so far by the engine's ``docker-proxy`` processes, and how many."""
+    seconds, count = 0.0, 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "docker-proxy":
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        count += 1
+    return seconds, count
+
+
+def print_start_cost(title: str, costs: dict[str, StartCost]) -> None:
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+    print(title)
+    print("| containers | start | call -> network connect | connect -> start event | rm -f |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for mode, (label, _) in START_MODES.items():
+        c = costs[mode]
+        print(
+            f"| {label} | {cell(c.start)} | {cell(c.network)} | {cell(c.runtime)} | "
+            f"{cell(c.remove)} |"
+        )
+    published = statistics.median(costs["published"].start)
+    bridge = statistics.median(costs["bridge"].start)
+    print(
+        f"publishing the port: {published - bridge:+.3f} s of a {published:.3f} s start "
+        f"({(published - bridge) / published:+.0%}, medians)"
+    )
+    print()
+
+
+def bench_start_cost(root: Path, rounds: int, replicas: int, threads: int) -> None:
+    """``--start-cost``: :func:`start_cost` on the idle engine, then beside the rolling
+    update's client load (a gitorch service of ``replicas`` replicas of ``api:1``,
+    ``threads`` keep-alive client threads through its balancer)."""
+    before = os.getloadavg()[0]
+    idle = start_cost(rounds)
+    print_start_cost(
+        f"docker start, {rounds} rounds each, no client load "
+        f"(load average {before:.1f} -> {os.getloadavg()[0]:.1f}); seconds, median [range]",
+        idle,
+    )
+    with gitorch(root, replicas, remote=False) as run:
+        sha, _ = run.commit("1")
+        run.start()
+        run.wait_converged(sha, "1")
+        poll_until(lambda: http_ok(f"http://127.0.0.1:{run.lb_port}/"), "the balancer")
+        with Load([run.lb_port], threads) as load:
+            time.sleep(2.0)
+            cpu_before, proxies = docker_proxy_cpu()
+            served, began = load.ok, time.monotonic()
+            time.sleep(10.0)
+            cpu, _ = docker_proxy_cpu()
+            elapsed = time.monotonic() - began
+            print(
+                f"client load alone: {load.ok - served} requests in {elapsed:.1f} s through the "
+                f"balancer; the {proxies} docker-proxy processes of the replicas' published "
+                f"ports used {cpu - cpu_before:.2f} s of CPU "
+                f"({(cpu - cpu_before) / elapsed:.0%} of a core)"
+            )
+            before = os.getloadavg()[0]
+            busy = start_cost(rounds)
+            print_start_cost(
+                f"docker start, {rounds} rounds each, beside {threads} client threads through "
+                f"the balancer to {replicas} replicas (load average {before:.1f} -> "
+                f"{os.getloadavg()[0]:.1f}, {load.failed} failed of {load.ok + load.failed})",
+                busy,
+            )
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -543,6 +726,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compose", action="store_true", help="skip docker-compose")
     parser.add_argument("--only-gitorch", action="store_true", help="the gitorch rollout alone")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (daemon logs)")
+    parser.add_argument(
+        "--start-cost",
+        type=int,
+        metavar="ROUNDS",
+        help="only measure what a container start costs the engine, published or not",
+    )
     args = parser.parse_args(argv)
     if not bench_runtime.docker_answers():
         raise SystemExit("bench: needs a Docker engine at unix:///var/run/docker.sock")
@@ -556,6 +745,9 @@ def main(argv: list[str] | None = None) -> int:
             scratch = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="gitorch-bench-"))
             )
+        if args.start_cost:
+            bench_start_cost(scratch / "gitorch", args.start_cost, args.replicas, args.threads)
+            return 0
         if args.only_gitorch:
             ours = bench_gitorch(scratch / "gitorch", args.replicas, args.threads)
             print(f"gitorch: {ours}")
