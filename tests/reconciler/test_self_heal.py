@@ -97,7 +97,12 @@ def test_killed_process_replica_is_replaced_while_serving(cluster: Cluster) -> N
     assert created <= CREATED_BOUND, created
     assert ready <= READY_BOUND, ready
     # The balancer retries a GET refused by the dead backend on another one.
-    assert load.failures == [], (len(load.failures), load.failures[:10], load.total)
+    assert load.failures == [], (
+        len(load.failures),
+        load.failures[:10],
+        load.total,
+        daemon.log_tail(),
+    )
     assert converged(daemon.service("api"), sha, 3)
 
 
