@@ -15,6 +15,7 @@ from decide_helpers import load_docs
 
 import gitorch.decide.cluster as cluster_module
 from gitorch.decide import PassInput, StartReplica, StopReplica, Wait, decide_pass
+from gitorch.decide.backoff import remaining
 from gitorch.decide.cluster import changed_services
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState
@@ -148,6 +149,34 @@ def test_a_dead_replica_is_counted_once() -> None:
     assert any(
         isinstance(s, StopReplica) and s.replica_id == dead.id and not s.drain for s in again.stops
     )
+
+
+def test_the_back_off_counts_from_the_exit_when_the_runtime_knows_it() -> None:
+    """Kubelet's back-off counts from the container's end: a pass that notices a death
+    late (a busy pass, a slow store) does not add its delay to the wait."""
+    state = desired(service_yaml("web"))
+    dead = replica(
+        state,
+        "web",
+        2,
+        state="exited",
+        exit_code=137,
+        ready=False,
+        ready_since=None,
+        finished_at=NOW - 0.6,
+    )
+    live = live_of(state, [replica(state, "web", 1), dead])
+    (counted,) = decide_pass(pass_input(state, live)).services["web"].backoff
+    assert counted.last_restart_at == NOW - 0.6
+    assert remaining(counted, NOW) == pytest.approx(0.4)
+    # Unknown (an engine that did not say): from the pass that saw it.
+    unknown = replace(dead, finished_at=None)
+    (counted,) = decide_pass(pass_input(state, live_of(state, [unknown]))).services["web"].backoff
+    assert counted.last_restart_at == NOW and remaining(counted, NOW) == 1.0
+    # A clock ahead of the pass's (another host) never makes the wait longer.
+    ahead = replace(dead, finished_at=NOW + 5)
+    (counted,) = decide_pass(pass_input(state, live_of(state, [ahead]))).services["web"].backoff
+    assert counted.last_restart_at == NOW
 
 
 def test_a_new_versions_deaths_are_not_the_old_versions_restarts() -> None:
