@@ -179,6 +179,37 @@ def test_the_back_off_counts_from_the_exit_when_the_runtime_knows_it() -> None:
     assert counted.last_restart_at == NOW
 
 
+def test_a_start_preempted_in_the_same_pass_is_not_started() -> None:
+    """A lower-priority service placed earlier in the pass (its dependsOn wave comes
+    first) may be among the victims a later, higher-priority placement needs. Its replica
+    has not started: the pass must not start it, else the node is overcommitted."""
+    state = desired(
+        service_yaml(
+            "db",
+            extra="  resources:\n    requests: {cpu: 2500m}\n  placement: {priority: 0}\n",
+        ),
+        service_yaml(
+            "api",
+            extra="  resources:\n    requests: {cpu: 5000m}\n  placement: {priority: 100}\n"
+            "  dependsOn: [db]\n",
+        ),
+    )
+    # One node of 10 cores: db-2 (2.5) and api-1 (5) run; db-1 and api-2 are gone.
+    live = live_of(state, [replica(state, "db", 2), replica(state, "api", 1)])
+    live = replace(
+        live, nodes=MappingProxyType({"n1": replace(live.nodes["n1"], cpu_millis=10_000)})
+    )
+    decision = decide_pass(pass_input(state, live))
+    cpu = {"db": 2500, "api": 5000}
+    stopped = {(p.service, p.replica) for p in decision.preemptions}
+    running = {("db", "db-2"), ("api", "api-1")} - stopped
+    started = {(s.service, s.replica) for name in ("db", "api") for s in starts(decision, name)}
+    # api-2 needs 5 cores: db-1, placed first this pass (db's wave comes first), and db-2.
+    assert ("api", "api-2") in started and ("db", "db-2") in stopped
+    assert ("db", "db-1") not in started, (started, decision.preemptions)
+    assert sum(cpu[svc] for svc, _ in running | started) <= 10_000
+
+
 def test_a_new_versions_deaths_are_not_the_old_versions_restarts() -> None:
     state = desired(service_yaml("web"))
     old = BackoffRecord("web", 1, 4, NOW - 1, 1, template="0" * 64, replica_id="x", reason="x")
