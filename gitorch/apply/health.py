@@ -567,6 +567,15 @@ class HealthMonitor:
             tracked.ready, tracked.ready_since, tracked.been_ready = True, now, True
         elif not ok and tracked.ready and state.failures >= threshold:
             tracked.ready, tracked.ready_since = False, None
+            # Out of the balancer's rotation from the next table on: operators need to
+            # see why (kubelet records a "Readiness probe failed" event).
+            log.warning(
+                "%s (%s) not ready: readiness probe failed %d time(s): %s",
+                tracked.instance.name,
+                tracked.replica_id,
+                state.failures,
+                message,
+            )
 
     def _mark_started(self, tracked: _Tracked, now: float) -> None:
         tracked.started = True

@@ -16,6 +16,7 @@ Only one process reconciles a cluster at a time:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -153,6 +154,10 @@ class Session:
                 stopped_marker=ProxyPaths.of(local).stopped,
             )
             self._dataplane: DataPlane | None = None
+            # The pass, the API and the traffic meter ask for the data plane at once when
+            # a leader starts: one of them opens it (each starting a proxy had the second
+            # take over from the first, a hand-over of every endpoint at start-up).
+            self._dataplane_lock = threading.Lock()
             if location.etcd is not None:
                 self.leadership = _leadership(self.store, options, on_leadership)
             else:
@@ -181,12 +186,15 @@ class Session:
     def dataplane(self) -> DataPlane:
         """The data plane this session drives; with etcd state, opened (started or adopted)
         by the leader only: a standby serves no traffic and starts no proxy."""
-        if self._dataplane is not None:
-            return self._dataplane
+        opened = self._dataplane
+        if opened is not None:
+            return opened
         if not self.leading:
             return StandbyDataPlane()
-        self._dataplane = FleetDataPlane(_data_plane(self.options), self.ingress)
-        return self._dataplane
+        with self._dataplane_lock:
+            if self._dataplane is None:
+                self._dataplane = FleetDataPlane(_data_plane(self.options), self.ingress)
+            return self._dataplane
 
     def reconciler_for(self, desired: DesiredState) -> Reconciler:
         """The reconciler for ``desired``'s nodes and those NodePools made: rebuilt when

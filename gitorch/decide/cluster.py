@@ -496,7 +496,13 @@ def _place(
                 continue
             for victim in where.victims:
                 replica = by_key.get(victim)
-                if replica is None or victim in preempted:
+                if victim in preempted:
+                    continue
+                if replica is None:
+                    # Placed earlier in this pass (an earlier dependsOn wave), not started:
+                    # its start is withdrawn, and its slot waits for a later pass.
+                    if _withdraw_start(starts, placed_decisions, victim, where.replica):
+                        preempted.add(victim)
                     continue
                 preempted.add(victim)
                 preemptions.append(
@@ -552,6 +558,28 @@ def _place(
                 waits=(*decision.waits, *(Wait(name, u) for u in unplaced)),
             )
     return starts, tuple(preemptions), placed_decisions, nowhere
+
+
+def _withdraw_start(
+    starts: dict[str, tuple[StartReplica, ...]],
+    decisions: dict[str, ServiceDecision],
+    victim: tuple[str, str, str],
+    preemptor: str,
+) -> bool:
+    """Take back the start of ``victim`` (service, replica, node) decided earlier in this
+    pass, now a preemption victim of ``preemptor``; say why where its service waits.
+    False when no such start was decided."""
+    service, replica, node = victim
+    kept = tuple(
+        s for s in starts.get(service, ()) if not (s.replica == replica and s.node == node)
+    )
+    if len(kept) == len(starts.get(service, ())):
+        return False
+    starts[service] = kept
+    decision = decisions[service]
+    why = f"{replica} not started: preempted for {preemptor} before it started"
+    decisions[service] = replace(decision, waits=(*decision.waits, Wait(service, why)))
+    return True
 
 
 def _grace(inp: PassInput, service: str) -> float:

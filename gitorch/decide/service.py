@@ -509,11 +509,14 @@ def _backoff(inp: ServiceInput, target: Service, observed: _Observed, desired: i
         if known is not None and known.template == replica.template_digest:
             restarts = known.restarts + 1
         cause = exit_cause(replica)
+        # Counted from the exit when the runtime knows it (kubelet's back-off counts from
+        # the container's end): a pass that noticed the death late does not add its delay.
+        died = now if replica.finished_at is None else min(now, replica.finished_at)
         state = BackoffRecord(
             name,
             slot,
             restarts,
-            now,
+            died,
             replica.exit_code,
             template=replica.template_digest,
             replica_id=replica.id,
@@ -534,6 +537,7 @@ def _backoff(inp: ServiceInput, target: Service, observed: _Observed, desired: i
                     "cause": cause,
                     "restarts": restarts,
                     "backoffSeconds": wait,
+                    "exitedAt": died,  # the back-off counts from here
                 },
             )
         )

@@ -424,16 +424,25 @@ def _placements(
             )
         if evicted:
             placer.restart(running)
+    # A replica placed earlier here and then chosen as a victim is not started (the pass
+    # withdraws its start: decide/cluster.py), so it is listed as not placed, and why.
+    preempted_by = {v: d.replica for d in decisions for v in d.victims}
     placed = tuple(
         PlacementItem(
             d.service, d.replica, d.node, tuple(f"{s}/{r} on {n}" for s, r, n in d.victims)
         )
         for d in decisions
-        if d.node is not None
+        if d.node is not None and (d.service, d.replica, d.node) not in preempted_by
     )
     failed = tuple(
         Unschedulable(d.service, d.replica, d.reasons, d.reason_counts)
-        for d in decisions
         if d.node is None
+        else Unschedulable(
+            d.service,
+            d.replica,
+            (f"preempted for {preempted_by[(d.service, d.replica, d.node)]} before it started",),
+        )
+        for d in decisions
+        if d.node is None or (d.service, d.replica, d.node) in preempted_by
     )
     return placed, failed

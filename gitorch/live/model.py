@@ -34,6 +34,7 @@ class LiveReplica:
     started_at: float | None = None
     exit_code: int | None = None
     exit_reason: str | None = None  # Instance.exit_reason: "OOMKilled", "exit N", "signal N"
+    finished_at: float | None = None  # Instance.finished_at: unix time it exited
     restarts: int = 0
     ready: bool | None = None
     probe_message: str = ""

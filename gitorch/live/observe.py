@@ -109,6 +109,7 @@ def _replica(instance: Instance, node: str) -> LiveReplica:
         started_at=instance.started_at,
         exit_code=instance.exit_code,
         exit_reason=instance.exit_reason,
+        finished_at=instance.finished_at,
         restarts=instance.restarts,
         ports=MappingProxyType({b.name: f"{b.host_ip}:{b.host_port}" for b in instance.ports}),
         volumes=tuple(name for name, _ in mounts),

@@ -177,6 +177,9 @@ class Instance:
     #: going over its memory limit), ``"exit N"``, ``"signal N"``; None while it runs or
     #: when nobody knows (a process replica that exited while no daemon was its parent).
     exit_reason: str | None = None
+    #: Unix time an exited instance ended (None while it runs, or when nobody knows): the
+    #: crash-loop back-off counts from the exit, not from when a pass noticed it.
+    finished_at: float | None = None
 
     def address(self, port_name: str | None = None) -> str | None:
         """``host:port`` of the named port (or the first one)."""

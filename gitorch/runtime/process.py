@@ -1033,6 +1033,7 @@ class ProcessRuntime:
     def _instance_of(
         self, record: ReplicaRecord, state: InstanceState, exit_code: int | None
     ) -> Instance:
+        ended = self._ended(record) if state is InstanceState.EXITED else None
         return Instance(
             id=record.instance_id,
             name=record.name,
@@ -1045,15 +1046,26 @@ class ProcessRuntime:
             exit_code=exit_code,
             started_at=record.created_at,
             image=None,
-            exit_reason=self._exit_reason_of(record, state, exit_code),
+            exit_reason=self._exit_reason_of(ended, record, state, exit_code),
+            finished_at=None if ended is None else ended.exited_at,
         )
 
+    def _ended(self, record: ReplicaRecord) -> ReplicaRecord:
+        """The record of an exited replica as its reaper last wrote it (exit reason and
+        time), read again when the listing's copy predates the exit."""
+        if record.exit_reason is not None and record.exited_at is not None:
+            return record
+        return self._store.read(record.name) or record
+
     def _exit_reason_of(
-        self, record: ReplicaRecord, state: InstanceState, exit_code: int | None
+        self,
+        fresh: ReplicaRecord | None,
+        record: ReplicaRecord,
+        state: InstanceState,
+        exit_code: int | None,
     ) -> str | None:
         if state is not InstanceState.EXITED:
             return None
-        fresh = record if record.exit_reason is not None else self._store.read(record.name)
         if fresh is not None and fresh.exit_reason is not None:
             return fresh.exit_reason
         # Exited while no daemon was its parent: the code is lost, an OOM kill is not.

@@ -15,6 +15,7 @@ from decide_helpers import load_docs
 
 import gitorch.decide.cluster as cluster_module
 from gitorch.decide import PassInput, StartReplica, StopReplica, Wait, decide_pass
+from gitorch.decide.backoff import remaining
 from gitorch.decide.cluster import changed_services
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState
@@ -148,6 +149,65 @@ def test_a_dead_replica_is_counted_once() -> None:
     assert any(
         isinstance(s, StopReplica) and s.replica_id == dead.id and not s.drain for s in again.stops
     )
+
+
+def test_the_back_off_counts_from_the_exit_when_the_runtime_knows_it() -> None:
+    """Kubelet's back-off counts from the container's end: a pass that notices a death
+    late (a busy pass, a slow store) does not add its delay to the wait."""
+    state = desired(service_yaml("web"))
+    dead = replica(
+        state,
+        "web",
+        2,
+        state="exited",
+        exit_code=137,
+        ready=False,
+        ready_since=None,
+        finished_at=NOW - 0.6,
+    )
+    live = live_of(state, [replica(state, "web", 1), dead])
+    (counted,) = decide_pass(pass_input(state, live)).services["web"].backoff
+    assert counted.last_restart_at == NOW - 0.6
+    assert remaining(counted, NOW) == pytest.approx(0.4)
+    # Unknown (an engine that did not say): from the pass that saw it.
+    unknown = replace(dead, finished_at=None)
+    (counted,) = decide_pass(pass_input(state, live_of(state, [unknown]))).services["web"].backoff
+    assert counted.last_restart_at == NOW and remaining(counted, NOW) == 1.0
+    # A clock ahead of the pass's (another host) never makes the wait longer.
+    ahead = replace(dead, finished_at=NOW + 5)
+    (counted,) = decide_pass(pass_input(state, live_of(state, [ahead]))).services["web"].backoff
+    assert counted.last_restart_at == NOW
+
+
+def test_a_start_preempted_in_the_same_pass_is_not_started() -> None:
+    """A lower-priority service placed earlier in the pass (its dependsOn wave comes
+    first) may be among the victims a later, higher-priority placement needs. Its replica
+    has not started: the pass must not start it, else the node is overcommitted."""
+    state = desired(
+        service_yaml(
+            "db",
+            extra="  resources:\n    requests: {cpu: 2500m}\n  placement: {priority: 0}\n",
+        ),
+        service_yaml(
+            "api",
+            extra="  resources:\n    requests: {cpu: 5000m}\n  placement: {priority: 100}\n"
+            "  dependsOn: [db]\n",
+        ),
+    )
+    # One node of 10 cores: db-2 (2.5) and api-1 (5) run; db-1 and api-2 are gone.
+    live = live_of(state, [replica(state, "db", 2), replica(state, "api", 1)])
+    live = replace(
+        live, nodes=MappingProxyType({"n1": replace(live.nodes["n1"], cpu_millis=10_000)})
+    )
+    decision = decide_pass(pass_input(state, live))
+    cpu = {"db": 2500, "api": 5000}
+    stopped = {(p.service, p.replica) for p in decision.preemptions}
+    running = {("db", "db-2"), ("api", "api-1")} - stopped
+    started = {(s.service, s.replica) for name in ("db", "api") for s in starts(decision, name)}
+    # api-2 needs 5 cores: db-1, placed first this pass (db's wave comes first), and db-2.
+    assert ("api", "api-2") in started and ("db", "db-2") in stopped
+    assert ("db", "db-1") not in started, (started, decision.preemptions)
+    assert sum(cpu[svc] for svc, _ in running | started) <= 10_000
 
 
 def test_a_new_versions_deaths_are_not_the_old_versions_restarts() -> None:

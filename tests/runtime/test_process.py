@@ -214,6 +214,19 @@ def test_a_memory_limit_is_no_rlimit(runtime: ProcessRuntime, cluster: str) -> N
     assert _limit(int(limited.id.split("-")[0]), "Max address space") == "unlimited"
 
 
+def test_an_exited_replica_says_when_it_ended(runtime: ProcessRuntime, cluster: str) -> None:
+    """The back-off counts from the exit (decide/service.py): the driver says when."""
+    before = time.time()
+    instance = runtime.create(spec(f"{cluster}-ends", "sh", "-c", "sleep 0.2; exit 4"), cluster)
+    assert instance.finished_at is None  # running
+    wait_until("exit", lambda: runtime.inspect(instance.id).state is InstanceState.EXITED)
+    time.sleep(0.3)
+    (listed,) = [i for i in runtime.list_instances(cluster) if i.id == instance.id]
+    assert listed.finished_at is not None
+    assert before + 0.2 <= listed.finished_at <= time.time() - 0.3
+    assert listed.started_at is not None and listed.started_at <= listed.finished_at
+
+
 def test_logs_are_one_file_in_order_and_remove_keeps_their_end(
     runtime: ProcessRuntime, state_dir: Path, cluster: str
 ) -> None:
