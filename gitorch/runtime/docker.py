@@ -1222,6 +1222,9 @@ class DockerRuntime:
                 if status is InstanceState.EXITED
                 else None
             ),
+            finished_at=(
+                _parse_time(state.get("FinishedAt")) if status is InstanceState.EXITED else None
+            ),
         )
 
     def _oom_event_seen(self, attrs: Mapping[str, Any]) -> bool:

@@ -204,6 +204,9 @@ def test_the_factory_gives_the_docker_runtime_its_state_dir(
     assert isinstance(runtime, DockerRuntime)
     instance = runtime.create(_spec(f"{cluster}-once", test_images["exit3"]), cluster)
     wait_exit_code(runtime, instance.id)
+    ended = runtime.inspect(instance.id)  # when it ended: the back-off counts from there
+    assert ended.finished_at is not None and ended.started_at is not None
+    assert ended.started_at <= ended.finished_at <= time.time() + 1  # (the engine's clock)
     runtime.remove(instance.id)
     (kept,) = open_runtime("n1", "docker", state_dir=tmp_path / "nodes" / "n1").retained_logs(
         cluster, "t"
