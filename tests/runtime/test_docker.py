@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from private_dockerd import EngineError, PrivateEngine
 
+import gitorch.runtime.docker as docker_module
 from gitorch.errors import (
     ConfigError,
     EngineUnavailable,
@@ -71,8 +73,10 @@ def test_missing_image_without_pull(test_images: dict[str, str], cluster: str) -
 
 
 def _listening_socket() -> socket.socket:
+    """A port taken on every address of this host (the runtime publishes on the bridge's
+    gateway, where a port held on 127.0.0.1 alone would not be in the way)."""
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("0.0.0.0", 0))  # noqa: S104 (a test's port, closed at once)
     sock.listen()
     return sock
 
@@ -94,7 +98,7 @@ def test_taken_host_port_is_port_in_use(
 
 
 def test_pinned_free_host_port_is_used(
-    main_runtime: DockerRuntime, test_images: dict[str, str], cluster: str
+    main_runtime: DockerRuntime, docker_client: Any, test_images: dict[str, str], cluster: str
 ) -> None:
     with _listening_socket() as probe_sock:
         port = probe_sock.getsockname()[1]  # free once closed
@@ -103,7 +107,24 @@ def test_pinned_free_host_port_is_used(
     )
     instance = main_runtime.create(spec, cluster)
     assert instance.ports[0].host_port == port
-    assert instance.address("http") == f"127.0.0.1:{port}"
+    # Published on the bridge's gateway (this host owns it): reached from here through the
+    # kernel's NAT, not through a docker-proxy process as 127.0.0.1 would be.
+    gateway = docker_client.api.inspect_network("bridge")["IPAM"]["Config"][0]["Gateway"]
+    assert instance.address("http") == f"{gateway}:{port}"
+    with urllib.request.urlopen(f"http://{gateway}:{port}/", timeout=10) as answer:
+        assert answer.status == 200
+
+
+def test_an_engine_whose_bridge_is_elsewhere_publishes_on_loopback(
+    monkeypatch: pytest.MonkeyPatch, docker_client: Any
+) -> None:
+    """Rootless Docker, Docker Desktop, an engine in another network namespace: the
+    gateway is not this host's, so ports stay on 127.0.0.1."""
+    monkeypatch.setattr(docker_module, "_owned_here", lambda address: False)
+    runtime = DockerRuntime("n1", "unix:///var/run/docker.sock")
+    assert runtime._publish_address(docker_client.api) == "127.0.0.1"
+    given = DockerRuntime("n1", "unix:///var/run/docker.sock", address="10.1.2.3")
+    assert given._publish_address(docker_client.api) == "10.1.2.3"  # an address given wins
 
 
 def test_limits_are_enforced(
