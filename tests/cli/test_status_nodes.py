@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docker_address_helpers import replica_address_pattern
 from live_helpers import (
     DOCKER_ENDPOINT,
     EXAMPLE_API_APP,
@@ -46,7 +47,7 @@ from gitorch.state import RevisionResult, RolloutPhase, StateStore
 from gitorch.state.lock import DaemonLock
 from gitorch.state.records import BackoffRecord
 
-ADDRESS = re.compile(r"^127\.0\.0\.1:\d+$")
+ADDRESS = replica_address_pattern()
 
 
 def gitorch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -192,7 +193,7 @@ def test_status_text_table_and_detail(local: Cluster) -> None:
     # What a service that is not Healthy is at (or waits for), under the table.
     assert "api: step 1: weight 25%" in table.stdout.splitlines()
     assert "REPLICA" in detail.stdout and "ADDRESS" in detail.stdout
-    addresses = re.findall(r"127\.0\.0\.1:\d+", detail.stdout)
+    addresses = re.findall(ADDRESS.pattern.strip("^$"), detail.stdout)
     assert len(addresses) == 2
     # No daemon holds the state: said, since nothing heals meanwhile; with one, not said.
     assert "no daemon holds this state" in table.stdout

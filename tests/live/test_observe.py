@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from docker_address_helpers import local_docker_publish_host
 from live_helpers import (
     SHA_1,
     SHA_2,
@@ -235,4 +236,5 @@ def test_three_nodes_one_down(
     ]
     docker_replica = live.services["api"].replicas[1]
     assert docker_replica.image == docker_node.api_image
-    assert docker_replica.address is not None and docker_replica.address.startswith("127.0.0.1:")
+    assert docker_replica.address is not None
+    assert docker_replica.address.startswith(f"{local_docker_publish_host()}:")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
+from docker_address_helpers import local_docker_publish_host
 from runtime_helpers import RuntimeKit
 
 from gitorch.errors import InstanceNotFound
@@ -77,11 +78,14 @@ def test_create_runs_and_becomes_ready(runtime_kit: RuntimeKit) -> None:
     assert instance.state is InstanceState.RUNNING
     assert instance.name == spec.name
     assert instance.node == "node-test"
+    # The process driver binds on 127.0.0.1; a local Docker engine publishes on its
+    # bridge's gateway when this host owns it (docker_address_helpers).
+    host = local_docker_publish_host() if runtime_kit.driver == "docker" else "127.0.0.1"
     assert [(b.name, b.container_port, b.host_ip) for b in instance.ports] == [
-        ("http", HTTP_PORT, "127.0.0.1")
+        ("http", HTTP_PORT, host)
     ]
     assert instance.ports[0].host_port > 0
-    assert instance.address("http") == f"127.0.0.1:{instance.ports[0].host_port}"
+    assert instance.address("http") == f"{host}:{instance.ports[0].host_port}"
     assert instance.started_at is not None and abs(instance.started_at - time.time()) < 60
     wait_ready(runtime, instance)
     result = runtime.probe(instance, http_probe())
