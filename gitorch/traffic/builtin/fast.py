@@ -29,6 +29,7 @@ from gitorch.traffic.builtin.http1 import (
     response_out,
 )
 from gitorch.traffic.builtin.timing import (
+    COOLDOWN,
     PIPELINE_LIMIT,
     POOL_SIZE,
     RETIRE_GRACE,
@@ -417,10 +418,17 @@ class FastClient(asyncio.Protocol):
             self._end_attempt(state)
             self._end_request(False)  # the balancer closes
             return
-        if upstream is None or upstream.lost:
+        if upstream is None:
+            self._failed(state, Failure.NOT_CONNECTED)
+            return
+        if upstream.lost:
             # Lost before this callback came (a backend killed right after the kernel
             # took the connection): nothing was sent, and nothing will ever be told of it
-            # again, so the request must not wait on it for the response timeout.
+            # again, so the request must not wait on it for the response timeout. Counted
+            # as a connection that failed (connect_upstream's figures and cooldown).
+            state.errors += 1
+            state.connect_errors += 1
+            state.down_until = monotonic() + COOLDOWN
             self._failed(state, Failure.NOT_CONNECTED)
             return
         self._send(upstream, monotonic())
