@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from gitorch.traffic import _http
-from gitorch.traffic.builtin.timing import RETIRE_GRACE
+from gitorch.traffic.builtin.timing import COOLDOWN, RETIRE_GRACE
 from gitorch.traffic.choice import Candidate, Chooser
 from gitorch.traffic.figures import (
     BackendFigures,
@@ -201,6 +201,13 @@ class BackendState(Candidate):
         self.fast_idle: list[Upstream] = []  # pooled connections of the fast path
         # Connections carrying a request (or a tcp stream).
         self.busy: set[PooledStream | Upstream] = set()
+
+    def connect_failed(self) -> None:
+        """A connection to this backend failed (or was lost before a request went on it):
+        counted, and the backend is passed over for :data:`COOLDOWN` seconds."""
+        self.errors += 1
+        self.connect_errors += 1
+        self.down_until = time.monotonic() + COOLDOWN
 
     def close_idle(self) -> None:
         for conn in self.idle:

@@ -63,7 +63,6 @@ from gitorch.traffic.builtin.http1 import (
 from gitorch.traffic.builtin.loops import new_event_loop
 from gitorch.traffic.builtin.timing import (
     ACCEPT_BATCH,
-    COOLDOWN,
     POOL_SIZE,
     RETIRE_GRACE,
     SWEEP,
@@ -544,9 +543,7 @@ class BuiltinLoadBalancer:
                     Upstream, backend.host, backend.port
                 )
         except (OSError, TimeoutError):
-            state.errors += 1
-            state.connect_errors += 1
-            state.down_until = time.monotonic() + COOLDOWN
+            state.connect_failed()
             return None
         return upstream
 
@@ -604,9 +601,7 @@ class BuiltinLoadBalancer:
                     backend.host, backend.port, limit=_http.MAX_HEAD
                 )
         except (OSError, TimeoutError):
-            state.errors += 1
-            state.connect_errors += 1
-            state.down_until = time.monotonic() + COOLDOWN
+            state.connect_failed()
             return None
         return PooledStream(reader, writer)
 

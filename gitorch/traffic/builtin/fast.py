@@ -29,7 +29,6 @@ from gitorch.traffic.builtin.http1 import (
     response_out,
 )
 from gitorch.traffic.builtin.timing import (
-    COOLDOWN,
     PIPELINE_LIMIT,
     POOL_SIZE,
     RETIRE_GRACE,
@@ -425,10 +424,8 @@ class FastClient(asyncio.Protocol):
             # Lost before this callback came (a backend killed right after the kernel
             # took the connection): nothing was sent, and nothing will ever be told of it
             # again, so the request must not wait on it for the response timeout. Counted
-            # as a connection that failed (connect_upstream's figures and cooldown).
-            state.errors += 1
-            state.connect_errors += 1
-            state.down_until = monotonic() + COOLDOWN
+            # as a connection that failed (figures and cooldown).
+            state.connect_failed()
             self._failed(state, Failure.NOT_CONNECTED)
             return
         self._send(upstream, monotonic())
