@@ -17,6 +17,7 @@ writes (promote, abort, an audited reconcile request) naming the leader.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -25,7 +26,7 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.cluster import changed_services
 from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.guard import mass_prune
-from gitorch.errors import GitorchError, ManifestInvalid
+from gitorch.errors import GitorchError, ManifestInvalid, StateError
 from gitorch.live import observe
 from gitorch.live.inventory import open_runtimes
 from gitorch.live.model import LiveReplica, LiveState
@@ -92,6 +93,12 @@ STATUS_OBSERVATION_MAX_AGE = 30.0
 READY_SETTLE = 0.5
 #: How long the checkout's watcher waits for a burst of writes to end (seconds).
 WATCH_DEBOUNCE = 0.05
+#: A commit read while the state store could not record it (etcd between raft leaders,
+#: or without a quorum) is fetched again after this many seconds, not at the next poll.
+STORE_RETRY = 1.0
+#: After an iteration of the loop failed on a bug, the loop waits this long (seconds)
+#: before the next: the daemon goes on serving, without spinning on the same fault.
+LOOP_FAULT_PAUSE = 1.0
 #: A pass gives way to a commit, a webhook or a reconcile request at most this many times
 #: in a row: a stream of triggers never starves the whole pass (self-heal, prunes).
 MAX_PREEMPTIONS_IN_ROW = 3
@@ -305,41 +312,48 @@ class Daemon:
         next_pass = 0.0  # when the last pass asked to come back
         woken = True
         while not self._stopping.is_set():
-            now = time.monotonic()
-            if self._fetch_requested or now >= next_fetch:
-                with self._lock:
-                    reason = self._fetch_reason if self._fetch_requested else "poll"
-                    self._fetch_requested = False
-                    self._preempt.clear()  # this fetch is what the trigger asked for
-                next_fetch = now + self.options.interval
-                known = self._desired
-                self._refresh_desired(reason)
-                if self._desired is not known and self._desired is not None:
-                    woken = True  # a new revision: pass now, its changed services first
-                    # With the changes of a revision read but not acted on yet, if any.
-                    self._focus |= changed_services(known, self._desired)
-            # A pass when one is due or something woke the loop (a commit, a webhook, a
-            # readiness change, a request), not when only the traffic snapshot is due: at
-            # 2,000 services a pass costs far more than the snapshot.
-            if woken or now >= next_pass:
-                self._settle()
-                requeue = self._reconcile_once()
-                if not woken:
-                    self._set_apart_settled()
-                # The pass says when to come back (something moving: soon; all settled: the
-                # resync timer); commits, webhooks and readiness changes wake it sooner.
-                timeout = min(requeue, self.options.resync)
-                if requeue >= self.options.resync and not self.options.resync_fixed:
-                    # Settled: passes that change nothing take at most IDLE_CPU_SHARE of a
-                    # core. A pass of 2,000 services costs ~0.5 s of CPU, so a 2 s resync
-                    # would keep a quarter of a core busy for nothing; small clusters keep
-                    # the resync.
-                    stretched = min(self._pass_cpu / IDLE_CPU_SHARE, IDLE_RESYNC_MAX)
-                    timeout = max(timeout, stretched)
-                next_pass = time.monotonic() + timeout
-            if time.monotonic() >= self._next_traffic_write:
-                self._next_traffic_write = time.monotonic() + self.options.traffic_interval
-                self._write_traffic()
+            try:
+                now = time.monotonic()
+                if self._fetch_requested or now >= next_fetch:
+                    with self._lock:
+                        reason = self._fetch_reason if self._fetch_requested else "poll"
+                        self._fetch_requested = False
+                        self._preempt.clear()  # this fetch is what the trigger asked for
+                    next_fetch = now + self.options.interval
+                    known = self._desired
+                    if self._refresh_desired(reason):
+                        next_fetch = min(next_fetch, now + STORE_RETRY)
+                    if self._desired is not known and self._desired is not None:
+                        woken = True  # a new revision: pass now, its changed services first
+                        # With the changes of a revision read but not acted on yet, if any.
+                        self._focus |= changed_services(known, self._desired)
+                # A pass when one is due or something woke the loop (a commit, a webhook, a
+                # readiness change, a request), not when only the traffic snapshot is due: at
+                # 2,000 services a pass costs far more than the snapshot.
+                if woken or now >= next_pass:
+                    self._settle()
+                    requeue = self._reconcile_once()
+                    if not woken:
+                        self._set_apart_settled()
+                    # The pass says when to come back (something moving: soon; all settled: the
+                    # resync timer); commits, webhooks and readiness changes wake it sooner.
+                    timeout = min(requeue, self.options.resync)
+                    if requeue >= self.options.resync and not self.options.resync_fixed:
+                        # Settled: passes that change nothing take at most IDLE_CPU_SHARE of a
+                        # core. A pass of 2,000 services costs ~0.5 s of CPU, so a 2 s resync
+                        # would keep a quarter of a core busy for nothing; small clusters keep
+                        # the resync.
+                        stretched = min(self._pass_cpu / IDLE_CPU_SHARE, IDLE_RESYNC_MAX)
+                        timeout = max(timeout, stretched)
+                    next_pass = time.monotonic() + timeout
+                if time.monotonic() >= self._next_traffic_write:
+                    self._next_traffic_write = time.monotonic() + self.options.traffic_interval
+                    self._write_traffic()
+            except Exception:  # a bug must not end the loop: log it, keep serving
+                log.exception("daemon loop iteration crashed; going on")
+                self._stopping.wait(LOOP_FAULT_PAUSE)
+                woken = False
+                continue
             # Wake for the next pass, the next fetch and the next traffic snapshot (so its
             # age stays within the interval), whichever comes first.
             due = min(next_pass, next_fetch, self._next_traffic_write)
@@ -375,8 +389,26 @@ class Daemon:
             self._wake.clear()
             waiting = reconciler.executor.awaiting_first_ready()
 
-    def _refresh_desired(self, trigger: str) -> None:
-        """Fetch and load the newest commit; ``trigger``: why (recorded with its revision)."""
+    def _refresh_desired(self, trigger: str) -> bool:
+        """Fetch and load the newest commit; ``trigger``: why (recorded with its revision).
+
+        True when the commit was read but could not be taken for want of the state store
+        (etcd between raft leaders, or without a quorum): it is not marked seen, and the
+        loop fetches again soon rather than at the next poll."""
+        try:
+            self._take_newest(trigger)
+        except StoreBusy as busy:
+            log.warning(
+                "revision %s not taken yet, trying again in %g s: %s",
+                busy.sha[:12],
+                STORE_RETRY,
+                busy.cause.message,
+                extra={"revision": busy.sha},
+            )
+            return True
+        return False
+
+    def _take_newest(self, trigger: str) -> None:
         assert self.source is not None
         opts = self.options
         began = time.monotonic()
@@ -395,7 +427,8 @@ class Daemon:
                 if self.acting:
                     self.session.store.append_event(
                         "source.history-rewritten",
-                        f"the tracked ref moved from {fetched.old_sha} to {fetched.new_sha}, not a descendant",
+                        f"the tracked ref moved from {fetched.old_sha} to {fetched.new_sha}, "
+                        "not a descendant",
                         revision=fetched.new_sha,
                     )
             sha = self.source.resolve(opts.ref)
@@ -407,28 +440,34 @@ class Daemon:
                 else None
             )
             if verdict is not None and not verdict.trusted:
+                with _store_needed(sha):
+                    self._untrusted(verdict, trigger)
                 with self._lock:
                     self._seen_sha = sha
-                self._untrusted(verdict, trigger)
                 return
             snapshot = self.source.snapshot(sha, opts.path)
             desired = load_desired(snapshot, self.loader)
         except ManifestInvalid as exc:
+            with _store_needed(sha):
+                self._invalid(sha, exc, commit_meta(snapshot.revision, snapshot.commit))
             with self._lock:
                 self._seen_sha = sha
-            self._invalid(sha, exc, commit_meta(snapshot.revision, snapshot.commit))
             return
+        except StoreBusy:
+            raise
         except GitorchError as exc:
             self.metrics.source_fetch_errors_total.inc()
             self._set_error({"message": exc.message, "detail": list(exc.detail)})
             log.error("cannot read the desired state: %s", exc.message)
             return
-        with self._lock:
-            self._seen_sha = sha
         commit = verified_commit(
             replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger), verdict
         )
-        if self._refused(desired, commit):
+        with _store_needed(sha):
+            refused = self._refused(desired, commit)
+        with self._lock:
+            self._seen_sha = sha
+        if refused:
             return
         with self._lock:
             self._desired = desired
@@ -1138,6 +1177,25 @@ class Daemon:
             return self.session.reconciler_for(desired).plan(desired).to_json()
 
 
+class StoreBusy(GitorchError):
+    """A new revision could not be taken: the state store did not let it be checked
+    (the mass-prune guard reads what is applied) or recorded (refused, invalid)."""
+
+    def __init__(self, sha: str, cause: StateError) -> None:
+        super().__init__(f"revision {sha[:12]}: {cause.message}", detail=cause.detail)
+        self.sha = sha
+        self.cause = cause
+
+
+@contextlib.contextmanager
+def _store_needed(sha: str) -> Iterator[None]:
+    """What is done inside needs the state store; its errors become :class:`StoreBusy`."""
+    try:
+        yield
+    except StateError as exc:
+        raise StoreBusy(sha, exc) from exc
+
+
 def _local_url(listen: str, tls: object) -> str:
     """The API's URL from this host (a wildcard listen is reached on loopback)."""
     host, port = parse_listen(listen)
@@ -1218,14 +1276,13 @@ def set_apart_long_lived() -> None:
     """Collect every cycle, then set what is alive apart from the cyclic collector (the
     modules, the desired state, the store's decoded rows, the kept observation).
 
-    Called once a revision settled and the daemon was quiet. At 2,000 services the collector's full passes, which
-    walk everything alive, came almost every pass and took ~0.17 s of CPU each (a fifth of
-    a pass, measured: 7 in 10 observe+decide rounds), and one falling inside the focused
-    pass after a commit delayed the first new replica by as much. Set apart, a full pass
-    walks only what changed since. What is set apart is still freed by reference counting
-    when dropped; a cycle of it dropped waits for the next settled revision, which
-    unfreezes and collects everything first (one full pass per revision, not in a
-    commit's path)."""
+    Called once a revision settled and the daemon was quiet. At 2,000 services the collector's
+    full passes, which walk everything alive, came almost every pass and took ~0.17 s of CPU
+    each (a fifth of a pass, measured: 7 in 10 observe+decide rounds), and one falling inside
+    the focused pass after a commit delayed the first new replica by as much. Set apart, a full
+    pass walks only what changed since. What is set apart is still freed by reference counting
+    when dropped; a cycle of it dropped waits for the next settled revision, which unfreezes and
+    collects everything first (one full pass per revision, not in a commit's path)."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()

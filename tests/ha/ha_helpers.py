@@ -45,16 +45,18 @@ def role_of(daemon: DaemonProc) -> str | None:
     return str(data.get("controlPlane", {}).get("role"))
 
 
-def kill_leader_until_standby_leads(leader: DaemonProc, standby: DaemonProc, ttl: float) -> float:
-    """SIGKILL ``leader`` and wait (at most ``ttl`` + 2 s) until ``standby`` leads; the
-    seconds the takeover took."""
+def kill_leader_until_standby_leads(
+    leader: DaemonProc, standby: DaemonProc, ttl: float, *, extra: float = 0.0
+) -> float:
+    """SIGKILL ``leader`` and wait (at most ``ttl`` + 2 s, + ``extra``) until ``standby``
+    leads; the seconds the takeover took."""
     os.kill(leader.proc.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     leader.proc.wait(10)
     wait_for(
         "the standby leading",
         lambda: role_of(standby) == "leader",
-        ttl + 2,
+        ttl + 2 + extra,
         interval=0.05,
         describe=standby.log_tail,
     )

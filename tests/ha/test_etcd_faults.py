@@ -12,7 +12,7 @@ import os
 import signal
 import time
 
-from etcd_helpers import EtcdCluster, new_namespace
+from etcd_helpers import ELECTION_TIMEOUT, EtcdCluster, new_namespace
 from ha_helpers import Census, HAWorld, kill_leader_until_standby_leads, role_of, status_of
 from reconciler_helpers import LoadClient, commit, converged, process_service, wait_for
 
@@ -72,8 +72,12 @@ def test_losing_one_member_of_three_changes_nothing(ha_faulty: HAWorld) -> None:
 
 def test_a_leader_killed_while_an_etcd_member_is_down(ha_faulty: HAWorld) -> None:
     """Two faults at once: one etcd member of three lost, then ``kill -9`` of the leading
-    daemon mid-rollout under load. The other daemon leads within the TTL + 2 s (the two
-    members left are a quorum), finishes the rollout, and no request fails."""
+    daemon mid-rollout under load. The other daemon leads within the TTL + 2 s, plus
+    etcd's election timeout (the two members left are a quorum, but when the member lost
+    was raft's leader, the new one renews every lease for TTL + election timeout: a
+    leader killed around then holds its lease that much longer: a run beside two busy
+    loops took 6.9 s, against 7 s), finishes the rollout, and no request fails. Before,
+    the standby's loop died here in CI: see the quorum test below."""
     world = ha_faulty
     sha1 = _start_pair(world)
     leader, (standby,) = world.one_leader()
@@ -86,7 +90,9 @@ def test_a_leader_killed_while_an_etcd_member_is_down(ha_faulty: HAWorld) -> Non
             30,
             interval=0.02,
         )
-        took_over = kill_leader_until_standby_leads(leader, standby, world.ttl)
+        took_over = kill_leader_until_standby_leads(
+            leader, standby, world.ttl, extra=ELECTION_TIMEOUT
+        )
         wait_for(
             "v2 converged under the new leader",
             lambda: converged(standby.service("api"), sha2, REPLICAS),
@@ -95,7 +101,7 @@ def test_a_leader_killed_while_an_etcd_member_is_down(ha_faulty: HAWorld) -> Non
         )
         settled = load.total
         wait_for("load after the rollout", lambda: load.total > settled + 20, 10)
-    assert took_over <= world.ttl + 2, took_over
+    assert took_over <= world.ttl + 2 + ELECTION_TIMEOUT, took_over
     assert load.failures == [], (len(load.failures), load.failures[:10], load.total)
     # maxSurge 1 in service, and one terminating beside its replacement
     assert census.most <= REPLICAS + 2, census.worst
@@ -145,22 +151,41 @@ def test_without_quorum_daemons_stop_acting_and_resume_when_it_is_back(
         time.sleep(4)
         running = [i for i in world.replicas() if str(i.state) == "running"]
         assert len(running) == REPLICAS - 1, [i.id for i in running]
+        # A commit now is read but cannot be checked (the mass-prune guard reads what is
+        # applied) nor recorded: every daemon waits for the store, and keeps answering.
+        sha2 = commit(world.repo, {"api.yaml": _service(world, "2")}, "api v2")
+        for daemon in (leader, standby):
+            wait_for(
+                "the daemon waiting for the store to take the commit",
+                lambda d=daemon: f"revision {sha2[:12]} not taken yet" in d.log_tail(200),  # type: ignore[misc]
+                world.ttl + 6,
+                interval=0.2,
+                describe=daemon.log_tail,
+            )
+        assert role_of(leader) == "not acting" and role_of(standby) == "not acting"
         before_back = load.total
         wait_for("traffic flowing without etcd", lambda: load.total > before_back + 20, 10)
         assert load.failures == [], (len(load.failures), load.failures[:10])
-    # The quorum comes back: the same processes resume, the dead replica is replaced.
+    # The quorum comes back: the same processes resume, replace the dead replica and roll
+    # out the commit made meanwhile.
     for member in lost:
         world.etcd.restart(member)
     world.etcd.wait_healthy(3)
     leader, _ = world.one_leader(timeout=world.ttl + 15)
     wait_for(
-        "the service whole again",
-        lambda: converged(leader.service("api"), sha, REPLICAS),
+        "the service whole again, at the commit made without etcd",
+        lambda: converged(leader.service("api"), sha2, REPLICAS),
         CONVERGE,
         describe=leader.log_tail,
     )
     assert {name: d.proc.pid for name, d in world.daemons.items()} == pids
     assert all(d.proc.poll() is None for d in world.daemons.values())
+    code, history = leader.request("GET", "/api/v1/history")
+    assert code == 200
+    assert {h["revision"]: h["result"] for h in history} == {
+        sha: "succeeded",
+        sha2: "succeeded",
+    }, history
 
 
 #: How long etcd stalls in the test below: a raft election after a lost member takes one to
