@@ -293,11 +293,14 @@ class Reconciler:
             raise GitorchError("a standby's reconciler only plans (this daemon does not lead)")
         self.books.acting_for(commit)
         self.quiet_observation = None
+        began = time.perf_counter()
         live, lost = self.observe(desired, focus=focus, preempted=preempted)
+        observed = time.perf_counter()
         # Requests vertical mode Auto applied: the template the service rolls out to.
         desired = with_vertical(desired, live.autoscalers)
         now = max(self.clock(), live.observed_at)
         decision = self.decide(desired, live, lost, now, focus)
+        decided = time.perf_counter()
         if focus is not None and decision.preemptions:
             return None
         if preempted is not None and preempted():
@@ -317,12 +320,24 @@ class Reconciler:
         decision = replace(decision, services=MappingProxyType(saved))
 
         held = self._held_routes(live, decision, now)
+        recorded = time.perf_counter()
         execution = self.executor.run(
             desired,
             decision,
             held_routes=held,
             table_without=lambda gone: self._table(desired, live, decision, gone, focus),
         )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s pass: observe %.0f ms, decide %.0f ms, record %.0f ms, execute %.0f ms "
+                "(%d action(s))",
+                "focused" if focus is not None else "whole",
+                (observed - began) * 1000,
+                (decided - observed) * 1000,
+                (recorded - decided) * 1000,
+                (time.perf_counter() - recorded) * 1000,
+                len(execution.executed),
+            )
         self.books.volumes_executed(execution, desired)
         self._advance_analyses(decision, now)
         for forget in decision.prune.forget:

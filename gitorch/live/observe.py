@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,8 @@ from gitorch.runtime.base import (
     VolumeInfo,
 )
 from gitorch.state import BackoffRecord, RolloutRecord, StateStore, VolumeRecord
+
+log = logging.getLogger("gitorch.observe")
 
 
 @dataclass(frozen=True)
@@ -180,9 +183,17 @@ def observe(
     reporting them gone, and ``LiveState.unknown_nodes`` names such nodes.
     """
     started = time.time()
+    began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(targets)))) as pool:
         observations = list(
             pool.map(lambda t: _observe_node(t, runtimes[t.name], cluster), targets)
+        )
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%d node(s), %d instance(s) listed in %.0f ms",
+            len(observations),
+            sum(len(o.instances or ()) for o in observations),
+            (time.perf_counter() - began) * 1000,
         )
     # `gitorch drain` is kept in the store: a draining node takes nothing new either. A
     # target drained by its making (a Node that left Git) is drained the same way.
