@@ -441,3 +441,76 @@ def test_stop_sends_the_images_stop_signal_then_sigkill_after_the_grace(
     took = time.monotonic() - begun
     assert 1.0 <= took < 5.0, took
     assert main_runtime.inspect(stubborn.id).exit_code == 137
+
+
+# -- the observation: one listing, inspects only where the listing cannot vouch ---------
+
+
+def _counting_inspects(runtime: DockerRuntime, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    inspected: list[str] = []
+    inspect = runtime.inspect
+
+    def counted(instance_id: str) -> Any:
+        inspected.append(instance_id)
+        return inspect(instance_id)
+
+    monkeypatch.setattr(runtime, "inspect", counted)
+    return inspected
+
+
+def test_a_listing_inspects_only_what_changed(
+    main_runtime: DockerRuntime,
+    test_images: dict[str, str],
+    cluster: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 20: a pass's observation was a listing and an inspect per container (12
+    engine calls for a 10-replica rollout). A running container listed as it was
+    inspected (by its create, or an earlier listing) is not inspected again; one whose
+    state changed is, and its exit is reported."""
+    spec = _spec(f"{cluster}-a", test_images["http"], ports=(PortRequest("http", 8080),))
+    started = main_runtime.create(spec, cluster)
+    inspected = _counting_inspects(main_runtime, monkeypatch)
+    first = main_runtime.list_instances(cluster)
+    assert [i.id for i in first] == [started.id] and inspected == []
+    assert first[0].ports == started.ports and first[0].state is InstanceState.RUNNING
+    assert main_runtime.list_instances(cluster)[0] is first[0] and inspected == []
+    main_runtime.stop(started.id, grace_seconds=5)
+    stopped = main_runtime.list_instances(cluster)
+    assert inspected == [started.id]
+    assert stopped[0].state is InstanceState.EXITED and stopped[0].exit_code is not None
+    main_runtime.list_instances(cluster)  # exited ones are inspected each time (not kept)
+    assert inspected == [started.id, started.id]
+
+
+def test_a_restart_between_two_listings_is_seen_by_its_die_event(
+    main_runtime: DockerRuntime,
+    test_images: dict[str, str],
+    docker_client: Any,
+    cluster: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``docker restart`` between two listings leaves a running container with the same
+    ports: its ``die`` event (read by the daemon's exit watcher) makes the next listing
+    inspect it, so its new start time is seen; without the event, a listing older
+    than INSPECT_KEPT_FOR is inspected again anyway."""
+    died = threading.Event()
+    main_runtime.on_exit(lambda _: died.set())
+    try:
+        spec = _spec(f"{cluster}-r", test_images["http"], ports=(PortRequest("http", 8080),))
+        started = main_runtime.create(spec, cluster)
+        before = main_runtime.list_instances(cluster)[0]
+        time.sleep(1.1)  # StartedAt moves visibly
+        docker_client.api.restart(started.id, timeout=1)
+        assert died.wait(15), "the die event of the restart"
+        inspected = _counting_inspects(main_runtime, monkeypatch)
+        after = main_runtime.list_instances(cluster)[0]
+        assert inspected == [started.id]
+        assert after.state is InstanceState.RUNNING
+        assert after.started_at is not None and before.started_at is not None
+        assert after.started_at > before.started_at
+    finally:
+        main_runtime.on_exit(None)
+    monkeypatch.setattr(docker_module, "INSPECT_KEPT_FOR", 0.0)
+    main_runtime.list_instances(cluster)
+    assert inspected == [started.id, started.id]
