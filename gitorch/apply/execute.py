@@ -175,7 +175,24 @@ class Executor:
         draining = [s for s in stops if s.drain]
         if draining and self.unsafe_no_drain:
             self._kill_undrained(draining, done)
-        published = self._publish(decision.table, held_routes, done)
+        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
+        start_jobs: list[Callable[[], None]] = [
+            partial(self._start, desired, decision, s, done) for s in starts
+        ]
+        hosts = decision.ingress.hosts
+        if not draining and start_jobs:
+            # Nothing leaves the table: the starts wait for no publication (new replicas
+            # join the table once ready, in a later pass; they start whether or not this
+            # one is applied), so they run beside it (a commit's first replicas: issue 20).
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                publishing = pool.submit(
+                    self._publish_all, decision.table, hosts, held_routes, done
+                )
+                self._run_jobs(start_jobs)
+                published, stale = publishing.result()
+            start_jobs = []
+        else:
+            published, stale = self._publish_all(decision.table, hosts, held_routes, done)
         if not published:
             if draining:
                 done.errors.append(
@@ -183,8 +200,6 @@ class Executor:
                     "published, so they may still receive traffic"
                 )
         else:
-            hosts = decision.ingress.hosts
-            stale = self._publish_hosts(hosts, decision.table, held_routes, done)
             held = [s for s in draining if s.replica_id in stale]
             if held:
                 done.errors.append(
@@ -192,10 +207,6 @@ class Executor:
                     "new table, so it may still send them requests"
                 )
             draining = [s for s in draining if s.replica_id not in stale]
-        starts = [s for name in decision.order for s in decision.starts.get(name, ())]
-        start_jobs: list[Callable[[], None]] = [
-            partial(self._start, desired, decision, s, done) for s in starts
-        ]
         if published and draining:
             if all(s.terminating_frees_room for s in draining):
                 # Withdrawn from the table, the leaving replicas are terminating: they
@@ -382,7 +393,10 @@ class Executor:
                 repo_secrets=desired.secrets,
                 extra_hosts=found.hosts,
             )
+            began = time.perf_counter()
+            log.debug("starting %s on %s", action.replica, action.node)
             instance = runtime.create(spec, self.cluster)
+            log.debug("started %s in %.0f ms", action.replica, (time.perf_counter() - began) * 1000)
         except GitorchError as exc:
             self._start_failed(action, exc.message, done)
             return
@@ -464,6 +478,19 @@ class Executor:
         done.executed.append(stop)
         done.changes += 1
 
+    def _publish_all(
+        self,
+        table: RoutingTable,
+        hosts: Mapping[str, HostTable],
+        held_routes: Collection[str],
+        done: Execution,
+    ) -> tuple[bool, set[str]]:
+        """Publish ``table`` here, then (once applied here) on the hosts' ingresses:
+        whether it was applied here, and the backends hosts that failed still hold."""
+        if not self._publish(table, held_routes, done):
+            return False, set()
+        return True, self._publish_hosts(hosts, table, held_routes, done)
+
     def _publish_without(
         self,
         table: RoutingTable,
@@ -532,8 +559,10 @@ class Executor:
                 done.published = candidate
                 return True
             self._guard()
+            began = time.perf_counter()
             try:
                 self.dataplane.apply(candidate)
+                log.debug("table published in %.0f ms", (time.perf_counter() - began) * 1000)
             except ListenError as exc:
                 failed = dict(exc.routes) or {n: exc.message for n in routes}
                 for route, message in failed.items():
