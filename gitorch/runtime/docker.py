@@ -894,12 +894,13 @@ class DockerRuntime:
     def remove(self, instance_id: str) -> None:
         """Remove the container (killing it first if it still runs) and its anonymous
         volumes, keeping its last output and exit facts when the runtime has a state dir."""
+        attrs: Mapping[str, Any] | None = None
         if self._retained is not None:
-            self._retain(instance_id, self._retained)
-        name: str | None = None
-        with suppress(RuntimeDriverError):
-            attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
-            name = str(attrs.get("Name") or "").lstrip("/") or None
+            attrs = self._retain(instance_id, self._retained)
+        if attrs is None:
+            with suppress(RuntimeDriverError):
+                attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
+        name = (str(attrs.get("Name") or "").lstrip("/") or None) if attrs else None
         self._call(lambda api: api.remove_container(instance_id, v=True, force=True), instance_id)
         self._stopped.discard(instance_id)
         if name is not None:
@@ -922,12 +923,14 @@ class DockerRuntime:
             for file in spec.secret_files
         }
 
-    def _retain(self, instance_id: str, store: RetainedStore) -> None:
+    def _retain(self, instance_id: str, store: RetainedStore) -> Mapping[str, Any]:
+        """Keep the container's last output and exit facts; its inspection (which
+        :meth:`remove` reads the name from: one engine call less per removal)."""
         attrs = self._call(lambda api: api.inspect_container(instance_id), instance_id)
         labels = (attrs.get("Config") or {}).get("Labels") or {}
         cluster, service = labels.get(LABEL_CLUSTER), labels.get(LABEL_SERVICE)
         if not cluster or not service:
-            return
+            return attrs
         if _state_of(str((attrs.get("State") or {}).get("Status", ""))) is InstanceState.RUNNING:
             # As the process driver does: the replica dies by SIGKILL, and says so.
             with suppress(RuntimeDriverError):
@@ -966,6 +969,7 @@ class DockerRuntime:
             log.warning(
                 "node %s: cannot keep the output of %s: %s", self.node_name, entry.name, exc
             )
+        return attrs
 
     def retained_logs(self, cluster: str, service: str) -> list[RetainedLog]:
         """The last removed containers of ``service`` on this node, newest first."""
