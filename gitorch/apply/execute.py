@@ -9,7 +9,8 @@ through the runtimes and the data plane, in an order that never fails a request:
 3. once their requests in flight are done (bounded by the drain timeout), draining
    replicas get SIGTERM with their grace period, and the executor waits for their exit;
 4. new replicas are started, in parallel, each on the node the decision placed it (they
-   join the table once ready, in a later pass);
+   join the table once ready, in a later pass; so in a pass that withdraws no replica
+   they start beside step 2, not after it);
 5. the table is published again without the exited replicas, and those are removed.
 
 Stops come before starts where the strategy needs the room: a preempted replica's
