@@ -90,7 +90,6 @@ def _replica(state: DesiredState, slot: int) -> LiveReplica:
 
 
 def _decide(desired: DesiredState, replicas: list[LiveReplica], record: RolloutRecord) -> Any:
-    svc = desired.services["api"]
     applied = AppliedSpec(REVISION, record.spec_digest, record.spec, str(record.phase))
     live = LiveState(
         "c",
@@ -98,7 +97,6 @@ def _decide(desired: DesiredState, replicas: list[LiveReplica], record: RolloutR
         MappingProxyType({"n1": LiveNode("n1", "process", True, "127.0.0.1", 8000, 2**34)}),
         MappingProxyType({"api": LiveService("api", applied, tuple(replicas))}),
     )
-    del svc
     return decide_pass(
         PassInput(
             desired=desired,
