@@ -109,3 +109,36 @@ def test_commits_only_ignores_the_working_tree_and_sees_commits(checkout: Checko
         assert calls.count == 0
         checkout.commit("two")
         assert calls.wait_for(1, timeout=1.0) < 1.0
+
+
+def test_a_rename_read_in_two_halves_is_not_held_half_a_second() -> None:
+    """Issue 20: watchdog's inotify reader sleeps out its whole pairing delay (0.5 s by
+    default) once a rename's IN_MOVED_FROM is at the head of its queue, even when the
+    IN_MOVED_TO pairs it a moment later: ``git commit``'s first rename (``index.lock``)
+    held the whole commit, and a daemon saw it ~0.55 s late in some runs. The watcher
+    shortens the delay (``MOVE_PAIRING_DELAY``); the halves are still paired."""
+    grouper_module = pytest.importorskip("watchdog.observers.inotify_move_event_grouper")
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
+
+    import gitorch.sources.watch as watch_module
+
+    assert grouper_module.InotifyMoveEventGrouper.delay == watch_module.MOVE_PAIRING_DELAY
+    grouper = grouper_module.InotifyMoveEventGrouper()
+    got: list[tuple[object, float]] = []
+    reader = threading.Thread(target=lambda: got.append((grouper.read_event(), time.monotonic())))
+    reader.start()
+    half = grouper_module.PathedInotifyEvent
+    wd = WatchDescriptor(1)
+    grouper.put_event(
+        half(InotifyEvent(wd, InotifyConstants.IN_MOVED_FROM, 7, b"index.lock"), b"/r/index.lock")
+    )
+    time.sleep(0.01)  # the reader takes the first half alone
+    put = time.monotonic()
+    grouper.put_event(
+        half(InotifyEvent(wd, InotifyConstants.IN_MOVED_TO, 7, b"index"), b"/r/index")
+    )
+    reader.join(timeout=2)
+    grouper.close()
+    event, when = got[0]
+    assert isinstance(event, tuple), event  # still one rename
+    assert when - put < 0.1, when - put
