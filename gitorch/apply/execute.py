@@ -21,7 +21,7 @@ the kept logs) holds no cpu or memory a new replica needs. A RollingUpdate's sto
 available replicas say otherwise (``StopReplica.terminating_frees_room``): as in
 Kubernetes, a replica withdrawn from the table is terminating and does not count against
 ``maxSurge``, so when every draining stop of the pass says so, step 4 runs beside steps
-3 (the drain and the stop), right after the publication that withdrew them. At most
+2 and 3 (the publication that withdraws them, then their drain and stop). At most
 ``replicas + maxSurge`` replicas are then in service, and for the length of a stop up to
 ``maxSurge`` (+ ``maxUnavailable``) more run (``tests/reconciler/test_rollout_surge.py``).
 
@@ -181,26 +181,25 @@ class Executor:
             partial(self._start, desired, decision, s, done) for s in starts
         ]
         hosts = decision.ingress.hosts
-        if not draining and start_jobs:
-            # Nothing leaves the table: the starts wait for no publication (new replicas
-            # join the table once ready, in a later pass; they start whether or not this
-            # one is applied), so they run beside it (a commit's first replicas: issue 20).
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                publishing = pool.submit(
-                    self._publish_all, decision.table, hosts, held_routes, done
-                )
-                self._run_jobs(start_jobs)
-                published, stale = publishing.result()
-            start_jobs = []
-        else:
+        # New replicas join the table once ready, in a later pass, and start whether or
+        # not this publication is applied: when nothing leaves the table, or when every
+        # leaving replica is terminating once withdrawn (a RollingUpdate's surge: they do
+        # not count against maxSurge, Kubernetes' semantics), the starts run beside the
+        # publication, then beside the drain and the stop (issue 20: a commit's first
+        # replicas, and each wave's, do not wait for the data plane's round trip, nor for
+        # the old replicas' drain, signal and exit). Otherwise (Recreate, a preemption) the
+        # stops come first.
+        beside = bool(start_jobs) and all(s.terminating_frees_room for s in draining)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            starting = pool.submit(self._run_jobs, start_jobs) if beside else None
             published, stale = self._publish_all(decision.table, hosts, held_routes, done)
-        if not published:
-            if draining:
-                done.errors.append(
-                    f"{len(draining)} replica(s) not stopped: the routing table could not be "
-                    "published, so they may still receive traffic"
-                )
-        else:
+            if not published:
+                if draining:
+                    done.errors.append(
+                        f"{len(draining)} replica(s) not stopped: the routing table could not "
+                        "be published, so they may still receive traffic"
+                    )
+                draining = []
             held = [s for s in draining if s.replica_id in stale]
             if held:
                 done.errors.append(
@@ -208,18 +207,12 @@ class Executor:
                     "new table, so it may still send them requests"
                 )
             draining = [s for s in draining if s.replica_id not in stale]
-        if published and draining:
-            if all(s.terminating_frees_room for s in draining):
-                # Withdrawn from the table, the leaving replicas are terminating: they
-                # do not count against maxSurge (Kubernetes' semantics), so the new ones
-                # start now, beside their drain and stop, not after their exit.
-                with ThreadPoolExecutor(max_workers=2) as pool:
-                    stopping = pool.submit(self._drain_and_stop, draining, done)
-                    self._run_jobs(start_jobs)
-                    stopped = stopping.result()
+            stopped = self._drain_and_stop(draining, done) if draining else []
+            if starting is not None:
+                starting.result()
             else:
-                stopped = self._drain_and_stop(draining, done)
                 self._run_jobs(start_jobs)
+        if draining:
             gone = {s.replica_id for s in draining}
             after = table_without(gone) if table_without is not None else decision.table
             # The exited replicas are removed once the new ones have started, not beside
@@ -237,8 +230,6 @@ class Executor:
                     ),
                 ]
             )
-        else:
-            self._run_jobs(start_jobs)
         if done.started_ids:
             self.last_started = tuple(done.started_ids)
         if published:  # else replicas that were to stop may still use them

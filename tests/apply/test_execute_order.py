@@ -2,9 +2,10 @@
 
 A pass that withdraws no replica starts its new ones beside the publication (they join
 the table once ready, in a later pass, and start whether or not it is applied): a
-commit's first replicas no longer wait for the data plane's round trip. A pass that
-withdraws replicas still publishes before it starts (the leaving ones are terminating
-only once withdrawn) and before it stops them.
+commit's first replicas no longer wait for the data plane's round trip. A rolling
+update's wave starts its new replicas beside the publication that withdraws the old ones
+(terminating once withdrawn, they do not hold maxSurge's room), and stops the old ones
+only once that publication is applied.
 """
 
 from __future__ import annotations
@@ -199,9 +200,11 @@ def test_starts_run_beside_the_publication_when_nothing_leaves_the_table() -> No
     assert done.published is not None
 
 
-def test_a_wave_that_withdraws_replicas_publishes_before_it_starts_or_stops() -> None:
-    """A later wave: two new replicas ready, two old ones leave and two more new start;
-    the publication that withdraws the old ones comes first."""
+def test_a_wave_starts_beside_the_publication_that_withdraws_and_stops_after_it() -> None:
+    """A later wave: two new replicas ready, two old ones leave and two more new start.
+    The leaving ones are terminating once withdrawn (maxSurge's room is theirs): the new
+    ones start beside that publication; the old ones are drained and stopped only once
+    it is applied, then removed after the starts."""
     old = _desired("1", 4)
     new = _desired("2", 4)
     replicas = [_replica(old, s) for s in range(1, 5)]
@@ -210,10 +213,15 @@ def test_a_wave_that_withdraws_replicas_publishes_before_it_starts_or_stops() ->
     decision = _decide(new, replicas, record)
     stops = [s for s in decision.stops() if s.drain]
     assert len(stops) == 2 and len(decision.starts.get("api", ())) == 2, decision.actions()
-    trace = _Trace(apply_seconds=0.2)
+    assert all(s.terminating_frees_room for s in stops)
+    trace = _Trace(apply_seconds=5.0)
     done = _executor(trace).run(new, decision)
     assert not done.errors, done.errors
-    first = trace.events.index("published")
-    assert all(i > first for i, e in enumerate(trace.events) if e.startswith(("create", "stop"))), (
-        trace.events
-    )
+    events = trace.events
+    published = events.index("published")
+    creates = [i for i, e in enumerate(events) if e.startswith("create")]
+    stopped = [i for i, e in enumerate(events) if e.startswith("stop")]
+    removed = [i for i, e in enumerate(events) if e.startswith("remove")]
+    assert len(creates) == 2 and len(stopped) == 2 and len(removed) == 2, events
+    assert min(creates) < published < min(stopped), events
+    assert max(creates) < min(removed), events
