@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
+_LISTEN_FIELD = f" {_LISTEN} "
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ def _listening_inodes(ports: Collection[int], proc: Path) -> dict[str, int]:
         except OSError:
             continue
         for line in lines[1:]:
+            # Most lines of a busy host are connections, not listeners: the state column
+            # is the only field that can read `` 0A `` (the others are hex addresses
+            # joined by colons, or decimal), so a line without it is skipped unsplit.
+            if _LISTEN_FIELD not in line:
+                continue
             fields = line.split()
             if len(fields) < 10 or fields[3] != _LISTEN:
                 continue
@@ -63,13 +69,15 @@ def port_holders(ports: Collection[int], proc: Path = Path("/proc")) -> dict[int
     except OSError:
         pids = []
     for pid in pids:
+        # Paths as text: a Path joined per descriptor cost more than reading its link.
+        fd_dir = os.path.join(proc, str(pid), "fd")
         try:
-            fds = os.listdir(proc / str(pid) / "fd")
+            fds = os.listdir(fd_dir)
         except OSError:
             continue
         for fd in fds:
             try:
-                target = os.readlink(proc / str(pid) / "fd" / fd)
+                target = os.readlink(os.path.join(fd_dir, fd))
             except OSError:
                 continue
             if not target.startswith("socket:["):
