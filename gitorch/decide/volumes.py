@@ -91,10 +91,16 @@ class VolumeConstraint:
     docker_only: bool = False  # a Docker volume driver: docker nodes only
 
 
+#: The constraint of a service that mounts no volume: none.
+UNCONSTRAINED = VolumeConstraint()
+
+
 def volume_constraint(
     service: Service, desired: DesiredState, bound: Mapping[str, str]
 ) -> VolumeConstraint:
     """The nodes ``service`` may run on given the volumes it mounts."""
+    if not service.volumes:
+        return UNCONSTRAINED  # most services (a pass and a plan ask for each one)
     nodes: set[str] | None = None
     reasons: list[str] = []
     unbound: list[str] = []
