@@ -55,6 +55,8 @@ def volume_label(service: Service) -> str:
 
 def single_writer_volumes(service: Service, desired: DesiredState) -> tuple[str, ...]:
     """The ReadWriteOnce volumes ``service`` writes (it may run one replica at a time)."""
+    if not service.volumes:
+        return ()  # most services (a pass and a plan ask for each one)
     return tuple(
         sorted(
             m.volume
