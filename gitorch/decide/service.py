@@ -441,8 +441,14 @@ def _effective_min_ready(target: Service) -> float:
     return minimum
 
 
+#: What is observed of a service without replicas (a first deployment).
+_NOTHING_OBSERVED = _Observed((), (), frozenset())
+
+
 def _observe(target: Service, live: LiveService, evicting: Mapping[str, str]) -> _Observed:
     """Replica views for the strategy; dead replicas; slots whose replica completed."""
+    if not live.replicas:
+        return _NOTHING_OBSERVED
     views: list[ReplicaView] = []
     dead: list[LiveReplica] = []
     completed: set[int] = set()
@@ -487,8 +493,14 @@ class _Backoff:
     retry_in: float | None  # seconds until the first blocked slot may be filled
 
 
+#: The back-off of a service that has none and no dead or completed replica.
+_NO_BACKOFF = _Backoff(MappingProxyType({}), frozenset(), (), (), (), None)
+
+
 def _backoff(inp: ServiceInput, target: Service, observed: _Observed, desired: int) -> _Backoff:
     """Slots in crash-loop back-off; each newly dead replica counted once."""
+    if not inp.backoff and not observed.dead and not observed.completed:
+        return _NO_BACKOFF  # nothing to count, forgive or block (most services)
     name, now, policy = target.name, inp.now, inp.crash_loop
     states = {slot: b for slot, b in inp.backoff.items() if slot != SERVICE_SLOT}
     updates: list[BackoffRecord] = []

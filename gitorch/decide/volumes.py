@@ -55,6 +55,8 @@ def volume_label(service: Service) -> str:
 
 def single_writer_volumes(service: Service, desired: DesiredState) -> tuple[str, ...]:
     """The ReadWriteOnce volumes ``service`` writes (it may run one replica at a time)."""
+    if not service.volumes:
+        return ()  # most services (a pass and a plan ask for each one)
     return tuple(
         sorted(
             m.volume
@@ -91,10 +93,16 @@ class VolumeConstraint:
     docker_only: bool = False  # a Docker volume driver: docker nodes only
 
 
+#: The constraint of a service that mounts no volume: none.
+UNCONSTRAINED = VolumeConstraint()
+
+
 def volume_constraint(
     service: Service, desired: DesiredState, bound: Mapping[str, str]
 ) -> VolumeConstraint:
     """The nodes ``service`` may run on given the volumes it mounts."""
+    if not service.volumes:
+        return UNCONSTRAINED  # most services (a pass and a plan ask for each one)
     nodes: set[str] | None = None
     reasons: list[str] = []
     unbound: list[str] = []

@@ -175,12 +175,10 @@ def compute_plan(
     also the actions that pass executes."""
     base = revision_plan(desired, live)
     changes = list(base.changes)
-    placements, unschedulable = _placements(desired, live, changes, scoring)
+    waves = dependency_waves(desired.services)
+    placements, unschedulable = _placements(desired, live, changes, scoring, waves)
     changed_services = {c.name for c in changes if c.kind == "Service" and c.action != "delete"}
-    order = tuple(
-        tuple(name for name in wave if name in changed_services)
-        for wave in dependency_waves(desired.services)
-    )
+    order = tuple(tuple(name for name in wave if name in changed_services) for wave in waves)
     warnings = (
         tuple(
             f"node {name} is NotReady ({live.nodes[name].message or 'no answer'}): its replicas are unknown"
@@ -345,9 +343,14 @@ def _volume_warnings(desired: DesiredState, live: LiveState) -> list[str]:
 
 
 def _placements(
-    desired: DesiredState, live: LiveState, changes: list[ObjectChange], scoring: str
+    desired: DesiredState,
+    live: LiveState,
+    changes: list[ObjectChange],
+    scoring: str,
+    waves: list[list[str]],
 ) -> tuple[tuple[PlacementItem, ...], tuple[Unschedulable, ...]]:
-    """Where new replicas would go, against the cluster as it will be after the rollout."""
+    """Where new replicas would go, against the cluster as it will be after the rollout
+    (``waves``: the services' dependsOn waves)."""
     nodes = node_views(live)
     by_name = {c.name: c for c in changes if c.kind == "Service"}
     replaced = {name for name, c in by_name.items() if c.action == "delete" or c.replaces_replicas}
@@ -366,7 +369,7 @@ def _placements(
     services = desired.services
     # apply rolls services wave by wave (dependsOn), so replicas are placed in that order;
     # within a wave, higher priority first.
-    wave_of = {name: i for i, wave in enumerate(dependency_waves(services)) for name in wave}
+    wave_of = {name: i for i, wave in enumerate(waves) for name in wave}
     ranked = sorted(
         (name for name in by_name if name in services),
         key=lambda n: (wave_of[n], -services[n].placement.priority, n),
@@ -388,10 +391,7 @@ def _placements(
         requests.append(
             (
                 service,
-                [
-                    Request(name, f"{name}-{i}", cpu, mem, placement, qos, drivers=drivers)
-                    for i in slots
-                ],
+                [Request(name, f"{name}-{i}", cpu, mem, placement, qos, drivers) for i in slots],
             )
         )
 

@@ -49,12 +49,15 @@ Design decisions (also in the class docstring of :class:`DockerRuntime`):
 from __future__ import annotations
 
 import errno
+import fcntl
+import ipaddress
 import logging
 import math
 import os
 import re
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -341,16 +344,49 @@ def _container_name(name: str) -> str:
 
 def _bridge_gateway(api: docker.APIClient) -> str | None:
     """The IPv4 gateway of the engine's default bridge network (None when it has none or
-    cannot say)."""
+    cannot say). The default bridge an engine makes at its first start states no gateway
+    in its IPAM config (Docker 20.10; it does after a restart): then it is the address of
+    the bridge's interface, when that interface is on this host and its address lies in
+    the network's subnet."""
     try:
         network = api.inspect_network("bridge")
     except (docker.errors.DockerException, requests.exceptions.RequestException):
         return None
-    for config in (network.get("IPAM") or {}).get("Config") or []:
+    configs = (network.get("IPAM") or {}).get("Config") or []
+    for config in configs:
         gateway = str(config.get("Gateway") or "")
         if gateway and ":" not in gateway:
             return gateway
+    interface = str((network.get("Options") or {}).get("com.docker.network.bridge.name") or "")
+    address = _interface_ipv4(interface) if interface else None
+    if address is None:
+        return None
+    for config in configs:
+        subnet = str(config.get("Subnet") or "")
+        with suppress(ValueError):
+            if ":" not in subnet and ipaddress.ip_address(address) in ipaddress.ip_network(
+                subnet, strict=False
+            ):
+                return address
     return None
+
+
+#: ioctl(2) request for an interface's IPv4 address (linux/sockios.h).
+_SIOCGIFADDR = 0x8915
+
+
+def _interface_ipv4(name: str) -> str | None:
+    """The IPv4 address of this host's network interface ``name`` (None without one)."""
+    encoded = name.encode()
+    if not encoded or len(encoded) > 15:  # IFNAMSIZ - 1
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, struct.pack("256s", encoded))
+        except OSError:  # no such interface here, or no IPv4 address on it
+            return None
+    # struct ifreq: the name (16 bytes), then a sockaddr_in: family, port, address.
+    return socket.inet_ntoa(answer[20:24])
 
 
 def _owned_here(address: str) -> bool:

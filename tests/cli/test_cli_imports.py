@@ -48,6 +48,12 @@ NEVER_FOR_VALIDATE_OR_PLAN = (
 )
 
 
+#: What a plan of one node with nothing running needs neither: the HTTP client (with ssl
+#: and email: imported by the first HTTP probe) and a thread pool (to observe several
+#: nodes or probe several replicas at once).
+NOT_FOR_A_PLAN_OF_ONE_IDLE_NODE = ("urllib.request", "http.client", "concurrent.futures")
+
+
 def loaded_by(tmp_path: Path, *args: str) -> tuple[int, set[str], str]:
     done = subprocess.run(  # noqa: S603
         [sys.executable, "-c", PROBE, *args],
@@ -92,6 +98,7 @@ def test_plan_imports_no_reconciler_docker_or_data_plane(tmp_path: Path) -> None
     assert code == 2, output  # nothing applied in a fresh state directory: changes
     assert "gitorch.diff.compute" in modules and "gitorch.live.observe" in modules
     assert offending(modules, NEVER_FOR_VALIDATE_OR_PLAN) == []
+    assert offending(modules, NOT_FOR_A_PLAN_OF_ONE_IDLE_NODE) == []
 
 
 def test_plan_json_imports_no_renderer_but_json(tmp_path: Path) -> None:
@@ -101,6 +108,7 @@ def test_plan_json_imports_no_renderer_but_json(tmp_path: Path) -> None:
     assert code == 2, output
     assert offending(modules, NEVER_FOR_VALIDATE_OR_PLAN) == []
     assert offending(modules, ("gitorch.diff.render.text", "gitorch.diff.render.markdown")) == []
+    assert offending(modules, NOT_FOR_A_PLAN_OF_ONE_IDLE_NODE) == []
     # The JSON goes out as orjson's bytes: no console (rich) on the way.
     assert offending(modules, ("rich",)) == []
 

@@ -14,7 +14,14 @@ import time
 
 from etcd_helpers import ELECTION_TIMEOUT, EtcdCluster, new_namespace
 from ha_helpers import Census, HAWorld, kill_leader_until_standby_leads, role_of, status_of
-from reconciler_helpers import LoadClient, commit, converged, process_service, wait_for
+from reconciler_helpers import (
+    DaemonProc,
+    LoadClient,
+    commit,
+    converged,
+    process_service,
+    wait_for,
+)
 
 from gitorch.state import StateStore
 from gitorch.state.etcd.backend import EtcdBackend
@@ -41,6 +48,13 @@ def _start_pair(world: HAWorld) -> str:
     )
     assert world.cluster_name() is not None  # read (and kept) while etcd answers
     return sha
+
+
+def _assert_history(daemon: DaemonProc, expected: dict[str, str]) -> None:
+    """``daemon``'s history: each revision's result, and no other revision."""
+    code, history = daemon.request("GET", "/api/v1/history")
+    assert code == 200
+    assert {h["revision"]: h["result"] for h in history} == expected, history
 
 
 def test_losing_one_member_of_three_changes_nothing(ha_faulty: HAWorld) -> None:
@@ -108,12 +122,7 @@ def test_a_leader_killed_while_an_etcd_member_is_down(ha_faulty: HAWorld) -> Non
     final = [i for i in world.replicas() if str(i.state) == "running"]
     assert sorted(i.labels["dev.gitorch.replica"] for i in final) == ["api-1", "api-2"]
     assert {i.labels["dev.gitorch.revision"] for i in final} == {sha2}
-    code, history = standby.request("GET", "/api/v1/history")
-    assert code == 200
-    assert {h["revision"]: h["result"] for h in history} == {
-        sha1: "succeeded",
-        sha2: "succeeded",
-    }, history
+    _assert_history(standby, {sha1: "succeeded", sha2: "succeeded"})
 
 
 def test_without_quorum_daemons_stop_acting_and_resume_when_it_is_back(
@@ -180,12 +189,7 @@ def test_without_quorum_daemons_stop_acting_and_resume_when_it_is_back(
     )
     assert {name: d.proc.pid for name, d in world.daemons.items()} == pids
     assert all(d.proc.poll() is None for d in world.daemons.values())
-    code, history = leader.request("GET", "/api/v1/history")
-    assert code == 200
-    assert {h["revision"]: h["result"] for h in history} == {
-        sha: "succeeded",
-        sha2: "succeeded",
-    }, history
+    _assert_history(leader, {sha: "succeeded", sha2: "succeeded"})
 
 
 #: How long etcd stalls in the test below: a raft election after a lost member takes one to

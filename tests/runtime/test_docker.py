@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docker_address_helpers import (
+    bridge_interface_address,
+    bridge_network,
+    local_docker_publish_host,
+)
 from private_dockerd import EngineError, PrivateEngine
 
 import gitorch.runtime.docker as docker_module
@@ -109,7 +114,8 @@ def test_pinned_free_host_port_is_used(
     assert instance.ports[0].host_port == port
     # Published on the bridge's gateway (this host owns it): reached from here through the
     # kernel's NAT, not through a docker-proxy process as 127.0.0.1 would be.
-    gateway = docker_client.api.inspect_network("bridge")["IPAM"]["Config"][0]["Gateway"]
+    gateway = local_docker_publish_host()
+    assert gateway != "127.0.0.1", "this host owns the engine's bridge: ports go on its gateway"
     assert instance.address("http") == f"{gateway}:{port}"
     with urllib.request.urlopen(f"http://{gateway}:{port}/", timeout=10) as answer:
         assert answer.status == 200
@@ -125,6 +131,38 @@ def test_an_engine_whose_bridge_is_elsewhere_publishes_on_loopback(
     assert runtime._publish_address(docker_client.api) == "127.0.0.1"
     given = DockerRuntime("n1", "unix:///var/run/docker.sock", address="10.1.2.3")
     assert given._publish_address(docker_client.api) == "10.1.2.3"  # an address given wins
+
+
+def test_a_bridge_without_a_stated_gateway_publishes_on_its_interface_address(
+    monkeypatch: pytest.MonkeyPatch, docker_client: Any
+) -> None:
+    """An engine's first start leaves the default bridge's IPAM gateway unstated (Docker
+    20.10; CI's fresh engine): the driver takes the address of the bridge's interface,
+    as ``ip addr`` shows it, not 127.0.0.1 (CI: the gateway was silently not used)."""
+    network = bridge_network()
+    interface = network["Options"]["com.docker.network.bridge.name"]
+    expected = bridge_interface_address(interface)
+    assert expected is not None, f"the engine's bridge {interface} has no IPv4 address here"
+    unstated = {
+        **network,
+        "IPAM": {
+            **network["IPAM"],
+            "Config": [
+                {k: v for k, v in c.items() if k != "Gateway"} for c in network["IPAM"]["Config"]
+            ],
+        },
+    }
+    monkeypatch.setattr(docker_client.api, "inspect_network", lambda name: unstated)
+    runtime = DockerRuntime("n1", "unix:///var/run/docker.sock")
+    assert runtime._publish_address(docker_client.api) == expected
+    # An interface whose address is outside the network's subnet is not the gateway.
+    elsewhere = {
+        **unstated,
+        "IPAM": {**unstated["IPAM"], "Config": [{"Subnet": "198.51.100.0/24"}]},
+    }
+    monkeypatch.setattr(docker_client.api, "inspect_network", lambda name: elsewhere)
+    fresh = DockerRuntime("n1", "unix:///var/run/docker.sock")
+    assert fresh._publish_address(docker_client.api) == "127.0.0.1"
 
 
 def test_limits_are_enforced(

@@ -6,10 +6,16 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from listen_ports import free_port
 
-from gitorch.traffic.holders import descends_from, port_holders
+from gitorch.traffic.holders import (
+    _listening_by_netlink,
+    _listening_in_proc,
+    descends_from,
+    port_holders,
+)
 
 
 def test_a_listening_socket_of_this_process_is_found() -> None:
@@ -31,3 +37,32 @@ def test_a_free_port_has_no_holder_and_a_child_descends_from_its_parent() -> Non
     finally:
         child.kill()
         child.wait()
+
+
+def test_netlink_and_proc_net_tcp_find_the_same_listening_sockets() -> None:
+    """The kernel's socket diagnostics (used) and /proc/net/tcp{,6} (the fallback) agree:
+    listeners on IPv4 and IPv6 found, with their inodes; a connected socket is not one."""
+    v4, v6, connected = free_port(), free_port(), free_port()
+    with (
+        socket.socket() as four,
+        socket.socket(socket.AF_INET6) as six,
+        socket.socket() as server,
+        socket.socket() as client,
+    ):
+        four.bind(("127.0.0.1", v4))
+        four.listen(1)
+        six.bind(("::1", v6))
+        six.listen(1)
+        server.bind(("127.0.0.1", connected))
+        server.listen(1)
+        client.connect(("127.0.0.1", connected))
+        accepted, _ = server.accept()
+        with accepted:
+            ports = {v4, v6, connected}
+            by_netlink = _listening_by_netlink(ports)
+            by_proc = _listening_in_proc(ports, Path("/proc"))
+            listeners = ((four, v4), (six, v6), (server, connected))
+            # Only the listening one of the three sockets on ``connected`` counts.
+            inodes = {str(os.fstat(s.fileno()).st_ino): port for s, port in listeners}
+    assert by_proc == inodes
+    assert by_netlink == by_proc
