@@ -374,11 +374,12 @@ class Daemon:
             self._readiness_woke = True
         self._wake.set()
 
-    def _settle(self) -> None:
-        """Before a pass a replica's readiness woke: wait (up to READY_SETTLE) until
-        every replica the last starting pass started has answered its readiness probe, so
-        a rollout's batch moves as one wave. A commit, a webhook or a stop ends the wait."""
-        if not self._readiness_woke:
+    def _settle(self, *, after_start: bool = False) -> None:
+        """Before a pass a replica's readiness woke (or, ``after_start``, the pass right
+        after one that started replicas): wait (up to READY_SETTLE) until every replica
+        the last starting pass started has answered its readiness probe, so a rollout's
+        batch moves as one wave. A commit, a webhook or a stop ends the wait."""
+        if not self._readiness_woke and not after_start:
             return
         self._readiness_woke = False
         session = self.session
@@ -653,8 +654,10 @@ class Daemon:
                 # The whole pass follows at once: when the first of the pair the focused
                 # pass started is ready already and its partner not yet, it replaced one
                 # old replica alone (issue 20: 5 batches in 6 waves, [2, 1, 2, 2, 2, 1],
-                # in 6 of 14 runs). It settles as a readiness-woken pass does.
-                self._settle()
+                # in 6 of 14 runs). It settles as a readiness-woken pass does, whether or
+                # not a readiness came yet: one coming between that check and the whole
+                # pass's observation made the same wave of one.
+                self._settle(after_start=True)
             with self._pass_lock:
                 self._passes += 1
                 reconciler = self.session.reconciler_for(desired)

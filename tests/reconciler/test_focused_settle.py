@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gitorch.apply.session import SessionOptions
 from gitorch.daemon import READY_SETTLE, Daemon, DaemonOptions
 from gitorch.errors import GitorchError
@@ -57,7 +59,13 @@ class _Session:
         return self.reconciler
 
 
-def test_the_whole_pass_after_a_focused_pass_waits_for_the_partner(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first_ready", [True, False], ids=["first-ready", "none-ready-yet"])
+def test_the_whole_pass_after_a_focused_pass_waits_for_the_pair(
+    tmp_path: Path, first_ready: bool
+) -> None:
+    """The focused pass ends with the first of its pair ready (or neither yet: the first's
+    readiness may come between the check and the whole pass's observation); the whole
+    pass waits until the pair answered, within READY_SETTLE."""
     assert PARTNER_READY_AFTER < READY_SETTLE
     daemon = Daemon(
         DaemonOptions(
@@ -79,9 +87,10 @@ def test_the_whole_pass_after_a_focused_pass_waits_for_the_partner(tmp_path: Pat
     def focused(desired: Any, commit: Any) -> None:
         daemon._focus = frozenset()
         calls.append(("focused", time.monotonic()))
-        # The pair is started; the first one answered its probe during the pass.
+        # The pair is started; the first one answered its probe during the pass, or not.
         reconciler.executor.waiting = ["partner"]
-        daemon._health_changed("first", type("Ready", (), {"ready": True})())
+        if first_ready:
+            daemon._health_changed("first", type("Ready", (), {"ready": True})())
         threading.Thread(target=partner_ready, daemon=True).start()
 
     daemon._reconcile_focused = focused  # type: ignore[method-assign]
