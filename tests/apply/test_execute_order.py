@@ -17,6 +17,8 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+from decide_helpers import healthy_record
+
 from gitorch.apply.execute import Executor
 from gitorch.decide import PassInput, decide_pass
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
@@ -54,23 +56,6 @@ spec:
     result = ManifestLoader().load([_File("api.yaml", doc)], revision=REVISION)
     assert result.state is not None, [str(d) for d in result.diagnostics]
     return result.state
-
-
-def _record(state: DesiredState, phase: RolloutPhase) -> RolloutRecord:
-    svc = state.services["api"]
-    return RolloutRecord(
-        service="api",
-        revision=REVISION,
-        spec_digest=svc.template_digest,
-        strategy=svc.strategy.type,
-        phase=phase,
-        spec=svc.canonical,
-        started_at=1.0,
-        progress_at=1.0,
-        available=svc.replicas,
-        reached_healthy=True,
-        converged_replicas=svc.replicas,
-    )
 
 
 def _replica(state: DesiredState, slot: int) -> LiveReplica:
@@ -187,7 +172,7 @@ def test_starts_run_beside_the_publication_when_nothing_leaves_the_table() -> No
     old = _desired("1", 4)
     new = _desired("2", 4)
     decision = _decide(
-        new, [_replica(old, s) for s in range(1, 5)], _record(old, RolloutPhase.HEALTHY)
+        new, [_replica(old, s) for s in range(1, 5)], healthy_record(old, "api", REVISION)
     )
     assert len(decision.starts.get("api", ())) == 2 and not decision.stops()
     trace = _Trace(apply_seconds=5.0)
@@ -209,7 +194,12 @@ def test_a_wave_starts_beside_the_publication_that_withdraws_and_stops_after_it(
     new = _desired("2", 4)
     replicas = [_replica(old, s) for s in range(1, 5)]
     replicas += [replace(_replica(new, s), replica=f"api-{s}") for s in (5, 6)]
-    record = replace(_record(new, RolloutPhase.PROGRESSING), available=4, reached_healthy=False)
+    record = replace(
+        healthy_record(new, "api", REVISION),
+        phase=RolloutPhase.PROGRESSING,
+        available=4,
+        reached_healthy=False,
+    )
     decision = _decide(new, replicas, record)
     stops = [s for s in decision.stops() if s.drain]
     assert len(stops) == 2 and len(decision.starts.get("api", ())) == 2, decision.actions()
