@@ -27,6 +27,7 @@ from reconciler_helpers import (
     wait_for,
 )
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -92,6 +93,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def text_of(browser: webdriver.Chrome, css: str) -> str:
+    """The text of the first element ``css`` finds ("" without one). The page updates
+    itself live: an element replaced between the find and the read is found again (CI
+    once failed a wait on ``StaleElementReferenceException``)."""
+    for _ in range(5):
+        found = browser.find_elements(By.CSS_SELECTOR, css)
+        try:
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            continue
     found = browser.find_elements(By.CSS_SELECTOR, css)
     return found[0].text if found else ""
 
