@@ -8,8 +8,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from rich.markup import escape
-
 from gitorch.commands.common import (
     add_format_option,
     add_host_path_option,
@@ -19,6 +17,7 @@ from gitorch.commands.common import (
     one_shot_gc,
     open_args_source,
     print_json,
+    print_line,
     read_snapshot,
     reserved_ports,
     separate_trees_hint,
@@ -95,10 +94,12 @@ def report(args: argparse.Namespace, snapshot: Snapshot, result: LoadResult) -> 
         counts = Counter(obj.kind for obj in result.state.objects())
         kinds = ("Service", "Node", "Volume", *(("NodePool",) if counts["NodePool"] else ()))
         summary = ", ".join(f"{counts[k]} {k}{'s' if counts[k] != 1 else ''}" for k in kinds)
-        stdout().print(
-            f"[green]✓[/] valid: {summary} in {len(snapshot.files)} files ({escape(where)})"
-        )
+        # Written without rich where it can be (common.print_line): a success imports
+        # only what it prints with. Problems below are rare and may take rich's time.
+        print_line(("✓", "green"), f" valid: {summary} in {len(snapshot.files)} files ({where})")
         return 0
+    from rich.markup import escape
+
     for diagnostic in result.diagnostics:
         stdout().print(escape(str(diagnostic)))
     files = len({d.path for d in result.diagnostics})
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace, loader: ManifestLoader) -> int:
+    from rich.markup import escape
+
     from gitorch.sources.watch import RepositoryWatcher
 
     # Fails early for a URL or a missing path; kept, so that each commit reads only the
