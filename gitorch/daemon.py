@@ -290,14 +290,16 @@ class Daemon:
             from gitorch.sources.watch import RepositoryWatcher
 
             # Only commits count (the daemon never applies the working tree: an edit
-            # there would preempt a pass for nothing), and a ref's write comes last of a
-            # commit's: a short debounce (the 200 ms default was a fifth of issue 20's
+            # there would preempt a pass for nothing), and a ref renamed into place ends
+            # a commit: it triggers at once (at_ref_update). A ref written otherwise
+            # waits a short debounce (the 200 ms default was a fifth of issue 20's
             # budget from commit to first replica).
             watcher = RepositoryWatcher(
                 Path(self.options.repo),
                 lambda: self.trigger("local commit"),
                 debounce=WATCH_DEBOUNCE,
                 commits_only=True,
+                at_ref_update=True,
             )
             watcher.__enter__()
             return watcher

@@ -138,9 +138,12 @@ def _watch(args: argparse.Namespace, loader: ManifestLoader) -> int:
     changed = threading.Event()
     changed.set()
     last_code = 0
-    # A commit is a burst of writes within milliseconds; 50 ms of quiet ends it. (A
-    # validation that starts mid-burst is followed by another: the burst keeps poking.)
-    with RepositoryWatcher(root, changed.set, debounce=0.05):
+    # A commit ends when its ref is renamed into place: validated at once, unless the
+    # working tree is what is read (--worktree), where a checkout's files may still be
+    # coming. Other changes are bursts of writes within milliseconds; 50 ms of quiet
+    # ends one. (A validation that starts mid-burst is followed by another: the burst
+    # keeps poking.)
+    with RepositoryWatcher(root, changed.set, debounce=0.05, at_ref_update=not args.worktree):
         stderr().print(f"watching {escape(str(root))} (Ctrl-C to stop)")
         try:
             while True:

@@ -11,6 +11,15 @@ What counts: inside the git directory, ``HEAD``, ``packed-refs`` and anything un
 whose path has no component starting with "." (that also drops vim's ``.x.swp`` and emacs'
 ``.#x``), minus editor backup/temporary names (``x~``, ``#x#``, vim's ``4913`` probe).
 Ignored: ``.git/objects`` churn, lock files, the index, logs.
+
+A ref renamed into place ends a commit: git writes a ref (a branch, ``HEAD``,
+``packed-refs``) to ``NAME.lock`` and renames it to ``NAME`` once the objects it names are
+written, so nothing of that commit is left to come. With ``at_ref_update`` (callers that
+read commits, not the working tree: the daemon, ``validate --watch`` without
+``--worktree``) such a rename calls back at once instead of after the debounce; anything
+else (an edit, a ref written in place, a rename seen as a deletion and a creation) still
+waits out the debounce. A commit's other writes (objects, the index, logs) are not
+counted, so one commit still gives one call.
 """
 
 from __future__ import annotations
@@ -97,12 +106,13 @@ class _Handler(FileSystemEventHandler):
             return
         if isinstance(event, DirModifiedEvent):
             return  # a folder's mtime changes with every file in it; the file event counts
-        paths = [event.src_path]
-        dest = getattr(event, "dest_path", "")
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(getattr(event, "dest_path", "") or "")
+        paths = [src]
         if dest:
             paths.append(dest)
         if any(self.watcher.relevant(os.fsdecode(p)) for p in paths):
-            self.watcher.poke()
+            self.watcher.poke(complete=bool(dest) and self.watcher.ref_committed(src, dest))
 
 
 class RepositoryWatcher:
@@ -120,10 +130,16 @@ class RepositoryWatcher:
         *,
         max_delay: float | None = None,
         commits_only: bool = False,
+        at_ref_update: bool = False,
     ) -> None:
         """``commits_only``: only the git directory counts (and is watched): a new commit,
         a checkout, a fetch; edits of the working tree do not (the daemon applies commits,
-        never the working tree: an edit there would wake it for nothing)."""
+        never the working tree: an edit there would wake it for nothing).
+
+        ``at_ref_update``: a ref renamed into place (the end of a commit, see the module's
+        docstring) calls back at once, not ``debounce`` seconds later; for callers that
+        read commits, never for one that reads the working tree (a checkout or a stash
+        writes working files after the ref)."""
         self.path = Path(path).resolve()
         if not self.path.is_dir():
             raise SourceError(f"{path}: no such directory to watch")
@@ -132,7 +148,9 @@ class RepositoryWatcher:
         self.max_delay = max_delay if max_delay is not None else max(1.0, 5 * debounce)
         self.git_dirs = _git_dirs(self.path)
         self.commits_only = commits_only
+        self.at_ref_update = at_ref_update
         self._cond = threading.Condition()
+        self._complete = False
         self._first_event: float | None = None
         self._last_event = 0.0
         self._stopping = False
@@ -162,15 +180,28 @@ class RepositoryWatcher:
             return False
         return not _EDITOR_TEMP_RE.search(rel_parts[-1])
 
+    def ref_committed(self, src: str, dest: str) -> bool:
+        """Whether the rename of ``src`` to ``dest`` is git committing a ref's lock file
+        (``refs/heads/main.lock`` to ``refs/heads/main``, ``HEAD.lock``, ...): the update
+        is whole, and with it the commit it names. Only with ``at_ref_update``."""
+        return (
+            self.at_ref_update
+            and src == f"{dest}.lock"
+            and self.relevant(dest)
+            and any(Path(dest).is_relative_to(gdir) for gdir in self.git_dirs)
+        )
+
     # -- debouncing ---------------------------------------------------------------------
 
-    def poke(self) -> None:
-        """Record a relevant event; the worker calls ``on_change`` once things settle."""
+    def poke(self, *, complete: bool = False) -> None:
+        """Record a relevant event; the worker calls ``on_change`` once things settle, or
+        at once when ``complete`` (a ref committed: :meth:`ref_committed`)."""
         with self._cond:
             now = time.monotonic()
             self._last_event = now
             if self._first_event is None:
                 self._first_event = now
+            self._complete = self._complete or complete
             self._cond.notify()
 
     def _run(self) -> None:
@@ -183,10 +214,11 @@ class RepositoryWatcher:
                 assert self._first_event is not None
                 due = min(self._last_event + self.debounce, self._first_event + self.max_delay)
                 wait = due - time.monotonic()
-                if wait > 0:
+                if wait > 0 and not self._complete:
                     self._cond.wait(wait)
                     continue  # re-evaluate: more events may have pushed the deadline
                 self._first_event = None
+                self._complete = False
             try:
                 self.on_change()
             except Exception:  # the callback's bug must not kill the watcher

@@ -142,3 +142,48 @@ def test_a_rename_read_in_two_halves_is_not_held_half_a_second() -> None:
     event, when = got[0]
     assert isinstance(event, tuple), event  # still one rename
     assert when - put < 0.1, when - put
+
+
+def test_a_commit_calls_back_at_its_ref_update_without_the_debounce(checkout: Checkout) -> None:
+    """``at_ref_update``: git renames a branch's lock file into place once the commit is
+    written, which ends the commit; the watcher does not wait out the debounce after it
+    (here 2 s), and the commit's other writes (objects, index, logs) give no second call."""
+    checkout.write("app/web.yaml", "v: 1\n")
+    checkout.commit("one")
+    calls = Calls()
+    with RepositoryWatcher(
+        checkout.path, calls, debounce=2.0, commits_only=True, at_ref_update=True
+    ):
+        checkout.write("app/web.yaml", "v: 2\n")
+        checkout.commit("two")
+        assert calls.wait_for(1, timeout=1.5) < 1.5
+        time.sleep(2.5)  # past the debounce: a second call would have come by now
+        assert calls.count == 1
+
+
+def test_a_ref_written_in_place_still_waits_the_debounce(checkout: Checkout) -> None:
+    """Only a lock file renamed onto its ref counts as complete: a ref written in place
+    (not git's way, but possible) may be half written, so the debounce applies."""
+    checkout.write("app/web.yaml", "v: 1\n")
+    sha = checkout.commit("one")
+    calls = Calls()
+    with RepositoryWatcher(
+        checkout.path, calls, debounce=0.6, commits_only=True, at_ref_update=True
+    ):
+        started = time.monotonic()
+        (checkout.path / ".git" / "refs" / "heads" / "other").write_text(f"{sha}\n")
+        calls.wait_for(1, timeout=3.0)
+        assert time.monotonic() - started >= 0.55
+
+
+def test_without_at_ref_update_a_commit_waits_the_debounce(checkout: Checkout) -> None:
+    """``validate --watch --worktree`` reads the working tree, which a checkout writes
+    after its ref: there a ref's update does not end the burst."""
+    checkout.write("app/web.yaml", "v: 1\n")
+    checkout.commit("one")
+    calls = Calls()
+    with RepositoryWatcher(checkout.path, calls, debounce=0.6):
+        started = time.monotonic()
+        checkout.git("commit", "-q", "--allow-empty", "-m", "two")
+        calls.wait_for(1, timeout=3.0)
+        assert time.monotonic() - started >= 0.55
