@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(_command_in(words))
     args = parser.parse_args(words)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
     except GitorchError as exc:
         if os.environ.get("GITORCH_DEBUG"):
             raise
@@ -117,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    if argv is None:  # the process's own command (not a caller's, as in the tests)
+        common = sys.modules.get("gitorch.commands.common")
+        if common is not None:
+            common.exit_at_once(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ has its value in a :class:`FieldChange`, only ``"(sensitive value)"``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, overload
@@ -99,25 +99,43 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 def _collect_leaves(value: Any, path: str, found: list[tuple[str, Any]]) -> None:
     # One list filled in place, not nested generators: a first plan adds every leaf of
-    # every object (~10^5 for 2,000 Services), and each generator level costs per leaf;
-    # most leaves are scalars in a mapping, appended here without a call of their own.
+    # every object (~10^5 for 2,000 Services), and each generator level costs per leaf.
+    # The leaves of a mapping (scalars, and the empty mappings and lists that a canonical
+    # object has a dozen of) are appended by the loop in _collect_items without a call of
+    # their own; a list is looked at once to tell named items, indexed mappings, a value.
     if isinstance(value, dict) and value:
-        prefix = f"{path}." if path else ""
-        for key, item in value.items():
-            if type(item) in _SCALARS:
-                found.append((f"{prefix}{key}", item))
-            else:
-                _collect_leaves(item, f"{prefix}{key}", found)
-    elif _is_named_list(value):
-        for item in value:
-            _collect_leaves(
-                {k: v for k, v in item.items() if k != "name"}, f"{path}[{item['name']}]", found
-            )
-    elif _is_dict_list(value):
-        for index, item in enumerate(value):
-            _collect_leaves(item, f"{path}[{index}]", found)
+        _collect_items(value.items(), f"{path}." if path else "", found)
+    elif isinstance(value, list) and value:
+        if not all(isinstance(item, dict) for item in value):
+            found.append((path, value))
+        elif all(isinstance(item.get("name"), str) for item in value) and len(
+            {item["name"] for item in value}
+        ) == len(value):
+            for item in value:
+                at = f"{path}[{item['name']}]"
+                rest = [(k, v) for k, v in item.items() if k != "name"]
+                if rest:
+                    _collect_items(rest, f"{at}.", found)
+                else:
+                    found.append((at, {}))
+        else:
+            for index, item in enumerate(value):
+                _collect_leaves(item, f"{path}[{index}]", found)
     else:
         found.append((path, value))
+
+
+def _collect_items(
+    items: Iterable[tuple[Any, Any]], prefix: str, found: list[tuple[str, Any]]
+) -> None:
+    """The leaves of a non-empty mapping's ``items``, their keys spelled after ``prefix``."""
+    append = found.append
+    for key, item in items:
+        kind = type(item)
+        if kind in _SCALARS or ((kind is dict or kind is list) and not item):
+            append((f"{prefix}{key}", item))
+        else:
+            _collect_leaves(item, f"{prefix}{key}", found)
 
 
 def _change(op: str, path: str, before: Any, after: Any) -> FieldChange:
