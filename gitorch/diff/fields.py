@@ -86,6 +86,15 @@ def _redact(path: str, value: Any) -> tuple[Any, bool]:
     return (SENSITIVE if value is not None else None), True
 
 
+@lru_cache(maxsize=4096)
+def _redacted_path(path: str) -> bool:
+    """Whether a leaf at ``path`` is shown redacted when added or removed (what
+    ``_change`` against nothing marks sensitive: ``_redact(path, value)`` is secret only
+    where ``_redact(path, None)`` is). Remembered per path: the services of a repo share
+    their env names, and a first plan asks about every env leaf."""
+    return _redact(path, None)[1]
+
+
 def _leaves(value: Any, path: str) -> list[tuple[str, Any]]:
     """Every leaf of ``value`` with its path (for whole objects added or removed)."""
     found: list[tuple[str, Any]] = []
@@ -295,22 +304,25 @@ def object_leaves(obj: Mapping[str, Any], op: str) -> Leaves:
         _collect_leaves(spec, "spec", pairs)
         return Leaves(op, pairs)
     sensitive: list[int] = []
+    append = pairs.append
     for key, item in spec.items():
         path = f"spec.{key}"
-        start = len(pairs)
-        if type(item) in _SCALARS:
-            pairs.append((path, item))
-        else:
-            _collect_leaves(item, path, pairs)
         # Only leaves under spec.env and spec.secrets can be redacted: every leaf of this
         # key's subtree starts with ``path``, so the prefix test is made once per key.
         if path.startswith(_REDACTED):
+            start = len(pairs)
+            _collect_leaves(item, path, pairs)
             for index in range(start, len(pairs)):
                 leaf, value = pairs[index]
-                shown, secret = _redact(leaf, value)
-                if secret or _redact(leaf, None)[1]:  # as _change against nothing
-                    pairs[index] = (leaf, shown)
+                if _redacted_path(leaf):  # as _change against nothing
+                    pairs[index] = (leaf, _redact(leaf, value)[0])
                     sensitive.append(index)
+            continue
+        kind = type(item)
+        if kind in _SCALARS or ((kind is dict or kind is list) and not item):
+            append((path, item))
+        else:
+            _collect_leaves(item, path, pairs)
     return Leaves(op, pairs, frozenset(sensitive))
 
 
