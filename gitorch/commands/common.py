@@ -10,7 +10,7 @@ import os
 import posixpath
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -413,11 +413,51 @@ def stderr() -> Console:
     return _stderr
 
 
-#: SGR parameters of the styles :func:`print_line` writes itself: what rich writes for them
-#: in each of its colour systems (a standard colour keeps its number in 256 colours and
-#: truecolour). The colours are dropped under ``NO_COLOR``; dim is not a colour.
-_SGR = {"green": "32", "red": "31", "yellow": "33", "dim": "2"}
-_COLOURS = frozenset({"green", "red", "yellow"})
+#: SGR parameters of the style words written without rich (:func:`sgr_around`): what
+#: rich writes for them in each of its colour systems (a standard colour keeps its number
+#: in 256 colours and truecolour). Attributes come first, in rich's order (by number).
+_SGR_ATTRIBUTES = {"bold": "1", "dim": "2"}
+_SGR_COLOURS = {
+    "black": "30",
+    "red": "31",
+    "green": "32",
+    "yellow": "33",
+    "blue": "34",
+    "magenta": "35",
+    "cyan": "36",
+    "white": "37",
+}
+
+
+def sgr_around(style: str, colours: bool) -> tuple[str, str] | None:
+    """What rich writes before and after a text of ``style`` (words: bold, dim, at most
+    one standard colour) on a terminal; ``colours`` False: as under ``NO_COLOR``, which
+    drops colours and keeps attributes. None: a style not spelled so (rich decides)."""
+    attributes: set[str] = set()
+    colour: list[str] = []
+    for word in style.split():
+        if word in _SGR_ATTRIBUTES:
+            attributes.add(_SGR_ATTRIBUTES[word])
+        elif word in _SGR_COLOURS and not colour:
+            colour.append(_SGR_COLOURS[word])
+        else:
+            return None
+    codes = ";".join([*sorted(attributes, key=int), *(colour if colours else [])])
+    return (f"\x1b[{codes}m", "\x1b[0m") if codes else ("", "")
+
+
+def escape_codes_around(stream: Any) -> Callable[[str], tuple[str, str] | None] | None:
+    """For a stream rich's decision is plain for (:func:`_escape_codes`): what rich would
+    write around a text of a style there (nothing off a terminal); None: ask rich."""
+    codes = _escape_codes(stream)
+    if codes is None:
+        return None
+    if not codes:
+        return lambda style: ("", "")
+    colours = not _no_colour()
+    return lambda style: sgr_around(style, colours)
+
+
 #: What rich may change in a markup string: markup and its escapes (``[``, ``\``) and
 #: emoji codes (``:name:``; this pattern holds rich's). A line holding one, or a control
 #: character, is printed by rich.
@@ -426,7 +466,7 @@ _RICH_READS = re.compile(r"[\[\\]|:\S*:")
 
 def print_line(*parts: str | tuple[str, str], err: bool = False) -> None:
     """Print one line made of ``parts`` (plain text, or (text, style) with a style of
-    :data:`_SGR`) on stdout (``err``: stderr): byte for byte what
+    :func:`sgr_around`) on stdout (``err``: stderr): byte for byte what
     ``stdout().print(markup)`` prints with the parts escaped, but without importing rich
     where its choice is plain to make (``validate``'s one line of success took ~30 ms of
     CPU importing rich, 3% of validating 2,000 Services). Escape codes are written when
@@ -436,8 +476,9 @@ def print_line(*parts: str | tuple[str, str], err: bool = False) -> None:
     codes, control characters), go through rich."""
     stream = sys.stderr if err else sys.stdout
     line = "".join(part if isinstance(part, str) else part[0] for part in parts)
-    codes = _escape_codes(stream)
-    if codes is None or not line.isprintable() or _RICH_READS.search(line):
+    around = escape_codes_around(stream)
+    styles = [around(part[1]) if around else None for part in parts if not isinstance(part, str)]
+    if around is None or None in styles or not line.isprintable() or _RICH_READS.search(line):
         from rich.markup import escape
 
         markup = "".join(
@@ -451,9 +492,8 @@ def print_line(*parts: str | tuple[str, str], err: bool = False) -> None:
         if isinstance(part, str):
             pieces.append(part)
             continue
-        text, style = part
-        sgr = _SGR[style] if codes and not (style in _COLOURS and _no_colour()) else ""
-        pieces.append(f"\x1b[{sgr}m{text}\x1b[0m" if sgr and text else text)
+        before, after = around(part[1]) or ("", "")
+        pieces.append(f"{before}{part[0]}{after}" if part[0] else "")
     stream.write("".join(pieces) + "\n")
     stream.flush()
 

@@ -21,6 +21,7 @@ from gitorch.commands.common import (
     add_verify_options,
     allowed_host_paths,
     duration,
+    escape_codes_around,
     one_shot_gc,
     open_store,
     reserved_ports,
@@ -226,7 +227,10 @@ def run(args: argparse.Namespace) -> int:
 
         sys.stdout.write(render_markdown(plan))
     else:
-        from gitorch.diff.render.text import render_text
+        from gitorch.diff.render.text import DirectOutput, render_text
 
-        render_text(plan, stdout())
+        # As gitorch's stdout console prints it, without making one (rich's imports are
+        # ~30 ms) where its choice of escape codes is plain: a pipe, a file, a terminal.
+        around = escape_codes_around(sys.stdout)
+        render_text(plan, stdout() if around is None else DirectOutput(sys.stdout, around, stdout))
     return EXIT_CHANGES if plan.has_changes else EXIT_NO_CHANGES

@@ -35,11 +35,13 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from json.encoder import encode_basestring
-from typing import Any, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
-from rich.console import Console
-from rich.text import Text
+if TYPE_CHECKING:  # rich loads when a line or a style needs it (DirectOutput)
+    from rich.console import Console
 
 from gitorch.diff.fields import SENSITIVE, FieldChange, Leaves
 from gitorch.diff.plan import ObjectChange, PlacementItem, Plan, Unschedulable
@@ -189,16 +191,48 @@ _MARK = "\ue000"
 _BATCH = 2000
 
 
+@dataclass(frozen=True)
+class DirectOutput:
+    """Where a plan's text goes without a rich console made up front: ``file``, and the
+    escape codes rich would write before and after a text of each style there
+    (``around``; None for a style it does not spell). ``console`` makes the console
+    that prints what only rich can (a line rich changes, a style ``around`` does not
+    know): rich is imported then, not before (~30 ms of a plan's CPU otherwise)."""
+
+    file: IO[str]
+    around: Callable[[str], tuple[str, str] | None]
+    console: Callable[[], Console]
+
+
 class _Printer:
     """Prints lines made of parts, with the settings every line needs: what
     ``console.print(Text.assemble(*parts), soft_wrap=True)`` prints, written directly
-    (see the module's docstring) when the console is a plain stream."""
+    (see the module's docstring) when the console is a plain stream, or to a
+    :class:`DirectOutput`."""
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.direct = not (console.record or console.is_jupyter or console.legacy_windows)
+    def __init__(self, target: Console | DirectOutput) -> None:
+        self._target = target
+        self._console: Console | None = None
+        if isinstance(target, DirectOutput):
+            self.direct = True
+        else:
+            self._console = target
+            self.direct = not (target.record or target.is_jupyter or target.legacy_windows)
         self._around: dict[str, tuple[str, str]] = {}
         self._pending: list[str] = []
+
+    @property
+    def file(self) -> IO[str]:
+        """The stream written to (a console's, read when written: rich's default is the
+        ``sys.stdout`` of the moment)."""
+        return self._target.file
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            assert isinstance(self._target, DirectOutput)
+            self._console = self._target.console()
+        return self._console
 
     def __call__(self, *parts: Part) -> None:
         if self.direct:
@@ -209,6 +243,8 @@ class _Printer:
                     self.flush()
                 return
         self.flush()
+        from rich.text import Text
+
         # soft_wrap: the terminal wraps, rich neither wraps nor crops (copy-paste stays whole).
         self.console.print(Text.assemble(*parts) if parts else Text(), soft_wrap=True)
 
@@ -241,7 +277,13 @@ class _Printer:
     def _styled(self, style: str) -> tuple[str, str]:
         """What rich writes before and after a text of ``style`` on this console."""
         found = self._around.get(style)
+        if found is None and isinstance(self._target, DirectOutput):
+            found = self._target.around(style)
+            if found is not None:
+                self._around[style] = found
         if found is None:
+            from rich.text import Text
+
             with self.console.capture() as captured:
                 self.console.print(Text(_MARK, style=style), end="", soft_wrap=True)
             before, mark, after = captured.get().partition(_MARK)
@@ -251,8 +293,8 @@ class _Printer:
 
     def flush(self) -> None:
         if self._pending:
-            self.console.file.write("".join(self._pending))
-            self.console.file.flush()
+            self.file.write("".join(self._pending))
+            self.file.flush()
             self._pending.clear()
 
 
@@ -412,8 +454,9 @@ def _order(out: _Printer, plan: Plan) -> None:
     out()
 
 
-def render_text(plan: Plan, console: Console) -> None:
-    """Print ``plan`` on ``console`` (rich decides colours: terminal, pipe or NO_COLOR)."""
+def render_text(plan: Plan, console: Console | DirectOutput) -> None:
+    """Print ``plan`` on ``console`` (rich decides colours: terminal, pipe or NO_COLOR),
+    or as that console would on a :class:`DirectOutput`."""
     out = _Printer(console)
     try:
         _render(out, plan)
