@@ -557,6 +557,18 @@ def one_shot_gc() -> None:
 
 #: Set by :func:`one_shot_gc`: the command runs once and then the process ends.
 _one_shot = False
+#: What a one-shot command built, held until its process ends (:func:`keep_until_exit`).
+_kept: list[Any] = []
+
+
+def keep_until_exit(*values: Any) -> None:
+    """Hold ``values`` (a plan, the desired and live state) until a one-shot command's
+    process ends (:func:`exit_at_once`), so they are not freed one object at a time when
+    the command returns: the kernel reclaims them at once (~15 ms of a 2,000-Service
+    plan's CPU, ~6 ms of a validate's). A later call (a caller that runs commands in one
+    process, as the tests do) replaces what an earlier one held."""
+    if _one_shot:
+        _kept[:] = values
 
 
 def exit_at_once(code: int) -> None:

@@ -22,6 +22,7 @@ from gitorch.commands.common import (
     allowed_host_paths,
     duration,
     escape_codes_around,
+    keep_until_exit,
     one_shot_gc,
     open_store,
     reserved_ports,
@@ -173,7 +174,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         )
     )
     plan = compute_plan(desired, live, scoring=args.scoring, decision=decision)
-    return replace(plan, warnings=(*plan.warnings, *_foreign_ports(desired, state)))
+    plan = replace(plan, warnings=(*plan.warnings, *_foreign_ports(desired, state)))
+    keep_until_exit(desired, live, decision, plan)
+    return plan
 
 
 def _ingress_image(targets: list[NodeTarget], state: Path) -> str | None:

@@ -14,6 +14,7 @@ from gitorch.commands.common import (
     add_source_options,
     add_state_option,
     allowed_host_paths,
+    keep_until_exit,
     one_shot_gc,
     open_args_source,
     print_json,
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.watch:
         one_shot_gc()
         snapshot, result = validate_once(args, loader)
+        keep_until_exit(snapshot, result)
         return report(args, snapshot, result)
     return _watch(args, loader)
 
