@@ -12,6 +12,7 @@ its own work needs. ``tests/cli/test_cli_imports.py`` holds both properties.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -97,6 +98,25 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
+#: The exit code of a command whose output's reader went away: 128 + SIGPIPE, what a
+#: shell reports for git or grep killed by SIGPIPE in the same place.
+BROKEN_PIPE_EXIT = 141
+
+
+#: What writing a command's output may fail with, other than its reader leaving.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: what is left in its buffer goes nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a caller's stream, as in the tests)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     print_stacks_on_sigquit()
     words = sys.argv[1:] if argv is None else list(argv)
@@ -117,6 +137,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`gitorch plan | head`): as a tool killed by SIGPIPE,
+        # end quietly with 128 + SIGPIPE, and let nothing more reach the closed pipe
+        # (Python's own exit flushes stdout once more and would print a traceback).
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
+    except OSError as exc:
+        # Output that cannot be written (`> /dev/full`, a full disk or quota): one
+        # line, not a traceback. Errors on named files are the commands' to report.
+        if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        _silence_stdout()
+        sys.stderr.write(f"error: cannot write the output: {exc.strerror}\n")
+        return 1
     if argv is None:  # the process's own command (not a caller's, as in the tests)
         common = sys.modules.get("gitorch.commands.common")
         if common is not None:

@@ -604,6 +604,19 @@ def exit_at_once(code: int) -> None:
     os._exit(code)
 
 
+def write_all(binary: Any, data: bytes) -> None:
+    """Write all of ``data`` to the binary stream ``binary`` and flush it. A buffered
+    writer whose raw stream fails after a partial write (the reader of a pipe went away,
+    a full disk) reports the bytes written instead of the error: what is left is written
+    again, so the error is raised (and reported by the CLI) rather than the output cut
+    short in silence."""
+    view = memoryview(data)
+    while view:
+        written = binary.write(view)
+        view = view[written if written is not None else len(view) :]
+    binary.flush()
+
+
 def print_json(value: Any) -> None:
     """Machine output: one JSON document on stdout, never coloured, keys in their order.
 

@@ -32,6 +32,7 @@ from gitorch.commands.common import (
     state_dir,
     stdout,
     verified_snapshot,
+    write_all,
 )
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
@@ -221,8 +222,7 @@ def run(args: argparse.Namespace) -> int:
         binary = getattr(sys.stdout, "buffer", None)
         if binary is not None:
             sys.stdout.flush()
-            binary.write(render_json_bytes(plan))
-            binary.flush()
+            write_all(binary, render_json_bytes(plan))
         else:  # a text-only stream (a test's capture)
             sys.stdout.write(render_json(plan))
     elif args.format == "markdown":

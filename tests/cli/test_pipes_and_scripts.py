@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import REPO_ROOT
+from cli_helpers import REPO_ROOT, commit, init_repo
 from live_helpers import load_services, record_rollout, service_yaml
 
 from gitorch.state import RevisionResult, StateStore
@@ -221,3 +221,78 @@ def test_reading_every_folder_of_the_root_says_how_to_pick_one(
     assert done.returncode == 1
     assert "separate folders (examples/repo, examples/repo-docker," in done.stderr
     assert "no --path was given; to read one: --path examples/" in done.stderr
+
+
+# -- a reader that goes away: `gitorch plan | head` ----------------------------------------
+
+
+def _many_services(count: int) -> dict[str, str]:
+    """``count`` Services in one file: a plan whose text outgrows a pipe's buffer."""
+    docs = [
+        f"""apiVersion: gitorch.dev/v1
+kind: Service
+metadata: {{name: svc-{i}}}
+spec:
+  command: ["/bin/sleep", "600"]
+  replicas: 2
+  env: {{GREETING: "hello from service {i}, a value long enough to take some room"}}
+"""
+        for i in range(count)
+    ]
+    return {"apps/services.yaml": "---\n".join(docs)}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_plan_into_a_pipe_closed_early_ends_quietly(tmp_path: Path, fmt: str) -> None:
+    """`gitorch plan | head -1`: the reader leaves after one line; the plan ends without
+    a traceback, with 128 + SIGPIPE as a tool killed by SIGPIPE would (not with its own
+    code, as if its output had all been read: the JSON's one write used to come back
+    short in silence)."""
+    repo = init_repo(tmp_path / "repo")
+    commit(repo, _many_services(300))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITORCH_") and k != "COLUMNS"}
+    argv = [sys.executable, "-m", "gitorch", "plan", "--repo", str(repo), "--path", "apps"]
+    argv += ["--runtime", "process", "--format", fmt, "--state", str(tmp_path / "state")]
+    process = subprocess.Popen(  # noqa: S603
+        argv,
+        cwd=tmp_path,
+        env={**env, "NO_COLOR": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()  # as `head -1` does
+    error = process.stderr.read().decode()
+    code = process.wait(timeout=120)
+    assert first.strip(), error
+    assert "Traceback" not in error and "Broken pipe" not in error, error
+    assert code == 141, (code, error)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("validate", "--path", "examples/repo"),
+        ("plan", "--path", "examples/repo", "--runtime", "process"),
+        ("plan", "--path", "examples/repo", "--runtime", "process", "--format", "json"),
+    ],
+)
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """`> /dev/full` (a full disk): the command says it could not write, exit 1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITORCH_")}
+    env["GITORCH_STATE"] = str(tmp_path / "state")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "gitorch", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "error: cannot write the output: No space left on device\n"
