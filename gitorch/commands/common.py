@@ -351,7 +351,35 @@ def read_snapshot(args: argparse.Namespace, source: Source | None = None) -> Sna
         stderr().print(
             f"[yellow]warning:[/] history rewritten: {fetched.old_sha} is no longer an ancestor of {fetched.new_sha}"
         )
-    return source.snapshot(args.ref, args.path)
+    snapshot = source.snapshot(args.ref, args.path)
+    note_uncommitted(args, source, snapshot)
+    return snapshot
+
+
+#: Uncommitted files named in the note before "(+N more)".
+UNCOMMITTED_SHOWN = 3
+
+
+def note_uncommitted(args: argparse.Namespace, source: Source, snapshot: Snapshot) -> None:
+    """A note on stderr when a local checkout's commit is read (no ``--ref``, no
+    ``--worktree``) while manifests under ``--path`` have uncommitted changes: the
+    command reads the commit, as a merge would apply it, not the edited files."""
+    uncommitted = getattr(source, "uncommitted", None)
+    if args.ref is not None or getattr(args, "worktree", False) or uncommitted is None:
+        return
+    changed = uncommitted(args.path)
+    if not changed:
+        return
+    shown = ", ".join(changed[:UNCOMMITTED_SHOWN])
+    more = (
+        f" (+{len(changed) - UNCOMMITTED_SHOWN} more)" if len(changed) > UNCOMMITTED_SHOWN else ""
+    )
+    print_line(
+        ("note:", "yellow"),
+        f" uncommitted changes to {len(changed)} manifest file(s) are not read ({shown}{more}):"
+        f" this reads the commit {snapshot.revision[:7]}; --worktree reads the working tree",
+        err=True,
+    )
 
 
 def separate_trees(paths: Iterable[str]) -> list[str]:

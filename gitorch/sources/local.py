@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +79,25 @@ class LocalRepoSource:
     def history(self, ref: str | None = None, limit: int = 50) -> Iterator[CommitInfo]:
         """Commits reachable from ``ref``, newest first."""
         return self._store.history(ref, limit)
+
+    def uncommitted(self, path: str = "") -> list[str]:
+        """Manifest files under ``path`` whose working copy differs from HEAD's (edited,
+        staged, added, deleted or untracked and not ignored): what a reading of the
+        commit leaves out. Empty for a bare repository."""
+        if self.repo.bare:
+            return []
+        folder = normalize_folder(path)
+        out = run(
+            self.repo,
+            ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", "--"]
+            + ([folder] if folder else []),
+            what=str(self.path),
+            # No refresh of the index: a reading never takes the lock a user's git needs.
+            env={"GIT_OPTIONAL_LOCKS": "0"},
+        )
+        # Each entry: two status letters, a space, the path (relative to the top level).
+        paths = (entry[3:] for entry in out.split("\x00") if len(entry) > 3)
+        return sorted(p for p in paths if is_manifest_name(posixpath.basename(p)))
 
     def verify(self, ref: str, policy: SignaturePolicy) -> Verification:
         """The signed-commit policy's verdict on the commit ``ref`` names."""

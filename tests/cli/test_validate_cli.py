@@ -104,15 +104,33 @@ def test_ref_reads_an_older_commit(tmp_path: Path, repo: Path) -> None:
     assert short.returncode == 0
 
 
+def commit_of(repo: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"],  # noqa: S607
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 def test_worktree_sees_an_uncommitted_edit(tmp_path: Path, repo: Path) -> None:
     (repo / "deploy" / "web.yaml").write_text(SERVICE.format(name="web", replicas="-5"))
     committed = gitorch(tmp_path, "validate", "--repo", str(repo), "--path", "deploy")
     assert committed.returncode == 0, committed.stdout
+    # The commit was read, and the note says the edit was not.
+    assert committed.stderr == (
+        "note: uncommitted changes to 1 manifest file(s) are not read (deploy/web.yaml): "
+        "this reads the commit " + commit_of(repo)[:7] + "; --worktree reads the working tree\n"
+    )
     edited = gitorch(tmp_path, "validate", "--repo", str(repo), "--path", "deploy", "--worktree")
     assert edited.returncode == 1
     assert edited.stdout.splitlines() == [
         "deploy/web.yaml:7:13: spec.replicas: must be at least 0 (got -5)"
     ]
+    assert "note:" not in edited.stderr
+    older = gitorch(tmp_path, "validate", "--repo", str(repo), "--path", "deploy", "--ref", "HEAD")
+    assert older.returncode == 0 and older.stderr == "", older.stderr  # a ref asked for
 
 
 def test_missing_path_is_one_clear_error(tmp_path: Path, repo: Path) -> None:

@@ -37,6 +37,45 @@ def test_local_repo_reads_commits_not_the_working_tree(
     assert checkout.git("status", "--porcelain") == status_before
 
 
+def test_local_repo_names_the_manifests_its_commit_leaves_out(
+    checkout: Checkout, closing: list[object]
+) -> None:
+    """What `validate` and `plan` note when they read the commit of an edited checkout:
+    edited, staged, deleted and untracked manifests under the path; not other files,
+    not other folders; nothing once committed. The index is not written (no lock)."""
+    checkout.write("app/web.yaml", "version: 1\n")
+    checkout.write("app/gone.yaml", "version: 1\n")
+    checkout.write("other/db.yaml", "version: 1\n")
+    checkout.commit("one")
+    source = LocalRepoSource(checkout.path)
+    closing.append(source)
+    assert source.uncommitted("app") == []
+    checkout.write("app/web.yaml", "version: 2\n")
+    (checkout.path / "app/gone.yaml").unlink()
+    checkout.write("app/deep/new.yml", "new: true\n")
+    checkout.write("app/staged.yaml", "staged: true\n")
+    checkout.git("add", "app/staged.yaml")
+    checkout.write("app/README.md", "not a manifest\n")
+    checkout.write("other/db.yaml", "version: 2\n")
+    index = (checkout.path / ".git" / "index").stat().st_mtime_ns
+    assert source.uncommitted("app") == [
+        "app/deep/new.yml",
+        "app/gone.yaml",
+        "app/staged.yaml",
+        "app/web.yaml",
+    ]
+    assert source.uncommitted() == [
+        "app/deep/new.yml",
+        "app/gone.yaml",
+        "app/staged.yaml",
+        "app/web.yaml",
+        "other/db.yaml",
+    ]
+    assert (checkout.path / ".git" / "index").stat().st_mtime_ns == index
+    checkout.commit("two")
+    assert source.uncommitted("app") == []
+
+
 def test_local_repo_on_a_detached_head_and_branches(
     checkout: Checkout, closing: list[object]
 ) -> None:
