@@ -32,7 +32,7 @@ from gitorch.commands.common import (
     state_dir,
     stdout,
     verified_snapshot,
-    write_all,
+    write_pieces,
 )
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
@@ -40,7 +40,7 @@ from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.nodes import lost_nodes
 from gitorch.decide.vertical import with_vertical
 from gitorch.diff import Plan, compute_plan
-from gitorch.diff.render import render_json, render_json_bytes
+from gitorch.diff.render import render_json, render_json_pieces
 from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import (
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         binary = getattr(sys.stdout, "buffer", None)
         if binary is not None:
             sys.stdout.flush()
-            write_all(binary, render_json_bytes(plan))
+            write_pieces(binary, render_json_pieces(plan))
         else:  # a text-only stream (a test's capture)
             sys.stdout.write(render_json(plan))
     elif args.format == "markdown":
