@@ -57,7 +57,6 @@ from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.loader import load_desired
 from gitorch.readmodel.cluster import registered_targets
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
-from gitorch.state import lock_holder
 from gitorch.state.layout import STATE_DB
 from gitorch.traffic.holders import descends_from, port_holders
 
@@ -199,7 +198,11 @@ def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
         blue = service.strategy.blue_green
         if blue is not None and blue.preview_port:
             wanted[blue.preview_port] = f"{name} (preview)"
-    holder = lock_holder(state) if (state / STATE_DB).exists() else None
+    holder = None
+    if (state / STATE_DB).exists():
+        from gitorch.state import lock_holder
+
+        holder = lock_holder(state)
     owner = holder.pid if holder is not None else None
     found: list[str] = []
     for port, holders in sorted(port_holders(wanted).items()):
