@@ -193,12 +193,14 @@ class Plan:
             )
         )
 
-    def body(self) -> dict[str, Any]:
+    def body(self, *, changes: bool = True) -> dict[str, Any]:
+        """What the digest covers; ``changes=False``: with ``"changes": []`` (for a writer
+        that makes the changes' JSON piece by piece)."""
         body = {
             "revision": self.revision,
             "baseRevision": self.base_revision,
             "path": self.path,
-            "changes": [change.to_json() for change in self.changes],
+            "changes": [change.to_json() for change in self.changes] if changes else [],
             "drift": [item.to_json() for item in self.drift],
             "placements": [p.to_json() for p in self.placements],
             "unschedulable": [u.to_json() for u in self.unschedulable],
@@ -220,17 +222,11 @@ class Plan:
         return _digest_of(self.body())
 
     def to_json(self) -> dict[str, Any]:
-        return self.json_and_orjson()[0]
-
-    def json_and_orjson(self) -> tuple[dict[str, Any], bool]:
-        """:meth:`to_json`, and whether orjson could write its digest's text (see
-        :func:`digest_by_orjson`)."""
         body = self.body()  # built once: a first plan of 2,000 Services holds ~10^5 changes
-        digest, accepted = digest_by_orjson(body)
-        out = {**body, "digest": digest}
+        out = {**body, "digest": _digest_of(body)}
         if self.autoscaled:
             out["autoscaled"] = [a.to_json() for a in self.autoscaled]
-        return out, accepted
+        return out
 
 
 #: A number orjson writes in exponent form (``1e16``, ``1.5e-7``), and one it writes
@@ -268,8 +264,9 @@ CHANGES_PER_PIECE = 100
 def compact_pieces(body: dict[str, Any]) -> Iterator[bytes]:
     """``orjson.dumps(body, option=OPT_SORT_KEYS)`` piece by piece (joined, the same
     bytes): each top-level key's, the changes :data:`CHANGES_PER_PIECE` at a time. No
-    piece starts with a number (each starts with ``{``, ``,`` or ``]``), so each can be
-    searched for float forms on its own. Raises ``orjson.JSONEncodeError`` as dumps does."""
+    piece starts with a number (each starts with ``{``, ``,``, ``"`` or ``]``), so each
+    can be searched for float forms on its own. Raises ``orjson.JSONEncodeError`` as
+    dumps does."""
     yield b"{"
     for n, key in enumerate(sorted(body)):
         value = body[key]
@@ -287,23 +284,16 @@ def compact_pieces(body: dict[str, Any]) -> Iterator[bytes]:
     yield b"}"
 
 
-def digest_by_orjson(body: dict[str, Any]) -> tuple[str, bool]:
-    """:func:`_digest_of` ``body``, and whether orjson could write it (False: an integer
-    beyond 64 bits or a key that is not a string, which the plan's JSON output then
-    needs the slower writers for too)."""
-    sha = hashlib.sha256()
-    try:
-        for piece in compact_pieces(body):
-            if _float_forms_differ(piece):
-                break
-            sha.update(piece)
-        else:
-            return sha.hexdigest(), True
-        accepted = True
-    except orjson.JSONEncodeError:
-        accepted = False
+def float_forms_differ(piece: bytes) -> bool:
+    """Whether the standard encoder may write a number of ``piece`` (of orjson's compact
+    JSON, not starting with a number) otherwise: its text is then the one digested."""
+    return _float_forms_differ(piece)
+
+
+def standard_digest(body: dict[str, Any]) -> str:
+    """sha256 of the standard encoder's compact text of ``body`` (sorted keys, raw UTF-8)."""
     standard = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(standard.encode("utf-8")).hexdigest(), accepted
+    return hashlib.sha256(standard.encode("utf-8")).hexdigest()
 
 
 def _digest_of(body: dict[str, Any]) -> str:
@@ -312,7 +302,15 @@ def _digest_of(body: dict[str, Any]) -> str:
     field changes) where the two agree, which is everywhere but the float forms above,
     integers beyond 64 bits (orjson refuses them) and NaN/Infinity (orjson writes null, as
     in the plan's JSON output). Written and hashed piece by piece (:func:`compact_pieces`)."""
-    return digest_by_orjson(body)[0]
+    sha = hashlib.sha256()
+    try:
+        for piece in compact_pieces(body):
+            if _float_forms_differ(piece):
+                return standard_digest(body)
+            sha.update(piece)
+    except orjson.JSONEncodeError:
+        return standard_digest(body)
+    return sha.hexdigest()
 
 
 def check_expected(plan: Plan, expected: str) -> None:
