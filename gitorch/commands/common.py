@@ -299,12 +299,13 @@ def local_actor() -> str:
 
 
 def open_store(args: argparse.Namespace, *, readonly: bool) -> StateStore | None:
-    """The store of ``--state`` (None when a read-only command finds none there)."""
-    from gitorch.state import StateStore
-
+    """The store of ``--state`` (None when a read-only command finds none there; then the
+    store's code is not imported)."""
     location = state_location(args)
     if readonly and not has_state(location):
         return None
+    from gitorch.state import StateStore
+
     return StateStore(location, readonly=readonly)
 
 
