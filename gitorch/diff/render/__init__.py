@@ -52,7 +52,9 @@ def render_json_pieces(plan: Plan) -> Iterator[bytes]:
     from the whole body then, and the pieces from there on are held until the end; where
     orjson refuses the plan (an integer beyond 64 bits), what is left is written as
     :func:`json_bytes` writes the whole, whose start is what was written (orjson and the
-    standard encoders write the same text but for those float forms)."""
+    standard encoders write the same text but for those float forms, and NaN/Infinity:
+    null by orjson; a plan holding both such an integer and, before it, a NaN has null
+    there where the standard encoder alone wrote NaN)."""
     body = plan.body(changes=False)
     out = {**body, "digest": ""}
     if plan.autoscaled:
