@@ -299,12 +299,13 @@ def local_actor() -> str:
 
 
 def open_store(args: argparse.Namespace, *, readonly: bool) -> StateStore | None:
-    """The store of ``--state`` (None when a read-only command finds none there)."""
-    from gitorch.state import StateStore
-
+    """The store of ``--state`` (None when a read-only command finds none there; then the
+    store's code is not imported)."""
     location = state_location(args)
     if readonly and not has_state(location):
         return None
+    from gitorch.state import StateStore
+
     return StateStore(location, readonly=readonly)
 
 
@@ -643,6 +644,41 @@ def write_all(binary: Any, data: bytes) -> None:
         written = binary.write(view)
         view = view[written if written is not None else len(view) :]
     binary.flush()
+
+
+def write_pieces(binary: Any, pieces: Iterable[bytes]) -> None:
+    """:func:`write_all` of each of ``pieces`` in turn, the writing done by a thread while
+    the next piece is made: a write releases the interpreter while the reader (a pipe's,
+    a disk's) takes the bytes, so a long output (a first plan's JSON, ~14 MB for 2,000
+    Services) is mostly written by the time its last piece is made. An error writing
+    (the reader went away, a full disk) stops the making and is raised here, as
+    :func:`write_all` would raise it."""
+    import queue
+    import threading
+
+    waiting: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        while (piece := waiting.get()) is not None:
+            if not failed:
+                try:
+                    write_all(binary, piece)
+                except BaseException as error:  # noqa: BLE001 - raised in the caller
+                    failed.append(error)
+
+    thread = threading.Thread(target=writer, name="gitorch-output", daemon=True)
+    thread.start()
+    try:
+        for piece in pieces:
+            if failed:
+                break
+            waiting.put(piece)
+    finally:
+        waiting.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def print_json(value: Any) -> None:

@@ -32,7 +32,7 @@ from gitorch.commands.common import (
     state_dir,
     stdout,
     verified_snapshot,
-    write_all,
+    write_pieces,
 )
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
@@ -40,7 +40,7 @@ from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.nodes import lost_nodes
 from gitorch.decide.vertical import with_vertical
 from gitorch.diff import Plan, compute_plan
-from gitorch.diff.render import render_json, render_json_bytes
+from gitorch.diff.render import render_json, render_json_pieces
 from gitorch.errors import ManifestInvalid
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import (
@@ -57,7 +57,6 @@ from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.loader import load_desired
 from gitorch.readmodel.cluster import registered_targets
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
-from gitorch.state import lock_holder
 from gitorch.state.layout import STATE_DB
 from gitorch.traffic.holders import descends_from, port_holders
 
@@ -199,7 +198,11 @@ def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
         blue = service.strategy.blue_green
         if blue is not None and blue.preview_port:
             wanted[blue.preview_port] = f"{name} (preview)"
-    holder = lock_holder(state) if (state / STATE_DB).exists() else None
+    holder = None
+    if (state / STATE_DB).exists():
+        from gitorch.state import lock_holder
+
+        holder = lock_holder(state)
     owner = holder.pid if holder is not None else None
     found: list[str] = []
     for port, holders in sorted(port_holders(wanted).items()):
@@ -222,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         binary = getattr(sys.stdout, "buffer", None)
         if binary is not None:
             sys.stdout.flush()
-            write_all(binary, render_json_bytes(plan))
+            write_pieces(binary, render_json_pieces(plan))
         else:  # a text-only stream (a test's capture)
             sys.stdout.write(render_json(plan))
     elif args.format == "markdown":

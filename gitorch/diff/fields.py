@@ -106,20 +106,33 @@ def _leaves(value: Any, path: str) -> list[tuple[str, Any]]:
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
+def _list_form(value: list[Any]) -> str:
+    """How a non-empty list's leaves are spelled: ``value`` (one leaf: scalars, or
+    anything but mappings throughout), ``named`` (mappings keyed by a unique ``name``:
+    ``path[name].key``) or ``indexed`` (other mappings: ``path[0].key``)."""
+    if not all(isinstance(item, dict) for item in value):
+        return "value"
+    if all(isinstance(item.get("name"), str) for item in value) and len(
+        {item["name"] for item in value}
+    ) == len(value):
+        return "named"
+    return "indexed"
+
+
 def _collect_leaves(value: Any, path: str, found: list[tuple[str, Any]]) -> None:
     # One list filled in place, not nested generators: a first plan adds every leaf of
     # every object (~10^5 for 2,000 Services), and each generator level costs per leaf.
     # The leaves of a mapping (scalars, and the empty mappings and lists that a canonical
     # object has a dozen of) are appended by the loop in _collect_items without a call of
     # their own; a list is looked at once to tell named items, indexed mappings, a value.
+    # (_collect_json below is the same walk making each leaf's JSON: keep them alike.)
     if isinstance(value, dict) and value:
         _collect_items(value.items(), f"{path}." if path else "", found)
     elif isinstance(value, list) and value:
-        if not all(isinstance(item, dict) for item in value):
+        form = _list_form(value)
+        if form == "value":
             found.append((path, value))
-        elif all(isinstance(item.get("name"), str) for item in value) and len(
-            {item["name"] for item in value}
-        ) == len(value):
+        elif form == "named":
             for item in value:
                 at = f"{path}[{item['name']}]"
                 rest = [(k, v) for k, v in item.items() if k != "name"]
@@ -145,6 +158,43 @@ def _collect_items(
             append((f"{prefix}{key}", item))
         else:
             _collect_leaves(item, f"{prefix}{key}", found)
+
+
+def _collect_json(value: Any, path: str, found: list[dict[str, Any]]) -> None:
+    """:func:`_collect_leaves` making each leaf's JSON as an added field (``to_json`` of
+    its ``FieldChange``) in place of its (path, value) pair."""
+    if isinstance(value, dict) and value:
+        _collect_json_items(value.items(), f"{path}." if path else "", found)
+    elif isinstance(value, list) and value:
+        form = _list_form(value)
+        if form == "value":
+            found.append({"op": "add", "path": path, "after": value})
+        elif form == "named":
+            for item in value:
+                at = f"{path}[{item['name']}]"
+                rest = [(k, v) for k, v in item.items() if k != "name"]
+                if rest:
+                    _collect_json_items(rest, f"{at}.", found)
+                else:
+                    found.append({"op": "add", "path": at, "after": {}})
+        else:
+            for index, item in enumerate(value):
+                _collect_json(item, f"{path}[{index}]", found)
+    else:
+        found.append({"op": "add", "path": path, "after": value})
+
+
+def _collect_json_items(
+    items: Iterable[tuple[Any, Any]], prefix: str, found: list[dict[str, Any]]
+) -> None:
+    """:func:`_collect_items` making each leaf's JSON as an added field."""
+    append = found.append
+    for key, item in items:
+        kind = type(item)
+        if kind in _SCALARS or ((kind is dict or kind is list) and not item):
+            append({"op": "add", "path": f"{prefix}{key}", "after": item})
+        else:
+            _collect_json(item, f"{prefix}{key}", found)
 
 
 def _change(op: str, path: str, before: Any, after: Any) -> FieldChange:
@@ -210,31 +260,38 @@ def diff_objects(
 
 class Leaves(Sequence[FieldChange]):
     """Every leaf of an object created (op ``add``) or deleted (op ``remove``): what
-    :func:`diff_objects` gives against nothing, in the same order with the same redaction,
-    kept as (path, shown value) pairs and the indexes of the sensitive ones, and made
-    into :class:`FieldChange` objects only when read one by one. A first plan of 2,000
-    Services has ~10^5 such leaves, and its JSON needs only their dicts (:meth:`to_json`),
-    its text only their lines: diffing each leaf against nothing and making an object of
-    it took a sixth of ``gitorch plan``'s CPU."""
+    :func:`diff_objects` gives against nothing, in the same order with the same redaction.
+    The object is walked when its leaves are first read, not when the plan is made, and
+    then only into what the reader needs: the JSON (:meth:`to_json`) walks it straight
+    into each leaf's dict, text and the rest into (path, shown value) pairs and the
+    indexes of the sensitive ones (kept), and :class:`FieldChange` objects are made only
+    when read one by one. A first plan of 2,000 Services has ~10^5 such leaves: diffing
+    each against nothing and making an object of it took a sixth of ``gitorch plan``'s
+    CPU, and the pairs only to make the JSON's dicts from them another ~3%."""
 
-    __slots__ = ("op", "_pairs", "_sensitive")
+    __slots__ = ("op", "_obj", "_walked")
 
-    def __init__(
-        self, op: str, pairs: list[tuple[str, Any]], sensitive: frozenset[int] = frozenset()
-    ) -> None:
+    def __init__(self, op: str, obj: Mapping[str, Any]) -> None:
         self.op = op
-        self._pairs = pairs
-        self._sensitive = sensitive
+        self._obj = obj
+        self._walked: tuple[list[tuple[str, Any]], frozenset[int]] | None = None
+
+    def _walk(self) -> tuple[list[tuple[str, Any]], frozenset[int]]:
+        walked = self._walked
+        if walked is None:
+            walked = self._walked = _object_pairs(self._obj)
+        return walked
 
     def _change(self, index: int) -> FieldChange:
-        path, value = self._pairs[index]
-        sensitive = index in self._sensitive
+        pairs, sensitive_indexes = self._walk()
+        path, value = pairs[index]
+        sensitive = index in sensitive_indexes
         if self.op == "add":
             return FieldChange("add", path, None, value, sensitive)
         return FieldChange("remove", path, value, None, sensitive)
 
     def __len__(self) -> int:
-        return len(self._pairs)
+        return len(self._walk()[0])
 
     @overload
     def __getitem__(self, index: int) -> FieldChange: ...
@@ -244,19 +301,15 @@ class Leaves(Sequence[FieldChange]):
 
     def __getitem__(self, index: int | slice) -> FieldChange | tuple[FieldChange, ...]:
         if isinstance(index, slice):
-            return tuple(self._change(i) for i in range(len(self._pairs))[index])
-        return self._change(range(len(self._pairs))[index])
+            return tuple(self._change(i) for i in range(len(self))[index])
+        return self._change(range(len(self))[index])
 
     def __iter__(self) -> Iterator[FieldChange]:
-        return (self._change(i) for i in range(len(self._pairs)))
+        return (self._change(i) for i in range(len(self)))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Leaves):
-            return (
-                self.op == other.op
-                and self._pairs == other._pairs
-                and self._sensitive == other._sensitive
-            )
+            return self.op == other.op and self._walk() == other._walk()
         if isinstance(other, tuple | list):
             return tuple(self) == tuple(other)
         return NotImplemented
@@ -265,44 +318,55 @@ class Leaves(Sequence[FieldChange]):
         return hash(tuple(self))
 
     def __repr__(self) -> str:
-        return f"Leaves({self.op!r}, {len(self._pairs)} leaves)"
+        return f"Leaves({self.op!r}, {len(self)} leaves)"
 
     @property
     def pairs(self) -> list[tuple[str, Any]]:
         """(path, shown value) of every leaf, in order (read only)."""
-        return self._pairs
+        return self._walk()[0]
 
     @property
     def sensitive(self) -> frozenset[int]:
         """The indexes in :attr:`pairs` of the redacted leaves."""
-        return self._sensitive
+        return self._walk()[1]
 
     def shown(self) -> Iterator[tuple[str, Any, bool]]:
         """(path, shown value, sensitive) of every leaf, in order, without the objects."""
-        sensitive = self._sensitive
+        pairs, sensitive = self._walk()
         if not sensitive:
-            return ((path, value, False) for path, value in self._pairs)
-        return ((path, value, i in sensitive) for i, (path, value) in enumerate(self._pairs))
+            return ((path, value, False) for path, value in pairs)
+        return ((path, value, i in sensitive) for i, (path, value) in enumerate(pairs))
 
     def to_json(self) -> list[dict[str, Any]]:
-        """``[change.to_json() for change in self]``, without the objects."""
-        side = "after" if self.op == "add" else "before"
+        """``[change.to_json() for change in self]``, without the objects (nor, for a
+        create whose leaves were not read otherwise before, the pairs: each such call
+        walks the object)."""
         op = self.op
-        out = [{"op": op, "path": path, side: value} for path, value in self._pairs]
-        for index in self._sensitive:
+        if self._walked is None and op == "add":  # (a create: the common bulk)
+            return _object_json(self._obj)
+        side = "after" if op == "add" else "before"
+        pairs, sensitive = self._walk()
+        out = [{"op": op, "path": path, side: value} for path, value in pairs]
+        for index in sensitive:
             out[index]["sensitive"] = True
         return out
 
 
 def object_leaves(obj: Mapping[str, Any], op: str) -> Leaves:
     """``diff_objects(None, obj)`` (op ``add``) or ``diff_objects(obj, None)`` (op
-    ``remove``), walked once instead of diffed leaf by leaf against nothing."""
+    ``remove``), walked once (when first read) instead of diffed leaf by leaf against
+    nothing. ``obj`` is read then: it must not change meanwhile (canonical objects do not)."""
+    return Leaves(op, obj)
+
+
+def _object_pairs(obj: Mapping[str, Any]) -> tuple[list[tuple[str, Any]], frozenset[int]]:
+    """(path, shown value) of every leaf of ``obj``, and the indexes of the redacted ones."""
     pairs: list[tuple[str, Any]] = []
     _collect_leaves(obj.get("metadata", {}), "metadata", pairs)
     spec = obj.get("spec", {})
     if not (isinstance(spec, dict) and spec):
         _collect_leaves(spec, "spec", pairs)
-        return Leaves(op, pairs)
+        return pairs, frozenset()
     sensitive: list[int] = []
     append = pairs.append
     for key, item in spec.items():
@@ -323,7 +387,35 @@ def object_leaves(obj: Mapping[str, Any], op: str) -> Leaves:
             append((path, item))
         else:
             _collect_leaves(item, path, pairs)
-    return Leaves(op, pairs, frozenset(sensitive))
+    return pairs, frozenset(sensitive)
+
+
+def _object_json(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """:func:`_object_pairs` as each leaf's JSON as an added field, walked straight into it."""
+    found: list[dict[str, Any]] = []
+    _collect_json(obj.get("metadata", {}), "metadata", found)
+    spec = obj.get("spec", {})
+    if not (isinstance(spec, dict) and spec):
+        _collect_json(spec, "spec", found)
+        return found
+    append = found.append
+    for key, item in spec.items():
+        path = f"spec.{key}"
+        if path.startswith(_REDACTED):
+            start = len(found)
+            _collect_json(item, path, found)
+            for index in range(start, len(found)):
+                leaf = found[index]
+                if _redacted_path(leaf["path"]):
+                    leaf["after"] = _redact(leaf["path"], leaf["after"])[0]
+                    leaf["sensitive"] = True
+            continue
+        kind = type(item)
+        if kind in _SCALARS or ((kind is dict or kind is list) and not item):
+            append({"op": "add", "path": path, "after": item})
+        else:
+            _collect_json(item, path, found)
+    return found
 
 
 def diff_json(diff: Sequence[FieldChange]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from gitorch.errors import ConfigError
 from gitorch.manifests.build import build_node
@@ -28,7 +29,10 @@ from gitorch.manifests.model import (
     TLSConfig,
 )
 from gitorch.runtime.base import EngineAccess, Runtime
-from gitorch.state import NodePoolRecord, StateStore
+from gitorch.state import NodePoolRecord
+
+if TYPE_CHECKING:
+    from gitorch.state import StateStore
 
 _CLUSTER_FILE = "cluster"
 

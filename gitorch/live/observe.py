@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gitorch.errors import RuntimeDriverError
 from gitorch.live.inventory import NodeTarget
@@ -35,7 +35,10 @@ from gitorch.runtime.base import (
     Runtime,
     VolumeInfo,
 )
-from gitorch.state import BackoffRecord, RolloutRecord, StateStore, VolumeRecord
+from gitorch.state import BackoffRecord, RolloutRecord, VolumeRecord
+
+if TYPE_CHECKING:
+    from gitorch.state import StateStore
 
 log = logging.getLogger("gitorch.observe")
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from gitorch.live import LiveState, NodeTarget, default_node, node_targets
 from gitorch.live.inventory import applied_nodes, choose_default_driver, pool_targets
 from gitorch.runtime.base import Runtime
-from gitorch.state import StateStore
+
+if TYPE_CHECKING:
+    from gitorch.state import StateStore
 
 
 def registered_targets(store: StateStore | None, default_driver: str | None) -> list[NodeTarget]:

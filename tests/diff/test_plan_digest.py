@@ -195,3 +195,56 @@ def test_the_digest_is_that_of_the_standard_compact_text(body: dict[str, object]
 
     standard = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert _digest_of(body) == hashlib.sha256(standard.encode("utf-8")).hexdigest()
+
+
+def _many_creates(count: int, prefix: str = "svc", **spec: object) -> tuple[ObjectChange, ...]:
+    from gitorch.diff.fields import object_leaves
+
+    return tuple(
+        ObjectChange(
+            "Service",
+            f"{prefix}-{i:04d}",
+            "create",
+            object_leaves(
+                {
+                    "metadata": {"name": f"{prefix}-{i:04d}"},
+                    "spec": {"image": f"shop/{i}:1", "env": {"TOKEN": "t", "A": "b"}, **spec},
+                },
+                "add",
+            ),
+            RolloutPreview("Create", ("start 1 replica",)),
+            True,
+        )
+        for i in range(count)
+    )
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        {},
+        {"weight": 1e-05},  # written otherwise by the standard encoder: its text is digested
+        {"weight": 2**70},  # refused by orjson: the standard encoders write all of it
+    ],
+    ids=["plain", "float-form", "big-int"],
+)
+def test_the_json_written_piece_by_piece_is_the_whole_text(late: dict[str, object]) -> None:
+    """A plan of more changes than a piece holds, written piece by piece (its digest's
+    text too): the same bytes and digest as written at once, whatever the last piece
+    holds (a float the standard encoder writes otherwise, an integer orjson refuses)."""
+    import orjson
+
+    from gitorch.diff.plan import CHANGES_PER_PIECE, compact_pieces
+    from gitorch.diff.render import json_bytes, render_json_pieces
+
+    count = 2 * CHANGES_PER_PIECE + 7
+    changes = _many_creates(count - 1) + _many_creates(1, "zz-last", **late)
+    plan = sample_plan(changes=tuple(sorted(changes, key=lambda c: c.name)))
+    body = plan.body()
+    standard = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    whole = {**body, "digest": hashlib.sha256(standard.encode("utf-8")).hexdigest()}
+    assert b"".join(render_json_pieces(plan)) == json_bytes(whole)
+    assert len(list(render_json_pieces(plan))) > 3
+    assert plan.digest == whole["digest"]
+    if late != {"weight": 2**70}:
+        assert b"".join(compact_pieces(body)) == orjson.dumps(body, option=orjson.OPT_SORT_KEYS)

@@ -19,7 +19,7 @@ from rich.console import Console
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
 from gitorch.diff import Plan, compute_plan
-from gitorch.diff.render import render_json
+from gitorch.diff.render import json_text, render_json
 from gitorch.diff.render.markdown import render_markdown
 from gitorch.diff.render.text import render_text
 
@@ -72,6 +72,8 @@ def test_golden_plan(case: str) -> None:
         assert text == expected, f"{case}/{name} differs (GITORCH_UPDATE_GOLDEN=1 rewrites it)"
     # The JSON golden is the plan: it must parse back to the same content and digest.
     assert json.loads(produced["plan.json"])["digest"] == plan.digest
+    # Written piece by piece (render_json), it is the plan's JSON written at once.
+    assert produced["plan.json"] == json_text(plan.to_json())
     # Recomputing from the same inputs gives the same plan, byte for byte.
     assert renderings(plan_for(case)) == produced
 
