@@ -97,9 +97,10 @@ def _redacted_path(path: str) -> bool:
 
 def _leaves(value: Any, path: str) -> list[tuple[str, Any]]:
     """Every leaf of ``value`` with its path (for whole objects added or removed)."""
-    found: list[tuple[str, Any]] = []
-    _collect_leaves(value, path, found)
-    return found
+    paths: list[str] = []
+    values: list[Any] = []
+    _collect(value, path, paths, values)
+    return list(zip(paths, values, strict=True))
 
 
 #: Values that are leaves whatever their place: appended without a call per leaf.
@@ -119,82 +120,52 @@ def _list_form(value: list[Any]) -> str:
     return "indexed"
 
 
-def _collect_leaves(value: Any, path: str, found: list[tuple[str, Any]]) -> None:
-    # One list filled in place, not nested generators: a first plan adds every leaf of
-    # every object (~10^5 for 2,000 Services), and each generator level costs per leaf.
-    # The leaves of a mapping (scalars, and the empty mappings and lists that a canonical
-    # object has a dozen of) are appended by the loop in _collect_items without a call of
-    # their own; a list is looked at once to tell named items, indexed mappings, a value.
-    # (_collect_json below is the same walk making each leaf's JSON: keep them alike.)
+def _collect(value: Any, path: str, paths: list[str], values: list[Any]) -> None:
+    """Append every leaf of ``value``: its path to ``paths``, its value to ``values``.
+
+    Two flat lists filled in place, not nested generators nor a (path, value) pair per
+    leaf: a first plan adds every leaf of every object (~10^5 for 2,000 Services), and
+    each generator level or object made costs per leaf; the callers zip them into what
+    they show (pairs for text, each leaf's dict for JSON). The leaves of a mapping
+    (scalars, and the empty mappings and lists that a canonical object has a dozen of)
+    are appended by the loop in :func:`_collect_items` without a call of their own; a
+    list is looked at once to tell named items, indexed mappings, a value."""
     if isinstance(value, dict) and value:
-        _collect_items(value.items(), f"{path}." if path else "", found)
+        _collect_items(value.items(), f"{path}." if path else "", paths, values)
     elif isinstance(value, list) and value:
         form = _list_form(value)
         if form == "value":
-            found.append((path, value))
+            paths.append(path)
+            values.append(value)
         elif form == "named":
             for item in value:
                 at = f"{path}[{item['name']}]"
                 rest = [(k, v) for k, v in item.items() if k != "name"]
                 if rest:
-                    _collect_items(rest, f"{at}.", found)
+                    _collect_items(rest, f"{at}.", paths, values)
                 else:
-                    found.append((at, {}))
+                    paths.append(at)
+                    values.append({})
         else:
             for index, item in enumerate(value):
-                _collect_leaves(item, f"{path}[{index}]", found)
+                _collect(item, f"{path}[{index}]", paths, values)
     else:
-        found.append((path, value))
+        paths.append(path)
+        values.append(value)
 
 
 def _collect_items(
-    items: Iterable[tuple[Any, Any]], prefix: str, found: list[tuple[str, Any]]
+    items: Iterable[tuple[Any, Any]], prefix: str, paths: list[str], values: list[Any]
 ) -> None:
     """The leaves of a non-empty mapping's ``items``, their keys spelled after ``prefix``."""
-    append = found.append
+    add_path, add_value = paths.append, values.append
     for key, item in items:
         kind = type(item)
         if kind in _SCALARS or ((kind is dict or kind is list) and not item):
-            append((f"{prefix}{key}", item))
+            add_path(f"{prefix}{key}")
+            add_value(item)
         else:
-            _collect_leaves(item, f"{prefix}{key}", found)
-
-
-def _collect_json(value: Any, path: str, found: list[dict[str, Any]]) -> None:
-    """:func:`_collect_leaves` making each leaf's JSON as an added field (``to_json`` of
-    its ``FieldChange``) in place of its (path, value) pair."""
-    if isinstance(value, dict) and value:
-        _collect_json_items(value.items(), f"{path}." if path else "", found)
-    elif isinstance(value, list) and value:
-        form = _list_form(value)
-        if form == "value":
-            found.append({"op": "add", "path": path, "after": value})
-        elif form == "named":
-            for item in value:
-                at = f"{path}[{item['name']}]"
-                rest = [(k, v) for k, v in item.items() if k != "name"]
-                if rest:
-                    _collect_json_items(rest, f"{at}.", found)
-                else:
-                    found.append({"op": "add", "path": at, "after": {}})
-        else:
-            for index, item in enumerate(value):
-                _collect_json(item, f"{path}[{index}]", found)
-    else:
-        found.append({"op": "add", "path": path, "after": value})
-
-
-def _collect_json_items(
-    items: Iterable[tuple[Any, Any]], prefix: str, found: list[dict[str, Any]]
-) -> None:
-    """:func:`_collect_items` making each leaf's JSON as an added field."""
-    append = found.append
-    for key, item in items:
-        kind = type(item)
-        if kind in _SCALARS or ((kind is dict or kind is list) and not item):
-            append({"op": "add", "path": f"{prefix}{key}", "after": item})
-        else:
-            _collect_json(item, f"{prefix}{key}", found)
+            _collect(item, f"{prefix}{key}", paths, values)
 
 
 def _change(op: str, path: str, before: Any, after: Any) -> FieldChange:
@@ -361,61 +332,51 @@ def object_leaves(obj: Mapping[str, Any], op: str) -> Leaves:
 
 def _object_pairs(obj: Mapping[str, Any]) -> tuple[list[tuple[str, Any]], frozenset[int]]:
     """(path, shown value) of every leaf of ``obj``, and the indexes of the redacted ones."""
-    pairs: list[tuple[str, Any]] = []
-    _collect_leaves(obj.get("metadata", {}), "metadata", pairs)
+    paths, values, sensitive = _object_leaves(obj)
+    return list(zip(paths, values, strict=True)), sensitive
+
+
+def _object_json(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """:func:`_object_pairs` as each leaf's JSON as an added field, without the pairs."""
+    paths, values, sensitive = _object_leaves(obj)
+    found = [{"op": "add", "path": p, "after": v} for p, v in zip(paths, values, strict=True)]
+    for index in sensitive:
+        found[index]["sensitive"] = True
+    return found
+
+
+def _object_leaves(obj: Mapping[str, Any]) -> tuple[list[str], list[Any], frozenset[int]]:
+    """The paths and shown values of every leaf of ``obj``, and the indexes of the
+    redacted ones."""
+    paths: list[str] = []
+    values: list[Any] = []
+    _collect(obj.get("metadata", {}), "metadata", paths, values)
     spec = obj.get("spec", {})
     if not (isinstance(spec, dict) and spec):
-        _collect_leaves(spec, "spec", pairs)
-        return pairs, frozenset()
+        _collect(spec, "spec", paths, values)
+        return paths, values, frozenset()
     sensitive: list[int] = []
-    append = pairs.append
+    add_path, add_value = paths.append, values.append
     for key, item in spec.items():
         path = f"spec.{key}"
         # Only leaves under spec.env and spec.secrets can be redacted: every leaf of this
         # key's subtree starts with ``path``, so the prefix test is made once per key.
         if path.startswith(_REDACTED):
-            start = len(pairs)
-            _collect_leaves(item, path, pairs)
-            for index in range(start, len(pairs)):
-                leaf, value = pairs[index]
+            start = len(paths)
+            _collect(item, path, paths, values)
+            for index in range(start, len(paths)):
+                leaf = paths[index]
                 if _redacted_path(leaf):  # as _change against nothing
-                    pairs[index] = (leaf, _redact(leaf, value)[0])
+                    values[index] = _redact(leaf, values[index])[0]
                     sensitive.append(index)
             continue
         kind = type(item)
         if kind in _SCALARS or ((kind is dict or kind is list) and not item):
-            append((path, item))
+            add_path(path)
+            add_value(item)
         else:
-            _collect_leaves(item, path, pairs)
-    return pairs, frozenset(sensitive)
-
-
-def _object_json(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """:func:`_object_pairs` as each leaf's JSON as an added field, walked straight into it."""
-    found: list[dict[str, Any]] = []
-    _collect_json(obj.get("metadata", {}), "metadata", found)
-    spec = obj.get("spec", {})
-    if not (isinstance(spec, dict) and spec):
-        _collect_json(spec, "spec", found)
-        return found
-    append = found.append
-    for key, item in spec.items():
-        path = f"spec.{key}"
-        if path.startswith(_REDACTED):
-            start = len(found)
-            _collect_json(item, path, found)
-            for index in range(start, len(found)):
-                leaf = found[index]
-                if _redacted_path(leaf["path"]):
-                    leaf["after"] = _redact(leaf["path"], leaf["after"])[0]
-                    leaf["sensitive"] = True
-            continue
-        kind = type(item)
-        if kind in _SCALARS or ((kind is dict or kind is list) and not item):
-            append({"op": "add", "path": path, "after": item})
-        else:
-            _collect_json(item, path, found)
-    return found
+            _collect(item, path, paths, values)
+    return paths, values, frozenset(sensitive)
 
 
 def diff_json(diff: Sequence[FieldChange]) -> list[dict[str, Any]]:
