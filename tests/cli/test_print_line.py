@@ -5,7 +5,6 @@ would change (markup, emoji codes, control characters)."""
 
 from __future__ import annotations
 
-import io
 import itertools
 import subprocess
 import sys
@@ -14,11 +13,9 @@ from pathlib import Path
 import pytest
 from cli_helpers import REPO_ROOT, cli_env
 from rich.markup import escape
+from rich_env_helpers import FakeTerminal, gitorch_console, rich_environment
 
 import gitorch.commands.common as common
-
-#: The variables rich's colour decision reads; each case sets some and clears the rest.
-VARIABLES = ("TTY_COMPATIBLE", "FORCE_COLOR", "NO_COLOR", "TERM", "COLORTERM", "COLUMNS")
 
 ENVIRONMENTS: list[dict[str, str]] = [
     {},
@@ -50,22 +47,11 @@ LINES: list[tuple[str | tuple[str, str], ...]] = [
 ]
 
 
-class _Stream(io.StringIO):
-    def __init__(self, tty: bool) -> None:
-        super().__init__()
-        self.tty = tty
-
-    def isatty(self) -> bool:
-        return self.tty
-
-
-def _rich_writes(parts: tuple[str | tuple[str, str], ...], stream: _Stream) -> str:
-    from rich.console import Console
-
+def _rich_writes(parts: tuple[str | tuple[str, str], ...], stream: FakeTerminal) -> str:
     markup = "".join(
         escape(p) if isinstance(p, str) else f"[{p[1]}]{escape(p[0])}[/]" for p in parts
     )
-    Console(file=stream, highlight=False, soft_wrap=True, width=common._width(stream)).print(markup)
+    gitorch_console(stream).print(markup)
     return stream.getvalue()
 
 
@@ -76,13 +62,10 @@ def _rich_writes(parts: tuple[str | tuple[str, str], ...], stream: _Stream) -> s
 def test_print_line_writes_what_rich_writes(
     monkeypatch: pytest.MonkeyPatch, tty: bool, env: dict[str, str]
 ) -> None:
-    for name in VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    rich_environment(monkeypatch, env)
     for parts, err in itertools.product(LINES, (False, True)):
-        expected = _rich_writes(parts, _Stream(tty))
-        ours = _Stream(tty)
+        expected = _rich_writes(parts, FakeTerminal(tty))
+        ours = FakeTerminal(tty)
         name = "stderr" if err else "stdout"
         saved = getattr(sys, name), common._stdout, common._stderr
         setattr(sys, name, ours)
