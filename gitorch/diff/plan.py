@@ -243,9 +243,10 @@ _TINY_NUMBER = re.compile(rb"[:,\[]-?0\.0000")
 _NUMBER_REACH = 24
 
 
-def _float_forms_differ(text: bytes) -> bool:
+def float_forms_differ(text: bytes) -> bool:
     """Whether the standard encoder may write a number of ``text`` (orjson's compact
-    JSON) otherwise."""
+    JSON, or a piece of it not starting with a number) otherwise: its text is then the
+    one digested."""
     if b"0.0000" in text and _TINY_NUMBER.search(text):
         return True
     for found in _EXPONENT_AROUND.finditer(text):
@@ -284,12 +285,6 @@ def compact_pieces(body: dict[str, Any]) -> Iterator[bytes]:
     yield b"}"
 
 
-def float_forms_differ(piece: bytes) -> bool:
-    """Whether the standard encoder may write a number of ``piece`` (of orjson's compact
-    JSON, not starting with a number) otherwise: its text is then the one digested."""
-    return _float_forms_differ(piece)
-
-
 def standard_digest(body: dict[str, Any]) -> str:
     """sha256 of the standard encoder's compact text of ``body`` (sorted keys, raw UTF-8)."""
     standard = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -305,7 +300,7 @@ def _digest_of(body: dict[str, Any]) -> str:
     sha = hashlib.sha256()
     try:
         for piece in compact_pieces(body):
-            if _float_forms_differ(piece):
+            if float_forms_differ(piece):
                 return standard_digest(body)
             sha.update(piece)
     except orjson.JSONEncodeError:
