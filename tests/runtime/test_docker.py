@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,8 +118,23 @@ def test_pinned_free_host_port_is_used(
     gateway = local_docker_publish_host()
     assert gateway != "127.0.0.1", "this host owns the engine's bridge: ports go on its gateway"
     assert instance.address("http") == f"{gateway}:{port}"
-    with urllib.request.urlopen(f"http://{gateway}:{port}/", timeout=10) as answer:
-        assert answer.status == 200
+    assert _first_answer(f"http://{gateway}:{port}/") == 200
+
+
+def _first_answer(url: str, within: float = 10.0) -> int:
+    """The status of ``url``'s first answer: a container just started may not listen yet
+    (its server starts a moment after the engine's start returns), so a refusal is asked
+    again until ``within`` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=within) as answer:
+                return int(answer.status)
+        except urllib.error.URLError as exc:
+            refused = isinstance(exc.reason, ConnectionRefusedError)
+            if not refused or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def test_an_engine_whose_bridge_is_elsewhere_publishes_on_loopback(
