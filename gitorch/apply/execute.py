@@ -68,6 +68,7 @@ from gitorch.apply.ingress import IngressFleet
 from gitorch.apply.replicas import replica_spec, volume_spec
 from gitorch.decide import PassDecision, StartReplica, StopReplica
 from gitorch.decide.actions import Action, CreateVolume, DeleteVolume, RemoveIngress, StartIngress
+from gitorch.decide.batch import READY_SETTLE, BatchHold, batch_hold, merged_holds
 from gitorch.decide.ingress import HostTable
 from gitorch.errors import GitorchError
 from gitorch.manifests.model import DesiredState, Service
@@ -106,7 +107,8 @@ class Execution:
     service_failures: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     changes: int = 0  # replicas started, stopped or removed
-    started_ids: list[str] = field(default_factory=list)  # instances of the started replicas
+    #: (service, instance id) of each replica started.
+    started: list[tuple[str, str]] = field(default_factory=list)
     published: RoutingTable | None = None
     volumes_created: list[CreateVolume] = field(default_factory=list)
     volumes_deleted: list[DeleteVolume] = field(default_factory=list)
@@ -150,9 +152,11 @@ class Executor:
         self.drain_timeout = drain_timeout
         self.monotonic = monotonic
         self.published: RoutingTable | None = None
-        #: The instance ids the last run that started replicas started (the daemon's
-        #: settle waits for their first readiness: :meth:`awaiting_first_ready`).
-        self.last_started: tuple[str, ...] = ()
+        #: Each service's last batch: the instance ids the last run that started replicas
+        #: of it started (the daemon's settle and the pass hold it: :meth:`batch_hold`).
+        self.last_started: dict[str, tuple[str, ...]] = {}
+        #: How long the answered replicas of that batch wait for the rest (decide.batch).
+        self.ready_settle = READY_SETTLE
         self.unsafe_no_drain = os.environ.get(UNSAFE_NO_DRAIN_ENV) == "1"
 
     def run(
@@ -230,8 +234,10 @@ class Executor:
                     ),
                 ]
             )
-        if done.started_ids:
-            self.last_started = tuple(done.started_ids)
+        batches: dict[str, list[str]] = {}
+        for service, instance_id in done.started:
+            batches.setdefault(service, []).append(instance_id)
+        self.last_started.update((service, tuple(ids)) for service, ids in batches.items())
         if published:  # else replicas that were to stop may still use them
             for delete in decision.volumes.deletes:
                 self._delete_volume(delete, done)
@@ -398,25 +404,30 @@ class Executor:
             return
         done.executed.append(action)
         done.changes += 1
-        done.started_ids.append(instance.id)
+        done.started.append((action.service, instance.id))
         try:
             self.health.track(instance.id, action.node, instance, target)
         except GitorchError as exc:
             log.warning("cannot probe %s: %s", action.replica, exc.message)
 
-    def awaiting_first_ready(self) -> list[str]:
-        """The replicas the last starting run started that are still probed toward their
-        first readiness (tracked, not ready, not given up): a batch of a rollout that has
-        not all answered yet. One that answered is forgotten (its later failures are
-        not a first readiness to wait for)."""
-        waiting = []
-        for replica_id in self.last_started:
-            health = self.health.health(replica_id)
-            if health is None or health.ready or health.needs_restart:
+    def batch_hold(self) -> BatchHold:
+        """What of each service's last batch (the replicas the last run that started
+        some of it started, still probed and not given up) a pass holds back now: the
+        ones that answered their first readiness probe while others have not
+        (decide.batch). A batch none of whose replicas is probed any more is forgotten."""
+        holds = []
+        for service, batch in list(self.last_started.items()):
+            first_ready: dict[str, float | None] = {}
+            for replica_id in batch:
+                health = self.health.health(replica_id)
+                if health is None or health.needs_restart:
+                    continue
+                first_ready[replica_id] = health.first_ready_at
+            if not first_ready:
+                del self.last_started[service]
                 continue
-            waiting.append(replica_id)
-        self.last_started = tuple(waiting)
-        return waiting
+            holds.append(batch_hold(first_ready, self.health.now(), self.ready_settle))
+        return merged_holds(holds)
 
     def _start_failed(self, action: StartReplica, message: str, done: Execution) -> None:
         done.executed.append(action)

@@ -182,6 +182,9 @@ class ReplicaHealth:
     needs_restart: bool  # liveness (or startup) failed failureThreshold times in a row
     last_message: str  # "<probe kind>: <message of the runtime>"
     last_probe_at: float | None  # unix time the last probe finished
+    #: Unix time it first became ready since it was tracked; None until then. A rollout's
+    #: batch is released as one when all its replicas have one (gitorch.decide.batch).
+    first_ready_at: float | None = None
 
 
 #: Readiness period of a replica that has not been ready yet (module docstring).
@@ -220,7 +223,7 @@ class _Tracked:
     needs_restart: bool = False
     last_message: str = ""
     last_probe_at: float | None = None
-    been_ready: bool = False  # ready at least once since tracked: readiness at its own period
+    first_ready_at: float | None = None  # set: readiness at its own period from then on
 
     def snapshot(self) -> ReplicaHealth:
         return ReplicaHealth(
@@ -231,6 +234,7 @@ class _Tracked:
             needs_restart=self.needs_restart,
             last_message=self.last_message,
             last_probe_at=self.last_probe_at,
+            first_ready_at=self.first_ready_at,
         )
 
     def transition_key(self) -> tuple[bool, bool, bool]:
@@ -273,6 +277,11 @@ class HealthMonitor:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._stopping = False
+
+    def now(self) -> float:
+        """The time on the monitor's clock (the one ``ready_since`` and
+        ``first_ready_at`` are in)."""
+        return self._clock()
 
     # -- tracking ---------------------------------------------------------------------
 
@@ -508,7 +517,7 @@ class HealthMonitor:
                 # Pushed even while stopping: the heap keeps it for a later start().
                 if self._current(tracked, kind):
                     period = state.schedule.period_seconds
-                    if kind is ProbeKind.READINESS and not tracked.been_ready:
+                    if kind is ProbeKind.READINESS and tracked.first_ready_at is None:
                         period = min(period, FIRST_READY_PERIOD)
                     self._push(tracked, kind, max(started + period, self._clock()))
 
@@ -564,7 +573,9 @@ class HealthMonitor:
             if state.failures >= threshold:
                 self._give_up(tracked, f"liveness probe failed {state.failures} times: {message}")
         elif ok and not tracked.ready and state.successes >= state.schedule.success_threshold:
-            tracked.ready, tracked.ready_since, tracked.been_ready = True, now, True
+            tracked.ready, tracked.ready_since = True, now
+            if tracked.first_ready_at is None:
+                tracked.first_ready_at = now
         elif not ok and tracked.ready and state.failures >= threshold:
             tracked.ready, tracked.ready_since = False, None
             # Out of the balancer's rotation from the next table on: operators need to
@@ -598,6 +609,8 @@ class HealthMonitor:
             has_startup = ProbeKind.STARTUP in tracked.probes
             tracked.ready = True
             tracked.ready_since = now if has_startup else min(tracked.started_at, now)
+            if tracked.first_ready_at is None:
+                tracked.first_ready_at = tracked.ready_since
         elif not running and tracked.ready:
             tracked.ready, tracked.ready_since = False, None
 

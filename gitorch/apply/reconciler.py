@@ -45,6 +45,7 @@ from gitorch.apply.nodes import NodeTracker
 from gitorch.decide import PassDecision, ServiceProgress, decide_pass
 from gitorch.decide.actions import Action
 from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, remaining
+from gitorch.decide.batch import NO_HOLD, BatchHold
 from gitorch.decide.cluster import only_services, pass_input_of, with_routes_of
 from gitorch.decide.routes import routing_table
 from gitorch.decide.service import service_from
@@ -147,6 +148,8 @@ class Reconciler:
         )
         self.books = Bookkeeper(store, crash_loop)
         self._reaped = False
+        #: What the last observation held back of the last batch started (decide.batch).
+        self.batch_hold: BatchHold = NO_HOLD
         self._stale: frozenset[str] = frozenset()  # this pass's stale replicas (never serve)
         #: What the last pass observed when that pass changed nothing (no action, no
         #: record written, every service settled): still the world as gitorch left it.
@@ -191,7 +194,10 @@ class Reconciler:
                 # Secret files of replicas removed outside gitorch (tmpfs, until a reboot).
                 sweep_secret_files(self.cluster, {r.name for r in live.replicas()})
         self._track(desired, live, focus)
-        return _with_health(live, self.health, focus), lost
+        # Read after the runtimes answered, right before the health itself: a readiness
+        # that comes later is this pass's, or the next's, for the whole batch alike.
+        self.batch_hold = self.executor.batch_hold()
+        return _with_health(live, self.health, focus, self.batch_hold.held), lost
 
     def focusable(self, desired: DesiredState, services: frozenset[str]) -> bool:
         """Whether a focused pass may act on ``services`` alone: a few services, none
@@ -451,7 +457,11 @@ class Reconciler:
             actions=execution.changes,
             errors=tuple(execution.errors),
             executed=tuple(execution.executed),
-            requeue_after=decision.requeue_after,
+            requeue_after=(
+                min(decision.requeue_after, self.batch_hold.seconds_left(self.health.now()))
+                if self.batch_hold.held
+                else decision.requeue_after
+            ),
             decision=decision,
         )
 
@@ -539,10 +549,14 @@ class Reconciler:
 
 
 def _with_health(
-    live: LiveState, health: HealthMonitor, focus: frozenset[str] | None = None
+    live: LiveState,
+    health: HealthMonitor,
+    focus: frozenset[str] | None = None,
+    held: frozenset[str] = frozenset(),
 ) -> LiveState:
     """``live`` with what the health monitor says of each replica (``focus``: of those
-    services' replicas; the others' stay as observed)."""
+    services' replicas; the others' stay as observed). ``held``: replicas of a batch
+    whose partners have not answered yet, seen not ready for now (decide.batch)."""
     services: dict[str, LiveService] = {}
     for name, service in live.services.items():
         if focus is not None and name not in focus:
@@ -551,6 +565,8 @@ def _with_health(
         replicas: list[LiveReplica] = []
         for replica in service.replicas:
             known = health.health(replica.id) if replica.state == "running" else None
+            if known is not None and replica.id in held:
+                known = replace(known, ready=False, ready_since=None)
             if known is None:
                 replicas.append(
                     replace(replica, ready=False if replica.state != "unknown" else None)

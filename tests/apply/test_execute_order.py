@@ -177,7 +177,7 @@ def test_starts_run_beside_the_publication_when_nothing_leaves_the_table() -> No
     assert len(decision.starts.get("api", ())) == 2 and not decision.stops()
     trace = _Trace(apply_seconds=5.0)
     done = _executor(trace).run(new, decision)
-    assert not done.errors and len(done.started_ids) == 2
+    assert not done.errors and len(done.started) == 2
     assert trace.events[0] == "publish" or trace.events[0].startswith("create")
     assert trace.events.index("published") > min(
         i for i, e in enumerate(trace.events) if e.startswith("create")

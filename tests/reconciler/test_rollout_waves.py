@@ -4,8 +4,8 @@ The strategy stops as many old replicas as new ones are available. When the firs
 new pair answered its readiness probe a moment before its partner, the pass it woke
 stopped one old replica and started one new one, and the partner's readiness made a
 second wave of one: a rollout of 10 replicas with maxSurge 2 took 6-7 waves instead of
-5. The daemon now lets such a pass wait (``READY_SETTLE``) for the other replicas the
-last pass started. Here the test decides when each new replica becomes ready (a marker
+5. A pass now holds the answered ones of a batch back until the rest answered, within
+``READY_SETTLE`` (gitorch.decide.batch; test_batch_release.py drives single passes). Here the test decides when each new replica becomes ready (a marker
 file its health endpoint reads), and the waves are read from the kernel's start times of
 the next pair's processes, not from gitorch's records.
 """
@@ -13,61 +13,20 @@ the next pair's processes, not from gitorch's records.
 from __future__ import annotations
 
 import http.client
-import sys
 import time
 from pathlib import Path
 
-from reconciler_helpers import Cluster, commit, converged, process_service, wait_for
+from marker_app import APP, manifest, ready
+from reconciler_helpers import Cluster, commit, converged, wait_for
 from replica_procs import ReplicaProc, replica_processes
 
-from gitorch.daemon import READY_SETTLE
+from gitorch.decide.batch import READY_SETTLE
 
 #: The second of the first new pair becomes ready this much after the first.
 STAGGER = 0.2
 #: Two replicas whose processes started within this many clock ticks (1/100 s) of each
 #: other were started by one pass; a wave of one starts about STAGGER later.
 SAME_PASS_TICKS = 12
-
-#: Answers /healthz 200 once the marker of its version and slot (or of its whole
-#: version) exists in $MARKERS, 503 before; anything else 200.
-APP = """\
-import http.server, os
-slot = os.environ["GITORCH_REPLICA"].split("-")[-3]
-version, markers = os.environ["VERSION"], os.environ["MARKERS"]
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        ready = any(
-            os.path.exists(os.path.join(markers, f"{version}-{tag}")) for tag in (slot, "all")
-        )
-        self.send_response(200 if ready or self.path != "/healthz" else 503)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"""
-
-STRATEGY = """\
-  strategy:
-    type: RollingUpdate
-    progressDeadlineSeconds: 60
-    rollingUpdate: {maxSurge: 2, maxUnavailable: 0}
-"""
-
-
-def manifest(port: int, version: str, app: Path, markers: Path) -> str:
-    return process_service(
-        "api",
-        port=port,
-        version=version,
-        replicas=4,
-        command=[sys.executable, str(app)],
-        env={"MARKERS": str(markers)},
-        strategy=STRATEGY,
-    )
 
 
 def new_replicas(cluster: str) -> dict[int, ReplicaProc]:
@@ -96,7 +55,7 @@ def test_a_pair_rolls_as_one_wave(cluster: Cluster, tmp_path: Path) -> None:
     app, markers = tmp_path / "app.py", tmp_path / "markers"
     app.write_text(APP)
     markers.mkdir()
-    (markers / "1-all").touch()
+    ready(markers, "1", "all")
     sha1 = commit(cluster.repo, {"api.yaml": manifest(cluster.port, "1", app, markers)}, "v1")
     daemon = cluster.daemon()
     wait_for("v1 converged", lambda: converged(daemon.service("api"), sha1, 4), 60)
@@ -113,11 +72,11 @@ def test_a_pair_rolls_as_one_wave(cluster: Cluster, tmp_path: Path) -> None:
         60,
         describe=daemon.log_tail,
     )
-    (markers / "2-1").touch()
+    ready(markers, "2", 1)
     time.sleep(STAGGER)
-    (markers / "2-2").touch()
+    ready(markers, "2", 2)
     wait_for("the second new pair started", lambda: {3, 4} <= new_replicas(name).keys(), 60)
-    (markers / "2-all").touch()
+    ready(markers, "2", "all")
     wait_for(
         "v2 converged",
         lambda: converged(daemon.service("api"), sha2, 4),
