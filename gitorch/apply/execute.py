@@ -152,8 +152,9 @@ class Executor:
         self.drain_timeout = drain_timeout
         self.monotonic = monotonic
         self.published: RoutingTable | None = None
-        #: Each service's last batch: the instance ids the last run that started replicas
-        #: of it started (the daemon's settle and the pass hold it: :meth:`batch_hold`).
+        #: Each rolling service's last batch: the instance ids the last run that started
+        #: replicas of it started (the daemon's settle and the pass hold it:
+        #: :meth:`batch_hold`).
         self.last_started: dict[str, tuple[str, ...]] = {}
         #: How long the answered replicas of that batch wait for the rest (decide.batch).
         self.ready_settle = READY_SETTLE
@@ -234,10 +235,7 @@ class Executor:
                     ),
                 ]
             )
-        batches: dict[str, list[str]] = {}
-        for service, instance_id in done.started:
-            batches.setdefault(service, []).append(instance_id)
-        self.last_started.update((service, tuple(ids)) for service, ids in batches.items())
+        self._remember_batches(decision, done)
         if published:  # else replicas that were to stop may still use them
             for delete in decision.volumes.deletes:
                 self._delete_volume(delete, done)
@@ -409,6 +407,20 @@ class Executor:
             self.health.track(instance.id, action.node, instance, target)
         except GitorchError as exc:
             log.warning("cannot probe %s: %s", action.replica, exc.message)
+
+    def _remember_batches(self, decision: PassDecision, done: Execution) -> None:
+        """Each service this run started replicas of: its batch, to be released as one
+        while it rolls out a spec not yet healthy. A scale-up or a repair of a healthy
+        spec holds nothing: its replicas take traffic as each answers."""
+        batches: dict[str, list[str]] = {}
+        for service, instance_id in done.started:
+            batches.setdefault(service, []).append(instance_id)
+        for service, ids in batches.items():
+            service_decision = decision.services.get(service)
+            if service_decision is None or service_decision.record.reached_healthy:
+                self.last_started.pop(service, None)
+            else:
+                self.last_started[service] = tuple(ids)
 
     def batch_hold(self) -> BatchHold:
         """What of each service's last batch (the replicas the last run that started

@@ -40,13 +40,13 @@ STRATEGY = """\
 """
 
 
-def manifest(port: int, version: str, app: Path, markers: Path) -> str:
-    """Service ``api``: 4 replicas of APP at ``version``, rolled two at a time."""
+def manifest(port: int, version: str, app: Path, markers: Path, replicas: int = 4) -> str:
+    """Service ``api``: ``replicas`` of APP at ``version``, rolled two at a time."""
     return process_service(
         "api",
         port=port,
         version=version,
-        replicas=4,
+        replicas=replicas,
         command=[sys.executable, str(app)],
         env={"MARKERS": str(markers)},
         strategy=STRATEGY,

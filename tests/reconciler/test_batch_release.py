@@ -121,3 +121,31 @@ def test_a_partner_that_does_not_answer_holds_the_batch_for_the_settle_at_most(
 
     alone = reconciler.reconcile(rolling.v2)
     assert _starts(alone.executed) == [3] and _stops(alone.executed) == 1, alone.executed
+
+
+def test_a_scale_up_of_a_healthy_spec_holds_nothing(
+    cluster: Cluster, session: Session, tmp_path: Path
+) -> None:
+    """Only a rollout's batch is held: the replicas a scale-up adds take traffic as each
+    answers (the executor remembers no batch of a spec that reached Healthy)."""
+    app, markers = tmp_path / "app.py", tmp_path / "markers"
+    app.write_text(APP)
+    markers.mkdir()
+    for slot in range(1, 5):
+        ready(markers, "1", slot)
+    commit(cluster.repo, {"api.yaml": manifest(cluster.port, "1", app, markers)}, "v1")
+    converge_session(session, desired_at_head(cluster))
+    commit(cluster.repo, {"api.yaml": manifest(cluster.port, "1", app, markers, 6)}, "six")
+    six = desired_at_head(cluster)
+    reconciler = session.reconciler_for(six)
+    reconciler.executor.ready_settle = LONG_SETTLE
+    grown = reconciler.reconcile(six)
+    assert _starts(grown.executed) == [5, 6], grown.executed
+    assert "api" not in reconciler.executor.last_started
+    ready(markers, "1", 5)
+    wait_for(
+        "slot 5 ready in the pass's view",
+        lambda: sum(1 for r in reconciler.observe(six)[0].services["api"].replicas if r.ready) == 5,
+        30,
+    )
+    assert reconciler.batch_hold.held == frozenset()
