@@ -160,7 +160,7 @@ class Decision:
 
     phase: Phase
     actions: tuple[Action, ...] = ()
-    message: str = ""  # for status and logs: "2/3 updated, waiting for web-3 to be ready"
+    message: str = ""  # for status and logs: "2/3 updated and available, waiting for web-3 ready"
     step: int | None = None
     failure: str | None = None  # set with Phase.FAILED: why (deadline passed, ...)
     weights: dict[str, int] = field(

@@ -195,11 +195,13 @@ def _plural(count: int, word: str) -> str:
 def describe_progress(inp: RolloutInput, census: Census, actions: tuple[Action, ...]) -> str:
     """The one status line: where the rollout stands, what it waits for, what it does now.
 
-    e.g. ``2/3 updated, 1 old, waiting for web-3 ready; stopping 1 old, starting web-3``
-    (in the order the executor runs the actions: Stops, then Creates).
+    e.g. ``2/3 updated and available, 1 old, waiting for web-3 ready; stopping 1 old,
+    starting web-3`` (the actions in the order the executor runs them: Stops, then
+    Creates). "Updated and available": on the new template and ready for minReadySeconds
+    (status's UPDATED column counts every replica on the new template, ready or not).
     """
     updated = sum(1 for r in census.targets.values() if r.id in census.available)
-    parts = [f"{updated}/{inp.desired} updated"]
+    parts = [f"{updated}/{inp.desired} updated and available"]
     if census.old:
         parts.append(f"{len(census.old)} old")
     if census.excess:

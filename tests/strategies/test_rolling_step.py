@@ -61,7 +61,9 @@ def B(*slots: int) -> tuple[ReplicaView, ...]:
 
 CASES = [
     # --- surge ceiling
-    Case("surge 1 starts one", 3, (1, 0), A(3), (), (1,), message="0/3 updated, 3 old"),
+    Case(
+        "surge 1 starts one", 3, (1, 0), A(3), (), (1,), message="0/3 updated and available, 3 old"
+    ),
     Case("surge 2 starts two", 3, (2, 0), A(3), (), (1, 2)),
     Case("surge 25% of 10 rounds up to 3", 10, ("25%", 0), A(10), (), (1, 2, 3)),
     Case(
@@ -239,7 +241,7 @@ CASES = [
         (),
         (),
         min_ready=10,
-        message="0/1 updated, 1 old, web-1 available in 6s",
+        message="0/1 updated and available, 1 old, web-1 available in 6s",
     ),
     Case(
         "minReadySeconds passed",
@@ -266,7 +268,7 @@ CASES = [
         (pending("B1", "running"), pending("B2", "running"), rep("C1"), rep("C2"), rep("C3")),
         ("B2", "B1"),
         (),
-        message="3/3 updated, 2 old",
+        message="3/3 updated and available, 2 old",
     ),
 ]
 
@@ -377,11 +379,13 @@ def test_stops_that_make_room_are_terminating() -> None:
 def test_status_line_reads_in_execution_order() -> None:
     refill = next(c for c in CASES if c.name.startswith("at the ceiling, stop down"))
     assert decide(refill).message == (
-        "2/5 updated, 5 old; stopping 3 old, starting web-3, web-4, web-5"
+        "2/5 updated and available, 5 old; stopping 3 old, starting web-3, web-4, web-5"
     )
     cleanup = next(c for c in CASES if c.name == "exited replicas free the ceiling")
     assert decide(cleanup).message == (
-        "0/2 updated, 1 old; removing 2 exited, starting web-1, web-2"
+        "0/2 updated and available, 1 old; removing 2 exited, starting web-1, web-2"
     )
     holding = next(c for c in CASES if c.name.startswith("a stale ready flag"))
-    assert decide(holding).message == ("0/2 updated, 2 old, node not answering for web-1")
+    assert decide(holding).message == (
+        "0/2 updated and available, 2 old, node not answering for web-1"
+    )
