@@ -32,9 +32,19 @@ def service_json(
     failure of the service itself (a port it cannot bind), which makes it Degraded."""
     backoff = backoff or {}
     now = time.time() if now is None else now
-    slots = {slot: b for slot, b in backoff.items() if slot != SERVICE_SLOT}
-    failure = backoff.get(SERVICE_SLOT)
     applied = service.applied
+    # The crash loops of the version applied or of one still running: a version rolled
+    # back from runs nowhere, and its replicas' restarts are history (`gitorch history`,
+    # the events), not the live replicas' (which would read as flapping).
+    current = {r.template_digest for r in service.replicas}
+    if applied is not None:
+        current.add(applied.digest)
+    slots = {
+        slot: b
+        for slot, b in backoff.items()
+        if slot != SERVICE_SLOT and (b.template is None or b.template in current)
+    }
+    failure = backoff.get(SERVICE_SLOT)
     spec = applied.canonical.get("spec", {}) if applied else {}
     desired = spec.get("replicas", 0) if applied else 0
     expose = spec.get("expose")

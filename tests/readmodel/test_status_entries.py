@@ -11,7 +11,7 @@ from typing import Any
 
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.readmodel.cluster import ClusterView
-from gitorch.readmodel.status import ServiceEntries, status_json
+from gitorch.readmodel.status import ServiceEntries, service_json, status_json
 from gitorch.state.records import BackoffRecord
 
 
@@ -101,3 +101,14 @@ def test_entries_showing_a_clock_are_built_every_time() -> None:
     assert kept == {}
     later = entries.entry(crashing, {1: failure}, live, time.time() + 1, kept)
     assert early["backoff"][0]["retryInSeconds"] > later["backoff"][0]["retryInSeconds"]
+
+
+def test_restarts_of_a_version_rolled_back_from_are_not_shown() -> None:
+    """After a rollback the failed version runs nowhere: its slots' restarts are history,
+    not the live replicas' (status said `api-1: 4 restart(s), last: liveness probe
+    failed` under replicas that were all ready)."""
+    failed = BackoffRecord("a", 1, 4, 1.0, None, template="d2", reason="liveness probe failed")
+    running = BackoffRecord("a", 2, 2, 1.0, 3, template="d1", reason="exit code 3")
+    doc = service_json(_service("a"), {1: failed, 2: running}, time.time())
+    assert [b["replica"] for b in doc["backoff"]] == ["a-2"]
+    assert doc["restarts"] == 2
