@@ -436,7 +436,8 @@ class Executor:
                     continue
                 first_ready[replica_id] = health.first_ready_at
             if not first_ready:
-                del self.last_started[service]
+                # pop: an API request's plan observes from another thread.
+                self.last_started.pop(service, None)
                 continue
             holds.append(batch_hold(first_ready, self.health.now(), self.ready_settle))
         return merged_holds(holds)
