@@ -96,6 +96,20 @@ class Cluster:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return gitorch(*args, "--state", str(self.state), cwd=self.state.parent)
 
+    def run_until(
+        self, done: Callable[[str], bool], *args: str, timeout: float = 20.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the command until ``done(stdout)`` (or ``timeout``); the last run. Without
+        a daemon, status probes each replica once, within its probe's timeoutSeconds (1
+        s): beside CI's heaviest tests an answering app can miss that once (CI: ready 1
+        of 2 after both had answered)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ran = self.run(*args)
+            if ran.returncode != 0 or done(ran.stdout) or time.monotonic() > deadline:
+                return ran
+            time.sleep(0.2)
+
 
 @pytest.fixture
 def local(tmp_path: Path) -> Iterator[Cluster]:
@@ -151,7 +165,10 @@ def test_fresh_state_dir_has_no_services(local: Cluster) -> None:
 def test_status_json_has_the_documented_shape(local: Cluster) -> None:
     _, instances = applied_api(local)
 
-    done = local.run("status", "--runtime", "process", "--format", "json")
+    done = local.run_until(
+        lambda out: json.loads(out)["services"][0]["replicas"]["ready"] == 2,
+        *("status", "--runtime", "process", "--format", "json"),
+    )
 
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)  # nothing but the JSON document on stdout
@@ -181,7 +198,7 @@ def test_status_json_has_the_documented_shape(local: Cluster) -> None:
 def test_status_text_table_and_detail(local: Cluster) -> None:
     applied_api(local)
 
-    table = local.run("status", "--runtime", "process")
+    table = local.run_until(lambda out: "2/2" in out, "status", "--runtime", "process")
     detail = local.run("status", "api", "--runtime", "process")
 
     assert table.returncode == 0 and detail.returncode == 0, table.stderr + detail.stderr
