@@ -38,7 +38,7 @@ from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import TrafficCollector
 from gitorch.api.webhook import WebhookSecret
 from gitorch.apply.autoscaler import Autoscaler
-from gitorch.apply.bookkeeping import Bookkeeper, actor_of
+from gitorch.apply.bookkeeping import Bookkeeper
 from gitorch.apply.health import ReplicaHealth
 from gitorch.apply.nodepools import NodePoolScaler
 from gitorch.apply.reconciler import CommitMeta, PassPreempted, PassResult, Reconciler
@@ -67,7 +67,7 @@ from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verificati
 from gitorch.state import RecordNotFound, StateStore
 from gitorch.state.errors import NotLeader, StateUnavailable
 from gitorch.state.layout import DAEMON_FILE
-from gitorch.state.records import RevisionResult
+from gitorch.state.records import NOT_APPLIED
 from gitorch.state.requests import request_action
 
 #: The share of one core that passes changing nothing may take between events (commits,
@@ -531,7 +531,7 @@ class Daemon:
         store = self.session.store
         recent = store.list_revisions(limit=20)
         last = (
-            next((r for r in recent if r.result is not RevisionResult.REFUSED), None)
+            next((r for r in recent if r.result not in NOT_APPLIED), None)
             or store.last_applied_revision()
         )
         if last is None or last.sha == refused:
@@ -582,13 +582,9 @@ class Daemon:
         assert self.session is not None
         if not self.acting:
             return  # the leader records it
-        self.session.store.append_event(
-            "revision.invalid",
-            f"{sha[:12]}: {len(diagnostics)} problem(s)",
-            revision=sha,
-            data={"diagnostics": diagnostics[:100]},
-            actor=actor_of(commit),
-        )
+        # History says it too: an auditor reading `gitorch history` sees every commit
+        # the daemon reached, the rejected ones with why.
+        Bookkeeper(self.session.store, DEFAULT_CRASH_LOOP).record_invalid(sha, commit, diagnostics)
 
     def _preempted(self) -> bool:
         """Whether the pass in progress should give way: a commit, a webhook or a request

@@ -124,12 +124,10 @@ class Bookkeeper:
         """The revision in progress (recorded the first time it is seen), or None when it
         has finished (or changed nothing). ``decision``: the pass that records it (the
         replicas it could not place are the revision's unschedulable count)."""
-        last = self.store.last_attempted_revision()
-        if (
-            last is not None
-            and last.sha == desired.revision
-            and last.result is not RevisionResult.REFUSED  # allowed since: applied now
-        ):
+        # Rejected commits (invalid, refused) are entries of their own, never the one in
+        # progress: a refused revision allowed since is applied now, as a new entry.
+        last = self.store.last_admitted_revision()
+        if last is not None and last.sha == desired.revision:
             if last.result is not RevisionResult.IN_PROGRESS:
                 return None
             if self._started is None or self._started.id != last.id:
@@ -210,8 +208,42 @@ class Bookkeeper:
     ) -> None:
         """A revision a policy kept out (once per revision); ``data`` goes with its audit
         entry."""
+        self._record_rejected(
+            revision, commit, RevisionResult.REFUSED, reason, f"refused: {reason}", data
+        )
+
+    def record_invalid(
+        self,
+        revision: str,
+        commit: CommitMeta | None,
+        diagnostics: Sequence[str],
+    ) -> None:
+        """A revision whose manifests did not validate (once per revision): its entry's
+        reason is the first problem (PATH:LINE:COLUMN), its audit entry lists them all."""
+        first = diagnostics[0] if diagnostics else "no details"
+        more = f" (and {len(diagnostics) - 1} more)" if len(diagnostics) > 1 else ""
+        self._record_rejected(
+            revision,
+            commit,
+            RevisionResult.INVALID,
+            f"{first}{more}",
+            f"invalid: {len(diagnostics)} problem(s), the first {first}",
+            {"diagnostics": list(diagnostics[:100])},
+        )
+
+    def _record_rejected(
+        self,
+        revision: str,
+        commit: CommitMeta | None,
+        result: RevisionResult,
+        reason: str,
+        event_text: str,
+        data: Mapping[str, Any] | None,
+    ) -> None:
+        """A history entry and an audit entry for a commit that was not applied, unless
+        the newest entry already says the same of it (a restarted daemon meets it again)."""
         last = self.store.last_attempted_revision()
-        if last is not None and last.sha == revision and last.result is RevisionResult.REFUSED:
+        if last is not None and last.sha == revision and last.result is result:
             return
         with self.store.transaction():
             self.store.record_revision(
@@ -220,13 +252,13 @@ class Bookkeeper:
                 committed_at=commit.committed_at if commit else None,
                 signer=commit.signer if commit else None,
                 trigger=commit.trigger if commit else "",
-                result=RevisionResult.REFUSED,
+                result=result,
                 reason=reason,
                 summary={"message": (commit.message if commit else "")[:500]},
             )
             self.store.append_event(
-                "revision.refused",
-                f"{revision[:12]} refused: {reason}",
+                f"revision.{result.value}",
+                f"{revision[:12]} {event_text}",
                 revision=revision,
                 data=data,
                 actor=actor_of(commit),
@@ -344,7 +376,7 @@ class Bookkeeper:
             for d in decision.services.values()
         ):
             return False
-        last = self.store.last_attempted_revision()
+        last = self.store.last_admitted_revision()
         if last is None or last.sha != desired.revision or last.result is not RevisionResult.FAILED:
             return False
         failed = sorted(

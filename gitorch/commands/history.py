@@ -319,7 +319,7 @@ def summarize(entry: Mapping[str, Any]) -> str:
     else:
         text = "no changes"
     reason = entry.get("reason")
-    if reason and entry.get("result") == "refused" and not changes:
+    if reason and entry.get("result") in ("refused", "invalid") and not changes:
         return str(reason)  # nothing of it was read: "no changes" would mislead
     if reason and entry.get("result") != "succeeded":
         text = f"{text}: {reason}"

@@ -30,6 +30,11 @@ class RevisionResult(StrEnum):
     NO_CHANGES = "no-changes"  # the commit changed nothing gitorch applies
     REFUSED = "refused"  # a policy kept it out (the mass-prune guard); not applied
     SUPERSEDED = "superseded"  # a newer revision came before it converged
+    INVALID = "invalid"  # its manifests did not validate; not applied
+
+
+#: Results of revisions that were never applied: the last good revision runs on.
+NOT_APPLIED = frozenset({RevisionResult.REFUSED, RevisionResult.INVALID})
 
 
 class RolloutPhase(StrEnum):

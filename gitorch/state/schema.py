@@ -27,6 +27,64 @@ class Migration:
 
 _APPEND_ONLY = "RAISE(ABORT, 'the audit log is append-only')"
 
+
+def _rebuilt_revisions(results: tuple[str, ...], *, trigger: bool) -> tuple[str, ...]:
+    """Statements that rebuild ``revisions`` and ``revision_services`` with ``results`` as
+    the allowed values of ``result`` (a CHECK cannot be altered in SQLite), ids and the
+    AUTOINCREMENT sequence kept; ``trigger``: the table has that column (migration 7 on).
+    Children first, so dropping the parent cascades to nothing."""
+    allowed = ", ".join(f"'{result}'" for result in results)
+    trigger_column = ",\n            trigger      TEXT NOT NULL DEFAULT ''" if trigger else ""
+    columns = "id, sha, author, committed_at, signer, applied_at, result, reason, summary"
+    if trigger:
+        columns += ", trigger"
+    return (
+        f"""
+        CREATE TABLE revisions_rebuilt (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            sha          TEXT NOT NULL,
+            author       TEXT NOT NULL DEFAULT '',
+            committed_at TEXT,
+            signer       TEXT,
+            applied_at   REAL NOT NULL,
+            result       TEXT NOT NULL CHECK (result IN ({allowed})),
+            reason       TEXT NOT NULL DEFAULT '',
+            summary      TEXT NOT NULL DEFAULT '{{}}'{trigger_column}
+        )
+        """,
+        f"INSERT INTO revisions_rebuilt ({columns}) SELECT {columns} FROM revisions",
+        f"""
+        CREATE TABLE revision_services_rebuilt (
+            revision_id INTEGER NOT NULL REFERENCES revisions_rebuilt (id) ON DELETE CASCADE,
+            service     TEXT NOT NULL,
+            result      TEXT NOT NULL CHECK (result IN ({allowed})),
+            PRIMARY KEY (revision_id, service)
+        ) WITHOUT ROWID
+        """,
+        "INSERT INTO revision_services_rebuilt (revision_id, service, result)"
+        " SELECT revision_id, service, result FROM revision_services",
+        "DROP TABLE revision_services",
+        "DROP TABLE revisions",
+        "ALTER TABLE revisions_rebuilt RENAME TO revisions",
+        "ALTER TABLE revision_services_rebuilt RENAME TO revision_services",
+        "CREATE INDEX revisions_by_result ON revisions (result, id)",
+        "CREATE INDEX revisions_by_sha ON revisions (sha)",
+        "CREATE INDEX revision_services_by_service"
+        " ON revision_services (service, result, revision_id)",
+    )
+
+
+#: The revision results the bookkeeping migration (6) allowed.
+_BOOKKEEPING_RESULTS = (
+    "succeeded",
+    "failed",
+    "rolled-back",
+    "in-progress",
+    "no-changes",
+    "refused",
+    "superseded",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "initial schema: revisions, rollouts, ports, nodes, measurements, audit log",
@@ -237,46 +295,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             # Every commit the daemon reaches gets a history entry: one that changes
             # nothing is "no-changes", one refused by a policy (the mass-prune guard) is
             # "refused", one a newer commit replaced before it converged is "superseded".
-            # A CHECK cannot be altered in SQLite, so both tables are rebuilt
-            # (children first, so dropping the parent cascades to nothing).
-            """
-            CREATE TABLE revisions_rebuilt (
-                id           INTEGER PRIMARY KEY AUTOINCREMENT,
-                sha          TEXT NOT NULL,
-                author       TEXT NOT NULL DEFAULT '',
-                committed_at TEXT,
-                signer       TEXT,
-                applied_at   REAL NOT NULL,
-                result       TEXT NOT NULL CHECK (result IN ('succeeded', 'failed',
-                                 'rolled-back', 'in-progress', 'no-changes', 'refused',
-                                 'superseded')),
-                reason       TEXT NOT NULL DEFAULT '',
-                summary      TEXT NOT NULL DEFAULT '{}'
-            )
-            """,
-            "INSERT INTO revisions_rebuilt (id, sha, author, committed_at, signer, applied_at,"
-            " result, reason, summary) SELECT id, sha, author, committed_at, signer,"
-            " applied_at, result, reason, summary FROM revisions",
-            """
-            CREATE TABLE revision_services_rebuilt (
-                revision_id INTEGER NOT NULL REFERENCES revisions_rebuilt (id) ON DELETE CASCADE,
-                service     TEXT NOT NULL,
-                result      TEXT NOT NULL CHECK (result IN ('succeeded', 'failed',
-                                'rolled-back', 'in-progress', 'no-changes', 'refused',
-                                'superseded')),
-                PRIMARY KEY (revision_id, service)
-            ) WITHOUT ROWID
-            """,
-            "INSERT INTO revision_services_rebuilt (revision_id, service, result)"
-            " SELECT revision_id, service, result FROM revision_services",
-            "DROP TABLE revision_services",
-            "DROP TABLE revisions",
-            "ALTER TABLE revisions_rebuilt RENAME TO revisions",
-            "ALTER TABLE revision_services_rebuilt RENAME TO revision_services",
-            "CREATE INDEX revisions_by_result ON revisions (result, id)",
-            "CREATE INDEX revisions_by_sha ON revisions (sha)",
-            "CREATE INDEX revision_services_by_service"
-            " ON revision_services (service, result, revision_id)",
+            # A CHECK cannot be altered in SQLite, so both tables are rebuilt.
+            *_rebuilt_revisions(
+                _BOOKKEEPING_RESULTS,
+                trigger=False,
+            ),
             # A restart is counted once per dead replica (replica_id), on the template
             # that died (a failed new version's deaths are not the old version's), with
             # its cause in words (exit code, OOMKilled, liveness probe, start failure).
@@ -387,6 +410,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                 provider      TEXT NOT NULL DEFAULT '{}'
             ) WITHOUT ROWID
             """,
+        ),
+    ),
+    Migration(
+        "revisions: a commit whose manifests did not validate is an 'invalid' entry",
+        # An auditor reads history to see every commit the daemon reached; a rejected one
+        # was only in the audit log. A CHECK cannot be altered in SQLite: both tables are
+        # rebuilt as in the bookkeeping migration, ids and sequence kept.
+        _rebuilt_revisions(
+            (*_BOOKKEEPING_RESULTS, "invalid"),
+            trigger=True,
         ),
     ),
 )

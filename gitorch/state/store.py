@@ -221,6 +221,12 @@ class StateStore:
         """The newest application, whatever its result (in progress included)."""
         return self.revisions.last_attempted()
 
+    def last_admitted_revision(self) -> RevisionRecord | None:
+        """The newest application of a revision that was admitted (neither invalid nor
+        refused by a policy), whatever its result: the one the daemon is applying or
+        applied last. Rejected commits are history entries, never in the way of it."""
+        return self.revisions.last_admitted()
+
     def last_successful_revision(self, service: str) -> RevisionRecord | None:
         """The newest application in which ``service`` itself succeeded."""
         return self.revisions.last_successful(service)

@@ -57,6 +57,28 @@ def test_invalid_commit_keeps_the_last_good_state_and_reports_file_line(cluster:
         time.sleep(0.3)
     assert get_version(port) == "1"
 
+    # History names the rejected commit with its author and why (the auditor's view),
+    # once, however many polls met it; the audit log lists every problem.
+    history = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
+    rejected = [e for e in history.json() if e["revision"] == sha2]
+    assert [e["result"] for e in rejected] == ["invalid"], history.json()
+    assert f"api.yaml:{line}" in rejected[0]["reason"], rejected
+    assert rejected[0]["author"].startswith("Ada Lovelace"), rejected
+    text = gitorch("history", *cluster.state_args, cwd=cluster.root)
+    row = next(r for r in text.stdout.splitlines() if sha2[:7] in r)
+    assert "invalid" in row and f"api.yaml:{line}" in row, text.stdout
+    audit = gitorch(
+        "audit",
+        *cluster.state_args,
+        "--kind",
+        "revision.invalid",
+        "--format",
+        "json",
+        cwd=cluster.root,
+    )
+    (event,) = audit.json()
+    assert event["revision"] == sha2 and event["actor"].startswith("author:Ada"), event
+
     sha3 = commit(
         cluster.repo,
         {"api.yaml": process_service("api", port=port, version="2", replicas=2)},
@@ -106,3 +128,9 @@ def test_a_daemon_restarted_on_an_invalid_head_goes_on_with_what_it_was_applying
     svc = again.service("extra")
     assert svc is not None and instance_ids(svc) == ids, again.log_tail()
     assert "going on with the revision it was applying" in again.log_tail(200)
+    # The rejected commit is an entry of its own: v2 goes on as the one entry in
+    # progress, never recorded a second time behind it.
+    history = gitorch("history", *cluster.state_args, "--format", "json", cwd=cluster.root)
+    results = {(e["revision"], e["result"]) for e in history.json()}
+    assert [e["result"] for e in history.json()][:2] == ["invalid", "in-progress"], results
+    assert len(history.json()) == 3, history.json()

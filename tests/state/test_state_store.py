@@ -74,6 +74,12 @@ def test_last_applied_and_last_successful_per_service(store: StateStore) -> None
     assert applied is not None and applied.sha == SHA_A
     attempted = store.last_attempted_revision()
     assert attempted is not None and attempted.sha == SHA_C
+    # Commits that were not applied are history entries, never the one being applied.
+    for result in (RevisionResult.INVALID, RevisionResult.REFUSED):
+        store.record_revision("d" * 40, result=result, reason="not applied")
+        assert store.last_attempted_revision().result is result  # type: ignore[union-attr]
+        admitted = store.last_admitted_revision()
+        assert admitted is not None and admitted.sha == SHA_C
     web, db = store.last_successful_revision("web"), store.last_successful_revision("db")
     assert web is not None and web.sha == SHA_B
     assert db is not None and db.sha == SHA_A

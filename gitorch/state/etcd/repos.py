@@ -42,6 +42,7 @@ from gitorch.errors import StateError
 from gitorch.state.audit_chain import ChainEntry, link, next_prev_hash
 from gitorch.state.errors import PortUnavailable, RecordNotFound
 from gitorch.state.records import (
+    NOT_APPLIED,
     AnalysisRunPhase,
     AnalysisRunRecord,
     AppliedObject,
@@ -198,6 +199,9 @@ class Revisions:
 
     def last_attempted(self) -> RevisionRecord | None:
         return self._first(lambda r: True)
+
+    def last_admitted(self) -> RevisionRecord | None:
+        return self._first(lambda r: r.result not in NOT_APPLIED)
 
     def last_successful(self, service: str) -> RevisionRecord | None:
         return self._first(lambda r: r.service_results.get(service) is RevisionResult.SUCCEEDED)

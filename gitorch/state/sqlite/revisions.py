@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from gitorch.state import rows
 from gitorch.state.db import translate
 from gitorch.state.errors import RecordNotFound
-from gitorch.state.records import RevisionRecord, RevisionResult
+from gitorch.state.records import NOT_APPLIED, RevisionRecord, RevisionResult
 
 if TYPE_CHECKING:
     from gitorch.state.sqlite.database import Database
@@ -152,6 +152,16 @@ class Revisions:
     def last_attempted(self) -> RevisionRecord | None:
         row = self.db.query_one(
             f"SELECT {_REVISION_COLUMNS} FROM revisions r ORDER BY r.id DESC LIMIT 1"
+        )
+        return None if row is None else rows.revision(row)
+
+    def last_admitted(self) -> RevisionRecord | None:
+        skipped = sorted(result.value for result in NOT_APPLIED)
+        row = self.db.query_one(
+            f"SELECT {_REVISION_COLUMNS} FROM revisions r"
+            f" WHERE r.result NOT IN ({', '.join('?' for _ in skipped)})"
+            " ORDER BY r.id DESC LIMIT 1",
+            tuple(skipped),
         )
         return None if row is None else rows.revision(row)
 
