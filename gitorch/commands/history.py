@@ -322,6 +322,10 @@ def summarize(entry: Mapping[str, Any]) -> str:
     if reason and entry.get("result") in ("refused", "invalid") and not changes:
         return str(reason)  # nothing of it was read: "no changes" would mislead
     if reason and entry.get("result") != "succeeded":
+        # The bookkeeping names each service in its reason ("api: progress deadline
+        # exceeded"); after "update api" alone that name is said twice.
+        if len(changes) == 1 and str(reason).startswith(f"{changes[0].get('name')}: "):
+            reason = str(reason)[len(str(changes[0].get("name"))) + 2 :]
         text = f"{text}: {reason}"
     return text
 

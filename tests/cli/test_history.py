@@ -19,6 +19,7 @@ from gitorch.api.metrics import Metrics
 from gitorch.api.server import ApiServer
 from gitorch.apply.autoscaler import SCALED_EVENT
 from gitorch.apply.nodepools import NodePoolScaler
+from gitorch.commands.history import summarize
 from gitorch.errors import StateError
 from gitorch.live.model import LiveState
 from gitorch.readmodel.history import history_json, scaling_json
@@ -107,6 +108,22 @@ def test_text_table_newest_first(tmp_path: Path, state: Path) -> None:
     assert "create web, create api, create Volume/data (+1 more)" in alice
     assert "succeeded" in alice
     assert "\x1b[" not in done.stdout  # NO_COLOR
+
+
+def test_a_summary_names_a_service_once() -> None:
+    one = {"kind": "Service", "name": "api", "action": "update"}
+    web = {"kind": "Service", "name": "web", "action": "update"}
+    reason = "api: progress deadline exceeded (120 s)"
+    entry = {"result": "rolled-back", "reason": reason, "changes": [one]}
+    assert summarize(entry) == "update api: progress deadline exceeded (120 s)"
+    # Several changes: the reason's names say which one failed.
+    both = {**entry, "changes": [one, web]}
+    assert summarize(both) == f"update api, update web: {reason}"
+    # A reason about another service keeps its name.
+    other = {**entry, "changes": [web]}
+    assert summarize(other) == f"update web: {reason}"
+    invalid = {"result": "invalid", "reason": "api.yaml:3:1: bad", "changes": []}
+    assert summarize(invalid) == "api.yaml:3:1: bad"
 
 
 def test_json_is_the_records_own_shape(tmp_path: Path, state: Path) -> None:
