@@ -64,7 +64,7 @@ BENCHES = (
     Bench("proxy_kill", "-", ("--rounds", "1"), ("hey",)),
     Bench(
         "rollout",
-        "10 x docker run + poll, all at once; docker-compose",
+        "the batch floor beside the same client load; docker-compose",
         ("--rounds", "1", "--no-compose"),
         ("docker",),
     ),
