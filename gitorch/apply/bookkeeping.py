@@ -99,6 +99,11 @@ def _other_objects(changes: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     )
 
 
+#: How many of the newest history entries are searched for a rejected commit's entry
+#: before it is recorded (again).
+REJECTED_LOOKBACK = 20
+
+
 class Bookkeeper:
     """Writes decisions, failures and revisions to the store."""
 
@@ -240,10 +245,11 @@ class Bookkeeper:
         event_text: str,
         data: Mapping[str, Any] | None,
     ) -> None:
-        """A history entry and an audit entry for a commit that was not applied, unless
-        the newest entry already says the same of it (a restarted daemon meets it again)."""
-        last = self.store.last_attempted_revision()
-        if last is not None and last.sha == revision and last.result is result:
+        """A history entry and an audit entry for a commit that was not applied, unless a
+        recent entry already says the same of it (a restarted daemon, or a new leader,
+        meets it again; entries of the revision it runs on may have come since)."""
+        recent = self.store.list_revisions(limit=REJECTED_LOOKBACK)
+        if any(r.sha == revision and r.result is result for r in recent):
             return
         with self.store.transaction():
             self.store.record_revision(
