@@ -21,8 +21,9 @@ word alone):
 
   - ``bad-canary``: a 5xx answered by a version the soak made to answer 5xx (its
     ``X-App-Version``), and the canary checks below hold;
-  - ``proxy-kill``: a connection-level failure of a request in flight on the moment the
-    proxy's coordinator was SIGKILLed (its workers end with it). Not a refused
+  - ``proxy-kill``: a connection-level failure (refused, reset, an empty reply, a
+    timeout, an answer cut short inside its body) of a request in flight on the moment
+    the proxy's coordinator was SIGKILLed (its workers end with it). Not a refused
     connection after it: the proxy's socket keeper holds the listening sockets, so new
     connections wait in the kernel's queue for the coordinator it starts at once;
   - ``proxy-worker-kill``: a connection-level failure of a request in flight on the
@@ -87,7 +88,7 @@ CANARY_SLACK = 25.0
 #: A bad canary's weight (the first setWeight of the shop's canary), and the slack of its
 #: share: three standard deviations of the count, plus 5 points.
 CANARY_WEIGHT = 0.20
-CONNECTION_ERRORS = ("refused", "reset", "empty reply", "timeout")
+CONNECTION_ERRORS = ("refused", "reset", "empty reply", "timeout", "cut short")
 
 
 def _seconds(duration: str) -> float:

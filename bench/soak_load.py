@@ -322,4 +322,9 @@ def _name(exc: BaseException) -> str:
         return "reset"
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timeout"
+    if isinstance(exc, http.client.IncompleteRead):
+        # The head came, the connection ended inside the body: the process writing it
+        # died (a proxy SIGKILLed between its writes), as much a connection failure as
+        # a reset.
+        return "cut short"
     return f"{type(exc).__name__}: {exc}"

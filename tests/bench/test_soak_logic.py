@@ -4,6 +4,7 @@ fail, and its excuse rules excuse only what they say."""
 
 from __future__ import annotations
 
+import http.client
 import random
 import time
 from pathlib import Path
@@ -202,6 +203,16 @@ def _failure(**kw: object) -> Failure:
             Injected("proxy-kill", 100, 102, back=102, gone=100.2),
             "proxy-kill",
         ),
+        (  # its answer cut short inside the body (soak seed 1208: IncompleteRead)
+            _failure(status=None, error="cut short", start=100.1, end=100.15),
+            Injected("proxy-kill", 100.12, 102, back=102, gone=100.12),
+            "proxy-kill",
+        ),
+        (
+            _failure(status=None, error="cut short", start=104, end=104.05),
+            Injected("proxy-kill", 100, 102, back=102, gone=100.2),
+            None,
+        ),
         (
             _failure(status=None, error="refused", start=100.5, end=100.5),
             Injected("proxy-kill", 100, 102, back=102, gone=100.2),
@@ -262,6 +273,7 @@ def test_the_load_tells_failures_by_name() -> None:
     assert _name(ConnectionRefusedError()) == "refused"
     assert _name(ConnectionResetError()) == "reset"
     assert _name(TimeoutError()) == "timeout"
+    assert _name(http.client.IncompleteRead(b"x" * 45, 12)) == "cut short"
     assert random.Random("x").random() == random.Random("x").random()
 
 
