@@ -446,7 +446,8 @@ class Daemon:
             desired = load_desired(snapshot, self.loader)
         except ManifestInvalid as exc:
             with _store_needed(sha):
-                self._invalid(sha, exc, commit_meta(snapshot.revision, snapshot.commit))
+                meta = replace(commit_meta(snapshot.revision, snapshot.commit), trigger=trigger)
+                self._invalid(sha, exc, verified_commit(meta, verdict))
             with self._lock:
                 self._seen_sha = sha
             return

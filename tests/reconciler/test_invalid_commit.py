@@ -64,6 +64,7 @@ def test_invalid_commit_keeps_the_last_good_state_and_reports_file_line(cluster:
     assert [e["result"] for e in rejected] == ["invalid"], history.json()
     assert f"api.yaml:{line}" in rejected[0]["reason"], rejected
     assert rejected[0]["author"].startswith("Ada Lovelace"), rejected
+    assert rejected[0]["trigger"] in ("local commit", "poll"), rejected  # what read it
     text = gitorch("history", *cluster.state_args, cwd=cluster.root)
     row = next(r for r in text.stdout.splitlines() if sha2[:7] in r)
     assert "invalid" in row and f"api.yaml:{line}" in row, text.stdout
