@@ -201,10 +201,17 @@ class Reconciler:
 
     def focusable(self, desired: DesiredState, services: frozenset[str]) -> bool:
         """Whether a focused pass may act on ``services`` alone: a few services, none
-        mounting a volume (volumes are decided over every service) and no node with its
-        own ingress (its table is decided over every route). Otherwise the whole pass
-        applies the revision."""
+        mounting a volume (volumes are decided over every service), no node with its own
+        ingress (its table is decided over every route), and a table in force this
+        reconciler published. Otherwise the whole pass applies the revision."""
         if not services or len(services) > FOCUS_MAX_SERVICES:
+            return False
+        if self.executor.published is None:
+            # A new reconciler (a restart, a new leadership term, new nodes) does not know
+            # the table in force: a focused table would hold the focus's routes alone, and
+            # the data plane would close every other listener (soak seed 1209, etcd state:
+            # a leader paused past its lease refused new connections to every other
+            # service). The whole pass publishes every route first.
             return False
         if any(t.own_ingress for t in self.targets):
             return False
@@ -285,6 +292,8 @@ class Reconciler:
         replica and the table in force; it prunes nothing and finishes no revision. None
         (nothing written, nothing done) when its decision would reach beyond them (it
         preempts another service's replica): the whole pass decides that."""
+        if not self.focusable(desired, services):
+            return None
         return self._pass(desired, commit, None, services, None)
 
     def _pass(

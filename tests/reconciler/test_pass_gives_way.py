@@ -130,3 +130,33 @@ def test_the_focused_pass_starts_the_changed_service_first(
     assert done is not None and done.sha == v2.revision
     assert done.result is RevisionResult.SUCCEEDED, (done.result, done.reason)
     assert set(done.service_results) == {"api"}, done.service_results
+
+
+def test_a_new_reconciler_applies_a_change_by_the_whole_pass(
+    cluster: Cluster, session: Session
+) -> None:
+    """Found by the chaos soak (seed 1209, etcd state): a leader paused past its lease
+    won it back, as a new term with a new reconciler, and a commit's focused pass published
+    a table of the changed service's routes alone: the data plane closed every other
+    service's listener (new connections refused). A reconciler that has not published a
+    table does not know the one in force: the whole pass applies the change."""
+    import socket
+
+    commit(cluster.repo, _two_services(cluster), "v1")
+    v1 = desired_at_head(cluster)
+    converge_session(session, v1)
+    commit(cluster.repo, _two_services(cluster, version="2"), "v2")
+    v2 = desired_at_head(cluster)
+    changed = changed_services(v1, v2)
+    assert changed == {"api"}
+
+    session.reconciler = None  # what a restart, a new term or new nodes do
+    fresh = session.reconciler_for(v2)
+    assert not fresh.focusable(v2, changed)
+    assert fresh.reconcile_focused(v2, None, changed) is None
+    with socket.create_connection(("127.0.0.1", cluster.port + 1), timeout=5):
+        pass  # web's listener is open: nothing published a table without it
+    whole = fresh.reconcile(v2)
+    assert any(a.service == "api" for a in whole.executed), whole.executed
+    assert fresh.focusable(v2, changed)  # its own table is the one in force now
+    converge_session(session, v2)
