@@ -38,7 +38,7 @@ from gitorch.api.traffic import TrafficMeter, store_revisions
 from gitorch.api.traffic_metrics import TrafficCollector
 from gitorch.api.webhook import WebhookSecret
 from gitorch.apply.autoscaler import Autoscaler
-from gitorch.apply.bookkeeping import Bookkeeper
+from gitorch.apply.bookkeeping import Bookkeeper, first_problem
 from gitorch.apply.health import ReplicaHealth
 from gitorch.apply.nodepools import NodePoolScaler
 from gitorch.apply.reconciler import CommitMeta, PassPreempted, PassResult, Reconciler
@@ -67,7 +67,6 @@ from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verificati
 from gitorch.state import RecordNotFound, StateStore
 from gitorch.state.errors import NotLeader, StateUnavailable
 from gitorch.state.layout import DAEMON_FILE
-from gitorch.state.records import NOT_APPLIED
 from gitorch.state.requests import request_action
 
 #: The share of one core that passes changing nothing may take between events (commits,
@@ -529,12 +528,7 @@ class Daemon:
         services added since), checked by the same policy; nothing when there is none."""
         if self._desired is not None or self.session is None or self.source is None:
             return
-        store = self.session.store
-        recent = store.list_revisions(limit=20)
-        last = (
-            next((r for r in recent if r.result not in NOT_APPLIED), None)
-            or store.last_applied_revision()
-        )
+        last = self.session.store.last_admitted_revision()
         if last is None or last.sha == refused:
             return
         opts = self.options
@@ -567,12 +561,11 @@ class Daemon:
         diagnostics = [str(d) for d in exc.diagnostics]
         # The one-line message names the first problem (PATH:LINE:COLUMN): status and
         # the API show it where people look; every problem is in "diagnostics".
-        first = diagnostics[0] if diagnostics else "no details"
-        more = f" (and {len(diagnostics) - 1} more)" if len(diagnostics) > 1 else ""
+        first_and_more = first_problem(diagnostics)
         applying = (self._commit.sha if self._commit else "nothing")[:12]
         self._set_error(
             {
-                "message": f"revision {sha[:12]} is invalid: {first}{more}; "
+                "message": f"revision {sha[:12]} is invalid: {first_and_more}; "
                 f"still applying {applying}",
                 "revision": sha,
                 "diagnostics": diagnostics,

@@ -63,6 +63,14 @@ class CommitMeta:
     trigger: str = ""
 
 
+def first_problem(diagnostics: Sequence[str]) -> str:
+    """An invalid revision in one line: its first problem (PATH:LINE:COLUMN) and how many
+    more (status, the daemon's error and the history entry say the same)."""
+    first = diagnostics[0] if diagnostics else "no details"
+    more = f" (and {len(diagnostics) - 1} more)" if len(diagnostics) > 1 else ""
+    return f"{first}{more}"
+
+
 def actor_of(commit: CommitMeta | None) -> str:
     """The audit actor of what ``commit`` brought: ``signer:IDENTITY`` when its signature
     was verified, else ``author:NAME <EMAIL>`` (as the commit claims it)."""
@@ -226,12 +234,11 @@ class Bookkeeper:
         """A revision whose manifests did not validate (once per revision): its entry's
         reason is the first problem (PATH:LINE:COLUMN), its audit entry lists them all."""
         first = diagnostics[0] if diagnostics else "no details"
-        more = f" (and {len(diagnostics) - 1} more)" if len(diagnostics) > 1 else ""
         self._record_rejected(
             revision,
             commit,
             RevisionResult.INVALID,
-            f"{first}{more}",
+            first_problem(diagnostics),
             f"invalid: {len(diagnostics)} problem(s), the first {first}",
             {"diagnostics": list(diagnostics[:100])},
         )

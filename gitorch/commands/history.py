@@ -324,8 +324,9 @@ def summarize(entry: Mapping[str, Any]) -> str:
     if reason and entry.get("result") != "succeeded":
         # The bookkeeping names each service in its reason ("api: progress deadline
         # exceeded"); after "update api" alone that name is said twice.
-        if len(changes) == 1 and str(reason).startswith(f"{changes[0].get('name')}: "):
-            reason = str(reason)[len(str(changes[0].get("name"))) + 2 :]
+        prefix = f"{changes[0].get('name')}: " if len(changes) == 1 else None
+        if prefix is not None and str(reason).startswith(prefix):
+            reason = str(reason)[len(prefix) :]
         text = f"{text}: {reason}"
     return text
 
