@@ -581,6 +581,9 @@ class Cluster:
     state: Path
     driver: str = "process"
     port: int = field(default_factory=free_port)  # the first service's endpoint
+    # A second service's endpoint: picked like ``port``, never ``port + 1``, which nothing
+    # reserves (an etcd member of the same worker once listened there).
+    second_port: int = field(default_factory=free_port)
     daemons: list[DaemonProc] = field(default_factory=list)
     store_url: str | None = None  # etcd://...: the store lives there, ``state`` is local
     store_dirs: list[Path] = field(default_factory=list)  # etcd: its members' data

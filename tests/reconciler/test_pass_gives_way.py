@@ -43,7 +43,7 @@ def _replicas(session: Session, desired: DesiredState) -> dict[str, set[str]]:
 def _two_services(cluster: Cluster, version: str = "1") -> dict[str, str | None]:
     return {
         "api.yaml": process_service("api", port=cluster.port, replicas=2, version=version),
-        "web.yaml": process_service("web", port=cluster.port + 1, replicas=2),
+        "web.yaml": process_service("web", port=cluster.second_port, replicas=2),
     }
 
 
@@ -154,7 +154,7 @@ def test_a_new_reconciler_applies_a_change_by_the_whole_pass(
     fresh = session.reconciler_for(v2)
     assert not fresh.focusable(v2, changed)
     assert fresh.reconcile_focused(v2, None, changed) is None
-    with socket.create_connection(("127.0.0.1", cluster.port + 1), timeout=5):
+    with socket.create_connection(("127.0.0.1", cluster.second_port), timeout=5):
         pass  # web's listener is open: nothing published a table without it
     whole = fresh.reconcile(v2)
     assert any(a.service == "api" for a in whole.executed), whole.executed

@@ -52,7 +52,7 @@ def test_history_blames_the_right_commit_and_a_revert_clears_the_rollback(
     api = lambda **kw: _with_liveness(  # noqa: E731
         process_service("api", port=cluster.port, replicas=2, deadline=6, **kw)
     )
-    cache_port = cluster.port + 1
+    cache_port = cluster.second_port
     v1 = commit(
         cluster.repo,
         {"api.yaml": api(), "cache.yaml": process_service("cache", port=cache_port, replicas=1)},

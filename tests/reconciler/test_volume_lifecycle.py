@@ -151,7 +151,7 @@ def test_prune_keeps_a_retained_volume_and_deletes_the_other(world: Cluster) -> 
 
 def test_a_read_only_mount_cannot_be_written(world: Cluster) -> None:
     port, driver = world.port, world.driver
-    reader_port = world.port + 1 if world.port < 65535 else world.port - 1
+    reader_port = world.second_port
     files = {
         "writer.yaml": counter_service("writer", driver=driver, port=port),
         "reader.yaml": counter_service("reader", driver=driver, port=reader_port, read_only=True),
