@@ -36,6 +36,13 @@ start`` of containers of ``api:1`` with their port published (as the docker driv
 them), on the bridge without a published port, with no network, and one alone, each
 split by the engine's events (network ``connect``, ``start``), and their removal; on the
 idle engine, then beside the rollout's client load (see :func:`bench_start_cost`).
+
+``--engine-cpu`` (root) also accounts the engine's CPU seconds (``dockerd``, ``containerd``
+and the shims, ``runc`` and ``docker-proxy`` they fork: :mod:`engine_cpu`) in each pair's
+windows: the batch floor's starts, its containers' removal after its clock, and the
+rollout, with how busy the whole machine was: whether the rollout does more engine work
+than starting its containers and removing the old ones, and whether the machine had CPU
+to spare for it.
 """
 
 from __future__ import annotations
@@ -52,9 +59,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +77,7 @@ from bench_runtime import (  # noqa: E402
     poll_until,
     post_push_event,
 )
+from engine_cpu import EngineCpu, machine_busy  # noqa: E402
 from verdicts import emit  # noqa: E402
 
 from gitorch.errors import StateError  # noqa: E402
@@ -227,10 +236,13 @@ def floor(replicas: int) -> float:
     return took
 
 
-def batch_floor(replicas: int, surge: int) -> float:
+def batch_floor(
+    replicas: int, surge: int, clock_stopped: Callable[[], None] | None = None
+) -> float:
     """Issue 20's floor of a rolling update: the same batches (``surge`` containers of :2
     each) started and probed back to back with no orchestration: a batch starts once
-    every container of the one before answers its health URL."""
+    every container of the one before answers its health URL. ``clock_stopped`` is
+    called when the last batch answers, before the containers are removed."""
     ids: list[str] = []
     took = 0.0
     try:
@@ -239,6 +251,8 @@ def batch_floor(replicas: int, surge: int) -> float:
             took += seconds
             ids += batch
     finally:
+        if clock_stopped is not None:
+            clock_stopped()
         subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
     if len(ids) != replicas:
         raise SystemExit("bench: the batch floor could not start every container")
@@ -445,12 +459,70 @@ class Rollout:
     #: Commit to the first new container created (the engine's ``Created``): the
     #: daemon's share of ``first_new``, the rest is the engine's create and start.
     first_created: float | None = None
+    #: ``--engine-cpu``: the engine's CPU seconds in each window (None: not measured).
+    engine: EngineWork | None = None
 
 
-def bench_gitorch(root: Path, replicas: int, threads: int, rollouts: int = 1) -> list[Rollout]:
+@dataclass(frozen=True)
+class EngineWork:
+    """The engine's CPU seconds (dockerd, containerd and what they fork) over one pair,
+    and how busy the whole machine was (share of both cores) in the same windows."""
+
+    floor: float  # the batch floor's starts
+    floor_removal: float  # its containers' removal (``docker rm -f``), after its clock
+    rollout: float  # commit -> converged
+    floor_busy: float
+    rollout_busy: float
+
+    def __str__(self) -> str:
+        return (
+            f"engine CPU: floor {self.floor:.2f} s (machine {self.floor_busy:.0%} busy), its "
+            f"removal {self.floor_removal:.2f} s, rollout {self.rollout:.2f} s (machine "
+            f"{self.rollout_busy:.0%} busy): rollout / floor {self.rollout / self.floor:.2f}x, "
+            f"rollout / (floor + removal) {self.rollout / (self.floor + self.floor_removal):.2f}x"
+        )
+
+
+class _Meter:
+    """The engine's CPU seconds and the machine's busy share between marks."""
+
+    def __init__(self, engine: EngineCpu) -> None:
+        self.engine = engine
+        self.splits: dict[str, tuple[float, float]] = {}
+        self._restart()
+
+    def _restart(self) -> None:
+        self.cpu = self.engine.seconds()
+        self.busy, self.total = machine_busy()
+
+    def mark(self, name: str) -> None:
+        """Close the window since the last mark as ``name`` and open the next."""
+        cpu = self.engine.seconds()
+        busy, total = machine_busy()
+        share = (busy - self.busy) / max(1e-9, total - self.total)
+        self.splits[name] = (cpu - self.cpu, share)
+        self._restart()
+
+    def work(self) -> EngineWork:
+        (floor, floor_busy), (removal, _), (rollout, rollout_busy) = (
+            self.splits["floor"],
+            self.splits["removal"],
+            self.splits["rollout"],
+        )
+        return EngineWork(floor, removal, rollout, floor_busy, rollout_busy)
+
+
+def bench_gitorch(
+    root: Path,
+    replicas: int,
+    threads: int,
+    rollouts: int = 1,
+    engine: EngineCpu | None = None,
+) -> list[Rollout]:
     """``rollouts`` rolling updates of one daemon's service (``:1`` -> ``:2`` -> ``:1``...)
     under the client load, each right after the batch floor measured beside the same
-    load: pairs in the same conditions, whatever the machine does between them."""
+    load: pairs in the same conditions, whatever the machine does between them.
+    ``engine``: also account the engine's CPU in each window."""
     done: list[Rollout] = []
     with gitorch(root, replicas, remote=False) as run:
         sha, _ = run.commit("1")
@@ -464,11 +536,20 @@ def bench_gitorch(root: Path, replicas: int, threads: int, rollouts: int = 1) ->
                 known = {c.id for c in run.containers()}
                 ok, failed, seen = load.ok, load.failed, len(load.samples)
                 # The batch floor again, beside the client load the rollout meets.
-                loaded_floor = batch_floor(replicas, SURGE)
+                meter = _Meter(engine) if engine is not None else None
+                loaded_floor = batch_floor(
+                    replicas, SURGE, clock_stopped=partial(meter.mark, "floor") if meter else None
+                )
                 time.sleep(1.0)  # the engine's clean-up of the floor's containers
+                if meter is not None:
+                    meter.mark("removal")
                 sha, committed = run.commit(tag)
                 created, first = run.first_new(known, committed)
                 converged = run.wait_converged(sha, tag)
+                work = None
+                if meter is not None:
+                    meter.mark("rollout")
+                    work = meter.work()
                 time.sleep(1.0)  # and after: late failures count too
                 done.append(
                     Rollout(
@@ -479,6 +560,7 @@ def bench_gitorch(root: Path, replicas: int, threads: int, rollouts: int = 1) ->
                         first,
                         loaded_floor,
                         created,
+                        work,
                     )
                 )
     return done
@@ -784,6 +866,12 @@ def main(argv: list[str] | None = None) -> int:
         default=3,
         help="rolling updates, each paired with the batch floor beside the same load",
     )
+    parser.add_argument(
+        "--engine-cpu",
+        action="store_true",
+        help="also account the engine's CPU (dockerd, containerd and what they fork) in "
+        "each floor and rollout (root: moves them into a cgroup for the run)",
+    )
     parser.add_argument("--no-compose", action="store_true", help="skip docker-compose")
     parser.add_argument("--only-gitorch", action="store_true", help="the gitorch rollout alone")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (daemon logs)")
@@ -814,26 +902,33 @@ def main(argv: list[str] | None = None) -> int:
             scratch = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="gitorch-bench-"))
             )
+        engine = stack.enter_context(EngineCpu()) if args.engine_cpu else None
         if args.start_cost:
             bench_start_cost(scratch / "gitorch", args.start_cost, args.replicas, args.threads)
             return 0
         if args.only_gitorch:
             for one in bench_gitorch(
-                scratch / "gitorch", args.replicas, args.threads, args.rollouts
+                scratch / "gitorch", args.replicas, args.threads, args.rollouts, engine
             ):
                 print(f"gitorch: {one}")
+                if one.engine is not None:
+                    print(f"  {one.engine}")
             return 0
         floor_s = floor(args.replicas)
         print(f"floor: {args.replicas} x docker run -d + poll, all at once: {floor_s:.2f} s")
         batches_s = batch_floor(args.replicas, SURGE)
         print(f"batch floor: batches of {SURGE} started and probed back to back: {batches_s:.2f} s")
-        rounds = bench_gitorch(scratch / "gitorch", args.replicas, args.threads, args.rollouts)
+        rounds = bench_gitorch(
+            scratch / "gitorch", args.replicas, args.threads, args.rollouts, engine
+        )
         for number, one in enumerate(rounds, 1):
             print(
                 f"gitorch rollout {number}: converged in {one.seconds:.2f} s, {one.failed} failed "
                 f"of {one.ok + one.failed} requests {one.samples}; batch floor beside the "
                 f"load just before: {one.loaded_floor:.2f} s"
             )
+            if one.engine is not None:
+                print(f"  {one.engine}")
         ours = _median_rollout(rounds)
         theirs: Rollout | None = None
         if args.no_compose:
