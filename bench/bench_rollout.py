@@ -21,7 +21,10 @@ docker-compose``; without it that part is skipped and said so). One run measures
    ``--rollouts`` rolling updates (``:1 -> :2 -> :1``...), each right after the batch
    floor measured again beside the same client load: the goal (<= 1.5x, 0 failed
    requests) is judged on the median of those pairs' ratios, both sides paying for the
-   load alike; the ratio to the floor measured without the load is printed for reading;
+   load alike; the ratio to the floor measured without the load is printed for reading,
+   and so is the ratio to the **replace floor** measured in each pair too: the same
+   batches started by a script, and after each as many old containers removed
+   (:func:`replace_floor`): the engine work of a rolling update without orchestration;
 3. **docker-compose**: the same service scaled to ``--replicas`` with a published port
    range, ``docker-compose up -d`` with the new image, and the same client hitting the
    published ports round-robin. Measured: failed requests, time from ``up`` to every port
@@ -259,16 +262,52 @@ def batch_floor(
     return took
 
 
-def _start_batch(count: int) -> tuple[float, list[str]]:
-    """Start ``count`` containers of :2 at once (a thread each); seconds until every one
-    answers its health URL, and their ids."""
+def replace_floor(replicas: int, surge: int) -> float:
+    """The engine work of a rolling update done by a script with no orchestration:
+    ``replicas`` containers of :1 started first (not timed), then the batch floor's
+    batches of :2, a batch once the one before answers, and once each batch answers as
+    many :1 containers removed (``docker rm -f``) beside the next batch's start. Seconds
+    from the first batch to the last removal: what a rolling update asks of the engine,
+    less its drain, its signal and every decision."""
+    _, old = _start_batch(replicas, tag="1")
+    time.sleep(1.0)  # their start's clean-up out of the clock
+    new: list[str] = []
+    removals: list[threading.Thread] = []
+
+    def remove(ids: list[str]) -> None:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
+
+    try:
+        started = time.perf_counter()
+        for first in range(0, replicas, surge):
+            _, batch = _start_batch(min(surge, replicas - first))
+            new += batch
+            leaving, old = old[: len(batch)], old[len(batch) :]
+            removal = threading.Thread(target=remove, args=(leaving,))
+            removal.start()
+            removals.append(removal)
+        for removal in removals:
+            removal.join()
+        took = time.perf_counter() - started
+    finally:
+        for removal in removals:
+            removal.join()
+        remove(old + new)
+    if len(new) != replicas:
+        raise SystemExit("bench: the replace floor could not start every container")
+    return took
+
+
+def _start_batch(count: int, tag: str = "2") -> tuple[float, list[str]]:
+    """Start ``count`` containers of ``tag`` at once (a thread each); seconds until every
+    one answers its health URL, and their ids."""
     ids: list[str] = []
     lock = threading.Lock()
 
     def one() -> None:
         port = free_port()
         run = subprocess.run(
-            ["docker", "run", "-d", "-p", f"127.0.0.1:{port}:{CONTAINER_PORT}", f"{IMAGE}:2"],
+            ["docker", "run", "-d", "-p", f"127.0.0.1:{port}:{CONTAINER_PORT}", f"{IMAGE}:{tag}"],
             capture_output=True,
             text=True,
             check=True,
@@ -461,6 +500,8 @@ class Rollout:
     first_created: float | None = None
     #: ``--engine-cpu``: the engine's CPU seconds in each window (None: not measured).
     engine: EngineWork | None = None
+    #: :func:`replace_floor` beside the same load, just before (None: not measured).
+    replace_floor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -543,6 +584,11 @@ def bench_gitorch(
                 time.sleep(1.0)  # the engine's clean-up of the floor's containers
                 if meter is not None:
                     meter.mark("removal")
+                # And the same engine work done by a script, beside the same load.
+                replaced = replace_floor(replicas, SURGE)
+                time.sleep(1.0)
+                if meter is not None:
+                    meter.mark("replace floor")
                 sha, committed = run.commit(tag)
                 created, first = run.first_new(known, committed)
                 converged = run.wait_converged(sha, tag)
@@ -561,6 +607,7 @@ def bench_gitorch(
                         loaded_floor,
                         created,
                         work,
+                        replaced,
                     )
                 )
     return done
@@ -925,7 +972,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"gitorch rollout {number}: converged in {one.seconds:.2f} s, {one.failed} failed "
                 f"of {one.ok + one.failed} requests {one.samples}; batch floor beside the "
-                f"load just before: {one.loaded_floor:.2f} s"
+                f"load just before: {one.loaded_floor:.2f} s, the replace floor "
+                f"{one.replace_floor:.2f} s"
             )
             if one.engine is not None:
                 print(f"  {one.engine}")
@@ -973,15 +1021,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("(gitorch and the floor beside the load: medians of the rounds below)")
     print()
-    print("| round | batch floor beside the load | rolling update | / that floor | failed |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    paired = []
+    print(
+        "| round | batch floor beside the load | rolling update | / that floor | failed "
+        "| replace floor beside the load | rolling update / replace floor |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    paired, replaced = [], []
     for number, one in enumerate(rounds, 1):
-        assert one.loaded_floor is not None
+        assert one.loaded_floor is not None and one.replace_floor is not None
         paired.append(one.seconds / one.loaded_floor)
+        replaced.append(one.seconds / one.replace_floor)
         print(
             f"| {number} | {one.loaded_floor:.2f} s | {one.seconds:.2f} s | "
-            f"{paired[-1]:.2f}x | {one.failed} of {one.ok + one.failed} |"
+            f"{paired[-1]:.2f}x | {one.failed} of {one.ok + one.failed} "
+            f"| {one.replace_floor:.2f} s | {replaced[-1]:.2f}x |"
         )
     ratio = statistics.median(paired)
     met = ratio <= 1.5 and ours.failed == 0
@@ -997,6 +1050,19 @@ def main(argv: list[str] | None = None) -> int:
         ratio=f"{ratio:.2f}x",
         goal="<= 1.5x the floor, 0 failed",
         met=met,
+    )
+    replace_ratio = statistics.median(replaced)
+    replace_s = statistics.median(r.replace_floor for r in rounds if r.replace_floor is not None)
+    print(
+        f"rolling update / replace floor beside the same client load, median of {len(rounds)} "
+        f"rounds: {replace_ratio:.2f}x (for reading: the same starts and as many removals "
+        "done by a script, what orchestration adds to the engine's work)"
+    )
+    emit(
+        f"rolling update of {args.replicas} replicas (maxSurge {SURGE})",
+        f"{ours.seconds:.2f} s",
+        against=f"replace floor beside the same client load ({replace_s:.2f} s)",
+        ratio=f"{replace_ratio:.2f}x",
     )
     quiet = ours.seconds / batches_s
     print(
