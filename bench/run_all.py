@@ -64,7 +64,7 @@ BENCHES = (
     Bench("proxy_kill", "-", ("--rounds", "1"), ("hey",)),
     Bench(
         "rollout",
-        "the batch floor beside the same client load; docker-compose",
+        "the batch floor and the replace floor beside the same client load",
         ("--rounds", "1", "--no-compose"),
         ("docker",),
     ),
