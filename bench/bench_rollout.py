@@ -233,7 +233,7 @@ def ensure_images() -> None:
 def floor(replicas: int) -> float:
     """Seconds to start ``replicas`` containers of :2 at once and see all of them ready."""
     took, ids = _start_batch(replicas)
-    subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
+    remove_containers(ids)
     if len(ids) != replicas:
         raise SystemExit("bench: the floor could not start every container")
     return took
@@ -256,7 +256,7 @@ def batch_floor(
     finally:
         if clock_stopped is not None:
             clock_stopped()
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
+        remove_containers(ids)
     if len(ids) != replicas:
         raise SystemExit("bench: the batch floor could not start every container")
     return took
@@ -273,17 +273,13 @@ def replace_floor(replicas: int, surge: int) -> float:
     time.sleep(1.0)  # their start's clean-up out of the clock
     new: list[str] = []
     removals: list[threading.Thread] = []
-
-    def remove(ids: list[str]) -> None:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
-
     try:
         started = time.perf_counter()
         for first in range(0, replicas, surge):
             _, batch = _start_batch(min(surge, replicas - first))
             new += batch
             leaving, old = old[: len(batch)], old[len(batch) :]
-            removal = threading.Thread(target=remove, args=(leaving,))
+            removal = threading.Thread(target=remove_containers, args=(leaving,))
             removal.start()
             removals.append(removal)
         for removal in removals:
@@ -292,10 +288,16 @@ def replace_floor(replicas: int, surge: int) -> float:
     finally:
         for removal in removals:
             removal.join()
-        remove(old + new)
+        remove_containers(old + new)
     if len(new) != replicas:
         raise SystemExit("bench: the replace floor could not start every container")
     return took
+
+
+def remove_containers(ids: list[str]) -> None:
+    """``docker rm -f`` of ``ids`` at once (none: nothing)."""
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False, timeout=120)
 
 
 def _start_batch(count: int, tag: str = "2") -> tuple[float, list[str]]:
@@ -530,19 +532,16 @@ class _Meter:
     def __init__(self, engine: EngineCpu) -> None:
         self.engine = engine
         self.splits: dict[str, tuple[float, float]] = {}
-        self._restart()
-
-    def _restart(self) -> None:
-        self.cpu = self.engine.seconds()
+        self.cpu = engine.seconds()
         self.busy, self.total = machine_busy()
 
     def mark(self, name: str) -> None:
-        """Close the window since the last mark as ``name`` and open the next."""
+        """Close the window since the last mark as ``name``; the next opens here."""
         cpu = self.engine.seconds()
         busy, total = machine_busy()
         share = (busy - self.busy) / max(1e-9, total - self.total)
         self.splits[name] = (cpu - self.cpu, share)
-        self._restart()
+        self.cpu, self.busy, self.total = cpu, busy, total
 
     def work(self) -> EngineWork:
         (floor, floor_busy), (removal, _), (rollout, rollout_busy) = (

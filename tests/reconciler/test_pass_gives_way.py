@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 import pytest
@@ -140,8 +141,6 @@ def test_a_new_reconciler_applies_a_change_by_the_whole_pass(
     a table of the changed service's routes alone: the data plane closed every other
     service's listener (new connections refused). A reconciler that has not published a
     table does not know the one in force: the whole pass applies the change."""
-    import socket
-
     commit(cluster.repo, _two_services(cluster), "v1")
     v1 = desired_at_head(cluster)
     converge_session(session, v1)
