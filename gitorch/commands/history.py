@@ -335,4 +335,21 @@ def _change_text(change: Mapping[str, Any]) -> str:
     kind = change.get("kind", "Service")
     name = change.get("name", "?")
     target = name if kind == "Service" else f"{kind}/{name}"
-    return f"{change.get('action', 'change')} {target}"
+    text = f"{change.get('action', 'change')} {target}"
+    if kind == "Volume" and change.get("action") == "delete":
+        # A Volume leaving Git loses its data only with reclaimPolicy Delete: "delete"
+        # alone would tell an auditor the data is gone when it is kept.
+        policy = _removed_value(change, "spec.reclaimPolicy")
+        if policy == "Retain":
+            text += " (data retained)"
+        elif policy == "Delete":
+            text += " (data deleted)"
+    return text
+
+
+def _removed_value(change: Mapping[str, Any], path: str) -> object:
+    """The value ``path`` had before a delete, as history recorded it (None if not kept)."""
+    for field in change.get("diff") or []:
+        if isinstance(field, dict) and field.get("path") == path:
+            return field.get("before")
+    return None

@@ -126,6 +126,24 @@ def test_a_summary_names_a_service_once() -> None:
     assert summarize(invalid) == "api.yaml:3:1: bad"
 
 
+def test_a_volume_leaving_git_says_whether_its_data_stays() -> None:
+    def removed(policy: str | None) -> dict[str, object]:
+        diff = [{"op": "remove", "path": "spec.size", "before": "1Gi"}]
+        if policy is not None:
+            diff.append({"op": "remove", "path": "spec.reclaimPolicy", "before": policy})
+        return {"kind": "Volume", "name": "data", "action": "delete", "diff": diff}
+
+    def summary(change: dict[str, object]) -> str:
+        return summarize({"result": "succeeded", "changes": [change]})
+
+    assert summary(removed("Retain")) == "delete Volume/data (data retained)"
+    assert summary(removed("Delete")) == "delete Volume/data (data deleted)"
+    # Not recorded (a summary's field budget spent): nothing is claimed either way.
+    assert summary(removed(None)) == "delete Volume/data"
+    created = {"kind": "Volume", "name": "data", "action": "create", "diff": []}
+    assert summary(created) == "create Volume/data"
+
+
 def test_json_is_the_records_own_shape(tmp_path: Path, state: Path) -> None:
     done = history(tmp_path, "--format", "json")
     assert done.returncode == 0, done.stderr
