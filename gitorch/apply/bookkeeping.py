@@ -301,6 +301,7 @@ class Bookkeeper:
         results: dict[str, RevisionResult] = {}
         reasons: list[str] = []
         notes: list[str] = []
+        staying: list[str] = []  # rolled back from an earlier revision: not this one's result
         for name in sorted(mine):
             service = decision.services[name]
             record = service.record
@@ -316,14 +317,13 @@ class Bookkeeper:
                 )
                 reasons.append(f"{name}: rollout held back by {holders}")
             elif record.failed_digest == template:
-                if record.failed_revision in (None, desired.revision):
+                note = _stays_rolled_back(name, record, desired)
+                if note is None:
                     results[name] = RevisionResult.ROLLED_BACK
                     reasons.append(f"{name}: {record.last_error or 'rolled back'}")
                 else:
-                    notes.append(
-                        f"{name} stays rolled back from {record.failed_revision[:12]} "
-                        "(its template failed there)"
-                    )
+                    notes.append(note)
+                    staying.append(name)
             elif record.phase is RolloutPhase.DEGRADED:
                 results[name] = RevisionResult.FAILED
                 reasons.append(f"{name}: {record.last_error or record.message}")
@@ -347,6 +347,8 @@ class Bookkeeper:
         if started.objects and not results:
             notes.append("applied " + ", ".join(started.objects))
         reason = "; ".join([*reasons, *notes])
+        # Recorded as what they are (unnamed, a service would take the revision's result).
+        results.update(dict.fromkeys(staying, RevisionResult.ROLLED_BACK))
         # One transaction: a reader (or a crash) never sees the result without its event.
         with self.store.transaction():
             self.store.finish_revision(started.id, result, reason=reason, service_results=results)
@@ -381,23 +383,34 @@ class Bookkeeper:
         status shows the revision the cluster runs instead of the stale failure. A
         rolled-back service never counts as recovered: its template stays rolled back.
         """
-        # The pass's own facts first: the store is read only when all is Healthy.
+        # The pass's own facts first: the store is read only when all is Healthy (but a
+        # service that stays rolled back from an earlier revision, which this one's own
+        # application did not count against it either).
         if failures or not decision.settled:  # settled: nothing left to prune either
             return False
-        if any(
-            d.record.phase is not RolloutPhase.HEALTHY or d.held_by
-            for d in decision.services.values()
-        ):
-            return False
+        staying: dict[str, str] = {}
+        for name, d in decision.services.items():
+            note = (
+                _stays_rolled_back(name, d.record, desired)
+                if d.record.phase is RolloutPhase.ROLLED_BACK and not d.held_by
+                else None
+            )
+            if note is not None:
+                staying[name] = note
+            elif d.record.phase is not RolloutPhase.HEALTHY or d.held_by:
+                return False
         last = self.store.last_admitted_revision()
         if last is None or last.sha != desired.revision or last.result is not RevisionResult.FAILED:
             return False
         failed = sorted(
-            name for name, r in last.service_results.items() if r is RevisionResult.FAILED
+            name
+            for name, r in last.service_results.items()
+            if r is RevisionResult.FAILED and name not in staying
         )
         reason = "converged after the failed application: " + (
             ", ".join(f"{name} Healthy" for name in failed) or "every service Healthy"
         )
+        reason = "; ".join([reason, *(staying[n] for n in sorted(staying))])
         with self.store.transaction():
             record = self.store.record_revision(
                 desired.revision,
@@ -412,7 +425,10 @@ class Bookkeeper:
                 record.id,
                 RevisionResult.SUCCEEDED,
                 reason=reason,
-                service_results={n: RevisionResult.SUCCEEDED for n in last.services},
+                service_results={
+                    n: RevisionResult.ROLLED_BACK if n in staying else RevisionResult.SUCCEEDED
+                    for n in last.services
+                },
             )
             self.store.append_event(
                 "revision.recovered",
@@ -686,6 +702,20 @@ class Bookkeeper:
 
 
 _SETTLED = (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK, RolloutPhase.DEGRADED)
+
+
+def _stays_rolled_back(name: str, record: RolloutRecord, desired: DesiredState) -> str | None:
+    """What a revision's entry says of ``name`` when it stays rolled back from an earlier
+    revision (Git still holds the template that failed there, so it is not retried), or
+    None when it is not that: it rolled back in this revision, or runs what Git says."""
+    template = desired.services[name].template_digest if name in desired.services else None
+    if record.failed_digest is None or record.failed_digest != template:
+        return None
+    if record.failed_revision in (None, desired.revision):
+        return None
+    # Why it rolled back there (a failure, or `gitorch abort`), as recorded.
+    why = record.last_error or "its template failed there"
+    return f"{name} stays rolled back from {record.failed_revision[:12]} ({why})"
 
 
 def _serves(table: Any, service: str, decision: PassDecision) -> bool:

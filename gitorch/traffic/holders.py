@@ -173,8 +173,8 @@ def _command(proc: Path, pid: int) -> str:
         raw = (proc / str(pid) / "cmdline").read_bytes()
     except OSError:
         return ""
-    words = [w.decode("utf-8", "replace") for w in raw.split(b"\0") if w]
-    text = " ".join(words)
+    # One line: an argument may hold newlines (``python3 -c`` with a script).
+    text = " ".join(raw.decode("utf-8", "replace").replace("\0", " ").split())
     return text if len(text) <= 120 else text[:117] + "..."
 
 

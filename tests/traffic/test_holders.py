@@ -66,3 +66,19 @@ def test_netlink_and_proc_net_tcp_find_the_same_listening_sockets() -> None:
             inodes = {str(os.fstat(s.fileno()).st_ino): port for s, port in listeners}
     assert by_proc == inodes
     assert by_netlink == by_proc
+
+
+def test_a_holder_whose_arguments_hold_newlines_is_named_on_one_line() -> None:
+    port = free_port()
+    script = f"import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\n"
+    script += "s.listen(1)\nprint('up', flush=True)\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "up\n"
+        (holder,) = port_holders([port])[port]
+    finally:
+        child.kill()
+        child.wait()
+    assert holder.pid == child.pid
+    assert "\n" not in holder.describe()
+    assert "-c import socket, time s = socket.socket()" in holder.command
