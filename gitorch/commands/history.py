@@ -321,6 +321,8 @@ def summarize(entry: Mapping[str, Any]) -> str:
     reason = entry.get("reason")
     if reason and entry.get("result") in ("refused", "invalid") and not changes:
         return str(reason)  # nothing of it was read: "no changes" would mislead
+    if reason and entry.get("trigger") == "recovered":
+        return str(reason)  # what converged (its changes are the failed entry's, below it)
     if reason and entry.get("result") != "succeeded":
         # The bookkeeping names each service in its reason ("api: progress deadline
         # exceeded"); after "update api" alone that name is said twice.

@@ -124,6 +124,9 @@ def test_a_summary_names_a_service_once() -> None:
     assert summarize(other) == f"update web: {reason}"
     invalid = {"result": "invalid", "reason": "api.yaml:3:1: bad", "changes": []}
     assert summarize(invalid) == "api.yaml:3:1: bad"
+    healed = "converged after the failed application: cache Healthy"
+    recovered = {"result": "succeeded", "trigger": "recovered", "reason": healed, "changes": []}
+    assert summarize({**recovered, "services": ["api", "cache"]}) == healed
 
 
 def test_a_volume_leaving_git_says_whether_its_data_stays() -> None:
