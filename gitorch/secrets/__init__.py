@@ -23,6 +23,7 @@ from gitorch.secrets.values import (
     SecretValues,
     load_age_identities,
     load_digest_key,
+    save_digest_key,
     with_applied_digests,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "SecretValues",
     "load_age_identities",
     "load_digest_key",
+    "save_digest_key",
     "with_applied_digests",
 ]

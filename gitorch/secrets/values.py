@@ -55,6 +55,20 @@ def load_digest_key(state_dir: Path, *, create: bool) -> bytes | None:
     return key
 
 
+def save_digest_key(state_dir: Path, key: bytes) -> None:
+    """Make ``key`` the state directory's key of secret digests (``gitorch state migrate``
+    back from etcd), mode 0600, replacing any: the directory holds no digest made with
+    another (migrate fills only an empty store)."""
+    path = state_dir / DIGEST_KEY_FILE
+    fresh = path.with_name(f".{DIGEST_KEY_FILE}.{os.getpid()}")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key.hex().encode("ascii") + b"\n")
+    finally:
+        os.close(fd)
+    os.replace(fresh, path)
+
+
 def load_age_identities(path: Path) -> tuple[Any, ...]:
     """The age identities (``AGE-SECRET-KEY-1...`` lines, as ``age-keygen`` writes them) of
     ``--age-key FILE``; refused when others may read it, as ssh refuses a private key."""
