@@ -59,7 +59,7 @@ from gitorch.readmodel.cluster import registered_targets
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
 from gitorch.secrets import with_applied_digests
 from gitorch.state.layout import STATE_DB
-from gitorch.traffic.holders import descends_from, port_holders
+from gitorch.traffic.holders import descends_from, own_data_plane, port_holders
 
 EXIT_NO_CHANGES = 0
 EXIT_CHANGES = 2
@@ -204,16 +204,21 @@ def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
         blue = service.strategy.blue_green
         if blue is not None and blue.preview_port:
             wanted[blue.preview_port] = f"{name} (preview)"
-    holder = None
+    # This state's own daemon and data plane (the proxy outlives the daemon and is not its
+    # child) serve these ports on purpose: only other programs are in the services' way.
+    owners = own_data_plane(state)
     if (state / STATE_DB).exists():
         from gitorch.state import lock_holder
 
         holder = lock_holder(state)
-    owner = holder.pid if holder is not None else None
+        if holder is not None and holder.pid is not None:
+            owners.append(holder.pid)
     found: list[str] = []
     for port, holders in sorted(port_holders(wanted).items()):
         foreign = [
-            h for h in holders if h.pid is None or owner is None or not descends_from(h.pid, owner)
+            h
+            for h in holders
+            if h.pid is None or not any(descends_from(h.pid, owner) for owner in owners)
         ]
         if foreign:
             found.append(

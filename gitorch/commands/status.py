@@ -341,8 +341,10 @@ def render(data: dict[str, Any], *, detail: bool, wide: bool = False) -> None:
         f"{escape(n['name'])} ({n['driver']}{'' if n['ready'] else ', [red]NotReady[/]'})"
         for n in data["nodes"]
     )
+    applying = f" (applying {short(data['applying'])})" if data.get("applying") else ""
     console.print(
-        f"cluster [bold]{escape(data['cluster'] or '-')}[/] revision {short(data['revision'])}  nodes: {nodes_text}"
+        f"cluster [bold]{escape(data['cluster'] or '-')}[/] revision {short(data['revision'])}"
+        f"{applying}  nodes: {nodes_text}"
     )
     for node in down:
         console.print(f"  [red]node {escape(node['name'])} NotReady:[/] {escape(node['message'])}")
@@ -392,7 +394,7 @@ def render(data: dict[str, Any], *, detail: bool, wide: bool = False) -> None:
                 str(measured.get("phase")), "yellow"
             )
             console.print(
-                f"  analysis {escape(str(measured.get('analysis', '')))}: "
+                f"  analysis {escape(str(measured.get('label') or measured.get('analysis', '')))}: "
                 f"[{colour}]{measured.get('phase')}[/] {escape(str(measured.get('message', '')))}"
             )
         write_table(console, INSTANCE_COLUMNS, [_instance_cells(i) for i in svc["instances"]])

@@ -529,7 +529,7 @@ def _analysis(measurements: Sequence[Mapping[str, Any]]) -> str:
         values = m.get("value") or {}
         for metric, value in values.items() if isinstance(values, Mapping) else ():
             if isinstance(value, int | float) and math.isfinite(value):
-                key = f"{m.get('analysis')}: {metric}"
+                key = f"{m.get('label') or m.get('analysis')}: {metric}"
                 series.setdefault(key, []).append((float(value), str(m.get("phase", ""))))
     out = ["<h2>Analysis</h2>"]
     for key, points in series.items():
@@ -537,7 +537,8 @@ def _analysis(measurements: Sequence[Mapping[str, Any]]) -> str:
                    f"</figcaption>{_chart(points[-30:])}</figure>")  # fmt: skip
     latest = measurements[-1]
     out.append(
-        f"<p>latest: {esc(latest.get('analysis'))} {esc(latest.get('phase'))} "
+        f"<p>latest: {esc(latest.get('label') or latest.get('analysis'))} "
+        f"{esc(latest.get('phase'))} "
         f"{esc(latest.get('message') or '')}</p>"
     )
     return "".join(out)

@@ -19,7 +19,8 @@ from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.daemon_file import read_daemon_file
 from gitorch.readmodel.volumes import volumes_json
 from gitorch.state import AutoscalerRecord, BackoffRecord, StateStore, TrafficSnapshot, lock_holder
-from gitorch.state.records import iso_time
+from gitorch.state.records import RevisionResult, iso_time
+from gitorch.strategies.canary import analysis_label
 
 
 def service_json(
@@ -292,16 +293,21 @@ def status_json(
         traffic = {snap.service: snap for snap in stored}
     now = time.time()
     last_error = None
+    applying = None
     if view.store is not None:
         attempted = view.store.last_attempted_revision()
         if attempted is not None and str(attempted.result) in ("failed", "rolled-back"):
             last_error = attempted.reason or f"the last revision {attempted.result}"
+        admitted = view.store.last_admitted_revision()
+        if admitted is not None and admitted.result is RevisionResult.IN_PROGRESS:
+            applying = admitted.sha
     services = [s for name, s in sorted(live.services.items()) if only in (None, name)]
     measurements: dict[str, list[dict[str, Any]]] = {}
     if only is not None and view.store is not None:
         measurements[only] = [
             {
                 "analysis": m.analysis,
+                "label": analysis_label(m.analysis),
                 "revision": m.revision,
                 "phase": str(m.phase),
                 "takenAt": m.taken_at,
@@ -328,6 +334,9 @@ def status_json(
     return {
         "cluster": live.cluster or None,
         "revision": live.last_applied_revision,
+        # The revision being rolled out now (its services' REVISION already), if any: the
+        # cluster's revision above stays the last one applied to the end.
+        "applying": applying,
         "lastError": last_error,
         "nodes": [
             {

@@ -344,3 +344,17 @@ def canary_step(inp: RolloutInput, spec: Canary) -> Decision:
     if phase == SUCCESSFUL:
         return decide(Phase.PROGRESSING, f"analysis successful ({message})", advance=True)
     return decide(Phase.PROGRESSING, f"analysis running {message}".rstrip())
+
+
+def analysis_label(key: str) -> str:
+    """An analysis run's key as people read it: the keys count a canary's steps from 0
+    (``step-2``, ``background-2``: stored, so kept), the progress line from 1 (``canary
+    step 3/6``); ``step 3``, ``background at step 3``. Other keys are their own label."""
+    kind, _, number = key.partition("-")
+    if not number.isdigit():
+        return key
+    if kind == "step":
+        return f"step {int(number) + 1}"
+    if kind == "background":
+        return f"background at step {int(number) + 1}"
+    return key

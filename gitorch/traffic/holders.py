@@ -185,10 +185,54 @@ def descends_from(pid: int, ancestor: int, proc: Path = Path("/proc")) -> bool:
     while pid > 1 and seen < 64:
         if pid == ancestor:
             return True
-        try:
-            status = (proc / str(pid) / "status").read_text(encoding="ascii", errors="replace")
-        except OSError:
+        parent = _parent(proc, pid)
+        if parent is None:
             return False
-        parent = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")), "0")
-        pid, seen = int(parent), seen + 1
+        pid, seen = parent, seen + 1
     return pid == ancestor
+
+
+#: Where a state directory's data planes write their pid files (relative to the state
+#: directory): the built-in proxy's coordinator (``ProxyPaths.pid``) and HAProxy's master
+#: (``HAProxyMaster.pid_path`` of ``STATE/haproxy``). Named here, a light module, so the
+#: plan can tell them from other programs without importing the data plane.
+PROXY_PID_FILE = Path("proxy") / "proxy.pid"
+HAPROXY_PID_FILE = Path("haproxy") / "haproxy.pid"
+
+
+def own_data_plane(state: Path, proc: Path = _PROC) -> list[int]:
+    """The processes serving ``state``'s endpoints (their descendants, the workers, are
+    theirs too: :func:`descends_from`): the built-in proxy's coordinator, its socket
+    keeper (the coordinator's parent, a fork running the same command line), and
+    HAProxy's master. A pid file whose process is gone, or runs another program (a pid
+    reused after a ``kill -9``), names nothing."""
+    owners: list[int] = []
+    coordinator = _pid_in(state / PROXY_PID_FILE)
+    if coordinator is not None:
+        command = _command(proc, coordinator)
+        if "gitorch" in command:
+            owners.append(coordinator)
+            keeper = _parent(proc, coordinator)
+            if keeper is not None and keeper > 1 and _command(proc, keeper) == command:
+                owners.append(keeper)
+    master = _pid_in(state / HAPROXY_PID_FILE)
+    if master is not None and "haproxy" in _command(proc, master):
+        owners.append(master)
+    return owners
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        first = path.read_text(encoding="ascii", errors="replace").split()
+    except OSError:
+        return None
+    return int(first[0]) if first and first[0].isdigit() else None
+
+
+def _parent(proc: Path, pid: int) -> int | None:
+    try:
+        status = (proc / str(pid) / "status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    parent = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")), "")
+    return int(parent) if parent.isdigit() else None

@@ -173,6 +173,7 @@ def test_status_json_has_the_documented_shape(local: Cluster) -> None:
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)  # nothing but the JSON document on stdout
     assert data["revision"] == SHA_1
+    assert data["applying"] is None  # SHA_2's application ended (failed)
     assert data["lastError"] == "api: analysis failed"
     (svc,) = data["services"]
     assert svc["name"] == "api"
@@ -224,6 +225,22 @@ def test_status_text_table_and_detail(local: Cluster) -> None:
         doc = json.loads(local.run("status", "--format", "json").stdout)["controlPlane"]
     assert "no daemon" not in held.stdout
     assert doc["daemon"]["pid"] == os.getpid()
+
+
+def test_status_names_the_revision_being_rolled_out_beside_the_last_applied(
+    local: Cluster,
+) -> None:
+    api = load_services(api_manifest())["api"]
+    start_replicas(local.runtime, api, local.name, 1, revision=SHA_1, digest="old")
+    start_replicas(local.runtime, api, local.name, 1, first=2, revision=SHA_2)
+    with StateStore(local.state) as store:
+        record_rollout(store, api, revision=SHA_2, phase=RolloutPhase.PROGRESSING)
+        record_applied_revision(store, SHA_1, ["api"])
+        store.record_revision(SHA_2, services=["api"])  # in progress
+    data = json.loads(local.run("status", "--runtime", "process", "--format", "json").stdout)
+    assert (data["revision"], data["applying"]) == (SHA_1, SHA_2)
+    text = local.run("status", "--runtime", "process").stdout
+    assert f"revision {SHA_1[:12]} (applying {SHA_2[:12]})" in text.splitlines()[0]
 
 
 def _columns(header: str, names: tuple[str, ...]) -> list[int]:

@@ -18,7 +18,7 @@ from strategy_sim import (
 )
 
 from gitorch.manifests.model import Analysis, Canary, CanaryStep
-from gitorch.strategies.canary import canary_step, carried, needed
+from gitorch.strategies.canary import analysis_label, canary_step, carried, needed
 from gitorch.strategies.machine import AnalysisStatus, Create, Phase, ReplicaView, Stop
 
 A = Analysis(count=1)
@@ -141,6 +141,16 @@ def test_analysis_step(status: str | None, phase: Phase, step: int) -> None:
         assert not decision.analyses  # a failed rollout asks for nothing more
     if status == "inconclusive":
         assert "inconclusive" in decision.message
+
+
+def test_an_analysis_is_labelled_with_the_step_the_progress_line_names() -> None:
+    decision = canary_step(inp_with(old(5) + new(1), step=2), SPEC)
+    label = analysis_label(decision.analyses[0].key)
+    assert label == "step 3"
+    assert f"{label}/{len(SPEC.steps)} (analysis" in decision.message
+    assert analysis_label("background-1") == "background at step 2"
+    for key in ("pre-promotion", "abtest", "step-x", "odd"):
+        assert analysis_label(key) == key
 
 
 def test_inconclusive_moves_on_only_with_promote() -> None:
