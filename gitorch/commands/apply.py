@@ -173,8 +173,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_session_options(parser)
     parser.add_argument(
         "--expect-plan",
+        type=plan_digest,
         metavar="DIGEST",
-        help="refuse to act unless the plan's digest starts with DIGEST (from `gitorch plan`)",
+        help="refuse to act unless the plan's digest starts with DIGEST (from `gitorch plan`: "
+        "the digest or its first 12 or more hex digits)",
     )
     parser.add_argument(
         "--timeout",
@@ -185,6 +187,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_mass_prune_option(parser)
     parser.set_defaults(run=run)
+
+
+def plan_digest(text: str) -> str:
+    """``--expect-plan``: a plan digest or a prefix of it of at least 12 hex digits. Checked
+    before anything is read, so a mistyped or cut digest is not reported as a changed plan."""
+    digest = text.strip().lower()
+    if not 12 <= len(digest) <= 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise argparse.ArgumentTypeError(
+            f"a plan digest is 12 to 64 hex digits (`gitorch plan` prints it), not {text!r}"
+        )
+    return digest
 
 
 def add_mass_prune_option(parser: argparse.ArgumentParser) -> None:

@@ -57,6 +57,7 @@ from gitorch.manifests import DesiredState, ManifestLoader
 from gitorch.manifests.loader import load_desired
 from gitorch.readmodel.cluster import registered_targets
 from gitorch.scheduler import LEAST_ALLOCATED, MOST_ALLOCATED
+from gitorch.secrets import with_applied_digests
 from gitorch.state.layout import STATE_DB
 from gitorch.traffic.holders import descends_from, own_data_plane, port_holders
 
@@ -158,6 +159,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
             store.close()
     # Readiness as the daemon would see it: one probe of each running replica.
     live = assess_readiness(live, runtimes)
+    # Secret values this plan could not digest are taken as unchanged (docs/plan-in-ci.md).
+    desired = with_applied_digests(
+        desired,
+        {name: s.applied.canonical for name, s in live.services.items() if s.applied is not None},
+    )
     # Requests vertical mode Auto applied are the autoscaler's, not drift from Git.
     desired = with_vertical(desired, live.autoscalers)
     now = time.time()

@@ -64,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
         snapshot = copy_state(src, dst, cluster)
         if target.directory is not None and cluster:
             write_cluster_name(target.directory, cluster)
+        carried_key = _carry_digest_key(src, dst, local, target)
     counts = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in snapshot.counts().items())
     stdout().print(
         f"copied {escape(source.describe())} to {escape(target.describe())}: {escape(counts)}"
     )
     stdout().print(f"cluster {escape(cluster or '-')} (its replicas' label) carried over")
+    if carried_key:
+        stdout().print("the key of secret digests carried over (no secret looks rotated)")
     if target.etcd is not None and source.directory is not None:
         stdout().print(
             "next: start each daemon with "
@@ -81,6 +84,26 @@ def run(args: argparse.Namespace) -> int:
             "replicas, the runtime dir the etcd daemons used)"
         )
     return 0
+
+
+def _carry_digest_key(
+    source: StateStore, target: StateStore, local: Path, location: StateLocation
+) -> bool:
+    """The key the source's secret digests were made with, into the target (True when
+    there was one): with a new key every digest in the copied records would differ from
+    the next one made, and the first daemon would roll every service that uses a secret."""
+    from gitorch.apply.session import secret_digest_key
+    from gitorch.secrets import save_digest_key
+    from gitorch.state.etcd.backend import EtcdBackend
+
+    key = secret_digest_key(source, local, create=False)
+    if key is None:
+        return False
+    if isinstance(target.backend, EtcdBackend):
+        target.backend.restore_secret_digest_key(key)
+    elif location.directory is not None:
+        save_digest_key(location.directory, key)
+    return True
 
 
 def _no_daemon(location: StateLocation, stack: ExitStack) -> None:

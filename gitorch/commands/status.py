@@ -232,9 +232,14 @@ def _control_plane(console: Any, plane: dict[str, Any]) -> None:
     """With etcd state: who leads, who stands by, what this daemon is, and why it does not
     act when it does not; the etcd members that do not answer."""
     if plane.get("backend") == "sqlite" and "daemon" in plane and plane["daemon"] is None:
+        serving = (
+            "replicas and the proxy keep serving"
+            if plane.get("dataPlane", True)
+            else "replicas keep running, but no proxy serves their endpoints"
+        )
         console.print(
             "[yellow]no daemon holds this state: nothing reconciles or replaces failed "
-            "replicas until `gitorch daemon` runs (replicas and the proxy keep serving)[/]"
+            f"replicas until `gitorch daemon` runs ({serving})[/]"
         )
     if plane.get("backend") != "etcd":
         return

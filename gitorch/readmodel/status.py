@@ -413,8 +413,24 @@ def _sqlite_daemon(store: StateStore, this: Any) -> dict[str, Any]:
     except StateError:
         return {}
     if owner is None:
-        return {"daemon": None}
+        return {"daemon": None, "dataPlane": _data_plane_serves(directory)}
     return {"daemon": {"pid": owner.pid, "startedAt": iso_time(owner.started_at)}}
+
+
+def _data_plane_serves(directory: Any) -> bool:
+    """Whether a proxy (the built-in one or HAProxy) serves this state directory's
+    endpoints: without a daemon they stay up only while one runs (not after ``gitorch
+    apply``, whose load balancer lives as long as it does)."""
+    from gitorch.traffic.haproxy.process import process_alive, read_pid
+    from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable, call
+
+    try:
+        call(ProxyPaths.of(directory).socket, {"op": "hello"}, 2.0)
+        return True
+    except (ProxyUnavailable, OSError):
+        pass
+    pid = read_pid(directory / "haproxy" / "haproxy.pid")
+    return pid is not None and process_alive(pid)
 
 
 def control_plane_json(store: StateStore | None, this: Any = None) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from gitorch.secrets.values import (
     SecretValues,
     load_age_identities,
     load_digest_key,
+    save_digest_key,
+    with_applied_digests,
 )
 
 __all__ = [
@@ -32,4 +34,6 @@ __all__ = [
     "SecretValues",
     "load_age_identities",
     "load_digest_key",
+    "save_digest_key",
+    "with_applied_digests",
 ]

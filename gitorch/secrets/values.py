@@ -55,6 +55,20 @@ def load_digest_key(state_dir: Path, *, create: bool) -> bytes | None:
     return key
 
 
+def save_digest_key(state_dir: Path, key: bytes) -> None:
+    """Make ``key`` the state directory's key of secret digests (``gitorch state migrate``
+    back from etcd), mode 0600, replacing any: the directory holds no digest made with
+    another (migrate fills only an empty store)."""
+    path = state_dir / DIGEST_KEY_FILE
+    fresh = path.with_name(f".{DIGEST_KEY_FILE}.{os.getpid()}")
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key.hex().encode("ascii") + b"\n")
+    finally:
+        os.close(fd)
+    os.replace(fresh, path)
+
+
 def load_age_identities(path: Path) -> tuple[Any, ...]:
     """The age identities (``AGE-SECRET-KEY-1...`` lines, as ``age-keygen`` writes them) of
     ``--age-key FILE``; refused when others may read it, as ssh refuses a private key."""
@@ -248,6 +262,65 @@ class SecretValues:
         with self._lock:
             self._resolved[cache_key] = resolved
         return resolved
+
+
+def with_applied_digests(
+    desired: DesiredState, applied: Mapping[str, Mapping[str, Any]]
+) -> DesiredState:
+    """``desired`` with the digest each secret reference had when it was last applied
+    (``applied``: service name -> its applied canonical object), wherever the reference
+    has no digest of its own and names the same source as the applied one.
+
+    ``gitorch plan`` without the values (no ``--secrets-dir``/``--age-key``, or no digest
+    key in the state it reads) cannot digest them: it takes them as unchanged, so an
+    untouched Service that uses a secret is not planned as an update that replaces its
+    replicas. A reference that changed (another file, another key) still shows."""
+    services: dict[str, Service] = {}
+    changed = False
+    for name, service in desired.services.items():
+        before = applied.get(name)
+        stamped = _carried(service.canonical, before) if before is not None else None
+        if stamped is not None:
+            service = build_service(stamped, service.origin)
+            changed = True
+        services[name] = service
+    return replace(desired, services=services) if changed else desired
+
+
+def _carried(canonical: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``canonical`` with ``before``'s digests on its undigested references (None: none
+    to carry)."""
+    spec = canonical.get("spec") or {}
+    old = before.get("spec") or {}
+    carried = False
+    env: dict[str, Any] = {}
+    old_env = old.get("env") or {}
+    for var, value in (spec.get("env") or {}).items():
+        digest = _digest_for(value, old_env.get(var))
+        carried = carried or digest is not None
+        env[var] = _stamped(value, digest) if digest is not None else value
+    mounts: list[Any] = []
+    old_mounts = {m.get("name"): m for m in old.get("secrets") or () if isinstance(m, dict)}
+    for mount in spec.get("secrets") or ():
+        digest = _digest_for(mount, old_mounts.get(mount.get("name")))
+        carried = carried or digest is not None
+        mounts.append(_stamped(mount, digest) if digest is not None else mount)
+    if not carried:
+        return None
+    out = {**spec, "env": env}
+    if spec.get("secrets"):
+        out["secrets"] = mounts
+    return {**canonical, "spec": out}
+
+
+def _digest_for(ref: Any, old: Any) -> str | None:
+    """The applied digest of ``old`` when ``ref`` is the same reference without one."""
+    if not isinstance(ref, dict) or "digest" in ref or not isinstance(old, dict):
+        return None
+    digest = old.get("digest")
+    if not isinstance(digest, str):
+        return None
+    return digest if {k: v for k, v in old.items() if k != "digest"} == ref else None
 
 
 def _with_digests(canonical: Mapping[str, Any], digests: Any) -> dict[str, Any]:

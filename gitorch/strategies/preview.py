@@ -37,6 +37,11 @@ def describe_analysis(analysis: Analysis) -> str:
     )
 
 
+def _replicas(count: int, adjective: str) -> str:
+    """``2 new replicas``, ``1 new replica``."""
+    return f"{count} {adjective} replica{'s' if count != 1 else ''}"
+
+
 def preview_create(service: Service) -> RolloutPreview:
     steps = [f"start {service.replicas} replica{'s' if service.replicas != 1 else ''}"]
     if service.readiness_probe is not None:
@@ -73,7 +78,10 @@ def preview_update(
     kind = strategy.type
     steps: list[str] = []
     if kind == "Recreate":
-        steps = [f"stop all {old_replicas} old replicas", f"start {desired} new replicas"]
+        stop = (
+            f"stop all {old_replicas} old replicas" if old_replicas != 1 else "stop the old replica"
+        )
+        steps = [stop, f"start {_replicas(desired, 'new')}"]
     elif kind == "RollingUpdate":
         rolling = strategy.rolling_update
         max_surge, max_unavailable = rolling.max_surge, rolling.max_unavailable
@@ -104,7 +112,8 @@ def preview_update(
         blue = strategy.blue_green
         assert blue is not None
         preview = f", reachable at :{blue.preview_port}" if blue.preview_port else ""
-        steps.append(f"start {desired} new replicas beside the {old_replicas} old ones{preview}")
+        old_ones = "the old one" if old_replicas == 1 else f"the {old_replicas} old ones"
+        steps.append(f"start {_replicas(desired, 'new')} beside {old_ones}{preview}")
         if blue.pre_promotion_analysis is not None:
             steps.append("pre-promotion " + describe_analysis(blue.pre_promotion_analysis))
         when = (

@@ -215,9 +215,11 @@ def test_status_text_table_and_detail(local: Cluster) -> None:
     assert len(addresses) == 2
     # No daemon holds the state: said, since nothing heals meanwhile; with one, not said.
     assert "no daemon holds this state" in table.stdout
-    assert (
-        json.loads(local.run("status", "--format", "json").stdout)["controlPlane"]["daemon"] is None
-    )
+    # ...nor a proxy (as after `gitorch apply`): the endpoints are down, said so, rather
+    # than "the proxy keeps serving".
+    assert "no proxy serves their endpoints" in " ".join(table.stdout.split())
+    plane = json.loads(local.run("status", "--format", "json").stdout)["controlPlane"]
+    assert plane["daemon"] is None and plane["dataPlane"] is False
     with DaemonLock(local.state):
         held = local.run("status", "--runtime", "process")
         doc = json.loads(local.run("status", "--format", "json").stdout)["controlPlane"]

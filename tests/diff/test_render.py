@@ -14,7 +14,7 @@ from rich.text import Text
 
 from gitorch.diff import DriftItem, FieldChange, ObjectChange, Plan
 from gitorch.diff.render import json_text
-from gitorch.diff.render.markdown import code, md_escape, render_markdown
+from gitorch.diff.render.markdown import apply_command, code, md_escape, render_markdown
 from gitorch.diff.render.text import render_text, short, summary_line
 
 # One-line text without control characters (a console expands tabs; JSON escapes the rest).
@@ -145,6 +145,24 @@ def test_code_span_holds_any_backticks(value: str) -> None:
     inner = span[len(fence) : -len(fence)]
     assert span.endswith(fence)
     assert fence not in inner  # the span cannot close early
+
+
+def test_the_apply_command_names_the_planned_commit_and_folder() -> None:
+    """The digest covers the revision and the path: the command under the markdown plan
+    pins both, or it would plan the HEAD branch's root and be refused."""
+    from dataclasses import replace
+
+    plan = plan_with()
+    short = plan.digest[:12]
+    assert apply_command(plan) == f"gitorch apply --ref {plan.revision} --expect-plan {short}"
+    deploy = replace(plan, path="deploy/prod shop")
+    assert apply_command(deploy) == (
+        f"gitorch apply --ref {plan.revision} --path 'deploy/prod shop' "
+        f"--expect-plan {deploy.digest[:12]}"
+    )
+    tree = replace(plan, revision="worktree", path="deploy")
+    assert apply_command(tree).startswith("gitorch apply --worktree --path deploy --expect-plan ")
+    assert f"Apply exactly this plan: `{apply_command(deploy)}`" in render_markdown(deploy)
 
 
 def test_markdown_survives_a_value_closing_the_comment() -> None:

@@ -18,6 +18,7 @@ from gitorch.secrets import (
     SecretValues,
     load_age_identities,
     load_digest_key,
+    with_applied_digests,
 )
 
 
@@ -100,6 +101,41 @@ def test_values_digests_and_resolution(world: tuple[Path, str, Path], tmp_path: 
     from gitorch.manifests.build import build_service
 
     assert build_service(app.canonical, app.origin).template_digest == app.template_digest
+
+
+def test_plan_without_the_values_takes_applied_digests(
+    world: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """`gitorch plan` with no --secrets-dir (a CI runner) cannot digest the values: it takes
+    the applied digests of unchanged references, so an untouched Service is not an update
+    that replaces its replicas; a changed reference, or a rotated value when the plan can
+    read it, still is."""
+    key, recipient, secrets_dir = world
+    desired = load(SERVICE, secret_manifest("payments", {"stripe": "sk-123"}, recipient))
+    values = SecretValues(secrets_dir, load_age_identities(key), b"d" * 32)
+    applied = values.resolve(desired).services["app"]
+    before = {"app": applied.canonical}
+
+    carried = with_applied_digests(desired, before).services["app"]
+    assert carried.template_digest == applied.template_digest
+    assert with_applied_digests(desired, {}) is desired  # nothing applied: as it is
+    # Resolved references keep their own digests: a rotation the plan can see shows.
+    (secrets_dir / "db").write_text("rotated\n")
+    rotated = SecretValues(secrets_dir, load_age_identities(key), b"d" * 32).resolve(desired)
+    assert (
+        with_applied_digests(rotated, before).services["app"].template_digest
+        != applied.template_digest
+    )
+    # Another file named: no digest carried over for it, the change shows.
+    moved = load(
+        SERVICE.replace("{secretFile: db}", "{secretFile: db2}"),
+        secret_manifest("payments", {"stripe": "sk-123"}, recipient),
+    )
+    app = with_applied_digests(moved, before).services["app"]
+    assert app.template_digest != applied.template_digest
+    refs = {v.name: v.ref for v in app.env if v.ref is not None}
+    assert refs["DB"] is not None and refs["DB"].digest is None
+    assert refs["STRIPE"] is not None and refs["STRIPE"].digest is not None
 
 
 def test_a_service_without_secrets_is_untouched(world: tuple[Path, str, Path]) -> None:

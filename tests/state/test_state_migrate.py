@@ -8,6 +8,7 @@ from etcd_helpers import EtcdCluster, new_namespace
 from reconciler_helpers import gitorch
 
 from gitorch.live.inventory import cluster_name, existing_cluster_name
+from gitorch.secrets import load_digest_key
 from gitorch.state import (
     AnalysisRunPhase,
     AutoscalerRecord,
@@ -96,6 +97,7 @@ def test_a_directory_moves_to_etcd_and_back_whole(
         fill(store)
         original = comparable(store)
     cluster = cluster_name(source)
+    digest_key = load_digest_key(source, create=True)  # a daemon made it for its secrets
     url = etcd_cluster.url(new_namespace())
 
     done = gitorch("state", "migrate", "--from", str(source), "--to", url, cwd=tmp_path)
@@ -118,6 +120,10 @@ def test_a_directory_moves_to_etcd_and_back_whole(
     with StateStore(url, readonly=True) as moved:
         assert isinstance(moved.backend, EtcdBackend)
         assert moved.backend.cluster_name() == cluster  # the replicas' label carried over
+        # So did the key of the secret digests: with a new one, the first daemon saw every
+        # secret as rotated and rolled every service that uses one.
+        assert moved.backend.secret_digest_key(create=False) == digest_key
+    assert "the key of secret digests carried over" in out
 
     back = tmp_path / "back"
     done = gitorch("state", "migrate", "--from", url, "--to", str(back), cwd=tmp_path)
@@ -133,6 +139,8 @@ def test_a_directory_moves_to_etcd_and_back_whole(
         assert again.analysis_runs == kept.analysis_runs
         assert again.analysis_runs[0].window_figures == {"epoch": "e1", "versions": []}
     assert existing_cluster_name(back) == cluster
+    assert load_digest_key(back, create=False) == digest_key
+    assert (back / "secret-digest.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_migrate_refuses_a_target_with_state_and_a_running_daemon(

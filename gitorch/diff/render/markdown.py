@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import re
+import shlex
 
 from gitorch.diff.fields import FieldChange
 from gitorch.diff.plan import ObjectChange, Plan
@@ -242,7 +243,21 @@ def render_markdown(plan: Plan) -> str:
         f"**{md_escape(summary_line(plan))}**",
         "",
         f"Plan digest: `{plan.digest}`  ",
-        f"Apply exactly this plan: `gitorch apply --expect-plan {plan.digest[:12]}`",
+        f"Apply exactly this plan: `{apply_command(plan)}`",
         "",
     ]
     return "\n".join(out)
+
+
+#: The revision of a plan of the working tree (``--worktree``), as the sources name it.
+WORKTREE_REVISION = "worktree"
+
+
+def apply_command(plan: Plan) -> str:
+    """The ``gitorch apply`` that applies this plan's commit and folder, refusing any other
+    plan: the digest covers the revision and the path, so without ``--ref`` and ``--path``
+    (the repo's HEAD branch, its root) the same command would plan something else. The
+    state and runtime options are the operator's, as they were for the plan."""
+    where = "--worktree" if plan.revision == WORKTREE_REVISION else f"--ref {plan.revision}"
+    path = f" --path {shlex.quote(plan.path)}" if plan.path else ""
+    return f"gitorch apply {where}{path} --expect-plan {plan.digest[:12]}"

@@ -418,6 +418,13 @@ class EtcdBackend:
             found = self.get(DIGEST_KEY)
         return None if found is None else bytes.fromhex(str(found))
 
+    def restore_secret_digest_key(self, key: bytes) -> None:
+        """Make ``key`` the namespace's key of secret digests (``gitorch state migrate``:
+        the digests in the copied records were made with it, and a new key would make
+        every secret look rotated, rolling every service that uses one)."""
+        with self.transaction():
+            self.put(DIGEST_KEY, key.hex())
+
     def cluster_name(self, create: Callable[[], str] | None = None) -> str | None:
         """The namespace's cluster identity (the replicas' cluster label); ``create`` makes
         one when there is none yet (the first daemon or apply on a new namespace)."""

@@ -17,6 +17,7 @@ keep-alive on another thread.
 from __future__ import annotations
 
 import base64
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -291,7 +292,27 @@ def _reason(exc: BaseException) -> str:
             text = str(parsed.get("error") or parsed.get("message") or text)
     except ValueError:
         pass
-    return text.strip()[:300]
+    return _plain(text).strip()[:300]
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\"()]+)")
+_TIMEOUT = re.compile(r"\((read|connect) timeout=([\d.]+)\)")
+
+
+def _plain(text: str) -> str:
+    """What urllib3's ``HTTPConnectionPool(host=..., port=...): Max retries exceeded with
+    url: ... (Caused by NewConnectionError(...: [Errno 111] Connection refused))`` means, in
+    its own words (``connection refused``, ``no answer within 1.5 s (read timeout)``): the
+    endpoint is said beside it already. Any other text as it is."""
+    if "ConnectionPool(" not in text:
+        return text
+    timeout = _TIMEOUT.search(text)
+    if timeout is not None:
+        return f"no answer within {timeout.group(2)} s ({timeout.group(1)} timeout)"
+    errno = _ERRNO.search(text)
+    if errno is not None:
+        return errno.group(1).strip().rstrip(".").lower()
+    return text
 
 
 # Answers that mean "this member cannot serve now", not "the request is wrong".
