@@ -21,6 +21,7 @@ from gitorch.readmodel.volumes import volumes_json
 from gitorch.state import AutoscalerRecord, BackoffRecord, StateStore, TrafficSnapshot, lock_holder
 from gitorch.state.records import RevisionResult, iso_time
 from gitorch.strategies.canary import analysis_label
+from gitorch.traffic.holders import own_data_plane
 
 
 def service_json(
@@ -421,16 +422,7 @@ def _data_plane_serves(directory: Any) -> bool:
     """Whether a proxy (the built-in one or HAProxy) serves this state directory's
     endpoints: without a daemon they stay up only while one runs (not after ``gitorch
     apply``, whose load balancer lives as long as it does)."""
-    from gitorch.traffic.haproxy.process import process_alive, read_pid
-    from gitorch.traffic.proxy.control import ProxyPaths, ProxyUnavailable, call
-
-    try:
-        call(ProxyPaths.of(directory).socket, {"op": "hello"}, 2.0)
-        return True
-    except (ProxyUnavailable, OSError):
-        pass
-    pid = read_pid(directory / "haproxy" / "haproxy.pid")
-    return pid is not None and process_alive(pid)
+    return bool(own_data_plane(directory))
 
 
 def control_plane_json(store: StateStore | None, this: Any = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ walkthrough). Real detached proxy, real HAProxy, real listeners; the plan as a u
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ from listen_ports import free_port
 from reconciler_helpers import commit, init_repo
 from traffic_helpers import Apps, get, route, table
 
+from gitorch.state import StateStore
 from gitorch.traffic.haproxy import HAProxyDataPlane
 from gitorch.traffic.haproxy.process import HAProxyMaster
 from gitorch.traffic.holders import (
@@ -117,3 +119,15 @@ def test_plan_warns_of_other_programs_on_expose_ports_not_of_its_own_proxy(
     warnings = [line for line in done.stdout.splitlines() if "is held by" in line]
     assert len(warnings) == 1, done.stdout
     assert f"port {taken} of taken is held by pid {os.getpid()}" in warnings[0]
+
+    # Status without a daemon says the endpoints are served (by this proxy).
+    StateStore(state).close()
+    status = subprocess.run(
+        [sys.executable, "-m", "gitorch", "status", "--format", "json", "--state", str(state)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    plane = json.loads(status.stdout)["controlPlane"]
+    assert plane["daemon"] is None and plane["dataPlane"] is True, status.stderr
