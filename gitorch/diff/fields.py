@@ -63,8 +63,15 @@ def _is_named_list(value: Any) -> bool:
     )
 
 
-def _is_dict_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(i, dict) for i in value)
+def _named_or_empty(value: Any) -> bool:
+    """A list of mappings keyed by a unique ``name``, or an empty list (the first item
+    added to a list of named ones is shown by its name: ``spec.volumes[data].mountPath``)."""
+    return value == [] or _is_named_list(value)
+
+
+def _dicts_or_empty(value: Any) -> bool:
+    """A list of mappings only (or an empty list): diffed item by item, by position."""
+    return isinstance(value, list) and all(isinstance(i, dict) for i in value)
 
 
 #: Paths under which :func:`_redact` may change a value.
@@ -190,7 +197,7 @@ def diff_values(before: Any, after: Any, path: str = "") -> Iterator[FieldChange
             else:
                 yield from diff_values(before[key], after[key], sub)
         return
-    if _is_named_list(before) and _is_named_list(after):
+    if _named_or_empty(before) and _named_or_empty(after):
         old = {item["name"]: item for item in before}
         new = {item["name"]: item for item in after}
         for name in [*(n for n in old if n in new), *(n for n in new if n not in old)]:
@@ -209,9 +216,19 @@ def diff_values(before: Any, after: Any, path: str = "") -> Iterator[FieldChange
                 ):
                     yield _change("remove", leaf, value, None)
         return
-    if _is_dict_list(before) and _is_dict_list(after) and len(before) == len(after):
-        for index, (b, a) in enumerate(zip(before, after, strict=True)):
-            yield from diff_values(b, a, f"{path}[{index}]")
+    if _dicts_or_empty(before) and _dicts_or_empty(after):
+        # By position, as Terraform shows a list: an item added or removed at the end
+        # is that item's own leaves, not the whole list before and after on one line.
+        for index in range(max(len(before), len(after))):
+            sub = f"{path}[{index}]"
+            if index >= len(before):
+                for leaf, value in _leaves(after[index], sub):
+                    yield _change("add", leaf, None, value)
+            elif index >= len(after):
+                for leaf, value in _leaves(before[index], sub):
+                    yield _change("remove", leaf, value, None)
+            else:
+                yield from diff_values(before[index], after[index], sub)
         return
     yield _change("change", path, before, after)
 

@@ -72,15 +72,31 @@ CASES = [
         id="index-list-same-length",
     ),
     pytest.param(
-        {"t": [{"key": "a"}]},
+        {"t": [{"key": "a"}, {"key": "c"}]},
+        {"t": [{"key": "a"}, {"key": "b"}, {"key": "c", "v": {}}]},
+        [
+            ("change", "t[1].key", "c", "b"),
+            ("add", "t[2].key", None, "c"),
+            ("add", "t[2].v", None, {}),
+        ],
+        id="index-list-grown-by-position",
+    ),
+    pytest.param(
         {"t": [{"key": "a"}, {"key": "b"}]},
-        [("change", "t", [{"key": "a"}], [{"key": "a"}, {"key": "b"}])],
-        id="index-list-other-length-is-one-value",
+        {"t": []},
+        [("remove", "t[0].key", "a", None), ("remove", "t[1].key", "b", None)],
+        id="index-list-emptied",
+    ),
+    pytest.param(
+        {"t": [1]},
+        {"t": [1, 2]},
+        [("change", "t", [1], [1, 2])],
+        id="scalar-list-is-one-value",
     ),
     pytest.param(
         {"p": []},
         {"p": [{"name": "http", "port": 80}]},
-        [("change", "p", [], [{"name": "http", "port": 80}])],
+        [("add", "p[http].port", None, 80)],
         id="empty-list-to-named-list",
     ),
     pytest.param(
