@@ -40,8 +40,8 @@ whose pytest died (SIGKILL) is swept by the next :func:`sweep_dead_rigs`.
 
 By hand (as root, from the repository root)::
 
-    PYTHONPATH=$PWD:tests/shared:tests/runtime python3 -m hosts_helpers up   # prints the rig
-    PYTHONPATH=$PWD:tests/shared:tests/runtime python3 -m hosts_helpers down /tmp/gtrXXXXX
+    PYTHONPATH=$PWD:rigs:tests/shared python3 -m hosts_helpers up   # prints the rig
+    PYTHONPATH=$PWD:rigs:tests/shared python3 -m hosts_helpers down /tmp/gtrXXXXX
 
 Every failure to set it up raises :class:`RigError`, an AssertionError: a missing tool is a
 test failure, never a skip.
@@ -479,6 +479,10 @@ class Rig:
         if self.ssh is not None:
             lines.append(f"  ssh: {self.ssh.endpoint} -i {self.ssh.identity} "
                          f"(known_hosts {self.ssh.known_hosts})")  # fmt: skip
+        if self.hosts:  # what RigHost.cut() and mend() run
+            ports = "|".join(host.switch_port for host in self.hosts)
+            lines.append(f"  cut a host off the network: ip -n {self.switch_netns} link set "
+                         f"{ports} down (up: back)")  # fmt: skip
         return "\n".join(lines)
 
     # -- the end ------------------------------------------------------------------------------
