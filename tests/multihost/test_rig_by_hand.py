@@ -52,4 +52,22 @@ def test_describe_says_how_to_cut_a_host_off() -> None:
             )
         )
     text = rig.describe()
+    assert text.startswith("rig gtrabcde in /tmp/gtrabcde (outside: 198.18.9.1)\n"), text
     assert "ip -n gtrabcde-sw link set ph1|ph2 down (up: back)" in text
+
+
+def test_down_refuses_what_is_not_a_rig(tmp_path: Path) -> None:
+    # `down /tmp/gtrXXXXX,` (a character too many) said nothing and left the rig running.
+    pythonpath = _readme_pythonpath().replace("$PWD", str(ROOT))
+    for wrong in ("/tmp/gtrabcde,", str(tmp_path), "/tmp/gtrabcde"):
+        done = subprocess.run(
+            [sys.executable, "-m", "hosts_helpers", "down", wrong],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": pythonpath},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, (wrong, done.stderr)
+        assert f"no rig at {wrong} " in done.stderr

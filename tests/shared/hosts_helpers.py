@@ -467,7 +467,7 @@ class Rig:
                     host.docker("volume", "rm", "-f", *volumes, *ingress)
 
     def describe(self) -> str:
-        lines = [f"rig {self.name} in {self.root}, outside {self.outside_address}"]
+        lines = [f"rig {self.name} in {self.root} (outside: {self.outside_address})"]
         for host in self.hosts:
             lines.append(
                 f"  {host.name}: netns {host.netns}, {host.tcp_endpoint} (TLS), "
@@ -575,6 +575,17 @@ def _main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["down"] and len(argv) == 2:
         root = Path(argv[1])
+        named = root.parent == Path("/tmp") and root.name.startswith(_PREFIX)
+        named = named and len(root.name) == len(_PREFIX) + 5
+        left = (root / _OWNER_FILE).is_file() or any(
+            n.startswith(f"{root.name}-") for n in _netns_names()
+        )
+        if not (named and left):
+            # Said, not ignored: a stray character (the comma after the path in `up`'s
+            # first line, before this) once left a rig running with `down` exiting 0.
+            print(f"hosts_helpers down: no rig at {argv[1]} (a rig is /tmp/gtrXXXXX, as up printed)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         for pid_file in root.glob("h*/docker.pid"):
             with contextlib.suppress(OSError, ValueError, ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGTERM)
