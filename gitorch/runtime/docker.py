@@ -207,6 +207,10 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         reason = getattr(current, "reason", None)
         if isinstance(reason, BaseException):
             todo.append(reason)
+        if isinstance(current, paramiko.ssh_exception.NoValidConnectionsError):
+            # ssh's connect keeps each address's socket error in a dict; its own errno is
+            # None ("[Errno None] Unable to connect to port 22 on ...").
+            todo.extend(current.errors.values())
 
 
 def _engine_error(node: str, endpoint: str, exc: BaseException) -> EngineUnavailable:
