@@ -147,7 +147,8 @@ def _secret(secrets_dir: Path | None, name: str | None, node: str, field: str) -
     if secrets_dir is None:
         raise ConfigError(
             f"node {node}: runtime.{field} names {name!r}, but no --secrets-dir was given "
-            "(give it, or run the daemon with it: plan, nodes and status read the daemon's)"
+            "(give it; plan, nodes, status and proxy stop otherwise read a running "
+            "daemon's)"
         )
     root = Path(secrets_dir).resolve()
     path = (root / name).resolve()
