@@ -164,11 +164,13 @@ def _stop_ingresses(args: argparse.Namespace, state: Path) -> int:
     from gitorch.readmodel.cluster import registered_targets
     from gitorch.state import StateStore
     from gitorch.state.layout import STATE_DB
+    from gitorch.state.moved import moved_to
 
     cluster = existing_cluster_name(state)
     if cluster is None or not (state / STATE_DB).exists():
         return 0
-    store = StateStore(state, readonly=True)
+    # The runtime dir of etcd daemons: the nodes are in the state it moved to.
+    store = StateStore(moved_to(state) or state, readonly=True)
     try:
         targets = [t for t in registered_targets(store, None) if t.own_ingress]
     finally:

@@ -13,8 +13,10 @@ from gitorch.commands.common import looked_in, stdout
 from gitorch.errors import ConfigError, StateError
 from gitorch.live.inventory import cluster_identity, write_cluster_name
 from gitorch.state import DaemonLock, StateStore
+from gitorch.state.layout import STATE_DB
 from gitorch.state.location import StateLocation, parse_location
 from gitorch.state.migrate import copy_state
+from gitorch.state.moved import mark_moved, set_aside_stale
 
 EXAMPLE = """example:
   gitorch state migrate --from .gitorch --to etcd://10.0.0.1:2379,10.0.0.2:2379/shop
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         for location in (source, target):
             _no_daemon(location, stack)
         src = stack.enter_context(StateStore(source, readonly=True))
+        # Back into the directory the state left: its database is the stale copy.
+        aside = set_aside_stale(target.directory) if target.directory is not None else None
         dst = stack.enter_context(StateStore(target))
         local = source.directory or Path(".gitorch")
         cluster = cluster_identity(src, local, create=False)
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         if target.directory is not None and cluster:
             write_cluster_name(target.directory, cluster)
         carried_key = _carry_digest_key(src, dst, local, target)
+        if source.directory is not None and target.etcd is not None:
+            mark_moved(source.directory, target.describe())
     counts = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in snapshot.counts().items())
     stdout().print(
         f"copied {escape(source.describe())} to {escape(target.describe())}: {escape(counts)}"
@@ -72,16 +78,30 @@ def run(args: argparse.Namespace) -> int:
     stdout().print(f"cluster {escape(cluster or '-')} (its replicas' label) carried over")
     if carried_key:
         stdout().print("the key of secret digests carried over (no secret looks rotated)")
+    if aside is not None:
+        stdout().print(
+            f"the stale database the state left in {escape(str(target.directory))} is kept "
+            f"in {escape(str(aside))}"
+        )
+    if source.directory is not None and target.etcd is not None:
+        stdout().print(
+            f"{escape(str(source.directory))} keeps its {STATE_DB}, marked as moved: a daemon "
+            f"or command given --state {escape(str(source.directory))} now refuses and names "
+            f"{escape(target.describe())}"
+        )
     if target.etcd is not None and source.directory is not None:
         stdout().print(
             "next: start each daemon with "
             f"--state {escape(target.describe())} --runtime-dir {escape(str(source.directory))} "
             "--name NAME (the runtime dir holds the replicas' records and the proxy's socket)"
         )
+    elif target.directory is not None and aside is not None:
+        stdout().print(f"next: start the daemon with --state {escape(str(target.directory))}")
     elif target.directory is not None:
         stdout().print(
-            f"next: start the daemon with --state {escape(str(target.directory))} (for process "
-            "replicas, the runtime dir the etcd daemons used)"
+            f"next: start the daemon with --state {escape(str(target.directory))} (process "
+            "replicas' records stay in the etcd daemons' --runtime-dir: migrate into that "
+            "directory to keep them)"
         )
     return 0
 

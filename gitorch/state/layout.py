@@ -8,7 +8,9 @@
     ├── state.db-shm    SQLite's shared-memory index of the WAL (managed by SQLite)
     ├── daemon.lock     flock()ed by the one daemon that owns DIR; holds its pid
     ├── daemon.json     what the running daemon last reported about itself (its last error)
-    └── secret-digest.key  the key of secret values' digests (gitorch.secrets)
+    ├── secret-digest.key  the key of secret values' digests (gitorch.secrets)
+    └── moved-to.json  after `gitorch state migrate` to etcd: where the state went (the
+                       database is then a stale copy, and opening it refuses: state/moved.py)
 
 DIR is 0700 and every file in it 0600 (the daemon and apply run with umask 077): secret
 values are never in it (only digests), but plain environment variables are.

@@ -612,9 +612,11 @@ def _open_backend(
         from gitorch.state.etcd.backend import EtcdBackend
 
         return EtcdBackend(location.etcd, readonly=readonly, clock=clock)
+    from gitorch.state.moved import refuse_if_moved
     from gitorch.state.sqlite.backend import SqliteBackend
 
     assert location.directory is not None
+    refuse_if_moved(location.directory)
     return SqliteBackend(
         location.directory,
         readonly=readonly,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 from etcd_helpers import EtcdCluster, new_namespace
 from reconciler_helpers import gitorch
 
@@ -26,6 +28,7 @@ from gitorch.state import (
 )
 from gitorch.state.audit_chain import verify
 from gitorch.state.migrate import export_state
+from gitorch.state.moved import StateMoved
 
 SHA = "a" * 40
 
@@ -96,6 +99,7 @@ def test_a_directory_moves_to_etcd_and_back_whole(
     with StateStore(source) as store:
         fill(store)
         original = comparable(store)
+        kept = export_state(store, None)
     cluster = cluster_name(source)
     digest_key = load_digest_key(source, create=True)  # a daemon made it for its secrets
     url = etcd_cluster.url(new_namespace())
@@ -133,8 +137,6 @@ def test_a_directory_moves_to_etcd_and_back_whole(
         assert len(again.audit) == 3 and len(again.revisions) == 3
         entries, highest = returned.audit_chain()
         assert verify(entries, highest_id=highest).intact and highest == 3
-        with StateStore(source, readonly=True) as first:
-            kept = export_state(first, None)
         assert again.volumes == kept.volumes and len(kept.volumes) == 2
         assert again.analysis_runs == kept.analysis_runs
         assert again.analysis_runs[0].window_figures == {"epoch": "e1", "versions": []}
@@ -158,3 +160,36 @@ def test_migrate_refuses_a_target_with_state_and_a_running_daemon(
         fresh = etcd_cluster.url(new_namespace())
         done = gitorch("state", "migrate", "--from", str(source), "--to", fresh, cwd=tmp_path)
         assert done.code == 1 and "in use by another gitorch daemon" in done.stderr, done.stderr
+
+
+def test_the_directory_left_refuses_until_the_state_moves_back_into_it(
+    tmp_path: Path, etcd_cluster: EtcdCluster
+) -> None:
+    """After a move to etcd the directory's database is a stale copy: a daemon or command
+    given it would act on old records beside the etcd daemons. It refuses, naming where the
+    state went, until the state is migrated back into it (the stale copy set aside)."""
+    source = tmp_path / "state"
+    with StateStore(source) as store:
+        fill(store)
+    url = etcd_cluster.url(new_namespace())
+    done = gitorch("state", "migrate", "--from", str(source), "--to", url, cwd=tmp_path)
+    assert done.code == 0, done.stderr
+    assert "marked as moved" in " ".join(done.stdout.split())
+
+    with pytest.raises(StateMoved, match=f"moved to {re.escape(url)}"):
+        StateStore(source, readonly=True)
+    status = gitorch("status", "--state", str(source), cwd=tmp_path)
+    assert status.code == 1, status.stdout
+    assert f"was moved to {url}" in status.stderr and f"--runtime-dir {source}" in status.stderr
+    again = gitorch("state", "migrate", "--from", str(source), "--to", url, cwd=tmp_path)
+    assert again.code == 1 and "was moved to" in again.stderr, again.stderr
+
+    with StateStore(url) as moved:  # the etcd daemons go on
+        moved.record_revision("c" * 40, services=["web"])
+    back = gitorch("state", "migrate", "--from", url, "--to", str(source), cwd=tmp_path)
+    assert back.code == 0, back.stderr
+    (aside,) = source.glob("stale-state-*")
+    assert (aside / "state.db").is_file() and "kept in" in back.stdout
+    assert not (source / "moved-to.json").exists()
+    with StateStore(source, readonly=True) as returned:
+        assert len(export_state(returned, None).revisions) == 3  # with the etcd daemons' one
