@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--from and --to name the same store")
     if source.directory is not None and not (source.directory / "state.db").is_file():
         raise StateError(f"no gitorch state {looked_in(source, None)}")
+    # A directory whose state moves to etcd: left as the daemons' runtime dir, marked moved.
+    left = source.directory if target.etcd is not None else None
     with ExitStack() as stack:
         for location in (source, target):
             _no_daemon(location, stack)
@@ -69,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         if target.directory is not None and cluster:
             write_cluster_name(target.directory, cluster)
         carried_key = _carry_digest_key(src, dst, local, target)
-        if source.directory is not None and target.etcd is not None:
-            mark_moved(source.directory, target.describe())
+        if left is not None:
+            mark_moved(left, target.describe())
     counts = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in snapshot.counts().items())
     stdout().print(
         f"copied {escape(source.describe())} to {escape(target.describe())}: {escape(counts)}"
@@ -83,16 +85,15 @@ def run(args: argparse.Namespace) -> int:
             f"the stale database the state left in {escape(str(target.directory))} is kept "
             f"in {escape(str(aside))}"
         )
-    if source.directory is not None and target.etcd is not None:
+    if left is not None:
         stdout().print(
-            f"{escape(str(source.directory))} keeps its {STATE_DB}, marked as moved: a daemon "
-            f"or command given --state {escape(str(source.directory))} now refuses and names "
+            f"{escape(str(left))} keeps its {STATE_DB}, marked as moved: a daemon "
+            f"or command given --state {escape(str(left))} now refuses and names "
             f"{escape(target.describe())}"
         )
-    if target.etcd is not None and source.directory is not None:
         stdout().print(
             "next: start each daemon with "
-            f"--state {escape(target.describe())} --runtime-dir {escape(str(source.directory))} "
+            f"--state {escape(target.describe())} --runtime-dir {escape(str(left))} "
             "--name NAME (the runtime dir holds the replicas' records and the proxy's socket)"
         )
     elif target.directory is not None and aside is not None:

@@ -414,15 +414,13 @@ def _sqlite_daemon(store: StateStore, this: Any) -> dict[str, Any]:
     except StateError:
         return {}
     if owner is None:
-        return {"daemon": None, "dataPlane": _data_plane_serves(directory)}
+        # Without a daemon the endpoints stay up only while a proxy (built-in or HAProxy)
+        # runs: not after `gitorch apply`, whose load balancer lives as long as it does.
+        return {
+            "daemon": None,
+            "dataPlane": directory is not None and bool(own_data_plane(directory)),
+        }
     return {"daemon": {"pid": owner.pid, "startedAt": iso_time(owner.started_at)}}
-
-
-def _data_plane_serves(directory: Any) -> bool:
-    """Whether a proxy (the built-in one or HAProxy) serves this state directory's
-    endpoints: without a daemon they stay up only while one runs (not after ``gitorch
-    apply``, whose load balancer lives as long as it does)."""
-    return bool(own_data_plane(directory))
 
 
 def control_plane_json(store: StateStore | None, this: Any = None) -> dict[str, Any]:

@@ -27,21 +27,26 @@ class StateMoved(StateError):
 
 
 def moved_to(state_dir: Path) -> str | None:
-    """Where ``state_dir``'s state went (an ``etcd://`` location), or None."""
+    """Where ``state_dir``'s state went (an ``etcd://`` location), or None (not moved, or
+    a marker that cannot be read: :func:`is_moved` tells)."""
     try:
         data = json.loads((state_dir / MOVED_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError):
-        return "another store (its marker cannot be read)"
-    return str(data.get("location") or "another store") if isinstance(data, dict) else None
+        return None
+    location = data.get("location") if isinstance(data, dict) else None
+    return location if isinstance(location, str) and location else None
+
+
+def is_moved(state_dir: Path) -> bool:
+    """Whether ``state_dir`` carries the marker (readable or not)."""
+    return (state_dir / MOVED_FILE).exists()
 
 
 def refuse_if_moved(state_dir: Path) -> None:
     """:class:`StateMoved`, naming the new location, when ``state_dir``'s state moved."""
-    where = moved_to(state_dir)
-    if where is None:
+    if not is_moved(state_dir):
         return
+    where = moved_to(state_dir) or "another store (its marker cannot be read)"
     raise StateMoved(
         f"the state in {state_dir} was moved to {where} by `gitorch state migrate`: "
         f"its {STATE_DB} is a stale copy",
@@ -65,7 +70,7 @@ def set_aside_stale(state_dir: Path) -> Path | None:
     """Before the state moves back in: the stale database (and SQLite's files beside it)
     into a folder of its own, kept, and the marker removed. Returns that folder (None when
     the directory was not marked)."""
-    if moved_to(state_dir) is None:
+    if not is_moved(state_dir):
         return None
     aside = state_dir / time.strftime("stale-state-%Y%m%dT%H%M%SZ", time.gmtime())
     aside.mkdir(mode=0o700)

@@ -207,7 +207,7 @@ def own_data_plane(state: Path, proc: Path = _PROC) -> list[int]:
     HAProxy's master. A pid file whose process is gone, or runs another program (a pid
     reused after a ``kill -9``), names nothing."""
     owners: list[int] = []
-    coordinator = _pid_in(state / PROXY_PID_FILE)
+    coordinator = read_pid(state / PROXY_PID_FILE)
     if coordinator is not None:
         command = _command(proc, coordinator)
         if "gitorch" in command:
@@ -215,13 +215,14 @@ def own_data_plane(state: Path, proc: Path = _PROC) -> list[int]:
             keeper = _parent(proc, coordinator)
             if keeper is not None and keeper > 1 and _command(proc, keeper) == command:
                 owners.append(keeper)
-    master = _pid_in(state / HAPROXY_PID_FILE)
+    master = read_pid(state / HAPROXY_PID_FILE)
     if master is not None and "haproxy" in _command(proc, master):
         owners.append(master)
     return owners
 
 
-def _pid_in(path: Path) -> int | None:
+def read_pid(path: Path) -> int | None:
+    """The pid a pid file names (its first word), None when absent or not a number."""
     try:
         first = path.read_text(encoding="ascii", errors="replace").split()
     except OSError:

@@ -21,11 +21,11 @@ def _readme_pythonpath() -> str:
     return found.group(1)
 
 
-def test_the_readme_pythonpath_imports_the_rig() -> None:
-    # Without arguments the module prints its usage: it imported (private_dockerd too).
+def _rig_module(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python3 -m hosts_helpers ARGS`` with the README's PYTHONPATH, from the repo root."""
     pythonpath = _readme_pythonpath().replace("$PWD", str(ROOT))
-    done = subprocess.run(
-        [sys.executable, "-m", "hosts_helpers"],
+    return subprocess.run(
+        [sys.executable, "-m", "hosts_helpers", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": pythonpath},
         capture_output=True,
@@ -33,6 +33,11 @@ def test_the_readme_pythonpath_imports_the_rig() -> None:
         timeout=60,
         check=False,
     )
+
+
+def test_the_readme_pythonpath_imports_the_rig() -> None:
+    # Without arguments the module prints its usage: it imported (private_dockerd too).
+    done = _rig_module()
     assert done.returncode == 2, done.stderr
     assert "usage: python -m hosts_helpers up" in done.stderr
 
@@ -58,16 +63,7 @@ def test_describe_says_how_to_cut_a_host_off() -> None:
 
 def test_down_refuses_what_is_not_a_rig(tmp_path: Path) -> None:
     # `down /tmp/gtrXXXXX,` (a character too many) said nothing and left the rig running.
-    pythonpath = _readme_pythonpath().replace("$PWD", str(ROOT))
     for wrong in ("/tmp/gtrabcde,", str(tmp_path), "/tmp/gtrabcde"):
-        done = subprocess.run(
-            [sys.executable, "-m", "hosts_helpers", "down", wrong],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": pythonpath},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _rig_module("down", wrong)
         assert done.returncode == 2, (wrong, done.stderr)
         assert f"no rig at {wrong} " in done.stderr

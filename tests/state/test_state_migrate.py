@@ -193,3 +193,10 @@ def test_the_directory_left_refuses_until_the_state_moves_back_into_it(
     assert not (source / "moved-to.json").exists()
     with StateStore(source, readonly=True) as returned:
         assert len(export_state(returned, None).revisions) == 3  # with the etcd daemons' one
+
+
+def test_an_unreadable_marker_still_refuses(tmp_path: Path) -> None:
+    StateStore(tmp_path).close()
+    (tmp_path / "moved-to.json").write_text("{not json")
+    with pytest.raises(StateMoved, match="its marker cannot be read"):
+        StateStore(tmp_path, readonly=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gitorch.traffic.haproxy.errors import HAProxyConfigInvalid, HAProxyError, HAProxyReloadFailed
 from gitorch.traffic.haproxy.runtime_api import cli
+from gitorch.traffic.holders import read_pid
 from gitorch.traffic.unix_paths import HAPROXY_MAX, fitting, make_room, release
 
 
@@ -221,15 +222,6 @@ class HAProxyMaster:
             return ()
         alerts = [line for line in text.splitlines() if "ALERT" in line]
         return tuple((alerts or text.splitlines())[-10:])
-
-
-def read_pid(path: Path) -> int | None:
-    """The master's pid from HAProxy's pid file (its first line), None when absent."""
-    try:
-        first = path.read_text().split()
-    except OSError:
-        return None
-    return int(first[0]) if first and first[0].isdigit() else None
 
 
 def process_alive(pid: int) -> bool:
