@@ -754,6 +754,7 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         max_unavailable=target.strategy.rolling_update.max_unavailable,
         step=record.step,
         blocked_slots=backoff.blocked,
+        completed_slots=observed.completed,
     )
     if inp.single_writer:
         surge, unavailable = single_writer_limits(target, desired)

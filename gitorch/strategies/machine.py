@@ -10,7 +10,9 @@ reconciler moves it whenever the count of available target replicas grows) and, 
 stepped strategies, the step index, which the store keeps.
 
 Exited replicas count as gone: the strategy removes them (``Stop``) and recreates their
-slot unless the slot is in crash-loop back-off (``blocked_slots``). Replicas in state
+slot unless the slot is in crash-loop back-off (``blocked_slots``). A slot in back-off
+after its target replica failed to start or crashed still counts against a RollingUpdate's
+``maxSurge`` (the replica is in progress, only not running now). Replicas in state
 ``unknown`` (their node does not answer) hold their slot: never duplicated here.
 
 Slots: a service with ``desired`` replicas has slots 1..desired. A replica is identified
@@ -111,6 +113,11 @@ class RolloutInput:
     max_unavailable: int | str = 0
     step: int | None = None  # for stepped strategies (canary): the current step index
     blocked_slots: frozenset[int] = frozenset()  # in crash-loop back-off: no Create there now
+    #: Of ``blocked_slots``, those whose replica completed for good (restartPolicy Never,
+    #: or OnFailure and exit 0): never recreated. The others wait after a target replica
+    #: failed to start or crashed: a new replica in progress, which holds its place under
+    #: ``maxSurge`` as a crash-looping pod counts against a Deployment's.
+    completed_slots: frozenset[int] = frozenset()
     # Progressive strategies (canary, blue-green, A/B). ``stable``: the template of the last
     # good revision, which they keep at full size and give the rest of the traffic; None:
     # the most common template among the live old replicas (never recreated then).

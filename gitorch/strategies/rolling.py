@@ -183,6 +183,16 @@ def free_slots(inp: RolloutInput, census: Census) -> list[int]:
     ]
 
 
+def backing_off(inp: RolloutInput, census: Census) -> list[int]:
+    """Slots 1..desired in back-off after their target replica failed to start or crashed
+    (not completed for good), with no live target replica now, lowest first."""
+    return sorted(
+        slot
+        for slot in inp.blocked_slots - inp.completed_slots
+        if 1 <= slot <= inp.desired and slot not in census.targets
+    )
+
+
 def replica_name(inp: RolloutInput, slot: int) -> str:
     """How status names a replica: ``web-3`` for slot 3 of service ``web``."""
     return f"{inp.service}-{slot}"
@@ -228,10 +238,9 @@ def describe_progress(inp: RolloutInput, census: Census, actions: tuple[Action, 
         line += ", " + ", ".join(soon)
     if silent:
         line += ", node not answering for " + ", ".join(silent)
-    backing_off = sorted(s for s in inp.blocked_slots if 1 <= s <= inp.desired)
-    backing_off = [s for s in backing_off if s not in census.targets]
-    if backing_off:
-        line += ", in crash back-off: " + ", ".join(replica_name(inp, s) for s in backing_off)
+    waiting_out = backing_off(inp, census)
+    if waiting_out:
+        line += ", in crash back-off: " + ", ".join(replica_name(inp, s) for s in waiting_out)
     doing: list[str] = []
     stopping = {a.replica_id for a in actions if isinstance(a, Stop)}
     for group, word in ((census.old, "old"), (census.excess, "extra"), (census.exited, "exited")):
@@ -292,7 +301,9 @@ def rolling_step(inp: RolloutInput) -> Decision:
     ``maxSurge``, as in Kubernetes; so at most ``desired + surge`` replicas are in
     service and, for the length of a stop, ``desired + 2 * surge + unavailable`` run):
 
-    1. exited replicas are removed; their slots are free;
+    1. exited replicas are removed; their slots are free, except that a slot in back-off
+       after a failed start or a crash of its target replica counts against
+       ``desired + surge`` as if that replica still existed;
     2. unavailable old (and excess target) replicas are removed: they serve nobody, so the
        availability floor does not protect them;
     3. when there is room under ``desired + surge`` and a free slot, the free slots are
@@ -320,7 +331,12 @@ def rolling_step(inp: RolloutInput) -> Decision:
         for r in removable
         if r.id not in census.available
     ]
-    existing = census.live - (len(removable) - len(serving))
+    # A slot in back-off after its new replica failed to start or crashed holds its place
+    # under the ceiling as that replica did (Kubernetes counts a crash-looping pod against
+    # maxSurge): the rollout waits on it, and the progress deadline decides. Not counted,
+    # each failure freed room for the next slot, and a version that cannot start was
+    # tried in every slot within a second.
+    existing = census.live - (len(removable) - len(serving)) + len(backing_off(inp, census))
     available = len(census.available)
 
     wanted = free_slots(inp, census)

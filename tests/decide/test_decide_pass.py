@@ -332,3 +332,41 @@ def test_a_record_updated_is_the_record_replace_makes() -> None:
     assert not hasattr(RolloutRecord, "__post_init__")  # what the copy relies on
     with pytest.raises(TypeError):
         _record_with(record, {"no_such_field": 1})
+
+
+def _rolling(version: str) -> str:
+    return service_yaml(
+        "web",
+        replicas=3,
+        version=version,
+        extra="  strategy:\n    type: RollingUpdate\n"
+        "    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}\n",
+    )
+
+
+def test_a_slot_in_back_off_after_a_failed_start_holds_the_surge() -> None:
+    """v2 cannot start (its web-1 failed at once and backs off): with maxSurge 1 the pass
+    starts no other slot of it; once the back-off is over, web-1 is tried again, alone.
+    Before, the failed slot freed its room and web-2, then web-3, were tried at once."""
+    v1, v2 = desired(_rolling("1")), desired(_rolling("2"))
+    records = MappingProxyType({"web": healthy_record(v1, "web")})
+    live = live_of(v1, [replica(v1, "web", slot) for slot in (1, 2, 3)])
+    failed = BackoffRecord(
+        "web",
+        1,
+        1,
+        NOW - 0.5,
+        None,
+        template=v2.services["web"].template_digest,
+        reason="start failed: no such file: /nonexistent",
+    )
+    backoff = MappingProxyType({"web": {1: failed}})
+    waiting = decide_pass(pass_input(v2, live, records=records, backoff=backoff))
+    assert starts(waiting, "web") == []
+    assert waiting.stops() == ()  # no old replica goes for it either
+    assert "in crash back-off: web-1" in waiting.services["web"].record.message
+    later = replace(failed, last_restart_at=NOW - 1.5)  # its 1 s are over
+    retried = decide_pass(
+        pass_input(v2, live, records=records, backoff=MappingProxyType({"web": {1: later}}))
+    )
+    assert [s.replica for s in starts(retried, "web")] == ["web-1"]

@@ -195,14 +195,17 @@ def check_pass(inp: RolloutInput, decision: Decision) -> None:
     kinds = [isinstance(a, Create) for a in decision.actions]
     assert kinds == sorted(kinds), "a Create before a Stop"
     occupied = {r.slot for r in live if r.template == inp.target}
+    # A slot in back-off after its target replica failed (not one done for good) holds
+    # its place under the ceiling as that replica did.
+    held = {s for s in inp.blocked_slots - inp.completed_slots if 1 <= s <= inp.desired} - occupied
     for create in creates:
         assert create.template == inp.target
         assert 1 <= create.slot <= inp.desired, f"{create} outside 1..{inp.desired}"
         assert create.slot not in occupied, f"{create}: the slot has a live target replica"
         assert create.slot not in inp.blocked_slots, f"{create}: the slot is in back-off"
         occupied.add(create.slot)
-    after = len(live) - sum(1 for r in stopped if r.state != "exited") + len(creates)
-    assert after <= max(ceiling, len(live)), f"{after} replicas above {ceiling}"
+    after = len(live) - sum(1 for r in stopped if r.state != "exited") + len(creates) + len(held)
+    assert after <= max(ceiling, len(live) + len(held)), f"{after} replicas above {ceiling}"
     if creates:
         assert after <= ceiling, f"created up to {after} replicas, ceiling {ceiling}"
     # Kubernetes' surge semantics: a replica stopped to make room is terminating from the

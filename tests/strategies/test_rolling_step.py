@@ -47,6 +47,7 @@ class Case:
     creates: tuple[int, ...]  # slots
     phase: Phase = Phase.PROGRESSING
     blocked: frozenset[int] = frozenset()
+    completed: frozenset[int] = frozenset()
     min_ready: float = 0.0
     message: str = ""  # a fragment the status line must contain
 
@@ -157,6 +158,66 @@ CASES = [
         (),
         (3,),
         blocked=frozenset({2}),
+    ),
+    # A new replica that failed to start (or crashed) leaves its slot in back-off; the
+    # slot keeps its place under maxSurge, so the rollout waits on it instead of trying
+    # the next slots (with maxSurge 1 all three were tried within a second).
+    Case(
+        "a slot in back-off after a failed start holds the surge",
+        3,
+        (1, 0),
+        A(3),
+        (),
+        (),
+        blocked=frozenset({1}),
+        message="3 old, in crash back-off: web-1",
+    ),
+    Case(
+        "surge 2, one slot in back-off: one more starts",
+        3,
+        (2, 0),
+        A(3),
+        (),
+        (2,),
+        blocked=frozenset({1}),
+    ),
+    Case(
+        "surge 2, two slots in back-off: none more",
+        4,
+        (2, 0),
+        A(4),
+        (),
+        (),
+        blocked=frozenset({1, 2}),
+    ),
+    Case(
+        "maxUnavailable lets an old one go for the next slot, as in Kubernetes",
+        3,
+        (1, 1),
+        A(3),
+        ("A3",),
+        (2,),
+        blocked=frozenset({1}),
+    ),
+    Case(
+        "a slot in back-off beside a ready new one: no old one goes to make room",
+        3,
+        (1, 0),
+        (*A(2), *B(1)),
+        (),
+        (),
+        blocked=frozenset({2}),
+        phase=Phase.PROGRESSING,
+    ),
+    Case(
+        "a completed slot holds nothing",
+        3,
+        (1, 0),
+        A(2),
+        (),
+        (1, 2),
+        blocked=frozenset({3}),
+        completed=frozenset({3}),
     ),
     Case(
         "unknown target holds its slot, not available",
@@ -283,6 +344,7 @@ def decide(case: Case, **changes: object) -> Decision:
         max_surge=case.limits[0],
         max_unavailable=case.limits[1],
         blocked_slots=case.blocked,
+        completed_slots=case.completed,
         min_ready_seconds=case.min_ready,
     )
     inp = replace(inp, **changes)  # type: ignore[arg-type]
