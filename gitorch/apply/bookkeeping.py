@@ -39,6 +39,7 @@ from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Node, NodePool, Volume
 from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, RolloutRecord, StateStore
 from gitorch.state.audit_chain import SYSTEM_ACTOR
+from gitorch.state.records import START_FAILED
 
 log = logging.getLogger("gitorch.reconciler")
 
@@ -652,14 +653,14 @@ class Bookkeeper:
                 None,
                 template=failure.template,
                 replica_id=None,
-                reason=f"start failed: {failure.message}",
+                reason=f"{START_FAILED}{failure.message}",
             )
             with self.store.transaction():
                 self.store.record_backoff(state)
                 self.store.append_event(
                     "replica.start-failed",
                     f"{failure.service}-{failure.slot}: {failure.message}; "
-                    f"{describe(state, now, self.crash_loop)}",
+                    f"{describe(state, now, self.crash_loop, 'failed start')}",
                     service=failure.service,
                     data={"slot": failure.slot, "message": failure.message},
                 )

@@ -493,11 +493,15 @@ def _problems(console: Any, services: list[dict[str, Any]]) -> None:
             retry = slot.get("retryInSeconds") or 0
             cause = slot.get("lastCause") or "exited"
             wait = f"back-off {retry:.0f}s left, " if retry > 0 else ""
+            # A start that failed ran no replica: it is not a restart of one.
+            failed = slot.get("failedStarts") or 0
+            count = f"{failed} failed start(s)" if failed else f"{slot['restarts']} restart(s)"
             console.print(
-                f"[yellow]{escape(slot['replica'])}[/]: {wait}{slot['restarts']} restart(s), "
-                f"last: {escape(str(cause))}"
+                f"[yellow]{escape(slot['replica'])}[/]: {wait}{count}, last: {escape(str(cause))}"
             )
-    crash_looping = [svc["name"] for svc in services if svc.get("backoff")]
+    crash_looping = [
+        svc["name"] for svc in services if any(b["restarts"] for b in svc.get("backoff", []))
+    ]
     if crash_looping:
         console.print(f"why they exited: gitorch logs {escape(crash_looping[0])} --previous")
 

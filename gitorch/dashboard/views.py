@@ -445,8 +445,14 @@ def service_body(
     if backoff:
         parts.append("<h2>Crash back-off</h2><ul>")
         for item in backoff:
+            failed = item.get("failedStarts") or 0
+            count = (
+                f"{esc(failed)} failed starts"
+                if failed
+                else f"{esc(item.get('restarts'))} restarts"
+            )
             parts.append(
-                f"<li>{esc(item.get('replica'))}: {esc(item.get('restarts'))} restarts, "
+                f"<li>{esc(item.get('replica'))}: {count}, "
                 f"last cause {esc(item.get('lastCause'))}, retry in "
                 f"{esc(item.get('retryInSeconds'))} s</li>"
             )

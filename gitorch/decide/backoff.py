@@ -142,15 +142,21 @@ def reset_if_stable(
     return replace(state, restarts=0, last_restart_at=None)
 
 
-def describe(state: Restarts, now: float, policy: CrashLoop = DEFAULT_CRASH_LOOP) -> str:
-    """Status text: ``"back-off 8s, 4 restarts"`` while waiting, ``"4 restarts"`` after.
+def describe(
+    state: Restarts,
+    now: float,
+    policy: CrashLoop = DEFAULT_CRASH_LOOP,
+    what: str = "restart",
+) -> str:
+    """Status text: ``"back-off 8s, 4 restarts"`` while waiting, ``"4 restarts"`` after
+    (``what="failed start"``: ``"back-off 8s, 4 failed starts"``, the slot's replica never
+    ran).
 
     The figure is the slot's whole wait (stable from one status call to the next, like
     Kubernetes' "back-off 40s restarting failed container"); :func:`remaining` gives what
     is left of it.
     """
-    noun = "restart" if state.restarts == 1 else "restarts"
-    count = f"{state.restarts} {noun}"
+    count = f"{state.restarts} {what}{'' if state.restarts == 1 else 's'}"
     if remaining(state, now, policy) <= 0:
         return count
     return f"back-off {policy.next_delay(state.restarts):g}s, {count}"

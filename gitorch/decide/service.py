@@ -1106,12 +1106,13 @@ def _finish(
     for slot, b in sorted(backoff.states.items()):
         if slot in backoff.blocked and slot not in observed.completed:
             # No seconds left in the text: a plan's digest must not change by the second.
+            # A replica that never ran did not restart: its failed starts are said so.
+            if b.failed_start:
+                what = f"back-off after {_plural(b.restarts, 'failed start')}"
+            else:
+                what = f"crash-loop back-off after {_plural(b.restarts, 'restart')}"
             waits.append(
-                Wait(
-                    target.name,
-                    f"{target.name}-{slot} in crash-loop back-off after "
-                    f"{_plural(b.restarts, 'restart')} (last: {b.reason or 'exited'})",
-                )
+                Wait(target.name, f"{target.name}-{slot} in {what} (last: {b.reason or 'exited'})")
             )
     views = observed.views
     progress = ServiceProgress(

@@ -41,10 +41,18 @@ def service_json(
     current = {r.template_digest for r in service.replicas}
     if applied is not None:
         current.add(applied.digest)
+    # Failed starts are the slot's until a replica of that template runs there: then the
+    # start works, and the running replica did not restart (status said `6 restart(s),
+    # last: start failed: ...` beside a Healthy service until the record reset, 60 s).
+    started = {
+        (slot_of(r.replica), r.template_digest) for r in service.replicas if r.state == "running"
+    }
     slots = {
         slot: b
         for slot, b in backoff.items()
-        if slot != SERVICE_SLOT and (b.template is None or b.template in current)
+        if slot != SERVICE_SLOT
+        and (b.template is None or b.template in current)
+        and not (b.failed_start and _ran(slot, b, started))
     }
     failure = backoff.get(SERVICE_SLOT)
     spec = applied.canonical.get("spec", {}) if applied else {}
@@ -79,12 +87,15 @@ def service_json(
         "endpoint": {"port": expose["port"], "protocol": expose["protocol"]} if expose else None,
         # The applied strategy (its steps draw the rollout on the dashboard).
         "strategy": spec.get("strategy"),
-        # Crash-loop restarts of all slots (a slot in back-off may have no replica at all).
-        "restarts": sum(b.restarts for b in slots.values()),
+        # Crash-loop restarts of all slots (a slot in back-off may have no replica at all),
+        # and starts that failed (no replica ran: they are not restarts).
+        "restarts": sum(b.restarts for b in slots.values() if not b.failed_start),
+        "failedStarts": sum(b.restarts for b in slots.values() if b.failed_start),
         "backoff": [
             {
                 "replica": f"{service.name}-{slot}",
-                "restarts": b.restarts,
+                "restarts": 0 if b.failed_start else b.restarts,
+                "failedStarts": b.restarts if b.failed_start else 0,
                 "lastCause": b.reason or None,
                 "exitCode": b.last_exit_code,
                 "retryInSeconds": round(remaining(b, now), 1),
@@ -113,11 +124,18 @@ def service_json(
 
 def _restarts_of(replica: LiveReplica, slots: Mapping[int, BackoffRecord]) -> int:
     """Restarts counted on ``replica``'s slot for the template it runs (a failed new
-    version's deaths are not the old version's restarts)."""
+    version's deaths are not the old version's restarts, nor are failed starts)."""
     known = slots.get(slot_of(replica.replica))
-    if known is None or known.template not in (None, replica.template_digest):
+    if known is None or known.failed_start or known.template not in (None, replica.template_digest):
         return 0
     return known.restarts
+
+
+def _ran(slot: int, record: BackoffRecord, started: set[tuple[int, str | None]]) -> bool:
+    """A replica of the template whose starts failed in ``slot`` runs there now."""
+    if record.template is None:
+        return any(s == slot for s, _ in started)
+    return (slot, record.template) in started
 
 
 def _failure_json(failure: BackoffRecord, now: float) -> dict[str, Any]:

@@ -287,6 +287,11 @@ class AppliedObject:
     applied_at: float
 
 
+#: How a slot's back-off record names a start that failed (no replica ran: a command or
+#: image missing on the node, a port taken), before the runtime's message.
+START_FAILED = "start failed: "
+
+
 @dataclass(frozen=True)
 class BackoffRecord:
     """Crash-loop back-off of one replica slot."""
@@ -299,6 +304,13 @@ class BackoffRecord:
     template: str | None = None  # the template whose replica died (None: any)
     replica_id: str | None = None  # the dead replica counted last (counted once)
     reason: str = ""  # why, in words: "exit code 3", "OOMKilled", "start failed: ..."
+
+    @property
+    def failed_start(self) -> bool:
+        """The slot's last failure was a start that failed: no replica of it ran, so its
+        count is of failed starts, not of restarts (a crash counts on the same record:
+        the back-off grows over both)."""
+        return self.replica_id is None and self.reason.startswith(START_FAILED)
 
 
 @dataclass(frozen=True)

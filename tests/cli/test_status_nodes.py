@@ -297,6 +297,33 @@ def test_status_says_which_replicas_crash_loop_and_where_to_read_why(local: Clus
     assert "why they exited: gitorch logs api --previous" in lines
 
 
+def test_status_says_failed_starts_are_failed_starts(local: Cluster) -> None:
+    """A replica that never ran did not restart, and has no logs to read."""
+    api = load_services(api_manifest())["api"]
+    with StateStore(local.state) as store:
+        record_rollout(store, api, phase=RolloutPhase.PROGRESSING, message="1/2 updated")
+        store.record_backoff(
+            BackoffRecord(
+                service="api",
+                slot=2,
+                restarts=3,
+                last_restart_at=time.time(),
+                template=api.template_digest,
+                reason="start failed: no such file: /nonexistent/bin/x",
+            )
+        )
+    lines = local.run("status", "--runtime", "process").stdout.splitlines()
+    assert any(
+        re.fullmatch(
+            r"api-2: back-off \d+s left, 3 failed start\(s\), "
+            r"last: start failed: no such file: /nonexistent/bin/x",
+            line,
+        )
+        for line in lines
+    ), lines
+    assert not any("restart" in line or "why they exited" in line for line in lines), lines
+
+
 def test_status_says_why_a_service_rolled_back(local: Cluster) -> None:
     api = load_services(api_manifest())["api"]
     with StateStore(local.state) as store:

@@ -365,6 +365,10 @@ def test_a_slot_in_back_off_after_a_failed_start_holds_the_surge() -> None:
     assert starts(waiting, "web") == []
     assert waiting.stops() == ()  # no old replica goes for it either
     assert "in crash back-off: web-1" in waiting.services["web"].record.message
+    # The plan says what they are: web-1 never ran, so it did not restart.
+    assert [w.reason for w in waiting.services["web"].waits] == [
+        "web-1 in back-off after 1 failed start (last: start failed: no such file: /nonexistent)"
+    ]
     later = replace(failed, last_restart_at=NOW - 1.5)  # its 1 s are over
     retried = decide_pass(
         pass_input(v2, live, records=records, backoff=MappingProxyType({"web": {1: later}}))

@@ -112,3 +112,25 @@ def test_restarts_of_a_version_rolled_back_from_are_not_shown() -> None:
     doc = service_json(_service("a"), {1: failed, 2: running}, time.time())
     assert [b["replica"] for b in doc["backoff"]] == ["a-2"]
     assert doc["restarts"] == 2
+
+
+def test_failed_starts_are_not_restarts_and_go_once_the_slot_runs() -> None:
+    """A start that failed ran no replica: status names it a failed start, never a
+    restart of the replica that runs (it said `6 restart(s), last: start failed: image
+    ... not on node h1` beside a Healthy service until the record reset, 60 s)."""
+    # a-1's template d1 failed to start twice, then started: it runs, nothing to show.
+    ran = BackoffRecord("a", 1, 6, 1.0, None, template="d1", reason="start failed: no image")
+    # a-2's new template d2 cannot start; its old replica (d1) runs on beside it.
+    failing = BackoffRecord("a", 2, 3, 1.0, None, template="d2", reason="start failed: no image")
+    service = _service("a")
+    service = replace(service, applied=replace(service.applied, digest="d2"))  # type: ignore[arg-type]
+    doc = service_json(service, {1: ran, 2: failing}, time.time())
+    assert [i["restarts"] for i in doc["instances"]] == [0, 0]
+    assert doc["restarts"] == 0 and doc["failedStarts"] == 3
+    (entry,) = doc["backoff"]
+    assert entry["replica"] == "a-2" and entry["failedStarts"] == 3 and entry["restarts"] == 0
+    # A crash is still a restart, with its count on the replica that runs now.
+    crashed = BackoffRecord("a", 1, 2, 1.0, 3, template="d1", replica_id="x", reason="exit code 3")
+    doc = service_json(_service("a"), {1: crashed}, time.time())
+    assert doc["restarts"] == 2 and doc["failedStarts"] == 0
+    assert [i["restarts"] for i in doc["instances"]] == [2, 0]
