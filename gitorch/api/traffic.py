@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from gitorch.errors import GitorchError
@@ -141,9 +142,38 @@ class TrafficMeter:
         self._started = clock()
         self._lock = threading.Lock()
         self._pinned: dict[tuple[str, str], str] = {}  # (route, version) -> revision
+        self._last: TrafficReading | None = None
+        self._flight: Future[TrafficReading] | None = None  # read(wait=...)'s, under way
+        self._flight_lock = threading.Lock()
 
-    def read(self) -> TrafficReading:
-        """Every route's figures now."""
+    def read(self, *, wait: float | None = None) -> TrafficReading:
+        """Every route's figures now. With ``wait``, a reading that takes longer than
+        ``wait`` seconds gives way to the last one (its ``taken_at`` says when) while it
+        goes on behind (one at a time: a second reader joins it). A host that stopped
+        answering holds a read up to its call's timeout (5 s), and a status or a scrape
+        should not wait that out."""
+        if wait is None:
+            return self._read_now()
+        with self._flight_lock:
+            flight = self._flight
+            if flight is None or flight.done():
+                flight = self._flight = Future()
+                threading.Thread(
+                    target=self._fly, args=(flight,), name="gitorch-traffic-read", daemon=True
+                ).start()
+        try:
+            return flight.result(timeout=wait)
+        except TimeoutError:
+            last = self._last
+            return last if last is not None else flight.result()  # none yet: wait for it
+
+    def _fly(self, flight: Future[TrafficReading]) -> None:
+        try:
+            flight.set_result(self._read_now())
+        except BaseException as exc:  # handed to the readers that wait for it
+            flight.set_exception(exc)
+
+    def _read_now(self) -> TrafficReading:
         with self._lock:
             now = self._clock()
             table = self._table()
@@ -151,7 +181,8 @@ class TrafficMeter:
             readings = {name: self._read_route(name, route) for name, route in routes.items()}
             self._pinned = {k: v for k, v in self._pinned.items() if k[0] in routes}
             since = self._since() if self._since is not None else None
-            return TrafficReading(now, since or self._started, self.data_plane, readings)
+            self._last = TrafficReading(now, since or self._started, self.data_plane, readings)
+            return self._last
 
     def _read_route(self, name: str, route: Route) -> tuple[VersionReading, ...]:
         try:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from gitorch.decide.actions import RemoveIngress, StartIngress
 from gitorch.decide.ingress import HostTable
@@ -46,6 +47,8 @@ from gitorch.traffic.table import (
 )
 
 log = logging.getLogger("gitorch.ingress")
+
+_T = TypeVar("_T")
 
 
 class IngressFleet:
@@ -245,35 +248,59 @@ class FleetDataPlane:
     def __init__(self, local: DataPlane, fleet: IngressFleet) -> None:
         self.local = local
         self.fleet = fleet
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
-    def _remote_reads(self) -> list[tuple[str, RemoteProxyPlane]]:
-        return self.fleet.serving()
+    def _remote_reads(self, what: str, read: Callable[[RemoteProxyPlane], _T]) -> list[_T]:
+        """``read`` of every ingress that serves, in the order of their nodes. The hosts are
+        read in parallel, so one that stopped answering costs one call's timeout, not one
+        per host; a host that failed a read is left out of reads until it takes a table
+        again."""
+        serving = self.fleet.serving()
+        if len(serving) <= 1:  # one host (or none): no thread to hand the call to
+            outcomes = [self._read_one(plane, read) for _, plane in serving]
+        else:
+            pool = self._readers()
+            outcomes = list(pool.map(lambda item: self._read_one(item[1], read), serving))
+        found: list[_T] = []
+        for node, outcome in zip((node for node, _ in serving), outcomes, strict=True):
+            if isinstance(outcome, GitorchError):
+                log.warning("node %s: %s not read: %s", node, what, outcome.message)
+                self.fleet.forget([node])
+            else:
+                found.append(outcome)
+        return found
 
-    def _unread(self, node: str, what: str, exc: GitorchError) -> None:
-        """A host that failed a read is left out of reads until it takes a table again."""
-        log.warning("node %s: %s not read: %s", node, what, exc.message)
-        self.fleet.forget([node])
+    @staticmethod
+    def _read_one(
+        plane: RemoteProxyPlane, read: Callable[[RemoteProxyPlane], _T]
+    ) -> _T | GitorchError:
+        try:
+            return read(plane)
+        except GitorchError as exc:
+            return exc
+
+    def _readers(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=8, thread_name_prefix="gitorch-ingress-read"
+                )
+            return self._pool
 
     def apply(self, table: RoutingTable) -> None:
         self.local.apply(table)
 
     def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
         parts = [self.local.backend_stats(service, backend_id)]
-        for node, plane in self._remote_reads():
-            try:
-                parts.append(plane.backend_stats(service, backend_id))
-            except GitorchError as exc:
-                self._unread(node, "in-flight figures", exc)
+        parts += self._remote_reads(
+            "in-flight figures", lambda plane: plane.backend_stats(service, backend_id)
+        )
         return BackendStats.total(parts)
 
     def figures(self, service: str) -> list[BackendFigures]:
         merged: dict[str, BackendFigures] = {b.backend_id: b for b in self.local.figures(service)}
-        for node, plane in self._remote_reads():
-            try:
-                remote = plane.figures(service)
-            except GitorchError as exc:
-                self._unread(node, "figures", exc)
-                continue
+        for remote in self._remote_reads("figures", lambda plane: plane.figures(service)):
             for item in remote:
                 have = merged.get(item.backend_id)
                 merged[item.backend_id] = item if have is None else added(have, item)
@@ -283,11 +310,9 @@ class FleetDataPlane:
         parts: list[tuple[str, dict[str, VersionFigures]]] = [
             ("local", self.local.version_figures(service))
         ]
-        for node, plane in self._remote_reads():
-            try:
-                parts.append((node, plane.version_figures(service)))
-            except GitorchError as exc:
-                self._unread(node, "version figures", exc)
+        parts += self._remote_reads(
+            "version figures", lambda plane: (plane.node, plane.version_figures(service))
+        )
         if len(parts) == 1:
             return parts[0][1]
         versions = sorted({v for _, figures in parts for v in figures})
@@ -305,5 +330,9 @@ class FleetDataPlane:
         return self.local.health()
 
     def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         self.fleet.close()
         self.local.close()

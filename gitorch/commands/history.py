@@ -41,7 +41,7 @@ from gitorch.commands.remote import (
     unreachable,
 )
 from gitorch.errors import ConfigError, GitorchError
-from gitorch.readmodel.history import read_local
+from gitorch.readmodel.history import read_local, volume_fate
 
 #: Revisions shown when --limit is not given.
 DEFAULT_LIMIT = 50
@@ -338,20 +338,7 @@ def _change_text(change: Mapping[str, Any]) -> str:
     name = change.get("name", "?")
     target = name if kind == "Service" else f"{kind}/{name}"
     text = f"{change.get('action', 'change')} {target}"
-    if kind == "Volume" and change.get("action") == "delete":
-        # A Volume leaving Git loses its data only with reclaimPolicy Delete: "delete"
-        # alone would tell an auditor the data is gone when it is kept.
-        policy = _removed_value(change, "spec.reclaimPolicy")
-        if policy == "Retain":
-            text += " (data retained)"
-        elif policy == "Delete":
-            text += " (data deleted)"
+    fate = volume_fate(change)
+    if fate is not None:
+        text += f" ({fate})"
     return text
-
-
-def _removed_value(change: Mapping[str, Any], path: str) -> object:
-    """The value ``path`` had before a delete, as history recorded it (None if not kept)."""
-    for field in change.get("diff") or []:
-        if isinstance(field, dict) and field.get("path") == path:
-            return field.get("before")
-    return None

@@ -18,6 +18,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from gitorch.readmodel.history import volume_fate
+
 #: How the diff layer marks a redacted secret value (gitorch.diff.fields.SENSITIVE).
 _SENSITIVE_WORDS = ("(sensitive value)", "(sensitive)")
 
@@ -675,9 +677,11 @@ def _result_class(result: str) -> str:
 
 
 def _change(change: Mapping[str, Any]) -> str:
+    fate = volume_fate(change)
     head = (
         f'<details class="change" open><summary>{esc(change.get("action"))} '
-        f"{esc(change.get('kind'))}/{esc(change.get('name'))}</summary>"
+        f"{esc(change.get('kind'))}/{esc(change.get('name'))}"
+        f"{f' <em>({esc(fate)})</em>' if fate else ''}</summary>"
     )
     diff = change.get("diff")
     if isinstance(diff, list) and diff:

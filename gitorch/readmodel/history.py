@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gitorch.state import StateStore
@@ -65,3 +66,23 @@ def _scaling_entry(event: dict[str, Any]) -> dict[str, Any]:
         "message": event["message"],
         "data": data,
     }
+
+
+def volume_fate(change: Mapping[str, Any]) -> str | None:
+    """What a Volume leaving Git (a history change, ``action`` delete) did to its data:
+    "data retained" or "data deleted", from the reclaim policy the change recorded; None
+    for any other change. A Volume leaves Git and loses its data only with reclaimPolicy
+    Delete: "delete Volume/x" alone would tell an auditor the data is gone when it is
+    kept."""
+    if change.get("kind") != "Volume" or change.get("action") != "delete":
+        return None
+    policy = _removed_value(change, "spec.reclaimPolicy")
+    return {"Retain": "data retained", "Delete": "data deleted"}.get(str(policy))
+
+
+def _removed_value(change: Mapping[str, Any], path: str) -> object:
+    """The value ``path`` had before a delete, as history recorded it (None if not kept)."""
+    for field in change.get("diff") or []:
+        if isinstance(field, dict) and field.get("path") == path:
+            return field.get("before")
+    return None

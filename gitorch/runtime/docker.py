@@ -543,6 +543,8 @@ class DockerRuntime:
         self._client: docker.APIClient | None = None
         self._probe_client: docker.APIClient | None = None
         self._facts: tuple[float, dict[str, Any]] | None = None  # (when, docker info)
+        self._checking = threading.Lock()  # node_info: one check at a time
+        self._silent: tuple[float, NodeInfo] | None = None  # a check that timed out, when
         self._oom_killed: set[str] = set()  # exited containers whose oom event was seen
         self._exit_watcher: _ExitWatcher | None = None  # on_exit's reader of the events
         # Containers this runtime saw exit in stop(), until removed: the engine keeps their
@@ -671,7 +673,24 @@ class DockerRuntime:
     def node_info(self) -> NodeInfo:
         """A ping (its round trip is ``rtt_ms``) and the engine's facts (version, NCPU,
         MemTotal; asked again every :data:`FACTS_EVERY` seconds), each bounded by
-        ``probe_timeout``; ready=False with the reason, naming the node, if it fails."""
+        ``probe_timeout``; ready=False with the reason, naming the node, if it fails.
+
+        One check at a time: a caller that comes while one is under way (a status beside
+        a pass) takes its answer. A check that waited out its timeout (a host cut off) is
+        the answer for ``probe_timeout`` seconds after it: the passes and statuses of
+        those seconds do not wait it out again (a refusal, which costs nothing, is not
+        kept)."""
+        with self._checking:
+            silent = self._silent
+            if silent is not None and time.monotonic() - silent[0] < self.probe_timeout:
+                return silent[1]
+            started = time.monotonic()
+            info = self._check_node()
+            waited = time.monotonic() - started >= self.probe_timeout / 2
+            self._silent = (time.monotonic(), info) if not info.ready and waited else None
+            return info
+
+    def _check_node(self) -> NodeInfo:
         try:
             with self._translate():
                 api = self._probe_api()

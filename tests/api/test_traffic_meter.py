@@ -4,7 +4,9 @@ gitorch_lb_* exposition, on backend figures a test sets, folded by the real ledg
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from api_helpers import parse_prometheus
@@ -139,3 +141,46 @@ def test_status_says_when_no_figures_are_stored() -> None:
     assert "traffic (haproxy, as of 2 m ago; 7 requests" in text
     row = next(line.split() for line in text.splitlines() if line.startswith(V1))
     assert row[1:7] == ["-", "100%", "100.0%", "7", "1", "85.7%"]
+
+
+def test_a_read_that_hangs_gives_way_to_the_last_reading() -> None:
+    """A status or a scrape (read with ``wait``) does not wait out a data plane that
+    stopped answering: it gets the last reading, and readers meanwhile join the one read
+    under way instead of starting more."""
+    plane = Plane()
+    plane.serve("id-v1", V1, 2.0)
+    hang = threading.Event()
+    calls: list[str] = []
+
+    def versions(route: str) -> dict[str, VersionFigures]:
+        calls.append(route)
+        if hang.is_set():
+            released.wait(timeout=10)
+        return plane.version_figures(route)
+
+    released = threading.Event()
+    meter = TrafficMeter(versions, lambda: _table({V1: 100}, V1), lambda _: {}, data_plane="fake")
+    first = meter.read(wait=1.0)
+    assert first.routes["web"][0].requests == 1 and calls == ["web"]
+
+    plane.serve("id-v1", V1, 2.0)
+    hang.set()
+    started = time.monotonic()
+    stale = meter.read(wait=0.2)
+    again = meter.read(wait=0.2)
+    assert time.monotonic() - started < 1.0
+    assert stale is first and again is first, "the last reading, while the read hangs"
+    assert calls == ["web", "web"], "the second reader joined the read under way"
+
+    hang.clear()
+    released.set()
+    assert _eventually(lambda: meter.read(wait=1.0).routes["web"][0].requests == 2)
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
