@@ -123,7 +123,8 @@ def test_failed_starts_are_not_restarts_and_go_once_the_slot_runs() -> None:
     # a-2's new template d2 cannot start; its old replica (d1) runs on beside it.
     failing = BackoffRecord("a", 2, 3, 1.0, None, template="d2", reason="start failed: no image")
     service = _service("a")
-    service = replace(service, applied=replace(service.applied, digest="d2"))  # type: ignore[arg-type]
+    assert service.applied is not None
+    service = replace(service, applied=replace(service.applied, digest="d2"))
     doc = service_json(service, {1: ran, 2: failing}, time.time())
     assert [i["restarts"] for i in doc["instances"]] == [0, 0]
     assert doc["restarts"] == 0 and doc["failedStarts"] == 3
