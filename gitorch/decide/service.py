@@ -493,6 +493,21 @@ class _Backoff:
     retry_in: float | None  # seconds until the first blocked slot may be filled
 
 
+def _last_failure(backoff: _Backoff, target: Service) -> str:
+    """The most recent failure of a ``target`` replica in its slots' back-off records
+    (``"api-1: start failed: image ... cannot be pulled"``, ``"api-2: exit code 3"``),
+    or "" when none failed."""
+    failed = [
+        b
+        for slot, b in backoff.states.items()
+        if slot != SERVICE_SLOT and b.template in (None, target.template_digest) and b.reason
+    ]
+    if not failed:
+        return ""
+    last = max(failed, key=lambda b: (b.last_restart_at, b.slot))
+    return f"{target.name}-{last.slot}: {last.reason}"
+
+
 #: The back-off of a service that has none and no dead or completed replica.
 _NO_BACKOFF = _Backoff(MappingProxyType({}), frozenset(), (), (), (), None)
 
@@ -760,6 +775,12 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         surge, unavailable = single_writer_limits(target, desired)
         rin = replace(rin, max_surge=surge, max_unavailable=unavailable)
     decision, progressive = _strategy_step(inp, target, record, rin)
+    if decision.phase is Phase.FAILED and decision.failure is not None:
+        # "no new replica became available" alone leaves the why to the logs: the
+        # rollback's reason (status, history, the audit log) names the last failure.
+        last = _last_failure(backoff, target)
+        if last:
+            decision = replace(decision, failure=f"{decision.failure}; last failure: {last}")
     if held:
         decision = replace(decision, message=f"{decision.message}; {draft.waits[0].reason}")
     decision, drift = _drift(target, record, decision, inp, observed)

@@ -240,7 +240,7 @@ def describe_progress(inp: RolloutInput, census: Census, actions: tuple[Action, 
         line += ", node not answering for " + ", ".join(silent)
     waiting_out = backing_off(inp, census)
     if waiting_out:
-        line += ", in crash back-off: " + ", ".join(replica_name(inp, s) for s in waiting_out)
+        line += ", in back-off: " + ", ".join(replica_name(inp, s) for s in waiting_out)
     doing: list[str] = []
     stopping = {a.replica_id for a in actions if isinstance(a, Stop)}
     for group, word in ((census.old, "old"), (census.excess, "extra"), (census.exited, "exited")):

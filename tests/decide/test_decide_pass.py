@@ -364,7 +364,7 @@ def test_a_slot_in_back_off_after_a_failed_start_holds_the_surge() -> None:
     waiting = decide_pass(pass_input(v2, live, records=records, backoff=backoff))
     assert starts(waiting, "web") == []
     assert waiting.stops() == ()  # no old replica goes for it either
-    assert "in crash back-off: web-1" in waiting.services["web"].record.message
+    assert "in back-off: web-1" in waiting.services["web"].record.message
     # The plan says what they are: web-1 never ran, so it did not restart.
     assert [w.reason for w in waiting.services["web"].waits] == [
         "web-1 in back-off after 1 failed start (last: start failed: no such file: /nonexistent)"
@@ -374,3 +374,50 @@ def test_a_slot_in_back_off_after_a_failed_start_holds_the_surge() -> None:
         pass_input(v2, live, records=records, backoff=MappingProxyType({"web": {1: later}}))
     )
     assert [s.replica for s in starts(retried, "web")] == ["web-1"]
+
+
+def test_a_rollout_past_its_deadline_names_its_last_failure() -> None:
+    """The rollback's reason (status, history, the audit log) says why no new replica
+    became available, not only that none did: the last failure in the back-off."""
+    v1, v2 = desired(_rolling("1")), desired(_rolling("2"))
+    web1, web2 = v1.services["web"], v2.services["web"]
+    rolling = RolloutRecord(
+        service="web",
+        revision=REVISION,
+        spec_digest=web2.template_digest,
+        strategy=web2.strategy.type,
+        phase=RolloutPhase.PROGRESSING,
+        spec=web2.canonical,
+        started_at=NOW - 700,
+        progress_at=NOW - 700,
+        previous_revision=REVISION,
+        previous_digest=web1.template_digest,
+        previous_spec=web1.canonical,
+    )
+    live = live_of(v1, [replica(v1, "web", slot) for slot in (1, 2, 3)])
+    failed = BackoffRecord(
+        "web",
+        1,
+        7,
+        NOW - 20,
+        None,
+        template=web2.template_digest,
+        reason="start failed: image shop/web:9 is not on node n1 and cannot be pulled",
+    )
+    decided = decide_pass(
+        pass_input(
+            v2,
+            live,
+            records=MappingProxyType({"web": rolling}),
+            backoff=MappingProxyType({"web": {1: failed}}),
+        )
+    )
+    record = decided.services["web"].record
+    assert record.phase is RolloutPhase.ROLLED_BACK, record
+    assert record.last_error is not None and record.last_error.startswith(
+        "progress deadline exceeded: no new replica became available for 700s"
+    ), record.last_error
+    assert record.last_error.endswith(
+        "; last failure: web-1: start failed: image shop/web:9 is not on node n1 and cannot "
+        "be pulled"
+    ), record.last_error

@@ -148,7 +148,7 @@ CASES = [
         (),
         (),
         blocked=frozenset({3}),
-        message="in crash back-off: web-3",
+        message="in back-off: web-3",
     ),
     Case(
         "blocked slot skipped, the next one filled",
@@ -170,7 +170,7 @@ CASES = [
         (),
         (),
         blocked=frozenset({1}),
-        message="3 old, in crash back-off: web-1",
+        message="3 old, in back-off: web-1",
     ),
     Case(
         "surge 2, one slot in back-off: one more starts",
