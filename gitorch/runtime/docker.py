@@ -676,10 +676,10 @@ class DockerRuntime:
         ``probe_timeout``; ready=False with the reason, naming the node, if it fails.
 
         One check at a time: a caller that comes while one is under way (a status beside
-        a pass) takes its answer. A check that waited out its timeout (a host cut off) is
-        the answer for ``probe_timeout`` seconds after it: the passes and statuses of
-        those seconds do not wait it out again (a refusal, which costs nothing, is not
-        kept)."""
+        a pass) waits for it. A check that waited out its timeout (a host cut off) is the
+        answer for ``probe_timeout`` seconds after it, to those callers and to the passes
+        and statuses of those seconds, which do not wait it out again (a refusal, which
+        costs nothing, is not kept)."""
         with self._checking:
             silent = self._silent
             if silent is not None and time.monotonic() - silent[0] < self.probe_timeout:

@@ -274,21 +274,19 @@ def test_status_wide_lists_every_replica_in_aligned_columns(local: Cluster) -> N
         assert ADDRESS.match(replica_row[at[4] :].split()[0]), replica_row
 
 
-def test_status_says_which_replicas_crash_loop_and_where_to_read_why(local: Cluster) -> None:
+def _status_with_slot_2_backing_off(local: Cluster, **record: Any) -> list[str]:
+    """Status lines of api rolling out (1/2 updated) with its slot 2 in back-off."""
     api = load_services(api_manifest())["api"]
     with StateStore(local.state) as store:
         record_rollout(store, api, phase=RolloutPhase.PROGRESSING, message="1/2 updated")
         store.record_backoff(
-            BackoffRecord(
-                service="api",
-                slot=2,
-                restarts=4,
-                last_restart_at=time.time(),
-                last_exit_code=2,
-                reason="exit 2",
-            )
+            BackoffRecord(service="api", slot=2, last_restart_at=time.time(), **record)
         )
-    lines = local.run("status", "--runtime", "process").stdout.splitlines()
+    return local.run("status", "--runtime", "process").stdout.splitlines()
+
+
+def test_status_says_which_replicas_crash_loop_and_where_to_read_why(local: Cluster) -> None:
+    lines = _status_with_slot_2_backing_off(local, restarts=4, last_exit_code=2, reason="exit 2")
     assert "api: 1/2 updated" in lines
     assert any(
         re.fullmatch(r"api-2: back-off \d+s left, 4 restart\(s\), last: exit 2", line)
@@ -299,20 +297,12 @@ def test_status_says_which_replicas_crash_loop_and_where_to_read_why(local: Clus
 
 def test_status_says_failed_starts_are_failed_starts(local: Cluster) -> None:
     """A replica that never ran did not restart, and has no logs to read."""
-    api = load_services(api_manifest())["api"]
-    with StateStore(local.state) as store:
-        record_rollout(store, api, phase=RolloutPhase.PROGRESSING, message="1/2 updated")
-        store.record_backoff(
-            BackoffRecord(
-                service="api",
-                slot=2,
-                restarts=3,
-                last_restart_at=time.time(),
-                template=api.template_digest,
-                reason="start failed: no such file: /nonexistent/bin/x",
-            )
-        )
-    lines = local.run("status", "--runtime", "process").stdout.splitlines()
+    lines = _status_with_slot_2_backing_off(
+        local,
+        restarts=3,
+        template=load_services(api_manifest())["api"].template_digest,
+        reason="start failed: no such file: /nonexistent/bin/x",
+    )
     assert any(
         re.fullmatch(
             r"api-2: back-off \d+s left, 3 failed start\(s\), "
