@@ -484,13 +484,18 @@ def test_is_a_runtime(runtime: ProcessRuntime) -> None:
     assert info.ready and info.driver == "process" and info.memory_bytes > 0
 
 
+def reaper_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith("gitorch-reap")}
+
+
 def test_one_reaper_thread_serves_every_replica(runtime: ProcessRuntime, cluster: str) -> None:
     runtime.create(spec(f"{cluster}-warm", "true"), cluster)  # the reaper thread exists now
-    before = threading.active_count()
+    # Counted by name: other tests' threads in this worker may start or end meanwhile.
+    before = reaper_threads()
     quick = [
         runtime.create(spec(f"{cluster}-q{i}", "sh", "-c", f"exit {i}"), cluster) for i in range(20)
     ]
-    assert threading.active_count() == before
+    assert reaper_threads() - before == set()
     for i, instance in enumerate(quick):
         wait_until("exit", functools.partial(exited, runtime, instance.id))
         assert runtime.inspect(instance.id).exit_code == i
