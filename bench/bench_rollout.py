@@ -129,11 +129,13 @@ services:
 
 @dataclass
 class Load:
-    """Threads sending GET / without pause over keep-alive connections, round-robin over
-    ``ports``; every error or non-200 answer is a failed request."""
+    """Threads sending GET / over keep-alive connections, round-robin over ``ports``;
+    every error or non-200 answer is a failed request. Without pause, or paced to ``rate``
+    requests a second in all (a load that leaves the CPU to the engine)."""
 
     ports: list[int]
     threads: int
+    rate: float | None = None
     ok: int = 0
     failed: int = 0
     samples: list[str] = field(default_factory=list)
@@ -149,7 +151,14 @@ class Load:
     def _run(self, offset: int) -> None:
         conns: dict[int, http.client.HTTPConnection] = {}
         n = offset
+        interval = self.threads / self.rate if self.rate else 0.0
+        due = time.monotonic() + interval * offset / self.threads
         while not self._stop.is_set():
+            if interval:
+                # Paced on a schedule, not after each answer: a slow answer is caught up.
+                due += interval
+                if self._stop.wait(max(0.0, due - time.monotonic())):
+                    break
             port = self.ports[n % len(self.ports)]
             n += 1
             conn = conns.get(port) or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -558,18 +567,19 @@ def bench_gitorch(
     threads: int,
     rollouts: int = 1,
     engine: EngineCpu | None = None,
+    rate: float | None = None,
 ) -> list[Rollout]:
     """``rollouts`` rolling updates of one daemon's service (``:1`` -> ``:2`` -> ``:1``...)
     under the client load, each right after the batch floor measured beside the same
     load: pairs in the same conditions, whatever the machine does between them.
-    ``engine``: also account the engine's CPU in each window."""
+    ``engine``: also account the engine's CPU in each window; ``rate``: the load's pace."""
     done: list[Rollout] = []
     with gitorch(root, replicas, remote=False) as run:
         sha, _ = run.commit("1")
         run.start()
         run.wait_converged(sha, "1")
         poll_until(lambda: http_ok(f"http://127.0.0.1:{run.lb_port}/"), "the balancer")
-        with Load([run.lb_port], threads) as load:
+        with Load([run.lb_port], threads, rate) as load:
             time.sleep(2.0)  # steady traffic before the commit
             for number in range(rollouts):
                 tag = "2" if number % 2 == 0 else "1"
@@ -674,7 +684,7 @@ def version_on(port: int) -> str | None:
         conn.close()
 
 
-def bench_compose(root: Path, replicas: int, threads: int) -> Rollout:
+def bench_compose(root: Path, replicas: int, threads: int, rate: float | None = None) -> Rollout:
     project = f"gitorchbench{secrets.token_hex(3)}"
     first = 20000 + secrets.randbelow(20000)
     ports = list(range(first, first + replicas))
@@ -700,7 +710,7 @@ def bench_compose(root: Path, replicas: int, threads: int) -> Rollout:
     try:
         up("1")
         poll_until(lambda: all_on("1"), "compose :1")
-        with Load(ports, threads) as load:
+        with Load(ports, threads, rate) as load:
             time.sleep(2.0)
             started = time.time()
             up("2")
@@ -905,6 +915,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=10)
     parser.add_argument("--threads", type=int, default=8, help="client threads")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="pace the client threads to this many requests a second in all (default: "
+        "without pause, which saturates two cores)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds per trigger latency")
     parser.add_argument(
         "--rollouts",
@@ -954,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.only_gitorch:
             for one in bench_gitorch(
-                scratch / "gitorch", args.replicas, args.threads, args.rollouts, engine
+                scratch / "gitorch", args.replicas, args.threads, args.rollouts, engine, args.rate
             ):
                 print(f"gitorch: {one}")
                 if one.engine is not None:
@@ -965,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
         batches_s = batch_floor(args.replicas, SURGE)
         print(f"batch floor: batches of {SURGE} started and probed back to back: {batches_s:.2f} s")
         rounds = bench_gitorch(
-            scratch / "gitorch", args.replicas, args.threads, args.rollouts, engine
+            scratch / "gitorch", args.replicas, args.threads, args.rollouts, engine, args.rate
         )
         for number, one in enumerate(rounds, 1):
             print(
@@ -983,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not compose_available():
             print("docker-compose: skipped (not installed: apt-get install docker-compose)")
         else:
-            theirs = bench_compose(scratch, args.replicas, args.threads)
+            theirs = bench_compose(scratch, args.replicas, args.threads, args.rate)
             print(
                 f"docker-compose: all ports on :2 after {theirs.seconds:.2f} s, {theirs.failed} "
                 f"failed of {theirs.ok + theirs.failed} requests {theirs.samples}"
@@ -993,9 +1009,10 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()[0]
 
     print()
+    paced = f" paced to {args.rate:g} requests/s" if args.rate else ""
     print(
         f"rolling update of {args.replicas} replicas, {IMAGE}:1 -> :2, {args.threads} keep-alive "
-        f"client threads (load average {load_before:.1f} -> {load_after:.1f})"
+        f"client threads{paced} (load average {load_before:.1f} -> {load_after:.1f})"
     )
     print(f"| {'':<34} | failed requests | requests | time (s) | time / floor |")
     print(f"| {'-' * 34} | ---: | ---: | ---: | ---: |")
