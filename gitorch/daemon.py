@@ -50,6 +50,7 @@ from gitorch.decide.backoff import DEFAULT_CRASH_LOOP
 from gitorch.decide.cluster import changed_services
 from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.guard import mass_prune
+from gitorch.diff import Plan
 from gitorch.errors import GitorchError, ManifestInvalid, StateError
 from gitorch.live import observe
 from gitorch.live.inventory import open_runtimes
@@ -1170,7 +1171,7 @@ class Daemon:
             return False, f"no node named {node}"
         return True, f"node {node} {verb}"
 
-    def plan(self, ref: str | None) -> dict[str, Any]:
+    def plan(self, ref: str | None) -> Plan:
         assert self.source is not None and self.session is not None
         snapshot = self.source.snapshot(ref or self.options.ref, self.options.path)
         policy = self.options.signature_policy
@@ -1180,7 +1181,7 @@ class Daemon:
                 raise CommitNotTrusted(verdict.refusal)
         desired = self.session.secrets.resolve(load_desired(snapshot, self.loader))
         with self._pass_lock:
-            return self.session.reconciler_for(desired).plan(desired).to_json()
+            return self.session.reconciler_for(desired).plan(desired)
 
 
 class StoreBusy(GitorchError):

@@ -10,7 +10,9 @@ Routes (JSON unless noted; errors are ``{"error": "..."}``)::
     GET  /api/v1/status             the `gitorch status --format json` document
     GET  /api/v1/history            [?service=NAME&limit=N] the `gitorch history` list
                                     [&scaling=1] its scaling decisions instead
-    GET  /api/v1/plan               [?ref=REF] the `gitorch plan --format json` document
+    GET  /api/v1/plan               [?ref=REF][&format=json|markdown|text] the plan of
+                                    `gitorch plan --format ...` (headers Gitorch-Plan-Changes,
+                                    Gitorch-Plan-Digest)
     GET  /metrics                   Prometheus text exposition format 0.0.4
     POST /api/v1/webhook            GitHub / Gitea / Forgejo push (HMAC-SHA256 signed)
     POST /api/v1/reconcile          ask for a reconcile now
@@ -23,9 +25,12 @@ With ``--api-token-file`` every route but ``/healthz`` and the webhook needs
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gitorch.api.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gitorch.diff import Plan
 
 
 class DaemonHandle(Protocol):
@@ -53,8 +58,9 @@ class DaemonHandle(Protocol):
         ``gitorch history --scaling --format json`` shape."""
         ...
 
-    def plan(self, ref: str | None) -> dict[str, Any]:
-        """``Plan.to_json()`` of ``ref`` (default: the tracked ref) against the live state.
+    def plan(self, ref: str | None) -> Plan:
+        """The plan of ``ref`` (default: the tracked ref) against the live state: what
+        ``gitorch plan`` shows, rendered by the API as JSON, markdown or text.
 
         May raise a :class:`~gitorch.errors.GitorchError` (unknown ref, invalid manifests):
         the API answers 400/422 with its message.

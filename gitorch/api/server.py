@@ -62,6 +62,15 @@ DEFAULT_HISTORY_LIMIT = 20
 MAX_HISTORY_LIMIT = 1000
 
 JSON_TYPE = "application/json"
+MARKDOWN_TYPE = "text/markdown; charset=utf-8"
+TEXT_TYPE = "text/plain; charset=utf-8"
+
+#: ``GET /api/v1/plan?format=``: as ``gitorch plan --format``.
+PLAN_FORMATS = ("json", "markdown", "text")
+#: ``true`` when applying the plan would change something (``gitorch plan``'s exit 2).
+PLAN_CHANGES_HEADER = "Gitorch-Plan-Changes"
+#: The plan's digest (what ``gitorch apply --expect-plan`` checks).
+PLAN_DIGEST_HEADER = "Gitorch-Plan-Digest"
 
 
 @dataclass(frozen=True)
@@ -360,8 +369,32 @@ class ApiServer:
         return json_response(200, self.handle.history(service, limit))
 
     def _plan(self, request: Request) -> Response:
+        """The plan of ``ref`` as ``gitorch plan --format FORMAT`` prints it (text without
+        colour); whether it changes anything and its digest in headers, whatever the format
+        (``gitorch plan --server`` exits 2 or 0 on the first)."""
         ref = _one(request, "ref") or None
-        return json_response(200, self.handle.plan(ref))
+        form = _one(request, "format") or "json"
+        if form not in PLAN_FORMATS:
+            raise HttpError(400, f"format must be one of {', '.join(PLAN_FORMATS)}, not {form!r}")
+        plan = self.handle.plan(ref)
+        if form == "json":
+            document = plan.to_json()
+            digest = document["digest"]
+        else:
+            digest = plan.digest
+        headers = (
+            (PLAN_CHANGES_HEADER, "true" if plan.has_changes else "false"),
+            (PLAN_DIGEST_HEADER, digest),
+        )
+        if form == "json":
+            return json_response(200, document, *headers)
+        if form == "markdown":
+            from gitorch.diff.render.markdown import render_markdown
+
+            return Response(200, render_markdown(plan).encode(), MARKDOWN_TYPE, headers)
+        from gitorch.diff.render.text import render_plain
+
+        return Response(200, render_plain(plan).encode(), TEXT_TYPE, headers)
 
     def _metrics(self, request: Request) -> Response:
         body = self.handle.metrics.render().encode("utf-8")

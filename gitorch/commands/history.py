@@ -8,10 +8,7 @@ documents, and the text table is rendered from that list, so the two paths canno
 from __future__ import annotations
 
 import argparse
-import json
 import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -32,14 +29,7 @@ from gitorch.commands.common import (
     stderr,
     stdout,
 )
-from gitorch.commands.remote import (
-    add_token_option,
-    auth_error,
-    auth_headers,
-    client_tls,
-    client_token,
-    unreachable,
-)
+from gitorch.commands.remote import add_token_option, client_tls, client_token, fetch_json
 from gitorch.errors import ConfigError, GitorchError
 from gitorch.readmodel.history import read_local, volume_fate
 
@@ -48,9 +38,6 @@ DEFAULT_LIMIT = 50
 
 #: The API caps one page at this many revisions (gitorch.api.server.MAX_HISTORY_LIMIT).
 SERVER_MAX_LIMIT = 1000
-
-#: Seconds to wait for a daemon's answer.
-SERVER_TIMEOUT = 10.0
 
 #: Changes named in the SUMMARY column before "(+N more)".
 SUMMARY_CHANGES = 3
@@ -150,45 +137,6 @@ def read_server(
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise GitorchError(f"the daemon at {server} answered something that is not a history")
     return data
-
-
-def fetch_json(
-    url: str,
-    server: str,
-    timeout: float = SERVER_TIMEOUT,
-    *,
-    token: str | None = None,
-    context: ssl.SSLContext | None = None,
-) -> Any:
-    """GET ``url`` (with ``token`` as a bearer token, over TLS with ``context`` for an
-    https URL) and decode its JSON; every failure is one clear GitorchError."""
-    headers = {"Accept": "application/json", **auth_headers(token)}
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        message = _error_message(exc.read()) or exc.reason
-        refused = auth_error(exc.code, server, message, token)
-        if refused is not None:
-            raise refused from exc
-        raise GitorchError(f"the daemon at {server} answered {exc.code}: {message}") from exc
-    except urllib.error.URLError as exc:
-        raise unreachable(server, exc.reason) from exc
-    except (OSError, TimeoutError) as exc:
-        raise unreachable(server, exc) from exc
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise GitorchError(f"the daemon at {server} did not answer JSON") from exc
-
-
-def _error_message(body: bytes) -> str | None:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return str(data["error"]) if isinstance(data, dict) and "error" in data else None
 
 
 # -- the command -----------------------------------------------------------------------

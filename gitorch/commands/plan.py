@@ -34,6 +34,7 @@ from gitorch.commands.common import (
     verified_snapshot,
     write_pieces,
 )
+from gitorch.commands.remote import add_token_option
 from gitorch.decide import decide_pass
 from gitorch.decide.cluster import pass_input_of
 from gitorch.decide.driver_hint import driver_mismatch
@@ -41,7 +42,7 @@ from gitorch.decide.nodes import lost_nodes
 from gitorch.decide.vertical import with_vertical
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import render_json, render_json_pieces
-from gitorch.errors import ManifestInvalid
+from gitorch.errors import ConfigError, GitorchError, ManifestInvalid
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import (
     NodeTarget,
@@ -64,11 +65,34 @@ from gitorch.traffic.holders import descends_from, own_data_plane, port_holders
 EXIT_NO_CHANGES = 0
 EXIT_CHANGES = 2
 
+#: Seconds to wait for a daemon's plan (a first plan of thousands of services takes a while).
+PLAN_TIMEOUT = 120.0
+
 EXAMPLE = """example:
   gitorch plan --path examples/repo
   gitorch plan --ref feature/new-api --format markdown > plan.md
   gitorch plan --worktree --path examples/repo --format json
+  gitorch plan --server https://deploy.example:7420 --ref feature/new-api --format markdown
 """
+
+#: What a plan made by a daemon (``--server``) takes from the daemon, not the command line:
+#: its repository and folder, secrets, signature policy, nodes and placement settings.
+LOCAL_ONLY = (
+    "repo",
+    "path",
+    "worktree",
+    "verify_commits",
+    "trusted_keys",
+    "allowed_signers",
+    "secrets_dir",
+    "age_key",
+    "state",
+    "runtime_dir",
+    "runtime",
+    "allow_host_path",
+    "scoring",
+    "node_grace",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,7 +126,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="how long a silent node keeps its replicas before the next pass replaces them "
         "(as the daemon's --node-grace: 30s, 1m, 500ms, 1m30s or seconds; default 30s)",
     )
-    parser.set_defaults(run=run)
+    remote = parser.add_argument_group("a running daemon's plan")
+    remote.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="ask a running daemon (its HTTP API) to plan --ref against what it runs: its "
+        "own repository (the ref as of its last fetch), folder, secrets, signature policy "
+        "and nodes; only --ref and --format are sent",
+    )
+    add_token_option(remote)
+    parser.set_defaults(
+        run=run, local_defaults={dest: parser.get_default(dest) for dest in LOCAL_ONLY}
+    )
 
 
 def desired_of(args: argparse.Namespace) -> DesiredState:
@@ -230,6 +266,8 @@ def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.server:
+        return _run_on_server(args)
     one_shot_gc()
     plan = make_plan(args)
     if args.format == "json":
@@ -251,3 +289,60 @@ def run(args: argparse.Namespace) -> int:
         around = escape_codes_around(sys.stdout)
         render_text(plan, stdout() if around is None else DirectOutput(sys.stdout, around, stdout))
     return EXIT_CHANGES if plan.has_changes else EXIT_NO_CHANGES
+
+
+def _run_on_server(args: argparse.Namespace) -> int:
+    """``--server``: the daemon plans (``GET /api/v1/plan``) and renders the format asked
+    for; its headers say whether the plan changes anything (the exit code)."""
+    from urllib.parse import urlencode, urlsplit
+
+    import orjson
+
+    from gitorch.api.server import PLAN_CHANGES_HEADER
+    from gitorch.commands.remote import client_tls, client_token, fetch
+
+    given = [d for d in LOCAL_ONLY if getattr(args, d, None) != args.local_defaults.get(d)]
+    if given:
+        options = ", ".join("--" + dest.replace("_", "-") for dest in given)
+        raise ConfigError(
+            f"{options} cannot be used with --server: the daemon plans with its own "
+            "repository, folder, secrets, signature policy and nodes (only --ref and "
+            "--format are sent)"
+        )
+    server = args.server.rstrip("/")
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"invalid --server URL {args.server!r}: expected http://HOST:PORT")
+    query = {"format": args.format, **({"ref": args.ref} if args.ref else {})}
+    body, headers = fetch(
+        f"{server}/api/v1/plan?{urlencode(query)}",
+        args.server,
+        PLAN_TIMEOUT,
+        token=client_token(args),
+        context=client_tls(args),
+        accept="application/json" if args.format == "json" else "text/plain, text/markdown",
+    )
+    changes = headers.get(PLAN_CHANGES_HEADER)
+    if changes not in ("true", "false"):
+        raise GitorchError(
+            f"the daemon at {args.server} did not say whether its plan changes anything "
+            f"(no {PLAN_CHANGES_HEADER} header: a gitorch older than this command?)"
+        )
+    if args.format == "json":
+        from gitorch.diff.render import json_bytes
+
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise GitorchError(f"the daemon at {args.server} did not answer JSON") from exc
+        text = json_bytes(document)  # as a local plan writes it
+    else:
+        text = body
+    binary = getattr(sys.stdout, "buffer", None)
+    if binary is not None:
+        sys.stdout.flush()
+        binary.write(text)
+        binary.flush()
+    else:  # a text-only stream (a test's capture)
+        sys.stdout.write(text.decode("utf-8"))
+    return EXIT_CHANGES if changes == "true" else EXIT_NO_CHANGES

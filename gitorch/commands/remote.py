@@ -17,9 +17,12 @@ certificate comes from a private CA. The host name is always checked.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from gitorch.errors import ConfigError, GitorchError
 
@@ -28,6 +31,9 @@ TOKEN_ENV = "GITORCH_TOKEN"
 
 #: The environment variable read when no --ca-file is given.
 CA_ENV = "GITORCH_CA_FILE"
+
+#: Seconds to wait for a daemon's answer.
+SERVER_TIMEOUT = 10.0
 
 
 class ApiAuthError(GitorchError):
@@ -122,3 +128,65 @@ def auth_error(code: int, server: str, message: str, token: str | None) -> ApiAu
     if code == 403:
         return ApiAuthError(f"the daemon at {server} refused the request: {message}")
     return None
+
+
+def fetch(
+    url: str,
+    server: str,
+    timeout: float = SERVER_TIMEOUT,
+    *,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
+    accept: str = "application/json",
+) -> tuple[bytes, Mapping[str, str]]:
+    """GET ``url`` (with ``token`` as a bearer token, over TLS with ``context`` for an
+    https URL): the body and the headers. Every failure is one clear GitorchError, with
+    the lines of the daemon's ``detail`` (a manifest's problems, each ``path:line:col``)."""
+    import urllib.error  # ~20 ms of imports, for the commands that ask a daemon alone
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Accept": accept, **auth_headers(token)})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return response.read(), response.headers
+    except urllib.error.HTTPError as exc:
+        message, detail = _error_of(exc.read())
+        refused = auth_error(exc.code, server, message or str(exc.reason), token)
+        if refused is not None:
+            raise refused from exc
+        raise GitorchError(
+            f"the daemon at {server} answered {exc.code}: {message or exc.reason}", detail=detail
+        ) from exc
+    except urllib.error.URLError as exc:
+        raise unreachable(server, exc.reason) from exc
+    except (OSError, TimeoutError) as exc:
+        raise unreachable(server, exc) from exc
+
+
+def fetch_json(
+    url: str,
+    server: str,
+    timeout: float = SERVER_TIMEOUT,
+    *,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
+) -> Any:
+    """:func:`fetch` ``url`` and decode its JSON."""
+    body, _headers = fetch(url, server, timeout, token=token, context=context)
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise GitorchError(f"the daemon at {server} did not answer JSON") from exc
+
+
+def _error_of(body: bytes) -> tuple[str | None, tuple[str, ...]]:
+    """The ``error`` and ``detail`` lines of an API error document."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, ()
+    if not isinstance(data, dict) or "error" not in data:
+        return None, ()
+    detail = data.get("detail")
+    lines = tuple(str(line) for line in detail) if isinstance(detail, list) else ()
+    return str(data["error"]), lines

@@ -81,7 +81,7 @@ def _from_server(
     context: ssl.SSLContext | None = None,
 ) -> dict[str, Any]:
     from gitorch.commands.common import looked_in
-    from gitorch.commands.history import fetch_json
+    from gitorch.commands.remote import fetch_json
 
     data = fetch_json(f"{server.rstrip('/')}/api/v1/status", server, token=token, context=context)
     if not isinstance(data, dict):

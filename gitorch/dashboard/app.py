@@ -193,7 +193,7 @@ class Dashboard:
     def _plan(self, request: Request, viewer: Viewer) -> Response:
         ref = _one(request, "ref")
         try:
-            plan = self.handle.plan(ref)
+            plan = self.handle.plan(ref).to_json()
         except GitorchError as exc:
             return self._html(request, viewer, "Plan", _error_body(exc), status=422, active="/plan")
         body = views.plan_body(plan, self._context(viewer), ref)

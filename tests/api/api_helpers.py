@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gitorch.api.metrics import Metrics
+from gitorch.diff import Plan
+from gitorch.diff.fields import FieldChange
+from gitorch.diff.plan import ObjectChange, PlacementItem
 
 #: The webhook secret the `server` fixture is started with.
 SECRET = b"It's a Secret to Everybody"
@@ -34,6 +37,24 @@ STATUS = {
         }
     ],
 }
+
+#: What the stub's plan answers: web's image changes and its new replica lands on node-a.
+PLAN = Plan(
+    revision=SHA,
+    base_revision=None,
+    path="deploy",
+    changes=(
+        ObjectChange(
+            "Service", "web", "update", (FieldChange("change", "spec.image", "web:1", "web:2"),)
+        ),
+    ),
+    drift=(),
+    placements=(PlacementItem("web", "web-1", "node-a"),),
+    unschedulable=(),
+    order=(("web",),),
+)
+#: The plan of ref "unchanged": nothing to do.
+UNCHANGED_PLAN = Plan(SHA, SHA, "deploy", (), (), (), (), (("web",),), unchanged=("Service/web",))
 
 
 @dataclass
@@ -65,12 +86,12 @@ class StubHandle:
     def scaling(self, service: str | None, limit: int) -> list[dict[str, Any]]:
         return []
 
-    def plan(self, ref: str | None) -> dict[str, Any]:
+    def plan(self, ref: str | None) -> Plan:
         with self._lock:
             self.plan_calls.append(ref)
         if self.plan_error is not None:
             raise self.plan_error
-        return {"revision": SHA, "ref": ref, "changes": [], "summary": {}}
+        return PLAN if ref != "unchanged" else UNCHANGED_PLAN
 
     def trigger(self, reason: str, actor: str | None = None) -> None:
         with self._lock:

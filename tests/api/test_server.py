@@ -11,9 +11,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from api_helpers import STATUS, StubHandle, parse_prometheus, raw_exchange, request
+from api_helpers import PLAN, STATUS, StubHandle, parse_prometheus, raw_exchange, request
 
 from gitorch.api.server import MAX_BODY, ApiServer, parse_listen
+from gitorch.diff.render.markdown import render_markdown
+from gitorch.diff.render.text import render_plain
 from gitorch.errors import ConfigError, Diagnostic, ManifestInvalid, RefNotFound, StateError
 
 
@@ -64,11 +66,32 @@ def test_history_rejects_bad_parameters(server: ApiServer, handle: StubHandle, q
 
 
 def test_plan_passes_ref(server: ApiServer, handle: StubHandle) -> None:
-    assert request(server.address, "GET", "/api/v1/plan").json()["ref"] is None
-    assert (
-        request(server.address, "GET", "/api/v1/plan?ref=feature%2Fx").json()["ref"] == "feature/x"
-    )
+    assert request(server.address, "GET", "/api/v1/plan").json() == PLAN.to_json()
+    assert request(server.address, "GET", "/api/v1/plan?ref=feature%2Fx").status == 200
     assert handle.plan_calls == [None, "feature/x"]
+
+
+def test_plan_in_each_format_says_whether_it_changes_anything(server: ApiServer) -> None:
+    """``gitorch plan --server``: the daemon renders the format asked for, and the headers
+    carry the exit code's answer and the digest in every format."""
+    for form, kind, text in (
+        ("json", "application/json", None),
+        ("markdown", "text/markdown; charset=utf-8", render_markdown(PLAN)),
+        ("text", "text/plain; charset=utf-8", render_plain(PLAN)),
+    ):
+        reply = request(server.address, "GET", f"/api/v1/plan?format={form}")
+        assert reply.status == 200, reply.body
+        assert reply.headers["content-type"] == kind
+        assert reply.headers["gitorch-plan-changes"] == "true"
+        assert reply.headers["gitorch-plan-digest"] == PLAN.digest
+        if text is not None:
+            assert reply.body.decode() == text
+    assert "web:2" in render_plain(PLAN) and "node-a" in render_plain(PLAN)
+    reply = request(server.address, "GET", "/api/v1/plan?ref=unchanged&format=text")
+    assert reply.headers["gitorch-plan-changes"] == "false"
+    reply = request(server.address, "GET", "/api/v1/plan?format=yaml")
+    assert reply.status == 400
+    assert reply.json() == {"error": "format must be one of json, markdown, text, not 'yaml'"}
 
 
 def test_plan_errors_are_json_with_a_status(server: ApiServer, handle: StubHandle) -> None:

@@ -20,6 +20,7 @@ from gitorch.api.server import ApiServer
 from gitorch.apply.autoscaler import SCALED_EVENT
 from gitorch.apply.nodepools import NodePoolScaler
 from gitorch.commands.history import summarize
+from gitorch.diff import Plan
 from gitorch.errors import StateError
 from gitorch.live.model import LiveState
 from gitorch.readmodel.history import history_json, scaling_json
@@ -225,7 +226,7 @@ class StoreHandle:
     def status(self) -> dict[str, Any]:
         raise AssertionError("not used")
 
-    def plan(self, ref: str | None) -> dict[str, Any]:
+    def plan(self, ref: str | None) -> Plan:
         raise AssertionError("not used")
 
     def trigger(self, reason: str) -> None:

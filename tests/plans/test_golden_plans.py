@@ -21,7 +21,7 @@ from gitorch.decide.cluster import pass_input_of
 from gitorch.diff import Plan, compute_plan
 from gitorch.diff.render import json_text, render_json
 from gitorch.diff.render.markdown import render_markdown
-from gitorch.diff.render.text import render_text
+from gitorch.diff.render.text import render_plain, render_text
 
 HERE = Path(__file__).parent
 CASES = sorted(p.name for p in HERE.iterdir() if (p / "manifests").is_dir())
@@ -74,6 +74,8 @@ def test_golden_plan(case: str) -> None:
     assert json.loads(produced["plan.json"])["digest"] == plan.digest
     # Written piece by piece (render_json), it is the plan's JSON written at once.
     assert produced["plan.json"] == json_text(plan.to_json())
+    # The daemon's text for `gitorch plan --server` is the text a pipe gets.
+    assert render_plain(plan) == produced["plan.txt"]
     # Recomputing from the same inputs gives the same plan, byte for byte.
     assert renderings(plan_for(case)) == produced
 

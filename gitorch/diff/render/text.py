@@ -32,6 +32,7 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import Counter, defaultdict
@@ -452,6 +453,20 @@ def _order(out: _Printer, plan: Plan) -> None:
     for number, wave in enumerate(plan.order, 1):
         out(f"  {number}. {', '.join(wave)}")
     out()
+
+
+def render_plain(plan: Plan) -> str:
+    """The text ``render_text`` prints where no colour is written (a pipe, a file):
+    ``gitorch plan --server``'s text, rendered by the daemon."""
+    buffer = io.StringIO()
+
+    def console() -> Console:
+        from rich.console import Console
+
+        return Console(file=buffer, color_system=None, highlight=False, soft_wrap=True)
+
+    render_text(plan, DirectOutput(buffer, lambda style: ("", ""), console))
+    return buffer.getvalue()
 
 
 def render_text(plan: Plan, console: Console | DirectOutput) -> None:

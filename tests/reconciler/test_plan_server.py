@@ -1,0 +1,80 @@
+"""``gitorch plan --server URL``: a running daemon plans a branch against what it runs,
+as the CLI plans it on the daemon's own host (the CLI contract's ``--server``). A pull
+request's check can then run where neither the state store nor the nodes are reachable."""
+
+from __future__ import annotations
+
+from reconciler_helpers import (
+    Cluster,
+    commit,
+    converged,
+    git,
+    gitorch,
+    process_service,
+    wait_for,
+)
+
+
+def test_a_daemon_plans_a_branch_as_the_cli_does(cluster: Cluster) -> None:
+    port = cluster.port
+
+    def manifest(version: str, replicas: int = 2) -> dict[str, str]:
+        return {"api.yaml": process_service("api", port=port, version=version, replicas=replicas)}
+
+    applied = commit(cluster.repo, manifest("1"), "v1")
+    # Two pull requests' branches, never merged: a new version on three replicas, and a typo.
+    git(cluster.repo, "checkout", "-q", "-b", "feature")
+    feature = commit(cluster.repo, manifest("2", replicas=3), "v2 on three replicas")
+    git(cluster.repo, "checkout", "-q", "-b", "broken", "main")
+    valid = manifest("3")["api.yaml"]
+    commit(cluster.repo, {"api.yaml": valid + "  replica: 4\n"}, "a typo")
+    typo_line = valid.count("\n") + 1
+    git(cluster.repo, "checkout", "-q", "main")
+    daemon = cluster.daemon()
+    wait_for("v1 applied", lambda: converged(daemon.service("api"), applied, 2), 60,
+             describe=daemon.log_tail)  # fmt: skip
+    server = ["--server", f"http://127.0.0.1:{daemon.port}"]
+
+    text = gitorch("plan", *server, "--ref", "feature", cwd=cluster.root)
+    assert text.code == 2, text.stderr
+    assert f"gitorch plan: revision {feature[:7]}, applied now: {applied[:7]}" in text.stdout
+    assert '~ spec.env.VERSION: "1" -> "2"' in text.stdout
+    assert "~ spec.replicas: 2 -> 3" in text.stdout
+    node = daemon.service("api")["instances"][0]["node"]  # type: ignore[index]
+    assert f"api-3 -> {node}" in text.stdout, text.stdout  # where the new replica lands
+    assert "\x1b[" not in text.stdout
+
+    # The JSON is the plan the CLI makes on this host (same digest: same next pass).
+    remote = gitorch("plan", *server, "--ref", "feature", "--format", "json", cwd=cluster.root)
+    local = gitorch(
+        "plan", "--repo", str(cluster.repo), "--ref", "feature", *cluster.state_args,
+        "--runtime", "process", "--format", "json", cwd=cluster.root,
+    )  # fmt: skip
+    assert (remote.code, local.code) == (2, 2), (remote.stderr, local.stderr)
+    assert remote.stdout == local.stdout
+    assert remote.json()["revision"] == feature
+
+    markdown = gitorch(
+        "plan", *server, "--ref", "feature", "--format", "markdown", cwd=cluster.root
+    )
+    assert markdown.code == 2, markdown.stderr
+    assert f"### gitorch plan for `{feature[:7]}`" in markdown.stdout
+    assert f"Plan digest: `{remote.json()['digest']}`" in markdown.stdout
+
+    # What runs: nothing to do, exit 0.
+    same = gitorch("plan", *server, "--ref", applied, cwd=cluster.root)
+    assert same.code == 0, same.stdout + same.stderr
+
+    # Errors are one clear line, with every manifest problem as path:line:column.
+    typo = gitorch("plan", *server, "--ref", "broken", cwd=cluster.root)
+    assert typo.code == 1 and typo.stdout == ""
+    assert "answered 422: 1 problem in the manifests" in typo.stderr
+    assert f"api.yaml:{typo_line}:3: spec.replica: unknown field 'replica'" in typo.stderr
+    unknown = gitorch("plan", *server, "--ref", "nope", cwd=cluster.root)
+    assert unknown.code == 1 and "answered 400" in unknown.stderr and "nope" in unknown.stderr
+    assert "Traceback" not in typo.stderr + unknown.stderr
+    local_only = gitorch("plan", *server, "--worktree", "--path", "x", cwd=cluster.root)
+    assert local_only.code == 1
+    assert "--path, --worktree cannot be used with --server" in local_only.stderr
+    # Nothing of it was applied.
+    assert converged(daemon.service("api"), applied, 2)
