@@ -30,6 +30,7 @@ from reconciler_helpers import (
     wait_for,
 )
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -108,7 +109,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def wait_page(browser: webdriver.Chrome, what: str, check: Any, timeout: float = 60) -> None:
-    WebDriverWait(browser, timeout).until(lambda b: check(b), message=what)
+    """Wait until ``check(browser)``. The page updates itself live: an element replaced
+    between a check's find and its read is checked again on the next round, not an error
+    (CI once failed the promote test on ``StaleElementReferenceException``)."""
+    WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda b: check(b), message=what
+    )
 
 
 def test_the_cluster_page_lists_services_and_a_commit_appears_without_reloading(
