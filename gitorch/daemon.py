@@ -51,7 +51,7 @@ from gitorch.decide.cluster import changed_services
 from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.guard import mass_prune
 from gitorch.diff import Plan
-from gitorch.errors import GitorchError, ManifestInvalid, StateError
+from gitorch.errors import GitorchError, ManifestInvalid, RefNotFound, StateError
 from gitorch.live import observe
 from gitorch.live.inventory import open_runtimes
 from gitorch.live.model import LiveReplica, LiveState
@@ -1173,7 +1173,16 @@ class Daemon:
 
     def plan(self, ref: str | None) -> Plan:
         assert self.source is not None and self.session is not None
-        snapshot = self.source.snapshot(ref or self.options.ref, self.options.path)
+        try:
+            snapshot = self.source.snapshot(ref or self.options.ref, self.options.path)
+        except RefNotFound as exc:
+            exc.detail = (
+                *exc.detail,
+                "the daemon plans the refs of its own repository as of its last fetch: a "
+                "branch pushed since is there after its next fetch (--interval, or at once "
+                "on a push webhook)",
+            )
+            raise
         policy = self.options.signature_policy
         if policy is not None:  # the API's plan honours the policy as `gitorch plan` does
             verdict = self.source.verify(snapshot.revision, policy)

@@ -72,6 +72,7 @@ def test_a_daemon_plans_a_branch_as_the_cli_does(cluster: Cluster) -> None:
     assert f"api.yaml:{typo_line}:3: spec.replica: unknown field 'replica'" in typo.stderr
     unknown = gitorch("plan", *server, "--ref", "nope", cwd=cluster.root)
     assert unknown.code == 1 and "answered 400" in unknown.stderr and "nope" in unknown.stderr
+    assert "as of its last fetch" in unknown.stderr
     assert "Traceback" not in typo.stderr + unknown.stderr
     local_only = gitorch("plan", *server, "--worktree", "--path", "x", cwd=cluster.root)
     assert local_only.code == 1
