@@ -62,6 +62,7 @@ from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView, registered_targets
 from gitorch.readmodel.history import history_json, scaling_json
 from gitorch.readmodel.logs import retained_json
+from gitorch.readmodel.nodes import nodes_json
 from gitorch.readmodel.status import ServiceEntries, control_plane_json, status_json
 from gitorch.runtime.base import Runtime
 from gitorch.sources import Source, open_source
@@ -1109,6 +1110,22 @@ class Daemon:
                 "revision": self._commit.sha if self._commit else None,
             }
         return doc
+
+    def nodes(self) -> list[dict[str, Any]]:
+        assert self.session is not None
+        try:
+            reconciler, live = self._view()
+        except StateUnavailable:
+            reconciler, live = None, None
+        if reconciler is not None and live is not None:
+            view = ClusterView(self.session.store, reconciler.targets, reconciler.runtimes, live)
+        else:
+            view = self._read_only_view()
+        try:
+            return nodes_json(view)
+        except StateUnavailable:  # only the cordons are the store's: say what runs
+            view.store = None
+            return nodes_json(view)
 
     def _with_health_kept(self, live: LiveState, reconciler: Reconciler) -> LiveState:
         """``live`` with the health monitor's readiness: the same object again while

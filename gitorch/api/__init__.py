@@ -13,6 +13,7 @@ Routes (JSON unless noted; errors are ``{"error": "..."}``)::
     GET  /api/v1/plan               [?ref=REF][&format=json|markdown|text] the plan of
                                     `gitorch plan --format ...` (headers Gitorch-Plan-Changes,
                                     Gitorch-Plan-Digest)
+    GET  /api/v1/nodes              the `gitorch nodes --format json` document
     GET  /metrics                   Prometheus text exposition format 0.0.4
     POST /api/v1/webhook            GitHub / Gitea / Forgejo push (HMAC-SHA256 signed)
     POST /api/v1/reconcile          ask for a reconcile now
@@ -65,6 +66,10 @@ class DaemonHandle(Protocol):
         May raise a :class:`~gitorch.errors.GitorchError` (unknown ref, invalid manifests):
         the API answers 400/422 with its message.
         """
+        ...
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The rows of ``gitorch nodes --format json``, as the daemon last observed them."""
         ...
 
     def trigger(self, reason: str, actor: str | None = None) -> None:

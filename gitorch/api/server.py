@@ -244,6 +244,7 @@ class ApiServer:
             "/api/v1/status": {"GET": self._status},
             "/api/v1/history": {"GET": self._history},
             "/api/v1/plan": {"GET": self._plan},
+            "/api/v1/nodes": {"GET": self._nodes},
             "/metrics": {"GET": self._metrics},
             "/api/v1/webhook": {"POST": self._webhook},
             "/api/v1/reconcile": {"POST": self._reconcile},
@@ -395,6 +396,9 @@ class ApiServer:
         from gitorch.diff.render.text import render_plain
 
         return Response(200, render_plain(plan).encode(), TEXT_TYPE, headers)
+
+    def _nodes(self, request: Request) -> Response:
+        return json_response(200, {"nodes": self.handle.nodes()})
 
     def _metrics(self, request: Request) -> Response:
         body = self.handle.metrics.render().encode("utf-8")

@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from rich.markup import escape
 from rich.table import Table
@@ -29,8 +29,14 @@ from gitorch.commands.common import (
     stderr,
     stdout,
 )
-from gitorch.commands.remote import add_token_option, client_tls, client_token, fetch_json
-from gitorch.errors import ConfigError, GitorchError
+from gitorch.commands.remote import (
+    add_token_option,
+    client_tls,
+    client_token,
+    fetch_json,
+    server_url,
+)
+from gitorch.errors import GitorchError
 from gitorch.readmodel.history import read_local, volume_fate
 
 #: Revisions shown when --limit is not given.
@@ -124,15 +130,13 @@ def read_server(
 ) -> list[dict[str, Any]]:
     """History from a running daemon's ``GET /api/v1/history`` (``token``: its API token;
     ``scaling``: its scaling decisions instead of its revisions)."""
-    parts = urlsplit(server)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"invalid --server URL {server!r}: expected http://HOST:PORT")
+    base = server_url(server)
     query: dict[str, str | int] = {"limit": min(limit or SERVER_MAX_LIMIT, SERVER_MAX_LIMIT)}
     if service:
         query["service"] = service
     if scaling:
         query["scaling"] = 1
-    url = f"{server.rstrip('/')}/api/v1/history?{urlencode(query)}"
+    url = f"{base}/api/v1/history?{urlencode(query)}"
     data = fetch_json(url, server, token=token, context=context)
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise GitorchError(f"the daemon at {server} answered something that is not a history")

@@ -24,21 +24,20 @@ from gitorch.commands.common import (
     stderr,
     stdout,
 )
+from gitorch.commands.remote import add_token_option, fetch_rows
 from gitorch.live import node_targets, observe
 from gitorch.live.inventory import applied_nodes, cluster_identity, open_runtimes, pool_targets
-from gitorch.live.model import LiveNode
 from gitorch.manifests.quantities import (
-    format_cpu,
-    format_memory,
     human_memory,
     parse_memory,
 )
-from gitorch.readmodel.allocation import allocation
 from gitorch.readmodel.cluster import ClusterView
+from gitorch.readmodel.nodes import nodes_json
 
 EXAMPLE = """example:
   gitorch nodes
   gitorch nodes --format json
+  gitorch nodes --server https://deploy.example:7420
 """
 
 
@@ -53,66 +52,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_state_option(parser)
+    parser.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="ask a running daemon (its HTTP API) instead of reading --state: its nodes as "
+        "it last observed them",
+    )
+    add_token_option(parser)
     add_runtime_option(parser)
     add_secrets_option(parser)
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
 
 
-def nodes_json(view: ClusterView) -> list[dict[str, Any]]:
-    used = allocation(view.live)
-    draining = {r.name for r in view.store.list_nodes() if r.draining} if view.store else set()
-    rows = []
-    for name, node in sorted(view.live.nodes.items()):
-        alloc = used[name]
-        rows.append(
-            {
-                "name": name,
-                "driver": node.driver,
-                "condition": "Ready" if node.ready else "NotReady",
-                "unschedulable": node.unschedulable or name in draining,
-                "draining": name in draining,
-                "message": node.message,
-                "address": node.address,
-                "labels": dict(node.labels),
-                "taints": [{"key": k, "value": v, "effect": e} for k, v, e in node.taints],
-                "capacity": {
-                    "cpu": format_cpu(node.cpu_millis),
-                    "memory": format_memory(node.memory_bytes),
-                },
-                "allocated": {
-                    "cpu": format_cpu(alloc["cpu"]),
-                    "memory": format_memory(alloc["memory"]),
-                },
-                "allocatable": {
-                    "cpu": format_cpu(max(0, node.cpu_millis - alloc["cpu"])),
-                    "memory": format_memory(max(0, node.memory_bytes - alloc["memory"])),
-                },
-                "replicas": alloc["replicas"],
-                "limits": node.limits,
-                "engine": {
-                    "version": node.version or None,
-                    "transport": node.transport or None,
-                    "rttMs": round(node.rtt_ms, 2) if node.rtt_ms is not None else None,
-                },
-                "ingress": _ingress_json(node),
-            }
+def _observed(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows from the state store and the nodes themselves."""
+    location = state_location(args)
+    if not has_state(location):
+        # Still useful: the node apply or daemon would use here. Say so, on stderr.
+        stderr().print(
+            f"note: no gitorch state {escape(looked_in(location, None))}: showing the local "
+            f"node gitorch would use ({escape(ELSEWHERE_STATE)})"
         )
-    return rows
-
-
-def _ingress_json(node: LiveNode) -> dict[str, Any] | None:
-    """A remote host's ingress: its mode and the container seen there (None: the node
-    shares the daemon's host, whose data plane serves it)."""
-    if node.ingress_mode == "never":
-        return None
-    seen = node.ingress
-    return {
-        "mode": node.ingress_mode,
-        "address": node.address,
-        "status": seen.status if seen is not None else None,
-        "image": seen.image if seen is not None else None,
-    }
+    view = open_nodes_view(args)
+    try:
+        return nodes_json(view)
+    finally:
+        view.close()
 
 
 def open_nodes_view(args: argparse.Namespace) -> ClusterView:
@@ -133,18 +100,7 @@ def open_nodes_view(args: argparse.Namespace) -> ClusterView:
 
 
 def run(args: argparse.Namespace) -> int:
-    location = state_location(args)
-    if not has_state(location):
-        # Still useful: the node apply or daemon would use here. Say so, on stderr.
-        stderr().print(
-            f"note: no gitorch state {escape(looked_in(location, None))}: showing the local "
-            f"node gitorch would use ({escape(ELSEWHERE_STATE)})"
-        )
-    view = open_nodes_view(args)
-    try:
-        rows = nodes_json(view)
-    finally:
-        view.close()
+    rows = fetch_rows(args, "/api/v1/nodes", "nodes") if args.server else _observed(args)
     if args.format == "json":
         print_json({"nodes": rows})
         return 0

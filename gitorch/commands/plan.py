@@ -294,12 +294,12 @@ def run(args: argparse.Namespace) -> int:
 def _run_on_server(args: argparse.Namespace) -> int:
     """``--server``: the daemon plans (``GET /api/v1/plan``) and renders the format asked
     for; its headers say whether the plan changes anything (the exit code)."""
-    from urllib.parse import urlencode, urlsplit
+    from urllib.parse import urlencode
 
     import orjson
 
     from gitorch.api.server import PLAN_CHANGES_HEADER
-    from gitorch.commands.remote import client_tls, client_token, fetch
+    from gitorch.commands.remote import client_tls, client_token, fetch, server_url
 
     given = [d for d in LOCAL_ONLY if getattr(args, d, None) != args.local_defaults.get(d)]
     if given:
@@ -309,10 +309,7 @@ def _run_on_server(args: argparse.Namespace) -> int:
             "repository, folder, secrets, signature policy and nodes (only --ref and "
             "--format are sent)"
         )
-    server = args.server.rstrip("/")
-    parts = urlsplit(server)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"invalid --server URL {args.server!r}: expected http://HOST:PORT")
+    server = server_url(args.server)
     query = {"format": args.format, **({"ref": args.ref} if args.ref else {})}
     body, headers = fetch(
         f"{server}/api/v1/plan?{urlencode(query)}",

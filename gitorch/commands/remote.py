@@ -130,6 +130,16 @@ def auth_error(code: int, server: str, message: str, token: str | None) -> ApiAu
     return None
 
 
+def server_url(server: str) -> str:
+    """``--server`` checked (``http(s)://HOST[:PORT]``), without a trailing slash."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"invalid --server URL {server!r}: expected http://HOST:PORT")
+    return server.rstrip("/")
+
+
 def fetch(
     url: str,
     server: str,
@@ -190,3 +200,18 @@ def _error_of(body: bytes) -> tuple[str | None, tuple[str, ...]]:
     detail = data.get("detail")
     lines = tuple(str(line) for line in detail) if isinstance(detail, list) else ()
     return str(data["error"]), lines
+
+
+def fetch_rows(args: argparse.Namespace, path: str, key: str) -> list[dict[str, Any]]:
+    """The list under ``key`` of the JSON document at ``path`` of the daemon ``--server``
+    names (with ``--token-file`` and ``--ca-file``)."""
+    data = fetch_json(
+        f"{server_url(args.server)}{path}",
+        args.server,
+        token=client_token(args),
+        context=client_tls(args),
+    )
+    rows = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise GitorchError(f"the daemon at {args.server} answered {path} without its {key}")
+    return rows

@@ -8,6 +8,7 @@ since the data is gone and its users would start on nothing.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
@@ -22,7 +23,8 @@ from gitorch.commands.common import (
     stdout,
 )
 from gitorch.commands.nodes import open_nodes_view
-from gitorch.errors import GitorchError
+from gitorch.commands.remote import add_token_option, fetch_rows
+from gitorch.errors import ConfigError, GitorchError
 from gitorch.readmodel.volumes import SIZE_NOTE, volumes_json
 from gitorch.state import StateStore
 
@@ -30,6 +32,7 @@ EXAMPLE = """example:
   gitorch volumes
   gitorch volumes --format json
   gitorch volumes --reset pgdata      # a missing volume: make it anew, empty
+  gitorch volumes --server https://deploy.example:7420
 """
 
 _PHASE_STYLE = {
@@ -58,9 +61,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="forget a missing volume, so the next pass makes it anew (empty)",
     )
     add_state_option(parser)
+    parser.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="ask a running daemon (its HTTP API) instead of reading --state: its volumes as "
+        "it last observed them (not with --reset)",
+    )
+    add_token_option(parser)
     add_runtime_option(parser)
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
+
+
+def _observed(args: argparse.Namespace) -> list[dict[str, Any]]:
+    view = open_nodes_view(args)
+    try:
+        return volumes_json(view.live)
+    finally:
+        view.close()
 
 
 def _reset(args: argparse.Namespace) -> int:
@@ -89,12 +108,13 @@ def _reset(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.reset:
+        if args.server:
+            raise ConfigError(
+                "--reset cannot be used with --server: run it where the state is (--state)"
+            )
         return _reset(args)
-    view = open_nodes_view(args)
-    try:
-        rows = volumes_json(view.live)
-    finally:
-        view.close()
+    # A daemon's status document holds these rows (``volumes``).
+    rows = fetch_rows(args, "/api/v1/status", "volumes") if args.server else _observed(args)
     if args.name:
         rows = [r for r in rows if r["name"] == args.name]
         if not rows:

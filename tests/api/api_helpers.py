@@ -93,6 +93,9 @@ class StubHandle:
             raise self.plan_error
         return PLAN if ref != "unchanged" else UNCHANGED_PLAN
 
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"name": "node-a", "condition": "Ready"}]
+
     def trigger(self, reason: str, actor: str | None = None) -> None:
         with self._lock:
             self.triggers.append(reason)

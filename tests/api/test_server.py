@@ -71,6 +71,15 @@ def test_plan_passes_ref(server: ApiServer, handle: StubHandle) -> None:
     assert handle.plan_calls == [None, "feature/x"]
 
 
+def test_nodes_are_the_handles_rows(server: ApiServer) -> None:
+    reply = request(server.address, "GET", "/api/v1/nodes")
+    assert (reply.status, reply.json()) == (
+        200,
+        {"nodes": [{"name": "node-a", "condition": "Ready"}]},
+    )
+    assert request(server.address, "POST", "/api/v1/nodes").status == 405
+
+
 def test_plan_in_each_format_says_whether_it_changes_anything(server: ApiServer) -> None:
     """``gitorch plan --server``: the daemon renders the format asked for, and the headers
     carry the exit code's answer and the digest in every format."""

@@ -1,6 +1,7 @@
-"""``gitorch plan --server URL``: a running daemon plans a branch against what it runs,
-as the CLI plans it on the daemon's own host (the CLI contract's ``--server``). A pull
-request's check can then run where neither the state store nor the nodes are reachable."""
+"""The CLI contract's ``--server URL`` ("instead of --state: ask a running daemon") for
+``plan``, ``nodes`` and ``volumes``: what the daemon answers is what the command shows on
+the daemon's own host. A pull request's check, or an operator's laptop, then needs
+neither the state store nor the nodes."""
 
 from __future__ import annotations
 
@@ -79,3 +80,43 @@ def test_a_daemon_plans_a_branch_as_the_cli_does(cluster: Cluster) -> None:
     assert "--path, --worktree cannot be used with --server" in local_only.stderr
     # Nothing of it was applied.
     assert converged(daemon.service("api"), applied, 2)
+
+
+VOLUME = """\
+apiVersion: gitorch.dev/v1
+kind: Volume
+metadata: {name: data}
+spec: {size: 64Mi, accessMode: ReadWriteOnce, reclaimPolicy: Retain}
+"""
+
+
+def test_nodes_and_volumes_from_a_daemon_are_what_its_host_shows(cluster: Cluster) -> None:
+    applied = commit(
+        cluster.repo,
+        {"api.yaml": process_service("api", port=cluster.port, replicas=2), "data.yaml": VOLUME},
+        "v1 and a volume",
+    )
+    daemon = cluster.daemon()
+    wait_for("v1 applied", lambda: converged(daemon.service("api"), applied, 2), 60,
+             describe=daemon.log_tail)  # fmt: skip
+    server = ["--server", f"http://127.0.0.1:{daemon.port}"]
+    local = [*cluster.state_args, "--runtime", "process"]
+
+    for command in ("nodes", "volumes"):
+        remote = gitorch(command, *server, "--format", "json", cwd=cluster.root)
+        here = gitorch(command, *local, "--format", "json", cwd=cluster.root)
+        assert (remote.code, here.code) == (0, 0), (remote.stderr, here.stderr)
+        assert remote.json() == here.json(), command
+        text = gitorch(command, *server, cwd=cluster.root)
+        assert text.code == 0, text.stderr
+        assert text.stdout == gitorch(command, *local, cwd=cluster.root).stdout
+    [node] = gitorch("nodes", *server, "--format", "json", cwd=cluster.root).json()["nodes"]
+    assert node["replicas"] == 2 and node["condition"] == "Ready"
+    [volume] = gitorch("volumes", *server, "--format", "json", cwd=cluster.root).json()["volumes"]
+    assert volume["name"] == "data"
+
+    refused = gitorch("volumes", *server, "--reset", "data", cwd=cluster.root)
+    assert refused.code == 1 and "--reset cannot be used with --server" in refused.stderr
+    gone = gitorch("nodes", "--server", "http://127.0.0.1:9", cwd=cluster.root)
+    assert gone.code == 1
+    assert gone.stderr.startswith("error: cannot reach the gitorch daemon at http://127.0.0.1:9")
