@@ -68,6 +68,7 @@ from gitorch.runtime.base import Runtime
 from gitorch.sources import Source, open_source
 from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
 from gitorch.state import RecordNotFound, StateStore
+from gitorch.state.audit_chain import ChainEntry
 from gitorch.state.errors import NotLeader, StateUnavailable
 from gitorch.state.layout import DAEMON_FILE
 from gitorch.state.requests import request_action
@@ -1111,6 +1112,19 @@ class Daemon:
             }
         return doc
 
+    def audit_events(
+        self, service: str | None, kind: str | None, since: float | None, limit: int | None
+    ) -> list[dict[str, Any]]:
+        assert self.session is not None
+        events = self.session.store.list_events(
+            service=service, kind=kind, since=since, limit=limit, newest_first=True
+        )
+        return [event.to_json() for event in events]
+
+    def audit_chain(self) -> tuple[list[ChainEntry], int | None]:
+        assert self.session is not None
+        return self.session.store.audit_chain()
+
     def nodes(self) -> list[dict[str, Any]]:
         assert self.session is not None
         try:
@@ -1148,9 +1162,7 @@ class Daemon:
         return scaling_json(self.session.store, service, limit)
 
     def audit(self, service: str | None, limit: int) -> list[dict[str, Any]]:
-        assert self.session is not None
-        events = self.session.store.list_events(service=service, limit=limit, newest_first=True)
-        return [event.to_json() for event in events]
+        return self.audit_events(service, None, None, limit)
 
     def dead_replicas(self, service: str, lines: int) -> list[dict[str, Any]]:
         session = self.session

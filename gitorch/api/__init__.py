@@ -14,6 +14,8 @@ Routes (JSON unless noted; errors are ``{"error": "..."}``)::
                                     `gitorch plan --format ...` (headers Gitorch-Plan-Changes,
                                     Gitorch-Plan-Digest)
     GET  /api/v1/nodes              the `gitorch nodes --format json` document
+    GET  /api/v1/audit              [?service=&kind=&since=&limit=] audit entries
+    GET  /api/v1/audit/chain        the hash chain, for `gitorch audit --verify --server`
     GET  /metrics                   Prometheus text exposition format 0.0.4
     POST /api/v1/webhook            GitHub / Gitea / Forgejo push (HMAC-SHA256 signed)
     POST /api/v1/reconcile          ask for a reconcile now
@@ -32,6 +34,7 @@ from gitorch.api.metrics import Metrics
 
 if TYPE_CHECKING:
     from gitorch.diff import Plan
+    from gitorch.state.audit_chain import ChainEntry
 
 
 class DaemonHandle(Protocol):
@@ -66,6 +69,18 @@ class DaemonHandle(Protocol):
         May raise a :class:`~gitorch.errors.GitorchError` (unknown ref, invalid manifests):
         the API answers 400/422 with its message.
         """
+        ...
+
+    def audit_events(
+        self, service: str | None, kind: str | None, since: float | None, limit: int | None
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit entries (None: all) of ``service`` and ``kind`` from
+        ``since`` on, newest first, each as ``AuditEvent.to_json()``."""
+        ...
+
+    def audit_chain(self) -> tuple[list[ChainEntry], int | None]:
+        """Every audit entry as the hash chain reads it, and the highest id handed out
+        (``StateStore.audit_chain``)."""
         ...
 
     def nodes(self) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -44,6 +45,7 @@ from gitorch.errors import (
     RefNotFound,
     SourceError,
 )
+from gitorch.state.audit_chain import chain_entry_json
 
 log = logging.getLogger("gitorch.api")
 
@@ -56,6 +58,9 @@ _DRAIN_LIMIT = 8 * MAX_BODY
 
 #: Seconds a client may take to send its request (slow clients hold a thread).
 REQUEST_TIMEOUT = 10.0
+
+#: Default ``limit`` of ``GET /api/v1/audit`` (``gitorch audit``'s).
+DEFAULT_AUDIT_LIMIT = 100
 
 #: Default and largest ``limit`` of ``GET /api/v1/history``.
 DEFAULT_HISTORY_LIMIT = 20
@@ -245,6 +250,8 @@ class ApiServer:
             "/api/v1/history": {"GET": self._history},
             "/api/v1/plan": {"GET": self._plan},
             "/api/v1/nodes": {"GET": self._nodes},
+            "/api/v1/audit": {"GET": self._audit},
+            "/api/v1/audit/chain": {"GET": self._audit_chain},
             "/metrics": {"GET": self._metrics},
             "/api/v1/webhook": {"POST": self._webhook},
             "/api/v1/reconcile": {"POST": self._reconcile},
@@ -399,6 +406,35 @@ class ApiServer:
 
     def _nodes(self, request: Request) -> Response:
         return json_response(200, {"nodes": self.handle.nodes()})
+
+    def _audit(self, request: Request) -> Response:
+        """The newest ``limit`` entries (0: all), newest first, as ``gitorch audit
+        --format json`` writes each; ``since`` in seconds of the Unix epoch."""
+        limit_text = _one(request, "limit") or str(DEFAULT_AUDIT_LIMIT)
+        if not limit_text.isdigit():
+            raise HttpError(400, "limit must be an integer, 0 for all")
+        since_text = _one(request, "since")
+        try:
+            since = float(since_text) if since_text is not None else None
+        except ValueError:
+            raise HttpError(400, "since must be seconds of the Unix epoch") from None
+        if since is not None and not math.isfinite(since):
+            raise HttpError(400, "since must be seconds of the Unix epoch")
+        events = self.handle.audit_events(
+            _one(request, "service") or None,
+            _one(request, "kind") or None,
+            since,
+            int(limit_text) or None,
+        )
+        return json_response(200, events)
+
+    def _audit_chain(self, request: Request) -> Response:
+        """Every entry as the hash chain reads it, for ``gitorch audit --verify
+        --server`` to check on its side."""
+        entries, highest = self.handle.audit_chain()
+        return json_response(
+            200, {"entries": [chain_entry_json(e) for e in entries], "highestId": highest}
+        )
 
     def _metrics(self, request: Request) -> Response:
         body = self.handle.metrics.render().encode("utf-8")

@@ -18,6 +18,7 @@ import re
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from rich.markup import escape
 from rich.table import Table
@@ -31,9 +32,16 @@ from gitorch.commands.common import (
     stderr,
     stdout,
 )
-from gitorch.errors import ConfigError
+from gitorch.commands.remote import (
+    add_token_option,
+    client_tls,
+    client_token,
+    fetch_json,
+    server_url,
+)
+from gitorch.errors import ConfigError, GitorchError
 from gitorch.state import StateStore
-from gitorch.state.audit_chain import Verdict, verify
+from gitorch.state.audit_chain import ChainEntry, Verdict, chain_entry_of, verify
 
 EXAMPLE = """example:
   gitorch audit --since 1h
@@ -41,10 +49,14 @@ EXAMPLE = """example:
   gitorch audit --verify
   gitorch audit --head                       # record ID:HASH somewhere else
   gitorch audit --verify --expect 812:9f86d081884c...
+  gitorch audit --server https://deploy.example:7420 --verify
 """
 
 #: Entries shown when --limit is not given (the newest; shown oldest first).
 DEFAULT_LIMIT = 100
+
+#: Seconds to wait for a daemon's whole chain (a long log is megabytes).
+CHAIN_TIMEOUT = 60.0
 
 _EXPECT = re.compile(r"^(\d+):([0-9a-f]{64})$")
 
@@ -95,6 +107,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --verify: an entry recorded earlier by --head that must still be there, "
         "unchanged (repeatable)",
     )
+    parser.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="ask a running daemon (its HTTP API) instead of reading --state; --verify "
+        "checks the chain it sends here, on this side",
+    )
+    add_token_option(parser)
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
 
@@ -125,23 +145,15 @@ def run(args: argparse.Namespace) -> int:
     if args.expect and not args.verify:
         raise ConfigError("--expect goes with --verify")
     expected = _expected(args.expect)
-    location = state_location(args)
-    require_state(location)
-    with StateStore(location, readonly=True) as store:
-        if args.verify or args.head:
-            entries, highest = store.audit_chain()
-            verdict = verify(entries, highest_id=highest, expected=expected)
-            return _head(verdict, args.format) if args.head else _verdict(verdict, args.format)
-        events = store.list_events(
-            service=args.service,
-            kind=args.kind,
-            since=args.since,
-            limit=args.limit if args.limit > 0 else None,
-            newest_first=True,
-        )
+    if args.verify or args.head:
+        entries, highest = _chain_from_server(args) if args.server else _chain_here(args)
+        verdict = verify(entries, highest_id=highest, expected=expected)
+        return _head(verdict, args.format) if args.head else _verdict(verdict, args.format)
+    # Newest first, as both sources give them; shown oldest first.
+    events = _events_from_server(args) if args.server else _events_here(args)
     events.reverse()
     if args.format == "json":
-        print_json([e.to_json() for e in events])
+        print_json(events)
         return 0
     if not events:
         stdout().print("no audit entries" + (" match" if _filtered(args) else " yet"))
@@ -150,16 +162,80 @@ def run(args: argparse.Namespace) -> int:
     for column in ("#", "AT (UTC)", "ACTOR", "KIND", "SERVICE", "MESSAGE"):
         table.add_column(column, no_wrap=column != "MESSAGE")
     for event in events:
+        at = datetime.fromisoformat(str(event["at"])).astimezone(UTC)
         table.add_row(
-            str(event.id),
-            datetime.fromtimestamp(event.at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            escape(event.actor or "-"),
-            escape(event.kind),
-            escape(event.service or "-"),
-            escape(event.message),
+            str(event["id"]),
+            at.strftime("%Y-%m-%d %H:%M:%S"),
+            escape(str(event.get("actor") or "-")),
+            escape(str(event["kind"])),
+            escape(str(event.get("service") or "-")),
+            escape(str(event["message"])),
         )
     stdout().print(table)
     return 0
+
+
+def _events_here(args: argparse.Namespace) -> list[dict[str, Any]]:
+    location = state_location(args)
+    require_state(location)
+    with StateStore(location, readonly=True) as store:
+        events = store.list_events(
+            service=args.service,
+            kind=args.kind,
+            since=args.since,
+            limit=args.limit if args.limit > 0 else None,
+            newest_first=True,
+        )
+    return [event.to_json() for event in events]
+
+
+def _chain_here(args: argparse.Namespace) -> tuple[list[ChainEntry], int | None]:
+    location = state_location(args)
+    require_state(location)
+    with StateStore(location, readonly=True) as store:
+        return store.audit_chain()
+
+
+def _events_from_server(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``GET /api/v1/audit`` with the filters, newest first."""
+    query: dict[str, str | int] = {"limit": max(args.limit, 0)}
+    for name in ("service", "kind"):
+        if getattr(args, name):
+            query[name] = getattr(args, name)
+    if args.since is not None:
+        query["since"] = repr(args.since)
+    data = fetch_json(
+        f"{server_url(args.server)}/api/v1/audit?{urlencode(query)}",
+        args.server,
+        token=client_token(args),
+        context=client_tls(args),
+    )
+    if not isinstance(data, list) or not all(isinstance(e, dict) and "at" in e for e in data):
+        raise GitorchError(
+            f"the daemon at {args.server} answered something that is not an audit log"
+        )
+    return data
+
+
+def _chain_from_server(args: argparse.Namespace) -> tuple[list[ChainEntry], int | None]:
+    """The daemon's whole chain (``GET /api/v1/audit/chain``), to verify here."""
+    data = fetch_json(
+        f"{server_url(args.server)}/api/v1/audit/chain",
+        args.server,
+        CHAIN_TIMEOUT,
+        token=client_token(args),
+        context=client_tls(args),
+    )
+    try:
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+            raise ValueError("no entries")
+        highest = data.get("highestId")
+        entries = [chain_entry_of(doc) for doc in data["entries"]]
+        return entries, None if highest is None else int(highest)
+    except (TypeError, ValueError) as exc:
+        raise GitorchError(
+            f"the daemon at {args.server} answered something that is not an audit chain: {exc}"
+        ) from None
 
 
 def _filtered(args: argparse.Namespace) -> bool:

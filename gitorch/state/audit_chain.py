@@ -51,6 +51,47 @@ class ChainEntry:
     hash: str | None = None
 
 
+def chain_entry_json(entry: ChainEntry) -> dict[str, Any]:
+    """``entry`` as JSON, every field as stored (``at`` a number: the hash covers it),
+    for a chain verified elsewhere (``GET /api/v1/audit/chain``)."""
+    return {
+        "id": entry.id,
+        "at": entry.at,
+        "kind": entry.kind,
+        "message": entry.message,
+        "actor": entry.actor,
+        "service": entry.service,
+        "revision": entry.revision,
+        "data": dict(entry.data),
+        "prevHash": entry.prev_hash,
+        "hash": entry.hash,
+    }
+
+
+def chain_entry_of(doc: Mapping[str, Any]) -> ChainEntry:
+    """The entry :func:`chain_entry_json` wrote. Raises ValueError for anything else."""
+    try:
+        entry = ChainEntry(
+            id=int(doc["id"]),
+            at=float(doc["at"]),
+            kind=str(doc["kind"]),
+            message=str(doc["message"]),
+            actor=str(doc.get("actor") or ""),
+            service=_text_or_none(doc.get("service")),
+            revision=_text_or_none(doc.get("revision")),
+            data=dict(doc.get("data") or {}),
+            prev_hash=_text_or_none(doc.get("prevHash")),
+            hash=_text_or_none(doc.get("hash")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not an audit chain entry: {exc}") from None
+    return entry
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def canonical(entry: ChainEntry) -> bytes:
     """The bytes hashed for ``entry`` (its id is not among them: an entry's place is
     given by its link to the previous one)."""

@@ -18,6 +18,7 @@ from gitorch.api.metrics import Metrics
 from gitorch.diff import Plan
 from gitorch.diff.fields import FieldChange
 from gitorch.diff.plan import ObjectChange, PlacementItem
+from gitorch.state.audit_chain import ChainEntry
 
 #: The webhook secret the `server` fixture is started with.
 SECRET = b"It's a Secret to Everybody"
@@ -53,6 +54,10 @@ PLAN = Plan(
     unschedulable=(),
     order=(("web",),),
 )
+#: The audit chain's one entry.
+CHAIN_ENTRY = ChainEntry(
+    1, 1764000000.125, "revision.started", "v1", "gitorch", None, SHA, {"n": 1}, "0" * 64, "f" * 64
+)
 #: The plan of ref "unchanged": nothing to do.
 UNCHANGED_PLAN = Plan(SHA, SHA, "deploy", (), (), (), (), (("web",),), unchanged=("Service/web",))
 
@@ -69,6 +74,9 @@ class StubHandle:
     triggers: list[str] = field(default_factory=list)
     history_calls: list[tuple[str | None, int]] = field(default_factory=list)
     plan_calls: list[str | None] = field(default_factory=list)
+    audit_calls: list[tuple[str | None, str | None, float | None, int | None]] = field(
+        default_factory=list
+    )
     actions: list[tuple[str, str]] = field(default_factory=list)
     actors: list[str | None] = field(default_factory=list)  # of triggers and actions, in order
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -92,6 +100,16 @@ class StubHandle:
         if self.plan_error is not None:
             raise self.plan_error
         return PLAN if ref != "unchanged" else UNCHANGED_PLAN
+
+    def audit_events(
+        self, service: str | None, kind: str | None, since: float | None, limit: int | None
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            self.audit_calls.append((service, kind, since, limit))
+        return [{"id": 1, "kind": "revision.started"}]
+
+    def audit_chain(self) -> tuple[list[ChainEntry], int | None]:
+        return [CHAIN_ENTRY], 1
 
     def nodes(self) -> list[dict[str, Any]]:
         return [{"name": "node-a", "condition": "Ready"}]

@@ -11,12 +11,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from api_helpers import PLAN, STATUS, StubHandle, parse_prometheus, raw_exchange, request
+from api_helpers import (
+    CHAIN_ENTRY,
+    PLAN,
+    STATUS,
+    StubHandle,
+    parse_prometheus,
+    raw_exchange,
+    request,
+)
 
 from gitorch.api.server import MAX_BODY, ApiServer, parse_listen
 from gitorch.diff.render.markdown import render_markdown
 from gitorch.diff.render.text import render_plain
 from gitorch.errors import ConfigError, Diagnostic, ManifestInvalid, RefNotFound, StateError
+from gitorch.state.audit_chain import chain_entry_of
 
 
 def test_healthz_ok_and_unhealthy(server: ApiServer, handle: StubHandle) -> None:
@@ -78,6 +87,26 @@ def test_nodes_are_the_handles_rows(server: ApiServer) -> None:
         {"nodes": [{"name": "node-a", "condition": "Ready"}]},
     )
     assert request(server.address, "POST", "/api/v1/nodes").status == 405
+
+
+def test_audit_passes_its_filters_and_the_chain_reads_back(
+    server: ApiServer, handle: StubHandle
+) -> None:
+    assert request(server.address, "GET", "/api/v1/audit").json() == [
+        {"id": 1, "kind": "revision.started"}
+    ]
+    query = "service=web&kind=rollout.abort&since=1764000000.5&limit=0"
+    assert request(server.address, "GET", f"/api/v1/audit?{query}").status == 200
+    assert handle.audit_calls == [
+        (None, None, None, 100),
+        ("web", "rollout.abort", 1764000000.5, None),
+    ]
+    for bad in ("limit=-1", "limit=x", "since=soon", "since=nan"):
+        reply = request(server.address, "GET", f"/api/v1/audit?{bad}")
+        assert reply.status == 400, bad
+    chain = request(server.address, "GET", "/api/v1/audit/chain").json()
+    assert chain["highestId"] == 1
+    assert [chain_entry_of(doc) for doc in chain["entries"]] == [CHAIN_ENTRY]
 
 
 def test_plan_in_each_format_says_whether_it_changes_anything(server: ApiServer) -> None:

@@ -1,10 +1,11 @@
 """The CLI contract's ``--server URL`` ("instead of --state: ask a running daemon") for
-``plan``, ``nodes`` and ``volumes``: what the daemon answers is what the command shows on
+``plan``, ``nodes``, ``volumes`` and ``audit``: what the daemon answers is what the command shows on
 the daemon's own host. A pull request's check, or an operator's laptop, then needs
 neither the state store nor the nodes."""
 
 from __future__ import annotations
 
+from audit_tamper_helpers import tamper_for
 from reconciler_helpers import (
     Cluster,
     commit,
@@ -120,3 +121,42 @@ def test_nodes_and_volumes_from_a_daemon_are_what_its_host_shows(cluster: Cluste
     gone = gitorch("nodes", "--server", "http://127.0.0.1:9", cwd=cluster.root)
     assert gone.code == 1
     assert gone.stderr.startswith("error: cannot reach the gitorch daemon at http://127.0.0.1:9")
+
+
+def test_the_audit_log_from_a_daemon_and_its_chain_verified_here(cluster: Cluster) -> None:
+    """An auditor without the store: the entries and their filters as on the daemon's
+    host, and ``--verify`` checking the chain the daemon sends, on the auditor's side (an
+    edit of the store is named; the head kept earlier is checked with ``--expect``)."""
+    first = commit(
+        cluster.repo, {"api.yaml": process_service("api", port=cluster.port, replicas=1)}, "v1"
+    )
+    daemon = cluster.daemon()
+    wait_for("v1 applied", lambda: converged(daemon.service("api"), first, 1), 60,
+             describe=daemon.log_tail)  # fmt: skip
+    server = ["--server", f"http://127.0.0.1:{daemon.port}"]
+
+    for query in ([], ["--service", "api"], ["--kind", "revision.started"], ["--since", "1h"],
+                  ["--limit", "2"], ["--limit", "0"]):  # fmt: skip
+        remote = gitorch("audit", *server, *query, "--format", "json", cwd=cluster.root)
+        here = gitorch("audit", *cluster.state_args, *query, "--format", "json", cwd=cluster.root)
+        assert (remote.code, here.code) == (0, 0), (query, remote.stderr, here.stderr)
+        assert remote.json() == here.json(), query
+    entries = gitorch("audit", *server, "--format", "json", cwd=cluster.root).json()
+    assert any(e["kind"] == "revision.started" and e["revision"] == first for e in entries)
+    table = gitorch("audit", *server, cwd=cluster.root)
+    assert table.code == 0 and "revision.started" in table.stdout
+
+    head = gitorch("audit", *server, "--head", cwd=cluster.root)
+    assert head.code == 0, head.stderr
+    assert head.stdout == gitorch("audit", *cluster.state_args, "--head", cwd=cluster.root).stdout
+    intact = gitorch(
+        "audit", *server, "--verify", "--expect", head.stdout.strip(), cwd=cluster.root
+    )
+    assert intact.code == 0 and "audit log intact" in intact.stdout, intact.stdout + intact.stderr
+
+    # Someone with write access to the store rewrites who did the first entry.
+    tamper_for(cluster.store_location).edit(1, actor="user:nobody@nowhere")
+    tampered = gitorch("audit", *server, "--verify", "--format", "json", cwd=cluster.root)
+    assert tampered.code == 1, tampered.stderr
+    verdict = tampered.json()
+    assert verdict["intact"] is False and any(p["entry"] == 1 for p in verdict["problems"])
