@@ -51,7 +51,7 @@ from gitorch.decide.cluster import changed_services
 from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.guard import mass_prune
 from gitorch.diff import Plan
-from gitorch.errors import GitorchError, ManifestInvalid, RefNotFound, StateError
+from gitorch.errors import GitorchError, ManifestInvalid, NothingToShow, RefNotFound, StateError
 from gitorch.live import observe
 from gitorch.live.inventory import open_runtimes
 from gitorch.live.model import LiveReplica, LiveState
@@ -61,7 +61,7 @@ from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView, registered_targets
 from gitorch.readmodel.history import history_json, scaling_json
-from gitorch.readmodel.logs import retained_json
+from gitorch.readmodel.logs import live_logs, retained, retained_json
 from gitorch.readmodel.nodes import nodes_json
 from gitorch.readmodel.status import ServiceEntries, control_plane_json, status_json
 from gitorch.runtime.base import Runtime
@@ -1125,16 +1125,20 @@ class Daemon:
         assert self.session is not None
         return self.session.store.audit_chain()
 
-    def nodes(self) -> list[dict[str, Any]]:
+    def _last_view(self) -> ClusterView:
+        """The last observation as a view, or, on a standby or with the store gone, what
+        a reader observes now."""
         assert self.session is not None
         try:
             reconciler, live = self._view()
         except StateUnavailable:
             reconciler, live = None, None
         if reconciler is not None and live is not None:
-            view = ClusterView(self.session.store, reconciler.targets, reconciler.runtimes, live)
-        else:
-            view = self._read_only_view()
+            return ClusterView(self.session.store, reconciler.targets, reconciler.runtimes, live)
+        return self._read_only_view()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        view = self._last_view()
         try:
             return nodes_json(view)
         except StateUnavailable:  # only the cordons are the store's: say what runs
@@ -1168,14 +1172,23 @@ class Daemon:
         session = self.session
         if session is None or session.reconciler is None:
             return []
-        kept = []
-        for runtime in session.reconciler.runtimes.values():
-            try:
-                kept.extend(runtime.retained_logs(session.cluster, service))
-            except GitorchError:
-                continue  # a node that does not answer keeps its logs for later
-        kept.sort(key=lambda k: k.removed_at, reverse=True)
+        kept = retained(session.reconciler.runtimes.values(), session.cluster, service)
         return [retained_json(k, lines) for k in kept[:10]]
+
+    def service_logs(
+        self, service: str, replica: str | None, tail: int, previous: bool
+    ) -> dict[str, Any]:
+        assert self.session is not None
+        view = self._last_view()
+        runtimes, live = view.runtimes, view.live
+        if previous:
+            kept = retained(runtimes.values(), self.session.cluster, service, replica)
+            if not kept:
+                what = f"replica {replica} of {service}" if replica else service
+                raise NothingToShow(f"no removed replica of {what} has left output here")
+            return {"previous": [retained_json(k, tail) for k in kept]}
+        documents, warnings = live_logs(live, runtimes, service, replica, tail)
+        return {"replicas": documents, "warnings": warnings}
 
     def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
         assert self.session is not None

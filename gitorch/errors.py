@@ -149,6 +149,11 @@ class EmptyRepository(SourceError):
     """The repository has no commit yet."""
 
 
+class NothingToShow(GitorchError):
+    """What was asked about does not exist: no such service, no replica of it now, nothing
+    kept of its dead ones (the API answers 404)."""
+
+
 class RuntimeDriverError(GitorchError):
     """A node runtime failed."""
 

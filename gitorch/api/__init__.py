@@ -14,6 +14,7 @@ Routes (JSON unless noted; errors are ``{"error": "..."}``)::
                                     `gitorch plan --format ...` (headers Gitorch-Plan-Changes,
                                     Gitorch-Plan-Digest)
     GET  /api/v1/nodes              the `gitorch nodes --format json` document
+    GET  /api/v1/services/NAME/logs [?tail=N&replica=R&previous=1] what its replicas wrote
     GET  /api/v1/audit              [?service=&kind=&since=&limit=] audit entries
     GET  /api/v1/audit/chain        the hash chain, for `gitorch audit --verify --server`
     GET  /metrics                   Prometheus text exposition format 0.0.4
@@ -81,6 +82,15 @@ class DaemonHandle(Protocol):
     def audit_chain(self) -> tuple[list[ChainEntry], int | None]:
         """Every audit entry as the hash chain reads it, and the highest id handed out
         (``StateStore.audit_chain``)."""
+        ...
+
+    def service_logs(
+        self, service: str, replica: str | None, tail: int, previous: bool
+    ) -> dict[str, Any]:
+        """``{"replicas": [...], "warnings": [...]}``: the last ``tail`` lines of each live
+        replica of ``service`` (or of the one ``replica`` names); with ``previous``,
+        ``{"previous": [...]}``: what is kept of its dead ones, newest first. Raises
+        :class:`~gitorch.errors.NothingToShow` when there is nothing to show."""
         ...
 
     def nodes(self) -> list[dict[str, Any]]:

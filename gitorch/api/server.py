@@ -40,6 +40,7 @@ from gitorch.errors import (
     ConfigError,
     GitorchError,
     ManifestError,
+    NothingToShow,
     PathNotFound,
     PlanError,
     RefNotFound,
@@ -58,6 +59,9 @@ _DRAIN_LIMIT = 8 * MAX_BODY
 
 #: Seconds a client may take to send its request (slow clients hold a thread).
 REQUEST_TIMEOUT = 10.0
+
+#: Lines per replica of ``GET /api/v1/services/NAME/logs`` without ``tail``.
+DEFAULT_LOG_TAIL = 100
 
 #: Default ``limit`` of ``GET /api/v1/audit`` (``gitorch audit``'s).
 DEFAULT_AUDIT_LIMIT = 100
@@ -131,10 +135,13 @@ def status_for(exc: GitorchError) -> int:
 
     What the caller asked for is wrong (unknown ref or path, bad setting): 400. What the
     desired state is (invalid manifests, no possible plan, source problem): 422. Anything
-    else (state store, engine) means the daemon cannot answer now: 503.
+    else (state store, engine) means the daemon cannot answer now: 503. What was asked
+    about does not exist (a service, a replica, kept output): 404.
     """
     if isinstance(exc, RefNotFound | PathNotFound | ConfigError):
         return 400
+    if isinstance(exc, NothingToShow):
+        return 404
     if isinstance(exc, ManifestError | PlanError | SourceError):
         return 422
     return 503
@@ -256,6 +263,7 @@ class ApiServer:
             "/api/v1/webhook": {"POST": self._webhook},
             "/api/v1/reconcile": {"POST": self._reconcile},
             _SERVICE_ACTION: {"POST": self._service_action},
+            _SERVICE_LOGS: {"GET": self._service_logs},
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -467,6 +475,23 @@ class ApiServer:
         self.handle.trigger(f"{action} {service}")
         return json_response(202, {"accepted": True, "message": message})
 
+    def _service_logs(self, request: Request) -> Response:
+        """GET /api/v1/services/NAME/logs[?tail=N&replica=R&previous=1]: the live
+        replicas' last lines (``{"replicas", "warnings"}``), or with ``previous`` what is
+        kept of the dead ones (``{"previous"}``); 404 when there is nothing to show."""
+        match = _SERVICE_LOGS_RE.match(request.path)
+        assert match is not None  # dispatch only routes matching paths here
+        tail_text = _one(request, "tail") or str(DEFAULT_LOG_TAIL)
+        if not tail_text.isdigit():
+            raise HttpError(400, "tail must be a number of lines")
+        previous = _one(request, "previous") in ("1", "true")
+        return json_response(
+            200,
+            self.handle.service_logs(
+                match.group(1), _one(request, "replica") or None, int(tail_text), previous
+            ),
+        )
+
     def _reconcile(self, request: Request) -> Response:
         reason = "api request"
         if request.body.strip():
@@ -485,6 +510,8 @@ class ApiServer:
         return json_response(202, {"accepted": True, "reason": reason})
 
 
+_SERVICE_LOGS = "/api/v1/services/{name}/logs"
+_SERVICE_LOGS_RE = re.compile(r"^/api/v1/services/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/logs$")
 _SERVICE_ACTION = "/api/v1/services/{name}/{action}"
 _SERVICE_ACTION_RE = re.compile(
     r"^/api/v1/services/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/(promote|abort)$"
@@ -505,8 +532,10 @@ def _denied(request: Request, denial: Denial) -> Response:
 
 
 def _route_of(path: str) -> str:
-    """The route a path belongs to (service actions carry the name in the path)."""
-    return _SERVICE_ACTION if _SERVICE_ACTION_RE.match(path) else path
+    """The route a path belongs to (service routes carry the name in the path)."""
+    if _SERVICE_ACTION_RE.match(path):
+        return _SERVICE_ACTION
+    return _SERVICE_LOGS if _SERVICE_LOGS_RE.match(path) else path
 
 
 def _one(request: Request, name: str) -> str | None:

@@ -15,20 +15,34 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
 
 from rich.markup import escape
 
 from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
 from gitorch.commands.common import add_format_option, add_state_option, print_json, stderr
-from gitorch.errors import ConfigError, GitorchError, RuntimeDriverError
+from gitorch.commands.remote import (
+    add_token_option,
+    client_tls,
+    client_token,
+    fetch_json,
+    server_url,
+)
+from gitorch.errors import ConfigError, GitorchError, NothingToShow, RuntimeDriverError
 from gitorch.live import observe
 from gitorch.live.model import LiveReplica
 from gitorch.manifests.quantities import format_duration
-from gitorch.readmodel.logs import retained_json
-from gitorch.runtime.base import RetainedLog
+from gitorch.readmodel.logs import (
+    live_logs,
+    live_replicas,
+    nothing_live,
+    retained,
+    retained_json,
+)
 
 #: Lines per replica when --tail is not given (as ``kamal app logs``).
 DEFAULT_TAIL = 100
@@ -42,6 +56,7 @@ EXAMPLE = """example:
   gitorch logs web --replica web-2 --tail 20
   gitorch logs api --previous
   gitorch logs web --follow
+  gitorch logs web --server https://deploy.example:7420 --tail 20
 """
 
 
@@ -83,6 +98,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"lines per replica, or 'all' (default: {DEFAULT_TAIL})",
     )
     add_state_option(parser)
+    parser.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="ask a running daemon (its HTTP API) instead of reading --state and the "
+        "runtimes (not with --follow)",
+    )
+    add_token_option(parser)
     add_runtime_option(parser)
     add_format_option(parser, "json")
     parser.set_defaults(run=run)
@@ -107,80 +130,87 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--follow and --previous do not go together: dead replicas write no more")
     if args.follow and args.format == "json":
         raise ConfigError("--follow prints text only")
-    view = open_view(args)
     try:
-        if view.live.cluster == "" or view.state_dir is None:
-            raise GitorchError(f"nothing has run from {view.state_dir} yet")
-        if args.previous:
-            return _previous(view, args)
-        if args.follow:
-            return _follow(view, args)
-        return _live(view, args)
+        if args.server:
+            return _from_server(args)
+        view = open_view(args)
+        try:
+            if view.live.cluster == "" or view.state_dir is None:
+                raise GitorchError(f"nothing has run from {view.state_dir} yet")
+            if args.previous:
+                kept = retained(
+                    view.runtimes.values(), view.live.cluster, args.service, args.replica
+                )
+                if not kept:
+                    what = (
+                        f"replica {args.replica} of {args.service}"
+                        if args.replica
+                        else args.service
+                    )
+                    raise NothingToShow(f"no removed replica of {what} has left output here")
+                return _show_previous([retained_json(k, args.tail) for k in kept], args)
+            if args.follow:
+                return _follow(view, args)
+            documents, warnings = live_logs(
+                view.live, view.runtimes, args.service, args.replica, args.tail
+            )
+            return _show_live(documents, warnings, args)
+        finally:
+            view.close()
     except BrokenPipeError:
         # `gitorch logs web | head`: the reader has all it wanted. Python would complain
         # once more when it flushes stdout at exit, so stdout goes nowhere from here on.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    finally:
-        view.close()
 
 
-# -- live ----------------------------------------------------------------------------
-
-
-def _replicas(view: ClusterView, service: str, only: str | None) -> list[LiveReplica]:
-    """The service's replicas that exist now (optionally one of them), by name."""
-    found = view.live.services.get(service)
-    replicas = list(found.replicas) if found is not None else []
-    if only is not None:
-        replicas = [r for r in replicas if only in (r.replica, r.name, r.id)]
-    return sorted(replicas, key=lambda r: (r.replica, r.name))
-
-
-def _nothing_live(view: ClusterView, args: argparse.Namespace) -> GitorchError:
-    what = f"{args.replica} of {args.service}" if args.replica else f"of {args.service}"
-    unknown = [n for n in view.live.nodes.values() if not n.ready]
-    detail = tuple(f"node {n.name} did not answer: {n.message}" for n in unknown)
-    if args.service not in view.live.services:
-        known = ", ".join(sorted(view.live.services)) or "none"
-        return GitorchError(f"no service {args.service} (services: {known})", detail=detail)
-    return GitorchError(
-        f"no replica {what} exists now (gitorch logs {args.service} --previous shows "
-        "the last dead ones)",
-        detail=detail,
-    )
-
-
-def _live(view: ClusterView, args: argparse.Namespace) -> int:
-    replicas = _replicas(view, args.service, args.replica)
-    if not replicas:
-        raise _nothing_live(view, args)
-    documents = []
-    for replica in replicas:
-        runtime = view.runtimes.get(replica.node)
-        try:
-            text = runtime.logs(replica.id, args.tail) if runtime is not None else ""
-        except RuntimeDriverError as exc:
-            stderr().print(f"[yellow]warning:[/] {escape(replica.replica)}: {escape(exc.message)}")
-            continue
-        documents.append((replica, text))
-    if args.format == "json":
-        print_json(
-            [
-                {
-                    "replica": r.replica,
-                    "name": r.name,
-                    "node": r.node,
-                    "state": r.state,
-                    "output": text,
-                }
-                for r, text in documents
-            ]
+def _from_server(args: argparse.Namespace) -> int:
+    """The daemon's ``GET /api/v1/services/NAME/logs``, shown as the local command shows
+    what it reads itself."""
+    if args.follow:
+        raise ConfigError(
+            "--follow cannot be used with --server: the API gives the last lines, it does not "
+            "stream them yet (follow where the state is, with --state)"
         )
+    query: dict[str, str | int] = {"tail": min(args.tail, ALL_LINES)}
+    if args.replica:
+        query["replica"] = args.replica
+    if args.previous:
+        query["previous"] = 1
+    path = f"/api/v1/services/{quote(args.service, safe='')}/logs?{urlencode(query)}"
+    data = fetch_json(
+        f"{server_url(args.server)}{path}",
+        args.server,
+        token=client_token(args),
+        context=client_tls(args),
+    )
+    key = "previous" if args.previous else "replicas"
+    documents = data.get(key) if isinstance(data, dict) else None
+    warnings = data.get("warnings", []) if isinstance(data, dict) else None
+    if (
+        not isinstance(documents, list)
+        or not all(isinstance(d, dict) and "output" in d for d in documents)
+        or not isinstance(warnings, list)
+    ):
+        raise GitorchError(f"the daemon at {args.server} answered something that is not logs")
+    if args.previous:
+        return _show_previous(documents, args)
+    return _show_live(documents, [str(w) for w in warnings], args)
+
+
+def _show_live(
+    documents: list[dict[str, Any]], warnings: list[str], args: argparse.Namespace
+) -> int:
+    for warning in warnings:
+        stderr().print(f"[yellow]warning:[/] {escape(warning)}")
+    if args.format == "json":
+        print_json(documents)
         return 0
-    prefixed = len(replicas) > 1
-    for replica, text in documents:
-        _write_lines(text.splitlines(), f"{replica.replica} | " if prefixed else "")
+    prefixed = len(documents) + len(warnings) > 1
+    for document in documents:
+        _write_lines(
+            str(document["output"]).splitlines(), f"{document['replica']} | " if prefixed else ""
+        )
     return 0
 
 
@@ -194,56 +224,42 @@ def _write_lines(lines: Iterable[str], prefix: str = "") -> None:
 # -- previous ------------------------------------------------------------------------
 
 
-def _retained(view: ClusterView, service: str) -> list[RetainedLog]:
-    """Every node's kept output of ``service``, newest removal first."""
-    kept: list[RetainedLog] = []
-    for runtime in view.runtimes.values():
-        kept.extend(runtime.retained_logs(view.live.cluster, service))
-    return sorted(kept, key=lambda k: k.removed_at, reverse=True)
-
-
-def _when(stamp: float | None) -> str:
+def _when(stamp: str | None) -> str:
     if stamp is None:
         return "?"
-    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def header(kept: RetainedLog) -> str:
-    """One line per dead replica: which one, where, how and when it ended."""
-    reason = kept.exit_reason or "exit status unknown"
-    ended = kept.finished_at or kept.removed_at
+def header(kept: Mapping[str, Any]) -> str:
+    """One line per dead replica (a :func:`retained_json` document): which one, where,
+    how and when it ended."""
+    reason = kept.get("exitReason") or "exit status unknown"
+    ended = kept.get("finishedAt") or kept.get("removedAt")
     ran = ""
-    if kept.started_at is not None and kept.finished_at is not None:
-        ran = f", ran {format_duration(max(0, round(kept.finished_at - kept.started_at)))}"
-    cut = " (output cut to its last 64 KiB)" if kept.truncated else ""
+    started, finished = kept.get("startedAt"), kept.get("finishedAt")
+    if started is not None and finished is not None:
+        seconds = (
+            datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+        ).total_seconds()
+        ran = f", ran {format_duration(max(0, round(seconds)))}"
+    cut = " (output cut to its last 64 KiB)" if kept.get("truncated") else ""
     return (
-        f"--- {kept.replica} on {kept.node}: {reason}, ended {_when(ended)}{ran}"
-        f" [{kept.name}, revision {(kept.revision or '?')[:12]}]{cut} ---"
+        f"--- {kept['replica']} on {kept['node']}: {reason}, ended {_when(ended)}{ran}"
+        f" [{kept['name']}, revision {(kept.get('revision') or '?')[:12]}]{cut} ---"
     )
 
 
-def _previous(view: ClusterView, args: argparse.Namespace) -> int:
-    kept = [
-        k
-        for k in _retained(view, args.service)
-        if args.replica is None or args.replica in (k.replica, k.name, k.instance_id)
-    ]
-    if not kept:
-        what = f"replica {args.replica} of {args.service}" if args.replica else args.service
-        raise GitorchError(f"no removed replica of {what} has left output here")
+def _show_previous(documents: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """Dead replicas' kept output (:func:`retained_json` documents, ``tail`` lines each),
+    newest first."""
     if args.format == "json":
-        print_json([retained_json(k, args.tail) for k in kept])
+        print_json(documents)
         return 0
-    for index, entry in enumerate(kept):
+    for index, document in enumerate(documents):
         if index:
             sys.stdout.write("\n")
-        _write_lines([header(entry), *_last(entry.output, args.tail)])
+        _write_lines([header(document), *str(document["output"]).splitlines()])
     return 0
-
-
-def _last(output: str, count: int) -> list[str]:
-    lines = output.splitlines()
-    return lines[-count:] if count > 0 else []
 
 
 # -- follow --------------------------------------------------------------------------
@@ -266,9 +282,9 @@ def _follow(view: ClusterView, args: argparse.Namespace) -> int:
             if now >= next_look:
                 if followed:
                     view.live = observe(view.targets, view.runtimes, view.live.cluster, view.store)
-                fresh = _replicas(view, args.service, args.replica)
+                fresh = live_replicas(view.live, args.service, args.replica)
                 if not fresh and not followed:
-                    raise _nothing_live(view, args)
+                    raise nothing_live(view.live, args.service, args.replica)
                 # The first replicas show their last lines; later ones all they wrote.
                 tail = ALL_LINES if followed else args.tail
                 for replica in fresh:

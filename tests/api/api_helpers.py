@@ -18,6 +18,7 @@ from gitorch.api.metrics import Metrics
 from gitorch.diff import Plan
 from gitorch.diff.fields import FieldChange
 from gitorch.diff.plan import ObjectChange, PlacementItem
+from gitorch.errors import NothingToShow
 from gitorch.state.audit_chain import ChainEntry
 
 #: The webhook secret the `server` fixture is started with.
@@ -74,6 +75,7 @@ class StubHandle:
     triggers: list[str] = field(default_factory=list)
     history_calls: list[tuple[str | None, int]] = field(default_factory=list)
     plan_calls: list[str | None] = field(default_factory=list)
+    log_calls: list[tuple[str, str | None, int, bool]] = field(default_factory=list)
     audit_calls: list[tuple[str | None, str | None, float | None, int | None]] = field(
         default_factory=list
     )
@@ -110,6 +112,15 @@ class StubHandle:
 
     def audit_chain(self) -> tuple[list[ChainEntry], int | None]:
         return [CHAIN_ENTRY], 1
+
+    def service_logs(
+        self, service: str, replica: str | None, tail: int, previous: bool
+    ) -> dict[str, Any]:
+        if service == "nope":
+            raise NothingToShow("no service nope (services: web)")
+        with self._lock:
+            self.log_calls.append((service, replica, tail, previous))
+        return {"replicas": [], "warnings": []}
 
     def nodes(self) -> list[dict[str, Any]]:
         return [{"name": "node-a", "condition": "Ready"}]

@@ -89,6 +89,18 @@ def test_nodes_are_the_handles_rows(server: ApiServer) -> None:
     assert request(server.address, "POST", "/api/v1/nodes").status == 405
 
 
+def test_service_logs_pass_their_parameters(server: ApiServer, handle: StubHandle) -> None:
+    path = "/api/v1/services/web/logs"
+    assert request(server.address, "GET", path).json() == {"replicas": [], "warnings": []}
+    request(server.address, "GET", f"{path}?tail=5&replica=web-2&previous=1")
+    assert handle.log_calls == [("web", None, 100, False), ("web", "web-2", 5, True)]
+    assert request(server.address, "GET", f"{path}?tail=x").status == 400
+    assert request(server.address, "POST", path).status == 405
+    missing = request(server.address, "GET", "/api/v1/services/nope/logs")
+    assert (missing.status, missing.json()) == (404, {"error": "no service nope (services: web)"})
+    assert request(server.address, "GET", "/api/v1/services/Web!/logs").status == 404
+
+
 def test_audit_passes_its_filters_and_the_chain_reads_back(
     server: ApiServer, handle: StubHandle
 ) -> None:

@@ -1,20 +1,35 @@
 """The CLI contract's ``--server URL`` ("instead of --state: ask a running daemon") for
-``plan``, ``nodes``, ``volumes`` and ``audit``: what the daemon answers is what the command shows on
-the daemon's own host. A pull request's check, or an operator's laptop, then needs
-neither the state store nor the nodes."""
+``plan``, ``nodes``, ``volumes``, ``audit`` and ``logs``: what the daemon answers is what
+the command shows on the daemon's own host. A pull request's check, or an operator's
+laptop, then needs neither the state store nor the nodes."""
 
 from __future__ import annotations
+
+import os
+import signal
+from typing import Any
 
 from audit_tamper_helpers import tamper_for
 from reconciler_helpers import (
     Cluster,
+    DaemonProc,
     commit,
     converged,
     git,
     gitorch,
+    pid_of,
     process_service,
     wait_for,
 )
+
+
+def serving(cluster: Cluster, sha: str, replicas: int) -> tuple[DaemonProc, list[str]]:
+    """A daemon on the cluster's repo once it runs ``sha``'s api, and the ``--server``
+    options that ask it."""
+    daemon = cluster.daemon()
+    wait_for(f"{sha[:7]} applied", lambda: converged(daemon.service("api"), sha, replicas), 60,
+             describe=daemon.log_tail)  # fmt: skip
+    return daemon, ["--server", f"http://127.0.0.1:{daemon.port}"]
 
 
 def test_a_daemon_plans_a_branch_as_the_cli_does(cluster: Cluster) -> None:
@@ -32,10 +47,7 @@ def test_a_daemon_plans_a_branch_as_the_cli_does(cluster: Cluster) -> None:
     commit(cluster.repo, {"api.yaml": valid + "  replica: 4\n"}, "a typo")
     typo_line = valid.count("\n") + 1
     git(cluster.repo, "checkout", "-q", "main")
-    daemon = cluster.daemon()
-    wait_for("v1 applied", lambda: converged(daemon.service("api"), applied, 2), 60,
-             describe=daemon.log_tail)  # fmt: skip
-    server = ["--server", f"http://127.0.0.1:{daemon.port}"]
+    daemon, server = serving(cluster, applied, 2)
 
     text = gitorch("plan", *server, "--ref", "feature", cwd=cluster.root)
     assert text.code == 2, text.stderr
@@ -97,10 +109,7 @@ def test_nodes_and_volumes_from_a_daemon_are_what_its_host_shows(cluster: Cluste
         {"api.yaml": process_service("api", port=cluster.port, replicas=2), "data.yaml": VOLUME},
         "v1 and a volume",
     )
-    daemon = cluster.daemon()
-    wait_for("v1 applied", lambda: converged(daemon.service("api"), applied, 2), 60,
-             describe=daemon.log_tail)  # fmt: skip
-    server = ["--server", f"http://127.0.0.1:{daemon.port}"]
+    daemon, server = serving(cluster, applied, 2)
     local = [*cluster.state_args, "--runtime", "process"]
 
     for command in ("nodes", "volumes"):
@@ -130,10 +139,7 @@ def test_the_audit_log_from_a_daemon_and_its_chain_verified_here(cluster: Cluste
     first = commit(
         cluster.repo, {"api.yaml": process_service("api", port=cluster.port, replicas=1)}, "v1"
     )
-    daemon = cluster.daemon()
-    wait_for("v1 applied", lambda: converged(daemon.service("api"), first, 1), 60,
-             describe=daemon.log_tail)  # fmt: skip
-    server = ["--server", f"http://127.0.0.1:{daemon.port}"]
+    daemon, server = serving(cluster, first, 1)
 
     for query in ([], ["--service", "api"], ["--kind", "revision.started"], ["--since", "1h"],
                   ["--limit", "2"], ["--limit", "0"]):  # fmt: skip
@@ -160,3 +166,49 @@ def test_the_audit_log_from_a_daemon_and_its_chain_verified_here(cluster: Cluste
     assert tampered.code == 1, tampered.stderr
     verdict = tampered.json()
     assert verdict["intact"] is False and any(p["entry"] == 1 for p in verdict["problems"])
+
+
+def test_logs_from_a_daemon_live_and_of_a_dead_replica(cluster: Cluster) -> None:
+    applied = commit(
+        cluster.repo, {"api.yaml": process_service("api", port=cluster.port, replicas=2)}, "v1"
+    )
+    daemon, server = serving(cluster, applied, 2)
+
+    # Live: each replica's lines (each answered probe adds one, so only the start is compared).
+    remote = gitorch("logs", "api", *server, "--tail", "all", "--format", "json", cwd=cluster.root)
+    here = gitorch("logs", "api", *cluster.state_args, "--tail", "all", "--format", "json",
+                   cwd=cluster.root)  # fmt: skip
+    assert (remote.code, here.code) == (0, 0), (remote.stderr, here.stderr)
+
+    def firsts(documents: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+        return [(d["replica"], d["state"], d["output"].splitlines()[0]) for d in documents]
+
+    assert firsts(remote.json()) == firsts(here.json())
+    assert [r for r, _, _ in firsts(remote.json())] == ["api-1", "api-2"]
+    one = gitorch("logs", "api", *server, "--replica", "api-2", "--tail", "1", cwd=cluster.root)
+    assert one.code == 0 and len(one.stdout.splitlines()) == 1, one.stdout + one.stderr
+
+    # A replica killed: the daemon replaces it, and its output is kept (--previous).
+    instances = daemon.service("api")["instances"]  # type: ignore[index]
+    killed = sorted(instances, key=lambda i: i["id"])[0]
+    os.kill(pid_of(killed["id"]), signal.SIGKILL)
+    wait_for("the dead replica's output kept", lambda: gitorch(
+        "logs", "api", *server, "--previous", cwd=cluster.root).code == 0, 60,
+        describe=daemon.log_tail)  # fmt: skip
+    remote = gitorch("logs", "api", *server, "--previous", "--format", "json", cwd=cluster.root)
+    here = gitorch("logs", "api", *cluster.state_args, "--previous", "--format", "json",
+                   cwd=cluster.root)  # fmt: skip
+    assert remote.json() == here.json()
+    assert remote.json()[0]["exitReason"] == "signal 9"
+    text = gitorch("logs", "api", *server, "--previous", cwd=cluster.root)
+    assert text.stdout == gitorch("logs", "api", *cluster.state_args, "--previous",
+                                  cwd=cluster.root).stdout  # fmt: skip
+    assert text.stdout.startswith("--- api-") and ": signal 9, ended " in text.stdout
+
+    # Nothing to show, and what the API cannot do, are one line each.
+    unknown = gitorch("logs", "nope", *server, cwd=cluster.root)
+    assert unknown.code == 1
+    assert unknown.stderr.startswith("error: the daemon at http://127.0.0.1:")
+    assert "answered 404: no service nope (services: api)" in unknown.stderr
+    follow = gitorch("logs", "api", *server, "--follow", cwd=cluster.root)
+    assert follow.code == 1 and "--follow cannot be used with --server" in follow.stderr
