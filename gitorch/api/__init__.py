@@ -15,6 +15,7 @@ Routes (JSON unless noted; errors are ``{"error": "..."}``)::
                                     Gitorch-Plan-Digest)
     GET  /api/v1/nodes              the `gitorch nodes --format json` document
     GET  /api/v1/services/NAME/logs [?tail=N&replica=R&previous=1] what its replicas wrote
+    POST /api/v1/nodes/NAME/drain|uncordon      move replicas off a node / take it back
     GET  /api/v1/audit              [?service=&kind=&since=&limit=] audit entries
     GET  /api/v1/audit/chain        the hash chain, for `gitorch audit --verify --server`
     GET  /metrics                   Prometheus text exposition format 0.0.4
@@ -91,6 +92,12 @@ class DaemonHandle(Protocol):
         replica of ``service`` (or of the one ``replica`` names); with ``previous``,
         ``{"previous": [...]}``: what is kept of its dead ones, newest first. Raises
         :class:`~gitorch.errors.NothingToShow` when there is nothing to show."""
+        ...
+
+    def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
+        """Cordon ``node`` and move its replicas off (``draining``), or make it schedulable
+        again: (done, message); not done when no such node is known. ``actor``: the API
+        token's name, recorded in the audit log."""
         ...
 
     def nodes(self) -> list[dict[str, Any]]:

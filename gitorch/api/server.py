@@ -264,6 +264,7 @@ class ApiServer:
             "/api/v1/reconcile": {"POST": self._reconcile},
             _SERVICE_ACTION: {"POST": self._service_action},
             _SERVICE_LOGS: {"GET": self._service_logs},
+            _NODE_ACTION: {"POST": self._node_action},
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -475,6 +476,18 @@ class ApiServer:
         self.handle.trigger(f"{action} {service}")
         return json_response(202, {"accepted": True, "message": message})
 
+    def _node_action(self, request: Request) -> Response:
+        """POST /api/v1/nodes/NAME/drain|uncordon: 202 once written (the token's name in
+        the audit log) and a pass asked for; 404 for a node the store does not know."""
+        match = _NODE_ACTION_RE.match(request.path)
+        assert match is not None  # dispatch only routes matching paths here
+        node, action = match.group(1), match.group(3)
+        done, message = self.handle.drain(node, action == "drain", request.principal)
+        if not done:
+            raise HttpError(404, message)
+        self.handle.trigger(f"{action} {node}")
+        return json_response(202, {"accepted": True, "message": message})
+
     def _service_logs(self, request: Request) -> Response:
         """GET /api/v1/services/NAME/logs[?tail=N&replica=R&previous=1]: the live
         replicas' last lines (``{"replicas", "warnings"}``), or with ``previous`` what is
@@ -510,11 +523,21 @@ class ApiServer:
         return json_response(202, {"accepted": True, "reason": reason})
 
 
+_NODE_ACTION = "/api/v1/nodes/{name}/{action}"
+_NODE_ACTION_RE = re.compile(
+    r"^/api/v1/nodes/([A-Za-z0-9]([-._A-Za-z0-9]{0,251}[A-Za-z0-9])?)/(drain|uncordon)$"
+)
 _SERVICE_LOGS = "/api/v1/services/{name}/logs"
 _SERVICE_LOGS_RE = re.compile(r"^/api/v1/services/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/logs$")
 _SERVICE_ACTION = "/api/v1/services/{name}/{action}"
 _SERVICE_ACTION_RE = re.compile(
     r"^/api/v1/services/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/(promote|abort)$"
+)
+
+_NAMED_ROUTES = (
+    (_SERVICE_ACTION, _SERVICE_ACTION_RE),
+    (_SERVICE_LOGS, _SERVICE_LOGS_RE),
+    (_NODE_ACTION, _NODE_ACTION_RE),
 )
 
 
@@ -532,10 +555,11 @@ def _denied(request: Request, denial: Denial) -> Response:
 
 
 def _route_of(path: str) -> str:
-    """The route a path belongs to (service routes carry the name in the path)."""
-    if _SERVICE_ACTION_RE.match(path):
-        return _SERVICE_ACTION
-    return _SERVICE_LOGS if _SERVICE_LOGS_RE.match(path) else path
+    """The route a path belongs to (service and node routes carry the name in the path)."""
+    for route, pattern in _NAMED_ROUTES:
+        if pattern.match(path):
+            return route
+    return path
 
 
 def _one(request: Request, name: str) -> str | None:

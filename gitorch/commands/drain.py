@@ -9,6 +9,7 @@ stay where they are). The daemon picks the change up at its next pass.
 from __future__ import annotations
 
 import argparse
+import json
 
 from rich.markup import escape
 
@@ -20,12 +21,20 @@ from gitorch.commands.common import (
     state_location,
     stdout,
 )
+from gitorch.commands.remote import (
+    add_token_option,
+    client_tls,
+    client_token,
+    fetch,
+    server_url,
+)
 from gitorch.errors import GitorchError
 from gitorch.state import RecordNotFound, StateStore
 
 EXAMPLE = """example:
   gitorch drain node-b
   gitorch drain --undo node-b
+  gitorch drain node-b --server https://deploy.example:7420
 """
 
 
@@ -42,10 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--undo", action="store_true", help="stop draining: the node takes replicas again"
     )
     add_state_option(parser)
+    parser.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="ask a running daemon (its HTTP API, a write token) instead of writing --state",
+    )
+    add_token_option(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.server:
+        return _on_server(args)
     location = state_location(args)
     if not has_state(location):
         raise GitorchError(
@@ -72,4 +90,26 @@ def run(args: argparse.Namespace) -> int:
             raise GitorchError(f"no node named {args.node!r} (known nodes: {known})") from exc
     verb = "draining: its replicas move to other nodes" if not args.undo else "schedulable again"
     stdout().print(f"node {escape(args.node)} {verb}")
+    return 0
+
+
+def _on_server(args: argparse.Namespace) -> int:
+    """``POST /api/v1/nodes/NAME/drain`` (or ``uncordon``): the daemon writes it, with
+    the token's name in the audit log, and passes at once."""
+    from urllib.parse import quote
+
+    action = "uncordon" if args.undo else "drain"
+    body, _headers = fetch(
+        f"{server_url(args.server)}/api/v1/nodes/{quote(args.node, safe='')}/{action}",
+        args.server,
+        token=client_token(args),
+        context=client_tls(args),
+        post={},
+    )
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    verb = "draining: its replicas move to other nodes" if not args.undo else "schedulable again"
+    stdout().print(escape(message or f"node {args.node} {verb}"))
     return 0

@@ -148,14 +148,21 @@ def fetch(
     token: str | None = None,
     context: ssl.SSLContext | None = None,
     accept: str = "application/json",
+    post: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, Mapping[str, str]]:
-    """GET ``url`` (with ``token`` as a bearer token, over TLS with ``context`` for an
-    https URL): the body and the headers. Every failure is one clear GitorchError, with
-    the lines of the daemon's ``detail`` (a manifest's problems, each ``path:line:col``)."""
+    """GET ``url`` (``post``: POST it as JSON) with ``token`` as a bearer token, over TLS
+    with ``context`` for an https URL: the body and the headers. Every failure is one
+    clear GitorchError, with the lines of the daemon's ``detail`` (a manifest's problems,
+    each ``path:line:col``)."""
     import urllib.error  # ~20 ms of imports, for the commands that ask a daemon alone
     import urllib.request
 
-    request = urllib.request.Request(url, headers={"Accept": accept, **auth_headers(token)})
+    headers = {"Accept": accept, **auth_headers(token)}
+    data = None
+    if post is not None:
+        data = json.dumps(post).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.read(), response.headers

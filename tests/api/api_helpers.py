@@ -75,6 +75,7 @@ class StubHandle:
     triggers: list[str] = field(default_factory=list)
     history_calls: list[tuple[str | None, int]] = field(default_factory=list)
     plan_calls: list[str | None] = field(default_factory=list)
+    drains: list[tuple[str, bool, str | None]] = field(default_factory=list)
     log_calls: list[tuple[str, str | None, int, bool]] = field(default_factory=list)
     audit_calls: list[tuple[str | None, str | None, float | None, int | None]] = field(
         default_factory=list
@@ -121,6 +122,13 @@ class StubHandle:
         with self._lock:
             self.log_calls.append((service, replica, tail, previous))
         return {"replicas": [], "warnings": []}
+
+    def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
+        if node != "node-a":
+            return False, f"no node named {node}"
+        with self._lock:
+            self.drains.append((node, draining, actor))
+        return True, f"node {node} {'draining' if draining else 'schedulable again'}"
 
     def nodes(self) -> list[dict[str, Any]]:
         return [{"name": "node-a", "condition": "Ready"}]

@@ -89,6 +89,19 @@ def test_nodes_are_the_handles_rows(server: ApiServer) -> None:
     assert request(server.address, "POST", "/api/v1/nodes").status == 405
 
 
+def test_drain_and_uncordon_a_node(server: ApiServer, handle: StubHandle) -> None:
+    reply = request(server.address, "POST", "/api/v1/nodes/node-a/drain")
+    assert (reply.status, reply.json()["message"]) == (202, "node node-a draining")
+    reply = request(server.address, "POST", "/api/v1/nodes/node-a/uncordon")
+    assert (reply.status, reply.json()["message"]) == (202, "node node-a schedulable again")
+    assert handle.drains == [("node-a", True, None), ("node-a", False, None)]
+    assert handle.triggers[-2:] == ["drain node-a", "uncordon node-a"]
+    missing = request(server.address, "POST", "/api/v1/nodes/node-z/drain")
+    assert (missing.status, missing.json()) == (404, {"error": "no node named node-z"})
+    assert request(server.address, "GET", "/api/v1/nodes/node-a/drain").status == 405
+    assert request(server.address, "POST", "/api/v1/nodes/node-a/delete").status == 404
+
+
 def test_service_logs_pass_their_parameters(server: ApiServer, handle: StubHandle) -> None:
     path = "/api/v1/services/web/logs"
     assert request(server.address, "GET", path).json() == {"replicas": [], "warnings": []}

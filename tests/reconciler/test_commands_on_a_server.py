@@ -1,5 +1,5 @@
 """The CLI contract's ``--server URL`` ("instead of --state: ask a running daemon") for
-``plan``, ``nodes``, ``volumes``, ``audit`` and ``logs``: what the daemon answers is what
+``plan``, ``nodes``, ``volumes``, ``audit``, ``logs`` and ``drain``: what the daemon answers is what
 the command shows on the daemon's own host. A pull request's check, or an operator's
 laptop, then needs neither the state store nor the nodes."""
 
@@ -212,3 +212,28 @@ def test_logs_from_a_daemon_live_and_of_a_dead_replica(cluster: Cluster) -> None
     assert "answered 404: no service nope (services: api)" in unknown.stderr
     follow = gitorch("logs", "api", *server, "--follow", cwd=cluster.root)
     assert follow.code == 1 and "--follow cannot be used with --server" in follow.stderr
+
+
+def test_a_node_drained_and_taken_back_through_a_daemon(cluster: Cluster) -> None:
+    applied = commit(
+        cluster.repo, {"api.yaml": process_service("api", port=cluster.port, replicas=1)}, "v1"
+    )
+    daemon, server = serving(cluster, applied, 1)
+    [node] = [n["name"] for n in daemon.status()["nodes"]]
+
+    def row() -> dict[str, Any]:
+        [found] = gitorch("nodes", *server, "--format", "json", cwd=cluster.root).json()["nodes"]
+        return found
+
+    drained = gitorch("drain", node, *server, cwd=cluster.root)
+    assert drained.code == 0, drained.stderr
+    assert drained.stdout == f"node {node} draining\n"
+    wait_for("the node shown draining", lambda: row()["draining"], 30)
+    back = gitorch("drain", "--undo", node, *server, cwd=cluster.root)
+    assert (back.code, back.stdout) == (0, f"node {node} schedulable again\n"), back.stderr
+    assert not row()["draining"] and not row()["unschedulable"]
+    audit = gitorch("audit", *server, "--format", "json", cwd=cluster.root).json()
+    marks = [(e["kind"], e["actor"]) for e in audit if e["kind"].startswith("node.")]
+    assert marks == [("node.drain", "api"), ("node.uncordon", "api")], marks
+    unknown = gitorch("drain", "nowhere", *server, cwd=cluster.root)
+    assert unknown.code == 1 and "answered 404: no node named nowhere" in unknown.stderr
