@@ -118,6 +118,7 @@ class Options:
     exclude: tuple[str, ...]
     quiet: bool
     etcd: str | None = None  # --state etcd://...: "" for the soak's own three members
+    log_level: str = "info"  # the daemon's --log-level
 
 
 @dataclass
@@ -173,6 +174,8 @@ class Soak:
             "1s",
             "--resync",
             "1s",
+            "--log-level",
+            opts.log_level,
         ]
         daemon = Daemon(
             world,
@@ -864,6 +867,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, journal)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info"),
+        help="the daemon's log level (debug: each pass's steps, with --keep)",
+    )
     args = parser.parse_args(argv)
     etcd = None
     if args.state is not None:
@@ -892,6 +901,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         exclude=exclude,
         quiet=args.quiet,
         etcd=etcd,
+        log_level=args.log_level,
     )
 
 

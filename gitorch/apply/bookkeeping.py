@@ -30,7 +30,7 @@ from typing import Any
 from gitorch.apply.autoscaler import record_bounds_scale
 from gitorch.apply.execute import Execution
 from gitorch.decide import PassDecision, ServiceDecision
-from gitorch.decide.backoff import CrashLoop, describe, remaining
+from gitorch.decide.backoff import CrashLoop, describe, listen_retry, remaining
 from gitorch.decide.service import SERVICE_SLOT
 from gitorch.decide.volumes import VolumeDecision
 from gitorch.diff.compute import revision_plan
@@ -674,17 +674,21 @@ class Bookkeeper:
                 None,
                 reason=message,
             )
+            changed = known is None or known.reason != message
             with self.store.transaction():
                 self.store.record_backoff(state)
-                if known is None or known.reason != message:
+                if changed:
                     self.store.append_event(
                         "service.failed", f"{service}: {message}", service=service
                     )
-            log.error(
+            # Once per cause: it is tried again every few seconds while the port is taken
+            # (status and the audit log say it meanwhile).
+            log.log(
+                logging.ERROR if changed else logging.DEBUG,
                 "service %s failed: %s; retry in %.0fs",
                 service,
                 message,
-                remaining(state, now, self.crash_loop),
+                remaining(state, now, listen_retry(self.crash_loop)),
                 extra={"service": service},
             )
         published = execution.published

@@ -569,9 +569,14 @@ class Executor:
         fails its service alone and the others are applied without it. False when the
         table could not be applied at all."""
         routes = {n: r for n, r in table.routes.items() if n not in held_routes}
+        # After a refused table the data plane holds (and keeps on disk, for a proxy
+        # started afresh) that table, not the one published before: the table without the
+        # failed routes is sent even when it equals that one (found by the chaos soak: a
+        # restarted proxy served a route the daemon held, until the next table withdrew it).
+        refused = False
         for _ in range(3):
             candidate = RoutingTable(routes)
-            if candidate == self.published:
+            if candidate == self.published and not refused:
                 done.published = candidate
                 return True
             self._guard()
@@ -580,6 +585,7 @@ class Executor:
                 self.dataplane.apply(candidate)
                 log.debug("table published in %.0f ms", (time.perf_counter() - began) * 1000)
             except ListenError as exc:
+                refused = True
                 failed = dict(exc.routes) or {n: exc.message for n in routes}
                 for route, message in failed.items():
                     service = service_of_route(route)

@@ -44,7 +44,7 @@ from gitorch.apply.ingress import IngressFleet
 from gitorch.apply.nodes import NodeTracker
 from gitorch.decide import PassDecision, ServiceProgress, decide_pass
 from gitorch.decide.actions import Action
-from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, remaining
+from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, listen_retry, remaining
 from gitorch.decide.batch import NO_HOLD, BatchHold
 from gitorch.decide.cluster import only_services, pass_input_of, with_routes_of
 from gitorch.decide.routes import routing_table
@@ -418,7 +418,7 @@ class Reconciler:
         held: set[str] = set()
         for name in decision.table.routes:
             failure = live.backoff.get(service_of_route(name), {}).get(0)
-            if failure is not None and remaining(failure, now, self.crash_loop) > 0:
+            if failure is not None and remaining(failure, now, listen_retry(self.crash_loop)) > 0:
                 held.add(name)
         return held
 

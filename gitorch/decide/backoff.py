@@ -32,6 +32,8 @@ from typing import Protocol
 
 __all__ = [
     "DEFAULT_CRASH_LOOP",
+    "LISTEN_RETRY_CAP",
+    "listen_retry",
     "BackoffState",
     "Restarts",
     "CrashLoop",
@@ -76,6 +78,17 @@ class CrashLoop:
 
 #: The policy gitorch uses unless configured otherwise.
 DEFAULT_CRASH_LOOP = CrashLoop()
+
+#: Seconds between tries, at most, to listen on a service's port that was taken: a bind
+#: is cheap, and a port freed should be served within seconds, not after a crash loop's
+#: minute (the chaos soak's port-taken fault waited 8 s for the third try).
+LISTEN_RETRY_CAP = 4.0
+
+
+def listen_retry(policy: CrashLoop = DEFAULT_CRASH_LOOP) -> CrashLoop:
+    """The back-off of a service whose port could not be bound: ``policy`` capped at
+    :data:`LISTEN_RETRY_CAP` (never below its base)."""
+    return replace(policy, cap=max(policy.base, min(policy.cap, LISTEN_RETRY_CAP)))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from gitorch.decide.actions import (
     StopReplica,
     Wait,
 )
-from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, remaining
+from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, listen_retry, remaining
 from gitorch.decide.ingress import IngressDecision, decide_ingress
 from gitorch.decide.nodes import NodeVerdicts, node_views, running_replicas, verdicts
 from gitorch.decide.routes import routing_table
@@ -287,7 +287,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
             decision = undecided(service_input, f"internal error deciding {name}: {exc!r}")
         failure = backoff.get(SERVICE_SLOT)
         if failure is not None:
-            wait = service_failure_wait(name, failure, now, inp.crash_loop)
+            wait = service_failure_wait(name, failure, now, listen_retry(inp.crash_loop))
             if wait is not None:
                 decision = replace(decision, waits=(*decision.waits, wait))
         if name in pinned:
@@ -650,7 +650,7 @@ def _requeue(decision: PassDecision, inp: PassInput) -> float:
             candidates.append(max(0.05, service.requeue_after))
         failure = inp.backoff.get(name, {}).get(SERVICE_SLOT)
         if failure is not None:
-            left = remaining(failure, inp.now, inp.crash_loop)
+            left = remaining(failure, inp.now, listen_retry(inp.crash_loop))
             if left > 0:
                 candidates.append(left)
     return min(candidates)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gitorch.decide.backoff import remaining
+from gitorch.decide.backoff import listen_retry, remaining
 from gitorch.decide.service import SERVICE_SLOT, slot_of
 from gitorch.decide.vertical import recommendation_lines
 from gitorch.errors import StateError
@@ -142,7 +142,7 @@ def _failure_json(failure: BackoffRecord, now: float) -> dict[str, Any]:
     return {
         "message": failure.reason,
         "failures": failure.restarts,
-        "retryInSeconds": round(remaining(failure, now), 1),
+        "retryInSeconds": round(remaining(failure, now, listen_retry()), 1),
     }
 
 

@@ -8,6 +8,7 @@ port.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -34,8 +35,15 @@ from reconciler_helpers import (
     wait_for,
 )
 
+from gitorch.apply.execute import service_of_route
+from gitorch.traffic.wire import table_from_json
+
 #: The must-hold bound: a killed replica's replacement exists and is ready.
 REPLACED_WITHIN = 10.0
+#: A port freed is tried again within this, however long it was taken (not a crash
+#: loop's minute), and then served within a pass.
+RETRIED_WITHIN = 4.0
+SERVED_WITHIN = RETRIED_WITHIN + 4.0
 
 
 @pytest.fixture
@@ -210,3 +218,46 @@ def test_a_second_cluster_never_shares_an_expose_port(cluster: Cluster, tmp_path
         other.stop()
         stop_data_plane(other_state)
         remove_cluster(process_runtime(other_state), cluster_of(other_state))
+
+
+def test_a_taken_port_is_served_soon_after_it_is_freed_and_never_before(
+    cluster: Cluster,
+) -> None:
+    """Found by the chaos soak (seed 1701): the proxy kept the table it could not fully
+    apply (the route of the taken port in it) while the daemon held that route back, so a
+    proxy started afresh served it until the daemon's next table withdrew it again. What
+    the proxy keeps is what the daemon published; and once freed, the port is served
+    within seconds, however long it was taken."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", free_port()))
+    holder.listen(8)
+    late_port = holder.getsockname()[1]
+    first = commit(
+        cluster.repo,
+        {
+            "api.yaml": process_service("api", port=cluster.port, replicas=1),
+            "late.yaml": process_service("late", port=late_port, replicas=1),
+        },
+        "api, and late on a taken port",
+    )
+    daemon = cluster.daemon()
+    try:
+        wait_for("api served", lambda: converged(daemon.service("api"), first, 1), 60,
+                 describe=daemon.log_tail)  # fmt: skip
+
+        def failures() -> int:
+            failure = (daemon.service("late") or {}).get("failure") or {}
+            return int(failure.get("failures", 0)) if str(late_port) in str(failure) else 0
+
+        # Long enough for a crash loop's back-off to have grown past the cap (1+2+4+8 s).
+        wait_for("late tried five times", lambda: failures() >= 5, 40, describe=daemon.log_tail)
+        retry = (daemon.service("late") or {})["failure"]["retryInSeconds"]
+        assert retry <= RETRIED_WITHIN, retry
+        kept = table_from_json(json.loads((cluster.state / "proxy" / "table.json").read_text()))
+        assert {service_of_route(route) for route in kept.routes} == {"api"}
+    finally:
+        holder.close()
+    freed = time.monotonic()
+    wait_for("late served once its port is free", lambda: get_version(late_port) == "1",
+             SERVED_WITHIN, describe=daemon.log_tail)  # fmt: skip
+    assert time.monotonic() - freed <= SERVED_WITHIN
