@@ -51,7 +51,7 @@ from gitorch.decide.cluster import changed_services
 from gitorch.decide.driver_hint import driver_mismatch
 from gitorch.decide.guard import mass_prune
 from gitorch.diff import Plan
-from gitorch.errors import GitorchError, ManifestInvalid, NothingToShow, RefNotFound, StateError
+from gitorch.errors import GitorchError, ManifestInvalid, RefNotFound, StateError
 from gitorch.live import observe
 from gitorch.live.inventory import open_runtimes
 from gitorch.live.model import LiveReplica, LiveState
@@ -61,7 +61,7 @@ from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView, registered_targets
 from gitorch.readmodel.history import history_json, scaling_json
-from gitorch.readmodel.logs import live_logs, retained, retained_json
+from gitorch.readmodel.logs import live_logs, previous_logs, retained, retained_json
 from gitorch.readmodel.nodes import nodes_json
 from gitorch.readmodel.status import ServiceEntries, control_plane_json, status_json
 from gitorch.runtime.base import Runtime
@@ -1182,11 +1182,8 @@ class Daemon:
         view = self._last_view()
         runtimes, live = view.runtimes, view.live
         if previous:
-            kept = retained(runtimes.values(), self.session.cluster, service, replica)
-            if not kept:
-                what = f"replica {replica} of {service}" if replica else service
-                raise NothingToShow(f"no removed replica of {what} has left output here")
-            return {"previous": [retained_json(k, tail) for k in kept]}
+            cluster = self.session.cluster
+            return {"previous": previous_logs(runtimes.values(), cluster, service, replica, tail)}
         documents, warnings = live_logs(live, runtimes, service, replica, tail)
         return {"replicas": documents, "warnings": warnings}
 

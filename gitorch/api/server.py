@@ -394,17 +394,11 @@ class ApiServer:
         if form not in PLAN_FORMATS:
             raise HttpError(400, f"format must be one of {', '.join(PLAN_FORMATS)}, not {form!r}")
         plan = self.handle.plan(ref)
+        changes = (PLAN_CHANGES_HEADER, "true" if plan.has_changes else "false")
         if form == "json":
-            document = plan.to_json()
-            digest = document["digest"]
-        else:
-            digest = plan.digest
-        headers = (
-            (PLAN_CHANGES_HEADER, "true" if plan.has_changes else "false"),
-            (PLAN_DIGEST_HEADER, digest),
-        )
-        if form == "json":
-            return json_response(200, document, *headers)
+            document = plan.to_json()  # the digest comes with the body, made once
+            return json_response(200, document, changes, (PLAN_DIGEST_HEADER, document["digest"]))
+        headers = (changes, (PLAN_DIGEST_HEADER, plan.digest))
         if form == "markdown":
             from gitorch.diff.render.markdown import render_markdown
 

@@ -32,13 +32,7 @@ from gitorch.commands.common import (
     stderr,
     stdout,
 )
-from gitorch.commands.remote import (
-    add_token_option,
-    client_tls,
-    client_token,
-    fetch_json,
-    server_url,
-)
+from gitorch.commands.remote import add_token_option, ask_json
 from gitorch.errors import ConfigError, GitorchError
 from gitorch.state import StateStore
 from gitorch.state.audit_chain import ChainEntry, Verdict, chain_entry_of, verify
@@ -204,12 +198,7 @@ def _events_from_server(args: argparse.Namespace) -> list[dict[str, Any]]:
             query[name] = getattr(args, name)
     if args.since is not None:
         query["since"] = repr(args.since)
-    data = fetch_json(
-        f"{server_url(args.server)}/api/v1/audit?{urlencode(query)}",
-        args.server,
-        token=client_token(args),
-        context=client_tls(args),
-    )
+    data = ask_json(args, f"/api/v1/audit?{urlencode(query)}")
     if not isinstance(data, list) or not all(isinstance(e, dict) and "at" in e for e in data):
         raise GitorchError(
             f"the daemon at {args.server} answered something that is not an audit log"
@@ -219,13 +208,7 @@ def _events_from_server(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _chain_from_server(args: argparse.Namespace) -> tuple[list[ChainEntry], int | None]:
     """The daemon's whole chain (``GET /api/v1/audit/chain``), to verify here."""
-    data = fetch_json(
-        f"{server_url(args.server)}/api/v1/audit/chain",
-        args.server,
-        CHAIN_TIMEOUT,
-        token=client_token(args),
-        context=client_tls(args),
-    )
+    data = ask_json(args, "/api/v1/audit/chain", CHAIN_TIMEOUT)
     try:
         if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
             raise ValueError("no entries")

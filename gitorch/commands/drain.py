@@ -21,13 +21,7 @@ from gitorch.commands.common import (
     state_location,
     stdout,
 )
-from gitorch.commands.remote import (
-    add_token_option,
-    client_tls,
-    client_token,
-    fetch,
-    server_url,
-)
+from gitorch.commands.remote import add_token_option, ask
 from gitorch.errors import GitorchError
 from gitorch.state import RecordNotFound, StateStore
 
@@ -99,13 +93,7 @@ def _on_server(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
     action = "uncordon" if args.undo else "drain"
-    body, _headers = fetch(
-        f"{server_url(args.server)}/api/v1/nodes/{quote(args.node, safe='')}/{action}",
-        args.server,
-        token=client_token(args),
-        context=client_tls(args),
-        post={},
-    )
+    body, _headers = ask(args, f"/api/v1/nodes/{quote(args.node, safe='')}/{action}", post={})
     try:
         message = json.loads(body).get("message")
     except (ValueError, AttributeError):

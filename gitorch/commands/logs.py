@@ -25,14 +25,8 @@ from rich.markup import escape
 
 from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
 from gitorch.commands.common import add_format_option, add_state_option, print_json, stderr
-from gitorch.commands.remote import (
-    add_token_option,
-    client_tls,
-    client_token,
-    fetch_json,
-    server_url,
-)
-from gitorch.errors import ConfigError, GitorchError, NothingToShow, RuntimeDriverError
+from gitorch.commands.remote import add_token_option, ask_json
+from gitorch.errors import ConfigError, GitorchError, RuntimeDriverError
 from gitorch.live import observe
 from gitorch.live.model import LiveReplica
 from gitorch.manifests.quantities import format_duration
@@ -40,8 +34,7 @@ from gitorch.readmodel.logs import (
     live_logs,
     live_replicas,
     nothing_live,
-    retained,
-    retained_json,
+    previous_logs,
 )
 
 #: Lines per replica when --tail is not given (as ``kamal app logs``).
@@ -138,17 +131,10 @@ def run(args: argparse.Namespace) -> int:
             if view.live.cluster == "" or view.state_dir is None:
                 raise GitorchError(f"nothing has run from {view.state_dir} yet")
             if args.previous:
-                kept = retained(
-                    view.runtimes.values(), view.live.cluster, args.service, args.replica
+                documents = previous_logs(
+                    view.runtimes.values(), view.live.cluster, args.service, args.replica, args.tail
                 )
-                if not kept:
-                    what = (
-                        f"replica {args.replica} of {args.service}"
-                        if args.replica
-                        else args.service
-                    )
-                    raise NothingToShow(f"no removed replica of {what} has left output here")
-                return _show_previous([retained_json(k, args.tail) for k in kept], args)
+                return _show_previous(documents, args)
             if args.follow:
                 return _follow(view, args)
             documents, warnings = live_logs(
@@ -178,12 +164,7 @@ def _from_server(args: argparse.Namespace) -> int:
     if args.previous:
         query["previous"] = 1
     path = f"/api/v1/services/{quote(args.service, safe='')}/logs?{urlencode(query)}"
-    data = fetch_json(
-        f"{server_url(args.server)}{path}",
-        args.server,
-        token=client_token(args),
-        context=client_tls(args),
-    )
+    data = ask_json(args, path)
     key = "previous" if args.previous else "replicas"
     documents = data.get(key) if isinstance(data, dict) else None
     warnings = data.get("warnings", []) if isinstance(data, dict) else None

@@ -299,7 +299,7 @@ def _run_on_server(args: argparse.Namespace) -> int:
     import orjson
 
     from gitorch.api.server import PLAN_CHANGES_HEADER
-    from gitorch.commands.remote import client_tls, client_token, fetch, server_url
+    from gitorch.commands.remote import ask
 
     given = [d for d in LOCAL_ONLY if getattr(args, d, None) != args.local_defaults.get(d)]
     if given:
@@ -309,14 +309,11 @@ def _run_on_server(args: argparse.Namespace) -> int:
             "repository, folder, secrets, signature policy and nodes (only --ref and "
             "--format are sent)"
         )
-    server = server_url(args.server)
     query = {"format": args.format, **({"ref": args.ref} if args.ref else {})}
-    body, headers = fetch(
-        f"{server}/api/v1/plan?{urlencode(query)}",
-        args.server,
+    body, headers = ask(
+        args,
+        f"/api/v1/plan?{urlencode(query)}",
         PLAN_TIMEOUT,
-        token=client_token(args),
-        context=client_tls(args),
         accept="application/json" if args.format == "json" else "text/plain, text/markdown",
     )
     changes = headers.get(PLAN_CHANGES_HEADER)

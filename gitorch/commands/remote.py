@@ -190,6 +190,37 @@ def fetch_json(
 ) -> Any:
     """:func:`fetch` ``url`` and decode its JSON."""
     body, _headers = fetch(url, server, timeout, token=token, context=context)
+    return _decoded(body, server)
+
+
+def ask(
+    args: argparse.Namespace,
+    path: str,
+    timeout: float = SERVER_TIMEOUT,
+    *,
+    accept: str = "application/json",
+    post: Mapping[str, Any] | None = None,
+) -> tuple[bytes, Mapping[str, str]]:
+    """:func:`fetch` ``path`` of the daemon ``--server`` names, with ``--token-file``
+    and ``--ca-file``: the body and the headers."""
+    return fetch(
+        f"{server_url(args.server)}{path}",
+        args.server,
+        timeout,
+        token=client_token(args),
+        context=client_tls(args),
+        accept=accept,
+        post=post,
+    )
+
+
+def ask_json(args: argparse.Namespace, path: str, timeout: float = SERVER_TIMEOUT) -> Any:
+    """:func:`ask` ``path`` and decode its JSON."""
+    body, _headers = ask(args, path, timeout)
+    return _decoded(body, args.server)
+
+
+def _decoded(body: bytes, server: str) -> Any:
     try:
         return json.loads(body)
     except ValueError as exc:
@@ -212,12 +243,7 @@ def _error_of(body: bytes) -> tuple[str | None, tuple[str, ...]]:
 def fetch_rows(args: argparse.Namespace, path: str, key: str) -> list[dict[str, Any]]:
     """The list under ``key`` of the JSON document at ``path`` of the daemon ``--server``
     names (with ``--token-file`` and ``--ca-file``)."""
-    data = fetch_json(
-        f"{server_url(args.server)}{path}",
-        args.server,
-        token=client_token(args),
-        context=client_tls(args),
-    )
+    data = ask_json(args, path)
     rows = data.get(key) if isinstance(data, dict) else None
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise GitorchError(f"the daemon at {args.server} answered {path} without its {key}")

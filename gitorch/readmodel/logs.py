@@ -87,6 +87,18 @@ def retained(
     return sorted(kept, key=lambda k: k.removed_at, reverse=True)
 
 
+def previous_logs(
+    runtimes: Iterable[Runtime], cluster: str, service: str, only: str | None, tail: int
+) -> list[dict[str, Any]]:
+    """:func:`retained_json` of every kept dead replica of ``service`` (or of the one
+    ``only`` names), newest first. Raises :class:`NothingToShow` when none is kept."""
+    kept = retained(runtimes, cluster, service, only)
+    if not kept:
+        what = f"replica {only} of {service}" if only else service
+        raise NothingToShow(f"no removed replica of {what} has left output here")
+    return [retained_json(k, tail) for k in kept]
+
+
 def retained_json(kept: RetainedLog, tail: int) -> dict[str, Any]:
     """One removed replica: where it ran, how and when it ended, its last ``tail`` lines."""
     lines = kept.output.splitlines()
