@@ -14,10 +14,19 @@ from cli_helpers import REPO_ROOT, cli_env
 #: (when asked) a non-daemon thread that writes after the command returned.
 PROBE = """
 import atexit, sys, threading, time
+import gitorch.commands.common as common
 atexit.register(lambda: print("ATEXIT ran", flush=True))
 if sys.argv.pop(1) == "thread":
+    # The thread writes once the command has returned (however long it took), so the
+    # process's end must wait for it.
+    returned, real_exit = threading.Event(), common.exit_at_once
+    def exit_at_once(code):
+        returned.set()
+        real_exit(code)
+    common.exit_at_once = exit_at_once
     def late():
-        time.sleep(0.5)
+        returned.wait()
+        time.sleep(0.2)
         print("THREAD finished", flush=True)
     threading.Thread(target=late).start()
 sys.argv[0] = "gitorch"
