@@ -61,7 +61,7 @@ from gitorch.manifests.loader import load_desired
 from gitorch.manifests.model import DesiredState
 from gitorch.readmodel.cluster import ClusterView, registered_targets
 from gitorch.readmodel.history import history_json, scaling_json
-from gitorch.readmodel.logs import live_logs, previous_logs, retained, retained_json
+from gitorch.readmodel.logs import LogFollower, live_logs, previous_logs, retained, retained_json
 from gitorch.readmodel.nodes import nodes_json
 from gitorch.readmodel.status import ServiceEntries, control_plane_json, status_json
 from gitorch.runtime.base import Runtime
@@ -1186,6 +1186,13 @@ class Daemon:
             return {"previous": previous_logs(runtimes.values(), cluster, service, replica, tail)}
         documents, warnings = live_logs(live, runtimes, service, replica, tail)
         return {"replicas": documents, "warnings": warnings}
+
+    def follow_logs(self, service: str, replica: str | None, tail: int) -> LogFollower:
+        def look() -> tuple[LiveState, Mapping[str, Runtime]]:
+            view = self._last_view()
+            return view.live, view.runtimes
+
+        return LogFollower(look, service, replica, tail)
 
     def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
         assert self.session is not None

@@ -15,6 +15,8 @@ Routes (JSON unless noted; errors are ``{"error": "..."}``)::
                                     Gitorch-Plan-Digest)
     GET  /api/v1/nodes              the `gitorch nodes --format json` document
     GET  /api/v1/services/NAME/logs [?tail=N&replica=R&previous=1] what its replicas wrote
+                                    [&follow=1] then their new lines as they come
+                                    (application/x-ndjson, one event a line)
     POST /api/v1/nodes/NAME/drain|uncordon      move replicas off a node / take it back
     GET  /api/v1/audit              [?service=&kind=&since=&limit=] audit entries
     GET  /api/v1/audit/chain        the hash chain, for `gitorch audit --verify --server`
@@ -30,6 +32,7 @@ With ``--api-token-file`` every route but ``/healthz`` and the webhook needs
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gitorch.api.metrics import Metrics
@@ -37,6 +40,19 @@ from gitorch.api.metrics import Metrics
 if TYPE_CHECKING:
     from gitorch.diff import Plan
     from gitorch.state.audit_chain import ChainEntry
+
+
+class LogStream(Protocol):
+    """A service's followed output (``gitorch.readmodel.logs.LogFollower``)."""
+
+    def events(self, quiet: float = 15.0) -> Iterator[dict[str, str] | None]:
+        """``{"follow": REPLICA}`` and ``{"replica": REPLICA, "line": TEXT}`` events as
+        they come, ``None`` after ``quiet`` seconds without one; until :meth:`close`."""
+        ...
+
+    def close(self) -> None:
+        """Stop following (the readers of the replicas' output end)."""
+        ...
 
 
 class DaemonHandle(Protocol):
@@ -94,6 +110,12 @@ class DaemonHandle(Protocol):
         :class:`~gitorch.errors.NothingToShow` when there is nothing to show."""
         ...
 
+    def follow_logs(self, service: str, replica: str | None, tail: int) -> LogStream:
+        """The new lines of ``service``'s live replicas (or the one ``replica`` names),
+        after their last ``tail``; picks up replicas that start later. Raises
+        :class:`~gitorch.errors.NothingToShow` when none runs now."""
+        ...
+
     def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
         """Cordon ``node`` and move its replicas off (``draining``), or make it schedulable
         again: (done, message); not done when no such node is known. ``actor``: the API
@@ -124,4 +146,4 @@ class DaemonHandle(Protocol):
         ...
 
 
-__all__ = ["DaemonHandle", "Metrics"]
+__all__ = ["DaemonHandle", "LogStream", "Metrics"]

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from gitorch.api import DaemonHandle
+from gitorch.api import DaemonHandle, LogStream
 from gitorch.api.auth import Denial, TokenSet, authorize, check_exposure
 from gitorch.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gitorch.api.tls import handshake
@@ -62,6 +62,15 @@ REQUEST_TIMEOUT = 10.0
 
 #: Lines per replica of ``GET /api/v1/services/NAME/logs`` without ``tail``.
 DEFAULT_LOG_TAIL = 100
+
+#: Clients following logs at once (each holds a thread and a reader per replica).
+MAX_LOG_FOLLOWERS = 16
+
+#: Seconds a followed log stays silent before an empty line keeps it alive (and shows
+#: whether its client is still there).
+LOG_KEEPALIVE_SECONDS = 10.0
+
+NDJSON_TYPE = "application/x-ndjson"
 
 #: Default ``limit`` of ``GET /api/v1/audit`` (``gitorch audit``'s).
 DEFAULT_AUDIT_LIMIT = 100
@@ -251,6 +260,8 @@ class ApiServer:
         check_exposure(self._bind[0], tokens, insecure, tls=tls is not None)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._followers_lock = threading.Lock()
+        self._followers: set[LogStream] = set()
         self._routes: dict[str, dict[str, Route]] = {
             "/healthz": {"GET": self._healthz},
             "/api/v1/status": {"GET": self._status},
@@ -303,6 +314,10 @@ class ApiServer:
         self._server = self._thread = None
         if server is None:
             return
+        with self._followers_lock:
+            following = list(self._followers)
+        for stream in following:
+            stream.close()  # their responses end; a stopped API holds no reader
         server.shutdown()  # returns within one poll_interval (50 ms)
         server.server_close()
         if thread is not None:
@@ -483,21 +498,52 @@ class ApiServer:
         return json_response(202, {"accepted": True, "message": message})
 
     def _service_logs(self, request: Request) -> Response:
-        """GET /api/v1/services/NAME/logs[?tail=N&replica=R&previous=1]: the live
-        replicas' last lines (``{"replicas", "warnings"}``), or with ``previous`` what is
-        kept of the dead ones (``{"previous"}``); 404 when there is nothing to show."""
+        """GET /api/v1/services/NAME/logs[?tail=N&replica=R&previous=1|follow=1]: the
+        live replicas' last lines (``{"replicas", "warnings"}``), or with ``previous`` what
+        is kept of the dead ones (``{"previous"}``), or with ``follow`` the last lines and
+        then the new ones as newline-delimited JSON events until the client leaves; 404
+        when there is nothing to show."""
         match = _SERVICE_LOGS_RE.match(request.path)
         assert match is not None  # dispatch only routes matching paths here
         tail_text = _one(request, "tail") or str(DEFAULT_LOG_TAIL)
         if not tail_text.isdigit():
             raise HttpError(400, "tail must be a number of lines")
         previous = _one(request, "previous") in ("1", "true")
+        service, replica = match.group(1), _one(request, "replica") or None
+        if _one(request, "follow") in ("1", "true"):
+            if previous:
+                raise HttpError(400, "follow and previous do not go together")
+            return self._follow_logs(service, replica, int(tail_text))
         return json_response(
-            200,
-            self.handle.service_logs(
-                match.group(1), _one(request, "replica") or None, int(tail_text), previous
-            ),
+            200, self.handle.service_logs(service, replica, int(tail_text), previous)
         )
+
+    def _follow_logs(self, service: str, replica: str | None, tail: int) -> Response:
+        with self._followers_lock:
+            if len(self._followers) >= MAX_LOG_FOLLOWERS:
+                raise HttpError(
+                    503, f"{MAX_LOG_FOLLOWERS} clients follow logs already: try again later"
+                )
+            stream = self.handle.follow_logs(service, replica, tail)  # NothingToShow: 404
+            self._followers.add(stream)
+        return Response(
+            200, b"", NDJSON_TYPE, (("X-Accel-Buffering", "no"),), stream=self._events(stream)
+        )
+
+    def _events(self, stream: LogStream) -> Iterator[bytes]:
+        """The followed events, one JSON line each; an empty line when quiet. Ends when
+        the client leaves (a write fails: the response's ``close``) or the API stops."""
+        try:
+            for event in stream.events(LOG_KEEPALIVE_SECONDS):
+                yield (
+                    b"\n"
+                    if event is None
+                    else orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+                )
+        finally:
+            stream.close()
+            with self._followers_lock:
+                self._followers.discard(stream)
 
     def _reconcile(self, request: Request) -> Response:
         reason = "api request"

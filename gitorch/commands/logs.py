@@ -3,20 +3,18 @@
 Reads the runtimes and the state directory directly, like ``gitorch status`` (no daemon,
 no lock): live replicas' output from their runtime, ``--previous`` from what the drivers
 kept of the last removed replicas of the service (``Runtime.retained_logs``: the end of
-their output, how and when they ended). Program output is printed as written; gitorch
-never prints a replica's environment.
+their output, how and when they ended). With ``--server`` it asks a daemon instead
+(``GET /api/v1/services/NAME/logs``; ``--follow`` reads its ``?follow=1`` stream).
+Program output is printed as written; gitorch never prints a replica's environment.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import queue
 import sys
-import threading
-import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,24 +23,19 @@ from rich.markup import escape
 
 from gitorch.commands.cluster import ClusterView, add_runtime_option, open_view
 from gitorch.commands.common import add_format_option, add_state_option, print_json, stderr
-from gitorch.commands.remote import add_token_option, ask_json
-from gitorch.errors import ConfigError, GitorchError, RuntimeDriverError
+from gitorch.commands.remote import add_token_option, ask_json, ask_lines
+from gitorch.errors import ConfigError, GitorchError
 from gitorch.live import observe
-from gitorch.live.model import LiveReplica
+from gitorch.live.model import LiveState
 from gitorch.manifests.quantities import format_duration
-from gitorch.readmodel.logs import (
-    live_logs,
-    live_replicas,
-    nothing_live,
-    previous_logs,
-)
+from gitorch.readmodel.logs import ALL_LINES, LogFollower, live_logs, previous_logs
+from gitorch.runtime.base import Runtime
 
 #: Lines per replica when --tail is not given (as ``kamal app logs``).
 DEFAULT_TAIL = 100
-#: --tail all: more lines than any log holds.
-ALL_LINES = 10**9
-#: How often --follow looks for replicas that started since.
-DISCOVER_SECONDS = 2.0
+#: Seconds ``--follow --server`` waits for a word from the daemon (which sends an empty
+#: line every ``LOG_KEEPALIVE_SECONDS``, 10) before it says the daemon is gone.
+FOLLOW_QUIET_SECONDS = 30.0
 
 EXAMPLE = """example:
   gitorch logs web
@@ -50,6 +43,7 @@ EXAMPLE = """example:
   gitorch logs api --previous
   gitorch logs web --follow
   gitorch logs web --server https://deploy.example:7420 --tail 20
+  gitorch logs web --server https://deploy.example:7420 --follow
 """
 
 
@@ -96,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="URL",
         help="ask a running daemon (its HTTP API) instead of reading --state and the "
-        "runtimes (not with --follow)",
+        "runtimes (with --follow, it streams the lines)",
     )
     add_token_option(parser)
     add_runtime_option(parser)
@@ -153,17 +147,18 @@ def run(args: argparse.Namespace) -> int:
 def _from_server(args: argparse.Namespace) -> int:
     """The daemon's ``GET /api/v1/services/NAME/logs``, shown as the local command shows
     what it reads itself."""
-    if args.follow:
-        raise ConfigError(
-            "--follow cannot be used with --server: the API gives the last lines, it does not "
-            "stream them yet (follow where the state is, with --state)"
-        )
     query: dict[str, str | int] = {"tail": min(args.tail, ALL_LINES)}
     if args.replica:
         query["replica"] = args.replica
     if args.previous:
         query["previous"] = 1
+    if args.follow:
+        query["follow"] = 1
     path = f"/api/v1/services/{quote(args.service, safe='')}/logs?{urlencode(query)}"
+    if args.follow:
+        with suppress(KeyboardInterrupt):  # Ctrl-C: the usual end of --follow
+            _print_events(ask_lines(args, path, FOLLOW_QUIET_SECONDS))
+        return 0
     data = ask_json(args, path)
     key = "previous" if args.previous else "replicas"
     documents = data.get(key) if isinstance(data, dict) else None
@@ -246,54 +241,36 @@ def _show_previous(documents: list[dict[str, Any]], args: argparse.Namespace) ->
 # -- follow --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Line:
-    replica: str
-    text: str
-
-
 def _follow(view: ClusterView, args: argparse.Namespace) -> int:
     """Stream every replica's new lines; pick up replicas that start meanwhile."""
-    lines: queue.Queue[_Line] = queue.Queue(maxsize=10_000)
-    followed: set[str] = set()
-    next_look = 0.0
+    looked = False
+
+    def look() -> tuple[LiveState, Mapping[str, Runtime]]:
+        nonlocal looked
+        if looked:  # the first look is the view's own observation
+            view.live = observe(view.targets, view.runtimes, view.live.cluster, view.store)
+        looked = True
+        return view.live, view.runtimes
+
+    follower = LogFollower(look, args.service, args.replica, args.tail)
     try:
-        while True:
-            now = time.monotonic()
-            if now >= next_look:
-                if followed:
-                    view.live = observe(view.targets, view.runtimes, view.live.cluster, view.store)
-                fresh = live_replicas(view.live, args.service, args.replica)
-                if not fresh and not followed:
-                    raise nothing_live(view.live, args.service, args.replica)
-                # The first replicas show their last lines; later ones all they wrote.
-                tail = ALL_LINES if followed else args.tail
-                for replica in fresh:
-                    if replica.id not in followed and replica.state == "running":
-                        followed.add(replica.id)
-                        _start_follower(view, replica, tail, lines)
-                next_look = now + DISCOVER_SECONDS
-            try:
-                line = lines.get(timeout=max(0.05, next_look - time.monotonic()))
-            except queue.Empty:
-                continue
-            _write_lines([line.text], f"{line.replica} | " if len(followed) > 1 else "")
+        _print_events(follower.events())
     except KeyboardInterrupt:
-        return 0
+        pass
+    finally:
+        follower.close()
+    return 0
 
 
-def _start_follower(
-    view: ClusterView, replica: LiveReplica, tail: int, lines: queue.Queue[_Line]
-) -> None:
-    runtime = view.runtimes[replica.node]
-
-    def pump() -> None:
-        stream: Iterator[str] | None = None
-        try:
-            stream = runtime.follow_logs(replica.id, tail)
-            for text in stream:
-                lines.put(_Line(replica.replica, text))
-        except RuntimeDriverError as exc:
-            lines.put(_Line(replica.replica, f"(gitorch: {exc.message})"))
-
-    threading.Thread(target=pump, name=f"logs-{replica.replica}", daemon=True).start()
+def _print_events(events: Iterable[Any]) -> None:
+    """Print followed lines (``LogFollower`` events, local or from the API's stream),
+    each prefixed with its replica once more than one is followed."""
+    followed: set[str] = set()
+    for event in events:
+        if not isinstance(event, dict):
+            continue  # a keep-alive
+        if "follow" in event:
+            followed.add(str(event["follow"]))
+        elif "line" in event:
+            prefix = f"{event.get('replica')} | " if len(followed) > 1 else ""
+            _write_lines([str(event["line"])], prefix)

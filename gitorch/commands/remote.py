@@ -20,7 +20,8 @@ import argparse
 import json
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,8 @@ def server_url(server: str) -> str:
     return server.rstrip("/")
 
 
-def fetch(
+@contextmanager
+def opened(
     url: str,
     server: str,
     timeout: float = SERVER_TIMEOUT,
@@ -149,11 +151,11 @@ def fetch(
     context: ssl.SSLContext | None = None,
     accept: str = "application/json",
     post: Mapping[str, Any] | None = None,
-) -> tuple[bytes, Mapping[str, str]]:
-    """GET ``url`` (``post``: POST it as JSON) with ``token`` as a bearer token, over TLS
-    with ``context`` for an https URL: the body and the headers. Every failure is one
-    clear GitorchError, with the lines of the daemon's ``detail`` (a manifest's problems,
-    each ``path:line:col``)."""
+) -> Iterator[Any]:
+    """The daemon's open answer to ``url``: GET (``post``: POST it as JSON) with ``token``
+    as a bearer token, over TLS with ``context`` for an https URL; read it whole or as it
+    comes. Every failure is one clear GitorchError, with the lines of the daemon's
+    ``detail`` (a manifest's problems, each ``path:line:col``)."""
     import urllib.error  # ~20 ms of imports, for the commands that ask a daemon alone
     import urllib.request
 
@@ -164,8 +166,7 @@ def fetch(
         headers["Content-Type"] = "application/json"
     request = urllib.request.Request(url, data=data, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            return response.read(), response.headers
+        response = urllib.request.urlopen(request, timeout=timeout, context=context)
     except urllib.error.HTTPError as exc:
         message, detail = _error_of(exc.read())
         refused = auth_error(exc.code, server, message or str(exc.reason), token)
@@ -178,6 +179,31 @@ def fetch(
         raise unreachable(server, exc.reason) from exc
     except (OSError, TimeoutError) as exc:
         raise unreachable(server, exc) from exc
+    with response:
+        yield response
+
+
+def _read(response: Any, server: str) -> bytes:
+    try:
+        return bytes(response.read())
+    except (OSError, TimeoutError) as exc:  # the daemon went away mid-answer
+        raise unreachable(server, exc) from exc
+
+
+def ask_lines(args: argparse.Namespace, path: str, quiet: float) -> Iterator[Any]:
+    """The newline-delimited JSON the daemon ``--server`` names streams at ``path``, one
+    decoded value a line as it comes (blank keep-alive lines skipped). A daemon silent for
+    longer than ``quiet`` seconds, or gone, ends it with an error."""
+    with _asked(args, path, quiet, accept="application/x-ndjson") as response:
+        while True:
+            try:
+                line = response.readline()
+            except (OSError, TimeoutError) as exc:
+                raise unreachable(args.server, exc) from exc
+            if not line:
+                raise GitorchError(f"the daemon at {args.server} ended the stream")
+            if line.strip():
+                yield _decoded(line, args.server)
 
 
 def fetch_json(
@@ -188,9 +214,9 @@ def fetch_json(
     token: str | None = None,
     context: ssl.SSLContext | None = None,
 ) -> Any:
-    """:func:`fetch` ``url`` and decode its JSON."""
-    body, _headers = fetch(url, server, timeout, token=token, context=context)
-    return _decoded(body, server)
+    """``url``'s JSON (see :func:`opened`)."""
+    with opened(url, server, timeout, token=token, context=context) as response:
+        return _decoded(_read(response, server), server)
 
 
 def ask(
@@ -201,9 +227,23 @@ def ask(
     accept: str = "application/json",
     post: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, Mapping[str, str]]:
-    """:func:`fetch` ``path`` of the daemon ``--server`` names, with ``--token-file``
-    and ``--ca-file``: the body and the headers."""
-    return fetch(
+    """``path`` of the daemon ``--server`` names (see :func:`opened`), with
+    ``--token-file`` and ``--ca-file``: the body and the headers."""
+    with _asked(args, path, timeout, accept=accept, post=post) as response:
+        return _read(response, args.server), response.headers
+
+
+def _asked(
+    args: argparse.Namespace,
+    path: str,
+    timeout: float,
+    *,
+    accept: str,
+    post: Mapping[str, Any] | None = None,
+) -> AbstractContextManager[Any]:
+    """:func:`opened` for ``path`` of the daemon ``--server`` names, with
+    ``--token-file`` and ``--ca-file``."""
+    return opened(
         f"{server_url(args.server)}{path}",
         args.server,
         timeout,

@@ -1,10 +1,14 @@
 """What a service's replicas wrote, as ``gitorch logs --format json``, the API
 (``GET /api/v1/services/NAME/logs``) and the dashboard show it: the live replicas' output
-read from their runtimes, and what the drivers kept of removed ones."""
+read from their runtimes, what the drivers kept of removed ones, and the new lines as
+they come (:class:`LogFollower`: ``gitorch logs --follow``, locally or through the API)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,6 +122,119 @@ def retained_json(kept: RetainedLog, tail: int) -> dict[str, Any]:
         "truncated": kept.truncated,
         "output": "".join(line + "\n" for line in last),
     }
+
+
+#: ``--tail all``: more lines than any log holds.
+ALL_LINES = 10**9
+
+#: How often a follower looks for replicas that started since.
+DISCOVER_SECONDS = 2.0
+
+#: Lines waiting for a slow reader before the replicas' readers wait for it.
+_BACKLOG = 10_000
+
+#: What a follower reads to find the replicas: the live state and the nodes' runtimes.
+LiveLook = Callable[[], tuple[LiveState, Mapping[str, Runtime]]]
+
+
+class LogFollower:
+    """Every live replica's new lines of one service (or of the replica ``only``
+    names), and those of replicas that start later, as events:
+    ``{"follow": REPLICA}`` when a replica's output starts to be followed, then
+    ``{"replica": REPLICA, "line": TEXT}`` for each line (its last ``tail`` lines first;
+    all of a later replica's); ``{"replica": REPLICA, "line": "(gitorch: ...)"}`` when its
+    runtime stops answering.
+
+    ``look`` is called at once (:class:`NothingToShow` when nothing of the service runs)
+    and every ``discover_every`` seconds after. One thread per followed replica reads its
+    runtime; :meth:`close` stops them all within half a second, quiet replicas included
+    (``Runtime.follow_logs``'s ``stop``).
+    """
+
+    def __init__(
+        self,
+        look: LiveLook,
+        service: str,
+        only: str | None,
+        tail: int,
+        *,
+        discover_every: float = DISCOVER_SECONDS,
+    ) -> None:
+        self._look = look
+        self.service, self.only, self.tail = service, only, tail
+        self._discover_every = discover_every
+        self._stop = threading.Event()
+        self._events: queue.Queue[dict[str, str]] = queue.Queue(maxsize=_BACKLOG)
+        self.followed: list[str] = []
+        self._ids: set[str] = set()
+        self._next_look = 0.0
+        live, runtimes = look()
+        if not live_replicas(live, service, only):
+            raise nothing_live(live, service, only)
+        self._discover(live, runtimes)
+
+    def events(self, quiet: float = 15.0) -> Iterator[dict[str, str] | None]:
+        """The events as they come, until :meth:`close`; ``None`` after ``quiet``
+        seconds without one (a stream's keep-alive, and a chance to notice a reader that
+        left)."""
+        last = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= self._next_look:
+                try:
+                    self._discover(*self._look())
+                except GitorchError:
+                    self._next_look = now + self._discover_every  # looked again later
+            wait = max(0.05, min(self._next_look, last + quiet) - time.monotonic())
+            try:
+                event = self._events.get(timeout=wait)
+            except queue.Empty:
+                if time.monotonic() - last >= quiet:
+                    last = time.monotonic()
+                    yield None
+                continue
+            last = time.monotonic()
+            yield event
+
+    def close(self) -> None:
+        """Stop following (every replica's reader ends within half a second)."""
+        self._stop.set()
+
+    def _discover(self, live: LiveState, runtimes: Mapping[str, Runtime]) -> None:
+        # The first replicas show their last lines; later ones all they wrote.
+        tail = ALL_LINES if self.followed else self.tail
+        for replica in live_replicas(live, self.service, self.only):
+            runtime = runtimes.get(replica.node)
+            if replica.id in self._ids or replica.state != "running" or runtime is None:
+                continue
+            self._ids.add(replica.id)
+            self.followed.append(replica.replica)
+            self._put({"follow": replica.replica})
+            threading.Thread(
+                target=self._read,
+                args=(runtime, replica, tail),
+                name=f"gitorch-logs-{replica.replica}",
+                daemon=True,
+            ).start()
+        self._next_look = time.monotonic() + self._discover_every
+
+    def _read(self, runtime: Runtime, replica: LiveReplica, tail: int) -> None:
+        try:
+            for text in runtime.follow_logs(replica.id, tail, self._stop):
+                if not self._put({"replica": replica.replica, "line": text}):
+                    return
+        except RuntimeDriverError as exc:
+            self._put({"replica": replica.replica, "line": f"(gitorch: {exc.message})"})
+
+    def _put(self, event: dict[str, str]) -> bool:
+        """Queue ``event``, waiting while a slow reader catches up; False once closed."""
+        while not self._stop.is_set():
+            try:
+                self._events.put(event, timeout=0.25)
+                return True
+            except queue.Full:
+                continue
+        return False
 
 
 def _iso(stamp: float | None) -> str | None:

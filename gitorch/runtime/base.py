@@ -11,6 +11,7 @@ never block for longer than their timeout.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -361,10 +362,14 @@ class Runtime(Protocol):
         """The last ``tail`` lines of stdout and stderr."""
         ...
 
-    def follow_logs(self, instance_id: str, tail: int = 100) -> Iterator[str]:
+    def follow_logs(
+        self, instance_id: str, tail: int = 100, stop: threading.Event | None = None
+    ) -> Iterator[str]:
         """The last ``tail`` lines, then every new line as the replica writes it, each
         without its newline; ends when the replica has exited (or is removed) and all of
-        its output was given. Close the iterator to stop early.
+        its output was given, or soon (within half a second) after ``stop`` is set, even
+        while the replica writes nothing: a reader on another thread stops it that way
+        (closing the iterator only works between lines, from the thread that reads).
         :class:`InstanceNotFound` is raised at once, not at the first ``next()``."""
         ...
 

@@ -141,6 +141,10 @@ _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
 _PORT_TAKEN_PATTERNS = ("port is already allocated", "address already in use")
 #: Lines of a removed container's log read to keep its last ``OUTPUT_BYTES``.
 _RETAIN_LINES = 4000
+
+#: How often a followed stream's watcher looks whether its reader asked it to stop.
+_FOLLOW_STOP_POLL = 0.25
+
 #: Seconds an ingress's relay may take to answer one control request.
 INGRESS_CALL_TIMEOUT = 5.0
 #: ... and its first, which includes starting the relay (a Python process in the
@@ -1047,31 +1051,42 @@ class DockerRuntime:
         )
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
-    def follow_logs(self, instance_id: str, tail: int = 100) -> Iterator[str]:
-        """The last ``tail`` lines, then each new line until the container stops.
+    def follow_logs(
+        self, instance_id: str, tail: int = 100, stop: threading.Event | None = None
+    ) -> Iterator[str]:
+        """The last ``tail`` lines, then each new line until the container stops or
+        ``stop`` is set.
 
         The stream has a client of its own without a read timeout (a quiet container
-        writes nothing for as long as it likes); it is closed with the iterator.
+        writes nothing for as long as it likes); it is closed with the iterator, or by a
+        watcher thread as soon as ``stop`` is set (docker's stream may be closed from
+        another thread: its socket is shut down, and the blocked read ends).
         """
         self.inspect(instance_id)  # InstanceNotFound now, not at the first next()
-        return self._follow(instance_id, tail)
+        return self._follow(instance_id, tail, stop)
 
-    def _follow(self, instance_id: str, tail: int) -> Iterator[str]:
+    def _follow(self, instance_id: str, tail: int, stop: threading.Event | None) -> Iterator[str]:
         client = _build_client(self.endpoint, None, self.access, node=self.node_name)
         stream: Any = None
+        ended = threading.Event()
         try:
             with self._translate(instance_id):
                 stream = client.logs(
                     instance_id, stdout=True, stderr=True, stream=True, follow=True, tail=tail
                 )
+                if stop is not None:
+                    _close_when_set(stop, ended, stream, f"gitorch-logs-{instance_id[:12]}")
                 pending = b""
                 for chunk in stream:
                     *lines, pending = (pending + chunk).split(b"\n")
                     for line in lines:
                         yield line.decode("utf-8", "replace")
-                if pending:
+                    if stop is not None and stop.is_set():
+                        return
+                if pending and not (stop is not None and stop.is_set()):
                     yield pending.decode("utf-8", "replace")
         finally:
+            ended.set()
             if stream is not None and hasattr(stream, "close"):
                 with suppress(Exception):
                     stream.close()
@@ -1701,3 +1716,17 @@ def _usage_from_stats(stats: Mapping[str, Any]) -> ResourceUsage:
     cache = detail.get("total_inactive_file", detail.get("inactive_file", detail.get("cache", 0)))
     used = max(0, int(memory.get("usage", 0)) - int(cache or 0))
     return ResourceUsage(cpu_percent=max(0.0, percent), memory_bytes=used)
+
+
+def _close_when_set(stop: threading.Event, ended: threading.Event, stream: Any, name: str) -> None:
+    """Close ``stream`` from a thread of its own once ``stop`` is set; the thread ends
+    with the stream (``ended``) when that comes first."""
+
+    def watch() -> None:
+        while not ended.wait(_FOLLOW_STOP_POLL):
+            if stop.is_set():
+                with suppress(Exception):
+                    stream.close()
+                return
+
+    threading.Thread(target=watch, name=name, daemon=True).start()

@@ -524,22 +524,27 @@ class ProcessRuntime:
         lines += _proc.tail_lines(folder / STDERR_FILE, count)
         return lines[-count:] if count > 0 else []
 
-    def follow_logs(self, instance_id: str, tail: int = 100) -> Iterator[str]:
+    def follow_logs(
+        self, instance_id: str, tail: int = 100, stop: threading.Event | None = None
+    ) -> Iterator[str]:
         """The last ``tail`` lines, then each new line until the replica has exited (or
-        was removed) and everything it wrote was read. Polls the file every 0.2 s."""
+        was removed) and everything it wrote was read, or ``stop`` is set. Polls the file
+        every 0.2 s."""
         record = self._find(instance_id)
         path = self._store.folder(record.name) / OUTPUT_FILE
         try:
             start = path.stat().st_size
         except FileNotFoundError:
             start = 0
-        return self._follow(record, path, tail, start)
+        return self._follow(record, path, tail, start, stop or threading.Event())
 
-    def _follow(self, record: ReplicaRecord, path: Path, tail: int, start: int) -> Iterator[str]:
+    def _follow(
+        self, record: ReplicaRecord, path: Path, tail: int, start: int, stop: threading.Event
+    ) -> Iterator[str]:
         yield from self._tail(record.name, tail, end=start) if tail > 0 else []
         offset, pending = start, b""
         finished = False
-        while True:
+        while not stop.is_set():
             try:
                 with open(path, "rb") as fh:
                     fh.seek(offset)
@@ -560,7 +565,7 @@ class ProcessRuntime:
                 finished = fresh is None or fresh.instance_id != record.instance_id
                 finished = finished or self._observe(record)[0] is not InstanceState.RUNNING
                 if not finished:
-                    time.sleep(_FOLLOW_POLL_SECONDS)
+                    stop.wait(_FOLLOW_POLL_SECONDS)
 
     def retained_logs(self, cluster: str, service: str) -> list[RetainedLog]:
         """The last removed replicas of ``service`` on this node, newest first."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import queue
 import re
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,33 @@ CHAIN_ENTRY = ChainEntry(
 UNCHANGED_PLAN = Plan(SHA, SHA, "deploy", (), (), (), (), (("web",),), unchanged=("Service/web",))
 
 
+class StubLogStream:
+    """A followed log whose events the test sends (:meth:`send`); records its close."""
+
+    def __init__(self, service: str, replica: str | None, tail: int) -> None:
+        self.asked = (service, replica, tail)
+        self.closed = threading.Event()
+        self._events: queue.Queue[dict[str, str]] = queue.Queue()
+
+    def send(self, event: dict[str, str]) -> None:
+        self._events.put(event)
+
+    def events(self, quiet: float = 15.0) -> Iterator[dict[str, str] | None]:
+        last = time.monotonic()
+        while not self.closed.is_set():
+            try:
+                event = self._events.get(timeout=0.05)
+            except queue.Empty:
+                if time.monotonic() - last < quiet:
+                    continue
+                event = None
+            last = time.monotonic()
+            yield event
+
+    def close(self) -> None:
+        self.closed.set()
+
+
 @dataclass
 class StubHandle:
     """A DaemonHandle that records calls; behaviour is switched by plain attributes."""
@@ -81,6 +110,7 @@ class StubHandle:
         default_factory=list
     )
     actions: list[tuple[str, str]] = field(default_factory=list)
+    followed: list[StubLogStream] = field(default_factory=list)
     actors: list[str | None] = field(default_factory=list)  # of triggers and actions, in order
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -122,6 +152,14 @@ class StubHandle:
         with self._lock:
             self.log_calls.append((service, replica, tail, previous))
         return {"replicas": [], "warnings": []}
+
+    def follow_logs(self, service: str, replica: str | None, tail: int) -> StubLogStream:
+        if service == "nope":
+            raise NothingToShow("no service nope (services: web)")
+        stream = StubLogStream(service, replica, tail)
+        with self._lock:
+            self.followed.append(stream)
+        return stream
 
     def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
         if node != "node-a":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from api_helpers import (
@@ -21,6 +23,7 @@ from api_helpers import (
     request,
 )
 
+from gitorch.api import server as api_server
 from gitorch.api.server import MAX_BODY, ApiServer, parse_listen
 from gitorch.diff.render.markdown import render_markdown
 from gitorch.diff.render.text import render_plain
@@ -112,6 +115,65 @@ def test_service_logs_pass_their_parameters(server: ApiServer, handle: StubHandl
     missing = request(server.address, "GET", "/api/v1/services/nope/logs")
     assert (missing.status, missing.json()) == (404, {"error": "no service nope (services: web)"})
     assert request(server.address, "GET", "/api/v1/services/Web!/logs").status == 404
+
+
+def follow(server: ApiServer, query: str = "") -> tuple[http.client.HTTPConnection, Any]:
+    """``GET /api/v1/services/web/logs?follow=1``: the open connection and response."""
+    conn = http.client.HTTPConnection(*server.address, timeout=10)
+    conn.request("GET", f"/api/v1/services/web/logs?follow=1{query}")
+    return conn, conn.getresponse()
+
+
+def test_a_followed_log_streams_events_as_they_come(
+    server: ApiServer, handle: StubHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_server, "LOG_KEEPALIVE_SECONDS", 0.2)
+    conn, response = follow(server, "&tail=3&replica=web-2")
+    try:
+        assert response.status == 200
+        assert response.getheader("Content-Type") == "application/x-ndjson"
+        assert response.getheader("Content-Length") is None  # it ends when it is closed
+        [stream] = handle.followed
+        assert stream.asked == ("web", "web-2", 3)
+        stream.send({"follow": "web-2"})
+        assert json.loads(response.readline()) == {"follow": "web-2"}
+        assert response.readline() == b"\n"  # quiet: a keep-alive line
+        stream.send({"replica": "web-2", "line": 'GET "/" 200 \u00e9'})
+        line = response.readline()
+        while line == b"\n":
+            line = response.readline()
+        assert json.loads(line) == {"replica": "web-2", "line": 'GET "/" 200 \u00e9'}
+    finally:
+        response.close()  # the response holds the socket open too
+        conn.close()
+    # The client left: the next keep-alive write fails and the follow is closed.
+    assert stream.closed.wait(5.0), "the daemon kept following for a client that left"
+
+
+def test_following_logs_is_bounded_and_ends_with_the_server(
+    server: ApiServer, handle: StubHandle
+) -> None:
+    path = "/api/v1/services/web/logs"
+    both = request(server.address, "GET", f"{path}?follow=1&previous=1")
+    assert (both.status, both.json()) == (400, {"error": "follow and previous do not go together"})
+    missing = request(server.address, "GET", "/api/v1/services/nope/logs?follow=1")
+    assert (missing.status, missing.json()) == (404, {"error": "no service nope (services: web)"})
+
+    open_ones = [follow(server) for _ in range(api_server.MAX_LOG_FOLLOWERS)]
+    try:
+        assert all(response.status == 200 for _, response in open_ones)
+        refused = request(server.address, "GET", f"{path}?follow=1")
+        assert refused.status == 503 and "follow logs already" in refused.json()["error"]
+        assert request(server.address, "GET", path).status == 200  # the last lines still work
+
+        server.stop()
+
+        assert all(stream.closed.wait(5.0) for stream in handle.followed)
+        # Each one ends (after a keep-alive line at most).
+        assert all(response.read().strip() == b"" for _, response in open_ones)
+    finally:
+        for conn, _ in open_ones:
+            conn.close()
 
 
 def test_audit_passes_its_filters_and_the_chain_reads_back(

@@ -6,15 +6,24 @@ laptop, then needs neither the state store nor the nodes."""
 from __future__ import annotations
 
 import os
+import queue
+import re
 import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from audit_tamper_helpers import tamper_for
 from reconciler_helpers import (
     Cluster,
     DaemonProc,
+    cli_env,
     commit,
     converged,
+    get_body,
     git,
     gitorch,
     pid_of,
@@ -210,8 +219,94 @@ def test_logs_from_a_daemon_live_and_of_a_dead_replica(cluster: Cluster) -> None
     assert unknown.code == 1
     assert unknown.stderr.startswith("error: the daemon at http://127.0.0.1:")
     assert "answered 404: no service nope (services: api)" in unknown.stderr
-    follow = gitorch("logs", "api", *server, "--follow", cwd=cluster.root)
-    assert follow.code == 1 and "--follow cannot be used with --server" in follow.stderr
+    follow = gitorch("logs", "nope", *server, "--follow", cwd=cluster.root)
+    assert follow.code == 1 and "answered 404: no service nope" in follow.stderr
+
+
+class Follower:
+    """``gitorch logs ... --follow`` as a subprocess, its lines read on a thread."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gitorch", "logs", *args, "--follow"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            cwd=cwd,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def line_with(self, text: str, timeout: float = 30.0) -> str:
+        """The first line from now on that holds ``text``."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} in {timeout:g} s ({self.stderr()})")
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None:
+            return "still running"
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_logs_followed_through_a_daemon(cluster: Cluster) -> None:
+    applied = commit(
+        cluster.repo, {"api.yaml": process_service("api", port=cluster.port, replicas=2)}, "v1"
+    )
+    daemon, server = serving(cluster, applied, 2)
+    follower = Follower("api", *server, "--tail", "1", cwd=cluster.root)
+    last: Follower | None = None
+    try:
+        # A request's line, from whichever replica answered it, as it is written (both
+        # replicas followed first: their lines are prefixed with their names).
+        follower.line_with(" | ")
+        mark = f"mark-{os.getpid()}"
+        wait_for(
+            "the request through the proxy", lambda: get_body(cluster.port, f"/items?{mark}"), 30
+        )
+        line = follower.line_with(f"GET /items?{mark}")
+        assert re.match(r"^api-[12] \| \S+ api 127\.0\.0\.1 \"GET /items\?mark-", line), line
+
+        # A replica killed: its replacement is followed from its first line.
+        instances = daemon.service("api")["instances"]  # type: ignore[index]
+        killed = sorted(instances, key=lambda i: i["id"])[0]
+        os.kill(pid_of(killed["id"]), signal.SIGKILL)
+        started = follower.line_with("version 1 listening on", timeout=60)
+        assert started.startswith(f"{killed['replica']} | "), started
+
+        # Ctrl-C ends it quietly.
+        follower.proc.send_signal(signal.SIGINT)
+        assert follower.proc.wait(timeout=10) == 0
+        assert follower.stderr() == ""
+
+        # The daemon stopping ends a follow with one line, not a hang.
+        last = Follower("api", *server, cwd=cluster.root)
+        last.line_with(" api ")
+        daemon.stop()
+        assert last.proc.wait(timeout=15) == 1
+        assert last.stderr() == f"error: the daemon at {server[1]} ended the stream\n"
+    finally:
+        for one in (follower, last):
+            if one is not None:
+                one.close()
 
 
 def test_a_node_drained_and_taken_back_through_a_daemon(cluster: Cluster) -> None:

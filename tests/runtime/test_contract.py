@@ -7,6 +7,7 @@ removed at teardown.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -322,3 +323,28 @@ def test_follow_streams_new_lines_until_the_replica_exits(runtime_kit: RuntimeKi
     assert list(lines) == ["got SIGTERM, cleaning up", "clean exit"]  # then it ends
     with pytest.raises(InstanceNotFound):
         runtime.follow_logs("no-such-instance-0")
+
+
+def test_follow_ends_soon_after_its_stop_is_set_while_the_replica_is_quiet(
+    runtime_kit: RuntimeKit,
+) -> None:
+    """A reader on another thread (the API's follower of a client that left) stops a
+    follow of a replica that writes nothing: the read blocked in the engine ends too."""
+    runtime = runtime_kit.runtime
+    instance = runtime.create(runtime_kit.spec("graceful"), runtime_kit.cluster)
+    wait_for("its first line", lambda: "graceful app started" in runtime.logs(instance.id))
+    stop = threading.Event()
+    lines = runtime.follow_logs(instance.id, tail=5, stop=stop)
+    assert next(lines) == "graceful app started"
+    rest: list[str] = []
+    reader = threading.Thread(target=lambda: rest.extend(lines), daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    assert reader.is_alive()  # nothing written, nothing ended: it waits for more
+
+    stop.set()
+    reader.join(timeout=3.0)
+
+    assert not reader.is_alive(), "the follow went on after its stop was set"
+    assert rest == []
+    assert runtime.inspect(instance.id).state is InstanceState.RUNNING  # the replica runs on
