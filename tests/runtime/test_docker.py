@@ -441,7 +441,6 @@ def test_stop_returns_at_the_exit_and_remove_leaves_nothing(
     """Issue 20: the stop returns once the process has exited (the engine's ``die``), not
     after the engine's clean-up; the container is still there for :meth:`remove`, which
     then leaves no container, and no watcher thread outlives the stop."""
-    threads = threading.active_count()
     instance = main_runtime.create(
         _spec(f"{cluster}-g", test_images["graceful"], stop_grace_seconds=5), cluster
     )
@@ -458,10 +457,16 @@ def test_stop_returns_at_the_exit_and_remove_leaves_nothing(
     main_runtime.remove(instance.id)
     listed = docker_client.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
     assert listed == []
+    # Its exit watcher (named after it) ends with the stop; other tests' threads of this
+    # worker may come and go meanwhile, so only its own are counted.
+
+    def its_watchers() -> list[str]:
+        return [t.name for t in threading.enumerate() if instance.id[:12] in t.name]
+
     deadline = time.monotonic() + 2
-    while threading.active_count() > threads and time.monotonic() < deadline:
+    while its_watchers() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert threading.active_count() <= threads, [t.name for t in threading.enumerate()]
+    assert its_watchers() == [], [t.name for t in threading.enumerate()]
 
 
 def test_stop_sends_the_images_stop_signal_then_sigkill_after_the_grace(
