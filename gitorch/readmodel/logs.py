@@ -203,6 +203,7 @@ class LogFollower:
     def _discover(self, live: LiveState, runtimes: Mapping[str, Runtime]) -> None:
         # The first replicas show their last lines; later ones all they wrote.
         tail = ALL_LINES if self.followed else self.tail
+        fresh: list[tuple[Runtime, LiveReplica]] = []
         for replica in live_replicas(live, self.service, self.only):
             runtime = runtimes.get(replica.node)
             if replica.id in self._ids or replica.state != "running" or runtime is None:
@@ -210,6 +211,10 @@ class LogFollower:
             self._ids.add(replica.id)
             self.followed.append(replica.replica)
             self._put({"follow": replica.replica})
+            fresh.append((runtime, replica))
+        # Every follow event before any line: a reader prefixes lines once it follows
+        # more than one replica, the first replica's last lines included.
+        for runtime, replica in fresh:
             threading.Thread(
                 target=self._read,
                 args=(runtime, replica, tail),

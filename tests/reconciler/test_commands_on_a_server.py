@@ -275,9 +275,11 @@ def test_logs_followed_through_a_daemon(cluster: Cluster) -> None:
     follower = Follower("api", *server, "--tail", "1", cwd=cluster.root)
     last: Follower | None = None
     try:
-        # A request's line, from whichever replica answered it, as it is written (both
-        # replicas followed first: their lines are prefixed with their names).
-        follower.line_with(" | ")
+        # Each replica's last line first, each prefixed with its replica's name (two are
+        # followed), then a request's line, from whichever replica answered it, as it
+        # is written.
+        firsts = sorted(follower.line_with("")[:8] for _ in range(2))
+        assert firsts == ["api-1 | ", "api-2 | "], firsts
         mark = f"mark-{os.getpid()}"
         wait_for(
             "the request through the proxy", lambda: get_body(cluster.port, f"/items?{mark}"), 30
