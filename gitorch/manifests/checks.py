@@ -59,9 +59,6 @@ def check_service(entry: Entry) -> Iterator[Finding]:
     def at(*path: str | int) -> FieldPath:
         return ("spec", *path)
 
-    if "image" not in spec and not spec.get("command"):
-        yield Finding(origin, ("spec",), "a Service needs an image (docker) or a command (process)")
-
     port_names: dict[str, int] = {}
     container_ports: set[int] = set()
     for i, port in enumerate(spec.get("ports") or []):

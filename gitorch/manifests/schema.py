@@ -205,6 +205,12 @@ def problems(kind: str, document: dict[str, Any]) -> list[SchemaProblem]:
     return found
 
 
+#: What an ``anyOf`` of the schemas means, by where it is in them.
+_ANY_OF_MESSAGES = {
+    ("properties", "spec", "anyOf"): "a Service needs an image (docker) or a command (process)",
+}
+
+
 def _explain(error: ValidationError) -> Iterator[SchemaProblem]:
     path: FieldPath = tuple(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -218,6 +224,11 @@ def _explain(error: ValidationError) -> Iterator[SchemaProblem]:
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 yield SchemaProblem((*path, key), f"unknown field {shown(key)}{hint}", at_key=True)
         return
+    if validator == "anyOf":
+        said = _ANY_OF_MESSAGES.get(tuple(error.relative_schema_path))
+        if said is not None:
+            yield SchemaProblem(path, said)
+            return
     if validator == "required":
         missing = [name for name in error.validator_value if name not in instance]
         for name in missing:
