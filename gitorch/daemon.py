@@ -64,6 +64,7 @@ from gitorch.readmodel.history import history_json, scaling_json
 from gitorch.readmodel.logs import LogFollower, live_logs, previous_logs, retained, retained_json
 from gitorch.readmodel.nodes import nodes_json
 from gitorch.readmodel.status import ServiceEntries, control_plane_json, status_json
+from gitorch.readmodel.volumes import check_resettable, reset_message, volumes_json
 from gitorch.runtime.base import Runtime
 from gitorch.sources import Source, open_source
 from gitorch.sources.verify import CommitNotTrusted, SignaturePolicy, Verification
@@ -1193,6 +1194,15 @@ class Daemon:
             return view.live, view.runtimes
 
         return LogFollower(look, service, replica, tail)
+
+    def reset_volume(self, name: str, actor: str | None) -> str:
+        assert self.session is not None
+        self._refuse_unless_leading(f"reset volume {name}")
+        check_resettable(volumes_json(self._last_view().live), name)
+        who = f"token:{actor}" if actor is not None else "api"
+        message = reset_message(name)
+        self.session.store.reset_volume(name, f"{message} (by {who})", who)
+        return message
 
     def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
         assert self.session is not None

@@ -154,6 +154,11 @@ class NothingToShow(GitorchError):
     kept of its dead ones (the API answers 404)."""
 
 
+class NotNow(GitorchError):
+    """What was asked cannot be done in the state things are in (a volume that is not
+    missing asked to be reset): the API answers 409."""
+
+
 class RuntimeDriverError(GitorchError):
     """A node runtime failed."""
 

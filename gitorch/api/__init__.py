@@ -18,6 +18,7 @@ Routes (JSON unless noted; errors are ``{"error": "..."}``)::
                                     [&follow=1] then their new lines as they come
                                     (application/x-ndjson, one event a line)
     POST /api/v1/nodes/NAME/drain|uncordon      move replicas off a node / take it back
+    POST /api/v1/volumes/NAME/reset             make a missing volume anew, empty
     GET  /api/v1/audit              [?service=&kind=&since=&limit=] audit entries
     GET  /api/v1/audit/chain        the hash chain, for `gitorch audit --verify --server`
     GET  /metrics                   Prometheus text exposition format 0.0.4
@@ -120,6 +121,13 @@ class DaemonHandle(Protocol):
         """Cordon ``node`` and move its replicas off (``draining``), or make it schedulable
         again: (done, message); not done when no such node is known. ``actor``: the API
         token's name, recorded in the audit log."""
+        ...
+
+    def reset_volume(self, name: str, actor: str | None) -> str:
+        """Forget the missing volume ``name`` so the next pass makes it anew, empty (as
+        ``gitorch volumes --reset``), recorded with ``actor`` (the API token's name); the
+        message to answer. :class:`~gitorch.errors.NothingToShow` for no such volume,
+        :class:`~gitorch.errors.NotNow` for one that is not missing."""
         ...
 
     def nodes(self) -> list[dict[str, Any]]:

@@ -14,8 +14,8 @@ the daemon refuses a file that others may read or that its group may write (fix:
 600 FILE``).
 
 Roles: ``read`` may call every ``GET`` endpoint and ``/metrics``; ``write`` may also
-``POST`` reconcile, promote and abort. ``/healthz`` and the webhook (which has its HMAC)
-need no token.
+``POST`` reconcile, promote, abort, drain and a volume reset. ``/healthz`` and the webhook
+(which has its HMAC) need no token.
 
 Checks: a request presents ``Authorization: Bearer TOKEN``. The presented token is
 hashed (SHA-256) and compared with the digest of *every* configured token with

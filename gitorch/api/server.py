@@ -41,6 +41,7 @@ from gitorch.errors import (
     GitorchError,
     ManifestError,
     NothingToShow,
+    NotNow,
     PathNotFound,
     PlanError,
     RefNotFound,
@@ -151,6 +152,8 @@ def status_for(exc: GitorchError) -> int:
         return 400
     if isinstance(exc, NothingToShow):
         return 404
+    if isinstance(exc, NotNow):
+        return 409
     if isinstance(exc, ManifestError | PlanError | SourceError):
         return 422
     return 503
@@ -276,6 +279,7 @@ class ApiServer:
             _SERVICE_ACTION: {"POST": self._service_action},
             _SERVICE_LOGS: {"GET": self._service_logs},
             _NODE_ACTION: {"POST": self._node_action},
+            _VOLUME_RESET: {"POST": self._volume_reset},
         }
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -497,6 +501,17 @@ class ApiServer:
         self.handle.trigger(f"{action} {node}")
         return json_response(202, {"accepted": True, "message": message})
 
+    def _volume_reset(self, request: Request) -> Response:
+        """POST /api/v1/volumes/NAME/reset: 202 once written (the token's name in the
+        audit log) and a pass asked for; 404 for no such volume, 409 for one that is not
+        missing."""
+        match = _VOLUME_RESET_RE.match(request.path)
+        assert match is not None  # dispatch only routes matching paths here
+        name = match.group(1)
+        message = self.handle.reset_volume(name, request.principal)
+        self.handle.trigger(f"reset volume {name}")
+        return json_response(202, {"accepted": True, "message": message})
+
     def _service_logs(self, request: Request) -> Response:
         """GET /api/v1/services/NAME/logs[?tail=N&replica=R&previous=1|follow=1]: the
         live replicas' last lines (``{"replicas", "warnings"}``), or with ``previous`` what
@@ -567,6 +582,8 @@ _NODE_ACTION = "/api/v1/nodes/{name}/{action}"
 _NODE_ACTION_RE = re.compile(
     r"^/api/v1/nodes/([A-Za-z0-9]([-._A-Za-z0-9]{0,251}[A-Za-z0-9])?)/(drain|uncordon)$"
 )
+_VOLUME_RESET = "/api/v1/volumes/{name}/reset"
+_VOLUME_RESET_RE = re.compile(r"^/api/v1/volumes/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/reset$")
 _SERVICE_LOGS = "/api/v1/services/{name}/logs"
 _SERVICE_LOGS_RE = re.compile(r"^/api/v1/services/([a-z0-9]([-a-z0-9]*[a-z0-9])?)/logs$")
 _SERVICE_ACTION = "/api/v1/services/{name}/{action}"
@@ -578,6 +595,7 @@ _NAMED_ROUTES = (
     (_SERVICE_ACTION, _SERVICE_ACTION_RE),
     (_SERVICE_LOGS, _SERVICE_LOGS_RE),
     (_NODE_ACTION, _NODE_ACTION_RE),
+    (_VOLUME_RESET, _VOLUME_RESET_RE),
 )
 
 

@@ -8,7 +8,9 @@ since the data is gone and its users would start on nothing.
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
+from urllib.parse import quote
 
 from rich.markup import escape
 from rich.table import Table
@@ -17,15 +19,16 @@ from gitorch.commands.cluster import add_runtime_option
 from gitorch.commands.common import (
     add_format_option,
     add_state_option,
+    local_actor,
     print_json,
     require_state,
     state_location,
     stdout,
 )
 from gitorch.commands.nodes import open_nodes_view
-from gitorch.commands.remote import add_token_option, fetch_rows
-from gitorch.errors import ConfigError, GitorchError
-from gitorch.readmodel.volumes import SIZE_NOTE, volumes_json
+from gitorch.commands.remote import add_token_option, ask, fetch_rows
+from gitorch.errors import GitorchError
+from gitorch.readmodel.volumes import SIZE_NOTE, check_resettable, reset_message, volumes_json
 from gitorch.state import StateStore
 
 EXAMPLE = """example:
@@ -33,6 +36,7 @@ EXAMPLE = """example:
   gitorch volumes --format json
   gitorch volumes --reset pgdata      # a missing volume: make it anew, empty
   gitorch volumes --server https://deploy.example:7420
+  gitorch volumes --reset pgdata --server https://deploy.example:7420
 """
 
 _PHASE_STYLE = {
@@ -66,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="URL",
         help="ask a running daemon (its HTTP API) instead of reading --state: its volumes as "
-        "it last observed them (not with --reset)",
+        "it last observed them (--reset: the daemon resets it, with the API's write role)",
     )
     add_token_option(parser)
     add_runtime_option(parser)
@@ -86,33 +90,36 @@ def _reset(args: argparse.Namespace) -> int:
     require_state(state_location(args))
     view = open_nodes_view(args)
     try:
-        rows = [r for r in volumes_json(view.live) if r["name"] == args.reset]
+        check_resettable(volumes_json(view.live), args.reset)
     finally:
         view.close()
-    if not rows:
-        raise GitorchError(f"no volume named {args.reset!r}")
-    if not any(r["phase"] == "Missing" for r in rows):
-        phases = ", ".join(f"{r['phase']} on {r['node'] or '-'}" for r in rows)
-        raise GitorchError(
-            f"volume {args.reset} is not missing ({phases}): only a volume removed outside "
-            "gitorch is reset (its data is gone already)"
-        )
+    actor = local_actor()
+    message = reset_message(args.reset)
     with StateStore(state_location(args)) as store:
-        store.forget_volume(args.reset)
-        store.append_event(
-            "volume.reset", f"volume {args.reset} reset: the next pass makes it anew, empty"
-        )
-    stdout().print(f"volume {escape(args.reset)} reset: the next pass makes it anew, empty")
+        store.reset_volume(args.reset, f"{message} (by {actor.removeprefix('user:')})", actor)
+    stdout().print(escape(message))
     return 0
+
+
+def _reset_on_server(args: argparse.Namespace) -> int:
+    """``POST /api/v1/volumes/NAME/reset``: the daemon checks and writes it."""
+    body, _headers = ask(args, f"/api/v1/volumes/{quote(args.reset, safe='')}/reset", post={})
+    data = _answer(body)
+    stdout().print(escape(str(data.get("message", reset_message(args.reset)))))
+    return 0
+
+
+def _answer(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    return data if isinstance(data, dict) else {}
 
 
 def run(args: argparse.Namespace) -> int:
     if args.reset:
-        if args.server:
-            raise ConfigError(
-                "--reset cannot be used with --server: run it where the state is (--state)"
-            )
-        return _reset(args)
+        return _reset_on_server(args) if args.server else _reset(args)
     # A daemon's status document holds these rows (``volumes``).
     rows = fetch_rows(args, "/api/v1/status", "volumes") if args.server else _observed(args)
     if args.name:

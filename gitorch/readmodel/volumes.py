@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gitorch.errors import NothingToShow, NotNow
 from gitorch.live.model import LiveState
 from gitorch.manifests.quantities import format_memory
 from gitorch.state.records import VolumeRecord, iso_time
@@ -110,3 +111,23 @@ def volumes_json(live: LiveState) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def check_resettable(rows: list[dict[str, Any]], name: str) -> None:
+    """Raise unless ``name`` is a volume (:class:`NothingToShow`) that went missing on a
+    node (:class:`NotNow`): only a volume removed outside gitorch is reset, as its data
+    is gone already. ``rows``: :func:`volumes_json`."""
+    mine = [r for r in rows if r["name"] == name]
+    if not mine:
+        raise NothingToShow(f"no volume named {name!r}")
+    if not any(r["phase"] == "Missing" for r in mine):
+        phases = ", ".join(f"{r['phase']} on {r['node'] or '-'}" for r in mine)
+        raise NotNow(
+            f"volume {name} is not missing ({phases}): only a volume removed outside "
+            "gitorch is reset (its data is gone already)"
+        )
+
+
+def reset_message(name: str) -> str:
+    """What a reset says, to its caller and in the audit log."""
+    return f"volume {name} reset: the next pass makes it anew, empty"

@@ -548,6 +548,16 @@ class StateStore:
         """Drop the records of ``name`` (on ``node``, or everywhere); True if any."""
         return self.volumes.forget(name, node)
 
+    def reset_volume(self, name: str, message: str, actor: str) -> None:
+        """Forget ``name``'s records (a missing volume: the next pass makes it anew) and
+        say so in the audit log as ``actor``, both or neither."""
+
+        def write() -> None:
+            self.forget_volume(name)
+            self.append_event("volume.reset", message, data={"volume": name}, actor=actor)
+
+        self.atomic(write)
+
     def list_volumes(self) -> list[VolumeRecord]:
         """Every volume record, by name then node."""
         return self.volumes.list()

@@ -20,7 +20,7 @@ from gitorch.api.metrics import Metrics
 from gitorch.diff import Plan
 from gitorch.diff.fields import FieldChange
 from gitorch.diff.plan import ObjectChange, PlacementItem
-from gitorch.errors import NothingToShow
+from gitorch.errors import NothingToShow, NotNow
 from gitorch.state.audit_chain import ChainEntry
 
 #: The webhook secret the `server` fixture is started with.
@@ -111,6 +111,7 @@ class StubHandle:
     )
     actions: list[tuple[str, str]] = field(default_factory=list)
     followed: list[StubLogStream] = field(default_factory=list)
+    resets: list[tuple[str, str | None]] = field(default_factory=list)
     actors: list[str | None] = field(default_factory=list)  # of triggers and actions, in order
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -160,6 +161,15 @@ class StubHandle:
         with self._lock:
             self.followed.append(stream)
         return stream
+
+    def reset_volume(self, name: str, actor: str | None) -> str:
+        if name == "nope":
+            raise NothingToShow("no volume named 'nope'")
+        if name == "data":
+            raise NotNow("volume data is not missing (Bound on node-a): ...")
+        with self._lock:
+            self.resets.append((name, actor))
+        return f"volume {name} reset: the next pass makes it anew, empty"
 
     def drain(self, node: str, draining: bool, actor: str | None) -> tuple[bool, str]:
         if node != "node-a":

@@ -186,7 +186,13 @@ def test_missing_or_wrong_token_is_401_with_a_challenge(authed: ApiServer) -> No
 def test_read_token_reads_but_cannot_act(authed: ApiServer, handle: StubHandle) -> None:
     for path in ("/api/v1/status", "/api/v1/history", "/api/v1/plan", "/metrics"):
         assert request(authed.address, "GET", path, headers=bearer(READ)).status == 200, path
-    for path in ("/api/v1/services/web/abort", "/api/v1/services/web/promote", "/api/v1/reconcile"):
+    for path in (
+        "/api/v1/services/web/abort",
+        "/api/v1/services/web/promote",
+        "/api/v1/reconcile",
+        "/api/v1/nodes/node-a/drain",
+        "/api/v1/volumes/pgdata/reset",
+    ):
         reply = request(authed.address, "POST", path, b"{}", headers=bearer(READ))
         assert reply.status == 403, path
         assert 'error="insufficient_scope"' in reply.headers["www-authenticate"]
@@ -194,6 +200,7 @@ def test_read_token_reads_but_cannot_act(authed: ApiServer, handle: StubHandle) 
             f"token 'grafana' has the read role; POST {path} needs the write role"
         )
     assert handle.actions == [] and handle.triggers == []
+    assert handle.drains == [] and handle.resets == []
 
 
 def test_write_token_acts_and_its_name_reaches_the_handle(

@@ -105,6 +105,25 @@ def test_drain_and_uncordon_a_node(server: ApiServer, handle: StubHandle) -> Non
     assert request(server.address, "POST", "/api/v1/nodes/node-a/delete").status == 404
 
 
+def test_a_missing_volume_is_reset_and_others_are_refused(
+    server: ApiServer, handle: StubHandle
+) -> None:
+    done = request(server.address, "POST", "/api/v1/volumes/pgdata/reset")
+    assert (done.status, done.json()) == (
+        202,
+        {"accepted": True, "message": "volume pgdata reset: the next pass makes it anew, empty"},
+    )
+    assert handle.resets == [("pgdata", None)]
+    assert handle.triggers == ["reset volume pgdata"]
+    bound = request(server.address, "POST", "/api/v1/volumes/data/reset")
+    assert bound.status == 409 and bound.json()["error"].startswith("volume data is not missing")
+    missing = request(server.address, "POST", "/api/v1/volumes/nope/reset")
+    assert (missing.status, missing.json()) == (404, {"error": "no volume named 'nope'"})
+    assert handle.triggers == ["reset volume pgdata"]  # a refused reset asks for no pass
+    assert request(server.address, "GET", "/api/v1/volumes/pgdata/reset").status == 405
+    assert request(server.address, "POST", "/api/v1/volumes/Bad_Name/reset").status == 404
+
+
 def test_service_logs_pass_their_parameters(server: ApiServer, handle: StubHandle) -> None:
     path = "/api/v1/services/web/logs"
     assert request(server.address, "GET", path).json() == {"replicas": [], "warnings": []}

@@ -134,8 +134,15 @@ def test_nodes_and_volumes_from_a_daemon_are_what_its_host_shows(cluster: Cluste
     [volume] = gitorch("volumes", *server, "--format", "json", cwd=cluster.root).json()["volumes"]
     assert volume["name"] == "data"
 
+    # A reset through the daemon is refused for a volume that is not missing (409), as
+    # where the state is, and for one that does not exist (404).
     refused = gitorch("volumes", *server, "--reset", "data", cwd=cluster.root)
-    assert refused.code == 1 and "--reset cannot be used with --server" in refused.stderr
+    here = gitorch("volumes", *local, "--reset", "data", cwd=cluster.root)
+    assert (refused.code, here.code) == (1, 1)
+    assert "answered 409: volume data is not missing (Pending on -)" in refused.stderr
+    assert "error: volume data is not missing (Pending on -)" in here.stderr
+    unknown = gitorch("volumes", *server, "--reset", "nope", cwd=cluster.root)
+    assert unknown.code == 1 and "answered 404: no volume named 'nope'" in unknown.stderr
     gone = gitorch("nodes", "--server", "http://127.0.0.1:9", cwd=cluster.root)
     assert gone.code == 1
     assert gone.stderr.startswith("error: cannot reach the gitorch daemon at http://127.0.0.1:9")

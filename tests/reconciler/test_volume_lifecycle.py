@@ -36,6 +36,8 @@ from reconciler_helpers import (
 )
 from volume_helpers import counter_service, page, phase_of, volume_yaml, volumes_of
 
+from gitorch.commands.common import local_actor
+
 TIMEOUT = 90.0
 
 
@@ -246,9 +248,22 @@ def test_a_volume_removed_by_hand_is_reported_and_not_remade_empty(world: Cluste
     assert any(a["action"] == "missing" for a in plan.json()["actions"])
     assert volume_names(world) == []  # never made again behind the operator's back
 
-    reset = gitorch("volumes", *world.state_args, "--reset", "data", cwd=world.root)
+    # Reset where the state is (docker), or through the daemon's API (process): the same
+    # check, the same write, who did it in the audit log.
+    where = (
+        world.state_args if driver == "docker" else ["--server", f"http://127.0.0.1:{daemon.port}"]
+    )
+    reset = gitorch("volumes", *where, "--reset", "data", cwd=world.root)
     assert reset.code == 0, reset.stderr
+    assert reset.stdout == "volume data reset: the next pass makes it anew, empty\n"
     wait_for("a new, empty volume", lambda: count_is(port, 1), TIMEOUT, describe=daemon.log_tail)
+    [entry] = [
+        e
+        for e in gitorch("audit", *world.state_args, "--format", "json", cwd=world.root).json()
+        if e["kind"] == "volume.reset"
+    ]
+    assert entry["actor"] == ("api" if driver == "process" else local_actor())
+    assert entry["message"].startswith("volume data reset: the next pass makes it anew, empty")
 
 
 def the_instance_offline(world: Cluster) -> str:
