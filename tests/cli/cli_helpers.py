@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,15 +63,6 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("GITORCH_DEBUG", "FORCE_COLOR")}
     env.update({"NO_COLOR": "1", "GITORCH_STATE": str(tmp_path / "state")})
     return env
-
-
-def ctrl_c_reaches_it() -> None:
-    """``preexec_fn`` of a command a test stops with SIGINT, as a terminal's Ctrl-C would.
-
-    A suite started in the background (``cmd &`` in a script or a CI runner's shell) runs
-    with SIGINT ignored; children inherit that, and Python then installs no
-    KeyboardInterrupt handler, so the command would rightly ignore the test's Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def gitorch(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import ctrl_c_reaches_it
+from ctrl_c_helpers import ctrl_c_reaches_it
 from live_helpers import (
     docker_client,  # noqa: F401 (fixture)
     eventually,

@@ -18,10 +18,10 @@ from cli_helpers import (
     SERVICE,
     cli_env,
     commit,
-    ctrl_c_reaches_it,
     gitorch,
     init_repo,
 )
+from ctrl_c_helpers import ctrl_c_reaches_it
 
 
 @pytest.fixture

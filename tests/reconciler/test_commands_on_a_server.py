@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from audit_tamper_helpers import tamper_for
+from ctrl_c_helpers import ctrl_c_reaches_it
 from reconciler_helpers import (
     Cluster,
     DaemonProc,
@@ -241,6 +242,7 @@ class Follower:
             text=True,
             env=cli_env(),
             cwd=cwd,
+            preexec_fn=ctrl_c_reaches_it,  # the test's SIGINT is a Ctrl-C, even in CI
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
