@@ -14,6 +14,7 @@ import http.client
 import json
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -309,12 +310,21 @@ class Load(LoadClient):
     timeout: float = 30.0
     instances: Counter[str] = field(default_factory=Counter)
     answered_at: dict[str, float] = field(default_factory=dict)  # instance -> last answer
+    #: instance -> when the request of its last answer was sent (a late answer to a
+    #: request sent long before is one the proxy did not give up, not a new one routed)
+    sent_at: dict[str, float] = field(default_factory=dict)
+    _sending: threading.local = field(default_factory=threading.local)
+
+    def _one(self, conn: http.client.HTTPConnection) -> tuple[int, str]:
+        self._sending.at = time.time()
+        return super()._one(conn)
 
     def _record(self, body: str) -> None:
         super()._record(body)
         instance = instance_of(body) or "?"
         self.instances[instance] += 1
         self.answered_at[instance] = time.time()
+        self.sent_at[instance] = getattr(self._sending, "at", self.answered_at[instance])
 
 
 def wait_settled(daemon: DaemonProc, service: str, replicas: int, timeout: float) -> dict[str, Any]:

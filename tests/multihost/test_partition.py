@@ -113,13 +113,18 @@ def test_host_cut_off_under_load_then_back(fleet: Fleet, rig: Rig) -> None:
     # backend and retry idempotent requests elsewhere, so none are expected.
     assert len(failures) <= through_a.threads + through_c.threads, failures[:10]
     assert total > 100, (total, failures[:5])
+    # Which ingress answered, how long after the mend, for a request sent how long
+    # after the cut (negative: before it, an answer the proxy never gave up).
     served_late = {
-        i: round(t - mend_at, 2)
-        for load in (through_a, through_c, through_b)
+        i: (host, round(t - mend_at, 2), round(load.sent_at[i] - cut_at, 2))
+        for host, load in (("h1", through_a), ("h3", through_c), ("h2", through_b))
         for i, t in load.answered_at.items()
         if i in on_b and t >= mend_at
     }
-    assert not served_late, f"stale replicas served after the link came back: {served_late}"
+    assert not served_late, (
+        "stale replicas served after the link came back (instance: ingress, answered "
+        f"seconds after the mend, sent seconds after the cut): {served_late}"
+    )
     assert through_b.ok > 0, ("B's ingress answers after the link came back", through_b.failures)
     final = wait_settled(daemon, "shop", 6, timeout=60)
     slots = Counter(i["replica"] for i in final["instances"])
