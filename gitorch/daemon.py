@@ -949,8 +949,7 @@ class Daemon:
     ) -> tuple[bool, str]:
         assert self.session is not None
         self._refuse_unless_leading(f"{action} {service}")
-        # An API without tokens does not know who asked: "api".
-        who = f"token:{actor}" if actor is not None else "api"
+        who = _api_actor(actor)
         accepted, message = request_action(self.session.store, service, action, who)
         if accepted and actor is not None:
             log.info("%s of %s requested by token %s", action, service, actor)
@@ -1199,7 +1198,7 @@ class Daemon:
         assert self.session is not None
         self._refuse_unless_leading(f"reset volume {name}")
         check_resettable(volumes_json(self._last_view().live), name)
-        who = f"token:{actor}" if actor is not None else "api"
+        who = _api_actor(actor)
         message = reset_message(name)
         self.session.store.reset_volume(name, f"{message} (by {who})", who)
         return message
@@ -1208,7 +1207,7 @@ class Daemon:
         assert self.session is not None
         self._refuse_unless_leading(f"drain {node}")
         store = self.session.store
-        who = f"token:{actor}" if actor is not None else "api"
+        who = _api_actor(actor)
         verb = "draining" if draining else "schedulable again"
 
         def write() -> None:
@@ -1364,3 +1363,9 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
     from types import MappingProxyType
 
     return MappingProxyType(dict(mapping))
+
+
+def _api_actor(token: str | None) -> str:
+    """Who asked through the API, as the audit log names them: the token's name, or
+    ``api`` for an API without tokens (which does not know who asked)."""
+    return f"token:{token}" if token is not None else "api"

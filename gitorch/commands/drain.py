@@ -9,7 +9,6 @@ stay where they are). The daemon picks the change up at its next pass.
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.markup import escape
 
@@ -21,7 +20,7 @@ from gitorch.commands.common import (
     state_location,
     stdout,
 )
-from gitorch.commands.remote import add_token_option, ask
+from gitorch.commands.remote import add_token_option, ask_message
 from gitorch.errors import GitorchError
 from gitorch.state import RecordNotFound, StateStore
 
@@ -93,11 +92,7 @@ def _on_server(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
     action = "uncordon" if args.undo else "drain"
-    body, _headers = ask(args, f"/api/v1/nodes/{quote(args.node, safe='')}/{action}", post={})
-    try:
-        message = json.loads(body).get("message")
-    except (ValueError, AttributeError):
-        message = None
+    message = ask_message(args, f"/api/v1/nodes/{quote(args.node, safe='')}/{action}")
     verb = "draining: its replicas move to other nodes" if not args.undo else "schedulable again"
     stdout().print(escape(message or f"node {args.node} {verb}"))
     return 0

@@ -254,9 +254,8 @@ def _follow(view: ClusterView, args: argparse.Namespace) -> int:
 
     follower = LogFollower(look, args.service, args.replica, args.tail)
     try:
-        _print_events(follower.events())
-    except KeyboardInterrupt:
-        pass
+        with suppress(KeyboardInterrupt):  # Ctrl-C: the usual end of --follow
+            _print_events(follower.events())
     finally:
         follower.close()
     return 0

@@ -254,6 +254,18 @@ def _asked(
     )
 
 
+def ask_message(args: argparse.Namespace, path: str) -> str | None:
+    """POST ``path`` of the daemon ``--server`` names (an action: drain, reset...) and
+    the ``message`` of its answer (None when it has none)."""
+    body, _headers = ask(args, path, post={})
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    message = data.get("message") if isinstance(data, dict) else None
+    return str(message) if message is not None else None
+
+
 def ask_json(args: argparse.Namespace, path: str, timeout: float = SERVER_TIMEOUT) -> Any:
     """:func:`ask` ``path`` and decode its JSON."""
     body, _headers = ask(args, path, timeout)

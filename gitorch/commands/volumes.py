@@ -8,7 +8,6 @@ since the data is gone and its users would start on nothing.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +25,7 @@ from gitorch.commands.common import (
     stdout,
 )
 from gitorch.commands.nodes import open_nodes_view
-from gitorch.commands.remote import add_token_option, ask, fetch_rows
+from gitorch.commands.remote import add_token_option, ask_message, fetch_rows
 from gitorch.errors import GitorchError
 from gitorch.readmodel.volumes import SIZE_NOTE, check_resettable, reset_message, volumes_json
 from gitorch.state import StateStore
@@ -103,18 +102,9 @@ def _reset(args: argparse.Namespace) -> int:
 
 def _reset_on_server(args: argparse.Namespace) -> int:
     """``POST /api/v1/volumes/NAME/reset``: the daemon checks and writes it."""
-    body, _headers = ask(args, f"/api/v1/volumes/{quote(args.reset, safe='')}/reset", post={})
-    data = _answer(body)
-    stdout().print(escape(str(data.get("message", reset_message(args.reset)))))
+    message = ask_message(args, f"/api/v1/volumes/{quote(args.reset, safe='')}/reset")
+    stdout().print(escape(message or reset_message(args.reset)))
     return 0
-
-
-def _answer(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    return data if isinstance(data, dict) else {}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -211,6 +211,15 @@ spec:
 # -- the CLI and the daemon --------------------------------------------------------------
 
 
+def hold_port(port: int | None = None) -> socket.socket:
+    """A socket listening on ``port`` (a free one by default), as a foreign process that
+    holds the port would (no SO_REUSEPORT); close it to free the port."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port if port is not None else free_port()))
+    holder.listen(8)
+    return holder
+
+
 def cli_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "NO_COLOR": "1"}
     env.pop("GITORCH_STATE", None)

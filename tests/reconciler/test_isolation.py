@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from reconciler_helpers import (
     converged,
     get_version,
     gitorch,
+    hold_port,
     instance_ids,
     pid_of,
     process_runtime,
@@ -49,9 +49,7 @@ SERVED_WITHIN = RETRIED_WITHIN + 4.0
 @pytest.fixture
 def held_port() -> Iterator[int]:
     """A port a foreign process (this test) listens on, without SO_REUSEPORT."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", free_port()))
-    sock.listen(8)
+    sock = hold_port()
     try:
         yield sock.getsockname()[1]
     finally:
@@ -228,9 +226,7 @@ def test_a_taken_port_is_served_soon_after_it_is_freed_and_never_before(
     proxy started afresh served it until the daemon's next table withdrew it again. What
     the proxy keeps is what the daemon published; and once freed, the port is served
     within seconds, however long it was taken."""
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", free_port()))
-    holder.listen(8)
+    holder = hold_port()
     late_port = holder.getsockname()[1]
     first = commit(
         cluster.repo,

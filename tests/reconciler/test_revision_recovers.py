@@ -12,15 +12,14 @@ A real daemon on the process driver, a real Git repo, a real foreign socket.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
-from listen_ports import free_port
 from reconciler_helpers import (
     Cluster,
     commit,
     converged,
     gitorch,
+    hold_port,
     process_service,
     wait_for,
 )
@@ -36,9 +35,7 @@ def _history(daemon: Any) -> list[dict[str, Any]]:
 def test_a_failed_revision_that_converges_later_is_recorded_as_recovered(
     cluster: Cluster,
 ) -> None:
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", free_port()))
-    holder.listen(8)
+    holder = hold_port()
     held_port = holder.getsockname()[1]
     try:
         sha = commit(
@@ -124,9 +121,7 @@ def test_a_service_that_stays_rolled_back_does_not_keep_a_recovered_revision_fai
         40,
         describe=daemon.log_tail,
     )
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", cluster.second_port))
-    holder.listen(8)
+    holder = hold_port(cluster.second_port)
     try:
         sha = commit(
             cluster.repo,
