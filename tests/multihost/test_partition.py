@@ -7,12 +7,13 @@ so."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections import Counter
 from typing import Any
 
 import pytest
-from hosts_helpers import Rig
+from hosts_helpers import DOCKER_TLS_PORT, Rig
 from listen_ports import free_port
 from multihost_helpers import (
     IMAGE_API,
@@ -27,7 +28,13 @@ from multihost_helpers import (
     shop_on_three_hosts,
     wait_settled,
 )
-from reconciler_helpers import wait_for
+from reconciler_helpers import cluster_of, wait_for
+
+from gitorch.runtime.docker import DockerRuntime, DockerTLS
+from gitorch.runtime.ingress_image import STATE
+from gitorch.traffic.proxy.control import ProxyUnavailable
+from gitorch.traffic.proxy.remote import RemoteProxyPlane
+from gitorch.traffic.table import Backend, Route, RoutingTable
 
 #: The rig's engines are real Docker engines (never skipped: a missing part fails).
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -135,6 +142,74 @@ def test_host_cut_off_under_load_then_back(fleet: Fleet, rig: Rig) -> None:
         f"{len(failures)} failed; through h2 after the mend {through_b.ok} answered, "
         f"{len(through_b.failures)} failed"
     )
+
+
+def _listens(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_table_sent_into_a_cut_is_refused_when_the_link_comes_back(
+    fleet: Fleet, rig: Rig
+) -> None:
+    """What the daemon wrote to a host's ingress as the link went down waits in the send
+    queue of the engine connection; when the link comes back TCP delivers it, long after
+    the daemon gave up on it. The relay refuses it (it came after its ``notAfter``): an
+    old table must not replace what the ingress serves, or lift its fence."""
+    port, late_port = free_port(), free_port()
+    _, h2, _ = rig.hosts
+    fleet.commit(
+        {
+            "nodes.yaml": fleet.nodes_yaml(),
+            "shop.yaml": service_yaml(
+                "shop", image=IMAGE_API, port=port, replicas=1, spread=False, node="h2"
+            ),
+        },
+        "shop on h2",
+    )
+    daemon = fleet.daemon()
+    wait_settled(daemon, "shop", 1, timeout=240)
+    wait_for("h2's ingress", lambda: get(h2.address, port)[0] == 200, 60)
+    daemon.stop()  # this test drives h2's ingress itself; it keeps serving meanwhile
+    assert rig.tls is not None
+    runtime = DockerRuntime(
+        "h2",
+        f"tcp://{h2.address}:{DOCKER_TLS_PORT}",
+        address=h2.address,
+        tls=DockerTLS(str(rig.tls.ca), str(rig.tls.cert), str(rig.tls.key)),
+    )
+    cluster = cluster_of(fleet.state)
+    ingress = runtime.ingress(cluster)
+    assert ingress is not None and ingress.running, ingress
+    python = json.loads(h2.docker("inspect", ingress.id).stdout)[0]["Path"]
+    relay = (python, "-m", "gitorch.traffic.proxy", "relay", "--state", STATE)
+    plane = RemoteProxyPlane("h2", lambda: runtime.ingress_channel(cluster, relay))
+    late_table = RoutingTable(
+        {"late": Route("late", late_port, backends=(Backend("gone", f"{h2.address}:9"),))}
+    )
+    try:
+        assert plane.health().ok  # the session is open before the cut
+        h2.cut()
+        try:
+            sent_at = time.monotonic()
+            with pytest.raises(ProxyUnavailable, match="node h2: the ingress did not answer"):
+                plane.apply(late_table)
+            gave_up_after = time.monotonic() - sent_at
+        finally:
+            h2.mend()
+        # TCP retransmits the queued request within seconds of the mend (its backoff
+        # doubles from 0.2 s: the next try comes at most ~6 s after the mend here).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert not _listens(h2.address, late_port), "the late table was applied"
+            time.sleep(0.2)
+        assert get(h2.address, port)[0] == 200, "h2's ingress serves its last good table"
+        print(f"the daemon gave up on the table after {gave_up_after:.1f} s; it was refused")
+    finally:
+        plane.close()
 
 
 def test_wrong_ca_is_not_ready_saying_so_and_ssh_runs_replicas(fleet: Fleet, rig: Rig) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -37,8 +38,12 @@ class PipeChannel:
             env=ENV,
         )
 
+    #: Seconds each write waits before it reaches the relay (a link that holds it).
+    delay = 0.0
+
     def send(self, data: bytes) -> None:
         assert self.proc.stdin is not None
+        time.sleep(self.delay)
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
 
@@ -180,5 +185,41 @@ def test_a_fenced_ingress_withdraws_its_own_replicas_when_the_daemon_falls_silen
         assert not health_of()["fenced"]
         again = _answered_by(shared_port, 4)
         assert any(own.id in b for b in again), again
+    finally:
+        plane.close()
+
+
+def test_a_request_that_reaches_the_relay_after_the_daemon_gave_up_is_refused(
+    proxy_state: Path, apps: Apps
+) -> None:
+    """A table held by a cut link and delivered when it comes back (on the rig:
+    tests/multihost/test_partition.py) is old news: the relay refuses it, the proxy keeps
+    its table, and the next session is served as before."""
+    channels: list[PipeChannel] = []
+
+    def open_channel() -> PipeChannel:
+        channels.append(PipeChannel(proxy_state))
+        return channels[-1]
+
+    app = apps.start()
+    port, late_port = free_port(), free_port()
+    plane = RemoteProxyPlane("h2", open_channel, stale_after=1.0, pause=0.2)
+
+    def routes() -> object:
+        return call(ProxyPaths.of(proxy_state).socket, {"op": "health"}, 5.0)["routes"]
+
+    try:
+        plane.apply(table(route(port, [app.backend])))
+        assert routes() == 1
+        channels[-1].delay = 1.5  # past stale_after: the relay must refuse it
+        late = table(route(port, [app.backend]), route(late_port, [app.backend], service="b"))
+        with pytest.raises(ProxyUnavailable, match=r"node h2: .*'apply'.* came 0\.\d s after"):
+            plane.apply(late)
+        assert routes() == 1, "the late table was applied"
+        assert get(port)[0] == 200
+        time.sleep(0.3)  # the pause after a broken session
+        plane.apply(late)  # a new session, in time: applied
+        assert len(channels) == 2 and routes() == 2
+        assert get(late_port)[0] == 200
     finally:
         plane.close()

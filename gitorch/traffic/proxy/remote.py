@@ -10,6 +10,15 @@ answers on its stdout, in the control socket's framing (a 4-byte length, then JS
 at a time. So the channel is exactly as authenticated as the engine itself: whoever may
 run containers there may drive its ingress, and nobody else can.
 
+A request is applied only while the daemon still waits for its answer. A host cut off the
+network keeps what was written to it in the engine connection's send queue; when the link
+comes back, TCP delivers it, seconds or minutes late, to a relay whose daemon gave up on
+it long ago: a table from before the cut would lift the ingress's fence and send clients
+to replicas replaced meanwhile. So a session starts by asking the relay's clock
+(``relay-clock``, answered by the relay itself), and every later request carries the
+moment, on that clock, after which the daemon no longer waits (``notAfter``); the relay
+refuses a request that comes later (error kind ``late``) rather than passing it on.
+
 :class:`RemoteProxyPlane` is the :class:`~gitorch.traffic.table.DataPlane` of one such
 proxy: a failed request drops the session and the next opens a new one; every failure
 names the node.
@@ -34,8 +43,15 @@ from gitorch.traffic.table import RoutingTable
 
 #: The error kind a relay answers with when no proxy answers behind it.
 UNAVAILABLE = "unavailable"
+#: The error kind a relay answers a request with when it came after its ``notAfter``.
+LATE = "late"
+#: The request a relay answers itself, with its monotonic clock (``{"clock": seconds}``).
+CLOCK_OP = "relay-clock"
 #: Seconds a channel that broke is not tried again (callers fail at once meanwhile).
 PAUSE = 3.0
+#: Seconds after it was sent that a request is refused by the relay: the daemon's channel
+#: has stopped waiting for its answer by then (its reads time out after 5 s).
+STALE_AFTER = 5.0
 
 
 class ProxyNotServing(ProxyUnavailable):
@@ -73,8 +89,9 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
 
 def serve_relay(control_socket: Path, timeout: float = CALL_TIMEOUT) -> int:
     """The relay's loop (``python -m gitorch.traffic.proxy relay``): each request read on
-    stdin goes to the proxy at ``control_socket``; its answer (or why there was none) is
-    written to stdout. Returns 0 at the end of stdin."""
+    stdin goes to the proxy at ``control_socket``, unless it came after its ``notAfter``
+    (see the module docstring); its answer (or why there was none) is written to stdout.
+    Returns 0 at the end of stdin."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         header = _read_exactly(stdin, 4)
@@ -90,31 +107,80 @@ def serve_relay(control_socket: Path, timeout: float = CALL_TIMEOUT) -> int:
         except ValueError as exc:
             answer: dict[str, Any] = {"error": {"kind": "other", "message": f"bad request: {exc}"}}
         else:
-            try:
-                answer = call(control_socket, request, timeout)
-            except ProxyUnavailable as exc:
-                answer = {"error": {"kind": UNAVAILABLE, "message": exc.message}}
+            answer = _relayed(control_socket, request, timeout)
         stdout.write(_frame(answer))
         stdout.flush()
+
+
+def _relayed(control_socket: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    if request.get("op") == CLOCK_OP:
+        return {"ok": True, "clock": time.monotonic()}
+    not_after = request.pop("notAfter", None)
+    if isinstance(not_after, int | float) and time.monotonic() > not_after:
+        late = time.monotonic() - not_after
+        return {
+            "error": {
+                "kind": LATE,
+                "message": f"refused {request.get('op')!r}: it came {late:.1f} s after "
+                "the daemon stopped waiting for it",
+            }
+        }
+    try:
+        return call(control_socket, request, timeout)
+    except ProxyUnavailable as exc:
+        return {"error": {"kind": UNAVAILABLE, "message": exc.message}}
+
+
+class _Session:
+    """One relay session: its channel, and the relay's clock read when it opened (minus
+    this process's), or None when the relay does not tell it (then nothing is refused)."""
+
+    def __init__(self, channel: ByteChannel) -> None:
+        self.channel = channel
+        self.clock_offset: float | None = None
+
+    def exchange(self, request: dict[str, Any]) -> Any:
+        self.channel.send(_frame(request))
+        (size,) = struct.unpack("!I", self.channel.receive(4))
+        if size > MAX_MESSAGE:
+            raise ConnectionError(f"an answer of {size} bytes")
+        return json.loads(self.channel.receive(size))
+
+    def read_clock(self) -> None:
+        answer = self.exchange({"op": CLOCK_OP})
+        # Read as the answer arrives: the relay read its clock just before answering (its
+        # start, which may take seconds, came before), so the offset errs by the answer's
+        # way back only, and a request's notAfter comes that much early, never late.
+        now = time.monotonic()
+        clock = answer.get("clock") if isinstance(answer, dict) else None
+        if isinstance(clock, int | float):
+            self.clock_offset = clock - now
 
 
 class RemoteProxyPlane(ControlledPlane):
     """The proxy of a node's ingress, through a relay (see the module docstring).
 
     ``open_channel`` starts a relay and returns its channel; it is called again after any
-    failure. Thread-safe: one request at a time on the session.
+    failure. A request that reaches the relay more than ``stale_after`` seconds after it
+    was sent is refused there. Thread-safe: one request at a time on the session.
     """
 
     kind = "ingress"
 
     def __init__(
-        self, node: str, open_channel: Callable[[], ByteChannel], *, pause: float = PAUSE
+        self,
+        node: str,
+        open_channel: Callable[[], ByteChannel],
+        *,
+        pause: float = PAUSE,
+        stale_after: float = STALE_AFTER,
     ) -> None:
         self.node = node
         self._open_channel = open_channel
-        self._channel: ByteChannel | None = None
+        self._session: _Session | None = None
         self._lock = threading.Lock()
         self._pause = pause
+        self._stale_after = stale_after
         self._down: tuple[float, str] | None = None  # (until when, why): fail fast
 
     def _prepare(self, table: RoutingTable) -> RoutingTable:
@@ -126,14 +192,17 @@ class RemoteProxyPlane(ControlledPlane):
             if self._down is not None and time.monotonic() < self._down[0]:
                 raise ProxyUnavailable(self._down[1])  # not another wait on a silent host
             try:
-                if self._channel is None:
-                    self._channel = self._open_channel()
-                channel = self._channel
-                channel.send(_frame(request))
-                (size,) = struct.unpack("!I", channel.receive(4))
-                if size > MAX_MESSAGE:
-                    raise ConnectionError(f"an answer of {size} bytes")
-                answer = json.loads(channel.receive(size))
+                if self._session is None:
+                    self._session = _Session(self._open_channel())
+                    self._session.read_clock()
+                session = self._session
+                if session.clock_offset is not None:
+                    not_after = time.monotonic() + session.clock_offset + self._stale_after
+                    request = {**request, "notAfter": not_after}
+                answer = session.exchange(request)
+                error = answer.get("error") if isinstance(answer, dict) else None
+                if isinstance(error, dict) and error.get("kind") == LATE:
+                    raise TimeoutError(error.get("message"))  # a channel this slow is broken
             except Exception as exc:  # the channel or the engine's client broke
                 self._drop()
                 # A timeout says nothing by itself ("timed out", or not even that).
@@ -154,10 +223,10 @@ class RemoteProxyPlane(ControlledPlane):
         return answer
 
     def _drop(self) -> None:
-        if self._channel is not None:
+        if self._session is not None:
             with contextlib.suppress(Exception):  # a broken session: nothing to report
-                self._channel.close()
-            self._channel = None
+                self._session.channel.close()
+            self._session = None
 
     def close(self) -> None:
         """End the relay session; the ingress keeps serving its last table."""
