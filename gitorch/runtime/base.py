@@ -320,6 +320,10 @@ class IngressHost(Protocol):
 class IngressChannel(Protocol):
     """The stdin and stdout of a command run in an ingress (a Docker exec session)."""
 
+    #: Seconds a read waits for an answer once the command answered a first time: the
+    #: caller has given up on a request this long after sending it.
+    timeout: float
+
     def send(self, data: bytes) -> None: ...
 
     def receive(self, size: int) -> bytes: ...

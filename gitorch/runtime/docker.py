@@ -1654,7 +1654,7 @@ class ExecChannel:
         self._node = node
         self._stdout = bytearray()
         self._stderr = bytearray()
-        self._timeout = timeout
+        self.timeout = timeout
         self._started = first_timeout is None
         with suppress(Exception):
             sock.settimeout(timeout if first_timeout is None else first_timeout)
@@ -1690,7 +1690,7 @@ class ExecChannel:
         if not self._started:
             self._started = True
             with suppress(Exception):
-                self._sock.settimeout(self._timeout)
+                self._sock.settimeout(self.timeout)
         return data
 
     def close(self) -> None:

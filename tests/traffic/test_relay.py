@@ -40,6 +40,8 @@ class PipeChannel:
 
     #: Seconds each write waits before it reaches the relay (a link that holds it).
     delay = 0.0
+    #: Seconds the daemon waits for an answer: a request later than this is refused.
+    timeout = 5.0
 
     def send(self, data: bytes) -> None:
         assert self.proc.stdin is not None
@@ -203,7 +205,7 @@ def test_a_request_that_reaches_the_relay_after_the_daemon_gave_up_is_refused(
 
     app = apps.start()
     port, late_port = free_port(), free_port()
-    plane = RemoteProxyPlane("h2", open_channel, stale_after=1.0, pause=0.2)
+    plane = RemoteProxyPlane("h2", open_channel, pause=0.2)
 
     def routes() -> object:
         return call(ProxyPaths.of(proxy_state).socket, {"op": "health"}, 5.0)["routes"]
@@ -211,7 +213,7 @@ def test_a_request_that_reaches_the_relay_after_the_daemon_gave_up_is_refused(
     try:
         plane.apply(table(route(port, [app.backend])))
         assert routes() == 1
-        channels[-1].delay = 1.5  # past stale_after: the relay must refuse it
+        channels[-1].timeout, channels[-1].delay = 1.0, 1.5  # later than it waits
         late = table(route(port, [app.backend]), route(late_port, [app.backend], service="b"))
         with pytest.raises(ProxyUnavailable, match=r"node h2: .*'apply'.* came 0\.\d s after"):
             plane.apply(late)

@@ -16,7 +16,8 @@ comes back, TCP delivers it, seconds or minutes late, to a relay whose daemon ga
 it long ago: a table from before the cut would lift the ingress's fence and send clients
 to replicas replaced meanwhile. So a session starts by asking the relay's clock
 (``relay-clock``, answered by the relay itself), and every later request carries the
-moment, on that clock, after which the daemon no longer waits (``notAfter``); the relay
+moment, on that clock, after which the daemon no longer waits (``notAfter``: sent plus
+the channel's read timeout); the relay
 refuses a request that comes later (error kind ``late``) rather than passing it on.
 
 :class:`RemoteProxyPlane` is the :class:`~gitorch.traffic.table.DataPlane` of one such
@@ -49,9 +50,6 @@ LATE = "late"
 CLOCK_OP = "relay-clock"
 #: Seconds a channel that broke is not tried again (callers fail at once meanwhile).
 PAUSE = 3.0
-#: Seconds after it was sent that a request is refused by the relay: the daemon's channel
-#: has stopped waiting for its answer by then (its reads time out after 5 s).
-STALE_AFTER = 5.0
 
 
 class ProxyNotServing(ProxyUnavailable):
@@ -60,6 +58,10 @@ class ProxyNotServing(ProxyUnavailable):
 
 class ByteChannel(Protocol):
     """A duplex byte stream to a relay (a Docker exec session: its stdin and stdout)."""
+
+    #: Seconds a read waits for the relay's answer after its first: a request sent this
+    #: long ago has been given up on (its ``notAfter``).
+    timeout: float
 
     def send(self, data: bytes) -> None:
         """Write all of ``data``."""
@@ -161,8 +163,8 @@ class RemoteProxyPlane(ControlledPlane):
     """The proxy of a node's ingress, through a relay (see the module docstring).
 
     ``open_channel`` starts a relay and returns its channel; it is called again after any
-    failure. A request that reaches the relay more than ``stale_after`` seconds after it
-    was sent is refused there. Thread-safe: one request at a time on the session.
+    failure. A request that reaches the relay more than the channel's ``timeout`` after
+    it was sent is refused there. Thread-safe: one request at a time on the session.
     """
 
     kind = "ingress"
@@ -173,14 +175,12 @@ class RemoteProxyPlane(ControlledPlane):
         open_channel: Callable[[], ByteChannel],
         *,
         pause: float = PAUSE,
-        stale_after: float = STALE_AFTER,
     ) -> None:
         self.node = node
         self._open_channel = open_channel
         self._session: _Session | None = None
         self._lock = threading.Lock()
         self._pause = pause
-        self._stale_after = stale_after
         self._down: tuple[float, str] | None = None  # (until when, why): fail fast
 
     def _prepare(self, table: RoutingTable) -> RoutingTable:
@@ -197,7 +197,8 @@ class RemoteProxyPlane(ControlledPlane):
                     self._session.read_clock()
                 session = self._session
                 if session.clock_offset is not None:
-                    not_after = time.monotonic() + session.clock_offset + self._stale_after
+                    waits = session.channel.timeout
+                    not_after = time.monotonic() + session.clock_offset + waits
                     request = {**request, "notAfter": not_after}
                 answer = session.exchange(request)
                 error = answer.get("error") if isinstance(answer, dict) else None
