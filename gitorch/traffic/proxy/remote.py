@@ -17,8 +17,8 @@ it long ago: a table from before the cut would lift the ingress's fence and send
 to replicas replaced meanwhile. So a session starts by asking the relay's clock
 (``relay-clock``, answered by the relay itself), and every later request carries the
 moment, on that clock, after which the daemon no longer waits (``notAfter``: sent plus
-the channel's read timeout); the relay
-refuses a request that comes later (error kind ``late``) rather than passing it on.
+the channel's read timeout); the relay refuses a request that comes later (error kind
+``late``) rather than passing it on.
 
 :class:`RemoteProxyPlane` is the :class:`~gitorch.traffic.table.DataPlane` of one such
 proxy: a failed request drops the session and the next opens a new one; every failure
