@@ -7,7 +7,6 @@ so."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections import Counter
 from typing import Any
@@ -28,10 +27,10 @@ from multihost_helpers import (
     shop_on_three_hosts,
     wait_settled,
 )
-from reconciler_helpers import cluster_of, wait_for
+from reconciler_helpers import cluster_of, port_open, wait_for
 
 from gitorch.runtime.docker import DockerRuntime, DockerTLS
-from gitorch.runtime.ingress_image import STATE
+from gitorch.runtime.ingress_image import STATE, ingress_image
 from gitorch.traffic.proxy.control import ProxyUnavailable
 from gitorch.traffic.proxy.remote import RemoteProxyPlane
 from gitorch.traffic.table import Backend, Route, RoutingTable
@@ -144,14 +143,6 @@ def test_host_cut_off_under_load_then_back(fleet: Fleet, rig: Rig) -> None:
     )
 
 
-def _listens(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
 def test_a_table_sent_into_a_cut_is_refused_when_the_link_comes_back(
     fleet: Fleet, rig: Rig
 ) -> None:
@@ -184,8 +175,8 @@ def test_a_table_sent_into_a_cut_is_refused_when_the_link_comes_back(
     cluster = cluster_of(fleet.state)
     ingress = runtime.ingress(cluster)
     assert ingress is not None and ingress.running, ingress
-    python = json.loads(h2.docker("inspect", ingress.id).stdout)[0]["Path"]
-    relay = (python, "-m", "gitorch.traffic.proxy", "relay", "--state", STATE)
+    # The daemon's relay command (this installation's image: naming it builds nothing).
+    relay = tuple(ingress_image(fleet.root).command("relay", "--state", STATE))
     plane = RemoteProxyPlane("h2", lambda: runtime.ingress_channel(cluster, relay))
     late_table = RoutingTable(
         {"late": Route("late", late_port, backends=(Backend("gone", f"{h2.address}:9"),))}
@@ -204,7 +195,7 @@ def test_a_table_sent_into_a_cut_is_refused_when_the_link_comes_back(
         # doubles from 0.2 s: the next try comes at most ~6 s after the mend here).
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            assert not _listens(h2.address, late_port), "the late table was applied"
+            assert not port_open(late_port, h2.address), "the late table was applied"
             time.sleep(0.2)
         assert get(h2.address, port)[0] == 200, "h2's ingress serves its last good table"
         print(f"the daemon gave up on the table after {gave_up_after:.1f} s; it was refused")

@@ -70,9 +70,10 @@ def wait_for(
         time.sleep(interval)
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, address: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``address:port``."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((address, port), timeout=0.5):
             return True
     except OSError:
         return False

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from listen_ports import free_port
@@ -63,6 +64,11 @@ class PipeChannel:
         self.proc.wait(10)
 
 
+def _health(state: Path) -> dict[str, Any]:
+    """The proxy's own answer to ``health`` (routes, fenced), asked on its socket."""
+    return call(ProxyPaths.of(state).socket, {"op": "health"}, 5.0)
+
+
 @pytest.fixture
 def proxy_state(tmp_path: Path) -> Iterator[Path]:
     """A real ``gitorch proxy`` (one worker) serving ``tmp_path/state``."""
@@ -95,7 +101,7 @@ def test_a_table_applied_through_the_relay_serves(proxy_state: Path, apps: Apps)
         status, body, _ = get(port)
         assert status == 200 and app.id.encode() in body, body
         assert plane.health().ok
-        health = call(ProxyPaths.of(proxy_state).socket, {"op": "health"}, 5.0)
+        health = _health(proxy_state)
         assert health["routes"] == 1, health
         # One relay session carries every request.
         plane.figures("svc")
@@ -162,9 +168,6 @@ def test_a_fenced_ingress_withdraws_its_own_replicas_when_the_daemon_falls_silen
     fence = Fence(2.0, frozenset({own.id, alone.id}))
     plane = RemoteProxyPlane("h2", lambda: PipeChannel(proxy_state))
 
-    def health_of() -> dict[str, object]:
-        return call(ProxyPaths.of(proxy_state).socket, {"op": "health"}, 5.0)
-
     try:
         fenced_table = replace(
             table(
@@ -176,15 +179,15 @@ def test_a_fenced_ingress_withdraws_its_own_replicas_when_the_daemon_falls_silen
         plane.apply(fenced_table)
         both = _answered_by(shared_port, 4)  # round robin: two would do, inside the fence
         assert any(own.id in b for b in both) and any(other.id in b for b in both), both
-        assert not health_of()["fenced"]
+        assert not _health(proxy_state)["fenced"]
         # No table for longer than the fence: only the other host's replica answers.
-        wait_until(lambda: bool(health_of()["fenced"]), 10, "the fence")
+        wait_until(lambda: bool(_health(proxy_state)["fenced"]), 10, "the fence")
         after = _answered_by(shared_port, 20)
         assert all(other.id in b for b in after), after
         assert all(alone.id in b for b in _answered_by(alone_port, 5)), "served alone: kept"
         # The daemon speaks again: its table is served as it is.
         plane.apply(fenced_table)
-        assert not health_of()["fenced"]
+        assert not _health(proxy_state)["fenced"]
         again = _answered_by(shared_port, 4)
         assert any(own.id in b for b in again), again
     finally:
@@ -207,21 +210,18 @@ def test_a_request_that_reaches_the_relay_after_the_daemon_gave_up_is_refused(
     port, late_port = free_port(), free_port()
     plane = RemoteProxyPlane("h2", open_channel, pause=0.2)
 
-    def routes() -> object:
-        return call(ProxyPaths.of(proxy_state).socket, {"op": "health"}, 5.0)["routes"]
-
     try:
         plane.apply(table(route(port, [app.backend])))
-        assert routes() == 1
+        assert _health(proxy_state)["routes"] == 1
         channels[-1].timeout, channels[-1].delay = 1.0, 1.5  # later than it waits
         late = table(route(port, [app.backend]), route(late_port, [app.backend], service="b"))
         with pytest.raises(ProxyUnavailable, match=r"node h2: .*'apply'.* came 0\.\d s after"):
             plane.apply(late)
-        assert routes() == 1, "the late table was applied"
+        assert _health(proxy_state)["routes"] == 1, "the late table was applied"
         assert get(port)[0] == 200
         time.sleep(0.3)  # the pause after a broken session
         plane.apply(late)  # a new session, in time: applied
-        assert len(channels) == 2 and routes() == 2
+        assert len(channels) == 2 and _health(proxy_state)["routes"] == 2
         assert get(late_port)[0] == 200
     finally:
         plane.close()

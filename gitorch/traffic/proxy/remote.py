@@ -118,8 +118,8 @@ def _relayed(control_socket: Path, request: dict[str, Any], timeout: float) -> d
     if request.get("op") == CLOCK_OP:
         return {"ok": True, "clock": time.monotonic()}
     not_after = request.pop("notAfter", None)
-    if isinstance(not_after, int | float) and time.monotonic() > not_after:
-        late = time.monotonic() - not_after
+    late = time.monotonic() - not_after if isinstance(not_after, int | float) else 0.0
+    if late > 0:
         return {
             "error": {
                 "kind": LATE,
