@@ -368,7 +368,12 @@ class Executor:
     ) -> None:
         self._guard()
         service_decision = decision.services[action.service]
-        target = service_decision.target
+        target, revision = service_decision.target, service_decision.record.revision
+        stable = service_decision.stable
+        if stable is not None and action.template == stable.template_digest:
+            # A progressive rollout's stable set: its own spec, traced to its own commit.
+            target = stable
+            revision = service_decision.stable_revision or revision
         runtime = self.runtimes.get(action.node)
         try:
             if runtime is None:
@@ -382,7 +387,7 @@ class Executor:
                 target,
                 action.slot,
                 cluster=self.cluster,
-                revision=service_decision.record.revision,
+                revision=revision,
                 discovery=found.env,
                 volumes=desired.volumes,
                 secrets=self.secrets,

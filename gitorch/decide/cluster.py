@@ -464,23 +464,28 @@ def _place(
     placer = Placer(nodes, current)
     for name in order:
         decision = decisions[name]
-        if not decision.creates:
+        if not decision.creates and not decision.stable_creates:
             continue
         target = decision.target
-        cpu = target.resources.requests.cpu_millis or 0
-        mem = target.resources.requests.memory_bytes or 0
-        drivers = runnable_drivers(target)
+        # What this pass starts: the target's slots, then a progressive rollout's stable
+        # ones (each with its own spec's requests, placement and template).
+        wanted: list[tuple[int, Service, str]] = [
+            (slot, target, decision.create_reasons.get(slot, "slot empty"))
+            for slot in decision.creates
+        ]
+        if decision.stable is not None:
+            wanted += [(slot, decision.stable, "stable set") for slot in decision.stable_creates]
         requests = [
             Request(
                 name,
                 f"{name}-{slot}",
-                cpu,
-                mem,
-                target.placement,
-                target.resources.qos_class,
-                drivers=drivers,
+                spec.resources.requests.cpu_millis or 0,
+                spec.resources.requests.memory_bytes or 0,
+                spec.placement,
+                spec.resources.qos_class,
+                drivers=runnable_drivers(spec),
             )
-            for slot in decision.creates
+            for slot, spec, _ in wanted
         ]
         constraint = volume_constraint(target, inp.desired, bound)
         placed = place_service(placer, current, requests, constraint, bound, scoring=inp.scoring)
@@ -488,7 +493,7 @@ def _place(
         gone = missing_node_reason(constraint, (n.name for n in nodes))
         started: list[StartReplica] = []
         unplaced: list[str] = []
-        for slot, request, where in zip(decision.creates, requests, placed, strict=True):
+        for (slot, spec, reason), request, where in zip(wanted, requests, placed, strict=True):
             if where.node is None:
                 reasons = [gone, *where.reasons] if gone else list(where.reasons)
                 unplaced.append(f"{name}-{slot} cannot be placed: " + "; ".join(reasons))
@@ -517,24 +522,17 @@ def _place(
                     )
                 )
             started.append(
-                StartReplica(
-                    name,
-                    f"{name}-{slot}",
-                    slot,
-                    target.template_digest,
-                    where.node,
-                    decision.create_reasons.get(slot, "slot empty"),
-                )
+                StartReplica(name, f"{name}-{slot}", slot, spec.template_digest, where.node, reason)
             )
             running.append(
                 Running(
                     name,
                     f"{name}-{slot}",
                     where.node,
-                    cpu,
-                    mem,
-                    target.placement.priority,
-                    target.resources.qos_class,
+                    request.cpu_millis,
+                    request.memory_bytes,
+                    spec.placement.priority,
+                    spec.resources.qos_class,
                 )
             )
         starts[name] = tuple(started)

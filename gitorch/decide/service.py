@@ -166,6 +166,11 @@ class ServiceDecision:
     stops: tuple[StopReplica, ...] = ()
     creates: tuple[int, ...] = ()  # slots to fill with the target template (placed later)
     create_reasons: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    # A progressive rollout's stable set: its spec (the last good one), the revision that
+    # spec came from, and the slots to fill with it (a crash, or a count that rose).
+    stable: Service | None = None
+    stable_revision: str | None = None
+    stable_creates: tuple[int, ...] = ()
     waits: tuple[Wait, ...] = ()
     rollback: RollBack | None = None
     traffic: SetTraffic | None = None
@@ -823,8 +828,13 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         for a in decision.actions
         if isinstance(a, Stop) and (stop := _stop_action(inp, target, a, observed)) is not None
     )
-    creates = tuple(a.slot for a in decision.actions if isinstance(a, Create))
+    creates = tuple(
+        a.slot
+        for a in decision.actions
+        if isinstance(a, Create) and a.template == target.template_digest
+    )
     reasons = _create_reasons(inp, target, creates, observed, decision)
+    stable, stable_creates = _stable_creates(draft.record, target, decision)
     intent: TrafficIntent | None = None
     traffic: SetTraffic | None = None
     analyses: tuple[AnalysisRequest, ...] = ()
@@ -854,6 +864,8 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         stops=stops,
         creates=creates,
         create_reasons=reasons,
+        stable=stable,
+        stable_creates=stable_creates,
         backoff=backoff,
         consume=consume,
         intent=intent,
@@ -912,6 +924,28 @@ def _stop_action(
         grace=float(target.termination_grace_seconds),
         terminating_frees_room=serving and action.terminating_frees_room,
     )
+
+
+def _stable_creates(
+    record: RolloutRecord, target: Service, decision: Decision
+) -> tuple[Service | None, tuple[int, ...]]:
+    """The stable spec and the slots a progressive decision fills with it (``keep_stable``:
+    a stable replica that crashed, or a count that rose mid-rollout). The stable template
+    is the record's last good one; a Create of any other template is not the strategy's
+    to ask (none does) and is left out."""
+    slots = tuple(
+        a.slot
+        for a in decision.actions
+        if isinstance(a, Create)
+        and a.template != target.template_digest
+        and a.template == record.previous_digest
+    )
+    if not slots or record.previous_spec is None:
+        return None, ()
+    stable = service_from(record.previous_spec, target)
+    if stable.template_digest != record.previous_digest:
+        return None, ()  # a stored spec this build reads differently: not this template
+    return stable, slots
 
 
 def _create_reasons(
@@ -1106,6 +1140,8 @@ def _finish(
     stops: tuple[StopReplica, ...] = (),
     creates: tuple[int, ...] = (),
     create_reasons: Mapping[int, str] = MappingProxyType({}),
+    stable: Service | None = None,
+    stable_creates: tuple[int, ...] = (),
     backoff: _Backoff,
     consume: tuple[str, ...] = (),
     intent: TrafficIntent | None = None,
@@ -1159,6 +1195,9 @@ def _finish(
         stops=stops,
         creates=creates,
         create_reasons=create_reasons,
+        stable=stable,
+        stable_revision=record.previous_revision if stable is not None else None,
+        stable_creates=stable_creates,
         waits=tuple(waits),
         rollback=rollback,
         traffic=traffic,

@@ -24,17 +24,7 @@ from progressive_helpers import (
     process_progressive,
     world_in,
 )
-from reconciler_helpers import gitorch, wait_for
-
-CANARY = """\
-  strategy:
-    type: Canary
-    progressDeadlineSeconds: 60
-    canary:
-      steps:
-        - setWeight: 50
-        - pause: {}
-"""
+from reconciler_helpers import CANARY_PAUSED_AT_HALF, gitorch, wait_for
 
 
 @pytest.fixture
@@ -100,7 +90,7 @@ def test_metrics_and_status_count_requests_per_version(world: World, plane: str)
         pytest.fail("haproxy is not installed (.ci/run installs it)")
     port = world.port
     make = lambda v, env=None: process_progressive(  # noqa: E731
-        "web", port=port, version=v, strategy=CANARY, env=env
+        "web", port=port, version=v, strategy=CANARY_PAUSED_AT_HALF, env=env
     )
     daemon, sha1 = deploy_first(world, plane, make("1"))
     assert send(port, 30) == {200: 30}

@@ -9,8 +9,11 @@ with every replica on the new version.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from progressive_helpers import (
@@ -27,6 +30,7 @@ from progressive_helpers import (
     wait_for,
     weight_windows,
 )
+from reconciler_helpers import CANARY_PAUSED_AT_HALF, pid_of
 
 #: Readings this close to a weight change are not counted: the daemon stores a step's
 #: weight, then publishes the routing table at the end of the same pass, and a reading is
@@ -136,3 +140,78 @@ def test_canary_good_version_docker(docker_world: World, plane: str) -> None:
             "web", port=port, version=v, strategy=GOOD_CANARY, replicas=REPLICAS
         ),
     )
+
+
+def versions_by_slot(svc: dict[str, Any] | None) -> list[tuple[str, str, bool]]:
+    """(replica, revision, ready) of every running replica, sorted."""
+    if svc is None:
+        return []
+    return sorted(
+        (i["replica"], i["revision"], bool(i["ready"]))
+        for i in svc["instances"]
+        if i["state"] == "running"
+    )
+
+
+def test_a_stable_replica_killed_at_a_pause_comes_back_on_the_stable_version(
+    world: World,
+) -> None:
+    """kill -9 of a stable replica while the canary waits at 50%: its slot gets the stable
+    version again, traced to version 1's commit (the replacement used to be started from
+    the new spec: a second canary in a slot the stable set kept asking for, started and
+    stopped pass after pass), the canary keeps its size, and no request fails."""
+    port = world.port
+
+    def make(version: str) -> str:
+        return process_progressive(
+            "web", port=port, version=version, strategy=CANARY_PAUSED_AT_HALF, replicas=3
+        )
+
+    daemon, first = deploy_first(world, "builtin", make("1"))
+    with Load(port, threads=2) as load:
+        load.wait_requests(50, 10)
+        second = commit_next(world, make("2"), "2")
+        # needed(3, 50%) = 2 canary replicas beside the 3 stable ones.
+        paused = [
+            ("web-1", first, True),
+            ("web-1", second, True),
+            ("web-2", first, True),
+            ("web-2", second, True),
+            ("web-3", first, True),
+        ]
+        wait_for(
+            "the canary paused at 50% with 2 canary and 3 stable replicas",
+            lambda: (
+                (svc := daemon.service("web")) is not None
+                and svc["rollout"]["phase"] == "Paused"
+                and sorted(versions_by_slot(svc)) == sorted(paused)
+            ),
+            60,
+            describe=lambda: f"{versions_by_slot(daemon.service('web'))}\n{daemon.log_tail()}",
+        )
+        svc = daemon.service("web")
+        assert svc is not None
+        [victim] = [
+            i for i in svc["instances"] if i["replica"] == "web-3" and i["revision"] == first
+        ]
+        os.kill(pid_of(victim["id"]), signal.SIGKILL)
+        wait_for(
+            "web-3 back on version 1",
+            lambda: (
+                (svc := daemon.service("web")) is not None
+                and sorted(versions_by_slot(svc)) == sorted(paused)
+                and victim["id"] not in {i["id"] for i in svc["instances"]}
+            ),
+            30,
+            describe=lambda: f"{versions_by_slot(daemon.service('web'))}\n{daemon.log_tail()}",
+        )
+        # And it stays so: nothing is started or stopped at the pause any more.
+        settled = {i["id"] for i in daemon.service("web")["instances"]}  # type: ignore[index]
+        time.sleep(3)
+        svc = daemon.service("web")
+        assert svc is not None and {i["id"] for i in svc["instances"]} == settled, versions_by_slot(
+            svc
+        )
+        assert svc["rollout"]["phase"] == "Paused" and svc["rollout"]["weight"] == 50
+        load.wait_requests(50, 10)
+    assert load.failures == [], f"{len(load.failures)} failed of {load.total}: {load.failures[:5]}"

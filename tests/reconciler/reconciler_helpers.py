@@ -124,6 +124,19 @@ def push(work: Path) -> None:
 # -- manifests ---------------------------------------------------------------------------
 
 
+#: A ``strategy:`` block (``process_service(strategy=...)``): a canary that sends half the
+#: traffic to the new version and waits there for `gitorch promote`.
+CANARY_PAUSED_AT_HALF = """\
+  strategy:
+    type: Canary
+    progressDeadlineSeconds: 120
+    canary:
+      steps:
+        - setWeight: 50
+        - pause: {}
+"""
+
+
 def process_service(
     name: str,
     *,
