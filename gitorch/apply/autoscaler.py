@@ -249,7 +249,6 @@ class Autoscaler:
                 readings=readings,
                 now=now,
                 memory=memory_of(previous),
-                rollout_in_progress=rolling,
             )
         )
         record = AutoscalerRecord(

@@ -16,9 +16,11 @@ reads a clock, a store or a runtime.
 * Rate: ``behavior`` policies (Pods or Percent per period, ``selectPolicy`` Max, Min or
   Disabled) limit how far one decision moves from the count at the start of each period.
 * Bounds: always within ``minReplicas..maxReplicas``, even with no reading.
-* Paused while a rollout runs: the strategies count replicas against a fixed target, so a
-  count that moves mid-rollout would fight them (no strategy carries both here yet).
-  Readings are still taken and shown.
+* Not paused by a rollout (Kubernetes' HPA scales a Deployment mid-rollout, Argo
+  Rollouts a canary): every strategy works from the count of the pass, so a rolling
+  update keeps its limits against the new count, a canary's stable set and share follow
+  it (``tests/strategies/test_count_mid_rollout.py``). The readings span every version
+  running; averaged per replica, a surge's extra replicas do not move the proposal.
 """
 
 from __future__ import annotations
@@ -93,7 +95,6 @@ class ScaleInput:
     readings: tuple[MetricReading, ...]
     now: float
     memory: ScaleMemory = ScaleMemory()
-    rollout_in_progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -229,11 +230,6 @@ def decide_scale(inp: ScaleInput) -> ScaleDecision:
         )
 
     bounded = min(max(current, low), high)
-    if inp.rollout_in_progress:
-        why = "paused: a rollout is in progress"
-        if bounded != current:
-            why += f"; held within bounds {low}..{high}"
-        return done(bounded, why, current)
     if not inp.readings:
         return done(bounded, f"no horizontal metric: the count stays within {low}..{high}", current)
     if not proposals:

@@ -7,7 +7,9 @@ promote/abort requests and the status of the analysis runs it asked for.
 Replicas. The canary runs ``needed(desired, w)`` = ceil(desired * w / 100) (at least 1 once
 ``w`` > 0) new replicas in slots 1..n, for the highest ``setWeight`` reached so far, beside
 the full old (stable) set. With ``RolloutInput.stable`` given, crashed stable replicas are
-recreated; replicas of any third template get no traffic and are stopped.
+recreated; replicas of any third template get no traffic and are stopped. ``desired`` is
+the count of this pass and may move between passes (the autoscaler is not held by a
+rollout): the stable set is filled and cut to it, the canary's slots above ``n`` stop.
 
 Weights. ``Decision.weights = {new: w, stable: 100 - w}``, where ``w`` is the highest step
 weight (0, the weights of the steps passed, the current ``setWeight``) that the *available*
@@ -94,10 +96,19 @@ def all_new_available(inp: RolloutInput, census: Census) -> bool:
 
 def housekeeping(inp: RolloutInput, census: Census, stable: str | None) -> list[Action]:
     """Stops every pass makes: exited replicas, excess new ones, old ones of a third
-    template (they get no weight, so they serve nobody)."""
+    template (they get no weight, so they serve nobody), and, when the stable template is
+    known for certain, stable replicas above the desired count (the count fell during
+    the rollout, the autoscaler's or Git's: the stable set follows it, as
+    :func:`keep_stable` follows a rise)."""
     stops: list[Action] = [Stop(r.id, "exited") for r in census.exited]
     stops += [Stop(r.id, "scale down or second replica in slot") for r in census.excess]
     stops += [Stop(r.id, "neither stable nor target") for r in census.old if r.template != stable]
+    if inp.stable is not None and inp.stable != inp.target:
+        stops += [
+            Stop(r.id, "scale down")
+            for r in census.old
+            if r.template == inp.stable and r.slot > inp.desired
+        ]
     return stops
 
 
@@ -282,12 +293,16 @@ def canary_step(inp: RolloutInput, spec: Canary) -> Decision:
     step = steps[index]
     where = f"step {index + 1}/{total} ({step.describe()})"
     scale_weight = max(_step_weights(spec, index + 1))
-    actions += keep_stable(inp, census) + create_new(inp, census, needed(inp.desired, scale_weight))
-    ready = available_new(census)
+    size = needed(inp.desired, scale_weight)
+    # The count fell mid-rollout: the canary shrinks with it (its highest slots first).
+    shrink = [r for slot, r in census.targets.items() if slot > size]
+    actions += [Stop(r.id, "canary scale down") for r in shrink]
+    actions += keep_stable(inp, census) + create_new(inp, census, size)
+    ready = available_new(census) - sum(1 for r in shrink if r.id in census.available)
     weight = carried(inp.desired, _step_weights(spec, index + 1), ready)
     weights = split(inp, stable, weight)
     requests: list[AnalysisRequest] = []
-    summary = f"canary {where}: weight {weight}%, {ready}/{needed(inp.desired, scale_weight)} canary available"
+    summary = f"canary {where}: weight {weight}%, {ready}/{size} canary available"
 
     def decide(phase: Phase, note: str, advance: bool = False) -> Decision:
         return Decision(

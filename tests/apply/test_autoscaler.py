@@ -16,7 +16,12 @@ import pytest
 from listen_ports import free_port
 from prometheus_helpers import running_prometheus
 
-from gitorch.apply.autoscaler import SCALED_EVENT, Autoscaler, record_bounds_scale
+from gitorch.apply.autoscaler import (
+    SCALED_EVENT,
+    Autoscaler,
+    record_bounds_scale,
+    rollout_running,
+)
 from gitorch.apply.scale_metrics import ScaleMetrics
 from gitorch.decide.service import bounds_scale
 from gitorch.live.model import LiveReplica, LiveService, LiveState
@@ -53,9 +58,9 @@ spec:
     return result.state
 
 
-def live_with(replicas: int, store: StateStore) -> LiveState:
+def live_with(replicas: int, store: StateStore, template: str | None = None) -> LiveState:
     running = tuple(
-        LiveReplica(f"id{i}", f"web-{i}", "web", f"web-{i}", "n1", "a" * 40, None, "running")
+        LiveReplica(f"id{i}", f"web-{i}", "web", f"web-{i}", "n1", "a" * 40, template, "running")
         for i in range(1, replicas + 1)
     )
     return LiveState(
@@ -106,6 +111,24 @@ def test_a_prometheus_metric_scales_in_proportion(prometheus: str, store: StateS
     [again] = scaler.sync(state, live_with(3, store), lambda r: True)
     assert not again.decision.changed and again.record.changed_at == 1000.0
     assert len(store.list_events(kind=SCALED_EVENT)) == 1
+
+
+def test_a_rollout_in_progress_does_not_hold_the_count(prometheus: str, store: StateStore) -> None:
+    """The replicas run a template other than Git's (a rollout under way): the count still
+    follows the metric; every strategy carries a count that moves
+    (``tests/strategies/test_count_mid_rollout.py``)."""
+    metric = (
+        f'      - {{type: prometheus, address: "{prometheus}", '
+        'query: "scalar(vector(30))", targetValue: 10}'
+    )
+    state = desired(metric)
+    live = live_with(1, store, template="b" * 64)
+    assert rollout_running(state.services["web"], live.services["web"], None)
+    [result] = autoscaler(store, [1000.0]).sync(state, live, lambda r: True)
+    assert (result.decision.current, result.decision.desired) == (1, 3)
+    assert "rollout" not in result.decision.reason
+    [event] = store.list_events(kind=SCALED_EVENT)
+    assert (event.data["from"], event.data["to"]) == (1, 3)
 
 
 def test_an_unreadable_metric_never_lets_another_scale_down(store: StateStore) -> None:

@@ -83,11 +83,8 @@ def decide(
     spec: Autoscale = DEFAULT,
     now: float = 1000.0,
     memory: ScaleMemory = FORGOTTEN,
-    rollout_in_progress: bool = False,
 ) -> ScaleDecision:
-    return decide_scale(
-        ScaleInput("web", spec, current, tuple(readings), now, memory, rollout_in_progress)
-    )
+    return decide_scale(ScaleInput("web", spec, current, tuple(readings), now, memory))
 
 
 def test_scale_up_happens_at_once() -> None:
@@ -180,12 +177,6 @@ def test_percent_policy_limits_a_scale_down() -> None:
     assert d2.desired == 4  # 8 at the period's start: 50% = 4
     d3 = decide(4, [cpu(1, 4)], spec=spec(down=down), memory=d.memory, now=1061.0)
     assert d3.desired == 2
-
-
-def test_paused_while_a_rollout_runs() -> None:
-    d = decide(2, [cpu(200, 2)], rollout_in_progress=True)
-    assert d.desired == 2 and "rollout" in d.reason
-    assert d.verdicts[0].proposal == 8  # still shown
 
 
 def test_no_metric_at_all_only_holds_the_bounds() -> None:

@@ -15,12 +15,15 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from reconciler_helpers import (
+    CANARY_PAUSED_AT_HALF,
     REPO_ROOT,
     Cluster,
     DaemonProc,
@@ -145,6 +148,29 @@ def hey_codes(output: str) -> dict[int, int]:
     return codes
 
 
+@contextmanager
+def hey_running(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``hey ARGS`` in the background for the block; killed if still running after it."""
+    load = subprocess.Popen(
+        ["hey", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield load
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait(10)
+
+
+def hey_all_ok(load: subprocess.Popen[str]) -> dict[int, int]:
+    """Wait for ``hey`` to end; every request it sent answered 200 (its counts by code)."""
+    output, _ = load.communicate(timeout=90)
+    codes = hey_codes(output)
+    assert codes.get(200, 0) > 0, output
+    assert sum(n for c, n in codes.items() if c != 200) == 0, output
+    return codes
+
+
 def autoscale(daemon: DaemonProc, name: str = "burn") -> dict[str, Any]:
     """The service's autoscale status with its running and ready counts ({} before it is
     applied)."""
@@ -200,13 +226,7 @@ def scale_out_and_back(cluster: Cluster, service: str, load_path: str, light_pat
 
     client = PacedClient(port, light_path)
     client.start()
-    load = subprocess.Popen(
-        ["hey", "-c", "6", "-z", "30s", f"http://127.0.0.1:{port}{load_path}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    with hey_running("-c", "6", "-z", "30s", f"http://127.0.0.1:{port}{load_path}") as load:
         started = time.monotonic()
         wait_for(
             "the autoscaler to scale out",
@@ -229,14 +249,7 @@ def scale_out_and_back(cluster: Cluster, service: str, load_path: str, light_pat
                 f"{autoscale(daemon)}\n{scaled(cluster.store_location)}\n{daemon.log_tail()}"
             ),
         )
-        output, _ = load.communicate(timeout=90)
-    finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait(10)
-    codes = hey_codes(output)
-    assert codes.get(200, 0) > 0, output
-    assert sum(n for c, n in codes.items() if c != 200) == 0, output
+        codes = hey_all_ok(load)
 
     # The load stopped: back to 1 once the stabilization window has passed (and the
     # drained replicas are gone), with requests still answered all along.
@@ -329,6 +342,119 @@ def test_the_rps_metric_scales_in_proportion_to_the_measured_rate(cluster: Clust
     assert 0.6 * OFFERED_RPS <= total <= 1.2 * OFFERED_RPS, last
     assert max(u["to"] for u in ups) == math.ceil(total / RPS_TARGET), ups
     print(f"rps: {total:.1f} measured -> {last['to']}; events: {[e.message for e in events]}")
+
+
+def canary_counts(daemon: DaemonProc, name: str) -> dict[str, Any]:
+    """The autoscaler's count, the rollout's phase and weight, and how many running
+    replicas are on the new version (the canary) and on the old one (the stable set)."""
+    svc = daemon.service(name)
+    if svc is None or svc["autoscale"] is None:
+        return {"desired": None, "phase": None, "weight": None, "canary": 0, "stable": 0}
+    replicas = svc["replicas"]
+    return {
+        "desired": svc["autoscale"]["desired"],
+        "phase": svc["rollout"]["phase"],
+        "weight": svc["rollout"]["weight"],
+        "canary": replicas["updated"],
+        "stable": replicas["running"] - replicas["updated"],
+        "ready": replicas["ready"],
+    }
+
+
+def replicas_of(daemon: DaemonProc, name: str) -> str:
+    """Each replica's name, revision, state and readiness, for failure messages."""
+    svc = daemon.service(name) or {"instances": []}
+    return "\n".join(
+        f"  {i['replica']} {(i['revision'] or '')[:12]} {i['state']} ready={i['ready']}"
+        for i in sorted(svc["instances"], key=lambda i: i["replica"])
+    )
+
+
+def test_a_canary_paused_mid_rollout_scales_with_its_load(cluster: Cluster) -> None:
+    """The autoscaler is not held by a rollout: a canary paused at 50% under a load that
+    asks for more replicas grows its stable set and its canary alike (ceil(count x 50%)),
+    keeps its weight, serves every request, and a promote ends it at the scaled count."""
+    if shutil.which("hey") is None:
+        pytest.fail("hey is not installed (Debian's package hey; .ci/run installs it)")
+    port = cluster.port
+
+    def api(version: str) -> str:
+        return process_service(
+            "api", port=port, version=version, replicas=2, strategy=CANARY_PAUSED_AT_HALF
+        ) + (
+            "  autoscale:\n    minReplicas: 2\n    maxReplicas: 6\n"
+            f"    metrics: [{{type: rps, targetAverageValue: {RPS_TARGET}}}]\n"
+        )
+
+    commit(cluster.repo, {"api.yaml": api("1")}, "an rps-autoscaled api behind a canary")
+    daemon = cluster.daemon(extra=["--autoscale-sync", f"{SYNC:g}s"])
+    wait_for(
+        "two ready replicas and a first decision",
+        lambda: (c := canary_counts(daemon, "api"))["desired"] == 2 and c["ready"] == 2,
+        60,
+        describe=daemon.log_tail,
+    )
+    commit(cluster.repo, {"api.yaml": api("2")}, "api v2")
+    wait_for(
+        "the canary paused at 50% with one canary replica",
+        lambda: (
+            canary_counts(daemon, "api")
+            == {"desired": 2, "phase": "Paused", "weight": 50, "canary": 1, "stable": 2, "ready": 3}
+        ),
+        60,
+        describe=lambda: f"{canary_counts(daemon, 'api')}\n{daemon.log_tail()}",
+    )
+
+    client = PacedClient(port, "/items")
+    client.start()
+    # 5 workers x 8 requests a second: 40 rps over 3 replicas, 13 each against a target
+    # of 10: four replicas (and four over six measure 6.7 each: the count holds).
+    with hey_running("-c", "5", "-q", "8", "-z", "30s", f"http://127.0.0.1:{port}/items") as load:
+
+        def scaled_canary() -> bool:
+            c = canary_counts(daemon, "api")
+            count = c["desired"] or 0
+            return (
+                count > 2
+                and c["phase"] == "Paused"
+                and c["weight"] == 50
+                and c["stable"] == count
+                and c["canary"] == math.ceil(count / 2)
+                and c["ready"] == c["stable"] + c["canary"]
+            )
+
+        wait_for(
+            "the paused canary to scale out, stable set and canary alike",
+            scaled_canary,
+            3 * SYNC + 15 + SLACK,
+            describe=lambda: (
+                f"{canary_counts(daemon, 'api')}\n{replicas_of(daemon, 'api')}\n"
+                f"{scaled(cluster.store_location)}\n{daemon.log_tail()}"
+            ),
+        )
+        peak = canary_counts(daemon, "api")
+        codes = hey_all_ok(load)
+
+    promoted = gitorch("promote", "api", *cluster.state_args, cwd=cluster.root)
+    assert promoted.code == 0, promoted.stdout + promoted.stderr
+    wait_for(
+        "the promoted canary to end at the autoscaler's count, all on v2",
+        lambda: (
+            (c := canary_counts(daemon, "api"))["phase"] == "Healthy"
+            and c["stable"] == 0
+            and c["canary"] == c["desired"] >= peak["desired"]
+            and c["ready"] == c["canary"]
+        ),
+        60,
+        describe=lambda: f"{canary_counts(daemon, 'api')}\n{daemon.log_tail()}",
+    )
+    client.stop()
+    assert client.failures == [] and client.ok > 0, client.failures[:5]
+    with StateStore(cluster.store_location, readonly=True) as store:
+        events = store.list_events(kind="autoscale.scaled", newest_first=False, limit=None)
+    ups = [e.data for e in events if e.data["to"] > e.data["from"]]
+    assert ups and ups[0]["from"] == 2 and ups[0]["metric"] == "rps", [e.message for e in events]
+    print(f"paused canary scaled to {peak}; hey: {codes.get(200, 0)} x 200; events: {ups}")
 
 
 HOLD_APP = f"""
