@@ -239,8 +239,6 @@ class Autoscaler:
         )
         usage = self.metrics.usage(answering) if needs_usage else []
         readings = self.metrics.read(service, answering, usage)
-        rollout = live.rollouts.get(name)
-        rolling = rollout_running(service, live_service, rollout)
         decision = decide_scale(
             ScaleInput(
                 service=name,
@@ -271,7 +269,17 @@ class Autoscaler:
                 "recommendations": [list(r) for r in decision.memory.recommendations],
                 "events": [list(e) for e in decision.memory.events],
             },
-            usage=_vertical(service, previous, usage, now, rolling=rolling) if recommending else {},
+            # mode Auto's change is a new template: it waits for no rollout to run (the
+            # horizontal count does not).
+            usage=_vertical(
+                service,
+                previous,
+                usage,
+                now,
+                rolling=rollout_running(service, live_service, live.rollouts.get(name)),
+            )
+            if recommending
+            else {},
         )
         applied = record.usage.get("applied")
         newly_applied = (

@@ -21,7 +21,7 @@ from gitorch.strategies.machine import (
     RolloutInput,
     Stop,
 )
-from gitorch.strategies.rolling import resolve_limits
+from gitorch.strategies.rolling import resolve_limits, rolling_step
 
 PASS_SECONDS = 5.0
 
@@ -227,6 +227,51 @@ def check_pass(inp: RolloutInput, decision: Decision) -> None:
     if decision.phase is Phase.FAILED:
         assert decision.failure
     assert decision.message
+
+
+def floor_of(inp: RolloutInput) -> int:
+    _, unavailable = resolve_limits(inp.desired, inp.max_surge, inp.max_unavailable)
+    return max(0, inp.desired - unavailable)
+
+
+def available(cluster: Cluster, inp: RolloutInput, template: str | None = None) -> int:
+    return sum(
+        1
+        for r in cluster.views()
+        if is_available(r, inp) and (template is None or r.template == template)
+    )
+
+
+def run_to_healthy(
+    reconciler: Reconciler, step: Callable[[RolloutInput], Decision], passes: int = 150
+) -> RolloutInput:
+    """Calm passes until a HEALTHY pass with no action; returns that pass's input."""
+    cluster = reconciler.cluster
+    reached = False
+    for _ in range(passes):
+        inp = reconciler.observe()
+        decision = step(inp)
+        if step is rolling_step:
+            check_pass(inp, decision)
+        assert decision.phase is not Phase.FAILED, decision.message
+        if decision.phase is Phase.HEALTHY and not decision.actions:
+            return inp
+        before = available(cluster, inp)
+        cluster.execute(decision)
+        check_cluster(cluster)
+        if step is rolling_step:
+            # Without crashes, once the floor is reached the rollout never drops below it.
+            reached = reached or before >= floor_of(inp)
+            if reached:
+                assert available(cluster, inp) >= floor_of(inp)
+        cluster.tick()
+    raise AssertionError("no fixed point: " + decision.message)
+
+
+def assert_converged(cluster: Cluster, inp: RolloutInput) -> None:
+    live = sorted((r.slot, r.template) for r in cluster.live())
+    assert live == [(slot, inp.target) for slot in range(1, inp.desired + 1)]
+    assert available(cluster, inp) == inp.desired
 
 
 def check_cluster(cluster: Cluster) -> None:

@@ -17,12 +17,14 @@ from strategy_sim import (
     Cluster,
     ProgressiveReconciler,
     Reconciler,
+    assert_converged,
     check_cluster,
     check_pass,
     check_progressive_pass,
     needed_for,
     new_weight,
     rollout_input,
+    run_to_healthy,
 )
 
 from gitorch.manifests.model import ABTest, BlueGreen, Canary, CanaryStep, MatchRule
@@ -105,22 +107,7 @@ def test_a_rolling_update_keeps_its_limits_against_a_moving_count_and_converges(
             check_cluster(cluster)
             cluster.tick()
         rescale(reconciler, count)
-    final = reconciler.template.desired
-    for _ in range(150):
-        inp = reconciler.observe()
-        decision = rolling_step(inp)
-        check_pass(inp, decision)
-        assert decision.phase is not Phase.FAILED, decision.message
-        if decision.phase is Phase.HEALTHY and not decision.actions:
-            break
-        cluster.execute(decision)
-        check_cluster(cluster)
-        cluster.tick()
-    else:
-        raise AssertionError("no fixed point")
-    assert sorted((r.slot, r.template) for r in cluster.live()) == [
-        (slot, "B") for slot in range(1, final + 1)
-    ]
+    assert_converged(cluster, run_to_healthy(reconciler, rolling_step))
 
 
 # --- Canary ---------------------------------------------------------------------------------
@@ -200,10 +187,7 @@ def test_a_canary_keeps_its_invariants_while_the_count_moves(
         cluster.tick()
     else:
         raise AssertionError(f"not healthy: {decision.message}")
-    final = reconciler.template.desired
-    assert sorted((r.slot, r.template) for r in cluster.live()) == [
-        (slot, "B") for slot in range(1, final + 1)
-    ]
+    assert_converged(cluster, inp)
 
 
 # --- BlueGreen and ABTest -------------------------------------------------------------------

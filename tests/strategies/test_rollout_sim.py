@@ -8,38 +8,25 @@ ready after a random number of passes or never, crash, and lose their node for a
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from strategy_sim import (
     PASS_SECONDS,
     Cluster,
     Reconciler,
+    assert_converged,
+    available,
     check_cluster,
     check_pass,
-    is_available,
+    floor_of,
     rollout_input,
+    run_to_healthy,
 )
 
-from gitorch.strategies import Create, Decision, Phase, RolloutInput, recreate_step, rolling_step
-from gitorch.strategies.rolling import resolve_limits
+from gitorch.strategies import Create, Phase, recreate_step, rolling_step
 
 limit = st.one_of(st.integers(0, 3), st.sampled_from(["0%", "25%", "50%", "100%"]))
 SIM = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def floor_of(inp: RolloutInput) -> int:
-    _, unavailable = resolve_limits(inp.desired, inp.max_surge, inp.max_unavailable)
-    return max(0, inp.desired - unavailable)
-
-
-def available(cluster: Cluster, inp: RolloutInput, template: str | None = None) -> int:
-    return sum(
-        1
-        for r in cluster.views()
-        if is_available(r, inp) and (template is None or r.template == template)
-    )
 
 
 def chaos(data: st.DataObject, cluster: Cluster, desired: int) -> frozenset[int]:
@@ -56,38 +43,6 @@ def chaos(data: st.DataObject, cluster: Cluster, desired: int) -> frozenset[int]
     if desired == 0:
         return frozenset()
     return frozenset(data.draw(st.sets(st.integers(1, desired), max_size=2), "blocked"))
-
-
-def run_to_healthy(
-    reconciler: Reconciler, step: Callable[[RolloutInput], Decision], passes: int = 150
-) -> RolloutInput:
-    """Calm passes until a HEALTHY pass with no action; returns that pass's input."""
-    cluster = reconciler.cluster
-    reached = False
-    for _ in range(passes):
-        inp = reconciler.observe()
-        decision = step(inp)
-        if step is rolling_step:
-            check_pass(inp, decision)
-        assert decision.phase is not Phase.FAILED, decision.message
-        if decision.phase is Phase.HEALTHY and not decision.actions:
-            return inp
-        before = available(cluster, inp)
-        cluster.execute(decision)
-        check_cluster(cluster)
-        if step is rolling_step:
-            # Without crashes, once the floor is reached the rollout never drops below it.
-            reached = reached or before >= floor_of(inp)
-            if reached:
-                assert available(cluster, inp) >= floor_of(inp)
-        cluster.tick()
-    raise AssertionError("no fixed point: " + decision.message)
-
-
-def assert_converged(cluster: Cluster, inp: RolloutInput) -> None:
-    live = sorted((r.slot, r.template) for r in cluster.live())
-    assert live == [(slot, inp.target) for slot in range(1, inp.desired + 1)]
-    assert available(cluster, inp) == inp.desired
 
 
 @SIM
