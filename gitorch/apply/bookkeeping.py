@@ -31,7 +31,6 @@ from gitorch.apply.autoscaler import record_bounds_scale
 from gitorch.apply.execute import Execution
 from gitorch.decide import PassDecision, ServiceDecision
 from gitorch.decide.backoff import CrashLoop, describe, listen_retry, remaining
-from gitorch.decide.service import SERVICE_SLOT
 from gitorch.decide.volumes import VolumeDecision
 from gitorch.diff.compute import revision_plan
 from gitorch.diff.fields import FieldChange
@@ -39,7 +38,7 @@ from gitorch.live.model import LiveState
 from gitorch.manifests.model import DesiredState, Node, NodePool, Volume
 from gitorch.state import BackoffRecord, RevisionResult, RolloutPhase, RolloutRecord, StateStore
 from gitorch.state.audit_chain import SYSTEM_ACTOR
-from gitorch.state.records import START_FAILED
+from gitorch.state.records import NO_BACKOFF, SERVICE_SLOT, START_FAILED, ServiceBackoff
 
 log = logging.getLogger("gitorch.reconciler")
 
@@ -477,8 +476,8 @@ class Bookkeeper:
                 )
             for state in decision.backoff:
                 self.store.record_backoff(state)
-            for slot in decision.forgiven:
-                self.store.clear_backoff(decision.name, slot)
+            for slot, template in decision.forgiven:
+                self.store.clear_backoff(decision.name, slot, template)
             if decision.bounds_scale is not None:
                 scaled.append(record_bounds_scale(self.store, decision.bounds_scale))
             for event in decision.events:
@@ -636,14 +635,14 @@ class Bookkeeper:
         self,
         decision: PassDecision,
         execution: Execution,
-        backoff: Mapping[str, Mapping[int, BackoffRecord]],
+        backoff: Mapping[str, ServiceBackoff],
         now: float,
     ) -> None:
         """Back-off for what failed this pass; forgive a service whose failure is over."""
         for failure in execution.start_failures:
-            known = backoff.get(failure.service, {}).get(failure.slot)
+            known = backoff.get(failure.service, NO_BACKOFF).get(failure.slot, failure.template)
             restarts = 1
-            if known is not None and known.template in (None, failure.template):
+            if known is not None and known.of(failure.template):
                 restarts = known.restarts + 1
             state = BackoffRecord(
                 failure.service,
@@ -665,7 +664,7 @@ class Bookkeeper:
                     data={"slot": failure.slot, "message": failure.message},
                 )
         for service, message in execution.service_failures.items():
-            known = backoff.get(service, {}).get(SERVICE_SLOT)
+            known = backoff.get(service, NO_BACKOFF).failure
             state = BackoffRecord(
                 service,
                 SERVICE_SLOT,
@@ -693,7 +692,7 @@ class Bookkeeper:
             )
         published = execution.published
         for service, states in backoff.items():
-            known = states.get(SERVICE_SLOT)
+            known = states.failure
             if known is None or service in execution.service_failures:
                 continue
             if published is None or not _serves(published, service, decision):

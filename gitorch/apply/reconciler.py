@@ -60,6 +60,7 @@ from gitorch.runtime.base import Runtime
 from gitorch.scheduler import LEAST_ALLOCATED
 from gitorch.secrets import SecretValues
 from gitorch.state import BackoffRecord, RolloutPhase, StateStore
+from gitorch.state.records import NO_BACKOFF
 from gitorch.traffic.table import DataPlane, RoutingTable
 
 __all__ = ["CommitMeta", "PassPreempted", "PassResult", "Reconciler", "ServiceProgress"]
@@ -417,7 +418,7 @@ class Reconciler:
         """Routes of services backing off after their port could not be bound."""
         held: set[str] = set()
         for name in decision.table.routes:
-            failure = live.backoff.get(service_of_route(name), {}).get(0)
+            failure = live.backoff.get(service_of_route(name), NO_BACKOFF).failure
             if failure is not None and remaining(failure, now, listen_retry(self.crash_loop)) > 0:
                 held.add(name)
         return held

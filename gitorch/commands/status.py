@@ -496,8 +496,10 @@ def _problems(console: Any, services: list[dict[str, Any]]) -> None:
             # A start that failed ran no replica: it is not a restart of one.
             failed = slot.get("failedStarts") or 0
             count = f"{failed} failed start(s)" if failed else f"{slot['restarts']} restart(s)"
+            which = " (stable version)" if slot.get("stable") else ""
             console.print(
-                f"[yellow]{escape(slot['replica'])}[/]: {wait}{count}, last: {escape(str(cause))}"
+                f"[yellow]{escape(slot['replica'])}[/]{which}: {wait}{count}, "
+                f"last: {escape(str(cause))}"
             )
     crash_looping = [
         svc["name"] for svc in services if any(b["restarts"] for b in svc.get("backoff", []))

@@ -453,8 +453,9 @@ def service_body(
                 if failed
                 else f"{esc(item.get('restarts'))} restarts"
             )
+            which = " (stable version)" if item.get("stable") else ""
             parts.append(
-                f"<li>{esc(item.get('replica'))}: {count}, "
+                f"<li>{esc(item.get('replica'))}{which}: {count}, "
                 f"last cause {esc(item.get('lastCause'))}, retry in "
                 f"{esc(item.get('retryInSeconds'))} s</li>"
             )

@@ -28,7 +28,6 @@ from gitorch.decide.ingress import IngressDecision, decide_ingress
 from gitorch.decide.nodes import NodeVerdicts, node_views, running_replicas, verdicts
 from gitorch.decide.routes import routing_table
 from gitorch.decide.service import (
-    SERVICE_SLOT,
     SETTLED,
     ServiceDecision,
     ServiceInput,
@@ -51,7 +50,7 @@ from gitorch.decide.waves import dependency_waves
 from gitorch.live.model import LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.scheduler import LEAST_ALLOCATED, Placer, Request, Running
-from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord
+from gitorch.state.records import NO_BACKOFF, RolloutPhase, RolloutRecord, ServiceBackoff
 from gitorch.strategies.machine import AnalysisStatus
 from gitorch.traffic.table import RoutingTable
 
@@ -72,9 +71,7 @@ class PassInput:
     live: LiveState
     now: float
     records: Mapping[str, RolloutRecord] = field(default_factory=lambda: MappingProxyType({}))
-    backoff: Mapping[str, Mapping[int, BackoffRecord]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    backoff: Mapping[str, ServiceBackoff] = field(default_factory=lambda: MappingProxyType({}))
     analyses: Mapping[str, Mapping[tuple[str, float], Mapping[str, AnalysisStatus]]] = field(
         default_factory=lambda: MappingProxyType({})
     )
@@ -265,7 +262,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
             for d in service.depends_on
             if _phase_of(d, decisions, inp) is not RolloutPhase.HEALTHY
         )
-        backoff = inp.backoff.get(name, MappingProxyType({}))
+        backoff = inp.backoff.get(name, NO_BACKOFF)
         service_input = ServiceInput(
             revision=desired.revision,
             service=service,
@@ -285,7 +282,7 @@ def decide_pass(inp: PassInput) -> PassDecision:
             decision = decide_service(service_input)
         except Exception as exc:  # a bug deciding one service must not stop the others
             decision = undecided(service_input, f"internal error deciding {name}: {exc!r}")
-        failure = backoff.get(SERVICE_SLOT)
+        failure = backoff.failure
         if failure is not None:
             wait = service_failure_wait(name, failure, now, listen_retry(inp.crash_loop))
             if wait is not None:
@@ -646,7 +643,7 @@ def _requeue(decision: PassDecision, inp: PassInput) -> float:
             candidates.append(PROGRESSING_REQUEUE)
         if service.requeue_after is not None:
             candidates.append(max(0.05, service.requeue_after))
-        failure = inp.backoff.get(name, {}).get(SERVICE_SLOT)
+        failure = inp.backoff.get(name, NO_BACKOFF).failure
         if failure is not None:
             left = remaining(failure, inp.now, listen_retry(inp.crash_loop))
             if left > 0:

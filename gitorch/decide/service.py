@@ -39,7 +39,13 @@ from gitorch.decide.backoff import DEFAULT_CRASH_LOOP, CrashLoop, describe, rema
 from gitorch.live.model import LiveReplica, LiveService
 from gitorch.manifests.build import build_service
 from gitorch.manifests.model import MatchRule, Origin, Service
-from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord
+from gitorch.state.records import (
+    NO_BACKOFF,
+    BackoffRecord,
+    RolloutPhase,
+    RolloutRecord,
+    ServiceBackoff,
+)
 from gitorch.strategies.abtest import abtest_step
 from gitorch.strategies.bluegreen import bluegreen_step
 from gitorch.strategies.canary import canary_step
@@ -67,9 +73,6 @@ EVICTED = "evicted:"
 #: milliseconds before it is seen dead.
 PROBELESS_SETTLE_SECONDS = 1.0
 
-#: Back-off slot 0 holds a service's own failures (a port that cannot be bound, an action
-#: that raised): retried with the crash-loop back-off while other services go on.
-SERVICE_SLOT = 0
 
 SETTLED = (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK, RolloutPhase.DEGRADED)
 
@@ -134,7 +137,7 @@ class ServiceInput:
     record: RolloutRecord | None
     live: LiveService  # replicas with ready / ready_since / needs_restart filled in
     now: float
-    backoff: Mapping[int, BackoffRecord] = field(default_factory=lambda: MappingProxyType({}))
+    backoff: ServiceBackoff = NO_BACKOFF  # its crash-loop records (every template)
     # Verdicts of analysis runs, by (revision, step_started_at) then request key.
     analyses: Mapping[tuple[str, float], Mapping[str, AnalysisStatus]] = field(
         default_factory=lambda: MappingProxyType({})
@@ -162,7 +165,7 @@ class ServiceDecision:
     applied: tuple[Applied, ...] = ()
     events: tuple[Event, ...] = ()
     backoff: tuple[BackoffRecord, ...] = ()  # upserted
-    forgiven: tuple[int, ...] = ()  # slots whose back-off is cleared
+    forgiven: tuple[tuple[int, str], ...] = ()  # (slot, template) back-off to clear
     stops: tuple[StopReplica, ...] = ()
     creates: tuple[int, ...] = ()  # slots to fill with the target template (placed later)
     create_reasons: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -490,10 +493,14 @@ def _observe(target: Service, live: LiveService, evicting: Mapping[str, str]) ->
 
 @dataclass(frozen=True)
 class _Backoff:
-    states: Mapping[int, BackoffRecord]  # after this pass's restarts
+    states: Mapping[int, BackoffRecord]  # the target's, by slot, after this pass's restarts
     blocked: frozenset[int]
+    #: A progressive rollout's stable set crash-loops on records of its own (the slot's
+    #: new replica has its own): by slot, and the slots whose stable replica waits.
+    stable_states: Mapping[int, BackoffRecord]
+    stable_blocked: frozenset[int]
     updates: tuple[BackoffRecord, ...]
-    forgiven: tuple[int, ...]
+    forgiven: tuple[tuple[int, str], ...]  # (slot, template: "" for any) records to forget
     events: tuple[Event, ...]
     retry_in: float | None  # seconds until the first blocked slot may be filled
 
@@ -502,11 +509,7 @@ def _last_failure(backoff: _Backoff, target: Service) -> str:
     """The most recent failure of a ``target`` replica in its slots' back-off records
     (``"api-1: start failed: image ... cannot be pulled"``, ``"api-2: exit code 3"``),
     or "" when none failed."""
-    failed = [
-        b
-        for slot, b in backoff.states.items()
-        if slot != SERVICE_SLOT and b.template in (None, target.template_digest) and b.reason
-    ]
+    failed = [b for b in backoff.states.values() if b.reason]
     if not failed:
         return ""
     last = max(failed, key=lambda b: (b.last_restart_at, b.slot))
@@ -514,31 +517,52 @@ def _last_failure(backoff: _Backoff, target: Service) -> str:
 
 
 #: The back-off of a service that has none and no dead or completed replica.
-_NO_BACKOFF = _Backoff(MappingProxyType({}), frozenset(), (), (), (), None)
+_NO_BACKOFF = _Backoff(
+    MappingProxyType({}), frozenset(), MappingProxyType({}), frozenset(), (), (), (), None
+)
 
 
-def _backoff(inp: ServiceInput, target: Service, observed: _Observed, desired: int) -> _Backoff:
-    """Slots in crash-loop back-off; each newly dead replica counted once."""
+def _backoff(
+    inp: ServiceInput, target: Service, observed: _Observed, desired: int, stable: str | None
+) -> _Backoff:
+    """Slots in crash-loop back-off; each newly dead replica counted once.
+
+    The target's replicas are counted, and during a progressive rollout (``stable``: its
+    stable template) the stable set's too, each template on records of its own. Records
+    of any other template are history (a version replaced, rolled back from) and are
+    forgotten: the replicas they counted are removed, not restarted."""
     if not inp.backoff and not observed.dead and not observed.completed:
         return _NO_BACKOFF  # nothing to count, forgive or block (most services)
     name, now, policy = target.name, inp.now, inp.crash_loop
-    states = {slot: b for slot, b in inp.backoff.items() if slot != SERVICE_SLOT}
+    counted = {target.template_digest} if stable is None else {target.template_digest, stable}
+    states: dict[tuple[int, str | None], BackoffRecord] = {}
+    forgiven: list[tuple[int, str]] = []
+    for b in inp.backoff.replicas:
+        if b.template is None or b.template in counted:
+            states[(b.slot, b.template)] = b
+        else:
+            forgiven.append((b.slot, b.template))
+
+    def known_of(slot: int, template: str | None) -> BackoffRecord | None:
+        return states.get((slot, template)) or states.get((slot, None))
+
     updates: list[BackoffRecord] = []
     events: list[Event] = []
     for replica in observed.dead:
         slot = slot_of(replica.replica)
-        if replica.template_digest != target.template_digest or not 1 <= slot <= desired:
+        template = replica.template_digest
+        if template not in counted or not 1 <= slot <= desired:
             # A replica of a version being replaced, or of a slot being scaled away, is
             # removed, not restarted, and its exit need not be a crash: a daemon killed
             # between the SIGTERM and the removal leaves exactly this.
             continue
         if target.drift != "correct" and stopped_from_outside(replica):
             continue  # drift, not a crash: the policy decides, nothing restarts it
-        known = states.get(slot)
+        known = known_of(slot, template)
         if known is not None and known.replica_id == replica.id:
             continue  # counted by an earlier pass (its removal failed, or it was slow)
         restarts = 1
-        if known is not None and known.template == replica.template_digest:
+        if known is not None and known.template == template:
             restarts = known.restarts + 1
         cause = exit_cause(replica)
         # Counted from the exit when the runtime knows it (kubelet's back-off counts from
@@ -550,21 +574,23 @@ def _backoff(inp: ServiceInput, target: Service, observed: _Observed, desired: i
             restarts,
             died,
             replica.exit_code,
-            template=replica.template_digest,
+            template=template,
             replica_id=replica.id,
             reason=cause,
         )
-        states[slot] = state
+        states[(slot, template)] = state
         updates.append(state)
         wait = policy.next_delay(restarts)
         events.append(
             Event(
                 "replica.restarted",
-                f"{replica.replica} ({(replica.template_digest or '')[:12]}) died: {cause}; "
+                f"{replica.replica} ({(template or '')[:12]}"
+                f"{', stable' if template == stable else ''}) died: {cause}; "
                 f"{describe(state, now, policy)}",
                 service=name,
                 data={
                     "replica": replica.replica,
+                    "template": template,
                     "exitCode": replica.exit_code,
                     "cause": cause,
                     "restarts": restarts,
@@ -573,33 +599,46 @@ def _backoff(inp: ServiceInput, target: Service, observed: _Observed, desired: i
                 },
             )
         )
-    forgiven: list[int] = []
     for replica in inp.live.replicas:
         slot = slot_of(replica.replica)
-        known = states.get(slot)
-        if (
-            known is None
-            or replica.state != "running"
-            or replica.template_digest != target.template_digest
-            or replica.started_at is None
-        ):
+        template = replica.template_digest
+        if template not in counted or replica.state != "running" or replica.started_at is None:
+            continue
+        known = known_of(slot, template)
+        if known is None:
             continue
         if known.last_restart_at is not None and replica.started_at < known.last_restart_at:
             continue  # not the replica that was recreated (stale observation)
         if now - replica.started_at >= policy.reset_after:
-            forgiven.append(slot)
-            states.pop(slot)
-    blocked = set(observed.completed)
-    waits = [
-        (slot, remaining(state, now, policy))
-        for slot, state in states.items()
-        if state.template in (None, target.template_digest)
-    ]
-    blocked.update(slot for slot, left in waits if left > 0)
-    pending = [left for _, left in waits if left > 0]
+            forgiven.append((slot, known.template or ""))
+            states.pop((slot, known.template))
+
+    def waits(template: str) -> dict[int, float]:
+        """Seconds left of each slot of ``template``'s back-off that still runs."""
+        mine = {
+            slot: b
+            for (slot, t), b in sorted(states.items(), key=lambda kv: kv[0][1] is not None)
+            if t in (None, template)
+        }
+        return {slot: left for slot, b in mine.items() if (left := remaining(b, now, policy)) > 0}
+
+    target_waits = waits(target.template_digest)
+    stable_states = {slot: b for (slot, t), b in states.items() if stable and t == stable}
+    stable_waits = {
+        slot: left for slot, b in stable_states.items() if (left := remaining(b, now, policy)) > 0
+    }
+    pending = [*target_waits.values(), *stable_waits.values()]
     return _Backoff(
-        MappingProxyType(states),
-        frozenset(blocked),
+        MappingProxyType(
+            {
+                slot: b
+                for (slot, t), b in sorted(states.items(), key=lambda kv: kv[0][1] is not None)
+                if t in (None, target.template_digest)
+            }
+        ),
+        frozenset(observed.completed) | frozenset(target_waits),
+        MappingProxyType(stable_states),
+        frozenset(stable_waits),
         tuple(updates),
         tuple(sorted(forgiven)),
         tuple(events),
@@ -619,6 +658,23 @@ def _analysis_entry(record: RolloutRecord) -> tuple[str, float] | None:
     return (record.revision, record.step_started_at)
 
 
+def progressive_stable(target: Service, record: RolloutRecord) -> str | None:
+    """The stable template of the progressive rollout ``record`` is in (its last good
+    version, which keeps running beside the new one), or None when it is in none: not
+    a progressive strategy, a first deployment, a rollout that reached Healthy (repairs
+    and scaling take the rolling path), or one rolled back."""
+    rolled_back = record.failed_digest is not None and record.spec_digest != record.failed_digest
+    if (
+        target.strategy.type not in PROGRESSIVE
+        or rolled_back
+        or record.reached_healthy
+        or record.previous_digest is None
+        or record.previous_digest == target.template_digest
+    ):
+        return None
+    return record.previous_digest
+
+
 def _strategy_step(
     inp: ServiceInput, target: Service, record: RolloutRecord, rin: RolloutInput
 ) -> tuple[Decision, bool]:
@@ -629,20 +685,13 @@ def _strategy_step(
     rollback take the RollingUpdate path (a rollback must not walk the canary steps).
     """
     kind = target.strategy.type
-    rolled_back = record.failed_digest is not None and record.spec_digest != record.failed_digest
-    progressive = (
-        kind in PROGRESSIVE
-        and not rolled_back
-        and not record.reached_healthy
-        and record.previous_digest is not None
-        and record.previous_digest != target.template_digest
-    )
-    if not progressive:
+    stable = progressive_stable(target, record)
+    if stable is None:
         return (recreate_step(rin) if kind == "Recreate" else rolling_step(rin)), False
     entry = _analysis_entry(record)
     rin = replace(
         rin,
-        stable=record.previous_digest,
+        stable=stable,
         step_started_at=record.step_started_at,
         promote_requested=record.promote_requested,
         abort_requested=record.abort_requested,
@@ -740,7 +789,7 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
     name = target.name
     observed = _observe(target, inp.live, inp.evicting)
     desired = desired_count(target, inp.live, inp.autoscaled)
-    backoff = _backoff(inp, target, observed, desired)
+    backoff = _backoff(inp, target, observed, desired, progressive_stable(target, record))
     draft.events.extend(backoff.events)
 
     if inp.waiting_for and not record.reached_healthy and not held:
@@ -774,6 +823,7 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
         max_unavailable=target.strategy.rolling_update.max_unavailable,
         step=record.step,
         blocked_slots=backoff.blocked,
+        blocked_stable_slots=backoff.stable_blocked,
         completed_slots=observed.completed,
     )
     if inp.single_writer:
@@ -1160,17 +1210,29 @@ def _finish(
             target.name, record.failed_digest, record.revision, record.last_error or ""
         )
     waits = list(draft.waits)
-    for slot, b in sorted(backoff.states.items()):
-        if slot in backoff.blocked and slot not in observed.completed:
-            # No seconds left in the text: a plan's digest must not change by the second.
-            # A replica that never ran did not restart: its failed starts are said so.
-            if b.failed_start:
-                what = f"back-off after {_plural(b.restarts, 'failed start')}"
-            else:
-                what = f"crash-loop back-off after {_plural(b.restarts, 'restart')}"
-            waits.append(
-                Wait(target.name, f"{target.name}-{slot} in {what} (last: {b.reason or 'exited'})")
+    held = [
+        (slot, b, "")
+        for slot, b in backoff.states.items()
+        if slot in backoff.blocked and slot not in observed.completed
+    ]
+    held += [
+        (slot, b, " (stable version)")
+        for slot, b in backoff.stable_states.items()
+        if slot in backoff.stable_blocked
+    ]
+    for slot, b, which in sorted(held, key=lambda h: (h[0], h[2])):
+        # No seconds left in the text: a plan's digest must not change by the second.
+        # A replica that never ran did not restart: its failed starts are said so.
+        if b.failed_start:
+            what = f"back-off after {_plural(b.restarts, 'failed start')}"
+        else:
+            what = f"crash-loop back-off after {_plural(b.restarts, 'restart')}"
+        waits.append(
+            Wait(
+                target.name,
+                f"{target.name}-{slot}{which} in {what} (last: {b.reason or 'exited'})",
             )
+        )
     views = observed.views
     progress = ServiceProgress(
         name=target.name,

@@ -11,8 +11,8 @@ from gitorch.runtime.base import Instance, VolumeInfo
 from gitorch.state.records import (
     AnalysisRunRecord,
     AutoscalerRecord,
-    BackoffRecord,
     RolloutRecord,
+    ServiceBackoff,
     VolumeRecord,
 )
 
@@ -139,9 +139,7 @@ class LiveState:
     # What the store says a pass decides from, besides the replicas (read in the same
     # observation, so ``plan`` and the reconciler decide from the same facts):
     rollouts: Mapping[str, RolloutRecord] = field(default_factory=lambda: MappingProxyType({}))
-    backoff: Mapping[str, Mapping[int, BackoffRecord]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    backoff: Mapping[str, ServiceBackoff] = field(default_factory=lambda: MappingProxyType({}))
     # Runs of each service's current progressive step (its rollout's step entry).
     analysis_runs: Mapping[str, tuple[AnalysisRunRecord, ...]] = field(
         default_factory=lambda: MappingProxyType({})

@@ -36,6 +36,7 @@ from gitorch.runtime.base import (
     VolumeInfo,
 )
 from gitorch.state import BackoffRecord, RolloutRecord, VolumeRecord
+from gitorch.state.records import ServiceBackoff
 
 if TYPE_CHECKING:
     from gitorch.state import StateStore
@@ -271,9 +272,9 @@ def observe(
     global _template_digests, _replicas
     _template_digests, _replicas = used, kept
     last = store.last_applied_revision() if store is not None else None
-    backoff: dict[str, dict[int, BackoffRecord]] = {}
+    backoff: dict[str, list[BackoffRecord]] = {}
     for state in store.list_backoff() if store is not None else []:
-        backoff.setdefault(state.service, {})[state.slot] = state
+        backoff.setdefault(state.service, []).append(state)
     runs = {
         name: tuple(
             store.list_analysis_runs(
@@ -294,7 +295,7 @@ def observe(
         last_applied_revision=last.sha if last is not None else None,
         inventory=MappingProxyType(inventory),
         rollouts=MappingProxyType(records),
-        backoff=MappingProxyType({k: MappingProxyType(v) for k, v in backoff.items()}),
+        backoff=MappingProxyType({k: ServiceBackoff(tuple(v)) for k, v in backoff.items()}),
         analysis_runs=MappingProxyType(runs),
         draining_nodes=frozenset(draining),
         node_last_seen=MappingProxyType(

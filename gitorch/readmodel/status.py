@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gitorch.decide.backoff import listen_retry, remaining
-from gitorch.decide.service import SERVICE_SLOT, slot_of
+from gitorch.decide.service import slot_of
 from gitorch.decide.vertical import recommendation_lines
 from gitorch.errors import StateError
 from gitorch.live.model import LiveReplica, LiveService, LiveState
@@ -19,20 +19,21 @@ from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.daemon_file import read_daemon_file
 from gitorch.readmodel.volumes import volumes_json
 from gitorch.state import AutoscalerRecord, BackoffRecord, StateStore, TrafficSnapshot, lock_holder
-from gitorch.state.records import RevisionResult, iso_time
+from gitorch.state.records import NO_BACKOFF, RevisionResult, ServiceBackoff, iso_time
 from gitorch.strategies.canary import analysis_label
 from gitorch.traffic.holders import own_data_plane
 
 
 def service_json(
     service: LiveService,
-    backoff: Mapping[int, BackoffRecord] | None = None,
+    backoff: ServiceBackoff | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
     """One service of the status document. ``backoff``: the crash-loop state per slot
-    (gitorch replaces a crashed replica, so the runtime's own count stays 0); slot 0 is a
-    failure of the service itself (a port it cannot bind), which makes it Degraded."""
-    backoff = backoff or {}
+    and template (gitorch replaces a crashed replica, so the runtime's own count stays
+    0); slot 0 is a failure of the service itself (a port it cannot bind), which makes it
+    Degraded."""
+    backoff = backoff or NO_BACKOFF
     now = time.time() if now is None else now
     applied = service.applied
     # The crash loops of the version applied or of one still running: a version rolled
@@ -47,14 +48,13 @@ def service_json(
     started = {
         (slot_of(r.replica), r.template_digest) for r in service.replicas if r.state == "running"
     }
-    slots = {
-        slot: b
-        for slot, b in backoff.items()
-        if slot != SERVICE_SLOT
-        and (b.template is None or b.template in current)
-        and not (b.failed_start and _ran(slot, b, started))
-    }
-    failure = backoff.get(SERVICE_SLOT)
+    slots = [
+        b
+        for b in backoff.replicas
+        if (b.template is None or b.template in current)
+        and not (b.failed_start and _ran(b.slot, b, started))
+    ]
+    failure = backoff.failure
     spec = applied.canonical.get("spec", {}) if applied else {}
     desired = spec.get("replicas", 0) if applied else 0
     expose = spec.get("expose")
@@ -89,18 +89,23 @@ def service_json(
         "strategy": spec.get("strategy"),
         # Crash-loop restarts of all slots (a slot in back-off may have no replica at all),
         # and starts that failed (no replica ran: they are not restarts).
-        "restarts": sum(b.restarts for b in slots.values() if not b.failed_start),
-        "failedStarts": sum(b.restarts for b in slots.values() if b.failed_start),
+        "restarts": sum(b.restarts for b in slots if not b.failed_start),
+        "failedStarts": sum(b.restarts for b in slots if b.failed_start),
         "backoff": [
             {
-                "replica": f"{service.name}-{slot}",
+                "replica": f"{service.name}-{b.slot}",
+                # A progressive rollout's stable replica backs off on its own record,
+                # beside the slot's new one.
+                "stable": applied is not None
+                and b.template is not None
+                and b.template != applied.digest,
                 "restarts": 0 if b.failed_start else b.restarts,
                 "failedStarts": b.restarts if b.failed_start else 0,
                 "lastCause": b.reason or None,
                 "exitCode": b.last_exit_code,
                 "retryInSeconds": round(remaining(b, now), 1),
             }
-            for slot, b in sorted(slots.items())
+            for b in slots
         ],
         "instances": [
             {
@@ -113,7 +118,7 @@ def service_json(
                 "ready": r.ready,
                 "address": r.address,
                 "startedAt": r.started_at,
-                "restarts": max(r.restarts, _restarts_of(r, slots)),
+                "restarts": max(r.restarts, _restarts_of(r, ServiceBackoff(tuple(slots)))),
                 "exitCode": r.exit_code,
                 "exitReason": r.exit_reason,
             }
@@ -122,11 +127,11 @@ def service_json(
     }
 
 
-def _restarts_of(replica: LiveReplica, slots: Mapping[int, BackoffRecord]) -> int:
+def _restarts_of(replica: LiveReplica, slots: ServiceBackoff) -> int:
     """Restarts counted on ``replica``'s slot for the template it runs (a failed new
     version's deaths are not the old version's restarts, nor are failed starts)."""
-    known = slots.get(slot_of(replica.replica))
-    if known is None or known.failed_start or known.template not in (None, replica.template_digest):
+    known = slots.get(slot_of(replica.replica), replica.template_digest)
+    if known is None or known.failed_start:
         return 0
     return known.restarts
 
@@ -274,7 +279,7 @@ class ServiceEntries:
     def entry(
         self,
         service: LiveService,
-        backoff: Mapping[int, BackoffRecord] | None,
+        backoff: ServiceBackoff | None,
         live: LiveState,
         now: float,
         kept: dict[int, tuple[LiveService, dict[str, Any]]],
@@ -335,9 +340,10 @@ def status_json(
             }
             for m in view.store.list_measurements(only, limit=None)[-20:]
         ]
-    backoff: dict[str, dict[int, BackoffRecord]] = {}
+    records: dict[str, list[BackoffRecord]] = {}
     for record in view.store.list_backoff() if view.store is not None else []:
-        backoff.setdefault(record.service, {})[record.slot] = record
+        records.setdefault(record.service, []).append(record)
+    backoff = {name: ServiceBackoff(tuple(found)) for name, found in records.items()}
     used = allocation(live)
     daemon_error = _daemon_error(view)
     if daemon_error is not None:

@@ -287,6 +287,9 @@ class AppliedObject:
     applied_at: float
 
 
+#: The back-off slot of a failure of the service itself, not of one replica.
+SERVICE_SLOT = 0
+
 #: How a slot's back-off record names a start that failed (no replica ran: a command or
 #: image missing on the node, a port taken), before the runtime's message.
 START_FAILED = "start failed: "
@@ -294,7 +297,12 @@ START_FAILED = "start failed: "
 
 @dataclass(frozen=True)
 class BackoffRecord:
-    """Crash-loop back-off of one replica slot."""
+    """Crash-loop back-off of one replica slot's replicas of one template.
+
+    A record is keyed by ``(service, slot, template)``: during a progressive rollout a
+    slot holds a stable and a new replica, and each crash-loops (and backs off) on its
+    own. ``template`` None (stored as "") is a record of the service itself (slot 0) or
+    of any template (records written before the key had it)."""
 
     service: str
     slot: int  # 0: the service itself (a failure not of one replica: a port, an error)
@@ -311,6 +319,54 @@ class BackoffRecord:
         count is of failed starts, not of restarts (a crash counts on the same record:
         the back-off grows over both)."""
         return self.replica_id is None and self.reason.startswith(START_FAILED)
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """What identifies the record in the store (a missing template is "")."""
+        return (self.service, self.slot, self.template or "")
+
+    def of(self, template: str | None) -> bool:
+        """Whether the record counts for replicas of ``template`` (one without a
+        template counts for any)."""
+        return self.template is None or self.template == template
+
+
+@dataclass(frozen=True)
+class ServiceBackoff:
+    """A service's crash-loop records: its own failure (slot 0: a port it cannot bind)
+    and one per replica slot and template."""
+
+    records: tuple[BackoffRecord, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+    @property
+    def failure(self) -> BackoffRecord | None:
+        """The failure of the service itself, if any."""
+        return next((b for b in self.records if b.slot == SERVICE_SLOT), None)
+
+    @property
+    def replicas(self) -> tuple[BackoffRecord, ...]:
+        """The records of replica slots (every template), by slot."""
+        return tuple(b for b in self.records if b.slot != SERVICE_SLOT)
+
+    def slots(self, template: str | None) -> dict[int, BackoffRecord]:
+        """The records of ``template``'s replicas, by slot (a record of the very
+        template wins over one of any template)."""
+        found: dict[int, BackoffRecord] = {}
+        for b in self.replicas:
+            if b.template == template or (b.template is None and b.slot not in found):
+                found[b.slot] = b
+        return found
+
+    def get(self, slot: int, template: str | None) -> BackoffRecord | None:
+        """The record of ``template``'s replica in ``slot``, if any."""
+        return self.slots(template).get(slot)
+
+
+#: The back-off of a service with no record.
+NO_BACKOFF = ServiceBackoff()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ knows which backend runs.
     ├── inventory    the canonical form of every object gitorch applied
     ├── ports        host-port allocations per node
     ├── nodes        registered nodes and their last observed condition
-    ├── backoff      crash-loop back-off per replica slot
+    ├── backoff      crash-loop back-off per replica slot and template
     ├── analysis     analysis runs and their measurements
     ├── traffic      the latest per-version traffic of each route
     ├── volumes      where each Volume is bound, made, released or lost
@@ -180,7 +180,7 @@ class NodeRepository(Protocol):
 class BackoffRepository(Protocol):
     def record(self, record: BackoffRecord) -> None: ...
 
-    def clear(self, service: str, slot: int | None) -> None: ...
+    def clear(self, service: str, slot: int | None, template: str | None = None) -> None: ...
 
     def list(self) -> list[BackoffRecord]: ...
 

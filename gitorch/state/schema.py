@@ -422,6 +422,33 @@ MIGRATIONS: tuple[Migration, ...] = (
             trigger=True,
         ),
     ),
+    Migration(
+        "back-off: one record per slot and template",
+        (
+            # During a progressive rollout a slot holds a stable and a new replica, and
+            # each crash-loops on its own: the key gains the template ("" for a record of
+            # the service itself or of any template). A key cannot be altered: rebuilt.
+            """
+            CREATE TABLE backoff_by_template (
+                service         TEXT NOT NULL,
+                slot            INTEGER NOT NULL,
+                template        TEXT NOT NULL DEFAULT '',
+                restarts        INTEGER NOT NULL,
+                last_restart_at REAL NOT NULL,
+                last_exit_code  INTEGER,
+                replica_id      TEXT,
+                reason          TEXT NOT NULL DEFAULT '',
+                PRIMARY KEY (service, slot, template)
+            ) WITHOUT ROWID
+            """,
+            "INSERT INTO backoff_by_template (service, slot, template, restarts,"
+            " last_restart_at, last_exit_code, replica_id, reason)"
+            " SELECT service, slot, COALESCE(template, ''), restarts, last_restart_at,"
+            " last_exit_code, replica_id, reason FROM backoff",
+            "DROP TABLE backoff",
+            "ALTER TABLE backoff_by_template RENAME TO backoff",
+        ),
+    ),
 )
 
 #: The schema version this code writes and understands.

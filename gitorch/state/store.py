@@ -238,15 +238,19 @@ class StateStore:
     # -- crash-loop back-off -------------------------------------------------------------
 
     def record_backoff(self, record: BackoffRecord) -> None:
-        """Store the back-off state of one replica slot."""
+        """Store the back-off state of one replica slot's template (replacing the
+        record of the same service, slot and template)."""
         self.backoff.record(record)
 
-    def clear_backoff(self, service: str, slot: int | None = None) -> None:
-        """Forget the back-off of a slot (it ran stably) or of a whole service (pruned)."""
-        self.backoff.clear(service, slot)
+    def clear_backoff(
+        self, service: str, slot: int | None = None, template: str | None = None
+    ) -> None:
+        """Forget the back-off of one slot's template (it ran stably, or its template
+        is gone), of every template of a slot, or of a whole service (pruned)."""
+        self.backoff.clear(service, slot, template)
 
     def list_backoff(self) -> list[BackoffRecord]:
-        """Every slot in back-off, in one query."""
+        """Every slot and template in back-off, in one query."""
         return self.backoff.list()
 
     # -- inventory ---------------------------------------------------------------------

@@ -114,14 +114,15 @@ def housekeeping(inp: RolloutInput, census: Census, stable: str | None) -> list[
 
 def keep_stable(inp: RolloutInput, census: Census) -> list[Action]:
     """Recreate missing stable replicas (slots 1..desired), only when the stable template
-    is known for certain (``inp.stable``): a guessed one is never recreated."""
+    is known for certain (``inp.stable``): a guessed one is never recreated; one whose
+    slot is in the stable set's crash-loop back-off waits it out."""
     if inp.stable is None or inp.stable == inp.target:
         return []
     held = {r.slot for r in census.old if r.template == inp.stable}
     return [
         Create(slot, inp.stable)
         for slot in range(1, inp.desired + 1)
-        if slot not in held and slot not in inp.blocked_slots
+        if slot not in held and slot not in inp.blocked_stable_slots
     ]
 
 

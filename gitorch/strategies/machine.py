@@ -118,6 +118,10 @@ class RolloutInput:
     #: failed to start or crashed: a new replica in progress, which holds its place under
     #: ``maxSurge`` as a crash-looping pod counts against a Deployment's.
     completed_slots: frozenset[int] = frozenset()
+    #: Slots whose *stable* replica (a progressive rollout's) is in crash-loop back-off:
+    #: no stable Create there now. The stable and the new replica of a slot back off
+    #: each on its own.
+    blocked_stable_slots: frozenset[int] = frozenset()
     # Progressive strategies (canary, blue-green, A/B). ``stable``: the template of the last
     # good revision, which they keep at full size and give the rest of the traffic; None:
     # the most common template among the live old replicas (never recreated then).

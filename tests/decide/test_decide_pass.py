@@ -19,7 +19,7 @@ from gitorch.decide.backoff import remaining
 from gitorch.decide.cluster import changed_services
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState
-from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord
+from gitorch.state.records import BackoffRecord, RolloutPhase, RolloutRecord, ServiceBackoff
 
 NOW = 10_000.0
 REVISION = "a" * 40
@@ -143,7 +143,7 @@ def test_a_dead_replica_is_counted_once() -> None:
     assert (counted.restarts, counted.replica_id, counted.reason) == (1, dead.id, "exit code 3")
     # The next pass sees the same dead replica (its removal failed): not counted again.
     again = decide_pass(
-        pass_input(state, live, backoff=MappingProxyType({"web": {2: counted}}))
+        pass_input(state, live, backoff=MappingProxyType({"web": ServiceBackoff((counted,))}))
     ).services["web"]
     assert again.backoff == ()
     assert any(
@@ -218,7 +218,7 @@ def test_a_new_versions_deaths_are_not_the_old_versions_restarts() -> None:
         pass_input(
             state,
             live_of(state, [dead, replica(state, "web", 2)]),
-            backoff=MappingProxyType({"web": {1: old}}),
+            backoff=MappingProxyType({"web": ServiceBackoff((old,))}),
         )
     ).services["web"]
     (counted,) = decision.backoff
@@ -360,7 +360,7 @@ def test_a_slot_in_back_off_after_a_failed_start_holds_the_surge() -> None:
         template=v2.services["web"].template_digest,
         reason="start failed: no such file: /nonexistent",
     )
-    backoff = MappingProxyType({"web": {1: failed}})
+    backoff = MappingProxyType({"web": ServiceBackoff((failed,))})
     waiting = decide_pass(pass_input(v2, live, records=records, backoff=backoff))
     assert starts(waiting, "web") == []
     assert waiting.stops() == ()  # no old replica goes for it either
@@ -371,7 +371,9 @@ def test_a_slot_in_back_off_after_a_failed_start_holds_the_surge() -> None:
     ]
     later = replace(failed, last_restart_at=NOW - 1.5)  # its 1 s are over
     retried = decide_pass(
-        pass_input(v2, live, records=records, backoff=MappingProxyType({"web": {1: later}}))
+        pass_input(
+            v2, live, records=records, backoff=MappingProxyType({"web": ServiceBackoff((later,))})
+        )
     )
     assert [s.replica for s in starts(retried, "web")] == ["web-1"]
 
@@ -409,7 +411,7 @@ def test_a_rollout_past_its_deadline_names_its_last_failure() -> None:
             v2,
             live,
             records=MappingProxyType({"web": rolling}),
-            backoff=MappingProxyType({"web": {1: failed}}),
+            backoff=MappingProxyType({"web": ServiceBackoff((failed,))}),
         )
     )
     record = decided.services["web"].record

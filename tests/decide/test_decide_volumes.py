@@ -25,7 +25,7 @@ from gitorch.decide.cluster import PassDecision
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState
 from gitorch.runtime.base import VolumeInfo
-from gitorch.state.records import BackoffRecord, VolumeRecord
+from gitorch.state.records import BackoffRecord, ServiceBackoff, VolumeRecord
 
 NOW = 10_000.0
 REVISION = "b" * 40
@@ -130,7 +130,7 @@ def base_input(
     state: DesiredState,
     observed: LiveState,
     applied: DesiredState | None = None,
-    backoff: dict[str, dict[int, BackoffRecord]] | None = None,
+    backoff: dict[str, ServiceBackoff] | None = None,
 ) -> PassInput:
     records = {n: healthy_record(state, n, REVISION) for n in (applied or state).services}
     return PassInput(
@@ -147,7 +147,7 @@ def decide(
     state: DesiredState,
     observed: LiveState,
     applied: DesiredState | None = None,
-    backoff: dict[str, dict[int, BackoffRecord]] | None = None,
+    backoff: dict[str, ServiceBackoff] | None = None,
 ) -> PassDecision:
     return decide_pass(base_input(state, observed, applied, backoff))
 
@@ -183,7 +183,7 @@ def test_a_writer_removed_before_the_starts_does_not_hold_its_replacement() -> N
     world = live(state, [dying], records=[record("data", "a")], on={"a": ["data"], "b": []})
     # Its death was counted a while ago (its removal failed then): no back-off left.
     counted = BackoffRecord("db", 1, 1, NOW - 100, template=digest, replica_id=dying.id)
-    decision = decide(state, world, backoff={"db": {1: counted}})
+    decision = decide(state, world, backoff={"db": ServiceBackoff((counted,))})
     # Removed first (not drained: it serves nothing), so the new writer starts this pass.
     assert [(s.replica, s.drain) for s in of(decision, StopReplica)] == [("db-1", False)]
     assert [s.replica for s in of(decision, StartReplica)] == ["db-1"]

@@ -189,22 +189,30 @@ def test_a_stable_replica_killed_at_a_pause_comes_back_on_the_stable_version(
             60,
             describe=lambda: f"{versions_by_slot(daemon.service('web'))}\n{daemon.log_tail()}",
         )
-        svc = daemon.service("web")
-        assert svc is not None
-        [victim] = [
-            i for i in svc["instances"] if i["replica"] == "web-3" and i["revision"] == first
-        ]
-        os.kill(pid_of(victim["id"]), signal.SIGKILL)
-        wait_for(
-            "web-3 back on version 1",
-            lambda: (
-                (svc := daemon.service("web")) is not None
-                and sorted(versions_by_slot(svc)) == sorted(paused)
-                and victim["id"] not in {i["id"] for i in svc["instances"]}
-            ),
-            30,
-            describe=lambda: f"{versions_by_slot(daemon.service('web'))}\n{daemon.log_tail()}",
-        )
+
+        def kill_stable_web3(what: str) -> dict[str, Any]:
+            """kill -9 the stable web-3; its status once it is back on version 1."""
+            svc = daemon.service("web")
+            assert svc is not None
+            [victim] = [
+                i for i in svc["instances"] if i["replica"] == "web-3" and i["revision"] == first
+            ]
+            os.kill(pid_of(victim["id"]), signal.SIGKILL)
+            wait_for(
+                what,
+                lambda: (
+                    (svc := daemon.service("web")) is not None
+                    and sorted(versions_by_slot(svc)) == sorted(paused)
+                    and victim["id"] not in {i["id"] for i in svc["instances"]}
+                ),
+                30,
+                describe=lambda: f"{versions_by_slot(daemon.service('web'))}\n{daemon.log_tail()}",
+            )
+            back = daemon.service("web")
+            assert back is not None
+            return back
+
+        kill_stable_web3("web-3 back on version 1")
         # And it stays so: nothing is started or stopped at the pause any more.
         settled = {i["id"] for i in daemon.service("web")["instances"]}  # type: ignore[index]
         time.sleep(3)
@@ -213,5 +221,22 @@ def test_a_stable_replica_killed_at_a_pause_comes_back_on_the_stable_version(
             svc
         )
         assert svc["rollout"]["phase"] == "Paused" and svc["rollout"]["weight"] == 50
+        # The death is a restart of the stable replica, on a record of its own version
+        # (it was not counted: a stable replica dying over and over was started again at
+        # every pass, with no back-off and "0" restarts in status).
+        assert _stable_restarts(svc, first) == (1, [("web-3", True, 1)])
+        # Killed again, it backs off longer (2 s) and comes back on version 1 again.
+        svc = kill_stable_web3("web-3 back on version 1 after its second death")
+        assert _stable_restarts(svc, first) == (2, [("web-3", True, 2)])
         load.wait_requests(50, 10)
     assert load.failures == [], f"{len(load.failures)} failed of {load.total}: {load.failures[:5]}"
+
+
+def _stable_restarts(svc: dict[str, Any], stable: str) -> tuple[int, list[tuple[str, bool, int]]]:
+    """web-3's restarts as status shows them: on its stable instance, and the back-off
+    entries (replica, whether of the stable version, restarts)."""
+    [instance] = [
+        i for i in svc["instances"] if i["replica"] == "web-3" and i["revision"] == stable
+    ]
+    entries = [(b["replica"], b["stable"], b["restarts"]) for b in svc["backoff"]]
+    return instance["restarts"], entries

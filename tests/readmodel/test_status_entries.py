@@ -12,7 +12,7 @@ from typing import Any
 from gitorch.live.model import AppliedSpec, LiveNode, LiveReplica, LiveService, LiveState
 from gitorch.readmodel.cluster import ClusterView
 from gitorch.readmodel.status import ServiceEntries, service_json, status_json
-from gitorch.state.records import BackoffRecord
+from gitorch.state.records import BackoffRecord, ServiceBackoff
 
 
 def _replica(service: str, slot: int, *, ready: bool | None = True) -> LiveReplica:
@@ -97,9 +97,9 @@ def test_entries_showing_a_clock_are_built_every_time() -> None:
     crashing = _service("crashing", replicas=1)
     failure = BackoffRecord("crashing", 1, 3, time.time(), reason="exit code 1")
     kept: dict[int, Any] = {}
-    early = entries.entry(crashing, {1: failure}, live, time.time(), kept)
+    early = entries.entry(crashing, ServiceBackoff((failure,)), live, time.time(), kept)
     assert kept == {}
-    later = entries.entry(crashing, {1: failure}, live, time.time() + 1, kept)
+    later = entries.entry(crashing, ServiceBackoff((failure,)), live, time.time() + 1, kept)
     assert early["backoff"][0]["retryInSeconds"] > later["backoff"][0]["retryInSeconds"]
 
 
@@ -109,7 +109,7 @@ def test_restarts_of_a_version_rolled_back_from_are_not_shown() -> None:
     failed` under replicas that were all ready)."""
     failed = BackoffRecord("a", 1, 4, 1.0, None, template="d2", reason="liveness probe failed")
     running = BackoffRecord("a", 2, 2, 1.0, 3, template="d1", reason="exit code 3")
-    doc = service_json(_service("a"), {1: failed, 2: running}, time.time())
+    doc = service_json(_service("a"), ServiceBackoff((failed, running)), time.time())
     assert [b["replica"] for b in doc["backoff"]] == ["a-2"]
     assert doc["restarts"] == 2
 
@@ -125,13 +125,13 @@ def test_failed_starts_are_not_restarts_and_go_once_the_slot_runs() -> None:
     service = _service("a")
     assert service.applied is not None
     service = replace(service, applied=replace(service.applied, digest="d2"))
-    doc = service_json(service, {1: ran, 2: failing}, time.time())
+    doc = service_json(service, ServiceBackoff((ran, failing)), time.time())
     assert [i["restarts"] for i in doc["instances"]] == [0, 0]
     assert doc["restarts"] == 0 and doc["failedStarts"] == 3
     (entry,) = doc["backoff"]
     assert entry["replica"] == "a-2" and entry["failedStarts"] == 3 and entry["restarts"] == 0
     # A crash is still a restart, with its count on the replica that runs now.
     crashed = BackoffRecord("a", 1, 2, 1.0, 3, template="d1", replica_id="x", reason="exit code 3")
-    doc = service_json(_service("a"), {1: crashed}, time.time())
+    doc = service_json(_service("a"), ServiceBackoff((crashed,)), time.time())
     assert doc["restarts"] == 2 and doc["failedStarts"] == 0
     assert [i["restarts"] for i in doc["instances"]] == [2, 0]

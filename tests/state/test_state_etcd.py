@@ -273,3 +273,28 @@ def test_a_tls_etcd_with_client_certificates(tmp_path: Path) -> None:
         with pytest.raises(StateUnavailable) as refused:
             StateStore(f"etcds://{endpoint}/secure?cacert={files.ca}")
         assert endpoint in refused.value.message, refused.value.message
+
+
+def test_a_backoff_record_of_the_key_without_its_template_is_read_and_moved(url: str) -> None:
+    """etcd keys written before back-off records were per template
+    (``backoff/SERVICE/SLOT``) are read as they are; the slot's next write moves the
+    record to its template's key, beside the new one, and a clear of its template
+    removes it."""
+    from gitorch.state import BackoffRecord
+    from gitorch.state.etcd.repos import _plain
+
+    old = BackoffRecord("web", 2, 4, 10.0, 1, template="v1", replica_id="a", reason="exit code 1")
+    with StateStore(url) as store:
+        etcd = backend_of(store)
+        etcd.atomic(lambda: etcd.put("backoff/web/000002", _plain(old)))
+        assert store.list_backoff() == [old]
+        new = BackoffRecord("web", 2, 1, 20.0, 3, template="v2", replica_id="b", reason="x")
+        store.record_backoff(new)
+        assert store.list_backoff() == [old, new]
+        assert [k for k, _ in etcd.range("backoff/")] == [
+            "backoff/web/000002/v1",
+            "backoff/web/000002/v2",
+        ]
+        etcd.atomic(lambda: etcd.put("backoff/web/000005", _plain(replace(old, slot=5))))
+        store.clear_backoff("web", 5, "v1")
+        assert store.list_backoff() == [old, new]

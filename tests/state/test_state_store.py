@@ -316,6 +316,30 @@ def test_backoff_records_round_trip_and_clear(tmp_path: Path) -> None:
         assert [(b.service, b.slot) for b in store.list_backoff()] == [("api", 1)]
 
 
+def test_a_slot_keeps_one_backoff_record_per_template(store: StateStore) -> None:
+    """During a progressive rollout a slot holds a stable and a new replica, each with
+    its own crash-loop history: recording one never replaces the other's, and each is
+    forgotten on its own (both backends)."""
+    from gitorch.state import BackoffRecord
+
+    stable = BackoffRecord("web", 3, 2, 10.0, 137, template="v1", replica_id="a", reason="x")
+    canary = BackoffRecord("web", 3, 1, 20.0, 1, template="v2", replica_id="b", reason="y")
+    own = BackoffRecord("web", 0, 1, 30.0, None, reason="port 8000 taken")
+    for record in (stable, canary, own):
+        store.record_backoff(record)
+    assert store.list_backoff() == [own, stable, canary]  # by slot, then template
+    again = BackoffRecord("web", 3, 3, 40.0, 137, template="v1", replica_id="c", reason="x")
+    store.record_backoff(again)
+    assert store.list_backoff() == [own, again, canary]
+    store.clear_backoff("web", 3, "v1")
+    assert store.list_backoff() == [own, canary]
+    store.clear_backoff("web", 0, "")  # the service's own record has no template
+    assert store.list_backoff() == [canary]
+    store.record_backoff(stable)
+    store.clear_backoff("web", 3)  # every template of the slot
+    assert store.list_backoff() == []
+
+
 def test_draining_flag_round_trips_and_needs_a_registered_node(tmp_path: Path) -> None:
     from gitorch.state import RecordNotFound
 

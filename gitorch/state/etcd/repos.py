@@ -11,7 +11,7 @@
     inventory/KIND/NAME                      an applied object's canonical form
     ports/NODE/PORT, port-owners/NODE/OWNER  a host port and its owner (both ways)
     nodes/NAME                               a registered node
-    backoff/SERVICE/SLOT                     crash-loop back-off of one slot
+    backoff/SERVICE/SLOT/TEMPLATE            crash-loop back-off of one slot's template
     analysis-runs/ID, analysis-run-ids/HASH  an analysis run, and its identity's id
     measurements/SERVICE/ID                  one analysis measurement
     traffic                                  the latest traffic of every route (one key)
@@ -541,31 +541,55 @@ class Nodes:
 
 
 class Backoff:
+    """One key per slot and template: ``backoff/SERVICE/SLOT/TEMPLATE`` ("-" for a record
+    of the service itself or of any template). Keys written before the template was
+    part of it (``backoff/SERVICE/SLOT``) are read as they are and replaced by the key
+    of their template at the slot's next write."""
+
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
 
-    def record(self, record: BackoffRecord) -> None:
-        self.kv.atomic(
-            lambda: self.kv.put(f"backoff/{record.service}/{record.slot:06d}", _plain(record))
-        )
+    @staticmethod
+    def _slot(service: str, slot: int) -> str:
+        return f"backoff/{service}/{slot:06d}"
 
-    def clear(self, service: str, slot: int | None) -> None:
+    def _key(self, record: BackoffRecord) -> str:
+        return f"{self._slot(record.service, record.slot)}/{record.template or '-'}"
+
+    def record(self, record: BackoffRecord) -> None:
         def write() -> None:
-            if slot is not None:
-                self.kv.delete(f"backoff/{service}/{slot:06d}")
+            legacy_key = self._slot(record.service, record.slot)
+            legacy = self.kv.get(legacy_key)
+            if legacy is not None:
+                self.kv.delete(legacy_key)
+                moved = BackoffRecord(**legacy)
+                if moved.key != record.key:
+                    self.kv.put(self._key(moved), _plain(moved))
+            self.kv.put(self._key(record), _plain(record))
+
+        self.kv.atomic(write)
+
+    def clear(self, service: str, slot: int | None, template: str | None = None) -> None:
+        def write() -> None:
+            if slot is not None and template is not None:
+                self.kv.delete(f"{self._slot(service, slot)}/{template or '-'}")
+                legacy = self.kv.get(self._slot(service, slot))
+                if legacy is not None and (legacy.get("template") or "") == template:
+                    self.kv.delete(self._slot(service, slot))
                 return
-            for key, _ in self.kv.range(f"backoff/{service}/"):
+            prefix = f"backoff/{service}/" if slot is None else self._slot(service, slot)
+            for key, _ in self.kv.range(prefix):
                 self.kv.delete(key)
 
         self.kv.atomic(write)
 
     def list(self) -> list[BackoffRecord]:
         found = [BackoffRecord(**data) for _, data in self.kv.range("backoff/")]
-        return sorted(found, key=lambda b: (b.service, b.slot))
+        return sorted(found, key=lambda b: (b.service, b.slot, b.template or ""))
 
     def restore(self, records: Iterable[BackoffRecord]) -> None:
         for record in records:
-            self.kv.put(f"backoff/{record.service}/{record.slot:06d}", _plain(record))
+            self.kv.put(self._key(record), _plain(record))
 
 
 # -- analysis runs and measurements ------------------------------------------------------

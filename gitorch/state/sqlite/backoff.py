@@ -1,4 +1,4 @@
-"""Crash-loop back-off per replica slot (table ``backoff``)."""
+"""Crash-loop back-off per replica slot and template (table ``backoff``)."""
 
 from __future__ import annotations
 
@@ -17,31 +17,35 @@ class Backoff:
     def record(self, record: BackoffRecord) -> None:
         with self.db.transaction():
             self.db.execute(
-                "INSERT INTO backoff (service, slot, restarts, last_restart_at, last_exit_code,"
-                " template, replica_id, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, slot) DO UPDATE SET"
-                " restarts = excluded.restarts, last_restart_at = excluded.last_restart_at,"
-                " last_exit_code = excluded.last_exit_code, template = excluded.template,"
+                "INSERT INTO backoff (service, slot, template, restarts, last_restart_at,"
+                " last_exit_code, replica_id, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service, slot, template)"
+                " DO UPDATE SET restarts = excluded.restarts,"
+                " last_restart_at = excluded.last_restart_at,"
+                " last_exit_code = excluded.last_exit_code,"
                 " replica_id = excluded.replica_id, reason = excluded.reason",
                 (
-                    record.service,
-                    record.slot,
+                    *record.key,
                     record.restarts,
                     record.last_restart_at,
                     record.last_exit_code,
-                    record.template,
                     record.replica_id,
                     record.reason,
                 ),
             )
 
-    def clear(self, service: str, slot: int | None) -> None:
+    def clear(self, service: str, slot: int | None, template: str | None = None) -> None:
         with self.db.transaction():
             if slot is None:
                 self.db.execute("DELETE FROM backoff WHERE service = ?", (service,))
-            else:
+            elif template is None:
                 self.db.execute(
                     "DELETE FROM backoff WHERE service = ? AND slot = ?", (service, slot)
+                )
+            else:
+                self.db.execute(
+                    "DELETE FROM backoff WHERE service = ? AND slot = ? AND template = ?",
+                    (service, slot, template),
                 )
 
     def list(self) -> list[BackoffRecord]:
@@ -52,9 +56,9 @@ class Backoff:
                 r["restarts"],
                 r["last_restart_at"],
                 r["last_exit_code"],
-                template=r["template"],
+                template=r["template"] or None,
                 replica_id=r["replica_id"],
                 reason=r["reason"],
             )
-            for r in self.db.query("SELECT * FROM backoff ORDER BY service, slot")
+            for r in self.db.query("SELECT * FROM backoff ORDER BY service, slot, template")
         ]
