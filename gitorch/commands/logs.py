@@ -11,6 +11,7 @@ Program output is printed as written; gitorch never prints a replica's environme
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -42,6 +43,7 @@ EXAMPLE = """example:
   gitorch logs web --replica web-2 --tail 20
   gitorch logs api --previous
   gitorch logs web --follow
+  gitorch logs web --follow --format json
   gitorch logs web --server https://deploy.example:7420 --tail 20
   gitorch logs web --server https://deploy.example:7420 --follow
 """
@@ -56,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "starts with the replica's name. --previous prints what is kept of the last removed "
         "replicas of the service (up to 5 per node, the last 64 KiB of each), newest first, "
         "each under a header saying how and when it ended. --follow keeps printing new "
-        "lines, and those of replicas that start meanwhile, until Ctrl-C. Reads --state "
+        "lines, and those of replicas that start meanwhile, until Ctrl-C (with --format "
+        'json: one JSON object per line, {"follow": REPLICA} when a replica starts to be '
+        'followed and {"replica": REPLICA, "line": TEXT} for each line). Reads --state '
         "and the runtimes directly: no daemon is needed. Exit 0; 1 when there is nothing "
         "to show.",
         epilog=EXAMPLE,
@@ -115,8 +119,6 @@ def _tail(value: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.follow and args.previous:
         raise ConfigError("--follow and --previous do not go together: dead replicas write no more")
-    if args.follow and args.format == "json":
-        raise ConfigError("--follow prints text only")
     try:
         if args.server:
             return _from_server(args)
@@ -157,7 +159,7 @@ def _from_server(args: argparse.Namespace) -> int:
     path = f"/api/v1/services/{quote(args.service, safe='')}/logs?{urlencode(query)}"
     if args.follow:
         with suppress(KeyboardInterrupt):  # Ctrl-C: the usual end of --follow
-            _print_events(ask_lines(args, path, FOLLOW_QUIET_SECONDS))
+            _print_events(ask_lines(args, path, FOLLOW_QUIET_SECONDS), args.format == "json")
         return 0
     data = ask_json(args, path)
     key = "previous" if args.previous else "replicas"
@@ -255,20 +257,25 @@ def _follow(view: ClusterView, args: argparse.Namespace) -> int:
     follower = LogFollower(look, args.service, args.replica, args.tail)
     try:
         with suppress(KeyboardInterrupt):  # Ctrl-C: the usual end of --follow
-            _print_events(follower.events())
+            _print_events(follower.events(), args.format == "json")
     finally:
         follower.close()
     return 0
 
 
-def _print_events(events: Iterable[Any]) -> None:
+def _print_events(events: Iterable[Any], as_json: bool = False) -> None:
     """Print followed lines (``LogFollower`` events, local or from the API's stream),
-    each prefixed with its replica once more than one is followed."""
+    each prefixed with its replica once more than one is followed; ``as_json``: every
+    event as one line of JSON (JSON Lines, as the API's stream sends them), flushed at
+    once so a reader of a pipe sees each as it comes."""
     followed: set[str] = set()
     for event in events:
         if not isinstance(event, dict):
             continue  # a keep-alive
-        if "follow" in event:
+        if as_json:
+            sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        elif "follow" in event:
             followed.add(str(event["follow"]))
         elif "line" in event:
             prefix = f"{event.get('replica')} | " if len(followed) > 1 else ""

@@ -244,6 +244,31 @@ def test_follow_streams_new_lines_and_replicas_that_start_until_ctrl_c(
             follower.wait()
 
 
+def test_follow_with_format_json_writes_one_event_a_line(local: Local, tmp_path: Path) -> None:
+    """JSON Lines, as the API's stream sends them (it was refused: "--follow prints text
+    only"): a program reading the pipe gets each event as it comes."""
+    loop = "echo 'hello \"you\"'; while [ ! -e ping ]; do sleep 0.05; done; echo pong; sleep 60"
+    local.start("web", 1, loop)
+    eventually(lambda: "hello" in local.run("logs", "web").stdout)
+    follower = local.popen("logs", "web", "--follow", "--format", "json")
+    assert follower.stdout is not None
+    try:
+        assert json.loads(follower.stdout.readline()) == {"follow": "web-1"}
+        assert json.loads(follower.stdout.readline()) == {
+            "replica": "web-1",
+            "line": 'hello "you"',
+        }
+        (tmp_path / "ping").touch()
+        assert json.loads(follower.stdout.readline()) == {"replica": "web-1", "line": "pong"}
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=10) == 0
+        assert follower.stderr is not None and follower.stderr.read() == ""
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+
 @pytest.mark.docker
 def test_docker_live_and_previous(tmp_path: Path, example_images: str) -> None:  # noqa: F811
     state = tmp_path / "state"
