@@ -159,7 +159,7 @@ def _from_server(args: argparse.Namespace) -> int:
     path = f"/api/v1/services/{quote(args.service, safe='')}/logs?{urlencode(query)}"
     if args.follow:
         with suppress(KeyboardInterrupt):  # Ctrl-C: the usual end of --follow
-            _print_events(ask_lines(args, path, FOLLOW_QUIET_SECONDS), args.format == "json")
+            print_events(ask_lines(args, path, FOLLOW_QUIET_SECONDS), args.format == "json")
         return 0
     data = ask_json(args, path)
     key = "previous" if args.previous else "replicas"
@@ -257,18 +257,19 @@ def _follow(view: ClusterView, args: argparse.Namespace) -> int:
     follower = LogFollower(look, args.service, args.replica, args.tail)
     try:
         with suppress(KeyboardInterrupt):  # Ctrl-C: the usual end of --follow
-            _print_events(follower.events(), args.format == "json")
+            print_events(follower.events(), args.format == "json")
     finally:
         follower.close()
     return 0
 
 
-def _print_events(events: Iterable[Any], as_json: bool = False) -> None:
+def print_events(events: Iterable[Any], as_json: bool = False) -> None:
     """Print followed lines (``LogFollower`` events, local or from the API's stream),
-    each prefixed with its replica once more than one is followed; ``as_json``: every
+    each prefixed with its replica once more than one is followed, and with its commit
+    where one replica name runs two (a canary slot's stable and new replica); ``as_json``: every
     event as one line of JSON (JSON Lines, as the API's stream sends them), flushed at
     once so a reader of a pipe sees each as it comes."""
-    followed: set[str] = set()
+    followed: dict[str, set[str]] = {}  # replica name -> the commits followed under it
     for event in events:
         if not isinstance(event, dict):
             continue  # a keep-alive
@@ -276,7 +277,11 @@ def _print_events(events: Iterable[Any], as_json: bool = False) -> None:
             sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
             sys.stdout.flush()
         elif "follow" in event:
-            followed.add(str(event["follow"]))
+            followed.setdefault(str(event["follow"]), set()).add(str(event.get("revision")))
         elif "line" in event:
-            prefix = f"{event.get('replica')} | " if len(followed) > 1 else ""
+            replica = str(event.get("replica"))
+            if len(followed.get(replica, ())) > 1:  # a canary slot's stable and new replica
+                prefix = f"{replica} ({str(event.get('revision') or '?')[:8]}) | "
+            else:
+                prefix = f"{replica} | " if len(followed) > 1 else ""
             _write_lines([str(event["line"])], prefix)

@@ -143,7 +143,9 @@ class LogFollower:
     ``{"follow": REPLICA}`` when a replica's output starts to be followed, then
     ``{"replica": REPLICA, "line": TEXT}`` for each line (its last ``tail`` lines first;
     all of a later replica's); ``{"replica": REPLICA, "line": "(gitorch: ...)"}`` when its
-    runtime stops answering.
+    runtime stops answering. Each event also names the commit the replica runs
+    (``"revision"``, when known): a canary's slot has a stable and a new replica of one
+    name.
 
     ``look`` is called at once (:class:`NothingToShow` when nothing of the service runs)
     and every ``discover_every`` seconds after. One thread per followed replica reads its
@@ -210,7 +212,7 @@ class LogFollower:
                 continue
             self._ids.add(replica.id)
             self.followed.append(replica.replica)
-            self._put({"follow": replica.replica})
+            self._put(_with_revision({"follow": replica.replica}, replica))
             fresh.append((runtime, replica))
         # Every follow event before any line: a reader prefixes lines once it follows
         # more than one replica, the first replica's last lines included.
@@ -226,10 +228,13 @@ class LogFollower:
     def _read(self, runtime: Runtime, replica: LiveReplica, tail: int) -> None:
         try:
             for text in runtime.follow_logs(replica.id, tail, self._stop):
-                if not self._put({"replica": replica.replica, "line": text}):
+                if not self._put(
+                    _with_revision({"replica": replica.replica, "line": text}, replica)
+                ):
                     return
         except RuntimeDriverError as exc:
-            self._put({"replica": replica.replica, "line": f"(gitorch: {exc.message})"})
+            said = {"replica": replica.replica, "line": f"(gitorch: {exc.message})"}
+            self._put(_with_revision(said, replica))
 
     def _put(self, event: dict[str, str]) -> bool:
         """Queue ``event``, waiting while a slow reader catches up; False once closed."""
@@ -240,6 +245,12 @@ class LogFollower:
             except queue.Full:
                 continue
         return False
+
+
+def _with_revision(event: dict[str, str], replica: LiveReplica) -> dict[str, str]:
+    """``event`` with the commit ``replica`` runs: during a canary a slot's name is
+    shared by its stable and its new replica, and the commit tells their lines apart."""
+    return {**event, "revision": replica.revision} if replica.revision else event
 
 
 def _iso(stamp: float | None) -> str | None:

@@ -27,6 +27,7 @@ from live_helpers import (
     remove_cluster,
 )
 
+from gitorch.commands.logs import print_events
 from gitorch.live import cluster_name
 from gitorch.live.inventory import local_node_name, runtime_dir
 from gitorch.runtime.base import (
@@ -253,13 +254,13 @@ def test_follow_with_format_json_writes_one_event_a_line(local: Local, tmp_path:
     follower = local.popen("logs", "web", "--follow", "--format", "json")
     assert follower.stdout is not None
     try:
-        assert json.loads(follower.stdout.readline()) == {"follow": "web-1"}
-        assert json.loads(follower.stdout.readline()) == {
-            "replica": "web-1",
-            "line": 'hello "you"',
-        }
+        follows = json.loads(follower.stdout.readline())
+        assert follows.pop("follow") == "web-1"  # and the commit it runs, if it has one
+        said = json.loads(follower.stdout.readline())
+        assert (said["replica"], said["line"]) == ("web-1", 'hello "you"')
         (tmp_path / "ping").touch()
-        assert json.loads(follower.stdout.readline()) == {"replica": "web-1", "line": "pong"}
+        said = json.loads(follower.stdout.readline())
+        assert (said["replica"], said["line"]) == ("web-1", "pong")
         follower.send_signal(signal.SIGINT)
         assert follower.wait(timeout=10) == 0
         assert follower.stderr is not None and follower.stderr.read() == ""
@@ -267,6 +268,30 @@ def test_follow_with_format_json_writes_one_event_a_line(local: Local, tmp_path:
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+
+
+def test_followed_lines_name_the_commit_when_a_slot_runs_two_replicas(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A canary's slot has a stable and a new replica under one name: text lines say
+    which (by commit); other replicas keep the plain name."""
+    events = [
+        {"follow": "web-1", "revision": "a" * 40},
+        {"follow": "web-1", "revision": "b" * 40},
+        {"follow": "web-2", "revision": "a" * 40},
+        None,  # a keep-alive
+        {"replica": "web-1", "line": "old", "revision": "a" * 40},
+        {"replica": "web-1", "line": "new", "revision": "b" * 40},
+        {"replica": "web-2", "line": "two", "revision": "a" * 40},
+    ]
+    print_events(events)
+    assert capsys.readouterr().out == (
+        "web-1 (aaaaaaaa) | old\nweb-1 (bbbbbbbb) | new\nweb-2 | two\n"
+    )
+    print_events(events, as_json=True)
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+        e for e in events if e is not None
+    ]
 
 
 @pytest.mark.docker

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -88,14 +89,17 @@ def test_every_follow_event_comes_before_any_line_and_later_replicas_show_all() 
     try:
         events = follower.events(quiet=0.2)
         # A reader prefixes lines once it follows two replicas: it learns of both first.
-        assert _take(events, 2) == [{"follow": "web-1"}, {"follow": "web-2"}]
+        assert _take(events, 2) == [
+            {"follow": "web-1", "revision": "abc"},
+            {"follow": "web-2", "revision": "abc"},
+        ]
         lines = _take(events, 2)
         assert sorted(e["line"] for e in lines) == ["id-1 says hello", "id-2 says hello"]
         assert {e["replica"] for e in lines} == {"web-1", "web-2"}
         # web-3 runs at the next look: followed from its first line.
         assert _take(events, 2) == [
-            {"follow": "web-3"},
-            {"replica": "web-3", "line": "id-3 says hello"},
+            {"follow": "web-3", "revision": "abc"},
+            {"replica": "web-3", "line": "id-3 says hello", "revision": "abc"},
         ]
         assert runtime.tails == {"id-1": 5, "id-2": 5, "id-3": ALL_LINES}
         assert follower.followed == ["web-1", "web-2", "web-3"]
@@ -106,6 +110,27 @@ def test_every_follow_event_comes_before_any_line_and_later_replicas_show_all() 
     for reader in readers:
         reader.join(timeout=2.0)
     assert runtime.ended == {"id-1", "id-2", "id-3"}
+
+
+def test_a_slots_stable_and_new_replica_are_told_apart_by_their_commit() -> None:
+    """During a canary a slot's name is shared by its stable and its new replica: each
+    event names the commit its replica runs."""
+    runtime = StubRuntime()
+    canary = replace(_replica(1), id="id-1-new", name="c-web-1-new", revision="def")
+    follower = LogFollower(Looks(runtime, _live(_replica(1), canary)), "web", "web-1", 5)
+    try:
+        events = follower.events(quiet=0.2)
+        assert _take(events, 2) == [
+            {"follow": "web-1", "revision": "abc"},
+            {"follow": "web-1", "revision": "def"},
+        ]
+        lines = _take(events, 2)
+        assert sorted((e["revision"], e["line"]) for e in lines) == [
+            ("abc", "id-1 says hello"),
+            ("def", "id-1-new says hello"),
+        ]
+    finally:
+        follower.close()
 
 
 def test_nothing_running_is_said_at_once() -> None:
