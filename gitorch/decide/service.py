@@ -397,9 +397,14 @@ def _begin(inp: ServiceInput) -> tuple[_Draft, Service, bool]:
         )
         draft.waits.append(Wait(service.name, why))
         return draft, service_from(record.spec, service), True
-    # A new template: a new rollout. The previous *good* spec is what a failure returns to.
+    # A new template: a new rollout. The previous *good* spec is what a failure returns to,
+    # and a progressive rollout's stable version: the record's own spec once it reached
+    # Healthy, also while a repair (a replica that died, a scale) has it Progressing or
+    # Degraded. Only a spec that never proved good hands on the one before it.
     previous: tuple[str | None, str | None, Mapping[str, Any] | None]
-    if record is not None and record.phase in (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK):
+    if record is not None and (
+        record.reached_healthy or record.phase in (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK)
+    ):
         previous = (record.revision, record.spec_digest, record.spec)
     elif record is not None:
         previous = (record.previous_revision, record.previous_digest, record.previous_spec)
