@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +32,7 @@ from progressive_helpers import (
     wait_for,
     weight_windows,
 )
-from reconciler_helpers import CANARY_PAUSED_AT_HALF, pid_of
+from reconciler_helpers import API_APP, CANARY_PAUSED_AT_HALF, pid_of, process_service
 
 #: Readings this close to a weight change are not counted: the daemon stores a step's
 #: weight, then publishes the routing table at the end of the same pass, and a reading is
@@ -240,3 +242,75 @@ def _stable_restarts(svc: dict[str, Any], stable: str) -> tuple[int, list[tuple[
     ]
     entries = [(b["replica"], b["stable"], b["restarts"]) for b in svc["backoff"]]
     return instance["restarts"], entries
+
+
+def test_a_commit_while_a_replica_is_repaired_keeps_the_running_version_as_stable(
+    world: World, tmp_path: Path
+) -> None:
+    """web Healthy on version 2 (rolled out from 1); web-3 dies and cannot come back (its
+    program now exits at once: the repair keeps the record Progressing); version 3 is
+    committed meanwhile. The canary's stable set is version 2, which runs: its replicas
+    keep their weight and no request fails. (The rollout took version 1 as its stable
+    set, gave the running replicas no weight and stopped them: the chaos soak's 503s.)"""
+    port = world.port
+    # Version 2's program: the example app, through a file the test can break later.
+    app_v2 = tmp_path / "app-v2.py"
+    app_v2.write_text(f"import runpy\nrunpy.run_path({str(API_APP)!r}, run_name='__main__')\n")
+
+    def make(version: str, app: Path) -> str:
+        return process_service(
+            "web",
+            port=port,
+            version=version,
+            replicas=3,
+            command=[sys.executable, str(app)],
+            strategy=CANARY_PAUSED_AT_HALF,
+        )
+
+    daemon, first = deploy_first(world, "builtin", make("1", API_APP))
+    second = commit_next(world, make("2", app_v2), "2")
+    wait_for(
+        "version 2 paused at 50%",
+        lambda: (svc := daemon.service("web")) is not None and svc["rollout"]["phase"] == "Paused",
+        60,
+        describe=lambda: f"{versions_by_slot(daemon.service('web'))}\n{daemon.log_tail()}",
+    )
+    action(daemon, "promote")
+    wait_for("version 2 Healthy", on_revision(daemon, second, 3), 60, describe=daemon.log_tail)
+    with Load(port, threads=2) as load:
+        load.wait_requests(50, 10)
+        app_v2.write_text("import sys\nsys.exit(3)\n")  # what runs of it runs on
+        svc = daemon.service("web")
+        assert svc is not None
+        [victim] = [i for i in svc["instances"] if i["replica"] == "web-3"]
+        os.kill(pid_of(victim["id"]), signal.SIGKILL)
+        wait_for(
+            "web-3 crash-looping, the repair under way",
+            lambda: (
+                (svc := daemon.service("web")) is not None
+                and svc["rollout"]["phase"] != "Healthy"
+                and svc["restarts"] >= 2
+            ),
+            30,
+            describe=lambda: f"{daemon.service('web')}\n{daemon.log_tail()}",
+        )
+        third = commit_next(world, make("3", API_APP), "3")
+        # needed(3, 50%) = 2 canary replicas beside the 2 running stable ones.
+        wait_for(
+            "version 3 paused at 50% beside version 2",
+            lambda: (
+                (svc := daemon.service("web")) is not None
+                and svc["revision"] == third
+                and svc["rollout"]["phase"] == "Paused"
+                and sorted((r, v) for r, v, ready in versions_by_slot(svc) if ready)
+                == [("web-1", second), ("web-1", third), ("web-2", second), ("web-2", third)]
+            ),
+            60,
+            describe=lambda: f"{versions_by_slot(daemon.service('web'))}\n{daemon.log_tail()}",
+        )
+        svc = daemon.service("web")
+        assert svc is not None
+        assert first not in {i["revision"] for i in svc["instances"]}, versions_by_slot(svc)
+        assert svc["rollout"]["weight"] == 50
+        load.wait_requests(50, 10)
+    assert load.failures == [], f"{len(load.failures)} failed of {load.total}: {load.failures[:5]}"
