@@ -618,29 +618,24 @@ def _backoff(
             forgiven.append((slot, known.template or ""))
             states.pop((slot, known.template))
 
-    def waits(template: str) -> dict[int, float]:
-        """Seconds left of each slot of ``template``'s back-off that still runs."""
-        mine = {
-            slot: b
-            for (slot, t), b in sorted(states.items(), key=lambda kv: kv[0][1] is not None)
-            if t in (None, template)
-        }
-        return {slot: left for slot, b in mine.items() if (left := remaining(b, now, policy)) > 0}
-
-    target_waits = waits(target.template_digest)
-    stable_states = {slot: b for (slot, t), b in states.items() if stable and t == stable}
-    stable_waits = {
-        slot: left for slot, b in stable_states.items() if (left := remaining(b, now, policy)) > 0
+    # By slot; a record of the very template wins over one of any template (a record
+    # written before the store's key had the template).
+    any_template_first = sorted(states.items(), key=lambda kv: kv[0][1] is not None)
+    target_states = {
+        slot: b for (slot, t), b in any_template_first if t in (None, target.template_digest)
     }
+    stable_states = {slot: b for (slot, t), b in states.items() if stable and t == stable}
+
+    def waiting(records: Mapping[int, BackoffRecord]) -> dict[int, float]:
+        """Seconds left of each slot's back-off that still runs."""
+        return {
+            slot: left for slot, b in records.items() if (left := remaining(b, now, policy)) > 0
+        }
+
+    target_waits, stable_waits = waiting(target_states), waiting(stable_states)
     pending = [*target_waits.values(), *stable_waits.values()]
     return _Backoff(
-        MappingProxyType(
-            {
-                slot: b
-                for (slot, t), b in sorted(states.items(), key=lambda kv: kv[0][1] is not None)
-                if t in (None, target.template_digest)
-            }
-        ),
+        MappingProxyType(target_states),
         frozenset(observed.completed) | frozenset(target_waits),
         MappingProxyType(stable_states),
         frozenset(stable_waits),
