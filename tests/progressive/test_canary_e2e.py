@@ -303,7 +303,9 @@ def test_a_commit_while_a_replica_is_repaired_keeps_the_running_version_as_stabl
                 and svc["revision"] == third
                 and svc["rollout"]["phase"] == "Paused"
                 and sorted((r, v) for r, v, ready in versions_by_slot(svc) if ready)
-                == [("web-1", second), ("web-1", third), ("web-2", second), ("web-2", third)]
+                == sorted(
+                    [("web-1", second), ("web-1", third), ("web-2", second), ("web-2", third)]
+                )
             ),
             60,
             describe=lambda: f"{versions_by_slot(daemon.service('web'))}\n{daemon.log_tail()}",
