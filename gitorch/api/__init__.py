@@ -48,7 +48,8 @@ class LogStream(Protocol):
 
     def events(self, quiet: float = 15.0) -> Iterator[dict[str, str] | None]:
         """``{"follow": REPLICA}`` and ``{"replica": REPLICA, "line": TEXT}`` events (each
-        with ``"revision"``, the commit the replica runs, when known) as they come, ``None`` after ``quiet`` seconds without one; until :meth:`close`."""
+        with ``"revision"``, the commit the replica runs, when known) as they come,
+        ``None`` after ``quiet`` seconds without one; until :meth:`close`."""
         ...
 
     def close(self) -> None:

@@ -266,9 +266,9 @@ def _follow(view: ClusterView, args: argparse.Namespace) -> int:
 def print_events(events: Iterable[Any], as_json: bool = False) -> None:
     """Print followed lines (``LogFollower`` events, local or from the API's stream),
     each prefixed with its replica once more than one is followed, and with its commit
-    where one replica name runs two (a canary slot's stable and new replica); ``as_json``: every
-    event as one line of JSON (JSON Lines, as the API's stream sends them), flushed at
-    once so a reader of a pipe sees each as it comes."""
+    where one replica name runs two (a canary slot's stable and new replica);
+    ``as_json``: every event as one line of JSON (JSON Lines, as the API's stream sends
+    them), flushed at once so a reader of a pipe sees each as it comes."""
     followed: dict[str, set[str]] = {}  # replica name -> the commits followed under it
     for event in events:
         if not isinstance(event, dict):

@@ -618,13 +618,11 @@ def _backoff(
             forgiven.append((slot, known.template or ""))
             states.pop((slot, known.template))
 
-    # By slot; a record of the very template wins over one of any template (a record
-    # written before the store's key had the template).
-    any_template_first = sorted(states.items(), key=lambda kv: kv[0][1] is not None)
-    target_states = {
-        slot: b for (slot, t), b in any_template_first if t in (None, target.template_digest)
+    kept = ServiceBackoff(tuple(states.values()))
+    target_states = kept.slots(target.template_digest)
+    stable_states = {
+        slot: b for slot, b in kept.slots(stable).items() if stable and b.template == stable
     }
-    stable_states = {slot: b for (slot, t), b in states.items() if stable and t == stable}
 
     def waiting(records: Mapping[int, BackoffRecord]) -> dict[int, float]:
         """Seconds left of each slot's back-off that still runs."""
@@ -676,7 +674,11 @@ def progressive_stable(target: Service, record: RolloutRecord) -> str | None:
 
 
 def _strategy_step(
-    inp: ServiceInput, target: Service, record: RolloutRecord, rin: RolloutInput
+    inp: ServiceInput,
+    target: Service,
+    record: RolloutRecord,
+    rin: RolloutInput,
+    stable: str | None,
 ) -> tuple[Decision, bool]:
     """Run the strategy that fits where this rollout stands; True when progressive.
 
@@ -685,8 +687,7 @@ def _strategy_step(
     rollback take the RollingUpdate path (a rollback must not walk the canary steps).
     """
     kind = target.strategy.type
-    stable = progressive_stable(target, record)
-    if stable is None:
+    if stable is None:  # progressive_stable: no progressive rollout runs
         return (recreate_step(rin) if kind == "Recreate" else rolling_step(rin)), False
     entry = _analysis_entry(record)
     rin = replace(
@@ -789,7 +790,8 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
     name = target.name
     observed = _observe(target, inp.live, inp.evicting)
     desired = desired_count(target, inp.live, inp.autoscaled)
-    backoff = _backoff(inp, target, observed, desired, progressive_stable(target, record))
+    stable_template = progressive_stable(target, record)
+    backoff = _backoff(inp, target, observed, desired, stable_template)
     draft.events.extend(backoff.events)
 
     if inp.waiting_for and not record.reached_healthy and not held:
@@ -829,7 +831,7 @@ def decide_service(inp: ServiceInput) -> ServiceDecision:
     if inp.single_writer:
         surge, unavailable = single_writer_limits(target, desired)
         rin = replace(rin, max_surge=surge, max_unavailable=unavailable)
-    decision, progressive = _strategy_step(inp, target, record, rin)
+    decision, progressive = _strategy_step(inp, target, record, rin, stable_template)
     if decision.phase is Phase.FAILED and decision.failure is not None:
         # "no new replica became available" alone leaves the why to the logs: the
         # rollback's reason (status, history, the audit log) names the last failure.

@@ -54,6 +54,7 @@ def service_json(
         if (b.template is None or b.template in current)
         and not (b.failed_start and _ran(b.slot, b, started))
     ]
+    shown = ServiceBackoff(tuple(slots))
     failure = backoff.failure
     spec = applied.canonical.get("spec", {}) if applied else {}
     desired = spec.get("replicas", 0) if applied else 0
@@ -118,7 +119,7 @@ def service_json(
                 "ready": r.ready,
                 "address": r.address,
                 "startedAt": r.started_at,
-                "restarts": max(r.restarts, _restarts_of(r, ServiceBackoff(tuple(slots)))),
+                "restarts": max(r.restarts, _restarts_of(r, shown)),
                 "exitCode": r.exit_code,
                 "exitReason": r.exit_reason,
             }

@@ -356,13 +356,14 @@ class ServiceBackoff:
         template wins over one of any template)."""
         found: dict[int, BackoffRecord] = {}
         for b in self.replicas:
-            if b.template == template or (b.template is None and b.slot not in found):
+            if b.template == template or (b.of(template) and b.slot not in found):
                 found[b.slot] = b
         return found
 
     def get(self, slot: int, template: str | None) -> BackoffRecord | None:
-        """The record of ``template``'s replica in ``slot``, if any."""
-        return self.slots(template).get(slot)
+        """The record of ``template``'s replica in ``slot``, if any (as :meth:`slots`)."""
+        mine = [b for b in self.replicas if b.slot == slot and b.of(template)]
+        return next((b for b in mine if b.template == template), mine[0] if mine else None)
 
 
 #: The back-off of a service with no record.
