@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gitorch.apply.followers import FollowedDataPlane, TableFollower, TablePublisher
 from gitorch.apply.health import HealthListener, HealthMonitor
 from gitorch.apply.ingress import FleetDataPlane, IngressFleet
 from gitorch.apply.reconciler import CommitMeta, Reconciler
@@ -43,6 +44,7 @@ from gitorch.sources.base import CommitInfo
 from gitorch.sources.verify import Verification
 from gitorch.state import DaemonLock, StateStore
 from gitorch.state.errors import NotLeader
+from gitorch.state.etcd.tables import FOLLOWS_FIELD, Place
 from gitorch.state.layout import ensure_state_dir
 from gitorch.state.location import StateLocation
 from gitorch.traffic.builtin.balancer import BuiltinLoadBalancer
@@ -154,14 +156,21 @@ class Session:
                 stopped_marker=ProxyPaths.of(local).stopped,
             )
             self._dataplane: DataPlane | None = None
+            self._local_plane: DataPlane | None = None
             # The pass, the API and the traffic meter ask for the data plane at once when
             # a leader starts: one of them opens it (each starting a proxy had the second
             # take over from the first, a hand-over of every endpoint at start-up).
             self._dataplane_lock = threading.Lock()
+            # Held while a table is applied to this host's data plane: the leader's own
+            # and a follower's (apply/followers.py) never interleave.
+            self._table_writer = threading.Lock()
+            self._follower: TableFollower | None = None
+            self._publisher: TablePublisher | None = None
             if location.etcd is not None:
                 self.leadership = _leadership(self.store, options, on_leadership)
+                self._follow_the_leader()
             else:
-                self._dataplane = FleetDataPlane(_data_plane(options), self.ingress)
+                self._dataplane = FleetDataPlane(self.local_dataplane(), self.ingress)
             self.health: HealthMonitor | None = None
             self.reconciler: Reconciler | None = None
             self._targets: list[NodeTarget] = []
@@ -191,10 +200,43 @@ class Session:
             return opened
         if not self.leading:
             return StandbyDataPlane()
+        fleet = FleetDataPlane(self.local_dataplane(), self.ingress)
         with self._dataplane_lock:
             if self._dataplane is None:
-                self._dataplane = FleetDataPlane(_data_plane(self.options), self.ingress)
+                self._dataplane = (
+                    fleet
+                    if self._publisher is None
+                    else FollowedDataPlane(fleet, self._publisher, self._table_writer)
+                )
             return self._dataplane
+
+    def local_dataplane(self) -> DataPlane:
+        """This host's own data plane, opened (started or adopted) once: the leader's
+        table goes there, and a following standby's copy of it."""
+        with self._dataplane_lock:
+            if self._local_plane is None:
+                self._local_plane = _data_plane(self.options)
+            return self._local_plane
+
+    def _follow_the_leader(self) -> None:
+        """With etcd state: the leader stores its tables for the other hosts, and a
+        daemon (whose data plane outlives it) follows them while it stands by."""
+        from gitorch.state.etcd.backend import EtcdBackend
+
+        backend = self.store.backend
+        assert isinstance(backend, EtcdBackend) and self.leadership is not None
+        place = Place.of(self.leadership.info)
+        self._publisher = TablePublisher(backend, self.leadership, place)
+        if self.options.data_plane_outlives:
+            self._follower = TableFollower(
+                backend,
+                self.leadership,
+                place,
+                self.local_dataplane,
+                self._table_writer,
+                drain_timeout=self.options.drain_timeout,
+            )
+            self._follower.start()
 
     def reconciler_for(self, desired: DesiredState) -> Reconciler:
         """The reconciler for ``desired``'s nodes and those NodePools made: rebuilt when
@@ -286,11 +328,15 @@ class Session:
         A leader gives its leadership up at once (a standby takes over without waiting
         for the lease to expire)."""
         try:
+            if self._follower is not None:
+                self._follower.stop()
             self._unwatch_exits()
             if self.health is not None:
                 self.health.stop()
             if self._dataplane is not None:
-                self._dataplane.close()
+                self._dataplane.close()  # the local data plane with it
+            elif self._local_plane is not None:
+                self._local_plane.close()
             if self.leadership is not None:
                 self.leadership.stop()
             self.store.close()
@@ -382,7 +428,13 @@ def _leadership(
         backend,
         options.name or local_node_name(),
         ttl=options.lease_ttl,
-        info=dict(options.member_info or {}),
+        info={
+            **(options.member_info or {}),
+            # Where this daemon's data plane is (daemons of one place share it), and
+            # whether it follows the leader's table while it stands by.
+            "runtimeDir": str(options.state_dir.resolve()),
+            FOLLOWS_FIELD: options.data_plane_outlives,
+        },
         on_change=on_change,
     )
     backend.fence_with(leadership.fence)

@@ -258,6 +258,15 @@ def _control_plane(console: Any, plane: dict[str, Any]) -> None:
     if plane.get("message"):
         colour = "red" if plane.get("role") in (None, "not acting") else "yellow"
         console.print(f"  [{colour}]{escape(str(plane['message']))}[/]")
+    for member in members:
+        state = str(member.get("table") or "")
+        if state == "behind" or state.startswith("refused: "):
+            why = (
+                "has not taken the leader's routing table yet"
+                if state == "behind"
+                else f"serves the leader's routing table without {state.removeprefix('refused: ')}"
+            )
+            console.print(f"  [yellow]{escape(str(member.get('name')))}'s host {escape(why)}[/]")
     for member in plane.get("etcd") or []:
         if not member.get("ok"):
             console.print(

@@ -12,6 +12,7 @@ is read when netlink is refused (a sandbox), or for a ``proc`` other than ``/pro
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
@@ -30,6 +31,7 @@ class PortHolder:
     port: int
     pid: int | None  # None: a socket whose process could not be found
     command: str = ""
+    address: str = ""  # the address it listens on ("0.0.0.0", "::": every address)
 
     def describe(self) -> str:
         if self.pid is None:
@@ -51,10 +53,14 @@ _DIAG_REQUEST = struct.Struct("=BBBBI48x")
 _SOURCE_PORT = struct.Struct("!H")  # inet_diag_msg: 4 bytes in, big-endian
 _INODE = struct.Struct("=I")  # inet_diag_msg: after the socket id and four counters
 _SOURCE_PORT_AT, _INODE_AT = 4, 4 + 48 + 16
+_SOURCE_ADDRESS_AT = 8  # inet_diag_sockid's src: 16 bytes (IPv4: the first 4)
+
+#: A listening socket: (port, address).
+Listener = tuple[int, str]
 
 
-def _listening_inodes(ports: Collection[int], proc: Path) -> dict[str, int]:
-    """socket inode -> port, for TCP sockets listening on ``ports``."""
+def _listening_inodes(ports: Collection[int], proc: Path) -> dict[str, Listener]:
+    """socket inode -> (port, address), for TCP sockets listening on ``ports``."""
     if proc == _PROC:
         found = _listening_by_netlink(ports)
         if found is not None:
@@ -62,9 +68,9 @@ def _listening_inodes(ports: Collection[int], proc: Path) -> dict[str, int]:
     return _listening_in_proc(ports, proc)
 
 
-def _listening_by_netlink(ports: Collection[int]) -> dict[str, int] | None:
+def _listening_by_netlink(ports: Collection[int]) -> dict[str, Listener] | None:
     """:func:`_listening_inodes` from the kernel's socket diagnostics (None: refused)."""
-    found: dict[str, int] = {}
+    found: dict[str, Listener] = {}
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as sock:
             sock.settimeout(2.0)  # the kernel answers at once; never wait on it for long
@@ -85,7 +91,7 @@ def _listening_by_netlink(ports: Collection[int]) -> dict[str, int] | None:
     return found
 
 
-def _read_dump(sock: socket.socket, ports: Collection[int], found: dict[str, int]) -> bool:
+def _read_dump(sock: socket.socket, ports: Collection[int], found: dict[str, Listener]) -> bool:
     """Add the dump's listening sockets on ``ports`` to ``found``; False: an error."""
     while True:
         data = sock.recv(1 << 16)
@@ -102,13 +108,16 @@ def _read_dump(sock: socket.socket, ports: Collection[int], found: dict[str, int
             (port,) = _SOURCE_PORT.unpack_from(data, body + _SOURCE_PORT_AT)
             if port in ports:
                 (inode,) = _INODE.unpack_from(data, body + _INODE_AT)
-                found[str(inode)] = port
+                raw = data[body + _SOURCE_ADDRESS_AT : body + _SOURCE_ADDRESS_AT + 16]
+                family = data[body]
+                packed = raw[:4] if family == socket.AF_INET else raw
+                found[str(inode)] = (port, str(ipaddress.ip_address(packed)))
             offset += (length + 3) & ~3
 
 
-def _listening_in_proc(ports: Collection[int], proc: Path) -> dict[str, int]:
+def _listening_in_proc(ports: Collection[int], proc: Path) -> dict[str, Listener]:
     """:func:`_listening_inodes` from ``proc/net/tcp`` and ``tcp6``."""
-    found: dict[str, int] = {}
+    found: dict[str, Listener] = {}
     for table in ("net/tcp", "net/tcp6"):
         try:
             lines = (proc / table).read_text(encoding="ascii", errors="replace").splitlines()
@@ -124,18 +133,29 @@ def _listening_in_proc(ports: Collection[int], proc: Path) -> dict[str, int]:
             if len(fields) < 10 or fields[3] != _LISTEN:
                 continue
             try:
-                port = int(fields[1].rsplit(":", 1)[1], 16)
+                hexed, port_hex = fields[1].rsplit(":", 1)
+                port = int(port_hex, 16)
+                # The address is in host order, 32 bits at a time (little-endian here).
+                words = bytes.fromhex(hexed)
+                packed = b"".join(words[i : i + 4][::-1] for i in range(0, len(words), 4))
+                address = str(ipaddress.ip_address(packed))
             except (IndexError, ValueError):
                 continue
             if port in ports:
-                found[fields[9]] = port
+                found[fields[9]] = (port, address)
     return found
 
 
-def port_holders(ports: Collection[int], proc: Path = _PROC) -> dict[int, list[PortHolder]]:
-    """For each of ``ports`` that some socket listens on, the processes holding it."""
+def port_holders(
+    ports: Collection[int], proc: Path = _PROC, *, host: str | None = None
+) -> dict[int, list[PortHolder]]:
+    """For each of ``ports`` that some socket listens on, the processes holding it;
+    with ``host``, only sockets whose address overlaps it (the same address, or either
+    one every address): a port held on another address of the host is free here."""
     wanted = set(ports)
     inodes = _listening_inodes(wanted, proc)
+    if host is not None:
+        inodes = {i: held for i, held in inodes.items() if overlaps(host, held[1])}
     if not inodes:
         return {}
     holders: dict[int, list[PortHolder]] = {}
@@ -158,14 +178,31 @@ def port_holders(ports: Collection[int], proc: Path = _PROC) -> dict[int, list[P
                 continue
             if not target.startswith("socket:["):
                 continue
-            port = inodes.get(target[8:-1])
-            if port is None or (pid, port) in seen:
+            held = inodes.get(target[8:-1])
+            if held is None or (pid, held[0]) in seen:
                 continue
+            port, address = held
             seen.add((pid, port))
-            holders.setdefault(port, []).append(PortHolder(port, pid, _command(proc, pid)))
-    for port in set(inodes.values()) - set(holders):
-        holders[port] = [PortHolder(port, None)]
+            holders.setdefault(port, []).append(PortHolder(port, pid, _command(proc, pid), address))
+    for port, address in set(inodes.values()):
+        if port not in holders:
+            holders[port] = [PortHolder(port, None, address=address)]
     return holders
+
+
+def overlaps(host: str, address: str) -> bool:
+    """Whether a socket listening on ``address`` takes connections meant for ``host``
+    (a name that is not an address overlaps everything: it may resolve to any)."""
+    try:
+        ours = ipaddress.ip_address(host.strip("[]"))
+        theirs = ipaddress.ip_address(address)
+    except ValueError:
+        return True
+    if ours.is_unspecified or theirs.is_unspecified:
+        return True
+    ours = getattr(ours, "ipv4_mapped", None) or ours
+    theirs = getattr(theirs, "ipv4_mapped", None) or theirs
+    return ours == theirs
 
 
 def _command(proc: Path, pid: int) -> str:

@@ -139,7 +139,7 @@ class SocketSet:
             return
         foreign = [
             holder
-            for holder in port_holders([port]).get(port, [])
+            for holder in port_holders([port], host=self.host).get(port, [])
             if holder.pid is None or not descends_from(holder.pid, os.getpid())
         ]
         if foreign:

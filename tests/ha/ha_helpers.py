@@ -86,6 +86,7 @@ class HAWorld:
     def __post_init__(self) -> None:
         self.repo = self.root / "repo"
         self.runtime = self.root / "run"
+        self.other_runtimes: list[Path] = []
         self._cluster: str | None = None
         init_repo(self.repo)
 
@@ -97,10 +98,17 @@ class HAWorld:
     def prefix(self) -> str:
         return f"/gitorch/{self.namespace}/"
 
-    def start(self, name: str, *extra: str, wait: bool = True) -> DaemonProc:
+    def start(
+        self, name: str, *extra: str, wait: bool = True, runtime: Path | None = None
+    ) -> DaemonProc:
+        """A daemon on the shared runtime directory, or on ``runtime`` (its own: another
+        host's, as far as the data plane goes)."""
+        if runtime is not None:
+            runtime.mkdir(parents=True, exist_ok=True)
+            self.other_runtimes.append(runtime)
         daemon = DaemonProc(
             str(self.repo),
-            self.runtime,
+            runtime or self.runtime,
             "process",
             interval=1.0,
             resync=0.3,
@@ -166,9 +174,11 @@ class HAWorld:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(daemon.proc.pid, signal.SIGCONT)  # a paused one must hear SIGTERM
             daemon.stop()
-        stop_data_plane(self.runtime)
         cluster = self.cluster_name()
-        remove_cluster(self.runtime_driver(), cluster)
+        for runtime in (self.runtime, *self.other_runtimes):
+            stop_data_plane(runtime)
+            node = local_node_name()
+            remove_cluster(ProcessRuntime(node, runtime_dir(runtime, node)), cluster)
 
 
 class Census:

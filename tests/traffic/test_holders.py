@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from listen_ports import free_port
 
 from gitorch.traffic.holders import (
     _listening_by_netlink,
     _listening_in_proc,
     descends_from,
+    overlaps,
     port_holders,
 )
 
@@ -61,9 +63,13 @@ def test_netlink_and_proc_net_tcp_find_the_same_listening_sockets() -> None:
             ports = {v4, v6, connected}
             by_netlink = _listening_by_netlink(ports)
             by_proc = _listening_in_proc(ports, Path("/proc"))
-            listeners = ((four, v4), (six, v6), (server, connected))
+            listeners = (
+                (four, v4, "127.0.0.1"),
+                (six, v6, "::1"),
+                (server, connected, "127.0.0.1"),
+            )
             # Only the listening one of the three sockets on ``connected`` counts.
-            inodes = {str(os.fstat(s.fileno()).st_ino): port for s, port in listeners}
+            inodes = {str(os.fstat(s.fileno()).st_ino): (port, a) for s, port, a in listeners}
     assert by_proc == inodes
     assert by_netlink == by_proc
 
@@ -82,3 +88,34 @@ def test_a_holder_whose_arguments_hold_newlines_is_named_on_one_line() -> None:
     assert holder.pid == child.pid
     assert "\n" not in holder.describe()
     assert "-c import socket, time s = socket.socket()" in holder.command
+
+
+def test_a_port_held_on_another_address_is_free_on_this_one() -> None:
+    """Two proxies of one host on two addresses (127.0.0.1 and 127.0.0.2): one's port does
+    not stand in the other's way; the same address, or a wildcard, does."""
+    port = free_port()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        held.listen(1)
+        assert port_holders([port], host="127.0.0.2") == {}
+        (same,) = port_holders([port], host="127.0.0.1")[port]
+        assert same.pid == os.getpid() and same.address == "127.0.0.1"
+        assert port in port_holders([port], host="0.0.0.0")
+        assert port in port_holders([port])  # no address: any holder
+
+
+@pytest.mark.parametrize(
+    ("host", "address", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1", True),
+        ("127.0.0.2", "127.0.0.1", False),
+        ("0.0.0.0", "127.0.0.1", True),
+        ("127.0.0.1", "0.0.0.0", True),
+        ("127.0.0.1", "::", True),
+        ("::1", "127.0.0.1", False),
+        ("127.0.0.1", "::ffff:127.0.0.1", True),
+        ("localhost", "10.0.0.1", True),  # a name may resolve to any address
+    ],
+)
+def test_which_addresses_overlap(host: str, address: str, expected: bool) -> None:
+    assert overlaps(host, address) is expected

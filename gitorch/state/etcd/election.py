@@ -38,6 +38,7 @@ from gitorch.errors import ConfigError, StateError
 from gitorch.state.errors import NotLeader
 from gitorch.state.etcd.backend import EtcdBackend, Fence, dump, load
 from gitorch.state.etcd.client import b64
+from gitorch.state.etcd.tables import TABLE_KEY, table_state
 
 log = logging.getLogger("gitorch.leadership")
 
@@ -353,10 +354,13 @@ def _alive(pid: object) -> bool:
 def read_leadership(backend: EtcdBackend) -> dict[str, Any]:
     """Who leads the namespace and which daemons hold a lease, read in one request
     (``gitorch status`` without a daemon; a daemon's status adds its own view)."""
-    leader_rows, member_rows = backend.read_many((LEADER_KEY, False), (MEMBERS_PREFIX, True))
+    leader_rows, member_rows, table_rows = backend.read_many(
+        (LEADER_KEY, False), (MEMBERS_PREFIX, True), (TABLE_KEY, False)
+    )
     leader = leader_rows[0][1] if leader_rows else None
     name = leader.get("name") if isinstance(leader, dict) else None
     members = [value for _, value in member_rows if isinstance(value, dict)]
+    stored = table_rows[0][1] if table_rows else None
     return {
         "leader": name,
         "leaderSince": leader.get("since") if isinstance(leader, dict) else None,
@@ -370,6 +374,8 @@ def read_leadership(backend: EtcdBackend) -> dict[str, Any]:
                 "startedAt": m.get("startedAt"),
                 "revision": m.get("revision"),
                 "allowHostPaths": m.get("allowHostPaths") or [],
+                # How its host serves the leader's routing table (apply/followers.py).
+                "table": table_state(m, name, stored),
                 "lastError": (m.get("lastError") or {}).get("message")
                 if isinstance(m.get("lastError"), dict)
                 else None,

@@ -1,0 +1,247 @@
+"""The leader's table followed by the other hosts (gitorch/apply/followers.py), on a real
+etcd cluster with two campaigns in this process. The follower's data plane is a recorder
+here (what it was given, what it has in flight); tests/ha/test_every_host_serves.py runs two
+real daemons, each with its own proxy."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from etcd_helpers import EtcdCluster, new_namespace
+from reconciler_helpers import wait_for
+
+from gitorch.apply.followers import FollowedDataPlane, StoredTable, TableFollower, TablePublisher
+from gitorch.state import StateStore
+from gitorch.state.etcd.backend import EtcdBackend
+from gitorch.state.etcd.election import Leadership, read_leadership
+from gitorch.state.etcd.tables import FOLLOWS_FIELD, Place
+from gitorch.traffic.routes import ListenError
+from gitorch.traffic.table import Backend, BackendStats, DataPlaneHealth, Route, RoutingTable
+
+
+@dataclass
+class RecordingPlane:
+    """A data plane that keeps what it is given; ``in_flight`` per backend id, ``refuse``
+    routes whose port 'cannot be bound'."""
+
+    tables: list[RoutingTable] = field(default_factory=list)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    refuse: set[str] = field(default_factory=set)
+
+    def apply(self, table: RoutingTable) -> None:
+        refused = {
+            name: f"service {name}: port taken" for name in table.routes if name in self.refuse
+        }
+        kept = RoutingTable({n: r for n, r in table.routes.items() if n not in refused})
+        self.tables.append(kept)
+        if refused:
+            raise ListenError("ports taken", routes=refused)
+
+    def backend_stats(self, service: str, backend_id: str) -> BackendStats | None:
+        return BackendStats(in_flight=self.in_flight.get(backend_id, 0))
+
+    def figures(self, service: str) -> list[Any]:
+        return []
+
+    def version_figures(self, service: str) -> dict[str, Any]:
+        return {}
+
+    def health(self) -> DataPlaneHealth:
+        return DataPlaneHealth("recording", True, "")
+
+    def close(self) -> None:
+        return None
+
+
+def _table(*backends: tuple[str, bool], name: str = "api", port: int = 8080) -> RoutingTable:
+    route = Route(
+        name,
+        port,
+        backends=tuple(
+            Backend(ident, f"127.0.0.1:{9000 + i}", draining=drain)
+            for i, (ident, drain) in enumerate(backends)
+        ),
+    )
+    return RoutingTable({name: route})
+
+
+@dataclass
+class Hosts:
+    leader: Leadership
+    standby: Leadership
+    backend: EtcdBackend
+    publisher: TablePublisher
+    leader_plane: RecordingPlane
+    plane: FollowedDataPlane
+    follower_plane: RecordingPlane
+    follower: TableFollower
+
+
+def _etcd(store: StateStore) -> EtcdBackend:
+    assert isinstance(store.backend, EtcdBackend)
+    return store.backend
+
+
+@pytest.fixture
+def stores(etcd_cluster: EtcdCluster) -> Iterator[tuple[StateStore, StateStore]]:
+    url = etcd_cluster.url(new_namespace())
+    pair = StateStore(url), StateStore(url)
+    yield pair
+    for store in pair:
+        store.close()
+
+
+def _hosts(stores: tuple[StateStore, StateStore], tmp_path: Path, *, same_place: bool) -> Hosts:
+    backends = [_etcd(s) for s in stores]
+    here = str(tmp_path / "a")
+    there = here if same_place else str(tmp_path / "b")
+    leader = Leadership(
+        backends[0], "alpha", ttl=2.0, info={"runtimeDir": here, FOLLOWS_FIELD: True}
+    )
+    standby = Leadership(
+        backends[1], "beta", ttl=2.0, info={"runtimeDir": there, FOLLOWS_FIELD: True}
+    )
+    backends[0].fence_with(leader.fence)
+    leader.start()
+    standby.start()
+    assert leader.leading and not standby.leading
+    publisher = TablePublisher(backends[0], leader, Place.of(leader.info))
+    leader_plane = RecordingPlane()
+    follower_plane = RecordingPlane()
+    follower = TableFollower(
+        backends[1],
+        standby,
+        Place.of(standby.info),
+        lambda: follower_plane,
+        threading.Lock(),
+        drain_timeout=5.0,
+    )
+    return Hosts(
+        leader,
+        standby,
+        backends[0],
+        publisher,
+        leader_plane,
+        FollowedDataPlane(leader_plane, publisher, threading.Lock()),
+        follower_plane,
+        follower,
+    )
+
+
+@pytest.fixture
+def hosts(stores: tuple[StateStore, StateStore], tmp_path: Path) -> Iterator[Hosts]:
+    made = _hosts(stores, tmp_path, same_place=False)
+    yield made
+    made.follower.stop()
+    made.standby.stop()
+    made.leader.stop()
+
+
+def _states(hosts: Hosts) -> dict[str, str]:
+    return {m["name"]: m["table"] for m in read_leadership(hosts.backend)["members"]}
+
+
+def test_a_follower_takes_the_leaders_table_and_the_drain_waits_for_it(hosts: Hosts) -> None:
+    table = _table(("api-1", False), ("api-2", True))
+    hosts.plane.apply(table)
+    assert hosts.leader_plane.tables == [table]
+    # Stored, not taken yet: the leader's drain counts the follower as a request in flight.
+    assert hosts.plane.backend_stats("api", "api-2") == BackendStats(in_flight=1)
+    assert _states(hosts) == {"alpha": "drives", "beta": "behind"}
+    hosts.follower.step()
+    assert hosts.follower_plane.tables == [table]
+    wait_for("beta's record saying so", lambda: _states(hosts)["beta"] == "follows", 5)
+    wait_for(
+        "the drain counting nothing",
+        lambda: hosts.plane.backend_stats("api", "api-2") == BackendStats(in_flight=0),
+        5,
+    )
+    hosts.follower.step()  # the same table: nothing applied again
+    assert len(hosts.follower_plane.tables) == 1
+    # The same table published again is not stored again (no new id to wait for).
+    hosts.plane.apply(table)
+    assert hosts.publisher.lagging() == ()
+
+
+def test_a_follower_acknowledges_only_once_its_requests_to_leaving_backends_finished(
+    hosts: Hosts,
+) -> None:
+    hosts.follower_plane.in_flight["api-2"] = 1
+    hosts.plane.apply(_table(("api-1", False), ("api-2", True)))
+    stepping = threading.Thread(target=hosts.follower.step)
+    stepping.start()
+    wait_for("the follower applying", lambda: hosts.follower_plane.tables, 5)
+    stepping.join(0.5)
+    assert stepping.is_alive()  # draining: not acknowledged
+    assert hosts.publisher.lagging() == ("beta",)
+    hosts.follower_plane.in_flight["api-2"] = 0
+    stepping.join(5)
+    assert not stepping.is_alive()
+    wait_for("acknowledged", lambda: hosts.publisher.lagging() == (), 5)
+
+
+def test_a_port_this_host_cannot_bind_is_left_out_here_alone(hosts: Hosts) -> None:
+    hosts.follower_plane.refuse = {"admin"}
+    table = RoutingTable(
+        {
+            **_table(("api-1", False)).routes,
+            **_table(("admin-1", False), name="admin", port=8081).routes,
+        }
+    )
+    hosts.plane.apply(table)
+    hosts.follower.step()
+    assert list(hosts.follower_plane.tables[-1].routes) == ["api"]
+    # It took the table (the leader does not wait on it) and says what it left out.
+    wait_for("acknowledged", lambda: hosts.publisher.lagging() == (), 5)
+    state = _states(hosts)["beta"]
+    assert state.startswith("refused: admin: service admin: port taken"), state
+
+
+def test_a_deposed_leader_cannot_store_a_table(hosts: Hosts) -> None:
+    hosts.plane.apply(_table(("api-1", False)))
+    hosts.follower.step()
+    first = hosts.follower_plane.tables[-1]
+    hosts.leader.stop()  # the lease revoked: alpha leads no more
+    wait_for("beta leading", lambda: hosts.standby.leading, 10)
+    hosts.publisher.store(_table(("api-9", False)))  # refused by the fence, logged
+    assert StoredTable.from_json(hosts.backend.peek("dataplane/table")).table == first
+    hosts.follower.step()  # beta leads: it follows nobody
+    assert hosts.follower_plane.tables[-1] == first
+
+
+def test_a_standby_of_the_leaders_place_shares_its_proxy(
+    stores: tuple[StateStore, StateStore], tmp_path: Path
+) -> None:
+    made = _hosts(stores, tmp_path, same_place=True)
+    try:
+        made.plane.apply(_table(("api-1", True)))
+        made.follower.step()
+        assert made.follower_plane.tables == []  # the leader drives that proxy
+        assert made.publisher.lagging() == ()  # and does not wait on it
+        assert _states(made) == {"alpha": "drives", "beta": "shares"}
+    finally:
+        made.standby.stop()
+        made.leader.stop()
+
+
+def test_two_thousand_routes_fit_in_one_etcd_value() -> None:
+    routes = {
+        f"svc-{n:04d}": Route(
+            f"svc-{n:04d}",
+            20000 + n,
+            backends=tuple(
+                Backend(f"svc-{n:04d}-{r}-{n * 7 + r:08x}", f"10.0.{n % 250}.{r}:{30000 + n}")
+                for r in range(2)
+            ),
+        )
+        for n in range(2000)
+    }
+    stored = StoredTable("alpha-1", "alpha", Place("h", "/run"), RoutingTable(routes))
+    packed = stored.to_json()
+    assert len(packed["table"]) < 1_000_000  # etcd refuses requests over 1.5 MiB
+    assert StoredTable.from_json(packed) == stored

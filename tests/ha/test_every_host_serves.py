@@ -1,0 +1,134 @@
+"""Daemons on two hosts of one etcd namespace: every host serves the leader's table.
+
+Each daemon here has its own runtime directory and its own load-balancer address (as
+daemons on two hosts do): the leader drives its host's proxy, and the standby's host
+follows: it serves the same routes from the table the leader stores in etcd
+(apply/followers.py), through a rolling update, without one failed request, and status
+says so. Before, a standby opened no data plane: its host served nothing, and an old
+leader's host kept its last table.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+from pathlib import Path
+
+from ha_helpers import HAWorld, role_of, status_of
+from reconciler_helpers import (
+    DaemonProc,
+    LoadClient,
+    commit,
+    converged,
+    gitorch,
+    process_service,
+    wait_for,
+)
+
+REPLICAS = 3
+CONVERGE = 60.0
+OTHER_HOST = "127.0.0.2"  # the standby's load-balancer address: its "host"
+
+
+def _service(world: HAWorld, version: str) -> str:
+    # Slow answers: the old replicas have requests in flight through both hosts when
+    # they leave, which both hosts' drains must wait for.
+    return process_service(
+        "api", port=world.port, version=version, replicas=REPLICAS, env={"SLOW_MS": "100"}
+    )
+
+
+def _v1_led_by_alpha(
+    ha: HAWorld, *beta_args: str, runtime: Path | None = None
+) -> tuple[str, DaemonProc, DaemonProc]:
+    """v1 converged with alpha leading and beta standing by (started with ``beta_args``,
+    on ``runtime``): v1's sha, alpha, beta."""
+    sha = commit(ha.repo, {"api.yaml": _service(ha, "1")}, "api v1")
+    alpha = ha.start("alpha")
+    wait_for("alpha leading", lambda: role_of(alpha) == "leader", 15, describe=alpha.log_tail)
+    beta = ha.start("beta", *beta_args, runtime=runtime)
+    leader, (standby,) = ha.one_leader()
+    assert leader is alpha and standby is beta
+    wait_for(
+        "v1 converged",
+        lambda: converged(alpha.service("api"), sha, REPLICAS),
+        CONVERGE,
+        describe=alpha.log_tail,
+    )
+    return sha, alpha, beta
+
+
+def _answer(host: str, port: int) -> str | None:
+    """The version ``host:port`` answers with (None: no answer)."""
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read().decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    if response.status != 200:
+        return None
+    found = re.search(r"version=(\S+)", body)
+    return found.group(1) if found else None
+
+
+def test_a_standby_on_another_host_serves_the_leaders_table_through_a_rollout(
+    ha: HAWorld,
+) -> None:
+    _, alpha, beta = _v1_led_by_alpha(ha, "--lb-host", OTHER_HOST, runtime=ha.root / "run-beta")
+    # The standby's host answers for api, from the leader's replicas.
+    wait_for(
+        "the standby's host serving v1",
+        lambda: _answer(OTHER_HOST, ha.port) == "1",
+        15,
+        describe=beta.log_tail,
+    )
+    doc = status_of(beta)
+    assert doc is not None
+    tables = {m["name"]: m["table"] for m in doc["controlPlane"]["members"]}
+    assert tables == {"alpha": "drives", "beta": "follows"}, doc["controlPlane"]
+
+    with (
+        LoadClient(ha.port, host=OTHER_HOST, threads=4) as far,
+        LoadClient(ha.port, threads=2) as near,
+    ):
+        wait_for("load flowing on both hosts", lambda: far.total > 50 and near.total > 20, 15)
+        sha2 = commit(ha.repo, {"api.yaml": _service(ha, "2")}, "api v2")
+        wait_for(
+            "v2 converged",
+            lambda: converged(alpha.service("api"), sha2, REPLICAS),
+            CONVERGE,
+            describe=alpha.log_tail,
+        )
+        settled = far.total
+        wait_for("load after the rollout", lambda: far.total > settled + 50, 15)
+        far_versions_after = dict(far.versions)
+    assert far.failures == [], (len(far.failures), far.failures[:10], far.total)
+    assert near.failures == [], (len(near.failures), near.failures[:10], near.total)
+    assert far_versions_after.get("1", 0) > 0 and far_versions_after.get("2", 0) > 0, far.versions
+    assert _answer(OTHER_HOST, ha.port) == "2"
+    # Only the leader ran replicas; the standby's host took every table, none late.
+    assert "has not taken the routing table" not in alpha.log_tail(), alpha.log_tail()
+    # `gitorch status` read from etcd says the same.
+    where = ("--state", ha.url, "--runtime-dir", str(ha.runtime))
+    as_json = gitorch("status", *where, "--format", "json", cwd=ha.root)
+    assert as_json.code == 0, as_json.stderr
+    members = as_json.json()["controlPlane"]["members"]
+    assert {m["name"]: m["table"] for m in members} == {"alpha": "drives", "beta": "follows"}
+
+
+def test_a_standby_sharing_the_leaders_runtime_directory_leaves_its_proxy_alone(
+    ha: HAWorld,
+) -> None:
+    _, _, beta = _v1_led_by_alpha(ha)
+    wait_for(
+        "status naming beta's share",
+        lambda: (
+            {m["name"]: m["table"] for m in (status_of(beta) or {})["controlPlane"]["members"]}
+            == {"alpha": "drives", "beta": "shares"}
+        ),
+        10,
+    )
