@@ -6,9 +6,10 @@ Only one process reconciles a cluster at a time:
 * SQLite state (``--state DIR``): the session owns the daemon lock of the directory;
 * etcd state (``--state etcd://...``): the session campaigns for the leadership of the
   namespace (:class:`~gitorch.state.etcd.election.Leadership`). While it leads, every
-  write is fenced and every action checks the fence; while it does not (a standby, or a
-  leader that lost its lease or its quorum), its reconciler only observes and plans, and
-  it opens no data plane. Its local files (process replicas' records, the proxy's
+  write is fenced and every action checks the fence, and each table it applies is stored
+  for the other hosts; while it does not (a standby, or a leader that lost its lease or
+  its quorum), its reconciler only observes and plans, and a daemon's session serves its
+  own host's endpoints with the leader's table (:mod:`gitorch.apply.followers`). Its local files (process replicas' records, the proxy's
   socket, Git's cache) live in the runtime directory (``--runtime-dir``), which daemons
   on one host share: the new leader adopts the replicas and the proxy of the old one.
 """
@@ -194,7 +195,8 @@ class Session:
     @property
     def dataplane(self) -> DataPlane:
         """The data plane this session drives; with etcd state, opened (started or adopted)
-        by the leader only: a standby serves no traffic and starts no proxy."""
+        by the leader only (a following standby applies the leader's table to its host's
+        data plane itself: :meth:`local_dataplane`)."""
         opened = self._dataplane
         if opened is not None:
             return opened

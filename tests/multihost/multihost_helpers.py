@@ -147,6 +147,10 @@ class Fleet:
     state: Path
     secrets: Path
     daemons: list[DaemonProc] = field(default_factory=list)
+    #: Daemons' runtime directories on etcd state (each stands for a host of its own).
+    runtimes: list[Path] = field(default_factory=list)
+    #: The cluster's name when it is not in ``state`` (etcd: the test sets it).
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         """The operator's secrets directory: the rig's client files, under ``rig/``."""
@@ -181,13 +185,23 @@ class Fleet:
     def commit(self, files: dict[str, str | None], message: str) -> str:
         return commit(self.repo, files, message)
 
-    def daemon(self) -> DaemonProc:
+    def daemon(
+        self, *extra: str, store_url: str | None = None, runtime: Path | None = None
+    ) -> DaemonProc:
+        """A daemon on this fleet's state directory; with ``store_url`` (etcd), on
+        ``runtime`` as its runtime directory (one per host it stands for)."""
+        if store_url is not None:
+            assert runtime is not None
+            runtime.mkdir(parents=True, exist_ok=True)
+            if runtime not in self.runtimes:
+                self.runtimes.append(runtime)
         daemon = DaemonProc(
             str(self.repo),
-            self.state,
+            runtime or self.state,
             "process",
             interval=2.0,
             resync=RESYNC,
+            store_url=store_url,
             extra=(
                 "--node-grace",
                 str(NODE_GRACE),
@@ -195,6 +209,7 @@ class Fleet:
                 str(self.secrets),
                 "--ingress-workers",
                 "1",
+                *extra,
             ),
         )
         self.daemons.append(daemon)
@@ -223,9 +238,10 @@ class Fleet:
     def teardown(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
-        stop_data_plane(self.state)  # the local proxy outlives the daemon by design
+        for local in (self.state, *self.runtimes):
+            stop_data_plane(local)  # the local proxy outlives the daemon by design
         # ... and so do the hosts' ingresses: removed with every replica of the cluster.
-        self.rig.remove_cluster(cluster_of(self.state))
+        self.rig.remove_cluster(self.cluster or cluster_of(self.state))
 
 
 # -- reading the cluster -----------------------------------------------------------------------
