@@ -117,7 +117,7 @@ class TablePublisher:
         self.place = place
         self.monotonic = monotonic
         self._lock = threading.Lock()
-        self._stored: tuple[str, str] | None = None  # (id, canonical table)
+        self._stored: tuple[str, str] | None = None  # (id, term and canonical table)
         self._stored_at = 0.0
         self._lag: tuple[float, tuple[str, ...]] | None = None
         self._warned: set[tuple[str, str]] = set()
@@ -125,7 +125,13 @@ class TablePublisher:
     def store(self, table: RoutingTable) -> None:
         """Store ``table`` for the followers (once per distinct table and term). A store
         that fails is logged: the followers keep the table before it."""
-        canonical = _canonical(table)
+        try:
+            term = self.leadership.fence().create_revision
+        except GitorchError as exc:
+            log.warning("the routing table was not stored for the other hosts: %s", exc.message)
+            return
+        # Once per term: after another daemon led meanwhile, the key holds its table.
+        canonical = f"{term}:{_canonical(table)}"
         with self._lock:
             if self._stored is not None and self._stored[1] == canonical:
                 return

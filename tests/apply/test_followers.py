@@ -215,6 +215,34 @@ def test_a_deposed_leader_cannot_store_a_table(hosts: Hosts) -> None:
     assert hosts.follower_plane.tables[-1] == first
 
 
+def test_a_leader_back_for_a_new_term_stores_its_table_again(
+    hosts: Hosts, stores: tuple[StateStore, StateStore]
+) -> None:
+    """alpha stored a table, beta led meanwhile and stored its own; alpha leading again
+    with the same table must store it (the key holds beta's), not skip it as unchanged."""
+    table = _table(("api-1", False))
+    hosts.plane.apply(table)
+    hosts.leader.stop()
+    wait_for("beta leading", lambda: hosts.standby.leading, 10)
+    beta_publisher = TablePublisher(_etcd(stores[1]), hosts.standby, Place("elsewhere", "/b"))
+    _etcd(stores[1]).fence_with(hosts.standby.fence)
+    beta_table = _table(("api-2", False))
+    beta_publisher.store(beta_table)
+    assert StoredTable.from_json(hosts.backend.peek("dataplane/table")).table == beta_table
+    hosts.standby.stop()
+    # alpha's daemon campaigns again (a new lease, a new term) and leads.
+    again = Leadership(hosts.backend, "alpha", ttl=2.0, info=dict(hosts.leader.info))
+    hosts.backend.fence_with(again.fence)
+    again.start()
+    try:
+        wait_for("alpha leading again", lambda: again.leading, 10)
+        hosts.publisher.leadership = again
+        hosts.plane.apply(table)
+        assert StoredTable.from_json(hosts.backend.peek("dataplane/table")).table == table
+    finally:
+        again.stop()
+
+
 def test_a_standby_of_the_leaders_place_shares_its_proxy(
     stores: tuple[StateStore, StateStore], tmp_path: Path
 ) -> None:
