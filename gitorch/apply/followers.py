@@ -70,8 +70,9 @@ class StoredTable:
     place: Place
     table: RoutingTable
 
-    def to_json(self) -> dict[str, Any]:
-        packed = zlib.compress(_canonical(self.table).encode(), 6)
+    def to_json(self, canonical: str | None = None) -> dict[str, Any]:
+        """The stored form; ``canonical``: the table's canonical JSON when already made."""
+        packed = zlib.compress((canonical or _canonical(self.table)).encode(), 6)
         return {
             "id": self.id,
             "leader": self.leader,
@@ -131,21 +132,23 @@ class TablePublisher:
             log.warning("the routing table was not stored for the other hosts: %s", exc.message)
             return
         # Once per term: after another daemon led meanwhile, the key holds its table.
-        canonical = f"{term}:{_canonical(table)}"
+        canonical = _canonical(table)
+        key = f"{term}:{canonical}"
         with self._lock:
-            if self._stored is not None and self._stored[1] == canonical:
+            if self._stored is not None and self._stored[1] == key:
                 return
         ident = f"{self.leadership.name}-{uuid.uuid4().hex[:12]}"
-        stored = StoredTable(ident, self.leadership.name, self.place, table)
+        value = StoredTable(ident, self.leadership.name, self.place, table).to_json(canonical)
         try:
-            self.backend.atomic(lambda: self.backend.put(TABLE_KEY, stored.to_json()))
+            self.backend.atomic(lambda: self.backend.put(TABLE_KEY, value))
         except GitorchError as exc:
             log.warning("the routing table was not stored for the other hosts: %s", exc.message)
             return
         with self._lock:
-            self._stored = (ident, canonical)
+            self._stored = (ident, key)
             self._stored_at = self.monotonic()
             self._lag = None
+            self._warned.clear()  # followers late on an older table: said already
 
     def lagging(self) -> tuple[str, ...]:
         """The followers (live standbys at another place) that have not taken the last
