@@ -28,7 +28,7 @@ from gitorch.apply.followers import FollowedDataPlane, TableFollower, TablePubli
 from gitorch.apply.health import HealthListener, HealthMonitor
 from gitorch.apply.ingress import FleetDataPlane, IngressFleet
 from gitorch.apply.reconciler import CommitMeta, Reconciler
-from gitorch.errors import ConfigError
+from gitorch.errors import ConfigError, GitorchError
 from gitorch.live import NodeTarget, node_targets
 from gitorch.live.inventory import (
     applied_nodes,
@@ -229,6 +229,7 @@ class Session:
         assert isinstance(backend, EtcdBackend) and self.leadership is not None
         place = Place.of(self.leadership.info)
         self._publisher = TablePublisher(backend, self.leadership, place)
+        self._warn_split_host(place)
         if self.options.data_plane_outlives:
             self._follower = TableFollower(
                 backend,
@@ -298,6 +299,31 @@ class Session:
         self._targets = targets
         self._term = term
         return self.reconciler
+
+    def _warn_split_host(self, place: Place) -> None:
+        """Say when another daemon of this host keeps another runtime directory: the
+        process driver's replicas of a host live in one runtime directory, so a daemon
+        on another would see none of them (they would all start again under it when it
+        leads), and the two proxies need two addresses."""
+        assert self.leadership is not None
+        try:
+            members = self.leadership.members()
+        except GitorchError:
+            return
+        for member in members:
+            other = Place.of(member)
+            if member.get("name") == self.leadership.name or other.host != place.host:
+                continue
+            if other.runtime_dir and other.runtime_dir != place.runtime_dir:
+                log.warning(
+                    "daemon %s runs on this host with --runtime-dir %s, this one with %s: "
+                    "daemons of one host share one runtime directory (process replicas and "
+                    "the proxy live there) unless every node is a Docker engine reached "
+                    "over the network",
+                    member.get("name"),
+                    other.runtime_dir,
+                    place.runtime_dir,
+                )
 
     def _unwatch_exits(self) -> None:
         """The current runtimes stop telling of replicas' exits."""

@@ -86,6 +86,8 @@ def test_a_standby_on_another_host_serves_the_leaders_table_through_a_rollout(
         15,
         describe=beta.log_tail,
     )
+    # Both "hosts" are this machine: beta says its runtime directory differs from alpha's.
+    assert "daemons of one host share one runtime directory" in beta.log_path.read_text()
     doc = status_of(beta)
     assert doc is not None
     tables = {m["name"]: m["table"] for m in doc["controlPlane"]["members"]}
