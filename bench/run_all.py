@@ -70,6 +70,12 @@ BENCHES = (
     ),
     Bench("failover", "the lease TTL", ("--kills", "2"), ("etcd",)),
     Bench(
+        "followers",
+        "an etcd write + read; json.dumps of the table",
+        ("--rounds", "10", "--routes", "2000"),
+        ("etcd",),
+    ),
+    Bench(
         "multihost",
         "straight to a backend; the local proxy",
         ("--seconds", "2", "--rounds", "1"),

@@ -53,8 +53,8 @@ if TYPE_CHECKING:  # etcd's client loads only with etcd state
 
 log = logging.getLogger("gitorch.followers")
 
-#: How often a follower reads the table's key.
-FOLLOW_POLL = 0.1
+#: How often a follower reads the table key's revision (its value only when it changed).
+FOLLOW_POLL = 0.05
 #: How long the leader's answer about followers is reused (its drain asks every 50 ms).
 LAG_CACHE = 0.05
 #: A follower that has not taken a table for this long is named in the leader's log.
@@ -255,6 +255,7 @@ class TableFollower:
         self.poll = poll
         self.monotonic = monotonic
         self.taken: str | None = None  # the id of the table this host took last
+        self._seen = 0  # the key's revision when it was taken
         self._said: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -284,15 +285,21 @@ class TableFollower:
         lead, and the leader's proxy is not this host's own)."""
         if self.leadership.leading:
             self.taken = None  # on stepping down, the table stored then is taken anew
+            self._seen = 0
             return
+        revision = self.backend.revision_of(TABLE_KEY)
+        if revision == self._seen:
+            return  # unchanged: its value (hundreds of KB for thousands of routes) not read
         raw = self.backend.peek(TABLE_KEY)
         if raw is None:
             return
         stored = StoredTable.from_json(raw)
         if stored.id == self.taken:
+            self._seen = revision
             return
         if stored.place == self.place:
             self.taken = stored.id  # the leader of this place drives this proxy itself
+            self._seen = revision
             return
         with self.writer:
             if self.leadership.leading:
@@ -301,6 +308,7 @@ class TableFollower:
         if error is None:
             self._drain(stored.table)
         self.taken = stored.id
+        self._seen = revision
         self.leadership.update_info(**{TAKEN_FIELD: {"id": stored.id, "error": error}})
         self._say(error)
         log.debug("took routing table %s of %s", stored.id, stored.leader)

@@ -301,6 +301,13 @@ class EtcdBackend:
             pending.reads.setdefault(full, kvs[0].mod_revision if kvs else 0)
         return load(kvs[0].value) if kvs else None
 
+    def revision_of(self, key: str) -> int:
+        """The revision that last changed ``key`` (0: absent), read without its value: a
+        large value polled for changes is read only when it changed."""
+        self._check_open()
+        found, _ = self.client.range(self.full(key), keys_only=True)
+        return found[0].mod_revision if found else 0
+
     def range(self, prefix: str) -> list[tuple[str, Any]]:
         """Every key under ``prefix`` (relative, sorted) with its JSON value; inside a
         transaction with its own writes applied, and the range joins its condition."""

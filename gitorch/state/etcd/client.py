@@ -173,11 +173,15 @@ class EtcdClient:
         prefix: bool = False,
         serializable: bool = False,
         limit: int = 0,
+        keys_only: bool = False,
     ) -> tuple[list[KeyValue], int]:
         """The keys at ``key`` (or under it, ``prefix=True``), sorted by key, and the
         store's revision. ``serializable``: any member's own copy (no quorum needed,
-        possibly stale), else linearizable."""
+        possibly stale), else linearizable. ``keys_only``: without their values (their
+        revisions say whether they changed)."""
         payload: dict[str, Any] = {"key": b64(key)}
+        if keys_only:
+            payload["keys_only"] = True
         if prefix:
             payload["range_end"] = b64(prefix_end(key))
         if serializable:
