@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from etcd_helpers import EtcdCluster, new_namespace
+from ha_helpers import role_of
 from hosts_helpers import Rig
 from listen_ports import free_port
 from multihost_helpers import Fleet, Load, get, instance_of, service_yaml, wait_settled
@@ -30,14 +31,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REPLICAS = 3
 TTL = 5.0
 BETA_HOST = "127.0.0.2"
-
-
-def _role(daemon: DaemonProc) -> str | None:
-    try:
-        code, data = daemon.request("GET", "/api/v1/status")
-    except OSError:
-        return None
-    return str(data.get("controlPlane", {}).get("role")) if code == 200 else None
 
 
 def _instances(daemon: DaemonProc) -> set[str]:
@@ -59,7 +52,7 @@ def test_both_hosts_serve_through_a_failover_and_the_old_one_follows_on_its_retu
     on_etcd = ("--lease-ttl", f"{TTL:g}")
     alpha_run, beta_run = fleet.root / "run-alpha", fleet.root / "run-beta"
     alpha = fleet.daemon("--name", "alpha", *on_etcd, store_url=url, runtime=alpha_run)
-    wait_for("alpha leading", lambda: _role(alpha) == "leader", 20, describe=alpha.log_tail)
+    wait_for("alpha leading", lambda: role_of(alpha) == "leader", 20, describe=alpha.log_tail)
     with StateStore(url, readonly=True) as store:
         assert isinstance(store.backend, EtcdBackend)
         fleet.cluster = store.backend.cluster_name()
@@ -75,7 +68,7 @@ def test_both_hosts_serve_through_a_failover_and_the_old_one_follows_on_its_retu
         wait_for("load flowing", lambda: load.total > 50, 15)
         os.kill(alpha.proc.pid, signal.SIGKILL)
         alpha.proc.wait(10)
-        wait_for("beta leading", lambda: _role(beta) == "leader", TTL + 5, interval=0.1)
+        wait_for("beta leading", lambda: role_of(beta) == "leader", TTL + 5, interval=0.1)
         # The new leader adopted the replicas (the same engines), and rolls v2 out.
         assert _instances(beta) == first
         fleet.commit({"shop.yaml": _shop(port, "2")}, "shop v2")
@@ -99,7 +92,7 @@ def test_both_hosts_serve_through_a_failover_and_the_old_one_follows_on_its_retu
     # alpha's host kept its proxy, with the table of before the rollout; its daemon back
     # (a standby now), it takes beta's table: every answer there comes from v2's replicas.
     alpha_again = fleet.daemon("--name", "alpha", *on_etcd, store_url=url, runtime=alpha_run)
-    wait_for("alpha standing by", lambda: _role(alpha_again) == "standby", 30)
+    wait_for("alpha standing by", lambda: role_of(alpha_again) == "standby", 30)
 
     def serves_v2_only() -> bool:
         answers = [get("127.0.0.1", port) for _ in range(9)]
