@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from gitorch.api.auth import TokenSet
-from gitorch.api.metrics import Metrics
+from gitorch.api.metrics import ControlPlaneCollector, Metrics
 from gitorch.api.server import ApiServer, parse_listen
 from gitorch.api.traffic import TrafficMeter, TrafficReading, store_revisions
 from gitorch.api.traffic_metrics import TrafficCollector
@@ -212,6 +212,8 @@ class Daemon:
             self.session = session
             self.traffic = _traffic_meter(session, opts.session.data_plane)
             self.metrics.add_collector(TrafficCollector(self._traffic_now))
+            if session.leadership is not None:
+                self.metrics.add_collector(ControlPlaneCollector(self._control_plane_now))
             self._write_daemon_file()
             self.dashboard = Dashboard(
                 self, opts.api_tokens, secure_cookie=opts.api_tls is not None, repo=opts.repo
@@ -859,6 +861,23 @@ class Daemon:
                 self._write_traffic()
             except Exception:  # a bug must not end the snapshots: log it, keep going
                 log.exception("traffic snapshot crashed; going on")
+
+    def _control_plane_now(self) -> tuple[bool, list[dict[str, Any]] | None]:
+        """Whether this daemon leads, and every member as etcd lists them now (None when
+        etcd does not answer): the control plane's metrics."""
+        session = self.session
+        if session is None or session.leadership is None:
+            return False, None
+        from gitorch.state.etcd.backend import EtcdBackend
+        from gitorch.state.etcd.election import read_leadership
+
+        backend = session.store.backend
+        assert isinstance(backend, EtcdBackend)
+        try:
+            members = read_leadership(backend)["members"]
+        except StateError:
+            members = None
+        return session.leading, members
 
     def _traffic_now(self) -> TrafficReading:
         """The traffic for a status or a scrape: read now, or the last reading when a read

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -208,6 +208,37 @@ class _NodePoolGauges:
             failing.add_metric([pool], 1 if bad else 0)
         yield nodes
         yield failing
+
+
+class ControlPlaneCollector:
+    """With etcd state: ``gitorch_leading`` (1 while this daemon leads) and
+    ``gitorch_control_plane_member`` (1 per daemon holding a lease, labelled with its
+    role and how its host serves the leader's routing table), read at scrape time.
+    ``read()`` gives (leading, the members' records as status shows them; None when
+    etcd did not answer: then only ``gitorch_leading`` is yielded)."""
+
+    def __init__(self, read: Callable[[], tuple[bool, list[dict[str, Any]] | None]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        leading, members = self._read()
+        yield GaugeMetricFamily(
+            "gitorch_leading", "1 while this daemon leads its etcd namespace.", value=int(leading)
+        )
+        if members is None:
+            return
+        family = GaugeMetricFamily(
+            "gitorch_control_plane_member",
+            "1 per daemon holding a lease: its role, and how its host serves the leader's "
+            "routing table (drives, shares, follows, behind, refused, no).",
+            labels=["member", "role", "table"],
+        )
+        for member in members:
+            table = str(member.get("table") or "")
+            family.add_metric(
+                [str(member.get("name")), str(member.get("role")), table.split(":", 1)[0]], 1
+            )
+        yield family
 
 
 class _Guarded:

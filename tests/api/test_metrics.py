@@ -11,7 +11,7 @@ from api_helpers import parse_prometheus
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitorch.api.metrics import Metrics
+from gitorch.api.metrics import ControlPlaneCollector, Metrics
 
 GITORCH_FAMILIES = {
     "gitorch_reconcile_total": "counter",
@@ -190,3 +190,28 @@ def test_node_pool_series_follow_the_last_sync_and_leave_with_the_pool() -> None
     metrics.keep_node_pools(set())
     families = parse_prometheus(metrics.render())
     assert families["gitorch_node_pool_nodes"].samples == []
+
+
+def test_the_control_plane_series_name_the_leader_and_each_hosts_table() -> None:
+    metrics = Metrics()
+    answers: list[tuple[bool, list[dict[str, object]] | None]] = [
+        (
+            True,
+            [
+                {"name": "a", "role": "leader", "table": "drives"},
+                {"name": "b", "role": "standby", "table": "refused: web: port taken"},
+            ],
+        ),
+        (False, None),  # etcd did not answer
+    ]
+    metrics.add_collector(ControlPlaneCollector(lambda: answers[0]))  # type: ignore[arg-type]
+    families = parse_prometheus(metrics.render())
+    assert families["gitorch_leading"].samples == [("gitorch_leading", {}, 1.0)]
+    assert sorted(
+        (labels["member"], labels["role"], labels["table"])
+        for _, labels, _ in families["gitorch_control_plane_member"].samples
+    ) == [("a", "leader", "drives"), ("b", "standby", "refused")]
+    answers.pop(0)
+    families = parse_prometheus(metrics.render())
+    assert families["gitorch_leading"].samples == [("gitorch_leading", {}, 0.0)]
+    assert "gitorch_control_plane_member" not in families

@@ -58,6 +58,15 @@ def _v1_led_by_alpha(
     return sha, alpha, beta
 
 
+def _metrics(daemon: DaemonProc) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
 def _answer(host: str, port: int) -> str | None:
     """The version ``host:port`` answers with (None: no answer)."""
     conn = http.client.HTTPConnection(host, port, timeout=5)
@@ -92,6 +101,13 @@ def test_a_standby_on_another_host_serves_the_leaders_table_through_a_rollout(
     assert doc is not None
     tables = {m["name"]: m["table"] for m in doc["controlPlane"]["members"]}
     assert tables == {"alpha": "drives", "beta": "follows"}, doc["controlPlane"]
+    # ... and the metrics: who leads, how each host serves the table.
+    for daemon, leading in ((alpha, 1), (beta, 0)):
+        text = _metrics(daemon)
+        assert f"gitorch_leading {leading}.0" in text, text
+        assert (
+            'gitorch_control_plane_member{member="beta",role="standby",table="follows"} 1.0' in text
+        ), text
 
     with (
         LoadClient(ha.port, host=OTHER_HOST, threads=4) as far,
