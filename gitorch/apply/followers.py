@@ -57,6 +57,8 @@ log = logging.getLogger("gitorch.followers")
 FOLLOW_POLL = 0.05
 #: How long the leader's answer about followers is reused (its drain asks every 50 ms).
 LAG_CACHE = 0.05
+#: Seconds before a table this host's data plane refused is applied again.
+RETRY_FAILED = 1.0
 #: A follower that has not taken a table for this long is named in the leader's log.
 LAG_WARNING = 5.0
 
@@ -256,6 +258,7 @@ class TableFollower:
         self.monotonic = monotonic
         self.taken: str | None = None  # the id of the table this host took last
         self._seen = 0  # the key's revision when it was taken
+        self._retry_at = 0.0  # a table this data plane refused is tried again from then
         self._said: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -287,6 +290,8 @@ class TableFollower:
             self.taken = None  # on stepping down, the table stored then is taken anew
             self._seen = 0
             return
+        if self.monotonic() < self._retry_at:
+            return
         revision = self.backend.revision_of(TABLE_KEY)
         if revision == self._seen:
             return  # unchanged: its value (hundreds of KB for thousands of routes) not read
@@ -304,18 +309,22 @@ class TableFollower:
         with self.writer:
             if self.leadership.leading:
                 return
-            error = self._apply(stored.table)
-        if error is None:
-            self._drain(stored.table)
-        self.taken = stored.id
-        self._seen = revision
-        self.leadership.update_info(**{TAKEN_FIELD: {"id": stored.id, "error": error}})
+            took, error = self._apply(stored.table)
         self._say(error)
-        log.debug("took routing table %s of %s", stored.id, stored.leader)
+        if took:
+            self._drain(stored.table)
+            self.taken = stored.id
+            self._seen = revision
+        else:  # tried again each second (not each poll) until the data plane takes it
+            self._retry_at = self.monotonic() + RETRY_FAILED
+        # Acknowledged either way (after the drain): a host whose data plane failed
+        # serves nothing for the leader to wait on.
+        self.leadership.update_info(**{TAKEN_FIELD: {"id": stored.id, "error": error}})
 
-    def _apply(self, table: RoutingTable) -> str | None:
+    def _apply(self, table: RoutingTable) -> tuple[bool, str | None]:
         """Apply ``table`` here: a route whose port cannot be opened here is left out
-        (the others are served); what went wrong, None when nothing did."""
+        (the others are served). Whether the data plane took it, and what went wrong
+        (None when nothing did)."""
         routes = dict(table.routes)
         failed: dict[str, str] = {}
         for _ in range(3):
@@ -328,11 +337,11 @@ class TableFollower:
                     routes.pop(name, None)
                 continue
             except GitorchError as exc:
-                return f"this host's data plane did not take the table: {exc.message}"
+                return False, f"this host's data plane did not take the table: {exc.message}"
             if failed:
-                return "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
-            return None
-        return "this host's data plane kept refusing ports: " + "; ".join(
+                return True, "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
+            return True, None
+        return False, "this host's data plane kept refusing ports: " + "; ".join(
             f"{name}: {why}" for name, why in sorted(failed.items())
         )
 

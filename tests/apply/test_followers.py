@@ -17,6 +17,7 @@ from etcd_helpers import EtcdCluster, new_namespace
 from reconciler_helpers import wait_for
 
 from gitorch.apply.followers import FollowedDataPlane, StoredTable, TableFollower, TablePublisher
+from gitorch.errors import GitorchError
 from gitorch.state import StateStore
 from gitorch.state.etcd.backend import EtcdBackend
 from gitorch.state.etcd.election import Leadership, read_leadership
@@ -33,8 +34,11 @@ class RecordingPlane:
     tables: list[RoutingTable] = field(default_factory=list)
     in_flight: dict[str, int] = field(default_factory=dict)
     refuse: set[str] = field(default_factory=set)
+    broken: bool = False  # the proxy does not answer
 
     def apply(self, table: RoutingTable) -> None:
+        if self.broken:
+            raise GitorchError("the proxy does not answer")
         refused = {
             name: f"service {name}: port taken" for name in table.routes if name in self.refuse
         }
@@ -201,6 +205,30 @@ def test_a_port_this_host_cannot_bind_is_left_out_here_alone(hosts: Hosts) -> No
     wait_for("acknowledged", lambda: hosts.publisher.lagging() == (), 5)
     state = _states(hosts)["beta"]
     assert state.startswith("refused: admin: service admin: port taken"), state
+
+
+def test_a_host_whose_proxy_fails_answers_at_once_and_takes_the_table_once_it_is_back(
+    hosts: Hosts,
+) -> None:
+    clock = [1000.0]
+    hosts.follower.monotonic = lambda: clock[0]
+    hosts.follower_plane.broken = True
+    table = _table(("api-1", False), ("api-2", True))
+    hosts.plane.apply(table)
+    hosts.follower.step()
+    # It serves nothing: the leader does not wait on it, and status says why.
+    wait_for("acknowledged", lambda: hosts.publisher.lagging() == (), 5)
+    state = _states(hosts)["beta"]
+    assert (
+        state == "refused: this host's data plane did not take the table: the proxy does not answer"
+    )
+    hosts.follower_plane.broken = False
+    hosts.follower.step()  # within the second: not tried again yet
+    assert hosts.follower_plane.tables == []
+    clock[0] += 1.5
+    hosts.follower.step()
+    assert hosts.follower_plane.tables == [table]
+    wait_for("beta following", lambda: _states(hosts)["beta"] == "follows", 5)
 
 
 def test_a_deposed_leader_cannot_store_a_table(hosts: Hosts) -> None:
