@@ -58,7 +58,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -119,6 +119,26 @@ class Execution:
 def service_of_route(route: str) -> str:
     """The service a route belongs to (``web.preview`` -> ``web``)."""
     return route.split(".", 1)[0]
+
+
+def wait_drained(
+    plane: DataPlane,
+    backends: Iterable[tuple[str, str]],
+    deadline: float,
+    monotonic: Callable[[], float] = time.monotonic,
+    stopped: Callable[[], bool] = lambda: False,
+) -> None:
+    """Wait until ``plane`` has no request in flight to any of ``backends`` (route,
+    backend id), until ``deadline`` (on ``monotonic``) or until ``stopped()``."""
+    for route, backend_id in backends:
+        while monotonic() < deadline and not stopped():
+            try:
+                stats = plane.backend_stats(route, backend_id)
+            except GitorchError:
+                break  # the data plane cannot say: the grace period still protects
+            if stats is None or stats.in_flight == 0:
+                break
+            time.sleep(DRAIN_POLL)
 
 
 class Executor:
@@ -556,16 +576,12 @@ class Executor:
 
     def _drain(self, draining: list[StopReplica]) -> None:
         """Wait until no draining replica has a request in flight (bounded)."""
-        deadline = self.monotonic() + self.drain_timeout
-        for stop in draining:
-            while self.monotonic() < deadline:
-                try:
-                    stats = self.dataplane.backend_stats(stop.service, stop.replica_id)
-                except GitorchError:
-                    break  # the data plane cannot say: the grace period still protects
-                if stats is None or stats.in_flight == 0:
-                    break
-                time.sleep(DRAIN_POLL)
+        wait_drained(
+            self.dataplane,
+            [(stop.service, stop.replica_id) for stop in draining],
+            self.monotonic() + self.drain_timeout,
+            self.monotonic,
+        )
 
     # ------------------------------------------------------------------ traffic
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gitorch.apply.execute import wait_drained
 from gitorch.errors import GitorchError
 from gitorch.state.etcd.tables import FOLLOWS_FIELD, TABLE_KEY, TAKEN_FIELD, Place, taken
 from gitorch.traffic.routes import ListenError
@@ -347,20 +348,13 @@ class TableFollower:
 
     def _drain(self, table: RoutingTable) -> None:
         """Wait (bounded) until no request is in flight here to a backend ``table`` drains."""
-        deadline = self.monotonic() + self.drain_timeout
-        plane = self.plane()
-        for name, route in table.routes.items():
-            for backend in route.backends:
-                if not backend.draining:
-                    continue
-                while self.monotonic() < deadline and not self._stop.is_set():
-                    try:
-                        stats = plane.backend_stats(name, backend.id)
-                    except GitorchError:
-                        break
-                    if stats is None or stats.in_flight == 0:
-                        break
-                    time.sleep(0.05)
+        wait_drained(
+            self.plane(),
+            [(n, b.id) for n, route in table.routes.items() for b in route.backends if b.draining],
+            self.monotonic() + self.drain_timeout,
+            self.monotonic,
+            self._stop.is_set,
+        )
 
     def _say(self, error: str | None) -> None:
         if error != self._said and error is not None:

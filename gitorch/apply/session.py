@@ -9,9 +9,10 @@ Only one process reconciles a cluster at a time:
   write is fenced and every action checks the fence, and each table it applies is stored
   for the other hosts; while it does not (a standby, or a leader that lost its lease or
   its quorum), its reconciler only observes and plans, and a daemon's session serves its
-  own host's endpoints with the leader's table (:mod:`gitorch.apply.followers`). Its local files (process replicas' records, the proxy's
-  socket, Git's cache) live in the runtime directory (``--runtime-dir``), which daemons
-  on one host share: the new leader adopts the replicas and the proxy of the old one.
+  own host's endpoints with the leader's table (:mod:`gitorch.apply.followers`). Its
+  local files (process replicas' records, the proxy's socket, Git's cache) live in the
+  runtime directory (``--runtime-dir``), which daemons on one host share: the new leader
+  adopts the replicas and the proxy of the old one.
 """
 
 from __future__ import annotations
