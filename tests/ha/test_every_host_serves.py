@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import re
 from pathlib import Path
+from typing import Any
 
 from ha_helpers import HAWorld, role_of, status_of
 from reconciler_helpers import (
@@ -67,6 +68,13 @@ def _metrics(daemon: DaemonProc) -> str:
         conn.close()
 
 
+def _tables(doc: dict[str, Any] | None) -> dict[str, str]:
+    """How each member serves the table, from a status document ({} without one)."""
+    if doc is None:
+        return {}
+    return {m["name"]: m["table"] for m in doc["controlPlane"]["members"]}
+
+
 def _answer(host: str, port: int) -> str | None:
     """The version ``host:port`` answers with (None: no answer)."""
     conn = http.client.HTTPConnection(host, port, timeout=5)
@@ -97,10 +105,14 @@ def test_a_standby_on_another_host_serves_the_leaders_table_through_a_rollout(
     )
     # Both "hosts" are this machine: beta says its runtime directory differs from alpha's.
     assert "daemons of one host share one runtime directory" in beta.log_path.read_text()
-    doc = status_of(beta)
-    assert doc is not None
-    tables = {m["name"]: m["table"] for m in doc["controlPlane"]["members"]}
-    assert tables == {"alpha": "drives", "beta": "follows"}, doc["controlPlane"]
+    # The follower acknowledges after it has drained what the table removes: serving v1
+    # comes a moment before status says "follows".
+    wait_for(
+        "status naming beta a follower",
+        lambda: _tables(status_of(beta)) == {"alpha": "drives", "beta": "follows"},
+        10,
+        describe=lambda: str(status_of(beta)),
+    )
     # ... and the metrics: who leads, how each host serves the table.
     for daemon, leading in ((alpha, 1), (beta, 0)):
         text = _metrics(daemon)
@@ -132,10 +144,19 @@ def test_a_standby_on_another_host_serves_the_leaders_table_through_a_rollout(
     assert "has not taken the routing table" not in alpha.log_tail(), alpha.log_tail()
     # `gitorch status` read from etcd says the same.
     where = ("--state", ha.url, "--runtime-dir", str(ha.runtime))
-    as_json = gitorch("status", *where, "--format", "json", cwd=ha.root)
-    assert as_json.code == 0, as_json.stderr
-    members = as_json.json()["controlPlane"]["members"]
-    assert {m["name"]: m["table"] for m in members} == {"alpha": "drives", "beta": "follows"}
+
+    def tables_read_from_etcd() -> dict[str, str]:
+        as_json = gitorch("status", *where, "--format", "json", cwd=ha.root)
+        assert as_json.code == 0, as_json.stderr
+        return _tables(as_json.json())
+
+    wait_for(
+        "status read from etcd naming beta a follower",
+        lambda: tables_read_from_etcd() == {"alpha": "drives", "beta": "follows"},
+        10,
+        interval=0.5,
+        describe=lambda: str(tables_read_from_etcd()),
+    )
 
 
 def test_a_standby_sharing_the_leaders_runtime_directory_leaves_its_proxy_alone(
@@ -144,9 +165,6 @@ def test_a_standby_sharing_the_leaders_runtime_directory_leaves_its_proxy_alone(
     _, _, beta = _v1_led_by_alpha(ha)
     wait_for(
         "status naming beta's share",
-        lambda: (
-            {m["name"]: m["table"] for m in (status_of(beta) or {})["controlPlane"]["members"]}
-            == {"alpha": "drives", "beta": "shares"}
-        ),
+        lambda: _tables(status_of(beta)) == {"alpha": "drives", "beta": "shares"},
         10,
     )
