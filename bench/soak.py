@@ -35,6 +35,8 @@ file is left behind (``--keep`` keeps the folder with the logs and the journal).
 
 ``--break-drain`` runs the daemon with ``GITORCH_TEST_UNSAFE_NO_DRAIN=1`` (a test-only
 switch: leaving replicas are killed without being drained), to show the soak catches it.
+``--stop-at-break`` ends the chaos at the first break and skips the convergence phase (the
+folder is kept, as after any break): for hunting a bug with its seed.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class Options:
     quiet: bool
     etcd: str | None = None  # --state etcd://...: "" for the soak's own three members
     log_level: str = "info"  # the daemon's --log-level
+    stop_at_break: bool = False  # end the chaos at the first break, no convergence phase
 
 
 @dataclass
@@ -278,11 +281,18 @@ class Soak:
         self.figures["loadAvgBefore"] = os.getloadavg()
         self._chaos(plan, chaos_start)
         chaos_seconds = time.monotonic() - chaos_start
-        journal.note("phase", "chaos done: faults stop")
+        journal.note(
+            "phase",
+            "chaos ended at the first break (--stop-at-break)"
+            if self._stop_now()
+            else "chaos done: faults stop",
+        )
 
-        # 3. convergence
-        self._converge_phase()
-        self._orphans()
+        # 3. convergence (not after a break with --stop-at-break: the break is the finding)
+        stopped = self._stop_now()
+        if not stopped:
+            self._converge_phase()
+            self._orphans()
         self._operating.set()
         load.stop()
         checks.judge_requests(time.monotonic() + 1)
@@ -297,6 +307,7 @@ class Soak:
             runtime=opts.runtime,
             state="etcd (3 members)" if etcd is not None else "folder (SQLite)",
             drainingDisabled=opts.break_drain,
+            stoppedAtBreak=stopped,
             requests=load.total,
             requestsOk=load.tally.ok,
             requestsFailed=len(load.tally.failures),
@@ -348,13 +359,15 @@ class Soak:
         end = start + self.opts.minutes * 60
         next_progress = start + 30
         for planned in commits:
-            while time.monotonic() < start + planned.at:
+            while time.monotonic() < start + planned.at and not self._stop_now():
                 self._between(next_progress)
                 if time.monotonic() >= next_progress:
                     next_progress += 30
                 time.sleep(0.2)
+            if self._stop_now():
+                break
             self.committer.planned(planned)
-        while time.monotonic() < end:
+        while time.monotonic() < end and not self._stop_now():
             self._between(next_progress)
             if time.monotonic() >= next_progress:
                 next_progress += 30
@@ -362,6 +375,10 @@ class Soak:
         self._faults_stop.set()
         fault_thread.join()
         self.faults.undo_all()
+
+    def _stop_now(self) -> bool:
+        """--stop-at-break and something broke."""
+        return self.opts.stop_at_break and bool(self.checks.breaks)
 
     def _between(self, next_progress: float) -> None:
         if self.committer.remote.unpushed and self.committer.remote.reachable:
@@ -825,6 +842,7 @@ def _print_report(figures: dict[str, Any], breaks: list[Break], seed: int) -> No
         "maxReplicas",
         "convergeSeconds",
         "badHead",
+        "stoppedAtBreak",
         "canaries",
         "slowestRequestSeconds",
         "loadAvgBefore",
@@ -864,6 +882,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         action="store_true",
         help=f"run the daemon with {NO_DRAIN_ENV}=1 (the soak must catch it)",
     )
+    parser.add_argument(
+        "--stop-at-break",
+        action="store_true",
+        help="end the chaos at the first break and skip the convergence phase (the folder is kept)",
+    )
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs, journal)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -902,6 +925,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         quiet=args.quiet,
         etcd=etcd,
         log_level=args.log_level,
+        stop_at_break=args.stop_at_break,
     )
 
 

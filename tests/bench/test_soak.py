@@ -81,14 +81,18 @@ def test_a_broken_drain_is_caught_and_its_seed_reproduces_it(tmp_path: Path) -> 
     # one elsewhere, and a GET again), so the run needs rollouts and POSTs: seed 140 rolls
     # api out three times and web twice in its minute, and 40 requests/s per client keep
     # POSTs in flight (at 25/s and seed 5, one run in two went uncaught).
+    # --stop-at-break: the break is what this test is after; the convergence phase after
+    # it is the other test's.
     args = ("--minutes", "1", "--seed", "140", "--rate", "40", "--break-drain", "--exclude", "all")
     for _ in range(2):
-        code, output, figures = soak(tmp_path, *args, timeout=400)
+        code, output, figures = soak(tmp_path, *args, "--stop-at-break", timeout=400)
         assert code == 1, output[-4000:]
         broken = {b["invariant"] for b in figures["breaks"]}
         assert "requests" in broken, figures["breaks"]
         assert "BREAK seed=140 " in output
         assert sum(figures["faults"].values()) == 0
+        assert figures["stoppedAtBreak"] is True and figures["minutes"] < 1, figures
+        assert "convergeSeconds" not in figures
         # A run that broke keeps its folder for whoever reads the break: this one was meant.
         kept = [line.split()[1] for line in output.splitlines() if line.startswith("kept /")]
         for folder in kept:
