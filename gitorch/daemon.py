@@ -631,6 +631,7 @@ class Daemon:
             # A secret's new value (a rotated file, re-encrypted in Git) changes the
             # digests written here, hence the template digests: the services roll.
             desired = self.session.secrets.resolve(desired)
+            self.session.store_unstored_table()
             if self._focus:
                 self._reconcile_focused(desired, commit)
                 # The whole pass follows at once; when the first of the pair the focused

@@ -18,6 +18,8 @@ no data plane), so clients had to be pointed at the leader's host alone. Now:
   follower stopped sending it requests, or at the drain timeout. A follower that died
   leaves the members with its lease (the TTL); one whose proxy fails answers with the
   error and is not waited for (it serves nothing).
+* a table etcd did not take is stored again (the drain asks, and each pass) until it
+  is; meanwhile every follower counts as behind.
 
 What this does not give: a host whose daemon is gone keeps its proxy's last table, as a
 single daemon's host does (the daemon restarted, as a standby, follows again).
@@ -62,6 +64,8 @@ LAG_CACHE = 0.05
 RETRY_FAILED = 1.0
 #: A follower that has not taken a table for this long is named in the leader's log.
 LAG_WARNING = 5.0
+#: Seconds between the leader's tries to store a table etcd refused (a drain asks often).
+RETRY_STORE = 0.5
 
 
 @dataclass(frozen=True)
@@ -125,61 +129,103 @@ class TablePublisher:
         self._stored_at = 0.0
         self._lag: tuple[float, tuple[str, ...]] | None = None
         self._warned: set[tuple[str, str]] = set()
+        # The last table applied here that etcd refused, tried again (retry()) until it
+        # is stored: until then every follower serves an older one.
+        self._unstored: RoutingTable | None = None
+        self._retry_at = 0.0
+        self._members: list[dict[str, Any]] = []  # the last read, for when etcd fails
 
     def store(self, table: RoutingTable) -> None:
         """Store ``table`` for the followers (once per distinct table and term). A store
-        that fails is logged: the followers keep the table before it."""
+        that fails is logged and tried again by :meth:`retry` (the leader's drain asks,
+        and each pass): until then the followers keep the table before it, and all of
+        them count as behind."""
         try:
             term = self.leadership.fence().create_revision
-        except GitorchError as exc:
-            log.warning("the routing table was not stored for the other hosts: %s", exc.message)
-            return
-        # Once per term: after another daemon led meanwhile, the key holds its table.
-        canonical = _canonical(table)
-        key = f"{term}:{canonical}"
-        with self._lock:
-            if self._stored is not None and self._stored[1] == key:
-                return
-        ident = f"{self.leadership.name}-{uuid.uuid4().hex[:12]}"
-        value = StoredTable(ident, self.leadership.name, self.place, table).to_json(canonical)
-        try:
+            # Once per term: after another daemon led meanwhile, the key holds its table.
+            canonical = _canonical(table)
+            key = f"{term}:{canonical}"
+            with self._lock:
+                if self._stored is not None and self._stored[1] == key:
+                    self._unstored = None
+                    return
+            ident = f"{self.leadership.name}-{uuid.uuid4().hex[:12]}"
+            value = StoredTable(ident, self.leadership.name, self.place, table).to_json(canonical)
             self.backend.atomic(lambda: self.backend.put(TABLE_KEY, value))
         except GitorchError as exc:
-            log.warning("the routing table was not stored for the other hosts: %s", exc.message)
+            with self._lock:
+                first = self._unstored is None
+                self._unstored = table
+                self._retry_at = self.monotonic() + RETRY_STORE
+                self._lag = None
+            if first:
+                log.warning(
+                    "the routing table was not stored for the other hosts (tried again until "
+                    "it is; their proxies serve the one before): %s",
+                    exc.message,
+                )
             return
         with self._lock:
+            if self._unstored is not None:
+                log.info("the routing table was stored for the other hosts")
+            self._unstored = None
             self._stored = (ident, key)
             self._stored_at = self.monotonic()
             self._lag = None
             self._warned.clear()  # followers late on an older table: said already
 
+    def retry(self) -> None:
+        """Store again the last table etcd refused (at most every :data:`RETRY_STORE`
+        seconds, and only while this daemon leads)."""
+        with self._lock:
+            table = self._unstored
+            if table is None or self.monotonic() < self._retry_at:
+                return
+        if not self.leadership.leading:
+            with self._lock:
+                self._unstored = None  # the leader now stores its own
+            return
+        self.store(table)
+
     def lagging(self) -> tuple[str, ...]:
         """The followers (live standbys at another place) that have not taken the last
         stored table, by name; answered from one read of the members at most every
         :data:`LAG_CACHE` seconds."""
+        self.retry()
         now = self.monotonic()
         with self._lock:
             stored = self._stored
-            if stored is None:
+            unstored = self._unstored is not None
+            if stored is None and not unstored:
                 return ()
             if self._lag is not None and now - self._lag[0] < LAG_CACHE:
                 return self._lag[1]
         try:
             members = self.leadership.members()
+            with self._lock:
+                self._members = members
         except GitorchError as exc:
+            # The followers read last are still counted: an etcd that does not answer
+            # says nothing about the proxies that serve.
             log.warning("the other hosts' tables were not read: %s", exc.message)
-            members = []
+            with self._lock:
+                members = self._members
+        # With the last table unstored, no follower has it.
+        current = None if unstored or stored is None else stored[0]
         behind = tuple(
             sorted(
-                str(m.get("name")) for m in members if self.follows(m) and taken(m)[0] != stored[0]
+                str(m.get("name"))
+                for m in members
+                if self.follows(m) and (current is None or taken(m)[0] != current)
             )
         )
         with self._lock:
             self._lag = (now, behind)
-            late = now - self._stored_at > LAG_WARNING
+            # (an unstored table was said when etcd refused it)
+            late = current is not None and now - self._stored_at > LAG_WARNING
         for name in behind:
-            if late and (name, stored[0]) not in self._warned:
-                self._warned.add((name, stored[0]))
+            if late and (name, current) not in self._warned:
+                self._warned.add((name, str(current)))
                 log.warning(
                     "daemon %s has not taken the routing table of %.0f s ago: its host's "
                     "proxy may still send requests to replicas that leave",

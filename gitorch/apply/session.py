@@ -242,6 +242,12 @@ class Session:
             )
             self._follower.start()
 
+    def store_unstored_table(self) -> None:
+        """With etcd state: the leader's last table, when etcd refused to store it for the
+        other hosts, is tried again (each pass; the drain also tries)."""
+        if self._publisher is not None:
+            self._publisher.retry()
+
     def reconciler_for(self, desired: DesiredState) -> Reconciler:
         """The reconciler for ``desired``'s nodes and those NodePools made: rebuilt when
         they change, and whenever this session's leadership changes (a new term starts

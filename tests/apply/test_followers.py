@@ -101,15 +101,17 @@ def stores(etcd_cluster: EtcdCluster) -> Iterator[tuple[StateStore, StateStore]]
         store.close()
 
 
-def _hosts(stores: tuple[StateStore, StateStore], tmp_path: Path, *, same_place: bool) -> Hosts:
+def _hosts(
+    stores: tuple[StateStore, StateStore], tmp_path: Path, *, same_place: bool, ttl: float = 2.0
+) -> Hosts:
     backends = [_etcd(s) for s in stores]
     here = str(tmp_path / "a")
     there = here if same_place else str(tmp_path / "b")
     leader = Leadership(
-        backends[0], "alpha", ttl=2.0, info={"runtimeDir": here, FOLLOWS_FIELD: True}
+        backends[0], "alpha", ttl=ttl, info={"runtimeDir": here, FOLLOWS_FIELD: True}
     )
     standby = Leadership(
-        backends[1], "beta", ttl=2.0, info={"runtimeDir": there, FOLLOWS_FIELD: True}
+        backends[1], "beta", ttl=ttl, info={"runtimeDir": there, FOLLOWS_FIELD: True}
     )
     backends[0].fence_with(leader.fence)
     leader.start()
@@ -269,6 +271,59 @@ def test_a_leader_back_for_a_new_term_stores_its_table_again(
         assert StoredTable.from_json(hosts.backend.peek("dataplane/table")).table == table
     finally:
         again.stop()
+
+
+def test_a_table_etcd_did_not_take_is_stored_once_it_answers_and_the_drain_waits_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """etcd hung (SIGSTOP) when the leader published a table that drains api-2: the
+    followers keep the table before it, so the leader's drain counts every follower in
+    flight (also while etcd cannot say who follows); etcd back, the table is stored
+    without another change, and the follower takes it. Before, it reached the followers
+    only with the next change, and the drain did not wait for them."""
+    own = EtcdCluster(tmp_path / "etcd", size=1).start()
+    url = own.url(new_namespace())
+    pair = StateStore(url), StateStore(url)
+    hosts = _hosts(pair, tmp_path, same_place=False, ttl=15.0)
+    try:
+        hosts.plane.apply(_table(("api-1", False), ("api-2", False)))
+        hosts.follower.step()
+        wait_for("beta following", lambda: hosts.publisher.lagging() == (), 5)
+
+        own.pause(own.members[0])
+        draining = _table(("api-1", False), ("api-2", True))
+        try:
+            hosts.plane.apply(draining)  # the leader's proxy takes it; etcd does not
+            assert hosts.leader_plane.tables[-1] == draining
+            assert hosts.plane.backend_stats("api", "api-2") == BackendStats(in_flight=1)
+        finally:
+            own.resume(own.members[0])
+
+        # The drain asks again: the table is stored (no new change needed; the put that
+        # timed out may also have landed once etcd woke: a timeout says nothing) ...
+        wait_for(
+            "the table stored",
+            lambda: (
+                hosts.publisher.lagging() == ("beta",)
+                and StoredTable.from_json(hosts.backend.peek("dataplane/table")).table == draining
+            ),
+            10,
+        )
+        # ... the follower takes it, and the drain stops waiting for it.
+        hosts.follower.step()
+        assert hosts.follower_plane.tables[-1] == draining
+        wait_for(
+            "the drain counting nothing",
+            lambda: hosts.plane.backend_stats("api", "api-2") == BackendStats(in_flight=0),
+            5,
+        )
+    finally:
+        hosts.follower.stop()
+        hosts.standby.stop()
+        hosts.leader.stop()
+        for store in pair:
+            store.close()
+        own.close()
 
 
 def test_a_standby_of_the_leaders_place_shares_its_proxy(
