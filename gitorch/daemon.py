@@ -200,6 +200,7 @@ class Daemon:
                 "listen": f"http://{_client_address(opts.listen)}",
                 # `validate` and `plan` refuse the hostPaths the daemons would refuse.
                 "allowHostPaths": [str(p) for p in opts.session.allowed_host_paths],
+                "lbHost": opts.session.lb_host,
             },
         )
         with Session(
@@ -932,6 +933,8 @@ class Daemon:
             "lastError": self._last_error,
             # `validate` and `plan` refuse the hostPaths this daemon would refuse.
             "allowHostPaths": [str(p) for p in self.options.session.allowed_host_paths],
+            # `plan` names a port held by another program only on this address.
+            "lbHost": self.options.session.lb_host,
             # `plan`, `nodes` and `status` reach TLS and ssh nodes with the daemon's files.
             "secretsDir": str(secrets.resolve())
             if (secrets := self.options.session.secrets_dir) is not None

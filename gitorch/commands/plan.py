@@ -27,6 +27,7 @@ from gitorch.commands.common import (
     open_store,
     reserved_ports,
     resolved_secrets,
+    running_daemon,
     secrets_dir_of,
     separate_trees_hint,
     state_dir,
@@ -216,7 +217,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
         )
     )
     plan = compute_plan(desired, live, scoring=args.scoring, decision=decision)
-    plan = replace(plan, warnings=(*plan.warnings, *_foreign_ports(desired, state)))
+    lb_host = running_daemon(args).get("lbHost")
+    plan = replace(
+        plan,
+        warnings=(
+            *plan.warnings,
+            *_foreign_ports(desired, state, lb_host if isinstance(lb_host, str) else None),
+        ),
+    )
     keep_until_exit(desired, live, decision, plan)
     return plan
 
@@ -231,8 +239,10 @@ def _ingress_image(targets: list[NodeTarget], state: Path) -> str | None:
     return ingress_image(state / "ingress").tag
 
 
-def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
-    """Expose ports another process already listens on: the services would fail there."""
+def _foreign_ports(desired: DesiredState, state: Path, lb_host: str | None) -> list[str]:
+    """Expose ports another process already listens on: the services would fail there.
+    ``lb_host``: where the running daemon's load balancer listens (a port held on another
+    address is free there); None (no daemon runs): any address counts."""
     wanted: dict[int, str] = {}
     for name, service in desired.services.items():
         if service.expose is not None:
@@ -250,7 +260,7 @@ def _foreign_ports(desired: DesiredState, state: Path) -> list[str]:
         if holder is not None and holder.pid is not None:
             owners.append(holder.pid)
     found: list[str] = []
-    for port, holders in sorted(port_holders(wanted).items()):
+    for port, holders in sorted(port_holders(wanted, host=lb_host).items()):
         foreign = [
             h
             for h in holders

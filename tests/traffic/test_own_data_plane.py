@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from data_plane_helpers import stop_data_plane
 from listen_ports import free_port
-from reconciler_helpers import commit, init_repo
+from reconciler_helpers import DaemonProc, commit, init_repo
 from traffic_helpers import Apps, get, route, table
 
 from gitorch.state import StateStore
@@ -88,6 +88,22 @@ def test_the_proxy_and_haproxy_are_the_states_own_and_a_listener_is_not(
     assert not owned(state.parent / "elsewhere", builtin)
 
 
+def _cli_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GITORCH_")}
+
+
+def _plan(repo: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    """``gitorch plan`` of ``repo`` against ``state``, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gitorch", "plan", "--runtime", "process"]
+        + ["--repo", str(repo), "--state", str(state)],
+        env={**_cli_env(), "NO_COLOR": "1", "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_plan_warns_of_other_programs_on_expose_ports_not_of_its_own_proxy(
     state: Path, apps: Apps, tmp_path: Path
 ) -> None:
@@ -103,18 +119,10 @@ def test_plan_warns_of_other_programs_on_expose_ports_not_of_its_own_proxy(
         for name, port in (("served", served), ("taken", taken))
     )
     commit(repo, {"app.yaml": manifests}, "two services")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITORCH_")}
     with socket.socket() as other:
         other.bind(("127.0.0.1", taken))
         other.listen(1)
-        done = subprocess.run(
-            [sys.executable, "-m", "gitorch", "plan", "--runtime", "process"]
-            + ["--repo", str(repo), "--state", str(state)],
-            env={**env, "NO_COLOR": "1", "COLUMNS": "400"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = _plan(repo, state)
     assert done.returncode == 2, done.stdout + done.stderr
     warnings = [line for line in done.stdout.splitlines() if "is held by" in line]
     assert len(warnings) == 1, done.stdout
@@ -124,10 +132,45 @@ def test_plan_warns_of_other_programs_on_expose_ports_not_of_its_own_proxy(
     StateStore(state).close()
     status = subprocess.run(
         [sys.executable, "-m", "gitorch", "status", "--format", "json", "--state", str(state)],
-        env=env,
+        env=_cli_env(),
         capture_output=True,
         text=True,
         timeout=60,
     )
     plane = json.loads(status.stdout)["controlPlane"]
     assert plane["daemon"] is None and plane["dataPlane"] is True, status.stderr
+
+
+def test_plan_names_only_ports_held_on_the_address_its_daemon_serves(
+    state: Path, tmp_path: Path
+) -> None:
+    """The daemon's load balancer on 127.0.0.2 (``--lb-host``): a port another program
+    holds on 127.0.0.1 is free there, one held on 127.0.0.2 is in the way. The plan read
+    the port alone and named both."""
+    free_here, clash = free_port(), free_port()
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    manifests = "---\n".join(
+        f"apiVersion: gitorch.dev/v1\nkind: Service\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  command: [sleep, '60']\n  replicas: 0\n"
+        f"  ports: [{{name: http, containerPort: 8080}}]\n"
+        f"  expose: {{port: {port}, targetPort: http}}\n"
+        for name, port in (("elsewhere", free_here), ("clash", clash))
+    )
+    commit(repo, {"app.yaml": manifests}, "two services")
+    with socket.socket() as on_one, socket.socket() as on_two:
+        on_one.bind(("127.0.0.1", free_here))
+        on_one.listen(1)
+        on_two.bind(("127.0.0.2", clash))
+        on_two.listen(1)
+        daemon = DaemonProc(str(repo), state, "process", extra=("--lb-host", "127.0.0.2"))
+        try:
+            written = json.loads((state / "daemon.json").read_text(encoding="utf-8"))
+            assert written["lbHost"] == "127.0.0.2"
+            done = _plan(repo, state)
+        finally:
+            daemon.stop()
+    # (the daemon's own pass says the same of clash, in the plan's next-pass lines)
+    warnings = [line for line in done.stdout.splitlines() if line.strip().startswith("! port")]
+    assert len(warnings) == 1, done.stdout + done.stderr
+    assert f"port {clash} of clash is held by pid {os.getpid()}" in warnings[0]
