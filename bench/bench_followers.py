@@ -5,15 +5,16 @@
 Starts a three-member etcd cluster on loopback (Debian's etcd-server, as the tests do)
 and, in this process, one leader and ``--followers`` standbys (real campaigns on one
 namespace), each follower with a real data plane of its own: the built-in load balancer
-on its own loopback address (127.0.0.2, 127.0.0.3, ...), polling the table's key as a
-daemon does (the key's revision every 0.05 s, its value when it changed). Each round the leader applies a new table (its one backend
+on its own loopback address (127.0.0.2, 127.0.0.3, ...), following the table's key as a
+daemon does (a watch on the key, then its revision and value read). Each round the leader applies a new table (its one backend
 changed) through the same ``FollowedDataPlane`` the daemon uses, and the time until every
 follower has taken it and said so is measured: what a leaving replica's drain waits for.
 
 Floor, measured in each round beside it: one etcd write and one read back to back, the
 least an acknowledgement through etcd costs (the table written, the follower's record
-read). The polls are the rest: a follower finds a new table 25 ms after it was stored on
-average, and the leader reads the followers' records every 50 ms. Rounds start at random
+read). Above it: the watch's wake, the follower's reads of the key, its data plane's
+apply, its member record written by its campaign's thread, and the leader's read of the
+records (reused for 10 ms; a daemon's drain asks every 50 ms). Rounds start at random
 moments (0-100 ms apart), as tables do.
 
 Then the cost of storing a big table: ``--routes`` routes of two backends with Docker's
@@ -152,7 +153,7 @@ def main() -> int:
                 f"{args.followers} follower(s), {args.rounds} tables: taken by all in "
                 f"median {_ms(take)}, p90 {_ms(sorted(takes)[int(0.9 * (len(takes) - 1))])}, "
                 f"max {_ms(max(takes))}; etcd write + read {_ms(floor)} "
-                f"(x{take / floor:.1f}; the followers poll every 50 ms, the leader reads their records every 50 ms)"
+                f"(x{take / floor:.1f})"
             )
             emit(
                 f"table taken by {args.followers} follower(s) (median)",

@@ -56,10 +56,15 @@ if TYPE_CHECKING:  # etcd's client loads only with etcd state
 
 log = logging.getLogger("gitorch.followers")
 
-#: How often a follower reads the table key's revision (its value only when it changed).
+#: How often a follower reads the table key's revision (its value only when it changed)
+#: when it cannot watch it (etcd failing), and while it leads.
 FOLLOW_POLL = 0.05
-#: How long the leader's answer about followers is reused (its drain asks every 50 ms).
-LAG_CACHE = 0.05
+#: A follower watches the table key for this long at a time (then looks again anyway: a
+#: refused table's retry, a stop).
+WATCH_WAIT = 0.5
+#: How long the leader's answer about followers is reused (a drain asks for each leaving
+#: backend at once; once read, a follower's acknowledgement is seen within this).
+LAG_CACHE = 0.01
 #: Seconds before a table this host's data plane refused is applied again.
 RETRY_FAILED = 1.0
 #: A follower that has not taken a table for this long is named in the leader's log.
@@ -305,6 +310,7 @@ class TableFollower:
         self.monotonic = monotonic
         self.taken: str | None = None  # the id of the table this host took last
         self._seen = 0  # the key's revision when it was taken
+        self._observed = 0  # the key's revision last read (watched from the next one)
         self._retry_at = 0.0  # a table this data plane refused is tried again from then
         self._said: str | None = None
         self._stop = threading.Event()
@@ -322,13 +328,28 @@ class TableFollower:
             self._thread.join(timeout=self.drain_timeout + 5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.poll):
+        while not self._stop.is_set():
+            self._wait_for_a_table()
+            if self._stop.is_set():
+                return
             try:
                 self.step()
             except GitorchError as exc:
                 self._say(f"the leader's routing table was not followed: {exc.message}")
             except Exception:  # a bug must not end the following: log it, keep going
                 log.exception("following the leader's routing table crashed; going on")
+
+    def _wait_for_a_table(self) -> None:
+        """Until the table key changes (a watch: the take starts as the leader's write
+        lands), for :data:`WATCH_WAIT` at most; a poll's pause while this daemon leads,
+        before a first table, or when etcd does not answer the watch."""
+        if self.leadership.leading or self._observed == 0:
+            self._stop.wait(self.poll)
+            return
+        try:
+            self.backend.wait_for_change(TABLE_KEY, self._observed, WATCH_WAIT)
+        except GitorchError:
+            self._stop.wait(self.poll)  # the read says what is wrong, to another member
 
     def step(self) -> None:
         """One round: take the stored table when it is new (and this daemon does not
@@ -337,11 +358,13 @@ class TableFollower:
             self.taken = None  # on stepping down, the table stored then is taken anew
             self._seen = 0
             return
-        if self.monotonic() < self._retry_at:
-            return
         revision = self.backend.revision_of(TABLE_KEY)
+        refused_again = revision == self._observed and self.monotonic() < self._retry_at
+        self._observed = revision
         if revision == self._seen:
             return  # unchanged: its value (hundreds of KB for thousands of routes) not read
+        if refused_again:
+            return  # the table this data plane refused: tried again each second
         raw = self.backend.peek(TABLE_KEY)
         if raw is None:
             return

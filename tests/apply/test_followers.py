@@ -175,6 +175,22 @@ def test_a_follower_takes_the_leaders_table_and_the_drain_waits_for_it(hosts: Ho
     assert hosts.publisher.lagging() == ()
 
 
+def test_a_following_daemon_is_woken_by_the_tables_write_not_by_its_poll(hosts: Hosts) -> None:
+    """The follower's thread watches the table key: a table is taken as it lands, with a
+    poll (this one: a minute) only as the fallback when etcd does not answer a watch."""
+    hosts.plane.apply(_table(("api-1", False)))
+    hosts.follower.step()  # the first table: the revision to watch from
+    hosts.follower.poll = 60.0
+    hosts.follower.start()
+    try:
+        table = _table(("api-1", True), ("api-2", False))
+        hosts.plane.apply(table)
+        wait_for("the table taken", lambda: hosts.follower_plane.tables[-1] == table, 5)
+        wait_for("acknowledged", lambda: hosts.publisher.lagging() == (), 5)
+    finally:
+        hosts.follower.stop()
+
+
 def test_a_follower_acknowledges_only_once_its_requests_to_leaving_backends_finished(
     hosts: Hosts,
 ) -> None:

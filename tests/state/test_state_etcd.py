@@ -18,6 +18,7 @@ from gitorch.errors import ConfigError
 from gitorch.state import RolloutPhase, RolloutRecord, StateStore
 from gitorch.state.errors import NotLeader, StateConflict, StateUnavailable
 from gitorch.state.etcd.backend import EtcdBackend
+from gitorch.state.etcd.client import EtcdClient
 from gitorch.state.etcd.election import Leadership, read_leadership
 from gitorch.state.location import parse_location
 
@@ -298,3 +299,36 @@ def test_a_backoff_record_of_the_key_without_its_template_is_read_and_moved(url:
         etcd.atomic(lambda: etcd.put("backoff/web/000005", _plain(replace(old, slot=5))))
         store.clear_backoff("web", 5, "v1")
         assert store.list_backoff() == [old, new]
+
+
+def test_a_watch_ends_at_a_change_of_its_key_or_after_its_wait(
+    two: tuple[StateStore, StateStore],
+) -> None:
+    """What a follower of the leader's routing table waits on (apply/followers.py)."""
+    writer, watcher = backend_of(two[0]), backend_of(two[1])
+    writer.atomic(lambda: writer.put("w/table", {"n": 1}))
+    first = watcher.revision_of("w/table")
+    started = time.monotonic()
+    assert watcher.wait_for_change("w/table", first, 0.3) is False
+    assert 0.25 < time.monotonic() - started < 3
+    # Changed before the watch began: it ends at once.
+    writer.atomic(lambda: writer.put("w/table", {"n": 2}))
+    assert watcher.wait_for_change("w/table", first, 5) is True
+    second = watcher.revision_of("w/table")
+    # Changed while watched: it ends as the write lands; another key's write does not.
+    writer.atomic(lambda: writer.put("w/other", {"n": 1}))
+    later = threading.Timer(0.5, lambda: writer.atomic(lambda: writer.put("w/table", {"n": 3})))
+    later.start()
+    started = time.monotonic()
+    try:
+        assert watcher.wait_for_change("w/table", second, 5) is True
+    finally:
+        later.join()
+    assert 0.4 < time.monotonic() - started < 2.5
+
+
+def test_a_watch_on_a_member_that_does_not_answer_is_unavailable() -> None:
+    location = parse_location(f"etcd://127.0.0.1:{free_port()}/x").etcd
+    assert location is not None
+    with pytest.raises(StateUnavailable, match="did not start a watch"):
+        EtcdClient(location).wait_for_change("/gitorch/x/k", 1, 0.3)

@@ -308,6 +308,12 @@ class EtcdBackend:
         found, _ = self.client.range(self.full(key), keys_only=True)
         return found[0].mod_revision if found else 0
 
+    def wait_for_change(self, key: str, after: int, wait: float) -> bool:
+        """Block until ``key`` changes above revision ``after`` (True) or ``wait``
+        seconds pass (False); see :meth:`EtcdClient.wait_for_change`."""
+        self._check_open()
+        return self.client.wait_for_change(self.full(key), after, wait)
+
     def range(self, prefix: str) -> list[tuple[str, Any]]:
         """Every key under ``prefix`` (relative, sorted) with its JSON value; inside a
         transaction with its own writes applied, and the range joins its condition."""

@@ -17,6 +17,7 @@ keep-alive on another thread.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -207,6 +208,46 @@ class EtcdClient:
             revision=int(answer.get("header", {}).get("revision", 0)),
             responses=tuple(answer.get("responses", [])),
         )
+
+    def wait_for_change(self, key: str, after: int, wait: float) -> bool:
+        """Block until ``key`` changes at a revision above ``after`` (True, at once when
+        it did already), or ``wait`` seconds pass without a change (False): a watch,
+        ended at its first event. Raises :class:`StateUnavailable` when the member
+        preferred now does not answer (the caller reads instead: :meth:`call` moves on
+        to another member)."""
+        trace = self._trace.get(threading.get_ident())
+        if trace is not None:
+            trace("watch")
+        client = self._clients()[self._preferred]
+        payload: dict[str, Any] = {"create_request": {"key": b64(key), "start_revision": after + 1}}
+        created = False
+        try:
+            with client.session.post(
+                client.get_url("watch"),
+                json=payload,
+                stream=True,
+                timeout=(self.timeout, wait),  # the read timeout: silence for `wait`
+            ) as answer:
+                if answer.status_code != 200:
+                    raise StateUnavailable(
+                        f"etcd {client.host}:{client.port} refused a watch: "
+                        f"HTTP {answer.status_code}"
+                    )
+                for line in answer.iter_lines():
+                    if not line:
+                        continue
+                    result = json.loads(line).get("result") or {}
+                    created = created or bool(result.get("created"))
+                    # Canceled: the revision was compacted away; the caller reads the key.
+                    if result.get("events") or result.get("canceled"):
+                        return True
+        except (requests.RequestException, OSError, ValueError) as exc:
+            if created:
+                return False  # watching, and nothing changed for `wait` seconds
+            raise StateUnavailable(
+                f"etcd {client.host}:{client.port} did not start a watch: {_reason(exc)}"
+            ) from exc
+        return False
 
     # ----------------------------------------------------------------- leases
 
