@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from gitorch.errors import ConfigError
 
@@ -43,10 +43,14 @@ class EtcdLocation:
         """The key prefix of this namespace (every key gitorch writes starts with it)."""
         return f"/gitorch/{self.namespace}/"
 
-    def url(self) -> str:
-        """The location as ``--state`` takes it (certificate paths left out)."""
+    def url(self, *, certificates: bool = False) -> str:
+        """The location as ``--state`` takes it (certificate paths left out unless
+        ``certificates``: for a process of gitorch's own that opens the same etcd)."""
         hosts = ",".join(f"{_host(h)}:{p}" for h, p in self.endpoints)
-        return f"{'etcds' if self.tls else 'etcd'}://{hosts}/{self.namespace}"
+        url = f"{'etcds' if self.tls else 'etcd'}://{hosts}/{self.namespace}"
+        files = {"cacert": self.cacert, "cert": self.cert, "key": self.key}
+        query = "&".join(f"{k}={quote(v)}" for k, v in files.items() if v and certificates)
+        return f"{url}?{query}" if query else url
 
 
 @dataclass(frozen=True)

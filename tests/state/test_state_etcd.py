@@ -3,6 +3,8 @@ location syntax, optimistic transactions, leadership and the fence of a leader's
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,12 @@ from gitorch.state import RolloutPhase, RolloutRecord, StateStore
 from gitorch.state.errors import NotLeader, StateConflict, StateUnavailable
 from gitorch.state.etcd.backend import EtcdBackend
 from gitorch.state.etcd.client import EtcdClient
-from gitorch.state.etcd.election import Leadership, read_leadership
+from gitorch.state.etcd.election import (
+    STANDS_IN_FIELD,
+    Leadership,
+    let_go_of_member,
+    read_leadership,
+)
 from gitorch.state.location import parse_location
 
 
@@ -59,6 +66,9 @@ def test_locations_name_members_namespace_and_certificates() -> None:
             "/k.pem",
         )
     )
+    # A process of gitorch's own is given the location with its certificates.
+    assert tls.url() == "etcds://h:1/x"
+    assert parse_location(tls.url(certificates=True)).etcd == tls
     assert parse_location(".gitorch").directory is not None
     for bad, why in [
         ("etcd://", "no etcd endpoint"),
@@ -332,3 +342,70 @@ def test_a_watch_on_a_member_that_does_not_answer_is_unavailable() -> None:
     assert location is not None
     with pytest.raises(StateUnavailable, match="did not start a watch"):
         EtcdClient(location).wait_for_change("/gitorch/x/k", 1, 0.3)
+
+
+def test_a_member_that_does_not_campaign_never_leads_and_is_named_a_stand_in(url: str) -> None:
+    with StateStore(url) as store:
+        backend = backend_of(store)
+        stand_in = Leadership(
+            backend,
+            "beta.stand-in",
+            ttl=2.0,
+            info={STANDS_IN_FIELD: "beta"},
+            campaign=False,
+        )
+        stand_in.start()
+        try:
+            time.sleep(0.5)  # a campaigning member would lead by now: nobody else does
+            assert not stand_in.leading and stand_in.view().leader is None
+            info = read_leadership(backend)
+            assert info["leader"] is None
+            assert [(m["name"], m["role"], m["standsInFor"]) for m in info["members"]] == [
+                ("beta.stand-in", "stand-in", "beta")
+            ]
+            alpha = Leadership(backend, "alpha", ttl=2.0)
+            alpha.start()
+            try:
+                assert alpha.leading
+                wait_for(
+                    "the stand-in seeing alpha lead", lambda: stand_in.view().leader == "alpha", 5
+                )
+                stand_in.update_info(table={"id": "t1", "error": None})
+                wait_for(
+                    "its record updated",
+                    lambda: any(
+                        m.get("table") == {"id": "t1", "error": None} for m in stand_in.members()
+                    ),
+                    5,
+                )
+            finally:
+                alpha.stop()
+        finally:
+            stand_in.stop()
+        assert read_leadership(backend)["members"] == []  # its lease revoked
+
+
+def test_a_dead_daemons_lease_is_let_go_and_a_live_ones_is_not(url: str) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with StateStore(url) as store:
+        backend = backend_of(store)
+        ghost = Leadership(backend, "ghost", ttl=30.0, info={"pid": dead.pid})
+        alive = Leadership(backend, "alive", ttl=30.0)
+        ghost.start()  # it leads: campaigned first
+        alive.start()
+        try:
+            assert ghost.leading
+            # ghost's process "dies": its campaign stops, its lease is left to expire.
+            ghost._stop.set()
+            ghost._wake.set()
+            assert ghost._thread is not None
+            ghost._thread.join(5)
+            assert not let_go_of_member(backend, "alive", os.getpid())  # this process runs
+            assert not let_go_of_member(backend, "ghost", os.getpid())  # not its pid
+            assert let_go_of_member(backend, "ghost", dead.pid)
+            # The lease of 30 s is gone now: alive leads at its next campaign.
+            wait_for("alive leading", lambda: alive.leading, 5)
+            assert [m["name"] for m in read_leadership(backend)["members"]] == ["alive"]
+        finally:
+            alive.stop()

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gitorch.errors import ConfigError, StateError
@@ -44,6 +45,8 @@ log = logging.getLogger("gitorch.leadership")
 
 LEADER_KEY = "election/leader"
 MEMBERS_PREFIX = "members/"
+#: A member record's field naming the daemon a stand-in keeps the host's table for.
+STANDS_IN_FIELD = "standsInFor"
 
 #: Default lease TTL (seconds): a killed leader is replaced within about this long.
 DEFAULT_TTL = 5.0
@@ -76,7 +79,10 @@ class Leadership:
         info: dict[str, Any] | None = None,
         on_change: Callable[[bool], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        campaign: bool = True,
     ) -> None:
+        """``campaign=False``: hold the lease and the member record only, never lead (a
+        stand-in, :mod:`gitorch.apply.standin`)."""
         if ttl < 2:
             raise StateError(f"a lease TTL of {ttl:g}s is too short (at least 2s)")
         self.backend = backend
@@ -92,6 +98,7 @@ class Leadership:
         }
         self.on_change = on_change
         self.monotonic = monotonic
+        self.campaign = campaign
         self.leader_key = backend.full(LEADER_KEY)
         self.member_key = backend.full(f"{MEMBERS_PREFIX}{name}")
         self._lock = threading.Lock()
@@ -274,6 +281,9 @@ class Leadership:
         with self._lock:
             member = dump({**self.info, "lease": lease})
             write_member = self._member_written != (lease, member)
+        if not self.campaign:
+            self._hold_member_record(lease, member, write_member)
+            return
         mine = dump({"name": self.name, "lease": lease, "since": time.time()})
         success: list[dict[str, Any]] = [
             {"request_put": {"key": b64(self.leader_key), "value": b64(mine), "lease": lease}}
@@ -314,6 +324,21 @@ class Leadership:
                 self._fence = None
                 self._message = f"{self._leader} leads" if self._leader else "another daemon leads"
 
+    def _hold_member_record(self, lease: int, member: bytes, write: bool) -> None:
+        """A member that does not campaign: its record, and who leads (for its view)."""
+        put = [{"request_put": {"key": b64(self.member_key), "value": b64(member), "lease": lease}}]
+        if write:
+            self.client.txn([], put, [])
+            with self._lock:
+                self._member_written = (lease, member)
+        found, _ = self.client.range(self.leader_key)
+        data = (load(found[0].value) or {}) if found else {}
+        with self._lock:
+            self._fence = None
+            self._leader = str(data.get("name") or "") or None
+            self._since = data.get("since")
+            self._message = "does not campaign (a stand-in)"
+
     def _trouble(self, message: str) -> None:
         """etcd did not answer: keep the leadership only while the deadline holds."""
         with self._lock:
@@ -348,7 +373,31 @@ def _alive(pid: object) -> bool:
         return False
     except PermissionError:
         return True
+    try:  # a zombie (killed, its parent has not reaped it yet) is gone too
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
+
+
+def let_go_of_member(backend: EtcdBackend, name: str, pid: int) -> bool:
+    """Revoke the lease of member ``name`` when its record is this host's process ``pid``
+    and that process is gone (a killed daemon: its leadership, if it led, is free at once
+    instead of when the lease expires). Whether a lease was revoked."""
+    found, _ = backend.client.range(backend.full(f"{MEMBERS_PREFIX}{name}"))
+    if not found:
+        return False
+    data = load(found[0].value) or {}
+    if data.get("host") != socket.gethostname() or data.get("pid") != pid or _alive(pid):
+        return False
+    backend.client.revoke(found[0].lease)
     return True
+
+
+def _role(member: dict[str, Any], leader: str | None) -> str:
+    if member.get("name") == leader:
+        return "leader"
+    return "stand-in" if member.get(STANDS_IN_FIELD) else "standby"
 
 
 def read_leadership(backend: EtcdBackend) -> dict[str, Any]:
@@ -367,7 +416,8 @@ def read_leadership(backend: EtcdBackend) -> dict[str, Any]:
         "members": [
             {
                 "name": m.get("name"),
-                "role": "leader" if m.get("name") == name else "standby",
+                "role": _role(m, name),
+                "standsInFor": m.get(STANDS_IN_FIELD),
                 "listen": m.get("listen"),
                 "host": m.get("host"),
                 "pid": m.get("pid"),
