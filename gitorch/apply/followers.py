@@ -21,8 +21,8 @@ no data plane), so clients had to be pointed at the leader's host alone. Now:
 * a table etcd did not take is stored again (the drain asks, and each pass) until it
   is; meanwhile every follower counts as behind.
 
-What this does not give: a host whose daemon is gone keeps its proxy's last table, as a
-single daemon's host does (the daemon restarted, as a standby, follows again).
+A host whose daemon is gone keeps following through the daemon's stand-in, a process
+that runs a :class:`TableFollower` of its own (:mod:`gitorch.apply.standin`).
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ class TableFollower:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wait_for_a_table()
+            self.wait_for_a_table()
             if self._stop.is_set():
                 return
             try:
@@ -339,7 +339,7 @@ class TableFollower:
             except Exception:  # a bug must not end the following: log it, keep going
                 log.exception("following the leader's routing table crashed; going on")
 
-    def _wait_for_a_table(self) -> None:
+    def wait_for_a_table(self) -> None:
         """Until the table key changes (a watch: the take starts as the leader's write
         lands), for :data:`WATCH_WAIT` at most; a poll's pause while this daemon leads,
         before a first table, or when etcd does not answer the watch."""

@@ -29,6 +29,7 @@ from gitorch.apply.followers import FollowedDataPlane, TableFollower, TablePubli
 from gitorch.apply.health import HealthListener, HealthMonitor
 from gitorch.apply.ingress import FleetDataPlane, IngressFleet
 from gitorch.apply.reconciler import CommitMeta, Reconciler
+from gitorch.apply.standin import StandIn, StandInOptions, start_stand_in, stop_stand_ins
 from gitorch.errors import ConfigError, GitorchError
 from gitorch.live import NodeTarget, node_targets
 from gitorch.live.inventory import (
@@ -168,7 +169,13 @@ class Session:
             self._table_writer = threading.Lock()
             self._follower: TableFollower | None = None
             self._publisher: TablePublisher | None = None
+            self._stand_in: StandIn | None = None
             if location.etcd is not None:
+                if options.data_plane_outlives:
+                    # Stand-ins of daemons gone from this place leave before this one
+                    # campaigns: it drives or follows this host's proxy itself.
+                    for name in stop_stand_ins(options.state_dir):
+                        log.info("stand-in for daemon %s stopped: this daemon serves here", name)
                 self.leadership = _leadership(self.store, options, on_leadership)
                 self._follow_the_leader()
             else:
@@ -184,6 +191,9 @@ class Session:
         except BaseException:
             if self.leadership is not None:
                 self.leadership.stop()
+            started: StandIn | None = getattr(self, "_stand_in", None)
+            if started is not None:
+                started.release()
             if self.lock is not None:
                 self.lock.release()
             raise
@@ -241,6 +251,34 @@ class Session:
                 drain_timeout=self.options.drain_timeout,
             )
             self._follower.start()
+            if self.options.data_plane == "builtin":
+                self._start_stand_in(place)
+
+    def _start_stand_in(self, place: Place) -> None:
+        """The process that keeps this host's proxy on the leader's table once this
+        daemon is gone (apply/standin.py)."""
+        etcd = self.options.location.etcd
+        assert etcd is not None and self.leadership is not None
+        try:
+            self._stand_in = start_stand_in(
+                StandInOptions(
+                    state_url=etcd.url(certificates=True),
+                    runtime_dir=self.options.state_dir,
+                    place_host=place.host,
+                    place_runtime_dir=place.runtime_dir,
+                    name=self.leadership.name,
+                    lb_host=self.options.lb_host,
+                    secrets_dir=self.options.secrets_dir,
+                    drain_timeout=self.options.drain_timeout,
+                    ttl=self.options.lease_ttl,
+                )
+            )
+        except OSError as exc:
+            log.warning(
+                "no stand-in started (this host's proxy keeps its last table once this "
+                "daemon is gone): %s",
+                exc,
+            )
 
     def store_unstored_table(self) -> None:
         """With etcd state: the leader's last table, when etcd refused to store it for the
@@ -374,6 +412,8 @@ class Session:
                 self._local_plane.close()
             if self.leadership is not None:
                 self.leadership.stop()
+            if self._stand_in is not None:
+                self._stand_in.release()  # it follows the leader for this host now
             self.store.close()
         finally:
             if self.lock is not None:

@@ -245,13 +245,19 @@ def _control_plane(console: Any, plane: dict[str, Any]) -> None:
         return
     members = plane.get("members") or []
     leader = plane.get("leader")
-    standby = [m["name"] for m in members if m.get("name") != leader]
+    standby = [
+        m["name"] for m in members if m.get("name") != leader and m.get("role") != "stand-in"
+    ]
+    # A host whose daemon is gone, kept on the leader's table by the daemon's stand-in.
+    stand_ins = [str(m.get("standsInFor")) for m in members if m.get("role") == "stand-in"]
     line = f"control plane {escape(str(plane.get('location')))}: leader " + (
         f"[bold]{escape(str(leader))}[/]" if leader else "[red]none[/]"
     )
     if plane.get("leaderSince"):
         line += f" since {escape(str(plane['leaderSince']))}"
     line += f", standby: {escape(', '.join(standby) or '-')}"
+    if stand_ins:
+        line += f", daemon gone (its stand-in follows): {escape(', '.join(stand_ins))}"
     if plane.get("self"):
         line += f"  (this daemon: {escape(str(plane['self']))}, {escape(str(plane.get('role')))})"
     console.print(line)

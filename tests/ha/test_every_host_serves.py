@@ -11,7 +11,11 @@ leader's host kept its last table.
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,20 @@ def _v1_led_by_alpha(
         describe=alpha.log_tail,
     )
     return sha, alpha, beta
+
+
+def _roll_v2(ha: HAWorld, leader: DaemonProc, load: LoadClient) -> None:
+    """Commit api v2 and wait until ``leader`` converged on it and ``load`` got answers
+    after that."""
+    sha2 = commit(ha.repo, {"api.yaml": _service(ha, "2")}, "api v2")
+    wait_for(
+        "v2 converged",
+        lambda: converged(leader.service("api"), sha2, REPLICAS),
+        CONVERGE,
+        describe=leader.log_tail,
+    )
+    settled = load.total
+    wait_for("load after the rollout", lambda: load.total > settled + 50, 15)
 
 
 def _metrics(daemon: DaemonProc) -> str:
@@ -126,15 +144,7 @@ def test_a_standby_on_another_host_serves_the_leaders_table_through_a_rollout(
         LoadClient(ha.port, threads=2) as near,
     ):
         wait_for("load flowing on both hosts", lambda: far.total > 50 and near.total > 20, 15)
-        sha2 = commit(ha.repo, {"api.yaml": _service(ha, "2")}, "api v2")
-        wait_for(
-            "v2 converged",
-            lambda: converged(alpha.service("api"), sha2, REPLICAS),
-            CONVERGE,
-            describe=alpha.log_tail,
-        )
-        settled = far.total
-        wait_for("load after the rollout", lambda: far.total > settled + 50, 15)
+        _roll_v2(ha, alpha, far)
         far_versions_after = dict(far.versions)
     assert far.failures == [], (len(far.failures), far.failures[:10], far.total)
     assert near.failures == [], (len(near.failures), near.failures[:10], near.total)
@@ -168,3 +178,98 @@ def test_a_standby_sharing_the_leaders_runtime_directory_leaves_its_proxy_alone(
         lambda: _tables(status_of(beta)) == {"alpha": "drives", "beta": "shares"},
         10,
     )
+
+
+def _members(doc: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
+    """Each member's (role, table state), from a status document ({} without one)."""
+    if doc is None:
+        return {}
+    return {m["name"]: (m["role"], m["table"]) for m in doc["controlPlane"]["members"]}
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie not yet reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def _stand_in_pids(runtime: Path, daemon: str) -> list[int]:
+    """The stand-in processes of ``daemon`` that say they serve ``runtime`` and still run."""
+    found = []
+    for record in (runtime / "stand-ins").glob(f"{daemon}.json"):
+        pid = int(json.loads(record.read_text())["pid"])
+        if _running(pid):
+            found.append(pid)
+    return found
+
+
+def test_a_host_whose_daemon_was_killed_follows_the_leader_through_its_stand_in(
+    ha: HAWorld,
+) -> None:
+    beta_runtime = ha.root / "run-beta"
+    beta_args = ("--lb-host", OTHER_HOST)
+    _, alpha, beta = _v1_led_by_alpha(ha, *beta_args, runtime=beta_runtime)
+    wait_for("the standby's host serving v1", lambda: _answer(OTHER_HOST, ha.port) == "1", 15)
+    wait_for(
+        "status naming beta a follower",
+        lambda: _tables(status_of(alpha)) == {"alpha": "drives", "beta": "follows"},
+        10,
+    )
+    # beta is killed: its host's proxy keeps serving, and its stand-in takes over the
+    # following at once (beta's lease revoked, not left to expire).
+    os.kill(beta.proc.pid, signal.SIGKILL)
+    beta.proc.wait(10)
+    wait_for(
+        "beta's stand-in following in its place",
+        lambda: (
+            _members(status_of(alpha))
+            == {"alpha": ("leader", "drives"), "beta.stand-in": ("stand-in", "follows")}
+        ),
+        ha.ttl,
+        describe=lambda: str(_members(status_of(alpha))),
+    )
+    shown = gitorch("status", "--state", ha.url, "--runtime-dir", str(ha.runtime), cwd=ha.root)
+    text = " ".join(shown.stdout.split())  # (rich wraps at 80 columns)
+    assert "daemon gone (its stand-in follows): beta" in text, shown.stdout
+    # A rollout with beta gone: beta's host answers throughout, and ends on v2 (before,
+    # it kept v1's table, whose replicas the rollout stopped).
+    with LoadClient(ha.port, host=OTHER_HOST, threads=4) as far:
+        wait_for("load flowing on beta's host", lambda: far.total > 50, 15)
+        _roll_v2(ha, alpha, far)
+    assert far.failures == [], (len(far.failures), far.failures[:10], far.total)
+    assert far.versions.get("2", 0) > 0, far.versions
+    assert _answer(OTHER_HOST, ha.port) == "2"
+    assert "has not taken the routing table" not in alpha.log_tail(), alpha.log_tail()
+    # beta back: its stand-in leaves before it campaigns, and beta follows itself.
+    (stand_in,) = _stand_in_pids(beta_runtime, "beta")
+    beta = ha.start("beta", *beta_args, runtime=beta_runtime)
+    wait_for(
+        "beta following again, no stand-in",
+        lambda: (
+            _members(status_of(alpha))
+            == {"alpha": ("leader", "drives"), "beta": ("standby", "follows")}
+        ),
+        10,
+        describe=lambda: str(_members(status_of(alpha))),
+    )
+    assert not _running(stand_in)
+    assert "stand-in for daemon beta stopped" in beta.log_path.read_text()
+
+
+def test_a_killed_leaders_stand_in_frees_the_leadership_before_its_lease_expires(
+    ha: HAWorld,
+) -> None:
+    ha.ttl = 20.0  # the standby would wait this long for the killed leader's lease
+    _, alpha, beta = _v1_led_by_alpha(ha)
+    os.kill(alpha.proc.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    alpha.proc.wait(10)
+    wait_for("beta leading", lambda: role_of(beta) == "leader", ha.ttl, interval=0.05)
+    took = time.monotonic() - killed_at
+    assert took < ha.ttl / 2, took
+    # alpha's stand-in left: beta serves the place they share.
+    wait_for("alpha's stand-in gone", lambda: _stand_in_pids(ha.runtime, "alpha") == [], 10)
+    assert _members(status_of(beta)) == {"beta": ("leader", "drives")}
