@@ -709,7 +709,17 @@ def short(sha: str | None) -> str:
 def running_daemon(args: argparse.Namespace) -> dict[str, Any]:
     """What the daemon of ``--state`` says of itself: ``daemon.json`` in a state directory;
     with etcd state, the leader's member record (else any member's). Empty when none runs
-    (or etcd does not answer: the caller's defaults apply)."""
+    (or etcd does not answer: the caller's defaults apply). Read once per command (plan
+    asks for its ports, its host paths and its address: with etcd state, one read of etcd
+    instead of three)."""
+    found = getattr(args, "_running_daemon", None)
+    if found is None:
+        found = _read_running_daemon(args)
+        args._running_daemon = found
+    return dict(found)
+
+
+def _read_running_daemon(args: argparse.Namespace) -> dict[str, Any]:
     given = getattr(args, "state", None) or os.environ.get("GITORCH_STATE") or ".gitorch"
     if not str(given).startswith(("etcd://", "etcds://")):  # validate loads no store
         try:
@@ -727,7 +737,9 @@ def running_daemon(args: argparse.Namespace) -> dict[str, Any]:
             found = read_leadership(store.backend)
     except StateError:
         return {}
-    members = sorted(found["members"], key=lambda m: m["role"] != "leader")
+    # (a stand-in's record says nothing of a daemon: no API, no options)
+    daemons = [m for m in found["members"] if m["role"] != "stand-in"]
+    members = sorted(daemons, key=lambda m: m["role"] != "leader")
     return dict(members[0]) if members else {}
 
 
