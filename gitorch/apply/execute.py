@@ -58,11 +58,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
+from gitorch.apply.drain import wait_drained
 from gitorch.apply.health import HealthMonitor
 from gitorch.apply.ingress import IngressFleet
 from gitorch.apply.replicas import replica_spec, volume_spec
@@ -82,9 +83,6 @@ log = logging.getLogger("gitorch.executor")
 
 #: Test-only switch (module docstring): leaving replicas are killed without a drain.
 UNSAFE_NO_DRAIN_ENV = "GITORCH_TEST_UNSAFE_NO_DRAIN"
-
-#: How often the executor re-reads a draining replica's requests in flight.
-DRAIN_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -119,26 +117,6 @@ class Execution:
 def service_of_route(route: str) -> str:
     """The service a route belongs to (``web.preview`` -> ``web``)."""
     return route.split(".", 1)[0]
-
-
-def wait_drained(
-    plane: DataPlane,
-    backends: Iterable[tuple[str, str]],
-    deadline: float,
-    monotonic: Callable[[], float] = time.monotonic,
-    stopped: Callable[[], bool] = lambda: False,
-) -> None:
-    """Wait until ``plane`` has no request in flight to any of ``backends`` (route,
-    backend id), until ``deadline`` (on ``monotonic``) or until ``stopped()``."""
-    for route, backend_id in backends:
-        while monotonic() < deadline and not stopped():
-            try:
-                stats = plane.backend_stats(route, backend_id)
-            except GitorchError:
-                break  # the data plane cannot say: the grace period still protects
-            if stats is None or stats.in_flight == 0:
-                break
-            time.sleep(DRAIN_POLL)
 
 
 class Executor:

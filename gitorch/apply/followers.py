@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gitorch.apply.execute import wait_drained
+from gitorch.apply.drain import wait_drained
 from gitorch.errors import GitorchError
 from gitorch.state.etcd.tables import FOLLOWS_FIELD, TABLE_KEY, TAKEN_FIELD, Place, taken
 from gitorch.traffic.routes import ListenError
