@@ -48,6 +48,7 @@ from typing import Any
 # loaded host, which would delay the takeover (35 MB resident instead of 16).
 from gitorch.apply.followers import TableFollower
 from gitorch.errors import GitorchError
+from gitorch.processes import process_alive
 from gitorch.state.etcd.backend import EtcdBackend, load
 from gitorch.state.etcd.election import STANDS_IN_FIELD, Leadership, let_go_of_member
 from gitorch.state.etcd.tables import FOLLOWS_FIELD, Place
@@ -168,7 +169,7 @@ def stop_stand_ins(runtime_dir: Path, timeout: float = STOP_TIMEOUT) -> list[str
         except (OSError, ValueError, KeyError, TypeError):
             record.unlink(missing_ok=True)
             continue
-        if _alive(daemon_pid):
+        if process_alive(daemon_pid):
             continue  # its daemon still runs (another daemon of this place)
         if _is_stand_in(pid):
             _terminate(pid, timeout)
@@ -181,21 +182,12 @@ def _terminate(pid: int, timeout: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    if _alive(pid):
+    if process_alive(pid):
         log.warning("stand-in %s did not leave within %.0f s: killed", pid, timeout)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
 
 
 def _is_stand_in(pid: int) -> bool:
@@ -236,7 +228,7 @@ def wait_for_the_daemon(watch_fd: int, daemon_pid: int, runtime_dir: Path, stop:
             readable, _, _ = select.select([watch_fd], [], [], DAEMON_POLL)
             if readable and not os.read(watch_fd, 1):
                 return True
-        if not _alive(daemon_pid):
+        if not process_alive(daemon_pid):
             return True
         if not runtime_dir.is_dir():
             return False

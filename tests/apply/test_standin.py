@@ -19,6 +19,7 @@ from reconciler_helpers import wait_for
 
 from gitorch.apply import standin
 from gitorch.apply.standin import FOLDER, StandInOptions, start_stand_in, stop_stand_ins
+from gitorch.processes import process_alive
 
 UNREACHABLE_ETCD = "etcd://127.0.0.1:9/nobody"  # the discard port: nothing answers
 
@@ -45,7 +46,7 @@ def _options(runtime: Path, name: str) -> StandInOptions:
 
 
 def _running(pid: int) -> bool:
-    return standin._alive(pid)
+    return process_alive(pid)
 
 
 def test_the_daemon_ends_when_its_end_of_the_pipe_closes(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ from reconciler_helpers import (
     wait_for,
 )
 
+from gitorch.processes import process_alive
+
 REPLICAS = 3
 CONVERGE = 60.0
 OTHER_HOST = "127.0.0.2"  # the standby's load-balancer address: its "host"
@@ -187,21 +189,12 @@ def _members(doc: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
     return {m["name"]: (m["role"], m["table"]) for m in doc["controlPlane"]["members"]}
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie not yet reaped does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
-
-
 def _stand_in_pids(runtime: Path, daemon: str) -> list[int]:
     """The stand-in processes of ``daemon`` that say they serve ``runtime`` and still run."""
     found = []
     for record in (runtime / "stand-ins").glob(f"{daemon}.json"):
         pid = int(json.loads(record.read_text())["pid"])
-        if _running(pid):
+        if process_alive(pid):
             found.append(pid)
     return found
 
@@ -255,7 +248,7 @@ def test_a_host_whose_daemon_was_killed_follows_the_leader_through_its_stand_in(
         10,
         describe=lambda: str(_members(status_of(alpha))),
     )
-    assert not _running(stand_in)
+    assert not process_alive(stand_in)
     assert "stand-in for daemon beta stopped" in beta.log_path.read_text()
 
 

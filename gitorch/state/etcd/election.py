@@ -32,10 +32,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gitorch.errors import ConfigError, StateError
+from gitorch.processes import process_alive
 from gitorch.state.errors import NotLeader
 from gitorch.state.etcd.backend import EtcdBackend, Fence, dump, load
 from gitorch.state.etcd.client import b64
@@ -365,19 +365,7 @@ class Leadership:
 def _alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, its parent has not reaped it yet) is gone too
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")
+    return pid == os.getpid() or process_alive(pid)
 
 
 def let_go_of_member(backend: EtcdBackend, name: str, pid: int) -> bool:

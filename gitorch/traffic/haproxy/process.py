@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from gitorch.processes import process_alive
 from gitorch.traffic.haproxy.errors import HAProxyConfigInvalid, HAProxyError, HAProxyReloadFailed
 from gitorch.traffic.haproxy.runtime_api import cli
 from gitorch.traffic.holders import read_pid
@@ -222,19 +223,3 @@ class HAProxyMaster:
             return ()
         alerts = [line for line in text.splitlines() if "ALERT" in line]
         return tuple((alerts or text.splitlines())[-10:])
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own exited child not reaped yet) is not alive.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
