@@ -7,6 +7,11 @@ C-level dump, used before, walks the other threads' states without the GIL: a th
 that ended during the walk made ``gitorch validate --watch`` die of SIGSEGV under load.
 The price: a main thread blocked inside C code for good answers only once it returns to
 Python (``py-spy dump`` sees such a process).
+
+The handler runs between two bytecodes of whatever the main thread was doing, so it must
+never raise into it: a second SIGQUIT that lands while a dump is being made (the first
+one still importing :mod:`traceback`, on a loaded host) is let go, the dump in progress
+answers it; a dump that fails says so on stderr and the process goes on.
 """
 
 from __future__ import annotations
@@ -41,10 +46,28 @@ def every_threads_stack() -> str:
     return "".join(parts)
 
 
+_dump_in_progress = False
+
+
 def _print_every_threads_stack(signum: int, frame: FrameType | None) -> None:
+    # Signal handlers only run on the main thread, so this flag needs no lock.
+    global _dump_in_progress
+    if _dump_in_progress:
+        return
+    _dump_in_progress = True
+    try:
+        try:
+            text = every_threads_stack()
+        except Exception as error:  # never into the code the signal interrupted
+            text = f"gitorch: the stack dump failed: {error!r}\n"
+        _write_to_stderr(text.encode("utf-8", "replace"))
+    finally:
+        _dump_in_progress = False
+
+
+def _write_to_stderr(data: bytes) -> None:
     # os.write, not sys.stderr: the main thread may be in the middle of a buffered write
     # to stderr, and re-entering that buffer raises.
-    data = every_threads_stack().encode("utf-8", "replace")
     while data:
         try:
             written = os.write(2, data)
