@@ -400,10 +400,13 @@ def _begin(inp: ServiceInput) -> tuple[_Draft, Service, bool]:
     # A new template: a new rollout. The previous *good* spec is what a failure returns to,
     # and a progressive rollout's stable version: the record's own spec once it reached
     # Healthy, also while a repair (a replica that died, a scale) has it Progressing or
-    # Degraded. Only a spec that never proved good hands on the one before it.
+    # Degraded, or once it took all the traffic. Only a spec that never proved good hands
+    # on the one before it.
     previous: tuple[str | None, str | None, Mapping[str, Any] | None]
     if record is not None and (
-        record.reached_healthy or record.phase in (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK)
+        record.reached_healthy
+        or record.phase in (RolloutPhase.HEALTHY, RolloutPhase.ROLLED_BACK)
+        or took_all_traffic(record)
     ):
         previous = (record.revision, record.spec_digest, record.spec)
     elif record is not None:
@@ -654,6 +657,26 @@ def _analysis_entry(record: RolloutRecord) -> tuple[str, float] | None:
     if record.step_started_at is None:
         return None
     return (record.revision, record.step_started_at)
+
+
+def took_all_traffic(record: RolloutRecord) -> bool:
+    """Whether a progressive rollout's new version was given all the traffic (a canary
+    promoted, a blue-green switched, an A/B test concluded) before the record says
+    Healthy: its old replicas get none and are stopped or being stopped.
+
+    Such a version is the next rollout's stable one, as Argo Rollouts makes it the stable
+    ReplicaSet at promotion. Handing on the version before it instead stopped every
+    replica that served ("neither stable nor target") while the old version's were only
+    being recreated: the chaos soak (seed 2401, a daemon killed 3 s after `gitorch
+    promote`, the next version committed) saw 3 s of "no backend available".
+    """
+    return (
+        record.strategy in PROGRESSIVE
+        and record.previous_digest is not None
+        and record.step is not None
+        and record.weight >= 100
+        and record.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
+    )
 
 
 def progressive_stable(target: Service, record: RolloutRecord) -> str | None:

@@ -20,7 +20,8 @@ from test_decide_pass import NOW, REVISION, live_of, pass_input, replica, starts
 from test_decide_stable_backoff import _canary
 
 from gitorch.decide import StopReplica, decide_pass
-from gitorch.state.records import RolloutPhase
+from gitorch.live.model import LiveState
+from gitorch.state.records import RolloutPhase, RolloutRecord
 
 V4, V5, V6 = _canary("4"), _canary("5"), _canary("6")
 GOOD, OLD, NEW = (v.services["web"].template_digest for v in (V5, V4, V6))
@@ -68,3 +69,59 @@ def test_a_commit_mid_rollout_still_rolls_out_from_the_last_good_version() -> No
     live = live_of(V4, [replica(V4, "web", slot) for slot in (1, 2, 3)])
     decision = decide_pass(pass_input(V6, live, records=MappingProxyType({"web": rolling})))
     assert decision.services["web"].record.previous_digest == OLD
+
+
+def _promoted(live_old_slots: tuple[int, ...]) -> tuple[RolloutRecord, LiveState, set[str]]:
+    """v5 canaried from v4, promoted (weight 100, past its last step), not yet Healthy:
+    the record as stored before the pass that stops the old replicas runs (a daemon
+    killed then, or a commit that lands while they drain)."""
+    record = replace(
+        healthy_record(V5, "web", REVISION),
+        phase=RolloutPhase.PROGRESSING,
+        reached_healthy=False,
+        previous_revision=REVISION,
+        previous_digest=OLD,
+        previous_spec=V4.services["web"].canonical,
+        step=2,
+        weight=100,
+        started_at=NOW - 60,
+        progress_at=NOW - 5,
+    )
+    old = [replica(V4, "web", slot, id=f"web-{slot}-v4") for slot in live_old_slots]
+    live = live_of(V5, [replica(V5, "web", slot) for slot in (1, 2, 3)] + old)
+    return record, live, {r.id for r in old}
+
+
+def test_a_commit_after_a_promotion_rolls_out_from_the_promoted_version() -> None:
+    """Found by the chaos soak (seed 2401): web promoted to v5 (all traffic, the v4
+    replicas stopped), the daemon killed before the record said Healthy, v6 committed.
+    The new canary took v4 as its stable version: it stopped the three v5 replicas that
+    served everything and started v4 ones: 3 s of "no backend available for web"."""
+    record, live, _ = _promoted(live_old_slots=())
+    decision = decide_pass(pass_input(V6, live, records=MappingProxyType({"web": record})))
+    web = decision.services["web"]
+    assert web.record.previous_digest == GOOD, "the stable version is the one serving"
+    assert not web.stops, web.stops
+    assert web.traffic is not None and web.traffic.weights.get(GOOD) == 100
+    started = sorted((s.replica, s.template) for s in starts(decision, "web"))
+    assert started == [("web-1", NEW), ("web-2", NEW)]
+
+
+def test_a_commit_while_the_promoted_versions_old_replicas_drain_stops_only_those() -> None:
+    record, live, old = _promoted(live_old_slots=(1, 2))
+    decision = decide_pass(pass_input(V6, live, records=MappingProxyType({"web": record})))
+    web = decision.services["web"]
+    assert web.record.previous_digest == GOOD
+    stopped = {s.replica_id for s in web.stops if isinstance(s, StopReplica)}
+    assert stopped == old
+    assert web.traffic is not None and web.traffic.weights.get(GOOD) == 100
+
+
+def test_a_commit_during_a_canary_below_all_traffic_keeps_the_last_good_version() -> None:
+    record, live, _ = _promoted(live_old_slots=(1, 2, 3))
+    record = replace(record, step=1, weight=50)
+    decision = decide_pass(pass_input(V6, live, records=MappingProxyType({"web": record})))
+    web = decision.services["web"]
+    assert web.record.previous_digest == OLD, "v5 never had all the traffic"
+    stopped = {s.replica_id for s in web.stops if isinstance(s, StopReplica)}
+    assert stopped == {f"web-{slot}-id" for slot in (1, 2, 3)}, "the v5 canary stops"
