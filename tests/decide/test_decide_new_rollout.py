@@ -53,19 +53,23 @@ def test_a_commit_during_a_repair_rolls_out_from_the_version_being_repaired() ->
     assert started == sorted([("web-1", NEW), ("web-2", NEW), ("web-2", GOOD)])
 
 
-def test_a_commit_mid_rollout_still_rolls_out_from_the_last_good_version() -> None:
-    """v5 rolling out from v4 and not yet Healthy: v6 replaces it, and the stable set
-    stays v4 (v5 never proved good)."""
-    rolling = replace(
+def _v5_rolling_out_from_v4(started_at: float) -> RolloutRecord:
+    return replace(
         healthy_record(V5, "web", REVISION),
         phase=RolloutPhase.PROGRESSING,
         reached_healthy=False,
         previous_revision=REVISION,
         previous_digest=OLD,
         previous_spec=V4.services["web"].canonical,
-        started_at=NOW - 5,
+        started_at=started_at,
         progress_at=NOW - 5,
     )
+
+
+def test_a_commit_mid_rollout_still_rolls_out_from_the_last_good_version() -> None:
+    """v5 rolling out from v4 and not yet Healthy: v6 replaces it, and the stable set
+    stays v4 (v5 never proved good)."""
+    rolling = _v5_rolling_out_from_v4(started_at=NOW - 5)
     live = live_of(V4, [replica(V4, "web", slot) for slot in (1, 2, 3)])
     decision = decide_pass(pass_input(V6, live, records=MappingProxyType({"web": rolling})))
     assert decision.services["web"].record.previous_digest == OLD
@@ -75,18 +79,7 @@ def _promoted(live_old_slots: tuple[int, ...]) -> tuple[RolloutRecord, LiveState
     """v5 canaried from v4, promoted (weight 100, past its last step), not yet Healthy:
     the record as stored before the pass that stops the old replicas runs (a daemon
     killed then, or a commit that lands while they drain)."""
-    record = replace(
-        healthy_record(V5, "web", REVISION),
-        phase=RolloutPhase.PROGRESSING,
-        reached_healthy=False,
-        previous_revision=REVISION,
-        previous_digest=OLD,
-        previous_spec=V4.services["web"].canonical,
-        step=2,
-        weight=100,
-        started_at=NOW - 60,
-        progress_at=NOW - 5,
-    )
+    record = replace(_v5_rolling_out_from_v4(started_at=NOW - 60), step=2, weight=100)
     old = [replica(V4, "web", slot, id=f"web-{slot}-v4") for slot in live_old_slots]
     live = live_of(V5, [replica(V5, "web", slot) for slot in (1, 2, 3)] + old)
     return record, live, {r.id for r in old}
