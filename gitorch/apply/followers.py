@@ -281,6 +281,9 @@ class FollowedDataPlane:
     def health(self) -> DataPlaneHealth:
         return self.inner.health()
 
+    def serving(self) -> frozenset[str] | None:
+        return self.inner.serving()
+
     def close(self) -> None:
         self.inner.close()
 

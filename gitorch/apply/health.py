@@ -30,6 +30,13 @@ Semantics (those of Kubernetes' kubelet):
   liveness probes always keep theirs: their failures count toward a restart, and
   ``failureThreshold x periodSeconds`` is the time a replica is given; readiness failures
   before the first success only keep a replica out of rotation that is not in it.
+* **Already in rotation.** A replica the data plane serves when the monitor first sees it
+  (``track(..., serving=True)``: a daemon adopting the replicas of the one before it) is
+  taken as a ready one: started, ready, and out of rotation only after
+  ``failureThreshold`` failed readiness probes. Kubernetes' kubelet keeps a running
+  container's readiness across its own restart the same way; judging it from one first
+  probe took every replica of a service out of rotation when that probe timed out on a
+  busy host.
 * **After needs_restart** the replica is only waiting to be replaced: it is reported not
   ready and no probe of it runs again until it is tracked anew.
 * **A driver that fails** (an engine that does not answer: the runtime raises instead of
@@ -285,18 +292,37 @@ class HealthMonitor:
 
     # -- tracking ---------------------------------------------------------------------
 
-    def track(self, replica_id: str, node: str, instance: Instance, service: Service) -> None:
+    def track(
+        self,
+        replica_id: str,
+        node: str,
+        instance: Instance,
+        service: Service,
+        *,
+        serving: bool = False,
+    ) -> None:
         """Probe ``instance`` of ``service`` on ``node`` from now on (see :meth:`track_probes`)."""
-        self.track_probes(replica_id, node, instance, HealthProbes.from_service(service))
+        self.track_probes(
+            replica_id, node, instance, HealthProbes.from_service(service), serving=serving
+        )
 
     def track_probes(
-        self, replica_id: str, node: str, instance: Instance, probes: HealthProbes
+        self,
+        replica_id: str,
+        node: str,
+        instance: Instance,
+        probes: HealthProbes,
+        *,
+        serving: bool = False,
     ) -> None:
         """Probe ``instance`` with ``probes`` (already resolved schedules).
 
         Tracking the same ``replica_id`` again with the same instance id only refreshes the
         instance (its state and ports) and keeps every counter; another instance id starts
-        over, as a new replica.
+        over, as a new replica. ``serving``: the data plane serves it as this monitor first
+        sees it (a daemon adopting the replicas of the one before it), so it starts as a
+        ready replica does: started, ready, out of rotation only after ``failureThreshold``
+        failed readiness probes, not after one probe that timed out on a busy host.
         """
         runtime = self._runtimes.get(node)
         if runtime is None:
@@ -325,7 +351,9 @@ class HealthMonitor:
                     },
                 )
                 self._tracked[replica_id] = tracked
-                if ProbeKind.STARTUP in tracked.probes:
+                if serving and instance.state is InstanceState.RUNNING:
+                    self._take_as_ready(tracked, now)
+                elif ProbeKind.STARTUP in tracked.probes:
                     self._schedule_first(tracked, ProbeKind.STARTUP, now)
                 else:
                     self._mark_started(tracked, now)
@@ -594,6 +622,17 @@ class HealthMonitor:
             if kind in tracked.probes:
                 self._schedule_first(tracked, kind, now)
         self._refresh_probeless_ready(tracked, now)
+
+    def _take_as_ready(self, tracked: _Tracked, now: float) -> None:
+        """A replica already in rotation: its startup is over, it is ready from now."""
+        startup = tracked.probes.get(ProbeKind.STARTUP)
+        if startup is not None:
+            startup.done = True
+        self._mark_started(tracked, now)
+        if not tracked.ready:
+            tracked.ready, tracked.ready_since = True, now
+        if tracked.first_ready_at is None:
+            tracked.first_ready_at = now
 
     def _refresh_probeless_ready(self, tracked: _Tracked, now: float) -> None:
         """Without a readiness probe, ready means running (and started); with one, a

@@ -329,6 +329,10 @@ class FleetDataPlane:
     def health(self) -> DataPlaneHealth:
         return self.local.health()
 
+    def serving(self) -> frozenset[str] | None:
+        # Every host's proxy serves the same table: this host's says what is served.
+        return self.local.serving()
+
     def close(self) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None

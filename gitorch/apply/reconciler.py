@@ -56,7 +56,7 @@ from gitorch.live import NodeTarget, observe
 from gitorch.live.model import LiveReplica, LiveService, LiveState
 from gitorch.manifests.model import DesiredState, Service
 from gitorch.runtime import sweep_secret_files
-from gitorch.runtime.base import Runtime
+from gitorch.runtime.base import Instance, Runtime
 from gitorch.scheduler import LEAST_ALLOCATED
 from gitorch.secrets import SecretValues
 from gitorch.state import BackoffRecord, RolloutPhase, StateStore
@@ -480,8 +480,9 @@ class Reconciler:
     ) -> None:
         """Probe every running replica (``focus``: of those services) with the probes of
         the spec it runs; one seen for the first time is probed once right away (see the
-        module docstring)."""
-        fresh: list[str] = []
+        module docstring), and taken as ready when the data plane serves it: a replica
+        started before this daemon began, adopted with its place in the rotation."""
+        seen: list[tuple[LiveReplica, Instance, Service, bool]] = []
         for name, live_service in live.services.items():
             if focus is not None and name not in focus:
                 continue
@@ -502,26 +503,48 @@ class Reconciler:
                 ):
                     specs[record.previous_digest] = service_from(record.previous_spec, service)
             for replica in live_service.replicas:
+                instance = replica.instance
                 if (
                     replica.state != "running"
-                    or replica.instance is None
+                    or instance is None
                     or replica.node not in self.runtimes
                 ):
                     continue
                 spec = specs.get(replica.template_digest or "") or service
                 if spec is None:
                     continue  # a pruned service's replica: it only needs to drain
-                known = self.health.health(replica.id) is not None
-                try:
-                    self.health.track(replica.id, replica.node, replica.instance, spec)
-                except GitorchError as exc:
-                    log.warning("cannot probe %s: %s", replica.name, exc.message)
-                    continue
-                if not known:
-                    fresh.append(replica.id)
+                seen.append((replica, instance, spec, self.health.health(replica.id) is not None))
+        adopted = {
+            replica.id
+            for replica, _, _, known in seen
+            if not known
+            and replica.started_at is not None
+            and replica.started_at < self.watching_since
+        }
+        served = self._served() & adopted if adopted else frozenset()
+        fresh: list[str] = []
+        for replica, instance, spec, known in seen:
+            try:
+                self.health.track(
+                    replica.id, replica.node, instance, spec, serving=replica.id in served
+                )
+            except GitorchError as exc:
+                log.warning("cannot probe %s: %s", replica.name, exc.message)
+                continue
+            if not known:
+                fresh.append(replica.id)
         if fresh:
             with ThreadPoolExecutor(max_workers=min(8, len(fresh))) as pool:
                 list(pool.map(self.health.observe_now, fresh))
+
+    def _served(self) -> frozenset[str]:
+        """The backends the data plane serves now; empty when it cannot say (then a
+        replica seen for the first time is judged by its first probe alone)."""
+        try:
+            return self.dataplane.serving() or frozenset()
+        except GitorchError as exc:
+            log.debug("the data plane did not say what it serves: %s", exc.message)
+            return frozenset()
 
     def _reap_orphans(self) -> None:
         """Once per reconciler: processes a killed daemon started but never recorded."""

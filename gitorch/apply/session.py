@@ -485,6 +485,9 @@ class StandbyDataPlane:
     def health(self) -> DataPlaneHealth:
         return DataPlaneHealth("standby", True, "the leader's data plane serves")
 
+    def serving(self) -> frozenset[str] | None:
+        return None
+
     def close(self) -> None:
         return None
 

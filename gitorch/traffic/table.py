@@ -144,6 +144,17 @@ class DataPlaneHealth:
     since: float | None = None  # wall time its figures count from
 
 
+def serving_backends(routes: Iterable[Route]) -> frozenset[str]:
+    """Ids of the backends ``routes`` send new requests to: neither draining nor
+    unreachable. A table lists a replica that way only once a daemon judged it ready."""
+    return frozenset(
+        backend.id
+        for route in routes
+        for backend in route.backends
+        if not backend.draining and not backend.unreachable
+    )
+
+
 class DataPlane(Protocol):
     """Serves a routing table. Implementations must apply a new table without dropping
     connections to backends that stay, and must never send new traffic to a draining or
@@ -171,6 +182,12 @@ class DataPlane(Protocol):
 
     def health(self) -> DataPlaneHealth:
         """Whether it serves now."""
+        ...
+
+    def serving(self) -> frozenset[str] | None:
+        """Ids of the backends it sends new requests to now (:func:`serving_backends`),
+        None when it cannot say. A daemon that starts judges those replicas as ready
+        ones (its first probe of them is not their only chance)."""
         ...
 
     def close(self) -> None:

@@ -53,7 +53,13 @@ from gitorch.traffic.figures import BackendFigures, VersionFigures, added
 from gitorch.traffic.ledger import VersionLedger
 from gitorch.traffic.listeners import Handed, SocketSet
 from gitorch.traffic.routes import ListenError, check_table, resolve_tls
-from gitorch.traffic.table import BackendStats, DataPlaneHealth, Route, RoutingTable
+from gitorch.traffic.table import (
+    BackendStats,
+    DataPlaneHealth,
+    Route,
+    RoutingTable,
+    serving_backends,
+)
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +263,9 @@ class WorkerPool:
     def table(self) -> RoutingTable:
         """The table served now."""
         return self._table
+
+    def serving(self) -> frozenset[str]:
+        return serving_backends(self._table.routes.values())
 
     # ----------------------------------------------------------------- DataPlane
 

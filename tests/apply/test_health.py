@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +280,44 @@ def test_failures_below_the_threshold_keep_it_ready(kit: Kit) -> None:
     )
     assert 1 <= longest_failing < 5
     assert [h.ready for h, _ in events] == [False, True]  # it never stopped being ready
+
+
+def test_a_replica_in_rotation_when_first_seen_is_judged_as_a_ready_one(kit: Kit) -> None:
+    """A daemon adopting its predecessor's replicas (``serving``): one failed first probe
+    (a busy host's timeout) keeps it ready; failureThreshold failures in a row do not. Its
+    startup probe is over (it was serving)."""
+    app = kit.start_app("api", health="fail")
+    kit.wait_listening(app)
+    events, listen = recorder(kit, app, HTTP)
+    monitor = kit.monitor(on_change=listen)
+    probes = HealthProbes(
+        startup=schedule(TCP, failure_threshold=50),
+        readiness=schedule(HTTP, period=0.3, failure_threshold=3),
+    )
+    monitor.track_probes("api-1", NODE, app.instance, probes, serving=True)
+    adopted = monitor.health("api-1")
+    assert adopted is not None and adopted.ready and adopted.started
+    assert adopted.first_ready_at is not None
+    after_one = monitor.observe_now("api-1")  # the reconciler's first look: it fails
+    assert after_one is not None and after_one.ready, after_one
+    assert after_one.last_message == "readiness: HTTP 503"
+    monitor.start()
+    assert monitor.wait_for("api-1", lambda h: not h.ready, WAIT)
+    assert trailing(kit.runtime.runs(app.instance, HTTP), False) == 3
+    assert not kit.runtime.runs(app.instance, TCP), "no startup probe: it had started"
+    assert [h.ready for h, _ in events] == [True, False]
+
+
+def test_a_replica_not_running_when_first_seen_is_not_taken_as_ready(kit: Kit) -> None:
+    app = kit.start_app("api")
+    kit.wait_listening(app)
+    stopped = replace(app.instance, state=InstanceState.EXITED)
+    monitor = kit.monitor()
+    monitor.track_probes(
+        "api-1", NODE, stopped, HealthProbes(readiness=schedule(HTTP)), serving=True
+    )
+    health = monitor.health("api-1")
+    assert health is not None and not health.ready
 
 
 def test_replica_without_probes_is_ready_when_running(kit: Kit) -> None:

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 from data_plane_helpers import processes_naming
-from outlive_helpers import Traffic, World, converged_daemon
-from reconciler_helpers import instance_ids, wait_for
+from outlive_helpers import Traffic, World, converged_daemon, daemon_of
+from reconciler_helpers import cluster_of, converged, instance_ids, wait_for
+from replica_procs import replica_processes
 
 from gitorch.state import AnalysisRunPhase, StateStore
 
@@ -70,6 +71,49 @@ def test_kill_9_of_the_daemon_drops_no_request(world: World, plane: str) -> None
     assert instance_ids(second.service("api")) == before
     # The restarted daemon adopted the data plane: still one of it.
     assert len(processes_naming(world.state)) == world.data_plane_processes(plane)
+
+
+@pytest.mark.slow
+def test_a_restarted_daemon_keeps_serving_replicas_whose_first_probe_times_out(
+    tmp_path: Path, plane: str
+) -> None:
+    """A replica the data plane serves when a daemon starts is judged as a ready one:
+    one failed probe does not take it out of rotation (``failureThreshold`` does). The
+    CI of 46911fb: a daemon restarted on a loaded host probed the 3 adopted replicas
+    once, each probe timed out, and its first table had no backend for api (5 requests
+    answered 503). Here the replicas are stopped (SIGSTOP) across that first probe."""
+    world = World.make(tmp_path, "process")
+    try:
+        sha = world.commit("1")
+        first = converged_daemon(world, plane, sha, world.converge_timeout)
+        before = instance_ids(first.service("api"))
+        cluster = cluster_of(world.state)
+        assert cluster is not None
+        pids = [p.pid for p in replica_processes(cluster) if p.service == "api"]
+        assert len(pids) == 3, pids
+        with Traffic(world.port) as traffic:
+            traffic.wait_answers(50, 20)
+            kill_9(first)
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                second = daemon_of(world, plane)
+                wait_for("the restarted daemon's first pass", lambda: second.service("api"), 30)
+                time.sleep(1.5)  # its first probes (timeout 1 s) have failed meanwhile
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            wait_for(
+                f"{sha[:8]} converged",
+                lambda: converged(second.service("api"), sha, 3),
+                world.converge_timeout,
+                describe=second.log_tail,
+            )
+            traffic.wait_answers(50, 20)
+        traffic.assert_no_failure()
+        assert instance_ids(second.service("api")) == before
+    finally:
+        world.teardown()
 
 
 @pytest.mark.slow

@@ -80,6 +80,7 @@ from gitorch.traffic.table import (
     BackendStats,
     DataPlaneHealth,
     RoutingTable,
+    serving_backends,
 )
 
 T = TypeVar("T")
@@ -221,6 +222,9 @@ class BuiltinLoadBalancer:
             return self.ledger.versions(service, current, svc.route.weights)
 
         return self._call(read)
+
+    def serving(self) -> frozenset[str]:
+        return self._call(lambda: serving_backends(s.route for s in self._services.values()))
 
     def health(self) -> DataPlaneHealth:
         if self._closed or not self._thread.is_alive():

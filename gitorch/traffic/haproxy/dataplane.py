@@ -61,7 +61,7 @@ from gitorch.traffic.haproxy.process import HAProxyMaster
 from gitorch.traffic.haproxy.runtime_api import RuntimeApi
 from gitorch.traffic.ledger import VersionLedger
 from gitorch.traffic.routes import ListenError, check_table
-from gitorch.traffic.table import BackendStats, DataPlaneHealth, RoutingTable
+from gitorch.traffic.table import BackendStats, DataPlaneHealth, RoutingTable, serving_backends
 
 log = logging.getLogger("gitorch.traffic.haproxy")
 
@@ -179,6 +179,10 @@ class HAProxyDataPlane:
             if not self.master.running():
                 return DataPlaneHealth("haproxy", False, "haproxy is not running")
             return DataPlaneHealth("haproxy", True, pid=self.master.pid, since=self.ledger.since)
+
+    def serving(self) -> frozenset[str]:
+        with self._lock:
+            return serving_backends(layout.route for layout in self._layouts.values())
 
     def close(self) -> None:
         """Stop reading HAProxy; stop HAProxy too unless ``keep_running`` or this plane

@@ -105,6 +105,12 @@ class ControlledPlane(ABC):
             since=answer.get("since"),
         )
 
+    def serving(self) -> frozenset[str] | None:
+        answer = self._call({"op": "serving"})
+        if answer.get("error") is not None:
+            return None  # a proxy of an earlier gitorch: it cannot say
+        return frozenset(str(backend) for backend in answer.get("backends", []))
+
     def close(self) -> None:  # noqa: B027 (letting go costs nothing by default)
         """Let go: the proxy keeps serving its last table."""
 
