@@ -49,7 +49,7 @@ from gitorch.traffic.proxy.control import (
 )
 from gitorch.traffic.proxy.keeper import Held, KeeperLink
 from gitorch.traffic.routes import ListenError, RouteInvalid, fenced
-from gitorch.traffic.table import RoutingTable, serving_backends
+from gitorch.traffic.table import RoutingTable
 from gitorch.traffic.unix_paths import make_room, release
 from gitorch.traffic.wire import (
     WireError,
@@ -383,10 +383,7 @@ class ProxyServer:
                 stats = pool.backend_stats(str(request["service"]), str(request["backend"]))
                 return {"ok": True, "stats": stats_to_json(stats)}
             if op == "serving":
-                return {
-                    "ok": True,
-                    "backends": sorted(serving_backends(pool.table.routes.values())),
-                }
+                return {"ok": True, "backends": sorted(pool.serving())}
             if op == "stop":
                 self._stopping.set()
                 return {"ok": True}
