@@ -601,9 +601,7 @@ class HealthMonitor:
             if state.failures >= threshold:
                 self._give_up(tracked, f"liveness probe failed {state.failures} times: {message}")
         elif ok and not tracked.ready and state.successes >= state.schedule.success_threshold:
-            tracked.ready, tracked.ready_since = True, now
-            if tracked.first_ready_at is None:
-                tracked.first_ready_at = now
+            _become_ready(tracked, now)
         elif not ok and tracked.ready and state.failures >= threshold:
             tracked.ready, tracked.ready_since = False, None
             # Out of the balancer's rotation from the next table on: operators need to
@@ -630,9 +628,7 @@ class HealthMonitor:
             startup.done = True
         self._mark_started(tracked, now)
         if not tracked.ready:
-            tracked.ready, tracked.ready_since = True, now
-        if tracked.first_ready_at is None:
-            tracked.first_ready_at = now
+            _become_ready(tracked, now)
 
     def _refresh_probeless_ready(self, tracked: _Tracked, now: float) -> None:
         """Without a readiness probe, ready means running (and started); with one, a
@@ -646,10 +642,7 @@ class HealthMonitor:
         if running and tracked.started and not tracked.ready:
             # Ready since it runs, unless a startup probe held it back until now.
             has_startup = ProbeKind.STARTUP in tracked.probes
-            tracked.ready = True
-            tracked.ready_since = now if has_startup else min(tracked.started_at, now)
-            if tracked.first_ready_at is None:
-                tracked.first_ready_at = tracked.ready_since
+            _become_ready(tracked, now if has_startup else min(tracked.started_at, now))
         elif not running and tracked.ready:
             tracked.ready, tracked.ready_since = False, None
 
@@ -674,3 +667,10 @@ class HealthMonitor:
 def _idle(state: _ProbeState) -> Callable[[], bool]:
     """A predicate for Condition.wait_for: no run of ``state`` is in flight."""
     return lambda: not state.running
+
+
+def _become_ready(tracked: _Tracked, since: float) -> None:
+    """Ready from ``since`` (lock held); the first time since it was tracked, too."""
+    tracked.ready, tracked.ready_since = True, since
+    if tracked.first_ready_at is None:
+        tracked.first_ready_at = since
