@@ -9,6 +9,7 @@ with every replica on the new version.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -43,25 +44,44 @@ MIN_SAMPLE = 150  # below this a share says too little
 TOLERANCE = 5.0  # points of share
 REPLICAS = 2
 
-GOOD_CANARY = """\
+
+def good_canary(pause_seconds: int = 3) -> str:
+    """10% for a timed pause of ``pause_seconds``, then 50% until promoted."""
+    return f"""\
   strategy:
     type: Canary
     progressDeadlineSeconds: 60
     canary:
       steps:
         - setWeight: 10
-        - pause: {duration: 3s}
+        - pause: {{duration: {pause_seconds}s}}
         - setWeight: 50
-        - pause: {}
+        - pause: {{}}
 """
 
 
-def run_good_canary(world: World, plane: str, make: Callable[[str], str]) -> None:
-    """The whole good-version canary on ``world`` (``make(version)`` gives the manifest)."""
-    daemon, _ = deploy_first(world, plane, make("1"), timeout=60)
+def timed_pause_for(load: Load) -> int:
+    """A timed pause long enough for twice MIN_SAMPLE requests (and the guard at both ends)
+    at the rate ``load`` reaches now, and never shorter than 3 s.
+
+    A fixed 3 s saw 140 requests in a CI run (87 requests/s on a busy host), too few to
+    judge a share by; a fast host keeps the 3 s."""
+    first = load.tally()
+    time.sleep(1.0)
+    second = load.tally() - first
+    rate = max(1.0, second.total / second.at)
+    return min(20, max(3, math.ceil(2 * MIN_SAMPLE / rate + 2 * GUARD + 1)))
+
+
+def run_good_canary(world: World, plane: str, make: Callable[[str, str], str]) -> None:
+    """The whole good-version canary on ``world`` (``make(version, strategy)`` gives the
+    manifest)."""
+    daemon, _ = deploy_first(world, plane, make("1", good_canary()), timeout=60)
     with Load(world.port, threads=4) as load, Watcher(daemon, "web", load=load) as watch:
         load.wait_requests(50, 10)  # the load reaches version 1 before the rollout starts
-        sha = commit_next(world, make("2"), "2")
+        pause = timed_pause_for(load)
+        print(f"the timed pause at 10%: {pause} s")
+        sha = commit_next(world, make("2", good_canary(pause)), "2")
         watch.until("weight 10", lambda s: s.weight == 10, 60)
         paused = watch.until(
             "the manual pause at weight 50",
@@ -84,8 +104,8 @@ def run_good_canary(world: World, plane: str, make: Callable[[str], str]) -> Non
             f"weight {weight} was never in force long enough\n{watch.describe()}"
         )
         counts = windows[weight].counts
-        # The timed 3 s pause at 10% sees fewer requests on a loaded machine (215 at load
-        # 25): the choice is a weighted round robin, not a draw, so a few hundred requests
+        # The timed pause at 10% sees fewer requests than the manual one (215 in 3 s at
+        # load 25), hence its length from the load's rate: the choice is a weighted round robin, not a draw, so a few hundred requests
         # show the share within TOLERANCE; fewer than MIN_SAMPLE would say too little.
         assert counts.total >= MIN_SAMPLE, (
             f"only {counts.total} requests while weight {weight} was in force "
@@ -112,8 +132,8 @@ def test_canary_good_version_process(world: World, plane: str) -> None:
     run_good_canary(
         world,
         plane,
-        lambda v: process_progressive(
-            "web", port=port, version=v, strategy=GOOD_CANARY, replicas=REPLICAS
+        lambda v, strategy: process_progressive(
+            "web", port=port, version=v, strategy=strategy, replicas=REPLICAS
         ),
     )
 
@@ -126,8 +146,8 @@ def test_canary_good_version_on_the_daemon_thread(world: World) -> None:
     run_good_canary(
         world,
         "builtin-thread",
-        lambda v: process_progressive(
-            "web", port=port, version=v, strategy=GOOD_CANARY, replicas=REPLICAS
+        lambda v, strategy: process_progressive(
+            "web", port=port, version=v, strategy=strategy, replicas=REPLICAS
         ),
     )
 
@@ -138,8 +158,8 @@ def test_canary_good_version_docker(docker_world: World, plane: str) -> None:
     run_good_canary(
         docker_world,
         plane,
-        lambda v: docker_progressive(
-            "web", port=port, version=v, strategy=GOOD_CANARY, replicas=REPLICAS
+        lambda v, strategy: docker_progressive(
+            "web", port=port, version=v, strategy=strategy, replicas=REPLICAS
         ),
     )
 

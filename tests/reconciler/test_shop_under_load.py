@@ -129,17 +129,22 @@ def test_the_shop_under_100_clients(shop: tuple[Cluster, int, int]) -> None:
     # A canary of a good web version under load: its analysis (99% success, p99 bound)
     # passes, the manual pause is promoted, and the canary completes. The shop's 500 ms
     # p99 bound is for a host that serves it at ease; under 100 clients the p99 is the
-    # host's (the stable version measured 541 ms on a loaded CI host and the good canary
-    # was rolled back). The bound is what the stable version showed under the same load
-    # in this run, doubled, or 500 ms if that is more: the canary must be no slower than
-    # its peer. (A slow version caught by the bound: test_canary_verdicts_e2e.py.)
-    p99_bound = max(500, math.ceil(2 * steady.p99 * 1000))
+    # host's, and the p99 of a 3 s measurement swings with whatever else the host runs
+    # (a CI run: stable 418 ms in its steady run, then one canary measurement at 1,204
+    # ms, and the good canary rolled back). So the bound is three times what the stable
+    # version showed under the same load in this run, or 1 s if that is more, and one
+    # slow measurement of the three is tolerated (failureLimit 1): the canary must be no
+    # slower than its peer, not luckier than the host. A slow version caught by the bound:
+    # test_canary_verdicts_e2e.py; a failing one: the success rate here, which is kept.
+    p99_bound = max(1000, math.ceil(3 * steady.p99 * 1000))
     print(f"steady p99 {steady.p99 * 1000:.0f} ms: the canary's p99 bound {p99_bound} ms")
     files["web.yaml"] = files["web.yaml"].replace('VERSION: "1"', 'VERSION: "2"')
-    assert "maxLatencyP99: 500ms" in files["web.yaml"]
-    files["web.yaml"] = files["web.yaml"].replace(
-        "maxLatencyP99: 500ms", f"maxLatencyP99: {p99_bound}ms"
-    )
+    for shop_value, here in (
+        ("maxLatencyP99: 500ms", f"maxLatencyP99: {p99_bound}ms"),
+        ("failureLimit: 0", "failureLimit: 1"),
+    ):
+        assert shop_value in files["web.yaml"], shop_value
+        files["web.yaml"] = files["web.yaml"].replace(shop_value, here)
     canary = commit(cluster.repo, {"web.yaml": files["web.yaml"]}, "web v2 (canary)")
     stop = threading.Event()
     totals: dict[int, int] = {}
