@@ -30,8 +30,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test of a daemon and its store (the ``cluster`` fixture) runs on each backend,
     as ``test_x[sqlite]`` and ``test_x[etcd]``: one fixture, no copied tests. The Docker
     tests run on SQLite only (the store does not meet the runtime: the process driver's
-    runs on etcd cover the daemon's use of it); a test's own parametrization of
-    ``cluster`` wins."""
+    runs on etcd cover the daemon's use of it), and so do the tests marked
+    ``store_incidental``: long end-to-end runs under load whose subject is traffic,
+    scaling or isolation, where the store keeps what any pass keeps (every record kind
+    is checked on both backends by tests/state, and the daemon's use of etcd by the tests
+    left on both). A test's own parametrization of ``cluster`` wins."""
     if "cluster" not in metafunc.fixturenames:
         return
     for mark in metafunc.definition.iter_markers("parametrize"):
@@ -42,7 +45,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     on_docker = "docker_cluster" in metafunc.fixturenames or any(
         True for _ in metafunc.definition.iter_markers("docker")
     )
-    if on_docker and not chosen:
+    incidental = any(True for _ in metafunc.definition.iter_markers("store_incidental"))
+    if (on_docker or incidental) and not chosen:
         backends = ["sqlite"]
     metafunc.parametrize("cluster", backends, indirect=True)
 

@@ -188,6 +188,7 @@ def scaled(state: Path | str) -> str:
     return "\n".join(f"{e.at:.1f} {e.message}" for e in events)
 
 
+@pytest.mark.store_incidental  # scaling under load; the etcd path: the rps test below
 def test_a_cpu_bound_service_scales_out_under_load_and_back_in(cluster: Cluster) -> None:
     app = cluster.root / "burn.py"
     app.write_text(BURN_APP, encoding="utf-8")
@@ -370,6 +371,7 @@ def replicas_of(daemon: DaemonProc, name: str) -> str:
     )
 
 
+@pytest.mark.store_incidental  # scaling under load; the etcd path: the rps test
 def test_a_canary_paused_mid_rollout_scales_with_its_load(cluster: Cluster) -> None:
     """The autoscaler is not held by a rollout: a canary paused at 50% under a load that
     asks for more replicas grows its stable set and its canary alike (ceil(count x 50%)),

@@ -38,6 +38,9 @@ from reconciler_helpers import (
 from gitorch.apply.execute import service_of_route
 from gitorch.traffic.wire import table_from_json
 
+# Faults kept to their service: the store keeps what any pass keeps.
+pytestmark = pytest.mark.store_incidental
+
 #: The must-hold bound: a killed replica's replacement exists and is ready.
 REPLACED_WITHIN = 10.0
 #: A port freed is tried again within this, however long it was taken (not a crash

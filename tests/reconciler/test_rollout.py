@@ -22,6 +22,9 @@ from reconciler_helpers import (
     wait_for,
 )
 
+# Traffic through a rolling update: the store keeps what any pass keeps.
+pytestmark = pytest.mark.store_incidental
+
 #: Bound of a 3-replica rollout with 1 surge and 1 s probes; typical is 3-8 s.
 ROLLOUT_TIMEOUT = 45
 

@@ -37,6 +37,9 @@ from replica_procs import replica_processes
 
 from gitorch.runtime.base import LABEL_CLUSTER, LABEL_SERVICE
 
+# The strategy's bounds on running replicas: the store keeps what any pass keeps.
+pytestmark = pytest.mark.store_incidental
+
 REPLICAS = 3
 SURGE = 1  # the helpers' manifests' maxSurge
 

@@ -16,11 +16,15 @@ import http.client
 import time
 from pathlib import Path
 
+import pytest
 from marker_app import APP, manifest, ready
 from reconciler_helpers import Cluster, commit, converged, wait_for
 from replica_procs import ReplicaProc, replica_processes
 
 from gitorch.decide.batch import READY_SETTLE
+
+# The strategy's waves: the store keeps what any pass keeps.
+pytestmark = pytest.mark.store_incidental
 
 #: The second of the first new pair becomes ready this much after the first.
 STAGGER = 0.2

@@ -27,7 +27,8 @@ SECONDS = 20
 CLIENTS = 100
 SHOP = REPO_ROOT / "examples" / "repo"
 
-pytestmark = pytest.mark.slow
+# The shop's traffic under 100 clients: the store keeps what any pass keeps.
+pytestmark = [pytest.mark.slow, pytest.mark.store_incidental]
 
 
 def shop_files(web_port: int, api_port: int, version: str = "1") -> dict[str, str]:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcd_helpers import new_namespace
 from reconciler_helpers import (
     REPO_ROOT,
     Cluster,
@@ -41,16 +40,27 @@ from gitorch.commands.common import local_actor
 TIMEOUT = 90.0
 
 
-@pytest.fixture(
-    params=["process", "process-etcd", pytest.param("docker", marks=pytest.mark.docker)]
+#: Each test on the process driver with its state in a directory and in etcd, and on the
+#: real Docker engine (state in a directory: the store does not meet the runtime). One
+#: axis of (store, runtime) pairs: a runtime axis beside the suite's own store axis ran the
+#: Docker tests twice and, with a store choice of its own, the etcd ones twice.
+STORES_AND_RUNTIMES = pytest.mark.parametrize(
+    ("cluster", "world"),
+    [
+        ("sqlite", "process"),
+        ("etcd", "process"),
+        pytest.param("sqlite", "docker", marks=pytest.mark.docker),
+    ],
+    indirect=True,
 )
+
+
+@pytest.fixture
 def world(request: pytest.FixtureRequest, cluster: Cluster) -> Cluster:
-    """A test's cluster on the process driver (its state in a directory, or in etcd), or
-    on the real Docker engine."""
+    """A test's cluster on the process driver (``cluster``, on its store) or on the real
+    Docker engine, as parametrized."""
     if request.param == "docker":
         return request.getfixturevalue("docker_cluster")  # type: ignore[no-any-return]
-    if request.param == "process-etcd":
-        cluster.store_url = request.getfixturevalue("etcd_cluster").url(new_namespace())
     return cluster
 
 
@@ -83,6 +93,7 @@ def volume_names(world: Cluster) -> list[str]:
     return [v.name for v in runtime.list_volumes(world.cluster_name() or "")]
 
 
+@STORES_AND_RUNTIMES
 def test_data_lives_through_a_kill_a_rollout_and_a_daemon_restart(world: Cluster) -> None:
     port, driver = world.port, world.driver
     files = {
@@ -122,6 +133,7 @@ def test_data_lives_through_a_kill_a_rollout_and_a_daemon_restart(world: Cluster
     assert row["users"] == ["counter-1"] and row["node"]
 
 
+@STORES_AND_RUNTIMES
 def test_prune_keeps_a_retained_volume_and_deletes_the_other(world: Cluster) -> None:
     port, driver = world.port, world.driver
     service = counter_service("counter", driver=driver, port=port)
@@ -151,6 +163,7 @@ def test_prune_keeps_a_retained_volume_and_deletes_the_other(world: Cluster) -> 
     wait_for("a fresh count", lambda: count_is(port, 1), TIMEOUT, describe=daemon.log_tail)
 
 
+@STORES_AND_RUNTIMES
 def test_a_read_only_mount_cannot_be_written(world: Cluster) -> None:
     port, driver = world.port, world.driver
     reader_port = world.second_port
@@ -172,6 +185,7 @@ def test_a_read_only_mount_cannot_be_written(world: Cluster) -> None:
     assert row["users"] == ["reader-1 (ro)", "writer-1"]
 
 
+@STORES_AND_RUNTIMES
 def test_a_host_path_must_be_inside_the_allowed_directories(world: Cluster) -> None:
     allowed = world.root / "allowed"
     (allowed / "counter").mkdir(parents=True)
@@ -210,6 +224,7 @@ def test_a_host_path_must_be_inside_the_allowed_directories(world: Cluster) -> N
     assert count_is(world.port, 1)  # the last good state keeps running
 
 
+@STORES_AND_RUNTIMES
 def test_a_volume_removed_by_hand_is_reported_and_not_remade_empty(world: Cluster) -> None:
     port, driver = world.port, world.driver
     files = {
