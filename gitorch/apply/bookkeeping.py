@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,6 +31,7 @@ from gitorch.apply.autoscaler import record_bounds_scale
 from gitorch.apply.execute import Execution
 from gitorch.decide import PassDecision, ServiceDecision
 from gitorch.decide.backoff import CrashLoop, describe, listen_retry, remaining
+from gitorch.decide.service import took_all_traffic
 from gitorch.decide.volumes import VolumeDecision
 from gitorch.diff.compute import revision_plan
 from gitorch.diff.fields import FieldChange
@@ -98,6 +99,24 @@ class Started:
     objects: tuple[str, ...] = ()
 
 
+def superseded_reason(by: str, services: Iterable[str], rollouts: Iterable[RolloutRecord]) -> str:
+    """The history's reason for a revision finished before it converged because ``by``
+    came: it names the ``services`` of that revision whose new version had already been
+    given all the traffic (a canary promoted, a blue-green switched, an A/B test
+    concluded). Those versions went live, and the next rollout keeps them as its stable
+    one (``decide.service.took_all_traffic``): "superseded" alone read as if they had not.
+    """
+    changed = set(services)
+    live = sorted(r.service for r in rollouts if r.service in changed and took_all_traffic(r))
+    reason = f"superseded by {by[:12]} before it converged"
+    if live:
+        reason += (
+            f"; {', '.join(live)}: its new version already had all the traffic and stays as"
+            " the stable one"
+        )
+    return reason
+
+
 def _other_objects(changes: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     """``ACTION Kind/name`` of a revision summary's changes that are not Services."""
     return tuple(
@@ -155,7 +174,9 @@ class Bookkeeper:
             self.store.finish_revision(
                 last.id,
                 RevisionResult.SUPERSEDED,
-                reason=f"superseded by {desired.revision[:12]} before it converged",
+                reason=superseded_reason(
+                    desired.revision, last.service_results, self.store.list_rollouts()
+                ),
             )
         changes = []
         budget = SUMMARY_FIELD_PATHS  # etcd takes 1.5 MiB per request: a summary is bounded
