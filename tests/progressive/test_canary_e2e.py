@@ -105,8 +105,9 @@ def run_good_canary(world: World, plane: str, make: Callable[[str, str], str]) -
         )
         counts = windows[weight].counts
         # The timed pause at 10% sees fewer requests than the manual one (215 in 3 s at
-        # load 25), hence its length from the load's rate: the choice is a weighted round robin, not a draw, so a few hundred requests
-        # show the share within TOLERANCE; fewer than MIN_SAMPLE would say too little.
+        # load 25), hence its length from the load's rate. The choice is a weighted round
+        # robin, not a draw, so a few hundred requests show the share within TOLERANCE;
+        # fewer than MIN_SAMPLE would say too little.
         assert counts.total >= MIN_SAMPLE, (
             f"only {counts.total} requests while weight {weight} was in force "
             f"({counts.at:.1f}s)\n{watch.describe()}"

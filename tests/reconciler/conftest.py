@@ -42,11 +42,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             return
     chosen = os.environ.get("GITORCH_TEST_STATE")
     backends = [chosen] if chosen else list(BACKENDS)
-    on_docker = "docker_cluster" in metafunc.fixturenames or any(
-        True for _ in metafunc.definition.iter_markers("docker")
-    )
-    incidental = any(True for _ in metafunc.definition.iter_markers("store_incidental"))
-    if (on_docker or incidental) and not chosen:
+    marked = metafunc.definition.get_closest_marker
+    on_docker = "docker_cluster" in metafunc.fixturenames or marked("docker") is not None
+    if (on_docker or marked("store_incidental") is not None) and not chosen:
         backends = ["sqlite"]
     metafunc.parametrize("cluster", backends, indirect=True)
 
